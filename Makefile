@@ -1,0 +1,38 @@
+# hostel — see README.md.
+GO ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X hostel/internal/cli.Version=$(VERSION)
+
+.PHONY: build examples demo demo-stop test test-short bench fuzz vet clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/hostel ./cmd/hostel
+
+examples:
+	scripts/build-examples.sh
+
+demo: build examples
+	scripts/demo.sh
+
+demo-stop:
+	-@[ -f .demo/daemon.pid ] && kill $$(cat .demo/daemon.pid) && echo "stopped the demo daemon"; rm -f .demo/daemon.pid
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l cmd internal examples bench test 2>/dev/null)" || { gofmt -l cmd internal examples bench test; echo "gofmt needed"; exit 1; }
+
+# Every test, the concurrent parts under the race detector.
+test: vet
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
+	$(GO) run ./bench/router
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/spec/
+	$(GO) test -run '^$$' -fuzz FuzzPlan -fuzztime 30s ./internal/plan/
+	$(GO) test -run '^$$' -fuzz FuzzHostMatch -fuzztime 30s ./internal/router/
+
+clean:
+	rm -rf bin examples/monoliths/build

@@ -1,0 +1,646 @@
+// Command router benchmarks hostel's router against a direct connection to
+// the backend and, when they are installed, nginx and Caddy as reverse
+// proxies, all on loopback in one run so that the numbers are comparable.
+//
+//	go run ./bench/router [-duration 10s] [-conns 32]
+//
+// The backend and the hostel router each run in a child process (this same
+// binary, re-executed with "backend" or "router") so that the load
+// generator, the proxy and the backend do not share one Go scheduler. The
+// load comes from wrk when it is on PATH, else from a built-in closed-loop
+// generator with -conns keep-alive connections. Output is Markdown.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"hostel/internal/router"
+	"hostel/internal/spec"
+)
+
+// benchHost is the public domain the router child serves; every target is
+// requested with it so that requests are alike.
+const benchHost = "bench.test"
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "backend":
+			childMain(runBackend)
+			return
+		case "router":
+			childMain(runRouter)
+			return
+		}
+	}
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/router:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	duration time.Duration
+	warmup   time.Duration
+	conns    int
+	threads  int
+	delay    time.Duration
+	gen      string
+}
+
+func run() error {
+	var cfg config
+	fs := flag.NewFlagSet("router", flag.ContinueOnError)
+	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "measured duration of each run")
+	fs.DurationVar(&cfg.warmup, "warmup", time.Second, "unmeasured warm-up before each run")
+	fs.IntVar(&cfg.conns, "conns", 32, "concurrent keep-alive connections")
+	fs.IntVar(&cfg.threads, "threads", 1, "wrk threads")
+	fs.DurationVar(&cfg.delay, "delay", 5*time.Millisecond, "backend delay for the second table; 0 skips it")
+	fs.StringVar(&cfg.gen, "gen", "auto", `load generator: "wrk", "go" or "auto" (wrk if on PATH)`)
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		os.Exit(2)
+	}
+	if cfg.gen == "auto" {
+		cfg.gen = "go"
+		if _, err := exec.LookPath("wrk"); err == nil {
+			cfg.gen = "wrk"
+		}
+	}
+	if cfg.gen != "wrk" && cfg.gen != "go" {
+		return fmt.Errorf("-gen %q: want wrk, go or auto", cfg.gen)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	procs := &children{}
+	defer procs.stopAll()
+
+	tmp, err := os.MkdirTemp("", "hostel-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	fmt.Printf("# hostel router benchmark\n\n")
+	fmt.Printf("%s/%s, %d CPUs, %s; load: %s, %d connections, %s per run (after %s warm-up); backend: hello world.\n\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), genName(cfg), cfg.conns, cfg.duration, cfg.warmup)
+
+	backend, err := procs.startSelf(ctx, "backend")
+	if err != nil {
+		return err
+	}
+	hostel, err := procs.startSelf(ctx, "router", "-backend", backend)
+	if err != nil {
+		return err
+	}
+	targets := []target{{"direct", backend}, {"hostel", hostel}}
+	if addr, err := startNginx(ctx, procs, tmp, backend); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/router: nginx skipped:", err)
+	} else if addr != "" {
+		targets = append(targets, target{"nginx (1 worker, keepalive)", addr})
+	}
+	if addr, err := startCaddy(ctx, procs, tmp, backend); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/router: caddy skipped:", err)
+	} else if addr != "" {
+		targets = append(targets, target{"caddy reverse_proxy", addr})
+	}
+	results, err := measureAll(ctx, cfg, targets)
+	if err != nil {
+		return err
+	}
+	printTable(results)
+
+	if cfg.delay > 0 {
+		slow, err := procs.startSelf(ctx, "backend", "-delay", cfg.delay.String())
+		if err != nil {
+			return err
+		}
+		slowHostel, err := procs.startSelf(ctx, "router", "-backend", slow)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("\n## Backend with a %s delay\n\n", cfg.delay)
+		results, err := measureAll(ctx, cfg, []target{{"direct", slow}, {"hostel", slowHostel}})
+		if err != nil {
+			return err
+		}
+		printTable(results)
+	}
+	return nil
+}
+
+func genName(cfg config) string {
+	if cfg.gen == "wrk" {
+		return fmt.Sprintf("wrk -t%d", cfg.threads)
+	}
+	return "built-in Go closed loop"
+}
+
+type target struct {
+	name string
+	addr string // host:port
+}
+
+type result struct {
+	target
+	rps      float64
+	p50, p99 time.Duration
+	errors   int64
+}
+
+func measureAll(ctx context.Context, cfg config, targets []target) ([]result, error) {
+	var out []result
+	for _, t := range targets {
+		fmt.Fprintf(os.Stderr, "bench/router: measuring %s at %s…\n", t.name, t.addr)
+		if cfg.warmup > 0 {
+			if _, err := measure(ctx, cfg, t, cfg.warmup); err != nil {
+				return nil, fmt.Errorf("%s: warm-up: %w", t.name, err)
+			}
+		}
+		r, err := measure(ctx, cfg, t, cfg.duration)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t.name, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func measure(ctx context.Context, cfg config, t target, d time.Duration) (result, error) {
+	if cfg.gen == "wrk" {
+		return measureWrk(ctx, cfg, t, d)
+	}
+	return measureGo(ctx, cfg, t, d)
+}
+
+func printTable(rs []result) {
+	fmt.Println("| target | req/s | × direct | p50 | p99 | added p50 | added p99 | errors |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	direct := rs[0]
+	for _, r := range rs {
+		added50, added99 := "—", "—"
+		if r.name != direct.name {
+			added50, added99 = signed(r.p50-direct.p50), signed(r.p99-direct.p99)
+		}
+		fmt.Printf("| %s | %.0f | %.2f× | %s | %s | %s | %s | %d |\n",
+			r.name, r.rps, r.rps/direct.rps, fmtDur(r.p50), fmtDur(r.p99), added50, added99, r.errors)
+	}
+}
+
+func fmtDur(d time.Duration) string {
+	if d < 0 {
+		return "-" + fmtDur(-d)
+	}
+	if d < time.Millisecond {
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	}
+	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+}
+
+func signed(d time.Duration) string {
+	if d >= 0 {
+		return "+" + fmtDur(d)
+	}
+	return fmtDur(d)
+}
+
+// --- load generators ---
+
+var (
+	wrkRPS     = regexp.MustCompile(`(?m)^Requests/sec:\s+([\d.]+)`)
+	wrkPct     = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$`)
+	wrkNon2xx  = regexp.MustCompile(`(?m)Non-2xx or 3xx responses:\s+(\d+)`)
+	wrkSockErr = regexp.MustCompile(`(?m)Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
+
+func measureWrk(ctx context.Context, cfg config, t target, d time.Duration) (result, error) {
+	secs := max(1, int((d+time.Second/2)/time.Second)) // wrk takes whole seconds
+	cmd := exec.CommandContext(ctx, "wrk", "-t"+strconv.Itoa(cfg.threads), "-c"+strconv.Itoa(cfg.conns),
+		"-d"+strconv.Itoa(secs)+"s", "--latency", "-H", "Host: "+benchHost, "http://"+t.addr+"/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("wrk: %w\n%s", err, out)
+	}
+	return parseWrk(t, string(out))
+}
+
+func parseWrk(t target, out string) (result, error) {
+	r := result{target: t}
+	m := wrkRPS.FindStringSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("wrk: no Requests/sec in output:\n%s", out)
+	}
+	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	for _, m := range wrkPct.FindAllStringSubmatch(out, -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "m": time.Minute}[m[3]]
+		d := time.Duration(v * float64(unit))
+		if m[1] == "50" {
+			r.p50 = d
+		} else {
+			r.p99 = d
+		}
+	}
+	if r.p50 == 0 || r.p99 == 0 {
+		return r, fmt.Errorf("wrk: no latency distribution in output:\n%s", out)
+	}
+	if m := wrkNon2xx.FindStringSubmatch(out); m != nil {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		r.errors += n
+	}
+	if m := wrkSockErr.FindStringSubmatch(out); m != nil {
+		for _, s := range m[1:] {
+			n, _ := strconv.ParseInt(s, 10, 64)
+			r.errors += n
+		}
+	}
+	return r, nil
+}
+
+// measureGo is a closed-loop generator: each of cfg.conns goroutines keeps
+// one connection and sends the next request when the last answer is read.
+func measureGo(ctx context.Context, cfg config, t target, d time.Duration) (result, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	reqBytes := []byte("GET / HTTP/1.1\r\nHost: " + benchHost + "\r\n\r\n")
+	var (
+		mu     sync.Mutex
+		lats   []time.Duration
+		errs   int64
+		wg     sync.WaitGroup
+		start  = time.Now()
+		fatals []error
+	)
+	for range cfg.conns {
+		wg.Go(func() {
+			var local []time.Duration
+			var localErrs int64
+			defer func() {
+				mu.Lock()
+				lats = append(lats, local...)
+				errs += localErrs
+				mu.Unlock()
+			}()
+			var conn net.Conn
+			var br *bufio.Reader
+			for ctx.Err() == nil {
+				if conn == nil {
+					c, err := net.Dial("tcp", t.addr)
+					if err != nil {
+						mu.Lock()
+						fatals = append(fatals, err)
+						mu.Unlock()
+						return
+					}
+					conn, br = c, bufio.NewReader(c)
+				}
+				t0 := time.Now()
+				_, err := conn.Write(reqBytes)
+				var resp *http.Response
+				if err == nil {
+					resp, err = http.ReadResponse(br, nil)
+				}
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err != nil || resp.StatusCode != 200 {
+					localErrs++
+				}
+				if err != nil || resp.Close {
+					// A server may end a keep-alive connection (nginx
+					// after keepalive_requests); that is no error.
+					conn.Close()
+					conn = nil
+					if err != nil {
+						continue
+					}
+				}
+				local = append(local, time.Since(t0))
+			}
+			if conn != nil {
+				conn.Close()
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if len(fatals) > 0 {
+		return result{}, fmt.Errorf("dial: %w", fatals[0])
+	}
+	if len(lats) == 0 {
+		return result{}, fmt.Errorf("no request completed")
+	}
+	slices.Sort(lats)
+	return result{
+		target: t,
+		rps:    float64(len(lats)) / elapsed.Seconds(),
+		p50:    lats[len(lats)*50/100],
+		p99:    lats[len(lats)*99/100],
+		errors: errs,
+	}, nil
+}
+
+// --- peers ---
+
+func startNginx(ctx context.Context, procs *children, tmp, backend string) (string, error) {
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		return "", nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(tmp, "nginx")
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		return "", err
+	}
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;" // workers then can write the temp paths under dir
+	}
+	conf := fmt.Sprintf(`%s
+worker_processes 1;
+daemon off;
+pid %[2]s/nginx.pid;
+error_log %[2]s/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000; # like Go's server: no per-connection limit
+  client_body_temp_path %[2]s/client_body;
+  proxy_temp_path %[2]s/proxy;
+  fastcgi_temp_path %[2]s/fastcgi;
+  uwsgi_temp_path %[2]s/uwsgi;
+  scgi_temp_path %[2]s/scgi;
+  upstream backend {
+    server %[3]s;
+    keepalive 256;
+  }
+  server {
+    listen 127.0.0.1:%[4]d;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+    }
+  }
+}
+`, user, dir, backend, port)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		return "", err
+	}
+	// -e: nginx opens its compiled-in error log before it reads the config.
+	cmd := exec.Command(bin, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "logs", "error.log"))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := procs.start(ctx, cmd, addr); err != nil {
+		return "", fmt.Errorf("%w (see %s/logs/error.log)", err, dir)
+	}
+	return addr, nil
+}
+
+func startCaddy(ctx context.Context, procs *children, tmp, backend string) (string, error) {
+	bin, err := exec.LookPath("caddy")
+	if err != nil {
+		return "", nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(tmp, "caddy")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	conf := fmt.Sprintf(`{
+	admin off
+	auto_https off
+}
+http://:%d {
+	bind 127.0.0.1
+	reverse_proxy %s
+}
+`, port, backend)
+	confPath := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		return "", err
+	}
+	cmd := exec.Command(bin, "run", "--config", confPath, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	logf, err := os.Create(filepath.Join(dir, "caddy.log"))
+	if err != nil {
+		return "", err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := procs.start(ctx, cmd, addr); err != nil {
+		return "", fmt.Errorf("%w (see %s)", err, logf.Name())
+	}
+	return addr, nil
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// --- child processes ---
+
+// children are the processes this run started; stopAll ends them all.
+type children struct {
+	mu    sync.Mutex
+	procs []*exec.Cmd
+}
+
+// startSelf re-executes this binary as a child in mode ("backend",
+// "router") and returns the address it reports on its first stdout line.
+func (cs *children) startSelf(ctx context.Context, mode string, args ...string) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command(self, append([]string{mode}, args...)...)
+	cmd.Stderr = os.Stderr
+	// The child exits when its stdin reaches EOF, i.e. when this process
+	// is gone, however it went.
+	if _, err := cmd.StdinPipe(); err != nil {
+		return "", err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cs.launch(cmd); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
+	if err != nil || !ok {
+		return "", fmt.Errorf("%s child: no address reported (%q, %v)", mode, line, err)
+	}
+	if err := waitReady(ctx, addr); err != nil {
+		return "", fmt.Errorf("%s child: %w", mode, err)
+	}
+	return addr, nil
+}
+
+// start runs an external server and waits until addr answers.
+func (cs *children) start(ctx context.Context, cmd *exec.Cmd, addr string) error {
+	if err := cs.launch(cmd); err != nil {
+		return err
+	}
+	return waitReady(ctx, addr)
+}
+
+func (cs *children) launch(cmd *exec.Cmd) error {
+	// Own process group, so that stopAll reaches nginx's worker too;
+	// parent-death signal (Linux) for when this process is killed outright.
+	cmd.SysProcAttr = childAttr()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	cs.mu.Lock()
+	cs.procs = append(cs.procs, cmd)
+	cs.mu.Unlock()
+	return nil
+}
+
+func (cs *children) stopAll() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, cmd := range cs.procs {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	}
+	for _, cmd := range cs.procs {
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	}
+	cs.procs = nil
+}
+
+func waitReady(ctx context.Context, addr string) error {
+	deadline := time.Now().Add(15 * time.Second)
+	c := &http.Client{Timeout: time.Second}
+	for {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+		req.Host = benchHost
+		resp, err := c.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				c.CloseIdleConnections()
+				return nil
+			}
+			err = fmt.Errorf("status %s", resp.Status)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready: %w", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// childMain runs a child mode: it listens on loopback, reports the address
+// on stdout, serves, and exits when stdin closes (the parent is gone).
+func childMain(serve func(args []string) (http.Handler, error)) {
+	h, err := serve(os.Args[2:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench/router %s: %v\n", os.Args[1], err)
+		os.Exit(2)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench/router %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		os.Exit(0)
+	}()
+	fmt.Printf("listening %s\n", ln.Addr())
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if err := srv.Serve(ln); err != nil {
+		fmt.Fprintf(os.Stderr, "bench/router %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+var hello = []byte("hello, world\n")
+
+func runBackend(args []string) (http.Handler, error) {
+	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
+	delay := fs.Duration("delay", 0, "sleep before answering")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if *delay > 0 {
+			time.Sleep(*delay)
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write(hello)
+	}), nil
+}
+
+func runRouter(args []string) (http.Handler, error) {
+	fs := flag.NewFlagSet("router", flag.ContinueOnError)
+	backend := fs.String("backend", "", "backend address host:port")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if *backend == "" {
+		return nil, fmt.Errorf("-backend is required")
+	}
+	r := router.New(router.Options{Zone: spec.DefaultZone, Logf: func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "bench/router router: "+format+"\n", args...)
+	}})
+	key := spec.Key("hello", "000000000000")
+	r.AddBackend(key, *backend)
+	if err := r.Swap(router.Table{Domains: map[string]spec.VersionKey{benchHost: key}}); err != nil {
+		return nil, err
+	}
+	return r, nil
+}

@@ -1,0 +1,188 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+)
+
+// Client talks to a daemon over its unix socket.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+}
+
+// UnreachableError is returned when no daemon answers on the socket.
+type UnreachableError struct {
+	Socket string
+	Err    error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("cannot reach the hostel daemon at %s: %v", e.Socket, e.Err)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+func (c *Client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://hostel"+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &UnreachableError{Socket: c.socket, Err: err}
+	}
+	return resp, nil
+}
+
+// call does one request and decodes the JSON answer into out.
+func (c *Client) call(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func decodeError(resp *http.Response) error {
+	var ev Event
+	if err := json.NewDecoder(resp.Body).Decode(&ev); err != nil || ev.Error == nil {
+		return &Error{Kind: KindFailed, Message: fmt.Sprintf("daemon answered %s", resp.Status)}
+	}
+	return ev.Error
+}
+
+// streamCall does a streamed request: each progress line goes to progress,
+// the result is decoded into out.
+func (c *Client) streamCall(ctx context.Context, path string, body, out any, progress func(string)) error {
+	resp, err := c.do(ctx, http.MethodPost, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeError(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return fmt.Errorf("bad answer from daemon: %w", err)
+		}
+		switch {
+		case ev.Error != nil:
+			return ev.Error
+		case ev.Result != nil:
+			if out != nil {
+				return json.Unmarshal(ev.Result, out)
+			}
+			return nil
+		case progress != nil:
+			progress(ev.Progress)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return &Error{Kind: KindFailed, Message: "lost the daemon mid-operation: " + err.Error()}
+	}
+	return &Error{Kind: KindFailed, Message: "the daemon closed the connection before it finished"}
+}
+
+// Plan asks what a deploy would change. out receives the plan's JSON.
+func (c *Client) Plan(ctx context.Context, req PlanRequest, out any) error {
+	return c.call(ctx, http.MethodPost, "/v1/plan", req, out)
+}
+
+// Deploy applies a spec; progress receives each step.
+func (c *Client) Deploy(ctx context.Context, req DeployRequest, out any, progress func(string)) error {
+	return c.streamCall(ctx, "/v1/deploy", req, out, progress)
+}
+
+// Rollback switches to another generation.
+func (c *Client) Rollback(ctx context.Context, req RollbackRequest, out any, progress func(string)) error {
+	return c.streamCall(ctx, "/v1/rollback", req, out, progress)
+}
+
+// Restart restarts a service's running version.
+func (c *Client) Restart(ctx context.Context, service string) error {
+	return c.call(ctx, http.MethodPost, "/v1/restart", RestartRequest{Service: service}, nil)
+}
+
+// GC drops old generations.
+func (c *Client) GC(ctx context.Context, keep int) (*GCResult, error) {
+	var r GCResult
+	return &r, c.call(ctx, http.MethodPost, "/v1/gc", GCRequest{Keep: keep}, &r)
+}
+
+// Status returns what runs.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var s Status
+	return &s, c.call(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+// Generations returns the history.
+func (c *Client) Generations(ctx context.Context) (*Generations, error) {
+	var g Generations
+	return &g, c.call(ctx, http.MethodGet, "/v1/generations", nil, &g)
+}
+
+// Logs copies a service's log to w.
+func (c *Client) Logs(ctx context.Context, service, version string, n int, follow bool, w io.Writer) error {
+	q := url.Values{"service": {service}, "version": {version}, "n": {strconv.Itoa(n)}}
+	if follow {
+		q.Set("follow", "1")
+	}
+	resp, err := c.do(ctx, http.MethodGet, "/v1/logs?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeError(resp)
+	}
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

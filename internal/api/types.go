@@ -1,0 +1,112 @@
+// Package api is the daemon's HTTP API, served on the unix socket
+// ROOT/hostel.sock, and the client the CLI uses to reach it. The wire types
+// here are the contract's JSON output: fields are only ever added.
+package api
+
+import (
+	"encoding/json"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// PlanRequest carries a spec in canonical JSON with its inputs.
+type PlanRequest struct {
+	// Source names the file the spec came from, for messages.
+	Source string          `json:"source"`
+	Spec   json.RawMessage `json:"spec"`
+	Inputs spec.Inputs     `json:"inputs"`
+}
+
+// DeployRequest is a PlanRequest to apply.
+type DeployRequest struct {
+	PlanRequest
+	// Confirm is the confirm window as a Go duration; "" means the default
+	// (30s) and "0s" skips it.
+	Confirm string `json:"confirm,omitempty"`
+}
+
+// RollbackRequest names the generation to return to; 0 means the previous one.
+type RollbackRequest struct {
+	To uint64 `json:"to"`
+}
+
+// RestartRequest names the service to restart.
+type RestartRequest struct {
+	Service string `json:"service"`
+}
+
+// GCRequest keeps the newest Keep generations.
+type GCRequest struct {
+	Keep int `json:"keep"`
+}
+
+// GCResult says what gc removed.
+type GCResult struct {
+	Removed []uint64 `json:"removed"`
+	Kept    []uint64 `json:"kept"`
+}
+
+// Listen holds the addresses the daemon actually bound.
+type Listen struct {
+	HTTP  string `json:"http"`
+	HTTPS string `json:"https"`
+}
+
+// Status is `hostel status --json`.
+type Status struct {
+	Generation uint64          `json:"generation"`
+	Listen     Listen          `json:"listen"`
+	Services   []ServiceStatus `json:"services"`
+}
+
+// ServiceStatus is one version of a service in Status.
+type ServiceStatus struct {
+	Name     string   `json:"name"`
+	Version  string   `json:"version"`
+	State    string   `json:"state"`
+	PID      int      `json:"pid"`
+	URL      string   `json:"url"`
+	Domains  []string `json:"domains"`
+	Ready    bool     `json:"ready"`
+	Restarts int      `json:"restarts"`
+	InFlight int64    `json:"in_flight"`
+	Error    string   `json:"error,omitempty"`
+}
+
+// Generation is one row of `hostel generations --json`.
+type Generation struct {
+	Number   uint64            `json:"number"`
+	Time     time.Time         `json:"time"`
+	SpecHash string            `json:"spec_hash"`
+	Source   string            `json:"source,omitempty"`
+	Current  bool              `json:"current"`
+	Versions map[string]string `json:"versions"`
+}
+
+// Generations is `hostel generations --json`.
+type Generations struct {
+	Current     uint64       `json:"current"`
+	Generations []Generation `json:"generations"`
+}
+
+// Event is one line of a streamed response: progress, then a result or an error.
+type Event struct {
+	Progress string          `json:"progress,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *Error          `json:"error,omitempty"`
+}
+
+// Error kinds, which the CLI maps to exit codes.
+const (
+	KindInvalid = "invalid" // the input is wrong; nothing changed (exit 2)
+	KindFailed  = "failed"  // the operation failed (exit 1)
+)
+
+// Error is an error as the API reports it.
+type Error struct {
+	Kind    string `json:"kind"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }

@@ -1,0 +1,148 @@
+// Package cli is hostel's command line. Every command but serve is a client
+// of the daemon's API; the CLI never reaches into the daemon's internals.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"hostel/internal/api"
+	"hostel/internal/spec"
+)
+
+// Version is the binary's version, set at link time.
+var Version = "dev"
+
+// Exit codes, as in the contract.
+const (
+	exitOK      = 0
+	exitFailed  = 1
+	exitInvalid = 2
+)
+
+// usageError marks a bad flag or argument (exit 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+
+// env carries what every command needs.
+type env struct {
+	root   string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func (e *env) client() *api.Client { return api.NewClient(filepath.Join(e.root, "hostel.sock")) }
+
+// Main runs the CLI with args and returns the exit code.
+func Main(args []string) int {
+	return run(args, os.Stdout, os.Stderr)
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	e := &env{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "hostel",
+		Short:         "Run many web apps on one machine, the Nix way",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	defRoot := os.Getenv("HOSTEL_ROOT")
+	if defRoot == "" {
+		defRoot = "/var/lib/hostel"
+	}
+	root.PersistentFlags().StringVar(&e.root, "root", defRoot, "the daemon's state directory (env HOSTEL_ROOT)")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(
+		serveCmd(e), planCmd(e), deployCmd(e), statusCmd(e), generationsCmd(e), rollbackCmd(e),
+		logsCmd(e), restartCmd(e), gcCmd(e), versionCmd(e),
+	)
+	root.SetArgs(args)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	return report(stderr, err)
+}
+
+// report prints err as the contract wants (one line saying what and where,
+// then detail) and returns its exit code.
+func report(w io.Writer, err error) int {
+	var (
+		ue  usageError
+		se  *spec.Error
+		ae  *api.Error
+		une *api.UnreachableError
+	)
+	switch {
+	case errors.As(err, &se):
+		fmt.Fprintln(w, se.Error())
+		return exitInvalid
+	case errors.As(err, &ue):
+		fmt.Fprintln(w, ue.Error())
+		fmt.Fprintln(w, "Try: hostel --help")
+		return exitInvalid
+	case errors.As(err, &ae):
+		fmt.Fprintln(w, ae.Message)
+		if ae.Kind == api.KindInvalid {
+			return exitInvalid
+		}
+		return exitFailed
+	case errors.As(err, &une):
+		fmt.Fprintln(w, une.Error())
+		fmt.Fprintln(w, "Try: hostel serve --root", filepath.Dir(une.Socket))
+		return exitFailed
+	default:
+		// cobra's own argument errors ("accepts 1 arg(s)", "unknown command") are usage errors.
+		if isCobraUsage(err) {
+			fmt.Fprintln(w, err.Error())
+			fmt.Fprintln(w, "Try: hostel --help")
+			return exitInvalid
+		}
+		fmt.Fprintln(w, err.Error())
+		return exitFailed
+	}
+}
+
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "accepts ", "requires at least", "requires exactly", "unknown flag", "unknown shorthand", "invalid argument"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func versionCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the binary's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(e.stdout, "hostel", Version)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,294 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"hostel/internal/api"
+	"hostel/internal/daemon"
+	"hostel/internal/plan"
+	"hostel/internal/source"
+)
+
+func serveCmd(e *env) *cobra.Command {
+	var opts daemon.Options
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the daemon in the foreground: supervisor, router, API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.Root = e.root
+			return daemon.Run(cmd.Context(), opts)
+		},
+	}
+	cmd.Flags().StringVar(&opts.HTTPAddr, "http", ":80", "public HTTP listener (port 0 picks a free port)")
+	cmd.Flags().StringVar(&opts.HTTPSAddr, "https", ":443", `public HTTPS listener; "" serves everything on HTTP`)
+	return cmd
+}
+
+// load reads the spec file named by args, or the default one.
+func load(args []string) (*source.Loaded, api.PlanRequest, error) {
+	file := ""
+	if len(args) > 0 {
+		file = args[0]
+	} else {
+		wd, err := os.Getwd()
+		if err != nil {
+			return nil, api.PlanRequest{}, err
+		}
+		if file, err = source.Find(wd); err != nil {
+			return nil, api.PlanRequest{}, err
+		}
+	}
+	l, err := source.Load(file)
+	if err != nil {
+		return nil, api.PlanRequest{}, err
+	}
+	b, err := json.Marshal(l.Spec)
+	if err != nil {
+		return nil, api.PlanRequest{}, err
+	}
+	return l, api.PlanRequest{Source: l.File, Spec: b, Inputs: l.Inputs}, nil
+}
+
+func planCmd(e *env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "plan [FILE]",
+		Short: "Print what a deploy would change and why; changes nothing",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, req, err := load(args)
+			if err != nil {
+				return err
+			}
+			var p plan.Plan
+			if err := e.client().Plan(cmd.Context(), req, &p); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(e.stdout, &p)
+			}
+			return p.WriteText(e.stdout)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the plan as JSON")
+	return cmd
+}
+
+// deployResult mirrors the daemon's deploy result.
+type deployResult struct {
+	Generation uint64     `json:"generation"`
+	Plan       *plan.Plan `json:"plan,omitempty"`
+	Started    []string   `json:"started"`
+	Stopped    []string   `json:"stopped"`
+	RolledBack bool       `json:"rolled_back,omitempty"`
+}
+
+func deployCmd(e *env) *cobra.Command {
+	var (
+		asJSON    bool
+		noConfirm bool
+		confirm   time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "deploy [FILE]",
+		Short: "Plan, then apply: start new versions, health-check, switch atomically, drain old",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, preq, err := load(args)
+			if err != nil {
+				return err
+			}
+			req := api.DeployRequest{PlanRequest: preq}
+			if noConfirm {
+				req.Confirm = "0s"
+			} else if cmd.Flags().Changed("confirm") {
+				req.Confirm = confirm.String()
+			}
+			var res deployResult
+			err = e.client().Deploy(cmd.Context(), req, &res, func(line string) {
+				fmt.Fprintln(e.stderr, line)
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(e.stdout, &res)
+			}
+			if res.Plan != nil && !res.Plan.Changed() && len(res.Started) == 0 {
+				fmt.Fprintf(e.stdout, "generation %d: nothing changed\n", res.Generation)
+				return nil
+			}
+			fmt.Fprintf(e.stdout, "generation %d is live: %d started, %d stopped\n", res.Generation, len(res.Started), len(res.Stopped))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().BoolVar(&noConfirm, "no-confirm", false, "skip the confirm window after the switch")
+	cmd.Flags().DurationVar(&confirm, "confirm", 30*time.Second, "how long new versions must stay healthy after the switch")
+	return cmd
+}
+
+func statusCmd(e *env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [SERVICE]",
+		Short: "Show the current generation and each service's version, state, pid and URLs",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := e.client().Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				var only []api.ServiceStatus
+				for _, s := range st.Services {
+					if s.Name == args[0] {
+						only = append(only, s)
+					}
+				}
+				if only == nil {
+					return &api.Error{Kind: api.KindInvalid, Message: fmt.Sprintf("no service %q", args[0])}
+				}
+				st.Services = only
+			}
+			if asJSON {
+				return printJSON(e.stdout, st)
+			}
+			fmt.Fprintf(e.stdout, "generation %d, http %s\n", st.Generation, st.Listen.HTTP)
+			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "SERVICE\tVERSION\tSTATE\tPID\tREADY\tDOMAINS\tURL")
+			for _, s := range st.Services {
+				pid := "-"
+				if s.PID > 0 {
+					pid = fmt.Sprint(s.PID)
+				}
+				doms := strings.Join(s.Domains, ",")
+				if doms == "" {
+					doms = "-"
+				}
+				state := s.State
+				if s.Error != "" {
+					state += " (" + s.Error + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", s.Name, s.Version, state, pid, s.Ready, doms, s.URL)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print status as JSON")
+	return cmd
+}
+
+func generationsCmd(e *env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "generations",
+		Short: "List the generations: number, time, spec hash, per-service versions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			gs, err := e.client().Generations(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(e.stdout, gs)
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "GEN\tTIME\tSPEC\tSERVICES")
+			for _, g := range gs.Generations {
+				mark := ""
+				if g.Current {
+					mark = " (current)"
+				}
+				fmt.Fprintf(tw, "%d%s\t%s\t%.12s\t%d\n", g.Number, mark, g.Time.Local().Format("2006-01-02 15:04:05"), g.SpecHash, len(g.Versions))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print generations as JSON")
+	return cmd
+}
+
+func rollbackCmd(e *env) *cobra.Command {
+	var to uint64
+	cmd := &cobra.Command{
+		Use:   "rollback",
+		Short: "Switch to generation N (default: the one before the current)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var res deployResult
+			err := e.client().Rollback(cmd.Context(), api.RollbackRequest{To: to}, &res, func(line string) {
+				fmt.Fprintln(e.stderr, line)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "generation %d is live: %d started, %d stopped\n", res.Generation, len(res.Started), len(res.Stopped))
+			return nil
+		},
+	}
+	cmd.Flags().Uint64Var(&to, "to", 0, "the generation to switch to")
+	return cmd
+}
+
+func logsCmd(e *env) *cobra.Command {
+	var (
+		follow  bool
+		version string
+		lines   int
+	)
+	cmd := &cobra.Command{
+		Use:   "logs SERVICE",
+		Short: "Print a service's captured stdout and stderr",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return e.client().Logs(cmd.Context(), args[0], version, lines, follow, e.stdout)
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what the service writes")
+	cmd.Flags().StringVar(&version, "version", "", "a version other than the current one")
+	cmd.Flags().IntVarP(&lines, "lines", "n", 100, "how many lines from the end")
+	return cmd
+}
+
+func restartCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "restart SERVICE",
+		Short: "Restart one service's running version in place",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := e.client().Restart(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "restarted %s\n", args[0])
+			return nil
+		},
+	}
+}
+
+func gcCmd(e *env) *cobra.Command {
+	var keep int
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Drop generations older than the newest N; never the current one",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res, err := e.client().GC(cmd.Context(), keep)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "removed %d generations %v, kept %v\n", len(res.Removed), res.Removed, res.Kept)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&keep, "keep", 5, "how many of the newest generations to keep")
+	return cmd
+}

@@ -1,0 +1,184 @@
+// Package daemon is `hostel serve`: it wires the state store, the
+// supervisor, the router and the deploy engine together, serves the router
+// on the public listeners and the API on ROOT/hostel.sock.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"hostel/internal/api"
+	"hostel/internal/deploy"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/store"
+	"hostel/internal/supervisor"
+)
+
+// Options configure a daemon.
+type Options struct {
+	// Root holds all state: store, sockets, logs, service state.
+	Root string
+	// HTTPAddr is the public HTTP listener, e.g. ":80" or "127.0.0.1:0".
+	HTTPAddr string
+	// HTTPSAddr is the public HTTPS listener; "" serves everything on HTTP.
+	HTTPSAddr string
+	// Logf is the daemon's own log; nil logs to stderr.
+	Logf func(format string, args ...any)
+}
+
+// Daemon is a running `hostel serve`.
+type Daemon struct {
+	opts   Options
+	store  store.Store
+	sup    *supervisor.Supervisor
+	router *router.Router
+	engine *deploy.Engine
+	logf   func(string, ...any)
+
+	httpLn  net.Listener
+	apiLn   net.Listener
+	servers []*http.Server
+	wg      sync.WaitGroup
+}
+
+// SocketPath is where the API of the daemon with root listens.
+func SocketPath(root string) string { return filepath.Join(root, "hostel.sock") }
+
+// Start opens the store, binds the listeners, resumes the current
+// generation and starts serving. Close undoes whatever Start did, even after
+// a partial start.
+func Start(ctx context.Context, opts Options) (d *Daemon, err error) {
+	d = &Daemon{opts: opts, logf: opts.Logf}
+	if d.logf == nil {
+		l := log.New(os.Stderr, "hostel: ", log.LstdFlags)
+		d.logf = l.Printf
+	}
+	defer func() {
+		if err != nil {
+			d.Close()
+			d = nil
+		}
+	}()
+	if opts.HTTPSAddr != "" {
+		return nil, fmt.Errorf("--https %s: automatic HTTPS is not in this build yet; pass --https \"\" to serve HTTP only", opts.HTTPSAddr)
+	}
+	for _, dir := range []struct {
+		path string
+		mode os.FileMode
+	}{{opts.Root, 0o755}, {filepath.Join(opts.Root, "state"), 0o755}, {filepath.Join(opts.Root, "run"), 0o755}, {filepath.Join(opts.Root, "logs"), 0o700}} {
+		if err := os.MkdirAll(dir.path, dir.mode); err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(dir.path, dir.mode); err != nil {
+			return nil, err
+		}
+	}
+	st, err := store.OpenBolt(filepath.Join(opts.Root, "state.db"))
+	if err != nil {
+		return nil, err
+	}
+	d.store = st
+	zone := spec.DefaultZone
+	if cur, err := st.Current(); err != nil {
+		return nil, err
+	} else if cur != nil {
+		zone = cur.Spec.ZoneOrDefault()
+	}
+	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: os.Geteuid() == 0})
+	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
+	d.engine = deploy.New(st, d.sup, d.router)
+
+	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("--http: %w", err)
+	}
+	sock := SocketPath(opts.Root)
+	if err := removeStaleSocket(sock); err != nil {
+		return nil, err
+	}
+	if d.apiLn, err = net.Listen("unix", sock); err != nil {
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		return nil, err
+	}
+	if err := d.engine.Resume(ctx, func(f string, a ...any) { d.logf(f, a...) }); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	d.serve(d.httpLn, d.router)
+	d.serve(d.apiLn, api.NewHandler(d))
+	d.logf("serving HTTP on %s, API on %s", d.httpLn.Addr(), sock)
+	return d, nil
+}
+
+func (d *Daemon) serve(ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
+	d.servers = append(d.servers, srv)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.logf("serve %s: %v", ln.Addr(), err)
+		}
+	}()
+}
+
+// removeStaleSocket removes a socket left by a daemon that died, and refuses
+// to start beside a live one.
+func removeStaleSocket(path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("another hostel daemon is serving %s", path)
+	}
+	return os.Remove(path)
+}
+
+// HTTPAddr returns the bound public HTTP address.
+func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
+
+// Close stops serving, stops every service and closes the store.
+func (d *Daemon) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, s := range d.servers {
+		s.Shutdown(ctx)
+	}
+	for _, ln := range []net.Listener{d.httpLn, d.apiLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	d.wg.Wait()
+	if d.engine != nil {
+		d.engine.Shutdown(ctx)
+	}
+	if d.router != nil {
+		d.router.Close()
+	}
+	if d.store != nil {
+		return d.store.Close()
+	}
+	return nil
+}
+
+// Run starts a daemon and serves until ctx ends.
+func Run(ctx context.Context, opts Options) error {
+	d, err := Start(ctx, opts)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	d.logf("shutting down")
+	return d.Close()
+}

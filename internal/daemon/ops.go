@@ -1,0 +1,284 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"hostel/internal/api"
+	"hostel/internal/deploy"
+	"hostel/internal/plan"
+	"hostel/internal/spec"
+)
+
+var _ api.Daemon = (*Daemon)(nil)
+
+// DefaultConfirm is the confirm window after a switch.
+const DefaultConfirm = 30 * time.Second
+
+// apiError turns an engine error into what the API reports.
+func apiError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *spec.Error
+	if errors.Is(err, deploy.ErrInvalid) || errors.As(err, &se) {
+		msg := strings.TrimPrefix(err.Error(), deploy.ErrInvalid.Error()+": ")
+		return &api.Error{Kind: api.KindInvalid, Message: msg}
+	}
+	return err
+}
+
+func decodeSpec(req api.PlanRequest) (*spec.Spec, error) {
+	src := req.Source
+	if src == "" {
+		src = "spec"
+	}
+	s, err := spec.Decode(src, req.Spec)
+	if err != nil {
+		return nil, api.Invalid(err)
+	}
+	return s, nil
+}
+
+// Plan implements api.Daemon.
+func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, error) {
+	s, err := decodeSpec(req)
+	if err != nil {
+		return nil, err
+	}
+	p, err := d.engine.Plan(s, req.Inputs)
+	return p, apiError(err)
+}
+
+// Deploy implements api.Daemon.
+func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress func(string)) (any, error) {
+	s, err := decodeSpec(req.PlanRequest)
+	if err != nil {
+		return nil, err
+	}
+	confirm := DefaultConfirm
+	if req.Confirm != "" {
+		if confirm, err = time.ParseDuration(req.Confirm); err != nil || confirm < 0 {
+			return nil, api.Invalid(fmt.Errorf("confirm: invalid duration %q", req.Confirm))
+		}
+	}
+	// A deploy runs to its end even if the client goes away: a half-applied
+	// deploy is worse than an unobserved one.
+	ctx = context.WithoutCancel(ctx)
+	res, err := d.engine.Deploy(ctx, deploy.Request{Source: req.Source, Spec: s, Inputs: req.Inputs, Confirm: confirm}, d.progress(progress))
+	return res, apiError(err)
+}
+
+// Rollback implements api.Daemon.
+func (d *Daemon) Rollback(ctx context.Context, req api.RollbackRequest, progress func(string)) (any, error) {
+	res, err := d.engine.Rollback(context.WithoutCancel(ctx), req.To, d.progress(progress))
+	return res, apiError(err)
+}
+
+func (d *Daemon) progress(send func(string)) deploy.Progress {
+	return func(format string, args ...any) {
+		line := fmt.Sprintf(format, args...)
+		d.logf("%s", line)
+		send(line)
+	}
+}
+
+// Restart implements api.Daemon.
+func (d *Daemon) Restart(ctx context.Context, req api.RestartRequest) error {
+	return apiError(d.engine.Restart(ctx, req.Service))
+}
+
+// Status implements api.Daemon.
+func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
+	cur, err := d.store.Current()
+	if err != nil {
+		return nil, err
+	}
+	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr()}, Services: []api.ServiceStatus{}}
+	zone := spec.DefaultZone
+	shown := map[spec.VersionKey]bool{}
+	if cur != nil {
+		st.Generation = cur.Number
+		zone = cur.Spec.ZoneOrDefault()
+		for _, name := range cur.Spec.Names() {
+			key := spec.Key(name, cur.Versions[name])
+			shown[key] = true
+			ss := d.serviceStatus(name, cur.Versions[name], zone)
+			ss.Domains = append([]string{}, cur.Spec.Services[name].Domains...)
+			st.Services = append(st.Services, ss)
+		}
+	}
+	// Old versions still draining.
+	for _, s := range d.sup.List() {
+		if !shown[s.Key] {
+			st.Services = append(st.Services, d.serviceStatus(s.Service, s.Version, zone))
+		}
+	}
+	return st, nil
+}
+
+func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.ServiceStatus {
+	key := spec.Key(name, v)
+	ss := api.ServiceStatus{Name: name, Version: string(v), State: "stopped", Domains: []string{},
+		URL: "http://" + spec.VersionHost(name, v, zone), InFlight: d.router.InFlight(key)}
+	if s, ok := d.sup.Status(key); ok {
+		ss.State, ss.PID, ss.Ready, ss.Restarts, ss.Error = string(s.State), s.PID, s.Ready, s.Restarts, s.LastError
+		if d.engine.Draining(key) {
+			ss.State = "draining"
+		}
+	}
+	return ss
+}
+
+// Generations implements api.Daemon.
+func (d *Daemon) Generations(ctx context.Context) (*api.Generations, error) {
+	gens, err := d.store.List()
+	if err != nil {
+		return nil, err
+	}
+	cur, err := d.store.Current()
+	if err != nil {
+		return nil, err
+	}
+	out := &api.Generations{Generations: []api.Generation{}}
+	if cur != nil {
+		out.Current = cur.Number
+	}
+	for _, g := range gens {
+		vs := make(map[string]string, len(g.Versions))
+		for k, v := range g.Versions {
+			vs[k] = string(v)
+		}
+		out.Generations = append(out.Generations, api.Generation{Number: g.Number, Time: g.Time, SpecHash: g.SpecHash,
+			Source: g.Source, Current: g.Number == out.Current, Versions: vs})
+	}
+	return out, nil
+}
+
+// GC implements api.Daemon: it keeps the newest keep generations and the current one.
+func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, error) {
+	if req.Keep < 1 {
+		return nil, api.Invalid(fmt.Errorf("--keep must be at least 1, not %d", req.Keep))
+	}
+	gens, err := d.store.List()
+	if err != nil {
+		return nil, err
+	}
+	cur, err := d.store.Current()
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(gens, func(i, j int) bool { return gens[i].Number > gens[j].Number })
+	res := &api.GCResult{Removed: []uint64{}, Kept: []uint64{}}
+	for i, g := range gens {
+		if i < req.Keep || (cur != nil && g.Number == cur.Number) {
+			res.Kept = append(res.Kept, g.Number)
+		} else {
+			res.Removed = append(res.Removed, g.Number)
+		}
+	}
+	if err := d.store.Delete(res.Removed...); err != nil {
+		return nil, err
+	}
+	sort.Slice(res.Kept, func(i, j int) bool { return res.Kept[i] < res.Kept[j] })
+	sort.Slice(res.Removed, func(i, j int) bool { return res.Removed[i] < res.Removed[j] })
+	return res, nil
+}
+
+// LogPath is where the supervisor writes the log of one version.
+func LogPath(root, service string, v spec.Version) string {
+	return filepath.Join(root, "logs", service, string(v)+".log")
+}
+
+// Logs implements api.Daemon.
+func (d *Daemon) Logs(ctx context.Context, service, version string, n int, follow bool, w io.Writer) error {
+	if version == "" {
+		cur, err := d.store.Current()
+		if err != nil {
+			return err
+		}
+		if cur == nil || cur.Spec.Services[service] == nil {
+			return api.Invalid(fmt.Errorf("no service %q in the current generation (name a version with --version)", service))
+		}
+		version = string(cur.Versions[service])
+	}
+	path := LogPath(d.opts.Root, service, spec.Version(version))
+	f, err := os.Open(path)
+	if err != nil {
+		return api.Invalid(fmt.Errorf("no logs for %s version %s", service, version))
+	}
+	defer func() { f.Close() }()
+	if err := tail(f, n, w); err != nil || !follow {
+		return err
+	}
+	// Follow: copy what is appended; reopen when the log is rotated.
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := io.Copy(w, f); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		if st, err := os.Stat(path); err == nil {
+			if fst, err := f.Stat(); err == nil && !os.SameFile(st, fst) {
+				io.Copy(w, f)
+				nf, err := os.Open(path)
+				if err == nil {
+					f.Close()
+					f = nf
+				}
+			}
+		}
+	}
+}
+
+// tail writes the last n lines of f to w and leaves f at its end.
+func tail(f *os.File, n int, w io.Writer) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	// Read backwards in chunks until n newlines are found.
+	const chunk = 64 << 10
+	off := size
+	lines := 0
+	for off > 0 && lines <= n {
+		step := int64(chunk)
+		if off < step {
+			step = off
+		}
+		off -= step
+		buf := make([]byte, step)
+		if _, err := f.ReadAt(buf, off); err != nil {
+			return err
+		}
+		for i := len(buf) - 1; i >= 0; i-- {
+			if buf[i] == '\n' && off+int64(i) != size-1 {
+				lines++
+				if lines == n {
+					off += int64(i) + 1
+					goto found
+				}
+			}
+		}
+	}
+found:
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return err
+	}
+	_, err = io.Copy(w, bufio.NewReader(io.LimitReader(f, size-off)))
+	return err
+}

@@ -1,0 +1,304 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+// levels groups a spec's services so that every service comes in a later
+// level than all it needs; a level's services can start together.
+func levels(s *spec.Spec) ([][]string, error) {
+	order, err := spec.Order(s)
+	if err != nil {
+		return nil, err
+	}
+	level := map[string]int{}
+	var out [][]string
+	for _, name := range order {
+		l := 0
+		for _, n := range s.Services[name].Needs {
+			l = max(l, level[n]+1)
+		}
+		level[name] = l
+		for len(out) <= l {
+			out = append(out, nil)
+		}
+		out[l] = append(out[l], name)
+	}
+	return out, nil
+}
+
+// startAll starts every version of g that does not run yet, dependencies
+// first, and waits until each is ready. On failure it stops what it started
+// and returns an error naming the service; nothing else is touched.
+func (e *Engine) startAll(ctx context.Context, g *spec.Generation, progress Progress) ([]string, error) {
+	lv, err := levels(g.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	var started []string
+	for _, names := range lv {
+		var (
+			wg   sync.WaitGroup
+			mu   sync.Mutex
+			errs []error
+		)
+		for _, name := range names {
+			key := spec.Key(name, g.Versions[name])
+			if e.isRunning(key) {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := e.start(ctx, g, name, progress)
+				mu.Lock()
+				defer mu.Unlock()
+				started = append(started, string(key))
+				if err != nil {
+					errs = append(errs, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if len(errs) > 0 {
+			e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
+			return nil, fmt.Errorf("deploy failed before the switch, nothing changed: %w", errors.Join(errs...))
+		}
+	}
+	sort.Strings(started)
+	return started, nil
+}
+
+func (e *Engine) isRunning(key spec.VersionKey) bool {
+	e.runMu.Lock()
+	v := e.running[key]
+	e.runMu.Unlock()
+	if v == nil {
+		return false
+	}
+	_, ok := e.procs.Get(key)
+	return ok
+}
+
+// start starts one version and waits until it is ready.
+func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, progress Progress) error {
+	svc := g.Spec.Services[name]
+	ver := g.Versions[name]
+	key := spec.Key(name, ver)
+	env := make(map[string]string, len(svc.Env)+len(svc.Needs))
+	for k, v := range svc.Env {
+		env[k] = v
+	}
+	var needs []spec.VersionKey
+	for _, n := range svc.Needs {
+		nk := spec.Key(n, g.Versions[n])
+		url, err := e.route.OpenEndpoint(nk, "127.0.0.1:0")
+		if err != nil {
+			return fmt.Errorf("service %q: endpoint for %s: %w", name, nk, err)
+		}
+		env[spec.EnvName(n)] = url
+		needs = append(needs, nk)
+	}
+	exec := svc.Exec
+	cfg := supervisor.Config{
+		Service: name, Version: ver, Dir: svc.Package, Exec: exec, Env: env,
+		ReadyTimeout: svc.HealthTimeout(), StopGrace: svc.StopGraceOrDefault(),
+	}
+	if svc.Health != nil {
+		cfg.HealthPath = svc.Health.Path
+	}
+	if svc.Package != "" && !filepath.IsAbs(exec[0]) {
+		cfg.Exec = append([]string{filepath.Join(svc.Package, exec[0])}, exec[1:]...)
+	}
+	progress("starting %s", key)
+	t0 := time.Now()
+	inst, err := e.procs.Start(cfg)
+	if err != nil {
+		return fmt.Errorf("service %q: start %s: %w", name, key, err)
+	}
+	e.runMu.Lock()
+	e.running[key] = &version{service: name, version: ver, svc: svc, needs: needs}
+	e.runMu.Unlock()
+	if err := inst.WaitReady(ctx); err != nil {
+		return fmt.Errorf("service %q: %s not ready: %w", name, key, err)
+	}
+	e.route.AddBackend(key, inst.Addr())
+	progress("ready %s on %s (%s)", key, inst.Addr(), time.Since(t0).Round(time.Millisecond))
+	return nil
+}
+
+// Table builds the public routing table of a generation.
+func Table(g *spec.Generation) router.Table {
+	t := router.Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}}
+	for name, svc := range g.Spec.Services {
+		key := spec.Key(name, g.Versions[name])
+		for _, d := range svc.Domains {
+			t.Domains[d] = key
+		}
+		for _, r := range svc.Redirects {
+			t.Redirects[r] = svc.Domains[0]
+		}
+	}
+	return t
+}
+
+// switchTo moves every domain to g's versions in one step.
+func (e *Engine) switchTo(g *spec.Generation) error {
+	if err := e.route.Swap(Table(g)); err != nil {
+		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
+	}
+	return nil
+}
+
+// confirm watches the versions a deploy started for the confirm window. Two
+// failed health checks in a row of any of them is an error.
+func (e *Engine) confirm(ctx context.Context, g *spec.Generation, started []string, window time.Duration, progress Progress) error {
+	progress("confirming for %s: health checks of %s", window, strings.Join(started, ", "))
+	deadline := time.NewTimer(window)
+	defer deadline.Stop()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	fails := map[string]int{}
+	for {
+		select {
+		case <-deadline.C:
+			progress("confirmed: generation %d is healthy", g.Number)
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		for _, k := range started {
+			inst, ok := e.procs.Get(spec.VersionKey(k))
+			var err error
+			if !ok {
+				err = errors.New("not running")
+			} else {
+				hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				err = inst.Healthy(hctx)
+				cancel()
+			}
+			if err == nil {
+				fails[k] = 0
+				continue
+			}
+			fails[k]++
+			if fails[k] >= 2 {
+				return fmt.Errorf("%s failed its health check after the switch: %w", k, err)
+			}
+		}
+	}
+}
+
+// switchBack undoes a switch to a generation whose versions are unhealthy.
+func (e *Engine) switchBack(ctx context.Context, prev *spec.Generation, started []string, progress Progress) error {
+	if err := e.store.SetCurrent(prev.Number); err != nil {
+		return err
+	}
+	if err := e.switchTo(prev); err != nil {
+		return err
+	}
+	e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
+	return nil
+}
+
+// drain stops every running version that g does not hold, once nothing is
+// in flight to it and no running version needs it: the topmost first.
+func (e *Engine) drain(ctx context.Context, g *spec.Generation, progress Progress) []string {
+	keep := map[spec.VersionKey]bool{}
+	for name, v := range g.Versions {
+		keep[spec.Key(name, v)] = true
+	}
+	var old []spec.VersionKey
+	for _, k := range e.Running() {
+		if !keep[k] {
+			old = append(old, k)
+		}
+	}
+	e.stopKeys(ctx, old, progress)
+	out := make([]string, len(old))
+	for i, k := range old {
+		out[i] = string(k)
+	}
+	return out
+}
+
+// stopKeys drains and stops versions in rounds: in each round, those that no
+// other version still to stop needs; within a round, all at once.
+func (e *Engine) stopKeys(ctx context.Context, keys []spec.VersionKey, progress Progress) {
+	left := map[spec.VersionKey]bool{}
+	for _, k := range keys {
+		left[k] = true
+	}
+	for len(left) > 0 {
+		needed := map[spec.VersionKey]bool{}
+		e.runMu.Lock()
+		for k := range left {
+			if v := e.running[k]; v != nil {
+				v.draining = true
+				for _, n := range v.needs {
+					needed[n] = true
+				}
+			}
+		}
+		e.runMu.Unlock()
+		var round []spec.VersionKey
+		for k := range left {
+			if !needed[k] {
+				round = append(round, k)
+			}
+		}
+		if len(round) == 0 { // cannot happen: needs are acyclic
+			for k := range left {
+				round = append(round, k)
+			}
+		}
+		var wg sync.WaitGroup
+		for _, k := range round {
+			delete(left, k)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e.stopOne(ctx, k, progress)
+			}()
+		}
+		wg.Wait()
+	}
+}
+
+// stopOne waits for a version's in-flight requests (up to its stop grace),
+// then stops it and forgets its routes.
+func (e *Engine) stopOne(ctx context.Context, key spec.VersionKey, progress Progress) {
+	grace := 10 * time.Second
+	e.runMu.Lock()
+	if v := e.running[key]; v != nil {
+		grace = v.svc.StopGraceOrDefault()
+	}
+	e.runMu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, grace)
+	err := e.route.WaitIdle(wctx, key)
+	cancel()
+	if err != nil {
+		progress("%s: %d requests still in flight after %s", key, e.route.InFlight(key), grace)
+	}
+	if err := e.procs.Stop(ctx, key); err != nil {
+		progress("stopping %s: %v", key, err)
+	}
+	e.route.RemoveBackend(key)
+	e.route.CloseEndpoint(key)
+	e.runMu.Lock()
+	delete(e.running, key)
+	e.runMu.Unlock()
+	progress("stopped %s", key)
+}

@@ -1,0 +1,199 @@
+package plan
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"hostel/internal/spec"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// A golden file has sections "-- current --", "-- current-inputs --",
+// "-- next --", "-- next-inputs --" and "-- want --". current may be empty
+// (no generation yet). want is the text plan, or "error: ..." for a spec error.
+func TestGolden(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.plan")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden files: %v", err)
+	}
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".plan"), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head, sections := parseSections(string(data))
+			got := run(t, sections)
+			if *update {
+				sections["want"] = got
+				if err := os.WriteFile(file, []byte(formatSections(head, sections)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if want := sections["want"]; got != want {
+				t.Errorf("plan mismatch (go test ./internal/plan -update to accept)\ngot:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+func run(t *testing.T, sec map[string]string) string {
+	t.Helper()
+	var cur *spec.Generation
+	if strings.TrimSpace(sec["current"]) != "" {
+		s, err := spec.Decode("current.json", []byte(sec["current"]))
+		if err != nil {
+			t.Fatalf("current: %v", err)
+		}
+		in := inputs(t, sec["current-inputs"])
+		v, err := spec.Versions(s, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur = &spec.Generation{Number: 7, Spec: s, Inputs: in, Versions: v}
+	}
+	next, err := spec.Decode("hostel.json", []byte(sec["next"]))
+	if err != nil {
+		return "error: " + err.Error() + "\n"
+	}
+	p, err := Make(next, inputs(t, sec["next-inputs"]), cur)
+	if err != nil {
+		return "error: " + err.Error() + "\n"
+	}
+	var b bytes.Buffer
+	if err := p.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func inputs(t *testing.T, s string) spec.Inputs {
+	t.Helper()
+	var in spec.Inputs
+	if strings.TrimSpace(s) != "" {
+		if err := json.Unmarshal([]byte(s), &in); err != nil {
+			t.Fatalf("inputs: %v", err)
+		}
+	}
+	return in
+}
+
+var order = []string{"current", "current-inputs", "next", "next-inputs", "want"}
+
+func parseSections(s string) (head string, sec map[string]string) {
+	sec = map[string]string{}
+	name := ""
+	var b strings.Builder
+	flush := func() {
+		if name == "" {
+			head = b.String()
+		} else {
+			sec[name] = b.String()
+		}
+		b.Reset()
+	}
+	for _, line := range strings.SplitAfter(s, "\n") {
+		if strings.HasPrefix(line, "-- ") && strings.HasSuffix(strings.TrimSpace(line), " --") {
+			flush()
+			name = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(line), "-- "), " --")
+			continue
+		}
+		b.WriteString(line)
+	}
+	flush()
+	return head, sec
+}
+
+func formatSections(head string, sec map[string]string) string {
+	var b strings.Builder
+	b.WriteString(head)
+	for _, name := range order {
+		if v, ok := sec[name]; ok {
+			b.WriteString("-- " + name + " --\n" + v)
+		}
+	}
+	return b.String()
+}
+
+func TestRoutingChangeKeepsVersion(t *testing.T) {
+	a := mustDecode(t, `{"services":{"web":{"exec":["/bin/web"],"domains":["a.example"]}}}`)
+	b := mustDecode(t, `{"services":{"web":{"exec":["/bin/web"],"domains":["b.example"],"redirects":["www.b.example"],"idle":"5m"}}}`)
+	va, _ := spec.Versions(a, spec.Inputs{})
+	p, err := Make(b, spec.Inputs{}, &spec.Generation{Number: 1, Spec: a, Versions: va})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := p.Services[0]
+	if c.Action != Reroute || c.From != c.To {
+		t.Fatalf("got %+v, want reroute with the same version", c)
+	}
+}
+
+func mustDecode(t testing.TB, s string) *spec.Spec {
+	t.Helper()
+	sp, err := spec.Decode("hostel.json", []byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sp
+}
+
+// FuzzPlan checks that planning is total and deterministic: any two valid
+// specs plan without error, twice to the same result, with one change per
+// service of either side.
+func FuzzPlan(f *testing.F) {
+	f.Add(`{"services":{"a":{"exec":["x"]}}}`, `{"services":{"a":{"exec":["y"]},"b":{"exec":["z"],"needs":["a"]}}}`)
+	f.Add(`{"services":{}}`, `{"services":{"a":{"exec":["x"],"domains":["a.org"],"redirects":["www.a.org"]}}}`)
+	f.Add(`{"services":{"a":{"exec":["x"],"env":{"K":"1"}},"b":{"exec":["y"],"needs":["a"]}}}`,
+		`{"services":{"a":{"exec":["x"],"env":{"K":"2"}},"b":{"exec":["y"],"needs":["a"]}}}`)
+	f.Fuzz(func(t *testing.T, cur, next string) {
+		cs, err := spec.Decode("cur", []byte(cur))
+		if err != nil {
+			return
+		}
+		ns, err := spec.Decode("next", []byte(next))
+		if err != nil {
+			return
+		}
+		cv, err := spec.Versions(cs, spec.Inputs{})
+		if err != nil {
+			t.Fatalf("versions of a valid spec: %v", err)
+		}
+		g := &spec.Generation{Number: 1, Spec: cs, Versions: cv}
+		p1, err := Make(ns, spec.Inputs{}, g)
+		if err != nil {
+			t.Fatalf("plan of valid specs: %v", err)
+		}
+		p2, _ := Make(ns, spec.Inputs{}, g)
+		j1, _ := json.Marshal(p1)
+		j2, _ := json.Marshal(p2)
+		if !bytes.Equal(j1, j2) {
+			t.Fatalf("planning is not deterministic:\n%s\n%s", j1, j2)
+		}
+		seen := map[string]bool{}
+		for _, c := range p1.Services {
+			if seen[c.Name] {
+				t.Fatalf("service %q planned twice", c.Name)
+			}
+			seen[c.Name] = true
+			_, inCur := cs.Services[c.Name]
+			_, inNext := ns.Services[c.Name]
+			if !inCur && !inNext {
+				t.Fatalf("plan names unknown service %q", c.Name)
+			}
+			if (c.Action == Keep || c.Action == Reroute) != (inCur && inNext && cv[c.Name] == p1.Versions[c.Name]) {
+				t.Fatalf("service %q: action %s disagrees with versions", c.Name, c.Action)
+			}
+		}
+		if len(seen) != len(union(cs.Services, ns.Services)) {
+			t.Fatalf("plan covers %d services, want %d", len(seen), len(union(cs.Services, ns.Services)))
+		}
+	})
+}

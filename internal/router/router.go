@@ -1,0 +1,449 @@
+// Package router is hostel's HTTP front: one listener for every public domain,
+// plus one loopback endpoint per version, routing each request to the process
+// of exactly one version and counting what is in flight to it so that a
+// version can be drained before it is stopped.
+//
+// The public routing table and the set of backends are immutable values
+// behind atomic pointers: a request takes no lock, and a Swap moves every
+// domain to its new version in one step.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// Options configure a Router.
+type Options struct {
+	// Zone is the DNS suffix of immutable version names
+	// (SERVICE-VERSION.ZONE); empty means spec.DefaultZone.
+	Zone string
+	// Logf receives proxy errors and endpoint server errors; nil discards them.
+	Logf func(format string, args ...any)
+}
+
+// Table is the public routing table. Swap stores a copy; host names are
+// matched case-insensitively, without port and without a trailing dot.
+type Table struct {
+	// Domains maps a public host name to the version that serves it.
+	// A host in both Domains and Redirects is served, not redirected.
+	Domains map[string]spec.VersionKey
+	// Redirects maps a host name to the host it answers 301 for, keeping
+	// scheme, path and query.
+	Redirects map[string]string
+}
+
+// Router routes HTTP requests to registered backends. The zero value is not
+// usable; call New. All methods are safe for concurrent use.
+type Router struct {
+	zone string
+	logf func(format string, args ...any)
+
+	transport *http.Transport
+	bufPool   bufferPool
+
+	table    atomic.Pointer[Table]                        // normalized, never mutated once stored
+	backends atomic.Pointer[map[spec.VersionKey]*backend] // copy-on-write
+
+	mu        sync.Mutex // serializes writers of table, backends and endpoints
+	endpoints map[spec.VersionKey]*endpoint
+}
+
+// backend is one registered version. Its in-flight counter survives an
+// AddBackend that moves it to a new address (a restart on a new port).
+type backend struct {
+	key      spec.VersionKey
+	proxy    atomic.Pointer[httputil.ReverseProxy] // replaced by AddBackend with a new addr
+	inflight atomic.Int64
+
+	// waiters counts WaitIdle callers, so that the decrement on the hot
+	// path only takes mu when somebody is waiting.
+	waiters atomic.Int32
+	mu      sync.Mutex
+	idle    chan struct{} // closed (and replaced) when inflight drops to 0 while waited on
+}
+
+type endpoint struct {
+	url string
+	srv *http.Server
+	ln  net.Listener
+}
+
+// New returns a Router with an empty table and no backends.
+func New(opts Options) *Router {
+	r := &Router{
+		zone:      normalizeHost(opts.Zone),
+		logf:      opts.Logf,
+		endpoints: map[spec.VersionKey]*endpoint{},
+	}
+	if r.zone == "" {
+		r.zone = spec.DefaultZone
+	}
+	if r.logf == nil {
+		r.logf = func(string, ...any) {}
+	}
+	r.transport = &http.Transport{
+		// No Proxy: backends are on loopback and must never be reached
+		// through an HTTP_PROXY from the daemon's environment.
+		Proxy: nil,
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		// Go's default of 2 idle connections per host makes a busy proxy
+		// dial for most requests (caddy issue #2805); keep many open.
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		// Backends speak HTTP/1.1 on loopback; h2c is not attempted.
+		ForceAttemptHTTP2: false,
+		// Pass the client's Accept-Encoding and the backend's encoding
+		// through untouched instead of having the transport decompress.
+		DisableCompression:    true,
+		ExpectContinueTimeout: 1 * time.Second,
+	}
+	empty := map[spec.VersionKey]*backend{}
+	r.backends.Store(&empty)
+	r.table.Store(&Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}})
+	return r
+}
+
+// ServeHTTP routes a request on the public listener by its Host: first
+// Domains, then Redirects, then immutable version names. Anything else is
+// answered 404 and never with another service's content.
+func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	host := normalizeHost(req.Host)
+	t := r.table.Load()
+	if key, ok := t.Domains[host]; ok {
+		r.serveKey(w, req, key)
+		return
+	}
+	if target, ok := t.Redirects[host]; ok {
+		scheme := "http://"
+		if req.TLS != nil {
+			scheme = "https://"
+		}
+		http.Redirect(w, req, scheme+target+req.URL.RequestURI(), http.StatusMovedPermanently)
+		return
+	}
+	if service, v, ok := spec.ParseVersionHost(host, r.zone); ok {
+		key := spec.Key(service, v)
+		if b := (*r.backends.Load())[key]; b != nil {
+			b.serve(w, req)
+			return
+		}
+	}
+	http.Error(w, fmt.Sprintf("hostel: no service for host %q", host), http.StatusNotFound)
+}
+
+// serveKey proxies to key's backend. A table entry whose backend was removed
+// since the Swap answers 502: the host is ours, its process is gone.
+func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		r.logf("router: %s: no backend registered for %s", req.Host, key)
+		http.Error(w, fmt.Sprintf("hostel: %s is not running", key), http.StatusBadGateway)
+		return
+	}
+	b.serve(w, req)
+}
+
+func (b *backend) serve(w http.ResponseWriter, req *http.Request) {
+	b.inflight.Add(1)
+	// Deferred: ReverseProxy panics with http.ErrAbortHandler when a
+	// response body breaks off, and the count must still drop.
+	defer b.done()
+	b.proxy.Load().ServeHTTP(w, req)
+}
+
+func (b *backend) done() {
+	if b.inflight.Add(-1) == 0 && b.waiters.Load() > 0 {
+		b.mu.Lock()
+		close(b.idle)
+		b.idle = make(chan struct{})
+		b.mu.Unlock()
+	}
+}
+
+// AddBackend registers key as served at addr ("127.0.0.1:PORT"). If key is
+// already registered, future requests go to the new addr; requests in
+// flight finish where they are and stay counted.
+func (r *Router) AddBackend(key spec.VersionKey, addr string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *r.backends.Load()
+	if b, ok := old[key]; ok {
+		b.proxy.Store(r.newProxy(key, addr))
+		return
+	}
+	b := &backend{key: key, idle: make(chan struct{})}
+	b.proxy.Store(r.newProxy(key, addr))
+	next := make(map[spec.VersionKey]*backend, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[key] = b
+	r.backends.Store(&next)
+}
+
+// RemoveBackend unregisters key and closes its endpoint, if any. Requests
+// already in flight finish; new ones for key get 502 (by domain) or 404 (by
+// immutable name). Call WaitIdle first to drain.
+func (r *Router) RemoveBackend(key spec.VersionKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closeEndpointLocked(key)
+	old := *r.backends.Load()
+	if _, ok := old[key]; !ok {
+		return
+	}
+	next := make(map[spec.VersionKey]*backend, len(old))
+	for k, v := range old {
+		if k != key {
+			next[k] = v
+		}
+	}
+	r.backends.Store(&next)
+}
+
+// Swap replaces the public table in one step. It fails, changing nothing, if
+// a domain names a key with no backend or a host name is empty.
+func (r *Router) Swap(t Table) error {
+	next := &Table{
+		Domains:   make(map[string]spec.VersionKey, len(t.Domains)),
+		Redirects: make(map[string]string, len(t.Redirects)),
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	backends := *r.backends.Load()
+	for host, key := range t.Domains {
+		h := normalizeHost(host)
+		if h == "" {
+			return fmt.Errorf("router: swap: empty domain %q", host)
+		}
+		if _, ok := backends[key]; !ok {
+			return fmt.Errorf("router: swap: domain %q: no backend for %s", host, key)
+		}
+		next.Domains[h] = key
+	}
+	for host, target := range t.Redirects {
+		h := normalizeHost(host)
+		if h == "" {
+			return fmt.Errorf("router: swap: empty redirect host %q", host)
+		}
+		if target == "" {
+			return fmt.Errorf("router: swap: redirect %q: empty target", host)
+		}
+		next.Redirects[h] = target
+	}
+	r.table.Store(next)
+	return nil
+}
+
+// Table returns a copy of the current table, with host names normalized.
+func (r *Router) Table() Table {
+	t := r.table.Load()
+	c := Table{
+		Domains:   make(map[string]spec.VersionKey, len(t.Domains)),
+		Redirects: make(map[string]string, len(t.Redirects)),
+	}
+	for k, v := range t.Domains {
+		c.Domains[k] = v
+	}
+	for k, v := range t.Redirects {
+		c.Redirects[k] = v
+	}
+	return c
+}
+
+// OpenEndpoint opens a loopback listener on listen ("127.0.0.1:0" or a
+// fixed port) whose every request goes to key's backend, whatever its Host.
+// It returns the endpoint's URL, "http://127.0.0.1:PORT". Opening an
+// endpoint that is already open returns its URL if listen is compatible.
+func (r *Router) OpenEndpoint(key spec.VersionKey, listen string) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := (*r.backends.Load())[key]; !ok {
+		return "", fmt.Errorf("router: endpoint for %s: no backend", key)
+	}
+	if ep, ok := r.endpoints[key]; ok {
+		_, port, err := net.SplitHostPort(listen)
+		if err == nil && (port == "0" || ep.ln.Addr().String() == listen) {
+			return ep.url, nil
+		}
+		return "", fmt.Errorf("router: endpoint for %s already open at %s", key, ep.url)
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return "", fmt.Errorf("router: endpoint for %s: %w", key, err)
+	}
+	ep := &endpoint{url: "http://" + ln.Addr().String(), ln: ln}
+	ep.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			r.serveKey(w, req, key)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		ErrorLog:          log.New(logfWriter(r.logf), "router: endpoint "+string(key)+": ", 0),
+	}
+	r.endpoints[key] = ep
+	go func() {
+		if err := ep.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.logf("router: endpoint %s: %v", key, err)
+		}
+	}()
+	return ep.url, nil
+}
+
+// CloseEndpoint closes key's endpoint listener and its connections. It does
+// nothing if none is open.
+func (r *Router) CloseEndpoint(key spec.VersionKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closeEndpointLocked(key)
+}
+
+func (r *Router) closeEndpointLocked(key spec.VersionKey) {
+	ep, ok := r.endpoints[key]
+	if !ok {
+		return
+	}
+	delete(r.endpoints, key)
+	ep.srv.Close()
+}
+
+// InFlight returns how many requests to key are being served now, by any
+// route (domain, immutable name, endpoint). It is 0 for an unknown key.
+func (r *Router) InFlight(key spec.VersionKey) int64 {
+	if b := (*r.backends.Load())[key]; b != nil {
+		return b.inflight.Load()
+	}
+	return 0
+}
+
+// WaitIdle returns nil once nothing is in flight to key (at once for an
+// unknown key), or ctx's error if ctx ends first.
+func (r *Router) WaitIdle(ctx context.Context, key spec.VersionKey) error {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return nil
+	}
+	b.waiters.Add(1)
+	defer b.waiters.Add(-1)
+	for {
+		// Take the channel before reading the count: a decrement to 0
+		// after this point closes exactly this channel.
+		b.mu.Lock()
+		idle := b.idle
+		b.mu.Unlock()
+		if b.inflight.Load() == 0 {
+			return nil
+		}
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Close closes every endpoint listener and the idle backend connections.
+// The public listener belongs to the caller.
+func (r *Router) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key := range r.endpoints {
+		r.closeEndpointLocked(key)
+	}
+	r.transport.CloseIdleConnections()
+	return nil
+}
+
+func (r *Router) newProxy(key spec.VersionKey, addr string) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			// Not pr.SetURL: it would replace the Host header with addr,
+			// and apps want the public host they were reached by.
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = addr
+			pr.SetXForwarded()
+		},
+		Transport:  r.transport,
+		BufferPool: &r.bufPool,
+		// FlushInterval 0: ReverseProxy already flushes at once for
+		// text/event-stream and for bodies of unknown length, and
+		// buffers everything else for throughput.
+		ErrorLog: log.New(logfWriter(r.logf), "router: "+string(key)+": ", 0),
+		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			if !errors.Is(err, context.Canceled) {
+				r.logf("router: %s %s%s via %s: %v", req.Method, req.Host, req.URL.Path, key, err)
+			}
+			http.Error(w, fmt.Sprintf("hostel: %s is unavailable", key), http.StatusBadGateway)
+		},
+	}
+}
+
+// bufferPool is an httputil.BufferPool of 32 KiB buffers, the size
+// ReverseProxy allocates per copy when it has no pool.
+type bufferPool struct{ p sync.Pool }
+
+func (bp *bufferPool) Get() []byte {
+	if b, ok := bp.p.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 32*1024)
+}
+
+func (bp *bufferPool) Put(b []byte) { bp.p.Put(&b) }
+
+// logfWriter adapts Logf to the io.Writer a log.Logger needs.
+type logfWriter func(format string, args ...any)
+
+func (f logfWriter) Write(p []byte) (int, error) {
+	f("%s", strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// normalizeHost lowercases host (ASCII only: host names on the wire are
+// ASCII, IDNs arrive as punycode), strips a ":port" and then one trailing
+// dot. An IPv6 literal keeps its brackets: "[::1]:80" is "[::1]".
+func normalizeHost(host string) string {
+	if strings.HasPrefix(host, "[") {
+		if i := strings.IndexByte(host, ']'); i >= 0 {
+			host = host[:i+1]
+		} else if i := strings.IndexByte(host, ':'); i >= 0 {
+			// Not a well-formed literal: treat it like any other name.
+			host = host[:i]
+		}
+	} else if i := strings.IndexByte(host, ':'); i >= 0 {
+		host = host[:i]
+	}
+	host = strings.TrimSuffix(host, ".")
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; 'A' <= c && c <= 'Z' {
+			return lowerASCII(host)
+		}
+	}
+	return host
+}
+
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	return string(b)
+}

@@ -1,0 +1,142 @@
+// Package source reads what a user deploys: the spec file in their
+// repository, and the inputs that shape versions beyond the spec (the
+// contents of packages that are plain directories).
+package source
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"hostel/internal/spec"
+)
+
+// StoreDir is the Nix store: a package there is identified by its path alone,
+// which already hashes its whole closure.
+const StoreDir = "/nix/store/"
+
+// Loaded is a spec read from a file, with its inputs.
+type Loaded struct {
+	// File is the path as the user named it, for messages.
+	File   string
+	Spec   *spec.Spec
+	Inputs spec.Inputs
+}
+
+// Find returns the spec file to use when the user names none: hostel.nix,
+// else hostel.json, in dir.
+func Find(dir string) (string, error) {
+	for _, name := range []string{"hostel.nix", "hostel.json"} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			return name, nil
+		}
+	}
+	return "", &spec.Error{File: "hostel.json", Msg: "no hostel.nix or hostel.json in " + dir}
+}
+
+// Load reads, decodes and validates the spec at file, and gathers its inputs.
+// Every error about the user's input is a *spec.Error.
+func Load(file string) (*Loaded, error) {
+	if strings.HasSuffix(file, ".nix") {
+		return nil, &spec.Error{File: file, Msg: "Nix specs are not supported yet; write hostel.json"}
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, &spec.Error{File: file, Msg: describe(err)}
+	}
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return nil, err
+	}
+	s, err := spec.DecodeIn(file, data, filepath.Dir(abs))
+	if err != nil {
+		return nil, err
+	}
+	in, err := Gather(file, s)
+	if err != nil {
+		return nil, err
+	}
+	return &Loaded{File: file, Spec: s, Inputs: in}, nil
+}
+
+// Gather computes the inputs of s: a content digest for every package that
+// is a plain directory.
+func Gather(file string, s *spec.Spec) (spec.Inputs, error) {
+	var in spec.Inputs
+	for _, name := range s.Names() {
+		pkg := s.Services[name].Package
+		if pkg == "" || strings.HasPrefix(pkg, StoreDir) {
+			continue
+		}
+		d, err := DirDigest(pkg)
+		if err != nil {
+			return in, &spec.Error{File: file, Service: name, Field: "package", Msg: describe(err)}
+		}
+		if in.Digests == nil {
+			in.Digests = map[string]string{}
+		}
+		in.Digests[name] = d
+	}
+	return in, nil
+}
+
+// DirDigest hashes a directory tree: every path, its type and mode, and the
+// content of files and the targets of links, in lexical order.
+func DirDigest(dir string) (string, error) {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return "", err
+	}
+	if !info.IsDir() {
+		return "", fmt.Errorf("%s is not a directory", dir)
+	}
+	h := sha256.New()
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%q %o\n", rel, info.Mode())
+		switch {
+		case info.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "-> %q\n", target)
+		case info.Mode().IsRegular():
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if _, err := io.Copy(h, f); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func describe(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Path + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,197 @@
+// Package spec is hostel's vocabulary: the spec a team writes, its strict
+// decoding and validation, and the versions (hashes) that identify what runs.
+package spec
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultZone is the zone of immutable version names when the spec sets none.
+const DefaultZone = "hostel.internal"
+
+// Spec is a whole deployment: every service of the machine.
+type Spec struct {
+	// Zone is the DNS suffix of immutable version names; empty means DefaultZone.
+	Zone string `json:"zone,omitempty"`
+	// ACME configures automatic certificates; nil means none are requested.
+	ACME *ACME `json:"acme,omitempty"`
+	// Postgres says how hostel reaches the database server as administrator.
+	Postgres *PostgresAdmin `json:"postgres,omitempty"`
+	// Services by name.
+	Services map[string]*Service `json:"services"`
+}
+
+// ACME names the certificate authority hostel asks for certificates.
+type ACME struct {
+	Email  string `json:"email,omitempty"`
+	CA     string `json:"ca,omitempty"`
+	CARoot string `json:"ca_root,omitempty"`
+}
+
+// PostgresAdmin is the top-level postgres block.
+type PostgresAdmin struct {
+	// Admin is a libpq conninfo or URL; empty means the local socket as postgres.
+	Admin string `json:"admin,omitempty"`
+}
+
+// Service is one program hostel runs.
+type Service struct {
+	// Package is a Nix store path or an absolute directory; empty means exec runs as given.
+	Package string            `json:"package,omitempty"`
+	Exec    []string          `json:"exec"`
+	Env     map[string]string `json:"env,omitempty"`
+	Health  *Health           `json:"health,omitempty"`
+	// Postgres asks for a database; nil means none.
+	Postgres  *Database `json:"postgres,omitempty"`
+	Secrets   []string  `json:"secrets,omitempty"`
+	Release   []string  `json:"release,omitempty"`
+	StopGrace Duration  `json:"stop_grace,omitempty"`
+	Memory    string    `json:"memory,omitempty"`
+	CPU       float64   `json:"cpu,omitempty"`
+	Needs     []string  `json:"needs,omitempty"`
+	Domains   []string  `json:"domains,omitempty"`
+	Redirects []string  `json:"redirects,omitempty"`
+	// Idle stops the service after this long without a request; zero means always running.
+	Idle Duration `json:"idle,omitempty"`
+	// TLS, nil meaning true, serves the domains over HTTPS.
+	TLS  *bool `json:"tls,omitempty"`
+	HSTS bool  `json:"hsts,omitempty"`
+}
+
+// Health is the readiness and liveness check of a service.
+type Health struct {
+	// Path is requested with GET on PORT; 2xx means healthy.
+	Path string `json:"path,omitempty"`
+	// Timeout bounds how long a new version may take to become ready; zero means 30s.
+	Timeout Duration `json:"timeout,omitempty"`
+}
+
+// Database is a service's own PostgreSQL database.
+type Database struct {
+	// Database is the database name; empty means the service's name.
+	Database string `json:"database,omitempty"`
+}
+
+// UnmarshalJSON accepts true, false (no database) or an object.
+func (d *Database) UnmarshalJSON(b []byte) error {
+	switch string(bytes.TrimSpace(b)) {
+	case "true":
+		*d = Database{}
+		return nil
+	case "false", "null":
+		return fmt.Errorf("want true or an object")
+	}
+	type plain Database
+	var p plain
+	if err := strictUnmarshal(b, &p); err != nil {
+		return err
+	}
+	*d = Database(p)
+	return nil
+}
+
+// Name returns the database name for service svc.
+func (d *Database) Name(svc string) string {
+	if d.Database != "" {
+		return d.Database
+	}
+	return svc
+}
+
+// Duration is a time.Duration written in Go syntax ("30s", "15m").
+type Duration time.Duration
+
+// MarshalJSON writes the duration in Go syntax.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration string such as \"30s\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q", s)
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %q", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// ZoneOrDefault returns the zone of immutable names.
+func (s *Spec) ZoneOrDefault() string {
+	if s.Zone == "" {
+		return DefaultZone
+	}
+	return s.Zone
+}
+
+// Names returns the service names, sorted.
+func (s *Spec) Names() []string {
+	names := make([]string, 0, len(s.Services))
+	for n := range s.Services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// TLSEnabled reports whether the service's domains are served over HTTPS.
+func (s *Service) TLSEnabled() bool { return s.TLS == nil || *s.TLS }
+
+// HealthTimeout is how long a new version may take to become ready.
+func (s *Service) HealthTimeout() time.Duration {
+	if s.Health != nil && s.Health.Timeout > 0 {
+		return s.Health.Timeout.D()
+	}
+	return 30 * time.Second
+}
+
+// StopGraceOrDefault is how long a stopping process has between SIGTERM and SIGKILL.
+func (s *Service) StopGraceOrDefault() time.Duration {
+	if s.StopGrace > 0 {
+		return s.StopGrace.D()
+	}
+	return 10 * time.Second
+}
+
+// EnvName is the environment variable through which a dependent reaches need.
+func EnvName(need string) string {
+	return strings.ToUpper(strings.ReplaceAll(need, "-", "_")) + "_URL"
+}
+
+// ParseMemory reads "512M", "2G", "1048576" into bytes.
+func ParseMemory(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mult := int64(1)
+	num := s
+	switch s[len(s)-1] {
+	case 'K', 'k':
+		mult, num = 1<<10, s[:len(s)-1]
+	case 'M', 'm':
+		mult, num = 1<<20, s[:len(s)-1]
+	case 'G', 'g':
+		mult, num = 1<<30, s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("invalid size %q (want e.g. \"512M\")", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,163 @@
+package spec
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestDecodeErrors(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"unknown top field", `{"services":{},"servics":{}}`, `hostel.json: unknown field "servics"`},
+		{"unknown service field", `{"services":{"api":{"exec":["/a"],"enviroment":{}}}}`, `hostel.json: service "api": unknown field "enviroment"`},
+		{"bad duration", `{"services":{"api":{"exec":["/a"],"stop_grace":"3x"}}}`, `hostel.json: service "api": stop_grace: invalid duration "3x"`},
+		{"bad health timeout", `{"services":{"api":{"exec":["/a"],"health":{"timeout":"soon"}}}}`, `hostel.json: service "api": health: invalid duration "soon"`},
+		{"bad name", `{"services":{"Api":{"exec":["/a"]}}}`, `hostel.json: service "Api": invalid service name`},
+		{"missing need", `{"services":{"api":{"exec":["/a"],"needs":["db2"]}}}`, `hostel.json: service "api": needs "db2", which is not defined`},
+		{"cycle", `{"services":{"a":{"exec":["/a"],"needs":["b"]},"b":{"exec":["/b"],"needs":["a"]}}}`, `hostel.json: service "a": needs: dependency cycle: a → b → a`},
+		{"self need", `{"services":{"a":{"exec":["/a"],"needs":["a"]}}}`, `service "a": needs itself`},
+		{"duplicate domain", `{"services":{"a":{"exec":["/a"],"domains":["x.org"]},"b":{"exec":["/b"],"domains":["x.org"]}}}`, `service "b": domains: domain "x.org" is also claimed by service "a"`},
+		{"redirect is a domain", `{"services":{"a":{"exec":["/a"],"domains":["x.org","y.org"],"redirects":["y.org"]}}}`, `service "a": redirects: redirect "y.org" is also claimed by service "a"`},
+		{"redirect without domain", `{"services":{"a":{"exec":["/a"],"redirects":["y.org"]}}}`, `redirects need a domain`},
+		{"no exec", `{"services":{"a":{}}}`, `service "a": exec: must name a program`},
+		{"wrong type", `{"services":{"a":{"exec":"/a"}}}`, `service "a": exec: want []string, not string`},
+		{"reserved env", `{"services":{"a":{"exec":["/a"],"env":{"PORT":"1"}}}}`, `service "a": env.PORT: is set by hostel`},
+		{"relative package", `{"services":{"a":{"package":"pkg","exec":["bin/a"]}}}`, `package: want an absolute path`},
+		{"bad memory", `{"services":{"a":{"exec":["/a"],"memory":"lots"}}}`, `memory: invalid size "lots"`},
+		{"trailing data", `{"services":{}} {}`, `hostel.json: not a JSON object: trailing data`},
+		{"not json", `services:`, `hostel.json: not a JSON object`},
+		{"domain in zone", `{"services":{"a":{"exec":["/a"],"domains":["x.hostel.internal"]}}}`, `is inside the zone`},
+		{"postgres false", `{"services":{"a":{"exec":["/a"],"postgres":false}}}`, `service "a": postgres: want true or an object`},
+		{"shared database", `{"services":{"a":{"exec":["/a"],"postgres":{"database":"x"}},"b":{"exec":["/b"],"postgres":{"database":"x"}}}}`, `database "x" is also used by service "a"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decode("hostel.json", []byte(tt.in))
+			if err == nil {
+				t.Fatalf("got no error, want %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %q, want it to contain %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error is not one line: %q", err)
+			}
+		})
+	}
+}
+
+func TestDecodeFull(t *testing.T) {
+	in := `{"zone":"z.test","services":{"api":{"exec":["/a"],"postgres":true,"health":{"path":"/h","timeout":"5s"},"stop_grace":"2s","memory":"512M","cpu":0.5},
+	"web":{"exec":["/w"],"needs":["api"],"domains":["web.org"],"redirects":["www.web.org"],"idle":"15m","tls":false}}}`
+	s, err := Decode("hostel.json", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Services["api"].Postgres.Name("api"); got != "api" {
+		t.Errorf("postgres true: database %q, want api", got)
+	}
+	if got := s.Services["api"].HealthTimeout().String(); got != "5s" {
+		t.Errorf("health timeout %s", got)
+	}
+	if s.Services["web"].TLSEnabled() || !s.Services["api"].TLSEnabled() {
+		t.Error("tls defaults wrong")
+	}
+	// The canonical form decodes back to the same versions.
+	b, _ := json.Marshal(s)
+	s2, err := Decode("canon.json", b)
+	if err != nil {
+		t.Fatalf("canonical form does not decode: %v\n%s", err, b)
+	}
+	v1, _ := Versions(s, Inputs{})
+	v2, _ := Versions(s2, Inputs{})
+	if v1["web"] != v2["web"] || v1["api"] != v2["api"] {
+		t.Errorf("versions differ after round trip: %v %v", v1, v2)
+	}
+}
+
+func TestVersions(t *testing.T) {
+	base := `{"services":{"api":{"exec":["/a"],"env":{"G":"%s"}},"web":{"exec":["/w"],"needs":["api"],"domains":["%s"]},"blog":{"exec":["/b"]}}}`
+	decode := func(g, domain string) map[string]Version {
+		t.Helper()
+		s, err := Decode("x", []byte(strings.NewReplacer("%s", g).Replace(base[:strings.Index(base, `"domains"`)])+`"domains":["`+domain+`"]},"blog":{"exec":["/b"]}}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := Versions(s, Inputs{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	a := decode("hello", "web.org")
+	b := decode("howdy", "web.org")
+	c := decode("hello", "other.org")
+	if a["api"] == b["api"] || a["web"] == b["web"] {
+		t.Errorf("env change must change api and its dependent web: %v %v", a, b)
+	}
+	if a["blog"] != b["blog"] {
+		t.Errorf("env change of api changed unrelated blog")
+	}
+	if a["web"] != c["web"] {
+		t.Errorf("a domain change changed web's version")
+	}
+	for _, v := range a {
+		if len(v) != 12 {
+			t.Errorf("version %q is not 12 hex digits", v)
+		}
+	}
+}
+
+func TestVersionHost(t *testing.T) {
+	h := VersionHost("my-api", "3f2a9c1b7d04", "hostel.internal")
+	if h != "my-api-3f2a9c1b7d04.hostel.internal" {
+		t.Fatal(h)
+	}
+	svc, v, ok := ParseVersionHost(h, "hostel.internal")
+	if !ok || svc != "my-api" || v != "3f2a9c1b7d04" {
+		t.Fatalf("ParseVersionHost = %q %q %v", svc, v, ok)
+	}
+	for _, bad := range []string{"api.hostel.internal", "api-123.hostel.internal", "api-3f2a9c1b7d04.other", "-3f2a9c1b7d04.hostel.internal"} {
+		if _, _, ok := ParseVersionHost(bad, "hostel.internal"); ok {
+			t.Errorf("ParseVersionHost(%q) ok", bad)
+		}
+	}
+}
+
+// FuzzDecode checks that decoding never panics, that every error is one line,
+// and that whatever decodes re-encodes to a canonical form with the same versions.
+func FuzzDecode(f *testing.F) {
+	f.Add(`{"services":{"a":{"exec":["x"],"env":{"A":"1"},"needs":["b"]},"b":{"exec":["y"],"domains":["b.org"]}}}`)
+	f.Add(`{"zone":"z","services":{"a":{"exec":["x"],"postgres":{"database":"d"},"health":{"path":"/h","timeout":"1s"}}}}`)
+	f.Add(`{"services":{"a":{"exec":["x"],"stop_grace":"1s","idle":"2m","tls":false,"redirects":["w.a.org"],"domains":["a.org"]}}}`)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, in string) {
+		s, err := Decode("f.json", []byte(in))
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("multi-line error: %q", err)
+			}
+			return
+		}
+		v1, err := Versions(s, Inputs{})
+		if err != nil {
+			t.Fatalf("versions of a valid spec: %v", err)
+		}
+		b, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s2, err := Decode("canon.json", b)
+		if err != nil {
+			t.Fatalf("canonical form %s does not decode: %v", b, err)
+		}
+		v2, _ := Versions(s2, Inputs{})
+		for n := range v1 {
+			if v1[n] != v2[n] {
+				t.Fatalf("service %q: version changed across canonical round trip", n)
+			}
+		}
+	})
+}

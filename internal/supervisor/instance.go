@@ -1,0 +1,592 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"hostel/internal/spec"
+)
+
+// Crash policy.
+const (
+	backoffMin      = 100 * time.Millisecond
+	backoffMax      = 10 * time.Second
+	crashWindow     = 60 * time.Second // crashes counted within; a run this long resets the count
+	maxCrashes      = 5                // crashes within crashWindow that make an instance fail
+	maxStartCrashes = 5                // crashes before ready allowed; one more fails it
+	probeInterval   = 50 * time.Millisecond
+	probeTimeout    = time.Second
+	healthTimeout   = 2 * time.Second
+	logDrainWait    = time.Second // how long output may still arrive after the group is gone
+	tailLinesInErr  = 10
+)
+
+// Instance is one running version of a service.
+type Instance struct {
+	s    *Supervisor
+	cfg  Config // validated, Port resolved
+	key  spec.VersionKey
+	addr string
+
+	stateDir, runDir, logPath, notifyPath string
+	path, workDir                         string
+	env                                   []string
+	cred                                  *syscall.Credential
+
+	log        *logFile
+	notify     *net.UnixConn
+	notifyDone chan struct{}
+
+	launched  chan struct{} // closed once Start's first launch has succeeded or failed
+	launchErr error         // set before launched is closed
+	stopReq   chan struct{} // closed to ask the run loop to stop
+	stopOnce  sync.Once
+	done      chan struct{} // closed when every process and goroutine of the instance has ended
+
+	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced on every change, to wake waiters
+	state     State
+	mark      State
+	pid       int
+	inc       int  // counts launches; a probe is for one launch
+	accepting bool // a process runs whose readiness counts
+	ready     bool
+	restarts  int
+	lastErr   string
+	failure   error
+	started   time.Time
+}
+
+// proc is one launch of the instance's process.
+type proc struct {
+	cmd       *exec.Cmd
+	pid       int
+	inc       int
+	start     time.Time
+	exited    chan struct{} // closed when the leader has exited (not yet reaped)
+	logR      *os.File
+	logDone   chan struct{}
+	stopProbe context.CancelFunc
+	probeDone chan struct{}
+}
+
+func newInstance(s *Supervisor, cfg Config, key spec.VersionKey) *Instance {
+	return &Instance{
+		s: s, cfg: cfg, key: key,
+		addr:       net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)),
+		stateDir:   s.stateDir(cfg.Service),
+		runDir:     s.runDir(key),
+		logPath:    s.logPath(cfg.Service, cfg.Version),
+		launched:   make(chan struct{}),
+		stopReq:    make(chan struct{}),
+		done:       make(chan struct{}),
+		changed:    make(chan struct{}),
+		state:      StateStarting,
+		notifyDone: make(chan struct{}),
+	}
+}
+
+// Addr is where the process listens, "127.0.0.1:PORT".
+func (i *Instance) Addr() string { return i.addr }
+
+// Key is the instance's service and version.
+func (i *Instance) Key() spec.VersionKey { return i.key }
+
+// Config returns the config the instance runs with, its port resolved.
+func (i *Instance) Config() Config {
+	c := i.cfg
+	c.Env = cloneEnv(c.Env)
+	c.Exec = append([]string(nil), c.Exec...)
+	return c
+}
+
+// Status returns a snapshot of the instance.
+func (i *Instance) Status() Status {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	st := i.state
+	if i.mark != "" && (st == StateRunning || st == StateStarting) {
+		st = i.mark
+	}
+	return Status{
+		Service: i.cfg.Service, Version: i.cfg.Version, Key: i.key,
+		State: st, PID: i.pid, Port: i.cfg.Port, Ready: i.ready,
+		Restarts: i.restarts, LastError: i.lastErr, Started: i.started,
+		LogPath: i.logPath,
+	}
+}
+
+// WaitReady blocks until the process is ready, its ReadyTimeout (counted from
+// this call) passes, it fails for good, it is stopped, or ctx ends. Errors for
+// a process that never got ready end with the last lines of its log.
+func (i *Instance) WaitReady(ctx context.Context) error {
+	t := time.NewTimer(i.cfg.ReadyTimeout)
+	defer t.Stop()
+	for {
+		i.mu.Lock()
+		ready, state, failure, changed := i.ready, i.state, i.failure, i.changed
+		i.mu.Unlock()
+		switch {
+		case ready:
+			return nil
+		case state == StateFailed:
+			return failure
+		case state == StateStopped:
+			return fmt.Errorf("%s: %w before it was ready", i.key, ErrStopped)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("%s: waiting for ready: %w", i.key, ctx.Err())
+		case <-t.C:
+			return fmt.Errorf("%s: %w after %v%s", i.key, ErrNotReady, i.cfg.ReadyTimeout, i.logTail())
+		}
+	}
+}
+
+// Healthy runs one health probe now: GET HealthPath expecting 2xx, or a TCP
+// connect without one, within 2s.
+func (i *Instance) Healthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
+	defer cancel()
+	if err := i.check(ctx); err != nil {
+		return fmt.Errorf("%s: unhealthy: %w", i.key, err)
+	}
+	return nil
+}
+
+// check is one probe: HTTP when there is a health path, else TCP.
+func (i *Instance) check(ctx context.Context) error {
+	if i.cfg.HealthPath == "" {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", i.addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+i.addr+i.cfg.HealthPath, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := i.s.probe.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("GET %s: %s", i.cfg.HealthPath, resp.Status)
+	}
+	return nil
+}
+
+func (i *Instance) logTail() string {
+	t := tailLines(i.logPath, tailLinesInErr)
+	if t == "" {
+		return ""
+	}
+	return "; last lines of " + i.logPath + ":\n" + t
+}
+
+func (i *Instance) hasFailed() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.state == StateFailed
+}
+
+func (i *Instance) requestStop() { i.stopOnce.Do(func() { close(i.stopReq) }) }
+
+// broadcastLocked wakes every WaitReady. i.mu must be held.
+func (i *Instance) broadcastLocked() {
+	close(i.changed)
+	i.changed = make(chan struct{})
+}
+
+// setup prepares the user, directories, log and notify socket, and launches
+// the first process. On error everything it made is undone.
+func (i *Instance) setup() (p *proc, err error) {
+	defer func() {
+		if err != nil {
+			i.teardown()
+		}
+	}()
+	s := i.s
+	if s.opts.RunAsUsers {
+		if i.cred, err = s.serviceUser(i.cfg.Service); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range []string{filepath.Dir(i.stateDir), filepath.Dir(i.runDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(i.logPath), 0o750); err != nil {
+		return nil, err
+	}
+	if err := i.ownedDir(i.stateDir); err != nil {
+		return nil, err
+	}
+	// A run directory left by a daemon that died is stale: start clean.
+	if err := os.RemoveAll(i.runDir); err != nil {
+		return nil, err
+	}
+	if err := i.ownedDir(i.runDir); err != nil {
+		return nil, err
+	}
+	if i.log, err = openLog(i.logPath, s.opts.LogMaxBytes); err != nil {
+		return nil, err
+	}
+	if err := i.listenNotify(); err != nil {
+		return nil, err
+	}
+	if i.path, err = resolveExec(i.cfg.Dir, i.cfg.Exec[0]); err != nil {
+		return nil, err
+	}
+	i.workDir = i.cfg.Dir
+	if i.workDir == "" {
+		i.workDir = i.stateDir
+	}
+	i.env = environ(i.cfg, i.stateDir, i.runDir, i.notifyPath)
+	return i.launch()
+}
+
+// ownedDir makes dir exist with mode 0700, owned by the service's user.
+func (i *Instance) ownedDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
+	if i.cred != nil {
+		return os.Chown(dir, int(i.cred.Uid), int(i.cred.Gid))
+	}
+	return nil
+}
+
+// listenNotify opens the NOTIFY_SOCKET and reads it until teardown.
+func (i *Instance) listenNotify() error {
+	i.notifyPath = filepath.Join(i.runDir, "notify")
+	if len(i.notifyPath) >= len(unix.RawSockaddrUnix{}.Path) {
+		return fmt.Errorf("notify socket path %s is too long for a unix socket; use a shorter root", i.notifyPath)
+	}
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: i.notifyPath, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("notify socket: %w", err)
+	}
+	if i.cred != nil {
+		if err := os.Chown(i.notifyPath, int(i.cred.Uid), int(i.cred.Gid)); err != nil {
+			c.Close()
+			return fmt.Errorf("notify socket: %w", err)
+		}
+	}
+	i.notify = c
+	go func() {
+		defer close(i.notifyDone)
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := c.ReadFromUnix(buf)
+			if err != nil {
+				return
+			}
+			for _, line := range strings.Split(string(buf[:n]), "\n") {
+				if line == "READY=1" {
+					i.mu.Lock()
+					inc := i.inc
+					i.mu.Unlock()
+					i.markReady(inc, "READY=1")
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// launch starts one process with its output pipe, exit waiter and probe.
+func (i *Instance) launch() (*proc, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd := &exec.Cmd{
+		Path:        i.path,
+		Args:        i.cfg.Exec,
+		Env:         i.env,
+		Dir:         i.workDir,
+		Stdout:      w,
+		Stderr:      w,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: i.cred},
+	}
+	i.mu.Lock()
+	i.inc++
+	inc := i.inc
+	i.accepting = true // READY=1 may arrive before Start returns
+	i.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		i.mu.Lock()
+		i.accepting = false
+		i.mu.Unlock()
+		return nil, err
+	}
+	w.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &proc{
+		cmd: cmd, pid: cmd.Process.Pid, inc: inc, start: time.Now(),
+		exited: make(chan struct{}), logR: r, logDone: make(chan struct{}),
+		stopProbe: cancel, probeDone: make(chan struct{}),
+	}
+	i.mu.Lock()
+	i.pid, i.started, i.state = p.pid, p.start, StateStarting
+	i.broadcastLocked()
+	i.mu.Unlock()
+
+	go func() {
+		// Wait without reaping: while the leader is a zombie its pid
+		// still names the process group, so killing the group after it
+		// exited cannot hit an unrelated group that reused the number.
+		defer close(p.exited)
+		var info unix.Siginfo
+		for unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+		}
+	}()
+	go func() {
+		defer close(p.logDone)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				i.log.Write(buf[:n])
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		defer close(p.probeDone)
+		t := time.NewTicker(probeInterval)
+		defer t.Stop()
+		for {
+			if i.isReady(inc) {
+				return
+			}
+			pctx, pcancel := context.WithTimeout(ctx, probeTimeout)
+			err := i.check(pctx)
+			pcancel()
+			if err == nil {
+				i.markReady(inc, "probe")
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return p, nil
+}
+
+func (i *Instance) isReady(inc int) bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.ready || inc != i.inc || !i.accepting
+}
+
+func (i *Instance) markReady(inc int, how string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if inc != i.inc || !i.accepting || i.ready {
+		return
+	}
+	i.ready, i.state = true, StateRunning
+	i.broadcastLocked()
+	i.s.opts.Logf("supervisor: %s: ready (%s)", i.key, how)
+}
+
+// run supervises launches until the instance is stopped or fails.
+func (i *Instance) run(p *proc) {
+	defer close(i.done)
+	var (
+		crashes       []time.Time
+		consecutive   int
+		startCrashes  int
+		launchFailure error
+	)
+	for {
+		var why string
+		var ranFor time.Duration
+		wasReady := false
+		if p != nil {
+			select {
+			case <-p.exited:
+				wasReady = i.isReadyNow()
+				why = exitReason(i.reap(p))
+				ranFor = time.Since(p.start)
+			case <-i.stopReq:
+				i.terminate(p)
+				i.finish(StateStopped, "")
+				return
+			}
+		} else {
+			why = launchFailure.Error()
+		}
+		select {
+		case <-i.stopReq:
+			i.finish(StateStopped, "")
+			return
+		default:
+		}
+
+		now := time.Now()
+		if ranFor > crashWindow {
+			crashes, consecutive, startCrashes = nil, 0, 0
+		}
+		kept := crashes[:0]
+		for _, c := range crashes {
+			if now.Sub(c) < crashWindow {
+				kept = append(kept, c)
+			}
+		}
+		crashes = append(kept, now)
+		consecutive++
+		if !wasReady {
+			startCrashes++
+		}
+		if len(crashes) >= maxCrashes || startCrashes > maxStartCrashes {
+			i.s.opts.Logf("supervisor: %s: %s; failed after %d crashes", i.key, why, len(crashes))
+			i.finish(StateFailed, why)
+			return
+		}
+		delay := min(backoffMin<<(consecutive-1), backoffMax)
+		i.s.opts.Logf("supervisor: %s: %s; restarting in %v", i.key, why, delay)
+		i.mu.Lock()
+		i.lastErr, i.state = why, StateStarting
+		i.broadcastLocked()
+		i.mu.Unlock()
+
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-i.stopReq:
+			t.Stop()
+			i.finish(StateStopped, "")
+			return
+		}
+		p, launchFailure = i.launch()
+		i.mu.Lock()
+		i.restarts++
+		i.mu.Unlock()
+		if launchFailure != nil {
+			p = nil
+			launchFailure = fmt.Errorf("start: %w", launchFailure)
+		}
+	}
+}
+
+func (i *Instance) isReadyNow() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.ready
+}
+
+func exitReason(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// terminate sends SIGTERM to the group, SIGKILL after the grace period,
+// and reaps.
+func (i *Instance) terminate(p *proc) {
+	i.s.opts.Logf("supervisor: %s: stopping pid %d", i.key, p.pid)
+	_ = syscall.Kill(-p.pid, syscall.SIGTERM)
+	t := time.NewTimer(i.cfg.StopGrace)
+	select {
+	case <-p.exited:
+		t.Stop()
+	case <-t.C:
+		i.s.opts.Logf("supervisor: %s: pid %d ignored SIGTERM for %v; killing", i.key, p.pid, i.cfg.StopGrace)
+		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+		<-p.exited
+	}
+	i.reap(p)
+}
+
+// reap kills what is left of the exited leader's group, collects the
+// leader's status and ends the launch's goroutines.
+func (i *Instance) reap(p *proc) error {
+	// The leader is gone; anything left in its group is an orphan.
+	_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+	err := p.cmd.Wait()
+	p.stopProbe()
+	<-p.probeDone
+	t := time.NewTimer(logDrainWait)
+	select {
+	case <-p.logDone:
+		t.Stop()
+	case <-t.C:
+		// Someone outside the group still holds the pipe; stop reading.
+		p.logR.Close()
+		<-p.logDone
+	}
+	p.logR.Close()
+	i.mu.Lock()
+	i.pid, i.accepting, i.ready = 0, false, false
+	i.broadcastLocked()
+	i.mu.Unlock()
+	return err
+}
+
+// finish releases the instance's resources and records its final state.
+func (i *Instance) finish(st State, why string) {
+	i.teardown()
+	var failure error
+	if st == StateFailed {
+		failure = fmt.Errorf("%s: %w: %s%s", i.key, ErrFailed, why, i.logTail())
+	}
+	i.mu.Lock()
+	i.state, i.pid, i.ready, i.accepting = st, 0, false, false
+	if why != "" {
+		i.lastErr = why
+	}
+	i.failure = failure
+	i.broadcastLocked()
+	i.mu.Unlock()
+	if st == StateStopped {
+		i.s.opts.Logf("supervisor: %s: stopped", i.key)
+	}
+}
+
+// teardown closes the notify socket and log and removes RUNTIME_DIRECTORY.
+func (i *Instance) teardown() {
+	if i.notify != nil {
+		i.notify.Close()
+		<-i.notifyDone
+		i.notify = nil
+	}
+	if i.log != nil {
+		i.log.Close()
+	}
+	if err := os.RemoveAll(i.runDir); err != nil {
+		i.s.opts.Logf("supervisor: %s: removing %s: %v", i.key, i.runDir, err)
+	}
+}

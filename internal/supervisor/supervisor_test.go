@@ -1,0 +1,819 @@
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// appDir holds the test service binary "app", built once in TestMain.
+var appDir string
+
+// markerVar is set in the test process; no service may see it.
+const markerVar = "HOSTEL_SUPERVISOR_TEST_MARKER"
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	os.Setenv(markerVar, "leaked")
+	dir, err := os.MkdirTemp("", "hostel-app-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// Service users must reach the binary.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "app"), "./testdata/app").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building test app: %v\n%s", err, out)
+		return 1
+	}
+	appDir = dir
+	code := m.Run()
+	if code == 0 {
+		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {
+			fmt.Fprintf(os.Stderr, "goroutines left running by the supervisor:\n%s\n", leaked)
+			return 1
+		}
+	}
+	return code
+}
+
+// leakedGoroutines waits up to d for every goroutine running supervisor code
+// to end, and returns the stacks of those that did not.
+func leakedGoroutines(d time.Duration) string {
+	deadline := time.Now().Add(d)
+	for {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		var leaked []string
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "hostel/internal/supervisor.") && !strings.Contains(g, "supervisor.TestMain") &&
+				!strings.Contains(g, "supervisor.leakedGoroutines") {
+				leaked = append(leaked, g)
+			}
+		}
+		if len(leaked) == 0 || time.Now().After(deadline) {
+			return strings.Join(leaked, "\n\n")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// newSupervisor returns a supervisor on a fresh root, stopped at cleanup.
+// The root is short (a unix socket path must fit 108 bytes) and 0755 so
+// that service users can reach their directories.
+func newSupervisor(t testing.TB, opts Options) (*Supervisor, string) {
+	t.Helper()
+	root, err := os.MkdirTemp("", "hs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts.Root = root
+	if opts.Logf == nil {
+		opts.Logf = t.Logf
+	}
+	s := New(opts)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := s.StopAll(ctx); err != nil {
+			t.Errorf("StopAll: %v", err)
+		}
+		os.RemoveAll(root)
+	})
+	return s, root
+}
+
+// appConfig runs the test app with args.
+func appConfig(service string, args ...string) Config {
+	return Config{
+		Service:    service,
+		Version:    "0123456789ab",
+		Dir:        appDir,
+		Exec:       append([]string{"app"}, args...),
+		HealthPath: "/healthz",
+	}
+}
+
+func start(t testing.TB, s *Supervisor, cfg Config) *Instance {
+	t.Helper()
+	i, err := s.Start(cfg)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return i
+}
+
+func startReady(t testing.TB, s *Supervisor, cfg Config) *Instance {
+	t.Helper()
+	i := start(t, s, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := i.WaitReady(ctx); err != nil {
+		t.Fatalf("WaitReady: %v", err)
+	}
+	return i
+}
+
+func get(t testing.TB, addr, path string) []byte {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", path, resp.Status)
+	}
+	return b
+}
+
+func getInt(t testing.TB, addr, path string) int {
+	t.Helper()
+	n, err := strconv.Atoi(string(get(t, addr, path)))
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return n
+}
+
+// waitFor polls cond until it holds or 10s pass.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// alive reports whether pid is a live (not zombie) process.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return false
+	}
+	return s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+func stop(t testing.TB, s *Supervisor, key spec.VersionKey) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx, key); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+}
+
+func TestEnvironment(t *testing.T) {
+	t.Parallel()
+	s, root := newSupervisor(t, Options{})
+	cfg := appConfig("envsvc")
+	cfg.Env = map[string]string{"LOG_LEVEL": "debug", "API_URL": "http://api.example", "PORT": "1"}
+	i := startReady(t, s, cfg)
+
+	var got map[string]string
+	if err := json.Unmarshal(get(t, i.Addr(), "/env"), &got); err != nil {
+		t.Fatal(err)
+	}
+	port := i.Status().Port
+	key := "envsvc-0123456789ab"
+	want := map[string]string{
+		"PORT":              strconv.Itoa(port),
+		"HOST":              "127.0.0.1",
+		"STATE_DIRECTORY":   filepath.Join(root, "state", "envsvc"),
+		"RUNTIME_DIRECTORY": filepath.Join(root, "run", key),
+		"HOSTEL_SERVICE":    "envsvc",
+		"HOSTEL_VERSION":    "0123456789ab",
+		"NOTIFY_SOCKET":     filepath.Join(root, "run", key, "notify"),
+		"PATH":              "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME":              filepath.Join(root, "state", "envsvc"),
+		"LOG_LEVEL":         "debug",
+		"API_URL":           "http://api.example",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("unexpected variable %s=%q", k, got[k])
+		}
+	}
+	if _, ok := got[markerVar]; ok {
+		t.Errorf("the daemon's environment leaked: %s is set", markerVar)
+	}
+	if i.Addr() != "127.0.0.1:"+strconv.Itoa(port) {
+		t.Errorf("Addr() = %q, want port %d", i.Addr(), port)
+	}
+	if i.Key() != spec.VersionKey(key) {
+		t.Errorf("Key() = %q, want %q", i.Key(), key)
+	}
+}
+
+func TestReady(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		args       []string
+		healthPath string
+		// listening says whether the port must accept once ready.
+		listening bool
+	}{
+		{name: "health path", args: []string{"-slow-start", "300ms"}, healthPath: "/healthz", listening: true},
+		{name: "tcp connect", args: []string{"-slow-start", "300ms"}, listening: true},
+		{name: "notify socket", args: []string{"-notify", "-slow-start", "30s"}, healthPath: "/healthz", listening: false},
+		{name: "notify socket without health path", args: []string{"-notify", "-slow-start", "30s"}, listening: false},
+	}
+	for n, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, _ := newSupervisor(t, Options{})
+			cfg := appConfig(fmt.Sprintf("ready%d", n), tt.args...)
+			cfg.HealthPath = tt.healthPath
+			cfg.StopGrace = time.Second
+			i := startReady(t, s, cfg)
+			st := i.Status()
+			if !st.Ready || st.State != StateRunning {
+				t.Errorf("status after ready = %s, ready %v; want running, ready", st.State, st.Ready)
+			}
+			c, err := net.DialTimeout("tcp", i.Addr(), time.Second)
+			if err == nil {
+				c.Close()
+			}
+			if listening := err == nil; listening != tt.listening {
+				t.Errorf("port accepting = %v, want %v (dial: %v)", listening, tt.listening, err)
+			}
+			if err := i.Healthy(context.Background()); (err == nil) != tt.listening {
+				t.Errorf("Healthy() = %v, want healthy %v", err, tt.listening)
+			}
+		})
+	}
+}
+
+func TestReadyTimeout(t *testing.T) {
+	t.Parallel()
+	s, _ := newSupervisor(t, Options{})
+	cfg := appConfig("slow", "-slow-start", "30s")
+	cfg.ReadyTimeout = 300 * time.Millisecond
+	cfg.StopGrace = time.Second
+	i := start(t, s, cfg)
+	begin := time.Now()
+	err := i.WaitReady(context.Background())
+	if !errors.Is(err, ErrNotReady) {
+		t.Fatalf("WaitReady = %v, want ErrNotReady", err)
+	}
+	if d := time.Since(begin); d < 300*time.Millisecond || d > 3*time.Second {
+		t.Errorf("WaitReady took %v, want about 300ms", d)
+	}
+	if !strings.Contains(err.Error(), "app starting pid") {
+		t.Errorf("error lacks the log's last lines: %v", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := i.WaitReady(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("WaitReady(canceled) = %v, want context.Canceled", err)
+	}
+}
+
+func TestRepeatedCrashFails(t *testing.T) {
+	t.Parallel()
+	s, root := newSupervisor(t, Options{})
+	cfg := appConfig("crashy", "-exit-now")
+	i := start(t, s, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := i.WaitReady(ctx)
+	if !errors.Is(err, ErrFailed) {
+		t.Fatalf("WaitReady = %v, want ErrFailed", err)
+	}
+	for _, want := range []string{"exit status 3", "boom: bad configuration"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	st, ok := s.Status(i.Key())
+	if !ok {
+		t.Fatal("a failed instance must stay known")
+	}
+	if st.State != StateFailed || st.PID != 0 || st.Ready {
+		t.Errorf("status = %+v, want failed with no pid", st)
+	}
+	if st.Restarts != maxCrashes-1 {
+		t.Errorf("Restarts = %d, want %d", st.Restarts, maxCrashes-1)
+	}
+	if st.LastError != "exit status 3" {
+		t.Errorf("LastError = %q, want %q", st.LastError, "exit status 3")
+	}
+	if _, err := os.Stat(filepath.Join(root, "run", string(i.Key()))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("RUNTIME_DIRECTORY of a failed instance: %v, want removed", err)
+	}
+
+	// Starting a failed key again starts afresh.
+	cfg.Exec = []string{"app"}
+	ni := startReady(t, s, cfg)
+	if ni == i {
+		t.Error("Start of a failed key returned the failed instance")
+	}
+}
+
+func TestCrashRestarts(t *testing.T) {
+	t.Parallel()
+	s, _ := newSupervisor(t, Options{})
+	i := startReady(t, s, appConfig("crash", "-child"))
+	before := i.Status()
+	child := getInt(t, i.Addr(), "/child")
+
+	c := &http.Client{Timeout: 2 * time.Second}
+	if resp, err := c.Get("http://" + i.Addr() + "/crash"); err == nil {
+		resp.Body.Close()
+	}
+	waitFor(t, "a new ready process", func() bool {
+		st := i.Status()
+		return st.Ready && st.PID != 0 && st.PID != before.PID
+	})
+	after := i.Status()
+	if after.Port != before.Port {
+		t.Errorf("port after restart = %d, want %d", after.Port, before.Port)
+	}
+	if after.Restarts != 1 {
+		t.Errorf("Restarts = %d, want 1", after.Restarts)
+	}
+	if after.LastError != "exit status 1" {
+		t.Errorf("LastError = %q, want %q", after.LastError, "exit status 1")
+	}
+	if got := getInt(t, i.Addr(), "/pid"); got != after.PID {
+		t.Errorf("serving pid %d, status says %d", got, after.PID)
+	}
+	waitFor(t, "the crashed process's child to be killed", func() bool { return !alive(child) })
+}
+
+func TestStop(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		grace   time.Duration
+		minTime time.Duration
+		maxTime time.Duration
+		logLine string
+	}{
+		{name: "sigterm", grace: 5 * time.Second, maxTime: 2 * time.Second, logLine: "terminating on SIGTERM"},
+		{name: "sigkill after grace", args: []string{"-ignore-term"}, grace: 500 * time.Millisecond,
+			minTime: 500 * time.Millisecond, maxTime: 3 * time.Second, logLine: "ignoring SIGTERM"},
+		{name: "group with child", args: []string{"-child"}, grace: 5 * time.Second, maxTime: 2 * time.Second,
+			logLine: "terminating on SIGTERM"},
+		{name: "group with child ignoring sigterm", args: []string{"-child", "-ignore-term"}, grace: 300 * time.Millisecond,
+			minTime: 300 * time.Millisecond, maxTime: 3 * time.Second, logLine: "ignoring SIGTERM"},
+	}
+	for n, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, root := newSupervisor(t, Options{})
+			cfg := appConfig(fmt.Sprintf("stop%d", n), tt.args...)
+			cfg.StopGrace = tt.grace
+			i := startReady(t, s, cfg)
+			st := i.Status()
+			child := getInt(t, i.Addr(), "/child")
+
+			begin := time.Now()
+			stop(t, s, i.Key())
+			if d := time.Since(begin); d < tt.minTime || d > tt.maxTime {
+				t.Errorf("Stop took %v, want between %v and %v", d, tt.minTime, tt.maxTime)
+			}
+			if alive(st.PID) {
+				t.Errorf("process %d still alive", st.PID)
+			}
+			if child != 0 && alive(child) {
+				t.Errorf("child %d still alive", child)
+			}
+			if _, ok := s.Get(i.Key()); ok {
+				t.Error("a stopped instance is still known")
+			}
+			if got := i.Status().State; got != StateStopped {
+				t.Errorf("state = %s, want stopped", got)
+			}
+			if _, err := os.Stat(filepath.Join(root, "run", string(i.Key()))); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("RUNTIME_DIRECTORY: %v, want removed", err)
+			}
+			fi, err := os.Stat(filepath.Join(root, "state", cfg.Service))
+			if err != nil {
+				t.Fatalf("STATE_DIRECTORY: %v", err)
+			}
+			if fi.Mode().Perm() != 0o700 {
+				t.Errorf("STATE_DIRECTORY mode %v, want 0700", fi.Mode().Perm())
+			}
+			if _, err := os.Stat(filepath.Join(root, "state", cfg.Service, "touched")); err != nil {
+				t.Errorf("file written to STATE_DIRECTORY: %v", err)
+			}
+			log, err := os.ReadFile(st.LogPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(log), tt.logLine) {
+				t.Errorf("log lacks %q:\n%s", tt.logLine, log)
+			}
+			l, err := net.Listen("tcp", i.Addr())
+			if err != nil {
+				t.Errorf("port still taken after stop: %v", err)
+			} else {
+				l.Close()
+			}
+			if err := i.WaitReady(context.Background()); !errors.Is(err, ErrStopped) {
+				t.Errorf("WaitReady after stop = %v, want ErrStopped", err)
+			}
+		})
+	}
+}
+
+func TestStopUnknown(t *testing.T) {
+	t.Parallel()
+	s, _ := newSupervisor(t, Options{})
+	if err := s.Stop(context.Background(), "nope-0123456789ab"); err != nil {
+		t.Errorf("Stop(unknown) = %v, want nil", err)
+	}
+	if err := s.Restart(context.Background(), "nope-0123456789ab"); !errors.Is(err, ErrUnknown) {
+		t.Errorf("Restart(unknown) = %v, want ErrUnknown", err)
+	}
+	if _, ok := s.Status("nope-0123456789ab"); ok {
+		t.Error("Status(unknown) found something")
+	}
+}
+
+func TestLogs(t *testing.T) {
+	t.Parallel()
+	s, root := newSupervisor(t, Options{LogMaxBytes: 2000})
+	i := startReady(t, s, appConfig("logs"))
+	logPath := i.Status().LogPath
+	if want := filepath.Join(root, "logs", "logs", "0123456789ab.log"); logPath != want {
+		t.Errorf("LogPath = %q, want %q", logPath, want)
+	}
+	get(t, i.Addr(), "/spam?n=100")
+	stop(t, s, i.Key())
+
+	var all []byte
+	for _, suffix := range []string{".3", ".2", ".1", ""} {
+		b, err := os.ReadFile(logPath + suffix)
+		if err != nil {
+			t.Fatalf("log%s: %v", suffix, err)
+		}
+		if len(b) > 2000 {
+			t.Errorf("log%s is %d bytes, want at most 2000", suffix, len(b))
+		}
+		if len(b) > 0 && b[len(b)-1] != '\n' {
+			t.Errorf("log%s does not end at a line boundary", suffix)
+		}
+		all = append(all, b...)
+	}
+	if _, err := os.Stat(logPath + ".4"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("log.4: %v, want only 3 rotated files", err)
+	}
+	// The newest lines survive rotation whole and in order.
+	lines := strings.Split(strings.TrimSpace(string(all)), "\n")
+	var spam []string
+	for _, l := range lines {
+		if len(l) == 99 && strings.HasSuffix(l, "xxx") {
+			spam = append(spam, l)
+		}
+	}
+	if len(spam) < 50 {
+		t.Fatalf("found %d whole spam lines in the kept logs, want at least 50", len(spam))
+	}
+	for n, l := range spam {
+		if want := fmt.Sprintf("%09d", 100-len(spam)+n); !strings.HasPrefix(l, want) {
+			t.Fatalf("spam line %d = %q, want it to start with %s", n, l[:12], want)
+		}
+	}
+	if fi, err := os.Stat(logPath); err == nil && fi.Mode().Perm() != 0o640 {
+		t.Errorf("log mode %v, want 0640", fi.Mode().Perm())
+	}
+}
+
+func TestLogCapturesStdoutAndStderr(t *testing.T) {
+	t.Parallel()
+	s, _ := newSupervisor(t, Options{})
+	i := startReady(t, s, appConfig("output"))
+	pid := i.Status().PID
+	stop(t, s, i.Key())
+	b, err := os.ReadFile(i.Status().LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{fmt.Sprintf("app starting pid %d\n", pid), "app stderr line\n"} {
+		if !bytes.Contains(b, []byte(want)) {
+			t.Errorf("log lacks %q:\n%s", want, b)
+		}
+	}
+}
+
+func TestLogFileRotation(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		writes []string
+		want   []string // contents of log, .1, .2, .3
+	}{
+		{name: "fits", writes: []string{"a\n", "b\n"}, want: []string{"a\nb\n"}},
+		{name: "rotates at a line boundary", writes: []string{"aaaa\nbbbb\n", "cccc\n"}, want: []string{"cccc\n", "aaaa\nbbbb\n"}},
+		{name: "splits a chunk at a line", writes: []string{"aaaa\nbbbb\ncccc\n"}, want: []string{"cccc\n", "aaaa\nbbbb\n"}},
+		{name: "long line gets its own file", writes: []string{"a\n", "0123456789abcdef\n", "b\n"},
+			want: []string{"b\n", "0123456789abcdef\n", "a\n"}},
+		{name: "keeps three", writes: []string{"111111111\n", "222222222\n", "333333333\n", "444444444\n", "555555555\n"},
+			want: []string{"555555555\n", "444444444\n", "333333333\n", "222222222\n"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "v.log")
+			l, err := openLog(path, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tt.writes {
+				if n, err := l.Write([]byte(w)); err != nil || n != len(w) {
+					t.Fatalf("Write(%q) = %d, %v", w, n, err)
+				}
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for n, suffix := range []string{"", ".1", ".2", ".3", ".4"} {
+				b, err := os.ReadFile(path + suffix)
+				if n >= len(tt.want) {
+					if err == nil {
+						t.Errorf("log%s exists with %q, want none", suffix, b)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("log%s: %v", suffix, err)
+				}
+				if string(b) != tt.want[n] {
+					t.Errorf("log%s = %q, want %q", suffix, b, tt.want[n])
+				}
+			}
+		})
+	}
+}
+
+func TestRestart(t *testing.T) {
+	t.Parallel()
+	s, _ := newSupervisor(t, Options{})
+	i := startReady(t, s, appConfig("restart"))
+	before := i.Status()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.Restart(ctx, i.Key()); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	after, ok := s.Status(i.Key())
+	if !ok {
+		t.Fatal("restarted instance unknown")
+	}
+	if after.PID == before.PID || after.Port != before.Port || !after.Ready {
+		t.Errorf("after restart pid %d port %d ready %v; before pid %d port %d", after.PID, after.Port, after.Ready, before.PID, before.Port)
+	}
+	if alive(before.PID) {
+		t.Errorf("old process %d still alive", before.PID)
+	}
+}
+
+func TestConcurrentStartStop(t *testing.T) {
+	t.Parallel()
+	s, _ := newSupervisor(t, Options{})
+	cfg := appConfig("same")
+	cfg.HealthPath = ""
+	var wg sync.WaitGroup
+	got := make([]*Instance, 8)
+	for n := range got {
+		wg.Go(func() {
+			i, err := s.Start(cfg)
+			if err != nil {
+				t.Errorf("Start: %v", err)
+			}
+			got[n] = i
+		})
+	}
+	for n := range 6 {
+		wg.Go(func() {
+			c := appConfig(fmt.Sprintf("many%d", n))
+			c.Version = spec.Version(fmt.Sprintf("v%d", n))
+			i, err := s.Start(c)
+			if err != nil {
+				t.Errorf("Start: %v", err)
+				return
+			}
+			if n%2 == 0 {
+				if err := s.Stop(context.Background(), i.Key()); err != nil {
+					t.Errorf("Stop: %v", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, i := range got[1:] {
+		if i != got[0] {
+			t.Fatalf("concurrent Start of one key gave different instances")
+		}
+	}
+	list := s.List()
+	var keys []string
+	ports := map[int]bool{}
+	for _, st := range list {
+		keys = append(keys, string(st.Key))
+		if ports[st.Port] {
+			t.Errorf("port %d handed out twice", st.Port)
+		}
+		ports[st.Port] = true
+	}
+	want := []string{"many1-v1", "many3-v3", "many5-v5", "same-0123456789ab"}
+	if strings.Join(keys, " ") != strings.Join(want, " ") {
+		t.Errorf("List keys = %v, want %v", keys, want)
+	}
+	if !s.SetState("same-0123456789ab", StateDraining) {
+		t.Fatal("SetState of a known key failed")
+	}
+	if st, _ := s.Status("same-0123456789ab"); st.State != StateDraining {
+		t.Errorf("state after SetState = %s, want draining", st.State)
+	}
+	if err := s.StopAll(context.Background()); err != nil {
+		t.Fatalf("StopAll: %v", err)
+	}
+	if n := len(s.List()); n != 0 {
+		t.Errorf("%d instances left after StopAll", n)
+	}
+}
+
+func TestStartErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{name: "bad service name", cfg: Config{Service: "Bad_Name", Version: "v1", Exec: []string{"true"}}, want: "want a name"},
+		{name: "no exec", cfg: Config{Service: "noexec", Version: "v1"}, want: "exec is empty"},
+		{name: "bad version", cfg: Config{Service: "badver", Version: "../x", Exec: []string{"true"}}, want: "bad version"},
+		{name: "missing program", cfg: Config{Service: "missing", Version: "v1", Dir: appDir, Exec: []string{"nope"}}, want: "no such file"},
+		{name: "unknown command", cfg: Config{Service: "unknown", Version: "v1", Exec: []string{"hostel-no-such-command"}}, want: "not found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, root := newSupervisor(t, Options{})
+			i, err := s.Start(tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Start = %v, %v; want an error containing %q", i, err, tt.want)
+			}
+			if n := len(s.List()); n != 0 {
+				t.Errorf("%d instances known after a failed start", n)
+			}
+			if _, err := os.Stat(filepath.Join(root, "run", string(spec.Key(tt.cfg.Service, tt.cfg.Version)))); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("RUNTIME_DIRECTORY after a failed start: %v, want none", err)
+			}
+		})
+	}
+}
+
+func TestExecFromPATH(t *testing.T) {
+	t.Parallel()
+	s, _ := newSupervisor(t, Options{})
+	// sleep is found in the service's PATH; with no health path, readiness
+	// comes only from TCP or NOTIFY_SOCKET, which sleep never gives.
+	i := start(t, s, Config{Service: "sleeper", Version: "v1", Exec: []string{"sleep", "1000"}, ReadyTimeout: 200 * time.Millisecond})
+	if err := i.WaitReady(context.Background()); !errors.Is(err, ErrNotReady) {
+		t.Errorf("WaitReady = %v, want ErrNotReady", err)
+	}
+	if pid := i.Status().PID; !alive(pid) {
+		t.Errorf("sleep (pid %d) not running", pid)
+	}
+}
+
+func TestUserName(t *testing.T) {
+	tests := []struct{ service, want string }{
+		{"api", "hostel-api"},
+		{"a234567890123456789012345", "hostel-a234567890123456789012345"},
+		{"a2345678901234567890123456", "hostel-a234567890123456-"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.service, func(t *testing.T) {
+			got := UserName(tt.service)
+			if !strings.HasPrefix(got, tt.want) || len(got) > 32 {
+				t.Errorf("UserName(%q) = %q, want prefix %q and at most 32 characters", tt.service, got, tt.want)
+			}
+		})
+	}
+	if UserName("a2345678901234567890123456") == UserName("a2345678901234567890123457") {
+		t.Error("long names that differ map to the same user")
+	}
+}
+
+func TestRunAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := exec.LookPath("useradd"); err != nil {
+		t.Skip("no useradd")
+	}
+	t.Parallel()
+	const service = "suptest-user"
+	name := UserName(service)
+	t.Cleanup(func() { exec.Command("userdel", name).Run() })
+
+	s, root := newSupervisor(t, Options{RunAsUsers: true})
+	i := startReady(t, s, appConfig(service, "-notify"))
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatalf("user %s: %v", name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", i.Status().PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		fields[k] = strings.Join(strings.Fields(v), " ")
+	}
+	if want := fmt.Sprintf("%d %d %d %d", uid, uid, uid, uid); fields["Uid"] != want {
+		t.Errorf("process Uid = %q, want %q", fields["Uid"], want)
+	}
+	if want := fmt.Sprintf("%d %d %d %d", gid, gid, gid, gid); fields["Gid"] != want {
+		t.Errorf("process Gid = %q, want %q", fields["Gid"], want)
+	}
+	if fields["Groups"] != "" {
+		t.Errorf("process Groups = %q, want none", fields["Groups"])
+	}
+
+	owned := func(path string, wantUID int, wantMode os.FileMode) {
+		t.Helper()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+			return
+		}
+		if got := int(fi.Sys().(*syscall.Stat_t).Uid); got != wantUID {
+			t.Errorf("%s owned by uid %d, want %d", path, got, wantUID)
+		}
+		if wantMode != 0 && fi.Mode().Perm() != wantMode {
+			t.Errorf("%s mode %v, want %v", path, fi.Mode().Perm(), wantMode)
+		}
+	}
+	owned(filepath.Join(root, "state", service), uid, 0o700)
+	owned(filepath.Join(root, "state", service, "touched"), uid, 0)
+	owned(filepath.Join(root, "run", string(i.Key())), uid, 0o700)
+	owned(i.Status().LogPath, 0, 0o640)
+
+	// A second version reuses the user and the state directory.
+	cfg := appConfig(service)
+	cfg.Version = "v2"
+	j := startReady(t, s, cfg)
+	if j.Status().PID == i.Status().PID {
+		t.Error("second version shares the first's process")
+	}
+}

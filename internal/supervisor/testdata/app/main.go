@@ -1,0 +1,104 @@
+// Command app is the service the supervisor's tests run: an HTTP server on
+// $PORT with switches for the behaviours under test.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	notify := flag.Bool("notify", false, "send READY=1 to NOTIFY_SOCKET before listening")
+	ignoreTerm := flag.Bool("ignore-term", false, "ignore SIGTERM")
+	child := flag.Bool("child", false, "spawn a `sleep 1000` child sharing stdout")
+	slowStart := flag.Duration("slow-start", 0, "wait this long before listening")
+	exitNow := flag.Bool("exit-now", false, "print an error and exit 3 at once")
+	flag.Parse()
+
+	fmt.Printf("app starting pid %d\n", os.Getpid())
+	fmt.Fprintf(os.Stderr, "app stderr line\n")
+	if *exitNow {
+		fmt.Fprintln(os.Stderr, "boom: bad configuration")
+		os.Exit(3)
+	}
+	if err := os.WriteFile(filepath.Join(os.Getenv("STATE_DIRECTORY"), "touched"), []byte("x"), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, "writing state:", err)
+	}
+
+	terms := make(chan os.Signal, 1)
+	signal.Notify(terms, syscall.SIGTERM)
+	go func() {
+		for range terms {
+			if *ignoreTerm {
+				fmt.Println("ignoring SIGTERM")
+				continue
+			}
+			fmt.Println("terminating on SIGTERM")
+			os.Exit(0)
+		}
+	}()
+
+	childPID := 0
+	if *child {
+		c := exec.Command("sleep", "1000")
+		c.Stdout = os.Stdout
+		if err := c.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(1)
+		}
+		childPID = c.Process.Pid
+	}
+
+	if *notify {
+		c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "notify:", err)
+			os.Exit(1)
+		}
+		if _, err := c.Write([]byte("STATUS=starting\nREADY=1\n")); err != nil {
+			fmt.Fprintln(os.Stderr, "notify:", err)
+			os.Exit(1)
+		}
+		c.Close()
+	}
+	time.Sleep(*slowStart)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		env := map[string]string{}
+		for _, kv := range os.Environ() {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+		}
+		json.NewEncoder(w).Encode(env)
+	})
+	mux.HandleFunc("/pid", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, os.Getpid()) })
+	mux.HandleFunc("/child", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, childPID) })
+	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println("crashing on request")
+		os.Exit(1)
+	})
+	mux.HandleFunc("/spam", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		line := strings.Repeat("x", 89)
+		for k := range n {
+			fmt.Printf("%09d %s\n", k, line) // 100 bytes with the newline
+		}
+	})
+	if err := http.ListenAndServe(net.JoinHostPort("127.0.0.1", os.Getenv("PORT")), mux); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}

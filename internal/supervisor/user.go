@@ -1,0 +1,70 @@
+package supervisor
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// maxUserName is the longest user name useradd accepts.
+const maxUserName = 32
+
+// UserName is the system user a service runs as: "hostel-SERVICE", or, for
+// service names too long to fit 32 characters, "hostel-" + the first 16
+// characters + "-" + 8 hex digits of the name's SHA-256.
+func UserName(service string) string {
+	name := "hostel-" + service
+	if len(name) <= maxUserName {
+		return name
+	}
+	sum := sha256.Sum256([]byte(service))
+	return "hostel-" + service[:16] + "-" + hex.EncodeToString(sum[:4])
+}
+
+// lookPath is exec.LookPath, a variable only so that tests need not touch PATH.
+var lookPath = exec.LookPath
+
+// serviceUser returns the credential of the service's user, creating the
+// user when it does not exist.
+func (s *Supervisor) serviceUser(service string) (*syscall.Credential, error) {
+	name := UserName(service)
+	s.userMu.Lock()
+	defer s.userMu.Unlock()
+	u, err := user.Lookup(name)
+	if errors.As(err, new(user.UnknownUserError)) {
+		useradd := "useradd"
+		for _, p := range []string{"/usr/sbin/useradd", "/sbin/useradd"} {
+			if _, err := lookPath(p); err == nil {
+				useradd = p
+				break
+			}
+		}
+		out, cerr := exec.Command(useradd, "--system", "--no-create-home", "--home-dir", "/",
+			"--shell", "/usr/sbin/nologin", name).CombinedOutput()
+		if cerr != nil {
+			return nil, fmt.Errorf("creating user %s: %v: %s", name, cerr, strings.TrimSpace(string(out)))
+		}
+		s.opts.Logf("supervisor: created user %s", name)
+		u, err = user.Lookup(name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up user %s: %w", name, err)
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("user %s: bad uid %q", name, u.Uid)
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("user %s: bad gid %q", name, u.Gid)
+	}
+	// No supplementary groups: Groups is empty and NoSetGroups false, so the
+	// daemon's (root's) groups are dropped.
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# make demo: starts hostel serve with a private root on unprivileged ports and
+# deploys the example monoliths. The daemon keeps running; stop it with
+# `make demo-stop`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=${HOSTEL_DEMO_ROOT:-$PWD/.demo}
+HTTP=${HOSTEL_DEMO_HTTP:-127.0.0.1:8080}
+export HOSTEL_ROOT=$ROOT
+mkdir -p "$ROOT"
+bin/hostel version
+if [[ -S $ROOT/hostel.sock ]] && bin/hostel status >/dev/null 2>&1; then
+  echo "a demo daemon is already running on $ROOT"
+else
+  nohup bin/hostel serve --http "$HTTP" --https "" >"$ROOT/daemon.log" 2>&1 &
+  echo $! >"$ROOT/daemon.pid"
+  for _ in $(seq 100); do
+    [[ -S $ROOT/hostel.sock ]] && break
+    sleep 0.1
+  done
+  [[ -S $ROOT/hostel.sock ]] || { echo "daemon did not start:"; cat "$ROOT/daemon.log"; exit 1; }
+  echo "hostel serve is running (pid $(cat "$ROOT/daemon.pid"), log $ROOT/daemon.log)"
+fi
+cd examples/monoliths
+../../bin/hostel plan
+../../bin/hostel deploy --no-confirm
+../../bin/hostel status
+PORT=${HTTP##*:}
+cat <<MSG
+
+The example monoliths are live. Try:
+
+  curl http://shop.localhost:$PORT/
+  curl -i http://www.shop.localhost:$PORT/cart?x=1     # 301 to shop.localhost
+  curl http://blog.localhost:$PORT/                    # calls the internal quotes service
+  curl -X PUT --data 'hello from the wiki' http://wiki.localhost:$PORT/home
+  curl http://wiki.localhost:$PORT/home
+  curl -H 'Host: nobody.example' http://127.0.0.1:$PORT/ # 404: unknown host
+
+Then change quotes' GREETING in examples/monoliths/hostel.json and run:
+
+  export HOSTEL_ROOT=$ROOT
+  cd examples/monoliths && ../../bin/hostel plan && ../../bin/hostel deploy
+
+Stop everything with: make demo-stop
+MSG
