@@ -44,6 +44,13 @@ type env struct {
 
 func (e *env) client() *api.Client { return api.NewClient(filepath.Join(e.root, "hostel.sock")) }
 
+// commands are the subcommands, in the order help lists them. A file that
+// adds a command group appends to it in its init.
+var commands = []func(*env) *cobra.Command{
+	serveCmd, planCmd, deployCmd, statusCmd, generationsCmd, rollbackCmd,
+	logsCmd, restartCmd, gcCmd, versionCmd,
+}
+
 // Main runs the CLI with args and returns the exit code.
 func Main(args []string) int {
 	return run(args, os.Stdout, os.Stderr)
@@ -65,10 +72,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(
-		serveCmd(e), planCmd(e), deployCmd(e), statusCmd(e), generationsCmd(e), rollbackCmd(e),
-		logsCmd(e), restartCmd(e), gcCmd(e), versionCmd(e),
-	)
+	for _, c := range commands {
+		root.AddCommand(c(e))
+	}
 	root.SetArgs(args)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -121,6 +121,11 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 	if svc.Package != "" && !filepath.IsAbs(exec[0]) {
 		cfg.Exec = append([]string{filepath.Join(svc.Package, exec[0])}, exec[1:]...)
 	}
+	for _, p := range e.prepare {
+		if err := p.Prepare(ctx, g, name, &cfg); err != nil {
+			return fmt.Errorf("service %q: %s: %w", name, key, err)
+		}
+	}
 	progress("starting %s", key)
 	t0 := time.Now()
 	inst, err := e.procs.Start(cfg)

@@ -41,6 +41,13 @@ type Routes interface {
 	InFlight(key spec.VersionKey) int64
 }
 
+// Preparer readies what a new version needs before its process starts: a
+// database, credentials, a release step. It may add to cfg.Env and the other
+// fields of cfg. An error fails the deploy before the switch.
+type Preparer interface {
+	Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error
+}
+
 var (
 	_ Processes = (*supervisor.Supervisor)(nil)
 	_ Routes    = (*router.Router)(nil)
@@ -63,6 +70,8 @@ type Engine struct {
 	procs Processes
 	route Routes
 
+	prepare []Preparer
+
 	mu sync.Mutex // serializes operations that change what runs
 
 	// running holds what the engine started and has not stopped, by key.
@@ -83,6 +92,10 @@ type version struct {
 func New(st store.Store, procs Processes, routes Routes) *Engine {
 	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}}
 }
+
+// Use adds preparers, run in the order given before every new version starts.
+// Call it before the engine is used.
+func (e *Engine) Use(p ...Preparer) { e.prepare = append(e.prepare, p...) }
 
 // Request is one deploy.
 type Request struct {
