@@ -145,7 +145,7 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 
 // Table builds the public routing table of a generation.
 func Table(g *spec.Generation) router.Table {
-	t := router.Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}}
+	t := router.Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: g.Spec.ZoneOrDefault()}
 	for name, svc := range g.Spec.Services {
 		key := spec.Key(name, g.Versions[name])
 		for _, d := range svc.Domains {

@@ -42,6 +42,9 @@ type Table struct {
 	// Redirects maps a host name to the host it answers 301 for, keeping
 	// scheme, path and query.
 	Redirects map[string]string
+	// Zone is the zone of immutable version names (SERVICE-VERSION.ZONE);
+	// empty means the zone given in Options.
+	Zone string
 }
 
 // Router routes HTTP requests to registered backends. The zero value is not
@@ -115,7 +118,7 @@ func New(opts Options) *Router {
 	}
 	empty := map[spec.VersionKey]*backend{}
 	r.backends.Store(&empty)
-	r.table.Store(&Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}})
+	r.table.Store(&Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: r.zone})
 	return r
 }
 
@@ -137,7 +140,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		http.Redirect(w, req, scheme+target+req.URL.RequestURI(), http.StatusMovedPermanently)
 		return
 	}
-	if service, v, ok := spec.ParseVersionHost(host, r.zone); ok {
+	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok {
 		key := spec.Key(service, v)
 		if b := (*r.backends.Load())[key]; b != nil {
 			b.serve(w, req)
@@ -223,6 +226,10 @@ func (r *Router) Swap(t Table) error {
 	next := &Table{
 		Domains:   make(map[string]spec.VersionKey, len(t.Domains)),
 		Redirects: make(map[string]string, len(t.Redirects)),
+		Zone:      normalizeHost(t.Zone),
+	}
+	if next.Zone == "" {
+		next.Zone = r.zone
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -257,6 +264,7 @@ func (r *Router) Table() Table {
 	c := Table{
 		Domains:   make(map[string]spec.VersionKey, len(t.Domains)),
 		Redirects: make(map[string]string, len(t.Redirects)),
+		Zone:      t.Zone,
 	}
 	for k, v := range t.Domains {
 		c.Domains[k] = v

@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestDeps: the CLI is a client; it reaches the daemon's parts only through
+// the API (serve goes through package daemon).
+func TestDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{join .Imports "\n"}}`, ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"hostel/internal/supervisor", "hostel/internal/router", "hostel/internal/deploy", "hostel/internal/store"} {
+		for _, imp := range strings.Fields(string(out)) {
+			if imp == bad {
+				t.Errorf("package cli imports %s", bad)
+			}
+		}
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "hostel.json")
+	os.WriteFile(bad, []byte(`{"services":{"api":{"exec":["/a"],"needs":["db2"]}}}`), 0o644)
+	tests := []struct {
+		name     string
+		args     []string
+		code     int
+		stderrRE string
+	}{
+		{"unknown flag", []string{"status", "--bogus"}, 2, "unknown flag"},
+		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+		{"too many args", []string{"logs", "a", "b"}, 2, "accepts 1 arg"},
+		{"bad spec", []string{"plan", bad}, 2, `hostel.json: service "api": needs "db2", which is not defined`},
+		{"missing spec", []string{"plan", filepath.Join(dir, "nope.json")}, 2, "nope.json: "},
+		{"no daemon", []string{"--root", dir, "status"}, 1, "cannot reach the hostel daemon"},
+		{"version", []string{"version"}, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(tt.args, &stdout, &stderr)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d (stderr %q)", code, tt.code, stderr.String())
+			}
+			first := strings.SplitN(stderr.String(), "\n", 2)[0]
+			if !strings.Contains(first, tt.stderrRE) {
+				t.Errorf("first stderr line %q, want %q", first, tt.stderrRE)
+			}
+		})
+	}
+}

@@ -1,0 +1,52 @@
+// Command app is the service the deploy engine's tests run.
+//
+// GET /healthz answers 200, or 500 once UNHEALTHY_AFTER has passed since
+// start; GET /slow?d=DURATION answers after d; GET /call calls UPSTREAM_URL.
+// Every answer carries X-App: $APP_ID.
+package main
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	start := time.Now()
+	unhealthyAfter, _ := time.ParseDuration(os.Getenv("UNHEALTHY_AFTER"))
+	id := os.Getenv("APP_ID")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if unhealthyAfter > 0 && time.Since(start) > unhealthyAfter {
+			http.Error(w, "sick", http.StatusInternalServerError)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		time.Sleep(d)
+		w.Header().Set("X-App", id)
+		io.WriteString(w, "slow done")
+	})
+	mux.HandleFunc("/call", func(w http.ResponseWriter, r *http.Request) {
+		resp, err := http.Get(os.Getenv("UPSTREAM_URL") + "/")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set("X-App", id)
+		io.Copy(w, resp.Body)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-App", id)
+		io.WriteString(w, id)
+	})
+	if os.Getenv("CRASH") != "" {
+		os.Exit(3)
+	}
+	http.ListenAndServe(net.JoinHostPort(os.Getenv("HOST"), os.Getenv("PORT")), mux)
+}
