@@ -137,6 +137,12 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		if req.TLS != nil {
 			scheme = "https://"
 		}
+		// Keep a non-default port the client used, so redirects work on
+		// development listeners such as :8080 too.
+		if _, port, err := net.SplitHostPort(req.Host); err == nil && port != "" &&
+			!(port == "80" && req.TLS == nil) && !(port == "443" && req.TLS != nil) {
+			target = net.JoinHostPort(target, port)
+		}
 		http.Redirect(w, req, scheme+target+req.URL.RequestURI(), http.StatusMovedPermanently)
 		return
 	}

@@ -151,6 +151,7 @@ func TestRedirect(t *testing.T) {
 	}{
 		{"path and query", "www.massapp.org", "/a/b?x=1", "http://massapp.org/a/b?x=1"},
 		{"root", "WWW.massapp.org:80", "/", "http://massapp.org/"},
+		{"development port kept", "www.massapp.org:8080", "/p?q", "http://massapp.org:8080/p?q"},
 		{"escaped path", "www.massapp.org", "/a%20b/c?q=%2F&r", "http://massapp.org/a%20b/c?q=%2F&r"},
 	}
 	for _, tt := range tests {
