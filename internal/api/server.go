@@ -91,6 +91,7 @@ func NewHandler(d Daemon) http.Handler {
 			reply(w, nil, err)
 		}
 	})
+	handleSecrets(mux, d)
 	return mux
 }
 

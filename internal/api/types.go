@@ -16,6 +16,9 @@ type PlanRequest struct {
 	Source string          `json:"source"`
 	Spec   json.RawMessage `json:"spec"`
 	Inputs spec.Inputs     `json:"inputs"`
+	// Secrets are the age ciphertexts (never plaintext) of the secrets the
+	// services list, by name; nil when none does.
+	Secrets map[string][]byte `json:"secrets,omitempty"`
 }
 
 // DeployRequest is a PlanRequest to apply.

@@ -54,7 +54,7 @@ func load(args []string) (*source.Loaded, api.PlanRequest, error) {
 	if err != nil {
 		return nil, api.PlanRequest{}, err
 	}
-	return l, api.PlanRequest{Source: l.File, Spec: b, Inputs: l.Inputs}, nil
+	return l, api.PlanRequest{Source: l.File, Spec: b, Inputs: l.Inputs, Secrets: l.Secrets}, nil
 }
 
 func planCmd(e *env) *cobra.Command {

@@ -18,6 +18,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/deploy"
 	"hostel/internal/router"
+	"hostel/internal/secrets"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 	"hostel/internal/supervisor"
@@ -43,6 +44,8 @@ type Daemon struct {
 	router *router.Router
 	engine *deploy.Engine
 	logf   func(string, ...any)
+	// hostKey is the machine's age identity, which decrypts secrets.
+	hostKey *secrets.HostKey
 
 	httpLn  net.Listener
 	apiLn   net.Listener
@@ -82,6 +85,9 @@ func Start(ctx context.Context, opts Options) (d *Daemon, err error) {
 			return nil, err
 		}
 	}
+	if d.hostKey, err = secrets.EnsureHostKey(opts.Root); err != nil {
+		return nil, err
+	}
 	st, err := store.OpenBolt(filepath.Join(opts.Root, "state.db"))
 	if err != nil {
 		return nil, err
@@ -96,6 +102,7 @@ func Start(ctx context.Context, opts Options) (d *Daemon, err error) {
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: os.Geteuid() == 0})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
 	d.engine = deploy.New(st, d.sup, d.router)
+	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
 
 	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http: %w", err)

@@ -70,10 +70,14 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 			return nil, api.Invalid(fmt.Errorf("confirm: invalid duration %q", req.Confirm))
 		}
 	}
+	secs, err := d.checkSecrets(s, req.PlanRequest)
+	if err != nil {
+		return nil, err
+	}
 	// A deploy runs to its end even if the client goes away: a half-applied
 	// deploy is worse than an unobserved one.
 	ctx = context.WithoutCancel(ctx)
-	res, err := d.engine.Deploy(ctx, deploy.Request{Source: req.Source, Spec: s, Inputs: req.Inputs, Confirm: confirm}, d.progress(progress))
+	res, err := d.engine.Deploy(ctx, deploy.Request{Source: req.Source, Spec: s, Inputs: req.Inputs, Secrets: secs, Confirm: confirm}, d.progress(progress))
 	return res, apiError(err)
 }
 

@@ -102,6 +102,9 @@ type Request struct {
 	Source string      // the spec file's name, for messages
 	Spec   *spec.Spec  // decoded and validated
 	Inputs spec.Inputs // what else shapes versions
+	// Secrets are the age ciphertexts of the secrets the services use, by
+	// name; the generation keeps them. Nil means none.
+	Secrets map[string][]byte
 	// Confirm is the confirm window after the switch; 0 skips it.
 	Confirm time.Duration
 }
@@ -147,7 +150,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 		progress("nothing to deploy: generation %d already runs this spec", cur.Number)
 		return res, nil
 	}
-	next := &spec.Generation{SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions}
+	next := &spec.Generation{SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
 	started, err := e.startAll(ctx, next, progress)
 	res.Started = started
 	if err != nil {

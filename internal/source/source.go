@@ -27,6 +27,8 @@ type Loaded struct {
 	File   string
 	Spec   *spec.Spec
 	Inputs spec.Inputs
+	// Secrets are the ciphertexts of the secrets the services list, by name.
+	Secrets map[string][]byte
 }
 
 // Find returns the spec file to use when the user names none: hostel.nix,
@@ -63,7 +65,11 @@ func Load(file string) (*Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Loaded{File: file, Spec: s, Inputs: in}, nil
+	secs, err := GatherSecrets(file, s, &in)
+	if err != nil {
+		return nil, err
+	}
+	return &Loaded{File: file, Spec: s, Inputs: in, Secrets: secs}, nil
 }
 
 // Gather computes the inputs of s: a content digest for every package that

@@ -18,6 +18,10 @@ type Generation struct {
 	Inputs Inputs `json:"inputs"`
 	// Versions maps each service to its version.
 	Versions map[string]Version `json:"versions"`
+	// Secrets holds the age ciphertext of every secret a service uses, by
+	// name, so that a rollback or restart can decrypt them again; never
+	// plaintext. Nil means no service uses a secret.
+	Secrets map[string][]byte `json:"secrets,omitempty"`
 }
 
 // VersionKey names one version of one service, as "service-version".

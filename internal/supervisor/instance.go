@@ -43,6 +43,7 @@ type Instance struct {
 	addr string
 
 	stateDir, runDir, logPath, notifyPath string
+	credDir                               string // CREDENTIALS_DIRECTORY; "" when there are no credentials
 	path, workDir                         string
 	env                                   []string
 	cred                                  *syscall.Credential
@@ -262,6 +263,9 @@ func (i *Instance) setup() (p *proc, err error) {
 		i.workDir = i.stateDir
 	}
 	i.env = environ(i.cfg, i.stateDir, i.runDir, i.notifyPath)
+	if err := i.setupCredentials(); err != nil {
+		return nil, err
+	}
 	return i.launch()
 }
 
@@ -586,6 +590,7 @@ func (i *Instance) teardown() {
 	if i.log != nil {
 		i.log.Close()
 	}
+	i.removeCredentials()
 	if err := os.RemoveAll(i.runDir); err != nil {
 		i.s.opts.Logf("supervisor: %s: removing %s: %v", i.key, i.runDir, err)
 	}

@@ -87,6 +87,11 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// StopGrace is how long Stop waits after SIGTERM before SIGKILL; zero means 10s.
 	StopGrace time.Duration
+	// Credentials are secrets by name, given to the process as one file each
+	// (0400, owned by its user) in CREDENTIALS_DIRECTORY, on a memory-backed
+	// filesystem where one is available; nil means no CREDENTIALS_DIRECTORY.
+	// They are never put in the environment or logged.
+	Credentials map[string][]byte
 }
 
 // Options configure a Supervisor.

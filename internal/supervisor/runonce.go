@@ -1,0 +1,126 @@
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// maxRunOnceOutput bounds the output RunOnce keeps (the last bytes).
+const maxRunOnceOutput = 64 << 10
+
+// RunOnce runs argv to completion as the service of cfg would run: as the
+// service's user, in its package directory, with the environment its
+// process gets (PORT is cfg.Port, possibly 0; there is no NOTIFY_SOCKET)
+// and a RUNTIME_DIRECTORY of its own that is removed afterwards. argv[0]
+// is resolved like cfg.Exec[0]. It returns the combined stdout and stderr
+// (the last 64 KiB) and an error if the command did not exit 0. For
+// one-shot steps such as a release migration.
+func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]byte, error) {
+	cfg.Exec = argv
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	key := spec.Key(cfg.Service, cfg.Version)
+	var cred *syscall.Credential
+	if s.opts.RunAsUsers {
+		var err error
+		if cred, err = s.serviceUser(cfg.Service); err != nil {
+			return nil, err
+		}
+	}
+	owned := func(dir string) error {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return err
+		}
+		if cred != nil {
+			return os.Chown(dir, int(cred.Uid), int(cred.Gid))
+		}
+		return nil
+	}
+	stateDir := s.stateDir(cfg.Service)
+	runDir := s.runDir(key) + ".once"
+	for _, d := range []string{filepath.Dir(stateDir), filepath.Dir(runDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := owned(stateDir); err != nil {
+		return nil, err
+	}
+	os.RemoveAll(runDir)
+	if err := owned(runDir); err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(runDir)
+	path, err := resolveExec(cfg.Dir, argv[0])
+	if err != nil {
+		return nil, err
+	}
+	env := environ(cfg, stateDir, runDir, "")
+	for n, kv := range env {
+		if kv == "NOTIFY_SOCKET=" {
+			env = append(env[:n], env[n+1:]...)
+			break
+		}
+	}
+	dir := cfg.Dir
+	if dir == "" {
+		dir = stateDir
+	}
+	out := &tailBuffer{max: maxRunOnceOutput}
+	cmd := exec.CommandContext(ctx, path, argv[1:]...)
+	cmd.Args[0] = argv[0]
+	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = env, dir, out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	// On cancel, end the whole group, not just the leader.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	s.opts.Logf("supervisor: %s: running %v once", key, argv)
+	err = cmd.Run()
+	if cmd.Process != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // orphans of the group
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+		return out.Bytes(), fmt.Errorf("%s: %v: %w", key, argv, err)
+	}
+	return out.Bytes(), nil
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	max int
+	buf bytes.Buffer
+	cut bool
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	t.buf.Write(p)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+		t.cut = true
+	}
+	return n, nil
+}
+
+// Bytes returns what was kept, marked when the start was cut.
+func (t *tailBuffer) Bytes() []byte {
+	if t.cut {
+		return append([]byte("…\n"), t.buf.Bytes()...)
+	}
+	return append([]byte(nil), t.buf.Bytes()...)
+}
