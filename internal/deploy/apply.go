@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"hostel/internal/router"
@@ -220,7 +221,7 @@ func (e *Engine) switchBack(ctx context.Context, prev *spec.Generation, started 
 
 // drain stops every running version that g does not hold, once nothing is
 // in flight to it and no running version needs it: the topmost first.
-func (e *Engine) drain(ctx context.Context, g *spec.Generation, progress Progress) []string {
+func (e *Engine) drain(ctx context.Context, g *spec.Generation, progress Progress) (stopped []string, aborted int64) {
 	keep := map[spec.VersionKey]bool{}
 	for name, v := range g.Versions {
 		keep[spec.Key(name, v)] = true
@@ -231,17 +232,19 @@ func (e *Engine) drain(ctx context.Context, g *spec.Generation, progress Progres
 			old = append(old, k)
 		}
 	}
-	e.stopKeys(ctx, old, progress)
-	out := make([]string, len(old))
+	aborted = e.stopKeys(ctx, old, progress)
+	stopped = make([]string, len(old))
 	for i, k := range old {
-		out[i] = string(k)
+		stopped[i] = string(k)
 	}
-	return out
+	return stopped, aborted
 }
 
 // stopKeys drains and stops versions in rounds: in each round, those that no
-// other version still to stop needs; within a round, all at once.
-func (e *Engine) stopKeys(ctx context.Context, keys []spec.VersionKey, progress Progress) {
+// other version still to stop needs; within a round, all at once. It returns
+// how many requests had to be ended with 504.
+func (e *Engine) stopKeys(ctx context.Context, keys []spec.VersionKey, progress Progress) int64 {
+	var aborted atomic.Int64
 	left := map[spec.VersionKey]bool{}
 	for _, k := range keys {
 		left[k] = true
@@ -275,16 +278,17 @@ func (e *Engine) stopKeys(ctx context.Context, keys []spec.VersionKey, progress 
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				e.stopOne(ctx, k, progress)
+				aborted.Add(e.stopOne(ctx, k, progress))
 			}()
 		}
 		wg.Wait()
 	}
+	return aborted.Load()
 }
 
 // stopOne waits for a version's in-flight requests (up to its stop grace),
-// then stops it and forgets its routes.
-func (e *Engine) stopOne(ctx context.Context, key spec.VersionKey, progress Progress) {
+// ends what is left with 504, then stops it and forgets its routes.
+func (e *Engine) stopOne(ctx context.Context, key spec.VersionKey, progress Progress) (aborted int64) {
 	grace := 10 * time.Second
 	e.runMu.Lock()
 	if v := e.running[key]; v != nil {
@@ -295,7 +299,8 @@ func (e *Engine) stopOne(ctx context.Context, key spec.VersionKey, progress Prog
 	err := e.route.WaitIdle(wctx, key)
 	cancel()
 	if err != nil {
-		progress("%s: %d requests still in flight after %s", key, e.route.InFlight(key), grace)
+		aborted = e.route.Abort(key)
+		progress("%s: %d requests still in flight after its stop grace (%s): ended with 504", key, aborted, grace)
 	}
 	if err := e.procs.Stop(ctx, key); err != nil {
 		progress("stopping %s: %v", key, err)
@@ -306,4 +311,5 @@ func (e *Engine) stopOne(ctx context.Context, key spec.VersionKey, progress Prog
 	delete(e.running, key)
 	e.runMu.Unlock()
 	progress("stopped %s", key)
+	return aborted
 }

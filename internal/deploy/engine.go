@@ -39,6 +39,7 @@ type Routes interface {
 	CloseEndpoint(key spec.VersionKey)
 	WaitIdle(ctx context.Context, key spec.VersionKey) error
 	InFlight(key spec.VersionKey) int64
+	Abort(key spec.VersionKey) int64
 }
 
 // Preparer readies what a new version needs before its process starts: a
@@ -116,6 +117,9 @@ type Result struct {
 	Started    []string   `json:"started"`
 	Stopped    []string   `json:"stopped"`
 	RolledBack bool       `json:"rolled_back,omitempty"`
+	// Aborted counts requests still in flight to old versions when their
+	// stop grace ran out; they were ended with 504.
+	Aborted int64 `json:"aborted"`
 }
 
 // Plan plans a spec against the current generation without changing anything.
@@ -178,8 +182,11 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 			return res, fmt.Errorf("deploy rolled back to generation %d: %w", cur.Number, err)
 		}
 	}
-	res.Stopped = e.drain(context.WithoutCancel(ctx), next, progress)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), next, progress)
 	progress("generation %d deployed: %d started, %d stopped", n, len(res.Started), len(res.Stopped))
+	if res.Aborted > 0 {
+		progress("%d requests were still running at their stop grace and were ended with 504", res.Aborted)
+	}
 	return res, nil
 }
 
@@ -231,7 +238,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 		return res, err
 	}
 	progress("switched: generation %d is live", to)
-	res.Stopped = e.drain(context.WithoutCancel(ctx), target, progress)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), target, progress)
 	return res, nil
 }
 

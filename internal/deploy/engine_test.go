@@ -291,3 +291,28 @@ func TestNeedURL(t *testing.T) {
 		t.Errorf("in flight after the call: %d", n)
 	}
 }
+
+// TestDrainGraceEnds504: a request still running at the old version's stop
+// grace is ended with 504 and the deploy counts it.
+func TestDrainGraceEnds504(t *testing.T) {
+	w := newWorld(t)
+	short := func(s *spec.Service) { s.StopGrace = spec.Duration(500 * time.Millisecond) }
+	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("old", domains("web.test"), short)}))
+	done := make(chan int)
+	go func() {
+		code, _, _ := w.get("web.test", "/slow?d=10s")
+		done <- code
+	}()
+	time.Sleep(200 * time.Millisecond)
+	t0 := time.Now()
+	res := w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("new", domains("web.test"), short)}))
+	if code := <-done; code != http.StatusGatewayTimeout {
+		t.Errorf("request past the stop grace got %d, want 504", code)
+	}
+	if res.Aborted != 1 {
+		t.Errorf("deploy reports %d aborted requests, want 1", res.Aborted)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("deploy took %s: the grace did not bound the drain", d)
+	}
+}

@@ -75,6 +75,11 @@ type backend struct {
 	waiters atomic.Int32
 	mu      sync.Mutex
 	idle    chan struct{} // closed (and replaced) when inflight drops to 0 while waited on
+
+	// abort, once cancelled by Abort, ends every request in flight to this
+	// backend: a draining version past its stop grace.
+	abort       context.Context
+	cancelAbort context.CancelFunc
 }
 
 type endpoint struct {
@@ -173,7 +178,12 @@ func (b *backend) serve(w http.ResponseWriter, req *http.Request) {
 	// Deferred: ReverseProxy panics with http.ErrAbortHandler when a
 	// response body breaks off, and the count must still drop.
 	defer b.done()
-	b.proxy.Load().ServeHTTP(w, req)
+	// The outbound request also ends when the backend is aborted.
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	stop := context.AfterFunc(b.abort, cancel)
+	defer stop()
+	b.proxy.Load().ServeHTTP(w, req.WithContext(ctx))
 }
 
 func (b *backend) done() {
@@ -193,11 +203,12 @@ func (r *Router) AddBackend(key spec.VersionKey, addr string) {
 	defer r.mu.Unlock()
 	old := *r.backends.Load()
 	if b, ok := old[key]; ok {
-		b.proxy.Store(r.newProxy(key, addr))
+		b.proxy.Store(r.newProxy(b, addr))
 		return
 	}
 	b := &backend{key: key, idle: make(chan struct{})}
-	b.proxy.Store(r.newProxy(key, addr))
+	b.abort, b.cancelAbort = context.WithCancel(context.Background())
+	b.proxy.Store(r.newProxy(b, addr))
 	next := make(map[spec.VersionKey]*backend, len(old)+1)
 	for k, v := range old {
 		next[k] = v
@@ -372,6 +383,19 @@ func (r *Router) WaitIdle(ctx context.Context, key spec.VersionKey) error {
 	}
 }
 
+// Abort ends every request in flight to key — those not yet answered get
+// 504 — and returns how many there were. The engine calls it for a draining
+// version whose stop grace ran out.
+func (r *Router) Abort(key spec.VersionKey) int64 {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return 0
+	}
+	n := b.inflight.Load()
+	b.cancelAbort()
+	return n
+}
+
 // Close closes every endpoint listener and the idle backend connections.
 // The public listener belongs to the caller.
 func (r *Router) Close() error {
@@ -384,7 +408,8 @@ func (r *Router) Close() error {
 	return nil
 }
 
-func (r *Router) newProxy(key spec.VersionKey, addr string) *httputil.ReverseProxy {
+func (r *Router) newProxy(b *backend, addr string) *httputil.ReverseProxy {
+	key := b.key
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			// Not pr.SetURL: it would replace the Host header with addr,
@@ -400,6 +425,11 @@ func (r *Router) newProxy(key spec.VersionKey, addr string) *httputil.ReversePro
 		// buffers everything else for throughput.
 		ErrorLog: log.New(logfWriter(r.logf), "router: "+string(key)+": ", 0),
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			if b.abort.Err() != nil {
+				r.logf("router: %s %s%s via %s: ended with 504 after the stop grace", req.Method, req.Host, req.URL.Path, key)
+				http.Error(w, fmt.Sprintf("hostel: %s stopped before answering", key), http.StatusGatewayTimeout)
+				return
+			}
 			if !errors.Is(err, context.Canceled) {
 				r.logf("router: %s %s%s via %s: %v", req.Method, req.Host, req.URL.Path, key, err)
 			}

@@ -651,3 +651,43 @@ func BenchmarkProxy(b *testing.B) {
 		}
 	})
 }
+
+// TestAbort: requests still in flight when a draining version's grace runs
+// out end with 504, and the count is reported.
+func TestAbort(t *testing.T) {
+	r, pub := startRouter(t, Options{})
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	r.AddBackend(apiV1, startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		select {
+		case <-release:
+		case <-req.Context().Done():
+		}
+	})))
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"massapp.org": apiV1}})
+	got := make(chan int, 2)
+	for range 2 {
+		go func() {
+			status, _, _ := get(t, pub+"/", "massapp.org")
+			got <- status
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.InFlight(apiV1) < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := r.Abort(apiV1); n != 2 {
+		t.Fatalf("Abort = %d, want 2", n)
+	}
+	for range 2 {
+		if s := <-got; s != http.StatusGatewayTimeout {
+			t.Errorf("aborted request got %d, want 504", s)
+		}
+	}
+	if n := r.InFlight(apiV1); n != 0 {
+		t.Errorf("in flight after abort: %d", n)
+	}
+	if n := r.Abort("nobody-000000000000"); n != 0 {
+		t.Errorf("Abort of an unknown key = %d", n)
+	}
+}
