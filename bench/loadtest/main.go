@@ -174,7 +174,7 @@ func run() error {
 		s.p50Deploy, s.p99Deploy, s.p50, s.p99)
 	if len(overhead) > 0 {
 		sort.Slice(overhead, func(i, j int) bool { return overhead[i] < overhead[j] })
-		fmt.Printf("deploy overhead (wall time minus the slowest new version's time to ready, before drain): median %s, max %s\n",
+		fmt.Printf("deploy overhead (time to the switch minus the new versions' own time to ready): median %s, max %s\n",
 			overhead[len(overhead)/2].Round(time.Millisecond), overhead[len(overhead)-1].Round(time.Millisecond))
 	}
 	for _, e := range s.examples {
@@ -275,7 +275,7 @@ func (h *hostel) deploy(i int) error {
 	svc := func(role string, extra map[string]any) map[string]any {
 		s := map[string]any{
 			"exec":       []string{h.bin, "app"},
-			"env":        map[string]string{"VARIANT": variant, "ROLE": role},
+			"env":        map[string]string{"VARIANT": variant, "ROLE": role, "DEPLOY": fmt.Sprint(i)},
 			"health":     map[string]any{"path": "/healthz", "timeout": "10s"},
 			"stop_grace": "15s",
 		}
@@ -329,18 +329,36 @@ func (h *hostel) deploy(i int) error {
 	if !switchedAt.IsZero() {
 		h.mu.Lock()
 		h.switched = append(h.switched, switchEvent{at: switchedAt, versions: res.Plan.Versions})
+		if h.c.verbose {
+			fmt.Printf("switched at %s to %v\n", switchedAt.Format("15:04:05.000"), res.Plan.Versions)
+		}
 		h.mu.Unlock()
 		if !lastReady.IsZero() {
-			// Everything but the new versions' own start: planning, the
-			// commit, the switch — measured up to the switch line.
-			h.lastOverhead = switchedAt.Sub(t0) - readySpan(out.String(), t0, lastReady)
+			// Everything but the new versions' own time to ready (api,
+			// then web, which needs it): the CLI, planning, the commit
+			// and the switch. Draining comes after and is not counted.
+			h.lastOverhead = switchedAt.Sub(t0) - readyTimes(out.String())
 		}
 	}
 	return nil
 }
 
-// readySpan is the time from the deploy's start to its last "ready" line.
-func readySpan(_ string, t0, lastReady time.Time) time.Duration { return lastReady.Sub(t0) }
+// readyTimes sums the "(DURATION)" that ends each "ready" progress line: the
+// versions' own times from start to ready. (The two services start one
+// after the other, since web needs api.)
+func readyTimes(out string) time.Duration {
+	var sum time.Duration
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, "ready ") {
+			continue
+		}
+		i := strings.LastIndexByte(line, '(')
+		if d, err := time.ParseDuration(strings.TrimSuffix(line[i+1:], ")")); i >= 0 && err == nil {
+			sum += d
+		}
+	}
+	return sum
+}
 
 func (h *hostel) switches() []switchEvent {
 	h.mu.Lock()
@@ -503,24 +521,35 @@ func (l *load) summary() summary {
 
 // staleCount counts answers from a version that a switch had already
 // replaced when the request started (with 20 ms of slack for the switch
-// line to reach this program).
+// line to reach this program). Every deploy makes new versions of both
+// services, so a version names the switch that brought it.
 func (l *load) staleCount(sw []switchEvent) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	introduced := map[string]int{} // version → index of its switch
+	for i, s := range sw {
+		for _, v := range s.versions {
+			introduced[v] = i
+		}
+	}
 	stale := 0
 	for _, r := range l.results {
-		if r.err != nil || r.version == "" {
+		j, ok := introduced[r.version]
+		if r.err != nil || !ok {
 			continue
 		}
-		// The latest switch at least 20 ms before the request started.
-		var live map[string]string
-		for _, s := range sw {
+		k := -1 // the latest switch well before the request started
+		for i, s := range sw {
 			if s.at.Add(20 * time.Millisecond).Before(r.start) {
-				live = s.versions
+				k = i
 			}
 		}
-		if live != nil && live[r.service] != r.version {
+		if j < k {
 			stale++
+			if stale <= 5 {
+				fmt.Printf("  stale: %s %s started %s answered by %s (switch %d), live since switch %d\n",
+					r.service, r.kind, r.start.Format("15:04:05.000"), r.version, j, k)
+			}
 		}
 	}
 	return stale
