@@ -21,6 +21,7 @@ else
   [[ -S $ROOT/hostel.sock ]] || { echo "daemon did not start:"; cat "$ROOT/daemon.log"; exit 1; }
   echo "hostel serve is running (pid $(cat "$ROOT/daemon.pid"), log $ROOT/daemon.log)"
 fi
+scripts/demo-postgres.sh "$ROOT" # the guestbook's database server
 cd examples/monoliths
 ../../bin/hostel plan
 ../../bin/hostel deploy --no-confirm
@@ -35,6 +36,9 @@ The example monoliths are live. Try:
   curl http://blog.localhost:$PORT/                    # calls the internal quotes service
   curl -X PUT --data 'hello from the wiki' http://wiki.localhost:$PORT/home
   curl http://wiki.localhost:$PORT/home
+  curl --data 'hello from the guestbook' http://guestbook.localhost:$PORT/  # a row in its own PostgreSQL database
+  curl http://guestbook.localhost:$PORT/
+  bin/hostel --root $ROOT db shell guestbook -- -c 'SELECT * FROM messages'
   curl -H 'Host: nobody.example' http://127.0.0.1:$PORT/ # 404: unknown host
 
 Then change quotes' GREETING in examples/monoliths/hostel.json and run:

@@ -92,6 +92,7 @@ func NewHandler(d Daemon) http.Handler {
 		}
 	})
 	handleSecrets(mux, d)
+	handleDB(mux, d)
 	return mux
 }
 

@@ -48,6 +48,12 @@ type GCRequest struct {
 type GCResult struct {
 	Removed []uint64 `json:"removed"`
 	Kept    []uint64 `json:"kept"`
+	// Unpinned are the versions ("service-version") whose Nix GC roots gc removed.
+	Unpinned []string `json:"unpinned"`
+	// FreedPaths and FreedBytes are what the Nix garbage collector deleted;
+	// zero without Nix.
+	FreedPaths int   `json:"freed_paths"`
+	FreedBytes int64 `json:"freed_bytes"`
 }
 
 // Listen holds the addresses the daemon actually bound.
@@ -61,6 +67,27 @@ type Status struct {
 	Generation uint64          `json:"generation"`
 	Listen     Listen          `json:"listen"`
 	Services   []ServiceStatus `json:"services"`
+	// InternalCA is the PEM of the root of hostel's internal CA, which
+	// signs the certificates of immutable version names; "" when HTTPS is
+	// off.
+	InternalCA string `json:"internal_ca,omitempty"`
+	// Certificates is the certificate state of each public host served
+	// over HTTPS, by host; nil when HTTPS is off.
+	Certificates []CertStatus `json:"certificates,omitempty"`
+}
+
+// CertStatus is the certificate of one public host.
+type CertStatus struct {
+	Host    string `json:"host"`
+	Service string `json:"service"`
+	// State is "valid", "failing", "pending" or "none" (no acme block).
+	State string `json:"state"`
+	// Status is the line users see: "valid until …", "failing: …".
+	Status string `json:"status"`
+	// NotAfter is when the served certificate expires; nil if none is served.
+	NotAfter *time.Time `json:"not_after,omitempty"`
+	// Error is the last failure to obtain or renew, if any since the last success.
+	Error string `json:"error,omitempty"`
 }
 
 // ServiceStatus is one version of a service in Status.
@@ -75,6 +102,10 @@ type ServiceStatus struct {
 	Restarts int      `json:"restarts"`
 	InFlight int64    `json:"in_flight"`
 	Error    string   `json:"error,omitempty"`
+	// Package is the version's package (a Nix store path or a directory); empty if it has none.
+	Package string `json:"package,omitempty"`
+	// Database is the service's PostgreSQL database; nil when it has none.
+	Database *DatabaseStatus `json:"database,omitempty"`
 }
 
 // Generation is one row of `hostel generations --json`.
@@ -85,6 +116,9 @@ type Generation struct {
 	Source   string            `json:"source,omitempty"`
 	Current  bool              `json:"current"`
 	Versions map[string]string `json:"versions"`
+	// ClosureSize is the size in bytes of the Nix closures of the
+	// generation's store paths (0 when none are in this machine's store).
+	ClosureSize int64 `json:"closure_size"`
 }
 
 // Generations is `hostel generations --json`.

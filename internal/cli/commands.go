@@ -59,17 +59,22 @@ func load(args []string) (*source.Loaded, api.PlanRequest, error) {
 
 func planCmd(e *env) *cobra.Command {
 	var asJSON bool
+	var target string
 	cmd := &cobra.Command{
 		Use:   "plan [FILE]",
 		Short: "Print what a deploy would change and why; changes nothing",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, req, err := load(args)
+			l, req, err := load(args)
+			if err != nil {
+				return err
+			}
+			c, err := e.clientFor(cmd.Context(), target, l, false)
 			if err != nil {
 				return err
 			}
 			var p plan.Plan
-			if err := e.client().Plan(cmd.Context(), req, &p); err != nil {
+			if err := c.Plan(cmd.Context(), req, &p); err != nil {
 				return err
 			}
 			if asJSON {
@@ -79,6 +84,7 @@ func planCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the plan as JSON")
+	addTargetFlag(cmd, &target)
 	return cmd
 }
 
@@ -96,13 +102,18 @@ func deployCmd(e *env) *cobra.Command {
 		asJSON    bool
 		noConfirm bool
 		confirm   time.Duration
+		target    string
 	)
 	cmd := &cobra.Command{
 		Use:   "deploy [FILE]",
 		Short: "Plan, then apply: start new versions, health-check, switch atomically, drain old",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, preq, err := load(args)
+			l, preq, err := load(args)
+			if err != nil {
+				return err
+			}
+			c, err := e.clientFor(cmd.Context(), target, l, true)
 			if err != nil {
 				return err
 			}
@@ -113,7 +124,7 @@ func deployCmd(e *env) *cobra.Command {
 				req.Confirm = confirm.String()
 			}
 			var res deployResult
-			err = e.client().Deploy(cmd.Context(), req, &res, func(line string) {
+			err = c.Deploy(cmd.Context(), req, &res, func(line string) {
 				fmt.Fprintln(e.stderr, line)
 			})
 			if err != nil {
@@ -133,6 +144,7 @@ func deployCmd(e *env) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().BoolVar(&noConfirm, "no-confirm", false, "skip the confirm window after the switch")
 	cmd.Flags().DurationVar(&confirm, "confirm", 30*time.Second, "how long new versions must stay healthy after the switch")
+	addTargetFlag(cmd, &target)
 	return cmd
 }
 
@@ -180,7 +192,13 @@ func statusCmd(e *env) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", s.Name, s.Version, state, pid, s.Ready, doms, s.URL)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if err := writeCertificates(e.stdout, st); err != nil {
+				return err
+			}
+			return writeDatabases(e.stdout, st)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print status as JSON")
@@ -286,6 +304,10 @@ func gcCmd(e *env) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "removed %d generations %v, kept %v\n", len(res.Removed), res.Removed, res.Kept)
+			if len(res.Unpinned) > 0 || res.FreedPaths > 0 {
+				fmt.Fprintf(e.stdout, "unpinned %d versions; the Nix garbage collector freed %d store paths, %.2f MiB\n",
+					len(res.Unpinned), res.FreedPaths, float64(res.FreedBytes)/(1<<20))
+			}
 			return nil
 		},
 	}

@@ -15,8 +15,10 @@ import (
 	"sync"
 	"time"
 
+	"hostel/internal/acme"
 	"hostel/internal/api"
 	"hostel/internal/deploy"
+	"hostel/internal/nix"
 	"hostel/internal/router"
 	"hostel/internal/secrets"
 	"hostel/internal/spec"
@@ -46,9 +48,13 @@ type Daemon struct {
 	logf   func(string, ...any)
 	// hostKey is the machine's age identity, which decrypts secrets.
 	hostKey *secrets.HostKey
+	// db provisions PostgreSQL databases and runs release steps.
+	db *databases
 
 	httpLn  net.Listener
 	apiLn   net.Listener
+	httpsLn net.Listener  // nil when --https is ""
+	certs   *acme.Manager // nil when --https is ""
 	servers []*http.Server
 	wg      sync.WaitGroup
 }
@@ -59,21 +65,17 @@ func SocketPath(root string) string { return filepath.Join(root, "hostel.sock") 
 // Start opens the store, binds the listeners, resumes the current
 // generation and starts serving. Close undoes whatever Start did, even after
 // a partial start.
-func Start(ctx context.Context, opts Options) (d *Daemon, err error) {
-	d = &Daemon{opts: opts, logf: opts.Logf}
+func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
+	d := &Daemon{opts: opts, logf: opts.Logf}
 	if d.logf == nil {
 		l := log.New(os.Stderr, "hostel: ", log.LstdFlags)
 		d.logf = l.Printf
 	}
 	defer func() {
 		if err != nil {
-			d.Close()
-			d = nil
+			d.Close() // undoes whatever part of Start ran
 		}
 	}()
-	if opts.HTTPSAddr != "" {
-		return nil, fmt.Errorf("--https %s: automatic HTTPS is not in this build yet; pass --https \"\" to serve HTTP only", opts.HTTPSAddr)
-	}
 	for _, dir := range []struct {
 		path string
 		mode os.FileMode
@@ -101,11 +103,22 @@ func Start(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: os.Geteuid() == 0})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
-	d.engine = deploy.New(st, d.sup, d.router)
+	// certRoutes: every switch also updates certificates and TLS policy.
+	d.engine = deploy.New(st, d.sup, certRoutes{Router: d.router, d: d})
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
+	d.db = newDatabases(opts.Root, d.sup, os.Geteuid() == 0, d.logf)
+	// A database (and DATABASE_URL) before a version starts.
+	d.engine.Use(provisioner{d.db})
+	d.engine.Use(pinner{nix.RootsFor(opts.Root)}) // GC roots before a version starts
+	// releaser runs the release step with the version's full environment:
+	// keep it the last preparer (add new ones above this line).
+	d.engine.Use(releaser{d.db})
 
 	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
+	}
+	if err := d.startHTTPS(); err != nil {
+		return nil, err
 	}
 	sock := SocketPath(opts.Root)
 	if err := removeStaleSocket(sock); err != nil {
@@ -120,7 +133,8 @@ func Start(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := d.engine.Resume(ctx, func(f string, a ...any) { d.logf(f, a...) }); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
-	d.serve(d.httpLn, d.router)
+	d.serve(d.httpLn, d.publicHTTP())
+	d.serveHTTPS()
 	d.serve(d.apiLn, api.NewHandler(d))
 	d.logf("serving HTTP on %s, API on %s", d.httpLn.Addr(), sock)
 	return d, nil
@@ -161,7 +175,7 @@ func (d *Daemon) Close() error {
 	for _, s := range d.servers {
 		s.Shutdown(ctx)
 	}
-	for _, ln := range []net.Listener{d.httpLn, d.apiLn} {
+	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.apiLn} {
 		if ln != nil {
 			ln.Close()
 		}
@@ -169,6 +183,9 @@ func (d *Daemon) Close() error {
 	d.wg.Wait()
 	if d.engine != nil {
 		d.engine.Shutdown(ctx)
+	}
+	if d.certs != nil {
+		d.certs.Close()
 	}
 	if d.router != nil {
 		d.router.Close()

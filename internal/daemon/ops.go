@@ -78,6 +78,10 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 	// deploy is worse than an unobserved one.
 	ctx = context.WithoutCancel(ctx)
 	res, err := d.engine.Deploy(ctx, deploy.Request{Source: req.Source, Spec: s, Inputs: req.Inputs, Secrets: secs, Confirm: confirm}, d.progress(progress))
+	if err == nil {
+		// The switch handed the new hosts to certificate management.
+		d.awaitCerts(ctx, d.progress(progress))
+	}
 	return res, apiError(err)
 }
 
@@ -107,6 +111,7 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 		return nil, err
 	}
 	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr()}, Services: []api.ServiceStatus{}}
+	d.certStatus(st)
 	zone := spec.DefaultZone
 	shown := map[spec.VersionKey]bool{}
 	if cur != nil {
@@ -117,15 +122,19 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 			shown[key] = true
 			ss := d.serviceStatus(name, cur.Versions[name], zone)
 			ss.Domains = append([]string{}, cur.Spec.Services[name].Domains...)
+			ss.Package = cur.Spec.Services[name].Package
 			st.Services = append(st.Services, ss)
 		}
 	}
 	// Old versions still draining.
 	for _, s := range d.sup.List() {
 		if !shown[s.Key] {
-			st.Services = append(st.Services, d.serviceStatus(s.Service, s.Version, zone))
+			ss := d.serviceStatus(s.Service, s.Version, zone)
+			ss.Package = d.packageOf(s.Service, s.Version)
+			st.Services = append(st.Services, ss)
 		}
 	}
+	d.addDatabases(ctx, st)
 	return st, nil
 }
 
@@ -162,7 +171,7 @@ func (d *Daemon) Generations(ctx context.Context) (*api.Generations, error) {
 			vs[k] = string(v)
 		}
 		out.Generations = append(out.Generations, api.Generation{Number: g.Number, Time: g.Time, SpecHash: g.SpecHash,
-			Source: g.Source, Current: g.Number == out.Current, Versions: vs})
+			Source: g.Source, Current: g.Number == out.Current, Versions: vs, ClosureSize: d.closureSize(ctx, g)})
 	}
 	return out, nil
 }
@@ -182,9 +191,11 @@ func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, erro
 	}
 	sort.Slice(gens, func(i, j int) bool { return gens[i].Number > gens[j].Number })
 	res := &api.GCResult{Removed: []uint64{}, Kept: []uint64{}}
+	var kept []*spec.Generation
 	for i, g := range gens {
 		if i < req.Keep || (cur != nil && g.Number == cur.Number) {
 			res.Kept = append(res.Kept, g.Number)
+			kept = append(kept, g)
 		} else {
 			res.Removed = append(res.Removed, g.Number)
 		}
@@ -192,6 +203,11 @@ func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, erro
 	if err := d.store.Delete(res.Removed...); err != nil {
 		return nil, err
 	}
+	unpinned, freed, err := d.collectGarbage(ctx, kept)
+	if err != nil {
+		return nil, err
+	}
+	res.Unpinned, res.FreedPaths, res.FreedBytes = append([]string{}, unpinned...), freed.Paths, freed.Bytes
 	sort.Slice(res.Kept, func(i, j int) bool { return res.Kept[i] < res.Kept[j] })
 	sort.Slice(res.Removed, func(i, j int) bool { return res.Removed[i] < res.Removed[j] })
 	return res, nil

@@ -234,20 +234,38 @@ func Build(ctx context.Context, ev *Evaluated, log io.Writer) error {
 	if !errors.As(err, &ee) {
 		return err
 	}
-	return &BuildError{File: ev.File, Services: unbuilt(ev), Log: nixMessage(stderr)}
+	return &BuildError{File: ev.File, Services: unbuilt(ctx, ev), Log: nixMessage(stderr)}
 }
 
-// unbuilt returns the services that reference a store path that does not
-// exist after a build.
-func unbuilt(ev *Evaluated) []string {
+// unbuilt returns the services that reference a store path that is not
+// valid after a build (a failed builder may leave a partial output behind,
+// so existence is not enough).
+func unbuilt(ctx context.Context, ev *Evaluated) []string {
 	var s struct {
 		Services map[string]json.RawMessage `json:"services"`
 	}
 	json.Unmarshal(ev.JSON, &s)
+	var all []string
+	for _, raw := range s.Services {
+		for _, p := range storePathsIn(raw) {
+			all = append(all, StorePathOf(p))
+		}
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	out, _, err := run(ctx, nil, "nix-store", append([]string{"--check-validity", "--print-invalid"}, all...)...)
+	if err != nil {
+		return nil
+	}
+	invalid := map[string]bool{}
+	for _, p := range strings.Fields(string(out)) {
+		invalid[p] = true
+	}
 	var failed []string
 	for name, raw := range s.Services {
 		for _, p := range storePathsIn(raw) {
-			if _, err := os.Lstat(p); err != nil {
+			if invalid[StorePathOf(p)] {
 				failed = append(failed, name)
 				break
 			}
@@ -259,9 +277,9 @@ func unbuilt(ev *Evaluated) []string {
 
 var storePathRE = regexp.MustCompile(`/nix/store/[0-9a-z]{32}-[^/"\\\s]+`)
 
-// storePathsIn returns the store paths mentioned in a JSON document.
+// storePathsIn is StorePathsIn.
 func storePathsIn(raw []byte) []string {
-	return storePathRE.FindAllString(string(raw), -1)
+	return StorePathsIn(raw)
 }
 
 // nixMessage keeps Nix's error messages: from the first "error:" line on,
@@ -296,10 +314,15 @@ func run(ctx context.Context, log io.Writer, name string, args ...string) (stdou
 			defer wg.Done()
 			sc := bufio.NewScanner(pr)
 			sc.Buffer(make([]byte, 64<<10), 4<<20)
+			failing := false // from Nix's first error on, the caller reports it
 		lines:
 			for sc.Scan() {
 				line := sc.Text()
 				errBuf.WriteString(line + "\n")
+				failing = failing || strings.HasPrefix(line, "error:")
+				if failing {
+					continue
+				}
 				for _, n := range noise {
 					if strings.Contains(line, n) {
 						continue lines
@@ -317,4 +340,10 @@ func run(ctx context.Context, log io.Writer, name string, args ...string) (stdou
 		return nil, nil, fmt.Errorf("%s is not installed: install Nix (Debian: apt-get install nix-bin)", name)
 	}
 	return out.Bytes(), errBuf.Bytes(), err
+}
+
+// StorePathsIn returns the store paths a JSON document (or any text)
+// mentions, in order, with duplicates.
+func StorePathsIn(doc []byte) []string {
+	return storePathRE.FindAllString(string(doc), -1)
 }

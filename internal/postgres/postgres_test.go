@@ -69,6 +69,9 @@ func systemUser(t testing.TB, name string) {
 	if err != nil && !strings.Contains(string(out), "already exists") {
 		t.Fatalf("useradd %s: %v: %s", name, err, out)
 	}
+	if err == nil {
+		t.Cleanup(func() { exec.Command("userdel", name).Run() })
+	}
 }
 
 // psqlAs runs one SQL command through psql as a system user over the unix

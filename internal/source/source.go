@@ -46,12 +46,13 @@ func Find(dir string) (string, error) {
 // Load reads, decodes and validates the spec at file, and gathers its inputs.
 // Every error about the user's input is a *spec.Error.
 func Load(file string) (*Loaded, error) {
+	read := readJSON
 	if strings.HasSuffix(file, ".nix") {
-		return nil, &spec.Error{File: file, Msg: "Nix specs are not supported yet; write hostel.json"}
+		read = evalNix // evaluate and build: the JSON then holds store paths
 	}
-	data, err := os.ReadFile(file)
+	data, err := read(file)
 	if err != nil {
-		return nil, &spec.Error{File: file, Msg: describe(err)}
+		return nil, err
 	}
 	abs, err := filepath.Abs(file)
 	if err != nil {
@@ -70,6 +71,14 @@ func Load(file string) (*Loaded, error) {
 		return nil, err
 	}
 	return &Loaded{File: file, Spec: s, Inputs: in, Secrets: secs}, nil
+}
+
+func readJSON(file string) ([]byte, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, &spec.Error{File: file, Msg: describe(err)}
+	}
+	return data, nil
 }
 
 // Gather computes the inputs of s: a content digest for every package that

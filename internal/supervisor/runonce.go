@@ -36,47 +36,44 @@ func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]
 			return nil, err
 		}
 	}
-	owned := func(dir string) error {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
-		}
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return err
-		}
-		if cred != nil {
-			return os.Chown(dir, int(cred.Uid), int(cred.Gid))
-		}
-		return nil
-	}
-	stateDir := s.stateDir(cfg.Service)
-	runDir := s.runDir(key) + ".once"
-	for _, d := range []string{filepath.Dir(stateDir), filepath.Dir(runDir)} {
+	// A transient instance under its own key gives the run its own
+	// RUNTIME_DIRECTORY and CREDENTIALS_DIRECTORY beside the version's.
+	i := newInstance(s, cfg, spec.VersionKey(string(key)+".once"))
+	i.cred = cred
+	for _, d := range []string{filepath.Dir(i.stateDir), filepath.Dir(i.runDir)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
 		}
 	}
-	if err := owned(stateDir); err != nil {
+	if err := i.ownedDir(i.stateDir); err != nil {
 		return nil, err
 	}
-	os.RemoveAll(runDir)
-	if err := owned(runDir); err != nil {
+	if err := os.RemoveAll(i.runDir); err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(runDir)
+	if err := i.ownedDir(i.runDir); err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(i.runDir)
 	path, err := resolveExec(cfg.Dir, argv[0])
 	if err != nil {
 		return nil, err
 	}
-	env := environ(cfg, stateDir, runDir, "")
-	for n, kv := range env {
+	i.env = environ(cfg, i.stateDir, i.runDir, "")
+	for n, kv := range i.env {
 		if kv == "NOTIFY_SOCKET=" {
-			env = append(env[:n], env[n+1:]...)
+			i.env = append(i.env[:n], i.env[n+1:]...)
 			break
 		}
 	}
+	if err := i.setupCredentials(); err != nil {
+		return nil, err
+	}
+	defer i.removeCredentials()
+	env := i.env
 	dir := cfg.Dir
 	if dir == "" {
-		dir = stateDir
+		dir = i.stateDir
 	}
 	out := &tailBuffer{max: maxRunOnceOutput}
 	cmd := exec.CommandContext(ctx, path, argv[1:]...)

@@ -35,7 +35,7 @@ func build(t testing.TB) string {
 		}
 		os.Chmod(binDir, 0o755)
 		targets := map[string]string{"hostel": "./cmd/hostel"}
-		for _, app := range []string{"quotes", "blog", "shop", "wiki"} {
+		for _, app := range []string{"quotes", "blog", "shop", "wiki", "guestbook"} {
 			targets[filepath.Join(app, "bin", app)] = "./examples/monoliths/" + app
 		}
 		for out, pkg := range targets {
@@ -75,6 +75,7 @@ type Env struct {
 	Root   string
 	Dir    string // where the spec file lives; commands run here
 	HTTP   string // the daemon's bound HTTP address
+	HTTPS  string // the daemon's bound HTTPS address; "" when HTTPS is off
 	daemon *exec.Cmd
 	logs   *bytes.Buffer
 	done   chan struct{}
@@ -107,11 +108,18 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-// StartDaemon runs `hostel serve` and waits until it answers.
+// StartDaemon runs `hostel serve` with HTTPS off and waits until it answers.
 func (e *Env) StartDaemon() {
 	e.t.Helper()
+	e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "")
+}
+
+// StartDaemonArgs runs `hostel serve --root ROOT ARGS...` and waits until
+// it answers; ARGS must include --http and --https.
+func (e *Env) StartDaemonArgs(args ...string) {
+	e.t.Helper()
 	e.logs = &bytes.Buffer{}
-	cmd := exec.Command(e.Bin, "serve", "--root", e.Root, "--http", "127.0.0.1:0", "--https", "")
+	cmd := exec.Command(e.Bin, append([]string{"serve", "--root", e.Root}, args...)...)
 	cmd.Stdout = lockedWriter{&e.logsMu, e.logs}
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
@@ -135,9 +143,9 @@ func (e *Env) StartDaemon() {
 			e.t.Fatalf("hostel serve exited:\n%s", e.DaemonLog())
 		default:
 		}
-		var st struct{ Listen struct{ HTTP string } }
+		var st struct{ Listen struct{ HTTP, HTTPS string } }
 		if out, _, code := e.Run("status", "--json"); code == 0 && json.Unmarshal([]byte(out), &st) == nil && st.Listen.HTTP != "" {
-			e.HTTP = st.Listen.HTTP
+			e.HTTP, e.HTTPS = st.Listen.HTTP, st.Listen.HTTPS
 			return
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -1,0 +1,573 @@
+// Package acme gives hostel's public listeners their certificates and adds
+// what TLS changes about routing, so that the router itself stays ignorant
+// of certificates:
+//
+//   - ACME certificates (through certmagic) for every domain and redirect
+//     host of the current generation whose service has tls on, solved by
+//     HTTP-01 on the --http listener and TLS-ALPN-01 on the --https one,
+//     kept under ROOT/certs, renewed in the background;
+//   - certificates from a private CA hostel keeps under ROOT/certs for the
+//     immutable SERVICE-VERSION.ZONE names, minted on demand;
+//   - an HTTP handler that answers ACME challenges, redirects hosts that
+//     have a certificate to HTTPS and passes everything else on; an HTTPS
+//     handler that adds HSTS for services that ask for it.
+//
+// A failure to get a certificate never takes a service down: the host keeps
+// being served on HTTP, the failure shows in Status, and certmagic retries
+// with backoff.
+package acme
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"hostel/internal/spec"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// Root is the daemon's root; certificates, keys and the ACME account
+	// live under Root/certs.
+	Root string
+	// HTTPAddr and HTTPSAddr are the bound public listeners
+	// ("127.0.0.1:8080"). Challenges are solved on them; redirects to
+	// HTTPS name HTTPSAddr's port unless it is 443.
+	HTTPAddr, HTTPSAddr string
+	// Logf receives certificate events and errors; nil discards them.
+	Logf func(format string, args ...any)
+
+	// RenewCheckInterval is how often certificates are checked for
+	// renewal; zero means certmagic's default (10 minutes).
+	RenewCheckInterval time.Duration
+	// RenewalWindowRatio is the fraction of a certificate's lifetime left
+	// at which it is renewed; zero means certmagic's default (1/3).
+	RenewalWindowRatio float64
+	// DisableTLSALPN solves only HTTP-01 challenges.
+	DisableTLSALPN bool
+}
+
+// State of a host's certificate.
+const (
+	StateValid   = "valid"   // a certificate that has not expired is served
+	StateFailing = "failing" // none is, and the last attempt failed
+	StatePending = "pending" // none is yet; the first attempt runs
+	StateNone    = "none"    // none is asked for: the spec has no acme block
+)
+
+// CertStatus is the certificate of one public host.
+type CertStatus struct {
+	// Host is the domain or redirect host.
+	Host string
+	// Service is the service the host belongs to.
+	Service string
+	// State is one of the State constants.
+	State string
+	// NotAfter is when the served certificate expires; zero if none is.
+	NotAfter time.Time
+	// Error is the last failure to obtain or renew; "" if none since the
+	// last success.
+	Error string
+}
+
+// String is the status line users see: "valid until …", "failing: …".
+func (c CertStatus) String() string {
+	switch c.State {
+	case StateValid:
+		s := "valid until " + c.NotAfter.UTC().Format(time.RFC3339)
+		if c.Error != "" {
+			s += "; renewal failing: " + c.Error
+		}
+		return s
+	case StateFailing:
+		return "failing: " + c.Error
+	case StateNone:
+		return "none: the spec has no acme block"
+	}
+	return "pending"
+}
+
+// hostPolicy is what TLS means for one public host in a generation.
+type hostPolicy struct {
+	service  string
+	tls      bool
+	hsts     bool
+	redirect string // for a redirect host: the domain it redirects to
+}
+
+// policy is one generation's view of the public hosts; never mutated once
+// stored.
+type policy struct {
+	zone  string
+	hosts map[string]hostPolicy
+}
+
+type failure struct {
+	err  string
+	when time.Time
+}
+
+// acmeSettings identify a certmagic config: a change of any of them makes
+// a new one.
+type acmeSettings struct{ email, ca, caRoot string }
+
+// Manager keeps the certificates of the current generation's hosts. Its
+// methods are safe for concurrent use.
+type Manager struct {
+	opts      Options
+	logf      func(string, ...any)
+	httpsPort string // "" for 443
+	storage   *certmagic.FileStorage
+	cache     *certmagic.Cache
+	zlog      *zap.Logger
+	ca        *internalCA
+
+	policy atomic.Pointer[policy]
+
+	mu       sync.Mutex
+	settings *acmeSettings     // nil: no acme block
+	cfg      *certmagic.Config // nil when settings is nil
+	issuer   *certmagic.ACMEIssuer
+	cfgCtx   context.Context    // ends when cfg is replaced or the Manager closes
+	cancel   context.CancelFunc // ends cfgCtx
+	managed  map[string]bool    // hosts handed to cfg
+	failures map[string]failure
+	setupErr error // the acme block could not be used
+	closed   bool
+}
+
+// New prepares ROOT/certs (0700), loads or creates the internal CA and
+// starts certificate maintenance. Call Update with each generation that
+// becomes current, and Close at the end.
+func New(opts Options) (*Manager, error) {
+	dir := filepath.Join(opts.Root, "certs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	ca, err := loadOrCreateCA(filepath.Join(dir, "internal"))
+	if err != nil {
+		return nil, fmt.Errorf("internal CA: %w", err)
+	}
+	m := &Manager{opts: opts, logf: opts.Logf, ca: ca, managed: map[string]bool{}, failures: map[string]failure{},
+		storage: &certmagic.FileStorage{Path: filepath.Join(dir, "acme")}}
+	if m.logf == nil {
+		m.logf = func(string, ...any) {}
+	}
+	if _, port, err := net.SplitHostPort(opts.HTTPSAddr); err == nil && port != "443" {
+		m.httpsPort = port
+	}
+	// certmagic logs through zap; its warnings and errors go to the
+	// daemon's log, its chatter does not.
+	m.zlog = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewProductionEncoderConfig()),
+		zapcore.AddSync(logfWriter(m.logf)), zap.WarnLevel))
+	m.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if m.cfg == nil {
+				return nil, errors.New("no acme block in the current spec")
+			}
+			return m.cfg, nil
+		},
+		RenewCheckInterval: opts.RenewCheckInterval,
+		Logger:             m.zlog,
+	})
+	m.policy.Store(&policy{zone: spec.DefaultZone, hosts: map[string]hostPolicy{}})
+	return m, nil
+}
+
+// Close stops obtaining and renewing. Certificates stay on disk.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.closed = true
+	if m.cancel != nil {
+		m.cancel()
+	}
+	m.mu.Unlock()
+	m.cache.Stop()
+}
+
+// InternalCA returns the PEM of the root that signs the certificates of
+// immutable version names.
+func (m *Manager) InternalCA() string { return string(m.ca.certPEM) }
+
+// Update makes g's hosts the ones served: it starts obtaining certificates
+// for hosts that have none and stops renewing hosts g no longer has. It
+// returns at once; Await waits for the certificates. g may be nil.
+func (m *Manager) Update(g *spec.Generation) {
+	p := &policy{zone: spec.DefaultZone, hosts: map[string]hostPolicy{}}
+	var settings *acmeSettings
+	if g != nil {
+		p.zone = normalizeHost(g.Spec.ZoneOrDefault())
+		for name, svc := range g.Spec.Services {
+			hp := hostPolicy{service: name, tls: svc.TLSEnabled(), hsts: svc.HSTS}
+			for _, d := range svc.Domains {
+				p.hosts[normalizeHost(d)] = hp
+			}
+			if len(svc.Domains) > 0 {
+				rp := hp
+				rp.redirect = normalizeHost(svc.Domains[0])
+				for _, r := range svc.Redirects {
+					p.hosts[normalizeHost(r)] = rp
+				}
+			}
+		}
+		if a := g.Spec.ACME; a != nil {
+			settings = &acmeSettings{email: a.Email, ca: a.CA, caRoot: a.CARoot}
+		}
+	}
+	m.policy.Store(p)
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	if !sameSettings(settings, m.settings) {
+		m.resetLocked(settings)
+	}
+	want := map[string]bool{}
+	for h, hp := range p.hosts {
+		if hp.tls {
+			want[h] = true
+		}
+	}
+	var gone []certmagic.SubjectIssuer
+	for h := range m.managed {
+		if !want[h] {
+			delete(m.managed, h)
+			delete(m.failures, h)
+			gone = append(gone, certmagic.SubjectIssuer{Subject: h})
+		}
+	}
+	if len(gone) > 0 {
+		m.cache.RemoveManaged(gone)
+	}
+	if m.cfg == nil {
+		return
+	}
+	var add []string
+	for h := range want {
+		if !m.managed[h] {
+			m.managed[h] = true
+			add = append(add, h)
+		}
+	}
+	if len(add) == 0 {
+		return
+	}
+	sort.Strings(add)
+	m.logf("certificates: managing %s", strings.Join(add, ", "))
+	// ManageAsync loads what storage has (no request to the CA for a
+	// certificate that is still valid) and obtains the rest in the
+	// background, retrying with backoff.
+	if err := m.cfg.ManageAsync(m.cfgCtx, add); err != nil {
+		for _, h := range add {
+			m.failures[h] = failure{err: err.Error(), when: time.Now()}
+		}
+	}
+}
+
+// resetLocked replaces the certmagic config after the acme block changed.
+func (m *Manager) resetLocked(s *acmeSettings) {
+	if m.cancel != nil {
+		m.cancel()
+	}
+	m.settings, m.cfg, m.issuer, m.cancel, m.setupErr = s, nil, nil, nil, nil
+	m.managed = map[string]bool{}
+	m.failures = map[string]failure{}
+	if s == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg := certmagic.New(m.cache, certmagic.Config{
+		Storage:            m.storage,
+		RenewalWindowRatio: m.opts.RenewalWindowRatio,
+		OnEvent:            m.onEvent,
+		Logger:             m.zlog,
+	})
+	iss := certmagic.ACMEIssuer{
+		CA:                      s.ca,
+		Email:                   s.email,
+		Agreed:                  true,
+		DisableTLSALPNChallenge: m.opts.DisableTLSALPN,
+		Logger:                  m.zlog,
+	}
+	if iss.CA == "" {
+		iss.CA = certmagic.LetsEncryptProductionCA
+	}
+	// Point certmagic's challenge servers at hostel's own listeners: it
+	// finds the ports taken and leaves solving to the handlers below.
+	if host, port, err := net.SplitHostPort(m.opts.HTTPAddr); err == nil {
+		iss.ListenHost = host
+		fmt.Sscan(port, &iss.AltHTTPPort)
+	}
+	if _, port, err := net.SplitHostPort(m.opts.HTTPSAddr); err == nil {
+		fmt.Sscan(port, &iss.AltTLSALPNPort)
+	}
+	if s.caRoot != "" {
+		pool, err := rootPool(s.caRoot)
+		if err != nil {
+			cancel()
+			m.setupErr = fmt.Errorf("acme.ca_root: %w", err)
+			m.logf("certificates: %v", m.setupErr)
+			return
+		}
+		iss.TrustedRoots = pool
+	}
+	issuer := certmagic.NewACMEIssuer(cfg, iss)
+	cfg.Issuers = []certmagic.Issuer{issuer}
+	m.cfg, m.issuer, m.cancel, m.cfgCtx = cfg, issuer, cancel, ctx
+}
+
+// rootPool is the system roots plus caRoot: PEM text, or the path of a
+// PEM file.
+func rootPool(caRoot string) (*x509.CertPool, error) {
+	pemData := []byte(caRoot)
+	if !strings.Contains(caRoot, "-----BEGIN") {
+		b, err := os.ReadFile(caRoot)
+		if err != nil {
+			return nil, err
+		}
+		pemData = b
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pemData) {
+		return nil, errors.New("no PEM certificate in it")
+	}
+	return pool, nil
+}
+
+func sameSettings(a, b *acmeSettings) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// onEvent records certmagic's outcomes per host for Status and the log.
+func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) error {
+	id, _ := data["identifier"].(string)
+	renewal, _ := data["renewal"].(bool)
+	what := "obtained"
+	if renewal {
+		what = "renewed"
+	}
+	switch event {
+	case "cert_obtained":
+		m.mu.Lock()
+		delete(m.failures, id)
+		m.mu.Unlock()
+		m.logf("certificates: %s: %s", id, what)
+	case "cert_failed":
+		msg := "unknown error"
+		if err, ok := data["error"].(error); ok {
+			msg = oneLine(err.Error())
+		}
+		m.mu.Lock()
+		m.failures[id] = failure{err: msg, when: time.Now()}
+		m.mu.Unlock()
+		m.logf("certificates: %s: not %s, will retry: %s", id, what, msg)
+	}
+	return nil
+}
+
+// Status returns the certificate state of every public host of the current
+// generation whose service has tls on, sorted by host.
+func (m *Manager) Status() []CertStatus {
+	p := m.policy.Load()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := []CertStatus{}
+	for h, hp := range p.hosts {
+		if !hp.tls {
+			continue
+		}
+		cs := CertStatus{Host: h, Service: hp.service, State: StatePending}
+		if f, ok := m.failures[h]; ok {
+			cs.Error = f.err
+		}
+		switch {
+		case m.settings == nil:
+			cs.State = StateNone
+		case m.setupErr != nil:
+			cs.State, cs.Error = StateFailing, m.setupErr.Error()
+		}
+		if na, ok := m.notAfter(h); ok {
+			cs.State, cs.NotAfter = StateValid, na
+		} else if cs.Error != "" && cs.State == StatePending {
+			cs.State = StateFailing
+		}
+		out = append(out, cs)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
+	return out
+}
+
+// notAfter is the end of the longest-lived unexpired certificate in the
+// cache for host.
+func (m *Manager) notAfter(host string) (time.Time, bool) {
+	var best time.Time
+	now := time.Now()
+	for _, c := range m.cache.AllMatchingCertificates(host) {
+		if c.Leaf != nil && c.Leaf.NotAfter.After(now) && c.Leaf.NotAfter.After(best) {
+			best = c.Leaf.NotAfter
+		}
+	}
+	return best, !best.IsZero()
+}
+
+// Await waits until every host Status lists has a certificate or has
+// failed, or until timeout, and reports one line per host through report.
+// It never fails: a host without a certificate keeps being served on HTTP.
+func (m *Manager) Await(ctx context.Context, timeout time.Duration, report func(format string, args ...any)) {
+	deadline := time.Now().Add(timeout)
+	for {
+		var waiting bool
+		for _, cs := range m.Status() {
+			if cs.State == StatePending {
+				waiting = true
+			}
+		}
+		if !waiting || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	for _, cs := range m.Status() {
+		switch cs.State {
+		case StateValid:
+			report("cert %s: %s", cs.Host, cs)
+		case StatePending:
+			report("cert %s: not ready after %s; serving HTTP meanwhile, still trying", cs.Host, timeout)
+		default:
+			report("cert %s: %s; serving HTTP meanwhile, will retry", cs.Host, cs)
+		}
+	}
+}
+
+// TLSConfig is the configuration of the HTTPS listener: TLS 1.2 and up,
+// HTTP/2, TLS-ALPN-01 challenges, ACME certificates for public hosts and
+// internal ones for immutable names.
+func (m *Manager) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		NextProtos:     []string{"h2", "http/1.1", acmez.ACMETLS1Protocol},
+		GetCertificate: m.getCertificate,
+	}
+}
+
+func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := normalizeHost(hello.ServerName)
+	if name == "" {
+		return nil, errors.New("hostel: no server name (SNI) in the TLS handshake")
+	}
+	p := m.policy.Load()
+	if _, _, ok := spec.ParseVersionHost(name, p.zone); ok {
+		return m.ca.leaf(name)
+	}
+	if hp, ok := p.hosts[name]; !ok || !hp.tls {
+		return nil, fmt.Errorf("hostel: no certificate for %q", name)
+	}
+	m.mu.Lock()
+	cfg := m.cfg
+	m.mu.Unlock()
+	if cfg == nil {
+		return nil, fmt.Errorf("hostel: no certificate for %q: the spec has no acme block", name)
+	}
+	// certmagic answers TLS-ALPN-01 challenges and serves what its cache
+	// holds; with OnDemand unset it never issues during a handshake.
+	return cfg.GetCertificate(hello)
+}
+
+// HTTPHandler wraps the router on the HTTP listener: ACME HTTP-01
+// challenges first (other challenge paths go to next, never redirected), then a 301 to HTTPS for hosts that have a certificate
+// (a redirect host goes straight to https:// and its first domain), then
+// next.
+func (m *Manager) HTTPHandler(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if certmagic.LooksLikeHTTPChallenge(r) {
+			m.mu.Lock()
+			iss := m.issuer
+			m.mu.Unlock()
+			if iss == nil || !iss.HandleHTTPChallenge(w, r) {
+				// Not one of ours: never redirected, the service may
+				// run its own ACME client.
+				next.ServeHTTP(w, r)
+			}
+			return
+		}
+		host := normalizeHost(r.Host)
+		if hp, ok := m.policy.Load().hosts[host]; ok && hp.tls {
+			target := host
+			if hp.redirect != "" {
+				target = hp.redirect
+			}
+			if _, ok := m.notAfter(target); ok {
+				if m.httpsPort != "" {
+					target = net.JoinHostPort(target, m.httpsPort)
+				}
+				http.Redirect(w, r, "https://"+target+r.URL.RequestURI(), http.StatusMovedPermanently)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// HTTPSHandler wraps the router on the HTTPS listener: it adds HSTS for
+// the hosts of services that ask for it.
+func (m *Manager) HTTPSHandler(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hp, ok := m.policy.Load().hosts[normalizeHost(r.Host)]; ok && hp.hsts {
+			w.Header().Set("Strict-Transport-Security", "max-age=31536000")
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// logfWriter adapts Logf to the io.Writer zap needs.
+type logfWriter func(format string, args ...any)
+
+func (f logfWriter) Write(p []byte) (int, error) {
+	f("%s", strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// normalizeHost lowercases host and strips a port and a trailing dot, as
+// the router does.
+func normalizeHost(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return strings.ToLower(strings.TrimSuffix(host, "."))
+}

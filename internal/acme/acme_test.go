@@ -1,0 +1,394 @@
+package acme_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"hostel/internal/acme"
+	"hostel/internal/acme/pebbletest"
+	"hostel/internal/spec"
+)
+
+// server is hostel's public front in miniature: an HTTP and an HTTPS
+// listener wrapped by a Manager around a backend that names the host.
+type server struct {
+	m          *acme.Manager
+	http       string
+	https      string
+	httpsPort  int
+	root       string
+	logMu      sync.Mutex
+	log        strings.Builder
+	closeFuncs []func()
+}
+
+func (s *server) logf(format string, args ...any) {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	fmt.Fprintf(&s.log, format+"\n", args...)
+}
+
+func (s *server) Log() string {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return s.log.String()
+}
+
+type listeners struct{ http, https net.Listener }
+
+func listen(t testing.TB) listeners {
+	t.Helper()
+	h, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return listeners{h, hs}
+}
+
+func port(addr string) int {
+	_, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// start serves ln with a new Manager over root.
+func start(t testing.TB, root string, ln listeners, opts acme.Options) *server {
+	t.Helper()
+	s := &server{root: root, http: ln.http.Addr().String(), https: ln.https.Addr().String(), httpsPort: port(ln.https.Addr().String())}
+	opts.Root, opts.HTTPAddr, opts.HTTPSAddr, opts.Logf = root, s.http, s.https, s.logf
+	m, err := acme.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.m = m
+	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s over %s", r.Host, r.Proto)
+	})
+	hsrv := &http.Server{Handler: m.HTTPHandler(backend)}
+	tsrv := &http.Server{Handler: m.HTTPSHandler(backend), TLSConfig: m.TLSConfig()}
+	go hsrv.Serve(ln.http)
+	go tsrv.ServeTLS(ln.https, "", "")
+	stop := func() {
+		hsrv.Close()
+		tsrv.Close()
+		m.Close()
+	}
+	var once sync.Once
+	s.closeFuncs = append(s.closeFuncs, func() { once.Do(stop) })
+	t.Cleanup(func() {
+		s.Close()
+		if t.Failed() {
+			t.Logf("manager log:\n%s", s.Log())
+		}
+	})
+	return s
+}
+
+func (s *server) Close() {
+	for _, f := range s.closeFuncs {
+		f()
+	}
+}
+
+// generation builds a generation whose services are given as domain lists.
+func generation(acmeBlock *spec.ACME, services map[string]*spec.Service) *spec.Generation {
+	vs := map[string]spec.Version{}
+	for name := range services {
+		vs[name] = "0123456789ab"
+	}
+	return &spec.Generation{Number: 1, Spec: &spec.Spec{ACME: acmeBlock, Services: services}, Versions: vs}
+}
+
+func pebbleACME(p *pebbletest.Pebble) *spec.ACME {
+	return &spec.ACME{Email: "ops@example.org", CA: p.Directory, CARoot: p.ServerCA}
+}
+
+// get requests url through the server's listeners, whatever its host, with
+// a client that trusts roots and follows no redirect.
+func (s *server) get(t testing.TB, roots *x509.CertPool, url string) (*http.Response, string) {
+	t.Helper()
+	resp, body, err := s.tryGet(roots, url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp, body
+}
+
+func (s *server) tryGet(roots *x509.CertPool, url string) (*http.Response, string, error) {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if strings.HasPrefix(url, "https://") {
+			return (&net.Dialer{}).DialContext(ctx, network, s.https)
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, s.http)
+	}
+	c := &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: roots},
+			ForceAttemptHTTP2: true},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b), nil
+}
+
+// peerSerial is the serial of the certificate the HTTPS listener serves
+// for host, verified against roots.
+func (s *server) peerSerial(t testing.TB, roots *x509.CertPool, host string) string {
+	t.Helper()
+	conn, err := tls.Dial("tcp", s.https, &tls.Config{ServerName: host, RootCAs: roots})
+	if err != nil {
+		t.Fatalf("TLS to %s: %v", host, err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
+
+func awaitValid(t testing.TB, s *server, timeout time.Duration) []acme.CertStatus {
+	t.Helper()
+	var lines []string
+	s.m.Await(context.Background(), timeout, func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) })
+	st := s.m.Status()
+	for _, cs := range st {
+		if cs.State != acme.StateValid {
+			t.Fatalf("%s: cert %s (await said %q)", cs.Host, cs, lines)
+		}
+	}
+	return st
+}
+
+// TestIssueAndServe is the bar "20 of 20 issuance cycles": twenty domains
+// through hostel's real HTTP-01 path against Pebble with its validation
+// delays and nonce rejection on; then each is served over HTTPS with a
+// certificate a client trusting Pebble's root accepts for that name, and
+// HTTP redirects to it.
+func TestIssueAndServe(t *testing.T) {
+	t.Parallel()
+	ln := listen(t)
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port(ln.http.Addr().String()), TLSPort: port(ln.https.Addr().String())})
+	s := start(t, t.TempDir(), ln, acme.Options{DisableTLSALPN: true})
+
+	services := map[string]*spec.Service{}
+	var domains []string
+	for i := range 18 {
+		d := fmt.Sprintf("app%02d.example.test", i)
+		domains = append(domains, d)
+		services[fmt.Sprintf("app%02d", i)] = &spec.Service{Domains: []string{d}}
+	}
+	no := false
+	services["shop"] = &spec.Service{Domains: []string{"shop.example.test"}, Redirects: []string{"www.shop.example.test"}, HSTS: true}
+	services["plain"] = &spec.Service{Domains: []string{"plain.example.test"}, TLS: &no}
+	domains = append(domains, "shop.example.test", "www.shop.example.test")
+
+	t0 := time.Now()
+	s.m.Update(generation(pebbleACME(p), services))
+	st := awaitValid(t, s, 90*time.Second)
+	t.Logf("%d certificates in %s", len(st), time.Since(t0).Round(time.Millisecond))
+	if len(st) != 20 {
+		t.Fatalf("got %d certificates, want 20 (plain has tls off): %+v", len(st), st)
+	}
+	if !strings.Contains(s.Log(), "certificates: app00.example.test: obtained") {
+		t.Errorf("log does not say app00 was obtained:\n%s", s.Log())
+	}
+	hs := strconv.Itoa(s.httpsPort)
+
+	t.Run("https", func(t *testing.T) {
+		for _, d := range domains {
+			if d == "www.shop.example.test" {
+				continue
+			}
+			resp, body := s.get(t, p.Roots, "https://"+d+"/x")
+			if want := "hello from " + d + " over HTTP/2.0"; body != want {
+				t.Errorf("https %s: got %q, want %q", d, body, want)
+			}
+			if hsts := resp.Header.Get("Strict-Transport-Security"); (d == "shop.example.test") != (hsts != "") {
+				t.Errorf("https %s: Strict-Transport-Security %q", d, hsts)
+			}
+		}
+	})
+	t.Run("redirects", func(t *testing.T) {
+		for _, tc := range []struct{ name, url, want string }{
+			{"domain", "http://app03.example.test/a/b?q=1&r=2", "https://app03.example.test:" + hs + "/a/b?q=1&r=2"},
+			{"redirect host", "http://www.shop.example.test/cart?id=7", "https://shop.example.test:" + hs + "/cart?id=7"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				resp, _ := s.get(t, p.Roots, tc.url)
+				if resp.StatusCode != 301 || resp.Header.Get("Location") != tc.want {
+					t.Errorf("got %d %q, want 301 %q", resp.StatusCode, resp.Header.Get("Location"), tc.want)
+				}
+			})
+		}
+	})
+	t.Run("tls false serves http only", func(t *testing.T) {
+		resp, body := s.get(t, p.Roots, "http://plain.example.test/")
+		if resp.StatusCode != 200 || body != "hello from plain.example.test over HTTP/1.1" {
+			t.Errorf("got %d %q", resp.StatusCode, body)
+		}
+		if _, _, err := s.tryGet(p.Roots, "https://plain.example.test/"); err == nil {
+			t.Errorf("https to a tls:false domain succeeded")
+		}
+	})
+	t.Run("acme challenge path of an unknown token", func(t *testing.T) {
+		resp, _ := s.get(t, p.Roots, "http://app01.example.test/.well-known/acme-challenge/nope")
+		if resp.StatusCode == 301 {
+			t.Errorf("challenge path was redirected")
+		}
+	})
+	t.Run("immutable names use the internal CA", func(t *testing.T) {
+		internal := x509.NewCertPool()
+		if !internal.AppendCertsFromPEM([]byte(s.m.InternalCA())) {
+			t.Fatal("InternalCA is not PEM")
+		}
+		host := "app01-0123456789ab." + spec.DefaultZone
+		if _, body := s.get(t, internal, "https://"+host+"/"); !strings.HasPrefix(body, "hello from "+host) {
+			t.Errorf("got %q", body)
+		}
+		if _, _, err := s.tryGet(p.Roots, "https://"+host+"/"); err == nil {
+			t.Errorf("an internal certificate verified against Pebble's root")
+		}
+	})
+	t.Run("old TLS refused", func(t *testing.T) {
+		_, err := tls.Dial("tcp", s.https, &tls.Config{ServerName: "app01.example.test", RootCAs: p.Roots, MaxVersion: tls.VersionTLS11})
+		if err == nil {
+			t.Errorf("TLS 1.1 handshake succeeded")
+		}
+	})
+	t.Run("files are private", func(t *testing.T) {
+		err := filepath.Walk(filepath.Join(s.root, "certs"), func(path string, fi os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			mode := fi.Mode().Perm()
+			if fi.IsDir() && mode != 0o700 || !fi.IsDir() && mode&0o077 != 0 && !strings.HasSuffix(path, ".lock") {
+				t.Errorf("%s: mode %o", path, mode)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestRestartKeepsCertificates: a new Manager over the same root serves the
+// certificates it finds on disk without asking the CA, which is gone.
+func TestRestartKeepsCertificates(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	ln := listen(t)
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port(ln.http.Addr().String()), TLSPort: port(ln.https.Addr().String())})
+	g := generation(pebbleACME(p), map[string]*spec.Service{
+		"a": {Domains: []string{"a.example.test"}},
+		"b": {Domains: []string{"b.example.test"}},
+	})
+	s := start(t, root, ln, acme.Options{})
+	s.m.Update(g)
+	awaitValid(t, s, 60*time.Second)
+	serials := map[string]string{}
+	for _, h := range []string{"a.example.test", "b.example.test"} {
+		serials[h] = s.peerSerial(t, p.Roots, h)
+	}
+	s.Close()
+	// The CA is unreachable from now on: whatever the new Manager serves
+	// comes from ROOT/certs.
+	p.Stop()
+
+	s2 := start(t, root, listen(t), acme.Options{})
+	s2.m.Update(g)
+	st := awaitValid(t, s2, 10*time.Second)
+	for _, cs := range st {
+		if cs.Error != "" {
+			t.Errorf("%s: %s", cs.Host, cs)
+		}
+		if got := s2.peerSerial(t, p.Roots, cs.Host); got != serials[cs.Host] {
+			t.Errorf("%s: serial %s after restart, want %s", cs.Host, got, serials[cs.Host])
+		}
+	}
+	if strings.Contains(s2.Log(), "obtained") || strings.Contains(s2.Log(), "will retry") {
+		t.Errorf("the restarted manager went to the CA:\n%s", s2.Log())
+	}
+}
+
+// TestRenewal: with certificates that live 30 s and a renewal window of
+// most of that, the served certificate is replaced without a restart.
+func TestRenewal(t *testing.T) {
+	t.Parallel()
+	ln := listen(t)
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port(ln.http.Addr().String()), TLSPort: port(ln.https.Addr().String()),
+		Validity: 30 * time.Second, NoSleep: true})
+	s := start(t, t.TempDir(), ln, acme.Options{RenewCheckInterval: 500 * time.Millisecond, RenewalWindowRatio: 0.8})
+	s.m.Update(generation(pebbleACME(p), map[string]*spec.Service{"a": {Domains: []string{"renew.example.test"}}}))
+	awaitValid(t, s, 30*time.Second)
+	first := s.peerSerial(t, p.Roots, "renew.example.test")
+	deadline := time.Now().Add(25 * time.Second)
+	for s.peerSerial(t, p.Roots, "renew.example.test") == first {
+		if time.Now().After(deadline) {
+			t.Fatalf("certificate %s not renewed within 25s", first)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(s.Log(), "renew.example.test: renewed") {
+		t.Errorf("log does not report the renewal:\n%s", s.Log())
+	}
+}
+
+// TestCAUnreachable: without a CA, the domain keeps being served on HTTP,
+// nothing redirects, and the status says why.
+func TestCAUnreachable(t *testing.T) {
+	t.Parallel()
+	s := start(t, t.TempDir(), listen(t), acme.Options{})
+	dead := fmt.Sprintf("https://127.0.0.1:%d/dir", pebbletest.FreePort(t))
+	s.m.Update(generation(&spec.ACME{CA: dead}, map[string]*spec.Service{"a": {Domains: []string{"down.example.test"}}}))
+	var lines []string
+	s.m.Await(context.Background(), 20*time.Second, func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) })
+	st := s.m.Status()
+	if len(st) != 1 || st[0].State != acme.StateFailing || !strings.Contains(st[0].String(), "failing: ") {
+		t.Fatalf("status %+v, want failing", st)
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "serving HTTP meanwhile") {
+		t.Errorf("await reported %q", lines)
+	}
+	resp, body := s.get(t, nil, "http://down.example.test/p")
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, "hello from down.example.test") {
+		t.Errorf("http: got %d %q, want the service", resp.StatusCode, body)
+	}
+}
+
+// TestNoACMEBlock: a spec without acme asks no CA; its domains stay on HTTP.
+func TestNoACMEBlock(t *testing.T) {
+	t.Parallel()
+	s := start(t, t.TempDir(), listen(t), acme.Options{})
+	s.m.Update(generation(nil, map[string]*spec.Service{"a": {Domains: []string{"a.example.test"}}}))
+	st := s.m.Status()
+	if len(st) != 1 || st[0].State != acme.StateNone {
+		t.Fatalf("status %+v, want none", st)
+	}
+	resp, _ := s.get(t, nil, "http://a.example.test/")
+	if resp.StatusCode != 200 {
+		t.Errorf("http: got %d, want 200", resp.StatusCode)
+	}
+	if _, _, err := s.tryGet(nil, "https://a.example.test/"); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("https: got %v, want a handshake failure", err)
+	}
+}

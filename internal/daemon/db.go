@@ -1,0 +1,465 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"hostel/internal/api"
+	"hostel/internal/postgres"
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+var _ api.DBDaemon = (*Daemon)(nil)
+
+// Limits of the database capability.
+const (
+	// keptBackups is how many backups per service ROOT/backups keeps.
+	keptBackups = 10
+	// releaseTimeout bounds one run of a release command.
+	releaseTimeout = 10 * time.Minute
+	// provisionTimeout bounds provisioning one database.
+	provisionTimeout = time.Minute
+)
+
+// databases is the daemon's side of "PostgreSQL for every service": it
+// provisions before a version starts, runs release steps, and serves the
+// db commands. Its state is under ROOT:
+//
+//	postgres/SERVICE.json      which server, database and role (0600)
+//	postgres/SERVICE.password  the role's password, when it has one (0600)
+//	backups/SERVICE/TIME-WHAT.dump
+//	releases/SERVICE/VERSION   the release of VERSION ran and succeeded
+type databases struct {
+	root string
+	// peer: the daemon is root and services run as their own users, so
+	// roles authenticate by peer over a unix socket, without a password.
+	peer bool
+	sup  *supervisor.Supervisor
+	logf func(string, ...any)
+
+	mu sync.Mutex
+	// done remembers what this process provisioned, so that a version
+	// start does not reconnect for nothing.
+	done map[string]record
+}
+
+// record is ROOT/postgres/SERVICE.json.
+type record struct {
+	Admin    string `json:"admin"`
+	Database string `json:"database"`
+	Role     string `json:"role"`
+	Password bool   `json:"password"`
+}
+
+func newDatabases(root string, sup *supervisor.Supervisor, runAsUsers bool, logf func(string, ...any)) *databases {
+	return &databases{root: root, peer: runAsUsers, sup: sup, logf: logf, done: map[string]record{}}
+}
+
+func (db *databases) dir() string { return filepath.Join(db.root, "postgres") }
+
+func (db *databases) recordPath(service string) string {
+	return filepath.Join(db.dir(), service+".json")
+}
+
+func (db *databases) backupDir(service string) string {
+	return filepath.Join(db.root, "backups", service)
+}
+
+// writeFile writes data atomically (temp file, fsync, rename, fsync dir), 0600.
+func writeFile(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+func (db *databases) readRecord(service string) (*record, error) {
+	b, err := os.ReadFile(db.recordPath(service))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", db.recordPath(service), err)
+	}
+	return &r, nil
+}
+
+// password returns the role's password, generating and keeping one the
+// first time. It is kept before the role is made, so a crash in between
+// leaves a password that the next provisioning sets.
+func (db *databases) password(service string) (string, error) {
+	p := filepath.Join(db.dir(), service+".password")
+	b, err := os.ReadFile(p)
+	if err == nil && len(b) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	pw := hex.EncodeToString(raw)
+	return pw, writeFile(p, []byte(pw+"\n"))
+}
+
+// target is a service's database on its server, with its credential.
+func (db *databases) target(r *record, service string) (*postgres.Server, postgres.Database, error) {
+	srv, err := postgres.Open(r.Admin)
+	if err != nil {
+		return nil, postgres.Database{}, err
+	}
+	d := postgres.Database{Name: r.Database, Role: r.Role}
+	if r.Password {
+		if d.Password, err = db.password(service); err != nil {
+			return nil, d, err
+		}
+	}
+	return srv, d, nil
+}
+
+// ensure provisions the database a service asks for and returns how to
+// reach it.
+func (db *databases) ensure(ctx context.Context, g *spec.Generation, service string) (*postgres.Server, postgres.Database, error) {
+	admin := ""
+	if g.Spec.Postgres != nil {
+		admin = g.Spec.Postgres.Admin
+	}
+	srv, err := postgres.Open(admin)
+	if err != nil {
+		return nil, postgres.Database{}, err
+	}
+	want := record{Admin: srv.Admin(), Database: g.Spec.Services[service].Postgres.Name(service),
+		Role: supervisor.UserName(service), Password: !(db.peer && srv.UnixSocket())}
+
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	// The record comes first: whatever a crash leaves half made, hostel
+	// knows it is there (for db drop and status).
+	if old, err := db.readRecord(service); err != nil {
+		return nil, postgres.Database{}, err
+	} else if old == nil || *old != want {
+		b, _ := json.MarshalIndent(want, "", "  ")
+		if err := writeFile(db.recordPath(service), b); err != nil {
+			return nil, postgres.Database{}, err
+		}
+	}
+	srv, d, err := db.target(&want, service)
+	if err != nil {
+		return nil, d, err
+	}
+	if db.done[service] == want {
+		return srv, d, nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
+	defer cancel()
+	if err := srv.Provision(pctx, d); err != nil {
+		return nil, d, fmt.Errorf("postgres: %w", err)
+	}
+	db.done[service] = want
+	db.logf("postgres: database %s provisioned for %s (role %s)", d.Name, service, d.Role)
+	return srv, d, nil
+}
+
+// provisioner is the deploy.Preparer that gives a version its database.
+type provisioner struct{ db *databases }
+
+// Prepare implements deploy.Preparer.
+func (p provisioner) Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error {
+	if g.Spec.Services[service].Postgres == nil {
+		return nil
+	}
+	srv, d, err := p.db.ensure(ctx, g, service)
+	if err != nil {
+		return err
+	}
+	if cfg.Env == nil {
+		cfg.Env = map[string]string{}
+	}
+	for k, v := range srv.Env(d) {
+		cfg.Env[k] = v
+	}
+	return nil
+}
+
+// releaser is the deploy.Preparer that runs a new version's release
+// command once, after a backup, before the version starts. It must come
+// after every preparer that adds to the version's environment.
+type releaser struct{ db *databases }
+
+func (db *databases) releasedPath(service string, v spec.Version) string {
+	return filepath.Join(db.root, "releases", service, string(v))
+}
+
+// Prepare implements deploy.Preparer.
+func (r releaser) Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error {
+	svc := g.Spec.Services[service]
+	if len(svc.Release) == 0 {
+		return nil
+	}
+	marker := r.db.releasedPath(service, cfg.Version)
+	if _, err := os.Stat(marker); err == nil {
+		return nil // ran for this version already (a restart, a rollback)
+	}
+	if svc.Postgres != nil {
+		if _, err := r.db.backup(ctx, service, string(cfg.Version)); err != nil {
+			return fmt.Errorf("backup before release: %w", err)
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	t0 := time.Now()
+	out, err := r.db.sup.RunOnce(rctx, *cfg, svc.Release)
+	if err != nil {
+		return fmt.Errorf("release %s failed, version not started: %w\n%s", strings.Join(svc.Release, " "), err, strings.TrimRight(string(out), "\n"))
+	}
+	r.db.logf("%s: release %s done in %s", spec.Key(service, cfg.Version), strings.Join(svc.Release, " "), time.Since(t0).Round(time.Millisecond))
+	return writeFile(marker, fmt.Appendf(nil, "%s\n%s", time.Now().UTC().Format(time.RFC3339), out))
+}
+
+// lookup finds the database of a service: from its record, which outlives
+// the service's removal from the spec.
+func (db *databases) lookup(service string) (*postgres.Server, postgres.Database, error) {
+	if service == "" {
+		return nil, postgres.Database{}, api.Invalid(errors.New("name a service"))
+	}
+	r, err := db.readRecord(service)
+	if err != nil {
+		return nil, postgres.Database{}, err
+	}
+	if r == nil {
+		return nil, postgres.Database{}, api.Invalid(fmt.Errorf("service %q has no database (none was provisioned; set \"postgres\": true and deploy)", service))
+	}
+	return db.target(r, service)
+}
+
+// backup dumps a service's database to ROOT/backups/SERVICE/TIME-WHAT.dump
+// and keeps the newest keptBackups.
+func (db *databases) backup(ctx context.Context, service, what string) (*api.DBBackup, error) {
+	srv, d, err := db.lookup(service)
+	if err != nil {
+		return nil, err
+	}
+	dir := db.backupDir(service)
+	path := filepath.Join(dir, time.Now().UTC().Format("20060102T150405.000Z")+"-"+what+".dump")
+	n, err := srv.DumpFile(ctx, d.Name, path)
+	if err != nil {
+		return nil, err
+	}
+	db.logf("postgres: backed up %s to %s (%d bytes)", d.Name, path, n)
+	if old, _ := listBackups(dir); len(old) > keptBackups {
+		for _, f := range old[:len(old)-keptBackups] {
+			os.Remove(filepath.Join(dir, f))
+		}
+	}
+	return &api.DBBackup{File: path, Size: n}, nil
+}
+
+// listBackups returns the backup files of a directory, oldest first (their
+// names start with the time).
+func listBackups(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".dump") && !strings.HasPrefix(e.Name(), ".") {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// DBInfo implements api.DBDaemon.
+func (d *Daemon) DBInfo(ctx context.Context, service string) (*api.DBInfo, error) {
+	srv, db, err := d.db.lookup(service)
+	if err != nil {
+		return nil, err
+	}
+	info := &api.DBInfo{Service: service, Database: db.Name, Role: db.Role, Host: srv.Host(), Port: int(srv.Port()), Password: db.Password}
+	if db.Password == "" {
+		info.OSUser = db.Role
+	}
+	return info, nil
+}
+
+// DBBackup implements api.DBDaemon.
+func (d *Daemon) DBBackup(ctx context.Context, service string) (*api.DBBackup, error) {
+	return d.db.backup(ctx, service, "manual")
+}
+
+// DBDump implements api.DBDaemon.
+func (d *Daemon) DBDump(ctx context.Context, service string, w io.Writer) error {
+	srv, db, err := d.db.lookup(service)
+	if err != nil {
+		return err
+	}
+	return srv.Dump(ctx, db.Name, w)
+}
+
+// DBRestore implements api.DBDaemon: it keeps the upload, takes a safety
+// backup, stops the service's running version, restores in one
+// transaction and starts the version again.
+func (d *Daemon) DBRestore(ctx context.Context, service string, r io.Reader) (*api.DBRestore, error) {
+	srv, db, err := d.db.lookup(service)
+	if err != nil {
+		return nil, err
+	}
+	dir := d.db.backupDir(service)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(dir, ".restore-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	head := make([]byte, 5)
+	n, _ := io.ReadFull(r, head)
+	if string(head[:n]) != "PGDMP" {
+		f.Close()
+		return nil, api.Invalid(errors.New("not a custom-format dump (pg_dump -Fc, as hostel db backup writes)"))
+	}
+	f.Write(head)
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("receiving the dump: %w", err)
+	}
+	// Everything after this point runs to its end even if the client goes.
+	ctx = context.WithoutCancel(ctx)
+	safety, err := d.db.backup(ctx, service, "pre-restore")
+	if err != nil {
+		return nil, fmt.Errorf("safety backup before restore: %w", err)
+	}
+	res := &api.DBRestore{SafetyBackup: safety.File}
+	if cur, err := d.store.Current(); err == nil && cur != nil && cur.Spec.Services[service] != nil {
+		if _, ok := d.sup.Get(spec.Key(service, cur.Versions[service])); ok {
+			res.Restarted = string(spec.Key(service, cur.Versions[service]))
+		}
+	}
+	err = d.engine.Pause(ctx, service, func() error {
+		return srv.Restore(ctx, db.Name, db.Role, f.Name())
+	})
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w (the database as it was is in %s)", service, err, safety.File)
+	}
+	d.logf("postgres: restored %s into %s", service, db.Name)
+	return res, nil
+}
+
+// DBDrop implements api.DBDaemon. Backups are kept.
+func (d *Daemon) DBDrop(ctx context.Context, service string) error {
+	srv, db, err := d.db.lookup(service)
+	if err != nil {
+		return err
+	}
+	if cur, err := d.store.Current(); err != nil {
+		return err
+	} else if cur != nil && cur.Spec.Services[service] != nil && cur.Spec.Services[service].Postgres != nil {
+		return api.Invalid(fmt.Errorf("service %q still uses database %s in generation %d; remove it from the spec and deploy first", service, db.Name, cur.Number))
+	}
+	d.db.mu.Lock()
+	defer d.db.mu.Unlock()
+	if err := srv.Drop(ctx, db); err != nil {
+		return err
+	}
+	delete(d.db.done, service)
+	os.Remove(filepath.Join(d.db.dir(), service+".password"))
+	if err := os.Remove(d.db.recordPath(service)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	d.logf("postgres: dropped database %s and role %s of %s", db.Name, db.Role, service)
+	return nil
+}
+
+// addDatabases fills in the database of each service in st that has one:
+// its name, size (if the server answers within 2 s) and last backup.
+func (d *Daemon) addDatabases(ctx context.Context, st *api.Status) {
+	byAdmin := map[string][]string{}
+	recs := map[string]*record{}
+	for _, s := range st.Services {
+		if _, ok := recs[s.Name]; ok {
+			continue
+		}
+		r, err := d.db.readRecord(s.Name)
+		if err != nil || r == nil {
+			continue
+		}
+		recs[s.Name] = r
+		byAdmin[r.Admin] = append(byAdmin[r.Admin], r.Database)
+	}
+	if len(recs) == 0 {
+		return
+	}
+	sizes := map[string]map[string]int64{}
+	for admin, names := range byAdmin {
+		srv, err := postgres.Open(admin)
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		sizes[admin], _ = srv.Sizes(sctx, names)
+		cancel()
+	}
+	for i, s := range st.Services {
+		r := recs[s.Name]
+		if r == nil {
+			continue
+		}
+		ds := &api.DatabaseStatus{Name: r.Database, SizeBytes: sizes[r.Admin][r.Database]}
+		dir := d.db.backupDir(s.Name)
+		if files, _ := listBackups(dir); len(files) > 0 {
+			if fi, err := os.Stat(filepath.Join(dir, files[len(files)-1])); err == nil {
+				t := fi.ModTime().UTC()
+				ds.LastBackup = &t
+			}
+		}
+		st.Services[i].Database = ds
+	}
+}

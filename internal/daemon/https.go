@@ -1,0 +1,123 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"hostel/internal/acme"
+	"hostel/internal/api"
+	"hostel/internal/deploy"
+	"hostel/internal/router"
+)
+
+// CertWait is how long a deploy waits for the certificates of the hosts it
+// serves before it reports and carries on with HTTP for the missing ones.
+const CertWait = 30 * time.Second
+
+// startHTTPS binds the HTTPS listener and starts certificate management.
+// It does nothing when --https is "".
+func (d *Daemon) startHTTPS() error {
+	if d.opts.HTTPSAddr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", d.opts.HTTPSAddr)
+	if err != nil {
+		return fmt.Errorf("--https: %w", err)
+	}
+	d.httpsLn = ln
+	d.certs, err = acme.New(acme.Options{Root: d.opts.Root, HTTPAddr: d.HTTPAddr(), HTTPSAddr: ln.Addr().String(), Logf: d.logf})
+	return err
+}
+
+// publicHTTP is the handler of the HTTP listener: the router, wrapped for
+// ACME challenges and redirects to HTTPS when HTTPS is on.
+func (d *Daemon) publicHTTP() http.Handler {
+	if d.certs == nil {
+		return d.router
+	}
+	return d.certs.HTTPHandler(d.router)
+}
+
+// serveHTTPS serves the router over TLS (1.2+, HTTP/2) on the HTTPS listener.
+func (d *Daemon) serveHTTPS() {
+	if d.httpsLn == nil {
+		return
+	}
+	srv := &http.Server{Handler: d.certs.HTTPSHandler(d.router), TLSConfig: d.certs.TLSConfig(), ReadHeaderTimeout: 30 * time.Second}
+	d.servers = append(d.servers, srv)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := srv.ServeTLS(d.httpsLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.logf("serve %s: %v", d.httpsLn.Addr(), err)
+		}
+	}()
+	d.logf("serving HTTPS on %s", d.httpsLn.Addr())
+}
+
+// HTTPSAddr returns the bound public HTTPS address, "" when HTTPS is off.
+func (d *Daemon) HTTPSAddr() string {
+	if d.httpsLn == nil {
+		return ""
+	}
+	return d.httpsLn.Addr().String()
+}
+
+// certRoutes is the router as the engine sees it, with one addition: every
+// switch of the public table also hands the generation that became current
+// to certificate management, so that its hosts get certificates and its
+// TLS policy (redirects, HSTS) applies from the same moment on.
+type certRoutes struct {
+	*router.Router
+	d *Daemon
+}
+
+var _ deploy.Routes = certRoutes{}
+
+// Swap implements deploy.Routes. The engine commits or selects the
+// generation before it switches to it, so the store's current generation is
+// the one being switched to.
+func (r certRoutes) Swap(t router.Table) error {
+	if err := r.Router.Swap(t); err != nil {
+		return err
+	}
+	if r.d.certs != nil {
+		cur, err := r.d.store.Current()
+		if err != nil {
+			r.d.logf("certificates: reading the current generation: %v", err)
+			return nil
+		}
+		r.d.certs.Update(cur)
+	}
+	return nil
+}
+
+// awaitCerts waits (up to CertWait) for the certificates of the current
+// generation's hosts and reports each through progress.
+func (d *Daemon) awaitCerts(ctx context.Context, progress func(string, ...any)) {
+	if d.certs == nil {
+		return
+	}
+	d.certs.Await(ctx, CertWait, progress)
+}
+
+// certStatus fills the HTTPS parts of a status.
+func (d *Daemon) certStatus(st *api.Status) {
+	if d.certs == nil {
+		return
+	}
+	st.Listen.HTTPS = d.HTTPSAddr()
+	st.InternalCA = d.certs.InternalCA()
+	for _, cs := range d.certs.Status() {
+		c := api.CertStatus{Host: cs.Host, Service: cs.Service, State: cs.State, Status: cs.String(), Error: cs.Error}
+		if !cs.NotAfter.IsZero() {
+			na := cs.NotAfter
+			c.NotAfter = &na
+		}
+		st.Certificates = append(st.Certificates, c)
+	}
+}

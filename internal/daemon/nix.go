@@ -1,0 +1,91 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+
+	"hostel/internal/deploy"
+	"hostel/internal/nix"
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+// pinner is the deploy preparer that makes a version's store paths GC roots
+// before its process starts, so that no garbage collection can take what a
+// generation needs.
+type pinner struct{ roots nix.Roots }
+
+var _ deploy.Preparer = pinner{}
+
+// Prepare implements deploy.Preparer.
+func (p pinner) Prepare(_ context.Context, g *spec.Generation, service string, _ *supervisor.Config) error {
+	paths := servicePaths(g.Spec.Services[service])
+	if len(paths) == 0 {
+		return nil
+	}
+	return p.roots.Pin(string(spec.Key(service, g.Versions[service])), paths)
+}
+
+// servicePaths are the store paths a service mentions: its package, and any
+// other in exec, release or env.
+func servicePaths(svc *spec.Service) []string {
+	if svc == nil {
+		return nil
+	}
+	b, _ := json.Marshal(svc)
+	return nix.StorePathsIn(b)
+}
+
+// generationPaths are the store paths of every service of g.
+func generationPaths(g *spec.Generation) []string {
+	var out []string
+	for _, svc := range g.Spec.Services {
+		out = append(out, servicePaths(svc)...)
+	}
+	return out
+}
+
+// collectGarbage removes the roots of versions that neither a kept
+// generation nor a running process holds, then runs the Nix garbage
+// collector if Nix is installed.
+func (d *Daemon) collectGarbage(ctx context.Context, kept []*spec.Generation) ([]string, nix.GCStats, error) {
+	keep := map[string]bool{}
+	for _, g := range kept {
+		for name := range g.Spec.Services {
+			keep[string(spec.Key(name, g.Versions[name]))] = true
+		}
+	}
+	for _, s := range d.sup.List() {
+		keep[string(s.Key)] = true
+	}
+	unpinned, err := nix.RootsFor(d.opts.Root).Prune(keep)
+	if err != nil || !nix.Available() {
+		return unpinned, nix.GCStats{}, err
+	}
+	st, err := nix.CollectGarbage(ctx)
+	return unpinned, st, err
+}
+
+// closureSize is the size of the closures of g's store paths; 0 without Nix.
+func (d *Daemon) closureSize(ctx context.Context, g *spec.Generation) int64 {
+	n, err := nix.ClosureSize(ctx, generationPaths(g))
+	if err != nil {
+		d.logf("closure size of generation %d: %v", g.Number, err)
+	}
+	return n
+}
+
+// packageOf finds the package of a version that is no longer current in the
+// generations that hold it; "" if none does.
+func (d *Daemon) packageOf(service string, v spec.Version) string {
+	gens, err := d.store.List()
+	if err != nil {
+		return ""
+	}
+	for _, g := range gens {
+		if g.Versions[service] == v && g.Spec.Services[service] != nil {
+			return g.Spec.Services[service].Package
+		}
+	}
+	return ""
+}
