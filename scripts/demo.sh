@@ -22,9 +22,14 @@ else
   echo "hostel serve is running (pid $(cat "$ROOT/daemon.pid"), log $ROOT/daemon.log)"
 fi
 scripts/demo-postgres.sh "$ROOT" # the guestbook's database server
+# The example's packages are built by Nix from examples/monoliths/hostel.nix.
+if ! command -v nix-build >/dev/null; then
+  echo "installing Nix (Debian's nix-bin)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin
+fi
 cd examples/monoliths
-../../bin/hostel plan
-../../bin/hostel deploy --no-confirm
+../../bin/hostel plan hostel.nix
+../../bin/hostel deploy --no-confirm hostel.nix
 ../../bin/hostel status
 PORT=${HTTP##*:}
 cat <<MSG
@@ -41,7 +46,8 @@ The example monoliths are live. Try:
   bin/hostel --root $ROOT db shell guestbook -- -c 'SELECT * FROM messages'
   curl -H 'Host: nobody.example' http://127.0.0.1:$PORT/ # 404: unknown host
 
-Then change quotes' GREETING in examples/monoliths/hostel.json and run:
+Then change quotes' GREETING in examples/monoliths/hostel.nix (or its source in
+examples/monoliths/quotes/) and run:
 
   export HOSTEL_ROOT=$ROOT
   cd examples/monoliths && ../../bin/hostel plan && ../../bin/hostel deploy

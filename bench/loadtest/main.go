@@ -172,6 +172,7 @@ func run() error {
 	fmt.Printf("stale answers:    %d (started after a switch, answered by the version switched away from)\n", stale)
 	fmt.Printf("latency of fast requests during deploys: p50 %s, p99 %s (all: p50 %s, p99 %s)\n",
 		s.p50Deploy, s.p99Deploy, s.p50, s.p99)
+	fmt.Printf("fast requests over 1 s: %d\n", s.slowFast)
 	if len(overhead) > 0 {
 		sort.Slice(overhead, func(i, j int) bool { return overhead[i] < overhead[j] })
 		fmt.Printf("deploy overhead (time to the switch minus the new versions' own time to ready): median %s, max %s\n",
@@ -484,6 +485,7 @@ type summary struct {
 	kinds                 map[string]int
 	p50, p99              time.Duration
 	p50Deploy, p99Deploy  time.Duration
+	slowFast              int // fast requests that took over a second
 	examples              []string
 }
 
@@ -511,6 +513,14 @@ func (l *load) summary() summary {
 			all = append(all, r.latency)
 			if r.duringDeploy {
 				during = append(during, r.latency)
+			}
+		}
+	}
+	for _, r := range l.results {
+		if r.kind == "fast" && r.err == nil && r.latency > time.Second {
+			s.slowFast++
+			if len(s.examples) < 8 {
+				s.examples = append(s.examples, fmt.Sprintf("%s fast request started %s took %s", r.service, r.start.Format("15:04:05.000"), r.latency.Round(time.Millisecond)))
 			}
 		}
 	}

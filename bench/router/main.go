@@ -14,6 +14,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,6 +50,9 @@ func main() {
 			return
 		case "router":
 			childMain(runRouter)
+			return
+		case "router-tls":
+			childMainTLS()
 			return
 		}
 	}
@@ -115,7 +119,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	targets := []target{{"direct", backend}, {"hostel", hostel}}
+	hostelTLS, err := procs.startSelf(ctx, "router-tls", "-backend", backend)
+	if err != nil {
+		return err
+	}
+	targets := []target{{"direct", backend}, {"hostel", hostel}, {"hostel https (TLS 1.3, internal CA)", hostelTLS}}
 	if addr, err := startNginx(ctx, procs, tmp, backend); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/router: nginx skipped:", err)
 	} else if addr != "" {
@@ -131,6 +139,7 @@ func run() error {
 		return err
 	}
 	printTable(results)
+	fmt.Printf("\nHTTPS through the router: %.2f× its HTTP throughput (bar: ≥ 0.70×).\n", results[2].rps/results[1].rps)
 
 	if cfg.delay > 0 {
 		slow, err := procs.startSelf(ctx, "backend", "-delay", cfg.delay.String())
@@ -241,7 +250,7 @@ var (
 func measureWrk(ctx context.Context, cfg config, t target, d time.Duration) (result, error) {
 	secs := max(1, int((d+time.Second/2)/time.Second)) // wrk takes whole seconds
 	cmd := exec.CommandContext(ctx, "wrk", "-t"+strconv.Itoa(cfg.threads), "-c"+strconv.Itoa(cfg.conns),
-		"-d"+strconv.Itoa(secs)+"s", "--latency", "-H", "Host: "+benchHost, "http://"+t.addr+"/")
+		"-d"+strconv.Itoa(secs)+"s", "--latency", "-H", "Host: "+benchHost, targetURL(t.addr))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk: %w\n%s", err, out)
@@ -310,7 +319,7 @@ func measureGo(ctx context.Context, cfg config, t target, d time.Duration) (resu
 			var br *bufio.Reader
 			for ctx.Err() == nil {
 				if conn == nil {
-					c, err := net.Dial("tcp", t.addr)
+					c, err := dialTarget(t.addr)
 					if err != nil {
 						mu.Lock()
 						fatals = append(fatals, err)
@@ -468,6 +477,23 @@ http://:%d {
 	return addr, nil
 }
 
+// targetURL is the URL of "/" at addr: "host:port" (HTTP) or
+// "https://host:port".
+func targetURL(addr string) string {
+	if strings.HasPrefix(addr, "https://") {
+		return addr + "/"
+	}
+	return "http://" + addr + "/"
+}
+
+// dialTarget connects to addr, over TLS for "https://host:port".
+func dialTarget(addr string) (net.Conn, error) {
+	if a, ok := strings.CutPrefix(addr, "https://"); ok {
+		return tls.Dial("tcp", a, insecureTLS)
+	}
+	return net.Dial("tcp", addr)
+}
+
 func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -559,9 +585,9 @@ func (cs *children) stopAll() {
 
 func waitReady(ctx context.Context, addr string) error {
 	deadline := time.Now().Add(15 * time.Second)
-	c := &http.Client{Timeout: time.Second}
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: insecureTLS}}
 	for {
-		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", targetURL(addr), nil)
 		req.Host = benchHost
 		resp, err := c.Do(req)
 		if err == nil {

@@ -9,6 +9,9 @@ let
   lib = import ../../nix/lib.nix;
 in
 {
+  # The demo's PostgreSQL (scripts/demo-postgres.sh), for the guestbook.
+  postgres.admin = "host=/tmp/hostel-demo-pg port=5433 user=postgres";
+
   services = {
     # hostel:services — `hostel new NAME --from SERVICE` adds services here.
     # Keep one `NAME = { ... };` block per service, its source in ./NAME.
@@ -41,6 +44,19 @@ in
       package = lib.goApp { name = "wiki"; src = ./wiki; };
       exec = [ "bin/wiki" ];
       domains = [ "wiki.localhost" ];
+      health.path = "/healthz";
+    };
+
+    # The guestbook needs modules from outside the standard library (pgx),
+    # which goApp cannot download offline: its package is the directory
+    # scripts/build-examples.sh (make examples) builds, outside the store.
+    # With nixpkgs: pkgs.buildGoModule { ...; vendorHash = "sha256-…"; }.
+    guestbook = {
+      package = toString ./build/guestbook;
+      exec = [ "bin/guestbook" ];
+      postgres = true;
+      release = [ "bin/guestbook" "migrate" ];
+      domains = [ "guestbook.localhost" ];
       health.path = "/healthz";
     };
 

@@ -177,7 +177,9 @@ func New(opts Options) (*Manager, error) {
 	}
 	// certmagic logs through zap; its warnings and errors go to the
 	// daemon's log, its chatter does not.
-	m.zlog = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewProductionEncoderConfig()),
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = "" // the daemon's log stamps its lines
+	m.zlog = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc),
 		zapcore.AddSync(logfWriter(m.logf)), zap.WarnLevel))
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) {

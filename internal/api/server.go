@@ -93,6 +93,7 @@ func NewHandler(d Daemon) http.Handler {
 	})
 	handleSecrets(mux, d)
 	handleDB(mux, d)
+	handleShutdown(mux, d)
 	return mux
 }
 

@@ -57,6 +57,9 @@ type Daemon struct {
 	certs   *acme.Manager // nil when --https is ""
 	servers []*http.Server
 	wg      sync.WaitGroup
+	// quit is closed by Shutdown to end Run.
+	quit     chan struct{}
+	quitOnce sync.Once
 }
 
 // SocketPath is where the API of the daemon with root listens.
@@ -66,7 +69,7 @@ func SocketPath(root string) string { return filepath.Join(root, "hostel.sock") 
 // generation and starts serving. Close undoes whatever Start did, even after
 // a partial start.
 func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
-	d := &Daemon{opts: opts, logf: opts.Logf}
+	d := &Daemon{opts: opts, logf: opts.Logf, quit: make(chan struct{})}
 	if d.logf == nil {
 		l := log.New(os.Stderr, "hostel: ", log.LstdFlags)
 		d.logf = l.Printf
@@ -168,21 +171,19 @@ func removeStaleSocket(path string) error {
 // HTTPAddr returns the bound public HTTP address.
 func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
 
-// Close stops serving, stops every service and closes the store.
+// Close stops serving without cutting a request in flight, lets go of the
+// services (they keep running, for the next daemon to adopt) and closes the
+// store. Shutdown stops the services.
 func (d *Daemon) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, s := range d.servers {
-		s.Shutdown(ctx)
-	}
+	d.stopServing()
 	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.apiLn} {
 		if ln != nil {
 			ln.Close()
 		}
 	}
 	d.wg.Wait()
-	if d.engine != nil {
-		d.engine.Shutdown(ctx)
+	if d.sup != nil {
+		d.sup.Detach()
 	}
 	if d.certs != nil {
 		d.certs.Close()
@@ -202,7 +203,10 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	d.logf("shutting down")
+	select {
+	case <-ctx.Done():
+		d.logf("stopping; services keep running")
+	case <-d.quit:
+	}
 	return d.Close()
 }

@@ -251,6 +251,13 @@ func (d *Daemon) Logs(ctx context.Context, service, version string, n int, follo
 			return nil
 		case <-tick.C:
 		}
+		// The supervisor rotates by copy and truncate: a file shorter than
+		// what was read was truncated, and what follows starts at 0.
+		if off, err := f.Seek(0, io.SeekCurrent); err == nil {
+			if fst, err := f.Stat(); err == nil && fst.Size() < off {
+				f.Seek(0, io.SeekStart)
+			}
+		}
 		if st, err := os.Stat(path); err == nil {
 			if fst, err := f.Stat(); err == nil && !os.SameFile(st, fst) {
 				io.Copy(w, f)

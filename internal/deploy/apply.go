@@ -48,6 +48,7 @@ func (e *Engine) startAll(ctx context.Context, g *spec.Generation, progress Prog
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	var started []string
+	var resumeErrs []error
 	for _, names := range lv {
 		var (
 			wg   sync.WaitGroup
@@ -72,12 +73,21 @@ func (e *Engine) startAll(ctx context.Context, g *spec.Generation, progress Prog
 			}()
 		}
 		wg.Wait()
+		if len(errs) > 0 && isResuming(ctx) {
+			// After a daemon restart, keep what runs and go on: a dependent
+			// left running must not be taken for an orphan and stopped.
+			resumeErrs = append(resumeErrs, errs...)
+			continue
+		}
 		if len(errs) > 0 {
 			e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
 			return nil, fmt.Errorf("deploy failed before the switch, nothing changed: %w", errors.Join(errs...))
 		}
 	}
 	sort.Strings(started)
+	if len(resumeErrs) > 0 {
+		return started, errors.Join(resumeErrs...)
+	}
 	return started, nil
 }
 
@@ -104,7 +114,7 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 	var needs []spec.VersionKey
 	for _, n := range svc.Needs {
 		nk := spec.Key(n, g.Versions[n])
-		url, err := e.route.OpenEndpoint(nk, "127.0.0.1:0")
+		url, err := e.openEndpoint(nk, e.endpointAddr(ctx, key, n))
 		if err != nil {
 			return fmt.Errorf("service %q: endpoint for %s: %w", name, nk, err)
 		}
@@ -129,7 +139,7 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 	}
 	progress("starting %s", key)
 	t0 := time.Now()
-	inst, err := e.procs.Start(cfg)
+	inst, err := e.launch(ctx, cfg, svc.Needs, progress)
 	if err != nil {
 		return fmt.Errorf("service %q: start %s: %w", name, key, err)
 	}

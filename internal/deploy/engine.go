@@ -28,6 +28,12 @@ type Processes interface {
 	Stop(ctx context.Context, key spec.VersionKey) error
 	Restart(ctx context.Context, key spec.VersionKey) error
 	Status(key spec.VersionKey) (supervisor.Status, bool)
+	// Adopt, AdoptRecorded, Recorded and Orphans take back the processes
+	// a previous daemon left running (see Resume).
+	Adopt(cfg supervisor.Config) (*supervisor.Instance, bool, error)
+	AdoptRecorded(key spec.VersionKey) (*supervisor.Instance, bool, error)
+	Recorded(key spec.VersionKey) (supervisor.Config, bool)
+	Orphans() []spec.VersionKey
 }
 
 // Routes is what the engine needs of the router.
@@ -242,15 +248,23 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 	return res, nil
 }
 
-// Resume starts the current generation, as after a daemon start.
+// Resume runs the current generation again after a daemon start: it adopts
+// the versions that still run from before (same processes, same ports and
+// endpoints), starts the missing ones, and stops running versions that the
+// current generation does not hold.
 func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cur, err := e.store.Current()
-	if err != nil || cur == nil {
+	if err != nil {
 		return err
 	}
-	if _, err := e.startAll(ctx, cur, progress); err != nil {
+	if cur == nil {
+		e.stopOrphans(ctx, progress)
+		return nil
+	}
+	defer e.stopOrphans(context.WithoutCancel(ctx), progress)
+	if _, err := e.startAll(context.WithValue(ctx, resuming{}, true), cur, progress); err != nil {
 		// Serve what did start; the failed versions are reported by status.
 		progress("generation %d resumed with errors: %v", cur.Number, err)
 	}

@@ -67,7 +67,8 @@ type Router struct {
 // AddBackend that moves it to a new address (a restart on a new port).
 type backend struct {
 	key      spec.VersionKey
-	proxy    atomic.Pointer[httputil.ReverseProxy] // replaced by AddBackend with a new addr
+	logf     func(format string, args ...any)
+	up       atomic.Pointer[upstream] // replaced by AddBackend with a new addr
 	inflight atomic.Int64
 
 	// waiters counts WaitIdle callers, so that the decrement on the hot
@@ -77,9 +78,15 @@ type backend struct {
 	idle    chan struct{} // closed (and replaced) when inflight drops to 0 while waited on
 
 	// abort, once cancelled by Abort, ends every request in flight to this
-	// backend: a draining version past its stop grace.
+	// backend: a draining version past its stop grace. The ReverseProxy
+	// path watches the context; the forwarder (forward.go) avoids a
+	// context per request: Abort sets aborted and closes every connection
+	// to the backend, which ends the reads waiting on them.
 	abort       context.Context
 	cancelAbort context.CancelFunc
+	aborted     atomic.Bool
+	connMu      sync.Mutex
+	conns       map[*pconn]struct{} // open forwarder connections, idle or not
 }
 
 type endpoint struct {
@@ -175,15 +182,38 @@ func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.Ver
 
 func (b *backend) serve(w http.ResponseWriter, req *http.Request) {
 	b.inflight.Add(1)
-	// Deferred: ReverseProxy panics with http.ErrAbortHandler when a
+	// Deferred: the proxies panic with http.ErrAbortHandler when a
 	// response body breaks off, and the count must still drop.
 	defer b.done()
+	up := b.up.Load()
+	if forwardable(req) {
+		up.forward(w, req)
+		return
+	}
 	// The outbound request also ends when the backend is aborted.
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()
 	stop := context.AfterFunc(b.abort, cancel)
 	defer stop()
-	b.proxy.Load().ServeHTTP(w, req.WithContext(ctx))
+	up.proxy.ServeHTTP(w, req.WithContext(ctx))
+}
+
+// track registers a new forwarder connection, unless the backend was
+// aborted.
+func (b *backend) track(pc *pconn) bool {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	if b.aborted.Load() {
+		return false
+	}
+	b.conns[pc] = struct{}{}
+	return true
+}
+
+func (b *backend) untrack(pc *pconn) {
+	b.connMu.Lock()
+	delete(b.conns, pc)
+	b.connMu.Unlock()
 }
 
 func (b *backend) done() {
@@ -203,12 +233,14 @@ func (r *Router) AddBackend(key spec.VersionKey, addr string) {
 	defer r.mu.Unlock()
 	old := *r.backends.Load()
 	if b, ok := old[key]; ok {
-		b.proxy.Store(r.newProxy(b, addr))
+		if prev := b.up.Swap(r.newUpstream(b, addr)); prev != nil {
+			prev.closeIdle(true)
+		}
 		return
 	}
-	b := &backend{key: key, idle: make(chan struct{})}
+	b := &backend{key: key, logf: r.logf, idle: make(chan struct{}), conns: map[*pconn]struct{}{}}
 	b.abort, b.cancelAbort = context.WithCancel(context.Background())
-	b.proxy.Store(r.newProxy(b, addr))
+	b.up.Store(r.newUpstream(b, addr))
 	next := make(map[spec.VersionKey]*backend, len(old)+1)
 	for k, v := range old {
 		next[k] = v
@@ -225,9 +257,11 @@ func (r *Router) RemoveBackend(key spec.VersionKey) {
 	defer r.mu.Unlock()
 	r.closeEndpointLocked(key)
 	old := *r.backends.Load()
-	if _, ok := old[key]; !ok {
+	b, ok := old[key]
+	if !ok {
 		return
 	}
+	b.up.Load().closeIdle(true)
 	next := make(map[spec.VersionKey]*backend, len(old))
 	for k, v := range old {
 		if k != key {
@@ -392,7 +426,13 @@ func (r *Router) Abort(key spec.VersionKey) int64 {
 		return 0
 	}
 	n := b.inflight.Load()
+	b.aborted.Store(true)
 	b.cancelAbort()
+	b.connMu.Lock()
+	for pc := range b.conns {
+		pc.conn.Close()
+	}
+	b.connMu.Unlock()
 	return n
 }
 
@@ -404,8 +444,15 @@ func (r *Router) Close() error {
 	for key := range r.endpoints {
 		r.closeEndpointLocked(key)
 	}
+	for _, b := range *r.backends.Load() {
+		b.up.Load().closeIdle(false)
+	}
 	r.transport.CloseIdleConnections()
 	return nil
+}
+
+func (r *Router) newUpstream(b *backend, addr string) *upstream {
+	return &upstream{addr: addr, b: b, proxy: r.newProxy(b, addr)}
 }
 
 func (r *Router) newProxy(b *backend, addr string) *httputil.ReverseProxy {

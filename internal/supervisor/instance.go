@@ -31,7 +31,6 @@ const (
 	probeInterval   = 50 * time.Millisecond
 	probeTimeout    = time.Second
 	healthTimeout   = 2 * time.Second
-	logDrainWait    = time.Second // how long output may still arrive after the group is gone
 	tailLinesInErr  = 10
 )
 
@@ -49,6 +48,9 @@ type Instance struct {
 	cred                                  *syscall.Credential
 
 	log        *logFile
+	logOut     *os.File // the log, open for appending: every launch's stdout and stderr
+	rotStop    chan struct{}
+	rotDone    chan struct{}
 	notify     *net.UnixConn
 	notifyDone chan struct{}
 
@@ -56,6 +58,8 @@ type Instance struct {
 	launchErr error         // set before launched is closed
 	stopReq   chan struct{} // closed to ask the run loop to stop
 	stopOnce  sync.Once
+	detachReq chan struct{} // closed to ask the run loop to let go of the process without stopping it
+	detachOne sync.Once
 	done      chan struct{} // closed when every process and goroutine of the instance has ended
 
 	mu        sync.Mutex
@@ -72,17 +76,18 @@ type Instance struct {
 	started   time.Time
 }
 
-// proc is one launch of the instance's process.
+// proc is one launch of the instance's process, or a process adopted from
+// a daemon that ran before.
 type proc struct {
-	cmd       *exec.Cmd
-	pid       int
-	inc       int
-	start     time.Time
-	exited    chan struct{} // closed when the leader has exited (not yet reaped)
-	logR      *os.File
-	logDone   chan struct{}
-	stopProbe context.CancelFunc
-	probeDone chan struct{}
+	cmd        *exec.Cmd // nil for an adopted process, which is not our child
+	pid        int
+	startTicks uint64 // /proc/PID/stat start time, which tells pid reuse apart
+	inc        int
+	start      time.Time
+	exited     chan struct{} // closed when the leader has exited (not yet reaped)
+	stopWatch  func()        // ends the exit watch without the process ending
+	stopProbe  context.CancelFunc
+	probeDone  chan struct{}
 }
 
 func newInstance(s *Supervisor, cfg Config, key spec.VersionKey) *Instance {
@@ -94,6 +99,7 @@ func newInstance(s *Supervisor, cfg Config, key spec.VersionKey) *Instance {
 		logPath:    s.logPath(cfg.Service, cfg.Version),
 		launched:   make(chan struct{}),
 		stopReq:    make(chan struct{}),
+		detachReq:  make(chan struct{}),
 		done:       make(chan struct{}),
 		changed:    make(chan struct{}),
 		state:      StateStarting,
@@ -249,7 +255,7 @@ func (i *Instance) setup() (p *proc, err error) {
 	if err := i.ownedDir(i.runDir); err != nil {
 		return nil, err
 	}
-	if i.log, err = openLog(i.logPath, s.opts.LogMaxBytes); err != nil {
+	if err := i.openLog(); err != nil {
 		return nil, err
 	}
 	if err := i.listenNotify(); err != nil {
@@ -321,68 +327,55 @@ func (i *Instance) listenNotify() error {
 	return nil
 }
 
-// launch starts one process with its output pipe, exit waiter and probe.
+// launch starts one process writing to the log, and tracks it.
 func (i *Instance) launch() (*proc, error) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
 	cmd := &exec.Cmd{
 		Path:        i.path,
 		Args:        i.cfg.Exec,
 		Env:         i.env,
 		Dir:         i.workDir,
-		Stdout:      w,
-		Stderr:      w,
+		Stdout:      i.logOut,
+		Stderr:      i.logOut,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: i.cred},
 	}
 	i.mu.Lock()
 	i.inc++
-	inc := i.inc
 	i.accepting = true // READY=1 may arrive before Start returns
 	i.mu.Unlock()
 	if err := cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
 		i.mu.Lock()
 		i.accepting = false
 		i.mu.Unlock()
 		return nil, err
 	}
-	w.Close()
+	// Unreaped, the child's pid cannot be reused: its start time is its own.
+	ticks, _ := procStartTicks(cmd.Process.Pid)
+	p := i.track(cmd, cmd.Process.Pid, ticks, time.Now())
+	if err := i.s.writeRecord(i, p); err != nil {
+		i.s.opts.Logf("supervisor: %s: writing its record: %v", i.key, err)
+	}
+	return p, nil
+}
+
+// track watches a started or adopted process: its exit and its readiness.
+func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time) *proc {
+	i.mu.Lock()
+	inc := i.inc
+	i.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &proc{
-		cmd: cmd, pid: cmd.Process.Pid, inc: inc, start: time.Now(),
-		exited: make(chan struct{}), logR: r, logDone: make(chan struct{}),
+		cmd: cmd, pid: pid, startTicks: ticks, inc: inc, start: started,
 		stopProbe: cancel, probeDone: make(chan struct{}),
 	}
+	// Watch without reaping: while the leader is a zombie its pid still
+	// names the process group, so killing the group after it exited cannot
+	// hit an unrelated group that reused the number.
+	p.exited, p.stopWatch = watchExit(pid, ticks)
 	i.mu.Lock()
 	i.pid, i.started, i.state = p.pid, p.start, StateStarting
 	i.broadcastLocked()
 	i.mu.Unlock()
 
-	go func() {
-		// Wait without reaping: while the leader is a zombie its pid
-		// still names the process group, so killing the group after it
-		// exited cannot hit an unrelated group that reused the number.
-		defer close(p.exited)
-		var info unix.Siginfo
-		for unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
-		}
-	}()
-	go func() {
-		defer close(p.logDone)
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := r.Read(buf)
-			if n > 0 {
-				i.log.Write(buf[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
 	go func() {
 		defer close(p.probeDone)
 		t := time.NewTicker(probeInterval)
@@ -405,7 +398,7 @@ func (i *Instance) launch() (*proc, error) {
 			}
 		}
 	}()
-	return p, nil
+	return p
 }
 
 func (i *Instance) isReady(inc int) bool {
@@ -448,6 +441,9 @@ func (i *Instance) run(p *proc) {
 				i.terminate(p)
 				i.finish(StateStopped, "")
 				return
+			case <-i.detachReq:
+				i.release(p)
+				return
 			}
 		} else {
 			why = launchFailure.Error()
@@ -455,6 +451,9 @@ func (i *Instance) run(p *proc) {
 		select {
 		case <-i.stopReq:
 			i.finish(StateStopped, "")
+			return
+		case <-i.detachReq:
+			i.release(nil)
 			return
 		default:
 		}
@@ -492,6 +491,10 @@ func (i *Instance) run(p *proc) {
 		case <-i.stopReq:
 			t.Stop()
 			i.finish(StateStopped, "")
+			return
+		case <-i.detachReq:
+			t.Stop()
+			i.release(nil)
 			return
 		}
 		p, launchFailure = i.launch()
@@ -540,19 +543,16 @@ func (i *Instance) terminate(p *proc) {
 func (i *Instance) reap(p *proc) error {
 	// The leader is gone; anything left in its group is an orphan.
 	_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-	err := p.cmd.Wait()
+	var err error
+	if p.cmd != nil {
+		err = p.cmd.Wait()
+	} else {
+		// Not our child: init reaps it, and its status is not ours to know.
+		err = errors.New("exited (adopted process: exit status unknown)")
+	}
+	p.stopWatch()
 	p.stopProbe()
 	<-p.probeDone
-	t := time.NewTimer(logDrainWait)
-	select {
-	case <-p.logDone:
-		t.Stop()
-	case <-t.C:
-		// Someone outside the group still holds the pipe; stop reading.
-		p.logR.Close()
-		<-p.logDone
-	}
-	p.logR.Close()
 	i.mu.Lock()
 	i.pid, i.accepting, i.ready = 0, false, false
 	i.broadcastLocked()
@@ -575,6 +575,7 @@ func (i *Instance) finish(st State, why string) {
 	i.failure = failure
 	i.broadcastLocked()
 	i.mu.Unlock()
+	i.s.removeRecord(i.key)
 	if st == StateStopped {
 		i.s.opts.Logf("supervisor: %s: stopped", i.key)
 	}
@@ -587,9 +588,7 @@ func (i *Instance) teardown() {
 		<-i.notifyDone
 		i.notify = nil
 	}
-	if i.log != nil {
-		i.log.Close()
-	}
+	i.closeLog()
 	i.removeCredentials()
 	if err := os.RemoveAll(i.runDir); err != nil {
 		i.s.opts.Logf("supervisor: %s: removing %s: %v", i.key, i.runDir, err)

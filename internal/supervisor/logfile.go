@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -11,106 +10,75 @@ import (
 	"sync"
 )
 
-// logFile is a version's log: raw output appended, renamed to .1 (and .1 to
-// .2, .2 to .3) when it would grow past max.
+// logFile is a version's log. The process writes its stdout and stderr to
+// it directly (O_APPEND), not through a pipe the daemon reads: a process
+// must outlive the daemon, and a pipe whose reader died would kill it with
+// SIGPIPE. So the supervisor rotates it the way logrotate's copytruncate
+// does: once it passes max, .2 becomes .3, .1 becomes .2, the file is copied
+// to .1 and truncated; the process's O_APPEND writes go on at the new end.
+// Lines written between the copy and the truncate are lost.
 type logFile struct {
 	path string
 	max  int64
 
-	mu   sync.Mutex
-	f    *os.File
-	size int64
+	mu sync.Mutex // serializes rotations
 }
 
-func openLog(path string, max int64) (*logFile, error) {
-	l := &logFile{path: path, max: max}
-	if err := l.open(); err != nil {
+// openLogFile opens path for appending, creating it 0640; the process gets
+// the descriptor as its stdout and stderr.
+func openLogFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
 		return nil, err
 	}
-	return l, nil
-}
-
-func (l *logFile) open() error {
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return err
-	}
-	fi, err := f.Stat()
-	if err != nil {
+	if err := f.Chmod(0o640); err != nil {
 		f.Close()
-		return err
+		return nil, err
 	}
-	l.f, l.size = f, fi.Size()
-	return nil
+	return f, nil
 }
 
-// Write appends p, rotating first where a line boundary lets the current file
-// stay within max. A single line longer than max gets a file of its own.
-func (l *logFile) Write(p []byte) (int, error) {
+// rotateIfFull rotates the log when it has grown past max, and reports
+// whether it did.
+func (l *logFile) rotateIfFull() (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f == nil {
-		return 0, os.ErrClosed
+	fi, err := os.Stat(l.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, err
 	}
-	total := len(p)
-	for len(p) > 0 {
-		n := len(p)
-		if l.size+int64(n) > l.max {
-			room := l.max - l.size
-			k := -1
-			if room > 0 {
-				k = bytes.LastIndexByte(p[:min(room, int64(len(p)))], '\n')
-			}
-			switch {
-			case k >= 0:
-				n = k + 1
-			case l.size > 0:
-				if err := l.rotate(); err != nil {
-					return total - len(p), err
-				}
-				continue
-			default:
-				if k := bytes.IndexByte(p, '\n'); k >= 0 {
-					n = k + 1
-				}
-			}
-		}
-		w, err := l.f.Write(p[:n])
-		l.size += int64(w)
-		p = p[w:]
-		if err != nil {
-			return total - len(p), err
-		}
+	if fi.Size() <= l.max {
+		return false, nil
 	}
-	return total, nil
-}
-
-func (l *logFile) rotate() error {
-	if err := l.f.Close(); err != nil {
-		return err
-	}
-	l.f = nil
 	for n := keptLogs - 1; n >= 1; n-- {
 		err := os.Rename(fmt.Sprintf("%s.%d", l.path, n), fmt.Sprintf("%s.%d", l.path, n+1))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+			return false, err
 		}
 	}
-	if err := os.Rename(l.path, l.path+".1"); err != nil {
-		return err
+	src, err := os.Open(l.path)
+	if err != nil {
+		return false, err
 	}
-	return l.open()
-}
-
-func (l *logFile) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
-		return nil
+	defer src.Close()
+	tmp := l.path + ".1.tmp"
+	dst, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return false, err
 	}
-	err := l.f.Close()
-	l.f = nil
-	return err
+	// Copy to the end, truncate at once: the window in which a line can be
+	// lost is one truncate call long.
+	_, cerr := io.Copy(dst, src)
+	if cerr == nil {
+		cerr = os.Truncate(l.path, 0)
+	}
+	if err := errors.Join(cerr, dst.Close()); err != nil {
+		os.Remove(tmp)
+		return false, err
+	}
+	return true, os.Rename(tmp, l.path+".1")
 }
 
 // tailLines returns up to n last lines of the file at path, for messages.

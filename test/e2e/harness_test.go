@@ -130,7 +130,7 @@ func (e *Env) StartDaemonArgs(args ...string) {
 	go func() { cmd.Wait(); close(e.done) }()
 	e.t.Cleanup(func() {
 		if e.daemon != nil {
-			e.StopDaemon()
+			e.Shutdown() // services outlive a plain stop of the daemon
 		}
 		if e.t.Failed() {
 			e.t.Logf("daemon log:\n%s", e.DaemonLog())
@@ -162,6 +162,24 @@ func (e *Env) StopDaemon() {
 	case <-time.After(40 * time.Second):
 		e.daemon.Process.Kill()
 		e.t.Errorf("daemon did not stop within 40s")
+	}
+	e.daemon = nil
+}
+
+// Shutdown runs `hostel shutdown`, which stops every service and then the
+// daemon, and waits for the daemon to exit.
+func (e *Env) Shutdown() {
+	e.t.Helper()
+	if out, errOut, code := e.Run("shutdown"); code != 0 {
+		e.t.Errorf("hostel shutdown: exit %d\n%s%s", code, out, errOut)
+		e.StopDaemon()
+		return
+	}
+	select {
+	case <-e.done:
+	case <-time.After(60 * time.Second):
+		e.daemon.Process.Kill()
+		e.t.Errorf("daemon did not exit within 60s of hostel shutdown")
 	}
 	e.daemon = nil
 }

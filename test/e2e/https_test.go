@@ -59,13 +59,26 @@ func (e *Env) GetTLS(roots *x509.CertPool, host, path string) (*http.Response, s
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	resp, err := c.Get("https://" + host + path)
+	// The port in the URL is what a browser sends in Host.
+	_, port, _ := net.SplitHostPort(e.HTTPS)
+	resp, err := c.Get("https://" + net.JoinHostPort(host, port) + path)
 	if err != nil {
 		return nil, "", err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp, string(b), nil
+}
+
+// deployOutput runs a deploy that must succeed and returns what it printed
+// on stdout and stderr (progress).
+func (e *Env) deployOutput() string {
+	e.t.Helper()
+	out, errOut, code := e.Run("deploy", "--no-confirm")
+	if code != 0 {
+		e.t.Fatalf("deploy: exit %d\n%s%s", code, out, errOut)
+	}
+	return out + errOut
 }
 
 func (e *Env) serial(roots *x509.CertPool, host string) string {
@@ -97,7 +110,7 @@ func TestHTTPS(t *testing.T) {
 		"quotes": e.App("quotes", map[string]any{"domains": []string{"quotes.example"}, "tls": false}),
 	}
 	e.WriteSpec(map[string]any{"acme": acmeBlock, "services": services})
-	out := e.MustRun("deploy", "--no-confirm")
+	out := e.deployOutput()
 	for _, h := range []string{"shop.example", "www.shop.example", "wiki.example"} {
 		if !strings.Contains(out, "cert "+h+": valid until") {
 			t.Errorf("deploy output lacks a valid certificate for %s:\n%s", h, out)
@@ -145,7 +158,7 @@ func TestHTTPS(t *testing.T) {
 				t.Errorf("http %s%s: %d %q, want 301 %q", tc.host, tc.path, code, h.Get("Location"), tc.want)
 			}
 		}
-		if code, _, body := e.Get("quotes.example", "/"); code != 200 || body == "" {
+		if code, _, body := e.Get("quotes.example", "/healthz"); code != 200 || body != "ok\n" {
 			t.Errorf("tls:false quotes over http: %d %q", code, body)
 		}
 	})
@@ -202,7 +215,7 @@ func TestHTTPS(t *testing.T) {
 	t.Run("CA unreachable", func(t *testing.T) {
 		services["blog"] = e.App("blog", map[string]any{"needs": []string{"quotes"}, "domains": []string{"blog.example"}})
 		e.WriteSpec(map[string]any{"acme": acmeBlock, "services": services})
-		out := e.MustRun("deploy", "--no-confirm")
+		out := e.deployOutput()
 		if !strings.Contains(out, "cert blog.example: failing: ") {
 			t.Errorf("deploy output does not report the failure:\n%s", out)
 		}

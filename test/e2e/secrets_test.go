@@ -381,8 +381,10 @@ func TestSecrets(t *testing.T) {
 		}
 	})
 
-	t.Run("credentials removed when the daemon stops", func(t *testing.T) {
-		e.StopDaemon()
+	t.Run("credentials removed when the services stop", func(t *testing.T) {
+		// A plain stop of the daemon keeps services and their credentials;
+		// hostel shutdown stops them.
+		e.Shutdown()
 		entries, _ := filepath.Glob(filepath.Join(filepath.Dir(vaultDir), "*"))
 		if len(entries) != 0 {
 			t.Errorf("credentials left after stop: %v", entries)

@@ -92,9 +92,10 @@ func main() {
 	})
 	mux.HandleFunc("/spam", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		from, _ := strconv.Atoi(r.URL.Query().Get("from"))
 		line := strings.Repeat("x", 89)
 		for k := range n {
-			fmt.Printf("%09d %s\n", k, line) // 100 bytes with the newline
+			fmt.Printf("%09d %s\n", from+k, line) // 100 bytes with the newline
 		}
 	})
 	if err := http.ListenAndServe(net.JoinHostPort("127.0.0.1", os.Getenv("PORT")), mux); err != nil {

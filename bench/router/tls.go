@@ -1,0 +1,76 @@
+package main
+
+import (
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"hostel/internal/acme"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+)
+
+// benchVersionHost is the immutable name whose certificate (from hostel's
+// internal CA) the HTTPS router child serves, whatever name the client
+// asks for: load generators connect to 127.0.0.1.
+var benchVersionHost = spec.VersionHost("hello", "000000000000", spec.DefaultZone)
+
+// childMainTLS is childMain for the HTTPS router: the router behind the
+// same TLS configuration and HTTPS handler `hostel serve` uses.
+func childMainTLS() {
+	fs := flag.NewFlagSet("router-tls", flag.ContinueOnError)
+	backend := fs.String("backend", "", "backend address host:port")
+	if err := fs.Parse(os.Args[2:]); err != nil {
+		os.Exit(2)
+	}
+	fail := func(err error) {
+		fmt.Fprintf(os.Stderr, "bench/router router-tls: %v\n", err)
+		os.Exit(1)
+	}
+	h, err := runRouter([]string{"-backend", *backend})
+	if err != nil {
+		fail(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fail(err)
+	}
+	root, err := os.MkdirTemp("", "hostel-bench-tls-")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(root)
+	m, err := acme.New(acme.Options{Root: root, HTTPAddr: "127.0.0.1:0", HTTPSAddr: ln.Addr().String()})
+	if err != nil {
+		fail(err)
+	}
+	cfg := m.TLSConfig()
+	get := cfg.GetCertificate
+	cfg.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		h := *hello
+		h.ServerName = benchVersionHost
+		return get(&h)
+	}
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		os.RemoveAll(root)
+		os.Exit(0)
+	}()
+	fmt.Printf("listening https://%s\n", ln.Addr())
+	srv := &http.Server{Handler: m.HTTPSHandler(h.(*router.Router)), TLSConfig: cfg, ReadHeaderTimeout: 10 * time.Second,
+		// Load generators hang up mid-handshake when a run ends.
+		ErrorLog: log.New(io.Discard, "", 0)}
+	if err := srv.ServeTLS(ln, "", ""); err != nil {
+		fail(err)
+	}
+}
+
+// insecureTLS is the client side of the benchmark: the certificate is not
+// what is measured.
+var insecureTLS = &tls.Config{InsecureSkipVerify: true}

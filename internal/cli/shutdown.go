@@ -1,0 +1,43 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func init() { commands = append(commands, shutdownCmd) }
+
+// shutdownCmd stops every service and then the daemon. Stopping the daemon
+// alone (SIGTERM) leaves the services running: the next `hostel serve`
+// adopts them.
+func shutdownCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "shutdown",
+		Short: "Stop every service, then the daemon (a plain stop of the daemon keeps services running)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res, err := e.client().Shutdown(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, k := range res.Stopped {
+				fmt.Fprintf(e.stdout, "stopped %s\n", k)
+			}
+			// Wait until the daemon no longer answers, so that a script may
+			// start another at once.
+			sock := filepath.Join(e.root, "hostel.sock")
+			deadline := time.Now().Add(2 * time.Minute)
+			for time.Now().Before(deadline) {
+				if _, err := e.client().Status(cmd.Context()); err != nil {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			fmt.Fprintf(e.stdout, "daemon at %s stopped\n", sock)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,69 @@
+package daemon
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"hostel/internal/api"
+)
+
+// minDrain is the least time a stopping daemon gives requests in flight.
+const minDrain = 30 * time.Second
+
+// drainBound is how long a stopping daemon lets requests in flight finish:
+// the largest stop_grace of the current generation, at least minDrain.
+func (d *Daemon) drainBound() time.Duration {
+	bound := minDrain
+	if d.store == nil {
+		return bound
+	}
+	if cur, err := d.store.Current(); err == nil && cur != nil {
+		for _, svc := range cur.Spec.Services {
+			bound = max(bound, svc.StopGraceOrDefault())
+		}
+	}
+	return bound
+}
+
+// stopServing closes every listener at once, so new connections are
+// refused, and waits for the requests in flight (streams included) to
+// finish, up to drainBound: first those from outside, then those between
+// services through the router's endpoints, which the first may still use.
+func (d *Daemon) stopServing() {
+	ctx, cancel := context.WithTimeout(context.Background(), d.drainBound())
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range d.servers {
+		wg.Go(func() {
+			if s.Shutdown(ctx) != nil {
+				s.Close()
+			}
+		})
+	}
+	wg.Wait()
+	if d.router != nil {
+		d.router.ShutdownEndpoints(ctx)
+	}
+}
+
+// Shutdown stops every service, topmost first, then makes Run return: what
+// `hostel shutdown` asks for. A plain stop of the daemon (SIGTERM) leaves
+// the services running for the next daemon to adopt.
+func (d *Daemon) Shutdown(ctx context.Context) (*api.ShutdownResult, error) {
+	res := &api.ShutdownResult{Stopped: []string{}}
+	for _, k := range d.engine.Running() {
+		res.Stopped = append(res.Stopped, string(k))
+	}
+	d.engine.Shutdown(context.WithoutCancel(ctx))
+	// Whatever a previous daemon left behind and nothing adopted.
+	for _, k := range d.sup.Orphans() {
+		if _, ok, err := d.sup.AdoptRecorded(k); err == nil && ok {
+			d.sup.Stop(context.WithoutCancel(ctx), k)
+			res.Stopped = append(res.Stopped, string(k))
+		}
+	}
+	d.logf("shutdown: stopped %d services; the daemon exits", len(res.Stopped))
+	d.quitOnce.Do(func() { close(d.quit) })
+	return res, nil
+}

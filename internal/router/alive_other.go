@@ -1,0 +1,7 @@
+//go:build !linux
+
+package router
+
+// alive reports whether a pooled connection may still be used; without a
+// non-blocking peek it can only check for bytes the backend sent unasked.
+func (pc *pconn) alive() bool { return pc.br.Buffered() == 0 }
