@@ -15,7 +15,7 @@ demo: build examples
 	scripts/demo.sh
 
 demo-stop:
-	-@[ -f .demo/daemon.pid ] && kill $$(cat .demo/daemon.pid) && echo "stopped the demo daemon"; rm -f .demo/daemon.pid
+	-@bin/hostel --root $(CURDIR)/.demo shutdown >/dev/null 2>&1 && echo "stopped the demo services and daemon" || { [ -f .demo/daemon.pid ] && kill $$(cat .demo/daemon.pid) && echo "stopped the demo daemon"; }; rm -f .demo/daemon.pid
 	-@scripts/demo-postgres.sh .demo stop
 
 vet:

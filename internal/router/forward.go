@@ -68,6 +68,10 @@ type pconn struct {
 	bw     *bufio.Writer
 	up     *upstream
 	idleAt time.Time // when it was last returned to the pool
+	// check is set when the last response had no body by rule (HEAD,
+	// 204, 304): a backend that wrongly sent one anyway would have it
+	// read as the next request's response, so the next use checks first.
+	check bool
 }
 
 // forwardable reports whether the fast path handles req: no request body,
@@ -183,6 +187,7 @@ func (u *upstream) forward(w http.ResponseWriter, req *http.Request) {
 	if resp.Close || b.aborted.Load() {
 		pc.close()
 	} else {
+		pc.check = req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 		u.put(pc)
 	}
 
@@ -491,7 +496,7 @@ func (u *upstream) get(ctx context.Context, live bool) (pc *pconn, reused bool, 
 			continue
 		}
 		u.mu.Unlock()
-		if live && !pc.alive() {
+		if (live || pc.check) && !pc.alive() {
 			pc.close()
 			u.mu.Lock()
 			continue

@@ -549,3 +549,46 @@ func TestConcurrentMixed(t *testing.T) {
 		t.Errorf("InFlight after all = %d", n)
 	}
 }
+
+// TestBodyAfterHeadResponse: a broken backend that answers HEAD with a
+// body must not have that body read as the next request's response.
+func TestBodyAfterHeadResponse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if req.Method == "HEAD" {
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+						time.Sleep(10 * time.Millisecond)
+						io.WriteString(c, "WRONG")
+						continue
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	_, pub := routeTo(t, ln.Addr().String())
+	if resp, _ := do(t, client, "HEAD", pub+"/", nil); resp.StatusCode != 200 {
+		t.Fatalf("HEAD: got %d", resp.StatusCode)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if resp, body := do(t, client, "GET", pub+"/", nil); resp.StatusCode != 200 || string(body) != "ok" {
+		t.Errorf("GET after HEAD: got %d %q, want 200 ok", resp.StatusCode, body)
+	}
+}

@@ -53,6 +53,8 @@ type Router struct {
 	zone string
 	logf func(format string, args ...any)
 
+	// transport and bufPool serve the ReverseProxy path: requests with a
+	// body, upgrades (forward.go handles the rest).
 	transport *http.Transport
 	bufPool   bufferPool
 

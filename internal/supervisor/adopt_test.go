@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -89,6 +90,14 @@ func TestAdoptAfterDetach(t *testing.T) {
 		return st.Ready && st.PID != 0 && st.PID != pid
 	})
 	st := i2.Status()
+	// READY=1 comes before the app listens: wait for it to answer.
+	waitFor(t, "the restarted process to answer", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 	if st.Restarts != 1 {
 		t.Errorf("Restarts = %d, want 1", st.Restarts)
 	}

@@ -373,6 +373,9 @@ func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time
 	p.exited, p.stopWatch = watchExit(pid, ticks)
 	i.mu.Lock()
 	i.pid, i.started, i.state = p.pid, p.start, StateStarting
+	if i.ready { // READY=1 may arrive before the process is tracked
+		i.state = StateRunning
+	}
 	i.broadcastLocked()
 	i.mu.Unlock()
 
