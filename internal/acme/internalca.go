@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hostel/internal/atomicfile"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -83,10 +84,10 @@ func loadOrCreateCA(dir string) (*internalCA, error) {
 	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
 	// The key first: a crash between the two writes leaves no certificate,
 	// and the next start makes a new pair.
-	if err := writeFileAtomic(keyPath, keyPEM); err != nil {
+	if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(certPath, certPEM); err != nil {
+	if err := atomicfile.WriteFile(certPath, certPEM, 0o600); err != nil {
 		return nil, err
 	}
 	return parseCA(certPEM, keyPEM)
@@ -153,39 +154,4 @@ func randomSerial() *big.Int {
 		panic(err) // crypto/rand does not fail on Linux
 	}
 	return n
-}
-
-// writeFileAtomic writes data to path with mode 0600: temp file, fsync,
-// rename, fsync of the directory.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"hostel/internal/api"
+	"hostel/internal/atomicfile"
 	"hostel/internal/postgres"
 	"hostel/internal/spec"
 	"hostel/internal/supervisor"
@@ -78,36 +79,12 @@ func (db *databases) backupDir(service string) string {
 	return filepath.Join(db.root, "backups", service)
 }
 
-// writeFile writes data atomically (temp file, fsync, rename, fsync dir), 0600.
+// writeFile writes a private file under ROOT, creating its directory.
 func writeFile(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 func (db *databases) readRecord(service string) (*record, error) {

@@ -2,6 +2,7 @@ package nix
 
 import (
 	"fmt"
+	"hostel/internal/atomicfile"
 	"io"
 	"io/fs"
 	"os"
@@ -133,7 +134,11 @@ func NewService(file, name, from string) error {
 		block = "\n" + block
 	}
 	out := strings.Join(lines[:end], "") + block + "\n" + strings.Join(lines[end:], "")
-	if err := writeAtomic(file, []byte(out)); err != nil {
+	mode := os.FileMode(0o644)
+	if st, err := os.Stat(file); err == nil {
+		mode = st.Mode().Perm()
+	}
+	if err := atomicfile.WriteFile(file, []byte(out), mode); err != nil {
 		os.RemoveAll(dst)
 		return fail("", "%v", err)
 	}
@@ -197,35 +202,6 @@ func copyDir(src, dst string) error {
 			return out.Close()
 		}
 	})
-}
-
-// writeAtomic replaces file: temp file, fsync, rename.
-func writeAtomic(file string, data []byte) error {
-	mode := os.FileMode(0o644)
-	if st, err := os.Stat(file); err == nil {
-		mode = st.Mode().Perm()
-	}
-	f, err := os.CreateTemp(filepath.Dir(file), ".hostel-new-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), file)
 }
 
 // appTemplate is the app `hostel new NAME` writes without --from.

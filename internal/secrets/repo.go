@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hostel/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -75,7 +76,7 @@ func (r Repo) Write(name string, plaintext []byte, rs []Recipient) error {
 	if err := os.MkdirAll(r.Dir, 0o755); err != nil {
 		return err
 	}
-	return writeFileAtomic(r.Path(name), ct, 0o644)
+	return atomicfile.WriteFile(r.Path(name), ct, 0o644)
 }
 
 // Open decrypts secret name with ids; an error names the file and, when

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hostel/internal/atomicfile"
 	"io"
 	"os"
 	"path/filepath"
@@ -218,7 +219,7 @@ func EnsureHostKey(root string) (*HostKey, error) {
 		}
 		content := fmt.Sprintf("# hostel machine identity; keep it secret.\n# created: %s\n# public key: %s\n%s\n",
 			time.Now().UTC().Format(time.RFC3339), id.Recipient(), id)
-		if err := writeFileAtomic(path, []byte(content), 0o600); err != nil {
+		if err := atomicfile.WriteFile(path, []byte(content), 0o600); err != nil {
 			return nil, fmt.Errorf("host key: %w", err)
 		}
 	} else if err != nil {
@@ -279,40 +280,6 @@ func ReadIdentity(path string) ([]age.Identity, error) {
 		return nil, fmt.Errorf("identity %s: %v", path, err)
 	}
 	return ids, nil
-}
-
-// writeFileAtomic writes b to path through a temp file, fsync and rename.
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
 }
 
 // sortedKeys returns m's keys in order.

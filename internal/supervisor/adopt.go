@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hostel/internal/atomicfile"
 	"hostel/internal/spec"
 )
 
@@ -81,37 +82,7 @@ func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(s.recordPath(i.key), b)
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.Write(b)
-	if werr == nil {
-		werr = f.Chmod(0o600)
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if err := errors.Join(werr, f.Close()); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(s.recordPath(i.key), b, 0o600)
 }
 
 func (s *Supervisor) readRecord(key spec.VersionKey) (*record, error) {

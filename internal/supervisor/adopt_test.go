@@ -44,6 +44,13 @@ func TestAdoptAfterDetach(t *testing.T) {
 	cfg := appConfig("adopt", "-notify")
 	cfg.Credentials = map[string][]byte{"token": []byte("s3cret-value")}
 	i1 := startReady(t, s1, cfg)
+	// With -notify the app says READY=1 before it listens: wait for the port.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if c, err := net.Dial("tcp", i1.Addr()); err == nil {
+			c.Close()
+			break
+		}
+	}
 	pid, addr := getInt(t, i1.Addr(), "/pid"), i1.Addr()
 	s1.Detach()
 	if !alive(pid) {

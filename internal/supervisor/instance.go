@@ -500,10 +500,11 @@ func (i *Instance) run(p *proc) {
 			i.release(nil)
 			return
 		}
-		p, launchFailure = i.launch()
+		// Counted before the launch, which may already report ready.
 		i.mu.Lock()
 		i.restarts++
 		i.mu.Unlock()
+		p, launchFailure = i.launch()
 		if launchFailure != nil {
 			p = nil
 			launchFailure = fmt.Errorf("start: %w", launchFailure)

@@ -184,6 +184,19 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 // alive reports whether pid is a live (not zombie) process.
+// goneWithin reports whether pid has exited within d: a SIGKILLed process
+// takes a moment to die, more so on a busy machine.
+func goneWithin(pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -427,7 +440,7 @@ func TestStop(t *testing.T) {
 			if alive(st.PID) {
 				t.Errorf("process %d still alive", st.PID)
 			}
-			if child != 0 && alive(child) {
+			if child != 0 && !goneWithin(child, 2*time.Second) {
 				t.Errorf("child %d still alive", child)
 			}
 			if _, ok := s.Get(i.Key()); ok {
