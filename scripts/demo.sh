@@ -9,6 +9,7 @@ HTTP=${HOSTEL_DEMO_HTTP:-127.0.0.1:8080}
 export HOSTEL_ROOT=$ROOT
 mkdir -p "$ROOT"
 bin/hostel version
+scripts/demo-postgres.sh "$ROOT" # the guestbook's database server, before the daemon resumes it
 if [[ -S $ROOT/hostel.sock ]] && bin/hostel status >/dev/null 2>&1; then
   echo "a demo daemon is already running on $ROOT"
 else
@@ -21,7 +22,6 @@ else
   [[ -S $ROOT/hostel.sock ]] || { echo "daemon did not start:"; cat "$ROOT/daemon.log"; exit 1; }
   echo "hostel serve is running (pid $(cat "$ROOT/daemon.pid"), log $ROOT/daemon.log)"
 fi
-scripts/demo-postgres.sh "$ROOT" # the guestbook's database server
 # The example's packages are built by Nix from examples/monoliths/hostel.nix.
 if ! command -v nix-build >/dev/null; then
   echo "installing Nix (Debian's nix-bin)"

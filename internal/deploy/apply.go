@@ -134,6 +134,12 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 	}
 	for _, p := range e.prepare {
 		if err := p.Prepare(ctx, g, name, &cfg); err != nil {
+			// A process a previous daemon left running was prepared then;
+			// keep it serving rather than stop it for what is missing now.
+			if _, alive := e.procs.Recorded(key); isResuming(ctx) && alive {
+				progress("%s: %v; adopting the running process anyway", key, err)
+				continue
+			}
 			return fmt.Errorf("service %q: %s: %w", name, key, err)
 		}
 	}

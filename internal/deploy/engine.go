@@ -268,7 +268,19 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 		// Serve what did start; the failed versions are reported by status.
 		progress("generation %d resumed with errors: %v", cur.Number, err)
 	}
-	return e.switchTo(cur)
+	// Route what runs; a version that could not start leaves its domains
+	// unrouted rather than keeping the daemon from serving the others.
+	t := Table(cur)
+	for host, key := range t.Domains {
+		if !e.isRunning(key) {
+			progress("%s is not running: %s is not served until it is", key, host)
+			delete(t.Domains, host)
+		}
+	}
+	if err := e.route.Swap(t); err != nil {
+		return fmt.Errorf("resume generation %d: %w", cur.Number, err)
+	}
+	return nil
 }
 
 // Restart restarts the running version of one service in place.
