@@ -255,7 +255,11 @@ func (h *hostel) hostel(args ...string) ([]byte, error) {
 
 func (h *hostel) stop() {
 	if h.cmd != nil && h.cmd.Process != nil {
-		h.cmd.Process.Signal(os.Interrupt)
+		// shutdown stops the services too; a plain SIGTERM would leave
+		// them running for the next daemon to adopt.
+		if _, err := h.hostel("shutdown"); err != nil {
+			h.cmd.Process.Signal(os.Interrupt)
+		}
 		done := make(chan struct{})
 		go func() { h.cmd.Wait(); close(done) }()
 		select {
