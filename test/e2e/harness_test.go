@@ -1,6 +1,7 @@
-// Package e2e drives the real hostel binary like a user: it builds it, runs
-// `hostel serve` in a temporary root on port 0, and deploys real example apps.
 package e2e
+
+// The harness: it builds the real hostel binary, runs `hostel serve` in a
+// temporary root on port 0, and deploys real example apps.
 
 import (
 	"bytes"
