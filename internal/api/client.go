@@ -172,7 +172,16 @@ func (c *Client) Logs(ctx context.Context, service, version string, n int, follo
 	if follow {
 		q.Set("follow", "1")
 	}
-	resp, err := c.do(ctx, http.MethodGet, "/v1/logs?"+q.Encode(), nil)
+	err := c.copyTo(ctx, "/v1/logs?"+q.Encode(), w)
+	if ctx.Err() != nil {
+		return nil // -f ends when the user interrupts it
+	}
+	return err
+}
+
+// copyTo copies the body of GET path to w.
+func (c *Client) copyTo(ctx context.Context, path string, w io.Writer) error {
+	resp, err := c.do(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return err
 	}
@@ -181,8 +190,5 @@ func (c *Client) Logs(ctx context.Context, service, version string, n int, follo
 		return decodeError(resp)
 	}
 	_, err = io.Copy(w, resp.Body)
-	if ctx.Err() != nil {
-		return nil
-	}
 	return err
 }

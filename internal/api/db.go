@@ -130,16 +130,7 @@ func (c *Client) DBBackup(ctx context.Context, service string) (*DBBackup, error
 
 // DBDump copies a dump of a service's database to w.
 func (c *Client) DBDump(ctx context.Context, service string, w io.Writer) error {
-	resp, err := c.do(ctx, http.MethodGet, "/v1/db/dump?"+url.Values{"service": {service}}.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return decodeError(resp)
-	}
-	_, err = io.Copy(w, resp.Body)
-	return err
+	return c.copyTo(ctx, "/v1/db/dump?"+url.Values{"service": {service}}.Encode(), w)
 }
 
 // DBRestore sends a dump to restore into a service's database.
