@@ -49,6 +49,9 @@ func main() {
 			childMain(runBackend)
 			return
 		case "router":
+			childMainFront()
+			return
+		case "router-nethttp":
 			childMain(runRouter)
 			return
 		case "router-tls":
@@ -124,6 +127,11 @@ func run() error {
 		return err
 	}
 	targets := []target{{"direct", backend}, {"hostel", hostel}, {"hostel https (TLS 1.3, internal CA)", hostelTLS}}
+	hostelNet, err := procs.startSelf(ctx, "router-nethttp", "-backend", backend)
+	if err != nil {
+		return err
+	}
+	targets = append(targets, target{"hostel (net/http server)", hostelNet})
 	if addr, err := startNginx(ctx, procs, tmp, backend); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/router: nginx skipped:", err)
 	} else if addr != "" {

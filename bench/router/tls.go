@@ -7,7 +7,6 @@ import (
 	"io"
 	"log"
 	"net"
-	"net/http"
 	"os"
 	"time"
 
@@ -22,7 +21,7 @@ import (
 var benchVersionHost = spec.VersionHost("hello", "000000000000", spec.DefaultZone)
 
 // childMainTLS is childMain for the HTTPS router: the router behind the
-// same TLS configuration and HTTPS handler `hostel serve` uses.
+// same front end, TLS configuration and HTTPS handler `hostel serve` uses.
 func childMainTLS() {
 	fs := flag.NewFlagSet("router-tls", flag.ContinueOnError)
 	backend := fs.String("backend", "", "backend address host:port")
@@ -63,10 +62,12 @@ func childMainTLS() {
 		os.Exit(0)
 	}()
 	fmt.Printf("listening https://%s\n", ln.Addr())
-	srv := &http.Server{Handler: m.HTTPSHandler(h.(*router.Router)), TLSConfig: cfg, ReadHeaderTimeout: 10 * time.Second,
+	r := h.(*router.Router)
+	f := r.NewFront(router.FrontOptions{TLSConfig: cfg, TLSHandler: m.HTTPSHandler(r), DirectTLS: m.DirectTLS,
+		ReadHeaderTimeout: 10 * time.Second,
 		// Load generators hang up mid-handshake when a run ends.
-		ErrorLog: log.New(io.Discard, "", 0)}
-	if err := srv.ServeTLS(ln, "", ""); err != nil {
+		ErrorLog: log.New(io.Discard, "", 0)})
+	if err := f.ServeTLS(ln); err != nil {
 		fail(err)
 	}
 }

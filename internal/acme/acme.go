@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -540,6 +541,30 @@ func (m *Manager) HTTPHandler(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// Direct reports whether HTTPHandler passes a request for host and the
+// escaped path straight to the router, answering nothing itself: no ACME
+// challenge path (in any spelling) and no host that may be redirected to
+// HTTPS. The public front end forwards such requests itself.
+func (m *Manager) Direct(host, path string) bool {
+	if strings.IndexByte(path, '%') >= 0 {
+		if p, err := url.PathUnescape(path); err == nil {
+			path = p
+		}
+	}
+	if strings.HasPrefix(path, "/.well-known/acme-challenge") {
+		return false
+	}
+	hp, ok := m.policy.Load().hosts[normalizeHost(host)]
+	return !ok || !hp.tls
+}
+
+// DirectTLS reports whether HTTPSHandler passes a request for host to the
+// router unchanged: the host's service does not ask for HSTS.
+func (m *Manager) DirectTLS(host, _ string) bool {
+	hp, ok := m.policy.Load().hosts[normalizeHost(host)]
+	return !ok || !hp.hsts
 }
 
 // HTTPSHandler wraps the router on the HTTPS listener: it adds HSTS for

@@ -56,6 +56,7 @@ type Daemon struct {
 	httpsLn net.Listener  // nil when --https is ""
 	certs   *acme.Manager // nil when --https is ""
 	servers []*http.Server
+	front   *router.Front // serves httpLn and httpsLn
 	wg      sync.WaitGroup
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
@@ -136,7 +137,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.engine.Resume(ctx, func(f string, a ...any) { d.logf(f, a...) }); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
-	d.serve(d.httpLn, d.publicHTTP())
+	d.serveFront()
 	d.serveHTTPS()
 	d.serve(d.apiLn, api.NewHandler(d))
 	d.logf("serving HTTP on %s, API on %s", d.httpLn.Addr(), sock)

@@ -47,12 +47,11 @@ func (d *Daemon) serveHTTPS() {
 	if d.httpsLn == nil {
 		return
 	}
-	srv := &http.Server{Handler: d.certs.HTTPSHandler(d.router), TLSConfig: d.certs.TLSConfig(), ReadHeaderTimeout: 30 * time.Second}
-	d.servers = append(d.servers, srv)
+	// The front end (serveFront) has the TLS configuration and handler.
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		if err := srv.ServeTLS(d.httpsLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := d.front.ServeTLS(d.httpsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.logf("serve %s: %v", d.httpsLn.Addr(), err)
 		}
 	}()

@@ -34,6 +34,13 @@ func (d *Daemon) stopServing() {
 	ctx, cancel := context.WithTimeout(context.Background(), d.drainBound())
 	defer cancel()
 	var wg sync.WaitGroup
+	if d.front != nil {
+		wg.Go(func() {
+			if d.front.Shutdown(ctx) != nil {
+				d.front.Close()
+			}
+		})
+	}
 	for _, s := range d.servers {
 		wg.Go(func() {
 			if s.Shutdown(ctx) != nil {

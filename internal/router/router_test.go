@@ -53,12 +53,19 @@ func startRouter(t testing.TB, opts Options) (*Router, string) {
 		opts.Logf = t.Logf
 	}
 	r := New(opts)
-	srv := httptest.NewServer(r)
+	// The public listener is served as the daemon serves it: by the
+	// front end, which leaves what it does not forward to net/http.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := r.NewFront(FrontOptions{})
+	go f.Serve(ln)
 	t.Cleanup(func() {
-		srv.Close()
+		f.Close()
 		r.Close()
 	})
-	return r, srv.URL
+	return r, "http://" + ln.Addr().String()
 }
 
 func mustSwap(t testing.TB, r *Router, tab Table) {

@@ -1,0 +1,51 @@
+package daemon
+
+import (
+	"errors"
+	"log"
+	"net/http"
+	"time"
+
+	"hostel/internal/router"
+)
+
+// serveFront serves the public HTTP listener through the router's front
+// end: bodyless HTTP/1.1 requests for the router's hosts are forwarded
+// without net/http's server; everything else (uploads, upgrades, HTTP/1.0,
+// ACME challenges, redirects to HTTPS) goes through publicHTTP on net/http.
+// serveHTTPS serves the HTTPS listener through the same front end.
+func (d *Daemon) serveFront() {
+	opts := router.FrontOptions{
+		Handler:           d.publicHTTP(),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          log.New(logfWriter(d.logf), "public http: ", 0),
+	}
+	if d.certs != nil {
+		opts.Direct = d.certs.Direct
+		// HTTPS (1.2+, HTTP/2 handed to net/http after the handshake).
+		opts.TLSConfig = d.certs.TLSConfig()
+		opts.TLSHandler = d.certs.HTTPSHandler(d.router)
+		opts.DirectTLS = d.certs.DirectTLS
+	}
+	d.front = d.router.NewFront(opts)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.front.Serve(d.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.logf("serve %s: %v", d.httpLn.Addr(), err)
+		}
+	}()
+}
+
+// logfWriter adapts the daemon's log to the io.Writer a log.Logger needs.
+type logfWriter func(format string, args ...any)
+
+func (f logfWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	if n > 0 && p[n-1] == '\n' {
+		p = p[:n-1]
+	}
+	f("%s", p)
+	return n, nil
+}

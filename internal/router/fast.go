@@ -1,0 +1,455 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// This file forwards the requests the front end (front.go) parsed itself:
+// the request goes to a pooled backend connection (forward.go) and the
+// response is written straight to the client connection's buffer, with
+// none of net/http's server machinery in between.
+
+// route returns the backend that serves host on the fast path: a domain of
+// the table whose backend is registered, or an immutable name. Redirects,
+// unknown hosts and domains whose backend is gone are left to ServeHTTP.
+func (r *Router) route(host string) *backend {
+	host = normalizeHost(host)
+	t := r.table.Load()
+	backends := *r.backends.Load()
+	if key, ok := t.Domains[host]; ok {
+		return backends[key]
+	}
+	if _, ok := t.Redirects[host]; ok {
+		return nil
+	}
+	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok {
+		return backends[spec.Key(service, v)]
+	}
+	return nil
+}
+
+// hangup ends a backend request when its client goes away: the front end's
+// watcher calls gone, which closes the backend connection in use.
+type hangup struct {
+	mu      sync.Mutex
+	hungUp  bool
+	backend net.Conn
+}
+
+func (h *hangup) gone() {
+	h.mu.Lock()
+	h.hungUp = true
+	c := h.backend
+	h.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+// use records the backend connection a request is on (nil: none); false
+// means the client is gone.
+func (h *hangup) use(c net.Conn) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.backend = c
+	return !h.hungUp
+}
+
+func (h *hangup) isGone() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.hungUp
+}
+
+func (h *hangup) reset() {
+	h.mu.Lock()
+	h.hungUp, h.backend = false, nil
+	h.mu.Unlock()
+}
+
+// serveFast forwards req to b and writes the response to w. It returns
+// whether the client connection can carry another request; false means it
+// must be closed (after flushing w), as when a response broke off.
+func (b *backend) serveFast(req *Request, w *bufio.Writer, h *hangup) bool {
+	b.inflight.Add(1)
+	defer b.done()
+	return b.up.Load().forwardFast(req, w, h)
+}
+
+// Shared read-only requests for http.ReadResponse, which only looks at the
+// method.
+var (
+	getRequest  = &http.Request{Method: "GET"}
+	headRequest = &http.Request{Method: "HEAD"}
+)
+
+func methodRequest(method string) *http.Request {
+	switch method {
+	case "GET":
+		return getRequest
+	case "HEAD":
+		return headRequest
+	}
+	return &http.Request{Method: method}
+}
+
+func (u *upstream) forwardFast(req *Request, w *bufio.Writer, h *hangup) bool {
+	b := u.b
+	idempotent := replayable(req.Method, req.Header)
+	var pc *pconn
+	for {
+		if b.aborted.Load() {
+			return u.failFast(w, req, errAborted)
+		}
+		var reused bool
+		var err error
+		pc, reused, err = u.get(context.Background(), !idempotent)
+		if err != nil {
+			return u.failFast(w, req, err)
+		}
+		if !h.use(pc.conn) {
+			pc.close()
+			return false
+		}
+		err = pc.roundTripFast(req)
+		if err == nil {
+			break
+		}
+		h.use(nil)
+		pc.close()
+		if h.isGone() {
+			return false
+		}
+		var retry errRetry
+		if reused && errors.As(err, &retry) && (idempotent || retry.err == errNothingWritten) {
+			continue
+		}
+		return u.failFast(w, req, err)
+	}
+	var keep, reuse bool
+	if qh, ok := peekHead(pc.br, req.Method); ok {
+		keep, reuse = u.respondQuick(pc, qh, req, w, h)
+	} else if resp, err := http.ReadResponse(pc.br, methodRequest(req.Method)); err != nil {
+		h.use(nil)
+		pc.close()
+		if h.isGone() {
+			return false
+		}
+		return u.failFast(w, req, fmt.Errorf("reading response: %w", err))
+	} else {
+		keep, reuse = u.respondFast(pc, resp, req, w, h)
+	}
+	h.use(nil)
+	if !reuse || h.isGone() {
+		pc.close()
+		return keep && !h.isGone()
+	}
+	if b.aborted.Load() {
+		pc.close()
+	} else {
+		u.put(pc)
+	}
+	return keep
+}
+
+// respondFast writes resp to w: the status line with net/http's reason
+// phrase, the header without hop-by-hop fields, and the body framed for
+// the client (Content-Length when known, else chunked). keep reports
+// whether the client connection can carry another request, reuse whether
+// pc can.
+func (u *upstream) respondFast(pc *pconn, resp *http.Response, req *Request, w *bufio.Writer, h *hangup) (keep, reuse bool) {
+	for resp.StatusCode < 200 {
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return u.failFast(w, req, errors.New("backend switched protocols without an upgrade request")), false
+		}
+		writeStatus(w, resp.StatusCode)
+		writeFields(w, resp.Header)
+		w.WriteString("\r\n")
+		if w.Flush() != nil {
+			return false, false
+		}
+		var err error
+		if resp, err = http.ReadResponse(pc.br, &http.Request{Method: req.Method}); err != nil {
+			if h.isGone() {
+				return false, false
+			}
+			// The interim response is out: a final one may follow.
+			return u.failFast(w, req, err), false
+		}
+	}
+	if len(resp.Header["Connection"]) > 0 {
+		removeHopByHop(resp.Header) // and the fields it names
+	}
+	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	chunked := !noBody && (resp.ContentLength < 0 || len(resp.Trailer) > 0)
+	pc.check = noBody
+	req.closing()
+	writeStatus(w, resp.StatusCode)
+	writeResponseFields(w, resp.Header, !noBody)
+	if _, ok := resp.Header["Date"]; !ok {
+		w.WriteString("Date: ")
+		w.Write(httpDate())
+		w.WriteString("\r\n")
+	}
+	if len(resp.Trailer) > 0 {
+		keys := make([]string, 0, len(resp.Trailer))
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		w.WriteString("Trailer: ")
+		w.WriteString(strings.Join(keys, ", "))
+		w.WriteString("\r\n")
+	}
+	switch {
+	case chunked:
+		w.WriteString("Transfer-Encoding: chunked\r\n")
+	case !noBody:
+		w.WriteString("Content-Length: ")
+		w.Write(strconv.AppendInt(w.AvailableBuffer(), resp.ContentLength, 10))
+		w.WriteString("\r\n")
+	}
+	if req.Close {
+		w.WriteString("Connection: close\r\n")
+	}
+	w.WriteString("\r\n")
+	if noBody {
+		return !req.Close, !resp.Close
+	}
+	flush := chunked || isEventStream(resp.Header)
+	if flush && w.Flush() != nil {
+		return false, false
+	}
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	buf := *bufp
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if chunked {
+				w.Write(strconv.AppendUint(w.AvailableBuffer(), uint64(n), 16))
+				w.WriteString("\r\n")
+			}
+			w.Write(buf[:n])
+			if chunked {
+				w.WriteString("\r\n")
+			}
+			if flush && w.Flush() != nil {
+				return false, false
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			// The backend broke the body off (or was aborted, or the
+			// client left): the client's response is broken off too.
+			if !h.isGone() && !u.b.aborted.Load() {
+				u.b.logf("router: %s %s%s via %s: reading response body: %v", req.Method, req.Host, req.Target, u.b.key, rerr)
+			}
+			return false, false
+		}
+	}
+	if chunked {
+		w.WriteString("0\r\n")
+		writeFields(w, resp.Trailer)
+		w.WriteString("\r\n")
+	}
+	return !req.Close, !resp.Close
+}
+
+// failFast answers a request that got no response from the backend, as
+// upstream.fail does for net/http's requests.
+func (u *upstream) failFast(w *bufio.Writer, req *Request, err error) bool {
+	b := u.b
+	code, msg := http.StatusBadGateway, fmt.Sprintf("hostel: %s is unavailable\n", b.key)
+	if b.aborted.Load() {
+		b.logf("router: %s %s%s via %s: ended with 504 after the stop grace", req.Method, req.Host, req.Target, b.key)
+		code, msg = http.StatusGatewayTimeout, fmt.Sprintf("hostel: %s stopped before answering\n", b.key)
+	} else {
+		b.logf("router: %s %s%s via %s: %v", req.Method, req.Host, req.Target, b.key, err)
+	}
+	req.closing()
+	writeStatus(w, code)
+	w.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: ")
+	w.Write(httpDate())
+	w.WriteString("\r\nContent-Length: ")
+	w.WriteString(strconv.Itoa(len(msg)))
+	if req.Close {
+		w.WriteString("\r\nConnection: close")
+	}
+	w.WriteString("\r\n\r\n")
+	if req.Method != http.MethodHead {
+		w.WriteString(msg)
+	}
+	return !req.Close
+}
+
+// closing sets Close if the server began to shut down.
+func (req *Request) closing() {
+	if req.shutting != nil && req.shutting.Load() {
+		req.Close = true
+	}
+}
+
+func writeStatus(w *bufio.Writer, code int) {
+	w.WriteString("HTTP/1.1 ")
+	w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(code), 10))
+	if text := http.StatusText(code); text != "" {
+		w.WriteByte(' ')
+		w.WriteString(text)
+	} else {
+		w.WriteString(" status code ")
+		w.WriteString(strconv.Itoa(code))
+	}
+	w.WriteString("\r\n")
+}
+
+// writeResponseFields writes the fields of a response header but the
+// hop-by-hop ones (RFC 9110 §7.6.1) and, with skipLength, Content-Length.
+func writeResponseFields(w *bufio.Writer, h http.Header, skipLength bool) {
+	for k, vv := range h {
+		switch k {
+		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+			continue
+		case "Content-Length":
+			if skipLength {
+				continue
+			}
+		}
+		for _, v := range vv {
+			w.WriteString(k)
+			w.WriteString(": ")
+			writeValue(w, v)
+			w.WriteString("\r\n")
+		}
+	}
+}
+
+func writeFields(w *bufio.Writer, h http.Header) {
+	for k, vv := range h {
+		for _, v := range vv {
+			w.WriteString(k)
+			w.WriteString(": ")
+			writeValue(w, v)
+			w.WriteString("\r\n")
+		}
+	}
+}
+
+// httpDate returns the current time in the Date header's format,
+// formatted at most once a second.
+func httpDate() []byte {
+	now := time.Now()
+	sec := now.Unix()
+	if d := cachedDate.Load(); d != nil && d.sec == sec {
+		return d.text
+	}
+	d := &dateText{sec: sec, text: now.UTC().AppendFormat(nil, http.TimeFormat)}
+	cachedDate.Store(d)
+	return d.text
+}
+
+type dateText struct {
+	sec  int64
+	text []byte
+}
+
+var cachedDate atomic.Pointer[dateText]
+
+// roundTripFast writes req and waits for the first byte of the response,
+// as roundTrip does; the caller reads the response.
+func (pc *pconn) roundTripFast(req *Request) error {
+	if err := pc.writeRequestFast(req); err != nil {
+		return errRetry{errNothingWritten}
+	}
+	if _, err := pc.br.Peek(1); err != nil {
+		return errRetry{fmt.Errorf("reading response: %w", err)}
+	}
+	return nil
+}
+
+// writeRequestFast is writeRequest for a parsed request: the same header
+// rules, the fields in the order they arrived.
+func (pc *pconn) writeRequestFast(req *Request) error {
+	bw := pc.bw
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(req.Target)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(req.Host)
+	bw.WriteString("\r\n")
+	var conn []string
+	for _, f := range req.Header {
+		if f.Name == "Connection" {
+			conn = append(conn, f.Value)
+		}
+	}
+	trailers := false
+	for _, f := range req.Header {
+		switch f.Name {
+		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+			"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade",
+			"Content-Length", "Host",
+			"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+			continue
+		case "Te":
+			trailers = trailers || containsToken(f.Value, "trailers")
+			continue
+		}
+		if len(conn) > 0 && listedIn(conn, f.Name) {
+			continue
+		}
+		bw.WriteString(f.Name)
+		bw.WriteString(": ")
+		bw.WriteString(f.Value)
+		bw.WriteString("\r\n")
+	}
+	if trailers {
+		bw.WriteString("Te: trailers\r\n")
+	}
+	if ip, _, err := net.SplitHostPort(req.RemoteAddr); err == nil {
+		bw.WriteString("X-Forwarded-For: ")
+		bw.WriteString(ip)
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("X-Forwarded-Host: ")
+	bw.WriteString(req.Host)
+	if req.TLS {
+		bw.WriteString("\r\nX-Forwarded-Proto: https\r\n")
+	} else {
+		bw.WriteString("\r\nX-Forwarded-Proto: http\r\n")
+	}
+	if req.zeroLength || req.Method == "POST" || req.Method == "PUT" || req.Method == "PATCH" {
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	bw.WriteString("\r\n")
+	return bw.Flush()
+}
+
+// replayable is isReplayable for a parsed request.
+func replayable(method string, fields []Field) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	for _, f := range fields {
+		if f.Name == "Idempotency-Key" || f.Name == "X-Idempotency-Key" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,653 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"log"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// This file is the public listener's HTTP/1.1 front end. net/http's server
+// costs a proxy more than half of its throughput on small machines: a
+// header map and a cloned one per request, a response writer, a
+// background read per request to notice clients that hang up, a read
+// deadline per request. The front end reads the common request itself —
+// HTTP/1.1, no body, no upgrade, for a host the router forwards — and
+// writes the backend's response straight into the client connection's
+// buffer (fast.go).
+//
+// Everything else goes to an ordinary http.Server: the connection is handed
+// over with the bytes already read in front of it, and stays with net/http
+// from then on. A connection thus starts on the fast path and may move to
+// net/http once, never back. Malformed and oversized requests are left to
+// net/http too, which answers them as it always does.
+
+// FrontOptions configure a Front.
+type FrontOptions struct {
+	// Handler serves what the fast path does not take; nil means the
+	// router itself. It must pass requests for which Direct reports true
+	// to the router unchanged.
+	Handler http.Handler
+	// Direct reports whether a request for host (as sent) and path (the
+	// escaped path of the target) goes through Handler straight to the
+	// router: no ACME challenge, no redirect to HTTPS. nil means always.
+	Direct func(host, path string) bool
+	// ReadHeaderTimeout bounds the reading of a request's header, from
+	// the connection's accept or the request's first byte; 0 means 30s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle for so long; 0 means
+	// 2 minutes.
+	IdleTimeout time.Duration
+	// ErrorLog is net/http's error log for the requests it serves.
+	ErrorLog *log.Logger
+
+	// TLSConfig, TLSHandler and DirectTLS are those of ServeTLS: the
+	// listener's TLS configuration (with "h2" in NextProtos for HTTP/2),
+	// the handler chain for what the fast path does not take (nil: the
+	// router) and which requests go straight to the router (nil: all).
+	TLSConfig  *tls.Config
+	TLSHandler http.Handler
+	DirectTLS  func(host, path string) bool
+}
+
+// Front serves the router on public HTTP listeners.
+type Front struct {
+	r         *Router
+	direct    func(host, path string) bool
+	directTLS func(host, path string) bool
+	tlsConfig *tls.Config
+	header    time.Duration
+	idle      time.Duration
+
+	// plain and secure serve the connections handed over from Serve and
+	// ServeTLS.
+	plain, secure *fallback
+
+	shutting atomic.Bool
+	// clock is the time (UnixNano) as of the sweeper's last tick: the
+	// phases of connections are timed by it, which is precise enough for
+	// their timeouts and cheaper than reading the clock per request.
+	clock    atomic.Int64
+	handoffs atomic.Int64 // connections handed to net/http, for tests
+	mu       sync.Mutex
+	conns    map[*frontConn]struct{}
+	lns      map[net.Listener]struct{}
+	started  bool
+	stop     chan struct{} // ends the sweeper
+	stopOnce sync.Once
+}
+
+// NewFront returns a front end for r. Serve it on listeners; Shutdown or
+// Close it at the end.
+func (r *Router) NewFront(opts FrontOptions) *Front {
+	f := &Front{
+		r:         r,
+		direct:    opts.Direct,
+		directTLS: opts.DirectTLS,
+		tlsConfig: opts.TLSConfig,
+		header:    opts.ReadHeaderTimeout,
+		idle:      opts.IdleTimeout,
+		conns:     map[*frontConn]struct{}{},
+		lns:       map[net.Listener]struct{}{},
+		stop:      make(chan struct{}),
+	}
+	if f.header <= 0 {
+		f.header = 30 * time.Second
+	}
+	if f.idle <= 0 {
+		f.idle = 2 * time.Minute
+	}
+	h := opts.Handler
+	if h == nil {
+		h = r
+	}
+	f.plain = f.newFallback(h, opts.ErrorLog)
+	th := opts.TLSHandler
+	if th == nil {
+		th = r
+	}
+	f.secure = f.newFallback(withTLSState(th), opts.ErrorLog)
+	f.secure.srv.TLSConfig = opts.TLSConfig
+	f.secure.srv.ConnContext = tlsStateContext
+	return f
+}
+
+// fallback is the net/http server of the connections a listener hands
+// over.
+type fallback struct {
+	srv     *http.Server
+	l       *handoffListener
+	started bool // guarded by Front.mu
+}
+
+func (f *Front) newFallback(h http.Handler, errorLog *log.Logger) *fallback {
+	return &fallback{
+		srv: &http.Server{Handler: h, ReadHeaderTimeout: f.header, IdleTimeout: f.idle, ErrorLog: errorLog},
+		l:   &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
+	}
+}
+
+// Serve accepts connections on ln until ln fails or the Front is shut
+// down, which returns http.ErrServerClosed.
+func (f *Front) Serve(ln net.Listener) error { return f.serve(ln, false) }
+
+// ServeTLS is Serve for TLS connections, with FrontOptions.TLSConfig. A
+// connection that negotiates HTTP/2 (or another protocol than HTTP/1.1)
+// is handed to net/http once its handshake is done; requests net/http
+// serves for a connection handed over after a fast request see the TLS
+// state in Request.TLS as usual.
+func (f *Front) ServeTLS(ln net.Listener) error {
+	if f.tlsConfig == nil {
+		return errors.New("router: front end: ServeTLS without a TLSConfig")
+	}
+	return f.serve(ln, true)
+}
+
+func (f *Front) serve(ln net.Listener, secure bool) error {
+	fb := f.plain
+	if secure {
+		fb = f.secure
+	}
+	f.mu.Lock()
+	if f.shutting.Load() {
+		f.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	f.lns[ln] = struct{}{}
+	if !fb.started {
+		fb.started = true
+		fb.l.addr = ln.Addr()
+		go fb.srv.Serve(fb.l)
+	}
+	if !f.started {
+		f.started = true
+		f.clock.Store(time.Now().UnixNano())
+		go f.sweep()
+	}
+	f.mu.Unlock()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if f.shutting.Load() {
+				return http.ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		fc := &frontConn{f: f, c: c, remote: c.RemoteAddr().String(), fb: fb, direct: f.direct}
+		if secure {
+			fc.tls = tls.Server(c, f.tlsConfig)
+			fc.c, fc.direct = fc.tls, f.directTLS
+		}
+		fc.cr.c, fc.cr.h = fc.c, &fc.hangup
+		fc.since.Store(f.clock.Load())
+		fc.phase.Store(phaseNew)
+		f.mu.Lock()
+		if f.shutting.Load() {
+			f.mu.Unlock()
+			c.Close()
+			return http.ErrServerClosed
+		}
+		f.conns[fc] = struct{}{}
+		f.mu.Unlock()
+		go fc.serve()
+	}
+}
+
+// Shutdown stops accepting, lets the requests in flight finish, closes idle
+// connections and returns once every connection is closed, or with ctx's
+// error (call Close then). Connections handed to net/http are shut down by
+// http.Server.Shutdown.
+func (f *Front) Shutdown(ctx context.Context) error {
+	f.closeListeners()
+	// net/http closes its idle connections now and the others after
+	// their response; connections still handed over meanwhile serve one
+	// request. Its own Shutdown, which stops taking them, must wait until
+	// no connection can be handed over any more.
+	f.plain.srv.SetKeepAlivesEnabled(false)
+	f.secure.srv.SetKeepAlivesEnabled(false)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if f.expire(true) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	f.stopOnce.Do(func() { close(f.stop) })
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, fb := range []*fallback{f.plain, f.secure} {
+		wg.Go(func() { errs[i] = fb.srv.Shutdown(ctx) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Close closes the listeners and every connection at once.
+func (f *Front) Close() error {
+	f.closeListeners()
+	f.mu.Lock()
+	for fc := range f.conns {
+		fc.phase.Store(phaseClosed)
+		fc.c.Close()
+	}
+	f.mu.Unlock()
+	f.stopOnce.Do(func() { close(f.stop) })
+	return errors.Join(f.plain.srv.Close(), f.secure.srv.Close())
+}
+
+func (f *Front) closeListeners() {
+	f.mu.Lock()
+	f.shutting.Store(true)
+	for ln := range f.lns {
+		ln.Close()
+		delete(f.lns, ln)
+	}
+	for _, fb := range []*fallback{f.plain, f.secure} {
+		if !fb.started {
+			// Serve never ran: its Shutdown would wait for nothing.
+			fb.l.Close()
+		}
+	}
+	f.mu.Unlock()
+}
+
+// sweep enforces the header and idle timeouts: cheaper than a read
+// deadline per request.
+func (f *Front) sweep() {
+	tick := min(f.header, f.idle) / 4
+	tick = min(max(tick, 5*time.Millisecond), watchDelay)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case now := <-t.C:
+			f.clock.Store(now.UnixNano())
+			f.expire(f.shutting.Load())
+		}
+	}
+}
+
+// expire closes the connections past their timeout, and with shutting the
+// idle ones, and starts watching the clients of requests that run longer
+// than watchDelay; it returns how many connections remain.
+func (f *Front) expire(shutting bool) int {
+	now := f.clock.Load()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for fc := range f.conns {
+		ph := fc.phase.Load()
+		age := time.Duration(now - fc.since.Load())
+		var expired bool
+		switch ph {
+		case phaseNew:
+			// A connection whose request may be on its way is given a
+			// moment at shutdown, as net/http does.
+			expired = age > f.header || shutting && age > 5*time.Second
+		case phaseHeader:
+			expired = age > f.header
+		case phaseIdle:
+			expired = age > f.idle || shutting
+		case phaseActive:
+			if age > watchDelay && fc.cr.armed.CompareAndSwap(true, false) {
+				go fc.cr.backgroundRead()
+			}
+		}
+		if expired && fc.phase.CompareAndSwap(ph, phaseClosed) {
+			fc.c.Close()
+		}
+	}
+	return len(f.conns)
+}
+
+const (
+	phaseNew    int32 = iota // accepted, no byte read yet
+	phaseIdle                // between requests
+	phaseHeader              // reading a request's header
+	phaseActive              // serving a request
+	phaseClosed              // closed by the sweeper or shutdown
+)
+
+// watchDelay is about how long a request runs before its client
+// connection is watched for a hang-up (the sweeper starts the watch): quick
+// requests pay nothing for it.
+const watchDelay = 50 * time.Millisecond
+
+var (
+	frontReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	frontWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+type frontConn struct {
+	f      *Front
+	c      net.Conn  // the client connection (fc.tls for TLS)
+	tls    *tls.Conn // nil for plain HTTP
+	fb     *fallback
+	direct func(host, path string) bool
+	remote string
+	state  *tls.ConnectionState
+	cr     connReader
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	phase  atomic.Int32
+	since  atomic.Int64 // UnixNano of the phase's start
+	hangup hangup
+	req    Request
+}
+
+func (fc *frontConn) serve() {
+	f := fc.f
+	fc.br = frontReaders.Get().(*bufio.Reader)
+	fc.br.Reset(&fc.cr)
+	fc.bw = frontWriters.Get().(*bufio.Writer)
+	fc.bw.Reset(fc.c)
+	fc.req.shutting = &f.shutting
+	handedOff := false
+	defer func() {
+		if e := recover(); e != nil {
+			// As net/http does for a handler: one connection is lost,
+			// not the daemon.
+			f.r.logf("router: front end: panic serving %s: %v\n%s", fc.remote, e, debug.Stack())
+		}
+		if !handedOff {
+			fc.phase.Store(phaseClosed)
+			fc.c.Close()
+			fc.release()
+			f.untrack(fc)
+		}
+	}()
+	if fc.tls != nil {
+		// Bounded by the header timeout, as the connection is new.
+		if fc.tls.Handshake() != nil {
+			return
+		}
+		st := fc.tls.ConnectionState()
+		if p := st.NegotiatedProtocol; p != "" && p != "http/1.1" {
+			// HTTP/2 and the rest are net/http's, on the *tls.Conn
+			// itself. Active: the sweeper leaves it alone.
+			if !fc.phase.CompareAndSwap(phaseNew, phaseActive) {
+				return
+			}
+			fc.release()
+			fc.f.handoffs.Add(1)
+			handedOff = fc.fb.l.push(fc.tls)
+			fc.f.untrack(fc)
+			return
+		}
+		fc.state = &st
+	}
+	for {
+		ph := fc.phase.Load()
+		if fc.br.Buffered() == 0 {
+			if _, err := fc.br.Peek(1); err != nil {
+				return
+			}
+		}
+		if ph == phaseIdle {
+			fc.since.Store(f.clock.Load())
+		}
+		if !fc.phase.CompareAndSwap(ph, phaseHeader) {
+			return
+		}
+		var head []byte
+		for {
+			buf, _ := fc.br.Peek(fc.br.Buffered())
+			if n := headerEnd(buf); n >= 0 {
+				head = buf[:n]
+				break
+			}
+			if len(buf) >= fc.br.Size() {
+				break // a large header: net/http reads it
+			}
+			if _, err := fc.br.Peek(len(buf) + 1); err != nil {
+				if len(buf) == 0 || fc.phase.Load() == phaseClosed {
+					return
+				}
+				break // net/http answers what it can of a broken request
+			}
+		}
+		var b *backend
+		if head != nil && parseRequest(string(head), &fc.req) {
+			b = f.r.route(fc.req.Host)
+			if b != nil && fc.direct != nil {
+				path, _, _ := strings.Cut(fc.req.Target, "?")
+				if !fc.direct(fc.req.Host, path) {
+					b = nil
+				}
+			}
+		}
+		if !fc.phase.CompareAndSwap(phaseHeader, phaseActive) {
+			return // closed by the sweeper or Close
+		}
+		if b == nil {
+			handedOff = fc.handOff()
+			return
+		}
+		fc.br.Discard(len(head))
+		fc.req.RemoteAddr, fc.req.TLS = fc.remote, fc.tls != nil
+		fc.startWatch()
+		keep := b.serveFast(&fc.req, fc.bw, &fc.hangup)
+		fc.stopWatch()
+		if fc.bw.Flush() != nil || !keep || f.shutting.Load() {
+			return
+		}
+		fc.since.Store(f.clock.Load())
+		fc.phase.Store(phaseIdle)
+	}
+}
+
+// handOff passes the connection to net/http with what was read of it in
+// front. It reports false if the Front was closed meanwhile.
+func (fc *frontConn) handOff() bool {
+	pending, _ := fc.br.Peek(fc.br.Buffered())
+	hc := &handoffConn{Conn: fc.c, pending: append([]byte(nil), pending...), r: &fc.cr, tls: fc.state}
+	fc.release()
+	fc.f.handoffs.Add(1)
+	ok := fc.fb.l.push(hc)
+	fc.f.untrack(fc)
+	return ok
+}
+
+func (fc *frontConn) release() {
+	if fc.br != nil {
+		fc.br.Reset(nil)
+		frontReaders.Put(fc.br)
+		fc.br = nil
+	}
+	if fc.bw != nil {
+		fc.bw.Reset(nil)
+		frontWriters.Put(fc.bw)
+		fc.bw = nil
+	}
+	fc.cr.armed.Store(false)
+}
+
+func (f *Front) untrack(fc *frontConn) {
+	f.mu.Lock()
+	delete(f.conns, fc)
+	f.mu.Unlock()
+}
+
+// startWatch arms the hang-up watch of a request that is about to be
+// forwarded.
+func (fc *frontConn) startWatch() {
+	fc.hangup.reset()
+	fc.cr.mu.Lock()
+	fc.cr.stopped = false
+	fc.cr.mu.Unlock()
+	fc.since.Store(fc.f.clock.Load())
+	fc.cr.armed.Store(true)
+}
+
+// stopWatch ends the hang-up watch once the response is written.
+func (fc *frontConn) stopWatch() {
+	cr := &fc.cr
+	cr.armed.Store(false)
+	cr.mu.Lock()
+	cr.stopped = true
+	watching, done := cr.watching, cr.done
+	cr.mu.Unlock()
+	if watching {
+		fc.c.SetReadDeadline(aLongTimeAgo)
+		<-done
+		fc.c.SetReadDeadline(time.Time{})
+	}
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// connReader is what a client connection's bufio.Reader reads from. While
+// a slow request is forwarded, a background read watches the connection:
+// an EOF or error means the client is gone, which ends the backend request
+// (net/http does this for every request; here only requests running longer
+// than watchDelay pay for it). A byte it reads (a pipelined request) is
+// kept for the next Read.
+type connReader struct {
+	c net.Conn
+	h *hangup
+	// armed: a request is being forwarded and not watched yet.
+	armed atomic.Bool
+
+	mu       sync.Mutex
+	stopped  bool // the request is over: no new background read
+	watching bool
+	done     chan struct{} // closed when the background read returns
+	hasByte  bool
+	b        [1]byte
+}
+
+func (cr *connReader) Read(p []byte) (int, error) {
+	if cr.hasByte {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		p[0] = cr.b[0]
+		cr.hasByte = false
+		return 1, nil
+	}
+	return cr.c.Read(p)
+}
+
+func (cr *connReader) backgroundRead() {
+	cr.mu.Lock()
+	if cr.stopped || cr.watching || cr.hasByte {
+		cr.mu.Unlock()
+		return
+	}
+	cr.watching = true
+	done := make(chan struct{})
+	cr.done = done
+	cr.mu.Unlock()
+	n, err := cr.c.Read(cr.b[:])
+	cr.mu.Lock()
+	if n > 0 {
+		cr.hasByte = true
+	}
+	gone := n == 0 && err != nil && !cr.stopped
+	cr.watching = false
+	cr.mu.Unlock()
+	close(done)
+	if gone {
+		cr.h.gone()
+	}
+}
+
+// handoffConn is a client connection handed to net/http: its reads return
+// the bytes the front end had read first.
+type handoffConn struct {
+	net.Conn
+	pending []byte
+	r       *connReader
+	tls     *tls.ConnectionState // of a TLS connection, which net/http sees wrapped
+}
+
+type tlsStateKey struct{}
+
+// tlsStateContext is the ConnContext of the TLS fallback server: it keeps
+// the TLS state of a connection handed over wrapped, for withTLSState.
+func tlsStateContext(ctx context.Context, c net.Conn) context.Context {
+	if hc, ok := c.(*handoffConn); ok && hc.tls != nil {
+		return context.WithValue(ctx, tlsStateKey{}, hc.tls)
+	}
+	return ctx
+}
+
+// withTLSState sets Request.TLS on the requests of TLS connections that
+// net/http sees wrapped (it sets it itself for a *tls.Conn): handlers tell
+// HTTPS from HTTP by it.
+func withTLSState(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil {
+			if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok {
+				r.TLS = st
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (c *handoffConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.r.Read(p)
+}
+
+// handoffListener is the listener of the http.Server that serves handed
+// over connections.
+type handoffListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+}
+
+func (l *handoffListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		c.Close()
+		return false
+	}
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }

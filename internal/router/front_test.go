@@ -1,0 +1,574 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// frontTo starts a router whose domain host goes to a backend at addr,
+// served by a Front with opts, and returns the Front and its address.
+func frontTo(t testing.TB, addr string, opts FrontOptions) (*Router, *Front, string) {
+	t.Helper()
+	r := New(Options{Zone: zone, Logf: t.Logf})
+	r.AddBackend(apiV1, addr)
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := r.NewFront(opts)
+	served := make(chan error, 1)
+	go func() { served <- f.Serve(ln) }()
+	t.Cleanup(func() {
+		f.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve = %v, want ErrServerClosed", err)
+		}
+		r.Close()
+	})
+	return r, f, ln.Addr().String()
+}
+
+// echoBackend answers with the method, target, Host and body it got.
+func echoBackend(t testing.TB) string {
+	t.Helper()
+	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s host=%s body=%q proto=%s", r.Method, r.URL.RequestURI(), r.Host, b, r.Header.Get("X-Forwarded-Proto"))
+	}), nil)
+	return addr
+}
+
+func dialFront(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	return rawConn(t, "http://"+addr)
+}
+
+func readResp(t testing.TB, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
+	}
+	return resp, string(b)
+}
+
+func TestFrontKeepAliveAndPipelining(t *testing.T) {
+	addr, conns := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "path=%s", r.URL.RequestURI())
+	}), nil)
+	_, f, pub := frontTo(t, addr, FrontOptions{})
+	c, br := dialFront(t, pub)
+	t.Run("sequence", func(t *testing.T) {
+		for i := range 3 {
+			fmt.Fprintf(c, "GET /seq/%d?x=%d HTTP/1.1\r\nHost: %s\r\n\r\n", i, i, host)
+			resp, body := readResp(t, br, "GET")
+			if want := fmt.Sprintf("path=/seq/%d?x=%d", i, i); resp.StatusCode != 200 || body != want {
+				t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
+			}
+			if resp.Header.Get("Date") == "" || resp.Header.Get("Content-Length") != fmt.Sprint(len(body)) {
+				t.Errorf("header = %v, want Date and Content-Length", resp.Header)
+			}
+		}
+	})
+	t.Run("pipelined", func(t *testing.T) {
+		var all strings.Builder
+		for i := range 5 {
+			fmt.Fprintf(&all, "GET /pipe/%d HTTP/1.1\r\nHost: %s\r\n\r\n", i, host)
+		}
+		io.WriteString(c, all.String())
+		for i := range 5 {
+			_, body := readResp(t, br, "GET")
+			if want := fmt.Sprintf("path=/pipe/%d", i); body != want {
+				t.Fatalf("response %d = %q, want %q", i, body, want)
+			}
+		}
+	})
+	if n := f.handoffs.Load(); n != 0 {
+		t.Errorf("%d connections handed to net/http, want 0", n)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("backend saw %d connections, want 1", n)
+	}
+}
+
+// TestFrontFallback: what the fast path does not take is answered by
+// net/http, on the same connection, which stays with net/http.
+func TestFrontFallback(t *testing.T) {
+	_, f, pub := frontTo(t, echoBackend(t), FrontOptions{})
+	tests := []struct {
+		name, req  string
+		wantStatus int
+		wantBody   string // prefix
+	}{
+		{"http/1.0", "GET /old HTTP/1.0\r\nHost: " + host + "\r\n\r\n", 200, "GET /old host=" + host},
+		{"missing host", "GET / HTTP/1.1\r\n\r\n", 400, ""},
+		{"two hosts", "GET / HTTP/1.1\r\nHost: " + host + "\r\nHost: x\r\n\r\n", 400, ""},
+		{"bad request line", "GET  / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 400, ""},
+		{"bad header name", "GET / HTTP/1.1\r\nHost: " + host + "\r\nBad Name: x\r\n\r\n", 400, ""},
+		{"bad escape", "GET /%zz HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 400, ""},
+		{"space before colon", "GET / HTTP/1.1\r\nHost: " + host + "\r\nX-A : b\r\n\r\n", 400, ""},
+		{"control byte", "GET / HTTP/1.1\r\nHost: " + host + "\r\nX-A: a\x01b\r\n\r\n", 400, ""},
+		{"bad version", "GET / HTTP/9.9\r\nHost: " + host + "\r\n\r\n", 505, ""},
+		{"oversized header", "GET / HTTP/1.1\r\nHost: " + host + "\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n", 431, ""},
+		{"redirect host", "GET /p?q=1 HTTP/1.1\r\nHost: old.example.org\r\n\r\n", 301, ""},
+		{"unknown host", "GET / HTTP/1.1\r\nHost: nobody.example.org\r\n\r\n", 404, "hostel: no service"},
+		{"query re-encoded", "GET /q?a=1;b=2&c=3 HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 200, "GET /q?c=3 host="},
+		{"absolute target", "GET http://" + host + "/abs HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 200, "GET /abs host="},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := f.handoffs.Load()
+			c, br := dialFront(t, pub)
+			go io.WriteString(c, tt.req)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("reading response: %v", err)
+			}
+			// The body may be cut short by a server that closes
+			// while the client still writes (the oversized header).
+			b, _ := io.ReadAll(resp.Body)
+			if body := string(b); resp.StatusCode != tt.wantStatus || !strings.HasPrefix(body, tt.wantBody) {
+				t.Errorf("got %d %q, want %d %q…", resp.StatusCode, b, tt.wantStatus, tt.wantBody)
+			}
+			if n := f.handoffs.Load() - before; n != 1 {
+				t.Errorf("%d handoffs, want 1", n)
+			}
+		})
+	}
+}
+
+func TestFrontPostAfterGets(t *testing.T) {
+	_, f, pub := frontTo(t, echoBackend(t), FrontOptions{})
+	c, br := dialFront(t, pub)
+	steps := []struct{ req, want string }{
+		{"GET /a HTTP/1.1\r\nHost: " + host + "\r\n\r\n", `GET /a host=api.example.org body="" proto=http`},
+		{"DELETE /b HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 0\r\n\r\n", `DELETE /b host=api.example.org body="" proto=http`},
+		{"POST /c HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 5\r\n\r\nhello", `POST /c host=api.example.org body="hello" proto=http`},
+		{"POST /d HTTP/1.1\r\nHost: " + host + "\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", `POST /d host=api.example.org body="abcde" proto=http`},
+		{"GET /e HTTP/1.1\r\nHost: " + host + "\r\n\r\n", `GET /e host=api.example.org body="" proto=http`},
+	}
+	for i, s := range steps {
+		io.WriteString(c, s.req)
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || body != s.want {
+			t.Fatalf("step %d: %d %q, want 200 %q", i, resp.StatusCode, body, s.want)
+		}
+		wantHandoffs := int64(0)
+		if i >= 2 {
+			wantHandoffs = 1
+		}
+		if n := f.handoffs.Load(); n != wantHandoffs {
+			t.Errorf("step %d: %d handoffs, want %d", i, n, wantHandoffs)
+		}
+	}
+}
+
+// TestFrontUpgradeAfterGet: a websocket on a connection that served a
+// fast request first.
+func TestFrontUpgradeAfterGet(t *testing.T) {
+	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			io.WriteString(w, "plain")
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		line, _ := brw.ReadString('\n')
+		brw.WriteString("echo " + line)
+		brw.Flush()
+	}), nil)
+	_, _, pub := frontTo(t, addr, FrontOptions{})
+	c, br := dialFront(t, pub)
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	if _, body := readResp(t, br, "GET"); body != "plain" {
+		t.Fatalf("first response %q", body)
+	}
+	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", host)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	io.WriteString(c, "hi\n")
+	if line, err := br.ReadString('\n'); line != "echo hi\n" {
+		t.Fatalf("got %q, %v", line, err)
+	}
+}
+
+// TestFrontBodylessResponses: HEAD, 204 and 304 carry no body, and the
+// connection goes on.
+func TestFrontBodylessResponses(t *testing.T) {
+	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/204":
+			w.WriteHeader(204)
+		case "/304":
+			w.Header().Set("Etag", `"x"`)
+			w.WriteHeader(304)
+		default:
+			w.Header().Set("Content-Length", "11")
+			io.WriteString(w, "hello world")
+		}
+	}), nil)
+	_, f, pub := frontTo(t, addr, FrontOptions{})
+	c, br := dialFront(t, pub)
+	tests := []struct {
+		method, path string
+		status       int
+		length       string
+	}{
+		{"HEAD", "/", 200, "11"},
+		{"GET", "/204", 204, ""},
+		{"GET", "/304", 304, ""},
+		{"GET", "/", 200, "11"},
+		{"HEAD", "/", 200, "11"},
+	}
+	for _, tt := range tests {
+		fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: %s\r\n\r\n", tt.method, tt.path, host)
+		resp, body := readResp(t, br, tt.method)
+		if resp.StatusCode != tt.status || resp.Header.Get("Content-Length") != tt.length {
+			t.Errorf("%s %s: %d Content-Length %q, want %d %q", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Content-Length"), tt.status, tt.length)
+		}
+		if want := map[bool]string{true: "hello world"}[tt.method == "GET" && tt.status == 200]; body != want {
+			t.Errorf("%s %s: body %q, want %q", tt.method, tt.path, body, want)
+		}
+	}
+	if n := f.handoffs.Load(); n != 0 {
+		t.Errorf("%d handoffs, want 0", n)
+	}
+}
+
+// TestFrontStreaming: server-sent events reach the client as they are
+// sent, and a client that hangs up mid-stream ends the backend request.
+func TestFrontStreaming(t *testing.T) {
+	next := make(chan struct{})
+	ended := make(chan struct{})
+	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; ; i++ {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-next:
+			case <-r.Context().Done():
+				close(ended)
+				return
+			}
+		}
+	}), nil)
+	r, _, pub := frontTo(t, addr, FrontOptions{})
+	c, br := dialFront(t, pub)
+	fmt.Fprintf(c, "GET /events HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if te := resp.TransferEncoding; len(te) != 1 || te[0] != "chunked" {
+		t.Errorf("Transfer-Encoding = %v, want chunked", te)
+	}
+	rd := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		line, err := rd.ReadString('\n')
+		if want := fmt.Sprintf("data: %d\n", i); line != want {
+			t.Fatalf("event %d: %q, %v; want %q", i, line, err, want)
+		}
+		rd.ReadString('\n')
+		next <- struct{}{}
+	}
+	c.Close()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend request did not end after the client hung up")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.WaitIdle(ctx, apiV1); err != nil {
+		t.Errorf("WaitIdle: %v", err)
+	}
+}
+
+// TestFrontDirect: a request Direct does not pass goes to the Handler.
+func TestFrontDirect(t *testing.T) {
+	opts := FrontOptions{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "wrapper") }),
+		Direct:  func(h, path string) bool { return !strings.HasPrefix(path, "/.well-known/") },
+	}
+	_, _, pub := frontTo(t, echoBackend(t), opts)
+	for path, want := range map[string]string{"/x": "GET /x host=", "/.well-known/acme-challenge/t": "wrapper"} {
+		c, br := dialFront(t, pub)
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host)
+		if _, body := readResp(t, br, "GET"); !strings.HasPrefix(body, want) {
+			t.Errorf("%s: %q, want %q…", path, body, want)
+		}
+	}
+}
+
+// TestFrontTimeouts: a client that sends its header too slowly, or keeps a
+// connection idle too long, is disconnected.
+func TestFrontTimeouts(t *testing.T) {
+	_, _, pub := frontTo(t, echoBackend(t), FrontOptions{ReadHeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
+	closedWithin := func(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) {
+		t.Helper()
+		start := time.Now()
+		c.SetReadDeadline(start.Add(5 * time.Second))
+		if _, err := br.ReadByte(); err == nil {
+			t.Fatal("read a byte, want the connection closed")
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("the connection was not closed")
+		}
+		if el := time.Since(start); el > d {
+			t.Errorf("closed after %v, want within %v", el, d)
+		}
+	}
+	t.Run("slow header", func(t *testing.T) {
+		c, br := dialFront(t, pub)
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n", host)
+		closedWithin(t, c, br, 2*time.Second)
+	})
+	t.Run("silent connection", func(t *testing.T) {
+		c, br := dialFront(t, pub)
+		closedWithin(t, c, br, 2*time.Second)
+	})
+	t.Run("idle", func(t *testing.T) {
+		c, br := dialFront(t, pub)
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+		readResp(t, br, "GET")
+		start := time.Now()
+		closedWithin(t, c, br, 2*time.Second)
+		if el := time.Since(start); el < 250*time.Millisecond {
+			t.Errorf("idle connection closed after %v, before the idle timeout", el)
+		}
+	})
+}
+
+// TestFrontShutdown: Shutdown waits for a request in flight, closes idle
+// connections and refuses new ones.
+func TestFrontShutdown(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			entered <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "done "+r.URL.Path)
+	}), nil)
+	_, f, pub := frontTo(t, addr, FrontOptions{})
+	idle, idleBR := dialFront(t, pub)
+	fmt.Fprintf(idle, "GET /first HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	readResp(t, idleBR, "GET")
+	// A connection handed to net/http, idle too.
+	fallback, fallbackBR := dialFront(t, pub)
+	fmt.Fprintf(fallback, "POST /p HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\n\r\nx", host)
+	readResp(t, fallbackBR, "POST")
+
+	busy, busyBR := dialFront(t, pub)
+	fmt.Fprintf(busy, "GET /slow HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	<-entered
+	shut := make(chan error, 1)
+	go func() { shut <- f.Shutdown(context.Background()) }()
+	for _, c := range []struct {
+		name string
+		br   *bufio.Reader
+	}{{"fast", idleBR}, {"net/http", fallbackBR}} {
+		if _, err := c.br.ReadByte(); err == nil {
+			t.Errorf("idle %s connection: read a byte, want it closed", c.name)
+		}
+	}
+	if _, err := net.DialTimeout("tcp", pub, time.Second); err == nil {
+		t.Error("a new connection was accepted during shutdown")
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a request in flight", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	resp, body := readResp(t, busyBR, "GET")
+	if resp.StatusCode != 200 || body != "done /slow" || !resp.Close {
+		t.Errorf("in-flight request: %d %q close=%v, want 200 \"done /slow\" and Connection: close", resp.StatusCode, body, resp.Close)
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Errorf("Shutdown = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the request finished")
+	}
+}
+
+// TestFrontConcurrent mixes fast and net/http requests on many
+// connections (meant for -race).
+func TestFrontConcurrent(t *testing.T) {
+	_, f, pub := frontTo(t, echoBackend(t), FrontOptions{})
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 40 {
+				method, body := "GET", ""
+				switch (g + i) % 7 {
+				case 3:
+					method = "HEAD"
+				case 5:
+					method, body = "POST", fmt.Sprint(i)
+				}
+				req, _ := http.NewRequest(method, "http://"+pub+fmt.Sprintf("/%d/%d", g, i), strings.NewReader(body))
+				if body == "" {
+					req.Body = nil
+				}
+				req.Host = host
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Errorf("%s: %v", method, err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				want := fmt.Sprintf("%s /%d/%d host=%s body=%q", method, g, i, host, body)
+				if method == "HEAD" {
+					want = ""
+				}
+				if resp.StatusCode != 200 || !strings.HasPrefix(string(b), want) {
+					t.Errorf("%s /%d/%d: %d %q", method, g, i, resp.StatusCode, b)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d of the connections handed to net/http", f.handoffs.Load())
+}
+
+// selfSigned returns a TLS configuration with a certificate for
+// 127.0.0.1 and the pool that trusts it.
+func selfSigned(t testing.TB) (*tls.Config, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "front test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		NextProtos: []string{"h2", "http/1.1"}}, pool
+}
+
+// TestFrontTLS: over TLS, HTTP/1.1 requests take the fast path and say
+// X-Forwarded-Proto https; those handed to net/http after a fast one still
+// see TLS; HTTP/2 connections are net/http's.
+func TestFrontTLS(t *testing.T) {
+	cfg, pool := selfSigned(t)
+	r := New(Options{Zone: zone, Logf: t.Logf})
+	r.AddBackend(apiV1, echoBackend(t))
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := r.NewFront(FrontOptions{TLSConfig: cfg})
+	go f.ServeTLS(ln)
+	t.Cleanup(func() { f.Close(); r.Close() })
+
+	t.Run("http/1.1", func(t *testing.T) {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		steps := []struct{ req, want string }{
+			{"GET /a HTTP/1.1\r\nHost: " + host + "\r\n\r\n", `GET /a host=api.example.org body="" proto=https`},
+			{"POST /b HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 2\r\n\r\nhi", `POST /b host=api.example.org body="hi" proto=https`},
+			{"GET /c HTTP/1.1\r\nHost: old.example.org\r\n\r\n", ""},
+		}
+		before := f.handoffs.Load()
+		for i, s := range steps {
+			io.WriteString(c, s.req)
+			resp, body := readResp(t, br, "GET")
+			if s.want == "" {
+				if loc := resp.Header.Get("Location"); resp.StatusCode != 301 || loc != "https://"+host+"/c" {
+					t.Errorf("redirect: %d %q, want 301 https://%s/c", resp.StatusCode, loc, host)
+				}
+				continue
+			}
+			if resp.StatusCode != 200 || body != s.want {
+				t.Errorf("step %d: %d %q, want %q", i, resp.StatusCode, body, s.want)
+			}
+		}
+		if n := f.handoffs.Load() - before; n != 1 {
+			t.Errorf("%d handoffs, want 1 (the POST)", n)
+		}
+	})
+	t.Run("h2", func(t *testing.T) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
+		defer c.CloseIdleConnections()
+		req, _ := http.NewRequest("GET", "https://"+ln.Addr().String()+"/h2", nil)
+		req.Host = host
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.Proto != "HTTP/2.0" || !strings.HasSuffix(string(b), "proto=https") {
+			t.Errorf("got %s %q, want HTTP/2.0 and proto=https", resp.Proto, b)
+		}
+	})
+}
+
+// TestFrontConnectionClose: a client's Connection: close is answered with
+// Connection: close, and the connection ends after the response.
+func TestFrontConnectionClose(t *testing.T) {
+	_, f, pub := frontTo(t, echoBackend(t), FrontOptions{})
+	c, br := dialFront(t, pub)
+	fmt.Fprintf(c, "GET /bye HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
+	resp, body := readResp(t, br, "GET")
+	if !resp.Close || !strings.HasPrefix(body, "GET /bye ") {
+		t.Errorf("got close=%v %q, want Connection: close and the body", resp.Close, body)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the response: %v, want EOF", err)
+	}
+	if n := f.handoffs.Load(); n != 0 {
+		t.Errorf("%d handoffs, want 0", n)
+	}
+}
