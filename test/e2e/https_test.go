@@ -97,7 +97,8 @@ func (e *Env) serial(roots *x509.CertPool, host string) string {
 // redirects; a restart serves the same certificates without the CA; a new
 // domain while the CA is down stays on HTTP and status says why.
 func TestHTTPS(t *testing.T) {
-	httpPort, httpsPort := pebbletest.FreePort(t), pebbletest.FreePort(t)
+	ports := pebbletest.FreePorts(t, 2)
+	httpPort, httpsPort := ports[0], ports[1]
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort, TLSPort: httpsPort})
 	e := NewEnv(t)
 	listen := []string{"--http", fmt.Sprintf("127.0.0.1:%d", httpPort), "--https", fmt.Sprintf("127.0.0.1:%d", httpsPort)}

@@ -79,7 +79,8 @@ func Start(t testing.TB, opts Options) *Pebble {
 	must(t, os.WriteFile(certFile, certPEM, 0o600))
 	must(t, os.WriteFile(keyFile, keyPEM, 0o600))
 
-	dnsPort, acmePort, mgmtPort := FreePort(t), FreePort(t), FreePort(t)
+	ports := FreePorts(t, 4)
+	dnsPort, acmePort, mgmtPort, dnsMgmtPort := ports[0], ports[1], ports[2], ports[3]
 	p := &Pebble{
 		Directory: fmt.Sprintf("https://127.0.0.1:%d/dir", acmePort),
 		ServerCA:  string(certPEM),
@@ -94,7 +95,7 @@ func Start(t testing.TB, opts Options) *Pebble {
 
 	dns := exec.Command("pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
 		"-dns01", fmt.Sprintf("127.0.0.1:%d", dnsPort), "-http01", "", "-https01", "", "-tlsalpn01", "",
-		"-management", fmt.Sprintf("127.0.0.1:%d", FreePort(t)))
+		"-management", fmt.Sprintf("127.0.0.1:%d", dnsMgmtPort))
 	p.run(t, dns)
 
 	cfg := map[string]any{"pebble": map[string]any{
@@ -174,14 +175,25 @@ func (p *Pebble) Log() string { return p.logs.tail(1 << 30) }
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return FreePorts(t, 1)[0]
+}
+
+// FreePorts returns n distinct TCP ports on 127.0.0.1 that were free a
+// moment ago. They are held open together while chosen: asked one at a
+// time, the kernel may hand out a port it just gave back.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		ports[i], _ = strconv.Atoi(port)
 	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	n, _ := strconv.Atoi(port)
-	return n
+	return ports
 }
 
 // selfSigned makes the certificate of Pebble's own listener (localhost,
