@@ -150,7 +150,7 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 		return fmt.Errorf("service %q: start %s: %w", name, key, err)
 	}
 	e.runMu.Lock()
-	e.running[key] = &version{service: name, version: ver, svc: svc, needs: needs}
+	e.running[key] = &version{svc: svc, needs: needs}
 	e.runMu.Unlock()
 	if err := inst.WaitReady(ctx); err != nil {
 		return fmt.Errorf("service %q: %s not ready: %w", name, key, err)
@@ -158,6 +158,26 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 	e.route.AddBackend(key, inst.Addr())
 	progress("ready %s on %s (%s)", key, inst.Addr(), time.Since(t0).Round(time.Millisecond))
 	return nil
+}
+
+// apply starts g's versions that do not run yet, makes g current with
+// commit, and switches every route to it. If anything fails before the
+// switch, it stops what it started: the previous generation keeps running
+// and serving, untouched.
+func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func() error, progress Progress) ([]string, error) {
+	started, err := e.startAll(ctx, g, progress)
+	if err != nil {
+		return started, err
+	}
+	if err := commit(); err != nil {
+		e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
+		return started, fmt.Errorf("nothing switched: %w", err)
+	}
+	if err := e.switchTo(g); err != nil {
+		return started, err
+	}
+	progress("switched: generation %d is live", g.Number)
+	return started, nil
 }
 
 // Table builds the public routing table of a generation.
@@ -249,6 +269,9 @@ func (e *Engine) drain(ctx context.Context, g *spec.Generation, progress Progres
 		}
 	}
 	aborted = e.stopKeys(ctx, old, progress)
+	if aborted > 0 {
+		progress("%d requests were still running at their stop grace and were ended with 504", aborted)
+	}
 	stopped = make([]string, len(old))
 	for i, k := range old {
 		stopped[i] = string(k)

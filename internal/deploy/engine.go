@@ -60,13 +60,8 @@ var (
 	_ Routes    = (*router.Router)(nil)
 )
 
-// Error kinds a client maps to exit codes.
-var (
-	// ErrInvalid marks input errors (exit 2): nothing was changed.
-	ErrInvalid = errors.New("invalid input")
-	// ErrNothing marks a deploy that had nothing to do.
-	ErrNothing = errors.New("nothing to deploy")
-)
+// ErrInvalid marks input errors (exit 2): nothing was changed.
+var ErrInvalid = errors.New("invalid input")
 
 // Progress receives one human-readable line per step of a deploy.
 type Progress func(format string, args ...any)
@@ -88,8 +83,6 @@ type Engine struct {
 
 // version is one started version of a service and what it was started with.
 type version struct {
-	service  string
-	version  spec.Version
 	svc      *spec.Service
 	needs    []spec.VersionKey // the exact versions it was built against
 	draining bool
@@ -161,21 +154,14 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 		return res, nil
 	}
 	next := &spec.Generation{SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
-	started, err := e.startAll(ctx, next, progress)
-	res.Started = started
+	started, err := e.apply(ctx, next, func() error {
+		_, err := e.store.Commit(next) // numbers next
+		return err
+	}, progress)
+	res.Started, res.Generation = started, next.Number
 	if err != nil {
 		return res, err
 	}
-	n, err := e.store.Commit(next)
-	if err != nil {
-		e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
-		return res, fmt.Errorf("deploy failed, nothing switched: %w", err)
-	}
-	res.Generation = n
-	if err := e.switchTo(next); err != nil {
-		return res, err
-	}
-	progress("switched: generation %d is live", n)
 
 	if req.Confirm > 0 && len(started) > 0 && cur != nil {
 		if err := e.confirm(ctx, next, started, req.Confirm, progress); err != nil {
@@ -189,10 +175,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 		}
 	}
 	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), next, progress)
-	progress("generation %d deployed: %d started, %d stopped", n, len(res.Started), len(res.Stopped))
-	if res.Aborted > 0 {
-		progress("%d requests were still running at their stop grace and were ended with 504", res.Aborted)
-	}
+	progress("generation %d deployed: %d started, %d stopped", next.Number, len(res.Started), len(res.Stopped))
 	return res, nil
 }
 
@@ -231,19 +214,11 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 		return nil, err
 	}
 	res := &Result{Generation: to}
-	started, err := e.startAll(ctx, target, progress)
+	started, err := e.apply(ctx, target, func() error { return e.store.SetCurrent(to) }, progress)
 	res.Started = started
 	if err != nil {
 		return res, err
 	}
-	if err := e.store.SetCurrent(to); err != nil {
-		e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
-		return res, err
-	}
-	if err := e.switchTo(target); err != nil {
-		return res, err
-	}
-	progress("switched: generation %d is live", to)
 	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), target, progress)
 	return res, nil
 }
