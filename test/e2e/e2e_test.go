@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -203,8 +206,24 @@ func TestDeployStory(t *testing.T) {
 		if !strings.Contains(logs, "shop "+st2["shop"].Version+" listening") {
 			t.Errorf("logs: %q", logs)
 		}
+		// logs -f prints what the service writes after it started following.
+		follow := exec.Command(e.Bin, "--root", e.Root, "logs", "shop", "-f")
+		out := lockedWriter{&sync.Mutex{}, &bytes.Buffer{}}
+		follow.Stdout = out
+		if err := follow.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { follow.Process.Kill(); follow.Wait() }()
+		line := "shop " + st2["shop"].Version + " listening"
+		count := func() int {
+			out.mu.Lock()
+			defer out.mu.Unlock()
+			return strings.Count(out.b.String(), line)
+		}
+		waitUntil(t, "logs -f to print the log so far", func() bool { return count() >= 1 })
 		before := st2["shop"].PID
 		e.MustRun("restart", "shop")
+		waitUntil(t, "logs -f to print the restarted process's first line", func() bool { return count() >= 2 })
 		_, st := e.Status()
 		if st["shop"].PID == before || st["shop"].Version != st2["shop"].Version || !st["shop"].Ready {
 			t.Errorf("restart: %+v (pid before %d)", st["shop"], before)
@@ -303,6 +322,16 @@ func TestRestartDaemon(t *testing.T) {
 	}
 	if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hi!") {
 		t.Errorf("blog after daemon restart: %d %q", code, body)
+	}
+}
+
+// waitUntil polls cond for up to 15 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
 	}
 }
 
