@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"path/filepath"
 
 	"hostel/internal/nix"
 	"hostel/internal/spec"
@@ -15,17 +14,13 @@ import (
 // built, as Nix prints it.
 var BuildLog io.Writer = os.Stderr
 
-// evalNix evaluates a hostel.nix to its canonical JSON and builds every
-// derivation it references, so that the store paths in the JSON exist.
-// An evaluation error is a *spec.Error (exit 2); a build failure is a
-// *nix.BuildError (exit 1).
-func evalNix(file string) ([]byte, error) {
+// evalNix evaluates a hostel.nix to its canonical JSON, decodes it and
+// builds every derivation it references, so that the store paths in the
+// spec exist. An evaluation error is a *spec.Error (exit 2); a build
+// failure is a *nix.BuildError (exit 1).
+func evalNix(file string) (*spec.Spec, error) {
 	if _, err := os.Stat(file); err != nil {
 		return nil, &spec.Error{File: file, Msg: describe(err)}
-	}
-	abs, err := filepath.Abs(file)
-	if err != nil {
-		return nil, err
 	}
 	ctx := context.Background()
 	ev, err := nix.Evaluate(ctx, file)
@@ -37,11 +32,12 @@ func evalNix(file string) ([]byte, error) {
 		return nil, err
 	}
 	// Validate before building: a spec error needs no build to be found.
-	if _, err := spec.DecodeIn(file, ev.JSON, filepath.Dir(abs)); err != nil {
+	s, err := decodeIn(file, ev.JSON)
+	if err != nil {
 		return nil, err
 	}
 	if err := nix.Build(ctx, ev, BuildLog); err != nil {
 		return nil, err
 	}
-	return ev.JSON, nil
+	return s, nil
 }

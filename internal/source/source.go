@@ -14,12 +14,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"hostel/internal/nix"
 	"hostel/internal/spec"
 )
-
-// StoreDir is the Nix store: a package there is identified by its path alone,
-// which already hashes its whole closure.
-const StoreDir = "/nix/store/"
 
 // Loaded is a spec read from a file, with its inputs.
 type Loaded struct {
@@ -46,19 +43,11 @@ func Find(dir string) (string, error) {
 // Load reads, decodes and validates the spec at file, and gathers its inputs.
 // Every error about the user's input is a *spec.Error.
 func Load(file string) (*Loaded, error) {
-	read := readJSON
+	decode := decodeJSON
 	if strings.HasSuffix(file, ".nix") {
-		read = evalNix // evaluate and build: the JSON then holds store paths
+		decode = evalNix // evaluate and build: the JSON then holds store paths
 	}
-	data, err := read(file)
-	if err != nil {
-		return nil, err
-	}
-	abs, err := filepath.Abs(file)
-	if err != nil {
-		return nil, err
-	}
-	s, err := spec.DecodeIn(file, data, filepath.Dir(abs))
+	s, err := decode(file)
 	if err != nil {
 		return nil, err
 	}
@@ -73,12 +62,23 @@ func Load(file string) (*Loaded, error) {
 	return &Loaded{File: file, Spec: s, Inputs: in, Secrets: secs}, nil
 }
 
-func readJSON(file string) ([]byte, error) {
+// decodeJSON reads and decodes a hostel.json.
+func decodeJSON(file string) (*spec.Spec, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, &spec.Error{File: file, Msg: describe(err)}
 	}
-	return data, nil
+	return decodeIn(file, data)
+}
+
+// decodeIn decodes and validates the spec data read from file, with
+// relative package paths taken from file's directory.
+func decodeIn(file string, data []byte) (*spec.Spec, error) {
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return nil, err
+	}
+	return spec.DecodeIn(file, data, filepath.Dir(abs))
 }
 
 // Gather computes the inputs of s: a content digest for every package that
@@ -87,7 +87,9 @@ func Gather(file string, s *spec.Spec) (spec.Inputs, error) {
 	var in spec.Inputs
 	for _, name := range s.Names() {
 		pkg := s.Services[name].Package
-		if pkg == "" || strings.HasPrefix(pkg, StoreDir) {
+		// A store path is identified by its path alone, which already
+		// hashes its whole closure.
+		if pkg == "" || strings.HasPrefix(pkg, nix.StoreDir) {
 			continue
 		}
 		d, err := DirDigest(pkg)
