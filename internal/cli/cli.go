@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"hostel/internal/api"
+	"hostel/internal/daemon"
 	"hostel/internal/spec"
 )
 
@@ -42,7 +43,10 @@ type env struct {
 	stderr io.Writer
 }
 
-func (e *env) client() *api.Client { return api.NewClient(filepath.Join(e.root, "hostel.sock")) }
+// socket is the API socket of the daemon at e.root.
+func (e *env) socket() string { return daemon.SocketPath(e.root) }
+
+func (e *env) client() *api.Client { return api.NewClient(e.socket()) }
 
 // commands are the subcommands, in the order help lists them. A file that
 // adds a command group appends to it in its init.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -98,7 +97,7 @@ func dialStdioCmd(e *env) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return remote.Bridge(filepath.Join(e.root, "hostel.sock"), os.Stdin, os.Stdout)
+			return remote.Bridge(e.socket(), os.Stdin, os.Stdout)
 		},
 	}
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,7 +27,6 @@ func shutdownCmd(e *env) *cobra.Command {
 			}
 			// Wait until the daemon no longer answers, so that a script may
 			// start another at once.
-			sock := filepath.Join(e.root, "hostel.sock")
 			deadline := time.Now().Add(2 * time.Minute)
 			for time.Now().Before(deadline) {
 				if _, err := e.client().Status(cmd.Context()); err != nil {
@@ -36,7 +34,7 @@ func shutdownCmd(e *env) *cobra.Command {
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			fmt.Fprintf(e.stdout, "daemon at %s stopped\n", sock)
+			fmt.Fprintf(e.stdout, "daemon at %s stopped\n", e.socket())
 			return nil
 		},
 	}
