@@ -135,17 +135,9 @@ func (c *Client) DBDump(ctx context.Context, service string, w io.Writer) error 
 
 // DBRestore sends a dump to restore into a service's database.
 func (c *Client) DBRestore(ctx context.Context, service string, dump io.Reader) (*DBRestore, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://hostel/v1/db/restore?"+url.Values{"service": {service}}.Encode(), dump)
+	resp, err := c.send(ctx, http.MethodPost, "/v1/db/restore?"+url.Values{"service": {service}}.Encode(), "application/octet-stream", dump)
 	if err != nil {
 		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, &UnreachableError{Socket: c.socket, Err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
