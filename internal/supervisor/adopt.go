@@ -461,15 +461,9 @@ func (i *Instance) adopt(r *record) (*proc, error) {
 	if err := i.listenNotify(); err != nil {
 		return nil, err
 	}
-	var err error
-	if i.path, err = resolveExec(i.cfg.Dir, i.cfg.Exec[0]); err != nil {
+	if err := i.resolve(); err != nil {
 		return nil, err
 	}
-	i.workDir = i.cfg.Dir
-	if i.workDir == "" {
-		i.workDir = i.stateDir
-	}
-	i.env = environ(i.cfg, i.stateDir, i.runDir, i.notifyPath)
 	if r.CredentialsDir != "" {
 		// The directory the process knows stays; a restart after a crash
 		// reuses it.

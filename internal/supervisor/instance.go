@@ -231,28 +231,10 @@ func (i *Instance) setup() (p *proc, err error) {
 			i.teardown()
 		}
 	}()
-	s := i.s
-	if s.opts.RunAsUsers {
-		if i.cred, err = s.serviceUser(i.cfg.Service); err != nil {
-			return nil, err
-		}
-	}
-	for _, d := range []string{filepath.Dir(i.stateDir), filepath.Dir(i.runDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
+	if err := i.makeDirs(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(i.logPath), 0o750); err != nil {
-		return nil, err
-	}
-	if err := i.ownedDir(i.stateDir); err != nil {
-		return nil, err
-	}
-	// A run directory left by a daemon that died is stale: start clean.
-	if err := os.RemoveAll(i.runDir); err != nil {
-		return nil, err
-	}
-	if err := i.ownedDir(i.runDir); err != nil {
 		return nil, err
 	}
 	if err := i.openLog(); err != nil {
@@ -261,18 +243,50 @@ func (i *Instance) setup() (p *proc, err error) {
 	if err := i.listenNotify(); err != nil {
 		return nil, err
 	}
-	if i.path, err = resolveExec(i.cfg.Dir, i.cfg.Exec[0]); err != nil {
+	if err := i.resolve(); err != nil {
 		return nil, err
+	}
+	if err := i.setupCredentials(); err != nil {
+		return nil, err
+	}
+	return i.launch()
+}
+
+// makeDirs makes sure of the service's user (when services run as their
+// own users), its STATE_DIRECTORY, and a fresh RUNTIME_DIRECTORY.
+func (i *Instance) makeDirs() (err error) {
+	if i.s.opts.RunAsUsers {
+		if i.cred, err = i.s.serviceUser(i.cfg.Service); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{filepath.Dir(i.stateDir), filepath.Dir(i.runDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := i.ownedDir(i.stateDir); err != nil {
+		return err
+	}
+	// A run directory left by a daemon that died is stale: start clean.
+	if err := os.RemoveAll(i.runDir); err != nil {
+		return err
+	}
+	return i.ownedDir(i.runDir)
+}
+
+// resolve sets what a launch needs: the program's path, the working
+// directory (the package, else STATE_DIRECTORY) and the environment.
+func (i *Instance) resolve() (err error) {
+	if i.path, err = resolveExec(i.cfg.Dir, i.cfg.Exec[0]); err != nil {
+		return err
 	}
 	i.workDir = i.cfg.Dir
 	if i.workDir == "" {
 		i.workDir = i.stateDir
 	}
 	i.env = environ(i.cfg, i.stateDir, i.runDir, i.notifyPath)
-	if err := i.setupCredentials(); err != nil {
-		return nil, err
-	}
-	return i.launch()
+	return nil
 }
 
 // ownedDir makes dir exist with mode 0700, owned by the service's user.

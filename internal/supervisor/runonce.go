@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -29,62 +28,30 @@ func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]
 		return nil, err
 	}
 	key := spec.Key(cfg.Service, cfg.Version)
-	var cred *syscall.Credential
-	if s.opts.RunAsUsers {
-		var err error
-		if cred, err = s.serviceUser(cfg.Service); err != nil {
-			return nil, err
-		}
-	}
 	// A transient instance under its own key gives the run its own
 	// RUNTIME_DIRECTORY and CREDENTIALS_DIRECTORY beside the version's.
 	i := newInstance(s, cfg, spec.VersionKey(string(key)+".once"))
-	i.cred = cred
-	for _, d := range []string{filepath.Dir(i.stateDir), filepath.Dir(i.runDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
-	}
-	if err := i.ownedDir(i.stateDir); err != nil {
-		return nil, err
-	}
-	if err := os.RemoveAll(i.runDir); err != nil {
-		return nil, err
-	}
-	if err := i.ownedDir(i.runDir); err != nil {
+	if err := i.makeDirs(); err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(i.runDir)
-	path, err := resolveExec(cfg.Dir, argv[0])
-	if err != nil {
+	if err := i.resolve(); err != nil { // no notify socket: no NOTIFY_SOCKET
 		return nil, err
-	}
-	i.env = environ(cfg, i.stateDir, i.runDir, "")
-	for n, kv := range i.env {
-		if kv == "NOTIFY_SOCKET=" {
-			i.env = append(i.env[:n], i.env[n+1:]...)
-			break
-		}
 	}
 	if err := i.setupCredentials(); err != nil {
 		return nil, err
 	}
 	defer i.removeCredentials()
-	env := i.env
-	dir := cfg.Dir
-	if dir == "" {
-		dir = i.stateDir
-	}
 	out := &tailBuffer{max: maxRunOnceOutput}
-	cmd := exec.CommandContext(ctx, path, argv[1:]...)
+	cmd := exec.CommandContext(ctx, i.path, argv[1:]...)
 	cmd.Args[0] = argv[0]
-	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = env, dir, out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = i.env, i.workDir, out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: i.cred}
 	// On cancel, end the whole group, not just the leader.
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
 	s.opts.Logf("supervisor: %s: running %v once", key, argv)
-	err = cmd.Run()
+	err := cmd.Run()
 	if cmd.Process != nil {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // orphans of the group
 	}

@@ -413,7 +413,9 @@ func environ(cfg Config, stateDir, runDir, notify string) []string {
 	env["RUNTIME_DIRECTORY"] = runDir
 	env["HOSTEL_SERVICE"] = cfg.Service
 	env["HOSTEL_VERSION"] = string(cfg.Version)
-	env["NOTIFY_SOCKET"] = notify
+	if notify != "" {
+		env["NOTIFY_SOCKET"] = notify
+	}
 	out := make([]string, 0, len(env))
 	for k, v := range env {
 		out = append(out, k+"="+v)
