@@ -75,6 +75,10 @@ func (db *databases) recordPath(service string) string {
 	return filepath.Join(db.dir(), service+".json")
 }
 
+func (db *databases) passwordPath(service string) string {
+	return filepath.Join(db.dir(), service+".password")
+}
+
 func (db *databases) backupDir(service string) string {
 	return filepath.Join(db.root, "backups", service)
 }
@@ -105,7 +109,7 @@ func (db *databases) readRecord(service string) (*record, error) {
 // first time. It is kept before the role is made, so a crash in between
 // leaves a password that the next provisioning sets.
 func (db *databases) password(service string) (string, error) {
-	p := filepath.Join(db.dir(), service+".password")
+	p := db.passwordPath(service)
 	b, err := os.ReadFile(p)
 	if err == nil && len(b) > 0 {
 		return strings.TrimSpace(string(b)), nil
@@ -387,7 +391,7 @@ func (d *Daemon) DBDrop(ctx context.Context, service string) error {
 		return err
 	}
 	delete(d.db.done, service)
-	os.Remove(filepath.Join(d.db.dir(), service+".password"))
+	os.Remove(d.db.passwordPath(service))
 	if err := os.Remove(d.db.recordPath(service)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
