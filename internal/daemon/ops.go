@@ -36,12 +36,16 @@ func apiError(err error) error {
 	return err
 }
 
-func decodeSpec(req api.PlanRequest) (*spec.Spec, error) {
-	src := req.Source
-	if src == "" {
-		src = "spec"
+// sourceName is the spec file a request came from, for messages.
+func sourceName(req api.PlanRequest) string {
+	if req.Source == "" {
+		return "spec"
 	}
-	s, err := spec.Decode(src, req.Spec)
+	return req.Source
+}
+
+func decodeSpec(req api.PlanRequest) (*spec.Spec, error) {
+	s, err := spec.Decode(sourceName(req), req.Spec)
 	if err != nil {
 		return nil, api.Invalid(err)
 	}

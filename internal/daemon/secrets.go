@@ -13,11 +13,7 @@ var _ api.SecretsDaemon = (*Daemon)(nil)
 // machine can decrypt every secret the spec's services list; it returns the
 // ciphertexts the new generation keeps.
 func (d *Daemon) checkSecrets(s *spec.Spec, req api.PlanRequest) (map[string][]byte, error) {
-	src := req.Source
-	if src == "" {
-		src = "spec"
-	}
-	secs, err := d.hostKey.Check(src, s, req.Inputs, req.Secrets)
+	secs, err := d.hostKey.Check(sourceName(req), s, req.Inputs, req.Secrets)
 	if err != nil {
 		return nil, api.Invalid(err)
 	}
