@@ -255,24 +255,34 @@ func (d *Daemon) Logs(ctx context.Context, service, version string, n int, follo
 			return nil
 		case <-tick.C:
 		}
-		// The supervisor rotates by copy and truncate: a file shorter than
-		// what was read was truncated, and what follows starts at 0.
-		if off, err := f.Seek(0, io.SeekCurrent); err == nil {
-			if fst, err := f.Stat(); err == nil && fst.Size() < off {
-				f.Seek(0, io.SeekStart)
-			}
-		}
-		if st, err := os.Stat(path); err == nil {
-			if fst, err := f.Stat(); err == nil && !os.SameFile(st, fst) {
-				io.Copy(w, f)
-				nf, err := os.Open(path)
-				if err == nil {
-					f.Close()
-					f = nf
-				}
-			}
-		}
+		f = followRotation(f, path, w)
 	}
+}
+
+// followRotation returns the file to go on reading the log at path from,
+// after f: f itself, rewound if it was truncated, or, if another file
+// replaced it at path, that one, once the rest of f went to w.
+func followRotation(f *os.File, path string, w io.Writer) *os.File {
+	fst, err := f.Stat()
+	if err != nil {
+		return f
+	}
+	// The supervisor rotates by copy and truncate: a file shorter than
+	// what was read was truncated, and what follows starts at 0.
+	if off, err := f.Seek(0, io.SeekCurrent); err == nil && fst.Size() < off {
+		f.Seek(0, io.SeekStart)
+	}
+	st, err := os.Stat(path)
+	if err != nil || os.SameFile(st, fst) {
+		return f
+	}
+	io.Copy(w, f)
+	nf, err := os.Open(path)
+	if err != nil {
+		return f
+	}
+	f.Close()
+	return nf
 }
 
 // tail writes the last n lines of f to w and leaves f at its end.
