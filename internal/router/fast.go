@@ -13,8 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"hostel/internal/spec"
 )
 
 // This file forwards the requests the front end (front.go) parsed itself:
@@ -26,19 +24,8 @@ import (
 // the table whose backend is registered, or an immutable name. Redirects,
 // unknown hosts and domains whose backend is gone are left to ServeHTTP.
 func (r *Router) route(host string) *backend {
-	host = normalizeHost(host)
-	t := r.table.Load()
-	backends := *r.backends.Load()
-	if key, ok := t.Domains[host]; ok {
-		return backends[key]
-	}
-	if _, ok := t.Redirects[host]; ok {
-		return nil
-	}
-	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok {
-		return backends[spec.Key(service, v)]
-	}
-	return nil
+	b, _, _ := r.lookup(normalizeHost(host))
+	return b
 }
 
 // hangup ends a backend request when its client goes away: the front end's

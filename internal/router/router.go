@@ -141,12 +141,13 @@ func New(opts Options) *Router {
 // answered 404 and never with another service's content.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	host := normalizeHost(req.Host)
-	t := r.table.Load()
-	if key, ok := t.Domains[host]; ok {
-		r.serveKey(w, req, key)
-		return
-	}
-	if target, ok := t.Redirects[host]; ok {
+	b, domain, target := r.lookup(host)
+	switch {
+	case b != nil:
+		b.serve(w, req)
+	case domain != "":
+		r.notRunning(w, req, domain)
+	case target != "":
 		scheme := "http://"
 		if req.TLS != nil {
 			scheme = "https://"
@@ -158,28 +159,42 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			target = net.JoinHostPort(target, port)
 		}
 		http.Redirect(w, req, scheme+target+req.URL.RequestURI(), http.StatusMovedPermanently)
-		return
+	default:
+		http.Error(w, fmt.Sprintf("hostel: no service for host %q", host), http.StatusNotFound)
+	}
+}
+
+// lookup routes a normalized host name, for ServeHTTP and the front end
+// alike: b is the backend that serves it, if any; domain is set when host
+// is a domain of the table (whose backend may be gone since the Swap),
+// target when it is redirected.
+func (r *Router) lookup(host string) (b *backend, domain spec.VersionKey, target string) {
+	t := r.table.Load()
+	if key, ok := t.Domains[host]; ok {
+		return (*r.backends.Load())[key], key, ""
+	}
+	if target, ok := t.Redirects[host]; ok {
+		return nil, "", target
 	}
 	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok {
-		key := spec.Key(service, v)
-		if b := (*r.backends.Load())[key]; b != nil {
-			b.serve(w, req)
-			return
-		}
+		return (*r.backends.Load())[spec.Key(service, v)], "", ""
 	}
-	http.Error(w, fmt.Sprintf("hostel: no service for host %q", host), http.StatusNotFound)
+	return nil, "", ""
 }
 
 // serveKey proxies to key's backend. A table entry whose backend was removed
 // since the Swap answers 502: the host is ours, its process is gone.
 func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
-	b := (*r.backends.Load())[key]
-	if b == nil {
-		r.logf("router: %s: no backend registered for %s", req.Host, key)
-		http.Error(w, fmt.Sprintf("hostel: %s is not running", key), http.StatusBadGateway)
+	if b := (*r.backends.Load())[key]; b != nil {
+		b.serve(w, req)
 		return
 	}
-	b.serve(w, req)
+	r.notRunning(w, req, key)
+}
+
+func (r *Router) notRunning(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
+	r.logf("router: %s: no backend registered for %s", req.Host, key)
+	http.Error(w, fmt.Sprintf("hostel: %s is not running", key), http.StatusBadGateway)
 }
 
 func (b *backend) serve(w http.ResponseWriter, req *http.Request) {
