@@ -38,6 +38,23 @@ func script(name, msg string) string {
     args = [ "-c" "/bin/mkdir -p $out/bin && printf '#!/bin/sh\\necho ` + msg + `\\n' > $out/bin/` + name + ` && /bin/chmod +x $out/bin/` + name + `" ]; }`
 }
 
+// buildScript evaluates and builds a one-service hostel.nix whose package
+// is script(name, …), made new for each run, and returns the spec's store
+// paths.
+func buildScript(t *testing.T, name string) []string {
+	t.Helper()
+	file := writeSpec(t, `{ services.a = { package = `+script(name, time.Now().Format("150405.000000000"))+`; exec = [ "bin/`+name+`" ]; }; }`)
+	ctx := context.Background()
+	ev, err := Evaluate(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Build(ctx, ev, nil); err != nil {
+		t.Fatal(err)
+	}
+	return StorePathsIn(ev.JSON)
+}
+
 func TestEvaluateAndBuild(t *testing.T) {
 	requireNix(t)
 	stamp := time.Now().Format("150405.000000000")
@@ -168,16 +185,7 @@ func TestBuildFailureNamesTheService(t *testing.T) {
 
 func TestRootsPinAndPrune(t *testing.T) {
 	requireNix(t)
-	file := writeSpec(t, `{ services.a = { package = `+script("pinned", time.Now().Format("150405.000000000"))+`; exec = [ "bin/pinned" ]; }; }`)
-	ctx := context.Background()
-	ev, err := Evaluate(ctx, file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Build(ctx, ev, nil); err != nil {
-		t.Fatal(err)
-	}
-	pkg := StorePathsIn(ev.JSON)[0]
+	pkg := buildScript(t, "pinned")[0]
 	r1, r2 := RootsFor(t.TempDir()), RootsFor(t.TempDir())
 	t.Cleanup(func() { r1.RemoveAll(); r2.RemoveAll() })
 	if r1.Dir == r2.Dir || !strings.HasPrefix(r1.Dir, GCRootsDir+"/") {
@@ -225,21 +233,13 @@ func TestRootsPinAndPrune(t *testing.T) {
 
 func TestCopyToBinaryCache(t *testing.T) {
 	requireNix(t)
-	file := writeSpec(t, `{ services.a = { package = `+script("copied", time.Now().Format("150405.000000000"))+`; exec = [ "bin/copied" ]; }; }`)
-	ctx := context.Background()
-	ev, err := Evaluate(ctx, file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Build(ctx, ev, nil); err != nil {
-		t.Fatal(err)
-	}
+	paths := buildScript(t, "copied")
 	cache := t.TempDir()
 	var log bytes.Buffer
-	if err := Copy(ctx, "file://"+cache, StorePathsIn(ev.JSON), &log); err != nil {
+	if err := Copy(context.Background(), "file://"+cache, paths, &log); err != nil {
 		t.Fatal(err)
 	}
-	hash := strings.SplitN(strings.TrimPrefix(StorePathsIn(ev.JSON)[0], StoreDir), "-", 2)[0]
+	hash := strings.SplitN(strings.TrimPrefix(paths[0], StoreDir), "-", 2)[0]
 	if _, err := os.Stat(filepath.Join(cache, hash+".narinfo")); err != nil {
 		t.Errorf("no narinfo for the copied path: %v (log %s)", err, log.String())
 	}
