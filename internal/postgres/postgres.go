@@ -122,10 +122,11 @@ func (s *Server) Provision(ctx context.Context, d Database) error {
 
 	// The role, checked and created in one transaction.
 	err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-		var super, createDB, createRole, login bool
-		err := tx.QueryRow(ctx, `SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin
-			FROM pg_roles WHERE rolname = $1`, d.Role).Scan(&super, &createDB, &createRole, &login)
-		if errors.Is(err, pgx.ErrNoRows) {
+		r, ok, err := roleInfo(ctx, tx, d.Role)
+		if err != nil {
+			return err
+		}
+		if !ok {
 			q := "CREATE ROLE " + role + " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 			if d.Password != "" {
 				lit, err := literal(tx, d.Password)
@@ -137,12 +138,9 @@ func (s *Server) Provision(ctx context.Context, d Database) error {
 			_, err = tx.Exec(ctx, q)
 			return err
 		}
-		if err != nil {
-			return err
-		}
 		// The role exists. A role hostel made never gains these; fix a role
 		// that did rather than hand a service more than its own database.
-		if super || createDB || createRole || !login {
+		if r != (Role{Login: true}) {
 			if _, err := tx.Exec(ctx, "ALTER ROLE "+role+" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"); err != nil {
 				return err
 			}
@@ -319,6 +317,14 @@ func (s *Server) RoleInfo(ctx context.Context, name string) (r Role, ok bool, er
 		return r, false, err
 	}
 	defer c.Close(context.WithoutCancel(ctx))
+	return roleInfo(ctx, c, name)
+}
+
+// roleInfo reads a role's attributes through c, a connection or a
+// transaction.
+func roleInfo(ctx context.Context, c interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, name string) (r Role, ok bool, err error) {
 	err = c.QueryRow(ctx, `SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin FROM pg_roles WHERE rolname = $1`, name).
 		Scan(&r.Super, &r.CreateDB, &r.CreateRole, &r.Login)
 	if errors.Is(err, pgx.ErrNoRows) {
