@@ -305,35 +305,19 @@ func writeStatus(w *bufio.Writer, code int) {
 }
 
 // writeResponseFields writes the fields of a response header but the
-// hop-by-hop ones (RFC 9110 §7.6.1) and, with skipLength, Content-Length.
+// hop-by-hop ones and, with skipLength, Content-Length.
 func writeResponseFields(w *bufio.Writer, h http.Header, skipLength bool) {
 	for k, vv := range h {
-		switch k {
-		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		if hopByHop(k) || skipLength && k == "Content-Length" {
 			continue
-		case "Content-Length":
-			if skipLength {
-				continue
-			}
 		}
-		for _, v := range vv {
-			w.WriteString(k)
-			w.WriteString(": ")
-			writeValue(w, v)
-			w.WriteString("\r\n")
-		}
+		writeValues(w, k, vv)
 	}
 }
 
 func writeFields(w *bufio.Writer, h http.Header) {
 	for k, vv := range h {
-		for _, v := range vv {
-			w.WriteString(k)
-			w.WriteString(": ")
-			writeValue(w, v)
-			w.WriteString("\r\n")
-		}
+		writeValues(w, k, vv)
 	}
 }
 
@@ -370,34 +354,18 @@ func (pc *pconn) roundTripFast(req *Request) error {
 }
 
 // writeRequestFast is writeRequest for a parsed request: the same header
-// rules, the fields in the order they arrived.
+// rules, the fields in the order they arrived. Their names and values were
+// checked by parseRequest and are written as they are.
 func (pc *pconn) writeRequestFast(req *Request) error {
 	bw := pc.bw
-	bw.WriteString(req.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(req.Target)
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(req.Host)
-	bw.WriteString("\r\n")
-	var conn []string
-	for _, f := range req.Header {
-		if f.Name == "Connection" {
-			conn = append(conn, f.Value)
-		}
-	}
+	writeRequestLine(bw, req.Method, req.Target, req.Host)
 	trailers := false
 	for _, f := range req.Header {
-		switch f.Name {
-		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-			"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade",
-			"Content-Length", "Host",
-			"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
-			continue
-		case "Te":
+		if f.Name == "Te" {
 			trailers = trailers || containsToken(f.Value, "trailers")
 			continue
 		}
-		if len(conn) > 0 && listedIn(conn, f.Name) {
+		if skipRequestField(f.Name) || len(req.connection) > 0 && listedIn(req.connection, f.Name) {
 			continue
 		}
 		bw.WriteString(f.Name)
@@ -405,26 +373,7 @@ func (pc *pconn) writeRequestFast(req *Request) error {
 		bw.WriteString(f.Value)
 		bw.WriteString("\r\n")
 	}
-	if trailers {
-		bw.WriteString("Te: trailers\r\n")
-	}
-	if ip, _, err := net.SplitHostPort(req.RemoteAddr); err == nil {
-		bw.WriteString("X-Forwarded-For: ")
-		bw.WriteString(ip)
-		bw.WriteString("\r\n")
-	}
-	bw.WriteString("X-Forwarded-Host: ")
-	bw.WriteString(req.Host)
-	if req.TLS {
-		bw.WriteString("\r\nX-Forwarded-Proto: https\r\n")
-	} else {
-		bw.WriteString("\r\nX-Forwarded-Proto: http\r\n")
-	}
-	if req.zeroLength || req.Method == "POST" || req.Method == "PUT" || req.Method == "PATCH" {
-		bw.WriteString("Content-Length: 0\r\n")
-	}
-	bw.WriteString("\r\n")
-	return bw.Flush()
+	return writeRequestEnd(bw, req.Method, req.Host, req.RemoteAddr, req.TLS, trailers, req.zeroLength)
 }
 
 // replayable is isReplayable for a parsed request.

@@ -256,65 +256,101 @@ func (pc *pconn) roundTrip(req *http.Request) (*http.Response, error) {
 // this hop only, no User-Agent added.
 func (pc *pconn) writeRequest(req *http.Request) error {
 	bw := pc.bw
-	bw.WriteString(req.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(requestURI(req))
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	host := req.Host
 	if host == "" {
 		host = pc.up.addr
 	}
-	writeValue(bw, host)
-	bw.WriteString("\r\n")
+	writeRequestLine(bw, req.Method, requestURI(req), host)
 	conn := req.Header["Connection"]
 	trailers := false
 	for k, vv := range req.Header {
-		switch k {
-		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-			"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade",
-			"Content-Length", "Host",
-			"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
-			continue
-		case "Te":
-			// Only "trailers" may pass, and only as a fixed value.
+		if k == "Te" {
 			for _, v := range vv {
 				trailers = trailers || containsToken(v, "trailers")
 			}
 			continue
 		}
-		if len(conn) > 0 && listedIn(conn, k) {
+		if skipRequestField(k) || len(conn) > 0 && listedIn(conn, k) {
 			continue
 		}
-		for _, v := range vv {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			writeValue(bw, v)
-			bw.WriteString("\r\n")
-		}
+		writeValues(bw, k, vv)
 	}
+	return writeRequestEnd(bw, req.Method, req.Host, req.RemoteAddr, req.TLS != nil, trailers, len(req.Header["Content-Length"]) > 0)
+}
+
+// writeRequestLine starts a request head: the request line and Host.
+func writeRequestLine(bw *bufio.Writer, method, target, host string) {
+	bw.WriteString(method)
+	bw.WriteByte(' ')
+	bw.WriteString(target)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	writeValue(bw, host)
+	bw.WriteString("\r\n")
+}
+
+// writeRequestEnd ends a request head after the fields passed on and
+// flushes it: "Te: trailers" if the client's Te named trailers (the only
+// value that may pass), X-Forwarded-For/Host/Proto of this hop, and an
+// explicit zero Content-Length for a client's own "0" and for the methods
+// that normally carry a body, as http.Transport sends one.
+func writeRequestEnd(bw *bufio.Writer, method, host, remoteAddr string, tls, trailers, zeroLength bool) error {
 	if trailers {
 		bw.WriteString("Te: trailers\r\n")
 	}
-	if ip, _, err := net.SplitHostPort(req.RemoteAddr); err == nil {
+	if ip, _, err := net.SplitHostPort(remoteAddr); err == nil {
 		bw.WriteString("X-Forwarded-For: ")
 		writeValue(bw, ip)
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("X-Forwarded-Host: ")
-	writeValue(bw, req.Host)
-	if req.TLS == nil {
-		bw.WriteString("\r\nX-Forwarded-Proto: http\r\n")
-	} else {
+	writeValue(bw, host)
+	if tls {
 		bw.WriteString("\r\nX-Forwarded-Proto: https\r\n")
+	} else {
+		bw.WriteString("\r\nX-Forwarded-Proto: http\r\n")
 	}
-	// http.Transport sends an explicit zero length for methods that
-	// normally carry a body; so do we, and pass a client's own "0" on.
-	if len(req.Header["Content-Length"]) > 0 || req.Method == "POST" || req.Method == "PUT" || req.Method == "PATCH" {
+	if zeroLength || method == "POST" || method == "PUT" || method == "PATCH" {
 		bw.WriteString("Content-Length: 0\r\n")
 	}
 	bw.WriteString("\r\n")
 	return bw.Flush()
 }
+
+// hopByHop reports whether a field describes a connection rather than the
+// message (RFC 9110 §7.6.1): a proxy does not pass it on.
+func hopByHop(name string) bool {
+	switch name {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// skipRequestField reports whether a request field is not passed on as
+// received: the hop-by-hop ones, those the forwarders write themselves
+// (Host, Content-Length, Te) and the client's forwarding fields, which
+// this hop's replace.
+func skipRequestField(name string) bool {
+	switch name {
+	case "Content-Length", "Host",
+		"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+		return true
+	}
+	return hopByHop(name)
+}
+
+// writeValues writes the lines of a field with values vv.
+func writeValues(bw *bufio.Writer, name string, vv []string) {
+	for _, v := range vv {
+		bw.WriteString(name)
+		bw.WriteString(": ")
+		writeValue(bw, v)
+		bw.WriteString("\r\n")
+	}
+}
+
+var crlfToSpace = strings.NewReplacer("\r", " ", "\n", " ")
 
 // writeValue writes a header value with CR and LF replaced by spaces, as
 // http.Header.Write does; net/http's server already rejects them, this
@@ -324,7 +360,7 @@ func writeValue(bw *bufio.Writer, v string) {
 		bw.WriteString(v)
 		return
 	}
-	bw.WriteString(strings.NewReplacer("\r", " ", "\n", " ").Replace(v))
+	bw.WriteString(crlfToSpace.Replace(v))
 }
 
 // requestURI is the outgoing request target: ReverseProxy's, with
@@ -378,15 +414,15 @@ func isReplayable(req *http.Request) bool {
 // listedIn reports whether the Connection header values conn name key.
 func listedIn(conn []string, key string) bool {
 	for _, v := range conn {
-		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(tok), key) {
-				return true
-			}
+		if containsToken(v, key) {
+			return true
 		}
 	}
 	return false
 }
 
+// containsToken reports whether the comma-separated list v holds token,
+// compared case-insensitively.
 func containsToken(v, token string) bool {
 	for tok := range strings.SplitSeq(v, ",") {
 		if strings.EqualFold(textproto.TrimString(tok), token) {
@@ -397,8 +433,8 @@ func containsToken(v, token string) bool {
 }
 
 // removeHopByHop removes the response headers that describe the backend
-// connection rather than the response (RFC 9110 §7.6.1), as ReverseProxy
-// does.
+// connection rather than the response, and those its Connection names, as
+// ReverseProxy does.
 func removeHopByHop(h http.Header) {
 	for _, v := range h["Connection"] {
 		for tok := range strings.SplitSeq(v, ",") {
@@ -407,9 +443,10 @@ func removeHopByHop(h http.Header) {
 			}
 		}
 	}
-	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		delete(h, k)
+	for k := range h {
+		if hopByHop(k) {
+			delete(h, k)
+		}
 	}
 }
 

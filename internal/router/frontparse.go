@@ -29,6 +29,9 @@ type Request struct {
 	TLS        bool
 	// zeroLength: the client sent "Content-Length: 0".
 	zeroLength bool
+	// connection holds the values of the Connection fields, which name
+	// the fields not to pass on.
+	connection []string
 	// shutting, when set, makes the response close the connection (its
 	// server began to shut down while the request ran).
 	shutting *atomic.Bool
@@ -65,8 +68,8 @@ func headerEnd(b []byte) int {
 // folding, non-ASCII or control bytes, a missing or repeated Host — and
 // for every malformed request, which net/http then answers.
 func parseRequest(head string, req *Request) bool {
-	fields := req.Header[:0]
-	*req = Request{Header: fields, shutting: req.shutting}
+	fields, connection := req.Header[:0], req.connection[:0]
+	*req = Request{Header: fields, connection: connection, shutting: req.shutting}
 	line, rest, ok := nextLine(head)
 	if !ok {
 		return false
@@ -123,15 +126,12 @@ func parseRequest(head string, req *Request) bool {
 		case "Transfer-Encoding", "Upgrade", "Expect":
 			return false
 		case "Connection":
-			for tok := range strings.SplitSeq(value, ",") {
-				if strings.EqualFold(textproto.TrimString(tok), "close") {
-					req.Close = true
-				}
-			}
+			connection = append(connection, value)
+			req.Close = req.Close || containsToken(value, "close")
 		}
 		fields = append(fields, Field{name, value})
 	}
-	req.Header = fields
+	req.Header, req.connection = fields, connection
 	return rest == "" && hosts == 1
 }
 
