@@ -96,8 +96,8 @@ func secretsEditCmd(e *env, o *secretsOpts) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			if !secrets.ValidName(name) {
-				return usageError{fmt.Errorf("invalid secret name %q (want letters, digits, '_', '.', '-', starting with a letter or digit)", name)}
+			if err := secrets.CheckName(name); err != nil {
+				return usageError{err}
 			}
 			repo := o.repo()
 			rs, err := repo.Recipients()

@@ -106,8 +106,8 @@ type Editor func(path string) error
 // temp file. It reports whether the secret changed; an unchanged secret is
 // not rewritten, so versions that use it keep running.
 func (r Repo) Edit(name string, ids []age.Identity, edit Editor) (changed bool, err error) {
-	if !ValidName(name) {
-		return false, fmt.Errorf("invalid secret name %q (want letters, digits, '_', '.', '-', starting with a letter or digit)", name)
+	if err := CheckName(name); err != nil {
+		return false, err
 	}
 	rs, err := r.Recipients()
 	if err != nil {

@@ -43,6 +43,15 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 // ValidName reports whether name may name a secret.
 func ValidName(name string) bool { return nameRE.MatchString(name) }
 
+// CheckName returns an error that says what a secret may be called when
+// name may not name one.
+func CheckName(name string) error {
+	if !ValidName(name) {
+		return fmt.Errorf("invalid secret name %q (want letters, digits, '_', '.', '-', starting with a letter or digit)", name)
+	}
+	return nil
+}
+
 // Hash is the hex SHA-256 of a ciphertext: what a version hashes for a secret.
 func Hash(ciphertext []byte) string {
 	sum := sha256.Sum256(ciphertext)
