@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -97,6 +98,11 @@ type deployResult struct {
 	RolledBack bool       `json:"rolled_back,omitempty"`
 }
 
+// writeLive says which generation a deploy or rollback made live.
+func (r *deployResult) writeLive(w io.Writer) {
+	fmt.Fprintf(w, "generation %d is live: %d started, %d stopped\n", r.Generation, len(r.Started), len(r.Stopped))
+}
+
 func deployCmd(e *env) *cobra.Command {
 	var (
 		asJSON    bool
@@ -137,7 +143,7 @@ func deployCmd(e *env) *cobra.Command {
 				fmt.Fprintf(e.stdout, "generation %d: nothing changed\n", res.Generation)
 				return nil
 			}
-			fmt.Fprintf(e.stdout, "generation %d is live: %d started, %d stopped\n", res.Generation, len(res.Started), len(res.Stopped))
+			res.writeLive(e.stdout)
 			return nil
 		},
 	}
@@ -249,7 +255,7 @@ func rollbackCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "generation %d is live: %d started, %d stopped\n", res.Generation, len(res.Started), len(res.Stopped))
+			res.writeLive(e.stdout)
 			return nil
 		},
 	}
