@@ -260,14 +260,8 @@ func (u *upstream) respondFast(pc *pconn, resp *http.Response, req *Request, w *
 // failFast answers a request that got no response from the backend, as
 // upstream.fail does for net/http's requests.
 func (u *upstream) failFast(w *bufio.Writer, req *Request, err error) bool {
-	b := u.b
-	code, msg := http.StatusBadGateway, fmt.Sprintf("hostel: %s is unavailable\n", b.key)
-	if b.aborted.Load() {
-		b.logf("router: %s %s%s via %s: ended with 504 after the stop grace", req.Method, req.Host, req.Target, b.key)
-		code, msg = http.StatusGatewayTimeout, fmt.Sprintf("hostel: %s stopped before answering\n", b.key)
-	} else {
-		b.logf("router: %s %s%s via %s: %v", req.Method, req.Host, req.Target, b.key, err)
-	}
+	code, msg := u.b.failure(req.Method, req.Host, req.Target, u.b.aborted.Load(), false, err)
+	msg += "\n" // as http.Error
 	req.closing()
 	writeStatus(w, code)
 	w.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: ")

@@ -210,20 +210,26 @@ func (u *upstream) forward(w http.ResponseWriter, req *http.Request) {
 
 var errAborted = errors.New("aborted after the stop grace")
 
-// fail answers a request that got no response from the backend: 504 if
-// its version was aborted, else 502. The messages are those of the
-// ReverseProxy path.
+// fail answers a request that got no response from the backend.
 func (u *upstream) fail(w http.ResponseWriter, req *http.Request, err error) {
 	b := u.b
-	if b.aborted.Load() {
-		b.logf("router: %s %s%s via %s: ended with 504 after the stop grace", req.Method, req.Host, req.URL.Path, b.key)
-		http.Error(w, fmt.Sprintf("hostel: %s stopped before answering", b.key), http.StatusGatewayTimeout)
-		return
+	code, msg := b.failure(req.Method, req.Host, req.URL.Path, b.aborted.Load(), req.Context().Err() != nil, err)
+	http.Error(w, msg, code)
+}
+
+// failure logs why a request to b got no response and returns the status
+// and message to answer it with, on every path: 504 if b was aborted (a
+// draining version past its stop grace), else 502. quiet leaves a 502 of a
+// client that went away unlogged.
+func (b *backend) failure(method, host, path string, aborted, quiet bool, err error) (code int, msg string) {
+	if aborted {
+		b.logf("router: %s %s%s via %s: ended with 504 after the stop grace", method, host, path, b.key)
+		return http.StatusGatewayTimeout, fmt.Sprintf("hostel: %s stopped before answering", b.key)
 	}
-	if req.Context().Err() == nil {
-		b.logf("router: %s %s%s via %s: %v", req.Method, req.Host, req.URL.Path, b.key, err)
+	if !quiet {
+		b.logf("router: %s %s%s via %s: %v", method, host, path, b.key, err)
 	}
-	http.Error(w, fmt.Sprintf("hostel: %s is unavailable", b.key), http.StatusBadGateway)
+	return http.StatusBadGateway, fmt.Sprintf("hostel: %s is unavailable", b.key)
 }
 
 var errNothingWritten = errors.New("connection closed before the request was sent")

@@ -489,15 +489,8 @@ func (r *Router) newProxy(b *backend, addr string) *httputil.ReverseProxy {
 		// buffers everything else for throughput.
 		ErrorLog: log.New(logfWriter(r.logf), "router: "+string(key)+": ", 0),
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
-			if b.abort.Err() != nil {
-				r.logf("router: %s %s%s via %s: ended with 504 after the stop grace", req.Method, req.Host, req.URL.Path, key)
-				http.Error(w, fmt.Sprintf("hostel: %s stopped before answering", key), http.StatusGatewayTimeout)
-				return
-			}
-			if !errors.Is(err, context.Canceled) {
-				r.logf("router: %s %s%s via %s: %v", req.Method, req.Host, req.URL.Path, key, err)
-			}
-			http.Error(w, fmt.Sprintf("hostel: %s is unavailable", key), http.StatusBadGateway)
+			code, msg := b.failure(req.Method, req.Host, req.URL.Path, b.abort.Err() != nil, errors.Is(err, context.Canceled), err)
+			http.Error(w, msg, code)
 		},
 	}
 }
