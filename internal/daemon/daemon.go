@@ -105,12 +105,15 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()
 	}
-	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: os.Geteuid() == 0})
+	// As root, each service runs as its own user, and its database role
+	// authenticates as that user.
+	runAsUsers := os.Geteuid() == 0
+	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
 	// certRoutes: every switch also updates certificates and TLS policy.
 	d.engine = deploy.New(st, d.sup, certRoutes{Router: d.router, d: d})
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
-	d.db = newDatabases(opts.Root, d.sup, os.Geteuid() == 0, d.logf)
+	d.db = newDatabases(opts.Root, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
 	d.engine.Use(provisioner{d.db})
 	d.engine.Use(pinner{nix.RootsFor(opts.Root)}) // GC roots before a version starts
