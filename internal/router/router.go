@@ -53,10 +53,9 @@ type Router struct {
 	zone string
 	logf func(format string, args ...any)
 
-	// transport and bufPool serve the ReverseProxy path: requests with a
-	// body, upgrades (forward.go handles the rest).
+	// transport serves the ReverseProxy path: requests with a body,
+	// upgrades (forward.go handles the rest).
 	transport *http.Transport
-	bufPool   bufferPool
 
 	table    atomic.Pointer[Table]                        // normalized, never mutated once stored
 	backends atomic.Pointer[map[spec.VersionKey]*backend] // copy-on-write
@@ -483,7 +482,7 @@ func (r *Router) newProxy(b *backend, addr string) *httputil.ReverseProxy {
 			pr.SetXForwarded()
 		},
 		Transport:  r.transport,
-		BufferPool: &r.bufPool,
+		BufferPool: bufferPool{},
 		// FlushInterval 0: ReverseProxy already flushes at once for
 		// text/event-stream and for bodies of unknown length, and
 		// buffers everything else for throughput.
@@ -495,18 +494,12 @@ func (r *Router) newProxy(b *backend, addr string) *httputil.ReverseProxy {
 	}
 }
 
-// bufferPool is an httputil.BufferPool of 32 KiB buffers, the size
-// ReverseProxy allocates per copy when it has no pool.
-type bufferPool struct{ p sync.Pool }
+// bufferPool is the httputil.BufferPool of the ReverseProxy path: the
+// forwarder's copy buffers.
+type bufferPool struct{}
 
-func (bp *bufferPool) Get() []byte {
-	if b, ok := bp.p.Get().(*[]byte); ok {
-		return *b
-	}
-	return make([]byte, 32*1024)
-}
-
-func (bp *bufferPool) Put(b []byte) { bp.p.Put(&b) }
+func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
 
 // logfWriter adapts Logf to the io.Writer a log.Logger needs.
 type logfWriter func(format string, args ...any)
