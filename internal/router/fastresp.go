@@ -28,18 +28,11 @@ type quickHead struct {
 // ok is false for anything the quick path does not take, and nothing is
 // consumed either way.
 func peekHead(br *bufio.Reader, method string) (h quickHead, ok bool) {
-	for {
-		buf, _ := br.Peek(br.Buffered())
-		if n := headerEnd(buf); n >= 0 {
-			return checkHead(buf[:n], method)
-		}
-		if len(buf) >= br.Size() {
-			return h, false
-		}
-		if _, err := br.Peek(len(buf) + 1); err != nil {
-			return h, false
-		}
+	head, _ := bufferedHead(br)
+	if head == nil {
+		return h, false
 	}
+	return checkHead(head, method)
 }
 
 func checkHead(head []byte, method string) (h quickHead, ok bool) {

@@ -411,22 +411,11 @@ func (fc *frontConn) serve() {
 		if !fc.phase.CompareAndSwap(ph, phaseHeader) {
 			return
 		}
-		var head []byte
-		for {
-			buf, _ := fc.br.Peek(fc.br.Buffered())
-			if n := headerEnd(buf); n >= 0 {
-				head = buf[:n]
-				break
-			}
-			if len(buf) >= fc.br.Size() {
-				break // a large header: net/http reads it
-			}
-			if _, err := fc.br.Peek(len(buf) + 1); err != nil {
-				if len(buf) == 0 || fc.phase.Load() == phaseClosed {
-					return
-				}
-				break // net/http answers what it can of a broken request
-			}
+		// No head: a large header, which net/http reads, or a broken
+		// request, which net/http answers what it can of.
+		head, err := bufferedHead(fc.br)
+		if err != nil && (fc.br.Buffered() == 0 || fc.phase.Load() == phaseClosed) {
+			return
 		}
 		var b *backend
 		if head != nil && parseRequest(string(head), &fc.req) {

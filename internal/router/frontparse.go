@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bufio"
 	"bytes"
 	"net/textproto"
 	"strings"
@@ -40,8 +41,27 @@ type Request struct {
 // Field is one header field.
 type Field struct{ Name, Value string }
 
-// headerEnd returns the length of the request head at the start of b (up
-// to and including the empty line), or -1 if b holds no complete head.
+// bufferedHead waits until br holds a complete head (of a request or a
+// response) and returns it, unconsumed. It returns nil if the head
+// outgrows br's buffer, and nil with the read error if the connection
+// fails first: br then holds what arrived.
+func bufferedHead(br *bufio.Reader) ([]byte, error) {
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		if n := headerEnd(buf); n >= 0 {
+			return buf[:n], nil
+		}
+		if len(buf) >= br.Size() {
+			return nil, nil
+		}
+		if _, err := br.Peek(len(buf) + 1); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// headerEnd returns the length of the head at the start of b (up to and
+// including the empty line), or -1 if b holds no complete head.
 func headerEnd(b []byte) int {
 	for i := 0; ; {
 		j := bytes.IndexByte(b[i:], '\n')
