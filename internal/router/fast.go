@@ -115,9 +115,9 @@ func (u *upstream) forwardFast(req *Request, w *bufio.Writer, h *hangup) bool {
 		if err == nil {
 			break
 		}
-		h.use(nil)
+		gone := !h.use(nil)
 		pc.close()
-		if h.isGone() {
+		if gone {
 			return false
 		}
 		var retry errRetry
@@ -130,19 +130,18 @@ func (u *upstream) forwardFast(req *Request, w *bufio.Writer, h *hangup) bool {
 	if qh, ok := peekHead(pc.br, req.Method); ok {
 		keep, reuse = u.respondQuick(pc, qh, req, w, h)
 	} else if resp, err := http.ReadResponse(pc.br, methodRequest(req.Method)); err != nil {
-		h.use(nil)
+		gone := !h.use(nil)
 		pc.close()
-		if h.isGone() {
+		if gone {
 			return false
 		}
 		return u.failFast(w, req, fmt.Errorf("reading response: %w", err))
 	} else {
 		keep, reuse = u.respondFast(pc, resp, req, w, h)
 	}
-	h.use(nil)
-	if !reuse || h.isGone() {
+	if gone := !h.use(nil); !reuse || gone {
 		pc.close()
-		return keep && !h.isGone()
+		return keep && !gone
 	}
 	if b.aborted.Load() {
 		pc.close()
