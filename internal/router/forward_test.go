@@ -61,6 +61,7 @@ func rawConn(t testing.TB, pub string) (net.Conn, *bufio.Reader) {
 	return c, bufio.NewReader(c)
 }
 
+// do sends a request for host and returns the response with its body read.
 func do(t testing.TB, c *http.Client, method, url string, body io.Reader) (*http.Response, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)
@@ -68,16 +69,7 @@ func do(t testing.TB, c *http.Client, method, url string, body io.Reader) (*http
 		t.Fatal(err)
 	}
 	req.Host = host
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, url, err)
-	}
-	return resp, b
+	return send(t, c, req)
 }
 
 func TestRequestBodies(t *testing.T) {

@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -28,33 +27,20 @@ import (
 func frontTo(t testing.TB, addr string, opts FrontOptions) (*Router, *Front, string) {
 	t.Helper()
 	r := New(Options{Zone: zone, Logf: t.Logf})
+	t.Cleanup(func() { r.Close() })
 	r.AddBackend(apiV1, addr)
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := r.NewFront(opts)
-	served := make(chan error, 1)
-	go func() { served <- f.Serve(ln) }()
-	t.Cleanup(func() {
-		f.Close()
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("Serve = %v, want ErrServerClosed", err)
-		}
-		r.Close()
-	})
-	return r, f, ln.Addr().String()
+	f, pub := serveFront(t, r, opts)
+	return r, f, pub
 }
 
 // echoBackend answers with the method, target, Host and body it got.
 func echoBackend(t testing.TB) string {
 	t.Helper()
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s host=%s body=%q proto=%s", r.Method, r.URL.RequestURI(), r.Host, b, r.Header.Get("X-Forwarded-Proto"))
-	}), nil)
-	return addr
+	}))
 }
 
 func dialFront(t testing.TB, addr string) (net.Conn, *bufio.Reader) {

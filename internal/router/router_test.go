@@ -38,9 +38,8 @@ func startBackend(t testing.TB, name string) string {
 
 func startHandler(t testing.TB, h http.Handler) string {
 	t.Helper()
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return srv.Listener.Addr().String()
+	addr, _ := countingBackend(t, h, nil)
+	return addr
 }
 
 // startRouter returns a router and the URL of a public listener serving it.
@@ -53,19 +52,32 @@ func startRouter(t testing.TB, opts Options) (*Router, string) {
 		opts.Logf = t.Logf
 	}
 	r := New(opts)
+	t.Cleanup(func() { r.Close() })
 	// The public listener is served as the daemon serves it: by the
 	// front end, which leaves what it does not forward to net/http.
+	_, addr := serveFront(t, r, FrontOptions{})
+	return r, "http://" + addr
+}
+
+// serveFront serves r through a Front with opts on a new loopback
+// listener, closed at the end of the test, and returns the Front and the
+// listener's address (host:port).
+func serveFront(t testing.TB, r *Router, opts FrontOptions) (*Front, string) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := r.NewFront(FrontOptions{})
-	go f.Serve(ln)
+	f := r.NewFront(opts)
+	served := make(chan error, 1)
+	go func() { served <- f.Serve(ln) }()
 	t.Cleanup(func() {
 		f.Close()
-		r.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve = %v, want ErrServerClosed", err)
+		}
 	})
-	return r, "http://" + ln.Addr().String()
+	return f, ln.Addr().String()
 }
 
 func mustSwap(t testing.TB, r *Router, tab Table) {
@@ -91,16 +103,23 @@ func get(t testing.TB, url, host string) (status int, location, body string) {
 	if host != "" {
 		req.Host = host
 	}
-	resp, err := client.Do(req)
+	resp, b := send(t, client, req)
+	return resp.StatusCode, resp.Header.Get("Location"), string(b)
+}
+
+// send does req with c and returns the response with its body read.
+func send(t testing.TB, c *http.Client, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("GET %s (Host %s): %v", url, host, err)
+		t.Fatalf("%s %s (Host %s): %v", req.Method, req.URL, req.Host, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("GET %s (Host %s): reading body: %v", url, host, err)
+		t.Fatalf("%s %s (Host %s): reading body: %v", req.Method, req.URL, req.Host, err)
 	}
-	return resp.StatusCode, resp.Header.Get("Location"), string(b)
+	return resp, b
 }
 
 func TestRouteByHost(t *testing.T) {
