@@ -520,34 +520,13 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
 // a pooled connection is first checked for a close by the backend.
 func (u *upstream) get(ctx context.Context, live bool) (pc *pconn, reused bool, err error) {
 	now := time.Now()
-	u.mu.Lock()
-	for n := len(u.idle); n > 0; n = len(u.idle) {
-		pc = u.idle[n-1]
-		u.idle[n-1] = nil
-		u.idle = u.idle[:n-1]
-		if now.Sub(pc.idleAt) > idleTimeout {
-			// Every connection below is older still.
-			old := append([]*pconn(nil), u.idle...)
-			clear(u.idle)
-			u.idle = u.idle[:0]
-			u.mu.Unlock()
-			pc.close()
-			for _, o := range old {
-				o.close()
-			}
-			u.mu.Lock()
-			continue
-		}
-		u.mu.Unlock()
+	for pc = u.popIdle(now); pc != nil; pc = u.popIdle(now) {
 		if (live || pc.check) && !pc.alive() {
 			pc.close()
-			u.mu.Lock()
 			continue
 		}
 		return pc, true, nil
 	}
-	u.mu.Unlock()
-
 	conn, err := dialer.DialContext(ctx, "tcp", u.addr)
 	if err != nil {
 		return nil, false, err
@@ -558,6 +537,34 @@ func (u *upstream) get(ctx context.Context, live bool) (pc *pconn, reused bool, 
 		return nil, false, errAborted
 	}
 	return pc, false, nil
+}
+
+// popIdle takes the most recently used idle connection, or nil if there
+// is none; connections idle past idleTimeout are closed on the way.
+func (u *upstream) popIdle(now time.Time) *pconn {
+	for {
+		u.mu.Lock()
+		n := len(u.idle)
+		if n == 0 {
+			u.mu.Unlock()
+			return nil
+		}
+		pc := u.idle[n-1]
+		if now.Sub(pc.idleAt) <= idleTimeout {
+			u.idle[n-1] = nil
+			u.idle = u.idle[:n-1]
+			u.mu.Unlock()
+			return pc
+		}
+		// It and every connection below, older still, are stale.
+		stale := append([]*pconn(nil), u.idle...)
+		clear(u.idle)
+		u.idle = u.idle[:0]
+		u.mu.Unlock()
+		for _, o := range stale {
+			o.close()
+		}
+	}
 }
 
 // put returns a connection whose response was read completely.
