@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/pprof"
+	"strconv"
 	"time"
 
 	"hostel/internal/router"
@@ -25,12 +27,25 @@ func childMainFront() {
 	if err != nil {
 		fail(err)
 	}
+	if path := os.Getenv("HOSTEL_BENCH_CPUPROFILE"); path != "" {
+		// For profiling the router under load: written when the run ends.
+		pf, err := os.Create(path)
+		if err != nil {
+			fail(err)
+		}
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			fail(err)
+		}
+	}
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
+		pprof.StopCPUProfile()
 		os.Exit(0)
 	}()
 	fmt.Printf("listening %s\n", ln.Addr())
-	f := h.(*router.Router).NewFront(router.FrontOptions{ReadHeaderTimeout: 10 * time.Second})
+	// HOSTEL_BENCH_LOOPS sets FrontOptions.Loops, for comparing.
+	loops, _ := strconv.Atoi(os.Getenv("HOSTEL_BENCH_LOOPS"))
+	f := h.(*router.Router).NewFront(router.FrontOptions{ReadHeaderTimeout: 10 * time.Second, Loops: loops})
 	if err := f.Serve(ln); err != nil {
 		fail(err)
 	}

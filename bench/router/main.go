@@ -72,6 +72,7 @@ type config struct {
 	threads  int
 	delay    time.Duration
 	gen      string
+	rounds   int
 }
 
 func run() error {
@@ -83,6 +84,7 @@ func run() error {
 	fs.IntVar(&cfg.threads, "threads", 1, "wrk threads")
 	fs.DurationVar(&cfg.delay, "delay", 5*time.Millisecond, "backend delay for the second table; 0 skips it")
 	fs.StringVar(&cfg.gen, "gen", "auto", `load generator: "wrk", "go" or "auto" (wrk if on PATH)`)
+	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds over all targets, in rotating order; the tables show each target's medians")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -94,6 +96,9 @@ func run() error {
 		if _, err := exec.LookPath("wrk"); err == nil {
 			cfg.gen = "wrk"
 		}
+	}
+	if cfg.rounds < 1 {
+		return fmt.Errorf("-rounds %d: want at least 1", cfg.rounds)
 	}
 	if cfg.gen != "wrk" && cfg.gen != "go" {
 		return fmt.Errorf("-gen %q: want wrk, go or auto", cfg.gen)
@@ -111,36 +116,34 @@ func run() error {
 	defer os.RemoveAll(tmp)
 
 	fmt.Printf("# hostel router benchmark\n\n")
-	fmt.Printf("%s/%s, %d CPUs, %s; load: %s, %d connections, %s per run (after %s warm-up); backend: hello world.\n\n",
-		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), genName(cfg), cfg.conns, cfg.duration, cfg.warmup)
+	fmt.Printf("%s/%s, %d CPUs, %s; load: %s, %d connections, %s per run (after %s warm-up), %d rounds; backend: hello world.\n\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), genName(cfg), cfg.conns, cfg.duration, cfg.warmup, cfg.rounds)
 
-	backend, err := procs.startSelf(ctx, "backend")
+	backend, err := procs.startSelf(ctx, "direct", "backend")
 	if err != nil {
 		return err
 	}
-	hostel, err := procs.startSelf(ctx, "router", "-backend", backend)
-	if err != nil {
-		return err
+	targets := []target{backend}
+	for _, c := range []struct{ name, mode string }{
+		{"hostel", "router"},
+		{"hostel https (TLS 1.3, internal CA)", "router-tls"},
+		{"hostel (net/http server)", "router-nethttp"},
+	} {
+		t, err := procs.startSelf(ctx, c.name, c.mode, "-backend", backend.addr)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
 	}
-	hostelTLS, err := procs.startSelf(ctx, "router-tls", "-backend", backend)
-	if err != nil {
-		return err
-	}
-	targets := []target{{"direct", backend}, {"hostel", hostel}, {"hostel https (TLS 1.3, internal CA)", hostelTLS}}
-	hostelNet, err := procs.startSelf(ctx, "router-nethttp", "-backend", backend)
-	if err != nil {
-		return err
-	}
-	targets = append(targets, target{"hostel (net/http server)", hostelNet})
-	if addr, err := startNginx(ctx, procs, tmp, backend); err != nil {
+	if t, err := startNginx(ctx, procs, tmp, backend.addr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/router: nginx skipped:", err)
-	} else if addr != "" {
-		targets = append(targets, target{"nginx (1 worker, keepalive)", addr})
+	} else if t.addr != "" {
+		targets = append(targets, t)
 	}
-	if addr, err := startCaddy(ctx, procs, tmp, backend); err != nil {
+	if t, err := startCaddy(ctx, procs, tmp, backend.addr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/router: caddy skipped:", err)
-	} else if addr != "" {
-		targets = append(targets, target{"caddy reverse_proxy", addr})
+	} else if t.addr != "" {
+		targets = append(targets, t)
 	}
 	results, err := measureAll(ctx, cfg, targets)
 	if err != nil {
@@ -150,16 +153,16 @@ func run() error {
 	fmt.Printf("\nHTTPS through the router: %.2f× its HTTP throughput (bar: ≥ 0.70×).\n", results[2].rps/results[1].rps)
 
 	if cfg.delay > 0 {
-		slow, err := procs.startSelf(ctx, "backend", "-delay", cfg.delay.String())
+		slow, err := procs.startSelf(ctx, "direct", "backend", "-delay", cfg.delay.String())
 		if err != nil {
 			return err
 		}
-		slowHostel, err := procs.startSelf(ctx, "router", "-backend", slow)
+		slowHostel, err := procs.startSelf(ctx, "hostel", "router", "-backend", slow.addr)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("\n## Backend with a %s delay\n\n", cfg.delay)
-		results, err := measureAll(ctx, cfg, []target{{"direct", slow}, {"hostel", slowHostel}})
+		results, err := measureAll(ctx, cfg, []target{slow, slowHostel})
 		if err != nil {
 			return err
 		}
@@ -178,34 +181,76 @@ func genName(cfg config) string {
 type target struct {
 	name string
 	addr string // host:port
+	pgid int    // the server's process group, for its CPU time; 0 if unknown
 }
 
 type result struct {
 	target
 	rps      float64
 	p50, p99 time.Duration
+	cpu      time.Duration // the server's CPU time per request; 0 if unknown
 	errors   int64
 }
 
+// measureAll measures every target cfg.rounds times, starting each round
+// one target further along so that no target is always measured right
+// after the same one, and returns each target's medians.
 func measureAll(ctx context.Context, cfg config, targets []target) ([]result, error) {
-	var out []result
-	for _, t := range targets {
-		fmt.Fprintf(os.Stderr, "bench/router: measuring %s at %s…\n", t.name, t.addr)
-		if cfg.warmup > 0 {
-			if _, err := measure(ctx, cfg, t, cfg.warmup); err != nil {
-				return nil, fmt.Errorf("%s: warm-up: %w", t.name, err)
+	runs := make([][]result, len(targets))
+	for round := range cfg.rounds {
+		for k := range targets {
+			i := (k + round) % len(targets)
+			t := targets[i]
+			fmt.Fprintf(os.Stderr, "bench/router: round %d: measuring %s at %s…\n", round+1, t.name, t.addr)
+			if cfg.warmup > 0 {
+				if _, err := measure(ctx, cfg, t, cfg.warmup); err != nil {
+					return nil, fmt.Errorf("%s: warm-up: %w", t.name, err)
+				}
 			}
+			cpu0, cpuOK := groupCPU(t.pgid)
+			r, err := measure(ctx, cfg, t, cfg.duration)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", t.name, err)
+			}
+			if cpu1, ok := groupCPU(t.pgid); ok && cpuOK && r.rps > 0 {
+				r.cpu = time.Duration(float64(cpu1-cpu0) / (r.rps * cfg.duration.Seconds()))
+			}
+			runs[i] = append(runs[i], r)
 		}
-		r, err := measure(ctx, cfg, t, cfg.duration)
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", t.name, err)
-		}
-		out = append(out, r)
+	}
+	out := make([]result, len(targets))
+	for i, rs := range runs {
+		out[i] = medianResult(rs)
 	}
 	return out, nil
+}
+
+// medianResult is the median of each measure over rs (taken separately),
+// with the errors of all of them.
+func medianResult(rs []result) result {
+	m := result{target: rs[0].target}
+	med := func(f func(result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	m.rps = med(func(r result) float64 { return r.rps })
+	m.p50 = time.Duration(med(func(r result) float64 { return float64(r.p50) }))
+	m.p99 = time.Duration(med(func(r result) float64 { return float64(r.p99) }))
+	m.cpu = time.Duration(med(func(r result) float64 { return float64(r.cpu) }))
+	for _, r := range rs {
+		m.errors += r.errors
+	}
+	return m
 }
 
 func measure(ctx context.Context, cfg config, t target, d time.Duration) (result, error) {
@@ -216,16 +261,20 @@ func measure(ctx context.Context, cfg config, t target, d time.Duration) (result
 }
 
 func printTable(rs []result) {
-	fmt.Println("| target | req/s | × direct | p50 | p99 | added p50 | added p99 | errors |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Println("| target | req/s | × direct | p50 | p99 | added p50 | added p99 | CPU/req | errors |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	direct := rs[0]
 	for _, r := range rs {
 		added50, added99 := "—", "—"
 		if r.name != direct.name {
 			added50, added99 = signed(r.p50-direct.p50), signed(r.p99-direct.p99)
 		}
-		fmt.Printf("| %s | %.0f | %.2f× | %s | %s | %s | %s | %d |\n",
-			r.name, r.rps, r.rps/direct.rps, fmtDur(r.p50), fmtDur(r.p99), added50, added99, r.errors)
+		cpu := "—"
+		if r.cpu > 0 {
+			cpu = fmt.Sprintf("%.1fµs", float64(r.cpu)/float64(time.Microsecond))
+		}
+		fmt.Printf("| %s | %.0f | %.2f× | %s | %s | %s | %s | %s | %d |\n",
+			r.name, r.rps, r.rps/direct.rps, fmtDur(r.p50), fmtDur(r.p99), added50, added99, cpu, r.errors)
 	}
 }
 
@@ -385,18 +434,18 @@ func measureGo(ctx context.Context, cfg config, t target, d time.Duration) (resu
 
 // --- peers ---
 
-func startNginx(ctx context.Context, procs *children, tmp, backend string) (string, error) {
+func startNginx(ctx context.Context, procs *children, tmp, backend string) (target, error) {
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
-		return "", nil
+		return target{}, nil
 	}
 	port, err := freePort()
 	if err != nil {
-		return "", err
+		return target{}, err
 	}
 	dir := filepath.Join(tmp, "nginx")
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
-		return "", err
+		return target{}, err
 	}
 	user := ""
 	if os.Geteuid() == 0 {
@@ -433,29 +482,29 @@ http {
 `, user, dir, backend, port)
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return "", err
+		return target{}, err
 	}
 	// -e: nginx opens its compiled-in error log before it reads the config.
 	cmd := exec.Command(bin, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "logs", "error.log"))
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := procs.start(ctx, cmd, addr); err != nil {
-		return "", fmt.Errorf("%w (see %s/logs/error.log)", err, dir)
+	t := target{name: "nginx (1 worker, keepalive)", addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	if err := procs.start(ctx, cmd, &t); err != nil {
+		return target{}, fmt.Errorf("%w (see %s/logs/error.log)", err, dir)
 	}
-	return addr, nil
+	return t, nil
 }
 
-func startCaddy(ctx context.Context, procs *children, tmp, backend string) (string, error) {
+func startCaddy(ctx context.Context, procs *children, tmp, backend string) (target, error) {
 	bin, err := exec.LookPath("caddy")
 	if err != nil {
-		return "", nil
+		return target{}, nil
 	}
 	port, err := freePort()
 	if err != nil {
-		return "", err
+		return target{}, err
 	}
 	dir := filepath.Join(tmp, "caddy")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
+		return target{}, err
 	}
 	conf := fmt.Sprintf(`{
 	admin off
@@ -468,21 +517,21 @@ http://:%d {
 `, port, backend)
 	confPath := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return "", err
+		return target{}, err
 	}
 	cmd := exec.Command(bin, "run", "--config", confPath, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 	logf, err := os.Create(filepath.Join(dir, "caddy.log"))
 	if err != nil {
-		return "", err
+		return target{}, err
 	}
 	defer logf.Close()
 	cmd.Stdout, cmd.Stderr = logf, logf
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := procs.start(ctx, cmd, addr); err != nil {
-		return "", fmt.Errorf("%w (see %s)", err, logf.Name())
+	t := target{name: "caddy reverse_proxy", addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	if err := procs.start(ctx, cmd, &t); err != nil {
+		return target{}, fmt.Errorf("%w (see %s)", err, logf.Name())
 	}
-	return addr, nil
+	return t, nil
 }
 
 // targetURL is the URL of "/" at addr: "host:port" (HTTP) or
@@ -520,43 +569,46 @@ type children struct {
 }
 
 // startSelf re-executes this binary as a child in mode ("backend",
-// "router") and returns the address it reports on its first stdout line.
-func (cs *children) startSelf(ctx context.Context, mode string, args ...string) (string, error) {
+// "router", …) and returns it as a target named name, at the address it
+// reports on its first stdout line.
+func (cs *children) startSelf(ctx context.Context, name, mode string, args ...string) (target, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return "", err
+		return target{}, err
 	}
 	cmd := exec.Command(self, append([]string{mode}, args...)...)
 	cmd.Stderr = os.Stderr
 	// The child exits when its stdin reaches EOF, i.e. when this process
 	// is gone, however it went.
 	if _, err := cmd.StdinPipe(); err != nil {
-		return "", err
+		return target{}, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", err
+		return target{}, err
 	}
 	if err := cs.launch(cmd); err != nil {
-		return "", err
+		return target{}, err
 	}
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
 	if err != nil || !ok {
-		return "", fmt.Errorf("%s child: no address reported (%q, %v)", mode, line, err)
+		return target{}, fmt.Errorf("%s child: no address reported (%q, %v)", mode, line, err)
 	}
 	if err := waitReady(ctx, addr); err != nil {
-		return "", fmt.Errorf("%s child: %w", mode, err)
+		return target{}, fmt.Errorf("%s child: %w", mode, err)
 	}
-	return addr, nil
+	return target{name: name, addr: addr, pgid: cmd.Process.Pid}, nil
 }
 
-// start runs an external server and waits until addr answers.
-func (cs *children) start(ctx context.Context, cmd *exec.Cmd, addr string) error {
+// start runs an external server and waits until t.addr answers; it sets
+// t.pgid.
+func (cs *children) start(ctx context.Context, cmd *exec.Cmd, t *target) error {
 	if err := cs.launch(cmd); err != nil {
 		return err
 	}
-	return waitReady(ctx, addr)
+	t.pgid = cmd.Process.Pid
+	return waitReady(ctx, t.addr)
 }
 
 func (cs *children) launch(cmd *exec.Cmd) error {

@@ -126,6 +126,14 @@ func (u *upstream) forwardFast(req *Request, w *bufio.Writer, h *hangup) bool {
 		}
 		return u.failFast(w, req, err)
 	}
+	return u.respondTo(pc, req, w, h)
+}
+
+// respondTo reads the response to req from pc, which carried it, and
+// writes it to w; it then pools or closes pc. It returns forwardFast's
+// result.
+func (u *upstream) respondTo(pc *pconn, req *Request, w *bufio.Writer, h *hangup) bool {
+	b := u.b
 	var keep, reuse bool
 	if qh, ok := peekHead(pc.br, req.Method); ok {
 		keep, reuse = u.respondQuick(pc, qh, req, w, h)
@@ -350,7 +358,11 @@ func (pc *pconn) roundTripFast(req *Request) error {
 // rules, the fields in the order they arrived. Their names and values were
 // checked by parseRequest and are written as they are.
 func (pc *pconn) writeRequestFast(req *Request) error {
-	bw := pc.bw
+	return writeRequestTo(pc.bw, req)
+}
+
+// writeRequestTo writes req's head to bw and flushes it.
+func writeRequestTo(bw *bufio.Writer, req *Request) error {
 	writeRequestLine(bw, req.Method, req.Target, req.Host)
 	trailers := false
 	for _, f := range req.Header {

@@ -48,6 +48,10 @@ type FrontOptions struct {
 	IdleTimeout time.Duration
 	// ErrorLog is net/http's error log for the requests it serves.
 	ErrorLog *log.Logger
+	// Loops is the number of event loops that serve plain-HTTP
+	// connections where the platform has them (Linux): 0 means one per
+	// GOMAXPROCS, a negative number none (a goroutine per connection).
+	Loops int
 
 	// TLSConfig, TLSHandler and DirectTLS are those of ServeTLS: the
 	// listener's TLS configuration (with "h2" in NextProtos for HTTP/2),
@@ -70,6 +74,11 @@ type Front struct {
 	// plain and secure serve the connections handed over from Serve and
 	// ServeTLS.
 	plain, secure *fallback
+
+	// loops are the event loops of plain-HTTP connections (Linux), started
+	// by the first Serve unless FrontOptions.Loops is negative.
+	loops     *loops
+	loopCount int
 
 	shutting atomic.Bool
 	// clock is the time (UnixNano) as of the sweeper's last tick: the
@@ -95,6 +104,7 @@ func (r *Router) NewFront(opts FrontOptions) *Front {
 		tlsConfig: opts.TLSConfig,
 		header:    opts.ReadHeaderTimeout,
 		idle:      opts.IdleTimeout,
+		loopCount: opts.Loops,
 		conns:     map[*frontConn]struct{}{},
 		lns:       map[net.Listener]struct{}{},
 		stop:      make(chan struct{}),
@@ -167,6 +177,16 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 		fb.l.addr = ln.Addr()
 		go fb.srv.Serve(fb.l)
 	}
+	if !secure && f.loops == nil && f.loopCount >= 0 {
+		f.loops = f.startLoops(f.loopCount)
+		if f.loops == nil {
+			f.loopCount = -1 // not again
+		}
+	}
+	var ls *loops
+	if !secure {
+		ls = f.loops
+	}
 	if !f.started {
 		f.started = true
 		f.clock.Store(time.Now().UnixNano())
@@ -189,24 +209,53 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 			return err
 		}
 		backoff = 0
-		fc := &frontConn{f: f, c: c, remote: c.RemoteAddr().String(), fb: fb, direct: f.direct}
-		if secure {
-			fc.tls = tls.Server(c, f.tlsConfig)
-			fc.c, fc.direct = fc.tls, f.directTLS
+		if ls != nil {
+			if err := ls.adopt(c); err == nil {
+				continue
+			}
+			// Not adopted (the loops are closing, or the connection
+			// has no descriptor): it is served as below.
 		}
-		fc.cr.c, fc.cr.h = fc.c, &fc.hangup
-		fc.since.Store(f.clock.Load())
-		fc.phase.Store(phaseNew)
-		f.mu.Lock()
-		if f.shutting.Load() {
-			f.mu.Unlock()
-			c.Close()
+		fc := f.newConn(c, secure, nil)
+		if fc == nil {
 			return http.ErrServerClosed
 		}
-		f.conns[fc] = struct{}{}
-		f.mu.Unlock()
 		go fc.serve()
 	}
+}
+
+// newConn tracks a client connection served by a goroutine: a new one, or
+// one an event loop gives back with the bytes it read ahead (pending). It
+// returns nil, with c closed, if the Front is shutting down.
+func (f *Front) newConn(c net.Conn, secure bool, pending []byte) *frontConn {
+	fc := &frontConn{f: f, c: c, remote: c.RemoteAddr().String(), fb: f.plain, direct: f.direct}
+	if secure {
+		fc.tls = tls.Server(c, f.tlsConfig)
+		fc.c, fc.direct, fc.fb = fc.tls, f.directTLS, f.secure
+	}
+	fc.cr.c, fc.cr.h, fc.cr.pending = fc.c, &fc.hangup, pending
+	fc.since.Store(f.clock.Load())
+	fc.phase.Store(phaseNew)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.shutting.Load() && pending == nil {
+		c.Close()
+		return nil
+	}
+	f.conns[fc] = struct{}{}
+	return fc
+}
+
+// loopConns is how many connections the event loops hold, -1 if there
+// are none.
+func (f *Front) loopConns() int {
+	f.mu.Lock()
+	ls := f.loops
+	f.mu.Unlock()
+	if ls == nil {
+		return -1
+	}
+	return ls.count()
 }
 
 // Shutdown stops accepting, lets the requests in flight finish, closes idle
@@ -251,7 +300,9 @@ func (f *Front) Close() error {
 		fc.phase.Store(phaseClosed)
 		fc.c.Close()
 	}
+	ls := f.loops
 	f.mu.Unlock()
+	ls.close()
 	f.stopOnce.Do(func() { close(f.stop) })
 	return errors.Join(f.plain.srv.Close(), f.secure.srv.Close())
 }
@@ -319,7 +370,7 @@ func (f *Front) expire(shutting bool) int {
 			fc.c.Close()
 		}
 	}
-	return len(f.conns)
+	return len(f.conns) + f.loops.count()
 }
 
 const (
@@ -357,7 +408,12 @@ type frontConn struct {
 	req    Request
 }
 
-func (fc *frontConn) serve() {
+func (fc *frontConn) serve() { fc.run(nil) }
+
+// run serves the connection; first, if set, finishes a request an event
+// loop began (it writes the response to w and reports whether the
+// connection can carry another request) before the next is read.
+func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 	f := fc.f
 	fc.br = frontReaders.Get().(*bufio.Reader)
 	fc.br.Reset(&fc.cr)
@@ -397,6 +453,19 @@ func (fc *frontConn) serve() {
 			return
 		}
 		fc.state = &st
+	}
+	if first != nil {
+		if !fc.phase.CompareAndSwap(phaseNew, phaseActive) {
+			return
+		}
+		fc.startWatch()
+		keep := first(fc.bw, &fc.hangup)
+		fc.stopWatch()
+		if fc.bw.Flush() != nil || !keep || f.shutting.Load() {
+			return
+		}
+		fc.since.Store(f.clock.Load())
+		fc.phase.Store(phaseIdle)
 	}
 	for {
 		ph := fc.phase.Load()
@@ -519,6 +588,10 @@ type connReader struct {
 	// armed: a request is being forwarded and not watched yet.
 	armed atomic.Bool
 
+	// pending holds bytes an event loop read ahead of the connection's
+	// hand-over: they are read first.
+	pending []byte
+
 	mu       sync.Mutex
 	stopped  bool // the request is over: no new background read
 	watching bool
@@ -528,6 +601,11 @@ type connReader struct {
 }
 
 func (cr *connReader) Read(p []byte) (int, error) {
+	if len(cr.pending) > 0 {
+		n := copy(p, cr.pending)
+		cr.pending = cr.pending[n:]
+		return n, nil
+	}
 	if cr.hasByte {
 		if len(p) == 0 {
 			return 0, nil

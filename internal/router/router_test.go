@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,11 @@ import (
 )
 
 const zone = "hostel.internal"
+
+// frontLoops is FrontOptions.Loops for the tests' front ends: `make test`
+// runs this package's tests once with event loops (where the platform has
+// them) and once with -front-loops=-1, a goroutine per connection.
+var frontLoops = flag.Int("front-loops", 0, "FrontOptions.Loops of the tests' front ends")
 
 var (
 	apiV1 = spec.Key("api", "111111111111")
@@ -64,6 +70,9 @@ func startRouter(t testing.TB, opts Options) (*Router, string) {
 // listener's address (host:port).
 func serveFront(t testing.TB, r *Router, opts FrontOptions) (*Front, string) {
 	t.Helper()
+	if opts.Loops == 0 {
+		opts.Loops = *frontLoops
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,222 @@
+package router
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// loopFront is frontTo with event loops, whatever -front-loops says.
+func loopFront(t *testing.T, addr string) (*Router, *Front, string) {
+	t.Helper()
+	r, f, pub := frontTo(t, addr, FrontOptions{Loops: 2})
+	// The loops start with Serve: a first connection waits for them.
+	c, err := net.Dial("tcp", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitFor(t, "the loops to start", func() bool { return f.loopConns() == 0 })
+	return r, f, pub
+}
+
+// TestLoopServes: keep-alive requests stay in an event loop, on one
+// backend connection, and the loop lets the connection go when the client
+// does.
+func TestLoopServes(t *testing.T) {
+	addr, conns := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "path=%s", r.URL.RequestURI())
+	}), nil)
+	_, f, pub := loopFront(t, addr)
+	c, br := dialFront(t, pub)
+	for i := range 50 {
+		fmt.Fprintf(c, "GET /n/%d HTTP/1.1\r\nHost: %s\r\n\r\n", i, host)
+		resp, body := readResp(t, br, "GET")
+		if want := fmt.Sprintf("path=/n/%d", i); resp.StatusCode != 200 || body != want {
+			t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
+		}
+	}
+	if n := f.loopConns(); n != 1 {
+		t.Errorf("event loops hold %d connections, want 1", n)
+	}
+	f.mu.Lock()
+	goroutines := len(f.conns)
+	f.mu.Unlock()
+	if goroutines != 0 || f.handoffs.Load() != 0 {
+		t.Errorf("%d connections served by goroutines, %d handed to net/http; want none", goroutines, f.handoffs.Load())
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("backend saw %d connections, want 1", n)
+	}
+	c.Close()
+	waitFor(t, "the loop to close the connection", func() bool { return f.loopConns() == 0 })
+}
+
+// TestLoopHandsOver: responses a loop does not forward whole (large,
+// chunked, streamed) are finished by a goroutine on the same connection,
+// with the requests pipelined behind them; quick ones in between are
+// answered in order.
+func TestLoopHandsOver(t *testing.T) {
+	large := bytes.Repeat([]byte("0123456789abcdef"), 10000) // 160 KB
+	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/large":
+			w.Write(large)
+		case "/chunked":
+			w.Write([]byte("part one, "))
+			w.(http.Flusher).Flush()
+			w.Write([]byte("part two"))
+		case "/interim":
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			io.WriteString(w, "after hints")
+		default:
+			io.WriteString(w, "quick "+r.URL.Path)
+		}
+	}))
+	_, _, pub := loopFront(t, addr)
+	c, br := dialFront(t, pub)
+	paths := []string{"/a", "/large", "/b", "/chunked", "/c", "/interim", "/d"}
+	var all strings.Builder
+	for _, p := range paths {
+		fmt.Fprintf(&all, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", p, host)
+	}
+	io.WriteString(c, all.String())
+	for _, p := range paths {
+		resp, body := readResp(t, br, "GET")
+		for resp.StatusCode < 200 {
+			resp, body = readResp(t, br, "GET")
+		}
+		var want string
+		switch p {
+		case "/large":
+			want = string(large)
+		case "/chunked":
+			want = "part one, part two"
+		case "/interim":
+			want = "after hints"
+		default:
+			want = "quick " + p
+		}
+		if resp.StatusCode != 200 || body != want {
+			t.Fatalf("%s: %d, %d bytes %.40q, want 200, %d bytes %.40q", p, resp.StatusCode, len(body), body, len(want), want)
+		}
+	}
+}
+
+// TestLoopSlowReader: responses the client's socket cannot take at once
+// are written as the client reads them.
+func TestLoopSlowReader(t *testing.T) {
+	body := bytes.Repeat([]byte("x"), maxLoopResponse-1024)
+	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body)
+	}))
+	_, f, pub := loopFront(t, addr)
+	c, br := dialFront(t, pub)
+	partial := loopPartialWrites.Load()
+	// 64 pipelined requests: 4 MB of responses that nobody reads for a
+	// while fill the sockets.
+	const n = 64
+	io.WriteString(c, strings.Repeat(fmt.Sprintf("GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host), n))
+	time.Sleep(100 * time.Millisecond)
+	for i := range n {
+		resp, got := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || got != string(body) {
+			t.Fatalf("response %d: %d, %d bytes, want 200, %d bytes", i, resp.StatusCode, len(got), len(body))
+		}
+	}
+	if loopPartialWrites.Load() == partial {
+		t.Error("every response was written at once: the test did not fill the socket")
+	}
+	if f.handoffs.Load() != 0 || f.loopConns() != 1 {
+		t.Errorf("%d handed to net/http, loops hold %d; want 0 and 1", f.handoffs.Load(), f.loopConns())
+	}
+}
+
+// TestLoopClientGone: a client that hangs up while its request is with
+// the backend ends the backend request, and the in-flight count drops.
+func TestLoopClientGone(t *testing.T) {
+	var canceled atomic.Bool
+	started := make(chan struct{}, 1)
+	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			canceled.Store(true)
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	r, _, pub := loopFront(t, addr)
+	c, _ := dialFront(t, pub)
+	fmt.Fprintf(c, "GET /slow HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	<-started
+	if n := r.InFlight(apiV1); n != 1 {
+		t.Fatalf("in flight = %d, want 1", n)
+	}
+	c.Close()
+	waitFor(t, "the backend request to end", canceled.Load)
+	waitFor(t, "the in-flight count to drop", func() bool { return r.InFlight(apiV1) == 0 })
+}
+
+// TestLoopBackendDown: a backend that refuses connections gets a 502, and
+// the connection carries on.
+func TestLoopBackendDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, _, pub := loopFront(t, addr)
+	c, br := dialFront(t, pub)
+	for range 2 {
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "unavailable") {
+			t.Fatalf("got %d %q, want 502", resp.StatusCode, body)
+		}
+	}
+}
+
+// TestLoopClose: Close with a request in flight closes the connection and
+// leaves nothing counted.
+func TestLoopClose(t *testing.T) {
+	started := make(chan struct{}, 1)
+	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-r.Context().Done()
+	}))
+	r, f, pub := loopFront(t, addr)
+	c, br := dialFront(t, pub)
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	<-started
+	f.Close()
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("connection still open after Close")
+	}
+	if n := f.loopConns(); n != 0 {
+		t.Errorf("loops hold %d connections after Close", n)
+	}
+	if n := r.InFlight(apiV1); n != 0 {
+		t.Errorf("in flight = %d after Close, want 0", n)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

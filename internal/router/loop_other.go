@@ -1,0 +1,20 @@
+//go:build !linux
+
+package router
+
+import (
+	"errors"
+	"net"
+)
+
+// Event loops are Linux's (loop_linux.go); elsewhere every connection is
+// served by a goroutine.
+type loops struct{}
+
+func (f *Front) startLoops(int) *loops { return nil }
+
+func (ls *loops) adopt(net.Conn) error { return errors.New("no event loops") }
+
+func (ls *loops) count() int { return 0 }
+
+func (ls *loops) close() {}
