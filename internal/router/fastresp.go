@@ -9,7 +9,8 @@ import (
 
 // This file is the forwarder's quick path for the common response: an
 // HTTP/1.1 final status, a Content-Length (or no body by rule: HEAD, 204,
-// 304), no Transfer-Encoding, Trailer, Connection or Upgrade field, a head
+// 304), no Transfer-Encoding, Trailer or Upgrade field, no Connection field
+// but "keep-alive" or "close" (which Node and gunicorn send), a head
 // that fits the connection's buffer. It is checked and copied from the
 // buffer without allocating; any other response is read by
 // http.ReadResponse (fast.go).
@@ -22,6 +23,7 @@ type quickHead struct {
 	date     bool
 	stream   bool // text/event-stream
 	hopByHop bool // a hop-by-hop field the write must skip
+	close    bool // the backend closes its connection after this response
 }
 
 // peekHead waits until br holds a complete response head and checks it;
@@ -65,8 +67,19 @@ func checkHead(head []byte, method string) (h quickHead, ok bool) {
 			return h, false
 		}
 		switch string(line[:colon]) {
-		case "Transfer-Encoding", "Trailer", "Connection", "Upgrade":
+		case "Transfer-Encoding", "Trailer", "Upgrade":
 			return h, false
+		case "Connection":
+			// Other values name fields to drop, which the
+			// ReadResponse path handles.
+			switch {
+			case bytes.EqualFold(value, []byte("keep-alive")):
+			case bytes.EqualFold(value, []byte("close")):
+				h.close = true
+			default:
+				return h, false
+			}
+			h.hopByHop = true
 		case "Keep-Alive", "Proxy-Connection", "Te", "Proxy-Authenticate", "Proxy-Authorization":
 			h.hopByHop = true
 		case "Content-Length":
@@ -111,7 +124,7 @@ func writeHead(w *bufio.Writer, head []byte, h quickHead, noBody, close bool) {
 		name := line[:colon]
 		if h.hopByHop {
 			switch string(name) {
-			case "Keep-Alive", "Proxy-Connection", "Te", "Proxy-Authenticate", "Proxy-Authorization":
+			case "Connection", "Keep-Alive", "Proxy-Connection", "Te", "Proxy-Authenticate", "Proxy-Authorization":
 				continue
 			}
 		}
@@ -207,7 +220,7 @@ func (u *upstream) respondQuick(pc *pconn, h quickHead, req *Request, w *bufio.W
 	writeHead(w, head, h, noBody, req.Close)
 	pc.br.Discard(h.n)
 	if noBody {
-		return !req.Close, true
+		return !req.Close, !h.close
 	}
 	remaining := h.length
 	if remaining <= int64(pc.br.Buffered()) {
@@ -218,7 +231,7 @@ func (u *upstream) respondQuick(pc *pconn, h quickHead, req *Request, w *bufio.W
 		if h.stream && w.Flush() != nil {
 			return false, false
 		}
-		return !req.Close, true
+		return !req.Close, !h.close
 	}
 	if w.Flush() != nil {
 		return false, false
@@ -244,5 +257,5 @@ func (u *upstream) respondQuick(pc *pconn, h quickHead, req *Request, w *bufio.W
 			return false, false
 		}
 	}
-	return !req.Close, true
+	return !req.Close, !h.close
 }

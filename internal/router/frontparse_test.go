@@ -90,6 +90,9 @@ func FuzzCheckHead(f *testing.F) {
 		"HTTP/1.1 404\nKeep-Alive: timeout=5\nContent-Length: 0\n\n",
 		"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 1\r\n\r\n",
 		"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: X-Drop\r\nX-Drop: 1\r\nContent-Length: 2\r\n\r\n",
 	} {
 		f.Add(s, false)
 	}
@@ -111,7 +114,7 @@ func FuzzCheckHead(f *testing.F) {
 			t.Fatalf("quick path took %q, net/http: %v", s[:n], err)
 		}
 		noBody := head || h.code == 204 || h.code == 304
-		if resp.StatusCode != h.code || !noBody && resp.ContentLength != h.length || resp.Close {
+		if resp.StatusCode != h.code || !noBody && resp.ContentLength != h.length || resp.Close != h.close {
 			t.Fatalf("%q: quick %d %d, net/http %d %d close=%v", s[:n], h.code, h.length, resp.StatusCode, resp.ContentLength, resp.Close)
 		}
 		var out strings.Builder

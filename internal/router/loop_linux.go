@@ -656,7 +656,7 @@ func (c *loopClient) respond(bc *loopBackend) {
 	extra := len(bc.in) > bc.total
 	bc.check = noBody
 	c.bc, bc.client = nil, nil
-	if extra || c.b.aborted.Load() {
+	if extra || h.close || c.b.aborted.Load() {
 		bc.close()
 	} else {
 		l.putIdle(bc)
@@ -861,6 +861,9 @@ func (l *eventLoop) putIdle(bc *loopBackend) {
 		return
 	}
 	bc.idleAt, bc.readable = l.now, false
+	if cap(bc.in) > 16<<10 {
+		bc.in = make([]byte, 0, 4096) // a large response's buffer is not kept
+	}
 	l.idle[bc.u] = append(list, bc)
 }
 
