@@ -50,7 +50,8 @@ type FrontOptions struct {
 	ErrorLog *log.Logger
 	// Loops is the number of event loops that serve plain-HTTP
 	// connections where the platform has them (Linux): 0 means one per
-	// GOMAXPROCS, a negative number none (a goroutine per connection).
+	// two CPUs (GOMAXPROCS), a negative number none (a goroutine per
+	// connection).
 	Loops int
 
 	// TLSConfig, TLSHandler and DirectTLS are those of ServeTLS: the

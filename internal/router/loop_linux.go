@@ -68,11 +68,12 @@ type loops struct {
 	wg    sync.WaitGroup
 }
 
-// startLoops starts n event loops (0: one per GOMAXPROCS) for f; nil if
-// they cannot be set up, which leaves every connection to goroutines.
+// startLoops starts n event loops for f (0: one per two CPUs, see
+// defaultLoops); nil if they cannot be set up, which leaves every
+// connection to goroutines.
 func (f *Front) startLoops(n int) *loops {
 	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
+		n = defaultLoops()
 	}
 	ls := &loops{f: f}
 	for range n {
@@ -168,6 +169,15 @@ func (ls *loops) close() {
 		l.mu.Unlock()
 	}
 	ls.wg.Wait()
+}
+
+// defaultLoops is one event loop per two CPUs (GOMAXPROCS), at least one.
+// The apps hostel serves run on the same machine and need the CPUs more
+// than the router: a loop keeps a CPU busy at about 80,000 requests a
+// second, and on two CPUs shared with a load generator and an app, one
+// loop spent a tenth less CPU per request than two (BENCHMARKS.md).
+func defaultLoops() int {
+	return max(1, runtime.GOMAXPROCS(0)/2)
 }
 
 type adopted struct {
