@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -178,7 +179,7 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 		fb.l.addr = ln.Addr()
 		go fb.srv.Serve(fb.l)
 	}
-	if !secure && f.loops == nil && f.loopCount >= 0 {
+	if f.loops == nil && f.loopCount >= 0 {
 		f.loops = f.startLoops(f.loopCount)
 		if f.loops == nil {
 			f.loopCount = -1 // not again
@@ -186,7 +187,7 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 	}
 	var ls *loops
 	if !secure {
-		ls = f.loops
+		ls = f.loops // TLS connections go to a loop after their handshake
 	}
 	if !f.started {
 		f.started = true
@@ -229,10 +230,21 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 // one an event loop gives back with the bytes it read ahead (pending). It
 // returns nil, with c closed, if the Front is shutting down.
 func (f *Front) newConn(c net.Conn, secure bool, pending []byte) *frontConn {
-	fc := &frontConn{f: f, c: c, remote: c.RemoteAddr().String(), fb: f.plain, direct: f.direct}
+	var tc *tls.Conn
 	if secure {
-		fc.tls = tls.Server(c, f.tlsConfig)
-		fc.c, fc.direct, fc.fb = fc.tls, f.directTLS, f.secure
+		c = &switchConn{Conn: c}
+		tc = tls.Server(c, f.tlsConfig)
+	}
+	return f.track(c, tc, pending)
+}
+
+// track is newConn for a client connection c, with tc its TLS layer
+// (over a *switchConn) if it has one.
+func (f *Front) track(c net.Conn, tc *tls.Conn, pending []byte) *frontConn {
+	fc := &frontConn{f: f, c: c, remote: c.RemoteAddr().String(), fb: f.plain, direct: f.direct}
+	if tc != nil {
+		fc.tls = tc
+		fc.c, fc.direct, fc.fb = tc, f.directTLS, f.secure
 	}
 	fc.cr.c, fc.cr.h, fc.cr.pending = fc.c, &fc.hangup, pending
 	fc.since.Store(f.clock.Load())
@@ -407,6 +419,9 @@ type frontConn struct {
 	since  atomic.Int64 // UnixNano of the phase's start
 	hangup hangup
 	req    Request
+	// fromLoop: an event loop gave the connection back; it is not
+	// offered to one again.
+	fromLoop bool
 }
 
 func (fc *frontConn) serve() { fc.run(nil) }
@@ -454,6 +469,18 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 			return
 		}
 		fc.state = &st
+		if first == nil && !fc.fromLoop {
+			f.mu.Lock()
+			ls := f.loops
+			f.mu.Unlock()
+			if ls != nil && ls.adoptTLS(fc.tls, fc.remote) == nil {
+				// An event loop serves it from now on.
+				fc.release()
+				handedOff = true
+				f.untrack(fc)
+				return
+			}
+		}
 	}
 	if first != nil {
 		if !fc.phase.CompareAndSwap(phaseNew, phaseActive) {
@@ -640,6 +667,50 @@ func (cr *connReader) backgroundRead() {
 	if gone {
 		cr.h.gone()
 	}
+}
+
+// switchConn is what a TLS client connection's tls.Conn reads and writes:
+// the TCP connection, or, while an event loop serves the connection,
+// buffers the loop fills with what it reads and empties into the socket.
+type switchConn struct {
+	net.Conn
+	mem bool   // an event loop's: in and out, not Conn
+	eof bool   // mem: the client closed its side
+	in  []byte // ciphertext read from the socket, not yet by TLS
+	out []byte // mem: ciphertext TLS wrote
+}
+
+// errWouldBlock is a switchConn's read with nothing buffered: temporary,
+// so tls.Conn keeps the connection and what it read of a record.
+var errWouldBlock net.Error = wouldBlockError{}
+
+type wouldBlockError struct{}
+
+func (wouldBlockError) Error() string   { return "router: no data buffered" }
+func (wouldBlockError) Timeout() bool   { return true }
+func (wouldBlockError) Temporary() bool { return true }
+
+func (s *switchConn) Read(p []byte) (int, error) {
+	if len(s.in) > 0 {
+		n := copy(p, s.in)
+		s.in = s.in[n:]
+		return n, nil
+	}
+	if s.mem {
+		if s.eof {
+			return 0, io.EOF
+		}
+		return 0, errWouldBlock
+	}
+	return s.Conn.Read(p)
+}
+
+func (s *switchConn) Write(p []byte) (int, error) {
+	if s.mem {
+		s.out = append(s.out, p...)
+		return len(p), nil
+	}
+	return s.Conn.Write(p)
 }
 
 // handoffConn is a client connection handed to net/http: its reads return

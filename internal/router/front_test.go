@@ -490,7 +490,7 @@ func TestFrontTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := r.NewFront(FrontOptions{TLSConfig: cfg})
+	f := r.NewFront(FrontOptions{TLSConfig: cfg, Loops: *frontLoops})
 	go f.ServeTLS(ln)
 	t.Cleanup(func() { f.Close(); r.Close() })
 

@@ -2,6 +2,7 @@ package router
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -115,6 +116,21 @@ func (f *Front) startLoops(n int) *loops {
 // adopt hands an accepted plain-HTTP connection to a loop. On error c is
 // untouched.
 func (ls *loops) adopt(c net.Conn) error {
+	return ls.adoptFD(c, c.RemoteAddr().String(), nil)
+}
+
+// adoptTLS hands a TLS connection whose handshake is done to a loop: its
+// switchConn turns to the loop's buffers. On error tc is untouched.
+func (ls *loops) adoptTLS(tc *tls.Conn, remote string) error {
+	sw, ok := tc.NetConn().(*switchConn)
+	if !ok {
+		return errors.New("not a switchConn")
+	}
+	return ls.adoptFD(sw.Conn, remote, tc)
+}
+
+// adoptFD takes c's descriptor into a loop and closes c.
+func (ls *loops) adoptFD(c net.Conn, remote string, tc *tls.Conn) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return errors.New("no descriptor")
@@ -139,12 +155,14 @@ func (ls *loops) adopt(c net.Conn) error {
 	if derr != nil {
 		return derr
 	}
-	remote := c.RemoteAddr().String()
 	// Go's poller drops the descriptor it knows; the duplicate keeps the
 	// socket open.
 	c.Close()
+	if tc != nil {
+		tc.NetConn().(*switchConn).mem = true
+	}
 	ls.conns.Add(1)
-	l.incoming = append(l.incoming, adopted{fd, remote})
+	l.incoming = append(l.incoming, adopted{fd, remote, tc})
 	l.wakeLocked()
 	return nil
 }
@@ -183,6 +201,7 @@ func defaultLoops() int {
 type adopted struct {
 	fd     int
 	remote string
+	tls    *tls.Conn // nil for plain HTTP
 }
 
 // loopObj is what a loop's descriptor serves: a client or a backend
@@ -216,8 +235,9 @@ type eventLoop struct {
 	now     int64 // UnixNano, as of the last wake-up
 	lastTik int64
 
-	out []byte        // a response or request being written
-	bw  *bufio.Writer // writes into out
+	out     []byte        // a response or request being written
+	bw      *bufio.Writer // writes into out
+	scratch []byte        // what TLS connections read
 }
 
 func newEventLoop(ls *loops) (*eventLoop, error) {
@@ -400,13 +420,20 @@ func (l *eventLoop) nextGen() int32 {
 func (l *eventLoop) register(a adopted) {
 	c := &loopClient{l: l, fd: a.fd, gen: l.nextGen(), remote: a.remote, state: lcNew, since: l.now}
 	c.req.shutting = &l.f.shutting
+	if a.tls != nil {
+		c.tls, c.sw = a.tls, a.tls.NetConn().(*switchConn)
+	}
 	if err := l.add(a.fd, c); err != nil {
 		unix.Close(a.fd)
 		l.ls.conns.Add(-1)
 		return
 	}
 	l.clients[c] = struct{}{}
-	// A request that arrived before the ADD is reported by it.
+	// A request that arrived before the ADD is reported by it; but TLS
+	// may hold one it read with the handshake.
+	if c.tls != nil {
+		c.advance()
+	}
 }
 
 // tick enforces the header and idle timeouts, shutdown, and the abort of
@@ -470,6 +497,8 @@ func putLoopBuffer(b []byte) {
 
 type loopClient struct {
 	l         *eventLoop
+	tls       *tls.Conn // over sw; nil for plain HTTP
+	sw        *switchConn
 	fd        int
 	gen       int32
 	remote    string
@@ -528,21 +557,14 @@ func (c *loopClient) advance() {
 			c.giveBack(nil) // a large head: net/http's
 			return
 		}
-		if !c.readable {
+		n, err := c.read(c.in[len(c.in):cap(c.in)])
+		if err == unix.EAGAIN {
 			c.releaseIn()
 			return
-		}
-		n, err := rawRead(c.fd, c.in[len(c.in):cap(c.in)])
-		if err == unix.EAGAIN {
-			c.readable = false
-			continue
 		}
 		if err != nil || n == 0 {
 			c.close()
 			return
-		}
-		if n < cap(c.in)-len(c.in) {
-			c.readable = false // drained: the next bytes bring an edge
 		}
 		c.in = c.in[:len(c.in)+n]
 		switch c.state {
@@ -571,9 +593,8 @@ func (c *loopClient) watch() {
 		c.in = (*loopBuffers.Get().(*[]byte))[:0]
 	}
 	for len(c.in) < cap(c.in) {
-		n, err := rawRead(c.fd, c.in[len(c.in):cap(c.in)])
+		n, err := c.read(c.in[len(c.in):cap(c.in)])
 		if err == unix.EAGAIN {
-			c.readable = false
 			return
 		}
 		if err != nil || n == 0 {
@@ -584,15 +605,83 @@ func (c *loopClient) watch() {
 	}
 }
 
+// read reads what the client sent: n > 0 bytes, or (0, EAGAIN) for
+// nothing now, (0, nil) for its end, (0, err) for a failure.
+func (c *loopClient) read(p []byte) (int, error) {
+	if c.tls != nil {
+		return c.readTLS(p)
+	}
+	if !c.readable {
+		return 0, unix.EAGAIN
+	}
+	n, err := rawRead(c.fd, p)
+	if err == unix.EAGAIN || err == nil && n < len(p) {
+		c.readable = false // drained: the next bytes bring an edge
+	}
+	return n, err
+}
+
+// readTLS is read for TLS: what the socket has goes to the switchConn,
+// and TLS makes plaintext of it; TLS may also hold plaintext or records
+// it read before.
+func (c *loopClient) readTLS(p []byte) (int, error) {
+	l := c.l
+	for {
+		n, err := c.tls.Read(p)
+		if len(c.sw.out) > 0 {
+			// An alert or a key update TLS answered with.
+			if w, werr := rawWrite(c.fd, c.sw.out); werr != nil || w < len(c.sw.out) {
+				return 0, errors.New("router: TLS write would block")
+			}
+			c.sw.out = c.sw.out[:0]
+		}
+		if n > 0 {
+			return n, nil
+		}
+		if err != errWouldBlock {
+			if err == io.EOF {
+				return 0, nil
+			}
+			return 0, err
+		}
+		if !c.readable {
+			return 0, unix.EAGAIN
+		}
+		if l.scratch == nil {
+			l.scratch = make([]byte, 32<<10)
+		}
+		m, rerr := rawRead(c.fd, l.scratch)
+		switch {
+		case rerr == unix.EAGAIN:
+			c.readable = false
+			return 0, unix.EAGAIN
+		case rerr != nil:
+			return 0, rerr
+		case m == 0:
+			c.sw.eof = true
+			c.readable = false
+		default:
+			if m < len(l.scratch) {
+				c.readable = false
+			}
+			c.sw.in = append(c.sw.in, l.scratch[:m]...)
+		}
+	}
+}
+
 // dispatch starts the request whose head is the first n bytes of c.in.
 func (c *loopClient) dispatch(n int) {
 	l := c.l
 	var b *backend
 	if parseRequest(string(c.in[:n]), &c.req) {
 		b = l.f.r.route(c.req.Host)
-		if b != nil && l.f.direct != nil {
+		direct := l.f.direct
+		if c.tls != nil {
+			direct = l.f.directTLS
+		}
+		if b != nil && direct != nil {
 			path, _, _ := strings.Cut(c.req.Target, "?")
-			if !l.f.direct(c.req.Host, path) {
+			if !direct(c.req.Host, path) {
 				b = nil
 			}
 		}
@@ -602,7 +691,7 @@ func (c *loopClient) dispatch(n int) {
 		return
 	}
 	c.in = c.in[:copy(c.in, c.in[n:])]
-	c.req.RemoteAddr, c.req.TLS = c.remote, false
+	c.req.RemoteAddr, c.req.TLS = c.remote, c.tls != nil
 	b.inflight.Add(1)
 	c.b, c.u = b, b.up.Load()
 	c.state, c.since = lcActive, l.now
@@ -687,6 +776,14 @@ func (c *loopClient) fail(err error) {
 // write writes a response to the client and finishes the request, or
 // keeps what is left for the client's next writable edge.
 func (c *loopClient) write(p []byte) {
+	if c.tls != nil {
+		if _, err := c.tls.Write(p); err != nil {
+			c.close()
+			return
+		}
+		// p is written or copied below, before TLS writes again.
+		p, c.sw.out = c.sw.out, c.sw.out[:0]
+	}
 	n, err := rawWrite(c.fd, p)
 	if err != nil && err != unix.EAGAIN {
 		c.close()
@@ -778,7 +875,19 @@ func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) {
 	if first != nil && pending == nil {
 		pending = []byte{} // a request is in flight: not refused at shutdown
 	}
-	fc := l.f.newConn(conn, false, pending)
+	var fc *frontConn
+	if c.tls != nil {
+		// TLS carries on over the switchConn, now over conn, with the
+		// ciphertext it holds read first.
+		c.sw.Conn, c.sw.mem, c.sw.out = conn, false, nil
+		fc = l.f.track(c.sw, c.tls, pending)
+		if fc != nil {
+			st := c.tls.ConnectionState()
+			fc.state, fc.fromLoop = &st, true
+		}
+	} else {
+		fc = l.f.newConn(conn, false, pending)
+	}
 	if fc == nil {
 		if c.b != nil {
 			c.b.done()

@@ -1,7 +1,9 @@
 package router
 
 import (
+	"bufio"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"hostel/internal/spec"
 )
 
 // loopFront is frontTo with event loops, whatever -front-loops says.
@@ -219,4 +223,71 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TestLoopTLS: a TLS connection is served by an event loop after its
+// handshake, gives a large response and an upload back to a goroutine
+// mid-stream, and the goroutine carries on with the same TLS session.
+func TestLoopTLS(t *testing.T) {
+	cfg, pool := selfSigned(t)
+	large := bytes.Repeat([]byte("abcdefgh"), 20000) // 160 KB
+	r := New(Options{Zone: zone, Logf: t.Logf})
+	r.AddBackend(apiV1, startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/large" {
+			w.Write(large)
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s body=%q proto=%s", r.Method, r.URL.Path, b, r.Header.Get("X-Forwarded-Proto"))
+	})))
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := r.NewFront(FrontOptions{TLSConfig: cfg, Loops: 1})
+	go f.ServeTLS(ln)
+	t.Cleanup(func() { f.Close(); r.Close() })
+
+	dial := func() (*tls.Conn, *bufio.Reader) {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	get := func(br *bufio.Reader, path, want string) {
+		t.Helper()
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || body != want {
+			t.Fatalf("%s: %d, %d bytes %.50q, want 200 %.50q", path, resp.StatusCode, len(body), body, want)
+		}
+	}
+
+	c, br := dial()
+	for i := range 20 {
+		fmt.Fprintf(c, "GET /q%d HTTP/1.1\r\nHost: %s\r\n\r\n", i, host)
+		get(br, "/q", fmt.Sprintf("GET /q%d body=\"\" proto=https", i))
+	}
+	if n := f.loopConns(); n != 1 {
+		t.Fatalf("loops hold %d connections, want 1", n)
+	}
+	// Pipelined: quick, large (handed over mid-response), quick, upload.
+	fmt.Fprintf(c, "GET /a HTTP/1.1\r\nHost: %s\r\n\r\nGET /large HTTP/1.1\r\nHost: %s\r\n\r\n"+
+		"GET /b HTTP/1.1\r\nHost: %s\r\n\r\nPOST /up HTTP/1.1\r\nHost: %s\r\nContent-Length: 2\r\n\r\nhi", host, host, host, host)
+	get(br, "/a", `GET /a body="" proto=https`)
+	get(br, "/large", string(large))
+	get(br, "/b", `GET /b body="" proto=https`)
+	get(br, "/up", `POST /up body="hi" proto=https`)
+	if n := f.loopConns(); n != 0 {
+		t.Errorf("loops hold %d connections after the hand-over, want 0", n)
+	}
+
+	// A second connection: an upload first, straight to net/http.
+	c2, br2 := dial()
+	fmt.Fprintf(c2, "POST /first HTTP/1.1\r\nHost: %s\r\nContent-Length: 3\r\n\r\nabcGET /then HTTP/1.1\r\nHost: %s\r\n\r\n", host, host)
+	get(br2, "/first", `POST /first body="abc" proto=https`)
+	get(br2, "/then", `GET /then body="" proto=https`)
 }

@@ -3,6 +3,7 @@
 package router
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 )
@@ -14,6 +15,8 @@ type loops struct{}
 func (f *Front) startLoops(int) *loops { return nil }
 
 func (ls *loops) adopt(net.Conn) error { return errors.New("no event loops") }
+
+func (ls *loops) adoptTLS(*tls.Conn, string) error { return errors.New("no event loops") }
 
 func (ls *loops) count() int { return 0 }
 
