@@ -225,7 +225,26 @@ func measureAll(ctx context.Context, cfg config, targets []target) ([]result, er
 	for i, rs := range runs {
 		out[i] = medianResult(rs)
 	}
+	if cfg.rounds > 1 {
+		printRounds(runs)
+	}
 	return out, nil
+}
+
+// printRounds prints each round's throughput of every target as a ratio
+// to direct's in the same round.
+func printRounds(runs [][]result) {
+	fmt.Print("Throughput × direct, round by round: ")
+	for i, rs := range runs[1:] {
+		if i > 0 {
+			fmt.Print("; ")
+		}
+		fmt.Printf("%s", rs[0].name)
+		for k, r := range rs {
+			fmt.Printf(" %.2f", r.rps/runs[0][k].rps)
+		}
+	}
+	fmt.Print(".\n\n")
 }
 
 // medianResult is the median of each measure over rs (taken separately),
