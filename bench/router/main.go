@@ -84,7 +84,7 @@ func run() error {
 	fs.IntVar(&cfg.threads, "threads", 1, "wrk threads")
 	fs.DurationVar(&cfg.delay, "delay", 5*time.Millisecond, "backend delay for the second table; 0 skips it")
 	fs.StringVar(&cfg.gen, "gen", "auto", `load generator: "wrk", "go" or "auto" (wrk if on PATH)`)
-	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds over all targets, in rotating order; the tables show each target's medians")
+	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds over all targets, every other one in reverse order; the tables show each target's medians")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -135,9 +135,11 @@ func run() error {
 		}
 		targets = append(targets, t)
 	}
+	nginx := -1
 	if t, err := startNginx(ctx, procs, tmp, backend.addr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/router: nginx skipped:", err)
 	} else if t.addr != "" {
+		nginx = len(targets)
 		targets = append(targets, t)
 	}
 	if t, err := startCaddy(ctx, procs, tmp, backend.addr); err != nil {
@@ -145,9 +147,22 @@ func run() error {
 	} else if t.addr != "" {
 		targets = append(targets, t)
 	}
-	results, err := measureAll(ctx, cfg, targets)
+	// direct, hostel and nginx are measured one after the other.
+	order := []int{0, 1}
+	if nginx > 0 {
+		order = append(order, nginx)
+	}
+	for i := range targets {
+		if !slices.Contains(order, i) {
+			order = append(order, i)
+		}
+	}
+	results, runs, err := measureAll(ctx, cfg, targets, order)
 	if err != nil {
 		return err
+	}
+	if cfg.rounds > 1 {
+		printRounds(runs, nginx)
 	}
 	printTable(results)
 	fmt.Printf("\nHTTPS through the router: %.2f× its HTTP throughput (bar: ≥ 0.70×).\n", results[2].rps/results[1].rps)
@@ -162,7 +177,7 @@ func run() error {
 			return err
 		}
 		fmt.Printf("\n## Backend with a %s delay\n\n", cfg.delay)
-		results, err := measureAll(ctx, cfg, []target{slow, slowHostel})
+		results, _, err := measureAll(ctx, cfg, []target{slow, slowHostel}, nil)
 		if err != nil {
 			return err
 		}
@@ -192,28 +207,38 @@ type result struct {
 	errors   int64
 }
 
-// measureAll measures every target cfg.rounds times, starting each round
-// one target further along so that no target is always measured right
-// after the same one, and returns each target's medians.
-func measureAll(ctx context.Context, cfg config, targets []target) ([]result, error) {
+// measureAll measures every target cfg.rounds times and returns each
+// target's medians, and every round's results. A round measures the
+// targets in the order of their indexes in order (all of them if nil),
+// every other round in reverse (A B C, C B A, …), so that a drift of the
+// machine's speed during the run weighs on all alike.
+func measureAll(ctx context.Context, cfg config, targets []target, order []int) ([]result, [][]result, error) {
+	if order == nil {
+		for i := range targets {
+			order = append(order, i)
+		}
+	}
 	runs := make([][]result, len(targets))
 	for round := range cfg.rounds {
-		for k := range targets {
-			i := (k + round) % len(targets)
+		for k := range order {
+			i := order[k]
+			if round%2 == 1 {
+				i = order[len(order)-1-k]
+			}
 			t := targets[i]
 			fmt.Fprintf(os.Stderr, "bench/router: round %d: measuring %s at %s…\n", round+1, t.name, t.addr)
 			if cfg.warmup > 0 {
 				if _, err := measure(ctx, cfg, t, cfg.warmup); err != nil {
-					return nil, fmt.Errorf("%s: warm-up: %w", t.name, err)
+					return nil, nil, fmt.Errorf("%s: warm-up: %w", t.name, err)
 				}
 			}
 			cpu0, cpuOK := groupCPU(t.pgid)
 			r, err := measure(ctx, cfg, t, cfg.duration)
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return nil, nil, ctx.Err()
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", t.name, err)
+				return nil, nil, fmt.Errorf("%s: %w", t.name, err)
 			}
 			if cpu1, ok := groupCPU(t.pgid); ok && cpuOK && r.rps > 0 {
 				r.cpu = time.Duration(float64(cpu1-cpu0) / (r.rps * cfg.duration.Seconds()))
@@ -225,15 +250,14 @@ func measureAll(ctx context.Context, cfg config, targets []target) ([]result, er
 	for i, rs := range runs {
 		out[i] = medianResult(rs)
 	}
-	if cfg.rounds > 1 {
-		printRounds(runs)
-	}
-	return out, nil
+	return out, runs, nil
 }
 
 // printRounds prints each round's throughput of every target as a ratio
-// to direct's in the same round.
-func printRounds(runs [][]result) {
+// to direct's in the same round, and of hostel (runs[1]) to nginx's
+// (runs[nginx], if nginx > 0): measured one after the other, that pair is
+// the least touched by the machine's drift.
+func printRounds(runs [][]result, nginx int) {
 	fmt.Print("Throughput × direct, round by round: ")
 	for i, rs := range runs[1:] {
 		if i > 0 {
@@ -245,6 +269,17 @@ func printRounds(runs [][]result) {
 		}
 	}
 	fmt.Print(".\n\n")
+	if nginx <= 0 {
+		return
+	}
+	var ratios []float64
+	fmt.Print("hostel ÷ nginx throughput, round by round:")
+	for k, r := range runs[1] {
+		ratios = append(ratios, r.rps/runs[nginx][k].rps)
+		fmt.Printf(" %.2f", ratios[k])
+	}
+	slices.Sort(ratios)
+	fmt.Printf("; median %.2f.\n\n", ratios[len(ratios)/2])
 }
 
 // medianResult is the median of each measure over rs (taken separately),
