@@ -92,6 +92,7 @@ type Front struct {
 	conns    map[*frontConn]struct{}
 	lns      map[net.Listener]struct{}
 	started  bool
+	closed   bool          // Close was called
 	stop     chan struct{} // ends the sweeper
 	stopOnce sync.Once
 }
@@ -251,7 +252,9 @@ func (f *Front) track(c net.Conn, tc *tls.Conn, pending []byte) *frontConn {
 	fc.phase.Store(phaseNew)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.shutting.Load() && pending == nil {
+	// A connection an event loop gives back with a request under way is
+	// served to its end at shutdown, but not after Close.
+	if f.closed || f.shutting.Load() && pending == nil {
 		c.Close()
 		return nil
 	}
@@ -309,6 +312,7 @@ func (f *Front) Shutdown(ctx context.Context) error {
 func (f *Front) Close() error {
 	f.closeListeners()
 	f.mu.Lock()
+	f.closed = true
 	for fc := range f.conns {
 		fc.phase.Store(phaseClosed)
 		fc.c.Close()

@@ -849,8 +849,10 @@ func (c *loopClient) close() {
 }
 
 // giveBack hands the connection to a goroutine (front.go) with what was
-// read ahead; first, if set, finishes the request in flight there.
-func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) {
+// read ahead; first, if set, finishes the request in flight there. It
+// reports false if the connection was closed instead (the Front is
+// closed, or the descriptor could not be handed over).
+func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) bool {
 	l := c.l
 	conn, err := l.release(c.fd)
 	c.closed = true
@@ -870,7 +872,7 @@ func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) {
 		if c.b != nil {
 			c.b.done()
 		}
-		return
+		return false
 	}
 	if first != nil && pending == nil {
 		pending = []byte{} // a request is in flight: not refused at shutdown
@@ -892,10 +894,11 @@ func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) {
 		if c.b != nil {
 			c.b.done()
 		}
-		return
+		return false
 	}
 	fc.remote = c.remote
 	go fc.run(first)
+	return true
 }
 
 // forget drops fd from the loop's table and epoll set before it is closed
@@ -1181,7 +1184,7 @@ func (bc *loopBackend) giveBack() {
 		conn.Close()
 	}
 	req := &c.req
-	c.giveBack(func(w *bufio.Writer, h *hangup) bool {
+	handed := c.giveBack(func(w *bufio.Writer, h *hangup) bool {
 		b := u.b
 		defer b.done()
 		if !tracked {
@@ -1193,6 +1196,9 @@ func (bc *loopBackend) giveBack() {
 		}
 		return u.respondTo(pc, req, w, h)
 	})
+	if !handed && tracked {
+		pc.close()
+	}
 }
 
 func (bc *loopBackend) close() {

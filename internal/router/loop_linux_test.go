@@ -126,9 +126,10 @@ func TestLoopSlowReader(t *testing.T) {
 	_, f, pub := loopFront(t, addr)
 	c, br := dialFront(t, pub)
 	partial := loopPartialWrites.Load()
-	// 64 pipelined requests: 4 MB of responses that nobody reads for a
-	// while fill the sockets.
-	const n = 64
+	// 400 pipelined requests: 25 MB of responses that nobody reads for a
+	// while overflow the sockets' buffers (a few MB on loopback).
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	const n = 400
 	io.WriteString(c, strings.Repeat(fmt.Sprintf("GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host), n))
 	time.Sleep(100 * time.Millisecond)
 	for i := range n {
