@@ -66,13 +66,15 @@ func main() {
 }
 
 type config struct {
-	duration time.Duration
-	warmup   time.Duration
-	conns    int
-	threads  int
-	delay    time.Duration
-	gen      string
-	rounds   int
+	duration  time.Duration
+	warmup    time.Duration
+	conns     int
+	threads   int
+	delay     time.Duration
+	rate      int
+	rateConns int
+	gen       string
+	rounds    int
 }
 
 func run() error {
@@ -83,6 +85,8 @@ func run() error {
 	fs.IntVar(&cfg.conns, "conns", 32, "concurrent keep-alive connections")
 	fs.IntVar(&cfg.threads, "threads", 1, "wrk threads")
 	fs.DurationVar(&cfg.delay, "delay", 5*time.Millisecond, "backend delay for the second table; 0 skips it")
+	fs.IntVar(&cfg.rate, "rate", 15000, "fixed request rate for the latency table (direct, hostel, nginx); 0 skips it")
+	fs.IntVar(&cfg.rateConns, "rate-conns", 64, "connections of the fixed-rate load")
 	fs.StringVar(&cfg.gen, "gen", "auto", `load generator: "wrk", "go" or "auto" (wrk if on PATH)`)
 	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds over all targets, every other one in reverse order; the tables show each target's medians")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -166,6 +170,16 @@ func run() error {
 	}
 	printTable(results)
 	fmt.Printf("\nHTTPS through the router: %.2f× its HTTP throughput (bar: ≥ 0.70×).\n", results[2].rps/results[1].rps)
+
+	if cfg.rate > 0 {
+		rt := []target{targets[0], targets[1]}
+		if nginx > 0 {
+			rt = append(rt, targets[nginx])
+		}
+		if err := printRateTable(ctx, cfg, rt); err != nil {
+			return err
+		}
+	}
 
 	if cfg.delay > 0 {
 		slow, err := procs.startSelf(ctx, "direct", "backend", "-delay", cfg.delay.String())
