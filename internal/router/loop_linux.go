@@ -21,15 +21,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This file is the front end's event loops (Linux): plain-HTTP client
-// connections and the backend connections their requests go to are
-// served by a few goroutines that each wait on their own epoll set and
-// do the reads and writes themselves, as nginx's worker does. The
-// goroutine-per-connection front end (front.go) costs a Go scheduler wake-up
-// per read that has to wait, a read that finds nothing (EAGAIN) first,
-// and the runtime's own poller in between: about a fifth of the router's
-// CPU time per request, which is what kept it level with nginx instead
-// of ahead.
+// This file is the front end's event loops (Linux): HTTP/1.1 client
+// connections (plain ones, and TLS ones once their handshake is done) and
+// the backend connections their requests go to are served by a few
+// goroutines that each wait on their own epoll set and do the reads and
+// writes themselves, as nginx's worker does. The goroutine-per-connection
+// front end (front.go) costs a Go scheduler wake-up per read that has to
+// wait, a read that finds nothing (EAGAIN) first, and the runtime's own
+// poller in between: about a quarter of the router's CPU time per request,
+// which is what kept it level with nginx instead of ahead.
+//
+// A TLS connection keeps its crypto/tls session: the loop puts what it
+// reads into the session's switchConn and writes out what the session
+// wrote there (front.go).
 //
 // A loop takes only the common exchange: a request parseRequest accepts
 // for a host the router forwards, and a response checkHead accepts whose
@@ -192,8 +196,9 @@ func (ls *loops) close() {
 // defaultLoops is one event loop per two CPUs (GOMAXPROCS), at least one.
 // The apps hostel serves run on the same machine and need the CPUs more
 // than the router: a loop keeps a CPU busy at about 80,000 requests a
-// second, and on two CPUs shared with a load generator and an app, one
-// loop spent a tenth less CPU per request than two (BENCHMARKS.md).
+// second, and on two CPUs shared with a load generator and the apps, one
+// loop spent a tenth less CPU per request than two, and two loops
+// doubled the p99 of make loadtest (BENCHMARKS.md).
 func defaultLoops() int {
 	return max(1, runtime.GOMAXPROCS(0)/2)
 }
