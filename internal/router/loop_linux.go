@@ -457,12 +457,15 @@ func (l *eventLoop) tick() {
 		case lcIdle:
 			expired = age > f.idle || shutting
 		case lcActive:
-			if c.b.aborted.Load() {
+			switch {
+			case c.b.aborted.Load():
 				if c.bc != nil {
 					c.bc.close()
 					c.bc = nil
 				}
 				c.fail(errAborted)
+			case c.eof && age > watchDelay:
+				c.close() // the client is gone
 			}
 		}
 		if expired {
@@ -518,6 +521,8 @@ type loopClient struct {
 	bc        *loopBackend
 	reused    bool // bc came from the pool
 	keep      bool // the connection carries on after the response
+	eof       bool // the client sent its end of input
+	hup       bool // epoll reported the end (or an error): read until it shows
 	advancing bool // advance is on the stack: finish need not call it
 	closed    bool
 }
@@ -534,6 +539,11 @@ func (c *loopClient) event(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.readable = true
 	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		// The end may come with the last bytes, in one edge: a short
+		// read of them must not hide it.
+		c.hup = true
+	}
 	c.advance()
 }
 
@@ -544,7 +554,7 @@ func (c *loopClient) advance() {
 	for !c.closed {
 		switch c.state {
 		case lcActive:
-			if c.readable {
+			if c.readable || c.hup {
 				c.watch()
 			}
 			return
@@ -560,6 +570,10 @@ func (c *loopClient) advance() {
 		}
 		if len(c.in) == cap(c.in) {
 			c.giveBack(nil) // a large head: net/http's
+			return
+		}
+		if c.eof {
+			c.close() // nothing more comes
 			return
 		}
 		n, err := c.read(c.in[len(c.in):cap(c.in)])
@@ -591,19 +605,28 @@ func (c *loopClient) releaseIn() {
 }
 
 // watch reads what a client sends while its request is with the backend:
-// a pipelined request is kept; an end means the client is gone, which
-// ends the backend request too.
+// a pipelined request is kept. An error means the client is gone, which
+// ends the backend request too; so does an end of input (the client may
+// only have shut its sending side down, as `nc` does) once the request
+// has run for watchDelay, as on the goroutine path — tick sees to it.
 func (c *loopClient) watch() {
 	if c.in == nil {
 		c.in = (*loopBuffers.Get().(*[]byte))[:0]
 	}
-	for len(c.in) < cap(c.in) {
+	for len(c.in) < cap(c.in) && !c.eof {
 		n, err := c.read(c.in[len(c.in):cap(c.in)])
 		if err == unix.EAGAIN {
 			return
 		}
-		if err != nil || n == 0 {
+		if err != nil {
 			c.close()
+			return
+		}
+		if n == 0 {
+			c.eof, c.readable = true, false
+			if time.Duration(c.l.now-c.since) > watchDelay {
+				c.close()
+			}
 			return
 		}
 		c.in = c.in[:len(c.in)+n]
@@ -616,7 +639,7 @@ func (c *loopClient) read(p []byte) (int, error) {
 	if c.tls != nil {
 		return c.readTLS(p)
 	}
-	if !c.readable {
+	if !c.readable && !c.hup {
 		return 0, unix.EAGAIN
 	}
 	n, err := rawRead(c.fd, p)
@@ -649,7 +672,7 @@ func (c *loopClient) readTLS(p []byte) (int, error) {
 			}
 			return 0, err
 		}
-		if !c.readable {
+		if !c.readable && !c.hup {
 			return 0, unix.EAGAIN
 		}
 		if l.scratch == nil {
@@ -943,6 +966,7 @@ type loopBackend struct {
 	head       quickHead
 	total      int   // head and body
 	check      bool  // as pconn.check
+	hup        bool  // epoll reported the backend's end
 	idleAt     int64 // UnixNano
 	closed     bool
 }
@@ -983,7 +1007,7 @@ func (l *eventLoop) putIdle(bc *loopBackend) {
 		clear(list[len(live):])
 		list = live
 	}
-	if len(list) >= maxIdlePerUpstream || l.f.shutting.Load() {
+	if len(list) >= maxIdlePerUpstream || bc.hup || l.f.shutting.Load() {
 		bc.close()
 		return
 	}
@@ -1065,13 +1089,16 @@ func (bc *loopBackend) event(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		bc.readable = true
 	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		bc.hup = true // closed by the backend: not to be used again
+	}
 	if bc.client == nil {
 		if bc.readable {
 			bc.close() // closed by the backend, or an answer nobody asked for
 		}
 		return
 	}
-	if bc.readable {
+	if bc.readable || bc.hup {
 		bc.read()
 	}
 }
@@ -1132,7 +1159,7 @@ func (bc *loopBackend) read() {
 			c.respond(bc)
 			return
 		}
-		if !bc.readable {
+		if !bc.readable && !bc.hup {
 			return
 		}
 		if len(bc.in) == cap(bc.in) {

@@ -292,3 +292,39 @@ func TestLoopTLS(t *testing.T) {
 	get(br2, "/first", `POST /first body="abc" proto=https`)
 	get(br2, "/then", `GET /then body="" proto=https`)
 }
+
+// TestLoopHalfClose: a client that shuts its sending side down after its
+// request (as `printf … | nc` does) still gets a quick answer; a slow
+// request of such a client is ended as one that hung up.
+func TestLoopHalfClose(t *testing.T) {
+	var canceled atomic.Bool
+	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-r.Context().Done():
+				canceled.Store(true)
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
+		io.WriteString(w, "ok "+r.URL.Path)
+	}))
+	_, f, pub := loopFront(t, addr)
+
+	c, br := dialFront(t, pub)
+	fmt.Fprintf(c, "GET /quick HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	c.(*net.TCPConn).CloseWrite()
+	resp, body := readResp(t, br, "GET")
+	if resp.StatusCode != 200 || body != "ok /quick" {
+		t.Fatalf("got %d %q, want 200 \"ok /quick\"", resp.StatusCode, body)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the response: %v, want EOF", err)
+	}
+
+	c2, _ := dialFront(t, pub)
+	fmt.Fprintf(c2, "GET /slow HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	c2.(*net.TCPConn).CloseWrite()
+	waitFor(t, "the slow request to be ended", canceled.Load)
+	waitFor(t, "the loop to let both connections go", func() bool { return f.loopConns() == 0 })
+}
