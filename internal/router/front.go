@@ -368,26 +368,30 @@ func (f *Front) expire(shutting bool) int {
 	for fc := range f.conns {
 		ph := fc.phase.Load()
 		age := time.Duration(now - fc.since.Load())
-		var expired bool
-		switch ph {
-		case phaseNew:
-			// A connection whose request may be on its way is given a
-			// moment at shutdown, as net/http does.
-			expired = age > f.header || shutting && age > 5*time.Second
-		case phaseHeader:
-			expired = age > f.header
-		case phaseIdle:
-			expired = age > f.idle || shutting
-		case phaseActive:
-			if age > watchDelay && fc.cr.armed.CompareAndSwap(true, false) {
-				go fc.cr.backgroundRead()
-			}
+		if ph == phaseActive && age > watchDelay && fc.cr.armed.CompareAndSwap(true, false) {
+			go fc.cr.backgroundRead()
 		}
-		if expired && fc.phase.CompareAndSwap(ph, phaseClosed) {
+		if f.expired(ph, age, shutting) && fc.phase.CompareAndSwap(ph, phaseClosed) {
 			fc.c.Close()
 		}
 	}
 	return len(f.conns) + f.loops.count()
+}
+
+// expired reports whether a connection that has been in phase ph for age
+// is to be closed: past the header or idle timeout, or idle at shutdown.
+func (f *Front) expired(ph int32, age time.Duration, shutting bool) bool {
+	switch ph {
+	case phaseNew:
+		// A connection whose request may be on its way is given a
+		// moment at shutdown, as net/http does.
+		return age > f.header || shutting && age > 5*time.Second
+	case phaseHeader:
+		return age > f.header
+	case phaseIdle:
+		return age > f.idle || shutting
+	}
+	return false
 }
 
 const (

@@ -448,15 +448,11 @@ func (l *eventLoop) tick() {
 	shutting := f.shutting.Load()
 	for c := range l.clients {
 		age := time.Duration(l.now - c.since)
-		expired := false
-		switch c.state {
-		case lcNew:
-			expired = age > f.header || shutting && age > 5*time.Second
-		case lcHeader:
-			expired = age > f.header
-		case lcIdle:
-			expired = age > f.idle || shutting
-		case lcActive:
+		if f.expired(c.state, age, shutting) {
+			c.close()
+			continue
+		}
+		if c.state == lcActive {
 			switch {
 			case c.b.aborted.Load():
 				if c.bc != nil {
@@ -467,9 +463,6 @@ func (l *eventLoop) tick() {
 			case c.eof && age > watchDelay:
 				c.close() // the client is gone
 			}
-		}
-		if expired {
-			c.close()
 		}
 	}
 	for u, bcs := range l.idle {
@@ -488,12 +481,14 @@ func (l *eventLoop) tick() {
 
 // Client connections.
 
+// The states of a loop's client connection: front.go's phases, and one
+// of its own.
 const (
-	lcNew     = iota // adopted, no byte read yet
-	lcIdle           // between requests
-	lcHeader         // reading a request's head
-	lcActive         // the request is with the backend
-	lcWriting        // the response is being written
+	lcNew     = phaseNew        // adopted, no byte read yet
+	lcIdle    = phaseIdle       // between requests
+	lcHeader  = phaseHeader     // reading a request's head
+	lcActive  = phaseActive     // the request is with the backend
+	lcWriting = phaseClosed + 1 // the response is being written
 )
 
 var loopBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -510,7 +505,7 @@ type loopClient struct {
 	fd        int
 	gen       int32
 	remote    string
-	state     int
+	state     int32
 	since     int64
 	readable  bool   // edge-triggered: bytes may be waiting
 	in        []byte // read, not yet used; nil when empty and idle
@@ -789,7 +784,16 @@ func (c *loopClient) respond(bc *loopBackend) {
 		l.putIdle(bc)
 	}
 	c.keep = !c.req.Close
+	c.answered()
 	c.write(l.out)
+}
+
+// answered ends the request's count in flight once its answer is ready to
+// go out: as on the goroutine path, a client that has its answer finds
+// the count dropped.
+func (c *loopClient) answered() {
+	c.b.done()
+	c.b, c.u = nil, nil
 }
 
 // fail answers a request that got no response from the backend, as
@@ -798,6 +802,7 @@ func (c *loopClient) fail(err error) {
 	w := c.l.writer()
 	c.keep = c.u.failFast(w, &c.req, err)
 	w.Flush()
+	c.answered()
 	c.write(c.l.out)
 }
 
@@ -841,8 +846,6 @@ func (c *loopClient) flush() {
 
 // finish ends the request in flight once its response is written.
 func (c *loopClient) finish() {
-	c.b.done()
-	c.b, c.u = nil, nil
 	if !c.keep || c.l.f.shutting.Load() {
 		c.close()
 		return
