@@ -192,9 +192,8 @@ func (ls *loops) close() {
 // defaultLoops is one event loop per two CPUs (GOMAXPROCS), at least one.
 // The apps hostel serves run on the same machine and need the CPUs more
 // than the router: a loop keeps a CPU busy at about 80,000 requests a
-// second, and on two CPUs shared with a load generator and the apps, one
-// loop spent a tenth less CPU per request than two, and two loops
-// doubled the p99 of make loadtest (BENCHMARKS.md).
+// second, and on two CPUs shared with a load generator and an app, one
+// loop spent a tenth less CPU per request than two (BENCHMARKS.md).
 func defaultLoops() int {
 	return max(1, runtime.GOMAXPROCS(0)/2)
 }
