@@ -637,9 +637,7 @@ type connReader struct {
 }
 
 func (cr *connReader) Read(p []byte) (int, error) {
-	if len(cr.pending) > 0 {
-		n := copy(p, cr.pending)
-		cr.pending = cr.pending[n:]
+	if n, ok := readPending(&cr.pending, p); ok {
 		return n, nil
 	}
 	if cr.hasByte {
@@ -699,9 +697,7 @@ func (wouldBlockError) Timeout() bool   { return true }
 func (wouldBlockError) Temporary() bool { return true }
 
 func (s *switchConn) Read(p []byte) (int, error) {
-	if len(s.in) > 0 {
-		n := copy(p, s.in)
-		s.in = s.in[n:]
+	if n, ok := readPending(&s.in, p); ok {
 		return n, nil
 	}
 	if s.mem {
@@ -756,12 +752,21 @@ func withTLSState(h http.Handler) http.Handler {
 }
 
 func (c *handoffConn) Read(p []byte) (int, error) {
-	if len(c.pending) > 0 {
-		n := copy(p, c.pending)
-		c.pending = c.pending[n:]
+	if n, ok := readPending(&c.pending, p); ok {
 		return n, nil
 	}
 	return c.r.Read(p)
+}
+
+// readPending reads into p from the bytes read ahead of a connection,
+// *pending, while there are any; ok is false once there are none.
+func readPending(pending *[]byte, p []byte) (n int, ok bool) {
+	if len(*pending) == 0 {
+		return 0, false
+	}
+	n = copy(p, *pending)
+	*pending = (*pending)[n:]
+	return n, true
 }
 
 // handoffListener is the listener of the http.Server that serves handed

@@ -2,6 +2,7 @@ package router
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -279,7 +280,7 @@ func (bc *loopBackend) giveBack() {
 		return
 	}
 	pending := append([]byte(nil), bc.in...)
-	pc := &pconn{conn: conn, br: bufio.NewReaderSize(&prefixReader{pending: pending, r: conn}, 4096), bw: bufio.NewWriterSize(conn, 4096), up: u}
+	pc := &pconn{conn: conn, br: bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), conn), 4096), bw: bufio.NewWriterSize(conn, 4096), up: u}
 	tracked := u.b.track(pc)
 	if !tracked {
 		conn.Close()
@@ -309,19 +310,4 @@ func (bc *loopBackend) close() {
 	bc.closed = true
 	bc.l.forget(bc.fd)
 	unix.Close(bc.fd)
-}
-
-// prefixReader reads pending, then r.
-type prefixReader struct {
-	pending []byte
-	r       io.Reader
-}
-
-func (p *prefixReader) Read(b []byte) (int, error) {
-	if len(p.pending) > 0 {
-		n := copy(b, p.pending)
-		p.pending = p.pending[n:]
-		return n, nil
-	}
-	return p.r.Read(b)
 }
