@@ -193,7 +193,7 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 	if !f.started {
 		f.started = true
 		f.clock.Store(time.Now().UnixNano())
-		go f.sweep()
+		go f.sweep(f.loops)
 	}
 	f.mu.Unlock()
 	var backoff time.Duration
@@ -341,8 +341,9 @@ func (f *Front) closeListeners() {
 }
 
 // sweep enforces the header and idle timeouts: cheaper than a read
-// deadline per request.
-func (f *Front) sweep() {
+// deadline per request. It has the event loops ls check theirs on the same
+// ticks.
+func (f *Front) sweep(ls *loops) {
 	tick := min(f.header, f.idle) / 4
 	tick = min(max(tick, 5*time.Millisecond), watchDelay)
 	t := time.NewTicker(tick)
@@ -350,10 +351,12 @@ func (f *Front) sweep() {
 	for {
 		select {
 		case <-f.stop:
+			ls.stop()
 			return
 		case now := <-t.C:
 			f.clock.Store(now.UnixNano())
 			f.expire(f.shutting.Load())
+			ls.tick()
 		}
 	}
 }

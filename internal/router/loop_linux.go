@@ -48,10 +48,6 @@ import (
 // forward whole; larger ones are streamed by a goroutine.
 const maxLoopResponse = 64 << 10
 
-// loopTick is how often a loop checks its connections' timeouts and the
-// backends aborted past their stop grace.
-const loopTick = 50 * time.Millisecond
-
 const loopEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // loopPartialWrites counts responses a client's socket did not take at
@@ -91,26 +87,32 @@ func (f *Front) startLoops(n int) *loops {
 	for _, l := range ls.ls {
 		ls.wg.Go(l.run)
 	}
-	// The ticker wakes the loops for their timeouts; the end of
-	// Shutdown wakes them to stop.
-	go func() {
-		t := time.NewTicker(loopTick)
-		defer t.Stop()
-		for {
-			select {
-			case <-f.stop:
-				for _, l := range ls.ls {
-					l.wake()
-				}
-				return
-			case <-t.C:
-				for _, l := range ls.ls {
-					l.wake()
-				}
-			}
-		}
-	}()
 	return ls
+}
+
+// tick has every loop check its connections' timeouts and the backends
+// aborted past their stop grace: the Front's sweeper calls it on each of
+// its ticks.
+func (ls *loops) tick() {
+	if ls == nil {
+		return
+	}
+	for _, l := range ls.ls {
+		l.mu.Lock()
+		l.tickAsked = true
+		l.wakeLocked()
+		l.mu.Unlock()
+	}
+}
+
+// stop wakes the loops to see that the Front has stopped.
+func (ls *loops) stop() {
+	if ls == nil {
+		return
+	}
+	for _, l := range ls.ls {
+		l.wake()
+	}
 }
 
 // adopt hands an accepted plain-HTTP connection to a loop. On error c is
@@ -222,18 +224,19 @@ type eventLoop struct {
 	epRC syscall.RawConn
 	efd  int // eventfd: adoptions, ticks, closing
 
-	mu       sync.Mutex
-	incoming []adopted
-	closing  bool // Front.Close: close everything now
-	stopped  bool // the loop is gone: adopt no more
-	woken    bool
+	mu        sync.Mutex
+	incoming  []adopted
+	closing   bool // Front.Close: close everything now
+	stopped   bool // the loop is gone: adopt no more
+	woken     bool
+	tickAsked bool // by the sweeper, through loops.tick
 
 	objs    []loopObj // by descriptor
 	gen     int32
 	clients map[*loopClient]struct{}
 	idle    map[*upstream][]*loopBackend
 	now     int64 // UnixNano, as of the last wake-up
-	lastTik int64
+	tickDue bool  // tick after this batch of events
 
 	out     []byte        // a response or request being written
 	bw      *bufio.Writer // writes into out
@@ -321,7 +324,6 @@ func (l *eventLoop) run() {
 	}()
 	events := make([]unix.EpollEvent, 128)
 	l.now = time.Now().UnixNano()
-	l.lastTik = l.now
 	for {
 		var n int
 		err := l.epRC.Read(func(fd uintptr) bool {
@@ -348,15 +350,15 @@ func (l *eventLoop) run() {
 				}
 			}
 		}
-		if l.now-l.lastTik >= int64(loopTick) {
-			l.lastTik = l.now
+		if l.tickDue {
+			l.tickDue = false
 			l.tick()
 		}
 	}
 }
 
-// woke handles the eventfd: adoptions, Close, and the end of Shutdown. It
-// returns false when the loop is to stop.
+// woke handles the eventfd: adoptions, ticks, Close, and the end of
+// Shutdown. It returns false when the loop is to stop.
 func (l *eventLoop) woke() bool {
 	var buf [8]byte
 	unix.Read(l.efd, buf[:])
@@ -365,6 +367,8 @@ func (l *eventLoop) woke() bool {
 	in := l.incoming
 	l.incoming = nil
 	closing := l.closing
+	l.tickDue = l.tickDue || l.tickAsked
+	l.tickAsked = false
 	l.mu.Unlock()
 	for _, a := range in {
 		l.register(a)
@@ -486,28 +490,15 @@ func rawEpollWait(epfd int, events []unix.EpollEvent) int {
 
 // rawRead and rawWrite are read(2) and write(2) on a non-blocking socket,
 // which cannot block: no scheduler hand-off around them.
-func rawRead(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			return 0, e
-		}
-		return int(n), nil
-	}
-}
+func rawRead(fd int, p []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, p) }
+func rawWrite(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, p) }
 
-func rawWrite(fd int, p []byte) (int, error) {
+func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	for {
-		n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 		if e == unix.EINTR {
 			continue
 		}

@@ -20,4 +20,8 @@ func (ls *loops) adoptTLS(*tls.Conn, string) error { return errors.New("no event
 
 func (ls *loops) count() int { return 0 }
 
+func (ls *loops) tick() {}
+
+func (ls *loops) stop() {}
+
 func (ls *loops) close() {}
