@@ -184,7 +184,10 @@ func isToken(s string) bool {
 	return true
 }
 
-var tokenChar = func() (t [256]bool) {
+var tokenChar = charClass("!#$%&'*+-.^_`|~")
+
+// charClass is the set of ASCII letters, digits and the bytes of extra.
+func charClass(extra string) (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
@@ -192,11 +195,11 @@ var tokenChar = func() (t [256]bool) {
 		t[c] = true
 		t[c-'a'+'A'] = true
 	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
+	for i := range len(extra) {
+		t[extra[i]] = true
 	}
-	return
-}()
+	return t
+}
 
 // fieldValue reports whether v holds only visible ASCII, spaces and tabs.
 func fieldValue(v string) bool {
@@ -258,16 +261,4 @@ func fastTarget(t string) bool {
 	return true
 }
 
-var pathChar = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "-._~/!$&'()*+,;=:@" {
-		t[c] = true
-	}
-	return
-}()
+var pathChar = charClass("-._~/!$&'()*+,;=:@")
