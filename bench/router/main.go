@@ -421,7 +421,6 @@ func parseWrk(t target, out string) (result, error) {
 func measureGo(ctx context.Context, cfg config, t target, d time.Duration) (result, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	reqBytes := []byte("GET / HTTP/1.1\r\nHost: " + benchHost + "\r\n\r\n")
 	var (
 		mu     sync.Mutex
 		lats   []time.Duration
@@ -454,19 +453,11 @@ func measureGo(ctx context.Context, cfg config, t target, d time.Duration) (resu
 					conn, br = c, bufio.NewReader(c)
 				}
 				t0 := time.Now()
-				_, err := conn.Write(reqBytes)
-				var resp *http.Response
-				if err == nil {
-					resp, err = http.ReadResponse(br, nil)
-				}
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				if err != nil || resp.StatusCode != 200 {
+				status, closing, err := exchange(conn, br)
+				if err != nil || status != 200 {
 					localErrs++
 				}
-				if err != nil || resp.Close {
+				if err != nil || closing {
 					// A server may end a keep-alive connection (nginx
 					// after keepalive_requests); that is no error.
 					conn.Close()
@@ -498,6 +489,24 @@ func measureGo(ctx context.Context, cfg config, t target, d time.Duration) (resu
 		p99:    lats[len(lats)*99/100],
 		errors: errs,
 	}, nil
+}
+
+// benchRequest is the request every generator sends.
+var benchRequest = []byte("GET / HTTP/1.1\r\nHost: " + benchHost + "\r\n\r\n")
+
+// exchange sends benchRequest on c and reads the response from br, body
+// and all: its status and whether the server closes the connection.
+func exchange(c net.Conn, br *bufio.Reader) (status int, closing bool, err error) {
+	if _, err := c.Write(benchRequest); err != nil {
+		return 0, false, err
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return 0, false, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, resp.Close, err
 }
 
 // --- peers ---

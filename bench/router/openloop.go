@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -20,7 +18,6 @@ import (
 func measureRate(ctx context.Context, t target, rate, conns int, d time.Duration) (lats []time.Duration, errs int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	reqBytes := []byte("GET / HTTP/1.1\r\nHost: " + benchHost + "\r\n\r\n")
 	interval := time.Second / time.Duration(rate)
 	start := time.Now().Add(10 * time.Millisecond)
 	var (
@@ -56,24 +53,14 @@ func measureRate(ctx context.Context, t target, rate, conns int, d time.Duration
 				} else if ctx.Err() != nil {
 					return
 				}
-				if _, err := c.Write(reqBytes); err != nil {
-					mu.Lock()
-					fatal = err
-					mu.Unlock()
-					return
-				}
-				resp, err := http.ReadResponse(br, nil)
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
+				status, _, err := exchange(c, br)
 				if err != nil {
 					mu.Lock()
 					fatal = err
 					mu.Unlock()
 					return
 				}
-				if resp.StatusCode != 200 {
+				if status != 200 {
 					nerrs.Add(1)
 				}
 				local = append(local, time.Since(due))
