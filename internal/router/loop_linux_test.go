@@ -63,10 +63,10 @@ func TestLoopServes(t *testing.T) {
 	waitFor(t, "the loop to close the connection", func() bool { return f.loopConns() == 0 })
 }
 
-// TestLoopHandsOver: responses a loop does not forward whole (large,
-// chunked, streamed) are finished by a goroutine on the same connection,
-// with the requests pipelined behind them; quick ones in between are
-// answered in order.
+// TestLoopHandsOver: each response a loop does not forward whole (large,
+// chunked, preceded by 1xx) is finished by a goroutine on the same
+// connection, with the request pipelined behind it, which the goroutine
+// answers; the connection leaves the loop and does not go to net/http.
 func TestLoopHandsOver(t *testing.T) {
 	large := bytes.Repeat([]byte("0123456789abcdef"), 10000) // 160 KB
 	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -85,33 +85,39 @@ func TestLoopHandsOver(t *testing.T) {
 			io.WriteString(w, "quick "+r.URL.Path)
 		}
 	}))
-	_, _, pub := loopFront(t, addr)
-	c, br := dialFront(t, pub)
-	paths := []string{"/a", "/large", "/b", "/chunked", "/c", "/interim", "/d"}
-	var all strings.Builder
-	for _, p := range paths {
-		fmt.Fprintf(&all, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", p, host)
-	}
-	io.WriteString(c, all.String())
-	for _, p := range paths {
-		resp, body := readResp(t, br, "GET")
-		for resp.StatusCode < 200 {
-			resp, body = readResp(t, br, "GET")
-		}
-		var want string
-		switch p {
-		case "/large":
-			want = string(large)
-		case "/chunked":
-			want = "part one, part two"
-		case "/interim":
-			want = "after hints"
-		default:
-			want = "quick " + p
-		}
-		if resp.StatusCode != 200 || body != want {
-			t.Fatalf("%s: %d, %d bytes %.40q, want 200, %d bytes %.40q", p, resp.StatusCode, len(body), body, len(want), want)
-		}
+	_, f, pub := loopFront(t, addr)
+	for _, tc := range []struct{ path, want string }{
+		{"/large", string(large)},
+		{"/chunked", "part one, part two"},
+		{"/interim", "after hints"},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			c, br := dialFront(t, pub)
+			get := func(path, want string) {
+				t.Helper()
+				resp, body := readResp(t, br, "GET")
+				for resp.StatusCode < 200 {
+					resp, body = readResp(t, br, "GET")
+				}
+				if resp.StatusCode != 200 || body != want {
+					t.Fatalf("%s: %d, %d bytes %.40q, want 200, %d bytes %.40q", path, resp.StatusCode, len(body), body, len(want), want)
+				}
+			}
+			fmt.Fprintf(c, "GET /first HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+			get("/first", "quick /first")
+			if n := f.loopConns(); n != 1 {
+				t.Fatalf("loops hold %d connections before the hand-over, want 1", n)
+			}
+			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\nGET /after HTTP/1.1\r\nHost: %s\r\n\r\n", tc.path, host, host)
+			get(tc.path, tc.want)
+			get("/after", "quick /after")
+			if n := f.loopConns(); n != 0 {
+				t.Errorf("loops hold %d connections after the hand-over, want 0", n)
+			}
+			if n := f.handoffs.Load(); n != 0 {
+				t.Errorf("%d connections handed to net/http, want 0", n)
+			}
+		})
 	}
 }
 
