@@ -300,7 +300,8 @@ func (d *Daemon) DBInfo(ctx context.Context, service string) (*api.DBInfo, error
 	if err != nil {
 		return nil, err
 	}
-	info := &api.DBInfo{Service: service, Database: db.Name, Role: db.Role, Host: srv.Host(), Port: int(srv.Port()), Password: db.Password}
+	info := &api.DBInfo{Service: service, Database: db.Name, Role: db.Role, Host: srv.Host(), Port: int(srv.Port()), Password: db.Password,
+		TLSEnv: srv.ServiceTLS().Env()}
 	if db.Password == "" {
 		info.OSUser = db.Role
 	}
