@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -62,6 +63,44 @@ var ErrUnsupportedParam = errors.New("connection parameter not supported")
 // sslModes are libpq's sslmode values.
 var sslModes = map[string]bool{"disable": true, "allow": true, "prefer": true, "require": true, "verify-ca": true, "verify-full": true}
 
+// CheckAdmin checks what can be checked of an administrator conninfo or
+// URL without the machine it will be used on: its syntax, and that its
+// ssl* parameters are ones hostel passes on, with a valid sslmode. Its
+// errors never quote the conninfo, which may hold a password.
+func CheckAdmin(conninfo string) error {
+	params, err := conninfoParams(conninfo)
+	if err != nil {
+		return err
+	}
+	return checkTLSParams(params)
+}
+
+// checkTLSParams refuses ssl* parameters hostel does not pass on and an
+// sslmode libpq does not know.
+func checkTLSParams(params map[string]string) error {
+	var unsupported []string
+	for k := range params {
+		if (strings.HasPrefix(k, "ssl") || k == "requiressl") && !slices.ContainsFunc(tlsParams, func(p tlsParam) bool { return p.key == k }) {
+			unsupported = append(unsupported, k)
+		}
+	}
+	if len(unsupported) > 0 {
+		sort.Strings(unsupported)
+		return fmt.Errorf("%s: %w (hostel supports %s)", strings.Join(unsupported, ", "), ErrUnsupportedParam, supportedTLSKeys())
+	}
+	if m, ok := params["sslmode"]; ok {
+		return checkMode(m)
+	}
+	return nil
+}
+
+func checkMode(m string) error {
+	if !sslModes[m] {
+		return fmt.Errorf("sslmode %q: want disable, allow, prefer, require, verify-ca or verify-full", m)
+	}
+	return nil
+}
+
 // parseTLS reads the ssl* parameters of a conninfo or URL, falling back to
 // the PGSSL* environment variables as libpq (and pgx) do.
 func parseTLS(conninfo string) (TLS, error) {
@@ -69,11 +108,8 @@ func parseTLS(conninfo string) (TLS, error) {
 	if err != nil {
 		return TLS{}, err
 	}
-	var unsupported []string
-	for k := range params {
-		if strings.HasPrefix(k, "ssl") || k == "requiressl" {
-			unsupported = append(unsupported, k)
-		}
+	if err := checkTLSParams(params); err != nil {
+		return TLS{}, err
 	}
 	var t TLS
 	for _, p := range tlsParams {
@@ -82,17 +118,12 @@ func parseTLS(conninfo string) (TLS, error) {
 			v = os.Getenv(p.env)
 		}
 		*p.field(&t) = v
-		unsupported = remove(unsupported, p.key)
-	}
-	if len(unsupported) > 0 {
-		sort.Strings(unsupported)
-		return TLS{}, fmt.Errorf("%s: %w (hostel supports %s)", strings.Join(unsupported, ", "), ErrUnsupportedParam, supportedTLSKeys())
 	}
 	if t.Mode == "" {
 		t.Mode = "prefer"
 	}
-	if !sslModes[t.Mode] {
-		return TLS{}, fmt.Errorf("sslmode %q: want disable, allow, prefer, require, verify-ca or verify-full", t.Mode)
+	if err := checkMode(t.Mode); err != nil {
+		return TLS{}, fmt.Errorf("PGSSLMODE: %w", err)
 	}
 	return t, nil
 }
@@ -103,16 +134,6 @@ func supportedTLSKeys() string {
 		keys[i] = p.key
 	}
 	return strings.Join(keys, ", ")
-}
-
-func remove(list []string, s string) []string {
-	out := list[:0]
-	for _, x := range list {
-		if x != s {
-			out = append(out, x)
-		}
-	}
-	return out
 }
 
 // ForService is what a service's own connections use: the server side of

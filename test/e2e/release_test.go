@@ -145,3 +145,32 @@ func backupsOf(t testing.TB, e *Env, service string) []string {
 	}
 	return out
 }
+
+// TestBadPostgresAdmin: a postgres.admin with TLS parameters hostel cannot
+// pass on, or an unknown sslmode, is bad input: exit 2 with one line naming
+// the file and the field, without the password, and nothing deployed.
+func TestBadPostgresAdmin(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	defer e.Shutdown()
+	for _, tc := range []struct{ admin, want string }{
+		{"host=127.0.0.1 user=postgres password=s3cret sslmode=verify-full sslcrl=/etc/pg/crl.pem", "sslcrl"},
+		{"host=127.0.0.1 user=postgres password=s3cret sslmode=sometimes", "sslmode"},
+	} {
+		e.WriteSpec(map[string]any{"postgres": map[string]any{"admin": tc.admin},
+			"services": map[string]any{"envapp": map[string]any{"package": envApp(t), "exec": []string{"bin/envapp"}, "postgres": true}}})
+		for _, cmd := range []string{"plan", "deploy"} {
+			_, errOut, code := e.Run(cmd)
+			first, _, _ := strings.Cut(errOut, "\n")
+			if code != 2 || !strings.Contains(first, "hostel.json") || !strings.Contains(first, "postgres.admin") || !strings.Contains(first, tc.want) {
+				t.Errorf("%s with admin %q: exit %d, %q; want exit 2 naming hostel.json, postgres.admin and %s", cmd, tc.admin, code, errOut, tc.want)
+			}
+			if strings.Contains(errOut, "s3cret") {
+				t.Errorf("%s: the error shows the password: %q", cmd, errOut)
+			}
+		}
+	}
+	if gen, _ := e.Status(); gen != 0 {
+		t.Errorf("generation %d after refused deploys, want 0", gen)
+	}
+}
