@@ -56,8 +56,8 @@ var tlsParams = []tlsParam{
 	{"sslkey", "PGSSLKEY", false, func(t *TLS) *string { return &t.Key }},
 }
 
-// ErrUnsupportedParam is returned by Open for a connection parameter hostel
-// cannot honour on every path to the server.
+// ErrUnsupportedParam is returned by Open and CheckAdmin for a connection
+// parameter hostel cannot honour on every path to the server.
 var ErrUnsupportedParam = errors.New("connection parameter not supported")
 
 // sslModes are libpq's sslmode values.
@@ -143,7 +143,13 @@ func (t TLS) ForService(unixSocket bool) TLS {
 	if unixSocket {
 		return TLS{Mode: "disable"}
 	}
-	return TLS{Mode: t.Mode, RootCert: t.RootCert, SNI: t.SNI}
+	var out TLS
+	for _, p := range tlsParams {
+		if p.service {
+			*p.field(&out) = *p.field(&t)
+		}
+	}
+	return out
 }
 
 // Env renders t as libpq environment variables (PGSSLMODE=…), the unset
