@@ -130,6 +130,11 @@ func TestReleaseOverTCP(t *testing.T) {
 			if want := "1|" + tc.wantSSL[:1]; strings.TrimSpace(out) != want {
 				t.Errorf("db shell: %q, want %q", out, want)
 			}
+			// psql in db shell is told what the service is told.
+			out = e.MustRun("db", "shell", "envapp", "--", "-c", `\! echo "$PGSSLMODE|$PGSSLROOTCERT"`)
+			if want := serve["PGSSLMODE"] + "|" + serve["PGSSLROOTCERT"]; strings.TrimSpace(out) != want {
+				t.Errorf("db shell's TLS environment: %q, want %q", out, want)
+			}
 		})
 	}
 }
