@@ -57,9 +57,6 @@ func (s *Server) Host() string { return s.cfg.Host }
 // Port is the server's port (which also names its unix socket).
 func (s *Server) Port() uint16 { return s.cfg.Port }
 
-// TLS is how the administrator's connections are secured.
-func (s *Server) TLS() TLS { return s.tls }
-
 // ServiceTLS is how a service's connections are secured: see TLS.ForService.
 func (s *Server) ServiceTLS() TLS { return s.tls.ForService(s.UnixSocket()) }
 

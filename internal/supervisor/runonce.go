@@ -22,10 +22,9 @@ const maxRunOnceOutput = 64 << 10
 // process gets except where to listen (no PORT, HOST or NOTIFY_SOCKET: a
 // one-shot step serves nothing, and apps that check PORT when it is set
 // would refuse a made-up one) and a RUNTIME_DIRECTORY of its own that is
-// removed afterwards. argv[0]
-// is resolved like cfg.Exec[0]. It returns the combined stdout and stderr
-// (the last 64 KiB) and an error if the command did not exit 0. For
-// one-shot steps such as a release migration.
+// removed afterwards. argv[0] is resolved like cfg.Exec[0]. It returns the
+// combined stdout and stderr (the last 64 KiB) and an error if the command
+// did not exit 0. For one-shot steps such as a release migration.
 func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]byte, error) {
 	cfg.Exec = argv
 	if err := cfg.validate(); err != nil {
