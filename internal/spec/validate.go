@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"hostel/internal/postgres"
 )
 
 var (
@@ -32,6 +34,11 @@ func (s *Spec) Validate() error {
 	}
 	if s.ACME != nil && s.ACME.CA != "" && !strings.HasPrefix(s.ACME.CA, "https://") {
 		return &Error{Field: "acme.ca", Msg: fmt.Sprintf("want an https:// directory URL, not %q", s.ACME.CA)}
+	}
+	if s.Postgres != nil {
+		if err := postgres.CheckAdmin(s.Postgres.Admin); err != nil {
+			return &Error{Field: "postgres.admin", Msg: err.Error()}
+		}
 	}
 	hosts := map[string]string{} // host → "service" that claims it
 	dbs := map[string]string{}
