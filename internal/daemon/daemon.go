@@ -112,6 +112,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
 	// certRoutes: every switch also updates certificates and TLS policy.
 	d.engine = deploy.New(st, d.sup, certRoutes{Router: d.router, d: d})
+	d.engine.SetLog(func(f string, a ...any) { d.logf(f, a...) })
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
 	d.db = newDatabases(opts.Root, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.

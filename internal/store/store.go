@@ -29,6 +29,8 @@ type Store interface {
 	List() ([]*spec.Generation, error)
 	// SetCurrent makes generation n current (rollback).
 	SetCurrent(n uint64) error
+	// SetConfirm records how generation n's confirm window stands.
+	SetConfirm(n uint64, c *spec.Confirm) error
 	// Delete removes generations; it refuses the current one.
 	Delete(ns ...uint64) error
 	// Close releases the store.
