@@ -91,3 +91,31 @@ func TestBoltRefusesSecondOpener(t *testing.T) {
 		t.Fatal("a second daemon could open the same state store")
 	}
 }
+
+// TestBoltSetConfirm: the outcome of a confirm window is stored with its
+// generation, outlives a reopen, and is refused for a missing generation.
+func TestBoltSetConfirm(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTest(t, path)
+	g := gen(map[string]spec.Version{"a": "1"})
+	g.Confirm = &spec.Confirm{State: spec.ConfirmPending, Previous: 0}
+	n, err := s.Commit(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetConfirm(n, &spec.Confirm{State: spec.ConfirmFailed, Previous: 7, Reason: "crashed"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openTest(t, path)
+	got, err := s.Get(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := got.Confirm; c == nil || c.State != spec.ConfirmFailed || c.Previous != 7 || c.Reason != "crashed" || got.Versions["a"] != "1" {
+		t.Errorf("after reopen: confirm %+v, versions %v", got.Confirm, got.Versions)
+	}
+	if err := s.SetConfirm(n+1, &spec.Confirm{State: spec.ConfirmConfirmed}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetConfirm of a missing generation: %v, want ErrNotFound", err)
+	}
+}
