@@ -1,0 +1,127 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// genConfirm is how a generation's confirmation stands in `generations --json`.
+type genConfirm struct {
+	Number       uint64
+	Confirmed    bool
+	Confirmation string
+	ConfirmError string `json:"confirm_error"`
+}
+
+// generationsJSON returns `hostel generations --json`, by number.
+func (e *Env) generationsJSON() (current uint64, gens map[uint64]genConfirm) {
+	e.t.Helper()
+	var out struct {
+		Current     uint64
+		Generations []genConfirm
+	}
+	if err := json.Unmarshal([]byte(e.MustRun("generations", "--json")), &out); err != nil {
+		e.t.Fatal(err)
+	}
+	gens = map[uint64]genConfirm{}
+	for _, g := range out.Generations {
+		gens[g.Number] = g
+	}
+	return out.Current, gens
+}
+
+// eventually polls cond every 200ms until it holds, failing after limit.
+func eventually(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, limit)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestKilledInConfirmWindow: a daemon SIGKILLed in a deploy's confirm
+// window leaves the generation pending; the next daemon finishes the
+// window: it confirms a healthy generation, and switches back from one
+// whose version crashes in what is left of the window. `generations
+// --json` says which generations were confirmed.
+func TestKilledInConfirmWindow(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		crash bool
+	}{{"healthy", false}, {"crashes after the restart", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := NewEnv(t)
+			e.StartDaemon()
+			e.WriteSpec(crashSpec(t, map[string]string{"APP_ID": "one"}))
+			e.MustRun("deploy", "--no-confirm")
+			trigger := filepath.Join(t.TempDir(), "crash")
+			e.WriteSpec(crashSpec(t, map[string]string{"APP_ID": "two", "CRASH_FILE": trigger}))
+
+			// The deploy runs in the background; the daemon dies in its window.
+			deploy := exec.Command(e.Bin, "--root", e.Root, "deploy", "--confirm", "8s")
+			deploy.Dir = e.Dir
+			var dOut, dErr bytes.Buffer
+			deploy.Stdout, deploy.Stderr = &dOut, &dErr
+			if err := deploy.Start(); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 60*time.Second, "the confirm window to open", func() bool {
+				return strings.Contains(e.DaemonLog(), "confirming for")
+			})
+			e.stopDaemonWith(os.Kill)
+			if err := deploy.Wait(); deploy.ProcessState.ExitCode() != 1 {
+				t.Errorf("deploy cut by the daemon's death: %v, exit %d, want 1\n%s", err, deploy.ProcessState.ExitCode(), dErr.String())
+			}
+
+			e.StartDaemon()
+			if !strings.Contains(e.DaemonLog(), "resuming the confirm window of generation 2") {
+				t.Errorf("the new daemon did not resume the window:\n%s", e.DaemonLog())
+			}
+			if tc.crash {
+				if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := "confirmed"
+			if tc.crash {
+				want = "failed"
+			}
+			eventually(t, 60*time.Second, "generation 2 "+want, func() bool {
+				_, gens := e.generationsJSON()
+				return gens[2].Confirmation == want
+			})
+			cur, gens := e.generationsJSON()
+			wantCur, wantApp := uint64(2), "two"
+			if tc.crash {
+				wantCur, wantApp = 1, "one"
+			}
+			if cur != wantCur || gens[2].Confirmed != !tc.crash {
+				t.Errorf("current %d, generation 2 %+v; want current %d, confirmed %v", cur, gens[2], wantCur, !tc.crash)
+			}
+			if tc.crash && !strings.Contains(gens[2].ConfirmError, `service "web"`) {
+				t.Errorf("generation 2 confirm_error %q does not name the service", gens[2].ConfirmError)
+			}
+			// Exactly one version runs, and it serves: the other was drained.
+			eventually(t, 30*time.Second, "one version left", func() bool {
+				var st struct{ Services []ServiceStatus }
+				json.Unmarshal([]byte(e.MustRun("status", "--json")), &st)
+				return len(st.Services) == 1
+			})
+			if code, _, body := e.Get("web.example", "/"); code != 200 || body != wantApp {
+				t.Errorf("web.example: %d %q, want 200 %q", code, body, wantApp)
+			}
+			if out := e.MustRun("generations"); !strings.Contains(out, "CONFIRMED") {
+				t.Errorf("generations does not show confirmations:\n%s", out)
+			}
+		})
+	}
+}
