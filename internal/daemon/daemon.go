@@ -187,6 +187,9 @@ func (d *Daemon) Close() error {
 		}
 	}
 	d.wg.Wait()
+	if d.engine != nil {
+		d.engine.Detach() // a confirm window left open is the next daemon's to finish
+	}
 	if d.sup != nil {
 		d.sup.Detach()
 	}

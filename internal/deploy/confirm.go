@@ -96,27 +96,26 @@ func (e *Engine) watch(ctx context.Context, w *window, progress Progress) verdic
 	defer deadline.Stop()
 	tick := time.NewTicker(checkEvery)
 	defer tick.Stop()
+	over := false // the deadline passed; confirm once every version is seen
 	for {
-		final := false
 		select {
 		case <-w.ended:
 			return verdict{}
 		case <-ctx.Done():
 			return verdict{interrupted: true}
 		case <-deadline.C:
-			final = true
+			over = true
 		case <-tick.C:
 		}
+		all := true
 		for _, k := range w.watch {
-			failure, gone := e.check(ctx, k, seen, !final)
-			if gone {
-				return verdict{interrupted: true}
-			}
+			failure, known := e.check(ctx, k, seen, !over)
 			if failure != nil {
 				return verdict{failure: failure}
 			}
+			all = all && known
 		}
-		if final {
+		if over && all {
 			progress("confirmed: generation %d stayed healthy", w.gen.Number)
 			return verdict{}
 		}
@@ -124,13 +123,14 @@ func (e *Engine) watch(ctx context.Context, w *window, progress Progress) verdic
 }
 
 // check looks at one watched version: a crash, a failure, or (with probe)
-// a second failed health check in a row is a failure. gone reports a
-// version the supervisor no longer knows: stopped by a shutdown, or let go
-// by a daemon that stops; that decides nothing.
-func (e *Engine) check(ctx context.Context, k spec.VersionKey, seen map[spec.VersionKey]*watched, probe bool) (failure *ServiceError, gone bool) {
+// a second failed health check in a row is a failure. known is false for
+// a version the supervisor does not know at this moment: one being
+// restarted by hand, which decides nothing. (A daemon that stops or shuts
+// down ends the window itself: see Detach and Shutdown.)
+func (e *Engine) check(ctx context.Context, k spec.VersionKey, seen map[spec.VersionKey]*watched, probe bool) (failure *ServiceError, known bool) {
 	inst, ok := e.procs.Get(k)
 	if !ok {
-		return nil, true
+		return nil, false
 	}
 	st := inst.Status()
 	w := seen[k]
@@ -144,29 +144,29 @@ func (e *Engine) check(ctx context.Context, k spec.VersionKey, seen map[spec.Ver
 	}
 	switch {
 	case st.State == supervisor.StateFailed:
-		return fail("failed: %s", st.LastError), false
+		return fail("failed: %s", st.LastError), true
 	case st.Restarts > w.restarts || st.State == supervisor.StateStarting:
 		// Every watched version was ready when the window opened: starting
 		// again means it crashed and awaits its restart.
-		return fail("crashed after the switch (%s)", st.LastError), false
+		return fail("crashed after the switch (%s)", st.LastError), true
 	case st.State == supervisor.StateStopped:
-		return nil, true
+		return nil, false // being stopped by a restart by hand
 	}
 	if !probe {
-		return nil, false
+		return nil, true
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	err := inst.Healthy(hctx)
 	cancel()
 	if err == nil {
 		w.fails = 0
-		return nil, false
+		return nil, true
 	}
 	if w.fails++; w.fails >= 2 {
 		return &ServiceError{Service: st.Service, Version: st.Version, Step: StepConfirm,
-			Err: fmt.Errorf("%s failed its health check after the switch: %w", k, err)}, false
+			Err: fmt.Errorf("%s failed its health check after the switch: %w", k, err)}, true
 	}
-	return nil, false
+	return nil, true
 }
 
 // settle ends w with what watching found: it records the confirmation and

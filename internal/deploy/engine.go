@@ -420,6 +420,17 @@ func (e *Engine) Running() []spec.VersionKey {
 	return keys
 }
 
+// Detach ends an open confirm window undecided, pending in the store for
+// the next daemon to finish, and stops watching confirmed generations:
+// what a daemon that stops but leaves its services running calls before it
+// lets go of them.
+func (e *Engine) Detach() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.endWindowLocked("", "", func(string, ...any) {})
+	e.disarmLocked()
+}
+
 // Shutdown stops every version, topmost first. An open confirm window ends
 // undecided: it stays pending in the store, for the next start to finish.
 func (e *Engine) Shutdown(ctx context.Context) {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -123,5 +124,62 @@ func TestKilledInConfirmWindow(t *testing.T) {
 				t.Errorf("generations does not show confirmations:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestConfirmWindowLeavesDaemonFree: during a 30 s confirm window, status,
+// restart and rollback answer long before the window would end (each
+// under a deadline of a third of it), and the rollback ends the window:
+// the deploy then exits 0 and says its generation was superseded.
+func TestConfirmWindowLeavesDaemonFree(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(crashSpec(t, map[string]string{"APP_ID": "one"}))
+	e.MustRun("deploy", "--no-confirm")
+	e.WriteSpec(crashSpec(t, map[string]string{"APP_ID": "two"}))
+
+	deploy := exec.Command(e.Bin, "--root", e.Root, "deploy", "--confirm", "30s")
+	deploy.Dir = e.Dir
+	var dOut, dErr bytes.Buffer
+	deploy.Stdout, deploy.Stderr = &dOut, &dErr
+	if err := deploy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { deploy.Wait(); close(exited) }()
+	eventually(t, 60*time.Second, "the confirm window to open", func() bool {
+		return strings.Contains(e.DaemonLog(), "confirming for")
+	})
+	for _, args := range [][]string{{"status", "--json"}, {"restart", "web"}, {"rollback"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, e.Bin, append([]string{"--root", e.Root}, args...)...)
+		cmd.Dir = e.Dir
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("hostel %s during the window: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		select {
+		case <-exited:
+			if args[0] != "rollback" {
+				t.Fatalf("the deploy ended before hostel %s returned:\n%s%s", args[0], dOut.String(), dErr.String())
+			}
+		default:
+		}
+	}
+	select {
+	case <-exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the deploy did not end with the rollback that ended its window")
+	}
+	if code := deploy.ProcessState.ExitCode(); code != 0 || !strings.Contains(dOut.String(), "ended the confirm window") {
+		t.Errorf("deploy: exit %d, stdout %q; want 0 and its window ended", code, dOut.String())
+	}
+	cur, gens := e.generationsJSON()
+	if cur != 1 || gens[2].Confirmation != "superseded" || gens[2].Confirmed {
+		t.Errorf("current %d, generation 2 %+v; want 1, superseded", cur, gens[2])
+	}
+	if code, _, body := e.Get("web.example", "/"); code != 200 || body != "one" {
+		t.Errorf("web.example: %d %q, want 200 one", code, body)
 	}
 }
