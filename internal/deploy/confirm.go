@@ -54,7 +54,7 @@ const (
 // window is an open confirm window.
 type window struct {
 	gen      *spec.Generation
-	prev     *spec.Generation // what a failure switches back to; nil if gone
+	prev     *spec.Generation // what a failure switches back to
 	watch    []spec.VersionKey
 	deadline time.Time
 	// ended is closed by endWindowLocked when something else ends the
@@ -194,9 +194,6 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 	}
 	if v.failure != nil {
 		res.Confirmation = spec.ConfirmFailed
-		if w.prev == nil {
-			return res, fmt.Errorf("%w; generation %d to switch back to is gone", v.failure, w.gen.Confirm.Previous)
-		}
 		progress("%v; switching back to generation %d", v.failure, w.prev.Number)
 		stopped, aborted, err := e.switchBackLocked(ctx, w.gen, w.prev, v.failure, progress)
 		res.Stopped, res.Aborted = stopped, aborted
@@ -217,7 +214,7 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 // record stores how generation n's window ended; a failure to is reported,
 // not fatal: the state of the machine is right, only its history lags.
 func (e *Engine) record(n uint64, c *spec.Confirm, progress Progress) {
-	if err := e.store.SetConfirm(n, c); err != nil {
+	if err := e.store.SetConfirm(n, c, 0); err != nil {
 		progress("recording the confirmation of generation %d: %v", n, err)
 	}
 }
@@ -238,27 +235,28 @@ func (e *Engine) endWindowLocked(state spec.ConfirmState, why string, progress P
 	}
 }
 
-// switchBackLocked makes prev current again after failed failed: it marks
-// failed, starts what of prev does not run, switches, and drains the rest.
-// e.mu must be held.
+// switchBackLocked makes prev current again after generation failed failed
+// its confirmation (why): it starts what of prev does not run, records
+// failed as failed and prev as current in one step, switches, and drains
+// the rest. If it cannot, failed stays current, recorded as failed. e.mu
+// must be held.
 func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Generation, why error, progress Progress) ([]string, int64, error) {
-	// Recorded first: a daemon that dies before the switch finds the
-	// failed generation current and switches back on its next start.
-	e.record(failed.Number, &spec.Confirm{State: spec.ConfirmFailed, Previous: prev.Number, Reason: why.Error()}, progress)
-	_, err := e.apply(ctx, prev, startOptions{}, func([]string) error { return e.store.SetCurrent(prev.Number) }, progress)
+	rec := &spec.Confirm{State: spec.ConfirmFailed, Previous: prev.Number, Reason: why.Error()}
+	_, err := e.apply(ctx, prev, startOptions{}, func([]string) error { return e.store.SetConfirm(failed.Number, rec, prev.Number) }, progress)
 	if err != nil {
+		rec.Reason = fmt.Sprintf("%s; switching back to generation %d failed: %v", rec.Reason, prev.Number, err)
+		e.record(failed.Number, rec, progress)
 		return nil, 0, err
 	}
 	stopped, aborted := e.drain(context.WithoutCancel(ctx), prev, progress)
 	return stopped, aborted, nil
 }
 
-// previous returns the generation cur's confirmation would switch back to,
-// when cur's window is pending or failed (the switch back undone by a
-// crash), and it is still stored; else nil.
+// previous returns the generation cur's pending confirmation would switch
+// back to, if it is still stored; else nil.
 func (e *Engine) previous(cur *spec.Generation, progress Progress) *spec.Generation {
 	c := cur.Confirm
-	if c == nil || c.Previous == 0 || (c.State != spec.ConfirmPending && c.State != spec.ConfirmFailed) {
+	if c == nil || c.Previous == 0 || c.State != spec.ConfirmPending {
 		return nil
 	}
 	prev, err := e.store.Get(c.Previous)
@@ -302,8 +300,9 @@ func (e *Engine) settleStale(cur *spec.Generation, progress Progress) {
 
 // resumeConfirm finishes, after a daemon start, what cur's confirmation
 // left undone: a pending window runs on in the background (at least
-// minResumedWindow); a failed one whose switch back a crash cut short
-// switches back now; a confirmed one is guarded. e.mu must be held.
+// minResumedWindow); a confirmed generation is guarded. (A switch back is
+// recorded in one step, so no crash leaves one half done.) e.mu must be
+// held.
 func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, progress Progress) {
 	c := cur.Confirm
 	if c == nil {
@@ -330,14 +329,6 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 				e.logf("generation %d: %v", cur.Number, err)
 			}
 		}()
-	case spec.ConfirmFailed:
-		if prev == nil {
-			return
-		}
-		progress("generation %d failed its confirmation (%s); switching back to generation %d", cur.Number, c.Reason, prev.Number)
-		if _, _, err := e.switchBackLocked(ctx, cur, prev, errors.New(c.Reason), progress); err != nil {
-			progress("switching back to generation %d: %v", prev.Number, err)
-		}
 	case spec.ConfirmConfirmed:
 		if c.Previous == 0 {
 			return
