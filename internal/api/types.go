@@ -68,6 +68,14 @@ type Status struct {
 	Generation uint64          `json:"generation"`
 	Listen     Listen          `json:"listen"`
 	Services   []ServiceStatus `json:"services"`
+	// Confirmation is where the current generation's confirm window
+	// stands, as in Generation ("pending" while it is open, "failed" for
+	// a version that failed after it and could not be switched back);
+	// "" when nothing is deployed or it was not recorded.
+	Confirmation string `json:"confirmation,omitempty"`
+	// ConfirmError says why the current generation's confirmation failed
+	// or was superseded.
+	ConfirmError string `json:"confirm_error,omitempty"`
 	// InternalCA is the PEM of the root of hostel's internal CA, which
 	// signs the certificates of immutable version names; "" when HTTPS is
 	// off.

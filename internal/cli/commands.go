@@ -201,7 +201,7 @@ func statusCmd(e *env) *cobra.Command {
 			if asJSON {
 				return printJSON(e.stdout, st)
 			}
-			fmt.Fprintf(e.stdout, "generation %d, http %s\n", st.Generation, st.Listen.HTTP)
+			fmt.Fprintf(e.stdout, "generation %d%s, http %s\n", st.Generation, confirmNote(st), st.Listen.HTTP)
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "SERVICE\tVERSION\tSTATE\tPID\tREADY\tDOMAINS\tURL")
 			for _, s := range st.Services {
@@ -230,6 +230,18 @@ func statusCmd(e *env) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print status as JSON")
 	return cmd
+}
+
+// confirmNote says, in the first line of `hostel status`, that the current
+// generation is not confirmed yet or failed its confirmation.
+func confirmNote(st *api.Status) string {
+	switch st.Confirmation {
+	case "pending":
+		return " (confirm window open)"
+	case "failed":
+		return " (failed its confirmation: " + firstLine(st.ConfirmError) + ")"
+	}
+	return ""
 }
 
 func generationsCmd(e *env) *cobra.Command {

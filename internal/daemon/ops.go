@@ -143,6 +143,9 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 	shown := map[spec.VersionKey]bool{}
 	if cur != nil {
 		st.Generation = cur.Number
+		if c := cur.Confirm; c != nil {
+			st.Confirmation, st.ConfirmError = string(c.State), c.Reason
+		}
 		zone = cur.Spec.ZoneOrDefault()
 		for _, name := range cur.Spec.Names() {
 			key := spec.Key(name, cur.Versions[name])
