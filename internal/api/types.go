@@ -76,6 +76,11 @@ type Status struct {
 	// ConfirmError says why the current generation's confirmation failed
 	// or was superseded.
 	ConfirmError string `json:"confirm_error,omitempty"`
+	// SwitchedBackFrom is the newest generation when it failed its
+	// confirmation and the current one is what it was switched back to; 0
+	// otherwise. SwitchBackReason says why.
+	SwitchedBackFrom uint64 `json:"switched_back_from,omitempty"`
+	SwitchBackReason string `json:"switch_back_reason,omitempty"`
 	// InternalCA is the PEM of the root of hostel's internal CA, which
 	// signs the certificates of immutable version names; "" when HTTPS is
 	// off.

@@ -233,13 +233,16 @@ func statusCmd(e *env) *cobra.Command {
 }
 
 // confirmNote says, in the first line of `hostel status`, that the current
-// generation is not confirmed yet or failed its confirmation.
+// generation is not confirmed yet, failed its confirmation, or was switched
+// back to.
 func confirmNote(st *api.Status) string {
-	switch st.Confirmation {
-	case "pending":
+	switch {
+	case st.Confirmation == "pending":
 		return " (confirm window open)"
-	case "failed":
+	case st.Confirmation == "failed":
 		return " (failed its confirmation: " + firstLine(st.ConfirmError) + ")"
+	case st.SwitchedBackFrom != 0:
+		return fmt.Sprintf(" (switched back from generation %d: %s)", st.SwitchedBackFrom, firstLine(st.SwitchBackReason))
 	}
 	return ""
 }

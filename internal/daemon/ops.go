@@ -146,6 +146,9 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 		if c := cur.Confirm; c != nil {
 			st.Confirmation, st.ConfirmError = string(c.State), c.Reason
 		}
+		if err := d.switchedBack(cur, st); err != nil {
+			return nil, err
+		}
 		zone = cur.Spec.ZoneOrDefault()
 		for _, name := range cur.Spec.Names() {
 			key := spec.Key(name, cur.Versions[name])
@@ -166,6 +169,20 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 	}
 	d.addDatabases(ctx, st)
 	return st, nil
+}
+
+// switchedBack tells in st when cur is current because the newest
+// generation failed its confirmation and was switched back from.
+func (d *Daemon) switchedBack(cur *spec.Generation, st *api.Status) error {
+	gens, err := d.store.List()
+	if err != nil || len(gens) == 0 {
+		return err
+	}
+	newest := gens[len(gens)-1]
+	if c := newest.Confirm; c != nil && c.State == spec.ConfirmFailed && newest.Number != cur.Number && c.Previous == cur.Number {
+		st.SwitchedBackFrom, st.SwitchBackReason = newest.Number, c.Reason
+	}
+	return nil
 }
 
 func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.ServiceStatus {

@@ -176,3 +176,50 @@ func TestFailuresOfJoinedErrors(t *testing.T) {
 		t.Errorf("Failures = %v, want [a b]", got)
 	}
 }
+
+// TestDetachedWindowResumes: a daemon that stops in a confirm window leaves
+// it pending (the deploy says so); the next one keeps the previous
+// generation's version at hand, finishes the window, confirms, and only
+// then stops the old version.
+func TestDetachedWindowResumes(t *testing.T) {
+	root := t.TempDir()
+	w := newWorldAt(t, root)
+	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("one", domains("web.test"))}))
+	type outcome struct {
+		res *Result
+		err error
+	}
+	deployed := make(chan outcome, 1)
+	go func() {
+		res, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("two", domains("web.test"))}), 4*time.Second)
+		deployed <- outcome{res, err}
+	}()
+	waitFor(t, 30*time.Second, "the confirm window to open", func() bool { return w.index("confirming for") >= 0 })
+	w.engine.Detach()
+	o := <-deployed
+	if o.err == nil || o.res.Confirmation != spec.ConfirmPending {
+		t.Fatalf("deploy cut by Detach: %v, confirmation %q; want an error, pending", o.err, o.res.Confirmation)
+	}
+	if got := w.confirmState(2); got != spec.ConfirmPending {
+		t.Fatalf("generation 2 confirmation %q after Detach, want pending", got)
+	}
+	w.sup.Detach()
+	w.store.Close()
+
+	next := newWorldAt(t, root)
+	next.engine.SetLog(next.progress)
+	if err := next.engine.Resume(context.Background(), next.progress); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(next.sup.List()); n != 2 {
+		t.Errorf("%d versions run after resuming in the window, want 2 (the previous one at hand)", n)
+	}
+	waitFor(t, 30*time.Second, "generation 2 confirmed", func() bool { return next.confirmState(2) == spec.ConfirmConfirmed })
+	waitFor(t, 30*time.Second, "the old version stopped", func() bool { return len(next.sup.List()) == 1 })
+	if got := next.current(); got != 2 {
+		t.Errorf("current generation %d, want 2", got)
+	}
+	if _, id, _ := next.get("web.test", "/"); id != "two" {
+		t.Errorf("web.test served by %q", id)
+	}
+}

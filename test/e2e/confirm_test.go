@@ -111,6 +111,13 @@ func TestKilledInConfirmWindow(t *testing.T) {
 			if tc.crash && !strings.Contains(gens[2].ConfirmError, `service "web"`) {
 				t.Errorf("generation 2 confirm_error %q does not name the service", gens[2].ConfirmError)
 			}
+			var st struct {
+				SwitchedBackFrom uint64 `json:"switched_back_from"`
+			}
+			json.Unmarshal([]byte(e.MustRun("status", "--json")), &st)
+			if want := map[bool]uint64{true: 2}[tc.crash]; st.SwitchedBackFrom != want {
+				t.Errorf("status says switched back from %d, want %d", st.SwitchedBackFrom, want)
+			}
 			// Exactly one version runs, and it serves: the other was drained.
 			eventually(t, 30*time.Second, "one version left", func() bool {
 				var st struct{ Services []ServiceStatus }

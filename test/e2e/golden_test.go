@@ -162,6 +162,7 @@ func TestGoldenJSON(t *testing.T) {
 	// but its first restart fails the confirmation.
 	e.WriteSpec(crashSpec(t, map[string]string{"APP_ID": "two", "CRASH_AFTER": "1s"}))
 	check("deploy-rolled-back", 1, "deploy", "--json", "--confirm", "10s")
+	check("status-switched-back", 0, "status", "--json")
 
 	// Never gets ready: fails before the switch, nothing changes.
 	e.WriteSpec(crashSpec(t, map[string]string{"APP_ID": "three", "CRASH": "1"}))
