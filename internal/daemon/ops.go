@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"hostel/internal/api"
@@ -30,8 +29,7 @@ func apiError(err error) error {
 	}
 	var se *spec.Error
 	if errors.Is(err, deploy.ErrInvalid) || errors.As(err, &se) {
-		msg := strings.TrimPrefix(err.Error(), deploy.ErrInvalid.Error()+": ")
-		return &api.Error{Kind: api.KindInvalid, Message: msg}
+		return &api.Error{Kind: api.KindInvalid, Message: err.Error()}
 	}
 	return err
 }

@@ -56,7 +56,7 @@ type startOptions struct {
 func (e *Engine) startAll(ctx context.Context, g *spec.Generation, opts startOptions, progress Progress) ([]string, error) {
 	lv, err := levels(g.Spec)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, invalid(err)
 	}
 	var started []string
 	var resumeErrs []error

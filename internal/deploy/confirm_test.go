@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -221,5 +222,22 @@ func TestDetachedWindowResumes(t *testing.T) {
 	}
 	if _, id, _ := next.get("web.test", "/"); id != "two" {
 		t.Errorf("web.test served by %q", id)
+	}
+}
+
+// TestInvalidError: an input error is ErrInvalid and reads as what went
+// wrong, with no prefix.
+func TestInvalidError(t *testing.T) {
+	base := errors.New("generation 3 is already current")
+	err := fmt.Errorf("rollback: %w", invalid(base))
+	if !errors.Is(err, ErrInvalid) || !errors.Is(err, base) {
+		t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
+	}
+	var ie *InvalidError
+	if !errors.As(err, &ie) || ie.Error() != base.Error() {
+		t.Errorf("InvalidError reads %q, want %q", ie, base)
+	}
+	if errors.Is(errors.New("other"), ErrInvalid) {
+		t.Error("any error is ErrInvalid")
 	}
 }

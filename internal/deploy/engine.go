@@ -61,8 +61,23 @@ var (
 	_ Routes    = (*router.Router)(nil)
 )
 
-// ErrInvalid marks input errors (exit 2): nothing was changed.
+// ErrInvalid marks input errors (exit 2): nothing was changed. Every
+// *InvalidError is one (errors.Is).
 var ErrInvalid = errors.New("invalid input")
+
+// InvalidError is an input error: nothing was changed. Its message is the
+// underlying error's, without a prefix, as users see it.
+type InvalidError struct{ Err error }
+
+func (e *InvalidError) Error() string { return e.Err.Error() }
+
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// Is makes every InvalidError match ErrInvalid.
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+// invalid marks err as an input error.
+func invalid(err error) error { return &InvalidError{Err: err} }
 
 // Progress receives one human-readable line per step of a deploy.
 type Progress func(format string, args ...any)
@@ -212,7 +227,7 @@ func (e *Engine) Plan(s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
 // or rollback that switches during the window ends it (see confirm.go).
 func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*Result, error) {
 	if err := req.Spec.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, invalid(err)
 	}
 	e.mu.Lock()
 	res, w, err := e.deployLocked(ctx, req, progress)
@@ -232,7 +247,7 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 	}
 	p, err := plan.Make(req.Spec, req.Inputs, cur)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, nil, invalid(err)
 	}
 	res := &Result{Plan: p, Started: []string{}, Stopped: []string{}}
 	if cur != nil {
@@ -289,7 +304,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 		return nil, err
 	}
 	if cur == nil {
-		return nil, fmt.Errorf("%w: nothing deployed yet", ErrInvalid)
+		return nil, invalid(errors.New("nothing deployed yet"))
 	}
 	if to == 0 {
 		gens, err := e.store.List()
@@ -302,15 +317,15 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 			}
 		}
 		if to == 0 {
-			return nil, fmt.Errorf("%w: generation %d is the oldest kept; there is nothing to roll back to", ErrInvalid, cur.Number)
+			return nil, invalid(fmt.Errorf("generation %d is the oldest kept; there is nothing to roll back to", cur.Number))
 		}
 	}
 	if to == cur.Number {
-		return nil, fmt.Errorf("%w: generation %d is already current", ErrInvalid, to)
+		return nil, invalid(fmt.Errorf("generation %d is already current", to))
 	}
 	target, err := e.store.Get(to)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, invalid(err)
 	} else if err != nil {
 		return nil, err
 	}
@@ -388,7 +403,7 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 		return err
 	}
 	if cur == nil || cur.Spec.Services[service] == nil {
-		return fmt.Errorf("%w: no service %q in the current generation", ErrInvalid, service)
+		return invalid(fmt.Errorf("no service %q in the current generation", service))
 	}
 	key := spec.Key(service, cur.Versions[service])
 	if err := e.procs.Restart(ctx, key); err != nil {
