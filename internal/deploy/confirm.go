@@ -58,10 +58,16 @@ type window struct {
 	watch    []spec.VersionKey
 	deadline time.Time
 	// ended is closed by endWindowLocked when something else ends the
-	// window; endState (guarded by Engine.mu) says how.
-	ended    chan struct{}
-	endState spec.ConfirmState // "": ended undecided (shutdown)
+	// window; endState and endReason (guarded by Engine.mu) say how.
+	ended     chan struct{}
+	endState  spec.ConfirmState // "": ended undecided (the daemon stops)
+	endReason string
 }
+
+// ErrUndecided is why a deploy whose confirm window the daemon's stop cut
+// short failed: its generation is live and pending, and the next start of
+// the daemon finishes the window.
+var ErrUndecided = errors.New("its confirm window was cut short by the daemon's stop; the daemon's next start finishes it")
 
 func newWindow(gen, prev *spec.Generation, watch []spec.VersionKey, deadline time.Time) *window {
 	return &window{gen: gen, prev: prev, watch: watch, deadline: deadline, ended: make(chan struct{})}
@@ -83,7 +89,7 @@ type watched struct {
 
 // watch watches w's versions until its deadline, a failure, or the end of
 // the window by another operation. It does not hold e.mu.
-func (e *Engine) watch(ctx context.Context, w *window, progress Progress) verdict {
+func (e *Engine) watch(ctx context.Context, w *window) verdict {
 	// What runs as the window opens is the base: every restart from here
 	// on is a crash in the window.
 	seen := map[spec.VersionKey]*watched{}
@@ -116,7 +122,6 @@ func (e *Engine) watch(ctx context.Context, w *window, progress Progress) verdic
 			all = all && known
 		}
 		if over && all {
-			progress("confirmed: generation %d stayed healthy", w.gen.Number)
 			return verdict{}
 		}
 	}
@@ -177,20 +182,18 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 	if e.window != w {
 		// Another operation ended the window first; it switched (or the
 		// daemon is stopping) and the old versions are its to drain.
-		switch w.endState {
-		case "":
+		if w.endState == "" {
 			res.Confirmation = spec.ConfirmPending
-			return res, fmt.Errorf("generation %d is live, but its confirm window was cut short: the daemon is stopping; its next start finishes the window", w.gen.Number)
-		default:
-			res.Confirmation = w.endState
-			progress("generation %d is live; its confirm window was ended by a later operation", w.gen.Number)
-			return res, nil
+			return res, fmt.Errorf("generation %d is live, but %w", w.gen.Number, ErrUndecided)
 		}
+		res.Confirmation = w.endState
+		progress("generation %d went live; its confirm window ended early: %s", w.gen.Number, w.endReason)
+		return res, nil
 	}
 	e.window = nil
 	if v.interrupted {
 		res.Confirmation = spec.ConfirmPending
-		return res, fmt.Errorf("generation %d is live, but its confirm window was cut short: the daemon is stopping; its next start finishes the window", w.gen.Number)
+		return res, fmt.Errorf("generation %d is live, but %w", w.gen.Number, ErrUndecided)
 	}
 	if v.failure != nil {
 		res.Confirmation = spec.ConfirmFailed
@@ -204,6 +207,7 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 		return res, fmt.Errorf("deploy rolled back to generation %d: %w", w.prev.Number, v.failure)
 	}
 	res.Confirmation = spec.ConfirmConfirmed
+	progress("confirmed: generation %d stayed up and healthy", w.gen.Number)
 	e.record(w.gen.Number, &spec.Confirm{State: spec.ConfirmConfirmed, Previous: w.gen.Confirm.Previous}, progress)
 	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), w.gen, progress)
 	e.armLocked(w.gen, w.prev, w.watch)
@@ -228,7 +232,7 @@ func (e *Engine) endWindowLocked(state spec.ConfirmState, why string, progress P
 		return
 	}
 	e.window = nil
-	w.endState = state
+	w.endState, w.endReason = state, why
 	close(w.ended)
 	if state != "" {
 		e.record(w.gen.Number, &spec.Confirm{State: state, Previous: w.gen.Confirm.Previous, Reason: why}, progress)
@@ -325,7 +329,7 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 		go func() {
 			ctx := context.WithoutCancel(ctx)
 			res := &Result{Generation: cur.Number}
-			if _, err := e.settle(ctx, w, e.watch(ctx, w, e.logf), res, e.logf); err != nil {
+			if _, err := e.settle(ctx, w, e.watch(ctx, w), res, e.logf); err != nil {
 				e.logf("generation %d: %v", cur.Number, err)
 			}
 		}()

@@ -198,8 +198,8 @@ func TestDetachedWindowResumes(t *testing.T) {
 	waitFor(t, 30*time.Second, "the confirm window to open", func() bool { return w.index("confirming for") >= 0 })
 	w.engine.Detach()
 	o := <-deployed
-	if o.err == nil || o.res.Confirmation != spec.ConfirmPending {
-		t.Fatalf("deploy cut by Detach: %v, confirmation %q; want an error, pending", o.err, o.res.Confirmation)
+	if !errors.Is(o.err, ErrUndecided) || o.res.Confirmation != spec.ConfirmPending {
+		t.Fatalf("deploy cut by Detach: %v, confirmation %q; want ErrUndecided, pending", o.err, o.res.Confirmation)
 	}
 	if got := w.confirmState(2); got != spec.ConfirmPending {
 		t.Fatalf("generation 2 confirmation %q after Detach, want pending", got)

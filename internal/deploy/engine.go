@@ -235,7 +235,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 	if err != nil || w == nil {
 		return res, err
 	}
-	return e.settle(ctx, w, e.watch(ctx, w, progress), res, progress)
+	return e.settle(ctx, w, e.watch(ctx, w), res, progress)
 }
 
 // deployLocked does a deploy up to its confirm window, which it returns
