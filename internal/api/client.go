@@ -122,17 +122,10 @@ func (c *Client) streamDeploy(ctx context.Context, path string, body any, progre
 			}
 			continue
 		}
-		var res *DeployResult
-		if ev.Result != nil {
-			res = &DeployResult{}
-			if err := json.Unmarshal(ev.Result, res); err != nil {
-				return nil, fmt.Errorf("bad answer from daemon: %w", err)
-			}
-		}
 		if ev.Error != nil {
-			return res, ev.Error
+			return ev.Result, ev.Error
 		}
-		return res, nil
+		return ev.Result, nil
 	}
 	if err := sc.Err(); err != nil {
 		return nil, &Error{Kind: KindFailed, Message: "lost the daemon mid-operation: " + err.Error()}

@@ -151,20 +151,12 @@ func stream(w http.ResponseWriter, op func(progress func(string)) (*DeployResult
 		}
 	}
 	res, err := op(func(line string) { send(Event{Progress: line}) })
-	var last Event
+	last := Event{Result: res}
 	if err != nil {
 		last.Error = toError(err)
 		if res != nil {
 			res.Error = last.Error.Message
 		}
-	}
-	if res != nil {
-		b, merr := json.Marshal(res)
-		if merr != nil {
-			send(Event{Error: toError(merr)})
-			return
-		}
-		last.Result = b
 	}
 	if last.Error == nil && last.Result == nil {
 		last.Error = &Error{Kind: KindFailed, Message: "internal error: the operation returned neither a result nor an error"}

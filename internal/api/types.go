@@ -201,7 +201,7 @@ type DeployFailure struct {
 // both.
 type Event struct {
 	Progress string          `json:"progress,omitempty"`
-	Result   json.RawMessage `json:"result,omitempty"`
+	Result   *DeployResult `json:"result,omitempty"`
 	Error    *Error          `json:"error,omitempty"`
 }
 

@@ -35,7 +35,8 @@ import (
 // reported and its generation switched back if the previous generation is
 // still at hand — still stored (gc has not dropped it), and the failed
 // generation still the one its deploy made current (no deploy or rollback
-// since). The previous generation's versions are started again where they
+// since; after a daemon restart, that is: the current generation is the
+// newest). The previous generation's versions are started again where they
 // were stopped; if one cannot start, nothing switches and the failure is
 // reported.
 
@@ -315,7 +316,7 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 	switch c.State {
 	case spec.ConfirmPending:
 		if prev == nil {
-			progress("generation %d awaited confirmation, but generation %d to switch back to is gone: confirming it as it runs", cur.Number, c.Previous)
+			progress("generation %d awaited confirmation, but generation %d to switch back to is gone: it stays live, unconfirmed", cur.Number, c.Previous)
 			e.record(cur.Number, &spec.Confirm{State: spec.ConfirmSkipped, Previous: c.Previous, Reason: "the previous generation was gone when the window resumed"}, progress)
 			return
 		}
