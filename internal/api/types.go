@@ -200,9 +200,9 @@ type DeployFailure struct {
 // error, or, for an operation that failed after it had done something,
 // both.
 type Event struct {
-	Progress string          `json:"progress,omitempty"`
+	Progress string        `json:"progress,omitempty"`
 	Result   *DeployResult `json:"result,omitempty"`
-	Error    *Error          `json:"error,omitempty"`
+	Error    *Error        `json:"error,omitempty"`
 }
 
 // Error kinds, which the CLI maps to exit codes.
