@@ -108,6 +108,9 @@ func writeResult(w io.Writer, r *api.DeployResult) {
 	case "superseded":
 		fmt.Fprintln(w, "not confirmed: a later deploy or rollback ended the confirm window")
 	}
+	if r.Aborted > 0 {
+		fmt.Fprintf(w, "%d requests to old versions were still running at their stop grace and were ended with 504\n", r.Aborted)
+	}
 	for _, f := range r.Failures {
 		fmt.Fprintf(w, "failed: %s %s (%s): %s\n", f.Service, f.Version, f.Step, firstLine(f.Reason))
 	}

@@ -23,7 +23,9 @@ func TestWriteResult(t *testing.T) {
 		not  []string
 	}{
 		{"live", api.DeployResult{Generation: 2, Started: []string{"web-abc"}, Stopped: []string{"web-old"}, Confirmation: "confirmed"},
-			[]string{"generation 2 is live: 1 started, 1 stopped"}, []string{"failed", "not confirmed"}},
+			[]string{"generation 2 is live: 1 started, 1 stopped"}, []string{"failed", "not confirmed", "504"}},
+		{"aborted", api.DeployResult{Generation: 2, Aborted: 3},
+			[]string{"3 requests to old versions were still running at their stop grace and were ended with 504"}, nil},
 		{"rolled back", api.DeployResult{Generation: 1, RolledBack: true, RolledBackFrom: 2, Started: []string{"web-abc"}, Stopped: []string{"web-abc"},
 			Confirmation: "failed", Failures: fail(api.StepConfirm), Error: "deploy rolled back"},
 			[]string{"generation 2 went live and was switched back: generation 1 is live", "failed: web abc (confirm): web-abc crashed (exit status 3)"}, []string{"log line"}},
