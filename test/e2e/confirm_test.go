@@ -56,9 +56,10 @@ func eventually(t testing.TB, limit time.Duration, what string, cond func() bool
 // --json` says which generations were confirmed.
 func TestKilledInConfirmWindow(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		crash bool
-	}{{"healthy", false}, {"crashes after the restart", true}} {
+		name    string
+		crash   bool
+		confirm string // long enough to outlast the restart when it crashes
+	}{{"healthy", false, "6s"}, {"crashes after the restart", true, "30s"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := NewEnv(t)
 			e.StartDaemon()
@@ -68,7 +69,7 @@ func TestKilledInConfirmWindow(t *testing.T) {
 			e.WriteSpec(crashSpec(t, map[string]string{"APP_ID": "two", "CRASH_FILE": trigger}))
 
 			// The deploy runs in the background; the daemon dies in its window.
-			deploy := exec.Command(e.Bin, "--root", e.Root, "deploy", "--confirm", "8s")
+			deploy := exec.Command(e.Bin, "--root", e.Root, "deploy", "--confirm", tc.confirm)
 			deploy.Dir = e.Dir
 			var dOut, dErr bytes.Buffer
 			deploy.Stdout, deploy.Stderr = &dOut, &dErr
