@@ -127,10 +127,14 @@ func (c *Client) streamDeploy(ctx context.Context, path string, body any, progre
 		}
 		return ev.Result, nil
 	}
+	// What the operation did is in the store: a generation it committed
+	// is current, and a confirm window it opened is finished by the
+	// daemon's next start.
+	const after = "; `hostel status` and `hostel generations` show where it stopped"
 	if err := sc.Err(); err != nil {
-		return nil, &Error{Kind: KindFailed, Message: "lost the daemon mid-operation: " + err.Error()}
+		return nil, &Error{Kind: KindFailed, Message: "lost the daemon mid-operation: " + err.Error() + after}
 	}
-	return nil, &Error{Kind: KindFailed, Message: "the daemon closed the connection before it finished"}
+	return nil, &Error{Kind: KindFailed, Message: "the daemon closed the connection before it finished" + after}
 }
 
 // Plan asks what a deploy would change. out receives the plan's JSON.

@@ -80,8 +80,8 @@ func TestKilledInConfirmWindow(t *testing.T) {
 				return strings.Contains(e.DaemonLog(), "confirming for")
 			})
 			e.stopDaemonWith(os.Kill)
-			if err := deploy.Wait(); deploy.ProcessState.ExitCode() != 1 {
-				t.Errorf("deploy cut by the daemon's death: %v, exit %d, want 1\n%s", err, deploy.ProcessState.ExitCode(), dErr.String())
+			if err := deploy.Wait(); deploy.ProcessState.ExitCode() != 1 || !strings.Contains(dErr.String(), "hostel generations") {
+				t.Errorf("deploy cut by the daemon's death: %v, exit %d, want 1 and where to look\n%s", err, deploy.ProcessState.ExitCode(), dErr.String())
 			}
 
 			e.StartDaemon()
