@@ -188,6 +188,10 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 			return res, fmt.Errorf("generation %d is live, but %w", w.gen.Number, ErrUndecided)
 		}
 		res.Confirmation = w.endState
+		if v.failure != nil {
+			// It failed, but what switched meanwhile stands: say so.
+			return res, fmt.Errorf("%w; not switched back: %s", v.failure, w.endReason)
+		}
 		progress("generation %d went live; its confirm window ended early: %s", w.gen.Number, w.endReason)
 		return res, nil
 	}
