@@ -97,7 +97,8 @@ func writeResult(w io.Writer, r *api.DeployResult) {
 	case r.RolledBack:
 		fmt.Fprintf(w, "generation %d went live and was switched back: generation %d is live: %d started, %d stopped\n",
 			r.RolledBackFrom, r.Generation, len(r.Started), len(r.Stopped))
-	case r.Error != "" && len(r.Failures) > 0 && r.Failures[0].Step == api.StepStart:
+	case r.Error != "" && r.Confirmation == "":
+		// Failed before the switch (a rollback has no confirmation either).
 		fmt.Fprintf(w, "nothing changed: generation %d is still live\n", r.Generation)
 	default:
 		fmt.Fprintf(w, "generation %d is live: %d started, %d stopped\n", r.Generation, len(r.Started), len(r.Stopped))

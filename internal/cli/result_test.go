@@ -31,6 +31,8 @@ func TestWriteResult(t *testing.T) {
 			[]string{"generation 2 went live and was switched back: generation 1 is live", "failed: web abc (confirm): web-abc crashed (exit status 3)"}, []string{"log line"}},
 		{"failed before the switch", api.DeployResult{Generation: 1, Failures: fail(api.StepStart), Error: "deploy failed before the switch"},
 			[]string{"nothing changed: generation 1 is still live", "failed: web abc (start)"}, []string{"is live:"}},
+		{"rollback failed", api.DeployResult{Generation: 3, Error: "nothing switched: store closed"},
+			[]string{"nothing changed: generation 3 is still live"}, nil},
 		{"superseded", api.DeployResult{Generation: 2, Confirmation: "superseded"},
 			[]string{"generation 2 is live", "not confirmed: a later deploy or rollback ended the confirm window"}, nil},
 		{"pending", api.DeployResult{Generation: 2, Confirmation: "pending", Error: "cut short"},

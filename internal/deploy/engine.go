@@ -329,7 +329,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 	} else if err != nil {
 		return nil, err
 	}
-	res := &Result{Generation: to}
+	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
 	started, err := e.apply(ctx, target, startOptions{}, func([]string) error {
 		if err := e.store.SetCurrent(to); err != nil {
 			return err
@@ -338,10 +338,10 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 		e.disarmLocked()
 		return nil
 	}, progress)
-	res.Started = started
 	if err != nil {
-		return res, err
+		return res, err // nothing switched: cur is still live
 	}
+	res.Generation, res.Started = to, started
 	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), target, progress)
 	return res, nil
 }
