@@ -97,40 +97,44 @@ func decodeError(resp *http.Response) error {
 	return ev.Error
 }
 
-// streamCall does a streamed request: each progress line goes to progress,
-// the result is decoded into out.
-func (c *Client) streamCall(ctx context.Context, path string, body, out any, progress func(string)) error {
+// streamDeploy does a streamed deploy or rollback: each progress line goes
+// to progress. It returns the result whenever the daemon sent one, also
+// with the error of an operation that failed after it did something.
+func (c *Client) streamDeploy(ctx context.Context, path string, body any, progress func(string)) (*DeployResult, error) {
 	resp, err := c.do(ctx, http.MethodPost, path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return decodeError(resp)
+		return nil, decodeError(resp)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
 		var ev Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("bad answer from daemon: %w", err)
+			return nil, fmt.Errorf("bad answer from daemon: %w", err)
 		}
-		switch {
-		case ev.Error != nil:
-			return ev.Error
-		case ev.Result != nil:
-			if out != nil {
-				return json.Unmarshal(ev.Result, out)
+		if ev.Result == nil && ev.Error == nil {
+			if progress != nil {
+				progress(ev.Progress)
 			}
-			return nil
-		case progress != nil:
-			progress(ev.Progress)
+			continue
 		}
+		if ev.Error != nil {
+			return ev.Result, ev.Error
+		}
+		return ev.Result, nil
 	}
+	// What the operation did is in the store: a generation it committed
+	// is current, and a confirm window it opened is finished by the
+	// daemon's next start.
+	const after = "; `hostel status` and `hostel generations` show where it stopped"
 	if err := sc.Err(); err != nil {
-		return &Error{Kind: KindFailed, Message: "lost the daemon mid-operation: " + err.Error()}
+		return nil, &Error{Kind: KindFailed, Message: "lost the daemon mid-operation: " + err.Error() + after}
 	}
-	return &Error{Kind: KindFailed, Message: "the daemon closed the connection before it finished"}
+	return nil, &Error{Kind: KindFailed, Message: "the daemon closed the connection before it finished" + after}
 }
 
 // Plan asks what a deploy would change. out receives the plan's JSON.
@@ -138,14 +142,16 @@ func (c *Client) Plan(ctx context.Context, req PlanRequest, out any) error {
 	return c.call(ctx, http.MethodPost, "/v1/plan", req, out)
 }
 
-// Deploy applies a spec; progress receives each step.
-func (c *Client) Deploy(ctx context.Context, req DeployRequest, out any, progress func(string)) error {
-	return c.streamCall(ctx, "/v1/deploy", req, out, progress)
+// Deploy applies a spec; progress receives each step. A deploy that failed
+// after it did something (switched back, say) returns its result and an
+// error.
+func (c *Client) Deploy(ctx context.Context, req DeployRequest, progress func(string)) (*DeployResult, error) {
+	return c.streamDeploy(ctx, "/v1/deploy", req, progress)
 }
 
 // Rollback switches to another generation.
-func (c *Client) Rollback(ctx context.Context, req RollbackRequest, out any, progress func(string)) error {
-	return c.streamCall(ctx, "/v1/rollback", req, out, progress)
+func (c *Client) Rollback(ctx context.Context, req RollbackRequest, progress func(string)) (*DeployResult, error) {
+	return c.streamDeploy(ctx, "/v1/rollback", req, progress)
 }
 
 // Restart restarts a service's running version.

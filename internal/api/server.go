@@ -16,8 +16,11 @@ import (
 // Daemon is what the API serves. The daemon implements it; tests may too.
 type Daemon interface {
 	Plan(ctx context.Context, req PlanRequest) (*plan.Plan, error)
-	Deploy(ctx context.Context, req DeployRequest, progress func(string)) (any, error)
-	Rollback(ctx context.Context, req RollbackRequest, progress func(string)) (any, error)
+	// Deploy and Rollback return what they did, also when they fail after
+	// doing something (a result and an error); nil with an error when they
+	// did nothing.
+	Deploy(ctx context.Context, req DeployRequest, progress func(string)) (*DeployResult, error)
+	Rollback(ctx context.Context, req RollbackRequest, progress func(string)) (*DeployResult, error)
 	Restart(ctx context.Context, req RestartRequest) error
 	Status(ctx context.Context) (*Status, error)
 	Generations(ctx context.Context) (*Generations, error)
@@ -46,14 +49,14 @@ func NewHandler(d Daemon) http.Handler {
 		if !decodeBody(w, r, &req) {
 			return
 		}
-		stream(w, func(progress func(string)) (any, error) { return d.Deploy(r.Context(), req, progress) })
+		stream(w, func(progress func(string)) (*DeployResult, error) { return d.Deploy(r.Context(), req, progress) })
 	})
 	mux.HandleFunc("POST /v1/rollback", func(w http.ResponseWriter, r *http.Request) {
 		var req RollbackRequest
 		if !decodeBody(w, r, &req) {
 			return
 		}
-		stream(w, func(progress func(string)) (any, error) { return d.Rollback(r.Context(), req, progress) })
+		stream(w, func(progress func(string)) (*DeployResult, error) { return d.Rollback(r.Context(), req, progress) })
 	})
 	mux.HandleFunc("POST /v1/restart", func(w http.ResponseWriter, r *http.Request) {
 		var req RestartRequest
@@ -132,9 +135,9 @@ func reply(w http.ResponseWriter, v any, err error) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// stream runs op, sending its progress lines and then its result or error
-// as newline-delimited Events.
-func stream(w http.ResponseWriter, op func(progress func(string)) (any, error)) {
+// stream runs op, sending its progress lines and then one last Event with
+// its result, its error, or both, as newline-delimited Events.
+func stream(w http.ResponseWriter, op func(progress func(string)) (*DeployResult, error)) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	var mu sync.Mutex
 	enc := json.NewEncoder(w)
@@ -148,16 +151,17 @@ func stream(w http.ResponseWriter, op func(progress func(string)) (any, error)) 
 		}
 	}
 	res, err := op(func(line string) { send(Event{Progress: line}) })
+	last := Event{Result: res}
 	if err != nil {
-		send(Event{Error: toError(err)})
-		return
+		last.Error = toError(err)
+		if res != nil {
+			res.Error = last.Error.Message
+		}
 	}
-	b, err := json.Marshal(res)
-	if err != nil {
-		send(Event{Error: toError(err)})
-		return
+	if last.Error == nil && last.Result == nil {
+		last.Error = &Error{Kind: KindFailed, Message: "internal error: the operation returned neither a result nor an error"}
 	}
-	send(Event{Result: b})
+	send(last)
 }
 
 type flushWriter struct {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"hostel/internal/plan"
 	"hostel/internal/spec"
 )
 
@@ -67,6 +68,19 @@ type Status struct {
 	Generation uint64          `json:"generation"`
 	Listen     Listen          `json:"listen"`
 	Services   []ServiceStatus `json:"services"`
+	// Confirmation is where the current generation's confirm window
+	// stands, as in Generation ("pending" while it is open, "failed" for
+	// a version that failed after it and could not be switched back);
+	// "" when nothing is deployed or it was not recorded.
+	Confirmation string `json:"confirmation,omitempty"`
+	// ConfirmError says why the current generation's confirmation failed
+	// or was superseded.
+	ConfirmError string `json:"confirm_error,omitempty"`
+	// SwitchedBackFrom is the newest generation when it failed its
+	// confirmation and the current one is what it was switched back to; 0
+	// otherwise. SwitchBackReason says why.
+	SwitchedBackFrom uint64 `json:"switched_back_from,omitempty"`
+	SwitchBackReason string `json:"switch_back_reason,omitempty"`
 	// InternalCA is the PEM of the root of hostel's internal CA, which
 	// signs the certificates of immutable version names; "" when HTTPS is
 	// off.
@@ -119,6 +133,16 @@ type Generation struct {
 	// ClosureSize is the size in bytes of the Nix closures of the
 	// generation's store paths (0 when none are in this machine's store).
 	ClosureSize int64 `json:"closure_size"`
+	// Confirmed is true once every new version of the generation stayed
+	// healthy through its confirm window.
+	Confirmed bool `json:"confirmed"`
+	// Confirmation is where its confirm window stands: "pending",
+	// "confirmed", "failed", "skipped" (no window ran), "superseded" (a
+	// later deploy or a rollback ended it), or "" (not recorded: a
+	// generation made by an older hostel).
+	Confirmation string `json:"confirmation"`
+	// ConfirmError says why the confirmation failed or was superseded.
+	ConfirmError string `json:"confirm_error,omitempty"`
 }
 
 // Generations is `hostel generations --json`.
@@ -127,11 +151,58 @@ type Generations struct {
 	Generations []Generation `json:"generations"`
 }
 
-// Event is one line of a streamed response: progress, then a result or an error.
+// DeployResult is what a deploy or a rollback did: the result of
+// POST /v1/deploy and /v1/rollback and what `hostel deploy --json` prints,
+// also when the operation failed (then with Failures and Error set).
+type DeployResult struct {
+	// Generation is the generation live when the operation ended.
+	Generation uint64 `json:"generation"`
+	// Plan is what the deploy planned; nil for a rollback.
+	Plan *plan.Plan `json:"plan,omitempty"`
+	// Started and Stopped are the versions ("service-version") started and
+	// stopped.
+	Started []string `json:"started"`
+	Stopped []string `json:"stopped"`
+	// RolledBack is true when the new generation went live and was
+	// switched back, and RolledBackFrom is that generation.
+	RolledBack     bool   `json:"rolled_back"`
+	RolledBackFrom uint64 `json:"rolled_back_from,omitempty"`
+	// Aborted counts requests still in flight to old versions when their
+	// stop grace ran out; they were ended with 504.
+	Aborted int64 `json:"aborted"`
+	// Confirmation is how the confirm window ended, as in Generation;
+	// "" for a rollback or a deploy that did not switch.
+	Confirmation string `json:"confirmation,omitempty"`
+	// Failures name the versions that made the operation fail; nil if it
+	// did not, or if no one version is to blame.
+	Failures []DeployFailure `json:"failures,omitempty"`
+	// Error is why the operation failed; "" when it went through.
+	Error string `json:"error,omitempty"`
+}
+
+// Steps at which a version can make a deploy fail (DeployFailure.Step).
+const (
+	StepStart   = "start"   // before the switch: nothing changed
+	StepConfirm = "confirm" // after the switch: in the confirm window or later
+)
+
+// DeployFailure is one version that made a deploy fail.
+type DeployFailure struct {
+	Service string `json:"service"`
+	Version string `json:"version"`
+	// Step is where it failed: StepStart or StepConfirm.
+	Step string `json:"step"`
+	// Reason is what went wrong.
+	Reason string `json:"reason"`
+}
+
+// Event is one line of a streamed response: progress, then a result, an
+// error, or, for an operation that failed after it had done something,
+// both.
 type Event struct {
-	Progress string          `json:"progress,omitempty"`
-	Result   json.RawMessage `json:"result,omitempty"`
-	Error    *Error          `json:"error,omitempty"`
+	Progress string        `json:"progress,omitempty"`
+	Result   *DeployResult `json:"result,omitempty"`
+	Error    *Error        `json:"error,omitempty"`
 }
 
 // Error kinds, which the CLI maps to exit codes.

@@ -89,18 +89,39 @@ func planCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// deployResult mirrors the daemon's deploy result.
-type deployResult struct {
-	Generation uint64     `json:"generation"`
-	Plan       *plan.Plan `json:"plan,omitempty"`
-	Started    []string   `json:"started"`
-	Stopped    []string   `json:"stopped"`
-	RolledBack bool       `json:"rolled_back,omitempty"`
+// writeResult says what a deploy or rollback did: which generation is live,
+// and, for one that failed after it did something, what was switched back
+// and which versions failed.
+func writeResult(w io.Writer, r *api.DeployResult) {
+	switch {
+	case r.RolledBack:
+		fmt.Fprintf(w, "generation %d went live and was switched back: generation %d is live: %d started, %d stopped\n",
+			r.RolledBackFrom, r.Generation, len(r.Started), len(r.Stopped))
+	case r.Error != "" && r.Confirmation == "":
+		// Failed before the switch (a rollback has no confirmation either).
+		fmt.Fprintf(w, "nothing changed: generation %d is still live\n", r.Generation)
+	default:
+		fmt.Fprintf(w, "generation %d is live: %d started, %d stopped\n", r.Generation, len(r.Started), len(r.Stopped))
+	}
+	switch r.Confirmation {
+	case "pending":
+		fmt.Fprintln(w, "not confirmed yet: the daemon finishes the confirm window")
+	case "superseded":
+		fmt.Fprintln(w, "not confirmed: a later deploy or rollback ended the confirm window")
+	}
+	if r.Aborted > 0 {
+		fmt.Fprintf(w, "%d requests to old versions were still running at their stop grace and were ended with 504\n", r.Aborted)
+	}
+	for _, f := range r.Failures {
+		fmt.Fprintf(w, "failed: %s %s (%s): %s\n", f.Service, f.Version, f.Step, firstLine(f.Reason))
+	}
 }
 
-// writeLive says which generation a deploy or rollback made live.
-func (r *deployResult) writeLive(w io.Writer) {
-	fmt.Fprintf(w, "generation %d is live: %d started, %d stopped\n", r.Generation, len(r.Started), len(r.Stopped))
+// firstLine is s up to its first newline: a reason's detail (log lines)
+// goes with the error on stderr.
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 func deployCmd(e *env) *cobra.Command {
@@ -129,22 +150,26 @@ func deployCmd(e *env) *cobra.Command {
 			} else if cmd.Flags().Changed("confirm") {
 				req.Confirm = confirm.String()
 			}
-			var res deployResult
-			err = c.Deploy(cmd.Context(), req, &res, func(line string) {
+			res, err := c.Deploy(cmd.Context(), req, func(line string) {
 				fmt.Fprintln(e.stderr, line)
 			})
-			if err != nil {
+			if res == nil {
 				return err
 			}
+			// A deploy that failed after it did something says what it did,
+			// then fails (exit 1).
 			if asJSON {
-				return printJSON(e.stdout, &res)
+				if jerr := printJSON(e.stdout, res); jerr != nil {
+					return jerr
+				}
+				return err
 			}
-			if res.Plan != nil && !res.Plan.Changed() && len(res.Started) == 0 {
+			if err == nil && res.Plan != nil && !res.Plan.Changed() && len(res.Started) == 0 {
 				fmt.Fprintf(e.stdout, "generation %d: nothing changed\n", res.Generation)
 				return nil
 			}
-			res.writeLive(e.stdout)
-			return nil
+			writeResult(e.stdout, res)
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
@@ -180,7 +205,7 @@ func statusCmd(e *env) *cobra.Command {
 			if asJSON {
 				return printJSON(e.stdout, st)
 			}
-			fmt.Fprintf(e.stdout, "generation %d, http %s\n", st.Generation, st.Listen.HTTP)
+			fmt.Fprintf(e.stdout, "generation %d%s, http %s\n", st.Generation, confirmNote(st), st.Listen.HTTP)
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "SERVICE\tVERSION\tSTATE\tPID\tREADY\tDOMAINS\tURL")
 			for _, s := range st.Services {
@@ -211,6 +236,21 @@ func statusCmd(e *env) *cobra.Command {
 	return cmd
 }
 
+// confirmNote says, in the first line of `hostel status`, that the current
+// generation is not confirmed yet, failed its confirmation, or was switched
+// back to.
+func confirmNote(st *api.Status) string {
+	switch {
+	case st.Confirmation == "pending":
+		return " (confirm window open)"
+	case st.Confirmation == "failed":
+		return " (failed its confirmation: " + firstLine(st.ConfirmError) + ")"
+	case st.SwitchedBackFrom != 0:
+		return fmt.Sprintf(" (switched back from generation %d: %s)", st.SwitchedBackFrom, firstLine(st.SwitchBackReason))
+	}
+	return ""
+}
+
 func generationsCmd(e *env) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -226,19 +266,34 @@ func generationsCmd(e *env) *cobra.Command {
 				return printJSON(e.stdout, gs)
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "GEN\tTIME\tSPEC\tSERVICES")
+			fmt.Fprintln(tw, "GEN\tTIME\tSPEC\tSERVICES\tCONFIRMED")
 			for _, g := range gs.Generations {
 				mark := ""
 				if g.Current {
 					mark = " (current)"
 				}
-				fmt.Fprintf(tw, "%d%s\t%s\t%.12s\t%d\n", g.Number, mark, g.Time.Local().Format("2006-01-02 15:04:05"), g.SpecHash, len(g.Versions))
+				fmt.Fprintf(tw, "%d%s\t%s\t%.12s\t%d\t%s\n", g.Number, mark, g.Time.Local().Format("2006-01-02 15:04:05"), g.SpecHash, len(g.Versions), confirmedMark(g))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print generations as JSON")
 	return cmd
+}
+
+// confirmedMark is the CONFIRMED column of `hostel generations`: "yes", or
+// "no" and why not.
+func confirmedMark(g api.Generation) string {
+	switch {
+	case g.Confirmed:
+		return "yes"
+	case g.Confirmation == "":
+		return "unknown"
+	case g.ConfirmError != "":
+		return "no (" + g.Confirmation + ": " + firstLine(g.ConfirmError) + ")"
+	default:
+		return "no (" + g.Confirmation + ")"
+	}
 }
 
 func rollbackCmd(e *env) *cobra.Command {
@@ -248,15 +303,13 @@ func rollbackCmd(e *env) *cobra.Command {
 		Short: "Switch to generation N (default: the one before the current)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var res deployResult
-			err := e.client().Rollback(cmd.Context(), api.RollbackRequest{To: to}, &res, func(line string) {
+			res, err := e.client().Rollback(cmd.Context(), api.RollbackRequest{To: to}, func(line string) {
 				fmt.Fprintln(e.stderr, line)
 			})
-			if err != nil {
-				return err
+			if res != nil {
+				writeResult(e.stdout, res)
 			}
-			res.writeLive(e.stdout)
-			return nil
+			return err
 		},
 	}
 	cmd.Flags().Uint64Var(&to, "to", 0, "the generation to switch to")

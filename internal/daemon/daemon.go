@@ -112,6 +112,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
 	// certRoutes: every switch also updates certificates and TLS policy.
 	d.engine = deploy.New(st, d.sup, certRoutes{Router: d.router, d: d})
+	d.engine.SetLog(func(f string, a ...any) { d.logf(f, a...) })
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
 	d.db = newDatabases(opts.Root, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
@@ -186,6 +187,9 @@ func (d *Daemon) Close() error {
 		}
 	}
 	d.wg.Wait()
+	if d.engine != nil {
+		d.engine.Detach() // a confirm window left open is the next daemon's to finish
+	}
 	if d.sup != nil {
 		d.sup.Detach()
 	}

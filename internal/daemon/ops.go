@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"hostel/internal/api"
@@ -30,8 +29,7 @@ func apiError(err error) error {
 	}
 	var se *spec.Error
 	if errors.Is(err, deploy.ErrInvalid) || errors.As(err, &se) {
-		msg := strings.TrimPrefix(err.Error(), deploy.ErrInvalid.Error()+": ")
-		return &api.Error{Kind: api.KindInvalid, Message: msg}
+		return &api.Error{Kind: api.KindInvalid, Message: err.Error()}
 	}
 	return err
 }
@@ -62,8 +60,28 @@ func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, err
 	return p, apiError(err)
 }
 
+// deployResult turns what the engine did into the API's result: nil when it
+// did nothing, else with the versions to blame for err, if any.
+func deployResult(res *deploy.Result, err error) *api.DeployResult {
+	if res == nil {
+		return nil
+	}
+	out := &api.DeployResult{Generation: res.Generation, Plan: res.Plan, Started: res.Started, Stopped: res.Stopped,
+		RolledBack: res.RolledBack, RolledBackFrom: res.RolledBackFrom, Aborted: res.Aborted, Confirmation: string(res.Confirmation)}
+	if out.Started == nil {
+		out.Started = []string{}
+	}
+	if out.Stopped == nil {
+		out.Stopped = []string{}
+	}
+	for _, f := range deploy.Failures(err) {
+		out.Failures = append(out.Failures, api.DeployFailure{Service: f.Service, Version: string(f.Version), Step: f.Step, Reason: f.Err.Error()})
+	}
+	return out
+}
+
 // Deploy implements api.Daemon.
-func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress func(string)) (any, error) {
+func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress func(string)) (*api.DeployResult, error) {
 	s, err := decodeSpec(req.PlanRequest)
 	if err != nil {
 		return nil, err
@@ -86,13 +104,16 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 		// The switch handed the new hosts to certificate management.
 		d.awaitCerts(ctx, d.progress(progress))
 	}
-	return res, apiError(err)
+	if errors.Is(err, deploy.ErrInvalid) {
+		res = nil // nothing was changed
+	}
+	return deployResult(res, err), apiError(err)
 }
 
 // Rollback implements api.Daemon.
-func (d *Daemon) Rollback(ctx context.Context, req api.RollbackRequest, progress func(string)) (any, error) {
+func (d *Daemon) Rollback(ctx context.Context, req api.RollbackRequest, progress func(string)) (*api.DeployResult, error) {
 	res, err := d.engine.Rollback(context.WithoutCancel(ctx), req.To, d.progress(progress))
-	return res, apiError(err)
+	return deployResult(res, err), apiError(err)
 }
 
 func (d *Daemon) progress(send func(string)) deploy.Progress {
@@ -120,6 +141,12 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 	shown := map[spec.VersionKey]bool{}
 	if cur != nil {
 		st.Generation = cur.Number
+		if c := cur.Confirm; c != nil {
+			st.Confirmation, st.ConfirmError = string(c.State), c.Reason
+		}
+		if err := d.switchedBack(cur, st); err != nil {
+			return nil, err
+		}
 		zone = cur.Spec.ZoneOrDefault()
 		for _, name := range cur.Spec.Names() {
 			key := spec.Key(name, cur.Versions[name])
@@ -140,6 +167,20 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 	}
 	d.addDatabases(ctx, st)
 	return st, nil
+}
+
+// switchedBack tells in st when cur is current because the newest
+// generation failed its confirmation and was switched back from.
+func (d *Daemon) switchedBack(cur *spec.Generation, st *api.Status) error {
+	gens, err := d.store.List()
+	if err != nil || len(gens) == 0 {
+		return err
+	}
+	newest := gens[len(gens)-1]
+	if c := newest.Confirm; c != nil && c.State == spec.ConfirmFailed && newest.Number != cur.Number && c.Previous == cur.Number {
+		st.SwitchedBackFrom, st.SwitchBackReason = newest.Number, c.Reason
+	}
+	return nil
 }
 
 func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.ServiceStatus {
@@ -174,8 +215,12 @@ func (d *Daemon) Generations(ctx context.Context) (*api.Generations, error) {
 		for k, v := range g.Versions {
 			vs[k] = string(v)
 		}
-		out.Generations = append(out.Generations, api.Generation{Number: g.Number, Time: g.Time, SpecHash: g.SpecHash,
-			Source: g.Source, Current: g.Number == out.Current, Versions: vs, ClosureSize: d.closureSize(ctx, g)})
+		ag := api.Generation{Number: g.Number, Time: g.Time, SpecHash: g.SpecHash,
+			Source: g.Source, Current: g.Number == out.Current, Versions: vs, ClosureSize: d.closureSize(ctx, g)}
+		if c := g.Confirm; c != nil {
+			ag.Confirmation, ag.Confirmed, ag.ConfirmError = string(c.State), c.State == spec.ConfirmConfirmed, c.Reason
+		}
+		out.Generations = append(out.Generations, ag)
 	}
 	return out, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,13 +38,25 @@ func levels(s *spec.Spec) ([][]string, error) {
 	return out, nil
 }
 
+// startOptions say how startAll treats what a previous daemon left running.
+type startOptions struct {
+	// adopt takes over the process a previous daemon left running for a
+	// version (same endpoints) instead of starting a new one, and goes on
+	// past versions that fail, keeping what runs: set when resuming after
+	// a daemon start, where a dependent left running must not be taken for
+	// an orphan and stopped.
+	adopt bool
+}
+
 // startAll starts every version of g that does not run yet, dependencies
 // first, and waits until each is ready. On failure it stops what it started
-// and returns an error naming the service; nothing else is touched.
-func (e *Engine) startAll(ctx context.Context, g *spec.Generation, progress Progress) ([]string, error) {
+// and returns an error naming the service (ServiceErrors); nothing else is
+// touched. With opts.adopt it keeps going and returns what it started with
+// the errors joined.
+func (e *Engine) startAll(ctx context.Context, g *spec.Generation, opts startOptions, progress Progress) ([]string, error) {
 	lv, err := levels(g.Spec)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, invalid(err)
 	}
 	var started []string
 	var resumeErrs []error
@@ -63,7 +74,7 @@ func (e *Engine) startAll(ctx context.Context, g *spec.Generation, progress Prog
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				err := e.start(ctx, g, name, progress)
+				err := e.start(ctx, g, name, opts, progress)
 				mu.Lock()
 				defer mu.Unlock()
 				started = append(started, string(key))
@@ -73,7 +84,7 @@ func (e *Engine) startAll(ctx context.Context, g *spec.Generation, progress Prog
 			}()
 		}
 		wg.Wait()
-		if len(errs) > 0 && isResuming(ctx) {
+		if len(errs) > 0 && opts.adopt {
 			// After a daemon restart, keep what runs and go on: a dependent
 			// left running must not be taken for an orphan and stopped.
 			resumeErrs = append(resumeErrs, errs...)
@@ -102,11 +113,15 @@ func (e *Engine) isRunning(key spec.VersionKey) bool {
 	return ok
 }
 
-// start starts one version and waits until it is ready.
-func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, progress Progress) error {
+// start starts one version and waits until it is ready. Its errors are
+// ServiceErrors.
+func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, opts startOptions, progress Progress) error {
 	svc := g.Spec.Services[name]
 	ver := g.Versions[name]
 	key := spec.Key(name, ver)
+	fail := func(format string, args ...any) error {
+		return &ServiceError{Service: name, Version: ver, Step: StepStart, Err: fmt.Errorf(format, args...)}
+	}
 	env := make(map[string]string, len(svc.Env)+len(svc.Needs))
 	for k, v := range svc.Env {
 		env[k] = v
@@ -114,9 +129,9 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 	var needs []spec.VersionKey
 	for _, n := range svc.Needs {
 		nk := spec.Key(n, g.Versions[n])
-		url, err := e.openEndpoint(nk, e.endpointAddr(ctx, key, n))
+		url, err := e.openEndpoint(nk, e.endpointAddr(key, n, opts))
 		if err != nil {
-			return fmt.Errorf("service %q: endpoint for %s: %w", name, nk, err)
+			return fail("endpoint for %s: %w", nk, err)
 		}
 		env[spec.EnvName(n)] = url
 		needs = append(needs, nk)
@@ -136,24 +151,24 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 		if err := p.Prepare(ctx, g, name, &cfg); err != nil {
 			// A process a previous daemon left running was prepared then;
 			// keep it serving rather than stop it for what is missing now.
-			if _, alive := e.procs.Recorded(key); isResuming(ctx) && alive {
+			if _, alive := e.procs.Recorded(key); opts.adopt && alive {
 				progress("%s: %v; adopting the running process anyway", key, err)
 				continue
 			}
-			return fmt.Errorf("service %q: %s: %w", name, key, err)
+			return fail("%s: %w", key, err)
 		}
 	}
 	progress("starting %s", key)
 	t0 := time.Now()
-	inst, err := e.launch(ctx, cfg, svc.Needs, progress)
+	inst, err := e.launch(ctx, cfg, svc.Needs, opts, progress)
 	if err != nil {
-		return fmt.Errorf("service %q: start %s: %w", name, key, err)
+		return fail("start %s: %w", key, err)
 	}
 	e.runMu.Lock()
 	e.running[key] = &version{svc: svc, needs: needs}
 	e.runMu.Unlock()
 	if err := inst.WaitReady(ctx); err != nil {
-		return fmt.Errorf("service %q: %s not ready: %w", name, key, err)
+		return fail("%s not ready: %w", key, err)
 	}
 	e.route.AddBackend(key, inst.Addr())
 	progress("ready %s on %s (%s)", key, inst.Addr(), time.Since(t0).Round(time.Millisecond))
@@ -161,15 +176,15 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, pro
 }
 
 // apply starts g's versions that do not run yet, makes g current with
-// commit, and switches every route to it. If anything fails before the
-// switch, it stops what it started: the previous generation keeps running
-// and serving, untouched.
-func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func() error, progress Progress) ([]string, error) {
-	started, err := e.startAll(ctx, g, progress)
+// commit (given what it started), and switches every route to it. If
+// anything fails before the switch, it stops what it started: the previous
+// generation keeps running and serving, untouched.
+func (e *Engine) apply(ctx context.Context, g *spec.Generation, opts startOptions, commit func(started []string) error, progress Progress) ([]string, error) {
+	started, err := e.startAll(ctx, g, opts, progress)
 	if err != nil {
 		return started, err
 	}
-	if err := commit(); err != nil {
+	if err := commit(started); err != nil {
 		e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
 		return started, fmt.Errorf("nothing switched: %w", err)
 	}
@@ -200,58 +215,6 @@ func (e *Engine) switchTo(g *spec.Generation) error {
 	if err := e.route.Swap(Table(g)); err != nil {
 		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
 	}
-	return nil
-}
-
-// confirm watches the versions a deploy started for the confirm window. Two
-// failed health checks in a row of any of them is an error.
-func (e *Engine) confirm(ctx context.Context, g *spec.Generation, started []string, window time.Duration, progress Progress) error {
-	progress("confirming for %s: health checks of %s", window, strings.Join(started, ", "))
-	deadline := time.NewTimer(window)
-	defer deadline.Stop()
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	fails := map[string]int{}
-	for {
-		select {
-		case <-deadline.C:
-			progress("confirmed: generation %d is healthy", g.Number)
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-		for _, k := range started {
-			inst, ok := e.procs.Get(spec.VersionKey(k))
-			var err error
-			if !ok {
-				err = errors.New("not running")
-			} else {
-				hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				err = inst.Healthy(hctx)
-				cancel()
-			}
-			if err == nil {
-				fails[k] = 0
-				continue
-			}
-			fails[k]++
-			if fails[k] >= 2 {
-				return fmt.Errorf("%s failed its health check after the switch: %w", k, err)
-			}
-		}
-	}
-}
-
-// switchBack undoes a switch to a generation whose versions are unhealthy.
-func (e *Engine) switchBack(ctx context.Context, prev *spec.Generation, started []string, progress Progress) error {
-	if err := e.store.SetCurrent(prev.Number); err != nil {
-		return err
-	}
-	if err := e.switchTo(prev); err != nil {
-		return err
-	}
-	e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
 	return nil
 }
 

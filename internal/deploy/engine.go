@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,8 +61,23 @@ var (
 	_ Routes    = (*router.Router)(nil)
 )
 
-// ErrInvalid marks input errors (exit 2): nothing was changed.
+// ErrInvalid marks input errors (exit 2): nothing was changed. Every
+// *InvalidError is one (errors.Is).
 var ErrInvalid = errors.New("invalid input")
+
+// InvalidError is an input error: nothing was changed. Its message is the
+// underlying error's, without a prefix, as users see it.
+type InvalidError struct{ Err error }
+
+func (e *InvalidError) Error() string { return e.Err.Error() }
+
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// Is makes every InvalidError match ErrInvalid.
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+// invalid marks err as an input error.
+func invalid(err error) error { return &InvalidError{Err: err} }
 
 // Progress receives one human-readable line per step of a deploy.
 type Progress func(format string, args ...any)
@@ -75,6 +91,16 @@ type Engine struct {
 	prepare []Preparer
 
 	mu sync.Mutex // serializes operations that change what runs
+	// window is the open confirm window, if any; guarded by mu. It runs
+	// without holding mu (see confirm.go).
+	window *window
+	// guard watches a confirmed generation's new versions after its
+	// window; nil when none is watched. Guarded by mu.
+	guard *guard
+	// logf receives what the engine does on its own, outside any
+	// operation: a confirm window resumed after a restart, a version that
+	// failed after its window. Set by SetLog.
+	logf Progress
 
 	// running holds what the engine started and has not stopped, by key.
 	runMu   sync.Mutex
@@ -90,8 +116,14 @@ type version struct {
 
 // New returns an engine over a store, the processes and the routes.
 func New(st store.Store, procs Processes, routes Routes) *Engine {
-	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}}
+	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}, logf: func(string, ...any) {}}
 }
+
+// SetLog sets where the engine reports what it does on its own, outside an
+// operation: confirm windows it resumes after a restart and what they
+// decide, and versions that fail after their window. Call it before the
+// engine is used.
+func (e *Engine) SetLog(logf Progress) { e.logf = logf }
 
 // Use adds preparers, run in the order given before every new version starts.
 // Call it before the engine is used.
@@ -109,16 +141,73 @@ type Request struct {
 	Confirm time.Duration
 }
 
-// Result says what a deploy, rollback or restore did.
+// Result says what a deploy or rollback did. It comes with an error when
+// the operation failed after it did something.
 type Result struct {
-	Generation uint64     `json:"generation"`
-	Plan       *plan.Plan `json:"plan,omitempty"`
-	Started    []string   `json:"started"`
-	Stopped    []string   `json:"stopped"`
-	RolledBack bool       `json:"rolled_back,omitempty"`
+	// Generation is the generation live when the operation ended.
+	Generation uint64
+	// Plan is what a deploy planned; nil for a rollback.
+	Plan *plan.Plan
+	// Started and Stopped are the versions started and stopped.
+	Started []string
+	Stopped []string
+	// RolledBack is set when the deploy's generation went live and was
+	// switched back; RolledBackFrom is that generation.
+	RolledBack     bool
+	RolledBackFrom uint64
 	// Aborted counts requests still in flight to old versions when their
 	// stop grace ran out; they were ended with 504.
-	Aborted int64 `json:"aborted"`
+	Aborted int64
+	// Confirmation is how the deploy's confirm window ended; "" when the
+	// deploy did not switch, or for a rollback.
+	Confirmation spec.ConfirmState
+}
+
+// Steps of a deploy at which a version can fail (ServiceError.Step); the
+// same words as the API's.
+const (
+	StepStart   = "start"   // before the switch: preparing, starting, getting ready
+	StepConfirm = "confirm" // after the switch: in the confirm window or later
+)
+
+// ServiceError is the failure of one version of a service during a deploy.
+type ServiceError struct {
+	Service string
+	Version spec.Version
+	// Step is StepStart or StepConfirm.
+	Step string
+	Err  error
+}
+
+func (e *ServiceError) Error() string { return fmt.Sprintf("service %q: %v", e.Service, e.Err) }
+
+func (e *ServiceError) Unwrap() error { return e.Err }
+
+// Failures returns every ServiceError in err's tree (errors.Join included),
+// in order.
+func Failures(err error) []*ServiceError {
+	var out []*ServiceError
+	var walk func(error)
+	walk = func(err error) {
+		if se, ok := err.(*ServiceError); ok {
+			out = append(out, se)
+			return
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walk(e)
+			}
+		case interface{ Unwrap() error }:
+			if e := u.Unwrap(); e != nil {
+				walk(e)
+			}
+		}
+	}
+	if err != nil {
+		walk(err)
+	}
+	return out
 }
 
 // Plan plans a spec against the current generation without changing anything.
@@ -131,52 +220,79 @@ func (e *Engine) Plan(s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
 }
 
 // Deploy makes the machine run req.Spec: it starts new versions, switches all
-// routes at once, drains and stops what is left over, and within the confirm
-// window switches back if a new version turns unhealthy.
+// routes at once, and, after the confirm window, drains and stops what is
+// left over. Within the window it switches back if a new version restarts or
+// turns unhealthy. The window runs without the engine's lock: a status, a
+// restart, a rollback or another deploy need not wait for it, and a deploy
+// or rollback that switches during the window ends it (see confirm.go).
 func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*Result, error) {
 	if err := req.Spec.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, invalid(err)
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	res, w, err := e.deployLocked(ctx, req, progress)
+	e.mu.Unlock()
+	if err != nil || w == nil {
+		return res, err
+	}
+	return e.settle(ctx, w, e.watch(ctx, w), res, progress)
+}
+
+// deployLocked does a deploy up to its confirm window, which it returns
+// open (nil when none is due). e.mu must be held.
+func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progress) (*Result, *window, error) {
 	cur, err := e.store.Current()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	p, err := plan.Make(req.Spec, req.Inputs, cur)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, nil, invalid(err)
 	}
 	res := &Result{Plan: p, Started: []string{}, Stopped: []string{}}
-	if cur != nil && cur.SpecHash == p.SpecHash {
+	if cur != nil {
 		res.Generation = cur.Number
+	}
+	if cur != nil && cur.SpecHash == p.SpecHash {
 		progress("nothing to deploy: generation %d already runs this spec", cur.Number)
-		return res, nil
+		return res, nil, nil
 	}
 	next := &spec.Generation{SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
-	started, err := e.apply(ctx, next, func() error {
-		_, err := e.store.Commit(next) // numbers next
-		return err
-	}, progress)
-	res.Started, res.Generation = started, next.Number
-	if err != nil {
-		return res, err
-	}
-
-	if req.Confirm > 0 && len(started) > 0 && cur != nil {
-		if err := e.confirm(ctx, next, started, req.Confirm, progress); err != nil {
-			progress("%v; switching back to generation %d", err, cur.Number)
-			if rerr := e.switchBack(ctx, cur, started, progress); rerr != nil {
-				return res, fmt.Errorf("%w; switching back to generation %d failed too: %w", err, cur.Number, rerr)
-			}
-			res.RolledBack = true
-			res.Generation = cur.Number
-			return res, fmt.Errorf("deploy rolled back to generation %d: %w", cur.Number, err)
+	var w *window
+	started, err := e.apply(ctx, next, startOptions{}, func(started []string) error {
+		// The window, if one is due, is recorded with the commit: a daemon
+		// that dies in it finishes it on its next start.
+		next.Confirm = &spec.Confirm{State: spec.ConfirmSkipped}
+		if cur != nil {
+			next.Confirm.Previous = cur.Number
 		}
+		if req.Confirm > 0 && len(started) > 0 && cur != nil {
+			next.Confirm = &spec.Confirm{State: spec.ConfirmPending, Deadline: time.Now().Add(req.Confirm).UTC(), Previous: cur.Number}
+		}
+		if _, err := e.store.Commit(next); err != nil { // numbers next
+			return err
+		}
+		e.endWindowLocked(spec.ConfirmSuperseded, fmt.Sprintf("generation %d was deployed before the window ended", next.Number), progress)
+		e.disarmLocked()
+		if next.Confirm.State == spec.ConfirmPending {
+			w = newWindow(next, cur, keysOf(started), next.Confirm.Deadline)
+			e.window = w
+		}
+		return nil
+	}, progress)
+	res.Started = started
+	if err != nil {
+		return res, nil, err
 	}
+	res.Generation = next.Number
+	if w != nil {
+		progress("confirming for %s: %s must stay up and healthy", req.Confirm, strings.Join(started, ", "))
+		return res, w, nil
+	}
+	res.Confirmation = next.Confirm.State
 	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), next, progress)
 	progress("generation %d deployed: %d started, %d stopped", next.Number, len(res.Started), len(res.Stopped))
-	return res, nil
+	return res, nil, nil
 }
 
 // Rollback switches to generation to (0: the one before the current).
@@ -188,7 +304,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 		return nil, err
 	}
 	if cur == nil {
-		return nil, fmt.Errorf("%w: nothing deployed yet", ErrInvalid)
+		return nil, invalid(errors.New("nothing deployed yet"))
 	}
 	if to == 0 {
 		gens, err := e.store.List()
@@ -201,24 +317,31 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 			}
 		}
 		if to == 0 {
-			return nil, fmt.Errorf("%w: generation %d is the oldest kept; there is nothing to roll back to", ErrInvalid, cur.Number)
+			return nil, invalid(fmt.Errorf("generation %d is the oldest kept; there is nothing to roll back to", cur.Number))
 		}
 	}
 	if to == cur.Number {
-		return nil, fmt.Errorf("%w: generation %d is already current", ErrInvalid, to)
+		return nil, invalid(fmt.Errorf("generation %d is already current", to))
 	}
 	target, err := e.store.Get(to)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, invalid(err)
 	} else if err != nil {
 		return nil, err
 	}
-	res := &Result{Generation: to}
-	started, err := e.apply(ctx, target, func() error { return e.store.SetCurrent(to) }, progress)
-	res.Started = started
+	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
+	started, err := e.apply(ctx, target, startOptions{}, func([]string) error {
+		if err := e.store.SetCurrent(to); err != nil {
+			return err
+		}
+		e.endWindowLocked(spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
+		e.disarmLocked()
+		return nil
+	}, progress)
 	if err != nil {
-		return res, err
+		return res, err // nothing switched: cur is still live
 	}
+	res.Generation, res.Started = to, started
 	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), target, progress)
 	return res, nil
 }
@@ -226,7 +349,10 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 // Resume runs the current generation again after a daemon start: it adopts
 // the versions that still run from before (same processes, same ports and
 // endpoints), starts the missing ones, and stops running versions that the
-// current generation does not hold.
+// current generation does not hold. A confirm window the previous daemon
+// left open is finished: the previous generation's versions are kept beside
+// the current ones, and the window runs on in the background, reporting
+// through the engine's log (SetLog).
 func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -239,9 +365,17 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 		return nil
 	}
 	defer e.stopOrphans(context.WithoutCancel(ctx), progress)
-	if _, err := e.startAll(context.WithValue(ctx, resuming{}, true), cur, progress); err != nil {
+	adopt := startOptions{adopt: true}
+	if _, err := e.startAll(ctx, cur, adopt, progress); err != nil {
 		// Serve what did start; the failed versions are reported by status.
 		progress("generation %d resumed with errors: %v", cur.Number, err)
+	}
+	prev := e.previous(cur, progress)
+	if prev != nil {
+		// Keep what a switch back needs at hand, as the window did.
+		if _, err := e.startAll(ctx, prev, adopt, progress); err != nil {
+			progress("generation %d (to switch back to) resumed with errors: %v", prev.Number, err)
+		}
 	}
 	// Route what runs; a version that could not start leaves its domains
 	// unrouted rather than keeping the daemon from serving the others.
@@ -255,6 +389,8 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	if err := e.route.Swap(t); err != nil {
 		return fmt.Errorf("resume generation %d: %w", cur.Number, err)
 	}
+	e.settleStale(cur, progress)
+	e.resumeConfirm(ctx, cur, prev, progress)
 	return nil
 }
 
@@ -267,7 +403,7 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 		return err
 	}
 	if cur == nil || cur.Spec.Services[service] == nil {
-		return fmt.Errorf("%w: no service %q in the current generation", ErrInvalid, service)
+		return invalid(fmt.Errorf("no service %q in the current generation", service))
 	}
 	key := spec.Key(service, cur.Versions[service])
 	if err := e.procs.Restart(ctx, key); err != nil {
@@ -299,10 +435,24 @@ func (e *Engine) Running() []spec.VersionKey {
 	return keys
 }
 
-// Shutdown stops every version, topmost first.
+// Detach ends an open confirm window undecided, pending in the store for
+// the next daemon to finish, and stops watching confirmed generations:
+// what a daemon that stops but leaves its services running calls before it
+// lets go of them.
+func (e *Engine) Detach() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.endWindowLocked("", "", func(string, ...any) {})
+	e.disarmLocked()
+}
+
+// Shutdown stops every version, topmost first. An open confirm window ends
+// undecided: it stays pending in the store, for the next start to finish.
 func (e *Engine) Shutdown(ctx context.Context) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.endWindowLocked("", "", func(string, ...any) {})
+	e.disarmLocked()
 	e.stopKeys(ctx, e.Running(), func(string, ...any) {})
 }
 

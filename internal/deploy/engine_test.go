@@ -53,7 +53,13 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	root := t.TempDir()
+	return newWorldAt(t, t.TempDir())
+}
+
+// newWorldAt is a world on root: a second one on the same root is the next
+// daemon, once the first let go of it.
+func newWorldAt(t *testing.T, root string) *world {
+	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
 	if err != nil {
 		t.Fatal(err)

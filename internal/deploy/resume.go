@@ -17,18 +17,12 @@ import (
 // but no longer belongs to the current generation (a deploy that was cut
 // short).
 
-// resuming marks a context in which start adopts a running process rather
-// than starting a new one.
-type resuming struct{}
-
-func isResuming(ctx context.Context) bool { return ctx.Value(resuming{}) != nil }
-
-// endpointAddr is where the endpoint of need (service name n, version key
-// nk) for the version key is opened: a free port, unless a running process
-// of key, being adopted, was given one in its <NEED>_URL.
-func (e *Engine) endpointAddr(ctx context.Context, key spec.VersionKey, n string) string {
+// endpointAddr is where the endpoint of need (service name n) for the
+// version key is opened: a free port, unless a running process of key, to
+// be adopted, was given one in its <NEED>_URL.
+func (e *Engine) endpointAddr(key spec.VersionKey, n string, opts startOptions) string {
 	const free = "127.0.0.1:0"
-	if !isResuming(ctx) {
+	if !opts.adopt {
 		return free
 	}
 	rec, ok := e.procs.Recorded(key)
@@ -55,10 +49,10 @@ func (e *Engine) openEndpoint(nk spec.VersionKey, addr string) (string, error) {
 	return u, err
 }
 
-// launch starts cfg, or, while resuming, adopts its running process when
+// launch starts cfg, or, with opts.adopt, adopts its running process when
 // that process was given the same <NEED>_URLs.
-func (e *Engine) launch(ctx context.Context, cfg supervisor.Config, needs []string, progress Progress) (*supervisor.Instance, error) {
-	if isResuming(ctx) {
+func (e *Engine) launch(ctx context.Context, cfg supervisor.Config, needs []string, opts startOptions, progress Progress) (*supervisor.Instance, error) {
+	if opts.adopt {
 		key := spec.Key(cfg.Service, cfg.Version)
 		if rec, ok := e.procs.Recorded(key); ok {
 			same := true

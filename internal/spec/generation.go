@@ -2,7 +2,8 @@ package spec
 
 import "time"
 
-// Generation is one applied deploy. Once committed it never changes.
+// Generation is one applied deploy. Once committed it never changes, but
+// for the outcome of its confirm window (Confirm).
 type Generation struct {
 	// Number counts generations from 1; it is assigned by the store on commit.
 	Number uint64 `json:"number"`
@@ -22,6 +23,41 @@ type Generation struct {
 	// name, so that a rollback or restart can decrypt them again; never
 	// plaintext. Nil means no service uses a secret.
 	Secrets map[string][]byte `json:"secrets,omitempty"`
+	// Confirm is the confirm window of the deploy that made the generation:
+	// committed as pending with the generation, then settled. Nil for a
+	// generation committed before hostel recorded it.
+	Confirm *Confirm `json:"confirm,omitempty"`
+}
+
+// ConfirmState is where a generation's confirm window stands.
+type ConfirmState string
+
+// The states of a confirm window.
+const (
+	// ConfirmPending: the window is open (or was, when the daemon died).
+	ConfirmPending ConfirmState = "pending"
+	// ConfirmConfirmed: every new version stayed healthy through the window.
+	ConfirmConfirmed ConfirmState = "confirmed"
+	// ConfirmFailed: a new version failed, in the window or later, and the
+	// previous generation was switched back (or could not be).
+	ConfirmFailed ConfirmState = "failed"
+	// ConfirmSkipped: no window ran (--no-confirm, no new version, or no
+	// previous generation to switch back to).
+	ConfirmSkipped ConfirmState = "skipped"
+	// ConfirmSuperseded: a later deploy or a rollback ended the window.
+	ConfirmSuperseded ConfirmState = "superseded"
+)
+
+// Confirm records a generation's confirm window.
+type Confirm struct {
+	State ConfirmState `json:"state"`
+	// Deadline is when a pending window ends.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Previous is the generation that was current before this one, which a
+	// failed confirmation switches back to; 0 when there was none.
+	Previous uint64 `json:"previous,omitempty"`
+	// Reason says why a confirmation failed or was superseded.
+	Reason string `json:"reason,omitempty"`
 }
 
 // VersionKey names one version of one service, as "service-version".

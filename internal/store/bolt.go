@@ -138,6 +138,35 @@ func (s *Bolt) SetCurrent(n uint64) error {
 	})
 }
 
+// SetConfirm implements Store.
+func (s *Bolt) SetConfirm(n uint64, c *spec.Confirm, current uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketGenerations)
+		if current != 0 {
+			if b.Get(itob(current)) == nil {
+				return fmt.Errorf("generation %d: %w", current, ErrNotFound)
+			}
+			if err := tx.Bucket(bucketMeta).Put(keyCurrent, itob(current)); err != nil {
+				return err
+			}
+		}
+		data := b.Get(itob(n))
+		if data == nil {
+			return fmt.Errorf("generation %d: %w", n, ErrNotFound)
+		}
+		g, err := decode(data)
+		if err != nil {
+			return err
+		}
+		g.Confirm = c
+		data, err = json.Marshal(g)
+		if err != nil {
+			return err
+		}
+		return b.Put(itob(n), data)
+	})
+}
+
 // Delete implements Store.
 func (s *Bolt) Delete(ns ...uint64) error {
 	return s.db.Update(func(tx *bolt.Tx) error {

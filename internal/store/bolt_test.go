@@ -91,3 +91,45 @@ func TestBoltRefusesSecondOpener(t *testing.T) {
 		t.Fatal("a second daemon could open the same state store")
 	}
 }
+
+// TestBoltSetConfirm: the outcome of a confirm window is stored with its
+// generation, with the switch back it made, outlives a reopen, and is
+// refused whole for a missing generation.
+func TestBoltSetConfirm(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTest(t, path)
+	g := gen(map[string]spec.Version{"a": "1"})
+	g.Confirm = &spec.Confirm{State: spec.ConfirmPending, Previous: 0}
+	prev, err := s.Commit(gen(map[string]spec.Version{"a": "0"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.Commit(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetConfirm(n, &spec.Confirm{State: spec.ConfirmFailed, Previous: 7, Reason: "crashed"}, prev); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openTest(t, path)
+	got, err := s.Get(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := got.Confirm; c == nil || c.State != spec.ConfirmFailed || c.Previous != 7 || c.Reason != "crashed" || got.Versions["a"] != "1" {
+		t.Errorf("after reopen: confirm %+v, versions %v", got.Confirm, got.Versions)
+	}
+	if cur, err := s.Current(); err != nil || cur.Number != prev {
+		t.Errorf("current after the switch back: %v, %v; want %d", cur, err, prev)
+	}
+	if err := s.SetConfirm(n+1, &spec.Confirm{State: spec.ConfirmConfirmed}, 0); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetConfirm of a missing generation: %v, want ErrNotFound", err)
+	}
+	if err := s.SetConfirm(prev, &spec.Confirm{State: spec.ConfirmConfirmed}, n+1); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetConfirm making a missing generation current: %v, want ErrNotFound", err)
+	}
+	if got, _ := s.Get(prev); got.Confirm != nil {
+		t.Errorf("a refused SetConfirm changed generation %d: %+v", prev, got.Confirm)
+	}
+}

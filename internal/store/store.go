@@ -29,6 +29,10 @@ type Store interface {
 	List() ([]*spec.Generation, error)
 	// SetCurrent makes generation n current (rollback).
 	SetCurrent(n uint64) error
+	// SetConfirm records how generation n's confirm window stands and,
+	// when current is not 0, makes generation current current in the same
+	// transaction: a switch back is recorded whole or not at all.
+	SetConfirm(n uint64, c *spec.Confirm, current uint64) error
 	// Delete removes generations; it refuses the current one.
 	Delete(ns ...uint64) error
 	// Close releases the store.

@@ -3,6 +3,10 @@
 // GET /healthz answers 200, or 500 once UNHEALTHY_AFTER has passed since
 // start; GET /slow?d=DURATION answers after d; GET /call calls UPSTREAM_URL.
 // Every answer carries X-App: $APP_ID.
+//
+// Crashes, exit status 3: at once with CRASH set; CRASH_AFTER (a duration)
+// after start, so that a supervisor restarting it makes a crash loop; and
+// whenever the file CRASH_FILE exists (looked for every 50ms and at start).
 package main
 
 import (
@@ -47,6 +51,19 @@ func main() {
 	})
 	if os.Getenv("CRASH") != "" {
 		os.Exit(3)
+	}
+	if d, err := time.ParseDuration(os.Getenv("CRASH_AFTER")); err == nil {
+		time.AfterFunc(d, func() { os.Exit(3) })
+	}
+	if f := os.Getenv("CRASH_FILE"); f != "" {
+		go func() {
+			for {
+				if _, err := os.Stat(f); err == nil {
+					os.Exit(3)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
 	}
 	http.ListenAndServe(net.JoinHostPort(os.Getenv("HOST"), os.Getenv("PORT")), mux)
 }

@@ -1,0 +1,420 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"hostel/internal/spec"
+	"hostel/internal/store"
+	"hostel/internal/supervisor"
+)
+
+// The confirm window.
+//
+// After the switch, a deploy watches the versions it started for its
+// confirm window. A version that crashes (and so restarts), fails for good,
+// or fails two health checks in a row fails the confirmation: the previous
+// generation, whose versions keep running through the window, is switched
+// back and the new versions are stopped.
+//
+// The window is recorded with the commit of the generation (pending, its
+// deadline and the previous generation), so a daemon killed in the window
+// finishes it on its next start (Resume). It runs without the engine's
+// lock: the lock is taken again only to settle it. An operation that
+// switches during the window ends it: a deploy (its generation then plans
+// from, and switches back to, the unconfirmed one) or a rollback; the
+// window's generation is then recorded as superseded. A restart of a
+// watched service by hand is not a crash: the window watches the new
+// process from then on.
+//
+// After the window, the new versions of a confirmed generation stay
+// watched (guard): one that ends failed, its crash restarts spent, is
+// reported and its generation switched back if the previous generation is
+// still at hand — still stored (gc has not dropped it), and the failed
+// generation still the one its deploy made current (no deploy or rollback
+// since; after a daemon restart, that is: the current generation is the
+// newest). The previous generation's versions are started again where they
+// were stopped; if one cannot start, nothing switches and the failure is
+// reported.
+
+const (
+	// checkEvery is how often the window looks at the watched versions.
+	checkEvery = 500 * time.Millisecond
+	// guardEvery is how often a confirmed generation's new versions are
+	// looked at after the window; a look is a lock and a copy per version.
+	guardEvery = time.Second
+	// minResumedWindow is the least a window resumed after a restart runs,
+	// also when its deadline passed while the daemon was down: long enough
+	// for two health checks.
+	minResumedWindow = 3 * time.Second
+)
+
+// window is an open confirm window.
+type window struct {
+	gen      *spec.Generation
+	prev     *spec.Generation // what a failure switches back to
+	watch    []spec.VersionKey
+	deadline time.Time
+	// ended is closed by endWindowLocked when something else ends the
+	// window; endState and endReason (guarded by Engine.mu) say how.
+	ended     chan struct{}
+	endState  spec.ConfirmState // "": ended undecided (the daemon stops)
+	endReason string
+}
+
+// ErrUndecided is why a deploy whose confirm window the daemon's stop cut
+// short failed: its generation is live and pending, and the next start of
+// the daemon finishes the window.
+var ErrUndecided = errors.New("its confirm window was cut short by the daemon's stop; the daemon's next start finishes it")
+
+func newWindow(gen, prev *spec.Generation, watch []spec.VersionKey, deadline time.Time) *window {
+	return &window{gen: gen, prev: prev, watch: watch, deadline: deadline, ended: make(chan struct{})}
+}
+
+// verdict is what watching a window found.
+type verdict struct {
+	failure     *ServiceError // a watched version failed
+	interrupted bool          // watching stopped undecided: the daemon stops
+}
+
+// watched is a version under watch: the process seen first and its
+// restarts then, and its health checks failed in a row.
+type watched struct {
+	inst     *supervisor.Instance
+	restarts int
+	fails    int
+}
+
+// watch watches w's versions until its deadline, a failure, or the end of
+// the window by another operation. It does not hold e.mu.
+func (e *Engine) watch(ctx context.Context, w *window) verdict {
+	// What runs as the window opens is the base: every restart from here
+	// on is a crash in the window.
+	seen := map[spec.VersionKey]*watched{}
+	for _, k := range w.watch {
+		if inst, ok := e.procs.Get(k); ok {
+			seen[k] = &watched{inst: inst, restarts: inst.Status().Restarts}
+		}
+	}
+	deadline := time.NewTimer(time.Until(w.deadline))
+	defer deadline.Stop()
+	tick := time.NewTicker(checkEvery)
+	defer tick.Stop()
+	over := false // the deadline passed; confirm once every version is seen
+	for {
+		select {
+		case <-w.ended:
+			return verdict{}
+		case <-ctx.Done():
+			return verdict{interrupted: true}
+		case <-deadline.C:
+			over = true
+		case <-tick.C:
+		}
+		all := true
+		for _, k := range w.watch {
+			failure, known := e.check(ctx, k, seen, !over)
+			if failure != nil {
+				return verdict{failure: failure}
+			}
+			all = all && known
+		}
+		if over && all {
+			return verdict{}
+		}
+	}
+}
+
+// check looks at one watched version: a crash, a failure, or (with probe)
+// a second failed health check in a row is a failure. known is false for
+// a version the supervisor does not know at this moment: one being
+// restarted by hand, which decides nothing. (A daemon that stops or shuts
+// down ends the window itself: see Detach and Shutdown.)
+func (e *Engine) check(ctx context.Context, k spec.VersionKey, seen map[spec.VersionKey]*watched, probe bool) (failure *ServiceError, known bool) {
+	inst, ok := e.procs.Get(k)
+	if !ok {
+		return nil, false
+	}
+	st := inst.Status()
+	w := seen[k]
+	if w == nil || w.inst != inst {
+		// First look, or a restart by hand replaced the process.
+		w = &watched{inst: inst, restarts: st.Restarts}
+		seen[k] = w
+	}
+	fail := func(format string, args ...any) *ServiceError {
+		return &ServiceError{Service: st.Service, Version: st.Version, Step: StepConfirm, Err: fmt.Errorf("%s "+format, append([]any{k}, args...)...)}
+	}
+	switch {
+	case st.State == supervisor.StateFailed:
+		return fail("failed: %s", st.LastError), true
+	case st.Restarts > w.restarts || st.State == supervisor.StateStarting:
+		// Every watched version was ready when the window opened: starting
+		// again means it crashed and awaits its restart.
+		return fail("crashed after the switch (%s)", st.LastError), true
+	case st.State == supervisor.StateStopped:
+		return nil, false // being stopped by a restart by hand
+	}
+	if !probe {
+		return nil, true
+	}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := inst.Healthy(hctx)
+	cancel()
+	if err == nil {
+		w.fails = 0
+		return nil, true
+	}
+	if w.fails++; w.fails >= 2 {
+		return &ServiceError{Service: st.Service, Version: st.Version, Step: StepConfirm,
+			Err: fmt.Errorf("%s failed its health check after the switch: %w", k, err)}, true
+	}
+	return nil, true
+}
+
+// settle ends w with what watching found: it records the confirmation and
+// drains the old versions, or switches back. It takes e.mu.
+func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, progress Progress) (*Result, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.window != w {
+		// Another operation ended the window first; it switched (or the
+		// daemon is stopping) and the old versions are its to drain.
+		if w.endState == "" {
+			res.Confirmation = spec.ConfirmPending
+			return res, fmt.Errorf("generation %d is live, but %w", w.gen.Number, ErrUndecided)
+		}
+		res.Confirmation = w.endState
+		if v.failure != nil {
+			// It failed, but what switched meanwhile stands: say so.
+			return res, fmt.Errorf("%w; not switched back: %s", v.failure, w.endReason)
+		}
+		progress("generation %d went live; its confirm window ended early: %s", w.gen.Number, w.endReason)
+		return res, nil
+	}
+	e.window = nil
+	if v.interrupted {
+		res.Confirmation = spec.ConfirmPending
+		return res, fmt.Errorf("generation %d is live, but %w", w.gen.Number, ErrUndecided)
+	}
+	if v.failure != nil {
+		res.Confirmation = spec.ConfirmFailed
+		progress("%v; switching back to generation %d", v.failure, w.prev.Number)
+		stopped, aborted, err := e.switchBackLocked(ctx, w.gen, w.prev, v.failure, progress)
+		res.Stopped, res.Aborted = stopped, aborted
+		if err != nil {
+			return res, fmt.Errorf("%w; switching back to generation %d failed too: %w", v.failure, w.prev.Number, err)
+		}
+		res.RolledBack, res.RolledBackFrom, res.Generation = true, w.gen.Number, w.prev.Number
+		return res, fmt.Errorf("deploy rolled back to generation %d: %w", w.prev.Number, v.failure)
+	}
+	res.Confirmation = spec.ConfirmConfirmed
+	progress("confirmed: generation %d stayed up and healthy", w.gen.Number)
+	e.record(w.gen.Number, &spec.Confirm{State: spec.ConfirmConfirmed, Previous: w.gen.Confirm.Previous}, progress)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), w.gen, progress)
+	e.armLocked(w.gen, w.prev, w.watch)
+	progress("generation %d deployed: %d started, %d stopped", w.gen.Number, len(res.Started), len(res.Stopped))
+	return res, nil
+}
+
+// record stores how generation n's window ended; a failure to is reported,
+// not fatal: the state of the machine is right, only its history lags.
+func (e *Engine) record(n uint64, c *spec.Confirm, progress Progress) {
+	if err := e.store.SetConfirm(n, c, 0); err != nil {
+		progress("recording the confirmation of generation %d: %v", n, err)
+	}
+}
+
+// endWindowLocked ends the open window, if any, for an operation that
+// switches (state ConfirmSuperseded, with why), or undecided (state ""),
+// leaving it pending in the store. e.mu must be held.
+func (e *Engine) endWindowLocked(state spec.ConfirmState, why string, progress Progress) {
+	w := e.window
+	if w == nil {
+		return
+	}
+	e.window = nil
+	w.endState, w.endReason = state, why
+	close(w.ended)
+	if state != "" {
+		e.record(w.gen.Number, &spec.Confirm{State: state, Previous: w.gen.Confirm.Previous, Reason: why}, progress)
+	}
+}
+
+// switchBackLocked makes prev current again after generation failed failed
+// its confirmation (why): it starts what of prev does not run, records
+// failed as failed and prev as current in one step, switches, and drains
+// the rest. If it cannot, failed stays current, recorded as failed. e.mu
+// must be held.
+func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Generation, why error, progress Progress) ([]string, int64, error) {
+	rec := &spec.Confirm{State: spec.ConfirmFailed, Previous: prev.Number, Reason: why.Error()}
+	_, err := e.apply(ctx, prev, startOptions{}, func([]string) error { return e.store.SetConfirm(failed.Number, rec, prev.Number) }, progress)
+	if err != nil {
+		rec.Reason = fmt.Sprintf("%s; switching back to generation %d failed: %v", rec.Reason, prev.Number, err)
+		e.record(failed.Number, rec, progress)
+		return nil, 0, err
+	}
+	stopped, aborted := e.drain(context.WithoutCancel(ctx), prev, progress)
+	return stopped, aborted, nil
+}
+
+// previous returns the generation cur's pending confirmation would switch
+// back to, if it is still stored; else nil.
+func (e *Engine) previous(cur *spec.Generation, progress Progress) *spec.Generation {
+	c := cur.Confirm
+	if c == nil || c.Previous == 0 || c.State != spec.ConfirmPending {
+		return nil
+	}
+	prev, err := e.store.Get(c.Previous)
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			progress("generation %d, to switch back to: %v", c.Previous, err)
+		}
+		return nil
+	}
+	return prev
+}
+
+// newIn returns the version keys of g that prev does not hold.
+func newIn(g, prev *spec.Generation) []spec.VersionKey {
+	var out []spec.VersionKey
+	for name, v := range g.Versions {
+		k := spec.Key(name, v)
+		if prev == nil || prev.Versions[name] != v {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// settleStale records as superseded every pending window but cur's: a
+// daemon died in it after a later generation was made current.
+func (e *Engine) settleStale(cur *spec.Generation, progress Progress) {
+	gens, err := e.store.List()
+	if err != nil {
+		progress("listing generations: %v", err)
+		return
+	}
+	for _, g := range gens {
+		if g.Number != cur.Number && g.Confirm != nil && g.Confirm.State == spec.ConfirmPending {
+			e.record(g.Number, &spec.Confirm{State: spec.ConfirmSuperseded, Previous: g.Confirm.Previous,
+				Reason: fmt.Sprintf("generation %d was made current before the window ended", cur.Number)}, progress)
+		}
+	}
+}
+
+// resumeConfirm finishes, after a daemon start, what cur's confirmation
+// left undone: a pending window runs on in the background (at least
+// minResumedWindow); a confirmed generation is guarded. (A switch back is
+// recorded in one step, so no crash leaves one half done.) e.mu must be
+// held.
+func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, progress Progress) {
+	c := cur.Confirm
+	if c == nil {
+		return
+	}
+	switch c.State {
+	case spec.ConfirmPending:
+		if prev == nil {
+			progress("generation %d awaited confirmation, but generation %d to switch back to is gone: it stays live, unconfirmed", cur.Number, c.Previous)
+			e.record(cur.Number, &spec.Confirm{State: spec.ConfirmSkipped, Previous: c.Previous, Reason: "the previous generation was gone when the window resumed"}, progress)
+			return
+		}
+		deadline := c.Deadline
+		if d := time.Now().Add(minResumedWindow); deadline.Before(d) {
+			deadline = d
+		}
+		w := newWindow(cur, prev, newIn(cur, prev), deadline)
+		e.window = w
+		progress("resuming the confirm window of generation %d until %s", cur.Number, deadline.Format(time.RFC3339))
+		go func() {
+			ctx := context.WithoutCancel(ctx)
+			res := &Result{Generation: cur.Number}
+			if _, err := e.settle(ctx, w, e.watch(ctx, w), res, e.logf); err != nil {
+				e.logf("generation %d: %v", cur.Number, err)
+			}
+		}()
+	case spec.ConfirmConfirmed:
+		if c.Previous == 0 {
+			return
+		}
+		gens, err := e.store.List()
+		if err != nil || len(gens) == 0 || gens[len(gens)-1].Number != cur.Number {
+			return // a rollback made an older generation current
+		}
+		if p, err := e.store.Get(c.Previous); err == nil {
+			e.armLocked(cur, p, newIn(cur, p))
+		}
+	}
+}
+
+// guard watches a confirmed generation's new versions after its window.
+type guard struct {
+	gen, prev *spec.Generation
+	watch     []spec.VersionKey
+	stop      chan struct{}
+}
+
+// armLocked starts guarding g's new versions, after its window, for a
+// version that fails for good. e.mu must be held.
+func (e *Engine) armLocked(g, prev *spec.Generation, watch []spec.VersionKey) {
+	e.disarmLocked()
+	if prev == nil || len(watch) == 0 {
+		return
+	}
+	gd := &guard{gen: g, prev: prev, watch: watch, stop: make(chan struct{})}
+	e.guard = gd
+	go e.runGuard(gd)
+}
+
+// disarmLocked stops guarding. e.mu must be held.
+func (e *Engine) disarmLocked() {
+	if e.guard != nil {
+		close(e.guard.stop)
+		e.guard = nil
+	}
+}
+
+// runGuard looks at gd's versions every guardEvery until one has failed for
+// good, then reports it and switches back.
+func (e *Engine) runGuard(gd *guard) {
+	tick := time.NewTicker(guardEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-gd.stop:
+			return
+		case <-tick.C:
+		}
+		for _, k := range gd.watch {
+			// A version the supervisor does not know was stopped or let go:
+			// only a failure it reports counts.
+			st, ok := e.procs.Status(k)
+			if ok && st.State == supervisor.StateFailed {
+				e.failedLater(gd, &ServiceError{Service: st.Service, Version: st.Version, Step: StepConfirm,
+					Err: fmt.Errorf("%s failed after its confirm window: %s", k, st.LastError)})
+				return
+			}
+		}
+	}
+}
+
+// failedLater switches back from a guarded generation whose version failed.
+func (e *Engine) failedLater(gd *guard, why *ServiceError) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.guard != gd {
+		return // disarmed meanwhile: another operation switched
+	}
+	e.guard = nil
+	e.logf("%v; switching back to generation %d", why, gd.prev.Number)
+	if _, _, err := e.switchBackLocked(context.Background(), gd.gen, gd.prev, why, e.logf); err != nil {
+		e.logf("switching back to generation %d: %v", gd.prev.Number, err)
+		return
+	}
+	e.logf("switched back to generation %d: generation %d failed after its confirm window", gd.prev.Number, gd.gen.Number)
+}
