@@ -15,6 +15,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/deploy"
 	"hostel/internal/plan"
+	"hostel/internal/source"
 	"hostel/internal/spec"
 )
 
@@ -46,6 +47,10 @@ func sourceName(req api.PlanRequest) string {
 
 func decodeSpec(req api.PlanRequest) (*spec.Spec, error) {
 	s, err := spec.Decode(sourceName(req), req.Spec)
+	if err == nil {
+		// Programs are checked here, on the machine that runs them.
+		err = source.CheckPrograms(sourceName(req), s)
+	}
 	if err != nil {
 		return nil, api.Invalid(err)
 	}

@@ -157,3 +157,62 @@ func describe(err error) string {
 	}
 	return err.Error()
 }
+
+// CheckPrograms checks that the program of every service's exec and release
+// exists where it will run: exec[0] relative to package, or absolute. It is
+// called where the packages are, before anything changes, so that a wrong
+// path is a spec error (exit 2) rather than a failed start. A bare program
+// name is looked up on the service's PATH when it starts.
+func CheckPrograms(file string, s *spec.Spec) error {
+	for _, name := range s.Names() {
+		svc := s.Services[name]
+		for _, c := range []struct {
+			field string
+			argv  []string
+		}{{"exec", svc.Exec}, {"release", svc.Release}} {
+			if len(c.argv) == 0 {
+				continue
+			}
+			prog := c.argv[0]
+			switch {
+			case filepath.IsAbs(prog):
+			case svc.Package != "":
+				prog = filepath.Join(svc.Package, prog)
+			default:
+				continue
+			}
+			if sp := nix.StorePathOf(prog); sp != "" && !exists(sp) {
+				// A plan --target sees store paths before their closures
+				// are copied there; a deploy copies them first.
+				continue
+			}
+			if msg := notProgram(prog); msg != "" {
+				return &spec.Error{File: file, Service: name, Field: c.field + "[0]", Msg: msg}
+			}
+		}
+	}
+	return nil
+}
+
+// notProgram says what keeps path from being run as a program, or "".
+func notProgram(path string) string {
+	info, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Sprintf("%s does not exist", path)
+	case err != nil:
+		return describe(err)
+	case info.IsDir():
+		return fmt.Sprintf("%s is a directory", path)
+	case !info.Mode().IsRegular():
+		return fmt.Sprintf("%s is not a regular file", path)
+	case info.Mode()&0o111 == 0:
+		return fmt.Sprintf("%s is not executable", path)
+	}
+	return ""
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
