@@ -47,10 +47,6 @@ func sourceName(req api.PlanRequest) string {
 
 func decodeSpec(req api.PlanRequest) (*spec.Spec, error) {
 	s, err := spec.Decode(sourceName(req), req.Spec)
-	if err == nil {
-		// Programs are checked here, on the machine that runs them.
-		err = source.CheckPrograms(sourceName(req), s)
-	}
 	if err != nil {
 		return nil, api.Invalid(err)
 	}
@@ -63,6 +59,10 @@ func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, err
 	if err != nil {
 		return nil, err
 	}
+	// Programs are checked here, on the machine that runs them.
+	if err := source.CheckProgramsPlanned(sourceName(req), s); err != nil {
+		return nil, api.Invalid(err)
+	}
 	p, err := d.engine.Plan(s, req.Inputs)
 	return p, apiError(err)
 }
@@ -72,6 +72,9 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 	s, err := decodeSpec(req.PlanRequest)
 	if err != nil {
 		return nil, err
+	}
+	if err := source.CheckPrograms(sourceName(req.PlanRequest), s); err != nil {
+		return nil, api.Invalid(err)
 	}
 	confirm := DefaultConfirm
 	if req.Confirm != "" {

@@ -159,11 +159,19 @@ func describe(err error) string {
 }
 
 // CheckPrograms checks that the program of every service's exec and release
-// exists where it will run: exec[0] relative to package, or absolute. It is
-// called where the packages are, before anything changes, so that a wrong
-// path is a spec error (exit 2) rather than a failed start. A bare program
-// name is looked up on the service's PATH when it starts.
-func CheckPrograms(file string, s *spec.Spec) error {
+// exists where it will run: exec[0] relative to package, or absolute. The
+// daemon calls it before a deploy changes anything, so that a wrong path is
+// a spec error (exit 2) rather than a failed start. A bare program name is
+// looked up on the service's PATH when it starts.
+func CheckPrograms(file string, s *spec.Spec) error { return checkPrograms(file, s, false) }
+
+// CheckProgramsPlanned is CheckPrograms for a plan, which may see store
+// paths before they are here: plan --target does not copy closures (the
+// deploy does, before it checks). A program in an absent store path is not
+// checked.
+func CheckProgramsPlanned(file string, s *spec.Spec) error { return checkPrograms(file, s, true) }
+
+func checkPrograms(file string, s *spec.Spec, absentStore bool) error {
 	for _, name := range s.Names() {
 		svc := s.Services[name]
 		for _, c := range []struct {
@@ -181,9 +189,7 @@ func CheckPrograms(file string, s *spec.Spec) error {
 			default:
 				continue
 			}
-			if sp := nix.StorePathOf(prog); sp != "" && !exists(sp) {
-				// A plan --target sees store paths before their closures
-				// are copied there; a deploy copies them first.
+			if sp := nix.StorePathOf(prog); absentStore && sp != "" && !exists(sp) {
 				continue
 			}
 			if msg := notProgram(prog); msg != "" {

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -104,8 +105,8 @@ func (s *Spec) Validate() error {
 				return fail(c.field, "with env, takes %d bytes, more than the %d a process's arguments and environment may take", n, MaxArgTotal)
 			}
 		}
-		if svc.Health != nil && svc.Health.Path != "" && !strings.HasPrefix(svc.Health.Path, "/") {
-			return fail("health.path", "want a path starting with /, not %q", svc.Health.Path)
+		if svc.Health != nil && svc.Health.Path != "" && !validRequestPath(svc.Health.Path) {
+			return fail("health.path", "want a URL path starting with /, not %q", svc.Health.Path)
 		}
 		if svc.Postgres != nil {
 			db := svc.Postgres.Name(name)
@@ -178,6 +179,9 @@ func (s *Spec) Validate() error {
 			}
 			hosts[d] = fmt.Sprintf("service %q", name)
 		}
+		if svc.HSTS && (len(svc.Domains) == 0 || !svc.TLSEnabled()) {
+			return fail("hsts", "needs domains served over HTTPS (tls)")
+		}
 		if len(svc.Redirects) > 0 && len(svc.Domains) == 0 {
 			return fail("redirects", "redirects need a domain to redirect to")
 		}
@@ -198,6 +202,21 @@ func (s *Spec) Validate() error {
 		return &Error{Service: cycle[0], Field: "needs", Msg: "dependency cycle: " + strings.Join(cycle, " → ")}
 	}
 	return nil
+}
+
+// validRequestPath reports whether p can be sent as the path of a GET:
+// absolute, parseable, without a fragment, spaces or control characters.
+func validRequestPath(p string) bool {
+	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "# ") {
+		return false
+	}
+	for _, r := range p {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	_, err := url.ParseRequestURI(p)
+	return err == nil
 }
 
 // inZone reports whether host h is the zone or a name under it: such a
