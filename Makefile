@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X hostel/internal/cli.Version=$(VERSION)
 
-.PHONY: loadtest build examples demo demo-stop test test-short bench fuzz vet clean
+.PHONY: loadtest build examples demo demo-stop test test-short bench fuzz vet clean deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/hostel ./cmd/hostel
@@ -22,10 +22,15 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l cmd internal examples bench test 2>/dev/null)" || { gofmt -l cmd internal examples bench test; echo "gofmt needed"; exit 1; }
 
+# What the tests need from Debian's packages (Nix, PostgreSQL 15, OpenSSH,
+# Pebble …), installed if missing.
+deps:
+	scripts/install-deps.sh test
+
 # Every test, the concurrent parts under the race detector.
 # The router's tests run twice: with the front end's event loops and with
 # a goroutine per connection (the path TLS and hand-overs take).
-test: vet
+test: deps vet
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(GO) test -race -count=1 -timeout 5m ./internal/router/ -args -front-loops=-1
 

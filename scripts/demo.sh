@@ -9,6 +9,7 @@ HTTP=${HOSTEL_DEMO_HTTP:-127.0.0.1:8080}
 export HOSTEL_ROOT=$ROOT
 mkdir -p "$ROOT"
 bin/hostel version
+scripts/install-deps.sh demo # Nix and PostgreSQL 15, if missing
 scripts/demo-postgres.sh "$ROOT" # the guestbook's database server, before the daemon resumes it
 if [[ -S $ROOT/hostel.sock ]] && bin/hostel status >/dev/null 2>&1; then
   echo "a demo daemon is already running on $ROOT"
@@ -23,10 +24,6 @@ else
   echo "hostel serve is running (pid $(cat "$ROOT/daemon.pid"), log $ROOT/daemon.log)"
 fi
 # The example's packages are built by Nix from examples/monoliths/hostel.nix.
-if ! command -v nix-build >/dev/null; then
-  echo "installing Nix (Debian's nix-bin)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin
-fi
 cd examples/monoliths
 ../../bin/hostel plan hostel.nix
 ../../bin/hostel deploy --no-confirm hostel.nix

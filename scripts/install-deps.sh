@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, what `make test` (and `make demo`) need and
+# this machine lacks. Idempotent: with everything present it installs nothing
+# and runs no apt-get. Needs root only when something is missing.
+#
+#   scripts/install-deps.sh test   # everything the tests use
+#   scripts/install-deps.sh demo   # what `make demo` uses
+set -euo pipefail
+what=${1:-test}
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have curl || need+=(curl)
+# Nix (single-user as root, offline) builds hostel.nix specs.
+have nix-build || need+=(nix-bin)
+# PostgreSQL 15: the demo's guestbook and the database tests, which start private clusters.
+[[ -x /usr/lib/postgresql/15/bin/initdb ]] || need+=(postgresql-15)
+if [[ $what == test ]]; then
+  # Service users are made with useradd.
+  have useradd || need+=(passwd)
+  # OpenSSH (client and server) for the --target tests.
+  [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)
+  have ssh || need+=(openssh-client)
+  # Let's Encrypt's Pebble for the ACME tests.
+  have pebble && have pebble-challtestsrv || need+=(pebble)
+  # openssl makes the self-signed certificates of the PostgreSQL TLS tests.
+  have openssl || need+=(openssl)
+fi
+((${#need[@]})) || exit 0
+if ((EUID != 0)); then
+  echo "missing Debian packages: ${need[*]}; install them as root: apt-get install ${need[*]}" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${need[@]}"
