@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"net/mail"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -57,6 +58,11 @@ func (s *Spec) Validate() error {
 	}
 	if s.ACME != nil && s.ACME.CA != "" && !strings.HasPrefix(s.ACME.CA, "https://") {
 		return &Error{Field: "acme.ca", Msg: fmt.Sprintf("want an https:// directory URL, not %q", s.ACME.CA)}
+	}
+	if s.ACME != nil && s.ACME.Email != "" {
+		if a, err := mail.ParseAddress(s.ACME.Email); err != nil || a.Address != s.ACME.Email {
+			return &Error{Field: "acme.email", Msg: fmt.Sprintf("want an email address such as ops@example.org, not %q", s.ACME.Email)}
+		}
 	}
 	hosts := map[string]string{} // host → "service" that claims it
 	dbs := map[string]string{}
