@@ -100,7 +100,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.store = st
 	zone := spec.DefaultZone
-	if cur, err := st.Current(); err != nil {
+	if cur, err := st.Current(ctx); err != nil {
 		return nil, err
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()

@@ -63,7 +63,7 @@ func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, err
 	if err := source.CheckProgramsPlanned(sourceName(req), s); err != nil {
 		return nil, api.Invalid(err)
 	}
-	p, err := d.engine.Plan(s, req.Inputs)
+	p, err := d.engine.Plan(ctx, s, req.Inputs)
 	return p, apiError(err)
 }
 
@@ -118,7 +118,7 @@ func (d *Daemon) Restart(ctx context.Context, req api.RestartRequest) error {
 
 // Status implements api.Daemon.
 func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
-	cur, err := d.store.Current()
+	cur, err := d.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -165,11 +165,11 @@ func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.Ser
 
 // Generations implements api.Daemon.
 func (d *Daemon) Generations(ctx context.Context) (*api.Generations, error) {
-	gens, err := d.store.List()
+	gens, err := d.store.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.store.Current()
+	cur, err := d.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -193,11 +193,11 @@ func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, erro
 	if req.Keep < 1 {
 		return nil, api.Invalid(fmt.Errorf("--keep must be at least 1, not %d", req.Keep))
 	}
-	gens, err := d.store.List()
+	gens, err := d.store.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.store.Current()
+	cur, err := d.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +212,7 @@ func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, erro
 			res.Removed = append(res.Removed, g.Number)
 		}
 	}
-	if err := d.store.Delete(res.Removed...); err != nil {
+	if err := d.store.Delete(ctx, res.Removed...); err != nil {
 		return nil, err
 	}
 	unpinned, freed, err := d.collectGarbage(ctx, kept)
@@ -233,7 +233,7 @@ func LogPath(root, service string, v spec.Version) string {
 // Logs implements api.Daemon.
 func (d *Daemon) Logs(ctx context.Context, service, version string, n int, follow bool, w io.Writer) error {
 	if version == "" {
-		cur, err := d.store.Current()
+		cur, err := d.store.Current(ctx)
 		if err != nil {
 			return err
 		}

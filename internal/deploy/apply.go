@@ -243,9 +243,10 @@ func (e *Engine) confirm(ctx context.Context, g *spec.Generation, started []stri
 	}
 }
 
-// switchBack undoes a switch to a generation whose versions are unhealthy.
-func (e *Engine) switchBack(ctx context.Context, prev *spec.Generation, started []string, progress Progress) error {
-	if err := e.store.SetCurrent(prev.Number); err != nil {
+// switchBack undoes the switch from prev to generation from, whose
+// versions are unhealthy.
+func (e *Engine) switchBack(ctx context.Context, from uint64, prev *spec.Generation, started []string, progress Progress) error {
+	if err := e.store.SetCurrent(ctx, from, prev.Number); err != nil {
 		return err
 	}
 	if err := e.switchTo(prev); err != nil {

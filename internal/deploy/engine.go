@@ -122,8 +122,8 @@ type Result struct {
 }
 
 // Plan plans a spec against the current generation without changing anything.
-func (e *Engine) Plan(s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
-	cur, err := e.store.Current()
+func (e *Engine) Plan(ctx context.Context, s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +139,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -154,8 +154,12 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 		return res, nil
 	}
 	next := &spec.Generation{SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
+	var from uint64 // the generation this deploy was planned against
+	if cur != nil {
+		from = cur.Number
+	}
 	started, err := e.apply(ctx, next, func() error {
-		_, err := e.store.Commit(next) // numbers next
+		_, err := e.store.Commit(ctx, next, from) // numbers next
 		return err
 	}, progress)
 	res.Started, res.Generation = started, next.Number
@@ -166,7 +170,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 	if req.Confirm > 0 && len(started) > 0 && cur != nil {
 		if err := e.confirm(ctx, next, started, req.Confirm, progress); err != nil {
 			progress("%v; switching back to generation %d", err, cur.Number)
-			if rerr := e.switchBack(ctx, cur, started, progress); rerr != nil {
+			if rerr := e.switchBack(ctx, next.Number, cur, started, progress); rerr != nil {
 				return res, fmt.Errorf("%w; switching back to generation %d failed too: %w", err, cur.Number, rerr)
 			}
 			res.RolledBack = true
@@ -183,7 +187,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*Result, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +195,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 		return nil, fmt.Errorf("%w: nothing deployed yet", ErrInvalid)
 	}
 	if to == 0 {
-		gens, err := e.store.List()
+		gens, err := e.store.List(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -207,14 +211,14 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 	if to == cur.Number {
 		return nil, fmt.Errorf("%w: generation %d is already current", ErrInvalid, to)
 	}
-	target, err := e.store.Get(to)
+	target, err := e.store.Get(ctx, to)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	} else if err != nil {
 		return nil, err
 	}
 	res := &Result{Generation: to}
-	started, err := e.apply(ctx, target, func() error { return e.store.SetCurrent(to) }, progress)
+	started, err := e.apply(ctx, target, func() error { return e.store.SetCurrent(ctx, cur.Number, to) }, progress)
 	res.Started = started
 	if err != nil {
 		return res, err
@@ -230,7 +234,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return err
 	}
@@ -262,7 +266,7 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 func (e *Engine) Restart(ctx context.Context, service string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return err
 	}
