@@ -33,7 +33,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"postgres false", `{"services":{"a":{"exec":["/a"],"postgres":false}}}`, `service "a": postgres: want true or an object`},
 		{"shared database", `{"services":{"a":{"exec":["/a"],"postgres":{"database":"x"}},"b":{"exec":["/b"],"postgres":{"database":"x"}}}}`, `database "x" is also used by service "a"`},
 		// Sizes past Linux's exec limits, too big for the corpus files.
-		{"10 MB env value", `{"services":{"a":{"exec":["/a"],"env":{"BIG":"` + strings.Repeat("x", 10<<20) + `"}}}}`, `hostel.json: service "a": env.BIG: is 10485764 bytes, more than the 131071 a variable may have`},
+		{"1 MB env value", `{"services":{"a":{"exec":["/a"],"env":{"BIG":"` + strings.Repeat("x", 1<<20) + `"}}}}`, `hostel.json: service "a": env.BIG: is 1048580 bytes, more than the 131071 a variable may have`},
 		{"long argument", `{"services":{"a":{"exec":["/a","` + strings.Repeat("x", MaxArgString) + `"]}}}`, `hostel.json: service "a": exec[1]: is 131072 bytes, more than the 131071 an argument may have`},
 		{"long release argument", `{"services":{"a":{"exec":["/a"],"release":["/a","` + strings.Repeat("x", MaxArgString) + `"]}}}`, `hostel.json: service "a": release[1]: is 131072 bytes`},
 		{"environment too large", `{"services":{"a":{"exec":["/a"],"env":{` + manyVars(10, 120<<10) + `}}}}`, `hostel.json: service "a": exec: with env, takes 1228931 bytes, more than the 1048576`},
