@@ -179,3 +179,29 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkDecode measures decoding a spec of 50 services, and the share
+// of it the raw check (duplicate keys, UTF-8) takes.
+func BenchmarkDecode(b *testing.B) {
+	var svcs []string
+	for i := range 50 {
+		svcs = append(svcs, fmt.Sprintf(`"s%d":{"exec":["/bin/s%d","--port","x"],"env":{"A":"1","B":"two","LOG_LEVEL":"info"},"health":{"path":"/healthz","timeout":"20s"},"domains":["s%d.example.org"],"stop_grace":"5s"}`, i, i, i))
+	}
+	data := []byte(`{"zone":"z.example","services":{` + strings.Join(svcs, ",") + `}}`)
+	b.Run("decode", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if _, err := Decode("hostel.json", data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("raw-check", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if err := checkRaw(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
