@@ -2,103 +2,71 @@ package spec
 
 import (
 	"bytes"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"strconv"
+	"reflect"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // checkRaw refuses what encoding/json accepts silently: a key given twice in
-// one object (the last would win) and a string that is not valid UTF-8 (it
-// would be replaced by U+FFFD). It walks the whole document, so that the error
-// names the service and field at any depth. Syntax errors are left to the
-// decoder, which describes them better.
+// one object (the last would win) and text that is not valid UTF-8 — raw
+// bytes or a lone surrogate escape (it would become U+FFFD). jsontext
+// checks both, at any depth, and says where. Call it after encoding/json
+// accepted data: a syntax error is then one of these two.
 func checkRaw(data []byte) error {
-	w := rawWalker{dec: json.NewDecoder(bytes.NewReader(data)), data: data}
-	w.dec.UseNumber()
-	err := w.value(nil)
-	if _, ok := err.(*Error); ok {
-		return err
+	err := jsontext.NewDecoder(bytes.NewReader(data)).SkipValue()
+	var se *jsontext.SyntacticError
+	if !errors.As(err, &se) {
+		return nil
+	}
+	path := pointerPath(se.JSONPointer)
+	if errors.Is(se.Err, jsontext.ErrDuplicateName) {
+		return pathError(path, "key given twice")
+	}
+	return pathError(path, "is not valid UTF-8")
+}
+
+// pointerPath turns a JSON pointer into the path of keys and indexes a
+// user writes, following the Spec type to tell a list's index ("[0]")
+// from an object's key.
+func pointerPath(p jsontext.Pointer) []string {
+	t := reflect.TypeFor[Spec]()
+	var path []string
+	for tok := range p.Tokens() {
+		for t != nil && t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		switch {
+		case t == nil:
+			path = append(path, tok)
+		case t.Kind() == reflect.Slice:
+			path = append(path, "["+tok+"]")
+			t = t.Elem()
+		case t.Kind() == reflect.Map:
+			path = append(path, tok)
+			t = t.Elem()
+		case t.Kind() == reflect.Struct:
+			path = append(path, tok)
+			t = fieldType(t, tok)
+		default:
+			path = append(path, tok)
+			t = nil
+		}
+	}
+	return path
+}
+
+// fieldType is the type of the field of struct t whose JSON name is name,
+// or nil.
+func fieldType(t reflect.Type, name string) reflect.Type {
+	for i := 0; i < t.NumField(); i++ {
+		if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); tag == name {
+			return t.Field(i).Type
+		}
 	}
 	return nil
-}
-
-type rawWalker struct {
-	dec  *json.Decoder
-	data []byte
-}
-
-// token reads the next token and checks that a string token was valid
-// UTF-8 in the input.
-func (w *rawWalker) token(path []string) (json.Token, error) {
-	start := w.dec.InputOffset()
-	tok, err := w.dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	if s, ok := tok.(string); ok && !validUTF8(w.data[start:w.dec.InputOffset()], s) {
-		return nil, pathError(path, "is not valid UTF-8")
-	}
-	return tok, nil
-}
-
-func (w *rawWalker) value(path []string) error {
-	tok, err := w.token(path)
-	if err != nil {
-		return err
-	}
-	switch tok {
-	case json.Delim('{'):
-		seen := map[string]bool{}
-		for w.dec.More() {
-			// A key's own encoding is checked against the object's path
-			// plus the key, so the error names it.
-			start := w.dec.InputOffset()
-			ktok, err := w.dec.Token()
-			if err != nil {
-				return err
-			}
-			key, _ := ktok.(string)
-			kpath := append(path[:len(path):len(path)], key)
-			if !validUTF8(w.data[start:w.dec.InputOffset()], key) {
-				return pathError(kpath, "key is not valid UTF-8")
-			}
-			if seen[key] {
-				return pathError(kpath, "key given twice")
-			}
-			seen[key] = true
-			if err := w.value(kpath); err != nil {
-				return err
-			}
-		}
-		_, err = w.dec.Token()
-		return err
-	case json.Delim('['):
-		for i := 0; w.dec.More(); i++ {
-			if err := w.value(append(path[:len(path):len(path)], "["+strconv.Itoa(i)+"]")); err != nil {
-				return err
-			}
-		}
-		_, err = w.dec.Token()
-		return err
-	}
-	return nil
-}
-
-// validUTF8 reports whether the raw JSON text of a string decoded to s
-// without replacement: the text is valid UTF-8, and every U+FFFD in s was
-// written as such rather than produced from a lone surrogate escape.
-func validUTF8(raw []byte, s string) bool {
-	if !utf8.Valid(raw) {
-		return false
-	}
-	got := strings.Count(s, "\uFFFD")
-	if got == 0 {
-		return true
-	}
-	written := bytes.Count(raw, []byte("\uFFFD")) + bytes.Count(bytes.ToLower(raw), []byte(`\ufffd`))
-	return got <= written
 }
 
 // pathError makes an *Error for a path of keys and indexes in the document:
@@ -106,10 +74,10 @@ func validUTF8(raw []byte, s string) bool {
 func pathError(path []string, msg string) *Error {
 	e := &Error{Msg: msg}
 	if len(path) >= 2 && path[0] == "services" {
-		e.Service = path[1]
+		e.Service = strings.ToValidUTF8(path[1], "\uFFFD")
 		path = path[2:]
 	}
-	e.Field = joinPath(path)
+	e.Field = strings.ToValidUTF8(joinPath(path), "\uFFFD")
 	return e
 }
 
