@@ -32,6 +32,9 @@ type DBInfo struct {
 	OSUser string `json:"os_user,omitempty"`
 	// Password is the role's password when it has one.
 	Password string `json:"password,omitempty"`
+	// TLSEnv is how the role's connections are secured, as libpq
+	// environment variables (PGSSLMODE=…), the same as the service gets.
+	TLSEnv []string `json:"tls_env,omitempty"`
 }
 
 // DBBackup says where a backup went.

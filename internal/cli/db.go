@@ -53,6 +53,7 @@ func dbShellCmd(e *env) *cobra.Command {
 			c := exec.CommandContext(cmd.Context(), argv[0], argv[1:]...)
 			c.Env = append(os.Environ(), "PGHOST="+info.Host, "PGPORT="+strconv.Itoa(info.Port),
 				"PGDATABASE="+info.Database, "PGUSER="+info.Role)
+			c.Env = append(c.Env, info.TLSEnv...)
 			if info.Password != "" {
 				c.Env = append(c.Env, "PGPASSWORD="+info.Password)
 			}

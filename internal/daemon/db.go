@@ -198,6 +198,13 @@ func (p provisioner) Prepare(ctx context.Context, g *spec.Generation, service st
 	if err != nil {
 		return err
 	}
+	if root := srv.ServiceTLS().RootCert; root != "" && p.db.peer {
+		// The service runs as its own user: a root certificate only the
+		// daemon can read would fail every connection it makes.
+		if err := othersCanRead(root); err != nil {
+			return fmt.Errorf("postgres.admin: sslrootcert: %w; services (as their own users) must read it", err)
+		}
+	}
 	if cfg.Env == nil {
 		cfg.Env = map[string]string{}
 	}
@@ -205,6 +212,34 @@ func (p provisioner) Prepare(ctx context.Context, g *spec.Generation, service st
 		cfg.Env[k] = v
 	}
 	return nil
+}
+
+// othersCanRead checks that any user may read the file at path: it is
+// readable by others and every directory above it may be traversed.
+func othersCanRead(path string) error {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o004 == 0 {
+		return fmt.Errorf("%s is not readable by others (mode %v)", path, fi.Mode().Perm())
+	}
+	for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
+		di, err := os.Stat(dir)
+		if err != nil {
+			return err
+		}
+		if di.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("directory %s is not searchable by others (mode %v)", dir, di.Mode().Perm())
+		}
+		if dir == filepath.Dir(dir) {
+			return nil
+		}
+	}
 }
 
 // releaser is the deploy.Preparer that runs a new version's release
@@ -327,7 +362,8 @@ func (d *Daemon) DBInfo(ctx context.Context, service string) (*api.DBInfo, error
 	if err != nil {
 		return nil, err
 	}
-	info := &api.DBInfo{Service: service, Database: db.Name, Role: db.Role, Host: srv.Host(), Port: int(srv.Port()), Password: db.Password}
+	info := &api.DBInfo{Service: service, Database: db.Name, Role: db.Role, Host: srv.Host(), Port: int(srv.Port()), Password: db.Password,
+		TLSEnv: srv.ServiceTLS().Env()}
 	if db.Password == "" {
 		info.OSUser = db.Role
 	}

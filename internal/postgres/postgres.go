@@ -27,6 +27,7 @@ const DefaultAdmin = "host=/run/postgresql user=postgres"
 type Server struct {
 	admin string
 	cfg   *pgx.ConnConfig
+	tls   TLS
 }
 
 // Open parses an administrator conninfo or URL; "" means DefaultAdmin. It
@@ -39,7 +40,11 @@ func Open(admin string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres.admin: %w", err)
 	}
-	return &Server{admin: admin, cfg: cfg}, nil
+	t, err := parseTLS(admin)
+	if err != nil {
+		return nil, fmt.Errorf("postgres.admin: %w", err)
+	}
+	return &Server{admin: admin, cfg: cfg, tls: t}, nil
 }
 
 // Admin returns the conninfo the server was opened with.
@@ -51,6 +56,9 @@ func (s *Server) Host() string { return s.cfg.Host }
 
 // Port is the server's port (which also names its unix socket).
 func (s *Server) Port() uint16 { return s.cfg.Port }
+
+// ServiceTLS is how a service's connections are secured: see TLS.ForService.
+func (s *Server) ServiceTLS() TLS { return s.tls.ForService(s.UnixSocket()) }
 
 // UnixSocket reports whether hostel reaches the server over a unix socket,
 // where peer authentication is possible.
@@ -334,19 +342,25 @@ func roleInfo(ctx context.Context, c interface {
 }
 
 // Env is what a service gets to reach its database d on this server:
-// DATABASE_URL, and PGHOST, PGPORT (when not 5432), PGDATABASE and PGUSER
-// for libpq tools. The password, if any, is only in DATABASE_URL.
+// DATABASE_URL, and PGHOST, PGPORT (when not 5432), PGDATABASE, PGUSER and
+// the PGSSL* variables of ServiceTLS for libpq tools. The password, if any,
+// is only in DATABASE_URL.
 func (s *Server) Env(d Database) map[string]string {
 	env := map[string]string{"PGHOST": s.cfg.Host, "PGDATABASE": d.Name, "PGUSER": d.Role}
 	if s.cfg.Port != 5432 {
 		env["PGPORT"] = strconv.Itoa(int(s.cfg.Port))
+	}
+	for _, kv := range s.ServiceTLS().Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
 	}
 	env["DATABASE_URL"] = s.URL(d)
 	return env
 }
 
 // URL is a postgres:// URL for d on this server: over the unix socket with
-// the socket directory in the host parameter, or host:port over TCP.
+// the socket directory in the host parameter, or host:port over TCP; with
+// the ssl* parameters of ServiceTLS, sslmode always among them.
 func (s *Server) URL(d Database) string {
 	u := &url.URL{Scheme: "postgres", Path: "/" + d.Name}
 	if d.Password != "" {
@@ -354,26 +368,26 @@ func (s *Server) URL(d Database) string {
 	} else {
 		u.User = url.User(d.Role)
 	}
+	q := url.Values{}
 	if s.UnixSocket() {
-		q := url.Values{"host": {s.cfg.Host}}
+		q.Set("host", s.cfg.Host)
 		if s.cfg.Port != 5432 {
 			q.Set("port", strconv.Itoa(int(s.cfg.Port)))
 		}
-		u.RawQuery = q.Encode()
 	} else {
 		u.Host = s.cfg.Host
 		if s.cfg.Port != 5432 {
 			u.Host += ":" + strconv.Itoa(int(s.cfg.Port))
 		}
-		if s.cfg.TLSConfig != nil {
-			u.RawQuery = "sslmode=require"
-		}
 	}
+	s.ServiceTLS().setQuery(q)
+	u.RawQuery = encodeQuery(q)
 	return u.String()
 }
 
 // toolEnv is the environment of a libpq tool (pg_dump, pg_restore) that
-// connects to database as the administrator.
+// connects to database as the administrator, secured as the
+// administrator's own connections are.
 func (s *Server) toolEnv(database string) []string {
 	env := []string{
 		"PATH=/usr/bin:/bin",
@@ -386,8 +400,5 @@ func (s *Server) toolEnv(database string) []string {
 	if s.cfg.Password != "" {
 		env = append(env, "PGPASSWORD="+s.cfg.Password)
 	}
-	if s.cfg.TLSConfig != nil {
-		env = append(env, "PGSSLMODE=require")
-	}
-	return env
+	return append(env, s.tls.Env()...)
 }

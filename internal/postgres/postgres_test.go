@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	cluster = c
 	code := m.Run()
 	c.Stop()
+	if tlsCluster != nil {
+		tlsCluster.Stop()
+	}
 	os.Exit(code)
 }
 
@@ -445,14 +448,17 @@ func TestEnv(t *testing.T) {
 		want  map[string]string
 	}{
 		{"host=/run/postgresql user=postgres", postgres.Database{Name: "shop", Role: "hostel-shop"}, map[string]string{
-			"DATABASE_URL": "postgres://hostel-shop@/shop?host=%2Frun%2Fpostgresql",
-			"PGHOST":       "/run/postgresql", "PGDATABASE": "shop", "PGUSER": "hostel-shop"}},
-		{"host=/tmp/pg port=5433 user=postgres", postgres.Database{Name: "a-b", Role: "hostel-a-b"}, map[string]string{
-			"DATABASE_URL": "postgres://hostel-a-b@/a-b?host=%2Ftmp%2Fpg&port=5433",
-			"PGHOST":       "/tmp/pg", "PGPORT": "5433", "PGDATABASE": "a-b", "PGUSER": "hostel-a-b"}},
+			"DATABASE_URL": "postgres://hostel-shop@/shop?host=%2Frun%2Fpostgresql&sslmode=disable",
+			"PGHOST":       "/run/postgresql", "PGDATABASE": "shop", "PGUSER": "hostel-shop", "PGSSLMODE": "disable"}},
+		{"host=/tmp/pg port=5433 user=postgres sslmode=require", postgres.Database{Name: "a-b", Role: "hostel-a-b"}, map[string]string{
+			"DATABASE_URL": "postgres://hostel-a-b@/a-b?host=%2Ftmp%2Fpg&port=5433&sslmode=disable",
+			"PGHOST":       "/tmp/pg", "PGPORT": "5433", "PGDATABASE": "a-b", "PGUSER": "hostel-a-b", "PGSSLMODE": "disable"}},
 		{"postgres://admin:x@db.internal:6432/postgres?sslmode=disable", postgres.Database{Name: "api", Role: "hostel-api", Password: "p@ss"}, map[string]string{
-			"DATABASE_URL": "postgres://hostel-api:p%40ss@db.internal:6432/api",
-			"PGHOST":       "db.internal", "PGPORT": "6432", "PGDATABASE": "api", "PGUSER": "hostel-api"}},
+			"DATABASE_URL": "postgres://hostel-api:p%40ss@db.internal:6432/api?sslmode=disable",
+			"PGHOST":       "db.internal", "PGPORT": "6432", "PGDATABASE": "api", "PGUSER": "hostel-api", "PGSSLMODE": "disable"}},
+		{"host=127.0.0.1 port=5432 user=postgres password=x", postgres.Database{Name: "web", Role: "hostel-web", Password: "pw"}, map[string]string{
+			"DATABASE_URL": "postgres://hostel-web:pw@127.0.0.1/web?sslmode=prefer",
+			"PGHOST":       "127.0.0.1", "PGDATABASE": "web", "PGUSER": "hostel-web", "PGSSLMODE": "prefer"}},
 	} {
 		t.Run(tc.d.Name, func(t *testing.T) {
 			got := open(t, tc.admin).Env(tc.d)

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"hostel/internal/postgres"
 )
 
 var (
@@ -62,6 +64,11 @@ func (s *Spec) Validate() error {
 	if s.ACME != nil && s.ACME.Email != "" {
 		if a, err := mail.ParseAddress(s.ACME.Email); err != nil || a.Address != s.ACME.Email {
 			return &Error{Field: "acme.email", Msg: fmt.Sprintf("want an email address such as ops@example.org, not %q", s.ACME.Email)}
+		}
+	}
+	if s.Postgres != nil {
+		if err := postgres.CheckAdmin(s.Postgres.Admin); err != nil {
+			return &Error{Field: "postgres.admin", Msg: err.Error()}
 		}
 	}
 	hosts := map[string]string{} // host → "service" that claims it

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,11 +19,12 @@ const maxRunOnceOutput = 64 << 10
 
 // RunOnce runs argv to completion as the service of cfg would run: as the
 // service's user, in its package directory, with the environment its
-// process gets (PORT is cfg.Port, possibly 0; there is no NOTIFY_SOCKET)
-// and a RUNTIME_DIRECTORY of its own that is removed afterwards. argv[0]
-// is resolved like cfg.Exec[0]. It returns the combined stdout and stderr
-// (the last 64 KiB) and an error if the command did not exit 0. For
-// one-shot steps such as a release migration.
+// process gets except where to listen (no PORT, HOST or NOTIFY_SOCKET: a
+// one-shot step serves nothing, and apps that check PORT when it is set
+// would refuse a made-up one) and a RUNTIME_DIRECTORY of its own that is
+// removed afterwards. argv[0] is resolved like cfg.Exec[0]. It returns the
+// combined stdout and stderr (the last 64 KiB) and an error if the command
+// did not exit 0. For one-shot steps such as a release migration.
 func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]byte, error) {
 	cfg.Exec = argv
 	if err := cfg.validate(); err != nil {
@@ -38,6 +41,7 @@ func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]
 	if err := i.resolve(); err != nil { // no notify socket: no NOTIFY_SOCKET
 		return nil, err
 	}
+	i.env = slices.DeleteFunc(i.env, listenVar)
 	if err := i.setupCredentials(); err != nil {
 		return nil, err
 	}
@@ -62,6 +66,12 @@ func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]
 		return out.Bytes(), fmt.Errorf("%s: %v: %w", key, argv, err)
 	}
 	return out.Bytes(), nil
+}
+
+// listenVar reports whether kv (NAME=value) says where a service listens.
+func listenVar(kv string) bool {
+	name, _, _ := strings.Cut(kv, "=")
+	return name == "PORT" || name == "HOST"
 }
 
 // tailBuffer keeps the last max bytes written to it.

@@ -24,7 +24,7 @@ func TestRunOnce(t *testing.T) {
 	pkg := t.TempDir()
 	os.Chmod(pkg, 0o755)
 	os.Chmod(filepath.Dir(pkg), 0o755) // t.TempDir's parent is 0700
-	script := "#!/bin/sh\necho \"user=$(id -un) dir=$(pwd) svc=$HOSTEL_SERVICE db=$PGDATABASE secret=$(cat $CREDENTIALS_DIRECTORY/token) notify=${NOTIFY_SOCKET-unset}\"\ntest -d \"$RUNTIME_DIRECTORY\" || exit 9\nexit ${1:-0}\n"
+	script := "#!/bin/sh\necho \"user=$(id -un) dir=$(pwd) svc=$HOSTEL_SERVICE db=$PGDATABASE secret=$(cat $CREDENTIALS_DIRECTORY/token) notify=${NOTIFY_SOCKET-unset} port=${PORT-unset} host=${HOST-unset}\"\ntest -d \"$RUNTIME_DIRECTORY\" || exit 9\nexit ${1:-0}\n"
 	if err := os.MkdirAll(filepath.Join(pkg, "bin"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestRunOnce(t *testing.T) {
 			if tc.wantErr && !strings.Contains(err.Error(), "exit status 3") {
 				t.Errorf("error %v does not give the exit status", err)
 			}
-			want := "user=" + UserName(service) + " dir=" + pkg + " svc=" + service + " db=shop secret=s3cret notify=unset"
+			want := "user=" + UserName(service) + " dir=" + pkg + " svc=" + service + " db=shop secret=s3cret notify=unset port=unset host=unset"
 			if got := strings.TrimSpace(string(out)); got != want {
 				t.Errorf("output %q, want %q", got, want)
 			}
