@@ -110,14 +110,6 @@ func (s *Spec) Validate() error {
 				return fail("env."+k, "is %d bytes, more than the %d a variable may have", n-1, MaxArgString-1)
 			}
 		}
-		for _, c := range []struct {
-			field string
-			argv  []string
-		}{{"exec", svc.Exec}, {"release", svc.Release}} {
-			if n := argSize(c.argv) + envSize(svc.Env); n > MaxArgTotal {
-				return fail(c.field, "with env, takes %d bytes, more than the %d a process's arguments and environment may take", n, MaxArgTotal)
-			}
-		}
 		if svc.Health != nil && svc.Health.Path != "" && !validRequestPath(svc.Health.Path) {
 			return fail("health.path", "want a URL path starting with /, not %q", svc.Health.Path)
 		}
@@ -149,6 +141,14 @@ func (s *Spec) Validate() error {
 		}
 		if svc.Package == "" && len(svc.Release) > 0 && strings.Contains(svc.Release[0], "/") && !filepath.IsAbs(svc.Release[0]) {
 			return fail("release", "relative path %q needs a package", svc.Release[0])
+		}
+		for _, c := range []struct {
+			field string
+			argv  []string
+		}{{"exec", svc.Exec}, {"release", svc.Release}} {
+			if n := argSize(c.argv) + envSize(svc.Env); n > MaxArgTotal {
+				return fail(c.field, "with env, takes %d bytes, more than the %d a process's arguments and environment may take", n, MaxArgTotal)
+			}
 		}
 		if g := svc.StopGrace.D(); g != 0 && (g < MinGrace || g > MaxGrace) {
 			return fail("stop_grace", "%s is outside %s..%s", g, MinGrace, MaxGrace)
