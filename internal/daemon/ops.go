@@ -17,6 +17,7 @@ import (
 	"hostel/internal/plan"
 	"hostel/internal/source"
 	"hostel/internal/spec"
+	"hostel/internal/supervisor"
 )
 
 var _ api.Daemon = (*Daemon)(nil)
@@ -60,7 +61,7 @@ func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, err
 		return nil, err
 	}
 	// Programs are checked here, on the machine that runs them.
-	if err := source.CheckProgramsPlanned(sourceName(req), s); err != nil {
+	if err := (source.Programs{Resolve: supervisor.ResolveExec, Planned: true}).Check(sourceName(req), s); err != nil {
 		return nil, api.Invalid(err)
 	}
 	p, err := d.engine.Plan(ctx, s, req.Inputs)
@@ -73,7 +74,7 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 	if err != nil {
 		return nil, err
 	}
-	if err := source.CheckPrograms(sourceName(req.PlanRequest), s); err != nil {
+	if err := (source.Programs{Resolve: supervisor.ResolveExec}).Check(sourceName(req.PlanRequest), s); err != nil {
 		return nil, api.Invalid(err)
 	}
 	confirm := DefaultConfirm

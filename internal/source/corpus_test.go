@@ -6,10 +6,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"hostel/internal/supervisor"
 )
 
 // TestBadPrograms runs the corpus of specs whose programs cannot run through
-// Load and CheckPrograms, beside a package ./pkg that holds an executable
+// Load and Programs.Check, with the supervisor's resolution, beside a package ./pkg that holds an executable
 // bin/app and a plain file bin/data. $DIR in an expected error stands for
 // the spec's directory.
 func TestBadPrograms(t *testing.T) {
@@ -39,7 +41,7 @@ func TestBadPrograms(t *testing.T) {
 			writeFile(t, "hostel.json", c.spec, 0o644)
 			l, err := Load("hostel.json")
 			if err == nil {
-				err = CheckPrograms(l.File, l.Spec)
+				err = (Programs{Resolve: supervisor.ResolveExec}).Check(l.File, l.Spec)
 			}
 			if err == nil {
 				t.Fatalf("accepted, want %q", c.want)
@@ -52,7 +54,7 @@ func TestBadPrograms(t *testing.T) {
 }
 
 // TestCheckProgramsAccepts checks that programs that can run pass: in the
-// package, absolute, through a symbolic link, and bare names left to PATH.
+// package, absolute, through a symbolic link, and on PATH.
 func TestCheckProgramsAccepts(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "pkg/bin/app"), "#!/bin/sh\n", 0o755)
@@ -62,13 +64,13 @@ func TestCheckProgramsAccepts(t *testing.T) {
 	spec := `{"services":{
 		"a":{"package":"./pkg","exec":["bin/app"],"release":["bin/link","migrate"]},
 		"b":{"exec":["` + filepath.Join(dir, "pkg/bin/app") + `"]},
-		"c":{"exec":["some-program-on-path"]}}}`
+		"c":{"exec":["sh","-c","true"]}}}`
 	writeFile(t, filepath.Join(dir, "hostel.json"), spec, 0o644)
 	l, err := Load(filepath.Join(dir, "hostel.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckPrograms(l.File, l.Spec); err != nil {
+	if err := (Programs{Resolve: supervisor.ResolveExec}).Check(l.File, l.Spec); err != nil {
 		t.Fatal(err)
 	}
 }

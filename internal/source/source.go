@@ -158,20 +158,22 @@ func describe(err error) string {
 	return err.Error()
 }
 
-// CheckPrograms checks that the program of every service's exec and release
-// exists where it will run: exec[0] relative to package, or absolute. The
-// daemon calls it before a deploy changes anything, so that a wrong path is
-// a spec error (exit 2) rather than a failed start. A bare program name is
-// looked up on the service's PATH when it starts.
-func CheckPrograms(file string, s *spec.Spec) error { return checkPrograms(file, s, false) }
+// Programs checks that the program of every service's exec and release can
+// run on this machine: it exists, is a regular file and is executable. The
+// daemon checks before a plan or deploy changes anything, so that a wrong
+// program is a spec error (exit 2) rather than a failed start.
+type Programs struct {
+	// Resolve finds the program for exec[0] in package directory dir (""
+	// for none) as a start will find it; an error means there is none.
+	Resolve func(dir, name string) (string, error)
+	// Planned is for a plan, which may see store paths before they are
+	// here: plan --target does not copy closures (a deploy does, before it
+	// checks). A program in an absent store path is then not checked.
+	Planned bool
+}
 
-// CheckProgramsPlanned is CheckPrograms for a plan, which may see store
-// paths before they are here: plan --target does not copy closures (the
-// deploy does, before it checks). A program in an absent store path is not
-// checked.
-func CheckProgramsPlanned(file string, s *spec.Spec) error { return checkPrograms(file, s, true) }
-
-func checkPrograms(file string, s *spec.Spec, absentStore bool) error {
+// Check checks the programs of s, read from file.
+func (p Programs) Check(file string, s *spec.Spec) error {
 	for _, name := range s.Names() {
 		svc := s.Services[name]
 		for _, c := range []struct {
@@ -181,19 +183,18 @@ func checkPrograms(file string, s *spec.Spec, absentStore bool) error {
 			if len(c.argv) == 0 {
 				continue
 			}
-			prog := c.argv[0]
-			switch {
-			case filepath.IsAbs(prog):
-			case svc.Package != "":
-				prog = filepath.Join(svc.Package, prog)
-			default:
-				continue
+			fail := func(msg string) error {
+				return &spec.Error{File: file, Service: name, Field: c.field + "[0]", Msg: msg}
 			}
-			if sp := nix.StorePathOf(prog); absentStore && sp != "" && !exists(sp) {
+			prog, err := p.Resolve(svc.Package, c.argv[0])
+			if err != nil {
+				return fail(err.Error())
+			}
+			if sp := nix.StorePathOf(prog); p.Planned && sp != "" && !exists(sp) {
 				continue
 			}
 			if msg := notProgram(prog); msg != "" {
-				return &spec.Error{File: file, Service: name, Field: c.field + "[0]", Msg: msg}
+				return fail(msg)
 			}
 		}
 	}
