@@ -99,8 +99,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.store = st
+	if err := migrateRecords(ctx, opts.Root, st); err != nil {
+		return nil, err
+	}
 	zone := spec.DefaultZone
-	if cur, err := st.Current(); err != nil {
+	if cur, err := st.Current(ctx); err != nil {
 		return nil, err
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()
@@ -114,7 +117,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.engine = deploy.New(st, d.sup, certRoutes{Router: d.router, d: d})
 	d.engine.SetLog(func(f string, a ...any) { d.logf(f, a...) })
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
-	d.db = newDatabases(opts.Root, d.sup, runAsUsers, d.logf)
+	d.db = newDatabases(opts.Root, d.store, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
 	d.engine.Use(provisioner{d.db})
 	d.engine.Use(pinner{nix.RootsFor(opts.Root)}) // GC roots before a version starts

@@ -20,6 +20,7 @@ import (
 	"hostel/internal/atomicfile"
 	"hostel/internal/postgres"
 	"hostel/internal/spec"
+	"hostel/internal/store"
 	"hostel/internal/supervisor"
 )
 
@@ -37,14 +38,18 @@ const (
 
 // databases is the daemon's side of "PostgreSQL for every service": it
 // provisions before a version starts, runs release steps, and serves the
-// db commands. Its state is under ROOT:
+// db commands. What must hold once per deployment is in the store:
 //
-//	postgres/SERVICE.json      which server, database and role (0600)
+//	database SERVICE           which server, database and role
+//	release SERVICE/VERSION    the release of VERSION ran and succeeded
+//
+// and what belongs to this machine is under ROOT:
+//
 //	postgres/SERVICE.password  the role's password, when it has one (0600)
 //	backups/SERVICE/TIME-WHAT.dump
-//	releases/SERVICE/VERSION   the release of VERSION ran and succeeded
 type databases struct {
-	root string
+	root  string
+	store store.Store
 	// peer: the daemon is root and services run as their own users, so
 	// roles authenticate by peer over a unix socket, without a password.
 	peer bool
@@ -57,7 +62,7 @@ type databases struct {
 	done map[string]record
 }
 
-// record is ROOT/postgres/SERVICE.json.
+// record is the store's database record of a service.
 type record struct {
 	Admin    string `json:"admin"`
 	Database string `json:"database"`
@@ -65,15 +70,11 @@ type record struct {
 	Password bool   `json:"password"`
 }
 
-func newDatabases(root string, sup *supervisor.Supervisor, runAsUsers bool, logf func(string, ...any)) *databases {
-	return &databases{root: root, peer: runAsUsers, sup: sup, logf: logf, done: map[string]record{}}
+func newDatabases(root string, st store.Store, sup *supervisor.Supervisor, runAsUsers bool, logf func(string, ...any)) *databases {
+	return &databases{root: root, store: st, peer: runAsUsers, sup: sup, logf: logf, done: map[string]record{}}
 }
 
 func (db *databases) dir() string { return filepath.Join(db.root, "postgres") }
-
-func (db *databases) recordPath(service string) string {
-	return filepath.Join(db.dir(), service+".json")
-}
 
 func (db *databases) passwordPath(service string) string {
 	return filepath.Join(db.dir(), service+".password")
@@ -91,18 +92,20 @@ func writeFile(path string, data []byte) error {
 	return atomicfile.WriteFile(path, data, 0o600)
 }
 
-func (db *databases) readRecord(service string) (*record, error) {
-	b, err := os.ReadFile(db.recordPath(service))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+// readRecord returns the database record of service and its revision, or
+// nil if it has none.
+func (db *databases) readRecord(ctx context.Context, service string) (*record, uint64, error) {
+	sr, err := db.store.Record(ctx, store.KindDatabase, service)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, 0, nil
 	} else if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var r record
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: %w", db.recordPath(service), err)
+	if err := json.Unmarshal(sr.Value, &r); err != nil {
+		return nil, 0, fmt.Errorf("database record of %s: %w", service, err)
 	}
-	return &r, nil
+	return &r, sr.Revision, nil
 }
 
 // password returns the role's password, generating and keeping one the
@@ -158,12 +161,12 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 	defer db.mu.Unlock()
 	// The record comes first: whatever a crash leaves half made, hostel
 	// knows it is there (for db drop and status).
-	if old, err := db.readRecord(service); err != nil {
+	if old, rev, err := db.readRecord(ctx, service); err != nil {
 		return nil, postgres.Database{}, err
 	} else if old == nil || *old != want {
-		b, _ := json.MarshalIndent(want, "", "  ")
-		if err := writeFile(db.recordPath(service), b); err != nil {
-			return nil, postgres.Database{}, err
+		b, _ := json.Marshal(want)
+		if _, err := db.store.PutRecord(ctx, store.KindDatabase, service, b, rev); err != nil {
+			return nil, postgres.Database{}, fmt.Errorf("database record of %s: %w", service, err)
 		}
 	}
 	srv, d, err := db.target(&want, service)
@@ -244,8 +247,26 @@ func othersCanRead(path string) error {
 // after every preparer that adds to the version's environment.
 type releaser struct{ db *databases }
 
-func (db *databases) releasedPath(service string, v spec.Version) string {
-	return filepath.Join(db.root, "releases", service, string(v))
+// releaseKey is the key of the release record of service at version v.
+func releaseKey(service string, v spec.Version) string { return service + "/" + string(v) }
+
+// releaseRecord is the value of a release record.
+type releaseRecord struct {
+	Time time.Time `json:"time"`
+	// Output is the end of what the release printed, at most
+	// releaseOutputKept bytes: store values stay small.
+	Output string `json:"output,omitempty"`
+}
+
+// releaseOutputKept bounds the output a release record keeps.
+const releaseOutputKept = 4 << 10
+
+func newReleaseRecord(t time.Time, out []byte) []byte {
+	if len(out) > releaseOutputKept {
+		out = out[len(out)-releaseOutputKept:]
+	}
+	b, _ := json.Marshal(releaseRecord{Time: t.UTC(), Output: string(out)})
+	return b
 }
 
 // Prepare implements deploy.Preparer.
@@ -254,9 +275,11 @@ func (r releaser) Prepare(ctx context.Context, g *spec.Generation, service strin
 	if len(svc.Release) == 0 {
 		return nil
 	}
-	marker := r.db.releasedPath(service, cfg.Version)
-	if _, err := os.Stat(marker); err == nil {
+	key := releaseKey(service, cfg.Version)
+	if _, err := r.db.store.Record(ctx, store.KindRelease, key); err == nil {
 		return nil // ran for this version already (a restart, a rollback)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
 	}
 	if svc.Postgres != nil {
 		if _, err := r.db.backup(ctx, service, string(cfg.Version)); err != nil {
@@ -271,16 +294,20 @@ func (r releaser) Prepare(ctx context.Context, g *spec.Generation, service strin
 		return fmt.Errorf("release %s failed, version not started: %w\n%s", strings.Join(svc.Release, " "), err, strings.TrimRight(string(out), "\n"))
 	}
 	r.db.logf("%s: release %s done in %s", spec.Key(service, cfg.Version), strings.Join(svc.Release, " "), time.Since(t0).Round(time.Millisecond))
-	return writeFile(marker, fmt.Appendf(nil, "%s\n%s", time.Now().UTC().Format(time.RFC3339), out))
+	_, err = r.db.store.PutRecord(ctx, store.KindRelease, key, newReleaseRecord(time.Now(), out), 0)
+	if errors.Is(err, store.ErrConflict) {
+		err = nil // recorded meanwhile: it ran
+	}
+	return err
 }
 
 // lookup finds the database of a service: from its record, which outlives
 // the service's removal from the spec.
-func (db *databases) lookup(service string) (*postgres.Server, postgres.Database, error) {
+func (db *databases) lookup(ctx context.Context, service string) (*postgres.Server, postgres.Database, error) {
 	if service == "" {
 		return nil, postgres.Database{}, api.Invalid(errors.New("name a service"))
 	}
-	r, err := db.readRecord(service)
+	r, _, err := db.readRecord(ctx, service)
 	if err != nil {
 		return nil, postgres.Database{}, err
 	}
@@ -293,7 +320,7 @@ func (db *databases) lookup(service string) (*postgres.Server, postgres.Database
 // backup dumps a service's database to ROOT/backups/SERVICE/TIME-WHAT.dump
 // and keeps the newest keptBackups.
 func (db *databases) backup(ctx context.Context, service, what string) (*api.DBBackup, error) {
-	srv, d, err := db.lookup(service)
+	srv, d, err := db.lookup(ctx, service)
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +358,7 @@ func listBackups(dir string) ([]string, error) {
 
 // DBInfo implements api.DBDaemon.
 func (d *Daemon) DBInfo(ctx context.Context, service string) (*api.DBInfo, error) {
-	srv, db, err := d.db.lookup(service)
+	srv, db, err := d.db.lookup(ctx, service)
 	if err != nil {
 		return nil, err
 	}
@@ -350,7 +377,7 @@ func (d *Daemon) DBBackup(ctx context.Context, service string) (*api.DBBackup, e
 
 // DBDump implements api.DBDaemon.
 func (d *Daemon) DBDump(ctx context.Context, service string, w io.Writer) error {
-	srv, db, err := d.db.lookup(service)
+	srv, db, err := d.db.lookup(ctx, service)
 	if err != nil {
 		return err
 	}
@@ -361,7 +388,7 @@ func (d *Daemon) DBDump(ctx context.Context, service string, w io.Writer) error 
 // backup, stops the service's running version, restores in one
 // transaction and starts the version again.
 func (d *Daemon) DBRestore(ctx context.Context, service string, r io.Reader) (*api.DBRestore, error) {
-	srv, db, err := d.db.lookup(service)
+	srv, db, err := d.db.lookup(ctx, service)
 	if err != nil {
 		return nil, err
 	}
@@ -395,7 +422,7 @@ func (d *Daemon) DBRestore(ctx context.Context, service string, r io.Reader) (*a
 		return nil, fmt.Errorf("safety backup before restore: %w", err)
 	}
 	res := &api.DBRestore{SafetyBackup: safety.File}
-	if cur, err := d.store.Current(); err == nil && cur != nil && cur.Spec.Services[service] != nil {
+	if cur, err := d.store.Current(ctx); err == nil && cur != nil && cur.Spec.Services[service] != nil {
 		if _, ok := d.sup.Get(spec.Key(service, cur.Versions[service])); ok {
 			res.Restarted = string(spec.Key(service, cur.Versions[service]))
 		}
@@ -412,11 +439,11 @@ func (d *Daemon) DBRestore(ctx context.Context, service string, r io.Reader) (*a
 
 // DBDrop implements api.DBDaemon. Backups are kept.
 func (d *Daemon) DBDrop(ctx context.Context, service string) error {
-	srv, db, err := d.db.lookup(service)
+	srv, db, err := d.db.lookup(ctx, service)
 	if err != nil {
 		return err
 	}
-	if cur, err := d.store.Current(); err != nil {
+	if cur, err := d.store.Current(ctx); err != nil {
 		return err
 	} else if cur != nil && cur.Spec.Services[service] != nil && cur.Spec.Services[service].Postgres != nil {
 		return api.Invalid(fmt.Errorf("service %q still uses database %s in generation %d; remove it from the spec and deploy first", service, db.Name, cur.Number))
@@ -428,7 +455,9 @@ func (d *Daemon) DBDrop(ctx context.Context, service string) error {
 	}
 	delete(d.db.done, service)
 	os.Remove(d.db.passwordPath(service))
-	if err := os.Remove(d.db.recordPath(service)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if _, rev, err := d.db.readRecord(ctx, service); err != nil {
+		return err
+	} else if err := d.db.store.DeleteRecord(ctx, store.KindDatabase, service, rev); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 	d.logf("postgres: dropped database %s and role %s of %s", db.Name, db.Role, service)
@@ -444,7 +473,7 @@ func (d *Daemon) addDatabases(ctx context.Context, st *api.Status) {
 		if _, ok := recs[s.Name]; ok {
 			continue
 		}
-		r, err := d.db.readRecord(s.Name)
+		r, _, err := d.db.readRecord(ctx, s.Name)
 		if err != nil || r == nil {
 			continue
 		}

@@ -85,7 +85,7 @@ func (r certRoutes) Swap(t router.Table) error {
 		return err
 	}
 	if r.d.certs != nil {
-		cur, err := r.d.store.Current()
+		cur, err := r.d.store.Current(context.Background())
 		if err != nil {
 			r.d.logf("certificates: reading the current generation: %v", err)
 			return nil

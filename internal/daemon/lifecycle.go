@@ -18,7 +18,7 @@ func (d *Daemon) drainBound() time.Duration {
 	if d.store == nil {
 		return bound
 	}
-	if cur, err := d.store.Current(); err == nil && cur != nil {
+	if cur, err := d.store.Current(context.Background()); err == nil && cur != nil {
 		for _, svc := range cur.Spec.Services {
 			bound = max(bound, svc.StopGraceOrDefault())
 		}

@@ -78,7 +78,7 @@ func (d *Daemon) closureSize(ctx context.Context, g *spec.Generation) int64 {
 // packageOf finds the package of a version that is no longer current in the
 // generations that hold it; "" if none does.
 func (d *Daemon) packageOf(service string, v spec.Version) string {
-	gens, err := d.store.List()
+	gens, err := d.store.List(context.Background())
 	if err != nil {
 		return ""
 	}

@@ -14,7 +14,9 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/deploy"
 	"hostel/internal/plan"
+	"hostel/internal/source"
 	"hostel/internal/spec"
+	"hostel/internal/supervisor"
 )
 
 var _ api.Daemon = (*Daemon)(nil)
@@ -56,7 +58,11 @@ func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, err
 	if err != nil {
 		return nil, err
 	}
-	p, err := d.engine.Plan(s, req.Inputs)
+	// Programs are checked here, on the machine that runs them.
+	if err := (source.Programs{Resolve: supervisor.ResolveExec, Planned: true}).Check(sourceName(req), s); err != nil {
+		return nil, api.Invalid(err)
+	}
+	p, err := d.engine.Plan(ctx, s, req.Inputs)
 	return p, apiError(err)
 }
 
@@ -85,6 +91,9 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 	s, err := decodeSpec(req.PlanRequest)
 	if err != nil {
 		return nil, err
+	}
+	if err := (source.Programs{Resolve: supervisor.ResolveExec}).Check(sourceName(req.PlanRequest), s); err != nil {
+		return nil, api.Invalid(err)
 	}
 	confirm := DefaultConfirm
 	if req.Confirm != "" {
@@ -131,7 +140,7 @@ func (d *Daemon) Restart(ctx context.Context, req api.RestartRequest) error {
 
 // Status implements api.Daemon.
 func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
-	cur, err := d.store.Current()
+	cur, err := d.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +153,7 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 		if c := cur.Confirm; c != nil {
 			st.Confirmation, st.ConfirmError = string(c.State), c.Reason
 		}
-		if err := d.switchedBack(cur, st); err != nil {
+		if err := d.switchedBack(ctx, cur, st); err != nil {
 			return nil, err
 		}
 		zone = cur.Spec.ZoneOrDefault()
@@ -171,8 +180,8 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 
 // switchedBack tells in st when cur is current because the newest
 // generation failed its confirmation and was switched back from.
-func (d *Daemon) switchedBack(cur *spec.Generation, st *api.Status) error {
-	gens, err := d.store.List()
+func (d *Daemon) switchedBack(ctx context.Context, cur *spec.Generation, st *api.Status) error {
+	gens, err := d.store.List(ctx)
 	if err != nil || len(gens) == 0 {
 		return err
 	}
@@ -198,11 +207,11 @@ func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.Ser
 
 // Generations implements api.Daemon.
 func (d *Daemon) Generations(ctx context.Context) (*api.Generations, error) {
-	gens, err := d.store.List()
+	gens, err := d.store.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.store.Current()
+	cur, err := d.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -230,11 +239,11 @@ func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, erro
 	if req.Keep < 1 {
 		return nil, api.Invalid(fmt.Errorf("--keep must be at least 1, not %d", req.Keep))
 	}
-	gens, err := d.store.List()
+	gens, err := d.store.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.store.Current()
+	cur, err := d.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +258,7 @@ func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, erro
 			res.Removed = append(res.Removed, g.Number)
 		}
 	}
-	if err := d.store.Delete(res.Removed...); err != nil {
+	if err := d.store.Delete(ctx, res.Removed...); err != nil {
 		return nil, err
 	}
 	unpinned, freed, err := d.collectGarbage(ctx, kept)
@@ -270,7 +279,7 @@ func LogPath(root, service string, v spec.Version) string {
 // Logs implements api.Daemon.
 func (d *Daemon) Logs(ctx context.Context, service, version string, n int, follow bool, w io.Writer) error {
 	if version == "" {
-		cur, err := d.store.Current()
+		cur, err := d.store.Current(ctx)
 		if err != nil {
 			return err
 		}

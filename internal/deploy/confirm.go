@@ -213,7 +213,7 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 	}
 	res.Confirmation = spec.ConfirmConfirmed
 	progress("confirmed: generation %d stayed up and healthy", w.gen.Number)
-	e.record(w.gen.Number, &spec.Confirm{State: spec.ConfirmConfirmed, Previous: w.gen.Confirm.Previous}, progress)
+	e.record(ctx, w.gen.Number, &spec.Confirm{State: spec.ConfirmConfirmed, Previous: w.gen.Confirm.Previous}, progress)
 	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), w.gen, progress)
 	e.armLocked(w.gen, w.prev, w.watch)
 	progress("generation %d deployed: %d started, %d stopped", w.gen.Number, len(res.Started), len(res.Stopped))
@@ -222,8 +222,8 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 
 // record stores how generation n's window ended; a failure to is reported,
 // not fatal: the state of the machine is right, only its history lags.
-func (e *Engine) record(n uint64, c *spec.Confirm, progress Progress) {
-	if err := e.store.SetConfirm(n, c, 0); err != nil {
+func (e *Engine) record(ctx context.Context, n uint64, c *spec.Confirm, progress Progress) {
+	if err := e.store.SetConfirm(ctx, n, c, 0, 0); err != nil {
 		progress("recording the confirmation of generation %d: %v", n, err)
 	}
 }
@@ -231,7 +231,7 @@ func (e *Engine) record(n uint64, c *spec.Confirm, progress Progress) {
 // endWindowLocked ends the open window, if any, for an operation that
 // switches (state ConfirmSuperseded, with why), or undecided (state ""),
 // leaving it pending in the store. e.mu must be held.
-func (e *Engine) endWindowLocked(state spec.ConfirmState, why string, progress Progress) {
+func (e *Engine) endWindowLocked(ctx context.Context, state spec.ConfirmState, why string, progress Progress) {
 	w := e.window
 	if w == nil {
 		return
@@ -240,7 +240,7 @@ func (e *Engine) endWindowLocked(state spec.ConfirmState, why string, progress P
 	w.endState, w.endReason = state, why
 	close(w.ended)
 	if state != "" {
-		e.record(w.gen.Number, &spec.Confirm{State: state, Previous: w.gen.Confirm.Previous, Reason: why}, progress)
+		e.record(ctx, w.gen.Number, &spec.Confirm{State: state, Previous: w.gen.Confirm.Previous, Reason: why}, progress)
 	}
 }
 
@@ -251,10 +251,14 @@ func (e *Engine) endWindowLocked(state spec.ConfirmState, why string, progress P
 // must be held.
 func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Generation, why error, progress Progress) ([]string, int64, error) {
 	rec := &spec.Confirm{State: spec.ConfirmFailed, Previous: prev.Number, Reason: why.Error()}
-	_, err := e.apply(ctx, prev, startOptions{}, func([]string) error { return e.store.SetConfirm(failed.Number, rec, prev.Number) }, progress)
+	// Compare-and-swap from failed: the engine's lock keeps its own
+	// operations out, so a conflict is another writer, whose switch stands.
+	_, err := e.apply(ctx, prev, startOptions{}, func([]string) error {
+		return e.store.SetConfirm(ctx, failed.Number, rec, failed.Number, prev.Number)
+	}, progress)
 	if err != nil {
 		rec.Reason = fmt.Sprintf("%s; switching back to generation %d failed: %v", rec.Reason, prev.Number, err)
-		e.record(failed.Number, rec, progress)
+		e.record(ctx, failed.Number, rec, progress)
 		return nil, 0, err
 	}
 	stopped, aborted := e.drain(context.WithoutCancel(ctx), prev, progress)
@@ -263,12 +267,12 @@ func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Genera
 
 // previous returns the generation cur's pending confirmation would switch
 // back to, if it is still stored; else nil.
-func (e *Engine) previous(cur *spec.Generation, progress Progress) *spec.Generation {
+func (e *Engine) previous(ctx context.Context, cur *spec.Generation, progress Progress) *spec.Generation {
 	c := cur.Confirm
 	if c == nil || c.Previous == 0 || c.State != spec.ConfirmPending {
 		return nil
 	}
-	prev, err := e.store.Get(c.Previous)
+	prev, err := e.store.Get(ctx, c.Previous)
 	if err != nil {
 		if !errors.Is(err, store.ErrNotFound) {
 			progress("generation %d, to switch back to: %v", c.Previous, err)
@@ -293,15 +297,15 @@ func newIn(g, prev *spec.Generation) []spec.VersionKey {
 
 // settleStale records as superseded every pending window but cur's: a
 // daemon died in it after a later generation was made current.
-func (e *Engine) settleStale(cur *spec.Generation, progress Progress) {
-	gens, err := e.store.List()
+func (e *Engine) settleStale(ctx context.Context, cur *spec.Generation, progress Progress) {
+	gens, err := e.store.List(ctx)
 	if err != nil {
 		progress("listing generations: %v", err)
 		return
 	}
 	for _, g := range gens {
 		if g.Number != cur.Number && g.Confirm != nil && g.Confirm.State == spec.ConfirmPending {
-			e.record(g.Number, &spec.Confirm{State: spec.ConfirmSuperseded, Previous: g.Confirm.Previous,
+			e.record(ctx, g.Number, &spec.Confirm{State: spec.ConfirmSuperseded, Previous: g.Confirm.Previous,
 				Reason: fmt.Sprintf("generation %d was made current before the window ended", cur.Number)}, progress)
 		}
 	}
@@ -321,7 +325,7 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 	case spec.ConfirmPending:
 		if prev == nil {
 			progress("generation %d awaited confirmation, but generation %d to switch back to is gone: it stays live, unconfirmed", cur.Number, c.Previous)
-			e.record(cur.Number, &spec.Confirm{State: spec.ConfirmSkipped, Previous: c.Previous, Reason: "the previous generation was gone when the window resumed"}, progress)
+			e.record(ctx, cur.Number, &spec.Confirm{State: spec.ConfirmSkipped, Previous: c.Previous, Reason: "the previous generation was gone when the window resumed"}, progress)
 			return
 		}
 		deadline := c.Deadline
@@ -342,11 +346,11 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 		if c.Previous == 0 {
 			return
 		}
-		gens, err := e.store.List()
+		gens, err := e.store.List(ctx)
 		if err != nil || len(gens) == 0 || gens[len(gens)-1].Number != cur.Number {
 			return // a rollback made an older generation current
 		}
-		if p, err := e.store.Get(c.Previous); err == nil {
+		if p, err := e.store.Get(ctx, c.Previous); err == nil {
 			e.armLocked(cur, p, newIn(cur, p))
 		}
 	}

@@ -28,7 +28,7 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 // confirmState returns how generation n's window stands in the store.
 func (w *world) confirmState(n uint64) spec.ConfirmState {
 	w.t.Helper()
-	g, err := w.store.Get(n)
+	g, err := w.store.Get(w.t.Context(), n)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func (w *world) confirmState(n uint64) spec.ConfirmState {
 
 func (w *world) current() uint64 {
 	w.t.Helper()
-	cur, err := w.store.Current()
+	cur, err := w.store.Current(w.t.Context())
 	if err != nil || cur == nil {
 		w.t.Fatalf("current generation: %v, %v", cur, err)
 	}

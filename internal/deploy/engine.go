@@ -211,8 +211,8 @@ func Failures(err error) []*ServiceError {
 }
 
 // Plan plans a spec against the current generation without changing anything.
-func (e *Engine) Plan(s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
-	cur, err := e.store.Current()
+func (e *Engine) Plan(ctx context.Context, s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +241,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 // deployLocked does a deploy up to its confirm window, which it returns
 // open (nil when none is due). e.mu must be held.
 func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progress) (*Result, *window, error) {
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -258,6 +258,10 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		return res, nil, nil
 	}
 	next := &spec.Generation{SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
+	var from uint64 // the generation this deploy was planned against
+	if cur != nil {
+		from = cur.Number
+	}
 	var w *window
 	started, err := e.apply(ctx, next, startOptions{}, func(started []string) error {
 		// The window, if one is due, is recorded with the commit: a daemon
@@ -269,10 +273,13 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		if req.Confirm > 0 && len(started) > 0 && cur != nil {
 			next.Confirm = &spec.Confirm{State: spec.ConfirmPending, Deadline: time.Now().Add(req.Confirm).UTC(), Previous: cur.Number}
 		}
-		if _, err := e.store.Commit(next); err != nil { // numbers next
+		// Planned against cur: a writer that made another generation
+		// current meanwhile fails this deploy (ErrConflict) before its
+		// switch. (The engine's lock keeps out every other writer here.)
+		if _, err := e.store.Commit(ctx, next, from); err != nil { // numbers next
 			return err
 		}
-		e.endWindowLocked(spec.ConfirmSuperseded, fmt.Sprintf("generation %d was deployed before the window ended", next.Number), progress)
+		e.endWindowLocked(ctx, spec.ConfirmSuperseded, fmt.Sprintf("generation %d was deployed before the window ended", next.Number), progress)
 		e.disarmLocked()
 		if next.Confirm.State == spec.ConfirmPending {
 			w = newWindow(next, cur, keysOf(started), next.Confirm.Deadline)
@@ -299,7 +306,7 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*Result, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +314,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 		return nil, invalid(errors.New("nothing deployed yet"))
 	}
 	if to == 0 {
-		gens, err := e.store.List()
+		gens, err := e.store.List(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -323,7 +330,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 	if to == cur.Number {
 		return nil, invalid(fmt.Errorf("generation %d is already current", to))
 	}
-	target, err := e.store.Get(to)
+	target, err := e.store.Get(ctx, to)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, invalid(err)
 	} else if err != nil {
@@ -331,10 +338,10 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 	}
 	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
 	started, err := e.apply(ctx, target, startOptions{}, func([]string) error {
-		if err := e.store.SetCurrent(to); err != nil {
+		if err := e.store.SetCurrent(ctx, cur.Number, to); err != nil {
 			return err
 		}
-		e.endWindowLocked(spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
+		e.endWindowLocked(ctx, spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
 		e.disarmLocked()
 		return nil
 	}, progress)
@@ -356,7 +363,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return err
 	}
@@ -370,7 +377,7 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 		// Serve what did start; the failed versions are reported by status.
 		progress("generation %d resumed with errors: %v", cur.Number, err)
 	}
-	prev := e.previous(cur, progress)
+	prev := e.previous(ctx, cur, progress)
 	if prev != nil {
 		// Keep what a switch back needs at hand, as the window did.
 		if _, err := e.startAll(ctx, prev, adopt, progress); err != nil {
@@ -389,7 +396,7 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	if err := e.route.Swap(t); err != nil {
 		return fmt.Errorf("resume generation %d: %w", cur.Number, err)
 	}
-	e.settleStale(cur, progress)
+	e.settleStale(ctx, cur, progress)
 	e.resumeConfirm(ctx, cur, prev, progress)
 	return nil
 }
@@ -398,7 +405,7 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 func (e *Engine) Restart(ctx context.Context, service string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return err
 	}
@@ -442,7 +449,7 @@ func (e *Engine) Running() []spec.VersionKey {
 func (e *Engine) Detach() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.endWindowLocked("", "", func(string, ...any) {})
+	e.endWindowLocked(context.Background(), "", "", func(string, ...any) {})
 	e.disarmLocked()
 }
 
@@ -451,7 +458,7 @@ func (e *Engine) Detach() {
 func (e *Engine) Shutdown(ctx context.Context) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.endWindowLocked("", "", func(string, ...any) {})
+	e.endWindowLocked(context.Background(), "", "", func(string, ...any) {})
 	e.disarmLocked()
 	e.stopKeys(ctx, e.Running(), func(string, ...any) {})
 }

@@ -16,7 +16,7 @@ import (
 func (e *Engine) Pause(ctx context.Context, service string, fn func() error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current()
+	cur, err := e.store.Current(ctx)
 	if err != nil {
 		return err
 	}

@@ -157,3 +157,69 @@ func describe(err error) string {
 	}
 	return err.Error()
 }
+
+// Programs checks that the program of every service's exec and release can
+// run on this machine: it exists, is a regular file and is executable. The
+// daemon checks before a plan or deploy changes anything, so that a wrong
+// program is a spec error (exit 2) rather than a failed start.
+type Programs struct {
+	// Resolve finds the program for exec[0] in package directory dir (""
+	// for none) as a start will find it; an error means there is none.
+	Resolve func(dir, name string) (string, error)
+	// Planned is for a plan, which may see store paths before they are
+	// here: plan --target does not copy closures (a deploy does, before it
+	// checks). A program in an absent store path is then not checked.
+	Planned bool
+}
+
+// Check checks the programs of s, read from file.
+func (p Programs) Check(file string, s *spec.Spec) error {
+	for _, name := range s.Names() {
+		svc := s.Services[name]
+		for _, c := range []struct {
+			field string
+			argv  []string
+		}{{"exec", svc.Exec}, {"release", svc.Release}} {
+			if len(c.argv) == 0 {
+				continue
+			}
+			fail := func(msg string) error {
+				return &spec.Error{File: file, Service: name, Field: c.field + "[0]", Msg: msg}
+			}
+			prog, err := p.Resolve(svc.Package, c.argv[0])
+			if err != nil {
+				return fail(err.Error())
+			}
+			if sp := nix.StorePathOf(prog); p.Planned && sp != "" && !exists(sp) {
+				continue
+			}
+			if msg := notProgram(prog); msg != "" {
+				return fail(msg)
+			}
+		}
+	}
+	return nil
+}
+
+// notProgram says what keeps path from being run as a program, or "".
+func notProgram(path string) string {
+	info, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Sprintf("%s does not exist", path)
+	case err != nil:
+		return describe(err)
+	case info.IsDir():
+		return fmt.Sprintf("%s is a directory", path)
+	case !info.Mode().IsRegular():
+		return fmt.Sprintf("%s is not a regular file", path)
+	case info.Mode()&0o111 == 0:
+		return fmt.Sprintf("%s is not executable", path)
+	}
+	return ""
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

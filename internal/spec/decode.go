@@ -81,6 +81,12 @@ func decode(data []byte) (*Spec, error) {
 	if top == nil {
 		return nil, fmt.Errorf("not a JSON object")
 	}
+	if err := checkRaw(data); err != nil {
+		return nil, err
+	}
+	if z, ok := top["zone"]; ok && string(bytes.TrimSpace(z)) == `""` {
+		return nil, &Error{Field: "zone", Msg: fmt.Sprintf("must not be empty (leave it out for the default %q)", DefaultZone)}
+	}
 	s := &Spec{Services: map[string]*Service{}}
 	var rawServices map[string]json.RawMessage
 	if err := decodeFields(top, s, map[string]any{"services": &rawServices}); err != nil {

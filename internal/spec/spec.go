@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -125,6 +126,11 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	if v < 0 {
 		return fmt.Errorf("negative duration %q", s)
 	}
+	// Zero is what an absent field means; written out, it would be read as
+	// "none" or "at once", and silently get the default instead.
+	if v == 0 {
+		return fmt.Errorf("duration %q must be more than 0 (leave the field out for the default)", s)
+	}
 	*d = Duration(v)
 	return nil
 }
@@ -192,6 +198,9 @@ func ParseMemory(s string) (int64, error) {
 	n, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("invalid size %q (want e.g. \"512M\")", s)
+	}
+	if n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q is too large", s)
 	}
 	return n * mult, nil
 }

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -28,9 +29,14 @@ func TestDecodeErrors(t *testing.T) {
 		{"bad memory", `{"services":{"a":{"exec":["/a"],"memory":"lots"}}}`, `memory: invalid size "lots"`},
 		{"trailing data", `{"services":{}} {}`, `hostel.json: not a JSON object: trailing data`},
 		{"not json", `services:`, `hostel.json: not a JSON object`},
-		{"domain in zone", `{"services":{"a":{"exec":["/a"],"domains":["x.hostel.internal"]}}}`, `is inside the zone`},
+		{"domain in zone", `{"services":{"a":{"exec":["/a"],"domains":["x.hostel.internal"]}}}`, `is in the zone`},
 		{"postgres false", `{"services":{"a":{"exec":["/a"],"postgres":false}}}`, `service "a": postgres: want true or an object`},
 		{"shared database", `{"services":{"a":{"exec":["/a"],"postgres":{"database":"x"}},"b":{"exec":["/b"],"postgres":{"database":"x"}}}}`, `database "x" is also used by service "a"`},
+		// Sizes past Linux's exec limits, too big for the corpus files.
+		{"1 MB env value", `{"services":{"a":{"exec":["/a"],"env":{"BIG":"` + strings.Repeat("x", 1<<20) + `"}}}}`, `hostel.json: service "a": env.BIG: is 1048580 bytes, more than the 131071 a variable may have`},
+		{"long argument", `{"services":{"a":{"exec":["/a","` + strings.Repeat("x", MaxArgString) + `"]}}}`, `hostel.json: service "a": exec[1]: is 131072 bytes, more than the 131071 an argument may have`},
+		{"long release argument", `{"services":{"a":{"exec":["/a"],"release":["/a","` + strings.Repeat("x", MaxArgString) + `"]}}}`, `hostel.json: service "a": release[1]: is 131072 bytes`},
+		{"environment too large", `{"services":{"a":{"exec":["/a"],"env":{` + manyVars(10, 120<<10) + `}}}}`, `hostel.json: service "a": exec: with env, takes 1228931 bytes, more than the 1048576`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -46,6 +52,15 @@ func TestDecodeErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyVars writes n JSON members V0…, each with a value of size bytes.
+func manyVars(n, size int) string {
+	vars := make([]string, n)
+	for i := range vars {
+		vars[i] = fmt.Sprintf(`"V%d":"%s"`, i, strings.Repeat("x", size))
+	}
+	return strings.Join(vars, ",")
 }
 
 func TestDecodeFull(t *testing.T) {
@@ -133,6 +148,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add(`{"zone":"z","services":{"a":{"exec":["x"],"postgres":{"database":"d"},"health":{"path":"/h","timeout":"1s"}}}}`)
 	f.Add(`{"services":{"a":{"exec":["x"],"stop_grace":"1s","idle":"2m","tls":false,"redirects":["w.a.org"],"domains":["a.org"]}}}`)
 	f.Add(`[]`)
+	for _, c := range readCorpus(f, "testdata/bad") {
+		f.Add(c[0])
+	}
 	f.Fuzz(func(t *testing.T, in string) {
 		s, err := Decode("f.json", []byte(in))
 		if err != nil {
@@ -157,6 +175,32 @@ func FuzzDecode(f *testing.F) {
 		for n := range v1 {
 			if v1[n] != v2[n] {
 				t.Fatalf("service %q: version changed across canonical round trip", n)
+			}
+		}
+	})
+}
+
+// BenchmarkDecode measures decoding a spec of 50 services, and the share
+// of it the raw check (duplicate keys, UTF-8) takes.
+func BenchmarkDecode(b *testing.B) {
+	var svcs []string
+	for i := range 50 {
+		svcs = append(svcs, fmt.Sprintf(`"s%d":{"exec":["/bin/s%d","--port","x"],"env":{"A":"1","B":"two","LOG_LEVEL":"info"},"health":{"path":"/healthz","timeout":"20s"},"domains":["s%d.example.org"],"stop_grace":"5s"}`, i, i, i))
+	}
+	data := []byte(`{"zone":"z.example","services":{` + strings.Join(svcs, ",") + `}}`)
+	b.Run("decode", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if _, err := Decode("hostel.json", data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("raw-check", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if err := checkRaw(data); err != nil {
+				b.Fatal(err)
 			}
 		}
 	})

@@ -2,10 +2,13 @@ package spec
 
 import (
 	"fmt"
+	"net/mail"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"hostel/internal/postgres"
 )
@@ -25,15 +28,43 @@ var reservedEnv = map[string]bool{
 	"HOSTEL_VERSION": true, "NOTIFY_SOCKET": true,
 }
 
+// Bounds on what the spec may set. Each is checked once, here.
+const (
+	// MaxArgString is Linux's MAX_ARG_STRLEN: the most bytes one program
+	// argument or one NAME=VALUE environment string may have, its NUL
+	// terminator included. A longer one fails exec with E2BIG.
+	MaxArgString = 128 << 10
+	// MaxArgTotal bounds a process's arguments and the spec's environment
+	// together: half of Linux's usual ARG_MAX (2 MiB), leaving the rest for
+	// the variables hostel sets itself (PORT, DATABASE_URL, NAME_URL …).
+	MaxArgTotal = 1 << 20
+	// MinGrace and MaxGrace bound stop_grace: a process gets at least a
+	// second to stop cleanly, and a deploy or shutdown never waits hours.
+	MinGrace = time.Second
+	MaxGrace = time.Hour
+	// MinHealthTimeout and MaxHealthTimeout bound health.timeout.
+	MinHealthTimeout = time.Second
+	MaxHealthTimeout = time.Hour
+	// MinIdle is the shortest idle: less would stop a service between two
+	// requests of one page.
+	MinIdle = time.Second
+)
+
 // Validate checks the spec's meaning: names, references, cycles, domains.
 // Errors are *Error and name the service and field; the first error found,
 // in service-name order, is returned.
 func (s *Spec) Validate() error {
+	zone := s.ZoneOrDefault()
 	if s.Zone != "" && !validHost(s.Zone) {
 		return &Error{Field: "zone", Msg: fmt.Sprintf("invalid host name %q", s.Zone)}
 	}
 	if s.ACME != nil && s.ACME.CA != "" && !strings.HasPrefix(s.ACME.CA, "https://") {
 		return &Error{Field: "acme.ca", Msg: fmt.Sprintf("want an https:// directory URL, not %q", s.ACME.CA)}
+	}
+	if s.ACME != nil && s.ACME.Email != "" {
+		if a, err := mail.ParseAddress(s.ACME.Email); err != nil || a.Address != s.ACME.Email {
+			return &Error{Field: "acme.email", Msg: fmt.Sprintf("want an email address such as ops@example.org, not %q", s.ACME.Email)}
+		}
 	}
 	if s.Postgres != nil {
 		if err := postgres.CheckAdmin(s.Postgres.Admin); err != nil {
@@ -59,6 +90,9 @@ func (s *Spec) Validate() error {
 		if len(svc.Exec) == 0 || svc.Exec[0] == "" {
 			return fail("exec", "must name a program")
 		}
+		if field, msg := checkArgs("exec", svc.Exec); msg != "" {
+			return fail(field, "%s", msg)
+		}
 		if svc.Package == "" && strings.Contains(svc.Exec[0], "/") && !filepath.IsAbs(svc.Exec[0]) {
 			return fail("exec", "relative path %q needs a package", svc.Exec[0])
 		}
@@ -72,9 +106,12 @@ func (s *Spec) Validate() error {
 			if strings.ContainsRune(svc.Env[k], 0) {
 				return fail("env."+k, "contains a NUL byte")
 			}
+			if n := len(k) + 1 + len(svc.Env[k]) + 1; n > MaxArgString {
+				return fail("env."+k, "is %d bytes, more than the %d a variable may have", n-1, MaxArgString-1)
+			}
 		}
-		if svc.Health != nil && svc.Health.Path != "" && !strings.HasPrefix(svc.Health.Path, "/") {
-			return fail("health.path", "want a path starting with /, not %q", svc.Health.Path)
+		if svc.Health != nil && svc.Health.Path != "" && !validRequestPath(svc.Health.Path) {
+			return fail("health.path", "want a URL path starting with /, not %q", svc.Health.Path)
 		}
 		if svc.Postgres != nil {
 			db := svc.Postgres.Name(name)
@@ -99,6 +136,31 @@ func (s *Spec) Validate() error {
 		if svc.Release != nil && (len(svc.Release) == 0 || svc.Release[0] == "") {
 			return fail("release", "must name a program")
 		}
+		if field, msg := checkArgs("release", svc.Release); msg != "" {
+			return fail(field, "%s", msg)
+		}
+		if svc.Package == "" && len(svc.Release) > 0 && strings.Contains(svc.Release[0], "/") && !filepath.IsAbs(svc.Release[0]) {
+			return fail("release", "relative path %q needs a package", svc.Release[0])
+		}
+		for _, c := range []struct {
+			field string
+			argv  []string
+		}{{"exec", svc.Exec}, {"release", svc.Release}} {
+			if n := argSize(c.argv) + envSize(svc.Env); n > MaxArgTotal {
+				return fail(c.field, "with env, takes %d bytes, more than the %d a process's arguments and environment may take", n, MaxArgTotal)
+			}
+		}
+		if g := svc.StopGrace.D(); g != 0 && (g < MinGrace || g > MaxGrace) {
+			return fail("stop_grace", "%s is outside %s..%s", g, MinGrace, MaxGrace)
+		}
+		if svc.Health != nil {
+			if t := svc.Health.Timeout.D(); t != 0 && (t < MinHealthTimeout || t > MaxHealthTimeout) {
+				return fail("health.timeout", "%s is outside %s..%s", t, MinHealthTimeout, MaxHealthTimeout)
+			}
+		}
+		if d := svc.Idle.D(); d != 0 && d < MinIdle {
+			return fail("idle", "%s is shorter than %s", d, MinIdle)
+		}
 		if _, err := ParseMemory(svc.Memory); err != nil {
 			return fail("memory", "%v", err)
 		}
@@ -122,10 +184,16 @@ func (s *Spec) Validate() error {
 			if !validHost(d) {
 				return fail("domains", "invalid host name %q", d)
 			}
+			if inZone(d, zone) {
+				return fail("domains", "%q is in the zone %q, which hostel keeps for version names", d, zone)
+			}
 			if other, ok := hosts[d]; ok {
 				return fail("domains", "domain %q is also claimed by %s", d, other)
 			}
 			hosts[d] = fmt.Sprintf("service %q", name)
+		}
+		if svc.HSTS && (len(svc.Domains) == 0 || !svc.TLSEnabled()) {
+			return fail("hsts", "needs domains served over HTTPS (tls)")
 		}
 		if len(svc.Redirects) > 0 && len(svc.Domains) == 0 {
 			return fail("redirects", "redirects need a domain to redirect to")
@@ -134,24 +202,74 @@ func (s *Spec) Validate() error {
 			if !validHost(d) {
 				return fail("redirects", "invalid host name %q", d)
 			}
+			if inZone(d, zone) {
+				return fail("redirects", "%q is in the zone %q, which hostel keeps for version names", d, zone)
+			}
 			if other, ok := hosts[d]; ok {
 				return fail("redirects", "redirect %q is also claimed by %s", d, other)
 			}
 			hosts[d] = fmt.Sprintf("service %q", name)
 		}
 	}
-	// Domains under the zone would shadow immutable version names.
-	zone := "." + s.ZoneOrDefault()
-	for h, owner := range hosts {
-		if strings.HasSuffix(h, zone) {
-			return &Error{Service: strings.Trim(strings.TrimPrefix(owner, "service "), `"`), Field: "domains",
-				Msg: fmt.Sprintf("%q is inside the zone %q, which hostel keeps for version names", h, s.ZoneOrDefault())}
-		}
-	}
 	if cycle := s.findCycle(); cycle != nil {
 		return &Error{Service: cycle[0], Field: "needs", Msg: "dependency cycle: " + strings.Join(cycle, " → ")}
 	}
 	return nil
+}
+
+// validRequestPath reports whether p can be sent as the path of a GET:
+// absolute, parseable, without a fragment, spaces or control characters.
+func validRequestPath(p string) bool {
+	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "# ") {
+		return false
+	}
+	for _, r := range p {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	_, err := url.ParseRequestURI(p)
+	return err == nil
+}
+
+// inZone reports whether host h is the zone or a name under it: such a
+// domain would shadow immutable version names.
+func inZone(h, zone string) bool {
+	return h == zone || strings.HasSuffix(h, "."+zone)
+}
+
+// checkArgs checks the program arguments of field: each must be one valid
+// C string the kernel accepts. It returns the element's field and what is
+// wrong, or "" when all are well.
+func checkArgs(field string, argv []string) (string, string) {
+	for i, a := range argv {
+		switch {
+		case strings.ContainsRune(a, 0):
+			return fieldIndex(field, i), "contains a NUL byte"
+		case len(a)+1 > MaxArgString:
+			return fieldIndex(field, i), fmt.Sprintf("is %d bytes, more than the %d an argument may have", len(a), MaxArgString-1)
+		}
+	}
+	return "", ""
+}
+
+// argSize is what argv takes of ARG_MAX: each string with its NUL, and a
+// pointer to it.
+func argSize(argv []string) int {
+	n := 0
+	for _, a := range argv {
+		n += len(a) + 1 + 8
+	}
+	return n
+}
+
+// envSize is argSize of env's NAME=VALUE strings.
+func envSize(env map[string]string) int {
+	n := 0
+	for k, v := range env {
+		n += len(k) + 1 + len(v) + 1 + 8
+	}
+	return n
 }
 
 // isNeedVar reports whether k is the variable hostel sets for one of svc's needs.

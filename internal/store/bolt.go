@@ -1,9 +1,12 @@
 package store
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -14,37 +17,49 @@ import (
 var (
 	bucketGenerations = []byte("generations")
 	bucketMeta        = []byte("meta")
+	bucketSecrets     = []byte("secrets") // digest → ciphertext
+	bucketRecords     = []byte("records") // kind NUL key → revision (8 bytes) value
 	keyCurrent        = []byte("current")
+	keyRevision       = []byte("revision")
 )
 
-// Bolt is a Store in a local bbolt file: every write is one fsynced transaction.
+// Bolt is a Store in a local bbolt file: every write is one fsynced
+// transaction. Watches are served from this process: bbolt has none.
 type Bolt struct {
 	db  *bolt.DB
 	now func() time.Time
+
+	// wmu orders the writes and the delivery of their events: bbolt
+	// serializes writers anyway, and a watcher must see them in order.
+	wmu      sync.Mutex
+	watchers map[*watcher]struct{}
+	closed   chan struct{}
 }
 
 var _ Store = (*Bolt)(nil)
 
 // OpenBolt opens (or creates) the store file at path, mode 0600. It fails
-// fast if another daemon holds the file.
+// fast if another daemon holds the file. Generations of an older layout
+// that carry their secret ciphertexts inline are rewritten to refer to
+// them by digest.
 func OpenBolt(path string) (*Bolt, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("open state store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketGenerations, bucketMeta} {
+		for _, b := range [][]byte{bucketGenerations, bucketMeta, bucketSecrets, bucketRecords} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		return migrateInlineSecrets(tx)
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open state store %s: %w", path, err)
 	}
-	return &Bolt{db: db, now: time.Now}, nil
+	return &Bolt{db: db, now: time.Now, watchers: map[*watcher]struct{}{}, closed: make(chan struct{})}, nil
 }
 
 func itob(n uint64) []byte {
@@ -53,71 +68,119 @@ func itob(n uint64) []byte {
 	return b
 }
 
-// Commit implements Store.
-func (s *Bolt) Commit(g *spec.Generation) (uint64, error) {
-	var n uint64
+func btoi(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+// update runs fn in one write transaction and, once it is durable,
+// delivers the events fn returns, stamped with the new revision. A
+// transaction that returns no events changes no revision.
+func (s *Bolt) update(ctx context.Context, fn func(tx *bolt.Tx) ([]Event, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var events []Event
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if events, err = fn(tx); err != nil || len(events) == 0 {
+			return err
+		}
+		meta := tx.Bucket(bucketMeta)
+		rev := btoi(meta.Get(keyRevision)) + 1
+		for i := range events {
+			events[i].Revision = rev
+		}
+		return meta.Put(keyRevision, itob(rev))
+	})
+	if err != nil {
+		return err
+	}
+	for w := range s.watchers {
+		w.push(events)
+	}
+	return nil
+}
+
+// view runs fn in one read transaction.
+func (s *Bolt) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.View(fn)
+}
+
+// Commit implements Store.
+func (s *Bolt) Commit(ctx context.Context, g *spec.Generation, from uint64) (uint64, error) {
+	var c spec.Generation
+	err := s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
+		meta := tx.Bucket(bucketMeta)
+		if cur := btoi(meta.Get(keyCurrent)); cur != from {
+			return nil, fmt.Errorf("commit on generation %d, but %d is current: %w", from, cur, ErrConflict)
+		}
 		b := tx.Bucket(bucketGenerations)
 		seq, err := b.NextSequence()
 		if err != nil {
-			return err
+			return nil, err
 		}
-		c := *g
+		c = *g
 		c.Number = seq
 		c.Time = s.now().UTC()
-		data, err := json.Marshal(&c)
-		if err != nil {
-			return err
+		if err := putGeneration(tx, &c); err != nil {
+			return nil, err
 		}
-		if err := b.Put(itob(seq), data); err != nil {
-			return err
+		if err := meta.Put(keyCurrent, itob(seq)); err != nil {
+			return nil, err
 		}
-		n = seq
-		return tx.Bucket(bucketMeta).Put(keyCurrent, itob(seq))
+		return []Event{{Type: EventAdded, Generation: seq}, {Type: EventCurrent, Generation: seq, From: from}}, nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("commit generation: %w", err)
 	}
-	g.Number = n
-	return n, nil
+	g.Number, g.Time = c.Number, c.Time
+	return c.Number, nil
 }
 
 // Current implements Store.
-func (s *Bolt) Current() (*spec.Generation, error) {
+func (s *Bolt) Current(ctx context.Context) (*spec.Generation, error) {
 	var g *spec.Generation
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(ctx, func(tx *bolt.Tx) error {
 		cur := tx.Bucket(bucketMeta).Get(keyCurrent)
 		if cur == nil {
 			return nil
 		}
 		var err error
-		g, err = decode(tx.Bucket(bucketGenerations).Get(cur))
+		g, err = getGeneration(tx, tx.Bucket(bucketGenerations).Get(cur))
 		return err
 	})
 	return g, err
 }
 
 // Get implements Store.
-func (s *Bolt) Get(n uint64) (*spec.Generation, error) {
+func (s *Bolt) Get(ctx context.Context, n uint64) (*spec.Generation, error) {
 	var g *spec.Generation
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(ctx, func(tx *bolt.Tx) error {
 		data := tx.Bucket(bucketGenerations).Get(itob(n))
 		if data == nil {
 			return fmt.Errorf("generation %d: %w", n, ErrNotFound)
 		}
 		var err error
-		g, err = decode(data)
+		g, err = getGeneration(tx, data)
 		return err
 	})
 	return g, err
 }
 
 // List implements Store.
-func (s *Bolt) List() ([]*spec.Generation, error) {
+func (s *Bolt) List(ctx context.Context) ([]*spec.Generation, error) {
 	var out []*spec.Generation
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(ctx, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketGenerations).ForEach(func(_, v []byte) error {
-			g, err := decode(v)
+			g, err := getGeneration(tx, v)
 			if err != nil {
 				return err
 			}
@@ -129,68 +192,376 @@ func (s *Bolt) List() ([]*spec.Generation, error) {
 }
 
 // SetCurrent implements Store.
-func (s *Bolt) SetCurrent(n uint64) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketGenerations).Get(itob(n)) == nil {
-			return fmt.Errorf("generation %d: %w", n, ErrNotFound)
+func (s *Bolt) SetCurrent(ctx context.Context, from, to uint64) error {
+	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
+		meta := tx.Bucket(bucketMeta)
+		if cur := btoi(meta.Get(keyCurrent)); cur != from {
+			return nil, fmt.Errorf("switch from generation %d, but %d is current: %w", from, cur, ErrConflict)
 		}
-		return tx.Bucket(bucketMeta).Put(keyCurrent, itob(n))
+		if tx.Bucket(bucketGenerations).Get(itob(to)) == nil {
+			return nil, fmt.Errorf("generation %d: %w", to, ErrNotFound)
+		}
+		if from == to {
+			return nil, nil
+		}
+		return []Event{{Type: EventCurrent, Generation: to, From: from}}, meta.Put(keyCurrent, itob(to))
 	})
 }
 
 // SetConfirm implements Store.
-func (s *Bolt) SetConfirm(n uint64, c *spec.Confirm, current uint64) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketGenerations)
-		if current != 0 {
-			if b.Get(itob(current)) == nil {
-				return fmt.Errorf("generation %d: %w", current, ErrNotFound)
+func (s *Bolt) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, to uint64) error {
+	if to == 0 && from != 0 {
+		return fmt.Errorf("confirm of generation %d: a switch from generation %d names no generation to switch to", n, from)
+	}
+	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
+		meta, b := tx.Bucket(bucketMeta), tx.Bucket(bucketGenerations)
+		if to != 0 {
+			if cur := btoi(meta.Get(keyCurrent)); cur != from {
+				return nil, fmt.Errorf("switch from generation %d, but %d is current: %w", from, cur, ErrConflict)
 			}
-			if err := tx.Bucket(bucketMeta).Put(keyCurrent, itob(current)); err != nil {
-				return err
+			if b.Get(itob(to)) == nil {
+				return nil, fmt.Errorf("generation %d: %w", to, ErrNotFound)
 			}
 		}
 		data := b.Get(itob(n))
 		if data == nil {
-			return fmt.Errorf("generation %d: %w", n, ErrNotFound)
+			return nil, fmt.Errorf("generation %d: %w", n, ErrNotFound)
 		}
-		g, err := decode(data)
+		// Only the confirmation changes: the rest, secret digests
+		// included, is written back as it was.
+		var sg storedGeneration
+		if err := json.Unmarshal(data, &sg); err != nil {
+			return nil, fmt.Errorf("decode generation: %w", err)
+		}
+		sg.Confirm = c
+		data, err := json.Marshal(&sg)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		g.Confirm = c
-		data, err = json.Marshal(g)
-		if err != nil {
-			return err
+		if err := b.Put(itob(n), data); err != nil {
+			return nil, err
 		}
-		return b.Put(itob(n), data)
+		events := []Event{{Type: EventConfirm, Generation: n}}
+		if to != 0 && to != from {
+			if err := meta.Put(keyCurrent, itob(to)); err != nil {
+				return nil, err
+			}
+			events = append(events, Event{Type: EventCurrent, Generation: to, From: from})
+		}
+		return events, nil
 	})
 }
 
 // Delete implements Store.
-func (s *Bolt) Delete(ns ...uint64) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		cur := tx.Bucket(bucketMeta).Get(keyCurrent)
-		b := tx.Bucket(bucketGenerations)
+func (s *Bolt) Delete(ctx context.Context, ns ...uint64) error {
+	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
+		cur := btoi(tx.Bucket(bucketMeta).Get(keyCurrent))
 		for _, n := range ns {
-			if cur != nil && binary.BigEndian.Uint64(cur) == n {
-				return fmt.Errorf("generation %d: %w", n, ErrCurrent)
-			}
-			if err := b.Delete(itob(n)); err != nil {
-				return err
+			if n == cur {
+				return nil, fmt.Errorf("generation %d: %w", n, ErrCurrent)
 			}
 		}
-		return nil
+		b := tx.Bucket(bucketGenerations)
+		var events []Event
+		for _, n := range ns {
+			if b.Get(itob(n)) == nil {
+				continue
+			}
+			if err := b.Delete(itob(n)); err != nil {
+				return nil, err
+			}
+			events = append(events, Event{Type: EventRemoved, Generation: n})
+		}
+		if len(events) == 0 {
+			return nil, nil
+		}
+		return events, collectSecrets(tx)
 	})
 }
 
-// Close implements Store.
-func (s *Bolt) Close() error { return s.db.Close() }
+// Secret implements Store.
+func (s *Bolt) Secret(ctx context.Context, digest string) ([]byte, error) {
+	var out []byte
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketSecrets).Get([]byte(digest))
+		if v == nil {
+			return fmt.Errorf("secret %s: %w", digest, ErrNotFound)
+		}
+		out = bytes.Clone(v)
+		return nil
+	})
+	return out, err
+}
 
-func decode(data []byte) (*spec.Generation, error) {
-	var g spec.Generation
-	if err := json.Unmarshal(data, &g); err != nil {
+func recordKey(kind, key string) []byte { return []byte(kind + "\x00" + key) }
+
+func decodeRecord(k, v []byte) Record {
+	kind, key, _ := bytes.Cut(k, []byte{0})
+	return Record{Kind: string(kind), Key: string(key), Revision: btoi(v[:8]), Value: bytes.Clone(v[8:])}
+}
+
+// Record implements Store.
+func (s *Bolt) Record(ctx context.Context, kind, key string) (Record, error) {
+	var r Record
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		k := recordKey(kind, key)
+		v := tx.Bucket(bucketRecords).Get(k)
+		if v == nil {
+			return fmt.Errorf("record %s %s: %w", kind, key, ErrNotFound)
+		}
+		r = decodeRecord(k, v)
+		return nil
+	})
+	return r, err
+}
+
+// Records implements Store.
+func (s *Bolt) Records(ctx context.Context, kind string) ([]Record, error) {
+	var out []Record
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		prefix := recordKey(kind, "")
+		c := tx.Bucket(bucketRecords).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			out = append(out, decodeRecord(k, v))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PutRecord implements Store.
+func (s *Bolt) PutRecord(ctx context.Context, kind, key string, value []byte, rev uint64) (uint64, error) {
+	var next uint64
+	err := s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
+		b := tx.Bucket(bucketRecords)
+		k := recordKey(kind, key)
+		var have uint64
+		if v := b.Get(k); v != nil {
+			have = btoi(v[:8])
+		}
+		if have != rev {
+			return nil, fmt.Errorf("record %s %s at revision %d, not %d: %w", kind, key, have, rev, ErrConflict)
+		}
+		next = btoi(tx.Bucket(bucketMeta).Get(keyRevision)) + 1
+		return []Event{{Type: EventRecord, Kind: kind, Key: key}}, b.Put(k, append(itob(next), value...))
+	})
+	if err != nil {
+		return 0, err
+	}
+	return next, nil
+}
+
+// DeleteRecord implements Store.
+func (s *Bolt) DeleteRecord(ctx context.Context, kind, key string, rev uint64) error {
+	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
+		b := tx.Bucket(bucketRecords)
+		k := recordKey(kind, key)
+		v := b.Get(k)
+		if v == nil {
+			return nil, fmt.Errorf("record %s %s: %w", kind, key, ErrNotFound)
+		}
+		if have := btoi(v[:8]); have != rev {
+			return nil, fmt.Errorf("record %s %s at revision %d, not %d: %w", kind, key, have, rev, ErrConflict)
+		}
+		return []Event{{Type: EventRecordDeleted, Kind: kind, Key: key}}, b.Delete(k)
+	})
+}
+
+// Watch implements Store.
+func (s *Bolt) Watch(ctx context.Context) (<-chan Event, error) {
+	w := &watcher{wake: make(chan struct{}, 1), out: make(chan Event)}
+	s.wmu.Lock()
+	select {
+	case <-s.closed:
+		s.wmu.Unlock()
+		return nil, fmt.Errorf("watch: the store is closed")
+	default:
+	}
+	s.watchers[w] = struct{}{}
+	s.wmu.Unlock()
+	go func() {
+		defer close(w.out)
+		defer func() {
+			s.wmu.Lock()
+			delete(s.watchers, w)
+			s.wmu.Unlock()
+		}()
+		for {
+			ev, ok := w.pop()
+			if !ok {
+				select {
+				case <-w.wake:
+					continue
+				case <-ctx.Done():
+					return
+				case <-s.closed:
+					return
+				}
+			}
+			select {
+			case w.out <- ev:
+			case <-ctx.Done():
+				return
+			case <-s.closed:
+				return
+			}
+		}
+	}()
+	return w.out, nil
+}
+
+// watcher queues the events of one Watch, so that a slow reader delays
+// no writer.
+type watcher struct {
+	mu    sync.Mutex
+	queue []Event
+	wake  chan struct{}
+	out   chan Event
+}
+
+func (w *watcher) push(events []Event) {
+	w.mu.Lock()
+	w.queue = append(w.queue, events...)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *watcher) pop() (Event, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.queue) == 0 {
+		return Event{}, false
+	}
+	ev := w.queue[0]
+	w.queue = w.queue[1:]
+	return ev, true
+}
+
+// Close implements Store.
+func (s *Bolt) Close() error {
+	s.wmu.Lock()
+	select {
+	case <-s.closed:
+	default:
+		close(s.closed)
+	}
+	s.wmu.Unlock()
+	return s.db.Close()
+}
+
+// storedGeneration is a generation as the store keeps it: its secrets by
+// digest, their ciphertexts once in bucketSecrets.
+type storedGeneration struct {
+	spec.Generation
+	SecretDigests map[string]string `json:"secret_digests,omitempty"`
+}
+
+// putGeneration stores g, its secret ciphertexts by digest.
+func putGeneration(tx *bolt.Tx, g *spec.Generation) error {
+	sg := storedGeneration{Generation: *g}
+	sg.Secrets = nil
+	if len(g.Secrets) > 0 {
+		sg.SecretDigests = make(map[string]string, len(g.Secrets))
+		secrets := tx.Bucket(bucketSecrets)
+		for name, ct := range g.Secrets {
+			d := SecretDigest(ct)
+			if secrets.Get([]byte(d)) == nil {
+				if err := secrets.Put([]byte(d), ct); err != nil {
+					return err
+				}
+			}
+			sg.SecretDigests[name] = d
+		}
+	}
+	data, err := json.Marshal(&sg)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketGenerations).Put(itob(g.Number), data)
+}
+
+// getGeneration decodes a stored generation and fills in its secrets.
+func getGeneration(tx *bolt.Tx, data []byte) (*spec.Generation, error) {
+	var sg storedGeneration
+	if err := json.Unmarshal(data, &sg); err != nil {
 		return nil, fmt.Errorf("decode generation: %w", err)
 	}
+	g := sg.Generation
+	if len(sg.SecretDigests) > 0 {
+		g.Secrets = make(map[string][]byte, len(sg.SecretDigests))
+		secrets := tx.Bucket(bucketSecrets)
+		for name, d := range sg.SecretDigests {
+			ct := secrets.Get([]byte(d))
+			if ct == nil {
+				return nil, fmt.Errorf("generation %d: secret %q (%s): %w", g.Number, name, d, ErrNotFound)
+			}
+			g.Secrets[name] = bytes.Clone(ct)
+		}
+	}
 	return &g, nil
+}
+
+// collectSecrets removes the ciphertexts no generation refers to.
+func collectSecrets(tx *bolt.Tx) error {
+	used := map[string]bool{}
+	err := tx.Bucket(bucketGenerations).ForEach(func(_, v []byte) error {
+		var sg storedGeneration
+		if err := json.Unmarshal(v, &sg); err != nil {
+			return fmt.Errorf("decode generation: %w", err)
+		}
+		for _, d := range sg.SecretDigests {
+			used[d] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var unused [][]byte
+	secrets := tx.Bucket(bucketSecrets)
+	err = secrets.ForEach(func(k, _ []byte) error {
+		if !used[string(k)] {
+			unused = append(unused, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range unused {
+		if err := secrets.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// migrateInlineSecrets rewrites generations that carry their secret
+// ciphertexts inline (the layout before secrets were kept by digest).
+func migrateInlineSecrets(tx *bolt.Tx) error {
+	b := tx.Bucket(bucketGenerations)
+	var old []*spec.Generation
+	err := b.ForEach(func(_, v []byte) error {
+		var sg storedGeneration
+		if err := json.Unmarshal(v, &sg); err != nil {
+			return fmt.Errorf("decode generation: %w", err)
+		}
+		if len(sg.Generation.Secrets) > 0 {
+			g := sg.Generation
+			old = append(old, &g)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, g := range old {
+		if err := putGeneration(tx, g); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,16 +1,24 @@
-package store
+package store_test
 
 import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	bolt "go.etcd.io/bbolt"
+
 	"hostel/internal/spec"
+	"hostel/internal/store"
+	"hostel/internal/store/storetest"
 )
 
-func openTest(t testing.TB, path string) *Bolt {
+func openTest(t testing.TB, path string) *store.Bolt {
 	t.Helper()
-	s, err := OpenBolt(path)
+	s, err := store.OpenBolt(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -18,75 +26,121 @@ func openTest(t testing.TB, path string) *Bolt {
 	return s
 }
 
-func gen(versions map[string]spec.Version) *spec.Generation {
-	return &spec.Generation{SpecHash: "h", Spec: &spec.Spec{Services: map[string]*spec.Service{}}, Versions: versions}
+func TestBoltConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openTest(t, filepath.Join(t.TempDir(), "state.db"))
+	})
 }
 
-func TestBoltGenerations(t *testing.T) {
+// TestBoltReopen checks that everything survives a reopen: generations,
+// the current one, numbering, secrets and records.
+func TestBoltReopen(t *testing.T) {
+	ctx := t.Context()
 	path := filepath.Join(t.TempDir(), "state.db")
 	s := openTest(t, path)
-	if g, err := s.Current(); err != nil || g != nil {
-		t.Fatalf("Current on empty store = %v, %v; want nil, nil", g, err)
+	g := storetest.Gen("v1")
+	g.Secrets = map[string][]byte{"k": []byte("ct")}
+	if _, err := s.Commit(ctx, g, 0); err != nil {
+		t.Fatal(err)
 	}
-	for i := 1; i <= 3; i++ {
-		n, err := s.Commit(gen(map[string]spec.Version{"a": spec.Version(rune('0' + i))}))
-		if err != nil {
+	for i := uint64(1); i < 3; i++ {
+		if _, err := s.Commit(ctx, storetest.Gen("v"), i); err != nil {
 			t.Fatal(err)
 		}
-		if n != uint64(i) {
-			t.Fatalf("Commit #%d got number %d", i, n)
-		}
 	}
-	cur, err := s.Current()
-	if err != nil || cur.Number != 3 || cur.Versions["a"] != "3" {
-		t.Fatalf("Current = %+v, %v; want generation 3", cur, err)
-	}
-	if cur.Time.IsZero() {
-		t.Error("committed generation has no time")
-	}
-	if err := s.SetCurrent(1); err != nil {
+	if err := s.SetCurrent(ctx, 3, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetCurrent(9); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("SetCurrent(9) = %v, want ErrNotFound", err)
-	}
-	if err := s.Delete(1); !errors.Is(err, ErrCurrent) {
-		t.Fatalf("Delete(current) = %v, want ErrCurrent", err)
-	}
-	if err := s.Delete(2); err != nil {
+	if err := s.Delete(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Get(2); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Get(2) after delete = %v, want ErrNotFound", err)
-	}
-	// Numbers are never reused, even after a delete.
-	if n, _ := s.Commit(gen(nil)); n != 4 {
-		t.Fatalf("next number = %d, want 4", n)
-	}
-	s.Close()
-
-	// Everything survives a reopen.
-	s2 := openTest(t, path)
-	list, err := s2.List()
+	rev, err := s.PutRecord(ctx, store.KindRelease, "a/v1", []byte("ran"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []uint64
-	for _, g := range list {
-		got = append(got, g.Number)
+	s.Close()
+
+	s2 := openTest(t, path)
+	cur, err := s2.Current(ctx)
+	if err != nil || cur.Number != 1 || string(cur.Secrets["k"]) != "ct" {
+		t.Fatalf("current after reopen = %+v, %v; want generation 1 with its secret", cur, err)
 	}
-	if want := []uint64{1, 3, 4}; len(got) != len(want) || got[0] != 1 || got[1] != 3 || got[2] != 4 {
-		t.Fatalf("generations after reopen = %v, want %v", got, want)
+	if n, err := s2.Commit(ctx, storetest.Gen("v4"), 1); err != nil || n != 4 {
+		t.Fatalf("commit after reopen = %d, %v; want 4", n, err)
 	}
-	if cur, _ := s2.Current(); cur.Number != 4 {
-		t.Fatalf("current after reopen = %d, want 4", cur.Number)
+	if r, err := s2.Record(ctx, store.KindRelease, "a/v1"); err != nil || r.Revision != rev || string(r.Value) != "ran" {
+		t.Fatalf("record after reopen = %+v, %v", r, err)
+	}
+	// Revisions keep growing across a reopen.
+	if r2, err := s2.PutRecord(ctx, store.KindRelease, "a/v1", []byte("again"), rev); err != nil || r2 <= rev {
+		t.Fatalf("update after reopen = %d, %v; want a revision after %d", r2, err, rev)
+	}
+}
+
+// TestBoltMigratesInlineSecrets opens a store written before secrets were
+// kept by digest: each generation carried its ciphertexts. They are moved
+// out, once, and read back the same.
+func TestBoltMigratesInlineSecrets(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := bytes.Repeat([]byte("age-ciphertext "), 100)
+	err = db.Update(func(tx *bolt.Tx) error {
+		gens, _ := tx.CreateBucket([]byte("generations"))
+		meta, _ := tx.CreateBucket([]byte("meta"))
+		for n := uint64(1); n <= 3; n++ {
+			g := storetest.Gen("v")
+			g.Number = n
+			g.Secrets = map[string][]byte{"k": shared}
+			data, _ := json.Marshal(g)
+			if err := gens.Put(itob(n), data); err != nil {
+				return err
+			}
+			gens.SetSequence(n)
+		}
+		return meta.Put([]byte("current"), itob(3))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s := openTest(t, path)
+	for n := uint64(1); n <= 3; n++ {
+		g, err := s.Get(t.Context(), n)
+		if err != nil || !bytes.Equal(g.Secrets["k"], shared) {
+			t.Fatalf("generation %d after migration: %v, secrets %q", n, err, g.Secrets)
+		}
+	}
+	if n, err := s.Commit(t.Context(), storetest.Gen("v4"), 3); err != nil || n != 4 {
+		t.Fatalf("commit after migration = %d, %v", n, err)
+	}
+	s.Close()
+
+	db, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("generations")).ForEach(func(k, v []byte) error {
+			if bytes.Contains(v, []byte(`"secrets"`)) || strings.Contains(string(v), "YWdlLWNpcGhlcnRleHQg") {
+				t.Errorf("generation %d still holds its ciphertext: %s", binary.BigEndian.Uint64(k), v)
+			}
+			return nil
+		})
+	})
+	if n := countKeys(t, db, "secrets"); n != 1 {
+		t.Errorf("%d ciphertexts kept, want 1 (by digest, once)", n)
 	}
 }
 
 func TestBoltRefusesSecondOpener(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	openTest(t, path)
-	if s, err := OpenBolt(path); err == nil {
+	if s, err := store.OpenBolt(path); err == nil {
 		s.Close()
 		t.Fatal("a second daemon could open the same state store")
 	}
@@ -96,40 +150,55 @@ func TestBoltRefusesSecondOpener(t *testing.T) {
 // generation, with the switch back it made, outlives a reopen, and is
 // refused whole for a missing generation.
 func TestBoltSetConfirm(t *testing.T) {
+	ctx := t.Context()
 	path := filepath.Join(t.TempDir(), "state.db")
 	s := openTest(t, path)
-	g := gen(map[string]spec.Version{"a": "1"})
-	g.Confirm = &spec.Confirm{State: spec.ConfirmPending, Previous: 0}
-	prev, err := s.Commit(gen(map[string]spec.Version{"a": "0"}))
+	prevGen := storetest.Gen("0")
+	prevGen.Secrets = map[string][]byte{"k": []byte("ct")}
+	prev, err := s.Commit(ctx, prevGen, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := s.Commit(g)
+	g := storetest.Gen("1")
+	g.Secrets = map[string][]byte{"k": []byte("ct")}
+	g.Confirm = &spec.Confirm{State: spec.ConfirmPending, Previous: prev}
+	n, err := s.Commit(ctx, g, prev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetConfirm(n, &spec.Confirm{State: spec.ConfirmFailed, Previous: 7, Reason: "crashed"}, prev); err != nil {
+	if err := s.SetConfirm(ctx, n, &spec.Confirm{State: spec.ConfirmFailed, Previous: 7, Reason: "crashed"}, n, prev); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
 	s = openTest(t, path)
-	got, err := s.Get(n)
+	got, err := s.Get(ctx, n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := got.Confirm; c == nil || c.State != spec.ConfirmFailed || c.Previous != 7 || c.Reason != "crashed" || got.Versions["a"] != "1" {
-		t.Errorf("after reopen: confirm %+v, versions %v", got.Confirm, got.Versions)
+	if c := got.Confirm; c == nil || c.State != spec.ConfirmFailed || c.Previous != 7 || c.Reason != "crashed" || got.Versions["a"] != "1" || string(got.Secrets["k"]) != "ct" {
+		t.Errorf("after reopen: confirm %+v, versions %v, secrets %q", got.Confirm, got.Versions, got.Secrets)
 	}
-	if cur, err := s.Current(); err != nil || cur.Number != prev {
+	if cur, err := s.Current(ctx); err != nil || cur.Number != prev {
 		t.Errorf("current after the switch back: %v, %v; want %d", cur, err, prev)
 	}
-	if err := s.SetConfirm(n+1, &spec.Confirm{State: spec.ConfirmConfirmed}, 0); !errors.Is(err, ErrNotFound) {
+	if err := s.SetConfirm(ctx, n+1, &spec.Confirm{State: spec.ConfirmConfirmed}, 0, 0); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("SetConfirm of a missing generation: %v, want ErrNotFound", err)
 	}
-	if err := s.SetConfirm(prev, &spec.Confirm{State: spec.ConfirmConfirmed}, n+1); !errors.Is(err, ErrNotFound) {
+	if err := s.SetConfirm(ctx, prev, &spec.Confirm{State: spec.ConfirmConfirmed}, prev, n+1); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("SetConfirm making a missing generation current: %v, want ErrNotFound", err)
 	}
-	if got, _ := s.Get(prev); got.Confirm != nil {
+	if got, _ := s.Get(ctx, prev); got.Confirm != nil {
 		t.Errorf("a refused SetConfirm changed generation %d: %+v", prev, got.Confirm)
 	}
+}
+
+func itob(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
+
+func countKeys(t *testing.T, db *bolt.DB, bucket string) int {
+	t.Helper()
+	n := 0
+	db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte(bucket)).ForEach(func(_, _ []byte) error { n++; return nil })
+	})
+	return n
 }

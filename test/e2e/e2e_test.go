@@ -126,14 +126,7 @@ func TestDeployStory(t *testing.T) {
 	}
 
 	t.Run("bad spec changes nothing", func(t *testing.T) {
-		cases := []struct{ name, spec, want string }{
-			{"cycle", `{"services":{"a":{"exec":["/bin/true"],"needs":["b"]},"b":{"exec":["/bin/true"],"needs":["a"]}}}`, `hostel.json: service "a": needs: dependency cycle`},
-			{"unknown need", `{"services":{"api":{"exec":["/bin/true"],"needs":["db2"]}}}`, `hostel.json: service "api": needs "db2", which is not defined`},
-			{"duplicate domain", `{"services":{"a":{"exec":["/bin/true"],"domains":["x.org"]},"b":{"exec":["/bin/true"],"domains":["x.org"]}}}`, `service "b": domains: domain "x.org" is also claimed`},
-			{"unknown field", `{"services":{"a":{"exec":["/bin/true"],"enviroment":{}}}}`, `hostel.json: service "a": unknown field "enviroment"`},
-			{"bad duration", `{"services":{"a":{"exec":["/bin/true"],"stop_grace":"3x"}}}`, `hostel.json: service "a": stop_grace: invalid duration "3x"`},
-			{"bad name", `{"services":{"A_b":{"exec":["/bin/true"]}}}`, `hostel.json: service "A_b": invalid service name`},
-		}
+		cases := badSpecs(t, e.Dir)
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
 				if err := os.WriteFile(filepath.Join(e.Dir, "hostel.json"), []byte(c.spec), 0o644); err != nil {
@@ -347,4 +340,47 @@ func put(e *Env, host, path, body string) error {
 		return fmt.Errorf("PUT %s%s: %s", host, path, resp.Status)
 	}
 	return nil
+}
+
+// badSpec is a spec that must be refused with exit 2, and the first line of
+// the error.
+type badSpec struct{ name, spec, want string }
+
+// badSpecs returns the corpus of bad specs kept beside the decoder
+// (internal/spec) and the program check (internal/source), plus the ones
+// too large to keep as files. The program corpus expects a package ./pkg
+// with an executable bin/app and a plain file bin/data; they are made in dir.
+func badSpecs(t *testing.T, dir string) []badSpec {
+	t.Helper()
+	for path, mode := range map[string]os.FileMode{"pkg/bin/app": 0o755, "pkg/bin/data": 0o644} {
+		p := filepath.Join(dir, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out []badSpec
+	for _, corpus := range []string{"../../internal/spec/testdata/bad", "../../internal/source/testdata/bad"} {
+		files, err := filepath.Glob(filepath.Join(corpus, "*.txt"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("no bad specs in %s: %v", corpus, err)
+		}
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, want, ok := strings.Cut(string(data), "\n----\n")
+			if !ok {
+				t.Fatalf("%s: no ---- line", f)
+			}
+			want = strings.ReplaceAll(strings.TrimSuffix(want, "\n"), "$DIR", dir)
+			out = append(out, badSpec{strings.TrimSuffix(filepath.Base(f), ".txt"), in, want})
+		}
+	}
+	return append(out, badSpec{"10 MB env value",
+		`{"services":{"a":{"exec":["/bin/true"],"env":{"BIG":"` + strings.Repeat("x", 10<<20) + `"}}}}`,
+		`hostel.json: service "a": env.BIG: is 10485764 bytes, more than the 131071 a variable may have`})
 }

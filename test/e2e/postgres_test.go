@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"hostel/internal/postgres/pgtest"
+	"hostel/internal/store"
 )
 
 func guestbookSpec(e *Env, pg *pgtest.Cluster, tag string, release []string, withGuestbook bool) map[string]any {
@@ -140,13 +141,19 @@ func TestPostgresStory(t *testing.T) {
 		if n := len(backups(t, e)); n != 2 {
 			t.Errorf("%d backups after the second release, want 2", n)
 		}
+		// A daemon restart starts the version again, without its release:
+		// the store records that it ran.
+		e.StopDaemon()
+		st2, err := store.OpenBolt(filepath.Join(e.Root, "state.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, v := range []string{v1, st["guestbook"].Version} {
-			if _, err := os.Stat(filepath.Join(e.Root, "releases", "guestbook", v)); err != nil {
-				t.Errorf("release marker of %s: %v", v, err)
+			if _, err := st2.Record(t.Context(), store.KindRelease, "guestbook/"+v); err != nil {
+				t.Errorf("release record of %s: %v", v, err)
 			}
 		}
-		// A daemon restart starts the version again, without its release.
-		e.StopDaemon()
+		st2.Close()
 		e.StartDaemon()
 		if n := len(backups(t, e)); n != 2 {
 			t.Errorf("%d backups after a daemon restart, want still 2", n)

@@ -1,0 +1,461 @@
+// Package storetest is the conformance suite of store.Store: what every
+// implementation (bbolt here, etcd for the cluster) must do, run against
+// a fresh, empty store per test. It is test code, imported only by tests.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"hostel/internal/spec"
+	"hostel/internal/store"
+)
+
+// Run runs the suite; open returns a new, empty store that the test may
+// close (closing it twice must be harmless).
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s store.Store)
+	}{
+		{"Empty", testEmpty},
+		{"CommitAndGet", testCommitAndGet},
+		{"NumbersNeverReused", testNumbersNeverReused},
+		{"CommitConflict", testCommitConflict},
+		{"SetCurrent", testSetCurrent},
+		{"DeleteRefusesCurrent", testDeleteRefusesCurrent},
+		{"SecretsByDigest", testSecretsByDigest},
+		{"Records", testRecords},
+		{"Watch", testWatch},
+		{"WatchEnds", testWatchEnds},
+		{"ConcurrentWriters", testConcurrentWriters},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := open(t)
+			t.Cleanup(func() { s.Close() })
+			tt.fn(t, s)
+		})
+	}
+}
+
+// Gen returns a generation whose service "a" runs version v.
+func Gen(v string) *spec.Generation {
+	return &spec.Generation{
+		SpecHash: "hash-" + v,
+		Spec:     &spec.Spec{Services: map[string]*spec.Service{"a": {Exec: []string{"/bin/a"}}}},
+		Versions: map[string]spec.Version{"a": spec.Version(v)},
+	}
+}
+
+func commit(t *testing.T, s store.Store, g *spec.Generation, from uint64) uint64 {
+	t.Helper()
+	n, err := s.Commit(t.Context(), g, from)
+	if err != nil {
+		t.Fatalf("Commit(from %d): %v", from, err)
+	}
+	return n
+}
+
+func current(t *testing.T, s store.Store) uint64 {
+	t.Helper()
+	g, err := s.Current(t.Context())
+	if err != nil {
+		t.Fatalf("Current: %v", err)
+	}
+	if g == nil {
+		return 0
+	}
+	return g.Number
+}
+
+func numbers(t *testing.T, s store.Store) []uint64 {
+	t.Helper()
+	gens, err := s.List(t.Context())
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	var out []uint64
+	for _, g := range gens {
+		out = append(out, g.Number)
+	}
+	return out
+}
+
+func testEmpty(t *testing.T, s store.Store) {
+	if g, err := s.Current(t.Context()); err != nil || g != nil {
+		t.Errorf("Current = %v, %v; want nil, nil", g, err)
+	}
+	if got := numbers(t, s); len(got) != 0 {
+		t.Errorf("List = %v, want none", got)
+	}
+	if _, err := s.Get(t.Context(), 1); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Get(1) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Record(t.Context(), "k", "x"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Record = %v, want ErrNotFound", err)
+	}
+	if recs, err := s.Records(t.Context(), "k"); err != nil || len(recs) != 0 {
+		t.Errorf("Records = %v, %v; want none", recs, err)
+	}
+}
+
+func testCommitAndGet(t *testing.T, s store.Store) {
+	g := Gen("v1")
+	g.Source = "hostel.json"
+	before := time.Now().Add(-time.Second)
+	n := commit(t, s, g, 0)
+	if n != 1 || g.Number != 1 {
+		t.Fatalf("first commit numbered %d (g.Number %d), want 1", n, g.Number)
+	}
+	got, err := s.Get(t.Context(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Number != 1 || got.SpecHash != "hash-v1" || got.Source != "hostel.json" || got.Versions["a"] != "v1" || got.Spec.Services["a"].Exec[0] != "/bin/a" {
+		t.Errorf("Get(1) = %+v, want what was committed", got)
+	}
+	if got.Time.Before(before) || got.Time.After(time.Now().Add(time.Second)) {
+		t.Errorf("committed at %v, want about now", got.Time)
+	}
+	if c := current(t, s); c != 1 {
+		t.Errorf("current %d after the first commit, want 1", c)
+	}
+	n2 := commit(t, s, Gen("v2"), 1)
+	if c := current(t, s); n2 != 2 || c != 2 {
+		t.Errorf("second commit numbered %d, current %d; want 2, 2", n2, c)
+	}
+	if got := numbers(t, s); !slices.Equal(got, []uint64{1, 2}) {
+		t.Errorf("List = %v, want [1 2]", got)
+	}
+}
+
+func testNumbersNeverReused(t *testing.T, s store.Store) {
+	for i := range uint64(3) {
+		commit(t, s, Gen("v"+strconv.FormatUint(i, 10)), i)
+	}
+	if err := s.Delete(t.Context(), 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if n := commit(t, s, Gen("v4"), 3); n != 4 {
+		t.Errorf("after deleting 1 and 2, next number %d, want 4", n)
+	}
+	if got := numbers(t, s); !slices.Equal(got, []uint64{3, 4}) {
+		t.Errorf("List = %v, want [3 4]", got)
+	}
+}
+
+func testCommitConflict(t *testing.T, s store.Store) {
+	commit(t, s, Gen("v1"), 0)
+	// Two writers read generation 1 as current; the second to commit is stale.
+	commit(t, s, Gen("v2"), 1)
+	_, err := s.Commit(t.Context(), Gen("stale"), 1)
+	if !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("stale Commit = %v, want ErrConflict", err)
+	}
+	if _, err := s.Commit(t.Context(), Gen("stale"), 0); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("Commit as if the store were empty = %v, want ErrConflict", err)
+	}
+	if got := numbers(t, s); !slices.Equal(got, []uint64{1, 2}) {
+		t.Errorf("a refused commit stored something: List = %v, want [1 2]", got)
+	}
+	if c := current(t, s); c != 2 {
+		t.Errorf("a refused commit moved current to %d", c)
+	}
+}
+
+func testSetCurrent(t *testing.T, s store.Store) {
+	for i := range uint64(3) {
+		commit(t, s, Gen("v"+strconv.FormatUint(i, 10)), i)
+	}
+	if err := s.SetCurrent(t.Context(), 3, 1); err != nil {
+		t.Fatal(err)
+	}
+	if c := current(t, s); c != 1 {
+		t.Fatalf("current %d after SetCurrent(3, 1)", c)
+	}
+	if err := s.SetCurrent(t.Context(), 3, 2); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("stale SetCurrent = %v, want ErrConflict", err)
+	}
+	if err := s.SetCurrent(t.Context(), 1, 9); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("SetCurrent to a missing generation = %v, want ErrNotFound", err)
+	}
+	if c := current(t, s); c != 1 {
+		t.Errorf("refused SetCurrents moved current to %d", c)
+	}
+	// A commit after a rollback builds on the rolled-back-to generation.
+	if _, err := s.Commit(t.Context(), Gen("v4"), 3); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("Commit on the generation rolled back from = %v, want ErrConflict", err)
+	}
+	if n := commit(t, s, Gen("v4"), 1); n != 4 {
+		t.Errorf("commit after rollback numbered %d, want 4", n)
+	}
+}
+
+func testDeleteRefusesCurrent(t *testing.T, s store.Store) {
+	for i := range uint64(3) {
+		commit(t, s, Gen("v"+strconv.FormatUint(i, 10)), i)
+	}
+	if err := s.Delete(t.Context(), 1, 3); !errors.Is(err, store.ErrCurrent) {
+		t.Fatalf("Delete(1, current) = %v, want ErrCurrent", err)
+	}
+	if got := numbers(t, s); !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Errorf("a refused Delete removed something: List = %v", got)
+	}
+	if err := s.Delete(t.Context(), 1, 7); err != nil {
+		t.Errorf("Delete(1, missing) = %v, want nil", err)
+	}
+	if _, err := s.Get(t.Context(), 1); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Get(deleted) = %v, want ErrNotFound", err)
+	}
+}
+
+func testSecretsByDigest(t *testing.T, s store.Store) {
+	shared, own := []byte("age ciphertext shared"), []byte("age ciphertext own")
+	g1 := Gen("v1")
+	g1.Secrets = map[string][]byte{"k": shared}
+	g2 := Gen("v2")
+	g2.Secrets = map[string][]byte{"k": shared, "o": own}
+	commit(t, s, g1, 0)
+	commit(t, s, g2, 1)
+	commit(t, s, Gen("v3"), 2)
+	for n, want := range map[uint64]map[string][]byte{1: g1.Secrets, 2: g2.Secrets} {
+		got, err := s.Get(t.Context(), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Secrets) != len(want) {
+			t.Errorf("generation %d secrets %q, want %q", n, got.Secrets, want)
+		}
+		for k, v := range want {
+			if !bytes.Equal(got.Secrets[k], v) {
+				t.Errorf("generation %d secret %s = %q, want %q", n, k, got.Secrets[k], v)
+			}
+		}
+	}
+	dShared, dOwn := store.SecretDigest(shared), store.SecretDigest(own)
+	if ct, err := s.Secret(t.Context(), dShared); err != nil || !bytes.Equal(ct, shared) {
+		t.Errorf("Secret(shared) = %q, %v", ct, err)
+	}
+	if err := s.Delete(t.Context(), 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Secret(t.Context(), dOwn); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a ciphertext no generation refers to is kept: %v", err)
+	}
+	if _, err := s.Secret(t.Context(), dShared); err != nil {
+		t.Errorf("a ciphertext generation 1 still refers to is gone: %v", err)
+	}
+	if err := s.Delete(t.Context(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Secret(t.Context(), dShared); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a ciphertext no generation refers to is kept: %v", err)
+	}
+}
+
+func testRecords(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	r1, err := s.PutRecord(ctx, "release", "api/abc", []byte("one"), 0)
+	if err != nil || r1 == 0 {
+		t.Fatalf("create = %d, %v", r1, err)
+	}
+	if _, err := s.PutRecord(ctx, "release", "api/abc", []byte("two"), 0); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("create of an existing record = %v, want ErrConflict", err)
+	}
+	r2, err := s.PutRecord(ctx, "release", "api/abc", []byte("two"), r1)
+	if err != nil || r2 <= r1 {
+		t.Fatalf("update = %d, %v; want a revision after %d", r2, err, r1)
+	}
+	if _, err := s.PutRecord(ctx, "release", "api/abc", []byte("stale"), r1); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("stale update = %v, want ErrConflict", err)
+	}
+	got, err := s.Record(ctx, "release", "api/abc")
+	if err != nil || string(got.Value) != "two" || got.Revision != r2 || got.Kind != "release" || got.Key != "api/abc" {
+		t.Errorf("Record = %+v, %v; want two at %d", got, err, r2)
+	}
+	// Kinds do not mix, not even when one is a prefix of another.
+	for _, kr := range [][2]string{{"releases", "x"}, {"database", "api"}, {"release", "api/0"}} {
+		if _, err := s.PutRecord(ctx, kr[0], kr[1], []byte(kr[1]), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := s.Records(ctx, "release")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, r := range recs {
+		keys = append(keys, r.Kind+":"+r.Key)
+	}
+	if !slices.Equal(keys, []string{"release:api/0", "release:api/abc"}) {
+		t.Errorf("Records(release) = %v", keys)
+	}
+	if err := s.DeleteRecord(ctx, "release", "api/abc", r1); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("stale delete = %v, want ErrConflict", err)
+	}
+	if err := s.DeleteRecord(ctx, "release", "api/abc", r2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteRecord(ctx, "release", "api/abc", r2); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("delete of a missing record = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Record(ctx, "release", "api/abc"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Record after delete = %v, want ErrNotFound", err)
+	}
+	// A deleted record can be created again.
+	if _, err := s.PutRecord(ctx, "release", "api/abc", []byte("again"), 0); err != nil {
+		t.Errorf("create after delete = %v", err)
+	}
+}
+
+func testWatch(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	commit(t, s, Gen("before"), 0) // not seen: before the watch
+	events, err := s.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit(t, s, Gen("v2"), 1)
+	if err := s.SetCurrent(ctx, 2, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := s.PutRecord(ctx, "release", "a/v", []byte("x"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteRecord(ctx, "release", "a/v", rev); err != nil {
+		t.Fatal(err)
+	}
+	// Refused changes are not events.
+	s.SetCurrent(ctx, 2, 1)
+	s.PutRecord(ctx, "release", "b/v", nil, 5)
+	commit(t, s, Gen("v3"), 1)
+
+	want := []store.Event{
+		{Type: store.EventAdded, Generation: 2},
+		{Type: store.EventCurrent, Generation: 2, From: 1},
+		{Type: store.EventCurrent, Generation: 1, From: 2},
+		{Type: store.EventRemoved, Generation: 2},
+		{Type: store.EventRecord, Kind: "release", Key: "a/v"},
+		{Type: store.EventRecordDeleted, Kind: "release", Key: "a/v"},
+		{Type: store.EventAdded, Generation: 3},
+		{Type: store.EventCurrent, Generation: 3, From: 1},
+	}
+	var last uint64
+	for i, w := range want {
+		var ev store.Event
+		select {
+		case ev = <-events:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("event %d (%v) not delivered", i, w)
+		}
+		if ev.Revision < last || ev.Revision == 0 {
+			t.Errorf("event %d revision %d after %d: revisions must grow", i, ev.Revision, last)
+		}
+		last = ev.Revision
+		ev.Revision = 0
+		if ev != w {
+			t.Errorf("event %d = %+v, want %+v", i, ev, w)
+		}
+	}
+}
+
+func testWatchEnds(t *testing.T, s store.Store) {
+	ctx, cancel := context.WithCancel(t.Context())
+	events, err := s.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A watcher that does not read delays no writer.
+	for i := range uint64(100) {
+		commit(t, s, Gen(fmt.Sprint(i)), i)
+	}
+	cancel()
+	for range events { // drains, then ends: the channel is closed
+	}
+	after, err := s.Watch(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for range after {
+	}
+}
+
+func testConcurrentWriters(t *testing.T, s store.Store) {
+	const writers, each = 4, 10
+	ctx := t.Context()
+	var wg sync.WaitGroup
+	conflicts := make([]int, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; {
+				// Read, decide, write: a stale decision fails and is made again.
+				cur, err := s.Current(ctx)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var from uint64
+				if cur != nil {
+					from = cur.Number
+				}
+				if _, err := s.Commit(ctx, Gen(fmt.Sprintf("w%d-%d", w, i)), from); errors.Is(err, store.ErrConflict) {
+					conflicts[w]++
+					continue
+				} else if err != nil {
+					t.Error(err)
+					return
+				}
+				// A counter record incremented by compare-and-swap.
+				for {
+					var n int
+					r, err := s.Record(ctx, "counter", "c")
+					if err == nil {
+						n, _ = strconv.Atoi(string(r.Value))
+					} else if !errors.Is(err, store.ErrNotFound) {
+						t.Error(err)
+						return
+					}
+					if _, err := s.PutRecord(ctx, "counter", "c", []byte(strconv.Itoa(n+1)), r.Revision); err == nil {
+						break
+					} else if !errors.Is(err, store.ErrConflict) {
+						t.Error(err)
+						return
+					}
+				}
+				i++
+			}
+		}()
+	}
+	wg.Wait()
+	got := numbers(t, s)
+	if len(got) != writers*each {
+		t.Fatalf("%d generations, want %d", len(got), writers*each)
+	}
+	for i, n := range got {
+		if n != uint64(i+1) {
+			t.Fatalf("generation numbers %v: want 1…%d, each once", got, writers*each)
+		}
+	}
+	if c := current(t, s); c != writers*each {
+		t.Errorf("current %d, want the last commit %d", c, writers*each)
+	}
+	r, err := s.Record(ctx, "counter", "c")
+	if err != nil || string(r.Value) != strconv.Itoa(writers*each) {
+		t.Errorf("counter = %q, %v; want %d: an increment was lost", r.Value, err, writers*each)
+	}
+}
