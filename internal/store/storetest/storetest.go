@@ -30,6 +30,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"NumbersNeverReused", testNumbersNeverReused},
 		{"CommitConflict", testCommitConflict},
 		{"SetCurrent", testSetCurrent},
+		{"SetConfirm", testSetConfirm},
+		{"SetConfirmSwitchBack", testSetConfirmSwitchBack},
+		{"SetConfirmConflict", testSetConfirmConflict},
 		{"DeleteRefusesCurrent", testDeleteRefusesCurrent},
 		{"SecretsByDigest", testSecretsByDigest},
 		{"Records", testRecords},
@@ -199,6 +202,244 @@ func testSetCurrent(t *testing.T, s store.Store) {
 	}
 }
 
+// pending returns a generation whose service "a" runs version v, its
+// confirm window open with prev to switch back to.
+func pending(v string, prev uint64) *spec.Generation {
+	g := Gen(v)
+	g.Confirm = &spec.Confirm{State: spec.ConfirmPending, Deadline: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), Previous: prev}
+	return g
+}
+
+// sameConfirm reports whether a and b record the same confirm window.
+func sameConfirm(a, b *spec.Confirm) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.State == b.State && a.Deadline.Equal(b.Deadline) && a.Previous == b.Previous && a.Reason == b.Reason
+}
+
+func confirmOf(t *testing.T, s store.Store, n uint64) *spec.Confirm {
+	t.Helper()
+	g, err := s.Get(t.Context(), n)
+	if err != nil {
+		t.Fatalf("Get(%d): %v", n, err)
+	}
+	return g.Confirm
+}
+
+func testSetConfirm(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	commit(t, s, Gen("v1"), 0)
+	g := pending("v2", 1)
+	g.Secrets = map[string][]byte{"k": []byte("age ciphertext")}
+	commit(t, s, g, 1)
+	if c := confirmOf(t, s, 2); !sameConfirm(c, g.Confirm) {
+		t.Fatalf("committed confirm = %+v, want %+v", c, g.Confirm)
+	}
+	want := &spec.Confirm{State: spec.ConfirmConfirmed, Previous: 1}
+	if err := s.SetConfirm(ctx, 2, want, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameConfirm(got.Confirm, want) {
+		t.Errorf("confirm = %+v, want %+v", got.Confirm, want)
+	}
+	// Only the confirmation changes.
+	if got.Number != 2 || !got.Time.Equal(g.Time) || got.SpecHash != "hash-v2" || got.Versions["a"] != "v2" || !bytes.Equal(got.Secrets["k"], g.Secrets["k"]) {
+		t.Errorf("generation after SetConfirm = %+v, want it as committed but for its confirm", got)
+	}
+	if c := current(t, s); c != 2 {
+		t.Errorf("SetConfirm without a switch moved current to %d", c)
+	}
+	// A generation that is not current can be recorded too (superseded).
+	if err := s.SetConfirm(ctx, 1, &spec.Confirm{State: spec.ConfirmSuperseded, Reason: "r"}, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c := confirmOf(t, s, 1); c == nil || c.State != spec.ConfirmSuperseded || c.Reason != "r" {
+		t.Errorf("confirm of generation 1 = %+v, want superseded", c)
+	}
+	if err := s.SetConfirm(ctx, 9, want, 0, 0); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("SetConfirm of a missing generation = %v, want ErrNotFound", err)
+	}
+	// A switch that names no generation to switch to is refused.
+	if err := s.SetConfirm(ctx, 2, &spec.Confirm{State: spec.ConfirmFailed}, 2, 0); err == nil {
+		t.Error("SetConfirm(from 2, to 0) = nil, want an error")
+	}
+	if c := confirmOf(t, s, 2); !sameConfirm(c, want) {
+		t.Errorf("refused SetConfirms changed the confirm to %+v", c)
+	}
+	// A switch from and to the current generation records and moves nothing.
+	if err := s.SetConfirm(ctx, 2, &spec.Confirm{State: spec.ConfirmSkipped}, 2, 2); err != nil {
+		t.Fatal(err)
+	}
+	if c := current(t, s); c != 2 {
+		t.Errorf("SetConfirm(from 2, to 2) moved current to %d", c)
+	}
+}
+
+// testSetConfirmSwitchBack: a failed confirmation and the switch back to
+// the previous generation are one change: a reader sees both or neither,
+// and watchers get both events at one revision.
+func testSetConfirmSwitchBack(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	commit(t, s, Gen("v1"), 0)
+	commit(t, s, pending("v2", 1), 1)
+	events, err := s.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A reader, concurrent with the switch back, must never see one half
+	// of it without the other. Each look reads one half before the other,
+	// in both orders: what the first read saw done the second must see.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		read := func() (uint64, bool) {
+			g, err := s.Current(ctx)
+			if err != nil || g == nil {
+				t.Errorf("Current = %v, %v; want a generation", g, err)
+				return 0, false
+			}
+			return g.Number, true
+		}
+		state := func() (spec.ConfirmState, bool) {
+			g, err := s.Get(ctx, 2)
+			if err != nil || g.Confirm == nil {
+				t.Errorf("Get(2) = %v, %v; want it with its confirm", g, err)
+				return "", false
+			}
+			return g.Confirm.State, true
+		}
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if i%2 == 0 {
+				cur, ok := read()
+				st, ok2 := state()
+				if !ok || !ok2 {
+					return
+				}
+				if cur == 1 && st != spec.ConfirmFailed {
+					t.Errorf("generation 1 is current again, but generation 2 is recorded %s", st)
+					return
+				}
+			} else {
+				st, ok := state()
+				cur, ok2 := read()
+				if !ok || !ok2 {
+					return
+				}
+				if st == spec.ConfirmFailed && cur != 1 {
+					t.Errorf("generation 2 is recorded failed, but %d is current", cur)
+					return
+				}
+			}
+		}
+	}()
+	rec := &spec.Confirm{State: spec.ConfirmFailed, Previous: 1, Reason: "a-v2 crashed"}
+	err = s.SetConfirm(ctx, 2, rec, 2, 1)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := current(t, s); c != 1 {
+		t.Errorf("current %d after the switch back, want 1", c)
+	}
+	if c := confirmOf(t, s, 2); !sameConfirm(c, rec) {
+		t.Errorf("confirm after the switch back = %+v, want %+v", c, rec)
+	}
+	if c := confirmOf(t, s, 1); c != nil {
+		t.Errorf("the switch back recorded a confirm on generation 1: %+v", c)
+	}
+	want := []store.Event{
+		{Type: store.EventConfirm, Generation: 2},
+		{Type: store.EventCurrent, Generation: 1, From: 2},
+	}
+	var rev uint64
+	for i, w := range want {
+		var ev store.Event
+		select {
+		case ev = <-events:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("event %d (%v) not delivered", i, w)
+		}
+		if i == 0 {
+			rev = ev.Revision
+		} else if ev.Revision != rev {
+			t.Errorf("event %d at revision %d, the switch back's first at %d: one change, one revision", i, ev.Revision, rev)
+		}
+		ev.Revision = 0
+		if ev != w {
+			t.Errorf("event %d = %+v, want %+v", i, ev, w)
+		}
+	}
+	// A commit after the switch back builds on the generation switched to.
+	if _, err := s.Commit(ctx, Gen("v3"), 2); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("Commit on the generation switched back from = %v, want ErrConflict", err)
+	}
+	if n := commit(t, s, Gen("v3"), 1); n != 3 {
+		t.Errorf("commit after the switch back numbered %d, want 3", n)
+	}
+}
+
+// testSetConfirmConflict: a switch back by a stale writer — another one
+// moved the current generation since it read it — fails and changes
+// nothing: neither the confirmation nor the current generation.
+func testSetConfirmConflict(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	commit(t, s, Gen("v1"), 0)
+	commit(t, s, pending("v2", 1), 1)
+	commit(t, s, Gen("v3"), 2) // another writer deployed meanwhile
+	events, err := s.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := confirmOf(t, s, 2)
+	err = s.SetConfirm(ctx, 2, &spec.Confirm{State: spec.ConfirmFailed, Previous: 1, Reason: "stale"}, 2, 1)
+	if !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("stale switch back = %v, want ErrConflict", err)
+	}
+	if c := confirmOf(t, s, 2); !sameConfirm(c, before) {
+		t.Errorf("a refused switch back recorded %+v, want %+v unchanged", c, before)
+	}
+	if c := current(t, s); c != 3 {
+		t.Errorf("a refused switch back moved current to %d, want 3", c)
+	}
+	if err := s.SetConfirm(ctx, 2, &spec.Confirm{State: spec.ConfirmFailed}, 3, 9); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("switch to a missing generation = %v, want ErrNotFound", err)
+	}
+	if err := s.SetConfirm(ctx, 9, &spec.Confirm{State: spec.ConfirmFailed}, 3, 1); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("switch back from the confirm of a missing generation = %v, want ErrNotFound", err)
+	}
+	if c := current(t, s); c != 3 {
+		t.Errorf("refused switches moved current to %d, want 3", c)
+	}
+	if c := confirmOf(t, s, 2); !sameConfirm(c, before) {
+		t.Errorf("refused switches recorded %+v, want %+v unchanged", c, before)
+	}
+	// Refused changes are not events: the first one seen is the next change.
+	if err := s.SetConfirm(ctx, 3, &spec.Confirm{State: spec.ConfirmSkipped}, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-events:
+		if ev.Type != store.EventConfirm || ev.Generation != 3 {
+			t.Errorf("first event after refused switches = %+v, want generation 3's confirm", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the confirm of generation 3 was not delivered")
+	}
+}
+
 func testDeleteRefusesCurrent(t *testing.T, s store.Store) {
 	for i := range uint64(3) {
 		commit(t, s, Gen("v"+strconv.FormatUint(i, 10)), i)
@@ -337,8 +578,12 @@ func testWatch(t *testing.T, s store.Store) {
 	if err := s.DeleteRecord(ctx, "release", "a/v", rev); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.SetConfirm(ctx, 1, &spec.Confirm{State: spec.ConfirmConfirmed}, 0, 0); err != nil {
+		t.Fatal(err)
+	}
 	// Refused changes are not events.
 	s.SetCurrent(ctx, 2, 1)
+	s.SetConfirm(ctx, 1, &spec.Confirm{State: spec.ConfirmFailed}, 2, 1)
 	s.PutRecord(ctx, "release", "b/v", nil, 5)
 	commit(t, s, Gen("v3"), 1)
 
@@ -349,6 +594,7 @@ func testWatch(t *testing.T, s store.Store) {
 		{Type: store.EventRemoved, Generation: 2},
 		{Type: store.EventRecord, Kind: "release", Key: "a/v"},
 		{Type: store.EventRecordDeleted, Kind: "release", Key: "a/v"},
+		{Type: store.EventConfirm, Generation: 1},
 		{Type: store.EventAdded, Generation: 3},
 		{Type: store.EventCurrent, Generation: 3, From: 1},
 	}
