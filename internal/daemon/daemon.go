@@ -113,8 +113,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	runAsUsers := os.Geteuid() == 0
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
-	// certRoutes: every switch also updates certificates and TLS policy.
-	d.engine = deploy.New(st, d.sup, certRoutes{Router: d.router, d: d})
+	d.engine = deploy.New(st, d.sup, d.router)
+	// Every switch also updates certificates and TLS policy.
+	d.engine.OnSwitch(d.switched)
 	d.engine.SetLog(func(f string, a ...any) { d.logf(f, a...) })
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
 	d.db = newDatabases(opts.Root, d.store, d.sup, runAsUsers, d.logf)

@@ -215,7 +215,15 @@ func (e *Engine) switchTo(g *spec.Generation) error {
 	if err := e.route.Swap(Table(g)); err != nil {
 		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
 	}
+	e.notifySwitch(g)
 	return nil
+}
+
+// notifySwitch tells the switch hook, if any, that g is live.
+func (e *Engine) notifySwitch(g *spec.Generation) {
+	if e.switched != nil {
+		e.switched(g)
+	}
 }
 
 // drain stops every running version that g does not hold, once nothing is

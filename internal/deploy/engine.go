@@ -101,6 +101,9 @@ type Engine struct {
 	// operation: a confirm window resumed after a restart, a version that
 	// failed after its window. Set by SetLog.
 	logf Progress
+	// switched is told every generation the routes switch to, right after
+	// the switch (see OnSwitch); nil when no one listens.
+	switched func(g *spec.Generation)
 
 	// running holds what the engine started and has not stopped, by key.
 	runMu   sync.Mutex
@@ -124,6 +127,14 @@ func New(st store.Store, procs Processes, routes Routes) *Engine {
 // decide, and versions that fail after their window. Call it before the
 // engine is used.
 func (e *Engine) SetLog(logf Progress) { e.logf = logf }
+
+// OnSwitch sets fn to be told every generation the routes are switched
+// to — by a deploy, a rollback, a switch back, or a resume after a start —
+// right after the switch, while the engine still holds its lock: what must
+// follow the live generation (certificates, TLS policy) learns it from here
+// rather than by reading the store back. fn must not call the engine. Call
+// it before the engine is used.
+func (e *Engine) OnSwitch(fn func(g *spec.Generation)) { e.switched = fn }
 
 // Use adds preparers, run in the order given before every new version starts.
 // Call it before the engine is used.
@@ -396,6 +407,7 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	if err := e.route.Swap(t); err != nil {
 		return fmt.Errorf("resume generation %d: %w", cur.Number, err)
 	}
+	e.notifySwitch(cur)
 	e.settleStale(ctx, cur, progress)
 	e.resumeConfirm(ctx, cur, prev, progress)
 	return nil
