@@ -38,7 +38,7 @@ func TestSwitchHook(t *testing.T) {
 	var sw switches
 	w.engine.OnSwitch(sw.hook)
 	good := mkSpec(map[string]*spec.Service{"web": app("good", domains("web.test"))})
-	w.mustDeploy(good) // 1
+	w.mustDeploy(good)                                                                     // 1
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("two", domains("web.test"))})) // 2
 	if _, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("never", domains("web.test"), env("CRASH", "1"))}), 0); err == nil {
 		t.Fatal("a deploy of a crashing version went through")
