@@ -91,7 +91,7 @@ func (e *Engine) startAll(ctx context.Context, g *spec.Generation, opts startOpt
 			continue
 		}
 		if len(errs) > 0 {
-			e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
+			e.abandon(context.WithoutCancel(ctx), keysOf(started), progress)
 			return nil, fmt.Errorf("deploy failed before the switch, nothing changed: %w", errors.Join(errs...))
 		}
 	}
@@ -147,7 +147,9 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, opt
 	if svc.Package != "" && !filepath.IsAbs(exec[0]) {
 		cfg.Exec = append([]string{filepath.Join(svc.Package, exec[0])}, exec[1:]...)
 	}
+	var ran []Preparer
 	for _, p := range e.prepare {
+		ran = append(ran, p)
 		if err := p.Prepare(ctx, g, name, &cfg); err != nil {
 			// A process a previous daemon left running was prepared then;
 			// keep it serving rather than stop it for what is missing now.
@@ -155,8 +157,20 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, opt
 				progress("%s: %v; adopting the running process anyway", key, err)
 				continue
 			}
+			e.cleanup(context.WithoutCancel(ctx), key, preparation{g: g, service: name, ran: ran}, false, progress)
 			return fail("%s: %w", key, err)
 		}
+	}
+	if opts.adopt {
+		// A resume adopts what a committed generation holds: nothing of
+		// it is undone.
+		e.cleanup(ctx, key, preparation{g: g, service: name, ran: ran}, true, progress)
+	} else {
+		// Until a commit makes the version the store's, a failure cleans
+		// up what was prepared for it (abandon).
+		e.runMu.Lock()
+		e.prepared[key] = preparation{g: g, service: name, ran: ran}
+		e.runMu.Unlock()
 	}
 	progress("starting %s", key)
 	t0 := time.Now()
@@ -185,14 +199,61 @@ func (e *Engine) apply(ctx context.Context, g *spec.Generation, opts startOption
 		return started, err
 	}
 	if err := commit(started); err != nil {
-		e.stopKeys(context.WithoutCancel(ctx), keysOf(started), progress)
+		e.abandon(context.WithoutCancel(ctx), keysOf(started), progress)
 		return started, fmt.Errorf("nothing switched: %w", err)
 	}
+	e.kept(context.WithoutCancel(ctx), keysOf(started), progress)
 	if err := e.switchTo(g); err != nil {
 		return started, err
 	}
 	progress("switched: generation %d is live", g.Number)
 	return started, nil
+}
+
+// abandon stops versions started for a generation that does not go live,
+// and cleans up what was prepared for them.
+func (e *Engine) abandon(ctx context.Context, keys []spec.VersionKey, progress Progress) {
+	e.stopKeys(ctx, keys, progress)
+	for _, k := range keys {
+		e.runMu.Lock()
+		p, ok := e.prepared[k]
+		delete(e.prepared, k)
+		e.runMu.Unlock()
+		if ok {
+			e.cleanup(ctx, k, p, false, progress)
+		}
+	}
+}
+
+// kept ends the preparations of versions a committed generation now
+// holds: they are no longer a failed start's to clean up.
+func (e *Engine) kept(ctx context.Context, keys []spec.VersionKey, progress Progress) {
+	for _, k := range keys {
+		e.runMu.Lock()
+		p, ok := e.prepared[k]
+		delete(e.prepared, k)
+		e.runMu.Unlock()
+		if ok {
+			e.cleanup(ctx, k, p, true, progress)
+		}
+	}
+}
+
+// cleanup runs the cleanup step of the preparers that ran for key, last
+// first. A failure is reported, not returned: the deploy has failed
+// already (or, started, the version runs), and what is left is named.
+func (e *Engine) cleanup(ctx context.Context, key spec.VersionKey, p preparation, started bool, progress Progress) {
+	for i := len(p.ran) - 1; i >= 0; i-- {
+		c, ok := p.ran[i].(Cleaner)
+		if !ok {
+			continue
+		}
+		if err := c.Cleanup(ctx, p.g, p.service, started); err != nil && !started {
+			progress("%s: cleaning up after a failed start: %v", key, err)
+		} else if err != nil {
+			progress("%s: cleaning up after its preparation: %v", key, err)
+		}
+	}
 }
 
 // Table builds the public routing table of a generation.

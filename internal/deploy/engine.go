@@ -56,6 +56,23 @@ type Preparer interface {
 	Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error
 }
 
+// Cleaner is a Preparer with a cleanup step (caddy's provision → validate
+// → cleanup): every Prepare the engine calls, successful or not, is
+// followed by exactly one Cleanup for the same version once its fate is
+// known. started is false when the version did not go live — a later
+// preparer failed, its process did not start or never got ready, or the
+// deploy failed before its switch — and then Cleanup undoes what that
+// Prepare made for this version alone (a database created for it, a GC
+// root it added), leaving what existed before or other versions use: a
+// failed start leaves nothing behind. started is true once a committed
+// generation holds the version: Cleanup only forgets its bookkeeping.
+// (A resume after a restart adopts what a committed generation holds: its
+// preparations are never undone.)
+type Cleaner interface {
+	Preparer
+	Cleanup(ctx context.Context, g *spec.Generation, service string, started bool) error
+}
+
 var (
 	_ Processes = (*supervisor.Supervisor)(nil)
 	_ Routes    = (*router.Router)(nil)
@@ -108,6 +125,18 @@ type Engine struct {
 	// running holds what the engine started and has not stopped, by key.
 	runMu   sync.Mutex
 	running map[spec.VersionKey]*version
+	// prepared holds, for each version prepared but not yet part of a
+	// committed generation, the generation it was prepared for and the
+	// preparers that ran: what a failed start must clean up. Guarded by
+	// runMu.
+	prepared map[spec.VersionKey]preparation
+}
+
+// preparation is what ran to prepare one version.
+type preparation struct {
+	g       *spec.Generation
+	service string
+	ran     []Preparer
 }
 
 // version is one started version of a service and what it was started with.
@@ -119,7 +148,7 @@ type version struct {
 
 // New returns an engine over a store, the processes and the routes.
 func New(st store.Store, procs Processes, routes Routes) *Engine {
-	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}, logf: func(string, ...any) {}}
+	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}, prepared: map[spec.VersionKey]preparation{}, logf: func(string, ...any) {}}
 }
 
 // SetLog sets where the engine reports what it does on its own, outside an
