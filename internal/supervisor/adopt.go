@@ -141,12 +141,14 @@ func procStartTicks(pid int) (uint64, error) {
 }
 
 // watchExit returns a channel closed when the process pid (started at
-// ticks) exits, and a function that ends the watch early. It polls a pidfd,
-// which works for processes that are not our children; where pidfds are
-// missing it polls /proc.
+// ticks) exits, and a function that ends the watch early. It waits on a
+// pidfd through Go's netpoller (epoll), which works for processes that are
+// not our children and holds no OS thread while it waits: a blocking
+// poll(2) or wait4(2) per process would pin one thread for each running
+// service. Where pidfds are missing it polls /proc.
 func watchExit(pid int, ticks uint64) (exited chan struct{}, stop func()) {
 	exited = make(chan struct{})
-	fd, err := unix.PidfdOpen(pid, 0)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err == nil {
 		// The pid may have been reused between the caller's check and the
 		// open: check again now that the pidfd pins the process.
@@ -155,38 +157,32 @@ func watchExit(pid int, ticks uint64) (exited chan struct{}, stop func()) {
 			close(exited)
 			return exited, func() {}
 		}
-		var wake [2]int
-		if err := unix.Pipe2(wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err == nil {
+		// A nonblocking descriptor handed to os.NewFile joins the netpoller.
+		f := os.NewFile(uintptr(fd), "pidfd")
+		if rc, err := f.SyscallConn(); err == nil {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				defer unix.Close(fd)
-				defer unix.Close(wake[0])
-				fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(wake[0]), Events: unix.POLLIN}}
-				for {
-					_, err := unix.Poll(fds, -1)
-					if err == unix.EINTR {
-						continue
-					}
-					if err != nil || fds[0].Revents != 0 {
-						close(exited)
-						return
-					}
-					if fds[1].Revents != 0 {
-						return
-					}
+				// A pidfd turns readable when the process exits. Read
+				// parks the goroutine until then, or until Close below.
+				err := rc.Read(func(fd uintptr) bool {
+					fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+					n, err := unix.Poll(fds, 0)
+					return err != unix.EINTR && (err != nil || n > 0)
+				})
+				if err == nil {
+					close(exited)
 				}
 			}()
 			var once sync.Once
 			return exited, func() {
 				once.Do(func() {
-					unix.Write(wake[1], []byte{0})
+					f.Close()
 					<-done
-					unix.Close(wake[1])
 				})
 			}
 		}
-		unix.Close(fd)
+		f.Close()
 	}
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {

@@ -1,0 +1,53 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// osThreads is the number of OS threads of this process.
+func osThreads(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no Threads: line in /proc/self/status")
+	return 0
+}
+
+// Supervising a process must not hold an OS thread for it: waiting for each
+// process's exit in a blocking syscall cost one thread per service (200
+// services, 400 threads).
+func TestThreadsDoNotGrowWithProcesses(t *testing.T) {
+	const n = 40
+	s, _ := newSupervisor(t, Options{})
+	before := osThreads(t)
+	var wg sync.WaitGroup
+	for k := range n {
+		wg.Go(func() {
+			cfg := appConfig(fmt.Sprintf("t%d", k))
+			startReady(t, s, cfg)
+		})
+	}
+	wg.Wait()
+	after := osThreads(t)
+	// A few threads for the start-up's own syscalls are fine; one per
+	// process is not.
+	if grew := after - before; grew >= n/4 {
+		t.Errorf("OS threads grew by %d (from %d to %d) for %d processes; want fewer than %d", grew, before, after, n, n/4)
+	}
+}
