@@ -80,6 +80,14 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			d.Close() // undoes whatever part of Start ran
 		}
 	}()
+	// As root, each service runs as its own user, and its database role
+	// authenticates as that user.
+	runAsUsers := os.Geteuid() == 0
+	if runAsUsers {
+		if err := checkRootReachable(opts.Root); err != nil {
+			return nil, err
+		}
+	}
 	for _, dir := range []struct {
 		path string
 		mode os.FileMode
@@ -105,9 +113,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()
 	}
-	// As root, each service runs as its own user, and its database role
-	// authenticates as that user.
-	runAsUsers := os.Geteuid() == 0
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
 	// certRoutes: every switch also updates certificates and TLS policy.
