@@ -17,6 +17,7 @@ import (
 
 	"hostel/internal/acme"
 	"hostel/internal/api"
+	"hostel/internal/cgroup"
 	"hostel/internal/deploy"
 	"hostel/internal/nix"
 	"hostel/internal/router"
@@ -50,6 +51,8 @@ type Daemon struct {
 	hostKey *secrets.HostKey
 	// db provisions PostgreSQL databases and runs release steps.
 	db *databases
+	// cgroups enforce services' limits; nil where there are none.
+	cgroups *cgroup.Hierarchy
 
 	httpLn  net.Listener
 	apiLn   net.Listener
@@ -113,7 +116,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()
 	}
-	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers})
+	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
+		Cgroups: d.openCgroups()})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
 	// certRoutes: every switch also updates certificates and TLS policy.
 	d.engine = deploy.New(st, d.sup, certRoutes{Router: d.router, d: d})
@@ -142,6 +146,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := os.Chmod(sock, 0o600); err != nil {
 		return nil, err
 	}
+	// Before anything is adopted: what a daemon killed mid-launch left
+	// running without a record.
+	d.sup.Leftovers()
 	if err := d.engine.Resume(ctx, func(f string, a ...any) { d.logf(f, a...) }); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}

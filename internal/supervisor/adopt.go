@@ -55,6 +55,8 @@ type recordConfig struct {
 	ReadyTimeout    time.Duration     `json:"ready_timeout"`
 	StopGrace       time.Duration     `json:"stop_grace"`
 	CredentialNames []string          `json:"credential_names,omitempty"`
+	Memory          int64             `json:"memory,omitempty"`
+	CPU             float64           `json:"cpu,omitempty"`
 }
 
 func (s *Supervisor) recordPath(key spec.VersionKey) string {
@@ -68,6 +70,7 @@ func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
 	rc := recordConfig{
 		Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
 		HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
+		Memory: c.Memory, CPU: c.CPU,
 	}
 	for name := range c.Credentials {
 		rc.CredentialNames = append(rc.CredentialNames, name)
@@ -373,7 +376,8 @@ func (s *Supervisor) AdoptRecorded(key spec.VersionKey) (*Instance, bool, error)
 	}
 	c := r.Config
 	return s.Adopt(Config{Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
-		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace})
+		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
+		Memory: c.Memory, CPU: c.CPU})
 }
 
 // Orphans returns the keys of recorded processes that still run and that
@@ -466,9 +470,21 @@ func (i *Instance) adopt(r *record) (*proc, error) {
 		i.credDir = r.CredentialsDir
 		i.env = append(i.env, "CREDENTIALS_DIRECTORY="+r.CredentialsDir)
 	}
+	// The process is in the group its launch made; a version started
+	// before cgroups were used, or on a machine without them, has none,
+	// and gets one at its next launch after a crash.
+	if h := s.opts.Cgroups; h != nil {
+		if g := h.Group(string(i.key)); g.Exists() {
+			i.cg = g
+		} else if err := i.makeGroup(); err != nil {
+			return nil, err
+		}
+	}
+	oom := i.readOOMKills()
 	i.mu.Lock()
 	i.inc++
 	i.accepting = true
+	i.oomKills = oom
 	i.mu.Unlock()
 	// If it ends in between, the run loop restarts it as after a crash.
 	return i.track(nil, r.PID, r.StartTicks, r.Started), nil
@@ -483,5 +499,6 @@ func (s *Supervisor) Recorded(key spec.VersionKey) (Config, bool) {
 	}
 	c := r.Config
 	return Config{Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
-		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace}, true
+		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
+		Memory: c.Memory, CPU: c.CPU}, true
 }

@@ -18,6 +18,13 @@ import (
 	"time"
 )
 
+// kept holds what /alloc allocated; spun is what /spin writes, so the loop
+// is not optimised away.
+var (
+	kept [][]byte
+	spun int
+)
+
 func main() {
 	notify := flag.Bool("notify", false, "send READY=1 to NOTIFY_SOCKET before listening")
 	ignoreTerm := flag.Bool("ignore-term", false, "ignore SIGTERM")
@@ -89,6 +96,27 @@ func main() {
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Println("crashing on request")
 		os.Exit(1)
+	})
+	mux.HandleFunc("/alloc", func(w http.ResponseWriter, r *http.Request) {
+		// Allocate and touch MB mebibytes, and keep them.
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		for range mb {
+			b := make([]byte, 1<<20)
+			for k := range b {
+				b[k] = 1
+			}
+			kept = append(kept, b)
+		}
+		fmt.Fprintln(w, "allocated", mb)
+	})
+	mux.HandleFunc("/spin", func(w http.ResponseWriter, r *http.Request) {
+		// Keep one core busy until the process ends.
+		go func() {
+			for n := 0; ; n++ {
+				spun = n
+			}
+		}()
+		fmt.Fprintln(w, "spinning")
 	})
 	mux.HandleFunc("/spam", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
