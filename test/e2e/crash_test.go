@@ -156,4 +156,3 @@ func crashSpec(e *Env, gen string) map[string]any {
 		"shop":   e.App("shop", map[string]any{"env": map[string]string{"GEN": gen}, "domains": []string{"shop.example"}}),
 	}}
 }
-
