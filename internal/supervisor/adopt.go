@@ -23,9 +23,6 @@ import (
 // daemon's Adopt takes them back, found through one record per running
 // instance, ROOT/run/SERVICE-VERSION.json.
 
-// logCheckInterval is how often a version's log size is checked for rotation.
-var logCheckInterval = time.Second
-
 // record is what the supervisor keeps on disk about a running instance so
 // that a later daemon can adopt it. It holds no secret values: credentials
 // are only named, and stay in their directory.
@@ -213,7 +210,8 @@ func watchExit(pid int, ticks uint64) (exited chan struct{}, stop func()) {
 	}
 }
 
-// openLog opens the version's log for the processes and starts rotating it.
+// openLog opens the version's log for the processes and rotates it as
+// they write (see logFile).
 func (i *Instance) openLog() error {
 	f, err := openLogFile(i.logPath)
 	if err != nil {
@@ -221,16 +219,22 @@ func (i *Instance) openLog() error {
 	}
 	i.logOut = f
 	i.log = &logFile{path: i.logPath, max: i.s.opts.LogMaxBytes}
-	i.rotStop, i.rotDone = make(chan struct{}), make(chan struct{})
+	w, err := watchWrites(i.logPath)
+	if err != nil {
+		f.Close()
+		i.logOut = nil
+		return fmt.Errorf("watching %s: %w", i.logPath, err)
+	}
+	i.logWatch = w
+	i.rotDone = make(chan struct{})
 	go func() {
 		defer close(i.rotDone)
-		t := time.NewTicker(logCheckInterval)
-		defer t.Stop()
+		buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
 		for {
-			select {
-			case <-i.rotStop:
-				return
-			case <-t.C:
+			// Events pile up while a rotation runs; one read takes them
+			// all, and one check answers them all.
+			if _, err := w.Read(buf); err != nil {
+				return // closed by closeLog
 			}
 			if _, err := i.log.rotateIfFull(); err != nil {
 				i.s.opts.Logf("supervisor: %s: rotating %s: %v", i.key, i.logPath, err)
@@ -240,12 +244,27 @@ func (i *Instance) openLog() error {
 	return nil
 }
 
+// watchWrites returns an inotify descriptor that turns readable whenever
+// path is written to; nonblocking, so that reading it parks a goroutine in
+// the netpoller rather than holding a thread.
+func watchWrites(path string) (*os.File, error) {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_MODIFY); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "inotify"), nil
+}
+
 // closeLog stops the rotation and closes the daemon's descriptor of the log.
 func (i *Instance) closeLog() {
-	if i.rotStop != nil {
-		close(i.rotStop)
+	if i.logWatch != nil {
+		i.logWatch.Close()
 		<-i.rotDone
-		i.rotStop = nil
+		i.logWatch = nil
 	}
 	if i.logOut != nil {
 		i.logOut.Close()

@@ -56,7 +56,7 @@ type Instance struct {
 
 	log        *logFile
 	logOut     *os.File // the log, open for appending: every launch's stdout and stderr
-	rotStop    chan struct{}
+	logWatch   *os.File // inotify: readable when the log was written to
 	rotDone    chan struct{}
 	notify     *net.UnixConn
 	notifyDone chan struct{}
@@ -77,6 +77,7 @@ type Instance struct {
 	inc       int  // counts launches; a probe is for one launch
 	accepting bool // a process runs whose readiness counts
 	ready     bool
+	wasReady  bool // some process of the instance has been ready
 	restarts  int
 	lastErr   string
 	lastExit  string
@@ -496,7 +497,7 @@ func (i *Instance) markReady(inc int, how string) {
 	if inc != i.inc || !i.accepting || i.ready {
 		return
 	}
-	i.ready, i.state = true, StateRunning
+	i.ready, i.wasReady, i.state = true, true, StateRunning
 	i.broadcastLocked()
 	i.s.opts.Logf("supervisor: %s: ready (%s)", i.key, how)
 }
@@ -702,12 +703,36 @@ func (i *Instance) finish(st State, why string) {
 		i.lastErr = why
 	}
 	i.failure = failure
+	wasReady := i.wasReady
 	i.broadcastLocked()
 	i.mu.Unlock()
 	i.s.removeRecord(i.key)
+	if !wasReady {
+		i.dropLogIfDiskFull()
+	}
 	if st == StateStopped {
 		i.s.opts.Logf("supervisor: %s: stopped", i.key)
 	}
+}
+
+// dropLogIfDiskFull removes the log of a version that never got ready
+// when the disk it is on is (nearly) full: such a log is often what filled
+// it (a crash loop printing the same error), the version never served, and
+// the error its start returned already carries the log's last lines.
+// Keeping it would make the next deploy fail for want of space.
+func (i *Instance) dropLogIfDiskFull() {
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(i.logPath), &st); err != nil {
+		return
+	}
+	if free := int64(st.Bavail) * int64(st.Bsize); free >= i.s.opts.LogMaxBytes {
+		return
+	}
+	if err := removeLogs(i.logPath); err != nil {
+		i.s.opts.Logf("supervisor: %s: removing its log on a full disk: %v", i.key, err)
+		return
+	}
+	i.s.opts.Logf("supervisor: %s: removed its log: the disk is full and the version never got ready", i.key)
 }
 
 // teardown closes the notify socket and log and removes RUNTIME_DIRECTORY.

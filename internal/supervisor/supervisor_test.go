@@ -55,7 +55,6 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	appDir = dir
-	logCheckInterval = 20 * time.Millisecond
 	code := m.Run()
 	if code == 0 {
 		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {
