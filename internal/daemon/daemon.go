@@ -201,6 +201,11 @@ func (d *Daemon) Close() error {
 	if d.sup != nil {
 		d.sup.Detach()
 	}
+	if d.cgroups != nil {
+		// Only once no group is left in it (after hostel shutdown): the
+		// groups of detached services stay for the next daemon.
+		d.cgroups.Remove()
+	}
 	if d.certs != nil {
 		d.certs.Close()
 	}
