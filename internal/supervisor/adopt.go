@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -219,23 +220,20 @@ func (i *Instance) openLog() error {
 	}
 	i.logOut = f
 	i.log = &logFile{path: i.logPath, max: i.s.opts.LogMaxBytes}
-	w, err := watchWrites(i.logPath)
+	wake := make(chan struct{}, 1)
+	wd, err := i.s.logs.add(i.logPath, wake)
 	if err != nil {
 		f.Close()
 		i.logOut = nil
 		return fmt.Errorf("watching %s: %w", i.logPath, err)
 	}
-	i.logWatch = w
+	i.logWatch, i.logWake = wd, wake
 	i.rotDone = make(chan struct{})
 	go func() {
 		defer close(i.rotDone)
-		buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
-		for {
-			// Events pile up while a rotation runs; one read takes them
-			// all, and one check answers them all.
-			if _, err := w.Read(buf); err != nil {
-				return // closed by closeLog
-			}
+		// Wakes pile up (one is kept) while a rotation runs; one check
+		// answers them all.
+		for range wake {
 			if _, err := i.log.rotateIfFull(); err != nil {
 				i.s.opts.Logf("supervisor: %s: rotating %s: %v", i.key, i.logPath, err)
 			}
@@ -244,31 +242,106 @@ func (i *Instance) openLog() error {
 	return nil
 }
 
-// watchWrites returns an inotify descriptor that turns readable whenever
-// path is written to; nonblocking, so that reading it parks a goroutine in
-// the netpoller rather than holding a thread.
-func watchWrites(path string) (*os.File, error) {
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_MODIFY); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), "inotify"), nil
-}
-
 // closeLog stops the rotation and closes the daemon's descriptor of the log.
 func (i *Instance) closeLog() {
-	if i.logWatch != nil {
-		i.logWatch.Close()
+	if i.logWake != nil {
+		i.s.logs.remove(i.logWatch)
+		close(i.logWake) // no send can follow: remove took it off the watcher's books
 		<-i.rotDone
-		i.logWatch = nil
+		i.logWake = nil
 	}
 	if i.logOut != nil {
 		i.logOut.Close()
 		i.logOut = nil
+	}
+}
+
+// logWatcher wakes each instance's rotation when its log is written to.
+// It is one inotify instance for the whole supervisor, with a watch per
+// log: the kernel allows a user only 128 inotify instances by default
+// (fs.inotify.max_user_instances) but thousands of watches. Its descriptor
+// is nonblocking, so reading it parks a goroutine in the netpoller rather
+// than holding a thread. It runs only while some log is watched.
+type logWatcher struct {
+	mu    sync.Mutex
+	f     *os.File // nil while nothing is watched
+	wakes map[int32]chan<- struct{}
+	done  chan struct{} // closed when the reading goroutine has ended
+}
+
+// add watches path for writes, waking wake (without blocking) on each.
+func (w *logWatcher) add(path string, wake chan<- struct{}) (int32, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+		if err != nil {
+			return 0, err
+		}
+		w.f, w.done, w.wakes = os.NewFile(uintptr(fd), "inotify"), make(chan struct{}), map[int32]chan<- struct{}{}
+		go w.read(w.f, w.done)
+	}
+	wd, err := unix.InotifyAddWatch(int(w.f.Fd()), path, unix.IN_MODIFY)
+	if err != nil {
+		return 0, err
+	}
+	w.wakes[int32(wd)] = wake
+	return int32(wd), nil
+}
+
+// remove ends the watch wd; once it returns, its wake channel gets no
+// more sends. The last remove closes the inotify instance.
+func (w *logWatcher) remove(wd int32) {
+	w.mu.Lock()
+	if w.f == nil {
+		w.mu.Unlock()
+		return
+	}
+	delete(w.wakes, wd)
+	unix.InotifyRmWatch(int(w.f.Fd()), uint32(wd))
+	if len(w.wakes) > 0 {
+		w.mu.Unlock()
+		return
+	}
+	f, done := w.f, w.done
+	w.f = nil
+	w.mu.Unlock()
+	f.Close()
+	<-done
+}
+
+// read dispatches inotify events until f is closed.
+func (w *logWatcher) read(f *os.File, done chan struct{}) {
+	defer close(done)
+	buf := make([]byte, 256*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			return
+		}
+		w.mu.Lock()
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+			if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+				for _, wake := range w.wakes {
+					notify(wake)
+				}
+				continue
+			}
+			if wake, ok := w.wakes[ev.Wd]; ok {
+				notify(wake)
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+// notify wakes without waiting: one pending wake is as good as many.
+func notify(wake chan<- struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -55,8 +55,9 @@ type Instance struct {
 	oomKills int64
 
 	log        *logFile
-	logOut     *os.File // the log, open for appending: every launch's stdout and stderr
-	logWatch   *os.File // inotify: readable when the log was written to
+	logOut     *os.File      // the log, open for appending: every launch's stdout and stderr
+	logWatch   int32         // the log's watch in the supervisor's logWatcher
+	logWake    chan struct{} // woken when the log was written to; nil when not watched
 	rotDone    chan struct{}
 	notify     *net.UnixConn
 	notifyDone chan struct{}

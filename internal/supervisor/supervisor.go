@@ -156,6 +156,7 @@ type Supervisor struct {
 	probe *http.Client
 
 	userMu sync.Mutex // serializes useradd
+	logs   logWatcher
 
 	mu        sync.Mutex
 	instances map[spec.VersionKey]*Instance

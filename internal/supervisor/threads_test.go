@@ -50,4 +50,25 @@ func TestThreadsDoNotGrowWithProcesses(t *testing.T) {
 	if grew := after - before; grew >= n/4 {
 		t.Errorf("OS threads grew by %d (from %d to %d) for %d processes; want fewer than %d", grew, before, after, n, n/4)
 	}
+	// Nor an inotify instance each: a user gets only 128 of them
+	// (fs.inotify.max_user_instances), and the 129th service would not start.
+	if got := inotifyInstances(t); got > 1 {
+		t.Errorf("%d inotify instances open for %d logs, want 1", got, n)
+	}
+}
+
+// inotifyInstances counts this process's open inotify descriptors.
+func inotifyInstances(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "anon_inode:inotify" {
+			n++
+		}
+	}
+	return n
 }
