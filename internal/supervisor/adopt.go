@@ -567,7 +567,9 @@ func (i *Instance) adopt(r *record) (*proc, error) {
 	// and gets one at its next launch after a crash.
 	if h := s.opts.Cgroups; h != nil {
 		if g := h.Group(string(i.key)); g.Exists() {
+			i.mu.Lock()
 			i.cg = g
+			i.mu.Unlock()
 		} else if err := i.makeGroup(); err != nil {
 			return nil, err
 		}

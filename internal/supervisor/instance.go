@@ -134,8 +134,11 @@ func (i *Instance) Config() Config {
 // Status returns a snapshot of the instance.
 func (i *Instance) Status() Status {
 	var use cgroup.Usage
-	if i.cg != nil {
-		use, _ = i.cg.Usage() // a group already removed reads as nothing used
+	i.mu.Lock()
+	cg := i.cg
+	i.mu.Unlock()
+	if cg != nil {
+		use, _ = cg.Usage() // a group already removed reads as nothing used
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -289,7 +292,9 @@ func (i *Instance) makeGroup() error {
 		g.Remove()
 		return err
 	}
-	i.cg = g
+	i.mu.Lock()
+	i.cg = g // Status reads it from other goroutines
+	i.mu.Unlock()
 	return nil
 }
 

@@ -22,9 +22,12 @@ import (
 // ROOT/run/SERVICE-VERSION, which no other root's processes share, and
 // with cgroups they sit in their version's group, which a process cannot
 // leave. At start, before anything is adopted, whatever of this root runs
-// outside a live record's process group is stopped.
+// for a version that has no live record is stopped. (A launch after a
+// crash also leaves a record naming the old, dead process: that version's
+// new process is stopped too, and the version started again.)
 
-// Leftovers stops every process of this root that no record accounts for,
+// Leftovers stops every process of this root whose version no live record
+// accounts for,
 // removes cgroups no record holds, and removes the temporary files of
 // record writes that were cut short. It returns the keys of the versions
 // whose processes it stopped. Call it once, before adopting anything.
@@ -37,9 +40,8 @@ func (s *Supervisor) Leftovers() []spec.VersionKey {
 		}
 	}
 
-	// The process groups of live records: these are for the caller to
-	// adopt (or stop).
-	recorded := map[int]bool{}
+	// Versions whose record names a process that runs: the caller adopts
+	// (or stops) them, with whatever their process started.
 	live := map[spec.VersionKey]bool{}
 	names, _ := filepath.Glob(filepath.Join(run, "*.json"))
 	for _, n := range names {
@@ -49,7 +51,6 @@ func (s *Supervisor) Leftovers() []spec.VersionKey {
 			continue
 		}
 		if r.live() {
-			recorded[r.PID] = true
 			live[key] = true
 		}
 	}
@@ -73,7 +74,7 @@ func (s *Supervisor) Leftovers() []spec.VersionKey {
 	var wg sync.WaitGroup
 	for pid, key := range found {
 		pgid, err := syscall.Getpgid(pid)
-		if err != nil || recorded[pgid] || pid == os.Getpid() {
+		if err != nil || live[key] || pid == os.Getpid() {
 			continue
 		}
 		if !seen[key] {
