@@ -126,14 +126,14 @@ func TestCrashDuringLaunch(t *testing.T) {
 	t.Run("random-kills", func(t *testing.T) {
 		e := NewEnv(t)
 		e.StartDaemon()
-		for round := range 6 {
+		for round := range 12 {
 			e.WriteSpec(crashSpec(e, strconv.Itoa(round)))
 			deploy := exec.Command(e.Bin, "--root", e.Root, "deploy", "--no-confirm")
 			deploy.Dir = e.Dir
 			if err := deploy.Start(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(time.Duration(rand.IntN(60)) * time.Millisecond)
+			time.Sleep(time.Duration(rand.IntN(150)) * time.Millisecond)
 			e.killDaemon()
 			deploy.Wait()
 			e.StartDaemon()
