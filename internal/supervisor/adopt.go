@@ -219,7 +219,10 @@ func (i *Instance) openLog() error {
 		return err
 	}
 	i.logOut = f
-	i.log = &logFile{path: i.logPath, max: i.s.opts.LogMaxBytes}
+	l := &logFile{path: i.logPath, max: i.s.opts.LogMaxBytes}
+	i.mu.Lock()
+	i.log = l // Status reads it from other goroutines
+	i.mu.Unlock()
 	wake := make(chan struct{}, 1)
 	wd, err := i.s.logs.add(i.logPath, wake)
 	if err != nil {
@@ -234,7 +237,7 @@ func (i *Instance) openLog() error {
 		// Wakes pile up (one is kept) while a rotation runs; one check
 		// answers them all.
 		for range wake {
-			if _, err := i.log.rotateIfFull(); err != nil {
+			if _, err := l.rotateIfFull(); err != nil {
 				i.s.opts.Logf("supervisor: %s: rotating %s: %v", i.key, i.logPath, err)
 			}
 		}

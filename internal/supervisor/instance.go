@@ -135,8 +135,12 @@ func (i *Instance) Config() Config {
 func (i *Instance) Status() Status {
 	var use cgroup.Usage
 	i.mu.Lock()
-	cg := i.cg
+	cg, log := i.cg, i.log
 	i.mu.Unlock()
+	var dropped int64
+	if log != nil {
+		dropped = log.droppedBytes()
+	}
 	if cg != nil {
 		use, _ = cg.Usage() // a group already removed reads as nothing used
 	}
@@ -150,7 +154,7 @@ func (i *Instance) Status() Status {
 		Service: i.cfg.Service, Version: i.cfg.Version, Key: i.key,
 		State: st, PID: i.pid, Port: i.cfg.Port, Ready: i.ready,
 		Restarts: i.restarts, LastError: i.lastErr, LastExit: i.lastExit, Started: i.started,
-		LogPath:     i.logPath,
+		LogPath: i.logPath, LogDropped: dropped,
 		MemoryBytes: use.MemoryBytes, CPUSeconds: use.CPUSeconds,
 	}
 }

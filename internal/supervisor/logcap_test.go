@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -62,13 +61,9 @@ func TestLogCapHoldsAgainstAFlood(t *testing.T) {
 	get(t, i.Addr(), "/spam?n=1")
 	const limit = logMax + keptLogs*2*logMax
 	waitFor(t, fmt.Sprintf("the logs to take at most %d MiB", limit>>20), func() bool { return diskUsage(t, dir) <= limit })
-	var all []byte
-	for _, suffix := range []string{"", ".1", ".2", ".3"} {
-		b, _ := os.ReadFile(i.Status().LogPath + suffix)
-		all = append(all, b...)
-	}
-	if !bytes.Contains(all, []byte("bytes of this log dropped: written faster than it can be rotated")) {
-		t.Errorf("no log file says what the flood dropped")
+	// Where the drop was noted may have been rotated away since.
+	if st := i.Status(); st.LogDropped <= 0 {
+		t.Errorf("LogDropped = %d after a 200 MiB flood into 4 MiB logs, want > 0", st.LogDropped)
 	}
 }
 

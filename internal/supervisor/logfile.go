@@ -35,7 +35,14 @@ type logFile struct {
 	max  int64
 
 	mu      sync.Mutex // serializes rotations
-	dropped int64      // bytes dropped by rotations, for messages
+	dropped int64      // bytes dropped by rotations; guarded by mu
+}
+
+// droppedBytes is how many bytes rotations have dropped so far.
+func (l *logFile) droppedBytes() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dropped
 }
 
 // openLogFile opens path for appending, creating it 0640; the process gets
@@ -98,11 +105,24 @@ func (l *logFile) rotateIfFull() (bool, error) {
 	}
 	var cerr error
 	size := fi.Size()
-	// Copy what was there when the size was read, then truncate at once:
-	// copying "to the end" of a file a process keeps writing might never
-	// end. What is written during the copy is lost with the truncate.
-	if cerr == nil {
-		_, cerr = io.CopyN(dst, src, size)
+	// Copy what is there, then what was written meanwhile, then truncate
+	// at once: the window in which a line can be lost is from the last
+	// size check to the truncate. Copying "to the end" of a file a process
+	// keeps writing might never end, so the catching up stops at 2 × max.
+	var copied int64
+	for cerr == nil && copied < size {
+		var n int64
+		n, cerr = io.CopyN(dst, src, min(size, 2*l.max)-copied)
+		copied += n
+		if cerr != nil || copied >= 2*l.max {
+			break
+		}
+		if fi, err := src.Stat(); err == nil && fi.Size() > size {
+			size = fi.Size()
+		}
+	}
+	if size > copied {
+		l.dropped += size - copied // written during the copy, past 2 × max
 	}
 	if cerr == nil {
 		cerr = os.Truncate(l.path, 0)

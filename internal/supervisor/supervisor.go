@@ -148,6 +148,9 @@ type Status struct {
 	Started time.Time
 	// LogPath is the file the process's stdout and stderr go to.
 	LogPath string
+	// LogDropped counts the bytes of output dropped because they came
+	// faster than the log could be rotated (see logFile).
+	LogDropped int64
 }
 
 // Supervisor runs service processes. Its methods are safe for concurrent use.

@@ -581,6 +581,8 @@ func TestLogFileRotation(t *testing.T) {
 			want: []string{"dd\n", "aaaa\nbbbb\ncccc\n"}},
 		{name: "keeps three", writes: []string{"11111111111\n", "22222222222\n", "33333333333\n", "44444444444\n", "5\n"},
 			want: []string{"5\n", "44444444444\n", "33333333333\n", "22222222222\n"}},
+		{name: "a flood is dropped with a line that says so", writes: []string{"aaaa\nbbbb\ncccc\ndddd\neeee\n"},
+			want: []string{"hostel: 25 bytes of this log dropped: written faster than it can be rotated (25 dropped so far)\n"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
