@@ -250,13 +250,13 @@ func (g *Group) Create(l Limits) error {
 	period := strconv.FormatInt(int64(cpuPeriod/time.Microsecond), 10)
 	var writes []write
 	if g.h.v2 {
-		mem := "max"
+		mem, swap := "max", "max"
 		if l.Memory > 0 {
-			mem = strconv.FormatInt(l.Memory, 10)
+			mem, swap = strconv.FormatInt(l.Memory, 10), "0"
 		}
 		writes = []write{
 			{g.dir(g.h.memory), "memory.max", mem, true},
-			{g.dir(g.h.memory), "memory.swap.max", map[bool]string{true: "0", false: "max"}[l.Memory > 0], false},
+			{g.dir(g.h.memory), "memory.swap.max", swap, false},
 			{g.dir(g.h.cpu), "cpu.max", quota + " " + period, true},
 			{g.dir(g.h.pids), "pids.max", strconv.FormatInt(pids, 10), true},
 		}
@@ -341,9 +341,13 @@ func (g *Group) PIDs() ([]int, error) {
 func (g *Group) Kill() error {
 	if g.h.v2 {
 		err := os.WriteFile(filepath.Join(g.Dir(), "cgroup.kill"), []byte("1"), 0)
-		if err == nil || errors.Is(err, fs.ErrNotExist) && !g.Exists() {
+		switch {
+		case err == nil:
 			return g.waitEmpty()
+		case !g.Exists():
+			return nil
 		}
+		// A kernel before 5.14 has no cgroup.kill: kill one by one.
 	}
 	// v1 has no cgroup.kill: a process may fork while we kill, so go
 	// round until the list is empty.
