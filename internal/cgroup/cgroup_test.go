@@ -6,8 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // open returns the hierarchy for a fresh root, removed at cleanup; it skips
@@ -115,5 +118,65 @@ func TestPidsLimit(t *testing.T) {
 	}
 	if g.Exists() {
 		t.Errorf("group exists after Remove")
+	}
+}
+
+// The v2 mechanics the supervisor relies on — a child placed in its group
+// as the kernel creates it (CgroupFD), listed, killed at once through
+// cgroup.kill, removed — tried on this machine's unified hierarchy, which
+// has no controllers to limit with (they are bound to v1 here) but has the
+// rest.
+func TestV2PlacementAndKill(t *testing.T) {
+	mounts, err := readMounts("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unified, ok := mounts["cgroup2"]
+	if os.Geteuid() != 0 || !ok {
+		t.Skip("needs root and a cgroup2 mount")
+	}
+	parent := filepath.Join(unified, Name(t.TempDir()))
+	if err := mkdir(parent); err != nil {
+		t.Skipf("cannot make a group in %s: %v", unified, err)
+	}
+	h := &Hierarchy{v2: true, dirs: []string{parent}, memory: parent, cpu: parent, cpuacct: parent, pids: parent}
+	t.Cleanup(func() { h.Remove() })
+	g := h.Group("v2-test")
+	if err := mkdir(filepath.Join(parent, "v2-test")); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.Open(g.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command("/bin/sh", "-c", "sleep 100 & sleep 100")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var pids []int
+	for range 100 {
+		if pids, _ = g.PIDs(); len(pids) == 3 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !slices.Contains(pids, cmd.Process.Pid) || len(pids) != 3 {
+		t.Fatalf("group holds %v, want the shell %d and its two sleeps", pids, cmd.Process.Pid)
+	}
+	if err := g.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil {
+		t.Error("the shell exited cleanly; want it killed")
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if g.Exists() {
+		t.Error("group exists after Remove")
 	}
 }
