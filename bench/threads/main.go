@@ -130,7 +130,6 @@ func runDaemon(hostel string, n int) error {
 	if err := serve.Start(); err != nil {
 		return err
 	}
-	defer serve.Process.Kill()
 	cli := func(args ...string) error {
 		c := exec.Command(hostel, append([]string{"--root", root}, args...)...)
 		c.Dir = base
@@ -139,6 +138,13 @@ func runDaemon(hostel string, n int) error {
 		}
 		return nil
 	}
+	// Whatever happens, stop the services (and remove their cgroups) before
+	// the daemon goes.
+	defer func() {
+		cli("shutdown")
+		serve.Process.Kill()
+		serve.Wait()
+	}()
 	for deadline := time.Now().Add(30 * time.Second); cli("status") != nil; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			return errors.New("the daemon did not answer")
