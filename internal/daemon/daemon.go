@@ -83,6 +83,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			d.Close() // undoes whatever part of Start ran
 		}
 	}()
+	// Services get paths under the root (STATE_DIRECTORY …) and run in
+	// other directories; a later daemon finds them by those paths.
+	if d.opts.Root, err = filepath.Abs(opts.Root); err != nil {
+		return nil, err
+	}
+	opts = d.opts
 	// As root, each service runs as its own user, and its database role
 	// authenticates as that user.
 	runAsUsers := os.Geteuid() == 0
