@@ -3,17 +3,20 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"hostel/internal/cgroup"
 )
 
 // memory and cpu in a spec reach the kernel: the deployed version runs in
-// a cgroup of its own with those limits, status --json reports its use,
-// and the group goes with the version.
+// a cgroup of its own with those limits, status --json reports its use, a
+// version past its memory is killed and reported "oom" (status and logs),
+// and the groups go with the versions.
 func TestLimitsEnforcedWithCgroups(t *testing.T) {
 	e := NewEnv(t)
 	if _, err := cgroup.Open(e.Root); errors.Is(err, cgroup.ErrUnavailable) {
@@ -58,6 +61,46 @@ func TestLimitsEnforcedWithCgroups(t *testing.T) {
 		if got := strings.TrimSpace(string(b)); got != want {
 			t.Errorf("%s = %q, want %q", file, got, want)
 		}
+	}
+
+	// Past its memory, a version is killed by the kernel: status and its
+	// log say so, and it is restarted.
+	e.WriteSpec(map[string]any{"services": map[string]any{
+		"quotes": e.App("quotes", map[string]any{"memory": "64M", "cpu": 0.5}),
+		"slow": map[string]any{"package": slowApp(t), "exec": []string{"bin/slowapp"}, "memory": "48M",
+			"domains": []string{"slow.example"}, "health": map[string]any{"path": "/healthz"}},
+	}})
+	e.MustRun("deploy", "--no-confirm")
+	req, _ := http.NewRequest("GET", "http://"+e.HTTP+"/alloc?mb=200", nil)
+	req.Host = "slow.example"
+	if resp, err := httpClient.Do(req); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatalf("allocating 200 MiB under a 48 MiB limit answered %s", resp.Status)
+		}
+	}
+	var lastExit string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && lastExit != "oom"; time.Sleep(100 * time.Millisecond) {
+		var st struct {
+			Services []struct {
+				Name     string
+				LastExit string `json:"last_exit"`
+			}
+		}
+		if err := json.Unmarshal([]byte(e.MustRun("status", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range st.Services {
+			if s.Name == "slow" {
+				lastExit = s.LastExit
+			}
+		}
+	}
+	if lastExit != "oom" {
+		t.Errorf("slow's last_exit = %q after exceeding its memory, want \"oom\"", lastExit)
+	}
+	if logs := e.MustRun("logs", "slow", "-n", "50"); !strings.Contains(logs, "killed by the kernel for exceeding its memory limit") {
+		t.Errorf("hostel logs slow does not say it was killed for its memory:\n%s", logs)
 	}
 
 	e.Shutdown()
