@@ -23,8 +23,8 @@ import (
 // route returns the backend that serves host on the fast path: a domain of
 // the table whose backend is registered, or an immutable name. Redirects,
 // unknown hosts and domains whose backend is gone are left to ServeHTTP.
-func (r *Router) route(host string) *backend {
-	b, _, _ := r.lookup(normalizeHost(host))
+func (r *Router) route(host, remote string) *backend {
+	b, _, _ := r.lookup(normalizeHost(host), remote)
 	return b
 }
 
@@ -103,7 +103,7 @@ func (u *upstream) forwardFast(req *Request, w *bufio.Writer, h *hangup) bool {
 		}
 		var reused bool
 		var err error
-		pc, reused, err = u.get(context.Background(), !idempotent)
+		pc, reused, err = u.get(context.Background())
 		if err != nil {
 			return u.failFast(w, req, err)
 		}
@@ -189,7 +189,6 @@ func (u *upstream) respondFast(pc *pconn, resp *http.Response, req *Request, w *
 	}
 	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	chunked := !noBody && (resp.ContentLength < 0 || len(resp.Trailer) > 0)
-	pc.check = noBody
 	req.closing()
 	writeStatus(w, resp.StatusCode)
 	writeResponseFields(w, resp.Header, !noBody)

@@ -49,6 +49,20 @@ type FrontOptions struct {
 	IdleTimeout time.Duration
 	// ErrorLog is net/http's error log for the requests it serves.
 	ErrorLog *log.Logger
+	// MaxHeaderBytes bounds a request's head (request line and fields):
+	// a larger one is answered 431 and never reaches an app; 0 means
+	// DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// MaxRequestLine bounds a request line: a longer one is answered 414;
+	// 0 means DefaultMaxRequestLine.
+	MaxRequestLine int
+	// BodyTimeout bounds the wait for a request body's first byte, before
+	// the request takes an app connection, and between its reads after:
+	// a stalled body is answered 408; 0 means DefaultBodyTimeout.
+	BodyTimeout time.Duration
+	// WriteTimeout closes a connection whose client has not taken any of
+	// a response for so long; 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
 	// Loops is the number of event loops that serve plain-HTTP
 	// connections where the platform has them (Linux): 0 means one per
 	// two CPUs (GOMAXPROCS), a negative number none (a goroutine per
@@ -72,6 +86,7 @@ type Front struct {
 	tlsConfig *tls.Config
 	header    time.Duration
 	idle      time.Duration
+	lim       limits
 
 	// plain and secure serve the connections handed over from Serve and
 	// ServeTLS.
@@ -108,6 +123,7 @@ func (r *Router) NewFront(opts FrontOptions) *Front {
 		header:    opts.ReadHeaderTimeout,
 		idle:      opts.IdleTimeout,
 		loopCount: opts.Loops,
+		lim:       newLimits(opts),
 		conns:     map[*frontConn]struct{}{},
 		lns:       map[net.Listener]struct{}{},
 		stop:      make(chan struct{}),
@@ -143,8 +159,9 @@ type fallback struct {
 
 func (f *Front) newFallback(h http.Handler, errorLog *log.Logger) *fallback {
 	return &fallback{
-		srv: &http.Server{Handler: h, ReadHeaderTimeout: f.header, IdleTimeout: f.idle, ErrorLog: errorLog},
-		l:   &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
+		srv: &http.Server{Handler: f.guard(h), ReadHeaderTimeout: f.header, IdleTimeout: f.idle,
+			MaxHeaderBytes: f.lim.maxHead, ErrorLog: errorLog},
+		l: &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
 	}
 }
 
@@ -233,7 +250,7 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 func (f *Front) newConn(c net.Conn, secure bool, pending []byte) *frontConn {
 	var tc *tls.Conn
 	if secure {
-		c = &switchConn{Conn: c}
+		c = &switchConn{Conn: c, write: f.lim.write}
 		tc = tls.Server(c, f.tlsConfig)
 	}
 	return f.track(c, tc, pending)
@@ -393,16 +410,19 @@ func (f *Front) expired(ph int32, age time.Duration, shutting bool) bool {
 		return age > f.header
 	case phaseIdle:
 		return age > f.idle || shutting
+	case phaseWriting:
+		return age > f.lim.write
 	}
 	return false
 }
 
 const (
-	phaseNew    int32 = iota // accepted, no byte read yet
-	phaseIdle                // between requests
-	phaseHeader              // reading a request's header
-	phaseActive              // serving a request
-	phaseClosed              // closed by the sweeper or shutdown
+	phaseNew     int32 = iota // accepted, no byte read yet
+	phaseIdle                 // between requests
+	phaseHeader               // reading a request's header
+	phaseActive               // serving a request
+	phaseClosed               // closed by the sweeper or shutdown
+	phaseWriting              // an event loop's: the client has yet to take a response
 )
 
 // watchDelay is about how long a request runs before its client
@@ -424,6 +444,7 @@ type frontConn struct {
 	remote string
 	state  *tls.ConnectionState
 	cr     connReader
+	wr     timedWriter
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	phase  atomic.Int32
@@ -445,7 +466,11 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 	fc.br = frontReaders.Get().(*bufio.Reader)
 	fc.br.Reset(&fc.cr)
 	fc.bw = frontWriters.Get().(*bufio.Writer)
-	fc.bw.Reset(fc.c)
+	fc.wr.c = fc.c
+	if fc.tls == nil {
+		fc.wr.d = f.lim.write // a TLS connection's switchConn times its writes
+	}
+	fc.bw.Reset(&fc.wr)
 	fc.req.shutting = &f.shutting
 	handedOff := false
 	defer func() {
@@ -527,7 +552,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		}
 		var b *backend
 		if head != nil && parseRequest(string(head), &fc.req) {
-			b = f.r.route(fc.req.Host)
+			b = f.r.route(fc.req.Host, fc.remote)
 			if b != nil && fc.direct != nil {
 				path, _, _ := strings.Cut(fc.req.Target, "?")
 				if !fc.direct(fc.req.Host, path) {
@@ -559,7 +584,9 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 // front. It reports false if the Front was closed meanwhile.
 func (fc *frontConn) handOff() bool {
 	pending, _ := fc.br.Peek(fc.br.Buffered())
-	hc := &handoffConn{Conn: fc.c, pending: append([]byte(nil), pending...), r: &fc.cr, tls: fc.state}
+	hc := &handoffConn{Conn: fc.c, tls: fc.state, write: fc.wr.d}
+	hc.src = handoffSource{pending: append([]byte(nil), pending...), r: &fc.cr}
+	hc.scan = newHeadScanner(&hc.src, &fc.f.lim)
 	fc.release()
 	fc.f.handoffs.Add(1)
 	ok := fc.fb.l.push(hc)
@@ -687,6 +714,8 @@ type switchConn struct {
 	eof bool   // mem: the client closed its side
 	in  []byte // ciphertext read from the socket, not yet by TLS
 	out []byte // mem: ciphertext TLS wrote
+	// write bounds each write to the socket (FrontOptions.WriteTimeout).
+	write time.Duration
 }
 
 // errWouldBlock is a switchConn's read with nothing buffered: temporary,
@@ -717,17 +746,49 @@ func (s *switchConn) Write(p []byte) (int, error) {
 		s.out = append(s.out, p...)
 		return len(p), nil
 	}
-	return s.Conn.Write(p)
+	return writeTimed(s.Conn, p, s.write)
+}
+
+// timedWriter writes to a client connection, each write bounded by d
+// (none if 0): a client that stops reading is let go of, not waited for.
+type timedWriter struct {
+	c net.Conn
+	d time.Duration
+}
+
+func (w *timedWriter) Write(p []byte) (int, error) { return writeTimed(w.c, p, w.d) }
+
+func writeTimed(c net.Conn, p []byte, d time.Duration) (int, error) {
+	if d > 0 {
+		c.SetWriteDeadline(time.Now().Add(d))
+	}
+	return c.Write(p)
 }
 
 // handoffConn is a client connection handed to net/http: its reads return
-// the bytes the front end had read first.
+// the bytes the front end had read first, through a headScanner.
 type handoffConn struct {
 	net.Conn
+	src   handoffSource
+	scan  *headScanner
+	tls   *tls.ConnectionState // of a TLS connection, which net/http sees wrapped
+	write time.Duration        // bounds each write; 0 for TLS (switchConn does)
+}
+
+// handoffSource is what a handed-over connection's scanner reads.
+type handoffSource struct {
 	pending []byte
 	r       *connReader
-	tls     *tls.ConnectionState // of a TLS connection, which net/http sees wrapped
 }
+
+func (s *handoffSource) Read(p []byte) (int, error) {
+	if n, ok := readPending(&s.pending, p); ok {
+		return n, nil
+	}
+	return s.r.Read(p)
+}
+
+func (c *handoffConn) Write(p []byte) (int, error) { return writeTimed(c.Conn, p, c.write) }
 
 type tlsStateKey struct{}
 
@@ -754,12 +815,7 @@ func withTLSState(h http.Handler) http.Handler {
 	})
 }
 
-func (c *handoffConn) Read(p []byte) (int, error) {
-	if n, ok := readPending(&c.pending, p); ok {
-		return n, nil
-	}
-	return c.r.Read(p)
-}
+func (c *handoffConn) Read(p []byte) (int, error) { return c.scan.Read(p) }
 
 // readPending reads into p from the bytes read ahead of a connection,
 // *pending, while there are any; ok is false once there are none.

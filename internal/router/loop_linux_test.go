@@ -221,17 +221,6 @@ func TestLoopClose(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestLoopTLS: a TLS connection is served by an event loop after its
 // handshake, gives a large response and an upload back to a goroutine
 // mid-stream, and the goroutine carries on with the same TLS session.

@@ -35,7 +35,7 @@ type loopBackend struct {
 	checked    bool   // head checked: head and total are set
 	head       quickHead
 	total      int   // head and body
-	check      bool  // as pconn.check
+	check      bool  // the last response had no body by rule (HEAD, 204, 304): check before reuse
 	hup        bool  // epoll reported the backend's end
 	idleAt     int64 // UnixNano
 	closed     bool

@@ -20,11 +20,11 @@ import (
 // The states of a loop's client connection: front.go's phases, and one
 // of its own.
 const (
-	lcNew     = phaseNew        // adopted, no byte read yet
-	lcIdle    = phaseIdle       // between requests
-	lcHeader  = phaseHeader     // reading a request's head
-	lcActive  = phaseActive     // the request is with the backend
-	lcWriting = phaseClosed + 1 // the response is being written
+	lcNew     = phaseNew     // adopted, no byte read yet
+	lcIdle    = phaseIdle    // between requests
+	lcHeader  = phaseHeader  // reading a request's head
+	lcActive  = phaseActive  // the request is with the backend
+	lcWriting = phaseWriting // the response is being written
 )
 
 var loopBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -233,7 +233,7 @@ func (c *loopClient) dispatch(n int) {
 	l := c.l
 	var b *backend
 	if parseRequest(string(c.in[:n]), &c.req) {
-		b = l.f.r.route(c.req.Host)
+		b = l.f.r.route(c.req.Host, c.remote)
 		direct := l.f.direct
 		if c.tls != nil {
 			direct = l.f.directTLS
@@ -360,7 +360,9 @@ func (c *loopClient) write(p []byte) {
 	}
 	if n < len(p) {
 		c.out = append(c.out[:0], p[n:]...)
-		c.state = lcWriting
+		// Timed from now on, and from each write that makes progress
+		// (FrontOptions.WriteTimeout): the request's state has ended.
+		c.state, c.since = lcWriting, c.l.now
 		loopPartialWrites.Add(1)
 		return
 	}
@@ -374,6 +376,9 @@ func (c *loopClient) flush() {
 		return
 	}
 	c.out = c.out[:copy(c.out, c.out[n:])]
+	if n > 0 {
+		c.since = c.l.now
+	}
 	if len(c.out) == 0 {
 		c.out = nil
 		c.finish()

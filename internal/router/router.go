@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,11 @@ type Options struct {
 	Zone string
 	// Logf receives proxy errors and endpoint server errors; nil discards them.
 	Logf func(format string, args ...any)
+	// Internal reports whether a client at addr may reach immutable
+	// version names (SERVICE-VERSION.ZONE) on the public listeners: the
+	// internal zone is for this machine (and, later, the cluster's
+	// peers). nil means loopback clients only.
+	Internal func(addr netip.Addr) bool
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -50,8 +56,9 @@ type Table struct {
 // Router routes HTTP requests to registered backends. The zero value is not
 // usable; call New. All methods are safe for concurrent use.
 type Router struct {
-	zone string
-	logf func(format string, args ...any)
+	zone     string
+	logf     func(format string, args ...any)
+	internal func(netip.Addr) bool
 
 	// transport serves the ReverseProxy path: requests with a body,
 	// upgrades (forward.go handles the rest).
@@ -101,6 +108,7 @@ func New(opts Options) *Router {
 	r := &Router{
 		zone:      normalizeHost(opts.Zone),
 		logf:      opts.Logf,
+		internal:  opts.Internal,
 		endpoints: map[spec.VersionKey]*endpoint{},
 	}
 	if r.zone == "" {
@@ -108,6 +116,9 @@ func New(opts Options) *Router {
 	}
 	if r.logf == nil {
 		r.logf = func(string, ...any) {}
+	}
+	if r.internal == nil {
+		r.internal = netip.Addr.IsLoopback
 	}
 	r.transport = &http.Transport{
 		// No Proxy: backends are on loopback and must never be reached
@@ -140,7 +151,7 @@ func New(opts Options) *Router {
 // answered 404 and never with another service's content.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	host := normalizeHost(req.Host)
-	b, domain, target := r.lookup(host)
+	b, domain, target := r.lookup(host, req.RemoteAddr)
 	switch {
 	case b != nil:
 		b.serve(w, req)
@@ -163,11 +174,13 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-// lookup routes a normalized host name, for ServeHTTP and the front end
-// alike: b is the backend that serves it, if any; domain is set when host
-// is a domain of the table (whose backend may be gone since the Swap),
-// target when it is redirected.
-func (r *Router) lookup(host string) (b *backend, domain spec.VersionKey, target string) {
+// lookup routes a normalized host name for a client at remote
+// ("IP:port"), for ServeHTTP and the front end alike: b is the backend
+// that serves it, if any; domain is set when host is a domain of the table
+// (whose backend may be gone since the Swap), target when it is
+// redirected. Immutable names answer internal clients only: to others
+// they are unknown hosts.
+func (r *Router) lookup(host, remote string) (b *backend, domain spec.VersionKey, target string) {
 	t := r.table.Load()
 	if key, ok := t.Domains[host]; ok {
 		return (*r.backends.Load())[key], key, ""
@@ -175,10 +188,17 @@ func (r *Router) lookup(host string) (b *backend, domain spec.VersionKey, target
 	if target, ok := t.Redirects[host]; ok {
 		return nil, "", target
 	}
-	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok {
+	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok && r.internalClient(remote) {
 		return (*r.backends.Load())[spec.Key(service, v)], "", ""
 	}
 	return nil, "", ""
+}
+
+// internalClient reports whether the client at remote ("IP:port") may
+// reach the internal zone (Options.Internal).
+func (r *Router) internalClient(remote string) bool {
+	ap, err := netip.ParseAddrPort(remote)
+	return err == nil && r.internal(ap.Addr().Unmap())
 }
 
 // serveKey proxies to key's backend. A table entry whose backend was removed
@@ -193,7 +213,8 @@ func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.Ver
 
 func (r *Router) notRunning(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
 	r.logf("router: %s: no backend registered for %s", req.Host, key)
-	http.Error(w, fmt.Sprintf("hostel: %s is not running", key), http.StatusBadGateway)
+	// The page names no service or version: those are for the log.
+	http.Error(w, "hostel: the service is not running", http.StatusBadGateway)
 }
 
 func (b *backend) serve(w http.ResponseWriter, req *http.Request) {
@@ -488,6 +509,12 @@ func (r *Router) newProxy(b *backend, addr string) *httputil.ReverseProxy {
 		// buffers everything else for throughput.
 		ErrorLog: log.New(logfWriter(r.logf), "router: "+string(key)+": ", 0),
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			if code := clientBodyStatus(req); code != 0 {
+				// The client's body stalled or broke its framing:
+				// the client's fault, not the app's.
+				refuse(w, code)
+				return
+			}
 			code, msg := b.failure(req.Method, req.Host, req.URL.Path, b.abort.Err() != nil, errors.Is(err, context.Canceled), err)
 			http.Error(w, msg, code)
 		},
