@@ -314,8 +314,9 @@ func countConns(t testing.TB, addr string, n *atomic.Int64) string {
 // TestClientNeverReads is finding 4: a client that stops reading is let
 // go of after the write timeout, which frees the app.
 func TestClientNeverReads(t *testing.T) {
-	done := make(chan error, 1)
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	var mu sync.Mutex
+	done := map[string]chan error{"/HTTP/1.1": make(chan error, 1), "/HTTP/1.0": make(chan error, 1)}
+	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		buf := bytes.Repeat([]byte("z"), 1<<20)
 		w.Header().Set("Content-Length", fmt.Sprint(64<<20))
 		var err error
@@ -324,17 +325,19 @@ func TestClientNeverReads(t *testing.T) {
 				break
 			}
 		}
-		done <- err
+		mu.Lock()
+		done[r.URL.Path] <- err
+		mu.Unlock()
 	}))
 	r, _, pub := frontTo(t, addr, FrontOptions{WriteTimeout: 300 * time.Millisecond})
 	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 		t.Run(proto, func(t *testing.T) {
 			c, _ := rawConn(t, "http://"+pub)
 			c.(*net.TCPConn).SetReadBuffer(4096)
-			fmt.Fprintf(c, "GET /big %s\r\nHost: %s\r\n\r\n", proto, host)
+			fmt.Fprintf(c, "GET /%s %s\r\nHost: %s\r\n\r\n", proto, proto, host)
 			// Never read. The app must be freed: its write fails.
 			select {
-			case err := <-done:
+			case err := <-done["/"+proto]:
 				if err == nil {
 					t.Fatal("the app wrote 64 MiB to a client that reads nothing")
 				}
