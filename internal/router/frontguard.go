@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -363,6 +364,9 @@ func (f *Front) guard(h http.Handler) http.Handler {
 			// For the proxy's error handler, which sees the body
 			// wrapped.
 			r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, b))
+			// The proxy's transport may read the body after the
+			// handler returned: no deadline is set after that.
+			defer b.finish()
 		}
 		h.ServeHTTP(w, r)
 	})
@@ -398,6 +402,24 @@ type clientBody struct {
 	first   []byte // read by start, not yet by the proxy
 	err     error  // the first failure
 	done    bool
+
+	mu   sync.Mutex
+	over bool // the handler returned: rc is not to be used
+}
+
+// setDeadline sets the connection's read deadline while the handler runs.
+func (b *clientBody) setDeadline(t time.Time) {
+	b.mu.Lock()
+	if !b.over {
+		b.rc.SetReadDeadline(t)
+	}
+	b.mu.Unlock()
+}
+
+func (b *clientBody) finish() {
+	b.mu.Lock()
+	b.over = true
+	b.mu.Unlock()
 }
 
 // start waits for the body's first byte.
@@ -412,17 +434,19 @@ func (b *clientBody) start() {
 }
 
 func (b *clientBody) read(p []byte) (int, error) {
-	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	b.setDeadline(time.Now().Add(b.timeout))
 	n, err := b.src.Read(p)
 	switch {
 	case err == io.EOF:
 		// Unbounded again: net/http's read for the client's hang-up
 		// after the body must not time out.
-		b.rc.SetReadDeadline(time.Time{})
-	case err != nil:
-		// Failed for good: net/http's discarding of the rest of the
+		b.setDeadline(time.Time{})
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Stalled for good: net/http's discarding of the rest of the
 		// body after the answer must not wait either.
-		b.rc.SetReadDeadline(aLongTimeAgo)
+		b.setDeadline(aLongTimeAgo)
+	case err != nil:
+		b.setDeadline(time.Time{})
 	}
 	return n, err
 }
