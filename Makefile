@@ -41,6 +41,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/spec/
 	$(GO) test -run '^$$' -fuzz FuzzPlan -fuzztime 30s ./internal/plan/
 	$(GO) test -run '^$$' -fuzz FuzzHostMatch -fuzztime 30s ./internal/router/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 30s ./internal/router/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheckHead$$' -fuzztime 30s ./internal/router/
 
 clean:
 	rm -rf bin examples/monoliths/build

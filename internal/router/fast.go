@@ -20,14 +20,6 @@ import (
 // response is written straight to the client connection's buffer, with
 // none of net/http's server machinery in between.
 
-// route returns the backend that serves host on the fast path: a domain of
-// the table whose backend is registered, or an immutable name. Redirects,
-// unknown hosts and domains whose backend is gone are left to ServeHTTP.
-func (r *Router) route(host, remote string) *backend {
-	b, _, _ := r.lookup(normalizeHost(host), remote)
-	return b
-}
-
 // hangup ends a backend request when its client goes away: the front end's
 // watcher calls gone, which closes the backend connection in use.
 type hangup struct {
@@ -71,8 +63,8 @@ func (h *hangup) reset() {
 // whether the client connection can carry another request; false means it
 // must be closed (after flushing w), as when a response broke off.
 func (b *backend) serveFast(req *Request, w *bufio.Writer, h *hangup) bool {
-	b.inflight.Add(1)
-	defer b.done()
+	s := b.acquire()
+	defer s.release()
 	return b.up.Load().forwardFast(req, w, h)
 }
 

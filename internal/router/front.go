@@ -454,6 +454,9 @@ type frontConn struct {
 	// fromLoop: an event loop gave the connection back; it is not
 	// offered to one again.
 	fromLoop bool
+	// slot is the request an event loop gave back with the connection,
+	// if any: released when run ends, whether or not it got to serve it.
+	slot slot
 }
 
 func (fc *frontConn) serve() { fc.run(nil) }
@@ -485,6 +488,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 			fc.release()
 			f.untrack(fc)
 		}
+		fc.slot.release()
 	}()
 	if fc.tls != nil {
 		// Bounded by the header timeout, as the connection is new.
@@ -524,6 +528,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		}
 		fc.startWatch()
 		keep := first(fc.bw, &fc.hangup)
+		fc.slot.release() // before the flush, as serveFast's
 		fc.stopWatch()
 		if fc.bw.Flush() != nil || !keep || f.shutting.Load() {
 			return
@@ -551,14 +556,8 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 			return
 		}
 		var b *backend
-		if head != nil && parseRequest(string(head), &fc.req) {
-			b = f.r.route(fc.req.Host, fc.remote)
-			if b != nil && fc.direct != nil {
-				path, _, _ := strings.Cut(fc.req.Target, "?")
-				if !fc.direct(fc.req.Host, path) {
-					b = nil
-				}
-			}
+		if head != nil {
+			b = f.fastBackend(string(head), &fc.req, fc.remote, fc.tls != nil)
 		}
 		if !fc.phase.CompareAndSwap(phaseHeader, phaseActive) {
 			return // closed by the sweeper or Close
@@ -578,6 +577,30 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		fc.since.Store(f.clock.Load())
 		fc.phase.Store(phaseIdle)
 	}
+}
+
+// fastBackend parses a request head into req and returns the backend the
+// fast path forwards it to, for the goroutines and the event loops alike;
+// nil leaves the request to net/http: a request the parser does not take,
+// a host the router does not forward (a redirect, an unknown host, a
+// domain whose backend is gone: Router.decide), or one FrontOptions.Direct
+// keeps for the handler chain (an ACME challenge, a redirect to HTTPS).
+func (f *Front) fastBackend(head string, req *Request, remote string, secure bool) *backend {
+	if !parseRequest(head, req) {
+		return nil
+	}
+	b := f.r.decide(req.Host, remote).b
+	direct := f.direct
+	if secure {
+		direct = f.directTLS
+	}
+	if b != nil && direct != nil {
+		path, _, _ := strings.Cut(req.Target, "?")
+		if !direct(req.Host, path) {
+			return nil
+		}
+	}
+	return b
 }
 
 // handOff passes the connection to net/http with what was read of it in

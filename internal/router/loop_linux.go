@@ -478,7 +478,7 @@ func (l *eventLoop) tick() {
 		}
 		if c.state == lcActive {
 			switch {
-			case c.b.aborted.Load():
+			case c.slot.b.aborted.Load():
 				if c.bc != nil {
 					c.bc.close()
 					c.bc = nil

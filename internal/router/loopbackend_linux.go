@@ -287,8 +287,6 @@ func (bc *loopBackend) giveBack() {
 	}
 	req := &c.req
 	handed := c.giveBack(func(w *bufio.Writer, h *hangup) bool {
-		b := u.b
-		defer b.done()
 		if !tracked {
 			return u.failFast(w, req, errAborted)
 		}

@@ -32,6 +32,10 @@ type Options struct {
 	Zone string
 	// Logf receives proxy errors and endpoint server errors; nil discards them.
 	Logf func(format string, args ...any)
+	// Requests, if set, is told of every request to a backend, on every
+	// path, as it takes its slot and as it gives it back (slot.go): the
+	// place for metrics, an access log, wake on request.
+	Requests RequestHook
 	// Internal reports whether a client at addr may reach immutable
 	// version names (SERVICE-VERSION.ZONE) on the public listeners: the
 	// internal zone is for this machine (and, later, the cluster's
@@ -59,6 +63,7 @@ type Router struct {
 	zone     string
 	logf     func(format string, args ...any)
 	internal func(netip.Addr) bool
+	hook     RequestHook
 
 	// transport serves the ReverseProxy path: requests with a body,
 	// upgrades (forward.go handles the rest).
@@ -76,8 +81,10 @@ type Router struct {
 type backend struct {
 	key      spec.VersionKey
 	logf     func(format string, args ...any)
+	hook     RequestHook
 	up       atomic.Pointer[upstream] // replaced by AddBackend with a new addr
-	inflight atomic.Int64
+	inflight atomic.Int64             // slots taken and not given back (slot.go)
+	last     atomic.Int64             // UnixNano when the last request ended
 
 	// waiters counts WaitIdle callers, so that the decrement on the hot
 	// path only takes mu when somebody is waiting.
@@ -109,6 +116,7 @@ func New(opts Options) *Router {
 		zone:      normalizeHost(opts.Zone),
 		logf:      opts.Logf,
 		internal:  opts.Internal,
+		hook:      opts.Requests,
 		endpoints: map[spec.VersionKey]*endpoint{},
 	}
 	if r.zone == "" {
@@ -150,13 +158,12 @@ func New(opts Options) *Router {
 // Domains, then Redirects, then immutable version names. Anything else is
 // answered 404 and never with another service's content.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	host := normalizeHost(req.Host)
-	b, domain, target := r.lookup(host, req.RemoteAddr)
-	switch {
-	case b != nil:
-		b.serve(w, req)
-	case domain != "":
-		r.notRunning(w, req, domain)
+	rt := r.decide(req.Host, req.RemoteAddr)
+	switch target := rt.redirect; {
+	case rt.b != nil:
+		rt.b.serve(w, req)
+	case rt.domain != "":
+		r.notRunning(w, req, rt.domain)
 	case target != "":
 		scheme := "http://"
 		if req.TLS != nil {
@@ -170,28 +177,37 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		http.Redirect(w, req, scheme+target+req.URL.RequestURI(), http.StatusMovedPermanently)
 	default:
-		http.Error(w, fmt.Sprintf("hostel: no service for host %q", host), http.StatusNotFound)
+		http.Error(w, fmt.Sprintf("hostel: no service for host %q", normalizeHost(req.Host)), http.StatusNotFound)
 	}
 }
 
-// lookup routes a normalized host name for a client at remote
-// ("IP:port"), for ServeHTTP and the front end alike: b is the backend
-// that serves it, if any; domain is set when host is a domain of the table
-// (whose backend may be gone since the Swap), target when it is
-// redirected. Immutable names answer internal clients only: to others
-// they are unknown hosts.
-func (r *Router) lookup(host, remote string) (b *backend, domain spec.VersionKey, target string) {
+// route is the router's decision for a request on a public listener.
+// All zero: an unknown host (404).
+type route struct {
+	b        *backend        // forward to it
+	domain   spec.VersionKey // a domain of the table whose backend is gone since the Swap (502)
+	redirect string          // answer 301 to this host
+}
+
+// decide routes a request for host (as the client sent it) from a client
+// at remote ("IP:port"): first Domains, then Redirects, then immutable
+// version names, which answer internal clients only — to others they are
+// unknown hosts. It is the one routing rule of every path: net/http's
+// (ServeHTTP), the front end's goroutines and its event loops
+// (Front.fastBackend).
+func (r *Router) decide(host, remote string) route {
+	host = normalizeHost(host)
 	t := r.table.Load()
 	if key, ok := t.Domains[host]; ok {
-		return (*r.backends.Load())[key], key, ""
+		return route{b: (*r.backends.Load())[key], domain: key}
 	}
 	if target, ok := t.Redirects[host]; ok {
-		return nil, "", target
+		return route{redirect: target}
 	}
 	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok && r.internalClient(remote) {
-		return (*r.backends.Load())[spec.Key(service, v)], "", ""
+		return route{b: (*r.backends.Load())[spec.Key(service, v)]}
 	}
-	return nil, "", ""
+	return route{}
 }
 
 // internalClient reports whether the client at remote ("IP:port") may
@@ -218,10 +234,10 @@ func (r *Router) notRunning(w http.ResponseWriter, req *http.Request, key spec.V
 }
 
 func (b *backend) serve(w http.ResponseWriter, req *http.Request) {
-	b.inflight.Add(1)
+	s := b.acquire()
 	// Deferred: the proxies panic with http.ErrAbortHandler when a
 	// response body breaks off, and the count must still drop.
-	defer b.done()
+	defer s.release()
 	up := b.up.Load()
 	if forwardable(req) {
 		up.forward(w, req)
@@ -253,15 +269,6 @@ func (b *backend) untrack(pc *pconn) {
 	b.connMu.Unlock()
 }
 
-func (b *backend) done() {
-	if b.inflight.Add(-1) == 0 && b.waiters.Load() > 0 {
-		b.mu.Lock()
-		close(b.idle)
-		b.idle = make(chan struct{})
-		b.mu.Unlock()
-	}
-}
-
 // AddBackend registers key as served at addr ("127.0.0.1:PORT"). If key is
 // already registered, future requests go to the new addr; requests in
 // flight finish where they are and stay counted.
@@ -275,7 +282,7 @@ func (r *Router) AddBackend(key spec.VersionKey, addr string) {
 		}
 		return
 	}
-	b := &backend{key: key, logf: r.logf, idle: make(chan struct{}), conns: map[*pconn]struct{}{}}
+	b := &backend{key: key, logf: r.logf, hook: r.hook, idle: make(chan struct{}), conns: map[*pconn]struct{}{}}
 	b.abort, b.cancelAbort = context.WithCancel(context.Background())
 	b.up.Store(r.newUpstream(b, addr))
 	next := make(map[spec.VersionKey]*backend, len(old)+1)
@@ -426,6 +433,17 @@ func (r *Router) InFlight(key spec.VersionKey) int64 {
 		return b.inflight.Load()
 	}
 	return 0
+}
+
+// LastRequest returns when the last request to key ended, by any route;
+// the zero time if none has (or key is unknown).
+func (r *Router) LastRequest(key spec.VersionKey) time.Time {
+	if b := (*r.backends.Load())[key]; b != nil {
+		if ns := b.last.Load(); ns != 0 {
+			return time.Unix(0, ns)
+		}
+	}
+	return time.Time{}
 }
 
 // WaitIdle returns nil once nothing is in flight to key (at once for an
