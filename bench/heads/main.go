@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hostel/internal/front"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -102,7 +103,7 @@ func child() {
 	if err != nil {
 		fail(err)
 	}
-	f := r.NewFront(router.FrontOptions{})
+	f := front.New(r, front.Options{})
 	fmt.Println(ln.Addr())
 	fail(f.Serve(ln))
 }

@@ -3,12 +3,15 @@ package router
 import (
 	"time"
 
+	"hostel/internal/front"
 	"hostel/internal/spec"
 )
 
 // RequestHook is told of every request to a backend, on every forwarding
-// path, through the one acquire/release below. Its methods run on the
-// request's path and must be quick and safe for concurrent use.
+// path: the front end takes a slot from the backend's accounting below
+// before it sends a request and gives it back once, whatever the path and
+// however it ends (front.Accounting). Its methods run on the request's
+// path and must be quick and safe for concurrent use.
 type RequestHook interface {
 	// Started: a request to key took its slot (it is in flight).
 	Started(key spec.VersionKey)
@@ -16,41 +19,27 @@ type RequestHook interface {
 	Ended(key spec.VersionKey, d time.Duration)
 }
 
-// slot is one request's hold on a backend. Every forwarding path — the
-// net/http handler, the goroutine front end, the event loops and the
-// goroutines they hand requests to — takes one with acquire before it
-// sends a request to an app and gives it back with release, which is
-// idempotent: a path defers it, and one that hands its request on moves
-// the slot with it (take). The in-flight count that drains wait for, the
-// last-request time and the per-request hook are kept here and nowhere
-// else, so no exit of any path can miss them.
-type slot struct {
-	b     *backend
-	start int64 // UnixNano, when a hook wants the duration
-}
+var _ front.Accounting = (*backend)(nil)
 
-// acquire counts a request in flight to b.
-func (b *backend) acquire() slot {
+// Acquire counts a request in flight to b. The token is the start time
+// when a hook wants the duration.
+func (b *backend) Acquire() int64 {
 	b.inflight.Add(1)
-	s := slot{b: b}
-	if b.hook != nil {
-		s.start = time.Now().UnixNano()
-		b.hook.Started(b.key)
+	if b.hook == nil {
+		return 0
 	}
-	return s
+	b.hook.Started(b.key)
+	return time.Now().UnixNano()
 }
 
-// release ends the request's hold, once; later calls do nothing.
-func (s *slot) release() {
-	b := s.b
-	if b == nil {
-		return
-	}
-	s.b = nil
+// Release ends a request counted by Acquire: the in-flight count that
+// WaitIdle waits on, the last-request time and the hook are kept here and
+// nowhere else.
+func (b *backend) Release(start int64) {
 	now := time.Now().UnixNano()
 	b.last.Store(now)
 	if b.hook != nil {
-		b.hook.Ended(b.key, time.Duration(now-s.start))
+		b.hook.Ended(b.key, time.Duration(now-start))
 	}
 	if b.inflight.Add(-1) == 0 && b.waiters.Load() > 0 {
 		b.mu.Lock()
@@ -59,14 +48,3 @@ func (s *slot) release() {
 		b.mu.Unlock()
 	}
 }
-
-// take moves the hold out of s, for a path that hands its request on:
-// s is left empty, so its own release does nothing.
-func (s *slot) take() slot {
-	t := *s
-	s.b = nil
-	return t
-}
-
-// held reports whether s holds a backend.
-func (s *slot) held() bool { return s.b != nil }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/front"
 	"hostel/internal/spec"
 )
 
@@ -100,7 +101,7 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 	r.AddBackend(apiV1, app)
 	r.AddBackend(apiV2, "127.0.0.1:1") // refuses connections
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1, "down.example.org": apiV2}})
-	_, pub := serveFront(t, r, FrontOptions{})
+	_, pub := serveFront(t, r, front.Options{})
 
 	type kind struct {
 		name, raw string

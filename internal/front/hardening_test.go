@@ -1,4 +1,4 @@
-package router
+package front_test
 
 import (
 	"bufio"
@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/front"
+	"hostel/internal/router"
 	"hostel/internal/spec"
 )
 
@@ -148,7 +150,7 @@ func TestPoisonedAppConnection(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			app := poisoningApp(t)
-			r, _, pub := frontTo(t, app.addr, FrontOptions{})
+			r, _, pub := frontTo(t, app.addr, front.Options{})
 			resp, _ := exchange(t, pub, "GET "+tc.poisoner+" HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\n\r\n")
 			if resp == nil || resp.StatusCode != 200 {
 				t.Fatalf("poisoning request: %v", resp)
@@ -175,7 +177,7 @@ func TestLargeHeads(t *testing.T) {
 		io.WriteString(c, answer(req.URL.Path))
 		return true
 	})
-	_, _, pub := frontTo(t, app.addr, FrontOptions{})
+	_, _, pub := frontTo(t, app.addr, front.Options{})
 	var many strings.Builder
 	for i := range 10000 {
 		fmt.Fprintf(&many, "X-H%d: v\r\n", i)
@@ -234,7 +236,7 @@ func TestStalledBody(t *testing.T) {
 	})
 	var conns atomic.Int64
 	counted := countConns(t, app.addr, &conns)
-	r, _, pub := frontTo(t, counted, FrontOptions{BodyTimeout: 300 * time.Millisecond})
+	r, _, pub := frontTo(t, counted, front.Options{BodyTimeout: 300 * time.Millisecond})
 	tests := []struct{ name, raw string }{
 		{"no body", "POST /upload HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 1000\r\n\r\n"},
 		{"no chunk", "POST /upload HTTP/1.1\r\nHost: " + host + "\r\nTransfer-Encoding: chunked\r\n\r\n"},
@@ -329,7 +331,7 @@ func TestClientNeverReads(t *testing.T) {
 		done[r.URL.Path] <- err
 		mu.Unlock()
 	}))
-	r, _, pub := frontTo(t, addr, FrontOptions{WriteTimeout: 300 * time.Millisecond})
+	r, _, pub := frontTo(t, addr, front.Options{WriteTimeout: 300 * time.Millisecond})
 	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 		t.Run(proto, func(t *testing.T) {
 			c, _ := rawConn(t, "http://"+pub)
@@ -356,7 +358,7 @@ func TestContentLengthWithTransferEncoding(t *testing.T) {
 		io.WriteString(c, answer(req.URL.Path))
 		return true
 	})
-	_, _, pub := frontTo(t, app.addr, FrontOptions{})
+	_, _, pub := frontTo(t, app.addr, front.Options{})
 	const body = "5\r\nhello\r\n0\r\n\r\n"
 	for _, te := range []string{
 		"Transfer-Encoding: chunked", "Transfer-Encoding: CHUNKED", "Transfer-Encoding:\tchunked",
@@ -407,10 +409,10 @@ func TestInternalZone(t *testing.T) {
 		{"public client", func(netip.Addr) bool { return false }, 404},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := New(Options{Zone: zone, Logf: t.Logf, Internal: tc.internal})
+			r := router.New(router.Options{Zone: zone, Logf: t.Logf, Internal: tc.internal})
 			t.Cleanup(func() { r.Close() })
 			r.AddBackend(apiV1, startBackend(t, "v1"))
-			_, pub := serveFront(t, r, FrontOptions{})
+			_, pub := serveFront(t, r, front.Options{})
 			for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 				resp, body := exchange(t, pub, "GET / "+proto+"\r\nHost: "+vhost+"\r\nConnection: close\r\n\r\n")
 				if resp == nil || resp.StatusCode != tc.want {
@@ -421,14 +423,14 @@ func TestInternalZone(t *testing.T) {
 	}
 	t.Run("a real non-loopback address", func(t *testing.T) {
 		local := nonLoopbackAddr(t)
-		r := New(Options{Zone: zone, Logf: t.Logf})
+		r := router.New(router.Options{Zone: zone, Logf: t.Logf})
 		t.Cleanup(func() { r.Close() })
 		r.AddBackend(apiV1, startBackend(t, "v1"))
 		ln, err := net.Listen("tcp", net.JoinHostPort(local.String(), "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := r.NewFront(FrontOptions{Loops: *frontLoops})
+		f := front.New(r, front.Options{Loops: *frontLoops})
 		go f.Serve(ln)
 		t.Cleanup(func() { f.Close() })
 		resp, _ := exchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\nHost: "+vhost+"\r\nConnection: close\r\n\r\n")
@@ -437,9 +439,9 @@ func TestInternalZone(t *testing.T) {
 		}
 	})
 	t.Run("error pages", func(t *testing.T) {
-		r, pub := startRouter(t, Options{})
+		r, pub := startRouter(t, router.Options{})
 		r.AddBackend(apiV1, "127.0.0.1:1") // refuses
-		mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}})
+		mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}})
 		for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 			resp, body := exchange(t, strings.TrimPrefix(pub, "http://"), "GET / "+proto+"\r\nHost: "+host+"\r\nConnection: close\r\n\r\n")
 			if resp == nil || resp.StatusCode != 502 {
@@ -476,7 +478,7 @@ func TestSmallerFindings(t *testing.T) {
 		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 		return true
 	})
-	_, _, pub := frontTo(t, app.addr, FrontOptions{})
+	_, _, pub := frontTo(t, app.addr, front.Options{})
 	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 		t.Run("underscore "+proto, func(t *testing.T) {
 			resp, body := exchange(t, pub, "GET / "+proto+"\r\nHost: "+host+"\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_Ip: 6.6.6.6\r\nConnection: close\r\n\r\n")
@@ -557,7 +559,7 @@ func TestPoolNeverCrossesResponses(t *testing.T) {
 		}
 		return true
 	})
-	r, _, pub := frontTo(t, app.addr, FrontOptions{})
+	r, _, pub := frontTo(t, app.addr, front.Options{})
 	big := "X-Big: " + strings.Repeat("b", 5000) + "\r\n"
 	formats := []string{
 		"GET %s HTTP/1.1\r\nHost: " + host + "\r\n\r\n",

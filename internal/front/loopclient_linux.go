@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -344,7 +344,7 @@ func (c *loopClient) write(p []byte) {
 	if n < len(p) {
 		c.out = append(c.out[:0], p[n:]...)
 		// Timed from now on, and from each write that makes progress
-		// (FrontOptions.WriteTimeout): the request's state has ended.
+		// (Options.WriteTimeout): the request's state has ended.
 		c.state, c.since = lcWriting, c.l.now
 		loopPartialWrites.Add(1)
 		return
@@ -423,7 +423,7 @@ func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) bool 
 		c.in = nil
 	}
 	if err != nil {
-		l.f.r.logf("router: front end: handing %s over: %v", c.remote, err)
+		l.f.logf("router: front end: handing %s over: %v", c.remote, err)
 		return false
 	}
 	if first != nil && pending == nil {

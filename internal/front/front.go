@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -31,8 +31,8 @@ import (
 // net/http once, never back. Malformed and oversized requests are left to
 // net/http too, which answers them as it always does.
 
-// FrontOptions configure a Front.
-type FrontOptions struct {
+// Options configure a Front.
+type Options struct {
 	// Handler serves what the fast path does not take; nil means the
 	// router itself. It must pass requests for which Direct reports true
 	// to the router unchanged.
@@ -47,6 +47,9 @@ type FrontOptions struct {
 	// IdleTimeout closes keep-alive connections idle for so long; 0 means
 	// 2 minutes.
 	IdleTimeout time.Duration
+	// Logf receives the front end's own errors (a panic serving a
+	// connection, an event loop that cannot start); nil discards them.
+	Logf func(format string, args ...any)
 	// ErrorLog is net/http's error log for the requests it serves.
 	ErrorLog *log.Logger
 	// MaxHeaderBytes bounds a request's head (request line and fields):
@@ -80,7 +83,8 @@ type FrontOptions struct {
 
 // Front serves the router on public HTTP listeners.
 type Front struct {
-	r         *Router
+	core      Router
+	logf      func(format string, args ...any)
 	direct    func(host, path string) bool
 	directTLS func(host, path string) bool
 	tlsConfig *tls.Config
@@ -93,7 +97,7 @@ type Front struct {
 	plain, secure *fallback
 
 	// loops are the event loops of plain-HTTP connections (Linux), started
-	// by the first Serve unless FrontOptions.Loops is negative.
+	// by the first Serve unless Options.Loops is negative.
 	loops     *loops
 	loopCount int
 
@@ -112,11 +116,12 @@ type Front struct {
 	stopOnce sync.Once
 }
 
-// NewFront returns a front end for r. Serve it on listeners; Shutdown or
-// Close it at the end.
-func (r *Router) NewFront(opts FrontOptions) *Front {
+// New returns a front end for the router r. Serve it on listeners;
+// Shutdown or Close it at the end.
+func New(r Router, opts Options) *Front {
 	f := &Front{
-		r:         r,
+		core:      r,
+		logf:      opts.Logf,
 		direct:    opts.Direct,
 		directTLS: opts.DirectTLS,
 		tlsConfig: opts.TLSConfig,
@@ -127,6 +132,9 @@ func (r *Router) NewFront(opts FrontOptions) *Front {
 		conns:     map[*frontConn]struct{}{},
 		lns:       map[net.Listener]struct{}{},
 		stop:      make(chan struct{}),
+	}
+	if f.logf == nil {
+		f.logf = func(string, ...any) {}
 	}
 	if f.header <= 0 {
 		f.header = 30 * time.Second
@@ -169,7 +177,7 @@ func (f *Front) newFallback(h http.Handler, errorLog *log.Logger) *fallback {
 // down, which returns http.ErrServerClosed.
 func (f *Front) Serve(ln net.Listener) error { return f.serve(ln, false) }
 
-// ServeTLS is Serve for TLS connections, with FrontOptions.TLSConfig. A
+// ServeTLS is Serve for TLS connections, with Options.TLSConfig. A
 // connection that negotiates HTTP/2 (or another protocol than HTTP/1.1)
 // is handed to net/http once its handshake is done; requests net/http
 // serves for a connection handed over after a fast request see the TLS
@@ -480,7 +488,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		if e := recover(); e != nil {
 			// As net/http does for a handler: one connection is lost,
 			// not the daemon.
-			f.r.logf("router: front end: panic serving %s: %v\n%s", fc.remote, e, debug.Stack())
+			f.logf("router: front end: panic serving %s: %v\n%s", fc.remote, e, debug.Stack())
 		}
 		if !handedOff {
 			fc.phase.Store(phaseClosed)
@@ -555,7 +563,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		if err != nil && (fc.br.Buffered() == 0 || fc.phase.Load() == phaseClosed) {
 			return
 		}
-		var b *backend
+		var b *Backend
 		if head != nil {
 			b = f.fastBackend(string(head), &fc.req, fc.remote, fc.tls != nil)
 		}
@@ -583,13 +591,13 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 // fast path forwards it to, for the goroutines and the event loops alike;
 // nil leaves the request to net/http: a request the parser does not take,
 // a host the router does not forward (a redirect, an unknown host, a
-// domain whose backend is gone: Router.decide), or one FrontOptions.Direct
+// domain whose backend is gone: the router core decides), or one Options.Direct
 // keeps for the handler chain (an ACME challenge, a redirect to HTTPS).
-func (f *Front) fastBackend(head string, req *Request, remote string, secure bool) *backend {
+func (f *Front) fastBackend(head string, req *Request, remote string, secure bool) *Backend {
 	if !parseRequest(head, req) {
 		return nil
 	}
-	b := f.r.decide(req.Host, remote).b
+	b := f.core.Route(req.Host, remote)
 	direct := f.direct
 	if secure {
 		direct = f.directTLS
@@ -737,7 +745,7 @@ type switchConn struct {
 	eof bool   // mem: the client closed its side
 	in  []byte // ciphertext read from the socket, not yet by TLS
 	out []byte // mem: ciphertext TLS wrote
-	// write bounds each write to the socket (FrontOptions.WriteTimeout).
+	// write bounds each write to the socket (Options.WriteTimeout).
 	write time.Duration
 }
 

@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -76,7 +76,7 @@ func (f *Front) startLoops(n int) *loops {
 	for range n {
 		l, err := newEventLoop(ls)
 		if err != nil {
-			f.r.logf("router: front end: no event loop (%v): connections are served by goroutines", err)
+			f.logf("router: front end: no event loop (%v): connections are served by goroutines", err)
 			for _, l := range ls.ls {
 				l.closeFDs()
 			}
@@ -318,7 +318,7 @@ func (l *eventLoop) closeFDs() {
 func (l *eventLoop) run() {
 	defer func() {
 		if e := recover(); e != nil {
-			l.f.r.logf("router: front end: event loop panic: %v", e)
+			l.f.logf("router: front end: event loop panic: %v", e)
 		}
 		l.shut()
 	}()
@@ -331,7 +331,7 @@ func (l *eventLoop) run() {
 			return n > 0
 		})
 		if err != nil {
-			l.f.r.logf("router: front end: event loop: %v", err)
+			l.f.logf("router: front end: event loop: %v", err)
 			return
 		}
 		l.now = time.Now().UnixNano()

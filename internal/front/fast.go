@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -62,7 +62,7 @@ func (h *hangup) reset() {
 // serveFast forwards req to b and writes the response to w. It returns
 // whether the client connection can carry another request; false means it
 // must be closed (after flushing w), as when a response broke off.
-func (b *backend) serveFast(req *Request, w *bufio.Writer, h *hangup) bool {
+func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup) bool {
 	s := b.acquire()
 	defer s.release()
 	return b.up.Load().forwardFast(req, w, h)

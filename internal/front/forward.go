@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -53,7 +53,7 @@ var dialer = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 // forwarder leaves to it. AddBackend with a new address makes a new one.
 type upstream struct {
 	addr  string
-	b     *backend
+	b     *Backend
 	proxy *httputil.ReverseProxy
 
 	mu      sync.Mutex
@@ -218,7 +218,7 @@ func (u *upstream) fail(w http.ResponseWriter, req *http.Request, err error) {
 // and message to answer it with, on every path: 504 if b was aborted (a
 // draining version past its stop grace), else 502. quiet leaves a 502 of a
 // client that went away unlogged.
-func (b *backend) failure(method, host, path string, aborted, quiet bool, err error) (code int, msg string) {
+func (b *Backend) failure(method, host, path string, aborted, quiet bool, err error) (code int, msg string) {
 	if aborted {
 		b.logf("router: %s %s%s via %s: ended with 504 after the stop grace", method, host, path, b.key)
 		return http.StatusGatewayTimeout, "hostel: the service stopped before answering"

@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -28,7 +28,7 @@ import (
 // proxy in front of hostel that framed such a request differently would
 // have its next request smuggled; nginx refuses all of these.
 
-// Defaults of the front end's limits (FrontOptions), next to nginx's in
+// Defaults of the front end's limits (Options), next to nginx's in
 // docs/router.md.
 const (
 	// DefaultMaxHeaderBytes bounds a request head: request line and
@@ -50,7 +50,7 @@ type limits struct {
 	body, write      time.Duration
 }
 
-func newLimits(o FrontOptions) limits {
+func newLimits(o Options) limits {
 	l := limits{maxHead: o.MaxHeaderBytes, maxLine: o.MaxRequestLine, body: o.BodyTimeout, write: o.WriteTimeout}
 	if l.maxHead <= 0 {
 		l.maxHead = DefaultMaxHeaderBytes
