@@ -3,6 +3,7 @@ package front_test
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -617,5 +618,63 @@ func TestPoolNeverCrossesResponses(t *testing.T) {
 			}
 			waitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
 		})
+	}
+}
+
+// TestHTTP2Hardening: HTTP/2 connections (every browser on HTTPS) are
+// net/http's, behind the same guard: CONNECT and TRACE are refused,
+// fields with "_" dropped, a stalled body answered 408 without the app.
+func TestHTTP2Hardening(t *testing.T) {
+	cfg, pool := selfSigned(t)
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	var requests atomic.Int64
+	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		r.Header.Write(w)
+	}))
+	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
+	r.AddBackend(apiV1, addr)
+	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *frontLoops, BodyTimeout: 300 * time.Millisecond})
+	go f.ServeTLS(ln)
+	t.Cleanup(func() { f.Close(); r.Close() })
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second}
+	t.Cleanup(c.CloseIdleConnections)
+	url := "https://" + ln.Addr().String() + "/"
+	do := func(method string, body io.Reader, header map[string]string) (*http.Response, string) {
+		req, _ := http.NewRequest(method, url, body)
+		req.Host = host
+		for k, v := range header {
+			req.Header[k] = []string{v}
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("%s: served over %s, want HTTP/2", method, resp.Proto)
+		}
+		return resp, string(b)
+	}
+	if resp, body := do("GET", nil, map[string]string{"X_forwarded_for": "6.6.6.6"}); resp.StatusCode != 200 || strings.Contains(body, "6.6.6.6") {
+		t.Errorf("GET with X_forwarded_for: %d, the app got:\n%s", resp.StatusCode, body)
+	}
+	before := requests.Load()
+	if resp, _ := do("TRACE", nil, nil); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("TRACE: %d, want 405", resp.StatusCode)
+	}
+	pr, pw := io.Pipe() // a body that never comes
+	t.Cleanup(func() { pw.Close() })
+	if resp, _ := do("POST", pr, nil); resp.StatusCode != http.StatusRequestTimeout {
+		t.Errorf("stalled POST: %d, want 408", resp.StatusCode)
+	}
+	if n := requests.Load() - before; n != 0 {
+		t.Errorf("the app got %d requests, want none", n)
 	}
 }

@@ -185,6 +185,8 @@ func (r *Router) decide(host, remote string) route {
 	return route{}
 }
 
+var _ front.Router = (*Router)(nil)
+
 // Route is front.Router's: the backend decide forwards a request to, nil
 // if none.
 func (r *Router) Route(host, remote string) *front.Backend {
