@@ -43,6 +43,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzHostMatch -fuzztime 30s ./internal/router/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 30s ./internal/front/
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckHead$$' -fuzztime 30s ./internal/front/
+	$(GO) test -run '^$$' -fuzz '^FuzzHeadScanner$$' -fuzztime 30s ./internal/front/
 
 clean:
 	rm -rf bin examples/monoliths/build

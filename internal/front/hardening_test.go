@@ -678,3 +678,49 @@ func TestHTTP2Hardening(t *testing.T) {
 		t.Errorf("the app got %d requests, want none", n)
 	}
 }
+
+// TestPoisonedAppConnectionHTTP2: finding 1 over HTTP/2, which every
+// request from a browser on HTTPS takes. (HTTP/2 requests reach the app
+// through httputil.ReverseProxy today — net/http gives them a Body even
+// when empty — whose transport already drops such a connection; this
+// keeps it so whichever path they take.)
+func TestPoisonedAppConnectionHTTP2(t *testing.T) {
+	cfg, pool := selfSigned(t)
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	app := poisoningApp(t)
+	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
+	r.AddBackend(apiV1, app.addr)
+	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *frontLoops})
+	go f.ServeTLS(ln)
+	t.Cleanup(func() { f.Close(); r.Close() })
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second}
+	t.Cleanup(c.CloseIdleConnections)
+	get := func(path string) (int, string) {
+		req, _ := http.NewRequest("GET", "https://"+ln.Addr().String()+path, nil)
+		req.Host = host
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("GET %s: served over %s, want HTTP/2", path, resp.Proto)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/resp/shortchunk"); code != 200 {
+		t.Fatalf("poisoning request: %d", code)
+	}
+	<-app.lateDone
+	for _, path := range []string{"/alice/private", "/bob", "/carol"} {
+		if code, body := get(path); code != 200 || body != "for "+path {
+			t.Fatalf("GET %s: got %d %q, want 200 %q", path, code, body, "for "+path)
+		}
+	}
+}
