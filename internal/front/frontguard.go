@@ -400,11 +400,27 @@ type clientBody struct {
 	src     io.ReadCloser
 	timeout time.Duration
 	first   []byte // read by start, not yet by the proxy
-	err     error  // the first failure
 	done    bool
 
+	// mu guards over and err: the proxy's transport may still read the
+	// body while its error handler asks how it failed.
 	mu   sync.Mutex
-	over bool // the handler returned: rc is not to be used
+	over bool  // the handler returned: rc is not to be used
+	err  error // the first failure
+}
+
+func (b *clientBody) setErr(err error) {
+	b.mu.Lock()
+	if b.err == nil {
+		b.err = err
+	}
+	b.mu.Unlock()
+}
+
+func (b *clientBody) getErr() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }
 
 // setDeadline sets the connection's read deadline while the handler runs.
@@ -428,7 +444,7 @@ func (b *clientBody) start() {
 	n, err := b.read(p[:])
 	b.first = append(b.first, p[:n]...)
 	if err != nil && err != io.EOF {
-		b.err = err
+		b.setErr(err)
 	}
 	b.done = err == io.EOF
 }
@@ -457,15 +473,15 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		b.first = b.first[n:]
 		return n, nil
 	}
-	if b.err != nil {
-		return 0, b.err
+	if err := b.getErr(); err != nil {
+		return 0, err
 	}
 	if b.done {
 		return 0, io.EOF
 	}
 	n, err := b.read(p)
 	if err != nil && err != io.EOF {
-		b.err = err
+		b.setErr(err)
 	}
 	return n, err
 }
@@ -475,10 +491,10 @@ func (b *clientBody) Close() error { return b.src.Close() }
 // failed returns the status for a body the client failed to send: 408 if
 // it stalled, 400 if its framing was broken; 0 if it did not fail.
 func (b *clientBody) failed() int {
-	switch {
-	case b.err == nil:
+	switch err := b.getErr(); {
+	case err == nil:
 		return 0
-	case errors.Is(b.err, os.ErrDeadlineExceeded):
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		return http.StatusRequestTimeout
 	}
 	return http.StatusBadRequest
