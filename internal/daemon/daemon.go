@@ -19,6 +19,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/cgroup"
 	"hostel/internal/deploy"
+	"hostel/internal/front"
 	"hostel/internal/nix"
 	"hostel/internal/router"
 	"hostel/internal/secrets"
@@ -59,7 +60,7 @@ type Daemon struct {
 	httpsLn net.Listener  // nil when --https is ""
 	certs   *acme.Manager // nil when --https is ""
 	servers []*http.Server
-	front   *router.Front // serves httpLn and httpsLn
+	front   *front.Front // serves httpLn and httpsLn
 	wg      sync.WaitGroup
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
