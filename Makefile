@@ -28,11 +28,11 @@ deps:
 	scripts/install-deps.sh test
 
 # Every test, the concurrent parts under the race detector.
-# The router's tests run twice: with the front end's event loops and with
+# The router's and the front end's tests run twice: with the front end's event loops and with
 # a goroutine per connection (the path TLS and hand-overs take).
 test: deps vet
 	$(GO) test -race -count=1 -timeout 10m ./...
-	$(GO) test -race -count=1 -timeout 5m ./internal/router/ -args -front-loops=-1
+	$(GO) test -race -count=1 -timeout 5m ./internal/router/ ./internal/front/ -args -front-loops=-1
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
@@ -46,6 +46,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/spec/
 	$(GO) test -run '^$$' -fuzz FuzzPlan -fuzztime 30s ./internal/plan/
 	$(GO) test -run '^$$' -fuzz FuzzHostMatch -fuzztime 30s ./internal/router/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 30s ./internal/front/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheckHead$$' -fuzztime 30s ./internal/front/
+	$(GO) test -run '^$$' -fuzz '^FuzzHeadScanner$$' -fuzztime 30s ./internal/front/
 
 clean:
 	rm -rf bin examples/monoliths/build

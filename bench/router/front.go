@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"hostel/internal/front"
 	"hostel/internal/router"
 )
 
@@ -43,9 +44,9 @@ func childMainFront() {
 		os.Exit(0)
 	}()
 	fmt.Printf("listening %s\n", ln.Addr())
-	// HOSTEL_BENCH_LOOPS sets FrontOptions.Loops, for comparing.
+	// HOSTEL_BENCH_LOOPS sets front.Options.Loops, for comparing.
 	loops, _ := strconv.Atoi(os.Getenv("HOSTEL_BENCH_LOOPS"))
-	f := h.(*router.Router).NewFront(router.FrontOptions{ReadHeaderTimeout: 10 * time.Second, Loops: loops})
+	f := front.New(h.(*router.Router), front.Options{ReadHeaderTimeout: 10 * time.Second, Loops: loops})
 	if err := f.Serve(ln); err != nil {
 		fail(err)
 	}

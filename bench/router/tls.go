@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"hostel/internal/acme"
+	"hostel/internal/front"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -63,7 +64,7 @@ func childMainTLS() {
 	}()
 	fmt.Printf("listening https://%s\n", ln.Addr())
 	r := h.(*router.Router)
-	f := r.NewFront(router.FrontOptions{TLSConfig: cfg, TLSHandler: m.HTTPSHandler(r), DirectTLS: m.DirectTLS,
+	f := front.New(r, front.Options{TLSConfig: cfg, TLSHandler: m.HTTPSHandler(r), DirectTLS: m.DirectTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		// Load generators hang up mid-handshake when a run ends.
 		ErrorLog: log.New(io.Discard, "", 0)})

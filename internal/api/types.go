@@ -116,6 +116,15 @@ type ServiceStatus struct {
 	Restarts int      `json:"restarts"`
 	InFlight int64    `json:"in_flight"`
 	Error    string   `json:"error,omitempty"`
+	// LastExit is how the last process ended: "exit 1", "signal 9", or
+	// "oom" when the kernel killed it for exceeding its memory limit;
+	// empty while none has ended.
+	LastExit string `json:"last_exit,omitempty"`
+	// MemoryBytes is the memory its processes use now, CPUSeconds the CPU
+	// time they used since it started; both 0 where limits are not
+	// enforced (no cgroups).
+	MemoryBytes int64   `json:"memory_bytes"`
+	CPUSeconds  float64 `json:"cpu_seconds"`
 	// Package is the version's package (a Nix store path or a directory); empty if it has none.
 	Package string `json:"package,omitempty"`
 	// Database is the service's PostgreSQL database; nil when it has none.

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+
+	"hostel/internal/failpoint"
 )
 
 // WriteFile atomically replaces path with data, with permissions mode.
@@ -29,6 +31,7 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
+	failpoint.Hit("atomicfile-before-rename")
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
 		return err

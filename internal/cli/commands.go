@@ -78,6 +78,9 @@ func planCmd(e *env) *cobra.Command {
 			if err := c.Plan(cmd.Context(), req, &p); err != nil {
 				return err
 			}
+			for _, w := range p.Warnings {
+				fmt.Fprintln(e.stderr, "warning:", w)
+			}
 			if asJSON {
 				return printJSON(e.stdout, &p)
 			}

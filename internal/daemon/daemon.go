@@ -17,7 +17,9 @@ import (
 
 	"hostel/internal/acme"
 	"hostel/internal/api"
+	"hostel/internal/cgroup"
 	"hostel/internal/deploy"
+	"hostel/internal/front"
 	"hostel/internal/nix"
 	"hostel/internal/router"
 	"hostel/internal/secrets"
@@ -50,13 +52,15 @@ type Daemon struct {
 	hostKey *secrets.HostKey
 	// db provisions PostgreSQL databases and runs release steps.
 	db *databases
+	// cgroups enforce services' limits; nil where there are none.
+	cgroups *cgroup.Hierarchy
 
 	httpLn  net.Listener
 	apiLn   net.Listener
 	httpsLn net.Listener  // nil when --https is ""
 	certs   *acme.Manager // nil when --https is ""
 	servers []*http.Server
-	front   *router.Front // serves httpLn and httpsLn
+	front   *front.Front // serves httpLn and httpsLn
 	wg      sync.WaitGroup
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
@@ -80,6 +84,20 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			d.Close() // undoes whatever part of Start ran
 		}
 	}()
+	// Services get paths under the root (STATE_DIRECTORY …) and run in
+	// other directories; a later daemon finds them by those paths.
+	if d.opts.Root, err = filepath.Abs(opts.Root); err != nil {
+		return nil, err
+	}
+	opts = d.opts
+	// As root, each service runs as its own user, and its database role
+	// authenticates as that user.
+	runAsUsers := os.Geteuid() == 0
+	if runAsUsers {
+		if err := checkRootReachable(opts.Root); err != nil {
+			return nil, err
+		}
+	}
 	for _, dir := range []struct {
 		path string
 		mode os.FileMode
@@ -108,10 +126,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()
 	}
-	// As root, each service runs as its own user, and its database role
-	// authenticates as that user.
-	runAsUsers := os.Geteuid() == 0
-	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers})
+	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
+		Cgroups: d.openCgroups()})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
 	d.engine = deploy.New(st, d.sup, d.router)
 	// Every switch also updates certificates and TLS policy.
@@ -142,6 +158,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := os.Chmod(sock, 0o600); err != nil {
 		return nil, err
 	}
+	// Before anything is adopted: what a daemon killed mid-launch left
+	// running without a record.
+	d.sup.Leftovers()
 	if err := d.engine.Resume(ctx, func(f string, a ...any) { d.logf(f, a...) }); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
@@ -196,6 +215,11 @@ func (d *Daemon) Close() error {
 	}
 	if d.sup != nil {
 		d.sup.Detach()
+	}
+	if d.cgroups != nil {
+		// Only once no group is left in it (after hostel shutdown): the
+		// groups of detached services stay for the next daemon.
+		d.cgroups.Remove()
 	}
 	if d.certs != nil {
 		d.certs.Close()

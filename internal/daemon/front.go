@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"time"
 
-	"hostel/internal/router"
+	"hostel/internal/front"
 )
 
 // serveFront serves the public HTTP listener through the router's front
@@ -15,7 +15,8 @@ import (
 // ACME challenges, redirects to HTTPS) goes through publicHTTP on net/http.
 // serveHTTPS serves the HTTPS listener through the same front end.
 func (d *Daemon) serveFront() {
-	opts := router.FrontOptions{
+	opts := front.Options{
+		Logf:              d.logf,
 		Handler:           d.publicHTTP(),
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -28,7 +29,7 @@ func (d *Daemon) serveFront() {
 		opts.TLSHandler = d.certs.HTTPSHandler(d.router)
 		opts.DirectTLS = d.certs.DirectTLS
 	}
-	d.front = d.router.NewFront(opts)
+	d.front = front.New(d.router, opts)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()

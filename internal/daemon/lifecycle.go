@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -67,6 +68,13 @@ func (d *Daemon) Shutdown(ctx context.Context) (*api.ShutdownResult, error) {
 	for _, k := range d.sup.Orphans() {
 		if _, ok, err := d.sup.AdoptRecorded(k); err == nil && ok {
 			d.sup.Stop(context.WithoutCancel(ctx), k)
+			res.Stopped = append(res.Stopped, string(k))
+		}
+	}
+	// And whatever of this root still runs with no record: a process that
+	// left its version's process group where there are no cgroups.
+	for _, k := range d.sup.Leftovers() {
+		if !slices.Contains(res.Stopped, string(k)) {
 			res.Stopped = append(res.Stopped, string(k))
 		}
 	}

@@ -63,6 +63,9 @@ func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, err
 		return nil, api.Invalid(err)
 	}
 	p, err := d.engine.Plan(ctx, s, req.Inputs)
+	if err == nil {
+		p.Warnings = append(p.Warnings, d.limitWarnings(s)...)
+	}
 	return p, apiError(err)
 }
 
@@ -198,6 +201,7 @@ func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.Ser
 		URL: "http://" + spec.VersionHost(name, v, zone), InFlight: d.router.InFlight(key)}
 	if s, ok := d.sup.Status(key); ok {
 		ss.State, ss.PID, ss.Ready, ss.Restarts, ss.Error = string(s.State), s.PID, s.Ready, s.Restarts, s.LastError
+		ss.LastExit, ss.MemoryBytes, ss.CPUSeconds = s.LastExit, s.MemoryBytes, s.CPUSeconds
 		if d.engine.Draining(key) {
 			ss.State = "draining"
 		}

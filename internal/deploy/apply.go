@@ -140,6 +140,12 @@ func (e *Engine) start(ctx context.Context, g *spec.Generation, name string, opt
 	cfg := supervisor.Config{
 		Service: name, Version: ver, Dir: svc.Package, Exec: exec, Env: env,
 		ReadyTimeout: svc.HealthTimeout(), StopGrace: svc.StopGraceOrDefault(),
+		CPU: svc.CPU,
+	}
+	// Validated with the spec; enforced by the supervisor's cgroups.
+	var err error
+	if cfg.Memory, err = spec.ParseMemory(svc.Memory); err != nil {
+		return fmt.Errorf("service %q: memory: %w", name, err)
 	}
 	if svc.Health != nil {
 		cfg.HealthPath = svc.Health.Path

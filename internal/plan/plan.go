@@ -45,6 +45,9 @@ type Plan struct {
 	Services []Change `json:"services"`
 	// Versions are the planned versions of every service in the new spec.
 	Versions map[string]spec.Version `json:"versions"`
+	// Warnings are what the machine will not do as the spec asks (such as
+	// limits it cannot enforce), one sentence each; nil when none.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Make plans next (with its inputs) against cur, which may be nil.

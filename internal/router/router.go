@@ -1,7 +1,12 @@
-// Package router is hostel's HTTP front: one listener for every public domain,
-// plus one loopback endpoint per version, routing each request to the process
-// of exactly one version and counting what is in flight to it so that a
-// version can be drained before it is stopped.
+// Package router is the core of hostel's router: the public routing table,
+// the backends (one per version) and the accounting of the requests in
+// flight to each, so that a version can be drained before it is stopped;
+// it also opens one loopback endpoint per version. It decides where each
+// request goes in one function (decide), for every path.
+//
+// The HTTP front end that serves the public listeners and forwards to the
+// apps is internal/front, which sees the core through front.Router and
+// front.Accounting.
 //
 // The public routing table and the set of backends are immutable values
 // behind atomic pointers: a request takes no lock, and a Swap moves every
@@ -15,12 +20,13 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/http/httputil"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"hostel/internal/front"
 	"hostel/internal/spec"
 )
 
@@ -31,6 +37,15 @@ type Options struct {
 	Zone string
 	// Logf receives proxy errors and endpoint server errors; nil discards them.
 	Logf func(format string, args ...any)
+	// Requests, if set, is told of every request to a backend, on every
+	// path, as it takes its slot and as it gives it back (slot.go): the
+	// place for metrics, an access log, wake on request.
+	Requests RequestHook
+	// Internal reports whether a client at addr may reach immutable
+	// version names (SERVICE-VERSION.ZONE) on the public listeners: the
+	// internal zone is for this machine (and, later, the cluster's
+	// peers). nil means loopback clients only.
+	Internal func(addr netip.Addr) bool
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -50,12 +65,13 @@ type Table struct {
 // Router routes HTTP requests to registered backends. The zero value is not
 // usable; call New. All methods are safe for concurrent use.
 type Router struct {
-	zone string
-	logf func(format string, args ...any)
+	zone     string
+	logf     func(format string, args ...any)
+	internal func(netip.Addr) bool
+	hook     RequestHook
 
-	// transport serves the ReverseProxy path: requests with a body,
-	// upgrades (forward.go handles the rest).
-	transport *http.Transport
+	// proxy makes the front end's side of each backend.
+	proxy *front.Proxy
 
 	table    atomic.Pointer[Table]                        // normalized, never mutated once stored
 	backends atomic.Pointer[map[spec.VersionKey]*backend] // copy-on-write
@@ -64,30 +80,22 @@ type Router struct {
 	endpoints map[spec.VersionKey]*endpoint
 }
 
-// backend is one registered version. Its in-flight counter survives an
-// AddBackend that moves it to a new address (a restart on a new port).
+// backend is one registered version: the core's side of it (its
+// accounting, slot.go) and the front end's (fb: its address, connections
+// and abort). Its in-flight counter survives an AddBackend that moves it to
+// a new address (a restart on a new port).
 type backend struct {
 	key      spec.VersionKey
-	logf     func(format string, args ...any)
-	up       atomic.Pointer[upstream] // replaced by AddBackend with a new addr
-	inflight atomic.Int64
+	hook     RequestHook
+	fb       *front.Backend
+	inflight atomic.Int64 // slots taken and not given back
+	last     atomic.Int64 // UnixNano when the last request ended
 
 	// waiters counts WaitIdle callers, so that the decrement on the hot
 	// path only takes mu when somebody is waiting.
 	waiters atomic.Int32
 	mu      sync.Mutex
 	idle    chan struct{} // closed (and replaced) when inflight drops to 0 while waited on
-
-	// abort, once cancelled by Abort, ends every request in flight to this
-	// backend: a draining version past its stop grace. The ReverseProxy
-	// path watches the context; the forwarder (forward.go) avoids a
-	// context per request: Abort sets aborted and closes every connection
-	// to the backend, which ends the reads waiting on them.
-	abort       context.Context
-	cancelAbort context.CancelFunc
-	aborted     atomic.Bool
-	connMu      sync.Mutex
-	conns       map[*pconn]struct{} // open forwarder connections, idle or not
 }
 
 type endpoint struct {
@@ -101,6 +109,8 @@ func New(opts Options) *Router {
 	r := &Router{
 		zone:      normalizeHost(opts.Zone),
 		logf:      opts.Logf,
+		internal:  opts.Internal,
+		hook:      opts.Requests,
 		endpoints: map[spec.VersionKey]*endpoint{},
 	}
 	if r.zone == "" {
@@ -109,26 +119,10 @@ func New(opts Options) *Router {
 	if r.logf == nil {
 		r.logf = func(string, ...any) {}
 	}
-	r.transport = &http.Transport{
-		// No Proxy: backends are on loopback and must never be reached
-		// through an HTTP_PROXY from the daemon's environment.
-		Proxy: nil,
-		DialContext: (&net.Dialer{
-			Timeout:   5 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		// Go's default of 2 idle connections per host makes a busy proxy
-		// dial for most requests (caddy issue #2805); keep many open.
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		// Backends speak HTTP/1.1 on loopback; h2c is not attempted.
-		ForceAttemptHTTP2: false,
-		// Pass the client's Accept-Encoding and the backend's encoding
-		// through untouched instead of having the transport decompress.
-		DisableCompression:    true,
-		ExpectContinueTimeout: 1 * time.Second,
+	if r.internal == nil {
+		r.internal = netip.Addr.IsLoopback
 	}
+	r.proxy = front.NewProxy(r.logf)
 	empty := map[spec.VersionKey]*backend{}
 	r.backends.Store(&empty)
 	r.table.Store(&Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: r.zone})
@@ -139,13 +133,12 @@ func New(opts Options) *Router {
 // Domains, then Redirects, then immutable version names. Anything else is
 // answered 404 and never with another service's content.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	host := normalizeHost(req.Host)
-	b, domain, target := r.lookup(host)
-	switch {
-	case b != nil:
-		b.serve(w, req)
-	case domain != "":
-		r.notRunning(w, req, domain)
+	rt := r.decide(req.Host, req.RemoteAddr)
+	switch target := rt.redirect; {
+	case rt.b != nil:
+		rt.b.fb.ServeHTTP(w, req)
+	case rt.domain != "":
+		r.notRunning(w, req, rt.domain)
 	case target != "":
 		scheme := "http://"
 		if req.TLS != nil {
@@ -159,33 +152,62 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		http.Redirect(w, req, scheme+target+req.URL.RequestURI(), http.StatusMovedPermanently)
 	default:
-		http.Error(w, fmt.Sprintf("hostel: no service for host %q", host), http.StatusNotFound)
+		http.Error(w, fmt.Sprintf("hostel: no service for host %q", normalizeHost(req.Host)), http.StatusNotFound)
 	}
 }
 
-// lookup routes a normalized host name, for ServeHTTP and the front end
-// alike: b is the backend that serves it, if any; domain is set when host
-// is a domain of the table (whose backend may be gone since the Swap),
-// target when it is redirected.
-func (r *Router) lookup(host string) (b *backend, domain spec.VersionKey, target string) {
+// route is the router's decision for a request on a public listener.
+// All zero: an unknown host (404).
+type route struct {
+	b        *backend        // forward to it
+	domain   spec.VersionKey // a domain of the table whose backend is gone since the Swap (502)
+	redirect string          // answer 301 to this host
+}
+
+// decide routes a request for host (as the client sent it) from a client
+// at remote ("IP:port"): first Domains, then Redirects, then immutable
+// version names, which answer internal clients only — to others they are
+// unknown hosts. It is the one routing rule of every path: net/http's
+// (ServeHTTP), the front end's goroutines and its event loops
+// (Front.fastBackend).
+func (r *Router) decide(host, remote string) route {
+	host = normalizeHost(host)
 	t := r.table.Load()
 	if key, ok := t.Domains[host]; ok {
-		return (*r.backends.Load())[key], key, ""
+		return route{b: (*r.backends.Load())[key], domain: key}
 	}
 	if target, ok := t.Redirects[host]; ok {
-		return nil, "", target
+		return route{redirect: target}
 	}
-	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok {
-		return (*r.backends.Load())[spec.Key(service, v)], "", ""
+	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok && r.internalClient(remote) {
+		return route{b: (*r.backends.Load())[spec.Key(service, v)]}
 	}
-	return nil, "", ""
+	return route{}
+}
+
+var _ front.Router = (*Router)(nil)
+
+// Route is front.Router's: the backend decide forwards a request to, nil
+// if none.
+func (r *Router) Route(host, remote string) *front.Backend {
+	if b := r.decide(host, remote).b; b != nil {
+		return b.fb
+	}
+	return nil
+}
+
+// internalClient reports whether the client at remote ("IP:port") may
+// reach the internal zone (Options.Internal).
+func (r *Router) internalClient(remote string) bool {
+	ap, err := netip.ParseAddrPort(remote)
+	return err == nil && r.internal(ap.Addr().Unmap())
 }
 
 // serveKey proxies to key's backend. A table entry whose backend was removed
 // since the Swap answers 502: the host is ours, its process is gone.
 func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
 	if b := (*r.backends.Load())[key]; b != nil {
-		b.serve(w, req)
+		b.fb.ServeHTTP(w, req)
 		return
 	}
 	r.notRunning(w, req, key)
@@ -193,52 +215,8 @@ func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.Ver
 
 func (r *Router) notRunning(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
 	r.logf("router: %s: no backend registered for %s", req.Host, key)
-	http.Error(w, fmt.Sprintf("hostel: %s is not running", key), http.StatusBadGateway)
-}
-
-func (b *backend) serve(w http.ResponseWriter, req *http.Request) {
-	b.inflight.Add(1)
-	// Deferred: the proxies panic with http.ErrAbortHandler when a
-	// response body breaks off, and the count must still drop.
-	defer b.done()
-	up := b.up.Load()
-	if forwardable(req) {
-		up.forward(w, req)
-		return
-	}
-	// The outbound request also ends when the backend is aborted.
-	ctx, cancel := context.WithCancel(req.Context())
-	defer cancel()
-	stop := context.AfterFunc(b.abort, cancel)
-	defer stop()
-	up.proxy.ServeHTTP(w, req.WithContext(ctx))
-}
-
-// track registers a new forwarder connection, unless the backend was
-// aborted.
-func (b *backend) track(pc *pconn) bool {
-	b.connMu.Lock()
-	defer b.connMu.Unlock()
-	if b.aborted.Load() {
-		return false
-	}
-	b.conns[pc] = struct{}{}
-	return true
-}
-
-func (b *backend) untrack(pc *pconn) {
-	b.connMu.Lock()
-	delete(b.conns, pc)
-	b.connMu.Unlock()
-}
-
-func (b *backend) done() {
-	if b.inflight.Add(-1) == 0 && b.waiters.Load() > 0 {
-		b.mu.Lock()
-		close(b.idle)
-		b.idle = make(chan struct{})
-		b.mu.Unlock()
-	}
+	// The page names no service or version: those are for the log.
+	http.Error(w, "hostel: the service is not running", http.StatusBadGateway)
 }
 
 // AddBackend registers key as served at addr ("127.0.0.1:PORT"). If key is
@@ -249,14 +227,11 @@ func (r *Router) AddBackend(key spec.VersionKey, addr string) {
 	defer r.mu.Unlock()
 	old := *r.backends.Load()
 	if b, ok := old[key]; ok {
-		if prev := b.up.Swap(r.newUpstream(b, addr)); prev != nil {
-			prev.closeIdle(true)
-		}
+		b.fb.SetAddr(addr)
 		return
 	}
-	b := &backend{key: key, logf: r.logf, idle: make(chan struct{}), conns: map[*pconn]struct{}{}}
-	b.abort, b.cancelAbort = context.WithCancel(context.Background())
-	b.up.Store(r.newUpstream(b, addr))
+	b := &backend{key: key, hook: r.hook, idle: make(chan struct{})}
+	b.fb = r.proxy.NewBackend(key, addr, b)
 	next := make(map[spec.VersionKey]*backend, len(old)+1)
 	for k, v := range old {
 		next[k] = v
@@ -277,7 +252,7 @@ func (r *Router) RemoveBackend(key spec.VersionKey) {
 	if !ok {
 		return
 	}
-	b.up.Load().closeIdle(true)
+	b.fb.Retire()
 	next := make(map[spec.VersionKey]*backend, len(old))
 	for k, v := range old {
 		if k != key {
@@ -407,6 +382,17 @@ func (r *Router) InFlight(key spec.VersionKey) int64 {
 	return 0
 }
 
+// LastRequest returns when the last request to key ended, by any route;
+// the zero time if none has (or key is unknown).
+func (r *Router) LastRequest(key spec.VersionKey) time.Time {
+	if b := (*r.backends.Load())[key]; b != nil {
+		if ns := b.last.Load(); ns != 0 {
+			return time.Unix(0, ns)
+		}
+	}
+	return time.Time{}
+}
+
 // WaitIdle returns nil once nothing is in flight to key (at once for an
 // unknown key), or ctx's error if ctx ends first.
 func (r *Router) WaitIdle(ctx context.Context, key spec.VersionKey) error {
@@ -442,13 +428,7 @@ func (r *Router) Abort(key spec.VersionKey) int64 {
 		return 0
 	}
 	n := b.inflight.Load()
-	b.aborted.Store(true)
-	b.cancelAbort()
-	b.connMu.Lock()
-	for pc := range b.conns {
-		pc.conn.Close()
-	}
-	b.connMu.Unlock()
+	b.fb.Abort()
 	return n
 }
 
@@ -461,45 +441,11 @@ func (r *Router) Close() error {
 		r.closeEndpointLocked(key)
 	}
 	for _, b := range *r.backends.Load() {
-		b.up.Load().closeIdle(false)
+		b.fb.CloseIdle()
 	}
-	r.transport.CloseIdleConnections()
+	r.proxy.Close()
 	return nil
 }
-
-func (r *Router) newUpstream(b *backend, addr string) *upstream {
-	return &upstream{addr: addr, b: b, proxy: r.newProxy(b, addr)}
-}
-
-func (r *Router) newProxy(b *backend, addr string) *httputil.ReverseProxy {
-	key := b.key
-	return &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			// Not pr.SetURL: it would replace the Host header with addr,
-			// and apps want the public host they were reached by.
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = addr
-			pr.SetXForwarded()
-		},
-		Transport:  r.transport,
-		BufferPool: bufferPool{},
-		// FlushInterval 0: ReverseProxy already flushes at once for
-		// text/event-stream and for bodies of unknown length, and
-		// buffers everything else for throughput.
-		ErrorLog: log.New(logfWriter(r.logf), "router: "+string(key)+": ", 0),
-		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
-			code, msg := b.failure(req.Method, req.Host, req.URL.Path, b.abort.Err() != nil, errors.Is(err, context.Canceled), err)
-			http.Error(w, msg, code)
-		},
-	}
-}
-
-// bufferPool is the httputil.BufferPool of the ReverseProxy path: the
-// forwarder's copy buffers.
-type bufferPool struct{}
-
-func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
-func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
 
 // logfWriter adapts Logf to the io.Writer a log.Logger needs.
 type logfWriter func(format string, args ...any)

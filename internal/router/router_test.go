@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -19,117 +18,6 @@ import (
 
 	"hostel/internal/spec"
 )
-
-const zone = "hostel.internal"
-
-// frontLoops is FrontOptions.Loops for the tests' front ends: `make test`
-// runs this package's tests once with event loops (where the platform has
-// them) and once with -front-loops=-1, a goroutine per connection.
-var frontLoops = flag.Int("front-loops", 0, "FrontOptions.Loops of the tests' front ends")
-
-var (
-	apiV1 = spec.Key("api", "111111111111")
-	apiV2 = spec.Key("api", "222222222222")
-	webV1 = spec.Key("web", "aaaaaaaaaaaa")
-)
-
-// startBackend starts a backend that answers "backend NAME" and returns its
-// address (host:port).
-func startBackend(t testing.TB, name string) string {
-	t.Helper()
-	return startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "backend %s host=%s path=%s", name, r.Host, r.URL.RequestURI())
-	}))
-}
-
-func startHandler(t testing.TB, h http.Handler) string {
-	t.Helper()
-	addr, _ := countingBackend(t, h, nil)
-	return addr
-}
-
-// startRouter returns a router and the URL of a public listener serving it.
-func startRouter(t testing.TB, opts Options) (*Router, string) {
-	t.Helper()
-	if opts.Zone == "" {
-		opts.Zone = zone
-	}
-	if opts.Logf == nil {
-		opts.Logf = t.Logf
-	}
-	r := New(opts)
-	t.Cleanup(func() { r.Close() })
-	// The public listener is served as the daemon serves it: by the
-	// front end, which leaves what it does not forward to net/http.
-	_, addr := serveFront(t, r, FrontOptions{})
-	return r, "http://" + addr
-}
-
-// serveFront serves r through a Front with opts on a new loopback
-// listener, closed at the end of the test, and returns the Front and the
-// listener's address (host:port).
-func serveFront(t testing.TB, r *Router, opts FrontOptions) (*Front, string) {
-	t.Helper()
-	if opts.Loops == 0 {
-		opts.Loops = *frontLoops
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := r.NewFront(opts)
-	served := make(chan error, 1)
-	go func() { served <- f.Serve(ln) }()
-	t.Cleanup(func() {
-		f.Close()
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("Serve = %v, want ErrServerClosed", err)
-		}
-	})
-	return f, ln.Addr().String()
-}
-
-func mustSwap(t testing.TB, r *Router, tab Table) {
-	t.Helper()
-	if err := r.Swap(tab); err != nil {
-		t.Fatalf("Swap: %v", err)
-	}
-}
-
-var client = &http.Client{
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	Timeout:       10 * time.Second,
-}
-
-// get requests url with Host host ("" keeps the URL's) and returns status,
-// Location and body.
-func get(t testing.TB, url, host string) (status int, location, body string) {
-	t.Helper()
-	req, err := http.NewRequest("GET", url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if host != "" {
-		req.Host = host
-	}
-	resp, b := send(t, client, req)
-	return resp.StatusCode, resp.Header.Get("Location"), string(b)
-}
-
-// send does req with c and returns the response with its body read.
-func send(t testing.TB, c *http.Client, req *http.Request) (*http.Response, []byte) {
-	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s (Host %s): %v", req.Method, req.URL, req.Host, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s (Host %s): reading body: %v", req.Method, req.URL, req.Host, err)
-	}
-	return resp, b
-}
 
 func TestRouteByHost(t *testing.T) {
 	r, pub := startRouter(t, Options{})
@@ -416,20 +304,6 @@ func assertRefused(t testing.TB, url string) {
 	}
 }
 
-// gate is a backend handler that blocks each request until released.
-type gate struct {
-	entered chan struct{}
-	release chan struct{}
-}
-
-func newGate() *gate { return &gate{entered: make(chan struct{}, 16), release: make(chan struct{})} }
-
-func (g *gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	g.entered <- struct{}{}
-	<-g.release
-	io.WriteString(w, "slow done")
-}
-
 func TestInFlight(t *testing.T) {
 	r, pub := startRouter(t, Options{})
 	g := newGate()
@@ -645,20 +519,24 @@ func FuzzHostMatch(f *testing.F) {
 			t.Fatalf("normalizeHost(%q) = %q, still has a port", host, h)
 		}
 
-		req := httptest.NewRequest("GET", "/p?q=1", nil)
-		req.Host = host
-		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, req)
-		switch rec.Code {
-		case http.StatusNotFound, http.StatusMovedPermanently, http.StatusBadGateway:
-		default:
-			t.Fatalf("Host %q: status %d", host, rec.Code)
-		}
-		if want := h == "api.example.org" || h == spec.VersionHost("api", "111111111111", zone); want != (rec.Code == http.StatusBadGateway) {
-			t.Fatalf("Host %q (normalized %q): status %d, routed=%v", host, h, rec.Code, want)
-		}
-		if want := h == "www.example.org"; want != (rec.Code == http.StatusMovedPermanently) {
-			t.Fatalf("Host %q (normalized %q): status %d, redirected=%v", host, h, rec.Code, want)
+		// The internal zone answers loopback clients only.
+		for _, remote := range []string{"127.0.0.1:1234", "[::1]:1234", "192.0.2.1:1234", "[2001:db8::1]:1234"} {
+			req := httptest.NewRequest("GET", "/p?q=1", nil)
+			req.Host, req.RemoteAddr = host, remote
+			rec := httptest.NewRecorder()
+			r.ServeHTTP(rec, req)
+			switch rec.Code {
+			case http.StatusNotFound, http.StatusMovedPermanently, http.StatusBadGateway:
+			default:
+				t.Fatalf("Host %q from %s: status %d", host, remote, rec.Code)
+			}
+			internal := strings.HasPrefix(remote, "127.") || strings.HasPrefix(remote, "[::1]")
+			if want := h == "api.example.org" || internal && h == spec.VersionHost("api", "111111111111", zone); want != (rec.Code == http.StatusBadGateway) {
+				t.Fatalf("Host %q (normalized %q) from %s: status %d, routed=%v", host, h, remote, rec.Code, want)
+			}
+			if want := h == "www.example.org"; want != (rec.Code == http.StatusMovedPermanently) {
+				t.Fatalf("Host %q (normalized %q): status %d, redirected=%v", host, h, rec.Code, want)
+			}
 		}
 	})
 }

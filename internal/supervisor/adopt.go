@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -22,9 +23,6 @@ import (
 // Service processes outlive the daemon: Detach lets go of them, and the next
 // daemon's Adopt takes them back, found through one record per running
 // instance, ROOT/run/SERVICE-VERSION.json.
-
-// logCheckInterval is how often a version's log size is checked for rotation.
-var logCheckInterval = time.Second
 
 // record is what the supervisor keeps on disk about a running instance so
 // that a later daemon can adopt it. It holds no secret values: credentials
@@ -55,6 +53,8 @@ type recordConfig struct {
 	ReadyTimeout    time.Duration     `json:"ready_timeout"`
 	StopGrace       time.Duration     `json:"stop_grace"`
 	CredentialNames []string          `json:"credential_names,omitempty"`
+	Memory          int64             `json:"memory,omitempty"`
+	CPU             float64           `json:"cpu,omitempty"`
 }
 
 func (s *Supervisor) recordPath(key spec.VersionKey) string {
@@ -68,6 +68,7 @@ func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
 	rc := recordConfig{
 		Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
 		HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
+		Memory: c.Memory, CPU: c.CPU,
 	}
 	for name := range c.Credentials {
 		rc.CredentialNames = append(rc.CredentialNames, name)
@@ -141,12 +142,14 @@ func procStartTicks(pid int) (uint64, error) {
 }
 
 // watchExit returns a channel closed when the process pid (started at
-// ticks) exits, and a function that ends the watch early. It polls a pidfd,
-// which works for processes that are not our children; where pidfds are
-// missing it polls /proc.
+// ticks) exits, and a function that ends the watch early. It waits on a
+// pidfd through Go's netpoller (epoll), which works for processes that are
+// not our children and holds no OS thread while it waits: a blocking
+// poll(2) or wait4(2) per process would pin one thread for each running
+// service. Where pidfds are missing it polls /proc.
 func watchExit(pid int, ticks uint64) (exited chan struct{}, stop func()) {
 	exited = make(chan struct{})
-	fd, err := unix.PidfdOpen(pid, 0)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err == nil {
 		// The pid may have been reused between the caller's check and the
 		// open: check again now that the pidfd pins the process.
@@ -155,38 +158,32 @@ func watchExit(pid int, ticks uint64) (exited chan struct{}, stop func()) {
 			close(exited)
 			return exited, func() {}
 		}
-		var wake [2]int
-		if err := unix.Pipe2(wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err == nil {
+		// A nonblocking descriptor handed to os.NewFile joins the netpoller.
+		f := os.NewFile(uintptr(fd), "pidfd")
+		if rc, err := f.SyscallConn(); err == nil {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				defer unix.Close(fd)
-				defer unix.Close(wake[0])
-				fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(wake[0]), Events: unix.POLLIN}}
-				for {
-					_, err := unix.Poll(fds, -1)
-					if err == unix.EINTR {
-						continue
-					}
-					if err != nil || fds[0].Revents != 0 {
-						close(exited)
-						return
-					}
-					if fds[1].Revents != 0 {
-						return
-					}
+				// A pidfd turns readable when the process exits. Read
+				// parks the goroutine until then, or until Close below.
+				err := rc.Read(func(fd uintptr) bool {
+					fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+					n, err := unix.Poll(fds, 0)
+					return err != unix.EINTR && (err != nil || n > 0)
+				})
+				if err == nil {
+					close(exited)
 				}
 			}()
 			var once sync.Once
 			return exited, func() {
 				once.Do(func() {
-					unix.Write(wake[1], []byte{0})
+					f.Close()
 					<-done
-					unix.Close(wake[1])
 				})
 			}
 		}
-		unix.Close(fd)
+		f.Close()
 	}
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -214,26 +211,33 @@ func watchExit(pid int, ticks uint64) (exited chan struct{}, stop func()) {
 	}
 }
 
-// openLog opens the version's log for the processes and starts rotating it.
+// openLog opens the version's log for the processes and rotates it as
+// they write (see logFile).
 func (i *Instance) openLog() error {
 	f, err := openLogFile(i.logPath)
 	if err != nil {
 		return err
 	}
 	i.logOut = f
-	i.log = &logFile{path: i.logPath, max: i.s.opts.LogMaxBytes}
-	i.rotStop, i.rotDone = make(chan struct{}), make(chan struct{})
+	l := &logFile{path: i.logPath, max: i.s.opts.LogMaxBytes}
+	i.mu.Lock()
+	i.log = l // Status reads it from other goroutines
+	i.mu.Unlock()
+	wake := make(chan struct{}, 1)
+	wd, err := i.s.logs.add(i.logPath, wake)
+	if err != nil {
+		f.Close()
+		i.logOut = nil
+		return fmt.Errorf("watching %s: %w", i.logPath, err)
+	}
+	i.logWatch, i.logWake = wd, wake
+	i.rotDone = make(chan struct{})
 	go func() {
 		defer close(i.rotDone)
-		t := time.NewTicker(logCheckInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-i.rotStop:
-				return
-			case <-t.C:
-			}
-			if _, err := i.log.rotateIfFull(); err != nil {
+		// Wakes pile up (one is kept) while a rotation runs; one check
+		// answers them all.
+		for range wake {
+			if _, err := l.rotateIfFull(); err != nil {
 				i.s.opts.Logf("supervisor: %s: rotating %s: %v", i.key, i.logPath, err)
 			}
 		}
@@ -243,14 +247,104 @@ func (i *Instance) openLog() error {
 
 // closeLog stops the rotation and closes the daemon's descriptor of the log.
 func (i *Instance) closeLog() {
-	if i.rotStop != nil {
-		close(i.rotStop)
+	if i.logWake != nil {
+		i.s.logs.remove(i.logWatch)
+		close(i.logWake) // no send can follow: remove took it off the watcher's books
 		<-i.rotDone
-		i.rotStop = nil
+		i.logWake = nil
 	}
 	if i.logOut != nil {
 		i.logOut.Close()
 		i.logOut = nil
+	}
+}
+
+// logWatcher wakes each instance's rotation when its log is written to.
+// It is one inotify instance for the whole supervisor, with a watch per
+// log: the kernel allows a user only 128 inotify instances by default
+// (fs.inotify.max_user_instances) but thousands of watches. Its descriptor
+// is nonblocking, so reading it parks a goroutine in the netpoller rather
+// than holding a thread. It runs only while some log is watched.
+type logWatcher struct {
+	mu    sync.Mutex
+	f     *os.File // nil while nothing is watched
+	wakes map[int32]chan<- struct{}
+	done  chan struct{} // closed when the reading goroutine has ended
+}
+
+// add watches path for writes, waking wake (without blocking) on each.
+func (w *logWatcher) add(path string, wake chan<- struct{}) (int32, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+		if err != nil {
+			return 0, err
+		}
+		w.f, w.done, w.wakes = os.NewFile(uintptr(fd), "inotify"), make(chan struct{}), map[int32]chan<- struct{}{}
+		go w.read(w.f, w.done)
+	}
+	wd, err := unix.InotifyAddWatch(int(w.f.Fd()), path, unix.IN_MODIFY)
+	if err != nil {
+		return 0, err
+	}
+	w.wakes[int32(wd)] = wake
+	return int32(wd), nil
+}
+
+// remove ends the watch wd; once it returns, its wake channel gets no
+// more sends. The last remove closes the inotify instance.
+func (w *logWatcher) remove(wd int32) {
+	w.mu.Lock()
+	if w.f == nil {
+		w.mu.Unlock()
+		return
+	}
+	delete(w.wakes, wd)
+	unix.InotifyRmWatch(int(w.f.Fd()), uint32(wd))
+	if len(w.wakes) > 0 {
+		w.mu.Unlock()
+		return
+	}
+	f, done := w.f, w.done
+	w.f = nil
+	w.mu.Unlock()
+	f.Close()
+	<-done
+}
+
+// read dispatches inotify events until f is closed.
+func (w *logWatcher) read(f *os.File, done chan struct{}) {
+	defer close(done)
+	buf := make([]byte, 256*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			return
+		}
+		w.mu.Lock()
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+			if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+				for _, wake := range w.wakes {
+					notify(wake)
+				}
+				continue
+			}
+			if wake, ok := w.wakes[ev.Wd]; ok {
+				notify(wake)
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+// notify wakes without waiting: one pending wake is as good as many.
+func notify(wake chan<- struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -377,7 +471,8 @@ func (s *Supervisor) AdoptRecorded(key spec.VersionKey) (*Instance, bool, error)
 	}
 	c := r.Config
 	return s.Adopt(Config{Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
-		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace})
+		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
+		Memory: c.Memory, CPU: c.CPU})
 }
 
 // Orphans returns the keys of recorded processes that still run and that
@@ -470,9 +565,23 @@ func (i *Instance) adopt(r *record) (*proc, error) {
 		i.credDir = r.CredentialsDir
 		i.env = append(i.env, "CREDENTIALS_DIRECTORY="+r.CredentialsDir)
 	}
+	// The process is in the group its launch made; a version started
+	// before cgroups were used, or on a machine without them, has none,
+	// and gets one at its next launch after a crash.
+	if h := s.opts.Cgroups; h != nil {
+		if g := h.Group(string(i.key)); g.Exists() {
+			i.mu.Lock()
+			i.cg = g
+			i.mu.Unlock()
+		} else if err := i.makeGroup(); err != nil {
+			return nil, err
+		}
+	}
+	oom := i.readOOMKills()
 	i.mu.Lock()
 	i.inc++
 	i.accepting = true
+	i.oomKills = oom
 	i.mu.Unlock()
 	// If it ends in between, the run loop restarts it as after a crash.
 	return i.track(nil, r.PID, r.StartTicks, r.Started), nil
@@ -487,5 +596,6 @@ func (s *Supervisor) Recorded(key spec.VersionKey) (Config, bool) {
 	}
 	c := r.Config
 	return Config{Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
-		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace}, true
+		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
+		Memory: c.Memory, CPU: c.CPU}, true
 }

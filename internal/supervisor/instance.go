@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hostel/internal/cgroup"
+	"hostel/internal/failpoint"
 	"hostel/internal/spec"
 )
 
@@ -46,10 +48,16 @@ type Instance struct {
 	path, workDir                         string
 	env                                   []string
 	cred                                  *syscall.Credential
+	// cg is the version's cgroup; nil without cgroups.
+	cg *cgroup.Group
+	// oomKills is the group's OOM kill count when the current process
+	// started: a higher count when it ends means the kernel killed it.
+	oomKills int64
 
 	log        *logFile
-	logOut     *os.File // the log, open for appending: every launch's stdout and stderr
-	rotStop    chan struct{}
+	logOut     *os.File      // the log, open for appending: every launch's stdout and stderr
+	logWatch   int32         // the log's watch in the supervisor's logWatcher
+	logWake    chan struct{} // woken when the log was written to; nil when not watched
 	rotDone    chan struct{}
 	notify     *net.UnixConn
 	notifyDone chan struct{}
@@ -70,8 +78,10 @@ type Instance struct {
 	inc       int  // counts launches; a probe is for one launch
 	accepting bool // a process runs whose readiness counts
 	ready     bool
+	wasReady  bool // some process of the instance has been ready
 	restarts  int
 	lastErr   string
+	lastExit  string
 	failure   error
 	started   time.Time
 }
@@ -123,6 +133,17 @@ func (i *Instance) Config() Config {
 
 // Status returns a snapshot of the instance.
 func (i *Instance) Status() Status {
+	var use cgroup.Usage
+	i.mu.Lock()
+	cg, log := i.cg, i.log
+	i.mu.Unlock()
+	var dropped int64
+	if log != nil {
+		dropped = log.droppedBytes()
+	}
+	if cg != nil {
+		use, _ = cg.Usage() // a group already removed reads as nothing used
+	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	st := i.state
@@ -132,8 +153,9 @@ func (i *Instance) Status() Status {
 	return Status{
 		Service: i.cfg.Service, Version: i.cfg.Version, Key: i.key,
 		State: st, PID: i.pid, Port: i.cfg.Port, Ready: i.ready,
-		Restarts: i.restarts, LastError: i.lastErr, Started: i.started,
-		LogPath: i.logPath,
+		Restarts: i.restarts, LastError: i.lastErr, LastExit: i.lastExit, Started: i.started,
+		LogPath: i.logPath, LogDropped: dropped,
+		MemoryBytes: use.MemoryBytes, CPUSeconds: use.CPUSeconds,
 	}
 }
 
@@ -249,7 +271,57 @@ func (i *Instance) setup() (p *proc, err error) {
 	if err := i.setupCredentials(); err != nil {
 		return nil, err
 	}
+	if err := i.makeGroup(); err != nil {
+		return nil, err
+	}
 	return i.launch()
+}
+
+// makeGroup makes the version's cgroup with its limits, when the
+// supervisor has cgroups.
+func (i *Instance) makeGroup() error {
+	h := i.s.opts.Cgroups
+	if h == nil {
+		return nil
+	}
+	g := h.Group(string(i.key))
+	// A group left by a daemon that died holds no process of ours that
+	// runs (the caller adopts those instead): empty it and start clean.
+	if g.Exists() {
+		if err := errors.Join(g.Kill(), g.Remove()); err != nil {
+			return err
+		}
+	}
+	if err := g.Create(cgroup.Limits{Memory: i.cfg.Memory, CPU: i.cfg.CPU}); err != nil {
+		g.Remove()
+		return err
+	}
+	i.mu.Lock()
+	i.cg = g // Status reads it from other goroutines
+	i.mu.Unlock()
+	return nil
+}
+
+// readOOMKills reads the group's OOM kill count; 0 without a group.
+func (i *Instance) readOOMKills() int64 {
+	if i.cg == nil {
+		return 0
+	}
+	u, err := i.cg.Usage()
+	if err != nil {
+		return 0
+	}
+	return u.OOMKills
+}
+
+// removeGroup kills whatever is left in the version's cgroup and removes it.
+func (i *Instance) removeGroup() {
+	if i.cg == nil {
+		return
+	}
+	if err := errors.Join(i.cg.Kill(), i.cg.Remove()); err != nil {
+		i.s.opts.Logf("supervisor: %s: removing its cgroup: %v", i.key, err)
+	}
 }
 
 // makeDirs makes sure of the service's user (when services run as their
@@ -352,11 +424,14 @@ func (i *Instance) launch() (*proc, error) {
 		Stderr:      i.logOut,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: i.cred},
 	}
+	oom := i.readOOMKills()
 	i.mu.Lock()
 	i.inc++
 	i.accepting = true // READY=1 may arrive before Start returns
+	i.oomKills = oom
 	i.mu.Unlock()
-	if err := cmd.Start(); err != nil {
+	failpoint.Hit("launch-before-start")
+	if err := startInGroup(cmd, i.cg); err != nil {
 		i.mu.Lock()
 		i.accepting = false
 		i.mu.Unlock()
@@ -364,10 +439,12 @@ func (i *Instance) launch() (*proc, error) {
 	}
 	// Unreaped, the child's pid cannot be reused: its start time is its own.
 	ticks, _ := procStartTicks(cmd.Process.Pid)
+	failpoint.Hit("launch-after-start")
 	p := i.track(cmd, cmd.Process.Pid, ticks, time.Now())
 	if err := i.s.writeRecord(i, p); err != nil {
 		i.s.opts.Logf("supervisor: %s: writing its record: %v", i.key, err)
 	}
+	failpoint.Hit("launch-after-record")
 	return p, nil
 }
 
@@ -430,7 +507,7 @@ func (i *Instance) markReady(inc int, how string) {
 	if inc != i.inc || !i.accepting || i.ready {
 		return
 	}
-	i.ready, i.state = true, StateRunning
+	i.ready, i.wasReady, i.state = true, true, StateRunning
 	i.broadcastLocked()
 	i.s.opts.Logf("supervisor: %s: ready (%s)", i.key, how)
 }
@@ -452,7 +529,7 @@ func (i *Instance) run(p *proc) {
 			select {
 			case <-p.exited:
 				wasReady = i.isReadyNow()
-				why = exitReason(i.reap(p))
+				why = i.ended(i.reap(p))
 				ranFor = time.Since(p.start)
 			case <-i.stopReq:
 				i.terminate(p)
@@ -539,6 +616,44 @@ func exitReason(err error) string {
 	return err.Error()
 }
 
+// ended records how a process ended (err from its reaping) and returns why,
+// for messages: "oom" when its cgroup counted a new OOM kill, which the
+// service's log is told too, since the process itself could not say.
+func (i *Instance) ended(err error) string {
+	why, exit := exitReason(err), exitWords(err)
+	if i.cg != nil && i.readOOMKills() > i.oomKills {
+		why, exit = "oom: killed by the kernel for exceeding its memory limit", "oom"
+		if i.logOut != nil {
+			fmt.Fprintf(i.logOut, "hostel: %s was killed by the kernel for exceeding its memory limit of %d bytes\n", i.key, i.cfg.Memory)
+		}
+	}
+	i.mu.Lock()
+	i.lastExit = exit
+	i.mu.Unlock()
+	return why
+}
+
+// exitWords says how a process ended in the contract's words: "exit 1",
+// "signal 9"; "" when that is not known (an adopted process).
+func exitWords(err error) string {
+	var ee *exec.ExitError
+	if err == nil {
+		return "exit 0"
+	}
+	if !errors.As(err, &ee) {
+		return ""
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	switch {
+	case !ok:
+		return ""
+	case ws.Signaled():
+		return "signal " + strconv.Itoa(int(ws.Signal()))
+	default:
+		return "exit " + strconv.Itoa(ws.ExitStatus())
+	}
+}
+
 // terminate sends SIGTERM to the group, SIGKILL after the grace period,
 // and reaps.
 func (i *Instance) terminate(p *proc) {
@@ -559,8 +674,14 @@ func (i *Instance) terminate(p *proc) {
 // reap kills what is left of the exited leader's group, collects the
 // leader's status and ends the launch's goroutines.
 func (i *Instance) reap(p *proc) error {
-	// The leader is gone; anything left in its group is an orphan.
+	// The leader is gone; anything left in its group is an orphan, and
+	// so is anything left in its cgroup (a process that left the group).
 	_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+	if i.cg != nil {
+		if err := i.cg.Kill(); err != nil {
+			i.s.opts.Logf("supervisor: %s: %v", i.key, err)
+		}
+	}
 	var err error
 	if p.cmd != nil {
 		err = p.cmd.Wait()
@@ -581,6 +702,7 @@ func (i *Instance) reap(p *proc) error {
 // finish releases the instance's resources and records its final state.
 func (i *Instance) finish(st State, why string) {
 	i.teardown()
+	i.removeGroup()
 	var failure error
 	if st == StateFailed {
 		failure = fmt.Errorf("%s: %w: %s%s", i.key, ErrFailed, why, i.logTail())
@@ -591,12 +713,36 @@ func (i *Instance) finish(st State, why string) {
 		i.lastErr = why
 	}
 	i.failure = failure
+	wasReady := i.wasReady
 	i.broadcastLocked()
 	i.mu.Unlock()
 	i.s.removeRecord(i.key)
+	if !wasReady {
+		i.dropLogIfDiskFull()
+	}
 	if st == StateStopped {
 		i.s.opts.Logf("supervisor: %s: stopped", i.key)
 	}
+}
+
+// dropLogIfDiskFull removes the log of a version that never got ready
+// when the disk it is on is (nearly) full: such a log is often what filled
+// it (a crash loop printing the same error), the version never served, and
+// the error its start returned already carries the log's last lines.
+// Keeping it would make the next deploy fail for want of space.
+func (i *Instance) dropLogIfDiskFull() {
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(i.logPath), &st); err != nil {
+		return
+	}
+	if free := int64(st.Bavail) * int64(st.Bsize); free >= i.s.opts.LogMaxBytes {
+		return
+	}
+	if err := removeLogs(i.logPath); err != nil {
+		i.s.opts.Logf("supervisor: %s: removing its log on a full disk: %v", i.key, err)
+		return
+	}
+	i.s.opts.Logf("supervisor: %s: removed its log: the disk is full and the version never got ready", i.key)
 }
 
 // teardown closes the notify socket and log and removes RUNTIME_DIRECTORY.

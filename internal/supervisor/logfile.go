@@ -13,15 +13,36 @@ import (
 // logFile is a version's log. The process writes its stdout and stderr to
 // it directly (O_APPEND), not through a pipe the daemon reads: a process
 // must outlive the daemon, and a pipe whose reader died would kill it with
-// SIGPIPE. So the supervisor rotates it the way logrotate's copytruncate
-// does: once it passes max, .2 becomes .3, .1 becomes .2, the file is copied
-// to .1 and truncated; the process's O_APPEND writes go on at the new end.
-// Lines written between the copy and the truncate are lost.
+// SIGPIPE (a log-writer process per service would cost more memory than
+// the service). So the supervisor rotates it the way logrotate's
+// copytruncate does, but as the process writes rather than on a timer:
+// an inotify watch wakes it on every write (through the netpoller, no
+// thread held), and once the file passes max, .2 becomes .3, .1 becomes
+// .2, the file is copied to .1 and truncated; the process's O_APPEND
+// writes go on at the new end. Lines written between the copy and the
+// truncate are lost.
+//
+// A writer faster than the rotation (200 MB in a second) would still make
+// one huge .1, or grow the file for as long as a copy takes: once the file
+// holds more than twice max when its size is checked, it is truncated
+// without a copy, and a line says how many bytes were dropped. So once the
+// watch has caught up, a version's logs take at most max (growing) plus
+// three rotated files of at most 2 × max each; while a flood runs, the
+// growing file may also hold what was written during one check (a few
+// milliseconds on an idle machine).
 type logFile struct {
 	path string
 	max  int64
 
-	mu sync.Mutex // serializes rotations
+	mu      sync.Mutex // serializes rotations
+	dropped int64      // bytes dropped by rotations; guarded by mu
+}
+
+// droppedBytes is how many bytes rotations have dropped so far.
+func (l *logFile) droppedBytes() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dropped
 }
 
 // openLogFile opens path for appending, creating it 0640; the process gets
@@ -52,6 +73,20 @@ func (l *logFile) rotateIfFull() (bool, error) {
 	if fi.Size() <= l.max {
 		return false, nil
 	}
+	if size := fi.Size(); size > 2*l.max {
+		// A flood outruns any copy: drop it all at once, and say so where
+		// the next lines go.
+		if err := os.Truncate(l.path, 0); err != nil {
+			return false, err
+		}
+		l.dropped += size
+		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return true, err
+		}
+		_, err = fmt.Fprintf(f, "hostel: %d bytes of this log dropped: written faster than it can be rotated (%d dropped so far)\n", size, l.dropped)
+		return true, errors.Join(err, f.Close())
+	}
 	for n := keptLogs - 1; n >= 1; n-- {
 		err := os.Rename(fmt.Sprintf("%s.%d", l.path, n), fmt.Sprintf("%s.%d", l.path, n+1))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -68,9 +103,27 @@ func (l *logFile) rotateIfFull() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	// Copy to the end, truncate at once: the window in which a line can be
-	// lost is one truncate call long.
-	_, cerr := io.Copy(dst, src)
+	var cerr error
+	size := fi.Size()
+	// Copy what is there, then what was written meanwhile, then truncate
+	// at once: the window in which a line can be lost is from the last
+	// size check to the truncate. Copying "to the end" of a file a process
+	// keeps writing might never end, so the catching up stops at 2 × max.
+	var copied int64
+	for cerr == nil && copied < size {
+		var n int64
+		n, cerr = io.CopyN(dst, src, min(size, 2*l.max)-copied)
+		copied += n
+		if cerr != nil || copied >= 2*l.max {
+			break
+		}
+		if fi, err := src.Stat(); err == nil && fi.Size() > size {
+			size = fi.Size()
+		}
+	}
+	if size > copied {
+		l.dropped += size - copied // written during the copy, past 2 × max
+	}
 	if cerr == nil {
 		cerr = os.Truncate(l.path, 0)
 	}
@@ -79,6 +132,17 @@ func (l *logFile) rotateIfFull() (bool, error) {
 		return false, err
 	}
 	return true, os.Rename(tmp, l.path+".1")
+}
+
+// removeLogs removes a version's log and its rotated files.
+func removeLogs(path string) error {
+	var errs []error
+	for _, suffix := range []string{"", ".1.tmp", ".1", ".2", ".3"} {
+		if err := os.Remove(path + suffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // tailLines returns up to n last lines of the file at path, for messages.

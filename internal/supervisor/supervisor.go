@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"hostel/internal/cgroup"
 	"hostel/internal/spec"
 )
 
@@ -92,6 +93,12 @@ type Config struct {
 	// filesystem where one is available; nil means no CREDENTIALS_DIRECTORY.
 	// They are never put in the environment or logged.
 	Credentials map[string][]byte
+	// Memory is the most memory, in bytes, the version's processes may use
+	// together; 0 means no limit. Enforced only with Options.Cgroups.
+	Memory int64
+	// CPU is how many cores' worth of time they may use (0.5 is half a
+	// core); 0 means no limit. Enforced only with Options.Cgroups.
+	CPU float64
 }
 
 // Options configure a Supervisor.
@@ -108,6 +115,10 @@ type Options struct {
 	// LogMaxBytes is the size at which a version's log is rotated; zero
 	// means 10 MiB. Three rotated files are kept.
 	LogMaxBytes int64
+	// Cgroups puts each version's processes in a cgroup of their own,
+	// which enforces Config.Memory, Config.CPU and a limit on processes,
+	// and measures their use; nil means no cgroups and no limits.
+	Cgroups *cgroup.Hierarchy
 }
 
 // Status is a snapshot of one instance.
@@ -125,10 +136,21 @@ type Status struct {
 	Restarts int
 	// LastError is why the last process ended, if it crashed ("exit status 1").
 	LastError string
+	// LastExit is how the last process ended, in the contract's words:
+	// "exit 1", "signal 9", or "oom" when the kernel killed it for
+	// exceeding Config.Memory; "" while none has ended.
+	LastExit string
+	// MemoryBytes and CPUSeconds are what the version's processes use
+	// (memory now, CPU time since the version started); 0 without cgroups.
+	MemoryBytes int64
+	CPUSeconds  float64
 	// Started is when the current (or last) process was started.
 	Started time.Time
 	// LogPath is the file the process's stdout and stderr go to.
 	LogPath string
+	// LogDropped counts the bytes of output dropped because they came
+	// faster than the log could be rotated (see logFile).
+	LogDropped int64
 }
 
 // Supervisor runs service processes. Its methods are safe for concurrent use.
@@ -137,6 +159,7 @@ type Supervisor struct {
 	probe *http.Client
 
 	userMu sync.Mutex // serializes useradd
+	logs   logWatcher
 
 	mu        sync.Mutex
 	instances map[spec.VersionKey]*Instance
@@ -181,6 +204,9 @@ func (c *Config) validate() error {
 	}
 	if len(c.Exec) == 0 || c.Exec[0] == "" {
 		return fmt.Errorf("service %q: exec is empty", c.Service)
+	}
+	if c.Memory < 0 || c.CPU < 0 {
+		return fmt.Errorf("service %q: negative memory or cpu limit", c.Service)
 	}
 	if c.Port < 0 || c.Port > 65535 {
 		return fmt.Errorf("service %q: bad port %d", c.Service, c.Port)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/cgroup"
 	"hostel/internal/spec"
 )
 
@@ -53,7 +55,6 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	appDir = dir
-	logCheckInterval = 20 * time.Millisecond
 	code := m.Run()
 	if code == 0 {
 		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {
@@ -580,6 +581,8 @@ func TestLogFileRotation(t *testing.T) {
 			want: []string{"dd\n", "aaaa\nbbbb\ncccc\n"}},
 		{name: "keeps three", writes: []string{"11111111111\n", "22222222222\n", "33333333333\n", "44444444444\n", "5\n"},
 			want: []string{"5\n", "44444444444\n", "33333333333\n", "22222222222\n"}},
+		{name: "a flood is dropped with a line that says so", writes: []string{"aaaa\nbbbb\ncccc\ndddd\neeee\n"},
+			want: []string{"hostel: 25 bytes of this log dropped: written faster than it can be rotated (25 dropped so far)\n"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -780,11 +783,29 @@ func TestRunAsUser(t *testing.T) {
 		t.Skip("no useradd")
 	}
 	t.Parallel()
-	const service = "suptest-user"
+	// With cgroups (v1 here) the process is started through the launch
+	// helper, which drops to the user itself: the same must hold.
+	for _, withCgroups := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cgroups=%v", withCgroups), func(t *testing.T) { testRunAsUser(t, withCgroups) })
+	}
+}
+
+func testRunAsUser(t *testing.T, withCgroups bool) {
+	service := "suptest-user"
+	opts := Options{RunAsUsers: true}
+	if withCgroups {
+		service = "suptest-usercg"
+		h, err := cgroup.Open(t.TempDir())
+		if err != nil {
+			t.Skipf("no cgroups: %v", err)
+		}
+		t.Cleanup(func() { h.Remove() })
+		opts.Cgroups = h
+	}
 	name := UserName(service)
 	t.Cleanup(func() { exec.Command("userdel", name).Run() })
 
-	s, root := newSupervisor(t, Options{RunAsUsers: true})
+	s, root := newSupervisor(t, opts)
 	i := startReady(t, s, appConfig(service, "-notify"))
 	u, err := user.Lookup(name)
 	if err != nil {
@@ -837,5 +858,12 @@ func TestRunAsUser(t *testing.T) {
 	j := startReady(t, s, cfg)
 	if j.Status().PID == i.Status().PID {
 		t.Error("second version shares the first's process")
+	}
+
+	// A program that is not there is refused by Start, as a missing file.
+	bad := appConfig(service)
+	bad.Version, bad.Exec = "v3", []string{"no-such-program"}
+	if _, err := s.Start(bad); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Start of a missing program: %v, want an error that is fs.ErrNotExist", err)
 	}
 }

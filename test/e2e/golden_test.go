@@ -14,7 +14,8 @@ package e2e
 //     path is temporary) and spec hashes (64 hex digits): <v1>, <v2>, … and
 //     <spec1>, … in the order they first appear in the test;
 //   - times ("time" fields): "<time>"; pids ("pid" fields, when not 0):
-//     "<pid>"; the bound listen addresses: "<addr>".
+//     "<pid>"; the bound listen addresses: "<addr>"; a running process's
+//     use ("memory_bytes", "cpu_seconds", when not 0): "<use>".
 
 import (
 	"bytes"
@@ -95,6 +96,7 @@ func (n *normalizer) normalize(t testing.TB, raw string) []byte {
 	s := timeRE.ReplaceAllString(raw, `"time": "<time>"`)
 	s = pidRE.ReplaceAllString(s, `"pid": "<pid>"`)
 	s = addrRE.ReplaceAllString(s, `"$1": "<addr>"`)
+	s = useRE.ReplaceAllString(s, `"$1": "<use>"`)
 	for dir, name := range n.paths {
 		s = strings.ReplaceAll(s, dir, name)
 	}
@@ -107,6 +109,7 @@ var (
 	timeRE = regexp.MustCompile(`"time": "[^"]*"`)
 	pidRE  = regexp.MustCompile(`"pid": [1-9][0-9]*`)
 	addrRE = regexp.MustCompile(`"(http|https)": "[^"]+"`)
+	useRE  = regexp.MustCompile(`"(memory_bytes|cpu_seconds)": (?:[1-9][0-9.e+-]*|0\.[0-9.e+-]+)`)
 )
 
 func label(m map[string]string, prefix, h string) string {

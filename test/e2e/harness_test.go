@@ -70,17 +70,20 @@ func TestMain(m *testing.M) {
 
 // Env is one test's world: a root, a spec directory and a daemon.
 type Env struct {
-	t      testing.TB
-	Bin    string // the hostel binary
-	Apps   string // directory with the example apps' packages
-	Root   string
-	Dir    string // where the spec file lives; commands run here
-	HTTP   string // the daemon's bound HTTP address
-	HTTPS  string // the daemon's bound HTTPS address; "" when HTTPS is off
-	daemon *exec.Cmd
-	logs   *bytes.Buffer
-	done   chan struct{}
-	logsMu sync.Mutex
+	t     testing.TB
+	Bin   string // the hostel binary
+	Apps  string // directory with the example apps' packages
+	Root  string
+	Dir   string // where the spec file lives; commands run here
+	HTTP  string // the daemon's bound HTTP address
+	HTTPS string // the daemon's bound HTTPS address; "" when HTTPS is off
+	// DaemonEnv is added to the environment of the daemons StartDaemon
+	// runs (a failpoint, say).
+	DaemonEnv []string
+	daemon    *exec.Cmd
+	logs      *bytes.Buffer
+	done      chan struct{}
+	logsMu    sync.Mutex
 }
 
 // NewEnv prepares a root and a spec directory.
@@ -121,6 +124,7 @@ func (e *Env) StartDaemonArgs(args ...string) {
 	e.t.Helper()
 	e.logs = &bytes.Buffer{}
 	cmd := exec.Command(e.Bin, append([]string{"serve", "--root", e.Root}, args...)...)
+	cmd.Env = append(os.Environ(), e.DaemonEnv...)
 	cmd.Stdout = lockedWriter{&e.logsMu, e.logs}
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {

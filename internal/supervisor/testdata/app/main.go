@@ -18,16 +18,33 @@ import (
 	"time"
 )
 
+// kept holds what /alloc allocated; spun is what /spin writes, so the loop
+// is not optimised away.
+var (
+	kept [][]byte
+	spun int
+)
+
 func main() {
 	notify := flag.Bool("notify", false, "send READY=1 to NOTIFY_SOCKET before listening")
 	ignoreTerm := flag.Bool("ignore-term", false, "ignore SIGTERM")
 	child := flag.Bool("child", false, "spawn a `sleep 1000` child sharing stdout")
 	slowStart := flag.Duration("slow-start", 0, "wait this long before listening")
 	exitNow := flag.Bool("exit-now", false, "print an error and exit 3 at once")
+	fill := flag.Bool("fill", false, "write to stdout until a write fails, then exit 1")
 	flag.Parse()
 
 	fmt.Printf("app starting pid %d\n", os.Getpid())
 	fmt.Fprintf(os.Stderr, "app stderr line\n")
+	if *fill {
+		line := []byte(strings.Repeat("f", 1023) + "\n")
+		for {
+			if _, err := os.Stdout.Write(line); err != nil {
+				fmt.Fprintln(os.Stderr, "fill:", err)
+				os.Exit(1)
+			}
+		}
+	}
 	if *exitNow {
 		fmt.Fprintln(os.Stderr, "boom: bad configuration")
 		os.Exit(3)
@@ -89,6 +106,36 @@ func main() {
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Println("crashing on request")
 		os.Exit(1)
+	})
+	mux.HandleFunc("/alloc", func(w http.ResponseWriter, r *http.Request) {
+		// Allocate and touch MB mebibytes, and keep them.
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		for range mb {
+			b := make([]byte, 1<<20)
+			for k := range b {
+				b[k] = 1
+			}
+			kept = append(kept, b)
+		}
+		fmt.Fprintln(w, "allocated", mb)
+	})
+	mux.HandleFunc("/spin", func(w http.ResponseWriter, r *http.Request) {
+		// Keep one core busy until the process ends.
+		go func() {
+			for n := 0; ; n++ {
+				spun = n
+			}
+		}()
+		fmt.Fprintln(w, "spinning")
+	})
+	mux.HandleFunc("/flood", func(w http.ResponseWriter, r *http.Request) {
+		// Write MB mebibytes to stdout as fast as it takes them.
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		chunk := []byte(strings.Repeat(strings.Repeat("y", 127)+"\n", 512)) // 64 KiB
+		for range mb * 16 {
+			os.Stdout.Write(chunk)
+		}
+		fmt.Fprintln(w, "flooded", mb)
 	})
 	mux.HandleFunc("/spam", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))

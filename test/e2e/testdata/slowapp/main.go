@@ -1,5 +1,6 @@
-// Command slowapp is a service for the daemon-restart test: it answers
-// slowly when asked, and writes a log line per request.
+// Command slowapp is a service for the daemon-restart and limits tests: it
+// answers slowly when asked, writes a log line per request, and allocates
+// memory on request.
 package main
 
 import (
@@ -12,6 +13,9 @@ import (
 	"strconv"
 	"time"
 )
+
+// kept holds what /alloc allocated.
+var kept [][]byte
 
 func main() {
 	mux := http.NewServeMux()
@@ -37,6 +41,18 @@ func main() {
 	mux.HandleFunc("/log", func(w http.ResponseWriter, r *http.Request) {
 		log.Printf("slowapp pid %d: %s", os.Getpid(), r.URL.Query().Get("msg"))
 		fmt.Fprintln(w, "logged")
+	})
+	// /alloc?mb=N allocates and touches N MiB and keeps them (the limits test).
+	mux.HandleFunc("/alloc", func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		for range mb {
+			b := make([]byte, 1<<20)
+			for k := range b {
+				b[k] = 1
+			}
+			kept = append(kept, b)
+		}
+		fmt.Fprintf(w, "allocated %d MiB\n", mb)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "slowapp pid %d\n", os.Getpid()) })
 	addr := net.JoinHostPort(os.Getenv("HOST"), os.Getenv("PORT"))

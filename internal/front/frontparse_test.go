@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -151,4 +151,48 @@ func TestQuickPathAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("%v allocations per response head, want 0", allocs)
 	}
+}
+
+// FuzzHeadScanner: whatever a client sends on a handed-over connection,
+// the scanner passes the bytes on unchanged up to the point where it
+// refuses a head (and replaces it with the guard's refusal request) or
+// stops at broken framing; it never alters what it passes.
+func FuzzHeadScanner(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n",
+		"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+		"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+		"TRACE / HTTP/1.1\r\n\r\n",
+		"GET /" + strings.Repeat("a", 200) + " HTTP/1.1\r\n\r\n",
+		"GET / HTTP/1.1\r\nUpgrade: x\r\n\r\nanything at all",
+		"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		lim := newLimits(Options{MaxHeaderBytes: 256, MaxRequestLine: 64})
+		s := newHeadScanner(strings.NewReader(in), &lim)
+		out, err := io.ReadAll(s)
+		if err != nil {
+			t.Fatalf("ReadAll: %v", err)
+		}
+		o := string(out)
+		if o == in {
+			return
+		}
+		if i := strings.Index(o, "HOSTEL-REFUSE-"); i >= 0 {
+			if o[:i] != in[:min(i, len(in))] {
+				t.Fatalf("bytes before the refusal altered:\n in: %q\nout: %q", in, o)
+			}
+			if _, ok := refusals[strings.Fields(o[i:])[0]]; !ok || !strings.HasSuffix(o, "\r\n\r\n") {
+				t.Fatalf("refusal %q is not one the guard answers", o[i:])
+			}
+			return
+		}
+		if !strings.HasPrefix(in, o) {
+			t.Fatalf("output is not a prefix of the input:\n in: %q\nout: %q", in, o)
+		}
+	})
 }

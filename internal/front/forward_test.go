@@ -1,4 +1,4 @@
-package router
+package front_test
 
 import (
 	"bufio"
@@ -9,68 +9,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"hostel/internal/spec"
 )
-
-const host = "api.example.org"
-
-// countingBackend starts h and counts the connections the router opens
-// to it.
-func countingBackend(t testing.TB, h http.Handler, configure func(*http.Server)) (addr string, conns *atomic.Int64) {
-	t.Helper()
-	conns = new(atomic.Int64)
-	srv := httptest.NewUnstartedServer(h)
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	if configure != nil {
-		configure(srv.Config)
-	}
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return srv.Listener.Addr().String(), conns
-}
-
-// routeTo starts a router whose domain host goes to a backend at addr.
-func routeTo(t testing.TB, addr string) (*Router, string) {
-	t.Helper()
-	r, pub := startRouter(t, Options{})
-	r.AddBackend(apiV1, addr)
-	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}})
-	return r, pub
-}
-
-// rawConn dials the public listener for hand-written requests.
-func rawConn(t testing.TB, pub string) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(pub, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	return c, bufio.NewReader(c)
-}
-
-// do sends a request for host and returns the response with its body read.
-func do(t testing.TB, c *http.Client, method, url string, body io.Reader) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Host = host
-	return send(t, c, req)
-}
 
 func TestRequestBodies(t *testing.T) {
 	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -582,38 +526,5 @@ func TestBodyAfterHeadResponse(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if resp, body := do(t, client, "GET", pub+"/", nil); resp.StatusCode != 200 || string(body) != "ok" {
 		t.Errorf("GET after HEAD: got %d %q, want 200 ok", resp.StatusCode, body)
-	}
-}
-
-// TestPopIdle: the pool hands out its most recently used connection, and
-// one idle past idleTimeout is closed with every older one.
-func TestPopIdle(t *testing.T) {
-	u := &upstream{b: &backend{conns: map[*pconn]struct{}{}}}
-	now := time.Now()
-	var closed []net.Conn
-	add := func(idle time.Duration) *pconn {
-		c, peer := net.Pipe()
-		t.Cleanup(func() { peer.Close() })
-		closed = append(closed, c)
-		pc := &pconn{conn: c, up: u, idleAt: now.Add(-idle)}
-		u.idle = append(u.idle, pc)
-		return pc
-	}
-	add(idleTimeout + 2*time.Second)
-	add(idleTimeout + time.Second)
-	fresh := add(time.Second)
-	if pc := u.popIdle(now); pc != fresh {
-		t.Fatalf("popIdle = %p, want the most recent connection %p", pc, fresh)
-	}
-	if pc := u.popIdle(now); pc != nil {
-		t.Fatalf("popIdle = %p, want nil: the rest are stale", pc)
-	}
-	if len(u.idle) != 0 {
-		t.Errorf("%d connections left in the pool", len(u.idle))
-	}
-	for i, c := range closed[:2] {
-		if err := c.SetDeadline(time.Time{}); err != io.ErrClosedPipe {
-			t.Errorf("stale connection %d: %v, want it closed", i, err)
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,11 +19,11 @@ import (
 // The states of a loop's client connection: front.go's phases, and one
 // of its own.
 const (
-	lcNew     = phaseNew        // adopted, no byte read yet
-	lcIdle    = phaseIdle       // between requests
-	lcHeader  = phaseHeader     // reading a request's head
-	lcActive  = phaseActive     // the request is with the backend
-	lcWriting = phaseClosed + 1 // the response is being written
+	lcNew     = phaseNew     // adopted, no byte read yet
+	lcIdle    = phaseIdle    // between requests
+	lcHeader  = phaseHeader  // reading a request's head
+	lcActive  = phaseActive  // the request is with the backend
+	lcWriting = phaseWriting // the response is being written
 )
 
 var loopBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -47,7 +46,7 @@ type loopClient struct {
 	in        []byte // read, not yet used; nil when empty and idle
 	out       []byte // response bytes not yet written
 	req       Request
-	b         *backend // of the request in flight
+	slot      slot // of the request in flight (slot.go)
 	u         *upstream
 	bc        *loopBackend
 	reused    bool // bc came from the pool
@@ -231,28 +230,14 @@ func (c *loopClient) readTLS(p []byte) (int, error) {
 // dispatch starts the request whose head is the first n bytes of c.in.
 func (c *loopClient) dispatch(n int) {
 	l := c.l
-	var b *backend
-	if parseRequest(string(c.in[:n]), &c.req) {
-		b = l.f.r.route(c.req.Host)
-		direct := l.f.direct
-		if c.tls != nil {
-			direct = l.f.directTLS
-		}
-		if b != nil && direct != nil {
-			path, _, _ := strings.Cut(c.req.Target, "?")
-			if !direct(c.req.Host, path) {
-				b = nil
-			}
-		}
-	}
+	b := l.f.fastBackend(string(c.in[:n]), &c.req, c.remote, c.tls != nil)
 	if b == nil {
 		c.giveBack(nil)
 		return
 	}
 	c.in = c.in[:copy(c.in, c.in[n:])]
 	c.req.RemoteAddr, c.req.TLS = c.remote, c.tls != nil
-	b.inflight.Add(1)
-	c.b, c.u = b, b.up.Load()
+	c.slot, c.u = b.acquire(), b.up.Load()
 	c.state, c.since = lcActive, l.now
 	c.send()
 }
@@ -263,7 +248,7 @@ func (c *loopClient) send() {
 	l := c.l
 	idempotent := replayable(c.req.Method, c.req.Header)
 	for !c.closed {
-		if c.b.aborted.Load() {
+		if c.slot.b.aborted.Load() {
 			c.fail(errAborted)
 			return
 		}
@@ -271,8 +256,6 @@ func (c *loopClient) send() {
 		if err == errNotLoopable {
 			// Named backend: a goroutine dials it.
 			c.giveBack(func(w *bufio.Writer, h *hangup) bool {
-				b := c.b
-				defer b.done()
 				return c.u.forwardFast(&c.req, w, h)
 			})
 			return
@@ -314,7 +297,7 @@ func (c *loopClient) respond(bc *loopBackend) {
 	extra := len(bc.in) > bc.total
 	bc.check = noBody
 	c.bc, bc.client = nil, nil
-	if extra || h.close || c.b.aborted.Load() {
+	if extra || h.close || c.slot.b.aborted.Load() {
 		bc.close()
 	} else {
 		l.putIdle(bc)
@@ -328,8 +311,8 @@ func (c *loopClient) respond(bc *loopBackend) {
 // go out: as on the goroutine path, a client that has its answer finds
 // the count dropped.
 func (c *loopClient) answered() {
-	c.b.done()
-	c.b, c.u = nil, nil
+	c.slot.release()
+	c.u = nil
 }
 
 // fail answers a request that got no response from the backend, as
@@ -360,7 +343,9 @@ func (c *loopClient) write(p []byte) {
 	}
 	if n < len(p) {
 		c.out = append(c.out[:0], p[n:]...)
-		c.state = lcWriting
+		// Timed from now on, and from each write that makes progress
+		// (Options.WriteTimeout): the request's state has ended.
+		c.state, c.since = lcWriting, c.l.now
 		loopPartialWrites.Add(1)
 		return
 	}
@@ -374,6 +359,9 @@ func (c *loopClient) flush() {
 		return
 	}
 	c.out = c.out[:copy(c.out, c.out[n:])]
+	if n > 0 {
+		c.since = c.l.now
+	}
 	if len(c.out) == 0 {
 		c.out = nil
 		c.finish()
@@ -401,10 +389,7 @@ func (c *loopClient) close() {
 		c.bc.close()
 		c.bc = nil
 	}
-	if c.b != nil {
-		c.b.done()
-		c.b = nil
-	}
+	c.slot.release()
 	c.l.forget(c.fd)
 	unix.Close(c.fd)
 	delete(c.l.clients, c)
@@ -416,11 +401,14 @@ func (c *loopClient) close() {
 }
 
 // giveBack hands the connection to a goroutine (front.go) with what was
-// read ahead; first, if set, finishes the request in flight there. It
-// reports false if the connection was closed instead (the Front is
-// closed, or the descriptor could not be handed over).
+// read ahead; first, if set, finishes the request in flight there, whose
+// slot goes with the connection. It reports false if the connection was
+// closed instead (the Front is closed, or the descriptor could not be
+// handed over).
 func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) bool {
 	l := c.l
+	s := c.slot.take()
+	defer s.release() // unless the goroutine took it
 	conn, err := l.release(c.fd)
 	c.closed = true
 	delete(l.clients, c)
@@ -435,10 +423,7 @@ func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) bool 
 		c.in = nil
 	}
 	if err != nil {
-		l.f.r.logf("router: front end: handing %s over: %v", c.remote, err)
-		if c.b != nil {
-			c.b.done()
-		}
+		l.f.logf("router: front end: handing %s over: %v", c.remote, err)
 		return false
 	}
 	if first != nil && pending == nil {
@@ -458,12 +443,9 @@ func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) bool 
 		fc = l.f.newConn(conn, false, pending)
 	}
 	if fc == nil {
-		if c.b != nil {
-			c.b.done()
-		}
 		return false
 	}
-	fc.remote = c.remote
+	fc.remote, fc.slot = c.remote, s.take()
 	go fc.run(first)
 	return true
 }

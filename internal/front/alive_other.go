@@ -1,6 +1,6 @@
 //go:build !linux
 
-package router
+package front
 
 // alive reports whether a pooled connection may still be used; without a
 // non-blocking peek it can only check for bytes the backend sent unasked.

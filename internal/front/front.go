@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -31,8 +31,8 @@ import (
 // net/http once, never back. Malformed and oversized requests are left to
 // net/http too, which answers them as it always does.
 
-// FrontOptions configure a Front.
-type FrontOptions struct {
+// Options configure a Front.
+type Options struct {
 	// Handler serves what the fast path does not take; nil means the
 	// router itself. It must pass requests for which Direct reports true
 	// to the router unchanged.
@@ -47,8 +47,25 @@ type FrontOptions struct {
 	// IdleTimeout closes keep-alive connections idle for so long; 0 means
 	// 2 minutes.
 	IdleTimeout time.Duration
+	// Logf receives the front end's own errors (a panic serving a
+	// connection, an event loop that cannot start); nil discards them.
+	Logf func(format string, args ...any)
 	// ErrorLog is net/http's error log for the requests it serves.
 	ErrorLog *log.Logger
+	// MaxHeaderBytes bounds a request's head (request line and fields):
+	// a larger one is answered 431 and never reaches an app; 0 means
+	// DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// MaxRequestLine bounds a request line: a longer one is answered 414;
+	// 0 means DefaultMaxRequestLine.
+	MaxRequestLine int
+	// BodyTimeout bounds the wait for a request body's first byte, before
+	// the request takes an app connection, and between its reads after:
+	// a stalled body is answered 408; 0 means DefaultBodyTimeout.
+	BodyTimeout time.Duration
+	// WriteTimeout closes a connection whose client has not taken any of
+	// a response for so long; 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
 	// Loops is the number of event loops that serve plain-HTTP
 	// connections where the platform has them (Linux): 0 means one per
 	// two CPUs (GOMAXPROCS), a negative number none (a goroutine per
@@ -66,19 +83,21 @@ type FrontOptions struct {
 
 // Front serves the router on public HTTP listeners.
 type Front struct {
-	r         *Router
+	core      Router
+	logf      func(format string, args ...any)
 	direct    func(host, path string) bool
 	directTLS func(host, path string) bool
 	tlsConfig *tls.Config
 	header    time.Duration
 	idle      time.Duration
+	lim       limits
 
 	// plain and secure serve the connections handed over from Serve and
 	// ServeTLS.
 	plain, secure *fallback
 
 	// loops are the event loops of plain-HTTP connections (Linux), started
-	// by the first Serve unless FrontOptions.Loops is negative.
+	// by the first Serve unless Options.Loops is negative.
 	loops     *loops
 	loopCount int
 
@@ -97,20 +116,25 @@ type Front struct {
 	stopOnce sync.Once
 }
 
-// NewFront returns a front end for r. Serve it on listeners; Shutdown or
-// Close it at the end.
-func (r *Router) NewFront(opts FrontOptions) *Front {
+// New returns a front end for the router r. Serve it on listeners;
+// Shutdown or Close it at the end.
+func New(r Router, opts Options) *Front {
 	f := &Front{
-		r:         r,
+		core:      r,
+		logf:      opts.Logf,
 		direct:    opts.Direct,
 		directTLS: opts.DirectTLS,
 		tlsConfig: opts.TLSConfig,
 		header:    opts.ReadHeaderTimeout,
 		idle:      opts.IdleTimeout,
 		loopCount: opts.Loops,
+		lim:       newLimits(opts),
 		conns:     map[*frontConn]struct{}{},
 		lns:       map[net.Listener]struct{}{},
 		stop:      make(chan struct{}),
+	}
+	if f.logf == nil {
+		f.logf = func(string, ...any) {}
 	}
 	if f.header <= 0 {
 		f.header = 30 * time.Second
@@ -143,8 +167,9 @@ type fallback struct {
 
 func (f *Front) newFallback(h http.Handler, errorLog *log.Logger) *fallback {
 	return &fallback{
-		srv: &http.Server{Handler: h, ReadHeaderTimeout: f.header, IdleTimeout: f.idle, ErrorLog: errorLog},
-		l:   &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
+		srv: &http.Server{Handler: f.guard(h), ReadHeaderTimeout: f.header, IdleTimeout: f.idle,
+			MaxHeaderBytes: f.lim.maxHead, ErrorLog: errorLog},
+		l: &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
 	}
 }
 
@@ -152,7 +177,7 @@ func (f *Front) newFallback(h http.Handler, errorLog *log.Logger) *fallback {
 // down, which returns http.ErrServerClosed.
 func (f *Front) Serve(ln net.Listener) error { return f.serve(ln, false) }
 
-// ServeTLS is Serve for TLS connections, with FrontOptions.TLSConfig. A
+// ServeTLS is Serve for TLS connections, with Options.TLSConfig. A
 // connection that negotiates HTTP/2 (or another protocol than HTTP/1.1)
 // is handed to net/http once its handshake is done; requests net/http
 // serves for a connection handed over after a fast request see the TLS
@@ -233,7 +258,7 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 func (f *Front) newConn(c net.Conn, secure bool, pending []byte) *frontConn {
 	var tc *tls.Conn
 	if secure {
-		c = &switchConn{Conn: c}
+		c = &switchConn{Conn: c, write: f.lim.write}
 		tc = tls.Server(c, f.tlsConfig)
 	}
 	return f.track(c, tc, pending)
@@ -393,16 +418,19 @@ func (f *Front) expired(ph int32, age time.Duration, shutting bool) bool {
 		return age > f.header
 	case phaseIdle:
 		return age > f.idle || shutting
+	case phaseWriting:
+		return age > f.lim.write
 	}
 	return false
 }
 
 const (
-	phaseNew    int32 = iota // accepted, no byte read yet
-	phaseIdle                // between requests
-	phaseHeader              // reading a request's header
-	phaseActive              // serving a request
-	phaseClosed              // closed by the sweeper or shutdown
+	phaseNew     int32 = iota // accepted, no byte read yet
+	phaseIdle                 // between requests
+	phaseHeader               // reading a request's header
+	phaseActive               // serving a request
+	phaseClosed               // closed by the sweeper or shutdown
+	phaseWriting              // an event loop's: the client has yet to take a response
 )
 
 // watchDelay is about how long a request runs before its client
@@ -424,6 +452,7 @@ type frontConn struct {
 	remote string
 	state  *tls.ConnectionState
 	cr     connReader
+	wr     timedWriter
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	phase  atomic.Int32
@@ -433,6 +462,9 @@ type frontConn struct {
 	// fromLoop: an event loop gave the connection back; it is not
 	// offered to one again.
 	fromLoop bool
+	// slot is the request an event loop gave back with the connection,
+	// if any: released when run ends, whether or not it got to serve it.
+	slot slot
 }
 
 func (fc *frontConn) serve() { fc.run(nil) }
@@ -445,14 +477,18 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 	fc.br = frontReaders.Get().(*bufio.Reader)
 	fc.br.Reset(&fc.cr)
 	fc.bw = frontWriters.Get().(*bufio.Writer)
-	fc.bw.Reset(fc.c)
+	fc.wr.c = fc.c
+	if fc.tls == nil {
+		fc.wr.d = f.lim.write // a TLS connection's switchConn times its writes
+	}
+	fc.bw.Reset(&fc.wr)
 	fc.req.shutting = &f.shutting
 	handedOff := false
 	defer func() {
 		if e := recover(); e != nil {
 			// As net/http does for a handler: one connection is lost,
 			// not the daemon.
-			f.r.logf("router: front end: panic serving %s: %v\n%s", fc.remote, e, debug.Stack())
+			f.logf("router: front end: panic serving %s: %v\n%s", fc.remote, e, debug.Stack())
 		}
 		if !handedOff {
 			fc.phase.Store(phaseClosed)
@@ -460,6 +496,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 			fc.release()
 			f.untrack(fc)
 		}
+		fc.slot.release()
 	}()
 	if fc.tls != nil {
 		// Bounded by the header timeout, as the connection is new.
@@ -499,6 +536,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		}
 		fc.startWatch()
 		keep := first(fc.bw, &fc.hangup)
+		fc.slot.release() // before the flush, as serveFast's
 		fc.stopWatch()
 		if fc.bw.Flush() != nil || !keep || f.shutting.Load() {
 			return
@@ -525,15 +563,9 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		if err != nil && (fc.br.Buffered() == 0 || fc.phase.Load() == phaseClosed) {
 			return
 		}
-		var b *backend
-		if head != nil && parseRequest(string(head), &fc.req) {
-			b = f.r.route(fc.req.Host)
-			if b != nil && fc.direct != nil {
-				path, _, _ := strings.Cut(fc.req.Target, "?")
-				if !fc.direct(fc.req.Host, path) {
-					b = nil
-				}
-			}
+		var b *Backend
+		if head != nil {
+			b = f.fastBackend(string(head), &fc.req, fc.remote, fc.tls != nil)
 		}
 		if !fc.phase.CompareAndSwap(phaseHeader, phaseActive) {
 			return // closed by the sweeper or Close
@@ -555,11 +587,37 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 	}
 }
 
+// fastBackend parses a request head into req and returns the backend the
+// fast path forwards it to, for the goroutines and the event loops alike;
+// nil leaves the request to net/http: a request the parser does not take,
+// a host the router does not forward (a redirect, an unknown host, a
+// domain whose backend is gone: the router core decides), or one Options.Direct
+// keeps for the handler chain (an ACME challenge, a redirect to HTTPS).
+func (f *Front) fastBackend(head string, req *Request, remote string, secure bool) *Backend {
+	if !parseRequest(head, req) {
+		return nil
+	}
+	b := f.core.Route(req.Host, remote)
+	direct := f.direct
+	if secure {
+		direct = f.directTLS
+	}
+	if b != nil && direct != nil {
+		path, _, _ := strings.Cut(req.Target, "?")
+		if !direct(req.Host, path) {
+			return nil
+		}
+	}
+	return b
+}
+
 // handOff passes the connection to net/http with what was read of it in
 // front. It reports false if the Front was closed meanwhile.
 func (fc *frontConn) handOff() bool {
 	pending, _ := fc.br.Peek(fc.br.Buffered())
-	hc := &handoffConn{Conn: fc.c, pending: append([]byte(nil), pending...), r: &fc.cr, tls: fc.state}
+	hc := &handoffConn{Conn: fc.c, tls: fc.state, write: fc.wr.d}
+	hc.src = handoffSource{pending: append([]byte(nil), pending...), r: &fc.cr}
+	hc.scan = newHeadScanner(&hc.src, &fc.f.lim)
 	fc.release()
 	fc.f.handoffs.Add(1)
 	ok := fc.fb.l.push(hc)
@@ -687,6 +745,8 @@ type switchConn struct {
 	eof bool   // mem: the client closed its side
 	in  []byte // ciphertext read from the socket, not yet by TLS
 	out []byte // mem: ciphertext TLS wrote
+	// write bounds each write to the socket (Options.WriteTimeout).
+	write time.Duration
 }
 
 // errWouldBlock is a switchConn's read with nothing buffered: temporary,
@@ -717,17 +777,49 @@ func (s *switchConn) Write(p []byte) (int, error) {
 		s.out = append(s.out, p...)
 		return len(p), nil
 	}
-	return s.Conn.Write(p)
+	return writeTimed(s.Conn, p, s.write)
+}
+
+// timedWriter writes to a client connection, each write bounded by d
+// (none if 0): a client that stops reading is let go of, not waited for.
+type timedWriter struct {
+	c net.Conn
+	d time.Duration
+}
+
+func (w *timedWriter) Write(p []byte) (int, error) { return writeTimed(w.c, p, w.d) }
+
+func writeTimed(c net.Conn, p []byte, d time.Duration) (int, error) {
+	if d > 0 {
+		c.SetWriteDeadline(time.Now().Add(d))
+	}
+	return c.Write(p)
 }
 
 // handoffConn is a client connection handed to net/http: its reads return
-// the bytes the front end had read first.
+// the bytes the front end had read first, through a headScanner.
 type handoffConn struct {
 	net.Conn
+	src   handoffSource
+	scan  *headScanner
+	tls   *tls.ConnectionState // of a TLS connection, which net/http sees wrapped
+	write time.Duration        // bounds each write; 0 for TLS (switchConn does)
+}
+
+// handoffSource is what a handed-over connection's scanner reads.
+type handoffSource struct {
 	pending []byte
 	r       *connReader
-	tls     *tls.ConnectionState // of a TLS connection, which net/http sees wrapped
 }
+
+func (s *handoffSource) Read(p []byte) (int, error) {
+	if n, ok := readPending(&s.pending, p); ok {
+		return n, nil
+	}
+	return s.r.Read(p)
+}
+
+func (c *handoffConn) Write(p []byte) (int, error) { return writeTimed(c.Conn, p, c.write) }
 
 type tlsStateKey struct{}
 
@@ -754,12 +846,7 @@ func withTLSState(h http.Handler) http.Handler {
 	})
 }
 
-func (c *handoffConn) Read(p []byte) (int, error) {
-	if n, ok := readPending(&c.pending, p); ok {
-		return n, nil
-	}
-	return c.r.Read(p)
-}
+func (c *handoffConn) Read(p []byte) (int, error) { return c.scan.Read(p) }
 
 // readPending reads into p from the bytes read ahead of a connection,
 // *pending, while there are any; ok is false once there are none.

@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -76,7 +76,7 @@ func (f *Front) startLoops(n int) *loops {
 	for range n {
 		l, err := newEventLoop(ls)
 		if err != nil {
-			f.r.logf("router: front end: no event loop (%v): connections are served by goroutines", err)
+			f.logf("router: front end: no event loop (%v): connections are served by goroutines", err)
 			for _, l := range ls.ls {
 				l.closeFDs()
 			}
@@ -318,7 +318,7 @@ func (l *eventLoop) closeFDs() {
 func (l *eventLoop) run() {
 	defer func() {
 		if e := recover(); e != nil {
-			l.f.r.logf("router: front end: event loop panic: %v", e)
+			l.f.logf("router: front end: event loop panic: %v", e)
 		}
 		l.shut()
 	}()
@@ -331,23 +331,35 @@ func (l *eventLoop) run() {
 			return n > 0
 		})
 		if err != nil {
-			l.f.r.logf("router: front end: event loop: %v", err)
+			l.f.logf("router: front end: event loop: %v", err)
 			return
 		}
 		l.now = time.Now().UnixNano()
+		// Idle app connections first: one that got bytes nobody asked
+		// for (a late write after its last response) is closed before
+		// a request of this batch could be sent on it and be answered
+		// with them (issue 11).
+		for i := 0; i < n; i++ {
+			if o := l.obj(&events[i]); o != nil {
+				if bc, ok := o.(*loopBackend); ok && bc.client == nil {
+					bc.event(events[i].Events)
+					events[i].Pad = -2 // handled
+				}
+			}
+		}
 		for i := 0; i < n; i++ {
 			ev := &events[i]
-			if ev.Pad == -1 {
+			switch ev.Pad {
+			case -1:
 				if !l.woke() {
 					return
 				}
 				continue
+			case -2:
+				continue
 			}
-			fd := int(ev.Fd)
-			if fd < len(l.objs) {
-				if o := l.objs[fd]; o != nil && o.generation() == ev.Pad {
-					o.event(ev.Events)
-				}
+			if o := l.obj(ev); o != nil {
+				o.event(ev.Events)
 			}
 		}
 		if l.tickDue {
@@ -355,6 +367,19 @@ func (l *eventLoop) run() {
 			l.tick()
 		}
 	}
+}
+
+// obj returns what an event is for; nil for the eventfd and for a
+// descriptor closed (or reused) since the event was reported.
+func (l *eventLoop) obj(ev *unix.EpollEvent) loopObj {
+	fd := int(ev.Fd)
+	if ev.Pad < 0 || fd >= len(l.objs) {
+		return nil
+	}
+	if o := l.objs[fd]; o != nil && o.generation() == ev.Pad {
+		return o
+	}
+	return nil
 }
 
 // woke handles the eventfd: adoptions, ticks, Close, and the end of
@@ -417,7 +442,7 @@ func (l *eventLoop) add(fd int, o loopObj) error {
 }
 
 func (l *eventLoop) nextGen() int32 {
-	l.gen = (l.gen + 1) & 0x3fffffff // never -1, the eventfd's
+	l.gen = (l.gen + 1) & 0x3fffffff // never negative: -1 is the eventfd's, -2 an event handled
 	return l.gen
 }
 
@@ -453,7 +478,7 @@ func (l *eventLoop) tick() {
 		}
 		if c.state == lcActive {
 			switch {
-			case c.b.aborted.Load():
+			case c.slot.b.aborted.Load():
 				if c.bc != nil {
 					c.bc.close()
 					c.bc = nil

@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -35,7 +35,7 @@ type loopBackend struct {
 	checked    bool   // head checked: head and total are set
 	head       quickHead
 	total      int   // head and body
-	check      bool  // as pconn.check
+	check      bool  // the last response had no body by rule (HEAD, 204, 304): check before reuse
 	hup        bool  // epoll reported the backend's end
 	idleAt     int64 // UnixNano
 	closed     bool
@@ -287,8 +287,6 @@ func (bc *loopBackend) giveBack() {
 	}
 	req := &c.req
 	handed := c.giveBack(func(w *bufio.Writer, h *hangup) bool {
-		b := u.b
-		defer b.done()
 		if !tracked {
 			return u.failFast(w, req, errAborted)
 		}

@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -19,14 +19,6 @@ import (
 // the request goes to a pooled backend connection (forward.go) and the
 // response is written straight to the client connection's buffer, with
 // none of net/http's server machinery in between.
-
-// route returns the backend that serves host on the fast path: a domain of
-// the table whose backend is registered, or an immutable name. Redirects,
-// unknown hosts and domains whose backend is gone are left to ServeHTTP.
-func (r *Router) route(host string) *backend {
-	b, _, _ := r.lookup(normalizeHost(host))
-	return b
-}
 
 // hangup ends a backend request when its client goes away: the front end's
 // watcher calls gone, which closes the backend connection in use.
@@ -70,9 +62,9 @@ func (h *hangup) reset() {
 // serveFast forwards req to b and writes the response to w. It returns
 // whether the client connection can carry another request; false means it
 // must be closed (after flushing w), as when a response broke off.
-func (b *backend) serveFast(req *Request, w *bufio.Writer, h *hangup) bool {
-	b.inflight.Add(1)
-	defer b.done()
+func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup) bool {
+	s := b.acquire()
+	defer s.release()
 	return b.up.Load().forwardFast(req, w, h)
 }
 
@@ -103,7 +95,7 @@ func (u *upstream) forwardFast(req *Request, w *bufio.Writer, h *hangup) bool {
 		}
 		var reused bool
 		var err error
-		pc, reused, err = u.get(context.Background(), !idempotent)
+		pc, reused, err = u.get(context.Background())
 		if err != nil {
 			return u.failFast(w, req, err)
 		}
@@ -189,7 +181,6 @@ func (u *upstream) respondFast(pc *pconn, resp *http.Response, req *Request, w *
 	}
 	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	chunked := !noBody && (resp.ContentLength < 0 || len(resp.Trailer) > 0)
-	pc.check = noBody
 	req.closing()
 	writeStatus(w, resp.StatusCode)
 	writeResponseFields(w, resp.Header, !noBody)

@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -53,7 +53,7 @@ var dialer = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 // forwarder leaves to it. AddBackend with a new address makes a new one.
 type upstream struct {
 	addr  string
-	b     *backend
+	b     *Backend
 	proxy *httputil.ReverseProxy
 
 	mu      sync.Mutex
@@ -68,10 +68,6 @@ type pconn struct {
 	bw     *bufio.Writer
 	up     *upstream
 	idleAt time.Time // when it was last returned to the pool
-	// check is set when the last response had no body by rule (HEAD,
-	// 204, 304): a backend that wrongly sent one anyway would have it
-	// read as the next request's response, so the next use checks first.
-	check bool
 }
 
 // forwardable reports whether the fast path handles req: no request body,
@@ -106,9 +102,7 @@ func (u *upstream) forward(w http.ResponseWriter, req *http.Request) {
 		}
 		var reused bool
 		var err error
-		// A non-idempotent request is not retried, so it must not be
-		// sent on a connection the backend has already closed.
-		pc, reused, err = u.get(ctx, !idempotent)
+		pc, reused, err = u.get(ctx)
 		if err != nil {
 			u.fail(w, req, err)
 			return
@@ -143,10 +137,14 @@ func (u *upstream) forward(w http.ResponseWriter, req *http.Request) {
 			u.fail(w, req, errors.New("backend switched protocols without an upgrade request"))
 			return
 		}
-		h := w.Header()
-		copyHeader(h, resp.Header)
-		w.WriteHeader(resp.StatusCode)
-		clear(h)
+		// Not to an HTTP/1.0 client, which does not expect them
+		// (RFC 9110 §15.2).
+		if req.ProtoAtLeast(1, 1) {
+			h := w.Header()
+			copyHeader(h, resp.Header)
+			w.WriteHeader(resp.StatusCode)
+			clear(h)
+		}
 		var err error
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
@@ -187,7 +185,6 @@ func (u *upstream) forward(w http.ResponseWriter, req *http.Request) {
 	if resp.Close || b.aborted.Load() {
 		pc.close()
 	} else {
-		pc.check = req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 		u.put(pc)
 	}
 
@@ -221,15 +218,16 @@ func (u *upstream) fail(w http.ResponseWriter, req *http.Request, err error) {
 // and message to answer it with, on every path: 504 if b was aborted (a
 // draining version past its stop grace), else 502. quiet leaves a 502 of a
 // client that went away unlogged.
-func (b *backend) failure(method, host, path string, aborted, quiet bool, err error) (code int, msg string) {
+func (b *Backend) failure(method, host, path string, aborted, quiet bool, err error) (code int, msg string) {
 	if aborted {
 		b.logf("router: %s %s%s via %s: ended with 504 after the stop grace", method, host, path, b.key)
-		return http.StatusGatewayTimeout, fmt.Sprintf("hostel: %s stopped before answering", b.key)
+		return http.StatusGatewayTimeout, "hostel: the service stopped before answering"
 	}
 	if !quiet {
 		b.logf("router: %s %s%s via %s: %v", method, host, path, b.key, err)
 	}
-	return http.StatusBadGateway, fmt.Sprintf("hostel: %s is unavailable", b.key)
+	// Public pages name no service or version (issue 11): the log does.
+	return http.StatusBadGateway, "hostel: the service is unavailable"
 }
 
 var errNothingWritten = errors.New("connection closed before the request was sent")
@@ -516,12 +514,18 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
 	}
 }
 
-// get returns an idle connection (reused) or dials a new one. With live,
-// a pooled connection is first checked for a close by the backend.
-func (u *upstream) get(ctx context.Context, live bool) (pc *pconn, reused bool, err error) {
+// get returns an idle connection (reused) or dials a new one. A pooled
+// connection is first checked for a close by the backend, so that a
+// request that cannot be retried is not sent on one.
+func (u *upstream) get(ctx context.Context) (pc *pconn, reused bool, err error) {
 	now := time.Now()
 	for pc = u.popIdle(now); pc != nil; pc = u.popIdle(now) {
-		if (live || pc.check) && !pc.alive() {
+		// Always checked, not only for a request that cannot be
+		// retried: bytes an app wrote after its last response would be
+		// read as this request's answer, and the answer to this one as
+		// the next client's (issue 11). A goroutine does not watch an
+		// idle connection the way an event loop does.
+		if !pc.alive() {
 			pc.close()
 			continue
 		}

@@ -1,4 +1,4 @@
-package router
+package front_test
 
 import (
 	"bufio"
@@ -14,20 +14,22 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/front"
+	"hostel/internal/router"
 	"hostel/internal/spec"
 )
 
 // loopFront is frontTo with event loops, whatever -front-loops says.
-func loopFront(t *testing.T, addr string) (*Router, *Front, string) {
+func loopFront(t *testing.T, addr string) (*router.Router, *front.Front, string) {
 	t.Helper()
-	r, f, pub := frontTo(t, addr, FrontOptions{Loops: 2})
+	r, f, pub := frontTo(t, addr, front.Options{Loops: 2})
 	// The loops start with Serve: a first connection waits for them.
 	c, err := net.Dial("tcp", pub)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
-	waitFor(t, "the loops to start", func() bool { return f.loopConns() == 0 })
+	waitFor(t, "the loops to start", func() bool { return front.LoopConns(f) == 0 })
 	return r, f, pub
 }
 
@@ -47,20 +49,18 @@ func TestLoopServes(t *testing.T) {
 			t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
 		}
 	}
-	if n := f.loopConns(); n != 1 {
+	if n := front.LoopConns(f); n != 1 {
 		t.Errorf("event loops hold %d connections, want 1", n)
 	}
-	f.mu.Lock()
-	goroutines := len(f.conns)
-	f.mu.Unlock()
-	if goroutines != 0 || f.handoffs.Load() != 0 {
-		t.Errorf("%d connections served by goroutines, %d handed to net/http; want none", goroutines, f.handoffs.Load())
+	goroutines := front.GoroutineConns(f)
+	if goroutines != 0 || front.Handoffs(f) != 0 {
+		t.Errorf("%d connections served by goroutines, %d handed to net/http; want none", goroutines, front.Handoffs(f))
 	}
 	if n := conns.Load(); n != 1 {
 		t.Errorf("backend saw %d connections, want 1", n)
 	}
 	c.Close()
-	waitFor(t, "the loop to close the connection", func() bool { return f.loopConns() == 0 })
+	waitFor(t, "the loop to close the connection", func() bool { return front.LoopConns(f) == 0 })
 }
 
 // TestLoopHandsOver: each response a loop does not forward whole (large,
@@ -105,16 +105,16 @@ func TestLoopHandsOver(t *testing.T) {
 			}
 			fmt.Fprintf(c, "GET /first HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 			get("/first", "quick /first")
-			if n := f.loopConns(); n != 1 {
+			if n := front.LoopConns(f); n != 1 {
 				t.Fatalf("loops hold %d connections before the hand-over, want 1", n)
 			}
 			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\nGET /after HTTP/1.1\r\nHost: %s\r\n\r\n", tc.path, host, host)
 			get(tc.path, tc.want)
 			get("/after", "quick /after")
-			if n := f.loopConns(); n != 0 {
+			if n := front.LoopConns(f); n != 0 {
 				t.Errorf("loops hold %d connections after the hand-over, want 0", n)
 			}
-			if n := f.handoffs.Load(); n != 0 {
+			if n := front.Handoffs(f); n != 0 {
 				t.Errorf("%d connections handed to net/http, want 0", n)
 			}
 		})
@@ -124,14 +124,14 @@ func TestLoopHandsOver(t *testing.T) {
 // TestLoopSlowReader: responses the client's socket cannot take at once
 // are written as the client reads them.
 func TestLoopSlowReader(t *testing.T) {
-	body := bytes.Repeat([]byte("x"), maxLoopResponse-1024)
+	body := bytes.Repeat([]byte("x"), front.MaxLoopResponse-1024)
 	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		w.Write(body)
 	}))
 	_, f, pub := loopFront(t, addr)
 	c, br := dialFront(t, pub)
-	partial := loopPartialWrites.Load()
+	partial := front.LoopPartialWrites()
 	// 400 pipelined requests: 25 MB of responses that nobody reads for a
 	// while overflow the sockets' buffers (a few MB on loopback).
 	c.(*net.TCPConn).SetReadBuffer(64 << 10)
@@ -144,11 +144,11 @@ func TestLoopSlowReader(t *testing.T) {
 			t.Fatalf("response %d: %d, %d bytes, want 200, %d bytes", i, resp.StatusCode, len(got), len(body))
 		}
 	}
-	if loopPartialWrites.Load() == partial {
+	if front.LoopPartialWrites() == partial {
 		t.Error("every response was written at once: the test did not fill the socket")
 	}
-	if f.handoffs.Load() != 0 || f.loopConns() != 1 {
-		t.Errorf("%d handed to net/http, loops hold %d; want 0 and 1", f.handoffs.Load(), f.loopConns())
+	if front.Handoffs(f) != 0 || front.LoopConns(f) != 1 {
+		t.Errorf("%d handed to net/http, loops hold %d; want 0 and 1", front.Handoffs(f), front.LoopConns(f))
 	}
 }
 
@@ -213,22 +213,11 @@ func TestLoopClose(t *testing.T) {
 	if _, err := br.ReadByte(); err == nil {
 		t.Fatal("connection still open after Close")
 	}
-	if n := f.loopConns(); n != 0 {
+	if n := front.LoopConns(f); n != 0 {
 		t.Errorf("loops hold %d connections after Close", n)
 	}
 	if n := r.InFlight(apiV1); n != 0 {
 		t.Errorf("in flight = %d after Close, want 0", n)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -238,7 +227,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestLoopTLS(t *testing.T) {
 	cfg, pool := selfSigned(t)
 	large := bytes.Repeat([]byte("abcdefgh"), 20000) // 160 KB
-	r := New(Options{Zone: zone, Logf: t.Logf})
+	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
 	r.AddBackend(apiV1, startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/large" {
 			w.Write(large)
@@ -247,12 +236,12 @@ func TestLoopTLS(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s body=%q proto=%s", r.Method, r.URL.Path, b, r.Header.Get("X-Forwarded-Proto"))
 	})))
-	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}})
+	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := r.NewFront(FrontOptions{TLSConfig: cfg, Loops: 1})
+	f := front.New(r, front.Options{TLSConfig: cfg, Loops: 1})
 	go f.ServeTLS(ln)
 	t.Cleanup(func() { f.Close(); r.Close() })
 
@@ -278,7 +267,7 @@ func TestLoopTLS(t *testing.T) {
 		fmt.Fprintf(c, "GET /q%d HTTP/1.1\r\nHost: %s\r\n\r\n", i, host)
 		get(br, "/q", fmt.Sprintf("GET /q%d body=\"\" proto=https", i))
 	}
-	if n := f.loopConns(); n != 1 {
+	if n := front.LoopConns(f); n != 1 {
 		t.Fatalf("loops hold %d connections, want 1", n)
 	}
 	// Pipelined: quick, large (handed over mid-response), quick, upload.
@@ -288,7 +277,7 @@ func TestLoopTLS(t *testing.T) {
 	get(br, "/large", string(large))
 	get(br, "/b", `GET /b body="" proto=https`)
 	get(br, "/up", `POST /up body="hi" proto=https`)
-	if n := f.loopConns(); n != 0 {
+	if n := front.LoopConns(f); n != 0 {
 		t.Errorf("loops hold %d connections after the hand-over, want 0", n)
 	}
 
@@ -332,5 +321,5 @@ func TestLoopHalfClose(t *testing.T) {
 	fmt.Fprintf(c2, "GET /slow HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	c2.(*net.TCPConn).CloseWrite()
 	waitFor(t, "the slow request to be ended", canceled.Load)
-	waitFor(t, "the loop to let both connections go", func() bool { return f.loopConns() == 0 })
+	waitFor(t, "the loop to let both connections go", func() bool { return front.LoopConns(f) == 0 })
 }

@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -214,7 +214,6 @@ func canonicalToken(b []byte) bool {
 // its body from pc. keep and reuse are respondFast's.
 func (u *upstream) respondQuick(pc *pconn, h quickHead, req *Request, w *bufio.Writer, hu *hangup) (keep, reuse bool) {
 	noBody := req.Method == http.MethodHead || h.code == http.StatusNoContent || h.code == http.StatusNotModified
-	pc.check = noBody
 	req.closing()
 	head, _ := pc.br.Peek(h.n)
 	writeHead(w, head, h, noBody, req.Close)

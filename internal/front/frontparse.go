@@ -1,4 +1,4 @@
-package router
+package front
 
 import (
 	"bufio"
@@ -104,7 +104,8 @@ func parseRequest(head string, req *Request) bool {
 	}
 	sp2 += sp1 + 1
 	method, target, proto := line[:sp1], line[sp1+1:sp2], line[sp2+1:]
-	if proto != "HTTP/1.1" || method == "CONNECT" || !isToken(method) || !fastTarget(target) {
+	// CONNECT and TRACE are refused by the guard (frontguard.go).
+	if proto != "HTTP/1.1" || method == "CONNECT" || method == "TRACE" || !isToken(method) || !fastTarget(target) {
 		return false
 	}
 	req.Method, req.Target = method, target
@@ -128,6 +129,11 @@ func parseRequest(head string, req *Request) bool {
 		value := strings.Trim(line[colon+1:], " \t")
 		if !fieldValue(value) {
 			return false
+		}
+		if strings.IndexByte(name, '_') >= 0 {
+			// Dropped, as nginx does: an app (or a framework that maps
+			// "_" to "-") could take X_Forwarded_For for this hop's.
+			continue
 		}
 		name = textproto.CanonicalMIMEHeaderKey(name)
 		switch name {

@@ -1,17 +1,11 @@
-package router
+package front_test
 
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"strings"
@@ -19,53 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/front"
+	"hostel/internal/router"
 	"hostel/internal/spec"
 )
-
-// frontTo starts a router whose domain host goes to a backend at addr,
-// served by a Front with opts, and returns the Front and its address.
-func frontTo(t testing.TB, addr string, opts FrontOptions) (*Router, *Front, string) {
-	t.Helper()
-	r := New(Options{Zone: zone, Logf: t.Logf})
-	t.Cleanup(func() { r.Close() })
-	r.AddBackend(apiV1, addr)
-	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
-	f, pub := serveFront(t, r, opts)
-	return r, f, pub
-}
-
-// echoBackend answers with the method, target, Host and body it got.
-func echoBackend(t testing.TB) string {
-	t.Helper()
-	return startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		fmt.Fprintf(w, "%s %s host=%s body=%q proto=%s", r.Method, r.URL.RequestURI(), r.Host, b, r.Header.Get("X-Forwarded-Proto"))
-	}))
-}
-
-func dialFront(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	return rawConn(t, "http://"+addr)
-}
-
-func readResp(t testing.TB, br *bufio.Reader, method string) (*http.Response, string) {
-	t.Helper()
-	resp, err := http.ReadResponse(br, &http.Request{Method: method})
-	if err != nil {
-		t.Fatalf("reading response: %v", err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading body: %v", err)
-	}
-	return resp, string(b)
-}
 
 func TestFrontKeepAliveAndPipelining(t *testing.T) {
 	addr, conns := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "path=%s", r.URL.RequestURI())
 	}), nil)
-	_, f, pub := frontTo(t, addr, FrontOptions{})
+	_, f, pub := frontTo(t, addr, front.Options{})
 	c, br := dialFront(t, pub)
 	t.Run("sequence", func(t *testing.T) {
 		for i := range 3 {
@@ -92,7 +49,7 @@ func TestFrontKeepAliveAndPipelining(t *testing.T) {
 			}
 		}
 	})
-	if n := f.handoffs.Load(); n != 0 {
+	if n := front.Handoffs(f); n != 0 {
 		t.Errorf("%d connections handed to net/http, want 0", n)
 	}
 	if n := conns.Load(); n != 1 {
@@ -103,7 +60,7 @@ func TestFrontKeepAliveAndPipelining(t *testing.T) {
 // TestFrontFallback: what the fast path does not take is answered by
 // net/http, on the same connection, which stays with net/http.
 func TestFrontFallback(t *testing.T) {
-	_, f, pub := frontTo(t, echoBackend(t), FrontOptions{})
+	_, f, pub := frontTo(t, echoBackend(t), front.Options{})
 	tests := []struct {
 		name, req  string
 		wantStatus int
@@ -126,7 +83,7 @@ func TestFrontFallback(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := f.handoffs.Load()
+			before := front.Handoffs(f)
 			c, br := dialFront(t, pub)
 			go io.WriteString(c, tt.req)
 			resp, err := http.ReadResponse(br, nil)
@@ -139,7 +96,7 @@ func TestFrontFallback(t *testing.T) {
 			if body := string(b); resp.StatusCode != tt.wantStatus || !strings.HasPrefix(body, tt.wantBody) {
 				t.Errorf("got %d %q, want %d %q…", resp.StatusCode, b, tt.wantStatus, tt.wantBody)
 			}
-			if n := f.handoffs.Load() - before; n != 1 {
+			if n := front.Handoffs(f) - before; n != 1 {
 				t.Errorf("%d handoffs, want 1", n)
 			}
 		})
@@ -147,7 +104,7 @@ func TestFrontFallback(t *testing.T) {
 }
 
 func TestFrontPostAfterGets(t *testing.T) {
-	_, f, pub := frontTo(t, echoBackend(t), FrontOptions{})
+	_, f, pub := frontTo(t, echoBackend(t), front.Options{})
 	c, br := dialFront(t, pub)
 	steps := []struct{ req, want string }{
 		{"GET /a HTTP/1.1\r\nHost: " + host + "\r\n\r\n", `GET /a host=api.example.org body="" proto=http`},
@@ -166,7 +123,7 @@ func TestFrontPostAfterGets(t *testing.T) {
 		if i >= 2 {
 			wantHandoffs = 1
 		}
-		if n := f.handoffs.Load(); n != wantHandoffs {
+		if n := front.Handoffs(f); n != wantHandoffs {
 			t.Errorf("step %d: %d handoffs, want %d", i, n, wantHandoffs)
 		}
 	}
@@ -191,7 +148,7 @@ func TestFrontUpgradeAfterGet(t *testing.T) {
 		brw.WriteString("echo " + line)
 		brw.Flush()
 	}), nil)
-	_, _, pub := frontTo(t, addr, FrontOptions{})
+	_, _, pub := frontTo(t, addr, front.Options{})
 	c, br := dialFront(t, pub)
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	if _, body := readResp(t, br, "GET"); body != "plain" {
@@ -223,7 +180,7 @@ func TestFrontBodylessResponses(t *testing.T) {
 			io.WriteString(w, "hello world")
 		}
 	}), nil)
-	_, f, pub := frontTo(t, addr, FrontOptions{})
+	_, f, pub := frontTo(t, addr, front.Options{})
 	c, br := dialFront(t, pub)
 	tests := []struct {
 		method, path string
@@ -246,7 +203,7 @@ func TestFrontBodylessResponses(t *testing.T) {
 			t.Errorf("%s %s: body %q, want %q", tt.method, tt.path, body, want)
 		}
 	}
-	if n := f.handoffs.Load(); n != 0 {
+	if n := front.Handoffs(f); n != 0 {
 		t.Errorf("%d handoffs, want 0", n)
 	}
 }
@@ -269,7 +226,7 @@ func TestFrontStreaming(t *testing.T) {
 			}
 		}
 	}), nil)
-	r, _, pub := frontTo(t, addr, FrontOptions{})
+	r, _, pub := frontTo(t, addr, front.Options{})
 	c, br := dialFront(t, pub)
 	fmt.Fprintf(c, "GET /events HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	resp, err := http.ReadResponse(br, nil)
@@ -303,7 +260,7 @@ func TestFrontStreaming(t *testing.T) {
 
 // TestFrontDirect: a request Direct does not pass goes to the Handler.
 func TestFrontDirect(t *testing.T) {
-	opts := FrontOptions{
+	opts := front.Options{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "wrapper") }),
 		Direct:  func(h, path string) bool { return !strings.HasPrefix(path, "/.well-known/") },
 	}
@@ -320,7 +277,7 @@ func TestFrontDirect(t *testing.T) {
 // TestFrontTimeouts: a client that sends its header too slowly, or keeps a
 // connection idle too long, is disconnected.
 func TestFrontTimeouts(t *testing.T) {
-	_, _, pub := frontTo(t, echoBackend(t), FrontOptions{ReadHeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
+	_, _, pub := frontTo(t, echoBackend(t), front.Options{ReadHeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
 	closedWithin := func(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) {
 		t.Helper()
 		start := time.Now()
@@ -367,7 +324,7 @@ func TestFrontShutdown(t *testing.T) {
 		}
 		io.WriteString(w, "done "+r.URL.Path)
 	}), nil)
-	_, f, pub := frontTo(t, addr, FrontOptions{})
+	_, f, pub := frontTo(t, addr, front.Options{})
 	idle, idleBR := dialFront(t, pub)
 	fmt.Fprintf(idle, "GET /first HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	readResp(t, idleBR, "GET")
@@ -415,7 +372,7 @@ func TestFrontShutdown(t *testing.T) {
 // TestFrontConcurrent mixes fast and net/http requests on many
 // connections (meant for -race).
 func TestFrontConcurrent(t *testing.T) {
-	_, f, pub := frontTo(t, echoBackend(t), FrontOptions{})
+	_, f, pub := frontTo(t, echoBackend(t), front.Options{})
 	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}, Timeout: 10 * time.Second}
 	defer c.CloseIdleConnections()
 	var wg sync.WaitGroup
@@ -452,45 +409,21 @@ func TestFrontConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	t.Logf("%d of the connections handed to net/http", f.handoffs.Load())
+	t.Logf("%d of the connections handed to net/http", front.Handoffs(f))
 }
 
 // selfSigned returns a TLS configuration with a certificate for
 // 127.0.0.1 and the pool that trusts it.
-func selfSigned(t testing.TB) (*tls.Config, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "front test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
-		NextProtos: []string{"h2", "http/1.1"}}, pool
-}
-
-// TestFrontTLS: over TLS, HTTP/1.1 requests take the fast path and say
-// X-Forwarded-Proto https; those handed to net/http after a fast one still
-// see TLS; HTTP/2 connections are net/http's.
 func TestFrontTLS(t *testing.T) {
 	cfg, pool := selfSigned(t)
-	r := New(Options{Zone: zone, Logf: t.Logf})
+	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
 	r.AddBackend(apiV1, echoBackend(t))
-	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
+	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := r.NewFront(FrontOptions{TLSConfig: cfg, Loops: *frontLoops})
+	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *frontLoops})
 	go f.ServeTLS(ln)
 	t.Cleanup(func() { f.Close(); r.Close() })
 
@@ -506,7 +439,7 @@ func TestFrontTLS(t *testing.T) {
 			{"POST /b HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 2\r\n\r\nhi", `POST /b host=api.example.org body="hi" proto=https`},
 			{"GET /c HTTP/1.1\r\nHost: old.example.org\r\n\r\n", ""},
 		}
-		before := f.handoffs.Load()
+		before := front.Handoffs(f)
 		for i, s := range steps {
 			io.WriteString(c, s.req)
 			resp, body := readResp(t, br, "GET")
@@ -520,7 +453,7 @@ func TestFrontTLS(t *testing.T) {
 				t.Errorf("step %d: %d %q, want %q", i, resp.StatusCode, body, s.want)
 			}
 		}
-		if n := f.handoffs.Load() - before; n != 1 {
+		if n := front.Handoffs(f) - before; n != 1 {
 			t.Errorf("%d handoffs, want 1 (the POST)", n)
 		}
 	})
@@ -544,7 +477,7 @@ func TestFrontTLS(t *testing.T) {
 // TestFrontConnectionClose: a client's Connection: close is answered with
 // Connection: close, and the connection ends after the response.
 func TestFrontConnectionClose(t *testing.T) {
-	_, f, pub := frontTo(t, echoBackend(t), FrontOptions{})
+	_, f, pub := frontTo(t, echoBackend(t), front.Options{})
 	c, br := dialFront(t, pub)
 	fmt.Fprintf(c, "GET /bye HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
 	resp, body := readResp(t, br, "GET")
@@ -554,7 +487,7 @@ func TestFrontConnectionClose(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("after the response: %v, want EOF", err)
 	}
-	if n := f.handoffs.Load(); n != 0 {
+	if n := front.Handoffs(f); n != 0 {
 		t.Errorf("%d handoffs, want 0", n)
 	}
 }

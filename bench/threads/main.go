@@ -1,0 +1,198 @@
+// Command threads measures what supervising many services costs the
+// supervisor's process: OS threads and resident memory with no service, and
+// with N services started and ready. Each service is this program again,
+// serving HTTP on $PORT. With -hostel it measures a real `hostel serve`
+// instead, deploying N copies of the quotes example. Not part of `make test`:
+//
+//	go run ./bench/threads -n 200
+//	make build && go run ./bench/threads -n 200 -hostel bin/hostel
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve-app" {
+		serveApp()
+		return
+	}
+	n := flag.Int("n", 200, "services to run")
+	hostel := flag.String("hostel", "", "measure this hostel binary's daemon instead of the supervisor alone")
+	flag.Parse()
+	run := run
+	if *hostel != "" {
+		run = func(n int) error { return runDaemon(*hostel, n) }
+	}
+	if err := run(*n); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// serveApp is one service: a hello-world HTTP server.
+func serveApp() {
+	http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	log.Fatal(http.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), nil))
+}
+
+func run(n int) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	root, err := os.MkdirTemp("", "hb")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	os.Chmod(root, 0o755)
+	sup := supervisor.New(supervisor.Options{Root: root})
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		sup.StopAll(ctx)
+	}()
+	runtime.GC()
+	idleThreads, idleRSS := procStatus()
+
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for k := range n {
+		wg.Go(func() {
+			inst, err := sup.Start(supervisor.Config{
+				Service: "svc" + strconv.Itoa(k), Version: spec.Version("0123456789ab"),
+				Dir: filepath.Dir(self), Exec: []string{self, "serve-app"},
+			})
+			if err == nil {
+				err = inst.WaitReady(context.Background())
+			}
+			errs[k] = err
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	// Let the start-up's transient goroutines and threads settle.
+	time.Sleep(2 * time.Second)
+	runtime.GC()
+	threads, rss := procStatus()
+	fmt.Printf("supervisor process, %d services: OS threads %d (idle %d), RSS %.1f MiB (idle %.1f MiB)\n",
+		n, threads, idleThreads, float64(rss)/1024, float64(idleRSS)/1024)
+	fmt.Printf("per service: %.2f threads, %.1f KiB RSS\n",
+		float64(threads-idleThreads)/float64(n), float64(rss-idleRSS)/float64(n))
+	return nil
+}
+
+// runDaemon starts `hostel serve` on a fresh root, deploys n services and
+// reads the daemon's threads and RSS before and after.
+func runDaemon(hostel string, n int) error {
+	hostel, err := filepath.Abs(hostel)
+	if err != nil {
+		return err
+	}
+	base, err := os.MkdirTemp("", "hbd")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(base)
+	os.Chmod(base, 0o755) // service users must reach their state
+	root, app := filepath.Join(base, "root"), filepath.Join(base, "quotes")
+	build := exec.Command("go", "build", "-o", filepath.Join(app, "bin", "quotes"), "./examples/monoliths/quotes")
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("building quotes: %v\n%s", err, out)
+	}
+	if err := exec.Command("chmod", "-R", "a+rX", app).Run(); err != nil {
+		return err
+	}
+	serve := exec.Command(hostel, "serve", "--root", root, "--http", "127.0.0.1:0", "--https", "")
+	serve.Stderr = io.Discard
+	if err := serve.Start(); err != nil {
+		return err
+	}
+	cli := func(args ...string) error {
+		c := exec.Command(hostel, append([]string{"--root", root}, args...)...)
+		c.Dir = base
+		if out, err := c.CombinedOutput(); err != nil {
+			return fmt.Errorf("hostel %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	// Whatever happens, stop the services (and remove their cgroups) before
+	// the daemon goes.
+	defer func() {
+		cli("shutdown")
+		serve.Process.Kill()
+		serve.Wait()
+	}()
+	for deadline := time.Now().Add(30 * time.Second); cli("status") != nil; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return errors.New("the daemon did not answer")
+		}
+	}
+	time.Sleep(2 * time.Second)
+	idleThreads, idleRSS := pidStatus(serve.Process.Pid)
+
+	services := map[string]any{}
+	for k := range n {
+		services[fmt.Sprintf("s%03d", k)] = map[string]any{"package": app, "exec": []string{"bin/quotes"}}
+	}
+	b, _ := json.Marshal(map[string]any{"services": services})
+	if err := os.WriteFile(filepath.Join(base, "hostel.json"), b, 0o644); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if err := cli("deploy", "--no-confirm"); err != nil {
+		return err
+	}
+	deployed := time.Since(t0)
+	time.Sleep(2 * time.Second)
+	threads, rss := pidStatus(serve.Process.Pid)
+	fmt.Printf("hostel serve, %d services (deployed in %v): OS threads %d (idle %d), RSS %.1f MiB (idle %.1f MiB)\n",
+		n, deployed.Round(time.Millisecond), threads, idleThreads, float64(rss)/1024, float64(idleRSS)/1024)
+	return cli("shutdown")
+}
+
+// procStatus returns this process's thread count and VmRSS in KiB.
+func procStatus() (threads, rssKiB int) { return pidStatus(os.Getpid()) }
+
+// pidStatus returns a process's thread count and VmRSS in KiB.
+func pidStatus(pid int) (threads, rssKiB int) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "Threads:":
+			threads, _ = strconv.Atoi(f[1])
+		case "VmRSS:":
+			rssKiB, _ = strconv.Atoi(f[1])
+		}
+	}
+	return threads, rssKiB
+}

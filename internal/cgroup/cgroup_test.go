@@ -1,0 +1,182 @@
+package cgroup
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// open returns the hierarchy for a fresh root, removed at cleanup; it skips
+// where cgroups cannot be used (not root, controllers missing).
+func open(t *testing.T) *Hierarchy {
+	t.Helper()
+	h, err := Open(t.TempDir())
+	if errors.Is(err, ErrUnavailable) {
+		t.Skipf("no cgroups to test with: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := h.Remove(); err != nil {
+			t.Errorf("removing the root's parent group: %v", err)
+		}
+	})
+	return h
+}
+
+func TestReadMounts(t *testing.T) {
+	mountinfo := `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:32 /sub /mnt/elsewhere rw,relatime - cgroup cgroup rw,pids
+39 31 0:35 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+`
+	p := filepath.Join(t.TempDir(), "mountinfo")
+	if err := os.WriteFile(p, []byte(mountinfo), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readMounts(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"cpu": "/sys/fs/cgroup/cpu,cpuacct", "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
+		"memory": "/sys/fs/cgroup/memory", "pids": "/sys/fs/cgroup/pids", "cgroup2": "/sys/fs/cgroup/unified",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("mount of %s = %q, want %q", k, got[k], v)
+		}
+	}
+}
+
+func TestNameIsPerRoot(t *testing.T) {
+	a, b := Name("/var/lib/hostel"), Name("/var/lib/hostel2")
+	if a == b || !strings.HasPrefix(a, "hostel-") {
+		t.Errorf("Name = %q and %q; want distinct hostel-<hash> names", a, b)
+	}
+	if Name("/var/lib/hostel/") != a {
+		t.Errorf("Name depends on a trailing slash")
+	}
+}
+
+// A group's pids limit stops forks past it.
+func TestPidsLimit(t *testing.T) {
+	h := open(t)
+	g := h.Group("pids-test")
+	if err := g.Create(Limits{Pids: 5}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Kill(); g.Remove() })
+	// The shell waits to be moved into the group, then forks 20 sleeps.
+	cmd := exec.Command("/bin/sh", "-c", `read x; for i in $(seq 20); do sleep 100 & done; echo forked`)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file, not a pipe: the sleeps would hold a pipe open, and Wait with it.
+	out, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Join(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	stdin.Write([]byte("go\n"))
+	stdin.Close()
+	cmd.Wait()
+	pids, err := g.PIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pids) > 5 || len(pids) == 0 {
+		t.Errorf("%d processes in the group, want 1 to 5 (pids limit 5)", len(pids))
+	}
+	b, _ := os.ReadFile(out.Name())
+	if !bytes.Contains(b, []byte("fork")) && !bytes.Contains(b, []byte("Resource temporarily unavailable")) {
+		t.Errorf("the shell's forks past the limit did not fail; output:\n%s", b)
+	}
+	if err := g.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if g.Exists() {
+		t.Errorf("group exists after Remove")
+	}
+}
+
+// The v2 mechanics the supervisor relies on — a child placed in its group
+// as the kernel creates it (CgroupFD), listed, killed at once through
+// cgroup.kill, removed — tried on this machine's unified hierarchy, which
+// has no controllers to limit with (they are bound to v1 here) but has the
+// rest.
+func TestV2PlacementAndKill(t *testing.T) {
+	mounts, err := readMounts("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unified, ok := mounts["cgroup2"]
+	if os.Geteuid() != 0 || !ok {
+		t.Skip("needs root and a cgroup2 mount")
+	}
+	parent := filepath.Join(unified, Name(t.TempDir()))
+	if err := mkdir(parent); err != nil {
+		t.Skipf("cannot make a group in %s: %v", unified, err)
+	}
+	h := &Hierarchy{v2: true, dirs: []string{parent}, memory: parent, cpu: parent, cpuacct: parent, pids: parent}
+	t.Cleanup(func() { h.Remove() })
+	g := h.Group("v2-test")
+	if err := mkdir(filepath.Join(parent, "v2-test")); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.Open(g.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command("/bin/sh", "-c", "sleep 100 & sleep 100")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var pids []int
+	for range 100 {
+		if pids, _ = g.PIDs(); len(pids) == 3 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !slices.Contains(pids, cmd.Process.Pid) || len(pids) != 3 {
+		t.Fatalf("group holds %v, want the shell %d and its two sleeps", pids, cmd.Process.Pid)
+	}
+	if err := g.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil {
+		t.Error("the shell exited cleanly; want it killed")
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if g.Exists() {
+		t.Error("group exists after Remove")
+	}
+}

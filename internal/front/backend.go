@@ -1,0 +1,266 @@
+// Package front is hostel's HTTP front end: the public listeners (a
+// goroutine per connection, or epoll event loops on Linux), the parser of
+// the requests it forwards itself, the limits it holds clients to, and the
+// forwarding paths to the apps' processes (its own HTTP/1.1 forwarder and
+// httputil.ReverseProxy).
+//
+// It knows the router core (internal/router) through two small interfaces:
+// Router, which decides where a request goes, and Accounting, through which
+// every forwarding path takes a request slot from a backend and gives it
+// back (slot.go). The core keeps the route table, the backends and their
+// in-flight counts; the front end keeps connections.
+package front
+
+import (
+	"context"
+	"errors"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// Router is the router core as the front end sees it.
+type Router interface {
+	// ServeHTTP serves what the fast path leaves to net/http, when
+	// Options.Handler is nil.
+	http.Handler
+	// Route returns the backend a request for host (as the client sent
+	// it) from a client at remote ("IP:port") is forwarded to, or nil if
+	// it is not forwarded (a redirect, an unknown host, a domain whose
+	// backend is gone): the router's one routing decision.
+	Route(host, remote string) *Backend
+}
+
+// Accounting is the router core's count of one backend's requests. Every
+// forwarding path takes a slot before it sends a request to the app and
+// gives it back once (slot.go).
+type Accounting interface {
+	// Acquire counts a request in flight; its result is passed to the
+	// matching Release.
+	Acquire() int64
+	// Release ends a request counted by Acquire.
+	Release(token int64)
+}
+
+// Proxy makes the Backends of one router and holds what they share: the
+// transport of the ReverseProxy path.
+type Proxy struct {
+	logf      func(format string, args ...any)
+	transport *http.Transport
+}
+
+// NewProxy returns a Proxy that logs proxy errors to logf (nil discards
+// them).
+func NewProxy(logf func(format string, args ...any)) *Proxy {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	return &Proxy{logf: logf, transport: &http.Transport{
+		// No Proxy: backends are on loopback and must never be reached
+		// through an HTTP_PROXY from the daemon's environment.
+		Proxy: nil,
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		// Go's default of 2 idle connections per host makes a busy proxy
+		// dial for most requests (caddy issue #2805); keep many open.
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		// Backends speak HTTP/1.1 on loopback; h2c is not attempted.
+		ForceAttemptHTTP2: false,
+		// Pass the client's Accept-Encoding and the backend's encoding
+		// through untouched instead of having the transport decompress.
+		DisableCompression:    true,
+		ExpectContinueTimeout: 1 * time.Second,
+	}}
+}
+
+// Close closes the transport's idle connections.
+func (p *Proxy) Close() { p.transport.CloseIdleConnections() }
+
+// Backend is one registered version as the front end forwards to it: its
+// current address with the pool of connections to it, and whether it was
+// aborted. Its requests are counted by the core's Accounting.
+type Backend struct {
+	key  spec.VersionKey
+	logf func(format string, args ...any)
+	acct Accounting
+	p    *Proxy
+	up   atomic.Pointer[upstream] // replaced by SetAddr
+
+	// abort, once cancelled by Abort, ends every request in flight to this
+	// backend: a draining version past its stop grace. The ReverseProxy
+	// path watches the context; the forwarder (forward.go) avoids a
+	// context per request: Abort sets aborted and closes every connection
+	// to the backend, which ends the reads waiting on them.
+	abort       context.Context
+	cancelAbort context.CancelFunc
+	aborted     atomic.Bool
+	connMu      sync.Mutex
+	conns       map[*pconn]struct{} // open forwarder connections, idle or not
+}
+
+// NewBackend returns the Backend of key, served at addr ("127.0.0.1:PORT"),
+// whose requests acct counts.
+func (p *Proxy) NewBackend(key spec.VersionKey, addr string, acct Accounting) *Backend {
+	b := &Backend{key: key, logf: p.logf, acct: acct, p: p, conns: map[*pconn]struct{}{}}
+	b.abort, b.cancelAbort = context.WithCancel(context.Background())
+	b.up.Store(b.newUpstream(addr))
+	return b
+}
+
+// Key returns the version the backend serves.
+func (b *Backend) Key() spec.VersionKey { return b.key }
+
+// SetAddr moves the backend to addr (a restart on a new port): new
+// requests go there; those in flight finish where they are.
+func (b *Backend) SetAddr(addr string) {
+	if prev := b.up.Swap(b.newUpstream(addr)); prev != nil {
+		prev.closeIdle(true)
+	}
+}
+
+// Retire closes the idle connections to the backend and those in use as
+// they come back: it is being removed.
+func (b *Backend) Retire() { b.up.Load().closeIdle(true) }
+
+// CloseIdle closes the idle connections to the backend.
+func (b *Backend) CloseIdle() { b.up.Load().closeIdle(false) }
+
+// Abort ends every request in flight to the backend: those not yet
+// answered get 504.
+func (b *Backend) Abort() {
+	b.aborted.Store(true)
+	b.cancelAbort()
+	b.connMu.Lock()
+	for pc := range b.conns {
+		pc.conn.Close()
+	}
+	b.connMu.Unlock()
+}
+
+// ServeHTTP forwards req to the backend, whatever its Host.
+func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	s := b.acquire()
+	// Deferred: the proxies panic with http.ErrAbortHandler when a
+	// response body breaks off, and the count must still drop.
+	defer s.release()
+	up := b.up.Load()
+	if forwardable(req) {
+		up.forward(w, req)
+		return
+	}
+	// The outbound request also ends when the backend is aborted.
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	stop := context.AfterFunc(b.abort, cancel)
+	defer stop()
+	up.proxy.ServeHTTP(w, req.WithContext(ctx))
+}
+
+// track registers a new forwarder connection, unless the backend was
+// aborted.
+func (b *Backend) track(pc *pconn) bool {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	if b.aborted.Load() {
+		return false
+	}
+	b.conns[pc] = struct{}{}
+	return true
+}
+
+func (b *Backend) untrack(pc *pconn) {
+	b.connMu.Lock()
+	delete(b.conns, pc)
+	b.connMu.Unlock()
+}
+
+func (b *Backend) newUpstream(addr string) *upstream {
+	return &upstream{addr: addr, b: b, proxy: b.newProxy(addr)}
+}
+
+func (b *Backend) newProxy(addr string) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			// Not pr.SetURL: it would replace the Host header with addr,
+			// and apps want the public host they were reached by.
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = addr
+			pr.SetXForwarded()
+		},
+		Transport:  b.p.transport,
+		BufferPool: bufferPool{},
+		// FlushInterval 0: ReverseProxy already flushes at once for
+		// text/event-stream and for bodies of unknown length, and
+		// buffers everything else for throughput.
+		ErrorLog: log.New(logfWriter(b.logf), "router: "+string(b.key)+": ", 0),
+		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			if code := clientBodyStatus(req); code != 0 {
+				// The client's body stalled or broke its framing:
+				// the client's fault, not the app's.
+				refuse(w, code)
+				return
+			}
+			code, msg := b.failure(req.Method, req.Host, req.URL.Path, b.abort.Err() != nil, errors.Is(err, context.Canceled), err)
+			http.Error(w, msg, code)
+		},
+	}
+}
+
+// bufferPool is the httputil.BufferPool of the ReverseProxy path: the
+// forwarder's copy buffers.
+type bufferPool struct{}
+
+func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
+
+// logfWriter adapts Logf to the io.Writer a log.Logger needs.
+type logfWriter func(format string, args ...any)
+
+func (f logfWriter) Write(p []byte) (int, error) {
+	f("%s", strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// slot is one request's hold on a backend. Every forwarding path — the
+// net/http handler (Backend.ServeHTTP), the goroutine front end, the
+// event loops and the goroutines they hand requests to — takes one with
+// acquire before it sends a request to an app and gives it back with
+// release, which is idempotent: a path defers it, and one that hands its
+// request on moves the slot with it (take). What a request costs the
+// backend — the in-flight count drains wait for, the last-request time,
+// the per-request hook — is the core's Accounting, reached from here
+// only, so no exit of any path can miss it.
+type slot struct {
+	b     *Backend
+	token int64
+}
+
+// acquire counts a request in flight to b.
+func (b *Backend) acquire() slot { return slot{b: b, token: b.acct.Acquire()} }
+
+// release ends the request's hold, once; later calls do nothing.
+func (s *slot) release() {
+	if b := s.b; b != nil {
+		s.b = nil
+		b.acct.Release(s.token)
+	}
+}
+
+// take moves the hold out of s, for a path that hands its request on:
+// s is left empty, so its own release does nothing.
+func (s *slot) take() slot {
+	t := *s
+	s.b = nil
+	return t
+}

@@ -1,0 +1,16 @@
+package front
+
+// Internals the front end's external tests (package front_test) look at.
+
+// Handoffs is how many connections f handed to net/http.
+func Handoffs(f *Front) int64 { return f.handoffs.Load() }
+
+// LoopConns is how many connections f's event loops hold, -1 if it has none.
+func LoopConns(f *Front) int { return f.loopConns() }
+
+// GoroutineConns is how many connections f's goroutines serve.
+func GoroutineConns(f *Front) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.conns)
+}

@@ -1,0 +1,186 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"hostel/internal/front"
+	"hostel/internal/spec"
+)
+
+// countingHook counts the requests RequestHook is told of, per key.
+type countingHook struct {
+	mu             sync.Mutex
+	started, ended map[spec.VersionKey]int
+}
+
+func (h *countingHook) Started(key spec.VersionKey) {
+	h.mu.Lock()
+	h.started[key]++
+	h.mu.Unlock()
+}
+
+func (h *countingHook) Ended(key spec.VersionKey, d time.Duration) {
+	h.mu.Lock()
+	h.ended[key]++
+	h.mu.Unlock()
+}
+
+func (h *countingHook) counts(key spec.VersionKey) (started, ended int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.started[key], h.ended[key]
+}
+
+// TestEveryPathReleasesItsSlot drives every kind of request and response
+// through the front end (event loops or goroutines, as -front-loops says),
+// and checks after each that the backend's in-flight count is back to
+// zero, that the hook saw as many ends as starts, and that the last
+// request time moved: no exit of any path misses the release.
+func TestEveryPathReleasesItsSlot(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	large := strings.Repeat("l", 200<<10)
+	app := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/quick":
+			io.WriteString(w, "quick")
+		case "/large":
+			io.WriteString(w, large)
+		case "/chunked":
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "chunked")
+		case "/streamed":
+			w.Header().Set("Content-Type", "text/event-stream")
+			for i := range 3 {
+				fmt.Fprintf(w, "data: %d\n\n", i)
+				w.(http.Flusher).Flush()
+			}
+		case "/early":
+			w.Header().Set("Link", "</a.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			io.WriteString(w, "early")
+		case "/upgrade":
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+			line, _ := brw.ReadString('\n')
+			io.WriteString(c, line)
+		case "/hangup":
+			entered <- struct{}{}
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
+		case "/poisoned":
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisonedHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+		case "/upload":
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "%d bytes", len(b))
+		}
+	}))
+	hook := &countingHook{started: map[spec.VersionKey]int{}, ended: map[spec.VersionKey]int{}}
+	r := New(Options{Zone: zone, Logf: t.Logf, Requests: hook})
+	t.Cleanup(func() { r.Close() })
+	r.AddBackend(apiV1, app)
+	r.AddBackend(apiV2, "127.0.0.1:1") // refuses connections
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1, "down.example.org": apiV2}})
+	_, pub := serveFront(t, r, front.Options{})
+
+	type kind struct {
+		name, raw string
+		key       spec.VersionKey
+		// talk, if set, goes on with the connection after the request
+		// is sent; else the response is read whole.
+		talk func(t *testing.T, c net.Conn, br *bufio.Reader)
+	}
+	get := func(path string) string { return "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
+	kinds := []kind{
+		{name: "quick", raw: get("/quick"), key: apiV1},
+		{name: "large", raw: get("/large"), key: apiV1},
+		{name: "chunked", raw: get("/chunked"), key: apiV1},
+		{name: "streamed", raw: get("/streamed"), key: apiV1},
+		{name: "1xx", raw: get("/early"), key: apiV1},
+		{name: "HTTP/1.0", raw: "GET /quick HTTP/1.0\r\nHost: " + host + "\r\n\r\n", key: apiV1},
+		{name: "upload", raw: "POST /upload HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 5\r\n\r\nhello", key: apiV1},
+		{name: "app refused", raw: "GET /x HTTP/1.1\r\nHost: down.example.org\r\n\r\n", key: apiV2},
+		{name: "app refused, HTTP/1.0", raw: "GET /x HTTP/1.0\r\nHost: down.example.org\r\n\r\n", key: apiV2},
+		{name: "app poisoned", raw: get("/poisoned"), key: apiV1},
+		{name: "upgrade", raw: "GET /upgrade HTTP/1.1\r\nHost: " + host + "\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n", key: apiV1,
+			talk: func(t *testing.T, c net.Conn, br *bufio.Reader) {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+					t.Fatalf("upgrade: %v %v", resp, err)
+				}
+				io.WriteString(c, "ping\n")
+				if line, _ := br.ReadString('\n'); line != "ping\n" {
+					t.Fatalf("upgraded connection echoed %q", line)
+				}
+			}},
+		{name: "client hang-up", raw: get("/hangup"), key: apiV1,
+			talk: func(t *testing.T, c net.Conn, _ *bufio.Reader) {
+				<-entered
+				c.Close()
+			}},
+	}
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			started, _ := hook.counts(k.key)
+			before := time.Now()
+			c, br := rawConn(t, "http://"+pub)
+			io.WriteString(c, k.raw)
+			if k.talk != nil {
+				k.talk(t, c, br)
+			} else {
+				resp, err := http.ReadResponse(br, nil)
+				for err == nil && resp.StatusCode < 200 {
+					resp, err = http.ReadResponse(br, nil)
+				}
+				if err != nil {
+					t.Fatalf("reading response: %v", err)
+				}
+				io.Copy(io.Discard, resp.Body)
+			}
+			c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := r.WaitIdle(ctx, k.key); err != nil {
+				t.Fatalf("in flight to %s: %d, want 0 (%v)", k.key, r.InFlight(k.key), err)
+			}
+			waitFor(t, "the hook to see the end", func() bool {
+				s, e := hook.counts(k.key)
+				return s == e && s > started
+			})
+			if last := r.LastRequest(k.key); last.Before(before.Add(-time.Second)) {
+				t.Errorf("LastRequest = %v, want after %v", last, before)
+			}
+		})
+	}
+	var n atomic.Int64
+	for _, key := range []spec.VersionKey{apiV1, apiV2} {
+		s, e := hook.counts(key)
+		n.Add(int64(s))
+		if s != e {
+			t.Errorf("%s: %d started, %d ended", key, s, e)
+		}
+	}
+	if n.Load() < int64(len(kinds)) {
+		t.Errorf("hook saw %d requests, want at least %d", n.Load(), len(kinds))
+	}
+}

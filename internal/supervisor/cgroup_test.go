@@ -1,0 +1,110 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"hostel/internal/cgroup"
+)
+
+// cgroupSupervisor is newSupervisor with cgroups; it skips where there are
+// none to test with (not root, controllers missing).
+func cgroupSupervisor(t *testing.T) *Supervisor {
+	t.Helper()
+	root, err := os.MkdirTemp("", "hs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(root, 0o755)
+	h, err := cgroup.Open(root)
+	if errors.Is(err, cgroup.ErrUnavailable) {
+		os.RemoveAll(root)
+		t.Skipf("no cgroups to test with: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{Root: root, Logf: t.Logf, Cgroups: h})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := s.StopAll(ctx); err != nil {
+			t.Errorf("StopAll: %v", err)
+		}
+		if err := h.Remove(); err != nil {
+			t.Errorf("a group is left after every instance stopped: %v", err)
+		}
+		os.RemoveAll(root)
+	})
+	return s
+}
+
+// A process that allocates past its memory limit is killed by the kernel,
+// and status and log say so.
+func TestMemoryLimitKillsAndReportsOOM(t *testing.T) {
+	s := cgroupSupervisor(t)
+	cfg := appConfig("oom")
+	cfg.Memory = 64 << 20
+	i := startReady(t, s, cfg)
+	if st := i.Status(); st.MemoryBytes <= 0 {
+		t.Errorf("MemoryBytes = %d for a running process, want > 0", st.MemoryBytes)
+	}
+	resp, err := http.Get("http://" + i.Addr() + "/alloc?mb=256")
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("allocating 256 MiB under a 64 MiB limit answered %s; want the process killed", resp.Status)
+	}
+	waitFor(t, "last_exit oom", func() bool { return i.Status().LastExit == "oom" })
+	b, err := os.ReadFile(i.Status().LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "killed by the kernel for exceeding its memory limit") {
+		t.Errorf("the log does not say the process was killed for its memory; log:\n%s", b)
+	}
+	// It is restarted as after any crash, in the same group.
+	if err := i.WaitReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cpu 0.5 holds a busy loop near half a core.
+func TestCPULimitHoldsABusyLoop(t *testing.T) {
+	s := cgroupSupervisor(t)
+	cfg := appConfig("cpu")
+	cfg.CPU = 0.5
+	i := startReady(t, s, cfg)
+	get(t, i.Addr(), "/spin")
+	time.Sleep(200 * time.Millisecond) // let the loop start
+	c0, t0 := i.Status().CPUSeconds, time.Now()
+	time.Sleep(2 * time.Second)
+	c1, t1 := i.Status().CPUSeconds, time.Now()
+	cores := (c1 - c0) / t1.Sub(t0).Seconds()
+	// The bound that matters is the upper one; the lower one only checks
+	// that the loop ran at all (the machine is shared).
+	t.Logf("a busy loop under cpu 0.5 used %.2f cores", cores)
+	if cores > 0.7 || cores < 0.05 {
+		t.Errorf("a busy loop under cpu 0.5 used %.2f cores, want 0.05–0.7", cores)
+	}
+}
+
+// A version's group goes when it stops.
+func TestCgroupRemovedAfterStop(t *testing.T) {
+	s := cgroupSupervisor(t)
+	cfg := appConfig("gone", "-child")
+	i := startReady(t, s, cfg)
+	g := s.opts.Cgroups.Group(string(i.Key()))
+	pids, err := g.PIDs()
+	if err != nil || len(pids) != 2 {
+		t.Errorf("group holds pids %v (%v), want the app and its child", pids, err)
+	}
+	stop(t, s, i.Key())
+	if g.Exists() {
+		t.Errorf("group %s exists after Stop", g.Name())
+	}
+}

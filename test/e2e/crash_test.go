@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// rootProcesses lists the processes of root's services, found by the
+// RUNTIME_DIRECTORY the supervisor gives them: pid → SERVICE-VERSION.
+func rootProcesses(t testing.TB, root string) map[int]string {
+	t.Helper()
+	out := map[int]string{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := []byte("RUNTIME_DIRECTORY=" + filepath.Join(root, "run") + "/")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(b, []byte{0}) {
+			if rest, ok := bytes.CutPrefix(kv, prefix); ok {
+				out[pid] = string(rest)
+			}
+		}
+	}
+	return out
+}
+
+// checkOnlyCurrent asserts that every process of the root belongs to a
+// version of the current generation, that each such version runs exactly
+// one process (the example apps do not fork), and that no temporary file
+// of a torn write is left in ROOT/run.
+func (e *Env) checkOnlyCurrent(when string) {
+	e.t.Helper()
+	_, svcs := e.Status()
+	current := map[string]bool{}
+	for name, s := range svcs {
+		current[name+"-"+s.Version] = true
+	}
+	perKey := map[string][]int{}
+	for pid, key := range rootProcesses(e.t, e.Root) {
+		perKey[key] = append(perKey[key], pid)
+	}
+	for key, pids := range perKey {
+		switch {
+		case !current[key]:
+			e.t.Errorf("%s: pids %v of %s run, which is not in the current generation %v", when, pids, key, current)
+		case len(pids) > 1:
+			e.t.Errorf("%s: %s runs %d processes %v, want 1 (a duplicate)", when, key, len(pids), pids)
+		}
+	}
+	tmps, _ := filepath.Glob(filepath.Join(e.Root, "run", ".*.tmp-*"))
+	if len(tmps) > 0 {
+		e.t.Errorf("%s: temporary files left in ROOT/run: %v", when, tmps)
+	}
+}
+
+// killDaemon kills the daemon with SIGKILL (if it still runs) and waits.
+func (e *Env) killDaemon() {
+	e.t.Helper()
+	e.daemon.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+		e.t.Fatal("daemon did not die of SIGKILL")
+	}
+	e.daemon = nil
+}
+
+// TestCrashDuringLaunch kills the real daemon (SIGKILL, from itself at a
+// named failpoint or from outside after a random delay) at many points of
+// a deploy's launches, starts it again, and checks what must hold: no
+// process of the root outside the current generation survives, no version
+// runs twice, no temporary file is left, a deploy of the same spec then
+// goes through without a duplicate, and `hostel shutdown` leaves nothing.
+func TestCrashDuringLaunch(t *testing.T) {
+	points := []string{"launch-before-start", "launch-after-start", "launch-after-record", "atomicfile-before-rename"}
+	for _, fp := range points {
+		t.Run(fp, func(t *testing.T) {
+			e := NewEnv(t)
+			e.StartDaemon()
+			e.WriteSpec(launchSpec(e, "1"))
+			e.MustRun("deploy", "--no-confirm")
+
+			e.StopDaemon()
+			e.DaemonEnv = []string{"HOSTEL_FAILPOINT=" + fp}
+			e.StartDaemon()
+			e.WriteSpec(launchSpec(e, "2"))
+			if _, _, code := e.Run("deploy", "--no-confirm"); code == 0 {
+				t.Fatalf("deploy went through; the daemon should have died at %s", fp)
+			}
+			select {
+			case <-e.done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the daemon did not die at failpoint %s", fp)
+			}
+			e.daemon = nil
+
+			e.DaemonEnv = nil
+			e.StartDaemon()
+			e.checkOnlyCurrent("after the restart")
+			e.MustRun("deploy", "--no-confirm")
+			e.checkOnlyCurrent("after deploying again")
+			e.Shutdown()
+			if left := rootProcesses(t, e.Root); len(left) > 0 {
+				t.Errorf("processes left after hostel shutdown: %v", left)
+			}
+		})
+	}
+
+	t.Run("random-kills", func(t *testing.T) {
+		e := NewEnv(t)
+		e.StartDaemon()
+		for round := range 12 {
+			e.WriteSpec(launchSpec(e, strconv.Itoa(round)))
+			deploy := exec.Command(e.Bin, "--root", e.Root, "deploy", "--no-confirm")
+			deploy.Dir = e.Dir
+			if err := deploy.Start(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Duration(rand.IntN(150)) * time.Millisecond)
+			e.killDaemon()
+			deploy.Wait()
+			e.StartDaemon()
+			e.checkOnlyCurrent(fmt.Sprintf("round %d, after the restart", round))
+		}
+		e.MustRun("deploy", "--no-confirm")
+		e.checkOnlyCurrent("after the last deploy")
+		e.Shutdown()
+		if left := rootProcesses(t, e.Root); len(left) > 0 {
+			t.Errorf("processes left after hostel shutdown: %v", left)
+		}
+	})
+}
+
+// launchSpec is two services, one needing the other, whose versions change
+// with gen.
+func launchSpec(e *Env, gen string) map[string]any {
+	return map[string]any{"services": map[string]any{
+		"quotes": e.App("quotes", map[string]any{"env": map[string]string{"GREETING": "Hi " + gen}}),
+		"shop":   e.App("shop", map[string]any{"env": map[string]string{"GEN": gen}, "domains": []string{"shop.example"}}),
+	}}
+}
