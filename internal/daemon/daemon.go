@@ -121,7 +121,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	zone := spec.DefaultZone
-	if cur, err := st.Current(ctx); err != nil {
+	if cur, err := st.Current(ctx, spec.DefaultEnv); err != nil {
 		return nil, err
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()

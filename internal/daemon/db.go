@@ -498,7 +498,7 @@ func (d *Daemon) DBRestore(ctx context.Context, service string, r io.Reader) (*a
 		return nil, fmt.Errorf("safety backup before restore: %w", err)
 	}
 	res := &api.DBRestore{SafetyBackup: safety.File}
-	if cur, err := d.store.Current(ctx); err == nil && cur != nil && cur.Spec.Services[service] != nil {
+	if cur, err := d.store.Current(ctx, spec.DefaultEnv); err == nil && cur != nil && cur.Spec.Services[service] != nil {
 		if _, ok := d.sup.Get(spec.Key(service, cur.Versions[service])); ok {
 			res.Restarted = string(spec.Key(service, cur.Versions[service]))
 		}
@@ -519,7 +519,7 @@ func (d *Daemon) DBDrop(ctx context.Context, service string) error {
 	if err != nil {
 		return err
 	}
-	if cur, err := d.store.Current(ctx); err != nil {
+	if cur, err := d.store.Current(ctx, spec.DefaultEnv); err != nil {
 		return err
 	} else if cur != nil && cur.Spec.Services[service] != nil && cur.Spec.Services[service].Postgres != nil {
 		return api.Invalid(fmt.Errorf("service %q still uses database %s in generation %d; remove it from the spec and deploy first", service, db.Name, cur.Number))

@@ -69,7 +69,8 @@ func (d *Daemon) HTTPSAddr() string {
 // to certificate management, so that its hosts get certificates and its
 // TLS policy (redirects, HSTS) applies from the same moment on.
 func (d *Daemon) switched(g *spec.Generation) {
-	if d.certs != nil {
+	// Only production's services answer on their domains.
+	if d.certs != nil && g.EnvOrDefault() == spec.DefaultEnv {
 		d.certs.Update(g)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"hostel/internal/router"
 	"hostel/internal/spec"
 	"hostel/internal/supervisor"
 )
@@ -209,7 +208,7 @@ func (e *Engine) apply(ctx context.Context, g *spec.Generation, opts startOption
 		return started, fmt.Errorf("nothing switched: %w", err)
 	}
 	e.kept(context.WithoutCancel(ctx), keysOf(started), progress)
-	if err := e.switchTo(g); err != nil {
+	if err := e.switchTo(context.WithoutCancel(ctx), g); err != nil {
 		return started, err
 	}
 	progress("switched: generation %d is live", g.Number)
@@ -262,24 +261,15 @@ func (e *Engine) cleanup(ctx context.Context, key spec.VersionKey, p preparation
 	}
 }
 
-// Table builds the public routing table of a generation.
-func Table(g *spec.Generation) router.Table {
-	t := router.Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: g.Spec.ZoneOrDefault()}
-	for name, svc := range g.Spec.Services {
-		key := spec.Key(name, g.Versions[name])
-		for _, d := range svc.Domains {
-			t.Domains[d] = key
-		}
-		for _, r := range svc.Redirects {
-			t.Redirects[r] = svc.Domains[0]
-		}
+// switchTo moves every domain to g's versions in one step; the other
+// environments' routes stay as they are.
+func (e *Engine) switchTo(ctx context.Context, g *spec.Generation) error {
+	cs, err := e.store.Currents(ctx)
+	if err != nil {
+		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
 	}
-	return t
-}
-
-// switchTo moves every domain to g's versions in one step.
-func (e *Engine) switchTo(g *spec.Generation) error {
-	if err := e.route.Swap(Table(g)); err != nil {
+	cs[g.EnvOrDefault()] = g // committed or selected just now
+	if err := e.route.Swap(Table(cs)); err != nil {
 		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
 	}
 	e.notifySwitch(g)
@@ -293,13 +283,25 @@ func (e *Engine) notifySwitch(g *spec.Generation) {
 	}
 }
 
-// drain stops every running version that g does not hold, once nothing is
-// in flight to it and no running version needs it: the topmost first.
-func (e *Engine) drain(ctx context.Context, g *spec.Generation, progress Progress) (stopped []string, aborted int64) {
-	keep := map[spec.VersionKey]bool{}
-	for name, v := range g.Versions {
-		keep[spec.Key(name, v)] = true
+// drain stops every running version that no environment's current
+// generation holds (nor an open confirm window may switch back to), once
+// nothing is in flight to it and no running version needs it: the topmost
+// first. If the store cannot say what the environments hold, it stops
+// nothing. e.mu must be held.
+func (e *Engine) drain(ctx context.Context, progress Progress) (stopped []string, aborted int64) {
+	cs, err := e.store.Currents(ctx)
+	if err != nil {
+		progress("not draining: %v", err)
+		return []string{}, 0
 	}
+	var gens []*spec.Generation
+	for _, g := range cs {
+		gens = append(gens, g)
+	}
+	for _, w := range e.windows {
+		gens = append(gens, w.prev)
+	}
+	keep := Hold(gens...)
 	var old []spec.VersionKey
 	for _, k := range e.Running() {
 		if !keep[k] {

@@ -93,6 +93,22 @@ func (e *InvalidError) Unwrap() error { return e.Err }
 // Is makes every InvalidError match ErrInvalid.
 func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 
+// ErrNoEnv is why an operation on an environment that has no current
+// generation is refused (an InvalidError).
+var ErrNoEnv = errors.New("no such environment (nothing deployed to it)")
+
+// checkEnv returns the environment env names ("" is production), or an
+// InvalidError for a bad name.
+func checkEnv(env string) (string, error) {
+	if env == "" {
+		return spec.DefaultEnv, nil
+	}
+	if err := spec.CheckEnv(env); err != nil {
+		return "", invalid(err)
+	}
+	return env, nil
+}
+
 // invalid marks err as an input error.
 func invalid(err error) error { return &InvalidError{Err: err} }
 
@@ -108,12 +124,12 @@ type Engine struct {
 	prepare []Preparer
 
 	mu sync.Mutex // serializes operations that change what runs
-	// window is the open confirm window, if any; guarded by mu. It runs
-	// without holding mu (see confirm.go).
-	window *window
-	// guard watches a confirmed generation's new versions after its
-	// window; nil when none is watched. Guarded by mu.
-	guard *guard
+	// windows are the open confirm windows, by environment; guarded by
+	// mu. They run without holding mu (see confirm.go).
+	windows map[string]*window
+	// guards watch confirmed generations' new versions after their
+	// windows, by environment. Guarded by mu.
+	guards map[string]*guard
 	// logf receives what the engine does on its own, outside any
 	// operation: a confirm window resumed after a restart, a version that
 	// failed after its window. Set by SetLog.
@@ -148,7 +164,7 @@ type version struct {
 
 // New returns an engine over a store, the processes and the routes.
 func New(st store.Store, procs Processes, routes Routes) *Engine {
-	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}, prepared: map[spec.VersionKey]preparation{}, logf: func(string, ...any) {}}
+	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}, prepared: map[spec.VersionKey]preparation{}, windows: map[string]*window{}, guards: map[string]*guard{}, logf: func(string, ...any) {}}
 }
 
 // SetLog sets where the engine reports what it does on its own, outside an
@@ -172,6 +188,7 @@ func (e *Engine) Use(p ...Preparer) { e.prepare = append(e.prepare, p...) }
 // Request is one deploy.
 type Request struct {
 	Source string      // the spec file's name, for messages
+	Env    string      // the environment deployed to; "" is production
 	Spec   *spec.Spec  // decoded and validated
 	Inputs spec.Inputs // what else shapes versions
 	// Secrets are the age ciphertexts of the secrets the services use, by
@@ -250,9 +267,14 @@ func Failures(err error) []*ServiceError {
 	return out
 }
 
-// Plan plans a spec against the current generation without changing anything.
-func (e *Engine) Plan(ctx context.Context, s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
-	cur, err := e.store.Current(ctx)
+// Plan plans a spec against environment env's current generation ("" is
+// production) without changing anything.
+func (e *Engine) Plan(ctx context.Context, env string, s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
+	env, err := checkEnv(env)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := e.store.Current(ctx, env)
 	if err != nil {
 		return nil, err
 	}
@@ -269,6 +291,11 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 	if err := req.Spec.Validate(); err != nil {
 		return nil, invalid(err)
 	}
+	env, err := checkEnv(req.Env)
+	if err != nil {
+		return nil, err
+	}
+	req.Env = env
 	e.mu.Lock()
 	res, w, err := e.deployLocked(ctx, req, progress)
 	e.mu.Unlock()
@@ -281,7 +308,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 // deployLocked does a deploy up to its confirm window, which it returns
 // open (nil when none is due). e.mu must be held.
 func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progress) (*Result, *window, error) {
-	cur, err := e.store.Current(ctx)
+	cur, err := e.store.Current(ctx, req.Env)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -297,7 +324,7 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		progress("nothing to deploy: generation %d already runs this spec", cur.Number)
 		return res, nil, nil
 	}
-	next := &spec.Generation{SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
+	next := &spec.Generation{Env: req.Env, SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
 	var from uint64 // the generation this deploy was planned against
 	if cur != nil {
 		from = cur.Number
@@ -319,11 +346,11 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		if _, err := e.store.Commit(ctx, next, from); err != nil { // numbers next
 			return err
 		}
-		e.endWindowLocked(ctx, spec.ConfirmSuperseded, fmt.Sprintf("generation %d was deployed before the window ended", next.Number), progress)
-		e.disarmLocked()
+		e.endWindowLocked(ctx, req.Env, spec.ConfirmSuperseded, fmt.Sprintf("generation %d was deployed before the window ended", next.Number), progress)
+		e.disarmLocked(req.Env)
 		if next.Confirm.State == spec.ConfirmPending {
 			w = newWindow(next, cur, keysOf(started), next.Confirm.Deadline)
-			e.window = w
+			e.windows[req.Env] = w
 		}
 		return nil
 	}, progress)
@@ -337,20 +364,28 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		return res, w, nil
 	}
 	res.Confirmation = next.Confirm.State
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), next, progress)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
 	progress("generation %d deployed: %d started, %d stopped", next.Number, len(res.Started), len(res.Stopped))
 	return res, nil, nil
 }
 
-// Rollback switches to generation to (0: the one before the current).
-func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*Result, error) {
+// Rollback switches environment env ("" is production) to its generation
+// to (0: the one before the current).
+func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress Progress) (*Result, error) {
+	env, err := checkEnv(env)
+	if err != nil {
+		return nil, err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx)
+	cur, err := e.store.Current(ctx, env)
 	if err != nil {
 		return nil, err
 	}
 	if cur == nil {
+		if env != spec.DefaultEnv {
+			return nil, invalid(fmt.Errorf("environment %q: %w", env, ErrNoEnv))
+		}
 		return nil, invalid(errors.New("nothing deployed yet"))
 	}
 	if to == 0 {
@@ -359,7 +394,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 			return nil, err
 		}
 		for _, g := range gens {
-			if g.Number < cur.Number {
+			if g.Number < cur.Number && g.EnvOrDefault() == env {
 				to = g.Number
 			}
 		}
@@ -376,20 +411,23 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 	} else if err != nil {
 		return nil, err
 	}
+	if target.EnvOrDefault() != env {
+		return nil, invalid(fmt.Errorf("generation %d belongs to environment %s, not %s", to, target.EnvOrDefault(), env))
+	}
 	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
 	started, err := e.apply(ctx, target, startOptions{}, func([]string) error {
 		if err := e.store.SetCurrent(ctx, cur.Number, to); err != nil {
 			return err
 		}
-		e.endWindowLocked(ctx, spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
-		e.disarmLocked()
+		e.endWindowLocked(ctx, env, spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
+		e.disarmLocked(env)
 		return nil
 	}, progress)
 	if err != nil {
 		return res, err // nothing switched: cur is still live
 	}
 	res.Generation, res.Started = to, started
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), target, progress)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
 	return res, nil
 }
 
@@ -403,30 +441,34 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx)
+	cs, err := e.store.Currents(ctx)
 	if err != nil {
 		return err
 	}
-	if cur == nil {
+	if len(cs) == 0 {
 		e.stopOrphans(ctx, progress)
 		return nil
 	}
 	defer e.stopOrphans(context.WithoutCancel(ctx), progress)
 	adopt := startOptions{adopt: true}
-	if _, err := e.startAll(ctx, cur, adopt, progress); err != nil {
-		// Serve what did start; the failed versions are reported by status.
-		progress("generation %d resumed with errors: %v", cur.Number, err)
-	}
-	prev := e.previous(ctx, cur, progress)
-	if prev != nil {
-		// Keep what a switch back needs at hand, as the window did.
-		if _, err := e.startAll(ctx, prev, adopt, progress); err != nil {
-			progress("generation %d (to switch back to) resumed with errors: %v", prev.Number, err)
+	prevs := map[string]*spec.Generation{}
+	for _, env := range envOrder(cs) {
+		cur := cs[env]
+		if _, err := e.startAll(ctx, cur, adopt, progress); err != nil {
+			// Serve what did start; the failed versions are reported by status.
+			progress("generation %d resumed with errors: %v", cur.Number, err)
+		}
+		if prev := e.previous(ctx, cur, progress); prev != nil {
+			// Keep what a switch back needs at hand, as the window did.
+			prevs[env] = prev
+			if _, err := e.startAll(ctx, prev, adopt, progress); err != nil {
+				progress("generation %d (to switch back to) resumed with errors: %v", prev.Number, err)
+			}
 		}
 	}
 	// Route what runs; a version that could not start leaves its domains
 	// unrouted rather than keeping the daemon from serving the others.
-	t := Table(cur)
+	t := Table(cs)
 	for host, key := range t.Domains {
 		if !e.isRunning(key) {
 			progress("%s is not running: %s is not served until it is", key, host)
@@ -434,11 +476,14 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 		}
 	}
 	if err := e.route.Swap(t); err != nil {
-		return fmt.Errorf("resume generation %d: %w", cur.Number, err)
+		return fmt.Errorf("resume: %w", err)
 	}
-	e.notifySwitch(cur)
-	e.settleStale(ctx, cur, progress)
-	e.resumeConfirm(ctx, cur, prev, progress)
+	for _, env := range envOrder(cs) {
+		cur := cs[env]
+		e.notifySwitch(cur)
+		e.settleStale(ctx, cur, progress)
+		e.resumeConfirm(ctx, cur, prevs[env], progress)
+	}
 	return nil
 }
 
@@ -446,7 +491,7 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 func (e *Engine) Restart(ctx context.Context, service string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx)
+	cur, err := e.store.Current(ctx, spec.DefaultEnv)
 	if err != nil {
 		return err
 	}
@@ -490,8 +535,7 @@ func (e *Engine) Running() []spec.VersionKey {
 func (e *Engine) Detach() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.endWindowLocked(context.Background(), "", "", func(string, ...any) {})
-	e.disarmLocked()
+	e.releaseLocked()
 }
 
 // Shutdown stops every version, topmost first. An open confirm window ends
@@ -499,8 +543,7 @@ func (e *Engine) Detach() {
 func (e *Engine) Shutdown(ctx context.Context) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.endWindowLocked(context.Background(), "", "", func(string, ...any) {})
-	e.disarmLocked()
+	e.releaseLocked()
 	e.stopKeys(ctx, e.Running(), func(string, ...any) {})
 }
 

@@ -43,7 +43,7 @@ func TestSwitchHook(t *testing.T) {
 	if _, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("never", domains("web.test"), env("CRASH", "1"))}), 0); err == nil {
 		t.Fatal("a deploy of a crashing version went through")
 	}
-	if _, err := w.engine.Rollback(t.Context(), 1, w.progress); err != nil { // to 1
+	if _, err := w.engine.Rollback(t.Context(), "", 1, w.progress); err != nil { // to 1
 		t.Fatal(err)
 	}
 	if _, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("sick", domains("web.test"), env("UNHEALTHY_AFTER", "300ms"))}), 3*time.Second); err == nil {
