@@ -114,6 +114,12 @@ func TestBoltMigratesInlineSecrets(t *testing.T) {
 			t.Fatalf("generation %d after migration: %v, secrets %q", n, err, g.Secrets)
 		}
 	}
+	// Generations from before environments are production's, and so is
+	// the one current generation.
+	cs, err := s.Currents(t.Context())
+	if err != nil || len(cs) != 1 || cs[spec.DefaultEnv] == nil || cs[spec.DefaultEnv].Number != 3 || cs[spec.DefaultEnv].Env != spec.DefaultEnv {
+		t.Fatalf("current generations of an older store = %v (%v), want production's 3", cs, err)
+	}
 	if n, err := s.Commit(t.Context(), storetest.Gen("v4"), 3); err != nil || n != 4 {
 		t.Fatalf("commit after migration = %d, %v", n, err)
 	}
