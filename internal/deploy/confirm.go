@@ -254,7 +254,7 @@ func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Genera
 	rec := &spec.Confirm{State: spec.ConfirmFailed, Previous: prev.Number, Reason: why.Error()}
 	// Compare-and-swap from failed: the engine's lock keeps its own
 	// operations out, so a conflict is another writer, whose switch stands.
-	_, err := e.apply(ctx, prev, startOptions{}, func([]string) error {
+	_, err := e.apply(ctx, prev, func([]string) error {
 		return e.store.SetConfirm(ctx, failed.Number, rec, failed.Number, prev.Number)
 	}, progress)
 	if err != nil {

@@ -3,6 +3,7 @@ package deploy
 import (
 	"sort"
 
+	"hostel/internal/agent"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -13,16 +14,7 @@ import (
 // Hold returns the versions the generations hold together: a version runs
 // while any environment's current generation holds it.
 func Hold(gens ...*spec.Generation) map[spec.VersionKey]bool {
-	keep := map[spec.VersionKey]bool{}
-	for _, g := range gens {
-		if g == nil {
-			continue
-		}
-		for name, v := range g.Versions {
-			keep[spec.Key(name, v)] = true
-		}
-	}
-	return keep
+	return agent.Desired{Generations: gens}.Keys()
 }
 
 // Table builds the public routing table of the environments' current

@@ -10,11 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"hostel/internal/agent"
 	"hostel/internal/plan"
 	"hostel/internal/router"
 	"hostel/internal/spec"
@@ -49,29 +49,12 @@ type Routes interface {
 	Abort(key spec.VersionKey) int64
 }
 
-// Preparer readies what a new version needs before its process starts: a
-// database, credentials, a release step. It may add to cfg.Env and the other
-// fields of cfg. An error fails the deploy before the switch.
-type Preparer interface {
-	Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error
-}
+// Preparer readies what a new version needs before its process starts
+// (see agent.Preparer); the engine hands its preparers to its agent.
+type Preparer = agent.Preparer
 
-// Cleaner is a Preparer with a cleanup step (caddy's provision → validate
-// → cleanup): every Prepare the engine calls, successful or not, is
-// followed by exactly one Cleanup for the same version once its fate is
-// known. started is false when the version did not go live — a later
-// preparer failed, its process did not start or never got ready, or the
-// deploy failed before its switch — and then Cleanup undoes what that
-// Prepare made for this version alone (a database created for it, a GC
-// root it added), leaving what existed before or other versions use: a
-// failed start leaves nothing behind. started is true once a committed
-// generation holds the version: Cleanup only forgets its bookkeeping.
-// (A resume after a restart adopts what a committed generation holds: its
-// preparations are never undone.)
-type Cleaner interface {
-	Preparer
-	Cleanup(ctx context.Context, g *spec.Generation, service string, started bool) error
-}
+// Cleaner is a Preparer with a cleanup step (see agent.Cleaner).
+type Cleaner = agent.Cleaner
 
 var (
 	_ Processes = (*supervisor.Supervisor)(nil)
@@ -113,15 +96,15 @@ func checkEnv(env string) (string, error) {
 func invalid(err error) error { return &InvalidError{Err: err} }
 
 // Progress receives one human-readable line per step of a deploy.
-type Progress func(format string, args ...any)
+type Progress = agent.Progress
 
 // Engine applies generations. One deploy, rollback or restart runs at a time.
 type Engine struct {
 	store store.Store
 	procs Processes
 	route Routes
-
-	prepare []Preparer
+	// agent makes the machine run what the engine decides.
+	agent *agent.Agent
 
 	mu sync.Mutex // serializes operations that change what runs
 	// windows are the open confirm windows, by environment; guarded by
@@ -137,34 +120,12 @@ type Engine struct {
 	// switched is told every generation the routes switch to, right after
 	// the switch (see OnSwitch); nil when no one listens.
 	switched func(g *spec.Generation)
-
-	// running holds what the engine started and has not stopped, by key.
-	runMu   sync.Mutex
-	running map[spec.VersionKey]*version
-	// prepared holds, for each version prepared but not yet part of a
-	// committed generation, the generation it was prepared for and the
-	// preparers that ran: what a failed start must clean up. Guarded by
-	// runMu.
-	prepared map[spec.VersionKey]preparation
-}
-
-// preparation is what ran to prepare one version.
-type preparation struct {
-	g       *spec.Generation
-	service string
-	ran     []Preparer
-}
-
-// version is one started version of a service and what it was started with.
-type version struct {
-	svc      *spec.Service
-	needs    []spec.VersionKey // the exact versions it was built against
-	draining bool
 }
 
 // New returns an engine over a store, the processes and the routes.
 func New(st store.Store, procs Processes, routes Routes) *Engine {
-	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}, prepared: map[spec.VersionKey]preparation{}, windows: map[string]*window{}, guards: map[string]*guard{}, logf: func(string, ...any) {}}
+	return &Engine{store: st, procs: procs, route: routes, agent: agent.New(procs, routes),
+		windows: map[string]*window{}, guards: map[string]*guard{}, logf: func(string, ...any) {}}
 }
 
 // SetLog sets where the engine reports what it does on its own, outside an
@@ -183,7 +144,7 @@ func (e *Engine) OnSwitch(fn func(g *spec.Generation)) { e.switched = fn }
 
 // Use adds preparers, run in the order given before every new version starts.
 // Call it before the engine is used.
-func (e *Engine) Use(p ...Preparer) { e.prepare = append(e.prepare, p...) }
+func (e *Engine) Use(p ...Preparer) { e.agent.Use(p...) }
 
 // Request is one deploy.
 type Request struct {
@@ -223,22 +184,12 @@ type Result struct {
 // Steps of a deploy at which a version can fail (ServiceError.Step); the
 // same words as the API's.
 const (
-	StepStart   = "start"   // before the switch: preparing, starting, getting ready
-	StepConfirm = "confirm" // after the switch: in the confirm window or later
+	StepStart   = agent.StepStart   // before the switch: preparing, starting, getting ready
+	StepConfirm = agent.StepConfirm // after the switch: in the confirm window or later
 )
 
 // ServiceError is the failure of one version of a service during a deploy.
-type ServiceError struct {
-	Service string
-	Version spec.Version
-	// Step is StepStart or StepConfirm.
-	Step string
-	Err  error
-}
-
-func (e *ServiceError) Error() string { return fmt.Sprintf("service %q: %v", e.Service, e.Err) }
-
-func (e *ServiceError) Unwrap() error { return e.Err }
+type ServiceError = agent.ServiceError
 
 // Failures returns every ServiceError in err's tree (errors.Join included),
 // in order.
@@ -330,7 +281,7 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		from = cur.Number
 	}
 	var w *window
-	started, err := e.apply(ctx, next, startOptions{}, func(started []string) error {
+	started, err := e.apply(ctx, next, func(started []string) error {
 		// The window, if one is due, is recorded with the commit: a daemon
 		// that dies in it finishes it on its next start.
 		next.Confirm = &spec.Confirm{State: spec.ConfirmSkipped}
@@ -415,7 +366,7 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 		return nil, invalid(fmt.Errorf("generation %d belongs to environment %s, not %s", to, target.EnvOrDefault(), env))
 	}
 	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
-	started, err := e.apply(ctx, target, startOptions{}, func([]string) error {
+	started, err := e.apply(ctx, target, func([]string) error {
 		if err := e.store.SetCurrent(ctx, cur.Number, to); err != nil {
 			return err
 		}
@@ -445,32 +396,30 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	if err != nil {
 		return err
 	}
-	if len(cs) == 0 {
-		e.stopOrphans(ctx, progress)
-		return nil
-	}
-	defer e.stopOrphans(context.WithoutCancel(ctx), progress)
-	adopt := startOptions{adopt: true}
 	prevs := map[string]*spec.Generation{}
+	d := agent.Desired{}
 	for _, env := range envOrder(cs) {
-		cur := cs[env]
-		if _, err := e.startAll(ctx, cur, adopt, progress); err != nil {
-			// Serve what did start; the failed versions are reported by status.
-			progress("generation %d resumed with errors: %v", cur.Number, err)
-		}
-		if prev := e.previous(ctx, cur, progress); prev != nil {
+		d.Generations = append(d.Generations, cs[env])
+	}
+	for _, env := range envOrder(cs) {
+		if prev := e.previous(ctx, cs[env], progress); prev != nil {
 			// Keep what a switch back needs at hand, as the window did.
 			prevs[env] = prev
-			if _, err := e.startAll(ctx, prev, adopt, progress); err != nil {
-				progress("generation %d (to switch back to) resumed with errors: %v", prev.Number, err)
-			}
+			d.Generations = append(d.Generations, prev)
 		}
+	}
+	// Adopt what still runs, start what is missing, and stop what a
+	// previous daemon left running that no environment holds (a deploy
+	// that was cut short).
+	if _, err := e.agent.Reconcile(ctx, d, agent.Options{Adopt: true}, progress); err != nil {
+		// Serve what did start; the failed versions are reported by status.
+		progress("resumed with errors: %v", err)
 	}
 	// Route what runs; a version that could not start leaves its domains
 	// unrouted rather than keeping the daemon from serving the others.
 	t := Table(cs)
 	for host, key := range t.Domains {
-		if !e.isRunning(key) {
+		if !e.agent.IsRunning(key) {
 			progress("%s is not running: %s is not served until it is", key, host)
 			delete(t.Domains, host)
 		}
@@ -509,24 +458,10 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 }
 
 // Draining reports whether key is an old version being drained.
-func (e *Engine) Draining(key spec.VersionKey) bool {
-	e.runMu.Lock()
-	defer e.runMu.Unlock()
-	v := e.running[key]
-	return v != nil && v.draining
-}
+func (e *Engine) Draining(key spec.VersionKey) bool { return e.agent.Draining(key) }
 
 // Running returns the keys of every version the engine runs, sorted.
-func (e *Engine) Running() []spec.VersionKey {
-	e.runMu.Lock()
-	defer e.runMu.Unlock()
-	keys := make([]spec.VersionKey, 0, len(e.running))
-	for k := range e.running {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
-	return keys
-}
+func (e *Engine) Running() []spec.VersionKey { return e.agent.Running() }
 
 // Detach ends an open confirm window undecided, pending in the store for
 // the next daemon to finish, and stops watching confirmed generations:
@@ -544,7 +479,7 @@ func (e *Engine) Shutdown(ctx context.Context) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.releaseLocked()
-	e.stopKeys(ctx, e.Running(), func(string, ...any) {})
+	e.agent.StopAll(ctx)
 }
 
 func keysOf(names []string) []spec.VersionKey {
