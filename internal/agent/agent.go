@@ -127,8 +127,8 @@ func (d Desired) Keys() map[spec.VersionKey]bool {
 		if g == nil {
 			continue
 		}
-		for name, v := range g.Versions {
-			keep[spec.Key(name, v)] = true
+		for name := range g.Versions {
+			keep[g.Instance(name)] = true
 		}
 	}
 	return keep
@@ -352,7 +352,7 @@ func (a *Agent) startAll(ctx context.Context, g *spec.Generation, opts Options, 
 			errs []error
 		)
 		for _, name := range names {
-			key := spec.Key(name, g.Versions[name])
+			key := g.Instance(name)
 			if a.isRunning(key) {
 				continue
 			}
@@ -403,7 +403,7 @@ func (a *Agent) isRunning(key spec.VersionKey) bool {
 func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts Options, progress Progress) error {
 	svc := g.Spec.Services[name]
 	ver := g.Versions[name]
-	key := spec.Key(name, ver)
+	key := g.Instance(name)
 	fail := func(format string, args ...any) error {
 		return &ServiceError{Service: name, Version: ver, Step: StepStart, Err: fmt.Errorf(format, args...)}
 	}
@@ -413,7 +413,7 @@ func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts
 	}
 	var needs []spec.VersionKey
 	for _, n := range svc.Needs {
-		nk := spec.Key(n, g.Versions[n])
+		nk := g.Instance(n) // a need's instance: the one g uses, shared or own
 		url, err := a.openEndpoint(nk, a.endpointAddr(key, n, opts))
 		if err != nil {
 			return fail("endpoint for %s: %w", nk, err)
@@ -423,7 +423,7 @@ func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts
 	}
 	exec := svc.Exec
 	cfg := supervisor.Config{
-		Service: name, Version: ver, Dir: svc.Package, Exec: exec, Env: env,
+		Service: name, Version: ver, Owner: g.Owner(name), Dir: svc.Package, Exec: exec, Env: env,
 		ReadyTimeout: svc.HealthTimeout(), StopGrace: svc.StopGraceOrDefault(),
 		CPU: svc.CPU,
 	}
@@ -619,7 +619,7 @@ func (a *Agent) openEndpoint(nk spec.VersionKey, addr string) (string, error) {
 // that process was given the same <NEED>_URLs.
 func (a *Agent) launch(ctx context.Context, cfg supervisor.Config, needs []string, opts Options, progress Progress) (*supervisor.Instance, error) {
 	if opts.Adopt {
-		key := spec.Key(cfg.Service, cfg.Version)
+		key := cfg.Key()
 		if rec, ok := a.procs.Recorded(key); ok {
 			same := true
 			for _, n := range needs {

@@ -91,8 +91,8 @@ func keys(m map[spec.VersionKey]int) []spec.VersionKey {
 
 // TestReconcile: from empty the agent starts every desired version,
 // dependencies first; reconciling again changes nothing; versions no
-// longer desired stop, the topmost first, and a version two desired
-// generations hold runs once.
+// longer desired stop, the topmost first, and an instance two desired
+// generations use (one shares it) runs once.
 func TestReconcile(t *testing.T) {
 	n := newNode(t, t.TempDir())
 	g1 := generation(t, spec.DefaultEnv, map[string]*spec.Service{"db": svc("db-1"), "api": svc("api-1", "db")})
@@ -113,9 +113,11 @@ func TestReconcile(t *testing.T) {
 	}
 
 	// A preview sharing db with a new api: one process more, db's the same.
+	// (The decide half said so: g2.Shares.)
 	g2 := generation(t, "pr-1", map[string]*spec.Service{"db": svc("db-1"), "api": svc("api-2", "db")})
+	g2.Shares = map[string]string{"db": spec.DefaultEnv}
 	rep = n.reconcile(t, Desired{Generations: []*spec.Generation{g1, g2}}, Options{})
-	if len(rep.Started) != 1 || rep.Started[0] != string(spec.Key("api", g2.Versions["api"])) {
+	if len(rep.Started) != 1 || rep.Started[0] != string(g2.Instance("api")) {
 		t.Errorf("with the preview: started %v, want only its api", rep.Started)
 	}
 	if got := n.pids()[spec.Key("db", g1.Versions["db"])]; got != before[spec.Key("db", g1.Versions["db"])] {

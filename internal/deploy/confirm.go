@@ -286,9 +286,9 @@ func (e *Engine) previous(ctx context.Context, cur *spec.Generation, progress Pr
 // newIn returns the version keys of g that prev does not hold.
 func newIn(g, prev *spec.Generation) []spec.VersionKey {
 	var out []spec.VersionKey
-	for name, v := range g.Versions {
-		k := spec.Key(name, v)
-		if prev == nil || prev.Versions[name] != v {
+	for name := range g.Versions {
+		k := g.Instance(name)
+		if prev == nil || prev.Instance(name) != k {
 			out = append(out, k)
 		}
 	}

@@ -1,9 +1,11 @@
 package deploy
 
 import (
+	"fmt"
 	"sort"
 
 	"hostel/internal/agent"
+	"hostel/internal/plan"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -29,7 +31,7 @@ func Table(currents map[string]*spec.Generation) router.Table {
 	}
 	t.Zone = prod.Spec.ZoneOrDefault()
 	for name, svc := range prod.Spec.Services {
-		key := spec.Key(name, prod.Versions[name])
+		key := prod.Instance(name)
 		for _, d := range svc.Domains {
 			t.Domains[d] = key
 		}
@@ -37,7 +39,102 @@ func Table(currents map[string]*spec.Generation) router.Table {
 			t.Redirects[r] = svc.Domains[0]
 		}
 	}
+	for env, g := range currents {
+		if env == spec.DefaultEnv || g == nil {
+			continue
+		}
+		for name := range g.Spec.Services {
+			if t.Internal == nil {
+				t.Internal = map[string]spec.VersionKey{}
+			}
+			t.Internal[PreviewHost(name, env, t.Zone)] = g.Instance(name)
+		}
+	}
 	return t
+}
+
+// PreviewHost is the internal-zone name of service in preview environment
+// env: SERVICE.ENV.ZONE.
+func PreviewHost(service, env, zone string) string {
+	return service + "." + env + "." + zone
+}
+
+// Share decides, for a generation next of a preview environment, which
+// running instance each of its versions uses, and records it in
+// next.Shares: the instance its environment's current generation already
+// uses for that version (a redeploy never moves a preview's data), else
+// production's, else another preview's, else none — the preview starts
+// its own instance, with its own data. currents are every environment's
+// current generation. Production never shares: Share leaves a
+// production generation as it is. It returns the services that share.
+func Share(next *spec.Generation, currents map[string]*spec.Generation) []string {
+	env := next.EnvOrDefault()
+	next.Shares = nil
+	if env == spec.DefaultEnv {
+		return nil
+	}
+	// The instances that run, by version, and the environment that owns
+	// each: production first, then the other previews by name.
+	owners := map[spec.VersionKey]string{}
+	for _, e := range envOrder(currents) {
+		g := currents[e]
+		if g == nil || e == env {
+			continue
+		}
+		for name := range g.Versions {
+			k := spec.Key(name, g.Versions[name])
+			if _, ok := owners[k]; !ok {
+				owners[k] = g.Owner(name)
+			}
+		}
+	}
+	cur := currents[env]
+	var shared []string
+	for _, name := range next.Spec.Names() {
+		v := next.Versions[name]
+		owner := ""
+		if cur != nil && cur.Versions[name] == v {
+			owner = cur.Owner(name)
+		} else if o, ok := owners[spec.Key(name, v)]; ok {
+			owner = o
+		}
+		if owner == "" || owner == env {
+			continue
+		}
+		if next.Shares == nil {
+			next.Shares = map[string]string{}
+		}
+		next.Shares[name] = owner
+		shared = append(shared, name)
+	}
+	return shared
+}
+
+// MarkPreview rewrites p, planned for next (a preview generation, Share
+// done) against cur, its environment's current generation (nil when new),
+// in a preview's words: a version it shares is "shared", one it starts an
+// instance of is "start"; the rest is as planned. Production's plans are
+// left as they are.
+func MarkPreview(p *plan.Plan, next, cur *spec.Generation) {
+	env := next.EnvOrDefault()
+	if env == spec.DefaultEnv {
+		return
+	}
+	for i := range p.Services {
+		c := &p.Services[i]
+		if c.To == "" {
+			continue
+		}
+		if owner, ok := next.Shares[c.Name]; ok {
+			c.Action = plan.Shared
+			c.Reasons = append([]string{fmt.Sprintf("%s runs this version: no new process; its writes reach %s's data", owner, owner)}, c.Reasons...)
+			continue
+		}
+		if cur == nil || cur.Instance(c.Name) != next.Instance(c.Name) {
+			c.Action = plan.Start
+			c.Reasons = append([]string{"runs nowhere: own instance, own data"}, c.Reasons...)
+		}
+	}
 }
 
 // envOrder returns the environments of currents, production first, then

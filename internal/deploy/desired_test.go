@@ -11,12 +11,14 @@ func gen(env string, versions map[string]spec.Version, svcs map[string]*spec.Ser
 	return &spec.Generation{Env: env, Spec: &spec.Spec{Services: svcs}, Versions: versions}
 }
 
-// TestHold: a version is held while any environment's current generation
-// holds it.
+// TestHold: an instance is held while any environment's current
+// generation uses it: a version a preview shares runs once, production's
+// instance; a preview's own version is its own instance.
 func TestHold(t *testing.T) {
 	svcs := map[string]*spec.Service{"api": {}, "web": {}}
 	prod := gen("production", map[string]spec.Version{"api": "a2", "web": "w2"}, svcs)
 	pr1 := gen("pr-1", map[string]spec.Version{"api": "a1", "web": "w2"}, svcs)
+	pr1.Shares = map[string]string{"web": spec.DefaultEnv}
 	for _, tc := range []struct {
 		name string
 		gens []*spec.Generation
@@ -24,8 +26,8 @@ func TestHold(t *testing.T) {
 	}{
 		{"none", nil, nil},
 		{"production", []*spec.Generation{prod}, []spec.VersionKey{"api-a2", "web-w2"}},
-		{"shared and own", []*spec.Generation{prod, pr1}, []spec.VersionKey{"api-a1", "api-a2", "web-w2"}},
-		{"nil is nothing", []*spec.Generation{nil, pr1}, []spec.VersionKey{"api-a1", "web-w2"}},
+		{"shared and own", []*spec.Generation{prod, pr1}, []spec.VersionKey{"api-a1@pr-1", "api-a2", "web-w2"}},
+		{"nil is nothing", []*spec.Generation{nil, pr1}, []spec.VersionKey{"api-a1@pr-1", "web-w2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want := map[spec.VersionKey]bool{}

@@ -92,6 +92,22 @@ func checkEnv(env string) (string, error) {
 	return env, nil
 }
 
+// ErrPreviewData is why a preview cannot run its own instance of a
+// version with a database yet: it would write to production's.
+var ErrPreviewData = errors.New("a preview's own version of a service with postgres is not supported yet (it would use production's database)")
+
+// checkPreviewData refuses a preview generation that would run its own
+// instance of a service with a database: until previews get their own
+// databases, such an instance would write to production's.
+func checkPreviewData(g *spec.Generation) error {
+	for _, name := range g.Spec.Names() {
+		if g.Owner(name) == g.EnvOrDefault() && g.Spec.Services[name].Postgres != nil {
+			return fmt.Errorf("%s: service %q: %w", g.Source, name, ErrPreviewData)
+		}
+	}
+	return nil
+}
+
 // invalid marks err as an input error.
 func invalid(err error) error { return &InvalidError{Err: err} }
 
@@ -229,7 +245,18 @@ func (e *Engine) Plan(ctx context.Context, env string, s *spec.Spec, in spec.Inp
 	if err != nil {
 		return nil, err
 	}
-	return plan.Make(s, in, cur)
+	p, err := plan.Make(s, in, cur)
+	if err != nil || env == spec.DefaultEnv {
+		return p, err
+	}
+	cs, err := e.store.Currents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	next := &spec.Generation{Env: env, Spec: s, Versions: p.Versions}
+	Share(next, cs)
+	MarkPreview(p, next, cur)
+	return p, nil
 }
 
 // Deploy makes the machine run req.Spec: it starts new versions, switches all
@@ -276,6 +303,17 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		return res, nil, nil
 	}
 	next := &spec.Generation{Env: req.Env, SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
+	if next.EnvOrDefault() != spec.DefaultEnv {
+		cs, err := e.store.Currents(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		Share(next, cs)
+		MarkPreview(p, next, cur)
+		if err := checkPreviewData(next); err != nil {
+			return res, nil, invalid(err)
+		}
+	}
 	var from uint64 // the generation this deploy was planned against
 	if cur != nil {
 		from = cur.Number

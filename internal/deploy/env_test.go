@@ -3,10 +3,12 @@ package deploy
 import (
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"testing"
 
+	"hostel/internal/plan"
 	"hostel/internal/spec"
 )
 
@@ -94,7 +96,7 @@ func TestEnvironments(t *testing.T) {
 	if slices.Contains(running, spec.Key("web", prodGen.Versions["web"])) {
 		t.Errorf("production's old web, which no environment holds, still runs")
 	}
-	pw, ok := w.sup.Get(spec.Key("web", prevGen.Versions["web"]))
+	pw, ok := w.sup.Get(prevGen.Instance("web"))
 	if !ok {
 		t.Fatal("pr-1's web is not running")
 	}
@@ -127,6 +129,114 @@ func TestBadEnvironment(t *testing.T) {
 			}
 			if gens, _ := w.store.List(t.Context()); len(gens) != 0 || len(w.sup.List()) != 0 {
 				t.Errorf("a refused deploy stored %d generations and runs %d processes", len(gens), len(w.sup.List()))
+			}
+		})
+	}
+}
+
+// TestPreviewOwnInstance: a preview's own version runs as the preview's
+// instance (SERVICE-VERSION@ENV, its own state directory), answers on
+// SERVICE.ENV.ZONE to loopback clients, and when production later deploys
+// the same version, production starts its own instance with its own data
+// rather than take over the preview's.
+func TestPreviewOwnInstance(t *testing.T) {
+	w := newWorld(t)
+	w.mustDeploy(mkSpec(map[string]*spec.Service{
+		"api": app("api-1"),
+		"web": app("web-1", needs("api"), domains("web.test")),
+	}))
+	next := mkSpec(map[string]*spec.Service{
+		"api": app("api-1"),
+		"web": app("web-2", needs("api"), domains("web.test")),
+	})
+	res, err := w.deployEnv("pr-1", next)
+	if err != nil {
+		t.Fatalf("deploy --env pr-1: %v", err)
+	}
+	actions := map[string]plan.Action{}
+	for _, c := range res.Plan.Services {
+		actions[c.Name] = c.Action
+	}
+	if want := map[string]plan.Action{"api": plan.Shared, "web": plan.Start}; !maps.Equal(actions, want) {
+		t.Errorf("preview plan: %v, want %v", actions, want)
+	}
+	pr, _ := w.store.Current(t.Context(), "pr-1")
+	own := pr.Instance("web")
+	if own.Owner() != "pr-1" || own.Version() != spec.Key("web", pr.Versions["web"]) {
+		t.Fatalf("pr-1's web is instance %q, want one of its own", own)
+	}
+	inst, ok := w.sup.Get(own)
+	if !ok {
+		t.Fatalf("%s does not run; running: %v", own, w.engine.Running())
+	}
+	if got, want := inst.Config().Owner, "pr-1"; got != want {
+		t.Errorf("owner of %s: %q, want %q", own, got, want)
+	}
+	if _, id, _ := w.get("web.pr-1."+spec.DefaultZone, "/"); id != "web-2" {
+		t.Errorf("web.pr-1.%s answered by %q, want web-2", spec.DefaultZone, id)
+	}
+	if _, id, _ := w.get("web.test", "/"); id != "web-1" {
+		t.Errorf("production's domain answered by %q after a preview deploy", id)
+	}
+	previewPID := inst.Status().PID
+
+	// Production deploys the very version pr-1 owns: it gets an instance
+	// of its own; pr-1's keeps running, same process.
+	w.mustDeploy(next)
+	prod, _ := w.store.Current(t.Context(), spec.DefaultEnv)
+	if prod.Instance("web") == own {
+		t.Fatalf("production uses pr-1's instance %s", own)
+	}
+	pi, ok := w.sup.Get(prod.Instance("web"))
+	if !ok {
+		t.Fatalf("production's %s does not run", prod.Instance("web"))
+	}
+	if pi.Status().PID == previewPID {
+		t.Errorf("production's web is pr-1's process %d", previewPID)
+	}
+	if st, ok := w.sup.Status(own); !ok || st.PID != previewPID {
+		t.Errorf("pr-1's web: %+v (known %v), want pid %d still running", st, ok, previewPID)
+	}
+	if _, id, _ := w.get("web.test", "/"); id != "web-2" {
+		t.Errorf("web.test answered by %q, want production's web-2", id)
+	}
+}
+
+// TestShare: which instance each service of a preview uses.
+func TestShare(t *testing.T) {
+	svcs := map[string]*spec.Service{"api": app("a"), "web": app("w", needs("api"))}
+	g := func(env string, api, web spec.Version, shares map[string]string) *spec.Generation {
+		x := gen(env, map[string]spec.Version{"api": api, "web": web}, svcs)
+		x.Shares = shares
+		return x
+	}
+	tests := []struct {
+		name     string
+		currents map[string]*spec.Generation
+		next     *spec.Generation
+		want     map[string]string
+	}{
+		{"production never shares",
+			map[string]*spec.Generation{"pr-1": g("pr-1", "a1", "w1", nil)},
+			g(spec.DefaultEnv, "a1", "w1", nil), nil},
+		{"production's versions are shared",
+			map[string]*spec.Generation{spec.DefaultEnv: g(spec.DefaultEnv, "a1", "w1", nil)},
+			g("pr-1", "a1", "w2", nil), map[string]string{"api": spec.DefaultEnv}},
+		{"another preview's own version is shared when production lacks it",
+			map[string]*spec.Generation{spec.DefaultEnv: g(spec.DefaultEnv, "a1", "w1", nil), "pr-2": g("pr-2", "a2", "w2", nil)},
+			g("pr-1", "a2", "w3", nil), map[string]string{"api": "pr-2"}},
+		{"a redeploy keeps the preview's own instance",
+			map[string]*spec.Generation{spec.DefaultEnv: g(spec.DefaultEnv, "a1", "w2", nil), "pr-1": g("pr-1", "a1", "w2", map[string]string{"api": spec.DefaultEnv})},
+			g("pr-1", "a1", "w2", nil), map[string]string{"api": spec.DefaultEnv}},
+		{"a sharer's instance is the owner's, not the sharer's",
+			map[string]*spec.Generation{spec.DefaultEnv: g(spec.DefaultEnv, "a1", "w1", nil), "pr-2": g("pr-2", "a2", "w2", nil), "pr-3": g("pr-3", "a2", "w9", map[string]string{"api": "pr-2"})},
+			g("pr-1", "a2", "w3", nil), map[string]string{"api": "pr-2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			Share(tt.next, tt.currents)
+			if !maps.Equal(tt.next.Shares, tt.want) {
+				t.Errorf("shares %v, want %v", tt.next.Shares, tt.want)
 			}
 		})
 	}

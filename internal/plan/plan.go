@@ -24,6 +24,9 @@ const (
 	Keep    Action = "keep"    // nothing changes; the process keeps running
 	Remove  Action = "remove"  // the service leaves the spec; its version drains
 	Reroute Action = "reroute" // same version, different domains or routing
+	// A preview environment's versions (hostel deploy --env NAME):
+	Shared Action = "shared" // the same version runs already, in another environment: its process is used
+	Start  Action = "start"  // the version runs nowhere: the preview starts its own instance, with its own data
 )
 
 // Change is the plan for one service.

@@ -57,6 +57,10 @@ type Table struct {
 	// Redirects maps a host name to the host it answers 301 for, keeping
 	// scheme, path and query.
 	Redirects map[string]string
+	// Internal maps the internal-zone names of preview environments'
+	// services (SERVICE.ENV.ZONE) to the instances that serve them; like
+	// immutable names, they answer only clients Options.Internal accepts.
+	Internal map[string]spec.VersionKey
 	// Zone is the zone of immutable version names (SERVICE-VERSION.ZONE);
 	// empty means the zone given in Options.
 	Zone string
@@ -179,6 +183,9 @@ func (r *Router) decide(host, remote string) route {
 	if target, ok := t.Redirects[host]; ok {
 		return route{redirect: target}
 	}
+	if key, ok := t.Internal[host]; ok && r.internalClient(remote) {
+		return route{b: (*r.backends.Load())[key], domain: key}
+	}
 	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok && r.internalClient(remote) {
 		return route{b: (*r.backends.Load())[spec.Key(service, v)]}
 	}
@@ -296,6 +303,19 @@ func (r *Router) Swap(t Table) error {
 		}
 		next.Redirects[h] = target
 	}
+	for host, key := range t.Internal {
+		h := normalizeHost(host)
+		if h == "" {
+			return fmt.Errorf("router: swap: empty internal name %q", host)
+		}
+		if _, ok := backends[key]; !ok {
+			return fmt.Errorf("router: swap: internal name %q: no backend for %s", host, key)
+		}
+		if next.Internal == nil {
+			next.Internal = make(map[string]spec.VersionKey, len(t.Internal))
+		}
+		next.Internal[h] = key
+	}
 	r.table.Store(next)
 	return nil
 }
@@ -313,6 +333,12 @@ func (r *Router) Table() Table {
 	}
 	for k, v := range t.Redirects {
 		c.Redirects[k] = v
+	}
+	for k, v := range t.Internal {
+		if c.Internal == nil {
+			c.Internal = make(map[string]spec.VersionKey, len(t.Internal))
+		}
+		c.Internal[k] = v
 	}
 	return c
 }

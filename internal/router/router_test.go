@@ -604,3 +604,41 @@ func TestAbort(t *testing.T) {
 		t.Errorf("Abort of an unknown key = %d", n)
 	}
 }
+
+// TestPreviewNames: a preview's SERVICE.ENV.ZONE names route to the
+// instances the table says, and, like immutable names, only for internal
+// (loopback) clients.
+func TestPreviewNames(t *testing.T) {
+	r := New(Options{Zone: zone})
+	t.Cleanup(func() { r.Close() })
+	own := spec.VersionKey(string(apiV2) + "@pr-1")
+	r.AddBackend(apiV1, startBackend(t, "api-v1"))
+	r.AddBackend(own, startBackend(t, "api-v2-pr-1"))
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1},
+		Internal: map[string]spec.VersionKey{"API.pr-1." + zone: own}})
+	tests := []struct {
+		name, host, remote string
+		wantStatus         int
+		wantBody           string
+	}{
+		{"preview name from loopback", "api.pr-1." + zone, "127.0.0.1:1234", 200, "backend api-v2-pr-1"},
+		{"preview name with port, uppercase", "Api.PR-1." + zone + ":80", "[::1]:1234", 200, "backend api-v2-pr-1"},
+		{"preview name from outside", "api.pr-1." + zone, "192.0.2.1:1234", 404, "hostel: no service"},
+		{"production's domain unchanged", "api.example.org", "192.0.2.1:1234", 200, "backend api-v1"},
+		{"another preview", "api.pr-2." + zone, "127.0.0.1:1234", 404, "hostel: no service"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/", nil)
+			req.Host, req.RemoteAddr = tt.host, tt.remote
+			rec := httptest.NewRecorder()
+			r.ServeHTTP(rec, req)
+			if rec.Code != tt.wantStatus || !strings.HasPrefix(rec.Body.String(), tt.wantBody) {
+				t.Errorf("Host %q from %s: got %d %q, want %d %q…", tt.host, tt.remote, rec.Code, rec.Body.String(), tt.wantStatus, tt.wantBody)
+			}
+		})
+	}
+	if got := r.Table().Internal["api.pr-1."+zone]; got != own {
+		t.Errorf("Table().Internal = %v, want the preview's name normalized to %s", r.Table().Internal, own)
+	}
+}

@@ -3,6 +3,7 @@ package spec
 import (
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -31,6 +32,12 @@ type Generation struct {
 	// name, so that a rollback or restart can decrypt them again; never
 	// plaintext. Nil means no service uses a secret.
 	Secrets map[string][]byte `json:"secrets,omitempty"`
+	// Shares maps each service whose version this generation does not run
+	// itself to the environment whose instance of that version it uses
+	// (decided once, at deploy: see Instance). A service not in Shares runs
+	// the generation's own environment's instance. Nil for production,
+	// which never shares.
+	Shares map[string]string `json:"shares,omitempty"`
 	// Confirm is the confirm window of the deploy that made the generation:
 	// committed as pending with the generation, then settled. Nil for a
 	// generation committed before hostel recorded it.
@@ -96,3 +103,48 @@ type VersionKey string
 
 // Key returns the VersionKey of service at version v.
 func Key(service string, v Version) VersionKey { return VersionKey(service + "-" + string(v)) }
+
+// Instance returns the key of the running instance g's version of service
+// uses: the instance owned by the environment in g.Shares, else g's own.
+func (g *Generation) Instance(service string) VersionKey {
+	return InstanceKey(service, g.Versions[service], g.Owner(service))
+}
+
+// Owner returns the environment whose instance of service's version g
+// uses: the one whose database and state directory it writes to.
+func (g *Generation) Owner(service string) string {
+	if env, ok := g.Shares[service]; ok && env != "" {
+		return env
+	}
+	return g.EnvOrDefault()
+}
+
+// InstanceKey names the running instance of service at version v that
+// environment owner owns. Production's instance is the version's key
+// (SERVICE-VERSION, its immutable name); a preview's own instance is
+// SERVICE-VERSION@ENV: the same version can run once for production and
+// once for a preview, each with its own data.
+func InstanceKey(service string, v Version, owner string) VersionKey {
+	if owner == "" || owner == DefaultEnv {
+		return Key(service, v)
+	}
+	return VersionKey(string(Key(service, v)) + "@" + owner)
+}
+
+// Owner returns the environment that owns the instance k names:
+// production for a plain SERVICE-VERSION.
+func (k VersionKey) Owner() string {
+	if i := strings.LastIndexByte(string(k), '@'); i >= 0 {
+		return string(k[i+1:])
+	}
+	return DefaultEnv
+}
+
+// Version returns the version key k is an instance of (k without its
+// owner).
+func (k VersionKey) Version() VersionKey {
+	if i := strings.LastIndexByte(string(k), '@'); i >= 0 {
+		return k[:i]
+	}
+	return k
+}

@@ -46,6 +46,7 @@ type record struct {
 type recordConfig struct {
 	Service         string            `json:"service"`
 	Version         spec.Version      `json:"version"`
+	Owner           string            `json:"owner,omitempty"`
 	Dir             string            `json:"dir,omitempty"`
 	Exec            []string          `json:"exec"`
 	Env             map[string]string `json:"env,omitempty"`
@@ -66,7 +67,7 @@ func (s *Supervisor) recordPath(key spec.VersionKey) string {
 func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
 	c := i.cfg
 	rc := recordConfig{
-		Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
+		Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
 		HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
 		Memory: c.Memory, CPU: c.CPU,
 	}
@@ -401,7 +402,7 @@ func (s *Supervisor) Detach() {
 // restarts after a crash. If adopting fails, the process is stopped and the
 // error returned; the caller may then start cfg afresh.
 func (s *Supervisor) Adopt(cfg Config) (*Instance, bool, error) {
-	key := spec.Key(cfg.Service, cfg.Version)
+	key := cfg.Key()
 	r, err := s.readRecord(key)
 	if err != nil || r == nil {
 		return nil, false, err
@@ -470,7 +471,7 @@ func (s *Supervisor) AdoptRecorded(key spec.VersionKey) (*Instance, bool, error)
 		return nil, false, err
 	}
 	c := r.Config
-	return s.Adopt(Config{Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
+	return s.Adopt(Config{Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
 		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
 		Memory: c.Memory, CPU: c.CPU})
 }
@@ -595,7 +596,7 @@ func (s *Supervisor) Recorded(key spec.VersionKey) (Config, bool) {
 		return Config{}, false
 	}
 	c := r.Config
-	return Config{Service: c.Service, Version: c.Version, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
+	return Config{Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
 		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
 		Memory: c.Memory, CPU: c.CPU}, true
 }

@@ -104,9 +104,9 @@ func newInstance(s *Supervisor, cfg Config, key spec.VersionKey) *Instance {
 	return &Instance{
 		s: s, cfg: cfg, key: key,
 		addr:       net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)),
-		stateDir:   s.stateDir(cfg.Service),
+		stateDir:   StateDir(s.opts.Root, cfg.Service, cfg.Owner),
 		runDir:     s.runDir(key),
-		logPath:    s.logPath(cfg.Service, cfg.Version),
+		logPath:    s.instanceLog(cfg),
 		launched:   make(chan struct{}),
 		stopReq:    make(chan struct{}),
 		detachReq:  make(chan struct{}),

@@ -30,7 +30,7 @@ func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	key := spec.Key(cfg.Service, cfg.Version)
+	key := cfg.Key()
 	// A transient instance under its own key gives the run its own
 	// RUNTIME_DIRECTORY and CREDENTIALS_DIRECTORY beside the version's.
 	i := newInstance(s, cfg, spec.VersionKey(string(key)+".once"))

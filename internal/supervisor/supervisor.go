@@ -66,6 +66,12 @@ type Config struct {
 	Service string
 	// Version is the version being run; with Service it forms the key.
 	Version spec.Version
+	// Owner is the environment that owns this instance of the version:
+	// the one whose data (state directory, database) it uses. Empty or
+	// spec.DefaultEnv is production; a preview's own instance is keyed
+	// SERVICE-VERSION@OWNER, with its own state directory
+	// (Root/state/SERVICE@OWNER) and log (Root/logs/SERVICE/VERSION@OWNER.log).
+	Owner string
 	// Dir is the package directory: exec[0] is relative to it unless absolute,
 	// and it is the process's working directory. Empty means exec[0] is looked
 	// up in the service's PATH (then the daemon's) and the working directory is
@@ -202,6 +208,11 @@ func (c *Config) validate() error {
 	if !versionName.MatchString(string(c.Version)) {
 		return fmt.Errorf("service %q: bad version %q", c.Service, c.Version)
 	}
+	if c.Owner != "" {
+		if err := spec.CheckEnv(c.Owner); err != nil {
+			return fmt.Errorf("service %q: owner: %w", c.Service, err)
+		}
+	}
 	if len(c.Exec) == 0 || c.Exec[0] == "" {
 		return fmt.Errorf("service %q: exec is empty", c.Service)
 	}
@@ -238,7 +249,7 @@ func (s *Supervisor) Start(cfg Config) (*Instance, error) {
 	}
 	cfg.Env = cloneEnv(cfg.Env)
 	cfg.Exec = append([]string(nil), cfg.Exec...)
-	key := spec.Key(cfg.Service, cfg.Version)
+	key := cfg.Key()
 
 	s.mu.Lock()
 	if old, ok := s.instances[key]; ok {
@@ -415,8 +426,25 @@ func (s *Supervisor) SetState(key spec.VersionKey, st State) bool {
 }
 
 // paths of an instance under the root.
-func (s *Supervisor) stateDir(service string) string {
-	return filepath.Join(s.opts.Root, "state", service)
+// Key returns the key of the instance cfg runs: spec.InstanceKey of its
+// service, version and owner.
+func (c *Config) Key() spec.VersionKey { return spec.InstanceKey(c.Service, c.Version, c.Owner) }
+
+// dataName is the name of the instance's own data under the root:
+// SERVICE for production's, SERVICE@OWNER for a preview's.
+func (c *Config) dataName() string {
+	if c.Owner == "" || c.Owner == spec.DefaultEnv {
+		return c.Service
+	}
+	return c.Service + "@" + c.Owner
+}
+
+// StateDir returns the STATE_DIRECTORY of the instances owner owns of
+// service under root: production's is Root/state/SERVICE, kept as it
+// always was; a preview's Root/state/SERVICE@ENV.
+func StateDir(root, service, owner string) string {
+	c := Config{Service: service, Owner: owner}
+	return filepath.Join(root, "state", c.dataName())
 }
 
 func (s *Supervisor) runDir(key spec.VersionKey) string {
@@ -425,6 +453,15 @@ func (s *Supervisor) runDir(key spec.VersionKey) string {
 
 func (s *Supervisor) logPath(service string, v spec.Version) string {
 	return filepath.Join(s.opts.Root, "logs", service, string(v)+".log")
+}
+
+// instanceLog is the log of cfg's instance: a preview's own instance logs
+// beside production's, under its own name.
+func (s *Supervisor) instanceLog(cfg Config) string {
+	if cfg.Owner == "" || cfg.Owner == spec.DefaultEnv {
+		return s.logPath(cfg.Service, cfg.Version)
+	}
+	return filepath.Join(s.opts.Root, "logs", cfg.Service, string(cfg.Version)+"@"+cfg.Owner+".log")
 }
 
 // environ builds the process's whole environment: nothing is inherited.
