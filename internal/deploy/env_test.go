@@ -241,3 +241,90 @@ func TestShare(t *testing.T) {
 		})
 	}
 }
+
+// TestRemoveEnv: removing a preview stops what only it held, and nothing
+// else; an instance another preview shares keeps running until that one
+// goes too; production, a bad name and an unknown environment are refused
+// with nothing changed.
+func TestRemoveEnv(t *testing.T) {
+	w := newWorld(t)
+	w.mustDeploy(mkSpec(map[string]*spec.Service{
+		"api": app("api-1"),
+		"web": app("web-1", needs("api"), domains("web.test")),
+	}))
+	preview := mkSpec(map[string]*spec.Service{
+		"api": app("api-1"),
+		"web": app("web-2", needs("api"), domains("web.test")),
+	})
+	for _, env := range []string{"pr-1", "pr-2"} {
+		if _, err := w.deployEnv(env, preview); err != nil {
+			t.Fatalf("deploy --env %s: %v", env, err)
+		}
+	}
+	pr1, _ := w.store.Current(t.Context(), "pr-1")
+	pr2, _ := w.store.Current(t.Context(), "pr-2")
+	own := pr1.Instance("web")
+	if pr2.Instance("web") != own {
+		t.Fatalf("pr-2's web is %s, want pr-1's %s shared", pr2.Instance("web"), own)
+	}
+	prod := w.pids()
+	delete(prod, own)
+
+	for _, tc := range []struct{ name, env string }{
+		{"production", spec.DefaultEnv}, {"empty name", ""}, {"bad name", "PR_1"}, {"unknown", "pr-9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, gens := w.pids(), w.generations()
+			if _, err := w.engine.RemoveEnv(t.Context(), tc.env, w.progress); !errors.Is(err, ErrInvalid) {
+				t.Errorf("RemoveEnv(%q): %v, want an input error", tc.env, err)
+			}
+			if !maps.Equal(w.pids(), before) || w.generations() != gens {
+				t.Errorf("a refused RemoveEnv(%q) changed processes or generations", tc.env)
+			}
+		})
+	}
+
+	// pr-1 goes; its web instance stays, pr-2 uses it.
+	res, err := w.engine.RemoveEnv(t.Context(), "pr-1", w.progress)
+	if err != nil {
+		t.Fatalf("RemoveEnv(pr-1): %v", err)
+	}
+	if len(res.Stopped) != 0 {
+		t.Errorf("removing pr-1 stopped %v, which pr-2 still uses", res.Stopped)
+	}
+	if code, _, _ := w.get("web.pr-1."+spec.DefaultZone, "/"); code != http.StatusNotFound {
+		t.Errorf("web.pr-1 answers %d after pr-1 was removed, want 404", code)
+	}
+	if _, id, _ := w.get("web.pr-2."+spec.DefaultZone, "/"); id != "web-2" {
+		t.Errorf("web.pr-2 answered by %q, want web-2", id)
+	}
+	if g, _ := w.store.Current(t.Context(), "pr-1"); g != nil {
+		t.Errorf("pr-1 still has a current generation: %d", g.Number)
+	}
+
+	// pr-2 goes; the instance only it held now stops; production's
+	// processes are the same ones.
+	res, err = w.engine.RemoveEnv(t.Context(), "pr-2", w.progress)
+	if err != nil {
+		t.Fatalf("RemoveEnv(pr-2): %v", err)
+	}
+	if want := []string{string(own)}; !slices.Equal(res.Stopped, want) {
+		t.Errorf("removing pr-2 stopped %v, want %v", res.Stopped, want)
+	}
+	if got := w.pids(); !maps.Equal(got, prod) {
+		t.Errorf("processes after both previews left: %v, want production's %v", got, prod)
+	}
+	if _, id, _ := w.get("web.test", "/"); id != "web-1" {
+		t.Errorf("web.test answered by %q, want web-1", id)
+	}
+}
+
+// generations returns how many generations the store holds.
+func (w *world) generations() int {
+	w.t.Helper()
+	gens, err := w.store.List(w.t.Context())
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return len(gens)
+}

@@ -1,0 +1,71 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"hostel/internal/spec"
+)
+
+// ErrProductionEnv is why production cannot be removed as a preview is.
+var ErrProductionEnv = errors.New("production is not a preview environment and cannot be removed")
+
+// EnvRemoved says what removing an environment did.
+type EnvRemoved struct {
+	// Generation is the environment's current generation when it was
+	// removed.
+	Generation *spec.Generation
+	// Stopped are the instances that stopped: those only the environment
+	// held. Instances another environment still uses keep running.
+	Stopped []string
+	// Aborted counts requests still in flight to them at their stop
+	// grace; they were ended with 504.
+	Aborted int64
+}
+
+// RemoveEnv removes preview environment env: its generations leave the
+// store in one change, its names leave the route table, and the instances
+// only it held drain and stop (the topmost first), their preparations'
+// bookkeeping with them. Production (ErrProductionEnv), a bad name and an
+// environment with nothing deployed (ErrNoEnv) are input errors, and then
+// nothing changed. What the environment's own instances kept outside the
+// processes — databases, state directories, GC roots — is the caller's to
+// remove once RemoveEnv returns (Stopped names them).
+func (e *Engine) RemoveEnv(ctx context.Context, env string, progress Progress) (*EnvRemoved, error) {
+	env, err := checkEnv(env)
+	if err != nil {
+		return nil, err
+	}
+	if env == spec.DefaultEnv {
+		return nil, invalid(ErrProductionEnv)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	cur, err := e.store.Current(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	if cur == nil {
+		return nil, invalid(fmt.Errorf("environment %q: %w", env, ErrNoEnv))
+	}
+	// An open window of env would switch back to a generation about to be
+	// dropped: end it first.
+	e.endWindowLocked(ctx, env, spec.ConfirmSuperseded, fmt.Sprintf("environment %s was removed", env), progress)
+	e.disarmLocked(env)
+	if err := e.store.DropEnv(ctx, env, cur.Number); err != nil {
+		return nil, fmt.Errorf("remove environment %s: %w", env, err)
+	}
+	cs, err := e.store.Currents(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("remove environment %s: %w", env, err)
+	}
+	// Routes first: no new request reaches what is about to drain.
+	if err := e.route.Swap(Table(cs)); err != nil {
+		return nil, fmt.Errorf("remove environment %s: routes: %w", env, err)
+	}
+	progress("environment %s removed from the store and the routes", env)
+	stopped, aborted := e.drain(context.WithoutCancel(ctx), progress)
+	progress("environment %s removed: %d instances stopped", env, len(stopped))
+	return &EnvRemoved{Generation: cur, Stopped: stopped, Aborted: aborted}, nil
+}
