@@ -179,7 +179,16 @@ func (c *Client) Generations(ctx context.Context) (*Generations, error) {
 
 // Logs copies a service's log to w.
 func (c *Client) Logs(ctx context.Context, service, version string, n int, follow bool, w io.Writer) error {
+	return c.EnvLogs(ctx, "", service, version, n, follow, w)
+}
+
+// EnvLogs copies the log of a service of environment env ("" is
+// production) to w.
+func (c *Client) EnvLogs(ctx context.Context, env, service, version string, n int, follow bool, w io.Writer) error {
 	q := url.Values{"service": {service}, "version": {version}, "n": {strconv.Itoa(n)}}
+	if env != "" {
+		q.Set("env", env)
+	}
 	if follow {
 		q.Set("follow", "1")
 	}

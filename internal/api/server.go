@@ -74,10 +74,24 @@ func NewHandler(d Daemon) http.Handler {
 		reply(w, res, err)
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		if env := r.URL.Query().Get("env"); env != "" {
+			if ed, ok := d.(EnvDaemon); ok {
+				s, err := ed.EnvStatus(r.Context(), env)
+				reply(w, s, err)
+				return
+			}
+		}
 		s, err := d.Status(r.Context())
 		reply(w, s, err)
 	})
 	mux.HandleFunc("GET /v1/generations", func(w http.ResponseWriter, r *http.Request) {
+		if env := r.URL.Query().Get("env"); env != "" {
+			if ed, ok := d.(EnvDaemon); ok {
+				g, err := ed.EnvGenerations(r.Context(), env)
+				reply(w, g, err)
+				return
+			}
+		}
 		g, err := d.Generations(r.Context())
 		reply(w, g, err)
 	})
@@ -89,12 +103,22 @@ func NewHandler(d Daemon) http.Handler {
 		}
 		fw := &flushWriter{w: w}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		err = d.Logs(r.Context(), q.Get("service"), q.Get("version"), n, q.Get("follow") == "1", fw)
+		if env := q.Get("env"); env != "" {
+			ld, ok := d.(EnvLogs)
+			if !ok {
+				reply(w, nil, Invalid(fmt.Errorf("environment %q: this daemon has no environments", env)))
+				return
+			}
+			err = ld.EnvLogs(r.Context(), env, q.Get("service"), q.Get("version"), n, q.Get("follow") == "1", fw)
+		} else {
+			err = d.Logs(r.Context(), q.Get("service"), q.Get("version"), n, q.Get("follow") == "1", fw)
+		}
 		if err != nil && !fw.wrote {
 			reply(w, nil, err)
 		}
 	})
 	handleSecrets(mux, d)
+	handleEnvs(mux, d)
 	handleDB(mux, d)
 	handleShutdown(mux, d)
 	return mux

@@ -20,6 +20,8 @@ type PlanRequest struct {
 	// Secrets are the age ciphertexts (never plaintext) of the secrets the
 	// services list, by name; nil when none does.
 	Secrets map[string][]byte `json:"secrets,omitempty"`
+	// Env is the environment planned or deployed to; "" is production.
+	Env string `json:"env,omitempty"`
 }
 
 // DeployRequest is a PlanRequest to apply.
@@ -33,6 +35,8 @@ type DeployRequest struct {
 // RollbackRequest names the generation to return to; 0 means the previous one.
 type RollbackRequest struct {
 	To uint64 `json:"to"`
+	// Env is the environment rolled back; "" is production.
+	Env string `json:"env,omitempty"`
 }
 
 // RestartRequest names the service to restart.
@@ -106,8 +110,11 @@ type CertStatus struct {
 
 // ServiceStatus is one version of a service in Status.
 type ServiceStatus struct {
-	Name     string   `json:"name"`
-	Version  string   `json:"version"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// Env is the environment whose instance this is (whose data it
+	// uses): "production", or a preview's name for its own instance.
+	Env      string   `json:"env"`
 	State    string   `json:"state"`
 	PID      int      `json:"pid"`
 	URL      string   `json:"url"`

@@ -52,7 +52,7 @@ func (e *env) client() *api.Client { return api.NewClient(e.socket()) }
 // adds a command group appends to it in its init.
 var commands = []func(*env) *cobra.Command{
 	serveCmd, planCmd, deployCmd, statusCmd, generationsCmd, rollbackCmd,
-	logsCmd, restartCmd, gcCmd, versionCmd,
+	logsCmd, restartCmd, gcCmd, versionCmd, envCmd,
 }
 
 // Main runs the CLI with args and returns the exit code.

@@ -60,16 +60,20 @@ func load(args []string) (*source.Loaded, api.PlanRequest, error) {
 
 func planCmd(e *env) *cobra.Command {
 	var asJSON bool
-	var target string
+	var target, envName string
 	cmd := &cobra.Command{
 		Use:   "plan [FILE]",
 		Short: "Print what a deploy would change and why; changes nothing",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkEnvFlag(envName); err != nil {
+				return err
+			}
 			l, req, err := load(args)
 			if err != nil {
 				return err
 			}
+			req.Env = envName
 			c, err := e.clientFor(cmd.Context(), target, l, false)
 			if err != nil {
 				return err
@@ -88,6 +92,7 @@ func planCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the plan as JSON")
+	addEnvFlag(cmd, &envName)
 	addTargetFlag(cmd, &target)
 	return cmd
 }
@@ -133,16 +138,21 @@ func deployCmd(e *env) *cobra.Command {
 		noConfirm bool
 		confirm   time.Duration
 		target    string
+		envName   string
 	)
 	cmd := &cobra.Command{
 		Use:   "deploy [FILE]",
 		Short: "Plan, then apply: start new versions, health-check, switch atomically, drain old",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkEnvFlag(envName); err != nil {
+				return err
+			}
 			l, preq, err := load(args)
 			if err != nil {
 				return err
 			}
+			preq.Env = envName
 			c, err := e.clientFor(cmd.Context(), target, l, true)
 			if err != nil {
 				return err
@@ -178,18 +188,23 @@ func deployCmd(e *env) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().BoolVar(&noConfirm, "no-confirm", false, "skip the confirm window after the switch")
 	cmd.Flags().DurationVar(&confirm, "confirm", 30*time.Second, "how long new versions must stay healthy after the switch")
+	addEnvFlag(cmd, &envName)
 	addTargetFlag(cmd, &target)
 	return cmd
 }
 
 func statusCmd(e *env) *cobra.Command {
 	var asJSON bool
+	var envName string
 	cmd := &cobra.Command{
 		Use:   "status [SERVICE]",
 		Short: "Show the current generation and each service's version, state, pid and URLs",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := e.client().Status(cmd.Context())
+			if err := checkEnvFlag(envName); err != nil {
+				return err
+			}
+			st, err := e.client().EnvStatus(cmd.Context(), envName)
 			if err != nil {
 				return err
 			}
@@ -236,6 +251,7 @@ func statusCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print status as JSON")
+	addEnvFlag(cmd, &envName)
 	return cmd
 }
 
@@ -256,12 +272,16 @@ func confirmNote(st *api.Status) string {
 
 func generationsCmd(e *env) *cobra.Command {
 	var asJSON bool
+	var envName string
 	cmd := &cobra.Command{
 		Use:   "generations",
 		Short: "List the generations: number, time, spec hash, per-service versions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			gs, err := e.client().Generations(cmd.Context())
+			if err := checkEnvFlag(envName); err != nil {
+				return err
+			}
+			gs, err := e.client().EnvGenerations(cmd.Context(), envName)
 			if err != nil {
 				return err
 			}
@@ -281,6 +301,7 @@ func generationsCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print generations as JSON")
+	addEnvFlag(cmd, &envName)
 	return cmd
 }
 
@@ -301,12 +322,16 @@ func confirmedMark(g api.Generation) string {
 
 func rollbackCmd(e *env) *cobra.Command {
 	var to uint64
+	var envName string
 	cmd := &cobra.Command{
 		Use:   "rollback",
 		Short: "Switch to generation N (default: the one before the current)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			res, err := e.client().Rollback(cmd.Context(), api.RollbackRequest{To: to}, func(line string) {
+			if err := checkEnvFlag(envName); err != nil {
+				return err
+			}
+			res, err := e.client().Rollback(cmd.Context(), api.RollbackRequest{To: to, Env: envName}, func(line string) {
 				fmt.Fprintln(e.stderr, line)
 			})
 			if res != nil {
@@ -316,6 +341,7 @@ func rollbackCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().Uint64Var(&to, "to", 0, "the generation to switch to")
+	addEnvFlag(cmd, &envName)
 	return cmd
 }
 
@@ -324,18 +350,23 @@ func logsCmd(e *env) *cobra.Command {
 		follow  bool
 		version string
 		lines   int
+		envName string
 	)
 	cmd := &cobra.Command{
 		Use:   "logs SERVICE",
 		Short: "Print a service's captured stdout and stderr",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return e.client().Logs(cmd.Context(), args[0], version, lines, follow, e.stdout)
+			if err := checkEnvFlag(envName); err != nil {
+				return err
+			}
+			return e.client().EnvLogs(cmd.Context(), envName, args[0], version, lines, follow, e.stdout)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what the service writes")
 	cmd.Flags().StringVar(&version, "version", "", "a version other than the current one")
 	cmd.Flags().IntVarP(&lines, "lines", "n", 100, "how many lines from the end")
+	addEnvFlag(cmd, &envName)
 	return cmd
 }
 

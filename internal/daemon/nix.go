@@ -79,16 +79,7 @@ func generationPaths(g *spec.Generation) []string {
 // generation nor a running process holds, then runs the Nix garbage
 // collector if Nix is installed.
 func (d *Daemon) collectGarbage(ctx context.Context, kept []*spec.Generation) ([]string, nix.GCStats, error) {
-	keep := map[string]bool{}
-	for _, g := range kept {
-		for name := range g.Spec.Services {
-			keep[string(spec.Key(name, g.Versions[name]))] = true
-		}
-	}
-	for _, s := range d.sup.List() {
-		keep[string(s.Key)] = true
-	}
-	unpinned, err := nix.RootsFor(d.opts.Root).Prune(keep)
+	unpinned, err := nix.RootsFor(d.opts.Root).Prune(d.pinned(kept))
 	if err != nil || !nix.Available() {
 		return unpinned, nix.GCStats{}, err
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"time"
 
@@ -62,7 +61,7 @@ func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, err
 	if err := (source.Programs{Resolve: supervisor.ResolveExec, Planned: true}).Check(sourceName(req), s); err != nil {
 		return nil, api.Invalid(err)
 	}
-	p, err := d.engine.Plan(ctx, "", s, req.Inputs)
+	p, err := d.engine.Plan(ctx, req.Env, s, req.Inputs)
 	if err == nil {
 		p.Warnings = append(p.Warnings, d.limitWarnings(s)...)
 	}
@@ -111,7 +110,7 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 	// A deploy runs to its end even if the client goes away: a half-applied
 	// deploy is worse than an unobserved one.
 	ctx = context.WithoutCancel(ctx)
-	res, err := d.engine.Deploy(ctx, deploy.Request{Source: req.Source, Spec: s, Inputs: req.Inputs, Secrets: secs, Confirm: confirm}, d.progress(progress))
+	res, err := d.engine.Deploy(ctx, deploy.Request{Source: req.Source, Env: req.Env, Spec: s, Inputs: req.Inputs, Secrets: secs, Confirm: confirm}, d.progress(progress))
 	if err == nil {
 		// The switch handed the new hosts to certificate management.
 		d.awaitCerts(ctx, d.progress(progress))
@@ -124,7 +123,7 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 
 // Rollback implements api.Daemon.
 func (d *Daemon) Rollback(ctx context.Context, req api.RollbackRequest, progress func(string)) (*api.DeployResult, error) {
-	res, err := d.engine.Rollback(context.WithoutCancel(ctx), "", req.To, d.progress(progress))
+	res, err := d.engine.Rollback(context.WithoutCancel(ctx), req.Env, req.To, d.progress(progress))
 	return deployResult(res, err), apiError(err)
 }
 
@@ -143,7 +142,12 @@ func (d *Daemon) Restart(ctx context.Context, req api.RestartRequest) error {
 
 // Status implements api.Daemon.
 func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
-	cur, err := d.store.Current(ctx, spec.DefaultEnv)
+	return d.EnvStatus(ctx, spec.DefaultEnv)
+}
+
+// EnvStatus implements api.EnvDaemon: the status of environment env.
+func (d *Daemon) EnvStatus(ctx context.Context, env string) (*api.Status, error) {
+	cur, err := d.envCurrent(ctx, env)
 	if err != nil {
 		return nil, err
 	}
@@ -161,9 +165,12 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 		}
 		zone = cur.Spec.ZoneOrDefault()
 		for _, name := range cur.Spec.Names() {
-			key := spec.Key(name, cur.Versions[name])
+			key := cur.Instance(name)
 			shown[key] = true
-			ss := d.serviceStatus(name, cur.Versions[name], zone)
+			ss := d.serviceStatus(name, cur.Versions[name], key, zone)
+			if env != spec.DefaultEnv {
+				ss.URL = "http://" + deploy.PreviewHost(name, env, zone)
+			}
 			ss.Domains = append([]string{}, cur.Spec.Services[name].Domains...)
 			ss.Package = cur.Spec.Services[name].Package
 			st.Services = append(st.Services, ss)
@@ -171,13 +178,15 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 	}
 	// Old versions still draining.
 	for _, s := range d.sup.List() {
-		if !shown[s.Key] {
-			ss := d.serviceStatus(s.Service, s.Version, zone)
+		if !shown[s.Key] && s.Key.Owner() == env {
+			ss := d.serviceStatus(s.Service, s.Version, s.Key, zone)
 			ss.Package = d.packageOf(s.Service, s.Version)
 			st.Services = append(st.Services, ss)
 		}
 	}
-	d.addDatabases(ctx, st)
+	if env == spec.DefaultEnv {
+		d.addDatabases(ctx, st)
+	}
 	return st, nil
 }
 
@@ -195,9 +204,10 @@ func (d *Daemon) switchedBack(ctx context.Context, cur *spec.Generation, st *api
 	return nil
 }
 
-func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.ServiceStatus {
-	key := spec.Key(name, v)
-	ss := api.ServiceStatus{Name: name, Version: string(v), State: "stopped", Domains: []string{},
+// serviceStatus is the status of instance key of version v of service
+// name.
+func (d *Daemon) serviceStatus(name string, v spec.Version, key spec.VersionKey, zone string) api.ServiceStatus {
+	ss := api.ServiceStatus{Name: name, Version: string(v), Env: key.Owner(), State: "stopped", Domains: []string{},
 		URL: "http://" + spec.VersionHost(name, v, zone), InFlight: d.router.InFlight(key)}
 	if s, ok := d.sup.Status(key); ok {
 		ss.State, ss.PID, ss.Ready, ss.Restarts, ss.Error = string(s.State), s.PID, s.Ready, s.Restarts, s.LastError
@@ -211,11 +221,16 @@ func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.Ser
 
 // Generations implements api.Daemon.
 func (d *Daemon) Generations(ctx context.Context) (*api.Generations, error) {
-	gens, err := d.store.List(ctx)
+	return d.EnvGenerations(ctx, spec.DefaultEnv)
+}
+
+// EnvGenerations implements api.EnvDaemon: environment env's history.
+func (d *Daemon) EnvGenerations(ctx context.Context, env string) (*api.Generations, error) {
+	cur, err := d.envCurrent(ctx, env)
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.store.Current(ctx, spec.DefaultEnv)
+	gens, err := d.store.List(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -224,6 +239,9 @@ func (d *Daemon) Generations(ctx context.Context) (*api.Generations, error) {
 		out.Current = cur.Number
 	}
 	for _, g := range gens {
+		if g.EnvOrDefault() != env {
+			continue
+		}
 		vs := make(map[string]string, len(g.Versions))
 		for k, v := range g.Versions {
 			vs[k] = string(v)
@@ -282,22 +300,31 @@ func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, erro
 
 // LogPath is where the supervisor writes the log of one version.
 func LogPath(root, service string, v spec.Version) string {
-	return filepath.Join(root, "logs", service, string(v)+".log")
+	return supervisor.LogPath(root, service, v, spec.DefaultEnv)
 }
 
 // Logs implements api.Daemon.
 func (d *Daemon) Logs(ctx context.Context, service, version string, n int, follow bool, w io.Writer) error {
+	return d.EnvLogs(ctx, spec.DefaultEnv, service, version, n, follow, w)
+}
+
+// EnvLogs implements api.EnvLogs: the log of the instance environment
+// env uses of service (of the version named, or of its current one).
+func (d *Daemon) EnvLogs(ctx context.Context, env, service, version string, n int, follow bool, w io.Writer) error {
+	cur, err := d.envCurrent(ctx, env)
+	if err != nil {
+		return err
+	}
+	owner := env
 	if version == "" {
-		cur, err := d.store.Current(ctx, spec.DefaultEnv)
-		if err != nil {
-			return err
-		}
 		if cur == nil || cur.Spec.Services[service] == nil {
 			return api.Invalid(fmt.Errorf("no service %q in the current generation (name a version with --version)", service))
 		}
-		version = string(cur.Versions[service])
+		version, owner = string(cur.Versions[service]), cur.Owner(service)
+	} else if cur != nil && string(cur.Versions[service]) == version {
+		owner = cur.Owner(service)
 	}
-	path := LogPath(d.opts.Root, service, spec.Version(version))
+	path := supervisor.LogPath(d.opts.Root, service, spec.Version(version), owner)
 	f, err := os.Open(path)
 	if err != nil {
 		return api.Invalid(fmt.Errorf("no logs for %s version %s", service, version))

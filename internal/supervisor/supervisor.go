@@ -451,17 +451,20 @@ func (s *Supervisor) runDir(key spec.VersionKey) string {
 	return filepath.Join(s.opts.Root, "run", string(key))
 }
 
-func (s *Supervisor) logPath(service string, v spec.Version) string {
-	return filepath.Join(s.opts.Root, "logs", service, string(v)+".log")
+
+// instanceLog is the log of cfg's instance.
+func (s *Supervisor) instanceLog(cfg Config) string {
+	return LogPath(s.opts.Root, cfg.Service, cfg.Version, cfg.Owner)
 }
 
-// instanceLog is the log of cfg's instance: a preview's own instance logs
-// beside production's, under its own name.
-func (s *Supervisor) instanceLog(cfg Config) string {
-	if cfg.Owner == "" || cfg.Owner == spec.DefaultEnv {
-		return s.logPath(cfg.Service, cfg.Version)
+// LogPath is the log under root of the instance of service's version v
+// that environment owner owns: Root/logs/SERVICE/VERSION.log for
+// production's, VERSION@OWNER.log beside it for a preview's own.
+func LogPath(root, service string, v spec.Version, owner string) string {
+	if owner == "" || owner == spec.DefaultEnv {
+		return filepath.Join(root, "logs", service, string(v)+".log")
 	}
-	return filepath.Join(s.opts.Root, "logs", cfg.Service, string(cfg.Version)+"@"+cfg.Owner+".log")
+	return filepath.Join(root, "logs", service, string(v)+"@"+owner+".log")
 }
 
 // environ builds the process's whole environment: nothing is inherited.

@@ -1,0 +1,152 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"hostel/internal/api"
+	"hostel/internal/deploy"
+	"hostel/internal/nix"
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+var _ api.EnvDaemon = (*Daemon)(nil)
+
+// envCurrent returns environment env's current generation ("" is
+// production, which may have none yet). A bad name, or a preview with
+// nothing deployed, is an input error.
+func (d *Daemon) envCurrent(ctx context.Context, env string) (*spec.Generation, error) {
+	if env == "" {
+		env = spec.DefaultEnv
+	}
+	if err := spec.CheckEnv(env); err != nil {
+		return nil, api.Invalid(err)
+	}
+	cur, err := d.store.Current(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	if cur == nil && env != spec.DefaultEnv {
+		return nil, api.Invalid(fmt.Errorf("environment %q: %w", env, deploy.ErrNoEnv))
+	}
+	return cur, nil
+}
+
+// Envs implements api.EnvDaemon.
+func (d *Daemon) Envs(ctx context.Context) (*api.EnvList, error) {
+	cs, err := d.store.Currents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	gens, err := d.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	created := map[string]spec.Generation{}
+	for _, g := range gens {
+		if c, ok := created[g.EnvOrDefault()]; !ok || g.Number < c.Number {
+			created[g.EnvOrDefault()] = *g
+		}
+	}
+	out := &api.EnvList{Envs: []api.Env{}}
+	for name, g := range cs {
+		if name == spec.DefaultEnv || g == nil {
+			continue
+		}
+		e := api.Env{Name: name, Generation: g.Number, Created: created[name].Time,
+			Started: []string{}, Shared: map[string]string{}, URLs: []string{}, State: "running"}
+		zone := g.Spec.ZoneOrDefault()
+		for _, svc := range g.Spec.Names() {
+			if owner := g.Owner(svc); owner != name {
+				e.Shared[svc] = owner
+			} else {
+				e.Started = append(e.Started, svc)
+			}
+			e.URLs = append(e.URLs, "http://"+deploy.PreviewHost(svc, name, zone))
+			if st, ok := d.sup.Status(g.Instance(svc)); !ok || !st.Ready {
+				e.State = "degraded"
+			}
+		}
+		out.Envs = append(out.Envs, e)
+	}
+	sort.Slice(out.Envs, func(i, j int) bool { return out.Envs[i].Name < out.Envs[j].Name })
+	return out, nil
+}
+
+// RemoveEnv implements api.EnvDaemon: the engine removes the environment
+// and stops what only it held; then what those instances kept goes too —
+// their state directories, and the GC roots of versions nothing holds now.
+func (d *Daemon) RemoveEnv(ctx context.Context, name string, progress func(string)) (*api.EnvRemoved, error) {
+	ctx = context.WithoutCancel(ctx) // like a deploy: run to the end
+	res, err := d.engine.RemoveEnv(ctx, name, d.progress(progress))
+	if err != nil {
+		return nil, apiError(err)
+	}
+	out := &api.EnvRemoved{Env: name, Generation: res.Generation.Number, Stopped: res.Stopped, Removed: []string{}, Aborted: res.Aborted}
+	if out.Stopped == nil {
+		out.Stopped = []string{}
+	}
+	var errs []error
+	for _, k := range res.Stopped {
+		key := spec.VersionKey(k)
+		owner := key.Owner()
+		if owner == spec.DefaultEnv {
+			continue // production's data stays with production
+		}
+		dir := supervisor.StateDir(d.opts.Root, serviceOf(key), owner)
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("state directory of %s: %w", key, err))
+			continue
+		}
+		out.Removed = append(out.Removed, dir)
+	}
+	unpinned, err := d.unpinUnheld(ctx)
+	out.Removed = append(out.Removed, unpinned...)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("gc roots: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return out, fmt.Errorf("environment %s removed, but not all it left: %w", name, err)
+	}
+	return out, nil
+}
+
+// serviceOf returns the service an instance key names
+// (SERVICE-VERSION[@ENV]).
+func serviceOf(key spec.VersionKey) string {
+	v := string(key.Version())
+	if i := strings.LastIndexByte(v, '-'); i > 0 {
+		return v[:i]
+	}
+	return v
+}
+
+// unpinUnheld removes the GC roots of versions that no generation still
+// stored holds and no process runs.
+func (d *Daemon) unpinUnheld(ctx context.Context) ([]string, error) {
+	gens, err := d.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return nix.RootsFor(d.opts.Root).Prune(d.pinned(gens))
+}
+
+// pinned is what must keep its GC roots: the versions of gens and of every
+// running instance.
+func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
+	keep := map[string]bool{}
+	for _, g := range gens {
+		for name := range g.Spec.Services {
+			keep[string(spec.Key(name, g.Versions[name]))] = true
+		}
+	}
+	for _, s := range d.sup.List() {
+		keep[string(s.Key.Version())] = true
+	}
+	return keep
+}
