@@ -451,7 +451,6 @@ func (s *Supervisor) runDir(key spec.VersionKey) string {
 	return filepath.Join(s.opts.Root, "run", string(key))
 }
 
-
 // instanceLog is the log of cfg's instance.
 func (s *Supervisor) instanceLog(cfg Config) string {
 	return LogPath(s.opts.Root, cfg.Service, cfg.Version, cfg.Owner)
