@@ -262,6 +262,7 @@ func (e *Env) Get(host, path string) (int, http.Header, string) {
 // ServiceStatus is one entry of status --json.
 type ServiceStatus struct {
 	Name, Version, State, URL string
+	Env                       string // whose instance: production or a preview's own
 	PID                       int
 	Ready                     bool
 	Domains                   []string

@@ -1,0 +1,220 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"hostel/internal/nix"
+)
+
+// twenty is a spec of 20 services: app00 is needed by app01…app18, and
+// app19, the leaf, needs app05; the leaf's title is leaf.
+func twenty(e *Env, leaf string) map[string]any {
+	svcs := map[string]any{}
+	for i := range 20 {
+		name := fmt.Sprintf("app%02d", i)
+		extra := map[string]any{"env": map[string]string{"SHOP_TITLE": name}, "domains": []string{name + ".example"}}
+		switch {
+		case i == 19:
+			extra["env"] = map[string]string{"SHOP_TITLE": leaf}
+			extra["needs"] = []string{"app05"}
+		case i > 0:
+			extra["needs"] = []string{"app00"}
+		}
+		svcs[name] = e.App("shop", extra)
+	}
+	return map[string]any{"services": svcs}
+}
+
+// processes returns the pid of every process of the daemon's root (found,
+// as the daemon finds leftovers, by the RUNTIME_DIRECTORY under ROOT/run
+// in its environment), by that directory's name.
+func (e *Env) processes() map[int]string {
+	e.t.Helper()
+	run := filepath.Join(e.Root, "run") + "/"
+	out := map[int]string{}
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(ent.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range strings.Split(string(b), "\x00") {
+			if dir, ok := strings.CutPrefix(kv, "RUNTIME_DIRECTORY="); ok && strings.HasPrefix(dir, run) {
+				out[pid] = strings.TrimPrefix(dir, run)
+			}
+		}
+	}
+	return out
+}
+
+// envStatus returns `hostel status --env env --json`'s services by name.
+func (e *Env) envStatus(env string) map[string]ServiceStatus {
+	e.t.Helper()
+	var st struct{ Services []ServiceStatus }
+	if err := json.Unmarshal([]byte(e.MustRun("status", "--env", env, "--json")), &st); err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]ServiceStatus{}
+	for _, s := range st.Services {
+		out[s.Name] = s
+	}
+	return out
+}
+
+// TestPreviewOneLeafOfTwenty: a preview of the 20-service spec with its
+// leaf changed starts exactly one process; every other service of the
+// preview is production's process (same pid); the preview answers on
+// SERVICE.ENV.ZONE while production's domains stay; `env rm` leaves no
+// process, route, run record, state directory or GC root of it; and bad
+// input changes nothing (exit 2).
+func TestPreviewOneLeafOfTwenty(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(twenty(e, "before"))
+	e.MustRun("deploy", "--no-confirm")
+	prod := e.envStatus("production")
+	before := e.processes()
+	if len(before) != 20 {
+		t.Fatalf("%d processes run for production, want 20: %v", len(before), before)
+	}
+
+	// Bad input: nothing changes, exit 2.
+	e.WriteSpec(twenty(e, "after"))
+	for _, args := range [][]string{
+		{"deploy", "--env", "PR_1", "--no-confirm"},
+		{"deploy", "--env", "a-name-far-too-long-for-one", "--no-confirm"},
+		{"env", "rm", "production"},
+		{"env", "rm", "pr-9"},
+		{"env", "rm", "Bad_Name"},
+		{"status", "--env", "pr-9"},
+		{"logs", "app19", "--env", "pr-9"},
+	} {
+		if _, errOut, code := e.Run(args...); code != 2 {
+			t.Errorf("hostel %s: exit %d, want 2\n%s", strings.Join(args, " "), code, errOut)
+		}
+	}
+	if got := e.processes(); len(got) != 20 {
+		t.Fatalf("bad input changed the processes: %v", got)
+	}
+
+	// The plan says what the preview shares and starts.
+	var p struct {
+		Services []struct{ Name, Action string }
+	}
+	if err := json.Unmarshal([]byte(e.MustRun("plan", "--env", "pr-1", "--json")), &p); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Services {
+		want := "shared"
+		if c.Name == "app19" {
+			want = "start"
+		}
+		if c.Action != want {
+			t.Errorf("plan --env pr-1: %s %s, want %s", c.Name, c.Action, want)
+		}
+	}
+
+	e.MustRun("deploy", "--env", "pr-1", "--no-confirm")
+	after := e.processes()
+	var started []string
+	for pid, dir := range after {
+		if _, ok := before[pid]; !ok {
+			started = append(started, dir)
+		}
+	}
+	if len(after) != 21 || len(started) != 1 || !strings.HasPrefix(started[0], "app19-") || !strings.HasSuffix(started[0], "@pr-1") {
+		t.Fatalf("with the preview: %d processes, new ones %v; want 21, exactly the preview's own app19", len(after), started)
+	}
+	preview := e.envStatus("pr-1")
+	for name, s := range preview {
+		if name == "app19" {
+			if s.PID == prod[name].PID || s.Env != "pr-1" {
+				t.Errorf("pr-1's app19: pid %d env %q, want its own process", s.PID, s.Env)
+			}
+			continue
+		}
+		if s.PID != prod[name].PID || s.Env != "production" {
+			t.Errorf("pr-1's %s: pid %d env %q, want production's pid %d", name, s.PID, s.Env, prod[name].PID)
+		}
+	}
+	if code, _, body := e.Get("app19.pr-1.hostel.internal", "/"); code != 200 || !strings.HasPrefix(body, "after ") {
+		t.Errorf("app19.pr-1.hostel.internal: %d %q, want the preview's leaf", code, body)
+	}
+	if code, _, body := e.Get("app05.pr-1.hostel.internal", "/"); code != 200 || !strings.HasPrefix(body, "app05 ") {
+		t.Errorf("app05.pr-1.hostel.internal: %d %q, want production's app05", code, body)
+	}
+	if _, _, body := e.Get("app19.example", "/"); !strings.HasPrefix(body, "before ") {
+		t.Errorf("production's app19.example serves %q after the preview", body)
+	}
+	var l struct {
+		Envs []struct {
+			Name    string
+			Started []string
+			Shared  map[string]string
+			URLs    []string
+			State   string
+		}
+	}
+	if err := json.Unmarshal([]byte(e.MustRun("env", "list", "--json")), &l); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Envs) != 1 || l.Envs[0].Name != "pr-1" || !slices.Equal(l.Envs[0].Started, []string{"app19"}) ||
+		len(l.Envs[0].Shared) != 19 || len(l.Envs[0].URLs) != 20 || l.Envs[0].State != "running" {
+		t.Errorf("env list: %+v", l.Envs)
+	}
+	own := preview["app19"]
+	stateDir := filepath.Join(e.Root, "state", "app19@pr-1")
+	if _, err := os.Stat(stateDir); err != nil {
+		t.Errorf("the preview's own state directory: %v", err)
+	}
+
+	e.MustRun("env", "rm", "pr-1")
+	if got := e.processes(); !maps.Equal(got, before) {
+		t.Errorf("after env rm: processes %v, want production's %v", got, before)
+	}
+	if pidAlive(own.PID) {
+		t.Errorf("process: the preview's app19 (pid %d) still runs", own.PID)
+	}
+	if code, _, _ := e.Get("app19.pr-1.hostel.internal", "/"); code != http.StatusNotFound {
+		t.Errorf("route: app19.pr-1.hostel.internal answers %d, want 404", code)
+	}
+	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
+		t.Errorf("state directory: %s: %v, want it gone", stateDir, err)
+	}
+	runs, _ := filepath.Glob(filepath.Join(e.Root, "run", "*@pr-1*"))
+	logs, _ := filepath.Glob(filepath.Join(e.Root, "state", "*@pr-1"))
+	if len(runs)+len(logs) != 0 {
+		t.Errorf("run records or state left: %v %v", runs, logs)
+	}
+	// No spec here pins a store path (the apps are plain directories):
+	// what must hold is that no root names the preview's version.
+	roots, _ := os.ReadDir(nix.RootsFor(e.Root).Dir)
+	for _, r := range roots {
+		if strings.HasPrefix(r.Name(), "app19-"+own.Version) {
+			t.Errorf("GC root: %s left", r.Name())
+		}
+	}
+	if out := e.MustRun("env", "list", "--json"); !strings.Contains(out, `"envs": []`) {
+		t.Errorf("env list after rm: %s", out)
+	}
+	if _, errOut, code := e.Run("env", "rm", "pr-1"); code != 2 {
+		t.Errorf("env rm of a removed environment: exit %d, want 2\n%s", code, errOut)
+	}
+	for name, s := range e.envStatus("production") {
+		if s.PID != prod[name].PID {
+			t.Errorf("production's %s: pid %d, was %d", name, s.PID, prod[name].PID)
+		}
+	}
+}
