@@ -24,8 +24,64 @@ type Spec struct {
 	ACME *ACME `json:"acme,omitempty"`
 	// Postgres says how hostel reaches the database server as administrator.
 	Postgres *PostgresAdmin `json:"postgres,omitempty"`
+	// Previews says how preview environments (deploy --env NAME) run;
+	// nil means the defaults (see Previews).
+	Previews *Previews `json:"previews,omitempty"`
 	// Services by name.
 	Services map[string]*Service `json:"services"`
+}
+
+// Previews configures preview environments.
+type Previews struct {
+	// Domain, when set, makes every service of environment NAME answer on
+	// SERVICE.NAME.DOMAIN. Not supported yet: refused.
+	Domain string `json:"domain,omitempty"`
+	// Idle puts a preview's own versions to sleep after this long without
+	// a request. Not supported yet (it needs scale to zero): refused.
+	Idle Duration `json:"idle,omitempty"`
+	// TTL is how long a preview lives after its last deploy; zero means
+	// DefaultPreviewTTL.
+	TTL Duration `json:"ttl,omitempty"`
+	// Postgres is what a preview's own database starts as: PreviewCopy
+	// (the default: production's rows at the preview's first deploy) or
+	// PreviewEmpty.
+	Postgres string `json:"postgres,omitempty"`
+	// State is what a preview's own state directory starts as:
+	// PreviewEmpty (the default) or PreviewCopy of production's.
+	State string `json:"state,omitempty"`
+}
+
+// What a preview's own data starts as (Previews.Postgres, Previews.State).
+const (
+	PreviewCopy  = "copy"
+	PreviewEmpty = "empty"
+)
+
+// DefaultPreviewTTL is how long a preview lives after its last deploy
+// when previews.ttl is not set.
+const DefaultPreviewTTL = 168 * time.Hour
+
+// TTLOrDefault returns how long a preview of s lives after its last deploy.
+func (s *Spec) TTLOrDefault() time.Duration {
+	if s.Previews == nil || s.Previews.TTL == 0 {
+		return DefaultPreviewTTL
+	}
+	return s.Previews.TTL.D()
+}
+
+// PreviewData returns what a preview's own database and state directory
+// start as.
+func (s *Spec) PreviewData() (postgres, state string) {
+	postgres, state = PreviewCopy, PreviewEmpty
+	if p := s.Previews; p != nil {
+		if p.Postgres != "" {
+			postgres = p.Postgres
+		}
+		if p.State != "" {
+			state = p.State
+		}
+	}
+	return postgres, state
 }
 
 // ACME names the certificate authority hostel asks for certificates.

@@ -71,6 +71,9 @@ func (s *Spec) Validate() error {
 			return &Error{Field: "postgres.admin", Msg: err.Error()}
 		}
 	}
+	if err := s.Previews.validate(); err != nil {
+		return err
+	}
 	hosts := map[string]string{} // host → "service" that claims it
 	dbs := map[string]string{}
 	for _, name := range s.Names() {
@@ -343,4 +346,23 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// validate checks the previews section; nil is the defaults.
+func (p *Previews) validate() error {
+	if p == nil {
+		return nil
+	}
+	if p.Domain != "" {
+		return &Error{Field: "previews.domain", Msg: "not supported yet: previews answer on SERVICE.ENV.ZONE (loopback) only"}
+	}
+	if p.Idle != 0 {
+		return &Error{Field: "previews.idle", Msg: "not supported yet: previews run until they expire (previews.ttl) or env rm"}
+	}
+	for _, f := range []struct{ field, v string }{{"previews.postgres", p.Postgres}, {"previews.state", p.State}} {
+		if f.v != "" && f.v != PreviewCopy && f.v != PreviewEmpty {
+			return &Error{Field: f.field, Msg: fmt.Sprintf("want %q or %q, not %q", PreviewCopy, PreviewEmpty, f.v)}
+		}
+	}
+	return nil
 }
