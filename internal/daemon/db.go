@@ -48,6 +48,10 @@ const (
 //
 //	postgres/SERVICE.password  the role's password, when it has one (0600)
 //	backups/SERVICE/TIME-WHAT.dump
+//
+// A preview's own instance of a service has its own database, recorded
+// and backed up under the data name SERVICE@ENV (dataName), owned by the
+// service's role (the process runs as the service's user either way).
 type databases struct {
 	root  string
 	store store.Store
@@ -129,8 +133,31 @@ func (db *databases) password(service string) (string, error) {
 	return pw, writeFile(p, []byte(pw+"\n"))
 }
 
-// target is a service's database on its server, with its credential.
+// dataName names the data of the instance environment owner owns of
+// service: SERVICE for production's, SERVICE@ENV for a preview's own.
+func dataName(service, owner string) string {
+	if owner == "" || owner == spec.DefaultEnv {
+		return service
+	}
+	return service + "@" + owner
+}
+
+// serviceOfData returns the service of a data name.
+func serviceOfData(name string) string {
+	service, _, _ := strings.Cut(name, "@")
+	return service
+}
+
+// previewDatabase is the name of a preview's own database of a service
+// whose production database is named base.
+func previewDatabase(base, env string) string {
+	return base + "_" + strings.ReplaceAll(env, "-", "_")
+}
+
+// target is a service's database on its server, with its credential
+// (the role's, which a preview's database shares).
 func (db *databases) target(r *record, service string) (*postgres.Server, postgres.Database, error) {
+	service = serviceOfData(service)
 	srv, err := postgres.Open(r.Admin)
 	if err != nil {
 		return nil, postgres.Database{}, err
@@ -149,7 +176,11 @@ func (db *databases) target(r *record, service string) (*postgres.Server, postgr
 //
 // created says that the service had no database record before: this call
 // made its database, and a failed start may drop it again (forget).
+//
+// A preview's own instance gets a database of its own (dataName).
 func (db *databases) ensure(ctx context.Context, g *spec.Generation, service string) (srv *postgres.Server, d postgres.Database, created bool, err error) {
+	owner := g.Owner(service)
+	name := dataName(service, owner)
 	admin := ""
 	if g.Spec.Postgres != nil {
 		admin = g.Spec.Postgres.Admin
@@ -160,17 +191,20 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 	}
 	want := record{Admin: srv.Admin(), Database: g.Spec.Services[service].Postgres.Name(service),
 		Role: supervisor.UserName(service), Password: !(db.peer && srv.UnixSocket())}
+	if name != service {
+		want.Database = previewDatabase(want.Database, owner)
+	}
 
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	// The record comes first: whatever a crash leaves half made, hostel
 	// knows it is there (for db drop and status).
-	if old, rev, err := db.readRecord(ctx, service); err != nil {
+	if old, rev, err := db.readRecord(ctx, name); err != nil {
 		return nil, postgres.Database{}, false, err
 	} else if old == nil || *old != want {
 		b, _ := json.Marshal(want)
-		if _, err := db.store.PutRecord(ctx, store.KindDatabase, service, b, rev); err != nil {
-			return nil, postgres.Database{}, false, fmt.Errorf("database record of %s: %w", service, err)
+		if _, err := db.store.PutRecord(ctx, store.KindDatabase, name, b, rev); err != nil {
+			return nil, postgres.Database{}, false, fmt.Errorf("database record of %s: %w", name, err)
 		}
 		created = old == nil
 	}
@@ -178,7 +212,7 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 	if err != nil {
 		return nil, d, created, err
 	}
-	if db.done[service] == want {
+	if db.done[name] == want {
 		return srv, d, created, nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
@@ -186,48 +220,57 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 	if err := srv.Provision(pctx, d); err != nil {
 		return nil, d, created, fmt.Errorf("postgres: %w", err)
 	}
-	db.done[service] = want
-	db.logf("postgres: database %s provisioned for %s (role %s)", d.Name, service, d.Role)
+	db.done[name] = want
+	db.logf("postgres: database %s provisioned for %s (role %s)", d.Name, name, d.Role)
 	return srv, d, created, nil
 }
 
-// forget drops a service's database and role and forgets them: the
-// record, the role's password, and the records of release steps that ran
+// forget drops the database of data name (a service, or SERVICE@ENV) and
+// forgets it: the record, and the records of release steps that ran
 // against the database (a database made again is new, and its releases
-// run again). Backups are kept. db.mu must not be held.
-func (db *databases) forget(ctx context.Context, service string) error {
-	r, rev, err := db.readRecord(ctx, service)
+// run again). Production's also drops the role and its password; a
+// preview's database shares them with production's and leaves them.
+// Backups are kept. db.mu must not be held.
+func (db *databases) forget(ctx context.Context, name string) error {
+	r, rev, err := db.readRecord(ctx, name)
 	if err != nil || r == nil {
 		return err
 	}
-	srv, d, err := db.target(r, service)
+	srv, d, err := db.target(r, name)
 	if err != nil {
 		return err
 	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if err := srv.Drop(ctx, d); err != nil {
+	if name != serviceOfData(name) {
+		err = srv.DropDatabase(ctx, d)
+	} else {
+		err = srv.Drop(ctx, d)
+	}
+	if err != nil {
 		return err
 	}
-	delete(db.done, service)
-	if err := os.Remove(db.passwordPath(service)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+	delete(db.done, name)
+	if name == serviceOfData(name) {
+		if err := os.Remove(db.passwordPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	releases, err := db.store.Records(ctx, store.KindRelease)
 	if err != nil {
 		return err
 	}
 	for _, rr := range releases {
-		if strings.HasPrefix(rr.Key, service+"/") {
+		if strings.HasPrefix(rr.Key, name+"/") {
 			if err := db.store.DeleteRecord(ctx, store.KindRelease, rr.Key, rr.Revision); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err
 			}
 		}
 	}
-	if err := db.store.DeleteRecord(ctx, store.KindDatabase, service, rev); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := db.store.DeleteRecord(ctx, store.KindDatabase, name, rev); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	db.logf("postgres: dropped database %s and role %s of %s", d.Name, d.Role, service)
+	db.logf("postgres: dropped database %s of %s", d.Name, name)
 	return nil
 }
 
@@ -256,10 +299,15 @@ func (p *provisioner) Prepare(ctx context.Context, g *spec.Generation, service s
 	}
 	srv, d, created, err := p.db.ensure(ctx, g, service)
 	p.mu.Lock()
-	p.created[spec.Key(service, g.Versions[service])] = created
+	p.created[g.Instance(service)] = created
 	p.mu.Unlock()
 	if err != nil {
 		return err
+	}
+	if mode, _ := g.Spec.PreviewData(); created && g.Owner(service) != spec.DefaultEnv && mode == spec.PreviewCopy {
+		if err := p.db.copyProduction(ctx, service, srv, d); err != nil {
+			return fmt.Errorf("copying production's database: %w", err)
+		}
 	}
 	if root := srv.ServiceTLS().RootCert; root != "" && p.db.peer {
 		// The service runs as its own user: a root certificate only the
@@ -279,7 +327,7 @@ func (p *provisioner) Prepare(ctx context.Context, g *spec.Generation, service s
 
 // Cleanup implements deploy.Cleaner.
 func (p *provisioner) Cleanup(ctx context.Context, g *spec.Generation, service string, started bool) error {
-	key := spec.Key(service, g.Versions[service])
+	key := g.Instance(service)
 	p.mu.Lock()
 	created := p.created[key]
 	delete(p.created, key)
@@ -287,7 +335,33 @@ func (p *provisioner) Cleanup(ctx context.Context, g *spec.Generation, service s
 	if started || !created {
 		return nil
 	}
-	return p.db.forget(ctx, service)
+	return p.db.forget(ctx, dataName(service, g.Owner(service)))
+}
+
+// copyProduction fills a preview's new database d with production's rows
+// of service, as they are now: a dump of production's database restored
+// into d (owned by the service's role). Without a production database,
+// d stays empty.
+func (db *databases) copyProduction(ctx context.Context, service string, srv *postgres.Server, d postgres.Database) error {
+	r, _, err := db.readRecord(ctx, service)
+	if err != nil || r == nil {
+		return err
+	}
+	psrv, pd, err := db.target(r, service)
+	if err != nil {
+		return err
+	}
+	dir := db.backupDir(service)
+	path := filepath.Join(dir, ".preview-copy-"+d.Name+".dump")
+	defer os.Remove(path)
+	if _, err := psrv.DumpFile(ctx, pd.Name, path); err != nil {
+		return err
+	}
+	if err := srv.Restore(ctx, d.Name, d.Role, path); err != nil {
+		return err
+	}
+	db.logf("postgres: %s is a copy of %s", d.Name, pd.Name)
+	return nil
 }
 
 // othersCanRead checks that any user may read the file at path: it is
@@ -351,14 +425,17 @@ func (r releaser) Prepare(ctx context.Context, g *spec.Generation, service strin
 	if len(svc.Release) == 0 {
 		return nil
 	}
-	key := releaseKey(service, cfg.Version)
+	// A preview's own database has its own release record: production's
+	// runs the release again against its own data.
+	data := dataName(service, cfg.Owner)
+	key := releaseKey(data, cfg.Version)
 	if _, err := r.db.store.Record(ctx, store.KindRelease, key); err == nil {
 		return nil // ran for this version already (a restart, a rollback)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 	if svc.Postgres != nil {
-		if _, err := r.db.backup(ctx, service, string(cfg.Version)); err != nil {
+		if _, err := r.db.backup(ctx, data, string(cfg.Version)); err != nil {
 			return fmt.Errorf("backup before release: %w", err)
 		}
 	}

@@ -80,7 +80,8 @@ func (d *Daemon) Envs(ctx context.Context) (*api.EnvList, error) {
 
 // RemoveEnv implements api.EnvDaemon: the engine removes the environment
 // and stops what only it held; then what those instances kept goes too —
-// their state directories, and the GC roots of versions nothing holds now.
+// their databases (backed up first), state directories, and the GC roots
+// of versions nothing holds now.
 func (d *Daemon) RemoveEnv(ctx context.Context, name string, progress func(string)) (*api.EnvRemoved, error) {
 	ctx = context.WithoutCancel(ctx) // like a deploy: run to the end
 	res, err := d.engine.RemoveEnv(ctx, name, d.progress(progress))
@@ -98,7 +99,13 @@ func (d *Daemon) RemoveEnv(ctx context.Context, name string, progress func(strin
 		if owner == spec.DefaultEnv {
 			continue // production's data stays with production
 		}
-		dir := supervisor.StateDir(d.opts.Root, serviceOf(key), owner)
+		service := serviceOf(key)
+		if removed, err := d.db.retire(ctx, dataName(service, owner)); err != nil {
+			errs = append(errs, fmt.Errorf("database of %s: %w", key, err))
+		} else if removed != "" {
+			out.Removed = append(out.Removed, removed)
+		}
+		dir := supervisor.StateDir(d.opts.Root, service, owner)
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, fmt.Errorf("state directory of %s: %w", key, err))
 			continue
@@ -149,4 +156,20 @@ func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
 		keep[string(s.Key.Version())] = true
 	}
 	return keep
+}
+
+// retire backs up and drops the database of data name, if it has one,
+// and returns the database's name ("" when there was none).
+func (db *databases) retire(ctx context.Context, name string) (string, error) {
+	r, _, err := db.readRecord(ctx, name)
+	if err != nil || r == nil {
+		return "", err
+	}
+	if _, err := db.backup(ctx, name, "env-rm"); err != nil {
+		return "", fmt.Errorf("backup before drop: %w", err)
+	}
+	if err := db.forget(ctx, name); err != nil {
+		return "", err
+	}
+	return "database " + r.Database, nil
 }

@@ -92,22 +92,6 @@ func checkEnv(env string) (string, error) {
 	return env, nil
 }
 
-// ErrPreviewData is why a preview cannot run its own instance of a
-// version with a database yet: it would write to production's.
-var ErrPreviewData = errors.New("a preview's own version of a service with postgres is not supported yet (it would use production's database)")
-
-// checkPreviewData refuses a preview generation that would run its own
-// instance of a service with a database: until previews get their own
-// databases, such an instance would write to production's.
-func checkPreviewData(g *spec.Generation) error {
-	for _, name := range g.Spec.Names() {
-		if g.Owner(name) == g.EnvOrDefault() && g.Spec.Services[name].Postgres != nil {
-			return fmt.Errorf("%s: service %q: %w", g.Source, name, ErrPreviewData)
-		}
-	}
-	return nil
-}
-
 // invalid marks err as an input error.
 func invalid(err error) error { return &InvalidError{Err: err} }
 
@@ -310,9 +294,6 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		}
 		Share(next, cs)
 		MarkPreview(p, next, cur)
-		if err := checkPreviewData(next); err != nil {
-			return res, nil, invalid(err)
-		}
 	}
 	var from uint64 // the generation this deploy was planned against
 	if cur != nil {

@@ -281,11 +281,33 @@ func (s *Server) Drop(ctx context.Context, d Database) error {
 		return err
 	}
 	defer c.Close(context.WithoutCancel(ctx))
-	if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{d.Name}.Sanitize()+" WITH (FORCE)"); err != nil {
-		return fmt.Errorf("dropping database %s: %w", d.Name, err)
+	if err := dropDatabase(ctx, c, d.Name); err != nil {
+		return err
 	}
 	if _, err := c.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{d.Role}.Sanitize()); err != nil {
 		return fmt.Errorf("dropping role %s: %w", d.Role, err)
+	}
+	return nil
+}
+
+// DropDatabase removes database d (closing its connections), if it
+// exists, and keeps its role: for a database whose role owns another one
+// (a preview's copy of production's database).
+func (s *Server) DropDatabase(ctx context.Context, d Database) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	c, err := s.connect(ctx, "")
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	return dropDatabase(ctx, c, d.Name)
+}
+
+func dropDatabase(ctx context.Context, c *pgx.Conn, name string) error {
+	if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("dropping database %s: %w", name, err)
 	}
 	return nil
 }
