@@ -206,6 +206,7 @@ func (d *Daemon) serviceStatus(name string, v spec.Version, zone string) api.Ser
 			ss.State = "draining"
 		}
 	}
+	d.sleepStatus(key, &ss)
 	return ss
 }
 

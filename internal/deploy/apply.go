@@ -110,7 +110,7 @@ func (e *Engine) isRunning(key spec.VersionKey) bool {
 		return false
 	}
 	_, ok := e.procs.Get(key)
-	return ok
+	return ok || e.asleep != nil && e.asleep(key)
 }
 
 // start starts one version and waits until it is ready. Its errors are

@@ -105,6 +105,9 @@ type Engine struct {
 	// running holds what the engine started and has not stopped, by key.
 	runMu   sync.Mutex
 	running map[spec.VersionKey]*version
+
+	// asleep reports whether a version sleeps (sleep.go); nil: none does.
+	asleep func(spec.VersionKey) bool
 }
 
 // version is one started version of a service and what it was started with.

@@ -60,6 +60,12 @@ type Service struct {
 	Redirects []string  `json:"redirects,omitempty"`
 	// Idle stops the service after this long without a request; zero means always running.
 	Idle Duration `json:"idle,omitempty"`
+	// OldVersions is what becomes of a version a deploy replaces:
+	// "stop" (or empty) stops it. "callable" is not supported yet.
+	OldVersions string `json:"old_versions,omitempty"`
+	// Exclusive would never run two versions at once; not supported yet:
+	// only false is accepted.
+	Exclusive bool `json:"exclusive,omitempty"`
 	// TLS, nil meaning true, serves the domains over HTTPS.
 	TLS  *bool `json:"tls,omitempty"`
 	HSTS bool  `json:"hsts,omitempty"`
