@@ -51,7 +51,7 @@ type Daemon struct {
 	// sleeper puts idle versions to sleep and wakes them (sleep.go); nil
 	// until the current generation is resumed.
 	sleeper *idle.Sleeper
-	logf   func(string, ...any)
+	logf    func(string, ...any)
 	// hostKey is the machine's age identity, which decrypts secrets.
 	hostKey *secrets.HostKey
 	// db provisions PostgreSQL databases and runs release steps.
