@@ -96,6 +96,7 @@ func NewHandler(d Daemon) http.Handler {
 	})
 	handleSecrets(mux, d)
 	handleDB(mux, d)
+	handlePause(mux, d)
 	handleShutdown(mux, d)
 	return mux
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"hostel/internal/api"
@@ -54,4 +55,48 @@ func (d *Daemon) sleepStatus(key spec.VersionKey, ss *api.ServiceStatus) {
 	if sl.Asleep {
 		ss.PID, ss.Ready = 0, false
 	}
+}
+
+var _ api.PauseDaemon = (*Daemon)(nil)
+
+// DefaultPauseMax is how long `hostel pause` holds a request by default.
+const DefaultPauseMax = 30 * time.Second
+
+// Pause implements api.PauseDaemon: it holds the requests to the service's
+// current version until Resume; past req.Max one is answered 503.
+func (d *Daemon) Pause(ctx context.Context, req api.PauseRequest) error {
+	bound := DefaultPauseMax
+	if req.Max != "" {
+		b, err := time.ParseDuration(req.Max)
+		if err != nil || b <= 0 {
+			return api.Invalid(fmt.Errorf("--max: %q is not a positive duration", req.Max))
+		}
+		bound = b
+	}
+	key, err := d.currentKey(ctx, req.Service)
+	if err != nil {
+		return err
+	}
+	return d.router.Pause(key, bound)
+}
+
+// Resume implements api.PauseDaemon.
+func (d *Daemon) Resume(ctx context.Context, req api.ResumeRequest) error {
+	key, err := d.currentKey(ctx, req.Service)
+	if err != nil {
+		return err
+	}
+	return d.router.Resume(key)
+}
+
+// currentKey is the version of service in the current generation.
+func (d *Daemon) currentKey(ctx context.Context, service string) (spec.VersionKey, error) {
+	cur, err := d.store.Current(ctx)
+	if err != nil {
+		return "", err
+	}
+	if cur == nil || cur.Spec.Services[service] == nil {
+		return "", api.Invalid(fmt.Errorf("no service %q in the current generation", service))
+	}
+	return spec.Key(service, cur.Versions[service]), nil
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +100,56 @@ func TestIdleSleepsAndWakes(t *testing.T) {
 	e.waitState(20*time.Second, "idle", "blog", "quotes")
 	if code, _, body := e.Get("blog.test", "/"); code != 200 || !strings.Contains(body, "Quote of the day") {
 		t.Fatalf("after a daemon restart: %d %q", code, body)
+	}
+}
+
+// TestPauseResumeCLI: hostel pause holds a service's requests until
+// hostel resume; past --max a held request gets 503 with Retry-After; a
+// bad service or bound is an input error.
+func TestPauseResumeCLI(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(map[string]any{"services": map[string]any{
+		"shop": e.App("shop", map[string]any{"domains": []string{"shop.test"}}),
+	}})
+	e.MustRun("deploy", "--no-confirm")
+	e.MustRun("pause", "shop", "--max", "1h")
+	answered := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://"+e.HTTP+"/", nil)
+		req.Host = "shop.test"
+		resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+		if err != nil {
+			answered <- -1
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	select {
+	case code := <-answered:
+		t.Fatalf("answered %d while paused", code)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if s := e.sleepStatus()["shop"]; s.State != "held" {
+		t.Errorf("paused: state %q, want held", s.State)
+	}
+	e.MustRun("resume", "shop")
+	if code := <-answered; code != 200 {
+		t.Errorf("after resume: %d, want 200", code)
+	}
+	if s := e.sleepStatus()["shop"]; s.State != "running" {
+		t.Errorf("resumed: state %q, want running", s.State)
+	}
+
+	e.MustRun("pause", "shop", "--max", "100ms")
+	if code, h, _ := e.Get("shop.test", "/"); code != 503 || h.Get("Retry-After") == "" {
+		t.Errorf("held past --max: %d Retry-After %q, want 503 with Retry-After", code, h.Get("Retry-After"))
+	}
+	e.MustRun("resume", "shop")
+	for _, args := range [][]string{{"pause", "nope"}, {"pause", "shop", "--max", "-1s"}, {"resume", "nope"}} {
+		if _, errOut, code := e.Run(args...); code != 2 {
+			t.Errorf("hostel %v: exit %d (%s), want 2", args, code, errOut)
+		}
 	}
 }
