@@ -7,7 +7,8 @@
 #
 # usage: scripts/demo-postgres.sh ROOT [stop]
 set -euo pipefail
-ROOT=$1
+ROOT=$(realpath "$1") # its data directory must be reachable by postgres, not through a symlink
+cd / # postgres runs its tools here, and may not be able to enter the caller's directory
 SOCK=/tmp/hostel-demo-pg
 PORT=5433
 BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)

@@ -4,10 +4,31 @@
 # `make demo-stop`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=${HOSTEL_DEMO_ROOT:-$PWD/.demo}
 HTTP=${HOSTEL_DEMO_HTTP:-127.0.0.1:8080}
+# Services run as their own users, so every directory above the root must be
+# traversable by others. A clone under /root (0700) is not: then the root
+# lives under /var/lib/hostel-demo and .demo points to it.
+reachable() {
+  local d=$1
+  while [[ $d != / ]]; do
+    d=$(dirname "$d")
+    [[ $(stat -c %A "$d") == *[xt] ]] || return 1
+  done
+}
+if [[ -n ${HOSTEL_DEMO_ROOT:-} ]]; then
+  ROOT=$HOSTEL_DEMO_ROOT
+  mkdir -p "$ROOT"
+else
+  if [[ ! -e .demo ]] && ! reachable "$PWD/.demo"; then
+    real=/var/lib/hostel-demo/$(printf %s "$PWD" | sha256sum | cut -c1-12)
+    mkdir -p "$real" && chmod 755 /var/lib/hostel-demo "$real"
+    ln -s "$real" .demo
+    echo "$PWD is not reachable by the services' users: the demo's root is $real (.demo points to it)"
+  fi
+  mkdir -p .demo
+  ROOT=$(realpath .demo)
+fi
 export HOSTEL_ROOT=$ROOT
-mkdir -p "$ROOT"
 bin/hostel version
 scripts/install-deps.sh demo # Nix and PostgreSQL 15, if missing
 scripts/demo-postgres.sh "$ROOT" # the guestbook's database server, before the daemon resumes it

@@ -49,10 +49,11 @@ in
 
     # The guestbook needs modules from outside the standard library (pgx),
     # which goApp cannot download offline: its package is the directory
-    # scripts/build-examples.sh (make examples) builds, outside the store.
-    # With nixpkgs: pkgs.buildGoModule { ...; vendorHash = "sha256-…"; }.
+    # scripts/build-examples.sh (make examples) builds, copied into the
+    # store as it is (a path value, not a string). With nixpkgs:
+    # pkgs.buildGoModule { ...; vendorHash = "sha256-…"; }.
     guestbook = {
-      package = toString ./build/guestbook;
+      package = ./build/guestbook;
       exec = [ "bin/guestbook" ];
       postgres = true;
       release = [ "bin/guestbook" "migrate" ];
