@@ -34,6 +34,8 @@ type Routes interface {
 	Sleep(key spec.VersionKey, idle time.Duration) bool
 	// Wake starts waking key if it sleeps, without waiting.
 	Wake(key spec.VersionKey)
+	// Sleeping reports key's state; false once it is no longer routed.
+	Sleeping(key spec.VersionKey) (router.SleepStatus, bool)
 }
 
 var (
@@ -124,6 +126,7 @@ func (s *Sleeper) Stop() {
 // Check puts to sleep, once, every version of the catalog that had no
 // request for its idle.
 func (s *Sleeper) Check() {
+	s.forgetRemoved()
 	cat, ok := s.catalog()
 	if !ok {
 		return
@@ -148,6 +151,18 @@ func (s *Sleeper) Check() {
 				s.logf("%s: stopping to sleep: %v", key, err)
 			}
 		}()
+	}
+}
+
+// forgetRemoved drops what it keeps of sleeping versions the router no
+// longer routes: a deploy removed them.
+func (s *Sleeper) forgetRemoved() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.slept {
+		if _, ok := s.routes.Sleeping(k); !ok {
+			delete(s.slept, k)
+		}
 	}
 }
 
