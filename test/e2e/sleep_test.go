@@ -153,3 +153,44 @@ func TestPauseResumeCLI(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployTouchesSleepingService: a deploy that changes a sleeping
+// service starts its new version — checked, routed — which sleeps again
+// after idle, and removes the old one; a deploy that keeps a sleeping
+// version leaves it asleep.
+func TestDeployTouchesSleepingService(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	spec := func(greeting string) map[string]any {
+		return map[string]any{"services": map[string]any{
+			"quotes": e.App("quotes", map[string]any{"idle": "1s", "env": map[string]string{"GREETING": greeting}, "domains": []string{"quotes.test"}}),
+			"shop":   e.App("shop", map[string]any{"idle": "1s", "domains": []string{"shop.test"}}),
+		}}
+	}
+	e.WriteSpec(spec("Hello"))
+	e.MustRun("deploy", "--no-confirm")
+	old := e.waitState(20*time.Second, "idle", "quotes", "shop")
+
+	e.WriteSpec(spec("Bonjour"))
+	e.MustRun("deploy", "--confirm", "2s")
+	st := e.sleepStatus()
+	if s := st["quotes"]; s.Version == old["quotes"].Version || s.State != "running" || s.PID == 0 {
+		t.Errorf("quotes after a deploy that changed it: %+v, want its new version running", s)
+	}
+	if s := st["shop"]; s.Version != old["shop"].Version || s.State != "idle" || s.Wakes != 0 {
+		t.Errorf("shop, kept by the deploy: %+v, want the same version still asleep, never woken", s)
+	}
+	e.waitState(20*time.Second, "idle", "quotes")
+	if code, _, body := e.Get("quotes.test", "/quote"); code != 200 || !strings.Contains(body, "Bonjour") {
+		t.Errorf("the new quotes, woken: %d %q", code, body)
+	}
+	var all struct{ Services []sleepStatus }
+	if err := json.Unmarshal([]byte(e.MustRun("status", "--json")), &all); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range all.Services {
+		if s.Name == "quotes" && s.Version == old["quotes"].Version {
+			t.Errorf("the replaced quotes version is still listed: %+v", s)
+		}
+	}
+}
