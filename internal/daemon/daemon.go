@@ -49,7 +49,7 @@ type Daemon struct {
 	router *router.Router
 	engine *deploy.Engine
 	// sleeper puts idle versions to sleep and wakes them (sleep.go); nil
-	// until the current generation is resumed.
+	// until the current generations are resumed.
 	sleeper *idle.Sleeper
 	logf    func(string, ...any)
 	// hostKey is the machine's age identity, which decrypts secrets.
@@ -125,7 +125,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	zone := spec.DefaultZone
-	if cur, err := st.Current(ctx); err != nil {
+	if cur, err := st.Current(ctx, spec.DefaultEnv); err != nil {
 		return nil, err
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()
@@ -133,8 +133,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
 		Cgroups: d.openCgroups()})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf, Waker: wakeVia{d}})
-	// certRoutes: every switch also updates certificates and TLS policy.
-	d.engine = deploy.New(st, d.sup, certRoutes{Router: d.router, d: d})
+	d.engine = deploy.New(st, d.sup, d.router)
+	// Every switch also updates certificates and TLS policy.
+	d.engine.OnSwitch(d.switched)
 	d.engine.SetLog(func(f string, a ...any) { d.logf(f, a...) })
 	d.engine.SetAsleep(func(k spec.VersionKey) bool {
 		sl, ok := d.router.Sleeping(k)
@@ -143,8 +144,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
 	d.db = newDatabases(opts.Root, d.store, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
-	d.engine.Use(provisioner{d.db})
-	d.engine.Use(pinner{nix.RootsFor(opts.Root)}) // GC roots before a version starts
+	d.engine.Use(newProvisioner(d.db))
+	d.engine.Use(newPinner(nix.RootsFor(opts.Root))) // GC roots before a version starts
 	// releaser runs the release step with the version's full environment:
 	// keep it the last preparer (add new ones above this line).
 	d.engine.Use(releaser{d.db})

@@ -18,6 +18,7 @@ import (
 
 	"hostel/internal/api"
 	"hostel/internal/atomicfile"
+	"hostel/internal/deploy"
 	"hostel/internal/postgres"
 	"hostel/internal/spec"
 	"hostel/internal/store"
@@ -145,14 +146,17 @@ func (db *databases) target(r *record, service string) (*postgres.Server, postgr
 
 // ensure provisions the database a service asks for and returns how to
 // reach it.
-func (db *databases) ensure(ctx context.Context, g *spec.Generation, service string) (*postgres.Server, postgres.Database, error) {
+//
+// created says that the service had no database record before: this call
+// made its database, and a failed start may drop it again (forget).
+func (db *databases) ensure(ctx context.Context, g *spec.Generation, service string) (srv *postgres.Server, d postgres.Database, created bool, err error) {
 	admin := ""
 	if g.Spec.Postgres != nil {
 		admin = g.Spec.Postgres.Admin
 	}
-	srv, err := postgres.Open(admin)
+	srv, err = postgres.Open(admin)
 	if err != nil {
-		return nil, postgres.Database{}, err
+		return nil, postgres.Database{}, false, err
 	}
 	want := record{Admin: srv.Admin(), Database: g.Spec.Services[service].Postgres.Name(service),
 		Role: supervisor.UserName(service), Password: !(db.peer && srv.UnixSocket())}
@@ -162,39 +166,98 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 	// The record comes first: whatever a crash leaves half made, hostel
 	// knows it is there (for db drop and status).
 	if old, rev, err := db.readRecord(ctx, service); err != nil {
-		return nil, postgres.Database{}, err
+		return nil, postgres.Database{}, false, err
 	} else if old == nil || *old != want {
 		b, _ := json.Marshal(want)
 		if _, err := db.store.PutRecord(ctx, store.KindDatabase, service, b, rev); err != nil {
-			return nil, postgres.Database{}, fmt.Errorf("database record of %s: %w", service, err)
+			return nil, postgres.Database{}, false, fmt.Errorf("database record of %s: %w", service, err)
 		}
+		created = old == nil
 	}
-	srv, d, err := db.target(&want, service)
+	srv, d, err = db.target(&want, service)
 	if err != nil {
-		return nil, d, err
+		return nil, d, created, err
 	}
 	if db.done[service] == want {
-		return srv, d, nil
+		return srv, d, created, nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
 	if err := srv.Provision(pctx, d); err != nil {
-		return nil, d, fmt.Errorf("postgres: %w", err)
+		return nil, d, created, fmt.Errorf("postgres: %w", err)
 	}
 	db.done[service] = want
 	db.logf("postgres: database %s provisioned for %s (role %s)", d.Name, service, d.Role)
-	return srv, d, nil
+	return srv, d, created, nil
+}
+
+// forget drops a service's database and role and forgets them: the
+// record, the role's password, and the records of release steps that ran
+// against the database (a database made again is new, and its releases
+// run again). Backups are kept. db.mu must not be held.
+func (db *databases) forget(ctx context.Context, service string) error {
+	r, rev, err := db.readRecord(ctx, service)
+	if err != nil || r == nil {
+		return err
+	}
+	srv, d, err := db.target(r, service)
+	if err != nil {
+		return err
+	}
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if err := srv.Drop(ctx, d); err != nil {
+		return err
+	}
+	delete(db.done, service)
+	if err := os.Remove(db.passwordPath(service)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	releases, err := db.store.Records(ctx, store.KindRelease)
+	if err != nil {
+		return err
+	}
+	for _, rr := range releases {
+		if strings.HasPrefix(rr.Key, service+"/") {
+			if err := db.store.DeleteRecord(ctx, store.KindRelease, rr.Key, rr.Revision); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	if err := db.store.DeleteRecord(ctx, store.KindDatabase, service, rev); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	db.logf("postgres: dropped database %s and role %s of %s", d.Name, d.Role, service)
+	return nil
 }
 
 // provisioner is the deploy.Preparer that gives a version its database.
-type provisioner struct{ db *databases }
+// Its cleanup drops a database it created for a version that then did not
+// start; a database that was there before stays.
+type provisioner struct {
+	db *databases
+
+	mu sync.Mutex
+	// created holds the versions whose preparation created their
+	// service's database.
+	created map[spec.VersionKey]bool
+}
+
+func newProvisioner(db *databases) *provisioner {
+	return &provisioner{db: db, created: map[spec.VersionKey]bool{}}
+}
+
+var _ deploy.Cleaner = (*provisioner)(nil)
 
 // Prepare implements deploy.Preparer.
-func (p provisioner) Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error {
+func (p *provisioner) Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error {
 	if g.Spec.Services[service].Postgres == nil {
 		return nil
 	}
-	srv, d, err := p.db.ensure(ctx, g, service)
+	srv, d, created, err := p.db.ensure(ctx, g, service)
+	p.mu.Lock()
+	p.created[spec.Key(service, g.Versions[service])] = created
+	p.mu.Unlock()
 	if err != nil {
 		return err
 	}
@@ -212,6 +275,19 @@ func (p provisioner) Prepare(ctx context.Context, g *spec.Generation, service st
 		cfg.Env[k] = v
 	}
 	return nil
+}
+
+// Cleanup implements deploy.Cleaner.
+func (p *provisioner) Cleanup(ctx context.Context, g *spec.Generation, service string, started bool) error {
+	key := spec.Key(service, g.Versions[service])
+	p.mu.Lock()
+	created := p.created[key]
+	delete(p.created, key)
+	p.mu.Unlock()
+	if started || !created {
+		return nil
+	}
+	return p.db.forget(ctx, service)
 }
 
 // othersCanRead checks that any user may read the file at path: it is
@@ -422,7 +498,7 @@ func (d *Daemon) DBRestore(ctx context.Context, service string, r io.Reader) (*a
 		return nil, fmt.Errorf("safety backup before restore: %w", err)
 	}
 	res := &api.DBRestore{SafetyBackup: safety.File}
-	if cur, err := d.store.Current(ctx); err == nil && cur != nil && cur.Spec.Services[service] != nil {
+	if cur, err := d.store.Current(ctx, spec.DefaultEnv); err == nil && cur != nil && cur.Spec.Services[service] != nil {
 		if _, ok := d.sup.Get(spec.Key(service, cur.Versions[service])); ok {
 			res.Restarted = string(spec.Key(service, cur.Versions[service]))
 		}
@@ -439,29 +515,16 @@ func (d *Daemon) DBRestore(ctx context.Context, service string, r io.Reader) (*a
 
 // DBDrop implements api.DBDaemon. Backups are kept.
 func (d *Daemon) DBDrop(ctx context.Context, service string) error {
-	srv, db, err := d.db.lookup(ctx, service)
+	_, db, err := d.db.lookup(ctx, service)
 	if err != nil {
 		return err
 	}
-	if cur, err := d.store.Current(ctx); err != nil {
+	if cur, err := d.store.Current(ctx, spec.DefaultEnv); err != nil {
 		return err
 	} else if cur != nil && cur.Spec.Services[service] != nil && cur.Spec.Services[service].Postgres != nil {
 		return api.Invalid(fmt.Errorf("service %q still uses database %s in generation %d; remove it from the spec and deploy first", service, db.Name, cur.Number))
 	}
-	d.db.mu.Lock()
-	defer d.db.mu.Unlock()
-	if err := srv.Drop(ctx, db); err != nil {
-		return err
-	}
-	delete(d.db.done, service)
-	os.Remove(d.db.passwordPath(service))
-	if _, rev, err := d.db.readRecord(ctx, service); err != nil {
-		return err
-	} else if err := d.db.store.DeleteRecord(ctx, store.KindDatabase, service, rev); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	d.logf("postgres: dropped database %s and role %s of %s", db.Name, db.Role, service)
-	return nil
+	return d.db.forget(ctx, service)
 }
 
 // addDatabases fills in the database of each service in st that has one:

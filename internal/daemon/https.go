@@ -10,8 +10,7 @@ import (
 
 	"hostel/internal/acme"
 	"hostel/internal/api"
-	"hostel/internal/deploy"
-	"hostel/internal/router"
+	"hostel/internal/spec"
 )
 
 // CertWait is how long a deploy waits for the certificates of the hosts it
@@ -66,33 +65,14 @@ func (d *Daemon) HTTPSAddr() string {
 	return d.httpsLn.Addr().String()
 }
 
-// certRoutes is the router as the engine sees it, with one addition: every
-// switch of the public table also hands the generation that became current
+// switched is the engine's switch hook: the generation that went live goes
 // to certificate management, so that its hosts get certificates and its
 // TLS policy (redirects, HSTS) applies from the same moment on.
-type certRoutes struct {
-	*router.Router
-	d *Daemon
-}
-
-var _ deploy.Routes = certRoutes{}
-
-// Swap implements deploy.Routes. The engine commits or selects the
-// generation before it switches to it, so the store's current generation is
-// the one being switched to.
-func (r certRoutes) Swap(t router.Table) error {
-	if err := r.Router.Swap(t); err != nil {
-		return err
+func (d *Daemon) switched(g *spec.Generation) {
+	// Only production's services answer on their domains.
+	if d.certs != nil && g.EnvOrDefault() == spec.DefaultEnv {
+		d.certs.Update(g)
 	}
-	if r.d.certs != nil {
-		cur, err := r.d.store.Current(context.Background())
-		if err != nil {
-			r.d.logf("certificates: reading the current generation: %v", err)
-			return nil
-		}
-		r.d.certs.Update(cur)
-	}
-	return nil
 }
 
 // awaitCerts waits (up to CertWait) for the certificates of the current

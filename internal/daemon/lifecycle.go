@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"hostel/internal/api"
+	"hostel/internal/spec"
 )
 
 // minDrain is the least time a stopping daemon gives requests in flight.
@@ -19,7 +20,7 @@ func (d *Daemon) drainBound() time.Duration {
 	if d.store == nil {
 		return bound
 	}
-	if cur, err := d.store.Current(context.Background()); err == nil && cur != nil {
+	if cur, err := d.store.Current(context.Background(), spec.DefaultEnv); err == nil && cur != nil {
 		for _, svc := range cur.Spec.Services {
 			bound = max(bound, svc.StopGraceOrDefault())
 		}

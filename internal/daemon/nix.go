@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"sync"
 
 	"hostel/internal/deploy"
 	"hostel/internal/nix"
@@ -12,18 +13,47 @@ import (
 
 // pinner is the deploy preparer that makes a version's store paths GC roots
 // before its process starts, so that no garbage collection can take what a
-// generation needs.
-type pinner struct{ roots nix.Roots }
+// generation needs. Its cleanup removes the roots it added for a version
+// that then did not start; roots that were there before stay.
+type pinner struct {
+	roots nix.Roots
 
-var _ deploy.Preparer = pinner{}
+	mu sync.Mutex
+	// added holds the versions whose preparation added their roots.
+	added map[spec.VersionKey]bool
+}
+
+func newPinner(roots nix.Roots) *pinner {
+	return &pinner{roots: roots, added: map[spec.VersionKey]bool{}}
+}
+
+var _ deploy.Cleaner = (*pinner)(nil)
 
 // Prepare implements deploy.Preparer.
-func (p pinner) Prepare(_ context.Context, g *spec.Generation, service string, _ *supervisor.Config) error {
+func (p *pinner) Prepare(_ context.Context, g *spec.Generation, service string, _ *supervisor.Config) error {
+	key := spec.Key(service, g.Versions[service])
 	paths := servicePaths(g.Spec.Services[service])
+	added := len(paths) > 0 && !p.roots.Pinned(string(key))
+	p.mu.Lock()
+	p.added[key] = added
+	p.mu.Unlock()
 	if len(paths) == 0 {
 		return nil
 	}
-	return p.roots.Pin(string(spec.Key(service, g.Versions[service])), paths)
+	return p.roots.Pin(string(key), paths)
+}
+
+// Cleanup implements deploy.Cleaner.
+func (p *pinner) Cleanup(_ context.Context, g *spec.Generation, service string, started bool) error {
+	key := spec.Key(service, g.Versions[service])
+	p.mu.Lock()
+	added := p.added[key]
+	delete(p.added, key)
+	p.mu.Unlock()
+	if started || !added {
+		return nil
+	}
+	return p.roots.Unpin(string(key))
 }
 
 // servicePaths are the store paths a service mentions: its package, and any

@@ -62,7 +62,7 @@ func (d *Daemon) Plan(ctx context.Context, req api.PlanRequest) (*plan.Plan, err
 	if err := (source.Programs{Resolve: supervisor.ResolveExec, Planned: true}).Check(sourceName(req), s); err != nil {
 		return nil, api.Invalid(err)
 	}
-	p, err := d.engine.Plan(ctx, s, req.Inputs)
+	p, err := d.engine.Plan(ctx, "", s, req.Inputs)
 	if err == nil {
 		p.Warnings = append(p.Warnings, d.limitWarnings(s)...)
 	}
@@ -124,7 +124,7 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 
 // Rollback implements api.Daemon.
 func (d *Daemon) Rollback(ctx context.Context, req api.RollbackRequest, progress func(string)) (*api.DeployResult, error) {
-	res, err := d.engine.Rollback(context.WithoutCancel(ctx), req.To, d.progress(progress))
+	res, err := d.engine.Rollback(context.WithoutCancel(ctx), "", req.To, d.progress(progress))
 	return deployResult(res, err), apiError(err)
 }
 
@@ -143,7 +143,7 @@ func (d *Daemon) Restart(ctx context.Context, req api.RestartRequest) error {
 
 // Status implements api.Daemon.
 func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
-	cur, err := d.store.Current(ctx)
+	cur, err := d.store.Current(ctx, spec.DefaultEnv)
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +216,7 @@ func (d *Daemon) Generations(ctx context.Context) (*api.Generations, error) {
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.store.Current(ctx)
+	cur, err := d.store.Current(ctx, spec.DefaultEnv)
 	if err != nil {
 		return nil, err
 	}
@@ -248,15 +248,20 @@ func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, erro
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.store.Current(ctx)
+	cs, err := d.store.Currents(ctx)
 	if err != nil {
 		return nil, err
+	}
+	current := map[uint64]bool{}
+	for _, g := range cs {
+		current[g.Number] = true
 	}
 	sort.Slice(gens, func(i, j int) bool { return gens[i].Number > gens[j].Number })
 	res := &api.GCResult{Removed: []uint64{}, Kept: []uint64{}}
 	var kept []*spec.Generation
 	for i, g := range gens {
-		if i < req.Keep || (cur != nil && g.Number == cur.Number) {
+		// Every environment's current generation is kept.
+		if i < req.Keep || current[g.Number] {
 			res.Kept = append(res.Kept, g.Number)
 			kept = append(kept, g)
 		} else {
@@ -284,7 +289,7 @@ func LogPath(root, service string, v spec.Version) string {
 // Logs implements api.Daemon.
 func (d *Daemon) Logs(ctx context.Context, service, version string, n int, follow bool, w io.Writer) error {
 	if version == "" {
-		cur, err := d.store.Current(ctx)
+		cur, err := d.store.Current(ctx, spec.DefaultEnv)
 		if err != nil {
 			return err
 		}

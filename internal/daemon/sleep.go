@@ -89,9 +89,9 @@ func (d *Daemon) Resume(ctx context.Context, req api.ResumeRequest) error {
 	return d.router.Resume(key)
 }
 
-// currentKey is the version of service in the current generation.
+// currentKey is the version of service in production's current generation.
 func (d *Daemon) currentKey(ctx context.Context, service string) (spec.VersionKey, error) {
-	cur, err := d.store.Current(ctx)
+	cur, err := d.store.Current(ctx, spec.DefaultEnv)
 	if err != nil {
 		return "", err
 	}

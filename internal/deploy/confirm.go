@@ -180,7 +180,8 @@ func (e *Engine) check(ctx context.Context, k spec.VersionKey, seen map[spec.Ver
 func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, progress Progress) (*Result, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.window != w {
+	env := w.gen.EnvOrDefault()
+	if e.windows[env] != w {
 		// Another operation ended the window first; it switched (or the
 		// daemon is stopping) and the old versions are its to drain.
 		if w.endState == "" {
@@ -195,7 +196,7 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 		progress("generation %d went live; its confirm window ended early: %s", w.gen.Number, w.endReason)
 		return res, nil
 	}
-	e.window = nil
+	delete(e.windows, env)
 	if v.interrupted {
 		res.Confirmation = spec.ConfirmPending
 		return res, fmt.Errorf("generation %d is live, but %w", w.gen.Number, ErrUndecided)
@@ -214,7 +215,7 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 	res.Confirmation = spec.ConfirmConfirmed
 	progress("confirmed: generation %d stayed up and healthy", w.gen.Number)
 	e.record(ctx, w.gen.Number, &spec.Confirm{State: spec.ConfirmConfirmed, Previous: w.gen.Confirm.Previous}, progress)
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), w.gen, progress)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
 	e.armLocked(w.gen, w.prev, w.watch)
 	progress("generation %d deployed: %d started, %d stopped", w.gen.Number, len(res.Started), len(res.Stopped))
 	return res, nil
@@ -228,15 +229,15 @@ func (e *Engine) record(ctx context.Context, n uint64, c *spec.Confirm, progress
 	}
 }
 
-// endWindowLocked ends the open window, if any, for an operation that
-// switches (state ConfirmSuperseded, with why), or undecided (state ""),
-// leaving it pending in the store. e.mu must be held.
-func (e *Engine) endWindowLocked(ctx context.Context, state spec.ConfirmState, why string, progress Progress) {
-	w := e.window
+// endWindowLocked ends env's open window, if any, for an operation that
+// switches in env (state ConfirmSuperseded, with why), or undecided (state
+// ""), leaving it pending in the store. e.mu must be held.
+func (e *Engine) endWindowLocked(ctx context.Context, env string, state spec.ConfirmState, why string, progress Progress) {
+	w := e.windows[env]
 	if w == nil {
 		return
 	}
-	e.window = nil
+	delete(e.windows, env)
 	w.endState, w.endReason = state, why
 	close(w.ended)
 	if state != "" {
@@ -253,7 +254,7 @@ func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Genera
 	rec := &spec.Confirm{State: spec.ConfirmFailed, Previous: prev.Number, Reason: why.Error()}
 	// Compare-and-swap from failed: the engine's lock keeps its own
 	// operations out, so a conflict is another writer, whose switch stands.
-	_, err := e.apply(ctx, prev, startOptions{}, func([]string) error {
+	_, err := e.apply(ctx, prev, func([]string) error {
 		return e.store.SetConfirm(ctx, failed.Number, rec, failed.Number, prev.Number)
 	}, progress)
 	if err != nil {
@@ -261,7 +262,7 @@ func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Genera
 		e.record(ctx, failed.Number, rec, progress)
 		return nil, 0, err
 	}
-	stopped, aborted := e.drain(context.WithoutCancel(ctx), prev, progress)
+	stopped, aborted := e.drain(context.WithoutCancel(ctx), progress)
 	return stopped, aborted, nil
 }
 
@@ -304,7 +305,7 @@ func (e *Engine) settleStale(ctx context.Context, cur *spec.Generation, progress
 		return
 	}
 	for _, g := range gens {
-		if g.Number != cur.Number && g.Confirm != nil && g.Confirm.State == spec.ConfirmPending {
+		if g.Number != cur.Number && g.EnvOrDefault() == cur.EnvOrDefault() && g.Confirm != nil && g.Confirm.State == spec.ConfirmPending {
 			e.record(ctx, g.Number, &spec.Confirm{State: spec.ConfirmSuperseded, Previous: g.Confirm.Previous,
 				Reason: fmt.Sprintf("generation %d was made current before the window ended", cur.Number)}, progress)
 		}
@@ -333,7 +334,7 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 			deadline = d
 		}
 		w := newWindow(cur, prev, newIn(cur, prev), deadline)
-		e.window = w
+		e.windows[cur.EnvOrDefault()] = w
 		progress("resuming the confirm window of generation %d until %s", cur.Number, deadline.Format(time.RFC3339))
 		go func() {
 			ctx := context.WithoutCancel(ctx)
@@ -347,8 +348,13 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 			return
 		}
 		gens, err := e.store.List(ctx)
-		if err != nil || len(gens) == 0 || gens[len(gens)-1].Number != cur.Number {
-			return // a rollback made an older generation current
+		if err != nil {
+			return
+		}
+		for _, g := range gens {
+			if g.EnvOrDefault() == cur.EnvOrDefault() && g.Number > cur.Number {
+				return // a rollback made an older generation current
+			}
 		}
 		if p, err := e.store.Get(ctx, c.Previous); err == nil {
 			e.armLocked(cur, p, newIn(cur, p))
@@ -366,20 +372,32 @@ type guard struct {
 // armLocked starts guarding g's new versions, after its window, for a
 // version that fails for good. e.mu must be held.
 func (e *Engine) armLocked(g, prev *spec.Generation, watch []spec.VersionKey) {
-	e.disarmLocked()
+	env := g.EnvOrDefault()
+	e.disarmLocked(env)
 	if prev == nil || len(watch) == 0 {
 		return
 	}
 	gd := &guard{gen: g, prev: prev, watch: watch, stop: make(chan struct{})}
-	e.guard = gd
+	e.guards[env] = gd
 	go e.runGuard(gd)
 }
 
-// disarmLocked stops guarding. e.mu must be held.
-func (e *Engine) disarmLocked() {
-	if e.guard != nil {
-		close(e.guard.stop)
-		e.guard = nil
+// disarmLocked stops guarding env's generation. e.mu must be held.
+func (e *Engine) disarmLocked(env string) {
+	if gd := e.guards[env]; gd != nil {
+		close(gd.stop)
+		delete(e.guards, env)
+	}
+}
+
+// releaseLocked ends every open window undecided, pending in the store,
+// and stops every guard: the daemon lets go. e.mu must be held.
+func (e *Engine) releaseLocked() {
+	for env := range e.windows {
+		e.endWindowLocked(context.Background(), env, "", "", func(string, ...any) {})
+	}
+	for env := range e.guards {
+		e.disarmLocked(env)
 	}
 }
 
@@ -411,10 +429,11 @@ func (e *Engine) runGuard(gd *guard) {
 func (e *Engine) failedLater(gd *guard, why *ServiceError) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.guard != gd {
+	env := gd.gen.EnvOrDefault()
+	if e.guards[env] != gd {
 		return // disarmed meanwhile: another operation switched
 	}
-	e.guard = nil
+	delete(e.guards, env)
 	e.logf("%v; switching back to generation %d", why, gd.prev.Number)
 	if _, _, err := e.switchBackLocked(context.Background(), gd.gen, gd.prev, why, e.logf); err != nil {
 		e.logf("switching back to generation %d: %v", gd.prev.Number, err)

@@ -40,7 +40,7 @@ func (w *world) confirmState(n uint64) spec.ConfirmState {
 
 func (w *world) current() uint64 {
 	w.t.Helper()
-	cur, err := w.store.Current(w.t.Context())
+	cur, err := w.store.Current(w.t.Context(), spec.DefaultEnv)
 	if err != nil || cur == nil {
 		w.t.Fatalf("current generation: %v, %v", cur, err)
 	}
@@ -131,7 +131,7 @@ func TestWindowLeavesEngineFree(t *testing.T) {
 	}{
 		{"restart", func(ctx context.Context) error { return w.engine.Restart(ctx, "web") }},
 		{"rollback", func(ctx context.Context) error {
-			_, err := w.engine.Rollback(ctx, 1, w.progress)
+			_, err := w.engine.Rollback(ctx, "", 1, w.progress)
 			return err
 		}},
 	}

@@ -10,11 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"hostel/internal/agent"
 	"hostel/internal/plan"
 	"hostel/internal/router"
 	"hostel/internal/spec"
@@ -49,12 +49,12 @@ type Routes interface {
 	Abort(key spec.VersionKey) int64
 }
 
-// Preparer readies what a new version needs before its process starts: a
-// database, credentials, a release step. It may add to cfg.Env and the other
-// fields of cfg. An error fails the deploy before the switch.
-type Preparer interface {
-	Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error
-}
+// Preparer readies what a new version needs before its process starts
+// (see agent.Preparer); the engine hands its preparers to its agent.
+type Preparer = agent.Preparer
+
+// Cleaner is a Preparer with a cleanup step (see agent.Cleaner).
+type Cleaner = agent.Cleaner
 
 var (
 	_ Processes = (*supervisor.Supervisor)(nil)
@@ -76,50 +76,56 @@ func (e *InvalidError) Unwrap() error { return e.Err }
 // Is makes every InvalidError match ErrInvalid.
 func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 
+// ErrNoEnv is why an operation on an environment that has no current
+// generation is refused (an InvalidError).
+var ErrNoEnv = errors.New("no such environment (nothing deployed to it)")
+
+// checkEnv returns the environment env names ("" is production), or an
+// InvalidError for a bad name.
+func checkEnv(env string) (string, error) {
+	if env == "" {
+		return spec.DefaultEnv, nil
+	}
+	if err := spec.CheckEnv(env); err != nil {
+		return "", invalid(err)
+	}
+	return env, nil
+}
+
 // invalid marks err as an input error.
 func invalid(err error) error { return &InvalidError{Err: err} }
 
 // Progress receives one human-readable line per step of a deploy.
-type Progress func(format string, args ...any)
+type Progress = agent.Progress
 
 // Engine applies generations. One deploy, rollback or restart runs at a time.
 type Engine struct {
 	store store.Store
 	procs Processes
 	route Routes
-
-	prepare []Preparer
+	// agent makes the machine run what the engine decides.
+	agent *agent.Agent
 
 	mu sync.Mutex // serializes operations that change what runs
-	// window is the open confirm window, if any; guarded by mu. It runs
-	// without holding mu (see confirm.go).
-	window *window
-	// guard watches a confirmed generation's new versions after its
-	// window; nil when none is watched. Guarded by mu.
-	guard *guard
+	// windows are the open confirm windows, by environment; guarded by
+	// mu. They run without holding mu (see confirm.go).
+	windows map[string]*window
+	// guards watch confirmed generations' new versions after their
+	// windows, by environment. Guarded by mu.
+	guards map[string]*guard
 	// logf receives what the engine does on its own, outside any
 	// operation: a confirm window resumed after a restart, a version that
 	// failed after its window. Set by SetLog.
 	logf Progress
-
-	// running holds what the engine started and has not stopped, by key.
-	runMu   sync.Mutex
-	running map[spec.VersionKey]*version
-
-	// asleep reports whether a version sleeps (sleep.go); nil: none does.
-	asleep func(spec.VersionKey) bool
-}
-
-// version is one started version of a service and what it was started with.
-type version struct {
-	svc      *spec.Service
-	needs    []spec.VersionKey // the exact versions it was built against
-	draining bool
+	// switched is told every generation the routes switch to, right after
+	// the switch (see OnSwitch); nil when no one listens.
+	switched func(g *spec.Generation)
 }
 
 // New returns an engine over a store, the processes and the routes.
 func New(st store.Store, procs Processes, routes Routes) *Engine {
-	return &Engine{store: st, procs: procs, route: routes, running: map[spec.VersionKey]*version{}, logf: func(string, ...any) {}}
+	return &Engine{store: st, procs: procs, route: routes, agent: agent.New(procs, routes),
+		windows: map[string]*window{}, guards: map[string]*guard{}, logf: func(string, ...any) {}}
 }
 
 // SetLog sets where the engine reports what it does on its own, outside an
@@ -128,13 +134,22 @@ func New(st store.Store, procs Processes, routes Routes) *Engine {
 // engine is used.
 func (e *Engine) SetLog(logf Progress) { e.logf = logf }
 
+// OnSwitch sets fn to be told every generation the routes are switched
+// to — by a deploy, a rollback, a switch back, or a resume after a start —
+// right after the switch, while the engine still holds its lock: what must
+// follow the live generation (certificates, TLS policy) learns it from here
+// rather than by reading the store back. fn must not call the engine. Call
+// it before the engine is used.
+func (e *Engine) OnSwitch(fn func(g *spec.Generation)) { e.switched = fn }
+
 // Use adds preparers, run in the order given before every new version starts.
 // Call it before the engine is used.
-func (e *Engine) Use(p ...Preparer) { e.prepare = append(e.prepare, p...) }
+func (e *Engine) Use(p ...Preparer) { e.agent.Use(p...) }
 
 // Request is one deploy.
 type Request struct {
 	Source string      // the spec file's name, for messages
+	Env    string      // the environment deployed to; "" is production
 	Spec   *spec.Spec  // decoded and validated
 	Inputs spec.Inputs // what else shapes versions
 	// Secrets are the age ciphertexts of the secrets the services use, by
@@ -169,22 +184,12 @@ type Result struct {
 // Steps of a deploy at which a version can fail (ServiceError.Step); the
 // same words as the API's.
 const (
-	StepStart   = "start"   // before the switch: preparing, starting, getting ready
-	StepConfirm = "confirm" // after the switch: in the confirm window or later
+	StepStart   = agent.StepStart   // before the switch: preparing, starting, getting ready
+	StepConfirm = agent.StepConfirm // after the switch: in the confirm window or later
 )
 
 // ServiceError is the failure of one version of a service during a deploy.
-type ServiceError struct {
-	Service string
-	Version spec.Version
-	// Step is StepStart or StepConfirm.
-	Step string
-	Err  error
-}
-
-func (e *ServiceError) Error() string { return fmt.Sprintf("service %q: %v", e.Service, e.Err) }
-
-func (e *ServiceError) Unwrap() error { return e.Err }
+type ServiceError = agent.ServiceError
 
 // Failures returns every ServiceError in err's tree (errors.Join included),
 // in order.
@@ -213,9 +218,14 @@ func Failures(err error) []*ServiceError {
 	return out
 }
 
-// Plan plans a spec against the current generation without changing anything.
-func (e *Engine) Plan(ctx context.Context, s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
-	cur, err := e.store.Current(ctx)
+// Plan plans a spec against environment env's current generation ("" is
+// production) without changing anything.
+func (e *Engine) Plan(ctx context.Context, env string, s *spec.Spec, in spec.Inputs) (*plan.Plan, error) {
+	env, err := checkEnv(env)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := e.store.Current(ctx, env)
 	if err != nil {
 		return nil, err
 	}
@@ -232,6 +242,11 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 	if err := req.Spec.Validate(); err != nil {
 		return nil, invalid(err)
 	}
+	env, err := checkEnv(req.Env)
+	if err != nil {
+		return nil, err
+	}
+	req.Env = env
 	e.mu.Lock()
 	res, w, err := e.deployLocked(ctx, req, progress)
 	e.mu.Unlock()
@@ -244,7 +259,7 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 // deployLocked does a deploy up to its confirm window, which it returns
 // open (nil when none is due). e.mu must be held.
 func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progress) (*Result, *window, error) {
-	cur, err := e.store.Current(ctx)
+	cur, err := e.store.Current(ctx, req.Env)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -260,13 +275,13 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		progress("nothing to deploy: generation %d already runs this spec", cur.Number)
 		return res, nil, nil
 	}
-	next := &spec.Generation{SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
+	next := &spec.Generation{Env: req.Env, SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
 	var from uint64 // the generation this deploy was planned against
 	if cur != nil {
 		from = cur.Number
 	}
 	var w *window
-	started, err := e.apply(ctx, next, startOptions{}, func(started []string) error {
+	started, err := e.apply(ctx, next, func(started []string) error {
 		// The window, if one is due, is recorded with the commit: a daemon
 		// that dies in it finishes it on its next start.
 		next.Confirm = &spec.Confirm{State: spec.ConfirmSkipped}
@@ -282,11 +297,11 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		if _, err := e.store.Commit(ctx, next, from); err != nil { // numbers next
 			return err
 		}
-		e.endWindowLocked(ctx, spec.ConfirmSuperseded, fmt.Sprintf("generation %d was deployed before the window ended", next.Number), progress)
-		e.disarmLocked()
+		e.endWindowLocked(ctx, req.Env, spec.ConfirmSuperseded, fmt.Sprintf("generation %d was deployed before the window ended", next.Number), progress)
+		e.disarmLocked(req.Env)
 		if next.Confirm.State == spec.ConfirmPending {
 			w = newWindow(next, cur, keysOf(started), next.Confirm.Deadline)
-			e.window = w
+			e.windows[req.Env] = w
 		}
 		return nil
 	}, progress)
@@ -300,20 +315,28 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		return res, w, nil
 	}
 	res.Confirmation = next.Confirm.State
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), next, progress)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
 	progress("generation %d deployed: %d started, %d stopped", next.Number, len(res.Started), len(res.Stopped))
 	return res, nil, nil
 }
 
-// Rollback switches to generation to (0: the one before the current).
-func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*Result, error) {
+// Rollback switches environment env ("" is production) to its generation
+// to (0: the one before the current).
+func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress Progress) (*Result, error) {
+	env, err := checkEnv(env)
+	if err != nil {
+		return nil, err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx)
+	cur, err := e.store.Current(ctx, env)
 	if err != nil {
 		return nil, err
 	}
 	if cur == nil {
+		if env != spec.DefaultEnv {
+			return nil, invalid(fmt.Errorf("environment %q: %w", env, ErrNoEnv))
+		}
 		return nil, invalid(errors.New("nothing deployed yet"))
 	}
 	if to == 0 {
@@ -322,7 +345,7 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 			return nil, err
 		}
 		for _, g := range gens {
-			if g.Number < cur.Number {
+			if g.Number < cur.Number && g.EnvOrDefault() == env {
 				to = g.Number
 			}
 		}
@@ -339,20 +362,23 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 	} else if err != nil {
 		return nil, err
 	}
+	if target.EnvOrDefault() != env {
+		return nil, invalid(fmt.Errorf("generation %d belongs to environment %s, not %s", to, target.EnvOrDefault(), env))
+	}
 	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
-	started, err := e.apply(ctx, target, startOptions{}, func([]string) error {
+	started, err := e.apply(ctx, target, func([]string) error {
 		if err := e.store.SetCurrent(ctx, cur.Number, to); err != nil {
 			return err
 		}
-		e.endWindowLocked(ctx, spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
-		e.disarmLocked()
+		e.endWindowLocked(ctx, env, spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
+		e.disarmLocked(env)
 		return nil
 	}, progress)
 	if err != nil {
 		return res, err // nothing switched: cur is still live
 	}
 	res.Generation, res.Started = to, started
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), target, progress)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
 	return res, nil
 }
 
@@ -366,41 +392,47 @@ func (e *Engine) Rollback(ctx context.Context, to uint64, progress Progress) (*R
 func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx)
+	cs, err := e.store.Currents(ctx)
 	if err != nil {
 		return err
 	}
-	if cur == nil {
-		e.stopOrphans(ctx, progress)
-		return nil
+	prevs := map[string]*spec.Generation{}
+	d := agent.Desired{}
+	for _, env := range envOrder(cs) {
+		d.Generations = append(d.Generations, cs[env])
 	}
-	defer e.stopOrphans(context.WithoutCancel(ctx), progress)
-	adopt := startOptions{adopt: true}
-	if _, err := e.startAll(ctx, cur, adopt, progress); err != nil {
-		// Serve what did start; the failed versions are reported by status.
-		progress("generation %d resumed with errors: %v", cur.Number, err)
-	}
-	prev := e.previous(ctx, cur, progress)
-	if prev != nil {
-		// Keep what a switch back needs at hand, as the window did.
-		if _, err := e.startAll(ctx, prev, adopt, progress); err != nil {
-			progress("generation %d (to switch back to) resumed with errors: %v", prev.Number, err)
+	for _, env := range envOrder(cs) {
+		if prev := e.previous(ctx, cs[env], progress); prev != nil {
+			// Keep what a switch back needs at hand, as the window did.
+			prevs[env] = prev
+			d.Generations = append(d.Generations, prev)
 		}
+	}
+	// Adopt what still runs, start what is missing, and stop what a
+	// previous daemon left running that no environment holds (a deploy
+	// that was cut short).
+	if _, err := e.agent.Reconcile(ctx, d, agent.Options{Adopt: true}, progress); err != nil {
+		// Serve what did start; the failed versions are reported by status.
+		progress("resumed with errors: %v", err)
 	}
 	// Route what runs; a version that could not start leaves its domains
 	// unrouted rather than keeping the daemon from serving the others.
-	t := Table(cur)
+	t := Table(cs)
 	for host, key := range t.Domains {
-		if !e.isRunning(key) {
+		if !e.agent.IsRunning(key) {
 			progress("%s is not running: %s is not served until it is", key, host)
 			delete(t.Domains, host)
 		}
 	}
 	if err := e.route.Swap(t); err != nil {
-		return fmt.Errorf("resume generation %d: %w", cur.Number, err)
+		return fmt.Errorf("resume: %w", err)
 	}
-	e.settleStale(ctx, cur, progress)
-	e.resumeConfirm(ctx, cur, prev, progress)
+	for _, env := range envOrder(cs) {
+		cur := cs[env]
+		e.notifySwitch(cur)
+		e.settleStale(ctx, cur, progress)
+		e.resumeConfirm(ctx, cur, prevs[env], progress)
+	}
 	return nil
 }
 
@@ -408,7 +440,7 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 func (e *Engine) Restart(ctx context.Context, service string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx)
+	cur, err := e.store.Current(ctx, spec.DefaultEnv)
 	if err != nil {
 		return err
 	}
@@ -426,24 +458,10 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 }
 
 // Draining reports whether key is an old version being drained.
-func (e *Engine) Draining(key spec.VersionKey) bool {
-	e.runMu.Lock()
-	defer e.runMu.Unlock()
-	v := e.running[key]
-	return v != nil && v.draining
-}
+func (e *Engine) Draining(key spec.VersionKey) bool { return e.agent.Draining(key) }
 
 // Running returns the keys of every version the engine runs, sorted.
-func (e *Engine) Running() []spec.VersionKey {
-	e.runMu.Lock()
-	defer e.runMu.Unlock()
-	keys := make([]spec.VersionKey, 0, len(e.running))
-	for k := range e.running {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
-	return keys
-}
+func (e *Engine) Running() []spec.VersionKey { return e.agent.Running() }
 
 // Detach ends an open confirm window undecided, pending in the store for
 // the next daemon to finish, and stops watching confirmed generations:
@@ -452,8 +470,7 @@ func (e *Engine) Running() []spec.VersionKey {
 func (e *Engine) Detach() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.endWindowLocked(context.Background(), "", "", func(string, ...any) {})
-	e.disarmLocked()
+	e.releaseLocked()
 }
 
 // Shutdown stops every version, topmost first. An open confirm window ends
@@ -461,9 +478,8 @@ func (e *Engine) Detach() {
 func (e *Engine) Shutdown(ctx context.Context) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.endWindowLocked(context.Background(), "", "", func(string, ...any) {})
-	e.disarmLocked()
-	e.stopKeys(ctx, e.Running(), func(string, ...any) {})
+	e.releaseLocked()
+	e.agent.StopAll(ctx)
 }
 
 func keysOf(names []string) []spec.VersionKey {

@@ -211,7 +211,7 @@ func TestFailedStartChangesNothing(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `service "api"`) {
 		t.Fatalf("deploy of a crashing version: %v", err)
 	}
-	cur, _ := w.store.Current(t.Context())
+	cur, _ := w.store.Current(t.Context(), spec.DefaultEnv)
 	if cur.Number != 1 {
 		t.Errorf("current generation %d after a failed deploy", cur.Number)
 	}
@@ -241,7 +241,7 @@ func TestConfirmRollsBack(t *testing.T) {
 	if !res.RolledBack {
 		t.Error("result does not say rolled back")
 	}
-	cur, _ := w.store.Current(t.Context())
+	cur, _ := w.store.Current(t.Context(), spec.DefaultEnv)
 	if cur.Number != 1 {
 		t.Errorf("current generation %d, want 1", cur.Number)
 	}
@@ -274,7 +274,7 @@ func TestNeedURL(t *testing.T) {
 		"api": app("api-2"),
 		"web": app("web-1", needs("api"), domains("web.test")),
 	}))
-	cur, _ := w.store.Current(t.Context())
+	cur, _ := w.store.Current(t.Context(), spec.DefaultEnv)
 	inst, ok := w.sup.Get(spec.Key("web", cur.Versions["web"]))
 	if !ok {
 		t.Fatal("web not running")

@@ -16,7 +16,7 @@ import (
 func (e *Engine) Pause(ctx context.Context, service string, fn func() error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx)
+	cur, err := e.store.Current(ctx, spec.DefaultEnv)
 	if err != nil {
 		return err
 	}

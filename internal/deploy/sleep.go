@@ -16,34 +16,42 @@ type SleepPolicy struct {
 	Needs []spec.VersionKey
 }
 
-// Sleepers returns the versions of the current generation the engine
-// runs whose service has `idle` set, with how they may sleep. It reports
-// false — none may sleep now — while an operation or a confirm window
-// runs: a window must see its versions run.
+// Sleepers returns the versions of every environment's current
+// generation that run and whose service has `idle` set, with how they may
+// sleep. It reports false — none may sleep now — while an operation or a
+// confirm window runs: a window must see its versions run.
 func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy, bool) {
 	if !e.mu.TryLock() {
 		return nil, false
 	}
 	defer e.mu.Unlock()
-	if e.window != nil {
+	if len(e.windows) > 0 {
 		return nil, false
 	}
 	// The current generation's idle: a change of idle alone reroutes,
 	// and the running version keeps the service it was started with.
-	cur, err := e.store.Current(ctx)
-	if err != nil || cur == nil {
+	currents, err := e.store.Currents(ctx)
+	if err != nil {
 		return nil, false
 	}
-	e.runMu.Lock()
-	defer e.runMu.Unlock()
 	out := map[spec.VersionKey]SleepPolicy{}
-	for name, svc := range cur.Spec.Services {
-		key := spec.Key(name, cur.Versions[name])
-		v := e.running[key]
-		if v == nil || v.draining || svc.Idle.D() <= 0 {
-			continue
+	for _, g := range currents {
+		for name, svc := range g.Spec.Services {
+			if svc.Idle.D() <= 0 {
+				continue
+			}
+			key := spec.Key(name, g.Versions[name])
+			needs, ok := e.agent.Needs(key)
+			if !ok {
+				continue
+			}
+			// A version two environments share sleeps after the
+			// shorter idle: either would put it to sleep.
+			if p, seen := out[key]; seen && p.Idle <= svc.Idle.D() {
+				continue
+			}
+			out[key] = SleepPolicy{Idle: svc.Idle.D(), Needs: needs}
 		}
-		out[key] = SleepPolicy{Idle: svc.Idle.D(), Needs: append([]spec.VersionKey(nil), v.needs...)}
 	}
 	return out, true
 }
@@ -52,4 +60,4 @@ func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy,
 // processes are stopped, yet they are running versions — routed, woken by
 // their next request — that a deploy must neither start again nor take
 // as its own. Call it before the engine is used.
-func (e *Engine) SetAsleep(asleep func(spec.VersionKey) bool) { e.asleep = asleep }
+func (e *Engine) SetAsleep(asleep func(spec.VersionKey) bool) { e.agent.SetAsleep(asleep) }

@@ -70,6 +70,23 @@ func (r Roots) Pin(name string, paths []string) error {
 	return nil
 }
 
+// Pinned reports whether name is pinned.
+func (r Roots) Pinned(name string) bool {
+	fi, err := os.Stat(filepath.Join(r.Dir, name))
+	return err == nil && fi.IsDir()
+}
+
+// Unpin removes name's roots; a name not pinned is no error.
+func (r Roots) Unpin(name string) error {
+	if err := os.RemoveAll(filepath.Join(r.Dir, name)); err != nil {
+		return fmt.Errorf("gc root: %w", err)
+	}
+	if left, _ := r.Names(); len(left) == 0 {
+		os.Remove(r.Dir) // leave nothing behind for a daemon with no roots
+	}
+	return nil
+}
+
 // Names lists the pinned versions, sorted.
 func (r Roots) Names() ([]string, error) {
 	ents, err := os.ReadDir(r.Dir)

@@ -1,12 +1,20 @@
 package spec
 
-import "time"
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
 
 // Generation is one applied deploy. Once committed it never changes, but
 // for the outcome of its confirm window (Confirm).
 type Generation struct {
-	// Number counts generations from 1; it is assigned by the store on commit.
+	// Number counts generations from 1, across environments; it is
+	// assigned by the store on commit.
 	Number uint64 `json:"number"`
+	// Env is the environment the generation belongs to; "" (a generation
+	// stored before environments existed) means DefaultEnv.
+	Env string `json:"env,omitempty"`
 	// Time is when the generation was committed.
 	Time time.Time `json:"time"`
 	// SpecHash is Hash(Spec, Inputs).
@@ -58,6 +66,29 @@ type Confirm struct {
 	Previous uint64 `json:"previous,omitempty"`
 	// Reason says why a confirmation failed or was superseded.
 	Reason string `json:"reason,omitempty"`
+}
+
+// DefaultEnv is the environment a deploy without --env goes to.
+const DefaultEnv = "production"
+
+// envRE is what an environment's name may be.
+var envRE = regexp.MustCompile(`^[a-z0-9-]{1,20}$`)
+
+// CheckEnv checks the name of an environment.
+func CheckEnv(name string) error {
+	if !envRE.MatchString(name) {
+		return fmt.Errorf("environment %q: a name is 1 to 20 of a-z, 0-9 and -", name)
+	}
+	return nil
+}
+
+// EnvOrDefault returns g's environment, DefaultEnv for a generation stored
+// before environments existed.
+func (g *Generation) EnvOrDefault() string {
+	if g.Env == "" {
+		return DefaultEnv
+	}
+	return g.Env
 }
 
 // VersionKey names one version of one service, as "service-version".

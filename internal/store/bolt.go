@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,7 +21,7 @@ var (
 	bucketMeta        = []byte("meta")
 	bucketSecrets     = []byte("secrets") // digest → ciphertext
 	bucketRecords     = []byte("records") // kind NUL key → revision (8 bytes) value
-	keyCurrent        = []byte("current")
+	keyCurrent        = []byte("current") // production's; others' are prefixCurrent+ENV
 	keyRevision       = []byte("revision")
 )
 
@@ -119,8 +121,9 @@ func (s *Bolt) Commit(ctx context.Context, g *spec.Generation, from uint64) (uin
 	var c spec.Generation
 	err := s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
 		meta := tx.Bucket(bucketMeta)
-		if cur := btoi(meta.Get(keyCurrent)); cur != from {
-			return nil, fmt.Errorf("commit on generation %d, but %d is current: %w", from, cur, ErrConflict)
+		env := g.EnvOrDefault()
+		if cur := btoi(meta.Get(currentKey(env))); cur != from {
+			return nil, fmt.Errorf("commit on generation %d, but %d is current in %s: %w", from, cur, env, ErrConflict)
 		}
 		b := tx.Bucket(bucketGenerations)
 		seq, err := b.NextSequence()
@@ -128,15 +131,16 @@ func (s *Bolt) Commit(ctx context.Context, g *spec.Generation, from uint64) (uin
 			return nil, err
 		}
 		c = *g
+		c.Env = c.EnvOrDefault()
 		c.Number = seq
 		c.Time = s.now().UTC()
 		if err := putGeneration(tx, &c); err != nil {
 			return nil, err
 		}
-		if err := meta.Put(keyCurrent, itob(seq)); err != nil {
+		if err := meta.Put(currentKey(env), itob(seq)); err != nil {
 			return nil, err
 		}
-		return []Event{{Type: EventAdded, Generation: seq}, {Type: EventCurrent, Generation: seq, From: from}}, nil
+		return []Event{{Type: EventAdded, Generation: seq, Env: env}, {Type: EventCurrent, Generation: seq, From: from, Env: env}}, nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("commit generation: %w", err)
@@ -145,11 +149,38 @@ func (s *Bolt) Commit(ctx context.Context, g *spec.Generation, from uint64) (uin
 	return c.Number, nil
 }
 
+// currentKey is the key of env's current generation in bucketMeta.
+// Production's is the one older stores kept their only current generation
+// under: their generations become production's without a rewrite.
+func currentKey(env string) []byte {
+	if env == spec.DefaultEnv {
+		return keyCurrent
+	}
+	return []byte(prefixCurrent + env)
+}
+
+// currents returns the current generation's number of every environment.
+func currents(tx *bolt.Tx) map[string]uint64 {
+	out := map[string]uint64{}
+	c := tx.Bucket(bucketMeta).Cursor()
+	if v := tx.Bucket(bucketMeta).Get(keyCurrent); v != nil {
+		out[spec.DefaultEnv] = btoi(v)
+	}
+	for k, v := c.Seek([]byte(prefixCurrent)); k != nil && bytes.HasPrefix(k, []byte(prefixCurrent)); k, v = c.Next() {
+		out[strings.TrimPrefix(string(k), prefixCurrent)] = btoi(v)
+	}
+	return out
+}
+
+// prefixCurrent starts the key of a current generation of an environment
+// other than production.
+const prefixCurrent = "current/"
+
 // Current implements Store.
-func (s *Bolt) Current(ctx context.Context) (*spec.Generation, error) {
+func (s *Bolt) Current(ctx context.Context, env string) (*spec.Generation, error) {
 	var g *spec.Generation
 	err := s.view(ctx, func(tx *bolt.Tx) error {
-		cur := tx.Bucket(bucketMeta).Get(keyCurrent)
+		cur := tx.Bucket(bucketMeta).Get(currentKey(env))
 		if cur == nil {
 			return nil
 		}
@@ -158,6 +189,37 @@ func (s *Bolt) Current(ctx context.Context) (*spec.Generation, error) {
 		return err
 	})
 	return g, err
+}
+
+// Currents implements Store.
+func (s *Bolt) Currents(ctx context.Context) (map[string]*spec.Generation, error) {
+	out := map[string]*spec.Generation{}
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		for env, n := range currents(tx) {
+			g, err := getGeneration(tx, tx.Bucket(bucketGenerations).Get(itob(n)))
+			if err != nil {
+				return err
+			}
+			out[env] = g
+		}
+		return nil
+	})
+	return out, err
+}
+
+// envOf returns the environment of stored generation n, or ErrNotFound.
+func envOf(tx *bolt.Tx, n uint64) (string, error) {
+	data := tx.Bucket(bucketGenerations).Get(itob(n))
+	if data == nil {
+		return "", fmt.Errorf("generation %d: %w", n, ErrNotFound)
+	}
+	var g struct {
+		Env string `json:"env"`
+	}
+	if err := json.Unmarshal(data, &g); err != nil {
+		return "", fmt.Errorf("decode generation: %w", err)
+	}
+	return (&spec.Generation{Env: g.Env}).EnvOrDefault(), nil
 }
 
 // Get implements Store.
@@ -195,16 +257,17 @@ func (s *Bolt) List(ctx context.Context) ([]*spec.Generation, error) {
 func (s *Bolt) SetCurrent(ctx context.Context, from, to uint64) error {
 	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
 		meta := tx.Bucket(bucketMeta)
-		if cur := btoi(meta.Get(keyCurrent)); cur != from {
-			return nil, fmt.Errorf("switch from generation %d, but %d is current: %w", from, cur, ErrConflict)
+		env, err := envOf(tx, to)
+		if err != nil {
+			return nil, err
 		}
-		if tx.Bucket(bucketGenerations).Get(itob(to)) == nil {
-			return nil, fmt.Errorf("generation %d: %w", to, ErrNotFound)
+		if cur := btoi(meta.Get(currentKey(env))); cur != from {
+			return nil, fmt.Errorf("switch from generation %d, but %d is current in %s: %w", from, cur, env, ErrConflict)
 		}
 		if from == to {
 			return nil, nil
 		}
-		return []Event{{Type: EventCurrent, Generation: to, From: from}}, meta.Put(keyCurrent, itob(to))
+		return []Event{{Type: EventCurrent, Generation: to, From: from, Env: env}}, meta.Put(currentKey(env), itob(to))
 	})
 }
 
@@ -215,12 +278,14 @@ func (s *Bolt) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, 
 	}
 	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
 		meta, b := tx.Bucket(bucketMeta), tx.Bucket(bucketGenerations)
+		var env string
 		if to != 0 {
-			if cur := btoi(meta.Get(keyCurrent)); cur != from {
-				return nil, fmt.Errorf("switch from generation %d, but %d is current: %w", from, cur, ErrConflict)
+			var err error
+			if env, err = envOf(tx, to); err != nil {
+				return nil, err
 			}
-			if b.Get(itob(to)) == nil {
-				return nil, fmt.Errorf("generation %d: %w", to, ErrNotFound)
+			if cur := btoi(meta.Get(currentKey(env))); cur != from {
+				return nil, fmt.Errorf("switch from generation %d, but %d is current in %s: %w", from, cur, env, ErrConflict)
 			}
 		}
 		data := b.Get(itob(n))
@@ -241,36 +306,85 @@ func (s *Bolt) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, 
 		if err := b.Put(itob(n), data); err != nil {
 			return nil, err
 		}
-		events := []Event{{Type: EventConfirm, Generation: n}}
+		events := []Event{{Type: EventConfirm, Generation: n, Env: sg.EnvOrDefault()}}
 		if to != 0 && to != from {
-			if err := meta.Put(keyCurrent, itob(to)); err != nil {
+			if err := meta.Put(currentKey(env), itob(to)); err != nil {
 				return nil, err
 			}
-			events = append(events, Event{Type: EventCurrent, Generation: to, From: from})
+			events = append(events, Event{Type: EventCurrent, Generation: to, From: from, Env: env})
 		}
 		return events, nil
+	})
+}
+
+// DropEnv implements Store.
+func (s *Bolt) DropEnv(ctx context.Context, env string, from uint64) error {
+	if env == spec.DefaultEnv {
+		return fmt.Errorf("environment %s: %w", env, ErrDefaultEnv)
+	}
+	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
+		meta, b := tx.Bucket(bucketMeta), tx.Bucket(bucketGenerations)
+		if cur := btoi(meta.Get(currentKey(env))); cur != from {
+			return nil, fmt.Errorf("drop environment %s from generation %d, but %d is current: %w", env, from, cur, ErrConflict)
+		}
+		if from == 0 {
+			return nil, fmt.Errorf("environment %s: %w", env, ErrNotFound)
+		}
+		if err := meta.Delete(currentKey(env)); err != nil {
+			return nil, err
+		}
+		events := []Event{{Type: EventCurrent, From: from, Env: env}}
+		var drop [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			var g struct {
+				Env string `json:"env"`
+			}
+			if err := json.Unmarshal(v, &g); err != nil {
+				return fmt.Errorf("decode generation: %w", err)
+			}
+			if g.Env == env {
+				drop = append(drop, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range drop {
+			if err := b.Delete(k); err != nil {
+				return nil, err
+			}
+			events = append(events, Event{Type: EventRemoved, Generation: btoi(k), Env: env})
+		}
+		return events, collectSecrets(tx)
 	})
 }
 
 // Delete implements Store.
 func (s *Bolt) Delete(ctx context.Context, ns ...uint64) error {
 	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
-		cur := btoi(tx.Bucket(bucketMeta).Get(keyCurrent))
+		current := map[uint64]string{}
+		for env, n := range currents(tx) {
+			current[n] = env
+		}
 		for _, n := range ns {
-			if n == cur {
-				return nil, fmt.Errorf("generation %d: %w", n, ErrCurrent)
+			if env, ok := current[n]; ok {
+				return nil, fmt.Errorf("generation %d (current in %s): %w", n, env, ErrCurrent)
 			}
 		}
 		b := tx.Bucket(bucketGenerations)
 		var events []Event
 		for _, n := range ns {
-			if b.Get(itob(n)) == nil {
+			env, err := envOf(tx, n)
+			if errors.Is(err, ErrNotFound) {
 				continue
+			} else if err != nil {
+				return nil, err
 			}
 			if err := b.Delete(itob(n)); err != nil {
 				return nil, err
 			}
-			events = append(events, Event{Type: EventRemoved, Generation: n})
+			events = append(events, Event{Type: EventRemoved, Generation: n, Env: env})
 		}
 		if len(events) == 0 {
 			return nil, nil
@@ -490,6 +604,7 @@ func getGeneration(tx *bolt.Tx, data []byte) (*spec.Generation, error) {
 		return nil, fmt.Errorf("decode generation: %w", err)
 	}
 	g := sg.Generation
+	g.Env = g.EnvOrDefault()
 	if len(sg.SecretDigests) > 0 {
 		g.Secrets = make(map[string][]byte, len(sg.SecretDigests))
 		secrets := tx.Bucket(bucketSecrets)

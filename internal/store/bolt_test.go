@@ -61,7 +61,7 @@ func TestBoltReopen(t *testing.T) {
 	s.Close()
 
 	s2 := openTest(t, path)
-	cur, err := s2.Current(ctx)
+	cur, err := s2.Current(ctx, spec.DefaultEnv)
 	if err != nil || cur.Number != 1 || string(cur.Secrets["k"]) != "ct" {
 		t.Fatalf("current after reopen = %+v, %v; want generation 1 with its secret", cur, err)
 	}
@@ -113,6 +113,12 @@ func TestBoltMigratesInlineSecrets(t *testing.T) {
 		if err != nil || !bytes.Equal(g.Secrets["k"], shared) {
 			t.Fatalf("generation %d after migration: %v, secrets %q", n, err, g.Secrets)
 		}
+	}
+	// Generations from before environments are production's, and so is
+	// the one current generation.
+	cs, err := s.Currents(t.Context())
+	if err != nil || len(cs) != 1 || cs[spec.DefaultEnv] == nil || cs[spec.DefaultEnv].Number != 3 || cs[spec.DefaultEnv].Env != spec.DefaultEnv {
+		t.Fatalf("current generations of an older store = %v (%v), want production's 3", cs, err)
 	}
 	if n, err := s.Commit(t.Context(), storetest.Gen("v4"), 3); err != nil || n != 4 {
 		t.Fatalf("commit after migration = %d, %v", n, err)
@@ -178,7 +184,7 @@ func TestBoltSetConfirm(t *testing.T) {
 	if c := got.Confirm; c == nil || c.State != spec.ConfirmFailed || c.Previous != 7 || c.Reason != "crashed" || got.Versions["a"] != "1" || string(got.Secrets["k"]) != "ct" {
 		t.Errorf("after reopen: confirm %+v, versions %v, secrets %q", got.Confirm, got.Versions, got.Secrets)
 	}
-	if cur, err := s.Current(ctx); err != nil || cur.Number != prev {
+	if cur, err := s.Current(ctx, spec.DefaultEnv); err != nil || cur.Number != prev {
 		t.Errorf("current after the switch back: %v, %v; want %d", cur, err, prev)
 	}
 	if err := s.SetConfirm(ctx, n+1, &spec.Confirm{State: spec.ConfirmConfirmed}, 0, 0); !errors.Is(err, store.ErrNotFound) {

@@ -26,6 +26,9 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrCurrent is returned when deleting the current generation.
 	ErrCurrent = errors.New("the current generation cannot be deleted")
+	// ErrDefaultEnv is returned when dropping the default environment,
+	// production: it is there as long as the deployment is.
+	ErrDefaultEnv = errors.New("the default environment cannot be dropped")
 	// ErrConflict is returned by a compare-and-swap whose expectation no
 	// longer holds: another writer changed the value since it was read.
 	// Nothing was changed; read again and decide again.
@@ -35,35 +38,50 @@ var (
 // Store holds a deployment's state. Every method is atomic: after a crash a
 // change is either wholly there or not at all. Every method may be called
 // concurrently.
+//
+// Generations belong to environments (spec.Generation.Env, production by
+// default), and each environment has its own current generation, moved by
+// compare-and-swap on its own: a preview's deploy never conflicts with
+// production's. Numbers count across environments.
 type Store interface {
 	// Commit assigns g the next number and the time, stores it and makes it
-	// current — if the current generation is still from (0: none was ever
-	// current). Otherwise it fails with ErrConflict and stores nothing.
+	// current in its environment (g.Env; "" is production) — if that
+	// environment's current generation is still from (0: it has none). Otherwise it fails with ErrConflict and stores nothing.
 	// Numbers are never reused, not even those of deleted generations.
 	// g.Secrets are kept by digest, once however many generations hold them.
 	Commit(ctx context.Context, g *spec.Generation, from uint64) (uint64, error)
-	// Current returns the current generation, or nil if none was ever
-	// committed.
-	Current(ctx context.Context) (*spec.Generation, error)
+	// Current returns environment env's current generation, or nil if it
+	// has none.
+	Current(ctx context.Context, env string) (*spec.Generation, error)
+	// Currents returns the current generation of every environment that
+	// has one, by environment.
+	Currents(ctx context.Context) (map[string]*spec.Generation, error)
 	// Get returns generation n, or ErrNotFound.
 	Get(ctx context.Context, n uint64) (*spec.Generation, error)
 	// List returns every generation, oldest first.
 	List(ctx context.Context) ([]*spec.Generation, error)
-	// SetCurrent makes generation to current if from still is (a rollback,
-	// a switch back): ErrConflict if it is not, ErrNotFound if to is not
-	// held.
+	// SetCurrent makes generation to current in its environment if from
+	// still is (a rollback, a switch back): ErrConflict if it is not,
+	// ErrNotFound if to is not held.
 	SetCurrent(ctx context.Context, from, to uint64) error
 	// SetConfirm records how generation n's confirm window stands (c) and,
-	// when to is not 0, makes generation to current in the same change if
-	// from still is: a switch back is recorded whole or not at all. A
+	// when to is not 0, makes generation to current (in its environment)
+	// in the same change if from still is: a switch back is recorded whole or not at all. A
 	// stale switch fails with ErrConflict, a missing n or to with
 	// ErrNotFound, and then nothing changes. With to 0 the current
 	// generation stays as it is, and from must be 0 too.
 	SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, to uint64) error
 	// Delete removes generations, and the secret ciphertexts no remaining
-	// generation refers to. It refuses the current one (ErrCurrent) and
-	// then deletes nothing; numbers it does not hold are ignored.
+	// generation refers to. It refuses any environment's current one
+	// (ErrCurrent) and then deletes nothing; numbers it does not hold are
+	// ignored.
 	Delete(ctx context.Context, ns ...uint64) error
+	// DropEnv removes environment env — its current generation, if that is
+	// still from (else ErrConflict), and every generation of it, with the
+	// secret ciphertexts no remaining generation refers to — in one change.
+	// It refuses production (ErrDefaultEnv) and an environment with no
+	// current generation (ErrNotFound).
+	DropEnv(ctx context.Context, env string, from uint64) error
 	// Secret returns the ciphertext kept under digest (SecretDigest), or
 	// ErrNotFound once no generation refers to it.
 	Secret(ctx context.Context, digest string) ([]byte, error)
@@ -112,7 +130,9 @@ type EventType string
 
 // Kinds of events.
 const (
-	// EventCurrent: the current generation moved to Generation (from From).
+	// EventCurrent: environment Env's current generation moved to
+	// Generation (from From); Generation 0 when the environment was
+	// dropped.
 	EventCurrent EventType = "current"
 	// EventAdded: generation Generation was committed.
 	EventAdded EventType = "added"
@@ -137,6 +157,8 @@ type Event struct {
 	// From is the generation that was current before an EventCurrent; 0
 	// when there was none.
 	From uint64
+	// Env is the environment of the generation of a generation event.
+	Env string
 	// Kind and Key name the record of a record event.
 	Kind, Key string
 	// Revision is the store's revision after the change.

@@ -39,6 +39,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Watch", testWatch},
 		{"WatchEnds", testWatchEnds},
 		{"ConcurrentWriters", testConcurrentWriters},
+		{"Environments", testEnvironments},
+		{"DropEnv", testDropEnv},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,7 +71,7 @@ func commit(t *testing.T, s store.Store, g *spec.Generation, from uint64) uint64
 
 func current(t *testing.T, s store.Store) uint64 {
 	t.Helper()
-	g, err := s.Current(t.Context())
+	g, err := s.Current(t.Context(), spec.DefaultEnv)
 	if err != nil {
 		t.Fatalf("Current: %v", err)
 	}
@@ -93,7 +95,7 @@ func numbers(t *testing.T, s store.Store) []uint64 {
 }
 
 func testEmpty(t *testing.T, s store.Store) {
-	if g, err := s.Current(t.Context()); err != nil || g != nil {
+	if g, err := s.Current(t.Context(), spec.DefaultEnv); err != nil || g != nil {
 		t.Errorf("Current = %v, %v; want nil, nil", g, err)
 	}
 	if got := numbers(t, s); len(got) != 0 {
@@ -300,7 +302,7 @@ func testSetConfirmSwitchBack(t *testing.T, s store.Store) {
 	go func() {
 		defer wg.Done()
 		read := func() (uint64, bool) {
-			g, err := s.Current(ctx)
+			g, err := s.Current(ctx, spec.DefaultEnv)
 			if err != nil || g == nil {
 				t.Errorf("Current = %v, %v; want a generation", g, err)
 				return 0, false
@@ -361,8 +363,8 @@ func testSetConfirmSwitchBack(t *testing.T, s store.Store) {
 		t.Errorf("the switch back recorded a confirm on generation 1: %+v", c)
 	}
 	want := []store.Event{
-		{Type: store.EventConfirm, Generation: 2},
-		{Type: store.EventCurrent, Generation: 1, From: 2},
+		{Type: store.EventConfirm, Generation: 2, Env: spec.DefaultEnv},
+		{Type: store.EventCurrent, Generation: 1, From: 2, Env: spec.DefaultEnv},
 	}
 	var rev uint64
 	for i, w := range want {
@@ -588,15 +590,15 @@ func testWatch(t *testing.T, s store.Store) {
 	commit(t, s, Gen("v3"), 1)
 
 	want := []store.Event{
-		{Type: store.EventAdded, Generation: 2},
-		{Type: store.EventCurrent, Generation: 2, From: 1},
-		{Type: store.EventCurrent, Generation: 1, From: 2},
-		{Type: store.EventRemoved, Generation: 2},
+		{Type: store.EventAdded, Generation: 2, Env: spec.DefaultEnv},
+		{Type: store.EventCurrent, Generation: 2, From: 1, Env: spec.DefaultEnv},
+		{Type: store.EventCurrent, Generation: 1, From: 2, Env: spec.DefaultEnv},
+		{Type: store.EventRemoved, Generation: 2, Env: spec.DefaultEnv},
 		{Type: store.EventRecord, Kind: "release", Key: "a/v"},
 		{Type: store.EventRecordDeleted, Kind: "release", Key: "a/v"},
-		{Type: store.EventConfirm, Generation: 1},
-		{Type: store.EventAdded, Generation: 3},
-		{Type: store.EventCurrent, Generation: 3, From: 1},
+		{Type: store.EventConfirm, Generation: 1, Env: spec.DefaultEnv},
+		{Type: store.EventAdded, Generation: 3, Env: spec.DefaultEnv},
+		{Type: store.EventCurrent, Generation: 3, From: 1, Env: spec.DefaultEnv},
 	}
 	var last uint64
 	for i, w := range want {
@@ -650,7 +652,7 @@ func testConcurrentWriters(t *testing.T, s store.Store) {
 			defer wg.Done()
 			for i := 0; i < each; {
 				// Read, decide, write: a stale decision fails and is made again.
-				cur, err := s.Current(ctx)
+				cur, err := s.Current(ctx, spec.DefaultEnv)
 				if err != nil {
 					t.Error(err)
 					return
@@ -703,5 +705,149 @@ func testConcurrentWriters(t *testing.T, s store.Store) {
 	r, err := s.Record(ctx, "counter", "c")
 	if err != nil || string(r.Value) != strconv.Itoa(writers*each) {
 		t.Errorf("counter = %q, %v; want %d: an increment was lost", r.Value, err, writers*each)
+	}
+}
+
+// InEnv returns Gen(v) in environment env.
+func InEnv(env, v string) *spec.Generation {
+	g := Gen(v)
+	g.Env = env
+	return g
+}
+
+// currentOf returns env's current generation number, 0 for none.
+func currentOf(t *testing.T, s store.Store, env string) uint64 {
+	t.Helper()
+	g, err := s.Current(t.Context(), env)
+	if err != nil {
+		t.Fatalf("Current(%s): %v", env, err)
+	}
+	if g == nil {
+		return 0
+	}
+	return g.Number
+}
+
+// testEnvironments: each environment has its own current generation,
+// moved by compare-and-swap on its own; numbers count across them; a
+// generation without an environment is production's.
+func testEnvironments(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	p1 := commit(t, s, Gen("p1"), 0) // no Env: production
+	e1 := commit(t, s, InEnv("pr-1", "e1"), 0)
+	if p1 != 1 || e1 != 2 {
+		t.Fatalf("numbers %d, %d, want 1, 2: they count across environments", p1, e1)
+	}
+	if g, err := s.Get(ctx, p1); err != nil || g.Env != spec.DefaultEnv {
+		t.Errorf("generation committed without an environment: Env %q (%v), want %q", g.Env, err, spec.DefaultEnv)
+	}
+	// A preview's commit is checked against the preview's current only.
+	if _, err := s.Commit(ctx, InEnv("pr-1", "stale"), 0); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("commit to pr-1 from 0 while %d is current there: %v, want ErrConflict", e1, err)
+	}
+	if _, err := s.Commit(ctx, Gen("stale"), e1); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("commit to production from pr-1's current: %v, want ErrConflict", err)
+	}
+	p2 := commit(t, s, Gen("p2"), p1)
+	e2 := commit(t, s, InEnv("pr-1", "e2"), e1)
+	if got := currentOf(t, s, spec.DefaultEnv); got != p2 {
+		t.Errorf("production's current %d, want %d", got, p2)
+	}
+	if got := currentOf(t, s, "pr-1"); got != e2 {
+		t.Errorf("pr-1's current %d, want %d", got, e2)
+	}
+	if got := currentOf(t, s, "pr-2"); got != 0 {
+		t.Errorf("pr-2, never deployed, has current %d", got)
+	}
+	// SetCurrent moves the environment of the generation it switches to.
+	if err := s.SetCurrent(ctx, p2, e1); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("SetCurrent(from production's %d to pr-1's %d): %v, want ErrConflict", p2, e1, err)
+	}
+	if err := s.SetCurrent(ctx, e2, e1); err != nil {
+		t.Fatalf("SetCurrent in pr-1: %v", err)
+	}
+	if got := currentOf(t, s, spec.DefaultEnv); got != p2 {
+		t.Errorf("a switch in pr-1 moved production to %d", got)
+	}
+	cs, err := s.Currents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for env, g := range cs {
+		got[env] = g.Number
+	}
+	if want := map[string]uint64{spec.DefaultEnv: p2, "pr-1": e1}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Currents = %v, want %v", got, want)
+	}
+	// Every environment's current is kept from deletion.
+	if err := s.Delete(ctx, e1); !errors.Is(err, store.ErrCurrent) {
+		t.Errorf("Delete(pr-1's current): %v, want ErrCurrent", err)
+	}
+	if err := s.Delete(ctx, p1, e2); err != nil {
+		t.Errorf("Delete of generations current nowhere: %v", err)
+	}
+}
+
+// testDropEnv: dropping an environment removes its current generation and
+// every generation of it in one change; production and a stale drop are
+// refused and change nothing.
+func testDropEnv(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	p1 := commit(t, s, Gen("p1"), 0)
+	secret := []byte("ciphertext only the preview uses")
+	g := InEnv("pr-1", "e1")
+	g.Secrets = map[string][]byte{"k": secret}
+	e1 := commit(t, s, g, 0)
+	e2 := commit(t, s, InEnv("pr-1", "e2"), e1)
+	if err := s.DropEnv(ctx, spec.DefaultEnv, p1); !errors.Is(err, store.ErrDefaultEnv) {
+		t.Errorf("DropEnv(production): %v, want ErrDefaultEnv", err)
+	}
+	if err := s.DropEnv(ctx, "pr-1", e1); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("DropEnv(pr-1 from %d while %d is current): %v, want ErrConflict", e1, e2, err)
+	}
+	if err := s.DropEnv(ctx, "pr-9", 0); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DropEnv of an environment never deployed: %v, want ErrNotFound", err)
+	}
+	if got := currentOf(t, s, "pr-1"); got != e2 {
+		t.Fatalf("refused drops moved pr-1 to %d", got)
+	}
+	events, err := s.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DropEnv(ctx, "pr-1", e2); err != nil {
+		t.Fatalf("DropEnv(pr-1): %v", err)
+	}
+	if got := currentOf(t, s, "pr-1"); got != 0 {
+		t.Errorf("pr-1 dropped, but its current is %d", got)
+	}
+	for _, n := range []uint64{e1, e2} {
+		if _, err := s.Get(ctx, n); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("generation %d of the dropped pr-1: %v, want ErrNotFound", n, err)
+		}
+	}
+	if _, err := s.Secret(ctx, store.SecretDigest(secret)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a secret only pr-1 held outlives it: %v", err)
+	}
+	if got := currentOf(t, s, spec.DefaultEnv); got != p1 {
+		t.Errorf("production's current %d after dropping pr-1, want %d", got, p1)
+	}
+	want := []store.Event{
+		{Type: store.EventCurrent, From: e2, Env: "pr-1"},
+		{Type: store.EventRemoved, Generation: e1, Env: "pr-1"},
+		{Type: store.EventRemoved, Generation: e2, Env: "pr-1"},
+	}
+	for i, w := range want {
+		var ev store.Event
+		select {
+		case ev = <-events:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("event %d (%v) not delivered", i, w)
+		}
+		ev.Revision = 0
+		if ev != w {
+			t.Errorf("event %d = %+v, want %+v", i, ev, w)
+		}
 	}
 }

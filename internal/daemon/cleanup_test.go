@@ -1,0 +1,167 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"hostel/internal/deploy"
+	"hostel/internal/nix"
+	"hostel/internal/postgres"
+	"hostel/internal/postgres/pgtest"
+	"hostel/internal/router"
+	"hostel/internal/secrets"
+	"hostel/internal/spec"
+	"hostel/internal/store"
+	"hostel/internal/supervisor"
+)
+
+// prepared is an engine with the daemon's real preparers: secrets as
+// credentials, a PostgreSQL database per service, Nix GC roots, release
+// steps.
+type prepared struct {
+	root   string
+	engine *deploy.Engine
+	store  store.Store
+	roots  nix.Roots
+	key    *secrets.HostKey
+}
+
+func newPrepared(t *testing.T) *prepared {
+	t.Helper()
+	root := t.TempDir()
+	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := supervisor.New(supervisor.Options{Root: root, Logf: t.Logf})
+	rt := router.New(router.Options{})
+	hk, err := secrets.EnsureHostKey(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &prepared{root: root, store: st, roots: nix.Roots{Dir: filepath.Join(root, "gcroots")}, key: hk}
+	p.engine = deploy.New(st, sup, rt)
+	db := newDatabases(root, st, sup, false, t.Logf)
+	p.engine.Use(&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots), releaser{db})
+	t.Cleanup(func() {
+		p.engine.Shutdown(context.Background())
+		rt.Close()
+		st.Close()
+	})
+	return p
+}
+
+// storePath adds a directory holding a program that serves nothing to the
+// Nix store and returns its path.
+func storePath(t *testing.T) string {
+	t.Helper()
+	if !nix.Available() {
+		t.Skip("nix is not installed")
+	}
+	dir := filepath.Join(t.TempDir(), "cleanup-app")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "run"), []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("nix-store", "--add", dir).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// TestFailedStartCleansUp: a version whose process does not start, after
+// every preparer ran for it (its database created, its release run, its
+// secret written as a credential, its store path pinned), leaves none of
+// them behind; a database and roots that existed before stay.
+func TestFailedStartCleansUp(t *testing.T) {
+	pg := pgtest.Start(t)
+	pkg := storePath(t)
+	p := newPrepared(t)
+	ct, err := secrets.Encrypt([]byte("s3cret"), []secrets.Recipient{{Recipient: p.key.Recipient()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashing := &spec.Service{Package: pkg, Exec: []string{"run"}, Postgres: &spec.Database{Database: "api_db"},
+		Secrets: []string{"token"}, Release: []string{"/bin/true"}}
+	s := &spec.Spec{Postgres: &spec.PostgresAdmin{Admin: pg.Admin()}, Services: map[string]*spec.Service{"api": crashing}}
+	req := deploy.Request{Source: "test.json", Spec: s, Secrets: map[string][]byte{"token": ct}}
+	_, err = p.engine.Deploy(t.Context(), req, t.Logf)
+	if fs := deploy.Failures(err); len(fs) != 1 || fs[0].Service != "api" {
+		t.Fatalf("deploy of a version that exits = %v, want api failing", err)
+	}
+	version, err := spec.Versions(s, spec.Inputs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := spec.Key("api", version["api"])
+
+	srv, err := postgres.Open(pg.Admin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, ok, err := srv.Exists(ctx, "api_db"); err != nil || ok {
+		t.Errorf("database api_db exists after a failed start (%v)", err)
+	}
+	if _, ok, err := srv.RoleInfo(ctx, supervisor.UserName("api")); err != nil || ok {
+		t.Errorf("role %s exists after a failed start (%v)", supervisor.UserName("api"), err)
+	}
+	for _, kind := range []string{store.KindDatabase, store.KindRelease} {
+		if recs, err := p.store.Records(ctx, kind); err != nil || len(recs) > 0 {
+			t.Errorf("%s records after a failed start: %v (%v)", kind, recs, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(p.root, "postgres", "api.password")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the role's password file is left: %v", err)
+	}
+	if p.roots.Pinned(string(key)) {
+		t.Errorf("GC root of %s left after a failed start", key)
+	}
+	sum := sha256.Sum256([]byte(p.root))
+	for _, dir := range []string{p.root, filepath.Join("/dev/shm", "hostel-"+hex.EncodeToString(sum[:6]))} {
+		filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.Name() == "token" {
+				t.Errorf("credential file %s left after a failed start", path)
+			}
+			return nil
+		})
+	}
+
+	// What was there before a failed start stays: the database of a
+	// version that runs, and its roots.
+	serve := "import http.server, os; http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), http.server.BaseHTTPRequestHandler).serve_forever()"
+	good := &spec.Service{Package: pkg, Exec: []string{"/usr/bin/python3", "-c", serve}, Postgres: &spec.Database{Database: "api_db"}}
+	s.Services["api"] = good
+	if _, err := p.engine.Deploy(ctx, deploy.Request{Source: "test.json", Spec: s}, t.Logf); err != nil {
+		t.Fatalf("deploy of a version that runs: %v", err)
+	}
+	goodVersions, _ := spec.Versions(s, spec.Inputs{})
+	goodKey := spec.Key("api", goodVersions["api"])
+	s2 := &spec.Spec{Postgres: s.Postgres, Services: map[string]*spec.Service{"api": crashing}}
+	if _, err := p.engine.Deploy(ctx, deploy.Request{Source: "test.json", Spec: s2, Secrets: map[string][]byte{"token": ct}}, t.Logf); err == nil {
+		t.Fatal("the crashing version deployed")
+	}
+	if _, ok, err := srv.Exists(ctx, "api_db"); err != nil || !ok {
+		t.Errorf("database api_db of the running version was dropped by a failed start (%v)", err)
+	}
+	if _, err := p.store.Record(ctx, store.KindDatabase, "api"); err != nil {
+		t.Errorf("database record of the running version: %v", err)
+	}
+	if !p.roots.Pinned(string(goodKey)) {
+		t.Errorf("GC root of the running version %s removed", goodKey)
+	}
+	if p.roots.Pinned(string(key)) {
+		t.Errorf("GC root of %s left after a failed start", key)
+	}
+}
