@@ -200,6 +200,11 @@ func (s *Sleeper) Wake(ctx context.Context, key spec.VersionKey) (string, error)
 		s.logf("%s: wake failed: %v", key, err)
 		return "", fmt.Errorf("wake %s: %w", key, err)
 	}
+	if _, routed := s.routes.Sleeping(key); !routed {
+		// A deploy removed the version while it woke: it must not run on.
+		s.procs.Stop(context.WithoutCancel(ctx), key)
+		return "", fmt.Errorf("wake %s: %w", key, router.ErrRemoved)
+	}
 	s.mu.Lock()
 	if s.slept[key] == a {
 		delete(s.slept, key)

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,18 +47,23 @@ func run(m *testing.M) int {
 
 const host = "app.example.org"
 
-// world is a real supervisor and router with one version of the test app
+// world is a real supervisor and router with versions of the test app
 // running and routed, and a Sleeper over them.
 type world struct {
-	sup   *supervisor.Supervisor
-	r     *router.Router
-	s     *Sleeper
-	key   spec.VersionKey
-	pub   string // the router's public URL
-	app   string // the app's binary
-	first int    // the first process's pid
+	sup      *supervisor.Supervisor
+	r        *router.Router
+	s        *Sleeper
+	key      spec.VersionKey // the first version started
+	pub      string          // the router's public URL
+	app      string          // the app's binary
+	pkg      string
+	first    int // the first version's first pid
+	mu       sync.Mutex
+	policies map[spec.VersionKey]Policy
+	table    router.Table
 }
 
+// newWorld starts version "app" of the test app with idle, routed at host.
 func newWorld(t *testing.T, idle time.Duration) *world {
 	t.Helper()
 	root, err := os.MkdirTemp("", "hi")
@@ -64,16 +71,18 @@ func newWorld(t *testing.T, idle time.Duration) *world {
 		t.Fatal(err)
 	}
 	os.Chmod(root, 0o755)
-	w := &world{key: spec.Key("app", "0123456789ab")}
+	w := &world{policies: map[spec.VersionKey]Policy{}, table: router.Table{Domains: map[string]spec.VersionKey{}}}
 	// The binary is copied where the test may break it.
-	pkg := filepath.Join(root, "pkg")
-	os.MkdirAll(pkg, 0o755)
-	w.app = filepath.Join(pkg, "app")
+	w.pkg = filepath.Join(root, "pkg")
+	os.MkdirAll(w.pkg, 0o755)
+	w.app = filepath.Join(w.pkg, "app")
 	copyFile(t, filepath.Join(appDir, "app"), w.app)
 	w.sup = supervisor.New(supervisor.Options{Root: root, Logf: t.Logf, RunAsUsers: os.Geteuid() == 0})
 	w.r = router.New(router.Options{Logf: t.Logf, Waker: wakerOf{w}})
 	w.s = New(w.sup, w.r, func() (map[spec.VersionKey]Policy, bool) {
-		return map[spec.VersionKey]Policy{w.key: {Idle: idle}}, true
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return maps.Clone(w.policies), true
 	}, t.Logf)
 	srv := httptest.NewServer(w.r)
 	w.pub = srv.URL
@@ -85,7 +94,18 @@ func newWorld(t *testing.T, idle time.Duration) *world {
 		w.sup.StopAll(ctx)
 		os.RemoveAll(root)
 	})
-	inst, err := w.sup.Start(supervisor.Config{Service: "app", Version: "0123456789ab", Dir: pkg, Exec: []string{w.app},
+	w.key = w.start(t, "app", host, Policy{Idle: idle})
+	inst, _ := w.sup.Get(w.key)
+	w.first = inst.Status().PID
+	return w
+}
+
+// start runs a version of service name, routed at domain, that may sleep
+// as p says.
+func (w *world) start(t *testing.T, name, domain string, p Policy) spec.VersionKey {
+	t.Helper()
+	key := spec.Key(name, "0123456789ab")
+	inst, err := w.sup.Start(supervisor.Config{Service: name, Version: "0123456789ab", Dir: w.pkg, Exec: []string{w.app},
 		HealthPath: "/healthz", ReadyTimeout: 10 * time.Second, StopGrace: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -93,12 +113,15 @@ func newWorld(t *testing.T, idle time.Duration) *world {
 	if err := inst.WaitReady(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	w.first = inst.Status().PID
-	w.r.AddBackend(w.key, inst.Addr())
-	if err := w.r.Swap(router.Table{Domains: map[string]spec.VersionKey{host: w.key}}); err != nil {
+	w.r.AddBackend(key, inst.Addr())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.policies[key] = p
+	w.table.Domains[domain] = key
+	if err := w.r.Swap(w.table); err != nil {
 		t.Fatal(err)
 	}
-	return w
+	return key
 }
 
 // wakerOf breaks the cycle between the router (made first) and the Sleeper.
@@ -133,17 +156,19 @@ func (w *world) get(t *testing.T, path string) (*http.Response, string) {
 	return resp, string(b)
 }
 
-// sleepNow runs Check until the version is asleep, probing its health
-// meanwhile as the daemon does: health checks are not requests.
-func (w *world) sleepNow(t *testing.T) {
+// sleepNow runs Check until the first version is asleep, probing its
+// health meanwhile as the daemon does: health checks are not requests.
+func (w *world) sleepNow(t *testing.T) { t.Helper(); w.sleepKey(t, w.key) }
+
+func (w *world) sleepKey(t *testing.T, key spec.VersionKey) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if inst, ok := w.sup.Get(w.key); ok {
+		if inst, ok := w.sup.Get(key); ok {
 			inst.Healthy(context.Background())
 		}
 		w.s.Check()
-		if sl, _ := w.r.Sleeping(w.key); sl.Asleep {
+		if sl, _ := w.r.Sleeping(key); sl.Asleep {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -153,7 +178,7 @@ func (w *world) sleepNow(t *testing.T) {
 	}
 	// Its process ends (SIGTERM, stop grace).
 	for deadline := time.Now().Add(15 * time.Second); ; {
-		if _, ok := w.sup.Get(w.key); !ok {
+		if _, ok := w.sup.Get(key); !ok {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -223,5 +248,32 @@ func TestFailedWakeLeavesNothing(t *testing.T) {
 	}
 	if resp, body := w.get(t, "/healthz"); resp.StatusCode != 200 || strings.TrimSpace(body) != "ok" {
 		t.Fatalf("next request once the cause is gone: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestWakeWakesNeeds: the first request to a sleeping version wakes the
+// sleeping version it needs too, with no request to that one.
+func TestWakeWakesNeeds(t *testing.T) {
+	w := newWorld(t, time.Second)
+	dep := w.start(t, "dep", "dep.example.org", Policy{Idle: time.Second})
+	w.mu.Lock()
+	w.policies[w.key] = Policy{Idle: time.Second, Needs: []spec.VersionKey{dep}}
+	w.mu.Unlock()
+	w.sleepKey(t, dep)
+	w.sleepNow(t)
+	if resp, _ := w.get(t, "/healthz"); resp.StatusCode != 200 {
+		t.Fatalf("request to the dependent: %d", resp.StatusCode)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if sl, _ := w.r.Sleeping(dep); !sl.Asleep && sl.Wakes == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			sl, _ := w.r.Sleeping(dep)
+			t.Fatalf("the needed version was not woken with its dependent: %+v", sl)
+		}
+	}
+	if _, ok := w.sup.Get(dep); !ok {
+		t.Error("the needed version has no process after its wake")
 	}
 }
