@@ -63,8 +63,9 @@ type Service struct {
 	// OldVersions is what becomes of a version a deploy replaces:
 	// "stop" (or empty) stops it. "callable" is not supported yet.
 	OldVersions string `json:"old_versions,omitempty"`
-	// Exclusive would never run two versions at once; not supported yet:
-	// only false is accepted.
+	// Exclusive never runs two versions at once: a deploy holds the
+	// service's requests, stops the old version, starts the new one and
+	// releases them (single-writer apps).
 	Exclusive bool `json:"exclusive,omitempty"`
 	// TLS, nil meaning true, serves the domains over HTTPS.
 	TLS  *bool `json:"tls,omitempty"`

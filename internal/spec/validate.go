@@ -174,9 +174,6 @@ func (s *Spec) Validate() error {
 		default:
 			return fail("old_versions", "%q is not one of %q, %q", svc.OldVersions, OldVersionsStop, OldVersionsCallable)
 		}
-		if svc.Exclusive {
-			return fail("exclusive", "true is not supported yet")
-		}
 		if _, err := ParseMemory(svc.Memory); err != nil {
 			return fail("memory", "%v", err)
 		}
