@@ -246,3 +246,19 @@ func TestPauseResume(t *testing.T) {
 		t.Errorf("Pause of an unknown version: %v, want ErrUnknown", err)
 	}
 }
+
+// BenchmarkAcquireRelease is the hot path every request takes: a slot
+// through the gate (one compare-and-swap) and back, from all CPUs at once
+// on one backend.
+func BenchmarkAcquireRelease(b *testing.B) {
+	bk := &backend{key: apiV1, idle: make(chan struct{})}
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			t, ok := bk.Acquire()
+			if !ok {
+				b.Fatal("gate closed")
+			}
+			bk.Release(t)
+		}
+	})
+}
