@@ -41,6 +41,7 @@ bench: build
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 50 -rate 500
+	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 20 -rate 500 -exclusive
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/spec/

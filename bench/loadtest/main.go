@@ -8,6 +8,14 @@
 //
 //	go run ./bench/loadtest -hostel bin/hostel -deploys 50 -rate 500
 //
+// With -exclusive both services are `exclusive`, and the app takes an
+// exclusive lock on its STATE_DIRECTORY as it starts and exits if another
+// process holds it: a deploy that ran two versions of a service at the
+// same moment would fail. It then also prints how long requests were held
+// against how long the new versions took from start to ready.
+//
+//	go run ./bench/loadtest -hostel bin/hostel -deploys 20 -rate 500 -exclusive
+//
 // It imports nothing of hostel: it drives the binary like a user. The same
 // binary is also the test app (`loadtest app`).
 package main
@@ -30,6 +38,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -47,6 +56,17 @@ func main() {
 // app is the service under test. Every answer carries X-Version.
 func app() {
 	version := os.Getenv("HOSTEL_VERSION")
+	if os.Getenv("LOCK") != "" {
+		// Never two versions at once: one started beside another fails.
+		f, err := os.OpenFile(filepath.Join(os.Getenv("STATE_DIRECTORY"), "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "another version holds the lock:", err)
+			os.Exit(1)
+		}
+	}
 	apiURL := os.Getenv("API_URL")
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	mux := http.NewServeMux()
@@ -110,6 +130,9 @@ type config struct {
 	pause    time.Duration
 	verbose  bool
 	keepRoot bool
+	// exclusive makes both services exclusive and their processes lock
+	// their state directory.
+	exclusive bool
 }
 
 func run() error {
@@ -121,6 +144,7 @@ func run() error {
 	flag.DurationVar(&c.pause, "pause", 300*time.Millisecond, "load between deploys")
 	flag.BoolVar(&c.verbose, "v", false, "print every deploy's output")
 	flag.BoolVar(&c.keepRoot, "keep", false, "keep the temporary root")
+	flag.BoolVar(&c.exclusive, "exclusive", false, "make both services exclusive; a version started beside another fails")
 	flag.Parse()
 
 	h, err := startHostel(c)
@@ -140,7 +164,7 @@ func run() error {
 	time.Sleep(c.warmup)
 	t0 := time.Now()
 	var deployErrs int
-	var overhead []time.Duration
+	var overhead, readies []time.Duration
 	for i := 1; i <= c.deploys; i++ {
 		start := time.Now()
 		l.deploying.Store(true)
@@ -151,6 +175,7 @@ func run() error {
 			fmt.Fprintf(os.Stderr, "deploy %d: %v\n", i, err)
 		} else {
 			overhead = append(overhead, h.lastOverhead)
+			readies = append(readies, h.lastReady)
 		}
 		if c.verbose {
 			fmt.Printf("deploy %d: %s\n", i, time.Since(start).Round(time.Millisecond))
@@ -178,6 +203,11 @@ func run() error {
 		fmt.Printf("deploy overhead (time to the switch minus the new versions' own time to ready): median %s, max %s\n",
 			overhead[len(overhead)/2].Round(time.Millisecond), overhead[len(overhead)-1].Round(time.Millisecond))
 	}
+	if c.exclusive && len(readies) > 0 {
+		sort.Slice(readies, func(i, j int) bool { return readies[i] < readies[j] })
+		fmt.Printf("exclusive: fast requests during deploys (held while the old version stopped and the new one started) p99 %s, against the new versions' start→ready median %s, max %s; no deploy failed, so no two versions of a service ran at once\n",
+			s.p99Deploy, readies[len(readies)/2].Round(time.Millisecond), readies[len(readies)-1].Round(time.Millisecond))
+	}
 	for _, e := range s.examples {
 		fmt.Println("  e.g.", e)
 	}
@@ -197,6 +227,7 @@ type hostel struct {
 	mu           sync.Mutex
 	switched     []switchEvent
 	lastOverhead time.Duration
+	lastReady    time.Duration // the new versions' own start→ready, summed
 }
 
 type switchEvent struct {
@@ -284,6 +315,10 @@ func (h *hostel) deploy(i int) error {
 			"health":     map[string]any{"path": "/healthz", "timeout": "10s"},
 			"stop_grace": "15s",
 		}
+		if h.c.exclusive {
+			s["exclusive"] = true
+			s["env"].(map[string]string)["LOCK"] = "1"
+		}
 		for k, v := range extra {
 			s[k] = v
 		}
@@ -342,7 +377,8 @@ func (h *hostel) deploy(i int) error {
 			// Everything but the new versions' own time to ready (api,
 			// then web, which needs it): the CLI, planning, the commit
 			// and the switch. Draining comes after and is not counted.
-			h.lastOverhead = switchedAt.Sub(t0) - readyTimes(out.String())
+			h.lastReady = readyTimes(out.String())
+			h.lastOverhead = switchedAt.Sub(t0) - h.lastReady
 		}
 	}
 	return nil

@@ -168,6 +168,9 @@ type Agent struct {
 	// generation it was prepared for and the preparers that ran: what
 	// stopping it must clean up. Guarded by runMu.
 	prepared map[spec.VersionKey]preparation
+
+	// asleep reports whether a version sleeps (sleep.go); nil: none does.
+	asleep func(spec.VersionKey) bool
 }
 
 // version is one started version of a service and what it was started with.
@@ -395,7 +398,7 @@ func (a *Agent) isRunning(key spec.VersionKey) bool {
 		return false
 	}
 	_, ok := a.procs.Get(key)
-	return ok
+	return ok || a.asleep != nil && a.asleep(key)
 }
 
 // start starts one version and waits until it is ready. Its errors are
@@ -463,19 +466,33 @@ func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts
 		a.prepared[key] = preparation{g: g, service: name, ran: ran}
 		a.runMu.Unlock()
 	}
+	var ho *handover // an exclusive service's old version, stopped for this one (exclusive.go)
+	if !opts.Adopt {
+		bound := svc.StopGraceOrDefault() + svc.HealthTimeout() + exclusiveMargin
+		if ho, err = a.holdExclusive(ctx, name, svc, key, bound, progress); err != nil {
+			return fail("%w", err)
+		}
+	}
 	progress("starting %s", key)
 	t0 := time.Now()
 	inst, err := a.launch(ctx, cfg, svc.Needs, opts, progress)
 	if err != nil {
+		a.releaseExclusive(ctx, ho, "", progress)
 		return fail("start %s: %w", key, err)
 	}
 	a.runMu.Lock()
 	a.running[key] = &version{svc: svc, needs: needs}
 	a.runMu.Unlock()
 	if err := inst.WaitReady(ctx); err != nil {
+		if ho != nil {
+			// Never two at once: this one goes before the old one starts again.
+			a.procs.Stop(context.WithoutCancel(ctx), key)
+		}
+		a.releaseExclusive(ctx, ho, "", progress)
 		return fail("%s not ready: %w", key, err)
 	}
 	a.route.AddBackend(key, inst.Addr())
+	a.releaseExclusive(ctx, ho, inst.Addr(), progress)
 	progress("ready %s on %s (%s)", key, inst.Addr(), time.Since(t0).Round(time.Millisecond))
 	return nil
 }

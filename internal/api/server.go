@@ -120,6 +120,7 @@ func NewHandler(d Daemon) http.Handler {
 	handleSecrets(mux, d)
 	handleEnvs(mux, d)
 	handleDB(mux, d)
+	handlePause(mux, d)
 	handleShutdown(mux, d)
 	return mux
 }

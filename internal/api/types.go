@@ -136,6 +136,13 @@ type ServiceStatus struct {
 	Package string `json:"package,omitempty"`
 	// Database is the service's PostgreSQL database; nil when it has none.
 	Database *DatabaseStatus `json:"database,omitempty"`
+	// LastRequest is when its last request ended (or it was started or
+	// woken, if none came since), to the second; nil when not routed.
+	LastRequest *time.Time `json:"last_request,omitempty"`
+	// Wakes counts the times it was woken from sleep (scale to zero);
+	// LastWakeSeconds is how long the last wake took.
+	Wakes           int     `json:"wakes,omitempty"`
+	LastWakeSeconds float64 `json:"last_wake_seconds,omitempty"`
 }
 
 // Generation is one row of `hostel generations --json`.

@@ -238,6 +238,8 @@ func statusCmd(e *env) *cobra.Command {
 				state := s.State
 				if s.Error != "" {
 					state += " (" + s.Error + ")"
+				} else if (s.State == "idle" || s.State == "held") && s.LastRequest != nil {
+					state += fmt.Sprintf(" (last request %s, %d wakes)", s.LastRequest.Local().Format(time.DateTime), s.Wakes)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", s.Name, s.Version, state, pid, s.Ready, doms, s.URL)
 			}

@@ -20,6 +20,7 @@ import (
 	"hostel/internal/cgroup"
 	"hostel/internal/deploy"
 	"hostel/internal/front"
+	"hostel/internal/idle"
 	"hostel/internal/nix"
 	"hostel/internal/router"
 	"hostel/internal/secrets"
@@ -47,7 +48,10 @@ type Daemon struct {
 	sup    *supervisor.Supervisor
 	router *router.Router
 	engine *deploy.Engine
-	logf   func(string, ...any)
+	// sleeper puts idle versions to sleep and wakes them (sleep.go); nil
+	// until the current generations are resumed.
+	sleeper *idle.Sleeper
+	logf    func(string, ...any)
 	// hostKey is the machine's age identity, which decrypts secrets.
 	hostKey *secrets.HostKey
 	// db provisions PostgreSQL databases and runs release steps.
@@ -128,11 +132,15 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
 		Cgroups: d.openCgroups()})
-	d.router = router.New(router.Options{Zone: zone, Logf: d.logf})
+	d.router = router.New(router.Options{Zone: zone, Logf: d.logf, Waker: wakeVia{d}})
 	d.engine = deploy.New(st, d.sup, d.router)
 	// Every switch also updates certificates and TLS policy.
 	d.engine.OnSwitch(d.switched)
 	d.engine.SetLog(func(f string, a ...any) { d.logf(f, a...) })
+	d.engine.SetAsleep(func(k spec.VersionKey) bool {
+		sl, ok := d.router.Sleeping(k)
+		return ok && sl.Asleep
+	})
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
 	d.db = newDatabases(opts.Root, d.store, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
@@ -165,6 +173,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.engine.Resume(ctx, func(f string, a ...any) { d.logf(f, a...) }); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
+	d.startSleeper()
 	d.serveFront()
 	d.serveHTTPS()
 	d.serve(d.apiLn, api.NewHandler(d))
@@ -211,6 +220,9 @@ func (d *Daemon) Close() error {
 		}
 	}
 	d.wg.Wait()
+	if d.sleeper != nil {
+		d.sleeper.Stop()
+	}
 	if d.engine != nil {
 		d.engine.Detach() // a confirm window left open is the next daemon's to finish
 	}

@@ -216,6 +216,7 @@ func (d *Daemon) serviceStatus(name string, v spec.Version, key spec.VersionKey,
 			ss.State = "draining"
 		}
 	}
+	d.sleepStatus(key, &ss)
 	return ss
 }
 

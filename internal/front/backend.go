@@ -42,11 +42,18 @@ type Router interface {
 // forwarding path takes a slot before it sends a request to the app and
 // gives it back once (slot.go).
 type Accounting interface {
-	// Acquire counts a request in flight; its result is passed to the
-	// matching Release.
-	Acquire() int64
+	// Acquire counts a request in flight; its token is passed to the
+	// matching Release. ok false means the backend's gate is closed (its
+	// version sleeps, wakes or is paused): nothing was counted, and the
+	// request must be held with Wait.
+	Acquire() (token int64, ok bool)
 	// Release ends a request counted by Acquire.
 	Release(token int64)
+	// Open reports whether Acquire would take a slot now.
+	Open() bool
+	// Wait holds a request that found the gate closed until it may try
+	// Acquire again (nil), or returns why it is answered 503 instead.
+	Wait(ctx context.Context) error
 }
 
 // Proxy makes the Backends of one router and holds what they share: the
@@ -150,7 +157,15 @@ func (b *Backend) Abort() {
 
 // ServeHTTP forwards req to the backend, whatever its Host.
 func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	s := b.acquire()
+	s, ok := b.acquire()
+	if !ok {
+		var err error
+		if s, err = b.hold(req); err != nil {
+			b.logf("router: %s: held request: %v", b.key, err)
+			refuseHeld(w, req.Context().Err() == nil)
+			return
+		}
+	}
 	// Deferred: the proxies panic with http.ErrAbortHandler when a
 	// response body breaks off, and the count must still drop.
 	defer s.release()
@@ -246,8 +261,28 @@ type slot struct {
 	token int64
 }
 
-// acquire counts a request in flight to b.
-func (b *Backend) acquire() slot { return slot{b: b, token: b.acct.Acquire()} }
+// acquire counts a request in flight to b; false if b's gate is closed
+// and nothing was counted.
+func (b *Backend) acquire() (slot, bool) {
+	token, ok := b.acct.Acquire()
+	if !ok {
+		return slot{}, false
+	}
+	return slot{b: b, token: token}, true
+}
+
+// acquireWait counts a request in flight to b, holding it while b's gate
+// is closed.
+func (b *Backend) acquireWait(ctx context.Context) (slot, error) {
+	for {
+		if s, ok := b.acquire(); ok {
+			return s, nil
+		}
+		if err := b.acct.Wait(ctx); err != nil {
+			return slot{}, err
+		}
+	}
+}
 
 // release ends the request's hold, once; later calls do nothing.
 func (s *slot) release() {

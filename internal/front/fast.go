@@ -63,7 +63,13 @@ func (h *hangup) reset() {
 // whether the client connection can carry another request; false means it
 // must be closed (after flushing w), as when a response broke off.
 func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup) bool {
-	s := b.acquire()
+	// The gate was open when the request was routed (fastBackend); one
+	// that closed since holds the request here, its body left unread.
+	s, err := b.acquireWait(context.Background())
+	if err != nil {
+		b.logf("router: %s: held request: %v", b.key, err)
+		return failHeldFast(w, req)
+	}
 	defer s.release()
 	return b.up.Load().forwardFast(req, w, h)
 }
@@ -274,6 +280,26 @@ func (u *upstream) failFast(w *bufio.Writer, req *Request, err error) bool {
 		w.WriteString(msg)
 	}
 	return !req.Close
+}
+
+// failHeldFast answers a held request 503 with Retry-After, as refuseHeld.
+func failHeldFast(w *bufio.Writer, req *Request) bool {
+	msg := heldMessage + "\n" // as http.Error
+	req.closing()
+	writeStatus(w, http.StatusServiceUnavailable)
+	w.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nRetry-After: ")
+	w.WriteString(strconv.Itoa(RetryAfter))
+	w.WriteString("\r\nDate: ")
+	w.Write(httpDate())
+	w.WriteString("\r\nContent-Length: ")
+	w.WriteString(strconv.Itoa(len(msg)))
+	// The request's body, if any, was never read: the connection cannot
+	// carry another request.
+	w.WriteString("\r\nConnection: close\r\n\r\n")
+	if req.Method != http.MethodHead {
+		w.WriteString(msg)
+	}
+	return false
 }
 
 // closing sets Close if the server began to shut down.

@@ -598,6 +598,11 @@ func (f *Front) fastBackend(head string, req *Request, remote string, secure boo
 		return nil
 	}
 	b := f.core.Route(req.Host, remote)
+	if b != nil && !b.acct.Open() {
+		// Held (asleep, waking, paused): net/http holds it, its body
+		// read meanwhile (hold.go).
+		return nil
+	}
 	direct := f.direct
 	if secure {
 		direct = f.directTLS

@@ -237,7 +237,13 @@ func (c *loopClient) dispatch(n int) {
 	}
 	c.in = c.in[:copy(c.in, c.in[n:])]
 	c.req.RemoteAddr, c.req.TLS = c.remote, c.tls != nil
-	c.slot, c.u = b.acquire(), b.up.Load()
+	s, ok := b.acquire()
+	if !ok {
+		// Its gate closed since it was routed: a goroutine holds it.
+		c.giveBack(func(w *bufio.Writer, h *hangup) bool { return b.serveFast(&c.req, w, h) })
+		return
+	}
+	c.slot, c.u = s, b.up.Load()
 	c.state, c.since = lcActive, l.now
 	c.send()
 }

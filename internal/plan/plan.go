@@ -190,6 +190,9 @@ func routingReasons(o, n *spec.Service) []string {
 	if o.Idle != n.Idle {
 		r = append(r, "idle changed")
 	}
+	if o.Exclusive != n.Exclusive {
+		r = append(r, "exclusive changed")
+	}
 	if o.TLSEnabled() != n.TLSEnabled() {
 		r = append(r, "tls changed")
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -133,6 +134,25 @@ func TestRoutingChangeKeepsVersion(t *testing.T) {
 	c := p.Services[0]
 	if c.Action != Reroute || c.From != c.To {
 		t.Fatalf("got %+v, want reroute with the same version", c)
+	}
+}
+
+// TestExclusiveAndOldVersionsKeepVersion: exclusive and old_versions are
+// not part of a version; changing them reroutes and says which changed.
+func TestExclusiveAndOldVersionsKeepVersion(t *testing.T) {
+	a := mustDecode(t, `{"services":{"db":{"exec":["/bin/db"]}}}`)
+	b := mustDecode(t, `{"services":{"db":{"exec":["/bin/db"],"exclusive":true,"old_versions":"stop"}}}`)
+	va, _ := spec.Versions(a, spec.Inputs{})
+	vb, _ := spec.Versions(b, spec.Inputs{})
+	if va["db"] != vb["db"] {
+		t.Fatalf("versions %s and %s differ", va["db"], vb["db"])
+	}
+	p, err := Make(b, spec.Inputs{}, &spec.Generation{Number: 1, Spec: a, Versions: va})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := p.Services[0]; c.Action != Reroute || !slices.Contains(c.Reasons, "exclusive changed") {
+		t.Fatalf("got %+v, want a reroute because exclusive changed", c)
 	}
 }
 

@@ -46,6 +46,9 @@ type Options struct {
 	// internal zone is for this machine (and, later, the cluster's
 	// peers). nil means loopback clients only.
 	Internal func(addr netip.Addr) bool
+	// Waker starts a sleeping version again on its first request
+	// (sleep.go); nil means no version is ever put to sleep.
+	Waker Waker
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -73,6 +76,7 @@ type Router struct {
 	logf     func(format string, args ...any)
 	internal func(netip.Addr) bool
 	hook     RequestHook
+	waker    Waker
 
 	// proxy makes the front end's side of each backend.
 	proxy *front.Proxy
@@ -92,8 +96,12 @@ type backend struct {
 	key      spec.VersionKey
 	hook     RequestHook
 	fb       *front.Backend
-	inflight atomic.Int64 // slots taken and not given back
-	last     atomic.Int64 // UnixNano when the last request ended
+	inflight atomic.Int64 // slots taken and not given back, and the gate bit (sleep.go)
+	last     atomic.Int64 // UnixNano when the last request ended (or the backend was made or woken)
+
+	// sleep is the backend's scale-to-zero state (sleep.go), guarded by mu.
+	sleep sleepState
+	waker Waker
 
 	// waiters counts WaitIdle callers, so that the decrement on the hot
 	// path only takes mu when somebody is waiting.
@@ -115,6 +123,7 @@ func New(opts Options) *Router {
 		logf:      opts.Logf,
 		internal:  opts.Internal,
 		hook:      opts.Requests,
+		waker:     opts.Waker,
 		endpoints: map[spec.VersionKey]*endpoint{},
 	}
 	if r.zone == "" {
@@ -235,9 +244,13 @@ func (r *Router) AddBackend(key spec.VersionKey, addr string) {
 	old := *r.backends.Load()
 	if b, ok := old[key]; ok {
 		b.fb.SetAddr(addr)
+		// A process runs at addr now: one the engine started for a
+		// sleeping version is awake.
+		b.started()
 		return
 	}
-	b := &backend{key: key, hook: r.hook, idle: make(chan struct{})}
+	b := &backend{key: key, hook: r.hook, idle: make(chan struct{}), waker: r.waker}
+	b.last.Store(time.Now().UnixNano())
 	b.fb = r.proxy.NewBackend(key, addr, b)
 	next := make(map[spec.VersionKey]*backend, len(old)+1)
 	for k, v := range old {
@@ -260,6 +273,7 @@ func (r *Router) RemoveBackend(key spec.VersionKey) {
 		return
 	}
 	b.fb.Retire()
+	b.retire()
 	next := make(map[spec.VersionKey]*backend, len(old))
 	for k, v := range old {
 		if k != key {
@@ -403,7 +417,7 @@ func (r *Router) closeEndpointLocked(key spec.VersionKey) {
 // route (domain, immutable name, endpoint). It is 0 for an unknown key.
 func (r *Router) InFlight(key spec.VersionKey) int64 {
 	if b := (*r.backends.Load())[key]; b != nil {
-		return b.inflight.Load()
+		return b.inflight.Load() &^ gateClosed
 	}
 	return 0
 }
@@ -434,7 +448,7 @@ func (r *Router) WaitIdle(ctx context.Context, key spec.VersionKey) error {
 		b.mu.Lock()
 		idle := b.idle
 		b.mu.Unlock()
-		if b.inflight.Load() == 0 {
+		if b.inflight.Load()&^gateClosed == 0 {
 			return nil
 		}
 		select {
@@ -453,7 +467,7 @@ func (r *Router) Abort(key spec.VersionKey) int64 {
 	if b == nil {
 		return 0
 	}
-	n := b.inflight.Load()
+	n := b.inflight.Load() &^ gateClosed
 	b.fb.Abort()
 	return n
 }

@@ -21,15 +21,27 @@ type RequestHook interface {
 
 var _ front.Accounting = (*backend)(nil)
 
-// Acquire counts a request in flight to b. The token is the start time
-// when a hook wants the duration.
-func (b *backend) Acquire() int64 {
-	b.inflight.Add(1)
+// Acquire counts a request in flight to b, unless b's gate is closed (it
+// sleeps, wakes or is paused: sleep.go); then it takes nothing and
+// reports false, and the caller holds the request with Wait. The token is
+// the start time when a hook wants the duration. The gate and the count
+// are one word, so that a version put to sleep never gets a request
+// counted after the sleep was decided.
+func (b *backend) Acquire() (int64, bool) {
+	for {
+		v := b.inflight.Load()
+		if v&gateClosed != 0 {
+			return 0, false
+		}
+		if b.inflight.CompareAndSwap(v, v+1) {
+			break
+		}
+	}
 	if b.hook == nil {
-		return 0
+		return 0, true
 	}
 	b.hook.Started(b.key)
-	return time.Now().UnixNano()
+	return time.Now().UnixNano(), true
 }
 
 // Release ends a request counted by Acquire: the in-flight count that
@@ -41,7 +53,7 @@ func (b *backend) Release(start int64) {
 	if b.hook != nil {
 		b.hook.Ended(b.key, time.Duration(now-start))
 	}
-	if b.inflight.Add(-1) == 0 && b.waiters.Load() > 0 {
+	if b.inflight.Add(-1)&^gateClosed == 0 && b.waiters.Load() > 0 {
 		b.mu.Lock()
 		close(b.idle)
 		b.idle = make(chan struct{})

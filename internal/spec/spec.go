@@ -116,6 +116,13 @@ type Service struct {
 	Redirects []string  `json:"redirects,omitempty"`
 	// Idle stops the service after this long without a request; zero means always running.
 	Idle Duration `json:"idle,omitempty"`
+	// OldVersions is what becomes of a version a deploy replaces:
+	// "stop" (or empty) stops it. "callable" is not supported yet.
+	OldVersions string `json:"old_versions,omitempty"`
+	// Exclusive never runs two versions at once: a deploy holds the
+	// service's requests, stops the old version, starts the new one and
+	// releases them (single-writer apps).
+	Exclusive bool `json:"exclusive,omitempty"`
 	// TLS, nil meaning true, serves the domains over HTTPS.
 	TLS  *bool `json:"tls,omitempty"`
 	HSTS bool  `json:"hsts,omitempty"`

@@ -50,6 +50,12 @@ const (
 	MinIdle = time.Second
 )
 
+// Values of a service's old_versions.
+const (
+	OldVersionsStop     = "stop"
+	OldVersionsCallable = "callable"
+)
+
 // Validate checks the spec's meaning: names, references, cycles, domains.
 // Errors are *Error and name the service and field; the first error found,
 // in service-name order, is returned.
@@ -163,6 +169,13 @@ func (s *Spec) Validate() error {
 		}
 		if d := svc.Idle.D(); d != 0 && d < MinIdle {
 			return fail("idle", "%s is shorter than %s", d, MinIdle)
+		}
+		switch svc.OldVersions {
+		case "", OldVersionsStop:
+		case OldVersionsCallable:
+			return fail("old_versions", "%q is not supported yet", svc.OldVersions)
+		default:
+			return fail("old_versions", "%q is not one of %q, %q", svc.OldVersions, OldVersionsStop, OldVersionsCallable)
 		}
 		if _, err := ParseMemory(svc.Memory); err != nil {
 			return fail("memory", "%v", err)

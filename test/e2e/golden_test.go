@@ -13,7 +13,7 @@ package e2e
 //   - version hashes (12 hex digits; they hash the package directory, whose
 //     path is temporary) and spec hashes (64 hex digits): <v1>, <v2>, … and
 //     <spec1>, … in the order they first appear in the test;
-//   - times ("time" fields): "<time>"; pids ("pid" fields, when not 0):
+//   - times ("time" and "last_request" fields): "<time>"; pids ("pid" fields, when not 0):
 //     "<pid>"; the bound listen addresses: "<addr>"; a running process's
 //     use ("memory_bytes", "cpu_seconds", when not 0): "<use>".
 
@@ -93,7 +93,7 @@ func (n *normalizer) normalize(t testing.TB, raw string) []byte {
 	if err := dec.Decode(&v); err != nil || dec.More() {
 		t.Fatalf("not one JSON document (%v):\n%s", err, raw)
 	}
-	s := timeRE.ReplaceAllString(raw, `"time": "<time>"`)
+	s := timeRE.ReplaceAllString(raw, `"$1": "<time>"`)
 	s = pidRE.ReplaceAllString(s, `"pid": "<pid>"`)
 	s = addrRE.ReplaceAllString(s, `"$1": "<addr>"`)
 	s = useRE.ReplaceAllString(s, `"$1": "<use>"`)
@@ -106,7 +106,7 @@ func (n *normalizer) normalize(t testing.TB, raw string) []byte {
 }
 
 var (
-	timeRE = regexp.MustCompile(`"time": "[^"]*"`)
+	timeRE = regexp.MustCompile(`"(time|last_request)": "[^"]*"`)
 	pidRE  = regexp.MustCompile(`"pid": [1-9][0-9]*`)
 	addrRE = regexp.MustCompile(`"(http|https)": "[^"]+"`)
 	useRE  = regexp.MustCompile(`"(memory_bytes|cpu_seconds)": (?:[1-9][0-9.e+-]*|0\.[0-9.e+-]+)`)

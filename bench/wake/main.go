@@ -1,0 +1,461 @@
+// Command wake measures scale to zero (issue 14). Not part of `make test`:
+//
+//	go run ./bench/wake                          # wake overhead and herd
+//	make build && go run ./bench/wake -hostel bin/hostel -services 100   # memory
+//
+// Wake overhead: a service (this program again, "serve-app") reports how
+// long it took from its main to listening; the overhead of a wake is the
+// time to first byte of the request that woke it minus that. It runs the
+// daemon's own parts in this process — supervisor, router, front end and
+// idle.Sleeper — and, as the anchor, the same service under
+// systemd-socket-activate (the kernel holds the socket; no proxy).
+//
+// Herd: -herd requests at once at a sleeping version: errors, process
+// starts, and the spread of their latencies.
+//
+// Memory (-hostel): a real `hostel serve` with -services services that
+// have idle set: its RSS with none deployed, with all running, and with
+// all asleep.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hostel/internal/front"
+	"hostel/internal/idle"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve-app" {
+		serveApp()
+		return
+	}
+	n := flag.Int("n", 100, "wakes to measure")
+	herd := flag.Int("herd", 1000, "concurrent requests at a sleeping version")
+	hostel := flag.String("hostel", "", "measure this hostel binary's memory with -services services asleep")
+	services := flag.Int("services", 100, "services deployed for the memory measure")
+	flag.Parse()
+	var err error
+	if *hostel != "" {
+		err = memory(*hostel, *services)
+	} else {
+		err = wakes(*n, *herd)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+// serveApp is the test service: HTTP on the socket systemd passes
+// (LISTEN_FDS) or on $PORT; READY=1 on $NOTIFY_SOCKET once it listens.
+// Every response says how long the process took from main to listening.
+func serveApp() {
+	t0 := time.Now()
+	var ln net.Listener
+	var err error
+	if os.Getenv("LISTEN_FDS") == "1" {
+		ln, err = net.FileListener(os.NewFile(3, "listen"))
+	} else {
+		ln, err = net.Listen("tcp", net.JoinHostPort(os.Getenv("HOST"), os.Getenv("PORT")))
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	ready := time.Since(t0)
+	if sock := os.Getenv("NOTIFY_SOCKET"); sock != "" {
+		if c, err := net.Dial("unixgram", sock); err == nil {
+			c.Write([]byte("READY=1"))
+			c.Close()
+		}
+	}
+	log.Fatal(http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("X-Exec-Ready-Ns", strconv.FormatInt(int64(ready), 10))
+		fmt.Fprintln(w, "ok")
+	})))
+}
+
+// countingProcs counts the processes the Sleeper starts.
+// countingProcs counts the processes the Sleeper starts, and times
+// supervisor.Start (set up, fork and exec, the launch's record).
+type countingProcs struct {
+	*supervisor.Supervisor
+	starts atomic.Int64
+	mu     sync.Mutex
+	took   []time.Duration
+}
+
+func (c *countingProcs) Start(cfg supervisor.Config) (*supervisor.Instance, error) {
+	c.starts.Add(1)
+	t0 := time.Now()
+	inst, err := c.Supervisor.Start(cfg)
+	c.mu.Lock()
+	c.took = append(c.took, time.Since(t0))
+	c.mu.Unlock()
+	return inst, err
+}
+
+type wakerOf struct{ s **idle.Sleeper }
+
+func (w wakerOf) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
+	return (*w.s).Wake(ctx, key)
+}
+
+func wakes(n, herd int) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	root, err := os.MkdirTemp("", "hbw")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	os.Chmod(root, 0o755)
+	pkg := filepath.Join(root, "pkg")
+	os.MkdirAll(pkg, 0o755)
+	app := filepath.Join(pkg, "app")
+	if err := copyExec(self, app); err != nil {
+		return err
+	}
+	sup := supervisor.New(supervisor.Options{Root: root, RunAsUsers: os.Geteuid() == 0})
+	procs := &countingProcs{Supervisor: sup}
+	defer sup.StopAll(context.Background())
+	var sl *idle.Sleeper
+	r := router.New(router.Options{Waker: wakerOf{&sl}})
+	defer r.Close()
+	key := spec.Key("app", "0123456789ab")
+	sl = idle.New(procs, r, func() (map[spec.VersionKey]idle.Policy, bool) {
+		// Asleep as soon as nothing is in flight: the measure is the wake.
+		return map[spec.VersionKey]idle.Policy{key: {Idle: time.Nanosecond}}, true
+	}, nil)
+	inst, err := sup.Start(supervisor.Config{Service: "app", Version: "0123456789ab", Dir: pkg, Exec: []string{app, "serve-app"}})
+	if err != nil {
+		return err
+	}
+	if err := inst.WaitReady(context.Background()); err != nil {
+		return err
+	}
+	r.AddBackend(key, inst.Addr())
+	const host = "app.bench"
+	if err := r.Swap(router.Table{Domains: map[string]spec.VersionKey{host: key}}); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	f := front.New(r, front.Options{})
+	go f.Serve(ln)
+	defer f.Close()
+	url := "http://" + ln.Addr().String() + "/"
+
+	putToSleep := func() error {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+			if st, _ := r.Sleeping(key); !st.Asleep {
+				sl.Check()
+				continue
+			}
+			if _, ok := sup.Get(key); !ok {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return errors.New("not asleep after 30s")
+			}
+		}
+	}
+	var hostelOver, hostelTTFB []time.Duration
+	for range n {
+		if err := putToSleep(); err != nil {
+			return err
+		}
+		ttfb, ready, err := firstByte(url, host)
+		if err != nil {
+			return err
+		}
+		hostelTTFB = append(hostelTTFB, ttfb)
+		hostelOver = append(hostelOver, ttfb-ready)
+	}
+	starts := slices.Clone(procs.took)
+	anchorOver, anchorTTFB, err := socketActivated(self, n)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("wake overhead over %d wakes (time to first byte minus the service's own main→listening):\n", n)
+	fmt.Printf("  hostel (front, router, sleeper, supervisor): p50 %v  p99 %v   (TTFB p50 %v p99 %v)\n",
+		pct(hostelOver, 50), pct(hostelOver, 99), pct(hostelTTFB, 50), pct(hostelTTFB, 99))
+	fmt.Printf("    of which supervisor.Start (set up, fork+exec, its record): p50 %v  p99 %v\n", pct(starts, 50), pct(starts, 99))
+	fmt.Printf("  systemd-socket-activate (anchor):             p50 %v  p99 %v   (TTFB p50 %v p99 %v)\n",
+		pct(anchorOver, 50), pct(anchorOver, 99), pct(anchorTTFB, 50), pct(anchorTTFB, 99))
+
+	// The herd.
+	if err := putToSleep(); err != nil {
+		return err
+	}
+	before := procs.starts.Load()
+	lat := make([]time.Duration, herd)
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	tr := &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: herd, DisableKeepAlives: true}
+	c := &http.Client{Transport: tr, Timeout: time.Minute}
+	start := make(chan struct{})
+	for i := range herd {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", url, nil)
+			req.Host = host
+			<-start
+			t0 := time.Now()
+			resp, err := c.Do(req)
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err == nil && resp.StatusCode != 200 {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+			if err != nil {
+				errs.Add(1)
+			}
+			lat[i] = time.Since(t0)
+		})
+	}
+	close(start)
+	wg.Wait()
+	fmt.Printf("herd: %d concurrent requests at a sleeping version: %d errors, %d process starts; latency min %v p50 %v p99 %v max %v\n",
+		herd, errs.Load(), procs.starts.Load()-before, pct(lat, 0), pct(lat, 50), pct(lat, 99), pct(lat, 100))
+	return nil
+}
+
+// firstByte requests url on a new connection and returns its time to
+// first byte and the main→listening time the service reported.
+func firstByte(url, host string) (ttfb, ready time.Duration, err error) {
+	req, _ := http.NewRequest("GET", url, nil)
+	if host != "" {
+		req.Host = host
+	}
+	var first time.Time
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotFirstResponseByte: func() { first = time.Now() },
+	}))
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Minute}
+	t0 := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return 0, 0, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	ns, err := strconv.ParseInt(resp.Header.Get("X-Exec-Ready-Ns"), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("no X-Exec-Ready-Ns: %w", err)
+	}
+	return first.Sub(t0), time.Duration(ns), nil
+}
+
+// socketActivated measures n first requests to the service started by
+// systemd-socket-activate, each on a fresh socket.
+func socketActivated(self string, n int) (over, ttfb []time.Duration, err error) {
+	for range n {
+		port, err := freePort()
+		if err != nil {
+			return nil, nil, err
+		}
+		cmd := exec.Command("systemd-socket-activate", "-l", "127.0.0.1:"+strconv.Itoa(port), self, "serve-app")
+		cmd.Stderr = io.Discard
+		if err := cmd.Start(); err != nil {
+			return nil, nil, err
+		}
+		// Connecting would activate it: wait for the socket to listen.
+		for deadline := time.Now().Add(10 * time.Second); !listening(port); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				cmd.Wait()
+				return nil, nil, errors.New("systemd-socket-activate did not listen")
+			}
+		}
+		t, ready, err := firstByte("http://127.0.0.1:"+strconv.Itoa(port)+"/", "")
+		cmd.Process.Kill()
+		cmd.Wait()
+		if err != nil {
+			return nil, nil, err
+		}
+		ttfb = append(ttfb, t)
+		over = append(over, t-ready)
+	}
+	return over, ttfb, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// listening reports whether a socket listens on 127.0.0.1:port, from
+// /proc/net/tcp, without connecting.
+func listening(port int) bool {
+	f, err := os.Open("/proc/net/tcp")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	want := fmt.Sprintf("0100007F:%04X", port)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) > 3 && fs[1] == want && fs[3] == "0A" {
+			return true
+		}
+	}
+	return false
+}
+
+func copyExec(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o755)
+}
+
+// pct returns the p-th percentile of ds (0: min, 100: max).
+func pct(ds []time.Duration, p int) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s) - 1) * p / 100
+	return s[i].Round(10 * time.Microsecond)
+}
+
+// memory starts `hostel serve`, deploys n services with idle set, and
+// prints the daemon's RSS with none deployed, all running, all asleep.
+func memory(hostel string, n int) error {
+	hostel, err := filepath.Abs(hostel)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	base, err := os.MkdirTemp("", "hbm")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(base)
+	os.Chmod(base, 0o755)
+	root, pkg := filepath.Join(base, "root"), filepath.Join(base, "app")
+	os.MkdirAll(filepath.Join(pkg, "bin"), 0o755)
+	if err := copyExec(self, filepath.Join(pkg, "bin", "app")); err != nil {
+		return err
+	}
+	serve := exec.Command(hostel, "serve", "--root", root, "--http", "127.0.0.1:0", "--https", "")
+	serve.Stderr = io.Discard
+	if err := serve.Start(); err != nil {
+		return err
+	}
+	cli := func(args ...string) ([]byte, error) {
+		c := exec.Command(hostel, append([]string{"--root", root}, args...)...)
+		c.Dir = base
+		out, err := c.Output()
+		if err != nil {
+			return out, fmt.Errorf("hostel %s: %v", strings.Join(args, " "), err)
+		}
+		return out, nil
+	}
+	defer func() {
+		cli("shutdown")
+		serve.Process.Kill()
+		serve.Wait()
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := cli("status"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the daemon did not answer")
+		}
+	}
+	time.Sleep(time.Second)
+	empty := rssKiB(serve.Process.Pid)
+	services := map[string]any{}
+	for k := range n {
+		services[fmt.Sprintf("s%03d", k)] = map[string]any{"package": pkg, "exec": []string{"bin/app", "serve-app"}, "idle": "5s"}
+	}
+	b, _ := json.Marshal(map[string]any{"services": services})
+	if err := os.WriteFile(filepath.Join(base, "hostel.json"), b, 0o644); err != nil {
+		return err
+	}
+	if _, err := cli("deploy", "--no-confirm"); err != nil {
+		return err
+	}
+	running := rssKiB(serve.Process.Pid)
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		out, err := cli("status", "--json")
+		if err != nil {
+			return err
+		}
+		var st struct{ Services []struct{ State string } }
+		if err := json.Unmarshal(out, &st); err != nil {
+			return err
+		}
+		asleep := 0
+		for _, s := range st.Services {
+			if s.State == "idle" {
+				asleep++
+			}
+		}
+		if asleep == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d asleep after 2 minutes", asleep, n)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	asleep := rssKiB(serve.Process.Pid)
+	fmt.Printf("hostel serve RSS: no services %.1f MiB; %d services running %.1f MiB; all %d asleep %.1f MiB\n",
+		float64(empty)/1024, n, float64(running)/1024, n, float64(asleep)/1024)
+	return nil
+}
+
+// rssKiB returns a process's VmRSS in KiB.
+func rssKiB(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}

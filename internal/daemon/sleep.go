@@ -1,0 +1,102 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"hostel/internal/api"
+	"hostel/internal/idle"
+	"hostel/internal/spec"
+)
+
+// wakeVia is the router's Waker: the daemon's Sleeper, made after the
+// router it needs.
+type wakeVia struct{ d *Daemon }
+
+func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
+	return w.d.sleeper.Wake(ctx, key)
+}
+
+// startSleeper puts idle versions of services with `idle` to sleep.
+func (d *Daemon) startSleeper() {
+	d.sleeper = idle.New(d.sup, d.router, func() (map[spec.VersionKey]idle.Policy, bool) {
+		ps, ok := d.engine.Sleepers(context.Background())
+		if !ok {
+			return nil, false
+		}
+		out := make(map[spec.VersionKey]idle.Policy, len(ps))
+		for k, p := range ps {
+			out[k] = idle.Policy{Idle: p.Idle, Needs: p.Needs}
+		}
+		return out, true
+	}, d.logf)
+	d.sleeper.Start()
+}
+
+// sleepStatus adds to ss what scale to zero knows of key: asleep is
+// "idle", waking or paused is "held", a failed wake is "failed" (until
+// the next request or deploy).
+func (d *Daemon) sleepStatus(key spec.VersionKey, ss *api.ServiceStatus) {
+	sl, ok := d.router.Sleeping(key)
+	if !ok {
+		return
+	}
+	last := sl.LastRequest.UTC().Truncate(time.Second)
+	ss.LastRequest, ss.Wakes, ss.LastWakeSeconds = &last, sl.Wakes, sl.LastWake.Seconds()
+	switch {
+	case sl.Waking || sl.Paused:
+		ss.State = "held"
+	case sl.Asleep && sl.WakeError != nil:
+		ss.State, ss.Error = "failed", "wake failed: "+sl.WakeError.Error()
+	case sl.Asleep:
+		ss.State = "idle"
+	}
+	if sl.Asleep {
+		ss.PID, ss.Ready = 0, false
+	}
+}
+
+var _ api.PauseDaemon = (*Daemon)(nil)
+
+// DefaultPauseMax is how long `hostel pause` holds a request by default.
+const DefaultPauseMax = 30 * time.Second
+
+// Pause implements api.PauseDaemon: it holds the requests to the service's
+// current version until Resume; past req.Max one is answered 503.
+func (d *Daemon) Pause(ctx context.Context, req api.PauseRequest) error {
+	bound := DefaultPauseMax
+	if req.Max != "" {
+		b, err := time.ParseDuration(req.Max)
+		if err != nil || b <= 0 {
+			return api.Invalid(fmt.Errorf("--max: %q is not a positive duration", req.Max))
+		}
+		bound = b
+	}
+	key, err := d.currentKey(ctx, req.Service)
+	if err != nil {
+		return err
+	}
+	return d.router.Pause(key, bound)
+}
+
+// Resume implements api.PauseDaemon.
+func (d *Daemon) Resume(ctx context.Context, req api.ResumeRequest) error {
+	key, err := d.currentKey(ctx, req.Service)
+	if err != nil {
+		return err
+	}
+	return d.router.Resume(key)
+}
+
+// currentKey is the version of service in production's current generation.
+func (d *Daemon) currentKey(ctx context.Context, service string) (spec.VersionKey, error) {
+	cur, err := d.store.Current(ctx, spec.DefaultEnv)
+	if err != nil {
+		return "", err
+	}
+	if cur == nil || cur.Spec.Services[service] == nil {
+		return "", api.Invalid(fmt.Errorf("no service %q in the current generation", service))
+	}
+	return spec.Key(service, cur.Versions[service]), nil
+}

@@ -1,0 +1,215 @@
+// Package idle is scale to zero's process side: a Sleeper stops a running
+// version whose service has `idle` set once no request came for that long
+// (the router decides and closes the version's gate, so no request is
+// counted after the decision), and starts it again, with the config it
+// was built with, when the router asks it to wake it (router.Waker).
+//
+// It knows the supervisor (processes) and the router (requests) through
+// the small interfaces below, and the engine only through a Catalog.
+package idle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+// Processes is what a Sleeper needs of the supervisor.
+type Processes interface {
+	Start(cfg supervisor.Config) (*supervisor.Instance, error)
+	Get(key spec.VersionKey) (*supervisor.Instance, bool)
+	Stop(ctx context.Context, key spec.VersionKey) error
+}
+
+// Routes is what a Sleeper needs of the router.
+type Routes interface {
+	// Sleep closes key's gate if it had no request for idle and has
+	// none in flight; true means the process is the Sleeper's to stop.
+	Sleep(key spec.VersionKey, idle time.Duration) bool
+	// Wake starts waking key if it sleeps, without waiting.
+	Wake(key spec.VersionKey)
+	// Sleeping reports key's state; false once it is no longer routed.
+	Sleeping(key spec.VersionKey) (router.SleepStatus, bool)
+}
+
+var (
+	_ Processes    = (*supervisor.Supervisor)(nil)
+	_ Routes       = (*router.Router)(nil)
+	_ router.Waker = (*Sleeper)(nil)
+)
+
+// Policy is how one running version may sleep.
+type Policy struct {
+	// Idle is how long without a request puts it to sleep; zero never.
+	Idle time.Duration
+	// Needs are the exact versions it was built against, woken with it.
+	Needs []spec.VersionKey
+}
+
+// Catalog returns the versions that may be put to sleep now, with their
+// policies; false means none may now (a deploy or a confirm window runs).
+type Catalog func() (map[spec.VersionKey]Policy, bool)
+
+// ErrNotAsleep means a wake was asked for a version the Sleeper did not
+// put to sleep: it has no config to start it with.
+var ErrNotAsleep = errors.New("not put to sleep by this daemon")
+
+// Every is how often a Sleeper looks for idle versions: idleness is
+// tracked to the second.
+const Every = 500 * time.Millisecond
+
+// Sleeper puts idle versions to sleep and wakes them. Its methods are
+// safe for concurrent use.
+type Sleeper struct {
+	procs   Processes
+	routes  Routes
+	catalog Catalog
+	logf    func(format string, args ...any)
+
+	mu    sync.Mutex
+	slept map[spec.VersionKey]*asleep
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// asleep is a version put to sleep: what it is started again with.
+type asleep struct {
+	cfg     supervisor.Config
+	needs   []spec.VersionKey
+	stopped chan struct{} // closed once its process has ended
+}
+
+// New returns a Sleeper; Start starts its watch.
+func New(procs Processes, routes Routes, catalog Catalog, logf func(format string, args ...any)) *Sleeper {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	return &Sleeper{procs: procs, routes: routes, catalog: catalog, logf: logf,
+		slept: map[spec.VersionKey]*asleep{}, stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Start watches for idle versions until Stop.
+func (s *Sleeper) Start() {
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(Every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+				s.Check()
+			}
+		}
+	}()
+}
+
+// Stop ends the watch started by Start and waits for it. Versions asleep
+// stay asleep.
+func (s *Sleeper) Stop() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+}
+
+// Check puts to sleep, once, every version of the catalog that had no
+// request for its idle.
+func (s *Sleeper) Check() {
+	s.forgetRemoved()
+	cat, ok := s.catalog()
+	if !ok {
+		return
+	}
+	for key, p := range cat {
+		if p.Idle <= 0 {
+			continue
+		}
+		inst, running := s.procs.Get(key)
+		if !running || !s.routes.Sleep(key, p.Idle) {
+			continue
+		}
+		a := &asleep{cfg: inst.Config(), needs: p.Needs, stopped: make(chan struct{})}
+		s.mu.Lock()
+		s.slept[key] = a
+		s.mu.Unlock()
+		s.logf("%s: asleep: no request for %s", key, p.Idle)
+		go func() {
+			defer close(a.stopped)
+			// SIGTERM, then SIGKILL after its stop grace.
+			if err := s.procs.Stop(context.Background(), key); err != nil {
+				s.logf("%s: stopping to sleep: %v", key, err)
+			}
+		}()
+	}
+}
+
+// forgetRemoved drops what it keeps of sleeping versions the router no
+// longer routes: a deploy removed them.
+func (s *Sleeper) forgetRemoved() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.slept {
+		if _, ok := s.routes.Sleeping(k); !ok {
+			delete(s.slept, k)
+		}
+	}
+}
+
+// Wake starts a version put to sleep with the config it ran with, wakes
+// the versions it needs alongside (each holds its own requests until it
+// is ready, and wakes its own needs), and returns once it is ready. A
+// version that fails to start or to become ready within its health
+// timeout is stopped: nothing is left half-started.
+func (s *Sleeper) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
+	s.mu.Lock()
+	a := s.slept[key]
+	s.mu.Unlock()
+	if a == nil {
+		return "", fmt.Errorf("wake %s: %w", key, ErrNotAsleep)
+	}
+	select {
+	case <-a.stopped:
+	case <-ctx.Done():
+		return "", fmt.Errorf("wake %s: %w", key, ctx.Err())
+	}
+	for _, n := range a.needs {
+		s.routes.Wake(n)
+	}
+	cfg := a.cfg
+	// A port of the supervisor's choosing: the old one may be taken
+	// since, and requests reach the version through the router anyway.
+	cfg.Port = 0
+	inst, err := s.procs.Start(cfg)
+	if err != nil {
+		s.logf("%s: wake failed: %v", key, err)
+		return "", fmt.Errorf("wake %s: %w", key, err)
+	}
+	if err := inst.WaitReady(ctx); err != nil {
+		s.procs.Stop(context.WithoutCancel(ctx), key)
+		s.logf("%s: wake failed: %v", key, err)
+		return "", fmt.Errorf("wake %s: %w", key, err)
+	}
+	if _, routed := s.routes.Sleeping(key); !routed {
+		// A deploy removed the version while it woke: it must not run on.
+		s.procs.Stop(context.WithoutCancel(ctx), key)
+		return "", fmt.Errorf("wake %s: %w", key, router.ErrRemoved)
+	}
+	s.mu.Lock()
+	if s.slept[key] == a {
+		delete(s.slept, key)
+	}
+	s.mu.Unlock()
+	s.logf("%s: awake on %s", key, inst.Addr())
+	return inst.Addr(), nil
+}

@@ -1,0 +1,284 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// This file is the router's side of scale to zero: a backend whose
+// version sleeps (its process stopped), wakes or is paused has its gate
+// closed. A request that finds the gate closed takes no slot; the front
+// end holds it with Wait, which starts one wake however many requests
+// wait, and releases them all the moment the version is ready.
+
+// gateClosed is the bit of backend.inflight that closes the gate. It is
+// far above any count of requests, and it is set and cleared only with
+// b.mu held, while the count below it moves freely.
+const gateClosed = int64(1) << 40
+
+// maxWake bounds a wake whatever the Waker does: its own bound is the
+// version's health timeout.
+const maxWake = 10 * time.Minute
+
+// Waker starts sleeping versions again.
+type Waker interface {
+	// Wake starts key's version and returns once it is ready, with the
+	// address it serves at ("127.0.0.1:PORT"). The router calls it once
+	// per wake, however many requests wait for it. On an error nothing of
+	// the version may be left running.
+	Wake(ctx context.Context, key spec.VersionKey) (addr string, err error)
+}
+
+// Errors a held request may end with; the front end answers each 503.
+var (
+	// ErrWakeFailed: the version did not start or did not become ready.
+	ErrWakeFailed = errors.New("wake failed")
+	// ErrHeldTooLong: the service was paused past the pause's bound.
+	ErrHeldTooLong = errors.New("held past the pause's bound")
+	// ErrRemoved: the version was removed while the request was held.
+	ErrRemoved = errors.New("version removed")
+	// ErrUnknown: no backend is registered under the key.
+	ErrUnknown = errors.New("no such version")
+)
+
+// sleepState is a backend's scale-to-zero state, guarded by backend.mu.
+// The gate is closed exactly while asleep or paused.
+type sleepState struct {
+	asleep   bool          // the process is stopped, stopping or starting again
+	paused   bool          // held by hand (Pause)
+	pauseMax time.Duration // how long a request is held while paused
+	resumed  chan struct{} // closed by Resume; set while paused
+	call     *wakeCall     // the wake in progress; nil when none
+	wakes    int
+	lastWake time.Duration
+	wakeErr  error // why the last wake failed; nil after one succeeded
+	retired  bool
+}
+
+// wakeCall is one wake that any number of requests wait for.
+type wakeCall struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// setGateLocked opens or closes the gate to match the state. b.mu must be
+// held.
+func (b *backend) setGateLocked() {
+	closed := b.inflight.Load()&gateClosed != 0
+	switch want := b.sleep.asleep || b.sleep.paused; {
+	case want && !closed:
+		b.inflight.Add(gateClosed)
+	case !want && closed:
+		b.inflight.Add(-gateClosed)
+	}
+}
+
+// Open reports whether requests may take a slot now (front.Accounting).
+func (b *backend) Open() bool { return b.inflight.Load()&gateClosed == 0 }
+
+// Wait holds a request that found the gate closed (front.Accounting): it
+// returns nil once the gate may be open again — the caller then tries to
+// take its slot again — or the error to answer 503 with. A sleeping
+// backend is woken: one wake for every request that waits.
+func (b *backend) Wait(ctx context.Context) error {
+	b.mu.Lock()
+	s := &b.sleep
+	switch {
+	case s.retired:
+		b.mu.Unlock()
+		return fmt.Errorf("%s: %w", b.key, ErrRemoved)
+	case s.paused:
+		ch, bound := s.resumed, s.pauseMax
+		b.mu.Unlock()
+		t := time.NewTimer(bound)
+		defer t.Stop()
+		select {
+		case <-ch:
+			return nil
+		case <-t.C:
+			return fmt.Errorf("%s: %w (%s)", b.key, ErrHeldTooLong, bound)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	case !s.asleep:
+		b.mu.Unlock()
+		return nil
+	}
+	c := b.wakeLocked()
+	b.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// wakeLocked returns the wake in progress, starting one if there is none.
+// b.mu must be held and b asleep.
+func (b *backend) wakeLocked() *wakeCall {
+	if c := b.sleep.call; c != nil {
+		return c
+	}
+	c := &wakeCall{done: make(chan struct{})}
+	b.sleep.call = c
+	go b.wake(c)
+	return c
+}
+
+func (b *backend) wake(c *wakeCall) {
+	t0 := time.Now()
+	var addr string
+	err := errors.New("no waker configured")
+	if b.waker != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), maxWake)
+		addr, err = b.waker.Wake(ctx, b.key)
+		cancel()
+	}
+	b.mu.Lock()
+	s := &b.sleep
+	s.call = nil
+	if err != nil {
+		s.wakeErr = err
+		c.err = fmt.Errorf("%s: %w: %w", b.key, ErrWakeFailed, err)
+	} else {
+		b.fb.SetAddr(addr)
+		s.asleep, s.wakeErr = false, nil
+		s.wakes++
+		s.lastWake = time.Since(t0)
+		b.last.Store(time.Now().UnixNano())
+		b.setGateLocked()
+	}
+	b.mu.Unlock()
+	close(c.done)
+}
+
+// started marks b awake: a process was started for it by other means
+// than a wake (a deploy that touched a sleeping version).
+func (b *backend) started() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sleep.asleep && b.sleep.call == nil {
+		b.sleep.asleep, b.sleep.wakeErr = false, nil
+		b.last.Store(time.Now().UnixNano())
+		b.setGateLocked()
+	}
+}
+
+// retire ends the holds on a backend being removed.
+func (b *backend) retire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sleep.retired = true
+	if b.sleep.paused {
+		b.sleep.paused = false
+		close(b.sleep.resumed)
+	}
+}
+
+// Sleep closes key's gate if nothing is in flight to it, nothing holds it
+// and no request came for idle: the caller then stops its process, and
+// the next request wakes it through the Waker. It reports whether it did.
+// Streams, uploads and WebSockets hold their slot while open, so a
+// version with any of them is never put to sleep.
+func (r *Router) Sleep(key spec.VersionKey, idle time.Duration) bool {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &b.sleep
+	if s.asleep || s.paused || s.retired || time.Since(time.Unix(0, b.last.Load())) < idle {
+		return false
+	}
+	if !b.inflight.CompareAndSwap(0, gateClosed) {
+		return false // a request is in flight
+	}
+	s.asleep = true
+	return true
+}
+
+// Wake starts waking key if it sleeps, without a request (a version whose
+// needs sleep wakes them with it), and returns at once.
+func (r *Router) Wake(key spec.VersionKey) {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	if b.sleep.asleep && !b.sleep.retired {
+		b.wakeLocked()
+	}
+	b.mu.Unlock()
+}
+
+// Pause holds every new request to key until Resume; a request held
+// longer than bound gets 503. Requests in flight go on.
+func (r *Router) Pause(key spec.VersionKey, bound time.Duration) error {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return fmt.Errorf("pause %s: %w", key, ErrUnknown)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &b.sleep
+	if !s.paused {
+		s.paused, s.resumed = true, make(chan struct{})
+	}
+	s.pauseMax = bound
+	b.setGateLocked()
+	return nil
+}
+
+// Resume releases what Pause held. A sleeping version is woken by the
+// first request it releases.
+func (r *Router) Resume(key spec.VersionKey) error {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return fmt.Errorf("resume %s: %w", key, ErrUnknown)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &b.sleep
+	if s.paused {
+		s.paused = false
+		close(s.resumed)
+		b.setGateLocked()
+	}
+	return nil
+}
+
+// SleepStatus is a backend's scale-to-zero state, for status.
+type SleepStatus struct {
+	// Asleep: the process is stopped; the next request starts it.
+	Asleep bool
+	// Waking: a wake is in progress. Paused: held by hand.
+	Waking, Paused bool
+	// Wakes counts the wakes that succeeded; LastWake is how long the
+	// last one took, from the first held request to ready.
+	Wakes    int
+	LastWake time.Duration
+	// WakeError is why the last wake failed; nil after a success.
+	WakeError error
+	// LastRequest is when the last request ended (or the version was
+	// started or woken, if none came since).
+	LastRequest time.Time
+}
+
+// Sleeping returns key's scale-to-zero state; false if key is unknown.
+func (r *Router) Sleeping(key spec.VersionKey) (SleepStatus, bool) {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return SleepStatus{}, false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.sleep
+	return SleepStatus{Asleep: s.asleep, Waking: s.call != nil, Paused: s.paused, Wakes: s.wakes,
+		LastWake: s.lastWake, WakeError: s.wakeErr, LastRequest: time.Unix(0, b.last.Load())}, true
+}
