@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"hostel/internal/spec"
@@ -53,7 +52,9 @@ func (a *Agent) holdExclusive(ctx context.Context, name string, svc *spec.Servic
 	var others []spec.VersionKey
 	a.runMu.Lock()
 	for k := range a.running {
-		if k != key && serviceOf(k) == name {
+		// Exclusive is per data owner: a preview's own instance has its
+		// own data and never stops production's.
+		if k != key && serviceOf(k) == name && k.Owner() == key.Owner() {
 			others = append(others, k)
 		}
 	}
@@ -124,10 +125,4 @@ func (a *Agent) releaseExclusive(ctx context.Context, ho *handover, addr string,
 
 // serviceOf is the service of a key (SERVICE-VERSION; a version has no
 // "-").
-func serviceOf(k spec.VersionKey) string {
-	s := string(k)
-	if i := strings.LastIndexByte(s, '-'); i >= 0 {
-		return s[:i]
-	}
-	return s
-}
+func serviceOf(k spec.VersionKey) string { return k.Service() }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"strings"
 
 	"hostel/internal/api"
 	"hostel/internal/deploy"
@@ -99,7 +98,7 @@ func (d *Daemon) RemoveEnv(ctx context.Context, name string, progress func(strin
 		if owner == spec.DefaultEnv {
 			continue // production's data stays with production
 		}
-		service := serviceOf(key)
+		service := key.Service()
 		if removed, err := d.db.retire(ctx, dataName(service, owner)); err != nil {
 			errs = append(errs, fmt.Errorf("database of %s: %w", key, err))
 		} else if removed != "" {
@@ -121,16 +120,6 @@ func (d *Daemon) RemoveEnv(ctx context.Context, name string, progress func(strin
 		return out, fmt.Errorf("environment %s removed, but not all it left: %w", name, err)
 	}
 	return out, nil
-}
-
-// serviceOf returns the service an instance key names
-// (SERVICE-VERSION[@ENV]).
-func serviceOf(key spec.VersionKey) string {
-	v := string(key.Version())
-	if i := strings.LastIndexByte(v, '-'); i > 0 {
-		return v[:i]
-	}
-	return v
 }
 
 // unpinUnheld removes the GC roots of versions that no generation still

@@ -40,7 +40,12 @@ func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy,
 			if svc.Idle.D() <= 0 {
 				continue
 			}
-			key := spec.Key(name, g.Versions[name])
+			if g.Owner(name) != g.EnvOrDefault() {
+				// A shared instance sleeps as its owner's spec says: a
+				// preview never puts production's processes to sleep.
+				continue
+			}
+			key := g.Instance(name)
 			needs, ok := e.agent.Needs(key)
 			if !ok {
 				continue

@@ -148,3 +148,12 @@ func (k VersionKey) Version() VersionKey {
 	}
 	return k
 }
+
+// Service returns the service k is an instance of.
+func (k VersionKey) Service() string {
+	v := string(k.Version())
+	if i := strings.LastIndexByte(v, '-'); i >= 0 {
+		return v[:i]
+	}
+	return v
+}

@@ -205,3 +205,24 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	})
 }
+
+// TestInstanceKey: production's instance of a version is its immutable
+// key; a preview's own is SERVICE-VERSION@ENV; a key tells its service,
+// version and owner back.
+func TestInstanceKey(t *testing.T) {
+	tests := []struct {
+		service, owner string
+		want           VersionKey
+		wantOwner      string
+	}{
+		{"api", "", "api-111111111111", DefaultEnv},
+		{"api", DefaultEnv, "api-111111111111", DefaultEnv},
+		{"my-api", "pr-1", "my-api-111111111111@pr-1", "pr-1"},
+	}
+	for _, tt := range tests {
+		k := InstanceKey(tt.service, "111111111111", tt.owner)
+		if k != tt.want || k.Owner() != tt.wantOwner || k.Service() != tt.service || k.Version() != Key(tt.service, "111111111111") {
+			t.Errorf("InstanceKey(%q, v, %q) = %q (service %q, owner %q, version %q), want %q", tt.service, tt.owner, k, k.Service(), k.Owner(), k.Version(), tt.want)
+		}
+	}
+}
