@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"testing"
+	"time"
 
 	"hostel/internal/plan"
 	"hostel/internal/spec"
@@ -327,4 +328,40 @@ func (w *world) generations() int {
 		w.t.Fatal(err)
 	}
 	return len(gens)
+}
+
+// TestPreviewSleepers: a preview's own instances may sleep after
+// previews.idle (10m by default, or a service's shorter idle); the
+// instances it shares sleep only as their owner's spec says.
+func TestPreviewSleepers(t *testing.T) {
+	tests := []struct {
+		name     string
+		previews *spec.Previews
+		webIdle  time.Duration
+		want     time.Duration
+	}{
+		{"default", nil, 0, spec.DefaultPreviewIdle},
+		{"previews.idle", &spec.Previews{Idle: spec.Duration(time.Minute)}, 0, time.Minute},
+		{"a service's shorter idle", &spec.Previews{Idle: spec.Duration(time.Hour)}, 2 * time.Minute, 2 * time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			w.mustDeploy(mkSpec(map[string]*spec.Service{"api": app("api-1"), "web": app("web-1", needs("api"))}))
+			s := mkSpec(map[string]*spec.Service{"api": app("api-1"), "web": app("web-2", needs("api"))})
+			s.Services["web"].Idle = spec.Duration(tt.webIdle)
+			s.Previews = tt.previews
+			if _, err := w.deployEnv("pr-1", s); err != nil {
+				t.Fatalf("deploy --env pr-1: %v", err)
+			}
+			pr, _ := w.store.Current(t.Context(), "pr-1")
+			got, ok := w.engine.Sleepers(t.Context())
+			if !ok {
+				t.Fatal("Sleepers: busy after the deploy")
+			}
+			if len(got) != 1 || got[pr.Instance("web")].Idle != tt.want {
+				t.Errorf("Sleepers = %v, want only %s after %s", got, pr.Instance("web"), tt.want)
+			}
+		})
+	}
 }

@@ -37,12 +37,20 @@ func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy,
 	out := map[spec.VersionKey]SleepPolicy{}
 	for _, g := range currents {
 		for name, svc := range g.Spec.Services {
-			if svc.Idle.D() <= 0 {
-				continue
-			}
 			if g.Owner(name) != g.EnvOrDefault() {
 				// A shared instance sleeps as its owner's spec says: a
 				// preview never puts production's processes to sleep.
+				continue
+			}
+			idle := svc.Idle.D()
+			if g.EnvOrDefault() != spec.DefaultEnv {
+				// A preview's own instances sleep after previews.idle,
+				// or their service's shorter idle.
+				if p := g.Spec.PreviewIdle(); idle <= 0 || p < idle {
+					idle = p
+				}
+			}
+			if idle <= 0 {
 				continue
 			}
 			key := g.Instance(name)
@@ -50,12 +58,7 @@ func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy,
 			if !ok {
 				continue
 			}
-			// A version two environments share sleeps after the
-			// shorter idle: either would put it to sleep.
-			if p, seen := out[key]; seen && p.Idle <= svc.Idle.D() {
-				continue
-			}
-			out[key] = SleepPolicy{Idle: svc.Idle.D(), Needs: needs}
+			out[key] = SleepPolicy{Idle: idle, Needs: needs} // only its owner's generation names an instance
 		}
 	}
 	return out, true

@@ -36,8 +36,9 @@ type Previews struct {
 	// Domain, when set, makes every service of environment NAME answer on
 	// SERVICE.NAME.DOMAIN. Not supported yet: refused.
 	Domain string `json:"domain,omitempty"`
-	// Idle puts a preview's own versions to sleep after this long without
-	// a request. Not supported yet (it needs scale to zero): refused.
+	// Idle puts a preview's own instances to sleep (scale to zero) after
+	// this long without a request; zero means DefaultPreviewIdle. A
+	// service's own shorter idle still applies.
 	Idle Duration `json:"idle,omitempty"`
 	// TTL is how long a preview lives after its last deploy; zero means
 	// DefaultPreviewTTL.
@@ -60,6 +61,19 @@ const (
 // DefaultPreviewTTL is how long a preview lives after its last deploy
 // when previews.ttl is not set.
 const DefaultPreviewTTL = 168 * time.Hour
+
+// DefaultPreviewIdle is how long a preview's own instance runs without a
+// request before it sleeps, when previews.idle is not set.
+const DefaultPreviewIdle = 10 * time.Minute
+
+// PreviewIdle returns how long a preview's own instance of s runs without
+// a request before it sleeps.
+func (s *Spec) PreviewIdle() time.Duration {
+	if s.Previews == nil || s.Previews.Idle == 0 {
+		return DefaultPreviewIdle
+	}
+	return s.Previews.Idle.D()
+}
 
 // TTLOrDefault returns how long a preview of s lives after its last deploy.
 func (s *Spec) TTLOrDefault() time.Duration {

@@ -369,9 +369,6 @@ func (p *Previews) validate() error {
 	if p.Domain != "" {
 		return &Error{Field: "previews.domain", Msg: "not supported yet: previews answer on SERVICE.ENV.ZONE (loopback) only"}
 	}
-	if p.Idle != 0 {
-		return &Error{Field: "previews.idle", Msg: "not supported yet: previews run until they expire (previews.ttl) or env rm"}
-	}
 	for _, f := range []struct{ field, v string }{{"previews.postgres", p.Postgres}, {"previews.state", p.State}} {
 		if f.v != "" && f.v != PreviewCopy && f.v != PreviewEmpty {
 			return &Error{Field: f.field, Msg: fmt.Sprintf("want %q or %q, not %q", PreviewCopy, PreviewEmpty, f.v)}
