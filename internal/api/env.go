@@ -15,6 +15,9 @@ type Env struct {
 	Generation uint64 `json:"generation"`
 	// Created is when its first generation still kept was committed.
 	Created time.Time `json:"created"`
+	// Expires is when the daemon removes it: previews.ttl after its last
+	// deploy.
+	Expires time.Time `json:"expires"`
 	// Started are the services the environment runs its own instance of
 	// (own data); Shared maps the others to the environment whose
 	// instance they use (and whose data they write to).

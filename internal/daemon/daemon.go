@@ -51,7 +51,10 @@ type Daemon struct {
 	// sleeper puts idle versions to sleep and wakes them (sleep.go); nil
 	// until the current generations are resumed.
 	sleeper *idle.Sleeper
-	logf    func(string, ...any)
+	// stopExpiry stops the loop that removes expired previews (env.go);
+	// nil before it starts.
+	stopExpiry func()
+	logf       func(string, ...any)
 	// hostKey is the machine's age identity, which decrypts secrets.
 	hostKey *secrets.HostKey
 	// db provisions PostgreSQL databases and runs release steps.
@@ -174,6 +177,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	d.startSleeper()
+	d.startExpiry()
 	d.serveFront()
 	d.serveHTTPS()
 	d.serve(d.apiLn, api.NewHandler(d))
@@ -220,6 +224,9 @@ func (d *Daemon) Close() error {
 		}
 	}
 	d.wg.Wait()
+	if d.stopExpiry != nil {
+		d.stopExpiry()
+	}
 	if d.sleeper != nil {
 		d.sleeper.Stop()
 	}

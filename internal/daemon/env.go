@@ -6,15 +6,68 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"time"
 
 	"hostel/internal/api"
 	"hostel/internal/deploy"
 	"hostel/internal/nix"
 	"hostel/internal/spec"
+	"hostel/internal/store"
 	"hostel/internal/supervisor"
 )
 
 var _ api.EnvDaemon = (*Daemon)(nil)
+
+// expiryInterval is how often the daemon looks for previews past their
+// ttl, beside once at its start.
+const expiryInterval = time.Minute
+
+// expires is when environment g's preview expires: previews.ttl after its
+// last deploy.
+func expires(g *spec.Generation) time.Time { return g.Time.Add(g.Spec.TTLOrDefault()) }
+
+// startExpiry starts the loop that removes, as env rm does, every preview
+// past its ttl: at once, then every expiryInterval.
+func (d *Daemon) startExpiry() {
+	stop, done := make(chan struct{}), make(chan struct{})
+	d.stopExpiry = func() { close(stop); <-done }
+	go func() {
+		defer close(done)
+		d.expireEnvs(time.Now())
+		t := time.NewTicker(expiryInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case now := <-t.C:
+				d.expireEnvs(now)
+			}
+		}
+	}()
+}
+
+// expireEnvs removes every preview whose ttl ran out by now.
+func (d *Daemon) expireEnvs(now time.Time) {
+	ctx := context.Background()
+	cs, err := d.store.Currents(ctx)
+	if err != nil {
+		d.logf("preview expiry: %v", err)
+		return
+	}
+	for name, g := range cs {
+		if name == spec.DefaultEnv || g == nil || now.Before(expires(g)) {
+			continue
+		}
+		d.logf("environment %s expired (previews.ttl %s after its last deploy, %s): removing it", name, g.Spec.TTLOrDefault(), g.Time.Format(time.RFC3339))
+		if _, err := d.removeEnv(ctx, name, g.Number, func(string) {}); err != nil {
+			// Removed (env rm) or deployed again meanwhile: not expired.
+			if !errors.Is(err, deploy.ErrNoEnv) && !errors.Is(err, store.ErrConflict) {
+				d.logf("removing expired environment %s: %v", name, err)
+			}
+		}
+	}
+}
 
 // envCurrent returns environment env's current generation ("" is
 // production, which may have none yet). A bad name, or a preview with
@@ -57,7 +110,7 @@ func (d *Daemon) Envs(ctx context.Context) (*api.EnvList, error) {
 		if name == spec.DefaultEnv || g == nil {
 			continue
 		}
-		e := api.Env{Name: name, Generation: g.Number, Created: created[name].Time,
+		e := api.Env{Name: name, Generation: g.Number, Created: created[name].Time, Expires: expires(g),
 			Started: []string{}, Shared: map[string]string{}, URLs: []string{}, State: "running"}
 		zone := g.Spec.ZoneOrDefault()
 		for _, svc := range g.Spec.Names() {
@@ -82,10 +135,17 @@ func (d *Daemon) Envs(ctx context.Context) (*api.EnvList, error) {
 // their databases (backed up first), state directories, and the GC roots
 // of versions nothing holds now.
 func (d *Daemon) RemoveEnv(ctx context.Context, name string, progress func(string)) (*api.EnvRemoved, error) {
+	out, err := d.removeEnv(ctx, name, 0, progress)
+	return out, apiError(err)
+}
+
+// removeEnv removes environment name (while from is its current
+// generation, unless from is 0) and what its instances kept.
+func (d *Daemon) removeEnv(ctx context.Context, name string, from uint64, progress func(string)) (*api.EnvRemoved, error) {
 	ctx = context.WithoutCancel(ctx) // like a deploy: run to the end
-	res, err := d.engine.RemoveEnv(ctx, name, d.progress(progress))
+	res, err := d.engine.RemoveEnv(ctx, name, from, d.progress(progress))
 	if err != nil {
-		return nil, apiError(err)
+		return nil, err
 	}
 	out := &api.EnvRemoved{Env: name, Generation: res.Generation.Number, Stopped: res.Stopped, Removed: []string{}, Aborted: res.Aborted}
 	if out.Stopped == nil {

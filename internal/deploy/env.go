@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"hostel/internal/spec"
+	"hostel/internal/store"
 )
 
 // ErrProductionEnv is why production cannot be removed as a preview is.
@@ -31,8 +32,11 @@ type EnvRemoved struct {
 // environment with nothing deployed (ErrNoEnv) are input errors, and then
 // nothing changed. What the environment's own instances kept outside the
 // processes — databases, state directories, GC roots — is the caller's to
-// remove once RemoveEnv returns (Stopped names them).
-func (e *Engine) RemoveEnv(ctx context.Context, env string, progress Progress) (*EnvRemoved, error) {
+// remove once RemoveEnv returns (Stopped names them). With from not 0,
+// the environment is removed only while from is its current generation
+// (else store.ErrConflict, nothing changed): an expiry decided on one
+// generation never removes a preview deployed again meanwhile.
+func (e *Engine) RemoveEnv(ctx context.Context, env string, from uint64, progress Progress) (*EnvRemoved, error) {
 	env, err := checkEnv(env)
 	if err != nil {
 		return nil, err
@@ -48,6 +52,9 @@ func (e *Engine) RemoveEnv(ctx context.Context, env string, progress Progress) (
 	}
 	if cur == nil {
 		return nil, invalid(fmt.Errorf("environment %q: %w", env, ErrNoEnv))
+	}
+	if from != 0 && cur.Number != from {
+		return nil, fmt.Errorf("remove environment %s: generation %d is current, not %d: %w", env, cur.Number, from, store.ErrConflict)
 	}
 	// An open window of env would switch back to a generation about to be
 	// dropped: end it first.

@@ -11,6 +11,7 @@ import (
 
 	"hostel/internal/plan"
 	"hostel/internal/spec"
+	"hostel/internal/store"
 )
 
 // deployEnv deploys s to environment env.
@@ -276,7 +277,7 @@ func TestRemoveEnv(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before, gens := w.pids(), w.generations()
-			if _, err := w.engine.RemoveEnv(t.Context(), tc.env, w.progress); !errors.Is(err, ErrInvalid) {
+			if _, err := w.engine.RemoveEnv(t.Context(), tc.env, 0, w.progress); !errors.Is(err, ErrInvalid) {
 				t.Errorf("RemoveEnv(%q): %v, want an input error", tc.env, err)
 			}
 			if !maps.Equal(w.pids(), before) || w.generations() != gens {
@@ -286,7 +287,7 @@ func TestRemoveEnv(t *testing.T) {
 	}
 
 	// pr-1 goes; its web instance stays, pr-2 uses it.
-	res, err := w.engine.RemoveEnv(t.Context(), "pr-1", w.progress)
+	res, err := w.engine.RemoveEnv(t.Context(), "pr-1", 0, w.progress)
 	if err != nil {
 		t.Fatalf("RemoveEnv(pr-1): %v", err)
 	}
@@ -305,7 +306,11 @@ func TestRemoveEnv(t *testing.T) {
 
 	// pr-2 goes; the instance only it held now stops; production's
 	// processes are the same ones.
-	res, err = w.engine.RemoveEnv(t.Context(), "pr-2", w.progress)
+	// An expiry decided on another generation of pr-2 removes nothing.
+	if _, err := w.engine.RemoveEnv(t.Context(), "pr-2", pr2.Number+100, w.progress); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("RemoveEnv(pr-2) from a generation not current: %v, want ErrConflict", err)
+	}
+	res, err = w.engine.RemoveEnv(t.Context(), "pr-2", pr2.Number, w.progress)
 	if err != nil {
 		t.Fatalf("RemoveEnv(pr-2): %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"hostel/internal/nix"
 )
@@ -217,4 +218,80 @@ func TestPreviewOneLeafOfTwenty(t *testing.T) {
 			t.Errorf("production's %s: pid %d, was %d", name, s.PID, prod[name].PID)
 		}
 	}
+}
+
+// TestPreviewExpiry: a preview past its previews.ttl is removed by the
+// daemon as env rm removes it — here by the check a daemon makes at its
+// start — and env list says when each preview expires.
+func TestPreviewExpiry(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	spec := func(ttl, greeting string) map[string]any {
+		s := map[string]any{"services": map[string]any{
+			"quotes": e.App("quotes", map[string]any{"env": map[string]string{"GREETING": greeting}}),
+		}}
+		if ttl != "" {
+			s["previews"] = map[string]any{"ttl": ttl}
+		}
+		return s
+	}
+	e.WriteSpec(spec("", "production"))
+	e.MustRun("deploy", "--no-confirm")
+	e.WriteSpec(spec("1s", "short"))
+	e.MustRun("deploy", "--env", "short", "--no-confirm")
+	e.WriteSpec(spec("", "long"))
+	e.MustRun("deploy", "--env", "long", "--no-confirm")
+	var l struct {
+		Envs []struct {
+			Name             string
+			Created, Expires time.Time
+		}
+	}
+	if err := json.Unmarshal([]byte(e.MustRun("env", "list", "--json")), &l); err != nil {
+		t.Fatal(err)
+	}
+	expires := map[string]time.Duration{}
+	var short time.Time
+	for _, v := range l.Envs {
+		expires[v.Name] = v.Expires.Sub(v.Created)
+		if v.Name == "short" {
+			short = v.Expires
+		}
+	}
+	if expires["short"] != time.Second || expires["long"] != 168*time.Hour {
+		t.Fatalf("env list: expiries after creation %v, want short 1s and long the default 168h", expires)
+	}
+	short19 := e.envStatus("short")["quotes"].PID
+
+	// The ttl is a time of the wall clock: wait until it has passed, then
+	// start the daemon again; its first check removes the preview.
+	waitUntil(t, "the short preview's ttl", func() bool { return time.Now().After(short) })
+	e.StopDaemon()
+	e.StartDaemon()
+	waitUntil(t, "the expired preview's removal", func() bool {
+		_, _, code := e.Run("status", "--env", "short")
+		return code == 2
+	})
+	if processRuns(short19) {
+		t.Errorf("the expired preview's process %d still runs", short19)
+	}
+	if code, _, _ := e.Get("quotes.short.hostel.internal", "/"); code != http.StatusNotFound {
+		t.Errorf("the expired preview's route answers %d, want 404", code)
+	}
+	if code, _, body := e.Get("quotes.long.hostel.internal", "/quote"); code != 200 || !strings.Contains(body, "long") {
+		t.Errorf("the preview that did not expire: %d %q", code, body)
+	}
+}
+
+// processRuns reports whether pid is a process that has not exited: a
+// zombie (exited, its parent — after a daemon restart, init — not having
+// reaped it yet) does not run.
+func processRuns(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command's closing parenthesis.
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
