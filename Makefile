@@ -42,6 +42,7 @@ bench: build
 loadtest: build
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 50 -rate 500
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 20 -rate 500 -exclusive
+	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 30 -rate 500 -previews
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/spec/

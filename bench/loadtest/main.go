@@ -133,6 +133,9 @@ type config struct {
 	// exclusive makes both services exclusive and their processes lock
 	// their state directory.
 	exclusive bool
+	// previews deploys and removes a preview each round instead of
+	// deploying production.
+	previews bool
 }
 
 func run() error {
@@ -145,6 +148,7 @@ func run() error {
 	flag.BoolVar(&c.verbose, "v", false, "print every deploy's output")
 	flag.BoolVar(&c.keepRoot, "keep", false, "keep the temporary root")
 	flag.BoolVar(&c.exclusive, "exclusive", false, "make both services exclusive; a version started beside another fails")
+	flag.BoolVar(&c.previews, "previews", false, "instead of deploying production, deploy a preview (web changed, api shared) and remove it, each round")
 	flag.Parse()
 
 	h, err := startHostel(c)
@@ -168,12 +172,17 @@ func run() error {
 	for i := 1; i <= c.deploys; i++ {
 		start := time.Now()
 		l.deploying.Store(true)
-		err := h.deploy(i)
+		var err error
+		if c.previews {
+			err = h.preview(i)
+		} else {
+			err = h.deploy(i)
+		}
 		l.deploying.Store(false)
 		if err != nil {
 			deployErrs++
 			fmt.Fprintf(os.Stderr, "deploy %d: %v\n", i, err)
-		} else {
+		} else if !c.previews {
 			overhead = append(overhead, h.lastOverhead)
 			readies = append(readies, h.lastReady)
 		}
@@ -210,6 +219,11 @@ func run() error {
 	}
 	for _, e := range s.examples {
 		fmt.Println("  e.g.", e)
+	}
+	if c.previews && len(previewTimes) > 0 {
+		sort.Slice(previewTimes, func(i, j int) bool { return previewTimes[i] < previewTimes[j] })
+		fmt.Printf("previews: %d deployed (one own process each, api shared) and removed while production served; deploy --env to the preview answering: median %s, max %s\n",
+			len(previewTimes), previewTimes[len(previewTimes)/2].Round(time.Millisecond), previewTimes[len(previewTimes)-1].Round(time.Millisecond))
 	}
 	if s.non2xx+s.errors+stale+deployErrs > 0 {
 		return fmt.Errorf("FAIL: %d non-2xx, %d transport errors, %d stale, %d failed deploys", s.non2xx, s.errors, stale, deployErrs)
@@ -304,9 +318,58 @@ func (h *hostel) stop() {
 	}
 }
 
+// previewTimes are the times from `deploy --env` to the preview answering.
+var previewTimes []time.Duration
+
+// preview deploys preview pr-i of production's first spec with web
+// changed (so the preview starts its own web and shares production's
+// api), checks that it answers on its internal name, and removes it.
+// Production's routes never switch, so no switch is recorded.
+func (h *hostel) preview(i int) error {
+	spec := h.spec(0)
+	web := spec["services"].(map[string]any)["web"].(map[string]any)
+	web["env"].(map[string]string)["VARIANT"] = fmt.Sprintf("preview-%d", i)
+	b, _ := json.Marshal(spec)
+	file := filepath.Join(h.root, "preview.json")
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		return err
+	}
+	env := fmt.Sprintf("pr-%d", i)
+	t0 := time.Now()
+	if out, err := h.hostel("deploy", "--env", env, "--no-confirm", file); err != nil {
+		return fmt.Errorf("deploy --env %s: %v\n%s", env, err, out)
+	}
+	req, _ := http.NewRequest("GET", "http://"+h.addr+"/healthz", nil)
+	req.Host = "web." + env + ".hostel.internal"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("preview %s: %w", env, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("preview %s answered %s", env, resp.Status)
+	}
+	previewTimes = append(previewTimes, time.Since(t0))
+	if out, err := h.hostel("env", "rm", env); err != nil {
+		return fmt.Errorf("env rm %s: %v\n%s", env, err, out)
+	}
+	return nil
+}
+
 // deploy writes variant i of the spec (both services change with i's
 // parity) and deploys it, noting when the switch happened.
 func (h *hostel) deploy(i int) error {
+	spec := h.spec(i)
+	b, _ := json.Marshal(spec)
+	file := filepath.Join(h.root, "hostel.json")
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		return err
+	}
+	return h.run(file)
+}
+
+// spec is variant i of the spec: both services change with i's parity.
+func (h *hostel) spec(i int) map[string]any {
 	variant := []string{"blue", "green"}[i%2]
 	svc := func(role string, extra map[string]any) map[string]any {
 		s := map[string]any{
@@ -324,15 +387,14 @@ func (h *hostel) deploy(i int) error {
 		}
 		return s
 	}
-	spec := map[string]any{"services": map[string]any{
+	return map[string]any{"services": map[string]any{
 		"api": svc("api", map[string]any{"domains": []string{"api.load"}}),
 		"web": svc("web", map[string]any{"domains": []string{"web.load"}, "needs": []string{"api"}}),
 	}}
-	b, _ := json.Marshal(spec)
-	file := filepath.Join(h.root, "hostel.json")
-	if err := os.WriteFile(file, b, 0o644); err != nil {
-		return err
-	}
+}
+
+// run deploys file to production, noting when the switch happened.
+func (h *hostel) run(file string) error {
 	cmd := exec.Command(h.c.hostel, "--root", filepath.Join(h.root, "root"), "deploy", "--no-confirm", "--json", file)
 	stderr, _ := cmd.StderrPipe()
 	var stdout bytes.Buffer

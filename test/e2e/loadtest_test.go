@@ -12,6 +12,21 @@ import (
 // three deploys replace both; not one request may fail or reach a version
 // that was already switched away from.
 func TestZeroDowntime(t *testing.T) {
+	runLoadtest(t, "-deploys", "3", "-rate", "300", "-warmup", "1s")
+}
+
+// TestPreviewsUnderLoad runs a short version of `make loadtest`'s
+// previews run: the same load at production while three previews (web
+// changed, api shared) are deployed, checked and removed; not one
+// production request may fail.
+func TestPreviewsUnderLoad(t *testing.T) {
+	runLoadtest(t, "-deploys", "3", "-rate", "300", "-warmup", "1s", "-previews")
+}
+
+// runLoadtest builds bench/loadtest and runs it with args against the
+// hostel binary; it must pass with nothing failed.
+func runLoadtest(t *testing.T, args ...string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("load test")
 	}
@@ -22,7 +37,7 @@ func TestZeroDowntime(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building the load test: %v\n%s", err, out)
 	}
-	out, err := exec.Command(lt, "-hostel", filepath.Join(bin, "hostel"), "-deploys", "3", "-rate", "300", "-warmup", "1s").CombinedOutput()
+	out, err := exec.Command(lt, append([]string{"-hostel", filepath.Join(bin, "hostel")}, args...)...).CombinedOutput()
 	t.Logf("\n%s", out)
 	if err != nil {
 		t.Fatalf("load test failed: %v", err)
