@@ -112,8 +112,9 @@ func Share(next *spec.Generation, currents map[string]*spec.Generation) []string
 
 // MarkPreview rewrites p, planned for next (a preview generation, Share
 // done) against cur, its environment's current generation (nil when new),
-// in a preview's words: a version it shares is "shared", one it starts an
-// instance of is "start"; the rest is as planned. Production's plans are
+// in a preview's words: a version it newly shares is "shared", one it
+// starts an instance of is "start"; the rest is as planned (a version
+// kept stays "keep", and says whose data it writes to if shared). Production's plans are
 // left as they are.
 func MarkPreview(p *plan.Plan, next, cur *spec.Generation) {
 	env := next.EnvOrDefault()
@@ -126,7 +127,9 @@ func MarkPreview(p *plan.Plan, next, cur *spec.Generation) {
 			continue
 		}
 		if owner, ok := next.Shares[c.Name]; ok {
-			c.Action = plan.Shared
+			if c.Action != plan.Keep { // kept as it was: still "keep"
+				c.Action = plan.Shared
+			}
 			c.Reasons = append([]string{fmt.Sprintf("%s runs this version: no new process; its writes reach %s's data", owner, owner)}, c.Reasons...)
 			continue
 		}

@@ -2,8 +2,10 @@ package deploy
 
 import (
 	"maps"
+	"strings"
 	"testing"
 
+	"hostel/internal/plan"
 	"hostel/internal/spec"
 )
 
@@ -68,6 +70,65 @@ func TestTable(t *testing.T) {
 			}
 			if got.Zone != spec.DefaultZone {
 				t.Errorf("zone %q, want %q", got.Zone, spec.DefaultZone)
+			}
+		})
+	}
+}
+
+// TestMarkPreview: a preview's plan says "shared" for a version it newly
+// shares, "start" for one it starts an instance of, and keeps "keep" for
+// what does not change; the text plan counts them.
+func TestMarkPreview(t *testing.T) {
+	svcs := map[string]*spec.Service{"api": {Exec: []string{"/bin/api"}}, "web": {Exec: []string{"/bin/web"}, Needs: []string{"api"}}}
+	mk := func(api, web spec.Version, shares map[string]string) *spec.Generation {
+		g := gen("pr-1", map[string]spec.Version{"api": api, "web": web}, svcs)
+		g.Shares = shares
+		return g
+	}
+	p := func(actions map[string]plan.Action) *plan.Plan {
+		out := &plan.Plan{}
+		for _, n := range []string{"api", "web"} {
+			out.Services = append(out.Services, plan.Change{Name: n, Action: actions[n], To: "v"})
+		}
+		return out
+	}
+	tests := []struct {
+		name      string
+		planned   map[string]plan.Action
+		next, cur *spec.Generation
+		want      map[string]plan.Action
+		summary   string
+	}{
+		{"a new preview", map[string]plan.Action{"api": plan.Add, "web": plan.Add},
+			mk("a1", "w2", map[string]string{"api": spec.DefaultEnv}), nil,
+			map[string]plan.Action{"api": plan.Shared, "web": plan.Start}, "1 start, 1 shared"},
+		{"deployed again, web changed", map[string]plan.Action{"api": plan.Keep, "web": plan.Update},
+			mk("a1", "w3", map[string]string{"api": spec.DefaultEnv}), mk("a1", "w2", map[string]string{"api": spec.DefaultEnv}),
+			map[string]plan.Action{"api": plan.Keep, "web": plan.Start}, "1 start, 1 keep"},
+		{"deployed again, nothing changed", map[string]plan.Action{"api": plan.Keep, "web": plan.Keep},
+			mk("a1", "w2", map[string]string{"api": spec.DefaultEnv}), mk("a1", "w2", map[string]string{"api": spec.DefaultEnv}),
+			map[string]plan.Action{"api": plan.Keep, "web": plan.Keep}, "2 keep"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pl := p(tt.planned)
+			MarkPreview(pl, tt.next, tt.cur)
+			got := map[string]plan.Action{}
+			for _, c := range pl.Services {
+				got[c.Name] = c.Action
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Errorf("actions %v, want %v", got, tt.want)
+			}
+			var b strings.Builder
+			if err := pl.WriteText(&b); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasSuffix(b.String(), tt.summary+"\n") {
+				t.Errorf("text plan:\n%s\nwant it to end with %q", b.String(), tt.summary)
+			}
+			if tt.planned["api"] == plan.Keep && !strings.Contains(b.String(), "production's data") {
+				t.Errorf("a kept shared version does not say whose data it writes to:\n%s", b.String())
 			}
 		})
 	}

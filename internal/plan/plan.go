@@ -285,7 +285,7 @@ func (p *Plan) WriteText(w io.Writer) error {
 	}
 	n := p.Count()
 	var parts []string
-	for _, a := range []Action{Add, Update, Reroute, Remove, Keep} {
+	for _, a := range []Action{Add, Start, Update, Reroute, Shared, Remove, Keep} {
 		if n[a] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", n[a], a))
 		}
