@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,15 +17,20 @@ import (
 )
 
 // twenty is a spec of 20 services: app00 is needed by app01…app18, and
-// app19, the leaf, needs app05; the leaf's title is leaf.
-func twenty(e *Env, leaf string) map[string]any {
+// app19, the leaf, needs app05; the leaf's title is leaf, and its env
+// names storePath when it is set (so its version pins a GC root).
+func twenty(e *Env, leaf string, storePath ...string) map[string]any {
 	svcs := map[string]any{}
 	for i := range 20 {
 		name := fmt.Sprintf("app%02d", i)
 		extra := map[string]any{"env": map[string]string{"SHOP_TITLE": name}, "domains": []string{name + ".example"}}
 		switch {
 		case i == 19:
-			extra["env"] = map[string]string{"SHOP_TITLE": leaf}
+			env := map[string]string{"SHOP_TITLE": leaf}
+			for _, p := range storePath {
+				env["PINNED"] = p
+			}
+			extra["env"] = env
 			extra["needs"] = []string{"app05"}
 		case i > 0:
 			extra["needs"] = []string{"app00"}
@@ -91,8 +97,18 @@ func TestPreviewOneLeafOfTwenty(t *testing.T) {
 		t.Fatalf("%d processes run for production, want 20: %v", len(before), before)
 	}
 
+	// The preview's leaf mentions a real store path: its version pins a
+	// GC root, which env rm must remove.
+	src := filepath.Join(t.TempDir(), "pinned")
+	os.WriteFile(src, []byte(t.Name()), 0o644)
+	out, err := exec.Command("nix-store", "--add", src).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	storePath := strings.TrimSpace(string(out))
+
 	// Bad input: nothing changes, exit 2.
-	e.WriteSpec(twenty(e, "after"))
+	e.WriteSpec(twenty(e, "after", storePath))
 	for _, args := range [][]string{
 		{"deploy", "--env", "PR_1", "--no-confirm"},
 		{"deploy", "--env", "a-name-far-too-long-for-one", "--no-confirm"},
@@ -176,6 +192,10 @@ func TestPreviewOneLeafOfTwenty(t *testing.T) {
 		t.Errorf("env list: %+v", l.Envs)
 	}
 	own := preview["app19"]
+	rootDir := filepath.Join(nix.RootsFor(e.Root).Dir, "app19-"+own.Version)
+	if _, err := os.Stat(rootDir); err != nil {
+		t.Errorf("the preview's leaf pinned no GC root: %v", err)
+	}
 	stateDir := filepath.Join(e.Root, "state", "app19@pr-1")
 	if _, err := os.Stat(stateDir); err != nil {
 		t.Errorf("the preview's own state directory: %v", err)
@@ -199,13 +219,8 @@ func TestPreviewOneLeafOfTwenty(t *testing.T) {
 	if len(runs)+len(logs) != 0 {
 		t.Errorf("run records or state left: %v %v", runs, logs)
 	}
-	// No spec here pins a store path (the apps are plain directories):
-	// what must hold is that no root names the preview's version.
-	roots, _ := os.ReadDir(nix.RootsFor(e.Root).Dir)
-	for _, r := range roots {
-		if strings.HasPrefix(r.Name(), "app19-"+own.Version) {
-			t.Errorf("GC root: %s left", r.Name())
-		}
+	if _, err := os.Stat(rootDir); !os.IsNotExist(err) {
+		t.Errorf("GC root: %s: %v, want it gone", rootDir, err)
 	}
 	if out := e.MustRun("env", "list", "--json"); !strings.Contains(out, `"envs": []`) {
 		t.Errorf("env list after rm: %s", out)
