@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"hostel/internal/api"
@@ -33,6 +35,7 @@ func (d *Daemon) startExpiry() {
 	d.stopExpiry = func() { close(stop); <-done }
 	go func() {
 		defer close(done)
+		d.sweepPreviewData(context.Background())
 		d.expireEnvs(time.Now())
 		t := time.NewTicker(expiryInterval)
 		defer t.Stop()
@@ -221,4 +224,56 @@ func (db *databases) retire(ctx context.Context, name string) (string, error) {
 		return "", err
 	}
 	return "database " + r.Database, nil
+}
+
+// sweepPreviewData removes what previews' own instances kept that no
+// environment uses and no process runs with any more: their databases
+// (backed up first), state directories and GC roots. env rm removes them
+// itself; this is for a daemon that died during one, and runs at start,
+// after the resume.
+func (d *Daemon) sweepPreviewData(ctx context.Context) {
+	cs, err := d.store.Currents(ctx)
+	if err != nil {
+		d.logf("sweeping previews' data: %v", err)
+		return
+	}
+	used := map[string]bool{}
+	for _, g := range cs {
+		for name := range g.Spec.Services {
+			used[dataName(name, g.Owner(name))] = true
+		}
+	}
+	for _, s := range d.sup.List() {
+		used[dataName(s.Key.Service(), s.Key.Owner())] = true
+	}
+	recs, err := d.store.Records(ctx, store.KindDatabase)
+	if err != nil {
+		d.logf("sweeping previews' data: %v", err)
+		return
+	}
+	for _, r := range recs {
+		if strings.Contains(r.Key, "@") && !used[r.Key] {
+			if name, err := d.db.retire(ctx, r.Key); err != nil {
+				d.logf("sweeping previews' data: database of %s: %v", r.Key, err)
+			} else {
+				d.logf("swept %s of %s, whose preview is gone", name, r.Key)
+			}
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(d.opts.Root, "state"))
+	for _, e := range ents {
+		if strings.Contains(e.Name(), "@") && !used[e.Name()] {
+			dir := filepath.Join(d.opts.Root, "state", e.Name())
+			if err := os.RemoveAll(dir); err != nil {
+				d.logf("sweeping previews' data: %v", err)
+			} else {
+				d.logf("swept the state directory %s, whose preview is gone", dir)
+			}
+		}
+	}
+	if unpinned, err := d.unpinUnheld(ctx); err != nil {
+		d.logf("sweeping GC roots: %v", err)
+	} else if len(unpinned) > 0 {
+		d.logf("unpinned %s: nothing holds them", strings.Join(unpinned, ", "))
+	}
 }

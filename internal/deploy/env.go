@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 )
@@ -63,6 +64,10 @@ func (e *Engine) RemoveEnv(ctx context.Context, env string, from uint64, progres
 	if err := e.store.DropEnv(ctx, env, cur.Number); err != nil {
 		return nil, fmt.Errorf("remove environment %s: %w", env, err)
 	}
+	// A daemon that dies from here on leaves the preview's instances and
+	// data to the next start: it stops what no environment holds and
+	// sweeps the data of previews that are gone (daemon).
+	failpoint.Hit("env-rm-after-drop")
 	cs, err := e.store.Currents(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("remove environment %s: %w", env, err)

@@ -310,3 +310,56 @@ func processRuns(pid int) bool {
 	i := strings.LastIndexByte(string(b), ')')
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
+
+// TestPreviewRemovalCrash: a daemon killed in env rm, right after the
+// preview left the store, leaves its instance and data to the next start,
+// which stops the instance and sweeps the state directory and GC root.
+func TestPreviewRemovalCrash(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(twenty(e, "before"))
+	e.MustRun("deploy", "--no-confirm")
+	prod := e.processes()
+	src := filepath.Join(t.TempDir(), "pinned")
+	os.WriteFile(src, []byte(t.Name()), 0o644)
+	out, err := exec.Command("nix-store", "--add", src).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	e.WriteSpec(twenty(e, "after", strings.TrimSpace(string(out))))
+	e.MustRun("deploy", "--env", "pr-1", "--no-confirm")
+	own := e.envStatus("pr-1")["app19"]
+	stateDir := filepath.Join(e.Root, "state", "app19@pr-1")
+	rootDir := filepath.Join(nix.RootsFor(e.Root).Dir, "app19-"+own.Version)
+	for _, p := range []string{stateDir, rootDir} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("before env rm: %v", err)
+		}
+	}
+
+	e.StopDaemon()
+	e.DaemonEnv = []string{"HOSTEL_FAILPOINT=env-rm-after-drop"}
+	e.StartDaemon()
+	if _, _, code := e.Run("env", "rm", "pr-1"); code == 0 {
+		t.Fatal("env rm went through; the daemon should have died after dropping the environment")
+	}
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the daemon did not die at env-rm-after-drop")
+	}
+	e.daemon = nil
+	e.DaemonEnv = nil
+	e.StartDaemon()
+	waitUntil(t, "the removed preview's instance, state and GC root to go", func() bool {
+		_, errS := os.Stat(stateDir)
+		_, errR := os.Stat(rootDir)
+		return !processRuns(own.PID) && os.IsNotExist(errS) && os.IsNotExist(errR)
+	})
+	if got := e.processes(); !maps.Equal(got, prod) {
+		t.Errorf("processes after the restart: %v, want production's %v", got, prod)
+	}
+	if _, _, code := e.Run("status", "--env", "pr-1"); code != 2 {
+		t.Errorf("status --env pr-1 after the restart: exit %d, want 2 (no such environment)", code)
+	}
+}
