@@ -227,18 +227,20 @@ func (db *databases) retire(ctx context.Context, name string) (string, error) {
 }
 
 // sweepPreviewData removes what previews' own instances kept that no
-// environment uses and no process runs with any more: their databases
+// stored generation uses and no process runs with any more: their databases
 // (backed up first), state directories and GC roots. env rm removes them
 // itself; this is for a daemon that died during one, and runs at start,
 // after the resume.
 func (d *Daemon) sweepPreviewData(ctx context.Context) {
-	cs, err := d.store.Currents(ctx)
+	// Every stored generation counts, not only the current ones: a
+	// rollback to one brings its instances, and their data, back.
+	gens, err := d.store.List(ctx)
 	if err != nil {
 		d.logf("sweeping previews' data: %v", err)
 		return
 	}
 	used := map[string]bool{}
-	for _, g := range cs {
+	for _, g := range gens {
 		for name := range g.Spec.Services {
 			used[dataName(name, g.Owner(name))] = true
 		}
