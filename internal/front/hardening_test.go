@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"hostel/internal/front"
+	"hostel/internal/front/fronttest"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -111,7 +112,7 @@ func poisoningApp(t testing.TB) *rawApp {
 // response (nil if none came) and its body.
 func exchange(t testing.TB, pub, raw string) (*http.Response, string) {
 	t.Helper()
-	c, br := rawConn(t, "http://"+pub)
+	c, br := fronttest.RawConn(t, "http://"+pub)
 	defer c.Close()
 	go io.WriteString(c, raw) // the front end may answer before it has read everything
 	resp, err := http.ReadResponse(br, nil)
@@ -165,7 +166,7 @@ func TestPoisonedAppConnection(t *testing.T) {
 					}
 				}
 			}
-			waitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
+			fronttest.WaitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
 		})
 	}
 }
@@ -207,7 +208,7 @@ func TestPoisonedAppConnectionWithBody(t *testing.T) {
 // HTTP/2 (one client connection for all) and returns status and body.
 func h2Client(t *testing.T, addr string) func(method, path, body string) (int, string) {
 	t.Helper()
-	cfg, pool := selfSigned(t)
+	cfg, pool := fronttest.SelfSigned(t)
 	cfg.NextProtos = []string{"h2", "http/1.1"}
 	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
 	r.AddBackend(apiV1, addr)
@@ -216,7 +217,7 @@ func h2Client(t *testing.T, addr string) func(method, path, body string) (int, s
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *frontLoops})
+	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *fronttest.Loops})
 	go f.ServeTLS(ln)
 	t.Cleanup(func() { f.Close(); r.Close() })
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second}
@@ -274,14 +275,14 @@ func TestLargeHeads(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				before := len(app.requests())
-				c, br := rawConn(t, "http://"+pub)
+				c, br := fronttest.RawConn(t, "http://"+pub)
 				go io.WriteString(c, after+tc.raw)
 				if after != "" {
-					if resp, body := readResp(t, br, "POST"); resp.StatusCode != 200 || body != "for /first" {
+					if resp, body := fronttest.ReadResp(t, br, "POST"); resp.StatusCode != 200 || body != "for /first" {
 						t.Fatalf("upload: %d %q", resp.StatusCode, body)
 					}
 				}
-				resp, _ := readResp(t, br, "GET")
+				resp, _ := fronttest.ReadResp(t, br, "GET")
 				if resp.StatusCode != tc.want {
 					t.Fatalf("status %d, want %d", resp.StatusCode, tc.want)
 				}
@@ -317,9 +318,9 @@ func TestStalledBody(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, br := rawConn(t, "http://"+pub)
+			c, br := fronttest.RawConn(t, "http://"+pub)
 			io.WriteString(c, tc.raw)
-			resp, _ := readResp(t, br, "POST")
+			resp, _ := fronttest.ReadResp(t, br, "POST")
 			if resp.StatusCode != http.StatusRequestTimeout {
 				t.Fatalf("status %d, want 408", resp.StatusCode)
 			}
@@ -332,25 +333,25 @@ func TestStalledBody(t *testing.T) {
 		})
 	}
 	t.Run("stalls midway", func(t *testing.T) {
-		c, br := rawConn(t, "http://"+pub)
+		c, br := fronttest.RawConn(t, "http://"+pub)
 		io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: "+host+"\r\nContent-Length: 1000\r\n\r\n"+strings.Repeat("x", 500))
-		resp, _ := readResp(t, br, "POST")
+		resp, _ := fronttest.ReadResp(t, br, "POST")
 		if resp.StatusCode != http.StatusRequestTimeout {
 			t.Fatalf("status %d, want 408", resp.StatusCode)
 		}
 		if !closedAfter(c, br) {
 			t.Error("connection left open")
 		}
-		waitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
+		fronttest.WaitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
 	})
 	t.Run("slow body is served", func(t *testing.T) {
-		c, br := rawConn(t, "http://"+pub)
+		c, br := fronttest.RawConn(t, "http://"+pub)
 		io.WriteString(c, "POST /slow HTTP/1.1\r\nHost: "+host+"\r\nContent-Length: 4\r\n\r\n")
 		for _, b := range "abcd" {
 			time.Sleep(100 * time.Millisecond) // under the timeout between reads
 			io.WriteString(c, string(b))
 		}
-		if resp, body := readResp(t, br, "POST"); resp.StatusCode != 200 || body != "for /slow" {
+		if resp, body := fronttest.ReadResp(t, br, "POST"); resp.StatusCode != 200 || body != "for /slow" {
 			t.Fatalf("got %d %q, want 200", resp.StatusCode, body)
 		}
 	})
@@ -391,7 +392,7 @@ func countConns(t testing.TB, addr string, n *atomic.Int64) string {
 func TestClientNeverReads(t *testing.T) {
 	var mu sync.Mutex
 	done := map[string]chan error{"/HTTP/1.1": make(chan error, 1), "/HTTP/1.0": make(chan error, 1)}
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		buf := bytes.Repeat([]byte("z"), 1<<20)
 		w.Header().Set("Content-Length", fmt.Sprint(64<<20))
 		var err error
@@ -407,7 +408,7 @@ func TestClientNeverReads(t *testing.T) {
 	r, _, pub := frontTo(t, addr, front.Options{WriteTimeout: 300 * time.Millisecond})
 	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 		t.Run(proto, func(t *testing.T) {
-			c, _ := rawConn(t, "http://"+pub)
+			c, _ := fronttest.RawConn(t, "http://"+pub)
 			c.(*net.TCPConn).SetReadBuffer(4096)
 			fmt.Fprintf(c, "GET /%s %s\r\nHost: %s\r\n\r\n", proto, proto, host)
 			// Never read. The app must be freed: its write fails.
@@ -419,7 +420,7 @@ func TestClientNeverReads(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("the app is still blocked after 30 s")
 			}
-			waitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
+			fronttest.WaitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
 		})
 	}
 }
@@ -444,14 +445,14 @@ func TestContentLengthWithTransferEncoding(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				before := len(app.requests())
-				c, br := rawConn(t, "http://"+pub)
+				c, br := fronttest.RawConn(t, "http://"+pub)
 				go io.WriteString(c, first+"POST /smuggle HTTP/1.1\r\nHost: "+host+"\r\nContent-Length: 20\r\n"+te+"\r\n\r\n"+body)
 				if first != "" {
-					if resp, _ := readResp(t, br, "GET"); resp.StatusCode != 200 {
+					if resp, _ := fronttest.ReadResp(t, br, "GET"); resp.StatusCode != 200 {
 						t.Fatalf("first request: %d", resp.StatusCode)
 					}
 				}
-				resp, _ := readResp(t, br, "POST")
+				resp, _ := fronttest.ReadResp(t, br, "POST")
 				if resp.StatusCode != http.StatusBadRequest {
 					t.Fatalf("status %d, want 400", resp.StatusCode)
 				}
@@ -484,8 +485,8 @@ func TestInternalZone(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := router.New(router.Options{Zone: zone, Logf: t.Logf, Internal: tc.internal})
 			t.Cleanup(func() { r.Close() })
-			r.AddBackend(apiV1, startBackend(t, "v1"))
-			_, pub := serveFront(t, r, front.Options{})
+			r.AddBackend(apiV1, fronttest.StartBackend(t, "v1"))
+			_, pub := fronttest.Serve(t, r, front.Options{})
 			for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
 				resp, body := exchange(t, pub, "GET / "+proto+"\r\nHost: "+vhost+"\r\nConnection: close\r\n\r\n")
 				if resp == nil || resp.StatusCode != tc.want {
@@ -498,12 +499,12 @@ func TestInternalZone(t *testing.T) {
 		local := nonLoopbackAddr(t)
 		r := router.New(router.Options{Zone: zone, Logf: t.Logf})
 		t.Cleanup(func() { r.Close() })
-		r.AddBackend(apiV1, startBackend(t, "v1"))
+		r.AddBackend(apiV1, fronttest.StartBackend(t, "v1"))
 		ln, err := net.Listen("tcp", net.JoinHostPort(local.String(), "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := front.New(r, front.Options{Loops: *frontLoops})
+		f := front.New(r, front.Options{Loops: *fronttest.Loops})
 		go f.Serve(ln)
 		t.Cleanup(func() { f.Close() })
 		resp, _ := exchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\nHost: "+vhost+"\r\nConnection: close\r\n\r\n")
@@ -651,7 +652,7 @@ func TestPoolNeverCrossesResponses(t *testing.T) {
 			for i := range 120 {
 				k := rnd.IntN(len(clients))
 				if clients[k] == nil {
-					c, br := rawConn(t, "http://"+pub)
+					c, br := fronttest.RawConn(t, "http://"+pub)
 					clients[k] = &client{c, br}
 				}
 				cl := clients[k]
@@ -688,7 +689,7 @@ func TestPoolNeverCrossesResponses(t *testing.T) {
 					cl.c.Close()
 				}
 			}
-			waitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
+			fronttest.WaitFor(t, "nothing in flight", func() bool { return r.InFlight(apiV1) == 0 })
 		})
 	}
 }
@@ -697,10 +698,10 @@ func TestPoolNeverCrossesResponses(t *testing.T) {
 // net/http's, behind the same guard: CONNECT and TRACE are refused,
 // fields with "_" dropped, a stalled body answered 408 without the app.
 func TestHTTP2Hardening(t *testing.T) {
-	cfg, pool := selfSigned(t)
+	cfg, pool := fronttest.SelfSigned(t)
 	cfg.NextProtos = []string{"h2", "http/1.1"}
 	var requests atomic.Int64
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		r.Header.Write(w)
 	}))
@@ -711,7 +712,7 @@ func TestHTTP2Hardening(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *frontLoops, BodyTimeout: 300 * time.Millisecond})
+	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *fronttest.Loops, BodyTimeout: 300 * time.Millisecond})
 	go f.ServeTLS(ln)
 	t.Cleanup(func() { f.Close(); r.Close() })
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second}
