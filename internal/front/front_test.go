@@ -15,8 +15,6 @@ import (
 
 	"hostel/internal/front"
 	"hostel/internal/front/fronttest"
-	"hostel/internal/router"
-	"hostel/internal/spec"
 )
 
 func TestFrontKeepAliveAndPipelining(t *testing.T) {
@@ -417,20 +415,10 @@ func TestFrontConcurrent(t *testing.T) {
 // X-Forwarded-Proto https; those handed to net/http after a fast one still
 // see TLS; HTTP/2 connections are net/http's.
 func TestFrontTLS(t *testing.T) {
-	cfg, pool := fronttest.SelfSigned(t)
-	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
-	r.AddBackend(apiV1, fronttest.EchoBackend(t))
-	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *fronttest.Loops})
-	go f.ServeTLS(ln)
-	t.Cleanup(func() { f.Close(); r.Close() })
+	f, addr, pool := tlsFrontTo(t, fronttest.EchoBackend(t), front.Options{})
 
 	t.Run("http/1.1", func(t *testing.T) {
-		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -462,7 +450,7 @@ func TestFrontTLS(t *testing.T) {
 	t.Run("h2", func(t *testing.T) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
 		defer c.CloseIdleConnections()
-		req, _ := http.NewRequest("GET", "https://"+ln.Addr().String()+"/h2", nil)
+		req, _ := http.NewRequest("GET", "https://"+addr+"/h2", nil)
 		req.Host = host
 		resp, err := c.Do(req)
 		if err != nil {

@@ -208,18 +208,7 @@ func TestPoisonedAppConnectionWithBody(t *testing.T) {
 // HTTP/2 (one client connection for all) and returns status and body.
 func h2Client(t *testing.T, addr string) func(method, path, body string) (int, string) {
 	t.Helper()
-	cfg, pool := fronttest.SelfSigned(t)
-	cfg.NextProtos = []string{"h2", "http/1.1"}
-	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
-	r.AddBackend(apiV1, addr)
-	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *fronttest.Loops})
-	go f.ServeTLS(ln)
-	t.Cleanup(func() { f.Close(); r.Close() })
+	_, pub, pool := tlsFrontTo(t, addr, front.Options{})
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second}
 	t.Cleanup(c.CloseIdleConnections)
 	return func(method, path, body string) (int, string) {
@@ -228,7 +217,7 @@ func h2Client(t *testing.T, addr string) func(method, path, body string) (int, s
 		if body != "" {
 			rd = strings.NewReader(body)
 		}
-		req, _ := http.NewRequest(method, "https://"+ln.Addr().String()+path, rd)
+		req, _ := http.NewRequest(method, "https://"+pub+path, rd)
 		req.Host = host
 		resp, err := c.Do(req)
 		if err != nil {
@@ -698,26 +687,15 @@ func TestPoolNeverCrossesResponses(t *testing.T) {
 // net/http's, behind the same guard: CONNECT and TRACE are refused,
 // fields with "_" dropped, a stalled body answered 408 without the app.
 func TestHTTP2Hardening(t *testing.T) {
-	cfg, pool := fronttest.SelfSigned(t)
-	cfg.NextProtos = []string{"h2", "http/1.1"}
 	var requests atomic.Int64
 	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		r.Header.Write(w)
 	}))
-	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
-	r.AddBackend(apiV1, addr)
-	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *fronttest.Loops, BodyTimeout: 300 * time.Millisecond})
-	go f.ServeTLS(ln)
-	t.Cleanup(func() { f.Close(); r.Close() })
+	_, pub, pool := tlsFrontTo(t, addr, front.Options{BodyTimeout: 300 * time.Millisecond})
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second}
 	t.Cleanup(c.CloseIdleConnections)
-	url := "https://" + ln.Addr().String() + "/"
+	url := "https://" + pub + "/"
 	do := func(method string, body io.Reader, header map[string]string) (*http.Response, string) {
 		req, _ := http.NewRequest(method, url, body)
 		req.Host = host

@@ -4,6 +4,8 @@ package front_test
 // only front are in fronttest, shared with internal/router's tests.
 
 import (
+	"crypto/x509"
+	"net"
 	"testing"
 
 	"hostel/internal/front"
@@ -66,4 +68,27 @@ func frontTo(t testing.TB, addr string, opts front.Options) (*router.Router, *fr
 	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
 	f, pub := fronttest.Serve(t, r, opts)
 	return r, f, pub
+}
+
+// tlsFrontTo is frontTo over TLS, with a self-signed certificate offering
+// h2 and http/1.1: it returns the Front, its address and the pool that
+// trusts its certificate.
+func tlsFrontTo(t testing.TB, addr string, opts front.Options) (*front.Front, string, *x509.CertPool) {
+	t.Helper()
+	cfg, pool := fronttest.SelfSigned(t)
+	opts.TLSConfig = cfg
+	if opts.Loops == 0 {
+		opts.Loops = *fronttest.Loops
+	}
+	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
+	r.AddBackend(apiV1, addr)
+	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := front.New(r, opts)
+	go f.ServeTLS(ln)
+	t.Cleanup(func() { f.Close(); r.Close() })
+	return f, ln.Addr().String(), pool
 }
