@@ -262,36 +262,22 @@ func TestBackendClosesIdle(t *testing.T) {
 // reading a request, without answering: the router sends a replayable
 // request again on a new connection, and answers 502 for the others.
 func TestStaleConnectionRetry(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var dials atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
+	addr := rawBackend(t, func(c net.Conn) {
+		dials.Add(1)
+		br := bufio.NewReader(c)
+		for n := 0; ; n++ {
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			dials.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for n := 0; ; n++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if n > 0 {
-						return // the second request on a connection: close unanswered
-					}
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Method: %s\r\nContent-Length: 0\r\n\r\n", req.Method)
-				}
-			}()
+			if n > 0 {
+				return // the second request on a connection: close unanswered
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Method: %s\r\nContent-Length: 0\r\n\r\n", req.Method)
 		}
-	}()
-	_, pub := routeTo(t, ln.Addr().String())
+	})
+	_, pub := routeTo(t, addr)
 
 	tests := []struct {
 		method     string
@@ -491,37 +477,23 @@ func TestConcurrentMixed(t *testing.T) {
 // TestBodyAfterHeadResponse: a broken backend that answers HEAD with a
 // body must not have that body read as the next request's response.
 func TestBodyAfterHeadResponse(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	addr := rawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.Method == "HEAD" {
-						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-						time.Sleep(10 * time.Millisecond)
-						io.WriteString(c, "WRONG")
-						continue
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-			}()
+			if req.Method == "HEAD" {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+				time.Sleep(10 * time.Millisecond)
+				io.WriteString(c, "WRONG")
+				continue
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	}()
-	_, pub := routeTo(t, ln.Addr().String())
+	})
+	_, pub := routeTo(t, addr)
 	if resp, _ := fronttest.Do(t, fronttest.Client, "HEAD", pub+"/", nil); resp.StatusCode != 200 {
 		t.Fatalf("HEAD: got %d", resp.StatusCode)
 	}

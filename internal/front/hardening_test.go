@@ -349,31 +349,16 @@ func TestStalledBody(t *testing.T) {
 // countConns puts a counting TCP relay in front of addr.
 func countConns(t testing.TB, addr string, n *atomic.Int64) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
-				io.Copy(c, up)
-			}()
+	return rawBackend(t, func(c net.Conn) {
+		n.Add(1)
+		up, err := net.Dial("tcp", addr)
+		if err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String()
+		defer up.Close()
+		go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+		io.Copy(c, up)
+	})
 }
 
 // TestClientNeverReads is finding 4: a client that stops reading is let

@@ -92,3 +92,28 @@ func tlsFrontTo(t testing.TB, addr string, opts front.Options) (*front.Front, st
 	t.Cleanup(func() { f.Close(); r.Close() })
 	return f, ln.Addr().String(), pool
 }
+
+// rawBackend serves each connection to a new loopback listener, closed at
+// the end of the test, with serve, for backends that net/http cannot be:
+// it closes the connection when serve returns.
+func rawBackend(t testing.TB, serve func(c net.Conn)) (addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
