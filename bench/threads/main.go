@@ -10,11 +10,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"net/http"
 	"os"
@@ -22,10 +19,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
+	"hostel/bench/internal/hostelserve"
 	"hostel/internal/spec"
 	"hostel/internal/supervisor"
 )
@@ -71,7 +68,7 @@ func run(n int) error {
 		sup.StopAll(ctx)
 	}()
 	runtime.GC()
-	idleThreads, idleRSS := procStatus()
+	idleThreads, idleRSS := hostelserve.Status(os.Getpid())
 
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -96,7 +93,7 @@ func run(n int) error {
 	// Let the start-up's transient goroutines and threads settle.
 	time.Sleep(2 * time.Second)
 	runtime.GC()
-	threads, rss := procStatus()
+	threads, rss := hostelserve.Status(os.Getpid())
 	fmt.Printf("supervisor process, %d services: OS threads %d (idle %d), RSS %.1f MiB (idle %.1f MiB)\n",
 		n, threads, idleThreads, float64(rss)/1024, float64(idleRSS)/1024)
 	fmt.Printf("per service: %.2f threads, %.1f KiB RSS\n",
@@ -107,17 +104,12 @@ func run(n int) error {
 // runDaemon starts `hostel serve` on a fresh root, deploys n services and
 // reads the daemon's threads and RSS before and after.
 func runDaemon(hostel string, n int) error {
-	hostel, err := filepath.Abs(hostel)
+	d, err := hostelserve.Start(hostel, "hbd")
 	if err != nil {
 		return err
 	}
-	base, err := os.MkdirTemp("", "hbd")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(base)
-	os.Chmod(base, 0o755) // service users must reach their state
-	root, app := filepath.Join(base, "root"), filepath.Join(base, "quotes")
+	defer d.Close()
+	app := filepath.Join(d.Base, "quotes")
 	build := exec.Command("go", "build", "-o", filepath.Join(app, "bin", "quotes"), "./examples/monoliths/quotes")
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("building quotes: %v\n%s", err, out)
@@ -125,74 +117,22 @@ func runDaemon(hostel string, n int) error {
 	if err := exec.Command("chmod", "-R", "a+rX", app).Run(); err != nil {
 		return err
 	}
-	serve := exec.Command(hostel, "serve", "--root", root, "--http", "127.0.0.1:0", "--https", "")
-	serve.Stderr = io.Discard
-	if err := serve.Start(); err != nil {
-		return err
-	}
-	cli := func(args ...string) error {
-		c := exec.Command(hostel, append([]string{"--root", root}, args...)...)
-		c.Dir = base
-		if out, err := c.CombinedOutput(); err != nil {
-			return fmt.Errorf("hostel %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	// Whatever happens, stop the services (and remove their cgroups) before
-	// the daemon goes.
-	defer func() {
-		cli("shutdown")
-		serve.Process.Kill()
-		serve.Wait()
-	}()
-	for deadline := time.Now().Add(30 * time.Second); cli("status") != nil; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return errors.New("the daemon did not answer")
-		}
-	}
 	time.Sleep(2 * time.Second)
-	idleThreads, idleRSS := pidStatus(serve.Process.Pid)
+	idleThreads, idleRSS := hostelserve.Status(d.Pid)
 
 	services := map[string]any{}
 	for k := range n {
 		services[fmt.Sprintf("s%03d", k)] = map[string]any{"package": app, "exec": []string{"bin/quotes"}}
 	}
-	b, _ := json.Marshal(map[string]any{"services": services})
-	if err := os.WriteFile(filepath.Join(base, "hostel.json"), b, 0o644); err != nil {
-		return err
-	}
 	t0 := time.Now()
-	if err := cli("deploy", "--no-confirm"); err != nil {
+	if err := d.Deploy(services); err != nil {
 		return err
 	}
 	deployed := time.Since(t0)
 	time.Sleep(2 * time.Second)
-	threads, rss := pidStatus(serve.Process.Pid)
+	threads, rss := hostelserve.Status(d.Pid)
 	fmt.Printf("hostel serve, %d services (deployed in %v): OS threads %d (idle %d), RSS %.1f MiB (idle %.1f MiB)\n",
 		n, deployed.Round(time.Millisecond), threads, idleThreads, float64(rss)/1024, float64(idleRSS)/1024)
-	return cli("shutdown")
-}
-
-// procStatus returns this process's thread count and VmRSS in KiB.
-func procStatus() (threads, rssKiB int) { return pidStatus(os.Getpid()) }
-
-// pidStatus returns a process's thread count and VmRSS in KiB.
-func pidStatus(pid int) (threads, rssKiB int) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		switch f[0] {
-		case "Threads:":
-			threads, _ = strconv.Atoi(f[1])
-		case "VmRSS:":
-			rssKiB, _ = strconv.Atoi(f[1])
-		}
-	}
-	return threads, rssKiB
+	_, err = d.CLI("shutdown")
+	return err
 }

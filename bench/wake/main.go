@@ -40,6 +40,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hostel/bench/internal/hostelserve"
 	"hostel/internal/front"
 	"hostel/internal/idle"
 	"hostel/internal/router"
@@ -356,68 +357,32 @@ func pct(ds []time.Duration, p int) time.Duration {
 // memory starts `hostel serve`, deploys n services with idle set, and
 // prints the daemon's RSS with none deployed, all running, all asleep.
 func memory(hostel string, n int) error {
-	hostel, err := filepath.Abs(hostel)
-	if err != nil {
-		return err
-	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	base, err := os.MkdirTemp("", "hbm")
+	d, err := hostelserve.Start(hostel, "hbm")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(base)
-	os.Chmod(base, 0o755)
-	root, pkg := filepath.Join(base, "root"), filepath.Join(base, "app")
+	defer d.Close()
+	pkg := filepath.Join(d.Base, "app")
 	os.MkdirAll(filepath.Join(pkg, "bin"), 0o755)
 	if err := copyExec(self, filepath.Join(pkg, "bin", "app")); err != nil {
 		return err
 	}
-	serve := exec.Command(hostel, "serve", "--root", root, "--http", "127.0.0.1:0", "--https", "")
-	serve.Stderr = io.Discard
-	if err := serve.Start(); err != nil {
-		return err
-	}
-	cli := func(args ...string) ([]byte, error) {
-		c := exec.Command(hostel, append([]string{"--root", root}, args...)...)
-		c.Dir = base
-		out, err := c.Output()
-		if err != nil {
-			return out, fmt.Errorf("hostel %s: %v", strings.Join(args, " "), err)
-		}
-		return out, nil
-	}
-	defer func() {
-		cli("shutdown")
-		serve.Process.Kill()
-		serve.Wait()
-	}()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if _, err := cli("status"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return errors.New("the daemon did not answer")
-		}
-	}
 	time.Sleep(time.Second)
-	empty := rssKiB(serve.Process.Pid)
+	_, empty := hostelserve.Status(d.Pid)
 	services := map[string]any{}
 	for k := range n {
 		services[fmt.Sprintf("s%03d", k)] = map[string]any{"package": pkg, "exec": []string{"bin/app", "serve-app"}, "idle": "5s"}
 	}
-	b, _ := json.Marshal(map[string]any{"services": services})
-	if err := os.WriteFile(filepath.Join(base, "hostel.json"), b, 0o644); err != nil {
+	if err := d.Deploy(services); err != nil {
 		return err
 	}
-	if _, err := cli("deploy", "--no-confirm"); err != nil {
-		return err
-	}
-	running := rssKiB(serve.Process.Pid)
+	_, running := hostelserve.Status(d.Pid)
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
-		out, err := cli("status", "--json")
+		out, err := d.CLI("status", "--json")
 		if err != nil {
 			return err
 		}
@@ -439,23 +404,8 @@ func memory(hostel string, n int) error {
 		}
 	}
 	time.Sleep(2 * time.Second)
-	asleep := rssKiB(serve.Process.Pid)
+	_, asleep := hostelserve.Status(d.Pid)
 	fmt.Printf("hostel serve RSS: no services %.1f MiB; %d services running %.1f MiB; all %d asleep %.1f MiB\n",
 		float64(empty)/1024, n, float64(running)/1024, n, float64(asleep)/1024)
 	return nil
-}
-
-// rssKiB returns a process's VmRSS in KiB.
-func rssKiB(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	return 0
 }

@@ -1,6 +1,9 @@
 package front
 
-import "syscall"
+import (
+	"net"
+	"syscall"
+)
 
 // alive reports whether a pooled connection may still be used: the backend
 // has not closed it (EOF) nor sent anything unasked. http.Transport learns
@@ -8,10 +11,17 @@ import "syscall"
 // a connection is about to carry a request that cannot be retried is
 // cheaper.
 func (pc *pconn) alive() bool {
-	if pc.br.Buffered() > 0 {
-		return false
-	}
-	sc, ok := pc.conn.(syscall.Conn)
+	return pc.br.Buffered() == 0 && idleAlive(pc.conn)
+}
+
+// idleAlive reports whether nothing waits to be read on c, an app
+// connection between two requests, and the app has not closed it: bytes
+// there were written after the end of the last response and would be read
+// as the next request's answer. It peeks from the descriptor directly
+// (Control, not Read: the transport's reader goroutine may be parked in a
+// Read of c, holding its read lock).
+func idleAlive(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return true
 	}
@@ -21,10 +31,9 @@ func (pc *pconn) alive() bool {
 	}
 	alive := false
 	var buf [1]byte
-	err = rc.Read(func(fd uintptr) bool {
+	err = rc.Control(func(fd uintptr) {
 		_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		alive = err == syscall.EAGAIN
-		return true
 	})
 	return err == nil && alive
 }

@@ -17,6 +17,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"strings"
 	"sync"
@@ -212,6 +213,7 @@ func (b *Backend) newProxy(addr string) *httputil.ReverseProxy {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = addr
 			pr.SetXForwarded()
+			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(pr.Out.Context(), checkReused))
 		},
 		Transport:  b.p.transport,
 		BufferPool: bufferPool{},
@@ -230,6 +232,23 @@ func (b *Backend) newProxy(addr string) *httputil.ReverseProxy {
 			http.Error(w, msg, code)
 		},
 	}
+}
+
+// checkReused closes a pooled app connection the transport is about to
+// reuse when the app wrote to it after its last response (a late write
+// after a chunked body, a buggy or hostile app): those bytes would be read
+// as this request's answer, and every later client on the connection would
+// get the one before it. http.Transport's reader goroutine notices such
+// bytes too, but only once it has run; this check, like the forwarder's,
+// happens before the request is written. The closed connection fails the
+// write before anything was sent: the transport sends a request without a
+// body again on a new connection, and one with a body is answered 502.
+var checkReused = &httptrace.ClientTrace{
+	GotConn: func(info httptrace.GotConnInfo) {
+		if info.Reused && !idleAlive(info.Conn) {
+			info.Conn.Close()
+		}
+	},
 }
 
 // bufferPool is the httputil.BufferPool of the ReverseProxy path: the

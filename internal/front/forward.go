@@ -73,9 +73,17 @@ type pconn struct {
 // forwardable reports whether the fast path handles req: no request body,
 // no upgrade, no 100-continue, no CONNECT.
 func forwardable(req *http.Request) bool {
-	return (req.Body == nil || req.Body == http.NoBody) &&
+	return noBody(req) &&
 		len(req.Header["Upgrade"]) == 0 && len(req.Header["Expect"]) == 0 &&
 		req.Method != http.MethodConnect
+}
+
+// noBody reports whether req has no body to send. net/http gives an
+// HTTP/2 request a Body even when its stream ended with its headers; its
+// ContentLength is then 0 (-1 while a body may follow), as it is when the
+// client declared an empty one.
+func noBody(req *http.Request) bool {
+	return req.Body == nil || req.Body == http.NoBody || req.ProtoMajor == 2 && req.ContentLength == 0
 }
 
 // errRetry marks a failure on a reused connection after which the request

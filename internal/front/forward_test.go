@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"hostel/internal/front/fronttest"
 )
 
 func TestRequestBodies(t *testing.T) {
@@ -26,7 +28,7 @@ func TestRequestBodies(t *testing.T) {
 		}
 		fmt.Fprintf(w, "%s %d %x te=%v", r.Method, n, h.Sum(nil), r.TransferEncoding)
 	})
-	addr, _ := countingBackend(t, echo, nil)
+	addr, _ := fronttest.CountingBackend(t, echo, nil)
 	_, pub := routeTo(t, addr)
 	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB
 
@@ -56,7 +58,7 @@ func TestRequestBodies(t *testing.T) {
 			if tt.chunked {
 				req.ContentLength = -1 // a plain io.Reader: sent chunked
 			}
-			resp, err := client.Do(req)
+			resp, err := fronttest.Client.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -73,7 +75,7 @@ func TestRequestBodies(t *testing.T) {
 
 func TestResponseBodies(t *testing.T) {
 	big := bytes.Repeat([]byte("abcdefghijklmnop"), 1<<19) // 8 MiB
-	addr, conns := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, conns := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/big":
 			w.Header().Set("Content-Length", fmt.Sprint(len(big)))
@@ -136,7 +138,7 @@ func TestResponseBodies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := do(t, c, tt.method, pub+tt.path, nil)
+			resp, body := fronttest.Do(t, c, tt.method, pub+tt.path, nil)
 			if resp.StatusCode != tt.wantStatus || !bytes.Equal(body, tt.wantBody) {
 				t.Errorf("got %d and %d bytes, want %d and %d bytes", resp.StatusCode, len(body), tt.wantStatus, len(tt.wantBody))
 			}
@@ -153,7 +155,7 @@ func TestResponseBodies(t *testing.T) {
 }
 
 func TestHeaders(t *testing.T) {
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "X-Resp-Hop")
 		w.Header().Set("X-Resp-Hop", "1")
 		w.Header().Set("Keep-Alive", "timeout=5")
@@ -166,7 +168,7 @@ func TestHeaders(t *testing.T) {
 	}), nil)
 	_, pub := routeTo(t, addr)
 
-	c, br := rawConn(t, pub)
+	c, br := fronttest.RawConn(t, pub)
 	fmt.Fprint(c, "GET /a%2Fb/c?x=1&y=%20 HTTP/1.1\r\nHost: API.example.org:8080\r\n"+
 		"Connection: keep-alive, X-Hop\r\nX-Hop: gone\r\nKeep-Alive: timeout=1\r\n"+
 		"Proxy-Authorization: Basic eA==\r\nTE: trailers, deflate\r\n"+
@@ -207,14 +209,14 @@ func TestHeaders(t *testing.T) {
 }
 
 func TestBackendConnectionClose(t *testing.T) {
-	addr, conns := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, conns := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/close" {
 			w.Header().Set("Connection", "close")
 		}
 		io.WriteString(w, "ok "+r.URL.Path)
 	}), nil)
 	_, pub := routeTo(t, addr)
-	c, br := rawConn(t, pub)
+	c, br := fronttest.RawConn(t, pub)
 	for i, path := range []string{"/close", "/close", "/", "/", "/"} {
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host)
 		resp, err := http.ReadResponse(br, nil)
@@ -238,14 +240,14 @@ func TestBackendConnectionClose(t *testing.T) {
 }
 
 func TestBackendClosesIdle(t *testing.T) {
-	addr, conns := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, conns := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	}), func(s *http.Server) { s.IdleTimeout = 30 * time.Millisecond })
 	_, pub := routeTo(t, addr)
 	for _, method := range []string{"GET", "POST", "GET", "PATCH", "DELETE"} {
 		t.Run(method, func(t *testing.T) {
 			time.Sleep(100 * time.Millisecond) // the backend closes the pooled connection
-			resp, body := do(t, client, method, pub+"/", nil)
+			resp, body := fronttest.Do(t, fronttest.Client, method, pub+"/", nil)
 			if resp.StatusCode != 200 || string(body) != "ok" {
 				t.Errorf("after the backend closed the idle connection: got %d %q", resp.StatusCode, body)
 			}
@@ -260,36 +262,22 @@ func TestBackendClosesIdle(t *testing.T) {
 // reading a request, without answering: the router sends a replayable
 // request again on a new connection, and answers 502 for the others.
 func TestStaleConnectionRetry(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var dials atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
+	addr := rawBackend(t, func(c net.Conn) {
+		dials.Add(1)
+		br := bufio.NewReader(c)
+		for n := 0; ; n++ {
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			dials.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for n := 0; ; n++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if n > 0 {
-						return // the second request on a connection: close unanswered
-					}
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Method: %s\r\nContent-Length: 0\r\n\r\n", req.Method)
-				}
-			}()
+			if n > 0 {
+				return // the second request on a connection: close unanswered
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Method: %s\r\nContent-Length: 0\r\n\r\n", req.Method)
 		}
-	}()
-	_, pub := routeTo(t, ln.Addr().String())
+	})
+	_, pub := routeTo(t, addr)
 
 	tests := []struct {
 		method     string
@@ -302,7 +290,7 @@ func TestStaleConnectionRetry(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(fmt.Sprintf("%d %s", i, tt.method), func(t *testing.T) {
-			resp, _ := do(t, client, tt.method, pub+"/", nil)
+			resp, _ := fronttest.Do(t, fronttest.Client, tt.method, pub+"/", nil)
 			if resp.StatusCode != tt.wantStatus {
 				t.Errorf("got %d, want %d", resp.StatusCode, tt.wantStatus)
 			}
@@ -311,7 +299,7 @@ func TestStaleConnectionRetry(t *testing.T) {
 }
 
 func TestWebSocketUpgrade(t *testing.T) {
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "websocket" {
 			http.Error(w, "want an upgrade", 400)
 			return
@@ -333,7 +321,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 		}
 	}), nil)
 	r, pub := routeTo(t, addr)
-	c, br := rawConn(t, pub)
+	c, br := fronttest.RawConn(t, pub)
 	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", host)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -365,7 +353,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 // by requests nobody waits for.
 func TestClientGoneEndsBackendRequest(t *testing.T) {
 	canceled := make(chan struct{})
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			close(canceled)
@@ -373,7 +361,7 @@ func TestClientGoneEndsBackendRequest(t *testing.T) {
 		}
 	}), nil)
 	r, pub := routeTo(t, addr)
-	c, _ := rawConn(t, pub)
+	c, _ := fronttest.RawConn(t, pub)
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	deadline := time.Now().Add(5 * time.Second)
 	for r.InFlight(apiV1) == 0 && time.Now().Before(deadline) {
@@ -397,7 +385,7 @@ func TestClientGoneEndsBackendRequest(t *testing.T) {
 func TestAbortMidBody(t *testing.T) {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "partial")
 		w.(http.Flusher).Flush()
 		select {
@@ -408,7 +396,7 @@ func TestAbortMidBody(t *testing.T) {
 	r, pub := routeTo(t, addr)
 	req, _ := http.NewRequest("GET", pub+"/", nil)
 	req.Host = host
-	resp, err := client.Do(req)
+	resp, err := fronttest.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,14 +414,14 @@ func TestAbortMidBody(t *testing.T) {
 	if n := r.InFlight(apiV1); n != 0 {
 		t.Errorf("InFlight after abort = %d", n)
 	}
-	if status, _, _ := get(t, pub+"/", host); status != http.StatusGatewayTimeout {
+	if status, _, _ := fronttest.Get(t, pub+"/", host); status != http.StatusGatewayTimeout {
 		t.Errorf("request after abort: got %d, want 504", status)
 	}
 }
 
 // TestConcurrentMixed runs many kinds of request at once (meant for -race).
 func TestConcurrentMixed(t *testing.T) {
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/echo":
 			// Read all first: net/http's HTTP/1 server ends the request
@@ -462,16 +450,16 @@ func TestConcurrentMixed(t *testing.T) {
 				var want string
 				switch (g + i) % 4 {
 				case 0:
-					resp, body = do(t, c, "GET", fmt.Sprintf("%s/p?g=%d&i=%d", pub, g, i), nil)
+					resp, body = fronttest.Do(t, c, "GET", fmt.Sprintf("%s/p?g=%d&i=%d", pub, g, i), nil)
 					want = fmt.Sprintf("GET /p?g=%d&i=%d", g, i)
 				case 1:
 					want = strings.Repeat(fmt.Sprint(g, i), 1000)
-					resp, body = do(t, c, "POST", pub+"/echo", strings.NewReader(want))
+					resp, body = fronttest.Do(t, c, "POST", pub+"/echo", strings.NewReader(want))
 				case 2:
-					resp, body = do(t, c, "GET", pub+"/stream", nil)
+					resp, body = fronttest.Do(t, c, "GET", pub+"/stream", nil)
 					want = "data: 0\n\ndata: 1\n\ndata: 2\n\n"
 				case 3:
-					resp, body = do(t, c, "HEAD", pub+"/", nil)
+					resp, body = fronttest.Do(t, c, "HEAD", pub+"/", nil)
 				}
 				if resp.StatusCode != 200 || string(body) != want {
 					t.Errorf("%s: got %d %d bytes %.40q, want 200 %d bytes %.40q", resp.Request.URL, resp.StatusCode, len(body), body, len(want), want)
@@ -489,42 +477,28 @@ func TestConcurrentMixed(t *testing.T) {
 // TestBodyAfterHeadResponse: a broken backend that answers HEAD with a
 // body must not have that body read as the next request's response.
 func TestBodyAfterHeadResponse(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	addr := rawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.Method == "HEAD" {
-						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-						time.Sleep(10 * time.Millisecond)
-						io.WriteString(c, "WRONG")
-						continue
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-			}()
+			if req.Method == "HEAD" {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+				time.Sleep(10 * time.Millisecond)
+				io.WriteString(c, "WRONG")
+				continue
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	}()
-	_, pub := routeTo(t, ln.Addr().String())
-	if resp, _ := do(t, client, "HEAD", pub+"/", nil); resp.StatusCode != 200 {
+	})
+	_, pub := routeTo(t, addr)
+	if resp, _ := fronttest.Do(t, fronttest.Client, "HEAD", pub+"/", nil); resp.StatusCode != 200 {
 		t.Fatalf("HEAD: got %d", resp.StatusCode)
 	}
 	time.Sleep(50 * time.Millisecond)
-	if resp, body := do(t, client, "GET", pub+"/", nil); resp.StatusCode != 200 || string(body) != "ok" {
+	if resp, body := fronttest.Do(t, fronttest.Client, "GET", pub+"/", nil); resp.StatusCode != 200 || string(body) != "ok" {
 		t.Errorf("GET after HEAD: got %d %q, want 200 ok", resp.StatusCode, body)
 	}
 }

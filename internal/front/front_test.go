@@ -14,20 +14,19 @@ import (
 	"time"
 
 	"hostel/internal/front"
-	"hostel/internal/router"
-	"hostel/internal/spec"
+	"hostel/internal/front/fronttest"
 )
 
 func TestFrontKeepAliveAndPipelining(t *testing.T) {
-	addr, conns := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, conns := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "path=%s", r.URL.RequestURI())
 	}), nil)
 	_, f, pub := frontTo(t, addr, front.Options{})
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	t.Run("sequence", func(t *testing.T) {
 		for i := range 3 {
 			fmt.Fprintf(c, "GET /seq/%d?x=%d HTTP/1.1\r\nHost: %s\r\n\r\n", i, i, host)
-			resp, body := readResp(t, br, "GET")
+			resp, body := fronttest.ReadResp(t, br, "GET")
 			if want := fmt.Sprintf("path=/seq/%d?x=%d", i, i); resp.StatusCode != 200 || body != want {
 				t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
 			}
@@ -43,7 +42,7 @@ func TestFrontKeepAliveAndPipelining(t *testing.T) {
 		}
 		io.WriteString(c, all.String())
 		for i := range 5 {
-			_, body := readResp(t, br, "GET")
+			_, body := fronttest.ReadResp(t, br, "GET")
 			if want := fmt.Sprintf("path=/pipe/%d", i); body != want {
 				t.Fatalf("response %d = %q, want %q", i, body, want)
 			}
@@ -60,7 +59,7 @@ func TestFrontKeepAliveAndPipelining(t *testing.T) {
 // TestFrontFallback: what the fast path does not take is answered by
 // net/http, on the same connection, which stays with net/http.
 func TestFrontFallback(t *testing.T) {
-	_, f, pub := frontTo(t, echoBackend(t), front.Options{})
+	_, f, pub := frontTo(t, fronttest.EchoBackend(t), front.Options{})
 	tests := []struct {
 		name, req  string
 		wantStatus int
@@ -84,7 +83,7 @@ func TestFrontFallback(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := front.Handoffs(f)
-			c, br := dialFront(t, pub)
+			c, br := fronttest.DialFront(t, pub)
 			go io.WriteString(c, tt.req)
 			resp, err := http.ReadResponse(br, nil)
 			if err != nil {
@@ -104,8 +103,8 @@ func TestFrontFallback(t *testing.T) {
 }
 
 func TestFrontPostAfterGets(t *testing.T) {
-	_, f, pub := frontTo(t, echoBackend(t), front.Options{})
-	c, br := dialFront(t, pub)
+	_, f, pub := frontTo(t, fronttest.EchoBackend(t), front.Options{})
+	c, br := fronttest.DialFront(t, pub)
 	steps := []struct{ req, want string }{
 		{"GET /a HTTP/1.1\r\nHost: " + host + "\r\n\r\n", `GET /a host=api.example.org body="" proto=http`},
 		{"DELETE /b HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 0\r\n\r\n", `DELETE /b host=api.example.org body="" proto=http`},
@@ -115,7 +114,7 @@ func TestFrontPostAfterGets(t *testing.T) {
 	}
 	for i, s := range steps {
 		io.WriteString(c, s.req)
-		resp, body := readResp(t, br, "GET")
+		resp, body := fronttest.ReadResp(t, br, "GET")
 		if resp.StatusCode != 200 || body != s.want {
 			t.Fatalf("step %d: %d %q, want 200 %q", i, resp.StatusCode, body, s.want)
 		}
@@ -132,7 +131,7 @@ func TestFrontPostAfterGets(t *testing.T) {
 // TestFrontUpgradeAfterGet: a websocket on a connection that served a
 // fast request first.
 func TestFrontUpgradeAfterGet(t *testing.T) {
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "websocket" {
 			io.WriteString(w, "plain")
 			return
@@ -149,9 +148,9 @@ func TestFrontUpgradeAfterGet(t *testing.T) {
 		brw.Flush()
 	}), nil)
 	_, _, pub := frontTo(t, addr, front.Options{})
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
-	if _, body := readResp(t, br, "GET"); body != "plain" {
+	if _, body := fronttest.ReadResp(t, br, "GET"); body != "plain" {
 		t.Fatalf("first response %q", body)
 	}
 	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", host)
@@ -168,7 +167,7 @@ func TestFrontUpgradeAfterGet(t *testing.T) {
 // TestFrontBodylessResponses: HEAD, 204 and 304 carry no body, and the
 // connection goes on.
 func TestFrontBodylessResponses(t *testing.T) {
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/204":
 			w.WriteHeader(204)
@@ -181,7 +180,7 @@ func TestFrontBodylessResponses(t *testing.T) {
 		}
 	}), nil)
 	_, f, pub := frontTo(t, addr, front.Options{})
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	tests := []struct {
 		method, path string
 		status       int
@@ -195,7 +194,7 @@ func TestFrontBodylessResponses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: %s\r\n\r\n", tt.method, tt.path, host)
-		resp, body := readResp(t, br, tt.method)
+		resp, body := fronttest.ReadResp(t, br, tt.method)
 		if resp.StatusCode != tt.status || resp.Header.Get("Content-Length") != tt.length {
 			t.Errorf("%s %s: %d Content-Length %q, want %d %q", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Content-Length"), tt.status, tt.length)
 		}
@@ -213,7 +212,7 @@ func TestFrontBodylessResponses(t *testing.T) {
 func TestFrontStreaming(t *testing.T) {
 	next := make(chan struct{})
 	ended := make(chan struct{})
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		for i := 0; ; i++ {
 			fmt.Fprintf(w, "data: %d\n\n", i)
@@ -227,7 +226,7 @@ func TestFrontStreaming(t *testing.T) {
 		}
 	}), nil)
 	r, _, pub := frontTo(t, addr, front.Options{})
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	fmt.Fprintf(c, "GET /events HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -264,11 +263,11 @@ func TestFrontDirect(t *testing.T) {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "wrapper") }),
 		Direct:  func(h, path string) bool { return !strings.HasPrefix(path, "/.well-known/") },
 	}
-	_, _, pub := frontTo(t, echoBackend(t), opts)
+	_, _, pub := frontTo(t, fronttest.EchoBackend(t), opts)
 	for path, want := range map[string]string{"/x": "GET /x host=", "/.well-known/acme-challenge/t": "wrapper"} {
-		c, br := dialFront(t, pub)
+		c, br := fronttest.DialFront(t, pub)
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host)
-		if _, body := readResp(t, br, "GET"); !strings.HasPrefix(body, want) {
+		if _, body := fronttest.ReadResp(t, br, "GET"); !strings.HasPrefix(body, want) {
 			t.Errorf("%s: %q, want %q…", path, body, want)
 		}
 	}
@@ -277,7 +276,7 @@ func TestFrontDirect(t *testing.T) {
 // TestFrontTimeouts: a client that sends its header too slowly, or keeps a
 // connection idle too long, is disconnected.
 func TestFrontTimeouts(t *testing.T) {
-	_, _, pub := frontTo(t, echoBackend(t), front.Options{ReadHeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
+	_, _, pub := frontTo(t, fronttest.EchoBackend(t), front.Options{ReadHeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
 	closedWithin := func(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) {
 		t.Helper()
 		start := time.Now()
@@ -292,18 +291,18 @@ func TestFrontTimeouts(t *testing.T) {
 		}
 	}
 	t.Run("slow header", func(t *testing.T) {
-		c, br := dialFront(t, pub)
+		c, br := fronttest.DialFront(t, pub)
 		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n", host)
 		closedWithin(t, c, br, 2*time.Second)
 	})
 	t.Run("silent connection", func(t *testing.T) {
-		c, br := dialFront(t, pub)
+		c, br := fronttest.DialFront(t, pub)
 		closedWithin(t, c, br, 2*time.Second)
 	})
 	t.Run("idle", func(t *testing.T) {
-		c, br := dialFront(t, pub)
+		c, br := fronttest.DialFront(t, pub)
 		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
-		readResp(t, br, "GET")
+		fronttest.ReadResp(t, br, "GET")
 		start := time.Now()
 		closedWithin(t, c, br, 2*time.Second)
 		if el := time.Since(start); el < 250*time.Millisecond {
@@ -317,7 +316,7 @@ func TestFrontTimeouts(t *testing.T) {
 func TestFrontShutdown(t *testing.T) {
 	release := make(chan struct{})
 	entered := make(chan struct{}, 1)
-	addr, _ := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			entered <- struct{}{}
 			<-release
@@ -325,15 +324,15 @@ func TestFrontShutdown(t *testing.T) {
 		io.WriteString(w, "done "+r.URL.Path)
 	}), nil)
 	_, f, pub := frontTo(t, addr, front.Options{})
-	idle, idleBR := dialFront(t, pub)
+	idle, idleBR := fronttest.DialFront(t, pub)
 	fmt.Fprintf(idle, "GET /first HTTP/1.1\r\nHost: %s\r\n\r\n", host)
-	readResp(t, idleBR, "GET")
+	fronttest.ReadResp(t, idleBR, "GET")
 	// A connection handed to net/http, idle too.
-	fallback, fallbackBR := dialFront(t, pub)
+	fallback, fallbackBR := fronttest.DialFront(t, pub)
 	fmt.Fprintf(fallback, "POST /p HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\n\r\nx", host)
-	readResp(t, fallbackBR, "POST")
+	fronttest.ReadResp(t, fallbackBR, "POST")
 
-	busy, busyBR := dialFront(t, pub)
+	busy, busyBR := fronttest.DialFront(t, pub)
 	fmt.Fprintf(busy, "GET /slow HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	<-entered
 	shut := make(chan error, 1)
@@ -355,7 +354,7 @@ func TestFrontShutdown(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	close(release)
-	resp, body := readResp(t, busyBR, "GET")
+	resp, body := fronttest.ReadResp(t, busyBR, "GET")
 	if resp.StatusCode != 200 || body != "done /slow" || !resp.Close {
 		t.Errorf("in-flight request: %d %q close=%v, want 200 \"done /slow\" and Connection: close", resp.StatusCode, body, resp.Close)
 	}
@@ -372,7 +371,7 @@ func TestFrontShutdown(t *testing.T) {
 // TestFrontConcurrent mixes fast and net/http requests on many
 // connections (meant for -race).
 func TestFrontConcurrent(t *testing.T) {
-	_, f, pub := frontTo(t, echoBackend(t), front.Options{})
+	_, f, pub := frontTo(t, fronttest.EchoBackend(t), front.Options{})
 	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}, Timeout: 10 * time.Second}
 	defer c.CloseIdleConnections()
 	var wg sync.WaitGroup
@@ -412,23 +411,14 @@ func TestFrontConcurrent(t *testing.T) {
 	t.Logf("%d of the connections handed to net/http", front.Handoffs(f))
 }
 
-// selfSigned returns a TLS configuration with a certificate for
-// 127.0.0.1 and the pool that trusts it.
+// TestFrontTLS: over TLS, HTTP/1.1 requests take the fast path and say
+// X-Forwarded-Proto https; those handed to net/http after a fast one still
+// see TLS; HTTP/2 connections are net/http's.
 func TestFrontTLS(t *testing.T) {
-	cfg, pool := selfSigned(t)
-	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
-	r.AddBackend(apiV1, echoBackend(t))
-	mustSwap(t, r, router.Table{Domains: map[string]spec.VersionKey{host: apiV1}, Redirects: map[string]string{"old.example.org": host}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := front.New(r, front.Options{TLSConfig: cfg, Loops: *frontLoops})
-	go f.ServeTLS(ln)
-	t.Cleanup(func() { f.Close(); r.Close() })
+	f, addr, pool := tlsFrontTo(t, fronttest.EchoBackend(t), front.Options{})
 
 	t.Run("http/1.1", func(t *testing.T) {
-		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -442,7 +432,7 @@ func TestFrontTLS(t *testing.T) {
 		before := front.Handoffs(f)
 		for i, s := range steps {
 			io.WriteString(c, s.req)
-			resp, body := readResp(t, br, "GET")
+			resp, body := fronttest.ReadResp(t, br, "GET")
 			if s.want == "" {
 				if loc := resp.Header.Get("Location"); resp.StatusCode != 301 || loc != "https://"+host+"/c" {
 					t.Errorf("redirect: %d %q, want 301 https://%s/c", resp.StatusCode, loc, host)
@@ -460,7 +450,7 @@ func TestFrontTLS(t *testing.T) {
 	t.Run("h2", func(t *testing.T) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
 		defer c.CloseIdleConnections()
-		req, _ := http.NewRequest("GET", "https://"+ln.Addr().String()+"/h2", nil)
+		req, _ := http.NewRequest("GET", "https://"+addr+"/h2", nil)
 		req.Host = host
 		resp, err := c.Do(req)
 		if err != nil {
@@ -477,10 +467,10 @@ func TestFrontTLS(t *testing.T) {
 // TestFrontConnectionClose: a client's Connection: close is answered with
 // Connection: close, and the connection ends after the response.
 func TestFrontConnectionClose(t *testing.T) {
-	_, f, pub := frontTo(t, echoBackend(t), front.Options{})
-	c, br := dialFront(t, pub)
+	_, f, pub := frontTo(t, fronttest.EchoBackend(t), front.Options{})
+	c, br := fronttest.DialFront(t, pub)
 	fmt.Fprintf(c, "GET /bye HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
-	resp, body := readResp(t, br, "GET")
+	resp, body := fronttest.ReadResp(t, br, "GET")
 	if !resp.Close || !strings.HasPrefix(body, "GET /bye ") {
 		t.Errorf("got close=%v %q, want Connection: close and the body", resp.Close, body)
 	}

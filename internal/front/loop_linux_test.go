@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"hostel/internal/front"
+	"hostel/internal/front/fronttest"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -29,7 +30,7 @@ func loopFront(t *testing.T, addr string) (*router.Router, *front.Front, string)
 		t.Fatal(err)
 	}
 	c.Close()
-	waitFor(t, "the loops to start", func() bool { return front.LoopConns(f) == 0 })
+	fronttest.WaitFor(t, "the loops to start", func() bool { return front.LoopConns(f) == 0 })
 	return r, f, pub
 }
 
@@ -37,14 +38,14 @@ func loopFront(t *testing.T, addr string) (*router.Router, *front.Front, string)
 // backend connection, and the loop lets the connection go when the client
 // does.
 func TestLoopServes(t *testing.T) {
-	addr, conns := countingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr, conns := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "path=%s", r.URL.RequestURI())
 	}), nil)
 	_, f, pub := loopFront(t, addr)
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	for i := range 50 {
 		fmt.Fprintf(c, "GET /n/%d HTTP/1.1\r\nHost: %s\r\n\r\n", i, host)
-		resp, body := readResp(t, br, "GET")
+		resp, body := fronttest.ReadResp(t, br, "GET")
 		if want := fmt.Sprintf("path=/n/%d", i); resp.StatusCode != 200 || body != want {
 			t.Fatalf("request %d: %d %q, want 200 %q", i, resp.StatusCode, body, want)
 		}
@@ -60,7 +61,7 @@ func TestLoopServes(t *testing.T) {
 		t.Errorf("backend saw %d connections, want 1", n)
 	}
 	c.Close()
-	waitFor(t, "the loop to close the connection", func() bool { return front.LoopConns(f) == 0 })
+	fronttest.WaitFor(t, "the loop to close the connection", func() bool { return front.LoopConns(f) == 0 })
 }
 
 // TestLoopHandsOver: each response a loop does not forward whole (large,
@@ -69,7 +70,7 @@ func TestLoopServes(t *testing.T) {
 // answers; the connection leaves the loop and does not go to net/http.
 func TestLoopHandsOver(t *testing.T) {
 	large := bytes.Repeat([]byte("0123456789abcdef"), 10000) // 160 KB
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/large":
 			w.Write(large)
@@ -96,13 +97,13 @@ func TestLoopHandsOver(t *testing.T) {
 			// which may come a moment after the client has its answer: wait
 			// for the count rather than read it once. The previous case's
 			// connection leaves the loops first.
-			waitFor(t, "the loops to hold no connection", func() bool { return front.LoopConns(f) == 0 })
-			c, br := dialFront(t, pub)
+			fronttest.WaitFor(t, "the loops to hold no connection", func() bool { return front.LoopConns(f) == 0 })
+			c, br := fronttest.DialFront(t, pub)
 			get := func(path, want string) {
 				t.Helper()
-				resp, body := readResp(t, br, "GET")
+				resp, body := fronttest.ReadResp(t, br, "GET")
 				for resp.StatusCode < 200 {
-					resp, body = readResp(t, br, "GET")
+					resp, body = fronttest.ReadResp(t, br, "GET")
 				}
 				if resp.StatusCode != 200 || body != want {
 					t.Fatalf("%s: %d, %d bytes %.40q, want 200, %d bytes %.40q", path, resp.StatusCode, len(body), body, len(want), want)
@@ -110,11 +111,11 @@ func TestLoopHandsOver(t *testing.T) {
 			}
 			fmt.Fprintf(c, "GET /first HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 			get("/first", "quick /first")
-			waitFor(t, "the loops to hold this connection before the hand-over", func() bool { return front.LoopConns(f) == 1 })
+			fronttest.WaitFor(t, "the loops to hold this connection before the hand-over", func() bool { return front.LoopConns(f) == 1 })
 			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\nGET /after HTTP/1.1\r\nHost: %s\r\n\r\n", tc.path, host, host)
 			get(tc.path, tc.want)
 			get("/after", "quick /after")
-			waitFor(t, "the loops to give the connection up", func() bool { return front.LoopConns(f) == 0 })
+			fronttest.WaitFor(t, "the loops to give the connection up", func() bool { return front.LoopConns(f) == 0 })
 			if n := front.Handoffs(f); n != 0 {
 				t.Errorf("%d connections handed to net/http, want 0", n)
 			}
@@ -126,12 +127,12 @@ func TestLoopHandsOver(t *testing.T) {
 // are written as the client reads them.
 func TestLoopSlowReader(t *testing.T) {
 	body := bytes.Repeat([]byte("x"), front.MaxLoopResponse-1024)
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		w.Write(body)
 	}))
 	_, f, pub := loopFront(t, addr)
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	partial := front.LoopPartialWrites()
 	// 400 pipelined requests: 25 MB of responses that nobody reads for a
 	// while overflow the sockets' buffers (a few MB on loopback).
@@ -140,7 +141,7 @@ func TestLoopSlowReader(t *testing.T) {
 	io.WriteString(c, strings.Repeat(fmt.Sprintf("GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host), n))
 	time.Sleep(100 * time.Millisecond)
 	for i := range n {
-		resp, got := readResp(t, br, "GET")
+		resp, got := fronttest.ReadResp(t, br, "GET")
 		if resp.StatusCode != 200 || got != string(body) {
 			t.Fatalf("response %d: %d, %d bytes, want 200, %d bytes", i, resp.StatusCode, len(got), len(body))
 		}
@@ -158,7 +159,7 @@ func TestLoopSlowReader(t *testing.T) {
 func TestLoopClientGone(t *testing.T) {
 	var canceled atomic.Bool
 	started := make(chan struct{}, 1)
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		started <- struct{}{}
 		select {
 		case <-r.Context().Done():
@@ -167,15 +168,15 @@ func TestLoopClientGone(t *testing.T) {
 		}
 	}))
 	r, _, pub := loopFront(t, addr)
-	c, _ := dialFront(t, pub)
+	c, _ := fronttest.DialFront(t, pub)
 	fmt.Fprintf(c, "GET /slow HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	<-started
 	if n := r.InFlight(apiV1); n != 1 {
 		t.Fatalf("in flight = %d, want 1", n)
 	}
 	c.Close()
-	waitFor(t, "the backend request to end", canceled.Load)
-	waitFor(t, "the in-flight count to drop", func() bool { return r.InFlight(apiV1) == 0 })
+	fronttest.WaitFor(t, "the backend request to end", canceled.Load)
+	fronttest.WaitFor(t, "the in-flight count to drop", func() bool { return r.InFlight(apiV1) == 0 })
 }
 
 // TestLoopBackendDown: a backend that refuses connections gets a 502, and
@@ -188,10 +189,10 @@ func TestLoopBackendDown(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	_, _, pub := loopFront(t, addr)
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	for range 2 {
 		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
-		resp, body := readResp(t, br, "GET")
+		resp, body := fronttest.ReadResp(t, br, "GET")
 		if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "unavailable") {
 			t.Fatalf("got %d %q, want 502", resp.StatusCode, body)
 		}
@@ -202,12 +203,12 @@ func TestLoopBackendDown(t *testing.T) {
 // leaves nothing counted.
 func TestLoopClose(t *testing.T) {
 	started := make(chan struct{}, 1)
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		started <- struct{}{}
 		<-r.Context().Done()
 	}))
 	r, f, pub := loopFront(t, addr)
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	<-started
 	f.Close()
@@ -226,10 +227,10 @@ func TestLoopClose(t *testing.T) {
 // handshake, gives a large response and an upload back to a goroutine
 // mid-stream, and the goroutine carries on with the same TLS session.
 func TestLoopTLS(t *testing.T) {
-	cfg, pool := selfSigned(t)
+	cfg, pool := fronttest.SelfSigned(t)
 	large := bytes.Repeat([]byte("abcdefgh"), 20000) // 160 KB
 	r := router.New(router.Options{Zone: zone, Logf: t.Logf})
-	r.AddBackend(apiV1, startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	r.AddBackend(apiV1, fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/large" {
 			w.Write(large)
 			return
@@ -257,7 +258,7 @@ func TestLoopTLS(t *testing.T) {
 	}
 	get := func(br *bufio.Reader, path, want string) {
 		t.Helper()
-		resp, body := readResp(t, br, "GET")
+		resp, body := fronttest.ReadResp(t, br, "GET")
 		if resp.StatusCode != 200 || body != want {
 			t.Fatalf("%s: %d, %d bytes %.50q, want 200 %.50q", path, resp.StatusCode, len(body), body, want)
 		}
@@ -294,7 +295,7 @@ func TestLoopTLS(t *testing.T) {
 // request of such a client is ended as one that hung up.
 func TestLoopHalfClose(t *testing.T) {
 	var canceled atomic.Bool
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			select {
 			case <-r.Context().Done():
@@ -307,10 +308,10 @@ func TestLoopHalfClose(t *testing.T) {
 	}))
 	_, f, pub := loopFront(t, addr)
 
-	c, br := dialFront(t, pub)
+	c, br := fronttest.DialFront(t, pub)
 	fmt.Fprintf(c, "GET /quick HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	c.(*net.TCPConn).CloseWrite()
-	resp, body := readResp(t, br, "GET")
+	resp, body := fronttest.ReadResp(t, br, "GET")
 	if resp.StatusCode != 200 || body != "ok /quick" {
 		t.Fatalf("got %d %q, want 200 \"ok /quick\"", resp.StatusCode, body)
 	}
@@ -318,9 +319,9 @@ func TestLoopHalfClose(t *testing.T) {
 		t.Errorf("after the response: %v, want EOF", err)
 	}
 
-	c2, _ := dialFront(t, pub)
+	c2, _ := fronttest.DialFront(t, pub)
 	fmt.Fprintf(c2, "GET /slow HTTP/1.1\r\nHost: %s\r\n\r\n", host)
 	c2.(*net.TCPConn).CloseWrite()
-	waitFor(t, "the slow request to be ended", canceled.Load)
-	waitFor(t, "the loop to let both connections go", func() bool { return front.LoopConns(f) == 0 })
+	fronttest.WaitFor(t, "the slow request to be ended", canceled.Load)
+	fronttest.WaitFor(t, "the loop to let both connections go", func() bool { return front.LoopConns(f) == 0 })
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"hostel/internal/router"
 	"hostel/internal/spec"
 	"hostel/internal/supervisor"
+	"hostel/internal/supervisor/supervisortest"
 )
 
 // appDir holds the supervisor's test app, built once for the package.
@@ -26,21 +26,12 @@ var appDir string
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "hostel-idle-app-")
+	dir, err := supervisortest.BuildApp("hostel-idle-app-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	// Service users must reach the binary.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "app"), "../supervisor/testdata/app").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building test app: %v\n%s", err, out)
-		return 1
-	}
 	appDir = dir
 	return m.Run()
 }

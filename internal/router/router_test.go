@@ -16,13 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/front/fronttest"
 	"hostel/internal/spec"
 )
 
 func TestRouteByHost(t *testing.T) {
 	r, pub := startRouter(t, Options{})
-	r.AddBackend(apiV1, startBackend(t, "api-v1"))
-	r.AddBackend(webV1, startBackend(t, "web-v1"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
+	r.AddBackend(webV1, fronttest.StartBackend(t, "web-v1"))
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{
 		"api.example.org": apiV1,
 		"Web.Example.org": webV1, // tables are normalized too
@@ -47,7 +48,7 @@ func TestRouteByHost(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, _, body := get(t, pub+"/x?y=1", tt.host)
+			status, _, body := fronttest.Get(t, pub+"/x?y=1", tt.host)
 			if status != tt.wantStatus || !strings.HasPrefix(body, tt.wantBody) {
 				t.Errorf("Host %q: got %d %q, want %d %q…", tt.host, status, body, tt.wantStatus, tt.wantBody)
 			}
@@ -63,7 +64,7 @@ func TestRouteByHost(t *testing.T) {
 
 func TestRedirect(t *testing.T) {
 	r, pub := startRouter(t, Options{})
-	r.AddBackend(apiV1, startBackend(t, "api-v1"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
 	mustSwap(t, r, Table{
 		Domains:   map[string]spec.VersionKey{"massapp.org": apiV1},
 		Redirects: map[string]string{"www.massapp.org": "massapp.org"},
@@ -79,7 +80,7 @@ func TestRedirect(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, loc, _ := get(t, pub+tt.uri, tt.host)
+			status, loc, _ := fronttest.Get(t, pub+tt.uri, tt.host)
 			if status != http.StatusMovedPermanently || loc != tt.want {
 				t.Errorf("got %d Location %q, want 301 %q", status, loc, tt.want)
 			}
@@ -100,8 +101,8 @@ func TestRedirect(t *testing.T) {
 
 func TestImmutableName(t *testing.T) {
 	r, pub := startRouter(t, Options{})
-	r.AddBackend(apiV1, startBackend(t, "api-v1"))
-	r.AddBackend(apiV2, startBackend(t, "api-v2"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
+	r.AddBackend(apiV2, fronttest.StartBackend(t, "api-v2"))
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV2}})
 
 	tests := []struct {
@@ -121,7 +122,7 @@ func TestImmutableName(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, _, body := get(t, pub+"/", tt.host)
+			status, _, body := fronttest.Get(t, pub+"/", tt.host)
 			if status != tt.wantStatus || !strings.HasPrefix(body, tt.wantBody) {
 				t.Errorf("Host %q: got %d %q, want %d %q…", tt.host, status, body, tt.wantStatus, tt.wantBody)
 			}
@@ -131,8 +132,8 @@ func TestImmutableName(t *testing.T) {
 
 func TestSwapAtomic(t *testing.T) {
 	r, pub := startRouter(t, Options{})
-	r.AddBackend(apiV1, startBackend(t, "api-v1"))
-	r.AddBackend(apiV2, startBackend(t, "api-v2"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
+	r.AddBackend(apiV2, fronttest.StartBackend(t, "api-v2"))
 	tables := []Table{
 		{Domains: map[string]spec.VersionKey{"api.example.org": apiV1}},
 		{Domains: map[string]spec.VersionKey{"api.example.org": apiV2}},
@@ -153,7 +154,7 @@ func TestSwapAtomic(t *testing.T) {
 				}
 				req, _ := http.NewRequest("GET", pub+"/", nil)
 				req.Host = "api.example.org"
-				resp, err := client.Do(req)
+				resp, err := fronttest.Client.Do(req)
 				if err != nil {
 					errs <- err
 					return
@@ -191,7 +192,7 @@ func TestSwapAtomic(t *testing.T) {
 
 func TestSwapMissingBackend(t *testing.T) {
 	r, _ := startRouter(t, Options{})
-	r.AddBackend(apiV1, startBackend(t, "api-v1"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
 	before := Table{
 		Domains:   map[string]spec.VersionKey{"api.example.org": apiV1},
 		Redirects: map[string]string{"www.api.example.org": "api.example.org"},
@@ -222,37 +223,37 @@ func TestSwapMissingBackend(t *testing.T) {
 
 func TestTableIsACopy(t *testing.T) {
 	r, pub := startRouter(t, Options{})
-	r.AddBackend(apiV1, startBackend(t, "api-v1"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
 	in := Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1}}
 	mustSwap(t, r, in)
 	delete(in.Domains, "api.example.org")
 	out := r.Table()
 	out.Domains["evil.example.org"] = apiV1
-	if status, _, _ := get(t, pub+"/", "api.example.org"); status != 200 {
+	if status, _, _ := fronttest.Get(t, pub+"/", "api.example.org"); status != 200 {
 		t.Errorf("after mutating Swap's argument: got %d, want 200", status)
 	}
-	if status, _, _ := get(t, pub+"/", "evil.example.org"); status != 404 {
+	if status, _, _ := fronttest.Get(t, pub+"/", "evil.example.org"); status != 404 {
 		t.Errorf("after mutating Table's result: got %d, want 404", status)
 	}
 }
 
 func TestAddBackendNewAddr(t *testing.T) {
 	r, pub := startRouter(t, Options{})
-	r.AddBackend(apiV1, startBackend(t, "first"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "first"))
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1}})
-	if _, _, body := get(t, pub+"/", "api.example.org"); !strings.HasPrefix(body, "backend first") {
+	if _, _, body := fronttest.Get(t, pub+"/", "api.example.org"); !strings.HasPrefix(body, "backend first") {
 		t.Fatalf("got %q, want backend first", body)
 	}
-	r.AddBackend(apiV1, startBackend(t, "second"))
-	if _, _, body := get(t, pub+"/", "api.example.org"); !strings.HasPrefix(body, "backend second") {
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "second"))
+	if _, _, body := fronttest.Get(t, pub+"/", "api.example.org"); !strings.HasPrefix(body, "backend second") {
 		t.Errorf("after AddBackend with a new addr: got %q, want backend second", body)
 	}
 }
 
 func TestEndpoint(t *testing.T) {
 	r, _ := startRouter(t, Options{})
-	r.AddBackend(apiV1, startBackend(t, "api-v1"))
-	r.AddBackend(apiV2, startBackend(t, "api-v2"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
+	r.AddBackend(apiV2, fronttest.StartBackend(t, "api-v2"))
 	// The public table points elsewhere: endpoints ignore it.
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV2}})
 
@@ -273,7 +274,7 @@ func TestEndpoint(t *testing.T) {
 
 	for _, host := range []string{"", "api.example.org", "whatever", spec.VersionHost("api", "222222222222", zone)} {
 		t.Run("host "+host, func(t *testing.T) {
-			status, _, body := get(t, url+"/p?q=1", host)
+			status, _, body := fronttest.Get(t, url+"/p?q=1", host)
 			if status != 200 || !strings.HasPrefix(body, "backend api-v1 ") || !strings.Contains(body, "path=/p?q=1") {
 				t.Errorf("got %d %q, want 200 from api-v1 with path /p?q=1", status, body)
 			}
@@ -306,8 +307,8 @@ func assertRefused(t testing.TB, url string) {
 
 func TestInFlight(t *testing.T) {
 	r, pub := startRouter(t, Options{})
-	g := newGate()
-	r.AddBackend(apiV1, startHandler(t, g))
+	g := fronttest.NewGate()
+	r.AddBackend(apiV1, fronttest.StartHandler(t, g))
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1}})
 	ep, err := r.OpenEndpoint(apiV1, "127.0.0.1:0")
 	if err != nil {
@@ -321,14 +322,14 @@ func TestInFlight(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g.release = make(chan struct{})
+			g.Release = make(chan struct{})
 			done := make(chan string)
 			go func() {
 				req, _ := http.NewRequest("GET", tt.url+"/", nil)
 				if tt.host != "" {
 					req.Host = tt.host
 				}
-				resp, err := client.Do(req)
+				resp, err := fronttest.Client.Do(req)
 				if err != nil {
 					done <- err.Error()
 					return
@@ -337,7 +338,7 @@ func TestInFlight(t *testing.T) {
 				b, _ := io.ReadAll(resp.Body)
 				done <- string(b)
 			}()
-			<-g.entered
+			<-g.Entered
 			if got := r.InFlight(apiV1); got != 1 {
 				t.Errorf("InFlight during the request = %d, want 1", got)
 			}
@@ -355,7 +356,7 @@ func TestInFlight(t *testing.T) {
 				t.Fatalf("WaitIdle returned %v before the request finished", err)
 			case <-time.After(20 * time.Millisecond):
 			}
-			close(g.release)
+			close(g.Release)
 			if body := <-done; body != "slow done" {
 				t.Errorf("body = %q, want slow done", body)
 			}
@@ -386,7 +387,7 @@ func TestInFlight(t *testing.T) {
 func TestInFlightStreaming(t *testing.T) {
 	r, pub := startRouter(t, Options{})
 	release := make(chan struct{})
-	r.AddBackend(apiV1, startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.AddBackend(apiV1, fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		io.WriteString(w, "data: first\n\n")
 		w.(http.Flusher).Flush()
@@ -397,7 +398,7 @@ func TestInFlightStreaming(t *testing.T) {
 
 	req, _ := http.NewRequest("GET", pub+"/events", nil)
 	req.Host = "api.example.org"
-	resp, err := client.Do(req)
+	resp, err := fronttest.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -437,10 +438,10 @@ func TestBadGateway(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 	r.AddBackend(apiV1, dead)
-	r.AddBackend(webV1, startBackend(t, "web-v1"))
+	r.AddBackend(webV1, fronttest.StartBackend(t, "web-v1"))
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1, "web.example.org": webV1}})
 
-	status, _, body := get(t, pub+"/", "api.example.org")
+	status, _, body := fronttest.Get(t, pub+"/", "api.example.org")
 	if status != http.StatusBadGateway || !strings.HasPrefix(body, "hostel: ") {
 		t.Errorf("got %d %q, want 502 hostel: …", status, body)
 	}
@@ -453,7 +454,7 @@ func TestBadGateway(t *testing.T) {
 
 	t.Run("backend removed after swap", func(t *testing.T) {
 		r.RemoveBackend(webV1)
-		status, _, body := get(t, pub+"/", "web.example.org")
+		status, _, body := fronttest.Get(t, pub+"/", "web.example.org")
 		if status != http.StatusBadGateway || strings.Contains(body, "backend ") {
 			t.Errorf("got %d %q, want 502", status, body)
 		}
@@ -543,7 +544,7 @@ func FuzzHostMatch(f *testing.F) {
 
 func BenchmarkProxy(b *testing.B) {
 	r, pub := startRouter(b, Options{})
-	r.AddBackend(apiV1, startHandler(b, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	r.AddBackend(apiV1, fronttest.StartHandler(b, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "hello, world\n")
 	})))
 	mustSwap(b, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1}})
@@ -571,7 +572,7 @@ func TestAbort(t *testing.T) {
 	r, pub := startRouter(t, Options{})
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	r.AddBackend(apiV1, startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.AddBackend(apiV1, fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		select {
 		case <-release:
 		case <-req.Context().Done():
@@ -581,7 +582,7 @@ func TestAbort(t *testing.T) {
 	got := make(chan int, 2)
 	for range 2 {
 		go func() {
-			status, _, _ := get(t, pub+"/", "massapp.org")
+			status, _, _ := fronttest.Get(t, pub+"/", "massapp.org")
 			got <- status
 		}()
 	}
@@ -612,8 +613,8 @@ func TestPreviewNames(t *testing.T) {
 	r := New(Options{Zone: zone})
 	t.Cleanup(func() { r.Close() })
 	own := spec.VersionKey(string(apiV2) + "@pr-1")
-	r.AddBackend(apiV1, startBackend(t, "api-v1"))
-	r.AddBackend(own, startBackend(t, "api-v2-pr-1"))
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
+	r.AddBackend(own, fronttest.StartBackend(t, "api-v2-pr-1"))
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1},
 		Internal: map[string]spec.VersionKey{"API.pr-1." + zone: own}})
 	tests := []struct {

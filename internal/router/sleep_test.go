@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"hostel/internal/front"
+	"hostel/internal/front/fronttest"
 	"hostel/internal/spec"
 )
 
@@ -43,7 +44,7 @@ func (w *testWaker) Wake(ctx context.Context, key spec.VersionKey) (string, erro
 }
 
 func digestBackend(t testing.TB) string {
-	return startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %d %x", r.URL.Path, len(b), sha256.Sum256(b))
 	}))
@@ -73,7 +74,7 @@ func TestHerdWakesOnce(t *testing.T) {
 			t.Cleanup(func() { r.Close() })
 			r.AddBackend(apiV1, digestBackend(t))
 			mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}})
-			_, addr := serveFront(t, r, front.Options{Loops: loops})
+			_, addr := fronttest.Serve(t, r, front.Options{Loops: loops})
 			if !r.Sleep(apiV1, 0) {
 				t.Fatal("Sleep of an idle backend: false")
 			}
@@ -100,7 +101,7 @@ func TestHerdWakesOnce(t *testing.T) {
 					req, _ := http.NewRequest(method, "http://"+addr+fmt.Sprintf("/r%d", i), bytes.NewReader(body))
 					req.Host = host
 					sent.Done()
-					resp, err := client.Do(req)
+					resp, err := fronttest.Client.Do(req)
 					if err != nil {
 						errs <- err
 						return
@@ -114,7 +115,7 @@ func TestHerdWakesOnce(t *testing.T) {
 				}()
 			}
 			sent.Wait()
-			waitFor(t, "a wake", func() bool { return w.wakes.Load() > 0 })
+			fronttest.WaitFor(t, "a wake", func() bool { return w.wakes.Load() > 0 })
 			if sl, _ := r.Sleeping(apiV1); !sl.Waking {
 				t.Errorf("while waking: Sleeping = %+v, want Waking", sl)
 			}
@@ -146,7 +147,7 @@ func TestFailedWake(t *testing.T) {
 	for i := range 2 {
 		req, _ := http.NewRequest("GET", pub+"/", nil)
 		req.Host = host
-		resp, _ := send(t, client, req)
+		resp, _ := fronttest.Send(t, fronttest.Client, req)
 		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 			t.Fatalf("request %d: %d Retry-After %q, want 503 with Retry-After", i, resp.StatusCode, resp.Header.Get("Retry-After"))
 		}
@@ -168,7 +169,7 @@ func TestFailedWake(t *testing.T) {
 func TestNoSleepWhileInFlight(t *testing.T) {
 	release := make(chan struct{})
 	opened := make(chan struct{})
-	addr := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.WriteHeader(200)
 		io.WriteString(w, "data: hello\n\n")
@@ -194,7 +195,7 @@ func TestNoSleepWhileInFlight(t *testing.T) {
 	}
 	close(release)
 	<-streamDone
-	waitFor(t, "the stream's slot back", func() bool { return r.InFlight(apiV1) == 0 })
+	fronttest.WaitFor(t, "the stream's slot back", func() bool { return r.InFlight(apiV1) == 0 })
 	if r.Sleep(apiV1, time.Hour) {
 		t.Fatal("Sleep within idle of the last request: true")
 	}
@@ -206,7 +207,7 @@ func TestNoSleepWhileInFlight(t *testing.T) {
 // TestPauseResume: a paused version's requests are held until Resume, and
 // one held past the pause's bound gets 503 with Retry-After.
 func TestPauseResume(t *testing.T) {
-	r, pub := routeTo(t, startBackend(t, "a"))
+	r, pub := routeTo(t, fronttest.StartBackend(t, "a"))
 	if err := r.Pause(apiV1, time.Hour); err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +217,7 @@ func TestPauseResume(t *testing.T) {
 	}
 	held := make(chan result, 1)
 	go func() {
-		code, _, body := get(t, pub+"/x", host)
+		code, _, body := fronttest.Get(t, pub+"/x", host)
 		held <- result{code, body}
 	}()
 	select {
@@ -238,7 +239,7 @@ func TestPauseResume(t *testing.T) {
 	}
 	req, _ := http.NewRequest("GET", pub+"/y", nil)
 	req.Host = host
-	resp, _ := send(t, client, req)
+	resp, _ := fronttest.Send(t, fronttest.Client, req)
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("past the bound: %d Retry-After %q, want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}

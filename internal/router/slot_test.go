@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"hostel/internal/front"
+	"hostel/internal/front/fronttest"
 	"hostel/internal/spec"
 )
 
@@ -49,7 +50,7 @@ func (h *countingHook) counts(key spec.VersionKey) (started, ended int) {
 func TestEveryPathReleasesItsSlot(t *testing.T) {
 	entered := make(chan struct{}, 1)
 	large := strings.Repeat("l", 200<<10)
-	app := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	app := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/quick":
 			io.WriteString(w, "quick")
@@ -101,7 +102,7 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 	r.AddBackend(apiV1, app)
 	r.AddBackend(apiV2, "127.0.0.1:1") // refuses connections
 	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1, "down.example.org": apiV2}})
-	_, pub := serveFront(t, r, front.Options{})
+	_, pub := fronttest.Serve(t, r, front.Options{})
 
 	type kind struct {
 		name, raw string
@@ -143,7 +144,7 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 		t.Run(k.name, func(t *testing.T) {
 			started, _ := hook.counts(k.key)
 			before := time.Now()
-			c, br := rawConn(t, "http://"+pub)
+			c, br := fronttest.RawConn(t, "http://"+pub)
 			io.WriteString(c, k.raw)
 			if k.talk != nil {
 				k.talk(t, c, br)
@@ -163,7 +164,7 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 			if err := r.WaitIdle(ctx, k.key); err != nil {
 				t.Fatalf("in flight to %s: %d, want 0 (%v)", k.key, r.InFlight(k.key), err)
 			}
-			waitFor(t, "the hook to see the end", func() bool {
+			fronttest.WaitFor(t, "the hook to see the end", func() bool {
 				s, e := hook.counts(k.key)
 				return s == e && s > started
 			})

@@ -24,6 +24,7 @@ import (
 
 	"hostel/internal/cgroup"
 	"hostel/internal/spec"
+	"hostel/internal/supervisor/supervisortest"
 )
 
 // appDir holds the test service binary "app", built once in TestMain.
@@ -38,22 +39,12 @@ func TestMain(m *testing.M) {
 
 func testMain(m *testing.M) int {
 	os.Setenv(markerVar, "leaked")
-	dir, err := os.MkdirTemp("", "hostel-app-")
+	dir, err := supervisortest.BuildApp("hostel-app-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	// Service users must reach the binary.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "app"), "./testdata/app").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building test app: %v\n%s", err, out)
-		return 1
-	}
 	appDir = dir
 	code := m.Run()
 	if code == 0 {

@@ -69,16 +69,18 @@ func commit(t *testing.T, s store.Store, g *spec.Generation, from uint64) uint64
 	return n
 }
 
+// commitChain commits n generations, v0 to vN-1, each on the one before,
+// numbered 1 to n in an empty store.
+func commitChain(t *testing.T, s store.Store, n uint64) {
+	t.Helper()
+	for i := range n {
+		commit(t, s, Gen("v"+strconv.FormatUint(i, 10)), i)
+	}
+}
+
 func current(t *testing.T, s store.Store) uint64 {
 	t.Helper()
-	g, err := s.Current(t.Context(), spec.DefaultEnv)
-	if err != nil {
-		t.Fatalf("Current: %v", err)
-	}
-	if g == nil {
-		return 0
-	}
-	return g.Number
+	return currentOf(t, s, spec.DefaultEnv)
 }
 
 func numbers(t *testing.T, s store.Store) []uint64 {
@@ -143,9 +145,7 @@ func testCommitAndGet(t *testing.T, s store.Store) {
 }
 
 func testNumbersNeverReused(t *testing.T, s store.Store) {
-	for i := range uint64(3) {
-		commit(t, s, Gen("v"+strconv.FormatUint(i, 10)), i)
-	}
+	commitChain(t, s, 3)
 	if err := s.Delete(t.Context(), 1, 2); err != nil {
 		t.Fatal(err)
 	}
@@ -177,9 +177,7 @@ func testCommitConflict(t *testing.T, s store.Store) {
 }
 
 func testSetCurrent(t *testing.T, s store.Store) {
-	for i := range uint64(3) {
-		commit(t, s, Gen("v"+strconv.FormatUint(i, 10)), i)
-	}
+	commitChain(t, s, 3)
 	if err := s.SetCurrent(t.Context(), 3, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -443,9 +441,7 @@ func testSetConfirmConflict(t *testing.T, s store.Store) {
 }
 
 func testDeleteRefusesCurrent(t *testing.T, s store.Store) {
-	for i := range uint64(3) {
-		commit(t, s, Gen("v"+strconv.FormatUint(i, 10)), i)
-	}
+	commitChain(t, s, 3)
 	if err := s.Delete(t.Context(), 1, 3); !errors.Is(err, store.ErrCurrent) {
 		t.Fatalf("Delete(1, current) = %v, want ErrCurrent", err)
 	}

@@ -1,0 +1,113 @@
+// Package hostelserve runs a real `hostel serve` on a fresh root for the
+// benchmarks that measure the daemon's process, and reads what /proc says
+// about a process.
+package hostelserve
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Daemon is a running `hostel serve` and the directory it runs in.
+type Daemon struct {
+	Base   string // a fresh directory, removed by Close; hostel.json goes here
+	Root   string // the daemon's --root, under Base
+	Pid    int    // the daemon's process
+	hostel string
+	serve  *exec.Cmd
+}
+
+// Start starts the hostel binary's `hostel serve` on a new root under a
+// new temporary directory named with prefix, and waits until it answers.
+func Start(hostel, prefix string) (*Daemon, error) {
+	hostel, err := filepath.Abs(hostel)
+	if err != nil {
+		return nil, err
+	}
+	base, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, err
+	}
+	os.Chmod(base, 0o755) // service users must reach their state
+	d := &Daemon{Base: base, Root: filepath.Join(base, "root"), hostel: hostel}
+	d.serve = exec.Command(hostel, "serve", "--root", d.Root, "--http", "127.0.0.1:0", "--https", "")
+	d.serve.Stderr = io.Discard
+	if err := d.serve.Start(); err != nil {
+		os.RemoveAll(base)
+		return nil, err
+	}
+	d.Pid = d.serve.Process.Pid
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := d.CLI("status"); err == nil {
+			return d, nil
+		}
+		if time.Now().After(deadline) {
+			d.Close()
+			return nil, errors.New("the daemon did not answer")
+		}
+	}
+}
+
+// CLI runs the hostel command with args against the daemon, in Base, and
+// returns its standard output.
+func (d *Daemon) CLI(args ...string) ([]byte, error) {
+	c := exec.Command(d.hostel, append([]string{"--root", d.Root}, args...)...)
+	c.Dir = d.Base
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		return out, fmt.Errorf("hostel %s: %v\n%s", strings.Join(args, " "), err, stderr.Bytes())
+	}
+	return out, nil
+}
+
+// Deploy writes hostel.json with services and deploys it.
+func (d *Daemon) Deploy(services map[string]any) error {
+	b, _ := json.Marshal(map[string]any{"services": services})
+	if err := os.WriteFile(filepath.Join(d.Base, "hostel.json"), b, 0o644); err != nil {
+		return err
+	}
+	_, err := d.CLI("deploy", "--no-confirm")
+	return err
+}
+
+// Close stops the services (and removes their cgroups) before the daemon
+// goes, then removes Base.
+func (d *Daemon) Close() {
+	d.CLI("shutdown")
+	d.serve.Process.Kill()
+	d.serve.Wait()
+	os.RemoveAll(d.Base)
+}
+
+// Status returns a process's thread count and VmRSS in KiB, zeros if
+// /proc cannot say.
+func Status(pid int) (threads, rssKiB int) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "Threads:":
+			threads, _ = strconv.Atoi(f[1])
+		case "VmRSS:":
+			rssKiB, _ = strconv.Atoi(f[1])
+		}
+	}
+	return threads, rssKiB
+}
