@@ -15,7 +15,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -30,6 +29,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"hostel/bench/internal/hostelserve"
 )
 
 func main() {
@@ -56,23 +57,24 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	root, err := os.MkdirTemp("", "hostel-previews-")
+	hd, err := hostelserve.Start(bin, "hostel-previews-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(root)
-	os.Chmod(root, 0o755)
+	defer hd.Close()
+	h := &daemon{Daemon: hd, bin: bin}
+	var st struct{ Listen struct{ HTTP string } }
+	if out, err := h.CLI("status", "--json"); err != nil || json.Unmarshal(out, &st) != nil {
+		return fmt.Errorf("status: %v", err)
+	}
+	h.addr = st.Listen.HTTP
+	// The service is this binary, copied where service users can run it.
 	self, _ := os.Executable()
-	app := filepath.Join(root, "app")
+	app := filepath.Join(h.Base, "app")
 	if err := copyFile(self, app); err != nil {
 		return err
 	}
-	h := &daemon{bin: bin, root: filepath.Join(root, "root")}
-	if err := h.start(); err != nil {
-		return err
-	}
-	defer h.stop()
-
+	root := h.Base
 	spec := func(leaf string) string {
 		svcs := map[string]any{}
 		for i := range 20 {
@@ -129,37 +131,16 @@ func run() error {
 	return nil
 }
 
-// daemon is hostel serve on a temporary root.
+// daemon is hostel serve on a fresh root, and its public HTTP address.
 type daemon struct {
-	bin, root, addr string
-	cmd             *exec.Cmd
+	*hostelserve.Daemon
+	bin, addr string
 }
 
-func (d *daemon) start() error {
-	d.cmd = exec.Command(d.bin, "serve", "--root", d.root, "--http", "127.0.0.1:0", "--https", "")
-	if err := d.cmd.Start(); err != nil {
-		return err
-	}
-	for range 200 {
-		out, err := d.run("status", "--json")
-		var st struct{ Listen struct{ HTTP string } }
-		if err == nil && json.Unmarshal(out, &st) == nil && st.Listen.HTTP != "" {
-			d.addr = st.Listen.HTTP
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("hostel serve did not come up")
-}
-
-func (d *daemon) stop() {
-	d.run("shutdown")
-	d.cmd.Wait()
-}
-
-// run runs a hostel command and returns its stdout and stderr.
+// run runs a hostel command and returns its stdout and stderr (the
+// progress a deploy prints there is what readyTime reads).
 func (d *daemon) run(args ...string) ([]byte, error) {
-	return exec.Command(d.bin, append([]string{"--root", d.root}, args...)...).CombinedOutput()
+	return exec.Command(d.bin, append([]string{"--root", d.Root}, args...)...).CombinedOutput()
 }
 
 // get asks host for / and wants 200 with body want.
@@ -181,8 +162,9 @@ func (d *daemon) get(host, want string) error {
 // rss is the resident memory, in bytes, of the daemon and of every
 // process of its root (RUNTIME_DIRECTORY under ROOT/run).
 func (d *daemon) rss() int64 {
-	run := filepath.Join(d.root, "run") + "/"
-	total := statusRSS(d.cmd.Process.Pid)
+	run := filepath.Join(d.Root, "run") + "/"
+	_, kib := hostelserve.Status(d.Pid)
+	total := int64(kib) << 10
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -191,27 +173,11 @@ func (d *daemon) rss() int64 {
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
 		if err == nil && strings.Contains(string(b), "RUNTIME_DIRECTORY="+run) {
-			total += statusRSS(pid)
+			_, kib := hostelserve.Status(pid)
+			total += int64(kib) << 10
 		}
 	}
 	return total
-}
-
-// statusRSS is VmRSS of /proc/PID/status, in bytes.
-func statusRSS(pid int) int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 var readyRE = regexp.MustCompile(`(?m)^ready app19-\S+ on \S+ \(([^)]+)\)$`)
