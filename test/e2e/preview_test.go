@@ -363,3 +363,42 @@ func TestPreviewRemovalCrash(t *testing.T) {
 		t.Errorf("status --env pr-1 after the restart: exit %d, want 2 (no such environment)", code)
 	}
 }
+
+// TestPreviewSleeps: a preview's own instance sleeps after previews.idle
+// and its next request on SERVICE.ENV.ZONE wakes it; the production
+// processes it shares never sleep for it.
+func TestPreviewSleeps(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	spec := func(greeting string) map[string]any {
+		health := map[string]any{"path": "/healthz"}
+		return map[string]any{
+			"previews": map[string]any{"idle": "1s"},
+			"services": map[string]any{
+				"quotes": e.App("quotes", map[string]any{"health": health}),
+				"blog": e.App("blog", map[string]any{"health": health, "needs": []string{"quotes"}, "domains": []string{"blog.test"},
+					"env": map[string]string{"GREETING_NOTE": greeting}}),
+			},
+		}
+	}
+	e.WriteSpec(spec("production"))
+	e.MustRun("deploy", "--no-confirm")
+	prod := e.envStatus("production")
+	e.WriteSpec(spec("preview"))
+	e.MustRun("deploy", "--env", "pr-1", "--no-confirm")
+	waitUntil(t, "the preview's blog to sleep", func() bool { return e.envStatus("pr-1")["blog"].State == "idle" })
+	if s := e.envStatus("pr-1")["quotes"]; s.State != "running" || s.PID != prod["quotes"].PID {
+		t.Errorf("the quotes pr-1 shares: %+v, want production's process %d running", s, prod["quotes"].PID)
+	}
+	if code, _, body := e.Get("blog.pr-1.hostel.internal", "/"); code != 200 || !strings.Contains(body, "Quote of the day") {
+		t.Fatalf("the first request to the sleeping preview: %d %q", code, body)
+	}
+	if s := e.envStatus("pr-1")["blog"]; s.State != "running" || s.PID == 0 {
+		t.Errorf("the preview's blog after a request: %+v, want running", s)
+	}
+	for name, s := range e.envStatus("production") {
+		if s.State != "running" || s.PID != prod[name].PID {
+			t.Errorf("production's %s: %+v, want its process %d running", name, s, prod[name].PID)
+		}
+	}
+}
