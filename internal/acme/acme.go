@@ -23,10 +23,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -209,6 +211,28 @@ func (m *Manager) Close() {
 	m.cache.Stop()
 }
 
+// Forget removes what is stored of hosts' certificates (a preview's,
+// when it is removed): Update stops renewing a host that is gone, and
+// Forget leaves nothing of it on disk.
+func (m *Manager) Forget(ctx context.Context, hosts []string) error {
+	issuers, err := m.storage.List(ctx, certmagic.StorageKeys.CertsPrefix(""), false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	var errs []error
+	for _, h := range hosts {
+		for _, dir := range issuers {
+			key := path.Join(dir, certmagic.StorageKeys.Safe(normalizeHost(h)))
+			if m.storage.Exists(ctx, key) {
+				if err := m.storage.Delete(ctx, key); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // InternalCA returns the PEM of the root that signs the certificates of
 // immutable version names.
 func (m *Manager) InternalCA() string { return string(m.ca.certPEM) }
@@ -216,9 +240,19 @@ func (m *Manager) InternalCA() string { return string(m.ca.certPEM) }
 // Update makes g's hosts the ones served: it starts obtaining certificates
 // for hosts that have none and stops renewing hosts g no longer has. It
 // returns at once; Await waits for the certificates. g may be nil.
-func (m *Manager) Update(g *spec.Generation) {
+// previews are the current generations of preview environments: their
+// services' SERVICE.ENV.DOMAIN names (previews.domain) are served too,
+// with certificates like any domain; a production domain wins a clash.
+func (m *Manager) Update(g *spec.Generation, previews ...*spec.Generation) {
 	p := &policy{zone: spec.DefaultZone, hosts: map[string]hostPolicy{}}
 	var settings *acmeSettings
+	for _, pg := range previews {
+		for name, svc := range pg.Spec.Services {
+			if h := pg.Spec.PreviewHost(name, pg.EnvOrDefault()); h != "" {
+				p.hosts[normalizeHost(h)] = hostPolicy{service: name, tls: svc.TLSEnabled()}
+			}
+		}
+	}
 	if g != nil {
 		p.zone = normalizeHost(g.Spec.ZoneOrDefault())
 		for name, svc := range g.Spec.Services {

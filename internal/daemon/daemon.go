@@ -51,6 +51,11 @@ type Daemon struct {
 	// sleeper puts idle versions to sleep and wakes them (sleep.go); nil
 	// until the current generations are resumed.
 	sleeper *idle.Sleeper
+	// live are the generations the routes switched to last, by
+	// environment (the switch hook), for certificate management; guarded
+	// by liveMu.
+	liveMu sync.Mutex
+	live   map[string]*spec.Generation
 	// stopExpiry stops the loop that removes expired previews (env.go);
 	// nil before it starts.
 	stopExpiry func()

@@ -174,6 +174,15 @@ func (d *Daemon) removeEnv(ctx context.Context, name string, from uint64, progre
 		}
 		out.Removed = append(out.Removed, dir)
 	}
+	if err := d.forgetCerts(ctx, res.Generation); err != nil {
+		errs = append(errs, fmt.Errorf("certificates: %w", err))
+	} else {
+		for _, name := range res.Generation.Spec.Names() {
+			if h := res.Generation.Spec.PreviewHost(name, res.Generation.EnvOrDefault()); h != "" {
+				out.Removed = append(out.Removed, "certificate "+h)
+			}
+		}
+	}
 	unpinned, err := d.unpinUnheld(ctx)
 	out.Removed = append(out.Removed, unpinned...)
 	if err != nil {
@@ -278,4 +287,23 @@ func (d *Daemon) sweepPreviewData(ctx context.Context) {
 	} else if len(unpinned) > 0 {
 		d.logf("unpinned %s: nothing holds them", strings.Join(unpinned, ", "))
 	}
+}
+
+// forgetCerts takes removed preview g's public names (previews.domain) out
+// of certificate management and removes their certificates from disk.
+func (d *Daemon) forgetCerts(ctx context.Context, g *spec.Generation) error {
+	d.liveMu.Lock()
+	delete(d.live, g.EnvOrDefault())
+	d.updateCertsLocked()
+	d.liveMu.Unlock()
+	if d.certs == nil {
+		return nil
+	}
+	var hosts []string
+	for _, name := range g.Spec.Names() {
+		if h := g.Spec.PreviewHost(name, g.EnvOrDefault()); h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	return d.certs.Forget(ctx, hosts)
 }

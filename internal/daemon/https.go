@@ -69,10 +69,29 @@ func (d *Daemon) HTTPSAddr() string {
 // to certificate management, so that its hosts get certificates and its
 // TLS policy (redirects, HSTS) applies from the same moment on.
 func (d *Daemon) switched(g *spec.Generation) {
-	// Only production's services answer on their domains.
-	if d.certs != nil && g.EnvOrDefault() == spec.DefaultEnv {
-		d.certs.Update(g)
+	d.liveMu.Lock()
+	defer d.liveMu.Unlock()
+	if d.live == nil {
+		d.live = map[string]*spec.Generation{}
 	}
+	d.live[g.EnvOrDefault()] = g
+	d.updateCertsLocked()
+}
+
+// updateCertsLocked hands the live generations to certificate management:
+// production's domains, and previews' SERVICE.ENV.DOMAIN names.
+// d.liveMu must be held.
+func (d *Daemon) updateCertsLocked() {
+	if d.certs == nil {
+		return
+	}
+	var previews []*spec.Generation
+	for env, g := range d.live {
+		if env != spec.DefaultEnv {
+			previews = append(previews, g)
+		}
+	}
+	d.certs.Update(d.live[spec.DefaultEnv], previews...)
 }
 
 // awaitCerts waits (up to CertWait) for the certificates of the current

@@ -19,10 +19,11 @@ func Hold(gens ...*spec.Generation) map[spec.VersionKey]bool {
 	return agent.Desired{Generations: gens}.Keys()
 }
 
-// Table builds the public routing table of the environments' current
+// Table builds the routing table of the environments' current
 // generations (by environment). Production's services answer on their
 // domains and redirects, and its zone is the table's; a preview never
-// changes them.
+// changes them. A preview's services answer on SERVICE.ENV.ZONE
+// (Internal) and, with previews.domain, on SERVICE.ENV.DOMAIN.
 func Table(currents map[string]*spec.Generation) router.Table {
 	t := router.Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: spec.DefaultZone}
 	prod := currents[spec.DefaultEnv]
@@ -48,6 +49,12 @@ func Table(currents map[string]*spec.Generation) router.Table {
 				t.Internal = map[string]spec.VersionKey{}
 			}
 			t.Internal[PreviewHost(name, env, t.Zone)] = g.Instance(name)
+			// previews.domain: a public name; production's domains win.
+			if h := g.Spec.PreviewHost(name, env); h != "" {
+				if _, taken := t.Domains[h]; !taken {
+					t.Domains[h] = g.Instance(name)
+				}
+			}
 		}
 	}
 	return t

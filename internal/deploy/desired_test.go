@@ -133,3 +133,21 @@ func TestMarkPreview(t *testing.T) {
 		})
 	}
 }
+
+// TestTablePreviews: a preview's services answer on SERVICE.ENV.ZONE
+// (internal) and, with previews.domain, on SERVICE.ENV.DOMAIN; a
+// production domain of the same name wins.
+func TestTablePreviews(t *testing.T) {
+	prod := gen(spec.DefaultEnv, map[string]spec.Version{"web": "w1"}, map[string]*spec.Service{"web": {Domains: []string{"web.pr-1.preview.example"}}})
+	pr := gen("pr-1", map[string]spec.Version{"web": "w2", "api": "a1"}, map[string]*spec.Service{"web": {}, "api": {}})
+	pr.Spec.Previews = &spec.Previews{Domain: "preview.example"}
+	tab := Table(map[string]*spec.Generation{spec.DefaultEnv: prod, "pr-1": pr})
+	want := map[string]spec.VersionKey{"web.pr-1.hostel.internal": "web-w2@pr-1", "api.pr-1.hostel.internal": "api-a1@pr-1"}
+	if !maps.Equal(tab.Internal, want) {
+		t.Errorf("Internal = %v, want %v", tab.Internal, want)
+	}
+	wantDomains := map[string]spec.VersionKey{"web.pr-1.preview.example": "web-w1", "api.pr-1.preview.example": "api-a1@pr-1"}
+	if !maps.Equal(tab.Domains, wantDomains) {
+		t.Errorf("Domains = %v, want %v", tab.Domains, wantDomains)
+	}
+}

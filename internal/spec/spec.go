@@ -34,7 +34,8 @@ type Spec struct {
 // Previews configures preview environments.
 type Previews struct {
 	// Domain, when set, makes every service of environment NAME answer on
-	// SERVICE.NAME.DOMAIN. Not supported yet: refused.
+	// SERVICE.NAME.DOMAIN (PreviewHost), publicly, with a certificate like
+	// any domain; empty means previews answer on SERVICE.NAME.ZONE only.
 	Domain string `json:"domain,omitempty"`
 	// Idle puts a preview's own instances to sleep (scale to zero) after
 	// this long without a request; zero means DefaultPreviewIdle. A
@@ -73,6 +74,15 @@ func (s *Spec) PreviewIdle() time.Duration {
 		return DefaultPreviewIdle
 	}
 	return s.Previews.Idle.D()
+}
+
+// PreviewHost returns the public name of service in preview environment
+// env, SERVICE.ENV.DOMAIN; "" when previews.domain is not set.
+func (s *Spec) PreviewHost(service, env string) string {
+	if s.Previews == nil || s.Previews.Domain == "" {
+		return ""
+	}
+	return service + "." + env + "." + s.Previews.Domain
 }
 
 // TTLOrDefault returns how long a preview of s lives after its last deploy.

@@ -80,6 +80,9 @@ func (s *Spec) Validate() error {
 	if err := s.Previews.validate(); err != nil {
 		return err
 	}
+	if s.Previews != nil && s.Previews.Domain != "" && inZone(s.Previews.Domain, zone) {
+		return &Error{Field: "previews.domain", Msg: fmt.Sprintf("%q is the zone %q or inside it: previews answer there already (SERVICE.ENV.ZONE)", s.Previews.Domain, zone)}
+	}
 	hosts := map[string]string{} // host → "service" that claims it
 	dbs := map[string]string{}
 	for _, name := range s.Names() {
@@ -366,8 +369,8 @@ func (p *Previews) validate() error {
 	if p == nil {
 		return nil
 	}
-	if p.Domain != "" {
-		return &Error{Field: "previews.domain", Msg: "not supported yet: previews answer on SERVICE.ENV.ZONE (loopback) only"}
+	if p.Domain != "" && !validHost(p.Domain) {
+		return &Error{Field: "previews.domain", Msg: fmt.Sprintf("invalid host name %q", p.Domain)}
 	}
 	for _, f := range []struct{ field, v string }{{"previews.postgres", p.Postgres}, {"previews.state", p.State}} {
 		if f.v != "" && f.v != PreviewCopy && f.v != PreviewEmpty {
