@@ -123,6 +123,13 @@ func (d *Daemon) Envs(ctx context.Context) (*api.EnvList, error) {
 				e.Started = append(e.Started, svc)
 			}
 			e.URLs = append(e.URLs, "http://"+deploy.PreviewHost(svc, name, zone))
+			if h := g.Spec.PreviewHost(svc, name); h != "" {
+				scheme := "https://"
+				if !g.Spec.Services[svc].TLSEnabled() || d.certs == nil {
+					scheme = "http://"
+				}
+				e.URLs = append(e.URLs, scheme+h)
+			}
 			if st, ok := d.sup.Status(g.Instance(svc)); !ok || !st.Ready {
 				e.State = "degraded"
 			}

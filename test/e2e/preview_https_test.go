@@ -60,6 +60,9 @@ func TestPreviewDomain(t *testing.T) {
 		})
 		return found
 	}
+	if list := e.MustRun("env", "list", "--json"); !strings.Contains(list, `"https://`+host+`"`) {
+		t.Errorf("env list lacks https://%s:\n%s", host, list)
+	}
 	if len(stored()) == 0 {
 		t.Fatalf("no certificate of %s stored under %s/certs", host, e.Root)
 	}
