@@ -168,10 +168,16 @@ func (d *Daemon) EnvStatus(ctx context.Context, env string) (*api.Status, error)
 			key := cur.Instance(name)
 			shown[key] = true
 			ss := d.serviceStatus(name, cur.Versions[name], key, zone)
-			if env != spec.DefaultEnv {
-				ss.URL = "http://" + deploy.PreviewHost(name, env, zone)
-			}
 			ss.Domains = append([]string{}, cur.Spec.Services[name].Domains...)
+			if env != spec.DefaultEnv {
+				// A preview answers on its own names, never on the spec's
+				// domains, which stay production's.
+				ss.URL = "http://" + deploy.PreviewHost(name, env, zone)
+				ss.Domains = []string{}
+				if h := cur.Spec.PreviewHost(name, env); h != "" {
+					ss.Domains = append(ss.Domains, h)
+				}
+			}
 			ss.Package = cur.Spec.Services[name].Package
 			st.Services = append(st.Services, ss)
 		}

@@ -156,6 +156,11 @@ func TestPreviewOneLeafOfTwenty(t *testing.T) {
 	}
 	preview := e.envStatus("pr-1")
 	for name, s := range preview {
+		if len(s.Domains) != 0 {
+			// Without previews.domain a preview has no public name, and
+			// production's domains never answer for it.
+			t.Errorf("pr-1's %s: domains %v, want none", name, s.Domains)
+		}
 		if name == "app19" {
 			if s.PID == prod[name].PID || s.Env != "pr-1" {
 				t.Errorf("pr-1's app19: pid %d env %q, want its own process", s.PID, s.Env)
