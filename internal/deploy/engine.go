@@ -22,31 +22,19 @@ import (
 	"hostel/internal/supervisor"
 )
 
-// Processes is what the engine needs of the supervisor.
+// Processes is what the engine needs of the supervisor: what its agent
+// needs, and a restart in place.
 type Processes interface {
-	Start(cfg supervisor.Config) (*supervisor.Instance, error)
-	Get(key spec.VersionKey) (*supervisor.Instance, bool)
-	Stop(ctx context.Context, key spec.VersionKey) error
+	agent.Processes
 	Restart(ctx context.Context, key spec.VersionKey) error
-	Status(key spec.VersionKey) (supervisor.Status, bool)
-	// Adopt, AdoptRecorded, Recorded and Orphans take back the processes
-	// a previous daemon left running (see Resume).
-	Adopt(cfg supervisor.Config) (*supervisor.Instance, bool, error)
-	AdoptRecorded(key spec.VersionKey) (*supervisor.Instance, bool, error)
-	Recorded(key spec.VersionKey) (supervisor.Config, bool)
-	Orphans() []spec.VersionKey
 }
 
-// Routes is what the engine needs of the router.
+// Routes is what the engine needs of the router: what its agent needs, the
+// switch of the route table, and the in-flight counts.
 type Routes interface {
-	AddBackend(key spec.VersionKey, addr string)
-	RemoveBackend(key spec.VersionKey)
+	agent.Routes
 	Swap(t router.Table) error
-	OpenEndpoint(key spec.VersionKey, listen string) (string, error)
-	CloseEndpoint(key spec.VersionKey)
-	WaitIdle(ctx context.Context, key spec.VersionKey) error
 	InFlight(key spec.VersionKey) int64
-	Abort(key spec.VersionKey) int64
 }
 
 // Preparer readies what a new version needs before its process starts
