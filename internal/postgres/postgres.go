@@ -273,27 +273,17 @@ func (s *Server) Exists(ctx context.Context, name string) (owner string, ok bool
 // Drop removes the database (closing its connections) and then the role,
 // if they exist. The role is dropped only if it owns nothing else.
 func (s *Server) Drop(ctx context.Context, d Database) error {
-	if err := d.check(); err != nil {
-		return err
-	}
-	c, err := s.connect(ctx, "")
-	if err != nil {
-		return err
-	}
-	defer c.Close(context.WithoutCancel(ctx))
-	if err := dropDatabase(ctx, c, d.Name); err != nil {
-		return err
-	}
-	if _, err := c.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{d.Role}.Sanitize()); err != nil {
-		return fmt.Errorf("dropping role %s: %w", d.Role, err)
-	}
-	return nil
+	return s.drop(ctx, d, true)
 }
 
 // DropDatabase removes database d (closing its connections), if it
 // exists, and keeps its role: for a database whose role owns another one
 // (a preview's copy of production's database).
 func (s *Server) DropDatabase(ctx context.Context, d Database) error {
+	return s.drop(ctx, d, false)
+}
+
+func (s *Server) drop(ctx context.Context, d Database, role bool) error {
 	if err := d.check(); err != nil {
 		return err
 	}
@@ -302,12 +292,14 @@ func (s *Server) DropDatabase(ctx context.Context, d Database) error {
 		return err
 	}
 	defer c.Close(context.WithoutCancel(ctx))
-	return dropDatabase(ctx, c, d.Name)
-}
-
-func dropDatabase(ctx context.Context, c *pgx.Conn, name string) error {
-	if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-		return fmt.Errorf("dropping database %s: %w", name, err)
+	if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{d.Name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("dropping database %s: %w", d.Name, err)
+	}
+	if !role {
+		return nil
+	}
+	if _, err := c.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{d.Role}.Sanitize()); err != nil {
+		return fmt.Errorf("dropping role %s: %w", d.Role, err)
 	}
 	return nil
 }
