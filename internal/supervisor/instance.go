@@ -350,7 +350,7 @@ func (i *Instance) makeDirs() (err error) {
 // resolve sets what a launch needs: the program's path, the working
 // directory (the package, else STATE_DIRECTORY) and the environment.
 func (i *Instance) resolve() (err error) {
-	if i.path, err = resolveExec(i.cfg.Dir, i.cfg.Exec[0]); err != nil {
+	if i.path, err = ResolveExec(i.cfg.Dir, i.cfg.Exec[0]); err != nil {
 		return err
 	}
 	i.workDir = i.cfg.Dir
