@@ -3,7 +3,6 @@ package front_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -341,11 +340,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 		t.Errorf("InFlight during the websocket = %d, want 1", n)
 	}
 	c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.WaitIdle(ctx, apiV1); err != nil {
-		t.Errorf("WaitIdle after the websocket closed: %v", err)
-	}
+	waitIdle(t, r, apiV1)
 }
 
 // TestClientGoneEndsBackendRequest: a client that hangs up while the
@@ -373,11 +368,7 @@ func TestClientGoneEndsBackendRequest(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the backend request was not ended after the client left")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.WaitIdle(ctx, apiV1); err != nil {
-		t.Errorf("WaitIdle: %v", err)
-	}
+	waitIdle(t, r, apiV1)
 }
 
 // TestAbortMidBody: a response already streaming when the version is

@@ -250,11 +250,7 @@ func TestFrontStreaming(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the backend request did not end after the client hung up")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.WaitIdle(ctx, apiV1); err != nil {
-		t.Errorf("WaitIdle: %v", err)
-	}
+	waitIdle(t, r, apiV1)
 }
 
 // TestFrontDirect: a request Direct does not pass goes to the Handler.

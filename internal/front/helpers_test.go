@@ -4,9 +4,11 @@ package front_test
 // only front are in fronttest, shared with internal/router's tests.
 
 import (
+	"context"
 	"crypto/x509"
 	"net"
 	"testing"
+	"time"
 
 	"hostel/internal/front"
 	"hostel/internal/front/fronttest"
@@ -46,6 +48,16 @@ func mustSwap(t testing.TB, r *router.Router, tab router.Table) {
 	t.Helper()
 	if err := r.Swap(tab); err != nil {
 		t.Fatalf("Swap: %v", err)
+	}
+}
+
+// waitIdle fails t unless key's requests on r all end within 5s.
+func waitIdle(t testing.TB, r *router.Router, key spec.VersionKey) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.WaitIdle(ctx, key); err != nil {
+		t.Errorf("WaitIdle(%s): %v", key, err)
 	}
 }
 
