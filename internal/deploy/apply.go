@@ -31,20 +31,10 @@ func (e *Engine) desiredOf(cs map[string]*spec.Generation, g *spec.Generation) a
 	if g != nil {
 		d.Generations = append(d.Generations, g)
 	}
-	for _, env := range envOrder(e.prevs()) {
+	for _, env := range envOrder(e.windows) {
 		d.Generations = append(d.Generations, e.windows[env].prev)
 	}
 	return d
-}
-
-// prevs returns the generations open windows may switch back to, by
-// environment. e.mu must be held.
-func (e *Engine) prevs() map[string]*spec.Generation {
-	out := map[string]*spec.Generation{}
-	for env, w := range e.windows {
-		out[env] = w.prev
-	}
-	return out
 }
 
 // apply has the agent start g's versions that do not run yet, makes g
