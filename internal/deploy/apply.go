@@ -18,6 +18,12 @@ func (e *Engine) desired(ctx context.Context, g *spec.Generation) (agent.Desired
 	if err != nil {
 		return agent.Desired{}, err
 	}
+	return e.desiredOf(cs, g), nil
+}
+
+// desiredOf is desired given every environment's current generation, cs,
+// which it leaves as it is. e.mu must be held.
+func (e *Engine) desiredOf(cs map[string]*spec.Generation, g *spec.Generation) agent.Desired {
 	var d agent.Desired
 	for _, env := range envOrder(cs) {
 		d.Generations = append(d.Generations, cs[env])
@@ -25,20 +31,10 @@ func (e *Engine) desired(ctx context.Context, g *spec.Generation) (agent.Desired
 	if g != nil {
 		d.Generations = append(d.Generations, g)
 	}
-	for _, env := range envOrder(e.prevs()) {
+	for _, env := range envOrder(e.windows) {
 		d.Generations = append(d.Generations, e.windows[env].prev)
 	}
-	return d, nil
-}
-
-// prevs returns the generations open windows may switch back to, by
-// environment. e.mu must be held.
-func (e *Engine) prevs() map[string]*spec.Generation {
-	out := map[string]*spec.Generation{}
-	for env, w := range e.windows {
-		out[env] = w.prev
-	}
-	return out
+	return d
 }
 
 // apply has the agent start g's versions that do not run yet, makes g
@@ -47,14 +43,13 @@ func (e *Engine) prevs() map[string]*spec.Generation {
 // started and undoes its preparation: the previous generation keeps
 // running and serving, untouched.
 func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(started []string) error, progress Progress) ([]string, error) {
-	before, err := e.desired(ctx, nil)
+	// One read serves both: e.mu keeps every other writer out until the
+	// commit.
+	cs, err := e.store.Currents(ctx)
 	if err != nil {
 		return nil, err
 	}
-	d, err := e.desired(ctx, g)
-	if err != nil {
-		return nil, err
-	}
+	before, d := e.desiredOf(cs, nil), e.desiredOf(cs, g)
 	rep, err := e.agent.Reconcile(ctx, d, agent.Options{}, progress)
 	if err != nil {
 		// What it started was stopped again: none of it stands.

@@ -113,16 +113,7 @@ func TestFailedAfterWindowSwitchesBack(t *testing.T) {
 func TestWindowLeavesEngineFree(t *testing.T) {
 	w := newWorld(t)
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("one", domains("web.test"))}))
-	type outcome struct {
-		res *Result
-		err error
-	}
-	deployed := make(chan outcome, 1)
-	go func() {
-		res, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("two", domains("web.test"))}), 30*time.Second)
-		deployed <- outcome{res, err}
-	}()
-	waitFor(t, 30*time.Second, "the confirm window to open", func() bool { return w.index("confirming for") >= 0 })
+	deployed := w.deployInWindow(mkSpec(map[string]*spec.Service{"web": app("two", domains("web.test"))}), 30*time.Second)
 
 	// Each must return while the window is still open.
 	ops := []struct {
@@ -186,16 +177,7 @@ func TestDetachedWindowResumes(t *testing.T) {
 	root := t.TempDir()
 	w := newWorldAt(t, root)
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("one", domains("web.test"))}))
-	type outcome struct {
-		res *Result
-		err error
-	}
-	deployed := make(chan outcome, 1)
-	go func() {
-		res, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("two", domains("web.test"))}), 4*time.Second)
-		deployed <- outcome{res, err}
-	}()
-	waitFor(t, 30*time.Second, "the confirm window to open", func() bool { return w.index("confirming for") >= 0 })
+	deployed := w.deployInWindow(mkSpec(map[string]*spec.Service{"web": app("two", domains("web.test"))}), 4*time.Second)
 	w.engine.Detach()
 	o := <-deployed
 	if !errors.Is(o.err, ErrUndecided) || o.res.Confirmation != spec.ConfirmPending {

@@ -79,16 +79,7 @@ func TestSwitchBackConflict(t *testing.T) {
 	w := newWorld(t)
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("good", domains("web.test"))}))
 	trigger := filepath.Join(t.TempDir(), "crash")
-	type outcome struct {
-		res *Result
-		err error
-	}
-	deployed := make(chan outcome, 1)
-	go func() {
-		res, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("bad", domains("web.test"), env("CRASH_FILE", trigger))}), 30*time.Second)
-		deployed <- outcome{res, err}
-	}()
-	waitFor(t, 30*time.Second, "the confirm window to open", func() bool { return w.index("confirming for") >= 0 })
+	deployed := w.deployInWindow(mkSpec(map[string]*spec.Service{"web": app("bad", domains("web.test"), env("CRASH_FILE", trigger))}), 30*time.Second)
 	// Another writer, not this engine, moves the current generation.
 	g1, err := w.store.Get(t.Context(), 1)
 	if err != nil {
@@ -101,7 +92,7 @@ func TestSwitchBackConflict(t *testing.T) {
 	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var o outcome
+	var o deployOutcome
 	select {
 	case o = <-deployed:
 	case <-time.After(30 * time.Second):

@@ -147,11 +147,11 @@ func MarkPreview(p *plan.Plan, next, cur *spec.Generation) {
 	}
 }
 
-// envOrder returns the environments of currents, production first, then
-// by name: the order a resume starts them in.
-func envOrder(currents map[string]*spec.Generation) []string {
-	envs := make([]string, 0, len(currents))
-	for env := range currents {
+// envOrder returns the environments that key byEnv, production first,
+// then by name: the order a resume starts them in.
+func envOrder[V any](byEnv map[string]V) []string {
+	envs := make([]string, 0, len(byEnv))
+	for env := range byEnv {
 		envs = append(envs, env)
 	}
 	sort.Slice(envs, func(i, j int) bool {

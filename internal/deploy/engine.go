@@ -258,10 +258,12 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 // deployLocked does a deploy up to its confirm window, which it returns
 // open (nil when none is due). e.mu must be held.
 func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progress) (*Result, *window, error) {
-	cur, err := e.store.Current(ctx, req.Env)
+	// A preview shares what other environments run: one read serves both.
+	cs, err := e.store.Currents(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	cur := cs[req.Env]
 	p, err := plan.Make(req.Spec, req.Inputs, cur)
 	if err != nil {
 		return nil, nil, invalid(err)
@@ -276,10 +278,6 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 	}
 	next := &spec.Generation{Env: req.Env, SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
 	if next.EnvOrDefault() != spec.DefaultEnv {
-		cs, err := e.store.Currents(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
 		Share(next, cs)
 		MarkPreview(p, next, cur)
 	}

@@ -94,6 +94,26 @@ func (w *world) deploy(s *spec.Spec, confirm time.Duration) (*Result, error) {
 	return w.engine.Deploy(context.Background(), Request{Source: "test.json", Spec: s, Confirm: confirm}, w.progress)
 }
 
+// deployOutcome is what a deploy run in the background returned.
+type deployOutcome struct {
+	res *Result
+	err error
+}
+
+// deployInWindow deploys s with a confirm window of confirm in the
+// background and returns once the window is open; the deploy's outcome
+// arrives on the channel.
+func (w *world) deployInWindow(s *spec.Spec, confirm time.Duration) <-chan deployOutcome {
+	w.t.Helper()
+	deployed := make(chan deployOutcome, 1)
+	go func() {
+		res, err := w.deploy(s, confirm)
+		deployed <- deployOutcome{res, err}
+	}()
+	waitFor(w.t, 30*time.Second, "the confirm window to open", func() bool { return w.index("confirming for") >= 0 })
+	return deployed
+}
+
 func (w *world) mustDeploy(s *spec.Spec) *Result {
 	w.t.Helper()
 	res, err := w.deploy(s, 0)

@@ -283,6 +283,19 @@ func testSetConfirm(t *testing.T, s store.Store) {
 // testSetConfirmSwitchBack: a failed confirmation and the switch back to
 // the previous generation are one change: a reader sees both or neither,
 // and watchers get both events at one revision.
+// nextEvent returns the next event on events, which the test expects to be
+// its i-th, want; the test fails if none comes.
+func nextEvent(t *testing.T, events <-chan store.Event, i int, want store.Event) store.Event {
+	t.Helper()
+	select {
+	case ev := <-events:
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatalf("event %d (%v) not delivered", i, want)
+		return store.Event{}
+	}
+}
+
 func testSetConfirmSwitchBack(t *testing.T, s store.Store) {
 	ctx := t.Context()
 	commit(t, s, Gen("v1"), 0)
@@ -366,12 +379,7 @@ func testSetConfirmSwitchBack(t *testing.T, s store.Store) {
 	}
 	var rev uint64
 	for i, w := range want {
-		var ev store.Event
-		select {
-		case ev = <-events:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("event %d (%v) not delivered", i, w)
-		}
+		ev := nextEvent(t, events, i, w)
 		if i == 0 {
 			rev = ev.Revision
 		} else if ev.Revision != rev {
@@ -598,12 +606,7 @@ func testWatch(t *testing.T, s store.Store) {
 	}
 	var last uint64
 	for i, w := range want {
-		var ev store.Event
-		select {
-		case ev = <-events:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("event %d (%v) not delivered", i, w)
-		}
+		ev := nextEvent(t, events, i, w)
 		if ev.Revision < last || ev.Revision == 0 {
 			t.Errorf("event %d revision %d after %d: revisions must grow", i, ev.Revision, last)
 		}
@@ -835,12 +838,7 @@ func testDropEnv(t *testing.T, s store.Store) {
 		{Type: store.EventRemoved, Generation: e2, Env: "pr-1"},
 	}
 	for i, w := range want {
-		var ev store.Event
-		select {
-		case ev = <-events:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("event %d (%v) not delivered", i, w)
-		}
+		ev := nextEvent(t, events, i, w)
 		ev.Revision = 0
 		if ev != w {
 			t.Errorf("event %d = %+v, want %+v", i, ev, w)
