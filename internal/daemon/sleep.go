@@ -21,15 +21,7 @@ func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) 
 // startSleeper puts idle versions of services with `idle` to sleep.
 func (d *Daemon) startSleeper() {
 	d.sleeper = idle.New(d.sup, d.router, func() (map[spec.VersionKey]idle.Policy, bool) {
-		ps, ok := d.engine.Sleepers(context.Background())
-		if !ok {
-			return nil, false
-		}
-		out := make(map[spec.VersionKey]idle.Policy, len(ps))
-		for k, p := range ps {
-			out[k] = idle.Policy{Idle: p.Idle, Needs: p.Needs}
-		}
-		return out, true
+		return d.engine.Sleepers(context.Background())
 	}, d.logf)
 	d.sleeper.Start()
 }

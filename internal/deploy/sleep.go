@@ -2,25 +2,16 @@ package deploy
 
 import (
 	"context"
-	"time"
 
+	"hostel/internal/idle"
 	"hostel/internal/spec"
 )
-
-// SleepPolicy is how a running version may be put to sleep (scale to
-// zero, internal/idle).
-type SleepPolicy struct {
-	// Idle is its service's idle in the current generation.
-	Idle time.Duration
-	// Needs are the exact versions it was built against.
-	Needs []spec.VersionKey
-}
 
 // Sleepers returns the versions of every environment's current
 // generation that run and whose service has `idle` set, with how they may
 // sleep. It reports false — none may sleep now — while an operation or a
 // confirm window runs: a window must see its versions run.
-func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy, bool) {
+func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]idle.Policy, bool) {
 	if !e.mu.TryLock() {
 		return nil, false
 	}
@@ -34,7 +25,7 @@ func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy,
 	if err != nil {
 		return nil, false
 	}
-	out := map[spec.VersionKey]SleepPolicy{}
+	out := map[spec.VersionKey]idle.Policy{}
 	for _, g := range currents {
 		for name, svc := range g.Spec.Services {
 			if g.Owner(name) != g.EnvOrDefault() {
@@ -42,15 +33,15 @@ func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy,
 				// preview never puts production's processes to sleep.
 				continue
 			}
-			idle := svc.Idle.D()
+			after := svc.Idle.D()
 			if g.EnvOrDefault() != spec.DefaultEnv {
 				// A preview's own instances sleep after previews.idle,
 				// or their service's shorter idle.
-				if p := g.Spec.PreviewIdle(); idle <= 0 || p < idle {
-					idle = p
+				if p := g.Spec.PreviewIdle(); after <= 0 || p < after {
+					after = p
 				}
 			}
-			if idle <= 0 {
+			if after <= 0 {
 				continue
 			}
 			key := g.Instance(name)
@@ -58,7 +49,7 @@ func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]SleepPolicy,
 			if !ok {
 				continue
 			}
-			out[key] = SleepPolicy{Idle: idle, Needs: needs} // only its owner's generation names an instance
+			out[key] = idle.Policy{Idle: after, Needs: needs} // only its owner's generation names an instance
 		}
 	}
 	return out, true
