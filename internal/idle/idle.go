@@ -154,6 +154,28 @@ func (s *Sleeper) Check() {
 	}
 }
 
+// Adopt registers key as asleep with the config it is started with and
+// the versions it needs, though this Sleeper did not put it to sleep: a
+// kept version registered without starting its process (the router's
+// AddSleepingBackend, which must come first: a version the router does
+// not route is forgotten at the next Check). Its next request wakes it as
+// any sleeping version.
+func (s *Sleeper) Adopt(cfg supervisor.Config, needs []spec.VersionKey) {
+	stopped := make(chan struct{})
+	close(stopped) // no process to wait for
+	a := &asleep{cfg: cfg, needs: append([]spec.VersionKey(nil), needs...), stopped: stopped}
+	s.mu.Lock()
+	s.slept[cfg.Key()] = a
+	s.mu.Unlock()
+}
+
+// Forget drops what the Sleeper keeps of key: it is being removed.
+func (s *Sleeper) Forget(key spec.VersionKey) {
+	s.mu.Lock()
+	delete(s.slept, key)
+	s.mu.Unlock()
+}
+
 // forgetRemoved drops what it keeps of sleeping versions the router no
 // longer routes: a deploy removed them.
 func (s *Sleeper) forgetRemoved() {

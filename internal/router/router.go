@@ -249,8 +249,34 @@ func (r *Router) AddBackend(key spec.VersionKey, addr string) {
 		b.started()
 		return
 	}
+	r.addLocked(key, addr, false)
+}
+
+// AddSleepingBackend registers key asleep: no process serves it, its gate
+// is closed, and its first request wakes it through the Waker (a kept
+// version registered without starting it). If key is already registered
+// it is left as it is: a version that runs stays awake.
+func (r *Router) AddSleepingBackend(key spec.VersionKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := (*r.backends.Load())[key]; ok {
+		return
+	}
+	// No address until a wake sets one: nothing is sent there while the
+	// gate is closed.
+	r.addLocked(key, "127.0.0.1:0", true)
+}
+
+// addLocked registers a new backend for key at addr, asleep or not. r.mu
+// must be held.
+func (r *Router) addLocked(key spec.VersionKey, addr string, asleep bool) {
+	old := *r.backends.Load()
 	b := &backend{key: key, hook: r.hook, idle: make(chan struct{}), waker: r.waker}
 	b.last.Store(time.Now().UnixNano())
+	if asleep {
+		b.sleep.asleep = true
+		b.setGateLocked()
+	}
 	b.fb = r.proxy.NewBackend(key, addr, b)
 	next := make(map[spec.VersionKey]*backend, len(old)+1)
 	for k, v := range old {

@@ -263,3 +263,39 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		}
 	})
 }
+
+// TestAddSleepingBackend: a version registered asleep holds its first
+// request, wakes once through the Waker and answers it; registering asleep
+// a version that is already registered leaves it as it is.
+func TestAddSleepingBackend(t *testing.T) {
+	w := &testWaker{t: t}
+	r, pub := startRouter(t, Options{Waker: w})
+	r.AddSleepingBackend(apiV1)
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1}})
+	if sl, ok := r.Sleeping(apiV1); !ok || !sl.Asleep {
+		t.Fatalf("registered asleep: Sleeping = %+v, %v; want asleep", sl, ok)
+	}
+	if got := w.wakes.Load(); got != 0 {
+		t.Fatalf("wakes before any request = %d, want 0", got)
+	}
+	req, _ := http.NewRequest("GET", pub+"/first", nil)
+	req.Host = host
+	resp, err := fronttest.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf("/first 0 %x", sha256.Sum256(nil)); resp.StatusCode != 200 || string(body) != want {
+		t.Fatalf("first request: %d %q, want 200 %q", resp.StatusCode, body, want)
+	}
+	if got := w.wakes.Load(); got != 1 {
+		t.Errorf("wakes = %d, want 1", got)
+	}
+
+	r.AddBackend(apiV2, digestBackend(t))
+	r.AddSleepingBackend(apiV2)
+	if sl, _ := r.Sleeping(apiV2); sl.Asleep {
+		t.Errorf("AddSleepingBackend of a running backend put it to sleep: %+v", sl)
+	}
+}
