@@ -48,6 +48,8 @@ type Processes interface {
 // it stops; in-flight requests, waited for before a stop.
 type Routes interface {
 	AddBackend(key spec.VersionKey, addr string)
+	// AddSleepingBackend registers a version asleep (sleep.go).
+	AddSleepingBackend(key spec.VersionKey)
 	RemoveBackend(key spec.VersionKey)
 	OpenEndpoint(key spec.VersionKey, listen string) (string, error)
 	CloseEndpoint(key spec.VersionKey)
@@ -171,6 +173,8 @@ type Agent struct {
 
 	// asleep reports whether a version sleeps (sleep.go); nil: none does.
 	asleep func(spec.VersionKey) bool
+	// sleeper starts versions registered asleep (sleep.go); nil: none may be.
+	sleeper Sleeper
 }
 
 // version is one started version of a service and what it was started with.
@@ -410,61 +414,9 @@ func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts
 	fail := func(format string, args ...any) error {
 		return &ServiceError{Service: name, Version: ver, Step: StepStart, Err: fmt.Errorf(format, args...)}
 	}
-	env := make(map[string]string, len(svc.Env)+len(svc.Needs))
-	for k, v := range svc.Env {
-		env[k] = v
-	}
-	var needs []spec.VersionKey
-	for _, n := range svc.Needs {
-		nk := g.Instance(n) // a need's instance: the one g uses, shared or own
-		url, err := a.openEndpoint(nk, a.endpointAddr(key, n, opts))
-		if err != nil {
-			return fail("endpoint for %s: %w", nk, err)
-		}
-		env[spec.EnvName(n)] = url
-		needs = append(needs, nk)
-	}
-	exec := svc.Exec
-	cfg := supervisor.Config{
-		Service: name, Version: ver, Owner: g.Owner(name), Dir: svc.Package, Exec: exec, Env: env,
-		ReadyTimeout: svc.HealthTimeout(), StopGrace: svc.StopGraceOrDefault(),
-		CPU: svc.CPU,
-	}
-	// Validated with the spec; enforced by the supervisor's cgroups.
-	var err error
-	if cfg.Memory, err = spec.ParseMemory(svc.Memory); err != nil {
-		return fmt.Errorf("service %q: memory: %w", name, err)
-	}
-	if svc.Health != nil {
-		cfg.HealthPath = svc.Health.Path
-	}
-	if svc.Package != "" && !filepath.IsAbs(exec[0]) {
-		cfg.Exec = append([]string{filepath.Join(svc.Package, exec[0])}, exec[1:]...)
-	}
-	var ran []Preparer
-	for _, p := range a.prepare {
-		ran = append(ran, p)
-		if err := p.Prepare(ctx, g, name, &cfg); err != nil {
-			// A process a previous daemon left running was prepared then;
-			// keep it serving rather than stop it for what is missing now.
-			if _, alive := a.procs.Recorded(key); opts.Adopt && alive {
-				progress("%s: %v; adopting the running process anyway", key, err)
-				continue
-			}
-			a.cleanup(context.WithoutCancel(ctx), key, preparation{g: g, service: name, ran: ran}, false, progress)
-			return fail("%s: %w", key, err)
-		}
-	}
-	if opts.Adopt {
-		// A resume adopts what a committed generation holds: nothing of
-		// it is undone.
-		a.cleanup(ctx, key, preparation{g: g, service: name, ran: ran}, true, progress)
-	} else {
-		// Until a commit makes the version the store's, a failure cleans
-		// up what was prepared for it (abandon).
-		a.runMu.Lock()
-		a.prepared[key] = preparation{g: g, service: name, ran: ran}
-		a.runMu.Unlock()
+	cfg, needs, err := a.configure(ctx, g, name, opts, progress)
+	if err != nil {
+		return err
 	}
 	var ho *handover // an exclusive service's old version, stopped for this one (exclusive.go)
 	if !opts.Adopt {
@@ -495,6 +447,75 @@ func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts
 	a.releaseExclusive(ctx, ho, inst.Addr(), progress)
 	progress("ready %s on %s (%s)", key, inst.Addr(), time.Since(t0).Round(time.Millisecond))
 	return nil
+}
+
+// configure builds the config a version of g's service name runs with:
+// the endpoints of what it needs opened, its <NEED>_URLs set, its
+// preparers run. Its errors are ServiceErrors.
+func (a *Agent) configure(ctx context.Context, g *spec.Generation, name string, opts Options, progress Progress) (supervisor.Config, []spec.VersionKey, error) {
+	svc := g.Spec.Services[name]
+	ver := g.Versions[name]
+	key := g.Instance(name)
+	fail := func(format string, args ...any) error {
+		return &ServiceError{Service: name, Version: ver, Step: StepStart, Err: fmt.Errorf(format, args...)}
+	}
+	env := make(map[string]string, len(svc.Env)+len(svc.Needs))
+	for k, v := range svc.Env {
+		env[k] = v
+	}
+	var needs []spec.VersionKey
+	for _, n := range svc.Needs {
+		nk := g.Instance(n) // a need's instance: the one g uses, shared or own
+		url, err := a.openEndpoint(nk, a.endpointAddr(key, n, opts))
+		if err != nil {
+			return supervisor.Config{}, nil, fail("endpoint for %s: %w", nk, err)
+		}
+		env[spec.EnvName(n)] = url
+		needs = append(needs, nk)
+	}
+	exec := svc.Exec
+	cfg := supervisor.Config{
+		Service: name, Version: ver, Owner: g.Owner(name), Dir: svc.Package, Exec: exec, Env: env,
+		ReadyTimeout: svc.HealthTimeout(), StopGrace: svc.StopGraceOrDefault(),
+		CPU: svc.CPU,
+	}
+	// Validated with the spec; enforced by the supervisor's cgroups.
+	var err error
+	if cfg.Memory, err = spec.ParseMemory(svc.Memory); err != nil {
+		return supervisor.Config{}, nil, fmt.Errorf("service %q: memory: %w", name, err)
+	}
+	if svc.Health != nil {
+		cfg.HealthPath = svc.Health.Path
+	}
+	if svc.Package != "" && !filepath.IsAbs(exec[0]) {
+		cfg.Exec = append([]string{filepath.Join(svc.Package, exec[0])}, exec[1:]...)
+	}
+	var ran []Preparer
+	for _, p := range a.prepare {
+		ran = append(ran, p)
+		if err := p.Prepare(ctx, g, name, &cfg); err != nil {
+			// A process a previous daemon left running was prepared then;
+			// keep it serving rather than stop it for what is missing now.
+			if _, alive := a.procs.Recorded(key); opts.Adopt && alive {
+				progress("%s: %v; adopting the running process anyway", key, err)
+				continue
+			}
+			a.cleanup(context.WithoutCancel(ctx), key, preparation{g: g, service: name, ran: ran}, false, progress)
+			return supervisor.Config{}, nil, fail("%s: %w", key, err)
+		}
+	}
+	if opts.Adopt {
+		// A resume adopts what a committed generation holds: nothing of
+		// it is undone.
+		a.cleanup(ctx, key, preparation{g: g, service: name, ran: ran}, true, progress)
+	} else {
+		// Until a commit makes the version the store's, a failure cleans
+		// up what was prepared for it (abandon).
+		a.runMu.Lock()
+		a.prepared[key] = preparation{g: g, service: name, ran: ran}
+		a.runMu.Unlock()
+	}
+	return cfg, needs, nil
 }
 
 // abandon stops versions started for what does not go live; their

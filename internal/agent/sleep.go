@@ -1,6 +1,13 @@
 package agent
 
-import "hostel/internal/spec"
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
 
 // SetAsleep tells the agent which versions sleep (scale to zero,
 // internal/idle): their processes are stopped, yet they are running
@@ -18,4 +25,72 @@ func (a *Agent) Needs(key spec.VersionKey) ([]spec.VersionKey, bool) {
 		return nil, false
 	}
 	return append([]spec.VersionKey(nil), v.needs...), true
+}
+
+// Sleeper is what the agent needs of scale to zero's process side
+// (idle.Sleeper) to register versions asleep.
+type Sleeper interface {
+	// Adopt takes cfg's version as asleep: its next request starts it
+	// with cfg and wakes needs alongside.
+	Adopt(cfg supervisor.Config, needs []spec.VersionKey)
+	// Forget drops what Adopt (or a sleep) kept of key.
+	Forget(key spec.VersionKey)
+}
+
+// ErrNoSleeper means a version was to be registered asleep by an agent
+// given no Sleeper (SetSleeper).
+var ErrNoSleeper = errors.New("no sleeper to register versions asleep with")
+
+// SetSleeper gives the agent the Sleeper that versions registered asleep
+// are woken by. Call it before the agent is used.
+func (a *Agent) SetSleeper(s Sleeper) { a.sleeper = s }
+
+// RegisterAsleep makes g's version of service name a running version
+// without starting its process: its preparers run, the endpoints of what
+// it needs open and its backend is registered with the gate closed, so
+// that its first request starts it, with that config, through the
+// Sleeper. A version the agent runs already is left as it is. Its errors
+// are ServiceErrors.
+//
+// Every preparer runs, now rather than at the wake, as on a resume
+// (Options.Adopt): they set the environment the version is started with
+// (its database's credentials), and a wake must be no slower than a
+// start. The version is held by a committed generation, so it went live
+// once: its preparations are kept, never undone, and its release step
+// ran then — its release record makes the releaser a no-op, which is
+// right: an old version must not migrate a database a newer one uses.
+func (a *Agent) RegisterAsleep(ctx context.Context, g *spec.Generation, name string, progress Progress) error {
+	key := g.Instance(name)
+	if a.sleeper == nil {
+		return &ServiceError{Service: name, Version: g.Versions[name], Step: StepStart, Err: fmt.Errorf("%s: %w", key, ErrNoSleeper)}
+	}
+	a.runMu.Lock()
+	_, known := a.running[key]
+	a.runMu.Unlock()
+	if known {
+		return nil
+	}
+	cfg, needs, err := a.configure(ctx, g, name, Options{Adopt: true}, progress)
+	if err != nil {
+		return err
+	}
+	// The backend first: the Sleeper forgets what the router does not route.
+	a.route.AddSleepingBackend(key)
+	a.sleeper.Adopt(cfg, needs)
+	a.runMu.Lock()
+	a.running[key] = &version{svc: g.Spec.Services[name], needs: needs}
+	a.runMu.Unlock()
+	progress("registered %s asleep", key)
+	return nil
+}
+
+// Unregister stops key if it is awake (draining it first) and removes
+// its backend, its endpoint and what the Sleeper keeps of it.
+func (a *Agent) Unregister(ctx context.Context, key spec.VersionKey, progress Progress) {
+	if a.sleeper != nil {
+		// Before the backend goes: a wake that starts meanwhile finds it
+		// removed and stops what it started.
+		a.sleeper.Forget(key)
+	}
+	a.stopOne(ctx, key, progress)
 }

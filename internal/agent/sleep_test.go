@@ -1,0 +1,167 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"testing"
+	"time"
+
+	"hostel/internal/idle"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+const zone = "hostel.internal"
+
+// sleepyNode is a node whose router wakes versions through an
+// idle.Sleeper the agent registers versions asleep with.
+type sleepyNode struct {
+	node
+	sleeper *idle.Sleeper
+	pub     string
+	policy  map[spec.VersionKey]idle.Policy
+}
+
+func newSleepyNode(t *testing.T) *sleepyNode {
+	t.Helper()
+	n := &sleepyNode{policy: map[spec.VersionKey]idle.Policy{}}
+	n.sup = supervisor.New(supervisor.Options{Root: t.TempDir(), Logf: t.Logf})
+	n.router = router.New(router.Options{Zone: zone, Logf: t.Logf, Waker: wakeVia{n},
+		Internal: func(a netip.Addr) bool { return a.IsLoopback() }})
+	// The catalog is read by Check only, called by the test goroutine.
+	n.sleeper = idle.New(n.sup, n.router, func() (map[spec.VersionKey]idle.Policy, bool) { return n.policy, true }, t.Logf)
+	n.agent = New(n.sup, n.router)
+	n.agent.SetSleeper(n.sleeper)
+	n.agent.SetAsleep(func(k spec.VersionKey) bool { sl, _ := n.router.Sleeping(k); return sl.Asleep })
+	if err := n.router.Swap(router.Table{Zone: zone}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: n.router}
+	go srv.Serve(l)
+	n.pub = "http://" + l.Addr().String()
+	t.Cleanup(func() {
+		srv.Close()
+		n.agent.StopAll(context.Background())
+		n.router.Close()
+	})
+	return n
+}
+
+// wakeVia breaks the cycle between the router (made first) and the Sleeper.
+type wakeVia struct{ n *sleepyNode }
+
+func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
+	return w.n.sleeper.Wake(ctx, key)
+}
+
+// get sends GET path to key's immutable name.
+func (n *sleepyNode) get(t *testing.T, key spec.VersionKey, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", n.pub+path, nil)
+	req.Host = string(key) + "." + zone // production's instance key is its immutable name
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestRegisterAsleep: versions registered asleep have no process; a
+// request to the dependent's immutable name starts it, with the
+// <NEED>_URL of an endpoint opened at registration, and the version it
+// needs is reached through that endpoint; an idle version goes back to
+// sleep; unregistered, neither has a backend, an endpoint or a sleeper
+// entry, and no process is left.
+func TestRegisterAsleep(t *testing.T) {
+	n := newSleepyNode(t)
+	g := generation(t, spec.DefaultEnv, map[string]*spec.Service{"upstream": svc("upstream-1"), "api": svc("api-1", "upstream")})
+	up, api := g.Instance("upstream"), g.Instance("api")
+	for _, name := range []string{"upstream", "api"} {
+		if err := n.agent.RegisterAsleep(t.Context(), g, name, t.Logf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := n.sup.List(); len(l) != 0 {
+		t.Fatalf("processes of versions registered asleep: %+v", l)
+	}
+	// Registered asleep, they are running versions: a reconcile to their
+	// generation starts nothing.
+	rep := n.reconcile(t, Desired{Generations: []*spec.Generation{g}}, Options{})
+	if len(rep.Started) != 0 || len(n.sup.List()) != 0 {
+		t.Fatalf("reconcile after RegisterAsleep started %v; processes %+v", rep.Started, n.sup.List())
+	}
+
+	if code, body := n.get(t, api, "/call"); code != 200 || body != "upstream-1" {
+		t.Fatalf("first request to %s: %d %q, want 200 %q through its UPSTREAM_URL", api, code, body, "upstream-1")
+	}
+	inst, ok := n.sup.Get(api)
+	if !ok {
+		t.Fatalf("%s has no process after its wake", api)
+	}
+	endpoint, err := url.Parse(inst.Config().Env["UPSTREAM_URL"])
+	if err != nil || endpoint.Host == "" {
+		t.Fatalf("UPSTREAM_URL %q: %v", inst.Config().Env["UPSTREAM_URL"], err)
+	}
+
+	// Idle: back to sleep, its process gone.
+	n.policy[api] = idle.Policy{Idle: time.Nanosecond}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n.sleeper.Check()
+		if _, ok := n.sup.Get(api); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still runs 15s after going idle", api)
+		}
+	}
+	if sl, _ := n.router.Sleeping(api); !sl.Asleep {
+		t.Fatalf("%s after idle: %+v, want asleep", api, sl)
+	}
+	delete(n.policy, api)
+
+	for _, k := range []spec.VersionKey{api, up} {
+		n.agent.Unregister(t.Context(), k, t.Logf)
+		if _, ok := n.router.Sleeping(k); ok {
+			t.Errorf("%s: backend still registered after Unregister", k)
+		}
+		if _, err := n.sleeper.Wake(t.Context(), k); !errors.Is(err, idle.ErrNotAsleep) {
+			t.Errorf("%s: Wake after Unregister: %v, want ErrNotAsleep", k, err)
+		}
+	}
+	if c, err := net.DialTimeout("tcp", endpoint.Host, 5*time.Second); err == nil {
+		c.Close()
+		t.Errorf("the endpoint %s still accepts after Unregister", endpoint.Host)
+	}
+	if l := n.sup.List(); len(l) != 0 {
+		t.Errorf("processes left after Unregister: %+v", l)
+	}
+	if r := n.agent.Running(); len(r) != 0 {
+		t.Errorf("the agent still runs %v", r)
+	}
+}
+
+// TestRegisterAsleepNeedsSleeper: an agent given no Sleeper refuses to
+// register a version asleep, and registers nothing.
+func TestRegisterAsleepNeedsSleeper(t *testing.T) {
+	n := newNode(t, t.TempDir())
+	g := generation(t, spec.DefaultEnv, map[string]*spec.Service{"api": svc("api-1")})
+	err := n.agent.RegisterAsleep(t.Context(), g, "api", t.Logf)
+	if !errors.Is(err, ErrNoSleeper) {
+		t.Fatalf("RegisterAsleep without a Sleeper: %v, want ErrNoSleeper", err)
+	}
+	if _, ok := n.router.Sleeping(g.Instance("api")); ok || len(n.agent.Running()) != 0 {
+		t.Error("something was registered")
+	}
+}
