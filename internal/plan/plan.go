@@ -193,6 +193,9 @@ func routingReasons(o, n *spec.Service) []string {
 	if o.Exclusive != n.Exclusive {
 		r = append(r, "exclusive changed")
 	}
+	if o.Callable() != n.Callable() { // unset is "stop"
+		r = append(r, "old_versions changed")
+	}
 	if o.TLSEnabled() != n.TLSEnabled() {
 		r = append(r, "tls changed")
 	}

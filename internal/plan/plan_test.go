@@ -217,3 +217,18 @@ func FuzzPlan(f *testing.F) {
 		}
 	})
 }
+
+// TestOldVersionsCallableKeepsVersion: old_versions "callable" is
+// accepted and, a routing field, keeps the version: changing it reroutes.
+func TestOldVersionsCallableKeepsVersion(t *testing.T) {
+	a := mustDecode(t, `{"services":{"db":{"exec":["/bin/db"]}}}`)
+	b := mustDecode(t, `{"services":{"db":{"exec":["/bin/db"],"old_versions":"callable"}}}`)
+	va, _ := spec.Versions(a, spec.Inputs{})
+	p, err := Make(b, spec.Inputs{}, &spec.Generation{Number: 1, Spec: a, Versions: va})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := p.Services[0]; c.Action != Reroute || c.From != c.To || !slices.Contains(c.Reasons, "old_versions changed") {
+		t.Fatalf("got %+v, want a reroute because old_versions changed", c)
+	}
+}

@@ -141,7 +141,9 @@ type Service struct {
 	// Idle stops the service after this long without a request; zero means always running.
 	Idle Duration `json:"idle,omitempty"`
 	// OldVersions is what becomes of a version a deploy replaces:
-	// "stop" (or empty) stops it. "callable" is not supported yet.
+	// "stop" (or empty) stops it once drained; "callable" keeps it
+	// asleep, woken by a request to its immutable name, until gc drops
+	// the last generation that holds it (Callable).
 	OldVersions string `json:"old_versions,omitempty"`
 	// Exclusive never runs two versions at once: a deploy holds the
 	// service's requests, stops the old version, starts the new one and
@@ -291,3 +293,7 @@ func ParseMemory(s string) (int64, error) {
 	}
 	return n * mult, nil
 }
+
+// Callable reports whether a version of the service that a deploy
+// replaces stays callable by its immutable name (old_versions "callable").
+func (s *Service) Callable() bool { return s.OldVersions == OldVersionsCallable }

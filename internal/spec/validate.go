@@ -176,7 +176,11 @@ func (s *Spec) Validate() error {
 		switch svc.OldVersions {
 		case "", OldVersionsStop:
 		case OldVersionsCallable:
-			return fail("old_versions", "%q is not supported yet", svc.OldVersions)
+			if svc.Exclusive {
+				// A kept version woken beside the current one would be
+				// two versions at once.
+				return fail("old_versions", "%q cannot be combined with exclusive: an old version woken by its name would run beside the current one", svc.OldVersions)
+			}
 		default:
 			return fail("old_versions", "%q is not one of %q, %q", svc.OldVersions, OldVersionsStop, OldVersionsCallable)
 		}
