@@ -117,9 +117,25 @@ type Desired struct {
 	// needs). A version several hold runs once; the agent starts the
 	// generations in this order.
 	Generations []*spec.Generation `json:"generations"`
-	// (A version to keep asleep rather than running — scale to zero —
-	// will be a state per version beside this; there is none today.)
+	// Asleep are versions that must stay callable without running: each
+	// is routed, and its first request starts it (scale to zero). In
+	// order: needs before dependents. A version that runs already is
+	// left running (and sleeps through the Sleeper); one that does not
+	// is registered asleep (RegisterAsleep) — on a resume (Options.Adopt)
+	// also when a generation holds it, unless a previous daemon left its
+	// process running, which is adopted. Nil: none.
+	Asleep []Callable `json:"asleep,omitempty"`
 }
+
+// Callable is one version to keep callable without running it: the
+// instance Generation.Instance(Service), started as planned in Generation.
+type Callable struct {
+	Generation *spec.Generation `json:"generation"`
+	Service    string           `json:"service"`
+}
+
+// Key is the instance c names.
+func (c Callable) Key() spec.VersionKey { return c.Generation.Instance(c.Service) }
 
 // Keys returns the versions d holds: a version runs while any of its
 // generations holds it.
@@ -132,6 +148,9 @@ func (d Desired) Keys() map[spec.VersionKey]bool {
 		for name := range g.Versions {
 			keep[g.Instance(name)] = true
 		}
+	}
+	for _, c := range d.Asleep {
+		keep[c.Key()] = true
 	}
 	return keep
 }
@@ -152,6 +171,8 @@ type Report struct {
 	// Started and Stopped are the versions started (or adopted) and
 	// stopped, sorted.
 	Started, Stopped []string
+	// Asleep are the versions registered asleep (Desired.Asleep), sorted.
+	Asleep []string
 	// Aborted counts requests still in flight to stopped versions when
 	// their stop grace ran out; they were ended with 504.
 	Aborted int64
@@ -209,8 +230,13 @@ func (a *Agent) Use(p ...Preparer) { a.prepare = append(a.prepare, p...) }
 // the services (ServiceErrors). Reconciling to what runs changes nothing.
 // One Reconcile at a time.
 func (a *Agent) Reconcile(ctx context.Context, d Desired, opts Options, progress Progress) (*Report, error) {
-	rep := &Report{Started: []string{}, Stopped: []string{}}
+	rep := &Report{Started: []string{}, Stopped: []string{}, Asleep: []string{}}
 	var errs []error
+	if opts.Adopt {
+		// Asleep wins on a resume where no process is left: registered
+		// before the generations start, so that they find it running.
+		errs = append(errs, a.registerAsleep(ctx, d.Asleep, true, rep, progress)...)
+	}
 	for _, g := range d.Generations {
 		if g == nil {
 			continue
@@ -226,7 +252,19 @@ func (a *Agent) Reconcile(ctx context.Context, d Desired, opts Options, progress
 			errs = append(errs, err)
 		}
 	}
+	// What no generation started: adopted if a previous daemon left it
+	// running, else registered asleep.
+	if rerrs := a.registerAsleep(ctx, d.Asleep, false, rep, progress); len(rerrs) > 0 {
+		if !opts.Adopt {
+			a.abandon(context.WithoutCancel(ctx), keysOf(append(rep.Started, rep.Asleep...)), progress)
+			sort.Strings(rep.Started)
+			sort.Strings(rep.Asleep)
+			return rep, errors.Join(rerrs...)
+		}
+		errs = append(errs, rerrs...)
+	}
 	sort.Strings(rep.Started)
+	sort.Strings(rep.Asleep)
 	want := d.Keys()
 	var old []spec.VersionKey
 	for _, k := range a.Running() {
@@ -590,6 +628,11 @@ func (a *Agent) stopKeys(ctx context.Context, keys []spec.VersionKey, progress P
 // stopOne waits for a version's in-flight requests (up to its stop grace),
 // ends what is left with 504, then stops it and forgets its routes.
 func (a *Agent) stopOne(ctx context.Context, key spec.VersionKey, progress Progress) (aborted int64) {
+	if a.sleeper != nil {
+		// Before the backend goes: a wake that starts meanwhile finds it
+		// removed and stops what it started.
+		a.sleeper.Forget(key)
+	}
 	grace := 10 * time.Second
 	a.runMu.Lock()
 	if v := a.running[key]; v != nil {

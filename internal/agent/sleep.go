@@ -87,10 +87,39 @@ func (a *Agent) RegisterAsleep(ctx context.Context, g *spec.Generation, name str
 // Unregister stops key if it is awake (draining it first) and removes
 // its backend, its endpoint and what the Sleeper keeps of it.
 func (a *Agent) Unregister(ctx context.Context, key spec.VersionKey, progress Progress) {
-	if a.sleeper != nil {
-		// Before the backend goes: a wake that starts meanwhile finds it
-		// removed and stops what it started.
-		a.sleeper.Forget(key)
-	}
 	a.stopOne(ctx, key, progress)
+}
+
+// registerAsleep registers asleep, in order, the versions of cs that do
+// not run, adding them to rep.Asleep. A version a previous daemon left
+// running is adopted rather (and added to rep.Started) — unless
+// onlyIdle, where such versions are left for later. It returns the
+// errors, one per version that could not be registered.
+func (a *Agent) registerAsleep(ctx context.Context, cs []Callable, onlyIdle bool, rep *Report, progress Progress) []error {
+	var errs []error
+	for _, c := range cs {
+		key := c.Key()
+		if a.isRunning(key) {
+			continue
+		}
+		if _, alive := a.procs.Recorded(key); alive {
+			if onlyIdle {
+				continue
+			}
+			// Awake when the daemon stopped: adopted as it runs, it
+			// sleeps again through the Sleeper.
+			if err := a.start(ctx, c.Generation, c.Service, Options{Adopt: true}, progress); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			rep.Started = append(rep.Started, string(key))
+			continue
+		}
+		if err := a.RegisterAsleep(ctx, c.Generation, c.Service, progress); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rep.Asleep = append(rep.Asleep, string(key))
+	}
+	return errs
 }

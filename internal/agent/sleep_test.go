@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -30,8 +31,15 @@ type sleepyNode struct {
 
 func newSleepyNode(t *testing.T) *sleepyNode {
 	t.Helper()
+	return newSleepyNodeAt(t, t.TempDir())
+}
+
+// newSleepyNodeAt is newSleepyNode on root: the next daemon of a node
+// that ran there.
+func newSleepyNodeAt(t *testing.T, root string) *sleepyNode {
+	t.Helper()
 	n := &sleepyNode{policy: map[spec.VersionKey]idle.Policy{}}
-	n.sup = supervisor.New(supervisor.Options{Root: t.TempDir(), Logf: t.Logf})
+	n.sup = supervisor.New(supervisor.Options{Root: root, Logf: t.Logf})
 	n.router = router.New(router.Options{Zone: zone, Logf: t.Logf, Waker: wakeVia{n},
 		Internal: func(a netip.Addr) bool { return a.IsLoopback() }})
 	// The catalog is read by Check only, called by the test goroutine.
@@ -163,5 +171,112 @@ func TestRegisterAsleepNeedsSleeper(t *testing.T) {
 	}
 	if _, ok := n.router.Sleeping(g.Instance("api")); ok || len(n.agent.Running()) != 0 {
 		t.Error("something was registered")
+	}
+}
+
+// callables lists g's services as versions to keep callable, in order.
+func callables(g *spec.Generation, names ...string) []Callable {
+	var out []Callable
+	for _, n := range names {
+		out = append(out, Callable{Generation: g, Service: n})
+	}
+	return out
+}
+
+// TestReconcileAsleep: versions Desired.Asleep names are held (Keys),
+// registered asleep without a process, and woken by a request to their
+// name; reconciling again changes nothing; no longer desired, they are
+// unregistered: no backend, no sleeper entry, no process.
+func TestReconcileAsleep(t *testing.T) {
+	n := newSleepyNode(t)
+	g := generation(t, spec.DefaultEnv, map[string]*spec.Service{"upstream": svc("upstream-1"), "api": svc("api-1", "upstream")})
+	up, api := g.Instance("upstream"), g.Instance("api")
+	d := Desired{Asleep: callables(g, "upstream", "api")}
+	if keys := d.Keys(); !keys[up] || !keys[api] || len(keys) != 2 {
+		t.Fatalf("Keys %v, want %s and %s", keys, up, api)
+	}
+	rep := n.reconcile(t, d, Options{})
+	if want := []string{string(api), string(up)}; !slices.Equal(rep.Asleep, want) || len(rep.Started) != 0 {
+		t.Fatalf("registered asleep %v and started %v, want %v and none", rep.Asleep, rep.Started, want)
+	}
+	if l := n.sup.List(); len(l) != 0 {
+		t.Fatalf("processes of versions registered asleep: %+v", l)
+	}
+	for _, k := range []spec.VersionKey{up, api} {
+		if sl, ok := n.router.Sleeping(k); !ok || !sl.Asleep {
+			t.Errorf("%s: %+v %v, want routed asleep", k, sl, ok)
+		}
+	}
+	if code, body := n.get(t, api, "/call"); code != 200 || body != "upstream-1" {
+		t.Fatalf("request to %s: %d %q, want 200 %q", api, code, body, "upstream-1")
+	}
+
+	rep = n.reconcile(t, d, Options{})
+	if len(rep.Asleep)+len(rep.Started)+len(rep.Stopped) != 0 {
+		t.Errorf("reconciling again: %+v, want nothing done", rep)
+	}
+
+	rep = n.reconcile(t, Desired{}, Options{})
+	if len(rep.Stopped) != 2 {
+		t.Errorf("stopped %v, want both", rep.Stopped)
+	}
+	for _, k := range []spec.VersionKey{up, api} {
+		if _, ok := n.router.Sleeping(k); ok {
+			t.Errorf("%s: still routed", k)
+		}
+		if _, err := n.sleeper.Wake(t.Context(), k); !errors.Is(err, idle.ErrNotAsleep) {
+			t.Errorf("%s: Wake after it went: %v, want ErrNotAsleep", k, err)
+		}
+	}
+	if l := n.sup.List(); len(l) != 0 {
+		t.Errorf("processes left: %+v", l)
+	}
+}
+
+// TestReconcileAsleepOnResume: after a daemon restart (Options.Adopt), a
+// version Desired.Asleep names whose process the previous daemon left
+// running is adopted (same pid), and one a generation holds whose process
+// is gone is registered asleep rather than started; on a deploy (no
+// Adopt) a generation's version is started though Asleep names it too.
+func TestReconcileAsleepOnResume(t *testing.T) {
+	root := t.TempDir()
+	first := newNode(t, root)
+	old := generation(t, spec.DefaultEnv, map[string]*spec.Service{"api": svc("api-1")})
+	cur := generation(t, spec.DefaultEnv, map[string]*spec.Service{"api": svc("api-2"), "wiki": svc("wiki-1")})
+	first.reconcile(t, Desired{Generations: []*spec.Generation{old, cur}}, Options{})
+	left := first.pids()
+	wiki := cur.Instance("wiki")
+	// wiki slept when the daemon went: no process.
+	if err := first.sup.Stop(t.Context(), wiki); err != nil {
+		t.Fatal(err)
+	}
+	first.sup.Detach()
+	first.router.Close()
+	first.agent = New(first.sup, first.router)
+
+	next := newSleepyNodeAt(t, root)
+	d := Desired{Generations: []*spec.Generation{cur}, Asleep: append(callables(cur, "wiki"), callables(old, "api")...)}
+	rep := next.reconcile(t, d, Options{Adopt: true})
+	if want := []string{string(wiki)}; !slices.Equal(rep.Asleep, want) {
+		t.Errorf("registered asleep %v, want %v", rep.Asleep, want)
+	}
+	got := next.pids()
+	if _, ok := got[wiki]; ok {
+		t.Errorf("%s, asleep when the daemon stopped, was started", wiki)
+	}
+	for _, k := range []spec.VersionKey{old.Instance("api"), cur.Instance("api")} {
+		if got[k] == 0 || got[k] != left[k] {
+			t.Errorf("%s: pid %d, was %d: not adopted", k, got[k], left[k])
+		}
+	}
+	if code, body := next.get(t, wiki, "/"); code != 200 || body != "wiki-1" {
+		t.Errorf("request to %s: %d %q, want it woken", wiki, code, body)
+	}
+
+	// A deploy: start wins.
+	deploy := newSleepyNode(t)
+	rep = deploy.reconcile(t, Desired{Generations: []*spec.Generation{cur}, Asleep: callables(cur, "wiki")}, Options{})
+	if _, ok := deploy.pids()[wiki]; !ok || len(rep.Asleep) != 0 {
+		t.Errorf("on a deploy: registered asleep %v, running %v; want %s started", rep.Asleep, deploy.pids(), wiki)
 	}
 }
