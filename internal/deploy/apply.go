@@ -8,25 +8,47 @@ import (
 	"hostel/internal/spec"
 )
 
+// stored is what the engine reads of the store to decide what runs:
+// every environment's current generation and every generation kept.
+type stored struct {
+	currents map[string]*spec.Generation
+	kept     []*spec.Generation
+}
+
+// read reads what a decision needs of the store. e.mu must be held.
+func (e *Engine) read(ctx context.Context) (stored, error) {
+	cs, err := e.store.Currents(ctx)
+	if err != nil {
+		return stored{}, err
+	}
+	kept, err := e.store.List(ctx)
+	if err != nil {
+		return stored{}, err
+	}
+	return stored{currents: cs, kept: kept}, nil
+}
+
 // desired is what the machine must run while g goes live in its
 // environment: every environment's current generation — still serving
-// until the switch — g, and the generations open confirm windows may
-// switch back to. With g nil: what runs once the switch is done (and the
-// window, if any, settled). e.mu must be held.
+// until the switch — g, the generations open confirm windows may switch
+// back to, and, asleep, the kept versions that stay callable. With g nil:
+// what runs once the switch is done (and the window, if any, settled).
+// e.mu must be held.
 func (e *Engine) desired(ctx context.Context, g *spec.Generation) (agent.Desired, error) {
-	cs, err := e.store.Currents(ctx)
+	st, err := e.read(ctx)
 	if err != nil {
 		return agent.Desired{}, err
 	}
-	return e.desiredOf(cs, g), nil
+	return e.desiredOf(st, g), nil
 }
 
-// desiredOf is desired given every environment's current generation, cs,
-// which it leaves as it is. e.mu must be held.
-func (e *Engine) desiredOf(cs map[string]*spec.Generation, g *spec.Generation) agent.Desired {
+// desiredOf is desired given what the store holds, st, which it leaves
+// as it is. It keeps the callable versions it decides for Sleepers.
+// e.mu must be held.
+func (e *Engine) desiredOf(st stored, g *spec.Generation) agent.Desired {
 	var d agent.Desired
-	for _, env := range envOrder(cs) {
-		d.Generations = append(d.Generations, cs[env])
+	for _, env := range envOrder(st.currents) {
+		d.Generations = append(d.Generations, st.currents[env])
 	}
 	if g != nil {
 		d.Generations = append(d.Generations, g)
@@ -34,6 +56,8 @@ func (e *Engine) desiredOf(cs map[string]*spec.Generation, g *spec.Generation) a
 	for _, env := range envOrder(e.windows) {
 		d.Generations = append(d.Generations, e.windows[env].prev)
 	}
+	d.Asleep = Callables(st.kept, st.currents)
+	e.setCallable(d.Asleep)
 	return d
 }
 
@@ -45,11 +69,11 @@ func (e *Engine) desiredOf(cs map[string]*spec.Generation, g *spec.Generation) a
 func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(started []string) error, progress Progress) ([]string, error) {
 	// One read serves both: e.mu keeps every other writer out until the
 	// commit.
-	cs, err := e.store.Currents(ctx)
+	st, err := e.read(ctx)
 	if err != nil {
 		return nil, err
 	}
-	before, d := e.desiredOf(cs, nil), e.desiredOf(cs, g)
+	before, d := e.desiredOf(st, nil), e.desiredOf(st, g)
 	rep, err := e.agent.Reconcile(ctx, d, agent.Options{}, progress)
 	if err != nil {
 		// What it started was stopped again: none of it stands.

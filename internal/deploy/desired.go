@@ -2,6 +2,8 @@ package deploy
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 
 	"hostel/internal/agent"
@@ -162,3 +164,83 @@ func envOrder[V any](byEnv map[string]V) []string {
 	})
 	return envs
 }
+
+// Callables returns the versions that must stay callable without running
+// (old_versions "callable"): every version of kept (the stored
+// generations, every environment's, oldest first) whose service says
+// "callable" in that generation, with the instances it needs there,
+// transitively — each as its generation names it (g.Instance) — less what
+// the environments' current generations, currents, run. Each comes with
+// the generation it is started as planned in: the newest that holds it
+// and belongs to its owner (whose data it uses), else the newest that
+// holds it. Needs come before their dependents; the order is otherwise by
+// key, so that equal inputs give equal results.
+func Callables(kept []*spec.Generation, currents map[string]*spec.Generation) []agent.Callable {
+	byKey := map[spec.VersionKey]agent.Callable{}
+	needs := map[spec.VersionKey][]spec.VersionKey{}
+	add := func(g *spec.Generation, name string) {
+		k := g.Instance(name)
+		if c, ok := byKey[k]; ok {
+			// The newest seen first; the owner's own generation wins.
+			if owns(c.Generation, c.Service) || !owns(g, name) {
+				return
+			}
+		}
+		byKey[k] = agent.Callable{Generation: g, Service: name}
+		needs[k] = needs[k][:0]
+		for _, n := range g.Spec.Services[name].Needs {
+			needs[k] = append(needs[k], g.Instance(n))
+		}
+	}
+	for i := len(kept) - 1; i >= 0; i-- {
+		g := kept[i]
+		if g == nil {
+			continue
+		}
+		for _, name := range g.Spec.Names() {
+			if !g.Spec.Services[name].Callable() {
+				continue
+			}
+			// The closure of its needs, in this generation.
+			seen := map[string]bool{}
+			var walk func(string)
+			walk = func(n string) {
+				if seen[n] {
+					return
+				}
+				seen[n] = true
+				add(g, n)
+				for _, m := range g.Spec.Services[n].Needs {
+					walk(m)
+				}
+			}
+			walk(name)
+		}
+	}
+	run := Hold(slices.Collect(maps.Values(currents))...)
+	keys := slices.Sorted(maps.Keys(byKey))
+	var out []agent.Callable
+	done := map[spec.VersionKey]bool{}
+	var visit func(spec.VersionKey)
+	visit = func(k spec.VersionKey) {
+		c, ok := byKey[k]
+		if done[k] || !ok {
+			return
+		}
+		done[k] = true
+		for _, n := range needs[k] {
+			visit(n)
+		}
+		if !run[k] {
+			out = append(out, c)
+		}
+	}
+	for _, k := range keys {
+		visit(k)
+	}
+	return out
+}
+
+// owns reports whether g is the generation of the environment whose
+// instance of service name it uses (not one it shares).
+func owns(g *spec.Generation, name string) bool { return g.Owner(name) == g.EnvOrDefault() }

@@ -1,7 +1,9 @@
 package deploy
 
 import (
+	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -149,5 +151,65 @@ func TestTablePreviews(t *testing.T) {
 	wantDomains := map[string]spec.VersionKey{"web.pr-1.preview.example": "web-w1", "api.pr-1.preview.example": "api-a1@pr-1"}
 	if !maps.Equal(tab.Domains, wantDomains) {
 		t.Errorf("Domains = %v, want %v", tab.Domains, wantDomains)
+	}
+}
+
+// TestCallables: the versions kept callable are those of kept generations
+// whose service says "callable" there, with their needs' instances in
+// that generation, less what the current generations run; needs first,
+// each with the generation that owns its instance.
+func TestCallables(t *testing.T) {
+	call := func(needs ...string) *spec.Service {
+		return &spec.Service{OldVersions: spec.OldVersionsCallable, Needs: needs}
+	}
+	stop := func(needs ...string) *spec.Service { return &spec.Service{Needs: needs} }
+	v1 := gen("production", map[string]spec.Version{"api": "a1", "db": "d1"}, map[string]*spec.Service{"api": call("db"), "db": stop()})
+	v1.Number = 1
+	v2 := gen("production", map[string]spec.Version{"api": "a2", "db": "d1"}, map[string]*spec.Service{"api": call("db"), "db": stop()})
+	v2.Number = 2
+	v3 := gen("production", map[string]spec.Version{"api": "a3", "db": "d3"}, map[string]*spec.Service{"api": call("db"), "db": stop()})
+	v3.Number = 3
+	// The same versions as callable: a stop generation holds them.
+	s1 := gen("production", map[string]spec.Version{"api": "a1", "db": "d1"}, map[string]*spec.Service{"api": stop("db"), "db": stop()})
+	s1.Number = 1
+	// Transitive: web needs api needs db, only web is callable.
+	t1 := gen("production", map[string]spec.Version{"web": "w1", "api": "a1", "db": "d1"},
+		map[string]*spec.Service{"web": call("api"), "api": stop("db"), "db": stop()})
+	t1.Number = 1
+	// A preview that shares production's db and runs its own api.
+	p1 := gen("pr-1", map[string]spec.Version{"api": "a1", "db": "d1"}, map[string]*spec.Service{"api": call("db"), "db": stop()})
+	p1.Number, p1.Shares = 4, map[string]string{"db": spec.DefaultEnv}
+	p2 := gen("pr-1", map[string]spec.Version{"api": "a2", "db": "d1"}, map[string]*spec.Service{"api": call("db"), "db": stop()})
+	p2.Number, p2.Shares = 5, map[string]string{"db": spec.DefaultEnv}
+	for _, tc := range []struct {
+		name     string
+		kept     []*spec.Generation
+		currents map[string]*spec.Generation
+		want     []string // key@generation, in order
+	}{
+		{"nothing kept", nil, map[string]*spec.Generation{}, nil},
+		{"the current one only", []*spec.Generation{v2}, map[string]*spec.Generation{"production": v2}, nil},
+		{"replaced, its need still current", []*spec.Generation{v1, v2}, map[string]*spec.Generation{"production": v2}, []string{"api-a1@1"}},
+		{"replaced with its need", []*spec.Generation{v1, v2, v3}, map[string]*spec.Generation{"production": v3},
+			[]string{"db-d1@2", "api-a1@1", "api-a2@2"}},
+		{"stop is not kept", []*spec.Generation{s1, v3}, map[string]*spec.Generation{"production": v3}, nil},
+		{"rolled back: current again", []*spec.Generation{v1, v2}, map[string]*spec.Generation{"production": v1}, []string{"api-a2@2"}},
+		{"needs, transitively", []*spec.Generation{t1, v3}, map[string]*spec.Generation{"production": v3},
+			[]string{"db-d1@1", "api-a1@1", "web-w1@1"}},
+		// d1 runs: pr-1's current generation shares it.
+		{"a preview's own and a shared instance", []*spec.Generation{v1, v3, p1, p2}, map[string]*spec.Generation{"production": v3, "pr-1": p2},
+			[]string{"api-a1@1", "api-a1@pr-1@4"}},
+		{"the owner's generation for a shared instance", []*spec.Generation{v1, p1, v3}, map[string]*spec.Generation{"production": v3},
+			[]string{"db-d1@1", "api-a1@1", "api-a1@pr-1@4"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, c := range Callables(tc.kept, tc.currents) {
+				got = append(got, fmt.Sprintf("%s@%d", c.Key(), c.Generation.Number))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("Callables = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

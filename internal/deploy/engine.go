@@ -108,6 +108,12 @@ type Engine struct {
 	// switched is told every generation the routes switch to, right after
 	// the switch (see OnSwitch); nil when no one listens.
 	switched func(g *spec.Generation)
+
+	// kept are the kept versions that stay callable (sleep.go), as the
+	// last decision found them, guarded by keptMu (not mu: Sleepers and
+	// status read them while an operation runs).
+	keptMu sync.Mutex
+	kept   map[spec.VersionKey]*kept
 }
 
 // New returns an engine over a store, the processes and the routes.
@@ -397,15 +403,23 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cs, err := e.store.Currents(ctx)
+	st, err := e.read(ctx)
 	if err != nil {
 		return err
 	}
+	cs := st.currents
 	prevs := map[string]*spec.Generation{}
 	d := agent.Desired{}
 	for _, env := range envOrder(cs) {
 		d.Generations = append(d.Generations, cs[env])
 	}
+	// What slept when the daemon stopped sleeps on: a version that
+	// sleeps, or a kept one that stays callable, is registered asleep
+	// unless its process is left running (adopted then).
+	d.Asleep = sleepingOnResume(cs)
+	callable := Callables(st.kept, cs)
+	e.setCallable(callable)
+	d.Asleep = append(d.Asleep, callable...)
 	for _, env := range envOrder(cs) {
 		if prev := e.previous(ctx, cs[env], progress); prev != nil {
 			// Keep what a switch back needs at hand, as the window did.

@@ -1,0 +1,143 @@
+package deploy
+
+import (
+	"context"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"hostel/internal/idle"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/store"
+	"hostel/internal/supervisor"
+)
+
+// wakeVia breaks the cycle between the router (made first) and the Sleeper.
+type wakeVia struct{ s **idle.Sleeper }
+
+func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
+	return (*w.s).Wake(ctx, key)
+}
+
+// newSleepyWorld is a world whose engine registers versions asleep with
+// a Sleeper (not watching: the test calls Check) that the router wakes
+// them through, as the daemon wires them.
+func newSleepyWorld(t *testing.T) (*world, *idle.Sleeper) {
+	t.Helper()
+	root := t.TempDir()
+	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sl *idle.Sleeper
+	w := &world{t: t, store: st, sup: supervisor.New(supervisor.Options{Root: root}),
+		router: router.New(router.Options{Waker: wakeVia{&sl}})}
+	w.engine = New(st, w.sup, w.router)
+	sl = idle.New(w.sup, w.router, func() (map[spec.VersionKey]idle.Policy, bool) {
+		return w.engine.Sleepers(context.Background())
+	}, t.Logf)
+	w.engine.SetSleeper(sl)
+	w.engine.SetAsleep(func(k spec.VersionKey) bool { s, ok := w.router.Sleeping(k); return ok && s.Asleep })
+	w.front = httptest.NewServer(w.router)
+	t.Cleanup(func() {
+		w.front.Close()
+		w.engine.Shutdown(context.Background())
+		w.router.Close()
+		st.Close()
+	})
+	return w, sl
+}
+
+// TestCallableOldVersion: a deploy that replaces a version of an
+// old_versions "callable" service keeps it routed: it sleeps once nothing
+// is in flight (FirstSleep), a request to its immutable name wakes it —
+// with the <NEED>_URL it was built with — and the version it needs, which
+// the new generation replaced too, is kept with it; gc of the generation
+// that held them unregisters both.
+func TestCallableOldVersion(t *testing.T) {
+	w, sl := newSleepyWorld(t)
+	s1 := mkSpec(map[string]*spec.Service{"upstream": app("up-1"), "api": app("api-1", needs("upstream"))})
+	s1.Services["api"].OldVersions = spec.OldVersionsCallable
+	w.mustDeploy(s1)
+	g1, _ := w.store.Current(t.Context(), spec.DefaultEnv)
+	s2 := mkSpec(map[string]*spec.Service{"upstream": app("up-2"), "api": app("api-2", needs("upstream"))})
+	s2.Services["api"].OldVersions = spec.OldVersionsCallable
+	res := w.mustDeploy(s2)
+	if len(res.Stopped) != 0 {
+		t.Fatalf("the deploy stopped %v; a callable version and its need stay", res.Stopped)
+	}
+	api1, up1 := g1.Instance("api"), g1.Instance("upstream")
+	if got := w.engine.Kept(); len(got) != 2 || got[0] != api1 || got[1] != up1 {
+		t.Fatalf("Kept = %v, want %s and %s", got, api1, up1)
+	}
+
+	// Nothing in flight: both sleep at the first checks past FirstSleep.
+	waitFor(t, 30*time.Second, "the kept versions to sleep", func() bool {
+		sl.Check()
+		_, a := w.sup.Get(api1)
+		_, u := w.sup.Get(up1)
+		return !a && !u
+	})
+	for _, k := range []spec.VersionKey{api1, up1} {
+		if st, ok := w.router.Sleeping(k); !ok || !st.Asleep {
+			t.Fatalf("%s after it slept: %+v %v, want routed asleep", k, st, ok)
+		}
+	}
+	host := spec.VersionHost("api", g1.Versions["api"], spec.DefaultZone)
+	if code, id, body := w.get(host, "/call"); code != 200 || id != "api-1" || body != "up-1" {
+		t.Fatalf("GET %s/call: %d %s %q, want api-1 answering through up-1", host, code, id, body)
+	}
+	// Woken, it sleeps again after CallableIdle (its service has no idle).
+	pol, ok := w.engine.Sleepers(t.Context())
+	if !ok || pol[api1].Idle != CallableIdle {
+		t.Errorf("after its wake, %s sleeps after %v, want %v", api1, pol[api1].Idle, CallableIdle)
+	}
+
+	gc, err := w.engine.GC(t.Context(), 1, w.progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gc.Removed) != 1 || gc.Removed[0] != g1.Number || len(gc.Stopped) != 2 {
+		t.Fatalf("gc removed %v and stopped %v, want generation %d and both kept versions", gc.Removed, gc.Stopped, g1.Number)
+	}
+	for _, k := range []spec.VersionKey{api1, up1} {
+		if _, ok := w.router.Sleeping(k); ok {
+			t.Errorf("%s: still routed after gc", k)
+		}
+		if _, ok := w.sup.Get(k); ok {
+			t.Errorf("%s: a process after gc", k)
+		}
+	}
+	if code, _, _ := w.get(host, "/"); code == 200 {
+		t.Errorf("GET %s after gc: %d", host, code)
+	}
+	if got := w.engine.Kept(); len(got) != 0 {
+		t.Errorf("Kept after gc = %v", got)
+	}
+}
+
+// TestGCKeepsWindowPrevious: gc never drops the generation an open
+// confirm window would switch back to.
+func TestGCKeepsWindowPrevious(t *testing.T) {
+	w := newWorld(t)
+	w.mustDeploy(mkSpec(map[string]*spec.Service{"api": app("api-1")}))
+	w.mustDeploy(mkSpec(map[string]*spec.Service{"api": app("api-2")}))
+	g2, _ := w.store.Current(t.Context(), spec.DefaultEnv)
+	deployed := w.deployInWindow(mkSpec(map[string]*spec.Service{"api": app("api-3")}), time.Hour)
+	gc, err := w.engine.GC(t.Context(), 1, w.progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range gc.Removed {
+		if n == g2.Number {
+			t.Errorf("gc dropped generation %d, which the open window switches back to", n)
+		}
+	}
+	if _, err := w.store.Get(t.Context(), g2.Number); err != nil {
+		t.Errorf("generation %d after gc: %v", g2.Number, err)
+	}
+	w.deploy(mkSpec(map[string]*spec.Service{"api": app("api-4")}), 0) // ends the window
+	<-deployed
+}

@@ -1,0 +1,81 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"hostel/internal/spec"
+)
+
+// GCResult says what GC did.
+type GCResult struct {
+	// Removed are the numbers of the generations dropped, Kept the rest's
+	// (generations, newest first), both as the store held them.
+	Removed []uint64
+	Kept    []*spec.Generation
+	// Stopped are the versions that no kept generation held any more:
+	// stopped if awake, unregistered (routes, endpoints, sleep).
+	Stopped []string
+	Aborted int64
+}
+
+// Collectable splits gens into the generations gc keeps — the newest keep
+// and every environment's current one (currents) — and the numbers of
+// those it drops, each newest first.
+func Collectable(gens []*spec.Generation, currents map[string]*spec.Generation, keep int) (kept []*spec.Generation, removed []uint64) {
+	current := map[uint64]bool{}
+	for _, g := range currents {
+		current[g.Number] = true
+	}
+	byNewest := append([]*spec.Generation(nil), gens...)
+	sort.Slice(byNewest, func(i, j int) bool { return byNewest[i].Number > byNewest[j].Number })
+	for i, g := range byNewest {
+		if i < keep || current[g.Number] {
+			kept = append(kept, g)
+		} else {
+			removed = append(removed, g.Number)
+		}
+	}
+	return kept, removed
+}
+
+// GC drops the generations older than the newest keep (never an
+// environment's current one), then drains: a version that no kept
+// generation holds any more — a replaced version that stayed callable —
+// is stopped if awake and unregistered. keep must be at least 1 (else an
+// InvalidError). What the dropped generations pinned outside the engine
+// (Nix roots) is the caller's to release, given Kept.
+func (e *Engine) GC(ctx context.Context, keep int, progress Progress) (*GCResult, error) {
+	if keep < 1 {
+		return nil, invalid(fmt.Errorf("--keep must be at least 1, not %d", keep))
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res := &GCResult{}
+	res.Kept, res.Removed = Collectable(st.kept, st.currents, keep)
+	if len(res.Removed) == 0 {
+		return res, nil
+	}
+	// An open window switches back to its previous generation: it is
+	// a current one's, never dropped while the window may need it.
+	for _, w := range e.windows {
+		for i, n := range res.Removed {
+			if w.prev != nil && n == w.prev.Number {
+				res.Removed = append(res.Removed[:i], res.Removed[i+1:]...)
+				res.Kept = append(res.Kept, w.prev)
+				break
+			}
+		}
+	}
+	if err := e.store.Delete(ctx, res.Removed...); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	progress("gc: dropped generations %v", res.Removed)
+	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
+	return res, nil
+}
