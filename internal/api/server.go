@@ -74,6 +74,16 @@ func NewHandler(d Daemon) http.Handler {
 		reply(w, res, err)
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("all") != "" {
+			ad, ok := d.(AllStatusDaemon)
+			if !ok {
+				reply(w, nil, Invalid(errors.New("--all: this daemon does not list kept versions")))
+				return
+			}
+			s, err := ad.AllStatus(r.Context(), r.URL.Query().Get("env"))
+			reply(w, s, err)
+			return
+		}
 		if env := r.URL.Query().Get("env"); env != "" {
 			if ed, ok := d.(EnvDaemon); ok {
 				s, err := ed.EnvStatus(r.Context(), env)

@@ -143,6 +143,10 @@ type ServiceStatus struct {
 	// LastWakeSeconds is how long the last wake took.
 	Wakes           int     `json:"wakes,omitempty"`
 	LastWakeSeconds float64 `json:"last_wake_seconds,omitempty"`
+	// Kept is set on a version no current generation holds that stays
+	// callable by its immutable name (old_versions "callable") until gc
+	// drops the last generation holding it.
+	Kept bool `json:"kept,omitempty"`
 }
 
 // Generation is one row of `hostel generations --json`.

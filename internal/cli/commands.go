@@ -194,7 +194,7 @@ func deployCmd(e *env) *cobra.Command {
 }
 
 func statusCmd(e *env) *cobra.Command {
-	var asJSON bool
+	var asJSON, all bool
 	var envName string
 	cmd := &cobra.Command{
 		Use:   "status [SERVICE]",
@@ -204,7 +204,13 @@ func statusCmd(e *env) *cobra.Command {
 			if err := checkEnvFlag(envName); err != nil {
 				return err
 			}
-			st, err := e.client().EnvStatus(cmd.Context(), envName)
+			var st *api.Status
+			var err error
+			if all {
+				st, err = e.client().AllStatus(cmd.Context(), envName)
+			} else {
+				st, err = e.client().EnvStatus(cmd.Context(), envName)
+			}
 			if err != nil {
 				return err
 			}
@@ -241,7 +247,11 @@ func statusCmd(e *env) *cobra.Command {
 				} else if (s.State == "idle" || s.State == "held") && s.LastRequest != nil {
 					state += fmt.Sprintf(" (last request %s, %d wakes)", s.LastRequest.Local().Format(time.DateTime), s.Wakes)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", s.Name, s.Version, state, pid, s.Ready, doms, s.URL)
+				version := s.Version
+				if s.Kept {
+					version += " (kept)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", s.Name, version, state, pid, s.Ready, doms, s.URL)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -253,6 +263,7 @@ func statusCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print status as JSON")
+	cmd.Flags().BoolVar(&all, "all", false, "add every version still kept (asleep, callable, draining)")
 	addEnvFlag(cmd, &envName)
 	return cmd
 }

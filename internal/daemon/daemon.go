@@ -49,8 +49,12 @@ type Daemon struct {
 	router *router.Router
 	engine *deploy.Engine
 	// sleeper puts idle versions to sleep and wakes them (sleep.go); nil
-	// until the current generations are resumed.
+	// until just before the current generations are resumed; its watch
+	// starts after.
 	sleeper *idle.Sleeper
+	// watching is set once the sleeper's watch started (its Stop waits
+	// for it).
+	watching bool
 	// live are the generations the routes switched to last, by
 	// environment (the switch hook), for certificate management; guarded
 	// by liveMu.
@@ -178,6 +182,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Before anything is adopted: what a daemon killed mid-launch left
 	// running without a record.
 	d.sup.Leftovers()
+	// Before the resume, which registers what slept asleep with it.
+	d.newSleeper()
 	if err := d.engine.Resume(ctx, func(f string, a ...any) { d.logf(f, a...) }); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
@@ -232,7 +238,7 @@ func (d *Daemon) Close() error {
 	if d.stopExpiry != nil {
 		d.stopExpiry()
 	}
-	if d.sleeper != nil {
+	if d.watching {
 		d.sleeper.Stop()
 	}
 	if d.engine != nil {

@@ -7,7 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 
 	"hostel/internal/api"
@@ -147,6 +148,22 @@ func (d *Daemon) Status(ctx context.Context) (*api.Status, error) {
 
 // EnvStatus implements api.EnvDaemon: the status of environment env.
 func (d *Daemon) EnvStatus(ctx context.Context, env string) (*api.Status, error) {
+	return d.status(ctx, env, false)
+}
+
+// AllStatus implements api.AllStatusDaemon: the status of environment env
+// ("" is production) with every version still kept.
+func (d *Daemon) AllStatus(ctx context.Context, env string) (*api.Status, error) {
+	if env == "" {
+		env = spec.DefaultEnv
+	}
+	return d.status(ctx, env, true)
+}
+
+// status is the status of environment env: its current generation's
+// versions, what else of it runs (draining, or awake and kept), and with
+// all the kept versions asleep too.
+func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status, error) {
 	cur, err := d.envCurrent(ctx, env)
 	if err != nil {
 		return nil, err
@@ -182,11 +199,29 @@ func (d *Daemon) EnvStatus(ctx context.Context, env string) (*api.Status, error)
 			st.Services = append(st.Services, ss)
 		}
 	}
-	// Old versions still draining.
+	kept := map[spec.VersionKey]bool{}
+	for _, k := range d.engine.Kept() {
+		kept[k] = true
+	}
+	// Old versions still draining, and kept ones awake.
 	for _, s := range d.sup.List() {
 		if !shown[s.Key] && s.Key.Owner() == env {
+			shown[s.Key] = true
 			ss := d.serviceStatus(s.Service, s.Version, s.Key, zone)
-			ss.Package = d.packageOf(s.Service, s.Version)
+			ss.Package, ss.Kept = d.packageOf(s.Service, s.Version), kept[s.Key]
+			st.Services = append(st.Services, ss)
+		}
+	}
+	if all {
+		// Kept versions with no process: asleep until a request wakes them.
+		for _, k := range d.engine.Kept() {
+			if shown[k] || k.Owner() != env {
+				continue
+			}
+			name := k.Service()
+			v := spec.Version(strings.TrimPrefix(string(k.Version()), name+"-"))
+			ss := d.serviceStatus(name, v, k, zone)
+			ss.Package, ss.Kept = d.packageOf(name, v), true
 			st.Services = append(st.Services, ss)
 		}
 	}
@@ -263,45 +298,25 @@ func (d *Daemon) EnvGenerations(ctx context.Context, env string) (*api.Generatio
 	return out, nil
 }
 
-// GC implements api.Daemon: it keeps the newest keep generations and the current one.
+// GC implements api.Daemon: it keeps the newest keep generations and the
+// current one, stops and unregisters what only the dropped ones held (the
+// engine, under its lock), then releases their Nix roots.
 func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, error) {
-	if req.Keep < 1 {
-		return nil, api.Invalid(fmt.Errorf("--keep must be at least 1, not %d", req.Keep))
-	}
-	gens, err := d.store.List(ctx)
+	gc, err := d.engine.GC(context.WithoutCancel(ctx), req.Keep, func(f string, a ...any) { d.logf(f, a...) })
 	if err != nil {
-		return nil, err
+		return nil, apiError(err)
 	}
-	cs, err := d.store.Currents(ctx)
-	if err != nil {
-		return nil, err
+	res := &api.GCResult{Removed: append([]uint64{}, gc.Removed...), Kept: []uint64{}}
+	for _, g := range gc.Kept {
+		res.Kept = append(res.Kept, g.Number)
 	}
-	current := map[uint64]bool{}
-	for _, g := range cs {
-		current[g.Number] = true
-	}
-	sort.Slice(gens, func(i, j int) bool { return gens[i].Number > gens[j].Number })
-	res := &api.GCResult{Removed: []uint64{}, Kept: []uint64{}}
-	var kept []*spec.Generation
-	for i, g := range gens {
-		// Every environment's current generation is kept.
-		if i < req.Keep || current[g.Number] {
-			res.Kept = append(res.Kept, g.Number)
-			kept = append(kept, g)
-		} else {
-			res.Removed = append(res.Removed, g.Number)
-		}
-	}
-	if err := d.store.Delete(ctx, res.Removed...); err != nil {
-		return nil, err
-	}
-	unpinned, freed, err := d.collectGarbage(ctx, kept)
+	unpinned, freed, err := d.collectGarbage(ctx, gc.Kept)
 	if err != nil {
 		return nil, err
 	}
 	res.Unpinned, res.FreedPaths, res.FreedBytes = append([]string{}, unpinned...), freed.Paths, freed.Bytes
-	sort.Slice(res.Kept, func(i, j int) bool { return res.Kept[i] < res.Kept[j] })
-	sort.Slice(res.Removed, func(i, j int) bool { return res.Removed[i] < res.Removed[j] })
+	slices.Sort(res.Kept)
+	slices.Sort(res.Removed)
 	return res, nil
 }
 

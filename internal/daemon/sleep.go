@@ -18,12 +18,20 @@ func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) 
 	return w.d.sleeper.Wake(ctx, key)
 }
 
-// startSleeper puts idle versions of services with `idle` to sleep.
-func (d *Daemon) startSleeper() {
+// newSleeper makes the Sleeper that wakes sleeping versions, and gives
+// it to the engine, which registers versions asleep with it.
+func (d *Daemon) newSleeper() {
 	d.sleeper = idle.New(d.sup, d.router, func() (map[spec.VersionKey]idle.Policy, bool) {
 		return d.engine.Sleepers(context.Background())
 	}, d.logf)
+	d.engine.SetSleeper(d.sleeper)
+}
+
+// startSleeper puts idle versions of services with `idle`, and kept
+// versions that stay callable, to sleep.
+func (d *Daemon) startSleeper() {
 	d.sleeper.Start()
+	d.watching = true
 }
 
 // sleepStatus adds to ss what scale to zero knows of key: asleep is
