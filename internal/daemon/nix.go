@@ -75,16 +75,18 @@ func generationPaths(g *spec.Generation) []string {
 	return out
 }
 
-// collectGarbage removes the roots of versions that neither a kept
-// generation nor a running process holds, then runs the Nix garbage
-// collector if Nix is installed.
-func (d *Daemon) collectGarbage(ctx context.Context, kept []*spec.Generation) ([]string, nix.GCStats, error) {
-	unpinned, err := nix.RootsFor(d.opts.Root).Prune(d.pinned(kept))
-	if err != nil || !nix.Available() {
-		return unpinned, nix.GCStats{}, err
+// unpin removes the roots of versions that neither a kept generation nor
+// a running process holds (under the engine's lock: see deploy.GC).
+func (d *Daemon) unpin(kept []*spec.Generation) ([]string, error) {
+	return nix.RootsFor(d.opts.Root).Prune(d.pinned(kept))
+}
+
+// collectGarbage runs the Nix garbage collector, if Nix is installed.
+func (d *Daemon) collectGarbage(ctx context.Context) (nix.GCStats, error) {
+	if !nix.Available() {
+		return nix.GCStats{}, nil
 	}
-	st, err := nix.CollectGarbage(ctx)
-	return unpinned, st, err
+	return nix.CollectGarbage(ctx)
 }
 
 // closureSize is the size of the closures of g's store paths; 0 without Nix.

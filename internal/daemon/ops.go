@@ -299,22 +299,23 @@ func (d *Daemon) EnvGenerations(ctx context.Context, env string) (*api.Generatio
 }
 
 // GC implements api.Daemon: it keeps the newest keep generations and the
-// current one, stops and unregisters what only the dropped ones held (the
-// engine, under its lock), then releases their Nix roots.
+// current one, stops and unregisters what only the dropped ones held and
+// removes their Nix roots (the engine, under its lock), then runs the Nix
+// garbage collector.
 func (d *Daemon) GC(ctx context.Context, req api.GCRequest) (*api.GCResult, error) {
-	gc, err := d.engine.GC(context.WithoutCancel(ctx), req.Keep, func(f string, a ...any) { d.logf(f, a...) })
+	gc, err := d.engine.GC(context.WithoutCancel(ctx), req.Keep, d.unpin, func(f string, a ...any) { d.logf(f, a...) })
 	if err != nil {
 		return nil, apiError(err)
 	}
-	res := &api.GCResult{Removed: append([]uint64{}, gc.Removed...), Kept: []uint64{}}
+	res := &api.GCResult{Removed: append([]uint64{}, gc.Removed...), Kept: []uint64{}, Unpinned: append([]string{}, gc.Released...)}
 	for _, g := range gc.Kept {
 		res.Kept = append(res.Kept, g.Number)
 	}
-	unpinned, freed, err := d.collectGarbage(ctx, gc.Kept)
+	freed, err := d.collectGarbage(ctx)
 	if err != nil {
 		return nil, err
 	}
-	res.Unpinned, res.FreedPaths, res.FreedBytes = append([]string{}, unpinned...), freed.Paths, freed.Bytes
+	res.FreedPaths, res.FreedBytes = freed.Paths, freed.Bytes
 	slices.Sort(res.Kept)
 	slices.Sort(res.Removed)
 	return res, nil

@@ -95,7 +95,7 @@ func TestCallableOldVersion(t *testing.T) {
 		t.Errorf("after its wake, %s sleeps after %v, want %v", api1, pol[api1].Idle, CallableIdle)
 	}
 
-	gc, err := w.engine.GC(t.Context(), 1, w.progress)
+	gc, err := w.engine.GC(t.Context(), 1, nil, w.progress)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestGCKeepsWindowPrevious(t *testing.T) {
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"api": app("api-2")}))
 	g2, _ := w.store.Current(t.Context(), spec.DefaultEnv)
 	deployed := w.deployInWindow(mkSpec(map[string]*spec.Service{"api": app("api-3")}), time.Hour)
-	gc, err := w.engine.GC(t.Context(), 1, w.progress)
+	gc, err := w.engine.GC(t.Context(), 1, nil, w.progress)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,4 +140,65 @@ func TestGCKeepsWindowPrevious(t *testing.T) {
 	}
 	w.deploy(mkSpec(map[string]*spec.Service{"api": app("api-4")}), 0) // ends the window
 	<-deployed
+}
+
+// blockingPreparer holds the preparation of one service's versions until
+// released, saying when one begins.
+type blockingPreparer struct {
+	service string
+	begun   chan struct{}
+	release chan struct{}
+}
+
+func (p *blockingPreparer) Prepare(_ context.Context, _ *spec.Generation, service string, _ *supervisor.Config) error {
+	if service == p.service {
+		p.begun <- struct{}{}
+		<-p.release
+	}
+	return nil
+}
+
+// TestGCWaitsForDeploy: gc runs under the engine's lock: one asked for
+// while a deploy starts its versions releases (Nix roots) knowing the
+// generation that deploy commits, so it never unpins a version starting.
+func TestGCWaitsForDeploy(t *testing.T) {
+	w := newWorld(t)
+	w.mustDeploy(mkSpec(map[string]*spec.Service{"api": app("api-1")}))
+	p := &blockingPreparer{service: "web", begun: make(chan struct{}, 1), release: make(chan struct{})}
+	w.engine.Use(p)
+	deployed := make(chan error, 1)
+	go func() {
+		_, err := w.deploy(mkSpec(map[string]*spec.Service{"api": app("api-1"), "web": app("web-1")}), 0)
+		deployed <- err
+	}()
+	<-p.begun
+	released := make(chan []uint64, 1)
+	gcDone := make(chan error, 1)
+	gcCalled := make(chan struct{})
+	go func() {
+		close(gcCalled)
+		_, err := w.engine.GC(context.Background(), 1, func(kept []*spec.Generation) ([]string, error) {
+			var ns []uint64
+			for _, g := range kept {
+				ns = append(ns, g.Number)
+			}
+			released <- ns
+			return nil, nil
+		}, w.progress)
+		gcDone <- err
+	}()
+	// (Not a guarantee that gc waits on the lock by now, only the
+	// likely order: nothing but a lock-free gc could fail this test.)
+	<-gcCalled
+	close(p.release)
+	if err := <-deployed; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-gcDone; err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := w.store.Current(t.Context(), spec.DefaultEnv)
+	if got := <-released; len(got) != 1 || got[0] != cur.Number {
+		t.Errorf("gc released with generations %v kept, want only %d, which the deploy committed", got, cur.Number)
+	}
 }

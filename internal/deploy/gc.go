@@ -18,6 +18,8 @@ type GCResult struct {
 	// stopped if awake, unregistered (routes, endpoints, sleep).
 	Stopped []string
 	Aborted int64
+	// Released is what the release hook reported (Nix roots removed).
+	Released []string
 }
 
 // Collectable splits gens into the generations gc keeps — the newest keep
@@ -44,9 +46,11 @@ func Collectable(gens []*spec.Generation, currents map[string]*spec.Generation, 
 // environment's current one), then drains: a version that no kept
 // generation holds any more — a replaced version that stayed callable —
 // is stopped if awake and unregistered. keep must be at least 1 (else an
-// InvalidError). What the dropped generations pinned outside the engine
-// (Nix roots) is the caller's to release, given Kept.
-func (e *Engine) GC(ctx context.Context, keep int, progress Progress) (*GCResult, error) {
+// InvalidError). Then release, if not nil, lets go of what only the
+// dropped generations pinned outside the engine (Nix roots), given the
+// kept ones — still under the engine's lock, so that no deploy pins a
+// version meanwhile that release would not see.
+func (e *Engine) GC(ctx context.Context, keep int, release func(kept []*spec.Generation) ([]string, error), progress Progress) (*GCResult, error) {
 	if keep < 1 {
 		return nil, invalid(fmt.Errorf("--keep must be at least 1, not %d", keep))
 	}
@@ -58,9 +62,6 @@ func (e *Engine) GC(ctx context.Context, keep int, progress Progress) (*GCResult
 	}
 	res := &GCResult{}
 	res.Kept, res.Removed = Collectable(st.kept, st.currents, keep)
-	if len(res.Removed) == 0 {
-		return res, nil
-	}
 	// An open window switches back to its previous generation: it is
 	// a current one's, never dropped while the window may need it.
 	for _, w := range e.windows {
@@ -77,5 +78,10 @@ func (e *Engine) GC(ctx context.Context, keep int, progress Progress) (*GCResult
 	}
 	progress("gc: dropped generations %v", res.Removed)
 	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
+	if release != nil {
+		if res.Released, err = release(res.Kept); err != nil {
+			return res, fmt.Errorf("gc: %w", err)
+		}
+	}
 	return res, nil
 }
