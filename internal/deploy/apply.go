@@ -90,7 +90,21 @@ func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(star
 		return rep.Started, err
 	}
 	progress("switched: generation %d is live", g.Number)
+	e.wakeAlwaysOn(g)
 	return rep.Started, nil
+}
+
+// wakeAlwaysOn wakes the versions of g, live now, that sleep though they
+// must not (no idle applies to them): a kept callable version a rollback
+// made current again, or a version whose idle the deploy removed. A
+// version that runs is left as it is, and so is an instance g shares:
+// its owner decides whether it sleeps.
+func (e *Engine) wakeAlwaysOn(g *spec.Generation) {
+	for name := range g.Versions {
+		if owns(g, name) && sleepAfter(g, name) <= 0 {
+			e.route.Wake(g.Instance(name))
+		}
+	}
 }
 
 // switchTo moves every domain to g's versions in one step; the other

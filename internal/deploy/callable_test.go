@@ -202,3 +202,33 @@ func TestGCWaitsForDeploy(t *testing.T) {
 		t.Errorf("gc released with generations %v kept, want only %d, which the deploy committed", got, cur.Number)
 	}
 }
+
+// TestRollbackWakesCallable: a rollback to a generation whose version of
+// a service without idle was kept asleep (callable) wakes it: current
+// again, it runs without waiting for a request.
+func TestRollbackWakesCallable(t *testing.T) {
+	w, sl := newSleepyWorld(t)
+	s1 := mkSpec(map[string]*spec.Service{"api": app("api-1")})
+	s1.Services["api"].OldVersions = spec.OldVersionsCallable
+	w.mustDeploy(s1)
+	g1, _ := w.store.Current(t.Context(), spec.DefaultEnv)
+	s2 := mkSpec(map[string]*spec.Service{"api": app("api-2")})
+	s2.Services["api"].OldVersions = spec.OldVersionsCallable
+	w.mustDeploy(s2)
+	api1 := g1.Instance("api")
+	waitFor(t, 30*time.Second, "the kept version to sleep", func() bool {
+		sl.Check()
+		_, awake := w.sup.Get(api1)
+		return !awake
+	})
+	if _, err := w.engine.Rollback(t.Context(), "", g1.Number, w.progress); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the rolled-back version to run", func() bool {
+		_, awake := w.sup.Get(api1)
+		return awake
+	})
+	if got := w.engine.Kept(); len(got) != 1 || got[0] == api1 {
+		t.Errorf("Kept after the rollback = %v, want the replaced api-2 only", got)
+	}
+}

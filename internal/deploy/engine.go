@@ -35,6 +35,8 @@ type Routes interface {
 	agent.Routes
 	Swap(t router.Table) error
 	InFlight(key spec.VersionKey) int64
+	// Wake starts waking a sleeping version without a request.
+	Wake(key spec.VersionKey)
 }
 
 // Preparer readies what a new version needs before its process starts
