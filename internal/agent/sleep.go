@@ -93,9 +93,9 @@ func (a *Agent) Unregister(ctx context.Context, key spec.VersionKey, progress Pr
 // registerAsleep registers asleep, in order, the versions of cs that do
 // not run, adding them to rep.Asleep. A version a previous daemon left
 // running is adopted rather (and added to rep.Started) — unless
-// onlyIdle, where such versions are left for later. It returns the
+// registerOnly, where such versions are left for later. It returns the
 // errors, one per version that could not be registered.
-func (a *Agent) registerAsleep(ctx context.Context, cs []Callable, onlyIdle bool, rep *Report, progress Progress) []error {
+func (a *Agent) registerAsleep(ctx context.Context, cs []Callable, registerOnly bool, rep *Report, progress Progress) []error {
 	var errs []error
 	for _, c := range cs {
 		key := c.Key()
@@ -103,7 +103,7 @@ func (a *Agent) registerAsleep(ctx context.Context, cs []Callable, onlyIdle bool
 			continue
 		}
 		if _, alive := a.procs.Recorded(key); alive {
-			if onlyIdle {
+			if registerOnly {
 				continue
 			}
 			// Awake when the daemon stopped: adopted as it runs, it

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http/httptest"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -230,5 +231,53 @@ func TestRollbackWakesCallable(t *testing.T) {
 	})
 	if got := w.engine.Kept(); len(got) != 1 || got[0] == api1 {
 		t.Errorf("Kept after the rollback = %v, want the replaced api-2 only", got)
+	}
+}
+
+// listCounter is a store that counts List calls.
+type listCounter struct {
+	store.Store
+	mu    sync.Mutex
+	lists int
+}
+
+func (s *listCounter) List(ctx context.Context) ([]*spec.Generation, error) {
+	s.mu.Lock()
+	s.lists++
+	s.mu.Unlock()
+	return s.Store.List(ctx)
+}
+
+func (s *listCounter) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lists
+}
+
+// TestSleepersKeptPolicy: Sleepers, run every half second, gives a
+// replaced callable version that still runs FirstSleep, from what the
+// last decision found, without listing the store's generations.
+func TestSleepersKeptPolicy(t *testing.T) {
+	w := newWorld(t)
+	counted := &listCounter{Store: w.store}
+	w.engine = New(counted, w.sup, w.router)
+	t.Cleanup(func() { w.engine.Shutdown(context.Background()) })
+	s1 := mkSpec(map[string]*spec.Service{"api": app("api-1")})
+	s1.Services["api"].OldVersions = spec.OldVersionsCallable
+	w.mustDeploy(s1)
+	g1, _ := w.store.Current(t.Context(), spec.DefaultEnv)
+	s2 := mkSpec(map[string]*spec.Service{"api": app("api-2")})
+	s2.Services["api"].OldVersions = spec.OldVersionsCallable
+	w.mustDeploy(s2)
+	before := counted.count()
+	pol, ok := w.engine.Sleepers(t.Context())
+	if !ok {
+		t.Fatal("Sleepers: busy after the deploy")
+	}
+	if p := pol[g1.Instance("api")]; p.Idle != FirstSleep {
+		t.Errorf("the replaced version's policy %+v, want it to sleep after %v", p, FirstSleep)
+	}
+	if n := counted.count() - before; n != 0 {
+		t.Errorf("Sleepers listed the store's generations %d times", n)
 	}
 }
