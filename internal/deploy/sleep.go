@@ -19,13 +19,17 @@ const (
 	// spec.MinIdle.)
 	FirstSleep = time.Second
 	// CallableIdle is how long a kept version that a request woke goes
-	// without one before it sleeps again, when its service has no idle.
+	// without one before it sleeps again, when no idle applies to it (its
+	// service's, or previews.idle for a preview's own instance).
 	CallableIdle = 15 * time.Minute
 )
 
 // kept is a version kept callable, as the engine last decided.
 type kept struct {
-	svc *spec.Service // as its generation says
+	// idle is how long it goes without a request, once woken, before it
+	// sleeps again: as its generation says (sleepAfter), else
+	// CallableIdle.
+	idle time.Duration
 	// slept is set once it was seen asleep since it was kept: from then
 	// on it sleeps after its service's idle (or CallableIdle), not
 	// FirstSleep.
@@ -45,7 +49,11 @@ func (e *Engine) setCallable(cs []agent.Callable) {
 			next[k] = old
 			continue
 		}
-		next[k] = &kept{svc: c.Generation.Spec.Services[c.Service]}
+		idle := sleepAfter(c.Generation, c.Service)
+		if idle <= 0 {
+			idle = CallableIdle
+		}
+		next[k] = &kept{idle: idle}
 	}
 	e.kept = next
 }
@@ -60,8 +68,8 @@ func (e *Engine) Kept() []spec.VersionKey {
 }
 
 // keptSleepers adds to out the kept callable versions that run, with how
-// they sleep: FirstSleep until they were seen asleep once, then their
-// service's idle, or CallableIdle.
+// they sleep: FirstSleep until they were seen asleep once, then as their
+// generation says, or after CallableIdle.
 func (e *Engine) keptSleepers(out map[spec.VersionKey]idle.Policy) {
 	e.keptMu.Lock()
 	defer e.keptMu.Unlock()
@@ -79,10 +87,7 @@ func (e *Engine) keptSleepers(out map[spec.VersionKey]idle.Policy) {
 		}
 		after := FirstSleep
 		if kv.slept {
-			after = CallableIdle
-			if d := kv.svc.Idle.D(); d > 0 {
-				after = d
-			}
+			after = kv.idle
 		}
 		out[key] = idle.Policy{Idle: after, Needs: needs}
 	}
