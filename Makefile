@@ -38,6 +38,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
 	$(GO) run ./bench/router
 	$(GO) run ./bench/previews -hostel bin/hostel
+	$(GO) run ./bench/callable -hostel bin/hostel
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build
