@@ -98,17 +98,24 @@ func (d *Daemon) closureSize(ctx context.Context, g *spec.Generation) int64 {
 	return n
 }
 
-// packageOf finds the package of a version that is no longer current in the
-// generations that hold it; "" if none does.
-func (d *Daemon) packageOf(service string, v spec.Version) string {
-	gens, err := d.store.List(context.Background())
-	if err != nil {
-		return ""
-	}
-	for _, g := range gens {
-		if g.Versions[service] == v && g.Spec.Services[service] != nil {
-			return g.Spec.Services[service].Package
+// packages returns a lookup of the package of versions that are no
+// longer current, from the generations that hold them ("" if none does):
+// one read of the store however many it is asked about.
+func (d *Daemon) packages(ctx context.Context) func(service string, v spec.Version) string {
+	var byKey map[spec.VersionKey]string
+	return func(service string, v spec.Version) string {
+		if byKey == nil {
+			byKey = map[spec.VersionKey]string{}
+			gens, err := d.store.List(ctx)
+			if err != nil {
+				return ""
+			}
+			for _, g := range gens {
+				for name, svc := range g.Spec.Services {
+					byKey[spec.Key(name, g.Versions[name])] = svc.Package
+				}
+			}
 		}
+		return byKey[spec.Key(service, v)]
 	}
-	return ""
 }

@@ -199,6 +199,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 			st.Services = append(st.Services, ss)
 		}
 	}
+	packageOf := d.packages(ctx)
 	kept := map[spec.VersionKey]bool{}
 	for _, k := range d.engine.Kept() {
 		kept[k] = true
@@ -208,7 +209,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 		if !shown[s.Key] && s.Key.Owner() == env {
 			shown[s.Key] = true
 			ss := d.serviceStatus(s.Service, s.Version, s.Key, zone)
-			ss.Package, ss.Kept = d.packageOf(s.Service, s.Version), kept[s.Key]
+			ss.Package, ss.Kept = packageOf(s.Service, s.Version), kept[s.Key]
 			st.Services = append(st.Services, ss)
 		}
 	}
@@ -221,7 +222,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 			name := k.Service()
 			v := spec.Version(strings.TrimPrefix(string(k.Version()), name+"-"))
 			ss := d.serviceStatus(name, v, k, zone)
-			ss.Package, ss.Kept = d.packageOf(name, v), true
+			ss.Package, ss.Kept = packageOf(name, v), true
 			st.Services = append(st.Services, ss)
 		}
 	}

@@ -31,8 +31,7 @@ type kept struct {
 	// CallableIdle.
 	idle time.Duration
 	// slept is set once it was seen asleep since it was kept: from then
-	// on it sleeps after its service's idle (or CallableIdle), not
-	// FirstSleep.
+	// on it sleeps after idle, not FirstSleep.
 	slept bool
 }
 
@@ -95,7 +94,8 @@ func (e *Engine) keptSleepers(out map[spec.VersionKey]idle.Policy) {
 
 // Sleepers returns the versions of every environment's current
 // generation that run and whose service has `idle` set, and the kept
-// versions that stay callable (old_versions), with how they may sleep. It reports false — none may sleep now — while an operation or a
+// versions that stay callable (old_versions), with how they may sleep.
+// It reports false — none may sleep now — while an operation or a
 // confirm window runs: a window must see its versions run.
 func (e *Engine) Sleepers(ctx context.Context) (map[spec.VersionKey]idle.Policy, bool) {
 	if !e.mu.TryLock() {
