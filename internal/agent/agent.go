@@ -123,7 +123,8 @@ type Desired struct {
 	// left running (and sleeps through the Sleeper); one that does not
 	// is registered asleep (RegisterAsleep) — on a resume (Options.Adopt)
 	// also when a generation holds it, unless a previous daemon left its
-	// process running, which is adopted. Nil: none.
+	// process running, which is adopted. One that cannot be registered is
+	// reported (and, on a resume, returned) but fails nothing. Nil: none.
 	Asleep []Callable `json:"asleep,omitempty"`
 }
 
@@ -253,15 +254,14 @@ func (a *Agent) Reconcile(ctx context.Context, d Desired, opts Options, progress
 		}
 	}
 	// What no generation started: adopted if a previous daemon left it
-	// running, else registered asleep.
-	if rerrs := a.registerAsleep(ctx, d.Asleep, false, rep, progress); len(rerrs) > 0 {
-		if !opts.Adopt {
-			a.abandon(context.WithoutCancel(ctx), keysOf(append(rep.Started, rep.Asleep...)), progress)
-			sort.Strings(rep.Started)
-			sort.Strings(rep.Asleep)
-			return rep, errors.Join(rerrs...)
+	// running, else registered asleep. A version that cannot be is
+	// reported and left out, but fails nothing: a deploy must not fail
+	// for an old version it replaced long ago.
+	for _, err := range a.registerAsleep(ctx, d.Asleep, false, rep, progress) {
+		progress("not callable until the next deploy or restart: %v", err)
+		if opts.Adopt {
+			errs = append(errs, err)
 		}
-		errs = append(errs, rerrs...)
 	}
 	sort.Strings(rep.Started)
 	sort.Strings(rep.Asleep)

@@ -3,12 +3,14 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -278,5 +280,40 @@ func TestReconcileAsleepOnResume(t *testing.T) {
 	rep = deploy.reconcile(t, Desired{Generations: []*spec.Generation{cur}, Asleep: callables(cur, "wiki")}, Options{})
 	if _, ok := deploy.pids()[wiki]; !ok || len(rep.Asleep) != 0 {
 		t.Errorf("on a deploy: registered asleep %v, running %v; want %s started", rep.Asleep, deploy.pids(), wiki)
+	}
+}
+
+// failingPreparer fails every preparation of one service.
+type failingPreparer struct{ service string }
+
+func (p failingPreparer) Prepare(_ context.Context, _ *spec.Generation, service string, _ *supervisor.Config) error {
+	if service == p.service {
+		return errors.New("no database for it")
+	}
+	return nil
+}
+
+// TestReconcileAsleepFailureFailsNothing: a version of Desired.Asleep
+// that cannot be registered is left out and reported; the generations'
+// versions start and the Reconcile succeeds.
+func TestReconcileAsleepFailureFailsNothing(t *testing.T) {
+	n := newSleepyNode(t)
+	n.agent.Use(failingPreparer{service: "old"})
+	g := generation(t, spec.DefaultEnv, map[string]*spec.Service{"api": svc("api-1")})
+	old := generation(t, spec.DefaultEnv, map[string]*spec.Service{"old": svc("old-1")})
+	var lines []string
+	rep, err := n.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{g}, Asleep: callables(old, "old")}, Options{},
+		func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) })
+	if err != nil {
+		t.Fatalf("Reconcile failed for a version kept asleep: %v", err)
+	}
+	if _, ok := n.pids()[g.Instance("api")]; !ok || len(rep.Asleep) != 0 {
+		t.Errorf("running %v, registered asleep %v; want api running, nothing asleep", n.pids(), rep.Asleep)
+	}
+	if _, ok := n.router.Sleeping(old.Instance("old")); ok {
+		t.Error("the version that failed to register is routed")
+	}
+	if !slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "no database for it") }) {
+		t.Errorf("the failure is not reported: %q", lines)
 	}
 }
