@@ -316,6 +316,25 @@ func processRuns(pid int) bool {
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
+// killedAt starts the daemon (stopped) with listen as its listener flags
+// and failpoint fp armed, runs the command args, which must kill it at fp,
+// and waits for it to be gone.
+func (e *Env) killedAt(fp string, listen []string, args ...string) {
+	e.t.Helper()
+	e.DaemonEnv = []string{"HOSTEL_FAILPOINT=" + fp}
+	defer func() { e.DaemonEnv = nil }()
+	e.StartDaemonArgs(listen...)
+	if _, _, code := e.Run(args...); code == 0 {
+		e.t.Fatalf("%s went through; the daemon should have died at %s", strings.Join(args, " "), fp)
+	}
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+		e.t.Fatalf("the daemon did not die at %s", fp)
+	}
+	e.daemon = nil
+}
+
 // TestPreviewRemovalCrash: a daemon killed in env rm, right after the
 // preview left the store, leaves its instance and data to the next start,
 // which stops the instance and sweeps the state directory and GC root.
@@ -343,18 +362,7 @@ func TestPreviewRemovalCrash(t *testing.T) {
 	}
 
 	e.StopDaemon()
-	e.DaemonEnv = []string{"HOSTEL_FAILPOINT=env-rm-after-drop"}
-	e.StartDaemon()
-	if _, _, code := e.Run("env", "rm", "pr-1"); code == 0 {
-		t.Fatal("env rm went through; the daemon should have died after dropping the environment")
-	}
-	select {
-	case <-e.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the daemon did not die at env-rm-after-drop")
-	}
-	e.daemon = nil
-	e.DaemonEnv = nil
+	e.killedAt("env-rm-after-drop", []string{"--http", "127.0.0.1:0", "--https", ""}, "env", "rm", "pr-1")
 	e.StartDaemon()
 	waitUntil(t, "the removed preview's instance, state and GC root to go", func() bool {
 		_, errS := os.Stat(stateDir)
