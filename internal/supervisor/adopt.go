@@ -78,7 +78,7 @@ func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
 	r := record{Key: i.key, PID: p.pid, StartTicks: p.startTicks, Started: p.start, Port: c.Port,
 		Config: rc, CredentialsDir: i.credDir}
 	if i.cred != nil {
-		r.User = UserName(c.Service)
+		r.User = InstanceUser(c.Service, c.Owner)
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -539,7 +539,7 @@ func (i *Instance) adopt(r *record) (*proc, error) {
 	s := i.s
 	if s.opts.RunAsUsers {
 		var err error
-		if i.cred, err = s.serviceUser(i.cfg.Service); err != nil {
+		if i.cred, err = s.serviceUser(InstanceUser(i.cfg.Service, i.cfg.Owner)); err != nil {
 			return nil, err
 		}
 	}

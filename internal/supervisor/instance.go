@@ -328,7 +328,7 @@ func (i *Instance) removeGroup() {
 // own users), its STATE_DIRECTORY, and a fresh RUNTIME_DIRECTORY.
 func (i *Instance) makeDirs() (err error) {
 	if i.s.opts.RunAsUsers {
-		if i.cred, err = i.s.serviceUser(i.cfg.Service); err != nil {
+		if i.cred, err = i.s.serviceUser(InstanceUser(i.cfg.Service, i.cfg.Owner)); err != nil {
 			return err
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -774,6 +775,35 @@ func TestUserName(t *testing.T) {
 	}
 	if UserName("a2345678901234567890123456") == UserName("a2345678901234567890123457") {
 		t.Error("long names that differ map to the same user")
+	}
+}
+
+// TestInstanceUser: a preview's own instance has a user of its own, never
+// production's nor another preview's, and a valid system user name.
+func TestInstanceUser(t *testing.T) {
+	valid := regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+	seen := map[string]string{}
+	for _, tc := range []struct{ service, owner, want string }{
+		{"api", "", "hostel-api"},
+		{"api", spec.DefaultEnv, "hostel-api"},
+		{"api", "pr-1", "hostel-api_pr-1"},
+		{"api-pr-1", "", "hostel-api-pr-1"},
+		{"a2345678901234567890123456", "pr-1", "hostel-a23456789012_"},
+		{"a2345678901234567890123456", "pr-2", "hostel-a23456789012_"},
+		{"api", "a2345678901234567890", "hostel-api_"},
+	} {
+		got := InstanceUser(tc.service, tc.owner)
+		if !strings.HasPrefix(got, tc.want) || !valid.MatchString(got) {
+			t.Errorf("InstanceUser(%q, %q) = %q, want prefix %q, a valid user name of at most 32 characters", tc.service, tc.owner, got, tc.want)
+		}
+		id := tc.service + "@" + tc.owner
+		if tc.owner == "" {
+			id = tc.service + "@" + spec.DefaultEnv
+		}
+		if other, ok := seen[got]; ok && other != id {
+			t.Errorf("InstanceUser: %s and %s are both %s", other, id, got)
+		}
+		seen[got] = id
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"hostel/internal/spec"
 )
 
 // maxUserName is the longest user name useradd accepts.
@@ -27,13 +29,43 @@ func UserName(service string) string {
 	return "hostel-" + service[:16] + "-" + hex.EncodeToString(sum[:4])
 }
 
+// InstanceUser is the system user an instance runs as: production's (owner
+// "" or spec.DefaultEnv) is UserName(service); a preview's own instance has
+// a user of its own, "hostel-SERVICE_ENV", so that it reaches neither
+// production's data nor its database role (peer authentication maps the
+// user to the role of the same name). Service names have no "_", so the
+// two never meet; a name too long for 32 characters becomes "hostel-" +
+// the first 12 characters of the service + "_" + 8 hex digits of the
+// SHA-256 of SERVICE@ENV.
+func InstanceUser(service, owner string) string {
+	if owner == "" || owner == spec.DefaultEnv {
+		return UserName(service)
+	}
+	name := "hostel-" + service + "_" + owner
+	if len(name) <= maxUserName {
+		return name
+	}
+	sum := sha256.Sum256([]byte(service + "@" + owner))
+	return "hostel-" + service[:min(len(service), 12)] + "_" + hex.EncodeToString(sum[:4])
+}
+
 // lookPath is exec.LookPath, a variable only so that tests need not touch PATH.
 var lookPath = exec.LookPath
 
-// serviceUser returns the credential of the service's user, creating the
-// user when it does not exist.
-func (s *Supervisor) serviceUser(service string) (*syscall.Credential, error) {
-	name := UserName(service)
+// Credential returns the credential the instances owner owns of service
+// run with (InstanceUser), creating the user when it does not exist; nil
+// when services do not run as their own users. For what a daemon prepares
+// for an instance before it starts, such as its state directory.
+func (s *Supervisor) Credential(service, owner string) (*syscall.Credential, error) {
+	if !s.opts.RunAsUsers {
+		return nil, nil
+	}
+	return s.serviceUser(InstanceUser(service, owner))
+}
+
+// serviceUser returns the credential of the system user name (an
+// InstanceUser), creating the user when it does not exist.
+func (s *Supervisor) serviceUser(name string) (*syscall.Credential, error) {
 	s.userMu.Lock()
 	defer s.userMu.Unlock()
 	u, err := user.Lookup(name)
