@@ -175,24 +175,22 @@ func (d *Daemon) removeEnv(ctx context.Context, name string, from uint64, progre
 		out.Stopped = []string{}
 	}
 	var errs []error
+	used, err := d.dataInUse(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	for _, k := range res.Stopped {
 		key := spec.VersionKey(k)
-		owner := key.Owner()
-		if owner == spec.DefaultEnv {
-			continue // production's data stays with production
+		name := dataName(key.Service(), key.Owner())
+		if key.Owner() == spec.DefaultEnv || used == nil || used[name] {
+			continue // production's, or still another instance's
 		}
-		service := key.Service()
-		if removed, err := d.db.retire(ctx, dataName(service, owner)); err != nil {
-			errs = append(errs, fmt.Errorf("database of %s: %w", key, err))
-		} else if removed != "" {
-			out.Removed = append(out.Removed, removed)
+		used[name] = true // retired once, for all its versions
+		removed, err := d.retireData(ctx, name)
+		out.Removed = append(out.Removed, removed...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
 		}
-		dir := supervisor.StateDir(d.opts.Root, service, owner)
-		if err := os.RemoveAll(dir); err != nil {
-			errs = append(errs, fmt.Errorf("state directory of %s: %w", key, err))
-			continue
-		}
-		out.Removed = append(out.Removed, dir)
 	}
 	d.unmanageCerts(name)
 	failpoint.Hit("env-rm-before-certs")
@@ -239,6 +237,51 @@ func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
 	return keep
 }
 
+// dataInUse are the data names (dataName) that a stored generation uses
+// or a process runs with. Every stored generation counts, not only the
+// current ones: a rollback to one brings its instances, and their data,
+// back.
+func (d *Daemon) dataInUse(ctx context.Context) (map[string]bool, error) {
+	gens, err := d.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	for _, g := range gens {
+		for name := range g.Spec.Services {
+			used[dataName(name, g.Owner(name))] = true
+		}
+	}
+	for _, s := range d.sup.List() {
+		used[dataName(s.Key.Service(), s.Key.Owner())] = true
+	}
+	return used, nil
+}
+
+// retireData removes what a preview's own instances of a service kept,
+// by data name SERVICE@ENV: the database (backed up first) and its role,
+// the state directory, then the system user. It returns what it removed.
+// The caller has checked that nothing uses the data (dataInUse).
+func (d *Daemon) retireData(ctx context.Context, name string) ([]string, error) {
+	service, owner, _ := strings.Cut(name, "@")
+	var removed []string
+	db, err := d.db.retire(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	} else if db != "" {
+		removed = append(removed, db)
+	}
+	dir := supervisor.StateDir(d.opts.Root, service, owner)
+	if err := os.RemoveAll(dir); err != nil {
+		return removed, fmt.Errorf("state directory: %w", err)
+	}
+	removed = append(removed, dir)
+	if err := d.sup.RemoveUser(service, owner); err != nil {
+		return removed, err
+	}
+	return removed, nil
+}
+
 // retire backs up and drops the database of data name, if it has one,
 // and returns the database's name ("" when there was none).
 func (db *databases) retire(ctx context.Context, name string) (string, error) {
@@ -261,45 +304,34 @@ func (db *databases) retire(ctx context.Context, name string) (string, error) {
 // of removed previews' public names. env rm removes them itself; this is
 // for a daemon that died during one, and runs at start, after the resume.
 func (d *Daemon) sweepPreviewData(ctx context.Context) {
-	// Every stored generation counts, not only the current ones: a
-	// rollback to one brings its instances, and their data, back.
-	gens, err := d.store.List(ctx)
+	used, err := d.dataInUse(ctx)
 	if err != nil {
 		d.logf("sweeping previews' data: %v", err)
 		return
-	}
-	used := map[string]bool{}
-	for _, g := range gens {
-		for name := range g.Spec.Services {
-			used[dataName(name, g.Owner(name))] = true
-		}
-	}
-	for _, s := range d.sup.List() {
-		used[dataName(s.Key.Service(), s.Key.Owner())] = true
 	}
 	recs, err := d.store.Records(ctx, store.KindDatabase)
 	if err != nil {
 		d.logf("sweeping previews' data: %v", err)
 		return
 	}
+	left := map[string]bool{}
 	for _, r := range recs {
-		if strings.Contains(r.Key, "@") && !used[r.Key] {
-			if name, err := d.db.retire(ctx, r.Key); err != nil {
-				d.logf("sweeping previews' data: database of %s: %v", r.Key, err)
-			} else {
-				d.logf("swept %s of %s, whose preview is gone", name, r.Key)
-			}
-		}
+		left[r.Key] = true
 	}
 	ents, _ := os.ReadDir(filepath.Join(d.opts.Root, "state"))
 	for _, e := range ents {
-		if strings.Contains(e.Name(), "@") && !used[e.Name()] {
-			dir := filepath.Join(d.opts.Root, "state", e.Name())
-			if err := os.RemoveAll(dir); err != nil {
-				d.logf("sweeping previews' data: %v", err)
-			} else {
-				d.logf("swept the state directory %s, whose preview is gone", dir)
-			}
+		left[e.Name()] = true
+	}
+	for name := range left {
+		if !strings.Contains(name, "@") || used[name] {
+			continue
+		}
+		removed, err := d.retireData(ctx, name)
+		if len(removed) > 0 {
+			d.logf("swept %s of %s, whose preview is gone", strings.Join(removed, ", "), name)
+		}
+		if err != nil {
+			d.logf("sweeping previews' data: %s: %v", name, err)
 		}
 	}
 	if unpinned, err := d.unpinUnheld(ctx); err != nil {

@@ -807,6 +807,55 @@ func TestInstanceUser(t *testing.T) {
 	}
 }
 
+// TestPreviewUser: a preview's own instance runs as its own user, which
+// RemoveUser removes once the instance is gone, and not before;
+// production's users are never removed.
+func TestPreviewUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := exec.LookPath("userdel"); err != nil {
+		t.Skip("no userdel")
+	}
+	t.Parallel()
+	service, owner := "suptest-preview", "pr-1"
+	name := InstanceUser(service, owner)
+	t.Cleanup(func() { exec.Command("userdel", name).Run() })
+	s, _ := newSupervisor(t, Options{RunAsUsers: true})
+	cfg := appConfig(service)
+	cfg.Owner = owner
+	i := startReady(t, s, cfg)
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatalf("user %s: %v", name, err)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", i.Status().PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(status), "\nUid:\t"+u.Uid+"\t") {
+		t.Errorf("the preview's instance does not run as %s (uid %s):\n%s", name, u.Uid, status)
+	}
+	if err := s.RemoveUser(service, owner); !errors.Is(err, ErrUserInUse) {
+		t.Errorf("RemoveUser while the instance runs: %v, want ErrUserInUse", err)
+	}
+	if err := s.Stop(context.Background(), cfg.Key()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveUser(service, owner); err != nil {
+		t.Fatalf("RemoveUser: %v", err)
+	}
+	if _, err := user.Lookup(name); err == nil {
+		t.Errorf("user %s exists after RemoveUser", name)
+	}
+	if err := s.RemoveUser(service, owner); err != nil {
+		t.Errorf("RemoveUser of a user that is gone: %v", err)
+	}
+	if err := s.RemoveUser(service, spec.DefaultEnv); err == nil {
+		t.Error("RemoveUser of production's user went through")
+	}
+}
+
 func TestRunAsUser(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")

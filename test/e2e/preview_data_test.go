@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -112,7 +113,8 @@ func TestPreviewData(t *testing.T) {
 		t.Errorf("roles with the preview: %v, want production's and the preview's own %q", roles, previewRole)
 	}
 	// Isolation: each process may reach its own database only, under its
-	// own role or another's.
+	// own role or another's. (The daemon runs as root and reaches the server
+	// over its socket: each role is its process's user, by peer.)
 	for _, tc := range []struct {
 		name     string
 		pid      int
@@ -162,6 +164,9 @@ func TestPreviewData(t *testing.T) {
 	}
 	if _, err := os.Stat(previewState); !os.IsNotExist(err) {
 		t.Errorf("state directory: %s: %v, want it gone", previewState, err)
+	}
+	if _, err := user.Lookup(previewRole); err == nil {
+		t.Errorf("user: the preview's %s is left after env rm", previewRole)
 	}
 	if runs, _ := filepath.Glob(filepath.Join(e.Root, "run", "*@pr-1*")); len(runs) != 0 {
 		t.Errorf("run records left: %v", runs)
