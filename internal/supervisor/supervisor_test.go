@@ -811,12 +811,7 @@ func TestInstanceUser(t *testing.T) {
 // RemoveUser removes once the instance is gone, and not before;
 // production's users are never removed.
 func TestPreviewUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := exec.LookPath("userdel"); err != nil {
-		t.Skip("no userdel")
-	}
+	needUserTools(t)
 	t.Parallel()
 	service, owner := "suptest-preview", "pr-1"
 	name := InstanceUser(service, owner)
@@ -856,13 +851,21 @@ func TestPreviewUser(t *testing.T) {
 	}
 }
 
-func TestRunAsUser(t *testing.T) {
+// needUserTools skips a test that makes system users where it cannot.
+func needUserTools(t *testing.T) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	if _, err := exec.LookPath("useradd"); err != nil {
-		t.Skip("no useradd")
+	for _, tool := range []string{"useradd", "userdel"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("no %s", tool)
+		}
 	}
+}
+
+func TestRunAsUser(t *testing.T) {
+	needUserTools(t)
 	t.Parallel()
 	// With cgroups (v1 here) the process is started through the launch
 	// helper, which drops to the user itself: the same must hold.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,20 +17,7 @@ import (
 // production's domains, which do not change; env rm removes the route and
 // the certificate, on disk too.
 func TestPreviewDomain(t *testing.T) {
-	ports := pebbletest.FreePorts(t, 2)
-	httpPort, httpsPort := ports[0], ports[1]
-	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort, TLSPort: httpsPort})
-	e := NewEnv(t)
-	e.StartDaemonArgs("--http", fmt.Sprintf("127.0.0.1:%d", httpPort), "--https", fmt.Sprintf("127.0.0.1:%d", httpsPort))
-	spec := func(title string) map[string]any {
-		return map[string]any{
-			"acme":     map[string]any{"email": "ops@example.org", "ca": p.Directory, "ca_root": p.ServerCA},
-			"previews": map[string]any{"domain": "preview.example"},
-			"services": map[string]any{
-				"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "env": map[string]string{"SHOP_TITLE": title}}),
-			},
-		}
-	}
+	e, p, _, spec := startPreviewDomain(t, nil)
 	e.WriteSpec(spec("Production Shop"))
 	e.deployOutput()
 	e.WriteSpec(spec("Preview Shop"))
@@ -74,6 +62,33 @@ func TestPreviewDomain(t *testing.T) {
 	}
 }
 
+// startPreviewDomain starts Pebble and a daemon whose HTTPS Pebble
+// validates, and returns them, the daemon's listener flags and the spec
+// to deploy: Pebble as CA, previews.domain "preview.example", a shop on
+// shop.example titled as asked, and the services extra adds.
+func startPreviewDomain(t *testing.T, extra func(*Env) map[string]any) (e *Env, p *pebbletest.Pebble, listen []string, spec func(title string) map[string]any) {
+	t.Helper()
+	ports := pebbletest.FreePorts(t, 2)
+	p = pebbletest.Start(t, pebbletest.Options{HTTPPort: ports[0], TLSPort: ports[1]})
+	listen = []string{"--http", fmt.Sprintf("127.0.0.1:%d", ports[0]), "--https", fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	e = NewEnv(t)
+	e.StartDaemonArgs(listen...)
+	spec = func(title string) map[string]any {
+		services := map[string]any{
+			"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "env": map[string]string{"SHOP_TITLE": title}}),
+		}
+		if extra != nil {
+			maps.Copy(services, extra(e))
+		}
+		return map[string]any{
+			"acme":     map[string]any{"email": "ops@example.org", "ca": p.Directory, "ca_root": p.ServerCA},
+			"previews": map[string]any{"domain": "preview.example"},
+			"services": services,
+		}
+	}
+	return e, p, listen, spec
+}
+
 // storedCerts lists what ROOT/certs holds of host's certificate.
 func storedCerts(root, host string) []string {
 	var found []string
@@ -93,21 +108,9 @@ func storedCerts(root, host string) []string {
 func TestPreviewDomainRemovalCrash(t *testing.T) {
 	for _, fp := range []string{"env-rm-after-drop", "env-rm-before-certs"} {
 		t.Run(fp, func(t *testing.T) {
-			ports := pebbletest.FreePorts(t, 2)
-			p := pebbletest.Start(t, pebbletest.Options{HTTPPort: ports[0], TLSPort: ports[1]})
-			listen := []string{"--http", fmt.Sprintf("127.0.0.1:%d", ports[0]), "--https", fmt.Sprintf("127.0.0.1:%d", ports[1])}
-			e := NewEnv(t)
-			e.StartDaemonArgs(listen...)
-			spec := func(title string) map[string]any {
-				return map[string]any{
-					"acme":     map[string]any{"email": "ops@example.org", "ca": p.Directory, "ca_root": p.ServerCA},
-					"previews": map[string]any{"domain": "preview.example"},
-					"services": map[string]any{
-						"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "env": map[string]string{"SHOP_TITLE": title}}),
-						"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.pr-1.preview.example"}}),
-					},
-				}
-			}
+			e, p, listen, spec := startPreviewDomain(t, func(e *Env) map[string]any {
+				return map[string]any{"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.pr-1.preview.example"}})}
+			})
 			e.WriteSpec(spec("Production Shop"))
 			e.deployOutput()
 			e.WriteSpec(spec("Preview Shop"))
