@@ -276,6 +276,9 @@ func (d *Daemon) retireData(ctx context.Context, name string) ([]string, error) 
 		return removed, fmt.Errorf("state directory: %w", err)
 	}
 	removed = append(removed, dir)
+	if spec.CheckEnv(owner) != nil {
+		return removed, nil // not a preview's: no user of its own
+	}
 	if err := d.sup.RemoveUser(service, owner); err != nil {
 		return removed, err
 	}
