@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -360,14 +361,19 @@ func TestPreviewRemovalCrash(t *testing.T) {
 			t.Fatalf("before env rm: %v", err)
 		}
 	}
+	const previewUser = "hostel-app19_pr-1" // the preview's own instance runs as its own user
+	if _, err := user.Lookup(previewUser); err != nil {
+		t.Fatalf("before env rm: %v", err)
+	}
 
 	e.StopDaemon()
 	e.killedAt("env-rm-after-drop", []string{"--http", "127.0.0.1:0", "--https", ""}, "env", "rm", "pr-1")
 	e.StartDaemon()
-	waitUntil(t, "the removed preview's instance, state and GC root to go", func() bool {
+	waitUntil(t, "the removed preview's instance, state, user and GC root to go", func() bool {
 		_, errS := os.Stat(stateDir)
 		_, errR := os.Stat(rootDir)
-		return !processRuns(own.PID) && os.IsNotExist(errS) && os.IsNotExist(errR)
+		_, errU := user.Lookup(previewUser)
+		return !processRuns(own.PID) && os.IsNotExist(errS) && os.IsNotExist(errR) && errU != nil
 	})
 	if got := e.processes(); !maps.Equal(got, prod) {
 		t.Errorf("processes after the restart: %v, want production's %v", got, prod)
