@@ -537,11 +537,9 @@ func (s *Supervisor) cleanStale(r *record) {
 // again at the same path.
 func (i *Instance) adopt(r *record) (*proc, error) {
 	s := i.s
-	if s.opts.RunAsUsers {
-		var err error
-		if i.cred, err = s.serviceUser(InstanceUser(i.cfg.Service, i.cfg.Owner)); err != nil {
-			return nil, err
-		}
+	var err error
+	if i.cred, err = s.Credential(i.cfg.Service, i.cfg.Owner); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(i.logPath), 0o750); err != nil {
 		return nil, err

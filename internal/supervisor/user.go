@@ -67,8 +67,9 @@ var lookPath = exec.LookPath
 
 // Credential returns the credential the instances owner owns of service
 // run with (InstanceUser), creating the user when it does not exist; nil
-// when services do not run as their own users. For what a daemon prepares
-// for an instance before it starts, such as its state directory.
+// when services do not run as their own users. Instances start and are
+// adopted with it; a daemon uses it for what it prepares for an instance
+// before it starts, such as a copied state directory.
 func (s *Supervisor) Credential(service, owner string) (*syscall.Credential, error) {
 	if !s.opts.RunAsUsers {
 		return nil, nil
