@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,9 +14,10 @@ import (
 // TestPreviewDomain: with previews.domain, a preview's services answer on
 // SERVICE.ENV.DOMAIN over HTTPS with a certificate from the CA, beside
 // production's domains, which do not change; env rm removes the route and
-// the certificate, on disk too.
+// the certificate, on disk too, but not the certificate of a production
+// domain that is also one of the preview's names.
 func TestPreviewDomain(t *testing.T) {
-	e, p, _, spec := startPreviewDomain(t, nil)
+	e, p, _, spec := startPreviewDomain(t)
 	e.WriteSpec(spec("Production Shop"))
 	e.deployOutput()
 	e.WriteSpec(spec("Preview Shop"))
@@ -60,13 +60,17 @@ func TestPreviewDomain(t *testing.T) {
 	if resp, body, err := e.GetTLS(p.Roots, "shop.example", "/"); err != nil || resp.StatusCode != 200 || !strings.Contains(body, "Production Shop") {
 		t.Errorf("production's https://shop.example after env rm: %v %q", err, body)
 	}
+	if len(storedCerts(e.Root, "wiki.pr-1.preview.example")) == 0 {
+		t.Error("env rm removed production's certificate of wiki.pr-1.preview.example, a preview name too")
+	}
 }
 
 // startPreviewDomain starts Pebble and a daemon whose HTTPS Pebble
 // validates, and returns them, the daemon's listener flags and the spec
 // to deploy: Pebble as CA, previews.domain "preview.example", a shop on
-// shop.example titled as asked, and the services extra adds.
-func startPreviewDomain(t *testing.T, extra func(*Env) map[string]any) (e *Env, p *pebbletest.Pebble, listen []string, spec func(title string) map[string]any) {
+// shop.example titled as asked, and a wiki whose production domain is
+// also the name a preview pr-1 gives it, wiki.pr-1.preview.example.
+func startPreviewDomain(t *testing.T) (e *Env, p *pebbletest.Pebble, listen []string, spec func(title string) map[string]any) {
 	t.Helper()
 	ports := pebbletest.FreePorts(t, 2)
 	p = pebbletest.Start(t, pebbletest.Options{HTTPPort: ports[0], TLSPort: ports[1]})
@@ -74,16 +78,13 @@ func startPreviewDomain(t *testing.T, extra func(*Env) map[string]any) (e *Env, 
 	e = NewEnv(t)
 	e.StartDaemonArgs(listen...)
 	spec = func(title string) map[string]any {
-		services := map[string]any{
-			"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "env": map[string]string{"SHOP_TITLE": title}}),
-		}
-		if extra != nil {
-			maps.Copy(services, extra(e))
-		}
 		return map[string]any{
 			"acme":     map[string]any{"email": "ops@example.org", "ca": p.Directory, "ca_root": p.ServerCA},
 			"previews": map[string]any{"domain": "preview.example"},
-			"services": services,
+			"services": map[string]any{
+				"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "env": map[string]string{"SHOP_TITLE": title}}),
+				"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.pr-1.preview.example"}}),
+			},
 		}
 	}
 	return e, p, listen, spec
@@ -108,9 +109,7 @@ func storedCerts(root, host string) []string {
 func TestPreviewDomainRemovalCrash(t *testing.T) {
 	for _, fp := range []string{"env-rm-after-drop", "env-rm-before-certs"} {
 		t.Run(fp, func(t *testing.T) {
-			e, p, listen, spec := startPreviewDomain(t, func(e *Env) map[string]any {
-				return map[string]any{"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.pr-1.preview.example"}})}
-			})
+			e, p, listen, spec := startPreviewDomain(t)
 			e.WriteSpec(spec("Production Shop"))
 			e.deployOutput()
 			e.WriteSpec(spec("Preview Shop"))
