@@ -157,7 +157,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.db = newDatabases(opts.Root, d.store, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
 	d.engine.Use(newProvisioner(d.db))
-	d.engine.Use(newStateCopier(opts.Root))          // a preview's state directory, when previews.state is "copy"
+	d.engine.Use(newStateCopier(opts.Root, d.sup))   // a preview's state directory, when previews.state is "copy"
 	d.engine.Use(newPinner(nix.RootsFor(opts.Root))) // GC roots before a version starts
 	// releaser runs the release step with the version's full environment:
 	// keep it the last preparer (add new ones above this line).

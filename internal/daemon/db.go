@@ -46,12 +46,15 @@ const (
 //
 // and what belongs to this machine is under ROOT:
 //
-//	postgres/SERVICE.password  the role's password, when it has one (0600)
-//	backups/SERVICE/TIME-WHAT.dump
+//	postgres/NAME.password     the role's password, when it has one (0600)
+//	backups/NAME/TIME-WHAT.dump
 //
-// A preview's own instance of a service has its own database, recorded
-// and backed up under the data name SERVICE@ENV (dataName), owned by the
-// service's role (the process runs as the service's user either way).
+// where NAME is a data name (dataName): SERVICE for production's instances,
+// SERVICE@ENV for a preview's own. A preview's own instance has its own
+// database and its own role, named after the system user it runs as
+// (supervisor.InstanceUser): neither reaches the other's data, by peer
+// authentication or by password. Both are made with the database and
+// dropped with it.
 type databases struct {
 	root  string
 	store store.Store
@@ -81,8 +84,8 @@ func newDatabases(root string, st store.Store, sup *supervisor.Supervisor, runAs
 
 func (db *databases) dir() string { return filepath.Join(db.root, "postgres") }
 
-func (db *databases) passwordPath(service string) string {
-	return filepath.Join(db.dir(), service+".password")
+func (db *databases) passwordPath(name string) string {
+	return filepath.Join(db.dir(), name+".password")
 }
 
 func (db *databases) backupDir(service string) string {
@@ -113,11 +116,11 @@ func (db *databases) readRecord(ctx context.Context, service string) (*record, u
 	return &r, sr.Revision, nil
 }
 
-// password returns the role's password, generating and keeping one the
-// first time. It is kept before the role is made, so a crash in between
-// leaves a password that the next provisioning sets.
-func (db *databases) password(service string) (string, error) {
-	p := db.passwordPath(service)
+// password returns the password of the role of data name, generating and
+// keeping one the first time. It is kept before the role is made, so a
+// crash in between leaves a password that the next provisioning sets.
+func (db *databases) password(name string) (string, error) {
+	p := db.passwordPath(name)
 	b, err := os.ReadFile(p)
 	if err == nil && len(b) > 0 {
 		return strings.TrimSpace(string(b)), nil
@@ -148,23 +151,33 @@ func serviceOfData(name string) string {
 	return service
 }
 
+// sharesProductionRole reports whether r, the record of data name, is a
+// preview's database owned by production's role, as previews' databases
+// were before they had roles of their own.
+func sharesProductionRole(name string, r *record) bool {
+	service := serviceOfData(name)
+	return name != service && r.Role == supervisor.UserName(service)
+}
+
 // previewDatabase is the name of a preview's own database of a service
 // whose production database is named base.
 func previewDatabase(base, env string) string {
 	return base + "_" + strings.ReplaceAll(env, "-", "_")
 }
 
-// target is a service's database on its server, with its credential
-// (the role's, which a preview's database shares).
-func (db *databases) target(r *record, service string) (*postgres.Server, postgres.Database, error) {
-	service = serviceOfData(service)
+// target is the database of data name on its server, with its role's
+// credential.
+func (db *databases) target(r *record, name string) (*postgres.Server, postgres.Database, error) {
 	srv, err := postgres.Open(r.Admin)
 	if err != nil {
 		return nil, postgres.Database{}, err
 	}
 	d := postgres.Database{Name: r.Database, Role: r.Role}
+	if sharesProductionRole(name, r) {
+		name = serviceOfData(name) // production's role, production's password
+	}
 	if r.Password {
-		if d.Password, err = db.password(service); err != nil {
+		if d.Password, err = db.password(name); err != nil {
 			return nil, d, err
 		}
 	}
@@ -177,7 +190,8 @@ func (db *databases) target(r *record, service string) (*postgres.Server, postgr
 // created says that the service had no database record before: this call
 // made its database, and a failed start may drop it again (forget).
 //
-// A preview's own instance gets a database of its own (dataName).
+// A preview's own instance gets a database and a role of its own
+// (dataName, supervisor.InstanceUser).
 func (db *databases) ensure(ctx context.Context, g *spec.Generation, service string) (srv *postgres.Server, d postgres.Database, created bool, err error) {
 	owner := g.Owner(service)
 	name := dataName(service, owner)
@@ -190,7 +204,7 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 		return nil, postgres.Database{}, false, err
 	}
 	want := record{Admin: srv.Admin(), Database: g.Spec.Services[service].Postgres.Name(service),
-		Role: supervisor.UserName(service), Password: !(db.peer && srv.UnixSocket())}
+		Role: supervisor.InstanceUser(service, owner), Password: !(db.peer && srv.UnixSocket())}
 	if name != service {
 		want.Database = previewDatabase(want.Database, owner)
 	}
@@ -201,6 +215,8 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 	// knows it is there (for db drop and status).
 	if old, rev, err := db.readRecord(ctx, name); err != nil {
 		return nil, postgres.Database{}, false, err
+	} else if old != nil && sharesProductionRole(name, old) {
+		return nil, postgres.Database{}, false, fmt.Errorf("database %s of %s belongs to production's role %s (the preview was made before previews had roles of their own): remove the preview with hostel env rm %s and deploy it again", old.Database, name, old.Role, owner)
 	} else if old == nil || *old != want {
 		b, _ := json.Marshal(want)
 		if _, err := db.store.PutRecord(ctx, store.KindDatabase, name, b, rev); err != nil {
@@ -208,7 +224,7 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 		}
 		created = old == nil
 	}
-	srv, d, err = db.target(&want, service)
+	srv, d, err = db.target(&want, name)
 	if err != nil {
 		return nil, d, created, err
 	}
@@ -226,11 +242,10 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 }
 
 // forget drops the database of data name (a service, or SERVICE@ENV) and
-// forgets it: the record, and the records of release steps that ran
-// against the database (a database made again is new, and its releases
-// run again). Production's also drops the role and its password; a
-// preview's database shares them with production's and leaves them.
-// Backups are kept. db.mu must not be held.
+// its role, and forgets them: the record, the role's password and the
+// records of release steps that ran against the database (a database made
+// again is new, and its releases run again). Backups are kept. db.mu must
+// not be held.
 func (db *databases) forget(ctx context.Context, name string) error {
 	r, rev, err := db.readRecord(ctx, name)
 	if err != nil || r == nil {
@@ -242,8 +257,8 @@ func (db *databases) forget(ctx context.Context, name string) error {
 	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if name != serviceOfData(name) {
-		err = srv.DropDatabase(ctx, d)
+	if sharesProductionRole(name, r) {
+		err = srv.DropDatabase(ctx, d) // the role is production's
 	} else {
 		err = srv.Drop(ctx, d)
 	}
@@ -251,7 +266,7 @@ func (db *databases) forget(ctx context.Context, name string) error {
 		return err
 	}
 	delete(db.done, name)
-	if name == serviceOfData(name) {
+	if !sharesProductionRole(name, r) {
 		if err := os.Remove(db.passwordPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
@@ -340,7 +355,7 @@ func (p *provisioner) Cleanup(ctx context.Context, g *spec.Generation, service s
 
 // copyProduction fills a preview's new database d with production's rows
 // of service, as they are now: a dump of production's database restored
-// into d (owned by the service's role). Without a production database,
+// into d, its objects owned by d's role. Without a production database,
 // d stays empty.
 func (db *databases) copyProduction(ctx context.Context, service string, srv *postgres.Server, d postgres.Database) error {
 	r, _, err := db.readRecord(ctx, service)

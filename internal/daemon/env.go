@@ -2,16 +2,20 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"hostel/internal/api"
 	"hostel/internal/deploy"
+	"hostel/internal/failpoint"
 	"hostel/internal/nix"
 	"hostel/internal/spec"
 	"hostel/internal/store"
@@ -153,8 +157,17 @@ func (d *Daemon) RemoveEnv(ctx context.Context, name string, progress func(strin
 // generation, unless from is 0) and what its instances kept.
 func (d *Daemon) removeEnv(ctx context.Context, name string, from uint64, progress func(string)) (*api.EnvRemoved, error) {
 	ctx = context.WithoutCancel(ctx) // like a deploy: run to the end
+	// The certificates to remove are listed before the environment leaves
+	// the store, which is the last place that names them.
+	if err := d.noteCertsToForget(ctx, name); err != nil {
+		return nil, err
+	}
 	res, err := d.engine.RemoveEnv(ctx, name, from, d.progress(progress))
 	if err != nil {
+		if cur, cerr := d.store.Current(ctx, name); cerr == nil && cur != nil {
+			// Still there: nothing of it is to be removed.
+			os.Remove(d.certsToForgetPath(name))
+		}
 		return nil, err
 	}
 	out := &api.EnvRemoved{Env: name, Generation: res.Generation.Number, Stopped: res.Stopped, Removed: []string{}, Aborted: res.Aborted}
@@ -162,32 +175,30 @@ func (d *Daemon) removeEnv(ctx context.Context, name string, from uint64, progre
 		out.Stopped = []string{}
 	}
 	var errs []error
+	used, err := d.dataInUse(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	for _, k := range res.Stopped {
 		key := spec.VersionKey(k)
-		owner := key.Owner()
-		if owner == spec.DefaultEnv {
-			continue // production's data stays with production
+		name := dataName(key.Service(), key.Owner())
+		if key.Owner() == spec.DefaultEnv || used == nil || used[name] {
+			continue // production's, or still another instance's
 		}
-		service := key.Service()
-		if removed, err := d.db.retire(ctx, dataName(service, owner)); err != nil {
-			errs = append(errs, fmt.Errorf("database of %s: %w", key, err))
-		} else if removed != "" {
-			out.Removed = append(out.Removed, removed)
+		used[name] = true // retired once, for all its versions
+		removed, err := d.retireData(ctx, name)
+		out.Removed = append(out.Removed, removed...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
 		}
-		dir := supervisor.StateDir(d.opts.Root, service, owner)
-		if err := os.RemoveAll(dir); err != nil {
-			errs = append(errs, fmt.Errorf("state directory of %s: %w", key, err))
-			continue
-		}
-		out.Removed = append(out.Removed, dir)
 	}
-	if err := d.forgetCerts(ctx, res.Generation); err != nil {
+	d.unmanageCerts(name)
+	failpoint.Hit("env-rm-before-certs")
+	if removed, err := d.forgetCerts(ctx, name); err != nil {
 		errs = append(errs, fmt.Errorf("certificates: %w", err))
 	} else {
-		for _, name := range res.Generation.Spec.Names() {
-			if h := res.Generation.Spec.PreviewHost(name, res.Generation.EnvOrDefault()); h != "" {
-				out.Removed = append(out.Removed, "certificate "+h)
-			}
+		for _, h := range removed {
+			out.Removed = append(out.Removed, "certificate "+h)
 		}
 	}
 	unpinned, err := d.unpinUnheld(ctx)
@@ -226,6 +237,54 @@ func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
 	return keep
 }
 
+// dataInUse are the data names (dataName) that a stored generation uses
+// or a process runs with. Every stored generation counts, not only the
+// current ones: a rollback to one brings its instances, and their data,
+// back.
+func (d *Daemon) dataInUse(ctx context.Context) (map[string]bool, error) {
+	gens, err := d.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	for _, g := range gens {
+		for name := range g.Spec.Services {
+			used[dataName(name, g.Owner(name))] = true
+		}
+	}
+	for _, s := range d.sup.List() {
+		used[dataName(s.Key.Service(), s.Key.Owner())] = true
+	}
+	return used, nil
+}
+
+// retireData removes what a preview's own instances of a service kept,
+// by data name SERVICE@ENV: the database (backed up first) and its role,
+// the state directory, then the system user. It returns what it removed.
+// The caller has checked that nothing uses the data (dataInUse).
+func (d *Daemon) retireData(ctx context.Context, name string) ([]string, error) {
+	service, owner, _ := strings.Cut(name, "@")
+	var removed []string
+	db, err := d.db.retire(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	} else if db != "" {
+		removed = append(removed, db)
+	}
+	dir := supervisor.StateDir(d.opts.Root, service, owner)
+	if err := os.RemoveAll(dir); err != nil {
+		return removed, fmt.Errorf("state directory: %w", err)
+	}
+	removed = append(removed, dir)
+	if spec.CheckEnv(owner) != nil {
+		return removed, nil // not a preview's: no user of its own
+	}
+	if err := d.sup.RemoveUser(service, owner); err != nil {
+		return removed, err
+	}
+	return removed, nil
+}
+
 // retire backs up and drops the database of data name, if it has one,
 // and returns the database's name ("" when there was none).
 func (db *databases) retire(ctx context.Context, name string) (string, error) {
@@ -244,49 +303,38 @@ func (db *databases) retire(ctx context.Context, name string) (string, error) {
 
 // sweepPreviewData removes what previews' own instances kept that no
 // stored generation uses and no process runs with any more: their databases
-// (backed up first), state directories and GC roots. env rm removes them
-// itself; this is for a daemon that died during one, and runs at start,
-// after the resume.
+// (backed up first), state directories and GC roots, and the certificates
+// of removed previews' public names. env rm removes them itself; this is
+// for a daemon that died during one, and runs at start, after the resume.
 func (d *Daemon) sweepPreviewData(ctx context.Context) {
-	// Every stored generation counts, not only the current ones: a
-	// rollback to one brings its instances, and their data, back.
-	gens, err := d.store.List(ctx)
+	used, err := d.dataInUse(ctx)
 	if err != nil {
 		d.logf("sweeping previews' data: %v", err)
 		return
-	}
-	used := map[string]bool{}
-	for _, g := range gens {
-		for name := range g.Spec.Services {
-			used[dataName(name, g.Owner(name))] = true
-		}
-	}
-	for _, s := range d.sup.List() {
-		used[dataName(s.Key.Service(), s.Key.Owner())] = true
 	}
 	recs, err := d.store.Records(ctx, store.KindDatabase)
 	if err != nil {
 		d.logf("sweeping previews' data: %v", err)
 		return
 	}
+	left := map[string]bool{}
 	for _, r := range recs {
-		if strings.Contains(r.Key, "@") && !used[r.Key] {
-			if name, err := d.db.retire(ctx, r.Key); err != nil {
-				d.logf("sweeping previews' data: database of %s: %v", r.Key, err)
-			} else {
-				d.logf("swept %s of %s, whose preview is gone", name, r.Key)
-			}
-		}
+		left[r.Key] = true
 	}
 	ents, _ := os.ReadDir(filepath.Join(d.opts.Root, "state"))
 	for _, e := range ents {
-		if strings.Contains(e.Name(), "@") && !used[e.Name()] {
-			dir := filepath.Join(d.opts.Root, "state", e.Name())
-			if err := os.RemoveAll(dir); err != nil {
-				d.logf("sweeping previews' data: %v", err)
-			} else {
-				d.logf("swept the state directory %s, whose preview is gone", dir)
-			}
+		left[e.Name()] = true
+	}
+	for name := range left {
+		if !strings.Contains(name, "@") || used[name] {
+			continue
+		}
+		removed, err := d.retireData(ctx, name)
+		if len(removed) > 0 {
+			d.logf("swept %s of %s, whose preview is gone", strings.Join(removed, ", "), name)
+		}
+		if err != nil {
+			d.logf("sweeping previews' data: %s: %v", name, err)
 		}
 	}
 	if unpinned, err := d.unpinUnheld(ctx); err != nil {
@@ -294,23 +342,135 @@ func (d *Daemon) sweepPreviewData(ctx context.Context) {
 	} else if len(unpinned) > 0 {
 		d.logf("unpinned %s: nothing holds them", strings.Join(unpinned, ", "))
 	}
+	ents, _ = os.ReadDir(d.certsToForgetDir())
+	for _, e := range ents {
+		env, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || spec.CheckEnv(env) != nil {
+			continue
+		}
+		if removed, err := d.forgetCerts(ctx, env); err != nil {
+			d.logf("sweeping the certificates of environment %s: %v", env, err)
+		} else if len(removed) > 0 {
+			d.logf("swept the certificates of %s, whose preview is gone", strings.Join(removed, ", "))
+		}
+	}
 }
 
-// forgetCerts takes removed preview g's public names (previews.domain) out
-// of certificate management and removes their certificates from disk.
-func (d *Daemon) forgetCerts(ctx context.Context, g *spec.Generation) error {
-	d.liveMu.Lock()
-	delete(d.live, g.EnvOrDefault())
-	d.updateCertsLocked()
-	d.liveMu.Unlock()
-	if d.certs == nil {
+// certsToForgetDir holds, for each preview being removed, ENV.json: the
+// public names (previews.domain) whose certificates env rm has still to
+// remove from disk. The list is written before the preview leaves the
+// store and removed with the certificates, so that a daemon that dies in
+// between leaves its next start the names to finish (sweepPreviewData).
+func (d *Daemon) certsToForgetDir() string { return filepath.Join(d.opts.Root, "certs", "forget") }
+
+func (d *Daemon) certsToForgetPath(env string) string {
+	return filepath.Join(d.certsToForgetDir(), env+".json")
+}
+
+// noteCertsToForget lists the public names of every stored generation of
+// preview env in certsToForgetDir. Without certificate management, or
+// without such names, there is nothing to list.
+func (d *Daemon) noteCertsToForget(ctx context.Context, env string) error {
+	if d.certs == nil || spec.CheckEnv(env) != nil || env == spec.DefaultEnv {
+		return nil // the engine refuses the name
+	}
+	gens, err := d.store.List(ctx)
+	if err != nil {
+		return err
+	}
+	var hosts []string
+	for _, g := range gens {
+		if g.EnvOrDefault() == env {
+			hosts = append(hosts, previewHosts(g)...)
+		}
+	}
+	if len(hosts) == 0 {
 		return nil
 	}
+	slices.Sort(hosts)
+	b, err := json.Marshal(slices.Compact(hosts))
+	if err != nil {
+		return err
+	}
+	return writeFile(d.certsToForgetPath(env), b)
+}
+
+// previewHosts are preview g's public names: SERVICE.ENV.DOMAIN for each
+// service, with previews.domain set.
+func previewHosts(g *spec.Generation) []string {
 	var hosts []string
 	for _, name := range g.Spec.Names() {
 		if h := g.Spec.PreviewHost(name, g.EnvOrDefault()); h != "" {
 			hosts = append(hosts, h)
 		}
 	}
-	return d.certs.Forget(ctx, hosts)
+	return hosts
+}
+
+// hostsInUse are the public names of every stored generation, of every
+// environment: production's domains and redirects, previews' names. A
+// certificate of one of them is never removed — a rollback, or the
+// preview of the same name deployed again, serves it.
+func hostsInUse(gens []*spec.Generation) map[string]bool {
+	use := map[string]bool{}
+	for _, g := range gens {
+		for _, svc := range g.Spec.Services {
+			for _, h := range slices.Concat(svc.Domains, svc.Redirects) {
+				use[strings.ToLower(h)] = true
+			}
+		}
+		if g.EnvOrDefault() != spec.DefaultEnv {
+			for _, h := range previewHosts(g) {
+				use[strings.ToLower(h)] = true
+			}
+		}
+	}
+	return use
+}
+
+// unmanageCerts takes removed preview env's names out of certificate
+// management: they are no longer renewed.
+func (d *Daemon) unmanageCerts(env string) {
+	d.liveMu.Lock()
+	defer d.liveMu.Unlock()
+	delete(d.live, env)
+	d.updateCertsLocked()
+}
+
+// forgetCerts removes from disk the certificates that certsToForgetDir
+// lists for env, except those of names a stored generation still uses,
+// then the list; it returns the names whose certificates it removed.
+func (d *Daemon) forgetCerts(ctx context.Context, env string) ([]string, error) {
+	path := d.certsToForgetPath(env)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	var listed []string
+	if err := json.Unmarshal(b, &listed); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if d.certs == nil {
+		return nil, nil // kept for a start that manages certificates
+	}
+	gens, err := d.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	use := hostsInUse(gens)
+	var hosts []string
+	for _, h := range listed {
+		if !use[strings.ToLower(h)] {
+			hosts = append(hosts, h)
+		}
+	}
+	if err := d.certs.Forget(ctx, hosts); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil {
+		return nil, err
+	}
+	return hosts, nil
 }

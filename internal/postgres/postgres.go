@@ -17,6 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"hostel/internal/postgres/conninfo"
 )
 
 // DefaultAdmin is how hostel reaches the server when the spec says nothing:
@@ -27,7 +29,7 @@ const DefaultAdmin = "host=/run/postgresql user=postgres"
 type Server struct {
 	admin string
 	cfg   *pgx.ConnConfig
-	tls   TLS
+	tls   conninfo.TLS
 }
 
 // Open parses an administrator conninfo or URL; "" means DefaultAdmin. It
@@ -40,7 +42,7 @@ func Open(admin string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres.admin: %w", err)
 	}
-	t, err := parseTLS(admin)
+	t, err := conninfo.ParseTLS(admin)
 	if err != nil {
 		return nil, fmt.Errorf("postgres.admin: %w", err)
 	}
@@ -57,8 +59,9 @@ func (s *Server) Host() string { return s.cfg.Host }
 // Port is the server's port (which also names its unix socket).
 func (s *Server) Port() uint16 { return s.cfg.Port }
 
-// ServiceTLS is how a service's connections are secured: see TLS.ForService.
-func (s *Server) ServiceTLS() TLS { return s.tls.ForService(s.UnixSocket()) }
+// ServiceTLS is how a service's connections are secured: see
+// conninfo.TLS.ForService.
+func (s *Server) ServiceTLS() conninfo.TLS { return s.tls.ForService(s.UnixSocket()) }
 
 // UnixSocket reports whether hostel reaches the server over a unix socket,
 // where peer authentication is possible.
@@ -394,7 +397,7 @@ func (s *Server) URL(d Database) string {
 			u.Host += ":" + strconv.Itoa(int(s.cfg.Port))
 		}
 	}
-	s.ServiceTLS().setQuery(q)
+	s.ServiceTLS().SetQuery(q)
 	u.RawQuery = encodeQuery(q)
 	return u.String()
 }
@@ -415,4 +418,11 @@ func (s *Server) toolEnv(database string) []string {
 		env = append(env, "PGPASSWORD="+s.cfg.Password)
 	}
 	return append(env, s.tls.Env()...)
+}
+
+// encodeQuery encodes q for a postgres:// URL: libpq decodes %XX but takes
+// "+" literally, so a space must be %20. (Encode writes a literal "+" as
+// %2B, so every "+" it writes is a space.)
+func encodeQuery(q url.Values) string {
+	return strings.ReplaceAll(q.Encode(), "+", "%20")
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"hostel/internal/postgres"
+	"hostel/internal/postgres/conninfo"
 	"hostel/internal/postgres/pgtest"
 )
 
@@ -77,8 +78,8 @@ func TestTLSParams(t *testing.T) {
 			tool: []string{"PGSSLMODE=disable"}, query: url.Values{"sslmode": {"disable"}}},
 		{name: "unix socket", admin: "host=/run/postgresql user=postgres sslmode=require",
 			tool: []string{"PGSSLMODE=require"}, query: url.Values{"sslmode": {"disable"}}},
-		{name: "crl refused", admin: "host=db.internal user=postgres sslmode=verify-full sslcrl=/etc/pg/crl.pem", wantErr: postgres.ErrUnsupportedParam, errMatch: "sslcrl"},
-		{name: "ssl password refused", admin: "host=db.internal user=postgres sslpassword=x", wantErr: postgres.ErrUnsupportedParam, errMatch: "sslpassword"},
+		{name: "crl refused", admin: "host=db.internal user=postgres sslmode=verify-full sslcrl=/etc/pg/crl.pem", wantErr: conninfo.ErrUnsupportedParam, errMatch: "sslcrl"},
+		{name: "ssl password refused", admin: "host=db.internal user=postgres sslpassword=x", wantErr: conninfo.ErrUnsupportedParam, errMatch: "sslpassword"},
 		{name: "bad mode", admin: "host=db.internal user=postgres", env: map[string]string{"PGSSLMODE": "sometimes"}, errMatch: "sslmode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,34 +223,5 @@ func TestUnixSocketWithSSLMode(t *testing.T) {
 	}
 	if _, err := s.DumpFile(ctx(t), d.Name, filepath.Join(t.TempDir(), "u.dump")); err != nil {
 		t.Fatalf("backup over the unix socket: %v", err)
-	}
-}
-
-// TestCheckAdmin: what spec validation checks of postgres.admin, without
-// the files it names; errors never quote the password.
-func TestCheckAdmin(t *testing.T) {
-	for _, tc := range []struct {
-		admin   string
-		errWant string // "" for valid
-	}{
-		{postgres.DefaultAdmin, ""},
-		{"host=db.internal user=postgres password=s3cret sslmode=verify-full sslrootcert=/not/here.crt", ""},
-		{"postgres://postgres:s3cret@db.internal/postgres?sslmode=require", ""},
-		{"host=db.internal password=s3cret sslcrl=/etc/crl.pem", "sslcrl"},
-		{"postgres://postgres:s3cret@db.internal/postgres?ssl_min_protocol_version=TLSv1.3", "ssl_min_protocol_version"},
-		{"host=db.internal password=s3cret sslmode=sometimes", `sslmode "sometimes"`},
-		{"host=db.internal password='s3cret", "unterminated"},
-	} {
-		t.Run(tc.admin, func(t *testing.T) {
-			err := postgres.CheckAdmin(tc.admin)
-			switch {
-			case tc.errWant == "" && err != nil:
-				t.Fatalf("CheckAdmin: %v", err)
-			case tc.errWant != "" && (err == nil || !strings.Contains(err.Error(), tc.errWant)):
-				t.Fatalf("CheckAdmin: %v; want an error naming %s", err, tc.errWant)
-			case err != nil && strings.Contains(err.Error(), "s3cret"):
-				t.Fatalf("the error quotes the password: %v", err)
-			}
-		})
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"hostel/internal/postgres"
+	"hostel/internal/postgres/conninfo"
 )
 
 var (
@@ -73,7 +73,7 @@ func (s *Spec) Validate() error {
 		}
 	}
 	if s.Postgres != nil {
-		if err := postgres.CheckAdmin(s.Postgres.Admin); err != nil {
+		if err := conninfo.Check(s.Postgres.Admin); err != nil {
 			return &Error{Field: "postgres.admin", Msg: err.Error()}
 		}
 	}

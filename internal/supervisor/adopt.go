@@ -78,7 +78,7 @@ func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
 	r := record{Key: i.key, PID: p.pid, StartTicks: p.startTicks, Started: p.start, Port: c.Port,
 		Config: rc, CredentialsDir: i.credDir}
 	if i.cred != nil {
-		r.User = UserName(c.Service)
+		r.User = InstanceUser(c.Service, c.Owner)
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -537,11 +537,9 @@ func (s *Supervisor) cleanStale(r *record) {
 // again at the same path.
 func (i *Instance) adopt(r *record) (*proc, error) {
 	s := i.s
-	if s.opts.RunAsUsers {
-		var err error
-		if i.cred, err = s.serviceUser(i.cfg.Service); err != nil {
-			return nil, err
-		}
+	var err error
+	if i.cred, err = s.Credential(i.cfg.Service, i.cfg.Owner); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(i.logPath), 0o750); err != nil {
 		return nil, err

@@ -327,10 +327,8 @@ func (i *Instance) removeGroup() {
 // makeDirs makes sure of the service's user (when services run as their
 // own users), its STATE_DIRECTORY, and a fresh RUNTIME_DIRECTORY.
 func (i *Instance) makeDirs() (err error) {
-	if i.s.opts.RunAsUsers {
-		if i.cred, err = i.s.serviceUser(i.cfg.Service); err != nil {
-			return err
-		}
+	if i.cred, err = i.s.Credential(i.cfg.Service, i.cfg.Owner); err != nil {
+		return err
 	}
 	for _, d := range []string{filepath.Dir(i.stateDir), filepath.Dir(i.runDir)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {

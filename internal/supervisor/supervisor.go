@@ -115,8 +115,9 @@ type Options struct {
 	Root string
 	// Logf receives the supervisor's own messages; nil discards them.
 	Logf func(format string, args ...any)
-	// RunAsUsers runs every service as its own system user (see UserName),
-	// created when missing. Set it when the daemon runs as root.
+	// RunAsUsers runs every service as its own system user (UserName; a
+	// preview's own instance as one of its own, InstanceUser), created
+	// when missing. Set it when the daemon runs as root.
 	RunAsUsers bool
 	// LogMaxBytes is the size at which a version's log is rotated; zero
 	// means 10 MiB. Three rotated files are kept.

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -777,13 +778,94 @@ func TestUserName(t *testing.T) {
 	}
 }
 
-func TestRunAsUser(t *testing.T) {
+// TestInstanceUser: a preview's own instance has a user of its own, never
+// production's nor another preview's, and a valid system user name.
+func TestInstanceUser(t *testing.T) {
+	valid := regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+	seen := map[string]string{}
+	for _, tc := range []struct{ service, owner, want string }{
+		{"api", "", "hostel-api"},
+		{"api", spec.DefaultEnv, "hostel-api"},
+		{"api", "pr-1", "hostel-api_pr-1"},
+		{"api-pr-1", "", "hostel-api-pr-1"},
+		{"a2345678901234567890123456", "pr-1", "hostel-a23456789012_"},
+		{"a2345678901234567890123456", "pr-2", "hostel-a23456789012_"},
+		{"api", "a2345678901234567890", "hostel-api_"},
+	} {
+		got := InstanceUser(tc.service, tc.owner)
+		if !strings.HasPrefix(got, tc.want) || !valid.MatchString(got) {
+			t.Errorf("InstanceUser(%q, %q) = %q, want prefix %q, a valid user name of at most 32 characters", tc.service, tc.owner, got, tc.want)
+		}
+		id := tc.service + "@" + tc.owner
+		if tc.owner == "" {
+			id = tc.service + "@" + spec.DefaultEnv
+		}
+		if other, ok := seen[got]; ok && other != id {
+			t.Errorf("InstanceUser: %s and %s are both %s", other, id, got)
+		}
+		seen[got] = id
+	}
+}
+
+// TestPreviewUser: a preview's own instance runs as its own user, which
+// RemoveUser removes once the instance is gone, and not before;
+// production's users are never removed.
+func TestPreviewUser(t *testing.T) {
+	needUserTools(t)
+	t.Parallel()
+	service, owner := "suptest-preview", "pr-1"
+	name := InstanceUser(service, owner)
+	t.Cleanup(func() { exec.Command("userdel", name).Run() })
+	s, _ := newSupervisor(t, Options{RunAsUsers: true})
+	cfg := appConfig(service)
+	cfg.Owner = owner
+	i := startReady(t, s, cfg)
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatalf("user %s: %v", name, err)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", i.Status().PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(status), "\nUid:\t"+u.Uid+"\t") {
+		t.Errorf("the preview's instance does not run as %s (uid %s):\n%s", name, u.Uid, status)
+	}
+	if err := s.RemoveUser(service, owner); !errors.Is(err, ErrUserInUse) {
+		t.Errorf("RemoveUser while the instance runs: %v, want ErrUserInUse", err)
+	}
+	if err := s.Stop(context.Background(), cfg.Key()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveUser(service, owner); err != nil {
+		t.Fatalf("RemoveUser: %v", err)
+	}
+	if _, err := user.Lookup(name); err == nil {
+		t.Errorf("user %s exists after RemoveUser", name)
+	}
+	if err := s.RemoveUser(service, owner); err != nil {
+		t.Errorf("RemoveUser of a user that is gone: %v", err)
+	}
+	if err := s.RemoveUser(service, spec.DefaultEnv); err == nil {
+		t.Error("RemoveUser of production's user went through")
+	}
+}
+
+// needUserTools skips a test that makes system users where it cannot.
+func needUserTools(t *testing.T) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	if _, err := exec.LookPath("useradd"); err != nil {
-		t.Skip("no useradd")
+	for _, tool := range []string{"useradd", "userdel"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("no %s", tool)
+		}
 	}
+}
+
+func TestRunAsUser(t *testing.T) {
+	needUserTools(t)
 	t.Parallel()
 	// With cgroups (v1 here) the process is started through the launch
 	// helper, which drops to the user itself: the same must hold.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,22 +14,10 @@ import (
 // TestPreviewDomain: with previews.domain, a preview's services answer on
 // SERVICE.ENV.DOMAIN over HTTPS with a certificate from the CA, beside
 // production's domains, which do not change; env rm removes the route and
-// the certificate, on disk too.
+// the certificate, on disk too, but not the certificate of a production
+// domain that is also one of the preview's names.
 func TestPreviewDomain(t *testing.T) {
-	ports := pebbletest.FreePorts(t, 2)
-	httpPort, httpsPort := ports[0], ports[1]
-	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort, TLSPort: httpsPort})
-	e := NewEnv(t)
-	e.StartDaemonArgs("--http", fmt.Sprintf("127.0.0.1:%d", httpPort), "--https", fmt.Sprintf("127.0.0.1:%d", httpsPort))
-	spec := func(title string) map[string]any {
-		return map[string]any{
-			"acme":     map[string]any{"email": "ops@example.org", "ca": p.Directory, "ca_root": p.ServerCA},
-			"previews": map[string]any{"domain": "preview.example"},
-			"services": map[string]any{
-				"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "env": map[string]string{"SHOP_TITLE": title}}),
-			},
-		}
-	}
+	e, p, _, spec := startPreviewDomain(t)
 	e.WriteSpec(spec("Production Shop"))
 	e.deployOutput()
 	e.WriteSpec(spec("Preview Shop"))
@@ -50,16 +39,7 @@ func TestPreviewDomain(t *testing.T) {
 	if resp, body, err := e.GetTLS(p.Roots, "shop.example", "/"); err != nil || resp.StatusCode != 200 || !strings.Contains(body, "Production Shop") {
 		t.Errorf("production's https://shop.example after the preview: %v %q", err, body)
 	}
-	stored := func() []string {
-		var found []string
-		filepath.WalkDir(filepath.Join(e.Root, "certs"), func(path string, d os.DirEntry, err error) error {
-			if err == nil && strings.Contains(path, host) {
-				found = append(found, path)
-			}
-			return nil
-		})
-		return found
-	}
+	stored := func() []string { return storedCerts(e.Root, host) }
 	if list := e.MustRun("env", "list", "--json"); !strings.Contains(list, `"https://`+host+`"`) {
 		t.Errorf("env list lacks https://%s:\n%s", host, list)
 	}
@@ -79,5 +59,81 @@ func TestPreviewDomain(t *testing.T) {
 	}
 	if resp, body, err := e.GetTLS(p.Roots, "shop.example", "/"); err != nil || resp.StatusCode != 200 || !strings.Contains(body, "Production Shop") {
 		t.Errorf("production's https://shop.example after env rm: %v %q", err, body)
+	}
+	if len(storedCerts(e.Root, "wiki.pr-1.preview.example")) == 0 {
+		t.Error("env rm removed production's certificate of wiki.pr-1.preview.example, a preview name too")
+	}
+}
+
+// startPreviewDomain starts Pebble and a daemon whose HTTPS Pebble
+// validates, and returns them, the daemon's listener flags and the spec
+// to deploy: Pebble as CA, previews.domain "preview.example", a shop on
+// shop.example titled as asked, and a wiki whose production domain is
+// also the name a preview pr-1 gives it, wiki.pr-1.preview.example.
+func startPreviewDomain(t *testing.T) (e *Env, p *pebbletest.Pebble, listen []string, spec func(title string) map[string]any) {
+	t.Helper()
+	ports := pebbletest.FreePorts(t, 2)
+	p = pebbletest.Start(t, pebbletest.Options{HTTPPort: ports[0], TLSPort: ports[1]})
+	listen = []string{"--http", fmt.Sprintf("127.0.0.1:%d", ports[0]), "--https", fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	e = NewEnv(t)
+	e.StartDaemonArgs(listen...)
+	spec = func(title string) map[string]any {
+		return map[string]any{
+			"acme":     map[string]any{"email": "ops@example.org", "ca": p.Directory, "ca_root": p.ServerCA},
+			"previews": map[string]any{"domain": "preview.example"},
+			"services": map[string]any{
+				"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "env": map[string]string{"SHOP_TITLE": title}}),
+				"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.pr-1.preview.example"}}),
+			},
+		}
+	}
+	return e, p, listen, spec
+}
+
+// storedCerts lists what ROOT/certs holds of host's certificate.
+func storedCerts(root, host string) []string {
+	var found []string
+	filepath.WalkDir(filepath.Join(root, "certs"), func(path string, d os.DirEntry, err error) error {
+		if err == nil && slices.Contains(strings.Split(path, string(filepath.Separator)), host) {
+			found = append(found, path)
+		}
+		return nil
+	})
+	return found
+}
+
+// TestPreviewDomainRemovalCrash: a daemon killed in env rm leaves the
+// certificates of the preview's public names on disk; its next start
+// removes them, and only them: a production domain that is also one of
+// the preview's names (wiki.pr-1.preview.example) keeps its certificate.
+func TestPreviewDomainRemovalCrash(t *testing.T) {
+	for _, fp := range []string{"env-rm-after-drop", "env-rm-before-certs"} {
+		t.Run(fp, func(t *testing.T) {
+			e, p, listen, spec := startPreviewDomain(t)
+			e.WriteSpec(spec("Production Shop"))
+			e.deployOutput()
+			e.WriteSpec(spec("Preview Shop"))
+			e.MustRun("deploy", "--env", "pr-1", "--no-confirm")
+			gone, kept := "shop.pr-1.preview.example", []string{"shop.example", "wiki.pr-1.preview.example"}
+			waitUntil(t, "the preview's certificate on disk", func() bool { return len(storedCerts(e.Root, gone)) > 0 })
+			for _, h := range kept {
+				if len(storedCerts(e.Root, h)) == 0 {
+					t.Fatalf("no certificate of production's %s stored", h)
+				}
+			}
+
+			e.StopDaemon()
+			e.killedAt(fp, listen, "env", "rm", "pr-1")
+			e.StartDaemonArgs(listen...)
+			waitUntil(t, "the removed preview's certificate to go", func() bool { return len(storedCerts(e.Root, gone)) == 0 })
+			for _, h := range kept {
+				if len(storedCerts(e.Root, h)) == 0 {
+					t.Errorf("production's certificate of %s was removed with the preview's", h)
+				}
+			}
+			if resp, body, err := e.GetTLS(p.Roots, "wiki.pr-1.preview.example", "/"); err != nil || resp.StatusCode != 200 {
+				t.Errorf("production's https://wiki.pr-1.preview.example after the restart: %v %q", err, body)
+			}
+		})
 	}
 }

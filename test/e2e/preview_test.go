@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -316,6 +317,25 @@ func processRuns(pid int) bool {
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
+// killedAt starts the daemon (stopped) with listen as its listener flags
+// and failpoint fp armed, runs the command args, which must kill it at fp,
+// and waits for it to be gone.
+func (e *Env) killedAt(fp string, listen []string, args ...string) {
+	e.t.Helper()
+	e.DaemonEnv = []string{"HOSTEL_FAILPOINT=" + fp}
+	defer func() { e.DaemonEnv = nil }()
+	e.StartDaemonArgs(listen...)
+	if _, _, code := e.Run(args...); code == 0 {
+		e.t.Fatalf("%s went through; the daemon should have died at %s", strings.Join(args, " "), fp)
+	}
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+		e.t.Fatalf("the daemon did not die at %s", fp)
+	}
+	e.daemon = nil
+}
+
 // TestPreviewRemovalCrash: a daemon killed in env rm, right after the
 // preview left the store, leaves its instance and data to the next start,
 // which stops the instance and sweeps the state directory and GC root.
@@ -341,25 +361,19 @@ func TestPreviewRemovalCrash(t *testing.T) {
 			t.Fatalf("before env rm: %v", err)
 		}
 	}
+	const previewUser = "hostel-app19_pr-1" // the preview's own instance runs as its own user
+	if _, err := user.Lookup(previewUser); err != nil {
+		t.Fatalf("before env rm: %v", err)
+	}
 
 	e.StopDaemon()
-	e.DaemonEnv = []string{"HOSTEL_FAILPOINT=env-rm-after-drop"}
+	e.killedAt("env-rm-after-drop", []string{"--http", "127.0.0.1:0", "--https", ""}, "env", "rm", "pr-1")
 	e.StartDaemon()
-	if _, _, code := e.Run("env", "rm", "pr-1"); code == 0 {
-		t.Fatal("env rm went through; the daemon should have died after dropping the environment")
-	}
-	select {
-	case <-e.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the daemon did not die at env-rm-after-drop")
-	}
-	e.daemon = nil
-	e.DaemonEnv = nil
-	e.StartDaemon()
-	waitUntil(t, "the removed preview's instance, state and GC root to go", func() bool {
+	waitUntil(t, "the removed preview's instance, state, user and GC root to go", func() bool {
 		_, errS := os.Stat(stateDir)
 		_, errR := os.Stat(rootDir)
-		return !processRuns(own.PID) && os.IsNotExist(errS) && os.IsNotExist(errR)
+		_, errU := user.Lookup(previewUser)
+		return !processRuns(own.PID) && os.IsNotExist(errS) && os.IsNotExist(errR) && errU != nil
 	})
 	if got := e.processes(); !maps.Equal(got, prod) {
 		t.Errorf("processes after the restart: %v, want production's %v", got, prod)

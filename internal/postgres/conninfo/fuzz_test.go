@@ -1,4 +1,4 @@
-package postgres
+package conninfo
 
 import (
 	"strings"
@@ -38,7 +38,7 @@ func FuzzTLSAgreesWithPgx(f *testing.F) {
 		if err != nil {
 			return
 		}
-		tls, err := parseTLS(s)
+		tls, err := ParseTLS(s)
 		if err != nil {
 			return
 		}

@@ -1,4 +1,10 @@
-package postgres
+// Package conninfo reads the administrator's PostgreSQL connection settings
+// (the spec's postgres.admin, a libpq keyword/value conninfo or a
+// postgres:// URL) without a database driver: what hostel checks of them
+// when it validates a spec, and the ssl* parameters it passes on to tools
+// and services. Package postgres, which connects, takes the rule from here,
+// so that it is written once and a spec check never pulls in pgx.
+package conninfo
 
 import (
 	"errors"
@@ -56,19 +62,19 @@ var tlsParams = []tlsParam{
 	{"sslkey", "PGSSLKEY", false, func(t *TLS) *string { return &t.Key }},
 }
 
-// ErrUnsupportedParam is returned by Open and CheckAdmin for a connection
-// parameter hostel cannot honour on every path to the server.
+// ErrUnsupportedParam is returned by Check and ParseTLS (and so by
+// postgres.Open) for a connection parameter hostel cannot honour on every path to the server.
 var ErrUnsupportedParam = errors.New("connection parameter not supported")
 
 // sslModes are libpq's sslmode values.
 var sslModes = map[string]bool{"disable": true, "allow": true, "prefer": true, "require": true, "verify-ca": true, "verify-full": true}
 
-// CheckAdmin checks what can be checked of an administrator conninfo or
+// Check checks what can be checked of an administrator conninfo or
 // URL without the machine it will be used on: its syntax, and that its
 // ssl* parameters are ones hostel passes on, with a valid sslmode. Its
 // errors never quote the conninfo, which may hold a password.
-func CheckAdmin(conninfo string) error {
-	params, err := conninfoParams(conninfo)
+func Check(conninfo string) error {
+	params, err := parameters(conninfo)
 	if err != nil {
 		return err
 	}
@@ -101,10 +107,10 @@ func checkMode(m string) error {
 	return nil
 }
 
-// parseTLS reads the ssl* parameters of a conninfo or URL, falling back to
+// ParseTLS reads the ssl* parameters of a conninfo or URL, falling back to
 // the PGSSL* environment variables as libpq (and pgx) do.
-func parseTLS(conninfo string) (TLS, error) {
-	params, err := conninfoParams(conninfo)
+func ParseTLS(conninfo string) (TLS, error) {
+	params, err := parameters(conninfo)
 	if err != nil {
 		return TLS{}, err
 	}
@@ -164,9 +170,9 @@ func (t TLS) Env() []string {
 	return env
 }
 
-// setQuery renders t as URL query parameters (sslmode=…), the unset ones
+// SetQuery sets t as URL query parameters (sslmode=…), the unset ones
 // left out.
-func (t TLS) setQuery(q url.Values) {
+func (t TLS) SetQuery(q url.Values) {
 	for _, p := range tlsParams {
 		if v := *p.field(&t); v != "" {
 			q.Set(p.key, v)
@@ -174,18 +180,11 @@ func (t TLS) setQuery(q url.Values) {
 	}
 }
 
-// encodeQuery encodes q for a postgres:// URL: libpq decodes %XX but takes
-// "+" literally, so a space must be %20. (Encode writes a literal "+" as
-// %2B, so every "+" it writes is a space.)
-func encodeQuery(q url.Values) string {
-	return strings.ReplaceAll(q.Encode(), "+", "%20")
-}
-
-// conninfoParams returns the parameters of a libpq keyword/value conninfo
+// parameters returns the parameters of a libpq keyword/value conninfo
 // or of the query of a postgres:// URL (where ssl=true means
-// sslmode=require, as pgx has it). The caller has already had pgx accept
-// the string, so syntax errors here are rare and reported tersely.
-func conninfoParams(s string) (map[string]string, error) {
+// sslmode=require, as pgx has it). Its syntax errors are terse and never
+// quote s, which may hold a password.
+func parameters(s string) (map[string]string, error) {
 	if strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://") {
 		_, query, _ := strings.Cut(s, "?")
 		params := map[string]string{}
