@@ -401,6 +401,9 @@ func (a *Agent) startAll(ctx context.Context, g *spec.Generation, opts Options, 
 			if a.isRunning(key) {
 				continue
 			}
+			if opts.Adopt && a.besideExclusive(ctx, g, name, progress) {
+				continue
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

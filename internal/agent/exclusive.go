@@ -126,3 +126,54 @@ func (a *Agent) releaseExclusive(ctx context.Context, ho *handover, addr string,
 // serviceOf is the service of a key (SERVICE-VERSION; a version has no
 // "-").
 func serviceOf(k spec.VersionKey) string { return k.Service() }
+
+// besideExclusive keeps two versions of an exclusive service from running
+// at once after a daemon restart (Options.Adopt), where no handover
+// stands between them: the generations are resumed in order, the current
+// ones first, so a version found running here is the one that serves,
+// and g's version of name — the one a confirm window may switch back to —
+// is left as a handover leaves an old version: not running, its backend
+// pointed at the running one, started by a switch back through a
+// handover (holdExclusive). Its own process, if a previous daemon left
+// one, is stopped. It reports whether g's version is to be left so; when
+// g's version is the one to run, other versions' processes left running
+// are stopped first.
+func (a *Agent) besideExclusive(ctx context.Context, g *spec.Generation, name string, progress Progress) bool {
+	svc := g.Spec.Services[name]
+	if !svc.Exclusive {
+		return false
+	}
+	key := g.Instance(name)
+	var other spec.VersionKey
+	a.runMu.Lock()
+	for k := range a.running {
+		if k != key && serviceOf(k) == name && k.Owner() == key.Owner() {
+			other = k
+			break
+		}
+	}
+	a.runMu.Unlock()
+	inst, ok := a.procs.Get(other)
+	if other == "" || !ok {
+		// g's version is the one to run. A daemon killed in a handover
+		// may have left another version's process running (the new one,
+		// not yet committed): it goes first, never beside.
+		for _, o := range a.procs.Orphans() {
+			if o != key && serviceOf(o) == name && o.Owner() == key.Owner() {
+				a.stopRecorded(context.WithoutCancel(ctx), o, progress)
+			}
+		}
+		return false
+	}
+	a.stopRecorded(context.WithoutCancel(ctx), key, progress)
+	needs := make([]spec.VersionKey, 0, len(svc.Needs))
+	for _, n := range svc.Needs {
+		needs = append(needs, g.Instance(n))
+	}
+	a.runMu.Lock()
+	a.running[key] = &version{svc: svc, needs: needs}
+	a.runMu.Unlock()
+	a.route.AddBackend(key, inst.Addr())
+	progress("exclusive: %s is not started beside %s; a switch back starts it", key, other)
+	return true
+}

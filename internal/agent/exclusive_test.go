@@ -1,0 +1,136 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"hostel/internal/spec"
+)
+
+// exclusiveGens returns two generations of one exclusive service x: the
+// old (x-1) and the new (x-2).
+func exclusiveGens(t *testing.T) (g1, g2 *spec.Generation) {
+	t.Helper()
+	x := func(id string) *spec.Service { s := svc(id); s.Exclusive = true; return s }
+	return generation(t, spec.DefaultEnv, map[string]*spec.Service{"x": x("x-1")}),
+		generation(t, spec.DefaultEnv, map[string]*spec.Service{"x": x("x-2")})
+}
+
+// alive reports whether pid is a live process, not a zombie (the test
+// process is every app's parent, and may not have reaped it yet).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if pid <= 0 || err != nil {
+		return false
+	}
+	// pid (comm) STATE ...: comm may hold spaces, not ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(f) > 0 && f[0] != "Z"
+}
+
+// appID asks key's immutable name which app answers (X-App).
+func appID(t *testing.T, n *sleepyNode, key spec.VersionKey) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", n.pub+"/", nil)
+	req.Host = string(key) + "." + zone
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.Header.Get("X-App")
+}
+
+// TestResumeExclusiveInWindow: a daemon restarted inside a confirm window
+// of an exclusive service's deploy (the previous generation desired
+// beside the current one, for a switch back) adopts the current version
+// and does not start the previous one beside it; the previous version's
+// name reaches the running one, as after a handover; a switch back then
+// stops the current one before the previous one starts.
+func TestResumeExclusiveInWindow(t *testing.T) {
+	root := t.TempDir()
+	g1, g2 := exclusiveGens(t)
+	k1, k2 := g1.Instance("x"), g2.Instance("x")
+	first := newSleepyNodeAt(t, root)
+	if _, err := first.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{g1}}, Options{}, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	// The deploy of g2: a handover stops x-1, starts x-2.
+	if _, err := first.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{g1, g2}}, Options{}, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	pid2 := first.pids()[k2]
+	first.sup.Detach() // the daemon dies in the window
+
+	next := newSleepyNodeAt(t, root)
+	if _, err := next.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{g2, g1}}, Options{Adopt: true}, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	pids := next.pids()
+	if _, ok := pids[k1]; ok || pids[k2] != pid2 {
+		t.Fatalf("after the resume: running %v, want only %s adopted (pid %d)", pids, k2, pid2)
+	}
+	if got := appID(t, next, k1); got != "x-2" {
+		t.Errorf("%s's name answered by %q, want the running x-2", k1, got)
+	}
+
+	// The switch back: x-2 is stopped before x-1 starts.
+	overlap := false
+	progress := func(format string, args ...any) {
+		if line := fmt.Sprintf(format, args...); strings.HasPrefix(line, "starting "+string(k1)) && alive(pid2) {
+			overlap = true
+		}
+		t.Logf(format, args...)
+	}
+	if _, err := next.agent.Reconcile(context.Background(), Desired{Generations: []*spec.Generation{g1}}, Options{}, progress); err != nil {
+		t.Fatal(err)
+	}
+	if overlap {
+		t.Errorf("%s started while %s (pid %d) still ran", k1, k2, pid2)
+	}
+	if pids := next.pids(); len(pids) != 1 || pids[k1] == 0 {
+		t.Errorf("after the switch back: running %v, want only %s", pids, k1)
+	}
+}
+
+// TestResumeExclusiveAfterHandoverCrash: a daemon killed in a handover,
+// before the commit, leaves the new version running and the old one
+// stopped; the next daemon stops the new one before it starts the old
+// (current) one, never beside it.
+func TestResumeExclusiveAfterHandoverCrash(t *testing.T) {
+	root := t.TempDir()
+	g1, g2 := exclusiveGens(t)
+	k1, k2 := g1.Instance("x"), g2.Instance("x")
+	first := newSleepyNodeAt(t, root)
+	for _, d := range []Desired{{Generations: []*spec.Generation{g1}}, {Generations: []*spec.Generation{g1, g2}}} {
+		if _, err := first.agent.Reconcile(t.Context(), d, Options{}, t.Logf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid2 := first.pids()[k2]
+	first.sup.Detach() // killed before g2 was committed: g1 is current
+
+	next := newSleepyNodeAt(t, root)
+	overlap := false
+	progress := func(format string, args ...any) {
+		if line := fmt.Sprintf(format, args...); strings.HasPrefix(line, "starting "+string(k1)) && alive(pid2) {
+			overlap = true
+		}
+		t.Logf(format, args...)
+	}
+	if _, err := next.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{g1}}, Options{Adopt: true}, progress); err != nil {
+		t.Fatal(err)
+	}
+	if overlap {
+		t.Errorf("%s started while %s (pid %d), left running, still ran", k1, k2, pid2)
+	}
+	if pids := next.pids(); len(pids) != 1 || pids[k1] == 0 || alive(pid2) {
+		t.Errorf("after the resume: running %v (x-2's pid %d alive: %v), want only %s", pids, pid2, alive(pid2), k1)
+	}
+}
