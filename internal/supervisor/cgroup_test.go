@@ -3,9 +3,11 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -106,5 +108,65 @@ func TestCgroupRemovedAfterStop(t *testing.T) {
 	stop(t, s, i.Key())
 	if g.Exists() {
 		t.Errorf("group %s exists after Stop", g.Name())
+	}
+}
+
+// A process is in its version's cgroup before its program runs, whether
+// it was stopped at its exec to be put there (v1, tracing allowed) or
+// started through the launch helper (v1, tracing refused); and it runs
+// as the service's user, with the environment it was given.
+func TestInItsGroupFromItsFirstInstruction(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		helper bool
+	}{
+		{"stopped at its exec", false},
+		{"launch helper", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prev := traceRefused.Load()
+			traceRefused.Store(tc.helper)
+			t.Cleanup(func() { traceRefused.Store(prev) })
+			s := cgroupSupervisor(t)
+			if s.opts.Cgroups.V2() {
+				t.Skip("cgroup v2 places the child as it is created; no stop or helper")
+			}
+			s.opts.RunAsUsers = os.Geteuid() == 0
+			cfg := appConfig("first")
+			cfg.Env = map[string]string{"FIRST": "yes"}
+			i := startReady(t, s, cfg)
+			lines := strings.Split(strings.TrimSpace(string(get(t, i.Addr(), "/cgroup-at-start"))), "\n")
+			in := map[string]bool{}
+			for _, l := range lines {
+				// "ID:CONTROLLERS:PATH"
+				parts := strings.SplitN(l, ":", 3)
+				if len(parts) == 3 && strings.HasSuffix(parts[2], "/"+string(i.Key())) {
+					for _, c := range strings.Split(parts[1], ",") {
+						in[c] = true
+					}
+				}
+			}
+			for _, c := range []string{"memory", "cpu", "pids"} {
+				if !in[c] {
+					t.Errorf("the program's first code ran outside its %s group; /proc/self/cgroup:\n%s", c, strings.Join(lines, "\n"))
+				}
+			}
+			if !strings.Contains(string(get(t, i.Addr(), "/env")), `"FIRST":"yes"`) {
+				t.Error("the program did not get its environment")
+			}
+			if s.opts.RunAsUsers {
+				pid := i.Status().PID
+				st, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if uid := st.Sys().(*syscall.Stat_t).Uid; uid == 0 {
+					t.Errorf("the program runs as root, want its service's user")
+				}
+			}
+			if traceRefused.Load() != tc.helper {
+				t.Errorf("tracing refused = %v after the start, want %v", traceRefused.Load(), tc.helper)
+			}
+		})
 	}
 }
