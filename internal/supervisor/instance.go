@@ -30,6 +30,8 @@ const (
 	crashWindow     = 60 * time.Second // crashes counted within; a run this long resets the count
 	maxCrashes      = 5                // crashes within crashWindow that make an instance fail
 	maxStartCrashes = 5                // crashes before ready allowed; one more fails it
+	probeFirst      = time.Millisecond // the first pause between probes, and the step of the early ones
+	probeEarly      = 10               // probes probeFirst apart, before the pause grows
 	probeInterval   = 50 * time.Millisecond
 	probeTimeout    = time.Second
 	healthTimeout   = 2 * time.Second
@@ -472,9 +474,9 @@ func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time
 
 	go func() {
 		defer close(p.probeDone)
-		t := time.NewTicker(probeInterval)
+		t := time.NewTimer(0)
 		defer t.Stop()
-		for {
+		for n := 0; ; n++ {
 			if i.isReady(inc) {
 				return
 			}
@@ -485,6 +487,7 @@ func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time
 				i.markReady(inc, "probe")
 				return
 			}
+			t.Reset(probePause(n))
 			select {
 			case <-ctx.Done():
 				return
@@ -493,6 +496,26 @@ func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time
 		}
 	}()
 	return p
+}
+
+// probePause is the pause after the n-th (from 0) readiness probe that
+// failed. Most services listen within a few milliseconds of their exec,
+// and everything a wake holds waits for the probe that sees it: the first
+// probes are a millisecond apart (a refused connection on loopback costs
+// microseconds), then the pause grows by half each time, up to
+// probeInterval, so a slow starter is not probed more than needed.
+func probePause(n int) time.Duration {
+	if n < probeEarly {
+		return probeFirst
+	}
+	d := probeFirst
+	for range n - probeEarly + 1 {
+		d += d / 2
+		if d >= probeInterval {
+			return probeInterval
+		}
+	}
+	return d
 }
 
 func (i *Instance) isReady(inc int) bool {
