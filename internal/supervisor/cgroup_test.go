@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -168,5 +170,56 @@ func TestInItsGroupFromItsFirstInstruction(t *testing.T) {
 				t.Errorf("tracing refused = %v after the start, want %v", traceRefused.Load(), tc.helper)
 			}
 		})
+	}
+}
+
+// A program that cannot be run is reported as without cgroups, and does
+// not make the supervisor take tracing for refused.
+func TestUnrunnableProgramInCgroup(t *testing.T) {
+	prev := traceRefused.Load()
+	t.Cleanup(func() { traceRefused.Store(prev) })
+	traceRefused.Store(false)
+	s := cgroupSupervisor(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/notexec", []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := appConfig("unrunnable")
+	cfg.Dir, cfg.Exec = dir, []string{"notexec"}
+	_, err := s.Start(cfg)
+	if !errors.Is(err, fs.ErrPermission) {
+		t.Fatalf("Start of a program without exec permission: %v, want a permission error", err)
+	}
+	if traceRefused.Load() {
+		t.Error("a program that cannot run made the supervisor take tracing for refused")
+	}
+}
+
+// Where tracing is refused, the launch falls back to the helper: the
+// process starts in its group all the same, and later launches go
+// straight to the helper.
+func TestTracingRefusedFallsBackToTheHelper(t *testing.T) {
+	prev := traceRefused.Load()
+	t.Cleanup(func() { traceRefused.Store(prev); traceStart = startTraced })
+	traceRefused.Store(false)
+	// As a refusal looks: the Cmd was started, and its child reported
+	// EPERM before its exec.
+	traceStart = func(cmd *exec.Cmd, g *cgroup.Group) error {
+		cmd.SysProcAttr.Ptrace = true
+		defer func() { cmd.SysProcAttr.Ptrace = false }()
+		cmd.Path = "/nonexistent/" + cmd.Path
+		cmd.Start()
+		return &os.SyscallError{Syscall: "ptrace", Err: syscall.EPERM}
+	}
+	s := cgroupSupervisor(t)
+	if s.opts.Cgroups.V2() {
+		t.Skip("cgroup v2 needs neither")
+	}
+	i := startReady(t, s, appConfig("refused"))
+	if !strings.Contains(string(get(t, i.Addr(), "/cgroup-at-start")), "/"+string(i.Key())) {
+		t.Error("the program's first code ran outside its group")
+	}
+	if !traceRefused.Load() {
+		t.Error("tracing refused is not remembered")
 	}
 }

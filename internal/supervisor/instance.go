@@ -433,7 +433,8 @@ func (i *Instance) launch() (*proc, error) {
 	i.oomKills = oom
 	i.mu.Unlock()
 	failpoint.Hit("launch-before-start")
-	if err := startInGroup(cmd, i.cg); err != nil {
+	cmd, err := startInGroup(cmd, i.cg)
+	if err != nil {
 		i.mu.Lock()
 		i.accepting = false
 		i.mu.Unlock()

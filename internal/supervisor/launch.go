@@ -103,46 +103,57 @@ func launcherMain(args []string) int {
 }
 
 // startInGroup starts cmd with its process already in group g, and returns
-// once the service's own program runs (or failed to).
-func startInGroup(cmd *exec.Cmd, g *cgroup.Group) error {
+// once the service's own program runs (or failed to), with the Cmd that
+// started it: cmd, or a copy of it where a first attempt failed (a Cmd is
+// started once).
+func startInGroup(cmd *exec.Cmd, g *cgroup.Group) (*exec.Cmd, error) {
 	if g == nil {
-		return cmd.Start()
+		return cmd, cmd.Start()
 	}
 	if dir := g.Dir(); dir != "" {
 		// v2: the kernel puts the child in the group as it creates it.
 		f, err := os.Open(dir)
 		if err != nil {
-			return fmt.Errorf("cgroup: %w", err)
+			return cmd, fmt.Errorf("cgroup: %w", err)
 		}
 		defer f.Close()
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(f.Fd())
-		return cmd.Start()
+		return cmd, cmd.Start()
 	}
-	if !traceRefused.Load() {
-		err := startTraced(cmd, g)
-		if !errors.Is(err, syscall.EPERM) {
-			return err
-		}
-		// EPERM is tracing refused, or the program's own (a setgid or
-		// an exec not allowed): the helper tells them apart, since it
-		// reports the program's own error as it always did. A Cmd whose
-		// Start failed may be started again.
-		if err := startHelped(cmd, g); err != nil {
-			return err
-		}
-		traceRefused.Store(true)
-		return nil
+	if traceRefused.Load() {
+		return cmd, startHelped(cmd, g)
 	}
-	return startHelped(cmd, g)
+	helped := &exec.Cmd{Path: cmd.Path, Args: cmd.Args, Env: cmd.Env, Dir: cmd.Dir,
+		Stdin: cmd.Stdin, Stdout: cmd.Stdout, Stderr: cmd.Stderr, ExtraFiles: cmd.ExtraFiles}
+	attr := *cmd.SysProcAttr
+	helped.SysProcAttr = &attr
+	err := traceStart(cmd, g)
+	if !errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.EACCES) {
+		return cmd, err
+	}
+	// EPERM (EACCES from some security modules) is tracing refused, or
+	// the program's own (a setgid or an exec not allowed): the helper
+	// tells them apart, since it reports the program's own error as it
+	// always did.
+	if err := startHelped(helped, g); err != nil {
+		return helped, err
+	}
+	traceRefused.Store(true)
+	return helped, nil
 }
 
 // traceRefused is set once tracing a child was refused where the helper
 // could start it: later launches go straight to the helper.
 var traceRefused atomic.Bool
 
+// traceStart is startTraced; tests stand in a refusal, which this machine
+// does not make.
+var traceStart = startTraced
+
 // startTraced starts cmd stopped after its exec, puts it in g and lets it
-// run. Tracing refused comes back as an error that wraps syscall.EPERM.
+// run. Tracing refused comes back as an error that wraps syscall.EPERM or
+// syscall.EACCES.
 func startTraced(cmd *exec.Cmd, g *cgroup.Group) error {
 	// The tracer is the thread that forked the child: the wait and the
 	// ptrace calls must come from it (syscall.SysProcAttr.Ptrace).
