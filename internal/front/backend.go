@@ -182,9 +182,10 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer stop()
 	if cb, ok := req.Body.(*clientBody); ok {
 		// For the proxy's error handler, which sees the body wrapped
-		// (clientBodyStatus). Set here, in the copy this path makes
-		// anyway, rather than by the guard for every request with a
-		// body, most of which never reach this path's errors.
+		// (clientBodyStatus). Set here, in the copy of the request this
+		// path makes anyway, rather than in one more copy by the guard.
+		// A held request's body is its spool, read whole: not the
+		// client's to break any more.
 		ctx = context.WithValue(ctx, clientBodyKey{}, cb)
 	}
 	up.proxy.ServeHTTP(w, req.WithContext(ctx))
