@@ -475,8 +475,6 @@ func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time
 
 	go func() {
 		defer close(p.probeDone)
-		t := time.NewTimer(0)
-		defer t.Stop()
 		for n := 0; ; n++ {
 			if i.isReady(inc) {
 				return
@@ -488,9 +486,10 @@ func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time
 				i.markReady(inc, "probe")
 				return
 			}
-			t.Reset(probePause(n))
+			t := time.NewTimer(probePause(n))
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
 			case <-t.C:
 			}
