@@ -223,3 +223,17 @@ func TestTracingRefusedFallsBackToTheHelper(t *testing.T) {
 		t.Error("tracing refused is not remembered")
 	}
 }
+
+// A start whose set-up fails leaves no group behind (the cleanup's
+// removal of the daemon's groups would also fail on one).
+func TestFailedSetUpLeavesNoGroup(t *testing.T) {
+	s := cgroupSupervisor(t)
+	cfg := appConfig("badcred")
+	cfg.Credentials = map[string][]byte{"../escape": []byte("x")}
+	if _, err := s.Start(cfg); err == nil {
+		t.Fatal("Start with a bad credential name succeeded")
+	}
+	if g := s.opts.Cgroups.Group(string(cfg.Key())); g.Exists() {
+		t.Errorf("group %s left after a failed start", g.Name())
+	}
+}
