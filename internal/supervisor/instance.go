@@ -443,12 +443,22 @@ func (i *Instance) launch() (*proc, error) {
 	// Unreaped, the child's pid cannot be reused: its start time is its own.
 	ticks, _ := procStartTicks(cmd.Process.Pid)
 	failpoint.Hit("launch-after-start")
-	p := i.track(cmd, cmd.Process.Pid, ticks, time.Now())
+	return i.track(cmd, cmd.Process.Pid, ticks, time.Now()), nil
+}
+
+// record writes the record of launch p. The run loop writes it, first
+// thing after each launch: after the process started (a daemon killed in
+// between leaves a process no record knows, which the next daemon finds
+// and stops), and before the loop may stop the process or let it go, so
+// that a stop's removal of the record comes after it and a detach leaves
+// it for adoption. Start does not wait for it: a wake releases its held
+// requests the moment the version is ready, not after an fsync on a
+// busy disk.
+func (i *Instance) record(p *proc) {
 	if err := i.s.writeRecord(i, p); err != nil {
 		i.s.opts.Logf("supervisor: %s: writing its record: %v", i.key, err)
 	}
 	failpoint.Hit("launch-after-record")
-	return p, nil
 }
 
 // track watches a started or adopted process: its exit and its readiness.
@@ -538,6 +548,9 @@ func (i *Instance) markReady(inc int, how string) {
 // run supervises launches until the instance is stopped or fails.
 func (i *Instance) run(p *proc) {
 	defer close(i.done)
+	if p != nil && p.cmd != nil { // launched, not adopted: its record is to write
+		i.record(p)
+	}
 	var (
 		crashes       []time.Time
 		consecutive   int
@@ -622,6 +635,8 @@ func (i *Instance) run(p *proc) {
 		if launchFailure != nil {
 			p = nil
 			launchFailure = fmt.Errorf("start: %w", launchFailure)
+		} else {
+			i.record(p)
 		}
 	}
 }
