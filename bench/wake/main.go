@@ -1,14 +1,21 @@
 // Command wake measures scale to zero (issue 14). Not part of `make test`:
 //
 //	go run ./bench/wake                          # wake overhead and herd
+//	go run ./bench/wake -probe                   # the same, ready by health probe
 //	make build && go run ./bench/wake -hostel bin/hostel -services 100   # memory
 //
 // Wake overhead: a service (this program again, "serve-app") reports how
 // long it took from its main to listening; the overhead of a wake is the
 // time to first byte of the request that woke it minus that. It runs the
-// daemon's own parts in this process — supervisor, router, front end and
-// idle.Sleeper — and, as the anchor, the same service under
-// systemd-socket-activate (the kernel holds the socket; no proxy).
+// daemon's own parts in this process — supervisor (as root: services as
+// their own users, in cgroups, as the daemon runs them), router, front end
+// and idle.Sleeper — and, as the anchor, the same service under
+// systemd-socket-activate (the kernel holds the socket; no proxy). Each
+// wake starts from a version asleep whose process has been stopped
+// completely, and is split in phases: the request read, routed and held;
+// the Sleeper until supervisor.Start; Start (set-up, fork and exec, cgroup,
+// the launch's record); until the Sleeper sees it ready (READY=1, or the
+// health probe with -probe); and from ready to the first byte.
 //
 // Herd: -herd requests at once at a sleeping version: errors, process
 // starts, and the spread of their latencies.
@@ -41,6 +48,7 @@ import (
 	"time"
 
 	"hostel/bench/internal/hostelserve"
+	"hostel/internal/cgroup"
 	"hostel/internal/front"
 	"hostel/internal/idle"
 	"hostel/internal/router"
@@ -57,12 +65,14 @@ func main() {
 	herd := flag.Int("herd", 1000, "concurrent requests at a sleeping version")
 	hostel := flag.String("hostel", "", "measure this hostel binary's memory with -services services asleep")
 	services := flag.Int("services", 100, "services deployed for the memory measure")
+	probe := flag.Bool("probe", false, "the service does not send READY=1: it is ready when the health probe is answered")
+	cgroups := flag.Bool("cgroups", os.Geteuid() == 0, "start the service in its own cgroup, as the daemon does as root")
 	flag.Parse()
 	var err error
 	if *hostel != "" {
 		err = memory(*hostel, *services)
 	} else {
-		err = wakes(*n, *herd)
+		err = wakes(*n, *herd, *cgroups, *probe)
 	}
 	if err != nil {
 		log.Fatal(err)
@@ -70,7 +80,8 @@ func main() {
 }
 
 // serveApp is the test service: HTTP on the socket systemd passes
-// (LISTEN_FDS) or on $PORT; READY=1 on $NOTIFY_SOCKET once it listens.
+// (LISTEN_FDS) or on $PORT; READY=1 on $NOTIFY_SOCKET once it listens,
+// unless its arguments say no-notify.
 // Every response says how long the process took from main to listening.
 func serveApp() {
 	t0 := time.Now()
@@ -85,7 +96,7 @@ func serveApp() {
 		log.Fatal(err)
 	}
 	ready := time.Since(t0)
-	if sock := os.Getenv("NOTIFY_SOCKET"); sock != "" {
+	if sock := os.Getenv("NOTIFY_SOCKET"); sock != "" && !slices.Contains(os.Args, "no-notify") {
 		if c, err := net.Dial("unixgram", sock); err == nil {
 			c.Write([]byte("READY=1"))
 			c.Close()
@@ -97,33 +108,84 @@ func serveApp() {
 	})))
 }
 
-// countingProcs counts the processes the Sleeper starts.
-// countingProcs counts the processes the Sleeper starts, and times
-// supervisor.Start (set up, fork and exec, the launch's record).
+// countingProcs counts the processes the Sleeper starts, and marks when
+// supervisor.Start (set up, fork and exec, the launch's record) began and
+// returned, for the phases of a wake.
 type countingProcs struct {
 	*supervisor.Supervisor
-	starts atomic.Int64
-	mu     sync.Mutex
-	took   []time.Duration
+	starts  atomic.Int64
+	stopped atomic.Int64
+	marks   *marks
+	mu      sync.Mutex
+	stops   []time.Duration // how long each Stop took
 }
 
 func (c *countingProcs) Start(cfg supervisor.Config) (*supervisor.Instance, error) {
 	c.starts.Add(1)
-	t0 := time.Now()
+	c.marks.set(&c.marks.startIn)
 	inst, err := c.Supervisor.Start(cfg)
-	c.mu.Lock()
-	c.took = append(c.took, time.Since(t0))
-	c.mu.Unlock()
+	c.marks.set(&c.marks.startOut)
 	return inst, err
 }
 
-type wakerOf struct{ s **idle.Sleeper }
-
-func (w wakerOf) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
-	return (*w.s).Wake(ctx, key)
+// Stop stops a version; stopped counts the stops that have ended.
+func (c *countingProcs) Stop(ctx context.Context, key spec.VersionKey) error {
+	t0 := time.Now()
+	err := c.Supervisor.Stop(ctx, key)
+	c.mu.Lock()
+	c.stops = append(c.stops, time.Since(t0))
+	c.mu.Unlock()
+	c.stopped.Add(1)
+	return err
 }
 
-func wakes(n, herd int) error {
+// wakerOf is the router's Waker: the Sleeper, made after the router, and
+// marks of when the router asked for the wake and when it was ready.
+type wakerOf struct {
+	s     **idle.Sleeper
+	marks *marks
+}
+
+func (w wakerOf) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
+	w.marks.set(&w.marks.wakeIn)
+	addr, err := (*w.s).Wake(ctx, key)
+	w.marks.set(&w.marks.wakeOut)
+	return addr, err
+}
+
+// marks are the moments of one wake, in order: the router asks the
+// Sleeper (the request was read, routed and found the gate closed), the
+// Sleeper calls supervisor.Start, Start returns (the process runs), the
+// Sleeper returns (the version is ready); the first byte follows.
+type marks struct {
+	mu                                 sync.Mutex
+	wakeIn, startIn, startOut, wakeOut time.Time
+}
+
+func (m *marks) set(t *time.Time) {
+	m.mu.Lock()
+	*t = time.Now()
+	m.mu.Unlock()
+}
+
+// phases is the time of each phase of a wake, one slice per phase.
+type phases struct {
+	hold, before, start, ready, release []time.Duration
+}
+
+// add records one wake that began (the client's request) at t0 and got
+// its first byte at first.
+func (p *phases) add(m *marks, t0, first time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p.hold = append(p.hold, m.wakeIn.Sub(t0))
+	p.before = append(p.before, m.startIn.Sub(m.wakeIn))
+	p.start = append(p.start, m.startOut.Sub(m.startIn))
+	p.ready = append(p.ready, m.wakeOut.Sub(m.startOut))
+	p.release = append(p.release, first.Sub(m.wakeOut))
+}
+
+func wakes(n, herd int, cgroups, probe bool) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -140,18 +202,36 @@ func wakes(n, herd int) error {
 	if err := copyExec(self, app); err != nil {
 		return err
 	}
-	sup := supervisor.New(supervisor.Options{Root: root, RunAsUsers: os.Geteuid() == 0})
-	procs := &countingProcs{Supervisor: sup}
+	// As the daemon does: services as their own users, in cgroups, when
+	// it runs as root.
+	opts := supervisor.Options{Root: root, RunAsUsers: os.Geteuid() == 0}
+	if cgroups {
+		h, err := cgroup.Open(root)
+		if err != nil {
+			return err
+		}
+		defer h.Remove()
+		opts.Cgroups = h
+	}
+	sup := supervisor.New(opts)
+	m := &marks{}
+	procs := &countingProcs{Supervisor: sup, marks: m}
 	defer sup.StopAll(context.Background())
 	var sl *idle.Sleeper
-	r := router.New(router.Options{Waker: wakerOf{&sl}})
+	r := router.New(router.Options{Waker: wakerOf{&sl, m}})
 	defer r.Close()
 	key := spec.Key("app", "0123456789ab")
 	sl = idle.New(procs, r, func() (map[spec.VersionKey]idle.Policy, bool) {
 		// Asleep as soon as nothing is in flight: the measure is the wake.
 		return map[spec.VersionKey]idle.Policy{key: {Idle: time.Nanosecond}}, true
 	}, nil)
-	inst, err := sup.Start(supervisor.Config{Service: "app", Version: "0123456789ab", Dir: pkg, Exec: []string{app, "serve-app"}})
+	cfg := supervisor.Config{Service: "app", Version: "0123456789ab", Dir: pkg, Exec: []string{app, "serve-app"}}
+	if probe {
+		// Ready when the supervisor's health probe is answered, as a
+		// service that does not speak the notify protocol.
+		cfg.Exec, cfg.HealthPath = append(cfg.Exec, "no-notify"), "/"
+	}
+	inst, err := sup.Start(cfg)
 	if err != nil {
 		return err
 	}
@@ -172,13 +252,17 @@ func wakes(n, herd int) error {
 	defer f.Close()
 	url := "http://" + ln.Addr().String() + "/"
 
+	// putToSleep waits until the version sleeps and its process has been
+	// stopped completely: a wake that comes as a version falls asleep
+	// waits for that first, and the measure is the wake.
 	putToSleep := func() error {
+		stops := procs.stopped.Load()
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
 			if st, _ := r.Sleeping(key); !st.Asleep {
 				sl.Check()
 				continue
 			}
-			if _, ok := sup.Get(key); !ok {
+			if procs.stopped.Load() > stops {
 				return nil
 			}
 			if time.Now().After(deadline) {
@@ -187,28 +271,51 @@ func wakes(n, herd int) error {
 		}
 	}
 	var hostelOver, hostelTTFB []time.Duration
+	var ph phases
 	for range n {
 		if err := putToSleep(); err != nil {
 			return err
 		}
-		ttfb, ready, err := firstByte(url, host)
+		t0, first, ready, err := firstByte(url, host)
 		if err != nil {
 			return err
 		}
+		ttfb := first.Sub(t0)
 		hostelTTFB = append(hostelTTFB, ttfb)
 		hostelOver = append(hostelOver, ttfb-ready)
+		ph.add(m, t0, first)
 	}
-	starts := slices.Clone(procs.took)
 	anchorOver, anchorTTFB, err := socketActivated(self, n)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("wake overhead over %d wakes (time to first byte minus the service's own main→listening):\n", n)
+	how := "READY=1"
+	if probe {
+		how = "health probe"
+	}
+	fmt.Printf("wake overhead over %d wakes (time to first byte minus the service's own main→listening), cgroups %v, ready by %s:\n", n, cgroups, how)
 	fmt.Printf("  hostel (front, router, sleeper, supervisor): p50 %v  p99 %v   (TTFB p50 %v p99 %v)\n",
 		pct(hostelOver, 50), pct(hostelOver, 99), pct(hostelTTFB, 50), pct(hostelTTFB, 99))
-	fmt.Printf("    of which supervisor.Start (set up, fork+exec, its record): p50 %v  p99 %v\n", pct(starts, 50), pct(starts, 99))
 	fmt.Printf("  systemd-socket-activate (anchor):             p50 %v  p99 %v   (TTFB p50 %v p99 %v)\n",
 		pct(anchorOver, 50), pct(anchorOver, 99), pct(anchorTTFB, 50), pct(anchorTTFB, 99))
+	fmt.Printf("  hostel's phases, p50 / p99:\n")
+	for _, p := range []struct {
+		name string
+		ds   []time.Duration
+	}{
+		{"request read, routed, held; wake asked", ph.hold},
+		{"Sleeper before supervisor.Start", ph.before},
+		{"supervisor.Start (set-up, fork+exec, record)", ph.start},
+		{"Start returned → ready seen by the Sleeper", ph.ready},
+		{"ready → first byte (release, dial, forward)", ph.release},
+	} {
+		fmt.Printf("    %-46s %9v / %v\n", p.name, pct(p.ds, 50), pct(p.ds, 99))
+	}
+	procs.mu.Lock()
+	stops := slices.Clone(procs.stops)
+	procs.mu.Unlock()
+	fmt.Printf("  a stop to sleep (SIGTERM to reaped, group and run directory removed), which a wake that comes\n"+
+		"  as the version falls asleep waits for: p50 %v  p99 %v\n", pct(stops, 50), pct(stops, 99))
 
 	// The herd.
 	if err := putToSleep(); err != nil {
@@ -248,33 +355,33 @@ func wakes(n, herd int) error {
 	return nil
 }
 
-// firstByte requests url on a new connection and returns its time to
-// first byte and the main→listening time the service reported.
-func firstByte(url, host string) (ttfb, ready time.Duration, err error) {
+// firstByte requests url on a new connection and returns when it began,
+// when its first byte came and the main→listening time the service
+// reported.
+func firstByte(url, host string) (t0, first time.Time, ready time.Duration, err error) {
 	req, _ := http.NewRequest("GET", url, nil)
 	if host != "" {
 		req.Host = host
 	}
-	var first time.Time
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
 		GotFirstResponseByte: func() { first = time.Now() },
 	}))
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Minute}
-	t0 := time.Now()
+	t0 = time.Now()
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, 0, err
+		return t0, first, 0, err
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return 0, 0, fmt.Errorf("status %d", resp.StatusCode)
+		return t0, first, 0, fmt.Errorf("status %d", resp.StatusCode)
 	}
 	ns, err := strconv.ParseInt(resp.Header.Get("X-Exec-Ready-Ns"), 10, 64)
 	if err != nil {
-		return 0, 0, fmt.Errorf("no X-Exec-Ready-Ns: %w", err)
+		return t0, first, 0, fmt.Errorf("no X-Exec-Ready-Ns: %w", err)
 	}
-	return first.Sub(t0), time.Duration(ns), nil
+	return t0, first, time.Duration(ns), nil
 }
 
 // socketActivated measures n first requests to the service started by
@@ -298,12 +405,13 @@ func socketActivated(self string, n int) (over, ttfb []time.Duration, err error)
 				return nil, nil, errors.New("systemd-socket-activate did not listen")
 			}
 		}
-		t, ready, err := firstByte("http://127.0.0.1:"+strconv.Itoa(port)+"/", "")
+		t0, first, ready, err := firstByte("http://127.0.0.1:"+strconv.Itoa(port)+"/", "")
 		cmd.Process.Kill()
 		cmd.Wait()
 		if err != nil {
 			return nil, nil, err
 		}
+		t := first.Sub(t0)
 		ttfb = append(ttfb, t)
 		over = append(over, t-ready)
 	}

@@ -180,6 +180,14 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer cancel()
 	stop := context.AfterFunc(b.abort, cancel)
 	defer stop()
+	if cb, ok := req.Body.(*clientBody); ok {
+		// For the proxy's error handler, which sees the body wrapped
+		// (clientBodyStatus). Set here, in the copy of the request this
+		// path makes anyway, rather than in one more copy by the guard.
+		// A held request's body is its spool, read whole: not the
+		// client's to break any more.
+		ctx = context.WithValue(ctx, clientBodyKey{}, cb)
+	}
 	up.proxy.ServeHTTP(w, req.WithContext(ctx))
 }
 
@@ -293,12 +301,22 @@ func (b *Backend) acquire() (slot, bool) {
 // acquireWait counts a request in flight to b, holding it while b's gate
 // is closed.
 func (b *Backend) acquireWait(ctx context.Context) (slot, error) {
+	if s, ok := b.acquire(); ok {
+		return s, nil
+	}
+	return b.waitAcquire(ctx)
+}
+
+// waitAcquire holds a request whose acquire found b's gate closed until
+// the gate opens, then counts it in flight: one acquire each time the
+// gate opens, none the moment after one failed.
+func (b *Backend) waitAcquire(ctx context.Context) (slot, error) {
 	for {
-		if s, ok := b.acquire(); ok {
-			return s, nil
-		}
 		if err := b.acct.Wait(ctx); err != nil {
 			return slot{}, err
+		}
+		if s, ok := b.acquire(); ok {
+			return s, nil
 		}
 	}
 }

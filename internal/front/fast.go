@@ -61,11 +61,18 @@ func (h *hangup) reset() {
 
 // serveFast forwards req to b and writes the response to w. It returns
 // whether the client connection can carry another request; false means it
-// must be closed (after flushing w), as when a response broke off.
-func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup) bool {
+// must be closed (after flushing w), as when a response broke off. held
+// says that the caller's acquire already found the gate closed.
+func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup, held bool) bool {
 	// The gate was open when the request was routed (fastBackend); one
 	// that closed since holds the request here, its body left unread.
-	s, err := b.acquireWait(context.Background())
+	var s slot
+	var err error
+	if held {
+		s, err = b.waitAcquire(context.Background())
+	} else {
+		s, err = b.acquireWait(context.Background())
+	}
 	if err != nil {
 		b.logf("router: %s: held request: %v", b.key, err)
 		return failHeldFast(w, req)

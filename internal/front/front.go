@@ -577,7 +577,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		fc.br.Discard(len(head))
 		fc.req.RemoteAddr, fc.req.TLS = fc.remote, fc.tls != nil
 		fc.startWatch()
-		keep := b.serveFast(&fc.req, fc.bw, &fc.hangup)
+		keep := b.serveFast(&fc.req, fc.bw, &fc.hangup, false)
 		fc.stopWatch()
 		if fc.bw.Flush() != nil || !keep || f.shutting.Load() {
 			return

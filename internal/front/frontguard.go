@@ -3,7 +3,6 @@ package front
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -360,10 +359,9 @@ func (f *Front) guard(h http.Handler) http.Handler {
 					return
 				}
 			}
+			// Backend.ServeHTTP hands it to the proxy's error
+			// handler: no copy of the request here.
 			r.Body = b
-			// For the proxy's error handler, which sees the body
-			// wrapped.
-			r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, b))
 			// The proxy's transport may read the body after the
 			// handler returned: no deadline is set after that.
 			defer b.finish()

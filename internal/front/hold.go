@@ -25,8 +25,9 @@ const SpoolMemory = 1 << 20
 
 const heldMessage = "hostel: the service is not available right now; try again"
 
-// hold waits for b's gate to open and takes the request's slot, reading
-// its body into a spool meanwhile.
+// hold waits for b's gate, which the request's acquire found closed, to
+// open and takes the request's slot, reading its body into a spool
+// meanwhile.
 func (b *Backend) hold(req *http.Request) (slot, error) {
 	var sp *spool
 	spooled := make(chan error, 1)
@@ -36,7 +37,7 @@ func (b *Backend) hold(req *http.Request) (slot, error) {
 	} else {
 		spooled <- nil
 	}
-	s, err := b.acquireWait(req.Context())
+	s, err := b.waitAcquire(req.Context())
 	if err != nil {
 		// The body's reader ends when the request does; the spool goes
 		// with it.

@@ -240,7 +240,7 @@ func (c *loopClient) dispatch(n int) {
 	s, ok := b.acquire()
 	if !ok {
 		// Its gate closed since it was routed: a goroutine holds it.
-		c.giveBack(func(w *bufio.Writer, h *hangup) bool { return b.serveFast(&c.req, w, h) })
+		c.giveBack(func(w *bufio.Writer, h *hangup) bool { return b.serveFast(&c.req, w, h, true) })
 		return
 	}
 	c.slot, c.u = s, b.up.Load()

@@ -32,8 +32,9 @@ type Routes interface {
 	// Sleep closes key's gate if it had no request for idle and has
 	// none in flight; true means the process is the Sleeper's to stop.
 	Sleep(key spec.VersionKey, idle time.Duration) bool
-	// Wake starts waking key if it sleeps, without waiting.
-	Wake(key spec.VersionKey)
+	// Wake wakes key if it sleeps and waits until it is awake; nil at
+	// once if it is not asleep.
+	Wake(ctx context.Context, key spec.VersionKey) error
 	// Sleeping reports key's state; false once it is no longer routed.
 	Sleeping(key spec.VersionKey) (router.SleepStatus, bool)
 }
@@ -56,9 +57,14 @@ type Policy struct {
 // policies; false means none may now (a deploy or a confirm window runs).
 type Catalog func() (map[spec.VersionKey]Policy, bool)
 
-// ErrNotAsleep means a wake was asked for a version the Sleeper did not
-// put to sleep: it has no config to start it with.
-var ErrNotAsleep = errors.New("not put to sleep by this daemon")
+var (
+	// ErrNotAsleep means a wake was asked for a version the Sleeper did
+	// not put to sleep: it has no config to start it with.
+	ErrNotAsleep = errors.New("not put to sleep by this daemon")
+	// ErrNeedNotAwake means a version was not started because a version
+	// it needs did not wake.
+	ErrNeedNotAwake = errors.New("a version it needs did not wake")
+)
 
 // Every is how often a Sleeper looks for idle versions: idleness is
 // tracked to the second.
@@ -188,11 +194,15 @@ func (s *Sleeper) forgetRemoved() {
 	}
 }
 
-// Wake starts a version put to sleep with the config it ran with, wakes
-// the versions it needs alongside (each holds its own requests until it
-// is ready, and wakes its own needs), and returns once it is ready. A
-// version that fails to start or to become ready within its health
-// timeout is stopped: nothing is left half-started.
+// Wake starts a version put to sleep with the config it ran with, once
+// the versions it needs are awake, and returns once it is ready. Its
+// sleeping needs are woken first, all at once, each through the router
+// (one wake, whoever asks) and each after its own needs: a chain wakes
+// from its end, siblings together, and a process that calls its needs as
+// it starts finds them ready. A need that does not wake fails the wake
+// before the version is started. A version that fails to start or to
+// become ready within its health timeout is stopped: nothing is left
+// half-started.
 func (s *Sleeper) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
 	s.mu.Lock()
 	a := s.slept[key]
@@ -205,8 +215,9 @@ func (s *Sleeper) Wake(ctx context.Context, key spec.VersionKey) (string, error)
 	case <-ctx.Done():
 		return "", fmt.Errorf("wake %s: %w", key, ctx.Err())
 	}
-	for _, n := range a.needs {
-		s.routes.Wake(n)
+	if err := s.wakeNeeds(ctx, a.needs); err != nil {
+		s.logf("%s: wake failed: %v", key, err)
+		return "", fmt.Errorf("wake %s: %w", key, err)
 	}
 	cfg := a.cfg
 	// A port of the supervisor's choosing: the old one may be taken
@@ -234,4 +245,20 @@ func (s *Sleeper) Wake(ctx context.Context, key spec.VersionKey) (string, error)
 	s.mu.Unlock()
 	s.logf("%s: awake on %s", key, inst.Addr())
 	return inst.Addr(), nil
+}
+
+// wakeNeeds wakes the sleeping versions of needs at once and waits until
+// every one is awake. The error names each that did not wake.
+func (s *Sleeper) wakeNeeds(ctx context.Context, needs []spec.VersionKey) error {
+	errs := make([]error, len(needs))
+	var wg sync.WaitGroup
+	for n, need := range needs {
+		wg.Go(func() {
+			if err := s.routes.Wake(ctx, need); err != nil {
+				errs[n] = fmt.Errorf("%w: %w", ErrNeedNotAwake, err) // err names need
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -203,18 +203,33 @@ func (r *Router) Sleep(key spec.VersionKey, idle time.Duration) bool {
 	return true
 }
 
-// Wake starts waking key if it sleeps, without a request (a version whose
-// needs sleep wakes them with it), and returns at once.
-func (r *Router) Wake(key spec.VersionKey) {
+// Wake wakes key if it sleeps, without a request (a version wakes the
+// versions it needs before it starts), and waits until it is awake: the
+// same single wake as its held requests wait for. It returns nil at once
+// for a version that is not asleep (running, paused or not routed), and
+// the wake's error if it fails.
+func (r *Router) Wake(ctx context.Context, key spec.VersionKey) error {
 	b := (*r.backends.Load())[key]
 	if b == nil {
-		return
+		return nil
 	}
 	b.mu.Lock()
-	if b.sleep.asleep && !b.sleep.retired {
-		b.wakeLocked()
+	switch {
+	case b.sleep.retired && b.sleep.asleep:
+		b.mu.Unlock()
+		return fmt.Errorf("%s: %w", key, ErrRemoved)
+	case !b.sleep.asleep:
+		b.mu.Unlock()
+		return nil
 	}
+	c := b.wakeLocked()
 	b.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Pause holds every new request to key until Resume; a request held

@@ -294,7 +294,8 @@ func (w *logWatcher) add(path string, wake chan<- struct{}) (int32, error) {
 }
 
 // remove ends the watch wd; once it returns, its wake channel gets no
-// more sends. The last remove closes the inotify instance.
+// more sends. The last remove closes the inotify instance, without
+// waiting.
 func (w *logWatcher) remove(wd int32) {
 	w.mu.Lock()
 	if w.f == nil {
@@ -310,8 +311,15 @@ func (w *logWatcher) remove(wd int32) {
 	f, done := w.f, w.done
 	w.f = nil
 	w.mu.Unlock()
-	f.Close()
-	<-done
+	// Closing an inotify instance waits for the kernel to free its
+	// marks (a grace period: milliseconds on a busy machine), which the
+	// stop of the last version — a version put to sleep, that a request
+	// may be waiting to wake — has no reason to wait for. An add meanwhile
+	// opens a new instance.
+	go func() {
+		f.Close()
+		<-done
+	}()
 }
 
 // read dispatches inotify events until f is closed.
@@ -324,6 +332,12 @@ func (w *logWatcher) read(f *os.File, done chan struct{}) {
 			return
 		}
 		w.mu.Lock()
+		if w.f != f {
+			// Closed, being replaced: its watch numbers are not the
+			// books' any more.
+			w.mu.Unlock()
+			continue
+		}
 		for off := 0; off+unix.SizeofInotifyEvent <= n; {
 			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
 			off += unix.SizeofInotifyEvent + int(ev.Len)

@@ -231,3 +231,33 @@ func TestProcStartTicks(t *testing.T) {
 		t.Error("procStartTicks of no process: no error")
 	}
 }
+
+// Start does not wait for the launch's record, which the instance writes
+// before it can be stopped or let go: a version stopped the moment it
+// started leaves no record, and one let go the moment it started leaves
+// its record for the next supervisor to adopt.
+func TestRecordBeforeStopOrDetach(t *testing.T) {
+	t.Parallel()
+	t.Run("stopped at once", func(t *testing.T) {
+		s, _ := newSupervisor(t, Options{})
+		i := start(t, s, appConfig("stopfast"))
+		stop(t, s, i.Key())
+		if _, err := os.Stat(s.recordPath(i.Key())); !os.IsNotExist(err) {
+			t.Errorf("a record is left after the stop (%v)", err)
+		}
+	})
+	t.Run("let go at once", func(t *testing.T) {
+		s, root := newSupervisor(t, Options{})
+		i := start(t, s, appConfig("detachfast"))
+		pid := i.Status().PID
+		s.Detach()
+		s2 := nextSupervisor(t, root)
+		a, ok, err := s2.Adopt(appConfig("detachfast"))
+		if err != nil || !ok {
+			t.Fatalf("Adopt of a version let go the moment it started: %v, %v", ok, err)
+		}
+		if got := a.Status().PID; got != pid {
+			t.Errorf("adopted pid %d, want %d", got, pid)
+		}
+	})
+}

@@ -3,9 +3,13 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -106,5 +110,130 @@ func TestCgroupRemovedAfterStop(t *testing.T) {
 	stop(t, s, i.Key())
 	if g.Exists() {
 		t.Errorf("group %s exists after Stop", g.Name())
+	}
+}
+
+// A process is in its version's cgroup before its program runs, whether
+// it was stopped at its exec to be put there (v1, tracing allowed) or
+// started through the launch helper (v1, tracing refused); and it runs
+// as the service's user, with the environment it was given.
+func TestInItsGroupFromItsFirstInstruction(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		helper bool
+	}{
+		{"stopped at its exec", false},
+		{"launch helper", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prev := traceRefused.Load()
+			traceRefused.Store(tc.helper)
+			t.Cleanup(func() { traceRefused.Store(prev) })
+			s := cgroupSupervisor(t)
+			if s.opts.Cgroups.V2() {
+				t.Skip("cgroup v2 places the child as it is created; no stop or helper")
+			}
+			s.opts.RunAsUsers = os.Geteuid() == 0
+			cfg := appConfig("first")
+			cfg.Env = map[string]string{"FIRST": "yes"}
+			i := startReady(t, s, cfg)
+			lines := strings.Split(strings.TrimSpace(string(get(t, i.Addr(), "/cgroup-at-start"))), "\n")
+			in := map[string]bool{}
+			for _, l := range lines {
+				// "ID:CONTROLLERS:PATH"
+				parts := strings.SplitN(l, ":", 3)
+				if len(parts) == 3 && strings.HasSuffix(parts[2], "/"+string(i.Key())) {
+					for _, c := range strings.Split(parts[1], ",") {
+						in[c] = true
+					}
+				}
+			}
+			for _, c := range []string{"memory", "cpu", "pids"} {
+				if !in[c] {
+					t.Errorf("the program's first code ran outside its %s group; /proc/self/cgroup:\n%s", c, strings.Join(lines, "\n"))
+				}
+			}
+			if !strings.Contains(string(get(t, i.Addr(), "/env")), `"FIRST":"yes"`) {
+				t.Error("the program did not get its environment")
+			}
+			if s.opts.RunAsUsers {
+				pid := i.Status().PID
+				st, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if uid := st.Sys().(*syscall.Stat_t).Uid; uid == 0 {
+					t.Errorf("the program runs as root, want its service's user")
+				}
+			}
+			if traceRefused.Load() != tc.helper {
+				t.Errorf("tracing refused = %v after the start, want %v", traceRefused.Load(), tc.helper)
+			}
+		})
+	}
+}
+
+// A program that cannot be run is reported as without cgroups, and does
+// not make the supervisor take tracing for refused.
+func TestUnrunnableProgramInCgroup(t *testing.T) {
+	prev := traceRefused.Load()
+	t.Cleanup(func() { traceRefused.Store(prev) })
+	traceRefused.Store(false)
+	s := cgroupSupervisor(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/notexec", []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := appConfig("unrunnable")
+	cfg.Dir, cfg.Exec = dir, []string{"notexec"}
+	_, err := s.Start(cfg)
+	if !errors.Is(err, fs.ErrPermission) {
+		t.Fatalf("Start of a program without exec permission: %v, want a permission error", err)
+	}
+	if traceRefused.Load() {
+		t.Error("a program that cannot run made the supervisor take tracing for refused")
+	}
+}
+
+// Where tracing is refused, the launch falls back to the helper: the
+// process starts in its group all the same, and later launches go
+// straight to the helper.
+func TestTracingRefusedFallsBackToTheHelper(t *testing.T) {
+	prev := traceRefused.Load()
+	t.Cleanup(func() { traceRefused.Store(prev); traceStart = startTraced })
+	traceRefused.Store(false)
+	// As a refusal looks: the Cmd was started, and its child reported
+	// EPERM before its exec.
+	traceStart = func(cmd *exec.Cmd, g *cgroup.Group) error {
+		cmd.SysProcAttr.Ptrace = true
+		defer func() { cmd.SysProcAttr.Ptrace = false }()
+		cmd.Path = "/nonexistent/" + cmd.Path
+		cmd.Start()
+		return &os.SyscallError{Syscall: "ptrace", Err: syscall.EPERM}
+	}
+	s := cgroupSupervisor(t)
+	if s.opts.Cgroups.V2() {
+		t.Skip("cgroup v2 needs neither")
+	}
+	i := startReady(t, s, appConfig("refused"))
+	if !strings.Contains(string(get(t, i.Addr(), "/cgroup-at-start")), "/"+string(i.Key())) {
+		t.Error("the program's first code ran outside its group")
+	}
+	if !traceRefused.Load() {
+		t.Error("tracing refused is not remembered")
+	}
+}
+
+// A start whose set-up fails leaves no group behind (the cleanup's
+// removal of the daemon's groups would also fail on one).
+func TestFailedSetUpLeavesNoGroup(t *testing.T) {
+	s := cgroupSupervisor(t)
+	cfg := appConfig("badcred")
+	cfg.Credentials = map[string][]byte{"../escape": []byte("x")}
+	if _, err := s.Start(cfg); err == nil {
+		t.Fatal("Start with a bad credential name succeeded")
+	}
+	if g := s.opts.Cgroups.Group(string(cfg.Key())); g.Exists() {
+		t.Errorf("group %s left after a failed start", g.Name())
 	}
 }

@@ -30,6 +30,8 @@ const (
 	crashWindow     = 60 * time.Second // crashes counted within; a run this long resets the count
 	maxCrashes      = 5                // crashes within crashWindow that make an instance fail
 	maxStartCrashes = 5                // crashes before ready allowed; one more fails it
+	probeFirst      = time.Millisecond // the first pause between probes, and the step of the early ones
+	probeEarly      = 10               // probes probeFirst apart, before the pause grows
 	probeInterval   = 50 * time.Millisecond
 	probeTimeout    = time.Second
 	healthTimeout   = 2 * time.Second
@@ -429,7 +431,8 @@ func (i *Instance) launch() (*proc, error) {
 	i.oomKills = oom
 	i.mu.Unlock()
 	failpoint.Hit("launch-before-start")
-	if err := startInGroup(cmd, i.cg); err != nil {
+	cmd, err := startInGroup(cmd, i.cg)
+	if err != nil {
 		i.mu.Lock()
 		i.accepting = false
 		i.mu.Unlock()
@@ -438,12 +441,22 @@ func (i *Instance) launch() (*proc, error) {
 	// Unreaped, the child's pid cannot be reused: its start time is its own.
 	ticks, _ := procStartTicks(cmd.Process.Pid)
 	failpoint.Hit("launch-after-start")
-	p := i.track(cmd, cmd.Process.Pid, ticks, time.Now())
+	return i.track(cmd, cmd.Process.Pid, ticks, time.Now()), nil
+}
+
+// record writes the record of launch p. The run loop writes it, first
+// thing after each launch: after the process started (a daemon killed in
+// between leaves a process no record knows, which the next daemon finds
+// and stops), and before the loop may stop the process or let it go, so
+// that a stop's removal of the record comes after it and a detach leaves
+// it for adoption. Start does not wait for it: a wake releases its held
+// requests the moment the version is ready, not after an fsync on a
+// busy disk.
+func (i *Instance) record(p *proc) {
 	if err := i.s.writeRecord(i, p); err != nil {
 		i.s.opts.Logf("supervisor: %s: writing its record: %v", i.key, err)
 	}
 	failpoint.Hit("launch-after-record")
-	return p, nil
 }
 
 // track watches a started or adopted process: its exit and its readiness.
@@ -470,9 +483,7 @@ func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time
 
 	go func() {
 		defer close(p.probeDone)
-		t := time.NewTicker(probeInterval)
-		defer t.Stop()
-		for {
+		for n := 0; ; n++ {
 			if i.isReady(inc) {
 				return
 			}
@@ -483,14 +494,36 @@ func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time
 				i.markReady(inc, "probe")
 				return
 			}
+			t := time.NewTimer(probePause(n))
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
 			case <-t.C:
 			}
 		}
 	}()
 	return p
+}
+
+// probePause is the pause after the n-th (from 0) readiness probe that
+// failed. Most services listen within a few milliseconds of their exec,
+// and everything a wake holds waits for the probe that sees it: the first
+// probes are a millisecond apart (a refused connection on loopback costs
+// microseconds), then the pause grows by half each time, up to
+// probeInterval, so a slow starter is not probed more than needed.
+func probePause(n int) time.Duration {
+	if n < probeEarly {
+		return probeFirst
+	}
+	d := probeFirst
+	for range n - probeEarly + 1 {
+		d += d / 2
+		if d >= probeInterval {
+			return probeInterval
+		}
+	}
+	return d
 }
 
 func (i *Instance) isReady(inc int) bool {
@@ -513,6 +546,9 @@ func (i *Instance) markReady(inc int, how string) {
 // run supervises launches until the instance is stopped or fails.
 func (i *Instance) run(p *proc) {
 	defer close(i.done)
+	if p != nil && p.cmd != nil { // launched, not adopted: its record is to write
+		i.record(p)
+	}
 	var (
 		crashes       []time.Time
 		consecutive   int
@@ -597,6 +633,8 @@ func (i *Instance) run(p *proc) {
 		if launchFailure != nil {
 			p = nil
 			launchFailure = fmt.Errorf("start: %w", launchFailure)
+		} else {
+			i.record(p)
 		}
 	}
 }

@@ -7,9 +7,13 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"hostel/internal/cgroup"
 )
@@ -18,9 +22,21 @@ import (
 // instruction of the service: a limit applied after the first fork or
 // allocation is a limit a fast process escapes. cgroup v2 gives that
 // directly (clone3 with CLONE_INTO_CGROUP, SysProcAttr.CgroupFD). cgroup v1
-// has no such call, and Go cannot run code between fork and exec; so on v1
-// the supervisor starts the daemon's own binary as a launch helper (the
-// way runc's `runc init` does): still root, it writes its pid to the
+// has no such call, and Go cannot run code between fork and exec.
+//
+// On v1 the supervisor has the child stop right after its exec instead:
+// it asks to be traced (PTRACE_TRACEME, the last thing Go's child does
+// before execve), and a traced process that execs stops with SIGTRAP
+// before the first instruction of its new program. The supervisor writes
+// its pid to the group's cgroup.procs files and lets it go (PTRACE_DETACH,
+// the SIGTRAP suppressed). This costs a wait and two system calls; the
+// launch helper below costs a second Go program's start on every launch
+// (about as long as a small service's own start: the whole wake path of
+// scale to zero, BENCHMARKS.md).
+//
+// Where tracing is refused (a seccomp profile, Yama's ptrace_scope 3) the
+// supervisor starts the daemon's own binary as a launch helper instead
+// (the way runc's `runc init` does): still root, it writes its pid to the
 // group's cgroup.procs files, drops to the service's user and group, and
 // execs the service's program in place, same pid. A failure before the
 // exec comes back over a close-on-exec pipe, so Start reports a program
@@ -87,22 +103,117 @@ func launcherMain(args []string) int {
 }
 
 // startInGroup starts cmd with its process already in group g, and returns
-// once the service's own program runs (or failed to).
-func startInGroup(cmd *exec.Cmd, g *cgroup.Group) error {
+// once the service's own program runs (or failed to), with the Cmd that
+// started it: cmd, or a copy of it where a first attempt failed (a Cmd is
+// started once).
+func startInGroup(cmd *exec.Cmd, g *cgroup.Group) (*exec.Cmd, error) {
 	if g == nil {
-		return cmd.Start()
+		return cmd, cmd.Start()
 	}
 	if dir := g.Dir(); dir != "" {
 		// v2: the kernel puts the child in the group as it creates it.
 		f, err := os.Open(dir)
 		if err != nil {
-			return fmt.Errorf("cgroup: %w", err)
+			return cmd, fmt.Errorf("cgroup: %w", err)
 		}
 		defer f.Close()
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(f.Fd())
-		return cmd.Start()
+		return cmd, cmd.Start()
 	}
+	if traceRefused.Load() {
+		return cmd, startHelped(cmd, g)
+	}
+	helped := &exec.Cmd{Path: cmd.Path, Args: cmd.Args, Env: cmd.Env, Dir: cmd.Dir,
+		Stdin: cmd.Stdin, Stdout: cmd.Stdout, Stderr: cmd.Stderr, ExtraFiles: cmd.ExtraFiles}
+	attr := *cmd.SysProcAttr
+	helped.SysProcAttr = &attr
+	err := traceStart(cmd, g)
+	if !errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.EACCES) {
+		return cmd, err
+	}
+	// EPERM (EACCES from some security modules) is tracing refused, or
+	// the program's own (a setgid or an exec not allowed): the helper
+	// tells them apart, since it reports the program's own error as it
+	// always did.
+	if err := startHelped(helped, g); err != nil {
+		return helped, err
+	}
+	traceRefused.Store(true)
+	return helped, nil
+}
+
+// traceRefused is set once tracing a child was refused where the helper
+// could start it: later launches go straight to the helper.
+var traceRefused atomic.Bool
+
+// traceStart is startTraced; tests stand in a refusal, which this machine
+// does not make.
+var traceStart = startTraced
+
+// startTraced starts cmd stopped after its exec, puts it in g and lets it
+// run. Tracing refused comes back as an error that wraps syscall.EPERM or
+// syscall.EACCES.
+func startTraced(cmd *exec.Cmd, g *cgroup.Group) error {
+	// The tracer is the thread that forked the child: the wait and the
+	// ptrace calls must come from it (syscall.SysProcAttr.Ptrace).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd.SysProcAttr.Ptrace = true
+	err := cmd.Start()
+	cmd.SysProcAttr.Ptrace = false
+	if err != nil {
+		return err
+	}
+	pid := cmd.Process.Pid
+	for {
+		var ws syscall.WaitStatus
+		_, err := syscall.Wait4(pid, &ws, syscall.WALL, nil)
+		switch {
+		case errors.Is(err, syscall.EINTR):
+			continue
+		case err != nil:
+			syscall.Kill(pid, syscall.SIGKILL)
+			cmd.Wait()
+			return fmt.Errorf("launching %s: waiting for its exec: %w", cmd.Path, err)
+		case ws.Exited() || ws.Signaled():
+			// Reaped here: cmd.Wait would find nothing to wait for.
+			cmd.Process.Release()
+			how := "exit " + strconv.Itoa(ws.ExitStatus())
+			if ws.Signaled() {
+				how = "signal " + strconv.Itoa(int(ws.Signal()))
+			}
+			return fmt.Errorf("launching %s: it ended before it ran (%s)", cmd.Path, how)
+		case ws.Stopped() && ws.StopSignal() != syscall.SIGTRAP:
+			// A signal came before the exec's SIGTRAP was taken: deliver
+			// it as it would have been, to a program that has not yet
+			// set a handler.
+			if err := unix.PtraceCont(pid, int(ws.StopSignal())); err != nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			continue
+		}
+		break
+	}
+	// Stopped at its exec: not one instruction of the program has run.
+	if err := cgroup.JoinFiles(g.ProcsFiles(), pid); err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		unix.PtraceDetach(pid)
+		cmd.Wait()
+		return fmt.Errorf("launching %s: %w", cmd.Path, err)
+	}
+	// Detached with no signal: the exec's SIGTRAP is dropped.
+	if err := unix.PtraceDetach(pid); err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		cmd.Wait()
+		return fmt.Errorf("launching %s: letting it run: %w", cmd.Path, err)
+	}
+	return nil
+}
+
+// startHelped starts cmd through the launch helper, which joins g before
+// it execs the program.
+func startHelped(cmd *exec.Cmd, g *cgroup.Group) error {
 	uid, gid := "-", "-"
 	if c := cmd.SysProcAttr.Credential; c != nil {
 		uid, gid = strconv.Itoa(int(c.Uid)), strconv.Itoa(int(c.Gid))

@@ -241,7 +241,9 @@ func (c *Config) validate() error {
 }
 
 // Start launches the version and returns once its process has started, not
-// once it is ready (see WaitReady). Starting a key that is already known
+// once it is ready (see WaitReady), and without waiting for the launch's
+// record: the instance writes it before it can be stopped or let go (see
+// record). Starting a key that is already known
 // returns the existing instance, unless that one has failed: then it is
 // replaced by a fresh start.
 func (s *Supervisor) Start(cfg Config) (*Instance, error) {

@@ -954,3 +954,38 @@ func testRunAsUser(t *testing.T, withCgroups bool) {
 		t.Errorf("Start of a missing program: %v, want an error that is fs.ErrNotExist", err)
 	}
 }
+
+// The pauses between readiness probes start at probeFirst, so a service
+// that listens a few milliseconds after its exec is seen ready within a
+// millisecond or so; they never shrink, and they grow to probeInterval, so
+// a slow starter is not probed a thousand times a second.
+func TestProbePauses(t *testing.T) {
+	if got := probePause(0); got != probeFirst {
+		t.Errorf("first pause %v, want %v", got, probeFirst)
+	}
+	var early time.Duration
+	for n := range probeEarly {
+		early += probePause(n)
+	}
+	if early != time.Duration(probeEarly)*probeFirst {
+		t.Errorf("the first %d pauses add up to %v, want %v", probeEarly, early, time.Duration(probeEarly)*probeFirst)
+	}
+	prev, capped := time.Duration(0), -1
+	for n := range 1000 {
+		d := probePause(n)
+		if d < prev {
+			t.Fatalf("pause %d is %v, shorter than the one before (%v)", n, d, prev)
+		}
+		if d > probeInterval {
+			t.Fatalf("pause %d is %v, longer than probeInterval %v", n, d, probeInterval)
+		}
+		if d == probeInterval && capped < 0 {
+			capped = n
+		}
+		prev = d
+	}
+	if capped < 0 {
+		t.Fatalf("the pauses never reach probeInterval %v", probeInterval)
+	}
+	t.Logf("pauses reach %v after %d probes", probeInterval, capped)
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -52,8 +53,8 @@ func (e *Env) waitState(limit time.Duration, state string, names ...string) map[
 
 // TestIdleSleepsAndWakes: services with idle, health-checked and left
 // without requests, are stopped; their routes stay; the first request to
-// the dependent wakes it and the service it needs (reached through
-// QUOTES_URL), each once, and is answered as if they had been running.
+// the dependent wakes the service it needs (reached through QUOTES_URL)
+// and then it, each once, and is answered as if they had been running.
 // After a daemon restart they run again, and sleep again.
 func TestIdleSleepsAndWakes(t *testing.T) {
 	e := NewEnv(t)
@@ -89,8 +90,19 @@ func TestIdleSleepsAndWakes(t *testing.T) {
 			t.Errorf("%s after one request: %+v, want running, woken once", n, s)
 		}
 	}
-	if !strings.Contains(e.DaemonLog(), "asleep: no request for 1s") {
+	log := e.DaemonLog()
+	if !strings.Contains(log, "asleep: no request for 1s") {
 		t.Errorf("the daemon's log does not say a version went to sleep")
+	}
+	// Dependencies first: blog's process is started again only once
+	// quotes, which it needs, is awake.
+	quotesAwake := regexp.MustCompile(`quotes-[0-9a-f]+: awake on`).FindStringIndex(log)
+	blogStarts := regexp.MustCompile(`supervisor: blog-[0-9a-f]+: started pid`).FindAllStringIndex(log, -1)
+	switch {
+	case quotesAwake == nil || len(blogStarts) < 2:
+		t.Errorf("the daemon's log does not show quotes woken and blog started again:\n%s", log)
+	case blogStarts[len(blogStarts)-1][0] < quotesAwake[0]:
+		t.Errorf("blog was started again before quotes, which it needs, was awake:\n%s", log)
 	}
 
 	// A restart of the daemon runs what sleeps, which sleeps again.

@@ -18,6 +18,18 @@ import (
 	"time"
 )
 
+// cgroupAtStart is /proc/self/cgroup as the program's first code found
+// it: a process must be in its version's cgroup before it runs.
+var cgroupAtStart, _ = os.ReadFile("/proc/self/cgroup")
+
+// writeTime writes the time, in Unix nanoseconds, to path.
+func writeTime(path string) {
+	if err := os.WriteFile(path, []byte(strconv.FormatInt(time.Now().UnixNano(), 10)), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "mark:", err)
+		os.Exit(1)
+	}
+}
+
 // kept holds what /alloc allocated; spun is what /spin writes, so the loop
 // is not optimised away.
 var (
@@ -32,7 +44,13 @@ func main() {
 	slowStart := flag.Duration("slow-start", 0, "wait this long before listening")
 	exitNow := flag.Bool("exit-now", false, "print an error and exit 3 at once")
 	fill := flag.Bool("fill", false, "write to stdout until a write fails, then exit 1")
+	mark := flag.String("mark", "", "write the time (Unix ns) to `PREFIX`.start now and to PREFIX.ready before listening")
+	await := flag.String("await", "", "wait until `FILE` exists before listening (exit 5 after 20s)")
+	callFirst := flag.String("call-first", "", "GET $`VAR`/healthz before listening; exit 4 unless it answers 200")
 	flag.Parse()
+	if *mark != "" {
+		writeTime(*mark + ".start")
+	}
 
 	fmt.Printf("app starting pid %d\n", os.Getpid())
 	fmt.Fprintf(os.Stderr, "app stderr line\n")
@@ -90,6 +108,34 @@ func main() {
 		c.Close()
 	}
 	time.Sleep(*slowStart)
+	if *await != "" {
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if _, err := os.Stat(*await); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				fmt.Fprintf(os.Stderr, "%s did not appear\n", *await)
+				os.Exit(5)
+			}
+		}
+	}
+	if *callFirst != "" {
+		c := &http.Client{Timeout: 20 * time.Second}
+		resp, err := c.Get(os.Getenv(*callFirst) + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "calling $%s: %v\n", *callFirst, err)
+			os.Exit(4)
+		}
+	}
+	if *mark != "" {
+		writeTime(*mark + ".ready")
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
@@ -101,6 +147,7 @@ func main() {
 		}
 		json.NewEncoder(w).Encode(env)
 	})
+	mux.HandleFunc("/cgroup-at-start", func(w http.ResponseWriter, r *http.Request) { w.Write(cgroupAtStart) })
 	mux.HandleFunc("/pid", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, os.Getpid()) })
 	mux.HandleFunc("/child", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, childPID) })
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
