@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"hostel/internal/agent"
 	"hostel/internal/spec"
@@ -90,21 +91,29 @@ func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(star
 		return rep.Started, err
 	}
 	progress("switched: generation %d is live", g.Number)
-	e.wakeAlwaysOn(g)
+	e.wakeAlwaysOn(context.WithoutCancel(ctx), g, progress)
 	return rep.Started, nil
 }
 
 // wakeAlwaysOn wakes the versions of g, live now, that sleep though they
 // must not (no idle applies to them): a kept callable version a rollback
-// made current again, or a version whose idle the deploy removed. A
+// made current again, or a version whose idle the deploy removed; it
+// waits for them, together, and reports a wake that fails (the version
+// is then "failed" in status, and its next request tries again). A
 // version that runs is left as it is, and so is an instance g shares:
 // its owner decides whether it sleeps.
-func (e *Engine) wakeAlwaysOn(g *spec.Generation) {
+func (e *Engine) wakeAlwaysOn(ctx context.Context, g *spec.Generation, progress Progress) {
+	var wg sync.WaitGroup
 	for name := range g.Versions {
 		if owns(g, name) && sleepAfter(g, name) <= 0 {
-			e.route.Wake(g.Instance(name))
+			wg.Go(func() {
+				if err := e.route.Wake(ctx, g.Instance(name)); err != nil {
+					progress("waking %s, live now: %v", g.Instance(name), err)
+				}
+			})
 		}
 	}
+	wg.Wait()
 }
 
 // switchTo moves every domain to g's versions in one step; the other

@@ -35,8 +35,9 @@ type Routes interface {
 	agent.Routes
 	Swap(t router.Table) error
 	InFlight(key spec.VersionKey) int64
-	// Wake starts waking a sleeping version without a request.
-	Wake(key spec.VersionKey)
+	// Wake wakes a sleeping version without a request and waits until
+	// it is awake; nil at once for a version that is not asleep.
+	Wake(ctx context.Context, key spec.VersionKey) error
 }
 
 // Preparer readies what a new version needs before its process starts
@@ -457,7 +458,8 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	return nil
 }
 
-// Restart restarts the running version of one service in place.
+// Restart restarts the running version of one service in place; a
+// sleeping one is woken (started afresh).
 func (e *Engine) Restart(ctx context.Context, service string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -469,6 +471,16 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 		return invalid(fmt.Errorf("no service %q in the current generation", service))
 	}
 	key := spec.Key(service, cur.Versions[service])
+	if _, running := e.procs.Get(key); !running {
+		// Asleep (scale to zero): there is no process to restart, and
+		// waking it starts one afresh, which is what a restart is for.
+		if err := e.route.Wake(ctx, key); err != nil {
+			return fmt.Errorf("restart %s: %w", key, err)
+		}
+		if _, running := e.procs.Get(key); running {
+			return nil
+		}
+	}
 	if err := e.procs.Restart(ctx, key); err != nil {
 		return fmt.Errorf("restart %s: %w", key, err)
 	}

@@ -105,13 +105,23 @@ func TestIdleSleepsAndWakes(t *testing.T) {
 		t.Errorf("blog was started again before quotes, which it needs, was awake:\n%s", log)
 	}
 
-	// A restart of the daemon runs what sleeps, which sleeps again.
+	// What sleeps at a restart of the daemon sleeps on after it, and
+	// wakes on a request.
 	e.waitState(20*time.Second, "idle", "blog", "quotes")
 	e.StopDaemon()
 	e.StartDaemon()
 	e.waitState(20*time.Second, "idle", "blog", "quotes")
 	if code, _, body := e.Get("blog.test", "/"); code != 200 || !strings.Contains(body, "Quote of the day") {
 		t.Fatalf("after a daemon restart: %d %q", code, body)
+	}
+
+	// hostel restart of a sleeping service starts it afresh (a wake).
+	e.waitState(20*time.Second, "idle", "quotes")
+	if out := e.MustRun("restart", "quotes"); !strings.Contains(out, "restarted quotes") {
+		t.Errorf("restart of the sleeping quotes: %q", out)
+	}
+	if s := e.sleepStatus()["quotes"]; s.State != "running" || s.PID == 0 || !pidAlive(s.PID) {
+		t.Errorf("quotes after hostel restart while asleep: %+v, want running with a process", s)
 	}
 }
 
