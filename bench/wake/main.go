@@ -205,11 +205,13 @@ func wakes(n, herd int, cgroups, probe bool) error {
 	// As the daemon does: services as their own users, in cgroups, when
 	// it runs as root.
 	opts := supervisor.Options{Root: root, RunAsUsers: os.Geteuid() == 0}
+	quickMoves := false // v2, or v1 with favordynmods (cgroup.QuickMoves)
 	if cgroups {
 		h, err := cgroup.Open(root)
 		if err != nil {
 			return err
 		}
+		quickMoves = h.QuickMoves()
 		defer h.Remove()
 		opts.Cgroups = h
 	}
@@ -293,7 +295,7 @@ func wakes(n, herd int, cgroups, probe bool) error {
 	if probe {
 		how = "health probe"
 	}
-	fmt.Printf("wake overhead over %d wakes (time to first byte minus the service's own main→listening), cgroups %v, ready by %s:\n", n, cgroups, how)
+	fmt.Printf("wake overhead over %d wakes (time to first byte minus the service's own main→listening), cgroups %v (quick moves %v), ready by %s:\n", n, cgroups, quickMoves, how)
 	fmt.Printf("  hostel (front, router, sleeper, supervisor): p50 %v  p99 %v   (TTFB p50 %v p99 %v)\n",
 		pct(hostelOver, 50), pct(hostelOver, 99), pct(hostelTTFB, 50), pct(hostelTTFB, 99))
 	fmt.Printf("  systemd-socket-activate (anchor):             p50 %v  p99 %v   (TTFB p50 %v p99 %v)\n",

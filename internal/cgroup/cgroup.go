@@ -73,6 +73,9 @@ type Hierarchy struct {
 	// memory, cpu, cpuacct and pids are the parent directories that hold
 	// each controller's files (all the same one for v2).
 	memory, cpu, cpuacct, pids string
+	// quickMoves is set where placing a process in its group never waits
+	// for an RCU grace period (QuickMoves).
+	quickMoves bool
 }
 
 // Name is the parent of root's groups, the same wherever root is opened.
@@ -99,7 +102,7 @@ func Open(root string) (*Hierarchy, error) {
 	name := Name(root)
 	h := &Hierarchy{}
 	if v2, ok := mounts["cgroup2"]; ok && hasControllers(v2, "memory", "cpu", "pids") {
-		h.v2 = true
+		h.v2, h.quickMoves = true, true
 		dir := filepath.Join(v2, name)
 		h.dirs = []string{dir}
 		h.memory, h.cpu, h.cpuacct, h.pids = dir, dir, dir, dir
@@ -136,11 +139,26 @@ func Open(root string) (*Hierarchy, error) {
 	// Children account for their own children (the default on current
 	// kernels, where the file may refuse the write once set).
 	os.WriteFile(filepath.Join(h.memory, "memory.use_hierarchy"), []byte("1"), 0)
+	// favordynmods on any v1 mount is the kernel's one switch for all of
+	// them (boot option cgroup_favordynmods=true, or a mount option).
+	_, h.quickMoves = mounts[favorDynmods]
 	return h, nil
 }
 
+// favorDynmods is the mount option that makes moving a process between
+// cgroups not wait for an RCU grace period, at some cost to every fork
+// and exit on the machine.
+const favorDynmods = "favordynmods"
+
 // V2 reports whether the hierarchy is the unified one.
 func (h *Hierarchy) V2() bool { return h.v2 }
+
+// QuickMoves reports whether a process is placed in its group without
+// waiting for the kernel: on v2, a process is born in its group
+// (CLONE_INTO_CGROUP); on v1 it is moved there after its exec, and that
+// move waits for an RCU grace period (up to ~20 ms on a busy machine, on
+// a wake's path) unless the kernel favors such moves (favordynmods).
+func (h *Hierarchy) QuickMoves() bool { return h.quickMoves }
 
 // readMounts maps each v1 controller to where its hierarchy is mounted, and
 // "cgroup2" to the unified hierarchy's mount point.

@@ -39,6 +39,7 @@ func TestReadMounts(t *testing.T) {
 36 31 0:32 /sub /mnt/elsewhere rw,relatime - cgroup cgroup rw,pids
 39 31 0:35 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 31 0:39 / /run/fav rw,relatime - cgroup cgroup rw,favordynmods,name=fav
 `
 	p := filepath.Join(t.TempDir(), "mountinfo")
 	if err := os.WriteFile(p, []byte(mountinfo), 0o600); err != nil {
@@ -51,6 +52,7 @@ func TestReadMounts(t *testing.T) {
 	want := map[string]string{
 		"cpu": "/sys/fs/cgroup/cpu,cpuacct", "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
 		"memory": "/sys/fs/cgroup/memory", "pids": "/sys/fs/cgroup/pids", "cgroup2": "/sys/fs/cgroup/unified",
+		favorDynmods: "/run/fav",
 	}
 	for k, v := range want {
 		if got[k] != v {
@@ -180,5 +182,36 @@ func TestV2PlacementAndKill(t *testing.T) {
 	}
 	if g.Exists() {
 		t.Error("group exists after Remove")
+	}
+}
+
+// TestQuickMoves: on v1, a hierarchy favors quick moves exactly while some
+// cgroup v1 mount has favordynmods (the kernel's one switch for all).
+func TestQuickMoves(t *testing.T) {
+	h := open(t)
+	if h.V2() {
+		if !h.QuickMoves() {
+			t.Error("v2: QuickMoves false; processes are born in their group")
+		}
+		return
+	}
+	mounts, err := readMounts("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, on := mounts[favorDynmods]
+	if h.QuickMoves() != on {
+		t.Fatalf("QuickMoves = %v with favordynmods mounted: %v", h.QuickMoves(), on)
+	}
+	if on {
+		return
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("cgroup", dir, "cgroup", 0, "none,name=hostel-test-fav,favordynmods"); err != nil {
+		t.Skipf("this kernel does not mount a v1 hierarchy with favordynmods: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, 0) })
+	if h2 := open(t); !h2.QuickMoves() {
+		t.Error("QuickMoves false with a favordynmods hierarchy mounted")
 	}
 }

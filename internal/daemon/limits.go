@@ -17,6 +17,9 @@ func (d *Daemon) openCgroups() *cgroup.Hierarchy {
 		return nil
 	}
 	d.cgroups = h
+	if !h.QuickMoves() {
+		d.logf("cgroup v1 without favordynmods: each start (a wake too) waits for the kernel to move the process into its cgroups, up to ~20 ms on a busy machine; boot with cgroup_favordynmods=true to remove that wait (docs/scale-to-zero.md)")
+	}
 	return h
 }
 
