@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -235,5 +237,41 @@ func TestFailedSetUpLeavesNoGroup(t *testing.T) {
 	}
 	if g := s.opts.Cgroups.Group(string(cfg.Key())); g.Exists() {
 		t.Errorf("group %s left after a failed start", g.Name())
+	}
+}
+
+// TestRunOnceInItsGroup: a one-shot step (a release) runs under the
+// version's limits, in a group of its own, and nothing it started
+// outlives it — not even a process that left its process group.
+func TestRunOnceInItsGroup(t *testing.T) {
+	s := cgroupSupervisor(t)
+	cfg := appConfig("once")
+	cfg.Memory = 32 << 20
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// A child in a session of its own: the process group's kill misses it.
+	out, err := s.RunOnce(ctx, cfg, []string{"/bin/sh", "-c", "setsid sleep 300 </dev/null >/dev/null 2>&1 & p=$!; " +
+		// Once it leads its own session (field 6 of its stat).
+		"while [ \"$(cut -d' ' -f6 /proc/$p/stat)\" != $p ]; do sleep 0.01; done; echo $p"})
+	if err != nil {
+		t.Fatalf("RunOnce: %v\n%s", err, out)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("output %q: %v", out, err)
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !bytes.Contains(b, []byte(") Z ")) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Errorf("pid %d, started by the step in a session of its own, outlived it", pid)
+	}
+
+	// 100 MiB touched under a 32 MiB limit: the kernel ends the step.
+	out, err = s.RunOnce(ctx, cfg, []string{"/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"})
+	if err == nil {
+		t.Errorf("a step using 100 MiB under a 32 MiB limit succeeded: %s", out)
+	}
+	if left, err := s.opts.Cgroups.Groups(); err != nil || len(left) != 0 {
+		t.Errorf("groups left after the steps: %v (%v)", left, err)
 	}
 }

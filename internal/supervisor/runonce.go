@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -46,18 +47,63 @@ func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]
 		return nil, err
 	}
 	defer i.removeCredentials()
-	out := &tailBuffer{max: maxRunOnceOutput}
-	cmd := exec.CommandContext(ctx, i.path, argv[1:]...)
+	// In a cgroup of its own with the version's limits, as the version
+	// runs: a release is the service's code too, and whatever it leaves
+	// behind — in its process group or not (setsid) — ends with it.
+	if err := i.makeGroup(); err != nil {
+		return nil, err
+	}
+	defer i.removeGroup()
+	// Output through a pipe of our own rather than exec's copying: the
+	// wait below returns when the command exits, not when the last of
+	// what it left behind closes its output.
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	cmd := exec.Command(i.path, argv[1:]...)
 	cmd.Args[0] = argv[0]
-	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = i.env, i.workDir, out, out
+	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = i.env, i.workDir, w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: i.cred}
-	// On cancel, end the whole group, not just the leader.
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
 	s.opts.Logf("supervisor: %s: running %v once", key, argv)
-	err := cmd.Run()
-	if cmd.Process != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // orphans of the group
+	cmd, err = startInGroup(cmd, i.cg)
+	w.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", key, argv, err)
+	}
+	out := &tailBuffer{max: maxRunOnceOutput}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		io.Copy(out, r)
+	}()
+	// killAll ends the command and everything it started: its process
+	// group, and with cgroups every process of its group.
+	killAll := func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if i.cg != nil {
+			i.cg.Kill()
+		}
+	}
+	exited := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			killAll()
+		case <-exited:
+		}
+	}()
+	err = cmd.Wait()
+	close(exited)
+	killAll() // what it left behind
+	select {
+	case <-copied:
+	case <-time.After(time.Second):
+		// Without cgroups a process that left its group may still hold
+		// the output: stop reading.
+		r.Close()
+		<-copied
 	}
 	if err != nil {
 		if ctx.Err() != nil {
