@@ -17,8 +17,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -28,15 +26,7 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "app" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, os.Getenv("TITLE")) })
-		if err := http.ListenAndServe(os.Getenv("HOST")+":"+os.Getenv("PORT"), mux); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		return
-	}
+	hostelserve.ServeAppIfAsked()
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "callable:", err)
 		os.Exit(1)

@@ -204,18 +204,28 @@ func TestGCWaitsForDeploy(t *testing.T) {
 	}
 }
 
+// replaceCallable deploys api-1, callable, then api-2, and returns the
+// first generation: its api is kept asleep.
+func (w *world) replaceCallable(t *testing.T) *spec.Generation {
+	t.Helper()
+	var g1 *spec.Generation
+	for i, id := range []string{"api-1", "api-2"} {
+		s := mkSpec(map[string]*spec.Service{"api": app(id)})
+		s.Services["api"].OldVersions = spec.OldVersionsCallable
+		w.mustDeploy(s)
+		if i == 0 {
+			g1, _ = w.store.Current(t.Context(), spec.DefaultEnv)
+		}
+	}
+	return g1
+}
+
 // TestRollbackWakesCallable: a rollback to a generation whose version of
 // a service without idle was kept asleep (callable) wakes it: current
 // again, it runs without waiting for a request.
 func TestRollbackWakesCallable(t *testing.T) {
 	w, sl := newSleepyWorld(t)
-	s1 := mkSpec(map[string]*spec.Service{"api": app("api-1")})
-	s1.Services["api"].OldVersions = spec.OldVersionsCallable
-	w.mustDeploy(s1)
-	g1, _ := w.store.Current(t.Context(), spec.DefaultEnv)
-	s2 := mkSpec(map[string]*spec.Service{"api": app("api-2")})
-	s2.Services["api"].OldVersions = spec.OldVersionsCallable
-	w.mustDeploy(s2)
+	g1 := w.replaceCallable(t)
 	api1 := g1.Instance("api")
 	waitFor(t, 30*time.Second, "the kept version to sleep", func() bool {
 		sl.Check()
@@ -262,13 +272,7 @@ func TestSleepersKeptPolicy(t *testing.T) {
 	counted := &listCounter{Store: w.store}
 	w.engine = New(counted, w.sup, w.router)
 	t.Cleanup(func() { w.engine.Shutdown(context.Background()) })
-	s1 := mkSpec(map[string]*spec.Service{"api": app("api-1")})
-	s1.Services["api"].OldVersions = spec.OldVersionsCallable
-	w.mustDeploy(s1)
-	g1, _ := w.store.Current(t.Context(), spec.DefaultEnv)
-	s2 := mkSpec(map[string]*spec.Service{"api": app("api-2")})
-	s2.Services["api"].OldVersions = spec.OldVersionsCallable
-	w.mustDeploy(s2)
+	g1 := w.replaceCallable(t)
 	before := counted.count()
 	pol, ok := w.engine.Sleepers(t.Context())
 	if !ok {

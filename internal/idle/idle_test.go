@@ -3,7 +3,6 @@ package idle
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -136,15 +135,7 @@ func copyFile(t *testing.T, from, to string) {
 
 func (w *world) get(t *testing.T, path string) (*http.Response, string) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", w.pub+path, nil)
-	req.Host = host
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, string(b)
+	return getHost(t, w.pub, host, path)
 }
 
 // sleepNow runs Check until the first version is asleep, probing its

@@ -1,6 +1,7 @@
 // Package hostelserve runs a real `hostel serve` on a fresh root for the
-// benchmarks that measure the daemon's process, and reads what /proc says
-// about a process.
+// benchmarks that measure the daemon's process, reads what /proc says
+// about a process, and is the small service those benchmarks deploy
+// (ServeAppIfAsked).
 package hostelserve
 
 import (
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,4 +112,18 @@ func Status(pid int) (threads, rssKiB int) {
 		}
 	}
 	return threads, rssKiB
+}
+
+// ServeAppIfAsked makes a benchmark's own binary the service it deploys:
+// run as `BINARY app`, it answers GET / with $TITLE on $HOST:$PORT and
+// never returns; otherwise it returns at once.
+func ServeAppIfAsked() {
+	if len(os.Args) < 2 || os.Args[1] != "app" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, os.Getenv("TITLE")) })
+	err := http.ListenAndServe(os.Getenv("HOST")+":"+os.Getenv("PORT"), mux)
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
 }
