@@ -158,6 +158,8 @@ func (b *Backend) Abort() {
 
 // ServeHTTP forwards req to the backend, whatever its Host.
 func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	// The client's body, before a hold puts its spool in its place.
+	cb, _ := req.Body.(*clientBody)
 	s, ok := b.acquire()
 	if !ok {
 		var err error
@@ -165,6 +167,11 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			b.logf("router: %s: held request: %v", b.key, err)
 			refuseHeld(w, req.Context().Err() == nil)
 			return
+		}
+		if sr, ok := req.Body.(*spoolReader); ok {
+			// Whatever the proxy does with it, the spool goes with the
+			// request, as the server closes a client's body.
+			defer sr.Close()
 		}
 	}
 	// Deferred: the proxies panic with http.ErrAbortHandler when a
@@ -180,12 +187,12 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer cancel()
 	stop := context.AfterFunc(b.abort, cancel)
 	defer stop()
-	if cb, ok := req.Body.(*clientBody); ok {
+	if cb != nil {
 		// For the proxy's error handler, which sees the body wrapped
 		// (clientBodyStatus). Set here, in the copy of the request this
 		// path makes anyway, rather than in one more copy by the guard.
-		// A held request's body is its spool, read whole: not the
-		// client's to break any more.
+		// A held request's spool reads on from the client's body, which
+		// the client may still break.
 		ctx = context.WithValue(ctx, clientBodyKey{}, cb)
 	}
 	up.proxy.ServeHTTP(w, req.WithContext(ctx))

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"hostel/internal/spec"
 )
@@ -148,5 +149,71 @@ func BenchmarkGuardBody(b *testing.B) {
 	for b.Loop() {
 		req := httptest.NewRequest("POST", "http://app.example.org/", strings.NewReader("a body"))
 		h.ServeHTTP(rec, req)
+	}
+}
+
+// TestHeldRequestReleasedWhileItsBodyComes: a held request whose body is
+// still coming when the gate opens goes to the app then, its body
+// following as the client sends it: an upload that streams (or one that
+// waits for the app's first answer) is not held until it ends. What came
+// while it was held reaches the app first, whole and in order.
+func TestHeldRequestReleasedWhileItsBodyComes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		held int // bytes the client sent while the request was held
+	}{
+		{"in memory", 100},
+		{"past the memory spool", SpoolMemory + 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := strings.Repeat("h", tc.held-1) + "\n"
+			gotFirst := make(chan string, 1)
+			app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				br := bufio.NewReaderSize(r.Body, 2*SpoolMemory)
+				first, _ := br.ReadString('\n')
+				gotFirst <- first
+				rest, _ := io.ReadAll(br)
+				io.WriteString(w, string(rest))
+			}))
+			t.Cleanup(app.Close)
+			addr := strings.TrimPrefix(app.URL, "http://")
+			p := NewProxy(t.Logf)
+			t.Cleanup(p.Close)
+			acct := &gateAcct{}
+			b := p.NewBackend(spec.Key("app", "0123456789ab"), addr, acct)
+
+			pr, pw := io.Pipe()
+			req := httptest.NewRequest("POST", "http://"+addr+"/", pr)
+			req.ContentLength = -1
+			rec := httptest.NewRecorder()
+			served := make(chan struct{})
+			go func() {
+				defer close(served)
+				b.ServeHTTP(rec, req)
+			}()
+			t.Cleanup(func() { pw.Close(); <-served })
+			if _, err := io.WriteString(pw, before); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case first := <-gotFirst:
+				if first != before {
+					t.Fatalf("the app got a first line of %d bytes, want the %d sent while held", len(first), len(before))
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the request was not released while its body was still coming")
+			}
+			io.WriteString(pw, "after")
+			pw.Close()
+			<-served
+			if rec.Code != http.StatusOK || rec.Body.String() != "after" {
+				t.Errorf("answer %d %q, want 200 %q", rec.Code, rec.Body.String(), "after")
+			}
+			acct.mu.Lock()
+			defer acct.mu.Unlock()
+			if acct.released != 1 || acct.inflight != 0 {
+				t.Errorf("released %d times, %d in flight; want 1, 0", acct.released, acct.inflight)
+			}
+		})
 	}
 }

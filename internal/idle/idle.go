@@ -142,11 +142,18 @@ func (s *Sleeper) Check() {
 			continue
 		}
 		inst, running := s.procs.Get(key)
-		if !running || !s.routes.Sleep(key, p.Idle) {
+		if !running {
 			continue
 		}
 		a := &asleep{cfg: inst.Config(), needs: p.Needs, stopped: make(chan struct{})}
+		// The decision and its note are one step under s.mu: a request
+		// may find the gate closed the moment the router decides, and
+		// the wake it starts must find the version noted asleep.
 		s.mu.Lock()
+		if !s.routes.Sleep(key, p.Idle) {
+			s.mu.Unlock()
+			continue
+		}
 		s.slept[key] = a
 		s.mu.Unlock()
 		s.logf("%s: asleep: no request for %s", key, p.Idle)
