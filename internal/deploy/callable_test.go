@@ -27,7 +27,13 @@ func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) 
 // them through, as the daemon wires them.
 func newSleepyWorld(t *testing.T) (*world, *idle.Sleeper) {
 	t.Helper()
-	root := t.TempDir()
+	return newSleepyWorldAt(t, t.TempDir())
+}
+
+// newSleepyWorldAt is newSleepyWorld on root: a second one on the same
+// root is the next daemon, once the first let go of it.
+func newSleepyWorldAt(t *testing.T, root string) (*world, *idle.Sleeper) {
+	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
 	if err != nil {
 		t.Fatal(err)

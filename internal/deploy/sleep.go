@@ -151,10 +151,16 @@ func sleepAfter(g *spec.Generation, name string) time.Duration {
 
 // sleepingOnResume is what of the current generations, cs, a resume
 // registers asleep when no process of it is left: the versions that
-// sleep (sleepAfter), needs first.
-func sleepingOnResume(cs map[string]*spec.Generation) []agent.Callable {
+// sleep (sleepAfter), needs first — except in an environment whose
+// confirm window resumes (windowed, by environment): the window must see
+// its versions run (nothing sleeps while it runs), and an exclusive
+// service's previous version is left stopped only beside a running one.
+func sleepingOnResume(cs, windowed map[string]*spec.Generation) []agent.Callable {
 	var out []agent.Callable
 	for _, env := range envOrder(cs) {
+		if windowed[env] != nil {
+			continue
+		}
 		g := cs[env]
 		order, err := spec.Order(g.Spec)
 		if err != nil {
