@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"hostel/internal/router"
 	"hostel/internal/spec"
 	"hostel/internal/supervisor"
 )
@@ -25,6 +26,14 @@ const exclusiveMargin = 5 * time.Second
 type holder interface {
 	Pause(key spec.VersionKey, bound time.Duration) error
 	Resume(key spec.VersionKey) error
+}
+
+// wakeWaiter is the router's scale to zero, which a handover waits on for
+// a wake of the old version under way as it pauses it.
+type wakeWaiter interface {
+	Sleeping(key spec.VersionKey) (router.SleepStatus, bool)
+	// Wake joins the wake under way and waits for its end.
+	Wake(ctx context.Context, key spec.VersionKey) error
 }
 
 // handover is what an exclusive start stopped for the new version: the
@@ -61,7 +70,7 @@ func (a *Agent) holdExclusive(ctx context.Context, name string, svc *spec.Servic
 	a.runMu.Unlock()
 	ho := &handover{}
 	for _, k := range others {
-		inst, running := a.procs.Get(k)
+		_, running := a.procs.Get(k)
 		asleep := a.asleep != nil && a.asleep(k)
 		if !running && !asleep {
 			continue
@@ -70,6 +79,16 @@ func (a *Agent) holdExclusive(ctx context.Context, name string, svc *spec.Servic
 			a.releaseExclusive(ctx, ho, "", progress)
 			return nil, err
 		}
+		if w, ok := a.route.(wakeWaiter); ok {
+			if sl, _ := w.Sleeping(k); sl.Waking {
+				// A wake that began before the pause starts the old
+				// version whatever the pause: let it end, then stop what
+				// it started (a failed wake leaves nothing running).
+				progress("exclusive: waiting for the wake of %s under way before stopping it", k)
+				w.Wake(ctx, k)
+			}
+		}
+		inst, running := a.procs.Get(k)
 		s := stopped{key: k}
 		if running {
 			s.cfg, s.had = inst.Config(), true

@@ -190,3 +190,56 @@ func TestExclusiveHandoverHoldsWakes(t *testing.T) {
 		t.Errorf("%s's name answered by %q, want x-2", k1, got)
 	}
 }
+
+// TestExclusiveHandoverAwaitsWake: a wake of an exclusive service's
+// version asleep that began before a deploy's handover — still waking
+// the version it needs — ends before the handover goes on, which then
+// stops what it started: the old version never runs beside the new one,
+// and its name reaches the new one.
+func TestExclusiveHandoverAwaitsWake(t *testing.T) {
+	n := newSleepyNode(t)
+	upReady := filepath.Join(t.TempDir(), "up-ready")
+	up := svc("up-1")
+	up.Env["AWAIT_FILE"] = upReady
+	up.Health.Timeout = spec.Duration(spec.MaxHealthTimeout)
+	x := func(id string) *spec.Service { s := svc(id, "up"); s.Exclusive = true; return s }
+	g1 := generation(t, spec.DefaultEnv, map[string]*spec.Service{"up": up, "x": x("x-1")})
+	g2 := generation(t, spec.DefaultEnv, map[string]*spec.Service{"up": up, "x": x("x-2")})
+	k1, k2 := g1.Instance("x"), g2.Instance("x")
+	n.reconcile(t, Desired{Asleep: callables(g1, "up", "x")}, Options{})
+
+	woke := make(chan error, 1)
+	go func() { woke <- n.router.Wake(context.Background(), k1) }()
+	for { // the wake waits for up, which waits for its file
+		if _, ok := n.sup.Get(g1.Instance("up")); ok {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	deployed := make(chan error, 1)
+	go func() {
+		_, err := n.agent.Reconcile(context.Background(), Desired{Generations: []*spec.Generation{g1, g2}}, Options{}, t.Logf)
+		deployed <- err
+	}()
+	for { // the handover holds x-1's requests
+		if sl, _ := n.router.Sleeping(k1); sl.Paused {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := os.WriteFile(upReady, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-deployed; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-woke; err != nil {
+		t.Logf("the wake that began before the handover: %v", err)
+	}
+	if _, ok := n.sup.Get(k1); ok {
+		t.Errorf("%s runs beside %s", k1, k2)
+	}
+	if got := appID(t, n, k1); got != "x-2" {
+		t.Errorf("%s's name answered by %q, want x-2", k1, got)
+	}
+}
