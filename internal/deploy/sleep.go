@@ -9,6 +9,7 @@ import (
 	"hostel/internal/agent"
 	"hostel/internal/idle"
 	"hostel/internal/spec"
+	"hostel/internal/supervisor"
 )
 
 // Kept versions that stay callable (old_versions "callable") sleep:
@@ -30,9 +31,12 @@ type kept struct {
 	// sleeps again: as its generation says (sleepAfter), else
 	// CallableIdle.
 	idle time.Duration
-	// slept is set once it was seen asleep since it was kept: from then
-	// on it sleeps after idle, not FirstSleep.
+	// slept is set once it was seen asleep since it was kept, or seen
+	// running as another process than first (woken since): from then on
+	// it sleeps after idle, not FirstSleep.
 	slept bool
+	// first is the process it ran as when first seen running.
+	first *supervisor.Instance
 }
 
 // setCallable records the kept versions that stay callable (Callables)
@@ -80,9 +84,16 @@ func (e *Engine) keptSleepers(out map[spec.VersionKey]idle.Policy) {
 		if !ok {
 			continue
 		}
-		if _, awake := e.procs.Get(key); !awake {
+		inst, awake := e.procs.Get(key)
+		switch {
+		case !awake:
 			kv.slept = true
 			continue
+		case kv.first == nil:
+			kv.first = inst
+		case inst != kv.first:
+			// Woken before a look found it asleep.
+			kv.slept = true
 		}
 		after := FirstSleep
 		if kv.slept {
