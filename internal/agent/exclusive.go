@@ -31,10 +31,10 @@ type holder interface {
 // wakeWaiter is the router's scale to zero, which a handover waits on for
 // a wake of the old version under way as it pauses it.
 type wakeWaiter interface {
-	Sleeping(key spec.VersionKey) (router.SleepStatus, bool)
-	// Wake joins the wake under way and waits for its end.
-	Wake(ctx context.Context, key spec.VersionKey) error
+	AwaitWake(ctx context.Context, key spec.VersionKey)
 }
+
+var _ wakeWaiter = (*router.Router)(nil)
 
 // handover is what an exclusive start stopped for the new version: the
 // old versions of the service, and how each ran.
@@ -80,13 +80,10 @@ func (a *Agent) holdExclusive(ctx context.Context, name string, svc *spec.Servic
 			return nil, err
 		}
 		if w, ok := a.route.(wakeWaiter); ok {
-			if sl, _ := w.Sleeping(k); sl.Waking {
-				// A wake that began before the pause starts the old
-				// version whatever the pause: let it end, then stop what
-				// it started (a failed wake leaves nothing running).
-				progress("exclusive: waiting for the wake of %s under way before stopping it", k)
-				w.Wake(ctx, k)
-			}
+			// A wake that began before the pause starts the old version
+			// whatever the pause: let it end, then stop what it started
+			// (a failed wake leaves nothing running).
+			w.AwaitWake(ctx, k)
 		}
 		inst, running := a.procs.Get(k)
 		s := stopped{key: k}

@@ -249,6 +249,25 @@ func (r *Router) Wake(ctx context.Context, key spec.VersionKey) error {
 	}
 }
 
+// AwaitWake waits for the end of key's wake under way, if there is one;
+// it starts none.
+func (r *Router) AwaitWake(ctx context.Context, key spec.VersionKey) {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	c := b.sleep.call
+	b.mu.Unlock()
+	if c == nil {
+		return
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+	}
+}
+
 // Pause holds every new request to key until Resume; a request held
 // longer than bound gets 503. Requests in flight go on.
 func (r *Router) Pause(key spec.VersionKey, bound time.Duration) error {
