@@ -165,6 +165,11 @@ type Options struct {
 	// daemon start, where a dependent left running must not be taken for
 	// an orphan and stopped.
 	Adopt bool
+
+	// asleep are the versions of Desired.Asleep, set by Reconcile on a
+	// resume: startAll registers one asleep at its turn, after its needs,
+	// rather than start it, unless a previous daemon left it running.
+	asleep map[spec.VersionKey]bool
 }
 
 // Report says what a Reconcile did.
@@ -235,15 +240,22 @@ func (a *Agent) Reconcile(ctx context.Context, d Desired, opts Options, progress
 	var errs []error
 	if opts.Adopt {
 		// Asleep wins on a resume where no process is left: registered
-		// before the generations start, so that they find it running.
+		// before the generations start, so that they find it running —
+		// or, for one whose needs run only once started, by startAll at
+		// its turn.
 		errs = append(errs, a.registerAsleep(ctx, d.Asleep, true, rep, progress)...)
+		opts.asleep = make(map[spec.VersionKey]bool, len(d.Asleep))
+		for _, c := range d.Asleep {
+			opts.asleep[c.Key()] = true
+		}
 	}
 	for _, g := range d.Generations {
 		if g == nil {
 			continue
 		}
-		started, err := a.startAll(ctx, g, opts, progress)
+		started, asleep, err := a.startAll(ctx, g, opts, progress)
 		rep.Started = append(rep.Started, started...)
+		rep.Asleep = append(rep.Asleep, asleep...)
 		if err != nil && !opts.Adopt {
 			a.abandon(context.WithoutCancel(ctx), keysOf(rep.Started), progress)
 			sort.Strings(rep.Started)
@@ -383,12 +395,11 @@ func levels(s *spec.Spec) ([][]string, error) {
 // and returns an error naming the service (ServiceErrors); nothing else is
 // touched. With opts.Adopt it keeps going and returns what it started with
 // the errors joined.
-func (a *Agent) startAll(ctx context.Context, g *spec.Generation, opts Options, progress Progress) ([]string, error) {
+func (a *Agent) startAll(ctx context.Context, g *spec.Generation, opts Options, progress Progress) (started, asleep []string, err error) {
 	lv, err := levels(g.Spec)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var started []string
 	var resumeErrs []error
 	for _, names := range lv {
 		var (
@@ -402,6 +413,20 @@ func (a *Agent) startAll(ctx context.Context, g *spec.Generation, opts Options, 
 				continue
 			}
 			if opts.Adopt && a.besideExclusive(ctx, g, name, progress) {
+				continue
+			}
+			if _, alive := a.procs.Recorded(key); opts.asleep[key] && !alive {
+				// Slept when the daemon stopped; its needs run now.
+				wg.Go(func() {
+					err := a.RegisterAsleep(ctx, g, name, progress)
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil {
+						errs = append(errs, err)
+						return
+					}
+					asleep = append(asleep, string(key))
+				})
 				continue
 			}
 			wg.Add(1)
@@ -425,14 +450,14 @@ func (a *Agent) startAll(ctx context.Context, g *spec.Generation, opts Options, 
 		}
 		if len(errs) > 0 {
 			sort.Strings(started)
-			return started, errors.Join(errs...)
+			return started, asleep, errors.Join(errs...)
 		}
 	}
 	sort.Strings(started)
 	if len(resumeErrs) > 0 {
-		return started, errors.Join(resumeErrs...)
+		return started, asleep, errors.Join(resumeErrs...)
 	}
-	return started, nil
+	return started, asleep, nil
 }
 
 func (a *Agent) isRunning(key spec.VersionKey) bool {

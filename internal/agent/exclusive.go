@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"hostel/internal/router"
 	"hostel/internal/spec"
 	"hostel/internal/supervisor"
 )
@@ -26,6 +27,14 @@ type holder interface {
 	Pause(key spec.VersionKey, bound time.Duration) error
 	Resume(key spec.VersionKey) error
 }
+
+// wakeWaiter is the router's scale to zero, which a handover waits on for
+// a wake of the old version under way as it pauses it.
+type wakeWaiter interface {
+	AwaitWake(ctx context.Context, key spec.VersionKey)
+}
+
+var _ wakeWaiter = (*router.Router)(nil)
 
 // handover is what an exclusive start stopped for the new version: the
 // old versions of the service, and how each ran.
@@ -61,7 +70,7 @@ func (a *Agent) holdExclusive(ctx context.Context, name string, svc *spec.Servic
 	a.runMu.Unlock()
 	ho := &handover{}
 	for _, k := range others {
-		inst, running := a.procs.Get(k)
+		_, running := a.procs.Get(k)
 		asleep := a.asleep != nil && a.asleep(k)
 		if !running && !asleep {
 			continue
@@ -70,6 +79,13 @@ func (a *Agent) holdExclusive(ctx context.Context, name string, svc *spec.Servic
 			a.releaseExclusive(ctx, ho, "", progress)
 			return nil, err
 		}
+		if w, ok := a.route.(wakeWaiter); ok {
+			// A wake that began before the pause starts the old version
+			// whatever the pause: let it end, then stop what it started
+			// (a failed wake leaves nothing running).
+			w.AwaitWake(ctx, k)
+		}
+		inst, running := a.procs.Get(k)
 		s := stopped{key: k}
 		if running {
 			s.cfg, s.had = inst.Config(), true

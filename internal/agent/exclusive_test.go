@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -132,5 +133,113 @@ func TestResumeExclusiveAfterHandoverCrash(t *testing.T) {
 	}
 	if pids := next.pids(); len(pids) != 1 || pids[k1] == 0 || alive(pid2) {
 		t.Errorf("after the resume: running %v (x-2's pid %d alive: %v), want only %s", pids, pid2, alive(pid2), k1)
+	}
+}
+
+// TestExclusiveHandoverHoldsWakes: while a deploy hands an exclusive
+// service over from its version asleep to a new one still starting, a
+// wake of the old version — what a dependent's wake asks of its needs —
+// waits for the handover instead of starting the old version beside the
+// new one, and then finds the old name reaching the new version.
+func TestExclusiveHandoverHoldsWakes(t *testing.T) {
+	n := newSleepyNode(t)
+	g1, _ := exclusiveGens(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	x2 := svc("x-2")
+	x2.Exclusive = true
+	x2.Env["AWAIT_FILE"] = ready
+	x2.Health.Timeout = spec.Duration(spec.MaxHealthTimeout)
+	g2 := generation(t, spec.DefaultEnv, map[string]*spec.Service{"x": x2})
+	k1, k2 := g1.Instance("x"), g2.Instance("x")
+	n.reconcile(t, Desired{Asleep: callables(g1, "x")}, Options{})
+
+	deployed := make(chan error, 1)
+	go func() {
+		_, err := n.agent.Reconcile(context.Background(), Desired{Generations: []*spec.Generation{g1, g2}}, Options{}, t.Logf)
+		deployed <- err
+	}()
+	for {
+		if _, ok := n.sup.Get(k2); ok {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	woke := make(chan error, 1)
+	go func() { woke <- n.router.Wake(context.Background(), k1) }()
+	// The old version must not start while the new one does: look for a
+	// while, as long as a wake takes many times over.
+	for range 100 {
+		if _, ok := n.sup.Get(k1); ok {
+			t.Fatalf("%s started while %s, exclusive, was starting", k1, k2)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := os.WriteFile(ready, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-deployed; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-woke; err != nil {
+		t.Errorf("the wake held by the handover: %v", err)
+	}
+	if _, ok := n.sup.Get(k1); ok {
+		t.Errorf("%s runs beside %s", k1, k2)
+	}
+	if got := appID(t, n, k1); got != "x-2" {
+		t.Errorf("%s's name answered by %q, want x-2", k1, got)
+	}
+}
+
+// TestExclusiveHandoverAwaitsWake: a wake of an exclusive service's
+// version asleep that began before a deploy's handover — still waking
+// the version it needs — ends before the handover goes on, which then
+// stops what it started: the old version never runs beside the new one,
+// and its name reaches the new one.
+func TestExclusiveHandoverAwaitsWake(t *testing.T) {
+	n := newSleepyNode(t)
+	upReady := filepath.Join(t.TempDir(), "up-ready")
+	up := svc("up-1")
+	up.Env["AWAIT_FILE"] = upReady
+	up.Health.Timeout = spec.Duration(spec.MaxHealthTimeout)
+	x := func(id string) *spec.Service { s := svc(id, "up"); s.Exclusive = true; return s }
+	g1 := generation(t, spec.DefaultEnv, map[string]*spec.Service{"up": up, "x": x("x-1")})
+	g2 := generation(t, spec.DefaultEnv, map[string]*spec.Service{"up": up, "x": x("x-2")})
+	k1, k2 := g1.Instance("x"), g2.Instance("x")
+	n.reconcile(t, Desired{Asleep: callables(g1, "up", "x")}, Options{})
+
+	woke := make(chan error, 1)
+	go func() { woke <- n.router.Wake(context.Background(), k1) }()
+	for { // the wake waits for up, which waits for its file
+		if _, ok := n.sup.Get(g1.Instance("up")); ok {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	deployed := make(chan error, 1)
+	go func() {
+		_, err := n.agent.Reconcile(context.Background(), Desired{Generations: []*spec.Generation{g1, g2}}, Options{}, t.Logf)
+		deployed <- err
+	}()
+	for { // the handover holds x-1's requests
+		if sl, _ := n.router.Sleeping(k1); sl.Paused {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := os.WriteFile(upReady, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-deployed; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-woke; err != nil {
+		t.Logf("the wake that began before the handover: %v", err)
+	}
+	if _, ok := n.sup.Get(k1); ok {
+		t.Errorf("%s runs beside %s", k1, k2)
+	}
+	if got := appID(t, n, k1); got != "x-2" {
+		t.Errorf("%s's name answered by %q, want x-2", k1, got)
 	}
 }

@@ -93,13 +93,19 @@ func (a *Agent) Unregister(ctx context.Context, key spec.VersionKey, progress Pr
 // registerAsleep registers asleep, in order, the versions of cs that do
 // not run, adding them to rep.Asleep. A version a previous daemon left
 // running is adopted rather (and added to rep.Started) — unless
-// registerOnly, where such versions are left for later. It returns the
+// registerOnly, where such versions are left for later, as are those
+// whose needs do not run yet (startAll registers them). It returns the
 // errors, one per version that could not be registered.
 func (a *Agent) registerAsleep(ctx context.Context, cs []Callable, registerOnly bool, rep *Report, progress Progress) []error {
 	var errs []error
 	for _, c := range cs {
 		key := c.Key()
 		if a.isRunning(key) {
+			continue
+		}
+		if registerOnly && !a.needsRun(c) {
+			// Its endpoints need their backends: registered once they
+			// run (startAll, or the pass after the generations).
 			continue
 		}
 		if _, alive := a.procs.Recorded(key); alive {
@@ -122,4 +128,15 @@ func (a *Agent) registerAsleep(ctx context.Context, cs []Callable, registerOnly 
 		rep.Asleep = append(rep.Asleep, string(key))
 	}
 	return errs
+}
+
+// needsRun reports whether every version c needs runs (started, adopted
+// or registered asleep) already.
+func (a *Agent) needsRun(c Callable) bool {
+	for _, n := range c.Generation.Spec.Services[c.Service].Needs {
+		if !a.isRunning(c.Generation.Instance(n)) {
+			return false
+		}
+	}
+	return true
 }

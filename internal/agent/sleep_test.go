@@ -317,3 +317,44 @@ func TestReconcileAsleepFailureFailsNothing(t *testing.T) {
 		t.Errorf("the failure is not reported: %q", lines)
 	}
 }
+
+// TestResumeAsleepNeedingAwake: after a daemon restart, a version that
+// slept and needs a version that does not sleep is registered asleep
+// again — not started — though its need is adopted only after: its first
+// request wakes it, and it reaches its need through its <NEED>_URL.
+func TestResumeAsleepNeedingAwake(t *testing.T) {
+	root := t.TempDir()
+	first := newNode(t, root)
+	cur := generation(t, spec.DefaultEnv, map[string]*spec.Service{"upstream": svc("upstream-1"), "api": svc("api-1", "upstream")})
+	up, api := cur.Instance("upstream"), cur.Instance("api")
+	first.reconcile(t, Desired{Generations: []*spec.Generation{cur}}, Options{})
+	left := first.pids()
+	// api slept when the daemon went: no process.
+	if err := first.sup.Stop(t.Context(), api); err != nil {
+		t.Fatal(err)
+	}
+	first.sup.Detach()
+	first.router.Close()
+	first.agent = New(first.sup, first.router)
+
+	next := newSleepyNodeAt(t, root)
+	var lines []string
+	rep, err := next.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{cur}, Asleep: callables(cur, "api")}, Options{Adopt: true},
+		func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) })
+	if err != nil {
+		t.Fatalf("resume: %v\n%s", err, strings.Join(lines, "\n"))
+	}
+	if want := []string{string(api)}; !slices.Equal(rep.Asleep, want) {
+		t.Errorf("registered asleep %v, want %v", rep.Asleep, want)
+	}
+	got := next.pids()
+	if _, ok := got[api]; ok {
+		t.Errorf("%s, asleep when the daemon stopped, was started", api)
+	}
+	if got[up] == 0 || got[up] != left[up] {
+		t.Errorf("%s: pid %d, was %d: not adopted", up, got[up], left[up])
+	}
+	if code, body := next.get(t, api, "/call"); code != 200 || body != "upstream-1" {
+		t.Errorf("request to %s: %d %q, want it woken, answering through upstream-1", api, code, body)
+	}
+}

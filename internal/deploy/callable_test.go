@@ -27,7 +27,13 @@ func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) 
 // them through, as the daemon wires them.
 func newSleepyWorld(t *testing.T) (*world, *idle.Sleeper) {
 	t.Helper()
-	root := t.TempDir()
+	return newSleepyWorldAt(t, t.TempDir())
+}
+
+// newSleepyWorldAt is newSleepyWorld on root: a second one on the same
+// root is the next daemon, once the first let go of it.
+func newSleepyWorldAt(t *testing.T, root string) (*world, *idle.Sleeper) {
+	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -283,5 +289,27 @@ func TestSleepersKeptPolicy(t *testing.T) {
 	}
 	if n := counted.count() - before; n != 0 {
 		t.Errorf("Sleepers listed the store's generations %d times", n)
+	}
+}
+
+// TestKeptWokenSoonSleepsAfterIdle: a replaced callable version woken
+// right after its first sleep — before the sleeper looked at it asleep —
+// sleeps again after CallableIdle, not FirstSleep.
+func TestKeptWokenSoonSleepsAfterIdle(t *testing.T) {
+	w, sl := newSleepyWorld(t)
+	g1 := w.replaceCallable(t)
+	api1 := g1.Instance("api")
+	waitFor(t, 30*time.Second, "the kept version's first sleep", func() bool {
+		sl.Check() // puts it to sleep, the router's gate first
+		st, _ := w.router.Sleeping(api1)
+		return st.Asleep
+	})
+	host := spec.VersionHost("api", g1.Versions["api"], spec.DefaultZone)
+	if code, id, _ := w.get(host, "/"); code != 200 || id != "api-1" {
+		t.Fatalf("GET %s: %d %s, want api-1 woken", host, code, id)
+	}
+	pol, ok := w.engine.Sleepers(t.Context())
+	if !ok || pol[api1].Idle != CallableIdle {
+		t.Errorf("woken right after its first sleep, %s sleeps after %v, want %v", api1, pol[api1].Idle, CallableIdle)
 	}
 }

@@ -223,3 +223,52 @@ func TestInvalidError(t *testing.T) {
 		t.Error("any error is ErrInvalid")
 	}
 }
+
+// TestShutdownInWindowStartsIdle: after a shutdown in a confirm window
+// (every process stopped, the window left pending), the next daemon
+// starts the versions the window watches, though their service has idle,
+// rather than registering them asleep: the window must see them run to
+// settle, and nothing sleeps until it does. Of an exclusive service, the
+// current version runs and the previous one does not.
+func TestShutdownInWindowStartsIdle(t *testing.T) {
+	for _, exclusive := range []bool{false, true} {
+		t.Run(fmt.Sprintf("exclusive=%v", exclusive), func(t *testing.T) {
+			root := t.TempDir()
+			w, _ := newSleepyWorldAt(t, root)
+			web := func(id string) *spec.Spec {
+				return mkSpec(map[string]*spec.Service{"web": app(id, domains("web.test"), func(s *spec.Service) {
+					s.Idle = spec.Duration(time.Hour)
+					s.Exclusive = exclusive
+				})})
+			}
+			w.mustDeploy(web("one"))
+			deployed := w.deployInWindow(web("two"), 3*time.Second)
+			w.engine.Shutdown(context.Background())
+			if o := <-deployed; !errors.Is(o.err, ErrUndecided) {
+				t.Fatalf("deploy cut by a shutdown: %v; want ErrUndecided", o.err)
+			}
+			w.store.Close()
+
+			next, _ := newSleepyWorldAt(t, root)
+			next.engine.SetLog(next.progress)
+			if err := next.engine.Resume(context.Background(), next.progress); err != nil {
+				t.Fatal(err)
+			}
+			gens, err := next.store.List(context.Background())
+			if err != nil || len(gens) != 2 {
+				t.Fatalf("stored generations: %d, %v", len(gens), err)
+			}
+			one, two := gens[0].Instance("web"), gens[1].Instance("web")
+			if _, ok := next.sup.Get(two); !ok {
+				t.Fatalf("%s, watched by the window, has no process after the resume", two)
+			}
+			if _, ok := next.sup.Get(one); ok == exclusive {
+				t.Errorf("%s (previous, exclusive=%v) has a process: %v", one, exclusive, ok)
+			}
+			waitFor(t, 30*time.Second, "generation 2 confirmed", func() bool { return next.confirmState(2) == spec.ConfirmConfirmed })
+			if _, id, _ := next.get("web.test", "/"); id != "two" {
+				t.Errorf("web.test served by %q", id)
+			}
+		})
+	}
+}

@@ -416,13 +416,6 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	for _, env := range envOrder(cs) {
 		d.Generations = append(d.Generations, cs[env])
 	}
-	// What slept when the daemon stopped sleeps on: a version that
-	// sleeps, or a kept one that stays callable, is registered asleep
-	// unless its process is left running (adopted then).
-	d.Asleep = sleepingOnResume(cs)
-	callable := Callables(st.kept, cs)
-	e.setCallable(callable)
-	d.Asleep = append(d.Asleep, callable...)
 	for _, env := range envOrder(cs) {
 		if prev := e.previous(ctx, cs[env], progress); prev != nil {
 			// Keep what a switch back needs at hand, as the window did.
@@ -430,6 +423,13 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 			d.Generations = append(d.Generations, prev)
 		}
 	}
+	// What slept when the daemon stopped sleeps on: a version that
+	// sleeps, or a kept one that stays callable, is registered asleep
+	// unless its process is left running (adopted then).
+	d.Asleep = sleepingOnResume(cs, prevs)
+	callable := Callables(st.kept, cs)
+	e.setCallable(callable)
+	d.Asleep = append(d.Asleep, callable...)
 	// Adopt what still runs, start what is missing, and stop what a
 	// previous daemon left running that no environment holds (a deploy
 	// that was cut short).

@@ -9,6 +9,7 @@ import (
 	"hostel/internal/agent"
 	"hostel/internal/idle"
 	"hostel/internal/spec"
+	"hostel/internal/supervisor"
 )
 
 // Kept versions that stay callable (old_versions "callable") sleep:
@@ -30,9 +31,12 @@ type kept struct {
 	// sleeps again: as its generation says (sleepAfter), else
 	// CallableIdle.
 	idle time.Duration
-	// slept is set once it was seen asleep since it was kept: from then
-	// on it sleeps after idle, not FirstSleep.
+	// slept is set once it was seen asleep since it was kept, or seen
+	// running as another process than first (woken since): from then on
+	// it sleeps after idle, not FirstSleep.
 	slept bool
+	// first is the process it ran as when first seen running.
+	first *supervisor.Instance
 }
 
 // setCallable records the kept versions that stay callable (Callables)
@@ -80,9 +84,16 @@ func (e *Engine) keptSleepers(out map[spec.VersionKey]idle.Policy) {
 		if !ok {
 			continue
 		}
-		if _, awake := e.procs.Get(key); !awake {
+		inst, awake := e.procs.Get(key)
+		switch {
+		case !awake:
 			kv.slept = true
 			continue
+		case kv.first == nil:
+			kv.first = inst
+		case inst != kv.first:
+			// Woken before a look found it asleep.
+			kv.slept = true
 		}
 		after := FirstSleep
 		if kv.slept {
@@ -151,10 +162,16 @@ func sleepAfter(g *spec.Generation, name string) time.Duration {
 
 // sleepingOnResume is what of the current generations, cs, a resume
 // registers asleep when no process of it is left: the versions that
-// sleep (sleepAfter), needs first.
-func sleepingOnResume(cs map[string]*spec.Generation) []agent.Callable {
+// sleep (sleepAfter), needs first — except in an environment whose
+// confirm window resumes (windowed, by environment): the window must see
+// its versions run (nothing sleeps while it runs), and an exclusive
+// service's previous version is left stopped only beside a running one.
+func sleepingOnResume(cs, windowed map[string]*spec.Generation) []agent.Callable {
 	var out []agent.Callable
 	for _, env := range envOrder(cs) {
+		if windowed[env] != nil {
+			continue
+		}
 		g := cs[env]
 		order, err := spec.Order(g.Spec)
 		if err != nil {

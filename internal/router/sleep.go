@@ -207,7 +207,8 @@ func (r *Router) Sleep(key spec.VersionKey, idle time.Duration) bool {
 // versions it needs before it starts), and waits until it is awake: the
 // same single wake as its held requests wait for. It returns nil at once
 // for a version that is not asleep (running, paused or not routed), and
-// the wake's error if it fails.
+// the wake's error if it fails. A version asleep and paused is woken only
+// once resumed: held until then, up to the pause's bound, as a request is.
 func (r *Router) Wake(ctx context.Context, key spec.VersionKey) error {
 	b := (*r.backends.Load())[key]
 	if b == nil {
@@ -221,6 +222,22 @@ func (r *Router) Wake(ctx context.Context, key spec.VersionKey) error {
 	case !b.sleep.asleep:
 		b.mu.Unlock()
 		return nil
+	case b.sleep.paused && b.sleep.call == nil:
+		// Held, by hand or by an exclusive service's handover (which
+		// must not see the version it stopped started again): a wake
+		// waits for the resume as a request does.
+		ch, bound := b.sleep.resumed, b.sleep.pauseMax
+		b.mu.Unlock()
+		t := time.NewTimer(bound)
+		defer t.Stop()
+		select {
+		case <-ch:
+			return r.Wake(ctx, key)
+		case <-t.C:
+			return fmt.Errorf("%s: %w (%s)", key, ErrHeldTooLong, bound)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	c := b.wakeLocked()
 	b.mu.Unlock()
@@ -229,6 +246,25 @@ func (r *Router) Wake(ctx context.Context, key spec.VersionKey) error {
 		return c.err
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// AwaitWake waits for the end of key's wake under way, if there is one;
+// it starts none.
+func (r *Router) AwaitWake(ctx context.Context, key spec.VersionKey) {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	c := b.sleep.call
+	b.mu.Unlock()
+	if c == nil {
+		return
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
 	}
 }
 

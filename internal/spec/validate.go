@@ -237,6 +237,41 @@ func (s *Spec) Validate() error {
 	if cycle := s.findCycle(); cycle != nil {
 		return &Error{Service: cycle[0], Field: "needs", Msg: "dependency cycle: " + strings.Join(cycle, " → ")}
 	}
+	for _, name := range s.Names() {
+		if !s.Services[name].Callable() {
+			continue
+		}
+		// A kept version keeps the versions it needs, transitively: an
+		// exclusive one among them, woken by a request to the kept
+		// version, would run beside its service's current version.
+		if path := s.exclusiveNeed(name, map[string]bool{}); path != nil {
+			via := ""
+			if len(path) > 1 {
+				via = fmt.Sprintf(" (through %q)", strings.Join(path[:len(path)-1], " → "))
+			}
+			ex := path[len(path)-1]
+			return &Error{Service: name, Field: "old_versions", Msg: fmt.Sprintf("%q cannot be combined with a need on exclusive service %q%s: the old version of %q kept with it would run beside the current one", OldVersionsCallable, ex, via, ex)}
+		}
+	}
+	return nil
+}
+
+// exclusiveNeed returns the path of needs from service name to the first
+// exclusive service it needs, directly or not (in needs order), or nil.
+// The needs must be acyclic; seen holds the services already walked.
+func (s *Spec) exclusiveNeed(name string, seen map[string]bool) []string {
+	for _, n := range s.Services[name].Needs {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		if s.Services[n].Exclusive {
+			return []string{n}
+		}
+		if path := s.exclusiveNeed(n, seen); path != nil {
+			return append([]string{n}, path...)
+		}
+	}
 	return nil
 }
 

@@ -249,3 +249,32 @@ func TestIdleAsleepAcrossRestart(t *testing.T) {
 		e.waitState(20*time.Second, "idle", "shop")
 	}
 }
+
+// TestIdleAsleepAcrossRestartNeedAwake: a service with idle that was
+// asleep when the daemon stopped stays asleep after it starts again
+// though what it needs does not sleep (and is adopted only during the
+// start); its next request wakes it, reaching its need.
+func TestIdleAsleepAcrossRestartNeedAwake(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	health := map[string]any{"path": "/healthz"}
+	e.WriteSpec(map[string]any{"services": map[string]any{
+		"quotes": e.App("quotes", map[string]any{"health": health}),
+		"blog":   e.App("blog", map[string]any{"idle": "1s", "health": health, "needs": []string{"quotes"}, "domains": []string{"blog.test"}}),
+	}})
+	e.MustRun("deploy", "--no-confirm")
+	e.waitState(20*time.Second, "idle", "blog")
+	e.StopDaemon()
+	e.StartDaemon()
+	for key := range e.running() {
+		if strings.HasPrefix(key, "blog-") {
+			t.Errorf("after a restart, %s runs; it slept", key)
+		}
+	}
+	if s := e.sleepStatus()["blog"]; s.State != "idle" || s.PID != 0 {
+		t.Errorf("after a restart: blog %+v, want idle", s)
+	}
+	if code, _, body := e.Get("blog.test", "/"); code != 200 || !strings.Contains(body, "from quotes") {
+		t.Fatalf("after a restart, a request to blog: %d %q", code, body)
+	}
+}

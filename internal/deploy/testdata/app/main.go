@@ -7,6 +7,8 @@
 // Crashes, exit status 3: at once with CRASH set; CRASH_AFTER (a duration)
 // after start, so that a supervisor restarting it makes a crash loop; and
 // whenever the file CRASH_FILE exists (looked for every 50ms and at start).
+//
+// With AWAIT_FILE set, it listens only once that file exists.
 package main
 
 import (
@@ -64,6 +66,14 @@ func main() {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}()
+	}
+	if f := os.Getenv("AWAIT_FILE"); f != "" {
+		for {
+			if _, err := os.Stat(f); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	http.ListenAndServe(net.JoinHostPort(os.Getenv("HOST"), os.Getenv("PORT")), mux)
 }
