@@ -480,16 +480,20 @@ func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts
 	fail := func(format string, args ...any) error {
 		return &ServiceError{Service: name, Version: ver, Step: StepStart, Err: fmt.Errorf(format, args...)}
 	}
-	cfg, needs, err := a.configure(ctx, g, name, opts, progress)
-	if err != nil {
-		return err
-	}
 	var ho *handover // an exclusive service's old version, stopped for this one (exclusive.go)
 	if !opts.Adopt {
+		// Before the preparers: a release step (a migration of the
+		// single writer's data) must not run beside the old version.
 		bound := svc.StopGraceOrDefault() + svc.HealthTimeout() + exclusiveMargin
+		var err error
 		if ho, err = a.holdExclusive(ctx, name, svc, key, bound, progress); err != nil {
 			return fail("%w", err)
 		}
+	}
+	cfg, needs, err := a.configure(ctx, g, name, opts, progress)
+	if err != nil {
+		a.releaseExclusive(ctx, ho, "", progress)
+		return err
 	}
 	progress("starting %s", key)
 	t0 := time.Now()

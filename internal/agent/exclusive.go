@@ -11,7 +11,8 @@ import (
 )
 
 // Exclusive services (`exclusive: true`): two versions never run at once.
-// Before the new version's process starts, the old one's requests are
+// Before the new version is prepared (its release step is the service's
+// code too, and writes its data) and started, the old one's requests are
 // held (the router's pause), the ones in flight finish, and its process
 // stops; once the new one is ready, the old one's backend is pointed at
 // it and the held requests are released to it. If the new one fails, it

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"hostel/internal/spec"
+	"hostel/internal/supervisor"
 )
 
 // exclusiveGens returns two generations of one exclusive service x: the
@@ -241,5 +242,43 @@ func TestExclusiveHandoverAwaitsWake(t *testing.T) {
 	}
 	if got := appID(t, n, k1); got != "x-2" {
 		t.Errorf("%s's name answered by %q, want x-2", k1, got)
+	}
+}
+
+// probePreparer calls at with each version it prepares.
+type probePreparer struct{ at func(key spec.VersionKey) }
+
+func (p probePreparer) Prepare(_ context.Context, g *spec.Generation, service string, _ *supervisor.Config) error {
+	p.at(g.Instance(service))
+	return nil
+}
+
+// TestExclusivePreparesAfterTheOldStops: a new version of an exclusive
+// service is prepared — its release step runs there — only once the old
+// version's process has stopped: a migration never runs beside the
+// single writer it migrates.
+func TestExclusivePreparesAfterTheOldStops(t *testing.T) {
+	n := newSleepyNode(t)
+	g1, g2 := exclusiveGens(t)
+	k2 := g2.Instance("x")
+	var oldPID int
+	besideOld := false
+	n.agent.Use(probePreparer{at: func(key spec.VersionKey) {
+		if key == k2 && alive(oldPID) {
+			besideOld = true
+		}
+	}})
+	if _, err := n.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{g1}}, Options{}, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	oldPID = n.pids()[g1.Instance("x")]
+	if _, err := n.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{g1, g2}}, Options{}, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	if besideOld {
+		t.Errorf("%s was prepared while the old version (pid %d) still ran", k2, oldPID)
+	}
+	if pids := n.pids(); pids[k2] == 0 || alive(oldPID) {
+		t.Errorf("after the handover: running %v, old pid %d alive %v", pids, oldPID, alive(oldPID))
 	}
 }
