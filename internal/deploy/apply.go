@@ -75,6 +75,9 @@ func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(star
 		return nil, err
 	}
 	before, d := e.desiredOf(st, nil), e.desiredOf(st, g)
+	if err := exclusiveKept(g, d.Asleep); err != nil {
+		return nil, invalid(err)
+	}
 	rep, err := e.agent.Reconcile(ctx, d, agent.Options{}, progress)
 	if err != nil {
 		// What it started was stopped again: none of it stands.
@@ -93,6 +96,28 @@ func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(star
 	progress("switched: generation %d is live", g.Number)
 	e.wakeAlwaysOn(context.WithoutCancel(ctx), g, progress)
 	return rep.Started, nil
+}
+
+// exclusiveKept refuses g when it makes a service exclusive whose other
+// version is kept callable (asleep, for an old version of a service with
+// old_versions "callable" that needs it): woken by its name, it would run
+// beside g's. (exclusive is a routing field, not part of the version: the
+// spec that kept it did not say so.)
+func exclusiveKept(g *spec.Generation, asleep []agent.Callable) error {
+	env := g.EnvOrDefault()
+	for _, c := range asleep {
+		svc := g.Spec.Services[c.Service]
+		k := c.Key()
+		if svc == nil || !svc.Exclusive || k.Owner() != env || g.Owner(c.Service) != env || k == g.Instance(c.Service) {
+			continue
+		}
+		where := ""
+		if g.Source != "" {
+			where = g.Source + ": "
+		}
+		return fmt.Errorf("%sservice %q: exclusive: its version %s is kept callable by generation %d (old_versions \"callable\") and would run beside the new one when called; drop that generation first (hostel gc) or deploy without exclusive", where, c.Service, k.Version(), c.Generation.Number)
+	}
+	return nil
 }
 
 // wakeAlwaysOn wakes the versions of g, live now, that sleep though they

@@ -2,8 +2,10 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -312,4 +314,31 @@ func TestKeptWokenSoonSleepsAfterIdle(t *testing.T) {
 	if !ok || pol[api1].Idle != CallableIdle {
 		t.Errorf("woken right after its first sleep, %s sleeps after %v, want %v", api1, pol[api1].Idle, CallableIdle)
 	}
+}
+
+// TestExclusiveRefusedWhileOldVersionKept: a deploy that makes a service
+// exclusive while an old version of it is kept callable (a kept version
+// of a callable service needs it) is an input error and changes nothing;
+// once gc dropped the generation that kept it, the same deploy goes.
+func TestExclusiveRefusedWhileOldVersionKept(t *testing.T) {
+	w, _ := newSleepyWorld(t)
+	for _, id := range []string{"1", "2"} {
+		s := mkSpec(map[string]*spec.Service{"db": app("db-" + id), "api": app("api-"+id, needs("db"))})
+		s.Services["api"].OldVersions = spec.OldVersionsCallable
+		w.mustDeploy(s)
+	}
+	before := w.current()
+	s3 := mkSpec(map[string]*spec.Service{"db": app("db-3"), "api": app("api-3", needs("db"))})
+	s3.Services["db"].Exclusive = true
+	_, err := w.deploy(s3, 0)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `service "db": exclusive`) {
+		t.Fatalf("deploy making db exclusive with db-1 kept: %v, want an input error naming db's exclusive", err)
+	}
+	if got := w.current(); got != before {
+		t.Errorf("current generation %d after the refused deploy, want %d", got, before)
+	}
+	if _, err := w.engine.GC(t.Context(), 1, nil, w.progress); err != nil {
+		t.Fatal(err)
+	}
+	w.mustDeploy(s3)
 }
