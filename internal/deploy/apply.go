@@ -126,10 +126,14 @@ func exclusiveKept(g *spec.Generation, asleep []agent.Callable) error {
 // waits for them, together, and reports a wake that fails (the version
 // is then "failed" in status, and its next request tries again). A
 // version that runs is left as it is, and so is an instance g shares:
-// its owner decides whether it sleeps.
+// its owner decides whether it sleeps, and one paused by hand: its first
+// request after the resume wakes it.
 func (e *Engine) wakeAlwaysOn(ctx context.Context, g *spec.Generation, progress Progress) {
 	var wg sync.WaitGroup
 	for name := range g.Versions {
+		if sl, _ := e.route.Sleeping(g.Instance(name)); sl.Paused {
+			continue // its first request after the resume wakes it
+		}
 		if owns(g, name) && sleepAfter(g, name) <= 0 {
 			wg.Go(func() {
 				if err := e.route.Wake(ctx, g.Instance(name)); err != nil {

@@ -342,3 +342,31 @@ func TestExclusiveRefusedWhileOldVersionKept(t *testing.T) {
 	}
 	w.mustDeploy(s3)
 }
+
+// TestRestartAsleepAndPaused: hostel restart of a service that is asleep
+// and paused by hand is refused at once — a wake would wait for the
+// resume with the engine's lock held — and the service stays asleep.
+func TestRestartAsleepAndPaused(t *testing.T) {
+	w, sl := newSleepyWorld(t)
+	s := mkSpec(map[string]*spec.Service{"api": app("api-1")})
+	s.Services["api"].Idle = spec.Duration(spec.MinIdle)
+	w.mustDeploy(s)
+	g, _ := w.store.Current(t.Context(), spec.DefaultEnv)
+	key := g.Instance("api")
+	waitFor(t, 30*time.Second, "api to sleep", func() bool {
+		sl.Check()
+		st, _ := w.router.Sleeping(key)
+		return st.Asleep
+	})
+	if err := w.router.Pause(key, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := w.engine.Restart(ctx, "api"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("restart of the asleep, paused api: %v, want an input error", err)
+	}
+	if st, _ := w.router.Sleeping(key); !st.Asleep || st.Waking || st.Wakes != 0 {
+		t.Errorf("%s after the refused restart: %+v, want asleep, never woken", key, st)
+	}
+}

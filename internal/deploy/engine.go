@@ -38,6 +38,8 @@ type Routes interface {
 	// Wake wakes a sleeping version without a request and waits until
 	// it is awake; nil at once for a version that is not asleep.
 	Wake(ctx context.Context, key spec.VersionKey) error
+	// Sleeping reports a version's scale-to-zero state.
+	Sleeping(key spec.VersionKey) (router.SleepStatus, bool)
 }
 
 // Preparer readies what a new version needs before its process starts
@@ -471,9 +473,14 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 		return invalid(fmt.Errorf("no service %q in the current generation", service))
 	}
 	key := spec.Key(service, cur.Versions[service])
-	if _, running := e.procs.Get(key); !running {
-		// Asleep (scale to zero): there is no process to restart, and
-		// waking it starts one afresh, which is what a restart is for.
+	// Asleep (scale to zero) — by the router's word: its process may
+	// still be stopping — there is no process to restart, and waking it
+	// starts one afresh, which is what a restart is for.
+	if sl, ok := e.route.Sleeping(key); ok && sl.Asleep {
+		if sl.Paused {
+			// A wake would wait for the resume, the engine's lock held.
+			return invalid(fmt.Errorf("service %q is asleep and paused: its first request after hostel resume starts it", service))
+		}
 		if err := e.route.Wake(ctx, key); err != nil {
 			return fmt.Errorf("restart %s: %w", key, err)
 		}
