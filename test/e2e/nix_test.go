@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/acme/pebbletest"
 	"hostel/internal/nix"
 )
 
@@ -469,14 +469,11 @@ PidFile %[1]s/sshd.pid
 	}
 }
 
+// freePort is a port no other part of the test process was given
+// (pebbletest.FreePorts).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return pebbletest.FreePorts(t, 1)[0]
 }
 
 // TestNixRemoteDeploy: deploy --target builds here, copies the closures with

@@ -179,22 +179,38 @@ func FreePort(t testing.TB) int {
 }
 
 // FreePorts returns n distinct TCP ports on 127.0.0.1 that were free a
-// moment ago. They are held open together while chosen: asked one at a
-// time, the kernel may hand out a port it just gave back.
+// moment ago and that no earlier call in this process returned. They are
+// held open together while chosen (asked one at a time, the kernel may
+// hand out a port it just gave back), and a port handed out before is
+// never handed out again: a test that chose ports for hostel and then
+// starts Pebble (which chooses its own) must not find Pebble on them.
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
+	handed.Lock()
+	defer handed.Unlock()
+	ports := make([]int, 0, n)
+	for len(ports) < n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ln.Close()
-		_, port, _ := net.SplitHostPort(ln.Addr().String())
-		ports[i], _ = strconv.Atoi(port)
+		defer ln.Close() // held until all are chosen: the kernel moves on
+		_, p, _ := net.SplitHostPort(ln.Addr().String())
+		port, _ := strconv.Atoi(p)
+		if handed.ports[port] {
+			continue
+		}
+		handed.ports[port] = true
+		ports = append(ports, port)
 	}
 	return ports
 }
+
+// handed holds every port FreePorts returned in this process.
+var handed = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // selfSigned makes the certificate of Pebble's own listener (localhost,
 // 127.0.0.1).
