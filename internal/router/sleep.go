@@ -94,22 +94,33 @@ func (b *backend) Wait(ctx context.Context) error {
 	case s.paused:
 		ch, bound := s.resumed, s.pauseMax
 		b.mu.Unlock()
-		t := time.NewTimer(bound)
-		defer t.Stop()
-		select {
-		case <-ch:
-			return nil
-		case <-t.C:
-			return fmt.Errorf("%s: %w (%s)", b.key, ErrHeldTooLong, bound)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return b.awaitResume(ctx, ch, bound)
 	case !s.asleep:
 		b.mu.Unlock()
 		return nil
 	}
 	c := b.wakeLocked()
 	b.mu.Unlock()
+	return c.wait(ctx)
+}
+
+// awaitResume waits for resumed, the pause's channel, to close: nil then;
+// ErrHeldTooLong after bound.
+func (b *backend) awaitResume(ctx context.Context, resumed <-chan struct{}, bound time.Duration) error {
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-resumed:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%s: %w (%s)", b.key, ErrHeldTooLong, bound)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// wait waits for the wake's end and returns its error.
+func (c *wakeCall) wait(ctx context.Context) error {
 	select {
 	case <-c.done:
 		return c.err
@@ -228,25 +239,14 @@ func (r *Router) Wake(ctx context.Context, key spec.VersionKey) error {
 		// waits for the resume as a request does.
 		ch, bound := b.sleep.resumed, b.sleep.pauseMax
 		b.mu.Unlock()
-		t := time.NewTimer(bound)
-		defer t.Stop()
-		select {
-		case <-ch:
-			return r.Wake(ctx, key)
-		case <-t.C:
-			return fmt.Errorf("%s: %w (%s)", key, ErrHeldTooLong, bound)
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := b.awaitResume(ctx, ch, bound); err != nil {
+			return err
 		}
+		return r.Wake(ctx, key)
 	}
 	c := b.wakeLocked()
 	b.mu.Unlock()
-	select {
-	case <-c.done:
-		return c.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return c.wait(ctx)
 }
 
 // AwaitWake waits for the end of key's wake under way, if there is one;
@@ -259,12 +259,8 @@ func (r *Router) AwaitWake(ctx context.Context, key spec.VersionKey) {
 	b.mu.Lock()
 	c := b.sleep.call
 	b.mu.Unlock()
-	if c == nil {
-		return
-	}
-	select {
-	case <-c.done:
-	case <-ctx.Done():
+	if c != nil {
+		c.wait(ctx)
 	}
 }
 
