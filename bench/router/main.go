@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"hostel/bench/internal/hostelserve"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -516,7 +517,7 @@ func startNginx(ctx context.Context, procs *children, tmp, backend string) (targ
 	if err != nil {
 		return target{}, nil
 	}
-	port, err := freePort()
+	port, err := hostelserve.FreePort()
 	if err != nil {
 		return target{}, err
 	}
@@ -575,7 +576,7 @@ func startCaddy(ctx context.Context, procs *children, tmp, backend string) (targ
 	if err != nil {
 		return target{}, nil
 	}
-	port, err := freePort()
+	port, err := hostelserve.FreePort()
 	if err != nil {
 		return target{}, err
 	}
@@ -626,15 +627,6 @@ func dialTarget(addr string) (net.Conn, error) {
 		return tls.Dial("tcp", a, insecureTLS)
 	}
 	return net.Dial("tcp", addr)
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // --- child processes ---

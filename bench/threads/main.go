@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,10 +27,7 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "serve-app" {
-		serveApp()
-		return
-	}
+	hostelserve.ServeAppIfAsked()
 	n := flag.Int("n", 200, "services to run")
 	hostel := flag.String("hostel", "", "measure this hostel binary's daemon instead of the supervisor alone")
 	flag.Parse()
@@ -42,12 +38,6 @@ func main() {
 	if err := run(*n); err != nil {
 		log.Fatal(err)
 	}
-}
-
-// serveApp is one service: a hello-world HTTP server.
-func serveApp() {
-	http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	log.Fatal(http.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), nil))
 }
 
 func run(n int) error {
@@ -76,7 +66,7 @@ func run(n int) error {
 		wg.Go(func() {
 			inst, err := sup.Start(supervisor.Config{
 				Service: "svc" + strconv.Itoa(k), Version: spec.Version("0123456789ab"),
-				Dir: filepath.Dir(self), Exec: []string{self, "serve-app"},
+				Dir: filepath.Dir(self), Exec: []string{self, "app"},
 			})
 			if err == nil {
 				err = inst.WaitReady(context.Background())

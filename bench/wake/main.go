@@ -390,7 +390,7 @@ func firstByte(url, host string) (t0, first time.Time, ready time.Duration, err 
 // systemd-socket-activate, each on a fresh socket.
 func socketActivated(self string, n int) (over, ttfb []time.Duration, err error) {
 	for range n {
-		port, err := freePort()
+		port, err := hostelserve.FreePort()
 		if err != nil {
 			return nil, nil, err
 		}
@@ -418,15 +418,6 @@ func socketActivated(self string, n int) (over, ttfb []time.Duration, err error)
 		over = append(over, t-ready)
 	}
 	return over, ttfb, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // listening reports whether a socket listens on 127.0.0.1:port, from

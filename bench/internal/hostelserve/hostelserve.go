@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -126,4 +127,14 @@ func ServeAppIfAsked() {
 	err := http.ListenAndServe(os.Getenv("HOST")+":"+os.Getenv("PORT"), mux)
 	fmt.Fprintln(os.Stderr, err)
 	os.Exit(1)
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
