@@ -168,8 +168,9 @@ func (p *blockingPreparer) Prepare(_ context.Context, _ *spec.Generation, servic
 }
 
 // TestGCWaitsForDeploy: gc runs under the engine's lock: one asked for
-// while a deploy starts its versions releases (Nix roots) knowing the
-// generation that deploy commits, so it never unpins a version starting.
+// while a deploy starts its versions does nothing until the deploy is
+// done, then releases (Nix roots) knowing the generation that deploy
+// committed, so it never unpins a version starting.
 func TestGCWaitsForDeploy(t *testing.T) {
 	w := newWorld(t)
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"api": app("api-1")}))
@@ -196,9 +197,16 @@ func TestGCWaitsForDeploy(t *testing.T) {
 		}, w.progress)
 		gcDone <- err
 	}()
-	// (Not a guarantee that gc waits on the lock by now, only the
-	// likely order: nothing but a lock-free gc could fail this test.)
 	<-gcCalled
+	// While the deploy is held in its preparation, gc must not get
+	// through: a gc that took no lock releases within this wait (a gc
+	// that waits never fails here, however slow the machine).
+	select {
+	case got := <-released:
+		close(p.release) // let the deploy end, for the cleanup
+		t.Fatalf("gc released (kept %v) while a deploy was starting its versions", got)
+	case <-time.After(300 * time.Millisecond):
+	}
 	close(p.release)
 	if err := <-deployed; err != nil {
 		t.Fatal(err)
