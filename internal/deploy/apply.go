@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"hostel/internal/agent"
@@ -74,7 +75,10 @@ func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(star
 	if err != nil {
 		return nil, err
 	}
-	before, d := e.desiredOf(st, nil), e.desiredOf(st, g)
+	d := e.desiredOf(st, g)
+	// What ran before: the same, without g (the callables are decided
+	// once).
+	before := agent.Desired{Generations: slices.DeleteFunc(slices.Clone(d.Generations), func(x *spec.Generation) bool { return x == g }), Asleep: d.Asleep}
 	if err := exclusiveKept(g, d.Asleep); err != nil {
 		return nil, invalid(err)
 	}
