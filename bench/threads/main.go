@@ -2,9 +2,13 @@
 // supervisor's process: OS threads and resident memory with no service, and
 // with N services started and ready. Each service is this program again,
 // serving HTTP on $PORT. With -hostel it measures a real `hostel serve`
-// instead, deploying N copies of the quotes example. Not part of `make test`:
+// instead, deploying N copies of the quotes example. With -health D the
+// supervisor alone runs the N services twice, without a health path and
+// then health-checked every D, and reads its own CPU time over -window
+// each time: what checking them costs. Not part of `make test`:
 //
 //	go run ./bench/threads -n 200
+//	go run ./bench/threads -n 200 -health 10s -window 30s
 //	make build && go run ./bench/threads -n 200 -hostel bin/hostel
 package main
 
@@ -19,6 +23,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"hostel/bench/internal/hostelserve"
@@ -30,17 +35,30 @@ func main() {
 	hostelserve.ServeAppIfAsked()
 	n := flag.Int("n", 200, "services to run")
 	hostel := flag.String("hostel", "", "measure this hostel binary's daemon instead of the supervisor alone")
+	health := flag.Duration("health", 0, "also run the services health-checked this often, and compare the supervisor's CPU time")
+	window := flag.Duration("window", 10*time.Second, "with -health: how long to read the CPU time over")
 	flag.Parse()
-	run := run
-	if *hostel != "" {
-		run = func(n int) error { return runDaemon(*hostel, n) }
+	measure := func(n int) error { return run(n, 0, 0) }
+	switch {
+	case *hostel != "":
+		measure = func(n int) error { return runDaemon(*hostel, n) }
+	case *health > 0:
+		measure = func(n int) error {
+			if err := run(n, 0, *window); err != nil {
+				return err
+			}
+			return run(n, *health, *window)
+		}
 	}
-	if err := run(*n); err != nil {
+	if err := measure(*n); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(n int) error {
+// run starts n services under a supervisor of its own and reports its
+// threads and memory; with a window, also the CPU time it uses over it,
+// the services health-checked every interval (0: not at all).
+func run(n int, interval, window time.Duration) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -64,10 +82,14 @@ func run(n int) error {
 	errs := make([]error, n)
 	for k := range n {
 		wg.Go(func() {
-			inst, err := sup.Start(supervisor.Config{
+			cfg := supervisor.Config{
 				Service: "svc" + strconv.Itoa(k), Version: spec.Version("0123456789ab"),
 				Dir: filepath.Dir(self), Exec: []string{self, "app"},
-			})
+			}
+			if interval > 0 {
+				cfg.HealthPath, cfg.HealthInterval = "/", interval
+			}
+			inst, err := sup.Start(cfg)
 			if err == nil {
 				err = inst.WaitReady(context.Background())
 			}
@@ -88,7 +110,29 @@ func run(n int) error {
 		n, threads, idleThreads, float64(rss)/1024, float64(idleRSS)/1024)
 	fmt.Printf("per service: %.2f threads, %.1f KiB RSS\n",
 		float64(threads-idleThreads)/float64(n), float64(rss-idleRSS)/float64(n))
+	if window > 0 {
+		c0 := cpuTime()
+		time.Sleep(window)
+		used := cpuTime() - c0
+		threads, rss = hostelserve.Status(os.Getpid())
+		checks := "no health checks"
+		if interval > 0 {
+			checks = fmt.Sprintf("health-checked every %v", interval)
+		}
+		fmt.Printf("%d services, %s: supervisor CPU %v over %v (%.2f%% of a core); then OS threads %d, RSS %.1f MiB\n",
+			n, checks, used.Round(time.Millisecond), window, 100*used.Seconds()/window.Seconds(), threads, float64(rss)/1024)
+	}
 	return nil
+}
+
+// cpuTime is the CPU time this process used, user and system, without
+// its children's.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // runDaemon starts `hostel serve` on a fresh root, deploys n services and

@@ -556,6 +556,7 @@ func (a *Agent) configure(ctx context.Context, g *spec.Generation, name string, 
 	}
 	if svc.Health != nil {
 		cfg.HealthPath = svc.Health.Path
+		cfg.HealthInterval, cfg.HealthFailures = svc.HealthInterval(), svc.HealthFailures()
 	}
 	if svc.Package != "" && !filepath.IsAbs(exec[0]) {
 		cfg.Exec = append([]string{filepath.Join(svc.Package, exec[0])}, exec[1:]...)

@@ -123,9 +123,10 @@ type ServiceStatus struct {
 	Restarts int      `json:"restarts"`
 	InFlight int64    `json:"in_flight"`
 	Error    string   `json:"error,omitempty"`
-	// LastExit is how the last process ended: "exit 1", "signal 9", or
-	// "oom" when the kernel killed it for exceeding its memory limit;
-	// empty while none has ended.
+	// LastExit is how the last process ended: "exit 1", "signal 9", "oom"
+	// when the kernel killed it for exceeding its memory limit, or
+	// "unhealthy" when hostel stopped it for failing its health checks (or
+	// for not getting ready after a restart); empty while none has ended.
 	LastExit string `json:"last_exit,omitempty"`
 	// MemoryBytes is the memory its processes use now, CPUSeconds the CPU
 	// time they used since it started; both 0 where limits are not
@@ -147,6 +148,19 @@ type ServiceStatus struct {
 	// callable by its immutable name (old_versions "callable") until gc
 	// drops the last generation holding it.
 	Kept bool `json:"kept,omitempty"`
+	// Health is the last check of its health.path (its readiness probes
+	// included); nil without health.path, or while no process has been
+	// checked.
+	Health *HealthCheck `json:"health,omitempty"`
+}
+
+// HealthCheck is the result of one health check.
+type HealthCheck struct {
+	OK bool      `json:"ok"`
+	At time.Time `json:"at"`
+	// Error says why the check failed: "GET /healthz: 500 Internal
+	// Server Error", a refused connection, a timeout; "" when it passed.
+	Error string `json:"error,omitempty"`
 }
 
 // Generation is one row of `hostel generations --json`.

@@ -242,7 +242,10 @@ func statusCmd(e *env) *cobra.Command {
 					doms = "-"
 				}
 				state := s.State
-				if s.Error != "" {
+				if h := s.Health; h != nil && !h.OK && s.State == "running" {
+					// Failing, not yet as many times in a row as make it unhealthy.
+					state += " (last health check failed: " + h.Error + ")"
+				} else if s.Error != "" {
 					state += " (" + s.Error + ")"
 				} else if (s.State == "idle" || s.State == "held") && s.LastRequest != nil {
 					state += fmt.Sprintf(" (last request %s, %d wakes)", s.LastRequest.Local().Format(time.DateTime), s.Wakes)

@@ -254,6 +254,9 @@ func (d *Daemon) serviceStatus(name string, v spec.Version, key spec.VersionKey,
 	if s, ok := d.sup.Status(key); ok {
 		ss.State, ss.PID, ss.Ready, ss.Restarts, ss.Error = string(s.State), s.PID, s.Ready, s.Restarts, s.LastError
 		ss.LastExit, ss.MemoryBytes, ss.CPUSeconds = s.LastExit, s.MemoryBytes, s.CPUSeconds
+		if h := s.Health; h != nil {
+			ss.Health = &api.HealthCheck{OK: h.OK, At: h.At.UTC().Truncate(time.Millisecond), Error: h.Error}
+		}
 		if d.engine.Draining(key) {
 			ss.State = "draining"
 		}

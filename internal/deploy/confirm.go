@@ -15,10 +15,16 @@ import (
 // The confirm window.
 //
 // After the switch, a deploy watches the versions it started for its
-// confirm window. A version that crashes (and so restarts), fails for good,
-// or fails two health checks in a row fails the confirmation: the previous
+// confirm window, as their supervisor sees them: the supervisor's own
+// checker runs their health checks (every health.interval), and the window
+// only reads what it found. A version that crashes or turns unhealthy (and
+// so restarts), or fails for good, fails the confirmation: the previous
 // generation, whose versions keep running through the window, is switched
-// back and the new versions are stopped.
+// back and the new versions are stopped. At its deadline, the window waits
+// for a version whose last check failed until a check passes (confirmed)
+// or enough fail in a row to make it unhealthy (failed): a version failing
+// its checks as the window ends is not confirmed for the checks it passed
+// before.
 //
 // The window is recorded with the commit of the generation (pending, its
 // deadline and the previous generation), so a daemon killed in the window
@@ -41,14 +47,15 @@ import (
 // reported.
 
 const (
-	// checkEvery is how often the window looks at the watched versions.
+	// checkEvery is how often the window looks at the watched versions'
+	// state; a look is a lock and a copy per version.
 	checkEvery = 500 * time.Millisecond
 	// guardEvery is how often a confirmed generation's new versions are
 	// looked at after the window; a look is a lock and a copy per version.
 	guardEvery = time.Second
 	// minResumedWindow is the least a window resumed after a restart runs,
 	// also when its deadline passed while the daemon was down: long enough
-	// for two health checks.
+	// to see a version that crashes as it is adopted.
 	minResumedWindow = 3 * time.Second
 )
 
@@ -80,12 +87,11 @@ type verdict struct {
 	interrupted bool          // watching stopped undecided: the daemon stops
 }
 
-// watched is a version under watch: the process seen first and its
-// restarts then, and its health checks failed in a row.
+// watched is a version under watch: the instance seen first and its
+// restarts then.
 type watched struct {
 	inst     *supervisor.Instance
 	restarts int
-	fails    int
 }
 
 // watch watches w's versions until its deadline, a failure, or the end of
@@ -114,29 +120,30 @@ func (e *Engine) watch(ctx context.Context, w *window) verdict {
 			over = true
 		case <-tick.C:
 		}
-		all := true
+		all, passing := true, true
 		for _, k := range w.watch {
-			failure, known := e.check(ctx, k, seen, !over)
+			failure, known, ok := e.check(k, seen)
 			if failure != nil {
 				return verdict{failure: failure}
 			}
-			all = all && known
+			all, passing = all && known, passing && ok
 		}
-		if over && all {
+		if over && all && passing {
 			return verdict{}
 		}
 	}
 }
 
-// check looks at one watched version: a crash, a failure, or (with probe)
-// a second failed health check in a row is a failure. known is false for
-// a version the supervisor does not know at this moment: one being
-// restarted by hand, which decides nothing. (A daemon that stops or shuts
-// down ends the window itself: see Detach and Shutdown.)
-func (e *Engine) check(ctx context.Context, k spec.VersionKey, seen map[spec.VersionKey]*watched, probe bool) (failure *ServiceError, known bool) {
+// check looks at one watched version: a crash, a turn to unhealthy (each
+// a restart, or one about to come) or a failure is a failure. known is
+// false for a version the supervisor does not know at this moment: one
+// being restarted by hand, which decides nothing. passing is false while
+// its last health check failed. (A daemon that stops or shuts down ends
+// the window itself: see Detach and Shutdown.)
+func (e *Engine) check(k spec.VersionKey, seen map[spec.VersionKey]*watched) (failure *ServiceError, known, passing bool) {
 	inst, ok := e.procs.Get(k)
 	if !ok {
-		return nil, false
+		return nil, false, false
 	}
 	st := inst.Status()
 	w := seen[k]
@@ -148,31 +155,20 @@ func (e *Engine) check(ctx context.Context, k spec.VersionKey, seen map[spec.Ver
 	fail := func(format string, args ...any) *ServiceError {
 		return &ServiceError{Service: st.Service, Version: st.Version, Step: StepConfirm, Err: fmt.Errorf("%s "+format, append([]any{k}, args...)...)}
 	}
+	restarted := st.Restarts > w.restarts
 	switch {
 	case st.State == supervisor.StateFailed:
-		return fail("failed: %s", st.LastError), true
-	case st.Restarts > w.restarts || st.State == supervisor.StateStarting:
+		return fail("failed: %s", st.LastError), true, false
+	case st.State == supervisor.StateUnhealthy || restarted && st.LastExit == "unhealthy":
+		return fail("failed its health checks after the switch (%s)", st.LastError), true, false
+	case restarted || st.State == supervisor.StateStarting:
 		// Every watched version was ready when the window opened: starting
 		// again means it crashed and awaits its restart.
-		return fail("crashed after the switch (%s)", st.LastError), true
+		return fail("crashed after the switch (%s)", st.LastError), true, false
 	case st.State == supervisor.StateStopped:
-		return nil, false // being stopped by a restart by hand
+		return nil, false, false // being stopped by a restart by hand
 	}
-	if !probe {
-		return nil, true
-	}
-	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	err := inst.Healthy(hctx)
-	cancel()
-	if err == nil {
-		w.fails = 0
-		return nil, true
-	}
-	if w.fails++; w.fails >= 2 {
-		return &ServiceError{Service: st.Service, Version: st.Version, Step: StepConfirm,
-			Err: fmt.Errorf("%s failed its health check after the switch: %w", k, err)}, true
-	}
-	return nil, true
+	return nil, true, st.Health == nil || st.Health.OK
 }
 
 // settle ends w with what watching found: it records the confirmation and

@@ -272,3 +272,72 @@ func TestShutdownInWindowStartsIdle(t *testing.T) {
 		})
 	}
 }
+
+// TestWindowWaitsOutFailingChecks: a version whose health checks fail as
+// its window's deadline passes is not confirmed for the checks it passed
+// before: the window waits until a check passes (confirmed) or enough fail
+// in a row to make it unhealthy (switched back), though that comes after
+// the deadline.
+func TestWindowWaitsOutFailingChecks(t *testing.T) {
+	for _, heals := range []bool{false, true} {
+		t.Run(fmt.Sprintf("heals=%v", heals), func(t *testing.T) {
+			w := newWorld(t)
+			w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("good", domains("web.test"))}))
+			sick := filepath.Join(t.TempDir(), "sick")
+			// 15 (or 50) failures 200ms apart: unhealthy 3s (or 10s) after
+			// the file appears, long after the 1s window.
+			failures := 15
+			if heals {
+				failures = 50
+			}
+			next := mkSpec(map[string]*spec.Service{"web": app("sickly", domains("web.test"), env("SICK_FILE", sick),
+				healthEvery(200*time.Millisecond, failures))})
+			const window = time.Second
+			deployed := w.deployInWindow(next, window)
+			opened := time.Now()
+			if err := os.WriteFile(sick, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if heals {
+				key := spec.InstanceKey("web", w.versionOf(t, 2, "web"), "")
+				waitFor(t, 10*time.Second, "a failed check past the deadline", func() bool {
+					st, ok := w.sup.Status(key)
+					return ok && st.Health != nil && !st.Health.OK && time.Since(opened) > window+checkEvery
+				})
+				select {
+				case o := <-deployed:
+					t.Fatalf("the window ended (%v, %q) while the version's last check failed", o.err, o.res.Confirmation)
+				default:
+				}
+				os.Remove(sick)
+			}
+			o := <-deployed
+			if heals {
+				if o.err != nil || o.res.Confirmation != spec.ConfirmConfirmed {
+					t.Errorf("healed: %v, confirmation %q; want confirmed", o.err, o.res.Confirmation)
+				}
+				return
+			}
+			fs := Failures(o.err)
+			if len(fs) != 1 || fs[0].Step != StepConfirm || !strings.Contains(fs[0].Err.Error(), "failed its health checks") {
+				t.Errorf("failures = %v (error %v), want web failing its health checks", fs, o.err)
+			}
+			if !o.res.RolledBack || o.res.Confirmation != spec.ConfirmFailed {
+				t.Errorf("result = %+v, want rolled back, confirmation failed", o.res)
+			}
+			if _, id, _ := w.get("web.test", "/"); id != "good" {
+				t.Errorf("web.test served by %q after the switch back", id)
+			}
+		})
+	}
+}
+
+// versionOf returns the version of service name in generation n.
+func (w *world) versionOf(t *testing.T, n uint64, name string) spec.Version {
+	t.Helper()
+	g, err := w.store.Get(t.Context(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g.Versions[name]
+}

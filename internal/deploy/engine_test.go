@@ -147,9 +147,15 @@ func app(id string, opts ...svcOpt) *spec.Service {
 	return s
 }
 
-func needs(n ...string) svcOpt                        { return func(s *spec.Service) { s.Needs = n } }
-func domains(d ...string) svcOpt                      { return func(s *spec.Service) { s.Domains = d } }
-func env(k, v string) svcOpt                          { return func(s *spec.Service) { s.Env[k] = v } }
+func needs(n ...string) svcOpt   { return func(s *spec.Service) { s.Needs = n } }
+func domains(d ...string) svcOpt { return func(s *spec.Service) { s.Domains = d } }
+func env(k, v string) svcOpt     { return func(s *spec.Service) { s.Env[k] = v } }
+
+// healthEvery has the supervisor check the version's health every d,
+// failures in a row making it unhealthy.
+func healthEvery(d time.Duration, failures int) svcOpt {
+	return func(s *spec.Service) { s.Health.Interval, s.Health.Failures = spec.Duration(d), &failures }
+}
 func mkSpec(svcs map[string]*spec.Service) *spec.Spec { return &spec.Spec{Services: svcs} }
 
 // TestOrder: new versions start dependencies first; old ones stop topmost first.
@@ -254,7 +260,7 @@ func TestFailedStartChangesNothing(t *testing.T) {
 func TestConfirmRollsBack(t *testing.T) {
 	w := newWorld(t)
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("good", domains("web.test"))}))
-	res, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("bad", domains("web.test"), env("UNHEALTHY_AFTER", "300ms"))}), 3*time.Second)
+	res, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("bad", domains("web.test"), env("UNHEALTHY_AFTER", "300ms"), healthEvery(100*time.Millisecond, 3))}), 3*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "rolled back to generation 1") {
 		t.Fatalf("deploy of a version that turns sick: %v", err)
 	}

@@ -46,7 +46,7 @@ func TestSwitchHook(t *testing.T) {
 	if _, err := w.engine.Rollback(t.Context(), "", 1, w.progress); err != nil { // to 1
 		t.Fatal(err)
 	}
-	if _, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("sick", domains("web.test"), env("UNHEALTHY_AFTER", "300ms"))}), 3*time.Second); err == nil {
+	if _, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("sick", domains("web.test"), env("UNHEALTHY_AFTER", "300ms"), healthEvery(100*time.Millisecond, 3))}), 3*time.Second); err == nil {
 		t.Fatal("a version that turns sick was confirmed") // 3, then back to 1
 	}
 	want := []uint64{1, 2, 1, 3, 1}

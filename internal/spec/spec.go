@@ -160,6 +160,13 @@ type Health struct {
 	Path string `json:"path,omitempty"`
 	// Timeout bounds how long a new version may take to become ready; zero means 30s.
 	Timeout Duration `json:"timeout,omitempty"`
+	// Interval is how often a ready version is checked again at Path;
+	// zero means 10s.
+	Interval Duration `json:"interval,omitempty"`
+	// Failures is how many failed checks in a row make a ready version
+	// unhealthy; nil means 3. A pointer, so that a 0 written out is told
+	// from an absent field and refused rather than read as the default.
+	Failures *int `json:"failures,omitempty"`
 }
 
 // Database is a service's own PostgreSQL database.
@@ -254,6 +261,30 @@ func (s *Service) HealthTimeout() time.Duration {
 		return s.Health.Timeout.D()
 	}
 	return 30 * time.Second
+}
+
+// Defaults of the health checks that go on once a version is ready.
+const (
+	DefaultHealthInterval = 10 * time.Second
+	DefaultHealthFailures = 3
+)
+
+// HealthInterval is how often a ready version with a health path is
+// checked again.
+func (s *Service) HealthInterval() time.Duration {
+	if s.Health != nil && s.Health.Interval > 0 {
+		return s.Health.Interval.D()
+	}
+	return DefaultHealthInterval
+}
+
+// HealthFailures is how many failed checks in a row make a ready version
+// unhealthy.
+func (s *Service) HealthFailures() int {
+	if s.Health != nil && s.Health.Failures != nil {
+		return *s.Health.Failures
+	}
+	return DefaultHealthFailures
 }
 
 // StopGraceOrDefault is how long a stopping process has between SIGTERM and SIGKILL.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDecodeErrors(t *testing.T) {
@@ -64,7 +65,7 @@ func manyVars(n, size int) string {
 }
 
 func TestDecodeFull(t *testing.T) {
-	in := `{"zone":"z.test","services":{"api":{"exec":["/a"],"postgres":true,"health":{"path":"/h","timeout":"5s"},"stop_grace":"2s","memory":"512M","cpu":0.5},
+	in := `{"zone":"z.test","services":{"api":{"exec":["/a"],"postgres":true,"health":{"path":"/h","timeout":"5s","interval":"2s","failures":5},"stop_grace":"2s","memory":"512M","cpu":0.5},
 	"web":{"exec":["/w"],"needs":["api"],"domains":["web.org"],"redirects":["www.web.org"],"idle":"15m","tls":false}}}`
 	s, err := Decode("hostel.json", []byte(in))
 	if err != nil {
@@ -75,6 +76,13 @@ func TestDecodeFull(t *testing.T) {
 	}
 	if got := s.Services["api"].HealthTimeout().String(); got != "5s" {
 		t.Errorf("health timeout %s", got)
+	}
+	api, web := s.Services["api"], s.Services["web"]
+	if api.HealthInterval() != 2*time.Second || api.HealthFailures() != 5 {
+		t.Errorf("health interval %s, failures %d; want 2s, 5", api.HealthInterval(), api.HealthFailures())
+	}
+	if web.HealthInterval() != DefaultHealthInterval || web.HealthFailures() != DefaultHealthFailures {
+		t.Errorf("defaults: health interval %s, failures %d", web.HealthInterval(), web.HealthFailures())
 	}
 	if s.Services["web"].TLSEnabled() || !s.Services["api"].TLSEnabled() {
 		t.Error("tls defaults wrong")

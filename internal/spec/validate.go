@@ -45,6 +45,11 @@ const (
 	// MinHealthTimeout and MaxHealthTimeout bound health.timeout.
 	MinHealthTimeout = time.Second
 	MaxHealthTimeout = time.Hour
+	// MinHealthInterval and MaxHealthInterval bound health.interval, and
+	// MaxHealthFailures health.failures (at least 1).
+	MinHealthInterval = 100 * time.Millisecond
+	MaxHealthInterval = time.Hour
+	MaxHealthFailures = 100
 	// MinIdle is the shortest idle: less would stop a service between two
 	// requests of one page.
 	MinIdle = time.Second
@@ -168,6 +173,20 @@ func (s *Spec) Validate() error {
 		if svc.Health != nil {
 			if t := svc.Health.Timeout.D(); t != 0 && (t < MinHealthTimeout || t > MaxHealthTimeout) {
 				return fail("health.timeout", "%s is outside %s..%s", t, MinHealthTimeout, MaxHealthTimeout)
+			}
+			if i := svc.Health.Interval.D(); i != 0 && (i < MinHealthInterval || i > MaxHealthInterval) {
+				return fail("health.interval", "%s is outside %s..%s", i, MinHealthInterval, MaxHealthInterval)
+			}
+			if f := svc.Health.Failures; f != nil && (*f < 1 || *f > MaxHealthFailures) {
+				return fail("health.failures", "%d is outside 1..%d", *f, MaxHealthFailures)
+			}
+			// Without a path nothing is checked once the version is ready.
+			if svc.Health.Path == "" && (svc.Health.Interval != 0 || svc.Health.Failures != nil) {
+				field := "health.interval"
+				if svc.Health.Interval == 0 {
+					field = "health.failures"
+				}
+				return fail(field, "needs health.path: it paces the checks of that path")
 			}
 		}
 		if d := svc.Idle.D(); d != 0 && d < MinIdle {

@@ -51,6 +51,8 @@ type recordConfig struct {
 	Exec            []string          `json:"exec"`
 	Env             map[string]string `json:"env,omitempty"`
 	HealthPath      string            `json:"health_path,omitempty"`
+	HealthInterval  time.Duration     `json:"health_interval,omitempty"`
+	HealthFailures  int               `json:"health_failures,omitempty"`
 	ReadyTimeout    time.Duration     `json:"ready_timeout"`
 	StopGrace       time.Duration     `json:"stop_grace"`
 	CredentialNames []string          `json:"credential_names,omitempty"`
@@ -68,8 +70,8 @@ func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
 	c := i.cfg
 	rc := recordConfig{
 		Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
-		HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
-		Memory: c.Memory, CPU: c.CPU,
+		HealthPath: c.HealthPath, HealthInterval: c.HealthInterval, HealthFailures: c.HealthFailures,
+		ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace, Memory: c.Memory, CPU: c.CPU,
 	}
 	for name := range c.Credentials {
 		rc.CredentialNames = append(rc.CredentialNames, name)
@@ -486,8 +488,8 @@ func (s *Supervisor) AdoptRecorded(key spec.VersionKey) (*Instance, bool, error)
 	}
 	c := r.Config
 	return s.Adopt(Config{Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
-		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
-		Memory: c.Memory, CPU: c.CPU})
+		Port: r.Port, HealthPath: c.HealthPath, HealthInterval: c.HealthInterval, HealthFailures: c.HealthFailures,
+		ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace, Memory: c.Memory, CPU: c.CPU})
 }
 
 // Orphans returns the keys of recorded processes that still run and that
@@ -597,7 +599,8 @@ func (i *Instance) adopt(r *record) (*proc, error) {
 	i.oomKills = oom
 	i.mu.Unlock()
 	// If it ends in between, the run loop restarts it as after a crash.
-	return i.track(nil, r.PID, r.StartTicks, r.Started), nil
+	// Its readiness is the adopter's to wait for (WaitReady), as a start's is.
+	return i.track(nil, r.PID, r.StartTicks, r.Started, 0), nil
 }
 
 // Recorded returns the config (without credentials) that a recorded,
@@ -609,6 +612,6 @@ func (s *Supervisor) Recorded(key spec.VersionKey) (Config, bool) {
 	}
 	c := r.Config
 	return Config{Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
-		Port: r.Port, HealthPath: c.HealthPath, ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace,
-		Memory: c.Memory, CPU: c.CPU}, true
+		Port: r.Port, HealthPath: c.HealthPath, HealthInterval: c.HealthInterval, HealthFailures: c.HealthFailures,
+		ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace, Memory: c.Memory, CPU: c.CPU}, true
 }

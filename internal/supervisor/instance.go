@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,14 +26,9 @@ import (
 const (
 	backoffMin      = 100 * time.Millisecond
 	backoffMax      = 10 * time.Second
-	crashWindow     = 60 * time.Second // crashes counted within; a run this long resets the count
+	crashWindow     = 60 * time.Second // crashes counted within; a ready run this long resets the count
 	maxCrashes      = 5                // crashes within crashWindow that make an instance fail
 	maxStartCrashes = 5                // crashes before ready allowed; one more fails it
-	probeFirst      = time.Millisecond // the first pause between probes, and the step of the early ones
-	probeEarly      = 10               // probes probeFirst apart, before the pause grows
-	probeInterval   = 50 * time.Millisecond
-	probeTimeout    = time.Second
-	healthTimeout   = 2 * time.Second
 	tailLinesInErr  = 10
 )
 
@@ -63,6 +57,9 @@ type Instance struct {
 	rotDone    chan struct{}
 	notify     *net.UnixConn
 	notifyDone chan struct{}
+	// kick hurries the readiness probes of a process with a health path
+	// that said READY=1: its port is about to accept.
+	kick chan struct{}
 
 	launched  chan struct{} // closed once Start's first launch has succeeded or failed
 	launchErr error         // set before launched is closed
@@ -86,6 +83,7 @@ type Instance struct {
 	lastExit  string
 	failure   error
 	started   time.Time
+	health    *Check // the last check of the health path; nil before one
 }
 
 // proc is one launch of the instance's process, or a process adopted from
@@ -100,6 +98,12 @@ type proc struct {
 	stopWatch  func()        // ends the exit watch without the process ending
 	stopProbe  context.CancelFunc
 	probeDone  chan struct{}
+	// sick is closed by the process's checker when it stopped serving
+	// (see sicken); sickWhy says how, sickReady whether it had been ready.
+	// Both are set before the close.
+	sick      chan struct{}
+	sickWhy   string
+	sickReady bool
 }
 
 func newInstance(s *Supervisor, cfg Config, key spec.VersionKey) *Instance {
@@ -116,6 +120,7 @@ func newInstance(s *Supervisor, cfg Config, key spec.VersionKey) *Instance {
 		changed:    make(chan struct{}),
 		state:      StateStarting,
 		notifyDone: make(chan struct{}),
+		kick:       make(chan struct{}, 1),
 	}
 }
 
@@ -152,12 +157,17 @@ func (i *Instance) Status() Status {
 	if i.mark != "" && (st == StateRunning || st == StateStarting) {
 		st = i.mark
 	}
+	var health *Check
+	if i.health != nil {
+		c := *i.health
+		health = &c
+	}
 	return Status{
 		Service: i.cfg.Service, Version: i.cfg.Version, Key: i.key,
 		State: st, PID: i.pid, Port: i.cfg.Port, Ready: i.ready,
 		Restarts: i.restarts, LastError: i.lastErr, LastExit: i.lastExit, Started: i.started,
 		LogPath: i.logPath, LogDropped: dropped,
-		MemoryBytes: use.MemoryBytes, CPUSeconds: use.CPUSeconds,
+		MemoryBytes: use.MemoryBytes, CPUSeconds: use.CPUSeconds, Health: health,
 	}
 }
 
@@ -187,42 +197,6 @@ func (i *Instance) WaitReady(ctx context.Context) error {
 			return fmt.Errorf("%s: %w after %v%s", i.key, ErrNotReady, i.cfg.ReadyTimeout, i.logTail())
 		}
 	}
-}
-
-// Healthy runs one health probe now: GET HealthPath expecting 2xx, or a TCP
-// connect without one, within 2s.
-func (i *Instance) Healthy(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
-	defer cancel()
-	if err := i.check(ctx); err != nil {
-		return fmt.Errorf("%s: unhealthy: %w", i.key, err)
-	}
-	return nil
-}
-
-// check is one probe: HTTP when there is a health path, else TCP.
-func (i *Instance) check(ctx context.Context) error {
-	if i.cfg.HealthPath == "" {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", i.addr)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+i.addr+i.cfg.HealthPath, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := i.s.probe.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("GET %s: %s", i.cfg.HealthPath, resp.Status)
-	}
-	return nil
 }
 
 func (i *Instance) logTail() string {
@@ -276,7 +250,8 @@ func (i *Instance) setup() (p *proc, err error) {
 	if err := i.makeGroup(); err != nil {
 		return nil, err
 	}
-	return i.launch()
+	// The first launch's readiness is its starter's to wait for (WaitReady).
+	return i.launch(0)
 }
 
 // makeGroup makes the version's cgroup with its limits, when the
@@ -402,10 +377,7 @@ func (i *Instance) listenNotify() error {
 			}
 			for _, line := range strings.Split(string(buf[:n]), "\n") {
 				if line == "READY=1" {
-					i.mu.Lock()
-					inc := i.inc
-					i.mu.Unlock()
-					i.markReady(inc, "READY=1")
+					i.notified()
 				}
 			}
 		}
@@ -413,8 +385,9 @@ func (i *Instance) listenNotify() error {
 	return nil
 }
 
-// launch starts one process writing to the log, and tracks it.
-func (i *Instance) launch() (*proc, error) {
+// launch starts one process writing to the log, and tracks it. A
+// process not ready within readyWithin (0: no limit) is unhealthy.
+func (i *Instance) launch(readyWithin time.Duration) (*proc, error) {
 	cmd := &exec.Cmd{
 		Path:        i.path,
 		Args:        i.cfg.Exec,
@@ -441,7 +414,7 @@ func (i *Instance) launch() (*proc, error) {
 	// Unreaped, the child's pid cannot be reused: its start time is its own.
 	ticks, _ := procStartTicks(cmd.Process.Pid)
 	failpoint.Hit("launch-after-start")
-	return i.track(cmd, cmd.Process.Pid, ticks, time.Now()), nil
+	return i.track(cmd, cmd.Process.Pid, ticks, time.Now(), readyWithin), nil
 }
 
 // record writes the record of launch p. The run loop writes it, first
@@ -459,88 +432,35 @@ func (i *Instance) record(p *proc) {
 	failpoint.Hit("launch-after-record")
 }
 
-// track watches a started or adopted process: its exit and its readiness.
-func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time) *proc {
+// track watches a started or adopted process: its exit, and through its
+// checker (watch) its readiness and health. A process not ready within
+// readyWithin (0: no limit) is unhealthy.
+func (i *Instance) track(cmd *exec.Cmd, pid int, ticks uint64, started time.Time, readyWithin time.Duration) *proc {
 	i.mu.Lock()
 	inc := i.inc
 	i.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &proc{
 		cmd: cmd, pid: pid, startTicks: ticks, inc: inc, start: started,
-		stopProbe: cancel, probeDone: make(chan struct{}),
+		stopProbe: cancel, probeDone: make(chan struct{}), sick: make(chan struct{}),
 	}
 	// Watch without reaping: while the leader is a zombie its pid still
 	// names the process group, so killing the group after it exited cannot
 	// hit an unrelated group that reused the number.
 	p.exited, p.stopWatch = watchExit(pid, ticks)
 	i.mu.Lock()
-	i.pid, i.started, i.state = p.pid, p.start, StateStarting
-	if i.ready { // READY=1 may arrive before the process is tracked
+	i.pid, i.started = p.pid, p.start
+	switch {
+	case i.ready: // READY=1 may arrive before the process is tracked
 		i.state = StateRunning
+	case i.state != StateUnhealthy: // unhealthy until a process is ready again
+		i.state = StateStarting
 	}
 	i.broadcastLocked()
 	i.mu.Unlock()
 
-	go func() {
-		defer close(p.probeDone)
-		for n := 0; ; n++ {
-			if i.isReady(inc) {
-				return
-			}
-			pctx, pcancel := context.WithTimeout(ctx, probeTimeout)
-			err := i.check(pctx)
-			pcancel()
-			if err == nil {
-				i.markReady(inc, "probe")
-				return
-			}
-			t := time.NewTimer(probePause(n))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-		}
-	}()
+	go i.watch(ctx, p, readyWithin)
 	return p
-}
-
-// probePause is the pause after the n-th (from 0) readiness probe that
-// failed. Most services listen within a few milliseconds of their exec,
-// and everything a wake holds waits for the probe that sees it: the first
-// probes are a millisecond apart (a refused connection on loopback costs
-// microseconds), then the pause grows by half each time, up to
-// probeInterval, so a slow starter is not probed more than needed.
-func probePause(n int) time.Duration {
-	if n < probeEarly {
-		return probeFirst
-	}
-	d := probeFirst
-	for range n - probeEarly + 1 {
-		d += d / 2
-		if d >= probeInterval {
-			return probeInterval
-		}
-	}
-	return d
-}
-
-func (i *Instance) isReady(inc int) bool {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	return i.ready || inc != i.inc || !i.accepting
-}
-
-func (i *Instance) markReady(inc int, how string) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	if inc != i.inc || !i.accepting || i.ready {
-		return
-	}
-	i.ready, i.wasReady, i.state = true, true, StateRunning
-	i.broadcastLocked()
-	i.s.opts.Logf("supervisor: %s: ready (%s)", i.key, how)
 }
 
 // run supervises launches until the instance is stopped or fails.
@@ -558,13 +478,23 @@ func (i *Instance) run(p *proc) {
 	for {
 		var why string
 		var ranFor time.Duration
-		wasReady := false
+		wasReady, sick := false, false
 		if p != nil {
 			select {
 			case <-p.exited:
 				wasReady = i.isReadyNow()
 				why = i.ended(i.reap(p))
 				ranFor = time.Since(p.start)
+			case <-p.sick:
+				// It runs but does not serve: it is stopped as a stop
+				// would, then counted and restarted as a crash is, so a
+				// version that never recovers ends failed.
+				wasReady, why, sick = p.sickReady, p.sickWhy, true
+				i.terminate(p)
+				ranFor = time.Since(p.start)
+				i.mu.Lock()
+				i.lastExit = "unhealthy"
+				i.mu.Unlock()
 			case <-i.stopReq:
 				i.terminate(p)
 				i.finish(StateStopped, "")
@@ -587,7 +517,7 @@ func (i *Instance) run(p *proc) {
 		}
 
 		now := time.Now()
-		if ranFor > crashWindow {
+		if ranFor > crashWindow && wasReady {
 			crashes, consecutive, startCrashes = nil, 0, 0
 		}
 		kept := crashes[:0]
@@ -609,7 +539,10 @@ func (i *Instance) run(p *proc) {
 		delay := min(backoffMin<<(consecutive-1), backoffMax)
 		i.s.opts.Logf("supervisor: %s: %s; restarting in %v", i.key, why, delay)
 		i.mu.Lock()
-		i.lastErr, i.state = why, StateStarting
+		i.lastErr = why
+		if !sick {
+			i.state = StateStarting
+		}
 		i.broadcastLocked()
 		i.mu.Unlock()
 
@@ -629,7 +562,9 @@ func (i *Instance) run(p *proc) {
 		i.mu.Lock()
 		i.restarts++
 		i.mu.Unlock()
-		p, launchFailure = i.launch()
+		// Nobody waits for a restart to be ready: its checker gives it
+		// as long as a start has.
+		p, launchFailure = i.launch(i.cfg.ReadyTimeout)
 		if launchFailure != nil {
 			p = nil
 			launchFailure = fmt.Errorf("start: %w", launchFailure)

@@ -27,7 +27,11 @@ import (
 const (
 	DefaultReadyTimeout = 30 * time.Second
 	DefaultStopGrace    = 10 * time.Second
-	DefaultLogMaxBytes  = 10 << 20
+	// DefaultHealthInterval and DefaultHealthFailures are the spec's
+	// defaults, for a Config that leaves them zero.
+	DefaultHealthInterval = spec.DefaultHealthInterval
+	DefaultHealthFailures = spec.DefaultHealthFailures
+	DefaultLogMaxBytes    = 10 << 20
 	// keptLogs is how many rotated log files (.1 .. .3) are kept.
 	keptLogs = 3
 	// servicePATH is the PATH every service process gets.
@@ -54,10 +58,15 @@ type State string
 const (
 	StateStarting State = "starting"
 	StateRunning  State = "running"
-	StateStopped  State = "stopped"
-	StateFailed   State = "failed"
-	StateDraining State = "draining"
-	StateIdle     State = "idle"
+	// StateUnhealthy is a version whose process stopped serving — its
+	// health checks failed HealthFailures times in a row, or a restarted
+	// process was not ready within its ReadyTimeout — from then until a
+	// process of it is ready again: it is being restarted with backoff.
+	StateUnhealthy State = "unhealthy"
+	StateStopped   State = "stopped"
+	StateFailed    State = "failed"
+	StateDraining  State = "draining"
+	StateIdle      State = "idle"
 )
 
 // Config describes one version of a service to run.
@@ -87,9 +96,20 @@ type Config struct {
 	// Port is the loopback port the process listens on; 0 means the
 	// supervisor picks a free one.
 	Port int
-	// HealthPath is requested with GET to decide readiness and health; empty
-	// means a TCP connect decides. READY=1 on NOTIFY_SOCKET is always enough.
+	// HealthPath is requested with GET to decide readiness and health: a
+	// process is ready once it answers 2xx (a READY=1 on NOTIFY_SOCKET
+	// before that only hurries the next check), and once ready it is
+	// checked every HealthInterval until HealthFailures checks in a row
+	// fail. Empty means READY=1, or else a TCP connect, makes it ready,
+	// and nothing is checked once it is.
 	HealthPath string
+	// HealthInterval is the pause between two checks of a ready process;
+	// zero means 10s.
+	HealthInterval time.Duration
+	// HealthFailures is how many failed checks in a row make a ready
+	// process unhealthy: it is then stopped and started again like a
+	// crashed one; zero means 3.
+	HealthFailures int
 	// ReadyTimeout bounds WaitReady; zero means 30s.
 	ReadyTimeout time.Duration
 	// StopGrace is how long Stop waits after SIGTERM before SIGKILL; zero means 10s.
@@ -144,9 +164,13 @@ type Status struct {
 	// LastError is why the last process ended, if it crashed ("exit status 1").
 	LastError string
 	// LastExit is how the last process ended, in the contract's words:
-	// "exit 1", "signal 9", or "oom" when the kernel killed it for
-	// exceeding Config.Memory; "" while none has ended.
+	// "exit 1", "signal 9", "oom" when the kernel killed it for exceeding
+	// Config.Memory, or "unhealthy" when the supervisor stopped it for not
+	// serving (StateUnhealthy); "" while none has ended.
 	LastExit string
+	// Health is the last check of HealthPath, readiness probes included;
+	// nil without a HealthPath or before the first check.
+	Health *Check
 	// MemoryBytes and CPUSeconds are what the version's processes use
 	// (memory now, CPU time since the version started); 0 without cgroups.
 	MemoryBytes int64
@@ -158,6 +182,14 @@ type Status struct {
 	// LogDropped counts the bytes of output dropped because they came
 	// faster than the log could be rotated (see logFile).
 	LogDropped int64
+}
+
+// Check is the result of one health check.
+type Check struct {
+	OK bool
+	At time.Time
+	// Error says why the check failed; "" when it passed.
+	Error string
 }
 
 // Supervisor runs service processes. Its methods are safe for concurrent use.
@@ -233,6 +265,12 @@ func (c *Config) validate() error {
 	}
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = DefaultReadyTimeout
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = DefaultHealthInterval
+	}
+	if c.HealthFailures <= 0 {
+		c.HealthFailures = DefaultHealthFailures
 	}
 	if c.StopGrace <= 0 {
 		c.StopGrace = DefaultStopGrace

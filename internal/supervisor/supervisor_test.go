@@ -270,7 +270,8 @@ func TestReady(t *testing.T) {
 	}{
 		{name: "health path", args: []string{"-slow-start", "300ms"}, healthPath: "/healthz", listening: true},
 		{name: "tcp connect", args: []string{"-slow-start", "300ms"}, listening: true},
-		{name: "notify socket", args: []string{"-notify", "-slow-start", "30s"}, healthPath: "/healthz", listening: false},
+		// With a health path, READY=1 only starts the checking.
+		{name: "notify socket", args: []string{"-notify", "-slow-start", "300ms"}, healthPath: "/healthz", listening: true},
 		{name: "notify socket without health path", args: []string{"-notify", "-slow-start", "30s"}, listening: false},
 	}
 	for n, tt := range tests {

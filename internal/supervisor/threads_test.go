@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // osThreads is the number of OS threads of this process.
@@ -30,7 +31,7 @@ func osThreads(t testing.TB) int {
 
 // Supervising a process must not hold an OS thread for it: waiting for each
 // process's exit in a blocking syscall cost one thread per service (200
-// services, 400 threads).
+// services, 400 threads). Nor must checking its health.
 func TestThreadsDoNotGrowWithProcesses(t *testing.T) {
 	const n = 60
 	s, _ := newSupervisor(t, Options{})
@@ -38,9 +39,19 @@ func TestThreadsDoNotGrowWithProcesses(t *testing.T) {
 	// One after the other: concurrent starts would each block in fork and
 	// exec, and the runtime keeps the threads it made for them.
 	for k := range n {
-		startReady(t, s, appConfig(fmt.Sprintf("t%d", k)))
+		cfg := appConfig(fmt.Sprintf("t%d", k))
+		cfg.HealthInterval = 50 * time.Millisecond
+		startReady(t, s, cfg)
 	}
+	// Every process checked a few times more.
+	started := time.Now()
+	time.Sleep(300 * time.Millisecond)
 	after := osThreads(t)
+	for _, st := range s.List() {
+		if st.Health == nil || !st.Health.OK || !st.Health.At.After(started) {
+			t.Errorf("%s: last health check %+v, want one passed since %v", st.Key, st.Health, started)
+		}
+	}
 	t.Logf("OS threads: %d before, %d with %d processes", before, after, n)
 	// A few threads for the start-ups' own syscalls are fine; one per
 	// process is not.

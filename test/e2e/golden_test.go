@@ -13,9 +13,10 @@ package e2e
 //   - version hashes (12 hex digits; they hash the package directory, whose
 //     path is temporary) and spec hashes (64 hex digits): <v1>, <v2>, … and
 //     <spec1>, … in the order they first appear in the test;
-//   - times ("time" and "last_request" fields): "<time>"; pids ("pid" fields, when not 0):
-//     "<pid>"; the bound listen addresses: "<addr>"; a running process's
-//     use ("memory_bytes", "cpu_seconds", when not 0): "<use>".
+//   - times ("time", "last_request" and a health check's "at" fields):
+//     "<time>"; pids ("pid" fields, when not 0): "<pid>"; the bound listen
+//     addresses: "<addr>"; a running process's use ("memory_bytes",
+//     "cpu_seconds", when not 0): "<use>".
 
 import (
 	"bytes"
@@ -106,7 +107,7 @@ func (n *normalizer) normalize(t testing.TB, raw string) []byte {
 }
 
 var (
-	timeRE = regexp.MustCompile(`"(time|last_request)": "[^"]*"`)
+	timeRE = regexp.MustCompile(`"(time|last_request|at)": "[^"]*"`)
 	pidRE  = regexp.MustCompile(`"pid": [1-9][0-9]*`)
 	addrRE = regexp.MustCompile(`"(http|https)": "[^"]+"`)
 	useRE  = regexp.MustCompile(`"(memory_bytes|cpu_seconds)": (?:[1-9][0-9.e+-]*|0\.[0-9.e+-]+)`)

@@ -47,6 +47,8 @@ func main() {
 	mark := flag.String("mark", "", "write the time (Unix ns) to `PREFIX`.start now and to PREFIX.ready before listening")
 	await := flag.String("await", "", "wait until `FILE` exists before listening (exit 5 after 20s)")
 	callFirst := flag.String("call-first", "", "GET $`VAR`/healthz before listening; exit 4 unless it answers 200")
+	sickFile := flag.String("sick-file", "", "/healthz answers 500 while `FILE` exists")
+	hangFile := flag.String("hang-file", "", "/healthz does not answer while `FILE` exists")
 	flag.Parse()
 	if *mark != "" {
 		writeTime(*mark + ".start")
@@ -138,7 +140,20 @@ func main() {
 	}
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	exists := func(path string) bool {
+		_, err := os.Stat(path)
+		return path != "" && err == nil
+	}
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		for exists(*hangFile) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if exists(*sickFile) {
+			http.Error(w, "sick", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
 		env := map[string]string{}
 		for _, kv := range os.Environ() {
