@@ -35,8 +35,8 @@ func (d *Daemon) startSleeper() {
 }
 
 // sleepStatus adds to ss what scale to zero knows of key: asleep is
-// "idle", waking or paused is "held", a failed wake is "failed" (until
-// the next request or deploy).
+// "idle", waking or paused is "held", a failed wake or start is "failed"
+// (until the next request, deploy or restart starts it).
 func (d *Daemon) sleepStatus(key spec.VersionKey, ss *api.ServiceStatus) {
 	sl, ok := d.router.Sleeping(key)
 	if !ok {
@@ -48,7 +48,7 @@ func (d *Daemon) sleepStatus(key spec.VersionKey, ss *api.ServiceStatus) {
 	case sl.Waking || sl.Paused:
 		ss.State = "held"
 	case sl.Asleep && sl.WakeError != nil:
-		ss.State, ss.Error = "failed", "wake failed: "+sl.WakeError.Error()
+		ss.State, ss.Error = "failed", sl.WakeError.Error()
 	case sl.Asleep:
 		ss.State = "idle"
 	}

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -173,7 +174,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // All zero: an unknown host (404).
 type route struct {
 	b        *backend        // forward to it
-	domain   spec.VersionKey // a domain of the table whose backend is gone since the Swap (502)
+	domain   spec.VersionKey // a domain of the table whose version has no backend (503)
 	redirect string          // answer 301 to this host
 }
 
@@ -219,8 +220,8 @@ func (r *Router) internalClient(remote string) bool {
 	return err == nil && r.internal(ap.Addr().Unmap())
 }
 
-// serveKey proxies to key's backend. A table entry whose backend was removed
-// since the Swap answers 502: the host is ours, its process is gone.
+// serveKey proxies to key's backend. A table entry whose version has no
+// backend answers 503: the host is ours, its version is not running.
 func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
 	if b := (*r.backends.Load())[key]; b != nil {
 		b.fb.ServeHTTP(w, req)
@@ -232,7 +233,8 @@ func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.Ver
 func (r *Router) notRunning(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
 	r.logf("router: %s: no backend registered for %s", req.Host, key)
 	// The page names no service or version: those are for the log.
-	http.Error(w, "hostel: the service is not running", http.StatusBadGateway)
+	w.Header().Set("Retry-After", strconv.Itoa(front.RetryAfter))
+	http.Error(w, "hostel: the service is not running", http.StatusServiceUnavailable)
 }
 
 // AddBackend registers key as served at addr ("127.0.0.1:PORT"). If key is
@@ -310,7 +312,9 @@ func (r *Router) RemoveBackend(key spec.VersionKey) {
 }
 
 // Swap replaces the public table in one step. It fails, changing nothing, if
-// a domain names a key with no backend or a host name is empty.
+// a host name or a redirect target is empty. A domain may name a key with
+// no backend registered: it answers 503 until one is (a version that could
+// not start must not keep the others from being routed).
 func (r *Router) Swap(t Table) error {
 	next := &Table{
 		Domains:   make(map[string]spec.VersionKey, len(t.Domains)),
@@ -322,14 +326,10 @@ func (r *Router) Swap(t Table) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	backends := *r.backends.Load()
 	for host, key := range t.Domains {
 		h := normalizeHost(host)
 		if h == "" {
 			return fmt.Errorf("router: swap: empty domain %q", host)
-		}
-		if _, ok := backends[key]; !ok {
-			return fmt.Errorf("router: swap: domain %q: no backend for %s", host, key)
 		}
 		next.Domains[h] = key
 	}
@@ -347,9 +347,6 @@ func (r *Router) Swap(t Table) error {
 		h := normalizeHost(host)
 		if h == "" {
 			return fmt.Errorf("router: swap: empty internal name %q", host)
-		}
-		if _, ok := backends[key]; !ok {
-			return fmt.Errorf("router: swap: internal name %q: no backend for %s", host, key)
 		}
 		if next.Internal == nil {
 			next.Internal = make(map[string]spec.VersionKey, len(t.Internal))

@@ -154,7 +154,7 @@ func (b *backend) wake(c *wakeCall) {
 	s := &b.sleep
 	s.call = nil
 	if err != nil {
-		s.wakeErr = err
+		s.wakeErr = fmt.Errorf("wake failed: %w", err)
 		c.err = fmt.Errorf("%s: %w: %w", b.key, ErrWakeFailed, err)
 	} else {
 		b.fb.SetAddr(addr)
@@ -328,4 +328,20 @@ func (r *Router) Sleeping(key spec.VersionKey) (SleepStatus, bool) {
 	s := b.sleep
 	return SleepStatus{Asleep: s.asleep, Waking: s.call != nil, Paused: s.paused, Wakes: s.wakes,
 		LastWake: s.lastWake, WakeError: s.wakeErr, LastRequest: time.Unix(0, b.last.Load())}, true
+}
+
+// SetFailed records why key, registered asleep, is not running — it could
+// not start (a daemon's resume found it unable to): status says it failed,
+// and, as after a failed wake, its next request tries to start it again.
+// It does nothing to a version that is awake or not routed.
+func (r *Router) SetFailed(key spec.VersionKey, err error) {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sleep.asleep && b.sleep.call == nil {
+		b.sleep.wakeErr = err
+	}
 }
