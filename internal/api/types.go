@@ -147,6 +147,17 @@ type ServiceStatus struct {
 	// callable by its immutable name (old_versions "callable") until gc
 	// drops the last generation holding it.
 	Kept bool `json:"kept,omitempty"`
+	// Paused is set while the service is paused by hand (hostel pause):
+	// its requests are held until hostel resume.
+	Paused *PauseStatus `json:"paused,omitempty"`
+}
+
+// PauseStatus is a pause by hand in ServiceStatus.
+type PauseStatus struct {
+	// Since is when the service was paused.
+	Since time.Time `json:"since"`
+	// MaxSeconds is how long a request is held before it gets 503.
+	MaxSeconds float64 `json:"max_seconds"`
 }
 
 // Generation is one row of `hostel generations --json`.

@@ -242,7 +242,9 @@ func statusCmd(e *env) *cobra.Command {
 					doms = "-"
 				}
 				state := s.State
-				if s.Error != "" {
+				if p := s.Paused; p != nil {
+					state += fmt.Sprintf(" (paused since %s, requests held up to %s)", p.Since.Local().Format(time.DateTime), time.Duration(p.MaxSeconds*float64(time.Second)))
+				} else if s.Error != "" {
 					state += " (" + s.Error + ")"
 				} else if (s.State == "idle" || s.State == "held") && s.LastRequest != nil {
 					state += fmt.Sprintf(" (last request %s, %d wakes)", s.LastRequest.Local().Format(time.DateTime), s.Wakes)

@@ -442,8 +442,7 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 	// Route every domain: one whose version could not start answers 503
 	// (the agent left it asleep and failed, for its next request to try
 	// again) rather than keep the daemon from serving the others.
-	t := Table(cs)
-	if err := e.route.Swap(t); err != nil {
+	if err := e.routeTo(ctx, cs); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
 	for _, env := range envOrder(cs) {

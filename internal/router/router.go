@@ -68,6 +68,21 @@ type Table struct {
 	// Zone is the zone of immutable version names (SERVICE-VERSION.ZONE);
 	// empty means the zone given in Options.
 	Zone string
+	// Paused are production's services paused by hand (hostel pause), by
+	// name, each with how long a request is held before it gets 503: every
+	// backend of production's instances of such a service holds its
+	// requests — the old version's and the new one's across a deploy — and
+	// releases them when a table without the service is swapped in.
+	Paused map[string]time.Duration
+}
+
+// pauseOf is how long t holds a request to key: its pause's bound, or 0
+// when key's service is not paused (only production's instances are).
+func (t *Table) pauseOf(key spec.VersionKey) time.Duration {
+	if len(t.Paused) == 0 || key.Owner() != spec.DefaultEnv {
+		return 0
+	}
+	return t.Paused[key.Service()]
 }
 
 // Router routes HTTP requests to registered backends. The zero value is not
@@ -137,6 +152,7 @@ func New(opts Options) *Router {
 		r.internal = netip.Addr.IsLoopback
 	}
 	r.proxy = front.NewProxy(r.logf)
+	r.proxy.SetRoute(r.Route)
 	empty := map[spec.VersionKey]*backend{}
 	r.backends.Store(&empty)
 	r.table.Store(&Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: r.zone})
@@ -275,10 +291,12 @@ func (r *Router) addLocked(key spec.VersionKey, addr string, asleep bool) {
 	old := *r.backends.Load()
 	b := &backend{key: key, hook: r.hook, idle: make(chan struct{}), waker: r.waker}
 	b.last.Store(time.Now().UnixNano())
-	if asleep {
-		b.sleep.asleep = true
-		b.setGateLocked()
+	b.sleep.asleep = asleep
+	if bound := r.table.Load().pauseOf(key); bound > 0 {
+		// A new version of a paused service is born paused.
+		b.sleep.pause.set(bound)
 	}
+	b.setGateLocked()
 	b.fb = r.proxy.NewBackend(key, addr, b)
 	next := make(map[spec.VersionKey]*backend, len(old)+1)
 	for k, v := range old {
@@ -353,7 +371,21 @@ func (r *Router) Swap(t Table) error {
 		}
 		next.Internal[h] = key
 	}
+	for name, bound := range t.Paused {
+		if bound <= 0 {
+			return fmt.Errorf("router: swap: pause of %q: bound %s is not positive", name, bound)
+		}
+		if next.Paused == nil {
+			next.Paused = make(map[string]time.Duration, len(t.Paused))
+		}
+		next.Paused[name] = bound
+	}
 	r.table.Store(next)
+	// Pauses by hand follow the table: on where it pauses a service,
+	// lifted where it no longer does.
+	for key, b := range *r.backends.Load() {
+		b.setPause(next.pauseOf(key))
+	}
 	return nil
 }
 
@@ -376,6 +408,12 @@ func (r *Router) Table() Table {
 			c.Internal = make(map[string]spec.VersionKey, len(t.Internal))
 		}
 		c.Internal[k] = v
+	}
+	for k, v := range t.Paused {
+		if c.Paused == nil {
+			c.Paused = make(map[string]time.Duration, len(t.Paused))
+		}
+		c.Paused[k] = v
 	}
 	return c
 }
