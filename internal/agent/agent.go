@@ -55,6 +55,8 @@ type Routes interface {
 	CloseEndpoint(key spec.VersionKey)
 	WaitIdle(ctx context.Context, key spec.VersionKey) error
 	Abort(key spec.VersionKey) int64
+	// SetFailed records why a version registered asleep could not start.
+	SetFailed(key spec.VersionKey, err error)
 }
 
 var (
@@ -500,7 +502,9 @@ func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts
 	inst, err := a.launch(ctx, cfg, svc.Needs, opts, progress)
 	if err != nil {
 		a.releaseExclusive(ctx, ho, "", progress)
-		return fail("start %s: %w", key, err)
+		err = fail("start %s: %w", key, err)
+		a.parkFailed(ctx, g, name, cfg, needs, opts, err, progress)
+		return err
 	}
 	a.runMu.Lock()
 	a.running[key] = &version{svc: svc, needs: needs}
@@ -511,7 +515,9 @@ func (a *Agent) start(ctx context.Context, g *spec.Generation, name string, opts
 			a.procs.Stop(context.WithoutCancel(ctx), key)
 		}
 		a.releaseExclusive(ctx, ho, "", progress)
-		return fail("%s not ready: %w", key, err)
+		err = fail("%s not ready: %w", key, err)
+		a.parkFailed(ctx, g, name, cfg, needs, opts, err, progress)
+		return err
 	}
 	a.route.AddBackend(key, inst.Addr())
 	a.releaseExclusive(ctx, ho, inst.Addr(), progress)

@@ -13,7 +13,7 @@ import (
 // Exclusive services (`exclusive: true`): two versions never run at once.
 // Before the new version is prepared (its release step is the service's
 // code too, and writes its data) and started, the old one's requests are
-// held (the router's pause), the ones in flight finish, and its process
+// held (the router's Hold), the ones in flight finish, and its process
 // stops; once the new one is ready, the old one's backend is pointed at
 // it and the held requests are released to it. If the new one fails, it
 // is stopped and the old one is started again and gets them.
@@ -22,11 +22,11 @@ import (
 // one's health timeout to bound how long a request is held.
 const exclusiveMargin = 5 * time.Second
 
-// holder is the router's pause, which an exclusive start holds the old
-// version's requests with.
+// holder is the router's hold, which an exclusive start holds the old
+// version's requests with (apart from a pause by hand).
 type holder interface {
-	Pause(key spec.VersionKey, bound time.Duration) error
-	Resume(key spec.VersionKey) error
+	Hold(key spec.VersionKey, bound time.Duration) error
+	Unhold(key spec.VersionKey) error
 }
 
 // wakeWaiter is the router's scale to zero, which a handover waits on for
@@ -76,7 +76,7 @@ func (a *Agent) holdExclusive(ctx context.Context, name string, svc *spec.Servic
 		if !running && !asleep {
 			continue
 		}
-		if err := h.Pause(k, bound); err != nil {
+		if err := h.Hold(k, bound); err != nil {
 			a.releaseExclusive(ctx, ho, "", progress)
 			return nil, err
 		}
@@ -136,7 +136,7 @@ func (a *Agent) releaseExclusive(ctx context.Context, ho *handover, addr string,
 				a.route.AddBackend(s.key, inst.Addr())
 			}
 		}
-		h.Resume(s.key)
+		h.Unhold(s.key)
 	}
 }
 

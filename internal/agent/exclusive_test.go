@@ -223,7 +223,7 @@ func TestExclusiveHandoverAwaitsWake(t *testing.T) {
 		deployed <- err
 	}()
 	for { // the handover holds x-1's requests
-		if sl, _ := n.router.Sleeping(k1); sl.Paused {
+		if sl, _ := n.router.Sleeping(k1); sl.Held {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

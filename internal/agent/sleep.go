@@ -140,3 +140,28 @@ func (a *Agent) needsRun(c Callable) bool {
 	}
 	return true
 }
+
+// parkFailed leaves a version that a resume (opts.Adopt) could not start,
+// or that did not get ready, as a version asleep that failed: its process
+// is stopped, its backend registered asleep with why (status says it
+// failed), and its config handed to the Sleeper, so that its domains
+// answer 503 rather than keep the daemon or another service from being
+// served, and its next request, a deploy that keeps it, or a restart
+// tries to start it again. Outside a resume, or without a Sleeper, it
+// does nothing: a deploy's failed start is undone instead.
+func (a *Agent) parkFailed(ctx context.Context, g *spec.Generation, name string, cfg supervisor.Config, needs []spec.VersionKey, opts Options, why error, progress Progress) {
+	if !opts.Adopt || a.sleeper == nil {
+		return
+	}
+	key := g.Instance(name)
+	if err := a.procs.Stop(context.WithoutCancel(ctx), key); err != nil {
+		progress("stopping %s: %v", key, err)
+	}
+	a.route.AddSleepingBackend(key)
+	a.route.SetFailed(key, why)
+	a.sleeper.Adopt(cfg, needs)
+	a.runMu.Lock()
+	a.running[key] = &version{svc: g.Spec.Services[name], needs: needs}
+	a.runMu.Unlock()
+	progress("%s did not start; it is tried again at its next request, deploy or restart", key)
+}

@@ -152,6 +152,9 @@ type ServiceStatus struct {
 	// included); nil without health.path, or while no process has been
 	// checked.
 	Health *HealthCheck `json:"health,omitempty"`
+	// Paused is set while the service is paused by hand (hostel pause):
+	// its requests are held until hostel resume.
+	Paused *PauseStatus `json:"paused,omitempty"`
 }
 
 // HealthCheck is the result of one health check.
@@ -161,6 +164,14 @@ type HealthCheck struct {
 	// Error says why the check failed: "GET /healthz: 500 Internal
 	// Server Error", a refused connection, a timeout; "" when it passed.
 	Error string `json:"error,omitempty"`
+}
+
+// PauseStatus is a pause by hand in ServiceStatus.
+type PauseStatus struct {
+	// Since is when the service was paused.
+	Since time.Time `json:"since"`
+	// MaxSeconds is how long a request is held before it gets 503.
+	MaxSeconds float64 `json:"max_seconds"`
 }
 
 // Generation is one row of `hostel generations --json`.

@@ -242,7 +242,9 @@ func statusCmd(e *env) *cobra.Command {
 					doms = "-"
 				}
 				state := s.State
-				if h := s.Health; h != nil && !h.OK && s.State == "running" {
+				if p := s.Paused; p != nil {
+					state += fmt.Sprintf(" (paused since %s, requests held up to %s)", p.Since.Local().Format(time.DateTime), time.Duration(p.MaxSeconds*float64(time.Second)))
+				} else if h := s.Health; h != nil && !h.OK && s.State == "running" {
 					// Failing, not yet as many times in a row as make it unhealthy.
 					state += " (last health check failed: " + h.Error + ")"
 				} else if s.Error != "" {

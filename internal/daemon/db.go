@@ -595,7 +595,7 @@ func (d *Daemon) DBRestore(ctx context.Context, service string, r io.Reader) (*a
 			res.Restarted = string(spec.Key(service, cur.Versions[service]))
 		}
 	}
-	err = d.engine.Pause(ctx, service, func() error {
+	err = d.engine.WhileStopped(ctx, service, func() error {
 		return srv.Restore(ctx, db.Name, db.Role, f.Name())
 	})
 	if err != nil {

@@ -181,6 +181,12 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 			return nil, err
 		}
 		zone = cur.Spec.ZoneOrDefault()
+		var pauses map[string]deploy.Pause
+		if env == spec.DefaultEnv {
+			if pauses, err = d.engine.Pauses(ctx); err != nil {
+				return nil, err
+			}
+		}
 		for _, name := range cur.Spec.Names() {
 			key := cur.Instance(name)
 			shown[key] = true
@@ -196,6 +202,10 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 				}
 			}
 			ss.Package = cur.Spec.Services[name].Package
+			if p, ok := pauses[name]; ok {
+				ss.Paused = &api.PauseStatus{Since: p.Since, MaxSeconds: p.Max.Seconds()}
+				ss.State = "held"
+			}
 			st.Services = append(st.Services, ss)
 		}
 	}

@@ -35,8 +35,8 @@ func (d *Daemon) startSleeper() {
 }
 
 // sleepStatus adds to ss what scale to zero knows of key: asleep is
-// "idle", waking or paused is "held", a failed wake is "failed" (until
-// the next request or deploy).
+// "idle", waking or paused is "held", a failed wake or start is "failed"
+// (until the next request, deploy or restart starts it).
 func (d *Daemon) sleepStatus(key spec.VersionKey, ss *api.ServiceStatus) {
 	sl, ok := d.router.Sleeping(key)
 	if !ok {
@@ -45,10 +45,10 @@ func (d *Daemon) sleepStatus(key spec.VersionKey, ss *api.ServiceStatus) {
 	last := sl.LastRequest.UTC().Truncate(time.Second)
 	ss.LastRequest, ss.Wakes, ss.LastWakeSeconds = &last, sl.Wakes, sl.LastWake.Seconds()
 	switch {
-	case sl.Waking || sl.Paused:
+	case sl.Waking || sl.Paused || sl.Held:
 		ss.State = "held"
 	case sl.Asleep && sl.WakeError != nil:
-		ss.State, ss.Error = "failed", "wake failed: "+sl.WakeError.Error()
+		ss.State, ss.Error = "failed", sl.WakeError.Error()
 	case sl.Asleep:
 		ss.State = "idle"
 	}
@@ -62,41 +62,21 @@ var _ api.PauseDaemon = (*Daemon)(nil)
 // DefaultPauseMax is how long `hostel pause` holds a request by default.
 const DefaultPauseMax = 30 * time.Second
 
-// Pause implements api.PauseDaemon: it holds the requests to the service's
-// current version until Resume; past req.Max one is answered 503.
+// Pause implements api.PauseDaemon: it holds the service's requests until
+// Resume, across deploys and restarts; past req.Max one is answered 503.
 func (d *Daemon) Pause(ctx context.Context, req api.PauseRequest) error {
 	bound := DefaultPauseMax
 	if req.Max != "" {
 		b, err := time.ParseDuration(req.Max)
-		if err != nil || b <= 0 {
-			return api.Invalid(fmt.Errorf("--max: %q is not a positive duration", req.Max))
+		if err != nil {
+			return api.Invalid(fmt.Errorf("--max: %q is not a duration", req.Max))
 		}
 		bound = b
 	}
-	key, err := d.currentKey(ctx, req.Service)
-	if err != nil {
-		return err
-	}
-	return d.router.Pause(key, bound)
+	return apiError(d.engine.PauseService(ctx, req.Service, bound))
 }
 
 // Resume implements api.PauseDaemon.
 func (d *Daemon) Resume(ctx context.Context, req api.ResumeRequest) error {
-	key, err := d.currentKey(ctx, req.Service)
-	if err != nil {
-		return err
-	}
-	return d.router.Resume(key)
-}
-
-// currentKey is the version of service in production's current generation.
-func (d *Daemon) currentKey(ctx context.Context, service string) (spec.VersionKey, error) {
-	cur, err := d.store.Current(ctx, spec.DefaultEnv)
-	if err != nil {
-		return "", err
-	}
-	if cur == nil || cur.Spec.Services[service] == nil {
-		return "", api.Invalid(fmt.Errorf("no service %q in the current generation", service))
-	}
-	return spec.Key(service, cur.Versions[service]), nil
+	return apiError(d.engine.ResumeService(ctx, req.Service))
 }

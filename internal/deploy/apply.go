@@ -157,10 +157,13 @@ func (e *Engine) switchTo(ctx context.Context, g *spec.Generation) error {
 		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
 	}
 	cs[g.EnvOrDefault()] = g // committed or selected just now
-	if err := e.route.Swap(Table(cs)); err != nil {
+	if err := e.routeTo(ctx, cs); err != nil {
 		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
 	}
 	e.notifySwitch(g)
+	if g.EnvOrDefault() == spec.DefaultEnv {
+		e.dropPausesOfGone(ctx, g)
+	}
 	return nil
 }
 

@@ -366,7 +366,7 @@ func TestRestartAsleepAndPaused(t *testing.T) {
 		st, _ := w.router.Sleeping(key)
 		return st.Asleep
 	})
-	if err := w.router.Pause(key, time.Minute); err != nil {
+	if err := w.engine.PauseService(t.Context(), "api", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)

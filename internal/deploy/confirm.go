@@ -332,10 +332,18 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 		w := newWindow(cur, prev, newIn(cur, prev), deadline)
 		e.windows[cur.EnvOrDefault()] = w
 		progress("resuming the confirm window of generation %d until %s", cur.Number, deadline.Format(time.RFC3339))
+		// A watched version that could not start again (it crashed, or
+		// turned unhealthy while the daemon was down) fails the window
+		// now: the previous generation comes back.
+		failure := e.failedOnResume(w)
 		go func() {
 			ctx := context.WithoutCancel(ctx)
 			res := &Result{Generation: cur.Number}
-			if _, err := e.settle(ctx, w, e.watch(ctx, w), res, e.logf); err != nil {
+			v := verdict{failure: failure}
+			if failure == nil {
+				v = e.watch(ctx, w)
+			}
+			if _, err := e.settle(ctx, w, v, res, e.logf); err != nil {
 				e.logf("generation %d: %v", cur.Number, err)
 			}
 		}()
@@ -356,6 +364,19 @@ func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, 
 			e.armLocked(cur, p, newIn(cur, p))
 		}
 	}
+}
+
+// failedOnResume returns the failure of the first version w watches that
+// a resume could not start (left asleep with why: Agent.parkFailed); nil
+// if none.
+func (e *Engine) failedOnResume(w *window) *ServiceError {
+	for _, k := range w.watch {
+		if sl, ok := e.route.Sleeping(k); ok && sl.Asleep && sl.WakeError != nil {
+			return &ServiceError{Service: k.Service(), Version: w.gen.Versions[k.Service()], Step: StepConfirm,
+				Err: fmt.Errorf("%s did not start again after the daemon's restart: %w", k, sl.WakeError)}
+		}
+	}
+	return nil
 }
 
 // guard watches a confirmed generation's new versions after its window.

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"time"
 
 	"hostel/internal/agent"
 	"hostel/internal/plan"
@@ -25,14 +26,24 @@ func Hold(gens ...*spec.Generation) map[spec.VersionKey]bool {
 // generations (by environment). Production's services answer on their
 // domains and redirects, and its zone is the table's; a preview never
 // changes them. A preview's services answer on SERVICE.ENV.ZONE
-// (Internal) and, with previews.domain, on SERVICE.ENV.DOMAIN.
-func Table(currents map[string]*spec.Generation) router.Table {
+// (Internal) and, with previews.domain, on SERVICE.ENV.DOMAIN. paused
+// are production's services paused by hand, with their bounds; a pause
+// of a service production does not have holds nothing.
+func Table(currents map[string]*spec.Generation, paused map[string]time.Duration) router.Table {
 	t := router.Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: spec.DefaultZone}
 	prod := currents[spec.DefaultEnv]
 	if prod == nil {
 		return t
 	}
 	t.Zone = prod.Spec.ZoneOrDefault()
+	for name, bound := range paused {
+		if prod.Spec.Services[name] != nil {
+			if t.Paused == nil {
+				t.Paused = map[string]time.Duration{}
+			}
+			t.Paused[name] = bound
+		}
+	}
 	for name, svc := range prod.Spec.Services {
 		key := prod.Instance(name)
 		for _, d := range svc.Domains {

@@ -66,7 +66,7 @@ func TestTable(t *testing.T) {
 		{"a preview alone", map[string]*spec.Generation{"pr-1": pr1}, map[string]spec.VersionKey{}, map[string]string{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := Table(tc.currents)
+			got := Table(tc.currents, nil)
 			if !maps.Equal(got.Domains, tc.domains) || !maps.Equal(got.Redirects, tc.redirects) {
 				t.Errorf("Table = %v / %v, want %v / %v", got.Domains, got.Redirects, tc.domains, tc.redirects)
 			}
@@ -143,7 +143,7 @@ func TestTablePreviews(t *testing.T) {
 	prod := gen(spec.DefaultEnv, map[string]spec.Version{"web": "w1"}, map[string]*spec.Service{"web": {Domains: []string{"web.pr-1.preview.example"}}})
 	pr := gen("pr-1", map[string]spec.Version{"web": "w2", "api": "a1"}, map[string]*spec.Service{"web": {}, "api": {}})
 	pr.Spec.Previews = &spec.Previews{Domain: "preview.example"}
-	tab := Table(map[string]*spec.Generation{spec.DefaultEnv: prod, "pr-1": pr})
+	tab := Table(map[string]*spec.Generation{spec.DefaultEnv: prod, "pr-1": pr}, nil)
 	want := map[string]spec.VersionKey{"web.pr-1.hostel.internal": "web-w2@pr-1", "api.pr-1.hostel.internal": "api-a1@pr-1"}
 	if !maps.Equal(tab.Internal, want) {
 		t.Errorf("Internal = %v, want %v", tab.Internal, want)

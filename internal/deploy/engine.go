@@ -439,16 +439,10 @@ func (e *Engine) Resume(ctx context.Context, progress Progress) error {
 		// Serve what did start; the failed versions are reported by status.
 		progress("resumed with errors: %v", err)
 	}
-	// Route what runs; a version that could not start leaves its domains
-	// unrouted rather than keeping the daemon from serving the others.
-	t := Table(cs)
-	for host, key := range t.Domains {
-		if !e.agent.IsRunning(key) {
-			progress("%s is not running: %s is not served until it is", key, host)
-			delete(t.Domains, host)
-		}
-	}
-	if err := e.route.Swap(t); err != nil {
+	// Route every domain: one whose version could not start answers 503
+	// (the agent left it asleep and failed, for its next request to try
+	// again) rather than keep the daemon from serving the others.
+	if err := e.routeTo(ctx, cs); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
 	for _, env := range envOrder(cs) {

@@ -73,7 +73,7 @@ func (e *Engine) RemoveEnv(ctx context.Context, env string, from uint64, progres
 		return nil, fmt.Errorf("remove environment %s: %w", env, err)
 	}
 	// Routes first: no new request reaches what is about to drain.
-	if err := e.route.Swap(Table(cs)); err != nil {
+	if err := e.routeTo(ctx, cs); err != nil {
 		return nil, fmt.Errorf("remove environment %s: routes: %w", env, err)
 	}
 	progress("environment %s removed from the store and the routes", env)

@@ -7,13 +7,13 @@ import (
 	"hostel/internal/spec"
 )
 
-// Pause stops the running version of service in the current generation
+// WhileStopped stops the running version of service in the current generation
 // (after its in-flight requests finish, up to its stop grace), runs fn, and
 // starts the same version again with the same configuration, waiting until
 // it is ready. No deploy, rollback or restart runs meanwhile. fn runs even
 // when the service is not running (or not in the current generation); its
 // error is returned after the restart is attempted.
-func (e *Engine) Pause(ctx context.Context, service string, fn func() error) error {
+func (e *Engine) WhileStopped(ctx context.Context, service string, fn func() error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cur, err := e.store.Current(ctx, spec.DefaultEnv)

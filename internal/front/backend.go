@@ -58,11 +58,23 @@ type Accounting interface {
 }
 
 // Proxy makes the Backends of one router and holds what they share: the
-// transport of the ReverseProxy path.
+// transport of the ReverseProxy path, and the router's decision (SetRoute).
 type Proxy struct {
 	logf      func(format string, args ...any)
 	transport *http.Transport
+	route     func(host, remote string) *Backend
 }
+
+// ErrRemoved is what Accounting.Wait returns, wrapped, for a backend
+// removed while a request was held on it: the request is routed again
+// (SetRoute), to whatever serves its host now.
+var ErrRemoved = errors.New("version removed")
+
+// SetRoute gives the Proxy the router's decision (Router.Route), with
+// which a held request whose backend was removed meanwhile (a deploy
+// while its service was paused) is routed again. Call it before the
+// Proxy's backends serve.
+func (p *Proxy) SetRoute(route func(host, remote string) *Backend) { p.route = route }
 
 // NewProxy returns a Proxy that logs proxy errors to logf (nil discards
 // them).
@@ -177,6 +189,7 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// Deferred: the proxies panic with http.ErrAbortHandler when a
 	// response body breaks off, and the count must still drop.
 	defer s.release()
+	b = s.b // a held request may have been routed again
 	up := b.up.Load()
 	if forwardable(req) {
 		up.forward(w, req)
@@ -305,21 +318,31 @@ func (b *Backend) acquire() (slot, bool) {
 	return slot{b: b, token: token}, true
 }
 
-// acquireWait counts a request in flight to b, holding it while b's gate
-// is closed.
-func (b *Backend) acquireWait(ctx context.Context) (slot, error) {
+// acquireWait counts a request for host from remote in flight to b,
+// holding it while b's gate is closed (see waitAcquire).
+func (b *Backend) acquireWait(ctx context.Context, host, remote string) (slot, error) {
 	if s, ok := b.acquire(); ok {
 		return s, nil
 	}
-	return b.waitAcquire(ctx)
+	return b.waitAcquire(ctx, host, remote)
 }
 
-// waitAcquire holds a request whose acquire found b's gate closed until
-// the gate opens, then counts it in flight: one acquire each time the
-// gate opens, none the moment after one failed.
-func (b *Backend) waitAcquire(ctx context.Context) (slot, error) {
+// waitAcquire holds a request for host from remote, whose acquire found
+// b's gate closed, until the gate opens, then counts it in flight: one
+// acquire each time the gate opens, none the moment after one failed. A
+// request whose backend is removed meanwhile is routed again, and held
+// or counted where its host goes now: the slot's backend is the one to
+// forward to.
+func (b *Backend) waitAcquire(ctx context.Context, host, remote string) (slot, error) {
 	for {
-		if err := b.acct.Wait(ctx); err != nil {
+		err := b.acct.Wait(ctx)
+		if errors.Is(err, ErrRemoved) && b.p.route != nil {
+			if nb := b.p.route(host, remote); nb != nil && nb != b {
+				b = nb
+				err = nil
+			}
+		}
+		if err != nil {
 			return slot{}, err
 		}
 		if s, ok := b.acquire(); ok {

@@ -68,17 +68,20 @@ func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup, held bool)
 	// that closed since holds the request here, its body left unread.
 	var s slot
 	var err error
+	// The fast path keeps no client address: a held request by an
+	// immutable name is not routed again (an internal client's, which
+	// gets 503 and tries again).
 	if held {
-		s, err = b.waitAcquire(context.Background())
+		s, err = b.waitAcquire(context.Background(), req.Host, "")
 	} else {
-		s, err = b.acquireWait(context.Background())
+		s, err = b.acquireWait(context.Background(), req.Host, "")
 	}
 	if err != nil {
 		b.logf("router: %s: held request: %v", b.key, err)
 		return failHeldFast(w, req)
 	}
 	defer s.release()
-	return b.up.Load().forwardFast(req, w, h)
+	return s.b.up.Load().forwardFast(req, w, h)
 }
 
 // Shared read-only requests for http.ReadResponse, which only looks at the

@@ -36,7 +36,7 @@ func (b *Backend) hold(req *http.Request) (slot, error) {
 		sp = newSpool()
 		go sp.fill(req.Body)
 	}
-	s, err := b.waitAcquire(req.Context())
+	s, err := b.waitAcquire(req.Context(), req.Host, req.RemoteAddr)
 	if err != nil {
 		if sp != nil {
 			sp.Close()

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,21 @@ type Table struct {
 	// Zone is the zone of immutable version names (SERVICE-VERSION.ZONE);
 	// empty means the zone given in Options.
 	Zone string
+	// Paused are production's services paused by hand (hostel pause), by
+	// name, each with how long a request is held before it gets 503: every
+	// backend of production's instances of such a service holds its
+	// requests — the old version's and the new one's across a deploy — and
+	// releases them when a table without the service is swapped in.
+	Paused map[string]time.Duration
+}
+
+// pauseOf is how long t holds a request to key: its pause's bound, or 0
+// when key's service is not paused (only production's instances are).
+func (t *Table) pauseOf(key spec.VersionKey) time.Duration {
+	if len(t.Paused) == 0 || key.Owner() != spec.DefaultEnv {
+		return 0
+	}
+	return t.Paused[key.Service()]
 }
 
 // Router routes HTTP requests to registered backends. The zero value is not
@@ -136,6 +152,7 @@ func New(opts Options) *Router {
 		r.internal = netip.Addr.IsLoopback
 	}
 	r.proxy = front.NewProxy(r.logf)
+	r.proxy.SetRoute(r.Route)
 	empty := map[spec.VersionKey]*backend{}
 	r.backends.Store(&empty)
 	r.table.Store(&Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: r.zone})
@@ -173,7 +190,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // All zero: an unknown host (404).
 type route struct {
 	b        *backend        // forward to it
-	domain   spec.VersionKey // a domain of the table whose backend is gone since the Swap (502)
+	domain   spec.VersionKey // a domain of the table whose version has no backend (503)
 	redirect string          // answer 301 to this host
 }
 
@@ -219,8 +236,8 @@ func (r *Router) internalClient(remote string) bool {
 	return err == nil && r.internal(ap.Addr().Unmap())
 }
 
-// serveKey proxies to key's backend. A table entry whose backend was removed
-// since the Swap answers 502: the host is ours, its process is gone.
+// serveKey proxies to key's backend. A table entry whose version has no
+// backend answers 503: the host is ours, its version is not running.
 func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
 	if b := (*r.backends.Load())[key]; b != nil {
 		b.fb.ServeHTTP(w, req)
@@ -232,7 +249,8 @@ func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.Ver
 func (r *Router) notRunning(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
 	r.logf("router: %s: no backend registered for %s", req.Host, key)
 	// The page names no service or version: those are for the log.
-	http.Error(w, "hostel: the service is not running", http.StatusBadGateway)
+	w.Header().Set("Retry-After", strconv.Itoa(front.RetryAfter))
+	http.Error(w, "hostel: the service is not running", http.StatusServiceUnavailable)
 }
 
 // AddBackend registers key as served at addr ("127.0.0.1:PORT"). If key is
@@ -273,10 +291,12 @@ func (r *Router) addLocked(key spec.VersionKey, addr string, asleep bool) {
 	old := *r.backends.Load()
 	b := &backend{key: key, hook: r.hook, idle: make(chan struct{}), waker: r.waker}
 	b.last.Store(time.Now().UnixNano())
-	if asleep {
-		b.sleep.asleep = true
-		b.setGateLocked()
+	b.sleep.asleep = asleep
+	if bound := r.table.Load().pauseOf(key); bound > 0 {
+		// A new version of a paused service is born paused.
+		b.sleep.pause.set(bound)
 	}
+	b.setGateLocked()
 	b.fb = r.proxy.NewBackend(key, addr, b)
 	next := make(map[spec.VersionKey]*backend, len(old)+1)
 	for k, v := range old {
@@ -310,7 +330,9 @@ func (r *Router) RemoveBackend(key spec.VersionKey) {
 }
 
 // Swap replaces the public table in one step. It fails, changing nothing, if
-// a domain names a key with no backend or a host name is empty.
+// a host name or a redirect target is empty. A domain may name a key with
+// no backend registered: it answers 503 until one is (a version that could
+// not start must not keep the others from being routed).
 func (r *Router) Swap(t Table) error {
 	next := &Table{
 		Domains:   make(map[string]spec.VersionKey, len(t.Domains)),
@@ -322,14 +344,10 @@ func (r *Router) Swap(t Table) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	backends := *r.backends.Load()
 	for host, key := range t.Domains {
 		h := normalizeHost(host)
 		if h == "" {
 			return fmt.Errorf("router: swap: empty domain %q", host)
-		}
-		if _, ok := backends[key]; !ok {
-			return fmt.Errorf("router: swap: domain %q: no backend for %s", host, key)
 		}
 		next.Domains[h] = key
 	}
@@ -348,15 +366,26 @@ func (r *Router) Swap(t Table) error {
 		if h == "" {
 			return fmt.Errorf("router: swap: empty internal name %q", host)
 		}
-		if _, ok := backends[key]; !ok {
-			return fmt.Errorf("router: swap: internal name %q: no backend for %s", host, key)
-		}
 		if next.Internal == nil {
 			next.Internal = make(map[string]spec.VersionKey, len(t.Internal))
 		}
 		next.Internal[h] = key
 	}
+	for name, bound := range t.Paused {
+		if bound <= 0 {
+			return fmt.Errorf("router: swap: pause of %q: bound %s is not positive", name, bound)
+		}
+		if next.Paused == nil {
+			next.Paused = make(map[string]time.Duration, len(t.Paused))
+		}
+		next.Paused[name] = bound
+	}
 	r.table.Store(next)
+	// Pauses by hand follow the table: on where it pauses a service,
+	// lifted where it no longer does.
+	for key, b := range *r.backends.Load() {
+		b.setPause(next.pauseOf(key))
+	}
 	return nil
 }
 
@@ -379,6 +408,12 @@ func (r *Router) Table() Table {
 			c.Internal = make(map[string]spec.VersionKey, len(t.Internal))
 		}
 		c.Internal[k] = v
+	}
+	for k, v := range t.Paused {
+		if c.Paused == nil {
+			c.Paused = make(map[string]time.Duration, len(t.Paused))
+		}
+		c.Paused[k] = v
 	}
 	return c
 }

@@ -190,7 +190,7 @@ func TestSwapAtomic(t *testing.T) {
 	}
 }
 
-func TestSwapMissingBackend(t *testing.T) {
+func TestSwapBadTable(t *testing.T) {
 	r, _ := startRouter(t, Options{})
 	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
 	before := Table{
@@ -203,9 +203,9 @@ func TestSwapMissingBackend(t *testing.T) {
 		name string
 		tab  Table
 	}{
-		{"missing backend", Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1, "web.example.org": webV1}}},
 		{"empty host", Table{Domains: map[string]spec.VersionKey{"": apiV1}}},
 		{"empty redirect target", Table{Redirects: map[string]string{"x.example.org": ""}}},
+		{"empty internal name", Table{Internal: map[string]spec.VersionKey{"": apiV1}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,6 +218,33 @@ func TestSwapMissingBackend(t *testing.T) {
 				t.Errorf("table after failed Swap = %+v, want %+v", got, before)
 			}
 		})
+	}
+}
+
+// TestSwapMissingBackend: a domain whose version has no backend (it could
+// not start) is routed all the same and answers 503 with Retry-After; the
+// other domains of the table are served.
+func TestSwapMissingBackend(t *testing.T) {
+	r, pub := startRouter(t, Options{})
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{"api.example.org": apiV1, "web.example.org": webV1}})
+	if status, _, body := fronttest.Get(t, pub+"/", "api.example.org"); status != 200 || !strings.HasPrefix(body, "backend api-v1 ") {
+		t.Errorf("api.example.org: %d %q, want 200 api-v1", status, body)
+	}
+	req, _ := http.NewRequest("GET", pub+"/", nil)
+	req.Host = "web.example.org"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || strings.Contains(string(b), "web-") {
+		t.Errorf("web.example.org with no backend: %d %q (Retry-After %q), want 503 naming no version", resp.StatusCode, b, resp.Header.Get("Retry-After"))
+	}
+	r.AddBackend(webV1, fronttest.StartBackend(t, "web-v1"))
+	if status, _, body := fronttest.Get(t, pub+"/", "web.example.org"); status != 200 || !strings.HasPrefix(body, "backend web-v1 ") {
+		t.Errorf("web.example.org once its backend is there: %d %q, want 200 web-v1", status, body)
 	}
 }
 
@@ -455,8 +482,8 @@ func TestBadGateway(t *testing.T) {
 	t.Run("backend removed after swap", func(t *testing.T) {
 		r.RemoveBackend(webV1)
 		status, _, body := fronttest.Get(t, pub+"/", "web.example.org")
-		if status != http.StatusBadGateway || strings.Contains(body, "backend ") {
-			t.Errorf("got %d %q, want 502", status, body)
+		if status != http.StatusServiceUnavailable || strings.Contains(body, "backend ") {
+			t.Errorf("got %d %q, want 503", status, body)
 		}
 	})
 }

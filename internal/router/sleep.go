@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"hostel/internal/front"
 	"hostel/internal/spec"
 )
 
@@ -39,24 +40,47 @@ var (
 	ErrWakeFailed = errors.New("wake failed")
 	// ErrHeldTooLong: the service was paused past the pause's bound.
 	ErrHeldTooLong = errors.New("held past the pause's bound")
-	// ErrRemoved: the version was removed while the request was held.
-	ErrRemoved = errors.New("version removed")
+	// ErrRemoved: the version was removed while the request was held;
+	// the front end routes it again (front.ErrRemoved).
+	ErrRemoved = front.ErrRemoved
 	// ErrUnknown: no backend is registered under the key.
 	ErrUnknown = errors.New("no such version")
 )
 
 // sleepState is a backend's scale-to-zero state, guarded by backend.mu.
-// The gate is closed exactly while asleep or paused.
+// The gate is closed exactly while asleep, paused or handed over.
 type sleepState struct {
-	asleep   bool          // the process is stopped, stopping or starting again
-	paused   bool          // held by hand (Pause)
-	pauseMax time.Duration // how long a request is held while paused
-	resumed  chan struct{} // closed by Resume; set while paused
-	call     *wakeCall     // the wake in progress; nil when none
+	asleep   bool      // the process is stopped, stopping or starting again
+	pause    hold      // by hand (hostel pause; the table's Paused)
+	handover hold      // by an exclusive service's handover (Hold)
+	call     *wakeCall // the wake in progress; nil when none
 	wakes    int
 	lastWake time.Duration
 	wakeErr  error // why the last wake failed; nil after one succeeded
 	retired  bool
+}
+
+// hold holds a backend's requests until it is lifted.
+type hold struct {
+	on       bool
+	max      time.Duration // how long a request is held
+	released chan struct{} // closed when the hold is lifted; set while on
+}
+
+// set puts the hold on, or changes its bound.
+func (h *hold) set(max time.Duration) {
+	if !h.on {
+		h.on, h.released = true, make(chan struct{})
+	}
+	h.max = max
+}
+
+// lift takes the hold off, releasing what it held.
+func (h *hold) lift() {
+	if h.on {
+		h.on = false
+		close(h.released)
+	}
 }
 
 // wakeCall is one wake that any number of requests wait for.
@@ -69,7 +93,7 @@ type wakeCall struct {
 // held.
 func (b *backend) setGateLocked() {
 	closed := b.inflight.Load()&gateClosed != 0
-	switch want := b.sleep.asleep || b.sleep.paused; {
+	switch want := b.sleep.asleep || b.sleep.pause.on || b.sleep.handover.on; {
 	case want && !closed:
 		b.inflight.Add(gateClosed)
 	case !want && closed:
@@ -91,8 +115,12 @@ func (b *backend) Wait(ctx context.Context) error {
 	case s.retired:
 		b.mu.Unlock()
 		return fmt.Errorf("%s: %w", b.key, ErrRemoved)
-	case s.paused:
-		ch, bound := s.resumed, s.pauseMax
+	case s.pause.on:
+		ch, bound := s.pause.released, s.pause.max
+		b.mu.Unlock()
+		return b.awaitResume(ctx, ch, bound)
+	case s.handover.on:
+		ch, bound := s.handover.released, s.handover.max
 		b.mu.Unlock()
 		return b.awaitResume(ctx, ch, bound)
 	case !s.asleep:
@@ -104,7 +132,7 @@ func (b *backend) Wait(ctx context.Context) error {
 	return c.wait(ctx)
 }
 
-// awaitResume waits for resumed, the pause's channel, to close: nil then;
+// awaitResume waits for resumed, a hold's channel, to close: nil then;
 // ErrHeldTooLong after bound.
 func (b *backend) awaitResume(ctx context.Context, resumed <-chan struct{}, bound time.Duration) error {
 	t := time.NewTimer(bound)
@@ -154,7 +182,7 @@ func (b *backend) wake(c *wakeCall) {
 	s := &b.sleep
 	s.call = nil
 	if err != nil {
-		s.wakeErr = err
+		s.wakeErr = fmt.Errorf("wake failed: %w", err)
 		c.err = fmt.Errorf("%s: %w: %w", b.key, ErrWakeFailed, err)
 	} else {
 		b.fb.SetAddr(addr)
@@ -185,10 +213,8 @@ func (b *backend) retire() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sleep.retired = true
-	if b.sleep.paused {
-		b.sleep.paused = false
-		close(b.sleep.resumed)
-	}
+	b.sleep.pause.lift()
+	b.sleep.handover.lift()
 }
 
 // Sleep closes key's gate if nothing is in flight to it, nothing holds it
@@ -204,7 +230,7 @@ func (r *Router) Sleep(key spec.VersionKey, idle time.Duration) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := &b.sleep
-	if s.asleep || s.paused || s.retired || time.Since(time.Unix(0, b.last.Load())) < idle {
+	if s.asleep || s.pause.on || s.handover.on || s.retired || time.Since(time.Unix(0, b.last.Load())) < idle {
 		return false
 	}
 	if !b.inflight.CompareAndSwap(0, gateClosed) {
@@ -233,11 +259,15 @@ func (r *Router) Wake(ctx context.Context, key spec.VersionKey) error {
 	case !b.sleep.asleep:
 		b.mu.Unlock()
 		return nil
-	case b.sleep.paused && b.sleep.call == nil:
+	case (b.sleep.pause.on || b.sleep.handover.on) && b.sleep.call == nil:
 		// Held, by hand or by an exclusive service's handover (which
 		// must not see the version it stopped started again): a wake
 		// waits for the resume as a request does.
-		ch, bound := b.sleep.resumed, b.sleep.pauseMax
+		h := &b.sleep.handover
+		if b.sleep.pause.on {
+			h = &b.sleep.pause
+		}
+		ch, bound := h.released, h.max
 		b.mu.Unlock()
 		if err := b.awaitResume(ctx, ch, bound); err != nil {
 			return err
@@ -264,48 +294,59 @@ func (r *Router) AwaitWake(ctx context.Context, key spec.VersionKey) {
 	}
 }
 
-// Pause holds every new request to key until Resume; a request held
-// longer than bound gets 503. Requests in flight go on.
-func (r *Router) Pause(key spec.VersionKey, bound time.Duration) error {
+// Hold holds every new request to key until Unhold — an exclusive
+// service's handover, apart from a pause by hand (Table.Paused), which it
+// neither lifts nor is lifted by; a request held longer than bound gets
+// 503. Requests in flight go on.
+func (r *Router) Hold(key spec.VersionKey, bound time.Duration) error {
 	b := (*r.backends.Load())[key]
 	if b == nil {
-		return fmt.Errorf("pause %s: %w", key, ErrUnknown)
+		return fmt.Errorf("hold %s: %w", key, ErrUnknown)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := &b.sleep
-	if !s.paused {
-		s.paused, s.resumed = true, make(chan struct{})
-	}
-	s.pauseMax = bound
+	b.sleep.handover.set(bound)
 	b.setGateLocked()
 	return nil
 }
 
-// Resume releases what Pause held. A sleeping version is woken by the
+// Unhold releases what Hold held. A sleeping version is woken by the
 // first request it releases.
-func (r *Router) Resume(key spec.VersionKey) error {
+func (r *Router) Unhold(key spec.VersionKey) error {
 	b := (*r.backends.Load())[key]
 	if b == nil {
-		return fmt.Errorf("resume %s: %w", key, ErrUnknown)
+		return fmt.Errorf("unhold %s: %w", key, ErrUnknown)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := &b.sleep
-	if s.paused {
-		s.paused = false
-		close(s.resumed)
-		b.setGateLocked()
-	}
+	b.sleep.handover.lift()
+	b.setGateLocked()
 	return nil
+}
+
+// setPause puts b's pause by hand on (bound > 0: how long a request is
+// held) or off, as the table says. b.mu must not be held.
+func (b *backend) setPause(bound time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sleep.retired {
+		return
+	}
+	if bound > 0 {
+		b.sleep.pause.set(bound)
+	} else {
+		b.sleep.pause.lift()
+	}
+	b.setGateLocked()
 }
 
 // SleepStatus is a backend's scale-to-zero state, for status.
 type SleepStatus struct {
 	// Asleep: the process is stopped; the next request starts it.
 	Asleep bool
-	// Waking: a wake is in progress. Paused: held by hand.
-	Waking, Paused bool
+	// Waking: a wake is in progress. Paused: held by hand (hostel
+	// pause). Held: held by an exclusive service's handover.
+	Waking, Paused, Held bool
 	// Wakes counts the wakes that succeeded; LastWake is how long the
 	// last one took, from the first held request to ready.
 	Wakes    int
@@ -326,6 +367,22 @@ func (r *Router) Sleeping(key spec.VersionKey) (SleepStatus, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := b.sleep
-	return SleepStatus{Asleep: s.asleep, Waking: s.call != nil, Paused: s.paused, Wakes: s.wakes,
+	return SleepStatus{Asleep: s.asleep, Waking: s.call != nil, Paused: s.pause.on, Held: s.handover.on, Wakes: s.wakes,
 		LastWake: s.lastWake, WakeError: s.wakeErr, LastRequest: time.Unix(0, b.last.Load())}, true
+}
+
+// SetFailed records why key, registered asleep, is not running — it could
+// not start (a daemon's resume found it unable to): status says it failed,
+// and, as after a failed wake, its next request tries to start it again.
+// It does nothing to a version that is awake or not routed.
+func (r *Router) SetFailed(key spec.VersionKey, err error) {
+	b := (*r.backends.Load())[key]
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sleep.asleep && b.sleep.call == nil {
+		b.sleep.wakeErr = err
+	}
 }

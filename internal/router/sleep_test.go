@@ -204,37 +204,53 @@ func TestNoSleepWhileInFlight(t *testing.T) {
 	}
 }
 
-// TestPauseResume: a paused version's requests are held until Resume, and
-// one held past the pause's bound gets 503 with Retry-After.
-func TestPauseResume(t *testing.T) {
-	r, pub := routeTo(t, fronttest.StartBackend(t, "a"))
-	if err := r.Pause(apiV1, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	type result struct {
-		code int
-		body string
-	}
-	held := make(chan result, 1)
+// getAsync sends a GET for host in the background; its result comes on
+// the channel.
+func getAsync(t *testing.T, url, host string) <-chan heldResult {
+	t.Helper()
+	held := make(chan heldResult, 1)
 	go func() {
-		code, _, body := fronttest.Get(t, pub+"/x", host)
-		held <- result{code, body}
+		code, _, body := fronttest.Get(t, url, host)
+		held <- heldResult{code, body}
 	}()
+	return held
+}
+
+type heldResult struct {
+	code int
+	body string
+}
+
+// assertHeld fails unless nothing came on held for a while.
+func assertHeld(t *testing.T, held <-chan heldResult, what string) {
+	t.Helper()
 	select {
 	case res := <-held:
-		t.Fatalf("answered while paused: %+v", res)
+		t.Fatalf("%s: answered while held: %+v", what, res)
 	case <-time.After(100 * time.Millisecond):
 	}
-	if sl, _ := r.Sleeping(apiV1); !sl.Paused {
-		t.Errorf("Sleeping = %+v, want Paused", sl)
+}
+
+// TestHoldUnhold: a version held (an exclusive handover) has its requests
+// held until Unhold, and one held past the bound gets 503 with
+// Retry-After.
+func TestHoldUnhold(t *testing.T) {
+	r, pub := routeTo(t, fronttest.StartBackend(t, "a"))
+	if err := r.Hold(apiV1, time.Hour); err != nil {
+		t.Fatal(err)
 	}
-	if err := r.Resume(apiV1); err != nil {
+	held := getAsync(t, pub+"/x", host)
+	assertHeld(t, held, "held")
+	if sl, _ := r.Sleeping(apiV1); !sl.Held || sl.Paused {
+		t.Errorf("Sleeping = %+v, want Held only", sl)
+	}
+	if err := r.Unhold(apiV1); err != nil {
 		t.Fatal(err)
 	}
 	if res := <-held; res.code != 200 || !strings.HasPrefix(res.body, "backend a") {
-		t.Errorf("after Resume: %+v, want 200 from the backend", res)
+		t.Errorf("after Unhold: %+v, want 200 from the backend", res)
 	}
-	if err := r.Pause(apiV1, 50*time.Millisecond); err != nil {
+	if err := r.Hold(apiV1, 50*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	req, _ := http.NewRequest("GET", pub+"/y", nil)
@@ -243,8 +259,86 @@ func TestPauseResume(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("past the bound: %d Retry-After %q, want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
-	if err := r.Pause(spec.Key("nope", "000000000000"), time.Second); !errors.Is(err, ErrUnknown) {
-		t.Errorf("Pause of an unknown version: %v, want ErrUnknown", err)
+	if err := r.Hold(spec.Key("nope", "000000000000"), time.Second); !errors.Is(err, ErrUnknown) {
+		t.Errorf("Hold of an unknown version: %v, want ErrUnknown", err)
+	}
+}
+
+// TestPauseFollowsTheTable: a pause by hand is the table's: every backend
+// of production's instances of a paused service holds its requests — one
+// registered later is born paused — and a table without the pause
+// releases them; a handover's hold neither lifts a pause nor is lifted by
+// the table.
+func TestPauseFollowsTheTable(t *testing.T) {
+	r, pub := startRouter(t, Options{})
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "v1"))
+	paused := Table{Domains: map[string]spec.VersionKey{host: apiV1}, Paused: map[string]time.Duration{apiV1.Service(): time.Hour}}
+	mustSwap(t, r, paused)
+	held := getAsync(t, pub+"/x", host)
+	assertHeld(t, held, "paused")
+
+	// A new version of the paused service, registered and switched to:
+	// paused too.
+	r.AddBackend(apiV2, fronttest.StartBackend(t, "v2"))
+	if sl, _ := r.Sleeping(apiV2); !sl.Paused {
+		t.Errorf("a new backend of a paused service: %+v, want Paused", sl)
+	}
+	paused.Domains[host] = apiV2
+	mustSwap(t, r, paused)
+	held2 := getAsync(t, pub+"/y", host)
+	assertHeld(t, held2, "paused, switched")
+
+	// A handover's hold under the pause: the table's resume leaves it.
+	if err := r.Hold(apiV2, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV2}})
+	if res := <-held; res.code != 200 || !strings.HasPrefix(res.body, "backend v1") {
+		t.Errorf("held on v1, resumed: %+v, want v1's 200", res)
+	}
+	assertHeld(t, held2, "resumed but handed over")
+	if err := r.Unhold(apiV2); err != nil {
+		t.Fatal(err)
+	}
+	if res := <-held2; res.code != 200 || !strings.HasPrefix(res.body, "backend v2") {
+		t.Errorf("held on v2, released: %+v, want v2's 200", res)
+	}
+	if sl, _ := r.Sleeping(apiV2); sl.Paused || sl.Held {
+		t.Errorf("after the resume and the release: %+v, want neither", sl)
+	}
+	// A preview's own instance of the same service is not production's.
+	preview := spec.InstanceKey(apiV1.Service(), "222222222222", "pr-1")
+	r.AddBackend(preview, fronttest.StartBackend(t, "pr"))
+	mustSwap(t, r, paused)
+	if sl, _ := r.Sleeping(preview); sl.Paused {
+		t.Errorf("a preview's instance of a paused service: %+v, want not paused", sl)
+	}
+}
+
+// TestPausedRequestGoesToTheVersionLiveAtResume: pause, deploy, resume —
+// a request held on the old version, which is removed meanwhile, is
+// routed again and answered by the version live at the resume, on the
+// net/http path and the front end's.
+func TestPausedRequestGoesToTheVersionLiveAtResume(t *testing.T) {
+	for _, loops := range []int{-1, 0} {
+		t.Run(fmt.Sprintf("loops=%d", loops), func(t *testing.T) {
+			r, _, pub := frontTo(t, fronttest.StartBackend(t, "v1"), front.Options{Loops: loops})
+			paused := Table{Domains: map[string]spec.VersionKey{host: apiV1}, Paused: map[string]time.Duration{apiV1.Service(): time.Hour}}
+			mustSwap(t, r, paused)
+			held := getAsync(t, "http://"+pub+"/x", host)
+			assertHeld(t, held, "paused")
+
+			r.AddBackend(apiV2, fronttest.StartBackend(t, "v2"))
+			paused.Domains[host] = apiV2
+			mustSwap(t, r, paused)
+			r.RemoveBackend(apiV1) // drained: nothing was in flight
+			assertHeld(t, held, "paused, v1 removed")
+
+			mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV2}})
+			if res := <-held; res.code != 200 || !strings.HasPrefix(res.body, "backend v2") {
+				t.Errorf("held across the deploy, resumed: %+v, want v2's 200", res)
+			}
+		})
 	}
 }
 

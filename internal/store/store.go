@@ -123,6 +123,9 @@ const (
 	// KindDatabase: key SERVICE, the server, database and role provisioned
 	// for the service (the daemon's postgres record).
 	KindDatabase = "database"
+	// KindPause: key SERVICE, production's service paused by hand (hostel
+	// pause) until hostel resume, across deploys and daemon restarts.
+	KindPause = "pause"
 )
 
 // EventType says what changed.
