@@ -285,8 +285,9 @@ func EnvName(need string) string {
 // processes would be killed as they start.
 const MinMemory = 1 << 20
 
-// ParseMemory reads "512M", "2G", "1048576" into bytes: digits, then K, M
-// or G (powers of 1024) or nothing (bytes), at least MinMemory.
+// ParseMemory reads "512M", "2G", "1048576" into bytes. It reads whatever
+// a stored generation may hold, also one a spec of an older hostel let
+// through ("+512M", "4096"): Validate says what a spec may hold now.
 func ParseMemory(s string) (int64, error) {
 	if s == "" {
 		return 0, nil
@@ -301,17 +302,30 @@ func ParseMemory(s string) (int64, error) {
 	case 'G', 'g':
 		mult, num = 1<<30, s[:len(s)-1]
 	}
-	if num == "" || strings.Trim(num, "0123456789") != "" {
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("invalid size %q (want e.g. \"512M\")", s)
 	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n > math.MaxInt64/mult {
+	if n > math.MaxInt64/mult {
 		return 0, fmt.Errorf("size %q is too large", s)
 	}
-	if n*mult < MinMemory {
-		return 0, fmt.Errorf("%q is less than the least a service may have, 1M", s)
-	}
 	return n * mult, nil
+}
+
+// checkMemory says what is wrong with a memory of s, or "": digits, then
+// K, M or G (powers of 1024) or nothing (bytes), that ParseMemory reads,
+// at least MinMemory.
+func checkMemory(s string) string {
+	n, err := ParseMemory(s)
+	switch num := strings.TrimRight(s, "KkMmGg"); {
+	case num == "" || len(s)-len(num) > 1 || strings.Trim(num, "0123456789") != "":
+		return fmt.Sprintf("invalid size %q (want e.g. \"512M\")", s)
+	case err != nil:
+		return err.Error()
+	case n < MinMemory:
+		return fmt.Sprintf("%q is less than the least a service may have, 1M", s)
+	}
+	return ""
 }
 
 // Callable reports whether a version of the service that a deploy

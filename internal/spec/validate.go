@@ -197,8 +197,10 @@ func (s *Spec) Validate() error {
 		default:
 			return fail("old_versions", "%q is not one of %q, %q", svc.OldVersions, OldVersionsStop, OldVersionsCallable)
 		}
-		if _, err := ParseMemory(svc.Memory); err != nil {
-			return fail("memory", "%v", err)
+		if svc.Memory != "" {
+			if msg := checkMemory(svc.Memory); msg != "" {
+				return fail("memory", "%s", msg)
+			}
 		}
 		if svc.CPU != 0 {
 			if msg := checkCPU(svc.CPU, strconv.FormatFloat(svc.CPU, 'g', -1, 64)); msg != "" {
