@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,6 +35,54 @@ const DefaultPids = 4096
 // default): a service with cpu 0.5 may run 50 ms of each 100 ms.
 const cpuPeriod = 100 * time.Millisecond
 
+// What a CFS quota can express, in CPUs. The kernel takes a quota in whole
+// microseconds of each period, at least 1 ms (sched/core.c
+// min_cfs_quota_period) and at most 2^44-1 µs (max_cfs_runtime: more is
+// EINVAL since Linux 5.8, and wrapped around before). The spec refuses a
+// cpu outside them; Create never writes one.
+const (
+	// MinCPU is a quota of 1 ms per 100 ms period.
+	MinCPU = 0.01
+	// MaxCPU is the largest whole number of CPUs under 2^44-1 µs per
+	// 100 ms period: 175,921,860.
+	MaxCPU = 175921860
+	// CPUDecimals is how many decimals of a CPU a quota tells apart: one
+	// microsecond of the 100 ms period is 0.00001 CPU.
+	CPUDecimals = 5
+)
+
+// Quota bounds, in microseconds per cpuPeriod.
+const (
+	minQuota = 1000
+	maxQuota = 1<<44 - 1
+)
+
+// cpuQuota is the CFS quota, in microseconds per cpuPeriod, of cpu CPUs:
+// rounded to the nearest microsecond (0.29 CPU is 29000 µs, though 0.29 ×
+// 100000 is 28999.999… in floating point) and held within what the kernel
+// takes, so that no cpu wraps around to a tiny quota. 0 means no limit.
+func cpuQuota(cpu float64) int64 {
+	if !(cpu > 0) {
+		return 0
+	}
+	q := math.Round(cpu * float64(cpuPeriod/time.Microsecond))
+	return int64(min(max(q, minQuota), maxQuota))
+}
+
+// memoryLimit is the memory limit the kernel keeps for a limit of n bytes:
+// it counts whole pages and would round down; rounding up here keeps at
+// least what was asked for. 0 means no limit.
+func memoryLimit(n int64) int64 {
+	if n <= 0 {
+		return 0
+	}
+	page := int64(os.Getpagesize())
+	if n > math.MaxInt64-page {
+		return math.MaxInt64 / page * page
+	}
+	return (n + page - 1) / page * page
+}
+
 // ErrUnavailable means the machine offers no cgroups this package can use:
 // the daemon is not root, or the memory, cpu or pids controller is missing.
 var ErrUnavailable = errors.New("cgroups with the memory, cpu and pids controllers are not available")
@@ -41,11 +90,13 @@ var ErrUnavailable = errors.New("cgroups with the memory, cpu and pids controlle
 // Limits bound one service version's processes, all together.
 type Limits struct {
 	// Memory is the most memory, in bytes, the group may use (swap
-	// included where the kernel accounts for it); 0 means no limit. Past
-	// it the kernel's OOM killer ends a process of the group.
+	// included where the kernel accounts for it), rounded up to whole
+	// pages; 0 means no limit. Past it the kernel's OOM killer ends a
+	// process of the group.
 	Memory int64
 	// CPU is how many cores' worth of time the group may use (0.5 is half
-	// a core); 0 means no limit.
+	// a core), held within MinCPU..MaxCPU to the nearest 0.00001; 0 means
+	// no limit.
 	CPU float64
 	// Pids is the most processes and threads the group may hold; 0 means
 	// DefaultPids.
@@ -262,15 +313,15 @@ func (g *Group) Create(l Limits) error {
 		pids = DefaultPids
 	}
 	quota := "max"
-	if l.CPU > 0 {
-		quota = strconv.FormatInt(max(int64(l.CPU*float64(cpuPeriod/time.Microsecond)), 1000), 10)
+	if q := cpuQuota(l.CPU); q > 0 {
+		quota = strconv.FormatInt(q, 10)
 	}
 	period := strconv.FormatInt(int64(cpuPeriod/time.Microsecond), 10)
 	var writes []write
 	if g.h.v2 {
 		mem, swap := "max", "max"
-		if l.Memory > 0 {
-			mem, swap = strconv.FormatInt(l.Memory, 10), "0"
+		if m := memoryLimit(l.Memory); m > 0 {
+			mem, swap = strconv.FormatInt(m, 10), "0"
 		}
 		writes = []write{
 			{g.dir(g.h.memory), "memory.max", mem, true},
@@ -280,8 +331,8 @@ func (g *Group) Create(l Limits) error {
 		}
 	} else {
 		mem := "-1"
-		if l.Memory > 0 {
-			mem = strconv.FormatInt(l.Memory, 10)
+		if m := memoryLimit(l.Memory); m > 0 {
+			mem = strconv.FormatInt(m, 10)
 		}
 		if quota == "max" {
 			quota = "-1"

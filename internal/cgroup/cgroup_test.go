@@ -215,3 +215,53 @@ func TestQuickMoves(t *testing.T) {
 		t.Error("QuickMoves false with a favordynmods hierarchy mounted")
 	}
 }
+
+// TestCPUQuota: a cpu becomes the quota it says, to the microsecond, and
+// one past what the kernel takes is held at its bound instead of wrapping
+// around (1e300 once became a quota of 1 ms: 1 % of a CPU).
+func TestCPUQuota(t *testing.T) {
+	tests := []struct {
+		cpu  float64
+		want int64
+	}{
+		{0, 0},
+		{-1, 0},
+		{0.5, 50000},
+		{0.29, 29000}, // 28999.999… in floating point
+		{0.57, 57000},
+		{1.00001, 100001},
+		{MinCPU, minQuota},
+		{MaxCPU, MaxCPU * 100000},
+		{1e-9, minQuota},
+		{1e9, maxQuota},
+		{1e300, maxQuota},
+	}
+	for _, tt := range tests {
+		if got := cpuQuota(tt.cpu); got != tt.want {
+			t.Errorf("cpuQuota(%v) = %d, want %d", tt.cpu, got, tt.want)
+		}
+	}
+	// The bounds are the kernel's: MaxCPU is the last whole CPU under
+	// max_cfs_runtime, MinCPU is min_cfs_quota_period.
+	if q := cpuQuota(MaxCPU + 1); q != maxQuota || (MaxCPU+1)*100000 <= maxQuota {
+		t.Errorf("MaxCPU+1 fits the kernel's bound (quota %d): MaxCPU is too small", q)
+	}
+}
+
+// TestMemoryLimit: a limit is whole pages, never less than asked for.
+func TestMemoryLimit(t *testing.T) {
+	page := int64(os.Getpagesize())
+	tests := []struct{ n, want int64 }{
+		{0, 0},
+		{1, page},
+		{page, page},
+		{page + 1, 2 * page},
+		{512 << 20, 512 << 20},
+		{1<<63 - 1, (1<<63 - 1) / page * page},
+	}
+	for _, tt := range tests {
+		if got := memoryLimit(tt.n); got != tt.want {
+			t.Errorf("memoryLimit(%d) = %d, want %d", tt.n, got, tt.want)
+		}
+	}
+}

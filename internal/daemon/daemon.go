@@ -19,6 +19,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/cgroup"
 	"hostel/internal/deploy"
+	"hostel/internal/failpoint"
 	"hostel/internal/front"
 	"hostel/internal/idle"
 	"hostel/internal/nix"
@@ -173,12 +174,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := removeStaleSocket(sock); err != nil {
 		return nil, err
 	}
-	if d.apiLn, err = net.Listen("unix", sock); err != nil {
+	if d.apiLn, err = listenPrivate(sock); err != nil {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
-	if err := os.Chmod(sock, 0o600); err != nil {
-		return nil, err
-	}
+	failpoint.Hit("api-socket-bound")
 	// Before anything is adopted: what a daemon killed mid-launch left
 	// running without a record.
 	d.sup.Leftovers()
@@ -208,17 +207,53 @@ func (d *Daemon) serve(ln net.Listener, h http.Handler) {
 	}()
 }
 
-// removeStaleSocket removes a socket left by a daemon that died, and refuses
-// to start beside a live one.
+// removeStaleSocket removes a socket left by a daemon that died (and the
+// directories a listenPrivate cut short left beside it), and refuses to
+// start beside a live one.
 func removeStaleSocket(path string) error {
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
+	if _, err := os.Stat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return fmt.Errorf("another hostel daemon is serving %s", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return err
+		}
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("another hostel daemon is serving %s", path)
+	dirs, _ := filepath.Glob(filepath.Join(filepath.Dir(path), privateSockDirs))
+	for _, dir := range dirs {
+		os.RemoveAll(dir)
 	}
-	return os.Remove(path)
+	return nil
+}
+
+// privateSockDirs names the directories listenPrivate binds in.
+const privateSockDirs = ".sock-*"
+
+// listenPrivate listens on a unix socket at path that only the daemon's
+// user can connect to from the moment it exists: it is bound in a new
+// 0700 directory beside path, made 0600 there, then linked to path. Bound
+// at path and chmod-ed after, it would for a moment have the mode the
+// umask leaves (0777 under umask 0): any local user could connect and
+// deploy, or read secrets. Like a bind, the link fails if path exists.
+// Closing the listener does not remove path; the caller does.
+func listenPrivate(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), privateSockDirs)
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := errors.Join(os.Chmod(tmp, 0o600), os.Link(tmp, path)); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // HTTPAddr returns the bound public HTTP address.
@@ -228,6 +263,12 @@ func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
 // services (they keep running, for the next daemon to adopt) and closes the
 // store. Shutdown stops the services.
 func (d *Daemon) Close() error {
+	if d.apiLn != nil {
+		// Before the listener closes: removed after, it could be the
+		// socket of a daemon that started meanwhile (a start removes a
+		// dead socket and makes its own).
+		os.Remove(SocketPath(d.opts.Root))
+	}
 	d.stopServing()
 	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.apiLn} {
 		if ln != nil {

@@ -2,14 +2,17 @@ package spec
 
 import (
 	"bytes"
-	"encoding/json"
+	stdjson "encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"io"
 	"path/filepath"
-	"reflect"
-	"sort"
+	"strconv"
 	"strings"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Error is a spec error a user sees: it names the file, service and field.
@@ -73,103 +76,195 @@ func DecodeIn(file string, data []byte, base string) (*Spec, error) {
 	return s, nil
 }
 
+// decodeOptions decode a spec strictly: an unknown field is an error, and
+// names match exactly ("Path" is not "path"). jsontext's defaults refuse
+// a key given twice in one object (encoding/json lets the last win) and
+// text that is not valid UTF-8 (encoding/json makes it U+FFFD).
+var decodeOptions = json.RejectUnknownMembers(true)
+
+// decode reads data into a Spec. Each error names where it is, in the
+// words a user writes the spec in: services.api.exec[0], not a Go type.
 func decode(data []byte) (*Spec, error) {
-	var top map[string]json.RawMessage
-	if err := strictUnmarshal(data, &top); err != nil {
-		return nil, fmt.Errorf("not a JSON object: %w", err)
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, &Error{Msg: "is empty: want a JSON object"}
 	}
-	if top == nil {
-		return nil, fmt.Errorf("not a JSON object")
+	if k := jsontext.Value(bytes.TrimSpace(data)).Kind(); k != '{' && isJSONKind(k) {
+		return nil, &Error{Msg: "want a JSON object, not " + kindWords(k)}
 	}
-	if err := checkRaw(data); err != nil {
+	if err := checkWritten(data); err != nil {
 		return nil, err
 	}
-	if z, ok := top["zone"]; ok && string(bytes.TrimSpace(z)) == `""` {
-		return nil, &Error{Field: "zone", Msg: fmt.Sprintf("must not be empty (leave it out for the default %q)", DefaultZone)}
-	}
-	s := &Spec{Services: map[string]*Service{}}
-	var rawServices map[string]json.RawMessage
-	if err := decodeFields(top, s, map[string]any{"services": &rawServices}); err != nil {
-		return nil, err
-	}
-	for name, raw := range rawServices {
-		svc := &Service{}
-		var fields map[string]json.RawMessage
-		if err := strictUnmarshal(raw, &fields); err != nil || fields == nil {
-			return nil, &Error{Service: name, Msg: "want a JSON object"}
+	s := &Spec{}
+	dec := jsontext.NewDecoder(bytes.NewReader(data))
+	err := json.UnmarshalDecode(dec, s, decodeOptions)
+	if err == nil {
+		end := dec.InputOffset()
+		if _, err := dec.ReadToken(); err != io.EOF {
+			end += int64(len(data[end:]) - len(bytes.TrimLeft(data[end:], " \t\r\n")))
+			return nil, syntaxError(data, end, "trailing data after the JSON value")
 		}
-		if err := decodeFields(fields, svc, nil); err != nil {
-			var se *Error
-			if errors.As(err, &se) {
-				se.Service = name
-			}
-			return nil, err
-		}
-		s.Services[name] = svc
+	}
+	if err != nil {
+		return nil, decodeError(data, err)
+	}
+	if s.Services == nil {
+		s.Services = map[string]*Service{}
 	}
 	return s, nil
 }
 
-// decodeFields decodes each field of fields into the struct dst points to, by
-// json tag, so that an error names the exact field. override redirects some
-// fields to other destinations. Unknown fields are errors.
-func decodeFields(fields map[string]json.RawMessage, dst any, override map[string]any) error {
-	v := reflect.ValueOf(dst).Elem()
-	t := v.Type()
-	index := map[string]int{}
-	for i := 0; i < t.NumField(); i++ {
-		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		if tag != "" && tag != "-" {
-			index[tag] = i
-		}
+// written holds, as written, the values that decoding into a Spec would
+// change: a zero that reads as something else than what a user who
+// writes it means ("cpu": 0 and "memory": "" would be no limit, "zone": ""
+// the default zone: leaving the field out says that), and a cpu that no
+// float64 holds (1e400). (A duration refuses its zero itself,
+// Duration.UnmarshalJSON.) A null is the field left out.
+type written struct {
+	Zone     jsontext.Value `json:"zone"`
+	Services map[string]*struct {
+		Memory jsontext.Value `json:"memory"`
+		CPU    jsontext.Value `json:"cpu"`
+	} `json:"services"`
+}
+
+// checkWritten refuses what written holds that the spec may not say.
+// Values of the wrong kind are left to the decoding into a Spec.
+func checkWritten(data []byte) error {
+	var w written
+	if json.Unmarshal(data, &w) != nil {
+		return nil
 	}
-	keys := make([]string, 0, len(fields))
-	for k := range fields {
-		keys = append(keys, k)
+	if string(w.Zone) == `""` {
+		return &Error{Field: "zone", Msg: fmt.Sprintf("must not be empty (leave it out for the default %q)", DefaultZone)}
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		var target any
-		if o, ok := override[k]; ok {
-			target = o
-		} else if i, ok := index[k]; ok {
-			target = v.Field(i).Addr().Interface()
-		} else {
-			return &Error{Msg: fmt.Sprintf("unknown field %q", k)}
+	for _, name := range sortedKeys(w.Services) {
+		svc := w.Services[name]
+		if svc == nil {
+			continue
 		}
-		if err := strictUnmarshal(fields[k], target); err != nil {
-			return &Error{Field: k, Msg: describe(err)}
+		if string(svc.Memory) == `""` {
+			return &Error{Service: name, Field: "memory", Msg: "must not be empty (leave it out for no limit)"}
+		}
+		if svc.CPU.Kind() == '0' {
+			// ParseFloat makes 1e400 +Inf, and 1e-400 0: both outside.
+			f, _ := strconv.ParseFloat(string(svc.CPU), 64)
+			if msg := checkCPU(f, string(svc.CPU)); msg != "" {
+				return &Error{Service: name, Field: "cpu", Msg: msg}
+			}
 		}
 	}
 	return nil
 }
 
-// strictUnmarshal decodes exactly one JSON value, refusing unknown fields and trailing data.
-func strictUnmarshal(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
+// decodeError turns an error of decoding data into a Spec into an *Error
+// that says where and what, in user words.
+func decodeError(data []byte, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return &Error{Msg: "invalid JSON: it ends before the object does"}
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("trailing data after the JSON value")
+	var syn *jsontext.SyntacticError
+	if errors.As(err, &syn) {
+		path := pointerPath(syn.JSONPointer)
+		switch {
+		case errors.Is(syn.Err, jsontext.ErrDuplicateName):
+			return pathError(path, "key given twice")
+		case stdjson.Valid(data):
+			// Syntax encoding/json accepts is refused here for one other
+			// reason only: text that is not valid UTF-8 (raw bytes, or a
+			// lone surrogate escape that would become U+FFFD).
+			return pathError(path, "is not valid UTF-8")
+		}
+		off, reason := syntaxReason(data)
+		return syntaxError(data, off, reason)
 	}
-	return nil
+	var sem *json.SemanticError
+	if errors.As(err, &sem) {
+		return semanticError(sem)
+	}
+	return &Error{Msg: "invalid JSON"}
 }
 
-func describe(err error) string {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		if te.Field != "" {
-			return fmt.Sprintf("%s: want %s, not %s", te.Field, te.Type, te.Value)
+// semanticError words a value of the wrong kind, an unknown field or a
+// value a field's own decoding refused.
+func semanticError(se *json.SemanticError) error {
+	path := pointerPath(se.JSONPointer)
+	var own *Error
+	switch {
+	case errors.Is(se.Err, json.ErrUnknownName) && len(path) > 0:
+		return pathError(path[:len(path)-1], fmt.Sprintf("unknown field %q", path[len(path)-1]))
+	case errors.As(se.Err, &own):
+		// The field's own UnmarshalJSON, in user words already.
+		return pathError(path, own.Msg)
+	case se.JSONKind == '0' && len(se.JSONValue) > 0 && se.Err != nil:
+		if integral(se.GoType) && bytes.ContainsAny(se.JSONValue, ".eE") {
+			return pathError(path, fmt.Sprintf("want a whole number, not %s", se.JSONValue))
 		}
-		return fmt.Sprintf("want %s, not %s", te.Type, te.Value)
+		return pathError(path, fmt.Sprintf("%s is out of range", se.JSONValue))
 	}
-	var se *json.SyntaxError
+	return pathError(path, fmt.Sprintf("want %s, not %s", typeWords(se.GoType), kindWords(se.JSONKind)))
+}
+
+// integral reports whether t is an integer type.
+func integral(t reflect.Type) bool {
+	if t == nil {
+		return false
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
+}
+
+// syntaxError says what is wrong at byte offset off of data, by line and column.
+func syntaxError(data []byte, off int64, what string) *Error {
+	off = min(max(off, 0), int64(len(data)))
+	line := 1 + bytes.Count(data[:off], []byte("\n"))
+	col := int(off) - bytes.LastIndexByte(data[:off], '\n')
+	return &Error{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %s", line, col, what)}
+}
+
+// syntaxReason returns where data's syntax error is and encoding/json's
+// wording of it ("invalid character 'x' looking for beginning of value"),
+// which names no Go type.
+func syntaxReason(data []byte) (int64, string) {
+	var v any
+	err := stdjson.Unmarshal(data, &v)
+	var se *stdjson.SyntaxError
 	if errors.As(err, &se) {
-		return "invalid JSON: " + se.Error()
+		// Offset counts the bytes read, the bad one included.
+		return se.Offset - 1, se.Error()
 	}
-	msg := err.Error()
-	msg = strings.TrimPrefix(msg, "json: ")
-	return msg
+	return int64(len(data)), "invalid JSON"
+}
+
+// isJSONKind reports whether k is the kind of a JSON value.
+func isJSONKind(k jsontext.Kind) bool {
+	switch k {
+	case 'n', 'f', 't', '"', '0', '{', '[':
+		return true
+	}
+	return false
+}
+
+// kindWords names a JSON value's kind as a user reads it.
+func kindWords(k jsontext.Kind) string {
+	switch k {
+	case 'n':
+		return "null"
+	case 'f':
+		return "false"
+	case 't':
+		return "true"
+	case '"':
+		return "a string"
+	case '0':
+		return "a number"
+	case '{':
+		return "an object"
+	case '[':
+		return "a list"
+	}
+	return "that"
 }

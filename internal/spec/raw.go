@@ -1,32 +1,12 @@
 package spec
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"reflect"
 	"strings"
 
 	"github.com/go-json-experiment/json/jsontext"
 )
-
-// checkRaw refuses what encoding/json accepts silently: a key given twice in
-// one object (the last would win) and text that is not valid UTF-8 — raw
-// bytes or a lone surrogate escape (it would become U+FFFD). jsontext
-// checks both, at any depth, and says where. Call it after encoding/json
-// accepted data: a syntax error is then one of these two.
-func checkRaw(data []byte) error {
-	err := jsontext.NewDecoder(bytes.NewReader(data)).SkipValue()
-	var se *jsontext.SyntacticError
-	if !errors.As(err, &se) {
-		return nil
-	}
-	path := pointerPath(se.JSONPointer)
-	if errors.Is(se.Err, jsontext.ErrDuplicateName) {
-		return pathError(path, "key given twice")
-	}
-	return pathError(path, "is not valid UTF-8")
-}
 
 // pointerPath turns a JSON pointer into the path of keys and indexes a
 // user writes, following the Spec type to tell a list's index ("[0]")
@@ -95,3 +75,36 @@ func joinPath(path []string) string {
 
 // fieldIndex names element i of a list field: exec[0].
 func fieldIndex(field string, i int) string { return fmt.Sprintf("%s[%d]", field, i) }
+
+// typeWords names what a field of Go type t holds as a user writes it:
+// "a list of strings", never "[]string".
+func typeWords(t reflect.Type) string {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil {
+		return "another kind of value"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Float32, reflect.Float64, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		if t.Elem().Kind() == reflect.String {
+			return "a list of strings"
+		}
+		return "a list"
+	case reflect.Map:
+		if t.Elem().Kind() == reflect.String {
+			return "an object of strings"
+		}
+		return "an object"
+	case reflect.Struct:
+		return "an object"
+	}
+	return "another kind of value"
+}

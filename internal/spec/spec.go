@@ -3,14 +3,16 @@
 package spec
 
 import (
-	"bytes"
-	"encoding/json"
+	stdjson "encoding/json"
 	"fmt"
 	"math"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // DefaultZone is the zone of immutable version names when the spec sets none.
@@ -175,22 +177,28 @@ type Database struct {
 	Database string `json:"database,omitempty"`
 }
 
-// UnmarshalJSON accepts true, false (no database) or an object.
-func (d *Database) UnmarshalJSON(b []byte) error {
-	switch string(bytes.TrimSpace(b)) {
-	case "true":
+// UnmarshalJSONFrom accepts true or an object; false, which would read as
+// no database, is refused (leave the field out for none).
+func (d *Database) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	switch dec.PeekKind() {
+	case 't':
+		if _, err := dec.ReadToken(); err != nil {
+			return err
+		}
 		*d = Database{}
 		return nil
-	case "false", "null":
-		return fmt.Errorf("want true or an object")
+	case '{':
+		// Decoded on dec, with its options: an unknown field and a value
+		// of the wrong kind are named by their place in the whole spec.
+		type plain Database
+		return json.UnmarshalDecode(dec, (*plain)(d))
 	}
-	type plain Database
-	var p plain
-	if err := strictUnmarshal(b, &p); err != nil {
-		return err
-	}
-	*d = Database(p)
-	return nil
+	return &Error{Msg: "want true or an object"}
+}
+
+// UnmarshalJSON is UnmarshalJSONFrom, for encoding/json.
+func (d *Database) UnmarshalJSON(b []byte) error {
+	return json.Unmarshal(b, d, decodeOptions)
 }
 
 // Name returns the database name for service svc.
@@ -206,26 +214,30 @@ type Duration time.Duration
 
 // MarshalJSON writes the duration in Go syntax.
 func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(time.Duration(d).String())
+	return stdjson.Marshal(time.Duration(d).String())
 }
 
-// UnmarshalJSON reads a Go duration string.
+// UnmarshalJSON reads a Go duration string; null leaves d as it is (the
+// field left out).
 func (d *Duration) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
 	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a duration string such as \"30s\"")
+	if err := stdjson.Unmarshal(b, &s); err != nil {
+		return &Error{Msg: "want a duration string such as \"30s\", not " + kindWords(jsontext.Value(b).Kind())}
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q", s)
+		return &Error{Msg: fmt.Sprintf("invalid duration %q", s)}
 	}
 	if v < 0 {
-		return fmt.Errorf("negative duration %q", s)
+		return &Error{Msg: fmt.Sprintf("negative duration %q", s)}
 	}
 	// Zero is what an absent field means; written out, it would be read as
 	// "none" or "at once", and silently get the default instead.
 	if v == 0 {
-		return fmt.Errorf("duration %q must be more than 0 (leave the field out for the default)", s)
+		return &Error{Msg: fmt.Sprintf("duration %q must be more than 0 (leave the field out for the default)", s)}
 	}
 	*d = Duration(v)
 	return nil
@@ -300,7 +312,13 @@ func EnvName(need string) string {
 	return strings.ToUpper(strings.ReplaceAll(need, "-", "_")) + "_URL"
 }
 
-// ParseMemory reads "512M", "2G", "1048576" into bytes.
+// MinMemory is the least memory a service may be given: under a MiB its
+// processes would be killed as they start.
+const MinMemory = 1 << 20
+
+// ParseMemory reads "512M", "2G", "1048576" into bytes. It reads whatever
+// a stored generation may hold, also one a spec of an older hostel let
+// through ("+512M", "4096"): Validate says what a spec may hold now.
 func ParseMemory(s string) (int64, error) {
 	if s == "" {
 		return 0, nil
@@ -323,6 +341,22 @@ func ParseMemory(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q is too large", s)
 	}
 	return n * mult, nil
+}
+
+// checkMemory says what is wrong with a memory of s, or "": digits, then
+// K, M or G (powers of 1024) or nothing (bytes), that ParseMemory reads,
+// at least MinMemory.
+func checkMemory(s string) string {
+	n, err := ParseMemory(s)
+	switch num := strings.TrimRight(s, "KkMmGg"); {
+	case num == "" || len(s)-len(num) > 1 || strings.Trim(num, "0123456789") != "":
+		return fmt.Sprintf("invalid size %q (want e.g. \"512M\")", s)
+	case err != nil:
+		return err.Error()
+	case n < MinMemory:
+		return fmt.Sprintf("%q is less than the least a service may have, 1M", s)
+	}
+	return ""
 }
 
 // Callable reports whether a version of the service that a deploy

@@ -3,9 +3,14 @@ package spec
 import (
 	"encoding/json"
 	"fmt"
+	"math"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"hostel/internal/cgroup"
 )
 
 func TestDecodeErrors(t *testing.T) {
@@ -15,7 +20,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"unknown top field", `{"services":{},"servics":{}}`, `hostel.json: unknown field "servics"`},
 		{"unknown service field", `{"services":{"api":{"exec":["/a"],"enviroment":{}}}}`, `hostel.json: service "api": unknown field "enviroment"`},
 		{"bad duration", `{"services":{"api":{"exec":["/a"],"stop_grace":"3x"}}}`, `hostel.json: service "api": stop_grace: invalid duration "3x"`},
-		{"bad health timeout", `{"services":{"api":{"exec":["/a"],"health":{"timeout":"soon"}}}}`, `hostel.json: service "api": health: invalid duration "soon"`},
+		{"bad health timeout", `{"services":{"api":{"exec":["/a"],"health":{"timeout":"soon"}}}}`, `hostel.json: service "api": health.timeout: invalid duration "soon"`},
 		{"bad name", `{"services":{"Api":{"exec":["/a"]}}}`, `hostel.json: service "Api": invalid service name`},
 		{"missing need", `{"services":{"api":{"exec":["/a"],"needs":["db2"]}}}`, `hostel.json: service "api": needs "db2", which is not defined`},
 		{"cycle", `{"services":{"a":{"exec":["/a"],"needs":["b"]},"b":{"exec":["/b"],"needs":["a"]}}}`, `hostel.json: service "a": needs: dependency cycle: a → b → a`},
@@ -24,12 +29,12 @@ func TestDecodeErrors(t *testing.T) {
 		{"redirect is a domain", `{"services":{"a":{"exec":["/a"],"domains":["x.org","y.org"],"redirects":["y.org"]}}}`, `service "a": redirects: redirect "y.org" is also claimed by service "a"`},
 		{"redirect without domain", `{"services":{"a":{"exec":["/a"],"redirects":["y.org"]}}}`, `redirects need a domain`},
 		{"no exec", `{"services":{"a":{}}}`, `service "a": exec: must name a program`},
-		{"wrong type", `{"services":{"a":{"exec":"/a"}}}`, `service "a": exec: want []string, not string`},
+		{"wrong type", `{"services":{"a":{"exec":"/a"}}}`, `hostel.json: service "a": exec: want a list of strings, not a string`},
 		{"reserved env", `{"services":{"a":{"exec":["/a"],"env":{"PORT":"1"}}}}`, `service "a": env.PORT: is set by hostel`},
 		{"relative package", `{"services":{"a":{"package":"pkg","exec":["bin/a"]}}}`, `package: want an absolute path`},
 		{"bad memory", `{"services":{"a":{"exec":["/a"],"memory":"lots"}}}`, `memory: invalid size "lots"`},
-		{"trailing data", `{"services":{}} {}`, `hostel.json: not a JSON object: trailing data`},
-		{"not json", `services:`, `hostel.json: not a JSON object`},
+		{"trailing data", `{"services":{}} {}`, `hostel.json: invalid JSON at line 1, column 17: trailing data after the JSON value`},
+		{"not json", `services:`, `hostel.json: invalid JSON at line 1, column 1: invalid character 's' looking for beginning of value`},
 		{"domain in zone", `{"services":{"a":{"exec":["/a"],"domains":["x.hostel.internal"]}}}`, `is in the zone`},
 		{"postgres false", `{"services":{"a":{"exec":["/a"],"postgres":false}}}`, `service "a": postgres: want true or an object`},
 		{"shared database", `{"services":{"a":{"exec":["/a"],"postgres":{"database":"x"}},"b":{"exec":["/b"],"postgres":{"database":"x"}}}}`, `database "x" is also used by service "a"`},
@@ -149,12 +154,17 @@ func TestVersionHost(t *testing.T) {
 	}
 }
 
-// FuzzDecode checks that decoding never panics, that every error is one line,
-// and that whatever decodes re-encodes to a canonical form with the same versions.
+// FuzzDecode checks that decoding never panics, that every error is one
+// line in user words (no Go type name), that what decodes holds only
+// limits a cgroup can enforce as written, and that it re-encodes to a
+// canonical form with the same versions.
 func FuzzDecode(f *testing.F) {
 	f.Add(`{"services":{"a":{"exec":["x"],"env":{"A":"1"},"needs":["b"]},"b":{"exec":["y"],"domains":["b.org"]}}}`)
 	f.Add(`{"zone":"z","services":{"a":{"exec":["x"],"postgres":{"database":"d"},"health":{"path":"/h","timeout":"1s"}}}}`)
 	f.Add(`{"services":{"a":{"exec":["x"],"stop_grace":"1s","idle":"2m","tls":false,"redirects":["w.a.org"],"domains":["a.org"]}}}`)
+	f.Add(`{"services":{"a":{"exec":["x"],"cpu":0.29,"memory":"64M"},"b":{"exec":["y"],"cpu":175921860,"memory":"1048576"}}}`)
+	f.Add(`{"services":{"a":{"package":"/p","exec":["bin/../x"],"release":["./m"],"postgres":true}}}`)
+	f.Add(`{"previews":{"domain":"p.example","idle":"1m","ttl":"2h","postgres":"empty"},"services":{"a":{"exec":["x"],"cpu":null,"memory":null}}}`)
 	f.Add(`[]`)
 	for _, c := range readCorpus(f, "testdata/bad") {
 		f.Add(c[0])
@@ -162,10 +172,16 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in string) {
 		s, err := Decode("f.json", []byte(in))
 		if err != nil {
-			if strings.Contains(err.Error(), "\n") {
-				t.Fatalf("multi-line error: %q", err)
-			}
+			checkUserWords(t, err)
 			return
+		}
+		for name, svc := range s.Services {
+			if svc.CPU != 0 && (svc.CPU < cgroup.MinCPU || svc.CPU > cgroup.MaxCPU || cgroupQuota(svc.CPU) != svc.CPU) {
+				t.Fatalf("service %q: cpu %v accepted, which a cgroup quota does not hold as written", name, svc.CPU)
+			}
+			if m, err := ParseMemory(svc.Memory); err != nil || (svc.Memory != "" && m < MinMemory) {
+				t.Fatalf("service %q: memory %q accepted: %d, %v", name, svc.Memory, m, err)
+			}
 		}
 		v1, err := Versions(s, Inputs{})
 		if err != nil {
@@ -188,30 +204,110 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// BenchmarkDecode measures decoding a spec of 50 services, and the share
-// of it the raw check (duplicate keys, UTF-8) takes.
+// cgroupQuota is cpu as a cgroup quota holds it: whole microseconds of a
+// 100 ms period, back in CPUs.
+func cgroupQuota(cpu float64) float64 { return math.Round(cpu*1e5) / 1e5 }
+
+// goWords are Go's names for types and packages, which a user who writes
+// a spec has no reason to know.
+var goWords = regexp.MustCompile(`map\[|\[\]|\bspec\.|\bjson\.|jsontext|reflect|RawMessage|float64|int64|\bGo\b|\bplain\b`)
+
+// quoted is a string as %q writes it: a value from the spec, echoed.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// checkUserWords fails t unless err is one line that names no Go type.
+func checkUserWords(t testing.TB, err error) {
+	t.Helper()
+	msg := err.Error()
+	if strings.Contains(msg, "\n") {
+		t.Fatalf("multi-line error: %q", msg)
+	}
+	if w := goWords.FindString(quoted.ReplaceAllString(msg, `""`)); w != "" {
+		t.Fatalf("error %q is in Go's words (%q), not the spec's", msg, w)
+	}
+}
+
+// TestDecodeErrorsInUserWords walks every field of the spec, at any depth,
+// with a value of every JSON kind: each error is one line, in user words,
+// and names the field it is about.
+func TestDecodeErrorsInUserWords(t *testing.T) {
+	values := []string{`null`, `true`, `false`, `0`, `-1`, `1.5`, `1e400`, `1e-400`, `""`, `"x"`, `[]`, `[1]`, `[""]`, `{}`, `{"x":1}`, `{"x":"y"}`}
+	var walk func(typ reflect.Type, path []string)
+	n := 0
+	walk = func(typ reflect.Type, path []string) {
+		for typ.Kind() == reflect.Pointer {
+			typ = typ.Elem()
+		}
+		if typ.Kind() != reflect.Struct {
+			return
+		}
+		for i := range typ.NumField() {
+			name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			fpath := append(append([]string(nil), path...), name)
+			for _, v := range values {
+				in := nest(fpath, v)
+				_, err := Decode("h.json", []byte(in))
+				n++
+				if err == nil {
+					continue
+				}
+				checkUserWords(t, err)
+				// A value in services is a service, named as such.
+				named := len(fpath) == 1 && name == "services" && strings.Contains(err.Error(), `service "x"`)
+				if want := fieldWords(fpath); !strings.Contains(err.Error(), want) && !named {
+					t.Errorf("%s: error %q does not name %s", in, err, want)
+				}
+			}
+			ft := typ.Field(i).Type
+			if name == "services" {
+				walk(reflect.TypeFor[Service](), []string{"services", "a"})
+			} else {
+				walk(ft, fpath)
+			}
+		}
+	}
+	walk(reflect.TypeFor[Spec](), nil)
+	if n < 300 {
+		t.Fatalf("walked %d cases: the walk missed the fields", n)
+	}
+}
+
+// nest is a spec that sets the field at path to the JSON value v, inside
+// a valid service "a" when the path is in one.
+func nest(path []string, v string) string {
+	for i := len(path) - 1; i >= 0; i-- {
+		if i == 1 && path[0] == "services" && path[2] != "exec" {
+			v = `{"exec":["/bin/true"],` + v[1:] // v is {"FIELD":…}
+		}
+		v = fmt.Sprintf(`{%q:%s}`, path[i], v)
+	}
+	return v
+}
+
+// fieldWords is how an error names the field at path: service "a": exec.
+func fieldWords(path []string) string {
+	if len(path) >= 3 && path[0] == "services" {
+		return fmt.Sprintf("service %q: %s", path[1], strings.Join(path[2:], "."))
+	}
+	return strings.Join(path, ".")
+}
+
+// BenchmarkDecode measures decoding a spec of 50 services.
 func BenchmarkDecode(b *testing.B) {
 	var svcs []string
 	for i := range 50 {
 		svcs = append(svcs, fmt.Sprintf(`"s%d":{"exec":["/bin/s%d","--port","x"],"env":{"A":"1","B":"two","LOG_LEVEL":"info"},"health":{"path":"/healthz","timeout":"20s"},"domains":["s%d.example.org"],"stop_grace":"5s"}`, i, i, i))
 	}
 	data := []byte(`{"zone":"z.example","services":{` + strings.Join(svcs, ",") + `}}`)
-	b.Run("decode", func(b *testing.B) {
-		b.SetBytes(int64(len(data)))
-		for b.Loop() {
-			if _, err := Decode("hostel.json", data); err != nil {
-				b.Fatal(err)
-			}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := Decode("hostel.json", data); err != nil {
+			b.Fatal(err)
 		}
-	})
-	b.Run("raw-check", func(b *testing.B) {
-		b.SetBytes(int64(len(data)))
-		for b.Loop() {
-			if err := checkRaw(data); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	}
 }
 
 // TestInstanceKey: production's instance of a version is its immutable

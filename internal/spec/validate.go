@@ -2,14 +2,17 @@ package spec
 
 import (
 	"fmt"
+	"net"
 	"net/mail"
 	"net/url"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
+	"hostel/internal/cgroup"
 	"hostel/internal/postgres/conninfo"
 )
 
@@ -66,8 +69,10 @@ const (
 // in service-name order, is returned.
 func (s *Spec) Validate() error {
 	zone := s.ZoneOrDefault()
-	if s.Zone != "" && !validHost(s.Zone) {
-		return &Error{Field: "zone", Msg: fmt.Sprintf("invalid host name %q", s.Zone)}
+	if s.Zone != "" {
+		if msg := checkDNSName(s.Zone); msg != "" {
+			return &Error{Field: "zone", Msg: msg}
+		}
 	}
 	if s.ACME != nil && s.ACME.CA != "" && !strings.HasPrefix(s.ACME.CA, "https://") {
 		return &Error{Field: "acme.ca", Msg: fmt.Sprintf("want an https:// directory URL, not %q", s.ACME.CA)}
@@ -112,6 +117,9 @@ func (s *Spec) Validate() error {
 		}
 		if svc.Package == "" && strings.Contains(svc.Exec[0], "/") && !filepath.IsAbs(svc.Exec[0]) {
 			return fail("exec", "relative path %q needs a package", svc.Exec[0])
+		}
+		if msg := checkInPackage(svc.Package, svc.Exec[0]); msg != "" {
+			return fail("exec[0]", "%s", msg)
 		}
 		for _, k := range sortedKeys(svc.Env) {
 			if !envName.MatchString(k) {
@@ -159,6 +167,11 @@ func (s *Spec) Validate() error {
 		if svc.Package == "" && len(svc.Release) > 0 && strings.Contains(svc.Release[0], "/") && !filepath.IsAbs(svc.Release[0]) {
 			return fail("release", "relative path %q needs a package", svc.Release[0])
 		}
+		if len(svc.Release) > 0 {
+			if msg := checkInPackage(svc.Package, svc.Release[0]); msg != "" {
+				return fail("release[0]", "%s", msg)
+			}
+		}
 		for _, c := range []struct {
 			field string
 			argv  []string
@@ -203,11 +216,15 @@ func (s *Spec) Validate() error {
 		default:
 			return fail("old_versions", "%q is not one of %q, %q", svc.OldVersions, OldVersionsStop, OldVersionsCallable)
 		}
-		if _, err := ParseMemory(svc.Memory); err != nil {
-			return fail("memory", "%v", err)
+		if svc.Memory != "" {
+			if msg := checkMemory(svc.Memory); msg != "" {
+				return fail("memory", "%s", msg)
+			}
 		}
-		if svc.CPU < 0 {
-			return fail("cpu", "must not be negative")
+		if svc.CPU != 0 {
+			if msg := checkCPU(svc.CPU, strconv.FormatFloat(svc.CPU, 'g', -1, 64)); msg != "" {
+				return fail("cpu", "%s", msg)
+			}
 		}
 		clear(seen)
 		for _, n := range svc.Needs {
@@ -400,6 +417,50 @@ func (s *Spec) findCycle() []string {
 	return nil
 }
 
+// checkCPU says what is wrong with a cpu of f, written text, or "": it
+// must be a quota a cgroup can express (cgroup.MinCPU..MaxCPU, in steps of
+// 0.00001), so that what runs is what the spec says. Zero is not a limit:
+// the field left out is.
+func checkCPU(f float64, text string) string {
+	if !(f >= cgroup.MinCPU && f <= cgroup.MaxCPU) {
+		return fmt.Sprintf("%s is outside %v..%v (leave the field out for no limit)", text, cgroup.MinCPU, cgroup.MaxCPU)
+	}
+	// The shortest decimal that reads back as f is what was written.
+	dec := strconv.FormatFloat(f, 'f', -1, 64)
+	if _, frac, _ := strings.Cut(dec, "."); len(frac) > cgroup.CPUDecimals {
+		return fmt.Sprintf("%s has more than %d decimals: a cgroup quota counts CPUs in steps of 0.%0*d", text, cgroup.CPUDecimals, cgroup.CPUDecimals, 1)
+	}
+	return ""
+}
+
+// checkInPackage says what is wrong with program path prog of a service
+// whose package is pkg, or "": a relative path must stay inside the
+// package, which the version hashes; "../../bin/sh" would run a program
+// that is not part of the version.
+func checkInPackage(pkg, prog string) string {
+	if pkg == "" || filepath.IsAbs(prog) || filepath.IsLocal(prog) {
+		return ""
+	}
+	return fmt.Sprintf("%q leads out of the package (write an absolute path for a program outside it)", prog)
+}
+
+// checkDNSName says what is wrong with h as a DNS suffix (a zone, a
+// previews domain), or "": names are made under it, so it may not be an IP
+// address, nor end in a label that is a number.
+func checkDNSName(h string) string {
+	if net.ParseIP(h) != nil {
+		return fmt.Sprintf("%q is an IP address, not a DNS name such as %q", h, DefaultZone)
+	}
+	if !validHost(h) {
+		return fmt.Sprintf("invalid host name %q", h)
+	}
+	last := h[strings.LastIndexByte(h, '.')+1:]
+	if strings.Trim(last, "0123456789") == "" {
+		return fmt.Sprintf("%q ends in a number, which no DNS name does (want a name such as %q)", h, DefaultZone)
+	}
+	return ""
+}
+
 func validHost(h string) bool {
 	if len(h) == 0 || len(h) > 253 || strings.ToLower(h) != h {
 		return false
@@ -427,8 +488,13 @@ func (p *Previews) validate() error {
 	if p == nil {
 		return nil
 	}
-	if p.Domain != "" && !validHost(p.Domain) {
-		return &Error{Field: "previews.domain", Msg: fmt.Sprintf("invalid host name %q", p.Domain)}
+	if p.Domain != "" {
+		if msg := checkDNSName(p.Domain); msg != "" {
+			return &Error{Field: "previews.domain", Msg: msg}
+		}
+	}
+	if d := p.Idle.D(); d != 0 && d < MinIdle {
+		return &Error{Field: "previews.idle", Msg: fmt.Sprintf("%s is shorter than %s", d, MinIdle)}
 	}
 	for _, f := range []struct{ field, v string }{{"previews.postgres", p.Postgres}, {"previews.state", p.State}} {
 		if f.v != "" && f.v != PreviewCopy && f.v != PreviewEmpty {

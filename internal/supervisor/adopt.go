@@ -234,6 +234,10 @@ func (i *Instance) openLog() error {
 		return fmt.Errorf("watching %s: %w", i.logPath, err)
 	}
 	i.logWatch, i.logWake = wd, wake
+	// A first look without a write: a log may have grown past its cap
+	// while no daemon watched it (written all the while the daemon was
+	// down), and the service may write nothing more for a long time.
+	notify(wake)
 	i.rotDone = make(chan struct{})
 	go func() {
 		defer close(i.rotDone)

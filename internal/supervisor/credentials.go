@@ -36,21 +36,14 @@ func (i *Instance) credentialsDir() (string, error) {
 	if memoryBacked(i.runDir) || !memoryBacked(shmDir) {
 		return inRun, nil
 	}
-	root, err := filepath.Abs(i.s.opts.Root)
+	base, err := i.s.shmBase()
 	if err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256([]byte(root))
-	base := filepath.Join(shmDir, "hostel-"+hex.EncodeToString(sum[:6]))
 	if err := os.Mkdir(base, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
 		return inRun, nil
 	}
-	fi, err := os.Lstat(base)
-	if err != nil {
-		return inRun, nil
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() {
+	if !ownDir(base) {
 		// Someone else made it (a world-writable /dev/shm): do not use it.
 		i.s.opts.Logf("supervisor: %s is not a directory of this daemon's user; keeping credentials in %s", base, i.runDir)
 		return inRun, nil
@@ -59,6 +52,28 @@ func (i *Instance) credentialsDir() (string, error) {
 		return "", err
 	}
 	return filepath.Join(base, string(i.key)), nil
+}
+
+// shmBase is the directory under shmDir that holds this root's credentials
+// directories, one per instance by key, when RUNTIME_DIRECTORY is on disk.
+func (s *Supervisor) shmBase() (string, error) {
+	root, err := filepath.Abs(s.opts.Root)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(root))
+	return filepath.Join(shmDir, "hostel-"+hex.EncodeToString(sum[:6])), nil
+}
+
+// ownDir reports whether dir is a directory (not a link to one) of the
+// daemon's user.
+func ownDir(dir string) bool {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return fi.IsDir() && ok && int(st.Uid) == os.Geteuid()
 }
 
 // setupCredentials writes cfg.Credentials as one 0400 file each into a 0500

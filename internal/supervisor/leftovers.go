@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -27,10 +28,11 @@ import (
 // new process is stopped too, and the version started again.)
 
 // Leftovers stops every process of this root whose version no live record
-// accounts for,
-// removes cgroups no record holds, and removes the temporary files of
+// accounts for, removes cgroups, runtime directories and credentials
+// directories no live record holds, and removes the temporary files of
 // record writes that were cut short. It returns the keys of the versions
-// whose processes it stopped. Call it once, before adopting anything.
+// whose processes it stopped. Call it at start, before adopting or
+// starting anything, and at shutdown once everything stopped.
 func (s *Supervisor) Leftovers() []spec.VersionKey {
 	run := filepath.Join(s.opts.Root, "run")
 	tmps, _ := filepath.Glob(filepath.Join(run, ".*.tmp-*"))
@@ -101,7 +103,53 @@ func (s *Supervisor) Leftovers() []spec.VersionKey {
 			}
 		}
 	}
+	s.removeStaleDirs(run, live)
 	return stopped
+}
+
+// removeStaleDirs removes the runtime directories in run (ROOT/run/KEY, and
+// ROOT/run/KEY.once of release steps) and the credentials directories in
+// shmBase that no live record holds. A launch makes them before its
+// process starts, and its record comes after: a daemon killed in between
+// leaves them behind, and nothing else would remove them if the version
+// is not started again. A live record's process is adopted, and keeps its
+// own, as does an instance this supervisor runs. Call it once the
+// processes that used them have stopped.
+func (s *Supervisor) removeStaleDirs(run string, live map[spec.VersionKey]bool) {
+	held := func(key spec.VersionKey) bool {
+		_, known := s.Get(key)
+		return known || live[key]
+	}
+	ents, _ := os.ReadDir(run)
+	for _, e := range ents {
+		if !e.IsDir() || held(spec.VersionKey(e.Name())) {
+			continue
+		}
+		dir := filepath.Join(run, e.Name())
+		// Credentials go first, zeroed: their directory is read-only.
+		err := removeCredentialsDir(filepath.Join(dir, "credentials"))
+		if err = errors.Join(err, os.RemoveAll(dir)); err != nil {
+			s.opts.Logf("supervisor: removing %s, left by a launch cut short: %v", dir, err)
+			continue
+		}
+		s.opts.Logf("supervisor: removed %s, left by a launch cut short", dir)
+	}
+	base, err := s.shmBase()
+	if err != nil || !ownDir(base) {
+		return // never made, or not ours to clean
+	}
+	ents, _ = os.ReadDir(base)
+	for _, e := range ents {
+		if held(spec.VersionKey(e.Name())) {
+			continue
+		}
+		dir := filepath.Join(base, e.Name())
+		if err := removeCredentialsDir(dir); err != nil {
+			s.opts.Logf("supervisor: removing %s, left by a launch cut short: %v", dir, err)
+			continue
+		}
+		s.opts.Logf("supervisor: removed %s, left by a launch cut short", dir)
+	}
 }
 
 // processesByEnv finds the processes whose environment holds

@@ -124,3 +124,36 @@ func TestLogOfFailedVersionRemovedOnFullDisk(t *testing.T) {
 	next := appConfig("next")
 	startReady(t, s, next)
 }
+
+// A log that grew past its cap while no daemon watched it (a service that
+// kept writing while the daemon was down) is trimmed when the next
+// supervisor takes the version back, not only at the service's next
+// write, which may never come.
+func TestLogFloodedWhileDetachedTrimmedAtAdopt(t *testing.T) {
+	t.Parallel()
+	const logMax = 1 << 20
+	s1, root := newSupervisor(t, Options{LogMaxBytes: logMax})
+	cfg := appConfig("quiet")
+	i := startReady(t, s1, cfg)
+	log := i.Status().LogPath
+	s1.Detach()
+	// Appended as the service would have: 3 × max, past the flood's bound.
+	f, err := os.OpenFile(log, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(make([]byte, 3*logMax)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	s2 := New(Options{Root: root, Logf: t.Logf, LogMaxBytes: logMax})
+	t.Cleanup(func() { s2.StopAll(context.Background()) })
+	if _, ok, err := s2.Adopt(cfg); err != nil || !ok {
+		t.Fatalf("Adopt: %v, %v", ok, err)
+	}
+	waitFor(t, "the log to be trimmed with no write", func() bool {
+		fi, err := os.Stat(log)
+		return err == nil && fi.Size() <= logMax
+	})
+}

@@ -68,6 +68,44 @@ func (e *Env) checkOnlyCurrent(when string) {
 	if len(tmps) > 0 {
 		e.t.Errorf("%s: temporary files left in ROOT/run: %v", when, tmps)
 	}
+	for _, dir := range runtimeDirs(e.t, e.Root) {
+		if !current[dir] {
+			e.t.Errorf("%s: ROOT/run/%s is left, which no version of the current generation %v runs in", when, dir, current)
+		}
+	}
+}
+
+// runtimeDirs lists the RUNTIME_DIRECTORYs in ROOT/run, by name
+// (SERVICE-VERSION).
+func runtimeDirs(t testing.TB, root string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(root, "run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// checkShutDown asserts that `hostel shutdown` left no process of the
+// root and nothing in ROOT/run: no runtime directory, no record.
+func (e *Env) checkShutDown() {
+	e.t.Helper()
+	if left := rootProcesses(e.t, e.Root); len(left) > 0 {
+		e.t.Errorf("processes left after hostel shutdown: %v", left)
+	}
+	if left, _ := os.ReadDir(filepath.Join(e.Root, "run")); len(left) > 0 {
+		var names []string
+		for _, l := range left {
+			names = append(names, l.Name())
+		}
+		e.t.Errorf("left in ROOT/run after hostel shutdown: %v", names)
+	}
 }
 
 // killDaemon kills the daemon with SIGKILL (if it still runs) and waits.
@@ -86,8 +124,9 @@ func (e *Env) killDaemon() {
 // named failpoint or from outside after a random delay) at many points of
 // a deploy's launches, starts it again, and checks what must hold: no
 // process of the root outside the current generation survives, no version
-// runs twice, no temporary file is left, a deploy of the same spec then
-// goes through without a duplicate, and `hostel shutdown` leaves nothing.
+// runs twice, no temporary file or runtime directory of a launch cut short
+// is left, a deploy of the same spec then goes through without a
+// duplicate, and `hostel shutdown` leaves nothing.
 func TestCrashDuringLaunch(t *testing.T) {
 	points := []string{"launch-before-start", "launch-after-start", "launch-after-record", "atomicfile-before-rename"}
 	for _, fp := range points {
@@ -117,9 +156,7 @@ func TestCrashDuringLaunch(t *testing.T) {
 			e.MustRun("deploy", "--no-confirm")
 			e.checkOnlyCurrent("after deploying again")
 			e.Shutdown()
-			if left := rootProcesses(t, e.Root); len(left) > 0 {
-				t.Errorf("processes left after hostel shutdown: %v", left)
-			}
+			e.checkShutDown()
 		})
 	}
 
@@ -142,9 +179,7 @@ func TestCrashDuringLaunch(t *testing.T) {
 		e.MustRun("deploy", "--no-confirm")
 		e.checkOnlyCurrent("after the last deploy")
 		e.Shutdown()
-		if left := rootProcesses(t, e.Root); len(left) > 0 {
-			t.Errorf("processes left after hostel shutdown: %v", left)
-		}
+		e.checkShutDown()
 	})
 }
 

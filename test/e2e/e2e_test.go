@@ -138,9 +138,9 @@ func TestDeployStory(t *testing.T) {
 					if code != 2 {
 						t.Errorf("%s: exit %d, want 2 (stderr %q)", cmd, code, stderr)
 					}
-					first := strings.SplitN(stderr, "\n", 2)[0]
-					if !strings.Contains(first, c.want) {
-						t.Errorf("%s: first line %q, want it to contain %q", cmd, first, c.want)
+					// One line, in the spec's words, naming file, service and field.
+					if stderr != c.want+"\n" {
+						t.Errorf("%s: stderr %q, want the one line %q", cmd, stderr, c.want)
 					}
 				}
 				gen, st := e.Status()

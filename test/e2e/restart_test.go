@@ -246,3 +246,48 @@ func TestDaemonRestartKeepsServices(t *testing.T) {
 		t.Error("no request of the steady load succeeded")
 	}
 }
+
+// TestLogFloodedWhileDownTrimmedAtStart: a service that floods its log
+// while the daemon is down has it trimmed by the next daemon's start,
+// without waiting for the service to write again (quotes writes nothing
+// after its first line), and keeps running.
+func TestLogFloodedWhileDownTrimmedAtStart(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(map[string]any{"services": map[string]any{"quotes": e.App("quotes", nil)}})
+	e.MustRun("deploy", "--no-confirm")
+	_, before := e.Status()
+	e.StopDaemon()
+
+	log := filepath.Join(e.Root, "logs", "quotes", before["quotes"].Version+".log")
+	f, err := os.OpenFile(log, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Repeat("x", 1023) + "\n"
+	for range 25 << 10 { // 25 MiB, past twice the 10 MiB rotation size
+		if _, err := f.WriteString(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+
+	e.StartDaemon()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		fi, err := os.Stat(log)
+		if err == nil && fi.Size() <= 10<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the log is still %d bytes 20 s after the daemon started (%v)", fi.Size(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if b, _ := os.ReadFile(log); !strings.Contains(string(b), "bytes of this log dropped") {
+		t.Errorf("the trimmed log does not say what was dropped: %.200q", b)
+	}
+	if _, after := e.Status(); after["quotes"].PID != before["quotes"].PID {
+		t.Errorf("quotes was restarted: pid %d, then %d", before["quotes"].PID, after["quotes"].PID)
+	}
+}

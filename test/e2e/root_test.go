@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -42,5 +44,31 @@ func TestServeRefusesUnreachableRoot(t *testing.T) {
 	e.MustRun("deploy", "--no-confirm")
 	if _, svcs := e.Status(); svcs["quotes"].State != "running" {
 		t.Errorf("quotes is %q after deploy, want running", svcs["quotes"].State)
+	}
+}
+
+// TestAPISocketBornPrivate: the API socket is never reachable by other
+// users, not even for the moment between its creation and a chmod: the
+// daemon, started with umask 0 (which would leave a socket bound in ROOT
+// 0777), dies at the failpoint right after the socket appears at
+// ROOT/hostel.sock, and the socket it leaves is 0600.
+func TestAPISocketBornPrivate(t *testing.T) {
+	e := NewEnv(t)
+	cmd := exec.Command("/bin/sh", "-c", `umask 0; exec "$0" "$@"`, e.Bin, "serve", "--root", e.Root, "--http", "127.0.0.1:0", "--https", "")
+	cmd.Env = append(os.Environ(), "HOSTEL_FAILPOINT=api-socket-bound")
+	out, err := cmd.CombinedOutput()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("hostel serve did not die at the failpoint api-socket-bound: %v\n%s", err, out)
+	}
+	sock := filepath.Join(e.Root, "hostel.sock")
+	fi, err := os.Lstat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s appeared as %v, want a socket with mode 0600", sock, fi.Mode())
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.Root, ".sock-*")); len(left) > 0 {
+		t.Logf("left by the kill: %v", left) // removed by the next start
 	}
 }
