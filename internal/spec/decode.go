@@ -5,9 +5,9 @@ import (
 	stdjson "encoding/json"
 	"errors"
 	"fmt"
-	"reflect"
 	"io"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 
