@@ -59,8 +59,9 @@ func StartMember(dir string, logf func(string, ...any)) (*Member, error) {
 	cfg.AutoCompactionMode = embed.CompactorModeRevision
 	cfg.AutoCompactionRetention = strconv.Itoa(store.LogRevisions)
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(zapcore.NewCore(
-		zapcore.NewConsoleEncoder(zap.NewProductionEncoderConfig()),
-		zapcore.AddSync(logWriter{logf, closing}), zapcore.WarnLevel)))
+		zapcore.NewConsoleEncoder(zapcore.EncoderConfig{LevelKey: "level", MessageKey: "msg",
+			EncodeLevel: zapcore.LowercaseLevelEncoder, ConsoleSeparator: " "}),
+		zapcore.AddSync(logWriter{logf, closing}), zapcore.ErrorLevel)))
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd member in %s: %w", dir, err)
@@ -106,8 +107,12 @@ type logWriter struct {
 }
 
 func (w logWriter) Write(p []byte) (int, error) {
-	if !w.closing.Load() && w.logf != nil {
-		w.logf("etcd: %s", strings.TrimSpace(string(p)))
+	line := strings.TrimSpace(string(p))
+	// A member's first start cannot read a storage version it has not
+	// written yet, and says so as an error.
+	benign := strings.Contains(line, "failed to update storage version") && strings.Contains(line, "missing term information")
+	if !w.closing.Load() && w.logf != nil && !benign {
+		w.logf("etcd: %s", line)
 	}
 	return len(p), nil
 }
