@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,4 +93,77 @@ func exitCode(err error) int {
 		return ee.ExitCode()
 	}
 	return -1
+}
+
+// startEtcd runs Debian's etcd on free loopback ports until the test
+// ends, and returns its client URL.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("etcd"); err != nil {
+		if os.Getenv("HOSTEL_REQUIRE_ETCD") != "" {
+			t.Fatal("etcd is not installed (apt-get install etcd-server)")
+		}
+		t.Skip("etcd is not installed (apt-get install etcd-server)")
+	}
+	client, peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	var log bytes.Buffer
+	cmd := exec.Command("etcd", "--name", "e2e", "--data-dir", filepath.Join(t.TempDir(), "etcd"),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "e2e="+peer)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(client + "/health"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return client
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd does not answer at %s", client)
+		}
+	}
+}
+
+// TestServeOnEtcd: the daemon keeps its state in an etcd it is given
+// (--etcd URL, Debian's etcd here) and finds it again after a restart;
+// another machine's bbolt state is not moved into an etcd that holds a
+// deployment: that daemon refuses to start.
+func TestServeOnEtcd(t *testing.T) {
+	url := startEtcd(t)
+	args := []string{"--http", "127.0.0.1:0", "--https", "", "--etcd", url}
+	e := NewEnv(t)
+	e.StartDaemonArgs(args...)
+	e.WriteSpec(monoliths(e, "Hi"))
+	e.MustRun("deploy", "--no-confirm")
+	e.StopDaemon()
+	if _, err := os.Stat(filepath.Join(e.Root, "state.db")); err == nil {
+		t.Error("a daemon on --etcd made ROOT/state.db")
+	}
+	e.StartDaemonArgs(args...)
+	if gen, st := e.Status(); gen != 1 || st["blog"].State != "running" {
+		t.Errorf("after a restart on --etcd: generation %d, %+v", gen, st["blog"])
+	}
+	e.Shutdown()
+
+	other := NewEnv(t)
+	other.StartDaemon()
+	other.WriteSpec(monoliths(other, "Hello"))
+	other.MustRun("deploy", "--no-confirm")
+	other.Shutdown()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, other.Bin, append([]string{"serve", "--root", other.Root}, args...)...).CombinedOutput()
+	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "etcd already holds a deployment") {
+		t.Errorf("serve --etcd beside another deployment's state.db: exit %d\n%s\nwant exit 1, refused", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(other.Root, "state.db")); err != nil {
+		t.Errorf("the refused start moved state.db: %v", err)
+	}
 }
