@@ -29,6 +29,9 @@ func records(tx *bolt.Tx, kind string) []Record {
 
 // Record implements Store.
 func (s *Bolt) Record(ctx context.Context, kind, key string) (Record, error) {
+	if err := CheckName("record kind", kind); err != nil {
+		return Record{}, err
+	}
 	var r Record
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		k := recordKey(kind, key)

@@ -218,7 +218,8 @@ type Store interface {
 	// Fenced returns a view of this handle whose every write also
 	// requires leadership l to hold, in the same change: once it is lost
 	// each write fails with ErrNotLeader and changes nothing. Reads,
-	// watches and leases are the handle's; closing the view does nothing.
+	// watches, Compact, leases and campaigns are the handle's; closing
+	// the view does nothing.
 	Fenced(l Leadership) Store
 
 	// Close releases the handle: its watches end, its leases are no
