@@ -206,7 +206,8 @@ type Store interface {
 	// revisions too).
 	Compact(ctx context.Context, rev uint64) error
 
-	// Grant makes a lease of ttl (rounded up to whole seconds), kept alive
+	// Grant makes a lease of ttl (rounded up to whole seconds; etcd
+	// grants at least its minimum, Lease.TTL says), kept alive
 	// by this handle until it is revoked or the handle is closed; then it
 	// expires ttl after its last renewal and the records written with it
 	// are deleted.

@@ -161,7 +161,7 @@ func (b *binary) start(t *testing.T) {
 	b.cmd = exec.Command("etcd", "--name", "t", "--data-dir", filepath.Join(b.dir, "data"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "t="+peer,
-		// Short ticks: leases as short as a second (storetest.LeaseTTL).
+		// Short ticks: the member elects itself sooner at each (re)start.
 		"--heartbeat-interval", "10", "--election-timeout", "100")
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	if err := b.cmd.Start(); err != nil {

@@ -54,7 +54,8 @@ func (s *Store) Grant(ctx context.Context, ttl time.Duration) (store.Lease, erro
 		cancel()
 		return nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, wrap(err))
 	}
-	l := &lease{id: store.LeaseID(resp.ID), ttl: time.Duration(secs) * time.Second, s: s, done: make(chan struct{}), cancel: cancel}
+	// etcd grants at least its minimum TTL (1.5 election timeouts).
+	l := &lease{id: store.LeaseID(resp.ID), ttl: time.Duration(resp.TTL) * time.Second, s: s, done: make(chan struct{}), cancel: cancel}
 	go func() {
 		// The channel closes when the lease expires or is revoked, or
 		// the keep-alive stops (Revoke, Close).

@@ -61,7 +61,7 @@ func testLeaseKeptAlive(t *testing.T, b Backend) {
 	if err != nil || r.Lease != l.ID() || r.Revision != rev {
 		t.Fatalf("record from the other handle: %+v, %v; want it with lease %x at %d", r, err, l.ID(), rev)
 	}
-	time.Sleep(3 * LeaseTTL)
+	time.Sleep(2 * LeaseTTL)
 	recordAt(t, other, "node", "n1", "up", rev)
 	notClosed(t, "Done of a lease renewed by its open handle", l.Done())
 }
