@@ -39,6 +39,7 @@ bench: build
 	$(GO) run ./bench/router
 	$(GO) run ./bench/previews -hostel bin/hostel
 	$(GO) run ./bench/callable -hostel bin/hostel
+	$(GO) run ./bench/store -hostel bin/hostel
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build

@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HTTP=${HOSTEL_DEMO_HTTP:-127.0.0.1:8080}
+# HOSTEL_STORE=etcd-embed keeps the demo's state in an etcd member the
+# daemon runs (ROOT/etcd) instead of the bbolt file ROOT/state.db.
+case ${HOSTEL_STORE:-bbolt} in
+  bbolt) store=() ;;
+  etcd-embed) store=(--etcd-embed) ;;
+  *) echo "HOSTEL_STORE=$HOSTEL_STORE: want bbolt or etcd-embed" >&2; exit 2 ;;
+esac
 # Services run as their own users, so every directory above the root must be
 # traversable by others. A clone under /root (0700) is not: then the root
 # lives under /var/lib/hostel-demo and .demo points to it.
@@ -35,7 +42,7 @@ scripts/demo-postgres.sh "$ROOT" # the guestbook's database server, before the d
 if [[ -S $ROOT/hostel.sock ]] && bin/hostel status >/dev/null 2>&1; then
   echo "a demo daemon is already running on $ROOT"
 else
-  nohup bin/hostel serve --http "$HTTP" --https "" >"$ROOT/daemon.log" 2>&1 &
+  nohup bin/hostel serve --http "$HTTP" --https "" "${store[@]}" >"$ROOT/daemon.log" 2>&1 &
   echo $! >"$ROOT/daemon.pid"
   for _ in $(seq 100); do
     [[ -S $ROOT/hostel.sock ]] && break

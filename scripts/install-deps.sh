@@ -24,6 +24,8 @@ if [[ $what == test ]]; then
   have pebble && have pebble-challtestsrv || need+=(pebble)
   # openssl makes the self-signed certificates of the PostgreSQL TLS tests.
   have openssl || need+=(openssl)
+  # Debian's etcd (3.4): the etcd store passes its conformance suite against it too.
+  have etcd || need+=(etcd-server)
 fi
 ((${#need[@]})) || exit 0
 if ((EUID != 0)); then

@@ -42,6 +42,12 @@ func TestExitCodes(t *testing.T) {
 		{"missing spec", []string{"plan", filepath.Join(dir, "nope.json")}, 2, "nope.json: "},
 		{"no daemon", []string{"--root", dir, "status"}, 1, "cannot reach the hostel daemon"},
 		{"version", []string{"version"}, 0, ""},
+		{"serve on two etcds", []string{"--root", dir, "serve", "--etcd", "http://127.0.0.1:1", "--etcd-embed"}, 2, "--etcd and --etcd-embed: choose one"},
+		{"serve etcd TLS without etcd", []string{"--root", dir, "serve", "--etcd-cert", "c.pem", "--etcd-key", "k.pem"}, 2, "--etcd-cert is for the TLS of --etcd URLS"},
+		{"serve etcd cert without key", []string{"--root", dir, "serve", "--etcd", "https://127.0.0.1:1", "--etcd-cert", "c.pem"}, 2, "--etcd-cert needs --etcd-key"},
+		{"serve etcd CA for http", []string{"--root", dir, "serve", "--etcd", "http://127.0.0.1:1", "--etcd-ca", "ca.pem"}, 2, "--etcd-cert and --etcd-ca are for https:// URLs"},
+		{"serve etcd URL without scheme", []string{"--root", dir, "serve", "--etcd", "etcd.example:2379"}, 2, `--etcd "etcd.example:2379": want http://HOST:PORT`},
+		{"serve etcd peers", []string{"--root", dir, "serve", "--etcd-embed", "--etcd-peers", "a=http://127.0.0.1:1"}, 2, "unknown flag: --etcd-peers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

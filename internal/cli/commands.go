@@ -25,11 +25,19 @@ func serveCmd(e *env) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Root = e.root
+			if err := opts.Store.Validate(); err != nil {
+				return usageError{err}
+			}
 			return daemon.Run(cmd.Context(), opts)
 		},
 	}
 	cmd.Flags().StringVar(&opts.HTTPAddr, "http", ":80", "public HTTP listener (port 0 picks a free port)")
 	cmd.Flags().StringVar(&opts.HTTPSAddr, "https", ":443", `public HTTPS listener; "" serves everything on HTTP`)
+	cmd.Flags().StringSliceVar(&opts.Store.Etcd, "etcd", nil, "keep the state in the etcd at these URLs (comma-separated) instead of ROOT/state.db")
+	cmd.Flags().StringVar(&opts.Store.EtcdCert, "etcd-cert", "", "client certificate for https:// --etcd URLs")
+	cmd.Flags().StringVar(&opts.Store.EtcdKey, "etcd-key", "", "key of --etcd-cert")
+	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's)")
+	cmd.Flags().BoolVar(&opts.Store.EtcdEmbed, "etcd-embed", false, "keep the state in an etcd member run by the daemon, its data in ROOT/etcd")
 	return cmd
 }
 

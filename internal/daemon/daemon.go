@@ -27,6 +27,7 @@ import (
 	"hostel/internal/secrets"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/etcd"
 	"hostel/internal/supervisor"
 )
 
@@ -40,12 +41,17 @@ type Options struct {
 	HTTPSAddr string
 	// Logf is the daemon's own log; nil logs to stderr.
 	Logf func(format string, args ...any)
+	// Store chooses the state store: ROOT/state.db (bbolt) by default,
+	// or etcd.
+	Store StoreOptions
 }
 
 // Daemon is a running `hostel serve`.
 type Daemon struct {
-	opts   Options
-	store  store.Store
+	opts  Options
+	store store.Store
+	// member is the etcd member of --etcd-embed; nil without.
+	member *etcd.Member
 	sup    *supervisor.Supervisor
 	router *router.Router
 	engine *deploy.Engine
@@ -129,7 +135,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.hostKey, err = secrets.EnsureHostKey(opts.Root); err != nil {
 		return nil, err
 	}
-	st, err := store.OpenBolt(filepath.Join(opts.Root, "state.db"))
+	st, err := d.openStore(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -299,10 +305,11 @@ func (d *Daemon) Close() error {
 	if d.router != nil {
 		d.router.Close()
 	}
+	var err error
 	if d.store != nil {
-		return d.store.Close()
+		err = d.store.Close()
 	}
-	return nil
+	return errors.Join(err, d.member.Close())
 }
 
 // Run starts a daemon and serves until ctx ends.

@@ -23,7 +23,7 @@ type racingStore struct {
 	armed bool
 }
 
-func (s *racingStore) Commit(ctx context.Context, g *spec.Generation, from uint64) (uint64, error) {
+func (s *racingStore) Commit(ctx context.Context, g *spec.Generation, from uint64, also ...store.Write) (uint64, error) {
 	s.mu.Lock()
 	armed := s.armed
 	s.armed = false
@@ -35,7 +35,7 @@ func (s *racingStore) Commit(ctx context.Context, g *spec.Generation, from uint6
 			return 0, err
 		}
 	}
-	return s.Store.Commit(ctx, g, from)
+	return s.Store.Commit(ctx, g, from, also...)
 }
 
 // TestDeployConflictChangesNothing: a deploy whose commit finds that

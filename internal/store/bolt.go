@@ -1,44 +1,82 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-
-	"hostel/internal/spec"
 )
 
 var (
 	bucketGenerations = []byte("generations")
 	bucketMeta        = []byte("meta")
-	bucketSecrets     = []byte("secrets") // digest → ciphertext
-	bucketRecords     = []byte("records") // kind NUL key → revision (8 bytes) value
-	keyCurrent        = []byte("current") // production's; others' are prefixCurrent+ENV
+	bucketSecrets     = []byte("secrets")      // digest → ciphertext
+	bucketRecords     = []byte("records")      // kind NUL key → revision (8 bytes) value
+	bucketLog         = []byte("log")          // revision → the events of that revision (JSON)
+	bucketLeases      = []byte("leases")       // lease ID → TTL (nanoseconds)
+	bucketRecordLease = []byte("record-lease") // kind NUL key → lease ID, for a record bound to one
+	bucketLeaseRecord = []byte("lease-record") // lease ID, kind NUL key → nothing: the records a lease ends
+	bucketElections   = []byte("elections")    // name NUL lease ID → the candidacy's create revision
+	keyCurrent        = []byte("current")      // production's; others' are prefixCurrent+ENV
 	keyRevision       = []byte("revision")
+	// keyCompacted is the revision before which the log holds nothing:
+	// a Watch from before it cannot replay.
+	keyCompacted = []byte("compacted")
 )
 
 // Bolt is a Store in a local bbolt file: every write is one fsynced
-// transaction. Watches are served from this process: bbolt has none.
+// transaction. What bbolt lacks is built here, in the one process that
+// holds the file: watches replay a log of the last LogRevisions
+// revisions' events kept in the file; leases have deadlines in memory
+// (a lease found at open gets a fresh TTL, as etcd gives on a leader
+// change, and expires unless renewed — nothing can renew it, so it
+// does); elections go by the lowest create revision among the candidacies
+// bound to live leases, as etcd's concurrency package does.
+//
+// A Bolt is one handle; Handle opens more on the same file, as more
+// clients of one etcd.
 type Bolt struct {
-	db  *bolt.DB
-	now func() time.Time
-
-	// wmu orders the writes and the delivery of their events: bbolt
-	// serializes writers anyway, and a watcher must see them in order.
-	wmu      sync.Mutex
-	watchers map[*watcher]struct{}
-	closed   chan struct{}
+	b *boltBackend
+	h *boltHandle
+	// fence, on a view made by Fenced, is the leadership every write
+	// requires; nil on a handle.
+	fence *boltLeadership
 }
 
 var _ Store = (*Bolt)(nil)
+
+// boltHandle is what a handle and its fenced views share.
+type boltHandle struct {
+	closed chan struct{}
+	once   sync.Once
+}
+
+// boltBackend is the opened file, shared by its handles.
+type boltBackend struct {
+	db  *bolt.DB
+	now func() time.Time
+	// logKeep is how many revisions the log keeps: LogRevisions.
+	logKeep uint64
+
+	// wmu orders the writes with what follows them in memory (watchers
+	// woken, leases ended): bbolt serializes writers anyway.
+	wmu sync.Mutex
+
+	mu sync.Mutex
+	// changed is closed, and replaced, after every change of revision:
+	// watchers and campaigns wait on it.
+	changed chan struct{}
+	handles map[*boltHandle]struct{}
+	// leases are the live leases (leases.go).
+	leases map[LeaseID]*leaseState
+	// reapWake wakes the reaper when a deadline may have moved closer.
+	reapWake chan struct{}
+	stop     chan struct{}
+	reaped   chan struct{}
+}
 
 // OpenBolt opens (or creates) the store file at path, mode 0600. It fails
 // fast if another daemon holds the file. Generations of an older layout
@@ -49,11 +87,33 @@ func OpenBolt(path string) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state store %s: %w", path, err)
 	}
+	b := &boltBackend{db: db, now: time.Now, logKeep: LogRevisions, changed: make(chan struct{}), handles: map[*boltHandle]struct{}{},
+		leases: map[LeaseID]*leaseState{}, reapWake: make(chan struct{}, 1), stop: make(chan struct{}), reaped: make(chan struct{})}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketGenerations, bucketMeta, bucketSecrets, bucketRecords} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+		for _, name := range [][]byte{bucketGenerations, bucketMeta, bucketSecrets, bucketRecords, bucketLog,
+			bucketLeases, bucketRecordLease, bucketLeaseRecord, bucketElections} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		// Revisions start at 1, so that a snapshot's revision is never
+		// 0, which Watch takes as "from now".
+		rev := btoi(meta.Get(keyRevision))
+		if rev == 0 {
+			rev = 1
+			if err := meta.Put(keyRevision, itob(rev)); err != nil {
+				return err
+			}
+		}
+		// A store from before the log has no history to replay.
+		if meta.Get(keyCompacted) == nil {
+			if err := meta.Put(keyCompacted, itob(rev+1)); err != nil {
+				return err
+			}
+		}
+		if err := b.loadLeases(tx); err != nil {
+			return err
 		}
 		return migrateInlineSecrets(tx)
 	})
@@ -61,7 +121,30 @@ func OpenBolt(path string) (*Bolt, error) {
 		db.Close()
 		return nil, fmt.Errorf("open state store %s: %w", path, err)
 	}
-	return &Bolt{db: db, now: time.Now, watchers: map[*watcher]struct{}{}, closed: make(chan struct{})}, nil
+	go b.reap()
+	return b.handle(), nil
+}
+
+// Handle opens another handle on s's file: its own watches, leases and
+// campaigns, as a second client of one etcd has. The file is closed with
+// its last handle.
+func (s *Bolt) Handle() (*Bolt, error) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if len(s.b.handles) == 0 {
+		return nil, ErrClosed
+	}
+	h := &boltHandle{closed: make(chan struct{})}
+	s.b.handles[h] = struct{}{}
+	return &Bolt{b: s.b, h: h}, nil
+}
+
+func (b *boltBackend) handle() *Bolt {
+	h := &boltHandle{closed: make(chan struct{})}
+	b.mu.Lock()
+	b.handles[h] = struct{}{}
+	b.mu.Unlock()
+	return &Bolt{b: b, h: h}
 }
 
 func itob(n uint64) []byte {
@@ -77,606 +160,133 @@ func btoi(b []byte) uint64 {
 	return binary.BigEndian.Uint64(b)
 }
 
-// update runs fn in one write transaction and, once it is durable,
-// delivers the events fn returns, stamped with the new revision. A
-// transaction that returns no events changes no revision.
-func (s *Bolt) update(ctx context.Context, fn func(tx *bolt.Tx) ([]Event, error)) error {
+// btx is one write transaction: the revision it gives what it changes,
+// and the events it makes.
+type btx struct {
+	*bolt.Tx
+	// rev is the store's revision after this change, if it changes
+	// anything.
+	rev     uint64
+	events  []Event
+	touched bool
+	// ended are the leases this change ended (revoked, expired).
+	ended []LeaseID
+}
+
+// emit records events of this change (which then changes the revision).
+func (t *btx) emit(events ...Event) {
+	t.events = append(t.events, events...)
+	t.touched = true
+}
+
+// touch makes this change change the revision, though it has no events
+// (a candidacy).
+func (t *btx) touch() { t.touched = true }
+
+// usable returns why s cannot be used now: ctx ended, or s is closed.
+func (s *Bolt) usable(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	var events []Event
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		if events, err = fn(tx); err != nil || len(events) == 0 {
+	select {
+	case <-s.h.closed:
+		return ErrClosed
+	default:
+		return nil
+	}
+}
+
+// update runs fn in one write transaction — after checking the fence of
+// a fenced view — and returns the store's revision after it.
+func (s *Bolt) update(ctx context.Context, fn func(t *btx) error) (uint64, error) {
+	if err := s.usable(ctx); err != nil {
+		return 0, err
+	}
+	return s.b.update(func(t *btx) error {
+		if s.fence != nil {
+			if err := s.fence.check(t.Tx); err != nil {
+				return err
+			}
+		}
+		return fn(t)
+	})
+}
+
+// update runs fn in one write transaction; once it is durable, wakes
+// the watchers of a change and ends the leases it ended.
+func (b *boltBackend) update(fn func(t *btx) error) (uint64, error) {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	var t *btx
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		t = &btx{Tx: tx, rev: btoi(meta.Get(keyRevision)) + 1}
+		if err := fn(t); err != nil {
 			return err
 		}
-		meta := tx.Bucket(bucketMeta)
-		rev := btoi(meta.Get(keyRevision)) + 1
-		for i := range events {
-			events[i].Revision = rev
-		}
-		return meta.Put(keyRevision, itob(rev))
-	})
-	if err != nil {
-		return err
-	}
-	for w := range s.watchers {
-		w.push(events)
-	}
-	return nil
-}
-
-// view runs fn in one read transaction.
-func (s *Bolt) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.db.View(fn)
-}
-
-// Commit implements Store.
-func (s *Bolt) Commit(ctx context.Context, g *spec.Generation, from uint64) (uint64, error) {
-	var c spec.Generation
-	err := s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
-		meta := tx.Bucket(bucketMeta)
-		env := g.EnvOrDefault()
-		if cur := btoi(meta.Get(currentKey(env))); cur != from {
-			return nil, fmt.Errorf("commit on generation %d, but %d is current in %s: %w", from, cur, env, ErrConflict)
-		}
-		b := tx.Bucket(bucketGenerations)
-		seq, err := b.NextSequence()
-		if err != nil {
-			return nil, err
-		}
-		c = *g
-		c.Env = c.EnvOrDefault()
-		c.Number = seq
-		c.Time = s.now().UTC()
-		if err := putGeneration(tx, &c); err != nil {
-			return nil, err
-		}
-		if err := meta.Put(currentKey(env), itob(seq)); err != nil {
-			return nil, err
-		}
-		return []Event{{Type: EventAdded, Generation: seq, Env: env}, {Type: EventCurrent, Generation: seq, From: from, Env: env}}, nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("commit generation: %w", err)
-	}
-	g.Number, g.Time = c.Number, c.Time
-	return c.Number, nil
-}
-
-// currentKey is the key of env's current generation in bucketMeta.
-// Production's is the one older stores kept their only current generation
-// under: their generations become production's without a rewrite.
-func currentKey(env string) []byte {
-	if env == spec.DefaultEnv {
-		return keyCurrent
-	}
-	return []byte(prefixCurrent + env)
-}
-
-// currents returns the current generation's number of every environment.
-func currents(tx *bolt.Tx) map[string]uint64 {
-	out := map[string]uint64{}
-	c := tx.Bucket(bucketMeta).Cursor()
-	if v := tx.Bucket(bucketMeta).Get(keyCurrent); v != nil {
-		out[spec.DefaultEnv] = btoi(v)
-	}
-	for k, v := c.Seek([]byte(prefixCurrent)); k != nil && bytes.HasPrefix(k, []byte(prefixCurrent)); k, v = c.Next() {
-		out[strings.TrimPrefix(string(k), prefixCurrent)] = btoi(v)
-	}
-	return out
-}
-
-// prefixCurrent starts the key of a current generation of an environment
-// other than production.
-const prefixCurrent = "current/"
-
-// Current implements Store.
-func (s *Bolt) Current(ctx context.Context, env string) (*spec.Generation, error) {
-	var g *spec.Generation
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		cur := tx.Bucket(bucketMeta).Get(currentKey(env))
-		if cur == nil {
+		if !t.touched {
+			t.rev--
 			return nil
 		}
-		var err error
-		g, err = getGeneration(tx, tx.Bucket(bucketGenerations).Get(cur))
-		return err
-	})
-	return g, err
-}
-
-// Currents implements Store.
-func (s *Bolt) Currents(ctx context.Context) (map[string]*spec.Generation, error) {
-	out := map[string]*spec.Generation{}
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		for env, n := range currents(tx) {
-			g, err := getGeneration(tx, tx.Bucket(bucketGenerations).Get(itob(n)))
-			if err != nil {
-				return err
-			}
-			out[env] = g
+		if err := meta.Put(keyRevision, itob(t.rev)); err != nil {
+			return err
 		}
-		return nil
-	})
-	return out, err
-}
-
-// envOf returns the environment of stored generation n, or ErrNotFound.
-func envOf(tx *bolt.Tx, n uint64) (string, error) {
-	data := tx.Bucket(bucketGenerations).Get(itob(n))
-	if data == nil {
-		return "", fmt.Errorf("generation %d: %w", n, ErrNotFound)
-	}
-	var g struct {
-		Env string `json:"env"`
-	}
-	if err := json.Unmarshal(data, &g); err != nil {
-		return "", fmt.Errorf("decode generation: %w", err)
-	}
-	return (&spec.Generation{Env: g.Env}).EnvOrDefault(), nil
-}
-
-// Get implements Store.
-func (s *Bolt) Get(ctx context.Context, n uint64) (*spec.Generation, error) {
-	var g *spec.Generation
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		data := tx.Bucket(bucketGenerations).Get(itob(n))
-		if data == nil {
-			return fmt.Errorf("generation %d: %w", n, ErrNotFound)
-		}
-		var err error
-		g, err = getGeneration(tx, data)
-		return err
-	})
-	return g, err
-}
-
-// List implements Store.
-func (s *Bolt) List(ctx context.Context) ([]*spec.Generation, error) {
-	var out []*spec.Generation
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketGenerations).ForEach(func(_, v []byte) error {
-			g, err := getGeneration(tx, v)
-			if err != nil {
-				return err
-			}
-			out = append(out, g)
-			return nil
-		})
-	})
-	return out, err
-}
-
-// SetCurrent implements Store.
-func (s *Bolt) SetCurrent(ctx context.Context, from, to uint64) error {
-	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
-		meta := tx.Bucket(bucketMeta)
-		env, err := envOf(tx, to)
-		if err != nil {
-			return nil, err
-		}
-		if cur := btoi(meta.Get(currentKey(env))); cur != from {
-			return nil, fmt.Errorf("switch from generation %d, but %d is current in %s: %w", from, cur, env, ErrConflict)
-		}
-		if from == to {
-			return nil, nil
-		}
-		return []Event{{Type: EventCurrent, Generation: to, From: from, Env: env}}, meta.Put(currentKey(env), itob(to))
-	})
-}
-
-// SetConfirm implements Store.
-func (s *Bolt) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, to uint64) error {
-	if to == 0 && from != 0 {
-		return fmt.Errorf("confirm of generation %d: a switch from generation %d names no generation to switch to", n, from)
-	}
-	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
-		meta, b := tx.Bucket(bucketMeta), tx.Bucket(bucketGenerations)
-		var env string
-		if to != 0 {
-			var err error
-			if env, err = envOf(tx, to); err != nil {
-				return nil, err
-			}
-			if cur := btoi(meta.Get(currentKey(env))); cur != from {
-				return nil, fmt.Errorf("switch from generation %d, but %d is current in %s: %w", from, cur, env, ErrConflict)
-			}
-		}
-		data := b.Get(itob(n))
-		if data == nil {
-			return nil, fmt.Errorf("generation %d: %w", n, ErrNotFound)
-		}
-		// Only the confirmation changes: the rest, secret digests
-		// included, is written back as it was.
-		var sg storedGeneration
-		if err := json.Unmarshal(data, &sg); err != nil {
-			return nil, fmt.Errorf("decode generation: %w", err)
-		}
-		sg.Confirm = c
-		data, err := json.Marshal(&sg)
-		if err != nil {
-			return nil, err
-		}
-		if err := b.Put(itob(n), data); err != nil {
-			return nil, err
-		}
-		events := []Event{{Type: EventConfirm, Generation: n, Env: sg.EnvOrDefault()}}
-		if to != 0 && to != from {
-			if err := meta.Put(currentKey(env), itob(to)); err != nil {
-				return nil, err
-			}
-			events = append(events, Event{Type: EventCurrent, Generation: to, From: from, Env: env})
-		}
-		return events, nil
-	})
-}
-
-// DropEnv implements Store.
-func (s *Bolt) DropEnv(ctx context.Context, env string, from uint64) error {
-	if env == spec.DefaultEnv {
-		return fmt.Errorf("environment %s: %w", env, ErrDefaultEnv)
-	}
-	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
-		meta, b := tx.Bucket(bucketMeta), tx.Bucket(bucketGenerations)
-		if cur := btoi(meta.Get(currentKey(env))); cur != from {
-			return nil, fmt.Errorf("drop environment %s from generation %d, but %d is current: %w", env, from, cur, ErrConflict)
-		}
-		if from == 0 {
-			return nil, fmt.Errorf("environment %s: %w", env, ErrNotFound)
-		}
-		if err := meta.Delete(currentKey(env)); err != nil {
-			return nil, err
-		}
-		events := []Event{{Type: EventCurrent, From: from, Env: env}}
-		var drop [][]byte
-		err := b.ForEach(func(k, v []byte) error {
-			var g struct {
-				Env string `json:"env"`
-			}
-			if err := json.Unmarshal(v, &g); err != nil {
-				return fmt.Errorf("decode generation: %w", err)
-			}
-			if g.Env == env {
-				drop = append(drop, bytes.Clone(k))
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, k := range drop {
-			if err := b.Delete(k); err != nil {
-				return nil, err
-			}
-			events = append(events, Event{Type: EventRemoved, Generation: btoi(k), Env: env})
-		}
-		return events, collectSecrets(tx)
-	})
-}
-
-// Delete implements Store.
-func (s *Bolt) Delete(ctx context.Context, ns ...uint64) error {
-	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
-		current := map[uint64]string{}
-		for env, n := range currents(tx) {
-			current[n] = env
-		}
-		for _, n := range ns {
-			if env, ok := current[n]; ok {
-				return nil, fmt.Errorf("generation %d (current in %s): %w", n, env, ErrCurrent)
-			}
-		}
-		b := tx.Bucket(bucketGenerations)
-		var events []Event
-		for _, n := range ns {
-			env, err := envOf(tx, n)
-			if errors.Is(err, ErrNotFound) {
-				continue
-			} else if err != nil {
-				return nil, err
-			}
-			if err := b.Delete(itob(n)); err != nil {
-				return nil, err
-			}
-			events = append(events, Event{Type: EventRemoved, Generation: n, Env: env})
-		}
-		if len(events) == 0 {
-			return nil, nil
-		}
-		return events, collectSecrets(tx)
-	})
-}
-
-// Secret implements Store.
-func (s *Bolt) Secret(ctx context.Context, digest string) ([]byte, error) {
-	var out []byte
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketSecrets).Get([]byte(digest))
-		if v == nil {
-			return fmt.Errorf("secret %s: %w", digest, ErrNotFound)
-		}
-		out = bytes.Clone(v)
-		return nil
-	})
-	return out, err
-}
-
-func recordKey(kind, key string) []byte { return []byte(kind + "\x00" + key) }
-
-func decodeRecord(k, v []byte) Record {
-	kind, key, _ := bytes.Cut(k, []byte{0})
-	return Record{Kind: string(kind), Key: string(key), Revision: btoi(v[:8]), Value: bytes.Clone(v[8:])}
-}
-
-// Record implements Store.
-func (s *Bolt) Record(ctx context.Context, kind, key string) (Record, error) {
-	var r Record
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		k := recordKey(kind, key)
-		v := tx.Bucket(bucketRecords).Get(k)
-		if v == nil {
-			return fmt.Errorf("record %s %s: %w", kind, key, ErrNotFound)
-		}
-		r = decodeRecord(k, v)
-		return nil
-	})
-	return r, err
-}
-
-// Records implements Store.
-func (s *Bolt) Records(ctx context.Context, kind string) ([]Record, error) {
-	var out []Record
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		prefix := recordKey(kind, "")
-		c := tx.Bucket(bucketRecords).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			out = append(out, decodeRecord(k, v))
-		}
-		return nil
-	})
-	return out, err
-}
-
-// PutRecord implements Store.
-func (s *Bolt) PutRecord(ctx context.Context, kind, key string, value []byte, rev uint64) (uint64, error) {
-	var next uint64
-	err := s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
-		b := tx.Bucket(bucketRecords)
-		k := recordKey(kind, key)
-		var have uint64
-		if v := b.Get(k); v != nil {
-			have = btoi(v[:8])
-		}
-		if have != rev {
-			return nil, fmt.Errorf("record %s %s at revision %d, not %d: %w", kind, key, have, rev, ErrConflict)
-		}
-		next = btoi(tx.Bucket(bucketMeta).Get(keyRevision)) + 1
-		return []Event{{Type: EventRecord, Kind: kind, Key: key}}, b.Put(k, append(itob(next), value...))
+		return appendLog(t, b.logKeep)
 	})
 	if err != nil {
 		return 0, err
 	}
-	return next, nil
-}
-
-// DeleteRecord implements Store.
-func (s *Bolt) DeleteRecord(ctx context.Context, kind, key string, rev uint64) error {
-	return s.update(ctx, func(tx *bolt.Tx) ([]Event, error) {
-		b := tx.Bucket(bucketRecords)
-		k := recordKey(kind, key)
-		v := b.Get(k)
-		if v == nil {
-			return nil, fmt.Errorf("record %s %s: %w", kind, key, ErrNotFound)
-		}
-		if have := btoi(v[:8]); have != rev {
-			return nil, fmt.Errorf("record %s %s at revision %d, not %d: %w", kind, key, have, rev, ErrConflict)
-		}
-		return []Event{{Type: EventRecordDeleted, Kind: kind, Key: key}}, b.Delete(k)
-	})
-}
-
-// Watch implements Store.
-func (s *Bolt) Watch(ctx context.Context) (<-chan Event, error) {
-	w := &watcher{wake: make(chan struct{}, 1), out: make(chan Event)}
-	s.wmu.Lock()
-	select {
-	case <-s.closed:
-		s.wmu.Unlock()
-		return nil, fmt.Errorf("watch: the store is closed")
-	default:
+	b.endLeases(t.ended)
+	if t.touched {
+		b.broadcast()
 	}
-	s.watchers[w] = struct{}{}
-	s.wmu.Unlock()
-	go func() {
-		defer close(w.out)
-		defer func() {
-			s.wmu.Lock()
-			delete(s.watchers, w)
-			s.wmu.Unlock()
-		}()
-		for {
-			ev, ok := w.pop()
-			if !ok {
-				select {
-				case <-w.wake:
-					continue
-				case <-ctx.Done():
-					return
-				case <-s.closed:
-					return
-				}
-			}
-			select {
-			case w.out <- ev:
-			case <-ctx.Done():
-				return
-			case <-s.closed:
-				return
-			}
-		}
-	}()
-	return w.out, nil
+	return t.rev, nil
 }
 
-// watcher queues the events of one Watch, so that a slow reader delays
-// no writer.
-type watcher struct {
-	mu    sync.Mutex
-	queue []Event
-	wake  chan struct{}
-	out   chan Event
-}
-
-func (w *watcher) push(events []Event) {
-	w.mu.Lock()
-	w.queue = append(w.queue, events...)
-	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
+// view runs fn in one read transaction.
+func (s *Bolt) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	if err := s.usable(ctx); err != nil {
+		return err
 	}
+	return s.b.db.View(fn)
 }
 
-func (w *watcher) pop() (Event, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.queue) == 0 {
-		return Event{}, false
-	}
-	ev := w.queue[0]
-	w.queue = w.queue[1:]
-	return ev, true
+// changes returns a channel closed at the next change of revision.
+func (b *boltBackend) changes() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.changed
 }
 
-// Close implements Store.
+func (b *boltBackend) broadcast() {
+	b.mu.Lock()
+	close(b.changed)
+	b.changed = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// Close implements Store: the handle's watches end and its leases are
+// no longer renewed. The file is closed with the last handle. Closing a
+// fenced view does nothing.
 func (s *Bolt) Close() error {
-	s.wmu.Lock()
-	select {
-	case <-s.closed:
-	default:
-		close(s.closed)
-	}
-	s.wmu.Unlock()
-	return s.db.Close()
-}
-
-// storedGeneration is a generation as the store keeps it: its secrets by
-// digest, their ciphertexts once in bucketSecrets.
-type storedGeneration struct {
-	spec.Generation
-	SecretDigests map[string]string `json:"secret_digests,omitempty"`
-}
-
-// putGeneration stores g, its secret ciphertexts by digest.
-func putGeneration(tx *bolt.Tx, g *spec.Generation) error {
-	sg := storedGeneration{Generation: *g}
-	sg.Secrets = nil
-	if len(g.Secrets) > 0 {
-		sg.SecretDigests = make(map[string]string, len(g.Secrets))
-		secrets := tx.Bucket(bucketSecrets)
-		for name, ct := range g.Secrets {
-			d := SecretDigest(ct)
-			if secrets.Get([]byte(d)) == nil {
-				if err := secrets.Put([]byte(d), ct); err != nil {
-					return err
-				}
-			}
-			sg.SecretDigests[name] = d
-		}
-	}
-	data, err := json.Marshal(&sg)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucketGenerations).Put(itob(g.Number), data)
-}
-
-// getGeneration decodes a stored generation and fills in its secrets.
-func getGeneration(tx *bolt.Tx, data []byte) (*spec.Generation, error) {
-	var sg storedGeneration
-	if err := json.Unmarshal(data, &sg); err != nil {
-		return nil, fmt.Errorf("decode generation: %w", err)
-	}
-	g := sg.Generation
-	g.Env = g.EnvOrDefault()
-	if len(sg.SecretDigests) > 0 {
-		g.Secrets = make(map[string][]byte, len(sg.SecretDigests))
-		secrets := tx.Bucket(bucketSecrets)
-		for name, d := range sg.SecretDigests {
-			ct := secrets.Get([]byte(d))
-			if ct == nil {
-				return nil, fmt.Errorf("generation %d: secret %q (%s): %w", g.Number, name, d, ErrNotFound)
-			}
-			g.Secrets[name] = bytes.Clone(ct)
-		}
-	}
-	return &g, nil
-}
-
-// collectSecrets removes the ciphertexts no generation refers to.
-func collectSecrets(tx *bolt.Tx) error {
-	used := map[string]bool{}
-	err := tx.Bucket(bucketGenerations).ForEach(func(_, v []byte) error {
-		var sg storedGeneration
-		if err := json.Unmarshal(v, &sg); err != nil {
-			return fmt.Errorf("decode generation: %w", err)
-		}
-		for _, d := range sg.SecretDigests {
-			used[d] = true
-		}
+	if s.fence != nil {
 		return nil
+	}
+	var err error
+	s.h.once.Do(func() {
+		close(s.h.closed)
+		s.b.release(s.h)
+		s.b.mu.Lock()
+		delete(s.b.handles, s.h)
+		last := len(s.b.handles) == 0
+		s.b.mu.Unlock()
+		if last {
+			close(s.b.stop)
+			<-s.b.reaped
+			// bbolt waits for the transactions under way; later ones
+			// fail.
+			err = s.b.db.Close()
+		}
 	})
-	if err != nil {
-		return err
-	}
-	var unused [][]byte
-	secrets := tx.Bucket(bucketSecrets)
-	err = secrets.ForEach(func(k, _ []byte) error {
-		if !used[string(k)] {
-			unused = append(unused, bytes.Clone(k))
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, k := range unused {
-		if err := secrets.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// migrateInlineSecrets rewrites generations that carry their secret
-// ciphertexts inline (the layout before secrets were kept by digest).
-func migrateInlineSecrets(tx *bolt.Tx) error {
-	b := tx.Bucket(bucketGenerations)
-	var old []*spec.Generation
-	err := b.ForEach(func(_, v []byte) error {
-		var sg storedGeneration
-		if err := json.Unmarshal(v, &sg); err != nil {
-			return fmt.Errorf("decode generation: %w", err)
-		}
-		if len(sg.Generation.Secrets) > 0 {
-			g := sg.Generation
-			old = append(old, &g)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, g := range old {
-		if err := putGeneration(tx, g); err != nil {
-			return err
-		}
-	}
-	return nil
+	return err
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -26,9 +27,42 @@ func openTest(t testing.TB, path string) *store.Bolt {
 	return s
 }
 
+// boltBackend is a bbolt file for the conformance suite: its first
+// handle opens the file, the next ones share it.
+type boltBackend struct {
+	path    string
+	handles []*store.Bolt
+}
+
+func (b *boltBackend) Open(t *testing.T) store.Store {
+	t.Helper()
+	var (
+		s   *store.Bolt
+		err error
+	)
+	for _, h := range b.handles {
+		if s, err = h.Handle(); err == nil {
+			break
+		}
+	}
+	if s == nil {
+		s = openTest(t, b.path)
+	}
+	t.Cleanup(func() { s.Close() })
+	b.handles = append(b.handles, s)
+	return s
+}
+
+func (b *boltBackend) Reopen(t *testing.T) {
+	for _, h := range b.handles {
+		h.Close()
+	}
+	b.handles = nil
+}
+
 func TestBoltConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		return openTest(t, filepath.Join(t.TempDir(), "state.db"))
+	storetest.Run(t, func(t *testing.T) storetest.Backend {
+		return &boltBackend{path: filepath.Join(t.TempDir(), "state.db")}
 	})
 }
 
@@ -207,4 +241,37 @@ func countKeys(t *testing.T, db *bolt.DB, bucket string) int {
 		return tx.Bucket([]byte(bucket)).ForEach(func(_, _ []byte) error { n++; return nil })
 	})
 	return n
+}
+
+// TestBoltLeaseAfterReopen: a lease found when the file is opened again
+// gets a fresh TTL — its records are still there — and, renewed by no
+// one, expires.
+func TestBoltLeaseAfterReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTest(t, path)
+	l, err := s.Grant(t.Context(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Txn(t.Context(), store.Write{Kind: "node", Key: "n1", Value: []byte("up"), Lease: l.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	time.Sleep(1500 * time.Millisecond) // past the TTL, while no one holds the file
+	s = openTest(t, path)
+	if _, err := s.Record(t.Context(), "node", "n1"); err != nil {
+		t.Fatalf("record of a lease right after the reopen: %v, want it kept (a fresh TTL)", err)
+	}
+	events, err := s.Watch(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-events:
+		if ev.Type != store.EventRecordDeleted || ev.Key != "n1" {
+			t.Errorf("event %+v, want n1 deleted", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lease found at reopen did not expire")
+	}
 }

@@ -1,16 +1,13 @@
 // Package storetest is the conformance suite of store.Store: what every
-// implementation (bbolt here, etcd for the cluster) must do, run against
-// a fresh, empty store per test. It is test code, imported only by tests.
+// implementation (bbolt, etcd) must do, each test on a fresh, empty
+// backend on which it opens as many handles as it needs — two daemons on
+// one file, two nodes on one etcd. It is test code, imported only by
+// tests.
 package storetest
 
 import (
-	"bytes"
-	"context"
-	"errors"
-	"fmt"
-	"slices"
+	"runtime"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,36 +15,69 @@ import (
 	"hostel/internal/store"
 )
 
-// Run runs the suite; open returns a new, empty store that the test may
-// close (closing it twice must be harmless).
-func Run(t *testing.T, open func(t *testing.T) store.Store) {
+// Backend is one store — a bbolt file, an etcd's keys under a prefix —
+// on which the suite opens handles.
+type Backend interface {
+	// Open returns a new handle on the backend. The test may close it
+	// (closing twice must be harmless); whatever is left open is closed
+	// when the test ends.
+	Open(t *testing.T) store.Store
+	// Reopen closes every handle open on the backend and opens the
+	// backend again (a server restarts), its content kept: a daemon's
+	// restart, a machine's reboot. Handles opened before are closed.
+	Reopen(t *testing.T)
+}
+
+// LeaseTTL is the TTL the suite grants its leases: short, for the tests
+// that wait for one to expire, but twice the shortest etcd grants, so
+// that a keep-alive (every third of it) late on a loaded machine does not
+// lose a lease that must live. A backend the suite runs against must
+// grant it as asked.
+const LeaseTTL = 2 * time.Second
+
+// Run runs the suite; fresh returns a new backend that holds nothing.
+func Run(t *testing.T, fresh func(t *testing.T) Backend) {
+	one := func(fn func(t *testing.T, s store.Store)) func(t *testing.T, b Backend) {
+		return func(t *testing.T, b Backend) { fn(t, b.Open(t)) }
+	}
 	tests := []struct {
 		name string
-		fn   func(t *testing.T, s store.Store)
+		fn   func(t *testing.T, b Backend)
 	}{
-		{"Empty", testEmpty},
-		{"CommitAndGet", testCommitAndGet},
-		{"NumbersNeverReused", testNumbersNeverReused},
-		{"CommitConflict", testCommitConflict},
-		{"SetCurrent", testSetCurrent},
-		{"SetConfirm", testSetConfirm},
-		{"SetConfirmSwitchBack", testSetConfirmSwitchBack},
-		{"SetConfirmConflict", testSetConfirmConflict},
-		{"DeleteRefusesCurrent", testDeleteRefusesCurrent},
-		{"SecretsByDigest", testSecretsByDigest},
-		{"Records", testRecords},
-		{"Watch", testWatch},
-		{"WatchEnds", testWatchEnds},
-		{"ConcurrentWriters", testConcurrentWriters},
-		{"Environments", testEnvironments},
-		{"DropEnv", testDropEnv},
+		{"Empty", one(testEmpty)},
+		{"CommitAndGet", one(testCommitAndGet)},
+		{"NumbersNeverReused", one(testNumbersNeverReused)},
+		{"CommitConflict", one(testCommitConflict)},
+		{"SetCurrent", one(testSetCurrent)},
+		{"SetConfirm", one(testSetConfirm)},
+		{"SetConfirmSwitchBack", one(testSetConfirmSwitchBack)},
+		{"SetConfirmConflict", one(testSetConfirmConflict)},
+		{"DeleteRefusesCurrent", one(testDeleteRefusesCurrent)},
+		{"SecretsByDigest", one(testSecretsByDigest)},
+		{"Records", one(testRecords)},
+		{"Environments", one(testEnvironments)},
+		{"DropEnv", one(testDropEnv)},
+		{"Read", one(testRead)},
+		{"Txn", one(testTxn)},
+		{"AlsoWrites", one(testAlsoWrites)},
+		{"Watch", one(testWatch)},
+		{"WatchEnds", one(testWatchEnds)},
+		{"WatchFromRevision", one(testWatchFromRevision)},
+		{"WatchCompacted", one(testWatchCompacted)},
+		{"WatchCancelLeaksNothing", one(testWatchCancel)},
+		{"TwoClients", testTwoClients},
+		{"ReadThenWatch", testReadThenWatch},
+		{"ConcurrentClients", testConcurrentClients},
+		{"Reopen", testReopen},
+		{"LeaseKeptAlive", testLeaseKeptAlive},
+		{"LeaseExpires", testLeaseExpires},
+		{"LeaseRevoke", one(testLeaseRevoke)},
+		{"Election", testElection},
+		{"Fencing", testFencing},
+		{"BigDelete", one(testBigDelete)},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := open(t)
-			t.Cleanup(func() { s.Close() })
-			tt.fn(t, s)
-		})
+		t.Run(tt.name, func(t *testing.T) { tt.fn(t, fresh(t)) })
 	}
 }
 
@@ -58,6 +88,13 @@ func Gen(v string) *spec.Generation {
 		Spec:     &spec.Spec{Services: map[string]*spec.Service{"a": {Exec: []string{"/bin/a"}}}},
 		Versions: map[string]spec.Version{"a": spec.Version(v)},
 	}
+}
+
+// InEnv returns Gen(v) in environment env.
+func InEnv(env, v string) *spec.Generation {
+	g := Gen(v)
+	g.Env = env
+	return g
 }
 
 func commit(t *testing.T, s store.Store, g *spec.Generation, from uint64) uint64 {
@@ -83,637 +120,6 @@ func current(t *testing.T, s store.Store) uint64 {
 	return currentOf(t, s, spec.DefaultEnv)
 }
 
-func numbers(t *testing.T, s store.Store) []uint64 {
-	t.Helper()
-	gens, err := s.List(t.Context())
-	if err != nil {
-		t.Fatalf("List: %v", err)
-	}
-	var out []uint64
-	for _, g := range gens {
-		out = append(out, g.Number)
-	}
-	return out
-}
-
-func testEmpty(t *testing.T, s store.Store) {
-	if g, err := s.Current(t.Context(), spec.DefaultEnv); err != nil || g != nil {
-		t.Errorf("Current = %v, %v; want nil, nil", g, err)
-	}
-	if got := numbers(t, s); len(got) != 0 {
-		t.Errorf("List = %v, want none", got)
-	}
-	if _, err := s.Get(t.Context(), 1); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("Get(1) = %v, want ErrNotFound", err)
-	}
-	if _, err := s.Record(t.Context(), "k", "x"); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("Record = %v, want ErrNotFound", err)
-	}
-	if recs, err := s.Records(t.Context(), "k"); err != nil || len(recs) != 0 {
-		t.Errorf("Records = %v, %v; want none", recs, err)
-	}
-}
-
-func testCommitAndGet(t *testing.T, s store.Store) {
-	g := Gen("v1")
-	g.Source = "hostel.json"
-	before := time.Now().Add(-time.Second)
-	n := commit(t, s, g, 0)
-	if n != 1 || g.Number != 1 {
-		t.Fatalf("first commit numbered %d (g.Number %d), want 1", n, g.Number)
-	}
-	got, err := s.Get(t.Context(), n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.Number != 1 || got.SpecHash != "hash-v1" || got.Source != "hostel.json" || got.Versions["a"] != "v1" || got.Spec.Services["a"].Exec[0] != "/bin/a" {
-		t.Errorf("Get(1) = %+v, want what was committed", got)
-	}
-	if got.Time.Before(before) || got.Time.After(time.Now().Add(time.Second)) {
-		t.Errorf("committed at %v, want about now", got.Time)
-	}
-	if c := current(t, s); c != 1 {
-		t.Errorf("current %d after the first commit, want 1", c)
-	}
-	n2 := commit(t, s, Gen("v2"), 1)
-	if c := current(t, s); n2 != 2 || c != 2 {
-		t.Errorf("second commit numbered %d, current %d; want 2, 2", n2, c)
-	}
-	if got := numbers(t, s); !slices.Equal(got, []uint64{1, 2}) {
-		t.Errorf("List = %v, want [1 2]", got)
-	}
-}
-
-func testNumbersNeverReused(t *testing.T, s store.Store) {
-	commitChain(t, s, 3)
-	if err := s.Delete(t.Context(), 1, 2); err != nil {
-		t.Fatal(err)
-	}
-	if n := commit(t, s, Gen("v4"), 3); n != 4 {
-		t.Errorf("after deleting 1 and 2, next number %d, want 4", n)
-	}
-	if got := numbers(t, s); !slices.Equal(got, []uint64{3, 4}) {
-		t.Errorf("List = %v, want [3 4]", got)
-	}
-}
-
-func testCommitConflict(t *testing.T, s store.Store) {
-	commit(t, s, Gen("v1"), 0)
-	// Two writers read generation 1 as current; the second to commit is stale.
-	commit(t, s, Gen("v2"), 1)
-	_, err := s.Commit(t.Context(), Gen("stale"), 1)
-	if !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("stale Commit = %v, want ErrConflict", err)
-	}
-	if _, err := s.Commit(t.Context(), Gen("stale"), 0); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("Commit as if the store were empty = %v, want ErrConflict", err)
-	}
-	if got := numbers(t, s); !slices.Equal(got, []uint64{1, 2}) {
-		t.Errorf("a refused commit stored something: List = %v, want [1 2]", got)
-	}
-	if c := current(t, s); c != 2 {
-		t.Errorf("a refused commit moved current to %d", c)
-	}
-}
-
-func testSetCurrent(t *testing.T, s store.Store) {
-	commitChain(t, s, 3)
-	if err := s.SetCurrent(t.Context(), 3, 1); err != nil {
-		t.Fatal(err)
-	}
-	if c := current(t, s); c != 1 {
-		t.Fatalf("current %d after SetCurrent(3, 1)", c)
-	}
-	if err := s.SetCurrent(t.Context(), 3, 2); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("stale SetCurrent = %v, want ErrConflict", err)
-	}
-	if err := s.SetCurrent(t.Context(), 1, 9); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("SetCurrent to a missing generation = %v, want ErrNotFound", err)
-	}
-	if c := current(t, s); c != 1 {
-		t.Errorf("refused SetCurrents moved current to %d", c)
-	}
-	// A commit after a rollback builds on the rolled-back-to generation.
-	if _, err := s.Commit(t.Context(), Gen("v4"), 3); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("Commit on the generation rolled back from = %v, want ErrConflict", err)
-	}
-	if n := commit(t, s, Gen("v4"), 1); n != 4 {
-		t.Errorf("commit after rollback numbered %d, want 4", n)
-	}
-}
-
-// pending returns a generation whose service "a" runs version v, its
-// confirm window open with prev to switch back to.
-func pending(v string, prev uint64) *spec.Generation {
-	g := Gen(v)
-	g.Confirm = &spec.Confirm{State: spec.ConfirmPending, Deadline: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), Previous: prev}
-	return g
-}
-
-// sameConfirm reports whether a and b record the same confirm window.
-func sameConfirm(a, b *spec.Confirm) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.State == b.State && a.Deadline.Equal(b.Deadline) && a.Previous == b.Previous && a.Reason == b.Reason
-}
-
-func confirmOf(t *testing.T, s store.Store, n uint64) *spec.Confirm {
-	t.Helper()
-	g, err := s.Get(t.Context(), n)
-	if err != nil {
-		t.Fatalf("Get(%d): %v", n, err)
-	}
-	return g.Confirm
-}
-
-func testSetConfirm(t *testing.T, s store.Store) {
-	ctx := t.Context()
-	commit(t, s, Gen("v1"), 0)
-	g := pending("v2", 1)
-	g.Secrets = map[string][]byte{"k": []byte("age ciphertext")}
-	commit(t, s, g, 1)
-	if c := confirmOf(t, s, 2); !sameConfirm(c, g.Confirm) {
-		t.Fatalf("committed confirm = %+v, want %+v", c, g.Confirm)
-	}
-	want := &spec.Confirm{State: spec.ConfirmConfirmed, Previous: 1}
-	if err := s.SetConfirm(ctx, 2, want, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.Get(ctx, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !sameConfirm(got.Confirm, want) {
-		t.Errorf("confirm = %+v, want %+v", got.Confirm, want)
-	}
-	// Only the confirmation changes.
-	if got.Number != 2 || !got.Time.Equal(g.Time) || got.SpecHash != "hash-v2" || got.Versions["a"] != "v2" || !bytes.Equal(got.Secrets["k"], g.Secrets["k"]) {
-		t.Errorf("generation after SetConfirm = %+v, want it as committed but for its confirm", got)
-	}
-	if c := current(t, s); c != 2 {
-		t.Errorf("SetConfirm without a switch moved current to %d", c)
-	}
-	// A generation that is not current can be recorded too (superseded).
-	if err := s.SetConfirm(ctx, 1, &spec.Confirm{State: spec.ConfirmSuperseded, Reason: "r"}, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	if c := confirmOf(t, s, 1); c == nil || c.State != spec.ConfirmSuperseded || c.Reason != "r" {
-		t.Errorf("confirm of generation 1 = %+v, want superseded", c)
-	}
-	if err := s.SetConfirm(ctx, 9, want, 0, 0); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("SetConfirm of a missing generation = %v, want ErrNotFound", err)
-	}
-	// A switch that names no generation to switch to is refused.
-	if err := s.SetConfirm(ctx, 2, &spec.Confirm{State: spec.ConfirmFailed}, 2, 0); err == nil {
-		t.Error("SetConfirm(from 2, to 0) = nil, want an error")
-	}
-	if c := confirmOf(t, s, 2); !sameConfirm(c, want) {
-		t.Errorf("refused SetConfirms changed the confirm to %+v", c)
-	}
-	// A switch from and to the current generation records and moves nothing.
-	if err := s.SetConfirm(ctx, 2, &spec.Confirm{State: spec.ConfirmSkipped}, 2, 2); err != nil {
-		t.Fatal(err)
-	}
-	if c := current(t, s); c != 2 {
-		t.Errorf("SetConfirm(from 2, to 2) moved current to %d", c)
-	}
-}
-
-// testSetConfirmSwitchBack: a failed confirmation and the switch back to
-// the previous generation are one change: a reader sees both or neither,
-// and watchers get both events at one revision.
-// nextEvent returns the next event on events, which the test expects to be
-// its i-th, want; the test fails if none comes.
-func nextEvent(t *testing.T, events <-chan store.Event, i int, want store.Event) store.Event {
-	t.Helper()
-	select {
-	case ev := <-events:
-		return ev
-	case <-time.After(10 * time.Second):
-		t.Fatalf("event %d (%v) not delivered", i, want)
-		return store.Event{}
-	}
-}
-
-func testSetConfirmSwitchBack(t *testing.T, s store.Store) {
-	ctx := t.Context()
-	commit(t, s, Gen("v1"), 0)
-	commit(t, s, pending("v2", 1), 1)
-	events, err := s.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A reader, concurrent with the switch back, must never see one half
-	// of it without the other. Each look reads one half before the other,
-	// in both orders: what the first read saw done the second must see.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		read := func() (uint64, bool) {
-			g, err := s.Current(ctx, spec.DefaultEnv)
-			if err != nil || g == nil {
-				t.Errorf("Current = %v, %v; want a generation", g, err)
-				return 0, false
-			}
-			return g.Number, true
-		}
-		state := func() (spec.ConfirmState, bool) {
-			g, err := s.Get(ctx, 2)
-			if err != nil || g.Confirm == nil {
-				t.Errorf("Get(2) = %v, %v; want it with its confirm", g, err)
-				return "", false
-			}
-			return g.Confirm.State, true
-		}
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if i%2 == 0 {
-				cur, ok := read()
-				st, ok2 := state()
-				if !ok || !ok2 {
-					return
-				}
-				if cur == 1 && st != spec.ConfirmFailed {
-					t.Errorf("generation 1 is current again, but generation 2 is recorded %s", st)
-					return
-				}
-			} else {
-				st, ok := state()
-				cur, ok2 := read()
-				if !ok || !ok2 {
-					return
-				}
-				if st == spec.ConfirmFailed && cur != 1 {
-					t.Errorf("generation 2 is recorded failed, but %d is current", cur)
-					return
-				}
-			}
-		}
-	}()
-	rec := &spec.Confirm{State: spec.ConfirmFailed, Previous: 1, Reason: "a-v2 crashed"}
-	err = s.SetConfirm(ctx, 2, rec, 2, 1)
-	close(stop)
-	wg.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c := current(t, s); c != 1 {
-		t.Errorf("current %d after the switch back, want 1", c)
-	}
-	if c := confirmOf(t, s, 2); !sameConfirm(c, rec) {
-		t.Errorf("confirm after the switch back = %+v, want %+v", c, rec)
-	}
-	if c := confirmOf(t, s, 1); c != nil {
-		t.Errorf("the switch back recorded a confirm on generation 1: %+v", c)
-	}
-	want := []store.Event{
-		{Type: store.EventConfirm, Generation: 2, Env: spec.DefaultEnv},
-		{Type: store.EventCurrent, Generation: 1, From: 2, Env: spec.DefaultEnv},
-	}
-	var rev uint64
-	for i, w := range want {
-		ev := nextEvent(t, events, i, w)
-		if i == 0 {
-			rev = ev.Revision
-		} else if ev.Revision != rev {
-			t.Errorf("event %d at revision %d, the switch back's first at %d: one change, one revision", i, ev.Revision, rev)
-		}
-		ev.Revision = 0
-		if ev != w {
-			t.Errorf("event %d = %+v, want %+v", i, ev, w)
-		}
-	}
-	// A commit after the switch back builds on the generation switched to.
-	if _, err := s.Commit(ctx, Gen("v3"), 2); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("Commit on the generation switched back from = %v, want ErrConflict", err)
-	}
-	if n := commit(t, s, Gen("v3"), 1); n != 3 {
-		t.Errorf("commit after the switch back numbered %d, want 3", n)
-	}
-}
-
-// testSetConfirmConflict: a switch back by a stale writer — another one
-// moved the current generation since it read it — fails and changes
-// nothing: neither the confirmation nor the current generation.
-func testSetConfirmConflict(t *testing.T, s store.Store) {
-	ctx := t.Context()
-	commit(t, s, Gen("v1"), 0)
-	commit(t, s, pending("v2", 1), 1)
-	commit(t, s, Gen("v3"), 2) // another writer deployed meanwhile
-	events, err := s.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	before := confirmOf(t, s, 2)
-	err = s.SetConfirm(ctx, 2, &spec.Confirm{State: spec.ConfirmFailed, Previous: 1, Reason: "stale"}, 2, 1)
-	if !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("stale switch back = %v, want ErrConflict", err)
-	}
-	if c := confirmOf(t, s, 2); !sameConfirm(c, before) {
-		t.Errorf("a refused switch back recorded %+v, want %+v unchanged", c, before)
-	}
-	if c := current(t, s); c != 3 {
-		t.Errorf("a refused switch back moved current to %d, want 3", c)
-	}
-	if err := s.SetConfirm(ctx, 2, &spec.Confirm{State: spec.ConfirmFailed}, 3, 9); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("switch to a missing generation = %v, want ErrNotFound", err)
-	}
-	if err := s.SetConfirm(ctx, 9, &spec.Confirm{State: spec.ConfirmFailed}, 3, 1); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("switch back from the confirm of a missing generation = %v, want ErrNotFound", err)
-	}
-	if c := current(t, s); c != 3 {
-		t.Errorf("refused switches moved current to %d, want 3", c)
-	}
-	if c := confirmOf(t, s, 2); !sameConfirm(c, before) {
-		t.Errorf("refused switches recorded %+v, want %+v unchanged", c, before)
-	}
-	// Refused changes are not events: the first one seen is the next change.
-	if err := s.SetConfirm(ctx, 3, &spec.Confirm{State: spec.ConfirmSkipped}, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case ev := <-events:
-		if ev.Type != store.EventConfirm || ev.Generation != 3 {
-			t.Errorf("first event after refused switches = %+v, want generation 3's confirm", ev)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the confirm of generation 3 was not delivered")
-	}
-}
-
-func testDeleteRefusesCurrent(t *testing.T, s store.Store) {
-	commitChain(t, s, 3)
-	if err := s.Delete(t.Context(), 1, 3); !errors.Is(err, store.ErrCurrent) {
-		t.Fatalf("Delete(1, current) = %v, want ErrCurrent", err)
-	}
-	if got := numbers(t, s); !slices.Equal(got, []uint64{1, 2, 3}) {
-		t.Errorf("a refused Delete removed something: List = %v", got)
-	}
-	if err := s.Delete(t.Context(), 1, 7); err != nil {
-		t.Errorf("Delete(1, missing) = %v, want nil", err)
-	}
-	if _, err := s.Get(t.Context(), 1); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("Get(deleted) = %v, want ErrNotFound", err)
-	}
-}
-
-func testSecretsByDigest(t *testing.T, s store.Store) {
-	shared, own := []byte("age ciphertext shared"), []byte("age ciphertext own")
-	g1 := Gen("v1")
-	g1.Secrets = map[string][]byte{"k": shared}
-	g2 := Gen("v2")
-	g2.Secrets = map[string][]byte{"k": shared, "o": own}
-	commit(t, s, g1, 0)
-	commit(t, s, g2, 1)
-	commit(t, s, Gen("v3"), 2)
-	for n, want := range map[uint64]map[string][]byte{1: g1.Secrets, 2: g2.Secrets} {
-		got, err := s.Get(t.Context(), n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(got.Secrets) != len(want) {
-			t.Errorf("generation %d secrets %q, want %q", n, got.Secrets, want)
-		}
-		for k, v := range want {
-			if !bytes.Equal(got.Secrets[k], v) {
-				t.Errorf("generation %d secret %s = %q, want %q", n, k, got.Secrets[k], v)
-			}
-		}
-	}
-	dShared, dOwn := store.SecretDigest(shared), store.SecretDigest(own)
-	if ct, err := s.Secret(t.Context(), dShared); err != nil || !bytes.Equal(ct, shared) {
-		t.Errorf("Secret(shared) = %q, %v", ct, err)
-	}
-	if err := s.Delete(t.Context(), 2); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Secret(t.Context(), dOwn); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("a ciphertext no generation refers to is kept: %v", err)
-	}
-	if _, err := s.Secret(t.Context(), dShared); err != nil {
-		t.Errorf("a ciphertext generation 1 still refers to is gone: %v", err)
-	}
-	if err := s.Delete(t.Context(), 1); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Secret(t.Context(), dShared); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("a ciphertext no generation refers to is kept: %v", err)
-	}
-}
-
-func testRecords(t *testing.T, s store.Store) {
-	ctx := t.Context()
-	r1, err := s.PutRecord(ctx, "release", "api/abc", []byte("one"), 0)
-	if err != nil || r1 == 0 {
-		t.Fatalf("create = %d, %v", r1, err)
-	}
-	if _, err := s.PutRecord(ctx, "release", "api/abc", []byte("two"), 0); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("create of an existing record = %v, want ErrConflict", err)
-	}
-	r2, err := s.PutRecord(ctx, "release", "api/abc", []byte("two"), r1)
-	if err != nil || r2 <= r1 {
-		t.Fatalf("update = %d, %v; want a revision after %d", r2, err, r1)
-	}
-	if _, err := s.PutRecord(ctx, "release", "api/abc", []byte("stale"), r1); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("stale update = %v, want ErrConflict", err)
-	}
-	got, err := s.Record(ctx, "release", "api/abc")
-	if err != nil || string(got.Value) != "two" || got.Revision != r2 || got.Kind != "release" || got.Key != "api/abc" {
-		t.Errorf("Record = %+v, %v; want two at %d", got, err, r2)
-	}
-	// Kinds do not mix, not even when one is a prefix of another.
-	for _, kr := range [][2]string{{"releases", "x"}, {"database", "api"}, {"release", "api/0"}} {
-		if _, err := s.PutRecord(ctx, kr[0], kr[1], []byte(kr[1]), 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	recs, err := s.Records(ctx, "release")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	for _, r := range recs {
-		keys = append(keys, r.Kind+":"+r.Key)
-	}
-	if !slices.Equal(keys, []string{"release:api/0", "release:api/abc"}) {
-		t.Errorf("Records(release) = %v", keys)
-	}
-	if err := s.DeleteRecord(ctx, "release", "api/abc", r1); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("stale delete = %v, want ErrConflict", err)
-	}
-	if err := s.DeleteRecord(ctx, "release", "api/abc", r2); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteRecord(ctx, "release", "api/abc", r2); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("delete of a missing record = %v, want ErrNotFound", err)
-	}
-	if _, err := s.Record(ctx, "release", "api/abc"); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("Record after delete = %v, want ErrNotFound", err)
-	}
-	// A deleted record can be created again.
-	if _, err := s.PutRecord(ctx, "release", "api/abc", []byte("again"), 0); err != nil {
-		t.Errorf("create after delete = %v", err)
-	}
-}
-
-func testWatch(t *testing.T, s store.Store) {
-	ctx := t.Context()
-	commit(t, s, Gen("before"), 0) // not seen: before the watch
-	events, err := s.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	commit(t, s, Gen("v2"), 1)
-	if err := s.SetCurrent(ctx, 2, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Delete(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
-	rev, err := s.PutRecord(ctx, "release", "a/v", []byte("x"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteRecord(ctx, "release", "a/v", rev); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetConfirm(ctx, 1, &spec.Confirm{State: spec.ConfirmConfirmed}, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	// Refused changes are not events.
-	s.SetCurrent(ctx, 2, 1)
-	s.SetConfirm(ctx, 1, &spec.Confirm{State: spec.ConfirmFailed}, 2, 1)
-	s.PutRecord(ctx, "release", "b/v", nil, 5)
-	commit(t, s, Gen("v3"), 1)
-
-	want := []store.Event{
-		{Type: store.EventAdded, Generation: 2, Env: spec.DefaultEnv},
-		{Type: store.EventCurrent, Generation: 2, From: 1, Env: spec.DefaultEnv},
-		{Type: store.EventCurrent, Generation: 1, From: 2, Env: spec.DefaultEnv},
-		{Type: store.EventRemoved, Generation: 2, Env: spec.DefaultEnv},
-		{Type: store.EventRecord, Kind: "release", Key: "a/v"},
-		{Type: store.EventRecordDeleted, Kind: "release", Key: "a/v"},
-		{Type: store.EventConfirm, Generation: 1, Env: spec.DefaultEnv},
-		{Type: store.EventAdded, Generation: 3, Env: spec.DefaultEnv},
-		{Type: store.EventCurrent, Generation: 3, From: 1, Env: spec.DefaultEnv},
-	}
-	var last uint64
-	for i, w := range want {
-		ev := nextEvent(t, events, i, w)
-		if ev.Revision < last || ev.Revision == 0 {
-			t.Errorf("event %d revision %d after %d: revisions must grow", i, ev.Revision, last)
-		}
-		last = ev.Revision
-		ev.Revision = 0
-		if ev != w {
-			t.Errorf("event %d = %+v, want %+v", i, ev, w)
-		}
-	}
-}
-
-func testWatchEnds(t *testing.T, s store.Store) {
-	ctx, cancel := context.WithCancel(t.Context())
-	events, err := s.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A watcher that does not read delays no writer.
-	for i := range uint64(100) {
-		commit(t, s, Gen(fmt.Sprint(i)), i)
-	}
-	cancel()
-	for range events { // drains, then ends: the channel is closed
-	}
-	after, err := s.Watch(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	for range after {
-	}
-}
-
-func testConcurrentWriters(t *testing.T, s store.Store) {
-	const writers, each = 4, 10
-	ctx := t.Context()
-	var wg sync.WaitGroup
-	conflicts := make([]int, writers)
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < each; {
-				// Read, decide, write: a stale decision fails and is made again.
-				cur, err := s.Current(ctx, spec.DefaultEnv)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				var from uint64
-				if cur != nil {
-					from = cur.Number
-				}
-				if _, err := s.Commit(ctx, Gen(fmt.Sprintf("w%d-%d", w, i)), from); errors.Is(err, store.ErrConflict) {
-					conflicts[w]++
-					continue
-				} else if err != nil {
-					t.Error(err)
-					return
-				}
-				// A counter record incremented by compare-and-swap.
-				for {
-					var n int
-					r, err := s.Record(ctx, "counter", "c")
-					if err == nil {
-						n, _ = strconv.Atoi(string(r.Value))
-					} else if !errors.Is(err, store.ErrNotFound) {
-						t.Error(err)
-						return
-					}
-					if _, err := s.PutRecord(ctx, "counter", "c", []byte(strconv.Itoa(n+1)), r.Revision); err == nil {
-						break
-					} else if !errors.Is(err, store.ErrConflict) {
-						t.Error(err)
-						return
-					}
-				}
-				i++
-			}
-		}()
-	}
-	wg.Wait()
-	got := numbers(t, s)
-	if len(got) != writers*each {
-		t.Fatalf("%d generations, want %d", len(got), writers*each)
-	}
-	for i, n := range got {
-		if n != uint64(i+1) {
-			t.Fatalf("generation numbers %v: want 1…%d, each once", got, writers*each)
-		}
-	}
-	if c := current(t, s); c != writers*each {
-		t.Errorf("current %d, want the last commit %d", c, writers*each)
-	}
-	r, err := s.Record(ctx, "counter", "c")
-	if err != nil || string(r.Value) != strconv.Itoa(writers*each) {
-		t.Errorf("counter = %q, %v; want %d: an increment was lost", r.Value, err, writers*each)
-	}
-}
-
-// InEnv returns Gen(v) in environment env.
-func InEnv(env, v string) *spec.Generation {
-	g := Gen(v)
-	g.Env = env
-	return g
-}
-
 // currentOf returns env's current generation number, 0 for none.
 func currentOf(t *testing.T, s store.Store, env string) uint64 {
 	t.Helper()
@@ -727,121 +133,83 @@ func currentOf(t *testing.T, s store.Store, env string) uint64 {
 	return g.Number
 }
 
-// testEnvironments: each environment has its own current generation,
-// moved by compare-and-swap on its own; numbers count across them; a
-// generation without an environment is production's.
-func testEnvironments(t *testing.T, s store.Store) {
-	ctx := t.Context()
-	p1 := commit(t, s, Gen("p1"), 0) // no Env: production
-	e1 := commit(t, s, InEnv("pr-1", "e1"), 0)
-	if p1 != 1 || e1 != 2 {
-		t.Fatalf("numbers %d, %d, want 1, 2: they count across environments", p1, e1)
-	}
-	if g, err := s.Get(ctx, p1); err != nil || g.Env != spec.DefaultEnv {
-		t.Errorf("generation committed without an environment: Env %q (%v), want %q", g.Env, err, spec.DefaultEnv)
-	}
-	// A preview's commit is checked against the preview's current only.
-	if _, err := s.Commit(ctx, InEnv("pr-1", "stale"), 0); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("commit to pr-1 from 0 while %d is current there: %v, want ErrConflict", e1, err)
-	}
-	if _, err := s.Commit(ctx, Gen("stale"), e1); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("commit to production from pr-1's current: %v, want ErrConflict", err)
-	}
-	p2 := commit(t, s, Gen("p2"), p1)
-	e2 := commit(t, s, InEnv("pr-1", "e2"), e1)
-	if got := currentOf(t, s, spec.DefaultEnv); got != p2 {
-		t.Errorf("production's current %d, want %d", got, p2)
-	}
-	if got := currentOf(t, s, "pr-1"); got != e2 {
-		t.Errorf("pr-1's current %d, want %d", got, e2)
-	}
-	if got := currentOf(t, s, "pr-2"); got != 0 {
-		t.Errorf("pr-2, never deployed, has current %d", got)
-	}
-	// SetCurrent moves the environment of the generation it switches to.
-	if err := s.SetCurrent(ctx, p2, e1); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("SetCurrent(from production's %d to pr-1's %d): %v, want ErrConflict", p2, e1, err)
-	}
-	if err := s.SetCurrent(ctx, e2, e1); err != nil {
-		t.Fatalf("SetCurrent in pr-1: %v", err)
-	}
-	if got := currentOf(t, s, spec.DefaultEnv); got != p2 {
-		t.Errorf("a switch in pr-1 moved production to %d", got)
-	}
-	cs, err := s.Currents(ctx)
+func numbers(t *testing.T, s store.Store) []uint64 {
+	t.Helper()
+	gens, err := s.List(t.Context())
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("List: %v", err)
 	}
-	got := map[string]uint64{}
-	for env, g := range cs {
-		got[env] = g.Number
+	var out []uint64
+	for _, g := range gens {
+		out = append(out, g.Number)
 	}
-	if want := map[string]uint64{spec.DefaultEnv: p2, "pr-1": e1}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("Currents = %v, want %v", got, want)
+	return out
+}
+
+// read returns s.Read(kinds...), failing the test on an error.
+func read(t *testing.T, s store.Store, kinds ...string) *store.Snapshot {
+	t.Helper()
+	snap, err := s.Read(t.Context(), kinds...)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
 	}
-	// Every environment's current is kept from deletion.
-	if err := s.Delete(ctx, e1); !errors.Is(err, store.ErrCurrent) {
-		t.Errorf("Delete(pr-1's current): %v, want ErrCurrent", err)
-	}
-	if err := s.Delete(ctx, p1, e2); err != nil {
-		t.Errorf("Delete of generations current nowhere: %v", err)
+	return snap
+}
+
+// nextEvent returns the next event on events, which the test expects to be
+// its i-th, want; the test fails if none comes.
+func nextEvent(t *testing.T, events <-chan store.Event, i int, want store.Event) store.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-events:
+		if !ok {
+			t.Fatalf("event %d (%v): the watch ended", i, want)
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatalf("event %d (%v) not delivered", i, want)
+		return store.Event{}
 	}
 }
 
-// testDropEnv: dropping an environment removes its current generation and
-// every generation of it in one change; production and a stale drop are
-// refused and change nothing.
-func testDropEnv(t *testing.T, s store.Store) {
-	ctx := t.Context()
-	p1 := commit(t, s, Gen("p1"), 0)
-	secret := []byte("ciphertext only the preview uses")
-	g := InEnv("pr-1", "e1")
-	g.Secrets = map[string][]byte{"k": secret}
-	e1 := commit(t, s, g, 0)
-	e2 := commit(t, s, InEnv("pr-1", "e2"), e1)
-	if err := s.DropEnv(ctx, spec.DefaultEnv, p1); !errors.Is(err, store.ErrDefaultEnv) {
-		t.Errorf("DropEnv(production): %v, want ErrDefaultEnv", err)
-	}
-	if err := s.DropEnv(ctx, "pr-1", e1); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("DropEnv(pr-1 from %d while %d is current): %v, want ErrConflict", e1, e2, err)
-	}
-	if err := s.DropEnv(ctx, "pr-9", 0); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("DropEnv of an environment never deployed: %v, want ErrNotFound", err)
-	}
-	if got := currentOf(t, s, "pr-1"); got != e2 {
-		t.Fatalf("refused drops moved pr-1 to %d", got)
-	}
-	events, err := s.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DropEnv(ctx, "pr-1", e2); err != nil {
-		t.Fatalf("DropEnv(pr-1): %v", err)
-	}
-	if got := currentOf(t, s, "pr-1"); got != 0 {
-		t.Errorf("pr-1 dropped, but its current is %d", got)
-	}
-	for _, n := range []uint64{e1, e2} {
-		if _, err := s.Get(ctx, n); !errors.Is(err, store.ErrNotFound) {
-			t.Errorf("generation %d of the dropped pr-1: %v, want ErrNotFound", n, err)
-		}
-	}
-	if _, err := s.Secret(ctx, store.SecretDigest(secret)); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("a secret only pr-1 held outlives it: %v", err)
-	}
-	if got := currentOf(t, s, spec.DefaultEnv); got != p1 {
-		t.Errorf("production's current %d after dropping pr-1, want %d", got, p1)
-	}
-	want := []store.Event{
-		{Type: store.EventCurrent, From: e2, Env: "pr-1"},
-		{Type: store.EventRemoved, Generation: e1, Env: "pr-1"},
-		{Type: store.EventRemoved, Generation: e2, Env: "pr-1"},
-	}
+// expectEvents checks that the next events on events are want, revisions
+// aside, and returns their revisions.
+func expectEvents(t *testing.T, events <-chan store.Event, want ...store.Event) []uint64 {
+	t.Helper()
+	revs := make([]uint64, len(want))
 	for i, w := range want {
 		ev := nextEvent(t, events, i, w)
+		revs[i] = ev.Revision
 		ev.Revision = 0
 		if ev != w {
 			t.Errorf("event %d = %+v, want %+v", i, ev, w)
 		}
+	}
+	return revs
+}
+
+// eventually waits up to 20 s for cond, failing the test with what
+// otherwise.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20s: %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// goroutinesBackTo waits until no more goroutines run than before.
+func goroutinesBackTo(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

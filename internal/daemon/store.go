@@ -1,0 +1,162 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"hostel/internal/store"
+	"hostel/internal/store/etcd"
+)
+
+// StoreOptions choose where the daemon keeps its state. The zero value is
+// the bbolt file ROOT/state.db.
+type StoreOptions struct {
+	// Etcd are the URLs of the etcd that holds the state (serve --etcd).
+	Etcd []string
+	// EtcdCert and EtcdKey are a client certificate and its key, and
+	// EtcdCA the CA of the members' certificates, for https:// URLs — as
+	// etcdctl's --cert, --key and --cacert.
+	EtcdCert, EtcdKey, EtcdCA string
+	// EtcdEmbed runs an etcd member in the daemon, its data under
+	// ROOT/etcd, reached on a unix socket there (serve --etcd-embed).
+	EtcdEmbed bool
+}
+
+// etcd reports whether the state is in etcd.
+func (o StoreOptions) etcd() bool { return o.EtcdEmbed || len(o.Etcd) > 0 }
+
+// Validate checks the options alone, before anything starts; an error
+// names the flag.
+func (o StoreOptions) Validate() error {
+	tlsFlags := map[string]string{"--etcd-cert": o.EtcdCert, "--etcd-key": o.EtcdKey, "--etcd-ca": o.EtcdCA}
+	switch {
+	case o.EtcdEmbed && len(o.Etcd) > 0:
+		return errors.New("--etcd and --etcd-embed: choose one, an etcd to use or a member in the daemon")
+	case o.EtcdCert != "" && o.EtcdKey == "":
+		return errors.New("--etcd-cert needs --etcd-key")
+	case o.EtcdKey != "" && o.EtcdCert == "":
+		return errors.New("--etcd-key needs --etcd-cert")
+	}
+	for _, flag := range []string{"--etcd-cert", "--etcd-key", "--etcd-ca"} {
+		if tlsFlags[flag] != "" && len(o.Etcd) == 0 {
+			return fmt.Errorf("%s is for the TLS of --etcd URLS", flag)
+		}
+	}
+	usesTLS := o.EtcdCert != "" || o.EtcdCA != ""
+	for _, raw := range o.Etcd {
+		u, err := url.Parse(raw)
+		switch {
+		case err != nil:
+			return fmt.Errorf("--etcd %q: %w", raw, err)
+		case (u.Scheme == "http" || u.Scheme == "https") && u.Host != "":
+		case u.Scheme == "unix" && u.Host+u.Path != "":
+		default:
+			return fmt.Errorf("--etcd %q: want http://HOST:PORT, https://HOST:PORT or unix://PATH", raw)
+		}
+		if usesTLS && u.Scheme != "https" {
+			return fmt.Errorf("--etcd %q: --etcd-cert and --etcd-ca are for https:// URLs", raw)
+		}
+	}
+	return nil
+}
+
+// movedSuffix is added to ROOT/state.db once its content moved to etcd.
+const movedSuffix = ".moved-to-etcd"
+
+// openStore opens the store the options choose, starting the etcd
+// member of --etcd-embed first. On etcd, a bbolt store left in
+// ROOT/state.db moves there first (moveBolt).
+func (d *Daemon) openStore(ctx context.Context) (store.Store, error) {
+	o := d.opts.Store
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	boltPath := filepath.Join(d.opts.Root, "state.db")
+	if !o.etcd() {
+		if _, err := os.Stat(boltPath); errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat(boltPath + movedSuffix); err == nil {
+				return nil, fmt.Errorf("%s moved to etcd (%s is what it was): start with --etcd-embed, or the --etcd it moved to; or rename it back to state.db to go on with bbolt", boltPath, boltPath+movedSuffix)
+			}
+		}
+		return store.OpenBolt(boltPath)
+	}
+	endpoints := o.Etcd
+	var tc *tls.Config
+	if o.EtcdEmbed {
+		m, err := etcd.StartMember(filepath.Join(d.opts.Root, "etcd"), d.logf)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-embed: %w", err)
+		}
+		d.member, endpoints = m, m.Endpoints()
+	} else if o.EtcdCert != "" || o.EtcdCA != "" {
+		var err error
+		if tc, err = etcd.TLSConfig(o.EtcdCert, o.EtcdKey, o.EtcdCA); err != nil {
+			return nil, fmt.Errorf("--etcd-cert, --etcd-key, --etcd-ca: %w", err)
+		}
+	}
+	st, err := etcd.Open(ctx, etcd.Config{Endpoints: endpoints, TLS: tc})
+	if err != nil {
+		return nil, err
+	}
+	if err := moveBolt(ctx, boltPath, st, d.logf); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// moveBolt moves the generations, records and secret ciphertexts of the
+// bbolt store at path into st, exactly (etcd.Store.Load), and then
+// renames the file (path+movedSuffix): a daemon started on etcd the first
+// time takes its machine's history with it. An etcd that already holds a
+// deployment is not overwritten: the daemon refuses to start, unless it
+// holds this very file's content (a start that died before the rename).
+func moveBolt(ctx context.Context, path string, st *etcd.Store, logf func(string, ...any)) error {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	deployed, err := st.Deployed(ctx)
+	if err != nil {
+		return err
+	}
+	if deployed {
+		m, err := st.Migrated(ctx)
+		if err != nil {
+			return err
+		}
+		if m == nil || m.Source != path {
+			return fmt.Errorf("%s holds this machine's state, but etcd already holds a deployment: move %s away to use etcd's, or start without --etcd to go on with it", path, path)
+		}
+	} else {
+		b, err := store.OpenBolt(path)
+		if err != nil {
+			return err
+		}
+		dump, err := b.Dump(ctx)
+		b.Close()
+		if err != nil {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+		if err := st.Load(ctx, dump, path); err != nil {
+			return fmt.Errorf("move %s to etcd: %w", path, err)
+		}
+		logf("moved %d generations, %d records and %d secret ciphertexts from %s to etcd", len(dump.Generations), len(dump.Records), len(dump.Secrets), path)
+	}
+	if err := os.Rename(path, path+movedSuffix); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync() // the rename, durable
+}

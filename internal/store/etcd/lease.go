@@ -1,0 +1,215 @@
+package etcd
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"hostel/internal/store"
+)
+
+// lease is a store.Lease: an etcd lease this handle keeps alive.
+type lease struct {
+	id     store.LeaseID
+	ttl    time.Duration
+	s      *Store
+	done   chan struct{}
+	cancel context.CancelFunc
+}
+
+func (l *lease) ID() store.LeaseID     { return l.id }
+func (l *lease) TTL() time.Duration    { return l.ttl }
+func (l *lease) Done() <-chan struct{} { return l.done }
+
+// Revoke implements store.Lease.
+func (l *lease) Revoke(ctx context.Context) error {
+	if err := l.s.usable(ctx); err != nil {
+		return err
+	}
+	_, err := l.s.cli.Revoke(ctx, clientv3.LeaseID(l.id))
+	l.cancel()
+	if err != nil {
+		return fmt.Errorf("revoke lease %x: %w", l.id, wrap(err))
+	}
+	return nil
+}
+
+// Grant implements store.Store: etcd's lease, kept alive by the client's
+// keep-alive (every third of the TTL) until Revoke or Close.
+func (s *Store) Grant(ctx context.Context, ttl time.Duration) (store.Lease, error) {
+	if err := s.usable(ctx); err != nil {
+		return nil, err
+	}
+	secs := store.LeaseSeconds(ttl)
+	resp, err := s.cli.Grant(ctx, secs)
+	if err != nil {
+		return nil, fmt.Errorf("grant a lease: %w", wrap(err))
+	}
+	kctx, cancel := context.WithCancel(context.Background())
+	ch, err := s.cli.KeepAlive(kctx, resp.ID)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, wrap(err))
+	}
+	// etcd grants at least its minimum TTL (1.5 election timeouts).
+	l := &lease{id: store.LeaseID(resp.ID), ttl: time.Duration(resp.TTL) * time.Second, s: s, done: make(chan struct{}), cancel: cancel}
+	go func() {
+		// The channel closes when the lease expires or is revoked, or
+		// the keep-alive stops (Revoke, Close).
+		for range ch {
+		}
+		close(l.done)
+	}()
+	return l, nil
+}
+
+// Campaign implements store.Store as etcd's concurrency package does:
+// a candidacy key bound to the lease, created under the election's
+// prefix; it leads when no candidacy was created before it.
+func (s *Store) Campaign(ctx context.Context, name string, l store.Lease) (store.Leadership, error) {
+	if err := store.CheckName("election", name); err != nil {
+		return nil, err
+	}
+	if err := s.usable(ctx); err != nil {
+		return nil, err
+	}
+	pfx := s.kElection(name)
+	key := fmt.Sprintf("%s%x", pfx, int64(l.ID()))
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, "", clientv3.WithLease(clientv3.LeaseID(l.ID())))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("campaign %s: %w", name, wrap(err))
+	}
+	rev := resp.Header.Revision
+	if !resp.Succeeded {
+		rev = first(ranges(resp)[0]).CreateRevision
+	}
+	for {
+		got, err := s.cli.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+		if err != nil {
+			return nil, s.gaveUp(ctx, name, key, rev, wrap(err))
+		}
+		mine := false
+		for _, kv := range got.Kvs {
+			mine = mine || string(kv.Key) == key && kv.CreateRevision == rev
+		}
+		if !mine {
+			return nil, fmt.Errorf("campaign %s: lease %x ended before it led: %w", name, l.ID(), store.ErrNotLeader)
+		}
+		if got.Kvs[0].CreateRevision == rev {
+			return s.newLeadership(name, key, rev, l, got.Header.Revision), nil
+		}
+		// Wait for any change among the candidacies, then look again.
+		wctx, cancel := context.WithCancel(ctx)
+		wch := s.cli.Watch(wctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(got.Header.Revision+1))
+		select {
+		case <-wch:
+		case <-ctx.Done():
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return nil, s.gaveUp(ctx, name, key, rev, ctx.Err())
+		}
+	}
+}
+
+// gaveUp withdraws a candidacy when its campaign's context ended, and
+// returns err.
+func (s *Store) gaveUp(ctx context.Context, name, key string, rev int64, err error) error {
+	if ctx.Err() != nil {
+		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.withdraw(wctx, key, rev)
+		return err
+	}
+	return fmt.Errorf("campaign %s: %w", name, err)
+}
+
+// withdraw deletes the candidacy key if it is still the one created at
+// rev.
+func (s *Store) withdraw(ctx context.Context, key string, rev int64) error {
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).Then(clientv3.OpDelete(key)).Commit()
+	return wrap(err)
+}
+
+// leadership is a store.Leadership: a candidacy that leads.
+type leadership struct {
+	s        *Store
+	name     string
+	key      string
+	rev      int64
+	lease    store.Lease
+	done     chan struct{}
+	resigned chan struct{}
+	once     sync.Once
+}
+
+// newLeadership watches, from revision seen on, for the loss of the
+// candidacy key.
+func (s *Store) newLeadership(name, key string, rev int64, l store.Lease, seen int64) *leadership {
+	ld := &leadership{s: s, name: name, key: key, rev: rev, lease: l, done: make(chan struct{}), resigned: make(chan struct{})}
+	go func() {
+		defer close(ld.done)
+		wctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		wch := s.cli.Watch(wctx, key, clientv3.WithRev(seen+1))
+		for {
+			select {
+			case <-l.Done():
+				return
+			case <-ld.resigned:
+				return
+			case <-s.h.closed:
+				return
+			case resp, ok := <-wch:
+				if !ok || resp.Err() != nil {
+					return
+				}
+				for _, e := range resp.Events {
+					if e.Type == clientv3.EventTypeDelete {
+						return
+					}
+				}
+			}
+		}
+	}()
+	return ld
+}
+
+func (ld *leadership) Name() string          { return ld.name }
+func (ld *leadership) Lease() store.Lease    { return ld.lease }
+func (ld *leadership) Done() <-chan struct{} { return ld.done }
+
+// Resign implements store.Leadership.
+func (ld *leadership) Resign(ctx context.Context) error {
+	if err := ld.s.usable(ctx); err != nil {
+		return err
+	}
+	err := ld.s.withdraw(ctx, ld.key, ld.rev)
+	ld.once.Do(func() { close(ld.resigned) })
+	if err != nil {
+		return fmt.Errorf("resign %s: %w", ld.name, err)
+	}
+	return nil
+}
+
+// fence is what a fenced view's writes require: the candidacy key still
+// created at rev.
+type fence struct {
+	name, key string
+	rev       int64
+}
+
+// Fenced implements store.Store: every write of the view compares the
+// candidacy's create revision in its own transaction.
+func (s *Store) Fenced(l store.Leadership) store.Store {
+	f := &fence{name: l.Name()}
+	if ld, ok := l.(*leadership); ok && ld.s.p == s.p {
+		f.key, f.rev = ld.key, ld.rev
+	}
+	return &Store{cli: s.cli, p: s.p, h: s.h, fence: f}
+}

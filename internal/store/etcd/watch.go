@@ -1,0 +1,150 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"hostel/internal/store"
+)
+
+// Watch implements store.Store: one etcd watch of the prefix, from the
+// revision after from, with the previous values (an event says what a
+// current generation moved from, and a deletion which environment lost a
+// generation).
+func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, error) {
+	if err := s.usable(ctx); err != nil {
+		return nil, fmt.Errorf("watch: %w", err)
+	}
+	if from == 0 {
+		// etcd starts a watch without a revision once it reaches the
+		// server: from the revision now, a change made in between is
+		// not lost.
+		got, err := s.cli.Get(ctx, s.kSeq(), clientv3.WithCountOnly())
+		if err != nil {
+			return nil, fmt.Errorf("watch: %w", wrap(err))
+		}
+		from = uint64(got.Header.Revision)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	wch := s.cli.Watch(wctx, s.p, clientv3.WithPrefix(), clientv3.WithRev(int64(from)+1), clientv3.WithPrevKV())
+	out := make(chan store.Event)
+	go func() {
+		defer close(out)
+		defer cancel()
+		send := func(ev store.Event) bool {
+			select {
+			case out <- ev:
+				return true
+			case <-ctx.Done():
+			case <-s.h.closed:
+			}
+			return false
+		}
+		last := from
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				send(store.Event{Err: &store.CompactedError{From: last, Compacted: uint64(resp.CompactRevision)}})
+				return
+			}
+			if err := resp.Err(); err != nil {
+				if ctx.Err() == nil {
+					send(store.Event{Err: fmt.Errorf("watch from revision %d: %w", last, err)})
+				}
+				return
+			}
+			for _, e := range resp.Events {
+				ev, ok, err := s.event(e)
+				if err != nil {
+					send(store.Event{Err: fmt.Errorf("watch: %w", err)})
+					return
+				}
+				if ok && !send(ev) {
+					return
+				}
+				last = uint64(e.Kv.ModRevision)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-s.h.closed:
+		default:
+			send(store.Event{Err: fmt.Errorf("watch from revision %d: the etcd watch ended", last)})
+		}
+	}()
+	return out, nil
+}
+
+// event is the store's event for a change of an etcd key, if the key is
+// one of the watched state (not a secret, the sequence or a candidacy).
+func (s *Store) event(e *clientv3.Event) (store.Event, bool, error) {
+	key := strings.TrimPrefix(string(e.Kv.Key), s.p)
+	ev := store.Event{Revision: uint64(e.Kv.ModRevision)}
+	deleted := e.Type == mvccpb.DELETE
+	switch {
+	case strings.HasPrefix(key, "gen/"):
+		n, err := strconv.ParseUint(strings.TrimPrefix(key, "gen/"), 10, 64)
+		if err != nil {
+			return ev, false, fmt.Errorf("etcd key %s: not a generation's", e.Kv.Key)
+		}
+		ev.Generation = n
+		data := e.Kv.Value
+		switch {
+		case deleted:
+			ev.Type = store.EventRemoved
+			if e.PrevKv == nil {
+				return ev, false, fmt.Errorf("generation %d deleted: etcd sent no previous value", n)
+			}
+			data = e.PrevKv.Value
+		case e.IsCreate():
+			ev.Type = store.EventAdded
+		default:
+			ev.Type = store.EventConfirm
+		}
+		env, err := store.GenerationEnv(data)
+		ev.Env = env
+		return ev, true, err
+	case strings.HasPrefix(key, "current/"):
+		ev.Type, ev.Env = store.EventCurrent, strings.TrimPrefix(key, "current/")
+		var err error
+		if !deleted {
+			if ev.Generation, err = number(e.Kv); err != nil {
+				return ev, false, err
+			}
+		}
+		ev.From, err = number(e.PrevKv)
+		return ev, true, err
+	case strings.HasPrefix(key, "record/"):
+		ev.Type = store.EventRecord
+		if deleted {
+			ev.Type = store.EventRecordDeleted
+		}
+		ev.Kind, ev.Key, _ = strings.Cut(strings.TrimPrefix(key, "record/"), "/")
+		return ev, true, nil
+	}
+	return ev, false, nil
+}
+
+// Compact implements store.Store: etcd's compaction, physically done
+// before it returns.
+func (s *Store) Compact(ctx context.Context, rev uint64) error {
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	_, err := s.cli.Compact(ctx, int64(rev), clientv3.WithCompactPhysical())
+	switch {
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return nil // compacted at rev or after already
+	case errors.Is(err, rpctypes.ErrFutureRev):
+		return fmt.Errorf("compact at revision %d: the store is not there yet: %w", rev, err)
+	case err != nil:
+		return fmt.Errorf("compact at revision %d: %w", rev, err)
+	}
+	return nil
+}

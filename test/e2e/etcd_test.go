@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMoveToEtcd: a machine deployed on bbolt restarts on an etcd member
+// of its own (--etcd-embed): its history moves over exactly (hostel
+// generations prints the same), its services are adopted (same pids),
+// deploys go on from the moved numbers; the bbolt file is kept aside,
+// and a daemon started on bbolt again refuses, saying where the state
+// went.
+func TestMoveToEtcd(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(monoliths(e, "Hi"))
+	e.MustRun("deploy", "--no-confirm")
+	e.WriteSpec(monoliths(e, "Hello"))
+	e.MustRun("deploy", "--no-confirm")
+	e.MustRun("rollback") // generation 1 current, 2 kept
+	gens := e.MustRun("generations", "--json")
+	gen, before := e.Status()
+	if gen != 1 {
+		t.Fatalf("generation %d current after the rollback, want 1", gen)
+	}
+	e.StopDaemon()
+
+	embed := []string{"--http", "127.0.0.1:0", "--https", "", "--etcd-embed"}
+	e.StartDaemonArgs(embed...)
+	if got := e.MustRun("generations", "--json"); got != gens {
+		t.Errorf("generations on etcd:\n%s\non bbolt:\n%s", got, gens)
+	}
+	gen, after := e.Status()
+	if gen != 1 {
+		t.Errorf("generation %d current on etcd, want 1", gen)
+	}
+	for name, s := range before {
+		if a := after[name]; a.PID != s.PID || a.State != "running" {
+			t.Errorf("%s on etcd: %+v, want it adopted (pid %d)", name, a, s.PID)
+		}
+	}
+	if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hi!") {
+		t.Errorf("blog on etcd: %d %q", code, body)
+	}
+	if !strings.Contains(e.DaemonLog(), "moved 2 generations") {
+		t.Errorf("the daemon did not say what it moved:\n%s", e.DaemonLog())
+	}
+	if _, err := os.Stat(filepath.Join(e.Root, "state.db")); err == nil {
+		t.Error("state.db is still there after the move")
+	}
+	if fi, err := os.Stat(filepath.Join(e.Root, "etcd")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("ROOT/etcd: %v, %v; want a 0700 directory", fi, err)
+	}
+	e.WriteSpec(monoliths(e, "Hey"))
+	e.MustRun("deploy", "--no-confirm")
+	if gen, _ := e.Status(); gen != 3 {
+		t.Errorf("first deploy on etcd made generation %d, want 3", gen)
+	}
+	e.StopDaemon()
+
+	// bbolt again: refused, nothing started.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, e.Bin, "serve", "--root", e.Root, "--http", "127.0.0.1:0", "--https", "").CombinedOutput()
+	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "moved to etcd") {
+		t.Errorf("serve on bbolt after the move: exit %d (%v)\n%s\nwant exit 1, saying the state moved to etcd", code, err, out)
+	}
+
+	e.StartDaemonArgs(embed...)
+	if gen, st := e.Status(); gen != 3 || st["blog"].State != "running" {
+		t.Errorf("after a restart on etcd: generation %d, %+v", gen, st["blog"])
+	}
+	if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hey!") {
+		t.Errorf("blog after a restart on etcd: %d %q", code, body)
+	}
+}
+
+// exitCode is the exit code of a command that ran (-1 if it did not).
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// startEtcd runs Debian's etcd on free loopback ports until the test
+// ends, and returns its client URL.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("etcd"); err != nil {
+		if os.Getenv("HOSTEL_REQUIRE_ETCD") != "" {
+			t.Fatal("etcd is not installed (apt-get install etcd-server)")
+		}
+		t.Skip("etcd is not installed (apt-get install etcd-server)")
+	}
+	client, peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	var log bytes.Buffer
+	cmd := exec.Command("etcd", "--name", "e2e", "--data-dir", filepath.Join(t.TempDir(), "etcd"),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "e2e="+peer)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(client + "/health"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return client
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd does not answer at %s", client)
+		}
+	}
+}
+
+// TestServeOnEtcd: the daemon keeps its state in an etcd it is given
+// (--etcd URL, Debian's etcd here) and finds it again after a restart;
+// another machine's bbolt state is not moved into an etcd that holds a
+// deployment: that daemon refuses to start.
+func TestServeOnEtcd(t *testing.T) {
+	url := startEtcd(t)
+	args := []string{"--http", "127.0.0.1:0", "--https", "", "--etcd", url}
+	e := NewEnv(t)
+	e.StartDaemonArgs(args...)
+	e.WriteSpec(monoliths(e, "Hi"))
+	e.MustRun("deploy", "--no-confirm")
+	e.StopDaemon()
+	if _, err := os.Stat(filepath.Join(e.Root, "state.db")); err == nil {
+		t.Error("a daemon on --etcd made ROOT/state.db")
+	}
+	e.StartDaemonArgs(args...)
+	if gen, st := e.Status(); gen != 1 || st["blog"].State != "running" {
+		t.Errorf("after a restart on --etcd: generation %d, %+v", gen, st["blog"])
+	}
+	e.Shutdown()
+
+	other := NewEnv(t)
+	other.StartDaemon()
+	other.WriteSpec(monoliths(other, "Hello"))
+	other.MustRun("deploy", "--no-confirm")
+	other.Shutdown()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, other.Bin, append([]string{"serve", "--root", other.Root}, args...)...).CombinedOutput()
+	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "etcd already holds a deployment") {
+		t.Errorf("serve --etcd beside another deployment's state.db: exit %d\n%s\nwant exit 1, refused", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(other.Root, "state.db")); err != nil {
+		t.Errorf("the refused start moved state.db: %v", err)
+	}
+}
