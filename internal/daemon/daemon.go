@@ -186,7 +186,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
 	}
-	if err := d.startHTTPS(); err != nil {
+	if err := d.startHTTPS(ctx); err != nil {
 		return nil, err
 	}
 	sock := SocketPath(opts.Root)

@@ -122,15 +122,11 @@ func (db *databases) readRecord(ctx context.Context, service string) (*record, u
 // store it wins and the other takes it.
 func (db *databases) password(ctx context.Context, name string) (string, error) {
 	for {
-		r, err := db.store.Record(ctx, store.KindPassword, name)
+		pw, err := db.keys.Load(ctx, store.KindPassword, name)
 		if err == nil {
-			pw, err := db.keys.Open(r.Value)
-			if err != nil {
-				return "", fmt.Errorf("password of %s: %w", name, err)
-			}
 			return string(pw), nil
 		} else if !errors.Is(err, store.ErrNotFound) {
-			return "", err
+			return "", fmt.Errorf("password of %s: %w", name, err)
 		}
 		raw := make([]byte, 24)
 		if _, err := rand.Read(raw); err != nil {

@@ -139,6 +139,42 @@ func (k *Keyring) Open(value []byte) ([]byte, error) {
 	return pt, err
 }
 
+// ResealWait is how long Load waits for a value sealed before this machine
+// joined to be sealed to it too: a daemon that can open it does that as
+// soon as it sees the machine join (Follow).
+const ResealWait = 10 * time.Second
+
+// Load reads the sealed record kind/key and opens it. A value not sealed
+// to this machine yet is waited for, up to ResealWait; store.ErrNotFound
+// passes through.
+func (k *Keyring) Load(ctx context.Context, kind, key string) ([]byte, error) {
+	r, err := k.st.Record(ctx, kind, key)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := k.Open(r.Value)
+	if !errors.Is(err, secrets.ErrNotRecipient) {
+		return pt, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, ResealWait)
+	defer cancel()
+	events, werr := k.st.Watch(wctx, r.Revision)
+	if werr != nil {
+		return nil, err
+	}
+	for ev := range events {
+		if ev.Err == nil && (ev.Kind != kind || ev.Key != key) {
+			continue
+		}
+		if r, rerr := k.st.Record(ctx, kind, key); rerr != nil {
+			return nil, rerr
+		} else if pt, err = k.Open(r.Value); !errors.Is(err, secrets.ErrNotRecipient) {
+			return pt, err
+		}
+	}
+	return nil, err
+}
+
 // SealedAt returns when a sealed value's plaintext was sealed first, or the
 // zero time for a value that is not sealed.
 func SealedAt(value []byte) time.Time {
