@@ -57,7 +57,7 @@ func runsOf(t *testing.T, runs string) string {
 // next daemon on that root finds the claim its predecessor left, takes it
 // over at once (its lease would have kept it for claimTTL), and the next
 // deploy runs the release: a step that had run runs again, which a
-// release must bear.
+// release must bear. On bbolt and on an etcd member in the daemon.
 func TestReleaseCrashRestart(t *testing.T) {
 	for _, tc := range []struct {
 		fp     string
@@ -67,41 +67,50 @@ func TestReleaseCrashRestart(t *testing.T) {
 		{"release-claimed", "", "run done"},
 		{"release-ran", "run done", "run done run done"},
 	} {
-		t.Run(tc.fp, func(t *testing.T) {
-			e := NewEnv(t)
-			runs := releaseRuns(t)
-			e.WriteSpec(releaseSpec(e, runs, 0))
-			listen := []string{"--http", "127.0.0.1:0", "--https", ""}
-			e.killedAt(tc.fp, listen, "deploy", "--no-confirm")
-			if got := runsOf(t, runs); got != tc.before {
-				t.Errorf("runs after the crash: %q, want %q", got, tc.before)
-			}
-			e.StartDaemonArgs(listen...)
-			defer e.Shutdown()
-			if gen, _ := e.Status(); gen != 0 {
-				t.Errorf("generation %d after a deploy that died in its release, want 0", gen)
-			}
-			t0 := time.Now()
-			e.MustRun("deploy", "--no-confirm")
-			t.Logf("the deploy after the restart took %s", time.Since(t0).Round(time.Millisecond))
-			if got := runsOf(t, runs); got != tc.after {
-				t.Errorf("runs after deploying again: %q, want %q", got, tc.after)
-			}
-			if !strings.Contains(e.DaemonLog(), "which is gone (this daemon restarted on its root): running it again") {
-				t.Errorf("the daemon does not say it took its predecessor's claim over:\n%s", e.DaemonLog())
-			}
-			if _, st := e.Status(); st["quotes"].State != "running" {
-				t.Errorf("quotes after the deploy: %+v", st["quotes"])
-			}
-			// Ran and recorded: a restart and a deploy of the same spec
-			// do not run it again.
-			e.StopDaemon()
-			e.StartDaemonArgs(listen...)
-			e.MustRun("deploy", "--no-confirm")
-			if got := runsOf(t, runs); got != tc.after {
-				t.Errorf("runs after a restart and another deploy: %q, want %q", got, tc.after)
-			}
-		})
+		for _, backend := range []string{"bbolt", "etcd-embed"} {
+			t.Run(tc.fp+"/"+backend, func(t *testing.T) {
+				testReleaseCrashRestart(t, tc.fp, tc.before, tc.after, backend)
+			})
+		}
+	}
+}
+
+func testReleaseCrashRestart(t *testing.T, fp, before, after, backend string) {
+	e := NewEnv(t)
+	runs := releaseRuns(t)
+	e.WriteSpec(releaseSpec(e, runs, 0))
+	listen := []string{"--http", "127.0.0.1:0", "--https", ""}
+	if backend == "etcd-embed" {
+		listen = append(listen, "--etcd-embed")
+	}
+	e.killedAt(fp, listen, "deploy", "--no-confirm")
+	if got := runsOf(t, runs); got != before {
+		t.Errorf("runs after the crash: %q, want %q", got, before)
+	}
+	e.StartDaemonArgs(listen...)
+	defer e.Shutdown()
+	if gen, _ := e.Status(); gen != 0 {
+		t.Errorf("generation %d after a deploy that died in its release, want 0", gen)
+	}
+	t0 := time.Now()
+	e.MustRun("deploy", "--no-confirm")
+	t.Logf("the deploy after the restart took %s", time.Since(t0).Round(time.Millisecond))
+	if got := runsOf(t, runs); got != after {
+		t.Errorf("runs after deploying again: %q, want %q", got, after)
+	}
+	if !strings.Contains(e.DaemonLog(), "which is gone (this daemon restarted on its root): running it again") {
+		t.Errorf("the daemon does not say it took its predecessor's claim over:\n%s", e.DaemonLog())
+	}
+	if _, st := e.Status(); st["quotes"].State != "running" {
+		t.Errorf("quotes after the deploy: %+v", st["quotes"])
+	}
+	// Ran and recorded: a restart and a deploy of the same spec
+	// do not run it again.
+	e.StopDaemon()
+	e.StartDaemonArgs(listen...)
+	e.MustRun("deploy", "--no-confirm")
+	if got := runsOf(t, runs); got != after {
+		t.Errorf("runs after a restart and another deploy: %q, want %q", got, after)
 	}
 }
 
