@@ -325,7 +325,9 @@ func (d *Daemon) Close() error {
 	if d.store != nil {
 		// Claims end now: a daemon that waits for one need not wait out
 		// the lease.
-		d.lease.revoke(context.Background())
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		d.lease.revoke(rctx)
+		cancel()
 		err = d.store.Close()
 	}
 	return errors.Join(err, d.member.Close())
