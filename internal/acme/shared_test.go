@@ -80,8 +80,11 @@ const answererEnv = "HOSTEL_ACME_ANSWERER"
 // an order another daemon of the deployment placed — from the token in the
 // store, as it runs in a process of its own that never saw the order —
 // and then serves the certificate without ordering it. Pebble reaches only
-// the answering daemon; the ordering one gets its certificate. On etcd:
-// a bbolt file is not shared by two processes.
+// the answering daemon; the ordering one gets its certificate. certmagic
+// keeps the challenges a process presents in a memory of the process, from
+// which a second Manager in the test's process would answer: the answering
+// daemon runs in a process of its own, so on etcd (a bbolt file is not
+// shared by two processes).
 func TestAnswerAnothersChallenge(t *testing.T) {
 	t.Parallel()
 	b := backends.Etcd(t)
