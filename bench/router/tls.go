@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"flag"
 	"fmt"
@@ -8,12 +9,16 @@ import (
 	"log"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"hostel/internal/acme"
 	"hostel/internal/front"
+	"hostel/internal/keyring"
 	"hostel/internal/router"
+	"hostel/internal/secrets"
 	"hostel/internal/spec"
+	"hostel/internal/store"
 )
 
 // benchVersionHost is the immutable name whose certificate (from hostel's
@@ -46,7 +51,19 @@ func childMainTLS() {
 		fail(err)
 	}
 	defer os.RemoveAll(root)
-	m, err := acme.New(acme.Options{Root: root, HTTPAddr: "127.0.0.1:0", HTTPSAddr: ln.Addr().String()})
+	// Certificate management keeps the internal CA in a store; no ACME
+	// order takes a lock here.
+	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
+	if err != nil {
+		fail(err)
+	}
+	hk, err := secrets.EnsureHostKey(root)
+	if err != nil {
+		fail(err)
+	}
+	m, err := acme.New(context.Background(), acme.Options{Store: st, Keys: keyring.New(st, hk),
+		Lease: func(ctx context.Context) (store.Lease, error) { return st.Grant(ctx, time.Minute) },
+		Root:  root, HTTPAddr: "127.0.0.1:0", HTTPSAddr: ln.Addr().String()})
 	if err != nil {
 		fail(err)
 	}

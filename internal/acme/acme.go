@@ -5,9 +5,10 @@
 //   - ACME certificates (through certmagic) for every domain and redirect
 //     host of the current generation whose service has tls on, solved by
 //     HTTP-01 on the --http listener and TLS-ALPN-01 on the --https one,
-//     kept under ROOT/certs, renewed in the background;
-//   - certificates from a private CA hostel keeps under ROOT/certs for the
-//     immutable SERVICE-VERSION.ZONE names, minted on demand;
+//     kept in the store (storage.go) that every daemon of the deployment
+//     shares, renewed in the background;
+//   - certificates from a private CA, the deployment's, kept in the store
+//     too, for the immutable SERVICE-VERSION.ZONE names, minted on demand;
 //   - an HTTP handler that answers ACME challenges, redirects hosts that
 //     have a certificate to HTTPS and passes everything else on; an HTTPS
 //     handler that adds HSTS for services that ask for it.
@@ -41,13 +42,28 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"hostel/internal/keyring"
+	"hostel/internal/secrets"
 	"hostel/internal/spec"
+	"hostel/internal/store"
 )
 
 // Options configure a Manager.
 type Options struct {
-	// Root is the daemon's root; certificates, keys and the ACME account
-	// live under Root/certs.
+	// Store keeps the certificates, their keys (sealed with Keys), the
+	// ACME account, challenge tokens and the internal CA, shared with
+	// every daemon of the deployment.
+	Store store.Store
+	// Keys seals private keys to the deployment's machines and opens
+	// them with this one's.
+	Keys *keyring.Keyring
+	// Lease is the daemon's lease, which the locks it holds while it
+	// orders a certificate are bound to: they end with the daemon.
+	Lease func(context.Context) (store.Lease, error)
+	// Owner names this daemon in its locks, for people.
+	Owner string
+	// Root is the daemon's root: what an older daemon kept under
+	// Root/certs (acme, internal) moves into the store.
 	Root string
 	// HTTPAddr and HTTPSAddr are the bound public listeners
 	// ("127.0.0.1:8080"). Challenges are solved on them; redirects to
@@ -136,10 +152,18 @@ type Manager struct {
 	opts      Options
 	logf      func(string, ...any)
 	httpsPort string // "" for 443
-	storage   *certmagic.FileStorage
+	storage   *storage
 	cache     *certmagic.Cache
 	zlog      *zap.Logger
-	ca        *internalCA
+
+	// caMu guards ca, the deployment's internal CA, loaded from the store
+	// at New or, when it could not be opened then (sealed before this
+	// machine joined), at its first use after a daemon sealed it to this
+	// one: caErr and caTried say why not and when it was last tried.
+	caMu    sync.Mutex
+	ca      *internalCA
+	caErr   error
+	caTried time.Time
 
 	policy atomic.Pointer[policy]
 
@@ -155,25 +179,28 @@ type Manager struct {
 	closed   bool
 }
 
-// New prepares ROOT/certs (0700), loads or creates the internal CA and
-// starts certificate maintenance. Call Update with each generation that
-// becomes current, and Close at the end.
-func New(opts Options) (*Manager, error) {
-	dir := filepath.Join(opts.Root, "certs")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+// New moves what an older daemon kept under ROOT/certs into the store,
+// loads or creates the internal CA and starts certificate maintenance.
+// Call Update with each generation that becomes current, and Close at the
+// end.
+func New(ctx context.Context, opts Options) (*Manager, error) {
+	if opts.Store == nil || opts.Keys == nil || opts.Lease == nil {
+		return nil, errors.New("acme: Options.Store, Keys and Lease are required")
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, err
-	}
-	ca, err := loadOrCreateCA(filepath.Join(dir, "internal"))
-	if err != nil {
-		return nil, fmt.Errorf("internal CA: %w", err)
-	}
-	m := &Manager{opts: opts, logf: opts.Logf, ca: ca, managed: map[string]bool{}, failures: map[string]failure{},
-		storage: &certmagic.FileStorage{Path: filepath.Join(dir, "acme")}}
+	m := &Manager{opts: opts, logf: opts.Logf, managed: map[string]bool{}, failures: map[string]failure{},
+		storage: &storage{st: opts.Store, keys: opts.Keys, lease: opts.Lease, owner: opts.Owner}}
 	if m.logf == nil {
 		m.logf = func(string, ...any) {}
+	}
+	dir := filepath.Join(opts.Root, "certs")
+	if err := m.storage.migrate(ctx, filepath.Join(dir, "acme"), m.logf); err != nil {
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	m.caTried = time.Now()
+	if m.ca, m.caErr = loadOrCreateCA(ctx, m.storage, filepath.Join(dir, "internal"), m.logf); errors.Is(m.caErr, secrets.ErrNotRecipient) {
+		m.logf("certificates: the internal CA cannot be used yet: %v", m.caErr)
+	} else if m.caErr != nil {
+		return nil, fmt.Errorf("internal CA: %w", m.caErr)
 	}
 	if _, port, err := net.SplitHostPort(opts.HTTPSAddr); err == nil && port != "443" {
 		m.httpsPort = port
@@ -200,7 +227,7 @@ func New(opts Options) (*Manager, error) {
 	return m, nil
 }
 
-// Close stops obtaining and renewing. Certificates stay on disk.
+// Close stops obtaining and renewing. Certificates stay in the store.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
@@ -213,7 +240,7 @@ func (m *Manager) Close() {
 
 // Forget removes what is stored of hosts' certificates (a preview's,
 // when it is removed): Update stops renewing a host that is gone, and
-// Forget leaves nothing of it on disk.
+// Forget leaves nothing of it in the store.
 func (m *Manager) Forget(ctx context.Context, hosts []string) error {
 	issuers, err := m.storage.List(ctx, certmagic.StorageKeys.CertsPrefix(""), false)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -235,7 +262,35 @@ func (m *Manager) Forget(ctx context.Context, hosts []string) error {
 
 // InternalCA returns the PEM of the root that signs the certificates of
 // immutable version names.
-func (m *Manager) InternalCA() string { return string(m.ca.certPEM) }
+func (m *Manager) InternalCA() string {
+	ca, err := m.internalCA()
+	if err != nil {
+		return ""
+	}
+	return string(ca.certPEM)
+}
+
+// caRetry is how often the internal CA is read again while it cannot be
+// opened.
+const caRetry = time.Second
+
+// internalCA returns the deployment's internal CA, reading it again (at
+// most every caRetry) while it cannot be opened.
+func (m *Manager) internalCA() (*internalCA, error) {
+	m.caMu.Lock()
+	defer m.caMu.Unlock()
+	if m.ca != nil || time.Since(m.caTried) < caRetry {
+		return m.ca, m.caErr
+	}
+	m.caTried = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), caRetry)
+	defer cancel()
+	m.ca, m.caErr = loadOrCreateCA(ctx, m.storage, filepath.Join(m.opts.Root, "certs", "internal"), m.logf)
+	if m.caErr != nil {
+		m.caErr = fmt.Errorf("internal CA: %w", m.caErr)
+	}
+	return m.ca, m.caErr
+}
 
 // Update makes g's hosts the ones served: it starts obtaining certificates
 // for hosts that have none and stops renewing hosts g no longer has. It
@@ -306,6 +361,7 @@ func (m *Manager) Update(g *spec.Generation, previews ...*spec.Generation) {
 	for h := range want {
 		if !m.managed[h] {
 			m.managed[h] = true
+			delete(m.failures, h) // of an earlier try
 			add = append(add, h)
 		}
 	}
@@ -320,6 +376,9 @@ func (m *Manager) Update(g *spec.Generation, previews ...*spec.Generation) {
 	if err := m.cfg.ManageAsync(m.cfgCtx, add); err != nil {
 		for _, h := range add {
 			m.failures[h] = failure{err: err.Error(), when: time.Now()}
+			// Not managed: the next Update tries again (a key sealed
+			// before this machine joined may be sealed to it by then).
+			delete(m.managed, h)
 		}
 	}
 }
@@ -526,7 +585,11 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	}
 	p := m.policy.Load()
 	if _, _, ok := spec.ParseVersionHost(name, p.zone); ok {
-		return m.ca.leaf(name)
+		ca, err := m.internalCA()
+		if err != nil {
+			return nil, fmt.Errorf("hostel: %w", err)
+		}
+		return ca.leaf(name)
 	}
 	if hp, ok := p.hosts[name]; !ok || !hp.tls {
 		return nil, fmt.Errorf("hostel: no certificate for %q", name)
@@ -552,7 +615,12 @@ func (m *Manager) HTTPHandler(next http.Handler) http.Handler {
 			m.mu.Lock()
 			iss := m.issuer
 			m.mu.Unlock()
-			if iss == nil || !iss.HandleHTTPChallenge(w, r) {
+			// Only for a host of ours: another daemon of the deployment
+			// may have started the challenge, so certmagic looks for its
+			// token in the store, which a request for any other host
+			// need not cost.
+			hp, ours := m.policy.Load().hosts[normalizeHost(r.Host)]
+			if iss == nil || !ours || !hp.tls || !iss.HandleHTTPChallenge(w, r) {
 				// Not one of ours: never redirected, the service may
 				// run its own ACME client.
 				next.ServeHTTP(w, r)

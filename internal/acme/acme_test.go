@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -19,13 +20,19 @@ import (
 
 	"hostel/internal/acme"
 	"hostel/internal/acme/pebbletest"
+	"hostel/internal/keyring"
+	"hostel/internal/secrets"
 	"hostel/internal/spec"
+	"hostel/internal/store"
+	"hostel/internal/store/storetest"
+	"hostel/internal/store/storetest/backends"
 )
 
 // server is hostel's public front in miniature: an HTTP and an HTTPS
 // listener wrapped by a Manager around a backend that names the host.
 type server struct {
 	m          *acme.Manager
+	st         store.Store
 	http       string
 	https      string
 	httpsPort  int
@@ -68,12 +75,76 @@ func port(addr string) int {
 	return n
 }
 
-// start serves ln with a new Manager over root.
-func start(t testing.TB, root string, ln listeners, opts acme.Options) *server {
+// daemon is what a Manager needs of the daemon it runs in: a root (whose
+// host key is the machine's), a handle on the deployment's store, the
+// machine's keyring and a lease for its locks.
+type daemon struct {
+	root string
+	st   store.Store
+	keys *keyring.Keyring
+	// lease is granted on first use and kept: the daemon's lease.
+	leaseMu sync.Mutex
+	lease   store.Lease
+}
+
+// newDaemon starts a daemon's worth of what a Manager needs, with a root
+// of its own, on a new handle of b.
+func newDaemon(t *testing.T, b storetest.Backend) *daemon {
 	t.Helper()
-	s := &server{root: root, http: ln.http.Addr().String(), https: ln.https.Addr().String(), httpsPort: port(ln.https.Addr().String())}
-	opts.Root, opts.HTTPAddr, opts.HTTPSAddr, opts.Logf = root, s.http, s.https, s.logf
-	m, err := acme.New(opts)
+	return onRoot(t, b, t.TempDir())
+}
+
+// onRoot is newDaemon on root: the same root again is that root's daemon
+// after a restart.
+func onRoot(t *testing.T, b storetest.Backend, root string) *daemon {
+	t.Helper()
+	hk, err := secrets.EnsureHostKey(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{root: root, st: b.Open(t)}
+	d.keys = keyring.New(d.st, hk)
+	if err := d.keys.Join(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// As a daemon does: what it can open, it seals to every machine that
+	// joins.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.keys.Follow(ctx, t.Logf, store.KindCertKey)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return d
+}
+
+func (d *daemon) getLease(ctx context.Context) (store.Lease, error) {
+	d.leaseMu.Lock()
+	defer d.leaseMu.Unlock()
+	if d.lease == nil {
+		l, err := d.st.Grant(ctx, storetest.LeaseTTL)
+		if err != nil {
+			return nil, err
+		}
+		d.lease = l
+	}
+	return d.lease, nil
+}
+
+// options fills in what opts needs of d.
+func (d *daemon) options(opts acme.Options) acme.Options {
+	opts.Store, opts.Keys, opts.Lease, opts.Root, opts.Owner = d.st, d.keys, d.getLease, d.root, d.root
+	return opts
+}
+
+// start serves ln with a new Manager in daemon d.
+func start(t testing.TB, d *daemon, ln listeners, opts acme.Options) *server {
+	t.Helper()
+	s := &server{st: d.st, root: d.root, http: ln.http.Addr().String(), https: ln.https.Addr().String(), httpsPort: port(ln.https.Addr().String())}
+	opts = d.options(opts)
+	opts.HTTPAddr, opts.HTTPSAddr, opts.Logf = s.http, s.https, s.logf
+	m, err := acme.New(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +258,7 @@ func TestIssueAndServe(t *testing.T) {
 	t.Parallel()
 	ln := listen(t)
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port(ln.http.Addr().String()), TLSPort: port(ln.https.Addr().String())})
-	s := start(t, t.TempDir(), ln, acme.Options{DisableTLSALPN: true})
+	s := start(t, newDaemon(t, backends.Bolt(t)), ln, acme.Options{DisableTLSALPN: true})
 
 	services := map[string]*spec.Service{}
 	var domains []string
@@ -274,27 +345,35 @@ func TestIssueAndServe(t *testing.T) {
 			t.Errorf("TLS 1.1 handshake succeeded")
 		}
 	})
-	t.Run("files are private", func(t *testing.T) {
-		err := filepath.Walk(filepath.Join(s.root, "certs"), func(path string, fi os.FileInfo, err error) error {
-			if err != nil {
-				return err
-			}
-			mode := fi.Mode().Perm()
-			if fi.IsDir() && mode != 0o700 || !fi.IsDir() && mode&0o077 != 0 && !strings.HasSuffix(path, ".lock") {
-				t.Errorf("%s: mode %o", path, mode)
-			}
-			return nil
-		})
+	t.Run("keys sealed in the store, nothing on disk", func(t *testing.T) {
+		if _, err := os.Stat(filepath.Join(s.root, "certs")); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("ROOT/certs: %v, want none", err)
+		}
+		keys, err := s.st.Records(context.Background(), store.KindCertKey)
 		if err != nil {
 			t.Fatal(err)
+		}
+		// 20 certificates, the ACME account and the internal CA.
+		if len(keys) != 22 {
+			t.Errorf("%d private keys in the store, want 22", len(keys))
+		}
+		for _, r := range keys {
+			if strings.Contains(string(r.Value), "PRIVATE KEY") || !strings.Contains(string(r.Value), `"age":`) {
+				t.Errorf("%s is not sealed: %.60s…", r.Key, r.Value)
+			}
 		}
 	})
 }
 
-// TestRestartKeepsCertificates: a new Manager over the same root serves the
-// certificates it finds on disk without asking the CA, which is gone.
+// TestRestartKeepsCertificates: a new Manager over the same store, opened
+// again, serves the certificates it finds there without asking the CA,
+// which is gone.
 func TestRestartKeepsCertificates(t *testing.T) {
 	t.Parallel()
+	backends.Each(t, testRestartKeepsCertificates)
+}
+
+func testRestartKeepsCertificates(t *testing.T, b storetest.Backend) {
 	root := t.TempDir()
 	ln := listen(t)
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port(ln.http.Addr().String()), TLSPort: port(ln.https.Addr().String())})
@@ -302,7 +381,7 @@ func TestRestartKeepsCertificates(t *testing.T) {
 		"a": {Domains: []string{"a.example.test"}},
 		"b": {Domains: []string{"b.example.test"}},
 	})
-	s := start(t, root, ln, acme.Options{})
+	s := start(t, onRoot(t, b, root), ln, acme.Options{})
 	s.m.Update(g)
 	awaitValid(t, s, 60*time.Second)
 	serials := map[string]string{}
@@ -311,10 +390,11 @@ func TestRestartKeepsCertificates(t *testing.T) {
 	}
 	s.Close()
 	// The CA is unreachable from now on: whatever the new Manager serves
-	// comes from ROOT/certs.
+	// comes from the store.
 	p.Stop()
+	b.Reopen(t)
 
-	s2 := start(t, root, listen(t), acme.Options{})
+	s2 := start(t, onRoot(t, b, root), listen(t), acme.Options{})
 	s2.m.Update(g)
 	st := awaitValid(t, s2, 10*time.Second)
 	for _, cs := range st {
@@ -337,7 +417,7 @@ func TestRenewal(t *testing.T) {
 	ln := listen(t)
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port(ln.http.Addr().String()), TLSPort: port(ln.https.Addr().String()),
 		Validity: 30 * time.Second, NoSleep: true})
-	s := start(t, t.TempDir(), ln, acme.Options{RenewCheckInterval: 500 * time.Millisecond, RenewalWindowRatio: 0.8})
+	s := start(t, newDaemon(t, backends.Bolt(t)), ln, acme.Options{RenewCheckInterval: 500 * time.Millisecond, RenewalWindowRatio: 0.8})
 	s.m.Update(generation(pebbleACME(p), map[string]*spec.Service{"a": {Domains: []string{"renew.example.test"}}}))
 	awaitValid(t, s, 30*time.Second)
 	first := s.peerSerial(t, p.Roots, "renew.example.test")
@@ -357,7 +437,7 @@ func TestRenewal(t *testing.T) {
 // nothing redirects, and the status says why.
 func TestCAUnreachable(t *testing.T) {
 	t.Parallel()
-	s := start(t, t.TempDir(), listen(t), acme.Options{})
+	s := start(t, newDaemon(t, backends.Bolt(t)), listen(t), acme.Options{})
 	dead := fmt.Sprintf("https://127.0.0.1:%d/dir", pebbletest.FreePort(t))
 	s.m.Update(generation(&spec.ACME{CA: dead}, map[string]*spec.Service{"a": {Domains: []string{"down.example.test"}}}))
 	var lines []string
@@ -378,7 +458,7 @@ func TestCAUnreachable(t *testing.T) {
 // TestNoACMEBlock: a spec without acme asks no CA; its domains stay on HTTP.
 func TestNoACMEBlock(t *testing.T) {
 	t.Parallel()
-	s := start(t, t.TempDir(), listen(t), acme.Options{})
+	s := start(t, newDaemon(t, backends.Bolt(t)), listen(t), acme.Options{})
 	s.m.Update(generation(nil, map[string]*spec.Service{"a": {Domains: []string{"a.example.test"}}}))
 	st := s.m.Status()
 	if len(st) != 1 || st[0].State != acme.StateNone {

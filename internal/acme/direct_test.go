@@ -5,12 +5,14 @@ import (
 
 	"hostel/internal/acme"
 	"hostel/internal/spec"
+	"hostel/internal/store/storetest/backends"
 )
 
 // TestDirect: the predicates the public front end asks before it forwards
 // a request itself agree with what HTTPHandler and HTTPSHandler would do.
 func TestDirect(t *testing.T) {
-	m, err := acme.New(acme.Options{Root: t.TempDir(), HTTPAddr: "127.0.0.1:80", HTTPSAddr: "127.0.0.1:443"})
+	d := newDaemon(t, backends.Bolt(t))
+	m, err := acme.New(t.Context(), d.options(acme.Options{HTTPAddr: "127.0.0.1:80", HTTPSAddr: "127.0.0.1:443"}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 package acme
 
 import (
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,12 +12,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"hostel/internal/atomicfile"
+	"io/fs"
 	"math/big"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"hostel/internal/store"
 )
 
 // Lifetimes of the internal CA and of the leaves it signs. Leaves are short
@@ -32,8 +36,9 @@ const (
 
 // internalCA is the private CA that signs certificates for the immutable
 // SERVICE-VERSION.ZONE names, which no public CA would issue. Its root and
-// key persist in dir; users who want those names without warnings trust
-// the root (`hostel status --json` prints it as internal_ca).
+// key are the deployment's, in the certificate storage (the key sealed);
+// users who want those names without warnings trust the root (`hostel
+// status --json` prints it as internal_ca).
 type internalCA struct {
 	cert    *x509.Certificate
 	key     *ecdsa.PrivateKey
@@ -43,23 +48,65 @@ type internalCA struct {
 	leaves map[string]*tls.Certificate
 }
 
-// loadOrCreateCA reads the CA from dir (ca.crt, ca.key) or creates it.
-func loadOrCreateCA(dir string) (*internalCA, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+// Keys of the internal CA in the certificate storage.
+const (
+	internalCACert = "internal/ca.crt"
+	internalCAKey  = "internal/ca.key"
+)
+
+// loadOrCreateCA reads the internal CA from s, or makes it there: from the
+// files an older daemon kept in dir (ca.crt, ca.key), else anew. Every
+// daemon of a deployment signs with the one CA: of daemons that make one
+// at once, the first to store it wins and the others read it back. Files
+// left in dir go once the store holds a CA.
+func loadOrCreateCA(ctx context.Context, s *storage, dir string, logf func(string, ...any)) (*internalCA, error) {
+	for {
+		certPEM, cerr := s.Load(ctx, internalCACert)
+		keyPEM, kerr := s.Load(ctx, internalCAKey)
+		switch {
+		case cerr == nil && kerr == nil:
+			ca, err := parseCA(certPEM, keyPEM)
+			if err != nil {
+				return nil, err
+			}
+			if old, err := os.ReadFile(filepath.Join(dir, "ca.crt")); err == nil && !bytes.Equal(old, certPEM) {
+				logf("certificates: the deployment has an internal CA already; the one in %s is replaced by it (trust the root hostel status --json prints)", dir)
+			}
+			return ca, os.RemoveAll(dir)
+		case errors.Is(cerr, fs.ErrNotExist) && errors.Is(kerr, fs.ErrNotExist):
+		case cerr != nil && !errors.Is(cerr, fs.ErrNotExist):
+			return nil, cerr
+		case kerr != nil && !errors.Is(kerr, fs.ErrNotExist):
+			return nil, kerr
+		default:
+			return nil, fmt.Errorf("the store holds half of the internal CA (%s: %v, %s: %v)", internalCACert, cerr, internalCAKey, kerr)
+		}
+		certPEM, keyPEM, err := oldOrNewCA(dir)
+		if err != nil {
+			return nil, err
+		}
+		err = s.storeNew(ctx, map[string][]byte{internalCACert: certPEM, internalCAKey: keyPEM})
+		clear(keyPEM)
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			return nil, err
+		}
+		// Read back what the store kept: this one, or another daemon's.
 	}
-	certPath, keyPath := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
-	certPEM, cerr := os.ReadFile(certPath)
-	keyPEM, kerr := os.ReadFile(keyPath)
+}
+
+// oldOrNewCA returns the internal CA an older daemon kept in dir, or a new
+// one.
+func oldOrNewCA(dir string) (certPEM, keyPEM []byte, err error) {
+	certPEM, cerr := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	keyPEM, kerr := os.ReadFile(filepath.Join(dir, "ca.key"))
 	if cerr == nil && kerr == nil {
-		return parseCA(certPEM, keyPEM)
-	}
-	if !errors.Is(cerr, os.ErrNotExist) && cerr != nil {
-		return nil, cerr
+		if _, err := parseCA(certPEM, keyPEM); err == nil {
+			return certPEM, keyPEM, nil
+		}
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -74,23 +121,14 @@ func loadOrCreateCA(dir string) (*internalCA, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	// The key first: a crash between the two writes leaves no certificate,
-	// and the next start makes a new pair.
-	if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
-		return nil, err
-	}
-	if err := atomicfile.WriteFile(certPath, certPEM, 0o600); err != nil {
-		return nil, err
-	}
-	return parseCA(certPEM, keyPEM)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 func parseCA(certPEM, keyPEM []byte) (*internalCA, error) {

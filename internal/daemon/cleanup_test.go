@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"testing"
 
 	"hostel/internal/deploy"
+	"hostel/internal/keyring"
 	"hostel/internal/nix"
 	"hostel/internal/postgres"
 	"hostel/internal/postgres/pgtest"
@@ -49,8 +49,12 @@ func newPrepared(t *testing.T) *prepared {
 	}
 	p := &prepared{root: root, store: st, roots: nix.Roots{Dir: filepath.Join(root, "gcroots")}, key: hk}
 	p.engine = deploy.New(st, sup, rt)
-	db := newDatabases(root, st, sup, false, t.Logf)
-	p.engine.Use(&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots), releaser{db})
+	keys := keyring.New(st, hk)
+	if err := keys.Join(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	db := newDatabases(root, st, keys, sup, false, t.Logf)
+	p.engine.Use(&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots), newReleaser(db, newOwnLease(st, claimTTL), hk.PublicKey(), root))
 	t.Cleanup(func() {
 		p.engine.Shutdown(context.Background())
 		rt.Close()
@@ -117,13 +121,10 @@ func TestFailedStartCleansUp(t *testing.T) {
 	if _, ok, err := srv.RoleInfo(ctx, supervisor.UserName("api")); err != nil || ok {
 		t.Errorf("role %s exists after a failed start (%v)", supervisor.UserName("api"), err)
 	}
-	for _, kind := range []string{store.KindDatabase, store.KindRelease} {
+	for _, kind := range []string{store.KindDatabase, store.KindPassword, store.KindRelease, store.KindReleaseClaim} {
 		if recs, err := p.store.Records(ctx, kind); err != nil || len(recs) > 0 {
 			t.Errorf("%s records after a failed start: %v (%v)", kind, recs, err)
 		}
-	}
-	if _, err := os.Stat(filepath.Join(p.root, "postgres", "api.password")); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("the role's password file is left: %v", err)
 	}
 	if p.roots.Pinned(string(key)) {
 		t.Errorf("GC root of %s left after a failed start", key)

@@ -22,6 +22,7 @@ import (
 	"hostel/internal/failpoint"
 	"hostel/internal/front"
 	"hostel/internal/idle"
+	"hostel/internal/keyring"
 	"hostel/internal/nix"
 	"hostel/internal/router"
 	"hostel/internal/secrets"
@@ -73,6 +74,14 @@ type Daemon struct {
 	logf       func(string, ...any)
 	// hostKey is the machine's age identity, which decrypts secrets.
 	hostKey *secrets.HostKey
+	// keys seals what only the deployment's machines may read (role
+	// passwords, private keys) to their keys, and opens it with hostKey.
+	keys *keyring.Keyring
+	// stopKeys stops resealing to machines that join; nil before.
+	stopKeys func()
+	// lease is the daemon's lease for its claims (a release step it
+	// runs, a certificate it orders).
+	lease *ownLease
 	// db provisions PostgreSQL databases and runs release steps.
 	db *databases
 	// cgroups enforce services' limits; nil where there are none.
@@ -140,7 +149,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.store = st
+	d.lease = newOwnLease(st, claimTTL)
 	if err := migrateRecords(ctx, opts.Root, st); err != nil {
+		return nil, err
+	}
+	if err := d.startKeyring(ctx); err != nil {
 		return nil, err
 	}
 	zone := spec.DefaultZone
@@ -161,19 +174,19 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return ok && sl.Asleep
 	})
 	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
-	d.db = newDatabases(opts.Root, d.store, d.sup, runAsUsers, d.logf)
+	d.db = newDatabases(opts.Root, d.store, d.keys, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
 	d.engine.Use(newProvisioner(d.db))
 	d.engine.Use(newStateCopier(opts.Root, d.sup))   // a preview's state directory, when previews.state is "copy"
 	d.engine.Use(newPinner(nix.RootsFor(opts.Root))) // GC roots before a version starts
 	// releaser runs the release step with the version's full environment:
 	// keep it the last preparer (add new ones above this line).
-	d.engine.Use(releaser{d.db})
+	d.engine.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))
 
 	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
 	}
-	if err := d.startHTTPS(); err != nil {
+	if err := d.startHTTPS(ctx); err != nil {
 		return nil, err
 	}
 	sock := SocketPath(opts.Root)
@@ -305,8 +318,16 @@ func (d *Daemon) Close() error {
 	if d.router != nil {
 		d.router.Close()
 	}
+	if d.stopKeys != nil {
+		d.stopKeys()
+	}
 	var err error
 	if d.store != nil {
+		// Claims end now: a daemon that waits for one need not wait out
+		// the lease.
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		d.lease.revoke(rctx)
+		cancel()
 		err = d.store.Close()
 	}
 	return errors.Join(err, d.member.Close())

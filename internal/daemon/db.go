@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -19,6 +18,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/atomicfile"
 	"hostel/internal/deploy"
+	"hostel/internal/keyring"
 	"hostel/internal/postgres"
 	"hostel/internal/spec"
 	"hostel/internal/store"
@@ -41,12 +41,14 @@ const (
 // provisions before a version starts, runs release steps, and serves the
 // db commands. What must hold once per deployment is in the store:
 //
-//	database SERVICE           which server, database and role
-//	release SERVICE/VERSION    the release of VERSION ran and succeeded
+//	database NAME              which server, database and role
+//	password NAME              the role's password, when it has one, sealed
+//	                           to the machine keys (keyring)
+//	release NAME/VERSION       the release of VERSION ran and succeeded
+//	release-claim NAME/VERSION it runs now, on the daemon the claim names
 //
 // and what belongs to this machine is under ROOT:
 //
-//	postgres/NAME.password     the role's password, when it has one (0600)
 //	backups/NAME/TIME-WHAT.dump
 //
 // where NAME is a data name (dataName): SERVICE for production's instances,
@@ -58,6 +60,9 @@ const (
 type databases struct {
 	root  string
 	store store.Store
+	// keys seals role passwords to the deployment's machines and opens
+	// them with this machine's key.
+	keys *keyring.Keyring
 	// peer: the daemon is root and services run as their own users, so
 	// roles authenticate by peer over a unix socket, without a password.
 	peer bool
@@ -78,14 +83,8 @@ type record struct {
 	Password bool   `json:"password"`
 }
 
-func newDatabases(root string, st store.Store, sup *supervisor.Supervisor, runAsUsers bool, logf func(string, ...any)) *databases {
-	return &databases{root: root, store: st, peer: runAsUsers, sup: sup, logf: logf, done: map[string]record{}}
-}
-
-func (db *databases) dir() string { return filepath.Join(db.root, "postgres") }
-
-func (db *databases) passwordPath(name string) string {
-	return filepath.Join(db.dir(), name+".password")
+func newDatabases(root string, st store.Store, keys *keyring.Keyring, sup *supervisor.Supervisor, runAsUsers bool, logf func(string, ...any)) *databases {
+	return &databases{root: root, store: st, keys: keys, peer: runAsUsers, sup: sup, logf: logf, done: map[string]record{}}
 }
 
 func (db *databases) backupDir(service string) string {
@@ -116,24 +115,32 @@ func (db *databases) readRecord(ctx context.Context, service string) (*record, u
 	return &r, sr.Revision, nil
 }
 
-// password returns the password of the role of data name, generating and
-// keeping one the first time. It is kept before the role is made, so a
-// crash in between leaves a password that the next provisioning sets.
-func (db *databases) password(name string) (string, error) {
-	p := db.passwordPath(name)
-	b, err := os.ReadFile(p)
-	if err == nil && len(b) > 0 {
-		return strings.TrimSpace(string(b)), nil
+// password returns the password of the role of data name, generating one
+// and keeping it in the store, sealed, the first time. It is kept before
+// the role is made, so a crash in between leaves a password that the next
+// provisioning sets; of two daemons that make one at once, the first to
+// store it wins and the other takes it.
+func (db *databases) password(ctx context.Context, name string) (string, error) {
+	for {
+		pw, err := db.keys.Load(ctx, store.KindPassword, name)
+		if err == nil {
+			return string(pw), nil
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return "", fmt.Errorf("password of %s: %w", name, err)
+		}
+		raw := make([]byte, 24)
+		if _, err := rand.Read(raw); err != nil {
+			return "", err
+		}
+		v, err := db.keys.Seal(ctx, []byte(hex.EncodeToString(raw)))
+		if err != nil {
+			return "", fmt.Errorf("password of %s: %w", name, err)
+		}
+		if _, err := db.store.PutRecord(ctx, store.KindPassword, name, v, 0); err != nil && !errors.Is(err, store.ErrConflict) {
+			return "", fmt.Errorf("password of %s: %w", name, err)
+		}
+		// Read back what the store kept: this one, or another daemon's.
 	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return "", err
-	}
-	raw := make([]byte, 24)
-	if _, err := rand.Read(raw); err != nil {
-		return "", err
-	}
-	pw := hex.EncodeToString(raw)
-	return pw, writeFile(p, []byte(pw+"\n"))
 }
 
 // dataName names the data of the instance environment owner owns of
@@ -167,7 +174,7 @@ func previewDatabase(base, env string) string {
 
 // target is the database of data name on its server, with its role's
 // credential.
-func (db *databases) target(r *record, name string) (*postgres.Server, postgres.Database, error) {
+func (db *databases) target(ctx context.Context, r *record, name string) (*postgres.Server, postgres.Database, error) {
 	srv, err := postgres.Open(r.Admin)
 	if err != nil {
 		return nil, postgres.Database{}, err
@@ -177,7 +184,7 @@ func (db *databases) target(r *record, name string) (*postgres.Server, postgres.
 		name = serviceOfData(name) // production's role, production's password
 	}
 	if r.Password {
-		if d.Password, err = db.password(name); err != nil {
+		if d.Password, err = db.password(ctx, name); err != nil {
 			return nil, d, err
 		}
 	}
@@ -219,12 +226,16 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 		return nil, postgres.Database{}, false, fmt.Errorf("database %s of %s belongs to production's role %s (the preview was made before previews had roles of their own): remove the preview with hostel env rm %s and deploy it again", old.Database, name, old.Role, owner)
 	} else if old == nil || *old != want {
 		b, _ := json.Marshal(want)
-		if _, err := db.store.PutRecord(ctx, store.KindDatabase, name, b, rev); err != nil {
+		if _, err := db.store.PutRecord(ctx, store.KindDatabase, name, b, rev); err == nil {
+			created = old == nil
+		} else if !errors.Is(err, store.ErrConflict) {
 			return nil, postgres.Database{}, false, fmt.Errorf("database record of %s: %w", name, err)
-		}
-		created = old == nil
+		} else if now, _, rerr := db.readRecord(ctx, name); rerr != nil || now == nil || *now != want {
+			// Another daemon wrote a record this one does not want.
+			return nil, postgres.Database{}, false, fmt.Errorf("database record of %s: %w", name, errors.Join(err, rerr))
+		} // else another daemon provisions the same at the same time: go on
 	}
-	srv, d, err = db.target(&want, name)
+	srv, d, err = db.target(ctx, &want, name)
 	if err != nil {
 		return nil, d, created, err
 	}
@@ -251,7 +262,7 @@ func (db *databases) forget(ctx context.Context, name string) error {
 	if err != nil || r == nil {
 		return err
 	}
-	srv, d, err := db.target(r, name)
+	srv, d, err := db.target(ctx, r, name)
 	if err != nil {
 		return err
 	}
@@ -266,11 +277,6 @@ func (db *databases) forget(ctx context.Context, name string) error {
 		return err
 	}
 	delete(db.done, name)
-	if !sharesProductionRole(name, r) {
-		if err := os.Remove(db.passwordPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-	}
 	releases, err := db.store.Records(ctx, store.KindRelease)
 	if err != nil {
 		return err
@@ -282,7 +288,14 @@ func (db *databases) forget(ctx context.Context, name string) error {
 			}
 		}
 	}
-	if err := db.store.DeleteRecord(ctx, store.KindDatabase, name, rev); err != nil && !errors.Is(err, store.ErrNotFound) {
+	// The record and the password go together. A preview's database of
+	// production's role has no password of its own: AnyRevision deletes
+	// only one that exists.
+	writes := []store.Write{{Kind: store.KindDatabase, Key: name, Rev: rev, Delete: true}}
+	if !sharesProductionRole(name, r) {
+		writes = append(writes, store.Write{Kind: store.KindPassword, Key: name, Rev: store.AnyRevision, Delete: true})
+	}
+	if _, err := db.store.Txn(ctx, writes...); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 	db.logf("postgres: dropped database %s of %s", d.Name, name)
@@ -362,7 +375,7 @@ func (db *databases) copyProduction(ctx context.Context, service string, srv *po
 	if err != nil || r == nil {
 		return err
 	}
-	psrv, pd, err := db.target(r, service)
+	psrv, pd, err := db.target(ctx, r, service)
 	if err != nil {
 		return err
 	}
@@ -407,68 +420,6 @@ func othersCanRead(path string) error {
 	}
 }
 
-// releaser is the deploy.Preparer that runs a new version's release
-// command once, after a backup, before the version starts. It must come
-// after every preparer that adds to the version's environment.
-type releaser struct{ db *databases }
-
-// releaseKey is the key of the release record of service at version v.
-func releaseKey(service string, v spec.Version) string { return service + "/" + string(v) }
-
-// releaseRecord is the value of a release record.
-type releaseRecord struct {
-	Time time.Time `json:"time"`
-	// Output is the end of what the release printed, at most
-	// releaseOutputKept bytes: store values stay small.
-	Output string `json:"output,omitempty"`
-}
-
-// releaseOutputKept bounds the output a release record keeps.
-const releaseOutputKept = 4 << 10
-
-func newReleaseRecord(t time.Time, out []byte) []byte {
-	if len(out) > releaseOutputKept {
-		out = out[len(out)-releaseOutputKept:]
-	}
-	b, _ := json.Marshal(releaseRecord{Time: t.UTC(), Output: string(out)})
-	return b
-}
-
-// Prepare implements deploy.Preparer.
-func (r releaser) Prepare(ctx context.Context, g *spec.Generation, service string, cfg *supervisor.Config) error {
-	svc := g.Spec.Services[service]
-	if len(svc.Release) == 0 {
-		return nil
-	}
-	// A preview's own database has its own release record: production's
-	// runs the release again against its own data.
-	data := dataName(service, cfg.Owner)
-	key := releaseKey(data, cfg.Version)
-	if _, err := r.db.store.Record(ctx, store.KindRelease, key); err == nil {
-		return nil // ran for this version already (a restart, a rollback)
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	if svc.Postgres != nil {
-		if _, err := r.db.backup(ctx, data, string(cfg.Version)); err != nil {
-			return fmt.Errorf("backup before release: %w", err)
-		}
-	}
-	rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
-	defer cancel()
-	t0 := time.Now()
-	out, err := r.db.sup.RunOnce(rctx, *cfg, svc.Release)
-	if err != nil {
-		return fmt.Errorf("release %s failed, version not started: %w\n%s", strings.Join(svc.Release, " "), err, strings.TrimRight(string(out), "\n"))
-	}
-	r.db.logf("%s: release %s done in %s", spec.Key(service, cfg.Version), strings.Join(svc.Release, " "), time.Since(t0).Round(time.Millisecond))
-	_, err = r.db.store.PutRecord(ctx, store.KindRelease, key, newReleaseRecord(time.Now(), out), 0)
-	if errors.Is(err, store.ErrConflict) {
-		err = nil // recorded meanwhile: it ran
-	}
-	return err
-}
-
 // lookup finds the database of a service: from its record, which outlives
 // the service's removal from the spec.
 func (db *databases) lookup(ctx context.Context, service string) (*postgres.Server, postgres.Database, error) {
@@ -482,7 +433,7 @@ func (db *databases) lookup(ctx context.Context, service string) (*postgres.Serv
 	if r == nil {
 		return nil, postgres.Database{}, api.Invalid(fmt.Errorf("service %q has no database (none was provisioned; set \"postgres\": true and deploy)", service))
 	}
-	return db.target(r, service)
+	return db.target(ctx, r, service)
 }
 
 // backup dumps a service's database to ROOT/backups/SERVICE/TIME-WHAT.dump

@@ -4,7 +4,26 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"hostel/internal/keyring"
+	"hostel/internal/secrets"
+	"hostel/internal/store"
 )
+
+// testKeys is the keyring of a machine whose root is root, joined to the
+// deployment st holds.
+func testKeys(t testing.TB, root string, st store.Store) *keyring.Keyring {
+	t.Helper()
+	hk, err := secrets.EnsureHostKey(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := keyring.New(st, hk)
+	if err := k.Join(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
 
 func TestOthersCanRead(t *testing.T) {
 	base := t.TempDir()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"hostel/internal/acme"
@@ -17,9 +18,10 @@ import (
 // serves before it reports and carries on with HTTP for the missing ones.
 const CertWait = 30 * time.Second
 
-// startHTTPS binds the HTTPS listener and starts certificate management.
-// It does nothing when --https is "".
-func (d *Daemon) startHTTPS() error {
+// startHTTPS binds the HTTPS listener and starts certificate management,
+// on the store: certificates, keys (sealed) and locks are the
+// deployment's. It does nothing when --https is "".
+func (d *Daemon) startHTTPS(ctx context.Context) error {
 	if d.opts.HTTPSAddr == "" {
 		return nil
 	}
@@ -28,7 +30,10 @@ func (d *Daemon) startHTTPS() error {
 		return fmt.Errorf("--https: %w", err)
 	}
 	d.httpsLn = ln
-	d.certs, err = acme.New(acme.Options{Root: d.opts.Root, HTTPAddr: d.HTTPAddr(), HTTPSAddr: ln.Addr().String(), Logf: d.logf})
+	host, _ := os.Hostname()
+	d.certs, err = acme.New(ctx, acme.Options{Store: d.store, Keys: d.keys, Lease: d.lease.get,
+		Owner: fmt.Sprintf("the daemon of %s on %s (pid %d)", d.opts.Root, host, os.Getpid()),
+		Root:  d.opts.Root, HTTPAddr: d.HTTPAddr(), HTTPSAddr: ln.Addr().String(), Logf: d.logf})
 	return err
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"hostel/internal/keyring"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 )
@@ -72,6 +73,36 @@ func migrateRecords(ctx context.Context, root string, st store.Store) error {
 		os.Remove(dir) // only if empty
 	}
 	os.Remove(releases)
+	return nil
+}
+
+// migratePasswords moves the role passwords older daemons kept in
+// ROOT/postgres/NAME.password into the store, sealed to the machine keys
+// (keys), and removes the files, then the directory when nothing else is
+// in it. A password the store already holds (a move cut short, another
+// daemon's) is kept: provisioning sets the role's password to it.
+func migratePasswords(ctx context.Context, root string, st store.Store, keys *keyring.Keyring) error {
+	dir := filepath.Join(root, "postgres")
+	files, err := filepath.Glob(filepath.Join(dir, "*.password"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".password")
+		pw, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		v, err := keys.Seal(ctx, bytes.TrimSpace(pw))
+		clear(pw)
+		if err != nil {
+			return fmt.Errorf("move %s into the store: %w", f, err)
+		}
+		if err := migrateFile(ctx, st, f, store.KindPassword, name, v); err != nil {
+			return err
+		}
+	}
+	os.Remove(dir) // only if empty
 	return nil
 }
 

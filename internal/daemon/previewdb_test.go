@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -30,7 +28,7 @@ func TestPreviewDatabaseRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	db := newDatabases(root, st, nil, false, t.Logf)
+	db := newDatabases(root, st, testKeys(t, root, st), nil, false, t.Logf)
 	ctx := t.Context()
 	s := &spec.Spec{Postgres: &spec.PostgresAdmin{Admin: pg.AdminTCP()},
 		Services: map[string]*spec.Service{"api": {Exec: []string{"/bin/true"}, Postgres: &spec.Database{}}}}
@@ -77,8 +75,11 @@ func TestPreviewDatabaseRole(t *testing.T) {
 	if _, ok, err := srv.RoleInfo(ctx, preview.Role); err != nil || ok {
 		t.Errorf("the preview's role %s after its database was dropped: exists %v (%v)", preview.Role, ok, err)
 	}
-	if _, err := os.Stat(db.passwordPath("api@pr-1")); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("the preview's password file after its database was dropped: %v", err)
+	if _, err := st.Record(ctx, store.KindPassword, "api@pr-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the preview's password after its database was dropped: %v", err)
+	}
+	if _, err := st.Record(ctx, store.KindPassword, "api"); err != nil {
+		t.Errorf("production's password after the preview's database was dropped: %v", err)
 	}
 	if _, ok, err := srv.Exists(ctx, prod.Name); err != nil || !ok {
 		t.Errorf("production's database after the preview's was dropped: exists %v (%v)", ok, err)

@@ -131,51 +131,18 @@ func (s *Server) Provision(ctx context.Context, d Database) error {
 	role := pgx.Identifier{d.Role}.Sanitize()
 	db := pgx.Identifier{d.Name}.Sanitize()
 
+	// Daemons sharing a deployment may provision the same role at once
+	// (two nodes start the service). Catalog changes to one object from
+	// two sessions fail ("tuple concurrently updated"), so provisioning a
+	// role waits for any other of the same role: a session lock, released
+	// at the end or with the connection.
+	if _, err := c.Exec(ctx, "SELECT pg_advisory_lock($1, hashtext($2))", provisionLock, d.Role); err != nil {
+		return fmt.Errorf("role %s: waiting for another provisioning: %w", d.Role, err)
+	}
+	defer c.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1, hashtext($2))", provisionLock, d.Role)
+
 	// The role, checked and created in one transaction.
-	err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-		r, ok, err := roleInfo(ctx, tx, d.Role)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			q := "CREATE ROLE " + role + " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-			if d.Password != "" {
-				lit, err := literal(tx, d.Password)
-				if err != nil {
-					return err
-				}
-				q += " PASSWORD " + lit
-			}
-			_, err = tx.Exec(ctx, q)
-			return err
-		}
-		// The role exists. A role hostel made never gains these; fix a role
-		// that did rather than hand a service more than its own database.
-		if r != (Role{Login: true}) {
-			if _, err := tx.Exec(ctx, "ALTER ROLE "+role+" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"); err != nil {
-				return err
-			}
-		}
-		if d.Password != "" {
-			// The caller keeps the password; set it so that a password
-			// generated after a crash (or by an earlier daemon) is the one
-			// that works. Setting the same password again is harmless.
-			ok, err := passwordMatches(ctx, tx, d.Role, d.Password)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				lit, err := literal(tx, d.Password)
-				if err != nil {
-					return err
-				}
-				if _, err := tx.Exec(ctx, "ALTER ROLE "+role+" PASSWORD "+lit); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
+	err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error { return s.ensureRole(ctx, tx, d, role) })
 	if err != nil {
 		return fmt.Errorf("role %s: %w", d.Role, err)
 	}
@@ -189,8 +156,7 @@ func (s *Server) Provision(ctx context.Context, d Database) error {
 	}
 	if owner == "" {
 		_, err := c.Exec(ctx, "CREATE DATABASE "+db+" OWNER "+role+" ENCODING 'UTF8' TEMPLATE template0")
-		var pe *pgconn.PgError
-		if err != nil && !(errors.As(err, &pe) && pe.Code == "42P04") {
+		if err != nil && !alreadyExists(err) {
 			return fmt.Errorf("creating database %s: %w", d.Name, err)
 		}
 		if owner, err = dbOwner(ctx, c, d.Name); err != nil {
@@ -200,10 +166,73 @@ func (s *Server) Provision(ctx context.Context, d Database) error {
 	if owner != d.Role {
 		return fmt.Errorf("database %s already exists and belongs to role %s, not %s; hostel does not take over a database it did not make", d.Name, owner, d.Role)
 	}
+	return s.grantOnly(ctx, c, d, db, role)
+}
 
-	// Who may connect. GRANT and REVOKE are idempotent; run them only when
-	// needed so that provisioning twice does not touch the catalog.
-	err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+// provisionLock is the first key of the advisory locks Provision takes
+// (the second is the role's name, hashed): "hstl".
+const provisionLock int32 = 0x6873746c
+
+// alreadyExists reports whether err says that the database a CREATE made
+// exists: made earlier (duplicate_database), or at the same time by
+// another session, which the catalog's unique index reports
+// (unique_violation).
+func alreadyExists(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "42P04" || pe.Code == "23505")
+}
+
+// ensureRole makes role d.Role exist as Provision says, in tx.
+func (s *Server) ensureRole(ctx context.Context, tx pgx.Tx, d Database, role string) error {
+	r, ok, err := roleInfo(ctx, tx, d.Role)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		q := "CREATE ROLE " + role + " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+		if d.Password != "" {
+			lit, err := literal(tx, d.Password)
+			if err != nil {
+				return err
+			}
+			q += " PASSWORD " + lit
+		}
+		_, err = tx.Exec(ctx, q)
+		return err
+	}
+	// The role exists. A role hostel made never gains these; fix a role
+	// that did rather than hand a service more than its own database.
+	if r != (Role{Login: true}) {
+		if _, err := tx.Exec(ctx, "ALTER ROLE "+role+" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"); err != nil {
+			return err
+		}
+	}
+	if d.Password != "" {
+		// The caller keeps the password; set it so that a password
+		// generated after a crash (or by an earlier daemon) is the one
+		// that works. Setting the same password again is harmless.
+		ok, err := passwordMatches(ctx, tx, d.Role, d.Password)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			lit, err := literal(tx, d.Password)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, "ALTER ROLE "+role+" PASSWORD "+lit); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// grantOnly lets only role d.Role (and superusers) connect to database d.
+// GRANT and REVOKE are idempotent; they run only when needed so that
+// provisioning twice does not touch the catalog.
+func (s *Server) grantOnly(ctx context.Context, c *pgx.Conn, d Database, db, role string) error {
+	err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
 		var publicConnect, publicTemp, roleConnect bool
 		err := tx.QueryRow(ctx, `SELECT
 			has_database_privilege('public', $1, 'CONNECT'),

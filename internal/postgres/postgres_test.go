@@ -274,6 +274,27 @@ func TestProvisionTwiceChangesNothing(t *testing.T) {
 	}
 }
 
+// TestProvisionConcurrently: daemons sharing a deployment provision the
+// same database and role at once, from sessions of their own: every one
+// succeeds, and the role works with the password.
+func TestProvisionConcurrently(t *testing.T) {
+	d := postgres.Database{Name: "together", Role: "hostel-pgt-together", Password: "pw-together-0123456789"}
+	errs := make(chan error, 8)
+	for range cap(errs) {
+		go func() { errs <- open(t, cluster.AdminTCP()).Provision(ctx(t), d) }()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Errorf("provisioning at the same time as others: %v", err)
+		}
+	}
+	c, err := connectAs(t, d.Role, d.Password, d.Name)
+	if err != nil {
+		t.Fatalf("connecting after: %v", err)
+	}
+	c.Close(context.Background())
+}
+
 // TestCrashedHalfway: a database created by an earlier attempt that died
 // before the grants (or a role without its database) is completed, and
 // data in it is kept.

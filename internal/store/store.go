@@ -309,6 +309,26 @@ const (
 	// KindPause: key SERVICE, production's service paused by hand (hostel
 	// pause) until hostel resume, across deploys and daemon restarts.
 	KindPause = "pause"
+	// KindReleaseClaim: key SERVICE/VERSION, the release step of that
+	// version is running; bound to the runner's lease, so that it ends
+	// with its runner. Written and removed with the release record.
+	KindReleaseClaim = "release-claim"
+	// KindPassword: key SERVICE (or SERVICE@ENV), the password of the
+	// database role, sealed to the machine keys (keyring).
+	KindPassword = "password"
+	// KindMachineKey: key an age public key, a machine of the deployment
+	// that values are sealed to (keyring).
+	KindMachineKey = "machine-key"
+	// KindCert: key a certmagic storage key, a certificate, its metadata,
+	// an ACME account or challenge token (acme).
+	KindCert = "cert"
+	// KindCertKey: key a certmagic storage key, a private key (of a
+	// certificate, an ACME account, the internal CA), sealed to the
+	// machine keys (acme).
+	KindCertKey = "cert-key"
+	// KindCertLock: key a certmagic lock name, held by a daemon while it
+	// orders a certificate; bound to its lease (acme).
+	KindCertLock = "cert-lock"
 )
 
 // EventType says what changed.

@@ -80,10 +80,12 @@ type Env struct {
 	// DaemonEnv is added to the environment of the daemons StartDaemon
 	// runs (a failpoint, say).
 	DaemonEnv []string
-	daemon    *exec.Cmd
-	logs      *bytes.Buffer
-	done      chan struct{}
-	logsMu    sync.Mutex
+	// args are the flags the daemon was last started with.
+	args   []string
+	daemon *exec.Cmd
+	logs   *bytes.Buffer
+	done   chan struct{}
+	logsMu sync.Mutex
 }
 
 // NewEnv prepares a root and a spec directory.
@@ -123,6 +125,7 @@ func (e *Env) StartDaemon() {
 func (e *Env) StartDaemonArgs(args ...string) {
 	e.t.Helper()
 	e.logs = &bytes.Buffer{}
+	e.args = args
 	cmd := exec.Command(e.Bin, append([]string{"serve", "--root", e.Root}, args...)...)
 	cmd.Env = append(os.Environ(), e.DaemonEnv...)
 	cmd.Stdout = lockedWriter{&e.logsMu, e.logs}
@@ -187,6 +190,16 @@ func (e *Env) Shutdown() {
 		e.t.Errorf("daemon did not exit within 60s of hostel shutdown")
 	}
 	e.daemon = nil
+}
+
+// etcdURL is the --etcd the daemon was last started with, "" if none.
+func (e *Env) etcdURL() string {
+	for i, a := range e.args {
+		if a == "--etcd" && i+1 < len(e.args) {
+			return e.args[i+1]
+		}
+	}
+	return ""
 }
 
 // DaemonLog returns what the daemon printed.

@@ -194,7 +194,7 @@ func TestHTTPS(t *testing.T) {
 		}
 	})
 
-	// Restart with the CA gone: the certificates come from ROOT/certs.
+	// Restart with the CA gone: the certificates come from the store.
 	serials := map[string]string{}
 	for _, h := range []string{"shop.example", "wiki.example"} {
 		serials[h] = e.serial(p.Roots, h)

@@ -2,20 +2,20 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"hostel/internal/acme/pebbletest"
+	"hostel/internal/store"
+	"hostel/internal/store/etcd"
 )
 
 // TestPreviewDomain: with previews.domain, a preview's services answer on
 // SERVICE.ENV.DOMAIN over HTTPS with a certificate from the CA, beside
 // production's domains, which do not change; env rm removes the route and
-// the certificate, on disk too, but not the certificate of a production
-// domain that is also one of the preview's names.
+// the certificate, from the store too, but not the certificate of a
+// production domain that is also one of the preview's names.
 func TestPreviewDomain(t *testing.T) {
 	e, p, _, spec := startPreviewDomain(t)
 	e.WriteSpec(spec("Production Shop"))
@@ -39,7 +39,7 @@ func TestPreviewDomain(t *testing.T) {
 	if resp, body, err := e.GetTLS(p.Roots, "shop.example", "/"); err != nil || resp.StatusCode != 200 || !strings.Contains(body, "Production Shop") {
 		t.Errorf("production's https://shop.example after the preview: %v %q", err, body)
 	}
-	stored := func() []string { return storedCerts(e.Root, host) }
+	stored := func() []string { return storedCerts(t, e, host) }
 	if list := e.MustRun("env", "list", "--json"); !strings.Contains(list, `"https://`+host+`"`) {
 		t.Errorf("env list lacks https://%s:\n%s", host, list)
 	}
@@ -60,13 +60,14 @@ func TestPreviewDomain(t *testing.T) {
 	if resp, body, err := e.GetTLS(p.Roots, "shop.example", "/"); err != nil || resp.StatusCode != 200 || !strings.Contains(body, "Production Shop") {
 		t.Errorf("production's https://shop.example after env rm: %v %q", err, body)
 	}
-	if len(storedCerts(e.Root, "wiki.pr-1.preview.example")) == 0 {
+	if len(storedCerts(t, e, "wiki.pr-1.preview.example")) == 0 {
 		t.Error("env rm removed production's certificate of wiki.pr-1.preview.example, a preview name too")
 	}
 }
 
 // startPreviewDomain starts Pebble and a daemon whose HTTPS Pebble
-// validates, and returns them, the daemon's listener flags and the spec
+// validates, on an etcd of the test's (the test reads the certificates
+// there: storedCerts), and returns them, the daemon's flags and the spec
 // to deploy: Pebble as CA, previews.domain "preview.example", a shop on
 // shop.example titled as asked, and a wiki whose production domain is
 // also the name a preview pr-1 gives it, wiki.pr-1.preview.example.
@@ -74,7 +75,8 @@ func startPreviewDomain(t *testing.T) (e *Env, p *pebbletest.Pebble, listen []st
 	t.Helper()
 	ports := pebbletest.FreePorts(t, 2)
 	p = pebbletest.Start(t, pebbletest.Options{HTTPPort: ports[0], TLSPort: ports[1]})
-	listen = []string{"--http", fmt.Sprintf("127.0.0.1:%d", ports[0]), "--https", fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	listen = []string{"--http", fmt.Sprintf("127.0.0.1:%d", ports[0]), "--https", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		"--etcd", startEtcd(t)}
 	e = NewEnv(t)
 	e.StartDaemonArgs(listen...)
 	spec = func(title string) map[string]any {
@@ -90,15 +92,28 @@ func startPreviewDomain(t *testing.T) (e *Env, p *pebbletest.Pebble, listen []st
 	return e, p, listen, spec
 }
 
-// storedCerts lists what ROOT/certs holds of host's certificate.
-func storedCerts(root, host string) []string {
+// storedCerts lists the keys the store holds of host's certificate: the
+// records of certificates and keys whose path names host. The daemon of e
+// runs on the etcd its --etcd flag names.
+func storedCerts(t *testing.T, e *Env, host string) []string {
+	t.Helper()
+	st, err := etcd.Open(t.Context(), etcd.Config{Endpoints: []string{e.etcdURL()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
 	var found []string
-	filepath.WalkDir(filepath.Join(root, "certs"), func(path string, d os.DirEntry, err error) error {
-		if err == nil && slices.Contains(strings.Split(path, string(filepath.Separator)), host) {
-			found = append(found, path)
+	for _, kind := range []string{store.KindCert, store.KindCertKey} {
+		recs, err := st.Records(t.Context(), kind)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
+		for _, r := range recs {
+			if slices.Contains(strings.Split(strings.TrimSuffix(r.Key, "/"), "/"), host) {
+				found = append(found, r.Key)
+			}
+		}
+	}
 	return found
 }
 
@@ -115,9 +130,9 @@ func TestPreviewDomainRemovalCrash(t *testing.T) {
 			e.WriteSpec(spec("Preview Shop"))
 			e.MustRun("deploy", "--env", "pr-1", "--no-confirm")
 			gone, kept := "shop.pr-1.preview.example", []string{"shop.example", "wiki.pr-1.preview.example"}
-			waitUntil(t, "the preview's certificate on disk", func() bool { return len(storedCerts(e.Root, gone)) > 0 })
+			waitUntil(t, "the preview's certificate in the store", func() bool { return len(storedCerts(t, e, gone)) > 0 })
 			for _, h := range kept {
-				if len(storedCerts(e.Root, h)) == 0 {
+				if len(storedCerts(t, e, h)) == 0 {
 					t.Fatalf("no certificate of production's %s stored", h)
 				}
 			}
@@ -125,9 +140,9 @@ func TestPreviewDomainRemovalCrash(t *testing.T) {
 			e.StopDaemon()
 			e.killedAt(fp, listen, "env", "rm", "pr-1")
 			e.StartDaemonArgs(listen...)
-			waitUntil(t, "the removed preview's certificate to go", func() bool { return len(storedCerts(e.Root, gone)) == 0 })
+			waitUntil(t, "the removed preview's certificate to go", func() bool { return len(storedCerts(t, e, gone)) == 0 })
 			for _, h := range kept {
-				if len(storedCerts(e.Root, h)) == 0 {
+				if len(storedCerts(t, e, h)) == 0 {
 					t.Errorf("production's certificate of %s was removed with the preview's", h)
 				}
 			}

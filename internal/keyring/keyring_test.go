@@ -1,0 +1,123 @@
+package keyring_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"hostel/internal/keyring"
+	"hostel/internal/secrets"
+	"hostel/internal/store"
+	"hostel/internal/store/storetest"
+	"hostel/internal/store/storetest/backends"
+)
+
+// machine is one daemon's keyring: its own root (host key) and its own
+// handle on the shared store.
+func machine(t *testing.T, b storetest.Backend) (*keyring.Keyring, store.Store) {
+	t.Helper()
+	hk, err := secrets.EnsureHostKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := b.Open(t)
+	k := keyring.New(st, hk)
+	if err := k.Join(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return k, st
+}
+
+// TestSealOpen: a sealed value holds no plaintext, opens on the machine
+// that sealed it and on every machine joined then, and not on one that
+// joined after — until a machine that can open it seals it again.
+func TestSealOpen(t *testing.T) {
+	backends.Each(t, func(t *testing.T, b storetest.Backend) {
+		ctx := t.Context()
+		a, st := machine(t, b)
+		bm, _ := machine(t, b)
+		secret := []byte("pw-0123456789abcdef")
+		v, err := a.Seal(ctx, secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(v, secret) {
+			t.Fatalf("the sealed value holds the plaintext: %s", v)
+		}
+		if _, err := st.PutRecord(ctx, store.KindPassword, "api", v, 0); err != nil {
+			t.Fatal(err)
+		}
+		for name, k := range map[string]*keyring.Keyring{"the sealer": a, "a machine joined before": bm} {
+			if got, err := k.Open(v); err != nil || !bytes.Equal(got, secret) {
+				t.Errorf("%s opens %q, %v", name, got, err)
+			}
+		}
+
+		late, lateSt := machine(t, b)
+		r, _ := lateSt.Record(ctx, store.KindPassword, "api")
+		if _, err := late.Open(r.Value); !errors.Is(err, secrets.ErrNotRecipient) {
+			t.Fatalf("a machine that joined after the sealing opens it: %v", err)
+		}
+		// The late machine cannot reseal what it cannot open.
+		if n, err := late.Reseal(ctx, store.KindPassword); n != 0 || err != nil {
+			t.Errorf("the late machine resealed %d, %v; want 0", n, err)
+		}
+		if n, err := a.Reseal(ctx, store.KindPassword); n != 1 || err != nil {
+			t.Fatalf("resealed %d, %v; want 1", n, err)
+		}
+		r2, _ := lateSt.Record(ctx, store.KindPassword, "api")
+		if got, err := late.Open(r2.Value); err != nil || !bytes.Equal(got, secret) {
+			t.Errorf("after the reseal the late machine opens %q, %v", got, err)
+		}
+		if !keyring.SealedAt(r2.Value).Equal(keyring.SealedAt(r.Value)) || keyring.SealedAt(r.Value).IsZero() {
+			t.Errorf("sealed at %v, resealed at %v: want the first time kept", keyring.SealedAt(r.Value), keyring.SealedAt(r2.Value))
+		}
+		if n, _ := a.Reseal(ctx, store.KindPassword); n != 0 {
+			t.Errorf("resealed %d again, want 0: every key has it", n)
+		}
+	})
+}
+
+// TestFollow: a daemon that follows the keyring seals what it can open to
+// a machine as soon as it joins.
+func TestFollow(t *testing.T) {
+	backends.Each(t, func(t *testing.T, b storetest.Backend) {
+		ctx := t.Context()
+		a, st := machine(t, b)
+		v, err := a.Seal(ctx, []byte("key material"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.PutRecord(ctx, store.KindCertKey, "certificates/ca/host/host.key", v, 0); err != nil {
+			t.Fatal(err)
+		}
+		fctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.Follow(fctx, t.Logf, store.KindPassword, store.KindCertKey)
+		}()
+		defer func() { cancel(); <-done }()
+
+		late, lateSt := machine(t, b)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			r, err := lateSt.Record(ctx, store.KindCertKey, "certificates/ca/host/host.key")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := late.Open(r.Value); err == nil {
+				if string(got) != "key material" {
+					t.Fatalf("opened %q", got)
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the value was not sealed to the machine that joined within 10s")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}

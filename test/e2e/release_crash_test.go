@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// releaseRuns is a file every service user may append to, where the
+// release step of releaseSpec notes each run ("run PID"), and then "done
+// PID" when it ends.
+func releaseRuns(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o777)
+	path := filepath.Join(dir, "runs")
+	if err := os.WriteFile(path, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(path, 0o666)
+	return path
+}
+
+// releaseSpec is a quotes service whose release step notes its runs in
+// runs and takes seconds.
+func releaseSpec(e *Env, runs string, seconds int) map[string]any {
+	script := `echo "run $$" >> "$RUNS"; sleep "$RELEASE_SECONDS"; echo "done $$" >> "$RUNS"`
+	return map[string]any{"services": map[string]any{
+		"quotes": e.App("quotes", map[string]any{"release": []string{"/bin/sh", "-c", script},
+			"env": map[string]string{"RUNS": runs, "RELEASE_SECONDS": strconv.Itoa(seconds)}}),
+	}}
+}
+
+// runsOf returns the lines of runs, "run" and "done" (pids dropped).
+func runsOf(t *testing.T, runs string) string {
+	t.Helper()
+	b, err := os.ReadFile(runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if w, _, _ := strings.Cut(l, " "); w != "" {
+			out = append(out, w)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// TestReleaseCrashRestart: the daemon dies (SIGKILL, at a failpoint) in a
+// deploy's release step — after its claim, before the step runs; or after
+// the step ran, before it was recorded. The deploy did not go through. The
+// next daemon on that root finds the claim its predecessor left, takes it
+// over at once (its lease would have kept it for claimTTL), and the next
+// deploy runs the release: a step that had run runs again, which a
+// release must bear. On bbolt and on an etcd member in the daemon.
+func TestReleaseCrashRestart(t *testing.T) {
+	for _, tc := range []struct {
+		fp     string
+		before string // runs after the crash
+		after  string // and after the deploy that follows
+	}{
+		{"release-claimed", "", "run done"},
+		{"release-ran", "run done", "run done run done"},
+	} {
+		for _, backend := range []string{"bbolt", "etcd-embed"} {
+			t.Run(tc.fp+"/"+backend, func(t *testing.T) {
+				testReleaseCrashRestart(t, tc.fp, tc.before, tc.after, backend)
+			})
+		}
+	}
+}
+
+func testReleaseCrashRestart(t *testing.T, fp, before, after, backend string) {
+	e := NewEnv(t)
+	runs := releaseRuns(t)
+	e.WriteSpec(releaseSpec(e, runs, 0))
+	listen := []string{"--http", "127.0.0.1:0", "--https", ""}
+	if backend == "etcd-embed" {
+		listen = append(listen, "--etcd-embed")
+	}
+	e.killedAt(fp, listen, "deploy", "--no-confirm")
+	if got := runsOf(t, runs); got != before {
+		t.Errorf("runs after the crash: %q, want %q", got, before)
+	}
+	e.StartDaemonArgs(listen...)
+	defer e.Shutdown()
+	if gen, _ := e.Status(); gen != 0 {
+		t.Errorf("generation %d after a deploy that died in its release, want 0", gen)
+	}
+	t0 := time.Now()
+	e.MustRun("deploy", "--no-confirm")
+	t.Logf("the deploy after the restart took %s", time.Since(t0).Round(time.Millisecond))
+	if got := runsOf(t, runs); got != after {
+		t.Errorf("runs after deploying again: %q, want %q", got, after)
+	}
+	if !strings.Contains(e.DaemonLog(), "which is gone (this daemon restarted on its root): running it again") {
+		t.Errorf("the daemon does not say it took its predecessor's claim over:\n%s", e.DaemonLog())
+	}
+	if _, st := e.Status(); st["quotes"].State != "running" {
+		t.Errorf("quotes after the deploy: %+v", st["quotes"])
+	}
+	// Ran and recorded: a restart and a deploy of the same spec
+	// do not run it again.
+	e.StopDaemon()
+	e.StartDaemonArgs(listen...)
+	e.MustRun("deploy", "--no-confirm")
+	if got := runsOf(t, runs); got != after {
+		t.Errorf("runs after a restart and another deploy: %q, want %q", got, after)
+	}
+}
+
+// TestReleaseCrashOtherDaemon: two daemons, each with its own root, share
+// one etcd. The first is killed (SIGKILL) while its release step runs. The
+// second, deploying the same spec, finds the first's claim, waits for it
+// to end — the first's lease expires claimTTL (10 s) after its last
+// renewal — and then runs the release itself. The wait is measured.
+func TestReleaseCrashOtherDaemon(t *testing.T) {
+	url := startEtcd(t)
+	listen := []string{"--http", "127.0.0.1:0", "--https", "", "--etcd", url}
+	runs := releaseRuns(t)
+	a, b := NewEnv(t), NewEnv(t)
+	a.WriteSpec(releaseSpec(a, runs, 3))
+	b.WriteSpec(releaseSpec(b, runs, 3))
+	a.StartDaemonArgs(listen...)
+	b.StartDaemonArgs(listen...)
+	defer b.Shutdown()
+
+	deployed := make(chan int, 1)
+	go func() {
+		_, _, code := a.Run("deploy", "--no-confirm")
+		deployed <- code
+	}()
+	waitUntil(t, "a's release to start", func() bool { return runsOf(t, runs) == "run" })
+	a.killDaemon()
+	died := time.Now()
+	if code := <-deployed; code == 0 {
+		t.Fatal("a's deploy went through; its daemon was killed in the release")
+	}
+
+	b.MustRun("deploy", "--no-confirm")
+	waited := time.Since(died)
+	t.Logf("b's deploy went through %s after a died (claim TTL 10s, release 3s)", waited.Round(time.Millisecond))
+	if !strings.Contains(b.DaemonLog(), "waiting: claimed by the daemon of "+a.Root) ||
+		!strings.Contains(b.DaemonLog(), "the claim of the daemon of "+a.Root) {
+		t.Errorf("b does not say it waited for a's claim:\n%s", b.DaemonLog())
+	}
+	// a's release process outlives its daemon (it runs in a process group
+	// of its own) and ended before b's began: it takes 3 s, the claim 10.
+	// A release longer than the claim's TTL would overlap b's.
+	if got := runsOf(t, runs); !strings.HasPrefix(got, "run") || strings.Count(got, "run") != 2 || strings.Count(got, "done") < 1 {
+		t.Errorf("runs %q, want a's and b's", got)
+	}
+	if gen, st := b.Status(); gen != 1 || st["quotes"].State != "running" {
+		t.Errorf("b after its deploy: generation %d, %+v", gen, st["quotes"])
+	}
+	// a comes back: the release ran and was recorded, by b.
+	a.StartDaemonArgs(listen...)
+	defer a.Shutdown()
+	a.MustRun("deploy", "--no-confirm")
+	if got := strings.Count(runsOf(t, runs), "run"); got != 2 {
+		t.Errorf("the release ran %d times after a came back, want 2", got)
+	}
+}
