@@ -55,6 +55,9 @@ type Options struct {
 	// Sup is the supervisor the node runs its versions with; nil: one of
 	// its own on root.
 	Sup *supervisor.Supervisor
+	// RoutesAt is the node's wait for the routers before it drains (see
+	// node.Options); nil: every router of the store.
+	RoutesAt func(ctx context.Context, rev uint64) error
 }
 
 // wakeVia breaks the cycle between the router (made first) and the
@@ -103,12 +106,15 @@ func New(t testing.TB, st store.Store, root string, opts Options) *Node {
 	}
 	n.Lease = lease
 	n.Routes = routes.NewFollower(st, n.Router, routes.Options{Node: n.Name, Lease: lease.ID(), Logf: logf, Switched: opts.Switched})
-	n.Follower = node.NewFollower(st, node.Options{Name: n.Name, Lease: lease.ID(), Agent: n.Agent, Procs: n.Sup, Router: n.Router, Logf: logf,
-		RoutesAt: func(ctx context.Context, rev uint64) error {
+	routesAt := opts.RoutesAt
+	if routesAt == nil {
+		routesAt = func(ctx context.Context, rev uint64) error {
 			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			return node.RoutesAt(ctx, st, rev)
-		}})
+		}
+	}
+	n.Follower = node.NewFollower(st, node.Options{Name: n.Name, Lease: lease.ID(), Agent: n.Agent, Procs: n.Sup, Router: n.Router, Logf: logf, RoutesAt: routesAt})
 	return n
 }
 
