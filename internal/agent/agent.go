@@ -111,6 +111,33 @@ func (e *ServiceError) Error() string { return fmt.Sprintf("service %q: %v", e.S
 
 func (e *ServiceError) Unwrap() error { return e.Err }
 
+// Failures returns every ServiceError in err's tree (errors.Join included),
+// in order.
+func Failures(err error) []*ServiceError {
+	var out []*ServiceError
+	var walk func(error)
+	walk = func(err error) {
+		if se, ok := err.(*ServiceError); ok {
+			out = append(out, se)
+			return
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walk(e)
+			}
+		case interface{ Unwrap() error }:
+			if e := u.Unwrap(); e != nil {
+				walk(e)
+			}
+		}
+	}
+	if err != nil {
+		walk(err)
+	}
+	return out
+}
+
 // Desired is what this machine must run: plain data (it encodes as JSON),
 // so that the decide half can send it to an agent on another node.
 type Desired struct {
@@ -168,6 +195,11 @@ type Options struct {
 	// an orphan and stopped.
 	Adopt bool
 
+	// BeforeStop, if set, is called once before Reconcile stops the
+	// versions no longer desired (none are stopped if it is not needed):
+	// the caller waits there until no router sends them new requests.
+	BeforeStop func(ctx context.Context)
+
 	// asleep are the versions of Desired.Asleep, set by Reconcile on a
 	// resume: startAll registers one asleep at its turn, after its needs,
 	// rather than start it, unless a previous daemon left it running.
@@ -211,6 +243,9 @@ type version struct {
 	svc      *spec.Service
 	needs    []spec.VersionKey // the exact versions it was built against
 	draining bool
+	// suspended is the config it ran with while Suspend has it stopped;
+	// nil while it is not suspended.
+	suspended *supervisor.Config
 }
 
 // preparation is what ran to prepare one version.
@@ -285,6 +320,9 @@ func (a *Agent) Reconcile(ctx context.Context, d Desired, opts Options, progress
 		if !want[k] {
 			old = append(old, k)
 		}
+	}
+	if len(old) > 0 && opts.BeforeStop != nil {
+		opts.BeforeStop(ctx)
 	}
 	rep.Aborted = a.stopKeys(context.WithoutCancel(ctx), old, progress)
 	if rep.Aborted > 0 {
@@ -468,6 +506,9 @@ func (a *Agent) isRunning(key spec.VersionKey) bool {
 	a.runMu.Unlock()
 	if v == nil {
 		return false
+	}
+	if v.suspended != nil {
+		return true // stopped for a while (Suspend): started again by Unsuspend
 	}
 	_, ok := a.procs.Get(key)
 	return ok || a.asleep != nil && a.asleep(key)

@@ -22,13 +22,6 @@ import (
 // one's health timeout to bound how long a request is held.
 const exclusiveMargin = 5 * time.Second
 
-// holder is the router's hold, which an exclusive start holds the old
-// version's requests with (apart from a pause by hand).
-type holder interface {
-	Hold(key spec.VersionKey, bound time.Duration) error
-	Unhold(key spec.VersionKey) error
-}
-
 // wakeWaiter is the router's scale to zero, which a handover waits on for
 // a wake of the old version under way as it pauses it.
 type wakeWaiter interface {

@@ -11,12 +11,13 @@ import (
 	"strings"
 	"testing"
 
+	"hostel/internal/agent"
 	"hostel/internal/deploy"
 	"hostel/internal/keyring"
 	"hostel/internal/nix"
+	"hostel/internal/node/nodetest"
 	"hostel/internal/postgres"
 	"hostel/internal/postgres/pgtest"
-	"hostel/internal/router"
 	"hostel/internal/secrets"
 	"hostel/internal/spec"
 	"hostel/internal/store"
@@ -41,23 +42,28 @@ func newPrepared(t *testing.T) *prepared {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sup := supervisor.New(supervisor.Options{Root: root, Logf: t.Logf})
-	rt := router.New(router.Options{})
 	hk, err := secrets.EnsureHostKey(root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &prepared{root: root, store: st, roots: nix.Roots{Dir: filepath.Join(root, "gcroots")}, key: hk}
-	p.engine = deploy.New(st, sup, rt)
+	sup := supervisor.New(supervisor.Options{Root: root, Logf: t.Logf})
 	keys := keyring.New(st, hk)
 	if err := keys.Join(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	db := newDatabases(root, st, keys, sup, false, t.Logf)
-	p.engine.Use(&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots), newReleaser(db, newOwnLease(st, claimTTL), hk.PublicKey(), root))
+	n := nodetest.New(t, st, root, nodetest.Options{Sup: sup, Preparers: []agent.Preparer{&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots), newReleaser(db, newOwnLease(st, claimTTL), hk.PublicKey(), root)}})
+	p.engine = deploy.New(st, deploy.Options{Node: n.Name, Logf: t.Logf})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := p.engine.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n.Start(t)
 	t.Cleanup(func() {
-		p.engine.Shutdown(context.Background())
-		rt.Close()
+		p.engine.Detach()
+		n.Shutdown()
+		cancel()
 		st.Close()
 	})
 	return p

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"hostel/internal/acme"
+	"hostel/internal/agent"
 	"hostel/internal/api"
 	"hostel/internal/cgroup"
 	"hostel/internal/deploy"
@@ -55,7 +56,11 @@ type Daemon struct {
 	member *etcd.Member
 	sup    *supervisor.Supervisor
 	router *router.Router
-	engine *deploy.Engine
+	// agent runs this node's processes; follower has it (and the router)
+	// follow the store; engine decides.
+	agent    *agent.Agent
+	follower *follower
+	engine   *deploy.Engine
 	// sleeper puts idle versions to sleep and wakes them (sleep.go); nil
 	// until just before the current generations are resumed; its watch
 	// starts after.
@@ -165,23 +170,20 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
 		Cgroups: d.openCgroups()})
 	d.router = router.New(router.Options{Zone: zone, Logf: d.logf, Waker: wakeVia{d}})
-	d.engine = deploy.New(st, d.sup, d.router)
-	// Every switch also updates certificates and TLS policy.
-	d.engine.OnSwitch(d.switched)
-	d.engine.SetLog(func(f string, a ...any) { d.logf(f, a...) })
-	d.engine.SetAsleep(func(k spec.VersionKey) bool {
+	d.agent = agent.New(d.sup, d.router)
+	d.agent.SetAsleep(func(k spec.VersionKey) bool {
 		sl, ok := d.router.Sleeping(k)
 		return ok && sl.Asleep
 	})
-	d.engine.Use(&secrets.Preparer{Key: d.hostKey})
+	d.agent.Use(&secrets.Preparer{Key: d.hostKey})
 	d.db = newDatabases(opts.Root, d.store, d.keys, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
-	d.engine.Use(newProvisioner(d.db))
-	d.engine.Use(newStateCopier(opts.Root, d.sup))   // a preview's state directory, when previews.state is "copy"
-	d.engine.Use(newPinner(nix.RootsFor(opts.Root))) // GC roots before a version starts
+	d.agent.Use(newProvisioner(d.db))
+	d.agent.Use(newStateCopier(opts.Root, d.sup))   // a preview's state directory, when previews.state is "copy"
+	d.agent.Use(newPinner(nix.RootsFor(opts.Root))) // GC roots before a version starts
 	// releaser runs the release step with the version's full environment:
 	// keep it the last preparer (add new ones above this line).
-	d.engine.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))
+	d.agent.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))
 
 	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
@@ -200,9 +202,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Before anything is adopted: what a daemon killed mid-launch left
 	// running without a record.
 	d.sup.Leftovers()
-	// Before the resume, which registers what slept asleep with it.
+	// Before the node starts, which registers what slept asleep with it.
 	d.newSleeper()
-	if err := d.engine.Resume(ctx, func(f string, a ...any) { d.logf(f, a...) }); err != nil {
+	if err := d.startNode(ctx, d.agent); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	d.startSleeper()
@@ -304,6 +306,7 @@ func (d *Daemon) Close() error {
 	if d.engine != nil {
 		d.engine.Detach() // a confirm window left open is the next daemon's to finish
 	}
+	d.stopNode()
 	if d.sup != nil {
 		d.sup.Detach()
 	}

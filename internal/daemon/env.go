@@ -17,6 +17,7 @@ import (
 	"hostel/internal/deploy"
 	"hostel/internal/failpoint"
 	"hostel/internal/nix"
+	"hostel/internal/routes"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 	"hostel/internal/supervisor"
@@ -126,7 +127,7 @@ func (d *Daemon) Envs(ctx context.Context) (*api.EnvList, error) {
 			} else {
 				e.Started = append(e.Started, svc)
 			}
-			e.URLs = append(e.URLs, "http://"+deploy.PreviewHost(svc, name, zone))
+			e.URLs = append(e.URLs, "http://"+routes.PreviewHost(svc, name, zone))
 			if h := g.Spec.PreviewHost(svc, name); h != "" {
 				scheme := "https://"
 				if !g.Spec.Services[svc].TLSEnabled() || d.certs == nil {

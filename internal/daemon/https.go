@@ -70,19 +70,6 @@ func (d *Daemon) HTTPSAddr() string {
 	return d.httpsLn.Addr().String()
 }
 
-// switched is the engine's switch hook: the generation that went live goes
-// to certificate management, so that its hosts get certificates and its
-// TLS policy (redirects, HSTS) applies from the same moment on.
-func (d *Daemon) switched(g *spec.Generation) {
-	d.liveMu.Lock()
-	defer d.liveMu.Unlock()
-	if d.live == nil {
-		d.live = map[string]*spec.Generation{}
-	}
-	d.live[g.EnvOrDefault()] = g
-	d.updateCertsLocked()
-}
-
 // updateCertsLocked hands the live generations to certificate management:
 // production's domains, and previews' SERVICE.ENV.DOMAIN names.
 // d.liveMu must be held.

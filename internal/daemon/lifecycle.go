@@ -61,10 +61,15 @@ func (d *Daemon) stopServing() {
 // the services running for the next daemon to adopt.
 func (d *Daemon) Shutdown(ctx context.Context) (*api.ShutdownResult, error) {
 	res := &api.ShutdownResult{Stopped: []string{}}
-	for _, k := range d.engine.Running() {
+	// The node no longer follows the store, which would start again
+	// what stops; an open confirm window ends undecided, pending in the
+	// store, for the next start to finish.
+	d.stopNode()
+	d.engine.Detach()
+	for _, k := range d.agent.Running() {
 		res.Stopped = append(res.Stopped, string(k))
 	}
-	d.engine.Shutdown(context.WithoutCancel(ctx))
+	d.agent.StopAll(context.WithoutCancel(ctx))
 	// Whatever a previous daemon left behind and nothing adopted.
 	for _, k := range d.sup.Orphans() {
 		if _, ok, err := d.sup.AdoptRecorded(k); err == nil && ok {

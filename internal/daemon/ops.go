@@ -14,6 +14,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/deploy"
 	"hostel/internal/plan"
+	"hostel/internal/routes"
 	"hostel/internal/source"
 	"hostel/internal/spec"
 	"hostel/internal/supervisor"
@@ -195,7 +196,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 			if env != spec.DefaultEnv {
 				// A preview answers on its own names, never on the spec's
 				// domains, which stay production's.
-				ss.URL = "http://" + deploy.PreviewHost(name, env, zone)
+				ss.URL = "http://" + routes.PreviewHost(name, env, zone)
 				ss.Domains = []string{}
 				if h := cur.Spec.PreviewHost(name, env); h != "" {
 					ss.Domains = append(ss.Domains, h)
@@ -211,7 +212,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 	}
 	packageOf := d.packages(ctx)
 	kept := map[spec.VersionKey]bool{}
-	for _, k := range d.engine.Kept() {
+	for _, k := range d.kept() {
 		kept[k] = true
 	}
 	// Old versions still draining, and kept ones awake.
@@ -225,7 +226,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 	}
 	if all {
 		// Kept versions with no process: asleep until a request wakes them.
-		for _, k := range d.engine.Kept() {
+		for _, k := range d.kept() {
 			if shown[k] || k.Owner() != env {
 				continue
 			}
@@ -267,7 +268,7 @@ func (d *Daemon) serviceStatus(name string, v spec.Version, key spec.VersionKey,
 		if h := s.Health; h != nil {
 			ss.Health = &api.HealthCheck{OK: h.OK, At: h.At.UTC().Truncate(time.Millisecond), Error: h.Error}
 		}
-		if d.engine.Draining(key) {
+		if d.agent.Draining(key) {
 			ss.State = "draining"
 		}
 	}

@@ -19,12 +19,16 @@ func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) 
 }
 
 // newSleeper makes the Sleeper that wakes sleeping versions, and gives
-// it to the engine, which registers versions asleep with it.
+// it to the agent, which registers versions asleep with it; the node's
+// follower is its catalog.
 func (d *Daemon) newSleeper() {
 	d.sleeper = idle.New(d.sup, d.router, func() (map[spec.VersionKey]idle.Policy, bool) {
-		return d.engine.Sleepers(context.Background())
+		if f := d.follower; f != nil && f.nodes != nil {
+			return f.nodes.Sleepers()
+		}
+		return nil, false
 	}, d.logf)
-	d.engine.SetSleeper(d.sleeper)
+	d.agent.SetSleeper(d.sleeper)
 }
 
 // startSleeper puts idle versions of services with `idle`, and kept
@@ -79,4 +83,13 @@ func (d *Daemon) Pause(ctx context.Context, req api.PauseRequest) error {
 // Resume implements api.PauseDaemon.
 func (d *Daemon) Resume(ctx context.Context, req api.ResumeRequest) error {
 	return apiError(d.engine.ResumeService(ctx, req.Service))
+}
+
+// kept returns the versions kept callable that no current generation
+// holds, as the node last made them.
+func (d *Daemon) kept() []spec.VersionKey {
+	if f := d.follower; f != nil && f.nodes != nil {
+		return f.nodes.Kept()
+	}
+	return nil
 }

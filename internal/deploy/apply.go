@@ -2,104 +2,346 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
-	"sync"
+	"sort"
+	"strings"
+	"time"
 
-	"hostel/internal/agent"
+	"hostel/internal/failpoint"
+	"hostel/internal/node"
 	"hostel/internal/spec"
+	"hostel/internal/store"
 )
 
-// stored is what the engine reads of the store to decide what runs:
-// every environment's current generation and every generation kept.
-type stored struct {
-	currents map[string]*spec.Generation
-	kept     []*spec.Generation
+// nodeDesired is one node's Desired as the engine changes it; nodeInfo
+// what a node reports of itself.
+type (
+	nodeDesired = node.Desired
+	nodeInfo    = node.Info
+)
+
+// view is what one read of the store tells the engine: the state, the
+// nodes that report themselves, and what each is asked to run.
+type view struct {
+	snap    *store.Snapshot
+	nodes   map[string]node.Info
+	desired map[string]node.Desired
+	// self is the engine's own node, asked to run what every node runs
+	// even before it has reported itself.
+	self string
 }
 
-// read reads what a decision needs of the store. e.mu must be held.
-func (e *Engine) read(ctx context.Context) (stored, error) {
-	cs, err := e.store.Currents(ctx)
-	if err != nil {
-		return stored{}, err
-	}
-	kept, err := e.store.List(ctx)
-	if err != nil {
-		return stored{}, err
-	}
-	return stored{currents: cs, kept: kept}, nil
-}
-
-// desired is what the machine must run while g goes live in its
-// environment: every environment's current generation — still serving
-// until the switch — g, the generations open confirm windows may switch
-// back to, and, asleep, the kept versions that stay callable. With g nil:
-// what runs once the switch is done (and the window, if any, settled).
-// e.mu must be held.
-func (e *Engine) desired(ctx context.Context, g *spec.Generation) (agent.Desired, error) {
-	st, err := e.read(ctx)
-	if err != nil {
-		return agent.Desired{}, err
-	}
-	return e.desiredOf(st, g), nil
-}
-
-// desiredOf is desired given what the store holds, st, which it leaves
-// as it is. It keeps the callable versions it decides for Sleepers.
-// e.mu must be held.
-func (e *Engine) desiredOf(st stored, g *spec.Generation) agent.Desired {
-	var d agent.Desired
-	for _, env := range envOrder(st.currents) {
-		d.Generations = append(d.Generations, st.currents[env])
-	}
-	if g != nil {
-		d.Generations = append(d.Generations, g)
-	}
-	for _, env := range envOrder(e.windows) {
-		d.Generations = append(d.Generations, e.windows[env].prev)
-	}
-	d.Asleep = Callables(st.kept, st.currents)
-	e.setCallable(d.Asleep)
-	return d
-}
-
-// apply has the agent start g's versions that do not run yet, makes g
-// current with commit (given what it started), and switches every route
-// to it. If anything fails before the switch, the agent stops what it
-// started and undoes its preparation: the previous generation keeps
-// running and serving, untouched.
-func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(started []string) error, progress Progress) ([]string, error) {
-	// One read serves both: e.mu keeps every other writer out until the
-	// commit.
-	st, err := e.read(ctx)
+// read is the one read an operation decides from.
+func (e *Engine) read(ctx context.Context) (*view, error) {
+	snap, err := e.st.Read(ctx, node.KindDesired, node.KindNode, store.KindPause)
 	if err != nil {
 		return nil, err
 	}
-	d := e.desiredOf(st, g)
-	// What ran before: the same, without g (the callables are decided
-	// once).
-	before := agent.Desired{Generations: slices.DeleteFunc(slices.Clone(d.Generations), func(x *spec.Generation) bool { return x == g }), Asleep: d.Asleep}
-	if err := exclusiveKept(g, d.Asleep); err != nil {
-		return nil, invalid(err)
+	v := &view{snap: snap, nodes: node.Nodes(snap), desired: map[string]node.Desired{}, self: e.opts.Node}
+	for _, r := range snap.Records[node.KindDesired] {
+		if d, err := node.DecodeDesired(r.Key, r.Value); err == nil {
+			v.desired[r.Key] = d
+		}
 	}
-	rep, err := e.agent.Reconcile(ctx, d, agent.Options{}, progress)
+	return v, nil
+}
+
+// names returns the nodes the engine asks to run what it decides: those
+// that report themselves, and its own.
+func (v *view) names() []string {
+	var out []string
+	for n := range v.nodes {
+		out = append(out, n)
+	}
+	if v.self != "" {
+		if _, ok := v.nodes[v.self]; !ok {
+			out = append(out, v.self)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// without returns v as it is once the generations drop holds go: their
+// environments' current generations with them.
+func (v *view) without(drop func(*spec.Generation) bool) *view {
+	snap := *v.snap
+	snap.Generations = slices.DeleteFunc(slices.Clone(snap.Generations), drop)
+	snap.Currents = maps.Clone(snap.Currents)
+	maps.DeleteFunc(snap.Currents, func(_ string, g *spec.Generation) bool { return drop(g) })
+	w := *v
+	w.snap = &snap
+	return &w
+}
+
+// generation returns stored generation n, or nil.
+func (v *view) generation(n uint64) *spec.Generation {
+	for _, g := range v.snap.Generations {
+		if g.Number == n {
+			return g
+		}
+	}
+	return nil
+}
+
+// callables is what stays callable asleep in v: see Callables.
+func (v *view) callables() []Callable {
+	return Callables(v.snap.Generations, v.snap.Currents)
+}
+
+// keptByWindows returns the generations open confirm windows may switch
+// back to: they keep running. e.mu must be held.
+func (e *Engine) keptByWindows() []uint64 {
+	var keep []uint64
+	for _, env := range node.EnvOrder(e.windows) {
+		if p := e.windows[env].prev; p != nil {
+			keep = append(keep, p.Number)
+		}
+	}
+	return keep
+}
+
+// desiredWrites returns the writes that make every node's Desired what
+// the engine decides: keep, staged and the versions that stay callable
+// once live, if not nil, is current in its environment, with change
+// applied to what else each Desired holds (restarts, stops).
+func (e *Engine) desiredWrites(v *view, keep []uint64, staged, live *spec.Generation, change func(*nodeDesired)) []store.Write {
+	gens, currents := v.snap.Generations, v.snap.Currents
+	if live != nil {
+		currents = maps.Clone(currents)
+		currents[live.EnvOrDefault()] = live
+		if live.Number == 0 {
+			gens = append(slices.Clone(gens), live)
+		}
+	}
+	var asleep []node.Callable
+	for _, c := range Callables(gens, currents) {
+		if c.Generation.Number == 0 {
+			continue // not committed: nothing to keep callable
+		}
+		asleep = append(asleep, node.Callable{Generation: c.Generation.Number, Service: c.Service})
+	}
+	var writes []store.Write
+	for _, name := range v.names() {
+		d := v.desired[name]
+		d.Node, d.Keep, d.Staged, d.Asleep = name, slices.Clone(keep), staged, asleep
+		if change != nil {
+			change(&d)
+		}
+		data, err := json.Marshal(d)
+		if err != nil {
+			continue // plain data: cannot fail
+		}
+		writes = append(writes, store.Write{Kind: node.KindDesired, Key: name, Value: data, Rev: store.AnyRevision})
+	}
+	return writes
+}
+
+// writeDesired writes every node's Desired (see desiredWrites) in one
+// transaction and returns its revision.
+func (e *Engine) writeDesired(ctx context.Context, v *view, keep []uint64, staged *spec.Generation, change func(*nodeDesired)) (uint64, error) {
+	failpoint.Hit("engine-desired")
+	rev, err := e.writer().Txn(ctx, e.desiredWrites(v, keep, staged, nil, change)...)
 	if err != nil {
-		// What it started was stopped again: none of it stands.
+		return 0, err
+	}
+	// What others read next is what was written.
+	for _, name := range v.names() {
+		d := v.desired[name]
+		d.Node, d.Keep, d.Staged = name, keep, staged
+		if change != nil {
+			change(&d)
+		}
+		v.desired[name] = d
+	}
+	return rev, nil
+}
+
+// stage asks every node to start g's versions that do not run (g staged
+// in their Desired) and waits until each node did: it returns what they
+// started. If a node could not start one, or does not answer in time, g
+// is withdrawn — what was started for it stops and its preparation is
+// undone — and the error names the versions (ServiceErrors) or the node:
+// nothing else changed.
+func (e *Engine) stage(ctx context.Context, v *view, g *spec.Generation, progress Progress) ([]string, error) {
+	if len(v.names()) == 0 {
+		return nil, errors.New("deploy failed before the switch, nothing changed: no node to run it")
+	}
+	rev, err := e.writeDesired(ctx, v, e.keptByWindows(), g, nil)
+	if err != nil {
 		return nil, fmt.Errorf("deploy failed before the switch, nothing changed: %w", err)
 	}
-	if err := commit(rep.Started); err != nil {
-		// Back to what ran: stops what was started and undoes its
-		// preparation.
-		e.agent.Reconcile(context.WithoutCancel(ctx), before, agent.Options{}, progress)
-		return rep.Started, fmt.Errorf("nothing switched: %w", err)
+	infos, err := e.applied(ctx, v, rev, stageBound(g)+e.opts.NodeWait)
+	var started []string
+	var failed []error
+	for _, name := range slices.Sorted(maps.Keys(infos)) {
+		info := infos[name]
+		started = append(started, info.Started...)
+		for _, f := range info.Failures {
+			if _, ok := g.Versions[f.Service]; !ok {
+				continue // not this deploy's
+			}
+			failed = append(failed, &ServiceError{Service: f.Service, Version: f.Version, Step: StepStart, Err: errors.New(f.Reason)})
+		}
 	}
-	e.agent.Keep(context.WithoutCancel(ctx), rep.Started, progress)
-	if err := e.switchTo(context.WithoutCancel(ctx), g); err != nil {
-		return rep.Started, err
+	sort.Strings(started)
+	started = slices.Compact(started)
+	if err == nil && len(failed) > 0 {
+		err = errors.Join(failed...)
 	}
-	progress("switched: generation %d is live", g.Number)
-	e.wakeAlwaysOn(context.WithoutCancel(ctx), g, progress)
-	return rep.Started, nil
+	if err != nil {
+		// What it started was stopped again: none of it stands.
+		e.withdraw(context.WithoutCancel(ctx), progress)
+		return nil, fmt.Errorf("deploy failed before the switch, nothing changed: %w", err)
+	}
+	if len(started) > 0 {
+		progress("started %s on %s", strings.Join(started, ", "), strings.Join(slices.Sorted(maps.Keys(infos)), ", "))
+	}
+	return started, nil
+}
+
+// stageBound is how long the nodes may take to start g's versions: one
+// health timeout per level of needs, and the stop grace of an exclusive
+// service's old version.
+func stageBound(g *spec.Generation) time.Duration {
+	lv, err := spec.Order(g.Spec)
+	if err != nil {
+		return time.Minute
+	}
+	var bound time.Duration
+	for _, name := range lv {
+		svc := g.Spec.Services[name]
+		bound += svc.HealthTimeout()
+		if svc.Exclusive {
+			bound += svc.StopGraceOrDefault()
+		}
+	}
+	return bound
+}
+
+// withdraw takes a staged generation back from every node's Desired:
+// what was started for it alone stops, its preparation undone.
+func (e *Engine) withdraw(ctx context.Context, progress Progress) {
+	v, err := e.read(ctx)
+	if err == nil {
+		var rev uint64
+		if rev, err = e.writeDesired(ctx, v, e.keptByWindows(), nil, nil); err == nil {
+			_, err = e.applied(ctx, v, rev, e.opts.NodeWait)
+		}
+	}
+	if err != nil {
+		progress("withdrawing what was started: %v", err)
+	}
+}
+
+// commit makes the change move (a commit, a switch that makes live go
+// live; nil for a change that moves no current generation) with every
+// node's Desired — keep kept, nothing staged — and the end of the pauses
+// of services live does not have, in one transaction, and returns its
+// revision.
+func (e *Engine) commit(ctx context.Context, v *view, keep []uint64, live *spec.Generation, move func(also []store.Write) error) (uint64, error) {
+	failpoint.Hit("engine-before-commit")
+	also := append(e.desiredWrites(v, keep, nil, live, nil), pausesOfGone(v, live)...)
+	if err := move(also); err != nil {
+		return 0, err
+	}
+	failpoint.Hit("engine-after-commit")
+	// The revision the change was made at, which the nodes follow from:
+	// that of the Desired records written with it.
+	r, err := e.st.Record(ctx, node.KindDesired, v.names()[0])
+	if err != nil {
+		return 0, err
+	}
+	return r.Revision, nil
+}
+
+// switched waits until every router follows the change at rev, which
+// made g live, and says so.
+func (e *Engine) switched(ctx context.Context, rev uint64, g *spec.Generation, progress Progress) {
+	if e.routesAt(ctx, rev, progress) {
+		progress("switched: generation %d is live", g.Number)
+	}
+}
+
+// routesAt waits, up to Options.RoutesWait, until every router follows
+// the change at rev; false (said through progress) if one does not.
+func (e *Engine) routesAt(ctx context.Context, rev uint64, progress Progress) bool {
+	wctx, cancel := context.WithTimeout(ctx, e.opts.RoutesWait)
+	defer cancel()
+	if err := node.RoutesAt(wctx, e.st, rev); err != nil {
+		progress("the change is made, but %v", err)
+		return false
+	}
+	return true
+}
+
+// drained waits until every node has applied the change at rev — drained
+// and stopped what it no longer holds — and returns what they stopped.
+func (e *Engine) drained(ctx context.Context, v *view, rev uint64, progress Progress) (stopped []string, aborted int64) {
+	infos, err := e.applied(ctx, v, rev, maxStopGrace(v)+e.opts.NodeWait)
+	if err != nil {
+		progress("draining: %v", err)
+	}
+	for _, info := range infos {
+		stopped = append(stopped, info.Stopped...)
+		aborted += info.Aborted
+	}
+	sort.Strings(stopped)
+	stopped = slices.Compact(stopped)
+	if stopped == nil {
+		stopped = []string{}
+	}
+	if aborted > 0 {
+		progress("%d requests were still running at their stop grace and were ended with 504", aborted)
+	}
+	return stopped, aborted
+}
+
+// maxStopGrace is the longest stop grace of v's generations.
+func maxStopGrace(v *view) time.Duration {
+	grace := 10 * time.Second
+	for _, g := range v.snap.Generations {
+		for _, s := range g.Spec.Services {
+			grace = max(grace, s.StopGraceOrDefault())
+		}
+	}
+	return grace
+}
+
+// applied waits, up to bound, until every node asked has applied the
+// state at rev or later, and returns what each reported. A node whose
+// record goes meanwhile (its lease ended: it died) is no longer waited
+// for; one that does not answer in time fails the wait.
+func (e *Engine) applied(ctx context.Context, v *view, rev uint64, bound time.Duration) (map[string]node.Info, error) {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	asked := v.names()
+	out := map[string]node.Info{}
+	var behind []string
+	err := node.Await(ctx, e.st, func(snap *store.Snapshot) bool {
+		nodes := node.Nodes(snap)
+		behind = behind[:0]
+		for _, name := range asked {
+			info, ok := nodes[name]
+			switch {
+			case !ok && v.nodes[name].Name != "":
+				continue // it reported itself before: gone since
+			case ok && info.Applied >= rev:
+				out[name] = info
+			default:
+				behind = append(behind, name)
+			}
+		}
+		return len(behind) == 0
+	}, node.KindNode)
+	if err != nil {
+		return out, fmt.Errorf("node %s did not answer within %s: %w", strings.Join(behind, ", "), bound, err)
+	}
+	return out, nil
 }
 
 // exclusiveKept refuses g when it makes a service exclusive whose other
@@ -107,7 +349,7 @@ func (e *Engine) apply(ctx context.Context, g *spec.Generation, commit func(star
 // old_versions "callable" that needs it): woken by its name, it would run
 // beside g's. (exclusive is a routing field, not part of the version: the
 // spec that kept it did not say so.)
-func exclusiveKept(g *spec.Generation, asleep []agent.Callable) error {
+func exclusiveKept(g *spec.Generation, asleep []Callable) error {
 	env := g.EnvOrDefault()
 	for _, c := range asleep {
 		svc := g.Spec.Services[c.Service]
@@ -122,74 +364,4 @@ func exclusiveKept(g *spec.Generation, asleep []agent.Callable) error {
 		return fmt.Errorf("%sservice %q: exclusive: its version %s is kept callable by generation %d (old_versions \"callable\") and would run beside the new one when called; drop that generation first (hostel gc) or deploy without exclusive", where, c.Service, k.Version(), c.Generation.Number)
 	}
 	return nil
-}
-
-// wakeAlwaysOn wakes the versions of g, live now, that sleep though they
-// must not (no idle applies to them): a kept callable version a rollback
-// made current again, or a version whose idle the deploy removed; it
-// waits for them, together, and reports a wake that fails (the version
-// is then "failed" in status, and its next request tries again). A
-// version that runs is left as it is, and so is an instance g shares:
-// its owner decides whether it sleeps, and one paused by hand: its first
-// request after the resume wakes it.
-func (e *Engine) wakeAlwaysOn(ctx context.Context, g *spec.Generation, progress Progress) {
-	var wg sync.WaitGroup
-	for name := range g.Versions {
-		if sl, _ := e.route.Sleeping(g.Instance(name)); sl.Paused {
-			continue // its first request after the resume wakes it
-		}
-		if owns(g, name) && sleepAfter(g, name) <= 0 {
-			wg.Go(func() {
-				if err := e.route.Wake(ctx, g.Instance(name)); err != nil {
-					progress("waking %s, live now: %v", g.Instance(name), err)
-				}
-			})
-		}
-	}
-	wg.Wait()
-}
-
-// switchTo moves every domain to g's versions in one step; the other
-// environments' routes stay as they are.
-func (e *Engine) switchTo(ctx context.Context, g *spec.Generation) error {
-	cs, err := e.store.Currents(ctx)
-	if err != nil {
-		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
-	}
-	cs[g.EnvOrDefault()] = g // committed or selected just now
-	if err := e.routeTo(ctx, cs); err != nil {
-		return fmt.Errorf("switch to generation %d: %w", g.Number, err)
-	}
-	e.notifySwitch(g)
-	if g.EnvOrDefault() == spec.DefaultEnv {
-		e.dropPausesOfGone(ctx, g)
-	}
-	return nil
-}
-
-// notifySwitch tells the switch hook, if any, that g is live.
-func (e *Engine) notifySwitch(g *spec.Generation) {
-	if e.switched != nil {
-		e.switched(g)
-	}
-}
-
-// drain has the agent stop every running version that no environment's
-// current generation holds (nor an open confirm window may switch back
-// to), once nothing is in flight to it and no running version needs it:
-// the topmost first. If the store cannot say what the environments hold,
-// it stops nothing. e.mu must be held.
-func (e *Engine) drain(ctx context.Context, progress Progress) (stopped []string, aborted int64) {
-	d, err := e.desired(ctx, nil)
-	if err != nil {
-		progress("not draining: %v", err)
-		return []string{}, 0
-	}
-	rep, err := e.agent.Reconcile(ctx, d, agent.Options{}, progress)
-	if err != nil {
-		// Everything desired runs already; a start here is a version that
-		// went away meanwhile, reported by status.
-		progress("draining: %v", err)
-	}
-	return rep.Stopped, rep.Aborted
 }

@@ -3,65 +3,21 @@ package deploy
 import (
 	"context"
 	"errors"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"hostel/internal/idle"
-	"hostel/internal/router"
+	"hostel/internal/node"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 	"hostel/internal/supervisor"
 )
 
-// wakeVia breaks the cycle between the router (made first) and the Sleeper.
-type wakeVia struct{ s **idle.Sleeper }
-
-func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
-	return (*w.s).Wake(ctx, key)
-}
-
-// newSleepyWorld is a world whose engine registers versions asleep with
-// a Sleeper (not watching: the test calls Check) that the router wakes
-// them through, as the daemon wires them.
-func newSleepyWorld(t *testing.T) (*world, *idle.Sleeper) {
-	t.Helper()
-	return newSleepyWorldAt(t, t.TempDir())
-}
-
-// newSleepyWorldAt is newSleepyWorld on root: a second one on the same
-// root is the next daemon, once the first let go of it.
-func newSleepyWorldAt(t *testing.T, root string) (*world, *idle.Sleeper) {
-	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sl *idle.Sleeper
-	w := &world{t: t, store: st, sup: supervisor.New(supervisor.Options{Root: root}),
-		router: router.New(router.Options{Waker: wakeVia{&sl}})}
-	w.engine = New(st, w.sup, w.router)
-	sl = idle.New(w.sup, w.router, func() (map[spec.VersionKey]idle.Policy, bool) {
-		return w.engine.Sleepers(context.Background())
-	}, t.Logf)
-	w.engine.SetSleeper(sl)
-	w.engine.SetAsleep(func(k spec.VersionKey) bool { s, ok := w.router.Sleeping(k); return ok && s.Asleep })
-	w.front = httptest.NewServer(w.router)
-	t.Cleanup(func() {
-		w.front.Close()
-		w.engine.Shutdown(context.Background())
-		w.router.Close()
-		st.Close()
-	})
-	return w, sl
-}
-
 // TestCallableOldVersion: a deploy that replaces a version of an
 // old_versions "callable" service keeps it routed: it sleeps once nothing
-// is in flight (FirstSleep), a request to its immutable name wakes it —
+// is in flight (node.FirstSleep), a request to its immutable name wakes it —
 // with the <NEED>_URL it was built with — and the version it needs, which
 // the new generation replaced too, is kept with it; gc of the generation
 // that held them unregisters both.
@@ -78,11 +34,11 @@ func TestCallableOldVersion(t *testing.T) {
 		t.Fatalf("the deploy stopped %v; a callable version and its need stay", res.Stopped)
 	}
 	api1, up1 := g1.Instance("api"), g1.Instance("upstream")
-	if got := w.engine.Kept(); len(got) != 2 || got[0] != api1 || got[1] != up1 {
+	if got := w.node.Follower.Kept(); len(got) != 2 || got[0] != api1 || got[1] != up1 {
 		t.Fatalf("Kept = %v, want %s and %s", got, api1, up1)
 	}
 
-	// Nothing in flight: both sleep at the first checks past FirstSleep.
+	// Nothing in flight: both sleep at the first checks past node.FirstSleep.
 	waitFor(t, 30*time.Second, "the kept versions to sleep", func() bool {
 		sl.Check()
 		_, a := w.sup.Get(api1)
@@ -98,10 +54,10 @@ func TestCallableOldVersion(t *testing.T) {
 	if code, id, body := w.get(host, "/call"); code != 200 || id != "api-1" || body != "up-1" {
 		t.Fatalf("GET %s/call: %d %s %q, want api-1 answering through up-1", host, code, id, body)
 	}
-	// Woken, it sleeps again after CallableIdle (its service has no idle).
-	pol, ok := w.engine.Sleepers(t.Context())
-	if !ok || pol[api1].Idle != CallableIdle {
-		t.Errorf("after its wake, %s sleeps after %v, want %v", api1, pol[api1].Idle, CallableIdle)
+	// Woken, it sleeps again after node.CallableIdle (its service has no idle).
+	pol, ok := w.node.Follower.Sleepers()
+	if !ok || pol[api1].Idle != node.CallableIdle {
+		t.Errorf("after its wake, %s sleeps after %v, want %v", api1, pol[api1].Idle, node.CallableIdle)
 	}
 
 	gc, err := w.engine.GC(t.Context(), 1, nil, w.progress)
@@ -122,7 +78,7 @@ func TestCallableOldVersion(t *testing.T) {
 	if code, _, _ := w.get(host, "/"); code == 200 {
 		t.Errorf("GET %s after gc: %d", host, code)
 	}
-	if got := w.engine.Kept(); len(got) != 0 {
+	if got := w.node.Follower.Kept(); len(got) != 0 {
 		t.Errorf("Kept after gc = %v", got)
 	}
 }
@@ -172,10 +128,9 @@ func (p *blockingPreparer) Prepare(_ context.Context, _ *spec.Generation, servic
 // done, then releases (Nix roots) knowing the generation that deploy
 // committed, so it never unpins a version starting.
 func TestGCWaitsForDeploy(t *testing.T) {
-	w := newWorld(t)
-	w.mustDeploy(mkSpec(map[string]*spec.Service{"api": app("api-1")}))
 	p := &blockingPreparer{service: "web", begun: make(chan struct{}, 1), release: make(chan struct{})}
-	w.engine.Use(p)
+	w := newWorld(t, p)
+	w.mustDeploy(mkSpec(map[string]*spec.Service{"api": app("api-1")}))
 	deployed := make(chan error, 1)
 	go func() {
 		_, err := w.deploy(mkSpec(map[string]*spec.Service{"api": app("api-1"), "web": app("web-1")}), 0)
@@ -255,7 +210,7 @@ func TestRollbackWakesCallable(t *testing.T) {
 		_, awake := w.sup.Get(api1)
 		return awake
 	})
-	if got := w.engine.Kept(); len(got) != 1 || got[0] == api1 {
+	if got := w.node.Follower.Kept(); len(got) != 1 || got[0] == api1 {
 		t.Errorf("Kept after the rollback = %v, want the replaced api-2 only", got)
 	}
 }
@@ -274,6 +229,13 @@ func (s *listCounter) List(ctx context.Context) ([]*spec.Generation, error) {
 	return s.Store.List(ctx)
 }
 
+func (s *listCounter) Read(ctx context.Context, kinds ...string) (*store.Snapshot, error) {
+	s.mu.Lock()
+	s.lists++
+	s.mu.Unlock()
+	return s.Store.Read(ctx, kinds...)
+}
+
 func (s *listCounter) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -281,30 +243,33 @@ func (s *listCounter) count() int {
 }
 
 // TestSleepersKeptPolicy: Sleepers, run every half second, gives a
-// replaced callable version that still runs FirstSleep, from what the
-// last decision found, without listing the store's generations.
+// replaced callable version that still runs node.FirstSleep, from what the
+// last decision found, without reading the store.
 func TestSleepersKeptPolicy(t *testing.T) {
-	w := newWorld(t)
-	counted := &listCounter{Store: w.store}
-	w.engine = New(counted, w.sup, w.router)
-	t.Cleanup(func() { w.engine.Shutdown(context.Background()) })
+	root := t.TempDir()
+	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &listCounter{Store: st}
+	w := newWorldOn(t, counted, root)
 	g1 := w.replaceCallable(t)
 	before := counted.count()
-	pol, ok := w.engine.Sleepers(t.Context())
+	pol, ok := w.node.Follower.Sleepers()
 	if !ok {
 		t.Fatal("Sleepers: busy after the deploy")
 	}
-	if p := pol[g1.Instance("api")]; p.Idle != FirstSleep {
-		t.Errorf("the replaced version's policy %+v, want it to sleep after %v", p, FirstSleep)
+	if p := pol[g1.Instance("api")]; p.Idle != node.FirstSleep {
+		t.Errorf("the replaced version's policy %+v, want it to sleep after %v", p, node.FirstSleep)
 	}
 	if n := counted.count() - before; n != 0 {
-		t.Errorf("Sleepers listed the store's generations %d times", n)
+		t.Errorf("Sleepers read the store %d times", n)
 	}
 }
 
 // TestKeptWokenSoonSleepsAfterIdle: a replaced callable version woken
 // right after its first sleep — before the sleeper looked at it asleep —
-// sleeps again after CallableIdle, not FirstSleep.
+// sleeps again after node.CallableIdle, not node.FirstSleep.
 func TestKeptWokenSoonSleepsAfterIdle(t *testing.T) {
 	w, sl := newSleepyWorld(t)
 	g1 := w.replaceCallable(t)
@@ -318,9 +283,9 @@ func TestKeptWokenSoonSleepsAfterIdle(t *testing.T) {
 	if code, id, _ := w.get(host, "/"); code != 200 || id != "api-1" {
 		t.Fatalf("GET %s: %d %s, want api-1 woken", host, code, id)
 	}
-	pol, ok := w.engine.Sleepers(t.Context())
-	if !ok || pol[api1].Idle != CallableIdle {
-		t.Errorf("woken right after its first sleep, %s sleeps after %v, want %v", api1, pol[api1].Idle, CallableIdle)
+	pol, ok := w.node.Follower.Sleepers()
+	if !ok || pol[api1].Idle != node.CallableIdle {
+		t.Errorf("woken right after its first sleep, %s sleeps after %v, want %v", api1, pol[api1].Idle, node.CallableIdle)
 	}
 }
 

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"sync"
 	"time"
 
+	"hostel/internal/node"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 	"hostel/internal/supervisor"
@@ -15,16 +18,13 @@ import (
 // The confirm window.
 //
 // After the switch, a deploy watches the versions it started for its
-// confirm window, as their supervisor sees them: the supervisor's own
-// checker runs their health checks (every health.interval), and the window
-// only reads what it found. A version that crashes or turns unhealthy (and
-// so restarts), or fails for good, fails the confirmation: the previous
-// generation, whose versions keep running through the window, is switched
-// back and the new versions are stopped. At its deadline, the window waits
-// for a version whose last check failed until a check passes (confirmed)
-// or enough fail in a row to make it unhealthy (failed): a version failing
-// its checks as the window ends is not confirmed for the checks it passed
-// before.
+// confirm window, through what the nodes report of them (node.Instance):
+// a version that crashes (and so restarts), turns unhealthy or fails for
+// good fails the confirmation, and the previous generation, whose
+// versions the nodes keep running through the window (Desired.Keep), is
+// switched back. At its deadline a version whose last health check
+// failed keeps the window open until a check passes or it turns
+// unhealthy.
 //
 // The window is recorded with the commit of the generation (pending, its
 // deadline and the previous generation), so a daemon killed in the window
@@ -47,20 +47,20 @@ import (
 // reported.
 
 const (
-	// checkEvery is how often the window looks at the watched versions'
-	// state; a look is a lock and a copy per version.
+	// checkEvery is how often a window looks at its versions' reports
+	// besides every change to them: its deadline is checked then.
 	checkEvery = 500 * time.Millisecond
-	// guardEvery is how often a confirmed generation's new versions are
-	// looked at after the window; a look is a lock and a copy per version.
-	guardEvery = time.Second
 	// minResumedWindow is the least a window resumed after a restart runs,
 	// also when its deadline passed while the daemon was down: long enough
-	// to see a version that crashes as it is adopted.
+	// for two health checks.
 	minResumedWindow = 3 * time.Second
 )
 
 // window is an open confirm window.
 type window struct {
+	// rev is the revision the window opened at: the store's view of the
+	// reports has caught up with its switch once it follows rev.
+	rev      uint64
 	gen      *spec.Generation
 	prev     *spec.Generation // what a failure switches back to
 	watch    []spec.VersionKey
@@ -70,6 +70,11 @@ type window struct {
 	ended     chan struct{}
 	endState  spec.ConfirmState // "": ended undecided (the daemon stops)
 	endReason string
+
+	// rebased are the versions restarted by hand since the window
+	// opened: their next reports are a new base, not a crash.
+	mu      sync.Mutex
+	rebased map[spec.VersionKey]bool
 }
 
 // ErrUndecided is why a deploy whose confirm window the daemon's stop cut
@@ -77,32 +82,47 @@ type window struct {
 // the daemon finishes the window.
 var ErrUndecided = errors.New("its confirm window was cut short by the daemon's stop; the daemon's next start finishes it")
 
-func newWindow(gen, prev *spec.Generation, watch []spec.VersionKey, deadline time.Time) *window {
-	return &window{gen: gen, prev: prev, watch: watch, deadline: deadline, ended: make(chan struct{})}
+func newWindow(rev uint64, gen, prev *spec.Generation, watch []spec.VersionKey, deadline time.Time) *window {
+	return &window{rev: rev, gen: gen, prev: prev, watch: watch, deadline: deadline, ended: make(chan struct{}), rebased: map[spec.VersionKey]bool{}}
+}
+
+// rebase has the window take key's next reports as a new base: a restart
+// by hand replaced its process.
+func (w *window) rebase(key spec.VersionKey) {
+	w.mu.Lock()
+	w.rebased[key] = true
+	w.mu.Unlock()
+}
+
+// takeRebase reports whether key was restarted by hand since last asked.
+func (w *window) takeRebase(key spec.VersionKey) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	r := w.rebased[key]
+	delete(w.rebased, key)
+	return r
 }
 
 // verdict is what watching a window found.
 type verdict struct {
 	failure     *ServiceError // a watched version failed
 	interrupted bool          // watching stopped undecided: the daemon stops
-}
-
-// watched is a version under watch: the instance seen first and its
-// restarts then.
-type watched struct {
-	inst     *supervisor.Instance
-	restarts int
+	// superseded is the generation another writer made current in the
+	// window's environment meanwhile: its switch stands.
+	superseded uint64
 }
 
 // watch watches w's versions until its deadline, a failure, or the end of
 // the window by another operation. It does not hold e.mu.
 func (e *Engine) watch(ctx context.Context, w *window) verdict {
-	// What runs as the window opens is the base: every restart from here
-	// on is a crash in the window.
-	seen := map[spec.VersionKey]*watched{}
+	// What each node reports as the window opens is the base: every
+	// restart from here on is a crash in the window.
+	base := map[spec.VersionKey]map[string]int{}
 	for _, k := range w.watch {
-		if inst, ok := e.procs.Get(k); ok {
-			seen[k] = &watched{inst: inst, restarts: inst.Status().Restarts}
+		ins, _ := e.reports.of(k)
+		base[k] = map[string]int{}
+		for n, in := range ins {
+			base[k][n] = in.Restarts
 		}
 	}
 	deadline := time.NewTimer(time.Until(w.deadline))
@@ -110,19 +130,23 @@ func (e *Engine) watch(ctx context.Context, w *window) verdict {
 	tick := time.NewTicker(checkEvery)
 	defer tick.Stop()
 	over := false // the deadline passed; confirm once every version is seen
+	env := w.gen.EnvOrDefault()
 	for {
-		select {
-		case <-w.ended:
-			return verdict{}
-		case <-ctx.Done():
-			return verdict{interrupted: true}
-		case <-deadline.C:
-			over = true
-		case <-tick.C:
+		changed := e.reports.next()
+		if cur, at := e.reports.current(env); at >= w.rev && cur != w.gen.Number {
+			select {
+			case <-w.ended: // this engine switched: settle knows
+				return verdict{}
+			default:
+				return verdict{superseded: cur}
+			}
 		}
 		all, passing := true, true
 		for _, k := range w.watch {
-			failure, known, ok := e.check(k, seen)
+			if w.takeRebase(k) {
+				base[k] = nil
+			}
+			failure, known, ok := e.check(w, k, base)
 			if failure != nil {
 				return verdict{failure: failure}
 			}
@@ -131,44 +155,58 @@ func (e *Engine) watch(ctx context.Context, w *window) verdict {
 		if over && all && passing {
 			return verdict{}
 		}
+		select {
+		case <-w.ended:
+			return verdict{}
+		case <-ctx.Done():
+			return verdict{interrupted: true}
+		case <-deadline.C:
+			over = true
+		case <-changed:
+		case <-tick.C:
+		}
 	}
 }
 
-// check looks at one watched version: a crash, a turn to unhealthy (each
-// a restart, or one about to come) or a failure is a failure. known is
-// false for a version the supervisor does not know at this moment: one
-// being restarted by hand, which decides nothing. passing is false while
-// its last health check failed. (A daemon that stops or shuts down ends
-// the window itself: see Detach and Shutdown.)
-func (e *Engine) check(k spec.VersionKey, seen map[spec.VersionKey]*watched) (failure *ServiceError, known, passing bool) {
-	inst, ok := e.procs.Get(k)
-	if !ok {
-		return nil, false, false
-	}
-	st := inst.Status()
-	w := seen[k]
-	if w == nil || w.inst != inst {
-		// First look, or a restart by hand replaced the process.
-		w = &watched{inst: inst, restarts: st.Restarts}
-		seen[k] = w
+// check looks at what the nodes report of one watched version: a crash,
+// a turn to unhealthy (each a restart, or one about to come) or a failure
+// is a failure. known is false while no node reports it running: one
+// being restarted by hand decides nothing. passing is false while its
+// last health check failed.
+func (e *Engine) check(w *window, k spec.VersionKey, base map[spec.VersionKey]map[string]int) (failure *ServiceError, known, passing bool) {
+	ins, _ := e.reports.of(k)
+	if base[k] == nil {
+		base[k] = map[string]int{}
 	}
 	fail := func(format string, args ...any) *ServiceError {
-		return &ServiceError{Service: st.Service, Version: st.Version, Step: StepConfirm, Err: fmt.Errorf("%s "+format, append([]any{k}, args...)...)}
+		return &ServiceError{Service: k.Service(), Version: w.gen.Versions[k.Service()], Step: StepConfirm, Err: fmt.Errorf("%s "+format, append([]any{k}, args...)...)}
 	}
-	restarted := st.Restarts > w.restarts
-	switch {
-	case st.State == supervisor.StateFailed:
-		return fail("failed: %s", st.LastError), true, false
-	case st.State == supervisor.StateUnhealthy || restarted && st.LastExit == "unhealthy":
-		return fail("failed its health checks after the switch (%s)", st.LastError), true, false
-	case restarted || st.State == supervisor.StateStarting:
-		// Every watched version was ready when the window opened: starting
-		// again means it crashed and awaits its restart.
-		return fail("crashed after the switch (%s)", st.LastError), true, false
-	case st.State == supervisor.StateStopped:
-		return nil, false, false // being stopped by a restart by hand
+	known, passing = len(ins) > 0, true
+	for _, n := range slices.Sorted(maps.Keys(ins)) {
+		in := ins[n]
+		b, seen := base[k][n]
+		if !seen {
+			b = in.Restarts
+			base[k][n] = b
+		}
+		restarted := in.Restarts > b
+		switch {
+		case in.State == supervisor.StateFailed:
+			return fail("failed: %s", in.Error), true, false
+		case in.State == supervisor.StateUnhealthy || restarted && in.LastExit == "unhealthy":
+			return fail("failed its health checks after the switch (%s)", in.Error), true, false
+		case restarted || in.State == supervisor.StateStarting:
+			// Every watched version was ready when the window opened:
+			// starting again means it crashed and awaits its restart.
+			return fail("crashed after the switch (%s)", in.Error), true, false
+		case in.State == supervisor.StateStopped || in.State == node.StateIdle:
+			known = false // being stopped by a restart by hand
+		}
+		if in.Health != nil && !in.Health.OK {
+			passing = false
+		}
 	}
-	return nil, true, st.Health == nil || st.Health.OK
+	return nil, known, passing
 }
 
 // settle ends w with what watching found: it records the confirmation and
@@ -192,12 +230,20 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 		progress("generation %d went live; its confirm window ended early: %s", w.gen.Number, w.endReason)
 		return res, nil
 	}
-	delete(e.windows, env)
+	if v.superseded != 0 {
+		delete(e.windows, env)
+		why := fmt.Sprintf("generation %d was made current by another writer before the window ended", v.superseded)
+		e.record(ctx, w.gen.Number, &spec.Confirm{State: spec.ConfirmSuperseded, Previous: w.gen.Confirm.Previous, Reason: why}, progress)
+		res.Confirmation, res.Generation = spec.ConfirmSuperseded, v.superseded
+		return res, fmt.Errorf("generation %d went live, but %s: %w", w.gen.Number, why, store.ErrConflict)
+	}
 	if v.interrupted {
+		delete(e.windows, env)
 		res.Confirmation = spec.ConfirmPending
 		return res, fmt.Errorf("generation %d is live, but %w", w.gen.Number, ErrUndecided)
 	}
 	if v.failure != nil {
+		delete(e.windows, env)
 		res.Confirmation = spec.ConfirmFailed
 		progress("%v; switching back to generation %d", v.failure, w.prev.Number)
 		stopped, aborted, err := e.switchBackLocked(ctx, w.gen, w.prev, v.failure, progress)
@@ -210,17 +256,28 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 	}
 	res.Confirmation = spec.ConfirmConfirmed
 	progress("confirmed: generation %d stayed up and healthy", w.gen.Number)
-	e.record(ctx, w.gen.Number, &spec.Confirm{State: spec.ConfirmConfirmed, Previous: w.gen.Confirm.Previous}, progress)
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
+	delete(e.windows, env)
+	// The window's end and every node's Desired without the previous
+	// generation, in one transaction: the nodes drain it.
+	c := &spec.Confirm{State: spec.ConfirmConfirmed, Previous: w.gen.Confirm.Previous}
+	if rv, err := e.read(ctx); err != nil {
+		progress("recording the confirmation of generation %d: %v", w.gen.Number, err)
+	} else if rev, err := e.commit(ctx, rv, e.keptByWindows(), nil, func(also []store.Write) error {
+		return e.writer().SetConfirm(ctx, w.gen.Number, c, 0, 0, also...)
+	}); err != nil {
+		progress("recording the confirmation of generation %d: %v", w.gen.Number, err)
+	} else {
+		res.Stopped, res.Aborted = e.drained(context.WithoutCancel(ctx), rv, rev, progress)
+	}
 	e.armLocked(w.gen, w.prev, w.watch)
 	progress("generation %d deployed: %d started, %d stopped", w.gen.Number, len(res.Started), len(res.Stopped))
 	return res, nil
 }
 
 // record stores how generation n's window ended; a failure to is reported,
-// not fatal: the state of the machine is right, only its history lags.
+// not fatal: what runs is right, only its history lags.
 func (e *Engine) record(ctx context.Context, n uint64, c *spec.Confirm, progress Progress) {
-	if err := e.store.SetConfirm(ctx, n, c, 0, 0); err != nil {
+	if err := e.writer().SetConfirm(ctx, n, c, 0, 0); err != nil {
 		progress("recording the confirmation of generation %d: %v", n, err)
 	}
 }
@@ -242,41 +299,36 @@ func (e *Engine) endWindowLocked(ctx context.Context, env string, state spec.Con
 }
 
 // switchBackLocked makes prev current again after generation failed failed
-// its confirmation (why): it starts what of prev does not run, records
-// failed as failed and prev as current in one step, switches, and drains
-// the rest. If it cannot, failed stays current, recorded as failed. e.mu
-// must be held.
+// its confirmation (why): the nodes start what of prev does not run, then
+// failed is recorded failed and prev current in one transaction with
+// every node's Desired, the routes switch, and the rest drains. If it
+// cannot, failed stays current, recorded as failed. e.mu must be held.
 func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Generation, why error, progress Progress) ([]string, int64, error) {
 	rec := &spec.Confirm{State: spec.ConfirmFailed, Previous: prev.Number, Reason: why.Error()}
-	// Compare-and-swap from failed: the engine's lock keeps its own
-	// operations out, so a conflict is another writer, whose switch stands.
-	_, err := e.apply(ctx, prev, func([]string) error {
-		return e.store.SetConfirm(ctx, failed.Number, rec, failed.Number, prev.Number)
-	}, progress)
-	if err != nil {
+	fail := func(err error) ([]string, int64, error) {
 		rec.Reason = fmt.Sprintf("%s; switching back to generation %d failed: %v", rec.Reason, prev.Number, err)
 		e.record(ctx, failed.Number, rec, progress)
 		return nil, 0, err
 	}
-	stopped, aborted := e.drain(context.WithoutCancel(ctx), progress)
-	return stopped, aborted, nil
-}
-
-// previous returns the generation cur's pending confirmation would switch
-// back to, if it is still stored; else nil.
-func (e *Engine) previous(ctx context.Context, cur *spec.Generation, progress Progress) *spec.Generation {
-	c := cur.Confirm
-	if c == nil || c.Previous == 0 || c.State != spec.ConfirmPending {
-		return nil
-	}
-	prev, err := e.store.Get(ctx, c.Previous)
+	v, err := e.read(ctx)
 	if err != nil {
-		if !errors.Is(err, store.ErrNotFound) {
-			progress("generation %d, to switch back to: %v", c.Previous, err)
-		}
-		return nil
+		return fail(err)
 	}
-	return prev
+	if _, err := e.stage(ctx, v, prev, progress); err != nil {
+		return fail(err)
+	}
+	// Compare-and-swap from failed: the engine's lock keeps its own
+	// operations out, so a conflict is another writer, whose switch stands.
+	rev, err := e.commit(ctx, v, e.keptByWindows(), prev, func(also []store.Write) error {
+		return e.writer().SetConfirm(ctx, failed.Number, rec, failed.Number, prev.Number, also...)
+	})
+	if err != nil {
+		e.withdraw(context.WithoutCancel(ctx), progress)
+		return fail(err)
+	}
+	e.switched(ctx, rev, prev, progress)
+	stopped, aborted := e.drained(context.WithoutCancel(ctx), v, rev, progress)
+	return stopped, aborted, nil
 }
 
 // newIn returns the version keys of g that prev does not hold.
@@ -290,93 +342,6 @@ func newIn(g, prev *spec.Generation) []spec.VersionKey {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// settleStale records as superseded every pending window but cur's: a
-// daemon died in it after a later generation was made current.
-func (e *Engine) settleStale(ctx context.Context, cur *spec.Generation, progress Progress) {
-	gens, err := e.store.List(ctx)
-	if err != nil {
-		progress("listing generations: %v", err)
-		return
-	}
-	for _, g := range gens {
-		if g.Number != cur.Number && g.EnvOrDefault() == cur.EnvOrDefault() && g.Confirm != nil && g.Confirm.State == spec.ConfirmPending {
-			e.record(ctx, g.Number, &spec.Confirm{State: spec.ConfirmSuperseded, Previous: g.Confirm.Previous,
-				Reason: fmt.Sprintf("generation %d was made current before the window ended", cur.Number)}, progress)
-		}
-	}
-}
-
-// resumeConfirm finishes, after a daemon start, what cur's confirmation
-// left undone: a pending window runs on in the background (at least
-// minResumedWindow); a confirmed generation is guarded. (A switch back is
-// recorded in one step, so no crash leaves one half done.) e.mu must be
-// held.
-func (e *Engine) resumeConfirm(ctx context.Context, cur, prev *spec.Generation, progress Progress) {
-	c := cur.Confirm
-	if c == nil {
-		return
-	}
-	switch c.State {
-	case spec.ConfirmPending:
-		if prev == nil {
-			progress("generation %d awaited confirmation, but generation %d to switch back to is gone: it stays live, unconfirmed", cur.Number, c.Previous)
-			e.record(ctx, cur.Number, &spec.Confirm{State: spec.ConfirmSkipped, Previous: c.Previous, Reason: "the previous generation was gone when the window resumed"}, progress)
-			return
-		}
-		deadline := c.Deadline
-		if d := time.Now().Add(minResumedWindow); deadline.Before(d) {
-			deadline = d
-		}
-		w := newWindow(cur, prev, newIn(cur, prev), deadline)
-		e.windows[cur.EnvOrDefault()] = w
-		progress("resuming the confirm window of generation %d until %s", cur.Number, deadline.Format(time.RFC3339))
-		// A watched version that could not start again (it crashed, or
-		// turned unhealthy while the daemon was down) fails the window
-		// now: the previous generation comes back.
-		failure := e.failedOnResume(w)
-		go func() {
-			ctx := context.WithoutCancel(ctx)
-			res := &Result{Generation: cur.Number}
-			v := verdict{failure: failure}
-			if failure == nil {
-				v = e.watch(ctx, w)
-			}
-			if _, err := e.settle(ctx, w, v, res, e.logf); err != nil {
-				e.logf("generation %d: %v", cur.Number, err)
-			}
-		}()
-	case spec.ConfirmConfirmed:
-		if c.Previous == 0 {
-			return
-		}
-		gens, err := e.store.List(ctx)
-		if err != nil {
-			return
-		}
-		for _, g := range gens {
-			if g.EnvOrDefault() == cur.EnvOrDefault() && g.Number > cur.Number {
-				return // a rollback made an older generation current
-			}
-		}
-		if p, err := e.store.Get(ctx, c.Previous); err == nil {
-			e.armLocked(cur, p, newIn(cur, p))
-		}
-	}
-}
-
-// failedOnResume returns the failure of the first version w watches that
-// a resume could not start (left asleep with why: Agent.parkFailed); nil
-// if none.
-func (e *Engine) failedOnResume(w *window) *ServiceError {
-	for _, k := range w.watch {
-		if sl, ok := e.route.Sleeping(k); ok && sl.Asleep && sl.WakeError != nil {
-			return &ServiceError{Service: k.Service(), Version: w.gen.Versions[k.Service()], Step: StepConfirm,
-				Err: fmt.Errorf("%s did not start again after the daemon's restart: %w", k, sl.WakeError)}
-		}
-	}
-	return nil
 }
 
 // guard watches a confirmed generation's new versions after its window.
@@ -418,26 +383,27 @@ func (e *Engine) releaseLocked() {
 	}
 }
 
-// runGuard looks at gd's versions every guardEvery until one has failed for
-// good, then reports it and switches back.
+// runGuard looks at gd's versions' reports, at each change, until one has
+// failed for good, then reports it and switches back.
 func (e *Engine) runGuard(gd *guard) {
-	tick := time.NewTicker(guardEvery)
-	defer tick.Stop()
 	for {
+		changed := e.reports.next()
+		for _, k := range gd.watch {
+			// Only a failure a node reports counts: a version no node
+			// reports was stopped or let go.
+			ins, _ := e.reports.of(k)
+			for _, in := range ins {
+				if in.State == supervisor.StateFailed {
+					e.failedLater(gd, &ServiceError{Service: k.Service(), Version: gd.gen.Versions[k.Service()], Step: StepConfirm,
+						Err: fmt.Errorf("%s failed after its confirm window: %s", k, in.Error)})
+					return
+				}
+			}
+		}
 		select {
 		case <-gd.stop:
 			return
-		case <-tick.C:
-		}
-		for _, k := range gd.watch {
-			// A version the supervisor does not know was stopped or let go:
-			// only a failure it reports counts.
-			st, ok := e.procs.Status(k)
-			if ok && st.State == supervisor.StateFailed {
-				e.failedLater(gd, &ServiceError{Service: st.Service, Version: st.Version, Step: StepConfirm,
-					Err: fmt.Errorf("%s failed after its confirm window: %s", k, st.LastError)})
-				return
-			}
+		case <-changed:
 		}
 	}
 }

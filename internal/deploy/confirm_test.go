@@ -81,7 +81,6 @@ func TestConfirmCrashLoopRollsBack(t *testing.T) {
 // previous generation's version started again.
 func TestFailedAfterWindowSwitchesBack(t *testing.T) {
 	w := newWorld(t)
-	w.engine.SetLog(func(f string, a ...any) { w.progress(f, a...) })
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("good", domains("web.test"))}))
 	trigger := filepath.Join(t.TempDir(), "crash")
 	res, err := w.deploy(mkSpec(map[string]*spec.Service{"web": app("later", domains("web.test"), env("CRASH_FILE", trigger))}), time.Second)
@@ -186,14 +185,9 @@ func TestDetachedWindowResumes(t *testing.T) {
 	if got := w.confirmState(2); got != spec.ConfirmPending {
 		t.Fatalf("generation 2 confirmation %q after Detach, want pending", got)
 	}
-	w.sup.Detach()
-	w.store.Close()
+	w.letGo()
 
 	next := newWorldAt(t, root)
-	next.engine.SetLog(next.progress)
-	if err := next.engine.Resume(context.Background(), next.progress); err != nil {
-		t.Fatal(err)
-	}
 	if n := len(next.sup.List()); n != 2 {
 		t.Errorf("%d versions run after resuming in the window, want 2 (the previous one at hand)", n)
 	}
@@ -243,17 +237,12 @@ func TestShutdownInWindowStartsIdle(t *testing.T) {
 			}
 			w.mustDeploy(web("one"))
 			deployed := w.deployInWindow(web("two"), 3*time.Second)
-			w.engine.Shutdown(context.Background())
+			w.shutdown()
 			if o := <-deployed; !errors.Is(o.err, ErrUndecided) {
 				t.Fatalf("deploy cut by a shutdown: %v; want ErrUndecided", o.err)
 			}
-			w.store.Close()
 
 			next, _ := newSleepyWorldAt(t, root)
-			next.engine.SetLog(next.progress)
-			if err := next.engine.Resume(context.Background(), next.progress); err != nil {
-				t.Fatal(err)
-			}
 			gens, err := next.store.List(context.Background())
 			if err != nil || len(gens) != 2 {
 				t.Fatalf("stored generations: %d, %v", len(gens), err)

@@ -4,79 +4,21 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
-	"time"
 
 	"hostel/internal/agent"
+	"hostel/internal/node"
 	"hostel/internal/plan"
-	"hostel/internal/router"
 	"hostel/internal/spec"
 )
 
 // The decide half's pure functions: from the current generation of every
-// environment to what the machine must run and how requests are routed.
+// environment to what the nodes must run. (How requests are routed is
+// internal/routes's Table.)
 
 // Hold returns the versions the generations hold together: a version runs
 // while any environment's current generation holds it.
 func Hold(gens ...*spec.Generation) map[spec.VersionKey]bool {
 	return agent.Desired{Generations: gens}.Keys()
-}
-
-// Table builds the routing table of the environments' current
-// generations (by environment). Production's services answer on their
-// domains and redirects, and its zone is the table's; a preview never
-// changes them. A preview's services answer on SERVICE.ENV.ZONE
-// (Internal) and, with previews.domain, on SERVICE.ENV.DOMAIN. paused
-// are production's services paused by hand, with their bounds; a pause
-// of a service production does not have holds nothing.
-func Table(currents map[string]*spec.Generation, paused map[string]time.Duration) router.Table {
-	t := router.Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: spec.DefaultZone}
-	prod := currents[spec.DefaultEnv]
-	if prod == nil {
-		return t
-	}
-	t.Zone = prod.Spec.ZoneOrDefault()
-	for name, bound := range paused {
-		if prod.Spec.Services[name] != nil {
-			if t.Paused == nil {
-				t.Paused = map[string]time.Duration{}
-			}
-			t.Paused[name] = bound
-		}
-	}
-	for name, svc := range prod.Spec.Services {
-		key := prod.Instance(name)
-		for _, d := range svc.Domains {
-			t.Domains[d] = key
-		}
-		for _, r := range svc.Redirects {
-			t.Redirects[r] = svc.Domains[0]
-		}
-	}
-	for env, g := range currents {
-		if env == spec.DefaultEnv || g == nil {
-			continue
-		}
-		for name := range g.Spec.Services {
-			if t.Internal == nil {
-				t.Internal = map[string]spec.VersionKey{}
-			}
-			t.Internal[PreviewHost(name, env, t.Zone)] = g.Instance(name)
-			// previews.domain: a public name; production's domains win.
-			if h := g.Spec.PreviewHost(name, env); h != "" {
-				if _, taken := t.Domains[h]; !taken {
-					t.Domains[h] = g.Instance(name)
-				}
-			}
-		}
-	}
-	return t
-}
-
-// PreviewHost is the internal-zone name of service in preview environment
-// env: SERVICE.ENV.ZONE.
-func PreviewHost(service, env, zone string) string {
-	return service + "." + env + "." + zone
 }
 
 // Share decides, for a generation next of a preview environment, which
@@ -96,7 +38,7 @@ func Share(next *spec.Generation, currents map[string]*spec.Generation) []string
 	// The instances that run, by version, and the environment that owns
 	// each: production first, then the other previews by name.
 	owners := map[spec.VersionKey]string{}
-	for _, e := range envOrder(currents) {
+	for _, e := range node.EnvOrder(currents) {
 		g := currents[e]
 		if g == nil || e == env {
 			continue
@@ -160,21 +102,9 @@ func MarkPreview(p *plan.Plan, next, cur *spec.Generation) {
 	}
 }
 
-// envOrder returns the environments that key byEnv, production first,
-// then by name: the order a resume starts them in.
-func envOrder[V any](byEnv map[string]V) []string {
-	envs := make([]string, 0, len(byEnv))
-	for env := range byEnv {
-		envs = append(envs, env)
-	}
-	sort.Slice(envs, func(i, j int) bool {
-		if (envs[i] == spec.DefaultEnv) != (envs[j] == spec.DefaultEnv) {
-			return envs[i] == spec.DefaultEnv
-		}
-		return envs[i] < envs[j]
-	})
-	return envs
-}
+// Callable is one version to keep callable without running it: the
+// instance Generation.Instance(Service).
+type Callable = agent.Callable
 
 // Callables returns the versions that must stay callable without running
 // (old_versions "callable"): every version of kept (the stored
@@ -186,8 +116,8 @@ func envOrder[V any](byEnv map[string]V) []string {
 // and belongs to its owner (whose data it uses), else the newest that
 // holds it. Needs come before their dependents; the order is otherwise by
 // key, so that equal inputs give equal results.
-func Callables(kept []*spec.Generation, currents map[string]*spec.Generation) []agent.Callable {
-	byKey := map[spec.VersionKey]agent.Callable{}
+func Callables(kept []*spec.Generation, currents map[string]*spec.Generation) []Callable {
+	byKey := map[spec.VersionKey]Callable{}
 	needs := map[spec.VersionKey][]spec.VersionKey{}
 	add := func(g *spec.Generation, name string) {
 		k := g.Instance(name)
@@ -197,7 +127,7 @@ func Callables(kept []*spec.Generation, currents map[string]*spec.Generation) []
 				return
 			}
 		}
-		byKey[k] = agent.Callable{Generation: g, Service: name}
+		byKey[k] = Callable{Generation: g, Service: name}
 		needs[k] = needs[k][:0]
 		for _, n := range g.Spec.Services[name].Needs {
 			needs[k] = append(needs[k], g.Instance(n))
@@ -230,7 +160,7 @@ func Callables(kept []*spec.Generation, currents map[string]*spec.Generation) []
 	}
 	run := Hold(slices.Collect(maps.Values(currents))...)
 	keys := slices.Sorted(maps.Keys(byKey))
-	var out []agent.Callable
+	var out []Callable
 	done := map[spec.VersionKey]bool{}
 	var visit func(spec.VersionKey)
 	visit = func(k spec.VersionKey) {

@@ -1,58 +1,44 @@
-// Package deploy is the deploy engine: it turns a plan into running
-// versions and one atomic switch of routes, drains what the switch left
-// behind, and undoes a switch whose new versions fail their health checks.
+// Package deploy is the decide half of hostel: the engine plans a spec
+// against the store, builds the next generation, and writes what each
+// node must run (node.Desired) and, in one transaction, the generation
+// that goes live; it reads back only what the nodes report (node.Info,
+// node.Instance). It never starts a process or swaps a route table: every
+// node's follower does (internal/node, internal/routes). So the engine
+// runs the same against one node in the same process, several in memory
+// (its tests), or a cluster.
 //
-// It drives the supervisor (processes) and the router (traffic) through the
-// small interfaces below; neither knows about the other.
+// A deploy: one read to decide; the new versions staged in each node's
+// Desired; once every node reports them ready, the generation committed
+// with its confirm window and every node's Desired in one transaction;
+// once every router follows the commit, the switch is done, and the old
+// versions drain on each node (only once no router sends them a request);
+// the window watches the new versions' reports and ends, recorded with
+// every node's Desired in one transaction, or switches back.
 package deploy
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"hostel/internal/agent"
+	"hostel/internal/node"
 	"hostel/internal/plan"
-	"hostel/internal/router"
 	"hostel/internal/spec"
 	"hostel/internal/store"
-	"hostel/internal/supervisor"
 )
 
-// Processes is what the engine needs of the supervisor: what its agent
-// needs, and a restart in place.
-type Processes interface {
-	agent.Processes
-	Restart(ctx context.Context, key spec.VersionKey) error
-}
-
-// Routes is what the engine needs of the router: what its agent needs, the
-// switch of the route table, and the in-flight counts.
-type Routes interface {
-	agent.Routes
-	Swap(t router.Table) error
-	InFlight(key spec.VersionKey) int64
-	// Wake wakes a sleeping version without a request and waits until
-	// it is awake; nil at once for a version that is not asleep.
-	Wake(ctx context.Context, key spec.VersionKey) error
-	// Sleeping reports a version's scale-to-zero state.
-	Sleeping(key spec.VersionKey) (router.SleepStatus, bool)
-}
-
-// Preparer readies what a new version needs before its process starts
-// (see agent.Preparer); the engine hands its preparers to its agent.
+// Preparer readies what a new version needs before it starts (see
+// agent.Preparer); the agents run them, on the nodes.
 type Preparer = agent.Preparer
 
 // Cleaner is a Preparer with a cleanup step (see agent.Cleaner).
 type Cleaner = agent.Cleaner
-
-var (
-	_ Processes = (*supervisor.Supervisor)(nil)
-	_ Routes    = (*router.Router)(nil)
-)
 
 // ErrInvalid marks input errors (exit 2): nothing was changed. Every
 // *InvalidError is one (errors.Is).
@@ -91,13 +77,35 @@ func invalid(err error) error { return &InvalidError{Err: err} }
 // Progress receives one human-readable line per step of a deploy.
 type Progress = agent.Progress
 
-// Engine applies generations. One deploy, rollback or restart runs at a time.
+// Options configure an Engine.
+type Options struct {
+	// Node is the node the engine runs on: it is asked to run what every
+	// node runs even before it has reported itself (a daemon's first
+	// start). Empty: only the nodes that reported themselves.
+	Node string
+	// Logf receives what the engine does on its own, outside an
+	// operation: confirm windows it resumes after a restart and what they
+	// decide, versions that fail after their window. Nil discards it.
+	Logf Progress
+	// RoutesWait bounds how long a switch waits for every router to
+	// follow it before it says so and goes on; 0: 10 s.
+	RoutesWait time.Duration
+	// NodeWait is added to what a node needs to start a generation's
+	// versions (their health timeouts) before the engine gives up on it;
+	// 0: 30 s.
+	NodeWait time.Duration
+}
+
+// Engine decides. One deploy, rollback, restart, gc or removal runs at a
+// time.
 type Engine struct {
-	store store.Store
-	procs Processes
-	route Routes
-	// agent makes the machine run what the engine decides.
-	agent *agent.Agent
+	// st is read; w is written to: st fenced on the engine's leadership
+	// (SetWriter), so that a deposed engine writes nothing.
+	st   store.Store
+	wmu  sync.Mutex
+	w    store.Store
+	opts Options
+	logf Progress
 
 	mu sync.Mutex // serializes operations that change what runs
 	// windows are the open confirm windows, by environment; guarded by
@@ -106,44 +114,41 @@ type Engine struct {
 	// guards watch confirmed generations' new versions after their
 	// windows, by environment. Guarded by mu.
 	guards map[string]*guard
-	// logf receives what the engine does on its own, outside any
-	// operation: a confirm window resumed after a restart, a version that
-	// failed after its window. Set by SetLog.
-	logf Progress
-	// switched is told every generation the routes switch to, right after
-	// the switch (see OnSwitch); nil when no one listens.
-	switched func(g *spec.Generation)
-
-	// kept are the kept versions that stay callable (sleep.go), as the
-	// last decision found them, guarded by keptMu (not mu: Sleepers and
-	// status read them while an operation runs).
-	keptMu sync.Mutex
-	kept   map[spec.VersionKey]*kept
+	// reports is what the nodes report of their instances, followed.
+	reports *reports
 }
 
-// New returns an engine over a store, the processes and the routes.
-func New(st store.Store, procs Processes, routes Routes) *Engine {
-	return &Engine{store: st, procs: procs, route: routes, agent: agent.New(procs, routes),
-		windows: map[string]*window{}, guards: map[string]*guard{}, logf: func(string, ...any) {}}
+// New returns an engine over a store; it writes through st itself until
+// SetWriter gives it a fenced view.
+func New(st store.Store, opts Options) *Engine {
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
+	if opts.RoutesWait <= 0 {
+		opts.RoutesWait = 10 * time.Second
+	}
+	if opts.NodeWait <= 0 {
+		opts.NodeWait = 30 * time.Second
+	}
+	return &Engine{st: st, w: st, opts: opts, logf: opts.Logf,
+		windows: map[string]*window{}, guards: map[string]*guard{}, reports: newReports(st, opts.Logf)}
 }
 
-// SetLog sets where the engine reports what it does on its own, outside an
-// operation: confirm windows it resumes after a restart and what they
-// decide, and versions that fail after their window. Call it before the
-// engine is used.
-func (e *Engine) SetLog(logf Progress) { e.logf = logf }
+// SetWriter makes the engine write through w: the store fenced on the
+// engine's leadership (store.Store.Fenced), so that once it no longer
+// leads every write fails and changes nothing.
+func (e *Engine) SetWriter(w store.Store) {
+	e.wmu.Lock()
+	e.w = w
+	e.wmu.Unlock()
+}
 
-// OnSwitch sets fn to be told every generation the routes are switched
-// to — by a deploy, a rollback, a switch back, or a resume after a start —
-// right after the switch, while the engine still holds its lock: what must
-// follow the live generation (certificates, TLS policy) learns it from here
-// rather than by reading the store back. fn must not call the engine. Call
-// it before the engine is used.
-func (e *Engine) OnSwitch(fn func(g *spec.Generation)) { e.switched = fn }
-
-// Use adds preparers, run in the order given before every new version starts.
-// Call it before the engine is used.
-func (e *Engine) Use(p ...Preparer) { e.agent.Use(p...) }
+// writer is the store the engine writes through.
+func (e *Engine) writer() store.Store {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	return e.w
+}
 
 // Request is one deploy.
 type Request struct {
@@ -190,32 +195,9 @@ const (
 // ServiceError is the failure of one version of a service during a deploy.
 type ServiceError = agent.ServiceError
 
-// Failures returns every ServiceError in err's tree (errors.Join included),
-// in order.
-func Failures(err error) []*ServiceError {
-	var out []*ServiceError
-	var walk func(error)
-	walk = func(err error) {
-		if se, ok := err.(*ServiceError); ok {
-			out = append(out, se)
-			return
-		}
-		switch u := err.(type) {
-		case interface{ Unwrap() []error }:
-			for _, e := range u.Unwrap() {
-				walk(e)
-			}
-		case interface{ Unwrap() error }:
-			if e := u.Unwrap(); e != nil {
-				walk(e)
-			}
-		}
-	}
-	if err != nil {
-		walk(err)
-	}
-	return out
-}
+// Failures returns every ServiceError in err's tree (errors.Join
+// included), in order.
+func Failures(err error) []*ServiceError { return agent.Failures(err) }
 
 // Plan plans a spec against environment env's current generation ("" is
 // production) without changing anything.
@@ -224,17 +206,14 @@ func (e *Engine) Plan(ctx context.Context, env string, s *spec.Spec, in spec.Inp
 	if err != nil {
 		return nil, err
 	}
-	cur, err := e.store.Current(ctx, env)
+	cs, err := e.st.Currents(ctx)
 	if err != nil {
 		return nil, err
 	}
+	cur := cs[env]
 	p, err := plan.Make(s, in, cur)
 	if err != nil || env == spec.DefaultEnv {
 		return p, err
-	}
-	cs, err := e.store.Currents(ctx)
-	if err != nil {
-		return nil, err
 	}
 	next := &spec.Generation{Env: env, Spec: s, Versions: p.Versions}
 	Share(next, cs)
@@ -242,12 +221,13 @@ func (e *Engine) Plan(ctx context.Context, env string, s *spec.Spec, in spec.Inp
 	return p, nil
 }
 
-// Deploy makes the machine run req.Spec: it starts new versions, switches all
-// routes at once, and, after the confirm window, drains and stops what is
-// left over. Within the window it switches back if a new version restarts or
-// turns unhealthy. The window runs without the engine's lock: a status, a
-// restart, a rollback or another deploy need not wait for it, and a deploy
-// or rollback that switches during the window ends it (see confirm.go).
+// Deploy makes the nodes run req.Spec: they start its new versions, every
+// route switches at once, and, after the confirm window, what is left
+// over drains and stops. Within the window the previous generation comes
+// back if a new version restarts or turns unhealthy. The window runs
+// without the engine's lock: a status, a restart, a rollback or another
+// deploy need not wait for it, and a deploy or rollback that switches
+// during the window ends it (see confirm.go).
 func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*Result, error) {
 	if err := req.Spec.Validate(); err != nil {
 		return nil, invalid(err)
@@ -269,12 +249,11 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 // deployLocked does a deploy up to its confirm window, which it returns
 // open (nil when none is due). e.mu must be held.
 func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progress) (*Result, *window, error) {
-	// A preview shares what other environments run: one read serves both.
-	cs, err := e.store.Currents(ctx)
+	v, err := e.read(ctx) // the one read a deploy decides from
 	if err != nil {
 		return nil, nil, err
 	}
-	cur := cs[req.Env]
+	cur := v.snap.Currents[req.Env]
 	p, err := plan.Make(req.Spec, req.Inputs, cur)
 	if err != nil {
 		return nil, nil, invalid(err)
@@ -288,50 +267,58 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 		return res, nil, nil
 	}
 	next := &spec.Generation{Env: req.Env, SpecHash: p.SpecHash, Source: req.Source, Spec: req.Spec, Inputs: req.Inputs, Versions: p.Versions, Secrets: req.Secrets}
-	if next.EnvOrDefault() != spec.DefaultEnv {
-		Share(next, cs)
+	if req.Env != spec.DefaultEnv {
+		Share(next, v.snap.Currents)
 		MarkPreview(p, next, cur)
+	}
+	if err := exclusiveKept(next, v.callables()); err != nil {
+		return nil, nil, invalid(err)
 	}
 	var from uint64 // the generation this deploy was planned against
 	if cur != nil {
 		from = cur.Number
 	}
-	var w *window
-	started, err := e.apply(ctx, next, func(started []string) error {
-		// The window, if one is due, is recorded with the commit: a daemon
-		// that dies in it finishes it on its next start.
-		next.Confirm = &spec.Confirm{State: spec.ConfirmSkipped}
-		if cur != nil {
-			next.Confirm.Previous = cur.Number
-		}
-		if req.Confirm > 0 && len(started) > 0 && cur != nil {
-			next.Confirm = &spec.Confirm{State: spec.ConfirmPending, Deadline: time.Now().Add(req.Confirm).UTC(), Previous: cur.Number}
-		}
-		// Planned against cur: a writer that made another generation
-		// current meanwhile fails this deploy (ErrConflict) before its
-		// switch. (The engine's lock keeps out every other writer here.)
-		if _, err := e.store.Commit(ctx, next, from); err != nil { // numbers next
-			return err
-		}
-		e.endWindowLocked(ctx, req.Env, spec.ConfirmSuperseded, fmt.Sprintf("generation %d was deployed before the window ended", next.Number), progress)
-		e.disarmLocked(req.Env)
-		if next.Confirm.State == spec.ConfirmPending {
-			w = newWindow(next, cur, keysOf(started), next.Confirm.Deadline)
-			e.windows[req.Env] = w
-		}
-		return nil
-	}, progress)
+	started, err := e.stage(ctx, v, next, progress)
 	res.Started = started
 	if err != nil {
 		return res, nil, err
 	}
+	// The window, if one is due, is recorded with the commit: a daemon
+	// that dies in it finishes it on its next start.
+	next.Confirm = &spec.Confirm{State: spec.ConfirmSkipped, Previous: from}
+	windowed := req.Confirm > 0 && len(started) > 0 && cur != nil
+	if windowed {
+		next.Confirm = &spec.Confirm{State: spec.ConfirmPending, Deadline: time.Now().Add(req.Confirm).UTC(), Previous: from}
+	}
+	// A window open in this environment ends with this switch: its
+	// previous generation need not run on.
+	e.endWindowLocked(ctx, req.Env, spec.ConfirmSuperseded, "a later generation was deployed before the window ended", progress)
+	e.disarmLocked(req.Env)
+	keep := e.keptByWindows()
+	if windowed {
+		keep = append(keep, cur.Number)
+	}
+	// One transaction: the generation, its current move (compare-and-swap
+	// on the generation planned against: a writer that moved it meanwhile
+	// fails this deploy before its switch) and every node's Desired.
+	rev, err := e.commit(ctx, v, keep, next, func(also []store.Write) error {
+		_, err := e.writer().Commit(ctx, next, from, also...)
+		return err
+	})
+	if err != nil {
+		e.withdraw(context.WithoutCancel(ctx), progress)
+		return res, nil, fmt.Errorf("nothing switched: %w", err)
+	}
 	res.Generation = next.Number
-	if w != nil {
+	e.switched(ctx, rev, next, progress)
+	if windowed {
+		w := newWindow(rev, next, cur, keysOf(started), next.Confirm.Deadline)
+		e.windows[req.Env] = w
 		progress("confirming for %s: %s must stay up and healthy", req.Confirm, strings.Join(started, ", "))
 		return res, w, nil
 	}
 	res.Confirmation = next.Confirm.State
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
+	res.Stopped, res.Aborted = e.drained(context.WithoutCancel(ctx), v, rev, progress)
 	progress("generation %d deployed: %d started, %d stopped", next.Number, len(res.Started), len(res.Stopped))
 	return res, nil, nil
 }
@@ -345,10 +332,11 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx, env)
+	v, err := e.read(ctx)
 	if err != nil {
 		return nil, err
 	}
+	cur := v.snap.Currents[env]
 	if cur == nil {
 		if env != spec.DefaultEnv {
 			return nil, invalid(fmt.Errorf("environment %q: %w", env, ErrNoEnv))
@@ -356,11 +344,7 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 		return nil, invalid(errors.New("nothing deployed yet"))
 	}
 	if to == 0 {
-		gens, err := e.store.List(ctx)
-		if err != nil {
-			return nil, err
-		}
-		for _, g := range gens {
+		for _, g := range v.snap.Generations {
 			if g.Number < cur.Number && g.EnvOrDefault() == env {
 				to = g.Number
 			}
@@ -372,150 +356,92 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 	if to == cur.Number {
 		return nil, invalid(fmt.Errorf("generation %d is already current", to))
 	}
-	target, err := e.store.Get(ctx, to)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, invalid(err)
-	} else if err != nil {
-		return nil, err
+	target := v.generation(to)
+	if target == nil {
+		return nil, invalid(fmt.Errorf("generation %d: %w", to, store.ErrNotFound))
 	}
 	if target.EnvOrDefault() != env {
 		return nil, invalid(fmt.Errorf("generation %d belongs to environment %s, not %s", to, target.EnvOrDefault(), env))
 	}
 	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
-	started, err := e.apply(ctx, target, func([]string) error {
-		if err := e.store.SetCurrent(ctx, cur.Number, to); err != nil {
-			return err
-		}
-		e.endWindowLocked(ctx, env, spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
-		e.disarmLocked(env)
-		return nil
-	}, progress)
+	started, err := e.stage(ctx, v, target, progress)
+	res.Started = started
 	if err != nil {
 		return res, err // nothing switched: cur is still live
 	}
-	res.Generation, res.Started = to, started
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
+	e.endWindowLocked(ctx, env, spec.ConfirmSuperseded, fmt.Sprintf("rolled back to generation %d before the window ended", to), progress)
+	e.disarmLocked(env)
+	rev, err := e.commit(ctx, v, e.keptByWindows(), target, func(also []store.Write) error {
+		return e.writer().SetCurrent(ctx, cur.Number, to, also...)
+	})
+	if err != nil {
+		e.withdraw(context.WithoutCancel(ctx), progress)
+		return res, fmt.Errorf("nothing switched: %w", err)
+	}
+	res.Generation = to
+	e.switched(ctx, rev, target, progress)
+	res.Stopped, res.Aborted = e.drained(context.WithoutCancel(ctx), v, rev, progress)
 	return res, nil
 }
 
-// Resume runs the current generation again after a daemon start: it adopts
-// the versions that still run from before (same processes, same ports and
-// endpoints), starts the missing ones, and stops running versions that the
-// current generation does not hold. A confirm window the previous daemon
-// left open is finished: the previous generation's versions are kept beside
-// the current ones, and the window runs on in the background, reporting
-// through the engine's log (SetLog).
-func (e *Engine) Resume(ctx context.Context, progress Progress) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	st, err := e.read(ctx)
-	if err != nil {
-		return err
-	}
-	cs := st.currents
-	prevs := map[string]*spec.Generation{}
-	d := agent.Desired{}
-	for _, env := range envOrder(cs) {
-		d.Generations = append(d.Generations, cs[env])
-	}
-	for _, env := range envOrder(cs) {
-		if prev := e.previous(ctx, cs[env], progress); prev != nil {
-			// Keep what a switch back needs at hand, as the window did.
-			prevs[env] = prev
-			d.Generations = append(d.Generations, prev)
-		}
-	}
-	// What slept when the daemon stopped sleeps on: a version that
-	// sleeps, or a kept one that stays callable, is registered asleep
-	// unless its process is left running (adopted then).
-	d.Asleep = sleepingOnResume(cs, prevs)
-	callable := Callables(st.kept, cs)
-	e.setCallable(callable)
-	d.Asleep = append(d.Asleep, callable...)
-	// Adopt what still runs, start what is missing, and stop what a
-	// previous daemon left running that no environment holds (a deploy
-	// that was cut short).
-	if _, err := e.agent.Reconcile(ctx, d, agent.Options{Adopt: true}, progress); err != nil {
-		// Serve what did start; the failed versions are reported by status.
-		progress("resumed with errors: %v", err)
-	}
-	// Route every domain: one whose version could not start answers 503
-	// (the agent left it asleep and failed, for its next request to try
-	// again) rather than keep the daemon from serving the others.
-	if err := e.routeTo(ctx, cs); err != nil {
-		return fmt.Errorf("resume: %w", err)
-	}
-	for _, env := range envOrder(cs) {
-		cur := cs[env]
-		e.notifySwitch(cur)
-		e.settleStale(ctx, cur, progress)
-		e.resumeConfirm(ctx, cur, prevs[env], progress)
-	}
-	return nil
-}
-
-// Restart restarts the running version of one service in place; a
-// sleeping one is woken (started afresh).
+// Restart restarts the running version of production's service in place,
+// on every node that runs it; a sleeping one is woken (started afresh).
 func (e *Engine) Restart(ctx context.Context, service string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx, spec.DefaultEnv)
+	v, err := e.read(ctx)
 	if err != nil {
 		return err
 	}
+	cur := v.snap.Currents[spec.DefaultEnv]
 	if cur == nil || cur.Spec.Services[service] == nil {
 		return invalid(fmt.Errorf("no service %q in the current generation", service))
 	}
 	key := spec.Key(service, cur.Versions[service])
-	// Asleep (scale to zero) — by the router's word: its process may
-	// still be stopping — there is no process to restart, and waking it
-	// starts one afresh, which is what a restart is for.
-	if sl, ok := e.route.Sleeping(key); ok && sl.Asleep {
-		if sl.Paused {
-			// A wake would wait for the resume, the engine's lock held.
+	if r, ok := e.reports.get(key); ok && r.State == node.StateIdle {
+		if paused, err := e.paused(ctx, service); err != nil {
+			return err
+		} else if paused {
+			// A wake would wait for the resume.
 			return invalid(fmt.Errorf("service %q is asleep and paused: its first request after hostel resume starts it", service))
 		}
-		if err := e.route.Wake(ctx, key); err != nil {
-			return fmt.Errorf("restart %s: %w", key, err)
-		}
-		if _, running := e.procs.Get(key); running {
-			return nil
-		}
 	}
-	if err := e.procs.Restart(ctx, key); err != nil {
+	rev, err := e.writeDesired(ctx, v, e.keptByWindows(), nil, func(d *nodeDesired) {
+		if d.Restarts == nil {
+			d.Restarts = map[spec.VersionKey]int{}
+		}
+		d.Restarts[key]++
+	})
+	if err != nil {
 		return fmt.Errorf("restart %s: %w", key, err)
 	}
-	if inst, ok := e.procs.Get(key); ok {
-		e.route.AddBackend(key, inst.Addr())
+	for _, w := range e.windows {
+		w.rebase(key) // a restart by hand is not a crash in a window
 	}
-	return nil
+	infos, err := e.applied(ctx, v, rev, e.opts.NodeWait+cur.Spec.Services[service].HealthTimeout())
+	if err != nil {
+		return fmt.Errorf("restart %s: %w", key, err)
+	}
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(infos)) {
+		for _, f := range infos[name].Failures {
+			switch {
+			case f.Service != service:
+			case f.Refused:
+				errs = append(errs, invalid(fmt.Errorf("service %q: %s", service, f.Reason)))
+			default:
+				errs = append(errs, fmt.Errorf("restart %s on %s: %s", key, name, f.Reason))
+			}
+		}
+	}
+	// Done: the request is taken back (a node that starts finds none).
+	if _, err := e.writeDesired(ctx, v, e.keptByWindows(), nil, func(d *nodeDesired) { delete(d.Restarts, key) }); err != nil {
+		errs = append(errs, fmt.Errorf("restart %s: %w", key, err))
+	}
+	return errors.Join(errs...)
 }
 
-// Draining reports whether key is an old version being drained.
-func (e *Engine) Draining(key spec.VersionKey) bool { return e.agent.Draining(key) }
-
-// Running returns the keys of every version the engine runs, sorted.
-func (e *Engine) Running() []spec.VersionKey { return e.agent.Running() }
-
-// Detach ends an open confirm window undecided, pending in the store for
-// the next daemon to finish, and stops watching confirmed generations:
-// what a daemon that stops but leaves its services running calls before it
-// lets go of them.
-func (e *Engine) Detach() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.releaseLocked()
-}
-
-// Shutdown stops every version, topmost first. An open confirm window ends
-// undecided: it stays pending in the store, for the next start to finish.
-func (e *Engine) Shutdown(ctx context.Context) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.releaseLocked()
-	e.agent.StopAll(ctx)
-}
-
+// keysOf turns names into version keys.
 func keysOf(names []string) []spec.VersionKey {
 	out := make([]spec.VersionKey, len(names))
 	for i, n := range names {

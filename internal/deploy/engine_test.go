@@ -5,20 +5,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"hostel/internal/router"
 	"hostel/internal/spec"
-	"hostel/internal/store"
-	"hostel/internal/supervisor"
 )
 
 var appBin string
@@ -36,44 +31,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// world is an engine over a real store, supervisor and router.
-type world struct {
-	t      *testing.T
-	engine *Engine
-	store  store.Store
-	sup    *supervisor.Supervisor
-	router *router.Router
-	front  *httptest.Server
-
-	mu    sync.Mutex
-	lines []string
-}
-
-func newWorld(t *testing.T) *world {
-	t.Helper()
-	return newWorldAt(t, t.TempDir())
-}
-
-// newWorldAt is a world on root: a second one on the same root is the next
-// daemon, once the first let go of it.
-func newWorldAt(t *testing.T, root string) *world {
-	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &world{t: t, store: st, sup: supervisor.New(supervisor.Options{Root: root}), router: router.New(router.Options{})}
-	w.engine = New(st, w.sup, w.router)
-	w.front = httptest.NewServer(w.router)
-	t.Cleanup(func() {
-		w.front.Close()
-		w.engine.Shutdown(context.Background())
-		w.router.Close()
-		st.Close()
-	})
-	return w
 }
 
 func (w *world) progress(format string, args ...any) {

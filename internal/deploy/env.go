@@ -47,10 +47,11 @@ func (e *Engine) RemoveEnv(ctx context.Context, env string, from uint64, progres
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx, env)
+	v, err := e.read(ctx)
 	if err != nil {
 		return nil, err
 	}
+	cur := v.snap.Currents[env]
 	if cur == nil {
 		return nil, invalid(fmt.Errorf("environment %q: %w", env, ErrNoEnv))
 	}
@@ -61,23 +62,23 @@ func (e *Engine) RemoveEnv(ctx context.Context, env string, from uint64, progres
 	// dropped: end it first.
 	e.endWindowLocked(ctx, env, spec.ConfirmSuperseded, fmt.Sprintf("environment %s was removed", env), progress)
 	e.disarmLocked(env)
-	if err := e.store.DropEnv(ctx, env, cur.Number); err != nil {
+	// The environment goes, and every node's Desired keeps callable only
+	// what the rest keeps, in one transaction: the nodes drain what only
+	// the environment held, once no router routes its names.
+	after := v.without(func(g *spec.Generation) bool { return g.EnvOrDefault() == env })
+	rev, err := e.commit(ctx, after, e.keptByWindows(), nil, func(also []store.Write) error {
+		return e.writer().DropEnv(ctx, env, cur.Number, also...)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("remove environment %s: %w", env, err)
 	}
 	// A daemon that dies from here on leaves the preview's instances and
 	// data to the next start: it stops what no environment holds and
 	// sweeps the data of previews that are gone (daemon).
 	failpoint.Hit("env-rm-after-drop")
-	cs, err := e.store.Currents(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("remove environment %s: %w", env, err)
-	}
-	// Routes first: no new request reaches what is about to drain.
-	if err := e.routeTo(ctx, cs); err != nil {
-		return nil, fmt.Errorf("remove environment %s: routes: %w", env, err)
-	}
+	e.routesAt(ctx, rev, progress)
 	progress("environment %s removed from the store and the routes", env)
-	stopped, aborted := e.drain(context.WithoutCancel(ctx), progress)
+	stopped, aborted := e.drained(context.WithoutCancel(ctx), after, rev, progress)
 	progress("environment %s removed: %d instances stopped", env, len(stopped))
 	return &EnvRemoved{Generation: cur, Stopped: stopped, Aborted: aborted}, nil
 }

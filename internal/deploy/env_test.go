@@ -91,7 +91,7 @@ func TestEnvironments(t *testing.T) {
 		"api": app("api-2"),
 		"web": app("web-1", needs("api"), domains("web.test")),
 	}))
-	running := w.engine.Running()
+	running := w.node.Agent.Running()
 	if !slices.Contains(running, oldAPI) {
 		t.Errorf("%s stopped while pr-1 holds it; running: %v", oldAPI, running)
 	}
@@ -169,7 +169,7 @@ func TestPreviewOwnInstance(t *testing.T) {
 	}
 	inst, ok := w.sup.Get(own)
 	if !ok {
-		t.Fatalf("%s does not run; running: %v", own, w.engine.Running())
+		t.Fatalf("%s does not run; running: %v", own, w.node.Agent.Running())
 	}
 	if got, want := inst.Config().Owner, "pr-1"; got != want {
 		t.Errorf("owner of %s: %q, want %q", own, got, want)
@@ -360,7 +360,7 @@ func TestPreviewSleepers(t *testing.T) {
 				t.Fatalf("deploy --env pr-1: %v", err)
 			}
 			pr, _ := w.store.Current(t.Context(), "pr-1")
-			got, ok := w.engine.Sleepers(t.Context())
+			got, ok := w.node.Follower.Sleepers()
 			if !ok {
 				t.Fatal("Sleepers: busy after the deploy")
 			}

@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 
 	"hostel/internal/spec"
@@ -56,12 +57,12 @@ func (e *Engine) GC(ctx context.Context, keep int, release func(kept []*spec.Gen
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st, err := e.read(ctx)
+	v, err := e.read(ctx)
 	if err != nil {
 		return nil, err
 	}
 	res := &GCResult{}
-	res.Kept, res.Removed = Collectable(st.kept, st.currents, keep)
+	res.Kept, res.Removed = Collectable(v.snap.Generations, v.snap.Currents, keep)
 	// An open window switches back to its previous generation: it is
 	// a current one's, never dropped while the window may need it.
 	for _, w := range e.windows {
@@ -73,11 +74,19 @@ func (e *Engine) GC(ctx context.Context, keep int, release func(kept []*spec.Gen
 			}
 		}
 	}
-	if err := e.store.Delete(ctx, res.Removed...); err != nil {
+	// First the nodes keep callable only what the kept generations keep
+	// — the rest is stopped if awake and unregistered — then the
+	// generations go.
+	after := v.without(func(g *spec.Generation) bool { return slices.Contains(res.Removed, g.Number) })
+	rev, err := e.writeDesired(ctx, after, e.keptByWindows(), nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	res.Stopped, res.Aborted = e.drained(context.WithoutCancel(ctx), after, rev, progress)
+	if err := e.writer().Delete(ctx, res.Removed...); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	progress("gc: dropped generations %v", res.Removed)
-	res.Stopped, res.Aborted = e.drain(context.WithoutCancel(ctx), progress)
 	if release != nil {
 		if res.Released, err = release(res.Kept); err != nil {
 			return res, fmt.Errorf("gc: %w", err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"hostel/internal/routes"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 )
@@ -14,25 +15,20 @@ import (
 // Pauses by hand (hostel pause): a production service's requests are held
 // — past the pause's bound one gets 503 — until hostel resume. A pause is
 // a record in the store (store.KindPause), so it lasts across deploys and
-// daemon restarts: the route table pauses the service whatever version
-// serves it (Table), so requests held across a deploy are released to the
-// version live at the resume.
+// daemon restarts: every node's router follows it (routes.Table pauses
+// the service whatever version serves it), so requests held across a
+// deploy are released to the version live at the resume.
 
 // MaxPause bounds how long a pause may hold one request: a client waits
 // no longer than this for an answer.
 const MaxPause = time.Hour
 
 // Pause is one pause by hand.
-type Pause struct {
-	// Max is how long a request is held before it gets 503.
-	Max time.Duration `json:"max"`
-	// Since is when the service was paused.
-	Since time.Time `json:"since"`
-}
+type Pause = routes.Pause
 
 // PauseService pauses production's service, holding each of its requests
 // for up to max, until ResumeService; pausing a paused service sets its
-// bound anew.
+// bound anew. It returns once every router holds them.
 func (e *Engine) PauseService(ctx context.Context, service string, max time.Duration) error {
 	if max <= 0 || max > MaxPause {
 		return invalid(fmt.Errorf("--max: %s is not between 0 and %s", max, MaxPause))
@@ -44,7 +40,7 @@ func (e *Engine) PauseService(ctx context.Context, service string, max time.Dura
 	}
 	p := Pause{Max: max, Since: time.Now().UTC().Truncate(time.Second)}
 	rev := uint64(0)
-	if r, err := e.store.Record(ctx, store.KindPause, service); err == nil {
+	if r, err := e.st.Record(ctx, store.KindPause, service); err == nil {
 		rev = r.Revision
 		var old Pause
 		if json.Unmarshal(r.Value, &old) == nil && !old.Since.IsZero() {
@@ -57,72 +53,72 @@ func (e *Engine) PauseService(ctx context.Context, service string, max time.Dura
 	if err != nil {
 		return err
 	}
-	if _, err := e.store.PutRecord(ctx, store.KindPause, service, v, rev); err != nil {
+	at, err := e.writer().Txn(ctx, store.Write{Kind: store.KindPause, Key: service, Value: v, Rev: rev})
+	if err != nil {
 		return fmt.Errorf("pause %s: %w", service, err)
 	}
-	return e.reroute(ctx)
+	e.routesAt(ctx, at, e.logf)
+	return nil
 }
 
 // ResumeService ends the pause of production's service: its held requests
 // go to the version live now. Resuming a service that is not paused does
-// nothing.
+// nothing. It returns once every router released them.
 func (e *Engine) ResumeService(ctx context.Context, service string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	r, err := e.store.Record(ctx, store.KindPause, service)
+	r, err := e.st.Record(ctx, store.KindPause, service)
 	if errors.Is(err, store.ErrNotFound) {
-		if err := e.inProduction(ctx, service); err != nil {
-			return err
-		}
-		return nil
+		return e.inProduction(ctx, service)
 	} else if err != nil {
 		return err
 	}
-	if err := e.store.DeleteRecord(ctx, store.KindPause, service, r.Revision); err != nil {
+	at, err := e.writer().Txn(ctx, store.Write{Kind: store.KindPause, Key: service, Rev: r.Revision, Delete: true})
+	if err != nil {
 		return fmt.Errorf("resume %s: %w", service, err)
 	}
-	return e.reroute(ctx)
+	e.routesAt(ctx, at, e.logf)
+	return nil
 }
 
 // Pauses returns the services paused by hand, by name.
 func (e *Engine) Pauses(ctx context.Context) (map[string]Pause, error) {
-	recs, err := e.store.Records(ctx, store.KindPause)
+	recs, err := e.st.Records(ctx, store.KindPause)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]Pause, len(recs))
-	for _, r := range recs {
-		var p Pause
-		if err := json.Unmarshal(r.Value, &p); err != nil || p.Max <= 0 {
-			// A record this daemon cannot read holds nothing.
-			continue
-		}
-		out[r.Key] = p
-	}
-	return out, nil
+	return routes.Pauses(recs), nil
 }
 
-// dropPausesOfGone ends the pauses of services production's generation g,
-// live now, does not have: a service deployed again later starts unpaused.
-func (e *Engine) dropPausesOfGone(ctx context.Context, g *spec.Generation) {
-	recs, err := e.store.Records(ctx, store.KindPause)
-	if err != nil {
-		e.logf("reading pauses: %v", err)
-		return
+// paused reports whether production's service is paused by hand.
+func (e *Engine) paused(ctx context.Context, service string) (bool, error) {
+	_, err := e.st.Record(ctx, store.KindPause, service)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
 	}
-	for _, r := range recs {
+	return err == nil, err
+}
+
+// pausesOfGone returns the writes that end the pauses of services that
+// production's generation g, about to go live, does not have: a service
+// deployed again later starts unpaused. Nil for another environment's.
+func pausesOfGone(v *view, g *spec.Generation) []store.Write {
+	if g == nil || g.EnvOrDefault() != spec.DefaultEnv {
+		return nil
+	}
+	var out []store.Write
+	for _, r := range v.snap.Records[store.KindPause] {
 		if g.Spec.Services[r.Key] == nil {
-			if err := e.store.DeleteRecord(ctx, store.KindPause, r.Key, r.Revision); err != nil && !errors.Is(err, store.ErrNotFound) {
-				e.logf("ending the pause of %s, gone from generation %d: %v", r.Key, g.Number, err)
-			}
+			out = append(out, store.Write{Kind: store.KindPause, Key: r.Key, Rev: r.Revision, Delete: true})
 		}
 	}
+	return out
 }
 
 // inProduction checks that service is one of production's current
 // generation.
 func (e *Engine) inProduction(ctx context.Context, service string) error {
-	cur, err := e.store.Current(ctx, spec.DefaultEnv)
+	cur, err := e.st.Current(ctx, spec.DefaultEnv)
 	if err != nil {
 		return err
 	}
@@ -130,29 +126,4 @@ func (e *Engine) inProduction(ctx context.Context, service string) error {
 		return invalid(fmt.Errorf("no service %q in the current generation", service))
 	}
 	return nil
-}
-
-// reroute swaps in the route table of what the store holds now. e.mu
-// must be held.
-func (e *Engine) reroute(ctx context.Context) error {
-	cs, err := e.store.Currents(ctx)
-	if err != nil {
-		return err
-	}
-	return e.routeTo(ctx, cs)
-}
-
-// routeTo swaps in the route table of currents, every environment's
-// current generation, with the pauses by hand the store holds: the one
-// place the engine switches routes.
-func (e *Engine) routeTo(ctx context.Context, currents map[string]*spec.Generation) error {
-	pauses, err := e.Pauses(ctx)
-	if err != nil {
-		return err
-	}
-	paused := make(map[string]time.Duration, len(pauses))
-	for name, p := range pauses {
-		paused[name] = p.Max
-	}
-	return e.route.Swap(Table(currents, paused))
 }

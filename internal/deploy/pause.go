@@ -2,51 +2,69 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"hostel/internal/spec"
 )
 
-// WhileStopped stops the running version of service in the current generation
-// (after its in-flight requests finish, up to its stop grace), runs fn, and
-// starts the same version again with the same configuration, waiting until
+// WhileStopped stops production's running version of service on every
+// node that runs it (after its in-flight requests finish, up to its stop
+// grace; its new requests are held meanwhile), runs fn, and has the nodes
+// start the same version again with the same configuration, waiting until
 // it is ready. No deploy, rollback or restart runs meanwhile. fn runs even
 // when the service is not running (or not in the current generation); its
-// error is returned after the restart is attempted.
+// error is returned after the start again is attempted.
 func (e *Engine) WhileStopped(ctx context.Context, service string, fn func() error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	cur, err := e.store.Current(ctx, spec.DefaultEnv)
+	v, err := e.read(ctx)
 	if err != nil {
 		return err
 	}
+	cur := v.snap.Currents[spec.DefaultEnv]
 	if cur == nil || cur.Spec.Services[service] == nil {
 		return fn()
 	}
 	key := spec.Key(service, cur.Versions[service])
-	inst, ok := e.procs.Get(key)
-	if !ok {
-		return fn()
+	svc := cur.Spec.Services[service]
+	stopped := func(on bool) (uint64, error) {
+		return e.writeDesired(ctx, v, e.keptByWindows(), nil, func(d *nodeDesired) {
+			d.Stopped = slices.DeleteFunc(d.Stopped, func(k spec.VersionKey) bool { return k == key })
+			if on {
+				d.Stopped = append(d.Stopped, key)
+			}
+		})
 	}
-	cfg := inst.Config()
-	grace := cur.Spec.Services[service].StopGraceOrDefault()
-	wctx, cancel := context.WithTimeout(ctx, grace)
-	_ = e.route.WaitIdle(wctx, key)
-	cancel()
-	if err := e.procs.Stop(ctx, key); err != nil {
+	rev, err := stopped(true)
+	if err != nil {
+		return fmt.Errorf("stopping %s: %w", key, err)
+	}
+	if _, err := e.applied(ctx, v, rev, e.opts.NodeWait+svc.StopGraceOrDefault()); err != nil {
 		return fmt.Errorf("stopping %s: %w", key, err)
 	}
 	ferr := fn()
-	ni, err := e.procs.Start(cfg)
+	rev, err = stopped(false)
 	if err == nil {
-		err = ni.WaitReady(ctx)
+		var infos map[string]nodeInfo
+		infos, err = e.applied(ctx, v, rev, e.opts.NodeWait+svc.HealthTimeout())
+		var errs []error
+		for _, name := range slices.Sorted(maps.Keys(infos)) {
+			for _, f := range infos[name].Failures {
+				if f.Service == service {
+					errs = append(errs, fmt.Errorf("on %s: %s", name, f.Reason))
+				}
+			}
+		}
+		err = errors.Join(append([]error{err}, errs...)...)
 	}
 	if err != nil {
 		if ferr != nil {
-			return fmt.Errorf("%w; restarting %s failed too: %w", ferr, key, err)
+			return fmt.Errorf("%w; starting %s again failed too: %w", ferr, key, err)
 		}
-		return fmt.Errorf("restarting %s: %w", key, err)
+		return fmt.Errorf("starting %s again: %w", key, err)
 	}
-	e.route.AddBackend(key, ni.Addr())
 	return ferr
 }

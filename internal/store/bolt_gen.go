@@ -261,9 +261,12 @@ func (s *Bolt) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, 
 }
 
 // DropEnv implements Store.
-func (s *Bolt) DropEnv(ctx context.Context, env string, from uint64) error {
+func (s *Bolt) DropEnv(ctx context.Context, env string, from uint64, also ...Write) error {
 	if env == spec.DefaultEnv {
 		return fmt.Errorf("environment %s: %w", env, ErrDefaultEnv)
+	}
+	if err := CheckWrites(also); err != nil {
+		return err
 	}
 	_, err := s.update(ctx, func(t *btx) error {
 		meta, b := t.Bucket(bucketMeta), t.Bucket(bucketGenerations)
@@ -294,7 +297,10 @@ func (s *Bolt) DropEnv(ctx context.Context, env string, from uint64) error {
 			}
 			t.emit(Event{Type: EventRemoved, Generation: btoi(k), Env: env})
 		}
-		return collectSecrets(t.Tx)
+		if err := collectSecrets(t.Tx); err != nil {
+			return err
+		}
+		return applyWrites(t, also)
 	})
 	return err
 }

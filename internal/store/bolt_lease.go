@@ -58,6 +58,17 @@ func (l *boltLease) Revoke(ctx context.Context) error {
 	return nil
 }
 
+// Revoke implements Store.
+func (s *Bolt) Revoke(ctx context.Context, id LeaseID) error {
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	if _, err := s.b.update(func(t *btx) error { return endLease(t, id) }); err != nil {
+		return fmt.Errorf("revoke lease %x: %w", id, err)
+	}
+	return nil
+}
+
 // Grant implements Store. The lease lives while this handle is open:
 // in one process there is no renewal to miss.
 func (s *Bolt) Grant(ctx context.Context, ttl time.Duration) (Lease, error) {

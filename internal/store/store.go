@@ -111,10 +111,10 @@ const AnyRevision uint64 = math.MaxUint64
 // compare-and-swap on its own: a preview's deploy never conflicts with
 // production's. Numbers count across environments.
 //
-// Commit, SetCurrent and SetConfirm take record writes (also) that are
-// made in the same change, all or nothing: the engine commits a
-// generation, its current move and the instances it asks each node to
-// run in one step.
+// Commit, SetCurrent, SetConfirm and DropEnv take record writes (also)
+// that are made in the same change, all or nothing: the engine commits a
+// generation, its current move and what it asks each node to run in one
+// step.
 type Store interface {
 	// Read returns one consistent snapshot of the state — every current
 	// generation, every generation kept and the records of kinds — with
@@ -168,7 +168,7 @@ type Store interface {
 	// (on etcd: the current generation and the first batch in one, the
 	// rest as Delete does). It refuses production (ErrDefaultEnv) and an
 	// environment with no current generation (ErrNotFound).
-	DropEnv(ctx context.Context, env string, from uint64) error
+	DropEnv(ctx context.Context, env string, from uint64, also ...Write) error
 	// Secret returns the ciphertext kept under digest (SecretDigest), or
 	// ErrNotFound once no generation refers to it.
 	Secret(ctx context.Context, digest string) ([]byte, error)
@@ -212,6 +212,10 @@ type Store interface {
 	// expires ttl after its last renewal and the records written with it
 	// are deleted.
 	Grant(ctx context.Context, ttl time.Duration) (Lease, error)
+	// Revoke ends lease id now, whoever holds it — a lease a previous
+	// incarnation of this node left (it died) — deleting its records and
+	// ending what leads with it. ErrNotFound if no such lease lives.
+	Revoke(ctx context.Context, id LeaseID) error
 	// Campaign blocks until the holder of lease l leads the election
 	// name, or ctx ends (and the candidacy is withdrawn). Candidates lead
 	// in the order they first campaigned; a candidacy ends with its lease.

@@ -447,7 +447,7 @@ func (s *Store) collectSecrets(ctx context.Context) error {
 
 // DropEnv implements store.Store: the current generation and the first
 // generations of env in one transaction, the rest as Delete deletes.
-func (s *Store) DropEnv(ctx context.Context, env string, from uint64) error {
+func (s *Store) DropEnv(ctx context.Context, env string, from uint64, also ...store.Write) error {
 	if env == spec.DefaultEnv {
 		return fmt.Errorf("environment %s: %w", env, store.ErrDefaultEnv)
 	}
@@ -475,7 +475,7 @@ func (s *Store) DropEnv(ctx context.Context, env string, from uint64) error {
 			}
 		}
 		slices.Sort(ns)
-		firstBatch := ns[:min(len(ns), store.DeleteBatch-1)]
+		firstBatch := ns[:min(len(ns), store.DeleteBatch-1-len(also))]
 		rest = ns[len(firstBatch):]
 		a := &attempt{
 			cmps: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.kCurrent(env)), "=", kv.ModRevision)},
@@ -485,7 +485,7 @@ func (s *Store) DropEnv(ctx context.Context, env string, from uint64) error {
 			a.ops = append(a.ops, clientv3.OpDelete(s.kGen(n)))
 		}
 		return a, nil
-	}, nil)
+	}, also)
 	if err != nil {
 		return err
 	}

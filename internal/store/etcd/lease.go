@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"hostel/internal/store"
@@ -33,6 +34,20 @@ func (l *lease) Revoke(ctx context.Context) error {
 	l.cancel()
 	if err != nil {
 		return fmt.Errorf("revoke lease %x: %w", l.id, wrap(err))
+	}
+	return nil
+}
+
+// Revoke implements store.Store.
+func (s *Store) Revoke(ctx context.Context, id store.LeaseID) error {
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	if _, err := s.cli.Revoke(ctx, clientv3.LeaseID(id)); err != nil {
+		if rpctypes.Error(err) == rpctypes.ErrLeaseNotFound {
+			return fmt.Errorf("revoke lease %x: %w", id, store.ErrNotFound)
+		}
+		return fmt.Errorf("revoke lease %x: %w", id, wrap(err))
 	}
 	return nil
 }

@@ -274,3 +274,36 @@ func testFencing(t *testing.T, b Backend) {
 		t.Errorf("after closing the fenced view, the handle reads current %d, want %d", got, n2+2)
 	}
 }
+
+// testRevokeByID: a lease another handle holds — one a node that died
+// left — is ended at once by its ID: its records go, and so does the
+// leadership it held, so the next candidate leads without waiting for its
+// TTL; an ID no lease has is ErrNotFound.
+func testRevokeByID(t *testing.T, b Backend) {
+	ctx := t.Context()
+	dead, next := b.Open(t), b.Open(t)
+	l := grant(t, dead)
+	putLeased(t, dead, "node", "n1", l)
+	old, err := dead.Campaign(ctx, "engine", l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := grant(t, next)
+	won := campaign(t, next, "engine", ln)
+	if err := next.Revoke(ctx, l.ID()); err != nil {
+		t.Fatalf("Revoke(%x): %v", l.ID(), err)
+	}
+	closed(t, "Done of the revoked lease", l.Done())
+	closed(t, "Done of its leadership", old.Done())
+	if _, err := next.Record(ctx, "node", "n1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the revoked lease's record: %v, want ErrNotFound", err)
+	}
+	select {
+	case <-won:
+	case <-time.After(LeaseTTL / 2):
+		t.Fatal("the next candidate does not lead at once once the leader's lease is revoked")
+	}
+	if err := next.Revoke(ctx, l.ID()); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Revoke of a lease gone: %v, want ErrNotFound", err)
+	}
+}

@@ -72,6 +72,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Backend) {
 		{"LeaseKeptAlive", testLeaseKeptAlive},
 		{"LeaseExpires", testLeaseExpires},
 		{"LeaseRevoke", one(testLeaseRevoke)},
+		{"RevokeByID", testRevokeByID},
 		{"Election", testElection},
 		{"Fencing", testFencing},
 		{"BigDelete", one(testBigDelete)},

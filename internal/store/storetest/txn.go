@@ -250,4 +250,43 @@ func testAlsoWrites(t *testing.T, s store.Store) {
 	if got := numbers(t, s); !slices.Equal(got, []uint64{n1, n2}) {
 		t.Errorf("generations %v after a refused commit", got)
 	}
+
+	// An environment dropped with its writes; one whose write fails stays.
+	pr := Gen("p1")
+	pr.Env = "pr-1"
+	np, err := s.Commit(ctx, pr, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, events,
+		store.Event{Type: store.EventAdded, Generation: np, Env: "pr-1"},
+		store.Event{Type: store.EventCurrent, Generation: np, Env: "pr-1"})
+	rA = recordRev(t, s, "desired", "node-a")
+	if err := s.DropEnv(ctx, "pr-1", np, desired("node-a", "x", rA+1000)); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("DropEnv with a stale write: %v, want ErrConflict", err)
+	}
+	if got := numbers(t, s); !slices.Equal(got, []uint64{n1, n2, np}) {
+		t.Fatalf("a refused DropEnv left generations %v", got)
+	}
+	if err := s.DropEnv(ctx, "pr-1", np, desired("node-a", "dropped", rA)); err != nil {
+		t.Fatal(err)
+	}
+	revs = expectEvents(t, events,
+		store.Event{Type: store.EventCurrent, From: np, Env: "pr-1"},
+		store.Event{Type: store.EventRemoved, Generation: np, Env: "pr-1"},
+		recordEvent("desired", "node-a"))
+	if slices.Max(revs) != slices.Min(revs) {
+		t.Errorf("DropEnv and its write at revisions %v", revs)
+	}
+	recordAt(t, s, "desired", "node-a", "dropped", revs[2])
+}
+
+// recordRev returns the revision of record kind/key.
+func recordRev(t *testing.T, s store.Store, kind, key string) uint64 {
+	t.Helper()
+	r, err := s.Record(t.Context(), kind, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Revision
 }

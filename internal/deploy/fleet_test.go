@@ -1,0 +1,327 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"hostel/internal/node"
+	"hostel/internal/spec"
+	"hostel/internal/store"
+	"hostel/internal/supervisor"
+)
+
+// fleet is an engine over a real store and fake nodes in memory: the
+// engine's contract with the nodes — Desired in, Info and Instance
+// records out — with no process anywhere.
+type fleet struct {
+	t      *testing.T
+	st     store.Store
+	engine *Engine
+	nodes  []*fakeNode
+	log    *lines
+}
+
+type lines struct {
+	mu sync.Mutex
+	l  []string
+}
+
+func (l *lines) add(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.l = append(l.l, strings.TrimSpace(fmt.Sprintf(format, args...)))
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.l, "\n")
+}
+
+// newFleet starts an engine and n fake nodes, node-0 … node-(n-1).
+func newFleet(t *testing.T, n int, opts Options) *fleet {
+	t.Helper()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f := &fleet{t: t, st: st, log: &lines{}}
+	for i := range n {
+		f.nodes = append(f.nodes, startFakeNode(t, st, "node-"+string(rune('0'+i))))
+	}
+	opts.Logf = f.log.add
+	f.engine = New(st, opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := f.engine.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *fleet) deploy(s *spec.Spec, confirm time.Duration) (*Result, error) {
+	f.t.Helper()
+	return f.engine.Deploy(context.Background(), Request{Source: "test.json", Spec: s, Confirm: confirm}, f.log.add)
+}
+
+// fakeSpec is a spec of services that need nothing to run: fake nodes
+// run them.
+func fakeSpec(ids map[string]string) *spec.Spec {
+	s := &spec.Spec{Services: map[string]*spec.Service{}}
+	for name, id := range ids {
+		s.Services[name] = &spec.Service{Exec: []string{"/bin/true"}, Env: map[string]string{"ID": id},
+			Health: &spec.Health{Path: "/", Timeout: spec.Duration(time.Second)}}
+	}
+	return s
+}
+
+// keysOfGen returns generation n's instances, sorted.
+func (f *fleet) keysOfGen(n uint64) []spec.VersionKey {
+	f.t.Helper()
+	g, err := f.st.Get(f.t.Context(), n)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var out []spec.VersionKey
+	for name := range g.Versions {
+		out = append(out, g.Instance(name))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (f *fleet) current() uint64 {
+	f.t.Helper()
+	g, err := f.st.Current(f.t.Context(), spec.DefaultEnv)
+	if err != nil || g == nil {
+		return 0
+	}
+	return g.Number
+}
+
+// TestFleetDeploy: a deploy stages its new versions on every node, commits
+// once each reported them ready, and every node then runs the new
+// generation and drains the old; each node's Desired says so, with
+// nothing left staged.
+func TestFleetDeploy(t *testing.T) {
+	f := newFleet(t, 3, Options{})
+	if _, err := f.deploy(fakeSpec(map[string]string{"api": "1", "web": "1"}), 0); err != nil {
+		t.Fatalf("deploy: %v\n%s", err, f.log)
+	}
+	res, err := f.deploy(fakeSpec(map[string]string{"api": "1", "web": "2"}), 0)
+	if err != nil {
+		t.Fatalf("deploy: %v\n%s", err, f.log)
+	}
+	if res.Generation != 2 || len(res.Started) != 1 || len(res.Stopped) != 1 {
+		t.Errorf("result %+v, want generation 2, web's new version started and its old one stopped", res)
+	}
+	want := f.keysOfGen(2)
+	for _, n := range f.nodes {
+		if got := n.runs(); !slices.Equal(got, want) {
+			t.Errorf("%s runs %v, want generation 2's %v", n.name, got, want)
+		}
+		if d := n.lastAsked(); d.Staged != nil || len(d.Keep) != 0 || d.Node != n.name {
+			t.Errorf("%s is left asked %+v, want nothing staged or kept", n.name, d)
+		}
+	}
+}
+
+// TestFleetNodeNeverAnswers: a node that stays registered but never
+// applies what it is asked fails the deploy after its bound, naming it;
+// nothing is committed, and the other nodes stop what they started.
+func TestFleetNodeNeverAnswers(t *testing.T) {
+	f := newFleet(t, 3, Options{NodeWait: 500 * time.Millisecond})
+	if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.nodes[1].silence()
+	_, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), 0)
+	if err == nil || !strings.Contains(err.Error(), "node-1 did not answer") || !strings.Contains(err.Error(), "nothing changed") {
+		t.Fatalf("deploy with a node that never answers: %v, want it named, nothing changed", err)
+	}
+	if got := f.current(); got != 1 {
+		t.Errorf("current generation %d, want 1", got)
+	}
+	want := f.keysOfGen(1)
+	for _, n := range []*fakeNode{f.nodes[0], f.nodes[2]} {
+		if got := n.runs(); !slices.Equal(got, want) {
+			t.Errorf("%s runs %v after the failed deploy, want only %v", n.name, got, want)
+		}
+	}
+}
+
+// TestFleetNodeDies: a node that dies while a deploy waits for it (its
+// lease ends, its records with it) is no longer waited for: the deploy
+// goes on with the nodes there are.
+func TestFleetNodeDies(t *testing.T) {
+	f := newFleet(t, 3, Options{NodeWait: 20 * time.Second})
+	if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.nodes[2].silence()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), 0)
+		done <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // the deploy waits for node-2
+	f.nodes[2].die()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("deploy once a node died: %v\n%s", err, f.log)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the deploy still waits for a dead node\n%s", f.log)
+	}
+	if got := f.current(); got != 2 {
+		t.Errorf("current generation %d, want 2", got)
+	}
+	want := f.keysOfGen(2)
+	for _, n := range f.nodes[:2] {
+		if got := n.runs(); !slices.Equal(got, want) {
+			t.Errorf("%s runs %v, want %v", n.name, got, want)
+		}
+	}
+}
+
+// TestFleetStartFails: a version one node cannot start fails the deploy
+// before the switch, the service named; every node is left as it was.
+func TestFleetStartFails(t *testing.T) {
+	f := newFleet(t, 2, Options{})
+	if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.nodes[1].failStart("web", "exit status 3")
+	_, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), 0)
+	if fs := Failures(err); len(fs) != 1 || fs[0].Service != "web" || fs[0].Step != StepStart || !strings.Contains(fs[0].Error(), "exit status 3") {
+		t.Fatalf("deploy with a start that fails: %v, want web failing at start", err)
+	}
+	if got := f.current(); got != 1 {
+		t.Errorf("current generation %d, want 1", got)
+	}
+	want := f.keysOfGen(1)
+	for _, n := range f.nodes {
+		if got := n.runs(); !slices.Equal(got, want) {
+			t.Errorf("%s runs %v, want only %v", n.name, got, want)
+		}
+		if d := n.lastAsked(); d.Staged != nil {
+			t.Errorf("%s is left with generation staged", n.name)
+		}
+	}
+}
+
+// TestFleetWindowReadsReports: the confirm window decides from what the
+// nodes report: one node reporting the new version unhealthy switches
+// every node back.
+func TestFleetWindowReadsReports(t *testing.T) {
+	f := newFleet(t, 2, Options{})
+	if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), time.Minute)
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(f.log.String(), "confirming for") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no window opened\n%s", f.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, n := range f.nodes {
+		if d := n.lastAsked(); !slices.Equal(d.Keep, []uint64{1}) {
+			t.Errorf("%s asked to keep %v in the window, want generation 1", n.name, d.Keep)
+		}
+	}
+	key := f.keysOfGen(2)[0]
+	f.nodes[1].report(node.Instance{Key: key, State: supervisor.StateUnhealthy, Error: "GET /: 500"})
+	select {
+	case err := <-done:
+		if fs := Failures(err); len(fs) != 1 || fs[0].Step != StepConfirm || !strings.Contains(err.Error(), "rolled back to generation 1") {
+			t.Fatalf("deploy whose version a node reports unhealthy: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the window did not switch back\n%s", f.log)
+	}
+	if got := f.current(); got != 1 {
+		t.Errorf("current generation %d, want 1 again", got)
+	}
+}
+
+// countingStore counts the store's round trips, by kind.
+type countingStore struct {
+	store.Store
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (s *countingStore) count(what string) {
+	s.mu.Lock()
+	s.counts[what]++
+	s.mu.Unlock()
+}
+
+func (s *countingStore) Read(ctx context.Context, kinds ...string) (*store.Snapshot, error) {
+	s.count("read")
+	return s.Store.Read(ctx, kinds...)
+}
+
+func (s *countingStore) Txn(ctx context.Context, w ...store.Write) (uint64, error) {
+	s.count("write")
+	return s.Store.Txn(ctx, w...)
+}
+
+func (s *countingStore) Commit(ctx context.Context, g *spec.Generation, from uint64, also ...store.Write) (uint64, error) {
+	s.count("write")
+	return s.Store.Commit(ctx, g, from, also...)
+}
+
+func (s *countingStore) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, to uint64, also ...store.Write) error {
+	s.count("write")
+	return s.Store.SetConfirm(ctx, n, c, from, to, also...)
+}
+
+func (s *countingStore) snapshot() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range s.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// TestDeployWrites: a deploy writes to the store what the nodes must
+// follow, and nothing more: without a window, the staged versions and
+// the commit; with one, the window's end too — each one transaction
+// whatever the number of nodes.
+func TestDeployWrites(t *testing.T) {
+	for _, tc := range []struct {
+		confirm time.Duration
+		writes  int
+	}{{0, 2}, {500 * time.Millisecond, 3}} {
+		f := newFleet(t, 3, Options{})
+		counted := &countingStore{Store: f.st, counts: map[string]int{}}
+		f.engine.SetWriter(counted)
+		if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
+			t.Fatal(err)
+		}
+		before := counted.snapshot()
+		if _, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), tc.confirm); err != nil {
+			t.Fatalf("deploy: %v\n%s", err, f.log)
+		}
+		if got := counted.snapshot()["write"] - before["write"]; got != tc.writes {
+			t.Errorf("confirm %s: %d writes, want %d", tc.confirm, got, tc.writes)
+		}
+	}
+}

@@ -1,0 +1,467 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"hostel/internal/agent"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/store"
+	"hostel/internal/supervisor"
+)
+
+// Processes is what a Follower reads of the supervisor to report.
+type Processes interface {
+	Get(key spec.VersionKey) (*supervisor.Instance, bool)
+	Status(key spec.VersionKey) (supervisor.Status, bool)
+}
+
+// Router is what a Follower needs of the router: each version's sleep
+// state (to report it), and wakes.
+type Router interface {
+	Sleeping(key spec.VersionKey) (router.SleepStatus, bool)
+	Wake(ctx context.Context, key spec.VersionKey) error
+}
+
+var (
+	_ Processes = (*supervisor.Supervisor)(nil)
+	_ Router    = (*router.Router)(nil)
+)
+
+// Options configure a Follower.
+type Options struct {
+	// Name is the node's.
+	Name string
+	// Lease is the node's: its reports live with it.
+	Lease store.LeaseID
+	// Agent runs the processes; Procs and Router are what it runs them
+	// with (the supervisor and the router).
+	Agent  *agent.Agent
+	Procs  Processes
+	Router Router
+	// RoutesAt waits until the routers no longer route by a state older
+	// than revision rev (every node's router follows rev or later): an
+	// instance a switch left behind is stopped only then. Nil: no wait.
+	RoutesAt func(ctx context.Context, rev uint64) error
+	// Logf receives what the follower does; nil discards it.
+	Logf func(format string, args ...any)
+}
+
+// ReportEvery is how often a Follower looks at its instances to report
+// what changed (a crash, a turn to unhealthy, a sleep).
+const ReportEvery = 250 * time.Millisecond
+
+// suspendBound is how long a request to a stopped instance (Desired.
+// Stopped) is held before it gets 503.
+const suspendBound = time.Minute
+
+// Follower makes one node run what the store asks of it: on every change
+// to the current generations or to its Desired it reads the state and
+// has the agent reconcile to it — level-triggered: whatever was missed,
+// the next read has it — then reports what it did (Info) and what runs
+// (Instance records). It is also the node's sleep catalog: which running
+// versions may sleep, and after how long (Sleepers).
+type Follower struct {
+	st    store.Store
+	opts  Options
+	agent *agent.Agent
+	logf  func(format string, args ...any)
+
+	// mu guards the fields below; reconcile holds run, not mu, while the
+	// agent works.
+	run sync.Mutex
+	mu  sync.Mutex
+	// cur is what the last reconcile made run.
+	cur state
+	// reconciling is set while a reconcile runs: nothing sleeps then.
+	reconciling bool
+	// restarted are the restart counts of Desired.Restarts carried out.
+	restarted map[spec.VersionKey]int
+	// reported are the instance reports in the store, by key.
+	reported map[spec.VersionKey]Instance
+	// kept are the kept callable versions, with how they sleep.
+	kept map[spec.VersionKey]*keptSleep
+	// lastRoutes is the revision of the last change the routes follow
+	// (a current generation moved, a pause) seen.
+	lastRoutes uint64
+}
+
+// state is what one read of the store asks of the node.
+type state struct {
+	rev      uint64
+	desired  Desired
+	currents map[string]*spec.Generation
+	gens     map[uint64]*spec.Generation
+}
+
+// NewFollower returns a Follower for st; Run starts it.
+func NewFollower(st store.Store, opts Options) *Follower {
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	return &Follower{st: st, opts: opts, agent: opts.Agent, logf: logf,
+		restarted: map[spec.VersionKey]int{}, reported: map[spec.VersionKey]Instance{}, kept: map[spec.VersionKey]*keptSleep{}}
+}
+
+// Start reads the state and makes the node run it, taking over what a
+// previous daemon left running (agent.Options.Adopt): what a daemon does
+// before it serves. It returns the revision it read; Run follows on from
+// there.
+func (f *Follower) Start(ctx context.Context) (uint64, error) {
+	snap, err := f.st.Read(ctx, KindDesired, KindNode)
+	if err != nil {
+		return 0, fmt.Errorf("node %s: %w", f.opts.Name, err)
+	}
+	// Restarts asked before this start are done: what runs was started
+	// or adopted just now. (The engine takes a request back once the
+	// nodes carried it out.)
+	if d := f.read(snap).desired; d.Restarts != nil {
+		for k, n := range d.Restarts {
+			f.restarted[k] = n
+		}
+	}
+	f.mu.Lock()
+	f.lastRoutes = snap.Revision
+	f.mu.Unlock()
+	f.reconcile(ctx, snap, true)
+	return snap.Revision, nil
+}
+
+// Run follows the store from revision from until ctx ends, and reports
+// the node's instances every ReportEvery.
+func (f *Follower) Run(ctx context.Context, from uint64) {
+	var wg sync.WaitGroup
+	wg.Go(func() { f.reportLoop(ctx) })
+	defer wg.Wait()
+	for ctx.Err() == nil {
+		err := f.follow(ctx, from)
+		if ctx.Err() != nil {
+			return
+		}
+		f.logf("node %s: %v; reading the state again", f.opts.Name, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		snap, err := f.st.Read(ctx, KindDesired)
+		if err != nil {
+			f.logf("node %s: %v", f.opts.Name, err)
+			continue
+		}
+		f.noteRoutes(snap.Revision)
+		f.reconcile(ctx, snap, false)
+		from = snap.Revision
+	}
+}
+
+// follow watches from rev and reconciles after every change that matters
+// to this node. It returns why it stopped.
+func (f *Follower) follow(ctx context.Context, rev uint64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, err := f.st.Watch(ctx, rev)
+	if err != nil {
+		return err
+	}
+	for {
+		ev, ok := <-events
+		if !ok {
+			return errors.New("the watch ended")
+		}
+		if ev.Err != nil {
+			return ev.Err
+		}
+		matters := f.matters(ev)
+		// Take every change already there: one read for them all.
+		for more := true; more; {
+			select {
+			case next, ok := <-events:
+				if !ok {
+					return errors.New("the watch ended")
+				}
+				if next.Err != nil {
+					return next.Err
+				}
+				matters = f.matters(next) || matters
+			default:
+				more = false
+			}
+		}
+		if !matters {
+			continue
+		}
+		snap, err := f.st.Read(ctx, KindDesired)
+		if err != nil {
+			return err
+		}
+		f.reconcile(ctx, snap, false)
+	}
+}
+
+// matters reports whether ev may change what the node runs: a current
+// generation moved, a generation went (a callable version may go with
+// it), or the node's Desired changed. It notes the changes the routes
+// follow.
+func (f *Follower) matters(ev store.Event) bool {
+	switch ev.Type {
+	case store.EventCurrent:
+		f.noteRoutes(ev.Revision)
+		return true
+	case store.EventRemoved:
+		return true
+	case store.EventRecord, store.EventRecordDeleted:
+		if ev.Kind == store.KindPause {
+			f.noteRoutes(ev.Revision)
+		}
+		return ev.Kind == KindDesired && ev.Key == f.opts.Name
+	}
+	return false
+}
+
+func (f *Follower) noteRoutes(rev uint64) {
+	f.mu.Lock()
+	f.lastRoutes = max(f.lastRoutes, rev)
+	f.mu.Unlock()
+}
+
+// read turns a snapshot into what it asks of the node.
+func (f *Follower) read(snap *store.Snapshot) state {
+	s := state{rev: snap.Revision, currents: snap.Currents, gens: map[uint64]*spec.Generation{}}
+	for _, g := range snap.Generations {
+		s.gens[g.Number] = g
+	}
+	for _, r := range snap.Records[KindDesired] {
+		if r.Key != f.opts.Name {
+			continue
+		}
+		d, err := DecodeDesired(r.Key, r.Value)
+		if err != nil {
+			f.logf("node %s: %v", f.opts.Name, err)
+			continue
+		}
+		s.desired = d
+	}
+	return s
+}
+
+// desired is what the agent is asked to run in s: every environment's
+// current generation (production first), the generations kept, the one
+// staged, and asleep the callable versions. On the node's start
+// (resume), what slept sleeps on.
+func (f *Follower) desired(s state, resume bool) agent.Desired {
+	var d agent.Desired
+	for _, env := range EnvOrder(s.currents) {
+		d.Generations = append(d.Generations, s.currents[env])
+	}
+	windowed := map[string]*spec.Generation{}
+	for _, n := range s.desired.Keep {
+		g := s.gens[n]
+		if g == nil {
+			f.logf("node %s: generation %d, to keep running, is not in the store", f.opts.Name, n)
+			continue
+		}
+		d.Generations = append(d.Generations, g)
+		windowed[g.EnvOrDefault()] = g
+	}
+	if g := s.desired.Staged; g != nil {
+		d.Generations = append(d.Generations, g)
+	}
+	if resume {
+		// What slept when the daemon stopped sleeps on, unless its process
+		// is left running (adopted then).
+		d.Asleep = SleepingOnResume(s.currents, windowed)
+	}
+	for _, c := range s.desired.Asleep {
+		g := s.gens[c.Generation]
+		if g == nil || g.Spec.Services[c.Service] == nil {
+			f.logf("node %s: kept version %s of generation %d is not in the store", f.opts.Name, c.Service, c.Generation)
+			continue
+		}
+		d.Asleep = append(d.Asleep, agent.Callable{Generation: g, Service: c.Service})
+	}
+	return d
+}
+
+// reconcile makes the node run what snap asks, then reports. One at a
+// time.
+func (f *Follower) reconcile(ctx context.Context, snap *store.Snapshot, resume bool) {
+	f.run.Lock()
+	defer f.run.Unlock()
+	s := f.read(snap)
+	f.mu.Lock()
+	f.reconciling = true
+	routesAt := f.lastRoutes
+	f.mu.Unlock()
+
+	opts := agent.Options{Adopt: resume}
+	if !resume && f.opts.RoutesAt != nil {
+		// A version a switch left behind gets no new request once every
+		// router follows the switch: drained only then.
+		opts.BeforeStop = func(ctx context.Context) {
+			if err := f.opts.RoutesAt(ctx, routesAt); err != nil {
+				f.logf("node %s: stopping what the routes left without waiting for every router: %v", f.opts.Name, err)
+			}
+		}
+	}
+	d := f.desired(s, resume)
+	rep, err := f.agent.Reconcile(ctx, d, opts, f.progress)
+	if err != nil && !resume {
+		f.logf("node %s: %v", f.opts.Name, err)
+	}
+	// What a current generation holds went live: its preparation stands.
+	held := heldBy(s.currents)
+	f.agent.Keep(ctx, held, f.progress)
+	failures := f.suspend(ctx, s.desired.Stopped)
+	restartFailures := append(failures, f.restart(ctx, s.desired.Restarts)...)
+	f.wakeAlwaysOn(ctx, s.currents)
+	f.mu.Lock()
+	f.cur, f.reconciling = s, false
+	f.mu.Unlock()
+	f.setKept(d.Asleep, held)
+	f.report(ctx)
+	info := Info{Name: f.opts.Name, Applied: s.rev, Failures: restartFailures}
+	if rep != nil {
+		info.Started, info.Stopped, info.Aborted = rep.Started, rep.Stopped, rep.Aborted
+	}
+	for _, se := range agent.Failures(err) {
+		info.Failures = append(info.Failures, Failure{Service: se.Service, Version: se.Version, Reason: se.Err.Error()})
+	}
+	f.writeInfo(ctx, info)
+}
+
+// heldBy returns the instances the current generations hold, sorted.
+func heldBy(currents map[string]*spec.Generation) []string {
+	var out []string
+	for _, g := range currents {
+		for name := range g.Versions {
+			out = append(out, string(g.Instance(name)))
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// suspend stops the instances of stopped that run, and starts again those
+// stopped before that are no longer in it. It returns what could not be.
+func (f *Follower) suspend(ctx context.Context, stopped []spec.VersionKey) []Failure {
+	var out []Failure
+	want := map[spec.VersionKey]bool{}
+	for _, k := range stopped {
+		want[k] = true
+		if err := f.agent.Suspend(ctx, k, suspendBound); err != nil && !errors.Is(err, agent.ErrNotRunning) {
+			out = append(out, failure(k, err))
+		}
+	}
+	for _, k := range f.agent.Suspended() {
+		if !want[k] {
+			if err := f.agent.Unsuspend(ctx, k); err != nil {
+				out = append(out, failure(k, err))
+			}
+		}
+	}
+	return out
+}
+
+// failure is a Failure of instance k.
+func failure(k spec.VersionKey, err error) Failure {
+	v := string(k.Version())
+	return Failure{Service: k.Service(), Version: spec.Version(v[len(k.Service())+1:]), Reason: err.Error(),
+		Refused: errors.Is(err, agent.ErrAsleepAndPaused)}
+}
+
+// restart carries out the restarts asked since the last ones done, and
+// returns those that failed.
+func (f *Follower) restart(ctx context.Context, asked map[spec.VersionKey]int) []Failure {
+	var out []Failure
+	for k, n := range asked {
+		f.mu.Lock()
+		done := f.restarted[k]
+		f.mu.Unlock()
+		if n <= done {
+			continue
+		}
+		if err := f.agent.Restart(ctx, k); err != nil {
+			out = append(out, failure(k, err))
+		}
+		f.mu.Lock()
+		f.restarted[k] = n
+		f.mu.Unlock()
+	}
+	// Forget what is no longer asked: a request taken back and asked
+	// again counts from 1.
+	f.mu.Lock()
+	for k := range f.restarted {
+		if _, ok := asked[k]; !ok {
+			delete(f.restarted, k)
+		}
+	}
+	f.mu.Unlock()
+	return out
+}
+
+// wakeAlwaysOn wakes the versions of the current generations that sleep
+// though they must not (no idle applies to them): a kept callable version
+// a rollback made current again, a version whose idle a deploy removed,
+// or one a start could not start (failed), which is tried again. A
+// version paused by hand is left: its first request after the resume
+// wakes it; so is an instance a generation shares: its owner decides.
+func (f *Follower) wakeAlwaysOn(ctx context.Context, currents map[string]*spec.Generation) {
+	var wg sync.WaitGroup
+	for _, g := range currents {
+		for name := range g.Versions {
+			key := g.Instance(name)
+			sl, ok := f.opts.Router.Sleeping(key)
+			if !ok || !sl.Asleep || sl.Paused || !owns(g, name) || SleepAfter(g, name) > 0 {
+				continue
+			}
+			wg.Go(func() {
+				if err := f.opts.Router.Wake(ctx, key); err != nil {
+					f.logf("waking %s, live now: %v", key, err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+}
+
+// writeInfo stores the node's record.
+func (f *Follower) writeInfo(ctx context.Context, info Info) {
+	v, err := json.Marshal(info)
+	if err == nil {
+		_, err = f.st.Txn(ctx, store.Write{Kind: KindNode, Key: f.opts.Name, Value: v, Rev: store.AnyRevision, Lease: f.opts.Lease})
+	}
+	if err != nil {
+		f.logf("node %s: reporting: %v", f.opts.Name, err)
+	}
+}
+
+func (f *Follower) progress(format string, args ...any) { f.logf(format, args...) }
+
+// EnvOrder returns the environments that key byEnv, production first,
+// then by name: the order a node starts them in.
+func EnvOrder[V any](byEnv map[string]V) []string {
+	envs := make([]string, 0, len(byEnv))
+	for env := range byEnv {
+		envs = append(envs, env)
+	}
+	sort.Slice(envs, func(i, j int) bool {
+		if (envs[i] == spec.DefaultEnv) != (envs[j] == spec.DefaultEnv) {
+			return envs[i] == spec.DefaultEnv
+		}
+		return envs[i] < envs[j]
+	})
+	return envs
+}
+
+// owns reports whether g is the generation of the environment whose
+// instance of service name it uses (not one it shares).
+func owns(g *spec.Generation, name string) bool { return g.Owner(name) == g.EnvOrDefault() }

@@ -1,0 +1,243 @@
+package node_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"hostel/internal/node"
+	"hostel/internal/node/nodetest"
+	"hostel/internal/spec"
+	"hostel/internal/store"
+)
+
+var appBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hostel-node-app-")
+	if err != nil {
+		panic(err)
+	}
+	appBin = filepath.Join(dir, "app")
+	if out, err := exec.Command("go", "build", "-o", appBin, "../deploy/testdata/app").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building test app: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// world is a store and a node on a root, the test acting as the engine:
+// it commits generations and writes the node's Desired.
+type world struct {
+	t    *testing.T
+	root string
+	st   store.Store
+	n    *nodetest.Node
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	root := t.TempDir()
+	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{t: t, root: root, st: st}
+	w.n = nodetest.New(t, st, root, nodetest.Options{})
+	w.n.Start(t)
+	t.Cleanup(func() {
+		w.n.Shutdown()
+		st.Close()
+	})
+	return w
+}
+
+// commit makes a generation of one service, web, current.
+func (w *world) commit(id string, from uint64) *spec.Generation {
+	w.t.Helper()
+	s := &spec.Spec{Services: map[string]*spec.Service{"web": {Exec: []string{appBin}, Env: map[string]string{"APP_ID": id}, Domains: []string{"web.test"},
+		Health: &spec.Health{Path: "/healthz", Timeout: spec.Duration(5 * time.Second)}, StopGrace: spec.Duration(spec.MinGrace)}}}
+	vs, err := spec.Versions(s, spec.Inputs{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	g := &spec.Generation{Spec: s, Versions: vs}
+	if _, err := w.st.Commit(w.t.Context(), g, from); err != nil {
+		w.t.Fatal(err)
+	}
+	return g
+}
+
+// ask writes the node's Desired and waits until the node applied it.
+func (w *world) ask(d node.Desired) {
+	w.t.Helper()
+	d.Node = w.n.Name
+	v, _ := json.Marshal(d)
+	rev, err := w.st.Txn(w.t.Context(), store.Write{Kind: node.KindDesired, Key: w.n.Name, Value: v, Rev: store.AnyRevision})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.applied(rev)
+}
+
+// applied waits until the node reports it applied rev.
+func (w *world) applied(rev uint64) node.Info {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(w.t.Context(), 20*time.Second)
+	defer cancel()
+	var info node.Info
+	err := node.Await(ctx, w.st, func(snap *store.Snapshot) bool {
+		info = node.Nodes(snap)[w.n.Name]
+		return info.Applied >= rev
+	}, node.KindNode)
+	if err != nil {
+		w.t.Fatalf("the node did not apply revision %d: %v", rev, err)
+	}
+	return info
+}
+
+func (w *world) pid(key spec.VersionKey) int {
+	w.t.Helper()
+	st, ok := w.n.Sup.Status(key)
+	if !ok {
+		return 0
+	}
+	return st.PID
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 20s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestFollowerRunsTheCurrent: a node runs the current generation as soon
+// as it is committed, reports each instance under its lease, and drains
+// the one a commit replaced.
+func TestFollowerRunsTheCurrent(t *testing.T) {
+	w := newWorld(t)
+	g1 := w.commit("one", 0)
+	k1 := g1.Instance("web")
+	waitFor(t, "web one running", func() bool { return w.pid(k1) > 0 })
+	waitFor(t, "web one reported ready", func() bool {
+		r, err := w.st.Record(t.Context(), node.KindInstance, node.InstanceKey(w.n.Name, k1))
+		if err != nil {
+			return false
+		}
+		in, _ := node.DecodeInstance(r.Key, r.Value)
+		return in.Ready && in.Addr != "" && r.Lease == w.n.Lease.ID()
+	})
+	g2 := w.commit("two", 1)
+	waitFor(t, "web one drained, two running", func() bool { return w.pid(k1) == 0 && w.pid(g2.Instance("web")) > 0 })
+	waitFor(t, "web one's report gone", func() bool {
+		_, err := w.st.Record(t.Context(), node.KindInstance, node.InstanceKey(w.n.Name, k1))
+		return err != nil
+	})
+}
+
+// TestFollowerRestartsOnce: a restart asked is carried out once — not
+// again at the next change, nor by the node's next start.
+func TestFollowerRestartsOnce(t *testing.T) {
+	w := newWorld(t)
+	g := w.commit("one", 0)
+	k := g.Instance("web")
+	waitFor(t, "web running", func() bool { return w.pid(k) > 0 })
+	before := w.pid(k)
+	w.ask(node.Desired{Restarts: map[spec.VersionKey]int{k: 1}})
+	after := w.pid(k)
+	if after == 0 || after == before {
+		t.Fatalf("pid %d after a restart, was %d", after, before)
+	}
+	w.ask(node.Desired{Restarts: map[spec.VersionKey]int{k: 1}, Keep: []uint64{}})
+	if got := w.pid(k); got != after {
+		t.Errorf("restarted again by a change that asked no more: pid %d, was %d", got, after)
+	}
+	// The next start of the node finds the request done.
+	w.n.Stop()
+	w.n.Sup.Detach()
+	next := nodetest.New(t, w.st, w.root, nodetest.Options{Name: w.n.Name})
+	next.Start(t)
+	t.Cleanup(next.Shutdown)
+	if st, ok := next.Sup.Status(k); !ok || st.PID != after {
+		t.Errorf("after the node's next start: %+v, want pid %d adopted, not restarted", st, after)
+	}
+}
+
+// TestFollowerStopsFor: an instance asked stopped stops, its requests
+// held, and starts again once no longer asked; the held request is
+// answered by it.
+func TestFollowerStopsFor(t *testing.T) {
+	w := newWorld(t)
+	g := w.commit("one", 0)
+	k := g.Instance("web")
+	waitFor(t, "web running", func() bool { return w.pid(k) > 0 })
+	w.ask(node.Desired{Stopped: []spec.VersionKey{k}})
+	if pid := w.pid(k); pid != 0 {
+		t.Fatalf("pid %d while asked stopped", pid)
+	}
+	var answered atomic.Int64
+	go func() {
+		req, _ := http.NewRequest("GET", w.n.Front.URL, nil)
+		req.Host = "web.test"
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			answered.Store(int64(resp.StatusCode))
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if answered.Load() != 0 {
+		t.Fatal("a request was answered while the instance was stopped")
+	}
+	w.ask(node.Desired{})
+	waitFor(t, "the held request answered", func() bool { return answered.Load() == 200 })
+}
+
+// TestFollowerDrainsAfterTheRoutes: a version a commit left behind is
+// stopped only once the routers follow the commit.
+func TestFollowerDrainsAfterTheRoutes(t *testing.T) {
+	root := t.TempDir()
+	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	release := make(chan struct{})
+	var asked atomic.Uint64
+	n := nodetest.New(t, st, root, nodetest.Options{RoutesAt: func(ctx context.Context, rev uint64) error {
+		asked.Store(rev)
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}})
+	n.Start(t)
+	t.Cleanup(n.Shutdown)
+	w := &world{t: t, root: root, st: st, n: n}
+	g1 := w.commit("one", 0)
+	k1 := g1.Instance("web")
+	waitFor(t, "web one running", func() bool { return w.pid(k1) > 0 })
+	w.commit("two", 1)
+	waitFor(t, "the node waiting for the routes", func() bool { return asked.Load() > 0 })
+	time.Sleep(200 * time.Millisecond)
+	if w.pid(k1) == 0 {
+		t.Fatal("web one stopped before the routers followed the commit")
+	}
+	close(release)
+	waitFor(t, "web one stopped once the routers followed", func() bool { return w.pid(k1) == 0 })
+}

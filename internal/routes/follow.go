@@ -1,0 +1,216 @@
+package routes
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"hostel/internal/node"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/store"
+)
+
+// Swapper is what a Follower needs of the router.
+type Swapper interface {
+	Swap(t router.Table) error
+}
+
+var _ Swapper = (*router.Router)(nil)
+
+// Follower keeps a router's table following the store: it reads the
+// state, swaps in its table, and after every change that moves a current
+// generation or a pause, reads and swaps again — one Swap per change,
+// never a table the store did not hold. It reports the revision its table
+// follows (node.Routes, under the node's lease), which the engine waits
+// for before it calls a switch done.
+type Follower struct {
+	st    store.Store
+	node  string
+	lease store.LeaseID
+	r     Swapper
+	logf  func(format string, args ...any)
+	// switched, if set, is told the currents of every table swapped in,
+	// right after the swap (certificates and TLS policy follow them).
+	switched func(currents map[string]*spec.Generation)
+
+	mu      sync.Mutex
+	applied uint64
+	changed chan struct{} // closed and replaced when applied moves
+}
+
+// Options configure a Follower.
+type Options struct {
+	// Node names the node whose router this is; Lease is the node's, the
+	// routes record lives with it.
+	Node  string
+	Lease store.LeaseID
+	// Switched, if set, is told the current generations of every table
+	// swapped in, right after the swap.
+	Switched func(currents map[string]*spec.Generation)
+	// Logf receives what goes wrong while following; nil discards it.
+	Logf func(format string, args ...any)
+}
+
+// NewFollower returns a Follower of st for r; Sync and Run start it.
+func NewFollower(st store.Store, r Swapper, opts Options) *Follower {
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	return &Follower{st: st, node: opts.Node, lease: opts.Lease, r: r, logf: logf, switched: opts.Switched, changed: make(chan struct{})}
+}
+
+// Sync reads the state and swaps its table in, once: what a daemon does
+// before it serves. It returns the revision it read.
+func (f *Follower) Sync(ctx context.Context) (uint64, error) {
+	snap, err := f.st.Read(ctx, store.KindPause)
+	if err != nil {
+		return 0, fmt.Errorf("routes: %w", err)
+	}
+	if err := f.r.Swap(Of(snap)); err != nil {
+		return 0, fmt.Errorf("routes: %w", err)
+	}
+	if f.switched != nil {
+		f.switched(snap.Currents)
+	}
+	f.setApplied(ctx, snap.Revision)
+	return snap.Revision, nil
+}
+
+// Run follows the store from revision from (what Sync returned) until
+// ctx ends. A watch lost to compaction, or a store that fails for a
+// while, is met by reading the state again.
+func (f *Follower) Run(ctx context.Context, from uint64) {
+	for ctx.Err() == nil {
+		err := f.follow(ctx, from)
+		if ctx.Err() != nil {
+			return
+		}
+		f.logf("routes: %v; reading the state again", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if from, err = f.Sync(ctx); err != nil {
+			f.logf("%v", err)
+		}
+	}
+}
+
+// follow watches from rev and swaps after every change that matters. It
+// returns why it stopped.
+func (f *Follower) follow(ctx context.Context, rev uint64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, err := f.st.Watch(ctx, rev)
+	if err != nil {
+		return err
+	}
+	for {
+		ev, ok := <-events
+		if !ok {
+			return errors.New("the watch ended")
+		}
+		if ev.Err != nil {
+			return ev.Err
+		}
+		matters, seen := Matters(ev), followed(ev)
+		// Take every change already there: one read for them all.
+		for more := true; more; {
+			select {
+			case next, ok := <-events:
+				if !ok {
+					return errors.New("the watch ended")
+				}
+				if next.Err != nil {
+					return next.Err
+				}
+				matters = matters || Matters(next)
+				seen = max(seen, followed(next))
+			default:
+				more = false
+			}
+		}
+		switch {
+		case matters:
+			if _, err := f.Sync(ctx); err != nil {
+				return err
+			}
+		case seen > 0:
+			// The table is the same at this revision: say so, so that an
+			// engine waiting for the routers to follow a change of its own
+			// that does not touch them (a node's Desired) need not wait.
+			f.setApplied(ctx, seen)
+		}
+	}
+}
+
+// followed returns ev's revision if the routes report following it, 0 if
+// not: what the nodes report (their records and instances, the routes'
+// own) is not followed, or every report would make one more.
+func followed(ev store.Event) uint64 {
+	switch ev.Kind {
+	case node.KindNode, node.KindInstance, node.KindRoutes:
+		return 0
+	}
+	return ev.Revision
+}
+
+// Matters reports whether ev changes the table: a current generation
+// moved (a commit, a switch, an environment dropped) or a pause.
+func Matters(ev store.Event) bool {
+	switch ev.Type {
+	case store.EventCurrent:
+		return true
+	case store.EventRecord, store.EventRecordDeleted:
+		return ev.Kind == store.KindPause
+	}
+	return false
+}
+
+// setApplied records and reports that the table follows revision rev.
+func (f *Follower) setApplied(ctx context.Context, rev uint64) {
+	f.mu.Lock()
+	if rev > f.applied {
+		f.applied = rev
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
+	f.mu.Unlock()
+	if f.node == "" {
+		return
+	}
+	v, _ := json.Marshal(node.Routes{Applied: rev})
+	if _, err := f.st.Txn(ctx, store.Write{Kind: node.KindRoutes, Key: f.node, Value: v, Rev: store.AnyRevision, Lease: f.lease}); err != nil {
+		f.logf("routes: reporting revision %d: %v", rev, err)
+	}
+}
+
+// Applied returns the revision the router's table follows.
+func (f *Follower) Applied() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applied
+}
+
+// Wait waits until the router's table follows revision rev or later.
+func (f *Follower) Wait(ctx context.Context, rev uint64) error {
+	for {
+		f.mu.Lock()
+		applied, changed := f.applied, f.changed
+		f.mu.Unlock()
+		if applied >= rev {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

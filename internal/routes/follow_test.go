@@ -1,0 +1,151 @@
+package routes
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"hostel/internal/node"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+	"hostel/internal/store"
+)
+
+// swaps records every table swapped in.
+type swaps struct {
+	mu     sync.Mutex
+	tables []router.Table
+}
+
+func (s *swaps) Swap(t router.Table) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tables = append(s.tables, t)
+	return nil
+}
+
+func (s *swaps) last() (router.Table, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.tables) == 0 {
+		return router.Table{}, 0
+	}
+	return s.tables[len(s.tables)-1], len(s.tables)
+}
+
+func openStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// follow starts a Follower of st from from, reporting as node n.
+func follow(t *testing.T, st store.Store, sw Swapper, from uint64) *Follower {
+	t.Helper()
+	lease, err := st.Grant(t.Context(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := NewFollower(st, sw, Options{Node: "n", Lease: lease.ID(), Logf: t.Logf})
+	rev, err := f.Sync(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if from == 0 {
+		from = rev
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx, from) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return f
+}
+
+func web(id string) *spec.Generation {
+	return &spec.Generation{Spec: &spec.Spec{Services: map[string]*spec.Service{"web": {Domains: []string{"web.test"}}}},
+		Versions: map[string]spec.Version{"web": spec.Version(id)}}
+}
+
+// routesApplied reads the revision node n's routes record says.
+func routesApplied(t *testing.T, st store.Store) uint64 {
+	t.Helper()
+	r, err := st.Record(t.Context(), node.KindRoutes, "n")
+	if err != nil {
+		return 0
+	}
+	rr, _ := node.DecodeRoutes(r.Key, r.Value)
+	return rr.Applied
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFollowerFollows: a commit and a pause each swap in the table of the
+// state, and the routes record says the revision followed; a change that
+// does not touch the table swaps nothing but is said followed too.
+func TestFollowerFollows(t *testing.T) {
+	st := openStore(t)
+	sw := &swaps{}
+	f := follow(t, st, sw, 0)
+	if _, err := st.Commit(t.Context(), web("111111111111"), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the commit's table", func() bool { tab, _ := sw.last(); return tab.Domains["web.test"] == "web-111111111111" })
+	pause, _ := json.Marshal(Pause{Max: time.Minute})
+	rev, err := st.Txn(t.Context(), store.Write{Kind: store.KindPause, Key: "web", Value: pause})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the pause's table", func() bool { tab, _ := sw.last(); return tab.Paused["web"] == time.Minute })
+	waitFor(t, "the routes record at the pause", func() bool { return routesApplied(t, st) >= rev })
+	if err := f.Wait(t.Context(), rev); err != nil {
+		t.Fatal(err)
+	}
+
+	_, swapsBefore := sw.last()
+	rev, err = st.Txn(t.Context(), store.Write{Kind: node.KindDesired, Key: "n", Value: []byte("{}"), Rev: store.AnyRevision})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the routes record at a change that does not touch them", func() bool { return routesApplied(t, st) >= rev })
+	if _, n := sw.last(); n != swapsBefore {
+		t.Errorf("%d swaps for a change that does not touch the table", n-swapsBefore)
+	}
+}
+
+// TestFollowerAfterCompaction: a follower whose history is gone (a watch
+// from a compacted revision) reads the state again and follows on.
+func TestFollowerAfterCompaction(t *testing.T) {
+	st := openStore(t)
+	if _, err := st.Commit(t.Context(), web("111111111111"), 0); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := st.Txn(t.Context(), store.Write{Kind: "other", Key: "x", Value: []byte("1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Compact(t.Context(), rev); err != nil {
+		t.Fatal(err)
+	}
+	sw := &swaps{}
+	follow(t, st, sw, 1) // from before the compaction
+	if _, err := st.Commit(t.Context(), web("222222222222"), 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the table after the compaction", func() bool { tab, _ := sw.last(); return tab.Domains["web.test"] == "web-222222222222" })
+}
