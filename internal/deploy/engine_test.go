@@ -171,7 +171,7 @@ func TestDrainWaitsForInFlight(t *testing.T) {
 		t.Errorf("deploy returned (stopped the old version) %s before the in-flight request finished", a.at.Sub(deployed))
 	}
 	if len(res.Stopped) != 1 {
-		t.Errorf("stopped %v", res.Stopped)
+		t.Errorf("stopped %v\n%s", res.Stopped, strings.Join(w.lines, "\n"))
 	}
 	if _, id, _ := w.get("web.test", "/"); id != "new" {
 		t.Errorf("after deploy, web.test is served by %q", id)
