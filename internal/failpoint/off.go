@@ -1,0 +1,16 @@
+//go:build !failpoints
+
+package failpoint
+
+// Enabled is false: this binary was built without -tags failpoints, and
+// its sites do nothing, whatever HOSTEL_FAILPOINTS says.
+const Enabled = false
+
+// Hit is a failpoint where the process may wait or die; without the
+// failpoints tag it does nothing, and the compiler removes the call.
+func Hit(name string) {}
+
+// Inject is a failpoint where the process may wait or die, or the site
+// fail; without the failpoints tag it returns nil, and the compiler
+// removes the call and the branch on its result.
+func Inject(name string) error { return nil }
