@@ -67,6 +67,7 @@ var catalogue = []Point{
 	{"store-before-drop-env", Error | Sleep | Kill, "Store.DropEnv (env rm, a preview's expiry), before its first transaction: the environment kept"},
 	{"store-after-drop-env", Error | Sleep | Kill, "Store.DropEnv, after its last transaction: the environment gone, the caller not told"},
 	{"store-watch-deliver", Error | Sleep | Kill, "Store.Watch, before each event is delivered: sleep delays it; error ends the watch with that error (the watcher reads again)"},
+	{"store-before-load-batch", Error | Sleep | Kill, "etcd's Load (the move from bbolt at a first start on etcd), before each of its transactions — the clearing, the batches, the sequence last: a move cut short, which the next start clears and makes again"},
 	{"store-lease-keepalive", Error | Kill, "a lease's renewal (etcd: each keep-alive answer; bbolt: every third of the TTL): error stops the renewals, so the lease is lost (Done closes, its records go a TTL later)"},
 
 	// The router.

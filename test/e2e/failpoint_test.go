@@ -71,3 +71,60 @@ func TestProductionBinaryIgnoresFailpoints(t *testing.T) {
 		t.Errorf("the production daemon spoke of failpoints:\n%s", e.DaemonLog())
 	}
 }
+
+// TestMoveToEtcdCutShort: a first start on etcd (--etcd-embed) that
+// dies, or fails, in the middle of moving the bbolt state over leaves
+// state.db where it was and no deployment in etcd; the next start makes
+// the move whole — the same history, the services adopted, state.db set
+// aside. The move is three transactions here (the clearing, one batch,
+// the sequence); make test kills it in the batch's, make chaos at each
+// and fails it at the last.
+func TestMoveToEtcdCutShort(t *testing.T) {
+	cases := []struct{ terms, action string }{{"1*off->1*kill", "kill"}}
+	if *chaos {
+		cases = []struct{ terms, action string }{{"1*kill", "kill"}, {"1*off->1*kill", "kill"}, {"2*off->1*kill", "kill"}, {"2*off->1*error", "error"}}
+	}
+	embed := []string{"--http", "127.0.0.1:0", "--https", "", "--etcd-embed"}
+	for _, tc := range cases {
+		t.Run(tc.terms, func(t *testing.T) {
+			e := NewEnv(t)
+			e.StartDaemon()
+			e.WriteSpec(monoliths(e, "Hi"))
+			e.MustRun("deploy", "--no-confirm")
+			e.WriteSpec(monoliths(e, "Hello"))
+			e.MustRun("deploy", "--no-confirm")
+			gens := e.MustRun("generations", "--json")
+			_, before := e.Status()
+			e.StopDaemon()
+
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, e.Bin, append([]string{"serve", "--root", e.Root}, embed...)...)
+			cmd.Env = append(os.Environ(), "HOSTEL_FAILPOINTS=store-before-load-batch="+tc.terms)
+			out, err := cmd.CombinedOutput()
+			if !strings.Contains(string(out), "failpoint store-before-load-batch: "+tc.action) || err == nil {
+				t.Fatalf("the first start on etcd did not stop at the move (%v):\n%s", err, out)
+			}
+			if _, err := os.Stat(filepath.Join(e.Root, "state.db")); err != nil {
+				t.Fatalf("state.db after a move cut short: %v, want it where it was", err)
+			}
+
+			e.StartDaemonArgs(embed...)
+			if got := e.MustRun("generations", "--json"); got != gens {
+				t.Errorf("generations on etcd after a move cut short:\n%s\non bbolt:\n%s", got, gens)
+			}
+			_, after := e.Status()
+			for name, s := range before {
+				if a := after[name]; a.PID != s.PID || a.State != "running" {
+					t.Errorf("%s on etcd: %+v, want it adopted (pid %d)", name, a, s.PID)
+				}
+			}
+			if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hello!") {
+				t.Errorf("blog on etcd: %d %q", code, body)
+			}
+			if _, err := os.Stat(filepath.Join(e.Root, "state.db")); err == nil {
+				t.Error("state.db is still there after the move")
+			}
+		})
+	}
+}

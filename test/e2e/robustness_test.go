@@ -102,9 +102,10 @@ var reach = map[string]struct {
 // unreached are the failpoints no operation of this test reaches, and
 // why.
 var unreached = map[string]string{
-	"store-watch-deliver":   "nothing in the daemon watches the store yet",
-	"store-lease-keepalive": "nothing in the daemon holds a lease yet",
-	"api-socket-bound":      "it is in the daemon's start (TestAPISocketBornPrivate)",
+	"store-watch-deliver":     "nothing in the daemon watches the store yet",
+	"store-lease-keepalive":   "nothing in the daemon holds a lease yet",
+	"api-socket-bound":        "it is in the daemon's start (TestAPISocketBornPrivate)",
+	"store-before-load-batch": "it is in the first start on etcd, moving bbolt's state (TestMoveToEtcdCutShort)",
 }
 
 // reaching returns the operation that reaches point and how many times
