@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X hostel/internal/cli.Version=$(VERSION)
 
-.PHONY: loadtest build examples demo demo-stop test test-short bench fuzz vet clean deps
+.PHONY: loadtest build examples demo demo-stop test test-short chaos bench fuzz vet clean deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/hostel ./cmd/hostel
@@ -20,6 +20,7 @@ demo-stop:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags failpoints ./...
 	@test -z "$$(gofmt -l cmd internal examples bench test 2>/dev/null)" || { gofmt -l cmd internal examples bench test; echo "gofmt needed"; exit 1; }
 
 # What the tests need from Debian's packages (Nix, PostgreSQL 15, OpenSSH,
@@ -30,9 +31,20 @@ deps:
 # Every test, the concurrent parts under the race detector.
 # The router's and the front end's tests run twice: with the front end's event loops and with
 # a goroutine per connection (the path TLS and hand-overs take).
+# The failpoints' own tests (files with //go:build failpoints, tests named *Failpoint*) run in a
+# build with the tag (docs/failpoints.md); test/e2e builds its hostel with it by itself.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(GO) test -race -count=1 -timeout 5m ./internal/router/ ./internal/front/ -args -front-loops=-1
+	$(GO) test -race -count=1 -timeout 5m -tags failpoints ./internal/failpoint/
+	$(GO) test -race -count=1 -timeout 5m -tags failpoints -run Failpoint $(FAILPOINT_PKGS)
+
+# The packages with failpoint tests.
+FAILPOINT_PKGS := ./internal/atomicfile/ ./internal/router/ ./internal/supervisor/ ./internal/store/...
+
+# Every failpoint of the catalogue with every action it takes, on bbolt and on etcd, under traffic.
+chaos: deps
+	$(GO) test -count=1 -timeout 60m -run '^(TestRobustness|TestMoveToEtcdCutShort)$$' ./test/e2e/ -args -chaos
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/

@@ -36,6 +36,7 @@ func Invalid(err error) error { return &Error{Kind: KindInvalid, Message: err.Er
 // NewHandler returns the API's HTTP handler.
 func NewHandler(d Daemon) http.Handler {
 	mux := http.NewServeMux()
+	handleFailpoints(mux)
 	mux.HandleFunc("POST /v1/plan", func(w http.ResponseWriter, r *http.Request) {
 		var req PlanRequest
 		if !decodeBody(w, r, &req) {

@@ -31,9 +31,15 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
-	failpoint.Hit("atomicfile-before-rename")
+	if err := failpoint.Inject("atomicfile-before-rename"); err != nil {
+		os.Remove(tmp)
+		return err
+	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
+		return err
+	}
+	if err := failpoint.Inject("atomicfile-after-rename"); err != nil {
 		return err
 	}
 	d, err := os.Open(dir)

@@ -144,7 +144,9 @@ func (e *Engine) desiredWrites(v *view, keep []uint64, staged, live *spec.Genera
 // writeDesired writes every node's Desired (see desiredWrites) in one
 // transaction and returns its revision.
 func (e *Engine) writeDesired(ctx context.Context, v *view, keep []uint64, staged *spec.Generation, change func(*nodeDesired)) (uint64, error) {
-	failpoint.Hit("engine-desired")
+	if err := failpoint.Inject("engine-before-desired"); err != nil {
+		return 0, err
+	}
 	rev, err := e.writer().Txn(ctx, e.desiredWrites(v, keep, staged, nil, change)...)
 	if err != nil {
 		return 0, err
@@ -173,6 +175,9 @@ func (e *Engine) stage(ctx context.Context, v *view, g *spec.Generation, progres
 	}
 	rev, err := e.writeDesired(ctx, v, e.keptByWindows(), g, nil)
 	if err != nil {
+		// The write may have been made all the same (an answer lost):
+		// take it back.
+		e.withdraw(context.WithoutCancel(ctx), progress)
 		return nil, fmt.Errorf("deploy failed before the switch, nothing changed: %w", err)
 	}
 	infos, err := e.applied(ctx, v, rev, stageBound(g)+e.opts.NodeWait)
@@ -244,7 +249,9 @@ func (e *Engine) withdraw(ctx context.Context, progress Progress) {
 // of services live does not have, in one transaction, and returns its
 // revision.
 func (e *Engine) commit(ctx context.Context, v *view, keep []uint64, live *spec.Generation, move func(also []store.Write) error) (uint64, error) {
-	failpoint.Hit("engine-before-commit")
+	if err := failpoint.Inject("engine-before-commit"); err != nil {
+		return 0, err
+	}
 	also := append(e.desiredWrites(v, keep, nil, live, nil), pausesOfGone(v, live)...)
 	if err := move(also); err != nil {
 		return 0, err

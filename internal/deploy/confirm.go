@@ -258,14 +258,24 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 	progress("confirmed: generation %d stayed up and healthy", w.gen.Number)
 	delete(e.windows, env)
 	// The window's end and every node's Desired without the previous
-	// generation, in one transaction: the nodes drain it.
+	// generation, in one transaction: the nodes drain it. A store that
+	// fails it is asked again for a while: until it is recorded, the
+	// previous generation runs on (and the next start ends the window).
 	c := &spec.Confirm{State: spec.ConfirmConfirmed, Previous: w.gen.Confirm.Previous}
-	if rv, err := e.read(ctx); err != nil {
-		progress("recording the confirmation of generation %d: %v", w.gen.Number, err)
-	} else if rev, err := e.commit(ctx, rv, e.keptByWindows(), nil, func(also []store.Write) error {
-		return e.writer().SetConfirm(ctx, w.gen.Number, c, 0, 0, also...)
-	}); err != nil {
-		progress("recording the confirmation of generation %d: %v", w.gen.Number, err)
+	var rv *view
+	rev, err := retry(ctx, func() (uint64, error) {
+		var err error
+		if rv, err = e.read(ctx); err != nil {
+			return 0, err
+		}
+		return e.commit(ctx, rv, e.keptByWindows(), nil, func(also []store.Write) error {
+			return e.writer().SetConfirm(ctx, w.gen.Number, c, 0, 0, also...)
+		})
+	}, func(err error) {
+		progress("recording the confirmation of generation %d: %v; trying again", w.gen.Number, err)
+	})
+	if err != nil {
+		progress("recording the confirmation of generation %d: %v; the daemon's next start records it", w.gen.Number, err)
 	} else {
 		res.Stopped, res.Aborted = e.drained(context.WithoutCancel(ctx), rv, rev, progress)
 	}
@@ -274,11 +284,40 @@ func (e *Engine) settle(ctx context.Context, w *window, v verdict, res *Result, 
 	return res, nil
 }
 
-// record stores how generation n's window ended; a failure to is reported,
-// not fatal: what runs is right, only its history lags.
+// record stores how generation n's window ended, asking a store that
+// fails again for a while; a failure to is reported, not fatal: what runs
+// is right, only its history lags.
 func (e *Engine) record(ctx context.Context, n uint64, c *spec.Confirm, progress Progress) {
-	if err := e.writer().SetConfirm(ctx, n, c, 0, 0); err != nil {
+	_, err := retry(ctx, func() (uint64, error) { return 0, e.writer().SetConfirm(ctx, n, c, 0, 0) }, nil)
+	if err != nil {
 		progress("recording the confirmation of generation %d: %v", n, err)
+	}
+}
+
+// retryFor bounds how long a write that must be made — the end of a
+// confirm window — is asked of a store that fails it.
+const retryFor = time.Minute
+
+// retry calls fn until it succeeds, a conflict or a lost leadership (which
+// no retry mends), or retryFor passed, waiting longer each time; failed is
+// told each failure that is tried again.
+func retry(ctx context.Context, fn func() (uint64, error), failed func(error)) (uint64, error) {
+	deadline := time.Now().Add(retryFor)
+	wait := 50 * time.Millisecond
+	for {
+		rev, err := fn()
+		if err == nil || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotLeader) || errors.Is(err, store.ErrNotFound) || time.Now().After(deadline) {
+			return rev, err
+		}
+		if failed != nil {
+			failed(err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
 	}
 }
 

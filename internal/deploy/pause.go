@@ -40,6 +40,8 @@ func (e *Engine) WhileStopped(ctx context.Context, service string, fn func() err
 	}
 	rev, err := stopped(true)
 	if err != nil {
+		// The write may have been made all the same (an answer lost).
+		stopped(false)
 		return fmt.Errorf("stopping %s: %w", key, err)
 	}
 	if _, err := e.applied(ctx, v, rev, e.opts.NodeWait+svc.StopGraceOrDefault()); err != nil {

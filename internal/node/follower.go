@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"hostel/internal/agent"
+	"hostel/internal/failpoint"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 	"hostel/internal/store"
@@ -296,6 +297,7 @@ func (f *Follower) desired(s state, resume bool) agent.Desired {
 func (f *Follower) reconcile(ctx context.Context, snap *store.Snapshot, resume bool) {
 	f.run.Lock()
 	defer f.run.Unlock()
+	failpoint.Hit("node-before-reconcile")
 	s := f.read(snap)
 	f.mu.Lock()
 	f.reconciling = true

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"time"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 	"hostel/internal/supervisor"
@@ -54,6 +55,10 @@ func (f *Follower) report(ctx context.Context) {
 	f.mu.Unlock()
 	if len(writes) == 0 {
 		return
+	}
+	if err := failpoint.Inject("node-before-report"); err != nil {
+		f.logf("node %s: reporting instances: %v", f.opts.Name, err)
+		return // the next look writes them
 	}
 	// Few at a time: one etcd transaction holds at most store.MaxTxnOps.
 	for len(writes) > 0 {

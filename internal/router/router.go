@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/front"
 	"hostel/internal/spec"
 )
@@ -334,6 +335,9 @@ func (r *Router) RemoveBackend(key spec.VersionKey) {
 // no backend registered: it answers 503 until one is (a version that could
 // not start must not keep the others from being routed).
 func (r *Router) Swap(t Table) error {
+	if err := failpoint.Inject("router-before-swap"); err != nil {
+		return fmt.Errorf("router: swap: %w", err)
+	}
 	next := &Table{
 		Domains:   make(map[string]spec.VersionKey, len(t.Domains)),
 		Redirects: make(map[string]string, len(t.Redirects)),

@@ -10,12 +10,16 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/spec"
 )
 
 // Commit implements Store.
 func (s *Bolt) Commit(ctx context.Context, g *spec.Generation, from uint64, also ...Write) (uint64, error) {
 	if err := CheckWrites(also); err != nil {
+		return 0, fmt.Errorf("commit generation: %w", err)
+	}
+	if err := failpoint.Inject("store-before-commit"); err != nil {
 		return 0, fmt.Errorf("commit generation: %w", err)
 	}
 	var c spec.Generation
@@ -44,6 +48,9 @@ func (s *Bolt) Commit(ctx context.Context, g *spec.Generation, from uint64, also
 		return applyWrites(t, also)
 	})
 	if err != nil {
+		return 0, fmt.Errorf("commit generation: %w", err)
+	}
+	if err := failpoint.Inject("store-after-commit"); err != nil {
 		return 0, fmt.Errorf("commit generation: %w", err)
 	}
 	g.Number, g.Time = c.Number, c.Time
@@ -194,6 +201,9 @@ func (s *Bolt) SetCurrent(ctx context.Context, from, to uint64, also ...Write) e
 	if err := CheckWrites(also); err != nil {
 		return err
 	}
+	if err := failpoint.Inject("store-before-set-current"); err != nil {
+		return err
+	}
 	_, err := s.update(ctx, func(t *btx) error {
 		meta := t.Bucket(bucketMeta)
 		env, err := envOf(t.Tx, to)
@@ -211,6 +221,9 @@ func (s *Bolt) SetCurrent(ctx context.Context, from, to uint64, also ...Write) e
 		}
 		return applyWrites(t, also)
 	})
+	if err == nil {
+		err = failpoint.Inject("store-after-set-current")
+	}
 	return err
 }
 
@@ -220,6 +233,9 @@ func (s *Bolt) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, 
 		return fmt.Errorf("confirm of generation %d: a switch from generation %d names no generation to switch to", n, from)
 	}
 	if err := CheckWrites(also); err != nil {
+		return err
+	}
+	if err := failpoint.Inject("store-before-set-confirm"); err != nil {
 		return err
 	}
 	_, err := s.update(ctx, func(t *btx) error {
@@ -257,6 +273,9 @@ func (s *Bolt) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, 
 		}
 		return applyWrites(t, also)
 	})
+	if err == nil {
+		err = failpoint.Inject("store-after-set-confirm")
+	}
 	return err
 }
 
@@ -266,6 +285,9 @@ func (s *Bolt) DropEnv(ctx context.Context, env string, from uint64, also ...Wri
 		return fmt.Errorf("environment %s: %w", env, ErrDefaultEnv)
 	}
 	if err := CheckWrites(also); err != nil {
+		return err
+	}
+	if err := failpoint.Inject("store-before-drop-env"); err != nil {
 		return err
 	}
 	_, err := s.update(ctx, func(t *btx) error {
@@ -302,12 +324,18 @@ func (s *Bolt) DropEnv(ctx context.Context, env string, from uint64, also ...Wri
 		}
 		return applyWrites(t, also)
 	})
+	if err == nil {
+		err = failpoint.Inject("store-after-drop-env")
+	}
 	return err
 }
 
 // Delete implements Store. On bbolt it is one transaction, however many
 // generations it deletes.
 func (s *Bolt) Delete(ctx context.Context, ns ...uint64) error {
+	if err := failpoint.Inject("store-before-delete"); err != nil {
+		return err
+	}
 	_, err := s.update(ctx, func(t *btx) error {
 		current := map[uint64]string{}
 		for env, n := range currents(t.Tx) {
@@ -338,6 +366,9 @@ func (s *Bolt) Delete(ctx context.Context, ns ...uint64) error {
 		}
 		return collectSecrets(t.Tx)
 	})
+	if err == nil {
+		err = failpoint.Inject("store-after-delete")
+	}
 	return err
 }
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"hostel/internal/failpoint"
 )
 
 // leaseState is a live lease, as the backend keeps it.
@@ -101,7 +103,37 @@ func (s *Bolt) Grant(ctx context.Context, ttl time.Duration) (Lease, error) {
 	}
 	s.b.mu.Unlock()
 	s.b.wakeReaper()
+	if failpoint.Enabled {
+		go s.b.renew(l)
+	}
 	return l, nil
+}
+
+// renew stands, in a binary built with failpoints, for the renewals an
+// etcd client sends a lease (one at once, then every third of its TTL),
+// so that the failpoint store-lease-keepalive can fail one as it fails
+// etcd's: the lease is then abandoned, as a lease whose handle closed.
+// bbolt's leases need no renewal: they live in this process.
+func (b *boltBackend) renew(l *boltLease) {
+	tick := time.NewTicker(l.ttl / 3)
+	defer tick.Stop()
+	for {
+		if failpoint.Inject("store-lease-keepalive") != nil {
+			b.mu.Lock()
+			if st := b.leases[l.id]; st != nil && st.owner != nil {
+				st.owner, st.deadline = nil, b.now().Add(st.ttl)
+			}
+			l.lost()
+			b.mu.Unlock()
+			b.wakeReaper()
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-l.done:
+			return
+		}
+	}
 }
 
 // release stops the renewal of the leases h owns: each ends a TTL from

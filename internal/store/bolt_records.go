@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
+
+	"hostel/internal/failpoint"
 )
 
 func recordKey(kind, key string) []byte { return []byte(kind + "\x00" + key) }
@@ -74,7 +76,16 @@ func (s *Bolt) Txn(ctx context.Context, writes ...Write) (uint64, error) {
 	if err := CheckWrites(writes); err != nil {
 		return 0, err
 	}
-	return s.update(ctx, func(t *btx) error { return applyWrites(t, writes) })
+	if err := failpoint.Inject("store-before-txn"); err != nil {
+		return 0, err
+	}
+	rev, err := s.update(ctx, func(t *btx) error { return applyWrites(t, writes) })
+	if err == nil {
+		if err := failpoint.Inject("store-after-txn"); err != nil {
+			return 0, err
+		}
+	}
+	return rev, err
 }
 
 // applyWrites makes writes in t, or returns why the first that cannot be

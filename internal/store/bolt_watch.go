@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
+
+	"hostel/internal/failpoint"
 )
 
 // logEvent is an Event as the log keeps it, under its revision.
@@ -144,6 +146,10 @@ func (s *Bolt) watch(ctx context.Context, last uint64, out chan<- Event) {
 		}
 		for _, events := range batch {
 			for _, ev := range events {
+				if err := failpoint.Inject("store-watch-deliver"); err != nil {
+					send(Event{Err: fmt.Errorf("watch from revision %d: %w", last, err)})
+					return
+				}
 				if !send(ev) {
 					return
 				}

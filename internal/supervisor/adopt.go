@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hostel/internal/atomicfile"
+	"hostel/internal/failpoint"
 	"hostel/internal/spec"
 )
 
@@ -67,6 +68,9 @@ func (s *Supervisor) recordPath(key spec.VersionKey) string {
 // writeRecord records the instance's current process: temp file, fsync,
 // rename, fsync of the directory.
 func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
+	if err := failpoint.Inject("supervisor-before-record"); err != nil {
+		return err
+	}
 	c := i.cfg
 	rc := recordConfig{
 		Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
@@ -107,7 +111,11 @@ func (s *Supervisor) readRecord(key spec.VersionKey) (*record, error) {
 }
 
 func (s *Supervisor) removeRecord(key spec.VersionKey) {
-	if err := os.Remove(s.recordPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := failpoint.Inject("supervisor-before-record-remove")
+	if err == nil {
+		err = os.Remove(s.recordPath(key))
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.opts.Logf("supervisor: %s: removing its record: %v", key, err)
 	}
 }

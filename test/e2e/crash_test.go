@@ -137,7 +137,7 @@ func TestCrashDuringLaunch(t *testing.T) {
 			e.MustRun("deploy", "--no-confirm")
 
 			e.StopDaemon()
-			e.DaemonEnv = []string{"HOSTEL_FAILPOINT=" + fp}
+			e.DaemonEnv = []string{"HOSTEL_FAILPOINTS=" + fp + "=kill"}
 			e.StartDaemon()
 			e.WriteSpec(launchSpec(e, "2"))
 			if _, _, code := e.Run("deploy", "--no-confirm"); code == 0 {

@@ -25,8 +25,8 @@ var (
 	buildErr  error
 )
 
-// build compiles hostel and the example apps once per test binary, into a
-// directory every service user can read.
+// build compiles hostel (with failpoints) and the example apps once per
+// test binary, into a directory every service user can read.
 func build(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -40,7 +40,9 @@ func build(t testing.TB) string {
 			targets[filepath.Join(app, "bin", app)] = "./examples/monoliths/" + app
 		}
 		for out, pkg := range targets {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, out), pkg)
+			// With failpoints (docs/failpoints.md): HOSTEL_FAILPOINTS in
+			// a daemon's environment (Env.DaemonEnv) makes it fail there.
+			cmd := exec.Command("go", "build", "-tags", "failpoints", "-o", filepath.Join(binDir, out), pkg)
 			cmd.Dir = repoRoot()
 			if b, err := cmd.CombinedOutput(); err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)

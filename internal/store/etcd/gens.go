@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 )
@@ -23,6 +24,9 @@ import (
 // transaction: at most store.MaxTxnOps keys.
 func (s *Store) Commit(ctx context.Context, g *spec.Generation, from uint64, also ...store.Write) (uint64, error) {
 	env := g.EnvOrDefault()
+	if err := failpoint.Inject("store-before-commit"); err != nil {
+		return 0, fmt.Errorf("commit generation: %w", err)
+	}
 	var c spec.Generation
 	_, err := s.write(ctx, func(ctx context.Context) (*attempt, error) {
 		got, _, err := s.get(ctx, clientv3.OpGet(s.kSeq()), clientv3.OpGet(s.kCurrent(env)))
@@ -61,6 +65,9 @@ func (s *Store) Commit(ctx context.Context, g *spec.Generation, from uint64, als
 		return a, nil
 	}, also)
 	if err != nil {
+		return 0, fmt.Errorf("commit generation: %w", err)
+	}
+	if err := failpoint.Inject("store-after-commit"); err != nil {
 		return 0, fmt.Errorf("commit generation: %w", err)
 	}
 	g.Number, g.Time = c.Number, c.Time
@@ -258,6 +265,9 @@ func (s *Store) switchTo(ctx context.Context, from, to uint64) (env string, cmps
 
 // SetCurrent implements store.Store.
 func (s *Store) SetCurrent(ctx context.Context, from, to uint64, also ...store.Write) error {
+	if err := failpoint.Inject("store-before-set-current"); err != nil {
+		return err
+	}
 	_, err := s.write(ctx, func(ctx context.Context) (*attempt, error) {
 		env, cmps, err := s.switchTo(ctx, from, to)
 		if err != nil {
@@ -269,6 +279,9 @@ func (s *Store) SetCurrent(ctx context.Context, from, to uint64, also ...store.W
 		}
 		return a, nil
 	}, also)
+	if err == nil {
+		err = failpoint.Inject("store-after-set-current")
+	}
 	return err
 }
 
@@ -276,6 +289,9 @@ func (s *Store) SetCurrent(ctx context.Context, from, to uint64, also ...store.W
 func (s *Store) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, to uint64, also ...store.Write) error {
 	if to == 0 && from != 0 {
 		return fmt.Errorf("confirm of generation %d: a switch from generation %d names no generation to switch to", n, from)
+	}
+	if err := failpoint.Inject("store-before-set-confirm"); err != nil {
+		return err
 	}
 	_, err := s.write(ctx, func(ctx context.Context) (*attempt, error) {
 		a := &attempt{}
@@ -305,6 +321,9 @@ func (s *Store) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from,
 		}
 		return a, nil
 	}, also)
+	if err == nil {
+		err = failpoint.Inject("store-after-set-confirm")
+	}
 	return err
 }
 
@@ -340,6 +359,9 @@ func (s *Store) Delete(ctx context.Context, ns ...uint64) error {
 	if err := s.usable(ctx); err != nil {
 		return err
 	}
+	if err := failpoint.Inject("store-before-delete"); err != nil {
+		return err
+	}
 	envs, cur, err := s.generations(ctx)
 	if err != nil {
 		return err
@@ -358,12 +380,14 @@ func (s *Store) Delete(ctx context.Context, ns ...uint64) error {
 		}
 	}
 	if len(held) == 0 {
-		return s.checkFence(ctx)
+		err = s.checkFence(ctx)
+	} else if err = s.deleteGenerations(ctx, slices.Sorted(maps.Keys(held))); err == nil {
+		err = s.collectSecrets(ctx)
 	}
-	if err := s.deleteGenerations(ctx, slices.Sorted(maps.Keys(held))); err != nil {
-		return err
+	if err == nil {
+		err = failpoint.Inject("store-after-delete")
 	}
-	return s.collectSecrets(ctx)
+	return err
 }
 
 // deleteGenerations deletes generations ns, none current when read, in
@@ -451,6 +475,9 @@ func (s *Store) DropEnv(ctx context.Context, env string, from uint64, also ...st
 	if env == spec.DefaultEnv {
 		return fmt.Errorf("environment %s: %w", env, store.ErrDefaultEnv)
 	}
+	if err := failpoint.Inject("store-before-drop-env"); err != nil {
+		return err
+	}
 	var rest []uint64
 	_, err := s.write(ctx, func(ctx context.Context) (*attempt, error) {
 		envs, cur, err := s.generations(ctx)
@@ -492,7 +519,11 @@ func (s *Store) DropEnv(ctx context.Context, env string, from uint64, also ...st
 	if err := s.deleteGenerations(ctx, rest); err != nil {
 		return fmt.Errorf("environment %s dropped, but not all its generations: %w", env, err)
 	}
-	return s.collectSecrets(ctx)
+	err = s.collectSecrets(ctx)
+	if err == nil {
+		err = failpoint.Inject("store-after-drop-env")
+	}
+	return err
 }
 
 // Secret implements store.Store.

@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/store"
 )
 
@@ -75,6 +76,9 @@ func (s *Store) Grant(ctx context.Context, ttl time.Duration) (store.Lease, erro
 		// The channel closes when the lease expires or is revoked, or
 		// the keep-alive stops (Revoke, Close).
 		for range ch {
+			if failpoint.Inject("store-lease-keepalive") != nil {
+				cancel() // no more renewals: lost here, expired a TTL later
+			}
 		}
 		close(l.done)
 	}()

@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/store"
 )
 
@@ -77,6 +78,9 @@ func (s *Store) Load(ctx context.Context, d *store.Dump, source string) error {
 	}
 	empty := clientv3.Compare(clientv3.CreateRevision(s.kSeq()), "=", 0)
 	commit := func(ops []clientv3.Op) error {
+		if err := failpoint.Inject("store-before-load-batch"); err != nil {
+			return err
+		}
 		resp, err := s.cli.Txn(ctx).If(empty).Then(ops...).Commit()
 		if err != nil {
 			return wrap(err)

@@ -8,6 +8,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/store"
 )
 
@@ -69,5 +70,14 @@ func (s *Store) DeleteRecord(ctx context.Context, kind, key string, rev uint64) 
 
 // Txn implements store.Store.
 func (s *Store) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
-	return s.write(ctx, func(context.Context) (*attempt, error) { return &attempt{}, nil }, writes)
+	if err := failpoint.Inject("store-before-txn"); err != nil {
+		return 0, err
+	}
+	rev, err := s.write(ctx, func(context.Context) (*attempt, error) { return &attempt{}, nil }, writes)
+	if err == nil {
+		if err := failpoint.Inject("store-after-txn"); err != nil {
+			return 0, err
+		}
+	}
+	return rev, err
 }

@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/store"
 )
 
@@ -65,8 +66,14 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 					send(store.Event{Err: fmt.Errorf("watch: %w", err)})
 					return
 				}
-				if ok && !send(ev) {
-					return
+				if ok {
+					if err := failpoint.Inject("store-watch-deliver"); err != nil {
+						send(store.Event{Err: fmt.Errorf("watch from revision %d: %w", last, err)})
+						return
+					}
+					if !send(ev) {
+						return
+					}
 				}
 				last = uint64(e.Kv.ModRevision)
 			}
