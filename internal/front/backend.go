@@ -74,10 +74,15 @@ func NewProxy(logf func(format string, args ...any)) *Proxy {
 		// No Proxy: backends are on loopback and must never be reached
 		// through an HTTP_PROXY from the daemon's environment.
 		Proxy: nil,
-		DialContext: (&net.Dialer{
-			Timeout:   5 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
+		// The forwarder's dial, refused connections of a backend just
+		// started or woken tried again (upstream.dial): the outgoing
+		// request's context names its upstream (Backend.newProxy).
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if u, ok := ctx.Value(upstreamKey{}).(*upstream); ok && u.addr == addr {
+				return u.dial(ctx)
+			}
+			return dialer.DialContext(ctx, network, addr)
+		},
 		// Go's default of 2 idle connections per host makes a busy proxy
 		// dial for most requests (caddy issue #2805); keep many open.
 		MaxIdleConns:        1024,
@@ -217,10 +222,17 @@ func (b *Backend) untrack(pc *pconn) {
 }
 
 func (b *Backend) newUpstream(addr string) *upstream {
-	return &upstream{addr: addr, b: b, proxy: b.newProxy(addr)}
+	u := &upstream{addr: addr, b: b, retryUntil: time.Now().Add(retryRefused).UnixNano()}
+	u.proxy = b.newProxy(u)
+	return u
 }
 
-func (b *Backend) newProxy(addr string) *httputil.ReverseProxy {
+// upstreamKey is the context key of an outgoing request's upstream, for
+// the transport's dial.
+type upstreamKey struct{}
+
+func (b *Backend) newProxy(u *upstream) *httputil.ReverseProxy {
+	addr := u.addr
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			// Not pr.SetURL: it would replace the Host header with addr,
@@ -228,7 +240,8 @@ func (b *Backend) newProxy(addr string) *httputil.ReverseProxy {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = addr
 			pr.SetXForwarded()
-			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(pr.Out.Context(), checkReused))
+			ctx := context.WithValue(pr.Out.Context(), upstreamKey{}, u)
+			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(ctx, checkReused))
 		},
 		Transport:  b.p.transport,
 		BufferPool: bufferPool{},

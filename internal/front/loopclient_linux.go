@@ -259,11 +259,10 @@ func (c *loopClient) send() {
 			return
 		}
 		bc, reused, err := l.backendFor(c.u, !idempotent)
-		if err == errNotLoopable {
-			// Named backend: a goroutine dials it.
-			c.giveBack(func(w *bufio.Writer, h *hangup) bool {
-				return c.u.forwardFast(&c.req, w, h)
-			})
+		if err == errNotLoopable || err != nil && c.u.retryRefused(err, time.Unix(0, l.now)) {
+			// A named backend, or an app just started that does not
+			// accept yet: a goroutine dials it.
+			c.dialElsewhere()
 			return
 		}
 		if err != nil {
@@ -288,6 +287,13 @@ func (c *loopClient) send() {
 		}
 		return
 	}
+}
+
+// dialElsewhere hands the request, not sent yet, to a goroutine, whose
+// dial may wait (upstream.dial): a loop never does.
+func (c *loopClient) dialElsewhere() {
+	u := c.u
+	c.giveBack(func(w *bufio.Writer, h *hangup) bool { return u.forwardFast(&c.req, w, h) })
 }
 
 // respond writes the complete response bc holds to the client.
