@@ -263,14 +263,10 @@ func chunkSize(line []byte) (int64, bool) {
 func checkRequestHead(head []byte) (code, framing int, n int64) {
 	line, rest := cutLine(head)
 	method, _, _ := bytes.Cut(line, []byte(" "))
-	switch string(method) {
-	case http.MethodConnect:
-		return http.StatusBadRequest, 0, 0
-	case http.MethodTrace:
-		return http.StatusMethodNotAllowed, 0, 0
-	}
-	if _, ok := refusals[string(method)]; ok {
-		return http.StatusBadRequest, 0, 0
+	// The guard's own methods (refusals) hold digits: a client that
+	// sends one is refused here.
+	if code := methodRefusal(string(method)); code != 0 {
+		return code, 0, 0
 	}
 	var te, cl, chunked, upgrade, odd bool
 	for {
@@ -316,9 +312,30 @@ func checkRequestHead(head []byte) (code, framing int, n int64) {
 	return 0, scanHead, 0
 }
 
+// methodRefusal is the status a request with method is refused with, 0
+// if it is not, on every path (parseRequest, checkRequestHead, guard). As
+// nginx: a method of anything but upper-case letters, "_" and "-" is 400
+// (methods are case-sensitive, but an app that upper-cases them would
+// answer "trace" as TRACE), and TRACE and CONNECT, which the front end
+// never forwards, 405.
+func methodRefusal(method string) int {
+	if method == "" {
+		return http.StatusBadRequest
+	}
+	for i := 0; i < len(method); i++ {
+		if c := method[i]; (c < 'A' || c > 'Z') && c != '_' && c != '-' {
+			return http.StatusBadRequest
+		}
+	}
+	if method == http.MethodTrace || method == http.MethodConnect {
+		return http.StatusMethodNotAllowed
+	}
+	return 0
+}
+
 // guard is the first handler of every request net/http serves for the
-// front end: it answers the scanner's refusals, refuses CONNECT and TRACE
-// and overlong targets (HTTP/2), drops fields whose name holds "_" (which
+// front end: it answers the scanner's refusals, refuses the methods
+// methodRefusal names and overlong targets (HTTP/2), drops fields whose name holds "_" (which
 // some apps read as "-": a spoofed X_Forwarded_For), and times a request
 // body between its reads, waiting for its first byte before the request
 // goes on to take an app connection.
@@ -327,10 +344,8 @@ func (f *Front) guard(h http.Handler) http.Handler {
 		code, refused := refusals[r.Method]
 		switch {
 		case refused:
-		case r.Method == http.MethodConnect:
-			code = http.StatusBadRequest
-		case r.Method == http.MethodTrace:
-			code = http.StatusMethodNotAllowed
+		case methodRefusal(r.Method) != 0:
+			code = methodRefusal(r.Method)
 		case len(r.RequestURI) > f.lim.maxLine:
 			code = http.StatusRequestURITooLong
 		}
