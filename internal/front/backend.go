@@ -58,19 +58,21 @@ type Accounting interface {
 }
 
 // Proxy makes the Backends of one router and holds what they share: the
-// transport of the ReverseProxy path.
+// transport of the ReverseProxy path and the budgets of held requests'
+// bodies (hold.go).
 type Proxy struct {
+	held      *holdBudget
 	logf      func(format string, args ...any)
 	transport *http.Transport
 }
 
 // NewProxy returns a Proxy that logs proxy errors to logf (nil discards
-// them).
-func NewProxy(logf func(format string, args ...any)) *Proxy {
+// them) and holds requests' bodies within hold.
+func NewProxy(logf func(format string, args ...any), hold HoldLimits) *Proxy {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Proxy{logf: logf, transport: &http.Transport{
+	return &Proxy{held: newHoldBudget(hold), logf: logf, transport: &http.Transport{
 		// No Proxy: backends are on loopback and must never be reached
 		// through an HTTP_PROXY from the daemon's environment.
 		Proxy: nil,
@@ -167,16 +169,17 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	cb, _ := req.Body.(*clientBody)
 	s, ok := b.acquire()
 	if !ok {
+		var sp *spool
 		var err error
-		if s, err = b.hold(req); err != nil {
+		if s, sp, err = b.hold(req); err != nil {
 			b.logf("router: %s: held request: %v", b.key, err)
-			refuseHeld(w, req.Context().Err() == nil)
+			answerHeld(w, req, cb, sp, err)
 			return
 		}
-		if sr, ok := req.Body.(*spoolReader); ok {
+		if sp != nil {
 			// Whatever the proxy does with it, the spool goes with the
 			// request, as the server closes a client's body.
-			defer sr.Close()
+			defer sp.Close()
 		}
 	}
 	// Deferred: the proxies panic with http.ErrAbortHandler when a

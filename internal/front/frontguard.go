@@ -417,9 +417,10 @@ type clientBody struct {
 
 	// mu guards over and err: the proxy's transport may still read the
 	// body while its error handler asks how it failed.
-	mu   sync.Mutex
-	over bool  // the handler returned: rc is not to be used
-	err  error // the first failure
+	mu    sync.Mutex
+	over  bool      // the handler returned: rc is not to be used
+	until time.Time // set by cutOff: no read goes on past it
+	err   error     // the first failure
 }
 
 func (b *clientBody) setErr(err error) {
@@ -439,10 +440,23 @@ func (b *clientBody) getErr() error {
 // setDeadline sets the connection's read deadline while the handler runs.
 func (b *clientBody) setDeadline(t time.Time) {
 	b.mu.Lock()
+	if !b.until.IsZero() && (t.IsZero() || t.After(b.until)) {
+		t = b.until
+	}
 	if !b.over {
 		b.rc.SetReadDeadline(t)
 	}
 	b.mu.Unlock()
+}
+
+// cutOff bounds the reads of the body, the one under way included, by
+// until: the request was answered without it (a held request refused
+// while its spool read the body).
+func (b *clientBody) cutOff(until time.Time) {
+	b.mu.Lock()
+	b.until = until
+	b.mu.Unlock()
+	b.setDeadline(until)
 }
 
 func (b *clientBody) finish() {

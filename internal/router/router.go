@@ -135,7 +135,7 @@ func New(opts Options) *Router {
 	if r.internal == nil {
 		r.internal = netip.Addr.IsLoopback
 	}
-	r.proxy = front.NewProxy(r.logf)
+	r.proxy = front.NewProxy(r.logf, front.HoldLimits{})
 	empty := map[spec.VersionKey]*backend{}
 	r.backends.Store(&empty)
 	r.table.Store(&Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: r.zone})
