@@ -24,3 +24,7 @@ func SetRetryRefused(d time.Duration) (restore func()) {
 	retryRefused = d
 	return func() { retryRefused = old }
 }
+
+// OpenConns is how many client connections f counts among its
+// MaxConnections.
+func OpenConns(f *Front) int { return int(f.open.Load()) }
