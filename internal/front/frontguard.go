@@ -134,7 +134,11 @@ func (s *headScanner) Read(p []byte) (int, error) {
 		}
 	}
 	n := copy(p, s.out)
-	s.out = s.out[n:]
+	if s.out = s.out[n:]; len(s.out) == 0 {
+		// A head may be 64 KiB: not kept once passed on, while the
+		// connection waits for its response or its next request.
+		s.out = nil
+	}
 	return n, nil
 }
 

@@ -79,7 +79,9 @@ func readPending(pending *[]byte, p []byte) (n int, ok bool) {
 		return 0, false
 	}
 	n = copy(p, *pending)
-	*pending = (*pending)[n:]
+	if *pending = (*pending)[n:]; len(*pending) == 0 {
+		*pending = nil // not kept for the connection's life
+	}
 	return n, true
 }
 
