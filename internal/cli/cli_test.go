@@ -42,6 +42,9 @@ func TestExitCodes(t *testing.T) {
 		{"missing spec", []string{"plan", filepath.Join(dir, "nope.json")}, 2, "nope.json: "},
 		{"no daemon", []string{"--root", dir, "status"}, 1, "cannot reach the hostel daemon"},
 		{"version", []string{"version"}, 0, ""},
+		{"serve: bad held size", []string{"--root", dir, "serve", "--max-held-body", "lots"}, 2, `--max-held-body: "lots" is not a size`},
+		{"serve: negative held size", []string{"--root", dir, "serve", "--max-held-disk", "-1G"}, 2, `--max-held-disk: "-1G" is not a size`},
+		{"serve: negative connections", []string{"--root", dir, "serve", "--max-connections", "-1"}, 2, "--max-connections: -1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

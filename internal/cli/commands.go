@@ -13,24 +13,61 @@ import (
 
 	"hostel/internal/api"
 	"hostel/internal/daemon"
+	"hostel/internal/front"
 	"hostel/internal/plan"
 	"hostel/internal/source"
+	"hostel/internal/spec"
 )
 
 func serveCmd(e *env) *cobra.Command {
 	var opts daemon.Options
+	var heldBody, heldMemory, heldDisk string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the daemon in the foreground: supervisor, router, API",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Root = e.root
+			if opts.MaxConnections < 0 {
+				return usageError{fmt.Errorf("--max-connections: %d is not a number of connections (0: from the open-file limit)", opts.MaxConnections)}
+			}
+			for _, f := range []struct {
+				flag, value string
+				to          *int64
+			}{{"max-held-body", heldBody, &opts.Hold.Body}, {"max-held-memory", heldMemory, &opts.Hold.Memory}, {"max-held-disk", heldDisk, &opts.Hold.Disk}} {
+				n, err := spec.ParseMemory(f.value)
+				if err != nil || n <= 0 {
+					return usageError{fmt.Errorf("--%s: %q is not a size (want e.g. \"64M\")", f.flag, f.value)}
+				}
+				*f.to = n
+			}
 			return daemon.Run(cmd.Context(), opts)
 		},
 	}
 	cmd.Flags().StringVar(&opts.HTTPAddr, "http", ":80", "public HTTP listener (port 0 picks a free port)")
 	cmd.Flags().StringVar(&opts.HTTPSAddr, "https", ":443", `public HTTPS listener; "" serves everything on HTTP`)
+	cmd.Flags().IntVar(&opts.MaxConnections, "max-connections", 0,
+		"client connections open at once on the public listeners; past it one is answered 503 (0: half the open-file limit less 512)")
+	cmd.Flags().StringVar(&heldBody, "max-held-body", sizeFlag(front.DefaultHeldBody),
+		"how much of a held request's body (its service asleep, waking or paused) is read ahead of the app; past it: 413")
+	cmd.Flags().StringVar(&heldMemory, "max-held-memory", sizeFlag(front.DefaultHeldMemory),
+		"memory the bodies of all held requests share ("+sizeFlag(front.HeldRequestMemory)+" at most each); past it they go to ROOT/tmp")
+	cmd.Flags().StringVar(&heldDisk, "max-held-disk", sizeFlag(front.DefaultHeldDisk),
+		"disk (ROOT/tmp) the bodies of all held requests share; past it, or with the disk full: 503")
 	return cmd
+}
+
+// sizeFlag writes n bytes as a size flag takes it ("64M").
+func sizeFlag(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"G", 30}, {"M", 20}, {"K", 10}} {
+		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d%s", n>>u.shift, u.suffix)
+		}
+	}
+	return fmt.Sprint(n)
 }
 
 // load reads the spec file named by args, or the default one.
