@@ -251,3 +251,62 @@ func TestReadyBeforeListening(t *testing.T) {
 		t.Errorf("requests through four deploys (two switches, two exclusive hand-overs): %d ok, %d failed: %v", ok, len(failed), failed)
 	}
 }
+
+// TestMaxConnectionsFlag: past `hostel serve --max-connections` a new
+// connection is answered 503 with Retry-After, and the daemon serves on
+// as connections close.
+func TestMaxConnectionsFlag(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "", "--max-connections", "8")
+	e.WriteSpec(map[string]any{"services": map[string]any{
+		"shop": e.App("shop", map[string]any{"domains": []string{"shop.test"}}),
+	}})
+	e.MustRun("deploy", "--no-confirm")
+	get := func(c net.Conn, br *bufio.Reader) (*http.Response, error) {
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+		}
+		return resp, err
+	}
+	var open []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	for i := range 9 {
+		c, err := net.Dial("tcp", e.HTTP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+		resp, err := get(c, bufio.NewReader(c))
+		switch {
+		case i < 8 && (err != nil || resp.StatusCode != 200):
+			t.Fatalf("connection %d: %v %v, want 200", i+1, resp, err)
+		case i == 8 && (err != nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == ""):
+			t.Fatalf("connection 9 past --max-connections 8: %v %v, want 503 with Retry-After", resp, err)
+		}
+	}
+	open[0].Close()
+	open = open[1:]
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", e.HTTP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := get(c, bufio.NewReader(c))
+		c.Close()
+		if err == nil && resp.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a connection closed, a new one still gets %v %v", resp, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
