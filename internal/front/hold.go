@@ -68,11 +68,18 @@ const (
 // in pieces of spoolChunk taken from the shared budget as it comes.
 const HeldRequestMemory = 4 * spoolChunk
 
-// spoolChunk is the size of a spool's pieces of memory, and of the buffer
-// through which it writes its file.
+// spoolChunk is the size of a spool's pieces of memory.
 const spoolChunk = 16 << 10
 
-var spoolChunks = sync.Pool{New: func() any { b := make([]byte, spoolChunk); return &b }}
+// spoolFileBuffer is the size of the buffer through which a spool writes
+// its file (nginx reads a body in pieces of 8 or 16 KiB): every held
+// upload past memory keeps one while it waits for its client.
+const spoolFileBuffer = 8 << 10
+
+var (
+	spoolChunks      = sync.Pool{New: func() any { b := make([]byte, spoolChunk); return &b }}
+	spoolFileBuffers = sync.Pool{New: func() any { b := make([]byte, spoolFileBuffer); return &b }}
+)
 
 const heldMessage = "hostel: the service is not available right now; try again"
 
@@ -208,10 +215,10 @@ func answerHeld(w http.ResponseWriter, req *http.Request, cb *clientBody, sp *sp
 	switch {
 	case gone:
 	case errors.Is(err, errHeldTooLarge):
-		w.Header().Set("Connection", "close")
-		http.Error(w, "hostel: the request body is too large to be held while the service starts; try again", http.StatusRequestEntityTooLarge)
+		answerWhole(w, http.StatusRequestEntityTooLarge, "hostel: the request body is too large to be held while the service starts; try again")
 	case errors.Is(err, errHeldNoRoom):
-		refuseHeld(w, "hostel: no room to hold the request body right now; try again", true)
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+		answerWhole(w, http.StatusServiceUnavailable, "hostel: no room to hold the request body right now; try again")
 	case errors.As(err, &be):
 		// The client stalled or broke the body's framing.
 		code := http.StatusBadRequest
@@ -219,6 +226,9 @@ func answerHeld(w http.ResponseWriter, req *http.Request, cb *clientBody, sp *sp
 			code = cb.failed()
 		}
 		refuse(w, code)
+	case sp != nil:
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+		answerWhole(w, http.StatusServiceUnavailable, heldMessage)
 	default:
 		refuseHeld(w, heldMessage, true)
 	}
@@ -226,6 +236,21 @@ func answerHeld(w http.ResponseWriter, req *http.Request, cb *clientBody, sp *sp
 		// Out before the lingering.
 		http.NewResponseController(w).Flush()
 	}
+}
+
+// answerWhole answers as http.Error does, with a Content-Length and
+// closing the connection: the answer is complete before the handler
+// returns (an answer flushed without one would be chunked, and end only
+// then).
+func answerWhole(w http.ResponseWriter, code int, msg string) {
+	msg += "\n"
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(msg)))
+	h.Set("Connection", "close")
+	w.WriteHeader(code)
+	io.WriteString(w, msg)
 }
 
 // refuseHeld answers a held request that is not released: 503 with
@@ -345,7 +370,7 @@ func (sp *spool) nextLocked() (p []byte, inMem bool) {
 		}
 	}
 	if sp.buf == nil {
-		sp.buf = spoolChunks.Get().(*[]byte)
+		sp.buf = spoolFileBuffers.Get().(*[]byte)
 	}
 	return *sp.buf, false
 }
@@ -495,7 +520,7 @@ func (sp *spool) freeLocked() {
 	sp.hb.mem.Add(-int64(len(sp.chunks)) * spoolChunk)
 	sp.chunks = nil
 	if sp.buf != nil {
-		spoolChunks.Put(sp.buf)
+		spoolFileBuffers.Put(sp.buf)
 		sp.buf, sp.tail = nil, nil
 	}
 	if sp.file != nil {

@@ -610,3 +610,33 @@ func TestHeldExpectContinue(t *testing.T) {
 	}
 	<-wrote
 }
+
+// TestHeldRefusalAnsweredWhole: a held upload refused while its client
+// still sends (or is about to) gets its whole answer at once — not one
+// whose end waits for the lingering over the rest of the body — and the
+// rest of the body is read and dropped meanwhile, so the client is not
+// reset before it read the answer.
+func TestHeldRefusalAnsweredWhole(t *testing.T) {
+	w := newHeldWorld(t, HoldLimits{Body: 256 << 10}, digestApp)
+	c, err := net.Dial("tcp", w.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
+	c.Write(make([]byte, 1<<20)) // and the rest later
+	c.SetReadDeadline(time.Now().Add(lingerTime / 2))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("answer %d %q (%v), want a whole 413 while the client may still send", resp.StatusCode, b, err)
+	}
+	// The rest is taken, and thrown away.
+	c.SetWriteDeadline(time.Now().Add(lingerTime / 2))
+	if _, err := c.Write(make([]byte, 8<<20)); err != nil {
+		t.Errorf("the rest of the body after the answer: %v", err)
+	}
+}
