@@ -233,3 +233,21 @@ func (pipeConn) RemoteAddr() net.Addr             { return nil }
 func (pipeConn) SetDeadline(time.Time) error      { return nil }
 func (pipeConn) SetReadDeadline(time.Time) error  { return nil }
 func (pipeConn) SetWriteDeadline(time.Time) error { return nil }
+
+// BenchmarkHeadScannerLargeHead: what reading a head just under the limit
+// costs a handed-over connection (B/op: the garbage a connection sending
+// one leaves behind).
+func BenchmarkHeadScannerLargeHead(b *testing.B) {
+	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + strings.Repeat("a", 63<<10) + "\r\n\r\n"
+	lim := newLimits(Options{})
+	buf := make([]byte, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		s := newHeadScanner(strings.NewReader(head), &lim)
+		for {
+			if _, err := s.Read(buf); err != nil {
+				break
+			}
+		}
+	}
+}
