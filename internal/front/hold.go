@@ -134,10 +134,10 @@ func newHoldBudget(lim HoldLimits) *holdBudget {
 	return hb
 }
 
-// take reserves n bytes of what c counts, up to max; false if there is
+// take reserves n bytes of what c counts, up to limit; false if there is
 // not that much left.
-func take(c *atomic.Int64, n, max int64) bool {
-	if c.Add(n) > max {
+func take(c *atomic.Int64, n, limit int64) bool {
+	if c.Add(n) > limit {
 		c.Add(-n)
 		return false
 	}
