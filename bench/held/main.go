@@ -43,6 +43,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"hostel/bench/internal/hostelserve"
@@ -553,6 +554,8 @@ http {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "logs", "error.log"))
+	// Its own process group: close stops the workers with the master.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -576,9 +579,19 @@ http {
 	return n, nil
 }
 
+// close stops nginx, workers and all: the master's fast shutdown, then
+// SIGKILL to the group if it takes more than 3 s.
 func (n *nginx) close() {
-	n.cmd.Process.Kill()
-	n.cmd.Wait()
+	pgid := n.cmd.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { n.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-done
+	}
 	os.RemoveAll(n.dir)
 }
 
