@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X hostel/internal/cli.Version=$(VERSION)
 
-.PHONY: loadtest build examples demo demo-stop test test-short chaos bench fuzz vet clean deps
+.PHONY: loadtest held build examples demo demo-stop test test-short chaos bench fuzz vet clean deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/hostel ./cmd/hostel
@@ -52,12 +52,18 @@ bench: build
 	$(GO) run ./bench/previews -hostel bin/hostel
 	$(GO) run ./bench/callable -hostel bin/hostel
 	$(GO) run ./bench/store -hostel bin/hostel
+	$(GO) run ./bench/held -hostel bin/hostel
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 50 -rate 500
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 20 -rate 500 -exclusive
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 30 -rate 500 -previews
+
+# Held requests (issue 19): a 2 GB upload, 500 uploads of 1.1 MB and 1,000 heads just under
+# the limit, to a paused service, beside nginx (apt-get install nginx); as root.
+held: build
+	$(GO) run ./bench/held -hostel bin/hostel
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/spec/

@@ -13,12 +13,15 @@ import (
 
 	"hostel/internal/api"
 	"hostel/internal/daemon"
+	"hostel/internal/front"
 	"hostel/internal/plan"
 	"hostel/internal/source"
+	"hostel/internal/spec"
 )
 
 func serveCmd(e *env) *cobra.Command {
 	var opts daemon.Options
+	var heldBody, heldMemory, heldDisk string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the daemon in the foreground: supervisor, router, API",
@@ -27,6 +30,19 @@ func serveCmd(e *env) *cobra.Command {
 			opts.Root = e.root
 			if err := opts.Store.Validate(); err != nil {
 				return usageError{err}
+			}
+			if opts.MaxConnections < 0 {
+				return usageError{fmt.Errorf("--max-connections: %d is not a number of connections (0: from the open-file limit)", opts.MaxConnections)}
+			}
+			for _, f := range []struct {
+				flag, value string
+				to          *int64
+			}{{"max-held-body", heldBody, &opts.Hold.Body}, {"max-held-memory", heldMemory, &opts.Hold.Memory}, {"max-held-disk", heldDisk, &opts.Hold.Disk}} {
+				n, err := spec.ParseMemory(f.value)
+				if err != nil || n <= 0 {
+					return usageError{fmt.Errorf("--%s: %q is not a size (want e.g. \"64M\")", f.flag, f.value)}
+				}
+				*f.to = n
 			}
 			return daemon.Run(cmd.Context(), opts)
 		},
@@ -38,7 +54,28 @@ func serveCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&opts.Store.EtcdKey, "etcd-key", "", "key of --etcd-cert")
 	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's)")
 	cmd.Flags().BoolVar(&opts.Store.EtcdEmbed, "etcd-embed", false, "keep the state in an etcd member run by the daemon, its data in ROOT/etcd")
+	cmd.Flags().IntVar(&opts.MaxConnections, "max-connections", 0,
+		"client connections open at once on the public listeners; past it one is answered 503 (0: half the open-file limit less 512)")
+	cmd.Flags().StringVar(&heldBody, "max-held-body", sizeFlag(front.DefaultHeldBody),
+		"how much of a held request's body (its service asleep, waking or paused) is read ahead of the app; past it: 413")
+	cmd.Flags().StringVar(&heldMemory, "max-held-memory", sizeFlag(front.DefaultHeldMemory),
+		"memory the bodies of all held requests share ("+sizeFlag(front.HeldRequestMemory)+" at most each); past it they go to ROOT/tmp")
+	cmd.Flags().StringVar(&heldDisk, "max-held-disk", sizeFlag(front.DefaultHeldDisk),
+		"disk (ROOT/tmp) the bodies of all held requests share; past it, or with the disk full: 503")
 	return cmd
+}
+
+// sizeFlag writes n bytes as a size flag takes it ("64M").
+func sizeFlag(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"G", 30}, {"M", 20}, {"K", 10}} {
+		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d%s", n>>u.shift, u.suffix)
+		}
+	}
+	return fmt.Sprint(n)
 }
 
 // load reads the spec file named by args, or the default one.

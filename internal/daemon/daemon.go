@@ -46,6 +46,14 @@ type Options struct {
 	// Store chooses the state store: ROOT/state.db (bbolt) by default,
 	// or etcd.
 	Store StoreOptions
+	// MaxConnections bounds the client connections of the public
+	// listeners (front.Options.MaxConnections); 0 derives it from the
+	// open-file limit.
+	MaxConnections int
+	// Hold bounds what the bodies of held requests take
+	// (front.HoldLimits; zero fields take its defaults). Their temporary
+	// files go to ROOT/tmp, whatever Hold.Dir says.
+	Hold front.HoldLimits
 }
 
 // Daemon is a running `hostel serve`.
@@ -138,7 +146,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	for _, dir := range []struct {
 		path string
 		mode os.FileMode
-	}{{opts.Root, 0o755}, {filepath.Join(opts.Root, "state"), 0o755}, {filepath.Join(opts.Root, "run"), 0o755}, {filepath.Join(opts.Root, "logs"), 0o700}} {
+	}{{opts.Root, 0o755}, {filepath.Join(opts.Root, "state"), 0o755}, {filepath.Join(opts.Root, "run"), 0o755}, {filepath.Join(opts.Root, "logs"), 0o700},
+		{filepath.Join(opts.Root, "tmp"), 0o700}} {
 		if err := os.MkdirAll(dir.path, dir.mode); err != nil {
 			return nil, err
 		}
@@ -169,7 +178,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
 		Cgroups: d.openCgroups()})
-	d.router = router.New(router.Options{Zone: zone, Logf: d.logf, Waker: wakeVia{d}})
+	// Held bodies past memory go to the root's disk: /tmp may be a tmpfs,
+	// whose files are memory.
+	hold := opts.Hold
+	hold.Dir = filepath.Join(opts.Root, "tmp")
+	d.router = router.New(router.Options{Zone: zone, Logf: d.logf, Waker: wakeVia{d}, Hold: hold})
 	d.agent = agent.New(d.sup, d.router)
 	d.agent.SetAsleep(func(k spec.VersionKey) bool {
 		sl, ok := d.router.Sleeping(k)

@@ -21,6 +21,7 @@ func (d *Daemon) serveFront() {
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          log.New(logfWriter(d.logf), "public http: ", 0),
+		MaxConnections:    d.opts.MaxConnections,
 	}
 	if d.certs != nil {
 		opts.Direct = d.certs.Direct

@@ -58,8 +58,10 @@ type Accounting interface {
 }
 
 // Proxy makes the Backends of one router and holds what they share: the
-// transport of the ReverseProxy path, and the router's decision (SetRoute).
+// transport of the ReverseProxy path, the budgets of held requests'
+// bodies (hold.go), and the router's decision (SetRoute).
 type Proxy struct {
+	held      *holdBudget
 	logf      func(format string, args ...any)
 	transport *http.Transport
 	route     func(host, remote string) *Backend
@@ -77,19 +79,24 @@ var ErrRemoved = errors.New("version removed")
 func (p *Proxy) SetRoute(route func(host, remote string) *Backend) { p.route = route }
 
 // NewProxy returns a Proxy that logs proxy errors to logf (nil discards
-// them).
-func NewProxy(logf func(format string, args ...any)) *Proxy {
+// them) and holds requests' bodies within hold.
+func NewProxy(logf func(format string, args ...any), hold HoldLimits) *Proxy {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Proxy{logf: logf, transport: &http.Transport{
+	return &Proxy{held: newHoldBudget(hold), logf: logf, transport: &http.Transport{
 		// No Proxy: backends are on loopback and must never be reached
 		// through an HTTP_PROXY from the daemon's environment.
 		Proxy: nil,
-		DialContext: (&net.Dialer{
-			Timeout:   5 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
+		// The forwarder's dial, refused connections of a backend just
+		// started or woken tried again (upstream.dial): the outgoing
+		// request's context names its upstream (Backend.newProxy).
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if u, ok := ctx.Value(upstreamKey{}).(*upstream); ok && u.addr == addr {
+				return u.dial(ctx)
+			}
+			return dialer.DialContext(ctx, network, addr)
+		},
 		// Go's default of 2 idle connections per host makes a busy proxy
 		// dial for most requests (caddy issue #2805); keep many open.
 		MaxIdleConns:        1024,
@@ -174,16 +181,17 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	cb, _ := req.Body.(*clientBody)
 	s, ok := b.acquire()
 	if !ok {
+		var sp *spool
 		var err error
-		if s, err = b.hold(req); err != nil {
+		if s, sp, err = b.hold(req); err != nil {
 			b.logf("router: %s: held request: %v", b.key, err)
-			refuseHeld(w, req.Context().Err() == nil)
+			answerHeld(w, req, cb, sp, err)
 			return
 		}
-		if sr, ok := req.Body.(*spoolReader); ok {
+		if sp != nil {
 			// Whatever the proxy does with it, the spool goes with the
 			// request, as the server closes a client's body.
-			defer sr.Close()
+			defer sp.Close()
 		}
 	}
 	// Deferred: the proxies panic with http.ErrAbortHandler when a
@@ -230,10 +238,17 @@ func (b *Backend) untrack(pc *pconn) {
 }
 
 func (b *Backend) newUpstream(addr string) *upstream {
-	return &upstream{addr: addr, b: b, proxy: b.newProxy(addr)}
+	u := &upstream{addr: addr, b: b, retryUntil: time.Now().Add(retryRefused).UnixNano()}
+	u.proxy = b.newProxy(u)
+	return u
 }
 
-func (b *Backend) newProxy(addr string) *httputil.ReverseProxy {
+// upstreamKey is the context key of an outgoing request's upstream, for
+// the transport's dial.
+type upstreamKey struct{}
+
+func (b *Backend) newProxy(u *upstream) *httputil.ReverseProxy {
+	addr := u.addr
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			// Not pr.SetURL: it would replace the Host header with addr,
@@ -241,7 +256,8 @@ func (b *Backend) newProxy(addr string) *httputil.ReverseProxy {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = addr
 			pr.SetXForwarded()
-			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(pr.Out.Context(), checkReused))
+			ctx := context.WithValue(pr.Out.Context(), upstreamKey{}, u)
+			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(ctx, checkReused))
 		},
 		Transport:  b.p.transport,
 		BufferPool: bufferPool{},

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -48,6 +49,23 @@ const (
 
 var dialer = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 
+// retryRefused is how long after a backend's address was set (it was
+// registered, woken or restarted on a new port) a connection it refuses
+// is tried again rather than answered 502. Many apps say they are ready
+// (READY=1) as they start their server in the background, a moment before
+// their port accepts; nothing was sent to a port that refused, so trying
+// again is always safe. A backend that refuses later than this is down,
+// and is not waited for.
+var retryRefused = 2 * time.Second
+
+// Tries of a refused connection start this far apart and double up to
+// retryRefusedMax: an app that listens a moment late is reached within a
+// few milliseconds of it, without a busy loop.
+const (
+	retryRefusedFirst = 2 * time.Millisecond
+	retryRefusedMax   = 25 * time.Millisecond
+)
+
 // upstream is one address of a backend: its pool of idle keep-alive
 // connections and the standard-library proxy for the requests the
 // forwarder leaves to it. AddBackend with a new address makes a new one.
@@ -59,6 +77,10 @@ type upstream struct {
 	mu      sync.Mutex
 	idle    []*pconn // most recently used last
 	retired bool     // replaced or removed: connections are closed on return
+
+	// retryUntil (UnixNano) ends the moment after the address was set in
+	// which refused connections are tried again (retryRefused).
+	retryUntil int64
 }
 
 // pconn is one persistent connection to a backend.
@@ -539,7 +561,7 @@ func (u *upstream) get(ctx context.Context) (pc *pconn, reused bool, err error) 
 		}
 		return pc, true, nil
 	}
-	conn, err := dialer.DialContext(ctx, "tcp", u.addr)
+	conn, err := u.dial(ctx)
 	if err != nil {
 		return nil, false, err
 	}
@@ -549,6 +571,34 @@ func (u *upstream) get(ctx context.Context) (pc *pconn, reused bool, err error) 
 		return nil, false, errAborted
 	}
 	return pc, false, nil
+}
+
+// dial connects to the backend. A connection refused while the address
+// is new (retryRefused) is tried again, with a growing pause, until the
+// app accepts or that moment ends.
+func (u *upstream) dial(ctx context.Context) (net.Conn, error) {
+	pause := retryRefusedFirst
+	for {
+		conn, err := dialer.DialContext(ctx, "tcp", u.addr)
+		if err == nil || !u.retryRefused(err, time.Now().Add(pause)) {
+			return conn, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+		pause = min(2*pause, retryRefusedMax)
+	}
+}
+
+// retryRefused reports whether a dial that failed with err may be tried
+// again at the time then: the app refused the connection and its address
+// is new enough.
+func (u *upstream) retryRefused(err error, then time.Time) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) && then.UnixNano() < u.retryUntil && !u.b.aborted.Load()
 }
 
 // popIdle takes the most recently used idle connection, or nil if there

@@ -66,6 +66,12 @@ type Options struct {
 	// WriteTimeout closes a connection whose client has not taken any of
 	// a response for so long; 0 means DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// MaxConnections bounds the client connections open at once, on
+	// every listener and path (an event loop, a goroutine, net/http, a
+	// websocket): past it a new HTTP connection is answered 503 with
+	// Retry-After and closed, a TLS one closed. 0 means
+	// DefaultMaxConnections(); negative, no bound.
+	MaxConnections int
 	// Loops is the number of event loops that serve plain-HTTP
 	// connections where the platform has them (Linux): 0 means one per
 	// two CPUs (GOMAXPROCS), a negative number none (a goroutine per
@@ -101,6 +107,13 @@ type Front struct {
 	loops     *loops
 	loopCount int
 
+	// maxConns is Options.MaxConnections, defaults applied (0: none);
+	// open counts the client connections (connTicket), turning the ones
+	// being turned away.
+	maxConns int64
+	open     atomic.Int64
+	turning  atomic.Int64
+
 	shutting atomic.Bool
 	// clock is the time (UnixNano) as of the sweeper's last tick: the
 	// phases of connections are timed by it, which is precise enough for
@@ -135,6 +148,12 @@ func New(r Router, opts Options) *Front {
 	}
 	if f.logf == nil {
 		f.logf = func(string, ...any) {}
+	}
+	switch n := opts.MaxConnections; {
+	case n == 0:
+		f.maxConns = int64(DefaultMaxConnections())
+	case n > 0:
+		f.maxConns = int64(n)
 	}
 	if f.header <= 0 {
 		f.header = 30 * time.Second
@@ -228,8 +247,12 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 			if f.shutting.Load() {
 				return http.ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if acceptAgain(err) {
+				// Out of descriptors, say: the listener is not given
+				// up, the daemon serves on as connections close.
+				if backoff == 0 {
+					f.logf("router: front end: accept: %v; trying again", err)
+				}
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				time.Sleep(backoff)
 				continue
@@ -237,14 +260,19 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 			return err
 		}
 		backoff = 0
+		t := f.admit()
+		if t == nil {
+			f.turnAway(c, secure)
+			continue
+		}
 		if ls != nil {
-			if err := ls.adopt(c); err == nil {
+			if err := ls.adopt(c, t); err == nil {
 				continue
 			}
 			// Not adopted (the loops are closing, or the connection
 			// has no descriptor): it is served as below.
 		}
-		fc := f.newConn(c, secure, nil)
+		fc := f.newConn(c, secure, nil, t)
 		if fc == nil {
 			return http.ErrServerClosed
 		}
@@ -255,19 +283,19 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 // newConn tracks a client connection served by a goroutine: a new one, or
 // one an event loop gives back with the bytes it read ahead (pending). It
 // returns nil, with c closed, if the Front is shutting down.
-func (f *Front) newConn(c net.Conn, secure bool, pending []byte) *frontConn {
+func (f *Front) newConn(c net.Conn, secure bool, pending []byte, t *connTicket) *frontConn {
 	var tc *tls.Conn
 	if secure {
-		c = &switchConn{Conn: c, write: f.lim.write}
+		c = &switchConn{Conn: c, write: f.lim.write, ticket: t}
 		tc = tls.Server(c, f.tlsConfig)
 	}
-	return f.track(c, tc, pending)
+	return f.track(c, tc, pending, t)
 }
 
 // track is newConn for a client connection c, with tc its TLS layer
-// (over a *switchConn) if it has one.
-func (f *Front) track(c net.Conn, tc *tls.Conn, pending []byte) *frontConn {
-	fc := &frontConn{f: f, c: c, remote: c.RemoteAddr().String(), fb: f.plain, direct: f.direct}
+// (over a *switchConn) if it has one, and t its ticket.
+func (f *Front) track(c net.Conn, tc *tls.Conn, pending []byte, t *connTicket) *frontConn {
+	fc := &frontConn{f: f, c: c, remote: c.RemoteAddr().String(), fb: f.plain, direct: f.direct, ticket: t}
 	if tc != nil {
 		fc.tls = tc
 		fc.c, fc.direct, fc.fb = tc, f.directTLS, f.secure
@@ -281,6 +309,7 @@ func (f *Front) track(c net.Conn, tc *tls.Conn, pending []byte) *frontConn {
 	// served to its end at shutdown, but not after Close.
 	if f.closed || f.shutting.Load() && pending == nil {
 		c.Close()
+		t.release()
 		return nil
 	}
 	f.conns[fc] = struct{}{}
@@ -465,6 +494,9 @@ type frontConn struct {
 	// slot is the request an event loop gave back with the connection,
 	// if any: released when run ends, whether or not it got to serve it.
 	slot slot
+	// ticket is the connection's among MaxConnections: given back when
+	// run closes it, or passed on with the connection.
+	ticket *connTicket
 }
 
 func (fc *frontConn) serve() { fc.run(nil) }
@@ -493,6 +525,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		if !handedOff {
 			fc.phase.Store(phaseClosed)
 			fc.c.Close()
+			fc.ticket.release()
 			fc.release()
 			f.untrack(fc)
 		}
@@ -521,7 +554,7 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 			f.mu.Lock()
 			ls := f.loops
 			f.mu.Unlock()
-			if ls != nil && ls.adoptTLS(fc.tls, fc.remote) == nil {
+			if ls != nil && ls.adoptTLS(fc.tls, fc.remote, fc.ticket) == nil {
 				// An event loop serves it from now on.
 				fc.release()
 				handedOff = true
@@ -620,7 +653,7 @@ func (f *Front) fastBackend(head string, req *Request, remote string, secure boo
 // front. It reports false if the Front was closed meanwhile.
 func (fc *frontConn) handOff() bool {
 	pending, _ := fc.br.Peek(fc.br.Buffered())
-	hc := &handoffConn{Conn: fc.c, tls: fc.state, write: fc.wr.d}
+	hc := &handoffConn{Conn: fc.c, tls: fc.state, write: fc.wr.d, ticket: fc.ticket}
 	hc.src = handoffSource{pending: append([]byte(nil), pending...), r: &fc.cr}
 	hc.scan = newHeadScanner(&hc.src, &fc.f.lim)
 	fc.release()
@@ -752,6 +785,16 @@ type switchConn struct {
 	out []byte // mem: ciphertext TLS wrote
 	// write bounds each write to the socket (Options.WriteTimeout).
 	write time.Duration
+	// ticket is the connection's among MaxConnections, given back when
+	// TLS closes it (net/http does, for the connections it serves).
+	ticket *connTicket
+}
+
+func (s *switchConn) Close() error {
+	if !s.mem { // an event loop's connection is its to close
+		s.ticket.release()
+	}
+	return s.Conn.Close()
 }
 
 // errWouldBlock is a switchConn's read with nothing buffered: temporary,
@@ -800,101 +843,3 @@ func writeTimed(c net.Conn, p []byte, d time.Duration) (int, error) {
 	}
 	return c.Write(p)
 }
-
-// handoffConn is a client connection handed to net/http: its reads return
-// the bytes the front end had read first, through a headScanner.
-type handoffConn struct {
-	net.Conn
-	src   handoffSource
-	scan  *headScanner
-	tls   *tls.ConnectionState // of a TLS connection, which net/http sees wrapped
-	write time.Duration        // bounds each write; 0 for TLS (switchConn does)
-}
-
-// handoffSource is what a handed-over connection's scanner reads.
-type handoffSource struct {
-	pending []byte
-	r       *connReader
-}
-
-func (s *handoffSource) Read(p []byte) (int, error) {
-	if n, ok := readPending(&s.pending, p); ok {
-		return n, nil
-	}
-	return s.r.Read(p)
-}
-
-func (c *handoffConn) Write(p []byte) (int, error) { return writeTimed(c.Conn, p, c.write) }
-
-type tlsStateKey struct{}
-
-// tlsStateContext is the ConnContext of the TLS fallback server: it keeps
-// the TLS state of a connection handed over wrapped, for withTLSState.
-func tlsStateContext(ctx context.Context, c net.Conn) context.Context {
-	if hc, ok := c.(*handoffConn); ok && hc.tls != nil {
-		return context.WithValue(ctx, tlsStateKey{}, hc.tls)
-	}
-	return ctx
-}
-
-// withTLSState sets Request.TLS on the requests of TLS connections that
-// net/http sees wrapped (it sets it itself for a *tls.Conn): handlers tell
-// HTTPS from HTTP by it.
-func withTLSState(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS == nil {
-			if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok {
-				r.TLS = st
-			}
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-func (c *handoffConn) Read(p []byte) (int, error) { return c.scan.Read(p) }
-
-// readPending reads into p from the bytes read ahead of a connection,
-// *pending, while there are any; ok is false once there are none.
-func readPending(pending *[]byte, p []byte) (n int, ok bool) {
-	if len(*pending) == 0 {
-		return 0, false
-	}
-	n = copy(p, *pending)
-	*pending = (*pending)[n:]
-	return n, true
-}
-
-// handoffListener is the listener of the http.Server that serves handed
-// over connections.
-type handoffListener struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-	addr net.Addr
-}
-
-func (l *handoffListener) push(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		c.Close()
-		return false
-	}
-}
-
-func (l *handoffListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *handoffListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *handoffListener) Addr() net.Addr { return l.addr }

@@ -134,7 +134,11 @@ func (s *headScanner) Read(p []byte) (int, error) {
 		}
 	}
 	n := copy(p, s.out)
-	s.out = s.out[n:]
+	if s.out = s.out[n:]; len(s.out) == 0 {
+		// A head may be 64 KiB: not kept once passed on, while the
+		// connection waits for its response or its next request.
+		s.out = nil
+	}
 	return n, nil
 }
 
@@ -156,7 +160,7 @@ func (s *headScanner) step() error {
 				}
 				return s.refuse(http.StatusRequestHeaderFieldsTooLarge)
 			}
-			s.head = append(s.head, frag...)
+			s.head = appendHead(s.head, frag, s.lim.maxHead)
 			if err == bufio.ErrBufferFull {
 				continue
 			}
@@ -215,6 +219,19 @@ func (s *headScanner) step() error {
 	return nil
 }
 
+// appendHead appends frag to head, which grows to limit bytes at most:
+// doubling, so that a large head leaves less garbage behind than its own
+// size (append grows a large slice by a quarter at a time: a 64 KiB head
+// would leave about four times that, for every connection that sends one).
+func appendHead(head, frag []byte, limit int) []byte {
+	if n := len(head) + len(frag); n > cap(head) {
+		grown := make([]byte, len(head), max(n, min(2*cap(head), limit), 512))
+		copy(grown, head)
+		head = grown
+	}
+	return append(head, frag...)
+}
+
 // refuse replaces the head read so far by a request the guard answers with
 // code, and ends the stream after it.
 func (s *headScanner) refuse(code int) error {
@@ -263,14 +280,10 @@ func chunkSize(line []byte) (int64, bool) {
 func checkRequestHead(head []byte) (code, framing int, n int64) {
 	line, rest := cutLine(head)
 	method, _, _ := bytes.Cut(line, []byte(" "))
-	switch string(method) {
-	case http.MethodConnect:
-		return http.StatusBadRequest, 0, 0
-	case http.MethodTrace:
-		return http.StatusMethodNotAllowed, 0, 0
-	}
-	if _, ok := refusals[string(method)]; ok {
-		return http.StatusBadRequest, 0, 0
+	// The guard's own methods (refusals) hold digits: a client that
+	// sends one is refused here.
+	if code := methodRefusal(string(method)); code != 0 {
+		return code, 0, 0
 	}
 	var te, cl, chunked, upgrade, odd bool
 	for {
@@ -316,9 +329,30 @@ func checkRequestHead(head []byte) (code, framing int, n int64) {
 	return 0, scanHead, 0
 }
 
+// methodRefusal is the status a request with method is refused with, 0
+// if it is not, on every path (parseRequest, checkRequestHead, guard). As
+// nginx: a method of anything but upper-case letters, "_" and "-" is 400
+// (methods are case-sensitive, but an app that upper-cases them would
+// answer "trace" as TRACE), and TRACE and CONNECT, which the front end
+// never forwards, 405.
+func methodRefusal(method string) int {
+	if method == "" {
+		return http.StatusBadRequest
+	}
+	for i := 0; i < len(method); i++ {
+		if c := method[i]; (c < 'A' || c > 'Z') && c != '_' && c != '-' {
+			return http.StatusBadRequest
+		}
+	}
+	if method == http.MethodTrace || method == http.MethodConnect {
+		return http.StatusMethodNotAllowed
+	}
+	return 0
+}
+
 // guard is the first handler of every request net/http serves for the
-// front end: it answers the scanner's refusals, refuses CONNECT and TRACE
-// and overlong targets (HTTP/2), drops fields whose name holds "_" (which
+// front end: it answers the scanner's refusals, refuses the methods
+// methodRefusal names and overlong targets (HTTP/2), drops fields whose name holds "_" (which
 // some apps read as "-": a spoofed X_Forwarded_For), and times a request
 // body between its reads, waiting for its first byte before the request
 // goes on to take an app connection.
@@ -327,10 +361,8 @@ func (f *Front) guard(h http.Handler) http.Handler {
 		code, refused := refusals[r.Method]
 		switch {
 		case refused:
-		case r.Method == http.MethodConnect:
-			code = http.StatusBadRequest
-		case r.Method == http.MethodTrace:
-			code = http.StatusMethodNotAllowed
+		case methodRefusal(r.Method) != 0:
+			code = methodRefusal(r.Method)
 		case len(r.RequestURI) > f.lim.maxLine:
 			code = http.StatusRequestURITooLong
 		}
@@ -402,9 +434,10 @@ type clientBody struct {
 
 	// mu guards over and err: the proxy's transport may still read the
 	// body while its error handler asks how it failed.
-	mu   sync.Mutex
-	over bool  // the handler returned: rc is not to be used
-	err  error // the first failure
+	mu    sync.Mutex
+	over  bool      // the handler returned: rc is not to be used
+	until time.Time // set by cutOff: no read goes on past it
+	err   error     // the first failure
 }
 
 func (b *clientBody) setErr(err error) {
@@ -424,10 +457,23 @@ func (b *clientBody) getErr() error {
 // setDeadline sets the connection's read deadline while the handler runs.
 func (b *clientBody) setDeadline(t time.Time) {
 	b.mu.Lock()
+	if !b.until.IsZero() && (t.IsZero() || t.After(b.until)) {
+		t = b.until
+	}
 	if !b.over {
 		b.rc.SetReadDeadline(t)
 	}
 	b.mu.Unlock()
+}
+
+// cutOff bounds the reads of the body, the one under way included, by
+// until: the request was answered without it (a held request refused
+// while its spool read the body).
+func (b *clientBody) cutOff(until time.Time) {
+	b.mu.Lock()
+	b.until = until
+	b.mu.Unlock()
+	b.setDeadline(until)
 }
 
 func (b *clientBody) finish() {

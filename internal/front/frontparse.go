@@ -104,8 +104,9 @@ func parseRequest(head string, req *Request) bool {
 	}
 	sp2 += sp1 + 1
 	method, target, proto := line[:sp1], line[sp1+1:sp2], line[sp2+1:]
-	// CONNECT and TRACE are refused by the guard (frontguard.go).
-	if proto != "HTTP/1.1" || method == "CONNECT" || method == "TRACE" || !isToken(method) || !fastTarget(target) {
+	// The methods methodRefusal refuses are refused by the head scanner
+	// (frontguard.go).
+	if proto != "HTTP/1.1" || methodRefusal(method) != 0 || !fastTarget(target) {
 		return false
 	}
 	req.Method, req.Target = method, target

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParseRequest: whatever the fast parser accepts, net/http reads the
@@ -195,4 +197,57 @@ func FuzzHeadScanner(f *testing.F) {
 			t.Fatalf("output is not a prefix of the input:\n in: %q\nout: %q", in, o)
 		}
 	})
+}
+
+// TestHandedOverKeepsNoHead: once a handed-over connection's head was
+// passed on to net/http, neither the scanner nor the bytes read ahead of
+// the hand-over keep it: a connection whose request waits (held, or with
+// a slow app) or that idles between requests holds no 64 KiB for it.
+func TestHandedOverKeepsNoHead(t *testing.T) {
+	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + strings.Repeat("a", 60<<10) + "\r\n\r\n"
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go io.WriteString(pw, head[4096:]) // and then nothing: the next request is not here yet
+	lim := newLimits(Options{})
+	// Read ahead as a loop hands over: a copy, with room to spare.
+	src := &handoffSource{pending: append(make([]byte, 0, 8192), head[:4096]...), r: &connReader{c: pipeConn{pr}}}
+	s := newHeadScanner(src, &lim)
+	got := make([]byte, len(head))
+	if _, err := io.ReadFull(s, got); err != nil || string(got) != head {
+		t.Fatalf("read %v: the head was not passed on as it came", err)
+	}
+	if cap(s.out) != 0 || cap(s.head) != 0 {
+		t.Errorf("the scanner keeps %d bytes for a head it passed on", max(cap(s.out), cap(s.head)))
+	}
+	if cap(src.pending) != 0 {
+		t.Errorf("the connection keeps the %d bytes read ahead of its hand-over", cap(src.pending))
+	}
+}
+
+// pipeConn is a net.Conn that reads from a pipe.
+type pipeConn struct{ *io.PipeReader }
+
+func (pipeConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (pipeConn) LocalAddr() net.Addr              { return nil }
+func (pipeConn) RemoteAddr() net.Addr             { return nil }
+func (pipeConn) SetDeadline(time.Time) error      { return nil }
+func (pipeConn) SetReadDeadline(time.Time) error  { return nil }
+func (pipeConn) SetWriteDeadline(time.Time) error { return nil }
+
+// BenchmarkHeadScannerLargeHead: what reading a head just under the limit
+// costs a handed-over connection (B/op: the garbage a connection sending
+// one leaves behind).
+func BenchmarkHeadScannerLargeHead(b *testing.B) {
+	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + strings.Repeat("a", 63<<10) + "\r\n\r\n"
+	lim := newLimits(Options{})
+	buf := make([]byte, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		s := newHeadScanner(strings.NewReader(head), &lim)
+		for {
+			if _, err := s.Read(buf); err != nil {
+				break
+			}
+		}
+	}
 }

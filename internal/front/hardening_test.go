@@ -542,15 +542,41 @@ func TestSmallerFindings(t *testing.T) {
 		name, raw string
 		want      int
 	}{
-		{"CONNECT", "CONNECT " + host + ":443 HTTP/1.1\r\nHost: " + host + ":443\r\n\r\n", 400},
+		{"CONNECT", "CONNECT " + host + ":443 HTTP/1.1\r\nHost: " + host + ":443\r\n\r\n", 405},
+		{"CONNECT origin-form", "CONNECT / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 405},
 		{"TRACE", "TRACE / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 405},
 		{"TRACE HTTP/1.0", "TRACE / HTTP/1.0\r\nHost: " + host + "\r\n\r\n", 405},
+		// Methods are case-sensitive (RFC 9110 §9.1), but an app that
+		// upper-cases them would answer these as TRACE: refused as
+		// nginx refuses any method that is not upper-case.
+		{"trace", "trace / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 400},
+		{"TrAcE", "TrAcE / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 400},
+		{"trace HTTP/1.0", "trace / HTTP/1.0\r\nHost: " + host + "\r\n\r\n", 400},
+		{"connect", "connect / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 400},
+		{"get", "get / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 400},
+		{"method with a digit", "G3T / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 400},
+		{"lower-case after a request", "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\ntrace / HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 0},
 		{"broken chunked body", "POST / HTTP/1.1\r\nHost: " + host + "\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400},
 		{"obsolete line folding", "GET / HTTP/1.1\r\nHost: " + host + "\r\nX-A: a\r\n b\r\n\r\n", 400},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(app.requests())
+			if tc.want == 0 {
+				// A GET answered, then the refusal, on one connection.
+				c, br := fronttest.RawConn(t, "http://"+pub)
+				io.WriteString(c, tc.raw)
+				if resp, _ := fronttest.ReadResp(t, br, "GET"); resp.StatusCode != 200 {
+					t.Fatalf("first request: %d", resp.StatusCode)
+				}
+				if resp, _ := fronttest.ReadResp(t, br, "GET"); resp.StatusCode != 400 {
+					t.Fatalf("second request: %d, want 400", resp.StatusCode)
+				}
+				if seen := app.requests()[before:]; len(seen) != 1 {
+					t.Errorf("app saw %q, want only the GET", seen)
+				}
+				return
+			}
 			resp, _ := exchange(t, pub, tc.raw)
 			if resp == nil || resp.StatusCode != tc.want {
 				t.Fatalf("got %v, want %d", resp, tc.want)
@@ -704,6 +730,11 @@ func TestHTTP2Hardening(t *testing.T) {
 	before := requests.Load()
 	if resp, _ := do("TRACE", nil, nil); resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("TRACE: %d, want 405", resp.StatusCode)
+	}
+	for _, m := range []string{"trace", "TrAcE", "get"} {
+		if resp, _ := do(m, nil, nil); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 400", m, resp.StatusCode)
+		}
 	}
 	pr, pw := io.Pipe() // a body that never comes
 	t.Cleanup(func() { pw.Close() })

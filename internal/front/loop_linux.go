@@ -117,22 +117,23 @@ func (ls *loops) stop() {
 
 // adopt hands an accepted plain-HTTP connection to a loop. On error c is
 // untouched.
-func (ls *loops) adopt(c net.Conn) error {
-	return ls.adoptFD(c, c.RemoteAddr().String(), nil)
+func (ls *loops) adopt(c net.Conn, t *connTicket) error {
+	return ls.adoptFD(c, c.RemoteAddr().String(), nil, t)
 }
 
 // adoptTLS hands a TLS connection whose handshake is done to a loop: its
 // switchConn turns to the loop's buffers. On error tc is untouched.
-func (ls *loops) adoptTLS(tc *tls.Conn, remote string) error {
+func (ls *loops) adoptTLS(tc *tls.Conn, remote string, t *connTicket) error {
 	sw, ok := tc.NetConn().(*switchConn)
 	if !ok {
 		return errors.New("not a switchConn")
 	}
-	return ls.adoptFD(sw.Conn, remote, tc)
+	return ls.adoptFD(sw.Conn, remote, tc, t)
 }
 
-// adoptFD takes c's descriptor into a loop and closes c.
-func (ls *loops) adoptFD(c net.Conn, remote string, tc *tls.Conn) error {
+// adoptFD takes c's descriptor, with its ticket t, into a loop and closes
+// c.
+func (ls *loops) adoptFD(c net.Conn, remote string, tc *tls.Conn, t *connTicket) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return errors.New("no descriptor")
@@ -164,7 +165,7 @@ func (ls *loops) adoptFD(c net.Conn, remote string, tc *tls.Conn) error {
 		tc.NetConn().(*switchConn).mem = true
 	}
 	ls.conns.Add(1)
-	l.incoming = append(l.incoming, adopted{fd, remote, tc})
+	l.incoming = append(l.incoming, adopted{fd, remote, tc, t})
 	l.wakeLocked()
 	return nil
 }
@@ -204,6 +205,7 @@ type adopted struct {
 	fd     int
 	remote string
 	tls    *tls.Conn // nil for plain HTTP
+	ticket *connTicket
 }
 
 // loopObj is what a loop's descriptor serves: a client or a backend
@@ -415,6 +417,7 @@ func (l *eventLoop) shut() {
 	l.mu.Unlock()
 	for _, a := range in {
 		unix.Close(a.fd)
+		a.ticket.release()
 		l.ls.conns.Add(-1)
 	}
 	for c := range l.clients {
@@ -447,13 +450,14 @@ func (l *eventLoop) nextGen() int32 {
 }
 
 func (l *eventLoop) register(a adopted) {
-	c := &loopClient{l: l, fd: a.fd, gen: l.nextGen(), remote: a.remote, state: lcNew, since: l.now}
+	c := &loopClient{l: l, fd: a.fd, gen: l.nextGen(), remote: a.remote, state: lcNew, since: l.now, ticket: a.ticket}
 	c.req.shutting = &l.f.shutting
 	if a.tls != nil {
 		c.tls, c.sw = a.tls, a.tls.NetConn().(*switchConn)
 	}
 	if err := l.add(a.fd, c); err != nil {
 		unix.Close(a.fd)
+		a.ticket.release()
 		l.ls.conns.Add(-1)
 		return
 	}

@@ -14,9 +14,9 @@ type loops struct{}
 
 func (f *Front) startLoops(int) *loops { return nil }
 
-func (ls *loops) adopt(net.Conn) error { return errors.New("no event loops") }
+func (ls *loops) adopt(net.Conn, *connTicket) error { return errors.New("no event loops") }
 
-func (ls *loops) adoptTLS(*tls.Conn, string) error { return errors.New("no event loops") }
+func (ls *loops) adoptTLS(*tls.Conn, string, *connTicket) error { return errors.New("no event loops") }
 
 func (ls *loops) count() int { return 0 }
 

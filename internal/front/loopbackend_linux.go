@@ -146,7 +146,16 @@ func (bc *loopBackend) event(ev uint32) {
 			if err == nil {
 				err = syscall.Errno(e)
 			}
-			bc.broken(&net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(bc.u.addr), Err: os.NewSyscallError("connect", err)})
+			err = &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(bc.u.addr), Err: os.NewSyscallError("connect", err)}
+			if c := bc.client; c != nil && bc.u.retryRefused(err, time.Unix(0, bc.l.now)) {
+				// Nothing was sent: the app just started does not
+				// accept yet.
+				bc.close()
+				c.bc, bc.client = nil, nil
+				c.dialElsewhere()
+				return
+			}
+			bc.broken(err)
 			return
 		}
 	}

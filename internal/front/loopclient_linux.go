@@ -55,6 +55,7 @@ type loopClient struct {
 	hup       bool // epoll reported the end (or an error): read until it shows
 	advancing bool // advance is on the stack: finish need not call it
 	closed    bool
+	ticket    *connTicket // the connection's among MaxConnections
 }
 
 func (c *loopClient) generation() int32 { return c.gen }
@@ -259,11 +260,10 @@ func (c *loopClient) send() {
 			return
 		}
 		bc, reused, err := l.backendFor(c.u, !idempotent)
-		if err == errNotLoopable {
-			// Named backend: a goroutine dials it.
-			c.giveBack(func(w *bufio.Writer, h *hangup) bool {
-				return c.u.forwardFast(&c.req, w, h)
-			})
+		if err == errNotLoopable || err != nil && c.u.retryRefused(err, time.Unix(0, l.now)) {
+			// A named backend, or an app just started that does not
+			// accept yet: a goroutine dials it.
+			c.dialElsewhere()
 			return
 		}
 		if err != nil {
@@ -288,6 +288,13 @@ func (c *loopClient) send() {
 		}
 		return
 	}
+}
+
+// dialElsewhere hands the request, not sent yet, to a goroutine, whose
+// dial may wait (upstream.dial): a loop never does.
+func (c *loopClient) dialElsewhere() {
+	u := c.u
+	c.giveBack(func(w *bufio.Writer, h *hangup) bool { return u.forwardFast(&c.req, w, h) })
 }
 
 // respond writes the complete response bc holds to the client.
@@ -398,6 +405,7 @@ func (c *loopClient) close() {
 	c.slot.release()
 	c.l.forget(c.fd)
 	unix.Close(c.fd)
+	c.ticket.release()
 	delete(c.l.clients, c)
 	c.l.ls.conns.Add(-1)
 	if c.in != nil {
@@ -430,6 +438,7 @@ func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) bool 
 	}
 	if err != nil {
 		l.f.logf("router: front end: handing %s over: %v", c.remote, err)
+		c.ticket.release()
 		return false
 	}
 	if first != nil && pending == nil {
@@ -440,13 +449,13 @@ func (c *loopClient) giveBack(first func(w *bufio.Writer, h *hangup) bool) bool 
 		// TLS carries on over the switchConn, now over conn, with the
 		// ciphertext it holds read first.
 		c.sw.Conn, c.sw.mem, c.sw.out = conn, false, nil
-		fc = l.f.track(c.sw, c.tls, pending)
+		fc = l.f.track(c.sw, c.tls, pending, c.ticket)
 		if fc != nil {
 			st := c.tls.ConnectionState()
 			fc.state, fc.fromLoop = &st, true
 		}
 	} else {
-		fc = l.f.newConn(conn, false, pending)
+		fc = l.f.newConn(conn, false, pending, c.ticket)
 	}
 	if fc == nil {
 		return false

@@ -51,6 +51,10 @@ type Options struct {
 	// Waker starts a sleeping version again on its first request
 	// (sleep.go); nil means no version is ever put to sleep.
 	Waker Waker
+	// Hold bounds what the bodies of held requests (a version asleep,
+	// waking or paused) take while they wait; zero fields take the front
+	// end's defaults (front.HoldLimits).
+	Hold front.HoldLimits
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -152,7 +156,7 @@ func New(opts Options) *Router {
 	if r.internal == nil {
 		r.internal = netip.Addr.IsLoopback
 	}
-	r.proxy = front.NewProxy(r.logf)
+	r.proxy = front.NewProxy(r.logf, opts.Hold)
 	r.proxy.SetRoute(r.Route)
 	empty := map[spec.VersionKey]*backend{}
 	r.backends.Store(&empty)

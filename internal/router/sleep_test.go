@@ -78,7 +78,7 @@ func TestHerdWakesOnce(t *testing.T) {
 			if !r.Sleep(apiV1, 0) {
 				t.Fatal("Sleep of an idle backend: false")
 			}
-			big := bytes.Repeat([]byte("x"), front.SpoolMemory+12345)
+			big := bytes.Repeat([]byte("x"), front.HeldRequestMemory+12345)
 			const n = 200
 			var sent, done sync.WaitGroup
 			sent.Add(n)

@@ -67,6 +67,9 @@ func TestMain(m *testing.M) {
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
+	if lateAppDir != "" {
+		os.RemoveAll(lateAppDir)
+	}
 	os.Exit(code)
 }
 
