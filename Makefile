@@ -44,7 +44,7 @@ FAILPOINT_PKGS := ./internal/atomicfile/ ./internal/router/ ./internal/superviso
 
 # Every failpoint of the catalogue with every action it takes, on bbolt and on etcd, under traffic.
 chaos: deps
-	$(GO) test -count=1 -timeout 60m -run '^(TestRobustness|TestMoveToEtcdCutShort)$$' ./test/e2e/ -args -chaos
+	$(GO) test -count=1 -timeout 60m -run '^(TestRobustness|TestMoveToEtcdCutShort|TestSickServiceNeverStopsTheDaemon)$$' ./test/e2e/ -args -chaos
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/

@@ -17,11 +17,11 @@ import (
 	"hostel/internal/store"
 )
 
-// nodeDesired is one node's Desired as the engine changes it; nodeInfo
-// what a node reports of itself.
+// nodeDesired is one node's Desired as the engine changes it; nodeResult
+// what a node reports its reconciles did.
 type (
 	nodeDesired = node.Desired
-	nodeInfo    = node.Info
+	nodeResult  = node.Result
 )
 
 // view is what one read of the store tells the engine: the state, the
@@ -320,14 +320,15 @@ func maxStopGrace(v *view) time.Duration {
 }
 
 // applied waits, up to bound, until every node asked has applied the
-// state at rev or later, and returns what each reported. A node whose
-// record goes meanwhile (its lease ended: it died) is no longer waited
-// for; one that does not answer in time fails the wait.
-func (e *Engine) applied(ctx context.Context, v *view, rev uint64, bound time.Duration) (map[string]node.Info, error) {
+// state at rev or later, and returns what each reported its reconciles
+// since rev did. A node whose record goes meanwhile (its lease ended: it
+// died) is no longer waited for; one that does not answer in time fails
+// the wait.
+func (e *Engine) applied(ctx context.Context, v *view, rev uint64, bound time.Duration) (map[string]node.Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	asked := v.names()
-	out := map[string]node.Info{}
+	out := map[string]node.Result{}
 	var behind []string
 	err := node.Await(ctx, e.st, func(snap *store.Snapshot) bool {
 		nodes := node.Nodes(snap)
@@ -338,7 +339,7 @@ func (e *Engine) applied(ctx context.Context, v *view, rev uint64, bound time.Du
 			case !ok && v.nodes[name].Name != "":
 				continue // it reported itself before: gone since
 			case ok && info.Applied >= rev:
-				out[name] = info
+				out[name] = info.Since(rev)
 			default:
 				behind = append(behind, name)
 			}

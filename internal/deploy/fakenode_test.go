@@ -31,6 +31,7 @@ type fakeNode struct {
 	mute    bool              // reports nothing more
 	running map[spec.VersionKey]bool
 	asked   []node.Desired // every Desired it read, in order
+	results []node.Result  // what each apply did
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
@@ -109,7 +110,7 @@ func (f *fakeNode) apply(ctx context.Context, snap *store.Snapshot) {
 		}
 	})
 	want := map[spec.VersionKey]bool{}
-	info := node.Info{Name: f.name, Applied: snap.Revision}
+	info := node.Result{Applied: snap.Revision}
 	for _, g := range gens {
 		for name := range g.Versions {
 			k := g.Instance(name)
@@ -145,7 +146,8 @@ func (f *fakeNode) apply(ctx context.Context, snap *store.Snapshot) {
 	}
 	sort.Strings(info.Started)
 	sort.Strings(info.Stopped)
-	iv, _ := json.Marshal(info)
+	f.results = append(f.results, info)
+	iv, _ := json.Marshal(node.Info{Name: f.name, Applied: snap.Revision, Results: f.results})
 	rv, _ := json.Marshal(node.Routes{Applied: snap.Revision})
 	writes = append(writes,
 		store.Write{Kind: node.KindNode, Key: f.name, Value: iv, Rev: store.AnyRevision, Lease: f.lease.ID()},

@@ -50,7 +50,7 @@ func (e *Engine) WhileStopped(ctx context.Context, service string, fn func() err
 	ferr := fn()
 	rev, err = stopped(false)
 	if err == nil {
-		var infos map[string]nodeInfo
+		var infos map[string]nodeResult
 		infos, err = e.applied(ctx, v, rev, e.opts.NodeWait+svc.HealthTimeout())
 		var errs []error
 		for _, name := range slices.Sorted(maps.Keys(infos)) {

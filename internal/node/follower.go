@@ -92,6 +92,12 @@ type Follower struct {
 	// lastRoutes is the revision of the last change the routes follow
 	// (a current generation moved, a pause) seen.
 	lastRoutes uint64
+	// results are the last reconciles' results (Info.Results); guarded
+	// by run.
+	results []Result
+	// readRev is the revision of the last state a reconcile read: a
+	// change at or before it is in it.
+	readRev uint64
 }
 
 // state is what one read of the store asks of the node.
@@ -181,7 +187,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		if ev.Err != nil {
 			return ev.Err
 		}
-		matters := f.matters(ev)
+		matters := f.matters(ev) && ev.Revision > f.readRevision()
 		// Take every change already there: one read for them all.
 		for more := true; more; {
 			select {
@@ -192,7 +198,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 				if next.Err != nil {
 					return next.Err
 				}
-				matters = f.matters(next) || matters
+				matters = f.matters(next) && next.Revision > f.readRevision() || matters
 			default:
 				more = false
 			}
@@ -226,6 +232,14 @@ func (f *Follower) matters(ev store.Event) bool {
 		return ev.Kind == KindDesired && ev.Key == f.opts.Name
 	}
 	return false
+}
+
+// readRevision is the revision of the last state a reconcile read: a
+// change at or before it was in it.
+func (f *Follower) readRevision() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.readRev
 }
 
 func (f *Follower) noteRoutes(rev uint64) {
@@ -300,6 +314,9 @@ func (f *Follower) reconcile(ctx context.Context, snap *store.Snapshot, resume b
 	failpoint.Hit("node-before-reconcile")
 	s := f.read(snap)
 	f.mu.Lock()
+	f.readRev = max(f.readRev, snap.Revision)
+	f.mu.Unlock()
+	f.mu.Lock()
 	f.reconciling = true
 	routesAt := f.lastRoutes
 	f.mu.Unlock()
@@ -330,14 +347,18 @@ func (f *Follower) reconcile(ctx context.Context, snap *store.Snapshot, resume b
 	f.mu.Unlock()
 	f.setKept(d.Asleep, held)
 	f.report(ctx)
-	info := Info{Name: f.opts.Name, Applied: s.rev, Failures: restartFailures}
+	res := Result{Applied: s.rev, Failures: restartFailures}
 	if rep != nil {
-		info.Started, info.Stopped, info.Aborted = rep.Started, rep.Stopped, rep.Aborted
+		res.Started, res.Stopped, res.Aborted = rep.Started, rep.Stopped, rep.Aborted
 	}
 	for _, se := range agent.Failures(err) {
-		info.Failures = append(info.Failures, Failure{Service: se.Service, Version: se.Version, Reason: se.Err.Error()})
+		res.Failures = append(res.Failures, Failure{Service: se.Service, Version: se.Version, Reason: se.Err.Error()})
 	}
-	f.writeInfo(ctx, info)
+	f.results = append(f.results, res)
+	if n := len(f.results); n > KeepResults {
+		f.results = slices.Clone(f.results[n-KeepResults:])
+	}
+	f.writeInfo(ctx, Info{Name: f.opts.Name, Applied: s.rev, Results: f.results})
 }
 
 // heldBy returns the instances the current generations hold, sorted.

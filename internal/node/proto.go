@@ -16,6 +16,7 @@ package node
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,21 +73,53 @@ type Callable struct {
 }
 
 // Info is a node as it reports itself (KindNode), and what its last
-// reconcile did.
+// reconciles did.
 type Info struct {
 	Name string `json:"name"`
 	// Applied is the store revision of the last state the node made run:
-	// everything desired then runs (or failed: Failures), and what was no
-	// longer desired was drained and stopped.
+	// everything desired then runs (or failed), and what was no longer
+	// desired was drained and stopped.
 	Applied uint64 `json:"applied"`
-	// Started, Stopped and Aborted are what the reconcile that reached
-	// Applied did: versions started (or adopted) and stopped, and the
-	// requests ended with 504 at a stop grace.
+	// Results are what the node's last reconciles did, oldest first (the
+	// last KeepResults): one that waits for a revision reads every result
+	// at or after it, which a later reconcile does not hide.
+	Results []Result `json:"results,omitempty"`
+}
+
+// KeepResults is how many of its last reconciles' results a node reports.
+const KeepResults = 16
+
+// Result is what one reconcile of a node did.
+type Result struct {
+	// Applied is the revision of the state it made run.
+	Applied uint64 `json:"applied"`
+	// Started and Stopped are the versions it started (or adopted) and
+	// stopped; Aborted the requests it ended with 504 at a stop grace.
 	Started []string `json:"started,omitempty"`
 	Stopped []string `json:"stopped,omitempty"`
 	Aborted int64    `json:"aborted,omitempty"`
-	// Failures are the versions that reconcile could not start.
+	// Failures are the versions it could not start (or restart).
 	Failures []Failure `json:"failures,omitempty"`
+}
+
+// Since is what the node's reconciles at revision rev or later did,
+// together: their started and stopped versions (sorted, each once), the
+// requests they aborted and their failures.
+func (i Info) Since(rev uint64) Result {
+	out := Result{Applied: i.Applied}
+	for _, r := range i.Results {
+		if r.Applied < rev {
+			continue
+		}
+		out.Started = append(out.Started, r.Started...)
+		out.Stopped = append(out.Stopped, r.Stopped...)
+		out.Aborted += r.Aborted
+		out.Failures = append(out.Failures, r.Failures...)
+	}
+	slices.Sort(out.Started)
+	slices.Sort(out.Stopped)
+	out.Started, out.Stopped = slices.Compact(out.Started), slices.Compact(out.Stopped)
+	return out
 }
 
 // Failure is one version a node could not start (or restart).

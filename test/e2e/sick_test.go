@@ -125,9 +125,16 @@ func (e *Env) restartDaemon(how string) {
 // service from being served, whatever stopped the daemon before: its
 // domains answer 503, status says it failed and why, and its next request
 // (or a restart, or a deploy) starts it again once it can.
+//
+// make chaos (-chaos) runs every case again, ten times over, on one daemon.
 func TestSickServiceNeverStopsTheDaemon(t *testing.T) {
+	rounds := 1
+	if *chaos {
+		rounds = 10
+	}
 	for _, tc := range []struct{ how, ill string }{
 		{"SIGTERM", "a-sick"}, {"SIGKILL", "a-sick"}, {"shutdown", "a-sick"}, {"shutdown", "a-fail"},
+		{"SIGTERM", "a-fail"}, {"SIGKILL", "a-fail"},
 	} {
 		t.Run(tc.how+"/"+tc.ill, func(t *testing.T) {
 			t.Parallel()
@@ -139,33 +146,43 @@ func TestSickServiceNeverStopsTheDaemon(t *testing.T) {
 			if code, _, body := e.Get("a.test", "/"); code != 200 {
 				t.Fatalf("a.test before: %d %q", code, body)
 			}
-
-			sw.on(tc.ill)
-			e.restartDaemon(tc.how)
-			if code, _, body := e.Get("b.test", "/"); code != 200 || !strings.HasPrefix(body, "b ") {
-				t.Errorf("b.test with a ill: %d %q, want b's 200", code, body)
-			}
-			_, st := e.fullStatus()
-			if st["a"]["state"] != "failed" || !strings.Contains(fmt.Sprint(st["a"]["error"]), "a-") {
-				t.Errorf("status of a = %v, want failed saying why", st["a"])
-			}
-			if st["b"]["state"] != "running" {
-				t.Errorf("status of b = %v, want running", st["b"])
-			}
-			code, h, _ := e.Get("a.test", "/")
-			if code != 503 || h.Get("Retry-After") == "" {
-				t.Errorf("a.test while ill: %d (Retry-After %q), want 503 with Retry-After", code, h.Get("Retry-After"))
-			}
-
-			// Well again: the next request starts it.
-			sw.off(tc.ill)
-			if code, _, body := e.Get("a.test", "/"); code != 200 || !strings.HasPrefix(body, "a ") {
-				t.Errorf("a.test once well: %d %q, want a's 200", code, body)
-			}
-			if _, st := e.fullStatus(); st["a"]["state"] != "running" {
-				t.Errorf("status of a once well = %v, want running", st["a"])
+			for round := range rounds {
+				t.Logf("round %d", round)
+				sickRound(t, e, sw, tc.how, tc.ill)
 			}
 		})
+	}
+}
+
+// sickRound makes a ill the way named, restarts the daemon the way
+// named, and checks that b is served, a answers 503 and status says why,
+// and that a is served again once well, at its next request.
+func sickRound(t *testing.T, e *Env, sw switches, how, ill string) {
+	t.Helper()
+	sw.on(ill)
+	e.restartDaemon(how)
+	if code, _, body := e.Get("b.test", "/"); code != 200 || !strings.HasPrefix(body, "b ") {
+		t.Errorf("b.test with a ill: %d %q, want b's 200", code, body)
+	}
+	_, st := e.fullStatus()
+	if st["a"]["state"] != "failed" || !strings.Contains(fmt.Sprint(st["a"]["error"]), "a-") {
+		t.Errorf("status of a = %v, want failed saying why", st["a"])
+	}
+	if st["b"]["state"] != "running" {
+		t.Errorf("status of b = %v, want running", st["b"])
+	}
+	code, h, _ := e.Get("a.test", "/")
+	if code != 503 || h.Get("Retry-After") == "" {
+		t.Errorf("a.test while ill: %d (Retry-After %q), want 503 with Retry-After", code, h.Get("Retry-After"))
+	}
+
+	// Well again: the next request starts it.
+	sw.off(ill)
+	if code, _, body := e.Get("a.test", "/"); code != 200 || !strings.HasPrefix(body, "a ") {
+		t.Errorf("a.test once well: %d %q, want a's 200", code, body)
+	}
+	if _, st := e.fullStatus(); st["a"]["state"] != "running" {
+		t.Errorf("status of a once well = %v, want running", st["a"])
 	}
 }
 
