@@ -48,6 +48,7 @@ func TestExitCodes(t *testing.T) {
 		{"serve etcd CA for http", []string{"--root", dir, "serve", "--etcd", "http://127.0.0.1:1", "--etcd-ca", "ca.pem"}, 2, "--etcd-cert and --etcd-ca are for https:// URLs"},
 		{"serve etcd URL without scheme", []string{"--root", dir, "serve", "--etcd", "etcd.example:2379"}, 2, `--etcd "etcd.example:2379": want http://HOST:PORT`},
 		{"serve etcd peers", []string{"--root", dir, "serve", "--etcd-embed", "--etcd-peers", "a=http://127.0.0.1:1"}, 2, "unknown flag: --etcd-peers"},
+		{"serve bad node name", []string{"--root", dir, "serve", "--node", "a/b"}, 2, `--node: "a/b" is not a node name`},
 		{"serve: bad held size", []string{"--root", dir, "serve", "--max-held-body", "lots"}, 2, `--max-held-body: "lots" is not a size`},
 		{"serve: negative held size", []string{"--root", dir, "serve", "--max-held-disk", "-1G"}, 2, `--max-held-disk: "-1G" is not a size`},
 		{"serve: negative connections", []string{"--root", dir, "serve", "--max-connections", "-1"}, 2, "--max-connections: -1"},

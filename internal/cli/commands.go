@@ -31,6 +31,9 @@ func serveCmd(e *env) *cobra.Command {
 			if err := opts.Store.Validate(); err != nil {
 				return usageError{err}
 			}
+			if err := daemon.CheckNodeName(opts.Node); opts.Node != "" && err != nil {
+				return usageError{fmt.Errorf("--node: %w", err)}
+			}
 			if opts.MaxConnections < 0 {
 				return usageError{fmt.Errorf("--max-connections: %d is not a number of connections (0: from the open-file limit)", opts.MaxConnections)}
 			}
@@ -54,6 +57,7 @@ func serveCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&opts.Store.EtcdKey, "etcd-key", "", "key of --etcd-cert")
 	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's)")
 	cmd.Flags().BoolVar(&opts.Store.EtcdEmbed, "etcd-embed", false, "keep the state in an etcd member run by the daemon, its data in ROOT/etcd")
+	cmd.Flags().StringVar(&opts.Node, "node", "", "this daemon's node among those sharing the store (default: the host name)")
 	cmd.Flags().IntVar(&opts.MaxConnections, "max-connections", 0,
 		"client connections open at once on the public listeners; past it one is answered 503 (0: half the open-file limit less 512)")
 	cmd.Flags().StringVar(&heldBody, "max-held-body", sizeFlag(front.DefaultHeldBody),

@@ -46,6 +46,9 @@ type Options struct {
 	// Store chooses the state store: ROOT/state.db (bbolt) by default,
 	// or etcd.
 	Store StoreOptions
+	// Node names this daemon's node among those sharing the store; ""
+	// is the machine's host name.
+	Node string
 	// MaxConnections bounds the client connections of the public
 	// listeners (front.Options.MaxConnections); 0 derives it from the
 	// open-file limit.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,13 +34,32 @@ const engineElection = "engine"
 // switch before it drains what the switch left behind.
 const routesWait = 10 * time.Second
 
-// nodeName is the name the daemon's node goes by: the machine's host
-// name.
+// nodeName is the name the daemon's node goes by by default: the
+// machine's host name, its first label if that is not a node name.
 func nodeName() string {
-	if h, err := os.Hostname(); err == nil && h != "" {
-		return h
+	h, err := os.Hostname()
+	if err != nil {
+		return "localhost"
 	}
-	return "localhost"
+	if CheckNodeName(h) != nil {
+		h, _, _ = strings.Cut(h, ".")
+	}
+	if CheckNodeName(h) != nil {
+		return "localhost"
+	}
+	return h
+}
+
+// nodeNameRE is what a node's name may be: it is a key of the store's
+// records and a host name's label.
+var nodeNameRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?$`)
+
+// CheckNodeName says what is wrong with a node's name; nil if nothing.
+func CheckNodeName(name string) error {
+	if !nodeNameRE.MatchString(name) {
+		return fmt.Errorf("%q is not a node name: want letters, digits, '.', '_' and '-', 63 at most, a letter or digit at each end", name)
+	}
+	return nil
 }
 
 // follower is what runs the node: the lease, the followers, and the
@@ -56,7 +77,10 @@ type follower struct {
 // the router follow the routes: what a daemon does before it serves. The
 // followers then run until stopNode.
 func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
-	name := nodeName()
+	name := d.opts.Node
+	if name == "" {
+		name = nodeName()
+	}
 	// What a previous incarnation of this node left — it died, or was
 	// killed — holds its lease until the TTL ends: its records and its
 	// leadership of the engine go now, not NodeTTL later.
@@ -73,14 +97,8 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	}
 	f := &follower{lease: lease}
 	d.follower = f
-	lctx, cancel := context.WithTimeout(ctx, 2*NodeTTL)
-	lead, err := d.store.Campaign(lctx, engineElection, lease)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("node %s: leading the engine: %w", name, err)
-	}
 	d.engine = deploy.New(d.store, deploy.Options{Node: name, Logf: func(f string, a ...any) { d.logf(f, a...) }})
-	d.engine.SetWriter(d.store.Fenced(lead))
+	d.engine.Standby()
 
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	f.cancel = stop
@@ -95,8 +113,24 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 		return err
 	}
 	progress := func(f string, a ...any) { d.logf(f, a...) }
-	if err := d.engine.Recover(ctx, progress); err != nil {
-		return err
+	// Lead the engine if no other daemon sharing the store does — at once
+	// on one machine — before the node starts: what a deploy that died
+	// left staged is taken back first. Else the engine is a standby, and
+	// campaigns on in the background.
+	lctx, cancel := context.WithTimeout(ctx, leadWait)
+	lead, err := d.store.Campaign(lctx, engineElection, lease)
+	cancel()
+	switch {
+	case err == nil:
+		d.engine.SetWriter(d.store.Fenced(lead))
+		if err := d.engine.Recover(ctx, progress); err != nil {
+			return err
+		}
+	case errors.Is(err, context.DeadlineExceeded):
+		d.logf("node %s: another daemon sharing the store leads the engine: this one follows, and takes over if it goes", name)
+		lead = nil
+	default:
+		return fmt.Errorf("node %s: leading the engine: %w", name, err)
 	}
 	nodeRev, err := f.nodes.Start(ctx)
 	if err != nil {
@@ -109,7 +143,53 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	f.wg.Go(func() { f.nodes.Run(runCtx, nodeRev) })
 	f.wg.Go(func() { f.routes.Run(runCtx, routesRev) })
 	f.wg.Go(func() { d.watchLease(runCtx, lease) })
-	return d.engine.Resume(ctx, progress)
+	if lead != nil {
+		if err := d.engine.Resume(ctx, progress); err != nil {
+			return err
+		}
+	}
+	f.wg.Go(func() { d.leadLoop(runCtx, name, lease, lead) })
+	return nil
+}
+
+// leadWait is how long a daemon's start waits to lead the engine before
+// it goes on as a standby.
+const leadWait = 2 * time.Second
+
+// leadLoop keeps the engine led by this daemon when it can: while
+// another leads, it campaigns; once it leads (lead, if not nil, was won
+// at the start), it waits for the leadership to end, makes the engine a
+// standby again, and campaigns again.
+func (d *Daemon) leadLoop(ctx context.Context, name string, lease store.Lease, lead store.Leadership) {
+	progress := func(f string, a ...any) { d.logf(f, a...) }
+	for ctx.Err() == nil {
+		if lead == nil {
+			var err error
+			if lead, err = d.store.Campaign(ctx, engineElection, lease); err != nil {
+				if ctx.Err() == nil {
+					d.logf("node %s: campaigning to lead the engine: %v", name, err)
+				}
+				return
+			}
+			d.engine.SetWriter(d.store.Fenced(lead))
+			d.logf("node %s: leads the engine now", name)
+			if err := d.engine.Recover(ctx, progress); err != nil {
+				d.logf("node %s: %v", name, err)
+			}
+			if err := d.engine.Resume(ctx, progress); err != nil {
+				d.logf("node %s: %v", name, err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-lead.Done():
+			d.engine.Detach()
+			d.engine.Standby()
+			d.logf("node %s: no longer leads the engine", name)
+			lead = nil
+		}
+	}
 }
 
 // watchLease says so when the node's lease is lost (the store was out of

@@ -236,6 +236,9 @@ func (e *Engine) Deploy(ctx context.Context, req Request, progress Progress) (*R
 	if err != nil {
 		return nil, err
 	}
+	if err := e.lead(); err != nil {
+		return nil, err
+	}
 	req.Env = env
 	e.mu.Lock()
 	res, w, err := e.deployLocked(ctx, req, progress)
@@ -330,6 +333,9 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 	if err != nil {
 		return nil, err
 	}
+	if err := e.lead(); err != nil {
+		return nil, err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	v, err := e.read(ctx)
@@ -387,6 +393,9 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 // Restart restarts the running version of production's service in place,
 // on every node that runs it; a sleeping one is woken (started afresh).
 func (e *Engine) Restart(ctx context.Context, service string) error {
+	if err := e.lead(); err != nil {
+		return err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	v, err := e.read(ctx)

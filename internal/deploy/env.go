@@ -45,6 +45,9 @@ func (e *Engine) RemoveEnv(ctx context.Context, env string, from uint64, progres
 	if env == spec.DefaultEnv {
 		return nil, invalid(ErrProductionEnv)
 	}
+	if err := e.lead(); err != nil {
+		return nil, err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	v, err := e.read(ctx)

@@ -55,6 +55,9 @@ func (e *Engine) GC(ctx context.Context, keep int, release func(kept []*spec.Gen
 	if keep < 1 {
 		return nil, invalid(fmt.Errorf("--keep must be at least 1, not %d", keep))
 	}
+	if err := e.lead(); err != nil {
+		return nil, err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	v, err := e.read(ctx)

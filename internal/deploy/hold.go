@@ -33,6 +33,9 @@ func (e *Engine) PauseService(ctx context.Context, service string, max time.Dura
 	if max <= 0 || max > MaxPause {
 		return invalid(fmt.Errorf("--max: %s is not between 0 and %s", max, MaxPause))
 	}
+	if err := e.lead(); err != nil {
+		return err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.inProduction(ctx, service); err != nil {
@@ -65,6 +68,9 @@ func (e *Engine) PauseService(ctx context.Context, service string, max time.Dura
 // go to the version live now. Resuming a service that is not paused does
 // nothing. It returns once every router released them.
 func (e *Engine) ResumeService(ctx context.Context, service string) error {
+	if err := e.lead(); err != nil {
+		return err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r, err := e.st.Record(ctx, store.KindPause, service)

@@ -18,6 +18,9 @@ import (
 // when the service is not running (or not in the current generation); its
 // error is returned after the start again is attempted.
 func (e *Engine) WhileStopped(ctx context.Context, service string, fn func() error) error {
+	if err := e.lead(); err != nil {
+		return err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	v, err := e.read(ctx)

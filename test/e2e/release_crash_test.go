@@ -115,10 +115,13 @@ func testReleaseCrashRestart(t *testing.T, fp, before, after, backend string) {
 }
 
 // TestReleaseCrashOtherDaemon: two daemons, each with its own root, share
-// one etcd. The first is killed (SIGKILL) while its release step runs. The
-// second, deploying the same spec, finds the first's claim, waits for it
-// to end — the first's lease expires claimTTL (10 s) after its last
-// renewal — and then runs the release itself. The wait is measured.
+// one etcd: two nodes of one deployment, both of which start a deploy's
+// new versions. The release step runs once, on the node that claims it
+// first; the other waits for the claim. The one that runs it is killed
+// (SIGKILL) while it runs: the other waits for its claim to end — its
+// lease expires claimTTL (10 s) after its last renewal — and then runs
+// the release itself; the deploy, through whichever daemon leads the
+// engine then, goes through. The release ran twice, never at once.
 func TestReleaseCrashOtherDaemon(t *testing.T) {
 	url := startEtcd(t)
 	listen := []string{"--http", "127.0.0.1:0", "--https", "", "--etcd", url}
@@ -126,43 +129,62 @@ func TestReleaseCrashOtherDaemon(t *testing.T) {
 	a, b := NewEnv(t), NewEnv(t)
 	a.WriteSpec(releaseSpec(a, runs, 3))
 	b.WriteSpec(releaseSpec(b, runs, 3))
-	a.StartDaemonArgs(listen...)
-	b.StartDaemonArgs(listen...)
-	defer b.Shutdown()
+	// a leads the engine, b follows (and takes over once a is gone).
+	a.StartDaemonArgs(append(listen, "--node", "a")...)
+	b.StartDaemonArgs(append(listen, "--node", "b")...)
 
-	deployed := make(chan int, 1)
-	go func() {
-		_, _, code := a.Run("deploy", "--no-confirm")
-		deployed <- code
-	}()
-	waitUntil(t, "a's release to start", func() bool { return runsOf(t, runs) == "run" })
-	a.killDaemon()
+	go a.Run("deploy", "--no-confirm")
+	waitUntil(t, "the release to start", func() bool { return runsOf(t, runs) == "run" })
+	// The node that waits says so; the other runs the release.
+	var runner, waiter *Env
+	waitUntil(t, "the other node to wait for the claim", func() bool {
+		switch {
+		case strings.Contains(b.DaemonLog(), "waiting: claimed by the daemon of "+a.Root):
+			runner, waiter = a, b
+		case strings.Contains(a.DaemonLog(), "waiting: claimed by the daemon of "+b.Root):
+			runner, waiter = b, a
+		}
+		return runner != nil
+	})
+	runner.killDaemon()
 	died := time.Now()
-	if code := <-deployed; code == 0 {
-		t.Fatal("a's deploy went through; its daemon was killed in the release")
-	}
+	defer waiter.Shutdown()
 
-	b.MustRun("deploy", "--no-confirm")
-	waited := time.Since(died)
-	t.Logf("b's deploy went through %s after a died (claim TTL 10s, release 3s)", waited.Round(time.Millisecond))
-	if !strings.Contains(b.DaemonLog(), "waiting: claimed by the daemon of "+a.Root) ||
-		!strings.Contains(b.DaemonLog(), "the claim of the daemon of "+a.Root) {
-		t.Errorf("b does not say it waited for a's claim:\n%s", b.DaemonLog())
+	// The deploy goes through the daemon that leads the engine — the
+	// waiter, once a's lease ends, if the runner was a — once the
+	// runner's claim ended and the waiter ran the release.
+	for deadline := time.Now().Add(40 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		_, errOut, code := waiter.Run("deploy", "--no-confirm")
+		if code == 0 {
+			break
+		}
+		if !strings.Contains(errOut, "does not lead") || time.Now().After(deadline) {
+			t.Fatalf("deploy through the node left: exit %d: %s\n%s", code, errOut, waiter.DaemonLog())
+		}
 	}
-	// a's release process outlives its daemon (it runs in a process group
-	// of its own) and ended before b's began: it takes 3 s, the claim 10.
-	// A release longer than the claim's TTL would overlap b's.
+	t.Logf("the deploy went through %s after the release's runner died (claim TTL 10s, release 3s)", time.Since(died).Round(time.Millisecond))
+	if !strings.Contains(waiter.DaemonLog(), "the claim of the daemon of "+runner.Root) {
+		t.Errorf("the waiter does not say the runner's claim ended:\n%s", waiter.DaemonLog())
+	}
+	// The runner's release process outlives its daemon (it runs in a
+	// process group of its own) and ended before the waiter's began: it
+	// takes 3 s, the claim 10. A release longer than the claim's TTL
+	// would overlap the waiter's.
 	if got := runsOf(t, runs); !strings.HasPrefix(got, "run") || strings.Count(got, "run") != 2 || strings.Count(got, "done") < 1 {
-		t.Errorf("runs %q, want a's and b's", got)
+		t.Errorf("runs %q, want the runner's and the waiter's", got)
 	}
-	if gen, st := b.Status(); gen != 1 || st["quotes"].State != "running" {
-		t.Errorf("b after its deploy: generation %d, %+v", gen, st["quotes"])
+	if gen, st := waiter.Status(); gen != 1 || st["quotes"].State != "running" {
+		t.Errorf("after the deploy: generation %d, %+v", gen, st["quotes"])
 	}
-	// a comes back: the release ran and was recorded, by b.
-	a.StartDaemonArgs(listen...)
-	defer a.Shutdown()
-	a.MustRun("deploy", "--no-confirm")
+	// The runner comes back: its node runs the current generation, and
+	// the release step, recorded, is not run again.
+	runner.StartDaemonArgs(append(listen, "--node", map[*Env]string{a: "a", b: "b"}[runner])...)
+	defer runner.Shutdown()
+	waitUntil(t, "the runner's node running quotes", func() bool {
+		_, st := runner.Status()
+		return st["quotes"].State == "running"
+	})
 	if got := strings.Count(runsOf(t, runs), "run"); got != 2 {
-		t.Errorf("the release ran %d times after a came back, want 2", got)
+		t.Errorf("the release ran %d times after the runner came back, want 2", got)
 	}
 }
