@@ -68,11 +68,6 @@ type Daemon struct {
 	// watching is set once the sleeper's watch started (its Stop waits
 	// for it).
 	watching bool
-	// live are the generations the routes switched to last, by
-	// environment (the switch hook), for certificate management; guarded
-	// by liveMu.
-	liveMu sync.Mutex
-	live   map[string]*spec.Generation
 	// stopExpiry stops the loop that removes expired previews (env.go);
 	// nil before it starts.
 	stopExpiry func()
@@ -169,7 +164,15 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
 		Cgroups: d.openCgroups()})
-	d.router = router.New(router.Options{Zone: zone, Logf: d.logf, Waker: wakeVia{d}})
+	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("--http: %w", err)
+	}
+	// Certificate management before the router, which asks it which
+	// certificates are there.
+	if err := d.startHTTPS(ctx); err != nil {
+		return nil, err
+	}
+	d.router = router.New(d.routerOptions(zone))
 	d.agent = agent.New(d.sup, d.router)
 	d.agent.SetAsleep(func(k spec.VersionKey) bool {
 		sl, ok := d.router.Sleeping(k)
@@ -185,12 +188,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// keep it the last preparer (add new ones above this line).
 	d.agent.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))
 
-	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("--http: %w", err)
-	}
-	if err := d.startHTTPS(ctx); err != nil {
-		return nil, err
-	}
 	sock := SocketPath(opts.Root)
 	if err := removeStaleSocket(sock); err != nil {
 		return nil, err
