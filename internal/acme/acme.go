@@ -152,8 +152,8 @@ type failure struct {
 // a new one.
 type acmeSettings struct{ email, ca, caRoot string }
 
-// Manager keeps the certificates of the current generation's hosts. Its
-// methods are safe for concurrent use.
+// Manager keeps the certificates of the names the router serves over
+// HTTPS (Follow). Its methods are safe for concurrent use.
 type Manager struct {
 	opts    Options
 	logf    func(string, ...any)
@@ -170,6 +170,8 @@ type Manager struct {
 	caErr   error
 	caTried time.Time
 
+	// hosts are the names Follow was last given: what TLS handshakes,
+	// challenges and Status are answered for.
 	hosts atomic.Pointer[hosts]
 
 	mu       sync.Mutex

@@ -436,10 +436,11 @@ func hostsInUse(gens []*spec.Generation) map[string]bool {
 // certificates are forgotten: the engine waited for the routers to follow
 // the removal, but for a while only, so the table is read again.
 func (d *Daemon) unmanageCerts(ctx context.Context) error {
-	if d.certs == nil || d.follower == nil {
+	f := d.follower
+	if d.certs == nil || f == nil || f.routes == nil {
 		return nil
 	}
-	_, err := d.follower.routes.Sync(ctx)
+	_, err := f.routes.Sync(ctx)
 	return err
 }
 

@@ -53,6 +53,8 @@ type Options struct {
 	// Certs says which certificates are there to serve (tls.go): a host
 	// the table serves over HTTPS is redirected there from HTTP once its
 	// certificate is. nil means HTTPS is off: nothing is redirected to it.
+	// With Certs, the front end's fast path must ask Direct
+	// (front.Options.Direct) before it forwards a request itself.
 	Certs Certs
 	// HTTPSPort is the port of the HTTPS listener, which redirects to
 	// HTTPS name; "" means 443.
