@@ -27,7 +27,7 @@ import (
 var benchVersionHost = spec.VersionHost("hello", "000000000000", spec.DefaultZone)
 
 // childMainTLS is childMain for the HTTPS router: the router behind the
-// same front end, TLS configuration and HTTPS handler `hostel serve` uses.
+// same front end and TLS configuration `hostel serve` uses.
 func childMainTLS() {
 	fs := flag.NewFlagSet("router-tls", flag.ContinueOnError)
 	backend := fs.String("backend", "", "backend address host:port")
@@ -81,7 +81,7 @@ func childMainTLS() {
 	}()
 	fmt.Printf("listening https://%s\n", ln.Addr())
 	r := h.(*router.Router)
-	f := front.New(r, front.Options{TLSConfig: cfg, TLSHandler: m.HTTPSHandler(r), DirectTLS: m.DirectTLS,
+	f := front.New(r, front.Options{TLSConfig: cfg, DirectTLS: r.DirectTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		// Load generators hang up mid-handshake when a run ends.
 		ErrorLog: log.New(io.Discard, "", 0)})

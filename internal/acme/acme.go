@@ -1,21 +1,22 @@
-// Package acme gives hostel's public listeners their certificates and adds
-// what TLS changes about routing, so that the router itself stays ignorant
-// of certificates:
+// Package acme gives hostel's public listeners their certificates:
 //
-//   - ACME certificates (through certmagic) for every domain and redirect
-//     host of the current generation whose service has tls on, solved by
-//     HTTP-01 on the --http listener and TLS-ALPN-01 on the --https one,
-//     kept in the store (storage.go) that every daemon of the deployment
-//     shares, renewed in the background;
+//   - ACME certificates (through certmagic) for every public name the
+//     router's table serves over HTTPS (Follow: the table decides, this
+//     package only follows it), solved by HTTP-01 on the --http listener
+//     and TLS-ALPN-01 on the --https one, kept in the store (storage.go)
+//     that every daemon of the deployment shares, renewed in the
+//     background;
 //   - certificates from a private CA, the deployment's, kept in the store
 //     too, for the immutable SERVICE-VERSION.ZONE names, minted on demand;
-//   - an HTTP handler that answers ACME challenges, redirects hosts that
-//     have a certificate to HTTPS and passes everything else on; an HTTPS
-//     handler that adds HSTS for services that ask for it.
+//   - an HTTP handler in front of the router that answers ACME HTTP-01
+//     challenges — a protocol endpoint, not a route — and passes
+//     everything else on.
 //
-// A failure to get a certificate never takes a service down: the host keeps
-// being served on HTTP, the failure shows in Status, and certmagic retries
-// with backoff.
+// What TLS changes about routing — redirects to HTTPS, HSTS — is the
+// router's decision (internal/router's Table.TLS), which asks Has whether
+// a certificate is there. A failure to get a certificate never takes a
+// service down: the host keeps being served on HTTP, the failure shows in
+// Status, and certmagic retries with backoff.
 package acme
 
 import (
@@ -27,7 +28,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -43,6 +43,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"hostel/internal/keyring"
+	"hostel/internal/router"
 	"hostel/internal/secrets"
 	"hostel/internal/spec"
 	"hostel/internal/store"
@@ -66,8 +67,7 @@ type Options struct {
 	// Root/certs (acme, internal) moves into the store.
 	Root string
 	// HTTPAddr and HTTPSAddr are the bound public listeners
-	// ("127.0.0.1:8080"). Challenges are solved on them; redirects to
-	// HTTPS name HTTPSAddr's port unless it is 443.
+	// ("127.0.0.1:8080"), on which challenges are solved.
 	HTTPAddr, HTTPSAddr string
 	// Logf receives certificate events and errors; nil discards them.
 	Logf func(format string, args ...any)
@@ -122,19 +122,25 @@ func (c CertStatus) String() string {
 	return "pending"
 }
 
-// hostPolicy is what TLS means for one public host in a generation.
-type hostPolicy struct {
-	service  string
-	tls      bool
-	hsts     bool
-	redirect string // for a redirect host: the domain it redirects to
+// Hosts are the names certificates are kept for, as the router's table
+// has them, and where they come from.
+type Hosts struct {
+	// ACME is production's acme block: the CA and account of public
+	// names' certificates; nil means none is ordered.
+	ACME *spec.ACME
+	// Zone is the zone of immutable names (SERVICE-VERSION.ZONE), whose
+	// certificates the internal CA mints; "" means spec.DefaultZone.
+	Zone string
+	// Public are the public host names the router serves over HTTPS
+	// (router.Table.Certificates), each with the service that answers it.
+	Public map[string]string
 }
 
-// policy is one generation's view of the public hosts; never mutated once
-// stored.
-type policy struct {
-	zone  string
-	hosts map[string]hostPolicy
+// hosts is what Follow was last given, names normalized; never mutated
+// once stored.
+type hosts struct {
+	zone   string
+	public map[string]string // host → service
 }
 
 type failure struct {
@@ -146,15 +152,14 @@ type failure struct {
 // a new one.
 type acmeSettings struct{ email, ca, caRoot string }
 
-// Manager keeps the certificates of the current generation's hosts. Its
-// methods are safe for concurrent use.
+// Manager keeps the certificates of the names the router serves over
+// HTTPS (Follow). Its methods are safe for concurrent use.
 type Manager struct {
-	opts      Options
-	logf      func(string, ...any)
-	httpsPort string // "" for 443
-	storage   *storage
-	cache     *certmagic.Cache
-	zlog      *zap.Logger
+	opts    Options
+	logf    func(string, ...any)
+	storage *storage
+	cache   *certmagic.Cache
+	zlog    *zap.Logger
 
 	// caMu guards ca, the deployment's internal CA, loaded from the store
 	// at New or, when it could not be opened then (sealed before this
@@ -165,7 +170,9 @@ type Manager struct {
 	caErr   error
 	caTried time.Time
 
-	policy atomic.Pointer[policy]
+	// hosts are the names Follow was last given: what TLS handshakes,
+	// challenges and Status are answered for.
+	hosts atomic.Pointer[hosts]
 
 	mu       sync.Mutex
 	settings *acmeSettings     // nil: no acme block
@@ -181,8 +188,8 @@ type Manager struct {
 
 // New moves what an older daemon kept under ROOT/certs into the store,
 // loads or creates the internal CA and starts certificate maintenance.
-// Call Update with each generation that becomes current, and Close at the
-// end.
+// Call Follow with the hosts of each table the router swaps in, and Close
+// at the end.
 func New(ctx context.Context, opts Options) (*Manager, error) {
 	if opts.Store == nil || opts.Keys == nil || opts.Lease == nil {
 		return nil, errors.New("acme: Options.Store, Keys and Lease are required")
@@ -202,9 +209,6 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	} else if m.caErr != nil {
 		return nil, fmt.Errorf("internal CA: %w", m.caErr)
 	}
-	if _, port, err := net.SplitHostPort(opts.HTTPSAddr); err == nil && port != "443" {
-		m.httpsPort = port
-	}
 	// certmagic logs through zap; its warnings and errors go to the
 	// daemon's log, its chatter does not.
 	enc := zap.NewProductionEncoderConfig()
@@ -223,7 +227,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		RenewCheckInterval: opts.RenewCheckInterval,
 		Logger:             m.zlog,
 	})
-	m.policy.Store(&policy{zone: spec.DefaultZone, hosts: map[string]hostPolicy{}})
+	m.hosts.Store(&hosts{zone: spec.DefaultZone, public: map[string]string{}})
 	return m, nil
 }
 
@@ -239,7 +243,7 @@ func (m *Manager) Close() {
 }
 
 // Forget removes what is stored of hosts' certificates (a preview's,
-// when it is removed): Update stops renewing a host that is gone, and
+// when it is removed): Follow stops renewing a host that is gone, and
 // Forget leaves nothing of it in the store.
 func (m *Manager) Forget(ctx context.Context, hosts []string) error {
 	issuers, err := m.storage.List(ctx, certmagic.StorageKeys.CertsPrefix(""), false)
@@ -292,42 +296,23 @@ func (m *Manager) internalCA() (*internalCA, error) {
 	return m.ca, m.caErr
 }
 
-// Update makes g's hosts the ones served: it starts obtaining certificates
-// for hosts that have none and stops renewing hosts g no longer has. It
-// returns at once; Await waits for the certificates. g may be nil.
-// previews are the current generations of preview environments: their
-// services' SERVICE.ENV.DOMAIN names (previews.domain) are served too,
-// with certificates like any domain; a production domain wins a clash.
-func (m *Manager) Update(g *spec.Generation, previews ...*spec.Generation) {
-	p := &policy{zone: spec.DefaultZone, hosts: map[string]hostPolicy{}}
+// Follow makes h's public names the ones certificates are kept for: it
+// starts obtaining certificates for names that have none and stops
+// renewing names h no longer has. It returns at once; Await waits for the
+// certificates.
+func (m *Manager) Follow(h Hosts) {
+	p := &hosts{zone: normalizeHost(h.Zone), public: make(map[string]string, len(h.Public))}
+	if p.zone == "" {
+		p.zone = spec.DefaultZone
+	}
+	for host, service := range h.Public {
+		p.public[normalizeHost(host)] = service
+	}
 	var settings *acmeSettings
-	for _, pg := range previews {
-		for name, svc := range pg.Spec.Services {
-			if h := pg.Spec.PreviewHost(name, pg.EnvOrDefault()); h != "" {
-				p.hosts[normalizeHost(h)] = hostPolicy{service: name, tls: svc.TLSEnabled()}
-			}
-		}
+	if a := h.ACME; a != nil {
+		settings = &acmeSettings{email: a.Email, ca: a.CA, caRoot: a.CARoot}
 	}
-	if g != nil {
-		p.zone = normalizeHost(g.Spec.ZoneOrDefault())
-		for name, svc := range g.Spec.Services {
-			hp := hostPolicy{service: name, tls: svc.TLSEnabled(), hsts: svc.HSTS}
-			for _, d := range svc.Domains {
-				p.hosts[normalizeHost(d)] = hp
-			}
-			if len(svc.Domains) > 0 {
-				rp := hp
-				rp.redirect = normalizeHost(svc.Domains[0])
-				for _, r := range svc.Redirects {
-					p.hosts[normalizeHost(r)] = rp
-				}
-			}
-		}
-		if a := g.Spec.ACME; a != nil {
-			settings = &acmeSettings{email: a.Email, ca: a.CA, caRoot: a.CARoot}
-		}
-	}
-	m.policy.Store(p)
+	m.hosts.Store(p)
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -337,15 +322,9 @@ func (m *Manager) Update(g *spec.Generation, previews ...*spec.Generation) {
 	if !sameSettings(settings, m.settings) {
 		m.resetLocked(settings)
 	}
-	want := map[string]bool{}
-	for h, hp := range p.hosts {
-		if hp.tls {
-			want[h] = true
-		}
-	}
 	var gone []certmagic.SubjectIssuer
 	for h := range m.managed {
-		if !want[h] {
+		if _, want := p.public[h]; !want {
 			delete(m.managed, h)
 			delete(m.failures, h)
 			gone = append(gone, certmagic.SubjectIssuer{Subject: h})
@@ -358,7 +337,7 @@ func (m *Manager) Update(g *spec.Generation, previews ...*spec.Generation) {
 		return
 	}
 	var add []string
-	for h := range want {
+	for h := range p.public {
 		if !m.managed[h] {
 			m.managed[h] = true
 			delete(m.failures, h) // of an earlier try
@@ -376,7 +355,7 @@ func (m *Manager) Update(g *spec.Generation, previews ...*spec.Generation) {
 	if err := m.cfg.ManageAsync(m.cfgCtx, add); err != nil {
 		for _, h := range add {
 			m.failures[h] = failure{err: err.Error(), when: time.Now()}
-			// Not managed: the next Update tries again (a key sealed
+			// Not managed: the next Follow tries again (a key sealed
 			// before this machine joined may be sealed to it by then).
 			delete(m.managed, h)
 		}
@@ -490,18 +469,15 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 	return nil
 }
 
-// Status returns the certificate state of every public host of the current
-// generation whose service has tls on, sorted by host.
+// Status returns the certificate state of every public host Follow was
+// last given, sorted by host.
 func (m *Manager) Status() []CertStatus {
-	p := m.policy.Load()
+	p := m.hosts.Load()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := []CertStatus{}
-	for h, hp := range p.hosts {
-		if !hp.tls {
-			continue
-		}
-		cs := CertStatus{Host: h, Service: hp.service, State: StatePending}
+	for h, service := range p.public {
+		cs := CertStatus{Host: h, Service: service, State: StatePending}
 		if f, ok := m.failures[h]; ok {
 			cs.Error = f.err
 		}
@@ -520,6 +496,16 @@ func (m *Manager) Status() []CertStatus {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
 	return out
+}
+
+var _ router.Certs = (*Manager)(nil)
+
+// Has is router.Certs': whether a certificate that has not expired is
+// there to serve for host, which the router then redirects from HTTP to
+// HTTPS.
+func (m *Manager) Has(host string) bool {
+	_, ok := m.notAfter(normalizeHost(host))
+	return ok
 }
 
 // notAfter is the end of the longest-lived unexpired certificate in the
@@ -583,7 +569,7 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	if name == "" {
 		return nil, errors.New("hostel: no server name (SNI) in the TLS handshake")
 	}
-	p := m.policy.Load()
+	p := m.hosts.Load()
 	if _, _, ok := spec.ParseVersionHost(name, p.zone); ok {
 		ca, err := m.internalCA()
 		if err != nil {
@@ -591,7 +577,7 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 		}
 		return ca.leaf(name)
 	}
-	if hp, ok := p.hosts[name]; !ok || !hp.tls {
+	if _, ok := p.public[name]; !ok {
 		return nil, fmt.Errorf("hostel: no certificate for %q", name)
 	}
 	m.mu.Lock()
@@ -605,76 +591,25 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	return cfg.GetCertificate(hello)
 }
 
-// HTTPHandler wraps the router on the HTTP listener: ACME HTTP-01
-// challenges first (other challenge paths go to next, never redirected), then a 301 to HTTPS for hosts that have a certificate
-// (a redirect host goes straight to https:// and its first domain), then
-// next.
+// HTTPHandler wraps the router on the HTTP listener: it answers ACME
+// HTTP-01 challenges for the public names Follow was given and passes
+// everything else to next — a challenge for any other name too, so that a
+// service may run its own ACME client (the router never redirects a
+// challenge to HTTPS).
 func (m *Manager) HTTPHandler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if certmagic.LooksLikeHTTPChallenge(r) {
 			m.mu.Lock()
 			iss := m.issuer
 			m.mu.Unlock()
-			// Only for a host of ours: another daemon of the deployment
+			// Only for a name of ours: another daemon of the deployment
 			// may have started the challenge, so certmagic looks for its
-			// token in the store, which a request for any other host
+			// token in the store, which a request for any other name
 			// need not cost.
-			hp, ours := m.policy.Load().hosts[normalizeHost(r.Host)]
-			if iss == nil || !ours || !hp.tls || !iss.HandleHTTPChallenge(w, r) {
-				// Not one of ours: never redirected, the service may
-				// run its own ACME client.
-				next.ServeHTTP(w, r)
-			}
-			return
-		}
-		host := normalizeHost(r.Host)
-		if hp, ok := m.policy.Load().hosts[host]; ok && hp.tls {
-			target := host
-			if hp.redirect != "" {
-				target = hp.redirect
-			}
-			if _, ok := m.notAfter(target); ok {
-				if m.httpsPort != "" {
-					target = net.JoinHostPort(target, m.httpsPort)
-				}
-				http.Redirect(w, r, "https://"+target+r.URL.RequestURI(), http.StatusMovedPermanently)
+			_, ours := m.hosts.Load().public[normalizeHost(r.Host)]
+			if iss != nil && ours && iss.HandleHTTPChallenge(w, r) {
 				return
 			}
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// Direct reports whether HTTPHandler passes a request for host and the
-// escaped path straight to the router, answering nothing itself: no ACME
-// challenge path (in any spelling) and no host that may be redirected to
-// HTTPS. The public front end forwards such requests itself.
-func (m *Manager) Direct(host, path string) bool {
-	if strings.IndexByte(path, '%') >= 0 {
-		if p, err := url.PathUnescape(path); err == nil {
-			path = p
-		}
-	}
-	if strings.HasPrefix(path, "/.well-known/acme-challenge") {
-		return false
-	}
-	hp, ok := m.policy.Load().hosts[normalizeHost(host)]
-	return !ok || !hp.tls
-}
-
-// DirectTLS reports whether HTTPSHandler passes a request for host to the
-// router unchanged: the host's service does not ask for HSTS.
-func (m *Manager) DirectTLS(host, _ string) bool {
-	hp, ok := m.policy.Load().hosts[normalizeHost(host)]
-	return !ok || !hp.hsts
-}
-
-// HTTPSHandler wraps the router on the HTTPS listener: it adds HSTS for
-// the hosts of services that ask for it.
-func (m *Manager) HTTPSHandler(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if hp, ok := m.policy.Load().hosts[normalizeHost(r.Host)]; ok && hp.hsts {
-			w.Header().Set("Strict-Transport-Security", "max-age=31536000")
 		}
 		next.ServeHTTP(w, r)
 	})

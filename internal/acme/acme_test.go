@@ -20,7 +20,10 @@ import (
 
 	"hostel/internal/acme"
 	"hostel/internal/acme/pebbletest"
+	"hostel/internal/front/fronttest"
 	"hostel/internal/keyring"
+	"hostel/internal/router"
+	"hostel/internal/routes"
 	"hostel/internal/secrets"
 	"hostel/internal/spec"
 	"hostel/internal/store"
@@ -29,9 +32,13 @@ import (
 )
 
 // server is hostel's public front in miniature: an HTTP and an HTTPS
-// listener wrapped by a Manager around a backend that names the host.
+// listener serving a router that asks a Manager which certificates are
+// there, the Manager's challenge handler in front of it on HTTP, and
+// behind it a backend that names the host and the scheme.
 type server struct {
 	m          *acme.Manager
+	r          *router.Router
+	backend    string
 	st         store.Store
 	http       string
 	https      string
@@ -149,16 +156,18 @@ func start(t testing.TB, d *daemon, ln listeners, opts acme.Options) *server {
 		t.Fatal(err)
 	}
 	s.m = m
-	backend := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello from %s over %s", r.Host, r.Proto)
-	})
-	hsrv := &http.Server{Handler: m.HTTPHandler(backend)}
-	tsrv := &http.Server{Handler: m.HTTPSHandler(backend), TLSConfig: m.TLSConfig()}
+	s.backend = fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s over %s", r.Host, r.Header.Get("X-Forwarded-Proto"))
+	}))
+	s.r = router.New(router.Options{Logf: s.logf, Certs: m, HTTPSPort: strconv.Itoa(s.httpsPort)})
+	hsrv := &http.Server{Handler: m.HTTPHandler(s.r)}
+	tsrv := &http.Server{Handler: s.r, TLSConfig: m.TLSConfig()}
 	go hsrv.Serve(ln.http)
 	go tsrv.ServeTLS(ln.https, "", "")
 	stop := func() {
 		hsrv.Close()
 		tsrv.Close()
+		s.r.Close()
 		m.Close()
 	}
 	var once sync.Once
@@ -176,6 +185,28 @@ func (s *server) Close() {
 	for _, f := range s.closeFuncs {
 		f()
 	}
+}
+
+// deploy does what a daemon does when its router switches to g: it swaps
+// in g's table, every service's version served by the backend, and
+// hands the table's hosts to the Manager.
+func (s *server) deploy(t testing.TB, g *spec.Generation) {
+	t.Helper()
+	for name := range g.Spec.Services {
+		s.r.AddBackend(g.Instance(name), s.backend)
+	}
+	tab, h := tableOf(g)
+	if err := s.r.Swap(tab); err != nil {
+		t.Fatal(err)
+	}
+	s.m.Follow(h)
+}
+
+// tableOf is the router's table of production's generation g and the
+// hosts a daemon hands its Manager for it.
+func tableOf(g *spec.Generation) (router.Table, acme.Hosts) {
+	tab := routes.Table(map[string]*spec.Generation{spec.DefaultEnv: g}, nil)
+	return tab, acme.Hosts{ACME: g.Spec.ACME, Zone: tab.Zone, Public: tab.Certificates()}
 }
 
 // generation builds a generation whose services are given as domain lists.
@@ -273,7 +304,7 @@ func TestIssueAndServe(t *testing.T) {
 	domains = append(domains, "shop.example.test", "www.shop.example.test")
 
 	t0 := time.Now()
-	s.m.Update(generation(pebbleACME(p), services))
+	s.deploy(t, generation(pebbleACME(p), services))
 	st := awaitValid(t, s, 90*time.Second)
 	t.Logf("%d certificates in %s", len(st), time.Since(t0).Round(time.Millisecond))
 	if len(st) != 20 {
@@ -290,8 +321,8 @@ func TestIssueAndServe(t *testing.T) {
 				continue
 			}
 			resp, body := s.get(t, p.Roots, "https://"+d+"/x")
-			if want := "hello from " + d + " over HTTP/2.0"; body != want {
-				t.Errorf("https %s: got %q, want %q", d, body, want)
+			if want := "hello from " + d + " over https"; body != want || resp.Proto != "HTTP/2.0" {
+				t.Errorf("https %s: got %s %q, want HTTP/2.0 %q", d, resp.Proto, body, want)
 			}
 			if hsts := resp.Header.Get("Strict-Transport-Security"); (d == "shop.example.test") != (hsts != "") {
 				t.Errorf("https %s: Strict-Transport-Security %q", d, hsts)
@@ -313,7 +344,7 @@ func TestIssueAndServe(t *testing.T) {
 	})
 	t.Run("tls false serves http only", func(t *testing.T) {
 		resp, body := s.get(t, p.Roots, "http://plain.example.test/")
-		if resp.StatusCode != 200 || body != "hello from plain.example.test over HTTP/1.1" {
+		if resp.StatusCode != 200 || body != "hello from plain.example.test over http" {
 			t.Errorf("got %d %q", resp.StatusCode, body)
 		}
 		if _, _, err := s.tryGet(p.Roots, "https://plain.example.test/"); err == nil {
@@ -324,6 +355,14 @@ func TestIssueAndServe(t *testing.T) {
 		resp, _ := s.get(t, p.Roots, "http://app01.example.test/.well-known/acme-challenge/nope")
 		if resp.StatusCode == 301 {
 			t.Errorf("challenge path was redirected")
+		}
+	})
+	t.Run("a service's own acme client", func(t *testing.T) {
+		// A name hostel keeps no certificate for: its challenges reach
+		// the service.
+		resp, body := s.get(t, p.Roots, "http://plain.example.test/.well-known/acme-challenge/tok")
+		if resp.StatusCode != 200 || body != "hello from plain.example.test over http" {
+			t.Errorf("got %d %q, want the service's answer", resp.StatusCode, body)
 		}
 	})
 	t.Run("immutable names use the internal CA", func(t *testing.T) {
@@ -382,7 +421,7 @@ func testRestartKeepsCertificates(t *testing.T, b storetest.Backend) {
 		"b": {Domains: []string{"b.example.test"}},
 	})
 	s := start(t, onRoot(t, b, root), ln, acme.Options{})
-	s.m.Update(g)
+	s.deploy(t, g)
 	awaitValid(t, s, 60*time.Second)
 	serials := map[string]string{}
 	for _, h := range []string{"a.example.test", "b.example.test"} {
@@ -395,7 +434,7 @@ func testRestartKeepsCertificates(t *testing.T, b storetest.Backend) {
 	b.Reopen(t)
 
 	s2 := start(t, onRoot(t, b, root), listen(t), acme.Options{})
-	s2.m.Update(g)
+	s2.deploy(t, g)
 	st := awaitValid(t, s2, 10*time.Second)
 	for _, cs := range st {
 		if cs.Error != "" {
@@ -418,7 +457,7 @@ func TestRenewal(t *testing.T) {
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port(ln.http.Addr().String()), TLSPort: port(ln.https.Addr().String()),
 		Validity: 30 * time.Second, NoSleep: true})
 	s := start(t, newDaemon(t, backends.Bolt(t)), ln, acme.Options{RenewCheckInterval: 500 * time.Millisecond, RenewalWindowRatio: 0.8})
-	s.m.Update(generation(pebbleACME(p), map[string]*spec.Service{"a": {Domains: []string{"renew.example.test"}}}))
+	s.deploy(t, generation(pebbleACME(p), map[string]*spec.Service{"a": {Domains: []string{"renew.example.test"}}}))
 	awaitValid(t, s, 30*time.Second)
 	first := s.peerSerial(t, p.Roots, "renew.example.test")
 	deadline := time.Now().Add(25 * time.Second)
@@ -439,7 +478,7 @@ func TestCAUnreachable(t *testing.T) {
 	t.Parallel()
 	s := start(t, newDaemon(t, backends.Bolt(t)), listen(t), acme.Options{})
 	dead := fmt.Sprintf("https://127.0.0.1:%d/dir", pebbletest.FreePort(t))
-	s.m.Update(generation(&spec.ACME{CA: dead}, map[string]*spec.Service{"a": {Domains: []string{"down.example.test"}}}))
+	s.deploy(t, generation(&spec.ACME{CA: dead}, map[string]*spec.Service{"a": {Domains: []string{"down.example.test"}}}))
 	var lines []string
 	s.m.Await(context.Background(), 20*time.Second, func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) })
 	st := s.m.Status()
@@ -459,7 +498,7 @@ func TestCAUnreachable(t *testing.T) {
 func TestNoACMEBlock(t *testing.T) {
 	t.Parallel()
 	s := start(t, newDaemon(t, backends.Bolt(t)), listen(t), acme.Options{})
-	s.m.Update(generation(nil, map[string]*spec.Service{"a": {Domains: []string{"a.example.test"}}}))
+	s.deploy(t, generation(nil, map[string]*spec.Service{"a": {Domains: []string{"a.example.test"}}}))
 	st := s.m.Status()
 	if len(st) != 1 || st[0].State != acme.StateNone {
 		t.Fatalf("status %+v, want none", st)

@@ -44,9 +44,10 @@ func TestTwoDaemonsOneOrder(t *testing.T) {
 			services[fmt.Sprintf("s%d", i)] = &spec.Service{Domains: []string{h}}
 		}
 		g := generation(pebbleACME(p), services)
+		_, h := tableOf(g)
 		var wg sync.WaitGroup
 		for _, s := range []*server{a, c} {
-			wg.Go(func() { s.m.Update(g) })
+			wg.Go(func() { s.m.Follow(h) })
 		}
 		wg.Wait()
 		awaitValid(t, a, 60*time.Second)
@@ -100,7 +101,7 @@ func TestAnswerAnothersChallenge(t *testing.T) {
 	g := generation(pebbleACME(p), map[string]*spec.Service{"shared": {Domains: []string{host}}})
 
 	orderer := start(t, newDaemon(t, b), listen(t), acme.Options{DisableTLSALPN: true})
-	orderer.m.Update(g)
+	orderer.deploy(t, g)
 	waitLocked(t, orderer.st, "issue_cert_"+host)
 
 	cfg, _ := json.Marshal(answerer{Endpoints: backends.Endpoints(b), Root: t.TempDir(), ACME: pebbleACME(p), Host: host})
@@ -242,7 +243,8 @@ func TestHelperAnswerer(t *testing.T) {
 	defer m.Close()
 	go http.Serve(ln.http, m.HTTPHandler(http.NotFoundHandler()))
 	go (&http.Server{Handler: http.NotFoundHandler(), TLSConfig: m.TLSConfig()}).ServeTLS(ln.https, "", "")
-	m.Update(generation(c.ACME, map[string]*spec.Service{"shared": {Domains: []string{c.Host}}}))
+	_, h := tableOf(generation(c.ACME, map[string]*spec.Service{"shared": {Domains: []string{c.Host}}}))
+	m.Follow(h)
 	fmt.Printf("ready %s\n", ln.http.Addr())
 	io.Copy(io.Discard, os.Stdin)
 	m.Await(ctx, 30*time.Second, logf)

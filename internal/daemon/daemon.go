@@ -79,11 +79,6 @@ type Daemon struct {
 	// watching is set once the sleeper's watch started (its Stop waits
 	// for it).
 	watching bool
-	// live are the generations the routes switched to last, by
-	// environment (the switch hook), for certificate management; guarded
-	// by liveMu.
-	liveMu sync.Mutex
-	live   map[string]*spec.Generation
 	// stopExpiry stops the loop that removes expired previews (env.go);
 	// nil before it starts.
 	stopExpiry func()
@@ -181,11 +176,20 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
 		Cgroups: d.openCgroups()})
+	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("--http: %w", err)
+	}
+	// Certificate management before the router, which asks it which
+	// certificates are there.
+	if err := d.startHTTPS(ctx); err != nil {
+		return nil, err
+	}
 	// Held bodies past memory go to the root's disk: /tmp may be a tmpfs,
 	// whose files are memory.
-	hold := opts.Hold
-	hold.Dir = filepath.Join(opts.Root, "tmp")
-	d.router = router.New(router.Options{Zone: zone, Logf: d.logf, Waker: wakeVia{d}, Hold: hold})
+	ropts := d.routerOptions(zone)
+	ropts.Hold = opts.Hold
+	ropts.Hold.Dir = filepath.Join(opts.Root, "tmp")
+	d.router = router.New(ropts)
 	d.agent = agent.New(d.sup, d.router)
 	d.agent.SetAsleep(func(k spec.VersionKey) bool {
 		sl, ok := d.router.Sleeping(k)
@@ -201,12 +205,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// keep it the last preparer (add new ones above this line).
 	d.agent.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))
 
-	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("--http: %w", err)
-	}
-	if err := d.startHTTPS(ctx); err != nil {
-		return nil, err
-	}
 	sock := SocketPath(opts.Root)
 	if err := removeStaleSocket(sock); err != nil {
 		return nil, err

@@ -193,7 +193,9 @@ func (d *Daemon) removeEnv(ctx context.Context, name string, from uint64, progre
 			errs = append(errs, fmt.Errorf("%s: %w", key, err))
 		}
 	}
-	d.unmanageCerts(name)
+	if err := d.unmanageCerts(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("certificates: %w", err))
+	}
 	failpoint.Hit("env-rm-before-certs")
 	if removed, err := d.forgetCerts(ctx, name); err != nil {
 		errs = append(errs, fmt.Errorf("certificates: %w", err))
@@ -429,13 +431,17 @@ func hostsInUse(gens []*spec.Generation) map[string]bool {
 	return use
 }
 
-// unmanageCerts takes removed preview env's names out of certificate
-// management: they are no longer renewed.
-func (d *Daemon) unmanageCerts(env string) {
-	d.liveMu.Lock()
-	defer d.liveMu.Unlock()
-	delete(d.live, env)
-	d.updateCertsLocked()
+// unmanageCerts takes a removed preview's names out of certificate
+// management, which follows the router's table, before their
+// certificates are forgotten: the engine waited for the routers to follow
+// the removal, but for a while only, so the table is read again.
+func (d *Daemon) unmanageCerts(ctx context.Context) error {
+	f := d.follower
+	if d.certs == nil || f == nil || f.routes == nil {
+		return nil
+	}
+	_, err := f.routes.Sync(ctx)
+	return err
 }
 
 // forgetCerts removes from disk the certificates that certsToForgetDir

@@ -14,7 +14,6 @@ import (
 	"hostel/internal/deploy"
 	"hostel/internal/node"
 	"hostel/internal/routes"
-	"hostel/internal/spec"
 	"hostel/internal/store"
 )
 
@@ -102,7 +101,7 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	f.cancel = stop
-	f.routes = routes.NewFollower(d.store, d.router, routes.Options{Node: name, Lease: lease.ID(), Switched: d.switched, Logf: d.logf})
+	f.routes = routes.NewFollower(d.store, d.router, routes.Options{Node: name, Lease: lease.ID(), Switched: d.certsFollow, Logf: d.logf})
 	f.nodes = node.NewFollower(d.store, node.Options{Name: name, Lease: lease.ID(), Agent: a, Procs: d.sup, Router: d.router, Logf: d.logf,
 		RoutesAt: func(ctx context.Context, rev uint64) error {
 			ctx, cancel := context.WithTimeout(ctx, routesWait)
@@ -212,15 +211,4 @@ func (d *Daemon) stopNode() {
 	f.cancel()
 	f.wg.Wait()
 	d.follower = nil
-}
-
-// switched is the routes' switch hook: the generations the router's table
-// follows go to certificate management, so that their hosts get
-// certificates and their TLS policy (redirects, HSTS) applies from the
-// same moment on.
-func (d *Daemon) switched(currents map[string]*spec.Generation) {
-	d.liveMu.Lock()
-	defer d.liveMu.Unlock()
-	d.live = currents
-	d.updateCertsLocked()
 }

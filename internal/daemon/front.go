@@ -24,11 +24,13 @@ func (d *Daemon) serveFront() {
 		MaxConnections:    d.opts.MaxConnections,
 	}
 	if d.certs != nil {
-		opts.Direct = d.certs.Direct
+		// What TLS changes (redirects to HTTPS, HSTS) is the router's
+		// decision, which its Direct and DirectTLS ask; ACME challenges
+		// go to the handler in front of it.
+		opts.Direct = d.router.Direct
 		// HTTPS (1.2+, HTTP/2 handed to net/http after the handshake).
 		opts.TLSConfig = d.certs.TLSConfig()
-		opts.TLSHandler = d.certs.HTTPSHandler(d.router)
-		opts.DirectTLS = d.certs.DirectTLS
+		opts.DirectTLS = d.router.DirectTLS
 	}
 	d.front = front.New(d.router, opts)
 	d.wg.Add(1)

@@ -11,6 +11,7 @@ import (
 
 	"hostel/internal/acme"
 	"hostel/internal/api"
+	"hostel/internal/router"
 	"hostel/internal/spec"
 )
 
@@ -37,8 +38,20 @@ func (d *Daemon) startHTTPS(ctx context.Context) error {
 	return err
 }
 
-// publicHTTP is the handler of the HTTP listener: the router, wrapped for
-// ACME challenges and redirects to HTTPS when HTTPS is on.
+// routerOptions are the router's: with HTTPS on, it redirects the hosts
+// its table serves over HTTPS to the HTTPS listener once certificate
+// management has their certificates.
+func (d *Daemon) routerOptions(zone string) router.Options {
+	opts := router.Options{Zone: zone, Logf: d.logf, Waker: wakeVia{d}}
+	if d.certs != nil {
+		opts.Certs = d.certs
+		_, opts.HTTPSPort, _ = net.SplitHostPort(d.HTTPSAddr())
+	}
+	return opts
+}
+
+// publicHTTP is the handler of the HTTP listener: the router, behind the
+// answerer of ACME challenges when HTTPS is on.
 func (d *Daemon) publicHTTP() http.Handler {
 	if d.certs == nil {
 		return d.router
@@ -70,20 +83,19 @@ func (d *Daemon) HTTPSAddr() string {
 	return d.httpsLn.Addr().String()
 }
 
-// updateCertsLocked hands the live generations to certificate management:
-// production's domains, and previews' SERVICE.ENV.DOMAIN names.
-// d.liveMu must be held.
-func (d *Daemon) updateCertsLocked() {
+// certsFollow hands the hosts of the table the router switched to, made
+// of currents, to certificate management: the names it serves over HTTPS
+// get certificates (production's acme block says from where), and no
+// other.
+func (d *Daemon) certsFollow(t router.Table, currents map[string]*spec.Generation) {
 	if d.certs == nil {
 		return
 	}
-	var previews []*spec.Generation
-	for env, g := range d.live {
-		if env != spec.DefaultEnv {
-			previews = append(previews, g)
-		}
+	h := acme.Hosts{Zone: t.Zone, Public: t.Certificates()}
+	if prod := currents[spec.DefaultEnv]; prod != nil {
+		h.ACME = prod.Spec.ACME
 	}
-	d.certs.Update(d.live[spec.DefaultEnv], previews...)
+	d.certs.Follow(h)
 }
 
 // awaitCerts waits (up to CertWait) for the certificates of the current

@@ -55,6 +55,15 @@ type Options struct {
 	// waking or paused) take while they wait; zero fields take the front
 	// end's defaults (front.HoldLimits).
 	Hold front.HoldLimits
+	// Certs says which certificates are there to serve (tls.go): a host
+	// the table serves over HTTPS is redirected there from HTTP once its
+	// certificate is. nil means HTTPS is off: nothing is redirected to it.
+	// With Certs, the front end's fast path must ask Direct
+	// (front.Options.Direct) before it forwards a request itself.
+	Certs Certs
+	// HTTPSPort is the port of the HTTPS listener, which redirects to
+	// HTTPS name; "" means 443.
+	HTTPSPort string
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -79,6 +88,10 @@ type Table struct {
 	// requests — the old version's and the new one's across a deploy — and
 	// releases them when a table without the service is swapped in.
 	Paused map[string]time.Duration
+	// TLS is what HTTPS means for public host names (of Domains and
+	// Redirects), by name (tls.go); a name not in it is served on HTTP
+	// only, and needs no certificate.
+	TLS map[string]TLS
 }
 
 // pauseOf is how long t holds a request to key: its pause's bound, or 0
@@ -98,6 +111,9 @@ type Router struct {
 	internal func(netip.Addr) bool
 	hook     RequestHook
 	waker    Waker
+	certs    Certs
+	// httpsPort is the port redirects to HTTPS name, "" for 443.
+	httpsPort string
 
 	// proxy makes the front end's side of each backend.
 	proxy *front.Proxy
@@ -145,7 +161,11 @@ func New(opts Options) *Router {
 		internal:  opts.Internal,
 		hook:      opts.Requests,
 		waker:     opts.Waker,
+		certs:     opts.Certs,
 		endpoints: map[spec.VersionKey]*endpoint{},
+	}
+	if opts.HTTPSPort != "443" {
+		r.httpsPort = opts.HTTPSPort
 	}
 	if r.zone == "" {
 		r.zone = spec.DefaultZone
@@ -165,13 +185,22 @@ func New(opts Options) *Router {
 }
 
 // ServeHTTP routes a request on the public listener by its Host: first
-// Domains, then Redirects, then immutable version names. Anything else is
+// Domains, then Redirects, then immutable version names, with the TLS
+// policy of the name (a redirect to HTTPS, HSTS). Anything else is
 // answered 404 and never with another service's content.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	rt := r.decide(req.Host, req.RemoteAddr)
+	rt := r.decide(req.Host, req.RemoteAddr, req.TLS != nil, req.URL.EscapedPath())
+	if rt.hsts {
+		w.Header().Set("Strict-Transport-Security", HSTSHeader)
+	}
 	switch target := rt.redirect; {
 	case rt.b != nil:
 		rt.b.fb.ServeHTTP(w, req)
+	case rt.https:
+		if r.httpsPort != "" {
+			target = net.JoinHostPort(target, r.httpsPort)
+		}
+		http.Redirect(w, req, "https://"+target+req.URL.RequestURI(), http.StatusMovedPermanently)
 	case rt.domain != "":
 		r.notRunning(w, req, rt.domain)
 	case target != "":
@@ -197,22 +226,29 @@ type route struct {
 	b        *backend        // forward to it
 	domain   spec.VersionKey // a domain of the table whose version has no backend (503)
 	redirect string          // answer 301 to this host
+	https    bool            // with redirect: to HTTPS, on the HTTPS listener's port
+	hsts     bool            // add Strict-Transport-Security to the response
 }
 
 // decide routes a request for host (as the client sent it) from a client
-// at remote ("IP:port"): first Domains, then Redirects, then immutable
-// version names, which answer internal clients only — to others they are
-// unknown hosts. It is the one routing rule of every path: net/http's
-// (ServeHTTP), the front end's goroutines and its event loops
-// (Front.fastBackend).
-func (r *Router) decide(host, remote string) route {
+// at remote ("IP:port"), over TLS or not (secure), for the escaped path:
+// first Domains, then Redirects, each with its name's TLS policy
+// (tls.go), then immutable version names, which answer internal clients
+// only — to others they are unknown hosts. It is the one routing rule of
+// every path: net/http's (ServeHTTP), the front end's goroutines and its
+// event loops (Route, with Direct and DirectTLS).
+func (r *Router) decide(host, remote string, secure bool, path string) route {
 	host = normalizeHost(host)
 	t := r.table.Load()
 	if key, ok := t.Domains[host]; ok {
-		return route{b: (*r.backends.Load())[key], domain: key}
+		rt := route{b: (*r.backends.Load())[key], domain: key}
+		r.tlsOf(t, &rt, host, host, secure, path)
+		return rt
 	}
 	if target, ok := t.Redirects[host]; ok {
-		return route{redirect: target}
+		rt := route{redirect: target}
+		r.tlsOf(t, &rt, host, target, secure, path)
+		return rt
 	}
 	if key, ok := t.Internal[host]; ok && r.internalClient(remote) {
 		return route{b: (*r.backends.Load())[key], domain: key}
@@ -226,9 +262,12 @@ func (r *Router) decide(host, remote string) route {
 var _ front.Router = (*Router)(nil)
 
 // Route is front.Router's: the backend decide forwards a request to, nil
-// if none.
+// if none. It is the decision for HTTPS, where TLS never changes the
+// backend (HSTS only adds a header); the front end's fast path asks Direct
+// (HTTP: is it redirected to HTTPS?) or DirectTLS (HTTPS: is HSTS added?)
+// before it forwards a request itself.
 func (r *Router) Route(host, remote string) *front.Backend {
-	if b := r.decide(host, remote).b; b != nil {
+	if b := r.decide(host, remote, true, "").b; b != nil {
 		return b.fb
 	}
 	return nil
@@ -388,6 +427,23 @@ func (r *Router) Swap(t Table) error {
 		}
 		next.Paused[name] = bound
 	}
+	for host, p := range t.TLS {
+		h := normalizeHost(host)
+		_, domain := next.Domains[h]
+		_, redirect := next.Redirects[h]
+		switch {
+		case !domain && !redirect:
+			return fmt.Errorf("router: swap: tls of %q, which is neither a domain nor a redirect", host)
+		case p.HSTS && !p.HTTPS:
+			return fmt.Errorf("router: swap: tls of %q: hsts without https", host)
+		case p == TLS{}:
+			continue
+		}
+		if next.TLS == nil {
+			next.TLS = make(map[string]TLS, len(t.TLS))
+		}
+		next.TLS[h] = p
+	}
 	r.table.Store(next)
 	// Pauses by hand follow the table: on where it pauses a service,
 	// lifted where it no longer does.
@@ -422,6 +478,12 @@ func (r *Router) Table() Table {
 			c.Paused = make(map[string]time.Duration, len(t.Paused))
 		}
 		c.Paused[k] = v
+	}
+	for k, v := range t.TLS {
+		if c.TLS == nil {
+			c.TLS = make(map[string]TLS, len(t.TLS))
+		}
+		c.TLS[k] = v
 	}
 	return c
 }

@@ -33,9 +33,13 @@ type Follower struct {
 	lease store.LeaseID
 	r     Swapper
 	logf  func(format string, args ...any)
-	// switched, if set, is told the currents of every table swapped in,
-	// right after the swap (certificates and TLS policy follow them).
-	switched func(currents map[string]*spec.Generation)
+	// switched, if set, is told every table swapped in, with the currents
+	// it was made of, right after the swap (certificates follow it).
+	switched func(t router.Table, currents map[string]*spec.Generation)
+
+	// syncMu makes each Sync's read and swap one step: a Sync that
+	// starts later swaps a table at least as new.
+	syncMu sync.Mutex
 
 	mu      sync.Mutex
 	applied uint64
@@ -48,9 +52,10 @@ type Options struct {
 	// routes record lives with it.
 	Node  string
 	Lease store.LeaseID
-	// Switched, if set, is told the current generations of every table
-	// swapped in, right after the swap.
-	Switched func(currents map[string]*spec.Generation)
+	// Switched, if set, is told every table swapped in, with the current
+	// generations it was made of, right after the swap: certificate
+	// management takes its host set from it (Table.Certificates).
+	Switched func(t router.Table, currents map[string]*spec.Generation)
 	// Logf receives what goes wrong while following; nil discards it.
 	Logf func(format string, args ...any)
 }
@@ -65,17 +70,22 @@ func NewFollower(st store.Store, r Swapper, opts Options) *Follower {
 }
 
 // Sync reads the state and swaps its table in, once: what a daemon does
-// before it serves. It returns the revision it read.
+// before it serves, and what one that must know its router follows a
+// change it just made may do at any time. It returns the revision it
+// read.
 func (f *Follower) Sync(ctx context.Context) (uint64, error) {
+	f.syncMu.Lock()
+	defer f.syncMu.Unlock()
 	snap, err := f.st.Read(ctx, store.KindPause)
 	if err != nil {
 		return 0, fmt.Errorf("routes: %w", err)
 	}
-	if err := f.r.Swap(Of(snap)); err != nil {
+	t := Of(snap)
+	if err := f.r.Swap(t); err != nil {
 		return 0, fmt.Errorf("routes: %w", err)
 	}
 	if f.switched != nil {
-		f.switched(snap.Currents)
+		f.switched(t, snap.Currents)
 	}
 	f.setApplied(ctx, snap.Revision)
 	return snap.Revision, nil

@@ -3,6 +3,7 @@ package routes
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -148,4 +149,39 @@ func TestFollowerAfterCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the table after the compaction", func() bool { tab, _ := sw.last(); return tab.Domains["web.test"] == "web-222222222222" })
+}
+
+// TestFollowerSwitched: the switch hook is told every table swapped in,
+// right after its swap, with the current generations it was made of: what
+// certificate management takes its host set from.
+func TestFollowerSwitched(t *testing.T) {
+	st := openStore(t)
+	sw := &swaps{}
+	var mu sync.Mutex
+	var told []router.Table
+	f := NewFollower(st, sw, Options{Logf: t.Logf, Switched: func(tab router.Table, currents map[string]*spec.Generation) {
+		mu.Lock()
+		defer mu.Unlock()
+		if last, n := sw.last(); n != len(told)+1 || !maps.Equal(last.Domains, tab.Domains) || !maps.Equal(last.TLS, tab.TLS) {
+			t.Errorf("told table %d, %v, after swap %d, %v", len(told)+1, tab, n, last)
+		}
+		if g := currents[spec.DefaultEnv]; g != nil && tab.Domains["web.test"] != g.Instance("web") {
+			t.Errorf("told table %v with production's generation %d", tab.Domains, g.Number)
+		}
+		told = append(told, tab)
+	}})
+	if _, err := f.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Commit(t.Context(), web("111111111111"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(told) != 2 || told[1].Certificates()["web.test"] != "web" {
+		t.Errorf("told %v, want the empty table, then web.test served over HTTPS", told)
+	}
 }

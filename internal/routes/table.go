@@ -56,6 +56,13 @@ func Of(s *store.Snapshot) router.Table {
 // (Internal) and, with previews.domain, on SERVICE.ENV.DOMAIN. paused
 // are production's services paused by hand, with their bounds; a pause
 // of a service production does not have holds nothing.
+//
+// The table's TLS policy follows the same names: a service's domains and
+// redirects, and a preview's SERVICE.ENV.DOMAIN, are served over HTTPS
+// unless its tls is false; production's domains and redirects add HSTS
+// where the service's hsts says so (a preview's names never do: HSTS is a
+// promise for a production name). Whichever service a name routes to
+// gives its policy.
 func Table(currents map[string]*spec.Generation, paused map[string]time.Duration) router.Table {
 	t := router.Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: spec.DefaultZone}
 	prod := currents[spec.DefaultEnv]
@@ -73,11 +80,14 @@ func Table(currents map[string]*spec.Generation, paused map[string]time.Duration
 	}
 	for name, svc := range prod.Spec.Services {
 		key := prod.Instance(name)
+		p := router.TLS{HTTPS: svc.TLSEnabled(), HSTS: svc.HSTS}
 		for _, d := range svc.Domains {
 			t.Domains[d] = key
+			setTLS(&t, d, p)
 		}
 		for _, r := range svc.Redirects {
 			t.Redirects[r] = svc.Domains[0]
+			setTLS(&t, r, p)
 		}
 	}
 	for _, env := range sortedEnvs(currents) {
@@ -94,11 +104,24 @@ func Table(currents map[string]*spec.Generation, paused map[string]time.Duration
 			if h := g.Spec.PreviewHost(name, env); h != "" {
 				if _, taken := t.Domains[h]; !taken {
 					t.Domains[h] = g.Instance(name)
+					setTLS(&t, h, router.TLS{HTTPS: g.Spec.Services[name].TLSEnabled()})
 				}
 			}
 		}
 	}
 	return t
+}
+
+// setTLS gives host the policy p in t; the table lists only names that
+// have one.
+func setTLS(t *router.Table, host string, p router.TLS) {
+	if p == (router.TLS{}) {
+		return
+	}
+	if t.TLS == nil {
+		t.TLS = map[string]router.TLS{}
+	}
+	t.TLS[host] = p
 }
 
 // PreviewHost is the internal-zone name of service in preview environment

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/router"
 	"hostel/internal/spec"
 )
 
@@ -69,5 +70,58 @@ func TestTablePauses(t *testing.T) {
 	tab := Table(map[string]*spec.Generation{spec.DefaultEnv: prod}, map[string]time.Duration{"web": time.Minute, "gone": time.Minute})
 	if want := map[string]time.Duration{"web": time.Minute}; !maps.Equal(tab.Paused, want) {
 		t.Errorf("Paused = %v, want %v", tab.Paused, want)
+	}
+}
+
+// TestTableTLS: the TLS policy follows the names the table routes: a
+// service's domains and redirects are served over HTTPS unless its tls is
+// false, with HSTS where it asks; a preview's public names over HTTPS
+// unless its service's tls is false, never with HSTS; a name production
+// and a preview both claim takes production's policy. The names served
+// over HTTPS are the ones that need certificates, each with its service.
+func TestTableTLS(t *testing.T) {
+	off := false
+	prod := gen(spec.DefaultEnv, map[string]spec.Version{"shop": "s1", "wiki": "w1", "quotes": "q1", "api": "a1"}, map[string]*spec.Service{
+		"shop":   {Domains: []string{"shop.example"}, Redirects: []string{"www.shop.example"}, HSTS: true},
+		"wiki":   {Domains: []string{"wiki.pr-1.preview.example"}, TLS: &off},
+		"quotes": {Domains: []string{"quotes.example"}, TLS: &off},
+		"api":    {},
+	})
+	pr := gen("pr-1", map[string]spec.Version{"shop": "s2", "wiki": "w2", "blog": "b1"}, map[string]*spec.Service{
+		"shop": {HSTS: true}, "wiki": {}, "blog": {TLS: &off},
+	})
+	pr.Spec.Previews = &spec.Previews{Domain: "preview.example"}
+	noDomain := gen("pr-2", map[string]spec.Version{"shop": "s3"}, map[string]*spec.Service{"shop": {}})
+	for _, tc := range []struct {
+		name     string
+		currents map[string]*spec.Generation
+		tls      map[string]router.TLS
+		certs    map[string]string
+	}{
+		{"empty", map[string]*spec.Generation{}, nil, map[string]string{}},
+		{"production", map[string]*spec.Generation{spec.DefaultEnv: prod},
+			map[string]router.TLS{"shop.example": {HTTPS: true, HSTS: true}, "www.shop.example": {HTTPS: true, HSTS: true}},
+			map[string]string{"shop.example": "shop", "www.shop.example": "shop"}},
+		{"with previews", map[string]*spec.Generation{spec.DefaultEnv: prod, "pr-1": pr, "pr-2": noDomain},
+			map[string]router.TLS{"shop.example": {HTTPS: true, HSTS: true}, "www.shop.example": {HTTPS: true, HSTS: true},
+				"shop.pr-1.preview.example": {HTTPS: true}},
+			map[string]string{"shop.example": "shop", "www.shop.example": "shop", "shop.pr-1.preview.example": "shop"}},
+		{"a preview alone", map[string]*spec.Generation{"pr-1": pr}, nil, map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := Table(tc.currents, nil)
+			if !maps.Equal(tab.TLS, tc.tls) {
+				t.Errorf("TLS = %v, want %v", tab.TLS, tc.tls)
+			}
+			if got := tab.Certificates(); !maps.Equal(got, tc.certs) {
+				t.Errorf("Certificates() = %v, want %v", got, tc.certs)
+			}
+			// The router takes the table as it is.
+			r := router.New(router.Options{})
+			defer r.Close()
+			if err := r.Swap(tab); err != nil {
+				t.Errorf("Swap: %v", err)
+			}
+		})
 	}
 }

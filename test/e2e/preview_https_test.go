@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -38,6 +39,17 @@ func TestPreviewDomain(t *testing.T) {
 	}
 	if resp, body, err := e.GetTLS(p.Roots, "shop.example", "/"); err != nil || resp.StatusCode != 200 || !strings.Contains(body, "Production Shop") {
 		t.Errorf("production's https://shop.example after the preview: %v %q", err, body)
+	} else if resp.Header.Get("Strict-Transport-Security") == "" {
+		t.Errorf("production's https://shop.example (hsts) has no Strict-Transport-Security")
+	}
+	// The preview's name is served over HTTPS: HTTP redirects there, and
+	// no HSTS is promised for it, though its service asks for it.
+	_, port, _ := net.SplitHostPort(e.HTTPS)
+	if code, h, _ := e.Get(host, "/p?q=1"); code != 301 || h.Get("Location") != "https://"+host+":"+port+"/p?q=1" {
+		t.Errorf("http://%s/p?q=1: %d Location %q, want 301 to https", host, code, h.Get("Location"))
+	}
+	if hsts := resp.Header.Get("Strict-Transport-Security"); hsts != "" {
+		t.Errorf("https://%s: Strict-Transport-Security %q, want none", host, hsts)
 	}
 	stored := func() []string { return storedCerts(t, e, host) }
 	if list := e.MustRun("env", "list", "--json"); !strings.Contains(list, `"https://`+host+`"`) {
@@ -69,7 +81,7 @@ func TestPreviewDomain(t *testing.T) {
 // validates, on an etcd of the test's (the test reads the certificates
 // there: storedCerts), and returns them, the daemon's flags and the spec
 // to deploy: Pebble as CA, previews.domain "preview.example", a shop on
-// shop.example titled as asked, and a wiki whose production domain is
+// shop.example titled as asked (with hsts), and a wiki whose production domain is
 // also the name a preview pr-1 gives it, wiki.pr-1.preview.example.
 func startPreviewDomain(t *testing.T) (e *Env, p *pebbletest.Pebble, listen []string, spec func(title string) map[string]any) {
 	t.Helper()
@@ -84,7 +96,7 @@ func startPreviewDomain(t *testing.T) (e *Env, p *pebbletest.Pebble, listen []st
 			"acme":     map[string]any{"email": "ops@example.org", "ca": p.Directory, "ca_root": p.ServerCA},
 			"previews": map[string]any{"domain": "preview.example"},
 			"services": map[string]any{
-				"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "env": map[string]string{"SHOP_TITLE": title}}),
+				"shop": e.App("shop", map[string]any{"domains": []string{"shop.example"}, "hsts": true, "env": map[string]string{"SHOP_TITLE": title}}),
 				"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.pr-1.preview.example"}}),
 			},
 		}

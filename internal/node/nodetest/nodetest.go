@@ -105,7 +105,11 @@ func New(t testing.TB, st store.Store, root string, opts Options) *Node {
 		t.Fatal(err)
 	}
 	n.Lease = lease
-	n.Routes = routes.NewFollower(st, n.Router, routes.Options{Node: n.Name, Lease: lease.ID(), Logf: logf, Switched: opts.Switched})
+	var switched func(router.Table, map[string]*spec.Generation)
+	if opts.Switched != nil {
+		switched = func(_ router.Table, currents map[string]*spec.Generation) { opts.Switched(currents) }
+	}
+	n.Routes = routes.NewFollower(st, n.Router, routes.Options{Node: n.Name, Lease: lease.ID(), Logf: logf, Switched: switched})
 	routesAt := opts.RoutesAt
 	if routesAt == nil {
 		routesAt = func(ctx context.Context, rev uint64) error {
