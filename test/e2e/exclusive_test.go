@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,31 +11,11 @@ import (
 	"time"
 )
 
-var (
-	lockAppOnce sync.Once
-	lockAppDir  string
-	lockAppErr  error
-)
-
 // lockApp builds testdata/lockapp, which refuses to run beside another
 // process of its service, into a package directory service users can read.
 func lockApp(t testing.TB) string {
 	t.Helper()
-	bin := build(t)
-	lockAppOnce.Do(func() {
-		lockAppDir = filepath.Join(bin, "lockapp")
-		cmd := exec.Command("go", "build", "-o", filepath.Join(lockAppDir, "bin", "lockapp"), "./test/e2e/testdata/lockapp")
-		cmd.Dir = repoRoot()
-		if b, err := cmd.CombinedOutput(); err != nil {
-			lockAppErr = fmt.Errorf("go build lockapp: %v\n%s", err, b)
-			return
-		}
-		lockAppErr = exec.Command("chmod", "-R", "a+rX", bin).Run()
-	})
-	if lockAppErr != nil {
-		t.Fatal(lockAppErr)
-	}
-	return lockAppDir
+	return testApp(t, "lockapp", "./test/e2e/testdata/lockapp")
 }
 
 // traffic sends requests to host until stop is closed and counts them,

@@ -24,42 +24,20 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
-
-var (
-	crashAppOnce sync.Once
-	crashAppDir  string
-	crashAppErr  error
-)
 
 // crashApp builds the deploy engine's test app (internal/deploy/testdata/app:
 // /healthz, APP_ID, and crashes on demand: CRASH, CRASH_AFTER, CRASH_FILE)
 // into a package directory every service user can read, and returns it.
 func crashApp(t testing.TB) string {
 	t.Helper()
-	bin := build(t)
-	crashAppOnce.Do(func() {
-		crashAppDir = filepath.Join(bin, "crashapp")
-		cmd := exec.Command("go", "build", "-o", filepath.Join(crashAppDir, "bin", "crashapp"), "./internal/deploy/testdata/app")
-		cmd.Dir = repoRoot()
-		if b, err := cmd.CombinedOutput(); err != nil {
-			crashAppErr = fmt.Errorf("go build crashapp: %v\n%s", err, b)
-			return
-		}
-		crashAppErr = exec.Command("chmod", "-R", "a+rX", bin).Run()
-	})
-	if crashAppErr != nil {
-		t.Fatal(crashAppErr)
-	}
-	return crashAppDir
+	return testApp(t, "crashapp", "./internal/deploy/testdata/app")
 }
 
 // crashSpec is a spec of one service "web" on web.example running the crash

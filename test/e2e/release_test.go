@@ -1,42 +1,19 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"hostel/internal/postgres/pgtest"
-)
-
-var (
-	envAppOnce sync.Once
-	envAppDir  string
-	envAppErr  error
 )
 
 // envApp builds testdata/envapp into a package directory every service user
 // can read, and returns it.
 func envApp(t testing.TB) string {
 	t.Helper()
-	bin := build(t)
-	envAppOnce.Do(func() {
-		envAppDir = filepath.Join(bin, "envapp")
-		cmd := exec.Command("go", "build", "-o", filepath.Join(envAppDir, "bin", "envapp"), "./test/e2e/testdata/envapp")
-		cmd.Dir = repoRoot()
-		if b, err := cmd.CombinedOutput(); err != nil {
-			envAppErr = fmt.Errorf("go build envapp: %v\n%s", err, b)
-			return
-		}
-		envAppErr = exec.Command("chmod", "-R", "a+rX", bin).Run()
-	})
-	if envAppErr != nil {
-		t.Fatal(envAppErr)
-	}
-	return envAppDir
+	return testApp(t, "envapp", "./test/e2e/testdata/envapp")
 }
 
 // readEnv reads a NAME=value list that envapp wrote.

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,31 +16,11 @@ import (
 	"time"
 )
 
-var (
-	slowAppOnce sync.Once
-	slowAppDir  string
-	slowAppErr  error
-)
-
 // slowApp builds testdata/slowapp into a package directory every service
 // user can read, and returns it.
 func slowApp(t testing.TB) string {
 	t.Helper()
-	bin := build(t)
-	slowAppOnce.Do(func() {
-		slowAppDir = filepath.Join(bin, "slowapp")
-		cmd := exec.Command("go", "build", "-o", filepath.Join(slowAppDir, "bin", "slowapp"), "./test/e2e/testdata/slowapp")
-		cmd.Dir = repoRoot()
-		if b, err := cmd.CombinedOutput(); err != nil {
-			slowAppErr = fmt.Errorf("go build slowapp: %v\n%s", err, b)
-			return
-		}
-		slowAppErr = exec.Command("chmod", "-R", "a+rX", bin).Run()
-	})
-	if slowAppErr != nil {
-		t.Fatal(slowAppErr)
-	}
-	return slowAppDir
+	return testApp(t, "slowapp", "./test/e2e/testdata/slowapp")
 }
 
 // stopDaemonWith sends sig to the daemon and waits for it to exit.

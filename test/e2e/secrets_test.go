@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -19,31 +18,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var (
-	secretAppOnce sync.Once
-	secretAppDir  string
-	secretAppErr  error
-)
-
 // secretApp builds testdata/secretapp into a package directory every service
 // user can read, and returns it.
 func secretApp(t testing.TB) string {
 	t.Helper()
-	bin := build(t)
-	secretAppOnce.Do(func() {
-		secretAppDir = filepath.Join(bin, "secretapp")
-		cmd := exec.Command("go", "build", "-o", filepath.Join(secretAppDir, "bin", "secretapp"), "./test/e2e/testdata/secretapp")
-		cmd.Dir = repoRoot()
-		if b, err := cmd.CombinedOutput(); err != nil {
-			secretAppErr = fmt.Errorf("go build secretapp: %v\n%s", err, b)
-			return
-		}
-		secretAppErr = exec.Command("chmod", "-R", "a+rX", bin).Run()
-	})
-	if secretAppErr != nil {
-		t.Fatal(secretAppErr)
-	}
-	return secretAppDir
+	return testApp(t, "secretapp", "./test/e2e/testdata/secretapp")
 }
 
 func secretService(pkg, domain string, secrets ...string) map[string]any {

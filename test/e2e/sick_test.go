@@ -7,37 +7,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-)
-
-var (
-	sickAppOnce sync.Once
-	sickAppDir  string
-	sickAppErr  error
 )
 
 // sickApp builds testdata/sickapp into a package directory every service
 // user can read, and returns it.
 func sickApp(t testing.TB) string {
 	t.Helper()
-	bin := build(t)
-	sickAppOnce.Do(func() {
-		sickAppDir = filepath.Join(bin, "sickapp")
-		cmd := exec.Command("go", "build", "-o", filepath.Join(sickAppDir, "bin", "sickapp"), "./test/e2e/testdata/sickapp")
-		cmd.Dir = repoRoot()
-		if b, err := cmd.CombinedOutput(); err != nil {
-			sickAppErr = fmt.Errorf("go build sickapp: %v\n%s", err, b)
-			return
-		}
-		sickAppErr = exec.Command("chmod", "-R", "a+rX", bin).Run()
-	})
-	if sickAppErr != nil {
-		t.Fatal(sickAppErr)
-	}
-	return sickAppDir
+	return testApp(t, "sickapp", "./test/e2e/testdata/sickapp")
 }
 
 // switches is a directory of cue files for sickapp that its users can
