@@ -48,6 +48,7 @@ chaos: deps
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
+	$(GO) test -run '^$$' -bench Place10kOn1k -benchmem ./internal/place/
 	$(GO) run ./bench/router
 	$(GO) run ./bench/previews -hostel bin/hostel
 	$(GO) run ./bench/callable -hostel bin/hostel
@@ -68,6 +69,7 @@ held: build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/spec/
 	$(GO) test -run '^$$' -fuzz FuzzPlan -fuzztime 30s ./internal/plan/
+	$(GO) test -run '^$$' -fuzz FuzzMake -fuzztime 30s ./internal/place/
 	$(GO) test -run '^$$' -fuzz FuzzHostMatch -fuzztime 30s ./internal/router/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 30s ./internal/front/
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckHead$$' -fuzztime 30s ./internal/front/

@@ -6,6 +6,7 @@ package plan
 import (
 	"fmt"
 	"io"
+	"maps"
 	"reflect"
 	"sort"
 	"strings"
@@ -23,7 +24,7 @@ const (
 	Update  Action = "update"  // a new version starts; the old one drains
 	Keep    Action = "keep"    // nothing changes; the process keeps running
 	Remove  Action = "remove"  // the service leaves the spec; its version drains
-	Reroute Action = "reroute" // same version, different domains or routing
+	Reroute Action = "reroute" // same version, different domains, routing or placement
 	// A preview environment's versions (hostel deploy --env NAME):
 	Shared Action = "shared" // the same version runs already, in another environment: its process is used
 	Start  Action = "start"  // the version runs nowhere: the preview starts its own instance, with its own data
@@ -178,7 +179,8 @@ func processReasons(name string, o, n *spec.Service, oin, nin spec.Inputs, ov, n
 	return r
 }
 
-// routingReasons lists differences in fields that never restart a process.
+// routingReasons lists differences in fields that never restart a process:
+// routing and placement.
 func routingReasons(o, n *spec.Service) []string {
 	var r []string
 	if !reflect.DeepEqual(o.Domains, n.Domains) {
@@ -202,7 +204,26 @@ func routingReasons(o, n *spec.Service) []string {
 	if o.HSTS != n.HSTS {
 		r = append(r, "hsts changed")
 	}
+	// Placement fields: which nodes run the same version, and how many.
+	if o.ReplicasOrDefault() != n.ReplicasOrDefault() { // unset is 1
+		r = append(r, "replicas changed")
+	}
+	op, np := placementOf(o), placementOf(n)
+	if !maps.Equal(op.Labels, np.Labels) {
+		r = append(r, "placement.labels changed")
+	}
+	if op.Node != np.Node {
+		r = append(r, "placement.node changed")
+	}
 	return r
+}
+
+// placementOf returns s's placement; none is the zero Placement (any node).
+func placementOf(s *spec.Service) spec.Placement {
+	if s.Placement == nil {
+		return spec.Placement{}
+	}
+	return *s.Placement
 }
 
 func mapReasons(prefix string, a, b map[string]string) []string {

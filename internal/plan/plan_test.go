@@ -173,6 +173,8 @@ func FuzzPlan(f *testing.F) {
 	f.Add(`{"services":{}}`, `{"services":{"a":{"exec":["x"],"domains":["a.org"],"redirects":["www.a.org"]}}}`)
 	f.Add(`{"services":{"a":{"exec":["x"],"env":{"K":"1"}},"b":{"exec":["y"],"needs":["a"]}}}`,
 		`{"services":{"a":{"exec":["x"],"env":{"K":"2"}},"b":{"exec":["y"],"needs":["a"]}}}`)
+	f.Add(`{"services":{"a":{"exec":["x"],"replicas":2,"placement":{"labels":{"z":"eu"}}}}}`,
+		`{"services":{"a":{"exec":["x"],"placement":{"node":"n1"}}}}`)
 	f.Fuzz(func(t *testing.T, cur, next string) {
 		cs, err := spec.Decode("cur", []byte(cur))
 		if err != nil {
@@ -230,5 +232,43 @@ func TestOldVersionsCallableKeepsVersion(t *testing.T) {
 	}
 	if c := p.Services[0]; c.Action != Reroute || c.From != c.To || !slices.Contains(c.Reasons, "old_versions changed") {
 		t.Fatalf("got %+v, want a reroute because old_versions changed", c)
+	}
+}
+
+// TestPlacementChangeReroutes: replicas and placement are not part of a
+// version; changing them alone reroutes (same version, no new process
+// for nothing) and says which changed.
+func TestPlacementChangeReroutes(t *testing.T) {
+	cur := `{"services":{"api":{"exec":["/bin/api"]` + "%s" + `}}}`
+	tests := []struct {
+		name, from, to string
+		reasons        []string
+	}{
+		{"replicas added", ``, `,"replicas":3`, []string{"replicas changed"}},
+		{"replicas 1 written", ``, `,"replicas":1`, nil},
+		{"replicas down", `,"replicas":3`, `,"replicas":2`, []string{"replicas changed"}},
+		{"labels", ``, `,"placement":{"labels":{"zone":"eu"}}`, []string{"placement.labels changed"}},
+		{"label value", `,"placement":{"labels":{"zone":"eu"}}`, `,"placement":{"labels":{"zone":"us"}}`, []string{"placement.labels changed"}},
+		{"empty placement", ``, `,"placement":{}`, nil},
+		{"pin", `,"placement":{"labels":{"zone":"eu"}}`, `,"placement":{"node":"n1","labels":{"zone":"eu"}}`, []string{"placement.node changed"}},
+		{"all", `,"placement":{"node":"n1"}`, `,"replicas":2,"placement":{"labels":{"a":"b"}}`, []string{"replicas changed", "placement.labels changed", "placement.node changed"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := mustDecode(t, strings.Replace(cur, "%s", tt.from, 1))
+			b := mustDecode(t, strings.Replace(cur, "%s", tt.to, 1))
+			va, _ := spec.Versions(a, spec.Inputs{})
+			p, err := Make(b, spec.Inputs{}, &spec.Generation{Number: 1, Spec: a, Versions: va})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := Reroute
+			if tt.reasons == nil {
+				want, tt.reasons = Keep, []string{}
+			}
+			if c := p.Services[0]; c.Action != want || c.From != c.To || !slices.Equal(c.Reasons, tt.reasons) {
+				t.Fatalf("got %+v, want %s with the same version because %q", c, want, tt.reasons)
+			}
+		})
 	}
 }

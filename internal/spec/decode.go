@@ -116,14 +116,18 @@ func decode(data []byte) (*Spec, error) {
 // written holds, as written, the values that decoding into a Spec would
 // change: a zero that reads as something else than what a user who
 // writes it means ("cpu": 0 and "memory": "" would be no limit, "zone": ""
-// the default zone: leaving the field out says that), and a cpu that no
+// the default zone, "placement": {"node": ""} any node: leaving the field
+// out says that), and a cpu that no
 // float64 holds (1e400). (A duration refuses its zero itself,
 // Duration.UnmarshalJSON.) A null is the field left out.
 type written struct {
 	Zone     jsontext.Value `json:"zone"`
 	Services map[string]*struct {
-		Memory jsontext.Value `json:"memory"`
-		CPU    jsontext.Value `json:"cpu"`
+		Memory    jsontext.Value `json:"memory"`
+		CPU       jsontext.Value `json:"cpu"`
+		Placement *struct {
+			Node jsontext.Value `json:"node"`
+		} `json:"placement"`
 	} `json:"services"`
 }
 
@@ -144,6 +148,9 @@ func checkWritten(data []byte) error {
 		}
 		if string(svc.Memory) == `""` {
 			return &Error{Service: name, Field: "memory", Msg: "must not be empty (leave it out for no limit)"}
+		}
+		if svc.Placement != nil && string(svc.Placement.Node) == `""` {
+			return &Error{Service: name, Field: "placement.node", Msg: "must not be empty (leave it out for any node)"}
 		}
 		if svc.CPU.Kind() == '0' {
 			// ParseFloat makes 1e400 +Inf, and 1e-400 0: both outside.

@@ -151,9 +151,37 @@ type Service struct {
 	// service's requests, stops the old version, starts the new one and
 	// releases them (single-writer apps).
 	Exclusive bool `json:"exclusive,omitempty"`
+	// Replicas is how many instances of the service run in cluster mode,
+	// each on its own node; nil means 1. A pointer, so that a 0 written
+	// out is told from an absent field and refused.
+	Replicas *int `json:"replicas,omitempty"`
+	// Placement constrains the nodes its instances run on in cluster
+	// mode; nil means any node.
+	Placement *Placement `json:"placement,omitempty"`
 	// TLS, nil meaning true, serves the domains over HTTPS.
 	TLS  *bool `json:"tls,omitempty"`
 	HSTS bool  `json:"hsts,omitempty"`
+}
+
+// Placement says on which nodes a service's instances may run (cluster
+// mode). Memory and CPU, the service's limits, are also what it requests
+// of a node's capacity there.
+type Placement struct {
+	// Labels are what a node must be labelled with (hostel serve
+	// --labels), every one; nil means any node.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Node pins the service to the node of that name (hostel serve
+	// --node); empty means any node.
+	Node string `json:"node,omitempty"`
+}
+
+// ReplicasOrDefault is how many instances of the service run in cluster
+// mode.
+func (s *Service) ReplicasOrDefault() int {
+	if s.Replicas != nil {
+		return *s.Replicas
+	}
+	return 1
 }
 
 // Health is the readiness and liveness check of a service.

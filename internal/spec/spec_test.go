@@ -138,6 +138,65 @@ func TestVersions(t *testing.T) {
 	}
 }
 
+// TestPlacementOutOfVersion: replicas and placement say where and how
+// many times a version runs, not what it is: they change no version, the
+// service's nor its dependents'. memory and cpu, also placement requests
+// in cluster mode, are limits the process runs under: they do.
+func TestPlacementOutOfVersion(t *testing.T) {
+	versions := func(api string) map[string]Version {
+		t.Helper()
+		s, err := Decode("hostel.json", []byte(`{"services":{"api":{"exec":["/a"]`+api+`},"web":{"exec":["/w"],"needs":["api"]}}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := Versions(s, Inputs{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	base := versions("")
+	for _, tt := range []struct {
+		api  string
+		same bool
+	}{
+		{`,"replicas":3`, true},
+		{`,"replicas":1`, true},
+		{`,"placement":{"labels":{"zone":"eu","disk":"ssd"}}`, true},
+		{`,"placement":{"node":"node-a"}`, true},
+		{`,"replicas":2,"placement":{"labels":{"zone":"eu"}}`, true},
+		{`,"memory":"512M"`, false},
+		{`,"cpu":0.5`, false},
+	} {
+		got := versions(tt.api)
+		if same := got["api"] == base["api"] && got["web"] == base["web"]; same != tt.same {
+			t.Errorf("%s: versions %v, without it %v: same %v, want %v", tt.api, got, base, same, tt.same)
+		}
+	}
+}
+
+// TestDecodePlacement: replicas and placement decode as written; replicas
+// default to 1.
+func TestDecodePlacement(t *testing.T) {
+	s, err := Decode("hostel.json", []byte(`{"services":{
+		"api":{"exec":["/a"],"replicas":3,"placement":{"labels":{"zone":"eu","disk":"ssd"}},"memory":"512M","cpu":0.5},
+		"db":{"exec":["/d"],"exclusive":true,"replicas":1,"placement":{"node":"node-a.example"}},
+		"web":{"exec":["/w"]}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, db, web := s.Services["api"], s.Services["db"], s.Services["web"]
+	if api.ReplicasOrDefault() != 3 || db.ReplicasOrDefault() != 1 || web.ReplicasOrDefault() != 1 {
+		t.Errorf("replicas %d, %d, %d; want 3, 1, 1", api.ReplicasOrDefault(), db.ReplicasOrDefault(), web.ReplicasOrDefault())
+	}
+	if want := (&Placement{Labels: map[string]string{"zone": "eu", "disk": "ssd"}}); !reflect.DeepEqual(api.Placement, want) {
+		t.Errorf("api placement %+v, want %+v", api.Placement, want)
+	}
+	if db.Placement == nil || db.Placement.Node != "node-a.example" || web.Placement != nil {
+		t.Errorf("placements: db %+v, web %+v", db.Placement, web.Placement)
+	}
+}
+
 func TestVersionHost(t *testing.T) {
 	h := VersionHost("my-api", "3f2a9c1b7d04", "hostel.internal")
 	if h != "my-api-3f2a9c1b7d04.hostel.internal" {
@@ -165,6 +224,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(`{"services":{"a":{"exec":["x"],"cpu":0.29,"memory":"64M"},"b":{"exec":["y"],"cpu":175921860,"memory":"1048576"}}}`)
 	f.Add(`{"services":{"a":{"package":"/p","exec":["bin/../x"],"release":["./m"],"postgres":true}}}`)
 	f.Add(`{"previews":{"domain":"p.example","idle":"1m","ttl":"2h","postgres":"empty"},"services":{"a":{"exec":["x"],"cpu":null,"memory":null}}}`)
+	f.Add(`{"services":{"a":{"exec":["x"],"replicas":3,"placement":{"labels":{"zone":"eu"}},"memory":"1G"},"b":{"exec":["y"],"exclusive":true,"placement":{"node":"n1"}}}}`)
 	f.Add(`[]`)
 	for _, c := range readCorpus(f, "testdata/bad") {
 		f.Add(c[0])

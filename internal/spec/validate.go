@@ -56,6 +56,9 @@ const (
 	// MinIdle is the shortest idle: less would stop a service between two
 	// requests of one page.
 	MinIdle = time.Second
+	// MaxReplicas bounds replicas: each runs on its own node, and a
+	// thousand nodes is the largest cluster hostel is measured on.
+	MaxReplicas = 1000
 )
 
 // Values of a service's old_versions.
@@ -216,6 +219,9 @@ func (s *Spec) Validate() error {
 		default:
 			return fail("old_versions", "%q is not one of %q, %q", svc.OldVersions, OldVersionsStop, OldVersionsCallable)
 		}
+		if field, msg := checkPlacement(svc); msg != "" {
+			return fail(field, "%s", msg)
+		}
 		if svc.Memory != "" {
 			if msg := checkMemory(svc.Memory); msg != "" {
 				return fail("memory", "%s", msg)
@@ -307,6 +313,70 @@ func (s *Spec) exclusiveNeed(name string, seen map[string]bool) []string {
 		if path := s.exclusiveNeed(n, seen); path != nil {
 			return append([]string{n}, path...)
 		}
+	}
+	return nil
+}
+
+// checkPlacement says what is wrong with svc's replicas and placement,
+// and in which field, or "": replicas within 1..MaxReplicas, each on a
+// node of its own, so never more than one when one node is named, nor
+// for an exclusive service (one instance in the whole cluster); node and
+// label names a node can have.
+func checkPlacement(svc *Service) (field, msg string) {
+	if r := svc.Replicas; r != nil {
+		switch {
+		case *r < 1 || *r > MaxReplicas:
+			return "replicas", fmt.Sprintf("%d is outside 1..%d", *r, MaxReplicas)
+		case *r > 1 && svc.Exclusive:
+			return "replicas", fmt.Sprintf("%d cannot be combined with exclusive: an exclusive service has one instance in the whole cluster", *r)
+		case *r > 1 && svc.Placement != nil && svc.Placement.Node != "":
+			return "replicas", fmt.Sprintf("%d cannot all run on placement.node %q: replicas run on distinct nodes", *r, svc.Placement.Node)
+		}
+	}
+	p := svc.Placement
+	if p == nil {
+		return "", ""
+	}
+	if p.Node != "" {
+		if err := CheckNodeName(p.Node); err != nil {
+			return "placement.node", err.Error()
+		}
+	}
+	for _, k := range sortedKeys(p.Labels) {
+		if err := CheckLabel(k, p.Labels[k]); err != nil {
+			if !nodeNameRE.MatchString(k) {
+				return "placement.labels", err.Error()
+			}
+			return "placement.labels." + k, err.Error()
+		}
+	}
+	return "", ""
+}
+
+// nodeNameRE is what the name of a node, and a node's label key and
+// value, may be: a node's name is a key of the store's records and a host
+// name's label; labels are written k=v,… on hostel serve's command line.
+var nodeNameRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?$`)
+
+// nameRule says what nodeNameRE allows, for errors.
+const nameRule = "want letters, digits, '.', '_' and '-', 63 at most, a letter or digit at each end"
+
+// CheckNodeName says what is wrong with a node's name; nil if nothing.
+func CheckNodeName(name string) error {
+	if !nodeNameRE.MatchString(name) {
+		return fmt.Errorf("%q is not a node name: %s", name, nameRule)
+	}
+	return nil
+}
+
+// CheckLabel says what is wrong with a node's label key=value; nil if
+// nothing. Keys and values follow the rule of node names.
+func CheckLabel(key, value string) error {
+	if !nodeNameRE.MatchString(key) {
+		return fmt.Errorf("%q is not a label key: %s", key, nameRule)
+	}
+	if !nodeNameRE.MatchString(value) {
+		return fmt.Errorf("%q is not a label value: %s", value, nameRule)
 	}
 	return nil
 }

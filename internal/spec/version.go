@@ -24,7 +24,11 @@ type Inputs struct {
 }
 
 // identity is what a version hashes. Field order and encoding/json's sorted
-// map keys make its JSON canonical. Routing fields are deliberately absent.
+// map keys make its JSON canonical. Routing and placement fields (domains,
+// redirects, idle, exclusive, old_versions, tls, hsts, replicas,
+// placement) are deliberately absent: changing them restarts nothing.
+// memory and cpu are in: they are the limits a process runs under (and,
+// in cluster mode, also what it requests of a node).
 type identity struct {
 	Package       string            `json:"package,omitempty"`
 	PackageDigest string            `json:"package_digest,omitempty"`
