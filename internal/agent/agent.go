@@ -155,7 +155,14 @@ type Desired struct {
 	// process running, which is adopted. One that cannot be registered is
 	// reported (and, on a resume, returned) but fails nothing. Nil: none.
 	Asleep []Callable `json:"asleep,omitempty"`
+	// Only, if not nil, are the instances this machine runs of the
+	// generations and the versions asleep: the placement's share of it
+	// (cluster mode); the rest run on other nodes. Nil: every one.
+	Only map[spec.VersionKey]bool `json:"only,omitempty"`
 }
+
+// runsHere reports whether d has key run on this machine.
+func (d Desired) runsHere(key spec.VersionKey) bool { return d.Only == nil || d.Only[key] }
 
 // Callable is one version to keep callable without running it: the
 // instance Generation.Instance(Service), started as planned in Generation.
@@ -176,11 +183,15 @@ func (d Desired) Keys() map[spec.VersionKey]bool {
 			continue
 		}
 		for name := range g.Versions {
-			keep[g.Instance(name)] = true
+			if k := g.Instance(name); d.runsHere(k) {
+				keep[k] = true
+			}
 		}
 	}
 	for _, c := range d.Asleep {
-		keep[c.Key()] = true
+		if d.runsHere(c.Key()) {
+			keep[c.Key()] = true
+		}
 	}
 	return keep
 }
@@ -204,6 +215,9 @@ type Options struct {
 	// resume: startAll registers one asleep at its turn, after its needs,
 	// rather than start it, unless a previous daemon left it running.
 	asleep map[spec.VersionKey]bool
+	// only is Desired.Only, set by Reconcile: startAll starts nothing
+	// else.
+	only map[spec.VersionKey]bool
 }
 
 // Report says what a Reconcile did.
@@ -275,6 +289,10 @@ func (a *Agent) Use(p ...Preparer) { a.prepare = append(a.prepare, p...) }
 func (a *Agent) Reconcile(ctx context.Context, d Desired, opts Options, progress Progress) (*Report, error) {
 	rep := &Report{Started: []string{}, Stopped: []string{}, Asleep: []string{}}
 	var errs []error
+	// What other nodes run is theirs: neither started, registered asleep
+	// nor adopted here.
+	opts.only = d.Only
+	d.Asleep = slices.DeleteFunc(slices.Clone(d.Asleep), func(c Callable) bool { return !d.runsHere(c.Key()) })
 	if opts.Adopt {
 		// Asleep wins on a resume where no process is left: registered
 		// before the generations start, so that they find it running —
@@ -449,7 +467,7 @@ func (a *Agent) startAll(ctx context.Context, g *spec.Generation, opts Options, 
 		)
 		for _, name := range names {
 			key := g.Instance(name)
-			if a.isRunning(key) {
+			if a.isRunning(key) || opts.only != nil && !opts.only[key] {
 				continue
 			}
 			if opts.Adopt && a.besideExclusive(ctx, g, name, progress) {

@@ -37,6 +37,7 @@ func Invalid(err error) error { return &Error{Kind: KindInvalid, Message: err.Er
 func NewHandler(d Daemon) http.Handler {
 	mux := http.NewServeMux()
 	handleFailpoints(mux)
+	handleNodes(mux, d)
 	mux.HandleFunc("POST /v1/plan", func(w http.ResponseWriter, r *http.Request) {
 		var req PlanRequest
 		if !decodeBody(w, r, &req) {

@@ -148,6 +148,9 @@ type ServiceStatus struct {
 	// callable by its immutable name (old_versions "callable") until gc
 	// drops the last generation holding it.
 	Kept bool `json:"kept,omitempty"`
+	// Node is the node whose instance this is (cluster mode: hostel serve
+	// --node; the host name by default).
+	Node string `json:"node,omitempty"`
 	// Health is the last check of its health.path (its readiness probes
 	// included); nil without health.path, or while no process has been
 	// checked.

@@ -21,7 +21,7 @@ import (
 
 func serveCmd(e *env) *cobra.Command {
 	var opts daemon.Options
-	var heldBody, heldMemory, heldDisk string
+	var heldBody, heldMemory, heldDisk, labels, capacity string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the daemon in the foreground: supervisor, router, API",
@@ -34,6 +34,14 @@ func serveCmd(e *env) *cobra.Command {
 			if err := daemon.CheckNodeName(opts.Node); opts.Node != "" && err != nil {
 				return usageError{fmt.Errorf("--node: %w", err)}
 			}
+			var err error
+			if opts.Labels, err = daemon.ParseLabels(labels); err != nil {
+				return usageError{fmt.Errorf("--labels: %w", err)}
+			}
+			if opts.Capacity, err = daemon.ParseCapacity(capacity); err != nil {
+				return usageError{fmt.Errorf("--capacity: %w", err)}
+			}
+
 			if opts.MaxConnections < 0 {
 				return usageError{fmt.Errorf("--max-connections: %d is not a number of connections (0: from the open-file limit)", opts.MaxConnections)}
 			}
@@ -58,6 +66,8 @@ func serveCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's)")
 	cmd.Flags().BoolVar(&opts.Store.EtcdEmbed, "etcd-embed", false, "keep the state in an etcd member run by the daemon, its data in ROOT/etcd")
 	cmd.Flags().StringVar(&opts.Node, "node", "", "this daemon's node among those sharing the store (default: the host name)")
+	cmd.Flags().StringVar(&labels, "labels", "", "the node's labels, k=v,k=v, which placement.labels match")
+	cmd.Flags().StringVar(&capacity, "capacity", "", "what the node gives instances' memory and cpu requests, cpu=N,memory=SIZE (default: the machine's)")
 	cmd.Flags().IntVar(&opts.MaxConnections, "max-connections", 0,
 		"client connections open at once on the public listeners; past it one is answered 503 (0: half the open-file limit less 512)")
 	cmd.Flags().StringVar(&heldBody, "max-held-body", sizeFlag(front.DefaultHeldBody),

@@ -49,6 +49,10 @@ type Options struct {
 	// Node names this daemon's node among those sharing the store; ""
 	// is the machine's host name.
 	Node string
+	// Labels and Capacity are what the node offers placement (zero
+	// Capacity fields: the machine's).
+	Labels   map[string]string
+	Capacity Capacity
 	// MaxConnections bounds the client connections of the public
 	// listeners (front.Options.MaxConnections); 0 derives it from the
 	// open-file limit.

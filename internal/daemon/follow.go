@@ -4,16 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
-	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"hostel/internal/agent"
+	"hostel/internal/api"
 	"hostel/internal/deploy"
 	"hostel/internal/node"
+	"hostel/internal/place"
 	"hostel/internal/routes"
+	"hostel/internal/spec"
 	"hostel/internal/store"
 )
 
@@ -49,17 +55,8 @@ func nodeName() string {
 	return h
 }
 
-// nodeNameRE is what a node's name may be: it is a key of the store's
-// records and a host name's label.
-var nodeNameRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?$`)
-
 // CheckNodeName says what is wrong with a node's name; nil if nothing.
-func CheckNodeName(name string) error {
-	if !nodeNameRE.MatchString(name) {
-		return fmt.Errorf("%q is not a node name: want letters, digits, '.', '_' and '-', 63 at most, a letter or digit at each end", name)
-	}
-	return nil
-}
+func CheckNodeName(name string) error { return spec.CheckNodeName(name) }
 
 // follower is what runs the node: the lease, the followers, and the
 // context they run in.
@@ -76,10 +73,7 @@ type follower struct {
 // the router follow the routes: what a daemon does before it serves. The
 // followers then run until stopNode.
 func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
-	name := d.opts.Node
-	if name == "" {
-		name = nodeName()
-	}
+	name := d.nodeName()
 	// What a previous incarnation of this node left — it died, or was
 	// killed — holds its lease until the TTL ends: its records and its
 	// leadership of the engine go now, not NodeTTL later.
@@ -102,7 +96,7 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	f.cancel = stop
 	f.routes = routes.NewFollower(d.store, d.router, routes.Options{Node: name, Lease: lease.ID(), Switched: d.certsFollow, Logf: d.logf})
-	f.nodes = node.NewFollower(d.store, node.Options{Name: name, Lease: lease.ID(), Agent: a, Procs: d.sup, Router: d.router, Logf: d.logf,
+	f.nodes = node.NewFollower(d.store, node.Options{Name: name, Self: d.self(), Lease: lease.ID(), Agent: a, Procs: d.sup, Router: d.router, Logf: d.logf,
 		RoutesAt: func(ctx context.Context, rev uint64) error {
 			ctx, cancel := context.WithTimeout(ctx, routesWait)
 			defer cancel()
@@ -121,7 +115,9 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	cancel()
 	switch {
 	case err == nil:
-		d.engine.SetWriter(d.store.Fenced(lead))
+		w := d.store.Fenced(lead)
+		d.engine.SetWriter(w)
+		d.sayLeads(ctx, w, name, lease)
 		if err := d.engine.Recover(ctx, progress); err != nil {
 			return err
 		}
@@ -170,7 +166,9 @@ func (d *Daemon) leadLoop(ctx context.Context, name string, lease store.Lease, l
 				}
 				return
 			}
-			d.engine.SetWriter(d.store.Fenced(lead))
+			w := d.store.Fenced(lead)
+			d.engine.SetWriter(w)
+			d.sayLeads(ctx, w, name, lease)
 			d.logf("node %s: leads the engine now", name)
 			if err := d.engine.Recover(ctx, progress); err != nil {
 				d.logf("node %s: %v", name, err)
@@ -211,4 +209,165 @@ func (d *Daemon) stopNode() {
 	f.cancel()
 	f.wg.Wait()
 	d.follower = nil
+}
+
+// self is what the node reports of itself beside what it runs: its
+// labels and capacity (the machine's unless --capacity says).
+func (d *Daemon) self() node.Info {
+	c := d.opts.Capacity
+	if c.CPU == 0 {
+		c.CPU = float64(runtime.NumCPU())
+	}
+	if c.Memory == 0 {
+		c.Memory = machineMemory()
+	}
+	return node.Info{Labels: d.opts.Labels, CPU: c.CPU, Memory: c.Memory}
+}
+
+// Capacity is what a node gives to instances' requests.
+type Capacity struct {
+	CPU    float64 // cores; 0: the machine's
+	Memory int64   // bytes; 0: the machine's
+}
+
+// ParseCapacity reads --capacity: cpu=N,memory=SIZE, either or both.
+func ParseCapacity(s string) (Capacity, error) {
+	var c Capacity
+	if s == "" {
+		return c, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		switch {
+		case !ok:
+			return c, fmt.Errorf("%q: want cpu=N,memory=SIZE", kv)
+		case k == "cpu":
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil || n <= 0 || n > 1e6 {
+				return c, fmt.Errorf("cpu=%s: want a number of cores above 0", v)
+			}
+			c.CPU = n
+		case k == "memory":
+			n, err := spec.ParseMemory(v)
+			if err != nil || n <= 0 {
+				return c, fmt.Errorf("memory=%s: want a size such as 16G", v)
+			}
+			c.Memory = n
+		default:
+			return c, fmt.Errorf("%q: want cpu or memory", k)
+		}
+	}
+	return c, nil
+}
+
+// ParseLabels reads --labels: k=v,k=v.
+func ParseLabels(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q: want k=v", kv)
+		}
+		if err := spec.CheckLabel(k, v); err != nil {
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// machineMemory is the machine's memory in bytes (MemTotal); 0 if it
+// cannot be read.
+func machineMemory() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n * 1024
+			}
+		}
+	}
+	return 0
+}
+
+// kindLeader is the record (key "engine") naming the node whose daemon
+// leads the engine, under its lease: `hostel nodes` reads it.
+const kindLeader = "leader"
+
+// sayLeads records that node name leads the engine, through w, the
+// store fenced on that leadership.
+func (d *Daemon) sayLeads(ctx context.Context, w store.Store, name string, lease store.Lease) {
+	if _, err := w.Txn(ctx, store.Write{Kind: kindLeader, Key: "engine", Value: []byte(name), Rev: store.AnyRevision, Lease: lease.ID()}); err != nil {
+		d.logf("node %s: recording that it leads the engine: %v", name, err)
+	}
+}
+
+// Nodes implements api.NodesDaemon: every node that reports itself, with
+// what is placed on it and what that requests.
+func (d *Daemon) Nodes(ctx context.Context) (*api.Nodes, error) {
+	snap, err := d.store.Read(ctx, node.KindNode, node.KindDesired, kindLeader)
+	if err != nil {
+		return nil, err
+	}
+	leader := ""
+	for _, r := range snap.Records[kindLeader] {
+		leader = string(r.Value)
+	}
+	desired := map[string]node.Desired{}
+	for _, r := range snap.Records[node.KindDesired] {
+		if dd, err := node.DecodeDesired(r.Key, r.Value); err == nil {
+			desired[r.Key] = dd
+		}
+	}
+	// What each instance requests, from the generations that hold it.
+	requests := map[spec.VersionKey]place.Instance{}
+	gens := slices.Clone(snap.Generations)
+	for _, dd := range desired {
+		if dd.Staged != nil {
+			gens = append(gens, dd.Staged)
+		}
+	}
+	for _, g := range gens {
+		for name := range g.Versions {
+			if in, err := place.InstanceOf(g, name); err == nil {
+				requests[in.Key] = in
+			}
+		}
+	}
+	out := &api.Nodes{Nodes: []api.Node{}}
+	now := time.Now()
+	infos := node.Nodes(snap)
+	for _, name := range slices.Sorted(maps.Keys(infos)) {
+		info := infos[name]
+		n := api.Node{Name: name, Labels: info.Labels, Capacity: api.Resources{CPU: info.CPU, Memory: info.Memory},
+			Drained: info.Unschedulable, Up: info.Up, LeaseAgeSeconds: now.Sub(info.Up).Round(time.Second).Seconds(),
+			Leader: name == leader, Instances: []string{}}
+		dd := desired[name]
+		for _, k := range dd.Instances {
+			n.Instances = append(n.Instances, string(k))
+			in := requests[k]
+			n.Use.CPU += in.CPU
+			n.Use.Memory += in.Memory
+		}
+		out.Nodes = append(out.Nodes, n)
+	}
+	return out, nil
+}
+
+var _ api.NodesDaemon = (*Daemon)(nil)
+
+// nodeName is the name of the daemon's node.
+func (d *Daemon) nodeName() string {
+	if d.opts.Node != "" {
+		return d.opts.Node
+	}
+	return nodeName()
 }

@@ -261,7 +261,7 @@ func (d *Daemon) switchedBack(ctx context.Context, cur *spec.Generation, st *api
 // name.
 func (d *Daemon) serviceStatus(name string, v spec.Version, key spec.VersionKey, zone string) api.ServiceStatus {
 	ss := api.ServiceStatus{Name: name, Version: string(v), Env: key.Owner(), State: "stopped", Domains: []string{},
-		URL: "http://" + spec.VersionHost(name, v, zone), InFlight: d.router.InFlight(key)}
+		URL: "http://" + spec.VersionHost(name, v, zone), InFlight: d.router.InFlight(key), Node: d.nodeName()}
 	if s, ok := d.sup.Status(key); ok {
 		ss.State, ss.PID, ss.Ready, ss.Restarts, ss.Error = string(s.State), s.PID, s.Ready, s.Restarts, s.LastError
 		ss.LastExit, ss.MemoryBytes, ss.CPUSeconds = s.LastExit, s.MemoryBytes, s.CPUSeconds

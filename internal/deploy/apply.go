@@ -13,6 +13,7 @@ import (
 
 	"hostel/internal/failpoint"
 	"hostel/internal/node"
+	"hostel/internal/place"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 )
@@ -109,7 +110,13 @@ func (e *Engine) keptByWindows() []uint64 {
 // the engine decides: keep, staged and the versions that stay callable
 // once live, if not nil, is current in its environment, with change
 // applied to what else each Desired holds (restarts, stops).
-func (e *Engine) desiredWrites(v *view, keep []uint64, staged, live *spec.Generation, change func(*nodeDesired)) []store.Write {
+//
+// Which node runs what is placed anew (sticky: what runs stays where it
+// is) with everything that will run; a generation staged or going live
+// that cannot be placed fails with a *place.Error. For any other write
+// (a withdrawal, a restart, gc), a placement that fails leaves each node
+// running what it runs.
+func (e *Engine) desiredWrites(v *view, keep []uint64, staged, live *spec.Generation, change func(*nodeDesired)) ([]store.Write, map[string]node.Desired, error) {
 	gens, currents := v.snap.Generations, v.snap.Currents
 	if live != nil {
 		currents = maps.Clone(currents)
@@ -118,17 +125,30 @@ func (e *Engine) desiredWrites(v *view, keep []uint64, staged, live *spec.Genera
 			gens = append(slices.Clone(gens), live)
 		}
 	}
+	callables := Callables(gens, currents)
 	var asleep []node.Callable
-	for _, c := range Callables(gens, currents) {
+	for _, c := range callables {
 		if c.Generation.Number == 0 {
 			continue // not committed: nothing to keep callable
 		}
 		asleep = append(asleep, node.Callable{Generation: c.Generation.Number, Service: c.Service})
 	}
+	first := staged
+	if first == nil {
+		first = live
+	}
+	p, err := placement(v, first, currents, keep, callables)
+	if err != nil && first != nil {
+		return nil, nil, err
+	}
 	var writes []store.Write
+	written := map[string]node.Desired{}
 	for _, name := range v.names() {
 		d := v.desired[name]
 		d.Node, d.Keep, d.Staged, d.Asleep = name, slices.Clone(keep), staged, asleep
+		if p != nil && err == nil {
+			d.Placed, d.Instances = true, instancesOn(p, name)
+		}
 		if change != nil {
 			change(&d)
 		}
@@ -137,8 +157,9 @@ func (e *Engine) desiredWrites(v *view, keep []uint64, staged, live *spec.Genera
 			continue // plain data: cannot fail
 		}
 		writes = append(writes, store.Write{Kind: node.KindDesired, Key: name, Value: data, Rev: store.AnyRevision})
+		written[name] = d
 	}
-	return writes
+	return writes, written, nil
 }
 
 // writeDesired writes every node's Desired (see desiredWrites) in one
@@ -147,19 +168,15 @@ func (e *Engine) writeDesired(ctx context.Context, v *view, keep []uint64, stage
 	if err := failpoint.Inject("engine-before-desired"); err != nil {
 		return 0, err
 	}
-	rev, err := e.writer().Txn(ctx, e.desiredWrites(v, keep, staged, nil, change)...)
+	writes, written, err := e.desiredWrites(v, keep, staged, nil, change)
 	if err != nil {
 		return 0, err
 	}
-	// What others read next is what was written.
-	for _, name := range v.names() {
-		d := v.desired[name]
-		d.Node, d.Keep, d.Staged = name, keep, staged
-		if change != nil {
-			change(&d)
-		}
-		v.desired[name] = d
+	rev, err := e.writer().Txn(ctx, writes...)
+	if err != nil {
+		return 0, err
 	}
+	maps.Copy(v.desired, written) // what others read next is what was written
 	return rev, nil
 }
 
@@ -174,7 +191,10 @@ func (e *Engine) stage(ctx context.Context, v *view, g *spec.Generation, progres
 		return nil, errors.New("deploy failed before the switch, nothing changed: no node to run it")
 	}
 	rev, err := e.writeDesired(ctx, v, e.keptByWindows(), g, nil)
-	if err != nil {
+	var unplaced *place.Error
+	if errors.As(err, &unplaced) {
+		return nil, fmt.Errorf("deploy refused before anything started, nothing changed: %w", err)
+	} else if err != nil {
 		// The write may have been made all the same (an answer lost):
 		// take it back.
 		e.withdraw(context.WithoutCancel(ctx), progress)
@@ -252,10 +272,14 @@ func (e *Engine) commit(ctx context.Context, v *view, keep []uint64, live *spec.
 	if err := failpoint.Inject("engine-before-commit"); err != nil {
 		return 0, err
 	}
-	also := append(e.desiredWrites(v, keep, nil, live, nil), pausesOfGone(v, live)...)
-	if err := move(also); err != nil {
+	also, written, err := e.desiredWrites(v, keep, nil, live, nil)
+	if err != nil {
 		return 0, err
 	}
+	if err := move(append(also, pausesOfGone(v, live)...)); err != nil {
+		return 0, err
+	}
+	maps.Copy(v.desired, written)
 	failpoint.Hit("engine-after-commit")
 	// The revision the change was made at, which the nodes follow from:
 	// that of the Desired records written with it.

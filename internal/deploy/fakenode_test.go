@@ -114,6 +114,9 @@ func (f *fakeNode) apply(ctx context.Context, snap *store.Snapshot) {
 	for _, g := range gens {
 		for name := range g.Versions {
 			k := g.Instance(name)
+			if d.Placed && !slices.Contains(d.Instances, k) {
+				continue // placed on another node
+			}
 			if why, ok := f.fail[name]; ok && !f.running[k] {
 				info.Failures = append(info.Failures, node.Failure{Service: name, Version: g.Versions[name], Reason: why})
 				continue
@@ -212,4 +215,11 @@ func (f *fakeNode) lastAsked() node.Desired {
 		return node.Desired{}
 	}
 	return f.asked[len(f.asked)-1]
+}
+
+// askedCount returns how many times the node read what it is asked.
+func (f *fakeNode) askedCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.asked)
 }

@@ -82,6 +82,14 @@ func fakeSpec(ids map[string]string) *spec.Spec {
 	return s
 }
 
+// pinned pins every service of s to node (placement.node).
+func pinned(s *spec.Spec, node string) *spec.Spec {
+	for _, svc := range s.Services {
+		svc.Placement = &spec.Placement{Node: node}
+	}
+	return s
+}
+
 // keysOfGen returns generation n's instances, sorted.
 func (f *fleet) keysOfGen(n uint64) []spec.VersionKey {
 	f.t.Helper()
@@ -106,10 +114,10 @@ func (f *fleet) current() uint64 {
 	return g.Number
 }
 
-// TestFleetDeploy: a deploy stages its new versions on every node, commits
-// once each reported them ready, and every node then runs the new
-// generation and drains the old; each node's Desired says so, with
-// nothing left staged.
+// TestFleetDeploy: a deploy stages its new versions on the nodes they
+// are placed on, commits once each reported them ready, and then the
+// nodes run the new generation — each instance on one node, spread — and
+// drain the old; each node's Desired says so, with nothing left staged.
 func TestFleetDeploy(t *testing.T) {
 	f := newFleet(t, 3, Options{})
 	if _, err := f.deploy(fakeSpec(map[string]string{"api": "1", "web": "1"}), 0); err != nil {
@@ -123,13 +131,20 @@ func TestFleetDeploy(t *testing.T) {
 		t.Errorf("result %+v, want generation 2, web's new version started and its old one stopped", res)
 	}
 	want := f.keysOfGen(2)
+	var all []spec.VersionKey
 	for _, n := range f.nodes {
-		if got := n.runs(); !slices.Equal(got, want) {
-			t.Errorf("%s runs %v, want generation 2's %v", n.name, got, want)
+		runs := n.runs()
+		if len(runs) > 1 {
+			t.Errorf("%s runs %v: two instances on one node of three", n.name, runs)
 		}
-		if d := n.lastAsked(); d.Staged != nil || len(d.Keep) != 0 || d.Node != n.name {
-			t.Errorf("%s is left asked %+v, want nothing staged or kept", n.name, d)
+		all = append(all, runs...)
+		if d := n.lastAsked(); d.Staged != nil || len(d.Keep) != 0 || d.Node != n.name || !d.Placed || !slices.Equal(d.Instances, runs) {
+			t.Errorf("%s is left asked %+v, running %v; want nothing staged or kept, and what it runs placed on it", n.name, d, runs)
 		}
+	}
+	slices.Sort(all)
+	if !slices.Equal(all, want) {
+		t.Errorf("the nodes run %v together, want generation 2's %v, each once", all, want)
 	}
 }
 
@@ -138,22 +153,19 @@ func TestFleetDeploy(t *testing.T) {
 // nothing is committed, and the other nodes stop what they started.
 func TestFleetNodeNeverAnswers(t *testing.T) {
 	f := newFleet(t, 3, Options{NodeWait: 500 * time.Millisecond})
-	if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
+	if _, err := f.deploy(pinned(fakeSpec(map[string]string{"web": "1"}), "node-0"), 0); err != nil {
 		t.Fatal(err)
 	}
 	f.nodes[1].silence()
-	_, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), 0)
+	_, err := f.deploy(pinned(fakeSpec(map[string]string{"web": "2"}), "node-0"), 0)
 	if err == nil || !strings.Contains(err.Error(), "node-1 did not answer") || !strings.Contains(err.Error(), "nothing changed") {
 		t.Fatalf("deploy with a node that never answers: %v, want it named, nothing changed", err)
 	}
 	if got := f.current(); got != 1 {
 		t.Errorf("current generation %d, want 1", got)
 	}
-	want := f.keysOfGen(1)
-	for _, n := range []*fakeNode{f.nodes[0], f.nodes[2]} {
-		if got := n.runs(); !slices.Equal(got, want) {
-			t.Errorf("%s runs %v after the failed deploy, want only %v", n.name, got, want)
-		}
+	if got, want := f.nodes[0].runs(), f.keysOfGen(1); !slices.Equal(got, want) {
+		t.Errorf("node-0 runs %v after the failed deploy, want only %v", got, want)
 	}
 }
 
@@ -162,13 +174,13 @@ func TestFleetNodeNeverAnswers(t *testing.T) {
 // goes on with the nodes there are.
 func TestFleetNodeDies(t *testing.T) {
 	f := newFleet(t, 3, Options{NodeWait: 20 * time.Second})
-	if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
+	if _, err := f.deploy(pinned(fakeSpec(map[string]string{"web": "1"}), "node-0"), 0); err != nil {
 		t.Fatal(err)
 	}
 	f.nodes[2].silence()
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), 0)
+		_, err := f.deploy(pinned(fakeSpec(map[string]string{"web": "2"}), "node-0"), 0)
 		done <- err
 	}()
 	time.Sleep(300 * time.Millisecond) // the deploy waits for node-2
@@ -184,11 +196,8 @@ func TestFleetNodeDies(t *testing.T) {
 	if got := f.current(); got != 2 {
 		t.Errorf("current generation %d, want 2", got)
 	}
-	want := f.keysOfGen(2)
-	for _, n := range f.nodes[:2] {
-		if got := n.runs(); !slices.Equal(got, want) {
-			t.Errorf("%s runs %v, want %v", n.name, got, want)
-		}
+	if got, want := f.nodes[0].runs(), f.keysOfGen(2); !slices.Equal(got, want) {
+		t.Errorf("node-0 runs %v, want %v", got, want)
 	}
 }
 
@@ -196,22 +205,21 @@ func TestFleetNodeDies(t *testing.T) {
 // before the switch, the service named; every node is left as it was.
 func TestFleetStartFails(t *testing.T) {
 	f := newFleet(t, 2, Options{})
-	if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
+	if _, err := f.deploy(pinned(fakeSpec(map[string]string{"web": "1"}), "node-1"), 0); err != nil {
 		t.Fatal(err)
 	}
 	f.nodes[1].failStart("web", "exit status 3")
-	_, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), 0)
+	_, err := f.deploy(pinned(fakeSpec(map[string]string{"web": "2"}), "node-1"), 0)
 	if fs := Failures(err); len(fs) != 1 || fs[0].Service != "web" || fs[0].Step != StepStart || !strings.Contains(fs[0].Error(), "exit status 3") {
 		t.Fatalf("deploy with a start that fails: %v, want web failing at start", err)
 	}
 	if got := f.current(); got != 1 {
 		t.Errorf("current generation %d, want 1", got)
 	}
-	want := f.keysOfGen(1)
+	if got, want := f.nodes[1].runs(), f.keysOfGen(1); !slices.Equal(got, want) {
+		t.Errorf("node-1 runs %v, want only %v", got, want)
+	}
 	for _, n := range f.nodes {
-		if got := n.runs(); !slices.Equal(got, want) {
-			t.Errorf("%s runs %v, want only %v", n.name, got, want)
-		}
 		if d := n.lastAsked(); d.Staged != nil {
 			t.Errorf("%s is left with generation staged", n.name)
 		}
@@ -322,6 +330,61 @@ func TestDeployWrites(t *testing.T) {
 		}
 		if got := counted.snapshot()["write"] - before["write"]; got != tc.writes {
 			t.Errorf("confirm %s: %d writes, want %d", tc.confirm, got, tc.writes)
+		}
+	}
+}
+
+// TestFleetPlacement: replicas run on as many nodes, spread, and a
+// redeploy keeps each where it runs; a spec that cannot be placed is
+// refused before anything is asked of a node, naming the service.
+func TestFleetPlacement(t *testing.T) {
+	f := newFleet(t, 3, Options{})
+	two := func(id string) *spec.Spec {
+		s := fakeSpec(map[string]string{"api": id})
+		r := 2
+		s.Services["api"].Replicas = &r
+		return s
+	}
+	if _, err := f.deploy(two("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	where := func() []string {
+		var on []string
+		for _, n := range f.nodes {
+			if len(n.runs()) > 0 {
+				on = append(on, n.name)
+			}
+		}
+		return on
+	}
+	first := where()
+	if len(first) != 2 {
+		t.Fatalf("api with 2 replicas runs on %v, want two nodes", first)
+	}
+	if _, err := f.deploy(two("2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := where(); !slices.Equal(got, first) {
+		t.Errorf("the new version runs on %v, want where the old one ran, %v", got, first)
+	}
+
+	asked := make([]int, len(f.nodes))
+	for i, n := range f.nodes {
+		asked[i] = n.askedCount()
+	}
+	s := fakeSpec(map[string]string{"api": "3"})
+	r := 4
+	s.Services["api"].Replicas = &r
+	_, err := f.deploy(s, 0)
+	if err == nil || !strings.Contains(err.Error(), `service "api": replicas 4 need 4 nodes`) {
+		t.Fatalf("deploy of 4 replicas on 3 nodes: %v, want refused naming the service", err)
+	}
+	if got := f.current(); got != 2 {
+		t.Errorf("current generation %d, want 2", got)
+	}
+	for i, n := range f.nodes {
+		if n.askedCount() != asked[i] {
+			t.Errorf("%s was asked something for a spec that could not be placed", n.name)
 		}
 	}
 }

@@ -40,6 +40,10 @@ var (
 type Options struct {
 	// Name is the node's.
 	Name string
+	// Self is what the node reports of itself beside what it runs: its
+	// address, labels and capacity (Info's; Name, Up and Applied are the
+	// follower's).
+	Self Info
 	// Lease is the node's: its reports live with it.
 	Lease store.LeaseID
 	// Agent runs the processes; Procs and Router are what it runs them
@@ -95,6 +99,8 @@ type Follower struct {
 	// results are the last reconciles' results (Info.Results); guarded
 	// by run.
 	results []Result
+	// up is when the follower was made: the node's start.
+	up time.Time
 	// readRev is the revision of the last state a reconcile read: a
 	// change at or before it is in it.
 	readRev uint64
@@ -114,7 +120,7 @@ func NewFollower(st store.Store, opts Options) *Follower {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Follower{st: st, opts: opts, agent: opts.Agent, logf: logf,
+	return &Follower{st: st, opts: opts, agent: opts.Agent, logf: logf, up: time.Now().UTC().Truncate(time.Second),
 		restarted: map[spec.VersionKey]int{}, reported: map[spec.VersionKey]Instance{}, kept: map[spec.VersionKey]*keptSleep{}}
 }
 
@@ -290,6 +296,12 @@ func (f *Follower) desired(s state, resume bool) agent.Desired {
 	if g := s.desired.Staged; g != nil {
 		d.Generations = append(d.Generations, g)
 	}
+	if s.desired.Placed {
+		d.Only = make(map[spec.VersionKey]bool, len(s.desired.Instances))
+		for _, k := range s.desired.Instances {
+			d.Only[k] = true
+		}
+	}
 	if resume {
 		// What slept when the daemon stopped sleeps on, unless its process
 		// is left running (adopted then).
@@ -358,7 +370,9 @@ func (f *Follower) reconcile(ctx context.Context, snap *store.Snapshot, resume b
 	if n := len(f.results); n > KeepResults {
 		f.results = slices.Clone(f.results[n-KeepResults:])
 	}
-	f.writeInfo(ctx, Info{Name: f.opts.Name, Applied: s.rev, Results: f.results})
+	info := f.opts.Self
+	info.Name, info.Up, info.Applied, info.Results = f.opts.Name, f.up, s.rev, f.results
+	f.writeInfo(ctx, info)
 }
 
 // heldBy returns the instances the current generations hold, sorted.

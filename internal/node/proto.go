@@ -57,6 +57,12 @@ type Desired struct {
 	// started again (same configuration) when they leave the list — a
 	// database restore runs meanwhile.
 	Stopped []spec.VersionKey `json:"stopped,omitempty"`
+	// Placed says that Instances are the instances this node runs of the
+	// generations above — the placement, decided by the engine with the
+	// generation — and no other; without it (a store written before
+	// placement) the node runs every one.
+	Placed    bool              `json:"placed,omitempty"`
+	Instances []spec.VersionKey `json:"instances,omitempty"`
 	// Restarts asks for instances to be restarted in place: each time an
 	// instance's count goes up, it is restarted once (a sleeping one is
 	// woken instead). The engine takes a request back once every node
@@ -76,6 +82,17 @@ type Callable struct {
 // reconciles did.
 type Info struct {
 	Name string `json:"name"`
+	// Addr is where other nodes reach it (hostel serve --advertise); ""
+	// when it advertises none.
+	Addr string `json:"addr,omitempty"`
+	// Labels, CPU (cores) and Memory (bytes) are what it offers
+	// placement (--labels, --capacity); Unschedulable marks it drained.
+	Labels        map[string]string `json:"labels,omitempty"`
+	CPU           float64           `json:"cpu,omitempty"`
+	Memory        int64             `json:"memory,omitempty"`
+	Unschedulable bool              `json:"unschedulable,omitempty"`
+	// Up is when the node took its lease: its daemon's start.
+	Up time.Time `json:"up"`
 	// Applied is the store revision of the last state the node made run:
 	// everything desired then runs (or failed), and what was no longer
 	// desired was drained and stopped.

@@ -16,7 +16,8 @@ package e2e
 //   - times ("time", "last_request" and a health check's "at" fields):
 //     "<time>"; pids ("pid" fields, when not 0): "<pid>"; the bound listen
 //     addresses: "<addr>"; a running process's use ("memory_bytes",
-//     "cpu_seconds", when not 0): "<use>".
+//     "cpu_seconds", when not 0): "<use>"; the node's name, the machine's
+//     host name by default: "<node>".
 
 import (
 	"bytes"
@@ -76,6 +77,7 @@ func (n *normalizer) normalize(t testing.TB, raw string) []byte {
 	s = pidRE.ReplaceAllString(s, `"pid": "<pid>"`)
 	s = addrRE.ReplaceAllString(s, `"$1": "<addr>"`)
 	s = useRE.ReplaceAllString(s, `"$1": "<use>"`)
+	s = nodeRE.ReplaceAllString(s, `"node": "<node>"`)
 	for dir, name := range n.paths {
 		s = strings.ReplaceAll(s, dir, name)
 	}
@@ -89,6 +91,7 @@ var (
 	pidRE  = regexp.MustCompile(`"pid": [1-9][0-9]*`)
 	addrRE = regexp.MustCompile(`"(http|https)": "[^"]+"`)
 	useRE  = regexp.MustCompile(`"(memory_bytes|cpu_seconds)": (?:[1-9][0-9.e+-]*|0\.[0-9.e+-]+)`)
+	nodeRE = regexp.MustCompile(`"node": "[^"]+"`) // the machine's host name
 )
 
 func label(m map[string]string, prefix, h string) string {
