@@ -1,0 +1,342 @@
+// Package peer is how the nodes of a hostel cluster reach one another: the
+// cluster's own certificate authority, made once per deployment and kept in
+// the store (its key sealed to every machine with internal/keyring), the
+// certificate each node issues itself with it at its start (for its name
+// and the address it advertises), and the mutually authenticated TLS of the
+// node-to-node port — a listener that refuses at the handshake whatever
+// does not present a certificate of the cluster's CA, and the one client
+// through which a node's router forwards requests to the others.
+//
+// What a node sends its peers, and what it does with what they send it,
+// is the router's (internal/router, remote.go); this package only says
+// who may talk.
+package peer
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"hostel/internal/keyring"
+	"hostel/internal/store"
+)
+
+// Record kinds of the cluster's CA in the store, both keyed by caKey.
+const (
+	// KindCA holds the CA's certificate (PEM): every node trusts it.
+	KindCA = "peer-ca"
+	// KindCAKey holds the CA's private key (PEM), sealed to every machine
+	// key of the deployment (keyring): the daemon reseals it when a
+	// machine joins, with the other sealed kinds.
+	KindCAKey = "peer-ca-key"
+)
+
+// caKey is the key of the CA's records: there is one per deployment.
+const caKey = "ca"
+
+// Lifetimes of the CA and of the node certificates it signs. A node
+// certificate is issued at the node's start and again, in memory, when it
+// nears its end (Identity.certificate): it is never written anywhere.
+const (
+	caLifetime   = 10 * 365 * 24 * time.Hour
+	nodeLifetime = 7 * 24 * time.Hour
+	// nodeRenew is how long before its end a node's certificate is
+	// replaced by a new one at the next handshake.
+	nodeRenew = 24 * time.Hour
+)
+
+// CA is the cluster's certificate authority: it signs the certificates of
+// the cluster's nodes, and only those. Every node holds its key, so that
+// it issues its own certificate; whoever can read the store's sealed
+// values with a machine key can as well deploy a service, and is trusted
+// as much.
+type CA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+// LoadCA returns the deployment's CA from st, making it there if there is
+// none: the certificate in a KindCA record, its key sealed with keys in a
+// KindCAKey record, both written in one transaction that fails if either
+// exists, so that of daemons making one at once the first wins and the
+// others read it back. A key sealed before this machine joined is waited
+// for (keyring.Load) until a daemon that can open it seals it again.
+func LoadCA(ctx context.Context, st store.Store, keys *keyring.Keyring) (*CA, error) {
+	for {
+		r, err := st.Record(ctx, KindCA, caKey)
+		switch {
+		case err == nil:
+			keyPEM, err := keys.Load(ctx, KindCAKey, caKey)
+			if err != nil {
+				return nil, fmt.Errorf("the cluster's CA: its key: %w", err)
+			}
+			ca, err := parseCA(r.Value, keyPEM)
+			clear(keyPEM)
+			return ca, err
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, fmt.Errorf("the cluster's CA: %w", err)
+		}
+		ca, err := NewCA()
+		if err != nil {
+			return nil, err
+		}
+		certPEM, keyPEM, err := ca.encode()
+		if err != nil {
+			return nil, err
+		}
+		sealed, err := keys.Seal(ctx, keyPEM)
+		clear(keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("the cluster's CA: sealing its key: %w", err)
+		}
+		_, err = st.Txn(ctx,
+			store.Write{Kind: KindCA, Key: caKey, Value: certPEM},
+			store.Write{Kind: KindCAKey, Key: caKey, Value: sealed})
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			return nil, fmt.Errorf("the cluster's CA: %w", err)
+		}
+		// Read back what the store kept: this one, or another daemon's.
+	}
+}
+
+// NewCA makes a new CA. A deployment has one, which LoadCA makes; a CA
+// made otherwise is another cluster's, which a node of this one refuses.
+func NewCA() (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               pkix.Name{CommonName: "hostel cluster CA", Organization: []string{"hostel"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(caLifetime),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's CA: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's CA: %w", err)
+	}
+	return newCA(cert, key), nil
+}
+
+func newCA(cert *x509.Certificate, key *ecdsa.PrivateKey) *CA {
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &CA{cert: cert, key: key, pool: pool}
+}
+
+// encode returns the CA's certificate and key as PEM.
+func (ca *CA) encode() (certPEM, keyPEM []byte, err error) {
+	keyDER, err := x509.MarshalECPrivateKey(ca.key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+func parseCA(certPEM, keyPEM []byte) (*CA, error) {
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, errors.New("the cluster's CA: its certificate or key is not PEM")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's CA: %w", err)
+	}
+	key, err := x509.ParseECPrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's CA: %w", err)
+	}
+	return newCA(cert, key), nil
+}
+
+// Identity is one node's side of the node-to-node TLS: its certificate,
+// issued by the cluster's CA for its name and the address it advertises,
+// which it presents both as a server (its peer listener) and as a client
+// (its router forwarding to other nodes), and the CA it trusts, alone.
+type Identity struct {
+	ca    *CA
+	node  string
+	hosts []string // the SANs: the node's name, the advertised host
+
+	mu   sync.Mutex
+	cert *tls.Certificate // renewed by certificate as it nears its end
+}
+
+// Identity issues the certificate of node, reached at advertise
+// (HOST:PORT, the address other nodes dial): its subject is the node's
+// name, and both the name and the advertised host are its names, so that
+// a client that dials the advertised address verifies it.
+func (ca *CA) Identity(node, advertise string) (*Identity, error) {
+	host, _, err := net.SplitHostPort(advertise)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: advertised address %q: %w", node, advertise, err)
+	}
+	id := &Identity{ca: ca, node: node, hosts: []string{node}}
+	if host != node {
+		id.hosts = append(id.hosts, host)
+	}
+	if _, err := id.certificate(); err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+// certificate returns the node's certificate, issuing a new one when there
+// is none or it nears its end.
+func (id *Identity) certificate() (*tls.Certificate, error) {
+	now := time.Now()
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if c := id.cert; c != nil && now.Add(nodeRenew).Before(c.Leaf.NotAfter) {
+		return c, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: id.node, Organization: []string{"hostel cluster"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(nodeLifetime),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		// Both ends of the node-to-node TLS.
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, h := range id.hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, id.ca.cert, &key.PublicKey, id.ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: its certificate: %w", id.node, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: its certificate: %w", id.node, err)
+	}
+	id.cert = &tls.Certificate{Certificate: [][]byte{der, id.ca.cert.Raw}, PrivateKey: key, Leaf: leaf}
+	return id.cert, nil
+}
+
+// Node is the name the identity was issued for.
+func (id *Identity) Node() string { return id.node }
+
+// Leaf returns the node's certificate as it is now.
+func (id *Identity) Leaf() *x509.Certificate {
+	c, err := id.certificate()
+	if err != nil {
+		return nil
+	}
+	return c.Leaf
+}
+
+// protos are the application protocols of the node-to-node port: HTTP/1.1
+// alone, whose upgrades (websockets) a reverse proxy carries.
+var protos = []string{"http/1.1"}
+
+// ServerConfig is the TLS configuration of the node's peer listener: TLS
+// 1.3, the node's certificate, and a client certificate of the cluster's
+// CA required — a client without one, or with another's, fails the
+// handshake and never sends a request.
+func (id *Identity) ServerConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return id.certificate()
+		},
+		ClientAuth: tls.RequireAndVerifyClientCert,
+		ClientCAs:  id.ca.pool,
+		NextProtos: protos,
+	}
+}
+
+// ClientConfig is the TLS configuration of the node's connections to its
+// peers: TLS 1.3, the node's certificate, and the cluster's CA the only
+// one trusted for the peer's, which must name the address dialled.
+func (id *Identity) ClientConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return id.certificate()
+		},
+		RootCAs:    id.ca.pool,
+		NextProtos: protos,
+	}
+}
+
+// Listen listens on addr for the node's peers: every connection is TLS
+// with ServerConfig, its handshake made by the server that accepts it.
+func (id *Identity) Listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return tls.NewListener(ln, id.ServerConfig()), nil
+}
+
+// DialTimeout bounds a connection to a peer, its TLS handshake apart: a
+// node that is gone is not waited for longer (its requests get 503).
+const DialTimeout = 3 * time.Second
+
+// Transport returns the node's client to its peers: one http.Transport
+// with ClientConfig, whose pool keeps connections per peer. It is the one
+// client every forwarding path to a peer uses (the router's); there is no
+// other.
+func (id *Identity) Transport() *http.Transport {
+	dialer := &net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		// Peers are reached directly, never through an HTTP_PROXY from
+		// the daemon's environment.
+		Proxy:               nil,
+		DialContext:         dialer.DialContext,
+		TLSClientConfig:     id.ClientConfig(),
+		TLSHandshakeTimeout: DialTimeout,
+		// Go's default of 2 idle connections per host makes a busy proxy
+		// dial for most requests (caddy issue #2805); keep many open.
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		// HTTP/1.1 (protos): a websocket's upgrade passes through.
+		ForceAttemptHTTP2: false,
+		// The peer's response, encoded as the app sent it, passes through.
+		DisableCompression:    true,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+func randomSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return n
+}
