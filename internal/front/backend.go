@@ -255,6 +255,7 @@ func (b *Backend) newProxy(u *upstream) *httputil.ReverseProxy {
 			// and apps want the public host they were reached by.
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = addr
+			DeletePeerFields(pr.Out.Header)
 			pr.SetXForwarded()
 			ctx := context.WithValue(pr.Out.Context(), upstreamKey{}, u)
 			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(ctx, checkReused))

@@ -363,15 +363,37 @@ func hopByHop(name string) bool {
 
 // skipRequestField reports whether a request field is not passed on as
 // received: the hop-by-hop ones, those the forwarders write themselves
-// (Host, Content-Length, Te) and the client's forwarding fields, which
-// this hop's replace.
+// (Host, Content-Length, Te), the client's forwarding fields, which this
+// hop's replace, and the fields of a request between a cluster's nodes,
+// which only a node may send (PeerFields).
 func skipRequestField(name string) bool {
 	switch name {
 	case "Content-Length", "Host",
-		"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+		"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+		PeerInstanceField, PeerClientField, PeerProtoField:
 		return true
 	}
 	return hopByHop(name)
+}
+
+// The fields of a request one node of a cluster forwards to another
+// (internal/router, remote.go): which instance it is for, and the client
+// and scheme it came from, which the receiving node's forwarding uses for
+// this hop's X-Forwarded-For and X-Forwarded-Proto. Only a node's peer
+// listener reads them, from its peers alone; they are never passed on to
+// an app, and a client's own never reach a peer: a client cannot name an
+// instance.
+const (
+	PeerInstanceField = "Hostel-Peer-Instance"
+	PeerClientField   = "Hostel-Peer-Client"
+	PeerProtoField    = "Hostel-Peer-Proto"
+)
+
+// DeletePeerFields removes the fields of a request between nodes from h.
+func DeletePeerFields(h http.Header) {
+	delete(h, PeerInstanceField)
+	delete(h, PeerClientField)
+	delete(h, PeerProtoField)
 }
 
 // writeValues writes the lines of a field with values vv.

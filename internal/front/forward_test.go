@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/front"
 	"hostel/internal/front/fronttest"
 )
 
@@ -204,6 +205,40 @@ func TestHeaders(t *testing.T) {
 	}
 	if got := resp.Header.Get("X-Resp"); got != "kept" {
 		t.Errorf("X-Resp = %q, want kept (response header %v)", got, resp.Header)
+	}
+}
+
+// TestPeerFieldsStripped: the fields one node of a cluster sends another
+// with a request (which instance, which client) are never passed on from
+// a client, on the fast path or the ReverseProxy path: a client cannot
+// name an instance, nor tell an app it is another client.
+func TestPeerFieldsStripped(t *testing.T) {
+	addr, _ := fronttest.CountingBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		for _, k := range []string{front.PeerInstanceField, front.PeerClientField, front.PeerProtoField, "X-App"} {
+			fmt.Fprintf(w, "%s=%q\n", k, r.Header.Values(k))
+		}
+	}), nil)
+	_, pub := routeTo(t, addr)
+	for _, tc := range []struct{ name, head string }{
+		{"fast path", "GET / HTTP/1.1\r\n"},
+		{"ReverseProxy path", "POST / HTTP/1.1\r\nContent-Length: 1\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := fronttest.RawConn(t, pub)
+			fmt.Fprint(c, tc.head+"Host: "+host+"\r\nHostel-Peer-Instance: web-aaaaaaaaaaaa\r\n"+
+				"HOSTEL-PEER-CLIENT: 6.6.6.6:1\r\nhostel-peer-proto: https\r\nX-App: a\r\n\r\nx")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := "Hostel-Peer-Instance=[]\nHostel-Peer-Client=[]\nHostel-Peer-Proto=[]\nX-App=[\"a\"]\n"
+			if string(body) != want {
+				t.Errorf("backend saw:\n%s\nwant\n%s", body, want)
+			}
+		})
 	}
 }
 
