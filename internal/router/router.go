@@ -20,6 +20,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -64,6 +65,12 @@ type Options struct {
 	// HTTPSPort is the port of the HTTPS listener, which redirects to
 	// HTTPS name; "" means 443.
 	HTTPSPort string
+	// Peers is the client to the other nodes of a cluster (internal/peer's
+	// transport): a request for an instance that has no backend here goes
+	// through it to a node that runs it (remote.go, SetRemotes). nil: the
+	// router reaches no other node — one machine, or a node that
+	// advertises no address.
+	Peers http.RoundTripper
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -118,6 +125,13 @@ type Router struct {
 	// proxy makes the front end's side of each backend.
 	proxy *front.Proxy
 
+	// peers is Options.Peers, peerProxy the proxy of every request to a
+	// peer, remotes the instances that run on other nodes (remote.go);
+	// all nil without peers.
+	peers     http.RoundTripper
+	peerProxy *httputil.ReverseProxy
+	remotes   atomic.Pointer[map[spec.VersionKey]*remoteSet] // copy-on-write
+
 	table    atomic.Pointer[Table]                        // normalized, never mutated once stored
 	backends atomic.Pointer[map[spec.VersionKey]*backend] // copy-on-write
 
@@ -162,6 +176,7 @@ func New(opts Options) *Router {
 		hook:      opts.Requests,
 		waker:     opts.Waker,
 		certs:     opts.Certs,
+		peers:     opts.Peers,
 		endpoints: map[spec.VersionKey]*endpoint{},
 	}
 	if opts.HTTPSPort != "443" {
@@ -178,6 +193,11 @@ func New(opts Options) *Router {
 	}
 	r.proxy = front.NewProxy(r.logf, opts.Hold)
 	r.proxy.SetRoute(r.Route)
+	if r.peers != nil {
+		r.peerProxy = r.newPeerProxy(r.peers)
+		none := map[spec.VersionKey]*remoteSet{}
+		r.remotes.Store(&none)
+	}
 	empty := map[spec.VersionKey]*backend{}
 	r.backends.Store(&empty)
 	r.table.Store(&Table{Domains: map[string]spec.VersionKey{}, Redirects: map[string]string{}, Zone: r.zone})
@@ -186,8 +206,9 @@ func New(opts Options) *Router {
 
 // ServeHTTP routes a request on the public listener by its Host: first
 // Domains, then Redirects, then immutable version names, with the TLS
-// policy of the name (a redirect to HTTPS, HSTS). Anything else is
-// answered 404 and never with another service's content.
+// policy of the name (a redirect to HTTPS, HSTS); a version that runs on
+// another node is reached there (remote.go). Anything else is answered
+// 404 and never with another service's content.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	rt := r.decide(req.Host, req.RemoteAddr, req.TLS != nil, req.URL.EscapedPath())
 	if rt.hsts {
@@ -196,6 +217,8 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	switch target := rt.redirect; {
 	case rt.b != nil:
 		rt.b.fb.ServeHTTP(w, req)
+	case rt.remote != nil:
+		r.serveRemote(w, req, rt.remote)
 	case rt.https:
 		if r.httpsPort != "" {
 			target = net.JoinHostPort(target, r.httpsPort)
@@ -224,7 +247,8 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // All zero: an unknown host (404).
 type route struct {
 	b        *backend        // forward to it
-	domain   spec.VersionKey // a domain of the table whose version has no backend (503)
+	remote   *remoteSet      // else forward to a node that runs the version (remote.go)
+	domain   spec.VersionKey // a domain of the table whose version runs nowhere (503)
 	redirect string          // answer 301 to this host
 	https    bool            // with redirect: to HTTPS, on the HTTPS listener's port
 	hsts     bool            // add Strict-Transport-Security to the response
@@ -234,7 +258,8 @@ type route struct {
 // at remote ("IP:port"), over TLS or not (secure), for the escaped path:
 // first Domains, then Redirects, each with its name's TLS policy
 // (tls.go), then immutable version names, which answer internal clients
-// only — to others they are unknown hosts. It is the one routing rule of
+// only — to others they are unknown hosts. A version with no backend here
+// goes to a node that runs it (remote.go). It is the one routing rule of
 // every path: net/http's (ServeHTTP), the front end's goroutines and its
 // event loops (Route, with Direct and DirectTLS).
 func (r *Router) decide(host, remote string, secure bool, path string) route {
@@ -242,6 +267,9 @@ func (r *Router) decide(host, remote string, secure bool, path string) route {
 	t := r.table.Load()
 	if key, ok := t.Domains[host]; ok {
 		rt := route{b: (*r.backends.Load())[key], domain: key}
+		if rt.b == nil {
+			rt.remote = r.remoteOf(key)
+		}
 		r.tlsOf(t, &rt, host, host, secure, path)
 		return rt
 	}
@@ -251,10 +279,19 @@ func (r *Router) decide(host, remote string, secure bool, path string) route {
 		return rt
 	}
 	if key, ok := t.Internal[host]; ok && r.internalClient(remote) {
-		return route{b: (*r.backends.Load())[key], domain: key}
+		rt := route{b: (*r.backends.Load())[key], domain: key}
+		if rt.b == nil {
+			rt.remote = r.remoteOf(key)
+		}
+		return rt
 	}
 	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok && r.internalClient(remote) {
-		return route{b: (*r.backends.Load())[spec.Key(service, v)]}
+		key := spec.Key(service, v)
+		rt := route{b: (*r.backends.Load())[key]}
+		if rt.b == nil {
+			rt.remote = r.remoteOf(key)
+		}
+		return rt
 	}
 	return route{}
 }
@@ -262,10 +299,12 @@ func (r *Router) decide(host, remote string, secure bool, path string) route {
 var _ front.Router = (*Router)(nil)
 
 // Route is front.Router's: the backend decide forwards a request to, nil
-// if none. It is the decision for HTTPS, where TLS never changes the
-// backend (HSTS only adds a header); the front end's fast path asks Direct
-// (HTTP: is it redirected to HTTPS?) or DirectTLS (HTTPS: is HSTS added?)
-// before it forwards a request itself.
+// if none — also for a version that runs on another node, which
+// net/http's path forwards there (ServeHTTP). It is the decision for
+// HTTPS, where TLS never changes the backend (HSTS only adds a header);
+// the front end's fast path asks Direct (HTTP: is it redirected to
+// HTTPS?) or DirectTLS (HTTPS: is HSTS added?) before it forwards a
+// request itself.
 func (r *Router) Route(host, remote string) *front.Backend {
 	if b := r.decide(host, remote, true, "").b; b != nil {
 		return b.fb
@@ -280,11 +319,16 @@ func (r *Router) internalClient(remote string) bool {
 	return err == nil && r.internal(ap.Addr().Unmap())
 }
 
-// serveKey proxies to key's backend. A table entry whose version has no
-// backend answers 503: the host is ours, its version is not running.
+// serveKey proxies to key's backend, or to a node that runs key. A
+// version that runs nowhere answers 503: the host is ours, its version is
+// not running.
 func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
 	if b := (*r.backends.Load())[key]; b != nil {
 		b.fb.ServeHTTP(w, req)
+		return
+	}
+	if set := r.remoteOf(key); set != nil {
+		r.serveRemote(w, req, set)
 		return
 	}
 	r.notRunning(w, req, key)
@@ -350,13 +394,17 @@ func (r *Router) addLocked(key spec.VersionKey, addr string, asleep bool) {
 	r.backends.Store(&next)
 }
 
-// RemoveBackend unregisters key and closes its endpoint, if any. Requests
-// already in flight finish; new ones for key get 502 (by domain) or 404 (by
-// immutable name). Call WaitIdle first to drain.
+// RemoveBackend unregisters key and, on a router without peers, closes
+// its endpoint, if any; with peers the endpoint stays open, reaching key
+// wherever else it runs, until CloseEndpoint. Requests already in flight
+// finish; new ones for key go to another node that runs it, or get 503
+// (by domain) or 404 (by immutable name). Call WaitIdle first to drain.
 func (r *Router) RemoveBackend(key spec.VersionKey) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.closeEndpointLocked(key)
+	if r.peers == nil {
+		r.closeEndpointLocked(key)
+	}
 	old := *r.backends.Load()
 	b, ok := old[key]
 	if !ok {
@@ -489,13 +537,16 @@ func (r *Router) Table() Table {
 }
 
 // OpenEndpoint opens a loopback listener on listen ("127.0.0.1:0" or a
-// fixed port) whose every request goes to key's backend, whatever its Host.
-// It returns the endpoint's URL, "http://127.0.0.1:PORT". Opening an
-// endpoint that is already open returns its URL if listen is compatible.
+// fixed port) whose every request goes to key's backend, whatever its Host
+// — with Options.Peers, to a node that runs key when it has no backend
+// here, which it need not have when the endpoint opens: each request is
+// routed as it comes. It returns the endpoint's URL,
+// "http://127.0.0.1:PORT". Opening an endpoint that is already open
+// returns its URL if listen is compatible.
 func (r *Router) OpenEndpoint(key spec.VersionKey, listen string) (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := (*r.backends.Load())[key]; !ok {
+	if _, ok := (*r.backends.Load())[key]; !ok && r.peers == nil {
 		return "", fmt.Errorf("router: endpoint for %s: no backend", key)
 	}
 	if ep, ok := r.endpoints[key]; ok {
@@ -603,8 +654,8 @@ func (r *Router) Abort(key spec.VersionKey) int64 {
 	return n
 }
 
-// Close closes every endpoint listener and the idle backend connections.
-// The public listener belongs to the caller.
+// Close closes every endpoint listener and the idle backend and peer
+// connections. The public and peer listeners belong to the caller.
 func (r *Router) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -615,6 +666,9 @@ func (r *Router) Close() error {
 		b.fb.CloseIdle()
 	}
 	r.proxy.Close()
+	if c, ok := r.peers.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 	return nil
 }
 
