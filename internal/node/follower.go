@@ -78,6 +78,8 @@ type Follower struct {
 	// agent works.
 	run sync.Mutex
 	mu  sync.Mutex
+	// reporting serializes report.
+	reporting sync.Mutex
 	// cur is what the last reconcile made run.
 	cur state
 	// reconciling is set while a reconcile runs: nothing sleeps then.
@@ -172,6 +174,15 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 	if err != nil {
 		return err
 	}
+	// read is the revision of the last state read: a change at or before
+	// it is in it. The events of one change (the engine's commit moves a
+	// current generation and writes this node's Desired) come one by
+	// one; the first has the change read, the others find it read.
+	read := rev
+	newer := func(ev store.Event) bool {
+		m := f.matters(ev) // notes the routes' changes whatever the revision
+		return m && ev.Revision > read
+	}
 	for {
 		ev, ok := <-events
 		if !ok {
@@ -180,7 +191,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		if ev.Err != nil {
 			return ev.Err
 		}
-		matters := f.matters(ev)
+		matters := newer(ev)
 		// Take every change already there: one read for them all.
 		for more := true; more; {
 			select {
@@ -191,7 +202,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 				if next.Err != nil {
 					return next.Err
 				}
-				matters = f.matters(next) || matters
+				matters = newer(next) || matters
 			default:
 				more = false
 			}
@@ -203,6 +214,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		if err != nil {
 			return err
 		}
+		read = snap.Revision
 		f.reconcile(ctx, snap, false)
 	}
 }
