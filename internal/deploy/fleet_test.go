@@ -3,7 +3,6 @@ package deploy
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"hostel/internal/node"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest/backends"
 	"hostel/internal/supervisor"
 )
 
@@ -47,11 +47,7 @@ func (l *lines) String() string {
 // newFleet starts an engine and n fake nodes, node-0 … node-(n-1).
 func newFleet(t *testing.T, n int, opts Options) *fleet {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := backends.OpenRoot(t, t.TempDir())
 	f := &fleet{t: t, st: st, log: &lines{}}
 	for i := range n {
 		f.nodes = append(f.nodes, startFakeNode(t, st, "node-"+string(rune('0'+i))))
