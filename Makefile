@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X hostel/internal/cli.Version=$(VERSION)
 
-.PHONY: loadtest build examples demo demo-stop test test-short bench fuzz vet clean deps
+.PHONY: loadtest build examples demo demo-stop test test-etcd test-short bench fuzz vet clean deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/hostel ./cmd/hostel
@@ -29,10 +29,23 @@ deps:
 
 # Every test, the concurrent parts under the race detector.
 # The router's and the front end's tests run twice: with the front end's event loops and with
-# a goroutine per connection (the path TLS and hand-overs take).
+# a goroutine per connection (the path TLS and hand-overs take). Then test-etcd.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(GO) test -race -count=1 -timeout 5m ./internal/router/ ./internal/front/ -args -front-loops=-1
+	@$(MAKE) --no-print-directory test-etcd
+
+# The end-to-end suite's core: deploys, restarts (SIGTERM, SIGKILL), confirm windows and
+# switches back, sleep and wake, previews, crashes during launches, sick services, pauses.
+E2E_CORE := TestDeployStory|TestOneChangeOfTwenty|TestFailedDeployChangesNothing|TestRestartDaemon|TestDaemonRestartKeepsServices|TestKilledInConfirmWindow|TestConfirmWindowLeavesDaemonFree|TestResumedWindowSwitchesBackFromSickVersion|TestUnhealthyAfterWindowRestarts|TestIdleSleepsAndWakes|TestPauseResumeCLI|TestDeployTouchesSleepingService|TestIdleAsleepAcrossRestart|TestPreviewSleeps|TestPreviewOneLeafOfTwenty|TestPreviewRemovalCrash|TestCrashDuringLaunch|TestSickServiceNeverStopsTheDaemon|TestSickServiceRestartAndDeployTryAgain|TestPauseAcrossDeployAndRestart|TestExclusiveDeploy|TestZeroDowntime
+
+# The deploy engine's and the nodes' tests and the end-to-end core again, on an etcd member
+# (HOSTEL_TEST_STORE=etcd: in the test's process; the daemon with --etcd-embed) instead of
+# bbolt; two packages at a time, as `go test ./...` runs them.
+test-etcd:
+	HOSTEL_TEST_STORE=etcd $(GO) test -race -count=1 -p 1 -timeout 5m ./internal/deploy/ ./internal/node/ & engine=$$!; \
+	HOSTEL_TEST_STORE=etcd $(GO) test -race -count=1 -timeout 10m -run '^($(E2E_CORE))$$' ./test/e2e/; e2e=$$?; \
+	wait $$engine && exit $$e2e
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
