@@ -53,6 +53,8 @@ bench: build
 	$(GO) run ./bench/previews -hostel bin/hostel
 	$(GO) run ./bench/callable -hostel bin/hostel
 	$(GO) run ./bench/store -hostel bin/hostel
+	$(GO) test -run '^$$' -bench Deploy -benchtime 20x ./internal/deploy/
+	$(GO) run ./bench/deploy -hostel bin/hostel
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build

@@ -40,6 +40,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"hostel/bench/internal/hostelserve"
 )
 
 func main() {
@@ -399,23 +401,24 @@ func (h *hostel) run(file string) error {
 	stderr, _ := cmd.StderrPipe()
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
+	logFile := filepath.Join(h.root, "daemon.log")
+	logged := int64(0)
+	if fi, err := os.Stat(logFile); err == nil {
+		logged = fi.Size()
+	}
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	var (
 		switchedAt time.Time
-		lastReady  time.Time
 		out        strings.Builder
 	)
 	sc := bufio.NewScanner(stderr)
 	for sc.Scan() {
 		line := sc.Text()
 		out.WriteString(line + "\n")
-		switch {
-		case strings.HasPrefix(line, "ready "):
-			lastReady = time.Now()
-		case strings.HasPrefix(line, "switched:"):
+		if strings.HasPrefix(line, "switched:") {
 			switchedAt = time.Now()
 		}
 	}
@@ -435,30 +438,27 @@ func (h *hostel) run(file string) error {
 			fmt.Printf("switched at %s to %v\n", switchedAt.Format("15:04:05.000"), res.Plan.Versions)
 		}
 		h.mu.Unlock()
-		if !lastReady.IsZero() {
+		// The new versions' own times to ready, from what the daemon's
+		// node printed meanwhile.
+		b, _ := os.ReadFile(logFile)
+		if ready := readyTimes(b[min(logged, int64(len(b))):]); ready > 0 {
 			// Everything but the new versions' own time to ready (api,
 			// then web, which needs it): the CLI, planning, the commit
 			// and the switch. Draining comes after and is not counted.
-			h.lastReady = readyTimes(out.String())
+			h.lastReady = ready
 			h.lastOverhead = switchedAt.Sub(t0) - h.lastReady
 		}
 	}
 	return nil
 }
 
-// readyTimes sums the "(DURATION)" that ends each "ready" progress line: the
-// versions' own times from start to ready. (The two services start one
-// after the other, since web needs api.)
-func readyTimes(out string) time.Duration {
+// readyTimes sums the versions' own times from start to ready that a
+// daemon's log says. (The two services start one after the other, since
+// web needs api.)
+func readyTimes(log []byte) time.Duration {
 	var sum time.Duration
-	for _, line := range strings.Split(out, "\n") {
-		if !strings.HasPrefix(line, "ready ") {
-			continue
-		}
-		i := strings.LastIndexByte(line, '(')
-		if d, err := time.ParseDuration(strings.TrimSuffix(line[i+1:], ")")); i >= 0 && err == nil {
-			sum += d
-		}
+	for _, r := range hostelserve.Readies(log) {
+		sum += r.Took
 	}
 	return sum
 }
