@@ -16,7 +16,11 @@
 //
 //	go run ./bench/loadtest -hostel bin/hostel -deploys 20 -rate 500 -exclusive
 //
-// It imports nothing of hostel: it drives the binary like a user. The same
+// With -etcd-embed the daemon keeps its state in an etcd member it runs
+// (hostel serve --etcd-embed) instead of bbolt.
+//
+// It imports nothing of hostel's packages (only the benchmarks' helper
+// that reads a daemon's log): it drives the binary like a user. The same
 // binary is also the test app (`loadtest app`).
 package main
 
@@ -138,6 +142,8 @@ type config struct {
 	// previews deploys and removes a preview each round instead of
 	// deploying production.
 	previews bool
+	// etcdEmbed runs the daemon with its state in an etcd member.
+	etcdEmbed bool
 }
 
 func run() error {
@@ -151,6 +157,7 @@ func run() error {
 	flag.BoolVar(&c.keepRoot, "keep", false, "keep the temporary root")
 	flag.BoolVar(&c.exclusive, "exclusive", false, "make both services exclusive; a version started beside another fails")
 	flag.BoolVar(&c.previews, "previews", false, "instead of deploying production, deploy a preview (web changed, api shared) and remove it, each round")
+	flag.BoolVar(&c.etcdEmbed, "etcd-embed", false, "keep the daemon's state in an etcd member it runs (serve --etcd-embed) instead of bbolt")
 	flag.Parse()
 
 	h, err := startHostel(c)
@@ -200,6 +207,11 @@ func run() error {
 
 	stale := l.staleCount(h.switches())
 	s := l.summary()
+	store := "bbolt"
+	if c.etcdEmbed {
+		store = "etcd member in the daemon (--etcd-embed)"
+	}
+	fmt.Printf("store:            %s\n", store)
 	fmt.Printf("deploys:          %d (%d failed) in %s\n", c.deploys, deployErrs, elapsed.Round(time.Millisecond))
 	fmt.Printf("requests:         %d sent at %d/s open loop (%d fast, %d slow 200ms, %d slow 5s, %d streams, %d uploads)\n",
 		s.total, c.rate, s.kinds["fast"], s.kinds["slow"], s.kinds["slower"], s.kinds["stream"], s.kinds["upload"])
@@ -272,7 +284,11 @@ func startHostel(c config) (*hostel, error) {
 		return nil, err
 	}
 	h.c.hostel = hostelBin
-	h.cmd = exec.Command(hostelBin, "serve", "--root", filepath.Join(root, "root"), "--http", "127.0.0.1:0", "--https", "")
+	serve := []string{"serve", "--root", filepath.Join(root, "root"), "--http", "127.0.0.1:0", "--https", ""}
+	if c.etcdEmbed {
+		serve = append(serve, "--etcd-embed")
+	}
+	h.cmd = exec.Command(hostelBin, serve...)
 	logf, err := os.Create(filepath.Join(root, "daemon.log"))
 	if err != nil {
 		return nil, err
