@@ -455,9 +455,14 @@ func (h *hostel) run(file string) error {
 		}
 		h.mu.Unlock()
 		// The new versions' own times to ready, from what the daemon's
-		// node printed meanwhile.
+		// node printed meanwhile (or, from a daemon older than the split
+		// of the engine and the nodes, the deploy's own progress).
 		b, _ := os.ReadFile(logFile)
-		if ready := readyTimes(b[min(logged, int64(len(b))):]); ready > 0 {
+		ready := readyTimes(b[min(logged, int64(len(b))):])
+		if ready == 0 {
+			ready = readyTimes([]byte(out.String()))
+		}
+		if ready > 0 {
 			// Everything but the new versions' own time to ready (api,
 			// then web, which needs it): the CLI, planning, the commit
 			// and the switch. Draining comes after and is not counted.
