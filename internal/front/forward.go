@@ -28,11 +28,13 @@ import (
 // handler goroutine itself writes the request to a pooled connection and
 // reads the answer: no goroutine hand-off per request.
 //
-// Requests with a body, protocol upgrades (websockets), Expect and CONNECT
-// still go through httputil.ReverseProxy (upstream.proxy), which streams
-// request bodies while reading the response and handles 100-continue and
-// 101 Switching Protocols; they are rare and the standard library's
-// handling of them is hard to better.
+// Requests with a body, protocol upgrades (websockets) and Expect still go
+// through httputil.ReverseProxy (upstream.proxy), which handles 1xx, 101
+// Switching Protocols and the copy of the response; they are rare. Its
+// transport is this package's (roundtrip.go), on the same pool: the body
+// is streamed by a goroutine while the response is read, and a pooled
+// connection is checked for stray bytes right before a request is written
+// on it, as for the forwarder's own requests.
 
 const (
 	// maxIdlePerUpstream bounds the idle connections kept per backend
@@ -545,16 +547,14 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
 }
 
 // get returns an idle connection (reused) or dials a new one. A pooled
-// connection is first checked for a close by the backend, so that a
-// request that cannot be retried is not sent on one.
+// connection is checked first (pconn.alive), and the caller writes its
+// request right after, on the same goroutine: bytes an app wrote after
+// its last response would be read as this request's answer, and the
+// answer to this one as the next client's (issue 11); a connection the
+// app closed would fail a request that cannot be sent again.
 func (u *upstream) get(ctx context.Context) (pc *pconn, reused bool, err error) {
 	now := time.Now()
 	for pc = u.popIdle(now); pc != nil; pc = u.popIdle(now) {
-		// Always checked, not only for a request that cannot be
-		// retried: bytes an app wrote after its last response would be
-		// read as this request's answer, and the answer to this one as
-		// the next client's (issue 11). A goroutine does not watch an
-		// idle connection the way an event loop does.
 		if !pc.alive() {
 			pc.close()
 			continue
