@@ -10,7 +10,7 @@ import "syscall"
 // cheaper than a reader goroutine per idle connection watching it, as
 // http.Transport has, and never behind it.
 func (pc *pconn) alive() bool {
-	if pc.br.Buffered() > 0 {
+	if pc.buffered() {
 		return false
 	}
 	sc, ok := pc.conn.(syscall.Conn)

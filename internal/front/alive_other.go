@@ -5,4 +5,4 @@ package front
 // alive reports whether a pooled connection may still be used; without a
 // non-blocking peek it can only check for bytes the backend sent unasked
 // that were read already.
-func (pc *pconn) alive() bool { return pc.br.Buffered() == 0 }
+func (pc *pconn) alive() bool { return !pc.buffered() }

@@ -2,6 +2,7 @@ package front
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -87,11 +88,22 @@ type upstream struct {
 
 // pconn is one persistent connection to a backend.
 type pconn struct {
-	conn   net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	up     *upstream
-	idleAt time.Time // when it was last returned to the pool
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	// pending is what an event loop had read from the connection
+	// before it handed it over (loopBackend.giveBack), read through br
+	// first; nil for a connection dialed here.
+	pending *bytes.Reader
+	up      *upstream
+	idleAt  time.Time // when it was last returned to the pool
+}
+
+// buffered reports whether bytes the app sent were read from the socket
+// and not consumed: after the end of a response, they are bytes it wrote
+// after it, and the connection must not carry another request.
+func (pc *pconn) buffered() bool {
+	return pc.br.Buffered() > 0 || pc.pending != nil && pc.pending.Len() > 0
 }
 
 // forwardable reports whether the fast path handles req: no request body,
@@ -633,7 +645,7 @@ func (u *upstream) popIdle(now time.Time) *pconn {
 func (u *upstream) put(pc *pconn) {
 	pc.idleAt = time.Now()
 	u.mu.Lock()
-	if u.retired || len(u.idle) >= maxIdlePerUpstream || pc.br.Buffered() > 0 {
+	if u.retired || len(u.idle) >= maxIdlePerUpstream || pc.buffered() {
 		u.mu.Unlock()
 		pc.close()
 		return

@@ -300,8 +300,8 @@ func (bc *loopBackend) giveBack() {
 		c.fail(err)
 		return
 	}
-	pending := append([]byte(nil), bc.in...)
-	pc := &pconn{conn: conn, br: bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), conn), 4096), bw: bufio.NewWriterSize(conn, 4096), up: u}
+	pending := bytes.NewReader(append([]byte(nil), bc.in...))
+	pc := &pconn{conn: conn, br: bufio.NewReaderSize(io.MultiReader(pending, conn), 4096), bw: bufio.NewWriterSize(conn, 4096), pending: pending, up: u}
 	tracked := u.b.track(pc)
 	if !tracked {
 		conn.Close()
