@@ -130,3 +130,31 @@ func TestClientGoneEndsUpload(t *testing.T) {
 	}
 	waitIdle(t, r, apiV1)
 }
+
+// BenchmarkUpload: a POST with a 1 KiB body over a kept-alive HTTP/1.1
+// connection, through net/http's server, httputil.ReverseProxy and its
+// transport, to an app that reads it and answers.
+func BenchmarkUpload(b *testing.B) {
+	addr := fronttest.StartHandler(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%d", n)
+	}))
+	_, pub := routeTo(b, addr)
+	body := bytes.Repeat([]byte("u"), 1<<10)
+	c := &http.Client{Timeout: 10 * time.Second}
+	b.Cleanup(c.CloseIdleConnections)
+	b.ReportAllocs()
+	for b.Loop() {
+		req, _ := http.NewRequest("POST", pub+"/upload", bytes.NewReader(body))
+		req.Host = host
+		resp, err := c.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(got) != "1024" {
+			b.Fatalf("got %d %q", resp.StatusCode, got)
+		}
+	}
+}
