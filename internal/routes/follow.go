@@ -36,6 +36,9 @@ type Follower struct {
 	// switched, if set, is told every table swapped in, with the currents
 	// it was made of, right after the swap (certificates follow it).
 	switched func(t router.Table, currents map[string]*spec.Generation)
+	// remotes, if set, is given the instances of the other nodes
+	// (Options.Remotes).
+	remotes Remoter
 
 	// syncMu makes each Sync's read and swap one step: a Sync that
 	// starts later swaps a table at least as new.
@@ -56,6 +59,11 @@ type Options struct {
 	// generations it was made of, right after the swap: certificate
 	// management takes its host set from it (Table.Certificates).
 	Switched func(t router.Table, currents map[string]*spec.Generation)
+	// Remotes, if set, follows what the other nodes of a cluster run, as
+	// they report it (the function Remotes), beside the table: the
+	// router of a node that reaches its peers. nil: what other nodes run
+	// is not read (one machine, or a node that reaches no other).
+	Remotes Remoter
 	// Logf receives what goes wrong while following; nil discards it.
 	Logf func(format string, args ...any)
 }
@@ -66,19 +74,29 @@ func NewFollower(st store.Store, r Swapper, opts Options) *Follower {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Follower{st: st, node: opts.Node, lease: opts.Lease, r: r, logf: logf, switched: opts.Switched, changed: make(chan struct{})}
+	return &Follower{st: st, node: opts.Node, lease: opts.Lease, r: r, logf: logf, switched: opts.Switched, remotes: opts.Remotes, changed: make(chan struct{})}
 }
 
 // Sync reads the state and swaps its table in, once: what a daemon does
 // before it serves, and what one that must know its router follows a
-// change it just made may do at any time. It returns the revision it
-// read.
+// change it just made may do at any time. With Options.Remotes, what the
+// other nodes run is read in the same snapshot and given to the router
+// before the table: a table that routes to an instance on another node
+// never comes before the router knows where it is. It returns the
+// revision it read.
 func (f *Follower) Sync(ctx context.Context) (uint64, error) {
 	f.syncMu.Lock()
 	defer f.syncMu.Unlock()
-	snap, err := f.st.Read(ctx, store.KindPause)
+	kinds := []string{store.KindPause}
+	if f.remotes != nil {
+		kinds = append(kinds, node.KindNode, node.KindInstance)
+	}
+	snap, err := f.st.Read(ctx, kinds...)
 	if err != nil {
 		return 0, fmt.Errorf("routes: %w", err)
+	}
+	if f.remotes != nil {
+		f.remotes.SetRemotes(Remotes(f.node, snap.Records[node.KindNode], snap.Records[node.KindInstance]))
 	}
 	t := Of(snap)
 	if err := f.r.Swap(t); err != nil {
@@ -89,6 +107,25 @@ func (f *Follower) Sync(ctx context.Context) (uint64, error) {
 	}
 	f.setApplied(ctx, snap.Revision)
 	return snap.Revision, nil
+}
+
+// syncRemotes reads what the other nodes run and gives it to the router:
+// after a change of the nodes' reports alone, which leaves the table as
+// it is. Its two reads are not one snapshot: a report that changes
+// between them makes an event of its own, read again after it.
+func (f *Follower) syncRemotes(ctx context.Context) error {
+	f.syncMu.Lock()
+	defer f.syncMu.Unlock()
+	nodes, err := f.st.Records(ctx, node.KindNode)
+	if err != nil {
+		return fmt.Errorf("routes: the nodes: %w", err)
+	}
+	instances, err := f.st.Records(ctx, node.KindInstance)
+	if err != nil {
+		return fmt.Errorf("routes: the nodes' instances: %w", err)
+	}
+	f.remotes.SetRemotes(Remotes(f.node, nodes, instances))
+	return nil
 }
 
 // Run follows the store from revision from (what Sync returned) until
@@ -129,7 +166,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		if ev.Err != nil {
 			return ev.Err
 		}
-		matters, seen := Matters(ev), followed(ev)
+		matters, seen, reported := Matters(ev), followed(ev), Reported(ev)
 		// Take every change already there: one read for them all.
 		for more := true; more; {
 			select {
@@ -142,6 +179,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 				}
 				matters = matters || Matters(next)
 				seen = max(seen, followed(next))
+				reported = reported || Reported(next)
 			default:
 				more = false
 			}
@@ -150,6 +188,13 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		case matters:
 			if _, err := f.Sync(ctx); err != nil {
 				return err
+			}
+		case reported && f.remotes != nil:
+			if err := f.syncRemotes(ctx); err != nil {
+				return err
+			}
+			if seen > 0 {
+				f.setApplied(ctx, seen)
 			}
 		case seen > 0:
 			// The table is the same at this revision: say so, so that an
