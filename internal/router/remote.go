@@ -295,8 +295,12 @@ func refused(err error) bool {
 // cluster forwarded (serveRemote), for the instance it names. It goes to
 // that instance's backend here — counted, held or woken as any request —
 // with the client address and scheme the forwarding node gave, and is
-// never forwarded again: an instance with no backend here answers 503.
-// The listener must take only the cluster's nodes (internal/peer).
+// never forwarded again. An instance with no backend here — it drained
+// and went after the forwarding node decided, before its table switched —
+// leaves the request to what serves its host here now, as a request held
+// here whose backend went is routed again (front.ErrRemoved); with none,
+// it answers 503. The listener must take only the cluster's nodes
+// (internal/peer).
 func (r *Router) ServePeer(w http.ResponseWriter, req *http.Request) {
 	h := req.Header
 	key := spec.VersionKey(h.Get(front.PeerInstanceField))
@@ -316,10 +320,28 @@ func (r *Router) ServePeer(w http.ResponseWriter, req *http.Request) {
 	}
 	b := (*r.backends.Load())[key]
 	if b == nil {
+		b = r.localOf(req.Host)
+	}
+	if b == nil {
 		r.notRunning(w, req, key)
 		return
 	}
 	b.fb.ServeHTTP(w, req)
+}
+
+// localOf returns the backend here of the instance the table routes host
+// to, by domain or internal name; nil if it has none here.
+func (r *Router) localOf(host string) *backend {
+	host = normalizeHost(host)
+	t := r.table.Load()
+	key, ok := t.Domains[host]
+	if !ok {
+		key, ok = t.Internal[host]
+	}
+	if !ok {
+		return nil
+	}
+	return (*r.backends.Load())[key]
 }
 
 // peerBuffers is the peer proxy's httputil.BufferPool.

@@ -144,6 +144,7 @@ func TestServePeer(t *testing.T) {
 	// Both think the other runs webV1: neither does.
 	a.r.SetRemotes(map[spec.VersionKey][]Remote{webV1: {b.on()}})
 	b.r.SetRemotes(map[spec.VersionKey][]Remote{webV1: {a.on()}})
+	mustSwap(t, a.r, Table{Domains: map[string]spec.VersionKey{host: apiV1, "web.example.org": webV1}})
 	c := &http.Client{Transport: b.id.Transport(), Timeout: 10 * time.Second}
 	for _, tc := range []struct {
 		name   string
@@ -156,12 +157,21 @@ func TestServePeer(t *testing.T) {
 		{"plain HTTP client", map[string]string{"Hostel-Peer-Instance": string(apiV1), "Hostel-Peer-Client": "[2001:db8::1]:80", "Hostel-Peer-Proto": "http"},
 			200, "for=2001:db8::1 proto=http"},
 		{"no instance", map[string]string{"Hostel-Peer-Client": "203.0.113.9:1234"}, 400, "hostel: a request between nodes must name an instance"},
-		{"an instance not here", map[string]string{"Hostel-Peer-Instance": string(webV1)}, 503, "hostel: the service is not running"},
+		{"an instance not here", map[string]string{"Hostel-Peer-Instance": string(webV1), "Host": "web.example.org"}, 503, "hostel: the service is not running"},
+		// The forwarding node decided before its table switched; here
+		// the instance drained and went meanwhile: what serves its host
+		// here now answers, as a request held here would be routed again.
+		{"an instance gone, its host served here", map[string]string{"Hostel-Peer-Instance": string(spec.Key("api", "999999999999")), "Hostel-Peer-Client": "203.0.113.9:1234"},
+			200, "for=203.0.113.9 proto=http"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", "https://"+a.peer+"/", nil)
 			req.Host = host
 			for k, v := range tc.fields {
+				if k == "Host" {
+					req.Host = v
+					continue
+				}
 				req.Header.Set(k, v)
 			}
 			resp, body := fronttest.Send(t, c, req)
