@@ -53,6 +53,9 @@ type Routes interface {
 	RemoveBackend(key spec.VersionKey)
 	OpenEndpoint(key spec.VersionKey, listen string) (string, error)
 	CloseEndpoint(key spec.VersionKey)
+	// Retire takes no more requests for a version about to stop, before
+	// WaitIdle waits for those in flight.
+	Retire(key spec.VersionKey)
 	WaitIdle(ctx context.Context, key spec.VersionKey) error
 	Abort(key spec.VersionKey) int64
 	// SetFailed records why a version registered asleep could not start.
@@ -723,8 +726,9 @@ func (a *Agent) stopKeys(ctx context.Context, keys []spec.VersionKey, progress P
 	return aborted.Load()
 }
 
-// stopOne waits for a version's in-flight requests (up to its stop grace),
-// ends what is left with 504, then stops it and forgets its routes.
+// stopOne takes no more requests for a version, waits for those in
+// flight (up to its stop grace), ends what is left with 504, then stops
+// it and forgets its routes.
 func (a *Agent) stopOne(ctx context.Context, key spec.VersionKey, progress Progress) (aborted int64) {
 	if a.sleeper != nil {
 		// Before the backend goes: a wake that starts meanwhile finds it
@@ -737,6 +741,9 @@ func (a *Agent) stopOne(ctx context.Context, key spec.VersionKey, progress Progr
 		grace = v.svc.StopGraceOrDefault()
 	}
 	a.runMu.Unlock()
+	// No request comes in once the wait for those in flight began: one
+	// that comes goes to what replaced the version (routed by its host).
+	a.route.Retire(key)
 	wctx, cancel := context.WithTimeout(ctx, grace)
 	err := a.route.WaitIdle(wctx, key)
 	cancel()

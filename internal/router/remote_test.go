@@ -387,3 +387,71 @@ func TestNoPeers(t *testing.T) {
 		t.Error("an endpoint opened for a version with no backend on a router without peers")
 	}
 }
+
+// TestRetire: a version about to stop takes no request once it is
+// retired, whichever path brings one — another node's forwarding,
+// decided before its table switched and arriving late, or this node's
+// own by domain — it goes to the version that replaced it; one by the
+// retired version's immutable name gets 503; a request in flight
+// finishes, and WaitIdle waits for it.
+func TestRetire(t *testing.T) {
+	nodes := startNodes(t, Options{}, "a", "b")
+	a, b := nodes[0], nodes[1]
+	gate := fronttest.NewGate()
+	a.r.AddBackend(apiV1, fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			gate.ServeHTTP(w, r)
+			return
+		}
+		io.WriteString(w, "v1")
+	})))
+	a.r.AddBackend(apiV2, fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "v2") })))
+	mustSwap(t, a.r, Table{Domains: map[string]spec.VersionKey{host: apiV1}})
+	slow := make(chan string, 1)
+	go func() { _, _, body := fronttest.Get(t, a.pub+"/slow", host); slow <- body }()
+	<-gate.Entered
+
+	// The switch: a's table moves to v2, v1 is retired to drain.
+	mustSwap(t, a.r, Table{Domains: map[string]spec.VersionKey{host: apiV2}})
+	a.r.Retire(apiV1)
+	c := &http.Client{Transport: b.id.Transport(), Timeout: 10 * time.Second}
+	for _, tc := range []struct {
+		name   string
+		send   func() (int, string)
+		code   int
+		prefix string
+	}{
+		{"forwarded for v1 by a node that decided before its switch", func() (int, string) {
+			req, _ := http.NewRequest("GET", "https://"+a.peer+"/", nil)
+			req.Host = host
+			req.Header.Set("Hostel-Peer-Instance", string(apiV1))
+			resp, body := fronttest.Send(t, c, req)
+			return resp.StatusCode, string(body)
+		}, 200, "v2"},
+		{"by domain here", func() (int, string) { code, _, body := fronttest.Get(t, a.pub+"/", host); return code, body }, 200, "v2"},
+		{"by v1's immutable name", func() (int, string) {
+			code, _, body := fronttest.Get(t, a.pub+"/", spec.VersionHost("api", "111111111111", zone))
+			return code, body
+		}, 503, "hostel: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if code, body := tc.send(); code != tc.code || !strings.HasPrefix(body, tc.prefix) {
+				t.Errorf("got %d %q, want %d %q…", code, body, tc.code, tc.prefix)
+			}
+		})
+	}
+	idle := make(chan error, 1)
+	go func() { idle <- a.r.WaitIdle(t.Context(), apiV1) }()
+	select {
+	case err := <-idle:
+		t.Fatalf("WaitIdle returned (%v) with a request in flight", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(gate.Release)
+	if body := <-slow; body != "slow done" {
+		t.Errorf("the request in flight: %q", body)
+	}
+	if err := <-idle; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -93,7 +93,7 @@ type wakeCall struct {
 // held.
 func (b *backend) setGateLocked() {
 	closed := b.inflight.Load()&gateClosed != 0
-	switch want := b.sleep.asleep || b.sleep.pause.on || b.sleep.handover.on; {
+	switch want := b.sleep.asleep || b.sleep.pause.on || b.sleep.handover.on || b.sleep.retired; {
 	case want && !closed:
 		b.inflight.Add(gateClosed)
 	case !want && closed:
@@ -208,13 +208,28 @@ func (b *backend) started() {
 	}
 }
 
-// retire ends the holds on a backend being removed.
+// retire closes the gate of a backend being removed for good and ends
+// its holds: what waits, or comes, is routed again (ErrRemoved).
 func (b *backend) retire() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sleep.retired = true
 	b.sleep.pause.lift()
 	b.sleep.handover.lift()
+	b.setGateLocked()
+}
+
+// Retire closes key's gate for good, before its version stops: a request
+// that comes from now on is routed again by its host — to the version
+// that replaced it, here — or answered 503, while those in flight finish,
+// which WaitIdle waits for. Without it a request could be counted after
+// WaitIdle saw none and meet a process that stops: one another node
+// decided before its table switched, arriving late (remote.go). Then
+// RemoveBackend.
+func (r *Router) Retire(key spec.VersionKey) {
+	if b := (*r.backends.Load())[key]; b != nil {
+		b.retire()
+	}
 }
 
 // Sleep closes key's gate if nothing is in flight to it, nothing holds it
