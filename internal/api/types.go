@@ -65,6 +65,9 @@ type GCResult struct {
 type Listen struct {
 	HTTP  string `json:"http"`
 	HTTPS string `json:"https"`
+	// Peer is the node-to-node port, as the other nodes of a cluster
+	// reach it (serve --advertise); "" without.
+	Peer string `json:"peer,omitempty"`
 }
 
 // Status is `hostel status --json`.

@@ -34,6 +34,9 @@ func serveCmd(e *env) *cobra.Command {
 			if err := daemon.CheckNodeName(opts.Node); opts.Node != "" && err != nil {
 				return usageError{fmt.Errorf("--node: %w", err)}
 			}
+			if err := daemon.CheckAdvertise(opts.Advertise, opts.Store); err != nil {
+				return usageError{fmt.Errorf("--advertise: %w", err)}
+			}
 			var err error
 			if opts.Labels, err = daemon.ParseLabels(labels); err != nil {
 				return usageError{fmt.Errorf("--labels: %w", err)}
@@ -66,6 +69,8 @@ func serveCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's)")
 	cmd.Flags().BoolVar(&opts.Store.EtcdEmbed, "etcd-embed", false, "keep the state in an etcd member run by the daemon, its data in ROOT/etcd")
 	cmd.Flags().StringVar(&opts.Node, "node", "", "this daemon's node among those sharing the store (default: the host name)")
+	cmd.Flags().StringVar(&opts.Advertise, "advertise", "",
+		"the address other nodes of the cluster reach this one at, HOST:PORT: its node-to-node port listens there (mutual TLS with the cluster's own CA)")
 	cmd.Flags().StringVar(&labels, "labels", "", "the node's labels, k=v,k=v, which placement.labels match")
 	cmd.Flags().StringVar(&capacity, "capacity", "", "what the node gives instances' memory and cpu requests, cpu=N,memory=SIZE (default: the machine's)")
 	cmd.Flags().IntVar(&opts.MaxConnections, "max-connections", 0,

@@ -49,6 +49,10 @@ type Options struct {
 	// Node names this daemon's node among those sharing the store; ""
 	// is the machine's host name.
 	Node string
+	// Advertise is where the other nodes of a cluster reach this one,
+	// HOST:PORT (serve --advertise): the node-to-node port listens there
+	// (peer.go). "": the node reaches no other, and none reaches it.
+	Advertise string
 	// Labels and Capacity are what the node offers placement (zero
 	// Capacity fields: the machine's).
 	Labels   map[string]string
@@ -102,13 +106,17 @@ type Daemon struct {
 	// cgroups enforce services' limits; nil where there are none.
 	cgroups *cgroup.Hierarchy
 
-	httpLn  net.Listener
-	apiLn   net.Listener
-	httpsLn net.Listener  // nil when --https is ""
-	certs   *acme.Manager // nil when --https is ""
-	servers []*http.Server
-	front   *front.Front // serves httpLn and httpsLn
-	wg      sync.WaitGroup
+	httpLn net.Listener
+	// peerLn is the node-to-node port (TLS) and peerAddr the address
+	// advertised for it; nil and "" without Options.Advertise.
+	peerLn   net.Listener
+	peerAddr string
+	apiLn    net.Listener
+	httpsLn  net.Listener  // nil when --https is ""
+	certs    *acme.Manager // nil when --https is ""
+	servers  []*http.Server
+	front    *front.Front // serves httpLn and httpsLn
+	wg       sync.WaitGroup
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -191,6 +199,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Held bodies past memory go to the root's disk: /tmp may be a tmpfs,
 	// whose files are memory.
 	ropts := d.routerOptions(zone)
+	if ropts.Peers, err = d.listenPeer(ctx); err != nil {
+		return nil, err
+	}
 	ropts.Hold = opts.Hold
 	ropts.Hold.Dir = filepath.Join(opts.Root, "tmp")
 	d.router = router.New(ropts)
@@ -229,6 +240,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.startExpiry()
 	d.serveFront()
 	d.serveHTTPS()
+	d.servePeer()
 	d.serve(d.apiLn, api.NewHandler(d))
 	d.logf("serving HTTP on %s, API on %s", d.httpLn.Addr(), sock)
 	return d, nil
@@ -309,7 +321,7 @@ func (d *Daemon) Close() error {
 		os.Remove(SocketPath(d.opts.Root))
 	}
 	d.stopServing()
-	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.apiLn} {
+	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn} {
 		if ln != nil {
 			ln.Close()
 		}

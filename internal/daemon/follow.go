@@ -95,7 +95,12 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	f.cancel = stop
-	f.routes = routes.NewFollower(d.store, d.router, routes.Options{Node: name, Lease: lease.ID(), Switched: d.certsFollow, Logf: d.logf})
+	ropts := routes.Options{Node: name, Lease: lease.ID(), Switched: d.certsFollow, Logf: d.logf}
+	if d.peerLn != nil {
+		// The router reaches the other nodes: it follows what they run.
+		ropts.Remotes = d.router
+	}
+	f.routes = routes.NewFollower(d.store, d.router, ropts)
 	f.nodes = node.NewFollower(d.store, node.Options{Name: name, Self: d.self(), Lease: lease.ID(), Agent: a, Procs: d.sup, Router: d.router, Logf: d.logf,
 		RoutesAt: func(ctx context.Context, rev uint64) error {
 			ctx, cancel := context.WithTimeout(ctx, routesWait)
@@ -211,8 +216,9 @@ func (d *Daemon) stopNode() {
 	d.follower = nil
 }
 
-// self is what the node reports of itself beside what it runs: its
-// labels and capacity (the machine's unless --capacity says).
+// self is what the node reports of itself beside what it runs: the
+// address the other nodes reach it at (--advertise), its labels and
+// capacity (the machine's unless --capacity says).
 func (d *Daemon) self() node.Info {
 	c := d.opts.Capacity
 	if c.CPU == 0 {
@@ -221,7 +227,7 @@ func (d *Daemon) self() node.Info {
 	if c.Memory == 0 {
 		c.Memory = machineMemory()
 	}
-	return node.Info{Labels: d.opts.Labels, CPU: c.CPU, Memory: c.Memory}
+	return node.Info{Addr: d.peerAddr, Labels: d.opts.Labels, CPU: c.CPU, Memory: c.Memory}
 }
 
 // Capacity is what a node gives to instances' requests.
@@ -347,7 +353,7 @@ func (d *Daemon) Nodes(ctx context.Context) (*api.Nodes, error) {
 	infos := node.Nodes(snap)
 	for _, name := range slices.Sorted(maps.Keys(infos)) {
 		info := infos[name]
-		n := api.Node{Name: name, Labels: info.Labels, Capacity: api.Resources{CPU: info.CPU, Memory: info.Memory},
+		n := api.Node{Name: name, Addr: info.Addr, Labels: info.Labels, Capacity: api.Resources{CPU: info.CPU, Memory: info.Memory},
 			Drained: info.Unschedulable, Up: info.Up, LeaseAgeSeconds: now.Sub(info.Up).Round(time.Second).Seconds(),
 			Leader: name == leader, Instances: []string{}}
 		dd := desired[name]

@@ -5,6 +5,7 @@ import (
 
 	"hostel/internal/api"
 	"hostel/internal/keyring"
+	"hostel/internal/peer"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 )
@@ -29,7 +30,7 @@ func (d *Daemon) SecretsRecipient(ctx context.Context) (*api.SecretsRecipient, e
 
 // sealedKinds are the kinds of records whose values are sealed to the
 // deployment's machine keys: what the keyring reseals when one joins.
-var sealedKinds = []string{store.KindPassword, store.KindCertKey}
+var sealedKinds = []string{store.KindPassword, store.KindCertKey, peer.KindCAKey}
 
 // startKeyring makes this machine one of the deployment's (its key in the
 // store), moves the role passwords older daemons kept in files into the
