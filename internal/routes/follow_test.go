@@ -185,3 +185,94 @@ func TestFollowerSwitched(t *testing.T) {
 		t.Errorf("told %v, want the empty table, then web.test served over HTTPS", told)
 	}
 }
+
+// splitChanges is a store whose watch delivers the events of one change a
+// moment apart, as a loaded machine may; onRoutes is told, as it is
+// written, every revision a routes record says followed.
+type splitChanges struct {
+	store.Store
+	onRoutes func(applied uint64)
+}
+
+func (s *splitChanges) Watch(ctx context.Context, from uint64) (<-chan store.Event, error) {
+	in, err := s.Store.Watch(ctx, from)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan store.Event)
+	go func() {
+		defer close(out)
+		var last uint64
+		for ev := range in {
+			if ev.Revision == last {
+				time.Sleep(20 * time.Millisecond)
+			}
+			last = ev.Revision
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+func (s *splitChanges) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
+	for _, w := range writes {
+		if w.Kind == node.KindRoutes {
+			r, _ := node.DecodeRoutes(w.Key, w.Value)
+			s.onRoutes(r.Applied)
+		}
+	}
+	return s.Store.Txn(ctx, writes...)
+}
+
+// TestFollowerNeverAheadOfItsTable: the routes record never says a
+// revision followed before the table of that revision is swapped in,
+// though the change's first event does not touch the table (a commit
+// adds the generation, then moves the current one): what a node waits for
+// before it drains what a switch left behind.
+func TestFollowerNeverAheadOfItsTable(t *testing.T) {
+	base := openStore(t)
+	sw := &swaps{}
+	type said struct {
+		applied uint64
+		table   spec.VersionKey // web.test's, as the routes record was written
+	}
+	var mu sync.Mutex
+	var written []said
+	st := &splitChanges{Store: base, onRoutes: func(applied uint64) {
+		tab, _ := sw.last()
+		mu.Lock()
+		defer mu.Unlock()
+		written = append(written, said{applied, tab.Domains["web.test"]})
+	}}
+	if _, err := base.Commit(t.Context(), web("111111111111"), 0); err != nil {
+		t.Fatal(err)
+	}
+	follow(t, st, sw, 0)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	events, err := base.Watch(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := base.Commit(t.Context(), web("222222222222"), 1); err != nil {
+		t.Fatal(err)
+	}
+	var rev uint64 // the commit's
+	for rev == 0 {
+		if ev := <-events; ev.Type == store.EventCurrent && ev.Generation == 2 {
+			rev = ev.Revision
+		}
+	}
+	waitFor(t, "the routes record at the commit", func() bool { return routesApplied(t, base) >= rev })
+	mu.Lock()
+	defer mu.Unlock()
+	for _, w := range written {
+		if w.applied >= rev && w.table != "web-222222222222" {
+			t.Errorf("the routes record said revision %d followed with web.test still on %s (the commit, at %d, moved it)", w.applied, w.table, rev)
+		}
+	}
+}
