@@ -14,8 +14,11 @@ type Nodes struct {
 
 // Node is one node in Nodes.
 type Node struct {
-	Name   string            `json:"name"`
-	Labels map[string]string `json:"labels,omitempty"`
+	Name string `json:"name"`
+	// Address is where other nodes reach it (hostel serve --advertise);
+	// "" when it advertises none.
+	Address string            `json:"address,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
 	// Capacity is what the node gives instances' requests; Use what the
 	// instances placed on it request.
 	Capacity Resources `json:"capacity"`

@@ -25,7 +25,7 @@ func nodesCmd(e *env) *cobra.Command {
 				return printJSON(e.stdout, ns)
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tLABELS\tCPU\tMEMORY\tUP\tINSTANCES")
+			fmt.Fprintln(tw, "NODE\tADDRESS\tLABELS\tCPU\tMEMORY\tUP\tINSTANCES")
 			for _, n := range ns.Nodes {
 				name := n.Name
 				if n.Leader {
@@ -38,7 +38,7 @@ func nodesCmd(e *env) *cobra.Command {
 				for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
 					labels = append(labels, k+"="+n.Labels[k])
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%g/%g\t%s/%s\t%s\t%s\n", name, orDash(strings.Join(labels, ",")),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%g/%g\t%s/%s\t%s\t%s\n", name, orDash(n.Address), orDash(strings.Join(labels, ",")),
 					n.Use.CPU, n.Capacity.CPU, humanSize(n.Use.Memory), humanSize(n.Capacity.Memory),
 					n.Up.Local().Format("2006-01-02 15:04:05"), orDash(strings.Join(n.Instances, ",")))
 			}
