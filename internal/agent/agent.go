@@ -214,6 +214,12 @@ type Options struct {
 	// the caller waits there until no router sends them new requests.
 	BeforeStop func(ctx context.Context)
 
+	// BeforeStopOne, if set, is called before each version no longer
+	// desired is drained, once every version stopped with it that needs
+	// it is stopped: the caller waits there for what needs it elsewhere
+	// (on other nodes) to stop first.
+	BeforeStopOne func(ctx context.Context, key spec.VersionKey)
+
 	// asleep are the versions of Desired.Asleep, set by Reconcile on a
 	// resume: startAll registers one asleep at its turn, after its needs,
 	// rather than start it, unless a previous daemon left it running.
@@ -345,7 +351,7 @@ func (a *Agent) Reconcile(ctx context.Context, d Desired, opts Options, progress
 	if len(old) > 0 && opts.BeforeStop != nil {
 		opts.BeforeStop(ctx)
 	}
-	rep.Aborted = a.stopKeys(context.WithoutCancel(ctx), old, progress)
+	rep.Aborted = a.stopKeys(context.WithoutCancel(ctx), old, opts.BeforeStopOne, progress)
 	if rep.Aborted > 0 {
 		progress("%d requests were still running at their stop grace and were ended with 504", rep.Aborted)
 	}
@@ -417,7 +423,7 @@ func (a *Agent) Draining(key spec.VersionKey) bool {
 
 // StopAll stops every version, topmost first.
 func (a *Agent) StopAll(ctx context.Context) {
-	a.stopKeys(ctx, a.Running(), func(string, ...any) {})
+	a.stopKeys(ctx, a.Running(), nil, func(string, ...any) {})
 }
 
 func keysOf(names []string) []spec.VersionKey {
@@ -660,7 +666,7 @@ func (a *Agent) configure(ctx context.Context, g *spec.Generation, name string, 
 // abandon stops versions started for what does not go live; their
 // preparations are undone as they stop (stopOne).
 func (a *Agent) abandon(ctx context.Context, keys []spec.VersionKey, progress Progress) {
-	a.stopKeys(ctx, keys, progress)
+	a.stopKeys(ctx, keys, nil, progress)
 }
 
 // cleanup runs the cleanup step of the preparers that ran for key, last
@@ -683,7 +689,7 @@ func (a *Agent) cleanup(ctx context.Context, key spec.VersionKey, p preparation,
 // stopKeys drains and stops versions in rounds: in each round, those that no
 // other version still to stop needs; within a round, all at once. It returns
 // how many requests had to be ended with 504.
-func (a *Agent) stopKeys(ctx context.Context, keys []spec.VersionKey, progress Progress) int64 {
+func (a *Agent) stopKeys(ctx context.Context, keys []spec.VersionKey, before func(context.Context, spec.VersionKey), progress Progress) int64 {
 	var aborted atomic.Int64
 	left := map[spec.VersionKey]bool{}
 	for _, k := range keys {
@@ -718,6 +724,9 @@ func (a *Agent) stopKeys(ctx context.Context, keys []spec.VersionKey, progress P
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				if before != nil {
+					before(ctx, k)
+				}
 				aborted.Add(a.stopOne(ctx, k, progress))
 			}()
 		}

@@ -15,10 +15,10 @@ type Nodes struct {
 // Node is one node in Nodes.
 type Node struct {
 	Name string `json:"name"`
-	// Addr is where the other nodes reach it (serve --advertise); "" if
-	// it advertises none: nothing placed on it is reached from elsewhere.
-	Addr   string            `json:"addr,omitempty"`
-	Labels map[string]string `json:"labels,omitempty"`
+	// Address is where other nodes reach it (hostel serve --advertise);
+	// "" when it advertises none.
+	Address string            `json:"address,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
 	// Capacity is what the node gives instances' requests; Use what the
 	// instances placed on it request.
 	Capacity Resources `json:"capacity"`

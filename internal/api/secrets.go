@@ -9,6 +9,21 @@ import (
 // to add to a repository's secrets/recipients.txt.
 type SecretsRecipient struct {
 	PublicKey string `json:"public_key"`
+	// Nodes are the public keys of every machine of the cluster, from the
+	// store, by node name; nil for a daemon alone (its state not in etcd).
+	Nodes []NodeKey `json:"nodes,omitempty"`
+}
+
+// NodeKey is one machine's public key in a cluster.
+type NodeKey struct {
+	// Node is its node's name; "" for a machine whose daemon has not
+	// started since nodes were named with their keys.
+	Node string `json:"node"`
+	// Host is its host name.
+	Host      string `json:"host,omitempty"`
+	PublicKey string `json:"public_key"`
+	// Self marks the machine of the daemon that answered.
+	Self bool `json:"self,omitempty"`
 }
 
 // SecretsDaemon is what a daemon that holds a machine identity serves, in

@@ -38,7 +38,7 @@ func nodesCmd(e *env) *cobra.Command {
 				for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
 					labels = append(labels, k+"="+n.Labels[k])
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%g/%g\t%s/%s\t%s\t%s\n", name, orDash(n.Addr), orDash(strings.Join(labels, ",")),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%g/%g\t%s/%s\t%s\t%s\n", name, orDash(n.Address), orDash(strings.Join(labels, ",")),
 					n.Use.CPU, n.Capacity.CPU, humanSize(n.Use.Memory), humanSize(n.Capacity.Memory),
 					n.Up.Local().Format("2006-01-02 15:04:05"), orDash(strings.Join(n.Instances, ",")))
 			}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -100,9 +102,9 @@ func secretsEditCmd(e *env, o *secretsOpts) *cobra.Command {
 				return usageError{err}
 			}
 			repo := o.repo()
-			rs, err := repo.Recipients()
+			rs, err := o.recipients(cmd.Context(), e)
 			if err != nil {
-				return invalid("%v", err)
+				return err
 			}
 			ids, names, err := o.loadIdentities(e.root)
 			if err != nil {
@@ -152,9 +154,9 @@ func secretsRekeyCmd(e *env, o *secretsOpts) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			repo := o.repo()
-			rs, err := repo.Recipients()
+			rs, err := o.recipients(cmd.Context(), e)
 			if err != nil {
-				return invalid("%v", err)
+				return err
 			}
 			ids, _, err := o.loadIdentities(e.root)
 			if err != nil {
@@ -316,15 +318,69 @@ func secretUsers(dir string) (map[string][]string, error) {
 func secretsRecipientsCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "recipients",
-		Short: "Print this machine's public key, for secrets/recipients.txt",
+		Short: "Print this machine's public key (in a cluster, every node's), for secrets/recipients.txt",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := e.client().SecretsRecipient(cmd.Context())
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(e.stdout, r.PublicKey)
+			if r.Nodes == nil {
+				fmt.Fprintln(e.stdout, r.PublicKey)
+				return nil
+			}
+			for _, n := range r.Nodes {
+				fmt.Fprintln(e.stdout, recipientLine(n))
+			}
 			return nil
 		},
 	}
+}
+
+// recipientLine is a node's key as a line of secrets/recipients.txt, its
+// comment naming the node.
+func recipientLine(n api.NodeKey) string {
+	line := n.PublicKey + "  # " + nodeOf(n)
+	if n.Self {
+		line += " (this machine)"
+	}
+	return line
+}
+
+// nodeOf names the machine of a key.
+func nodeOf(n api.NodeKey) string {
+	if n.Node == "" {
+		return "host " + n.Host
+	}
+	return "node " + n.Node
+}
+
+// recipients is what edit and rekey encrypt to: the keys in
+// secrets/recipients.txt, and nothing else, wherever they run. When a
+// daemon of a cluster answers, a node whose key is not among them is
+// named on stderr: that node cannot decrypt the secrets of the services
+// placed on it, and a deploy that places one there fails.
+func (o *secretsOpts) recipients(ctx context.Context, e *env) ([]secrets.Recipient, error) {
+	repo := o.repo()
+	rs, err := repo.Recipients()
+	if err != nil {
+		return nil, invalid("%v", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	r, err := e.client().SecretsRecipient(ctx)
+	if err != nil {
+		return rs, nil // no daemon here (an admin's machine): nothing to compare with
+	}
+	listed := map[string]bool{}
+	for _, rec := range rs {
+		listed[rec.Key] = true
+	}
+	for _, n := range r.Nodes {
+		if !listed[n.PublicKey] {
+			fmt.Fprintf(e.stderr, "warning: the key of %s is not in %s: it cannot decrypt the secrets of the services placed on it\nTry: add this line, then run hostel secrets rekey: %s\n",
+				nodeOf(n), repo.RecipientsPath(), recipientLine(n))
+		}
+	}
+	return rs, nil
 }

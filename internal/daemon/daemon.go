@@ -210,7 +210,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		sl, ok := d.router.Sleeping(k)
 		return ok && sl.Asleep
 	})
-	d.agent.Use(&secrets.Preparer{Key: d.hostKey})
+	d.agent.Use(&secrets.Preparer{Key: d.hostKey, Node: d.nodeName()})
 	d.db = newDatabases(opts.Root, d.store, d.keys, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
 	d.agent.Use(newProvisioner(d.db))

@@ -353,7 +353,7 @@ func (d *Daemon) Nodes(ctx context.Context) (*api.Nodes, error) {
 	infos := node.Nodes(snap)
 	for _, name := range slices.Sorted(maps.Keys(infos)) {
 		info := infos[name]
-		n := api.Node{Name: name, Addr: info.Addr, Labels: info.Labels, Capacity: api.Resources{CPU: info.CPU, Memory: info.Memory},
+		n := api.Node{Name: name, Address: info.Addr, Labels: info.Labels, Capacity: api.Resources{CPU: info.CPU, Memory: info.Memory},
 			Drained: info.Unschedulable, Up: info.Up, LeaseAgeSeconds: now.Sub(info.Up).Round(time.Second).Seconds(),
 			Leader: name == leader, Instances: []string{}}
 		dd := desired[name]

@@ -105,7 +105,7 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 			return nil, api.Invalid(fmt.Errorf("confirm: invalid duration %q", req.Confirm))
 		}
 	}
-	secs, err := d.checkSecrets(s, req.PlanRequest)
+	secs, err := d.checkSecrets(ctx, s, req.PlanRequest)
 	if err != nil {
 		return nil, err
 	}

@@ -51,20 +51,94 @@ type member struct {
 	Joined time.Time `json:"joined"`
 	// Host is the machine's host name when it joined, for people.
 	Host string `json:"host,omitempty"`
+	// Node is the name of the machine's node (hostel serve --node) when
+	// it last joined; "" for a machine that joined before nodes had
+	// names here.
+	Node string `json:"node,omitempty"`
 }
 
 // Join adds this machine's key to the deployment's, if it is not there.
-func (k *Keyring) Join(ctx context.Context) error {
+func (k *Keyring) Join(ctx context.Context) error { return k.JoinNode(ctx, "") }
+
+// JoinNode adds this machine's key to the deployment's, if it is not
+// there, as the key of node (its name, for `hostel secrets recipients`);
+// a key joined before under another node name, or none, takes this one.
+func (k *Keyring) JoinNode(ctx context.Context, node string) error {
 	host, _ := os.Hostname()
-	b, err := json.Marshal(member{Joined: time.Now().UTC(), Host: host})
+	m := member{Joined: time.Now().UTC(), Host: host, Node: node}
+	b, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
 	_, err = k.st.PutRecord(ctx, store.KindMachineKey, k.PublicKey(), b, 0)
+	if errors.Is(err, store.ErrConflict) && node != "" {
+		err = k.rename(ctx, m)
+	}
 	if err != nil && !errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("machine key: %w", err)
 	}
 	return nil
+}
+
+// rename gives this machine's record m's node and host, keeping when it
+// joined first.
+func (k *Keyring) rename(ctx context.Context, m member) error {
+	r, err := k.st.Record(ctx, store.KindMachineKey, k.PublicKey())
+	if err != nil {
+		return err
+	}
+	var old member
+	if json.Unmarshal(r.Value, &old) == nil {
+		if old.Node == m.Node && old.Host == m.Host {
+			return nil
+		}
+		if !old.Joined.IsZero() {
+			m.Joined = old.Joined
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = k.st.PutRecord(ctx, store.KindMachineKey, k.PublicKey(), b, r.Revision)
+	return err
+}
+
+// Member is one machine of the deployment, as its key's record says.
+type Member struct {
+	// Key is its age public key.
+	Key string
+	// Node is its node's name; "" for a machine that has not joined
+	// since nodes had names here.
+	Node string
+	// Host is its host name when it joined.
+	Host string
+	// Joined is when its key was first added.
+	Joined time.Time
+	// Self is set for this machine.
+	Self bool
+}
+
+// Members returns every machine of the deployment — every key a value is
+// sealed to — sorted by node name, then key.
+func (k *Keyring) Members(ctx context.Context) ([]Member, error) {
+	recs, err := k.st.Records(ctx, store.KindMachineKey)
+	if err != nil {
+		return nil, fmt.Errorf("machine keys: %w", err)
+	}
+	out := make([]Member, 0, len(recs))
+	for _, r := range recs {
+		var m member
+		json.Unmarshal(r.Value, &m) // a value it cannot read still names a key
+		out = append(out, Member{Key: r.Key, Node: m.Node, Host: m.Host, Joined: m.Joined, Self: r.Key == k.PublicKey()})
+	}
+	slices.SortFunc(out, func(a, b Member) int {
+		if c := strings.Compare(a.Node, b.Node); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Key, b.Key)
+	})
+	return out, nil
 }
 
 // sealed is a sealed value as the store keeps it.

@@ -121,3 +121,50 @@ func TestFollow(t *testing.T) {
 		}
 	})
 }
+
+// TestMembers: every machine that joined is a member under its node's
+// name, this one marked; a machine that joined before it had a node name
+// (or under another) takes the name it joins with now, and keeps when it
+// joined first.
+func TestMembers(t *testing.T) {
+	backends.Each(t, func(t *testing.T, b storetest.Backend) {
+		ctx := t.Context()
+		a, _ := machine(t, b) // joined without a node name
+		first, err := a.Members(ctx)
+		if err != nil || len(first) != 1 || first[0].Node != "" {
+			t.Fatalf("members %+v, %v; want one without a node", first, err)
+		}
+		hk, err := secrets.EnsureHostKey(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		bk := keyring.New(b.Open(t), hk)
+		for _, k := range []struct {
+			k    *keyring.Keyring
+			node string
+		}{{a, "web2"}, {bk, "web1"}, {bk, "web1"}} {
+			if err := k.k.JoinNode(ctx, k.node); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := a.Members(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type row struct {
+			key, node string
+			self      bool
+		}
+		var rows []row
+		for _, m := range got {
+			rows = append(rows, row{m.Key, m.Node, m.Self})
+		}
+		want := []row{{bk.PublicKey(), "web1", false}, {a.PublicKey(), "web2", true}}
+		if len(rows) != len(want) || rows[0] != want[0] || rows[1] != want[1] {
+			t.Errorf("members %+v, want %+v", rows, want)
+		}
+		if !got[1].Joined.Equal(first[0].Joined) {
+			t.Errorf("joined %v after the rename, want %v kept", got[1].Joined, first[0].Joined)
+		}
+	})
+}

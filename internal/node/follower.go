@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -353,6 +354,10 @@ func (f *Follower) reconcile(ctx context.Context, snap *store.Snapshot, resume b
 			}
 		}
 	}
+	// What another node runs of what a stopped version needs drains
+	// first (drain.go).
+	gens := slices.Collect(maps.Values(s.gens))
+	opts.BeforeStopOne = func(ctx context.Context, k spec.VersionKey) { f.awaitDependents(ctx, gens, k) }
 	d := f.desired(s, resume)
 	rep, err := f.agent.Reconcile(ctx, d, opts, f.progress)
 	if err != nil && !resume {

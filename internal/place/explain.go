@@ -30,6 +30,26 @@ func explain(ns []node, index map[string]int, failed []*inst) *Error {
 
 // short says what in needs and which nodes have it, in a spec's words.
 func short(ns []node, index map[string]int, in *inst) string {
+	if len(in.only) > 0 {
+		var where []string
+		for _, i := range in.only {
+			n := &ns[i]
+			why := ""
+			switch {
+			case n.Unschedulable:
+				why = "drained"
+			case in.pin >= 0 && in.pin != i:
+				why = fmt.Sprintf("not placement.node %q", in.Node)
+			case !n.matches(in.Labels):
+				why = "does not have " + labelWords(missingLabels(n, in.Labels))
+			default:
+				why = fmt.Sprintf("has %s free, needs %s", freeWords(n, in), requestWords(in.mem, in.cpu))
+			}
+			where = append(where, n.Name+" ("+why+")")
+		}
+		return fmt.Sprintf("exclusive: its other version runs on %s; two versions of an exclusive service never run at once, so the new one must run on the same node",
+			strings.Join(where, ", "))
+	}
 	if in.Node != "" {
 		switch {
 		case in.pin < 0:

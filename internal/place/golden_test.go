@@ -2,20 +2,16 @@ package place
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"text/tabwriter"
 
+	"hostel/internal/golden"
 	"hostel/internal/spec"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
 
 // A golden file (testdata/*.place) has sections:
 //
@@ -29,30 +25,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 //
 // go test ./internal/place -update rewrites the want sections.
 func TestGolden(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.place")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no golden files: %v", err)
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".place"), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			head, sections := parseSections(string(data))
-			got := runGolden(t, sections)
-			if *update {
-				sections["want"] = got
-				if err := os.WriteFile(file, []byte(formatSections(head, sections)), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if want := sections["want"]; got != want {
-				t.Errorf("placement mismatch (go test ./internal/place -update to accept)\ngot:\n%s\nwant:\n%s", got, want)
-			}
-		})
-	}
+	golden.Run(t, "testdata/*.place", runGolden)
 }
 
 // runGolden places a golden file's next spec and writes the result.
@@ -180,43 +153,6 @@ func lines(s string) []string {
 		}
 	}
 	return out
-}
-
-var order = []string{"nodes", "current", "placed", "next", "options", "want"}
-
-func parseSections(s string) (head string, sec map[string]string) {
-	sec = map[string]string{}
-	name := ""
-	var b strings.Builder
-	flush := func() {
-		if name == "" {
-			head = b.String()
-		} else {
-			sec[name] = b.String()
-		}
-		b.Reset()
-	}
-	for _, line := range strings.SplitAfter(s, "\n") {
-		if strings.HasPrefix(line, "-- ") && strings.HasSuffix(strings.TrimSpace(line), " --") {
-			flush()
-			name = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(line), "-- "), " --")
-			continue
-		}
-		b.WriteString(line)
-	}
-	flush()
-	return head, sec
-}
-
-func formatSections(head string, sec map[string]string) string {
-	var b strings.Builder
-	b.WriteString(head)
-	for _, name := range order {
-		if v, ok := sec[name]; ok {
-			b.WriteString("-- " + name + " --\n" + v)
-		}
-	}
-	return b.String()
 }
 
 // count writes n things: 1 instance, 2 instances.

@@ -20,7 +20,7 @@ func InstanceOf(g *spec.Generation, service string) (Instance, error) {
 	if err != nil {
 		return Instance{}, fmt.Errorf("generation %d: service %q: memory: %w", g.Number, service, err)
 	}
-	in := Instance{Key: g.Instance(service), Replicas: svc.ReplicasOrDefault(), Memory: mem, CPU: svc.CPU}
+	in := Instance{Key: g.Instance(service), Replicas: svc.ReplicasOrDefault(), Memory: mem, CPU: svc.CPU, Exclusive: svc.Exclusive}
 	if p := svc.Placement; p != nil {
 		in.Labels, in.Node = p.Labels, p.Node
 	}

@@ -15,7 +15,9 @@
 //   - an instance keeps the nodes it runs on where they still satisfy the
 //     rules (versions are kept where they already run), and a new version
 //     of a service goes first to the nodes its other versions run on, so a
-//     redeploy moves nothing;
+//     redeploy moves nothing; an exclusive service's new version goes
+//     there or nowhere (its handover, which never lets two versions run at
+//     once, is a node's: the other version must be on the same node);
 //   - the rest go to the least loaded nodes: the lowest share of memory or
 //     cpu requested once the instance is there (the larger of the two),
 //     then the fewest instances, then by name. Instances are taken pinned first, then the largest
@@ -66,6 +68,9 @@ type Instance struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	// Node pins the instance to the node of that name; "" means any.
 	Node string `json:"node,omitempty"`
+	// Exclusive is set for an exclusive service's instance (one replica):
+	// it runs only where another version of its service runs, if one does.
+	Exclusive bool `json:"exclusive,omitempty"`
 }
 
 // Placement maps each instance to the nodes that run it, sorted by name.
@@ -138,6 +143,7 @@ type inst struct {
 	pin      int    // index of the pinned node; -1 none, -2 a node that is not there
 	class    string // canonical labels
 	on       []int  // the nodes placed so far
+	only     []int  // an exclusive instance's: the nodes of its other versions
 }
 
 // Make decides which nodes run each instance of want, given the nodes and
@@ -217,9 +223,12 @@ func Make(want []Instance, nodes []Node, cur Placement) (Placement, error) {
 		}
 		candidates := classNodes(ns, classes, in)
 		preferred := siblings[sibling(in.Key)]
+		if in.Exclusive && len(preferred) > 0 {
+			in.only, candidates = preferred, nil
+		}
 		for len(in.on) < in.Replicas {
 			best := pick(ns, preferred, in, true)
-			if best < 0 {
+			if best < 0 && candidates != nil {
 				best = pick(ns, candidates, in, false)
 			}
 			if best < 0 {

@@ -281,8 +281,8 @@ func TestInstances(t *testing.T) {
 	}
 	want := []Instance{
 		{Key: api, Replicas: 3, Memory: 512 << 20, CPU: 0.5, Labels: map[string]string{"zone": "eu"}},
-		{Key: prod.Instance("db"), Replicas: 1, Node: "node-a"},
-		{Key: pr.Instance("db"), Replicas: 1},
+		{Key: prod.Instance("db"), Replicas: 1, Node: "node-a", Exclusive: true},
+		{Key: pr.Instance("db"), Replicas: 1, Exclusive: true},
 	}
 	slices.SortFunc(want, func(a, b Instance) int { return strings.Compare(string(a.Key), string(b.Key)) })
 	// Production's api asks what production says, whichever comes first.

@@ -3,46 +3,19 @@ package plan
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"hostel/internal/golden"
 	"hostel/internal/spec"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
 
 // A golden file has sections "-- current --", "-- current-inputs --",
 // "-- next --", "-- next-inputs --" and "-- want --". current may be empty
 // (no generation yet). want is the text plan, or "error: ..." for a spec error.
 func TestGolden(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.plan")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no golden files: %v", err)
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".plan"), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			head, sections := parseSections(string(data))
-			got := run(t, sections)
-			if *update {
-				sections["want"] = got
-				if err := os.WriteFile(file, []byte(formatSections(head, sections)), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if want := sections["want"]; got != want {
-				t.Errorf("plan mismatch (go test ./internal/plan -update to accept)\ngot:\n%s\nwant:\n%s", got, want)
-			}
-		})
-	}
+	golden.Run(t, "testdata/*.plan", run)
 }
 
 func run(t *testing.T, sec map[string]string) string {
@@ -84,43 +57,6 @@ func inputs(t *testing.T, s string) spec.Inputs {
 		}
 	}
 	return in
-}
-
-var order = []string{"current", "current-inputs", "next", "next-inputs", "want"}
-
-func parseSections(s string) (head string, sec map[string]string) {
-	sec = map[string]string{}
-	name := ""
-	var b strings.Builder
-	flush := func() {
-		if name == "" {
-			head = b.String()
-		} else {
-			sec[name] = b.String()
-		}
-		b.Reset()
-	}
-	for _, line := range strings.SplitAfter(s, "\n") {
-		if strings.HasPrefix(line, "-- ") && strings.HasSuffix(strings.TrimSpace(line), " --") {
-			flush()
-			name = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(line), "-- "), " --")
-			continue
-		}
-		b.WriteString(line)
-	}
-	flush()
-	return head, sec
-}
-
-func formatSections(head string, sec map[string]string) string {
-	var b strings.Builder
-	b.WriteString(head)
-	for _, name := range order {
-		if v, ok := sec[name]; ok {
-			b.WriteString("-- " + name + " --\n" + v)
-		}
-	}
-	return b.String()
 }
 
 func TestRoutingChangeKeepsVersion(t *testing.T) {

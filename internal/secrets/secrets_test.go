@@ -409,4 +409,51 @@ func TestCheckAndPrepare(t *testing.T) {
 	if err := p.Prepare(context.Background(), g, "api", &supervisor.Config{}); err == nil || !strings.Contains(err.Error(), "generation 3 holds no ciphertext") {
 		t.Errorf("prepare without ciphertext: %v", err)
 	}
+
+	// A node of a cluster whose key is not a recipient says which node.
+	g.Secrets = map[string][]byte{"k": toStranger}
+	var cfg supervisor.Config
+	err = (&Preparer{Key: host, Node: "web2"}).Prepare(context.Background(), g, "api", &cfg)
+	want := `secret "k" (secrets/k.age) cannot be decrypted on node "web2", which runs it: its key (` + host.PublicKey() + `) is not one of the secret's recipients`
+	if err == nil || !strings.Contains(err.Error(), want) || cfg.Credentials != nil {
+		t.Errorf("prepare on a node that is not a recipient: %v, credentials %d; want %q", err, len(cfg.Credentials), want)
+	}
+}
+
+// TestCiphertexts: a node that receives a deploy checks the secrets it
+// carries without decrypting them: one encrypted to other nodes' keys
+// alone passes, while a missing, mismatched or malformed one is refused
+// naming the service.
+func TestCiphertexts(t *testing.T) {
+	other := newAge(t)
+	toOther, _ := Encrypt([]byte("x"), []Recipient{{Recipient: other.Recipient()}})
+	s := &spec.Spec{Services: map[string]*spec.Service{
+		"api": {Exec: []string{"x"}, Secrets: []string{"k"}},
+		"web": {Exec: []string{"x"}},
+	}}
+	for _, tc := range []struct {
+		name string
+		cts  map[string][]byte
+		in   map[string]string
+		err  string
+	}{
+		{"another node's", map[string][]byte{"k": toOther}, map[string]string{"k": Hash(toOther)}, ""},
+		{"no ciphertext", nil, map[string]string{"k": Hash(toOther)}, `service "api": secrets: secret "k": the request carries no ciphertext`},
+		{"hash mismatch", map[string][]byte{"k": toOther}, map[string]string{"k": "00"}, "does not match"},
+		{"not age", map[string][]byte{"k": []byte("plain")}, map[string]string{"k": Hash([]byte("plain"))}, `service "api": secrets: secret "k": not a valid age file`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			keep, err := Ciphertexts("hostel.json", s, spec.Inputs{Secrets: tc.in}, tc.cts)
+			if tc.err == "" {
+				if err != nil || len(keep) != 1 || !bytes.Equal(keep["k"], toOther) {
+					t.Fatalf("kept %v, %v; want k", keep, err)
+				}
+				return
+			}
+			var se *spec.Error
+			if !errors.As(err, &se) || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("err = %v, want a spec error containing %q", err, tc.err)
+			}
+		})
+	}
 }

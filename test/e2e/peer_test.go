@@ -44,8 +44,8 @@ func TestNodeToNode(t *testing.T) {
 
 	var ns struct {
 		Nodes []struct {
-			Name, Addr string
-			Instances  []string
+			Name, Address string
+			Instances     []string
 		}
 	}
 	if err := json.Unmarshal([]byte(b.MustRun("nodes", "--json")), &ns); err != nil {
@@ -53,7 +53,7 @@ func TestNodeToNode(t *testing.T) {
 	}
 	peers := map[string]string{}
 	for _, n := range ns.Nodes {
-		peers[n.Name] = n.Addr
+		peers[n.Name] = n.Address
 		want := map[string][]string{"a": {"quotes-", "shop-"}, "b": {"blog-"}}[n.Name]
 		if len(n.Instances) != len(want) {
 			t.Errorf("node %s runs %v, want %v…", n.Name, n.Instances, want)
