@@ -3,7 +3,6 @@ package routes
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -122,29 +121,15 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		return err
 	}
 	for {
-		ev, ok := <-events
-		if !ok {
-			return errors.New("the watch ended")
+		batch, err := store.Pending(events)
+		if err != nil {
+			return err
 		}
-		if ev.Err != nil {
-			return ev.Err
-		}
-		matters, seen := Matters(ev), followed(ev)
-		// Take every change already there: one read for them all.
-		for more := true; more; {
-			select {
-			case next, ok := <-events:
-				if !ok {
-					return errors.New("the watch ended")
-				}
-				if next.Err != nil {
-					return next.Err
-				}
-				matters = matters || Matters(next)
-				seen = max(seen, followed(next))
-			default:
-				more = false
-			}
+		// One read for every change already there.
+		matters, seen := false, uint64(0)
+		for _, ev := range batch {
+			matters = Matters(ev) || matters
+			seen = max(seen, followed(ev))
 		}
 		switch {
 		case matters:

@@ -387,3 +387,30 @@ func SecretDigest(ciphertext []byte) string {
 	sum := sha256.Sum256(ciphertext)
 	return hex.EncodeToString(sum[:])
 }
+
+// ErrWatchEnded is Pending's error when a watch's channel closed without
+// an event that says why (its context ended).
+var ErrWatchEnded = errors.New("the watch ended")
+
+// Pending waits for the next event of a watch and takes every event
+// already behind it, so that a follower reads the state once for all the
+// changes there are. It fails with the watch's last error (Event.Err), or
+// ErrWatchEnded.
+func Pending(events <-chan Event) ([]Event, error) {
+	var batch []Event
+	ev, ok := <-events
+	for {
+		switch {
+		case !ok:
+			return nil, ErrWatchEnded
+		case ev.Err != nil:
+			return nil, ev.Err
+		}
+		batch = append(batch, ev)
+		select {
+		case ev, ok = <-events:
+		default:
+			return batch, nil
+		}
+	}
+}
