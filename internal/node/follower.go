@@ -197,28 +197,13 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		return m && ev.Revision > f.readRevision()
 	}
 	for {
-		ev, ok := <-events
-		if !ok {
-			return errors.New("the watch ended")
+		batch, err := store.Pending(events)
+		if err != nil {
+			return err
 		}
-		if ev.Err != nil {
-			return ev.Err
-		}
-		matters := newer(ev)
-		// Take every change already there: one read for them all.
-		for more := true; more; {
-			select {
-			case next, ok := <-events:
-				if !ok {
-					return errors.New("the watch ended")
-				}
-				if next.Err != nil {
-					return next.Err
-				}
-				matters = newer(next) || matters
-			default:
-				more = false
-			}
+		matters := false
+		for _, ev := range batch {
+			matters = newer(ev) || matters
 		}
 		if !matters {
 			continue

@@ -3,7 +3,6 @@ package routes
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -159,52 +158,18 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		return err
 	}
 	for {
-		ev, ok := <-events
-		if !ok {
-			return errors.New("the watch ended")
+		batch, err := store.Pending(events)
+		if err != nil {
+			return err
 		}
-		if ev.Err != nil {
-			return ev.Err
-		}
-		matters, seen, reported, last := Matters(ev), followed(ev), Reported(ev), ev.Revision
-		take := func(next store.Event) {
-			matters = matters || Matters(next)
-			seen = max(seen, followed(next))
-			reported = reported || Reported(next)
-			last = max(last, next.Revision)
-		}
-		// Take every change already there: one read for them all. The
-		// events of one change come one by one, and its first may not
-		// touch the table when a later one does (a commit adds the
-		// generation, then moves the current one): a revision is said
-		// followed only once an event after it came, or none did for a
-		// moment — else a node would drain what the switch left behind
-		// while this table still routes to it.
-		for more := true; more; {
-			var next store.Event
-			var ok bool
-			if !matters && seen > 0 && last <= seen {
-				select {
-				case next, ok = <-events:
-				case <-time.After(sameChange):
-					more = false
-					continue
-				}
-			} else {
-				select {
-				case next, ok = <-events:
-				default:
-					more = false
-					continue
-				}
-			}
-			if !ok {
-				return errors.New("the watch ended")
-			}
-			if next.Err != nil {
-				return next.Err
-			}
-			take(next)
+		// One read for every change already there (Pending returns whole
+		// changes: a commit adds the generation, then moves the current
+		// one, and the first event alone does not touch the table).
+		matters, seen, reported := false, uint64(0), false
+		for _, ev := range batch {
+			matters = Matters(ev) || matters
+			seen = max(seen, followed(ev))
+			reported = Reported(ev) || reported
 		}
 		switch {
 		case matters:
@@ -226,11 +191,6 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		}
 	}
 }
-
-// sameChange is how long the follower waits for more events of the change
-// whose events it read so far, none of which touched the table, before it
-// says the change followed.
-const sameChange = 50 * time.Millisecond
 
 // followed returns ev's revision if the routes report following it, 0 if
 // not: what the nodes report (their records and instances, the routes'

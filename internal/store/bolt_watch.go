@@ -125,7 +125,7 @@ func (s *Bolt) watch(ctx context.Context, last uint64, out chan<- Event) {
 				}
 				events := make([]Event, len(logged))
 				for i, l := range logged {
-					events[i] = Event{Type: l.Type, Generation: l.Generation, From: l.From, Env: l.Env, Kind: l.Kind, Key: l.Key, Revision: btoi(k)}
+					events[i] = Event{Type: l.Type, Generation: l.Generation, From: l.From, Env: l.Env, Kind: l.Kind, Key: l.Key, Revision: btoi(k), Last: i == len(logged)-1}
 				}
 				batch = append(batch, events)
 			}

@@ -375,6 +375,10 @@ type Event struct {
 	// Revision is the store's revision after the change. The events of
 	// one change share it, in the order of the change.
 	Revision uint64
+	// Last marks the last event of its change: a follower that acts on
+	// the state after a change reads it once the change's last event
+	// came (Pending), not at its first.
+	Last bool
 	// Err, on the last event of a watch that could not go on, says why
 	// (errors.Is ErrCompacted: read again, watch from there); the event
 	// is no change.
@@ -386,4 +390,37 @@ type Event struct {
 func SecretDigest(ciphertext []byte) string {
 	sum := sha256.Sum256(ciphertext)
 	return hex.EncodeToString(sum[:])
+}
+
+// ErrWatchEnded is Pending's error when a watch's channel closed without
+// an event that says why (its context ended).
+var ErrWatchEnded = errors.New("the watch ended")
+
+// Pending waits for the next event of a watch and takes every event
+// already behind it, up to the end of a change (an event marked Last) —
+// the events of one change come one by one, and a follower that read the
+// state at the first would act on half of it — so that the follower
+// reads the state once for all the changes there are. It fails with the
+// watch's last error (Event.Err), or ErrWatchEnded.
+func Pending(events <-chan Event) ([]Event, error) {
+	var batch []Event
+	ev, ok := <-events
+	for {
+		switch {
+		case !ok:
+			return nil, ErrWatchEnded
+		case ev.Err != nil:
+			return nil, ev.Err
+		}
+		batch = append(batch, ev)
+		if !ev.Last {
+			ev, ok = <-events // the rest of its change
+			continue
+		}
+		select {
+		case ev, ok = <-events:
+		default:
+			return batch, nil
+		}
+	}
 }

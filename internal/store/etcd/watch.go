@@ -67,6 +67,10 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 				}
 				return
 			}
+			// A response holds whole changes (a revision's events are
+			// never split across responses): the last event of each
+			// revision delivered is its change's Last.
+			evs := make([]store.Event, 0, len(resp.Events))
 			for _, e := range resp.Events {
 				ev, ok, err := s.event(e)
 				if err != nil {
@@ -74,15 +78,22 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 					return
 				}
 				if ok {
-					if err := failpoint.Inject("store-watch-deliver"); err != nil {
-						send(store.Event{Err: fmt.Errorf("watch from revision %d: %w", last, err)})
-						return
-					}
-					if !send(ev) {
-						return
-					}
+					evs = append(evs, ev)
 				}
-				last = uint64(e.Kv.ModRevision)
+			}
+			for i, ev := range evs {
+				ev.Last = i == len(evs)-1 || evs[i+1].Revision != ev.Revision
+				if err := failpoint.Inject("store-watch-deliver"); err != nil {
+					send(store.Event{Err: fmt.Errorf("watch from revision %d: %w", last, err)})
+					return
+				}
+				if !send(ev) {
+					return
+				}
+				last = ev.Revision
+			}
+			if n := len(resp.Events); n > 0 {
+				last = uint64(resp.Events[n-1].Kv.ModRevision)
 			}
 		}
 		select {

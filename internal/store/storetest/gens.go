@@ -289,7 +289,7 @@ func testSetConfirmSwitchBack(t *testing.T, s store.Store) {
 		} else if ev.Revision != rev {
 			t.Errorf("event %d at revision %d, the switch back's first at %d: one change, one revision", i, ev.Revision, rev)
 		}
-		ev.Revision = 0
+		ev.Revision, ev.Last = 0, false
 		if ev != w {
 			t.Errorf("event %d = %+v, want %+v", i, ev, w)
 		}
@@ -579,7 +579,7 @@ func testDropEnv(t *testing.T, s store.Store) {
 	}
 	for i, w := range want {
 		ev := nextEvent(t, events, i, w)
-		ev.Revision = 0
+		ev.Revision, ev.Last = 0, false
 		if ev != w {
 			t.Errorf("event %d = %+v, want %+v", i, ev, w)
 		}

@@ -63,6 +63,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Backend) {
 		{"Watch", one(testWatch)},
 		{"WatchEnds", one(testWatchEnds)},
 		{"WatchFromRevision", one(testWatchFromRevision)},
+		{"WatchLast", one(testWatchLast)},
 		{"WatchCompacted", one(testWatchCompacted)},
 		{"WatchCancelLeaksNothing", one(testWatchCancel)},
 		{"TwoClients", testTwoClients},
@@ -181,7 +182,7 @@ func expectEvents(t *testing.T, events <-chan store.Event, want ...store.Event) 
 	for i, w := range want {
 		ev := nextEvent(t, events, i, w)
 		revs[i] = ev.Revision
-		ev.Revision = 0
+		ev.Revision, ev.Last = 0, false
 		if ev != w {
 			t.Errorf("event %d = %+v, want %+v", i, ev, w)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -233,4 +234,31 @@ func testWatchCancel(t *testing.T, s store.Store) {
 		}
 	}
 	goroutinesBackTo(t, before)
+}
+
+// testWatchLast: the last event of each change, and no other, is marked
+// Last — a follower that reads the state at a change's end (Pending) must
+// not read it halfway.
+func testWatchLast(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	events, err := s.Watch(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit(t, s, Gen("v1"), 0) // the generation added, the current moved
+	if _, err := s.Txn(ctx,
+		store.Write{Kind: "k", Key: "1", Value: []byte("a"), Rev: store.AnyRevision},
+		store.Write{Kind: "k", Key: "2", Value: []byte("b"), Rev: store.AnyRevision},
+		store.Write{Kind: "k", Key: "3", Value: []byte("c"), Rev: store.AnyRevision}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "k", "1", "d")
+	want := []bool{false, true, false, false, true, true}
+	var got []bool
+	for i := range want {
+		got = append(got, nextEvent(t, events, i, store.Event{}).Last)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Last of the events of a commit, a Txn of three writes and a write: %v, want %v", got, want)
+	}
 }
