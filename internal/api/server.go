@@ -175,7 +175,7 @@ func reply(w http.ResponseWriter, v any, err error) {
 // stream runs op, sending its progress lines and then one last Event with
 // its result, its error, or both, as newline-delimited Events.
 func stream(w http.ResponseWriter, op func(progress func(string)) (*DeployResult, error)) {
-	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Content-Type", ndjson)
 	var mu sync.Mutex
 	enc := json.NewEncoder(w)
 	fl, _ := w.(http.Flusher)

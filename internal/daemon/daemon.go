@@ -111,6 +111,11 @@ type Daemon struct {
 	// advertised for it; nil and "" without Options.Advertise.
 	peerLn   net.Listener
 	peerAddr string
+	// peers is the node's one client to the other nodes' peer ports
+	// (peer.Identity.Transport): its router's, and the one a standby
+	// passes API requests to the leader with (leader.go); nil without
+	// Options.Advertise.
+	peers http.RoundTripper
 	apiLn    net.Listener
 	httpsLn  net.Listener  // nil when --https is ""
 	certs    *acme.Manager // nil when --https is ""
@@ -240,8 +245,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.startExpiry()
 	d.serveFront()
 	d.serveHTTPS()
-	d.servePeer()
-	d.serve(d.apiLn, api.NewHandler(d))
+	apiHandler := api.NewHandler(d)
+	d.servePeer(apiHandler)
+	d.serve(d.apiLn, d.passToLeader(apiHandler))
 	d.logf("serving HTTP on %s, API on %s", d.httpLn.Addr(), sock)
 	return d, nil
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"hostel/internal/front"
 	"hostel/internal/peer"
 )
 
@@ -72,17 +73,28 @@ func (d *Daemon) listenPeer(ctx context.Context) (http.RoundTripper, error) {
 		return nil, err
 	}
 	d.peerLn = tls.NewListener(ln, id.ServerConfig())
-	return id.Transport(), nil
+	d.peers = id.Transport()
+	return d.peers, nil
 }
 
 // servePeer serves the node-to-node port: what the other nodes forward
-// to the instances that run here (router.ServePeer). A client the TLS
+// to the instances that run here (router.ServePeer) — every such request
+// names its instance (front.PeerInstanceField) — and the API requests a
+// standby passes to the leader, which name none, with apiHandler, the API
+// as the daemon's socket serves it (servePeerAPI). A client the TLS
 // refuses is logged, not served.
-func (d *Daemon) servePeer() {
+func (d *Daemon) servePeer(apiHandler http.Handler) {
 	if d.peerLn == nil {
 		return
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(d.router.ServePeer), ReadHeaderTimeout: 30 * time.Second,
+	h := func(w http.ResponseWriter, r *http.Request) {
+		if _, app := r.Header[front.PeerInstanceField]; app {
+			d.router.ServePeer(w, r)
+			return
+		}
+		d.servePeerAPI(apiHandler, w, r)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(h), ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog: log.New(logfWriter(d.logf), "peer: ", 0)}
 	d.servers = append(d.servers, srv)
 	d.wg.Go(func() {
