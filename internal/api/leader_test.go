@@ -166,7 +166,9 @@ func TestRelayCutStream(t *testing.T) {
 		})
 	}))
 	defer upstream.Close()
-	lost := func(err error) error { return fmt.Errorf("lost node a, which leads the engine, mid-operation: %w", err) }
+	lost := func(err error) error {
+		return fmt.Errorf("lost node a, which leads the engine, mid-operation: %w", err)
+	}
 	relay := httptest.NewServer(relayTo(upstream.URL, lost))
 	defer relay.Close()
 
