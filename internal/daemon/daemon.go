@@ -115,13 +115,14 @@ type Daemon struct {
 	// (peer.Identity.Transport): its router's, and the one a standby
 	// passes API requests to the leader with (leader.go); nil without
 	// Options.Advertise.
-	peers   http.RoundTripper
-	apiLn   net.Listener
-	httpsLn net.Listener  // nil when --https is ""
-	certs   *acme.Manager // nil when --https is ""
-	servers []*http.Server
-	front   *front.Front // serves httpLn and httpsLn
-	wg      sync.WaitGroup
+	peers http.RoundTripper
+
+	apiLn    net.Listener
+	httpsLn  net.Listener  // nil when --https is ""
+	certs    *acme.Manager // nil when --https is ""
+	servers  []*http.Server
+	front    *front.Front // serves httpLn and httpsLn
+	wg       sync.WaitGroup
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
 	quitOnce sync.Once
