@@ -111,12 +111,6 @@ type Daemon struct {
 	// advertised for it; nil and "" without Options.Advertise.
 	peerLn   net.Listener
 	peerAddr string
-	// peers is the node's one client to the other nodes' peer ports
-	// (peer.Identity.Transport): its router's, and the one a standby
-	// passes API requests to the leader with (leader.go); nil without
-	// Options.Advertise.
-	peers http.RoundTripper
-
 	apiLn    net.Listener
 	httpsLn  net.Listener  // nil when --https is ""
 	certs    *acme.Manager // nil when --https is ""
@@ -126,6 +120,12 @@ type Daemon struct {
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
 	quitOnce sync.Once
+
+	// peers is the node's one client to the other nodes' peer ports
+	// (peer.Identity.Transport): its router's, and the one a standby
+	// passes API requests to the leader with (leader.go); nil without
+	// Options.Advertise.
+	peers http.RoundTripper
 }
 
 // SocketPath is where the API of the daemon with root listens.
