@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X hostel/internal/cli.Version=$(VERSION)
 
-.PHONY: loadtest held build examples demo demo-stop test test-short chaos bench fuzz vet clean deps
+.PHONY: loadtest held build examples demo demo-stop test test-etcd test-short chaos bench fuzz vet clean deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/hostel ./cmd/hostel
@@ -32,12 +32,13 @@ deps:
 # The router's and the front end's tests run twice: with the front end's event loops and with
 # a goroutine per connection (the path TLS and hand-overs take).
 # The failpoints' own tests (files with //go:build failpoints, tests named *Failpoint*) run in a
-# build with the tag (docs/failpoints.md); test/e2e builds its hostel with it by itself.
+# build with the tag (docs/failpoints.md); test/e2e builds its hostel with it by itself. Then test-etcd.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(GO) test -race -count=1 -timeout 5m ./internal/router/ ./internal/front/ -args -front-loops=-1
 	$(GO) test -race -count=1 -timeout 5m -tags failpoints ./internal/failpoint/
 	$(GO) test -race -count=1 -timeout 5m -tags failpoints -run Failpoint $(FAILPOINT_PKGS)
+	@$(MAKE) --no-print-directory test-etcd
 
 # The packages with failpoint tests.
 FAILPOINT_PKGS := ./internal/atomicfile/ ./internal/router/ ./internal/supervisor/ ./internal/store/...
@@ -45,6 +46,18 @@ FAILPOINT_PKGS := ./internal/atomicfile/ ./internal/router/ ./internal/superviso
 # Every failpoint of the catalogue with every action it takes, on bbolt and on etcd, under traffic.
 chaos: deps
 	$(GO) test -count=1 -timeout 60m -run '^(TestRobustness|TestMoveToEtcdCutShort|TestSickServiceNeverStopsTheDaemon)$$' ./test/e2e/ -args -chaos
+
+# The end-to-end suite's core: deploys, restarts (SIGTERM, SIGKILL), confirm windows and
+# switches back, sleep and wake, previews, crashes during launches, sick services, pauses.
+E2E_CORE := TestDeployStory|TestOneChangeOfTwenty|TestFailedDeployChangesNothing|TestRestartDaemon|TestDaemonRestartKeepsServices|TestKilledInConfirmWindow|TestConfirmWindowLeavesDaemonFree|TestResumedWindowSwitchesBackFromSickVersion|TestUnhealthyAfterWindowRestarts|TestIdleSleepsAndWakes|TestPauseResumeCLI|TestDeployTouchesSleepingService|TestIdleAsleepAcrossRestart|TestPreviewSleeps|TestPreviewOneLeafOfTwenty|TestPreviewRemovalCrash|TestCrashDuringLaunch|TestSickServiceNeverStopsTheDaemon|TestSickServiceRestartAndDeployTryAgain|TestPauseAcrossDeployAndRestart|TestExclusiveDeploy|TestZeroDowntime
+
+# The deploy engine's and the nodes' tests and the end-to-end core again, on an etcd member
+# (HOSTEL_TEST_STORE=etcd: in the test's process; the daemon with --etcd-embed) instead of
+# bbolt; two packages at a time, as `go test ./...` runs them.
+test-etcd:
+	HOSTEL_TEST_STORE=etcd $(GO) test -race -count=1 -p 1 -timeout 5m ./internal/deploy/ ./internal/node/ & engine=$$!; \
+	HOSTEL_TEST_STORE=etcd $(GO) test -race -count=1 -timeout 10m -run '^($(E2E_CORE))$$' ./test/e2e/; e2e=$$?; \
+	wait $$engine && exit $$e2e
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
@@ -54,6 +67,8 @@ bench: build
 	$(GO) run ./bench/callable -hostel bin/hostel
 	$(GO) run ./bench/store -hostel bin/hostel
 	$(GO) run ./bench/held -hostel bin/hostel
+	$(GO) test -run '^$$' -bench Deploy -benchtime 20x ./internal/deploy/
+	$(GO) run ./bench/deploy -hostel bin/hostel
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build

@@ -43,13 +43,17 @@ if [[ -S $ROOT/hostel.sock ]] && bin/hostel status >/dev/null 2>&1; then
   echo "a demo daemon is already running on $ROOT"
 else
   nohup bin/hostel serve --http "$HTTP" --https "" "${store[@]}" >"$ROOT/daemon.log" 2>&1 &
-  echo $! >"$ROOT/daemon.pid"
-  for _ in $(seq 100); do
-    [[ -S $ROOT/hostel.sock ]] && break
+  pid=$!
+  echo $pid >"$ROOT/daemon.pid"
+  # Until it answers: its socket is there before (bound early, or left by a
+  # daemon that was killed).
+  for _ in $(seq 300); do
+    bin/hostel status >/dev/null 2>&1 && break
+    kill -0 $pid 2>/dev/null || break
     sleep 0.1
   done
-  [[ -S $ROOT/hostel.sock ]] || { echo "daemon did not start:"; cat "$ROOT/daemon.log"; exit 1; }
-  echo "hostel serve is running (pid $(cat "$ROOT/daemon.pid"), log $ROOT/daemon.log)"
+  bin/hostel status >/dev/null 2>&1 || { echo "daemon did not start:"; cat "$ROOT/daemon.log"; exit 1; }
+  echo "hostel serve is running (pid $pid, log $ROOT/daemon.log)"
 fi
 # The example's packages are built by Nix from examples/monoliths/hostel.nix.
 cd examples/monoliths

@@ -16,7 +16,11 @@
 //
 //	go run ./bench/loadtest -hostel bin/hostel -deploys 20 -rate 500 -exclusive
 //
-// It imports nothing of hostel: it drives the binary like a user. The same
+// With -etcd-embed the daemon keeps its state in an etcd member it runs
+// (hostel serve --etcd-embed) instead of bbolt.
+//
+// It imports nothing of hostel's packages (only the benchmarks' helper
+// that reads a daemon's log): it drives the binary like a user. The same
 // binary is also the test app (`loadtest app`).
 package main
 
@@ -40,6 +44,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"hostel/bench/internal/hostelserve"
 )
 
 func main() {
@@ -136,6 +142,8 @@ type config struct {
 	// previews deploys and removes a preview each round instead of
 	// deploying production.
 	previews bool
+	// etcdEmbed runs the daemon with its state in an etcd member.
+	etcdEmbed bool
 }
 
 func run() error {
@@ -149,6 +157,7 @@ func run() error {
 	flag.BoolVar(&c.keepRoot, "keep", false, "keep the temporary root")
 	flag.BoolVar(&c.exclusive, "exclusive", false, "make both services exclusive; a version started beside another fails")
 	flag.BoolVar(&c.previews, "previews", false, "instead of deploying production, deploy a preview (web changed, api shared) and remove it, each round")
+	flag.BoolVar(&c.etcdEmbed, "etcd-embed", false, "keep the daemon's state in an etcd member it runs (serve --etcd-embed) instead of bbolt")
 	flag.Parse()
 
 	h, err := startHostel(c)
@@ -198,6 +207,11 @@ func run() error {
 
 	stale := l.staleCount(h.switches())
 	s := l.summary()
+	store := "bbolt"
+	if c.etcdEmbed {
+		store = "etcd member in the daemon (--etcd-embed)"
+	}
+	fmt.Printf("store:            %s\n", store)
 	fmt.Printf("deploys:          %d (%d failed) in %s\n", c.deploys, deployErrs, elapsed.Round(time.Millisecond))
 	fmt.Printf("requests:         %d sent at %d/s open loop (%d fast, %d slow 200ms, %d slow 5s, %d streams, %d uploads)\n",
 		s.total, c.rate, s.kinds["fast"], s.kinds["slow"], s.kinds["slower"], s.kinds["stream"], s.kinds["upload"])
@@ -270,7 +284,11 @@ func startHostel(c config) (*hostel, error) {
 		return nil, err
 	}
 	h.c.hostel = hostelBin
-	h.cmd = exec.Command(hostelBin, "serve", "--root", filepath.Join(root, "root"), "--http", "127.0.0.1:0", "--https", "")
+	serve := []string{"serve", "--root", filepath.Join(root, "root"), "--http", "127.0.0.1:0", "--https", ""}
+	if c.etcdEmbed {
+		serve = append(serve, "--etcd-embed")
+	}
+	h.cmd = exec.Command(hostelBin, serve...)
 	logf, err := os.Create(filepath.Join(root, "daemon.log"))
 	if err != nil {
 		return nil, err
@@ -399,23 +417,24 @@ func (h *hostel) run(file string) error {
 	stderr, _ := cmd.StderrPipe()
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
+	logFile := filepath.Join(h.root, "daemon.log")
+	logged := int64(0)
+	if fi, err := os.Stat(logFile); err == nil {
+		logged = fi.Size()
+	}
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	var (
 		switchedAt time.Time
-		lastReady  time.Time
 		out        strings.Builder
 	)
 	sc := bufio.NewScanner(stderr)
 	for sc.Scan() {
 		line := sc.Text()
 		out.WriteString(line + "\n")
-		switch {
-		case strings.HasPrefix(line, "ready "):
-			lastReady = time.Now()
-		case strings.HasPrefix(line, "switched:"):
+		if strings.HasPrefix(line, "switched:") {
 			switchedAt = time.Now()
 		}
 	}
@@ -435,30 +454,32 @@ func (h *hostel) run(file string) error {
 			fmt.Printf("switched at %s to %v\n", switchedAt.Format("15:04:05.000"), res.Plan.Versions)
 		}
 		h.mu.Unlock()
-		if !lastReady.IsZero() {
+		// The new versions' own times to ready, from what the daemon's
+		// node printed meanwhile (or, from a daemon older than the split
+		// of the engine and the nodes, the deploy's own progress).
+		b, _ := os.ReadFile(logFile)
+		ready := readyTimes(b[min(logged, int64(len(b))):])
+		if ready == 0 {
+			ready = readyTimes([]byte(out.String()))
+		}
+		if ready > 0 {
 			// Everything but the new versions' own time to ready (api,
 			// then web, which needs it): the CLI, planning, the commit
 			// and the switch. Draining comes after and is not counted.
-			h.lastReady = readyTimes(out.String())
+			h.lastReady = ready
 			h.lastOverhead = switchedAt.Sub(t0) - h.lastReady
 		}
 	}
 	return nil
 }
 
-// readyTimes sums the "(DURATION)" that ends each "ready" progress line: the
-// versions' own times from start to ready. (The two services start one
-// after the other, since web needs api.)
-func readyTimes(out string) time.Duration {
+// readyTimes sums the versions' own times from start to ready that a
+// daemon's log says. (The two services start one after the other, since
+// web needs api.)
+func readyTimes(log []byte) time.Duration {
 	var sum time.Duration
-	for _, line := range strings.Split(out, "\n") {
-		if !strings.HasPrefix(line, "ready ") {
-			continue
-		}
-		i := strings.LastIndexByte(line, '(')
-		if d, err := time.ParseDuration(strings.TrimSuffix(line[i+1:], ")")); i >= 0 && err == nil {
-			sum += d
-		}
+	for _, r := range hostelserve.Readies(log) {
+		sum += r.Took
 	}
 	return sum
 }

@@ -4,7 +4,7 @@
 // with the leaf changed is deployed, timed from `hostel deploy --env` to
 // the preview answering on its internal name, and removed. The baseline,
 // from the same run, is the changed service's own start→ready time (the
-// "ready … (DURATION)" progress line). Memory added per preview is the
+// node's "ready … (DURATION)" line in the daemon's log). Memory added per preview is the
 // resident memory of the root's processes and the daemon with the preview
 // less without it.
 //
@@ -23,7 +23,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -95,6 +94,7 @@ func run() error {
 		env := fmt.Sprintf("pr-%d", i)
 		file := spec(env)
 		before := h.rss()
+		logged := len(h.Log())
 		t0 := time.Now()
 		out, err := h.run("deploy", "--env", env, "--no-confirm", file)
 		if err != nil {
@@ -104,7 +104,7 @@ func run() error {
 			return err
 		}
 		answer = append(answer, ms(time.Since(t0)))
-		own, err := readyTime(out)
+		own, err := readyTime(h.Log()[logged:])
 		if err != nil {
 			return err
 		}
@@ -129,8 +129,7 @@ type daemon struct {
 	bin, addr string
 }
 
-// run runs a hostel command and returns its stdout and stderr (the
-// progress a deploy prints there is what readyTime reads).
+// run runs a hostel command and returns its stdout and stderr.
 func (d *daemon) run(args ...string) ([]byte, error) {
 	return exec.Command(d.bin, append([]string{"--root", d.Root}, args...)...).CombinedOutput()
 }
@@ -172,15 +171,15 @@ func (d *daemon) rss() int64 {
 	return total
 }
 
-var readyRE = regexp.MustCompile(`(?m)^ready app19-\S+ on \S+ \(([^)]+)\)$`)
-
-// readyTime is the leaf's own start→ready from a deploy's progress.
-func readyTime(out []byte) (time.Duration, error) {
-	m := readyRE.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("no ready line for app19 in:\n%s", out)
+// readyTime is the leaf's own start→ready, from what the daemon printed
+// during its deploy.
+func readyTime(log []byte) (time.Duration, error) {
+	for _, r := range hostelserve.Readies(log) {
+		if strings.HasPrefix(r.Key, "app19-") {
+			return r.Took, nil
+		}
 	}
-	return time.ParseDuration(string(m[1]))
+	return 0, fmt.Errorf("the daemon did not say app19 was ready:\n%s", log)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

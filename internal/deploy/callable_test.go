@@ -3,7 +3,6 @@ package deploy
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"hostel/internal/node"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest/backends"
 	"hostel/internal/supervisor"
 )
 
@@ -247,11 +247,7 @@ func (s *listCounter) count() int {
 // last decision found, without reading the store.
 func TestSleepersKeptPolicy(t *testing.T) {
 	root := t.TempDir()
-	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	counted := &listCounter{Store: st}
+	counted := &listCounter{Store: backends.OpenRoot(t, root)}
 	w := newWorldOn(t, counted, root)
 	g1 := w.replaceCallable(t)
 	before := counted.count()

@@ -71,10 +71,13 @@ type window struct {
 	endState  spec.ConfirmState // "": ended undecided (the daemon stops)
 	endReason string
 
-	// rebased are the versions restarted by hand since the window
-	// opened: their next reports are a new base, not a crash.
-	mu      sync.Mutex
-	rebased map[spec.VersionKey]bool
+	// restarting counts the restarts by hand of each version under way:
+	// what its reports say meanwhile (stopped, starting) decides nothing.
+	// rebased are the versions whose restart by hand ended since the
+	// window last looked: their next reports are a new base, not a crash.
+	mu         sync.Mutex
+	restarting map[spec.VersionKey]int
+	rebased    map[spec.VersionKey]bool
 }
 
 // ErrUndecided is why a deploy whose confirm window the daemon's stop cut
@@ -83,24 +86,37 @@ type window struct {
 var ErrUndecided = errors.New("its confirm window was cut short by the daemon's stop; the daemon's next start finishes it")
 
 func newWindow(rev uint64, gen, prev *spec.Generation, watch []spec.VersionKey, deadline time.Time) *window {
-	return &window{rev: rev, gen: gen, prev: prev, watch: watch, deadline: deadline, ended: make(chan struct{}), rebased: map[spec.VersionKey]bool{}}
+	return &window{rev: rev, gen: gen, prev: prev, watch: watch, deadline: deadline, ended: make(chan struct{}),
+		restarting: map[spec.VersionKey]int{}, rebased: map[spec.VersionKey]bool{}}
 }
 
-// rebase has the window take key's next reports as a new base: a restart
-// by hand replaced its process.
-func (w *window) rebase(key spec.VersionKey) {
+// restart tells the window that key is being restarted by hand, from
+// before the nodes are asked to: its reports decide nothing until done is
+// called — once the nodes did it and the engine's view of the reports
+// caught up — and the next ones are a new base. A restart by hand is not
+// a crash, whenever the window looks.
+func (w *window) restart(key spec.VersionKey) (done func()) {
 	w.mu.Lock()
-	w.rebased[key] = true
+	w.restarting[key]++
 	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.restarting[key]--; w.restarting[key] <= 0 {
+			delete(w.restarting, key)
+		}
+		w.rebased[key] = true
+	}
 }
 
-// takeRebase reports whether key was restarted by hand since last asked.
-func (w *window) takeRebase(key spec.VersionKey) bool {
+// handled reports whether key is being restarted by hand, and whether a
+// restart by hand of it ended since last asked.
+func (w *window) handled(key spec.VersionKey) (restarting, rebased bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	r := w.rebased[key]
+	rebased = w.rebased[key]
 	delete(w.rebased, key)
-	return r
+	return w.restarting[key] > 0, rebased
 }
 
 // verdict is what watching a window found.
@@ -143,8 +159,13 @@ func (e *Engine) watch(ctx context.Context, w *window) verdict {
 		}
 		all, passing := true, true
 		for _, k := range w.watch {
-			if w.takeRebase(k) {
+			restarting, rebased := w.handled(k)
+			if rebased {
 				base[k] = nil
+			}
+			if restarting {
+				all = false // decided once it is back
+				continue
 			}
 			failure, known, ok := e.check(w, k, base)
 			if failure != nil {

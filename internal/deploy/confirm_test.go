@@ -114,17 +114,20 @@ func TestWindowLeavesEngineFree(t *testing.T) {
 	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("one", domains("web.test"))}))
 	deployed := w.deployInWindow(mkSpec(map[string]*spec.Service{"web": app("two", domains("web.test"))}), 30*time.Second)
 
-	// Each must return while the window is still open.
+	// Each must return while the window is still open; the rollback ends
+	// it, and the deploy may then return as soon as the rollback does.
 	ops := []struct {
 		name string
 		run  func(ctx context.Context) error
+		ends bool
 	}{
-		{"restart", func(ctx context.Context) error { return w.engine.Restart(ctx, "web") }},
+		{"restart", func(ctx context.Context) error { return w.engine.Restart(ctx, "web") }, false},
 		{"rollback", func(ctx context.Context) error {
 			_, err := w.engine.Rollback(ctx, "", 1, w.progress)
 			return err
-		}},
+		}, true},
 	}
+	var ended *deployOutcome
 	for _, op := range ops {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		done := make(chan error, 1)
@@ -135,11 +138,21 @@ func TestWindowLeavesEngineFree(t *testing.T) {
 				t.Fatalf("%s during the window: %v", op.name, err)
 			}
 		case o := <-deployed:
-			t.Fatalf("the window ended (%v) before %s returned: it waited for the window", o.err, op.name)
+			if !op.ends || o.err != nil || o.res.Confirmation != spec.ConfirmSuperseded {
+				t.Fatalf("the window ended (%v) before %s returned: it waited for the window", o.err, op.name)
+			}
+			ended = &o
+			if err := <-done; err != nil {
+				t.Fatalf("%s during the window: %v", op.name, err)
+			}
 		}
 		cancel()
 	}
-	o := <-deployed
+	if ended == nil {
+		o := <-deployed
+		ended = &o
+	}
+	o := *ended
 	if o.err != nil || o.res.Confirmation != spec.ConfirmSuperseded {
 		t.Errorf("deploy after a rollback in its window: %v, confirmation %q; want no error, superseded", o.err, o.res.Confirmation)
 	}
@@ -154,6 +167,27 @@ func TestWindowLeavesEngineFree(t *testing.T) {
 	}
 	if n := len(w.sup.List()); n != 1 {
 		t.Errorf("%d versions run after the rollback, want 1", n)
+	}
+}
+
+// TestRestartsInWindowAreNoCrash: restarts by hand of a version in its
+// confirm window — its process stopped and started again, reported on the
+// way — are not crashes: the window confirms it.
+func TestRestartsInWindowAreNoCrash(t *testing.T) {
+	w := newWorld(t)
+	w.mustDeploy(mkSpec(map[string]*spec.Service{"web": app("one", domains("web.test"))}))
+	deployed := w.deployInWindow(mkSpec(map[string]*spec.Service{"web": app("two", domains("web.test"))}), 4*time.Second)
+	for i := range 5 {
+		if err := w.engine.Restart(t.Context(), "web"); err != nil {
+			t.Fatalf("restart %d in the window: %v", i+1, err)
+		}
+	}
+	o := <-deployed
+	if o.err != nil || o.res.Confirmation != spec.ConfirmConfirmed {
+		t.Fatalf("deploy whose version was restarted by hand in its window: %v, confirmation %q; want it confirmed\n%s", o.err, o.res.Confirmation, strings.Join(w.lines, "\n"))
+	}
+	if got := w.current(); got != 2 {
+		t.Errorf("current generation %d, want 2", got)
 	}
 }
 

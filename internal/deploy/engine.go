@@ -415,6 +415,22 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 			return invalid(fmt.Errorf("service %q is asleep and paused: its first request after hostel resume starts it", service))
 		}
 	}
+	// A restart by hand is not a crash in a window: the windows look away
+	// from key until it is done and they see what the nodes reported of
+	// it (the last write's revision).
+	var last uint64 // the revision of the restart's last write
+	var dones []func()
+	for _, w := range e.windows {
+		dones = append(dones, w.restart(key))
+	}
+	defer func() {
+		if len(dones) > 0 && last > 0 {
+			e.reports.reach(ctx, last)
+		}
+		for _, done := range dones {
+			done()
+		}
+	}()
 	rev, err := e.writeDesired(ctx, v, e.keptByWindows(), nil, func(d *nodeDesired) {
 		if d.Restarts == nil {
 			d.Restarts = map[spec.VersionKey]int{}
@@ -423,9 +439,6 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("restart %s: %w", key, err)
-	}
-	for _, w := range e.windows {
-		w.rebase(key) // a restart by hand is not a crash in a window
 	}
 	infos, err := e.applied(ctx, v, rev, e.opts.NodeWait+cur.Spec.Services[service].HealthTimeout())
 	if err != nil {
@@ -444,7 +457,7 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 		}
 	}
 	// Done: the request is taken back (a node that starts finds none).
-	if _, err := e.writeDesired(ctx, v, e.keptByWindows(), nil, func(d *nodeDesired) { delete(d.Restarts, key) }); err != nil {
+	if last, err = e.writeDesired(ctx, v, e.keptByWindows(), nil, func(d *nodeDesired) { delete(d.Restarts, key) }); err != nil {
 		errs = append(errs, fmt.Errorf("restart %s: %w", key, err))
 	}
 	return errors.Join(errs...)

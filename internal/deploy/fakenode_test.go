@@ -16,9 +16,9 @@ import (
 )
 
 // fakeNode is a node in memory: it follows the store as a real node does
-// — reads what it is asked to run at every change, "runs" it at once,
-// reports each instance running and ready, its Info and the revision its
-// "router" follows — with no process at all. It can be told to fail a
+// — reads what it is asked to run at every change it has not read yet,
+// "runs" it at once, reports each instance running and ready, its Info
+// and the revision its "router" follows — with no process at all. It can be told to fail a
 // service's start, to stop answering, or to die (its lease revoked).
 type fakeNode struct {
 	t     *testing.T
@@ -68,6 +68,8 @@ func (f *fakeNode) follow(ctx context.Context, rev uint64) {
 			return
 		}
 		switch {
+		case ev.Revision <= rev:
+			continue // read already, with the rest of its change
 		case ev.Type == store.EventCurrent, ev.Kind == node.KindDesired && ev.Key == f.name, ev.Kind == store.KindPause:
 		default:
 			continue
@@ -76,6 +78,7 @@ func (f *fakeNode) follow(ctx context.Context, rev uint64) {
 		if err != nil {
 			return
 		}
+		rev = snap.Revision
 		f.apply(ctx, snap)
 	}
 }

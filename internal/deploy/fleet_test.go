@@ -3,7 +3,6 @@ package deploy
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"hostel/internal/node"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest/backends"
 	"hostel/internal/supervisor"
 )
 
@@ -47,11 +47,7 @@ func (l *lines) String() string {
 // newFleet starts an engine and n fake nodes, node-0 … node-(n-1).
 func newFleet(t *testing.T, n int, opts Options) *fleet {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := backends.OpenRoot(t, t.TempDir())
 	f := &fleet{t: t, st: st, log: &lines{}}
 	for i := range n {
 		f.nodes = append(f.nodes, startFakeNode(t, st, "node-"+string(rune('0'+i))))
@@ -266,49 +262,6 @@ func TestFleetWindowReadsReports(t *testing.T) {
 	}
 }
 
-// countingStore counts the store's round trips, by kind.
-type countingStore struct {
-	store.Store
-	mu     sync.Mutex
-	counts map[string]int
-}
-
-func (s *countingStore) count(what string) {
-	s.mu.Lock()
-	s.counts[what]++
-	s.mu.Unlock()
-}
-
-func (s *countingStore) Read(ctx context.Context, kinds ...string) (*store.Snapshot, error) {
-	s.count("read")
-	return s.Store.Read(ctx, kinds...)
-}
-
-func (s *countingStore) Txn(ctx context.Context, w ...store.Write) (uint64, error) {
-	s.count("write")
-	return s.Store.Txn(ctx, w...)
-}
-
-func (s *countingStore) Commit(ctx context.Context, g *spec.Generation, from uint64, also ...store.Write) (uint64, error) {
-	s.count("write")
-	return s.Store.Commit(ctx, g, from, also...)
-}
-
-func (s *countingStore) SetConfirm(ctx context.Context, n uint64, c *spec.Confirm, from, to uint64, also ...store.Write) error {
-	s.count("write")
-	return s.Store.SetConfirm(ctx, n, c, from, to, also...)
-}
-
-func (s *countingStore) snapshot() map[string]int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := map[string]int{}
-	for k, v := range s.counts {
-		out[k] = v
-	}
-	return out
-}
-
 // TestDeployWrites: a deploy writes to the store what the nodes must
 // follow, and nothing more: without a window, the staged versions and
 // the commit; with one, the window's end too — each one transaction
@@ -319,17 +272,18 @@ func TestDeployWrites(t *testing.T) {
 		writes  int
 	}{{0, 2}, {500 * time.Millisecond, 3}} {
 		f := newFleet(t, 3, Options{})
-		counted := &countingStore{Store: f.st, counts: map[string]int{}}
+		counted := newCountingStore(f.st)
 		f.engine.SetWriter(counted)
 		if _, err := f.deploy(fakeSpec(map[string]string{"web": "1"}), 0); err != nil {
 			t.Fatal(err)
 		}
-		before := counted.snapshot()
+		before, _ := counted.snapshot()
 		if _, err := f.deploy(fakeSpec(map[string]string{"web": "2"}), tc.confirm); err != nil {
 			t.Fatalf("deploy: %v\n%s", err, f.log)
 		}
-		if got := counted.snapshot()["write"] - before["write"]; got != tc.writes {
-			t.Errorf("confirm %s: %d writes, want %d", tc.confirm, got, tc.writes)
+		after, _ := counted.snapshot()
+		if got := countsSince(before, after); got[tripWrite] != tc.writes {
+			t.Errorf("confirm %s: %d writes (%s), want %d", tc.confirm, got[tripWrite], formatCounts(got), tc.writes)
 		}
 	}
 }

@@ -188,6 +188,28 @@ func (r *reports) current(env string) (uint64, uint64) {
 	return r.currents[env], r.rev
 }
 
+// reach waits until the view follows revision rev — every report
+// written before it is in the view — or ctx ends, at most a few seconds.
+func (r *reports) reach(ctx context.Context, rev uint64) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		r.mu.Lock()
+		at := r.rev
+		r.mu.Unlock()
+		if at >= rev {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 // next returns a channel closed at the next change to any report.
 func (r *reports) next() <-chan struct{} {
 	r.mu.Lock()

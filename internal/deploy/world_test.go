@@ -3,7 +3,6 @@ package deploy
 import (
 	"context"
 	"net/http/httptest"
-	"path/filepath"
 	"sync"
 	"testing"
 
@@ -12,6 +11,7 @@ import (
 	"hostel/internal/router"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest/backends"
 	"hostel/internal/supervisor"
 )
 
@@ -57,14 +57,13 @@ func newSleepyWorldAt(t *testing.T, root string) (*world, *idle.Sleeper) {
 }
 
 // newWorldAt is a world on root: a second one on the same root is the next
-// daemon, once the first let go of it (letGo, shutdown).
+// daemon, once the first let go of it (letGo, shutdown). Its store is the
+// one HOSTEL_TEST_STORE chooses, kept under root (backends.OpenRoot): the
+// bbolt file, or an etcd member in the test's process that the world's
+// stop stops too.
 func newWorldAt(t *testing.T, root string, p ...Preparer) *world {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return newWorldOn(t, st, root, p...)
+	return newWorldOn(t, backends.OpenRoot(t, root), root, p...)
 }
 
 // newWorldOn is a world whose engine and node use st, the node's agent

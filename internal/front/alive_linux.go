@@ -1,27 +1,19 @@
 package front
 
-import (
-	"net"
-	"syscall"
-)
+import "syscall"
 
-// alive reports whether a pooled connection may still be used: the backend
-// has not closed it (EOF) nor sent anything unasked. http.Transport learns
-// this from a reader goroutine per connection; one non-blocking peek when
-// a connection is about to carry a request that cannot be retried is
-// cheaper.
+// alive reports whether a pooled connection may carry a request now:
+// nothing the app wrote waits to be read, in the connection's buffers or
+// in its socket, and the app has not closed it (EOF). Bytes there came
+// after the end of the last response, before this request was written:
+// they would be read as its answer. It peeks once, without blocking:
+// cheaper than a reader goroutine per idle connection watching it, as
+// http.Transport has, and never behind it.
 func (pc *pconn) alive() bool {
-	return pc.br.Buffered() == 0 && idleAlive(pc.conn)
-}
-
-// idleAlive reports whether nothing waits to be read on c, an app
-// connection between two requests, and the app has not closed it: bytes
-// there were written after the end of the last response and would be read
-// as the next request's answer. It peeks from the descriptor directly
-// (Control, not Read: the transport's reader goroutine may be parked in a
-// Read of c, holding its read lock).
-func idleAlive(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
+	if pc.buffered() {
+		return false
+	}
+	sc, ok := pc.conn.(syscall.Conn)
 	if !ok {
 		return true
 	}

@@ -15,9 +15,7 @@ import (
 	"context"
 	"errors"
 	"log"
-	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"strings"
 	"sync"
@@ -58,13 +56,12 @@ type Accounting interface {
 }
 
 // Proxy makes the Backends of one router and holds what they share: the
-// transport of the ReverseProxy path, the budgets of held requests'
-// bodies (hold.go), and the router's decision (SetRoute).
+// budgets of held requests' bodies (hold.go) and the router's decision
+// (SetRoute).
 type Proxy struct {
-	held      *holdBudget
-	logf      func(format string, args ...any)
-	transport *http.Transport
-	route     func(host, remote string) *Backend
+	held  *holdBudget
+	logf  func(format string, args ...any)
+	route func(host, remote string) *Backend
 }
 
 // ErrRemoved is what Accounting.Wait returns, wrapped, for a backend
@@ -84,35 +81,13 @@ func NewProxy(logf func(format string, args ...any), hold HoldLimits) *Proxy {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Proxy{held: newHoldBudget(hold), logf: logf, transport: &http.Transport{
-		// No Proxy: backends are on loopback and must never be reached
-		// through an HTTP_PROXY from the daemon's environment.
-		Proxy: nil,
-		// The forwarder's dial, refused connections of a backend just
-		// started or woken tried again (upstream.dial): the outgoing
-		// request's context names its upstream (Backend.newProxy).
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			if u, ok := ctx.Value(upstreamKey{}).(*upstream); ok && u.addr == addr {
-				return u.dial(ctx)
-			}
-			return dialer.DialContext(ctx, network, addr)
-		},
-		// Go's default of 2 idle connections per host makes a busy proxy
-		// dial for most requests (caddy issue #2805); keep many open.
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		// Backends speak HTTP/1.1 on loopback; h2c is not attempted.
-		ForceAttemptHTTP2: false,
-		// Pass the client's Accept-Encoding and the backend's encoding
-		// through untouched instead of having the transport decompress.
-		DisableCompression:    true,
-		ExpectContinueTimeout: 1 * time.Second,
-	}}
+	return &Proxy{held: newHoldBudget(hold), logf: logf}
 }
 
-// Close closes the transport's idle connections.
-func (p *Proxy) Close() { p.transport.CloseIdleConnections() }
+// Close is the end of the router that made p. Every app connection
+// belongs to a Backend, whose CloseIdle and Retire close them: p holds
+// none of its own.
+func (p *Proxy) Close() {}
 
 // Backend is one registered version as the front end forwards to it: its
 // current address with the pool of connections to it, and whether it was
@@ -243,10 +218,6 @@ func (b *Backend) newUpstream(addr string) *upstream {
 	return u
 }
 
-// upstreamKey is the context key of an outgoing request's upstream, for
-// the transport's dial.
-type upstreamKey struct{}
-
 func (b *Backend) newProxy(u *upstream) *httputil.ReverseProxy {
 	addr := u.addr
 	return &httputil.ReverseProxy{
@@ -256,10 +227,10 @@ func (b *Backend) newProxy(u *upstream) *httputil.ReverseProxy {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = addr
 			pr.SetXForwarded()
-			ctx := context.WithValue(pr.Out.Context(), upstreamKey{}, u)
-			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(ctx, checkReused))
 		},
-		Transport:  b.p.transport,
+		// Not http.Transport: u's own connections, checked for stray
+		// bytes right before each request is written (roundtrip.go).
+		Transport:  u,
 		BufferPool: bufferPool{},
 		// FlushInterval 0: ReverseProxy already flushes at once for
 		// text/event-stream and for bodies of unknown length, and
@@ -276,23 +247,6 @@ func (b *Backend) newProxy(u *upstream) *httputil.ReverseProxy {
 			http.Error(w, msg, code)
 		},
 	}
-}
-
-// checkReused closes a pooled app connection the transport is about to
-// reuse when the app wrote to it after its last response (a late write
-// after a chunked body, a buggy or hostile app): those bytes would be read
-// as this request's answer, and every later client on the connection would
-// get the one before it. http.Transport's reader goroutine notices such
-// bytes too, but only once it has run; this check, like the forwarder's,
-// happens before the request is written. The closed connection fails the
-// write before anything was sent: the transport sends a request without a
-// body again on a new connection, and one with a body is answered 502.
-var checkReused = &httptrace.ClientTrace{
-	GotConn: func(info httptrace.GotConnInfo) {
-		if info.Reused && !idleAlive(info.Conn) {
-			info.Conn.Close()
-		}
-	},
 }
 
 // bufferPool is the httputil.BufferPool of the ReverseProxy path: the

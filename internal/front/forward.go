@@ -2,6 +2,7 @@ package front
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,11 +29,13 @@ import (
 // handler goroutine itself writes the request to a pooled connection and
 // reads the answer: no goroutine hand-off per request.
 //
-// Requests with a body, protocol upgrades (websockets), Expect and CONNECT
-// still go through httputil.ReverseProxy (upstream.proxy), which streams
-// request bodies while reading the response and handles 100-continue and
-// 101 Switching Protocols; they are rare and the standard library's
-// handling of them is hard to better.
+// Requests with a body, protocol upgrades (websockets) and Expect still go
+// through httputil.ReverseProxy (upstream.proxy), which handles 1xx, 101
+// Switching Protocols and the copy of the response; they are rare. Its
+// transport is this package's (roundtrip.go), on the same pool: the body
+// is streamed by a goroutine while the response is read, and a pooled
+// connection is checked for stray bytes right before a request is written
+// on it, as for the forwarder's own requests.
 
 const (
 	// maxIdlePerUpstream bounds the idle connections kept per backend
@@ -85,11 +88,22 @@ type upstream struct {
 
 // pconn is one persistent connection to a backend.
 type pconn struct {
-	conn   net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	up     *upstream
-	idleAt time.Time // when it was last returned to the pool
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	// pending is what an event loop had read from the connection
+	// before it handed it over (loopBackend.giveBack), read through br
+	// first; nil for a connection dialed here.
+	pending *bytes.Reader
+	up      *upstream
+	idleAt  time.Time // when it was last returned to the pool
+}
+
+// buffered reports whether bytes the app sent were read from the socket
+// and not consumed: after the end of a response, they are bytes it wrote
+// after it, and the connection must not carry another request.
+func (pc *pconn) buffered() bool {
+	return pc.br.Buffered() > 0 || pc.pending != nil && pc.pending.Len() > 0
 }
 
 // forwardable reports whether the fast path handles req: no request body,
@@ -545,16 +559,14 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
 }
 
 // get returns an idle connection (reused) or dials a new one. A pooled
-// connection is first checked for a close by the backend, so that a
-// request that cannot be retried is not sent on one.
+// connection is checked first (pconn.alive), and the caller writes its
+// request right after, on the same goroutine: bytes an app wrote after
+// its last response would be read as this request's answer, and the
+// answer to this one as the next client's (issue 11); a connection the
+// app closed would fail a request that cannot be sent again.
 func (u *upstream) get(ctx context.Context) (pc *pconn, reused bool, err error) {
 	now := time.Now()
 	for pc = u.popIdle(now); pc != nil; pc = u.popIdle(now) {
-		// Always checked, not only for a request that cannot be
-		// retried: bytes an app wrote after its last response would be
-		// read as this request's answer, and the answer to this one as
-		// the next client's (issue 11). A goroutine does not watch an
-		// idle connection the way an event loop does.
 		if !pc.alive() {
 			pc.close()
 			continue
@@ -633,7 +645,7 @@ func (u *upstream) popIdle(now time.Time) *pconn {
 func (u *upstream) put(pc *pconn) {
 	pc.idleAt = time.Now()
 	u.mu.Lock()
-	if u.retired || len(u.idle) >= maxIdlePerUpstream || pc.br.Buffered() > 0 {
+	if u.retired || len(u.idle) >= maxIdlePerUpstream || pc.buffered() {
 		u.mu.Unlock()
 		pc.close()
 		return

@@ -35,7 +35,7 @@ type loopBackend struct {
 	checked    bool   // head checked: head and total are set
 	head       quickHead
 	total      int   // head and body
-	check      bool  // the last response had no body by rule (HEAD, 204, 304): check before reuse
+	check      bool  // check before reuse: bytes may wait that epoll will not report (see respond)
 	hup        bool  // epoll reported the backend's end
 	idleAt     int64 // UnixNano
 	closed     bool
@@ -44,6 +44,18 @@ type loopBackend struct {
 func (bc *loopBackend) generation() int32 { return bc.gen }
 
 // backendFor returns an idle connection to u (reused) or dials one.
+//
+// A loop watches its idle connections: epoll reports bytes an app writes
+// to one (a late write after its last response), and each batch of events
+// closes such connections before it sends any request (run). What is left
+// is checked here (alive, one more system call) — a connection whose
+// check is set, and every connection for a request that cannot be sent
+// twice (live), which must not meet one the app closed. Checking every
+// reuse would cost a system call per request: 3 µs of the 15 µs a request
+// costs a loop on these machines, a sixth of its throughput. Bytes that
+// reach an idle connection while the loop works through one batch, after
+// its last look and before the request is written, are taken for the
+// answer — as bytes that reach it as the app gets the request always are.
 func (l *eventLoop) backendFor(u *upstream, live bool) (bc *loopBackend, reused bool, err error) {
 	list := l.idle[u]
 	for len(list) > 0 {
@@ -288,8 +300,8 @@ func (bc *loopBackend) giveBack() {
 		c.fail(err)
 		return
 	}
-	pending := append([]byte(nil), bc.in...)
-	pc := &pconn{conn: conn, br: bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pending), conn), 4096), bw: bufio.NewWriterSize(conn, 4096), up: u}
+	pending := bytes.NewReader(append([]byte(nil), bc.in...))
+	pc := &pconn{conn: conn, br: bufio.NewReaderSize(io.MultiReader(pending, conn), 4096), bw: bufio.NewWriterSize(conn, 4096), pending: pending, up: u}
 	tracked := u.b.track(pc)
 	if !tracked {
 		conn.Close()

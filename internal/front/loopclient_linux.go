@@ -250,10 +250,12 @@ func (c *loopClient) dispatch(n int) {
 }
 
 // send writes the request to a backend connection: a pooled one or a new
-// one.
+// one. The head is made first, so that a pooled connection's check
+// (backendFor) comes right before the write.
 func (c *loopClient) send() {
 	l := c.l
 	idempotent := replayable(c.req.Method, c.req.Header)
+	writeRequestTo(l.writer(), &c.req)
 	for !c.closed {
 		if c.slot.b.aborted.Load() {
 			c.fail(errAborted)
@@ -270,8 +272,6 @@ func (c *loopClient) send() {
 			c.fail(err)
 			return
 		}
-		w := l.writer()
-		writeRequestTo(w, &c.req)
 		c.bc, c.reused, bc.client = bc, reused, c
 		bc.in, bc.checked = bc.in[:0], false
 		if bc.connecting {
@@ -308,7 +308,12 @@ func (c *loopClient) respond(bc *loopBackend) {
 	w.Write(bc.in[h.n:bc.total])
 	w.Flush()
 	extra := len(bc.in) > bc.total
-	bc.check = noBody
+	// Checked before reuse: a response without a body by rule (HEAD,
+	// 204, 304), after which a broken app may send one anyway; and one
+	// whose last read filled the buffer (readable is still set): what
+	// the app wrote after it may be in the socket already, where no new
+	// edge will announce it.
+	bc.check = noBody || bc.readable
 	c.bc, bc.client = nil, nil
 	if extra || h.close || c.slot.b.aborted.Load() {
 		bc.close()

@@ -1,8 +1,13 @@
 package front
 
 import (
+	"bufio"
+	"bytes"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -37,5 +42,45 @@ func TestPopIdle(t *testing.T) {
 		if err := c.SetDeadline(time.Time{}); err != io.ErrClosedPipe {
 			t.Errorf("stale connection %d: %v, want it closed", i, err)
 		}
+	}
+}
+
+// TestPutRefusesUnreadBytes: a connection that holds bytes read from the
+// app and not consumed after a response — still in what an event loop had
+// read before it handed the connection over (loopBackend.giveBack), below
+// the buffer, which a large body's reads go around — is closed, not
+// pooled: the app wrote them after the end of the response, and the next
+// request would take them as its answer.
+func TestPutRefusesUnreadBytes(t *testing.T) {
+	const stray = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED"
+	body := strings.Repeat("b", 8192)
+	resp := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	for _, tc := range []struct {
+		name, read string // read by the loop
+		pooled     bool
+	}{
+		{"the response", resp, true},
+		{"the response and bytes after it", resp + stray, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := &upstream{b: &Backend{conns: map[*pconn]struct{}{}}}
+			c, app := net.Pipe()
+			t.Cleanup(func() { app.Close(); c.Close() })
+			pending := bytes.NewReader([]byte(tc.read))
+			pc := &pconn{conn: c, br: bufio.NewReaderSize(io.MultiReader(pending, c), 4096), pending: pending, up: u}
+			r, err := http.ReadResponse(pc.br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// As the forwarder copies a body: 32 KiB reads, which
+			// bufio serves from under its buffer once it is empty.
+			if n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{r.Body}, make([]byte, 32<<10)); err != nil || n != int64(len(body)) {
+				t.Fatalf("body: %d bytes, %v", n, err)
+			}
+			u.put(pc)
+			if pooled := len(u.idle) == 1; pooled != tc.pooled {
+				t.Errorf("pooled: %v, want %v", pooled, tc.pooled)
+			}
+		})
 	}
 }

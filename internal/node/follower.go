@@ -83,6 +83,8 @@ type Follower struct {
 	// agent works.
 	run sync.Mutex
 	mu  sync.Mutex
+	// reporting serializes report.
+	reporting sync.Mutex
 	// cur is what the last reconcile made run.
 	cur state
 	// reconciling is set while a reconcile runs: nothing sleeps then.
@@ -185,6 +187,14 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 	if err != nil {
 		return err
 	}
+	// A change at or before the last state read is in it. The events of
+	// one change (the engine's commit moves a current generation and
+	// writes this node's Desired) come one by one; the first has the
+	// change read, the others find it read.
+	newer := func(ev store.Event) bool {
+		m := f.matters(ev) // notes the routes' changes whatever the revision
+		return m && ev.Revision > f.readRevision()
+	}
 	for {
 		ev, ok := <-events
 		if !ok {
@@ -193,7 +203,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 		if ev.Err != nil {
 			return ev.Err
 		}
-		matters := f.matters(ev) && ev.Revision > f.readRevision()
+		matters := newer(ev)
 		// Take every change already there: one read for them all.
 		for more := true; more; {
 			select {
@@ -204,7 +214,7 @@ func (f *Follower) follow(ctx context.Context, rev uint64) error {
 				if next.Err != nil {
 					return next.Err
 				}
-				matters = f.matters(next) && next.Revision > f.readRevision() || matters
+				matters = newer(next) || matters
 			default:
 				more = false
 			}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"hostel/internal/node/nodetest"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest/backends"
+	"hostel/internal/supervisor"
 )
 
 var appBin string
@@ -47,10 +50,7 @@ type world struct {
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	root := t.TempDir()
-	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := backends.OpenRoot(t, root) // as HOSTEL_TEST_STORE chooses
 	w := &world{t: t, root: root, st: st}
 	w.n = nodetest.New(t, st, root, nodetest.Options{})
 	w.n.Start(t)
@@ -210,11 +210,7 @@ func TestFollowerStopsFor(t *testing.T) {
 // stopped only once the routers follow the commit.
 func TestFollowerDrainsAfterTheRoutes(t *testing.T) {
 	root := t.TempDir()
-	st, err := store.OpenBolt(filepath.Join(root, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := backends.OpenRoot(t, root)
 	release := make(chan struct{})
 	var asked atomic.Uint64
 	n := nodetest.New(t, st, root, nodetest.Options{RoutesAt: func(ctx context.Context, rev uint64) error {
@@ -240,4 +236,153 @@ func TestFollowerDrainsAfterTheRoutes(t *testing.T) {
 	}
 	close(release)
 	waitFor(t, "web one stopped once the routers followed", func() bool { return w.pid(k1) == 0 })
+}
+
+// TestFollowerOneChangeOneReconcile: a change whose several events matter
+// to the node — a commit that moves the current generation and writes
+// the node's Desired, as the engine's does — is read and reconciled once,
+// not twice: a second reconcile that finds nothing to do costs a read
+// and a report for nothing.
+func TestFollowerOneChangeOneReconcile(t *testing.T) {
+	w := newWorld(t)
+	g1 := w.commit("one", 0)
+	k1 := g1.Instance("web")
+	waitFor(t, "web one reported started", func() bool {
+		r, err := w.st.Record(t.Context(), node.KindNode, w.n.Name)
+		if err != nil {
+			return false
+		}
+		info, _ := node.DecodeInfo(r.Key, r.Value)
+		return slices.Contains(info.Since(0).Started, string(k1))
+	})
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	events, err := w.st.Watch(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desired, _ := json.Marshal(node.Desired{Node: w.n.Name})
+	g2 := w.commitWith("two", g1.Number, store.Write{Kind: node.KindDesired, Key: w.n.Name, Value: desired, Rev: store.AnyRevision})
+	r, err := w.st.Record(t.Context(), node.KindDesired, w.n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := w.applied(r.Revision).Since(r.Revision).Stopped
+	if want := []string{string(k1)}; !slices.Equal(stopped, want) {
+		t.Errorf("the node reports it stopped %v applying generation %d, want %v", stopped, g2.Number, want)
+	}
+	// Whatever the node writes of itself next comes within a moment of
+	// the first report; a second reconcile would write it.
+	var reports []uint64 // their revisions
+	for deadline := time.After(time.Second); ; {
+		select {
+		case ev := <-events:
+			if ev.Kind == node.KindNode && ev.Key == w.n.Name && ev.Type == store.EventRecord && ev.Revision > r.Revision {
+				reports = append(reports, ev.Revision)
+			}
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	if len(reports) != 1 {
+		t.Errorf("the node reported itself %d times for one change (at revisions %v), want once", len(reports), reports)
+	}
+}
+
+// commitWith makes a generation of web current with writes made in the
+// same change.
+func (w *world) commitWith(id string, from uint64, also ...store.Write) *spec.Generation {
+	w.t.Helper()
+	s := &spec.Spec{Services: map[string]*spec.Service{"web": {Exec: []string{appBin}, Env: map[string]string{"APP_ID": id}, Domains: []string{"web.test"},
+		Health: &spec.Health{Path: "/healthz", Timeout: spec.Duration(5 * time.Second)}, StopGrace: spec.Duration(spec.MinGrace)}}}
+	vs, err := spec.Versions(s, spec.Inputs{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	g := &spec.Generation{Spec: s, Versions: vs}
+	if _, err := w.st.Commit(w.t.Context(), g, from, also...); err != nil {
+		w.t.Fatal(err)
+	}
+	return g
+}
+
+// slowStarting is a store whose writes of an instance report saying
+// "starting" take a while to land, as a write can on a loaded machine or a
+// remote etcd; started is told when one begins.
+type slowStarting struct {
+	store.Store
+	started chan struct{}
+}
+
+func (s *slowStarting) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
+	for _, wr := range writes {
+		if wr.Kind != node.KindInstance || wr.Delete {
+			continue
+		}
+		if in, err := node.DecodeInstance(wr.Key, wr.Value); err == nil && in.State == supervisor.StateStarting {
+			select {
+			case s.started <- struct{}{}:
+			default:
+			}
+			time.Sleep(node.ReportEvery / 2)
+			break
+		}
+	}
+	return s.Store.Txn(ctx, writes...)
+}
+
+// TestFollowerReportsInOrder: the node's reports of an instance land in
+// the order they were taken, though one is slow to write: the report that
+// a version is ready is never overwritten by the one taken before, while
+// it started — which an engine's confirm window would read as a crash.
+func TestFollowerReportsInOrder(t *testing.T) {
+	root := t.TempDir()
+	st := &slowStarting{Store: backends.OpenRoot(t, root), started: make(chan struct{}, 1)}
+	n := nodetest.New(t, st, root, nodetest.Options{})
+	n.Start(t)
+	t.Cleanup(n.Shutdown)
+	// web starts listening only once the file is there: its start is
+	// reported (slowly) meanwhile.
+	await := filepath.Join(t.TempDir(), "go")
+	s := &spec.Spec{Services: map[string]*spec.Service{"web": {Exec: []string{appBin}, Env: map[string]string{"APP_ID": "one", "AWAIT_FILE": await},
+		Health: &spec.Health{Path: "/healthz", Timeout: spec.Duration(10 * time.Second)}, StopGrace: spec.Duration(spec.MinGrace)}}}
+	vs, err := spec.Versions(s, spec.Inputs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &spec.Generation{Spec: s, Versions: vs}
+	if _, err := st.Commit(t.Context(), g, 0); err != nil {
+		t.Fatal(err)
+	}
+	k := g.Instance("web")
+	select {
+	case <-st.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the node never reported web starting")
+	}
+	if err := os.WriteFile(await, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var seen []supervisor.State
+	ready := false
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		r, err := st.Record(t.Context(), node.KindInstance, node.InstanceKey(n.Name, k))
+		if err != nil {
+			continue
+		}
+		in, _ := node.DecodeInstance(r.Key, r.Value)
+		if len(seen) == 0 || seen[len(seen)-1] != in.State {
+			seen = append(seen, in.State)
+		}
+		if in.State == supervisor.StateRunning && in.Ready {
+			ready = true
+		} else if ready {
+			t.Fatalf("web's report went back to %s after it was reported ready (reports seen: %v)", in.State, seen)
+		}
+	}
+	if !ready {
+		t.Errorf("web never reported ready (reports seen: %v)", seen)
+	}
 }

@@ -29,8 +29,13 @@ func (f *Follower) reportLoop(ctx context.Context) {
 
 // report writes, in one transaction, the reports of the instances whose
 // state changed since the last, and deletes those of instances the node
-// no longer runs.
+// no longer runs. One at a time, each taken and written before the next
+// is taken (the loop's and a reconcile's): a report taken while a version
+// started and slow to write would otherwise land after the one that it
+// is ready, and say it starts again.
 func (f *Follower) report(ctx context.Context) {
+	f.reporting.Lock()
+	defer f.reporting.Unlock()
 	now := map[spec.VersionKey]Instance{}
 	for _, k := range f.agent.Running() {
 		now[k] = f.instance(k)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"hostel/internal/store"
 )
@@ -12,7 +13,19 @@ import (
 // reports true, reading again after every change to a record of those
 // kinds: what the engine and the nodes wait for of each other. It
 // returns ctx's error if done never does.
+//
+// It watches from before its first read, with one watch for all its
+// reads: a watch opened from the revision of a read the store has moved
+// on from since (the nodes report all the time) is one etcd catches up
+// in the background, every 100 ms, so each wait would take up to that
+// long; a watch from now is served at every change.
 func Await(ctx context.Context, st store.Store, done func(*store.Snapshot) bool, kinds ...string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, err := st.Watch(ctx, 0)
+	if err != nil {
+		return err
+	}
 	for {
 		snap, err := st.Read(ctx, kinds...)
 		if err != nil {
@@ -21,37 +34,42 @@ func Await(ctx context.Context, st store.Store, done func(*store.Snapshot) bool,
 		if done(snap) {
 			return nil
 		}
-		if err := awaitChange(ctx, st, snap.Revision, kinds); err != nil && !errors.Is(err, store.ErrCompacted) {
-			return err
+		// A change after the read: those before are in it.
+		for changed := false; !changed; {
+			var ev store.Event
+			var ok bool
+			select {
+			case ev, ok = <-events:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			switch {
+			case !ok:
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				return errors.New("the watch ended")
+			case errors.Is(ev.Err, store.ErrCompacted):
+				// It fell behind: watch again from now, and read again.
+				if events, err = st.Watch(ctx, 0); err != nil {
+					return err
+				}
+				changed = true
+			case ev.Err != nil:
+				return ev.Err
+			case ev.Revision > snap.Revision && recordOf(ev, kinds):
+				changed = true
+			}
 		}
 	}
 }
 
-// awaitChange returns once a record of kinds changed after rev.
-func awaitChange(ctx context.Context, st store.Store, rev uint64, kinds []string) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	events, err := st.Watch(ctx, rev)
-	if err != nil {
-		return err
+// recordOf reports whether ev changed a record of one of kinds.
+func recordOf(ev store.Event, kinds []string) bool {
+	if ev.Type != store.EventRecord && ev.Type != store.EventRecordDeleted {
+		return false
 	}
-	for ev := range events {
-		if ev.Err != nil {
-			return ev.Err
-		}
-		if ev.Type != store.EventRecord && ev.Type != store.EventRecordDeleted {
-			continue
-		}
-		for _, k := range kinds {
-			if ev.Kind == k {
-				return nil
-			}
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return errors.New("the watch ended")
+	return slices.Contains(kinds, ev.Kind)
 }
 
 // Nodes returns the nodes of a snapshot read with KindNode, by name.

@@ -64,7 +64,16 @@ func (e *Env) checkOnlyCurrent(when string) {
 			e.t.Errorf("%s: %s runs %d processes %v, want 1 (a duplicate)", when, key, len(pids), pids)
 		}
 	}
-	tmps, _ := filepath.Glob(filepath.Join(e.Root, "run", ".*.tmp-*"))
+	// A record being written now (the daemon writes one after each launch,
+	// as it resumes what was missing) goes within a moment; a torn
+	// write's stays.
+	var tmps []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		tmps, _ = filepath.Glob(filepath.Join(e.Root, "run", ".*.tmp-*"))
+		if len(tmps) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if len(tmps) > 0 {
 		e.t.Errorf("%s: temporary files left in ROOT/run: %v", when, tmps)
 	}

@@ -5,10 +5,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -21,6 +23,7 @@ import (
 // went.
 func TestMoveToEtcd(t *testing.T) {
 	e := NewEnv(t)
+	e.Store = "bbolt" // then moved
 	e.StartDaemon()
 	e.WriteSpec(monoliths(e, "Hi"))
 	e.MustRun("deploy", "--no-confirm")
@@ -153,6 +156,7 @@ func TestServeOnEtcd(t *testing.T) {
 	e.Shutdown()
 
 	other := NewEnv(t)
+	other.Store = "bbolt"
 	other.StartDaemon()
 	other.WriteSpec(monoliths(other, "Hello"))
 	other.MustRun("deploy", "--no-confirm")
@@ -165,5 +169,63 @@ func TestServeOnEtcd(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(other.Root, "state.db")); err != nil {
 		t.Errorf("the refused start moved state.db: %v", err)
+	}
+}
+
+// TestKilledOnEtcdKeepsServices: a daemon with its own etcd member
+// (--etcd-embed) killed with SIGKILL, twice in a row, leaves every service
+// running; each next start adopts them (same pids) and routes them, and
+// takes the engine over at once: the lease its killed predecessor held in
+// the store — which etcd keeps, renewed for a whole TTL when the member
+// starts again — is revoked rather than waited out, so a start takes
+// less than that TTL (daemon.NodeTTL, 10 s); waiting it out would take
+// more. A deploy then goes through.
+func TestKilledOnEtcdKeepsServices(t *testing.T) {
+	const nodeTTL = 10 * time.Second // daemon.NodeTTL
+	e := NewEnv(t)
+	e.Store = "etcd"
+	e.StartDaemon()
+	e.WriteSpec(monoliths(e, "Hi"))
+	e.MustRun("deploy", "--no-confirm")
+	_, before := e.Status()
+	for round := 1; round <= 2; round++ {
+		e.stopDaemonWith(syscall.SIGKILL)
+		for name, s := range before {
+			if !processRuns(s.PID) {
+				t.Fatalf("%s (pid %d) is gone with the killed daemon", name, s.PID)
+			}
+		}
+		t0 := time.Now()
+		e.StartDaemon()
+		took := time.Since(t0)
+		t.Logf("start %d after SIGKILL: %s", round, took.Round(time.Millisecond))
+		if took >= nodeTTL {
+			t.Errorf("start %d after SIGKILL took %s: the killed daemon's lease was waited out (%s), not revoked", round, took.Round(time.Millisecond), nodeTTL)
+		}
+		gen, st := e.Status()
+		if gen != 1 {
+			t.Errorf("start %d: generation %d, want 1", round, gen)
+		}
+		for name, s := range before {
+			if st[name].PID != s.PID || st[name].State != "running" {
+				t.Errorf("start %d: %s pid %d state %s, want pid %d running (adopted)", round, name, st[name].PID, st[name].State, s.PID)
+			}
+		}
+		if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hi!") {
+			t.Errorf("start %d: blog (through QUOTES_URL): %d %q", round, code, body)
+		}
+		u, _ := url.Parse(before["quotes"].URL)
+		if code, _, body := e.Get(u.Host, "/quote"); code != 200 || !strings.Contains(body, before["quotes"].Version) {
+			t.Errorf("start %d: quotes by its immutable name %s: %d %q", round, u.Host, code, body)
+		}
+	}
+	e.WriteSpec(monoliths(e, "Hey"))
+	e.MustRun("deploy", "--no-confirm")
+	gen, st := e.Status()
+	if gen != 2 || st["shop"].PID != before["shop"].PID {
+		t.Errorf("the deploy after the restarts: generation %d, shop %+v; want generation 2, shop kept (pid %d)", gen, st["shop"], before["shop"].PID)
+	}
+	if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hey!") {
+		t.Errorf("blog after the deploy: %d %q", code, body)
 	}
 }

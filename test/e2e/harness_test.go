@@ -13,10 +13,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"hostel/internal/store/storetest/backends"
 )
 
 var (
@@ -85,6 +88,12 @@ type Env struct {
 	// DaemonEnv is added to the environment of the daemons StartDaemon
 	// runs (a failpoint, say).
 	DaemonEnv []string
+	// Store is where the daemons StartDaemon runs keep their state when
+	// their flags do not say (neither --etcd nor --etcd-embed): "bbolt",
+	// or "etcd" for an etcd member in the daemon (--etcd-embed). NewEnv
+	// takes it from HOSTEL_TEST_STORE; a test that must start on one sets
+	// it.
+	Store string
 	// args are the flags the daemon was last started with.
 	args   []string
 	daemon *exec.Cmd
@@ -101,7 +110,8 @@ func NewEnv(t testing.TB) *Env {
 	// t.TempDir is 0700 (and so is its parent); service users must reach their state.
 	os.Chmod(base, 0o755)
 	os.Chmod(filepath.Dir(base), 0o755)
-	e := &Env{t: t, Bin: filepath.Join(bin, "hostel"), Apps: bin, Root: filepath.Join(base, "root"), Dir: filepath.Join(base, "repo")}
+	e := &Env{t: t, Bin: filepath.Join(bin, "hostel"), Apps: bin, Root: filepath.Join(base, "root"), Dir: filepath.Join(base, "repo"),
+		Store: backends.Chosen(t)}
 	if err := os.MkdirAll(e.Dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -126,9 +136,13 @@ func (e *Env) StartDaemon() {
 }
 
 // StartDaemonArgs runs `hostel serve --root ROOT ARGS...` and waits until
-// it answers; ARGS must include --http and --https.
+// it answers; ARGS must include --http and --https. Unless they choose a
+// store, --etcd-embed is added when e.Store is "etcd".
 func (e *Env) StartDaemonArgs(args ...string) {
 	e.t.Helper()
+	if e.Store == "etcd" && !slices.ContainsFunc(args, func(a string) bool { return a == "--etcd" || a == "--etcd-embed" }) {
+		args = append(slices.Clip(args), "--etcd-embed")
+	}
 	e.logs = &bytes.Buffer{}
 	e.args = args
 	cmd := exec.Command(e.Bin, append([]string{"serve", "--root", e.Root}, args...)...)

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"hostel/internal/store/storetest/backends"
 )
 
 // TestZeroDowntime runs a short version of `make loadtest`: an open-loop
@@ -24,11 +26,15 @@ func TestPreviewsUnderLoad(t *testing.T) {
 }
 
 // runLoadtest builds bench/loadtest and runs it with args against the
-// hostel binary; it must pass with nothing failed.
+// hostel binary, on the store HOSTEL_TEST_STORE chooses; it must pass with
+// nothing failed.
 func runLoadtest(t *testing.T, args ...string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("load test")
+	}
+	if backends.Chosen(t) == "etcd" {
+		args = append(args, "-etcd-embed")
 	}
 	bin := build(t)
 	lt := filepath.Join(t.TempDir(), "loadtest")

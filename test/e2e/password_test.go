@@ -23,6 +23,7 @@ import (
 func TestPasswordMovesIntoStore(t *testing.T) {
 	pg := pgtest.Start(t)
 	e := NewEnv(t)
+	e.Store = "bbolt" // it reads the store's file for plaintext
 	e.StartDaemon()
 	defer func() {
 		if e.daemon != nil {

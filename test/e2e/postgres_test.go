@@ -11,6 +11,7 @@ import (
 
 	"hostel/internal/postgres/pgtest"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest/backends"
 )
 
 func guestbookSpec(e *Env, pg *pgtest.Cluster, tag string, release []string, withGuestbook bool) map[string]any {
@@ -144,10 +145,7 @@ func TestPostgresStory(t *testing.T) {
 		// A daemon restart starts the version again, without its release:
 		// the store records that it ran.
 		e.StopDaemon()
-		st2, err := store.OpenBolt(filepath.Join(e.Root, "state.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		st2 := backends.OpenRootOf(t, e.Store, e.Root)
 		for _, v := range []string{v1, st["guestbook"].Version} {
 			if _, err := st2.Record(t.Context(), store.KindRelease, "guestbook/"+v); err != nil {
 				t.Errorf("release record of %s: %v", v, err)

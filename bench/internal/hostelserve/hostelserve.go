@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -27,11 +28,16 @@ type Daemon struct {
 	Pid    int    // the daemon's process
 	hostel string
 	serve  *exec.Cmd
+	log    *os.File
 }
 
 // Start starts the hostel binary's `hostel serve` on a new root under a
 // new temporary directory named with prefix, and waits until it answers.
-func Start(hostel, prefix string) (*Daemon, error) {
+func Start(hostel, prefix string) (*Daemon, error) { return StartArgs(hostel, prefix) }
+
+// StartArgs is Start with more flags for `hostel serve` (--etcd-embed,
+// say).
+func StartArgs(hostel, prefix string, args ...string) (*Daemon, error) {
 	hostel, err := filepath.Abs(hostel)
 	if err != nil {
 		return nil, err
@@ -42,9 +48,14 @@ func Start(hostel, prefix string) (*Daemon, error) {
 	}
 	os.Chmod(base, 0o755) // service users must reach their state
 	d := &Daemon{Base: base, Root: filepath.Join(base, "root"), hostel: hostel}
-	d.serve = exec.Command(hostel, "serve", "--root", d.Root, "--http", "127.0.0.1:0", "--https", "")
-	d.serve.Stderr = io.Discard
+	d.serve = exec.Command(hostel, append([]string{"serve", "--root", d.Root, "--http", "127.0.0.1:0", "--https", ""}, args...)...)
+	if d.log, err = os.Create(filepath.Join(base, "daemon.log")); err != nil {
+		os.RemoveAll(base)
+		return nil, err
+	}
+	d.serve.Stdout, d.serve.Stderr = d.log, d.log
 	if err := d.serve.Start(); err != nil {
+		d.log.Close()
 		os.RemoveAll(base)
 		return nil, err
 	}
@@ -84,13 +95,42 @@ func (d *Daemon) Deploy(services map[string]any) error {
 	return err
 }
 
+// Log returns what the daemon printed so far.
+func (d *Daemon) Log() []byte {
+	b, _ := os.ReadFile(d.log.Name())
+	return b
+}
+
 // Close stops the services (and removes their cgroups) before the daemon
 // goes, then removes Base.
 func (d *Daemon) Close() {
 	d.CLI("shutdown")
 	d.serve.Process.Kill()
 	d.serve.Wait()
+	d.log.Close()
 	os.RemoveAll(d.Base)
+}
+
+// Ready is an instance the daemon's node started and saw ready, and how
+// long that took from its start: fork, exec, the program's own start,
+// listening, the health check.
+type Ready struct {
+	Key  string // SERVICE-VERSION, or SERVICE-VERSION@ENV
+	Took time.Duration
+}
+
+var readyRE = regexp.MustCompile(`(?m)\bready (\S+) on \S+ \(([^)]+)\)$`)
+
+// Readies reads, from what a daemon printed (its log: the node's
+// progress), every instance started and ready, in order.
+func Readies(log []byte) []Ready {
+	var out []Ready
+	for _, m := range readyRE.FindAllSubmatch(log, -1) {
+		if d, err := time.ParseDuration(string(m[2])); err == nil {
+			out = append(out, Ready{Key: string(m[1]), Took: d})
+		}
+	}
+	return out
 }
 
 // Status returns a process's thread count and VmRSS in KiB, zeros if

@@ -23,18 +23,21 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 	if err := s.usable(ctx); err != nil {
 		return nil, fmt.Errorf("watch: %w", err)
 	}
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV()}
 	if from == 0 {
-		// etcd starts a watch without a revision once it reaches the
-		// server: from the revision now, a change made in between is
-		// not lost.
-		got, err := s.cli.Get(ctx, s.kSeq(), clientv3.WithCountOnly())
-		if err != nil {
-			return nil, fmt.Errorf("watch: %w", wrap(err))
-		}
-		from = uint64(got.Header.Revision)
+		// Without a revision etcd starts the watch at the revision its
+		// server is at, and the client's Watch returns once the server
+		// made it: every change after Watch returns is in it. (Not from
+		// a revision read just before: a watch from a revision the store
+		// has moved on from is caught up in the background, every
+		// 100 ms, and each wait for a change would take up to that.)
+		// The notice that it was made says the revision.
+		opts = append(opts, clientv3.WithCreatedNotify())
+	} else {
+		opts = append(opts, clientv3.WithRev(int64(from)+1))
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	wch := s.cli.Watch(wctx, s.p, clientv3.WithPrefix(), clientv3.WithRev(int64(from)+1), clientv3.WithPrevKV())
+	wch := s.cli.Watch(wctx, s.p, opts...)
 	out := make(chan store.Event)
 	go func() {
 		defer close(out)
@@ -50,6 +53,10 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 		}
 		last := from
 		for resp := range wch {
+			if resp.Created {
+				last = uint64(resp.Header.Revision)
+				continue
+			}
 			if resp.CompactRevision != 0 {
 				send(store.Event{Err: &store.CompactedError{From: last, Compacted: uint64(resp.CompactRevision)}})
 				return

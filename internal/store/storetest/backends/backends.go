@@ -1,12 +1,17 @@
 // Package backends gives the tests of the store's users the stores they
 // run against: a bbolt file and an etcd member in the test's process, each
 // a storetest.Backend on which a test opens as many handles as it has
-// daemons. It is test code, imported only by tests.
+// daemons; and, for the tests that run on one store at a time, the store
+// HOSTEL_TEST_STORE chooses, kept under a daemon's root (OpenRoot). It is
+// test code, imported only by tests.
 package backends
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -157,4 +162,91 @@ func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// EnvVar names the environment variable that chooses the backend of the
+// tests that run on one store at a time (the deploy engine's, the
+// end-to-end suite's): "bbolt" (the default, also when unset) or "etcd"
+// (an etcd member in the test's process, as hostel serve --etcd-embed
+// runs). `make test` runs their core a second time with etcd.
+const EnvVar = "HOSTEL_TEST_STORE"
+
+// Chosen returns the backend EnvVar chooses, "bbolt" or "etcd"; any other
+// value fails the test, so that a typo never runs the suite on bbolt
+// unnoticed.
+func Chosen(t testing.TB) string {
+	t.Helper()
+	switch v := os.Getenv(EnvVar); v {
+	case "", "bbolt":
+		return "bbolt"
+	case "etcd":
+		return "etcd"
+	default:
+		t.Fatalf("%s=%s: want bbolt or etcd", EnvVar, v)
+		return ""
+	}
+}
+
+// OpenRoot opens the store of the backend EnvVar chooses, kept under root
+// as a daemon keeps its own: the bbolt file root/state.db, or an etcd
+// member started in this process with its data in root/etcd and a client
+// of it. Closing the store closes both (closing twice is harmless), as a
+// daemon's stop does; the next OpenRoot on root is the next daemon's
+// store and finds what the last one left. What is left open is closed
+// when the test ends.
+func OpenRoot(t testing.TB, root string) store.Store {
+	t.Helper()
+	return OpenRootOf(t, Chosen(t), root)
+}
+
+// OpenRootOf is OpenRoot on backend, "bbolt" or "etcd", whatever EnvVar
+// says: a test that reads the store a daemon of its own kept under root
+// (hostel serve, or serve --etcd-embed) once it stopped.
+func OpenRootOf(t testing.TB, backend, root string) store.Store {
+	t.Helper()
+	switch backend {
+	case "bbolt", "etcd":
+	default:
+		t.Fatalf("backend %q: want bbolt or etcd", backend)
+	}
+	if backend == "bbolt" {
+		s, err := store.OpenBolt(filepath.Join(root, "state.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	var log logBuffer
+	m, err := etcd.StartMember(filepath.Join(root, "etcd"), log.logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := etcd.Open(context.Background(), etcd.Config{Endpoints: m.Endpoints()})
+	if err != nil {
+		m.Close()
+		t.Fatal(err)
+	}
+	ms := &memberStore{Store: s, m: m}
+	t.Cleanup(func() {
+		ms.Close()
+		if t.Failed() && log.String() != "" {
+			t.Logf("etcd member log (%s):\n%s", root, log.String())
+		}
+	})
+	return ms
+}
+
+// memberStore is a client of an etcd member that the store's Close stops
+// too.
+type memberStore struct {
+	store.Store
+	m    *etcd.Member
+	once sync.Once
+	err  error
+}
+
+func (s *memberStore) Close() error {
+	s.once.Do(func() { s.err = errors.Join(s.Store.Close(), s.m.Close()) })
+	return s.err
 }
