@@ -278,7 +278,7 @@ func TestClusterFencing(t *testing.T) {
 func TestMemberDirs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	urls := etcdtest.PeerURLs(t, "http", 1)
+	urls := etcdtest.PeerURLs(t, "http", etcdtest.Loopback)
 	alone := etcd.Cluster{Name: "a", Peers: []etcd.Peer{{Name: "a", URL: urls[0]}}}
 	renamed := etcd.Cluster{Name: "b", Peers: []etcd.Peer{{Name: "b", URL: urls[0]}}}
 	clusterDir, singleDir := filepath.Join(t.TempDir(), "etcd"), filepath.Join(t.TempDir(), "etcd")
@@ -317,4 +317,32 @@ func TestMemberDirs(t *testing.T) {
 		t.Fatalf("restart: %v\n%s", err, log.String())
 	}
 	m.Close()
+}
+
+// TestMemberGivesUpWaiting: a member whose peers never come waits for
+// them until its context ends, and then stops and returns (a daemon
+// interrupted while it waits for its cluster exits), its directory
+// ready for a next start.
+func TestMemberGivesUpWaiting(t *testing.T) {
+	urls := etcdtest.PeerURLs(t, "http", etcdtest.Loopback, etcdtest.Loopback)
+	c := etcd.Cluster{Name: "a", Peers: []etcd.Peer{{Name: "a", URL: urls[0]}, {Name: "b", URL: urls[1]}}}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	var log lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		m, err := etcd.StartClusterMember(ctx, filepath.Join(t.TempDir(), "etcd"), c, log.logf)
+		if err == nil {
+			m.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not ready") {
+			t.Errorf("StartClusterMember without its peer: %v, want not ready: %v", err, context.DeadlineExceeded)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("StartClusterMember without its peer: still there 28 s after its context ended\n%s", log.String())
+	}
 }

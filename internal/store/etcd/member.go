@@ -229,6 +229,10 @@ func (m *Member) start(ctx context.Context, cfg *embed.Config, limit time.Durati
 	}
 	fail := func(err error) error {
 		m.closing.Store(true)
+		// Close waits for the client servers, which start once the
+		// member is ready — never, for one without a quorum — unless
+		// the server stops first.
+		e.Server.HardStop()
 		e.Close()
 		return err
 	}

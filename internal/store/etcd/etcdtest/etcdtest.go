@@ -99,10 +99,10 @@ func writePEM(t testing.TB, path, typ string, der []byte) string {
 // Loopback is the address the members and clients of tests are on.
 var Loopback = net.IPv4(127, 0, 0, 1)
 
-// PeerURLs returns n peer URLs of scheme on loopback ports that are free,
-// and so are the client ports below them (etcd.ClientURL), none of them
-// the same.
-func PeerURLs(t testing.TB, scheme string, n int) []url.URL {
+// PeerURLs returns a peer URL of scheme on each of ips (loopback
+// addresses: this machine's), on a port that is free there, and so is
+// the client port below it (etcd.ClientURL), none of them the same.
+func PeerURLs(t testing.TB, scheme string, ips ...net.IP) []url.URL {
 	t.Helper()
 	var held []net.Listener
 	defer func() {
@@ -111,17 +111,18 @@ func PeerURLs(t testing.TB, scheme string, n int) []url.URL {
 		}
 	}()
 	var out []url.URL
-	for tries := 0; len(out) < n; tries++ {
+	for tries := 0; len(out) < len(ips); tries++ {
 		if tries > 100 {
 			t.Fatal("no pair of free loopback ports")
 		}
-		peer, err := net.Listen("tcp", "127.0.0.1:0")
+		ip := ips[len(out)].String()
+		peer, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, peer)
 		port := peer.Addr().(*net.TCPAddr).Port
-		client, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port-1))
+		client, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port-1)))
 		if err != nil {
 			continue
 		}
@@ -159,7 +160,11 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	dir := t.TempDir()
 	c := &Cluster{CA: NewCA(t, dir, "cluster-ca")}
 	c.clientCert, c.clientKey = c.CA.Node(t, "test-client", Loopback)
-	urls := PeerURLs(t, "https", n)
+	ips := make([]net.IP, n)
+	for i := range ips {
+		ips[i] = Loopback
+	}
+	urls := PeerURLs(t, "https", ips...)
 	var peers []etcd.Peer
 	for i, u := range urls {
 		peers = append(peers, etcd.Peer{Name: "m" + strconv.Itoa(i), URL: u})
