@@ -62,6 +62,7 @@ test-etcd:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
 	$(GO) test -run '^$$' -bench Place10kOn1k -benchmem ./internal/place/
+	$(GO) test -run '^$$' -bench Placements -benchtime 2s ./internal/store/etcd/
 	$(GO) run ./bench/router
 	$(GO) run ./bench/previews -hostel bin/hostel
 	$(GO) run ./bench/callable -hostel bin/hostel

@@ -28,11 +28,11 @@ func serveCmd(e *env) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Root = e.root
-			if err := opts.Store.Validate(); err != nil {
-				return usageError{err}
-			}
 			if err := daemon.CheckNodeName(opts.Node); opts.Node != "" && err != nil {
 				return usageError{fmt.Errorf("--node: %w", err)}
+			}
+			if err := opts.Store.Validate(opts.Node); err != nil {
+				return usageError{err}
 			}
 			if err := daemon.CheckAdvertise(opts.Advertise, opts.Store); err != nil {
 				return usageError{fmt.Errorf("--advertise: %w", err)}
@@ -64,10 +64,12 @@ func serveCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&opts.HTTPAddr, "http", ":80", "public HTTP listener (port 0 picks a free port)")
 	cmd.Flags().StringVar(&opts.HTTPSAddr, "https", ":443", `public HTTPS listener; "" serves everything on HTTP`)
 	cmd.Flags().StringSliceVar(&opts.Store.Etcd, "etcd", nil, "keep the state in the etcd at these URLs (comma-separated) instead of ROOT/state.db")
-	cmd.Flags().StringVar(&opts.Store.EtcdCert, "etcd-cert", "", "client certificate for https:// --etcd URLs")
+	cmd.Flags().StringVar(&opts.Store.EtcdCert, "etcd-cert", "", "client certificate for https:// --etcd URLs; with https:// --etcd-peers, the member's certificate")
 	cmd.Flags().StringVar(&opts.Store.EtcdKey, "etcd-key", "", "key of --etcd-cert")
-	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's)")
+	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's; with --etcd-peers, required for https://)")
 	cmd.Flags().BoolVar(&opts.Store.EtcdEmbed, "etcd-embed", false, "keep the state in an etcd member run by the daemon, its data in ROOT/etcd")
+	cmd.Flags().StringSliceVar(&opts.Store.EtcdPeers, "etcd-peers", nil,
+		"with --etcd-embed, the cluster's initial members NAME=PEER_URL,… (this node among them by its --node); each serves clients on its peer port less one")
 	cmd.Flags().StringVar(&opts.Node, "node", "", "this daemon's node among those sharing the store (default: the host name)")
 	cmd.Flags().StringVar(&opts.Advertise, "advertise", "",
 		"the address other nodes of the cluster reach this one at, HOST:PORT: its node-to-node port listens there (mutual TLS with the cluster's own CA)")

@@ -57,7 +57,7 @@ func TestLoadFromBolt(t *testing.T) {
 	want := read(t, b)
 
 	m := startMember(t)
-	s2, err := etcd.Open(ctx, etcd.Config{Endpoints: m.endpoints()})
+	s2, err := etcd.Open(ctx, m.config())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestLoadFromBolt(t *testing.T) {
 	if _, err := s2.PutRecord(ctx, "stale", "x", nil, 0); err != nil {
 		t.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: m.endpoints(), Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: m.config().Endpoints, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
