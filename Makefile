@@ -70,6 +70,7 @@ bench: build
 	$(GO) run ./bench/held -hostel bin/hostel
 	$(GO) test -run '^$$' -bench Deploy -benchtime 20x ./internal/deploy/
 	$(GO) run ./bench/deploy -hostel bin/hostel
+	$(GO) test -count=1 -run '^TestClusterOfThree$$' -v ./test/e2e/ -args -redeploys 20 | grep -E 'skew|requests through|^(ok|FAIL|---)'
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build
