@@ -25,7 +25,9 @@ type cluster struct {
 	envs  []*Env
 }
 
-func startCluster(t *testing.T) *cluster {
+// startCluster starts the cluster; the daemons run on first's roots (a
+// machine that ran alone before), the first ones, when given.
+func startCluster(t *testing.T, first ...*Env) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	ca := etcdtest.NewCA(t, dir, "cluster-ca")
@@ -39,7 +41,11 @@ func startCluster(t *testing.T) *cluster {
 	args := make([][]string, len(c.names))
 	for i, name := range c.names {
 		cert, key := ca.Node(t, name, ips[i], etcdtest.Loopback)
-		c.envs = append(c.envs, NewEnv(t))
+		if i < len(first) {
+			c.envs = append(c.envs, first[i])
+		} else {
+			c.envs = append(c.envs, NewEnv(t))
+		}
 		args[i] = []string{"--http", ips[i].String() + ":0", "--https", "", "--node", name,
 			"--etcd-embed", "--etcd-peers", strings.Join(peers, ","),
 			"--etcd-cert", cert, "--etcd-key", key, "--etcd-ca", ca.CertFile,
@@ -61,7 +67,9 @@ func startCluster(t *testing.T) *cluster {
 	}
 	t.Cleanup(func() {
 		for _, e := range slices.Backward(c.envs) {
-			e.Shutdown()
+			if e.daemon != nil {
+				e.Shutdown()
+			}
 		}
 	})
 	return c
@@ -250,4 +258,49 @@ func redeployUnderLoad(t *testing.T, c *cluster, lead *Env, title string) (time.
 	t.Logf("%d requests through three routers during the redeploy to %q, %d failed; the routers switched within %s of each other",
 		ok.Load()+failed.Load(), title, failed.Load(), skew.Round(100*time.Microsecond))
 	return skew, good
+}
+
+// TestOneMachineToThree: the README's "From one machine to three". A
+// machine runs alone (bbolt) as node n1; its daemon stops (SIGTERM: the
+// services run on) and starts again as a member of a three-member
+// cluster, beside two new machines. Its generations carry over (moved
+// into etcd at that first start), its service keeps its process, and
+// every node's router answers its domain; the next deploy spreads it.
+func TestOneMachineToThree(t *testing.T) {
+	alone := NewEnv(t)
+	alone.StartDaemonArgs("--http", "127.0.0.21:0", "--https", "", "--node", "n1")
+	alone.WriteSpec(map[string]any{"services": map[string]any{
+		"shop": alone.App("shop", map[string]any{"env": map[string]string{"SHOP_TITLE": "Shop one"}, "domains": []string{"shop.example"}}),
+	}})
+	alone.MustRun("deploy", "--no-confirm")
+	_, before := alone.Status()
+	alone.StopDaemon()
+
+	c := startCluster(t, alone)
+	gen, after := alone.Status()
+	if gen != 1 || after["shop"].PID != before["shop"].PID || after["shop"].PID == 0 {
+		t.Fatalf("after the move: generation %d, shop %+v; want generation 1 and shop's process kept (pid %d)", gen, after["shop"], before["shop"].PID)
+	}
+	for i, e := range c.envs {
+		if code, _, body := e.Get("shop.example", "/"); code != 200 || !strings.HasPrefix(body, "Shop one") {
+			t.Errorf("shop through %s: %d %q", c.names[i], code, body)
+		}
+		if gen, _ := e.Status(); gen != 1 {
+			t.Errorf("generation %d through %s, want 1", gen, c.names[i])
+		}
+	}
+	// A deploy through the leader, with a replica on each node.
+	lead := c.leader(t)
+	lead.WriteSpec(map[string]any{"services": map[string]any{
+		"shop": lead.App("shop", map[string]any{"env": map[string]string{"SHOP_TITLE": "Shop one"}, "domains": []string{"shop.example"}, "replicas": 3}),
+	}})
+	lead.MustRun("deploy", "--no-confirm")
+	for name, n := range lead.nodes() {
+		if len(n.Instances) != 1 {
+			t.Errorf("node %s runs %v, want one replica of shop", name, n.Instances)
+		}
+	}
+	if _, st := alone.Status(); st["shop"].PID != before["shop"].PID {
+		t.Errorf("shop's process on n1 changed with a change of replicas alone: pid %d, was %d", st["shop"].PID, before["shop"].PID)
+	}
 }
