@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -180,5 +181,71 @@ func TestRemoteAPIRefusesBadFlags(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(e.Root, "api")); !os.IsNotExist(err) {
 		t.Errorf("a refused serve made ROOT/api: %v", err)
+	}
+}
+
+// TestNixRemoteAPIDeploy: deploy --api of a hostel.nix copies the closures
+// the daemon's store lacks through the API, as --target does with nix copy
+// over SSH. The daemon's store is its own (a chroot store, NIX_REMOTE), so
+// that it lacks what the client built; a store path that neither machine
+// has is refused, naming the service, with nothing changed.
+func TestNixRemoteAPIDeploy(t *testing.T) {
+	local := NewEnv(t)
+	local.UseNixExample()
+	remote := NewEnv(t)
+	store := t.TempDir()
+	remote.DaemonEnv = []string{"NIX_REMOTE=local?root=" + store}
+	url, token := remote.startRemoteAPI()
+	auth := []string{"HOSTEL_TOKEN=" + token}
+	inRemoteStore := func(paths ...string) []string {
+		t.Helper()
+		cmd := exec.Command("nix-store", append([]string{"--check-validity", "--print-invalid"}, paths...)...)
+		cmd.Env = append(os.Environ(), "NIX_REMOTE=local?root="+store)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("nix-store --check-validity in the daemon's store: %v", err)
+		}
+		return strings.Fields(string(out))
+	}
+
+	out, stderr, code := local.RunEnv(auth, "--api", url, "deploy", "--no-confirm")
+	if code != 0 || !strings.Contains(out, "generation 1 is live") {
+		t.Fatalf("deploy --api: exit %d\n%s\n%s", code, out, stderr)
+	}
+	if !strings.Contains(stderr, "store paths to "+url) {
+		t.Errorf("deploy --api did not say it copied store paths:\n%s", stderr)
+	}
+	st := remote.nixStatus()
+	var pkgs []string
+	for _, name := range nixServices {
+		if !strings.HasPrefix(st[name].Package, "/nix/store/") || st[name].PID == 0 {
+			t.Errorf("remote %s: %+v", name, st[name])
+		}
+		pkgs = append(pkgs, st[name].Package)
+	}
+	if missing := inRemoteStore(pkgs...); len(missing) > 0 {
+		t.Errorf("the daemon's store lacks %v after deploy --api", missing)
+	}
+	if code, _, body := remote.Get("shop.localhost", "/"); code != 200 || !strings.Contains(body, "Teapot") {
+		t.Errorf("remote shop: %d %q", code, body)
+	}
+	// Nothing left to copy: nothing copied.
+	out, stderr, code = local.RunEnv(auth, "--api", url, "deploy", "--no-confirm")
+	if code != 0 || !strings.Contains(out, "nothing changed") || strings.Contains(stderr, "store paths to") {
+		t.Errorf("second deploy --api: exit %d %q\n%s", code, out, stderr)
+	}
+
+	// A store path neither machine has.
+	os.Remove(filepath.Join(local.Dir, "hostel.nix"))
+	local.WriteSpec(map[string]any{"services": map[string]any{
+		"ghost": map[string]any{"package": "/nix/store/00000000000000000000000000000000-ghost", "exec": []string{"bin/ghost"}},
+	}})
+	_, stderr, code = local.RunEnv(auth, "--api", url, "deploy", "--no-confirm")
+	first, _, _ := strings.Cut(stderr, "\n")
+	if code != 2 || !strings.Contains(first, `service "ghost"`) || !strings.Contains(first, "is not on "+url) {
+		t.Errorf("deploy --api of a path neither has: exit %d, stderr %q; want exit 2 naming the service", code, stderr)
+	}
+	if st2 := remote.nixStatus(); !samePIDs(st2, st, nixServices...) || len(st2) != len(st) {
+		t.Errorf("the remote changed: %v -> %v", st, st2)
 	}
 }
