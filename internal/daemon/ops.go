@@ -169,7 +169,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 	if err != nil {
 		return nil, err
 	}
-	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr(), Peer: d.peerAddr}, Services: []api.ServiceStatus{}}
+	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr(), Peer: d.peerAddr, API: d.RemoteAPIAddr()}, Services: []api.ServiceStatus{}}
 	d.certStatus(st)
 	zone := spec.DefaultZone
 	shown := map[spec.VersionKey]bool{}

@@ -31,7 +31,7 @@ const backdate = time.Hour
 // NewCA makes a CA named name, valid for lifetime, that signs leaves only
 // (no intermediate CA).
 func NewCA(name string, lifetime time.Duration) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := NewKey()
 	if err != nil {
 		return nil, err
 	}
@@ -60,15 +60,14 @@ func NewCA(name string, lifetime time.Duration) (*CA, error) {
 // ParseCA reads a CA kept as PEM (PEM's output).
 func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 	cb, _ := pem.Decode(certPEM)
-	kb, _ := pem.Decode(keyPEM)
-	if cb == nil || kb == nil {
-		return nil, errors.New("its certificate or key is not PEM")
+	if cb == nil {
+		return nil, errors.New("its certificate is not PEM")
 	}
 	cert, err := x509.ParseCertificate(cb.Bytes)
 	if err != nil {
 		return nil, err
 	}
-	key, err := x509.ParseECPrivateKey(kb.Bytes)
+	key, err := ParseKey(keyPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -77,19 +76,58 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 
 // PEM returns the CA's certificate and key as PEM.
 func (ca *CA) PEM() (certPEM, keyPEM []byte, err error) {
-	keyDER, err := x509.MarshalECPrivateKey(ca.Key)
+	keyPEM, err = KeyPEM(ca.Key)
 	if err != nil {
 		return nil, nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}), keyPEM, nil
+}
+
+// NewKey makes a key: ECDSA on P-256, as every certificate here has.
+func NewKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
+
+// KeyPEM encodes key as PEM (SEC 1, "EC PRIVATE KEY").
+func KeyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParseKey reads a key KeyPEM encoded.
+func ParseKey(keyPEM []byte) (*ecdsa.PrivateKey, error) {
+	kb, _ := pem.Decode(keyPEM)
+	if kb == nil {
+		return nil, errors.New("its key is not PEM")
+	}
+	return x509.ParseECPrivateKey(kb.Bytes)
+}
+
+// SelfSigned makes a certificate for key signed by itself, from tmpl (its
+// subject, names and usages; serial and validity, lifetime from now, are
+// set here): for a listener whose clients check the key itself (a pin),
+// not a chain.
+func SelfSigned(key *ecdsa.PrivateKey, tmpl *x509.Certificate, lifetime time.Duration) (*tls.Certificate, error) {
+	now := time.Now()
+	t := *tmpl
+	t.SerialNumber, t.NotBefore, t.NotAfter = serial(), now.Add(-backdate), now.Add(lifetime)
+	der, err := x509.CreateCertificate(rand.Reader, &t, &t, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
 
 // Leaf signs a certificate for a new key: tmpl says its subject, names and
 // usages; its serial number and validity (lifetime from now) are set
 // here. The result carries the chain up to the CA and its parsed leaf.
 func (ca *CA) Leaf(tmpl *x509.Certificate, lifetime time.Duration) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := NewKey()
 	if err != nil {
 		return nil, err
 	}
