@@ -53,6 +53,7 @@ func startCluster(t *testing.T, first ...*Env) *cluster {
 	}
 	// Each member waits for a quorum before its daemon answers: they
 	// start together.
+	start := time.Now()
 	var wg sync.WaitGroup
 	for i, e := range c.envs {
 		e.t = goTB{t}
@@ -65,12 +66,15 @@ func startCluster(t *testing.T, first ...*Env) *cluster {
 	if t.Failed() {
 		t.FailNow()
 	}
+	t.Logf("the cluster started in %s", time.Since(start).Round(time.Millisecond))
 	t.Cleanup(func() {
+		stop := time.Now()
 		for _, e := range slices.Backward(c.envs) {
 			if e.daemon != nil {
 				e.Shutdown()
 			}
 		}
+		t.Logf("the cluster stopped in %s", time.Since(stop).Round(time.Millisecond))
 	})
 	return c
 }
@@ -302,5 +306,38 @@ func TestOneMachineToThree(t *testing.T) {
 	}
 	if _, st := alone.Status(); st["shop"].PID != before["shop"].PID {
 		t.Errorf("shop's process on n1 changed with a change of replicas alone: pid %d, was %d", st["shop"].PID, before["shop"].PID)
+	}
+}
+
+// TestSleepAcrossNodes: a service that sleeps after idle runs on n1; a
+// request that reaches n2's router once it sleeps wakes it on n1 — where
+// it is placed — and gets its answer, and nothing starts on n2.
+func TestSleepAcrossNodes(t *testing.T) {
+	c := startCluster(t)
+	lead := c.leader(t)
+	lead.WriteSpec(map[string]any{"services": map[string]any{
+		"quiet": lead.App("shop", map[string]any{"env": map[string]string{"SHOP_TITLE": "Quiet"}, "domains": []string{"quiet.example"},
+			"idle": "1s", "placement": map[string]any{"node": "n1"}}),
+	}})
+	lead.MustRun("deploy", "--no-confirm")
+	n1, n2 := c.envs[0], c.envs[1]
+	waitUntil(t, "quiet asleep on n1", func() bool {
+		_, st := n1.Status()
+		return st["quiet"].State == "idle"
+	})
+	t0 := time.Now()
+	code, _, body := n2.Get("quiet.example", "/")
+	if code != 200 || !strings.HasPrefix(body, "Quiet") {
+		t.Fatalf("quiet through n2 while it sleeps on n1: %d %q, want it woken on n1 and answering", code, body)
+	}
+	t.Logf("woken on n1 through n2 in %s", time.Since(t0).Round(100*time.Microsecond))
+	_, st := n1.Status()
+	if st["quiet"].State != "running" || st["quiet"].PID == 0 {
+		t.Errorf("quiet on n1 after the request through n2: %+v, want it running", st["quiet"])
+	}
+	for _, in := range n2.nodes()["n2"].Instances {
+		if strings.HasPrefix(in, "quiet-") {
+			t.Errorf("quiet placed on n2 too: %s", in)
+		}
 	}
 }
