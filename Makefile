@@ -62,6 +62,7 @@ test-etcd:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
 	$(GO) test -run '^$$' -bench Place10kOn1k -benchmem ./internal/place/
+	$(GO) test -run '^$$' -bench Placements -benchtime 2s ./internal/store/etcd/
 	$(GO) run ./bench/router
 	$(GO) run ./bench/previews -hostel bin/hostel
 	$(GO) run ./bench/callable -hostel bin/hostel
@@ -69,6 +70,7 @@ bench: build
 	$(GO) run ./bench/held -hostel bin/hostel
 	$(GO) test -run '^$$' -bench Deploy -benchtime 20x ./internal/deploy/
 	$(GO) run ./bench/deploy -hostel bin/hostel
+	$(GO) test -count=1 -run '^TestClusterOfThree$$' -v ./test/e2e/ -args -redeploys 20 | grep -E 'skew|requests through|^(ok|FAIL|---)'
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build

@@ -3,22 +3,18 @@ package acme
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"hostel/internal/pki"
 	"hostel/internal/store"
 )
 
@@ -40,8 +36,7 @@ const (
 // users who want those names without warnings trust the root (`hostel
 // status --json` prints it as internal_ca).
 type internalCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
+	ca      *pki.CA
 	certPEM []byte
 
 	mu     sync.Mutex
@@ -104,48 +99,19 @@ func oldOrNewCA(dir string) (certPEM, keyPEM []byte, err error) {
 			return certPEM, keyPEM, nil
 		}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA("hostel internal CA", internalRootLifetime)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("internal CA: %w", err)
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{CommonName: "hostel internal CA", Organization: []string{"hostel"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(internalRootLifetime),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+	return ca.PEM()
 }
 
 func parseCA(certPEM, keyPEM []byte) (*internalCA, error) {
-	cb, _ := pem.Decode(certPEM)
-	kb, _ := pem.Decode(keyPEM)
-	if cb == nil || kb == nil {
-		return nil, errors.New("internal CA: ca.crt or ca.key is not PEM")
-	}
-	cert, err := x509.ParseCertificate(cb.Bytes)
+	ca, err := pki.ParseCA(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("internal CA: %w", err)
+		return nil, fmt.Errorf("internal CA (ca.crt, ca.key): %w", err)
 	}
-	key, err := x509.ParseECPrivateKey(kb.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("internal CA: %w", err)
-	}
-	return &internalCA{cert: cert, key: key, certPEM: certPEM, leaves: map[string]*tls.Certificate{}}, nil
+	return &internalCA{ca: ca, certPEM: certPEM, leaves: map[string]*tls.Certificate{}}, nil
 }
 
 // leaf returns a certificate for name, minting one if none is cached or the
@@ -157,39 +123,18 @@ func (ca *internalCA) leaf(name string) (*tls.Certificate, error) {
 	if c := ca.leaves[name]; c != nil && now.Add(internalLeafRenew).Before(c.Leaf.NotAfter) {
 		return c, nil
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := ca.ca.Leaf(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: name},
+		DNSNames:    []string{name},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, internalLeafLifetime)
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(internalLeafLifetime),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		return nil, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	c := &tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}
 	if len(ca.leaves) >= internalLeafCacheMax {
 		ca.leaves = map[string]*tls.Certificate{}
 	}
 	ca.leaves[name] = c
 	return c, nil
-}
-
-func randomSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	return n
 }

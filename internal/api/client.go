@@ -13,10 +13,18 @@ import (
 	"strconv"
 )
 
-// Client talks to a daemon over its unix socket.
+// Client talks to a daemon over its unix socket, or over the remote API
+// (remote.go).
 type Client struct {
+	// socket says where the daemon is, in messages: its socket, or the
+	// remote API's URL.
 	socket string
-	hc     *http.Client
+	// base is what request paths are appended to; "" is "http://hostel"
+	// (the socket's transport ignores the host).
+	base string
+	// token is sent as the bearer token; "" over the socket.
+	token string
+	hc    *http.Client
 }
 
 // NewClient returns a client for the daemon listening on socket.
@@ -32,7 +40,9 @@ func NewClient(socket string) *Client {
 
 // UnreachableError is returned when no daemon answers on the socket.
 type UnreachableError struct {
+	// Socket is the daemon's socket, or the remote API's URL when Remote.
 	Socket string
+	Remote bool
 	Err    error
 }
 
@@ -56,19 +66,32 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 
 // send does one request with body, of contentType, if any.
 func (c *Client) send(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://hostel"+path, body)
+	base := c.base
+	if base == "" {
+		base = "http://hostel"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", contentType)
 	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.hc.Do(req)
+	if rerr := c.remoteError(resp, err); rerr != nil {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		return nil, rerr
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, &UnreachableError{Socket: c.socket, Err: err}
+		return nil, &UnreachableError{Socket: c.socket, Remote: c.token != "", Err: err}
 	}
 	return resp, nil
 }

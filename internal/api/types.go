@@ -68,6 +68,8 @@ type Listen struct {
 	// Peer is the node-to-node port, as the other nodes of a cluster
 	// reach it (serve --advertise); "" without.
 	Peer string `json:"peer,omitempty"`
+	// API is the remote API's listener (serve --api-listen); "" without.
+	API string `json:"api,omitempty"`
 }
 
 // Status is `hostel status --json`.

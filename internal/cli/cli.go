@@ -38,7 +38,10 @@ func (e usageError) Error() string { return e.err.Error() }
 
 // env carries what every command needs.
 type env struct {
-	root   string
+	root string
+	// api is the remote daemon's URL (--api, env HOSTEL_API); "": the
+	// daemon of root, over its socket.
+	api    string
 	stdout io.Writer
 	stderr io.Writer
 }
@@ -46,7 +49,24 @@ type env struct {
 // socket is the API socket of the daemon at e.root.
 func (e *env) socket() string { return daemon.SocketPath(e.root) }
 
-func (e *env) client() *api.Client { return api.NewClient(e.socket()) }
+// client returns the client of the daemon the command talks to: the
+// remote API's with --api (its token from HOSTEL_TOKEN), else the socket's
+// of the daemon at --root. Its error is the input's (exit 2).
+func (e *env) client() (*api.Client, error) {
+	if e.api != "" {
+		return api.NewRemoteClient(e.api, os.Getenv(api.TokenEnv))
+	}
+	return api.NewClient(e.socket()), nil
+}
+
+// local refuses --api for a command that works on this machine's daemon
+// alone (serve, say).
+func (e *env) local(cmd *cobra.Command) error {
+	if f := cmd.Flag("api"); f != nil && f.Changed {
+		return usageError{fmt.Errorf("--api: hostel %s works on this machine's daemon only (--root)", cmd.Name())}
+	}
+	return nil
+}
 
 // commands are the subcommands, in the order help lists them. A file that
 // adds a command group appends to it in its init.
@@ -73,6 +93,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		defRoot = "/var/lib/hostel"
 	}
 	root.PersistentFlags().StringVar(&e.root, "root", defRoot, "the daemon's state directory (env HOSTEL_ROOT)")
+	root.PersistentFlags().StringVar(&e.api, "api", os.Getenv("HOSTEL_API"),
+		"https://HOST:PORT: reach the daemon there (its --api-listen) instead of --root's, with the token in HOSTEL_TOKEN (env HOSTEL_API)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -115,7 +137,11 @@ func report(w io.Writer, err error) int {
 		return exitFailed
 	case errors.As(err, &une):
 		fmt.Fprintln(w, une.Error())
-		fmt.Fprintln(w, "Try: hostel serve --root", filepath.Dir(une.Socket))
+		if une.Remote {
+			fmt.Fprintln(w, "Try: hostel serve --api-listen HOST:PORT on that machine")
+		} else {
+			fmt.Fprintln(w, "Try: hostel serve --root", filepath.Dir(une.Socket))
+		}
 		return exitFailed
 	default:
 		// cobra's own argument errors ("accepts 1 arg(s)", "unknown command") are usage errors.

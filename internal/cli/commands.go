@@ -28,11 +28,17 @@ func serveCmd(e *env) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Root = e.root
-			if err := opts.Store.Validate(); err != nil {
-				return usageError{err}
+			if err := e.local(cmd); err != nil {
+				return err
+			}
+			if err := daemon.CheckAPIListen(opts.APIListen); err != nil {
+				return usageError{fmt.Errorf("--api-listen: %w", err)}
 			}
 			if err := daemon.CheckNodeName(opts.Node); opts.Node != "" && err != nil {
 				return usageError{fmt.Errorf("--node: %w", err)}
+			}
+			if err := opts.Store.Validate(opts.Node); err != nil {
+				return usageError{err}
 			}
 			if err := daemon.CheckAdvertise(opts.Advertise, opts.Store); err != nil {
 				return usageError{fmt.Errorf("--advertise: %w", err)}
@@ -63,11 +69,15 @@ func serveCmd(e *env) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&opts.HTTPAddr, "http", ":80", "public HTTP listener (port 0 picks a free port)")
 	cmd.Flags().StringVar(&opts.HTTPSAddr, "https", ":443", `public HTTPS listener; "" serves everything on HTTP`)
+	cmd.Flags().StringVar(&opts.APIListen, "api-listen", "",
+		"serve the API over HTTPS on HOST:PORT too, to clients with the token in ROOT/api/token (hostel --api https://HOST:PORT)")
 	cmd.Flags().StringSliceVar(&opts.Store.Etcd, "etcd", nil, "keep the state in the etcd at these URLs (comma-separated) instead of ROOT/state.db")
-	cmd.Flags().StringVar(&opts.Store.EtcdCert, "etcd-cert", "", "client certificate for https:// --etcd URLs")
+	cmd.Flags().StringVar(&opts.Store.EtcdCert, "etcd-cert", "", "client certificate for https:// --etcd URLs; with https:// --etcd-peers, the member's certificate")
 	cmd.Flags().StringVar(&opts.Store.EtcdKey, "etcd-key", "", "key of --etcd-cert")
-	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's)")
+	cmd.Flags().StringVar(&opts.Store.EtcdCA, "etcd-ca", "", "CA of the etcd members' certificates (default: the system's; with --etcd-peers, required for https://)")
 	cmd.Flags().BoolVar(&opts.Store.EtcdEmbed, "etcd-embed", false, "keep the state in an etcd member run by the daemon, its data in ROOT/etcd")
+	cmd.Flags().StringSliceVar(&opts.Store.EtcdPeers, "etcd-peers", nil,
+		"with --etcd-embed, the cluster's initial members NAME=PEER_URL,… (this node among them by its --node); each serves clients on its peer port less one")
 	cmd.Flags().StringVar(&opts.Node, "node", "", "this daemon's node among those sharing the store (default: the host name)")
 	cmd.Flags().StringVar(&opts.Advertise, "advertise", "",
 		"the address other nodes of the cluster reach this one at, HOST:PORT: its node-to-node port listens there (mutual TLS with the cluster's own CA)")
@@ -268,12 +278,15 @@ func statusCmd(e *env) *cobra.Command {
 			if err := checkEnvFlag(envName); err != nil {
 				return err
 			}
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
 			var st *api.Status
-			var err error
 			if all {
-				st, err = e.client().AllStatus(cmd.Context(), envName)
+				st, err = c.AllStatus(cmd.Context(), envName)
 			} else {
-				st, err = e.client().EnvStatus(cmd.Context(), envName)
+				st, err = c.EnvStatus(cmd.Context(), envName)
 			}
 			if err != nil {
 				return err
@@ -363,7 +376,11 @@ func generationsCmd(e *env) *cobra.Command {
 			if err := checkEnvFlag(envName); err != nil {
 				return err
 			}
-			gs, err := e.client().EnvGenerations(cmd.Context(), envName)
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			gs, err := c.EnvGenerations(cmd.Context(), envName)
 			if err != nil {
 				return err
 			}
@@ -413,7 +430,11 @@ func rollbackCmd(e *env) *cobra.Command {
 			if err := checkEnvFlag(envName); err != nil {
 				return err
 			}
-			res, err := e.client().Rollback(cmd.Context(), api.RollbackRequest{To: to, Env: envName}, func(line string) {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.Rollback(cmd.Context(), api.RollbackRequest{To: to, Env: envName}, func(line string) {
 				fmt.Fprintln(e.stderr, line)
 			})
 			if res != nil {
@@ -442,7 +463,11 @@ func logsCmd(e *env) *cobra.Command {
 			if err := checkEnvFlag(envName); err != nil {
 				return err
 			}
-			return e.client().EnvLogs(cmd.Context(), envName, args[0], version, lines, follow, e.stdout)
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			return c.EnvLogs(cmd.Context(), envName, args[0], version, lines, follow, e.stdout)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what the service writes")
@@ -458,7 +483,11 @@ func restartCmd(e *env) *cobra.Command {
 		Short: "Restart one service's running version in place",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := e.client().Restart(cmd.Context(), args[0]); err != nil {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			if err := c.Restart(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "restarted %s\n", args[0])
@@ -474,7 +503,11 @@ func gcCmd(e *env) *cobra.Command {
 		Short: "Drop generations older than the newest N; never the current one",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			res, err := e.client().GC(cmd.Context(), keep)
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.GC(cmd.Context(), keep)
 			if err != nil {
 				return err
 			}

@@ -34,7 +34,16 @@ func dbShellCmd(e *env) *cobra.Command {
 		Short: "Open psql on the service's database, as the service's role",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			info, err := e.client().DBInfo(cmd.Context(), args[0])
+			// psql runs here and reaches the server as the daemon's
+			// machine does (its socket, its host names).
+			if e.api != "" {
+				return &api.Error{Kind: api.KindInvalid, Message: fmt.Sprintf("db shell %s: --api: psql would run on this machine, and the database is reached from the daemon's; run it there (ssh HOST hostel db shell %s)", args[0], args[0])}
+			}
+			dc, err := e.client()
+			if err != nil {
+				return err
+			}
+			info, err := dc.DBInfo(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -80,7 +89,11 @@ func dbBackupCmd(e *env) *cobra.Command {
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
-				b, err := e.client().DBBackup(cmd.Context(), args[0])
+				c, err := e.client()
+				if err != nil {
+					return err
+				}
+				b, err := c.DBBackup(cmd.Context(), args[0])
 				if err != nil {
 					return err
 				}
@@ -93,7 +106,11 @@ func dbBackupCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer os.Remove(f.Name())
-			err = e.client().DBDump(cmd.Context(), args[0], f)
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			err = c.DBDump(cmd.Context(), args[0], f)
 			if err == nil {
 				err = f.Sync()
 			}
@@ -124,7 +141,11 @@ func dbRestoreCmd(e *env) *cobra.Command {
 				return usageError{err}
 			}
 			defer f.Close()
-			res, err := e.client().DBRestore(cmd.Context(), args[0], f)
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.DBRestore(cmd.Context(), args[0], f)
 			if err != nil {
 				return err
 			}
@@ -147,7 +168,11 @@ func dbDropCmd(e *env) *cobra.Command {
 			if !really {
 				return usageError{fmt.Errorf("db drop %s removes the database and all its data: pass --yes-really", args[0])}
 			}
-			if err := e.client().DBDrop(cmd.Context(), args[0]); err != nil {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DBDrop(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "dropped the database of %s\n", args[0])

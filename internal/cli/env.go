@@ -45,7 +45,11 @@ func envListCmd(e *env) *cobra.Command {
 		Short: "List the preview environments: name, created, services started and shared, URLs, state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := e.client().Envs(cmd.Context())
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			l, err := c.Envs(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -73,7 +77,11 @@ func envRmCmd(e *env) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// The daemon refuses production, a bad name and an unknown
 			// environment (exit 2, nothing changed).
-			res, err := e.client().RemoveEnv(cmd.Context(), args[0])
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.RemoveEnv(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

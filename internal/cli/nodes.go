@@ -17,7 +17,11 @@ func nodesCmd(e *env) *cobra.Command {
 		Short: "List the deployment's nodes: their labels, capacity and use, and what runs where",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ns, err := e.client().Nodes(cmd.Context())
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			ns, err := c.Nodes(cmd.Context())
 			if err != nil {
 				return err
 			}

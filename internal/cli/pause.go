@@ -19,7 +19,11 @@ func pauseCmd(e *env) *cobra.Command {
 			if bound <= 0 {
 				return &api.Error{Kind: api.KindInvalid, Message: fmt.Sprintf("--max: %s is not a positive duration", bound)}
 			}
-			if err := e.client().Pause(cmd.Context(), api.PauseRequest{Service: args[0], Max: bound.String()}); err != nil {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			if err := c.Pause(cmd.Context(), api.PauseRequest{Service: args[0], Max: bound.String()}); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "paused %s: requests are held for up to %s until hostel resume %s\n", args[0], bound, args[0])
@@ -36,7 +40,11 @@ func resumeCmd(e *env) *cobra.Command {
 		Short: "Release the requests a pause holds",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := e.client().Resume(cmd.Context(), args[0]); err != nil {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			if err := c.Resume(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "resumed %s\n", args[0])

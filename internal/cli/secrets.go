@@ -321,7 +321,11 @@ func secretsRecipientsCmd(e *env) *cobra.Command {
 		Short: "Print this machine's public key (in a cluster, every node's), for secrets/recipients.txt",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			r, err := e.client().SecretsRecipient(cmd.Context())
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.SecretsRecipient(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -368,7 +372,11 @@ func (o *secretsOpts) recipients(ctx context.Context, e *env) ([]secrets.Recipie
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	r, err := e.client().SecretsRecipient(ctx)
+	c, err := e.client()
+	if err != nil {
+		return nil, err
+	}
+	r, err := c.SecretsRecipient(ctx)
 	if err != nil {
 		return rs, nil // no daemon here (an admin's machine): nothing to compare with
 	}

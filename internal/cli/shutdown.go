@@ -18,7 +18,11 @@ func shutdownCmd(e *env) *cobra.Command {
 		Short: "Stop every service, then the daemon (a plain stop of the daemon keeps services running)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			res, err := e.client().Shutdown(cmd.Context())
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.Shutdown(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -29,12 +33,12 @@ func shutdownCmd(e *env) *cobra.Command {
 			// start another at once.
 			deadline := time.Now().Add(2 * time.Minute)
 			for time.Now().Before(deadline) {
-				if _, err := e.client().Status(cmd.Context()); err != nil {
+				if _, err := c.Status(cmd.Context()); err != nil {
 					break
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			fmt.Fprintf(e.stdout, "daemon at %s stopped\n", e.socket())
+			fmt.Fprintf(e.stdout, "daemon at %s stopped\n", c.Name())
 			return nil
 		},
 	}

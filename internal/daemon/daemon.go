@@ -53,6 +53,10 @@ type Options struct {
 	// HOST:PORT (serve --advertise): the node-to-node port listens there
 	// (peer.go). "": the node reaches no other, and none reaches it.
 	Advertise string
+	// APIListen is the remote API's listener, HOST:PORT (serve
+	// --api-listen; remoteapi.go): the API over HTTPS to clients with
+	// the token in ROOT/api/token. "": none.
+	APIListen string
 	// Labels and Capacity are what the node offers placement (zero
 	// Capacity fields: the machine's).
 	Labels   map[string]string
@@ -112,11 +116,15 @@ type Daemon struct {
 	peerLn   net.Listener
 	peerAddr string
 	apiLn    net.Listener
-	httpsLn  net.Listener  // nil when --https is ""
-	certs    *acme.Manager // nil when --https is ""
-	servers  []*http.Server
-	front    *front.Front // serves httpLn and httpsLn
-	wg       sync.WaitGroup
+	// remoteLn is the remote API's listener (TLS) and remoteToken what
+	// its clients must send; nil without Options.APIListen.
+	remoteLn    net.Listener
+	remoteToken api.Token
+	httpsLn     net.Listener  // nil when --https is ""
+	certs       *acme.Manager // nil when --https is ""
+	servers     []*http.Server
+	front       *front.Front // serves httpLn and httpsLn
+	wg          sync.WaitGroup
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -234,6 +242,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
 	failpoint.Hit("api-socket-bound")
+	if err := d.listenRemoteAPI(); err != nil {
+		return nil, err
+	}
 	// Before anything is adopted: what a daemon killed mid-launch left
 	// running without a record.
 	d.sup.Leftovers()
@@ -246,9 +257,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.startExpiry()
 	d.serveFront()
 	d.serveHTTPS()
-	apiHandler := api.NewHandler(d)
-	d.servePeer(apiHandler)
-	d.serve(d.apiLn, d.passToLeader(apiHandler))
+	h := api.NewHandler(d)
+	// The peer port serves the API a standby passes on as it is (it
+	// passes nothing on again); the CLI's listeners pass on what only the
+	// leader carries out.
+	d.servePeer(h)
+	d.serve(d.apiLn, d.passToLeader(h))
+	d.serveRemoteAPI(d.passToLeader(h))
 	d.logf("serving HTTP on %s, API on %s", d.httpLn.Addr(), sock)
 	return d, nil
 }
@@ -328,7 +343,7 @@ func (d *Daemon) Close() error {
 		os.Remove(SocketPath(d.opts.Root))
 	}
 	d.stopServing()
-	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn} {
+	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn, d.remoteLn} {
 		if ln != nil {
 			ln.Close()
 		}

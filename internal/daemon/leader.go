@@ -94,6 +94,9 @@ func (d *Daemon) relay(w http.ResponseWriter, r *http.Request, name, addr string
 	// An API request names no instance: that is how the leader tells it
 	// from an app's (servePeer).
 	front.DeletePeerFields(out.Header)
+	// This node's remote API token stays here: the leader knows this node
+	// by its certificate.
+	out.Header.Del("Authorization")
 	resp, err := d.peers.RoundTrip(out)
 	if err != nil {
 		if r.Context().Err() == nil {

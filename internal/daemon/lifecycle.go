@@ -10,17 +10,25 @@ import (
 	"hostel/internal/spec"
 )
 
+// storeWait bounds what a stopping daemon waits for the store.
+const storeWait = 5 * time.Second
+
 // minDrain is the least time a stopping daemon gives requests in flight.
 const minDrain = 30 * time.Second
 
 // drainBound is how long a stopping daemon lets requests in flight finish:
-// the largest stop_grace of the current generation, at least minDrain.
+// the largest stop_grace of the current generation, at least minDrain —
+// minDrain if the store does not answer within storeWait (an etcd
+// without a quorum waits for one as long as it is asked to: the last
+// members of a cluster could never stop).
 func (d *Daemon) drainBound() time.Duration {
 	bound := minDrain
 	if d.store == nil {
 		return bound
 	}
-	if cur, err := d.store.Current(context.Background(), spec.DefaultEnv); err == nil && cur != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), storeWait)
+	defer cancel()
+	if cur, err := d.store.Current(ctx, spec.DefaultEnv); err == nil && cur != nil {
 		for _, svc := range cur.Spec.Services {
 			bound = max(bound, svc.StopGraceOrDefault())
 		}

@@ -3,8 +3,11 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"sync"
 
+	"hostel/internal/api"
 	"hostel/internal/deploy"
 	"hostel/internal/nix"
 	"hostel/internal/spec"
@@ -118,4 +121,34 @@ func (d *Daemon) packages(ctx context.Context) func(service string, v spec.Versi
 		}
 		return byKey[spec.Key(service, v)]
 	}
+}
+
+var _ api.NixDaemon = (*Daemon)(nil)
+
+// NixMissing implements api.NixDaemon.
+func (d *Daemon) NixMissing(ctx context.Context, paths []string) ([]string, error) {
+	top, err := nix.TopPaths(paths)
+	if err != nil {
+		return nil, api.Invalid(err)
+	}
+	if !nix.Available() {
+		return nil, errors.New("this machine has no Nix to take store paths: install it (Debian: apt-get install nix-bin)")
+	}
+	return nix.Missing(ctx, top)
+}
+
+// NixImport implements api.NixDaemon. What a client sends is checked by
+// Nix (each path against its hash) and is only ever run by a deploy the
+// same client could make with any other package: its token is the
+// daemon's whole trust.
+func (d *Daemon) NixImport(ctx context.Context, r io.Reader) ([]string, error) {
+	if !nix.Available() {
+		return nil, errors.New("this machine has no Nix to take store paths: install it (Debian: apt-get install nix-bin)")
+	}
+	paths, err := nix.Import(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	d.logf("took %d store paths over the API", len(paths))
+	return paths, nil
 }

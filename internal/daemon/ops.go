@@ -165,11 +165,16 @@ func (d *Daemon) AllStatus(ctx context.Context, env string) (*api.Status, error)
 // versions, what else of it runs (draining, or awake and kept), and with
 // all the kept versions asleep too.
 func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status, error) {
+	// Status answers, if only to say why not, when the store does not (an
+	// etcd without a quorum): a daemon stopping waits for the requests in
+	// flight, and `hostel shutdown` asks for the status until none comes.
+	ctx, cancel := context.WithTimeout(ctx, storeWait)
+	defer cancel()
 	cur, err := d.envCurrent(ctx, env)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the store: %w", err)
 	}
-	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr(), Peer: d.peerAddr}, Services: []api.ServiceStatus{}}
+	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr(), Peer: d.peerAddr, API: d.RemoteAPIAddr()}, Services: []api.ServiceStatus{}}
 	d.certStatus(st)
 	zone := spec.DefaultZone
 	shown := map[spec.VersionKey]bool{}

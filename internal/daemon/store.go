@@ -21,31 +21,48 @@ type StoreOptions struct {
 	Etcd []string
 	// EtcdCert and EtcdKey are a client certificate and its key, and
 	// EtcdCA the CA of the members' certificates, for https:// URLs — as
-	// etcdctl's --cert, --key and --cacert.
+	// etcdctl's --cert, --key and --cacert. With https:// EtcdPeers they
+	// are the member's own: it serves its peers and clients with them,
+	// and the daemon's client presents them (etcd.Cluster).
 	EtcdCert, EtcdKey, EtcdCA string
 	// EtcdEmbed runs an etcd member in the daemon, its data under
-	// ROOT/etcd, reached on a unix socket there (serve --etcd-embed).
+	// ROOT/etcd (serve --etcd-embed): alone, reached on a unix socket
+	// there; or, with EtcdPeers, one of a cluster's.
 	EtcdEmbed bool
+	// EtcdPeers are the initial members of the cluster the member of
+	// EtcdEmbed is one of, NAME=PEER_URL each (serve --etcd-peers,
+	// etcd.ParsePeers); the node's name is its member's. Nil: the member
+	// is alone.
+	EtcdPeers []string
 }
 
 // etcd reports whether the state is in etcd.
 func (o StoreOptions) etcd() bool { return o.EtcdEmbed || len(o.Etcd) > 0 }
 
-// Validate checks the options alone, before anything starts; an error
-// names the flag.
-func (o StoreOptions) Validate() error {
+// Validate checks the options of the daemon of node (its --node, ""
+// for the default), before anything starts; an error names the flag. Of
+// a cluster's member (EtcdPeers) it checks what etcd.Cluster.Check
+// does: the node is a member, and its certificate is one its peers
+// will take.
+func (o StoreOptions) Validate(node string) error {
 	tlsFlags := map[string]string{"--etcd-cert": o.EtcdCert, "--etcd-key": o.EtcdKey, "--etcd-ca": o.EtcdCA}
 	switch {
 	case o.EtcdEmbed && len(o.Etcd) > 0:
 		return errors.New("--etcd and --etcd-embed: choose one, an etcd to use or a member in the daemon")
+	case len(o.EtcdPeers) > 0 && !o.EtcdEmbed:
+		return errors.New("--etcd-peers needs --etcd-embed: they are the initial members of the cluster the daemon's own member is one of")
 	case o.EtcdCert != "" && o.EtcdKey == "":
 		return errors.New("--etcd-cert needs --etcd-key")
 	case o.EtcdKey != "" && o.EtcdCert == "":
 		return errors.New("--etcd-key needs --etcd-cert")
 	}
+	if len(o.EtcdPeers) > 0 {
+		_, err := o.cluster(node)
+		return err
+	}
 	for _, flag := range []string{"--etcd-cert", "--etcd-key", "--etcd-ca"} {
 		if tlsFlags[flag] != "" && len(o.Etcd) == 0 {
-			return fmt.Errorf("%s is for the TLS of --etcd URLS", flag)
+			return fmt.Errorf("%s is for the TLS of --etcd URLS, or of https:// --etcd-peers", flag)
 		}
 	}
 	usesTLS := o.EtcdCert != "" || o.EtcdCA != ""
@@ -66,6 +83,23 @@ func (o StoreOptions) Validate() error {
 	return nil
 }
 
+// cluster is the cluster of EtcdPeers whose member node is, checked
+// (etcd.Cluster.Check); node "" is the default node name.
+func (o StoreOptions) cluster(node string) (etcd.Cluster, error) {
+	peers, err := etcd.ParsePeers(o.EtcdPeers)
+	if err != nil {
+		return etcd.Cluster{}, fmt.Errorf("--etcd-peers: %w", err)
+	}
+	if node == "" {
+		node = nodeName()
+	}
+	c := etcd.Cluster{Name: node, Peers: peers, CertFile: o.EtcdCert, KeyFile: o.EtcdKey, CAFile: o.EtcdCA}
+	if err := c.Check(); err != nil {
+		return etcd.Cluster{}, fmt.Errorf("--etcd-peers, as node %s: %w", node, err)
+	}
+	return c, nil
+}
+
 // movedSuffix is added to ROOT/state.db once its content moved to etcd.
 const movedSuffix = ".moved-to-etcd"
 
@@ -74,7 +108,7 @@ const movedSuffix = ".moved-to-etcd"
 // ROOT/state.db moves there first (moveBolt).
 func (d *Daemon) openStore(ctx context.Context) (store.Store, error) {
 	o := d.opts.Store
-	if err := o.Validate(); err != nil {
+	if err := o.Validate(d.opts.Node); err != nil {
 		return nil, err
 	}
 	boltPath := filepath.Join(d.opts.Root, "state.db")
@@ -89,11 +123,23 @@ func (d *Daemon) openStore(ctx context.Context) (store.Store, error) {
 	endpoints := o.Etcd
 	var tc *tls.Config
 	if o.EtcdEmbed {
-		m, err := etcd.StartMember(filepath.Join(d.opts.Root, "etcd"), d.logf)
+		dir := filepath.Join(d.opts.Root, "etcd")
+		var m *etcd.Member
+		var err error
+		if len(o.EtcdPeers) > 0 {
+			var c etcd.Cluster
+			if c, err = o.cluster(d.opts.Node); err == nil {
+				m, err = etcd.StartClusterMember(ctx, dir, c, d.logf)
+			}
+		} else {
+			m, err = etcd.StartMember(dir, d.logf)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("--etcd-embed: %w", err)
 		}
-		d.member, endpoints = m, m.Endpoints()
+		// The client talks to every member (a cluster's), so that the
+		// daemon goes on whichever one is lost, its own among them.
+		d.member, endpoints, tc = m, m.Endpoints(), m.TLS()
 	} else if o.EtcdCert != "" || o.EtcdCA != "" {
 		var err error
 		if tc, err = etcd.TLSConfig(o.EtcdCert, o.EtcdKey, o.EtcdCA); err != nil {

@@ -14,22 +14,18 @@ package peer
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"sync"
 	"time"
 
 	"hostel/internal/keyring"
+	"hostel/internal/pki"
 	"hostel/internal/store"
 )
 
@@ -63,8 +59,7 @@ const (
 // values with a machine key can as well deploy a service, and is trusted
 // as much.
 type CA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	ca   *pki.CA
 	pool *x509.CertPool
 }
 
@@ -93,7 +88,7 @@ func LoadCA(ctx context.Context, st store.Store, keys *keyring.Keyring) (*CA, er
 		if err != nil {
 			return nil, err
 		}
-		certPEM, keyPEM, err := ca.encode()
+		certPEM, keyPEM, err := ca.ca.PEM()
 		if err != nil {
 			return nil, err
 		}
@@ -108,6 +103,14 @@ func LoadCA(ctx context.Context, st store.Store, keys *keyring.Keyring) (*CA, er
 		if err != nil && !errors.Is(err, store.ErrConflict) {
 			return nil, fmt.Errorf("the cluster's CA: %w", err)
 		}
+		if err == nil {
+			// A machine that joined between the read of the keys and
+			// this write saw nothing to seal to it when it joined: it
+			// is sealed to now, or its daemon would wait in vain.
+			if _, err := keys.Reseal(ctx, KindCAKey); err != nil {
+				return nil, fmt.Errorf("the cluster's CA: sealing its key to every machine: %w", err)
+			}
+		}
 		// Read back what the store kept: this one, or another daemon's.
 	}
 }
@@ -115,63 +118,25 @@ func LoadCA(ctx context.Context, st store.Store, keys *keyring.Keyring) (*CA, er
 // NewCA makes a new CA. A deployment has one, which LoadCA makes; a CA
 // made otherwise is another cluster's, which a node of this one refuses.
 func NewCA() (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{CommonName: "hostel cluster CA", Organization: []string{"hostel"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(caLifetime),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	ca, err := pki.NewCA("hostel cluster CA", caLifetime)
 	if err != nil {
 		return nil, fmt.Errorf("the cluster's CA: %w", err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("the cluster's CA: %w", err)
-	}
-	return newCA(cert, key), nil
+	return newCA(ca), nil
 }
 
-func newCA(cert *x509.Certificate, key *ecdsa.PrivateKey) *CA {
+func newCA(ca *pki.CA) *CA {
 	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &CA{cert: cert, key: key, pool: pool}
-}
-
-// encode returns the CA's certificate and key as PEM.
-func (ca *CA) encode() (certPEM, keyPEM []byte, err error) {
-	keyDER, err := x509.MarshalECPrivateKey(ca.key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+	pool.AddCert(ca.Cert)
+	return &CA{ca: ca, pool: pool}
 }
 
 func parseCA(certPEM, keyPEM []byte) (*CA, error) {
-	cb, _ := pem.Decode(certPEM)
-	kb, _ := pem.Decode(keyPEM)
-	if cb == nil || kb == nil {
-		return nil, errors.New("the cluster's CA: its certificate or key is not PEM")
-	}
-	cert, err := x509.ParseCertificate(cb.Bytes)
+	ca, err := pki.ParseCA(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("the cluster's CA: %w", err)
 	}
-	key, err := x509.ParseECPrivateKey(kb.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("the cluster's CA: %w", err)
-	}
-	return newCA(cert, key), nil
+	return newCA(ca), nil
 }
 
 // Identity is one node's side of the node-to-node TLS: its certificate,
@@ -215,16 +180,9 @@ func (id *Identity) certificate() (*tls.Certificate, error) {
 	if c := id.cert; c != nil && now.Add(nodeRenew).Before(c.Leaf.NotAfter) {
 		return c, nil
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: id.node, Organization: []string{"hostel cluster"}},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(nodeLifetime),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
+		Subject:  pkix.Name{CommonName: id.node, Organization: []string{"hostel cluster"}},
+		KeyUsage: x509.KeyUsageDigitalSignature,
 		// Both ends of the node-to-node TLS.
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
@@ -235,16 +193,12 @@ func (id *Identity) certificate() (*tls.Certificate, error) {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, id.ca.cert, &key.PublicKey, id.ca.key)
+	c, err := id.ca.ca.Leaf(tmpl, nodeLifetime)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: its certificate: %w", id.node, err)
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("node %s: its certificate: %w", id.node, err)
-	}
-	id.cert = &tls.Certificate{Certificate: [][]byte{der, id.ca.cert.Raw}, PrivateKey: key, Leaf: leaf}
-	return id.cert, nil
+	id.cert = c
+	return c, nil
 }
 
 // Node is the name the identity was issued for.
@@ -331,12 +285,4 @@ func (id *Identity) Transport() *http.Transport {
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
 	}
-}
-
-func randomSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	return n
 }

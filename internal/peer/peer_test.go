@@ -85,17 +85,17 @@ func TestLoadCA(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !caA.cert.Equal(caB.cert) || !caA.key.Equal(caB.key) {
+		if !caA.ca.Cert.Equal(caB.ca.Cert) || !caA.ca.Key.Equal(caB.ca.Key) {
 			t.Fatal("a second daemon made a CA of its own")
 		}
-		if again, err := LoadCA(ctx, sta, ka); err != nil || !again.cert.Equal(caA.cert) {
+		if again, err := LoadCA(ctx, sta, ka); err != nil || !again.ca.Cert.Equal(caA.ca.Cert) {
 			t.Fatalf("loading the CA again: %v", err)
 		}
 		r, err := sta.Record(ctx, KindCAKey, caKey)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, keyPEM, _ := caA.encode()
+		_, keyPEM, _ := caA.ca.PEM()
 		if bytes.Contains(r.Value, []byte("PRIVATE KEY")) || bytes.Contains(r.Value, keyPEM) {
 			t.Fatalf("the CA's key is in the store unsealed: %s", r.Value)
 		}
@@ -137,7 +137,7 @@ func TestHandshake(t *testing.T) {
 	noCert := idB.Transport()
 	noCert.TLSClientConfig.GetClientCertificate = nil
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.ca.Cert)
 	strangerToA := stranger.Transport()
 	strangerToA.TLSClientConfig.RootCAs = pool // it trusts a; a must not trust it
 	for _, tc := range []struct {

@@ -13,6 +13,7 @@
 //	PREFIX record/KIND/KEY     a record; its revision is the key's ModRevision
 //	PREFIX election/NAME/LEASE a candidacy (LEASE in hex), as etcd's concurrency package keeps it
 //	PREFIX migrated            what Load moved in, and from where
+//	PREFIX migrating           the records a Load writes, while it runs (cleared by a Load again)
 //
 // The store's revision is etcd's. Every write is one etcd transaction
 // whose compares carry the store's compare-and-swaps — and, through a
@@ -172,6 +173,7 @@ func (s *Store) kRecords(kind string) string     { return s.p + "record/" + kind
 func (s *Store) kRecord(kind, key string) string { return s.p + "record/" + kind + "/" + key }
 func (s *Store) kElection(name string) string    { return s.p + "election/" + name + "/" }
 func (s *Store) kMigrated() string               { return s.p + "migrated" }
+func (s *Store) kMigrating() string              { return s.p + "migrating" }
 
 // number decodes a number kept as a value (seq, a current generation);
 // 0 for a missing key.

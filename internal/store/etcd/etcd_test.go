@@ -21,7 +21,8 @@ import (
 // server is an etcd the suite runs against: a member in this process, or
 // Debian's etcd binary.
 type server interface {
-	endpoints() []string
+	// config is a client's configuration for it.
+	config() etcd.Config
 	// restart stops the server and starts it again on its data.
 	restart(t *testing.T)
 }
@@ -35,7 +36,9 @@ type backend struct {
 
 func (b *backend) Open(t *testing.T) store.Store {
 	t.Helper()
-	s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: b.srv.endpoints(), Prefix: b.prefix})
+	cfg := b.srv.config()
+	cfg.Prefix = b.prefix
+	s, err := etcd.Open(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +93,7 @@ func (m *member) start(t *testing.T) {
 	}
 }
 
-func (m *member) endpoints() []string { return m.m.Endpoints() }
+func (m *member) config() etcd.Config { return etcd.Config{Endpoints: m.m.Endpoints()} }
 
 func (m *member) restart(t *testing.T) {
 	t.Helper()
@@ -171,7 +174,9 @@ func (b *binary) start(t *testing.T) {
 	go func() { b.cmd.Wait(); close(b.exited) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: b.endpoints(), DialTimeout: time.Second})
+		cfg := b.config()
+		cfg.DialTimeout = time.Second
+		s, err := etcd.Open(t.Context(), cfg)
 		if err == nil {
 			s.Close()
 			return
@@ -198,7 +203,9 @@ func (b *binary) stop(t *testing.T) {
 	}
 }
 
-func (b *binary) endpoints() []string { return []string{fmt.Sprintf("http://127.0.0.1:%d", b.client)} }
+func (b *binary) config() etcd.Config {
+	return etcd.Config{Endpoints: []string{fmt.Sprintf("http://127.0.0.1:%d", b.client)}}
+}
 
 func (b *binary) restart(t *testing.T) {
 	b.stop(t)

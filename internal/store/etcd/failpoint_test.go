@@ -39,7 +39,7 @@ func TestFailpointLoadCutShort(t *testing.T) {
 	}
 	want := read(t, b)
 
-	s, err := etcd.Open(ctx, etcd.Config{Endpoints: startMember(t).endpoints()})
+	s, err := etcd.Open(ctx, startMember(t).config())
 	if err != nil {
 		t.Fatal(err)
 	}

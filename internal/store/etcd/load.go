@@ -64,10 +64,14 @@ const loadBatchBytes = 1 << 20
 // Load moves a store's content in (see store.Dump), exactly: generations
 // under their numbers, the sequence, the current generations, secret
 // ciphertexts and records. It refuses keys that hold a deployment
-// (Deployed), and first clears what a Load cut short left. It writes in
-// batches, each atomic and under etcd's limits, the sequence last: until
-// then the keys hold no deployment, and a Load again starts over.
-// source, with the time, is kept under PREFIX migrated.
+// (Deployed), and first clears what a Load cut short left: the
+// generations, currents and ciphertexts (nothing else writes any before a
+// deployment) and the records it listed under PREFIX migrating as it
+// began — not the records other daemons of a cluster starting beside
+// this one write meanwhile (their machine keys, the cluster's CA, their
+// nodes). It writes in batches, each atomic and under etcd's limits, the
+// sequence last: until then the keys hold no deployment, and a Load again
+// starts over. source, with the time, is kept under PREFIX migrated.
 func (s *Store) Load(ctx context.Context, d *store.Dump, source string) error {
 	deployed, err := s.Deployed(ctx)
 	if err != nil {
@@ -90,13 +94,22 @@ func (s *Store) Load(ctx context.Context, d *store.Dump, source string) error {
 		}
 		return nil
 	}
-	if err := commit([]clientv3.Op{
-		clientv3.OpDelete(s.kGens(), clientv3.WithPrefix()),
-		clientv3.OpDelete(s.kCurrents(), clientv3.WithPrefix()),
-		clientv3.OpDelete(s.kSecrets(), clientv3.WithPrefix()),
-		clientv3.OpDelete(s.p+"record/", clientv3.WithPrefix()),
-	}); err != nil {
+	if err := s.clearLoad(ctx, commit); err != nil {
 		return fmt.Errorf("clear %s: %w", s.p, err)
+	}
+	var keys []string // the records this Load writes
+	for _, r := range d.Records {
+		if err := store.CheckName("record kind", r.Kind); err != nil {
+			return err
+		}
+		keys = append(keys, s.kRecord(r.Kind, r.Key))
+	}
+	listed, err := json.Marshal(keys)
+	if err != nil {
+		return err
+	}
+	if err := commit([]clientv3.Op{clientv3.OpPut(s.kMigrating(), string(listed))}); err != nil {
+		return err
 	}
 	var (
 		batch []clientv3.Op
@@ -124,9 +137,6 @@ func (s *Store) Load(ctx context.Context, d *store.Dump, source string) error {
 		}
 	}
 	for _, r := range d.Records {
-		if err := store.CheckName("record kind", r.Kind); err != nil {
-			return err
-		}
 		if err := add(s.kRecord(r.Kind, r.Key), r.Value); err != nil {
 			return err
 		}
@@ -145,5 +155,36 @@ func (s *Store) Load(ctx context.Context, d *store.Dump, source string) error {
 	if err != nil {
 		return err
 	}
-	return commit([]clientv3.Op{clientv3.OpPut(s.kMigrated(), string(m)), clientv3.OpPut(s.kSeq(), itoa(d.Sequence))})
+	return commit([]clientv3.Op{clientv3.OpPut(s.kMigrated(), string(m)), clientv3.OpDelete(s.kMigrating()), clientv3.OpPut(s.kSeq(), itoa(d.Sequence))})
+}
+
+// clearLoad clears what a Load cut short wrote (see Load), in
+// transactions of at most store.DeleteBatch operations.
+func (s *Store) clearLoad(ctx context.Context, commit func([]clientv3.Op) error) error {
+	ops := []clientv3.Op{
+		clientv3.OpDelete(s.kGens(), clientv3.WithPrefix()),
+		clientv3.OpDelete(s.kCurrents(), clientv3.WithPrefix()),
+		clientv3.OpDelete(s.kSecrets(), clientv3.WithPrefix()),
+	}
+	got, err := s.cli.Get(ctx, s.kMigrating())
+	if err != nil {
+		return wrap(err)
+	}
+	if kv := first(got); kv != nil {
+		var keys []string
+		if err := json.Unmarshal(kv.Value, &keys); err != nil {
+			return fmt.Errorf("etcd key %s: %w", kv.Key, err)
+		}
+		for _, k := range keys {
+			ops = append(ops, clientv3.OpDelete(k))
+		}
+	}
+	for len(ops) > 0 {
+		n := min(len(ops), store.DeleteBatch)
+		if err := commit(ops[:n]); err != nil {
+			return err
+		}
+		ops = ops[n:]
+	}
+	return nil
 }

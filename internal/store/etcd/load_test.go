@@ -57,21 +57,29 @@ func TestLoadFromBolt(t *testing.T) {
 	want := read(t, b)
 
 	m := startMember(t)
-	s2, err := etcd.Open(ctx, etcd.Config{Endpoints: m.endpoints()})
+	s2, err := etcd.Open(ctx, m.config())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	// A Load cut short left a generation and a record: they go.
+	// A Load cut short left a generation and a record it listed: they
+	// go. A record another daemon wrote meanwhile (a cluster's node
+	// starting beside this one: its machine key) stays.
 	if _, err := s2.PutRecord(ctx, "stale", "x", nil, 0); err != nil {
 		t.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: m.endpoints(), Logger: zap.NewNop()})
+	if _, err := s2.PutRecord(ctx, "machinekey", "age1other", []byte("other node"), 0); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: m.config().Endpoints, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
 	if _, err := cli.Put(ctx, etcd.DefaultPrefix+"gen/00000000000000000099", string(want.gens[0])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, etcd.DefaultPrefix+"migrating", `["`+etcd.DefaultPrefix+`record/stale/x"]`); err != nil {
 		t.Fatal(err)
 	}
 	if err := s2.Load(ctx, dump, path); err != nil {
@@ -91,6 +99,12 @@ func TestLoadFromBolt(t *testing.T) {
 	}
 	if _, err := s2.Record(ctx, "stale", "x"); err == nil {
 		t.Error("a record left by a Load cut short is kept")
+	}
+	if r, err := s2.Record(ctx, "machinekey", "age1other"); err != nil || string(r.Value) != "other node" {
+		t.Errorf("another daemon's record after Load: %v %q; want it kept", err, r.Value)
+	}
+	if got, err := cli.Get(ctx, etcd.DefaultPrefix+"migrating"); err != nil || len(got.Kvs) != 0 {
+		t.Errorf("the list of a Load's records outlives it: %v %v", got, err)
 	}
 	if n, err := s2.Commit(ctx, storetest.Gen("v6"), n1); err != nil || n != n5+1 {
 		t.Errorf("first commit after Load = %d, %v; want %d: numbers continue", n, err, n5+1)

@@ -24,6 +24,9 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 		return nil, fmt.Errorf("watch: %w", err)
 	}
 	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV()}
+	// seen is the revision before which a watch from now delivers
+	// nothing: 0 for a watch from a revision.
+	var seen uint64
 	if from == 0 {
 		// Without a revision etcd starts the watch at the revision its
 		// server is at, and the client's Watch returns once the server
@@ -33,6 +36,16 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 		// 100 ms, and each wait for a change would take up to that.)
 		// The notice that it was made says the revision.
 		opts = append(opts, clientv3.WithCreatedNotify())
+		// But in a cluster that server may be a member that has not
+		// applied every change made yet (a follower a step behind): its
+		// watch would deliver changes made before Watch was called. A
+		// linearizable read says the revision the cluster is at; what
+		// is not after it is not delivered.
+		got, err := s.cli.Get(ctx, s.kSeq(), clientv3.WithCountOnly())
+		if err != nil {
+			return nil, fmt.Errorf("watch: %w", wrap(err))
+		}
+		seen = uint64(got.Header.Revision)
 	} else {
 		opts = append(opts, clientv3.WithRev(int64(from)+1))
 	}
@@ -54,7 +67,7 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 		last := from
 		for resp := range wch {
 			if resp.Created {
-				last = uint64(resp.Header.Revision)
+				last = max(uint64(resp.Header.Revision), seen)
 				continue
 			}
 			if resp.CompactRevision != 0 {
@@ -72,6 +85,9 @@ func (s *Store) Watch(ctx context.Context, from uint64) (<-chan store.Event, err
 			// revision delivered is its change's Last.
 			evs := make([]store.Event, 0, len(resp.Events))
 			for _, e := range resp.Events {
+				if uint64(e.Kv.ModRevision) <= seen {
+					continue // made before Watch was called
+				}
 				ev, ok, err := s.event(e)
 				if err != nil {
 					send(store.Event{Err: fmt.Errorf("watch: %w", err)})

@@ -1,0 +1,296 @@
+// Package etcdtest gives tests a cluster of etcd members as hostel serve
+// --etcd-embed --etcd-peers runs them (etcd.StartClusterMember) — in the
+// test's process, on loopback ports, over TLS with certificates of a CA
+// made for the test — and the CA itself, to make the certificates of
+// daemons a test starts. It is test code, imported only by tests.
+package etcdtest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"hostel/internal/store/etcd"
+)
+
+// CA is a certificate authority made for a test: the cluster's own CA,
+// as an operator makes one with openssl (README, "A cluster of three").
+type CA struct {
+	// CertFile is the CA's certificate (PEM): what --etcd-ca names.
+	CertFile string
+	dir      string
+	cert     *x509.Certificate
+	key      *ecdsa.PrivateKey
+	serial   atomic.Int64
+}
+
+// NewCA makes a CA named name, its files in dir.
+func NewCA(t testing.TB, dir, name string) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &CA{dir: dir, key: key}
+	if ca.cert, err = x509.ParseCertificate(der); err != nil {
+		t.Fatal(err)
+	}
+	ca.serial.Store(1)
+	ca.CertFile = writePEM(t, filepath.Join(dir, name+".pem"), "CERTIFICATE", der)
+	return ca
+}
+
+// Node issues the certificate of a node reached at ips — for its
+// listeners (server authentication) and its connections to the others
+// (client authentication), as a member's must be — and returns its
+// certificate and key files: what --etcd-cert and --etcd-key name.
+func (ca *CA) Node(t testing.TB, name string, ips ...net.IP) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial.Add(1)), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, IPAddresses: ips}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(ca.dir, ca.cert.Subject.CommonName+"-"+name)
+	return writePEM(t, base+".pem", "CERTIFICATE", der), writePEM(t, base+"-key.pem", "PRIVATE KEY", keyDER)
+}
+
+func writePEM(t testing.TB, path, typ string, der []byte) string {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Loopback is the address the members and clients of tests are on.
+var Loopback = net.IPv4(127, 0, 0, 1)
+
+// PeerURLs returns a peer URL of scheme on each of ips (loopback
+// addresses: this machine's), on a port that is free there, and so is
+// the client port below it (etcd.ClientURL), none of them the same.
+func PeerURLs(t testing.TB, scheme string, ips ...net.IP) []url.URL {
+	t.Helper()
+	var held []net.Listener
+	defer func() {
+		for _, ln := range held {
+			ln.Close()
+		}
+	}()
+	var out []url.URL
+	for tries := 0; len(out) < len(ips); tries++ {
+		if tries > 100 {
+			t.Fatal("no pair of free loopback ports")
+		}
+		ip := ips[len(out)].String()
+		peer, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, peer)
+		port := peer.Addr().(*net.TCPAddr).Port
+		client, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port-1)))
+		if err != nil {
+			continue
+		}
+		held = append(held, client)
+		out = append(out, url.URL{Scheme: scheme, Host: peer.Addr().String()})
+	}
+	return out
+}
+
+// Cluster is a cluster of members in the test's process, each with its
+// own data directory, certificate and log.
+type Cluster struct {
+	CA      *CA
+	Members []*Member
+	// clientCert and clientKey are the test's own client certificate.
+	clientCert, clientKey string
+}
+
+// Member is one member of a Cluster.
+type Member struct {
+	// Name is its name; Dir its data directory; Cluster what it was
+	// started with.
+	Name, Dir string
+	Cluster   etcd.Cluster
+	log       logBuffer
+	mu        sync.Mutex
+	m         *etcd.Member
+}
+
+// StartCluster starts n members (named m0, m1 …) on loopback over TLS,
+// all at once, and waits until they serve. They stop when the test ends,
+// and their logs are printed if it failed.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &Cluster{CA: NewCA(t, dir, "cluster-ca")}
+	c.clientCert, c.clientKey = c.CA.Node(t, "test-client", Loopback)
+	ips := make([]net.IP, n)
+	for i := range ips {
+		ips[i] = Loopback
+	}
+	urls := PeerURLs(t, "https", ips...)
+	var peers []etcd.Peer
+	for i, u := range urls {
+		peers = append(peers, etcd.Peer{Name: "m" + strconv.Itoa(i), URL: u})
+	}
+	for _, p := range peers {
+		cert, key := c.CA.Node(t, p.Name, Loopback)
+		c.Members = append(c.Members, &Member{Name: p.Name, Dir: filepath.Join(dir, p.Name),
+			Cluster: etcd.Cluster{Name: p.Name, Peers: peers, CertFile: cert, KeyFile: key, CAFile: c.CA.CertFile}})
+	}
+	t.Cleanup(func() {
+		c.Stop(t)
+		if t.Failed() {
+			for _, m := range c.Members {
+				t.Logf("etcd member %s log:\n%s", m.Name, m.log.String())
+			}
+		}
+	})
+	c.Start(t)
+	return c
+}
+
+// Config is a client's configuration for the cluster: every member's
+// client URL, and a certificate of the cluster's CA.
+func (c *Cluster) Config() etcd.Config {
+	tc, err := etcd.TLSConfig(c.clientCert, c.clientKey, c.CA.CertFile)
+	if err != nil {
+		panic(err) // files this package wrote
+	}
+	return etcd.Config{Endpoints: c.Members[0].Cluster.Endpoints(), TLS: tc}
+}
+
+// Start starts every member that is not running, all at once (each
+// waits for a quorum), and waits until they serve.
+func (c *Cluster) Start(t testing.TB) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, len(c.Members))
+	for i, m := range c.Members {
+		wg.Go(func() { errs[i] = m.start() })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Stop stops every member that runs, one after the other: members
+// stopped all at once each wait for the others to take their leadership
+// over, for seconds.
+func (c *Cluster) Stop(t testing.TB) {
+	t.Helper()
+	for _, m := range c.Members {
+		m.Stop(t)
+	}
+}
+
+// Restart stops every member, then starts them again on their data.
+func (c *Cluster) Restart(t testing.TB) {
+	t.Helper()
+	c.Stop(t)
+	c.Start(t)
+}
+
+// Stop stops the member (its data stays); nothing if it is stopped.
+func (m *Member) Stop(t testing.TB) {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.m == nil {
+		return
+	}
+	if err := m.m.Close(); err != nil {
+		t.Errorf("member %s: %v", m.Name, err)
+	}
+	m.m = nil
+}
+
+// Start starts the member again on its data and waits until it serves.
+func (m *Member) Start(t testing.TB) {
+	t.Helper()
+	if err := m.start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (m *Member) start() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.m != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	em, err := etcd.StartClusterMember(ctx, m.Dir, m.Cluster, m.log.logf)
+	if err != nil {
+		return fmt.Errorf("member %s: %w\n%s", m.Name, err, m.log.String())
+	}
+	m.m = em
+	return nil
+}
+
+// Endpoint is the member's own client URL.
+func (m *Member) Endpoint() string {
+	for i, p := range m.Cluster.Peers {
+		if p.Name == m.Name {
+			return m.Cluster.Endpoints()[i]
+		}
+	}
+	return ""
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *logBuffer) logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = fmt.Appendf(l.b, format+"\n", args...)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
