@@ -432,6 +432,9 @@ func (e *Engine) Restart(ctx context.Context, service string) error {
 		}
 	}()
 	rev, err := e.writeDesired(ctx, v, e.keptByWindows(), nil, func(d *nodeDesired) {
+		if d.Placed && !slices.Contains(d.Instances, key) {
+			return // a node that does not run it has nothing to restart
+		}
 		if d.Restarts == nil {
 			d.Restarts = map[spec.VersionKey]int{}
 		}
