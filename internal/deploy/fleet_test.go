@@ -342,3 +342,28 @@ func TestFleetPlacement(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetRestartOnItsNode: a restart asks only the node that runs the
+// instance; the other, which has nothing to restart, is not asked (it
+// would answer that the instance does not run there).
+func TestFleetRestartOnItsNode(t *testing.T) {
+	f := newFleet(t, 2, Options{})
+	if _, err := f.deploy(pinned(fakeSpec(map[string]string{"web": "1"}), "node-0"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.engine.Restart(t.Context(), "web"); err != nil {
+		t.Fatal(err)
+	}
+	key := f.keysOfGen(f.current())[0]
+	for _, n := range f.nodes {
+		n.mu.Lock()
+		asked := 0
+		for _, d := range n.asked {
+			asked = max(asked, d.Restarts[key])
+		}
+		n.mu.Unlock()
+		if want := map[string]int{"node-0": 1}[n.name]; asked != want {
+			t.Errorf("%s was asked to restart %s %d times, want %d", n.name, key, asked, want)
+		}
+	}
+}
