@@ -5,11 +5,12 @@
 // and the address it advertises), and the mutually authenticated TLS of the
 // node-to-node port — a listener that refuses at the handshake whatever
 // does not present a certificate of the cluster's CA, and the one client
-// through which a node's router forwards requests to the others.
+// through which a node sends the others requests: its router's forwarded
+// app requests, and the API requests a standby passes to the leader.
 //
 // What a node sends its peers, and what it does with what they send it,
-// is the router's (internal/router, remote.go); this package only says
-// who may talk.
+// is the router's (internal/router, remote.go) and the daemon's
+// (internal/daemon, leader.go); this package only says who may talk.
 package peer
 
 import (
@@ -263,8 +264,8 @@ const DialTimeout = 3 * time.Second
 
 // Transport returns the node's client to its peers: one http.Transport
 // with ClientConfig, whose pool keeps connections per peer. It is the one
-// client every forwarding path to a peer uses (the router's); there is no
-// other.
+// client every path to a peer uses (the router's forwarding, a standby's
+// requests to the leader); there is no other.
 func (id *Identity) Transport() *http.Transport {
 	dialer := &net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
