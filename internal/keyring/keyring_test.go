@@ -8,27 +8,12 @@ import (
 	"time"
 
 	"hostel/internal/keyring"
+	"hostel/internal/keyring/keyringtest"
 	"hostel/internal/secrets"
 	"hostel/internal/store"
 	"hostel/internal/store/storetest"
 	"hostel/internal/store/storetest/backends"
 )
-
-// machine is one daemon's keyring: its own root (host key) and its own
-// handle on the shared store.
-func machine(t *testing.T, b storetest.Backend) (*keyring.Keyring, store.Store) {
-	t.Helper()
-	hk, err := secrets.EnsureHostKey(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := b.Open(t)
-	k := keyring.New(st, hk)
-	if err := k.Join(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	return k, st
-}
 
 // TestSealOpen: a sealed value holds no plaintext, opens on the machine
 // that sealed it and on every machine joined then, and not on one that
@@ -36,8 +21,8 @@ func machine(t *testing.T, b storetest.Backend) (*keyring.Keyring, store.Store) 
 func TestSealOpen(t *testing.T) {
 	backends.Each(t, func(t *testing.T, b storetest.Backend) {
 		ctx := t.Context()
-		a, st := machine(t, b)
-		bm, _ := machine(t, b)
+		a, st := keyringtest.Machine(t, b)
+		bm, _ := keyringtest.Machine(t, b)
 		secret := []byte("pw-0123456789abcdef")
 		v, err := a.Seal(ctx, secret)
 		if err != nil {
@@ -55,7 +40,7 @@ func TestSealOpen(t *testing.T) {
 			}
 		}
 
-		late, lateSt := machine(t, b)
+		late, lateSt := keyringtest.Machine(t, b)
 		r, _ := lateSt.Record(ctx, store.KindPassword, "api")
 		if _, err := late.Open(r.Value); !errors.Is(err, secrets.ErrNotRecipient) {
 			t.Fatalf("a machine that joined after the sealing opens it: %v", err)
@@ -85,7 +70,7 @@ func TestSealOpen(t *testing.T) {
 func TestFollow(t *testing.T) {
 	backends.Each(t, func(t *testing.T, b storetest.Backend) {
 		ctx := t.Context()
-		a, st := machine(t, b)
+		a, st := keyringtest.Machine(t, b)
 		v, err := a.Seal(ctx, []byte("key material"))
 		if err != nil {
 			t.Fatal(err)
@@ -101,7 +86,7 @@ func TestFollow(t *testing.T) {
 		}()
 		defer func() { cancel(); <-done }()
 
-		late, lateSt := machine(t, b)
+		late, lateSt := keyringtest.Machine(t, b)
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			r, err := lateSt.Record(ctx, store.KindCertKey, "certificates/ca/host/host.key")
@@ -129,7 +114,7 @@ func TestFollow(t *testing.T) {
 func TestMembers(t *testing.T) {
 	backends.Each(t, func(t *testing.T, b storetest.Backend) {
 		ctx := t.Context()
-		a, _ := machine(t, b) // joined without a node name
+		a, _ := keyringtest.Machine(t, b) // joined without a node name
 		first, err := a.Members(ctx)
 		if err != nil || len(first) != 1 || first[0].Node != "" {
 			t.Fatalf("members %+v, %v; want one without a node", first, err)

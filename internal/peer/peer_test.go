@@ -13,28 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"hostel/internal/keyring"
-	"hostel/internal/secrets"
-	"hostel/internal/store"
+	"hostel/internal/keyring/keyringtest"
 	"hostel/internal/store/storetest"
 	"hostel/internal/store/storetest/backends"
 )
-
-// machine is one daemon's keyring on the shared store: its own root (host
-// key) and its own handle.
-func machine(t *testing.T, b storetest.Backend) (*keyring.Keyring, store.Store) {
-	t.Helper()
-	hk, err := secrets.EnsureHostKey(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := b.Open(t)
-	k := keyring.New(st, hk)
-	if err := k.Join(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	return k, st
-}
 
 // serve serves a peer listener of id on a free loopback port until the
 // test ends; every request is answered with the client certificate's
@@ -75,8 +57,8 @@ func get(rt http.RoundTripper, addr string) (string, error) {
 func TestLoadCA(t *testing.T) {
 	backends.Each(t, func(t *testing.T, b storetest.Backend) {
 		ctx := t.Context()
-		ka, sta := machine(t, b)
-		kb, stb := machine(t, b)
+		ka, sta := keyringtest.Machine(t, b)
+		kb, stb := keyringtest.Machine(t, b)
 		caA, err := LoadCA(ctx, sta, ka)
 		if err != nil {
 			t.Fatal(err)

@@ -3,9 +3,7 @@ package e2e
 import (
 	"flag"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -196,53 +194,23 @@ var redeploys = flag.Int("redeploys", 1, "TestClusterOfThree: how many times sho
 // router did not switch.
 func redeployUnderLoad(t *testing.T, c *cluster, lead *Env, title string) (time.Duration, bool) {
 	t.Helper()
-	var ok, failed atomic.Int64
-	var firstFailure atomic.Value
 	switched := make([]atomic.Int64, len(c.envs)) // unix nanoseconds
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	client := &http.Client{Timeout: 10 * time.Second}
-	for i, e := range c.envs {
-		for range 2 {
-			wg.Go(func() {
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					req, _ := http.NewRequest("GET", "http://"+e.HTTP+"/", nil)
-					req.Host = "shop.example"
-					resp, err := client.Do(req)
-					if err != nil {
-						failed.Add(1)
-						firstFailure.CompareAndSwap(nil, fmt.Sprintf("through %s: %v", c.names[i], err))
-						continue
-					}
-					body, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != 200 {
-						failed.Add(1)
-						firstFailure.CompareAndSwap(nil, fmt.Sprintf("through %s: %d %q", c.names[i], resp.StatusCode, body))
-						continue
-					}
-					ok.Add(1)
-					if strings.HasPrefix(string(body), title+" ") {
-						switched[i].CompareAndSwap(0, time.Now().UnixNano())
-					}
-				}
-			})
-		}
+	var addrs []string
+	for _, e := range c.envs {
+		addrs = append(addrs, e.HTTP)
 	}
-	time.Sleep(300 * time.Millisecond)
-	lead.WriteSpec(tenServices(lead, title))
-	lead.MustRun("deploy", "--no-confirm")
-	time.Sleep(500 * time.Millisecond) // and after the old versions drained
-	close(stop)
-	wg.Wait()
+	failures, n := trafficOn(addrs, 2, "shop.example", func() {
+		time.Sleep(300 * time.Millisecond)
+		lead.WriteSpec(tenServices(lead, title))
+		lead.MustRun("deploy", "--no-confirm")
+	}, func(i int, body string) {
+		if strings.HasPrefix(body, title+" ") {
+			switched[i].CompareAndSwap(0, time.Now().UnixNano())
+		}
+	})
 	good := true
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d requests failed during the redeploy to %q; first: %v", failed.Load(), ok.Load()+failed.Load(), title, firstFailure.Load())
+	if len(failures) != 0 {
+		t.Errorf("%d of %d requests failed during the redeploy to %q; first: %v", len(failures), n, title, failures[0])
 		good = false
 	}
 	var first, last int64
@@ -260,7 +228,7 @@ func redeployUnderLoad(t *testing.T, c *cluster, lead *Env, title string) (time.
 	}
 	skew := time.Duration(last - first)
 	t.Logf("%d requests through three routers during the redeploy to %q, %d failed; the routers switched within %s of each other",
-		ok.Load()+failed.Load(), title, failed.Load(), skew.Round(100*time.Microsecond))
+		n, title, len(failures), skew.Round(100*time.Microsecond))
 	return skew, good
 }
 

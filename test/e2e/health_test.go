@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -169,43 +170,63 @@ func (e *Env) traffic(host string, during func()) (failed []string, served map[s
 	e.t.Helper()
 	var mu sync.Mutex
 	served = map[string]int{}
+	failed, _ = trafficOn([]string{e.HTTP}, 4, host, during, func(_ int, body string) {
+		mu.Lock()
+		served[body]++
+		mu.Unlock()
+	})
+	return failed, served
+}
+
+// trafficOn asks each HTTP listener of addrs for host's / from perAddr
+// clients each, in a loop, while during runs and for 500 ms after (past
+// a new version's first moments, and the old one's drain). answered, if
+// not nil, is told each 200: the index of its listener and its body (from
+// several goroutines at once). It returns what failed, and how many
+// requests were made.
+func trafficOn(addrs []string, perAddr int, host string, during func(), answered func(i int, body string)) (failed []string, requests int64) {
+	var mu sync.Mutex
+	var n atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	c := &http.Client{Timeout: 10 * time.Second}
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				req, _ := http.NewRequest("GET", "http://"+e.HTTP+"/", nil)
-				req.Host = host
-				resp, err := c.Do(req)
-				var what string
-				if err == nil {
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode == 200 {
-						mu.Lock()
-						served[string(b)]++
-						mu.Unlock()
-						continue
+	for i, addr := range addrs {
+		for range perAddr {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
 					}
-					what = fmt.Sprintf("%d %q", resp.StatusCode, b)
-				} else {
-					what = err.Error()
+					n.Add(1)
+					req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+					req.Host = host
+					resp, err := c.Do(req)
+					var what string
+					if err == nil {
+						b, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode == 200 {
+							if answered != nil {
+								answered(i, string(b))
+							}
+							continue
+						}
+						what = fmt.Sprintf("through %s: %d %q", addr, resp.StatusCode, b)
+					} else {
+						what = fmt.Sprintf("through %s: %v", addr, err)
+					}
+					mu.Lock()
+					failed = append(failed, what)
+					mu.Unlock()
 				}
-				mu.Lock()
-				failed = append(failed, what)
-				mu.Unlock()
-			}
-		})
+			})
+		}
 	}
 	during()
-	time.Sleep(500 * time.Millisecond) // past the new version's first moments
+	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	wg.Wait()
-	return failed, served
+	return failed, n.Load()
 }

@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,43 +83,14 @@ func TestNodeToNode(t *testing.T) {
 	}
 
 	t.Run("redeploy under load through b", func(t *testing.T) {
-		var ok, failed atomic.Int64
-		var firstFailure atomic.Value
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		c := &http.Client{Timeout: 10 * time.Second}
-		for range 4 {
-			wg.Go(func() {
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					req, _ := http.NewRequest("GET", "http://"+b.HTTP+"/", nil)
-					req.Host = "shop.example"
-					resp, err := c.Do(req)
-					if err == nil {
-						resp.Body.Close()
-					}
-					if err != nil || resp.StatusCode != 200 {
-						failed.Add(1)
-						firstFailure.CompareAndSwap(nil, fmt.Sprint(err, resp))
-						continue
-					}
-					ok.Add(1)
-				}
-			})
+		failed, n := trafficOn([]string{b.HTTP}, 4, "shop.example", func() {
+			a.WriteSpec(pinned("Shop two"))
+			a.MustRun("deploy", "--no-confirm")
+		}, nil)
+		if len(failed) != 0 {
+			t.Errorf("%d of %d requests failed during the redeploy; first: %v", len(failed), n, failed[0])
 		}
-		a.WriteSpec(pinned("Shop two"))
-		a.MustRun("deploy", "--no-confirm")
-		time.Sleep(500 * time.Millisecond) // and after the old one drained
-		close(stop)
-		wg.Wait()
-		if failed.Load() != 0 {
-			t.Errorf("%d of %d requests failed during the redeploy; first: %v", failed.Load(), ok.Load()+failed.Load(), firstFailure.Load())
-		}
-		t.Logf("%d requests through b during the redeploy, %d failed", ok.Load()+failed.Load(), failed.Load())
+		t.Logf("%d requests through b during the redeploy, %d failed", n, len(failed))
 		if code, _, body := b.Get("shop.example", "/"); code != 200 || !strings.Contains(body, "Shop two") {
 			t.Errorf("after the redeploy, through b: %d %q", code, body)
 		}
