@@ -156,6 +156,10 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 // it goes on as a standby.
 const leadWait = 2 * time.Second
 
+// campaignAgain is how long a daemon whose campaign the store cut short
+// waits before it campaigns again.
+const campaignAgain = time.Second
+
 // leadLoop keeps the engine led by this daemon when it can: while
 // another leads, it campaigns; once it leads (lead, if not nil, was won
 // at the start), it waits for the leadership to end, makes the engine a
@@ -166,10 +170,21 @@ func (d *Daemon) leadLoop(ctx context.Context, name string, lease store.Lease, l
 		if lead == nil {
 			var err error
 			if lead, err = d.store.Campaign(ctx, engineElection, lease); err != nil {
-				if ctx.Err() == nil {
-					d.logf("node %s: campaigning to lead the engine: %v", name, err)
+				if ctx.Err() != nil {
+					return
 				}
-				return
+				d.logf("node %s: campaigning to lead the engine: %v", name, err)
+				if errors.Is(err, store.ErrNotLeader) {
+					return // the lease ended: the daemon's node is gone
+				}
+				// The store did not answer (a member lost, a leader
+				// elected among them): campaign again.
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(campaignAgain):
+				}
+				continue
 			}
 			w := d.store.Fenced(lead)
 			d.engine.SetWriter(w)

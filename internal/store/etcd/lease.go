@@ -85,6 +85,10 @@ func (s *Store) Grant(ctx context.Context, ttl time.Duration) (store.Lease, erro
 	return l, nil
 }
 
+// campaignRetry is how long a candidate that could not read the
+// candidacies waits before it reads them again.
+const campaignRetry = 200 * time.Millisecond
+
 // Campaign implements store.Store as etcd's concurrency package does:
 // a candidacy key bound to the lease, created under the election's
 // prefix; it leads when no candidacy was created before it.
@@ -110,6 +114,14 @@ func (s *Store) Campaign(ctx context.Context, name string, l store.Lease) (store
 	for {
 		got, err := s.cli.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
 		if err != nil {
+			// A member lost while the candidate waits (a cluster's): the
+			// client goes on with another; the candidacy stands, bound
+			// to its lease. Only the candidate's end ends the wait.
+			select {
+			case <-ctx.Done():
+			case <-time.After(campaignRetry):
+				continue
+			}
 			return nil, s.gaveUp(ctx, name, key, rev, wrap(err))
 		}
 		mine := false
@@ -185,18 +197,49 @@ func (s *Store) newLeadership(name, key string, rev int64, l store.Lease, seen i
 			case <-s.h.closed:
 				return
 			case resp, ok := <-wch:
-				if !ok || resp.Err() != nil {
+				if ok && resp.Err() == nil {
+					for _, e := range resp.Events {
+						if e.Type == clientv3.EventTypeDelete {
+							return
+						}
+					}
+					seen = max(seen, resp.Header.Revision)
+					continue
+				}
+				// The watch broke (a member lost, history compacted):
+				// the leadership stands while its candidacy does, as a
+				// read says; its writes are fenced on it meanwhile.
+				var still bool
+				if still, seen = ld.stands(wctx, seen); !still {
 					return
 				}
-				for _, e := range resp.Events {
-					if e.Type == clientv3.EventTypeDelete {
-						return
-					}
-				}
+				wch = s.cli.Watch(wctx, key, clientv3.WithRev(seen+1))
 			}
 		}
 	}()
 	return ld
+}
+
+// stands reads whether the candidacy still stands (its key created at
+// ld.rev), retrying while the store does not answer and the lease lives;
+// it returns the revision read at.
+func (ld *leadership) stands(ctx context.Context, seen int64) (bool, int64) {
+	for {
+		got, err := ld.s.cli.Get(ctx, ld.key)
+		if err == nil {
+			kv := first(got)
+			return kv != nil && kv.CreateRevision == ld.rev, got.Header.Revision
+		}
+		select {
+		case <-ld.lease.Done():
+			return false, seen
+		case <-ld.resigned:
+			return false, seen
+		case <-ld.s.h.closed:
+			return false, seen
+		case <-time.After(campaignRetry):
+		}
+	}
 }
 
 func (ld *leadership) Name() string          { return ld.name }
