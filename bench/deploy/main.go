@@ -180,7 +180,7 @@ func (d *daemon) measure(title string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("web.bench never answered %q", title)
 	}
-	own, err := readyTime(d.Log()[logged:])
+	own, err := hostelserve.ReadyOf(d.Log()[logged:], "web")
 	if err != nil {
 		return err
 	}
@@ -188,17 +188,6 @@ func (d *daemon) measure(title string) error {
 	d.exit = append(d.exit, done.Sub(t0))
 	d.ready = append(d.ready, own)
 	return nil
-}
-
-// readyTime is web's own start→ready, from what the daemon printed during
-// its deploy.
-func readyTime(log []byte) (time.Duration, error) {
-	for _, r := range hostelserve.Readies(log) {
-		if strings.HasPrefix(r.Key, "web-") {
-			return r.Took, nil
-		}
-	}
-	return 0, fmt.Errorf("the daemon did not say web was ready:\n%s", log)
 }
 
 // spread is "min / median / max" in milliseconds.

@@ -104,7 +104,7 @@ func run() error {
 			return err
 		}
 		answer = append(answer, ms(time.Since(t0)))
-		own, err := readyTime(h.Log()[logged:])
+		own, err := hostelserve.ReadyOf(h.Log()[logged:], "app19")
 		if err != nil {
 			return err
 		}
@@ -169,17 +169,6 @@ func (d *daemon) rss() int64 {
 		}
 	}
 	return total
-}
-
-// readyTime is the leaf's own start→ready, from what the daemon printed
-// during its deploy.
-func readyTime(log []byte) (time.Duration, error) {
-	for _, r := range hostelserve.Readies(log) {
-		if strings.HasPrefix(r.Key, "app19-") {
-			return r.Took, nil
-		}
-	}
-	return 0, fmt.Errorf("the daemon did not say app19 was ready:\n%s", log)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

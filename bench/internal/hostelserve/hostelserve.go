@@ -133,6 +133,17 @@ func Readies(log []byte) []Ready {
 	return out
 }
 
+// ReadyOf is service's own start→ready from what a daemon printed during
+// a deploy that started one instance of it (the first such line).
+func ReadyOf(log []byte, service string) (time.Duration, error) {
+	for _, r := range Readies(log) {
+		if strings.HasPrefix(r.Key, service+"-") {
+			return r.Took, nil
+		}
+	}
+	return 0, fmt.Errorf("the daemon did not say %s was ready:\n%s", service, log)
+}
+
 // Status returns a process's thread count and VmRSS in KiB, zeros if
 // /proc cannot say.
 func Status(pid int) (threads, rssKiB int) {
