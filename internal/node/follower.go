@@ -115,6 +115,9 @@ type state struct {
 	desired  Desired
 	currents map[string]*spec.Generation
 	gens     map[uint64]*spec.Generation
+	// others is set when the engine asks other nodes too (their Desired
+	// records): what they run may need what this one stops.
+	others bool
 }
 
 // NewFollower returns a Follower for st; Run starts it.
@@ -258,6 +261,7 @@ func (f *Follower) read(snap *store.Snapshot) state {
 	}
 	for _, r := range snap.Records[KindDesired] {
 		if r.Key != f.opts.Name {
+			s.others = true
 			continue
 		}
 		d, err := DecodeDesired(r.Key, r.Value)
@@ -339,10 +343,12 @@ func (f *Follower) reconcile(ctx context.Context, snap *store.Snapshot, resume b
 			}
 		}
 	}
-	// What another node runs of what a stopped version needs drains
-	// first (drain.go).
-	gens := slices.Collect(maps.Values(s.gens))
-	opts.BeforeStopOne = func(ctx context.Context, k spec.VersionKey) { f.awaitDependents(ctx, gens, k) }
+	if s.others {
+		// What another node runs of what a stopped version needs drains
+		// first (drain.go); alone, the agent orders its own stops.
+		gens := slices.Collect(maps.Values(s.gens))
+		opts.BeforeStopOne = func(ctx context.Context, k spec.VersionKey) { f.awaitDependents(ctx, gens, k) }
+	}
 	d := f.desired(s, resume)
 	rep, err := f.agent.Reconcile(ctx, d, opts, f.progress)
 	if err != nil && !resume {
