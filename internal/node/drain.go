@@ -12,11 +12,11 @@ import (
 // is stopped only once what needs it has stopped, so a request a
 // dependent finishes never finds its need gone. On one node the agent
 // orders its stops; a dependent on another node is the store's to tell.
-// Before a node stops a version — when the engine asks other nodes too —
-// it waits until no other node reports an
-// instance built against it — the nodes that run those drain them at the
-// same change — or, if one never does, up to their stop grace and a
-// margin (a node that died takes its reports with its lease).
+// Where the engine asks other nodes too, a node about to stop a version
+// waits until no other node reports an instance built against it (the
+// nodes that run those drain them at the same change) or, if one never
+// does, up to their stop grace and a margin (a node that died takes its
+// reports with its lease).
 
 // dependentsMargin is how much longer than the dependents' longest stop
 // grace a node waits for them before it stops what they need anyway.
