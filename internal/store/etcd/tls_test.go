@@ -1,17 +1,9 @@
 package etcd_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -20,44 +12,17 @@ import (
 	"go.uber.org/zap"
 
 	"hostel/internal/store/etcd"
+	"hostel/internal/store/etcd/etcdtest"
 )
 
 // certs writes a CA, a server certificate for 127.0.0.1 and a client
 // certificate it signs, as PEM files in dir, and returns their paths.
 func certs(t *testing.T, dir, name string) (ca, serverCert, serverKey, clientCert, clientKey string) {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name + " CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	write := func(file, typ string, der []byte) string {
-		path := filepath.Join(dir, name+"-"+file)
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	leaf := func(serial int64, usage x509.ExtKeyUsage, file string) (string, string) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: file},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, _ := x509.MarshalECPrivateKey(key)
-		return write(file+".pem", "CERTIFICATE", der), write(file+"-key.pem", "EC PRIVATE KEY", keyDER)
-	}
-	ca = write("ca.pem", "CERTIFICATE", caDER)
-	serverCert, serverKey = leaf(2, x509.ExtKeyUsageServerAuth, "server")
-	clientCert, clientKey = leaf(3, x509.ExtKeyUsageClientAuth, "client")
-	return
+	c := etcdtest.NewCA(t, dir, name+"-ca")
+	serverCert, serverKey = c.Leaf(t, "server", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, etcdtest.Loopback)
+	clientCert, clientKey = c.Leaf(t, "client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, etcdtest.Loopback)
+	return c.CertFile, serverCert, serverKey, clientCert, clientKey
 }
 
 // TestTLS: over https://, with client certificates required, the store

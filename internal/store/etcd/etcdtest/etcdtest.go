@@ -8,23 +8,20 @@ package etcdtest
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"hostel/internal/pki"
 	"hostel/internal/store/etcd"
 )
 
@@ -34,32 +31,22 @@ type CA struct {
 	// CertFile is the CA's certificate (PEM): what --etcd-ca names.
 	CertFile string
 	dir      string
-	cert     *x509.Certificate
-	key      *ecdsa.PrivateKey
-	serial   atomic.Int64
+	name     string
+	ca       *pki.CA
 }
 
 // NewCA makes a CA named name, its files in dir.
 func NewCA(t testing.TB, dir, name string) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA(name, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	certPEM, _, err := ca.PEM()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := &CA{dir: dir, key: key}
-	if ca.cert, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	ca.serial.Store(1)
-	ca.CertFile = writePEM(t, filepath.Join(dir, name+".pem"), "CERTIFICATE", der)
-	return ca
+	return &CA{CertFile: writeFile(t, filepath.Join(dir, name+".pem"), certPEM), dir: dir, name: name, ca: ca}
 }
 
 // Node issues the certificate of a node reached at ips — for its
@@ -68,29 +55,30 @@ func NewCA(t testing.TB, dir, name string) *CA {
 // certificate and key files: what --etcd-cert and --etcd-key name.
 func (ca *CA) Node(t testing.TB, name string, ips ...net.IP) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial.Add(1)), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, IPAddresses: ips}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := filepath.Join(ca.dir, ca.cert.Subject.CommonName+"-"+name)
-	return writePEM(t, base+".pem", "CERTIFICATE", der), writePEM(t, base+"-key.pem", "PRIVATE KEY", keyDER)
+	return ca.Leaf(t, name, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, ips...)
 }
 
-func writePEM(t testing.TB, path, typ string, der []byte) string {
+// Leaf issues a certificate for ips with the extended key usages given,
+// and returns its certificate and key files.
+func (ca *CA) Leaf(t testing.TB, name string, usages []x509.ExtKeyUsage, ips ...net.IP) (certFile, keyFile string) {
 	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+	c, err := ca.ca.Leaf(&x509.Certificate{Subject: pkix.Name{CommonName: name}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: usages, IPAddresses: ips}, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := pki.KeyPEM(c.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(ca.dir, ca.name+"-"+name)
+	return writeFile(t, base+".pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]})),
+		writeFile(t, base+"-key.pem", keyPEM)
+}
+
+func writeFile(t testing.TB, path string, data []byte) string {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
