@@ -43,11 +43,7 @@ func TestClusterLosesMember(t *testing.T) {
 	c := etcdtest.StartCluster(t, 3)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	st, err := etcd.Open(ctx, c.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := c.Open(t)
 	lease, err := st.Grant(ctx, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -114,11 +110,7 @@ func TestClusterRejoins(t *testing.T) {
 	c := etcdtest.StartCluster(t, 3)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	st, err := etcd.Open(ctx, c.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := c.Open(t)
 	back := c.Members[2]
 	back.Stop(t)
 	if _, err := st.PutRecord(ctx, "k", "while-away", []byte("v"), 0); err != nil {
@@ -211,15 +203,7 @@ func TestClusterFencing(t *testing.T) {
 	c := etcdtest.StartCluster(t, 3)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	open := func() *etcd.Store {
-		st, err := etcd.Open(ctx, c.Config())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		return st
-	}
-	a, b := open(), open()
+	a, b := c.Open(t), c.Open(t)
 	campaign := func(st *etcd.Store) (store.Leadership, error) {
 		l, err := st.Grant(ctx, 5*time.Second)
 		if err != nil {

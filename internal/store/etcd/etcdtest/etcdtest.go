@@ -185,6 +185,18 @@ func (c *Cluster) Config() etcd.Config {
 }
 
 // Start starts every member that is not running, all at once (each
+// Open opens a store on the cluster, a client of every member, closed
+// when the test ends.
+func (c *Cluster) Open(t testing.TB) *etcd.Store {
+	t.Helper()
+	st, err := etcd.Open(t.Context(), c.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // waits for a quorum), and waits until they serve.
 func (c *Cluster) Start(t testing.TB) {
 	t.Helper()
