@@ -61,8 +61,9 @@ func newWorld(t *testing.T) *world {
 	return w
 }
 
-// commit makes a generation of one service, web, current.
-func (w *world) commit(id string, from uint64) *spec.Generation {
+// commit makes a generation of one service, web, current, with writes
+// made in the same change.
+func (w *world) commit(id string, from uint64, also ...store.Write) *spec.Generation {
 	w.t.Helper()
 	s := &spec.Spec{Services: map[string]*spec.Service{"web": {Exec: []string{appBin}, Env: map[string]string{"APP_ID": id}, Domains: []string{"web.test"},
 		Health: &spec.Health{Path: "/healthz", Timeout: spec.Duration(5 * time.Second)}, StopGrace: spec.Duration(spec.MinGrace)}}}
@@ -71,7 +72,7 @@ func (w *world) commit(id string, from uint64) *spec.Generation {
 		w.t.Fatal(err)
 	}
 	g := &spec.Generation{Spec: s, Versions: vs}
-	if _, err := w.st.Commit(w.t.Context(), g, from); err != nil {
+	if _, err := w.st.Commit(w.t.Context(), g, from, also...); err != nil {
 		w.t.Fatal(err)
 	}
 	return g
@@ -263,7 +264,7 @@ func TestFollowerOneChangeOneReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	desired, _ := json.Marshal(node.Desired{Node: w.n.Name})
-	g2 := w.commitWith("two", g1.Number, store.Write{Kind: node.KindDesired, Key: w.n.Name, Value: desired, Rev: store.AnyRevision})
+	g2 := w.commit("two", g1.Number, store.Write{Kind: node.KindDesired, Key: w.n.Name, Value: desired, Rev: store.AnyRevision})
 	r, err := w.st.Record(t.Context(), node.KindDesired, w.n.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -289,23 +290,6 @@ func TestFollowerOneChangeOneReconcile(t *testing.T) {
 	if len(reports) != 1 {
 		t.Errorf("the node reported itself %d times for one change (at revisions %v), want once", len(reports), reports)
 	}
-}
-
-// commitWith makes a generation of web current with writes made in the
-// same change.
-func (w *world) commitWith(id string, from uint64, also ...store.Write) *spec.Generation {
-	w.t.Helper()
-	s := &spec.Spec{Services: map[string]*spec.Service{"web": {Exec: []string{appBin}, Env: map[string]string{"APP_ID": id}, Domains: []string{"web.test"},
-		Health: &spec.Health{Path: "/healthz", Timeout: spec.Duration(5 * time.Second)}, StopGrace: spec.Duration(spec.MinGrace)}}}
-	vs, err := spec.Versions(s, spec.Inputs{})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	g := &spec.Generation{Spec: s, Versions: vs}
-	if _, err := w.st.Commit(w.t.Context(), g, from, also...); err != nil {
-		w.t.Fatal(err)
-	}
-	return g
 }
 
 // slowStarting is a store whose writes of an instance report saying
