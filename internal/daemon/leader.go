@@ -35,7 +35,7 @@ func (d *Daemon) passToLeader(h http.Handler) http.Handler {
 			h.ServeHTTP(w, r)
 			return
 		}
-		name, addr, err := d.leader(r.Context())
+		name, addr, rev, err := d.leader(r.Context())
 		if err != nil {
 			api.ReplyError(w, err)
 			return
@@ -46,42 +46,50 @@ func (d *Daemon) passToLeader(h http.Handler) http.Handler {
 			h.ServeHTTP(w, r)
 			return
 		}
-		d.relay(w, r, name, addr)
+		d.relay(w, r, name, addr, rev)
 	})
 }
 
-// leader returns the name of the node that leads the engine and the
-// address of its node-to-node port, or why a request cannot be passed to
-// it: no node leads now, this node has no peer client, or the leader
-// advertises no address.
-func (d *Daemon) leader(ctx context.Context) (name, addr string, err error) {
+// leader returns the name of the node that leads the engine, the
+// address of its node-to-node port and the revision of the record that
+// says it leads, or why a request cannot be passed to it: no node leads
+// now, this node has no peer client, or the leader advertises no address.
+func (d *Daemon) leader(ctx context.Context) (name, addr string, rev uint64, err error) {
 	r, err := d.store.Record(ctx, kindLeader, "engine")
 	if errors.Is(err, store.ErrNotFound) {
-		return "", "", errors.New("no node leads the engine now (its leader went, and another has not taken over yet): try again in a few seconds")
+		return "", "", 0, errors.New("no node leads the engine now (its leader went, and another has not taken over yet): try again in a few seconds")
 	} else if err != nil {
-		return "", "", fmt.Errorf("which node leads the engine: %w", err)
+		return "", "", 0, fmt.Errorf("which node leads the engine: %w", err)
 	}
-	name = string(r.Value)
+	name, rev = string(r.Value), r.Revision
 	if d.peers == nil {
-		return name, "", fmt.Errorf("node %s leads the engine, and this node cannot pass the request to it: it has no node-to-node port (serve --advertise); run the command on node %s", name, name)
+		return name, "", rev, fmt.Errorf("node %s leads the engine, and this node cannot pass the request to it: it has no node-to-node port (serve --advertise); run the command on node %s", name, name)
 	}
 	if nr, err := d.store.Record(ctx, node.KindNode, name); err == nil {
 		if info, err := node.DecodeInfo(name, nr.Value); err == nil {
 			addr = info.Addr
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
-		return name, "", fmt.Errorf("node %s, which leads the engine: %w", name, err)
+		return name, "", rev, fmt.Errorf("node %s, which leads the engine: %w", name, err)
 	}
 	if addr == "" {
-		return name, "", fmt.Errorf("node %s leads the engine and advertises no address (serve --advertise) for this node to pass the request to: run the command on node %s", name, name)
+		return name, "", rev, fmt.Errorf("node %s leads the engine and advertises no address (serve --advertise) for this node to pass the request to: run the command on node %s", name, name)
 	}
-	return name, addr, nil
+	return name, addr, rev, nil
 }
 
 // relay sends r to the daemon of node name, which leads the engine, at
-// its node-to-node port addr, and relays its answer to w.
-func (d *Daemon) relay(w http.ResponseWriter, r *http.Request, name, addr string) {
-	out, err := http.NewRequestWithContext(r.Context(), r.Method, "https://"+addr+r.URL.RequestURI(), r.Body)
+// its node-to-node port addr, and relays its answer to w — for as long as
+// the record at revision rev says it leads. A leader whose machine
+// vanished (cut off, frozen) keeps its connections open with nothing
+// coming, which TCP would not end for minutes, if ever; its leadership
+// ends with its lease, a few seconds after its last renewal, and so does
+// the relay.
+func (d *Daemon) relay(w http.ResponseWriter, r *http.Request, name, addr string, rev uint64) {
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	go d.whileLeads(ctx, cancel, name, rev)
+	out, err := http.NewRequestWithContext(ctx, r.Method, "https://"+addr+r.URL.RequestURI(), r.Body)
 	if err != nil {
 		api.ReplyError(w, err)
 		return
@@ -100,13 +108,49 @@ func (d *Daemon) relay(w http.ResponseWriter, r *http.Request, name, addr string
 	resp, err := d.peers.RoundTrip(out)
 	if err != nil {
 		if r.Context().Err() == nil {
-			api.ReplyError(w, fmt.Errorf("node %s leads the engine and cannot be reached at %s: %w", name, addr, err))
+			api.ReplyError(w, fmt.Errorf("node %s leads the engine and cannot be reached at %s: %w", name, addr, cause(ctx, err)))
 		}
 		return
 	}
 	api.Relay(w, resp, func(err error) error {
+		err = cause(ctx, err)
 		return fmt.Errorf("lost node %s, which leads the engine, mid-operation: %w; `hostel status` and `hostel generations` show where it stopped", name, err)
 	})
+}
+
+// errLeaderGone ends a relay to a node that no longer leads the engine.
+var errLeaderGone = errors.New("it no longer leads the engine (its lease ended: its machine stopped answering)")
+
+// whileLeads watches the record that says node name leads the engine,
+// from revision rev, and cancels with errLeaderGone once it goes or names
+// another node; it returns when ctx ends. A watch that cannot go on
+// cancels nothing: the relay is then as bounded as before.
+func (d *Daemon) whileLeads(ctx context.Context, cancel context.CancelCauseFunc, name string, rev uint64) {
+	events, err := d.store.Watch(ctx, rev)
+	if err != nil {
+		return
+	}
+	for ev := range events {
+		if ev.Err != nil {
+			return
+		}
+		if ev.Kind != kindLeader || ev.Key != "engine" {
+			continue
+		}
+		r, err := d.store.Record(ctx, kindLeader, "engine")
+		if errors.Is(err, store.ErrNotFound) || (err == nil && string(r.Value) != name) {
+			cancel(errLeaderGone)
+			return
+		}
+	}
+}
+
+// cause is err, or why ctx was cancelled when a relay ended it.
+func cause(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return c
+	}
+	return err
 }
 
 // servePeerAPI serves an API request another node passed to this one
