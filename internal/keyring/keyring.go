@@ -318,11 +318,12 @@ func missing(to, keys []string) bool {
 	return false
 }
 
-// Follow reseals the records of kinds (Reseal) now and whenever a machine
-// joins, until ctx ends or the store closes. logf gets what it resealed
+// Follow reseals the records of kinds (Reseal) now, whenever a machine
+// joins and whenever a record of one of kinds is written, until ctx ends
+// or the store closes. logf gets what it resealed
 // and what failed.
 func (k *Keyring) Follow(ctx context.Context, logf func(string, ...any), kinds ...string) {
-	reseal := func() {
+	reseal := func(kinds ...string) {
 		if n, err := k.Reseal(ctx, kinds...); err != nil && ctx.Err() == nil {
 			logf("keyring: sealing to every machine key: %v", err)
 		} else if n > 0 {
@@ -338,10 +339,19 @@ func (k *Keyring) Follow(ctx context.Context, logf func(string, ...any), kinds .
 			return
 		}
 		// Joins before the watch began are not missed: this runs after.
-		reseal()
+		reseal(kinds...)
 		for ev := range events {
-			if ev.Type == store.EventRecord && ev.Kind == store.KindMachineKey {
-				reseal()
+			// A machine joined; or a value was written, which its writer
+			// may have sealed to the machines it read before one joined
+			// (and saw it join before the write): looked at again, it is
+			// sealed to that machine too. Resealed values are writes of
+			// their kind, which find nothing more to do.
+			switch {
+			case ev.Type != store.EventRecord:
+			case ev.Kind == store.KindMachineKey:
+				reseal(kinds...)
+			case slices.Contains(kinds, ev.Kind):
+				reseal(ev.Kind)
 			}
 		}
 		// The watch ended: ctx is done, the store closed, or it fell

@@ -107,6 +107,49 @@ func TestFollow(t *testing.T) {
 	})
 }
 
+// TestFollowSealedBeforeJoin: a value sealed before a machine joined
+// but written after its daemon saw the join (the race between reading
+// the machine keys and writing the value) is sealed to it too: the
+// write itself makes the follower look again.
+func TestFollowSealedBeforeJoin(t *testing.T) {
+	backends.Each(t, func(t *testing.T, b storetest.Backend) {
+		ctx := t.Context()
+		a, st := keyringtest.Machine(t, b)
+		fctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.Follow(fctx, t.Logf, store.KindPassword)
+		}()
+		defer func() { cancel(); <-done }()
+		// Sealed to the machines there are now; a marker tells when the
+		// follower has seen the late machine join.
+		v, err := a.Seal(ctx, []byte("pw-late"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		marker, err := a.Seal(ctx, []byte("marker"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.PutRecord(ctx, store.KindPassword, "marker", marker, 0); err != nil {
+			t.Fatal(err)
+		}
+		late, lateSt := keyringtest.Machine(t, b)
+		if _, err := late.Load(ctx, store.KindPassword, "marker"); err != nil {
+			t.Fatalf("the marker was not sealed to the machine that joined: %v", err)
+		}
+		if _, err := st.PutRecord(ctx, store.KindPassword, "api", v, 0); err != nil {
+			t.Fatal(err)
+		}
+		got, err := late.Load(ctx, store.KindPassword, "api")
+		if err != nil || string(got) != "pw-late" {
+			t.Fatalf("the late machine loads %q, %v; want the value sealed to it after its write", got, err)
+		}
+		_ = lateSt
+	})
+}
+
 // TestMembers: every machine that joined is a member under its node's
 // name, this one marked; a machine that joined before it had a node name
 // (or under another) takes the name it joins with now, and keeps when it

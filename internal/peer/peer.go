@@ -101,16 +101,11 @@ func LoadCA(ctx context.Context, st store.Store, keys *keyring.Keyring) (*CA, er
 		_, err = st.Txn(ctx,
 			store.Write{Kind: KindCA, Key: caKey, Value: certPEM},
 			store.Write{Kind: KindCAKey, Key: caKey, Value: sealed})
+		// A machine that joined between the read of the keys and this
+		// write is sealed to by the daemon's keyring follower, which
+		// looks again at every sealed value written (keyring.Follow).
 		if err != nil && !errors.Is(err, store.ErrConflict) {
 			return nil, fmt.Errorf("the cluster's CA: %w", err)
-		}
-		if err == nil {
-			// A machine that joined between the read of the keys and
-			// this write saw nothing to seal to it when it joined: it
-			// is sealed to now, or its daemon would wait in vain.
-			if _, err := keys.Reseal(ctx, KindCAKey); err != nil {
-				return nil, fmt.Errorf("the cluster's CA: sealing its key to every machine: %w", err)
-			}
 		}
 		// Read back what the store kept: this one, or another daemon's.
 	}
