@@ -86,7 +86,9 @@ func TestThroughStandby(t *testing.T) {
 		// a's machine vanishes: its daemon frozen, its connections open
 		// with nothing coming (TCP never ends them). The relay ends with
 		// a's lease, and b takes over.
-		a.daemon.Process.Signal(syscall.SIGSTOP)
+		frozen := a.daemon.Process
+		frozen.Signal(syscall.SIGSTOP)
+		t.Cleanup(func() { frozen.Signal(syscall.SIGCONT) }) // a failed test still stops it
 		if code := d.wait(t); code != 1 || !strings.Contains(d.stderr(), "lost node a, which leads the engine, mid-operation: it no longer leads the engine") ||
 			!strings.Contains(d.stderr(), "hostel generations") {
 			t.Errorf("deploy through b when a froze: exit %d, want 1 saying a was lost and where to look\n%s", code, d.stderr())
