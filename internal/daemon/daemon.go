@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"hostel/internal/acme"
@@ -83,7 +84,10 @@ type Daemon struct {
 	// follow the store; engine decides.
 	agent    *agent.Agent
 	follower *follower
-	engine   *deploy.Engine
+	// grace is the largest stop_grace of the generations the router last
+	// switched to, in nanoseconds (drainBound).
+	grace  atomic.Int64
+	engine *deploy.Engine
 	// sleeper puts idle versions to sleep and wakes them (sleep.go); nil
 	// until just before the current generations are resumed; its watch
 	// starts after.
@@ -379,8 +383,11 @@ func (d *Daemon) Close() error {
 	var err error
 	if d.store != nil {
 		// Claims end now: a daemon that waits for one need not wait out
-		// the lease.
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// the lease. A store with a quorum answers in milliseconds (an
+		// etcd leader elected in one or two); one without — the last
+		// members of a cluster stopping — never would, and the lease
+		// ends with its TTL anyway.
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		d.lease.revoke(rctx)
 		cancel()
 		err = d.store.Close()

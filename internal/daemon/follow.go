@@ -18,6 +18,7 @@ import (
 	"hostel/internal/deploy"
 	"hostel/internal/node"
 	"hostel/internal/place"
+	"hostel/internal/router"
 	"hostel/internal/routes"
 	"hostel/internal/spec"
 	"hostel/internal/store"
@@ -95,7 +96,11 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	f.cancel = stop
-	ropts := routes.Options{Node: name, Lease: lease.ID(), Switched: d.certsFollow, Logf: d.logf}
+	ropts := routes.Options{Node: name, Lease: lease.ID(), Logf: d.logf,
+		Switched: func(t router.Table, currents map[string]*spec.Generation) {
+			d.noteDrain(currents)
+			d.certsFollow(t, currents)
+		}}
 	if d.peerLn != nil {
 		// The router reaches the other nodes: it follows what they run.
 		ropts.Remotes = d.router

@@ -10,30 +10,28 @@ import (
 	"hostel/internal/spec"
 )
 
-// storeWait bounds what a stopping daemon waits for the store.
-const storeWait = 5 * time.Second
-
 // minDrain is the least time a stopping daemon gives requests in flight.
 const minDrain = 30 * time.Second
 
 // drainBound is how long a stopping daemon lets requests in flight finish:
-// the largest stop_grace of the current generation, at least minDrain —
-// minDrain if the store does not answer within storeWait (an etcd
-// without a quorum waits for one as long as it is asked to: the last
-// members of a cluster could never stop).
+// the largest stop_grace of the current generations its router last
+// switched to (noteDrain), at least minDrain. It reads no store: an etcd
+// without a quorum — the last members of a cluster stopping — would not
+// answer.
 func (d *Daemon) drainBound() time.Duration {
-	bound := minDrain
-	if d.store == nil {
-		return bound
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeWait)
-	defer cancel()
-	if cur, err := d.store.Current(ctx, spec.DefaultEnv); err == nil && cur != nil {
-		for _, svc := range cur.Spec.Services {
+	return max(minDrain, time.Duration(d.grace.Load()))
+}
+
+// noteDrain keeps the largest stop_grace of currents, the generations the
+// router switched to, for drainBound.
+func (d *Daemon) noteDrain(currents map[string]*spec.Generation) {
+	var bound time.Duration
+	for _, g := range currents {
+		for _, svc := range g.Spec.Services {
 			bound = max(bound, svc.StopGraceOrDefault())
 		}
 	}
-	return bound
+	d.grace.Store(int64(bound))
 }
 
 // stopServing closes every listener at once, so new connections are

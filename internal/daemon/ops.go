@@ -161,6 +161,9 @@ func (d *Daemon) AllStatus(ctx context.Context, env string) (*api.Status, error)
 	return d.status(ctx, env, true)
 }
 
+// storeWait bounds how long status waits for the store.
+const storeWait = 5 * time.Second
+
 // status is the status of environment env: its current generation's
 // versions, what else of it runs (draining, or awake and kept), and with
 // all the kept versions asleep too.
