@@ -3,6 +3,7 @@ package e2e
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -277,22 +278,41 @@ func TestOneMachineToThree(t *testing.T) {
 	}
 }
 
-// TestSleepAcrossNodes: a service that sleeps after idle runs on n1; a
-// request that reaches n2's router once it sleeps wakes it on n1 — where
-// it is placed — and gets its answer, and nothing starts on n2.
-func TestSleepAcrossNodes(t *testing.T) {
+// TestAcrossNodes: scale to zero, previews, exclusive services and
+// callable old versions in a cluster. A service that sleeps after idle
+// runs on n1; a request that reaches n2's router once it sleeps wakes it
+// on n1 — where it is placed — and nothing starts on n2. A preview shares
+// production's instances wherever they run (its request through n3 wakes
+// production's on n1). An exclusive service redeployed under traffic
+// through another node's router moves to no other node and fails no
+// request. A kept callable version, called through n3, wakes on n2,
+// where it is placed.
+func TestAcrossNodes(t *testing.T) {
 	c := startCluster(t)
 	lead := c.leader(t)
-	lead.WriteSpec(map[string]any{"services": map[string]any{
-		"quiet": lead.App("shop", map[string]any{"env": map[string]string{"SHOP_TITLE": "Quiet"}, "domains": []string{"quiet.example"},
-			"idle": "1s", "placement": map[string]any{"node": "n1"}}),
-	}})
+	n1, n2, n3 := c.envs[0], c.envs[1], c.envs[2]
+	lock := lockApp(t)
+	write := func(env *Env, lockV, apiTitle string) {
+		env.WriteSpec(map[string]any{"services": map[string]any{
+			"quiet": env.App("shop", map[string]any{"env": map[string]string{"SHOP_TITLE": "Quiet"}, "domains": []string{"quiet.example"},
+				"idle": "1s", "placement": map[string]any{"node": "n1"}}),
+			"lock": map[string]any{"package": lock, "exec": []string{"bin/lockapp"}, "env": map[string]string{"V": lockV}, "exclusive": true,
+				"health": map[string]any{"path": "/healthz"}, "domains": []string{"lock.test"}},
+			"api": env.App("shop", map[string]any{"env": map[string]string{"SHOP_TITLE": apiTitle}, "domains": []string{"api.example"},
+				"old_versions": "callable", "placement": map[string]any{"node": "n2"}}),
+		}})
+	}
+	write(lead, "1", "API one")
 	lead.MustRun("deploy", "--no-confirm")
-	n1, n2 := c.envs[0], c.envs[1]
-	waitUntil(t, "quiet asleep on n1", func() bool {
-		_, st := n1.Status()
-		return st["quiet"].State == "idle"
-	})
+	v1 := lead.currentVersions()
+	asleep := func(what string) {
+		t.Helper()
+		waitUntil(t, what, func() bool {
+			_, st := n1.Status()
+			return st["quiet"].State == "idle"
+		})
+	}
+	asleep("quiet asleep on n1")
 	t0 := time.Now()
 	code, _, body := n2.Get("quiet.example", "/")
 	if code != 200 || !strings.HasPrefix(body, "Quiet") {
@@ -303,9 +323,82 @@ func TestSleepAcrossNodes(t *testing.T) {
 	if st["quiet"].State != "running" || st["quiet"].PID == 0 {
 		t.Errorf("quiet on n1 after the request through n2: %+v, want it running", st["quiet"])
 	}
-	for _, in := range n2.nodes()["n2"].Instances {
-		if strings.HasPrefix(in, "quiet-") {
-			t.Errorf("quiet placed on n2 too: %s", in)
+	onlyOn := func(prefix, node string) {
+		t.Helper()
+		for name, n := range lead.nodes() {
+			for _, in := range n.Instances {
+				if strings.HasPrefix(in, prefix) && name != node {
+					t.Errorf("%s placed on %s: %s, want it on %s alone", prefix, name, in, node)
+				}
+			}
 		}
 	}
+	onlyOn("quiet-", "n1")
+
+	t.Run("a preview shares production's instances", func(t *testing.T) {
+		asleep("quiet asleep on n1 again")
+		write(lead, "1", "API preview")
+		lead.MustRun("deploy", "--env", "pr-1", "--no-confirm")
+		if code, _, body := n3.Get("quiet.pr-1.hostel.internal", "/"); code != 200 || !strings.HasPrefix(body, "Quiet") {
+			t.Errorf("the preview's quiet through n3: %d %q, want production's, woken on n1", code, body)
+		}
+		if code, _, body := n3.Get("api.pr-1.hostel.internal", "/"); code != 200 || !strings.HasPrefix(body, "API preview") {
+			t.Errorf("the preview's api through n3: %d %q", code, body)
+		}
+		for name, n := range lead.nodes() {
+			for _, in := range n.Instances {
+				if strings.HasPrefix(in, "quiet-") && strings.Contains(in, "@") {
+					t.Errorf("the preview runs its own quiet on %s: %s, want production's shared", name, in)
+				}
+			}
+		}
+		onlyOn("quiet-", "n1")
+		lead.MustRun("env", "rm", "pr-1")
+	})
+
+	t.Run("an exclusive service moves to no other node", func(t *testing.T) {
+		var where string
+		for name, n := range lead.nodes() {
+			for _, in := range n.Instances {
+				if strings.HasPrefix(in, "lock-") {
+					where = name
+				}
+			}
+		}
+		stop := make(chan struct{})
+		router := n1
+		if where == "n1" {
+			router = n3
+		}
+		tr := router.startTraffic("lock.test", stop)
+		for _, v := range []string{"2", "3"} {
+			write(lead, v, "API one")
+			lead.MustRun("deploy", "--no-confirm")
+			if code, _, body := router.Get("lock.test", "/"); code != 200 || strings.TrimSpace(body) != "v"+v {
+				t.Errorf("lock after the deploy of v%s: %d %q", v, code, body)
+			}
+			onlyOn("lock-", where)
+		}
+		close(stop)
+		<-tr.done
+		if tr.bad.Load() != 0 || tr.ok.Load() == 0 {
+			t.Errorf("traffic through the handovers: %d ok, %d failed %v", tr.ok.Load(), tr.bad.Load(), tr.errs)
+		}
+	})
+
+	t.Run("a callable old version wakes where it is placed", func(t *testing.T) {
+		write(lead, "3", "API two")
+		lead.MustRun("deploy", "--no-confirm")
+		old := "api-" + v1["api"]
+		code, _, body := n3.Get(old+".hostel.internal", "/")
+		if code != 200 || !strings.HasPrefix(body, "API one") {
+			t.Fatalf("%s through n3: %d %q, want the old api, woken on n2", old, code, body)
+		}
+		for i, e := range c.envs {
+			runs := slices.Contains(slices.Collect(maps.Values(e.processes())), old)
+			if want := e == n2; runs != want {
+				t.Errorf("%s runs %s: %v, want %v", c.names[i], old, runs, want)
+			}
+		}
+	})
 }
