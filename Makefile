@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X hostel/internal/cli.Version=$(VERSION)
 
-.PHONY: loadtest held build examples demo demo-stop test test-etcd test-short chaos bench fuzz vet clean deps
+.PHONY: loadtest held build examples demo demo-stop test test-e2e test-rest test-etcd test-short chaos bench fuzz vet clean deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/hostel ./cmd/hostel
@@ -33,8 +33,15 @@ deps:
 # a goroutine per connection (the path TLS and hand-overs take).
 # The failpoints' own tests (files with //go:build failpoints, tests named *Failpoint*) run in a
 # build with the tag (docs/failpoints.md); test/e2e builds its hostel with it by itself. Then test-etcd.
+# The end-to-end suite, which mostly waits on processes and sockets, runs beside the rest.
 test: deps vet
-	$(GO) test -race -count=1 -timeout 10m ./...
+	@$(MAKE) --no-print-directory -j2 test-e2e test-rest
+
+test-e2e:
+	$(GO) test -race -count=1 -timeout 12m ./test/e2e/
+
+test-rest:
+	$(GO) test -race -count=1 -timeout 10m $$($(GO) list ./... | grep -v /test/e2e)
 	$(GO) test -race -count=1 -timeout 5m ./internal/router/ ./internal/front/ -args -front-loops=-1
 	$(GO) test -race -count=1 -timeout 5m -tags failpoints ./internal/failpoint/
 	$(GO) test -race -count=1 -timeout 5m -tags failpoints -run Failpoint $(FAILPOINT_PKGS)
