@@ -110,7 +110,8 @@ func ArgRefs(arg string) ([]string, error) {
 
 // ExpandArg returns arg with its references replaced by their values in
 // env (NAME=value strings, as a process gets them): what a process's
-// argument is, at each start. A name env does not have is an error.
+// argument is, at each start. A name env does not have is an error, and
+// so is one never put in arguments (DATABASE_URL).
 func ExpandArg(arg string, env []string) (string, error) {
 	if !strings.Contains(arg, "$") {
 		return arg, nil
@@ -124,6 +125,9 @@ func ExpandArg(arg string, env []string) (string, error) {
 		if p.name == "" {
 			b.WriteString(p.text)
 			continue
+		}
+		if why, ok := argNeverSubstituted[p.name]; ok {
+			return "", fmt.Errorf("$%s is never put in a program's arguments: %s", p.name, why)
 		}
 		v, ok := lookupEnv(env, p.name)
 		if !ok {
