@@ -197,7 +197,9 @@ func (s *Spec) checkArgRefs(svc *Service, field string, argv []string) (string, 
 	if len(argv) == 0 {
 		return "", ""
 	}
-	if argv[0] != EscapeArg(argv[0]) {
+	if strings.Contains(argv[0], "$") {
+		// What would be substituted in another argument is refused here,
+		// not passed as written: it cannot mean what it says.
 		if refs, err := ArgRefs(argv[0]); err != nil || len(refs) > 0 || strings.Contains(argv[0], "$$") {
 			return fieldIndex(field, 0), fmt.Sprintf("%q: the program is never substituted (write its path as it is)", argv[0])
 		}
