@@ -171,7 +171,7 @@ func TestVersionCoversArgsAsWritten(t *testing.T) {
 // never read again.
 func FuzzExpandArg(f *testing.F) {
 	for _, s := range []string{"", "$", "$$", "$PORT", "${PORT}", "$${PORT}", "--port=${PORT}x", "${PORT:-1}",
-		"$STATE_DIRECTORY/db", "sh -c 'echo $1 $$'", "${", "${}", "$$$", "${A}${B}", "\x00$\xff{Z}"} {
+		"$STATE_DIRECTORY/db", "sh -c 'echo $1 $$'", "--db=${DATABASE_URL}", "${", "${}", "$$$", "${A}${B}", "\x00$\xff{Z}"} {
 		f.Add(s, "v$a${b}")
 	}
 	f.Fuzz(func(t *testing.T, arg, value string) {
@@ -193,6 +193,12 @@ func FuzzExpandArg(f *testing.F) {
 			env = append(env, r+"="+value)
 		}
 		got, err := ExpandArg(arg, env)
+		if refersToNever(refs) {
+			if err == nil {
+				t.Fatalf("ExpandArg(%q) = %q: put in a variable never put in arguments", arg, got)
+			}
+			return
+		}
 		if err != nil {
 			t.Fatalf("ExpandArg(%q) with every name set: %v", arg, err)
 		}
@@ -210,4 +216,15 @@ func FuzzExpandArg(f *testing.F) {
 			}
 		}
 	})
+}
+
+// refersToNever reports whether refs name a variable never put in
+// arguments (DATABASE_URL).
+func refersToNever(refs []string) bool {
+	for _, r := range refs {
+		if _, ok := argNeverSubstituted[r]; ok {
+			return true
+		}
+	}
+	return false
 }
