@@ -41,6 +41,14 @@ func TestArgsSubstitution(t *testing.T) {
 				t.Errorf("hostel %s: exit %d, stderr %q; want exit 2 and %q", args[0], code, stderr, want)
 			}
 		}
+		// A release serves nothing: it has no PORT.
+		bad["release"] = []string{"/bin/echo", "$PORT"}
+		bad["exec"] = web["exec"]
+		e.WriteSpec(map[string]any{"services": map[string]any{"web": bad}})
+		want = `hostel.json: service "web": release[1]: $PORT is not in a release's environment (a release serves nothing) (write $$ for a literal $)`
+		if _, stderr, code := e.Run("plan"); code != 2 || !strings.Contains(stderr, want) {
+			t.Errorf("hostel plan: exit %d, stderr %q; want exit 2 and %q", code, stderr, want)
+		}
 		if _, st2 := e.Status(); st2["web"].PID != st["web"].PID {
 			t.Errorf("a refused spec changed web: %+v → %+v", st["web"], st2["web"])
 		}
