@@ -92,6 +92,7 @@ held: build
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./internal/spec/
+	$(GO) test -run '^$$' -fuzz FuzzExpandArg -fuzztime 30s ./internal/spec/
 	$(GO) test -run '^$$' -fuzz FuzzPlan -fuzztime 30s ./internal/plan/
 	$(GO) test -run '^$$' -fuzz FuzzMake -fuzztime 30s ./internal/place/
 	$(GO) test -run '^$$' -fuzz FuzzHostMatch -fuzztime 30s ./internal/router/

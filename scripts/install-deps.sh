@@ -26,6 +26,14 @@ if [[ $what == test ]]; then
   have openssl || need+=(openssl)
   # Debian's etcd (3.4): the etcd store passes its conformance suite against it too.
   have etcd || need+=(etcd-server)
+  # The apps of docs/apps.md, run as Debian ships them (TestAppsOfTheDocs): Python with
+  # gunicorn and uvicorn, Node, Ruby with puma. Services get PATH=/usr/local/bin:/usr/bin…,
+  # so these are Debian's own, in /usr/bin, whatever else this machine has.
+  [[ -x /usr/bin/python3 ]] || need+=(python3)
+  /usr/bin/python3 -c 'import gunicorn' 2>/dev/null || need+=(python3-gunicorn)
+  /usr/bin/python3 -c 'import uvicorn' 2>/dev/null || need+=(python3-uvicorn)
+  [[ -x /usr/bin/node ]] || need+=(nodejs)
+  [[ -x /usr/bin/puma ]] || need+=(puma)
 fi
 ((${#need[@]})) || exit 0
 if ((EUID != 0)); then

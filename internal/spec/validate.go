@@ -118,6 +118,9 @@ func (s *Spec) Validate() error {
 		if field, msg := checkArgs("exec", svc.Exec); msg != "" {
 			return fail(field, "%s", msg)
 		}
+		if field, msg := s.checkArgRefs(svc, "exec", svc.Exec); msg != "" {
+			return fail(field, "%s", msg)
+		}
 		if svc.Package == "" && strings.Contains(svc.Exec[0], "/") && !filepath.IsAbs(svc.Exec[0]) {
 			return fail("exec", "relative path %q needs a package", svc.Exec[0])
 		}
@@ -165,6 +168,9 @@ func (s *Spec) Validate() error {
 			return fail("release", "must name a program")
 		}
 		if field, msg := checkArgs("release", svc.Release); msg != "" {
+			return fail(field, "%s", msg)
+		}
+		if field, msg := s.checkArgRefs(svc, "release", svc.Release); msg != "" {
 			return fail(field, "%s", msg)
 		}
 		if svc.Package == "" && len(svc.Release) > 0 && strings.Contains(svc.Release[0], "/") && !filepath.IsAbs(svc.Release[0]) {

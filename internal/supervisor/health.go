@@ -123,7 +123,11 @@ func (i *Instance) awaitReady(ctx context.Context, p *proc, within time.Duration
 			if i.isReadyNow() { // READY=1, meanwhile
 				return true
 			}
-			i.sicken(p, fmt.Sprintf("not ready within %v of its restart: %v", within, err))
+			why := fmt.Sprintf("not ready within %v of its restart: %v", within, err)
+			if w := wrongListen(p.pid, i.cfg.Port); w != "" {
+				why += ": " + w
+			}
+			i.sicken(p, why)
 			return false
 		case <-t.C:
 		}

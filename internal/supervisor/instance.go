@@ -194,9 +194,24 @@ func (i *Instance) WaitReady(ctx context.Context) error {
 		case <-ctx.Done():
 			return fmt.Errorf("%s: waiting for ready: %w", i.key, ctx.Err())
 		case <-t.C:
-			return fmt.Errorf("%s: %w after %v%s", i.key, ErrNotReady, i.cfg.ReadyTimeout, i.logTail())
+			return fmt.Errorf("%s: %w after %v%s%s", i.key, ErrNotReady, i.cfg.ReadyTimeout, i.listenHint(), i.logTail())
 		}
 	}
+}
+
+// listenHint says, after ": ", where the running process listens when
+// that is not where it is probed (wrongListen); "" otherwise.
+func (i *Instance) listenHint() string {
+	i.mu.Lock()
+	pid := i.pid
+	i.mu.Unlock()
+	if pid == 0 {
+		return ""
+	}
+	if w := wrongListen(pid, i.cfg.Port); w != "" {
+		return ": " + w
+	}
+	return ""
 }
 
 func (i *Instance) logTail() string {
@@ -388,9 +403,13 @@ func (i *Instance) listenNotify() error {
 // launch starts one process writing to the log, and tracks it. A
 // process not ready within readyWithin (0: no limit) is unhealthy.
 func (i *Instance) launch(readyWithin time.Duration) (*proc, error) {
+	args, err := expandArgs(i.cfg.Exec, i.env)
+	if err != nil {
+		return nil, err
+	}
 	cmd := &exec.Cmd{
 		Path:        i.path,
-		Args:        i.cfg.Exec,
+		Args:        args,
 		Env:         i.env,
 		Dir:         i.workDir,
 		Stdout:      i.logOut,
@@ -404,7 +423,7 @@ func (i *Instance) launch(readyWithin time.Duration) (*proc, error) {
 	i.oomKills = oom
 	i.mu.Unlock()
 	failpoint.Hit("launch-before-start")
-	cmd, err := startInGroup(cmd, i.cg)
+	cmd, err = startInGroup(cmd, i.cg)
 	if err != nil {
 		i.mu.Lock()
 		i.accepting = false

@@ -23,7 +23,8 @@ const maxRunOnceOutput = 64 << 10
 // process gets except where to listen (no PORT, HOST or NOTIFY_SOCKET: a
 // one-shot step serves nothing, and apps that check PORT when it is set
 // would refuse a made-up one) and a RUNTIME_DIRECTORY of its own that is
-// removed afterwards. argv[0] is resolved like cfg.Exec[0]. It returns the
+// removed afterwards. argv[0] is resolved like cfg.Exec[0], and the other
+// arguments' variables substituted like cfg.Exec's. It returns the
 // combined stdout and stderr (the last 64 KiB) and an error if the command
 // did not exit 0. For one-shot steps such as a release migration.
 func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]byte, error) {
@@ -47,6 +48,10 @@ func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]
 		return nil, err
 	}
 	defer i.removeCredentials()
+	args, err := expandArgs(argv, i.env)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
 	// In a cgroup of its own with the version's limits, as the version
 	// runs: a release is the service's code too, and whatever it leaves
 	// behind — in its process group or not (setsid) — ends with it.
@@ -62,8 +67,8 @@ func (s *Supervisor) RunOnce(ctx context.Context, cfg Config, argv []string) ([]
 		return nil, err
 	}
 	defer r.Close()
-	cmd := exec.Command(i.path, argv[1:]...)
-	cmd.Args[0] = argv[0]
+	cmd := exec.Command(i.path, args[1:]...)
+	cmd.Args[0] = args[0]
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = i.env, i.workDir, w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: i.cred}
 	s.opts.Logf("supervisor: %s: running %v once", key, argv)

@@ -86,7 +86,10 @@ type Config struct {
 	// up in the service's PATH (then the daemon's) and the working directory is
 	// STATE_DIRECTORY.
 	Dir string
-	// Exec is the command line; it must not be empty.
+	// Exec is the command line; it must not be empty. Its arguments after
+	// the first have their variables substituted from the process's
+	// environment at each launch (spec.ExpandArg): ${NAME}, a whole
+	// argument $NAME, $$ for $.
 	Exec []string
 	// Env holds extra variables from the engine. They may override PATH and
 	// HOME, but never the variables the supervisor owns (PORT, HOST,
@@ -528,6 +531,22 @@ func environ(cfg Config, stateDir, runDir, notify string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// expandArgs returns the arguments a process of argv gets: argv[0], the
+// program, as it is; every other with its variables substituted from the
+// process's environment env, by spec.ExpandArg's rule.
+func expandArgs(argv, env []string) ([]string, error) {
+	out := make([]string, len(argv))
+	out[0] = argv[0]
+	for n, a := range argv[1:] {
+		v, err := spec.ExpandArg(a, env)
+		if err != nil {
+			return nil, fmt.Errorf("argument %d: %w", n+1, err)
+		}
+		out[n+1] = v
+	}
+	return out, nil
 }
 
 func cloneEnv(m map[string]string) map[string]string {

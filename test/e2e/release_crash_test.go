@@ -28,7 +28,8 @@ func releaseRuns(t *testing.T) string {
 // releaseSpec is a quotes service whose release step notes its runs in
 // runs and takes seconds.
 func releaseSpec(e *Env, runs string, seconds int) map[string]any {
-	script := `echo "run $$" >> "$RUNS"; sleep "$RELEASE_SECONDS"; echo "done $$" >> "$RUNS"`
+	// $$$$: the shell's own pid ($$ is hostel's literal $, docs/spec.md).
+	script := `echo "run $$$$" >> "$RUNS"; sleep "$RELEASE_SECONDS"; echo "done $$$$" >> "$RUNS"`
 	return map[string]any{"services": map[string]any{
 		"quotes": e.App("quotes", map[string]any{"release": []string{"/bin/sh", "-c", script},
 			"env": map[string]string{"RUNS": runs, "RELEASE_SECONDS": strconv.Itoa(seconds)}}),

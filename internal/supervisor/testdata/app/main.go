@@ -49,6 +49,7 @@ func main() {
 	callFirst := flag.String("call-first", "", "GET $`VAR`/healthz before listening; exit 4 unless it answers 200")
 	sickFile := flag.String("sick-file", "", "/healthz answers 500 while `FILE` exists")
 	hangFile := flag.String("hang-file", "", "/healthz does not answer while `FILE` exists")
+	listen := flag.String("listen", "", "listen on `ADDR` instead of 127.0.0.1:$PORT")
 	flag.Parse()
 	if *mark != "" {
 		writeTime(*mark + ".start")
@@ -207,7 +208,11 @@ func main() {
 			fmt.Printf("%09d %s\n", from+k, line) // 100 bytes with the newline
 		}
 	})
-	if err := http.ListenAndServe(net.JoinHostPort("127.0.0.1", os.Getenv("PORT")), mux); err != nil {
+	addr := net.JoinHostPort("127.0.0.1", os.Getenv("PORT"))
+	if *listen != "" {
+		addr = *listen
+	}
+	if err := http.ListenAndServe(addr, mux); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
