@@ -1,0 +1,155 @@
+package nix
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// PathInfo returns the .narinfo of a valid store path as this machine's
+// store describes it (`nix path-info --json`), unsigned, its NAR at
+// nar/HASH.nar uncompressed.
+func PathInfo(ctx context.Context, path string) (*NarInfo, error) {
+	out, stderr, err := run(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "path-info", "--json", path)
+	if err != nil {
+		return nil, fmt.Errorf("nix path-info %s: %v: %s", path, err, nixMessage(stderr))
+	}
+	var infos []struct {
+		Path       string   `json:"path"`
+		Valid      *bool    `json:"valid"`
+		NarHash    string   `json:"narHash"`
+		NarSize    int64    `json:"narSize"`
+		References []string `json:"references"`
+		Deriver    string   `json:"deriver"`
+	}
+	if err := json.Unmarshal(out, &infos); err != nil {
+		return nil, fmt.Errorf("nix path-info %s printed something other than JSON: %w", path, err)
+	}
+	if len(infos) != 1 || infos[0].Path != path || (infos[0].Valid != nil && !*infos[0].Valid) {
+		return nil, fmt.Errorf("%s is not valid in this machine's store", path)
+	}
+	in := infos[0]
+	hash, err := NarHashOf(in.NarHash)
+	if err != nil {
+		return nil, fmt.Errorf("nix path-info %s: %w", path, err)
+	}
+	return &NarInfo{StorePath: path, URL: "nar/" + HashPart(path) + ".nar", Compression: "none",
+		NarHash: hash, NarSize: in.NarSize, References: in.References, Deriver: in.Deriver}, nil
+}
+
+// Cache serves this machine's store as a Nix binary cache: /nix-cache-info,
+// /HASH.narinfo (signed with Key) and /nar/HASH.nar (nix-store --dump,
+// uncompressed, streamed). Only store paths are named (by their hash
+// part), and only those Serves allows are served: nothing outside
+// /nix/store is ever read.
+type Cache struct {
+	// Key signs every .narinfo served.
+	Key *SigningKey
+	// Serves reports whether the valid store path may be served; nil
+	// serves every valid path.
+	Serves func(ctx context.Context, path string) (bool, error)
+	// Logf, if not nil, reports failures to serve.
+	Logf func(format string, args ...any)
+}
+
+// IsCacheRequest reports whether r asks for a file of the binary cache
+// (Cache serves it), which nothing else on the same port is named like.
+func IsCacheRequest(r *http.Request) bool {
+	p := r.URL.Path
+	return p == "/nix-cache-info" || strings.HasPrefix(p, "/nar/") ||
+		(strings.HasSuffix(p, ".narinfo") && strings.Count(p, "/") == 1)
+}
+
+func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "a binary cache is read with GET", http.StatusMethodNotAllowed)
+		return
+	}
+	p := r.URL.Path
+	switch {
+	case p == "/nix-cache-info":
+		w.Header().Set("Content-Type", "text/x-nix-cache-info")
+		w.Write([]byte(CacheInfo))
+	case strings.HasSuffix(p, ".narinfo"):
+		path, ok := c.lookup(w, r, strings.TrimSuffix(p[1:], ".narinfo"))
+		if !ok {
+			return
+		}
+		ni, err := PathInfo(r.Context(), path)
+		if err != nil {
+			c.fail(w, path, err)
+			return
+		}
+		c.Key.Sign(ni)
+		w.Header().Set("Content-Type", "text/x-nix-narinfo")
+		w.Write(ni.Marshal())
+	case strings.HasPrefix(p, "/nar/") && strings.HasSuffix(p, ".nar"):
+		path, ok := c.lookup(w, r, strings.TrimSuffix(strings.TrimPrefix(p, "/nar/"), ".nar"))
+		if !ok {
+			return
+		}
+		ni, err := PathInfo(r.Context(), path)
+		if err != nil {
+			c.fail(w, path, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-nix-nar")
+		w.Header().Set("Content-Length", strconv.FormatInt(ni.NarSize, 10))
+		if r.Method == http.MethodHead {
+			return
+		}
+		// Once the headers are out, a failure can only cut the body
+		// short, which the fetcher sees (its size, then Nix its hash).
+		if err := stream(r.Context(), nil, w, "nix-store", "--dump", path); err != nil && c.Logf != nil {
+			c.Logf("nix cache: %s: %v", path, err)
+		}
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// lookup finds the valid store path whose hash part is hash and that the
+// cache serves, answering 404 when there is none.
+func (c *Cache) lookup(w http.ResponseWriter, r *http.Request, hash string) (string, bool) {
+	if !IsHashPart(hash) {
+		http.NotFound(w, r)
+		return "", false
+	}
+	matches, _ := filepath.Glob(StoreDir + hash + "-*")
+	var path string
+	for _, m := range matches {
+		if validStorePath(m) && !strings.HasSuffix(m, ".lock") {
+			path = m
+			break
+		}
+	}
+	if path == "" {
+		http.NotFound(w, r)
+		return "", false
+	}
+	if c.Serves != nil {
+		ok, err := c.Serves(r.Context(), path)
+		if err != nil {
+			c.fail(w, path, err)
+			return "", false
+		}
+		if !ok {
+			http.NotFound(w, r)
+			return "", false
+		}
+	}
+	return path, true
+}
+
+func (c *Cache) fail(w http.ResponseWriter, path string, err error) {
+	if c.Logf != nil && !errors.Is(err, context.Canceled) {
+		c.Logf("nix cache: %s: %v", path, err)
+	}
+	http.Error(w, "cannot serve "+path, http.StatusInternalServerError)
+}
