@@ -91,6 +91,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 30s ./internal/front/
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckHead$$' -fuzztime 30s ./internal/front/
 	$(GO) test -run '^$$' -fuzz '^FuzzHeadScanner$$' -fuzztime 30s ./internal/front/
+	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime 30s ./internal/nix/
 
 clean:
 	rm -rf bin examples/monoliths/build

@@ -55,7 +55,7 @@ func (d *Daemon) listenPeer(ctx context.Context) (http.RoundTripper, error) {
 	if d.opts.Advertise == "" {
 		return nil, nil
 	}
-	ca, err := peer.LoadCA(ctx, d.store, d.keys)
+	ca, err := peer.LoadCA(ctx, d.keys)
 	if err != nil {
 		return nil, err
 	}

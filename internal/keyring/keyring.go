@@ -352,3 +352,51 @@ func (k *Keyring) Follow(ctx context.Context, logf func(string, ...any), kinds .
 		}
 	}
 }
+
+// LoadPair returns a deployment's one pair of a public value (a plain
+// record pubKind/key, which every node reads) and its private half (a
+// record privKind/key sealed to every machine), making both with make if
+// there are none: written in one transaction that fails if either
+// exists, so that of daemons making one at once the first wins and the
+// others read it back. A private half sealed before this machine joined
+// is waited for (Load) until a daemon that can open it seals it again.
+// The private half is the caller's to clear.
+func (k *Keyring) LoadPair(ctx context.Context, pubKind, privKind, key string, make func() (public, private []byte, err error)) (public, private []byte, err error) {
+	for {
+		r, err := k.st.Record(ctx, pubKind, key)
+		switch {
+		case err == nil:
+			priv, err := k.Load(ctx, privKind, key)
+			if err != nil {
+				return nil, nil, fmt.Errorf("its private half: %w", err)
+			}
+			return r.Value, priv, nil
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, nil, err
+		}
+		pub, priv, err := make()
+		if err != nil {
+			return nil, nil, err
+		}
+		sealed, err := k.Seal(ctx, priv)
+		clear(priv)
+		if err != nil {
+			return nil, nil, fmt.Errorf("sealing its private half: %w", err)
+		}
+		_, err = k.st.Txn(ctx,
+			store.Write{Kind: pubKind, Key: key, Value: pub},
+			store.Write{Kind: privKind, Key: key, Value: sealed})
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			return nil, nil, err
+		}
+		if err == nil {
+			// A machine that joined between the read of the keys and
+			// this write saw nothing to seal to it when it joined: it
+			// is sealed to now, or its daemon would wait in vain.
+			if _, err := k.Reseal(ctx, privKind); err != nil {
+				return nil, nil, fmt.Errorf("sealing its private half to every machine: %w", err)
+			}
+		}
+		// Read back what the store kept: this one, or another daemon's.
+	}
+}
