@@ -53,7 +53,7 @@ func newPrepared(t *testing.T) *prepared {
 		t.Fatal(err)
 	}
 	db := newDatabases(root, st, keys, sup, false, t.Logf)
-	n := nodetest.New(t, st, root, nodetest.Options{Sup: sup, Preparers: []agent.Preparer{&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots), newReleaser(db, newOwnLease(st, claimTTL), hk.PublicKey(), root)}})
+	n := nodetest.New(t, st, root, nodetest.Options{Sup: sup, Preparers: []agent.Preparer{&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots, nil), newReleaser(db, newOwnLease(st, claimTTL), hk.PublicKey(), root)}})
 	p.engine = deploy.New(st, deploy.Options{Node: n.Name, Logf: t.Logf})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := p.engine.Start(ctx); err != nil {

@@ -16,24 +16,29 @@ import (
 
 // pinner is the deploy preparer that makes a version's store paths GC roots
 // before its process starts, so that no garbage collection can take what a
-// generation needs. Its cleanup removes the roots it added for a version
-// that then did not start; roots that were there before stay.
+// generation needs — first taking those this machine lacks from the
+// cluster's other nodes (fetch). Its cleanup removes the roots it added
+// for a version that then did not start; roots that were there before
+// stay.
 type pinner struct {
 	roots nix.Roots
+	// fetch adds the closures of store paths this machine lacks to its
+	// store (Daemon.fetchStorePaths); nil fetches nothing.
+	fetch func(ctx context.Context, paths []string) error
 
 	mu sync.Mutex
 	// added holds the versions whose preparation added their roots.
 	added map[spec.VersionKey]bool
 }
 
-func newPinner(roots nix.Roots) *pinner {
-	return &pinner{roots: roots, added: map[spec.VersionKey]bool{}}
+func newPinner(roots nix.Roots, fetch func(context.Context, []string) error) *pinner {
+	return &pinner{roots: roots, fetch: fetch, added: map[spec.VersionKey]bool{}}
 }
 
 var _ deploy.Cleaner = (*pinner)(nil)
 
 // Prepare implements deploy.Preparer.
-func (p *pinner) Prepare(_ context.Context, g *spec.Generation, service string, _ *supervisor.Config) error {
+func (p *pinner) Prepare(ctx context.Context, g *spec.Generation, service string, _ *supervisor.Config) error {
 	key := spec.Key(service, g.Versions[service])
 	paths := servicePaths(g.Spec.Services[service])
 	added := len(paths) > 0 && !p.roots.Pinned(string(key))
@@ -42,6 +47,11 @@ func (p *pinner) Prepare(_ context.Context, g *spec.Generation, service string, 
 	p.mu.Unlock()
 	if len(paths) == 0 {
 		return nil
+	}
+	if p.fetch != nil {
+		if err := p.fetch(ctx, paths); err != nil {
+			return err
+		}
 	}
 	return p.roots.Pin(string(key), paths)
 }
