@@ -231,7 +231,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.db = newDatabases(opts.Root, d.store, d.keys, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
 	d.agent.Use(newProvisioner(d.db))
-	d.agent.Use(newStateCopier(opts.Root, d.sup))   // a preview's state directory, when previews.state is "copy"
+	d.agent.Use(newStateCopier(opts.Root, d.sup))                      // a preview's state directory, when previews.state is "copy"
 	d.agent.Use(newPinner(nix.RootsFor(opts.Root), d.fetchStorePaths)) // store paths from other nodes, then GC roots, before a version starts
 	// releaser runs the release step with the version's full environment:
 	// keep it the last preparer (add new ones above this line).
