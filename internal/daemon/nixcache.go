@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"net/http"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -172,7 +171,7 @@ func (d *Daemon) fetchStorePaths(ctx context.Context, paths []string) error {
 		peers = append(peers, nix.CachePeer{Name: info.Name, URL: "https://" + info.Addr})
 	}
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
-	added, err := nix.Fetch(ctx, c.client, peers, paths, c.trusted, filepath.Join(d.opts.Root, "tmp"))
+	added, err := nix.Fetch(ctx, c.client, peers, paths, c.trusted)
 	if err != nil {
 		return err
 	}

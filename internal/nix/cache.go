@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
 )
 
@@ -94,13 +93,9 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			return
 		}
-		ni, err := PathInfo(r.Context(), path)
-		if err != nil {
-			c.fail(w, path, err)
-			return
-		}
+		// No Content-Length: asking Nix for the size costs a process,
+		// and the fetcher knows it from the .narinfo (and checks it).
 		w.Header().Set("Content-Type", "application/x-nix-nar")
-		w.Header().Set("Content-Length", strconv.FormatInt(ni.NarSize, 10))
 		if r.Method == http.MethodHead {
 			return
 		}

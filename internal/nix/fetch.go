@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"os"
-	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
 )
 
 // CachePeer is a binary cache Fetch may take store paths from: another
@@ -25,13 +27,15 @@ const maxNarInfo = 1 << 20
 
 // Fetch adds the closures of paths (store paths) that this machine's store
 // lacks from the caches of peers, each path from the first peer that
-// serves it, through client: the .narinfo files and the NARs this store
-// lacks go to a binary cache in a new directory under dir, from which
-// `nix copy --from file://…` takes them with trusted (a public key in Nix's
-// format) the only key trusted — Nix checks every path's signature and
-// its NAR's hash, and adds nothing that fails. It returns the paths
-// added. An error names the path and the peers asked.
-func Fetch(ctx context.Context, client *http.Client, peers []CachePeer, paths []string, trusted, dir string) ([]string, error) {
+// serves it with a valid signature by trusted (a public key in Nix's
+// format), through client. Nix takes them from a binary cache that Fetch
+// serves on loopback for as long as the copy lasts — the .narinfo files
+// it read, and each NAR streamed from its peer as Nix reads it — with
+// `nix copy --from http://…`, trusted the only key trusted: Nix checks
+// every path's signature and its NAR's hash, and adds nothing that fails.
+// It returns the paths added. An error names the path and the peers
+// asked.
+func Fetch(ctx context.Context, client *http.Client, peers []CachePeer, paths []string, trusted string) ([]string, error) {
 	top, err := TopPaths(paths)
 	if err != nil {
 		return nil, err
@@ -43,43 +47,25 @@ func Fetch(ctx context.Context, client *http.Client, peers []CachePeer, paths []
 	if len(peers) == 0 {
 		return nil, fmt.Errorf("%s is not in this machine's Nix store, and no other node is there to take it from", missing[0])
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	cache, err := os.MkdirTemp(dir, "nix-fetch-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(cache)
-	if err := os.Mkdir(filepath.Join(cache, "nar"), 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(cache, "nix-cache-info"), []byte(CacheInfo), 0o600); err != nil {
-		return nil, err
-	}
 	// Every .narinfo of the closure, even of paths this store has: nix
 	// copy reads the whole closure from the cache before it skips those.
-	from := map[string]CachePeer{}
-	infos := map[string]*NarInfo{}
+	c := &relay{client: client, infos: map[string]*NarInfo{}, from: map[string]CachePeer{}}
 	var closure []string
 	queue := append([]string(nil), missing...)
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
-		if infos[p] != nil {
+		if c.infos[HashPart(p)] != nil {
 			continue
 		}
 		ni, peer, err := narInfoFrom(ctx, client, peers, p, trusted)
 		if err != nil {
 			return nil, err
 		}
-		infos[p], from[p] = ni, peer
+		c.infos[HashPart(p)], c.from[HashPart(p)] = ni, peer
 		closure = append(closure, p)
-		if err := os.WriteFile(filepath.Join(cache, HashPart(p)+".narinfo"), ni.Marshal(), 0o600); err != nil {
-			return nil, err
-		}
 		for _, ref := range ni.References {
-			if infos[ref] == nil {
+			if c.infos[HashPart(ref)] == nil {
 				queue = append(queue, ref)
 			}
 		}
@@ -88,17 +74,72 @@ func Fetch(ctx context.Context, client *http.Client, peers []CachePeer, paths []
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range lacking {
-		if err := narFrom(ctx, client, from[p], infos[p], filepath.Join(cache, infos[p].URL)); err != nil {
-			return nil, err
-		}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
 	}
-	args := []string{"--extra-experimental-features", "nix-command", "copy", "--from", "file://" + cache,
-		"--option", "trusted-public-keys", trusted, "--option", "require-sigs", "true"}
+	srv := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	// A new port each time: Nix's cache of what a binary cache has,
+	// by URL, must not answer for another fetch's.
+	args := []string{"--extra-experimental-features", "nix-command", "copy", "--from", "http://" + ln.Addr().String(),
+		"--option", "trusted-public-keys", trusted, "--option", "require-sigs", "true",
+		"--option", "narinfo-cache-negative-ttl", "0", "--option", "narinfo-cache-positive-ttl", "0"}
 	if _, stderr, err := run(ctx, nil, "nix", append(args, missing...)...); err != nil {
+		if c.err != nil {
+			err = c.err
+		}
 		return nil, fmt.Errorf("adding %s to this machine's store: %v: %s", strings.Join(missing, ", "), err, nixMessage(stderr))
 	}
 	return lacking, nil
+}
+
+// relay is the loopback binary cache Fetch has Nix read: the .narinfo
+// files it read from peers, and their NARs passed on from the peer each
+// came from. It names nothing else.
+type relay struct {
+	client *http.Client
+	infos  map[string]*NarInfo  // by hash part
+	from   map[string]CachePeer // by hash part
+
+	mu  sync.Mutex
+	err error // the first NAR a peer failed to send
+}
+
+func (c *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
+	switch {
+	case p == "/nix-cache-info":
+		w.Write([]byte(CacheInfo))
+	case strings.HasSuffix(p, ".narinfo") && c.infos[strings.TrimSuffix(p[1:], ".narinfo")] != nil:
+		w.Write(c.infos[strings.TrimSuffix(p[1:], ".narinfo")].Marshal())
+	case strings.HasPrefix(p, "/nar/") && c.infos[strings.TrimSuffix(p[len("/nar/"):], ".nar")] != nil:
+		hash := strings.TrimSuffix(p[len("/nar/"):], ".nar")
+		ni, peer := c.infos[hash], c.from[hash]
+		body, err := get(r.Context(), c.client, peer.URL+"/"+ni.URL)
+		if err != nil {
+			c.fail(fmt.Errorf("%s from %s at %s: %w", ni.StorePath, peer.Name, peer.URL, err))
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer body.Close()
+		w.Header().Set("Content-Length", strconv.FormatInt(ni.NarSize, 10))
+		// Nix checks the NAR's size and hash: one cut short fails there.
+		if n, err := io.Copy(w, body); err != nil || n != ni.NarSize {
+			c.fail(fmt.Errorf("%s from %s at %s: %d of %d bytes: %v", ni.StorePath, peer.Name, peer.URL, n, ni.NarSize, err))
+		}
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (c *relay) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = err
+	}
 }
 
 // narInfoFrom gets path's .narinfo from the first of peers that serves
@@ -141,31 +182,6 @@ func narInfoAt(ctx context.Context, client *http.Client, peer CachePeer, path, t
 		return nil, errors.New("not signed with the cluster's key")
 	}
 	return ni, nil
-}
-
-// narFrom writes ni's NAR, from peer, to file; a NAR of another size than
-// ni says is refused here (its hash is Nix's to check).
-func narFrom(ctx context.Context, client *http.Client, peer CachePeer, ni *NarInfo, file string) error {
-	body, err := get(ctx, client, peer.URL+"/"+ni.URL)
-	if err != nil {
-		return fmt.Errorf("%s from %s at %s: %w", ni.StorePath, peer.Name, peer.URL, err)
-	}
-	defer body.Close()
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	n, err := io.Copy(f, io.LimitReader(body, ni.NarSize+1))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && n != ni.NarSize {
-		err = fmt.Errorf("its NAR has %d bytes, not %d", n, ni.NarSize)
-	}
-	if err != nil {
-		return fmt.Errorf("%s from %s at %s: %w", ni.StorePath, peer.Name, peer.URL, err)
-	}
-	return nil
 }
 
 // get GETs url, returning the body of a 200 answer.
