@@ -5,6 +5,7 @@
 #
 #   scripts/install-deps.sh test   # everything the tests use
 #   scripts/install-deps.sh demo   # what `make demo` uses
+#   scripts/install-deps.sh bench  # what `make bench` uses beyond that (nginx)
 set -euo pipefail
 what=${1:-test}
 need=()
@@ -26,6 +27,10 @@ if [[ $what == test ]]; then
   have openssl || need+=(openssl)
   # Debian's etcd (3.4): the etcd store passes its conformance suite against it too.
   have etcd || need+=(etcd-server)
+fi
+if [[ $what == bench ]]; then
+  # nginx serves the binary cache the cluster's own is measured against.
+  have nginx || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
 fi
 ((${#need[@]})) || exit 0
 if ((EUID != 0)); then

@@ -98,6 +98,14 @@ func newCA(ca *pki.CA) *CA {
 	return &CA{ca: ca, pool: pool}
 }
 
+// ParseCA reads a CA from its certificate and key (PEM), as PEM writes
+// them: for a program that hands one cluster's CA to another process (a
+// benchmark); a daemon reads its deployment's with LoadCA.
+func ParseCA(certPEM, keyPEM []byte) (*CA, error) { return parseCA(certPEM, keyPEM) }
+
+// PEM returns the CA's certificate and key in PEM.
+func (ca *CA) PEM() (certPEM, keyPEM []byte, err error) { return ca.ca.PEM() }
+
 func parseCA(certPEM, keyPEM []byte) (*CA, error) {
 	ca, err := pki.ParseCA(certPEM, keyPEM)
 	if err != nil {
