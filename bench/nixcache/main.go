@@ -94,7 +94,7 @@ func run(mb, rounds int) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: &nix.Cache{Key: key}}
+	srv := &http.Server{Handler: &nix.Cache{Key: key, Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}}
 	go srv.Serve(ln)
 	defer srv.Close()
 	caCert, caKey, err := ca.PEM()
@@ -170,7 +170,8 @@ func run(mb, rounds int) error {
 // buildClosure builds, offline, a closure of two paths of mb MiB in all
 // (random bytes, so that nothing compresses or deduplicates them): a
 // path of 100 files, and one with one large file that references it.
-// The same mb gives the same derivations, built once per machine.
+// The same mb gives the same derivations, built once per machine (until
+// a garbage collection).
 func buildClosure(dir string, mb int) (string, error) {
 	expr := fmt.Sprintf(`let
   sys = builtins.currentSystem;
@@ -183,7 +184,9 @@ in derivation { name = "hostel-bench-closure-%[1]d"; system = sys; builder = "/b
 	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
 		return "", err
 	}
-	out, err := exec.Command("nix-build", "--no-out-link", "--option", "sandbox", "false", "--option", "substituters", "", file).Output()
+	// The out-link in dir is a GC root while the bench runs: other
+	// work on the machine may collect garbage meanwhile.
+	out, err := exec.Command("nix-build", "--out-link", filepath.Join(dir, "result"), "--option", "sandbox", "false", "--option", "substituters", "", file).Output()
 	if err != nil {
 		return "", fmt.Errorf("nix-build: %w", err)
 	}
