@@ -22,8 +22,13 @@ type CachePeer struct {
 	URL string
 }
 
-// maxNarInfo bounds a .narinfo read from a peer.
-const maxNarInfo = 1 << 20
+// maxNarInfo bounds a .narinfo read from a peer, and narInfoTimeout the
+// time to read it: a node that does not answer is passed over for the
+// next (a NAR takes as long as it takes).
+const (
+	maxNarInfo     = 1 << 20
+	narInfoTimeout = 30 * time.Second
+)
 
 // Fetch adds the closures of paths (store paths) that this machine's store
 // lacks from the caches of peers, each path from the first peer that
@@ -162,6 +167,8 @@ func narInfoFrom(ctx context.Context, client *http.Client, peers []CachePeer, pa
 var errNotThere = errors.New("not there")
 
 func narInfoAt(ctx context.Context, client *http.Client, peer CachePeer, path, trusted string) (*NarInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, narInfoTimeout)
+	defer cancel()
 	body, err := get(ctx, client, peer.URL+"/"+HashPart(path)+".narinfo")
 	if err != nil {
 		return nil, err
