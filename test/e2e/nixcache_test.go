@@ -86,6 +86,15 @@ func TestClusterServesItsClosures(t *testing.T) {
 		if missing := inN3Store(pkg); len(missing) > 0 {
 			t.Errorf("round %d: n3's store lacks %v", round+1, missing)
 		}
+		// The store is n3's own: the derivation the CLI wrote to the
+		// machine's store is not there (nothing fetches it).
+		drv, err := exec.Command("nix-store", "--query", "--deriver", pkg).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := strings.TrimSpace(string(drv)); len(inN3Store(d)) != 1 {
+			t.Errorf("round %d: n3's store has %s: it is not a store of its own", round+1, d)
+		}
 		for i, e := range c.envs {
 			if code, _, body := e.Get("quotes.example", "/quote"); code != 200 || !strings.Contains(body, `"greeting":"`+stamp+`"`) {
 				t.Errorf("round %d: quotes.example through %s: %d %q, want the greeting %s", round+1, c.names[i], code, body, stamp)
