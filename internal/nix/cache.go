@@ -8,13 +8,17 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 )
 
-// PathInfo returns the .narinfo of a valid store path as this machine's
-// store describes it (`nix path-info --json`), unsigned, its NAR at
-// nar/HASH.nar uncompressed.
-func PathInfo(ctx context.Context, path string) (*NarInfo, error) {
-	out, stderr, err := run(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "path-info", "--json", path)
+// PathInfos returns the .narinfo of each path of the closure of a valid
+// store path, as this machine's store describes them (`nix path-info
+// --json --recursive`: one process for the whole closure, which a fetcher
+// asks for path after path), unsigned, by path, each NAR at nar/HASH.nar
+// uncompressed.
+func PathInfos(ctx context.Context, path string) (map[string]*NarInfo, error) {
+	out, stderr, err := run(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive", path)
 	if err != nil {
 		return nil, fmt.Errorf("nix path-info %s: %v: %s", path, err, nixMessage(stderr))
 	}
@@ -29,17 +33,29 @@ func PathInfo(ctx context.Context, path string) (*NarInfo, error) {
 	if err := json.Unmarshal(out, &infos); err != nil {
 		return nil, fmt.Errorf("nix path-info %s printed something other than JSON: %w", path, err)
 	}
-	if len(infos) != 1 || infos[0].Path != path || (infos[0].Valid != nil && !*infos[0].Valid) {
+	all := make(map[string]*NarInfo, len(infos))
+	for _, in := range infos {
+		if in.Valid != nil && !*in.Valid {
+			continue
+		}
+		hash, err := NarHashOf(in.NarHash)
+		if err != nil {
+			return nil, fmt.Errorf("nix path-info %s: %w", in.Path, err)
+		}
+		all[in.Path] = &NarInfo{StorePath: in.Path, URL: "nar/" + HashPart(in.Path) + ".nar", Compression: "none",
+			NarHash: hash, NarSize: in.NarSize, References: in.References, Deriver: in.Deriver}
+	}
+	if all[path] == nil {
 		return nil, fmt.Errorf("%s is not valid in this machine's store", path)
 	}
-	in := infos[0]
-	hash, err := NarHashOf(in.NarHash)
-	if err != nil {
-		return nil, fmt.Errorf("nix path-info %s: %w", path, err)
-	}
-	return &NarInfo{StorePath: path, URL: "nar/" + HashPart(path) + ".nar", Compression: "none",
-		NarHash: hash, NarSize: in.NarSize, References: in.References, Deriver: in.Deriver}, nil
+	return all, nil
 }
+
+// infoTTL is how long Cache keeps what `nix path-info` said of a path: a
+// fetch of a closure asks for its paths within it. (A valid path's
+// description changes only if it is collected and built again, with other
+// bytes.)
+const infoTTL = time.Minute
 
 // Cache serves this machine's store as a Nix binary cache: /nix-cache-info,
 // /HASH.narinfo (signed with Key) and /nar/HASH.nar (nix-store --dump,
@@ -54,6 +70,16 @@ type Cache struct {
 	Serves func(ctx context.Context, path string) (bool, error)
 	// Logf, if not nil, reports failures to serve.
 	Logf func(format string, args ...any)
+
+	mu sync.Mutex
+	// infos are the .narinfo files read lately (PathInfos), by hash
+	// part, with when they were read.
+	infos map[string]cachedInfo
+}
+
+type cachedInfo struct {
+	ni *NarInfo
+	at time.Time
 }
 
 // IsCacheRequest reports whether r asks for a file of the binary cache
@@ -80,14 +106,15 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			return
 		}
-		ni, err := PathInfo(r.Context(), path)
+		ni, err := c.info(r.Context(), path)
 		if err != nil {
 			c.fail(w, path, err)
 			return
 		}
-		c.Key.Sign(ni)
+		signed := *ni
+		c.Key.Sign(&signed)
 		w.Header().Set("Content-Type", "text/x-nix-narinfo")
-		w.Write(ni.Marshal())
+		w.Write(signed.Marshal())
 	case strings.HasPrefix(p, "/nar/") && strings.HasSuffix(p, ".nar"):
 		path, ok := c.lookup(w, r, strings.TrimSuffix(strings.TrimPrefix(p, "/nar/"), ".nar"))
 		if !ok {
@@ -101,12 +128,43 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		// Once the headers are out, a failure can only cut the body
 		// short, which the fetcher sees (its size, then Nix its hash).
-		if err := stream(r.Context(), nil, w, "nix-store", "--dump", path); err != nil && c.Logf != nil {
+		if err := DumpNAR(path, w); err != nil && c.Logf != nil && r.Context().Err() == nil {
 			c.Logf("nix cache: %s: %v", path, err)
 		}
 	default:
 		http.NotFound(w, r)
 	}
+}
+
+// info returns the .narinfo of the valid store path path, unsigned: from
+// those read lately, or read with those of its closure.
+func (c *Cache) info(ctx context.Context, path string) (*NarInfo, error) {
+	hash := HashPart(path)
+	c.mu.Lock()
+	if ci, ok := c.infos[hash]; ok && ci.ni.StorePath == path && time.Since(ci.at) < infoTTL {
+		c.mu.Unlock()
+		return ci.ni, nil
+	}
+	c.mu.Unlock()
+	all, err := PathInfos(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.infos == nil {
+		c.infos = map[string]cachedInfo{}
+	}
+	for h, ci := range c.infos {
+		if now.Sub(ci.at) >= infoTTL {
+			delete(c.infos, h)
+		}
+	}
+	for p, ni := range all {
+		c.infos[HashPart(p)] = cachedInfo{ni: ni, at: now}
+	}
+	return all[path], nil
 }
 
 // lookup finds the valid store path whose hash part is hash and that the
@@ -116,12 +174,19 @@ func (c *Cache) lookup(w http.ResponseWriter, r *http.Request, hash string) (str
 		http.NotFound(w, r)
 		return "", false
 	}
-	matches, _ := filepath.Glob(StoreDir + hash + "-*")
 	var path string
-	for _, m := range matches {
-		if validStorePath(m) && !strings.HasSuffix(m, ".lock") {
-			path = m
-			break
+	c.mu.Lock()
+	if ci, ok := c.infos[hash]; ok {
+		path = ci.ni.StorePath // read lately: no need to list the store
+	}
+	c.mu.Unlock()
+	if path == "" {
+		matches, _ := filepath.Glob(StoreDir + hash + "-*")
+		for _, m := range matches {
+			if validStorePath(m) && !strings.HasSuffix(m, ".lock") {
+				path = m
+				break
+			}
 		}
 	}
 	if path == "" {

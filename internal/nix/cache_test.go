@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestBase32(t *testing.T) {
@@ -196,4 +197,31 @@ func FuzzParseNarInfo(f *testing.F) {
 			t.Fatalf("round trip: %+v, want %+v", again, ni)
 		}
 	})
+}
+
+// TestDumpNARAsNix: DumpNAR writes what nix-store --dump does, byte for
+// byte, for a path with every kind of node: directories (nested, empty),
+// files (executable or not, empty, of sizes that need padding), symbolic
+// links.
+func TestDumpNARAsNix(t *testing.T) {
+	requireNix(t)
+	file := writeSpec(t, `derivation { name = "nar-kinds"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir -p $out/bin $out/share/empty $out/a/b/c && /bin/echo -n 1234567 > $out/odd && : > $out/empty-file && /bin/printf '#!/bin/sh\\n' > $out/bin/run && /bin/chmod +x $out/bin/run && /bin/ln -s ../odd $out/a/b/link && /bin/ln -s /nonexistent $out/dangling && /bin/echo `+time.Now().Format("150405.000000000")+` > $out/a/b/c/Zz && /bin/echo x > $out/a/b/c/aa" ]; }`)
+	out, err := osexec.Command("nix-build", "--no-out-link", "--option", "sandbox", "false", "--option", "substituters", "", file).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{strings.TrimSpace(string(out)), StorePathOf(buildScript(t, "narscript")[0])} {
+		want, err := osexec.Command("nix-store", "--dump", path).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		if err := DumpNAR(path, &got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.Bytes(), want) {
+			t.Errorf("DumpNAR(%s): %d bytes differ from nix-store --dump's %d", path, got.Len(), len(want))
+		}
+	}
 }
