@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"hostel/internal/nix"
 	"hostel/internal/node"
@@ -52,7 +53,12 @@ type nixCache struct {
 	// change only with a deploy.
 	tops  string
 	inUse map[string]bool
+	at    time.Time // when the store last said inUse holds
 }
+
+// inUseTTL is how long a path found in use is served without reading the
+// store again: no longer in use (a gc), it may be served that much longer.
+const inUseTTL = time.Minute
 
 // startNixCache loads the cluster's Nix key (making it in the store if
 // there is none yet) and readies the cache the node serves and fetches
@@ -86,8 +92,18 @@ func (d *Daemon) startNixCache(ctx context.Context, peers http.RoundTripper) err
 // servesStorePath reports whether path is in the closure of a store path
 // that a generation of the deployment uses (a kept one, or a deploy's
 // staged one): what a node may be asked for; nothing else of its store
-// is served.
+// is served. A path found in use lately is served without reading the
+// store again (a fetch asks for a closure's paths one after the other);
+// one that was not is looked for afresh (a deploy may just have staged
+// it).
 func (d *Daemon) servesStorePath(ctx context.Context, path string) (bool, error) {
+	c := d.nixCache
+	c.mu.Lock()
+	recent := c.inUse[path] && time.Since(c.at) < inUseTTL
+	c.mu.Unlock()
+	if recent {
+		return true, nil
+	}
 	snap, err := d.store.Read(ctx, node.KindDesired)
 	if err != nil {
 		return false, err
@@ -106,10 +122,10 @@ func (d *Daemon) servesStorePath(ctx context.Context, path string) (bool, error)
 		return false, err
 	}
 	joined := strings.Join(tops, " ")
-	c := d.nixCache
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.inUse != nil && c.tops == joined {
+		c.at = time.Now()
 		return c.inUse[path], nil
 	}
 	missing, err := nix.Missing(ctx, tops)
@@ -129,7 +145,7 @@ func (d *Daemon) servesStorePath(ctx context.Context, path string) (bool, error)
 	// A path this node lacks now may come later (a fetch): until it has
 	// them all, it reads them again.
 	if len(missing) == 0 {
-		c.tops, c.inUse = joined, inUse
+		c.tops, c.inUse, c.at = joined, inUse, time.Now()
 	}
 	return inUse[path], nil
 }
