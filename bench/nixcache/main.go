@@ -4,7 +4,8 @@
 // streamed from nix-store --dump; nix.Fetch on the other side) against
 // `nix copy --from http://…` of the same closure from a file:// binary
 // cache (uncompressed, signed) served by nginx, on the same machine, side
-// by side in one run. Each fetch goes to a new, empty store (a chroot
+// by side in one run — and, for reference, the fetch from the same cache
+// without TLS, and `nix copy` straight from it. Each fetch goes to a new, empty store (a chroot
 // store, local?root=DIR, on the same disk). Results go to BENCHMARKS.md
 // by hand.
 //
@@ -35,7 +36,7 @@ import (
 const fetchEnv = "HOSTEL_BENCH_FETCH"
 
 func main() {
-	mb := flag.Int("mb", 200, "the closure's size in MiB: half one file, half 100 files in a path it references")
+	mb := flag.Int("mb", 200, "the closure's size in MiB: half in one path, half in 50 paths it references")
 	rounds := flag.Int("rounds", 3, "rounds; each fetches the closure both ways")
 	flag.Parse()
 	var err error
@@ -94,9 +95,21 @@ func run(mb, rounds int) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: &nix.Cache{Key: key, Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}}
+	cache := &nix.Cache{Key: key, Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+	srv := &http.Server{Handler: cache}
 	go srv.Serve(ln)
 	defer srv.Close()
+	// The same cache without TLS, for reference: what the node-to-node
+	// port's TLS costs (the peer over plain HTTP), and what the fetching
+	// node's relay does (nix copy straight from the cache, which Nix
+	// cannot do over the port: it presents no client certificate).
+	plainLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	plain := &http.Server{Handler: cache}
+	go plain.Serve(plainLn)
+	defer plain.Close()
 	caCert, caKey, err := ca.PEM()
 	if err != nil {
 		return err
@@ -129,6 +142,15 @@ func run(mb, rounds int) error {
 			c.Env = append(os.Environ(), fetchEnv+"=1")
 			return c
 		}},
+		{"peer, plain HTTP", func(store string) *exec.Cmd {
+			c := exec.Command(self, "http://"+plainLn.Addr().String(), key.Public(), top, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"), store)
+			c.Env = append(os.Environ(), fetchEnv+"=1")
+			return c
+		}},
+		{"nix copy from the cache, plain", func(store string) *exec.Cmd {
+			return exec.Command("nix", "--extra-experimental-features", "nix-command", "copy", "--from", "http://"+plainLn.Addr().String(),
+				"--option", "trusted-public-keys", key.Public(), "--option", "substituters", "", top)
+		}},
 		{"nix copy from nginx", func(store string) *exec.Cmd {
 			return exec.Command("nix", "--extra-experimental-features", "nix-command", "copy", "--from", nginxURL,
 				"--option", "trusted-public-keys", key.Public(), "--option", "substituters", "", top)
@@ -160,26 +182,29 @@ func run(mb, rounds int) error {
 		slices.Sort(times[i])
 		m := times[i][len(times[i])/2]
 		medians = append(medians, m)
-		fmt.Printf("%-28s median %6.2f s  (%4.0f MiB/s)  min %.2f s, max %.2f s over %d rounds\n", w.name, m.Seconds(),
+		fmt.Printf("%-32s median %6.2f s  (%4.0f MiB/s)  min %.2f s, max %.2f s over %d rounds\n", w.name, m.Seconds(),
 			float64(size)/(1<<20)/m.Seconds(), times[i][0].Seconds(), times[i][len(times[i])-1].Seconds(), rounds)
 	}
-	fmt.Printf("peer / nginx: %.2f× the time\n", medians[0].Seconds()/medians[1].Seconds())
+	nginx := medians[len(medians)-1].Seconds()
+	fmt.Printf("against nginx: peer %.2f× the time, peer over plain HTTP %.2f×, nix copy straight from the cache %.2f×\n",
+		medians[0].Seconds()/nginx, medians[1].Seconds()/nginx, medians[2].Seconds()/nginx)
 	return nil
 }
 
-// buildClosure builds, offline, a closure of two paths of mb MiB in all
-// (random bytes, so that nothing compresses or deduplicates them): a
-// path of 100 files, and one with one large file that references it.
-// The same mb gives the same derivations, built once per machine (until
-// a garbage collection).
+// buildClosure builds, offline, a closure of 51 paths of mb MiB in all
+// (random bytes, so that nothing compresses or deduplicates them): 50
+// paths of one file, and one with a file of half the size that
+// references them all — many paths, as an app's closure has. The same mb
+// gives the same derivations, built once per machine (until a garbage
+// collection).
 func buildClosure(dir string, mb int) (string, error) {
 	expr := fmt.Sprintf(`let
   sys = builtins.currentSystem;
-  lib = derivation { name = "hostel-bench-lib-%[1]d"; system = sys; builder = "/bin/sh";
-    args = [ "-c" "/bin/mkdir $out; for i in $(/usr/bin/seq 100); do /bin/dd if=/dev/urandom of=$out/f$i bs=%[2]dk count=1 status=none; done" ]; };
+  dep = i: derivation { name = "hostel-bench-dep-%[1]d-${toString i}"; system = sys; builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir $out; /bin/dd if=/dev/urandom of=$out/data bs=1k count=%[2]d status=none" ]; };
 in derivation { name = "hostel-bench-closure-%[1]d"; system = sys; builder = "/bin/sh";
-  args = [ "-c" "/bin/mkdir $out; /bin/echo ${lib} > $out/lib; /bin/dd if=/dev/urandom of=$out/blob bs=1M count=%[3]d status=none" ]; }
-`, mb, mb*1024/2/100, mb-mb/2)
+  args = [ "-c" "/bin/mkdir $out; /bin/echo ${toString (builtins.genList dep 50)} > $out/deps; /bin/dd if=/dev/urandom of=$out/blob bs=1M count=%[3]d status=none" ]; }
+`, mb, mb*1024/2/50, mb-mb/2)
 	file := filepath.Join(dir, "closure.nix")
 	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
 		return "", err
@@ -274,6 +299,9 @@ func fetch(args []string) error {
 		return err
 	}
 	client := &http.Client{Transport: id.Transport()}
+	if strings.HasPrefix(args[0], "http://") {
+		client = http.DefaultClient
+	}
 	_, err = nix.Fetch(context.Background(), client, []nix.CachePeer{{Name: "server", URL: args[0]}}, []string{args[2]}, args[1])
 	return err
 }
