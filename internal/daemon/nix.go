@@ -89,9 +89,46 @@ func generationPaths(g *spec.Generation) []string {
 }
 
 // unpin removes the roots of versions that neither a kept generation nor
-// a running process holds (under the engine's lock: see deploy.GC).
+// a running process holds, and, in a cluster, pins the store paths of the
+// kept generations' versions that this machine holds but did not pin (it
+// does not run them): a deploy copies a closure to the node it talks to,
+// which may hold the only copy besides the nodes that run it — the
+// collection that follows must not take it, or a version placed anew
+// could be fetched from nowhere. Under the engine's lock: see deploy.GC.
 func (d *Daemon) unpin(kept []*spec.Generation) ([]string, error) {
-	return nix.RootsFor(d.opts.Root).Prune(d.pinned(kept))
+	roots := nix.RootsFor(d.opts.Root)
+	removed, err := roots.Prune(d.pinned(kept))
+	if err != nil || d.nixCache == nil {
+		return removed, err
+	}
+	return removed, holdClosures(context.Background(), roots, kept)
+}
+
+// holdClosures pins, for each version of gens not pinned yet, those of its
+// store paths that are valid here.
+func holdClosures(ctx context.Context, roots nix.Roots, gens []*spec.Generation) error {
+	for _, g := range gens {
+		for name, svc := range g.Spec.Services {
+			key := string(spec.Key(name, g.Versions[name]))
+			if roots.Pinned(key) {
+				continue
+			}
+			tops, err := nix.TopPaths(servicePaths(svc))
+			if err != nil || len(tops) == 0 {
+				continue
+			}
+			missing, err := nix.Missing(ctx, tops)
+			if err != nil {
+				return err
+			}
+			if held := without(tops, missing); len(held) > 0 {
+				if err := roots.Pin(key, held); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // collectGarbage runs the Nix garbage collector, if Nix is installed.
