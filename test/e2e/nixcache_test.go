@@ -86,6 +86,11 @@ func TestClusterServesItsClosures(t *testing.T) {
 		if missing := inN3Store(pkg); len(missing) > 0 {
 			t.Errorf("round %d: n3's store lacks %v", round+1, missing)
 		}
+		// Pinned there while it runs, as on one machine.
+		root := filepath.Join(nix.RootsFor(n3.Root).Dir, "quotes-"+st["quotes"].Version, filepath.Base(pkg))
+		if err := exec.Command("nsenter", "-t", strconv.Itoa(n3.daemon.Process.Pid), "-m", "test", "-L", root).Run(); err != nil {
+			t.Errorf("round %d: no GC root %s in n3's store: %v", round+1, root, err)
+		}
 		// The store is n3's own: the derivation the CLI wrote to the
 		// machine's store is not there (nothing fetches it).
 		drv, err := exec.Command("nix-store", "--query", "--deriver", pkg).Output()
