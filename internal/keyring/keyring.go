@@ -355,13 +355,13 @@ func (k *Keyring) Follow(ctx context.Context, logf func(string, ...any), kinds .
 
 // LoadPair returns a deployment's one pair of a public value (a plain
 // record pubKind/key, which every node reads) and its private half (a
-// record privKind/key sealed to every machine), making both with make if
+// record privKind/key sealed to every machine), making both with create if
 // there are none: written in one transaction that fails if either
 // exists, so that of daemons making one at once the first wins and the
 // others read it back. A private half sealed before this machine joined
 // is waited for (Load) until a daemon that can open it seals it again.
 // The private half is the caller's to clear.
-func (k *Keyring) LoadPair(ctx context.Context, pubKind, privKind, key string, make func() (public, private []byte, err error)) (public, private []byte, err error) {
+func (k *Keyring) LoadPair(ctx context.Context, pubKind, privKind, key string, create func() (public, private []byte, err error)) (public, private []byte, err error) {
 	for {
 		r, err := k.st.Record(ctx, pubKind, key)
 		switch {
@@ -374,7 +374,7 @@ func (k *Keyring) LoadPair(ctx context.Context, pubKind, privKind, key string, m
 		case !errors.Is(err, store.ErrNotFound):
 			return nil, nil, err
 		}
-		pub, priv, err := make()
+		pub, priv, err := create()
 		if err != nil {
 			return nil, nil, err
 		}
