@@ -302,7 +302,10 @@ func fetch(args []string) error {
 	if strings.HasPrefix(args[0], "http://") {
 		client = http.DefaultClient
 	}
-	_, err = nix.Fetch(context.Background(), client, []nix.CachePeer{{Name: "server", URL: args[0]}}, []string{args[2]}, args[1])
+	peers := func(context.Context) ([]nix.CachePeer, error) {
+		return []nix.CachePeer{{Name: "server", URL: args[0]}}, nil
+	}
+	_, err = nix.Fetch(context.Background(), client, peers, []string{args[2]}, args[1])
 	return err
 }
 

@@ -150,6 +150,25 @@ func (d *Daemon) servesStorePath(ctx context.Context, path string) (bool, error)
 	return inUse[path], nil
 }
 
+// cachePeers are the caches of the other live nodes that advertise an
+// address, by name.
+func (d *Daemon) cachePeers(ctx context.Context) ([]nix.CachePeer, error) {
+	recs, err := d.store.Records(ctx, node.KindNode)
+	if err != nil {
+		return nil, err
+	}
+	var peers []nix.CachePeer
+	for _, r := range recs {
+		info, err := node.DecodeInfo(r.Key, r.Value)
+		if err != nil || info.Name == d.nodeName() || info.Addr == "" {
+			continue
+		}
+		peers = append(peers, nix.CachePeer{Name: info.Name, URL: "https://" + info.Addr})
+	}
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
+	return peers, nil
+}
+
 // without returns paths without those in drop.
 func without(paths, drop []string) []string {
 	skip := map[string]bool{}
@@ -174,20 +193,7 @@ func (d *Daemon) fetchStorePaths(ctx context.Context, paths []string) error {
 	if c == nil || len(paths) == 0 {
 		return nil
 	}
-	recs, err := d.store.Records(ctx, node.KindNode)
-	if err != nil {
-		return err
-	}
-	var peers []nix.CachePeer
-	for _, r := range recs {
-		info, err := node.DecodeInfo(r.Key, r.Value)
-		if err != nil || info.Name == d.nodeName() || info.Addr == "" {
-			continue
-		}
-		peers = append(peers, nix.CachePeer{Name: info.Name, URL: "https://" + info.Addr})
-	}
-	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
-	added, err := nix.Fetch(ctx, c.client, peers, paths, c.trusted)
+	added, err := nix.Fetch(ctx, c.client, d.cachePeers, paths, c.trusted)
 	if err != nil {
 		return err
 	}

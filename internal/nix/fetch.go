@@ -32,7 +32,8 @@ const (
 )
 
 // Fetch adds the closures of paths (store paths) that this machine's store
-// lacks from the caches of peers, each path from the first peer that
+// lacks from the caches of peers (asked for once, when a path is
+// missing), each path from the first peer that
 // serves it with a valid signature by trusted (a public key in Nix's
 // format), through client. Nix takes them from a binary cache that Fetch
 // serves on loopback for as long as the copy lasts — the .narinfo files
@@ -41,7 +42,7 @@ const (
 // every path's signature and its NAR's hash, and adds nothing that fails.
 // It returns the paths added. An error names the path and the peers
 // asked.
-func Fetch(ctx context.Context, client *http.Client, peers []CachePeer, paths []string, trusted string) ([]string, error) {
+func Fetch(ctx context.Context, client *http.Client, peersOf func(context.Context) ([]CachePeer, error), paths []string, trusted string) ([]string, error) {
 	top, err := TopPaths(paths)
 	if err != nil {
 		return nil, err
@@ -54,6 +55,10 @@ func Fetch(ctx context.Context, client *http.Client, peers []CachePeer, paths []
 	missing, err := Missing(ctx, top)
 	if err != nil || len(missing) == 0 {
 		return nil, err
+	}
+	peers, err := peersOf(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not in this machine's Nix store, and the nodes to take it from are unknown: %w", missing[0], err)
 	}
 	if len(peers) == 0 {
 		return nil, fmt.Errorf("%s is not in this machine's Nix store, and no other node is there to take it from", missing[0])
