@@ -47,9 +47,10 @@ func Fetch(ctx context.Context, client *http.Client, peersOf func(context.Contex
 	if err != nil {
 		return nil, err
 	}
-	if allExist(top) {
+	if os.Getenv("NIX_REMOTE") == "" && allExist(top) {
 		// The common case — a node starts what it has — costs no
-		// process: a path there is taken as valid, as Roots.Pin does.
+		// process: a path there is taken as valid, as Roots.Pin does
+		// (unless Nix's store is another, NIX_REMOTE's).
 		return nil, nil
 	}
 	missing, err := Missing(ctx, top)
