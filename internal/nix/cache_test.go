@@ -225,3 +225,57 @@ func TestDumpNARAsNix(t *testing.T) {
 		}
 	}
 }
+
+// TestFetch fetches a closure of two paths from a Cache into an empty
+// store (a chroot store, NIX_REMOTE) through Fetch, its Nix checking the
+// signatures; a second fetch has nothing to do; a peer whose key is not
+// trusted, or that lacks a path, fails the fetch naming it.
+func TestFetch(t *testing.T) {
+	requireNix(t)
+	stamp := time.Now().Format("150405.000000000")
+	file := writeSpec(t, `let dep = derivation { name = "fetch-dep"; system = builtins.currentSystem; builder = "/bin/sh";
+      args = [ "-c" "/bin/mkdir $out && /bin/echo `+stamp+` > $out/x" ]; };
+    in derivation { name = "fetch-top"; system = builtins.currentSystem; builder = "/bin/sh";
+      args = [ "-c" "/bin/mkdir $out && /bin/echo ${dep} > $out/dep" ]; }`)
+	out, err := osexec.Command("nix-build", "--no-out-link", "--option", "sandbox", "false", "--option", "substituters", "", file).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := strings.TrimSpace(string(out))
+	key, _ := NewSigningKey("hostel-cluster-test")
+	other, _ := NewSigningKey("hostel-cluster-test")
+	cache := &Cache{Key: key}
+	srv := httptest.NewServer(cache)
+	t.Cleanup(srv.Close)
+	// The cache reads the machine's store: ask it once before this
+	// process's Nix commands go to the empty store (it keeps what it read
+	// a minute; NARs it reads from the disk).
+	if resp, err := srv.Client().Get(srv.URL + "/" + HashPart(top) + ".narinfo"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("narinfo: %v %v", resp, err)
+	}
+	store := t.TempDir()
+	t.Setenv("NIX_REMOTE", "local?root="+store)
+	ctx := context.Background()
+	peers := func(context.Context) ([]CachePeer, error) {
+		return []CachePeer{{Name: "gone", URL: "http://127.0.0.1:1"}, {Name: "n1", URL: srv.URL}}, nil
+	}
+
+	if _, err := Fetch(ctx, srv.Client(), peers, []string{top + "/dep"}, other.Public()); err == nil ||
+		!strings.Contains(err.Error(), top+" is not in this machine's Nix store and no other node serves it (gone at http://127.0.0.1:1: ") ||
+		!strings.Contains(err.Error(), "n1 at "+srv.URL+": not signed with the cluster's key") {
+		t.Fatalf("a fetch trusting another key: %v", err)
+	}
+	added, err := Fetch(ctx, srv.Client(), peers, []string{top + "/dep"}, key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(added) != 2 {
+		t.Errorf("added %v, want the closure's two paths", added)
+	}
+	if missing, err := Missing(ctx, []string{top}); err != nil || len(missing) != 0 {
+		t.Fatalf("after the fetch the store lacks %v (%v)", missing, err)
+	}
+	if added, err := Fetch(ctx, srv.Client(), peers, []string{top}, key.Public()); err != nil || len(added) != 0 {
+		t.Errorf("a second fetch: %v, %v; want nothing to do", added, err)
+	}
+}
