@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -112,10 +114,10 @@ func TestCacheSignedForNix(t *testing.T) {
 	ctx := context.Background()
 	peers := []CachePeer{{Name: "test", URL: srv.URL}}
 
-	if _, _, err := narInfoFrom(ctx, srv.Client(), peers, top, other.Public()); err == nil || !strings.Contains(err.Error(), "not signed with the cluster's key") {
+	if _, _, err := narInfoFrom(ctx, srv.Client(), peers, top, other.Public(), map[string]error{}); err == nil || !strings.Contains(err.Error(), "not signed with the cluster's key") {
 		t.Fatalf("a narinfo checked with another key: %v", err)
 	}
-	ni, _, err := narInfoFrom(ctx, srv.Client(), peers, top, key.Public())
+	ni, _, err := narInfoFrom(ctx, srv.Client(), peers, top, key.Public(), map[string]error{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +167,7 @@ func TestCacheSignedForNix(t *testing.T) {
 		}
 	}
 	delete(served, top)
-	if _, _, err := narInfoFrom(ctx, srv.Client(), peers, top, key.Public()); err == nil || !strings.Contains(err.Error(), "no other node serves it (test at "+srv.URL+": not there)") {
+	if _, _, err := narInfoFrom(ctx, srv.Client(), peers, top, key.Public(), map[string]error{}); err == nil || !strings.Contains(err.Error(), "no other node serves it (test at "+srv.URL+": not there)") {
 		t.Fatalf("a path the cache no longer serves: %v", err)
 	}
 }
@@ -256,18 +258,40 @@ func TestFetch(t *testing.T) {
 	store := t.TempDir()
 	t.Setenv("NIX_REMOTE", "local?root="+store)
 	ctx := context.Background()
+	// A node that is going: it takes connections and drops them.
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gone.Close() })
+	var dropped atomic.Int32
+	go func() {
+		for {
+			c, err := gone.Accept()
+			if err != nil {
+				return
+			}
+			dropped.Add(1)
+			c.Close()
+		}
+	}()
+	goneURL := "http://" + gone.Addr().String()
 	peers := func(context.Context) ([]CachePeer, error) {
-		return []CachePeer{{Name: "gone", URL: "http://127.0.0.1:1"}, {Name: "n1", URL: srv.URL}}, nil
+		return []CachePeer{{Name: "gone", URL: goneURL}, {Name: "n1", URL: srv.URL}}, nil
 	}
 
 	if _, err := Fetch(ctx, srv.Client(), peers, []string{top + "/dep"}, other.Public()); err == nil ||
-		!strings.Contains(err.Error(), top+" is not in this machine's Nix store and no other node serves it (gone at http://127.0.0.1:1: ") ||
+		!strings.Contains(err.Error(), top+" is not in this machine's Nix store and no other node serves it (gone at "+goneURL+": ") ||
 		!strings.Contains(err.Error(), "n1 at "+srv.URL+": not signed with the cluster's key") {
 		t.Fatalf("a fetch trusting another key: %v", err)
 	}
+	dropped.Store(0)
 	added, err := Fetch(ctx, srv.Client(), peers, []string{top + "/dep"}, key.Public())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n := dropped.Load(); n != 1 {
+		t.Errorf("the node that is going was asked %d times for a closure of two paths, want once", n)
 	}
 	if len(added) != 2 {
 		t.Errorf("added %v, want the closure's two paths", added)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -68,6 +69,7 @@ func Fetch(ctx context.Context, client *http.Client, peersOf func(context.Contex
 	// copy reads the whole closure from the cache before it skips those.
 	c := &relay{client: client, infos: map[string]*NarInfo{}, from: map[string]CachePeer{}}
 	var closure []string
+	unreachable := map[string]error{}
 	queue := append([]string(nil), missing...)
 	for len(queue) > 0 {
 		p := queue[0]
@@ -75,7 +77,7 @@ func Fetch(ctx context.Context, client *http.Client, peersOf func(context.Contex
 		if c.infos[HashPart(p)] != nil {
 			continue
 		}
-		ni, peer, err := narInfoFrom(ctx, client, peers, p, trusted)
+		ni, peer, err := narInfoFrom(ctx, client, peers, p, trusted, unreachable)
 		if err != nil {
 			return nil, err
 		}
@@ -169,16 +171,26 @@ func allExist(paths []string) bool {
 }
 
 // narInfoFrom gets path's .narinfo from the first of peers that serves
-// it with a valid signature by trusted.
-func narInfoFrom(ctx context.Context, client *http.Client, peers []CachePeer, path, trusted string) (*NarInfo, CachePeer, error) {
+// it with a valid signature by trusted. A peer that could not be reached
+// (its connection failed, or it did not answer in time) is recorded in
+// unreachable and not asked again in the same fetch: a node that has just
+// gone keeps its record a few seconds, and a closure has many paths.
+func narInfoFrom(ctx context.Context, client *http.Client, peers []CachePeer, path, trusted string, unreachable map[string]error) (*NarInfo, CachePeer, error) {
 	var tried []string
 	for _, peer := range peers {
+		if err := unreachable[peer.URL]; err != nil {
+			tried = append(tried, fmt.Sprintf("%s at %s: %v", peer.Name, peer.URL, err))
+			continue
+		}
 		ni, err := narInfoAt(ctx, client, peer, path, trusted)
 		if err == nil {
 			return ni, peer, nil
 		}
 		if ctx.Err() != nil {
 			return nil, CachePeer{}, ctx.Err()
+		}
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			unreachable[peer.URL] = err
 		}
 		tried = append(tried, fmt.Sprintf("%s at %s: %v", peer.Name, peer.URL, err))
 	}
