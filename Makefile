@@ -67,6 +67,7 @@ test-etcd:
 	wait $$engine && exit $$e2e
 
 bench: build
+	scripts/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/plan/
 	$(GO) test -run '^$$' -bench Place10kOn1k -benchmem ./internal/place/
 	$(GO) test -run '^$$' -bench Placements -benchtime 2s ./internal/store/etcd/
@@ -77,6 +78,7 @@ bench: build
 	$(GO) run ./bench/held -hostel bin/hostel
 	$(GO) test -run '^$$' -bench Deploy -benchtime 20x ./internal/deploy/
 	$(GO) run ./bench/deploy -hostel bin/hostel
+	$(GO) run ./bench/nixcache -mb 200 -rounds 7
 	$(GO) test -count=1 -run '^TestClusterOfThree$$' -v ./test/e2e/ -args -redeploys 20 | grep -E 'skew|requests through|^(ok|FAIL|---)'
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
@@ -99,6 +101,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 30s ./internal/front/
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckHead$$' -fuzztime 30s ./internal/front/
 	$(GO) test -run '^$$' -fuzz '^FuzzHeadScanner$$' -fuzztime 30s ./internal/front/
+	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime 30s ./internal/nix/
 
 clean:
 	rm -rf bin examples/monoliths/build

@@ -5,6 +5,7 @@
 #
 #   scripts/install-deps.sh test   # everything the tests use
 #   scripts/install-deps.sh demo   # what `make demo` uses
+#   scripts/install-deps.sh bench  # what `make bench` uses beyond that (nginx)
 set -euo pipefail
 what=${1:-test}
 need=()
@@ -34,6 +35,10 @@ if [[ $what == test ]]; then
   /usr/bin/python3 -c 'import uvicorn' 2>/dev/null || need+=(python3-uvicorn)
   [[ -x /usr/bin/node ]] || need+=(nodejs)
   [[ -x /usr/bin/puma ]] || need+=(puma)
+fi
+if [[ $what == bench ]]; then
+  # nginx serves the binary cache the cluster's own is measured against.
+  have nginx || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
 fi
 ((${#need[@]})) || exit 0
 if ((EUID != 0)); then

@@ -53,7 +53,7 @@ func newPrepared(t *testing.T) *prepared {
 		t.Fatal(err)
 	}
 	db := newDatabases(root, st, keys, sup, false, t.Logf)
-	n := nodetest.New(t, st, root, nodetest.Options{Sup: sup, Preparers: []agent.Preparer{&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots), newReleaser(db, newOwnLease(st, claimTTL), hk.PublicKey(), root)}})
+	n := nodetest.New(t, st, root, nodetest.Options{Sup: sup, Preparers: []agent.Preparer{&secrets.Preparer{Key: hk}, newProvisioner(db), newPinner(p.roots, nil), newReleaser(db, newOwnLease(st, claimTTL), hk.PublicKey(), root)}})
 	p.engine = deploy.New(st, deploy.Options{Node: n.Name, Logf: t.Logf})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := p.engine.Start(ctx); err != nil {
@@ -170,5 +170,48 @@ func TestFailedStartCleansUp(t *testing.T) {
 	}
 	if p.roots.Pinned(string(key)) {
 		t.Errorf("GC root of %s left after a failed start", key)
+	}
+}
+
+// TestGCHoldsUploadedClosures: in a cluster, the collection of `hostel gc`
+// keeps the store paths of a kept generation's version that this node
+// holds without running it (a deploy copied them here for another node);
+// a lone daemon pins only what it runs, as before.
+func TestGCHoldsUploadedClosures(t *testing.T) {
+	if !nix.Available() {
+		t.Fatal("Nix is not installed (apt-get install nix-bin; .ci/run does it)")
+	}
+	dir := t.TempDir()
+	out, err := exec.Command("nix-build", "--no-out-link", "--option", "sandbox", "false", "--option", "substituters", "", "-E",
+		`derivation { name = "held"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "/bin/mkdir $out && /bin/echo `+filepath.Base(dir)+` > $out/x" ]; }`).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkg := strings.TrimSpace(string(out))
+	g := &spec.Generation{Number: 1, Spec: &spec.Spec{Services: map[string]*spec.Service{
+		"api":   {Package: pkg, Exec: []string{"bin/api"}},
+		"ghost": {Package: "/nix/store/33333333333333333333333333333333-hostel-test-ghost", Exec: []string{"bin/ghost"}},
+	}}, Versions: map[string]spec.Version{"api": "aaaaaaaaaaaa", "ghost": "bbbbbbbbbbbb"}}
+	for _, tc := range []struct {
+		name    string
+		cluster bool
+	}{{"lone daemon", false}, {"cluster", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Daemon{opts: Options{Root: t.TempDir()}, sup: supervisor.New(supervisor.Options{Root: t.TempDir(), Logf: t.Logf})}
+			if tc.cluster {
+				d.nixCache = &nixCache{}
+			}
+			roots := nix.RootsFor(d.opts.Root)
+			t.Cleanup(func() { roots.RemoveAll() })
+			if _, err := d.unpin([]*spec.Generation{g}); err != nil {
+				t.Fatal(err)
+			}
+			if got := roots.Pinned("api-aaaaaaaaaaaa"); got != tc.cluster {
+				t.Errorf("api pinned: %v, want %v", got, tc.cluster)
+			}
+			if roots.Pinned("ghost-bbbbbbbbbbbb") {
+				t.Error("a version whose paths are not here is pinned")
+			}
+		})
 	}
 }

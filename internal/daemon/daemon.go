@@ -138,6 +138,9 @@ type Daemon struct {
 	// passes API requests to the leader with (leader.go); nil without
 	// Options.Advertise.
 	peers http.RoundTripper
+	// nixCache is the node's part of the cluster's binary cache
+	// (nixcache.go); nil without Options.Advertise or without Nix.
+	nixCache *nixCache
 }
 
 // SocketPath is where the API of the daemon with root listens.
@@ -232,8 +235,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.db = newDatabases(opts.Root, d.store, d.keys, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
 	d.agent.Use(newProvisioner(d.db))
-	d.agent.Use(newStateCopier(opts.Root, d.sup))   // a preview's state directory, when previews.state is "copy"
-	d.agent.Use(newPinner(nix.RootsFor(opts.Root))) // GC roots before a version starts
+	d.agent.Use(newStateCopier(opts.Root, d.sup))                      // a preview's state directory, when previews.state is "copy"
+	d.agent.Use(newPinner(nix.RootsFor(opts.Root), d.fetchStorePaths)) // store paths from other nodes, then GC roots, before a version starts
 	// releaser runs the release step with the version's full environment:
 	// keep it the last preparer (add new ones above this line).
 	d.agent.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))

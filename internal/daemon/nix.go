@@ -16,24 +16,29 @@ import (
 
 // pinner is the deploy preparer that makes a version's store paths GC roots
 // before its process starts, so that no garbage collection can take what a
-// generation needs. Its cleanup removes the roots it added for a version
-// that then did not start; roots that were there before stay.
+// generation needs — first taking those this machine lacks from the
+// cluster's other nodes (fetch). Its cleanup removes the roots it added
+// for a version that then did not start; roots that were there before
+// stay.
 type pinner struct {
 	roots nix.Roots
+	// fetch adds the closures of store paths this machine lacks to its
+	// store (Daemon.fetchStorePaths); nil fetches nothing.
+	fetch func(ctx context.Context, paths []string) error
 
 	mu sync.Mutex
 	// added holds the versions whose preparation added their roots.
 	added map[spec.VersionKey]bool
 }
 
-func newPinner(roots nix.Roots) *pinner {
-	return &pinner{roots: roots, added: map[spec.VersionKey]bool{}}
+func newPinner(roots nix.Roots, fetch func(context.Context, []string) error) *pinner {
+	return &pinner{roots: roots, fetch: fetch, added: map[spec.VersionKey]bool{}}
 }
 
 var _ deploy.Cleaner = (*pinner)(nil)
 
 // Prepare implements deploy.Preparer.
-func (p *pinner) Prepare(_ context.Context, g *spec.Generation, service string, _ *supervisor.Config) error {
+func (p *pinner) Prepare(ctx context.Context, g *spec.Generation, service string, _ *supervisor.Config) error {
 	key := spec.Key(service, g.Versions[service])
 	paths := servicePaths(g.Spec.Services[service])
 	added := len(paths) > 0 && !p.roots.Pinned(string(key))
@@ -42,6 +47,11 @@ func (p *pinner) Prepare(_ context.Context, g *spec.Generation, service string, 
 	p.mu.Unlock()
 	if len(paths) == 0 {
 		return nil
+	}
+	if p.fetch != nil {
+		if err := p.fetch(ctx, paths); err != nil {
+			return err
+		}
 	}
 	return p.roots.Pin(string(key), paths)
 }
@@ -79,9 +89,46 @@ func generationPaths(g *spec.Generation) []string {
 }
 
 // unpin removes the roots of versions that neither a kept generation nor
-// a running process holds (under the engine's lock: see deploy.GC).
+// a running process holds, and, in a cluster, pins the store paths of the
+// kept generations' versions that this machine holds but did not pin (it
+// does not run them): a deploy copies a closure to the node it talks to,
+// which may hold the only copy besides the nodes that run it — the
+// collection that follows must not take it, or a version placed anew
+// could be fetched from nowhere. Under the engine's lock: see deploy.GC.
 func (d *Daemon) unpin(kept []*spec.Generation) ([]string, error) {
-	return nix.RootsFor(d.opts.Root).Prune(d.pinned(kept))
+	roots := nix.RootsFor(d.opts.Root)
+	removed, err := roots.Prune(d.pinned(kept))
+	if err != nil || d.nixCache == nil {
+		return removed, err
+	}
+	return removed, holdClosures(context.Background(), roots, kept)
+}
+
+// holdClosures pins, for each version of gens not pinned yet, those of its
+// store paths that are valid here.
+func holdClosures(ctx context.Context, roots nix.Roots, gens []*spec.Generation) error {
+	for _, g := range gens {
+		for name, svc := range g.Spec.Services {
+			key := string(spec.Key(name, g.Versions[name]))
+			if roots.Pinned(key) {
+				continue
+			}
+			tops, err := nix.TopPaths(servicePaths(svc))
+			if err != nil || len(tops) == 0 {
+				continue
+			}
+			missing, err := nix.Missing(ctx, tops)
+			if err != nil {
+				return err
+			}
+			if held := without(tops, missing); len(held) > 0 {
+				if err := roots.Pin(key, held); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // collectGarbage runs the Nix garbage collector, if Nix is installed.

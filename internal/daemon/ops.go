@@ -96,7 +96,7 @@ func (d *Daemon) Deploy(ctx context.Context, req api.DeployRequest, progress fun
 	if err != nil {
 		return nil, err
 	}
-	if err := (source.Programs{Resolve: supervisor.ResolveExec}).Check(sourceName(req.PlanRequest), s); err != nil {
+	if err := (source.Programs{Resolve: supervisor.ResolveExec, Fetched: d.nixCache != nil}).Check(sourceName(req.PlanRequest), s); err != nil {
 		return nil, api.Invalid(err)
 	}
 	confirm := DefaultConfirm

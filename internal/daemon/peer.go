@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"hostel/internal/front"
+	"hostel/internal/nix"
 	"hostel/internal/peer"
 )
 
@@ -55,7 +56,7 @@ func (d *Daemon) listenPeer(ctx context.Context) (http.RoundTripper, error) {
 	if d.opts.Advertise == "" {
 		return nil, nil
 	}
-	ca, err := peer.LoadCA(ctx, d.store, d.keys)
+	ca, err := peer.LoadCA(ctx, d.keys)
 	if err != nil {
 		return nil, err
 	}
@@ -74,12 +75,17 @@ func (d *Daemon) listenPeer(ctx context.Context) (http.RoundTripper, error) {
 	}
 	d.peerLn = tls.NewListener(ln, id.ServerConfig())
 	d.peers = id.Transport()
+	if err := d.startNixCache(ctx, d.peers); err != nil {
+		d.peerLn.Close()
+		return nil, fmt.Errorf("the cluster's Nix key: %w", err)
+	}
 	return d.peers, nil
 }
 
 // servePeer serves the node-to-node port: what the other nodes forward
 // to the instances that run here (router.ServePeer) — every such request
-// names its instance (front.PeerInstanceField) — and the API requests a
+// names its instance (front.PeerInstanceField) —, the cluster's binary
+// cache (nixcache.go: /nix-cache-info, *.narinfo, /nar/), and the API requests a
 // standby passes to the leader, which name none, with apiHandler, the API
 // as the daemon's socket serves it (servePeerAPI). A client the TLS
 // refuses is logged, not served.
@@ -90,6 +96,10 @@ func (d *Daemon) servePeer(apiHandler http.Handler) {
 	h := func(w http.ResponseWriter, r *http.Request) {
 		if _, app := r.Header[front.PeerInstanceField]; app {
 			d.router.ServePeer(w, r)
+			return
+		}
+		if d.nixCache != nil && nix.IsCacheRequest(r) {
+			d.nixCache.serve.ServeHTTP(w, r)
 			return
 		}
 		d.servePeerAPI(apiHandler, w, r)

@@ -77,7 +77,7 @@ func (d *Daemon) SecretsRecipient(ctx context.Context) (*api.SecretsRecipient, e
 
 // sealedKinds are the kinds of records whose values are sealed to the
 // deployment's machine keys: what the keyring reseals when one joins.
-var sealedKinds = []string{store.KindPassword, store.KindCertKey, peer.KindCAKey}
+var sealedKinds = []string{store.KindPassword, store.KindCertKey, peer.KindCAKey, kindNixSecretKey}
 
 // startKeyring makes this machine one of the deployment's (its key in the
 // store), moves the role passwords older daemons kept in files into the

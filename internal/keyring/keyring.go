@@ -362,3 +362,46 @@ func (k *Keyring) Follow(ctx context.Context, logf func(string, ...any), kinds .
 		}
 	}
 }
+
+// LoadPair returns a deployment's one pair of a public value (a plain
+// record pubKind/key, which every node reads) and its private half (a
+// record privKind/key sealed to every machine), making both with create if
+// there are none: written in one transaction that fails if either
+// exists, so that of daemons making one at once the first wins and the
+// others read it back. A private half sealed before this machine joined
+// is waited for (Load) until a daemon that can open it seals it again.
+// The private half is the caller's to clear.
+func (k *Keyring) LoadPair(ctx context.Context, pubKind, privKind, key string, create func() (public, private []byte, err error)) (public, private []byte, err error) {
+	for {
+		r, err := k.st.Record(ctx, pubKind, key)
+		switch {
+		case err == nil:
+			priv, err := k.Load(ctx, privKind, key)
+			if err != nil {
+				return nil, nil, fmt.Errorf("its private half: %w", err)
+			}
+			return r.Value, priv, nil
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, nil, err
+		}
+		pub, priv, err := create()
+		if err != nil {
+			return nil, nil, err
+		}
+		sealed, err := k.Seal(ctx, priv)
+		clear(priv)
+		if err != nil {
+			return nil, nil, fmt.Errorf("sealing its private half: %w", err)
+		}
+		_, err = k.st.Txn(ctx,
+			store.Write{Kind: pubKind, Key: key, Value: pub},
+			store.Write{Kind: privKind, Key: key, Value: sealed})
+		// A machine that joined between the read of the keys and this
+		// write is sealed to by the daemon's follower, which looks again
+		// at every sealed value written (Follow).
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			return nil, nil, err
+		}
+		// Read back what the store kept: this one, or another daemon's.
+	}
+}

@@ -18,7 +18,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -27,7 +26,6 @@ import (
 
 	"hostel/internal/keyring"
 	"hostel/internal/pki"
-	"hostel/internal/store"
 )
 
 // Record kinds of the cluster's CA in the store, both keyed by caKey.
@@ -64,51 +62,24 @@ type CA struct {
 	pool *x509.CertPool
 }
 
-// LoadCA returns the deployment's CA from st, making it there if there is
+// LoadCA returns the deployment's CA from its store, making it there if there is
 // none: the certificate in a KindCA record, its key sealed with keys in a
-// KindCAKey record, both written in one transaction that fails if either
-// exists, so that of daemons making one at once the first wins and the
-// others read it back. A key sealed before this machine joined is waited
-// for (keyring.Load) until a daemon that can open it seals it again.
-func LoadCA(ctx context.Context, st store.Store, keys *keyring.Keyring) (*CA, error) {
-	for {
-		r, err := st.Record(ctx, KindCA, caKey)
-		switch {
-		case err == nil:
-			keyPEM, err := keys.Load(ctx, KindCAKey, caKey)
-			if err != nil {
-				return nil, fmt.Errorf("the cluster's CA: its key: %w", err)
-			}
-			ca, err := parseCA(r.Value, keyPEM)
-			clear(keyPEM)
-			return ca, err
-		case !errors.Is(err, store.ErrNotFound):
-			return nil, fmt.Errorf("the cluster's CA: %w", err)
-		}
+// KindCAKey record (keyring.LoadPair: one transaction, the first daemon's
+// wins).
+func LoadCA(ctx context.Context, keys *keyring.Keyring) (*CA, error) {
+	certPEM, keyPEM, err := keys.LoadPair(ctx, KindCA, KindCAKey, caKey, func() ([]byte, []byte, error) {
 		ca, err := NewCA()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		certPEM, keyPEM, err := ca.ca.PEM()
-		if err != nil {
-			return nil, err
-		}
-		sealed, err := keys.Seal(ctx, keyPEM)
-		clear(keyPEM)
-		if err != nil {
-			return nil, fmt.Errorf("the cluster's CA: sealing its key: %w", err)
-		}
-		_, err = st.Txn(ctx,
-			store.Write{Kind: KindCA, Key: caKey, Value: certPEM},
-			store.Write{Kind: KindCAKey, Key: caKey, Value: sealed})
-		// A machine that joined between the read of the keys and this
-		// write is sealed to by the daemon's keyring follower, which
-		// looks again at every sealed value written (keyring.Follow).
-		if err != nil && !errors.Is(err, store.ErrConflict) {
-			return nil, fmt.Errorf("the cluster's CA: %w", err)
-		}
-		// Read back what the store kept: this one, or another daemon's.
+		return ca.ca.PEM()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's CA: %w", err)
 	}
+	ca, err := parseCA(certPEM, keyPEM)
+	clear(keyPEM)
+	return ca, err
 }
 
 // NewCA makes a new CA. A deployment has one, which LoadCA makes; a CA
@@ -126,6 +97,14 @@ func newCA(ca *pki.CA) *CA {
 	pool.AddCert(ca.Cert)
 	return &CA{ca: ca, pool: pool}
 }
+
+// ParseCA reads a CA from its certificate and key (PEM), as PEM writes
+// them: for a program that hands one cluster's CA to another process (a
+// benchmark); a daemon reads its deployment's with LoadCA.
+func ParseCA(certPEM, keyPEM []byte) (*CA, error) { return parseCA(certPEM, keyPEM) }
+
+// PEM returns the CA's certificate and key in PEM.
+func (ca *CA) PEM() (certPEM, keyPEM []byte, err error) { return ca.ca.PEM() }
 
 func parseCA(certPEM, keyPEM []byte) (*CA, error) {
 	ca, err := pki.ParseCA(certPEM, keyPEM)

@@ -58,19 +58,19 @@ func TestLoadCA(t *testing.T) {
 	backends.Each(t, func(t *testing.T, b storetest.Backend) {
 		ctx := t.Context()
 		ka, sta := keyringtest.Machine(t, b)
-		kb, stb := keyringtest.Machine(t, b)
-		caA, err := LoadCA(ctx, sta, ka)
+		kb, _ := keyringtest.Machine(t, b)
+		caA, err := LoadCA(ctx, ka)
 		if err != nil {
 			t.Fatal(err)
 		}
-		caB, err := LoadCA(ctx, stb, kb)
+		caB, err := LoadCA(ctx, kb)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !caA.ca.Cert.Equal(caB.ca.Cert) || !caA.ca.Key.Equal(caB.ca.Key) {
 			t.Fatal("a second daemon made a CA of its own")
 		}
-		if again, err := LoadCA(ctx, sta, ka); err != nil || !again.ca.Cert.Equal(caA.ca.Cert) {
+		if again, err := LoadCA(ctx, ka); err != nil || !again.ca.Cert.Equal(caA.ca.Cert) {
 			t.Fatalf("loading the CA again: %v", err)
 		}
 		r, err := sta.Record(ctx, KindCAKey, caKey)

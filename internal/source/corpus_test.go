@@ -84,3 +84,30 @@ func writeFile(tb testing.TB, path, data string, mode os.FileMode) {
 		tb.Fatal(err)
 	}
 }
+
+// TestCheckProgramsAbsentStorePath: a program in a store path this machine
+// lacks is a spec error, unless the check is a plan's or a node's whose
+// cluster fetches store paths (Planned, Fetched); a program missing from
+// a store path that is there is one whatever the check.
+func TestCheckProgramsAbsentStorePath(t *testing.T) {
+	dir := t.TempDir()
+	absent := "/nix/store/22222222222222222222222222222222-hostel-test-absent"
+	writeFile(t, filepath.Join(dir, "hostel.json"), `{"services":{"a":{"package":"`+absent+`","exec":["bin/app"]}}}`, 0o644)
+	l, err := Load(filepath.Join(dir, "hostel.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		p    Programs
+		ok   bool
+	}{
+		{"deploy", Programs{Resolve: supervisor.ResolveExec}, false},
+		{"plan", Programs{Resolve: supervisor.ResolveExec, Planned: true}, true},
+		{"cluster with a cache", Programs{Resolve: supervisor.ResolveExec, Fetched: true}, true},
+	} {
+		if err := tc.p.Check(l.File, l.Spec); (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want ok %v", tc.name, err, tc.ok)
+		}
+	}
+}

@@ -170,6 +170,12 @@ type Programs struct {
 	// here: plan --target does not copy closures (a deploy does, before it
 	// checks). A program in an absent store path is then not checked.
 	Planned bool
+	// Fetched is for a node of a cluster whose nodes take the store paths
+	// they lack from one another (the cluster's binary cache): the store
+	// need not hold what another node runs, and a program in an absent
+	// store path is not checked here — the node that runs it fetches it,
+	// and a path no node has fails that start.
+	Fetched bool
 }
 
 // Check checks the programs of s, read from file.
@@ -190,7 +196,7 @@ func (p Programs) Check(file string, s *spec.Spec) error {
 			if err != nil {
 				return fail(err.Error())
 			}
-			if sp := nix.StorePathOf(prog); p.Planned && sp != "" && !exists(sp) {
+			if sp := nix.StorePathOf(prog); (p.Planned || p.Fetched) && sp != "" && !exists(sp) {
 				continue
 			}
 			if msg := notProgram(prog); msg != "" {

@@ -88,6 +88,10 @@ type Env struct {
 	// DaemonEnv is added to the environment of the daemons StartDaemon
 	// runs (a failpoint, say).
 	DaemonEnv []string
+	// Wrap, if set, is a command the daemons StartDaemon runs are run
+	// through: Wrap's arguments, then hostel's path and its own (a
+	// private mount namespace, say).
+	Wrap []string
 	// Store is where the daemons StartDaemon runs keep their state when
 	// their flags do not say (neither --etcd nor --etcd-embed): "bbolt",
 	// or "etcd" for an etcd member in the daemon (--etcd-embed). NewEnv
@@ -146,6 +150,9 @@ func (e *Env) StartDaemonArgs(args ...string) {
 	e.logs = &bytes.Buffer{}
 	e.args = args
 	cmd := exec.Command(e.Bin, append([]string{"serve", "--root", e.Root}, args...)...)
+	if len(e.Wrap) > 0 {
+		cmd = exec.Command(e.Wrap[0], append(append(slices.Clip(e.Wrap[1:]), e.Bin, "serve", "--root", e.Root), args...)...)
+	}
 	cmd.Env = append(os.Environ(), e.DaemonEnv...)
 	cmd.Stdout = lockedWriter{&e.logsMu, e.logs}
 	cmd.Stderr = cmd.Stdout
