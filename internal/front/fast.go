@@ -71,16 +71,18 @@ func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup, held bool)
 	// The fast path keeps no client address: a held request by an
 	// immutable name is not routed again (an internal client's, which
 	// gets 503 and tries again).
-	if held {
-		s, err = b.waitAcquire(context.Background(), req.Host, "")
-	} else {
-		s, err = b.acquireWait(context.Background(), req.Host, "")
+	ok := false
+	if !held {
+		s, ok = b.acquire()
 	}
-	if err != nil {
-		b.logf("router: %s: held request: %v", b.key, err)
-		return failHeldFast(w, req)
+	if !ok {
+		if s, err = b.waitAcquire(context.Background(), req.Host, ""); err != nil {
+			b.logf("router: %s: held request: %v", b.key, err)
+			return failHeldFast(w, req)
+		}
 	}
 	defer s.release()
+	req.startOutcome(&s, !ok)
 	return s.b.up.Load().forwardFast(req, w, h)
 }
 
@@ -198,6 +200,7 @@ func (u *upstream) respondFast(pc *pconn, resp *http.Response, req *Request, w *
 	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	chunked := !noBody && (resp.ContentLength < 0 || len(resp.Trailer) > 0)
 	req.closing()
+	req.out.Status = resp.StatusCode
 	writeStatus(w, resp.StatusCode)
 	writeResponseFields(w, resp.Header, !noBody)
 	if _, ok := resp.Header["Date"]; !ok {
@@ -244,6 +247,7 @@ func (u *upstream) respondFast(pc *pconn, resp *http.Response, req *Request, w *
 				w.WriteString("\r\n")
 			}
 			w.Write(buf[:n])
+			req.out.Bytes += int64(n)
 			if chunked {
 				w.WriteString("\r\n")
 			}
@@ -277,6 +281,7 @@ func (u *upstream) failFast(w *bufio.Writer, req *Request, err error) bool {
 	code, msg := u.b.failure(req.Method, req.Host, req.Target, u.b.aborted.Load(), false, err)
 	msg += "\n" // as http.Error
 	req.closing()
+	req.out.Status = code
 	writeStatus(w, code)
 	w.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: ")
 	w.Write(httpDate())
@@ -288,6 +293,7 @@ func (u *upstream) failFast(w *bufio.Writer, req *Request, err error) bool {
 	w.WriteString("\r\n\r\n")
 	if req.Method != http.MethodHead {
 		w.WriteString(msg)
+		req.out.Bytes = int64(len(msg))
 	}
 	return !req.Close
 }
@@ -310,6 +316,13 @@ func failHeldFast(w *bufio.Writer, req *Request) bool {
 		w.WriteString(msg)
 	}
 	return false
+}
+
+// startOutcome has s report req's Outcome, which the path that answers
+// req fills in.
+func (req *Request) startOutcome(s *slot, held bool) {
+	req.out = Outcome{Method: req.Method, Host: req.Host, Target: req.Target, Remote: req.RemoteAddr, Held: held}
+	s.out = &req.out
 }
 
 // closing sets Close if the server began to shut down.

@@ -41,7 +41,7 @@ func (a *gateAcct) Acquire() (int64, bool) {
 	return 1, true
 }
 
-func (a *gateAcct) Release(int64) {
+func (a *gateAcct) Release(int64, *Outcome) {
 	a.mu.Lock()
 	a.inflight--
 	a.released++
@@ -245,7 +245,7 @@ func (g *heldGate) Acquire() (int64, bool) {
 	return 1, true
 }
 
-func (g *heldGate) Release(int64) {
+func (g *heldGate) Release(int64, *Outcome) {
 	g.mu.Lock()
 	g.n--
 	g.mu.Unlock()
