@@ -71,6 +71,8 @@ func serveCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&opts.HTTPSAddr, "https", ":443", `public HTTPS listener; "" serves everything on HTTP`)
 	cmd.Flags().StringVar(&opts.APIListen, "api-listen", "",
 		"serve the API over HTTPS on HOST:PORT too, to clients with the token in ROOT/api/token (hostel --api https://HOST:PORT)")
+	cmd.Flags().StringVar(&opts.MetricsAddr, "metrics", "",
+		"serve Prometheus metrics on HOST:PORT at /metrics too (they are always at GET /metrics on the API socket)")
 	cmd.Flags().StringSliceVar(&opts.Store.Etcd, "etcd", nil, "keep the state in the etcd at these URLs (comma-separated) instead of ROOT/state.db")
 	cmd.Flags().StringVar(&opts.Store.EtcdCert, "etcd-cert", "", "client certificate for https:// --etcd URLs; with https:// --etcd-peers, the member's certificate")
 	cmd.Flags().StringVar(&opts.Store.EtcdKey, "etcd-key", "", "key of --etcd-cert")

@@ -25,6 +25,7 @@ import (
 	"hostel/internal/front"
 	"hostel/internal/idle"
 	"hostel/internal/keyring"
+	"hostel/internal/metrics"
 	"hostel/internal/nix"
 	"hostel/internal/router"
 	"hostel/internal/secrets"
@@ -70,6 +71,9 @@ type Options struct {
 	// (front.HoldLimits; zero fields take its defaults). Their temporary
 	// files go to ROOT/tmp, whatever Hold.Dir says.
 	Hold front.HoldLimits
+	// MetricsAddr is the Prometheus scraper's listener, HOST:PORT (serve
+	// --metrics; metrics.go); "": metrics only on the API socket.
+	MetricsAddr string
 }
 
 // Daemon is a running `hostel serve`.
@@ -138,6 +142,11 @@ type Daemon struct {
 	// passes API requests to the leader with (leader.go); nil without
 	// Options.Advertise.
 	peers http.RoundTripper
+
+	// metrics is the node's Prometheus registry; metricsLn the listener
+	// of --metrics, nil without (metrics.go).
+	metrics   *metrics.Registry
+	metricsLn net.Listener
 }
 
 // SocketPath is where the API of the daemon with root listens.
@@ -217,6 +226,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Held bodies past memory go to the root's disk: /tmp may be a tmpfs,
 	// whose files are memory.
 	ropts := d.routerOptions(zone)
+	d.newMetrics()
+	ropts.Requests = d.metrics
 	if ropts.Peers, err = d.listenPeer(ctx); err != nil {
 		return nil, err
 	}
@@ -249,6 +260,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.listenRemoteAPI(); err != nil {
 		return nil, err
 	}
+	if err := d.listenMetrics(); err != nil {
+		return nil, err
+	}
 	// Before anything is adopted: what a daemon killed mid-launch left
 	// running without a record.
 	d.sup.Leftovers()
@@ -266,7 +280,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// passes nothing on again); the CLI's listeners pass on what only the
 	// leader carries out.
 	d.servePeer(h)
-	d.serve(d.apiLn, d.passToLeader(h))
+	d.serve(d.apiLn, d.withMetrics(d.passToLeader(h)))
+	d.serveMetrics()
 	d.serveRemoteAPI(d.passToLeader(h))
 	d.logf("serving HTTP on %s, API on %s", d.httpLn.Addr(), sock)
 	return d, nil
@@ -347,7 +362,7 @@ func (d *Daemon) Close() error {
 		os.Remove(SocketPath(d.opts.Root))
 	}
 	d.stopServing()
-	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn, d.remoteLn} {
+	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn, d.remoteLn, d.metricsLn} {
 		if ln != nil {
 			ln.Close()
 		}

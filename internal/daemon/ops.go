@@ -177,7 +177,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 	if err != nil {
 		return nil, fmt.Errorf("the store: %w", err)
 	}
-	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr(), Peer: d.peerAddr, API: d.RemoteAPIAddr()}, Services: []api.ServiceStatus{}}
+	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr(), Peer: d.peerAddr, API: d.RemoteAPIAddr(), Metrics: d.MetricsAddr()}, Services: []api.ServiceStatus{}}
 	d.certStatus(st)
 	zone := spec.DefaultZone
 	shown := map[spec.VersionKey]bool{}

@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// scrape returns the text of GET /metrics from url, or from the API
+// socket when url is "".
+func (e *Env) scrape(url string) string {
+	e.t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second}
+	if url == "" {
+		url = "http://hostel/metrics"
+		c.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(e.Root, "hostel.sock"))
+		}}
+	}
+	resp, err := c.Get(url)
+	if err != nil {
+		e.t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		e.t.Fatalf("GET %s: %s\n%s", url, resp.Status, b)
+	}
+	return string(b)
+}
+
+// nodeLabel is the label a clustered daemon (the etcd store) adds to
+// every series.
+var nodeLabel = regexp.MustCompile(`\{node="[^"]*"\}|,node="[^"]*"|node="[^"]*",`)
+
+// sample returns the value of the series name{labels} (labels as written,
+// sorted by name, without node) in a scrape; -1 if absent.
+func sample(text, series string) float64 {
+	text = nodeLabel.ReplaceAllString(text, "")
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindStringSubmatch(text)
+	if m == nil {
+		return -1
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v
+}
+
+// metricsAddr returns where `serve --metrics` listens, from status --json.
+func (e *Env) metricsAddr() string {
+	e.t.Helper()
+	var st struct{ Listen struct{ Metrics string } }
+	if err := json.Unmarshal([]byte(e.MustRun("status", "--json")), &st); err != nil {
+		e.t.Fatal(err)
+	}
+	if st.Listen.Metrics == "" {
+		e.t.Fatal("status --json: no listen.metrics with --metrics")
+	}
+	return st.Listen.Metrics
+}
+
+// TestMetrics: the router counts each request to a version by its status
+// class, with its bytes and duration, and the daemon serves the series at
+// GET /metrics on the API socket and on --metrics ADDR, in a text that
+// promtool (Debian's prometheus package) accepts.
+func TestMetrics(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool is missing: scripts/install-deps.sh installs Debian's prometheus")
+	}
+	e := NewEnv(t)
+	e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "", "--metrics", "127.0.0.1:0")
+	e.WriteSpec(map[string]any{"services": map[string]any{
+		"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.example"}}),
+	}})
+	e.MustRun("deploy", "--no-confirm")
+	_, svcs := e.Status()
+	version := svcs["wiki"].Version
+	var body int
+	for range 3 {
+		code, _, b := e.Get("wiki.example", "/")
+		if code != http.StatusOK {
+			t.Fatalf("GET wiki.example/: %d", code)
+		}
+		body += len(b)
+	}
+	if code, _, b := e.Get("wiki.example", "/nopage"); code != http.StatusNotFound {
+		t.Fatalf("GET wiki.example/nopage: %d, want 404", code)
+	} else {
+		body += len(b)
+	}
+
+	labels := fmt.Sprintf(`env="production",service="wiki",version="%s"`, version)
+	for _, src := range []string{"", "http://" + e.metricsAddr() + "/metrics"} {
+		text := e.scrape(src)
+		for _, c := range []struct {
+			series string
+			want   float64
+		}{
+			{`hostel_http_requests_total{code="2xx",` + labels + `}`, 3},
+			{`hostel_http_requests_total{code="4xx",` + labels + `}`, 1},
+			{`hostel_http_requests_total{code="5xx",` + labels + `}`, 0},
+			{`hostel_http_response_bytes_total{` + labels + `}`, float64(body)},
+			{`hostel_http_request_duration_seconds_count{` + labels + `}`, 4},
+			{`hostel_http_requests_in_flight{` + labels + `}`, 0},
+		} {
+			if got := sample(text, c.series); got != c.want {
+				t.Errorf("%s: %s = %v, want %v", src, c.series, got, c.want)
+			}
+		}
+		if sample(text, "hostel_router_connections") < 0 {
+			t.Errorf("%s: no hostel_router_connections", src)
+		}
+		f := filepath.Join(t.TempDir(), "metrics.txt")
+		os.WriteFile(f, []byte(text), 0o644)
+		cmd := exec.Command(promtool, "check", "metrics")
+		in, _ := os.Open(f)
+		defer in.Close()
+		cmd.Stdin = in
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	}
+}
