@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"hostel/bench/internal/hostelserve"
+	"hostel/internal/metrics"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -140,6 +141,15 @@ func run() error {
 		}
 		targets = append(targets, t)
 	}
+	// The router counting into hostel's Prometheus series (the daemon's
+	// hook), measured right after the router without, for the metrics'
+	// cost.
+	withMetrics := len(targets)
+	if t, err := procs.startSelf(ctx, "hostel (metrics on)", "router", "-backend", backend.addr, "-metrics"); err != nil {
+		return err
+	} else {
+		targets = append(targets, t)
+	}
 	nginx := -1
 	if t, err := startNginx(ctx, procs, tmp, backend.addr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/router: nginx skipped:", err)
@@ -153,7 +163,7 @@ func run() error {
 		targets = append(targets, t)
 	}
 	// direct, hostel and nginx are measured one after the other.
-	order := []int{0, 1}
+	order := []int{0, 1, withMetrics}
 	if nginx > 0 {
 		order = append(order, nginx)
 	}
@@ -171,6 +181,7 @@ func run() error {
 	}
 	printTable(results)
 	fmt.Printf("\nHTTPS through the router: %.2f× its HTTP throughput (bar: ≥ 0.70×).\n", results[2].rps/results[1].rps)
+	printMetricsCost(runs[1], runs[withMetrics], results[1], results[withMetrics])
 
 	if cfg.rate > 0 {
 		rt := []target{targets[0], targets[1]}
@@ -199,6 +210,21 @@ func run() error {
 		printTable(results)
 	}
 	return nil
+}
+
+// printMetricsCost prints what the metrics cost the router: throughput
+// with them ÷ without, round by round (measured one after the other), and
+// the CPU time per request they add (medians).
+func printMetricsCost(off, on []result, offMed, onMed result) {
+	fmt.Print("Metrics on ÷ off throughput, round by round:")
+	ratios := make([]float64, len(off))
+	for k := range off {
+		ratios[k] = on[k].rps / off[k].rps
+		fmt.Printf(" %.3f", ratios[k])
+	}
+	slices.Sort(ratios)
+	fmt.Printf("; median %.3f (bar: ≥ 0.97). CPU per request: %s off, %s on, %+d ns (bar: ≤ 1 µs).\n",
+		ratios[len(ratios)/2], offMed.cpu, onMed.cpu, (onMed.cpu - offMed.cpu).Nanoseconds())
 }
 
 func genName(cfg config) string {
@@ -783,15 +809,20 @@ func runBackend(args []string) (http.Handler, error) {
 func runRouter(args []string) (http.Handler, error) {
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
 	backend := fs.String("backend", "", "backend address host:port")
+	withMetrics := fs.Bool("metrics", false, "count requests into hostel's Prometheus series, as the daemon does")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if *backend == "" {
 		return nil, fmt.Errorf("-backend is required")
 	}
-	r := router.New(router.Options{Zone: spec.DefaultZone, Logf: func(format string, args ...any) {
+	opts := router.Options{Zone: spec.DefaultZone, Logf: func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "bench/router router: "+format+"\n", args...)
-	}})
+	}}
+	if *withMetrics {
+		opts.Requests = metrics.New("")
+	}
+	r := router.New(opts)
 	key := spec.Key("hello", "000000000000")
 	r.AddBackend(key, *backend)
 	if err := r.Swap(router.Table{Domains: map[string]spec.VersionKey{benchHost: key}}); err != nil {

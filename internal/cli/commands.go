@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -453,6 +454,7 @@ func rollbackCmd(e *env) *cobra.Command {
 func logsCmd(e *env) *cobra.Command {
 	var (
 		follow  bool
+		access  bool
 		version string
 		lines   int
 		envName string
@@ -465,13 +467,20 @@ func logsCmd(e *env) *cobra.Command {
 			if err := checkEnvFlag(envName); err != nil {
 				return err
 			}
+			if access && version != "" {
+				return usageError{errors.New("--access: the access log is the service's, of every version; drop --version")}
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
 			}
+			if access {
+				return c.AccessLogs(cmd.Context(), envName, args[0], lines, follow, e.stdout)
+			}
 			return c.EnvLogs(cmd.Context(), envName, args[0], version, lines, follow, e.stdout)
 		},
 	}
+	cmd.Flags().BoolVar(&access, "access", false, "print the service's access log instead: one JSON line per request")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what the service writes")
 	cmd.Flags().StringVar(&version, "version", "", "a version other than the current one")
 	cmd.Flags().IntVarP(&lines, "lines", "n", 100, "how many lines from the end")

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hostel/internal/accesslog"
 	"hostel/internal/acme"
 	"hostel/internal/agent"
 	"hostel/internal/api"
@@ -147,6 +148,8 @@ type Daemon struct {
 	// of --metrics, nil without (metrics.go).
 	metrics   *metrics.Registry
 	metricsLn net.Listener
+	// access is the access log (ROOT/logs/SERVICE/access.log).
+	access *accesslog.Log
 }
 
 // SocketPath is where the API of the daemon with root listens.
@@ -227,7 +230,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// whose files are memory.
 	ropts := d.routerOptions(zone)
 	d.newMetrics()
-	ropts.Requests = d.metrics
+	ropts.Requests = requestHook{d.metrics, d.access}
 	if ropts.Peers, err = d.listenPeer(ctx); err != nil {
 		return nil, err
 	}
@@ -392,6 +395,7 @@ func (d *Daemon) Close() error {
 	if d.router != nil {
 		d.router.Close()
 	}
+	d.closeAccessLog()
 	if d.stopKeys != nil {
 		d.stopKeys()
 	}

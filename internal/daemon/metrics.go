@@ -5,9 +5,15 @@ import (
 	"net"
 	"net/http"
 
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
+	"hostel/internal/accesslog"
+	"hostel/internal/front"
 	"hostel/internal/metrics"
+	"hostel/internal/router"
+	"hostel/internal/spec"
 )
 
 // This file wires the daemon's Prometheus metrics (internal/metrics):
@@ -23,6 +29,11 @@ func (d *Daemon) newMetrics() {
 		node = d.nodeName()
 	}
 	d.metrics = metrics.New(node)
+	d.access = accesslog.New(d.opts.Root, 0)
+	d.metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "hostel_access_log_dropped_total",
+		Help: "Access log lines that could not be written: their queue was full (a slow disk) or the write failed (a full disk).",
+	}, func() float64 { return float64(d.access.Dropped()) }))
 	d.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "hostel_router_connections",
 		Help: "Client connections open on the public listeners.",
@@ -32,6 +43,37 @@ func (d *Daemon) newMetrics() {
 		}
 		return float64(d.front.OpenConnections())
 	}))
+}
+
+// requestHook is the router's RequestHook: each request counted into the
+// metrics and written to the access log.
+type requestHook struct {
+	metrics *metrics.Registry
+	access  *accesslog.Log
+}
+
+func (h requestHook) Version(key spec.VersionKey) router.VersionHook {
+	return versionHook{h.metrics.Series(key), h.access.Version(key)}
+}
+
+type versionHook struct {
+	metrics *metrics.Version
+	access  *accesslog.Writer
+}
+
+func (v versionHook) Started() { v.metrics.Started() }
+
+func (v versionHook) Ended(d time.Duration, o *front.Outcome) {
+	v.metrics.Ended(d, o)
+	v.access.Log(d, o)
+}
+
+// closeAccessLog writes what the access log has queued, once the router
+// is closed.
+func (d *Daemon) closeAccessLog() {
+	if d.access != nil {
+		d.access.Close()
+	}
 }
 
 // withMetrics serves GET /metrics from this node's registry in front of

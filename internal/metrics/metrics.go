@@ -100,9 +100,12 @@ func (r *Registry) Handler() http.Handler {
 	return promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
-// Version returns key's request series (router.RequestHook), made on its
-// first request for key and the same after.
-func (r *Registry) Version(key spec.VersionKey) router.VersionHook {
+// Version returns key's request series (router.RequestHook).
+func (r *Registry) Version(key spec.VersionKey) router.VersionHook { return r.Series(key) }
+
+// Series returns key's request series, made on the first call for key
+// and the same after.
+func (r *Registry) Series(key spec.VersionKey) *Version {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if v, ok := r.versions[key]; ok {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -68,10 +69,21 @@ func (e *Env) metricsAddr() string {
 	return st.Listen.Metrics
 }
 
+// accessLine is a line of the access log (docs/metrics.md).
+type accessLine struct {
+	Service, Env, Version, Host, Method, Path string
+	Status                                    int
+	Bytes                                     int64
+	Duration                                  float64
+	Client                                    string
+	Held                                      bool
+}
+
 // TestMetrics: the router counts each request to a version by its status
 // class, with its bytes and duration, and the daemon serves the series at
 // GET /metrics on the API socket and on --metrics ADDR, in a text that
-// promtool (Debian's prometheus package) accepts.
+// promtool (Debian's prometheus package) accepts. Each request is also a
+// JSON line of the access log, which logs --access prints.
 func TestMetrics(t *testing.T) {
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
@@ -129,5 +141,37 @@ func TestMetrics(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("promtool check metrics: %v\n%s", err, out)
 		}
+	}
+
+	// The access log: one JSON line per request, in order.
+	var lines []accessLine
+	fetch := func() string {
+		out, _, _ := e.Run("logs", "wiki", "--access", "-n", "10")
+		return out
+	}
+	var out string
+	eventually(t, 10*time.Second, "four lines in the access log", func() bool { out = fetch(); return strings.Count(out, "\n") >= 4 })
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		lines = append(lines, accessLine{})
+		if err := json.Unmarshal([]byte(l), &lines[len(lines)-1]); err != nil {
+			t.Fatalf("access log line %q: %v", l, err)
+		}
+	}
+	if len(lines) != 4 {
+		t.Fatalf("access log: %d lines, want 4:\n%s", len(lines), out)
+	}
+	for i, l := range lines {
+		wantStatus, wantPath := 200, "/"
+		if i == 3 {
+			wantStatus, wantPath = 404, "/nopage"
+		}
+		if l.Service != "wiki" || l.Env != "production" || l.Version != version || l.Host != "wiki.example" ||
+			l.Method != "GET" || l.Path != wantPath || l.Status != wantStatus || l.Bytes == 0 ||
+			l.Duration <= 0 || !strings.HasPrefix(l.Client, "127.0.0.1:") || l.Held {
+			t.Errorf("access log line %d: %+v", i, l)
+		}
+	}
+	if _, errOut, code := e.Run("logs", "wiki", "--access", "--version", version); code != 2 {
+		t.Errorf("logs --access --version: exit %d, want 2 (%s)", code, errOut)
 	}
 }

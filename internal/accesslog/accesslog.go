@@ -1,0 +1,203 @@
+// Package accesslog writes the router's access log: one JSON line per
+// request, in a file per service and environment beside the versions'
+// logs (ROOT/logs/SERVICE/access.log, access@ENV.log for a preview's own
+// instances), rotated as they are (supervisor.Rotator).
+//
+// A line is written off the request's path: the request hands it to a
+// bounded queue, which a goroutine per file empties to the disk. A full
+// queue (a slow disk) drops the line, and so does a write that fails (a
+// full disk): a request is never slowed or failed by its log, and what
+// could not be written is counted (Dropped).
+package accesslog
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hostel/internal/front"
+	"hostel/internal/spec"
+	"hostel/internal/supervisor"
+)
+
+// queueLen bounds the lines waiting for one file's writer.
+const queueLen = 4096
+
+// Path is the access log under root of service's instances that
+// environment owner owns.
+func Path(root, service, owner string) string {
+	if owner == "" || owner == spec.DefaultEnv {
+		return filepath.Join(root, "logs", service, "access.log")
+	}
+	return filepath.Join(root, "logs", service, "access@"+owner+".log")
+}
+
+// Line is one request in the access log, as written (JSON).
+type Line struct {
+	// Time is when the request took its slot (it was sent to the app).
+	Time    time.Time `json:"time"`
+	Service string    `json:"service"`
+	Env     string    `json:"env"`
+	Version string    `json:"version"`
+	// Host is as the client sent it; Path is without the query, which
+	// may carry what must not be logged (tokens).
+	Host   string `json:"host"`
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	// Status is 0 when no response was sent (the client left first).
+	Status int   `json:"status"`
+	Bytes  int64 `json:"bytes"`
+	// Duration is in seconds.
+	Duration float64 `json:"duration"`
+	Client   string  `json:"client,omitempty"`
+	// Held: the request waited for its version to wake or be resumed.
+	Held bool `json:"held"`
+}
+
+// Log is the access logs of one daemon. The zero value is not usable;
+// call New.
+type Log struct {
+	root    string
+	max     int64
+	dropped atomic.Int64
+	done    chan struct{}
+	closing sync.Once
+	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	files map[string]*file // by path
+}
+
+// New returns the access logs under root, each rotated past max bytes
+// (supervisor.DefaultLogMaxBytes when 0).
+func New(root string, max int64) *Log {
+	return &Log{root: root, max: max, done: make(chan struct{}), files: map[string]*file{}}
+}
+
+// Dropped is how many lines could not be written: their queue was full,
+// or the write failed.
+func (l *Log) Dropped() int64 { return l.dropped.Load() }
+
+// Close stops the writers once they wrote what is queued. Lines logged
+// after are dropped (and counted). Later calls do nothing.
+func (l *Log) Close() {
+	l.closing.Do(func() { close(l.done) })
+	l.wg.Wait()
+}
+
+// Version returns the writer of key's lines: its service's and owner's
+// file, shared by all its versions.
+func (l *Log) Version(key spec.VersionKey) *Writer {
+	path := Path(l.root, key.Service(), key.Owner())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f, ok := l.files[path]
+	if !ok {
+		f = &file{l: l, path: path, queue: make(chan Line, queueLen), rot: supervisor.NewRotator(path, l.max)}
+		l.files[path] = f
+		l.wg.Add(1)
+		go f.run()
+	}
+	v := string(key.Version())
+	if i := strings.LastIndexByte(v, '-'); i >= 0 {
+		v = v[i+1:]
+	}
+	return &Writer{f: f, service: key.Service(), env: key.Owner(), version: v}
+}
+
+// Writer logs one version's requests.
+type Writer struct {
+	f                     *file
+	service, env, version string
+}
+
+// Log queues the line of a request that ended after d, as o says; it
+// never waits.
+func (w *Writer) Log(d time.Duration, o *front.Outcome) {
+	path, _, _ := strings.Cut(o.Target, "?")
+	line := Line{Time: time.Now().Add(-d), Service: w.service, Env: w.env, Version: w.version,
+		Host: o.Host, Method: o.Method, Path: path, Status: o.Status, Bytes: o.Bytes,
+		Duration: d.Seconds(), Client: o.Remote, Held: o.Held}
+	select {
+	case w.f.queue <- line:
+	default:
+		w.f.l.dropped.Add(1)
+	}
+}
+
+// file is one access log and its writer goroutine.
+type file struct {
+	l     *Log
+	path  string
+	queue chan Line
+	rot   *supervisor.Rotator
+}
+
+// run writes what is queued, a batch at a time, until the Log closes.
+func (f *file) run() {
+	defer f.l.wg.Done()
+	var out *os.File
+	defer func() {
+		if out != nil {
+			out.Close()
+		}
+	}()
+	var buf []byte
+	for {
+		var first Line
+		select {
+		case first = <-f.queue:
+		case <-f.l.done:
+			// What was queued before Close is written; nothing waits.
+			select {
+			case first = <-f.queue:
+			default:
+				return
+			}
+		}
+		buf = appendLine(buf[:0], first)
+		n := int64(1)
+	batch:
+		for len(buf) < 256<<10 {
+			select {
+			case line := <-f.queue:
+				buf = appendLine(buf, line)
+				n++
+			default:
+				break batch
+			}
+		}
+		if out == nil {
+			var err error
+			if out, err = open(f.path); err != nil {
+				f.l.dropped.Add(n)
+				continue
+			}
+		}
+		if _, err := out.Write(buf); err != nil {
+			// A full disk: these lines are lost, counted; the next batch
+			// tries again.
+			f.l.dropped.Add(n)
+			continue
+		}
+		f.rot.RotateIfFull()
+	}
+}
+
+func appendLine(buf []byte, line Line) []byte {
+	b, _ := json.Marshal(line) // a Line always encodes
+	buf = append(buf, b...)
+	return append(buf, '\n')
+}
+
+// open opens the log at path for appending, making its directory.
+func open(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+}
