@@ -1,18 +1,21 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -174,4 +177,90 @@ func TestMetrics(t *testing.T) {
 	if _, errOut, code := e.Run("logs", "wiki", "--access", "--version", version); code != 2 {
 		t.Errorf("logs --access --version: exit %d, want 2 (%s)", code, errOut)
 	}
+}
+
+// TestMetricsScrapedByPrometheus: a real Prometheus (Debian's) scrapes
+// serve --metrics: its target is up, and a hostel series is stored.
+func TestMetricsScrapedByPrometheus(t *testing.T) {
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Fatal("prometheus is missing: scripts/install-deps.sh installs Debian's prometheus")
+	}
+	e := NewEnv(t)
+	e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "", "--metrics", "127.0.0.1:0")
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "prometheus.yml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: hostel
+    static_configs: [{targets: [%q]}]
+`, e.metricsAddr())), 0o644)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := ln.Addr().String()
+	ln.Close()
+	var log lockedBuffer
+	cmd := exec.Command(bin, "--config.file", cfg, "--storage.tsdb.path", filepath.Join(dir, "data"),
+		"--web.listen-address", web)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("prometheus log:\n%s", log.String())
+		}
+	})
+	// query returns the values of an instant query, or nil.
+	query := func(q string) []string {
+		resp, err := http.Get("http://" + web + "/api/v1/query?query=" + url.QueryEscape(q))
+		if err != nil {
+			return nil
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Data struct {
+				Result []struct{ Value []any }
+			}
+		}
+		if json.NewDecoder(resp.Body).Decode(&r) != nil {
+			return nil
+		}
+		var vs []string
+		for _, s := range r.Data.Result {
+			if len(s.Value) == 2 {
+				vs = append(vs, fmt.Sprint(s.Value[1]))
+			}
+		}
+		return vs
+	}
+	eventually(t, 30*time.Second, "Prometheus to scrape hostel (up == 1)", func() bool {
+		vs := query(`up{job="hostel"}`)
+		return len(vs) == 1 && vs[0] == "1"
+	})
+	eventually(t, 10*time.Second, "a hostel series in Prometheus", func() bool {
+		return len(query("hostel_router_connections")) == 1
+	})
+}
+
+// lockedBuffer is a bytes.Buffer two writers may share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
