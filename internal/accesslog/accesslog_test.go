@@ -83,7 +83,8 @@ func TestStuckDiskNeverBlocksARequest(t *testing.T) {
 	}
 	l := New(root, 0)
 	w := l.Version(prod)
-	const extra = 500
+	// More than a batch (256 KB of lines) beyond the queue.
+	const extra = 4000
 	start := time.Now()
 	for range queueLen + extra {
 		w.Log(time.Millisecond, &front.Outcome{Status: 200, Method: "GET", Host: "h", Target: "/"})
@@ -91,9 +92,13 @@ func TestStuckDiskNeverBlocksARequest(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("logging %d lines took %v", queueLen+extra, d)
 	}
-	// The writer took one line (or a batch) before it got stuck in open.
-	if got := l.Dropped(); got < extra-1 {
-		t.Errorf("Dropped = %d, want at least %d", got, extra-1)
+	// The writer took a batch before it got stuck in open; the queue is
+	// full, and what did not fit was dropped.
+	if n := len(w.f.queue); n != queueLen {
+		t.Errorf("queue holds %d lines, want it full (%d)", n, queueLen)
+	}
+	if got := l.Dropped(); got <= 0 || got > extra {
+		t.Errorf("Dropped = %d, want 1 to %d", got, extra)
 	}
 	// Unstick it: read the FIFO, then close.
 	r, err := os.OpenFile(path, os.O_RDONLY, 0)
