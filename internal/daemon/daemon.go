@@ -278,7 +278,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.startExpiry()
 	d.serveFront()
 	d.serveHTTPS()
-	h := api.NewHandler(d)
+	h := api.NewHandler(meteredDaemon{d})
 	// The peer port serves the API a standby passes on as it is (it
 	// passes nothing on again); the CLI's listeners pass on what only the
 	// leader carries out.

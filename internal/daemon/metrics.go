@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"hostel/internal/accesslog"
+	"hostel/internal/api"
 	"hostel/internal/front"
 	"hostel/internal/metrics"
 	"hostel/internal/router"
@@ -30,6 +32,7 @@ func (d *Daemon) newMetrics() {
 	}
 	d.metrics = metrics.New(node)
 	d.access = accesslog.New(d.opts.Root, 0)
+	d.metrics.MustRegister(stateCollector{d})
 	d.metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "hostel_access_log_dropped_total",
 		Help: "Access log lines that could not be written: their queue was full (a slow disk) or the write failed (a full disk).",
@@ -43,6 +46,81 @@ func (d *Daemon) newMetrics() {
 		}
 		return float64(d.front.OpenConnections())
 	}))
+}
+
+// stateCollector reads, when scraped, what the daemon's parts know: each
+// instance's restarts, OOM kills, memory and CPU (the supervisor, from
+// its cgroup) and each certificate's expiry (the certificate manager,
+// whose hosts are the spec's own domains).
+type stateCollector struct{ d *Daemon }
+
+var (
+	restartsDesc = prometheus.NewDesc("hostel_restarts_total",
+		"Restarts of a version's process after it crashed.", metrics.VersionLabels, nil)
+	oomDesc = prometheus.NewDesc("hostel_oom_kills_total",
+		"Processes of a version the kernel killed for exceeding its memory limit (its cgroup's count).", metrics.VersionLabels, nil)
+	memoryDesc = prometheus.NewDesc("hostel_memory_bytes",
+		"Memory charged to a version's cgroup now, page cache included.", metrics.VersionLabels, nil)
+	cpuDesc = prometheus.NewDesc("hostel_cpu_seconds_total",
+		"CPU time a version's processes used since the version started (its cgroup's).", metrics.VersionLabels, nil)
+	certDesc = prometheus.NewDesc("hostel_certificate_expiry_timestamp_seconds",
+		"When the certificate served for a domain of the spec expires (Unix time).", []string{"domain"}, nil)
+)
+
+func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{restartsDesc, oomDesc, memoryDesc, cpuDesc, certDesc} {
+		ch <- d
+	}
+}
+
+func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
+	cgroups := c.d.cgroups != nil
+	for _, st := range c.d.sup.List() {
+		lv := metrics.LabelValues(st.Key)
+		ch <- prometheus.MustNewConstMetric(restartsDesc, prometheus.CounterValue, float64(st.Restarts), lv...)
+		if cgroups {
+			ch <- prometheus.MustNewConstMetric(oomDesc, prometheus.CounterValue, float64(st.OOMKills), lv...)
+			ch <- prometheus.MustNewConstMetric(memoryDesc, prometheus.GaugeValue, float64(st.MemoryBytes), lv...)
+			ch <- prometheus.MustNewConstMetric(cpuDesc, prometheus.CounterValue, st.CPUSeconds, lv...)
+		}
+	}
+	if c.d.certs == nil {
+		return
+	}
+	for _, cs := range c.d.certs.Status() {
+		if !cs.NotAfter.IsZero() {
+			ch <- prometheus.MustNewConstMetric(certDesc, prometheus.GaugeValue, float64(cs.NotAfter.Unix()), cs.Host)
+		}
+	}
+}
+
+// meteredDaemon is the daemon as the API serves it, with its deploys
+// and rollbacks counted and timed.
+type meteredDaemon struct{ *Daemon }
+
+func (m meteredDaemon) Deploy(ctx context.Context, req api.DeployRequest, progress func(string)) (*api.DeployResult, error) {
+	start := time.Now()
+	res, err := m.Daemon.Deploy(ctx, req, progress)
+	m.metrics.Deployed("deploy", deployOutcome(res, err), time.Since(start))
+	return res, err
+}
+
+func (m meteredDaemon) Rollback(ctx context.Context, req api.RollbackRequest, progress func(string)) (*api.DeployResult, error) {
+	start := time.Now()
+	res, err := m.Daemon.Rollback(ctx, req, progress)
+	m.metrics.Deployed("rollback", deployOutcome(res, err), time.Since(start))
+	return res, err
+}
+
+// deployOutcome is the result label of a deploy that returned res, err.
+func deployOutcome(res *api.DeployResult, err error) string {
+	switch {
+	case err != nil || res == nil || res.Error != "":
+		return "failed"
+	case res.RolledBack:
+		return "rolled_back"
+	}
+	return "ok"
 }
 
 // requestHook is the router's RequestHook: each request counted into the

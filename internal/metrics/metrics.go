@@ -52,6 +52,11 @@ type Registry struct {
 	inflight *prometheus.GaugeVec
 	bytes    *prometheus.CounterVec
 
+	wakes      *prometheus.CounterVec
+	wakeTime   *prometheus.HistogramVec
+	deploys    *prometheus.CounterVec
+	deployTime *prometheus.HistogramVec
+
 	mu       sync.Mutex
 	versions map[spec.VersionKey]*Version
 }
@@ -80,7 +85,25 @@ func New(node string) *Registry {
 		Name: "hostel_http_response_bytes_total",
 		Help: "Bytes of response bodies written to clients.",
 	}, VersionLabels)
-	r.MustRegister(r.requests, r.duration, r.inflight, r.bytes,
+	r.wakes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hostel_wakes_total",
+		Help: "Versions woken from sleep by a request, by result (ok, failed).",
+	}, append(VersionLabels[:3:3], "result"))
+	r.wakeTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "hostel_wake_duration_seconds",
+		Help:    "Time from a sleeping version's first request to the version ready to serve it.",
+		Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	}, VersionLabels)
+	r.deploys = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hostel_deploys_total",
+		Help: "Deploys and rollbacks (op) this node carried out, by result (ok, rolled_back, failed).",
+	}, []string{"op", "result"})
+	r.deployTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "hostel_deploy_duration_seconds",
+		Help:    "Time a deploy or rollback took, from the request to its end (the confirm window included).",
+		Buckets: []float64{.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
+	}, []string{"op", "result"})
+	r.MustRegister(r.requests, r.duration, r.inflight, r.bytes, r.wakes, r.wakeTime, r.deploys, r.deployTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }
@@ -98,6 +121,26 @@ func (r *Registry) MustRegister(cs ...prometheus.Collector) {
 // Handler serves the registry in Prometheus's text format.
 func (r *Registry) Handler() http.Handler {
 	return promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// Woke counts a wake of key that took d and failed with err (nil: it
+// went through).
+func (r *Registry) Woke(key spec.VersionKey, d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	lv := LabelValues(key)
+	r.wakes.WithLabelValues(append(lv, result)...).Inc()
+	if err == nil {
+		r.wakeTime.WithLabelValues(lv...).Observe(d.Seconds())
+	}
+}
+
+// Deployed counts a deploy or rollback (op) that ended with result after d.
+func (r *Registry) Deployed(op, result string, d time.Duration) {
+	r.deploys.WithLabelValues(op, result).Inc()
+	r.deployTime.WithLabelValues(op, result).Observe(d.Seconds())
 }
 
 // Version returns key's request series (router.RequestHook).

@@ -100,6 +100,8 @@ func TestMetrics(t *testing.T) {
 	e.MustRun("deploy", "--no-confirm")
 	_, svcs := e.Status()
 	version := svcs["wiki"].Version
+	// The daemon says when it has no cgroups to measure with.
+	cgroups := !strings.Contains(e.DaemonLog(), "limits (memory, cpu, processes) are not enforced")
 	var body int
 	for range 3 {
 		code, _, b := e.Get("wiki.example", "/")
@@ -127,6 +129,9 @@ func TestMetrics(t *testing.T) {
 			{`hostel_http_response_bytes_total{` + labels + `}`, float64(body)},
 			{`hostel_http_request_duration_seconds_count{` + labels + `}`, 4},
 			{`hostel_http_requests_in_flight{` + labels + `}`, 0},
+			{`hostel_deploys_total{op="deploy",result="ok"}`, 1},
+			{`hostel_deploy_duration_seconds_count{op="deploy",result="ok"}`, 1},
+			{`hostel_restarts_total{` + labels + `}`, 0},
 		} {
 			if got := sample(text, c.series); got != c.want {
 				t.Errorf("%s: %s = %v, want %v", src, c.series, got, c.want)
@@ -134,6 +139,9 @@ func TestMetrics(t *testing.T) {
 		}
 		if sample(text, "hostel_router_connections") < 0 {
 			t.Errorf("%s: no hostel_router_connections", src)
+		}
+		if cgroups && sample(text, `hostel_memory_bytes{`+labels+`}`) <= 0 {
+			t.Errorf("%s: no memory use for wiki with cgroups", src)
 		}
 		f := filepath.Join(t.TempDir(), "metrics.txt")
 		os.WriteFile(f, []byte(text), 0o644)
