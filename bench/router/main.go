@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"hostel/bench/internal/hostelserve"
+	"hostel/internal/accesslog"
+	"hostel/internal/front"
 	"hostel/internal/metrics"
 	"hostel/internal/router"
 	"hostel/internal/spec"
@@ -77,6 +79,9 @@ type config struct {
 	rateConns int
 	gen       string
 	rounds    int
+	// metricsOnly measures the router with and without metrics and
+	// nothing else.
+	metricsOnly bool
 }
 
 func run() error {
@@ -90,6 +95,7 @@ func run() error {
 	fs.IntVar(&cfg.rate, "rate", 15000, "fixed request rate for the latency table (direct, hostel, nginx); 0 skips it")
 	fs.IntVar(&cfg.rateConns, "rate-conns", 64, "connections of the fixed-rate load")
 	fs.StringVar(&cfg.gen, "gen", "auto", `load generator: "wrk", "go" or "auto" (wrk if on PATH)`)
+	fs.BoolVar(&cfg.metricsOnly, "metrics-only", false, "measure only the router with metrics off and on, alternately")
 	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds over all targets, every other one in reverse order; the tables show each target's medians")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -129,6 +135,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if cfg.metricsOnly {
+		return measureMetrics(ctx, cfg, procs, backend, tmp)
+	}
 	targets := []target{backend}
 	for _, c := range []struct{ name, mode string }{
 		{"hostel", "router"},
@@ -141,11 +150,11 @@ func run() error {
 		}
 		targets = append(targets, t)
 	}
-	// The router counting into hostel's Prometheus series (the daemon's
-	// hook), measured right after the router without, for the metrics'
-	// cost.
+	// The router counting into hostel's Prometheus series and writing
+	// the access log (the daemon's hook), measured right after the
+	// router without, for their cost.
 	withMetrics := len(targets)
-	if t, err := procs.startSelf(ctx, "hostel (metrics on)", "router", "-backend", backend.addr, "-metrics"); err != nil {
+	if t, err := procs.startSelf(ctx, "hostel (metrics, access log)", "router", "-backend", backend.addr, "-metrics", tmp); err != nil {
 		return err
 	} else {
 		targets = append(targets, t)
@@ -209,6 +218,27 @@ func run() error {
 		}
 		printTable(results)
 	}
+	return nil
+}
+
+// measureMetrics measures the router behind the front end with metrics
+// off and on, one right after the other in each round.
+func measureMetrics(ctx context.Context, cfg config, procs *children, backend target, tmp string) error {
+	off, err := procs.startSelf(ctx, "hostel", "router", "-backend", backend.addr)
+	if err != nil {
+		return err
+	}
+	on, err := procs.startSelf(ctx, "hostel (metrics, access log)", "router", "-backend", backend.addr, "-metrics", tmp)
+	if err != nil {
+		return err
+	}
+	results, runs, err := measureAll(ctx, cfg, []target{off, on}, nil)
+	if err != nil {
+		return err
+	}
+	printTable(results)
+	fmt.Println()
+	printMetricsCost(runs[0], runs[1], results[0], results[1])
 	return nil
 }
 
@@ -809,7 +839,7 @@ func runBackend(args []string) (http.Handler, error) {
 func runRouter(args []string) (http.Handler, error) {
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
 	backend := fs.String("backend", "", "backend address host:port")
-	withMetrics := fs.Bool("metrics", false, "count requests into hostel's Prometheus series, as the daemon does")
+	withMetrics := fs.String("metrics", "", "count requests into hostel's Prometheus series and write the access log under this root, as the daemon does")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -819,8 +849,8 @@ func runRouter(args []string) (http.Handler, error) {
 	opts := router.Options{Zone: spec.DefaultZone, Logf: func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "bench/router router: "+format+"\n", args...)
 	}}
-	if *withMetrics {
-		opts.Requests = metrics.New("")
+	if *withMetrics != "" {
+		opts.Requests = meteredHook{metrics.New(""), accesslog.New(*withMetrics, 0)}
 	}
 	r := router.New(opts)
 	key := spec.Key("hello", "000000000000")
@@ -829,4 +859,27 @@ func runRouter(args []string) (http.Handler, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// meteredHook is the daemon's request hook (internal/daemon's
+// requestHook): the metrics and the access log.
+type meteredHook struct {
+	m *metrics.Registry
+	a *accesslog.Log
+}
+
+func (h meteredHook) Version(key spec.VersionKey) router.VersionHook {
+	return meteredVersion{h.m.Series(key), h.a.Version(key)}
+}
+
+type meteredVersion struct {
+	m *metrics.Version
+	a *accesslog.Writer
+}
+
+func (v meteredVersion) Started() { v.m.Started() }
+
+func (v meteredVersion) Ended(d time.Duration, o *front.Outcome) {
+	v.m.Ended(d, o)
+	v.a.Log(d, o)
 }

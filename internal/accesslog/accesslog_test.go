@@ -162,3 +162,48 @@ func TestRotated(t *testing.T) {
 		t.Errorf("access.log is %d bytes after rotation", fi.Size())
 	}
 }
+
+// BenchmarkLog is what the access log adds to a request: its line made
+// and queued (or dropped, when the writer falls behind).
+func BenchmarkLog(b *testing.B) {
+	l := New(b.TempDir(), 0)
+	defer l.Close()
+	w := l.Version(prod)
+	o := &front.Outcome{Status: 200, Bytes: 1234, Method: "GET", Host: "api.example", Target: "/p?q=1", Remote: "127.0.0.1:40000"}
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			w.Log(300*time.Microsecond, o)
+		}
+	})
+	b.ReportMetric(float64(l.Dropped())/float64(b.N), "dropped/op")
+}
+
+// TestLineIsJSON: appendLine writes what encoding/json writes of a Line,
+// whatever bytes the client sent.
+func TestLineIsJSON(t *testing.T) {
+	for _, s := range []string{"plain", `q"uote\back`, "ctl\x00\x1f\n\t", "ünï€ode", "bad\xff\xfeutf8", "<html>&", "\u2028"} {
+		line := Line{Time: time.Date(2026, 12, 5, 4, 0, 0, 123456789, time.UTC), Service: "api", Env: "production",
+			Version: "0123456789ab", Host: s, Method: "GET", Path: s, Status: 200, Bytes: 12, Duration: 0.000301, Client: s, Held: true}
+		got := appendLine(nil, line)
+		var back Line
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Fatalf("%q: %s is not JSON: %v", s, got, err)
+		}
+		want, _ := json.Marshal(line)
+		var wantBack Line
+		json.Unmarshal(want, &wantBack)
+		if back != wantBack {
+			t.Errorf("%q: decodes to %+v, want %+v", s, back, wantBack)
+		}
+	}
+}
+
+// BenchmarkAppendLine is the writer's work per line, before the write.
+func BenchmarkAppendLine(b *testing.B) {
+	line := Line{Time: time.Now(), Service: "api", Env: "production", Version: "0123456789ab", Host: "api.example",
+		Method: "GET", Path: "/some/path", Status: 200, Bytes: 1234, Duration: 0.000301, Client: "127.0.0.1:40000"}
+	var buf []byte
+	for b.Loop() {
+		buf = appendLine(buf[:0], line)
+	}
+}
