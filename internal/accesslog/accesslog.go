@@ -3,11 +3,13 @@
 // logs (ROOT/logs/SERVICE/access.log, access@ENV.log for a preview's own
 // instances), rotated as they are (supervisor.Rotator).
 //
-// A line is written off the request's path: the request hands it to a
-// bounded queue, which a goroutine per file empties to the disk. A full
-// queue (a slow disk) drops the line, and so does a write that fails (a
-// full disk): a request is never slowed or failed by its log, and what
-// could not be written is counted (Dropped).
+// A line is written off the request's path: the request appends it to a
+// bounded queue, which a goroutine per file empties to the disk in
+// batches (gathered for up to batchWait, so that a busy log costs one
+// write, and one wake of its writer, per batch rather than per request).
+// A full queue (a slow disk) drops the line, and so does a write that
+// fails (a full disk): a request is never slowed or failed by its log,
+// and what could not be written is counted (Dropped).
 package accesslog
 
 import (
@@ -25,8 +27,14 @@ import (
 	"hostel/internal/supervisor"
 )
 
-// queueLen bounds the lines waiting for one file's writer.
-const queueLen = 4096
+const (
+	// queueLen bounds the lines waiting for one file's writer.
+	queueLen = 4096
+	// batchWait is how long the writer lets lines gather once the first
+	// arrives, unless batchLen of them are there sooner.
+	batchWait = 50 * time.Millisecond
+	batchLen  = 1024
+)
 
 // Path is the access log under root of service's instances that
 // environment owner owns.
@@ -98,7 +106,7 @@ func (l *Log) Version(key spec.VersionKey) *Writer {
 	defer l.mu.Unlock()
 	f, ok := l.files[path]
 	if !ok {
-		f = &file{l: l, path: path, queue: make(chan Line, queueLen), rot: supervisor.NewRotator(path, l.max)}
+		f = &file{l: l, path: path, kick: make(chan struct{}, 1), rot: supervisor.NewRotator(path, l.max)}
 		l.files[path] = f
 		l.wg.Add(1)
 		go f.run()
@@ -123,19 +131,56 @@ func (w *Writer) Log(d time.Duration, o *front.Outcome) {
 	line := Line{Time: time.Now().Add(-d), Service: w.service, Env: w.env, Version: w.version,
 		Host: o.Host, Method: o.Method, Path: path, Status: o.Status, Bytes: o.Bytes,
 		Duration: d.Seconds(), Client: o.Remote, Held: o.Held}
-	select {
-	case w.f.queue <- line:
-	default:
-		w.f.l.dropped.Add(1)
-	}
+	w.f.push(line)
 }
 
 // file is one access log and its writer goroutine.
 type file struct {
-	l     *Log
-	path  string
-	queue chan Line
-	rot   *supervisor.Rotator
+	l    *Log
+	path string
+	rot  *supervisor.Rotator
+	// kick wakes the writer: a first line is queued, or a batch is full.
+	kick chan struct{}
+
+	mu    sync.Mutex
+	queue []Line // lines not taken by the writer yet
+	spare []Line // the writer's last batch, for the next queue
+}
+
+// push queues line, or drops it when the queue is full.
+func (f *file) push(line Line) {
+	f.mu.Lock()
+	n := len(f.queue)
+	if n >= queueLen {
+		f.mu.Unlock()
+		f.l.dropped.Add(1)
+		return
+	}
+	f.queue = append(f.queue, line)
+	f.mu.Unlock()
+	if n == 0 || n+1 == batchLen {
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take returns the queued lines and gives the storage of done, the last
+// batch, to the next queue.
+func (f *file) take(done []Line) []Line {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	lines := f.queue
+	f.queue = done[:0]
+	return lines
+}
+
+// queued is how many lines wait.
+func (f *file) queued() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.queue)
 }
 
 // run writes what is queued, a batch at a time, until the Log closes.
@@ -148,41 +193,45 @@ func (f *file) run() {
 		}
 	}()
 	var buf []byte
-	for {
-		var first Line
+	var lines []Line
+	timer := time.NewTimer(batchWait)
+	timer.Stop()
+	for closing := false; !closing; {
 		select {
-		case first = <-f.queue:
+		case <-f.kick:
+			// Let a batch gather, unless it is full already.
+			timer.Reset(batchWait)
+			select {
+			case <-timer.C:
+			case <-f.kick:
+				timer.Stop()
+			case <-f.l.done:
+				timer.Stop()
+				closing = true
+			}
 		case <-f.l.done:
 			// What was queued before Close is written; nothing waits.
-			select {
-			case first = <-f.queue:
-			default:
-				return
-			}
+			closing = true
 		}
-		buf = appendLine(buf[:0], first)
-		n := int64(1)
-	batch:
-		for len(buf) < 256<<10 {
-			select {
-			case line := <-f.queue:
-				buf = appendLine(buf, line)
-				n++
-			default:
-				break batch
-			}
+		lines = f.take(lines)
+		if len(lines) == 0 {
+			continue
+		}
+		buf = buf[:0]
+		for _, line := range lines {
+			buf = appendLine(buf, line)
 		}
 		if out == nil {
 			var err error
 			if out, err = open(f.path); err != nil {
-				f.l.dropped.Add(n)
+				f.l.dropped.Add(int64(len(lines)))
 				continue
 			}
 		}
 		if _, err := out.Write(buf); err != nil {
 			// A full disk: these lines are lost, counted; the next batch
 			// tries again.
-			f.l.dropped.Add(n)
+			f.l.dropped.Add(int64(len(lines)))
 			continue
 		}
 		f.rot.RotateIfFull()

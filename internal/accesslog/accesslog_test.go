@@ -83,8 +83,8 @@ func TestStuckDiskNeverBlocksARequest(t *testing.T) {
 	}
 	l := New(root, 0)
 	w := l.Version(prod)
-	// More than a batch (256 KB of lines) beyond the queue.
-	const extra = 4000
+	// More than a batch beyond the queue.
+	const extra = 2 * queueLen
 	start := time.Now()
 	for range queueLen + extra {
 		w.Log(time.Millisecond, &front.Outcome{Status: 200, Method: "GET", Host: "h", Target: "/"})
@@ -92,9 +92,9 @@ func TestStuckDiskNeverBlocksARequest(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("logging %d lines took %v", queueLen+extra, d)
 	}
-	// The writer took a batch before it got stuck in open; the queue is
-	// full, and what did not fit was dropped.
-	if n := len(w.f.queue); n != queueLen {
+	// The writer took a batch (or none yet) and got stuck in open; the
+	// queue is full, and what did not fit was dropped.
+	if n := w.f.queued(); n != queueLen {
 		t.Errorf("queue holds %d lines, want it full (%d)", n, queueLen)
 	}
 	if got := l.Dropped(); got <= 0 || got > extra {
@@ -143,11 +143,13 @@ func TestRotated(t *testing.T) {
 	root := t.TempDir()
 	l := New(root, 4<<10)
 	w := l.Version(prod)
-	for range 20 {
-		for range 20 {
+	// Batches of about 6 KB: past max, short of the 2 × max past which a
+	// rotation drops rather than copies.
+	for range 4 {
+		for range 30 {
 			w.Log(time.Millisecond, &front.Outcome{Status: 200, Method: "GET", Host: "api.example", Target: "/some/path"})
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(2 * batchWait)
 	}
 	l.Close()
 	path := Path(root, "api", "")

@@ -59,6 +59,12 @@ func sample(text, series string) float64 {
 	return v
 }
 
+// hasSample reports whether a scrape holds a line (without its node
+// label) that the regular expression line matches whole.
+func hasSample(text, line string) bool {
+	return regexp.MustCompile(`(?m)^` + line + `$`).MatchString(nodeLabel.ReplaceAllString(text, ""))
+}
+
 // metricsAddr returns where `serve --metrics` listens, from status --json.
 func (e *Env) metricsAddr() string {
 	e.t.Helper()

@@ -90,6 +90,18 @@ func TestIdleSleepsAndWakes(t *testing.T) {
 			t.Errorf("%s after one request: %+v, want running, woken once", n, s)
 		}
 	}
+	// The wakes are counted and timed; the request that woke blog is
+	// held in its access log.
+	text := e.scrape("")
+	for _, n := range []string{"blog", "quotes"} {
+		if !hasSample(text, `hostel_wakes_total\{env="production",result="ok",service="`+n+`",version="[0-9a-f]+"\} 1`) ||
+			!hasSample(text, `hostel_wake_duration_seconds_count\{env="production",service="`+n+`",version="[0-9a-f]+"\} 1`) {
+			t.Errorf("%s: no wake counted in the metrics", n)
+		}
+	}
+	if out := e.MustRun("logs", "blog", "--access"); !strings.Contains(out, `"held":true`) {
+		t.Errorf("blog's access log does not show its first request held:\n%s", out)
+	}
 	log := e.DaemonLog()
 	if !strings.Contains(log, "asleep: no request for 1s") {
 		t.Errorf("the daemon's log does not say a version went to sleep")
