@@ -150,13 +150,21 @@ func run() error {
 		}
 		targets = append(targets, t)
 	}
-	// The router counting into hostel's Prometheus series and writing
-	// the access log (the daemon's hook), measured right after the
-	// router without, for their cost.
+	// The router counting into hostel's Prometheus series, then also
+	// writing the access log (the daemon's hook), measured right after
+	// the router without, for their cost.
 	withMetrics := len(targets)
-	if t, err := procs.startSelf(ctx, "hostel (metrics, access log)", "router", "-backend", backend.addr, "-metrics", tmp); err != nil {
-		return err
-	} else {
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"hostel (metrics)", []string{"-metrics"}},
+		{"hostel (metrics, access log)", []string{"-metrics", "-access-log", tmp}},
+	} {
+		t, err := procs.startSelf(ctx, c.name, "router", append([]string{"-backend", backend.addr}, c.args...)...)
+		if err != nil {
+			return err
+		}
 		targets = append(targets, t)
 	}
 	nginx := -1
@@ -172,7 +180,7 @@ func run() error {
 		targets = append(targets, t)
 	}
 	// direct, hostel and nginx are measured one after the other.
-	order := []int{0, 1, withMetrics}
+	order := []int{0, 1, withMetrics, withMetrics + 1}
 	if nginx > 0 {
 		order = append(order, nginx)
 	}
@@ -190,7 +198,7 @@ func run() error {
 	}
 	printTable(results)
 	fmt.Printf("\nHTTPS through the router: %.2f× its HTTP throughput (bar: ≥ 0.70×).\n", results[2].rps/results[1].rps)
-	printMetricsCost(runs[1], runs[withMetrics], results[1], results[withMetrics])
+	printMetricsCost(runs[1], runs[withMetrics:withMetrics+2], results[1], results[withMetrics:withMetrics+2])
 
 	if cfg.rate > 0 {
 		rt := []target{targets[0], targets[1]}
@@ -222,39 +230,57 @@ func run() error {
 }
 
 // measureMetrics measures the router behind the front end with metrics
-// off and on, one right after the other in each round.
+// off, on, and on with the access log, one right after the other in
+// each round.
 func measureMetrics(ctx context.Context, cfg config, procs *children, backend target, tmp string) error {
-	off, err := procs.startSelf(ctx, "hostel", "router", "-backend", backend.addr)
-	if err != nil {
-		return err
+	var targets []target
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"hostel", nil},
+		{"hostel (metrics)", []string{"-metrics"}},
+		{"hostel (metrics, access log)", []string{"-metrics", "-access-log", tmp}},
+	} {
+		t, err := procs.startSelf(ctx, c.name, "router", append([]string{"-backend", backend.addr}, c.args...)...)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
 	}
-	on, err := procs.startSelf(ctx, "hostel (metrics, access log)", "router", "-backend", backend.addr, "-metrics", tmp)
-	if err != nil {
-		return err
-	}
-	results, runs, err := measureAll(ctx, cfg, []target{off, on}, nil)
+	results, runs, err := measureAll(ctx, cfg, targets, nil)
 	if err != nil {
 		return err
 	}
 	printTable(results)
 	fmt.Println()
-	printMetricsCost(runs[0], runs[1], results[0], results[1])
+	printMetricsCost(runs[0], runs[1:], results[0], results[1:])
 	return nil
 }
 
-// printMetricsCost prints what the metrics cost the router: throughput
-// with them ÷ without, round by round (measured one after the other), and
-// the CPU time per request they add (medians).
-func printMetricsCost(off, on []result, offMed, onMed result) {
-	fmt.Print("Metrics on ÷ off throughput, round by round:")
-	ratios := make([]float64, len(off))
-	for k := range off {
-		ratios[k] = on[k].rps / off[k].rps
-		fmt.Printf(" %.3f", ratios[k])
+// printMetricsCost prints what the metrics (on[0]) and the metrics with
+// the access log (on[1]) cost the router: their throughput ÷ the
+// router's without (off), round by round (measured one after the
+// other), and the CPU time per request they add (medians).
+func printMetricsCost(off []result, on [][]result, offMed result, onMed []result) {
+	for i, what := range []string{"Metrics", "Metrics and access log"} {
+		fmt.Printf("%s on ÷ off throughput, round by round:", what)
+		ratios := make([]float64, len(off))
+		for k := range off {
+			ratios[k] = on[i][k].rps / off[k].rps
+			fmt.Printf(" %.3f", ratios[k])
+		}
+		slices.Sort(ratios)
+		fmt.Printf("; median %.3f", ratios[len(ratios)/2])
+		if i == 0 {
+			fmt.Print(" (bar: ≥ 0.97)")
+		}
+		fmt.Printf(". CPU per request: %s off, %s on, %+d ns", offMed.cpu, onMed[i].cpu, (onMed[i].cpu - offMed.cpu).Nanoseconds())
+		if i == 0 {
+			fmt.Print(" (bar: ≤ 1 µs)")
+		}
+		fmt.Println(".")
 	}
-	slices.Sort(ratios)
-	fmt.Printf("; median %.3f (bar: ≥ 0.97). CPU per request: %s off, %s on, %+d ns (bar: ≤ 1 µs).\n",
-		ratios[len(ratios)/2], offMed.cpu, onMed.cpu, (onMed.cpu - offMed.cpu).Nanoseconds())
 }
 
 func genName(cfg config) string {
@@ -839,7 +865,8 @@ func runBackend(args []string) (http.Handler, error) {
 func runRouter(args []string) (http.Handler, error) {
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
 	backend := fs.String("backend", "", "backend address host:port")
-	withMetrics := fs.String("metrics", "", "count requests into hostel's Prometheus series and write the access log under this root, as the daemon does")
+	withMetrics := fs.Bool("metrics", false, "count requests into hostel's Prometheus series, as the daemon does")
+	accessRoot := fs.String("access-log", "", "with -metrics, write the access log under this root too, as the daemon does")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -849,8 +876,11 @@ func runRouter(args []string) (http.Handler, error) {
 	opts := router.Options{Zone: spec.DefaultZone, Logf: func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "bench/router router: "+format+"\n", args...)
 	}}
-	if *withMetrics != "" {
-		opts.Requests = meteredHook{metrics.New(""), accesslog.New(*withMetrics, 0)}
+	switch {
+	case *withMetrics && *accessRoot != "":
+		opts.Requests = meteredHook{metrics.New(""), accesslog.New(*accessRoot, 0)}
+	case *withMetrics:
+		opts.Requests = metrics.New("")
 	}
 	r := router.New(opts)
 	key := spec.Key("hello", "000000000000")
