@@ -902,6 +902,8 @@ func (h meteredHook) Version(key spec.VersionKey) router.VersionHook {
 	return meteredVersion{h.m.Series(key), h.a.Version(key)}
 }
 
+func (h meteredHook) Removed(key spec.VersionKey) { h.m.Removed(key) }
+
 type meteredVersion struct {
 	m *metrics.Version
 	a *accesslog.Writer

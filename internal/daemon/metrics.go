@@ -134,6 +134,8 @@ func (h requestHook) Version(key spec.VersionKey) router.VersionHook {
 	return versionHook{h.metrics.Series(key), h.access.Version(key)}
 }
 
+func (h requestHook) Removed(key spec.VersionKey) { h.metrics.Removed(key) }
+
 type versionHook struct {
 	metrics *metrics.Version
 	access  *accesslog.Writer

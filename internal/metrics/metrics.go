@@ -167,6 +167,28 @@ func (r *Registry) Series(key spec.VersionKey) *Version {
 	return v
 }
 
+// Removed drops key's request series (router.RequestHook): its version
+// is no longer served here, and the series of every version ever
+// deployed would otherwise stay until the daemon restarts. Requests
+// still in flight to it end on series no longer scraped; if key is
+// served again, its series start again from zero (a counter reset,
+// which Prometheus's rate() allows for).
+func (r *Registry) Removed(key spec.VersionKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.versions[key]; !ok {
+		return
+	}
+	delete(r.versions, key)
+	lv := LabelValues(key)
+	r.duration.DeleteLabelValues(lv...)
+	r.inflight.DeleteLabelValues(lv...)
+	r.bytes.DeleteLabelValues(lv...)
+	for _, c := range classes {
+		r.requests.DeleteLabelValues(append(lv[:3:3], c)...)
+	}
+}
+
 // Version is one version's request series, resolved once.
 type Version struct {
 	codes    [len(classes)]prometheus.Counter

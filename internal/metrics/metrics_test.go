@@ -55,3 +55,25 @@ func BenchmarkVersionHook(b *testing.B) {
 		}
 	})
 }
+
+// TestRemovedDropsSeries: a version removed from the router leaves no
+// series behind; served again, it starts from zero.
+func TestRemovedDropsSeries(t *testing.T) {
+	r := New("")
+	v := r.Version(key)
+	v.Started()
+	v.Ended(time.Millisecond, &front.Outcome{Status: 200})
+	r.Removed(key)
+	scrape := func() string {
+		rec := httptest.NewRecorder()
+		r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		return rec.Body.String()
+	}
+	if text := scrape(); strings.Contains(text, `version="0123456789ab"`) {
+		t.Errorf("series of a removed version are still scraped:\n%s", text)
+	}
+	r.Version(key).Started()
+	if text := scrape(); !strings.Contains(text, `hostel_http_requests_total{code="2xx",env="pr-7",service="api",version="0123456789ab"} 0`) {
+		t.Errorf("a version served again does not start from zero:\n%s", text)
+	}
+}

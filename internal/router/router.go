@@ -422,6 +422,9 @@ func (r *Router) RemoveBackend(key spec.VersionKey) {
 		}
 	}
 	r.backends.Store(&next)
+	if r.hook != nil {
+		r.hook.Removed(key)
+	}
 }
 
 // Swap replaces the public table in one step. It fails, changing nothing, if

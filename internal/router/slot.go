@@ -16,6 +16,10 @@ type RequestHook interface {
 	// backend of key is made (so that what it counts into is resolved
 	// then, not per request); nil: nothing.
 	Version(key spec.VersionKey) VersionHook
+	// Removed: key's backend was removed (RemoveBackend), its version is
+	// no longer served here; requests still in flight to it end on what
+	// Version returned. A backend made again for key asks Version again.
+	Removed(key spec.VersionKey)
 }
 
 // VersionHook is told of one version's requests. Its methods run on the

@@ -24,6 +24,7 @@ type countingHook struct {
 	mu             sync.Mutex
 	started, ended map[spec.VersionKey]int
 	last           map[spec.VersionKey]front.Outcome
+	removed        []spec.VersionKey
 }
 
 func newCountingHook() *countingHook {
@@ -32,6 +33,12 @@ func newCountingHook() *countingHook {
 }
 
 func (h *countingHook) Version(key spec.VersionKey) VersionHook { return versionCounter{h, key} }
+
+func (h *countingHook) Removed(key spec.VersionKey) {
+	h.mu.Lock()
+	h.removed = append(h.removed, key)
+	h.mu.Unlock()
+}
 
 type versionCounter struct {
 	h   *countingHook
@@ -215,5 +222,12 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 	}
 	if n.Load() < int64(len(kinds)) {
 		t.Errorf("hook saw %d requests, want at least %d", n.Load(), len(kinds))
+	}
+	r.RemoveBackend(apiV2)
+	r.RemoveBackend(apiV2) // not registered any more: nothing to tell
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	if len(hook.removed) != 1 || hook.removed[0] != apiV2 {
+		t.Errorf("hook told of removals %v, want [%s]", hook.removed, apiV2)
 	}
 }
