@@ -191,6 +191,25 @@ func TestMetrics(t *testing.T) {
 	if _, errOut, code := e.Run("logs", "wiki", "--access", "--version", version); code != 2 {
 		t.Errorf("logs --access --version: exit %d, want 2 (%s)", code, errOut)
 	}
+
+	// A new version replaces the old one: the old one's request series go
+	// with it, the new one's are there.
+	e.WriteSpec(map[string]any{"services": map[string]any{
+		"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.example"}, "env": map[string]string{"V": "2"}}),
+	}})
+	e.MustRun("deploy", "--no-confirm")
+	_, svcs = e.Status()
+	next := svcs["wiki"].Version
+	if next == version {
+		t.Fatalf("the new spec kept version %s", version)
+	}
+	e.Get("wiki.example", "/")
+	eventually(t, 30*time.Second, "the old version's series gone", func() bool {
+		return !strings.Contains(e.scrape(""), `version="`+version+`"`)
+	})
+	if text := e.scrape(""); sample(text, `hostel_http_requests_total{code="2xx",env="production",service="wiki",version="`+next+`"}`) != 1 {
+		t.Errorf("the new version's request series are not there")
+	}
 }
 
 // TestMetricsScrapedByPrometheus: a real Prometheus (Debian's) scrapes
