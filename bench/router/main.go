@@ -915,3 +915,8 @@ func (v meteredVersion) Ended(d time.Duration, o *front.Outcome) {
 	v.m.Ended(d, o)
 	v.a.Log(d, o)
 }
+
+func (v meteredVersion) Refused(d time.Duration, o *front.Outcome) {
+	v.m.Refused(d, o)
+	v.a.Log(d, o)
+}

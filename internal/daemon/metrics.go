@@ -148,6 +148,11 @@ func (v versionHook) Ended(d time.Duration, o *front.Outcome) {
 	v.access.Log(d, o)
 }
 
+func (v versionHook) Refused(d time.Duration, o *front.Outcome) {
+	v.metrics.Refused(d, o)
+	v.access.Log(d, o)
+}
+
 // closeAccessLog writes what the access log has queued, once the router
 // is closed.
 func (d *Daemon) closeAccessLog() {

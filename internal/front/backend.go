@@ -51,6 +51,11 @@ type Accounting interface {
 	// Release ends a request counted by Acquire; o is how it went, read
 	// during the call only (it is the request's, reused after).
 	Release(token int64, o *Outcome)
+	// Refused is told of a request held on the backend (its gate was
+	// closed) that was answered after d without reaching it: past a
+	// pause's bound, a wake that failed, a body too large to hold. It took
+	// no slot; o is read during the call only.
+	Refused(d time.Duration, o *Outcome)
 	// Open reports whether Acquire would take a slot now.
 	Open() bool
 	// Wait holds a request that found the gate closed until it may try
@@ -179,14 +184,19 @@ func (b *Backend) Abort() {
 func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// The client's body, before a hold puts its spool in its place.
 	cb, _ := req.Body.(*clientBody)
+	rec := &recorder{ResponseWriter: w, out: Outcome{Method: req.Method, Host: req.Host,
+		Target: req.URL.RequestURI(), Remote: req.RemoteAddr}}
+	w = rec
 	s, ok := b.acquire()
-	held := !ok
-	if held {
+	if !ok {
+		rec.out.Held = true
+		start := time.Now()
 		var sp *spool
 		var err error
 		if s, sp, err = b.hold(req); err != nil {
 			b.logf("router: %s: held request: %v", b.key, err)
 			answerHeld(w, req, cb, sp, err)
+			b.acct.Refused(time.Since(start), &rec.out)
 			return
 		}
 		if sp != nil {
@@ -198,9 +208,7 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// Deferred: the proxies panic with http.ErrAbortHandler when a
 	// response body breaks off, and the count must still drop.
 	defer s.release()
-	rec := &recorder{ResponseWriter: w, out: Outcome{Method: req.Method, Host: req.Host,
-		Target: req.URL.RequestURI(), Remote: req.RemoteAddr, Held: held}}
-	s.out, w = &rec.out, rec
+	s.out = &rec.out
 	b = s.b // a held request may have been routed again
 	up := b.up.Load()
 	if forwardable(req) {

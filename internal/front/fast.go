@@ -75,14 +75,18 @@ func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup, held bool)
 	if !held {
 		s, ok = b.acquire()
 	}
+	req.startOutcome(!ok)
 	if !ok {
+		start := time.Now()
 		if s, err = b.waitAcquire(context.Background(), req.Host, ""); err != nil {
 			b.logf("router: %s: held request: %v", b.key, err)
-			return failHeldFast(w, req)
+			keep := failHeldFast(w, req)
+			b.acct.Refused(time.Since(start), &req.out)
+			return keep
 		}
 	}
 	defer s.release()
-	req.startOutcome(&s, !ok)
+	s.out = &req.out
 	return s.b.up.Load().forwardFast(req, w, h)
 }
 
@@ -312,17 +316,18 @@ func failHeldFast(w *bufio.Writer, req *Request) bool {
 	// The request's body, if any, was never read: the connection cannot
 	// carry another request.
 	w.WriteString("\r\nConnection: close\r\n\r\n")
+	req.out.Status = http.StatusServiceUnavailable
 	if req.Method != http.MethodHead {
 		w.WriteString(msg)
+		req.out.Bytes = int64(len(msg))
 	}
 	return false
 }
 
-// startOutcome has s report req's Outcome, which the path that answers
-// req fills in.
-func (req *Request) startOutcome(s *slot, held bool) {
+// startOutcome begins req's Outcome, which the path that answers req
+// fills in and its slot reports.
+func (req *Request) startOutcome(held bool) {
 	req.out = Outcome{Method: req.Method, Host: req.Host, Target: req.Target, Remote: req.RemoteAddr, Held: held}
-	s.out = &req.out
 }
 
 // closing sets Close if the server began to shut down.

@@ -41,6 +41,8 @@ func (a *gateAcct) Acquire() (int64, bool) {
 	return 1, true
 }
 
+func (a *gateAcct) Refused(time.Duration, *Outcome) {}
+
 func (a *gateAcct) Release(int64, *Outcome) {
 	a.mu.Lock()
 	a.inflight--
@@ -244,6 +246,8 @@ func (g *heldGate) Acquire() (int64, bool) {
 	g.n++
 	return 1, true
 }
+
+func (g *heldGate) Refused(time.Duration, *Outcome) {}
 
 func (g *heldGate) Release(int64, *Outcome) {
 	g.mu.Lock()

@@ -245,7 +245,8 @@ func (c *loopClient) dispatch(n int) {
 		return
 	}
 	c.slot, c.u = s, b.up.Load()
-	c.req.startOutcome(&c.slot, false)
+	c.req.startOutcome(false)
+	c.slot.out = &c.req.out
 	c.state, c.since = lcActive, l.now
 	c.send()
 }

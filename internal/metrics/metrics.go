@@ -203,6 +203,14 @@ func (v *Version) Started() { v.inflight.Inc() }
 // Ended counts a request's end: its status class, duration and bytes.
 func (v *Version) Ended(d time.Duration, o *front.Outcome) {
 	v.inflight.Dec()
+	v.count(d, o)
+}
+
+// Refused counts a held request answered without reaching the version,
+// as Ended does (it was never in flight).
+func (v *Version) Refused(d time.Duration, o *front.Outcome) { v.count(d, o) }
+
+func (v *Version) count(d time.Duration, o *front.Outcome) {
 	class := o.Status / 100
 	if class < 0 || class >= len(classes) {
 		class = 0

@@ -30,6 +30,10 @@ type VersionHook interface {
 	// Ended: the request gave its slot back after d, answered or not; o
 	// is how it went, valid during the call only.
 	Ended(d time.Duration, o *front.Outcome)
+	// Refused: a request held on the version (asleep, waking, paused)
+	// was answered after d without reaching it (front.Accounting); it
+	// was never Started.
+	Refused(d time.Duration, o *front.Outcome)
 }
 
 var _ front.Accounting = (*backend)(nil)
@@ -71,5 +75,13 @@ func (b *backend) Release(start int64, o *front.Outcome) {
 		close(b.idle)
 		b.idle = make(chan struct{})
 		b.mu.Unlock()
+	}
+}
+
+// Refused tells the hook of a held request answered without reaching b
+// (front.Accounting).
+func (b *backend) Refused(d time.Duration, o *front.Outcome) {
+	if b.hook != nil {
+		b.hook.Refused(d, o)
 	}
 }

@@ -25,11 +25,12 @@ type countingHook struct {
 	started, ended map[spec.VersionKey]int
 	last           map[spec.VersionKey]front.Outcome
 	removed        []spec.VersionKey
+	refused        map[spec.VersionKey][]front.Outcome
 }
 
 func newCountingHook() *countingHook {
 	return &countingHook{started: map[spec.VersionKey]int{}, ended: map[spec.VersionKey]int{},
-		last: map[spec.VersionKey]front.Outcome{}}
+		last: map[spec.VersionKey]front.Outcome{}, refused: map[spec.VersionKey][]front.Outcome{}}
 }
 
 func (h *countingHook) Version(key spec.VersionKey) VersionHook { return versionCounter{h, key} }
@@ -48,6 +49,12 @@ type versionCounter struct {
 func (v versionCounter) Started() {
 	v.h.mu.Lock()
 	v.h.started[v.key]++
+	v.h.mu.Unlock()
+}
+
+func (v versionCounter) Refused(d time.Duration, o *front.Outcome) {
+	v.h.mu.Lock()
+	v.h.refused[v.key] = append(v.h.refused[v.key], *o)
 	v.h.mu.Unlock()
 }
 
@@ -229,5 +236,35 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 	defer hook.mu.Unlock()
 	if len(hook.removed) != 1 || hook.removed[0] != apiV2 {
 		t.Errorf("hook told of removals %v, want [%s]", hook.removed, apiV2)
+	}
+}
+
+// TestRefusedHeldRequestIsTold: a request held on a paused version past
+// the pause's bound gets 503 without reaching it; the hook is told of it
+// as refused (status, held), never as started.
+func TestRefusedHeldRequestIsTold(t *testing.T) {
+	app := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the paused app was reached: %s", r.URL)
+	}))
+	hook := newCountingHook()
+	r, pub := startRouter(t, Options{Requests: hook})
+	r.AddBackend(apiV1, app)
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1},
+		Paused: map[string]time.Duration{apiV1.Service(): 50 * time.Millisecond}})
+	req, _ := http.NewRequest("GET", pub+"/x?y=1", nil)
+	req.Host = host
+	resp, _ := fronttest.Send(t, fronttest.Client, req)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("held past the pause's bound: %d, want 503", resp.StatusCode)
+	}
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	got := hook.refused[apiV1]
+	if len(got) != 1 || got[0].Status != http.StatusServiceUnavailable || !got[0].Held ||
+		got[0].Method != "GET" || got[0].Target != "/x?y=1" || got[0].Bytes == 0 {
+		t.Errorf("refused: %+v, want one held GET /x?y=1 answered 503", got)
+	}
+	if hook.started[apiV1] != 0 || hook.ended[apiV1] != 0 {
+		t.Errorf("a refused request was started %d, ended %d times", hook.started[apiV1], hook.ended[apiV1])
 	}
 }

@@ -180,6 +180,15 @@ func TestPauseResumeCLI(t *testing.T) {
 	if code, h, _ := e.Get("shop.test", "/"); code != 503 || h.Get("Retry-After") == "" {
 		t.Errorf("held past --max: %d Retry-After %q, want 503 with Retry-After", code, h.Get("Retry-After"))
 	}
+	// Both requests are in the access log, held: the one released by
+	// resume, answered by the app, and the one refused past --max.
+	eventually(t, 10*time.Second, "the held requests in the access log", func() bool {
+		out, _, _ := e.Run("logs", "shop", "--access")
+		return strings.Count(out, `"held":true`) == 2 && strings.Contains(out, `"status":200`) && strings.Contains(out, `"status":503`)
+	})
+	if !hasSample(e.scrape(""), `hostel_http_requests_total\{code="5xx",env="production",service="shop",version="[0-9a-f]+"\} 1`) {
+		t.Errorf("the request refused past --max is not counted as 5xx")
+	}
 	e.MustRun("resume", "shop")
 	for _, args := range [][]string{{"pause", "nope"}, {"pause", "shop", "--max", "-1s"}, {"resume", "nope"}} {
 		if _, errOut, code := e.Run(args...); code != 2 {
