@@ -35,6 +35,10 @@ func serveCmd(e *env) *cobra.Command {
 			if err := daemon.CheckAPIListen(opts.APIListen); err != nil {
 				return usageError{fmt.Errorf("--api-listen: %w", err)}
 			}
+			// The same rule as --api-listen's: HOST:PORT or :PORT.
+			if err := daemon.CheckAPIListen(opts.MetricsAddr); err != nil {
+				return usageError{fmt.Errorf("--metrics: %w", err)}
+			}
 			if err := daemon.CheckNodeName(opts.Node); opts.Node != "" && err != nil {
 				return usageError{fmt.Errorf("--node: %w", err)}
 			}

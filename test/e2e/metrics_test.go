@@ -99,6 +99,10 @@ func TestMetrics(t *testing.T) {
 		t.Fatal("promtool is missing: scripts/install-deps.sh installs Debian's prometheus")
 	}
 	e := NewEnv(t)
+	if _, errOut, code := e.Run("serve", "--root", e.Root, "--http", "127.0.0.1:0", "--https", "", "--metrics", "9101"); code != 2 ||
+		!strings.HasPrefix(errOut, "--metrics: \"9101\": want HOST:PORT") {
+		t.Errorf("serve --metrics 9101: exit %d, %q; want 2 and what is wrong", code, errOut)
+	}
 	e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "", "--metrics", "127.0.0.1:0")
 	e.WriteSpec(map[string]any{"services": map[string]any{
 		"wiki": e.App("wiki", map[string]any{"domains": []string{"wiki.example"}}),
