@@ -25,6 +25,8 @@ if [[ $what == test ]]; then
   have pebble && have pebble-challtestsrv || need+=(pebble)
   # openssl makes the self-signed certificates of the PostgreSQL TLS tests.
   have openssl || need+=(openssl)
+  # Prometheus: promtool checks the metrics' text, and a real server scrapes them.
+  have promtool && have prometheus || need+=(prometheus)
   # Debian's etcd (3.4): the etcd store passes its conformance suite against it too.
   have etcd || need+=(etcd-server)
   # The apps of docs/apps.md, run as Debian ships them (TestAppsOfTheDocs): Python with

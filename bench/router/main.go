@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"hostel/bench/internal/hostelserve"
+	"hostel/internal/accesslog"
+	"hostel/internal/metrics"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -76,6 +78,9 @@ type config struct {
 	rateConns int
 	gen       string
 	rounds    int
+	// metricsOnly measures the router with and without metrics and
+	// nothing else.
+	metricsOnly bool
 }
 
 func run() error {
@@ -89,6 +94,7 @@ func run() error {
 	fs.IntVar(&cfg.rate, "rate", 15000, "fixed request rate for the latency table (direct, hostel, nginx); 0 skips it")
 	fs.IntVar(&cfg.rateConns, "rate-conns", 64, "connections of the fixed-rate load")
 	fs.StringVar(&cfg.gen, "gen", "auto", `load generator: "wrk", "go" or "auto" (wrk if on PATH)`)
+	fs.BoolVar(&cfg.metricsOnly, "metrics-only", false, "measure only the router with metrics off and on, alternately")
 	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds over all targets, every other one in reverse order; the tables show each target's medians")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -128,6 +134,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if cfg.metricsOnly {
+		return measureMetrics(ctx, cfg, procs, backend, tmp)
+	}
 	targets := []target{backend}
 	for _, c := range []struct{ name, mode string }{
 		{"hostel", "router"},
@@ -135,6 +144,23 @@ func run() error {
 		{"hostel (net/http server)", "router-nethttp"},
 	} {
 		t, err := procs.startSelf(ctx, c.name, c.mode, "-backend", backend.addr)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	// The router counting into hostel's Prometheus series, then also
+	// writing the access log (the daemon's hook), measured right after
+	// the router without, for their cost.
+	withMetrics := len(targets)
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"hostel (metrics)", []string{"-metrics"}},
+		{"hostel (metrics, access log)", []string{"-metrics", "-access-log", tmp}},
+	} {
+		t, err := procs.startSelf(ctx, c.name, "router", append([]string{"-backend", backend.addr}, c.args...)...)
 		if err != nil {
 			return err
 		}
@@ -153,7 +179,7 @@ func run() error {
 		targets = append(targets, t)
 	}
 	// direct, hostel and nginx are measured one after the other.
-	order := []int{0, 1}
+	order := []int{0, 1, withMetrics, withMetrics + 1}
 	if nginx > 0 {
 		order = append(order, nginx)
 	}
@@ -171,6 +197,7 @@ func run() error {
 	}
 	printTable(results)
 	fmt.Printf("\nHTTPS through the router: %.2f× its HTTP throughput (bar: ≥ 0.70×).\n", results[2].rps/results[1].rps)
+	printMetricsCost(runs[1], runs[withMetrics:withMetrics+2], results[1], results[withMetrics:withMetrics+2])
 
 	if cfg.rate > 0 {
 		rt := []target{targets[0], targets[1]}
@@ -783,15 +810,24 @@ func runBackend(args []string) (http.Handler, error) {
 func runRouter(args []string) (http.Handler, error) {
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
 	backend := fs.String("backend", "", "backend address host:port")
+	withMetrics := fs.Bool("metrics", false, "count requests into hostel's Prometheus series, as the daemon does")
+	accessRoot := fs.String("access-log", "", "with -metrics, write the access log under this root too, as the daemon does")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if *backend == "" {
 		return nil, fmt.Errorf("-backend is required")
 	}
-	r := router.New(router.Options{Zone: spec.DefaultZone, Logf: func(format string, args ...any) {
+	opts := router.Options{Zone: spec.DefaultZone, Logf: func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "bench/router router: "+format+"\n", args...)
-	}})
+	}}
+	switch {
+	case *withMetrics && *accessRoot != "":
+		opts.Requests = meteredHook{metrics.New(""), accesslog.New(*accessRoot, 0)}
+	case *withMetrics:
+		opts.Requests = metrics.New("")
+	}
+	r := router.New(opts)
 	key := spec.Key("hello", "000000000000")
 	r.AddBackend(key, *backend)
 	if err := r.Swap(router.Table{Domains: map[string]spec.VersionKey{benchHost: key}}); err != nil {

@@ -222,6 +222,23 @@ func (c *Client) EnvLogs(ctx context.Context, env, service, version string, n in
 	return err
 }
 
+// AccessLogs copies the access log of a service of environment env (""
+// is production) to w: its JSON lines as written.
+func (c *Client) AccessLogs(ctx context.Context, env, service string, n int, follow bool, w io.Writer) error {
+	q := url.Values{"service": {service}, "access": {"1"}, "n": {strconv.Itoa(n)}}
+	if env != "" {
+		q.Set("env", env)
+	}
+	if follow {
+		q.Set("follow", "1")
+	}
+	err := c.copyTo(ctx, "/v1/logs?"+q.Encode(), w)
+	if ctx.Err() != nil {
+		return nil // -f ends when the user interrupts it
+	}
+	return err
+}
+
 // copyTo copies the body of GET path to w.
 func (c *Client) copyTo(ctx context.Context, path string, w io.Writer) error {
 	resp, err := c.do(ctx, http.MethodGet, path, nil)

@@ -64,6 +64,12 @@ type EnvLogs interface {
 	EnvLogs(ctx context.Context, env, service, version string, n int, follow bool, w io.Writer) error
 }
 
+// AccessLogs is a daemon that serves its services' access logs
+// (`GET /v1/logs?access=1`): env "" is production.
+type AccessLogs interface {
+	AccessLogs(ctx context.Context, env, service string, n int, follow bool, w io.Writer) error
+}
+
 // handleEnvs adds the environment endpoints when d serves them.
 func handleEnvs(mux *http.ServeMux, d Daemon) {
 	ed, ok := d.(EnvDaemon)

@@ -115,7 +115,14 @@ func NewHandler(d Daemon) http.Handler {
 		}
 		fw := &flushWriter{w: w}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if env := q.Get("env"); env != "" {
+		if q.Get("access") == "1" {
+			al, ok := d.(AccessLogs)
+			if !ok {
+				reply(w, nil, Invalid(errors.New("this daemon keeps no access logs")))
+				return
+			}
+			err = al.AccessLogs(r.Context(), q.Get("env"), q.Get("service"), n, q.Get("follow") == "1", fw)
+		} else if env := q.Get("env"); env != "" {
 			ld, ok := d.(EnvLogs)
 			if !ok {
 				reply(w, nil, Invalid(fmt.Errorf("environment %q: this daemon has no environments", env)))

@@ -70,6 +70,9 @@ type Listen struct {
 	Peer string `json:"peer,omitempty"`
 	// API is the remote API's listener (serve --api-listen); "" without.
 	API string `json:"api,omitempty"`
+	// Metrics is the Prometheus scraper's listener (serve --metrics); ""
+	// without.
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // Status is `hostel status --json`.

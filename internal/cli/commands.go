@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +34,10 @@ func serveCmd(e *env) *cobra.Command {
 			}
 			if err := daemon.CheckAPIListen(opts.APIListen); err != nil {
 				return usageError{fmt.Errorf("--api-listen: %w", err)}
+			}
+			// The same rule as --api-listen's: HOST:PORT or :PORT.
+			if err := daemon.CheckAPIListen(opts.MetricsAddr); err != nil {
+				return usageError{fmt.Errorf("--metrics: %w", err)}
 			}
 			if err := daemon.CheckNodeName(opts.Node); opts.Node != "" && err != nil {
 				return usageError{fmt.Errorf("--node: %w", err)}
@@ -71,6 +76,8 @@ func serveCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&opts.HTTPSAddr, "https", ":443", `public HTTPS listener; "" serves everything on HTTP`)
 	cmd.Flags().StringVar(&opts.APIListen, "api-listen", "",
 		"serve the API over HTTPS on HOST:PORT too, to clients with the token in ROOT/api/token (hostel --api https://HOST:PORT)")
+	cmd.Flags().StringVar(&opts.MetricsAddr, "metrics", "",
+		"serve Prometheus metrics on HOST:PORT at /metrics too (they are always at GET /metrics on the API socket)")
 	cmd.Flags().StringSliceVar(&opts.Store.Etcd, "etcd", nil, "keep the state in the etcd at these URLs (comma-separated) instead of ROOT/state.db")
 	cmd.Flags().StringVar(&opts.Store.EtcdCert, "etcd-cert", "", "client certificate for https:// --etcd URLs; with https:// --etcd-peers, the member's certificate")
 	cmd.Flags().StringVar(&opts.Store.EtcdKey, "etcd-key", "", "key of --etcd-cert")
@@ -451,6 +458,7 @@ func rollbackCmd(e *env) *cobra.Command {
 func logsCmd(e *env) *cobra.Command {
 	var (
 		follow  bool
+		access  bool
 		version string
 		lines   int
 		envName string
@@ -463,13 +471,20 @@ func logsCmd(e *env) *cobra.Command {
 			if err := checkEnvFlag(envName); err != nil {
 				return err
 			}
+			if access && version != "" {
+				return usageError{errors.New("--access: the access log is the service's, of every version; drop --version")}
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
 			}
+			if access {
+				return c.AccessLogs(cmd.Context(), envName, args[0], lines, follow, e.stdout)
+			}
 			return c.EnvLogs(cmd.Context(), envName, args[0], version, lines, follow, e.stdout)
 		},
 	}
+	cmd.Flags().BoolVar(&access, "access", false, "print the service's access log instead: one JSON line per request")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what the service writes")
 	cmd.Flags().StringVar(&version, "version", "", "a version other than the current one")
 	cmd.Flags().IntVarP(&lines, "lines", "n", 100, "how many lines from the end")

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hostel/internal/accesslog"
 	"hostel/internal/acme"
 	"hostel/internal/agent"
 	"hostel/internal/api"
@@ -25,6 +26,7 @@ import (
 	"hostel/internal/front"
 	"hostel/internal/idle"
 	"hostel/internal/keyring"
+	"hostel/internal/metrics"
 	"hostel/internal/nix"
 	"hostel/internal/router"
 	"hostel/internal/secrets"
@@ -70,6 +72,9 @@ type Options struct {
 	// (front.HoldLimits; zero fields take its defaults). Their temporary
 	// files go to ROOT/tmp, whatever Hold.Dir says.
 	Hold front.HoldLimits
+	// MetricsAddr is the Prometheus scraper's listener, HOST:PORT (serve
+	// --metrics; metrics.go); "": metrics only on the API socket.
+	MetricsAddr string
 }
 
 // Daemon is a running `hostel serve`.
@@ -141,6 +146,13 @@ type Daemon struct {
 	// nixCache is the node's part of the cluster's binary cache
 	// (nixcache.go); nil without Options.Advertise or without Nix.
 	nixCache *nixCache
+
+	// metrics is the node's Prometheus registry; metricsLn the listener
+	// of --metrics, nil without (metrics.go).
+	metrics   *metrics.Registry
+	metricsLn net.Listener
+	// access is the access log (ROOT/logs/SERVICE/access.log).
+	access *accesslog.Log
 }
 
 // SocketPath is where the API of the daemon with root listens.
@@ -220,6 +232,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Held bodies past memory go to the root's disk: /tmp may be a tmpfs,
 	// whose files are memory.
 	ropts := d.routerOptions(zone)
+	d.newMetrics()
+	ropts.Requests = requestHook{d.metrics, d.access}
 	if ropts.Peers, err = d.listenPeer(ctx); err != nil {
 		return nil, err
 	}
@@ -252,6 +266,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.listenRemoteAPI(); err != nil {
 		return nil, err
 	}
+	if err := d.listenMetrics(); err != nil {
+		return nil, err
+	}
 	// Before anything is adopted: what a daemon killed mid-launch left
 	// running without a record.
 	d.sup.Leftovers()
@@ -264,12 +281,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.startExpiry()
 	d.serveFront()
 	d.serveHTTPS()
-	h := api.NewHandler(d)
+	h := api.NewHandler(meteredDaemon{d})
 	// The peer port serves the API a standby passes on as it is (it
 	// passes nothing on again); the CLI's listeners pass on what only the
 	// leader carries out.
 	d.servePeer(h)
-	d.serve(d.apiLn, d.passToLeader(h))
+	d.serve(d.apiLn, d.withMetrics(d.passToLeader(h)))
+	d.serveMetrics()
 	d.serveRemoteAPI(d.passToLeader(h))
 	d.logf("serving HTTP on %s, API on %s", d.httpLn.Addr(), sock)
 	return d, nil
@@ -350,7 +368,7 @@ func (d *Daemon) Close() error {
 		os.Remove(SocketPath(d.opts.Root))
 	}
 	d.stopServing()
-	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn, d.remoteLn} {
+	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn, d.remoteLn, d.metricsLn} {
 		if ln != nil {
 			ln.Close()
 		}
@@ -380,6 +398,7 @@ func (d *Daemon) Close() error {
 	if d.router != nil {
 		d.router.Close()
 	}
+	d.closeAccessLog()
 	if d.stopKeys != nil {
 		d.stopKeys()
 	}

@@ -177,7 +177,7 @@ func (d *Daemon) status(ctx context.Context, env string, all bool) (*api.Status,
 	if err != nil {
 		return nil, fmt.Errorf("the store: %w", err)
 	}
-	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr(), Peer: d.peerAddr, API: d.RemoteAPIAddr()}, Services: []api.ServiceStatus{}}
+	st := &api.Status{Listen: api.Listen{HTTP: d.HTTPAddr(), Peer: d.peerAddr, API: d.RemoteAPIAddr(), Metrics: d.MetricsAddr()}, Services: []api.ServiceStatus{}}
 	d.certStatus(st)
 	zone := spec.DefaultZone
 	shown := map[spec.VersionKey]bool{}
@@ -379,11 +379,17 @@ func (d *Daemon) EnvLogs(ctx context.Context, env, service, version string, n in
 	if err := tail(f, n, w); err != nil || !follow {
 		return err
 	}
-	// Follow: copy what is appended; reopen when the log is rotated.
+	return followLog(ctx, &f, path, w)
+}
+
+// followLog copies what is appended to the log at path, read from *f on,
+// until ctx ends; it reopens the log when it is rotated, and leaves *f
+// the file last read.
+func followLog(ctx context.Context, f **os.File, path string, w io.Writer) error {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if _, err := io.Copy(w, f); err != nil {
+		if _, err := io.Copy(w, *f); err != nil {
 			return err
 		}
 		select {
@@ -391,7 +397,7 @@ func (d *Daemon) EnvLogs(ctx context.Context, env, service, version string, n in
 			return nil
 		case <-tick.C:
 		}
-		f = followRotation(f, path, w)
+		*f = followRotation(*f, path, w)
 	}
 }
 

@@ -15,7 +15,10 @@ import (
 type wakeVia struct{ d *Daemon }
 
 func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
-	return w.d.sleeper.Wake(ctx, key)
+	start := time.Now()
+	addr, err := w.d.sleeper.Wake(ctx, key)
+	w.d.metrics.Woke(key, time.Since(start), err)
+	return addr, err
 }
 
 // newSleeper makes the Sleeper that wakes sleeping versions, and gives

@@ -12,9 +12,11 @@
 package front
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"strings"
@@ -46,8 +48,14 @@ type Accounting interface {
 	// version sleeps, wakes or is paused): nothing was counted, and the
 	// request must be held with Wait.
 	Acquire() (token int64, ok bool)
-	// Release ends a request counted by Acquire.
-	Release(token int64)
+	// Release ends a request counted by Acquire; o is how it went, read
+	// during the call only (it is the request's, reused after).
+	Release(token int64, o *Outcome)
+	// Refused is told of a request held on the backend (its gate was
+	// closed) that was answered after d without reaching it: past a
+	// pause's bound, a wake that failed, a body too large to hold. It took
+	// no slot; o is read during the call only.
+	Refused(d time.Duration, o *Outcome)
 	// Open reports whether Acquire would take a slot now.
 	Open() bool
 	// Wait holds a request that found the gate closed until it may try
@@ -63,6 +71,28 @@ type Proxy struct {
 	logf  func(format string, args ...any)
 	route func(host, remote string) *Backend
 }
+
+// Outcome is how a forwarded request went, as its forwarding path saw
+// it: each path records it on the request's slot where it writes the
+// response's head, and the slot's release reports it (slot).
+type Outcome struct {
+	// Status is the final status code sent to the client (101 for an
+	// upgrade); 0 if none was: the client left, or the response broke
+	// off, before it.
+	Status int
+	// Bytes counts the response body's bytes written to the client (as
+	// the app framed them, without the head).
+	Bytes int64
+	// Method, Host (as the client sent it) and Target (path and query, as
+	// received) are the request's; Remote is the client's "IP:port".
+	Method, Host, Target, Remote string
+	// Held: the request waited for its backend's gate to open (the
+	// version slept, woke or was paused).
+	Held bool
+}
+
+// noOutcome is what a slot whose path recorded nothing reports.
+var noOutcome Outcome
 
 // ErrRemoved is what Accounting.Wait returns, wrapped, for a backend
 // removed while a request was held on it: the request is routed again
@@ -154,13 +184,19 @@ func (b *Backend) Abort() {
 func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// The client's body, before a hold puts its spool in its place.
 	cb, _ := req.Body.(*clientBody)
+	rec := &recorder{ResponseWriter: w, out: Outcome{Method: req.Method, Host: req.Host,
+		Target: req.URL.RequestURI(), Remote: req.RemoteAddr}}
+	w = rec
 	s, ok := b.acquire()
 	if !ok {
+		rec.out.Held = true
+		start := time.Now()
 		var sp *spool
 		var err error
 		if s, sp, err = b.hold(req); err != nil {
 			b.logf("router: %s: held request: %v", b.key, err)
 			answerHeld(w, req, cb, sp, err)
+			b.acct.Refused(time.Since(start), &rec.out)
 			return
 		}
 		if sp != nil {
@@ -172,6 +208,7 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// Deferred: the proxies panic with http.ErrAbortHandler when a
 	// response body breaks off, and the count must still drop.
 	defer s.release()
+	s.out = &rec.out
 	b = s.b // a held request may have been routed again
 	up := b.up.Load()
 	if forwardable(req) {
@@ -277,6 +314,9 @@ func (f logfWriter) Write(p []byte) (int, error) {
 type slot struct {
 	b     *Backend
 	token int64
+	// out is how the request went, filled in by its path (Outcome);
+	// nil: it recorded nothing.
+	out *Outcome
 }
 
 // acquire counts a request in flight to b; false if b's gate is closed
@@ -326,7 +366,11 @@ func (b *Backend) waitAcquire(ctx context.Context, host, remote string) (slot, e
 func (s *slot) release() {
 	if b := s.b; b != nil {
 		s.b = nil
-		b.acct.Release(s.token)
+		o := s.out
+		if o == nil {
+			o = &noOutcome
+		}
+		b.acct.Release(s.token, o)
 	}
 }
 
@@ -337,3 +381,39 @@ func (s *slot) take() slot {
 	s.b = nil
 	return t
 }
+
+// recorder is the net/http path's view of the response for its Outcome.
+// Flush and Hijack reach the server's writer through Unwrap
+// (http.ResponseController, which both proxies use).
+type recorder struct {
+	http.ResponseWriter
+	out Outcome
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		r.out.Status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.out.Status == 0 {
+		r.out.Status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(p)
+	r.out.Bytes += int64(n)
+	return n, err
+}
+
+// Hijack is ReverseProxy's for an upgrade, whose 101 it writes to the
+// connection itself rather than through WriteHeader.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil {
+		r.out.Status = http.StatusSwitchingProtocols
+	}
+	return c, brw, err
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

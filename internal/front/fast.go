@@ -71,16 +71,22 @@ func (b *Backend) serveFast(req *Request, w *bufio.Writer, h *hangup, held bool)
 	// The fast path keeps no client address: a held request by an
 	// immutable name is not routed again (an internal client's, which
 	// gets 503 and tries again).
-	if held {
-		s, err = b.waitAcquire(context.Background(), req.Host, "")
-	} else {
-		s, err = b.acquireWait(context.Background(), req.Host, "")
+	ok := false
+	if !held {
+		s, ok = b.acquire()
 	}
-	if err != nil {
-		b.logf("router: %s: held request: %v", b.key, err)
-		return failHeldFast(w, req)
+	req.startOutcome(!ok)
+	if !ok {
+		start := time.Now()
+		if s, err = b.waitAcquire(context.Background(), req.Host, ""); err != nil {
+			b.logf("router: %s: held request: %v", b.key, err)
+			keep := failHeldFast(w, req)
+			b.acct.Refused(time.Since(start), &req.out)
+			return keep
+		}
 	}
 	defer s.release()
+	s.out = &req.out
 	return s.b.up.Load().forwardFast(req, w, h)
 }
 
@@ -198,6 +204,7 @@ func (u *upstream) respondFast(pc *pconn, resp *http.Response, req *Request, w *
 	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	chunked := !noBody && (resp.ContentLength < 0 || len(resp.Trailer) > 0)
 	req.closing()
+	req.out.Status = resp.StatusCode
 	writeStatus(w, resp.StatusCode)
 	writeResponseFields(w, resp.Header, !noBody)
 	if _, ok := resp.Header["Date"]; !ok {
@@ -244,6 +251,7 @@ func (u *upstream) respondFast(pc *pconn, resp *http.Response, req *Request, w *
 				w.WriteString("\r\n")
 			}
 			w.Write(buf[:n])
+			req.out.Bytes += int64(n)
 			if chunked {
 				w.WriteString("\r\n")
 			}
@@ -277,6 +285,7 @@ func (u *upstream) failFast(w *bufio.Writer, req *Request, err error) bool {
 	code, msg := u.b.failure(req.Method, req.Host, req.Target, u.b.aborted.Load(), false, err)
 	msg += "\n" // as http.Error
 	req.closing()
+	req.out.Status = code
 	writeStatus(w, code)
 	w.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: ")
 	w.Write(httpDate())
@@ -288,6 +297,7 @@ func (u *upstream) failFast(w *bufio.Writer, req *Request, err error) bool {
 	w.WriteString("\r\n\r\n")
 	if req.Method != http.MethodHead {
 		w.WriteString(msg)
+		req.out.Bytes = int64(len(msg))
 	}
 	return !req.Close
 }
@@ -306,10 +316,18 @@ func failHeldFast(w *bufio.Writer, req *Request) bool {
 	// The request's body, if any, was never read: the connection cannot
 	// carry another request.
 	w.WriteString("\r\nConnection: close\r\n\r\n")
+	req.out.Status = http.StatusServiceUnavailable
 	if req.Method != http.MethodHead {
 		w.WriteString(msg)
+		req.out.Bytes = int64(len(msg))
 	}
 	return false
+}
+
+// startOutcome begins req's Outcome, which the path that answers req
+// fills in and its slot reports.
+func (req *Request) startOutcome(held bool) {
+	req.out = Outcome{Method: req.Method, Host: req.Host, Target: req.Target, Remote: req.RemoteAddr, Held: held}
 }
 
 // closing sets Close if the server began to shut down.

@@ -217,6 +217,7 @@ func (u *upstream) respondQuick(pc *pconn, h quickHead, req *Request, w *bufio.W
 	req.closing()
 	head, _ := pc.br.Peek(h.n)
 	writeHead(w, head, h, noBody, req.Close)
+	req.out.Status = h.code
 	pc.br.Discard(h.n)
 	if noBody {
 		return !req.Close, !h.close
@@ -226,6 +227,7 @@ func (u *upstream) respondQuick(pc *pconn, h quickHead, req *Request, w *bufio.W
 		// The whole body is here already (small responses).
 		body, _ := pc.br.Peek(int(remaining))
 		w.Write(body)
+		req.out.Bytes = remaining
 		pc.br.Discard(int(remaining))
 		if h.stream && w.Flush() != nil {
 			return false, false
@@ -242,6 +244,7 @@ func (u *upstream) respondQuick(pc *pconn, h quickHead, req *Request, w *bufio.W
 		n, err := pc.br.Read(buf[:min(int64(len(buf)), remaining)])
 		if n > 0 {
 			remaining -= int64(n)
+			req.out.Bytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return false, false
 			}

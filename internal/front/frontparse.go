@@ -36,6 +36,8 @@ type Request struct {
 	// shutting, when set, makes the response close the connection (its
 	// server began to shut down while the request ran).
 	shutting *atomic.Bool
+	// out is how the request went, reported by its slot (Outcome).
+	out Outcome
 }
 
 // Field is one header field.

@@ -41,7 +41,9 @@ func (a *gateAcct) Acquire() (int64, bool) {
 	return 1, true
 }
 
-func (a *gateAcct) Release(int64) {
+func (a *gateAcct) Refused(time.Duration, *Outcome) {}
+
+func (a *gateAcct) Release(int64, *Outcome) {
 	a.mu.Lock()
 	a.inflight--
 	a.released++
@@ -245,7 +247,9 @@ func (g *heldGate) Acquire() (int64, bool) {
 	return 1, true
 }
 
-func (g *heldGate) Release(int64) {
+func (g *heldGate) Refused(time.Duration, *Outcome) {}
+
+func (g *heldGate) Release(int64, *Outcome) {
 	g.mu.Lock()
 	g.n--
 	g.mu.Unlock()

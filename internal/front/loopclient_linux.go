@@ -245,6 +245,8 @@ func (c *loopClient) dispatch(n int) {
 		return
 	}
 	c.slot, c.u = s, b.up.Load()
+	c.req.startOutcome(false)
+	c.slot.out = &c.req.out
 	c.state, c.since = lcActive, l.now
 	c.send()
 }
@@ -306,6 +308,7 @@ func (c *loopClient) respond(bc *loopBackend) {
 	w := l.writer()
 	writeHead(w, bc.in[:h.n], h, noBody, c.req.Close)
 	w.Write(bc.in[h.n:bc.total])
+	c.req.out.Status, c.req.out.Bytes = h.code, int64(bc.total-h.n)
 	w.Flush()
 	extra := len(bc.in) > bc.total
 	// Checked before reuse: a response without a body by rule (HEAD,

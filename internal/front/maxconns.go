@@ -57,6 +57,10 @@ type connTicket struct {
 	done atomic.Bool
 }
 
+// OpenConnections returns the client connections open on f's listeners,
+// whichever path serves them.
+func (f *Front) OpenConnections() int64 { return f.open.Load() }
+
 // admit takes a ticket for a new connection; nil if MaxConnections are
 // open.
 func (f *Front) admit() *connTicket {

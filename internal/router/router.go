@@ -145,7 +145,7 @@ type Router struct {
 // a new address (a restart on a new port).
 type backend struct {
 	key      spec.VersionKey
-	hook     RequestHook
+	hook     VersionHook // nil: none
 	fb       *front.Backend
 	inflight atomic.Int64 // slots taken and not given back, and the gate bit (sleep.go)
 	last     atomic.Int64 // UnixNano when the last request ended (or the backend was made or woken)
@@ -377,7 +377,10 @@ func (r *Router) AddSleepingBackend(key spec.VersionKey) {
 // must be held.
 func (r *Router) addLocked(key spec.VersionKey, addr string, asleep bool) {
 	old := *r.backends.Load()
-	b := &backend{key: key, hook: r.hook, idle: make(chan struct{}), waker: r.waker}
+	b := &backend{key: key, idle: make(chan struct{}), waker: r.waker}
+	if r.hook != nil {
+		b.hook = r.hook.Version(key)
+	}
 	b.last.Store(time.Now().UnixNano())
 	b.sleep.asleep = asleep
 	if bound := r.table.Load().pauseOf(key); bound > 0 {
@@ -419,6 +422,9 @@ func (r *Router) RemoveBackend(key spec.VersionKey) {
 		}
 	}
 	r.backends.Store(&next)
+	if r.hook != nil {
+		r.hook.Removed(key)
+	}
 }
 
 // Swap replaces the public table in one step. It fails, changing nothing, if

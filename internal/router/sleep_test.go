@@ -353,7 +353,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			if !ok {
 				b.Fatal("gate closed")
 			}
-			bk.Release(t)
+			bk.Release(t, &front.Outcome{})
 		}
 	})
 }

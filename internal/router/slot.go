@@ -10,13 +10,30 @@ import (
 // RequestHook is told of every request to a backend, on every forwarding
 // path: the front end takes a slot from the backend's accounting below
 // before it sends a request and gives it back once, whatever the path and
-// however it ends (front.Accounting). Its methods run on the request's
-// path and must be quick and safe for concurrent use.
+// however it ends (front.Accounting).
 type RequestHook interface {
-	// Started: a request to key took its slot (it is in flight).
-	Started(key spec.VersionKey)
-	// Ended: the request gave its slot back after d, answered or not.
-	Ended(key spec.VersionKey, d time.Duration)
+	// Version returns what is told of key's requests, asked once as a
+	// backend of key is made (so that what it counts into is resolved
+	// then, not per request); nil: nothing.
+	Version(key spec.VersionKey) VersionHook
+	// Removed: key's backend was removed (RemoveBackend), its version is
+	// no longer served here; requests still in flight to it end on what
+	// Version returned. A backend made again for key asks Version again.
+	Removed(key spec.VersionKey)
+}
+
+// VersionHook is told of one version's requests. Its methods run on the
+// request's path and must be quick and safe for concurrent use.
+type VersionHook interface {
+	// Started: a request took its slot (it is in flight).
+	Started()
+	// Ended: the request gave its slot back after d, answered or not; o
+	// is how it went, valid during the call only.
+	Ended(d time.Duration, o *front.Outcome)
+	// Refused: a request held on the version (asleep, waking, paused)
+	// was answered after d without reaching it (front.Accounting); it
+	// was never Started.
+	Refused(d time.Duration, o *front.Outcome)
 }
 
 var _ front.Accounting = (*backend)(nil)
@@ -40,23 +57,31 @@ func (b *backend) Acquire() (int64, bool) {
 	if b.hook == nil {
 		return 0, true
 	}
-	b.hook.Started(b.key)
+	b.hook.Started()
 	return time.Now().UnixNano(), true
 }
 
 // Release ends a request counted by Acquire: the in-flight count that
 // WaitIdle waits on, the last-request time and the hook are kept here and
 // nowhere else.
-func (b *backend) Release(start int64) {
+func (b *backend) Release(start int64, o *front.Outcome) {
 	now := time.Now().UnixNano()
 	b.last.Store(now)
 	if b.hook != nil {
-		b.hook.Ended(b.key, time.Duration(now-start))
+		b.hook.Ended(time.Duration(now-start), o)
 	}
 	if b.inflight.Add(-1)&^gateClosed == 0 && b.waiters.Load() > 0 {
 		b.mu.Lock()
 		close(b.idle)
 		b.idle = make(chan struct{})
 		b.mu.Unlock()
+	}
+}
+
+// Refused tells the hook of a held request answered without reaching b
+// (front.Accounting).
+func (b *backend) Refused(d time.Duration, o *front.Outcome) {
+	if b.hook != nil {
+		b.hook.Refused(d, o)
 	}
 }

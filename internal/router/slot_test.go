@@ -18,28 +18,63 @@ import (
 	"hostel/internal/spec"
 )
 
-// countingHook counts the requests RequestHook is told of, per key.
+// countingHook counts the requests RequestHook is told of, per key, and
+// keeps the outcome of the last one to end.
 type countingHook struct {
 	mu             sync.Mutex
 	started, ended map[spec.VersionKey]int
+	last           map[spec.VersionKey]front.Outcome
+	removed        []spec.VersionKey
+	refused        map[spec.VersionKey][]front.Outcome
 }
 
-func (h *countingHook) Started(key spec.VersionKey) {
+func newCountingHook() *countingHook {
+	return &countingHook{started: map[spec.VersionKey]int{}, ended: map[spec.VersionKey]int{},
+		last: map[spec.VersionKey]front.Outcome{}, refused: map[spec.VersionKey][]front.Outcome{}}
+}
+
+func (h *countingHook) Version(key spec.VersionKey) VersionHook { return versionCounter{h, key} }
+
+func (h *countingHook) Removed(key spec.VersionKey) {
 	h.mu.Lock()
-	h.started[key]++
+	h.removed = append(h.removed, key)
 	h.mu.Unlock()
 }
 
-func (h *countingHook) Ended(key spec.VersionKey, d time.Duration) {
-	h.mu.Lock()
-	h.ended[key]++
-	h.mu.Unlock()
+type versionCounter struct {
+	h   *countingHook
+	key spec.VersionKey
+}
+
+func (v versionCounter) Started() {
+	v.h.mu.Lock()
+	v.h.started[v.key]++
+	v.h.mu.Unlock()
+}
+
+func (v versionCounter) Refused(d time.Duration, o *front.Outcome) {
+	v.h.mu.Lock()
+	v.h.refused[v.key] = append(v.h.refused[v.key], *o)
+	v.h.mu.Unlock()
+}
+
+func (v versionCounter) Ended(d time.Duration, o *front.Outcome) {
+	v.h.mu.Lock()
+	v.h.ended[v.key]++
+	v.h.last[v.key] = *o
+	v.h.mu.Unlock()
 }
 
 func (h *countingHook) counts(key spec.VersionKey) (started, ended int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.started[key], h.ended[key]
+}
+
+func (h *countingHook) lastOutcome(key spec.VersionKey) front.Outcome {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.last[key]
 }
 
 // TestEveryPathReleasesItsSlot drives every kind of request and response
@@ -96,7 +131,7 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 			fmt.Fprintf(w, "%d bytes", len(b))
 		}
 	}))
-	hook := &countingHook{started: map[spec.VersionKey]int{}, ended: map[spec.VersionKey]int{}}
+	hook := newCountingHook()
 	r := New(Options{Zone: zone, Logf: t.Logf, Requests: hook})
 	t.Cleanup(func() { r.Close() })
 	r.AddBackend(apiV1, app)
@@ -107,23 +142,27 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 	type kind struct {
 		name, raw string
 		key       spec.VersionKey
+		// status and bytes are the outcome the hook must be told (the
+		// final status, the body's bytes); bytes -1: not checked.
+		status int
+		bytes  int64
 		// talk, if set, goes on with the connection after the request
 		// is sent; else the response is read whole.
 		talk func(t *testing.T, c net.Conn, br *bufio.Reader)
 	}
 	get := func(path string) string { return "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
 	kinds := []kind{
-		{name: "quick", raw: get("/quick"), key: apiV1},
-		{name: "large", raw: get("/large"), key: apiV1},
-		{name: "chunked", raw: get("/chunked"), key: apiV1},
-		{name: "streamed", raw: get("/streamed"), key: apiV1},
-		{name: "1xx", raw: get("/early"), key: apiV1},
-		{name: "HTTP/1.0", raw: "GET /quick HTTP/1.0\r\nHost: " + host + "\r\n\r\n", key: apiV1},
-		{name: "upload", raw: "POST /upload HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 5\r\n\r\nhello", key: apiV1},
-		{name: "app refused", raw: "GET /x HTTP/1.1\r\nHost: down.example.org\r\n\r\n", key: apiV2},
-		{name: "app refused, HTTP/1.0", raw: "GET /x HTTP/1.0\r\nHost: down.example.org\r\n\r\n", key: apiV2},
-		{name: "app poisoned", raw: get("/poisoned"), key: apiV1},
-		{name: "upgrade", raw: "GET /upgrade HTTP/1.1\r\nHost: " + host + "\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n", key: apiV1,
+		{name: "quick", raw: get("/quick"), key: apiV1, status: 200, bytes: 5},
+		{name: "large", raw: get("/large"), key: apiV1, status: 200, bytes: int64(len(large))},
+		{name: "chunked", raw: get("/chunked"), key: apiV1, status: 200, bytes: 7},
+		{name: "streamed", raw: get("/streamed"), key: apiV1, status: 200, bytes: 27},
+		{name: "1xx", raw: get("/early"), key: apiV1, status: 200, bytes: 5},
+		{name: "HTTP/1.0", raw: "GET /quick HTTP/1.0\r\nHost: " + host + "\r\n\r\n", key: apiV1, status: 200, bytes: 5},
+		{name: "upload", raw: "POST /upload HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 5\r\n\r\nhello", key: apiV1, status: 200, bytes: 7},
+		{name: "app refused", raw: "GET /x HTTP/1.1\r\nHost: down.example.org\r\n\r\n", key: apiV2, status: 502, bytes: -1},
+		{name: "app refused, HTTP/1.0", raw: "GET /x HTTP/1.0\r\nHost: down.example.org\r\n\r\n", key: apiV2, status: 502, bytes: -1},
+		{name: "app poisoned", raw: get("/poisoned"), key: apiV1, status: 200, bytes: 8},
+		{name: "upgrade", raw: "GET /upgrade HTTP/1.1\r\nHost: " + host + "\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n", key: apiV1, status: 101, bytes: -1,
 			talk: func(t *testing.T, c net.Conn, br *bufio.Reader) {
 				resp, err := http.ReadResponse(br, nil)
 				if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -134,7 +173,7 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 					t.Fatalf("upgraded connection echoed %q", line)
 				}
 			}},
-		{name: "client hang-up", raw: get("/hangup"), key: apiV1,
+		{name: "client hang-up", raw: get("/hangup"), key: apiV1, status: 0, bytes: 0,
 			talk: func(t *testing.T, c net.Conn, _ *bufio.Reader) {
 				<-entered
 				c.Close()
@@ -168,6 +207,13 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 				s, e := hook.counts(k.key)
 				return s == e && s > started
 			})
+			o := hook.lastOutcome(k.key)
+			if o.Status != k.status || k.bytes >= 0 && o.Bytes != k.bytes {
+				t.Errorf("outcome: status %d, %d bytes; want %d, %d", o.Status, o.Bytes, k.status, k.bytes)
+			}
+			if o.Method == "" || o.Host == "" || o.Target == "" {
+				t.Errorf("outcome without its request: %+v", o)
+			}
 			if last := r.LastRequest(k.key); last.Before(before.Add(-time.Second)) {
 				t.Errorf("LastRequest = %v, want after %v", last, before)
 			}
@@ -183,5 +229,42 @@ func TestEveryPathReleasesItsSlot(t *testing.T) {
 	}
 	if n.Load() < int64(len(kinds)) {
 		t.Errorf("hook saw %d requests, want at least %d", n.Load(), len(kinds))
+	}
+	r.RemoveBackend(apiV2)
+	r.RemoveBackend(apiV2) // not registered any more: nothing to tell
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	if len(hook.removed) != 1 || hook.removed[0] != apiV2 {
+		t.Errorf("hook told of removals %v, want [%s]", hook.removed, apiV2)
+	}
+}
+
+// TestRefusedHeldRequestIsTold: a request held on a paused version past
+// the pause's bound gets 503 without reaching it; the hook is told of it
+// as refused (status, held), never as started.
+func TestRefusedHeldRequestIsTold(t *testing.T) {
+	app := fronttest.StartHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the paused app was reached: %s", r.URL)
+	}))
+	hook := newCountingHook()
+	r, pub := startRouter(t, Options{Requests: hook})
+	r.AddBackend(apiV1, app)
+	mustSwap(t, r, Table{Domains: map[string]spec.VersionKey{host: apiV1},
+		Paused: map[string]time.Duration{apiV1.Service(): 50 * time.Millisecond}})
+	req, _ := http.NewRequest("GET", pub+"/x?y=1", nil)
+	req.Host = host
+	resp, _ := fronttest.Send(t, fronttest.Client, req)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("held past the pause's bound: %d, want 503", resp.StatusCode)
+	}
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	got := hook.refused[apiV1]
+	if len(got) != 1 || got[0].Status != http.StatusServiceUnavailable || !got[0].Held ||
+		got[0].Method != "GET" || got[0].Target != "/x?y=1" || got[0].Bytes == 0 {
+		t.Errorf("refused: %+v, want one held GET /x?y=1 answered 503", got)
+	}
+	if hook.started[apiV1] != 0 || hook.ended[apiV1] != 0 {
+		t.Errorf("a refused request was started %d, ended %d times", hook.started[apiV1], hook.ended[apiV1])
 	}
 }

@@ -167,7 +167,7 @@ func (i *Instance) Status() Status {
 		State: st, PID: i.pid, Port: i.cfg.Port, Ready: i.ready,
 		Restarts: i.restarts, LastError: i.lastErr, LastExit: i.lastExit, Started: i.started,
 		LogPath: i.logPath, LogDropped: dropped,
-		MemoryBytes: use.MemoryBytes, CPUSeconds: use.CPUSeconds, Health: health,
+		MemoryBytes: use.MemoryBytes, CPUSeconds: use.CPUSeconds, OOMKills: use.OOMKills, Health: health,
 	}
 }
 

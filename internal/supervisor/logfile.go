@@ -171,3 +171,21 @@ func tailLines(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// Rotator rotates a log the daemon itself appends to (O_APPEND), as a
+// version's log is rotated (logFile): the same copy and truncate, the
+// same sizes, the same rotated files (.1 to .3). The access log is one.
+type Rotator struct{ l logFile }
+
+// NewRotator returns the Rotator of the log at path, rotated once it
+// passes max bytes (DefaultLogMaxBytes when max is 0 or less).
+func NewRotator(path string, max int64) *Rotator {
+	if max <= 0 {
+		max = DefaultLogMaxBytes
+	}
+	return &Rotator{l: logFile{path: path, max: max}}
+}
+
+// RotateIfFull rotates the log when it has grown past its max, and
+// reports whether it did.
+func (r *Rotator) RotateIfFull() (bool, error) { return r.l.rotateIfFull() }

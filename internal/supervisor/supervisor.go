@@ -178,6 +178,9 @@ type Status struct {
 	// (memory now, CPU time since the version started); 0 without cgroups.
 	MemoryBytes int64
 	CPUSeconds  float64
+	// OOMKills counts the processes of the version's group the kernel
+	// killed for exceeding Config.Memory; 0 without cgroups.
+	OOMKills int64
 	// Started is when the current (or last) process was started.
 	Started time.Time
 	// LogPath is the file the process's stdout and stderr go to.

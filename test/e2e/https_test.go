@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -121,6 +123,23 @@ func TestHTTPS(t *testing.T) {
 		t.Errorf("deploy asked for a certificate for tls:false quotes.example:\n%s", out)
 	}
 	hs := fmt.Sprint(httpsPort)
+
+	t.Run("certificate expiry metric", func(t *testing.T) {
+		text := e.scrape("")
+		for _, h := range []string{"shop.example", "www.shop.example", "wiki.example"} {
+			m := regexp.MustCompile(`(?m)^hostel_certificate_expiry_timestamp_seconds\{domain="` + regexp.QuoteMeta(h) + `"[^}]*\} (\S+)$`).FindStringSubmatch(text)
+			if m == nil {
+				t.Errorf("no certificate expiry for %s", h)
+				continue
+			}
+			if at, _ := strconv.ParseFloat(m[1], 64); at < float64(time.Now().Add(24*time.Hour).Unix()) {
+				t.Errorf("%s: certificate expiry %s, want a day or more ahead", h, m[1])
+			}
+		}
+		if strings.Contains(text, `domain="quotes.example"`) {
+			t.Errorf("an expiry for tls:false quotes.example")
+		}
+	})
 
 	t.Run("https", func(t *testing.T) {
 		resp, body, err := e.GetTLS(p.Roots, "shop.example", "/")

@@ -90,6 +90,18 @@ func TestIdleSleepsAndWakes(t *testing.T) {
 			t.Errorf("%s after one request: %+v, want running, woken once", n, s)
 		}
 	}
+	// The wakes are counted and timed; the request that woke blog is
+	// held in its access log.
+	text := e.scrape("")
+	for _, n := range []string{"blog", "quotes"} {
+		if !hasSample(text, `hostel_wakes_total\{env="production",result="ok",service="`+n+`",version="[0-9a-f]+"\} 1`) ||
+			!hasSample(text, `hostel_wake_duration_seconds_count\{env="production",service="`+n+`",version="[0-9a-f]+"\} 1`) {
+			t.Errorf("%s: no wake counted in the metrics", n)
+		}
+	}
+	if out := e.MustRun("logs", "blog", "--access"); !strings.Contains(out, `"held":true`) {
+		t.Errorf("blog's access log does not show its first request held:\n%s", out)
+	}
 	log := e.DaemonLog()
 	if !strings.Contains(log, "asleep: no request for 1s") {
 		t.Errorf("the daemon's log does not say a version went to sleep")
@@ -167,6 +179,15 @@ func TestPauseResumeCLI(t *testing.T) {
 	e.MustRun("pause", "shop", "--max", "100ms")
 	if code, h, _ := e.Get("shop.test", "/"); code != 503 || h.Get("Retry-After") == "" {
 		t.Errorf("held past --max: %d Retry-After %q, want 503 with Retry-After", code, h.Get("Retry-After"))
+	}
+	// Both requests are in the access log, held: the one released by
+	// resume, answered by the app, and the one refused past --max.
+	eventually(t, 10*time.Second, "the held requests in the access log", func() bool {
+		out, _, _ := e.Run("logs", "shop", "--access")
+		return strings.Count(out, `"held":true`) == 2 && strings.Contains(out, `"status":200`) && strings.Contains(out, `"status":503`)
+	})
+	if !hasSample(e.scrape(""), `hostel_http_requests_total\{code="5xx",env="production",service="shop",version="[0-9a-f]+"\} 1`) {
+		t.Errorf("the request refused past --max is not counted as 5xx")
 	}
 	e.MustRun("resume", "shop")
 	for _, args := range [][]string{{"pause", "nope"}, {"pause", "shop", "--max", "-1s"}, {"resume", "nope"}} {

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"hostel/internal/accesslog"
+	"hostel/internal/front"
+	"hostel/internal/metrics"
+	"hostel/internal/router"
+	"hostel/internal/spec"
+)
+
+// This file measures what the daemon's request hook costs the router:
+// the metrics (internal/metrics) and the access log (internal/accesslog).
+
+// measureMetrics measures the router behind the front end with metrics
+// off, on, and on with the access log, one right after the other in
+// each round.
+func measureMetrics(ctx context.Context, cfg config, procs *children, backend target, tmp string) error {
+	var targets []target
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"hostel", nil},
+		{"hostel (metrics)", []string{"-metrics"}},
+		{"hostel (metrics, access log)", []string{"-metrics", "-access-log", tmp}},
+	} {
+		t, err := procs.startSelf(ctx, c.name, "router", append([]string{"-backend", backend.addr}, c.args...)...)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	results, runs, err := measureAll(ctx, cfg, targets, nil)
+	if err != nil {
+		return err
+	}
+	printTable(results)
+	fmt.Println()
+	printMetricsCost(runs[0], runs[1:], results[0], results[1:])
+	return nil
+}
+
+// printMetricsCost prints what the metrics (on[0]) and the metrics with
+// the access log (on[1]) cost the router: their throughput ÷ the
+// router's without (off), round by round (measured one after the
+// other), and the CPU time per request they add (medians).
+func printMetricsCost(off []result, on [][]result, offMed result, onMed []result) {
+	for i, what := range []string{"Metrics", "Metrics and access log"} {
+		fmt.Printf("%s on ÷ off throughput, round by round:", what)
+		ratios := make([]float64, len(off))
+		for k := range off {
+			ratios[k] = on[i][k].rps / off[k].rps
+			fmt.Printf(" %.3f", ratios[k])
+		}
+		slices.Sort(ratios)
+		fmt.Printf("; median %.3f", ratios[len(ratios)/2])
+		if i == 0 {
+			fmt.Print(" (bar: ≥ 0.97)")
+		}
+		fmt.Printf(". CPU per request: %s off, %s on, %+d ns", offMed.cpu, onMed[i].cpu, (onMed[i].cpu - offMed.cpu).Nanoseconds())
+		if i == 0 {
+			fmt.Print(" (bar: ≤ 1 µs)")
+		}
+		fmt.Println(".")
+	}
+}
+
+// meteredHook is the daemon's request hook (internal/daemon's
+// requestHook): the metrics and the access log.
+type meteredHook struct {
+	m *metrics.Registry
+	a *accesslog.Log
+}
+
+func (h meteredHook) Version(key spec.VersionKey) router.VersionHook {
+	return meteredVersion{h.m.Series(key), h.a.Version(key)}
+}
+
+func (h meteredHook) Removed(key spec.VersionKey) { h.m.Removed(key) }
+
+type meteredVersion struct {
+	m *metrics.Version
+	a *accesslog.Writer
+}
+
+func (v meteredVersion) Started() { v.m.Started() }
+
+func (v meteredVersion) Ended(d time.Duration, o *front.Outcome) {
+	v.m.Ended(d, o)
+	v.a.Log(d, o)
+}
+
+func (v meteredVersion) Refused(d time.Duration, o *front.Outcome) {
+	v.m.Refused(d, o)
+	v.a.Log(d, o)
+}
