@@ -197,10 +197,18 @@ func (d *Daemon) leadLoop(ctx context.Context, name string, lease store.Lease, l
 				d.logf("node %s: %v", name, err)
 			}
 		}
+		// While it leads, the engine places anew what the nodes that go
+		// ran.
+		fctx, stopFailOver := context.WithCancel(ctx)
+		failedOver := make(chan struct{})
+		go func() { defer close(failedOver); d.engine.FailOver(fctx) }()
 		select {
 		case <-ctx.Done():
+			stopFailOver()
+			<-failedOver
 			return
 		case <-lead.Done():
+			stopFailOver() // its writes are refused from now on: no need to wait
 			d.engine.Detach()
 			d.engine.Standby()
 			d.logf("node %s: no longer leads the engine", name)
@@ -334,7 +342,7 @@ func (d *Daemon) sayLeads(ctx context.Context, w store.Store, name string, lease
 // Nodes implements api.NodesDaemon: every node that reports itself, with
 // what is placed on it and what that requests.
 func (d *Daemon) Nodes(ctx context.Context) (*api.Nodes, error) {
-	snap, err := d.store.Read(ctx, node.KindNode, node.KindDesired, kindLeader)
+	snap, err := d.store.Read(ctx, node.KindNode, node.KindDesired, node.KindUnschedulable, kindLeader)
 	if err != nil {
 		return nil, err
 	}
@@ -384,6 +392,31 @@ func (d *Daemon) Nodes(ctx context.Context) (*api.Nodes, error) {
 }
 
 var _ api.NodesDaemon = (*Daemon)(nil)
+
+// Drain implements api.DrainDaemon: node name takes no instance until
+// Undrain, and those it runs move to other nodes.
+func (d *Daemon) Drain(ctx context.Context, name string) (*api.Drain, error) {
+	r, err := d.engine.Drain(ctx, name, func(f string, a ...any) { d.logf("drain %s: "+f, append([]any{name}, a...)...) })
+	if err != nil {
+		return nil, apiError(err)
+	}
+	out := &api.Drain{Node: name, Moved: []api.Move{}, Stopped: r.Stopped}
+	for _, m := range r.Moved {
+		out.Moved = append(out.Moved, api.Move{Instance: string(m.Instance), From: m.From, To: m.To})
+	}
+	return out, nil
+}
+
+// Undrain implements api.DrainDaemon.
+func (d *Daemon) Undrain(ctx context.Context, name string) (*api.Undrain, error) {
+	was, err := d.engine.Undrain(ctx, name)
+	if err != nil {
+		return nil, apiError(err)
+	}
+	return &api.Undrain{Node: name, WasDrained: was}, nil
+}
+
+var _ api.DrainDaemon = (*Daemon)(nil)
 
 // nodeName is the name of the daemon's node.
 func (d *Daemon) nodeName() string {

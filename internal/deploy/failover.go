@@ -178,7 +178,15 @@ func (e *Engine) replaceLocked(ctx context.Context, progress Progress) (*Replace
 	for _, n := range v.names() {
 		live[n] = true
 	}
-	// An instance pinned to a node that is gone stays placed there.
+	schedulable := 0
+	for _, n := range nodes {
+		if !n.Unschedulable {
+			schedulable++
+		}
+	}
+	// An instance pinned to a node that is gone stays placed there; one
+	// with more replicas than there are nodes left runs on all of them
+	// until more come (a deploy would be refused, not a failover).
 	var movable []place.Instance
 	strandedOn := map[string][]spec.VersionKey{}
 	for _, in := range want {
@@ -187,6 +195,7 @@ func (e *Engine) replaceLocked(ctx context.Context, progress Progress) (*Replace
 			res.Stranded = append(res.Stranded, Move{Instance: in.Key, From: []string{in.Node}})
 			continue
 		}
+		in.Replicas = max(1, min(in.Replicas, schedulable))
 		movable = append(movable, in)
 	}
 	cur := placed(v)

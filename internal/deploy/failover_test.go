@@ -275,3 +275,32 @@ func TestDrain(t *testing.T) {
 		}
 	}
 }
+
+// TestFailoverMoreReplicasThanNodes: an instance with a replica on every
+// node runs on every node left when one dies — not refused as a deploy
+// of it would be — and on the node again once it comes back.
+func TestFailoverMoreReplicasThanNodes(t *testing.T) {
+	f := newFleet(t, 3, Options{})
+	s := fakeSpec(map[string]string{"shop": "1"})
+	r := 3
+	s.Services["shop"].Replicas = &r
+	if _, err := f.deploy(s, 0); err != nil {
+		t.Fatal(err)
+	}
+	k := f.keysOfGen(f.current())[0]
+	f.nodes[2].die()
+	if _, err := f.engine.Replace(t.Context(), f.log.add); err != nil {
+		t.Fatalf("replace with 2 nodes of 3: %v", err)
+	}
+	if d := f.desiredOf("node-2"); len(d.Instances) != 0 {
+		t.Errorf("the dead node is asked %v, want nothing", d.Instances)
+	}
+	f.nodes[2].comeBack()
+	r2, err := f.engine.Replace(t.Context(), f.log.add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.runners(k); len(got) != 3 || len(r2.Moved) != 0 {
+		t.Errorf("%s runs on %v once node-2 is back (moved %+v), want all three", k, got, r2.Moved)
+	}
+}
