@@ -29,8 +29,13 @@ import (
 // and its router (routes.Follower). The engine only writes.
 
 // NodeTTL is how long the node's records (node, instances, routes) and
-// the engine's leadership outlive the daemon's last renewal.
-const NodeTTL = 10 * time.Second
+// the engine's leadership outlive the daemon's last renewal: how long a
+// node that died is taken for alive — its instances fail over once it
+// ends (deploy.Engine.FailOver), the target being 10 s from the death,
+// and etcd renews every lease for a whole TTL when its own leader
+// changes (the member that died may have led it) — and how long a daemon
+// may stall before it loses its node (renewed every third of it).
+const NodeTTL = 6 * time.Second
 
 // engineElection is the election the engine's leadership is won in.
 const engineElection = "engine"

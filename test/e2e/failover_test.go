@@ -136,7 +136,11 @@ func TestClusterFailover(t *testing.T) {
 			t.Fatalf("round %d: solo did not answer through %s within 60 s of %s's death", round, others[0], name)
 		}
 		recovered = append(recovered, took)
-		t.Logf("round %d: %s died; solo answered again after %s; %d requests to shop through the other routers, %d failed", round, name, took.Round(time.Millisecond), n, len(failures))
+		led := ""
+		if view[name].Leader {
+			led = " (it led the engine)"
+		}
+		t.Logf("round %d: %s died%s; solo answered again after %s; %d requests to shop through the other routers, %d failed", round, name, led, took.Round(time.Millisecond), n, len(failures))
 		// Only what was in flight to the dead node may fail — at most one
 		// request per client, cut off (502) — never one sent after.
 		inFlight := 0
@@ -150,8 +154,12 @@ func TestClusterFailover(t *testing.T) {
 		if inFlight > 2*len(others) {
 			t.Errorf("round %d: %d requests to shop were cut off while %s died, more than its %d clients had in flight; first: %v", round, inFlight, name, 2*len(others), failures[0])
 		}
-		if got := runsOn(asker.nodes(), "solo", ""); got == "" || got == name {
+		after := asker.nodes()
+		if got := runsOn(after, "solo", ""); got == "" || got == name {
 			t.Errorf("round %d: solo is placed on %q, want a node left", round, got)
+		}
+		if l := leader(after); l == "" || l == name {
+			t.Errorf("round %d: %q leads the engine once %s died, want a node left", round, l, name)
 		}
 
 		// It comes back: a node with nothing placed on it.
