@@ -72,9 +72,9 @@ type follower struct {
 	lease    store.Lease
 	rejoined chan struct{} // closed when lease is replaced
 	nodes    *node.Follower
-	routes *routes.Follower
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	routes   *routes.Follower
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // startNode takes the node's lease, leads the engine, has the node run
