@@ -184,6 +184,7 @@ func TestClusterFailover(t *testing.T) {
 	}
 
 	// Drain a node of shop's under load, through all three routers.
+	lead = c.leader(t)
 	view := lead.nodes()
 	drainee := runsOn(view, "shop", "")
 	var addrs []string
