@@ -346,8 +346,12 @@ const failoverRetry = 2 * time.Second
 // every change of the nodes that report themselves (a lease ended, a node
 // came or came back) or of the drained ones, and again every
 // failoverRetry after a re-placement that failed. It re-places once at
-// its start too: a node may have gone while no engine led. The daemon
-// runs it while its engine leads.
+// its start too: a node may have gone while no engine led. A node the
+// engine asks to run something that has not reported itself since the
+// engine was made is waited for until Options.JoinWait after that (it
+// may be starting, as a whole cluster does); one the engine saw report
+// itself and go is gone at once. The daemon runs it while its engine
+// leads.
 func (e *Engine) FailOver(ctx context.Context) {
 	for ctx.Err() == nil {
 		e.failOver(ctx)
@@ -383,6 +387,10 @@ func (e *Engine) failOver(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-retry.C:
+			if wait := e.joining(ctx, present); wait > 0 {
+				retry.Reset(wait)
+				continue
+			}
 			if _, err := e.Replace(ctx, e.logf); err != nil && ctx.Err() == nil {
 				if !errors.Is(err, ErrStandby) {
 					e.logf("placing anew what ran on the nodes that went: %v (trying again in %s)", err, failoverRetry)
@@ -398,6 +406,7 @@ func (e *Engine) failOver(ctx context.Context) {
 			case ev.Kind == node.KindNode && ev.Type == store.EventRecordDeleted:
 				changed = present[ev.Key]
 				delete(present, ev.Key)
+				e.sawGo(ev.Key)
 			case ev.Kind == node.KindNode && ev.Type == store.EventRecord:
 				changed = !present[ev.Key]
 				present[ev.Key] = true
@@ -409,4 +418,38 @@ func (e *Engine) failOver(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// sawGo notes that node name went while the engine watched: FailOver
+// need not wait for it to join.
+func (e *Engine) sawGo(name string) {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.gone == nil {
+		e.gone = map[string]bool{}
+	}
+	e.gone[name] = true
+}
+
+// joining returns how long FailOver is to wait before it re-places: until
+// JoinWait after the engine was made while a node it asks to run
+// something (a Desired record) has not reported itself (not in present)
+// and was not seen to go; 0 if it need not wait.
+func (e *Engine) joining(ctx context.Context, present map[string]bool) time.Duration {
+	left := time.Until(e.made.Add(e.opts.JoinWait))
+	if left <= 0 {
+		return 0
+	}
+	rs, err := e.st.Records(ctx, node.KindDesired)
+	if err != nil {
+		return failoverRetry
+	}
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	for _, r := range rs {
+		if !present[r.Key] && !e.gone[r.Key] {
+			return left
+		}
+	}
+	return 0
 }

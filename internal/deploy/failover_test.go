@@ -304,3 +304,33 @@ func TestFailoverMoreReplicasThanNodes(t *testing.T) {
 		t.Errorf("%s runs on %v once node-2 is back (moved %+v), want all three", k, got, r2.Moved)
 	}
 }
+
+// TestFailoverWaitsForJoin: an engine made while a node it asks to run
+// something has not reported itself — it may be starting, as a cluster
+// started together — does not move its instances until JoinWait after it
+// was made; one it saw go — or that went after the last report of a node
+// there is — it moves at once (TestFailoverLostNode).
+func TestFailoverWaitsForJoin(t *testing.T) {
+	f := newFleet(t, 3, Options{})
+	if _, err := f.deploy(fakeSpec(map[string]string{"api": "1", "web": "1", "jobs": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	before := f.desiredOf("node-2")
+	f.nodes[2].die()
+	for _, n := range f.nodes[:2] {
+		n.comeBack() // reports anew: node-2 went before every report there is
+	}
+	// A daemon starts now, with node-2 not (yet) there.
+	e := New(f.st, Options{JoinWait: 1500 * time.Millisecond, Logf: f.log.add})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.FailOver(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	time.Sleep(700 * time.Millisecond)
+	if got := f.desiredOf("node-2"); !slices.Equal(got.Instances, before.Instances) {
+		t.Errorf("node-2, not reported yet, was asked %v within JoinWait, want %v as it was", got.Instances, before.Instances)
+	}
+	eventually(t, "node-2's instances placed elsewhere after JoinWait", func() bool {
+		return len(f.desiredOf("node-2").Instances) == 0
+	})
+}
