@@ -334,3 +334,24 @@ func TestFailoverWaitsForJoin(t *testing.T) {
 		return len(f.desiredOf("node-2").Instances) == 0
 	})
 }
+
+// TestDrainRefusesExclusive: an exclusive service's instance does not
+// move off a drained node (its handover is a node's): the drain is
+// refused, an input error naming it, and nothing changed.
+func TestDrainRefusesExclusive(t *testing.T) {
+	f := newFleet(t, 2, Options{})
+	s := fakeSpec(map[string]string{"db": "1"})
+	s.Services["db"].Exclusive = true
+	if _, err := f.deploy(s, 0); err != nil {
+		t.Fatal(err)
+	}
+	k := f.keysOfGen(f.current())[0]
+	on := f.runners(k)
+	_, err := f.engine.Drain(t.Context(), on[0], f.log.add)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `service "db"`) {
+		t.Fatalf("drain of the node of an exclusive service: %v, want refused naming it", err)
+	}
+	if got := f.runners(k); !slices.Equal(got, on) {
+		t.Errorf("db runs on %v after a refused drain, want %v", got, on)
+	}
+}
