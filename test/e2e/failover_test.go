@@ -213,8 +213,15 @@ func TestClusterFailover(t *testing.T) {
 			t.Errorf("%s after the drain: %d %q", tc.host, code, body)
 		}
 	}
-	if out := c.envs[1].MustRun("nodes", "undrain", drainee); !strings.Contains(out, "undrained "+drainee) {
-		t.Errorf("hostel nodes undrain %s said %q", drainee, out)
+	var undrained struct {
+		Node       string
+		WasDrained bool `json:"was_drained"`
+	}
+	if out := c.envs[1].MustRun("nodes", "undrain", drainee, "--json"); json.Unmarshal([]byte(out), &undrained) != nil || undrained.Node != drainee || !undrained.WasDrained {
+		t.Errorf("hostel nodes undrain %s --json said %q", drainee, out)
+	}
+	if out := c.envs[1].MustRun("nodes", "undrain", drainee); !strings.Contains(out, drainee+" was not drained") {
+		t.Errorf("hostel nodes undrain %s, again, said %q", drainee, out)
 	}
 	if got := lead.drainedNodes()[drainee]; got.Drained {
 		t.Errorf("%s is still drained after undrain", drainee)
