@@ -355,3 +355,36 @@ func TestDrainRefusesExclusive(t *testing.T) {
 		t.Errorf("db runs on %v after a refused drain, want %v", got, on)
 	}
 }
+
+// TestDeposedEngineMovesNothing: an engine whose leadership ended (its
+// lease revoked: its daemon died, another leads) writes nothing through
+// its fenced view — neither a drain's record nor a re-placement.
+func TestDeposedEngineMovesNothing(t *testing.T) {
+	f := newFleet(t, 2, Options{})
+	if _, err := f.deploy(fakeSpec(map[string]string{"api": "1", "web": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	lease, err := f.st.Grant(t.Context(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lead, err := f.st.Campaign(t.Context(), "engine", lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.engine.SetWriter(f.st.Fenced(lead))
+	if err := lease.Revoke(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	<-lead.Done()
+	before := f.desiredOf("node-0")
+	if _, err := f.engine.Drain(t.Context(), "node-0", f.log.add); !errors.Is(err, store.ErrNotLeader) {
+		t.Errorf("a deposed engine's drain: %v, want %v", err, store.ErrNotLeader)
+	}
+	if _, err := f.st.Record(t.Context(), node.KindUnschedulable, "node-0"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a deposed engine's drain left its record: %v", err)
+	}
+	if got := f.desiredOf("node-0"); !slices.Equal(got.Instances, before.Instances) {
+		t.Errorf("node-0 is asked %v after a deposed engine's drain, want %v", got.Instances, before.Instances)
+	}
+}
