@@ -80,6 +80,7 @@ bench: build
 	$(GO) run ./bench/deploy -hostel bin/hostel
 	$(GO) run ./bench/nixcache -mb 200 -rounds 7
 	$(GO) test -count=1 -run '^TestClusterOfThree$$' -v ./test/e2e/ -args -redeploys 20 | grep -E 'skew|requests through|^(ok|FAIL|---)'
+	$(GO) test -count=1 -timeout 30m -run '^TestClusterFailover$$' -v ./test/e2e/ -args -kills 20 | grep -E 'died|failover over|drain of|^(ok|FAIL|---)'
 
 # Zero downtime under load: 50 deploys of two services at 500 req/s.
 loadtest: build

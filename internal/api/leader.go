@@ -29,6 +29,8 @@ var leaderRoutes = []string{
 	"POST /v1/pause",
 	"POST /v1/resume",
 	"DELETE /v1/envs/{name}",
+	"POST /v1/nodes/{name}/drain",
+	"POST /v1/nodes/{name}/undrain",
 	// A restore stops and starts the service through the engine.
 	"POST /v1/db/restore",
 }

@@ -26,6 +26,7 @@ type everything struct {
 	SecretsDaemon
 	ShutdownDaemon
 	NodesDaemon
+	DrainDaemon
 	AllStatusDaemon
 }
 
@@ -52,6 +53,8 @@ func TestForLeader(t *testing.T) {
 		{"GET", "/v1/logs?service=web&follow=1", false},
 		{"GET", "/v1/envs", false},
 		{"GET", "/v1/nodes", false},
+		{"POST", "/v1/nodes/n2/drain", true},
+		{"POST", "/v1/nodes/n2/undrain", true},
 		{"GET", "/v1/secrets/recipient", false},
 		{"POST", "/v1/shutdown", false},
 		{"PUT", "/v1/failpoints/x", false},

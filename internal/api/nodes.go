@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -46,16 +47,68 @@ type NodesDaemon interface {
 	Nodes(ctx context.Context) (*Nodes, error)
 }
 
-// handleNodes adds GET /v1/nodes when d lists nodes.
+// Drain is what `hostel nodes drain NAME` did: the instances it moved
+// off the node, each started and ready elsewhere before it stopped there.
+type Drain struct {
+	Node  string `json:"node"`
+	Moved []Move `json:"moved"`
+	// Stopped are the versions stopped on the node.
+	Stopped []string `json:"stopped"`
+}
+
+// Move is one instance moved from nodes to others.
+type Move struct {
+	Instance string   `json:"instance"`
+	From     []string `json:"from"`
+	To       []string `json:"to"`
+}
+
+// Undrain is what `hostel nodes undrain NAME` did.
+type Undrain struct {
+	Node string `json:"node"`
+	// WasDrained is false for a node that was not drained: nothing
+	// changed.
+	WasDrained bool `json:"was_drained"`
+}
+
+// DrainDaemon is a daemon that drains nodes: planned maintenance.
+type DrainDaemon interface {
+	Drain(ctx context.Context, name string) (*Drain, error)
+	Undrain(ctx context.Context, name string) (*Undrain, error)
+}
+
+// handleNodes adds GET /v1/nodes when d lists nodes, and the drains when
+// it drains them.
 func handleNodes(mux *http.ServeMux, d Daemon) {
-	nd, ok := d.(NodesDaemon)
-	if !ok {
-		return
+	if nd, ok := d.(NodesDaemon); ok {
+		mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+			n, err := nd.Nodes(r.Context())
+			reply(w, n, err)
+		})
 	}
-	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
-		n, err := nd.Nodes(r.Context())
-		reply(w, n, err)
-	})
+	if dd, ok := d.(DrainDaemon); ok {
+		mux.HandleFunc("POST /v1/nodes/{name}/drain", func(w http.ResponseWriter, r *http.Request) {
+			res, err := dd.Drain(r.Context(), r.PathValue("name"))
+			reply(w, res, err)
+		})
+		mux.HandleFunc("POST /v1/nodes/{name}/undrain", func(w http.ResponseWriter, r *http.Request) {
+			res, err := dd.Undrain(r.Context(), r.PathValue("name"))
+			reply(w, res, err)
+		})
+	}
+}
+
+// DrainNode moves node name's instances to the other nodes and keeps it
+// unschedulable until UndrainNode.
+func (c *Client) DrainNode(ctx context.Context, name string) (*Drain, error) {
+	var res Drain
+	return &res, c.call(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/drain", nil, &res)
+}
+
+// UndrainNode makes node name schedulable again.
+func (c *Client) UndrainNode(ctx context.Context, name string) (*Undrain, error) {
+	var res Undrain
+	return &res, c.call(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, &res)
 }
 
 // Nodes lists the deployment's nodes.

@@ -50,6 +50,66 @@ func nodesCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the nodes as JSON")
+	cmd.AddCommand(drainCmd(e), undrainCmd(e))
+	return cmd
+}
+
+func drainCmd(e *env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "drain NAME",
+		Short: "Move a node's instances to the other nodes (each ready there before it stops here) and keep it unschedulable",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.DrainNode(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(e.stdout, res)
+			}
+			for _, m := range res.Moved {
+				fmt.Fprintf(e.stdout, "moved %s from %s to %s\n", m.Instance, strings.Join(m.From, ","), strings.Join(m.To, ","))
+			}
+			fmt.Fprintf(e.stdout, "drained %s: %d instances moved; it takes none until hostel nodes undrain %s\n", res.Node, len(res.Moved), res.Node)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what moved as JSON")
+	return cmd
+}
+
+func undrainCmd(e *env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "undrain NAME",
+		Short: "Make a drained node take instances again (later placements; nothing moves now)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.UndrainNode(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(e.stdout, res)
+			}
+			if !res.WasDrained {
+				fmt.Fprintf(e.stdout, "%s was not drained: nothing changed\n", res.Node)
+				return nil
+			}
+			fmt.Fprintf(e.stdout, "undrained %s: it takes instances again from the next placement\n", res.Node)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }
 

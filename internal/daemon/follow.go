@@ -30,8 +30,13 @@ import (
 // and its router (routes.Follower). The engine only writes.
 
 // NodeTTL is how long the node's records (node, instances, routes) and
-// the engine's leadership outlive the daemon's last renewal.
-const NodeTTL = 10 * time.Second
+// the engine's leadership outlive the daemon's last renewal: how long a
+// node that died is taken for alive — its instances fail over once it
+// ends (deploy.Engine.FailOver), the target being 10 s from the death,
+// and etcd renews every lease for a whole TTL when its own leader
+// changes (the member that died may have led it) — and how long a daemon
+// may stall before it loses its node (renewed every third of it).
+const NodeTTL = 6 * time.Second
 
 // engineElection is the election the engine's leadership is won in.
 const engineElection = "engine"
@@ -62,11 +67,15 @@ func CheckNodeName(name string) error { return spec.CheckNodeName(name) }
 // follower is what runs the node: the lease, the followers, and the
 // context they run in.
 type follower struct {
-	lease  store.Lease
-	nodes  *node.Follower
-	routes *routes.Follower
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// mu guards lease and rejoined: a node that lost its lease takes
+	// another (watchLease).
+	mu       sync.Mutex
+	lease    store.Lease
+	rejoined chan struct{} // closed when lease is replaced
+	nodes    *node.Follower
+	routes   *routes.Follower
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // startNode takes the node's lease, leads the engine, has the node run
@@ -89,7 +98,7 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	if err != nil {
 		return fmt.Errorf("node %s: lease: %w", name, err)
 	}
-	f := &follower{lease: lease}
+	f := &follower{lease: lease, rejoined: make(chan struct{})}
 	d.follower = f
 	d.engine = deploy.New(d.store, deploy.Options{Node: name, Logf: func(f string, a ...any) { d.logf(f, a...) }})
 	d.engine.Standby()
@@ -147,13 +156,13 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	}
 	f.wg.Go(func() { f.nodes.Run(runCtx, nodeRev) })
 	f.wg.Go(func() { f.routes.Run(runCtx, routesRev) })
-	f.wg.Go(func() { d.watchLease(runCtx, lease) })
+	f.wg.Go(func() { d.watchLease(runCtx, name, f) })
 	if lead != nil {
 		if err := d.engine.Resume(ctx, progress); err != nil {
 			return err
 		}
 	}
-	f.wg.Go(func() { d.leadLoop(runCtx, name, lease, lead) })
+	f.wg.Go(func() { d.leadLoop(runCtx, name, f, lead) })
 	return nil
 }
 
@@ -169,10 +178,11 @@ const campaignAgain = time.Second
 // another leads, it campaigns; once it leads (lead, if not nil, was won
 // at the start), it waits for the leadership to end, makes the engine a
 // standby again, and campaigns again.
-func (d *Daemon) leadLoop(ctx context.Context, name string, lease store.Lease, lead store.Leadership) {
+func (d *Daemon) leadLoop(ctx context.Context, name string, f *follower, lead store.Leadership) {
 	progress := func(f string, a ...any) { d.logf(f, a...) }
 	for ctx.Err() == nil {
 		if lead == nil {
+			lease, rejoined := f.currentLease()
 			var err error
 			if lead, err = d.store.Campaign(ctx, engineElection, lease); err != nil {
 				if ctx.Err() != nil {
@@ -180,7 +190,14 @@ func (d *Daemon) leadLoop(ctx context.Context, name string, lease store.Lease, l
 				}
 				d.logf("node %s: campaigning to lead the engine: %v", name, err)
 				if errors.Is(err, store.ErrNotLeader) {
-					return // the lease ended: the daemon's node is gone
+					// The lease ended: campaign again once the node
+					// rejoined with another (watchLease).
+					select {
+					case <-ctx.Done():
+						return
+					case <-rejoined:
+					}
+					continue
 				}
 				// The store did not answer (a member lost, a leader
 				// elected among them): campaign again.
@@ -202,10 +219,18 @@ func (d *Daemon) leadLoop(ctx context.Context, name string, lease store.Lease, l
 				d.logf("node %s: %v", name, err)
 			}
 		}
+		// While it leads, the engine places anew what the nodes that go
+		// ran.
+		fctx, stopFailOver := context.WithCancel(ctx)
+		failedOver := make(chan struct{})
+		go func() { defer close(failedOver); d.engine.FailOver(fctx) }()
 		select {
 		case <-ctx.Done():
+			stopFailOver()
+			<-failedOver
 			return
 		case <-lead.Done():
+			stopFailOver() // its writes are refused from now on: no need to wait
 			d.engine.Detach()
 			d.engine.Standby()
 			d.logf("node %s: no longer leads the engine", name)
@@ -214,15 +239,71 @@ func (d *Daemon) leadLoop(ctx context.Context, name string, lease store.Lease, l
 	}
 }
 
-// watchLease says so when the node's lease is lost (the store was out of
-// reach for longer than NodeTTL): its reports are gone from the store and
-// the engine no longer leads; the daemon must be restarted.
-func (d *Daemon) watchLease(ctx context.Context, l store.Lease) {
-	select {
-	case <-ctx.Done():
-	case <-l.Done():
-		d.logf("node %s: its lease in the store is lost: this daemon no longer leads the engine and its reports are gone; restart it", nodeName())
+// currentLease returns the node's lease, and a channel closed once it is
+// replaced.
+func (f *follower) currentLease() (store.Lease, <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lease, f.rejoined
+}
+
+// rejoinAgain is how long a node that could not take a new lease waits
+// before it tries again.
+const rejoinAgain = time.Second
+
+// watchLease rejoins when the node's lease is lost — the store was out of
+// reach, or the daemon stalled, for longer than NodeTTL: its reports are
+// gone from the store, its engine no longer leads, and the leader may
+// have placed what it ran on other nodes meanwhile. The node takes a new
+// lease, reconciles to what the store asks of it now (stopping what is no
+// longer placed here), reports everything anew under that lease, and
+// campaigns again (leadLoop).
+func (d *Daemon) watchLease(ctx context.Context, name string, f *follower) {
+	for {
+		l, _ := f.currentLease()
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.Done():
+		}
+		d.logf("node %s: its lease in the store is lost (the store out of reach, or this daemon stalled, for over %s): its reports are gone and what it ran may run elsewhere now; it rejoins", name, NodeTTL)
+		for ctx.Err() == nil {
+			err := d.rejoin(ctx, f)
+			if err == nil {
+				d.logf("node %s: rejoined", name)
+				break
+			}
+			d.logf("node %s: rejoining: %v (trying again in %s)", name, err, rejoinAgain)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(rejoinAgain):
+			}
+		}
 	}
+}
+
+// rejoin takes a new lease for the node and has its followers report
+// under it.
+func (d *Daemon) rejoin(ctx context.Context, f *follower) error {
+	l, err := d.store.Grant(ctx, NodeTTL)
+	if err != nil {
+		return fmt.Errorf("lease: %w", err)
+	}
+	if err := f.nodes.Rejoin(ctx, l.ID()); err != nil {
+		l.Revoke(context.WithoutCancel(ctx))
+		return err
+	}
+	if err := f.routes.Rejoin(ctx, l.ID()); err != nil {
+		l.Revoke(context.WithoutCancel(ctx))
+		return err
+	}
+	f.mu.Lock()
+	f.lease = l
+	close(f.rejoined)
+	f.rejoined = make(chan struct{})
+	f.mu.Unlock()
+	return nil
 }
 
 // stopNode stops following the store; what runs keeps running.
@@ -339,7 +420,7 @@ func (d *Daemon) sayLeads(ctx context.Context, w store.Store, name string, lease
 // Nodes implements api.NodesDaemon: every node that reports itself, with
 // what is placed on it and what that requests.
 func (d *Daemon) Nodes(ctx context.Context) (*api.Nodes, error) {
-	snap, err := d.store.Read(ctx, node.KindNode, node.KindDesired, kindLeader)
+	snap, err := d.store.Read(ctx, node.KindNode, node.KindDesired, node.KindUnschedulable, kindLeader)
 	if err != nil {
 		return nil, err
 	}
@@ -389,6 +470,31 @@ func (d *Daemon) Nodes(ctx context.Context) (*api.Nodes, error) {
 }
 
 var _ api.NodesDaemon = (*Daemon)(nil)
+
+// Drain implements api.DrainDaemon: node name takes no instance until
+// Undrain, and those it runs move to other nodes.
+func (d *Daemon) Drain(ctx context.Context, name string) (*api.Drain, error) {
+	r, err := d.engine.Drain(ctx, name, func(f string, a ...any) { d.logf("drain %s: "+f, append([]any{name}, a...)...) })
+	if err != nil {
+		return nil, apiError(err)
+	}
+	out := &api.Drain{Node: name, Moved: []api.Move{}, Stopped: r.Stopped}
+	for _, m := range r.Moved {
+		out.Moved = append(out.Moved, api.Move{Instance: string(m.Instance), From: m.From, To: m.To})
+	}
+	return out, nil
+}
+
+// Undrain implements api.DrainDaemon.
+func (d *Daemon) Undrain(ctx context.Context, name string) (*api.Undrain, error) {
+	was, err := d.engine.Undrain(ctx, name)
+	if err != nil {
+		return nil, apiError(err)
+	}
+	return &api.Undrain{Node: name, WasDrained: was}, nil
+}
+
+var _ api.DrainDaemon = (*Daemon)(nil)
 
 // nodeName is the name of the daemon's node.
 func (d *Daemon) nodeName() string {

@@ -38,7 +38,7 @@ type view struct {
 
 // read is the one read an operation decides from.
 func (e *Engine) read(ctx context.Context) (*view, error) {
-	snap, err := e.st.Read(ctx, node.KindDesired, node.KindNode, store.KindPause)
+	snap, err := e.st.Read(ctx, node.KindDesired, node.KindNode, node.KindUnschedulable, store.KindPause)
 	if err != nil {
 		return nil, err
 	}

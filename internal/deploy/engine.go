@@ -94,6 +94,11 @@ type Options struct {
 	// versions (their health timeouts) before the engine gives up on it;
 	// 0: 30 s.
 	NodeWait time.Duration
+	// JoinWait is how long after its making FailOver takes a node that
+	// has not reported itself for one that is still starting (a cluster
+	// started together: its nodes report one after the other), not for
+	// one that went; 0: 30 s. A node this engine saw go is gone at once.
+	JoinWait time.Duration
 }
 
 // Engine decides. One deploy, rollback, restart, gc or removal runs at a
@@ -116,6 +121,11 @@ type Engine struct {
 	guards map[string]*guard
 	// reports is what the nodes report of their instances, followed.
 	reports *reports
+	// made is when New made the engine: FailOver's JoinWait counts from
+	// it.
+	made time.Time
+	// gone are the nodes FailOver saw go; guarded by wmu.
+	gone map[string]bool
 }
 
 // New returns an engine over a store; it writes through st itself until
@@ -130,8 +140,13 @@ func New(st store.Store, opts Options) *Engine {
 	if opts.NodeWait <= 0 {
 		opts.NodeWait = 30 * time.Second
 	}
-	return &Engine{st: st, w: st, opts: opts, logf: opts.Logf,
+	if opts.JoinWait <= 0 {
+		opts.JoinWait = 30 * time.Second
+	}
+	e := &Engine{st: st, w: st, opts: opts, logf: opts.Logf, made: time.Now(),
 		windows: map[string]*window{}, guards: map[string]*guard{}, reports: newReports(st, opts.Logf)}
+	e.reports.went = e.sawGo
+	return e
 }
 
 // SetWriter makes the engine write through w: the store fenced on the

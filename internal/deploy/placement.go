@@ -59,6 +59,16 @@ func placement(v *view, first *spec.Generation, currents map[string]*spec.Genera
 	if !ok {
 		return nil, nil
 	}
+	want, err := wanted(v, first, currents, keep, asleep)
+	if err != nil {
+		return nil, err
+	}
+	return place.Make(want, nodes, placed(v))
+}
+
+// wanted returns the instances placement places (see placement), first's
+// first.
+func wanted(v *view, first *spec.Generation, currents map[string]*spec.Generation, keep []uint64, asleep []Callable) ([]place.Instance, error) {
 	gens := []*spec.Generation{first}
 	for _, env := range node.EnvOrder(currents) {
 		gens = append(gens, currents[env])
@@ -85,7 +95,7 @@ func placement(v *view, first *spec.Generation, currents map[string]*spec.Genera
 		have[in.Key] = true
 		want = append(want, in)
 	}
-	return place.Make(want, nodes, placed(v))
+	return want, nil
 }
 
 // instancesOn returns what placement p runs on node name, sorted.

@@ -23,6 +23,9 @@ type reports struct {
 	currents map[string]uint64                            // every environment's current generation
 	rev      uint64                                       // the revision the view follows
 	changed  chan struct{}                                // closed and replaced on every change
+	// went, if set, is told every node whose record goes (its lease
+	// ended), standby or not: FailOver need not wait for it to join.
+	went func(node string)
 }
 
 func newReports(st store.Store, logf Progress) *reports {
@@ -107,6 +110,9 @@ func (r *reports) follow(ctx context.Context, rev uint64) error {
 			r.notifyLocked()
 			r.mu.Unlock()
 			continue
+		}
+		if ev.Kind == node.KindNode && ev.Type == store.EventRecordDeleted && r.went != nil {
+			r.went(ev.Key)
 		}
 		if ev.Kind != node.KindInstance {
 			continue

@@ -45,7 +45,8 @@ type Options struct {
 	// address, labels and capacity (Info's; Name, Up and Applied are the
 	// follower's).
 	Self Info
-	// Lease is the node's: its reports live with it.
+	// Lease is the node's: its reports live with it. Rejoin changes it
+	// (guarded by the Follower's mu from then).
 	Lease store.LeaseID
 	// Agent runs the processes; Procs and Router are what it runs them
 	// with (the supervisor and the router).
@@ -152,6 +153,25 @@ func (f *Follower) Start(ctx context.Context) (uint64, error) {
 	f.mu.Unlock()
 	f.reconcile(ctx, snap, true)
 	return snap.Revision, nil
+}
+
+// Rejoin makes the node report under lease, a new one, after it lost its
+// own: its records went with it, and the engine may have placed what it
+// ran on other nodes meanwhile. It reads the state again and reconciles
+// to it — what is no longer placed here stops — and reports its Info and
+// every instance anew under lease.
+func (f *Follower) Rejoin(ctx context.Context, lease store.LeaseID) error {
+	f.mu.Lock()
+	f.opts.Lease = lease
+	f.reported = map[spec.VersionKey]Instance{} // gone with the old lease
+	f.mu.Unlock()
+	snap, err := f.st.Read(ctx, KindDesired)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", f.opts.Name, err)
+	}
+	f.noteRoutes(snap.Revision)
+	f.reconcile(ctx, snap, false)
+	return nil
 }
 
 // Run follows the store from revision from until ctx ends, and reports
@@ -480,7 +500,10 @@ func (f *Follower) wakeAlwaysOn(ctx context.Context, currents map[string]*spec.G
 func (f *Follower) writeInfo(ctx context.Context, info Info) {
 	v, err := json.Marshal(info)
 	if err == nil {
-		_, err = f.st.Txn(ctx, store.Write{Kind: KindNode, Key: f.opts.Name, Value: v, Rev: store.AnyRevision, Lease: f.opts.Lease})
+		f.mu.Lock()
+		lease := f.opts.Lease
+		f.mu.Unlock()
+		_, err = f.st.Txn(ctx, store.Write{Kind: KindNode, Key: f.opts.Name, Value: v, Rev: store.AnyRevision, Lease: lease})
 	}
 	if err != nil {
 		f.logf("node %s: reporting: %v", f.opts.Name, err)

@@ -370,3 +370,60 @@ func TestFollowerReportsInOrder(t *testing.T) {
 		t.Errorf("web never reported ready (reports seen: %v)", seen)
 	}
 }
+
+// TestFollowerRejoins: a node whose lease ended — its records gone with
+// it — reports everything anew under the lease it rejoins with, also what
+// runs unchanged; and one whose instance the engine placed elsewhere
+// meanwhile (its Desired lists nothing) stops it.
+func TestFollowerRejoins(t *testing.T) {
+	w := newWorld(t)
+	g := w.commit("one", 0)
+	k := g.Instance("web")
+	w.ask(node.Desired{Placed: true, Instances: []spec.VersionKey{k}})
+	waitFor(t, "web running", func() bool { return w.pid(k) > 0 })
+	rejoin := func(old store.Lease) store.Lease {
+		t.Helper()
+		if err := old.Revoke(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.st.Record(t.Context(), node.KindNode, w.n.Name); err == nil {
+			t.Fatal("the node's record outlived its lease")
+		}
+		lease, err := w.st.Grant(t.Context(), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.n.Follower.Rejoin(t.Context(), lease.ID()); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := w.st.Record(t.Context(), node.KindNode, w.n.Name); err != nil || r.Lease != lease.ID() {
+			t.Fatalf("the node's record after it rejoined: %+v, %v; want it under the new lease", r, err)
+		}
+		return lease
+	}
+	lease := rejoin(w.n.Lease)
+	waitFor(t, "web reported again under the new lease", func() bool {
+		r, err := w.st.Record(t.Context(), node.KindInstance, node.InstanceKey(w.n.Name, k))
+		return err == nil && r.Lease == lease.ID()
+	})
+
+	// Placed elsewhere while the node had no lease: it stops it.
+	if err := lease.Revoke(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := json.Marshal(node.Desired{Node: w.n.Name, Placed: true})
+	if _, err := w.st.Txn(t.Context(), store.Write{Kind: node.KindDesired, Key: w.n.Name, Value: v, Rev: store.AnyRevision}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "web stopped", func() bool { return w.pid(k) == 0 })
+	lease2, err := w.st.Grant(t.Context(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.n.Follower.Rejoin(t.Context(), lease2.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.st.Record(t.Context(), node.KindInstance, node.InstanceKey(w.n.Name, k)); err == nil {
+		t.Error("web, stopped, is reported after the node rejoined")
+	}
+}

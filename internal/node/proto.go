@@ -11,6 +11,7 @@
 //	node/NODE           Info: the node, and what its last reconcile did (under its lease)
 //	instance/NODE/KEY   Instance: one instance as it runs (under its lease)
 //	routes/NODE         Routes: the revision its router's table follows (under its lease)
+//	unschedulable/NODE  the node is drained (hostel nodes drain): written by the engine, kept until undrain
 package node
 
 import (
@@ -30,7 +31,18 @@ const (
 	KindNode     = "node"
 	KindInstance = "instance"
 	KindRoutes   = "routes"
+	// KindUnschedulable marks a node drained by hand (hostel nodes
+	// drain): it takes no instance until undrained. The engine writes it
+	// (fenced on its leadership) and deletes it at undrain; no lease, so
+	// that it outlives every daemon's restart. Its value is a Drained.
+	KindUnschedulable = "unschedulable"
 )
+
+// Drained is the value of a KindUnschedulable record.
+type Drained struct {
+	// Since is when the node was drained.
+	Since time.Time `json:"since"`
+}
 
 // Desired is what the engine asks one node to run beyond what every
 // node runs anyway: every environment's current generation, production
@@ -86,7 +98,9 @@ type Info struct {
 	// when it advertises none.
 	Addr string `json:"addr,omitempty"`
 	// Labels, CPU (cores) and Memory (bytes) are what it offers
-	// placement (--labels, --capacity); Unschedulable marks it drained.
+	// placement (--labels, --capacity). Unschedulable marks it drained:
+	// not reported by the node but read from its KindUnschedulable record
+	// (Nodes), which the engine writes.
 	Labels        map[string]string `json:"labels,omitempty"`
 	CPU           float64           `json:"cpu,omitempty"`
 	Memory        int64             `json:"memory,omitempty"`

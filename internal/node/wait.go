@@ -72,11 +72,17 @@ func recordOf(ev store.Event, kinds []string) bool {
 	return slices.Contains(kinds, ev.Kind)
 }
 
-// Nodes returns the nodes of a snapshot read with KindNode, by name.
+// Nodes returns the nodes of a snapshot read with KindNode, by name; read
+// with KindUnschedulable too, each drained node's Info says so.
 func Nodes(snap *store.Snapshot) map[string]Info {
 	out := map[string]Info{}
+	drained := map[string]bool{}
+	for _, r := range snap.Records[KindUnschedulable] {
+		drained[r.Key] = true
+	}
 	for _, r := range snap.Records[KindNode] {
 		if info, err := DecodeInfo(r.Key, r.Value); err == nil {
+			info.Unschedulable = drained[r.Key]
 			out[r.Key] = info
 		}
 	}

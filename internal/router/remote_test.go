@@ -455,3 +455,24 @@ func TestRetire(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRetiredGivesWay: an instance retired here — it drains before it
+// stops, its node drained or the instance moved — while a replica of it
+// runs on another node: a request that comes now, by domain or by its
+// immutable name, goes to the replica, not to a gate closed for good.
+func TestRetiredGivesWay(t *testing.T) {
+	nodes := startNodes(t, Options{}, "a", "b")
+	a, b := nodes[0], nodes[1]
+	a.r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1 on a"))
+	b.r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1 on b"))
+	for _, n := range nodes {
+		mustSwap(t, n.r, Table{Domains: map[string]spec.VersionKey{host: apiV1}})
+	}
+	a.r.SetRemotes(map[spec.VersionKey][]Remote{apiV1: {b.on()}})
+	a.r.Retire(apiV1)
+	for _, h := range []string{host, spec.VersionHost("api", "111111111111", zone)} {
+		if code, _, body := fronttest.Get(t, a.pub+"/", h); code != 200 || !strings.HasPrefix(body, "backend api-v1 on b") {
+			t.Errorf("%s on a, its instance retired there: %d %q, want b's replica", h, code, body)
+		}
+	}
+}

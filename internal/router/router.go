@@ -148,7 +148,11 @@ type backend struct {
 	hook     VersionHook // nil: none
 	fb       *front.Backend
 	inflight atomic.Int64 // slots taken and not given back, and the gate bit (sleep.go)
-	last     atomic.Int64 // UnixNano when the last request ended (or the backend was made or woken)
+	// retired is set once the backend is retired (Retire), for decide to
+	// read without its lock: a request that comes later goes to a replica
+	// on another node, if there is one.
+	retired atomic.Bool
+	last    atomic.Int64 // UnixNano when the last request ended (or the backend was made or woken)
 
 	// sleep is the backend's scale-to-zero state (sleep.go), guarded by mu.
 	sleep sleepState
@@ -266,10 +270,8 @@ func (r *Router) decide(host, remote string, secure bool, path string) route {
 	host = normalizeHost(host)
 	t := r.table.Load()
 	if key, ok := t.Domains[host]; ok {
-		rt := route{b: (*r.backends.Load())[key], domain: key}
-		if rt.b == nil {
-			rt.remote = r.remoteOf(key)
-		}
+		rt := r.routeTo(key)
+		rt.domain = key
 		r.tlsOf(t, &rt, host, host, secure, path)
 		return rt
 	}
@@ -279,21 +281,29 @@ func (r *Router) decide(host, remote string, secure bool, path string) route {
 		return rt
 	}
 	if key, ok := t.Internal[host]; ok && r.internalClient(remote) {
-		rt := route{b: (*r.backends.Load())[key], domain: key}
-		if rt.b == nil {
-			rt.remote = r.remoteOf(key)
-		}
+		rt := r.routeTo(key)
+		rt.domain = key
 		return rt
 	}
 	if service, v, ok := spec.ParseVersionHost(host, t.Zone); ok && r.internalClient(remote) {
-		key := spec.Key(service, v)
-		rt := route{b: (*r.backends.Load())[key]}
-		if rt.b == nil {
-			rt.remote = r.remoteOf(key)
-		}
-		return rt
+		return r.routeTo(spec.Key(service, v))
 	}
 	return route{}
+}
+
+// routeTo returns the route to instance key: its backend here, else its
+// replicas on other nodes. A backend here that is retired — it drains
+// before it stops, as on a node drained or that an instance moved away
+// from — gives way to the replicas elsewhere, if there are any: it takes
+// no new request.
+func (r *Router) routeTo(key spec.VersionKey) route {
+	b := (*r.backends.Load())[key]
+	if b == nil || b.retired.Load() {
+		if rs := r.remoteOf(key); rs != nil || b == nil {
+			return route{remote: rs}
+		}
+	}
+	return route{b: b}
 }
 
 var _ front.Router = (*Router)(nil)

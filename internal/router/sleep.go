@@ -214,6 +214,7 @@ func (b *backend) retire() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sleep.retired = true
+	b.retired.Store(true)
 	b.sleep.pause.lift()
 	b.sleep.handover.lift()
 	b.setGateLocked()

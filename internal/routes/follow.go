@@ -29,7 +29,7 @@ var _ Swapper = (*router.Router)(nil)
 type Follower struct {
 	st    store.Store
 	node  string
-	lease store.LeaseID
+	lease store.LeaseID // guarded by mu: a node that rejoins changes it
 	r     Swapper
 	logf  func(format string, args ...any)
 	// switched, if set, is told every table swapped in, with the currents
@@ -228,9 +228,22 @@ func (f *Follower) setApplied(ctx context.Context, rev uint64) {
 		return
 	}
 	v, _ := json.Marshal(node.Routes{Applied: rev})
-	if _, err := f.st.Txn(ctx, store.Write{Kind: node.KindRoutes, Key: f.node, Value: v, Rev: store.AnyRevision, Lease: f.lease}); err != nil {
+	f.mu.Lock()
+	lease := f.lease
+	f.mu.Unlock()
+	if _, err := f.st.Txn(ctx, store.Write{Kind: node.KindRoutes, Key: f.node, Value: v, Rev: store.AnyRevision, Lease: lease}); err != nil {
 		f.logf("routes: reporting revision %d: %v", rev, err)
 	}
+}
+
+// Rejoin makes the follower report under lease, its node's new one once
+// the old was lost (its record went with it), and reads and swaps again.
+func (f *Follower) Rejoin(ctx context.Context, lease store.LeaseID) error {
+	f.mu.Lock()
+	f.lease = lease
+	f.mu.Unlock()
+	_, err := f.Sync(ctx)
+	return err
 }
 
 // Applied returns the revision the router's table follows.

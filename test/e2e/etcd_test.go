@@ -178,10 +178,10 @@ func TestServeOnEtcd(t *testing.T) {
 // takes the engine over at once: the lease its killed predecessor held in
 // the store — which etcd keeps, renewed for a whole TTL when the member
 // starts again — is revoked rather than waited out, so a start takes
-// less than that TTL (daemon.NodeTTL, 10 s); waiting it out would take
+// less than that TTL (daemon.NodeTTL, 6 s); waiting it out would take
 // more. A deploy then goes through.
 func TestKilledOnEtcdKeepsServices(t *testing.T) {
-	const nodeTTL = 10 * time.Second // daemon.NodeTTL
+	const nodeTTL = 6 * time.Second // daemon.NodeTTL
 	e := NewEnv(t)
 	e.Store = "etcd"
 	e.StartDaemon()
