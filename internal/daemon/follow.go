@@ -88,8 +88,12 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	// killed — holds its lease until the TTL ends: its records and its
 	// leadership of the engine go now, not NodeTTL later.
 	if r, err := d.store.Record(ctx, node.KindNode, name); err == nil && r.Lease != 0 {
-		if err := d.store.Revoke(ctx, r.Lease); err != nil && !errors.Is(err, store.ErrNotFound) {
+		err := d.store.Revoke(ctx, r.Lease)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("node %s: ending the lease it held before: %w", name, err)
+		}
+		if err == nil {
+			d.logf("node %s: ended the lease its previous daemon left (it was killed)", name)
 		}
 	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("node %s: %w", name, err)

@@ -177,9 +177,9 @@ func TestServeOnEtcd(t *testing.T) {
 // running; each next start adopts them (same pids) and routes them, and
 // takes the engine over at once: the lease its killed predecessor held in
 // the store — which etcd keeps, renewed for a whole TTL when the member
-// starts again — is revoked rather than waited out, so a start takes
-// less than that TTL (daemon.NodeTTL, 6 s); waiting it out would take
-// more. A deploy then goes through.
+// starts again — is revoked rather than waited out (the daemon says so;
+// the start's time against the TTL, daemon.NodeTTL, is logged: a bound
+// on it would be a timed assertion). A deploy then goes through.
 func TestKilledOnEtcdKeepsServices(t *testing.T) {
 	const nodeTTL = 6 * time.Second // daemon.NodeTTL
 	e := NewEnv(t)
@@ -198,9 +198,9 @@ func TestKilledOnEtcdKeepsServices(t *testing.T) {
 		t0 := time.Now()
 		e.StartDaemon()
 		took := time.Since(t0)
-		t.Logf("start %d after SIGKILL: %s", round, took.Round(time.Millisecond))
-		if took >= nodeTTL {
-			t.Errorf("start %d after SIGKILL took %s: the killed daemon's lease was waited out (%s), not revoked", round, took.Round(time.Millisecond), nodeTTL)
+		t.Logf("start %d after SIGKILL: %s (the lease's TTL: %s)", round, took.Round(time.Millisecond), nodeTTL)
+		if !strings.Contains(e.DaemonLog(), "ended the lease its previous daemon left") {
+			t.Errorf("start %d after SIGKILL: the daemon does not say it ended the killed one's lease: it would wait out its TTL", round)
 		}
 		gen, st := e.Status()
 		if gen != 1 {
