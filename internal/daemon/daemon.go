@@ -22,6 +22,7 @@ import (
 	"hostel/internal/deploy"
 	"hostel/internal/failpoint"
 	"hostel/internal/front"
+	"hostel/internal/handover"
 	"hostel/internal/idle"
 	"hostel/internal/keyring"
 	"hostel/internal/nix"
@@ -69,6 +70,12 @@ type Options struct {
 	// (front.HoldLimits; zero fields take its defaults). Their temporary
 	// files go to ROOT/tmp, whatever Hold.Dir says.
 	Hold front.HoldLimits
+	// Passed holds the sockets the daemon was started with
+	// (handover.FromEnv: systemd's socket units, systemd-socket-activate,
+	// the daemon that hostel upgrade replaces), taken by name in place of
+	// binding HTTPAddr, HTTPSAddr, the API socket and the others. nil: the
+	// daemon binds its own. One passed and left unused fails the start.
+	Passed *handover.Set
 }
 
 // Daemon is a running `hostel serve`.
@@ -111,6 +118,12 @@ type Daemon struct {
 	cgroups *cgroup.Hierarchy
 
 	httpLn net.Listener
+	// sockets are the listening sockets, by name (listen.go), which
+	// hostel upgrade passes on; apiPassed: the API socket was passed, so
+	// its path is not the daemon's to remove.
+	sockets   []namedListener
+	socketsMu sync.Mutex
+	apiPassed bool
 	// peerLn is the node-to-node port (TLS) and peerAddr the address
 	// advertised for it; nil and "" without Options.Advertise.
 	peerLn   net.Listener
@@ -202,7 +215,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
 		Cgroups: d.openCgroups()})
-	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+	if d.httpLn, err = d.listen(handover.HTTP, opts.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
 	}
 	// Certificate management before the router, which asks it which
@@ -217,6 +230,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	ropts.Hold = opts.Hold
+	ropts.Listen = d.listenEndpoint
 	ropts.Hold.Dir = filepath.Join(opts.Root, "tmp")
 	d.router = router.New(ropts)
 	d.agent = agent.New(d.sup, d.router)
@@ -235,14 +249,14 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.agent.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))
 
 	sock := SocketPath(opts.Root)
-	if err := removeStaleSocket(sock); err != nil {
-		return nil, err
-	}
-	if d.apiLn, err = listenPrivate(sock); err != nil {
+	if err := d.listenAPI(sock); err != nil {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
 	failpoint.Hit("api-socket-bound")
 	if err := d.listenRemoteAPI(); err != nil {
+		return nil, err
+	}
+	if err := d.checkPassed(); err != nil {
 		return nil, err
 	}
 	// Before anything is adopted: what a daemon killed mid-launch left
@@ -278,6 +292,34 @@ func (d *Daemon) serve(ln net.Listener, h http.Handler) {
 			d.logf("serve %s: %v", ln.Addr(), err)
 		}
 	}()
+}
+
+// listenAPI listens on the API socket at sock: the one passed, else a new
+// one.
+func (d *Daemon) listenAPI(sock string) (err error) {
+	if ln, ok := d.opts.Passed.Take(handover.API); ok {
+		if got := ln.Addr().String(); got != sock {
+			ln.Close()
+			return fmt.Errorf("LISTEN_FDNAMES: the socket passed as %q is %s, not %s (--root's)", handover.API, got, sock)
+		}
+		// Only the daemon's user may connect, whatever mode the socket
+		// was made with (systemd's SocketMode=0600 says the same).
+		if err := os.Chmod(sock, 0o600); err != nil {
+			ln.Close()
+			return err
+		}
+		d.apiLn, d.apiPassed = ln, true
+		d.keep(handover.API, ln)
+		return nil
+	}
+	if err := removeStaleSocket(sock); err != nil {
+		return err
+	}
+	if d.apiLn, err = listenPrivate(sock); err != nil {
+		return err
+	}
+	d.keep(handover.API, d.apiLn)
+	return nil
 }
 
 // removeStaleSocket removes a socket left by a daemon that died (and the
@@ -336,7 +378,7 @@ func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
 // services (they keep running, for the next daemon to adopt) and closes the
 // store. Shutdown stops the services.
 func (d *Daemon) Close() error {
-	if d.apiLn != nil {
+	if d.apiLn != nil && !d.apiPassed {
 		// Before the listener closes: removed after, it could be the
 		// socket of a daemon that started meanwhile (a start removes a
 		// dead socket and makes its own).
@@ -385,19 +427,25 @@ func (d *Daemon) Close() error {
 		cancel()
 		err = d.store.Close()
 	}
-	return errors.Join(err, d.member.Close())
+	return errors.Join(err, d.member.Close(), d.opts.Passed.Close())
 }
 
 // Run starts a daemon and serves until ctx ends.
 func Run(ctx context.Context, opts Options) error {
 	d, err := Start(ctx, opts)
 	if err != nil {
+		opts.Passed.Close()
 		return err
+	}
+	// To systemd (Type=notify): the daemon serves.
+	if err := handover.Notify("READY=1"); err != nil {
+		d.logf("%v", err)
 	}
 	select {
 	case <-ctx.Done():
 		d.logf("stopping; services keep running")
 	case <-d.quit:
 	}
+	handover.Notify("STOPPING=1")
 	return d.Close()
 }

@@ -88,6 +88,10 @@ type Env struct {
 	// DaemonEnv is added to the environment of the daemons StartDaemon
 	// runs (a failpoint, say).
 	DaemonEnv []string
+	// Wrap is a command StartDaemon runs `hostel serve` under (its
+	// arguments then hostel's), which execs it: systemd-socket-activate,
+	// say. nil: none.
+	Wrap []string
 	// Store is where the daemons StartDaemon runs keep their state when
 	// their flags do not say (neither --etcd nor --etcd-embed): "bbolt",
 	// or "etcd" for an etcd member in the daemon (--etcd-embed). NewEnv
@@ -145,7 +149,8 @@ func (e *Env) StartDaemonArgs(args ...string) {
 	}
 	e.logs = &bytes.Buffer{}
 	e.args = args
-	cmd := exec.Command(e.Bin, append([]string{"serve", "--root", e.Root}, args...)...)
+	argv := append(slices.Clip(e.Wrap), append([]string{e.Bin, "serve", "--root", e.Root}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), e.DaemonEnv...)
 	cmd.Stdout = lockedWriter{&e.logsMu, e.logs}
 	cmd.Stderr = cmd.Stdout
