@@ -26,6 +26,9 @@ if [[ $what == test ]]; then
   have openssl || need+=(openssl)
   # Debian's etcd (3.4): the etcd store passes its conformance suite against it too.
   have etcd || need+=(etcd-server)
+  # systemd-analyze verifies hostel install's units; systemd-socket-activate passes
+  # listeners the way systemd does (no systemd runs as PID 1 for either).
+  have systemd-analyze && have systemd-socket-activate || need+=(systemd)
 fi
 ((${#need[@]})) || exit 0
 if ((EUID != 0)); then

@@ -297,7 +297,7 @@ func (d *Daemon) serve(ln net.Listener, h http.Handler) {
 // listenAPI listens on the API socket at sock: the one passed, else a new
 // one.
 func (d *Daemon) listenAPI(sock string) (err error) {
-	if ln, ok := d.opts.Passed.Take(handover.API); ok {
+	if ln, ok := d.opts.Passed.TakeFor(handover.API, sock); ok {
 		if got := ln.Addr().String(); got != sock {
 			ln.Close()
 			return fmt.Errorf("LISTEN_FDNAMES: the socket passed as %q is %s, not %s (--root's)", handover.API, got, sock)

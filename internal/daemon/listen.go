@@ -12,7 +12,7 @@ import (
 // (Options.Passed), else a new listener on addr. It records the socket
 // under its name: hostel upgrade passes it on (upgrade.go).
 func (d *Daemon) listen(name, addr string) (net.Listener, error) {
-	ln, ok := d.opts.Passed.Take(name)
+	ln, ok := d.opts.Passed.TakeFor(name, addr)
 	if !ok {
 		var err error
 		if ln, err = net.Listen("tcp", addr); err != nil {

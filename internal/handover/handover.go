@@ -34,10 +34,15 @@ const (
 	// Endpoint names the listeners of the <NEED>_URL endpoints, any
 	// number of them, told apart by their address.
 	Endpoint = "endpoint"
+	// Unit names the sockets of one systemd socket unit, which can give
+	// all its sockets one name only (FileDescriptorName=): each is taken
+	// for the flag whose address it listens on, the API socket by its
+	// path (hostel install writes such a unit).
+	Unit = "hostel"
 )
 
 // names are the names a daemon takes, in the order documented.
-var names = []string{HTTP, HTTPS, API, APIListen, Peer, Endpoint}
+var names = []string{HTTP, HTTPS, API, APIListen, Peer, Endpoint, Unit}
 
 // firstFD is where passed descriptors start (SD_LISTEN_FDS_START).
 const firstFD = 3
@@ -124,6 +129,36 @@ func (s *Set) Take(name string) (net.Listener, bool) {
 	return s.take(func(p passed) bool { return p.name == name })
 }
 
+// TakeFor returns the socket passed as name, else one passed as Unit
+// that listens where addr says (a TCP HOST:PORT whose empty host is any
+// address, or a unix socket's path), and forgets it.
+func (s *Set) TakeFor(name, addr string) (net.Listener, bool) {
+	if ln, ok := s.Take(name); ok {
+		return ln, true
+	}
+	return s.take(func(p passed) bool { return p.name == Unit && sameAddr(p.ln.Addr(), addr) })
+}
+
+// sameAddr reports whether a listens where addr says.
+func sameAddr(a net.Addr, addr string) bool {
+	if a.Network() == "unix" {
+		return a.String() == addr
+	}
+	host, port, err := net.SplitHostPort(addr)
+	gotHost, gotPort, err2 := net.SplitHostPort(a.String())
+	if err != nil || err2 != nil || port != gotPort {
+		return false
+	}
+	want, got := net.ParseIP(host), net.ParseIP(gotHost)
+	switch {
+	case host == "" || want != nil && want.IsUnspecified():
+		return got != nil && got.IsUnspecified()
+	case want != nil:
+		return got != nil && want.Equal(got)
+	}
+	return false // a host name: systemd binds addresses
+}
+
 // TakeAddr returns the socket passed as name that listens on addr
 // (HOST:PORT as net.Listener.Addr writes it) and forgets it.
 func (s *Set) TakeAddr(name, addr string) (net.Listener, bool) {
@@ -145,7 +180,8 @@ func (s *Set) take(match func(passed) bool) (net.Listener, bool) {
 	return ln, true
 }
 
-// Left returns the names of the sockets not taken yet but Endpoint's.
+// Left returns the names and addresses of the sockets not taken yet but
+// Endpoint's.
 func (s *Set) Left() []string {
 	if s == nil {
 		return nil
@@ -155,7 +191,7 @@ func (s *Set) Left() []string {
 	var left []string
 	for _, p := range s.ls {
 		if p.name != Endpoint {
-			left = append(left, p.name)
+			left = append(left, p.name+" ("+p.ln.Addr().String()+")")
 		}
 	}
 	return left

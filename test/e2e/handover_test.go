@@ -16,7 +16,8 @@ import (
 // TestSocketActivation: `hostel serve` started by systemd-socket-activate,
 // which passes sockets the way systemd's socket units do (LISTEN_FDS,
 // LISTEN_FDNAMES), serves on them in place of its flags' — the public
-// listener and the API socket — and tells NOTIFY_SOCKET it is ready. A
+// listener, by its name, and the API socket, by its path under the name
+// hostel install's socket unit gives all its sockets — and tells NOTIFY_SOCKET it is ready. A
 // connection made before the daemon ran waits and is answered. A socket
 // under a name the daemon does not know fails the start (exit 2).
 func TestSocketActivation(t *testing.T) {
@@ -32,7 +33,7 @@ func TestSocketActivation(t *testing.T) {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	e.Wrap = []string{"systemd-socket-activate", "-l", addr, "--fdname=http",
-		"-l", filepath.Join(e.Root, "hostel.sock"), "--fdname=api", "-E", "NOTIFY_SOCKET=" + notifyPath}
+		"-l", filepath.Join(e.Root, "hostel.sock"), "--fdname=hostel", "-E", "NOTIFY_SOCKET=" + notifyPath}
 
 	// systemd-socket-activate runs hostel at the first connection (this
 	// request's or the harness's status): until then it waits in the
