@@ -11,8 +11,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"hostel/internal/acme"
@@ -124,6 +127,11 @@ type Daemon struct {
 	sockets   []namedListener
 	socketsMu sync.Mutex
 	apiPassed bool
+	// upgradeMu is held by an upgrade (upgrade.go); handedOver is set
+	// once it gave up the API, the store and the services to the daemon
+	// replacing this one.
+	upgradeMu  sync.Mutex
+	handedOver atomic.Bool
 	// peerLn is the node-to-node port (TLS) and peerAddr the address
 	// advertised for it; nil and "" without Options.Advertise.
 	peerLn   net.Listener
@@ -288,7 +296,8 @@ func (d *Daemon) serve(ln net.Listener, h http.Handler) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// net.ErrClosed: an upgrade closed the listener (handOver).
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			d.logf("serve %s: %v", ln.Addr(), err)
 		}
 	}()
@@ -298,7 +307,9 @@ func (d *Daemon) serve(ln net.Listener, h http.Handler) {
 // one.
 func (d *Daemon) listenAPI(sock string) (err error) {
 	if ln, ok := d.opts.Passed.TakeFor(handover.API, sock); ok {
-		if got := ln.Addr().String(); got != sock {
+		// The daemon replaced passes its own, bound elsewhere and linked
+		// at sock (listenPrivate).
+		if got := ln.Addr().String(); got != sock && !d.opts.Passed.FromDaemon() {
 			ln.Close()
 			return fmt.Errorf("LISTEN_FDNAMES: the socket passed as %q is %s, not %s (--root's)", handover.API, got, sock)
 		}
@@ -308,7 +319,11 @@ func (d *Daemon) listenAPI(sock string) (err error) {
 			ln.Close()
 			return err
 		}
-		d.apiLn, d.apiPassed = ln, true
+		// systemd's socket outlives the daemon; one passed by the daemon
+		// this one replaces is this one's.
+		held := os.Getenv(apiHeldEnv) != ""
+		os.Unsetenv(apiHeldEnv)
+		d.apiLn, d.apiPassed = ln, !d.opts.Passed.FromDaemon() || held
 		d.keep(handover.API, ln)
 		return nil
 	}
@@ -391,6 +406,29 @@ func (d *Daemon) Close() error {
 		}
 	}
 	d.wg.Wait()
+	var err error
+	if !d.handedOver.Load() {
+		err = d.detach()
+		if d.cgroups != nil {
+			// Only once no group is left in it (after hostel shutdown): the
+			// groups of detached services stay for the next daemon.
+			d.cgroups.Remove()
+		}
+	}
+	if d.certs != nil {
+		d.certs.Close()
+	}
+	if d.router != nil {
+		d.router.Close()
+	}
+	return errors.Join(err, d.member.Close(), d.opts.Passed.Close())
+}
+
+// detach stops following the store, lets go of the services (they keep
+// running, for the next daemon to adopt) and closes the store: what Close
+// does once nothing is served any more, and an upgrade before the daemon
+// replacing this one starts (upgrade.go).
+func (d *Daemon) detach() error {
 	if d.stopExpiry != nil {
 		d.stopExpiry()
 	}
@@ -404,48 +442,64 @@ func (d *Daemon) Close() error {
 	if d.sup != nil {
 		d.sup.Detach()
 	}
-	if d.cgroups != nil {
-		// Only once no group is left in it (after hostel shutdown): the
-		// groups of detached services stay for the next daemon.
-		d.cgroups.Remove()
-	}
-	if d.certs != nil {
-		d.certs.Close()
-	}
-	if d.router != nil {
-		d.router.Close()
-	}
 	if d.stopKeys != nil {
 		d.stopKeys()
 	}
-	var err error
-	if d.store != nil {
-		// Claims end now: a daemon that waits for one need not wait out
-		// the lease.
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		d.lease.revoke(rctx)
-		cancel()
-		err = d.store.Close()
+	if d.store == nil {
+		return nil
 	}
-	return errors.Join(err, d.member.Close(), d.opts.Passed.Close())
+	// Claims end now: a daemon that waits for one need not wait out the
+	// lease.
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	d.lease.revoke(rctx)
+	cancel()
+	return d.store.Close()
 }
 
 // Run starts a daemon and serves until ctx ends.
 func Run(ctx context.Context, opts Options) error {
-	d, err := Start(ctx, opts)
+	// Started by hostel upgrade: the daemon replaced lets go of the store
+	// and the services once this one has taken its sockets.
+	ctl, err := controlFromEnv()
+	if err == nil {
+		err = ctl.await()
+	}
 	if err != nil {
 		opts.Passed.Close()
 		return err
 	}
-	// To systemd (Type=notify): the daemon serves.
-	if err := handover.Notify("READY=1"); err != nil {
+	// SIGHUP is hostel upgrade to the daemon's own path (systemctl reload).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	d, err := Start(ctx, opts)
+	ctl.done(err)
+	if err != nil {
+		opts.Passed.Close()
+		return err
+	}
+	// To systemd (Type=notify): this process serves — after an upgrade,
+	// in place of the one systemd started.
+	if err := handover.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid())); err != nil {
 		d.logf("%v", err)
 	}
-	select {
-	case <-ctx.Done():
-		d.logf("stopping; services keep running")
-	case <-d.quit:
+	for stop := false; !stop; {
+		select {
+		case <-ctx.Done():
+			d.logf("stopping; services keep running")
+			stop = true
+		case <-d.quit:
+			stop = true
+		case <-hup:
+			go func() {
+				if _, err := d.Upgrade(context.Background(), api.UpgradeRequest{}); err != nil {
+					d.logf("SIGHUP: %v", err)
+				}
+			}()
+		}
 	}
-	handover.Notify("STOPPING=1")
+	if !d.handedOver.Load() {
+		handover.Notify("STOPPING=1")
+	}
 	return d.Close()
 }

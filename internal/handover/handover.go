@@ -62,7 +62,14 @@ const (
 type Set struct {
 	mu sync.Mutex
 	ls []passed
+	// fromDaemon: passed by the daemon this one replaces (ParentEnv),
+	// not by systemd.
+	fromDaemon bool
 }
+
+// FromDaemon reports whether the sockets were passed by the daemon this
+// one replaces (hostel upgrade) rather than by systemd.
+func (s *Set) FromDaemon() bool { return s != nil && s.fromDaemon }
 
 type passed struct {
 	name string
@@ -102,7 +109,7 @@ func FromEnv() (*Set, error) {
 	if fdNames == "" || len(ns) != n {
 		return nil, fmt.Errorf("%s: %q names %d sockets, %s passes %d: name each (%s)", namesEnv, fdNames, len(ns), fdsEnv, n, strings.Join(names, ", "))
 	}
-	s := &Set{}
+	s := &Set{fromDaemon: pid == ""}
 	for i, name := range ns {
 		fd := firstFD + i
 		syscall.CloseOnExec(fd)

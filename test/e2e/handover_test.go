@@ -3,12 +3,14 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -106,4 +108,118 @@ func TestSocketActivation(t *testing.T) {
 	if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(out.String(), `LISTEN_FDNAMES: unknown socket name "web"`) {
 		t.Errorf("a socket named web: exit %d, %q; want exit 2 naming it", code, out.String())
 	}
+}
+
+// TestUpgradeUnderLoad: under steady traffic (blog, which calls quotes
+// through QUOTES_URL, on keep-alive connections), hostel upgrade replaces
+// the daemon by a new process that takes over every socket and service:
+// no request fails, a slow request under way finishes, the services keep
+// their pids, the old daemon exits. A binary that is not hostel is refused
+// (exit 2); one that dies while it takes over leaves the old binary
+// serving (exit 1, saying why); SIGHUP upgrades too.
+func TestUpgradeUnderLoad(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	sp := monoliths(e, "Hi")
+	sp["services"].(map[string]any)["slow"] = map[string]any{
+		"package": slowApp(t), "exec": []string{"bin/slowapp"},
+		"domains": []string{"slow.example"}, "health": map[string]any{"path": "/healthz"},
+	}
+	e.WriteSpec(sp)
+	e.MustRun("deploy", "--no-confirm")
+	_, before := e.Status()
+	samePIDs := func(when string) {
+		t.Helper()
+		_, st := e.Status()
+		for name, s := range before {
+			if st[name].PID != s.PID || st[name].State != "running" {
+				t.Errorf("%s %s: pid %d state %s, want pid %d running", name, when, st[name].PID, st[name].State, s.PID)
+			}
+		}
+	}
+	// hostel serve that dies by SIGKILL once it has its sockets and the
+	// store, before it adopts anything (a failpoint).
+	dying := filepath.Join(t.TempDir(), "hostel-dying")
+	script := fmt.Sprintf("#!/bin/sh\n[ \"$1\" = version ] && exec %s version\nHOSTEL_FAILPOINTS=api-socket-bound=kill exec %s \"$@\"\n", e.Bin, e.Bin)
+	if err := os.WriteFile(dying, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	pid := e.daemon.Process.Pid
+	failed, n := trafficOn([]string{e.HTTP}, 4, "blog.example", func() {
+		slow := make(chan string, 1)
+		go func() {
+			req, _ := http.NewRequest("GET", "http://"+e.HTTP+"/slow?ms=1500", nil)
+			req.Host = "slow.example"
+			resp, err := httpClient.Do(req)
+			if err != nil {
+				slow <- err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			slow <- fmt.Sprintf("%d %s", resp.StatusCode, strings.Fields(string(b)))
+		}()
+		time.Sleep(300 * time.Millisecond)
+
+		out := e.MustRun("upgrade")
+		var old, next int
+		var version string
+		if _, err := fmt.Sscanf(out[strings.Index(out, "pid "):], "pid %d → %d, hostel %s", &old, &next, &version); err != nil || old != pid || next == pid {
+			t.Fatalf("hostel upgrade printed %q; want pid %d → a new pid", out, pid)
+		}
+		waitUntil(t, "the old daemon to exit", func() bool { return !running(old) })
+		if got := <-slow; got != "200 [started done]" {
+			t.Errorf("a slow request under way across the upgrade: %s", got)
+		}
+		samePIDs("after hostel upgrade")
+		pid = next
+
+		if _, errOut, code := e.Run("upgrade", "/bin/true"); code != 2 || !strings.Contains(errOut, "/bin/true is not a hostel binary") {
+			t.Errorf("hostel upgrade /bin/true: exit %d, %q; want 2, not a hostel binary", code, errOut)
+		}
+		if !running(pid) {
+			t.Fatalf("a refused upgrade ended the daemon")
+		}
+
+		_, errOut, code := e.Run("upgrade", dying)
+		if code != 1 || !strings.Contains(errOut, "exited (signal: killed) before it was ready") || !strings.Contains(errOut, "the old binary serves on") {
+			t.Errorf("hostel upgrade to a binary that dies: exit %d, %q; want 1, saying why and that the old binary serves on", code, errOut)
+		}
+		waitUntil(t, "the daemon of the failed upgrade to exit", func() bool { return !running(pid) })
+		e.MustRun("status")
+		samePIDs("after a failed upgrade")
+		if i := strings.Index(errOut, "serves on (pid "); i < 0 {
+			t.Fatalf("hostel upgrade to a binary that dies: no pid in %q", errOut)
+		} else {
+			fmt.Sscanf(errOut[i:], "serves on (pid %d)", &pid)
+		}
+		if !running(pid) {
+			t.Fatalf("the old binary's new daemon, pid %d, does not run", pid)
+		}
+
+		syscall.Kill(pid, syscall.SIGHUP)
+		waitUntil(t, "the daemon to exit after SIGHUP", func() bool { return !running(pid) })
+		e.MustRun("status")
+		samePIDs("after SIGHUP")
+		if got := strings.Count(e.DaemonLog(), "upgrade: pid "); got != 2 {
+			t.Errorf("the daemon's log tells %d upgrades that went through, want 2 (hostel upgrade, SIGHUP)", got)
+		}
+	}, nil)
+	if len(failed) > 0 {
+		t.Errorf("%d of %d requests failed across the upgrades; first: %v", len(failed), n, failed[:min(5, len(failed))])
+	}
+	t.Logf("%d requests across 3 upgrades", n)
+}
+
+// running reports whether process pid exists and is not a zombie (a
+// daemon an upgrade replaced is reparented, and nobody may reap it).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
 }
