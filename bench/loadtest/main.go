@@ -19,6 +19,15 @@
 // With -etcd-embed the daemon keeps its state in an etcd member it runs
 // (hostel serve --etcd-embed) instead of bbolt.
 //
+// With -upgrades N, instead of deploying, it replaces the daemon N times
+// (hostel upgrade, to the same binary); with -kills N it kills the daemon
+// N times (SIGKILL) and starts `hostel serve` again at once, as a
+// machine's supervisor would. Either way it compares the fast requests'
+// latency while the daemon is being replaced against the rest of the run.
+//
+//	go run ./bench/loadtest -hostel bin/hostel -upgrades 50 -rate 500
+//	go run ./bench/loadtest -hostel bin/hostel -kills 20 -rate 500
+//
 // It imports nothing of hostel's packages (only the benchmarks' helper
 // that reads a daemon's log): it drives the binary like a user. The same
 // binary is also the test app (`loadtest app`).
@@ -144,6 +153,8 @@ type config struct {
 	previews bool
 	// etcdEmbed runs the daemon with its state in an etcd member.
 	etcdEmbed bool
+	// upgrades and kills replace the daemon instead of deploying.
+	upgrades, kills int
 }
 
 func run() error {
@@ -158,7 +169,12 @@ func run() error {
 	flag.BoolVar(&c.exclusive, "exclusive", false, "make both services exclusive; a version started beside another fails")
 	flag.BoolVar(&c.previews, "previews", false, "instead of deploying production, deploy a preview (web changed, api shared) and remove it, each round")
 	flag.BoolVar(&c.etcdEmbed, "etcd-embed", false, "keep the daemon's state in an etcd member it runs (serve --etcd-embed) instead of bbolt")
+	flag.IntVar(&c.upgrades, "upgrades", 0, "instead of deploys, replace the daemon this many times under load (hostel upgrade)")
+	flag.IntVar(&c.kills, "kills", 0, "instead of deploys, SIGKILL the daemon this many times under load and start hostel serve again at once")
 	flag.Parse()
+	if c.upgrades > 0 || c.kills > 0 {
+		return replaceDaemon(c)
+	}
 
 	h, err := startHostel(c)
 	if err != nil {
@@ -250,6 +266,7 @@ func run() error {
 type hostel struct {
 	c            config
 	root, bin    string
+	serve        []string // hostel serve's arguments
 	addr         string
 	cmd          *exec.Cmd
 	mu           sync.Mutex
@@ -288,13 +305,8 @@ func startHostel(c config) (*hostel, error) {
 	if c.etcdEmbed {
 		serve = append(serve, "--etcd-embed")
 	}
-	h.cmd = exec.Command(hostelBin, serve...)
-	logf, err := os.Create(filepath.Join(root, "daemon.log"))
-	if err != nil {
-		return nil, err
-	}
-	h.cmd.Stdout, h.cmd.Stderr = logf, logf
-	if err := h.cmd.Start(); err != nil {
+	h.serve = serve
+	if err := h.start(); err != nil {
 		return nil, err
 	}
 	for range 200 {
@@ -308,6 +320,18 @@ func startHostel(c config) (*hostel, error) {
 	}
 	h.stop()
 	return nil, fmt.Errorf("hostel serve did not come up; see %s/daemon.log", root)
+}
+
+// start runs hostel serve, its output appended to ROOT/daemon.log.
+func (h *hostel) start() error {
+	h.cmd = exec.Command(h.c.hostel, h.serve...)
+	logf, err := os.OpenFile(filepath.Join(h.root, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	return h.cmd.Start()
 }
 
 func (h *hostel) hostel(args ...string) ([]byte, error) {
