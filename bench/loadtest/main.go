@@ -27,6 +27,7 @@
 //
 //	go run ./bench/loadtest -hostel bin/hostel -upgrades 50 -rate 500
 //	go run ./bench/loadtest -hostel bin/hostel -kills 20 -rate 500
+//	go run ./bench/loadtest -haproxy -upgrades 50 -rate 500   # the same against HAProxy's reload
 //
 // It imports nothing of hostel's packages (only the benchmarks' helper
 // that reads a daemon's log): it drives the binary like a user. The same
@@ -155,6 +156,9 @@ type config struct {
 	etcdEmbed bool
 	// upgrades and kills replace the daemon instead of deploying.
 	upgrades, kills int
+	// haproxy replaces hostel by Debian's HAProxy in front of the same
+	// two apps, reloaded for each upgrade.
+	haproxy bool
 }
 
 func run() error {
@@ -171,6 +175,7 @@ func run() error {
 	flag.BoolVar(&c.etcdEmbed, "etcd-embed", false, "keep the daemon's state in an etcd member it runs (serve --etcd-embed) instead of bbolt")
 	flag.IntVar(&c.upgrades, "upgrades", 0, "instead of deploys, replace the daemon this many times under load (hostel upgrade)")
 	flag.IntVar(&c.kills, "kills", 0, "instead of deploys, SIGKILL the daemon this many times under load and start hostel serve again at once")
+	flag.BoolVar(&c.haproxy, "haproxy", false, "with -upgrades: the same apps and load behind HAProxy (apt-get install haproxy), reloaded with expose-fd listeners instead of hostel upgrade")
 	flag.Parse()
 	if c.upgrades > 0 || c.kills > 0 {
 		return replaceDaemon(c)

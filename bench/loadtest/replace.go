@@ -13,15 +13,29 @@ import (
 // replaceDaemon is -upgrades and -kills: the usual load while the daemon
 // is replaced again and again, the services staying up.
 func replaceDaemon(c config) error {
-	h, err := startHostel(c)
-	if err != nil {
-		return err
+	var h target
+	if c.haproxy {
+		if c.kills > 0 {
+			return fmt.Errorf("-haproxy: with -upgrades only (its reload)")
+		}
+		hp, err := startHAProxy(c)
+		if err != nil {
+			return err
+		}
+		h = hp
+	} else {
+		hs, err := startHostel(c)
+		if err != nil {
+			return err
+		}
+		h = hs
+		if err := hs.deploy(0); err != nil {
+			hs.stop()
+			return fmt.Errorf("first deploy: %w", err)
+		}
 	}
 	defer h.stop()
-	if err := h.deploy(0); err != nil {
-		return fmt.Errorf("first deploy: %w", err)
-	}
-	l := newLoad(h.addr, c.rate)
+	l := newLoad(h.address(), c.rate)
 	ctx, stopLoad := context.WithCancel(context.Background())
 	loadDone := make(chan struct{})
 	go func() { l.run(ctx); close(loadDone) }()
@@ -41,10 +55,7 @@ func replaceDaemon(c config) error {
 		if c.kills > 0 {
 			err = h.kill()
 		} else {
-			var out []byte
-			if out, err = h.hostel("upgrade"); err != nil {
-				err = fmt.Errorf("%v: %s", err, out)
-			}
+			err = h.upgrade()
 		}
 		took = append(took, time.Since(start))
 		// The requests the old daemon still serves, and the first ones of
@@ -65,6 +76,9 @@ func replaceDaemon(c config) error {
 	s := l.summary()
 	steady := l.steadyP99()
 	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+	if c.haproxy {
+		fmt.Println("proxy:            HAProxy", haproxyVersion(), "(master-worker, expose-fd listeners), reloaded by SIGUSR2")
+	}
 	fmt.Printf("%-17s %d (%d failed) in %s; each until the new daemon answered: median %s, max %s\n", what+":", n, failures,
 		elapsed.Round(time.Millisecond), took[len(took)/2].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond))
 	fmt.Printf("requests:         %d sent at %d/s open loop (%d fast, %d slow 200ms, %d slow 5s, %d streams, %d uploads)\n",
@@ -84,6 +98,23 @@ func replaceDaemon(c config) error {
 		return fmt.Errorf("FAIL: %d non-2xx, %d transport errors, %d failed %s", s.non2xx, s.errors, failures, what)
 	}
 	fmt.Println("loadtest: PASS")
+	return nil
+}
+
+// target is what -upgrades and -kills replace: hostel serve, or HAProxy.
+type target interface {
+	address() string
+	upgrade() error
+	kill() error
+	stop()
+}
+
+func (h *hostel) address() string { return h.addr }
+
+func (h *hostel) upgrade() error {
+	if out, err := h.hostel("upgrade"); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
 	return nil
 }
 
