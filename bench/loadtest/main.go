@@ -48,6 +48,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -159,6 +160,11 @@ type config struct {
 	// haproxy replaces hostel by Debian's HAProxy in front of the same
 	// two apps, reloaded for each upgrade.
 	haproxy bool
+	// hold binds the daemon's listeners in this process and passes them
+	// to each hostel serve it starts (LISTEN_FDS), as systemd's
+	// hostel.socket does; restartAfter is its RestartSec.
+	hold         bool
+	restartAfter time.Duration
 }
 
 func run() error {
@@ -176,6 +182,8 @@ func run() error {
 	flag.IntVar(&c.upgrades, "upgrades", 0, "instead of deploys, replace the daemon this many times under load (hostel upgrade)")
 	flag.IntVar(&c.kills, "kills", 0, "instead of deploys, SIGKILL the daemon this many times under load and start hostel serve again at once")
 	flag.BoolVar(&c.haproxy, "haproxy", false, "with -upgrades: the same apps and load behind HAProxy (apt-get install haproxy), reloaded with expose-fd listeners instead of hostel upgrade")
+	flag.BoolVar(&c.hold, "hold", false, "hold the daemon's listeners (public HTTP, API socket) in this process and pass them to every hostel serve it starts, as systemd's hostel.socket does")
+	flag.DurationVar(&c.restartAfter, "restart-after", 100*time.Millisecond, "with -hold -kills: how long after a kill hostel serve starts again (systemd's RestartSec)")
 	flag.Parse()
 	if c.upgrades > 0 || c.kills > 0 {
 		return replaceDaemon(c)
@@ -271,7 +279,8 @@ func run() error {
 type hostel struct {
 	c            config
 	root, bin    string
-	serve        []string // hostel serve's arguments
+	serve        []string   // hostel serve's arguments
+	held         []*os.File // with -hold, the sockets passed to each daemon
 	addr         string
 	cmd          *exec.Cmd
 	mu           sync.Mutex
@@ -311,6 +320,11 @@ func startHostel(c config) (*hostel, error) {
 		serve = append(serve, "--etcd-embed")
 	}
 	h.serve = serve
+	if c.hold {
+		if err := h.holdSockets(); err != nil {
+			return nil, err
+		}
+	}
 	if err := h.start(); err != nil {
 		return nil, err
 	}
@@ -336,7 +350,40 @@ func (h *hostel) start() error {
 	}
 	defer logf.Close()
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	if h.held != nil {
+		h.cmd.ExtraFiles = h.held
+		// LISTEN_PID cannot be known before the process runs: hostel
+		// serve takes the parent's pid in its place.
+		h.cmd.Env = append(os.Environ(), "LISTEN_FDS=2", "LISTEN_FDNAMES=hostel:hostel", fmt.Sprintf("HOSTEL_LISTEN_PARENT=%d", os.Getpid()))
+	}
 	return h.cmd.Start()
+}
+
+// holdSockets binds the public HTTP listener and the API socket here, to
+// pass them to every daemon: they outlive each one.
+func (h *hostel) holdSockets() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	i := slices.Index(h.serve, "--http")
+	h.serve[i+1] = ln.Addr().String()
+	root := filepath.Join(h.root, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
+	api, err := net.Listen("unix", filepath.Join(root, "hostel.sock"))
+	if err != nil {
+		return err
+	}
+	for _, l := range []interface{ File() (*os.File, error) }{ln.(*net.TCPListener), api.(*net.UnixListener)} {
+		f, err := l.File()
+		if err != nil {
+			return err
+		}
+		h.held = append(h.held, f)
+	}
+	return nil
 }
 
 func (h *hostel) hostel(args ...string) ([]byte, error) {

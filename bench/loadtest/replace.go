@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"slices"
 	"sort"
 	"syscall"
 	"time"
@@ -29,6 +32,8 @@ func replaceDaemon(c config) error {
 			return err
 		}
 		h = hs
+		// The next daemons listen where the first one does.
+		hs.serve[slices.Index(hs.serve, "--http")+1] = hs.addr
 		if err := hs.deploy(0); err != nil {
 			hs.stop()
 			return fmt.Errorf("first deploy: %w", err)
@@ -84,7 +89,8 @@ func replaceDaemon(c config) error {
 	fmt.Printf("requests:         %d sent at %d/s open loop (%d fast, %d slow 200ms, %d slow 5s, %d streams, %d uploads)\n",
 		s.total, c.rate, s.kinds["fast"], s.kinds["slow"], s.kinds["slower"], s.kinds["stream"], s.kinds["upload"])
 	fmt.Printf("non-2xx:          %d\n", s.non2xx)
-	fmt.Printf("transport errors: %d (refused connections among them: %d)\n", s.errors, l.refused())
+	refused, cut := l.refused()
+	fmt.Printf("transport errors: %d (%d connections refused, %d requests cut in flight)\n", s.errors, refused, cut)
 	ratio := 0.0
 	if steady > 0 {
 		ratio = float64(s.p99Deploy) / float64(steady)
@@ -123,6 +129,11 @@ func (h *hostel) upgrade() error {
 func (h *hostel) kill() error {
 	h.cmd.Process.Signal(syscall.SIGKILL)
 	h.cmd.Wait()
+	if h.held != nil {
+		// What systemd does after RestartSec: start it again on the
+		// sockets it holds.
+		time.Sleep(h.c.restartAfter)
+	}
 	if err := h.start(); err != nil {
 		return err
 	}
@@ -148,15 +159,21 @@ func (l *load) steadyP99() time.Duration {
 	return quantile(d, 0.99)
 }
 
-// refused counts the requests whose connection was refused.
-func (l *load) refused() int {
+// refused counts the requests whose connection was refused, and those
+// cut after they were sent (the process that had accepted them died).
+func (l *load) refused() (refused, cut int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := 0
 	for _, r := range l.results {
-		if r.err != nil && errors.Is(r.err, syscall.ECONNREFUSED) {
-			n++
+		switch {
+		case r.err == nil:
+		case errors.Is(r.err, syscall.ECONNREFUSED):
+			refused++
+		case errors.Is(r.err, io.EOF), errors.Is(r.err, io.ErrUnexpectedEOF), errors.Is(r.err, syscall.ECONNRESET), errors.Is(r.err, syscall.EPIPE),
+			errors.Is(r.err, net.ErrClosed): // an upload whose answer came back cut
+
+			cut++
 		}
 	}
-	return n
+	return refused, cut
 }
