@@ -109,16 +109,16 @@ func FromEnv() (*Set, error) {
 	if fdNames == "" || len(ns) != n {
 		return nil, fmt.Errorf("%s: %q names %d sockets, %s passes %d: name each (%s)", namesEnv, fdNames, len(ns), fdsEnv, n, strings.Join(names, ", "))
 	}
+	for _, name := range ns {
+		if !slices.Contains(names, name) {
+			return nil, fmt.Errorf("%s: unknown socket name %q (want one of %s)", namesEnv, name, strings.Join(names, ", "))
+		}
+	}
 	s := &Set{fromDaemon: pid == ""}
 	for i, name := range ns {
 		fd := firstFD + i
 		syscall.CloseOnExec(fd)
 		f := os.NewFile(uintptr(fd), name)
-		if !slices.Contains(names, name) {
-			f.Close()
-			s.Close()
-			return nil, fmt.Errorf("%s: unknown socket name %q (want one of %s)", namesEnv, name, strings.Join(names, ", "))
-		}
 		ln, err := net.FileListener(f)
 		f.Close() // FileListener made its own copy
 		if err != nil {
