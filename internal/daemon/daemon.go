@@ -132,6 +132,9 @@ type Daemon struct {
 	// replacing this one.
 	upgradeMu  sync.Mutex
 	handedOver atomic.Bool
+	// holder is the connection to the holder of the sockets
+	// (listen.go), nil without one.
+	holder net.Conn
 	// peerLn is the node-to-node port (TLS) and peerAddr the address
 	// advertised for it; nil and "" without Options.Advertise.
 	peerLn   net.Listener
@@ -309,7 +312,7 @@ func (d *Daemon) listenAPI(sock string) (err error) {
 	if ln, ok := d.opts.Passed.TakeFor(handover.API, sock); ok {
 		// The daemon replaced passes its own, bound elsewhere and linked
 		// at sock (listenPrivate).
-		if got := ln.Addr().String(); got != sock && !d.opts.Passed.FromDaemon() {
+		if got := ln.Addr().String(); got != sock && d.opts.Passed.FromSystemd() {
 			ln.Close()
 			return fmt.Errorf("LISTEN_FDNAMES: the socket passed as %q is %s, not %s (--root's)", handover.API, got, sock)
 		}
@@ -464,6 +467,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err == nil {
 		err = ctl.await()
 	}
+	// Else, the sockets a holder kept of the last daemon.
+	var held net.Conn
+	if err == nil && ctl == nil {
+		held, err = fetchHeld(&opts)
+	}
 	if err != nil {
 		opts.Passed.Close()
 		return err
@@ -476,8 +484,12 @@ func Run(ctx context.Context, opts Options) error {
 	ctl.done(err)
 	if err != nil {
 		opts.Passed.Close()
+		if held != nil {
+			held.Close()
+		}
 		return err
 	}
+	d.startHolder(held)
 	// To systemd (Type=notify): this process serves — after an upgrade,
 	// in place of the one systemd started.
 	if err := handover.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid())); err != nil {

@@ -88,16 +88,12 @@ func (d *Daemon) Upgrade(ctx context.Context, req api.UpgradeRequest) (*api.Upgr
 	// Copies of the sockets, taken once: the API's listener is closed
 	// before the new daemon starts, and one that failed may have to pass
 	// them on to the old binary.
-	files, names, err := d.socketFiles()
-	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}()
+	fds, names, err := d.socketFDs(true)
+	defer handover.CloseAll(fds)
 	if err != nil {
 		return nil, fmt.Errorf("hostel upgrade: %w", err)
 	}
-	spawn := func(path string) (*successor, error) { return d.spawn(path, files, names) }
+	spawn := func(path string) (*successor, error) { return d.spawn(path, fds, names) }
 	d.logf("upgrade: starting %s (hostel %s)", path, version)
 	child, err := spawn(path)
 	if err != nil {
@@ -157,74 +153,70 @@ func firstLine(s string) string {
 // successor is a daemon started to replace this one.
 type successor struct {
 	pid    int
-	cmd    *exec.Cmd
+	proc   *os.Process
+	state  *os.ProcessState // once exited is closed
 	ctl    net.Conn
 	lines  *bufio.Reader
 	exited chan struct{}
 }
 
 // spawn starts the binary at path as `hostel serve` with this daemon's
-// flags, passing it the listening sockets files (socketFiles) and the
-// control socket.
-func (d *Daemon) spawn(path string, files []*os.File, names []string) (*successor, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+// flags, passing it the listening sockets fds (socketFDs) and the control
+// socket.
+func (d *Daemon) spawn(path string, fds []int, names []string) (*successor, error) {
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	ours, theirs := os.NewFile(uintptr(fds[0]), "upgrade"), os.NewFile(uintptr(fds[1]), "upgrade")
-	defer theirs.Close()
+	defer syscall.Close(pair[1])
+	ours := os.NewFile(uintptr(pair[0]), "upgrade")
 	ctl, err := net.FileConn(ours)
 	ours.Close()
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	cmd := exec.Command(path, os.Args[1:]...)
-	cmd.Args[0] = os.Args[0]
-	cmd.ExtraFiles = append(slices.Clip(files), theirs)
-	cmd.Env = append(os.Environ(),
-		"LISTEN_FDS="+strconv.Itoa(len(files)),
+	env := append(os.Environ(),
+		"LISTEN_FDS="+strconv.Itoa(len(fds)),
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
 		handover.ParentEnv+"="+strconv.Itoa(os.Getpid()),
-		upgradeFDEnv+"="+strconv.Itoa(3+len(files)))
-	if d.apiPassed {
-		cmd.Env = append(cmd.Env, apiHeldEnv+"=1")
+		upgradeFDEnv+"="+strconv.Itoa(3+len(fds)))
+	if d.opts.Passed.FromSystemd() {
+		env = append(env, apiHeldEnv+"=1")
 	}
 	// The same log: the new daemon's lines follow the old one's.
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
+	stdio := [3]*os.File{os.Stdin, os.Stdout, os.Stderr}
+	p, err := handover.Spawn(path, os.Args, env, &stdio, append(slices.Clip(fds), pair[1]), false)
+	if err != nil {
 		ctl.Close()
 		return nil, err
 	}
-	s := &successor{pid: cmd.Process.Pid, cmd: cmd, ctl: ctl, lines: bufio.NewReader(ctl), exited: make(chan struct{})}
+	s := &successor{pid: p.Pid, proc: p, ctl: ctl, lines: bufio.NewReader(ctl), exited: make(chan struct{})}
 	go func() {
-		cmd.Wait()
+		s.state, _ = p.Wait()
 		close(s.exited)
 	}()
 	return s, nil
 }
 
-// socketFiles returns a copy of each listening socket and its name.
-func (d *Daemon) socketFiles() (files []*os.File, names []string, err error) {
+// socketFDs returns a copy of each listening socket (handover.Dup) and
+// its name, with the endpoints' or without.
+func (d *Daemon) socketFDs(endpoints bool) (fds []int, names []string, err error) {
 	d.socketsMu.Lock()
 	lns := append([]namedListener(nil), d.sockets...)
 	d.socketsMu.Unlock()
-	if d.router != nil {
+	if d.router != nil && endpoints {
 		for _, ln := range d.router.EndpointListeners() {
 			lns = append(lns, namedListener{handover.Endpoint, ln})
 		}
 	}
 	for _, nl := range lns {
-		fl, ok := nl.ln.(interface{ File() (*os.File, error) })
-		if !ok {
-			return files, nil, fmt.Errorf("%s listener %s cannot be passed on", nl.name, nl.ln.Addr())
-		}
-		f, err := fl.File()
+		fd, err := handover.Dup(nl.ln)
 		if err != nil {
-			return files, nil, fmt.Errorf("%s listener %s: %w", nl.name, nl.ln.Addr(), err)
+			return fds, nil, fmt.Errorf("%s: %w", nl.name, err)
 		}
-		files, names = append(files, f), append(names, nl.name)
+		fds, names = append(fds, fd), append(names, nl.name)
 	}
-	return files, names, nil
+	return fds, names, nil
 }
 
 // hello waits for the new daemon to have parsed its flags and taken its
@@ -264,7 +256,7 @@ func (s *successor) expect(want string, within time.Duration) error {
 func (s *successor) exitedWith(err error) error {
 	select {
 	case <-s.exited:
-		return fmt.Errorf("it exited (%v) before it was ready; its error is in the daemon's log", s.cmd.ProcessState)
+		return fmt.Errorf("it exited (%v) before it was ready; its error is in the daemon's log", s.state)
 	case <-time.After(5 * time.Second):
 		return fmt.Errorf("control socket: %w", err)
 	}
@@ -275,7 +267,7 @@ func (s *successor) kill() {
 	if s == nil {
 		return
 	}
-	s.cmd.Process.Kill()
+	s.proc.Kill()
 	<-s.exited
 	s.ctl.Close()
 }

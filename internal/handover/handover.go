@@ -63,9 +63,18 @@ type Set struct {
 	mu sync.Mutex
 	ls []passed
 	// fromDaemon: passed by the daemon this one replaces (ParentEnv),
-	// not by systemd.
-	fromDaemon bool
+	// not by systemd; fromHolder: by a holder (hold.go).
+	fromDaemon, fromHolder bool
 }
+
+// FromSystemd reports whether the sockets were passed by systemd (or
+// systemd-socket-activate), which holds them itself.
+func (s *Set) FromSystemd() bool { return s != nil && !s.fromDaemon && !s.fromHolder }
+
+// FromHolder reports whether the sockets came from a holder: the last
+// daemon's, whatever its flags were. One the flags leave unused is closed,
+// not refused.
+func (s *Set) FromHolder() bool { return s != nil && s.fromHolder }
 
 // FromDaemon reports whether the sockets were passed by the daemon this
 // one replaces (hostel upgrade) rather than by systemd.
@@ -140,6 +149,13 @@ func (s *Set) Take(name string) (net.Listener, bool) {
 // that listens where addr says (a TCP HOST:PORT whose empty host is any
 // address, or a unix socket's path), and forgets it.
 func (s *Set) TakeFor(name, addr string) (net.Listener, bool) {
+	if s.FromHolder() {
+		// The last daemon's: by name, if it listens where the flag says
+		// (any port for port 0; the root's own API socket).
+		return s.take(func(p passed) bool {
+			return p.name == name && (p.ln.Addr().Network() == "unix" || sameAddr(p.ln.Addr(), addr) || samePortless(p.ln.Addr(), addr))
+		})
+	}
 	if ln, ok := s.Take(name); ok {
 		return ln, true
 	}
@@ -164,6 +180,13 @@ func sameAddr(a net.Addr, addr string) bool {
 		return got != nil && want.Equal(got)
 	}
 	return false // a host name: systemd binds addresses
+}
+
+// samePortless reports whether addr asks for any port (0) on a's host.
+func samePortless(a net.Addr, addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	gotHost, gotPort, err2 := net.SplitHostPort(a.String())
+	return err == nil && err2 == nil && port == "0" && sameAddr(a, net.JoinHostPort(host, gotPort)) && gotHost != ""
 }
 
 // TakeAddr returns the socket passed as name that listens on addr

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -228,4 +231,79 @@ func running(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+// TestKilledDaemonRefusesNothing: without systemd, a holder process keeps
+// the daemon's listening sockets open when it dies: under a steady stream
+// of new connections, a `kill -9` of the daemon and its start again half
+// a second later (a supervisor's restart) refuse none — those made
+// meanwhile wait and are answered by the next daemon, on the same
+// address. hostel shutdown ends the holder: then connections are refused.
+func TestKilledDaemonRefusesNothing(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(map[string]any{"services": map[string]any{"quotes": e.App("quotes", map[string]any{"domains": []string{"quotes.example"}})}})
+	e.MustRun("deploy", "--no-confirm")
+	addr := e.HTTP
+
+	var refused, answered, waited atomic.Int64
+	var otherMu sync.Mutex
+	var other []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				req, _ := http.NewRequest("GET", "http://"+addr+"/quote", nil)
+				req.Host = "quotes.example"
+				t0 := time.Now()
+				resp, err := c.Do(req)
+				switch {
+				case errors.Is(err, syscall.ECONNREFUSED):
+					refused.Add(1)
+				case err != nil:
+					// Cut in flight: that connection was the killed daemon's.
+					otherMu.Lock()
+					other = append(other, err.Error())
+					otherMu.Unlock()
+				default:
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						answered.Add(1)
+						if time.Since(t0) > 300*time.Millisecond {
+							waited.Add(1)
+						}
+					}
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	e.daemon.Process.Kill()
+	<-e.done
+	e.daemon = nil
+	time.Sleep(500 * time.Millisecond)
+	e.StartDaemon()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if e.HTTP != addr {
+		t.Errorf("the daemon after the kill listens on %s, want the held %s", e.HTTP, addr)
+	}
+	if refused.Load() != 0 || waited.Load() == 0 || len(other) > 2 {
+		t.Errorf("across kill -9: %d refused, %d answered (%d after waiting for the next daemon), cut: %v; want none refused, some waited",
+			refused.Load(), answered.Load(), waited.Load(), other)
+	}
+	t.Logf("across kill -9: %d answered, %d of them after waiting for the next daemon, %d cut in flight", answered.Load(), waited.Load(), len(other))
+
+	e.Shutdown()
+	if _, err := net.DialTimeout("tcp", addr, 2*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("after hostel shutdown, a connection to %s: %v; want refused (the holder gone)", addr, err)
+	}
 }
