@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"hostel/internal/handover"
 )
@@ -17,7 +18,16 @@ func (d *Daemon) listen(name, addr string) (net.Listener, error) {
 	ln, ok := d.opts.Passed.TakeFor(name, addr)
 	if !ok {
 		var err error
-		if ln, err = net.Listen("tcp", addr); err != nil {
+		ln, err = net.Listen("tcp", addr)
+		if _, port, _ := net.SplitHostPort(addr); err != nil && errors.Is(err, syscall.EADDRINUSE) && d.opts.Passed.FromHolder() {
+			// The last daemon listened on another address of this port
+			// (":80", now "127.0.0.1:80"): the holder and this daemon let
+			// go of it (the next holder holds what this daemon serves).
+			d.opts.Passed.ClosePort(port)
+			handover.Release(HoldPath(d.opts.Root))
+			ln, err = net.Listen("tcp", addr)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}

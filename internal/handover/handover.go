@@ -227,6 +227,25 @@ func (s *Set) Left() []string {
 	return left
 }
 
+// ClosePort closes the sockets not taken that listen on port: a holder's
+// that a flag asks for on another address of the same port, which would
+// keep the new address from being bound.
+func (s *Set) ClosePort(port string) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ls = slices.DeleteFunc(s.ls, func(p passed) bool {
+		_, got, err := net.SplitHostPort(p.ln.Addr().String())
+		if err == nil && got == port {
+			p.ln.Close()
+			return true
+		}
+		return false
+	})
+}
+
 // Close closes the sockets not taken.
 func (s *Set) Close() error {
 	if s == nil {

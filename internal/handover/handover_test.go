@@ -85,3 +85,28 @@ func TestTakeFor(t *testing.T) {
 		t.Errorf("left: %v", left)
 	}
 }
+
+// TestClosePort: a held socket on a port a flag wants on another address
+// is let go of; the others stay.
+func TestClosePort(t *testing.T) {
+	a, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Set{fromHolder: true, ls: []passed{{HTTP, a}, {HTTPS, b}}}
+	defer s.Close()
+	_, port, _ := net.SplitHostPort(a.Addr().String())
+	s.ClosePort(port)
+	if ln, err := net.Listen("tcp", "127.0.0.2:"+port); err != nil {
+		t.Errorf("port %s after ClosePort: %v", port, err)
+	} else {
+		ln.Close()
+	}
+	if left := s.Left(); len(left) != 1 || !strings.HasPrefix(left[0], HTTPS) {
+		t.Errorf("left: %v, want https only", left)
+	}
+}
