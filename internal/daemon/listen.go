@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"hostel/internal/handover"
 )
@@ -89,6 +90,12 @@ func fetchHeld(opts *Options) (net.Conn, error) {
 		return nil, err
 	}
 	set, conn, err := handover.Fetch(HoldPath(root))
+	// A daemon killed a moment ago: its holder may not have seen its
+	// connection end yet.
+	for deadline := time.Now().Add(2 * time.Second); errors.Is(err, handover.ErrHeld) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		set, conn, err = handover.Fetch(HoldPath(root))
+	}
 	if errors.Is(err, handover.ErrHeld) {
 		return nil, fmt.Errorf("another hostel daemon is serving %s", SocketPath(root))
 	}
