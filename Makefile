@@ -82,11 +82,14 @@ bench: build
 	$(GO) test -count=1 -run '^TestClusterOfThree$$' -v ./test/e2e/ -args -redeploys 20 | grep -E 'skew|requests through|^(ok|FAIL|---)'
 	$(GO) test -count=1 -timeout 30m -run '^TestClusterFailover$$' -v ./test/e2e/ -args -kills 20 | grep -E 'died|failover over|drain of|^(ok|FAIL|---)'
 
-# Zero downtime under load: 50 deploys of two services at 500 req/s.
+# Zero downtime under load: 50 deploys of two services at 500 req/s; then 50 upgrades of the
+# daemon (hostel upgrade) and 20 kill -9s of it under the same load.
 loadtest: build
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 50 -rate 500
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 20 -rate 500 -exclusive
 	$(GO) run ./bench/loadtest -hostel bin/hostel -deploys 30 -rate 500 -previews
+	$(GO) run ./bench/loadtest -hostel bin/hostel -upgrades 50 -rate 500
+	$(GO) run ./bench/loadtest -hostel bin/hostel -kills 20 -rate 500
 
 # Held requests (issue 19): a 2 GB upload, 500 uploads of 1.1 MB and 1,000 heads just under
 # the limit, to a paused service, beside nginx (apt-get install nginx); as root.

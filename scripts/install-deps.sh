@@ -37,6 +37,9 @@ if [[ $what == test ]]; then
   /usr/bin/python3 -c 'import uvicorn' 2>/dev/null || need+=(python3-uvicorn)
   [[ -x /usr/bin/node ]] || need+=(nodejs)
   [[ -x /usr/bin/puma ]] || need+=(puma)
+  # systemd-analyze verifies hostel install's units; systemd-socket-activate passes
+  # listeners the way systemd does (no systemd runs as PID 1 for either).
+  have systemd-analyze && have systemd-socket-activate || need+=(systemd)
 fi
 if [[ $what == bench ]]; then
   # nginx serves the binary cache the cluster's own is measured against.

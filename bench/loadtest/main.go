@@ -19,6 +19,16 @@
 // With -etcd-embed the daemon keeps its state in an etcd member it runs
 // (hostel serve --etcd-embed) instead of bbolt.
 //
+// With -upgrades N, instead of deploying, it replaces the daemon N times
+// (hostel upgrade, to the same binary); with -kills N it kills the daemon
+// N times (SIGKILL) and starts `hostel serve` again at once, as a
+// machine's supervisor would. Either way it compares the fast requests'
+// latency while the daemon is being replaced against the rest of the run.
+//
+//	go run ./bench/loadtest -hostel bin/hostel -upgrades 50 -rate 500
+//	go run ./bench/loadtest -hostel bin/hostel -kills 20 -rate 500
+//	go run ./bench/loadtest -haproxy -upgrades 50 -rate 500   # the same against HAProxy's reload
+//
 // It imports nothing of hostel's packages (only the benchmarks' helper
 // that reads a daemon's log): it drives the binary like a user. The same
 // binary is also the test app (`loadtest app`).
@@ -38,6 +48,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -144,6 +155,16 @@ type config struct {
 	previews bool
 	// etcdEmbed runs the daemon with its state in an etcd member.
 	etcdEmbed bool
+	// upgrades and kills replace the daemon instead of deploying.
+	upgrades, kills int
+	// haproxy replaces hostel by Debian's HAProxy in front of the same
+	// two apps, reloaded for each upgrade.
+	haproxy bool
+	// hold binds the daemon's listeners in this process and passes them
+	// to each hostel serve it starts (LISTEN_FDS), as systemd's
+	// hostel.socket does; restartAfter is its RestartSec.
+	hold         bool
+	restartAfter time.Duration
 }
 
 func run() error {
@@ -158,7 +179,15 @@ func run() error {
 	flag.BoolVar(&c.exclusive, "exclusive", false, "make both services exclusive; a version started beside another fails")
 	flag.BoolVar(&c.previews, "previews", false, "instead of deploying production, deploy a preview (web changed, api shared) and remove it, each round")
 	flag.BoolVar(&c.etcdEmbed, "etcd-embed", false, "keep the daemon's state in an etcd member it runs (serve --etcd-embed) instead of bbolt")
+	flag.IntVar(&c.upgrades, "upgrades", 0, "instead of deploys, replace the daemon this many times under load (hostel upgrade)")
+	flag.IntVar(&c.kills, "kills", 0, "instead of deploys, SIGKILL the daemon this many times under load and start hostel serve again at once")
+	flag.BoolVar(&c.haproxy, "haproxy", false, "with -upgrades: the same apps and load behind HAProxy (apt-get install haproxy), reloaded with expose-fd listeners instead of hostel upgrade")
+	flag.BoolVar(&c.hold, "hold", false, "hold the daemon's listeners (public HTTP, API socket) in this process and pass them to every hostel serve it starts, as systemd's hostel.socket does")
+	flag.DurationVar(&c.restartAfter, "restart-after", 100*time.Millisecond, "with -hold -kills: how long after a kill hostel serve starts again (systemd's RestartSec)")
 	flag.Parse()
+	if c.upgrades > 0 || c.kills > 0 {
+		return replaceDaemon(c)
+	}
 
 	h, err := startHostel(c)
 	if err != nil {
@@ -250,6 +279,8 @@ func run() error {
 type hostel struct {
 	c            config
 	root, bin    string
+	serve        []string   // hostel serve's arguments
+	held         []*os.File // with -hold, the sockets passed to each daemon
 	addr         string
 	cmd          *exec.Cmd
 	mu           sync.Mutex
@@ -288,13 +319,13 @@ func startHostel(c config) (*hostel, error) {
 	if c.etcdEmbed {
 		serve = append(serve, "--etcd-embed")
 	}
-	h.cmd = exec.Command(hostelBin, serve...)
-	logf, err := os.Create(filepath.Join(root, "daemon.log"))
-	if err != nil {
-		return nil, err
+	h.serve = serve
+	if c.hold {
+		if err := h.holdSockets(); err != nil {
+			return nil, err
+		}
 	}
-	h.cmd.Stdout, h.cmd.Stderr = logf, logf
-	if err := h.cmd.Start(); err != nil {
+	if err := h.start(); err != nil {
 		return nil, err
 	}
 	for range 200 {
@@ -308,6 +339,51 @@ func startHostel(c config) (*hostel, error) {
 	}
 	h.stop()
 	return nil, fmt.Errorf("hostel serve did not come up; see %s/daemon.log", root)
+}
+
+// start runs hostel serve, its output appended to ROOT/daemon.log.
+func (h *hostel) start() error {
+	h.cmd = exec.Command(h.c.hostel, h.serve...)
+	logf, err := os.OpenFile(filepath.Join(h.root, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	if h.held != nil {
+		h.cmd.ExtraFiles = h.held
+		// LISTEN_PID cannot be known before the process runs: hostel
+		// serve takes the parent's pid in its place.
+		h.cmd.Env = append(os.Environ(), "LISTEN_FDS=2", "LISTEN_FDNAMES=hostel:hostel", fmt.Sprintf("HOSTEL_LISTEN_PARENT=%d", os.Getpid()))
+	}
+	return h.cmd.Start()
+}
+
+// holdSockets binds the public HTTP listener and the API socket here, to
+// pass them to every daemon: they outlive each one.
+func (h *hostel) holdSockets() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	i := slices.Index(h.serve, "--http")
+	h.serve[i+1] = ln.Addr().String()
+	root := filepath.Join(h.root, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
+	api, err := net.Listen("unix", filepath.Join(root, "hostel.sock"))
+	if err != nil {
+		return err
+	}
+	for _, l := range []interface{ File() (*os.File, error) }{ln.(*net.TCPListener), api.(*net.UnixListener)} {
+		f, err := l.File()
+		if err != nil {
+			return err
+		}
+		h.held = append(h.held, f)
+	}
+	return nil
 }
 
 func (h *hostel) hostel(args ...string) ([]byte, error) {

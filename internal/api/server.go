@@ -141,6 +141,7 @@ func NewHandler(d Daemon) http.Handler {
 	handleDB(mux, d)
 	handlePause(mux, d)
 	handleShutdown(mux, d)
+	handleUpgrade(mux, d)
 	handleNix(mux, d)
 	return mux
 }

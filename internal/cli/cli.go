@@ -18,6 +18,7 @@ import (
 
 	"hostel/internal/api"
 	"hostel/internal/daemon"
+	"hostel/internal/handover"
 	"hostel/internal/spec"
 )
 
@@ -77,6 +78,14 @@ var commands = []func(*env) *cobra.Command{
 
 // Main runs the CLI with args and returns the exit code.
 func Main(args []string) int {
+	// The holder of a daemon's sockets is this binary too.
+	if os.Getenv(handover.HoldEnv) != "" {
+		if err := handover.RunHolder(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return exitFailed
+		}
+		return exitOK
+	}
 	return run(args, os.Stdout, os.Stderr)
 }
 

@@ -15,6 +15,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/daemon"
 	"hostel/internal/front"
+	"hostel/internal/handover"
 	"hostel/internal/plan"
 	"hostel/internal/source"
 	"hostel/internal/spec"
@@ -68,6 +69,10 @@ func serveCmd(e *env) *cobra.Command {
 					return usageError{fmt.Errorf("--%s: %q is not a size (want e.g. \"64M\")", f.flag, f.value)}
 				}
 				*f.to = n
+			}
+			// Sockets passed by systemd or by the daemon this one replaces.
+			if opts.Passed, err = handover.FromEnv(); err != nil {
+				return usageError{err}
 			}
 			return daemon.Run(cmd.Context(), opts)
 		},

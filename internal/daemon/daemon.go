@@ -11,9 +11,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"hostel/internal/accesslog"
@@ -24,6 +26,7 @@ import (
 	"hostel/internal/deploy"
 	"hostel/internal/failpoint"
 	"hostel/internal/front"
+	"hostel/internal/handover"
 	"hostel/internal/idle"
 	"hostel/internal/keyring"
 	"hostel/internal/metrics"
@@ -75,6 +78,12 @@ type Options struct {
 	// MetricsAddr is the Prometheus scraper's listener, HOST:PORT (serve
 	// --metrics; metrics.go); "": metrics only on the API socket.
 	MetricsAddr string
+	// Passed holds the sockets the daemon was started with
+	// (handover.FromEnv: systemd's socket units, systemd-socket-activate,
+	// the daemon that hostel upgrade replaces), taken by name in place of
+	// binding HTTPAddr, HTTPSAddr, the API socket and the others. nil: the
+	// daemon binds its own. One passed and left unused fails the start.
+	Passed *handover.Set
 }
 
 // Daemon is a running `hostel serve`.
@@ -120,6 +129,20 @@ type Daemon struct {
 	cgroups *cgroup.Hierarchy
 
 	httpLn net.Listener
+	// sockets are the listening sockets, by name (listen.go), which
+	// hostel upgrade passes on; apiPassed: the API socket was passed, so
+	// its path is not the daemon's to remove.
+	sockets   []namedListener
+	socketsMu sync.Mutex
+	apiPassed bool
+	// upgradeMu is held by an upgrade (upgrade.go); handedOver is set
+	// once it gave up the API, the store and the services to the daemon
+	// replacing this one.
+	upgradeMu  sync.Mutex
+	handedOver atomic.Bool
+	// holder is the connection to the holder of the sockets
+	// (listen.go), nil without one.
+	holder net.Conn
 	// peerLn is the node-to-node port (TLS) and peerAddr the address
 	// advertised for it; nil and "" without Options.Advertise.
 	peerLn   net.Listener
@@ -221,7 +244,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
 		Cgroups: d.openCgroups()})
-	if d.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+	if d.httpLn, err = d.listen(handover.HTTP, opts.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
 	}
 	// Certificate management before the router, which asks it which
@@ -238,6 +261,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	ropts.Hold = opts.Hold
+	ropts.Listen = d.listenEndpoint
 	ropts.Hold.Dir = filepath.Join(opts.Root, "tmp")
 	d.router = router.New(ropts)
 	d.agent = agent.New(d.sup, d.router)
@@ -256,10 +280,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.agent.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))
 
 	sock := SocketPath(opts.Root)
-	if err := removeStaleSocket(sock); err != nil {
-		return nil, err
-	}
-	if d.apiLn, err = listenPrivate(sock); err != nil {
+	if err := d.listenAPI(sock); err != nil {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
 	failpoint.Hit("api-socket-bound")
@@ -267,6 +288,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	if err := d.listenMetrics(); err != nil {
+		return nil, err
+	}
+	if err := d.checkPassed(); err != nil {
 		return nil, err
 	}
 	// Before anything is adopted: what a daemon killed mid-launch left
@@ -299,10 +323,45 @@ func (d *Daemon) serve(ln net.Listener, h http.Handler) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// net.ErrClosed: an upgrade closed the listener (handOver).
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			d.logf("serve %s: %v", ln.Addr(), err)
 		}
 	}()
+}
+
+// listenAPI listens on the API socket at sock: the one passed, else a new
+// one.
+func (d *Daemon) listenAPI(sock string) (err error) {
+	if ln, ok := d.opts.Passed.TakeFor(handover.API, sock); ok {
+		// The daemon replaced passes its own, bound elsewhere and linked
+		// at sock (listenPrivate).
+		if got := ln.Addr().String(); got != sock && d.opts.Passed.FromSystemd() {
+			ln.Close()
+			return fmt.Errorf("LISTEN_FDNAMES: the socket passed as %q is %s, not %s (--root's)", handover.API, got, sock)
+		}
+		// Only the daemon's user may connect, whatever mode the socket
+		// was made with (systemd's SocketMode=0600 says the same).
+		if err := os.Chmod(sock, 0o600); err != nil {
+			ln.Close()
+			return err
+		}
+		// systemd's socket outlives the daemon; one passed by the daemon
+		// this one replaces is this one's.
+		held := os.Getenv(apiHeldEnv) != ""
+		os.Unsetenv(apiHeldEnv)
+		d.apiLn, d.apiPassed = ln, !d.opts.Passed.FromDaemon() || held
+		d.keep(handover.API, ln)
+		return nil
+	}
+	if err := removeStaleSocket(sock); err != nil {
+		return err
+	}
+	if d.apiLn, err = listenPrivate(sock); err != nil {
+		return err
+	}
+	d.keep(handover.API, d.apiLn)
+	return nil
 }
 
 // removeStaleSocket removes a socket left by a daemon that died (and the
@@ -361,7 +420,7 @@ func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
 // services (they keep running, for the next daemon to adopt) and closes the
 // store. Shutdown stops the services.
 func (d *Daemon) Close() error {
-	if d.apiLn != nil {
+	if d.apiLn != nil && !d.apiPassed {
 		// Before the listener closes: removed after, it could be the
 		// socket of a daemon that started meanwhile (a start removes a
 		// dead socket and makes its own).
@@ -374,6 +433,30 @@ func (d *Daemon) Close() error {
 		}
 	}
 	d.wg.Wait()
+	var err error
+	if !d.handedOver.Load() {
+		err = d.detach()
+		if d.cgroups != nil {
+			// Only once no group is left in it (after hostel shutdown): the
+			// groups of detached services stay for the next daemon.
+			d.cgroups.Remove()
+		}
+	}
+	if d.certs != nil {
+		d.certs.Close()
+	}
+	if d.router != nil {
+		d.router.Close()
+	}
+	d.closeAccessLog()
+	return errors.Join(err, d.member.Close(), d.opts.Passed.Close())
+}
+
+// detach stops following the store, lets go of the services (they keep
+// running, for the next daemon to adopt) and closes the store: what Close
+// does once nothing is served any more, and an upgrade before the daemon
+// replacing this one starts (upgrade.go).
+func (d *Daemon) detach() error {
 	if d.stopExpiry != nil {
 		d.stopExpiry()
 	}
@@ -387,46 +470,76 @@ func (d *Daemon) Close() error {
 	if d.sup != nil {
 		d.sup.Detach()
 	}
-	if d.cgroups != nil {
-		// Only once no group is left in it (after hostel shutdown): the
-		// groups of detached services stay for the next daemon.
-		d.cgroups.Remove()
-	}
-	if d.certs != nil {
-		d.certs.Close()
-	}
-	if d.router != nil {
-		d.router.Close()
-	}
-	d.closeAccessLog()
 	if d.stopKeys != nil {
 		d.stopKeys()
 	}
-	var err error
-	if d.store != nil {
-		// Claims end now: a daemon that waits for one need not wait out
-		// the lease. A store with a quorum answers in milliseconds (an
-		// etcd leader elected in one or two); one without — the last
-		// members of a cluster stopping — never would, and the lease
-		// ends with its TTL anyway.
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		d.lease.revoke(rctx)
-		cancel()
-		err = d.store.Close()
+	if d.store == nil {
+		return nil
 	}
-	return errors.Join(err, d.member.Close())
+	// Claims end now: a daemon that waits for one need not wait out the
+	// lease. A store with a quorum answers in milliseconds (an etcd
+	// leader elected in one or two); one without — the last members of a
+	// cluster stopping — never would, and the lease ends with its TTL
+	// anyway.
+	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	d.lease.revoke(rctx)
+	cancel()
+	return d.store.Close()
 }
 
 // Run starts a daemon and serves until ctx ends.
 func Run(ctx context.Context, opts Options) error {
-	d, err := Start(ctx, opts)
+	// Started by hostel upgrade: the daemon replaced lets go of the store
+	// and the services once this one has taken its sockets.
+	ctl, err := controlFromEnv()
+	if err == nil {
+		err = ctl.await()
+	}
+	// Else, the sockets a holder kept of the last daemon.
+	var held net.Conn
+	if err == nil && ctl == nil {
+		held, err = fetchHeld(&opts)
+	}
 	if err != nil {
+		opts.Passed.Close()
 		return err
 	}
-	select {
-	case <-ctx.Done():
-		d.logf("stopping; services keep running")
-	case <-d.quit:
+	// SIGHUP is hostel upgrade to the daemon's own path (systemctl reload).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	d, err := Start(ctx, opts)
+	ctl.done(err)
+	if err != nil {
+		opts.Passed.Close()
+		if held != nil {
+			held.Close()
+		}
+		return err
+	}
+	d.startHolder(held)
+	// To systemd (Type=notify): this process serves — after an upgrade,
+	// in place of the one systemd started.
+	if err := handover.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid())); err != nil {
+		d.logf("%v", err)
+	}
+	for stop := false; !stop; {
+		select {
+		case <-ctx.Done():
+			d.logf("stopping; services keep running")
+			stop = true
+		case <-d.quit:
+			stop = true
+		case <-hup:
+			go func() {
+				if _, err := d.Upgrade(context.Background(), api.UpgradeRequest{}); err != nil {
+					d.logf("SIGHUP: %v", err)
+				}
+			}()
+		}
+	}
+	if !d.handedOver.Load() {
+		handover.Notify("STOPPING=1")
 	}
 	return d.Close()
 }

@@ -11,6 +11,7 @@ import (
 
 	"hostel/internal/acme"
 	"hostel/internal/api"
+	"hostel/internal/handover"
 	"hostel/internal/router"
 	"hostel/internal/spec"
 )
@@ -26,7 +27,7 @@ func (d *Daemon) startHTTPS(ctx context.Context) error {
 	if d.opts.HTTPSAddr == "" {
 		return nil
 	}
-	ln, err := net.Listen("tcp", d.opts.HTTPSAddr)
+	ln, err := d.listen(handover.HTTPS, d.opts.HTTPSAddr)
 	if err != nil {
 		return fmt.Errorf("--https: %w", err)
 	}

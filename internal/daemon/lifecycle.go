@@ -90,6 +90,7 @@ func (d *Daemon) Shutdown(ctx context.Context) (*api.ShutdownResult, error) {
 			res.Stopped = append(res.Stopped, string(k))
 		}
 	}
+	d.stopHolder()
 	d.logf("shutdown: stopped %d services; the daemon exits", len(res.Stopped))
 	d.quitOnce.Do(func() { close(d.quit) })
 	return res, nil

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"hostel/internal/front"
+	"hostel/internal/handover"
 	"hostel/internal/nix"
 	"hostel/internal/peer"
 )
@@ -60,7 +61,7 @@ func (d *Daemon) listenPeer(ctx context.Context) (http.RoundTripper, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", d.opts.Advertise)
+	ln, err := d.listen(handover.Peer, d.opts.Advertise)
 	if err != nil {
 		return nil, fmt.Errorf("--advertise: %w", err)
 	}

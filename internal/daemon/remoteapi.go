@@ -18,6 +18,7 @@ import (
 
 	"hostel/internal/api"
 	"hostel/internal/atomicfile"
+	"hostel/internal/handover"
 	"hostel/internal/pki"
 )
 
@@ -189,7 +190,7 @@ func (d *Daemon) listenRemoteAPI() error {
 	if err != nil {
 		return fmt.Errorf("--api-listen: %w", err)
 	}
-	ln, err := net.Listen("tcp", d.opts.APIListen)
+	ln, err := d.listen(handover.APIListen, d.opts.APIListen)
 	if err != nil {
 		return fmt.Errorf("--api-listen: %w", err)
 	}

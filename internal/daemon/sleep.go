@@ -15,6 +15,10 @@ import (
 type wakeVia struct{ d *Daemon }
 
 func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
+	if w.d.handedOver.Load() {
+		// The services are the next daemon's: it wakes them.
+		return "", fmt.Errorf("%s is asleep and the daemon is being upgraded: try again in a moment", key)
+	}
 	start := time.Now()
 	addr, err := w.d.sleeper.Wake(ctx, key)
 	w.d.metrics.Woke(key, time.Since(start), err)

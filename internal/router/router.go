@@ -71,6 +71,10 @@ type Options struct {
 	// router reaches no other node — one machine, or a node that
 	// advertises no address.
 	Peers http.RoundTripper
+	// Listen opens an endpoint's listener on addr (OpenEndpoint's listen):
+	// the daemon's takes a socket passed from the daemon it replaces.
+	// nil: net.Listen("tcp", addr).
+	Listen func(addr string) (net.Listener, error)
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -129,6 +133,7 @@ type Router struct {
 	// peer, remotes the instances that run on other nodes (remote.go);
 	// all nil without peers.
 	peers     http.RoundTripper
+	listen    func(addr string) (net.Listener, error)
 	peerProxy *httputil.ReverseProxy
 	remotes   atomic.Pointer[map[spec.VersionKey]*remoteSet] // copy-on-write
 
@@ -181,6 +186,7 @@ func New(opts Options) *Router {
 		waker:     opts.Waker,
 		certs:     opts.Certs,
 		peers:     opts.Peers,
+		listen:    opts.Listen,
 		endpoints: map[spec.VersionKey]*endpoint{},
 	}
 	if opts.HTTPSPort != "443" {
@@ -194,6 +200,9 @@ func New(opts Options) *Router {
 	}
 	if r.internal == nil {
 		r.internal = netip.Addr.IsLoopback
+	}
+	if r.listen == nil {
+		r.listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 	}
 	r.proxy = front.NewProxy(r.logf, opts.Hold)
 	r.proxy.SetRoute(r.Route)
@@ -572,7 +581,7 @@ func (r *Router) OpenEndpoint(key spec.VersionKey, listen string) (string, error
 		}
 		return "", fmt.Errorf("router: endpoint for %s already open at %s", key, ep.url)
 	}
-	ln, err := net.Listen("tcp", listen)
+	ln, err := r.listen(listen)
 	if err != nil {
 		return "", fmt.Errorf("router: endpoint for %s: %w", key, err)
 	}

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"net"
 	"sync"
 )
 
@@ -26,4 +27,17 @@ func (r *Router) ShutdownEndpoints(ctx context.Context) {
 		})
 	}
 	wg.Wait()
+}
+
+// EndpointListeners returns the listeners of the open endpoints: hostel
+// upgrade passes them on to the daemon that replaces this one, which
+// reopens each endpoint on its own (Options.Listen).
+func (r *Router) EndpointListeners() []net.Listener {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lns := make([]net.Listener, 0, len(r.endpoints))
+	for _, ep := range r.endpoints {
+		lns = append(lns, ep.ln)
+	}
+	return lns
 }

@@ -88,9 +88,9 @@ type Env struct {
 	// DaemonEnv is added to the environment of the daemons StartDaemon
 	// runs (a failpoint, say).
 	DaemonEnv []string
-	// Wrap, if set, is a command the daemons StartDaemon runs are run
-	// through: Wrap's arguments, then hostel's path and its own (a
-	// private mount namespace, say).
+	// Wrap, if set, is a command StartDaemon runs `hostel serve` under
+	// (its arguments, then hostel's), which execs it:
+	// systemd-socket-activate, or a private mount namespace.
 	Wrap []string
 	// Store is where the daemons StartDaemon runs keep their state when
 	// their flags do not say (neither --etcd nor --etcd-embed): "bbolt",
@@ -149,10 +149,8 @@ func (e *Env) StartDaemonArgs(args ...string) {
 	}
 	e.logs = &bytes.Buffer{}
 	e.args = args
-	cmd := exec.Command(e.Bin, append([]string{"serve", "--root", e.Root}, args...)...)
-	if len(e.Wrap) > 0 {
-		cmd = exec.Command(e.Wrap[0], append(append(slices.Clip(e.Wrap[1:]), e.Bin, "serve", "--root", e.Root), args...)...)
-	}
+	argv := append(slices.Clip(e.Wrap), append([]string{e.Bin, "serve", "--root", e.Root}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), e.DaemonEnv...)
 	cmd.Stdout = lockedWriter{&e.logsMu, e.logs}
 	cmd.Stderr = cmd.Stdout

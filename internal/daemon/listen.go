@@ -1,0 +1,145 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"hostel/internal/handover"
+)
+
+// listen returns the socket passed to the daemon as name
+// (Options.Passed), else a new listener on addr. It records the socket
+// under its name: hostel upgrade passes it on (upgrade.go).
+func (d *Daemon) listen(name, addr string) (net.Listener, error) {
+	ln, ok := d.opts.Passed.TakeFor(name, addr)
+	if !ok {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		if _, port, _ := net.SplitHostPort(addr); err != nil && errors.Is(err, syscall.EADDRINUSE) && d.opts.Passed.FromHolder() {
+			// The last daemon listened on another address of this port
+			// (":80", now "127.0.0.1:80"): the holder and this daemon let
+			// go of it (the next holder holds what this daemon serves).
+			d.opts.Passed.ClosePort(port)
+			handover.Release(HoldPath(d.opts.Root))
+			ln, err = net.Listen("tcp", addr)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	d.keep(name, ln)
+	return ln, nil
+}
+
+// listenEndpoint is the router's Options.Listen: a <NEED>_URL endpoint
+// reopens on the socket passed for its address, if there is one.
+func (d *Daemon) listenEndpoint(addr string) (net.Listener, error) {
+	ln, ok := d.opts.Passed.TakeAddr(handover.Endpoint, addr)
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	return ln, nil
+}
+
+// keep records a socket the daemon listens on under its name.
+func (d *Daemon) keep(name string, ln net.Listener) {
+	d.socketsMu.Lock()
+	defer d.socketsMu.Unlock()
+	d.sockets = append(d.sockets, namedListener{name, ln})
+}
+
+// namedListener is a socket the daemon listens on and its name in
+// LISTEN_FDNAMES.
+type namedListener struct {
+	name string
+	ln   net.Listener
+}
+
+// checkPassed refuses the sockets passed that the daemon's flags leave
+// unused: their clients would wait for an answer that never comes.
+func (d *Daemon) checkPassed() error {
+	if d.opts.Passed.FromHolder() {
+		// The last daemon's, with other flags: let go of them.
+		return d.opts.Passed.Close()
+	}
+	if left := d.opts.Passed.Left(); len(left) > 0 {
+		return fmt.Errorf("LISTEN_FDNAMES: %s passed but not used by these flags (--https \"\" turns HTTPS off; --api-listen, --advertise add those)",
+			strings.Join(left, ", "))
+	}
+	return nil
+}
+
+// HoldPath is where the holder of the sockets of the daemon with root
+// serves them (handover.RunHolder).
+func HoldPath(root string) string { return filepath.Join(root, "hold.sock") }
+
+// fetchHeld takes the sockets a holder keeps for root, when the daemon
+// was passed none: the last daemon's, which crashed or stopped. It returns
+// the connection that makes this daemon their holder's until it ends.
+func fetchHeld(opts *Options) (net.Conn, error) {
+	if opts.Passed != nil {
+		return nil, nil
+	}
+	root, err := filepath.Abs(opts.Root)
+	if err != nil {
+		return nil, err
+	}
+	set, conn, err := handover.Fetch(HoldPath(root))
+	// A daemon killed a moment ago: its holder may not have seen its
+	// connection end yet.
+	for deadline := time.Now().Add(2 * time.Second); errors.Is(err, handover.ErrHeld) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		set, conn, err = handover.Fetch(HoldPath(root))
+	}
+	if errors.Is(err, handover.ErrHeld) {
+		return nil, fmt.Errorf("another hostel daemon is serving %s", SocketPath(root))
+	}
+	if err != nil {
+		return nil, err
+	}
+	opts.Passed = set
+	return conn, nil
+}
+
+// startHolder hands copies of the listening sockets (not the endpoints,
+// which come and go with deploys) to a new holder, which keeps them open
+// if this daemon crashes, and ends the last daemon's (held). Under
+// systemd, which holds them itself, it does nothing.
+func (d *Daemon) startHolder(held net.Conn) {
+	if held != nil {
+		defer held.Close()
+	}
+	if d.opts.Passed.FromSystemd() {
+		return
+	}
+	path := HoldPath(d.opts.Root)
+	handover.Release(path)
+	fds, names, err := d.socketFDs(false)
+	defer handover.CloseAll(fds)
+	if err == nil {
+		d.holder, err = handover.SpawnHolder(path, fds, names)
+	}
+	if err != nil {
+		d.logf("no socket holder: %v; if the daemon dies, connections are refused until it starts again", err)
+		return
+	}
+	// The API socket is held: not removed when the daemon stops.
+	d.apiPassed = true
+}
+
+// stopHolder ends the holder (hostel shutdown): the listeners close with
+// the daemon, and so does the API socket's path.
+func (d *Daemon) stopHolder() {
+	if d.holder == nil {
+		return
+	}
+	handover.Release(HoldPath(d.opts.Root))
+	d.holder.Close()
+	d.holder = nil
+	d.apiPassed = false
+}

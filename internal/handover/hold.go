@@ -1,0 +1,278 @@
+package handover
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Without systemd, a holder keeps a daemon's listening sockets open
+// across its crash: a small process (the same binary, HoldEnv in its
+// environment) started by the daemon with copies of its sockets, which
+// does nothing but hold them and hand them to the next daemon of the same
+// root, over a unix socket only root reaches. While no daemon runs, new
+// connections wait in the listeners' backlog instead of being refused.
+//
+// A holder belongs to one daemon at a time: the one that started it, then
+// the one that took its sockets; a daemon holds a connection to it while
+// it runs. A second daemon is refused the sockets while the first runs.
+// Once its daemon is gone (it crashed, or stopped), the holder waits
+// HoldGrace for the next one — a supervisor's restart — then exits,
+// closing the sockets. `hostel shutdown` ends it at once (Release).
+
+// HoldEnv names the socket a holder serves at; in a process's
+// environment, it makes the process a holder (RunHolder).
+const HoldEnv = "HOSTEL_HOLD"
+
+// holdNamesEnv names the sockets passed to a holder from descriptor 3 on;
+// the last descriptor is its daemon's connection.
+const holdNamesEnv = "HOSTEL_HOLD_NAMES"
+
+// HoldGrace is how long a holder waits for a daemon once its own is gone.
+var HoldGrace = 15 * time.Second
+
+// ErrHeld is Fetch's error when another daemon holds the sockets.
+var ErrHeld = errors.New("another hostel daemon holds this root's sockets")
+
+// RunHolder is the holder's process: it serves the sockets it was
+// started with at the path HoldEnv names, and returns when it ends.
+func RunHolder() error {
+	path := os.Getenv(HoldEnv)
+	names := strings.Split(os.Getenv(holdNamesEnv), ":")
+	if os.Getenv(holdNamesEnv) == "" {
+		names = nil
+	}
+	// Raw descriptors, never an os.File: see Dup.
+	fds := make([]int, len(names))
+	for i := range names {
+		fds[i] = firstFD + i
+	}
+	owner, err := net.FileConn(os.NewFile(uintptr(firstFD+len(names)), "daemon"))
+	if err != nil {
+		return fmt.Errorf("holder: %w", err)
+	}
+	os.Remove(path)
+	// Only root (the daemon's user) may take the sockets: bound 0600.
+	old := syscall.Umask(0o177)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
+	if err != nil {
+		return fmt.Errorf("holder: %w", err)
+	}
+	h := &holder{fds: fds, names: names, ln: ln, gone: make(chan struct{}, 1)}
+	h.own(owner)
+	owner.Write([]byte("ok\n"))
+	go h.serve()
+	for {
+		h.mu.Lock()
+		owned := h.owner != nil
+		took := make(chan struct{})
+		h.took = took
+		h.mu.Unlock()
+		if owned {
+			<-h.gone
+			continue
+		}
+		select {
+		case <-took:
+		case <-time.After(HoldGrace):
+			h.mu.Lock()
+			if h.owner == nil {
+				ln.Close()
+				os.Remove(path)
+				return nil
+			}
+			h.mu.Unlock()
+		}
+	}
+}
+
+type holder struct {
+	fds   []int
+	names []string
+	ln    *net.UnixListener
+	mu    sync.Mutex
+	owner net.Conn      // the daemon's connection; nil while none runs
+	gone  chan struct{} // a daemon's connection ended
+	took  chan struct{} // closed when a daemon takes the sockets; nil once closed
+}
+
+// own makes c the daemon's connection, until it ends.
+func (h *holder) own(c net.Conn) {
+	h.mu.Lock()
+	h.owner = c
+	if h.took != nil {
+		close(h.took)
+		h.took = nil
+	}
+	h.mu.Unlock()
+	go func() {
+		io.Copy(io.Discard, c)
+		h.mu.Lock()
+		if h.owner == c {
+			h.owner = nil
+		}
+		h.mu.Unlock()
+		select {
+		case h.gone <- struct{}{}:
+		default:
+		}
+	}()
+}
+
+func (h *holder) serve() {
+	for {
+		c, err := h.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		go h.answer(c)
+	}
+}
+
+// answer serves one request: "take" (the sockets, and c becomes the
+// daemon's connection) or "exit".
+func (h *holder) answer(c *net.UnixConn) {
+	line, err := bufio.NewReader(io.LimitReader(c, 16)).ReadString('\n')
+	switch {
+	case err != nil:
+		c.Close()
+	case line == "exit\n":
+		c.Write([]byte("bye\n"))
+		h.ln.Close()
+		os.Remove(h.ln.Addr().String())
+		os.Exit(0)
+	case line == "take\n":
+		h.mu.Lock()
+		busy := h.owner != nil
+		h.mu.Unlock()
+		if busy {
+			c.Write([]byte("busy\n"))
+			c.Close()
+			return
+		}
+		var oob []byte
+		if len(h.fds) > 0 {
+			oob = syscall.UnixRights(h.fds...)
+		}
+		if _, _, err := c.WriteMsgUnix([]byte("sockets "+strings.Join(h.names, ":")+"\n"), oob, nil); err != nil {
+			c.Close()
+			return
+		}
+		h.own(c)
+	default:
+		c.Close()
+	}
+}
+
+// Fetch takes the sockets the holder at path holds, and returns them with
+// the connection that makes the caller their daemon: keep it open while
+// the daemon runs. nil, nil, nil: no holder answers there.
+func Fetch(path string) (*Set, net.Conn, error) {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return nil, nil, nil // none: a stale path is the daemon's to remove
+	}
+	uc := c.(*net.UnixConn)
+	uc.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := uc.Write([]byte("take\n")); err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
+	}
+	buf, oob := make([]byte, 4096), make([]byte, syscall.CmsgSpace(4*256))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
+	}
+	msg := strings.TrimSuffix(string(buf[:n]), "\n")
+	if msg == "busy" {
+		c.Close()
+		return nil, nil, ErrHeld
+	}
+	names, ok := strings.CutPrefix(msg, "sockets ")
+	if !ok {
+		c.Close()
+		return nil, nil, fmt.Errorf("socket holder %s: answered %q", path, msg)
+	}
+	var fds []int
+	if oobn > 0 {
+		cmsgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+		if err == nil && len(cmsgs) > 0 {
+			fds, err = syscall.ParseUnixRights(&cmsgs[0])
+		}
+		if err != nil {
+			c.Close()
+			return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
+		}
+	}
+	ns := strings.Split(names, ":")
+	if names == "" {
+		ns = nil
+	}
+	s := &Set{fromHolder: true}
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "held")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil || i >= len(ns) {
+			continue
+		}
+		s.ls = append(s.ls, passed{ns[i], ln})
+	}
+	uc.SetDeadline(time.Time{})
+	return s, c, nil
+}
+
+// Release ends the holder at path, if one answers there, and waits until
+// it has let go of its path.
+func Release(path string) {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("exit\n"))
+	io.ReadAll(c)
+}
+
+// SpawnHolder starts a holder at path with copies of fds (named; from
+// Dup), and returns the connection that makes the caller its daemon.
+func SpawnHolder(path string, fds []int, names []string) (net.Conn, error) {
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ours := os.NewFile(uintptr(pair[0]), "holder")
+	defer syscall.Close(pair[1])
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		return nil, err
+	}
+	env := append(os.Environ(), HoldEnv+"="+path, holdNamesEnv+"="+strings.Join(names, ":"))
+	// Its own session: a terminal's Ctrl-C stops the daemon, not it.
+	p, err := Spawn("/proc/self/exe", []string{"hostel-hold", path}, env, nil, append(append([]int(nil), fds...), pair[1]), true)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	go p.Wait()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	c.SetReadDeadline(time.Time{})
+	if err != nil || line != "ok\n" {
+		p.Kill()
+		c.Close()
+		return nil, fmt.Errorf("socket holder (pid %d) did not start: %q, %v", p.Pid, line, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,309 @@
+package e2e
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSocketActivation: `hostel serve` started by systemd-socket-activate,
+// which passes sockets the way systemd's socket units do (LISTEN_FDS,
+// LISTEN_FDNAMES), serves on them in place of its flags' — the public
+// listener, by its name, and the API socket, by its path under the name
+// hostel install's socket unit gives all its sockets — and tells NOTIFY_SOCKET it is ready. A
+// connection made before the daemon ran waits and is answered. A socket
+// under a name the daemon does not know fails the start (exit 2).
+func TestSocketActivation(t *testing.T) {
+	e := NewEnv(t)
+	notifyPath := filepath.Join(t.TempDir(), "notify")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	if err := os.MkdirAll(e.Root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	e.Wrap = []string{"systemd-socket-activate", "-l", addr, "--fdname=http",
+		"-l", filepath.Join(e.Root, "hostel.sock"), "--fdname=hostel", "-E", "NOTIFY_SOCKET=" + notifyPath}
+
+	// systemd-socket-activate runs hostel at the first connection (this
+	// request's or the harness's status): until then it waits in the
+	// listener's backlog.
+	early := make(chan string, 1)
+	go func() {
+		var c net.Conn
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if c, err = net.Dial("tcp", addr); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			early <- err.Error()
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: nobody.example\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			early <- err.Error()
+			return
+		}
+		resp.Body.Close()
+		early <- resp.Status
+	}()
+	e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "")
+	if e.HTTP != addr {
+		t.Errorf("status --json: listen.http %s, want the passed %s", e.HTTP, addr)
+	}
+	// 404: the router's answer for a host it does not serve.
+	select {
+	case got := <-early:
+		if got != "404 Not Found" {
+			t.Errorf("the request made before the daemon ran: %s, want 404 Not Found", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("the request made before the daemon ran was not answered")
+	}
+	notify.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 256)
+	if n, err := notify.Read(buf); err != nil || !strings.Contains(string(buf[:n]), "READY=1") {
+		t.Errorf("NOTIFY_SOCKET: got %q, %v; want READY=1", buf[:n], err)
+	}
+	if fi, err := os.Stat(filepath.Join(e.Root, "hostel.sock")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the passed API socket: %v, %v; want mode 0600", fi.Mode(), err)
+	}
+	e.WriteSpec(map[string]any{"services": map[string]any{"quotes": e.App("quotes", map[string]any{"domains": []string{"quotes.example"}})}})
+	e.MustRun("deploy", "--no-confirm")
+	if code, _, body := e.Get("quotes.example", "/quote"); code != 200 {
+		t.Errorf("quotes through the passed listener: %d %q", code, body)
+	}
+
+	// A name it does not know: refused, not left unanswered.
+	bad := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cmd := exec.Command("systemd-socket-activate", "-l", bad, "--fdname=web", e.Bin, "serve", "--root", t.TempDir(), "--http", "127.0.0.1:0", "--https", "")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", bad); err == nil {
+			c.Close()
+			break
+		}
+	}
+	cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(out.String(), `LISTEN_FDNAMES: unknown socket name "web"`) {
+		t.Errorf("a socket named web: exit %d, %q; want exit 2 naming it", code, out.String())
+	}
+}
+
+// TestUpgradeUnderLoad: under steady traffic (blog, which calls quotes
+// through QUOTES_URL, on keep-alive connections), hostel upgrade replaces
+// the daemon by a new process that takes over every socket and service:
+// no request fails, a slow request under way finishes, the services keep
+// their pids, the old daemon exits. A binary that is not hostel is refused
+// (exit 2); one that dies while it takes over leaves the old binary
+// serving (exit 1, saying why); SIGHUP upgrades too. With
+// HOSTEL_TEST_STORE=etcd the state is in an etcd the daemon does not run
+// (an upgrade refuses --etcd-embed, whose member's ports it cannot pass).
+func TestUpgradeUnderLoad(t *testing.T) {
+	e := NewEnv(t)
+	if e.Store == "etcd" {
+		e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "", "--etcd", startEtcd(t))
+	} else {
+		e.StartDaemon()
+	}
+	sp := monoliths(e, "Hi")
+	sp["services"].(map[string]any)["slow"] = map[string]any{
+		"package": slowApp(t), "exec": []string{"bin/slowapp"},
+		"domains": []string{"slow.example"}, "health": map[string]any{"path": "/healthz"},
+	}
+	e.WriteSpec(sp)
+	e.MustRun("deploy", "--no-confirm")
+	_, before := e.Status()
+	samePIDs := func(when string) {
+		t.Helper()
+		_, st := e.Status()
+		for name, s := range before {
+			if st[name].PID != s.PID || st[name].State != "running" {
+				t.Errorf("%s %s: pid %d state %s, want pid %d running", name, when, st[name].PID, st[name].State, s.PID)
+			}
+		}
+	}
+	// hostel serve that dies by SIGKILL once it has its sockets and the
+	// store, before it adopts anything (a failpoint).
+	dying := filepath.Join(t.TempDir(), "hostel-dying")
+	script := fmt.Sprintf("#!/bin/sh\n[ \"$1\" = version ] && exec %s version\nHOSTEL_FAILPOINTS=api-socket-bound=kill exec %s \"$@\"\n", e.Bin, e.Bin)
+	if err := os.WriteFile(dying, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	pid := e.daemon.Process.Pid
+	failed, n := trafficOn([]string{e.HTTP}, 4, "blog.example", func() {
+		slow := make(chan string, 1)
+		go func() {
+			req, _ := http.NewRequest("GET", "http://"+e.HTTP+"/slow?ms=1500", nil)
+			req.Host = "slow.example"
+			resp, err := httpClient.Do(req)
+			if err != nil {
+				slow <- err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			slow <- fmt.Sprintf("%d %s", resp.StatusCode, strings.Fields(string(b)))
+		}()
+		time.Sleep(300 * time.Millisecond)
+
+		out := e.MustRun("upgrade")
+		var old, next int
+		var version string
+		if _, err := fmt.Sscanf(out[strings.Index(out, "pid "):], "pid %d → %d, hostel %s", &old, &next, &version); err != nil || old != pid || next == pid {
+			t.Fatalf("hostel upgrade printed %q; want pid %d → a new pid", out, pid)
+		}
+		waitUntil(t, "the old daemon to exit", func() bool { return !running(old) })
+		if got := <-slow; got != "200 [started done]" {
+			t.Errorf("a slow request under way across the upgrade: %s", got)
+		}
+		samePIDs("after hostel upgrade")
+		pid = next
+
+		if _, errOut, code := e.Run("upgrade", "/bin/true"); code != 2 || !strings.Contains(errOut, "/bin/true is not a hostel binary") {
+			t.Errorf("hostel upgrade /bin/true: exit %d, %q; want 2, not a hostel binary", code, errOut)
+		}
+		if !running(pid) {
+			t.Fatalf("a refused upgrade ended the daemon")
+		}
+
+		_, errOut, code := e.Run("upgrade", dying)
+		if code != 1 || !strings.Contains(errOut, "exited (signal: killed) before it was ready") || !strings.Contains(errOut, "the old binary serves on") {
+			t.Errorf("hostel upgrade to a binary that dies: exit %d, %q; want 1, saying why and that the old binary serves on", code, errOut)
+		}
+		waitUntil(t, "the daemon of the failed upgrade to exit", func() bool { return !running(pid) })
+		e.MustRun("status")
+		samePIDs("after a failed upgrade")
+		if i := strings.Index(errOut, "serves on (pid "); i < 0 {
+			t.Fatalf("hostel upgrade to a binary that dies: no pid in %q", errOut)
+		} else {
+			fmt.Sscanf(errOut[i:], "serves on (pid %d)", &pid)
+		}
+		if !running(pid) {
+			t.Fatalf("the old binary's new daemon, pid %d, does not run", pid)
+		}
+
+		syscall.Kill(pid, syscall.SIGHUP)
+		waitUntil(t, "the daemon to exit after SIGHUP", func() bool { return !running(pid) })
+		e.MustRun("status")
+		samePIDs("after SIGHUP")
+		if got := strings.Count(e.DaemonLog(), "upgrade: pid "); got != 2 {
+			t.Errorf("the daemon's log tells %d upgrades that went through, want 2 (hostel upgrade, SIGHUP)", got)
+		}
+	}, nil)
+	if len(failed) > 0 {
+		t.Errorf("%d of %d requests failed across the upgrades; first: %v", len(failed), n, failed[:min(5, len(failed))])
+	}
+	t.Logf("%d requests across 3 upgrades", n)
+}
+
+// running reports whether process pid exists and is not a zombie (a
+// daemon an upgrade replaced is reparented, and nobody may reap it).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+// TestKilledDaemonRefusesNothing: without systemd, a holder process keeps
+// the daemon's listening sockets open when it dies: under a steady stream
+// of new connections, a `kill -9` of the daemon and its start again half
+// a second later (a supervisor's restart) refuse none — those made
+// meanwhile wait and are answered by the next daemon, on the same
+// address. hostel shutdown ends the holder: then connections are refused.
+func TestKilledDaemonRefusesNothing(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(map[string]any{"services": map[string]any{"quotes": e.App("quotes", map[string]any{"domains": []string{"quotes.example"}})}})
+	e.MustRun("deploy", "--no-confirm")
+	addr := e.HTTP
+
+	var refused, answered, waited atomic.Int64
+	var otherMu sync.Mutex
+	var other []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				req, _ := http.NewRequest("GET", "http://"+addr+"/quote", nil)
+				req.Host = "quotes.example"
+				t0 := time.Now()
+				resp, err := c.Do(req)
+				switch {
+				case errors.Is(err, syscall.ECONNREFUSED):
+					refused.Add(1)
+				case err != nil:
+					// Cut in flight: that connection was the killed daemon's.
+					otherMu.Lock()
+					other = append(other, err.Error())
+					otherMu.Unlock()
+				default:
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						answered.Add(1)
+						if time.Since(t0) > 300*time.Millisecond {
+							waited.Add(1)
+						}
+					}
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	e.daemon.Process.Kill()
+	<-e.done
+	e.daemon = nil
+	time.Sleep(500 * time.Millisecond)
+	e.StartDaemon()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if e.HTTP != addr {
+		t.Errorf("the daemon after the kill listens on %s, want the held %s", e.HTTP, addr)
+	}
+	if refused.Load() != 0 || waited.Load() == 0 || len(other) > 2 {
+		t.Errorf("across kill -9: %d refused, %d answered (%d after waiting for the next daemon), cut: %v; want none refused, some waited",
+			refused.Load(), answered.Load(), waited.Load(), other)
+	}
+	t.Logf("across kill -9: %d answered, %d of them after waiting for the next daemon, %d cut in flight", answered.Load(), waited.Load(), len(other))
+
+	e.Shutdown()
+	if _, err := net.DialTimeout("tcp", addr, 2*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("after hostel shutdown, a connection to %s: %v; want refused (the holder gone)", addr, err)
+	}
+}
