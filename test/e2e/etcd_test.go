@@ -100,7 +100,19 @@ func exitCode(err error) int {
 
 // startEtcd runs Debian's etcd on free loopback ports until the test
 // ends, and returns its client URL.
-func startEtcd(t *testing.T) string {
+func startEtcd(t *testing.T) string { return startEtcdProc(t).url }
+
+// etcdProc is one etcd of Debian's, which a test may kill and start again
+// on its data.
+type etcdProc struct {
+	t    *testing.T
+	url  string
+	args []string
+	cmd  *exec.Cmd
+	log  bytes.Buffer
+}
+
+func startEtcdProc(t *testing.T) *etcdProc {
 	t.Helper()
 	if _, err := exec.LookPath("etcd"); err != nil {
 		if os.Getenv("HOSTEL_REQUIRE_ETCD") != "" {
@@ -109,28 +121,40 @@ func startEtcd(t *testing.T) string {
 		t.Skip("etcd is not installed (apt-get install etcd-server)")
 	}
 	client, peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	var log bytes.Buffer
-	cmd := exec.Command("etcd", "--name", "e2e", "--data-dir", filepath.Join(t.TempDir(), "etcd"),
+	p := &etcdProc{t: t, url: client, args: []string{"--name", "e2e", "--data-dir", filepath.Join(t.TempDir(), "etcd"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "e2e="+peer)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "e2e=" + peer}}
+	p.start()
+	t.Cleanup(p.kill)
+	return p
+}
+
+// start starts etcd (again, on its data) and waits until it answers.
+func (p *etcdProc) start() {
+	p.t.Helper()
+	p.cmd = exec.Command("etcd", p.args...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(client + "/health"); err == nil {
+		if resp, err := http.Get(p.url + "/health"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return client
+				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("etcd does not answer at %s", client)
+			p.t.Fatalf("etcd does not answer at %s", p.url)
 		}
+	}
+}
+
+// kill stops etcd with SIGKILL.
+func (p *etcdProc) kill() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
 	}
 }
 
@@ -227,5 +251,54 @@ func TestKilledOnEtcdKeepsServices(t *testing.T) {
 	}
 	if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hey!") {
 		t.Errorf("blog after the deploy: %d %q", code, body)
+	}
+}
+
+// TestEtcdOutage: with its etcd gone, a daemon keeps serving its last
+// generation — routes and processes unchanged, past its lease's TTL — and
+// a deploy fails saying the store is out of reach, changing nothing; once
+// etcd is back the node takes a new lease and a deploy goes through.
+func TestEtcdOutage(t *testing.T) {
+	etcd := startEtcdProc(t)
+	e := NewEnv(t)
+	e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "", "--etcd", etcd.url)
+	e.WriteSpec(monoliths(e, "Hi"))
+	e.MustRun("deploy", "--no-confirm")
+	_, before := e.Status()
+
+	etcd.kill()
+	down := time.Now()
+	for time.Since(down) < 8*time.Second { // past NodeTTL (6 s)
+		if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hi!") {
+			t.Fatalf("blog %s after etcd went: %d %q, want it served as before", time.Since(down).Round(time.Millisecond), code, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.WriteSpec(monoliths(e, "Hey"))
+	t0 := time.Now()
+	out, errOut, code := e.Run("deploy", "--no-confirm")
+	t.Logf("deploy without etcd: exit %d after %s: %s%s", code, time.Since(t0).Round(time.Millisecond), out, errOut)
+	if code != 1 || !strings.Contains(errOut, "store") {
+		t.Errorf("deploy without etcd: exit %d, want 1 saying the store is out of reach\n%s%s", code, out, errOut)
+	}
+	for name, s := range before {
+		if !processRuns(s.PID) {
+			t.Errorf("%s (pid %d) stopped while etcd was gone", name, s.PID)
+		}
+	}
+	if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hi!") {
+		t.Errorf("blog after the failed deploy: %d %q, want the last generation", code, body)
+	}
+
+	etcd.start()
+	eventually(t, 30*time.Second, "a deploy once etcd is back", func() bool {
+		_, _, code := e.Run("deploy", "--no-confirm")
+		return code == 0
+	})
+	if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hey!") {
+		t.Errorf("blog after the deploy with etcd back: %d %q", code, body)
+	}
+	if _, st := e.Status(); st["shop"].PID != before["shop"].PID {
+		t.Errorf("shop restarted through the outage: pid %d, was %d", st["shop"].PID, before["shop"].PID)
 	}
 }
