@@ -31,11 +31,24 @@ import (
 // leader carries out to the daemon that leads, while this one does not.
 func (d *Daemon) passToLeader(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !api.ForLeader(r) || d.engine.Leads() {
+		if !api.ForLeader(r) {
 			h.ServeHTTP(w, r)
 			return
 		}
-		name, addr, rev, err := d.leader(r.Context())
+		// One read, bounded, before anything is asked of the engine: a
+		// store out of reach would hold the request as long as it is
+		// out, and the CLI with it.
+		ctx, cancel := context.WithTimeout(r.Context(), storeWait)
+		name, addr, rev, err := d.leader(ctx)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+			api.ReplyError(w, errStoreAway)
+			return
+		}
+		if d.engine.Leads() {
+			h.ServeHTTP(w, r)
+			return
+		}
 		if err != nil {
 			api.ReplyError(w, err)
 			return
@@ -117,6 +130,9 @@ func (d *Daemon) relay(w http.ResponseWriter, r *http.Request, name, addr string
 		return fmt.Errorf("lost node %s, which leads the engine, mid-operation: %w; `hostel status` and `hostel generations` show where it stopped", name, err)
 	})
 }
+
+// errStoreAway answers a request for the leader when the store does not.
+var errStoreAway = fmt.Errorf("the store does not answer within %s (etcd out of reach, or without a quorum): nothing was changed, and what runs keeps running as it is; try again once it is back", storeWait)
 
 // errLeaderGone ends a relay to a node that no longer leads the engine.
 var errLeaderGone = errors.New("it no longer leads the engine (its lease ended: its machine stopped answering)")

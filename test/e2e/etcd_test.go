@@ -278,7 +278,7 @@ func TestEtcdOutage(t *testing.T) {
 	t0 := time.Now()
 	out, errOut, code := e.Run("deploy", "--no-confirm")
 	t.Logf("deploy without etcd: exit %d after %s: %s%s", code, time.Since(t0).Round(time.Millisecond), out, errOut)
-	if code != 1 || !strings.Contains(errOut, "store") {
+	if code != 1 || !strings.Contains(errOut, "the store does not answer") {
 		t.Errorf("deploy without etcd: exit %d, want 1 saying the store is out of reach\n%s%s", code, out, errOut)
 	}
 	for name, s := range before {
@@ -291,10 +291,15 @@ func TestEtcdOutage(t *testing.T) {
 	}
 
 	etcd.start()
+	back := time.Now()
 	eventually(t, 30*time.Second, "a deploy once etcd is back", func() bool {
 		_, _, code := e.Run("deploy", "--no-confirm")
 		return code == 0
 	})
+	t.Logf("a deploy went through %s after etcd was back", time.Since(back).Round(time.Millisecond))
+	if !strings.Contains(e.DaemonLog(), "rejoined") {
+		t.Errorf("the daemon's log does not say it rejoined once etcd was back")
+	}
 	if code, _, body := e.Get("blog.example", "/"); code != 200 || !strings.Contains(body, "Hey!") {
 		t.Errorf("blog after the deploy with etcd back: %d %q", code, body)
 	}
