@@ -153,19 +153,11 @@ func run() error {
 	// writing the access log (the daemon's hook), measured right after
 	// the router without, for their cost.
 	withMetrics := len(targets)
-	for _, c := range []struct {
-		name string
-		args []string
-	}{
-		{"hostel (metrics)", []string{"-metrics"}},
-		{"hostel (metrics, access log)", []string{"-metrics", "-access-log", tmp}},
-	} {
-		t, err := procs.startSelf(ctx, c.name, "router", append([]string{"-backend", backend.addr}, c.args...)...)
-		if err != nil {
-			return err
-		}
-		targets = append(targets, t)
+	more, err := startMetricsTargets(ctx, procs, backend, tmp)
+	if err != nil {
+		return err
 	}
+	targets = append(targets, more...)
 	nginx := -1
 	if t, err := startNginx(ctx, procs, tmp, backend.addr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/router: nginx skipped:", err)

@@ -20,21 +20,15 @@ import (
 // off, on, and on with the access log, one right after the other in
 // each round.
 func measureMetrics(ctx context.Context, cfg config, procs *children, backend target, tmp string) error {
-	var targets []target
-	for _, c := range []struct {
-		name string
-		args []string
-	}{
-		{"hostel", nil},
-		{"hostel (metrics)", []string{"-metrics"}},
-		{"hostel (metrics, access log)", []string{"-metrics", "-access-log", tmp}},
-	} {
-		t, err := procs.startSelf(ctx, c.name, "router", append([]string{"-backend", backend.addr}, c.args...)...)
-		if err != nil {
-			return err
-		}
-		targets = append(targets, t)
+	off, err := procs.startSelf(ctx, "hostel", "router", "-backend", backend.addr)
+	if err != nil {
+		return err
 	}
+	targets, err := startMetricsTargets(ctx, procs, backend, tmp)
+	if err != nil {
+		return err
+	}
+	targets = append([]target{off}, targets...)
 	results, runs, err := measureAll(ctx, cfg, targets, nil)
 	if err != nil {
 		return err
@@ -43,6 +37,27 @@ func measureMetrics(ctx context.Context, cfg config, procs *children, backend ta
 	fmt.Println()
 	printMetricsCost(runs[0], runs[1:], results[0], results[1:])
 	return nil
+}
+
+// startMetricsTargets starts the router counting into hostel's
+// Prometheus series, then the same also writing the access log (the
+// daemon's hook).
+func startMetricsTargets(ctx context.Context, procs *children, backend target, tmp string) ([]target, error) {
+	var targets []target
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"hostel (metrics)", []string{"-metrics"}},
+		{"hostel (metrics, access log)", []string{"-metrics", "-access-log", tmp}},
+	} {
+		t, err := procs.startSelf(ctx, c.name, "router", append([]string{"-backend", backend.addr}, c.args...)...)
+		if err != nil {
+			return nil, err
+		}
+		targets = append(targets, t)
+	}
+	return targets, nil
 }
 
 // printMetricsCost prints what the metrics (on[0]) and the metrics with

@@ -208,24 +208,18 @@ func (c *Client) Logs(ctx context.Context, service, version string, n int, follo
 // EnvLogs copies the log of a service of environment env ("" is
 // production) to w.
 func (c *Client) EnvLogs(ctx context.Context, env, service, version string, n int, follow bool, w io.Writer) error {
-	q := url.Values{"service": {service}, "version": {version}, "n": {strconv.Itoa(n)}}
-	if env != "" {
-		q.Set("env", env)
-	}
-	if follow {
-		q.Set("follow", "1")
-	}
-	err := c.copyTo(ctx, "/v1/logs?"+q.Encode(), w)
-	if ctx.Err() != nil {
-		return nil // -f ends when the user interrupts it
-	}
-	return err
+	return c.logs(ctx, url.Values{"service": {service}, "version": {version}}, env, n, follow, w)
 }
 
 // AccessLogs copies the access log of a service of environment env (""
 // is production) to w: its JSON lines as written.
 func (c *Client) AccessLogs(ctx context.Context, env, service string, n int, follow bool, w io.Writer) error {
-	q := url.Values{"service": {service}, "access": {"1"}, "n": {strconv.Itoa(n)}}
+	return c.logs(ctx, url.Values{"service": {service}, "access": {"1"}}, env, n, follow, w)
+}
+
+// logs copies what GET /v1/logs answers to q, with env, n and follow, to w.
+func (c *Client) logs(ctx context.Context, q url.Values, env string, n int, follow bool, w io.Writer) error {
+	q.Set("n", strconv.Itoa(n))
 	if env != "" {
 		q.Set("env", env)
 	}
