@@ -46,6 +46,7 @@ func dashboardCmd(e *env) *cobra.Command {
 				return fmt.Errorf("--listen %s: %w", listen, err)
 			}
 			d := dashboard.New(c)
+			go d.Sample(cmd.Context(), 10*time.Second)
 			srv := &http.Server{Handler: d, ReadHeaderTimeout: 10 * time.Second}
 			fmt.Fprintf(e.stdout, "http://%s/login?token=%s\n", ln.Addr(), d.Token())
 			fmt.Fprintln(e.stderr, "The token works once; interrupt to stop.")

@@ -36,6 +36,8 @@ type Daemon interface {
 	Rollback(ctx context.Context, req api.RollbackRequest, progress func(string)) (*api.DeployResult, error)
 	EnvLogs(ctx context.Context, env, service, version string, n int, follow bool, w io.Writer) error
 	AccessLogs(ctx context.Context, env, service string, n int, follow bool, w io.Writer) error
+	// Metrics writes the daemon's Prometheus metrics in the text format.
+	Metrics(ctx context.Context, w io.Writer) error
 }
 
 var _ Daemon = (*api.Client)(nil)
@@ -55,6 +57,8 @@ type Server struct {
 	daemon Daemon
 	tmpl   *template.Template
 	mux    *http.ServeMux
+	// history is the daemon's metrics scraped by Sample.
+	history history
 
 	mu sync.Mutex
 	// token is the one-time login token; "" once it was used.

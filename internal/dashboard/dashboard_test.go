@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -24,6 +25,7 @@ type fakeDaemon struct {
 	n          int
 	current    uint64
 	rolledBack []uint64
+	scrapes    int
 }
 
 func (f *fakeDaemon) Status(context.Context) (*api.Status, error) {
@@ -73,6 +75,27 @@ func (f *fakeDaemon) EnvLogs(_ context.Context, _, service, _ string, _ int, _ b
 
 func (f *fakeDaemon) AccessLogs(_ context.Context, _, service string, _ int, _ bool, w io.Writer) error {
 	_, err := fmt.Fprintf(w, `{"service":%q}`+"\n", service)
+	return err
+}
+
+// Metrics serves a scrape of web's counters: 10 more requests each
+// call, one of them a 5xx, half under 5 ms and half under 50 ms.
+func (f *fakeDaemon) Metrics(_ context.Context, w io.Writer) error {
+	f.mu.Lock()
+	f.scrapes++
+	n := float64(f.scrapes * 10)
+	f.mu.Unlock()
+	_, err := fmt.Fprintf(w, `# TYPE hostel_http_requests_total counter
+hostel_http_requests_total{service="svc0000",env="production",version="abc123def456",code="2xx"} %g
+hostel_http_requests_total{service="svc0000",env="production",version="abc123def456",code="5xx"} %g
+# TYPE hostel_http_request_duration_seconds histogram
+hostel_http_request_duration_seconds_bucket{service="svc0000",env="production",version="abc123def456",le="0.001"} 0
+hostel_http_request_duration_seconds_bucket{service="svc0000",env="production",version="abc123def456",le="0.005"} %g
+hostel_http_request_duration_seconds_bucket{service="svc0000",env="production",version="abc123def456",le="0.05"} %g
+hostel_http_request_duration_seconds_bucket{service="svc0000",env="production",version="abc123def456",le="+Inf"} %g
+hostel_http_request_duration_seconds_sum{service="svc0000",env="production",version="abc123def456"} 1
+hostel_http_request_duration_seconds_count{service="svc0000",env="production",version="abc123def456"} %g
+`, n*0.9, n*0.1, n/2, n, n, n)
 	return err
 }
 
@@ -196,12 +219,30 @@ func TestDiff(t *testing.T) {
 // browser's first request after login gets it (the fake daemon answers at
 // once: this is the dashboard's own share).
 func BenchmarkFirstRender(b *testing.B) {
+	b.Run("status only", func(b *testing.B) { benchmarkFirstRender(b, false) })
+	b.Run("with an hour of rates", func(b *testing.B) { benchmarkFirstRender(b, true) })
+}
+
+func benchmarkFirstRender(b *testing.B, withHour bool) {
 	d, ts, _ := start(b, 1000)
 	c := client(b)
 	if code, body := get(b, c, ts.URL+"/login?token="+d.Token()); code != http.StatusOK || !strings.Contains(body, "svc0999") {
 		b.Fatalf("login: %d", code)
 	}
-	_ = d
+	if withHour {
+		// An hour of scrapes every 10 s, each service's counters
+		// growing: every row has its rates and a full chart.
+		bounds := []float64{0.001, 0.005, 0.05, math.Inf(1)}
+		t0 := time.Now().Add(-chartSpan)
+		for i := range 361 {
+			sc := scrape{at: t0.Add(time.Duration(i) * 10 * time.Second), byVersion: map[string]counts{}, bounds: bounds}
+			for j := range 1000 {
+				n := float64(i * (j + 1))
+				sc.byVersion[fmt.Sprintf("svc%04d/production/abc123def456", j)] = counts{requests: n, errors: n / 100, buckets: []float64{0, n / 2, n, n}}
+			}
+			d.history.addLocked(sc)
+		}
+	}
 	b.ResetTimer()
 	for b.Loop() {
 		if code, _ := get(b, c, ts.URL+"/"); code != http.StatusOK {

@@ -37,6 +37,13 @@ var funcs = template.FuncMap{
 	},
 	"when":  func(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05") },
 	"deref": func(t *time.Time) time.Time { return *t },
+	"ms": func(d time.Duration) string {
+		if d < 10*time.Millisecond {
+			return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + " ms"
+		}
+		return d.Round(time.Millisecond).String()
+	},
+	"pct": func(f float64) string { return strconv.FormatFloat(100*f, 'f', 1, 64) + " %" },
 	"cpu": func(s float64) string {
 		if s == 0 {
 			return "—"
@@ -74,19 +81,25 @@ type serviceRow struct {
 	api.ServiceStatus
 	// Env is the environment shown: "production" or a preview's name.
 	Env string
+	// Rates are its traffic's, from the daemon's metrics.
+	Rates Rates
 }
 
 // allServices returns the status of production and of every preview
 // environment, production's first.
-func (s *Server) allServices(r *http.Request) (gen uint64, rows []serviceRow, certs []api.CertStatus, err error) {
+func (s *Server) allServices(r *http.Request, withRates bool) (gen uint64, rows []serviceRow, certs []api.CertStatus, err error) {
 	ctx := r.Context()
 	st, err := s.daemon.Status(ctx)
 	if err != nil {
 		return 0, nil, nil, err
 	}
+	var rates map[instance]Rates
+	if withRates {
+		rates = s.history.rates()
+	}
 	add := func(env string, st *api.Status) {
 		for _, svc := range st.Services {
-			rows = append(rows, serviceRow{ServiceStatus: svc, Env: env})
+			rows = append(rows, serviceRow{ServiceStatus: svc, Env: env, Rates: rates[instance{svc.Name, env}]})
 		}
 	}
 	add("production", st)
@@ -105,7 +118,7 @@ func (s *Server) allServices(r *http.Request) (gen uint64, rows []serviceRow, ce
 }
 
 func (s *Server) services(w http.ResponseWriter, r *http.Request) {
-	gen, rows, _, err := s.allServices(r)
+	gen, rows, _, err := s.allServices(r, true)
 	p := page{Title: "Services", Live: true}
 	if err != nil {
 		p.Err = err.Error()
@@ -209,7 +222,7 @@ func (s *Server) certificates(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) databases(w http.ResponseWriter, r *http.Request) {
 	p := page{Title: "Databases"}
-	_, rows, _, err := s.allServices(r)
+	_, rows, _, err := s.allServices(r, false)
 	if err != nil {
 		p.Err = err.Error()
 	}
@@ -309,7 +322,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 // fingerprint sums up what the live pages show that a deploy or a
 // rollback changes: the generations and each instance's version and state.
 func (s *Server) fingerprint(r *http.Request) string {
-	gen, rows, _, err := s.allServices(r)
+	gen, rows, _, err := s.allServices(r, false)
 	if err != nil {
 		return "error: " + err.Error()
 	}

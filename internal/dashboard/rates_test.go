@@ -1,0 +1,69 @@
+package dashboard
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRates: two scrapes of the daemon's metrics give each service's
+// requests per second, error rate and p50/p99, and the page shows them.
+func TestRates(t *testing.T) {
+	d, ts, f := start(t, 2)
+	t0 := time.Now()
+	for i := range 3 {
+		var b bytes.Buffer
+		if err := f.Metrics(context.Background(), &b); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.history.add(t0.Add(time.Duration(i)*10*time.Second), b.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := d.history.rates()[instance{"svc0000", "production"}]
+	if !r.Known || r.RPS != 1 || math.Abs(r.ErrorRate-0.1) > 1e-9 {
+		t.Errorf("rates %+v, want 1 req/s, 10%% errors", r)
+	}
+	// Half the requests under 5 ms, the rest under 50 ms: p50 at 5 ms,
+	// p99 interpolated in (5 ms, 50 ms].
+	if r.P50 != 5*time.Millisecond || r.P99 != time.Duration((0.005+0.045*0.98)*float64(time.Second)) {
+		t.Errorf("p50 %v, p99 %v", r.P50, r.P99)
+	}
+	if len(r.chart) != 2 || !strings.Contains(string(r.Chart()), "<polyline") {
+		t.Errorf("chart %v %q", r.chart, r.Chart())
+	}
+	if got := d.history.rates()[instance{"svc0001", "production"}]; got.Known {
+		t.Errorf("svc0001 has no series, yet rates %+v", got)
+	}
+	c := client(t)
+	_, page := get(t, c, ts.URL+"/login?token="+d.Token())
+	for _, want := range []string{"1.0 <svg", "10.0 %", "5.0 ms", "measuring…"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("services page lacks %q", want)
+		}
+	}
+}
+
+// TestRatesOverADeploy: a version's series vanish when it stops and the
+// new one's start from zero; the rate counts the new version's requests,
+// never a negative difference.
+func TestRatesOverADeploy(t *testing.T) {
+	var h history
+	t0 := time.Now()
+	scrape := func(at time.Duration, version string, n int) {
+		t.Helper()
+		text := fmt.Sprintf("# TYPE hostel_http_requests_total counter\nhostel_http_requests_total{service=\"web\",env=\"production\",version=%q,code=\"2xx\"} %d\n", version, n)
+		if err := h.add(t0.Add(at), []byte(text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scrape(0, "v1", 1000)
+	scrape(10*time.Second, "v2", 50)
+	if r := h.rates()[instance{"web", "production"}]; r.RPS != 5 {
+		t.Errorf("rate across a deploy %v req/s, want 5", r.RPS)
+	}
+}
