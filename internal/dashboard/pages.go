@@ -126,7 +126,9 @@ func (s *Server) services(w http.ResponseWriter, r *http.Request) {
 	p.Data = struct {
 		Generation uint64
 		Rows       []serviceRow
-	}{gen, rows}
+		// RatesNote stands for the rates of a row without any.
+		RatesNote string
+	}{gen, rows, s.history.note()}
 	s.render(w, r, "services.html", p)
 }
 

@@ -67,6 +67,25 @@ type history struct {
 	mu    sync.Mutex
 	last  *scrape
 	rated map[instance]Rates
+	// err is why the last scrape failed; nil after one that worked.
+	err error
+}
+
+// note is what the services page shows for an instance without rates.
+func (h *history) note() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.err != nil {
+		return "no rates: " + h.err.Error()
+	}
+	return "measuring…"
+}
+
+// failed records a scrape that failed.
+func (h *history) failed(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.err = err
 }
 
 // add parses one scrape in the text format and keeps it.
@@ -120,6 +139,7 @@ func (h *history) add(at time.Time, text []byte) error {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.err = nil
 	h.addLocked(sc)
 	return nil
 }
@@ -276,14 +296,18 @@ func (r Rates) Chart() template.HTML {
 // Sample scrapes the daemon's metrics every interval until ctx ends; the
 // services page shows the rates of the last two scrapes and charts the
 // last hour's. A failed scrape is skipped: the page says the rates are
-// not known rather than showing stale ones as fresh.
+// not known, and why, rather than showing stale ones as fresh.
 func (s *Server) Sample(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		var b bytes.Buffer
-		if err := s.daemon.Metrics(ctx, &b); err == nil {
-			s.history.add(time.Now(), b.Bytes())
+		err := s.daemon.Metrics(ctx, &b)
+		if err == nil {
+			err = s.history.add(time.Now(), b.Bytes())
+		}
+		if err != nil && ctx.Err() == nil {
+			s.history.failed(fmt.Errorf("GET /metrics: %w", err))
 		}
 		select {
 		case <-ctx.Done():

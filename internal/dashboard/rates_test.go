@@ -48,6 +48,17 @@ func TestRates(t *testing.T) {
 	}
 }
 
+// TestRatesUnavailable: a scrape that fails says why on the page, in
+// place of the rates.
+func TestRatesUnavailable(t *testing.T) {
+	d, ts, _ := start(t, 1)
+	d.history.failed(fmt.Errorf("GET /metrics: daemon answered 404 Not Found"))
+	_, page := get(t, client(t), ts.URL+"/login?token="+d.Token())
+	if !strings.Contains(page, "no rates: GET /metrics: daemon answered 404 Not Found") {
+		t.Errorf("services page does not say why it has no rates:\n%s", page)
+	}
+}
+
 // TestRatesOverADeploy: a version's series vanish when it stops and the
 // new one's start from zero; the rate counts the new version's requests,
 // never a negative difference.
