@@ -40,6 +40,13 @@ func (f *fakeDaemon) Status(context.Context) (*api.Status, error) {
 			LastRequest: &now,
 		})
 	}
+	if f.n > 0 {
+		backup := now.Add(-time.Hour)
+		st.Services[0].Database = &api.DatabaseStatus{Name: "svc0000_db", SizeBytes: 3 << 20, LastBackup: &backup}
+		expiry := now.Add(30 * 24 * time.Hour)
+		st.Certificates = []api.CertStatus{{Host: "svc0000.example", Service: "svc0000", State: "valid",
+			Status: "valid until " + expiry.Format(time.DateOnly), NotAfter: &expiry}}
+	}
 	return st, nil
 }
 
@@ -193,6 +200,27 @@ func TestRollbackNeedsCSRF(t *testing.T) {
 	resp.Body.Close()
 	if len(f.rolledBack) != 1 || f.rolledBack[0] != 1 || !strings.Contains(string(b), "generation 1 is live") {
 		t.Fatalf("rollback: rolled back %v, page:\n%s", f.rolledBack, b)
+	}
+}
+
+// TestPages: the certificates and databases pages show what the daemon
+// says of them.
+func TestPages(t *testing.T) {
+	d, ts, _ := start(t, 2)
+	c := client(t)
+	get(t, c, ts.URL+"/login?token="+d.Token())
+	expiry := time.Now().Add(30 * 24 * time.Hour).Local().Format(time.DateOnly)
+	for path, wants := range map[string][]string{
+		"/certificates": {"svc0000.example", "valid until", expiry},
+		"/databases":    {"svc0000_db", "3.0 MiB", time.Now().Add(-time.Hour).Local().Format(time.DateOnly)},
+		"/generations":  {"change web v1 → v2", "add db v1", `id="rollback-1"`},
+	} {
+		code, page := get(t, c, ts.URL+path)
+		for _, want := range wants {
+			if code != http.StatusOK || !strings.Contains(page, want) {
+				t.Errorf("GET %s: %d, page lacks %q", path, code, want)
+			}
+		}
 	}
 }
 

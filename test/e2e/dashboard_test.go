@@ -167,6 +167,14 @@ func TestDashboard(t *testing.T) {
 	waitFor("follow a new line", `document.getElementById("log").textContent.split("listening on").length > 2`)
 	shot("logs")
 
+	// Shop's access log shows a request made as it opens (in its tail or
+	// followed: either way, on the page).
+	run("open the access log", chromedp.Navigate(base+"/logs?service=shop&access=1"))
+	if code, _, _ := e.Get("shop.example", "/dashboard-probe"); code != http.StatusOK {
+		t.Fatalf("GET shop.example/dashboard-probe: %d", code)
+	}
+	has("follow an access log line", "#log", "/dashboard-probe")
+
 	// Roll back with the button, confirmed in the browser's dialog.
 	run("open generations", chromedp.Navigate(base+"/generations"))
 	has("see generations", "#current", "2")
