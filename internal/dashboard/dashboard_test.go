@@ -118,7 +118,7 @@ func start(t testing.TB, n int) (*Server, *httptest.Server, *fakeDaemon) {
 func client(t testing.TB) *http.Client {
 	t.Helper()
 	jar, _ := cookiejar.New(nil)
-	return &http.Client{Jar: jar}
+	return &http.Client{Jar: jar, Timeout: 10 * time.Second}
 }
 
 func get(t testing.TB, c *http.Client, u string) (int, string) {
@@ -137,7 +137,9 @@ func get(t testing.TB, c *http.Client, u string) (int, string) {
 func TestNoSessionGetsNothing(t *testing.T) {
 	_, ts, f := start(t, 3)
 	for _, path := range []string{"/", "/generations", "/logs?service=web", "/logs/stream?service=web", "/events", "/static/app.js", "/certificates", "/databases", "/login?token=wrong", "/login"} {
-		code, body := get(t, client(t), ts.URL+path)
+		c := client(t)
+		c.Timeout = 2 * time.Second // a stream served without a session would never end
+		code, body := get(t, c, ts.URL+path)
 		if code != http.StatusUnauthorized || body != "" {
 			t.Errorf("GET %s: %d %q, want 401 and nothing", path, code, body)
 		}
