@@ -93,6 +93,8 @@ func (s *Server) Token() string {
 	return s.token
 }
 
+// ServeHTTP serves the dashboard, with headers that keep its pages out of
+// other sites' frames and its URLs (the token's) out of Referer headers.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Frame-Options", "DENY")
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'")

@@ -47,11 +47,17 @@ type scrape struct {
 // Rates is what the services page shows of a service's traffic, from the
 // last two scrapes of the daemon's metrics.
 type Rates struct {
-	// Known is false until two scrapes were taken.
-	Known          bool
+	// Known is false until two scrapes were taken, and while the
+	// instance has no series (not routed).
+	Known bool
+	// RPS is the requests per second, ErrorRate the share of them
+	// answered 5xx (0 without requests).
 	RPS, ErrorRate float64
-	P50, P99       time.Duration
-	HasLatency     bool
+	// P50 and P99 are the latency's quantiles, interpolated within the
+	// histogram's buckets; HasLatency is false (and they zero) when no
+	// request ended between the two scrapes.
+	P50, P99   time.Duration
+	HasLatency bool
 	// chart is the requests per second between each two scrapes of the
 	// last chartSpan, oldest first, chartAt when each ended; never
 	// changed in place once written, so that a page may read it while
