@@ -4,10 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"hostel/internal/front"
+	"hostel/internal/metrics"
+	"hostel/internal/spec"
 )
 
 // TestRates: two scrapes of the daemon's metrics give each service's
@@ -76,5 +83,43 @@ func TestRatesOverADeploy(t *testing.T) {
 	scrape(10*time.Second, "v2", 50)
 	if r := h.rates()[instance{"web", "production"}]; r.RPS != 5 {
 		t.Errorf("rate across a deploy %v req/s, want 5", r.RPS)
+	}
+}
+
+// TestRatesOfTheDaemonsRegistry reads what the daemon's own registry
+// (internal/metrics) serves, so that the names and labels read here are
+// the ones it writes.
+func TestRatesOfTheDaemonsRegistry(t *testing.T) {
+	reg := metrics.New("")
+	v := reg.Series(spec.Key("web", "0123456789ab"))
+	srv := httptest.NewServer(reg.Handler())
+	t.Cleanup(srv.Close)
+	var h history
+	t0 := time.Now()
+	scrape := func(at time.Duration) {
+		t.Helper()
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if err := h.add(t0.Add(at), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scrape(0)
+	for i := range 20 {
+		v.Started()
+		status := 200
+		if i%4 == 0 {
+			status = 502
+		}
+		v.Ended(3*time.Millisecond, &front.Outcome{Status: status})
+	}
+	scrape(10 * time.Second)
+	r := h.rates()[instance{"web", spec.DefaultEnv}]
+	if !r.Known || r.RPS != 2 || r.ErrorRate != 0.25 || !r.HasLatency || r.P50 <= 0 || r.P50 > 5*time.Millisecond {
+		t.Errorf("rates %+v, want 2 req/s, 25%% errors, p50 at most 5 ms", r)
 	}
 }
