@@ -40,6 +40,8 @@ if [[ $what == test ]]; then
   # systemd-analyze verifies hostel install's units; systemd-socket-activate passes
   # listeners the way systemd does (no systemd runs as PID 1 for either).
   have systemd-analyze && have systemd-socket-activate || need+=(systemd)
+  # Chromium, headless, drives the dashboard's pages (TestDashboard).
+  have chromium || need+=(chromium)
 fi
 if [[ $what == bench ]]; then
   # nginx serves the binary cache the cluster's own is measured against.

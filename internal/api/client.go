@@ -246,3 +246,9 @@ func (c *Client) copyTo(ctx context.Context, path string, w io.Writer) error {
 	_, err = io.Copy(w, resp.Body)
 	return err
 }
+
+// Metrics copies the daemon's Prometheus metrics (GET /metrics, the text
+// format of docs/metrics.md) to w.
+func (c *Client) Metrics(ctx context.Context, w io.Writer) error {
+	return c.copyTo(ctx, "/metrics", w)
+}

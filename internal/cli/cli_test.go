@@ -42,6 +42,8 @@ func TestExitCodes(t *testing.T) {
 		{"missing spec", []string{"plan", filepath.Join(dir, "nope.json")}, 2, "nope.json: "},
 		{"no daemon", []string{"--root", dir, "status"}, 1, "cannot reach the hostel daemon"},
 		{"version", []string{"version"}, 0, ""},
+		{"dashboard: bad listen", []string{"--root", dir, "dashboard", "--listen", "nope"}, 2, `--listen: "nope": want HOST:PORT`},
+		{"dashboard: no daemon", []string{"--root", dir, "dashboard"}, 1, "cannot reach the hostel daemon"},
 		{"serve on two etcds", []string{"--root", dir, "serve", "--etcd", "http://127.0.0.1:1", "--etcd-embed"}, 2, "--etcd and --etcd-embed: choose one"},
 		{"serve etcd TLS without etcd", []string{"--root", dir, "serve", "--etcd-cert", "c.pem", "--etcd-key", "k.pem"}, 2, "--etcd-cert is for the TLS of --etcd URLS, or of https:// --etcd-peers"},
 		{"serve etcd cert without key", []string{"--root", dir, "serve", "--etcd", "https://127.0.0.1:1", "--etcd-cert", "c.pem"}, 2, "--etcd-cert needs --etcd-key"},

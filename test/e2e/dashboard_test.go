@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
+)
+
+// startDashboard runs `hostel dashboard` and returns its login URL (with the
+// one-time token).
+func (e *Env) startDashboard() string {
+	e.t.Helper()
+	cmd := exec.Command(e.Bin, "--root", e.Root, "dashboard")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		e.t.Fatalf("hostel dashboard printed no URL: %v", err)
+	}
+	return strings.TrimSpace(line)
+}
+
+// TestDashboard drives the dashboard in headless Chromium: log in with the
+// token, see the services of a deployed spec, watch a deploy appear without
+// reloading by hand, follow a log line a service writes, roll back with the
+// button (after a confirmation) and see the generation change. A request
+// without the token gets 401 and nothing. With HOSTEL_SCREENSHOTS=DIR it
+// saves the main pages there (docs/dashboard-*.png).
+func TestDashboard(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is missing: scripts/install-deps.sh installs Debian's chromium")
+	}
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(monoliths(e, "Hello"))
+	e.MustRun("deploy", "--no-confirm")
+
+	login := e.startDashboard()
+	if !strings.HasPrefix(login, "http://127.0.0.1:") || !strings.Contains(login, "/login?token=") {
+		t.Fatalf("hostel dashboard printed %q, want http://127.0.0.1:PORT/login?token=…", login)
+	}
+	base := login[:strings.Index(login, "/login")]
+	for _, path := range []string{"/", "/generations", "/login?token=nope"} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || len(b) != 0 {
+			t.Errorf("GET %s without the token: %d %q, want 401 and nothing", path, resp.StatusCode, b)
+		}
+	}
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium),
+		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1400, 900))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	var (
+		dialogMu sync.Mutex
+		asked    []string
+	)
+	// The rollback button asks first: accept, and keep what it asked.
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for ev, err := range dialogs {
+			if err != nil {
+				return
+			}
+			dialogMu.Lock()
+			asked = append(asked, ev.Message)
+			dialogMu.Unlock()
+			chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+		}
+	}()
+	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	shots := os.Getenv("HOSTEL_SCREENSHOTS")
+	shot := func(name string) {
+		t.Helper()
+		if shots == "" {
+			return
+		}
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(shots, "dashboard-"+name+".png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// waitFor evaluates expr until it is true. It asks again and again
+	// rather than waiting inside the page, because the live pages reload
+	// themselves, which ends a wait inside them.
+	waitFor := func(what, expr string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
+			if err == nil && ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %s not true after 30 s (last error: %v)", what, expr, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	has := func(what, sel, text string) {
+		t.Helper()
+		waitFor(what, `(() => { const el = document.querySelector(`+jsString(sel)+`); return !!el && el.textContent.includes(`+jsString(text)+`); })()`)
+	}
+
+	// Log in: the services of the spec, running.
+	run("log in", chromedp.Navigate(login), chromedp.WaitVisible(chromedp.ID("services")))
+	table, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("services")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range []string{"quotes", "blog", "shop", "wiki"} {
+		if !strings.Contains(table, svc) {
+			t.Errorf("services page lacks %s:\n%s", svc, table)
+		}
+	}
+	if !strings.Contains(table, "running") {
+		t.Errorf("services page shows nothing running:\n%s", table)
+	}
+	shot("services")
+
+	// A deploy from the command line shows on the open page.
+	e.WriteSpec(monoliths(e, "Bonjour"))
+	e.MustRun("deploy", "--no-confirm")
+	has("see generation 2 appear", "#generation", "2")
+
+	// Follow quotes's log: what it wrote, then a line it writes now.
+	run("open the log", chromedp.Navigate(base+"/logs?service=quotes"))
+	has("see the log", "#log", "listening on")
+	e.MustRun("restart", "quotes")
+	waitFor("follow a new line", `document.getElementById("log").textContent.split("listening on").length > 2`)
+	shot("logs")
+
+	// Shop's access log shows a request made as it opens (in its tail or
+	// followed: either way, on the page).
+	run("open the access log", chromedp.Navigate(base+"/logs?service=shop&access=1"))
+	if code, _, _ := e.Get("shop.example", "/dashboard-probe"); code != http.StatusOK {
+		t.Fatalf("GET shop.example/dashboard-probe: %d", code)
+	}
+	has("follow an access log line", "#log", "/dashboard-probe")
+
+	// Roll back with the button, confirmed in the browser's dialog.
+	run("open generations", chromedp.Navigate(base+"/generations"))
+	has("see generations", "#current", "2")
+	shot("generations")
+	run("roll back", chromedp.Click(chromedp.ID("rollback-1")))
+	has("see the rollback's result", "#message", "is live")
+	gen, _ := e.Status()
+	if gen == 2 {
+		t.Fatalf("generation still 2 after the rollback button")
+	}
+	has("see the new generation", "#current", strconv.FormatUint(gen, 10))
+	dialogMu.Lock()
+	defer dialogMu.Unlock()
+	if len(asked) != 1 || !strings.Contains(asked[0], "Roll production back to generation 1") {
+		t.Errorf("confirmation dialogs %q, want one asking to roll back to 1", asked)
+	}
+}
+
+func jsString(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
