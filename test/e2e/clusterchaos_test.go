@@ -121,7 +121,11 @@ type clusterChaosRun struct {
 }
 
 func clusterChaos(t *testing.T, seed uint64, rounds int) {
-	t.Logf("seed %d, %d rounds (replay: go test -run 'TestClusterChaos' ./test/e2e/ -args -chaos-seed %d -chaos-rounds %d)", seed, rounds, seed, rounds)
+	frozen := ""
+	if *chaosFrozen {
+		frozen = " -chaos-frozen"
+	}
+	t.Logf("seed %d, %d rounds (replay: go test -run 'TestClusterChaos' ./test/e2e/ -args -chaos-seed %d -chaos-rounds %d%s)", seed, rounds, seed, rounds, frozen)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	ch := &clusterChaosRun{t: t, c: startCluster(t), lock: lockApp(t), gens: map[uint64]map[string]string{}}
 	lead := ch.c.leader(t)
