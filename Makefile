@@ -50,9 +50,11 @@ test-rest:
 # The packages with failpoint tests.
 FAILPOINT_PKGS := ./internal/atomicfile/ ./internal/router/ ./internal/supervisor/ ./internal/store/...
 
-# Every failpoint of the catalogue with every action it takes, on bbolt and on etcd, under traffic.
+# Every failpoint of the catalogue with every action it takes, on bbolt and on etcd, under traffic;
+# then a cluster of three under 100 random faults (TestClusterChaos; -chaos-seed S replays a run).
 chaos: deps
 	$(GO) test -count=1 -timeout 60m -run '^(TestRobustness|TestMoveToEtcdCutShort|TestSickServiceNeverStopsTheDaemon)$$' ./test/e2e/ -args -chaos
+	$(GO) test -count=1 -timeout 60m -run '^TestClusterChaos$$' ./test/e2e/ -args -chaos-rounds 100
 
 # The end-to-end suite's core: deploys, restarts (SIGTERM, SIGKILL), confirm windows and
 # switches back, sleep and wake, previews, crashes during launches, sick services, pauses.

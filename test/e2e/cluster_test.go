@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"hostel/internal/store/etcd"
 	"hostel/internal/store/etcd/etcdtest"
 )
 
@@ -22,6 +23,9 @@ import (
 type cluster struct {
 	names []string
 	envs  []*Env
+	// etcd is a client's configuration for the members: their client
+	// URLs, a certificate of the cluster's CA.
+	etcd etcd.Config
 }
 
 // startCluster starts the cluster; the daemons run on first's roots (a
@@ -36,7 +40,15 @@ func startCluster(t *testing.T, first ...*Env) *cluster {
 	var peers []string
 	for i, name := range c.names {
 		peers = append(peers, name+"="+urls[i].String())
+		u := etcd.ClientURL(urls[i])
+		c.etcd.Endpoints = append(c.etcd.Endpoints, u.String())
 	}
+	clientCert, clientKey := ca.Node(t, "test-client", etcdtest.Loopback)
+	tc, err := etcd.TLSConfig(clientCert, clientKey, ca.CertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.etcd.TLS = tc
 	args := make([][]string, len(c.names))
 	for i, name := range c.names {
 		cert, key := ca.Node(t, name, ips[i], etcdtest.Loopback)

@@ -105,6 +105,20 @@ type handle struct {
 	once   sync.Once
 }
 
+// The client pings each member it is connected to every keepAlive, and
+// drops the connection (talking to another member) when the answer takes
+// over keepAliveTimeout: a member frozen or cut off without closing its
+// connections is otherwise waited on until it answers again — its
+// clients' reads, and the keep-alives of their leases. gRPC pings no
+// more often than every 10 s (a shorter time is raised to it), which an
+// etcd allows (its --grpc-keepalive-min-time is 5 s): a frozen member is
+// left within 12 s, past a node's lease (NodeTTL, 6 s), which may end
+// meanwhile (the node rejoins).
+const (
+	keepAlive        = 10 * time.Second
+	keepAliveTimeout = 2 * time.Second
+)
+
 // Open connects to etcd and checks that it answers.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Prefix == "" {
@@ -114,10 +128,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.DialTimeout = 10 * time.Second
 	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		TLS:         cfg.TLS,
-		DialTimeout: cfg.DialTimeout,
-		Logger:      zap.NewNop(),
+		Endpoints:            cfg.Endpoints,
+		TLS:                  cfg.TLS,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    keepAlive,
+		DialKeepAliveTimeout: keepAliveTimeout,
+		Logger:               zap.NewNop(),
 		// A request may carry a commit's generation: up to the server's
 		// 1.5 MiB, and a read may bring back every generation.
 		MaxCallSendMsgSize: 2 << 20,
