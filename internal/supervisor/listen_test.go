@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,13 +17,25 @@ import (
 // says where it listens.
 func TestNotReadyListensElsewhere(t *testing.T) {
 	t.Parallel()
+	// A free port below the ephemeral range, from which PORTs come (a
+	// port 0 freed here could be the next PORT).
 	free := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		low := 32768
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+			if f := strings.Fields(string(b)); len(f) == 2 {
+				if n, err := strconv.Atoi(f[0]); err == nil {
+					low = n
+				}
+			}
 		}
-		defer l.Close()
-		return l.Addr().String()
+		for p := low - 2000; p < low; p++ {
+			if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p)); err == nil {
+				l.Close()
+				return l.Addr().String()
+			}
+		}
+		t.Fatalf("no free port below %d", low)
+		return ""
 	}
 	elsewhere := free()
 	tests := []struct {

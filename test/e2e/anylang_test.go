@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,13 +58,16 @@ func TestArgsSubstitution(t *testing.T) {
 	})
 
 	t.Run("wrong port", func(t *testing.T) {
-		// Listens on a port of its own, not on PORT.
-		other := map[string]any{"exec": []string{"/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1", "0"},
+		// Listens on a port of its own, not on PORT: one below the
+		// ephemeral range, from which the daemon's PORTs come (a port 0
+		// of the app's own could be the one PORT just named).
+		own := strconv.Itoa(belowEphemeral(t))
+		other := map[string]any{"exec": []string{"/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1", own},
 			"env": map[string]string{"PYTHONUNBUFFERED": "1"}, "health": map[string]any{"timeout": "2s"}}
 		e.WriteSpec(map[string]any{"services": map[string]any{"web": other}})
 		_, stderr, code := e.Run("deploy", "--no-confirm")
 		t.Logf("hostel deploy:\n%s", stderr)
-		if code != 1 || !strings.Contains(stderr, "listens on 127.0.0.1:") || !strings.Contains(stderr, ", not on PORT=") {
+		if code != 1 || !strings.Contains(stderr, "listens on 127.0.0.1:"+own+", not on PORT=") {
 			t.Errorf("deploy of a version on another port: exit %d, stderr %q; want exit 1 and where it listens", code, stderr)
 		}
 		if code, _, _ := e.Get("web.example", "/release.txt"); code != 200 {
@@ -139,4 +145,26 @@ func TestAppsOfTheDocs(t *testing.T) {
 	if code, _, got := e.Get("counter.localhost", "/"); code != 200 || !strings.Contains(got, "visit 2") {
 		t.Errorf("counter: %d %q, want visit 2", code, got)
 	}
+}
+
+// belowEphemeral returns a free TCP port on loopback below the kernel's
+// ephemeral range (ip_local_port_range), which no port 0 is given from.
+func belowEphemeral(t *testing.T) int {
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	for p := low - 2000; p < low; p++ {
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			l.Close()
+			return p
+		}
+	}
+	t.Fatalf("no free port below %d", low)
+	return 0
 }
