@@ -17,9 +17,17 @@ import (
 // says where it listens.
 func TestNotReadyListensElsewhere(t *testing.T) {
 	t.Parallel()
-	// A free port below the ephemeral range, from which PORTs come (a
-	// port 0 freed here could be the next PORT).
 	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	// The port it listens on instead: one below the ephemeral range, so
+	// that no PORT (a port 0's, free) can be it.
+	below := func() string {
 		low := 32768
 		if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 			if f := strings.Fields(string(b)); len(f) == 2 {
@@ -37,7 +45,7 @@ func TestNotReadyListensElsewhere(t *testing.T) {
 		t.Fatalf("no free port below %d", low)
 		return ""
 	}
-	elsewhere := free()
+	elsewhere := below()
 	tests := []struct {
 		name   string
 		listen func(port string) string
