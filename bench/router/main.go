@@ -36,6 +36,7 @@ import (
 
 	"hostel/bench/internal/hostelserve"
 	"hostel/internal/accesslog"
+	"hostel/internal/daemon"
 	"hostel/internal/metrics"
 	"hostel/internal/router"
 	"hostel/internal/spec"
@@ -815,7 +816,7 @@ func runRouter(args []string) (http.Handler, error) {
 	}}
 	switch {
 	case *withMetrics && *accessRoot != "":
-		opts.Requests = meteredHook{metrics.New(""), accesslog.New(*accessRoot, 0)}
+		opts.Requests = daemon.RequestHook(metrics.New(""), accesslog.New(*accessRoot, 0))
 	case *withMetrics:
 		opts.Requests = metrics.New("")
 	}

@@ -4,13 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"time"
-
-	"hostel/internal/accesslog"
-	"hostel/internal/front"
-	"hostel/internal/metrics"
-	"hostel/internal/router"
-	"hostel/internal/spec"
 )
 
 // This file measures what the daemon's request hook costs the router:
@@ -83,34 +76,4 @@ func printMetricsCost(off []result, on [][]result, offMed result, onMed []result
 		}
 		fmt.Println(".")
 	}
-}
-
-// meteredHook is the daemon's request hook (internal/daemon's
-// requestHook): the metrics and the access log.
-type meteredHook struct {
-	m *metrics.Registry
-	a *accesslog.Log
-}
-
-func (h meteredHook) Version(key spec.VersionKey) router.VersionHook {
-	return meteredVersion{h.m.Series(key), h.a.Version(key)}
-}
-
-func (h meteredHook) Removed(key spec.VersionKey) { h.m.Removed(key) }
-
-type meteredVersion struct {
-	m *metrics.Version
-	a *accesslog.Writer
-}
-
-func (v meteredVersion) Started() { v.m.Started() }
-
-func (v meteredVersion) Ended(d time.Duration, o *front.Outcome) {
-	v.m.Ended(d, o)
-	v.a.Log(d, o)
-}
-
-func (v meteredVersion) Refused(d time.Duration, o *front.Outcome) {
-	v.m.Refused(d, o)
-	v.a.Log(d, o)
 }

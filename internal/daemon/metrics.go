@@ -123,6 +123,12 @@ func deployOutcome(res *api.DeployResult, err error) string {
 	return "ok"
 }
 
+// RequestHook is the router's hook of a daemon: each request counted
+// into m and written to a (what bench/router measures the cost of).
+func RequestHook(m *metrics.Registry, a *accesslog.Log) router.RequestHook {
+	return requestHook{m, a}
+}
+
 // requestHook is the router's RequestHook: each request counted into the
 // metrics and written to the access log.
 type requestHook struct {
