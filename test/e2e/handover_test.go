@@ -129,12 +129,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	} else {
 		e.StartDaemon()
 	}
-	sp := monoliths(e, "Hi")
-	sp["services"].(map[string]any)["slow"] = map[string]any{
-		"package": slowApp(t), "exec": []string{"bin/slowapp"},
-		"domains": []string{"slow.example"}, "health": map[string]any{"path": "/healthz"},
-	}
-	e.WriteSpec(sp)
+	e.WriteSpec(monolithsAndSlow(t, e))
 	e.MustRun("deploy", "--no-confirm")
 	_, before := e.Status()
 	samePIDs := func(when string) {

@@ -43,12 +43,7 @@ func (e *Env) stopDaemonWith(sig os.Signal) {
 func TestDaemonRestartKeepsServices(t *testing.T) {
 	e := NewEnv(t)
 	e.StartDaemon()
-	sp := monoliths(e, "Hi")
-	sp["services"].(map[string]any)["slow"] = map[string]any{
-		"package": slowApp(t), "exec": []string{"bin/slowapp"},
-		"domains": []string{"slow.example"}, "health": map[string]any{"path": "/healthz"},
-	}
-	e.WriteSpec(sp)
+	e.WriteSpec(monolithsAndSlow(t, e))
 	e.MustRun("deploy", "--no-confirm")
 	_, before := e.Status()
 
@@ -269,4 +264,17 @@ func TestLogFloodedWhileDownTrimmedAtStart(t *testing.T) {
 	if _, after := e.Status(); after["quotes"].PID != before["quotes"].PID {
 		t.Errorf("quotes was restarted: pid %d, then %d", before["quotes"].PID, after["quotes"].PID)
 	}
+}
+
+// monolithsAndSlow is the monoliths and slow (testdata/slowapp, slow.example,
+// health-checked): requests that take a while, through a restart or an
+// upgrade.
+func monolithsAndSlow(t *testing.T, e *Env) map[string]any {
+	t.Helper()
+	sp := monoliths(e, "Hi")
+	sp["services"].(map[string]any)["slow"] = map[string]any{
+		"package": slowApp(t), "exec": []string{"bin/slowapp"},
+		"domains": []string{"slow.example"}, "health": map[string]any{"path": "/healthz"},
+	}
+	return sp
 }
