@@ -188,13 +188,7 @@ func TestFailoverPinnedStays(t *testing.T) {
 // input error.
 func TestDrain(t *testing.T) {
 	f := newFleet(t, 3, Options{})
-	two := func(id string) *spec.Spec {
-		s := fakeSpec(map[string]string{"api": id})
-		r := 2
-		s.Services["api"].Replicas = &r
-		return s
-	}
-	if _, err := f.deploy(two("1"), 0); err != nil {
+	if _, err := f.deploy(twoAPIs("1"), 0); err != nil {
 		t.Fatal(err)
 	}
 	k := f.keysOfGen(f.current())[0]

@@ -288,18 +288,20 @@ func TestDeployWrites(t *testing.T) {
 	}
 }
 
+// twoAPIs is a spec of api at id with two replicas.
+func twoAPIs(id string) *spec.Spec {
+	s := fakeSpec(map[string]string{"api": id})
+	r := 2
+	s.Services["api"].Replicas = &r
+	return s
+}
+
 // TestFleetPlacement: replicas run on as many nodes, spread, and a
 // redeploy keeps each where it runs; a spec that cannot be placed is
 // refused before anything is asked of a node, naming the service.
 func TestFleetPlacement(t *testing.T) {
 	f := newFleet(t, 3, Options{})
-	two := func(id string) *spec.Spec {
-		s := fakeSpec(map[string]string{"api": id})
-		r := 2
-		s.Services["api"].Replicas = &r
-		return s
-	}
-	if _, err := f.deploy(two("1"), 0); err != nil {
+	if _, err := f.deploy(twoAPIs("1"), 0); err != nil {
 		t.Fatal(err)
 	}
 	where := func() []string {
@@ -315,7 +317,7 @@ func TestFleetPlacement(t *testing.T) {
 	if len(first) != 2 {
 		t.Fatalf("api with 2 replicas runs on %v, want two nodes", first)
 	}
-	if _, err := f.deploy(two("2"), 0); err != nil {
+	if _, err := f.deploy(twoAPIs("2"), 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := where(); !slices.Equal(got, first) {
