@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -119,10 +120,19 @@ func (d *Daemon) startHolder(held net.Conn) {
 	}
 	path := HoldPath(d.opts.Root)
 	handover.Release(path)
+	os.Remove(path) // a holder killed, not released
 	fds, names, err := d.socketFDs(false)
 	defer handover.CloseAll(fds)
+	var hold net.Listener
 	if err == nil {
-		d.holder, err = handover.SpawnHolder(path, fds, names)
+		hold, err = listenPrivate(path)
+	}
+	if err == nil {
+		d.holder, err = handover.SpawnHolder(path, hold, fds, names)
+		hold.Close()
+	}
+	if err != nil && hold != nil {
+		os.Remove(path)
 	}
 	if err != nil {
 		d.logf("no socket holder: %v; if the daemon dies, connections are refused until it starts again", err)

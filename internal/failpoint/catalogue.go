@@ -99,6 +99,7 @@ var catalogue = []Point{
 
 	// The daemon.
 	{"api-socket-bound", hitActions, "hostel serve's start, the API socket bound, before anything is adopted or resumed"},
+	{"holder-after-spawn", hitActions, "hostel serve's start, the socket holder's process forked with the listening sockets, before it answered: a daemon dead there leaves a holder still starting"},
 	{"env-rm-after-drop", hitActions, "an environment's removal, dropped from the store, before its routes and instances go"},
 	{"env-rm-before-certs", hitActions, "an environment's removal, its data swept, before its certificates are removed"},
 }

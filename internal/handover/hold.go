@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"hostel/internal/failpoint"
 )
 
 // Without systemd, a holder keeps a daemon's listening sockets open
@@ -32,7 +34,7 @@ import (
 const HoldEnv = "HOSTEL_HOLD"
 
 // holdNamesEnv names the sockets passed to a holder from descriptor 3 on;
-// the last descriptor is its daemon's connection.
+// after them come its own listening socket, then its daemon's connection.
 const holdNamesEnv = "HOSTEL_HOLD_NAMES"
 
 // HoldGrace is how long a holder waits for a daemon once its own is gone.
@@ -54,19 +56,24 @@ func RunHolder() error {
 	for i := range names {
 		fds[i] = firstFD + i
 	}
-	owner, err := net.FileConn(os.NewFile(uintptr(firstFD+len(names)), "daemon"))
+	// Its own socket, bound (0600) and listening before this process
+	// began: a daemon that starts the moment the last one died finds it
+	// even while the holder itself is still starting.
+	lf := os.NewFile(uintptr(firstFD+len(names)), "hold")
+	fl, err := net.FileListener(lf)
+	lf.Close()
 	if err != nil {
 		return fmt.Errorf("holder: %w", err)
 	}
-	os.Remove(path)
-	// Only root (the daemon's user) may take the sockets: bound 0600.
-	old := syscall.Umask(0o177)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	syscall.Umask(old)
+	ln, ok := fl.(*net.UnixListener)
+	if !ok {
+		return fmt.Errorf("holder: descriptor %d is not a unix socket", firstFD+len(names))
+	}
+	owner, err := net.FileConn(os.NewFile(uintptr(firstFD+len(names)+1), "daemon"))
 	if err != nil {
 		return fmt.Errorf("holder: %w", err)
 	}
-	h := &holder{fds: fds, names: names, ln: ln, gone: make(chan struct{}, 1)}
+	h := &holder{fds: fds, names: names, path: path, ln: ln, gone: make(chan struct{}, 1)}
 	h.own(owner)
 	owner.Write([]byte("ok\n"))
 	go h.serve()
@@ -97,6 +104,7 @@ func RunHolder() error {
 type holder struct {
 	fds   []int
 	names []string
+	path  string // where ln is linked
 	ln    *net.UnixListener
 	mu    sync.Mutex
 	owner net.Conn      // the daemon's connection; nil while none runs
@@ -147,7 +155,7 @@ func (h *holder) answer(c *net.UnixConn) {
 	case line == "exit\n":
 		c.Write([]byte("bye\n"))
 		h.ln.Close()
-		os.Remove(h.ln.Addr().String())
+		os.Remove(h.path)
 		os.Exit(0)
 	case line == "take\n":
 		h.mu.Lock()
@@ -244,9 +252,16 @@ func Release(path string) {
 	io.ReadAll(c)
 }
 
-// SpawnHolder starts a holder at path with copies of fds (named; from
-// Dup), and returns the connection that makes the caller its daemon.
-func SpawnHolder(path string, fds []int, names []string) (net.Conn, error) {
+// SpawnHolder starts a holder serving at path, which hold listens on
+// (bound there by the caller, only root may connect), with copies of fds
+// (named; from Dup), and returns the connection that makes the caller its
+// daemon. hold is the caller's to close.
+func SpawnHolder(path string, hold net.Listener, fds []int, names []string) (net.Conn, error) {
+	hfd, err := Dup(hold)
+	if err != nil {
+		return nil, err
+	}
+	defer syscall.Close(hfd)
 	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -260,12 +275,13 @@ func SpawnHolder(path string, fds []int, names []string) (net.Conn, error) {
 	}
 	env := append(os.Environ(), HoldEnv+"="+path, holdNamesEnv+"="+strings.Join(names, ":"))
 	// Its own session: a terminal's Ctrl-C stops the daemon, not it.
-	p, err := Spawn("/proc/self/exe", []string{"hostel-hold", path}, env, nil, append(append([]int(nil), fds...), pair[1]), true)
+	p, err := Spawn("/proc/self/exe", []string{"hostel-hold", path}, env, nil, append(append([]int(nil), fds...), hfd, pair[1]), true)
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
 	go p.Wait()
+	failpoint.Hit("holder-after-spawn")
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	c.SetReadDeadline(time.Time{})

@@ -82,13 +82,19 @@ func (s SSH) Dial(ctx context.Context) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := cmd.StdoutPipe()
+	// Not cmd.StdoutPipe: Wait, which runs beside the reads, closes that
+	// pipe as soon as ssh exits — the answer's last bytes still in it.
+	out, w, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
+	cmd.Stdout = w
 	c := &conn{cmd: cmd, in: in, out: out, target: s.Target, done: make(chan struct{})}
 	cmd.Stderr = &c.stderr
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		out.Close()
 		return nil, fmt.Errorf("ssh %s: %w", s.Target, err)
 	}
 	go func() { c.waitErr = cmd.Wait(); close(c.done) }()
@@ -137,6 +143,7 @@ func (c *conn) Close() error {
 			c.cmd.Process.Kill()
 			<-c.done
 		}
+		c.out.Close()
 	})
 	return nil
 }

@@ -302,3 +302,26 @@ func TestKilledDaemonRefusesNothing(t *testing.T) {
 		t.Errorf("after hostel shutdown, a connection to %s: %v; want refused (the holder gone)", addr, err)
 	}
 }
+
+// TestKilledWhileHolderStarts: a daemon killed the moment its socket
+// holder was forked, before the holder itself ran a line, and started
+// again at once, finds the holder (its socket listens from the fork on),
+// takes the sockets and serves on the same address — it is not refused
+// as "another daemon", nor do its listeners fail as taken.
+func TestKilledWhileHolderStarts(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	addr := e.HTTP
+	e.StopDaemon() // its holder keeps the sockets; the next daemon takes them
+
+	cmd := exec.Command(e.Bin, append([]string{"serve", "--root", e.Root}, e.args...)...)
+	cmd.Env = append(os.Environ(), "HOSTEL_FAILPOINTS=holder-after-spawn=kill")
+	out, err := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "failpoint holder-after-spawn: kill") {
+		t.Fatalf("hostel serve did not die at holder-after-spawn: %v\n%s", err, out)
+	}
+	e.StartDaemon()
+	if e.HTTP != addr {
+		t.Errorf("the daemon after the kill listens on %s, want the held %s", e.HTTP, addr)
+	}
+}

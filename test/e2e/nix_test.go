@@ -511,9 +511,9 @@ func TestNixRemoteDeploy(t *testing.T) {
 	if code, _, body := remote.Get("shop.localhost", "/"); code != 200 || !strings.Contains(body, "Teapot") {
 		t.Errorf("remote shop: %d %q", code, body)
 	}
-	out, _, code = local.RunEnv(env, "deploy", "--no-confirm", "--target", "root@127.0.0.1")
+	out, stderr, code = local.RunEnv(env, "deploy", "--no-confirm", "--target", "root@127.0.0.1")
 	if code != 0 || !strings.Contains(out, "nothing changed") {
-		t.Errorf("second deploy --target: exit %d %q", code, out)
+		t.Errorf("second deploy --target: exit %d %q\n%s", code, out, stderr)
 	}
 
 	// A spec error is found before anything is copied; an unreachable

@@ -115,6 +115,7 @@ var unreached = map[string]string{
 	"release-claimed":         "the service mix has no release step (TestReleaseCrashRestart)",
 	"release-ran":             "the service mix has no release step (TestReleaseCrashRestart)",
 	"api-socket-bound":        "it is in the daemon's start (TestAPISocketBornPrivate)",
+	"holder-after-spawn":      "it is in the daemon's start (TestKilledWhileHolderStarts)",
 	"store-before-load-batch": "it is in the first start on etcd, moving bbolt's state (TestMoveToEtcdCutShort)",
 }
 
