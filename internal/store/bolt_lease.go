@@ -48,6 +48,24 @@ func (l *boltLease) TTL() time.Duration    { return l.ttl }
 func (l *boltLease) Done() <-chan struct{} { return l.done }
 func (l *boltLease) lost()                 { l.once.Do(func() { close(l.done) }) }
 
+// Renewed implements Lease. A lease its handle holds lives in this
+// process, with no renewal to miss: as if renewed now. One let go was
+// last renewed then (a TTL before its deadline); one ended, never.
+func (l *boltLease) Renewed() time.Time {
+	b := l.s.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.leases[l.id]
+	switch {
+	case st == nil:
+		return time.Time{}
+	case st.owner != nil:
+		return b.now()
+	default:
+		return st.deadline.Add(-st.ttl)
+	}
+}
+
 // Revoke implements Lease.
 func (l *boltLease) Revoke(ctx context.Context) error {
 	if err := l.s.usable(ctx); err != nil {

@@ -271,6 +271,12 @@ type Lease interface {
 	ID() LeaseID
 	// TTL is how long the lease outlives its last renewal.
 	TTL() time.Duration
+	// Renewed is when the last renewal the store confirmed was asked
+	// (the grant's, before any): the lease lives at the store until
+	// Renewed()+TTL() at least, whatever happens since — the bound a
+	// node fences what must end with its lease on (supervisor.Fence).
+	// Read on this machine's clock; zero if it was never granted.
+	Renewed() time.Time
 	// Done is closed once the lease is lost — expired, revoked — or can
 	// no longer be renewed, because its handle was closed.
 	Done() <-chan struct{}

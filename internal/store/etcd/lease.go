@@ -20,11 +20,21 @@ type lease struct {
 	s      *Store
 	done   chan struct{}
 	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	renewed time.Time // when the last renewal confirmed was asked
 }
 
 func (l *lease) ID() store.LeaseID     { return l.id }
 func (l *lease) TTL() time.Duration    { return l.ttl }
 func (l *lease) Done() <-chan struct{} { return l.done }
+
+// Renewed implements store.Lease.
+func (l *lease) Renewed() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.renewed
+}
 
 // Revoke implements store.Lease.
 func (l *lease) Revoke(ctx context.Context) error {
@@ -53,36 +63,75 @@ func (s *Store) Revoke(ctx context.Context, id store.LeaseID) error {
 	return nil
 }
 
-// Grant implements store.Store: etcd's lease, kept alive by the client's
-// keep-alive (every third of the TTL) until Revoke or Close.
+// Grant implements store.Store: etcd's lease, renewed by this handle
+// (renew) until Revoke or Close.
 func (s *Store) Grant(ctx context.Context, ttl time.Duration) (store.Lease, error) {
 	if err := s.usable(ctx); err != nil {
 		return nil, err
 	}
 	secs := store.LeaseSeconds(ttl)
+	asked := time.Now()
 	resp, err := s.cli.Grant(ctx, secs)
 	if err != nil {
 		return nil, fmt.Errorf("grant a lease: %w", wrap(err))
 	}
 	kctx, cancel := context.WithCancel(context.Background())
-	ch, err := s.cli.KeepAlive(kctx, resp.ID)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, wrap(err))
-	}
 	// etcd grants at least its minimum TTL (1.5 election timeouts).
-	l := &lease{id: store.LeaseID(resp.ID), ttl: time.Duration(resp.TTL) * time.Second, s: s, done: make(chan struct{}), cancel: cancel}
-	go func() {
-		// The channel closes when the lease expires or is revoked, or
-		// the keep-alive stops (Revoke, Close).
-		for range ch {
-			if failpoint.Inject("store-lease-keepalive") != nil {
-				cancel() // no more renewals: lost here, expired a TTL later
-			}
-		}
-		close(l.done)
-	}()
+	l := &lease{id: store.LeaseID(resp.ID), ttl: time.Duration(resp.TTL) * time.Second, s: s, done: make(chan struct{}), cancel: cancel, renewed: asked}
+	go l.renew(kctx)
 	return l, nil
+}
+
+// Renewals of a lease: one every third of its TTL, as etcd's own
+// keep-alive; one that fails is tried again every renewRetry, each
+// given renewWait to answer, so that a member that does not answer (a
+// frozen one keeps its connections open) costs a second, not the lease.
+const (
+	renewRetry = 250 * time.Millisecond
+	renewWait  = time.Second
+)
+
+// renew keeps l alive until the store says it is gone (expired, revoked),
+// no renewal went through for a whole TTL (then it is taken for lost, as
+// etcd's own keep-alive takes it), ctx ends (Revoke) or the handle
+// closes; then it closes l.done. It renews one request at a time rather
+// than through etcd's keep-alive stream, to know when each renewal the
+// store confirmed was asked — which the stream does not tell — and so
+// until when the lease lives at least (Renewed).
+func (l *lease) renew(ctx context.Context) {
+	defer close(l.done)
+	defer l.cancel()
+	wait := l.ttl / 3
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.s.h.closed:
+			return
+		case <-time.After(wait):
+		}
+		if failpoint.Inject("store-lease-keepalive") != nil {
+			return // no more renewals: lost here, expired a TTL later
+		}
+		asked := time.Now()
+		if asked.Sub(l.Renewed()) >= l.ttl {
+			return
+		}
+		rctx, cancel := context.WithTimeout(ctx, renewWait)
+		resp, err := l.s.cli.KeepAliveOnce(rctx, clientv3.LeaseID(l.id))
+		cancel()
+		switch {
+		case err == nil && resp.TTL > 0:
+			l.mu.Lock()
+			l.renewed = asked
+			l.mu.Unlock()
+			wait = l.ttl / 3
+		case err == nil || rpctypes.Error(err) == rpctypes.ErrLeaseNotFound:
+			return
+		default:
+			wait = renewRetry
+		}
+	}
 }
 
 // campaignRetry is how long a candidate that could not read the

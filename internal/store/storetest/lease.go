@@ -55,7 +55,11 @@ func notClosed(t *testing.T, what string, ch <-chan struct{}) {
 // handle that granted it is open — well past its TTL.
 func testLeaseKeptAlive(t *testing.T, b Backend) {
 	owner, other := b.Open(t), b.Open(t)
+	asked := time.Now()
 	l := grant(t, owner)
+	if got := l.Renewed(); got.Before(asked) || got.After(time.Now()) {
+		t.Errorf("Renewed of a lease just granted: %v, want between %v and now", got, asked)
+	}
 	rev := putLeased(t, owner, "node", "n1", l)
 	r, err := other.Record(t.Context(), "node", "n1")
 	if err != nil || r.Lease != l.ID() || r.Revision != rev {
@@ -64,6 +68,10 @@ func testLeaseKeptAlive(t *testing.T, b Backend) {
 	time.Sleep(2 * LeaseTTL)
 	recordAt(t, other, "node", "n1", "up", rev)
 	notClosed(t, "Done of a lease renewed by its open handle", l.Done())
+	// Renewed every third of its TTL: the bound a node fences on.
+	if age := time.Since(l.Renewed()); age > LeaseTTL/3+time.Second {
+		t.Errorf("Renewed of a lease kept alive: %v ago, want within a third of its TTL (%v) and a second", age, LeaseTTL)
+	}
 }
 
 // testLeaseExpires: once the handle that renews a lease is closed, the
