@@ -621,7 +621,7 @@ func (a *Agent) configure(ctx context.Context, g *spec.Generation, name string, 
 	cfg := supervisor.Config{
 		Service: name, Version: ver, Owner: g.Owner(name), Dir: svc.Package, Exec: exec, Env: env,
 		ReadyTimeout: svc.HealthTimeout(), StopGrace: svc.StopGraceOrDefault(),
-		CPU: svc.CPU,
+		CPU: svc.CPU, Fenced: svc.Exclusive,
 	}
 	// Validated with the spec; enforced by the supervisor's cgroups.
 	var err error

@@ -59,6 +59,7 @@ type recordConfig struct {
 	CredentialNames []string          `json:"credential_names,omitempty"`
 	Memory          int64             `json:"memory,omitempty"`
 	CPU             float64           `json:"cpu,omitempty"`
+	Fenced          bool              `json:"fenced,omitempty"`
 }
 
 func (s *Supervisor) recordPath(key spec.VersionKey) string {
@@ -75,7 +76,7 @@ func (s *Supervisor) writeRecord(i *Instance, p *proc) error {
 	rc := recordConfig{
 		Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
 		HealthPath: c.HealthPath, HealthInterval: c.HealthInterval, HealthFailures: c.HealthFailures,
-		ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace, Memory: c.Memory, CPU: c.CPU,
+		ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace, Memory: c.Memory, CPU: c.CPU, Fenced: c.Fenced,
 	}
 	for name := range c.Credentials {
 		rc.CredentialNames = append(rc.CredentialNames, name)
@@ -501,7 +502,7 @@ func (s *Supervisor) AdoptRecorded(key spec.VersionKey) (*Instance, bool, error)
 	c := r.Config
 	return s.Adopt(Config{Service: c.Service, Version: c.Version, Owner: c.Owner, Dir: c.Dir, Exec: c.Exec, Env: c.Env,
 		Port: r.Port, HealthPath: c.HealthPath, HealthInterval: c.HealthInterval, HealthFailures: c.HealthFailures,
-		ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace, Memory: c.Memory, CPU: c.CPU})
+		ReadyTimeout: c.ReadyTimeout, StopGrace: c.StopGrace, Memory: c.Memory, CPU: c.CPU, Fenced: c.Fenced})
 }
 
 // Orphans returns the keys of recorded processes that still run and that

@@ -499,7 +499,16 @@ func (i *Instance) run(p *proc) {
 		var ranFor time.Duration
 		wasReady, sick := false, false
 		if p != nil {
+			lapsed, unwatch := i.fenceLapsed()
 			select {
+			case <-lapsed:
+				unwatch()
+				i.terminateFenced(p)
+				if !i.awaitFence() {
+					return
+				}
+				p, launchFailure = i.relaunch()
+				continue
 			case <-p.exited:
 				wasReady = i.isReadyNow()
 				why = i.ended(i.reap(p))
@@ -515,13 +524,16 @@ func (i *Instance) run(p *proc) {
 				i.lastExit = "unhealthy"
 				i.mu.Unlock()
 			case <-i.stopReq:
+				unwatch()
 				i.terminate(p)
 				i.finish(StateStopped, "")
 				return
 			case <-i.detachReq:
+				unwatch()
 				i.release(p)
 				return
 			}
+			unwatch()
 		} else {
 			why = launchFailure.Error()
 		}
@@ -577,20 +589,28 @@ func (i *Instance) run(p *proc) {
 			i.release(nil)
 			return
 		}
+		// A process that ended while the fence lapsed (stopped from
+		// outside: KillFenced) starts again once it holds.
+		if !i.awaitFence() {
+			return
+		}
 		// Counted before the launch, which may already report ready.
 		i.mu.Lock()
 		i.restarts++
 		i.mu.Unlock()
-		// Nobody waits for a restart to be ready: its checker gives it
-		// as long as a start has.
-		p, launchFailure = i.launch(i.cfg.ReadyTimeout)
-		if launchFailure != nil {
-			p = nil
-			launchFailure = fmt.Errorf("start: %w", launchFailure)
-		} else {
-			i.record(p)
-		}
+		p, launchFailure = i.relaunch()
 	}
+}
+
+// relaunch launches the instance's next process and records it. Nobody
+// waits for it to be ready: its checker gives it as long as a start has.
+func (i *Instance) relaunch() (*proc, error) {
+	p, err := i.launch(i.cfg.ReadyTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("start: %w", err)
+	}
+	i.record(p)
+	return p, nil
 }
 
 func (i *Instance) isReadyNow() bool {

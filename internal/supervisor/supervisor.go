@@ -122,6 +122,10 @@ type Config struct {
 	// filesystem where one is available; nil means no CREDENTIALS_DIRECTORY.
 	// They are never put in the environment or logged.
 	Credentials map[string][]byte
+	// Fenced runs the instance only while Options.Fence holds (fence.go):
+	// an exclusive service's in a cluster, which must be stopped before
+	// its node's lease can end, when another node may start it.
+	Fenced bool
 	// Memory is the most memory, in bytes, the version's processes may use
 	// together; 0 means no limit. Enforced only with Options.Cgroups.
 	Memory int64
@@ -149,6 +153,10 @@ type Options struct {
 	// which enforces Config.Memory, Config.CPU and a limit on processes,
 	// and measures their use; nil means no cgroups and no limits.
 	Cgroups *cgroup.Hierarchy
+	// Fence returns until when Fenced instances may run: a time before
+	// the node's lease can end at the store. nil: always (one machine,
+	// where no other node can start them).
+	Fence func() time.Time
 }
 
 // Status is a snapshot of one instance.
@@ -297,6 +305,9 @@ func (s *Supervisor) Start(cfg Config) (*Instance, error) {
 	cfg.Env = cloneEnv(cfg.Env)
 	cfg.Exec = append([]string(nil), cfg.Exec...)
 	key := cfg.Key()
+	if cfg.Fenced && !s.fenceHolds() {
+		return nil, fmt.Errorf("start %s: %w", key, ErrFenced)
+	}
 
 	s.mu.Lock()
 	if old, ok := s.instances[key]; ok {
