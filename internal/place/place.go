@@ -237,6 +237,12 @@ func Make(want []Instance, nodes []Node, cur Placement) (Placement, error) {
 			}
 			place(ns, best, in)
 		}
+		if in.Exclusive && len(preferred) == 0 && len(in.on) > 0 {
+			// None of its versions ran on a node left (they ran on one
+			// that is gone): the first placed decides for the others,
+			// whose handover is that node's.
+			siblings[sibling(in.Key)] = slices.Clone(in.on)
+		}
 	}
 	if len(failed) > 0 {
 		return nil, explain(ns, index, failed)
