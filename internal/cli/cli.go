@@ -80,7 +80,7 @@ var commands = []func(*env) *cobra.Command{
 func Main(args []string) int {
 	// The holder of a daemon's sockets is this binary too.
 	if os.Getenv(handover.HoldEnv) != "" {
-		if err := handover.RunHolder(); err != nil {
+		if err := daemon.RunHolder(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return exitFailed
 		}

@@ -143,6 +143,9 @@ type Daemon struct {
 	// holder is the connection to the holder of the sockets
 	// (listen.go), nil without one.
 	holder net.Conn
+	// fence is the lease the node's exclusive instances run under
+	// (fence.go); nil before the node has one.
+	fence atomic.Pointer[fenceLease]
 	// peerLn is the node-to-node port (TLS) and peerAddr the address
 	// advertised for it; nil and "" without Options.Advertise.
 	peerLn   net.Listener
@@ -242,8 +245,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	} else if cur != nil {
 		zone = cur.Spec.ZoneOrDefault()
 	}
-	d.sup = supervisor.New(supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers,
-		Cgroups: d.openCgroups()})
+	sopts := supervisor.Options{Root: opts.Root, Logf: d.logf, RunAsUsers: runAsUsers, Cgroups: d.openCgroups()}
+	if opts.Store.etcd() {
+		// Other nodes may run what this one runs: fence it (fence.go).
+		sopts.Fence = d.fenceUntil
+	}
+	d.sup = supervisor.New(sopts)
 	if d.httpLn, err = d.listen(handover.HTTP, opts.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http: %w", err)
 	}

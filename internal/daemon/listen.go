@@ -140,6 +140,10 @@ func (d *Daemon) startHolder(held net.Conn) {
 	}
 	// The API socket is held: not removed when the daemon stops.
 	d.apiPassed = true
+	if d.opts.Store.etcd() {
+		// It fences the node while this daemon cannot (fence.go).
+		go d.tellFence(d.holder)
+	}
 }
 
 // stopHolder ends the holder (hostel shutdown): the listeners close with

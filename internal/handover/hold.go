@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,6 +30,14 @@ import (
 // Once its daemon is gone (it crashed, or stopped), the holder waits
 // HoldGrace for the next one — a supervisor's restart — then exits,
 // closing the sockets. `hostel shutdown` ends it at once (Release).
+//
+// A holder fences the node too, in a cluster: its daemon tells it, as
+// the node's lease is renewed, until when the node's exclusive instances
+// may run ("fence MS" on its connection: that many milliseconds from
+// now). Once that passes with no later word — its daemon died, is frozen,
+// or cannot renew — it stops them itself (RunHolder's fence), once per
+// bound: services outlive their daemon, but an exclusive one must not
+// outlive its node's lease (daemon/fence.go).
 
 // HoldEnv names the socket a holder serves at; in a process's
 // environment, it makes the process a holder (RunHolder).
@@ -44,8 +54,10 @@ var HoldGrace = 15 * time.Second
 var ErrHeld = errors.New("another hostel daemon holds this root's sockets")
 
 // RunHolder is the holder's process: it serves the sockets it was
-// started with at the path HoldEnv names, and returns when it ends.
-func RunHolder() error {
+// started with at the path HoldEnv names, calls fence with the root (the
+// directory of that path) when a bound its daemon told passes, and
+// returns when it ends.
+func RunHolder(fence func(root string)) error {
 	path := os.Getenv(HoldEnv)
 	names := strings.Split(os.Getenv(holdNamesEnv), ":")
 	if os.Getenv(holdNamesEnv) == "" {
@@ -73,10 +85,12 @@ func RunHolder() error {
 	if err != nil {
 		return fmt.Errorf("holder: %w", err)
 	}
-	h := &holder{fds: fds, names: names, path: path, ln: ln, gone: make(chan struct{}, 1)}
+	h := &holder{fds: fds, names: names, path: path, ln: ln, gone: make(chan struct{}, 1),
+		fence: func() { fence(filepath.Dir(path)) }, rearm: make(chan struct{}, 1)}
 	h.own(owner)
 	owner.Write([]byte("ok\n"))
 	go h.serve()
+	go h.fenceAt()
 	for {
 		h.mu.Lock()
 		owned := h.owner != nil
@@ -94,6 +108,13 @@ func RunHolder() error {
 			if h.owner == nil {
 				ln.Close()
 				os.Remove(path)
+				armed := !h.until.IsZero()
+				h.mu.Unlock()
+				if armed {
+					// Its daemon is gone, and no other came: the bound
+					// will pass with nobody left to fence.
+					h.fence()
+				}
 				return nil
 			}
 			h.mu.Unlock()
@@ -110,6 +131,65 @@ type holder struct {
 	owner net.Conn      // the daemon's connection; nil while none runs
 	gone  chan struct{} // a daemon's connection ended
 	took  chan struct{} // closed when a daemon takes the sockets; nil once closed
+	// until is the bound its daemon told last; zero once passed and
+	// fenced, or before any. rearm wakes fenceAt when it moves.
+	until time.Time
+	rearm chan struct{}
+	fence func()
+}
+
+// fenceAt fences the node whenever a bound passes before a later one is
+// told.
+func (h *holder) fenceAt() {
+	t := time.NewTimer(time.Hour)
+	for {
+		h.mu.Lock()
+		until := h.until
+		h.mu.Unlock()
+		if until.IsZero() {
+			t.Stop()
+		} else {
+			t.Reset(time.Until(until))
+		}
+		select {
+		case <-h.rearm:
+			continue
+		case <-t.C:
+		}
+		h.mu.Lock()
+		due := !h.until.IsZero() && !time.Now().Before(h.until)
+		if due {
+			h.until = time.Time{}
+		}
+		h.mu.Unlock()
+		if due {
+			h.fence()
+		}
+	}
+}
+
+// told reads what a daemon says on its connection c until it ends: the
+// bounds to fence at.
+func (h *holder) told(c net.Conn) {
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		ms, ok := strings.CutPrefix(sc.Text(), "fence ")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(ms, 10, 64)
+		if err != nil || n < 0 {
+			continue
+		}
+		h.mu.Lock()
+		h.until = time.Now().Add(time.Duration(n) * time.Millisecond)
+		h.mu.Unlock()
+		select {
+		case h.rearm <- struct{}{}:
+		default:
+		}
+	}
+	io.Copy(io.Discard, c)
 }
 
 // own makes c the daemon's connection, until it ends.
@@ -122,7 +202,7 @@ func (h *holder) own(c net.Conn) {
 	}
 	h.mu.Unlock()
 	go func() {
-		io.Copy(io.Discard, c)
+		h.told(c)
 		h.mu.Lock()
 		if h.owner == c {
 			h.owner = nil
