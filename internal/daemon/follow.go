@@ -104,6 +104,7 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	}
 	f := &follower{lease: lease, rejoined: make(chan struct{})}
 	d.follower = f
+	d.setFenceLease(lease)
 	d.engine = deploy.New(d.store, deploy.Options{Node: name, Logf: func(f string, a ...any) { d.logf(f, a...) }})
 	d.engine.Standby()
 
@@ -302,6 +303,9 @@ func (d *Daemon) rejoin(ctx context.Context, f *follower) error {
 		l.Revoke(context.WithoutCancel(ctx))
 		return err
 	}
+	// Reconciled under l: what moved away meanwhile is stopped, and what
+	// stays placed here may run again under it.
+	d.setFenceLease(l)
 	f.mu.Lock()
 	f.lease = l
 	close(f.rejoined)
@@ -414,10 +418,27 @@ func machineMemory() int64 {
 const kindLeader = "leader"
 
 // sayLeads records that node name leads the engine, through w, the
-// store fenced on that leadership.
+// store fenced on that leadership — again until it is recorded, while it
+// leads: the other nodes pass requests to the node the record names, and
+// without it answer that none leads (a write that went to a member frozen
+// since fails, and the next goes to another).
 func (d *Daemon) sayLeads(ctx context.Context, w store.Store, name string, lease store.Lease) {
-	if _, err := w.Txn(ctx, store.Write{Kind: kindLeader, Key: "engine", Value: []byte(name), Rev: store.AnyRevision, Lease: lease.ID()}); err != nil {
+	for {
+		_, err := w.Txn(ctx, store.Write{Kind: kindLeader, Key: "engine", Value: []byte(name), Rev: store.AnyRevision, Lease: lease.ID()})
+		if err == nil {
+			return
+		}
 		d.logf("node %s: recording that it leads the engine: %v", name, err)
+		if errors.Is(err, store.ErrNotLeader) || ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-lease.Done():
+			return
+		case <-time.After(campaignAgain):
+		}
 	}
 }
 
