@@ -24,7 +24,6 @@ import (
 var (
 	chaosRounds = flag.Int("chaos-rounds", 2, "TestClusterChaos: how many faults the cluster takes (make chaos: 100)")
 	chaosSeed   = flag.Uint64("chaos-seed", 0, "TestClusterChaos: the seed of its faults, to replay a run (0: a random one, logged)")
-	chaosKnown  = flag.Bool("chaos-known", false, "TestClusterChaos: draw what is known to break an invariant too: the SIGSTOP fault, a deploy while a daemon is dead and its services run on (docs/failpoints.md)")
 )
 
 // chaosSeeds are runs of TestClusterChaos that once found a bug, kept
@@ -44,24 +43,23 @@ type chaosFault struct {
 	// services: the node's services' processes are killed too (a
 	// machine that died), not left running (its daemon alone died).
 	services bool
-	// pause: the node (daemon and services) is frozen with SIGSTOP for
-	// this long, then thawed — a machine frozen or cut off.
+	// pause: the node's daemon (and so its etcd member) is frozen with
+	// SIGSTOP for this long, then thawed — the node's control lost while
+	// its services run on, as a cut network would leave them.
 	pause time.Duration
 }
 
 // chaosFaults are the faults TestClusterChaos draws from. Each daemon
 // holds an etcd member (--etcd-embed): a daemon killed or frozen is its
 // member killed or frozen. A node's network is not cut: the nodes share
-// the host's loopback, and the freeze stands in for the cut. The freeze
-// is drawn only with -chaos-known, as is a deploy while a daemon is
-// dead and its services run on: both break an invariant still
-// (docs/failpoints.md): lock, moved by a deploy meanwhile, runs beside
-// its old version on the node, which its daemon stops only once back.
+// the host's loopback, and freezing the daemon stands in for the cut —
+// not the whole machine, which nothing on it could fence
+// (docs/failpoints.md).
 var chaosFaults = []chaosFault{
 	{name: "kill -9 a node (daemon, etcd member, services)", services: true},
 	{name: "kill -9 the leader's node", leader: true, services: true},
 	{name: "kill -9 a daemon and its etcd member (services left running)"},
-	{name: "SIGSTOP a node past its lease (stand-in for a network cut)", pause: 9 * time.Second},
+	{name: "SIGSTOP a daemon and its etcd member past its lease (services left running)", pause: 9 * time.Second},
 }
 
 // chaosDomains are the domains of chaosSpec, with what each answers.
@@ -122,11 +120,7 @@ type clusterChaosRun struct {
 }
 
 func clusterChaos(t *testing.T, seed uint64, rounds int) {
-	frozen := ""
-	if *chaosKnown {
-		frozen = " -chaos-known"
-	}
-	t.Logf("seed %d, %d rounds (replay: go test -run 'TestClusterChaos' ./test/e2e/ -args -chaos-seed %d -chaos-rounds %d%s)", seed, rounds, seed, rounds, frozen)
+	t.Logf("seed %d, %d rounds (replay: go test -run 'TestClusterChaos' ./test/e2e/ -args -chaos-seed %d -chaos-rounds %d)", seed, rounds, seed, rounds)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	ch := &clusterChaosRun{t: t, c: startCluster(t), lock: lockApp(t), gens: map[uint64]map[string]string{}}
 	lead := ch.c.leader(t)
@@ -147,17 +141,8 @@ func clusterChaos(t *testing.T, seed uint64, rounds int) {
 
 	var took []time.Duration
 	for round := range rounds {
-		faults := chaosFaults
-		if !*chaosKnown {
-			faults = slices.DeleteFunc(slices.Clone(faults), func(f chaosFault) bool { return f.pause > 0 })
-		}
-		f := faults[rng.IntN(len(faults))]
+		f := chaosFaults[rng.IntN(len(chaosFaults))]
 		deploy := rng.IntN(3) == 0
-		if !*chaosKnown && !f.services && f.pause == 0 {
-			// Known: lock, moved by the deploy, runs on beside its old
-			// version, which the dead daemon cannot stop.
-			deploy = false
-		}
 		victim := rng.IntN(len(ch.c.envs))
 		if f.leader {
 			victim = slices.Index(ch.c.envs, ch.c.leader(t))
@@ -217,9 +202,6 @@ func (ch *clusterChaosRun) round(f chaosFault, victim int, deploy bool) (took ti
 	ledRaft := raftLeader(c) == victim
 	if f.pause > 0 {
 		syscall.Kill(daemon, syscall.SIGSTOP)
-		for _, pid := range pids {
-			syscall.Kill(pid, syscall.SIGSTOP)
-		}
 	} else {
 		e.killDaemon()
 		if f.services {
@@ -237,9 +219,6 @@ func (ch *clusterChaosRun) round(f chaosFault, victim int, deploy bool) (took ti
 	}
 	if f.pause > 0 {
 		time.Sleep(time.Until(at.Add(f.pause)))
-		for _, pid := range pids {
-			syscall.Kill(pid, syscall.SIGCONT)
-		}
 		syscall.Kill(daemon, syscall.SIGCONT)
 	}
 	took = <-recovered
