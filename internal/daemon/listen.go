@@ -110,18 +110,25 @@ func fetchHeld(opts *Options) (net.Conn, error) {
 // startHolder hands copies of the listening sockets (not the endpoints,
 // which come and go with deploys) to a new holder, which keeps them open
 // if this daemon crashes, and ends the last daemon's (held). Under
-// systemd, which holds them itself, it does nothing.
+// systemd, which holds them itself, it does nothing — but in a cluster,
+// where a holder of no socket still fences the node (fence.go).
 func (d *Daemon) startHolder(held net.Conn) {
 	if held != nil {
 		defer held.Close()
 	}
-	if d.opts.Passed.FromSystemd() {
+	systemd := d.opts.Passed.FromSystemd()
+	if systemd && !d.opts.Store.etcd() {
 		return
 	}
 	path := HoldPath(d.opts.Root)
 	handover.Release(path)
 	os.Remove(path) // a holder killed, not released
-	fds, names, err := d.socketFDs(false)
+	var fds []int
+	var names []string
+	var err error
+	if !systemd {
+		fds, names, err = d.socketFDs(false)
+	}
 	defer handover.CloseAll(fds)
 	var hold net.Listener
 	if err == nil {
@@ -135,11 +142,17 @@ func (d *Daemon) startHolder(held net.Conn) {
 		os.Remove(path)
 	}
 	if err != nil {
-		d.logf("no socket holder: %v; if the daemon dies, connections are refused until it starts again", err)
+		if systemd {
+			d.logf("no holder: %v; if the daemon dies, nothing stops its exclusive instances before its lease ends", err)
+		} else {
+			d.logf("no socket holder: %v; if the daemon dies, connections are refused until it starts again", err)
+		}
 		return
 	}
-	// The API socket is held: not removed when the daemon stops.
-	d.apiPassed = true
+	if !systemd {
+		// The API socket is held: not removed when the daemon stops.
+		d.apiPassed = true
+	}
 	if d.opts.Store.etcd() {
 		// It fences the node while this daemon cannot (fence.go).
 		go d.tellFence(d.holder)
