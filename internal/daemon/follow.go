@@ -295,12 +295,21 @@ func (d *Daemon) rejoin(ctx context.Context, f *follower) error {
 	if err != nil {
 		return fmt.Errorf("lease: %w", err)
 	}
+	// A lease not used is given back, even when ctx ended (the daemon
+	// stops) — but for storeWait at most: a store without a quorum (the
+	// other members stopped first) would hold the stop forever, and the
+	// lease ends with its TTL anyway.
+	giveBack := func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeWait)
+		defer cancel()
+		l.Revoke(rctx)
+	}
 	if err := f.nodes.Rejoin(ctx, l.ID()); err != nil {
-		l.Revoke(context.WithoutCancel(ctx))
+		giveBack()
 		return err
 	}
 	if err := f.routes.Rejoin(ctx, l.ID()); err != nil {
-		l.Revoke(context.WithoutCancel(ctx))
+		giveBack()
 		return err
 	}
 	// Reconciled under l: what moved away meanwhile is stopped, and what
