@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -32,11 +33,18 @@ type cluster struct {
 // machine that ran alone before), the first ones, when given.
 func startCluster(t *testing.T, first ...*Env) *cluster {
 	t.Helper()
+	ips := []net.IP{net.IPv4(127, 0, 0, 21), net.IPv4(127, 0, 0, 22), net.IPv4(127, 0, 0, 23)}
+	return startClusterOn(t, ips, etcdtest.PeerURLs(t, "https", ips...), nil, first...)
+}
+
+// startClusterOn starts the cluster's nodes on ips, their etcd members'
+// peers at urls, each daemon run under wrap[i] when given (a network
+// namespace of its own: netns_test.go).
+func startClusterOn(t *testing.T, ips []net.IP, urls []url.URL, wrap [][]string, first ...*Env) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	ca := etcdtest.NewCA(t, dir, "cluster-ca")
 	c := &cluster{names: []string{"n1", "n2", "n3"}}
-	ips := []net.IP{net.IPv4(127, 0, 0, 21), net.IPv4(127, 0, 0, 22), net.IPv4(127, 0, 0, 23)}
-	urls := etcdtest.PeerURLs(t, "https", ips...)
 	var peers []string
 	for i, name := range c.names {
 		peers = append(peers, name+"="+urls[i].String())
@@ -56,6 +64,9 @@ func startCluster(t *testing.T, first ...*Env) *cluster {
 			c.envs = append(c.envs, first[i])
 		} else {
 			c.envs = append(c.envs, NewEnv(t))
+		}
+		if wrap != nil {
+			c.envs[i].Wrap = wrap[i]
 		}
 		args[i] = []string{"--http", ips[i].String() + ":0", "--https", "", "--node", name,
 			"--etcd-embed", "--etcd-peers", strings.Join(peers, ","),

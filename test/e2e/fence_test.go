@@ -90,7 +90,11 @@ func lockOn(t *testing.T, c *cluster, asker *Env) int {
 // waits until v2 answers there, heals, and checks that two versions never
 // ran at once and that the node runs no lock of its own once healed.
 func fenceRound(t *testing.T, fault func(e *Env), heal func(e *Env)) {
-	c := startCluster(t)
+	fenceRoundOn(t, startCluster(t), func(_ *cluster, e *Env) { fault(e) }, func(_ *cluster, e *Env) { heal(e) })
+}
+
+// fenceRoundOn is fenceRound on cluster c.
+func fenceRoundOn(t *testing.T, c *cluster, fault func(c *cluster, e *Env), heal func(c *cluster, e *Env)) {
 	lock := lockApp(t)
 	lead := c.leader(t)
 	lead.WriteSpec(lockSpec(lock, 1))
@@ -98,7 +102,7 @@ func fenceRound(t *testing.T, fault func(e *Env), heal func(e *Env)) {
 	x := lockOn(t, c, lead)
 	e, asker := c.envs[x], c.envs[(x+1)%len(c.envs)]
 	w := watchLocks(c)
-	fault(e)
+	fault(c, e)
 	at := time.Now()
 	asker.WriteSpec(lockSpec(lock, 2))
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
@@ -119,7 +123,7 @@ func fenceRound(t *testing.T, fault func(e *Env), heal func(e *Env)) {
 		}
 	}
 	t.Logf("lock v2 answers %s after the fault on %s", time.Since(at).Round(time.Millisecond), c.names[x])
-	heal(e)
+	heal(c, e)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		left := []string{}
 		for _, key := range e.processes() {
