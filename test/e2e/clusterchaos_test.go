@@ -45,21 +45,25 @@ type chaosFault struct {
 	services bool
 	// pause: the node's daemon (and so its etcd member) is frozen with
 	// SIGSTOP for this long, then thawed — the node's control lost while
-	// its services run on, as a cut network would leave them.
+	// its services run on.
 	pause time.Duration
+	// cut: the node's network link is down for this long, then up again:
+	// the node alive, its daemon too, cut off from the others.
+	cut time.Duration
 }
 
 // chaosFaults are the faults TestClusterChaos draws from. Each daemon
 // holds an etcd member (--etcd-embed): a daemon killed or frozen is its
-// member killed or frozen. A node's network is not cut: the nodes share
-// the host's loopback, and freezing the daemon stands in for the cut —
-// not the whole machine, which nothing on it could fence
-// (docs/failpoints.md).
+// member killed or frozen. Each node is in a network namespace of its
+// own (nodeNet), whose link a cut takes down. A whole machine frozen
+// (services and holder with the daemon) is not drawn: nothing on it can
+// fence what it runs while it is stopped (docs/failpoints.md).
 var chaosFaults = []chaosFault{
 	{name: "kill -9 a node (daemon, etcd member, services)", services: true},
 	{name: "kill -9 the leader's node", leader: true, services: true},
 	{name: "kill -9 a daemon and its etcd member (services left running)"},
 	{name: "SIGSTOP a daemon and its etcd member past its lease (services left running)", pause: 9 * time.Second},
+	{name: "cut a node's network (its link down) past its lease", cut: 9 * time.Second},
 }
 
 // chaosDomains are the domains of chaosSpec, with what each answers.
@@ -103,6 +107,7 @@ func TestClusterChaos(t *testing.T) {
 // clusterChaosRun is a cluster under faults, and what the test knows of it.
 type clusterChaosRun struct {
 	t    *testing.T
+	net  *nodeNet
 	c    *cluster
 	lock string
 	v    int // the spec version last deployed
@@ -122,7 +127,8 @@ type clusterChaosRun struct {
 func clusterChaos(t *testing.T, seed uint64, rounds int) {
 	t.Logf("seed %d, %d rounds (replay: go test -run 'TestClusterChaos' ./test/e2e/ -args -chaos-seed %d -chaos-rounds %d)", seed, rounds, seed, rounds)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	ch := &clusterChaosRun{t: t, c: startCluster(t), lock: lockApp(t), gens: map[uint64]map[string]string{}}
+	nn := newNodeNet(t)
+	ch := &clusterChaosRun{t: t, net: nn, c: nn.startCluster(t), lock: lockApp(t), gens: map[uint64]map[string]string{}}
 	lead := ch.c.leader(t)
 	ch.v = 1
 	lead.WriteSpec(chaosSpec(lead, ch.lock, ch.v))
@@ -200,9 +206,12 @@ func (ch *clusterChaosRun) round(f chaosFault, victim int, deploy bool) (took ti
 	daemon := e.daemon.Process.Pid
 	led := ch.c.leader(t) == e
 	ledRaft := raftLeader(c) == victim
-	if f.pause > 0 {
+	switch {
+	case f.pause > 0:
 		syscall.Kill(daemon, syscall.SIGSTOP)
-	} else {
+	case f.cut > 0:
+		ch.net.cut(t, victim, false)
+	default:
 		e.killDaemon()
 		if f.services {
 			for _, pid := range pids {
@@ -220,6 +229,10 @@ func (ch *clusterChaosRun) round(f chaosFault, victim int, deploy bool) (took ti
 	if f.pause > 0 {
 		time.Sleep(time.Until(at.Add(f.pause)))
 		syscall.Kill(daemon, syscall.SIGCONT)
+	}
+	if f.cut > 0 {
+		time.Sleep(time.Until(at.Add(f.cut)))
+		ch.net.cut(t, victim, true)
 	}
 	took = <-recovered
 	// A node is taken for alive until its lease ends, 4–6 s after its
@@ -240,12 +253,27 @@ func (ch *clusterChaosRun) round(f chaosFault, victim int, deploy bool) (took ti
 	if ledRaft {
 		roles = append(roles, "its etcd member led the raft")
 	}
-	if f.pause == 0 {
+	if f.pause == 0 && f.cut == 0 {
 		e.StartDaemonArgs(e.args...)
 		ch.setAddrs()
 	}
+	ch.settle()
 	ch.check(fmt.Sprintf("after %s on %s", f.name, c.names[victim]))
 	return took, roles, deployed
+}
+
+// settle waits, up to 20 s, until every node reads the store: a member
+// back from a freeze or a cut may make etcd's raft elect again, and a
+// read meanwhile fails (etcdserver: leader changed) — the heal's, not
+// what check checks.
+func (ch *clusterChaosRun) settle() {
+	for _, e := range ch.c.envs {
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if _, _, code := e.Run("nodes", "--json"); code == 0 {
+				break
+			}
+		}
+	}
 }
 
 // raftLeader returns the index of the node whose etcd member leads the
