@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -85,45 +86,82 @@ func lockOn(t *testing.T, c *cluster, asker *Env) int {
 	return -1
 }
 
-// fenceRound deploys lock v1, inflicts fault on the node that runs it,
-// deploys v2 through another node meanwhile (tried again while refused),
-// waits until v2 answers there, heals, and checks that two versions never
-// ran at once and that the node runs no lock of its own once healed.
-func fenceRound(t *testing.T, fault func(e *Env), heal func(e *Env)) {
-	fenceRoundOn(t, startCluster(t), func(_ *cluster, e *Env) { fault(e) }, func(_ *cluster, e *Env) { heal(e) })
-}
-
-// fenceRoundOn is fenceRound on cluster c.
-func fenceRoundOn(t *testing.T, c *cluster, fault func(c *cluster, e *Env), heal func(c *cluster, e *Env)) {
+// TestFence moves lock by a deploy while its node is lost three ways in
+// turn — its daemon killed (its etcd member with it, its services left
+// running, as a crash leaves them), its daemon frozen past its lease, its
+// network cut (the node in a network namespace of its own, its link down:
+// the daemon alive, unable to renew) — and checks, watching every node's
+// processes every 20 ms, that the old version is gone before the new one
+// starts elsewhere (fenced by the node's holder, or by its daemon), and
+// that the node, healed, runs no lock of its own. One cluster takes the
+// three: make test runs it.
+func TestFence(t *testing.T) {
+	nn := newNodeNet(t)
+	c := nn.startCluster(t)
 	lock := lockApp(t)
 	lead := c.leader(t)
 	lead.WriteSpec(lockSpec(lock, 1))
 	lead.MustRun("deploy", "--no-confirm")
-	x := lockOn(t, c, lead)
-	e, asker := c.envs[x], c.envs[(x+1)%len(c.envs)]
+	var frozen int
+	faults := []struct {
+		name        string
+		fault, heal func(x int)
+	}{
+		{"its daemon killed, its services left running",
+			func(x int) { c.envs[x].killDaemon() },
+			func(x int) { c.envs[x].StartDaemonArgs(c.envs[x].args...) }},
+		{"its daemon frozen past its lease",
+			func(x int) {
+				frozen = c.envs[x].daemon.Process.Pid
+				syscall.Kill(frozen, syscall.SIGSTOP)
+				t.Cleanup(func() { syscall.Kill(frozen, syscall.SIGCONT) })
+			},
+			func(x int) { syscall.Kill(frozen, syscall.SIGCONT) }},
+		{"its network cut past its lease",
+			func(x int) {
+				nn.cut(t, x, false)
+				t.Cleanup(func() { exec.Command("ip", "link", "set", nn.links[x], "up").Run() })
+			},
+			func(x int) { nn.cut(t, x, true) }},
+	}
+	for i, f := range faults {
+		fenceRound(t, c, lock, i+2, f.name, f.fault, f.heal)
+	}
+}
+
+// fenceRound inflicts fault on the node that runs lock, deploys lock v
+// through another node meanwhile (tried again while refused), waits until
+// v answers there, heals, and checks that two versions never ran at once
+// and that the node runs no lock of its own once healed.
+func fenceRound(t *testing.T, c *cluster, lock string, v int, name string, fault, heal func(x int)) {
+	t.Helper()
+	x := lockOn(t, c, c.leader(t))
+	asker := c.envs[(x+1)%len(c.envs)]
 	w := watchLocks(c)
-	fault(c, e)
+	fault(x)
 	at := time.Now()
-	asker.WriteSpec(lockSpec(lock, 2))
+	asker.WriteSpec(lockSpec(lock, v))
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 		out, errOut, code := asker.Run("deploy", "--no-confirm")
 		if code == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("deploy of v2 through %s refused for 30 s: exit %d: %s", c.names[(x+1)%len(c.envs)], code, out+errOut)
+			t.Fatalf("%s: deploy of v%d through %s refused for 30 s: exit %d: %s", name, v, c.names[(x+1)%len(c.envs)], code, out+errOut)
 		}
 	}
+	want := fmt.Sprintf("v%d", v)
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if code, _, body := asker.Get("lock.test", "/"); code == 200 && strings.HasPrefix(body, "v2") {
+		if code, _, body := asker.Get("lock.test", "/"); code == 200 && strings.TrimSpace(body) == want {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("lock v2 does not answer through %s", c.names[(x+1)%len(c.envs)])
+			t.Fatalf("%s: lock v%d does not answer through %s", name, v, c.names[(x+1)%len(c.envs)])
 		}
 	}
-	t.Logf("lock v2 answers %s after the fault on %s", time.Since(at).Round(time.Millisecond), c.names[x])
-	heal(c, e)
+	t.Logf("%s: %s: lock v%d answers %s after the fault", c.names[x], name, v, time.Since(at).Round(time.Millisecond))
+	heal(x)
+	e := c.envs[x]
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		left := []string{}
 		for _, key := range e.processes() {
@@ -135,32 +173,13 @@ func fenceRoundOn(t *testing.T, c *cluster, fault func(c *cluster, e *Env), heal
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("%s, healed, still runs %v; lock v2 runs elsewhere", c.names[x], left)
+			t.Errorf("%s: %s, healed, still runs %v; lock v%d runs elsewhere", name, c.names[x], left, v)
 			break
 		}
 	}
 	time.Sleep(500 * time.Millisecond)
 	if two := w.end(); len(two) > 0 {
-		t.Errorf("two versions of lock (exclusive) ran at once, seen %d times: %s", len(two), strings.Join(two[:min(3, len(two))], "; "))
+		t.Errorf("%s: two versions of lock (exclusive) ran at once, seen %d times: %s", name, len(two), strings.Join(two[:min(3, len(two))], "; "))
 	}
-}
-
-// TestFenceDaemonKilled: a node's daemon killed (its etcd member with
-// it), its services left running: its holder stops lock before the
-// node's lease can end, so the deploy's v2 never runs beside it; the
-// daemon started again starts no lock of its own.
-func TestFenceDaemonKilled(t *testing.T) {
-	fenceRound(t, func(e *Env) { e.killDaemon() }, func(e *Env) { e.StartDaemonArgs(e.args...) })
-}
-
-// TestFenceDaemonFrozen: a node's daemon (and its etcd member) frozen
-// past its lease, its services running: its holder stops lock, and the
-// daemon thawed neither starts it again nor lets it run beside v2.
-func TestFenceDaemonFrozen(t *testing.T) {
-	var pid int
-	fenceRound(t, func(e *Env) {
-		pid = e.daemon.Process.Pid
-		syscall.Kill(pid, syscall.SIGSTOP)
-		t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
-	}, func(e *Env) { syscall.Kill(pid, syscall.SIGCONT) })
+	settle(c)
 }

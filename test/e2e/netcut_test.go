@@ -91,28 +91,3 @@ func (n *nodeNet) cut(t *testing.T, i int, up bool) {
 		t.Fatalf("ip link set %s %s: %v: %s", n.links[i], state, err, out)
 	}
 }
-
-// TestFenceNetworkCut: a node cut off from the others (its link down),
-// its daemon alive but unable to renew its lease, stops lock itself
-// before the lease can end — and starts it again on no restart — so the
-// deploy's v2, started elsewhere once the lease ended, never runs beside
-// it; its link back up, it runs no lock of its own.
-func TestFenceNetworkCut(t *testing.T) {
-	nn := newNodeNet(t)
-	var x int
-	fenceRoundOn(t, nn.startCluster(t), func(c *cluster, e *Env) {
-		x = indexOf(c, e)
-		nn.cut(t, x, false)
-		t.Cleanup(func() { exec.Command("ip", "link", "set", nn.links[x], "up").Run() })
-	}, func(c *cluster, e *Env) { nn.cut(t, x, true) })
-}
-
-// indexOf returns e's index in c.
-func indexOf(c *cluster, e *Env) int {
-	for i, o := range c.envs {
-		if o == e {
-			return i
-		}
-	}
-	return -1
-}
