@@ -25,9 +25,10 @@ import (
 // A daemon that is dead or frozen stops nothing: its holder does
 // (handover.RunHolder, supervisor.KillFenced), told the same bound with
 // every renewal. What cannot be fenced from inside is a machine frozen
-// whole, holder and services with the daemon: its services run again
-// when it thaws, until its daemon sees its lease gone — as a process
-// cannot act while it is stopped (docs/failpoints.md).
+// whole, holder and services with the daemon: thawed, its exclusive
+// services run until the daemon's or the holder's timer, past already,
+// fires — milliseconds, but not none: a process cannot act while it is
+// stopped (docs/failpoints.md).
 
 // fenceMargin is how long before the earliest end of the node's lease
 // its exclusive instances are stopped: enough for FenceGrace (SIGTERM,
