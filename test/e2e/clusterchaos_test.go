@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -209,8 +210,12 @@ func (ch *clusterChaosRun) round(f chaosFault, victim int, deploy bool) (took ti
 	switch {
 	case f.pause > 0:
 		syscall.Kill(daemon, syscall.SIGSTOP)
+		// Thawed even when the round gives up: else every node's stop
+		// waits on a member that never answers.
+		t.Cleanup(func() { syscall.Kill(daemon, syscall.SIGCONT) })
 	case f.cut > 0:
 		ch.net.cut(t, victim, false)
+		t.Cleanup(func() { exec.Command("ip", "link", "set", ch.net.links[victim], "up").Run() })
 	default:
 		e.killDaemon()
 		if f.services {
