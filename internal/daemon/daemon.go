@@ -141,8 +141,11 @@ type Daemon struct {
 	upgradeMu  sync.Mutex
 	handedOver atomic.Bool
 	// holder is the connection to the holder of the sockets
-	// (listen.go), nil without one.
-	holder net.Conn
+	// (listen.go), nil without one; holderMu guards it, endpointsKick
+	// asks for the holder's copies of the endpoints to be made again.
+	holderMu      sync.Mutex
+	holder        net.Conn
+	endpointsKick chan struct{}
 	// peerLn is the node-to-node port (TLS) and peerAddr the address
 	// advertised for it; nil and "" without Options.Advertise.
 	peerLn   net.Listener
@@ -185,7 +188,7 @@ func SocketPath(root string) string { return filepath.Join(root, "hostel.sock") 
 // generation and starts serving. Close undoes whatever Start did, even after
 // a partial start.
 func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
-	d := &Daemon{opts: opts, logf: opts.Logf, quit: make(chan struct{})}
+	d := &Daemon{opts: opts, logf: opts.Logf, quit: make(chan struct{}), endpointsKick: make(chan struct{}, 1)}
 	if d.logf == nil {
 		l := log.New(os.Stderr, "hostel: ", log.LstdFlags)
 		d.logf = l.Printf
@@ -262,6 +265,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	ropts.Hold = opts.Hold
 	ropts.Listen = d.listenEndpoint
+	ropts.EndpointsChanged = d.kickEndpoints
 	ropts.Hold.Dir = filepath.Join(opts.Root, "tmp")
 	d.router = router.New(ropts)
 	d.agent = agent.New(d.sup, d.router)
@@ -301,6 +305,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.startNode(ctx, d.agent); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
+	// The services adopted reopened their needs' endpoints on the
+	// sockets passed: one no service reopened would hang its callers.
+	d.opts.Passed.CloseName(handover.Endpoint)
 	d.startSleeper()
 	d.startExpiry()
 	d.serveFront()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -104,12 +105,16 @@ func RunHolder() error {
 type holder struct {
 	fds   []int
 	names []string
-	path  string // where ln is linked
-	ln    *net.UnixListener
-	mu    sync.Mutex
-	owner net.Conn      // the daemon's connection; nil while none runs
-	gone  chan struct{} // a daemon's connection ended
-	took  chan struct{} // closed when a daemon takes the sockets; nil once closed
+	// endpoints are the <NEED>_URL endpoints' listening sockets, which
+	// come and go with deploys: the daemon sends the whole set each time
+	// it changes (HoldEndpoints).
+	endpoints []int
+	path      string // where ln is linked
+	ln        *net.UnixListener
+	mu        sync.Mutex
+	owner     net.Conn      // the daemon's connection; nil while none runs
+	gone      chan struct{} // a daemon's connection ended
+	took      chan struct{} // closed when a daemon takes the sockets; nil once closed
 }
 
 // own makes c the daemon's connection, until it ends.
@@ -122,7 +127,7 @@ func (h *holder) own(c net.Conn) {
 	}
 	h.mu.Unlock()
 	go func() {
-		io.Copy(io.Discard, c)
+		h.follow(c)
 		h.mu.Lock()
 		if h.owner == c {
 			h.owner = nil
@@ -160,17 +165,17 @@ func (h *holder) answer(c *net.UnixConn) {
 	case line == "take\n":
 		h.mu.Lock()
 		busy := h.owner != nil
+		fds, names := slices.Clip(h.fds), slices.Clip(h.names)
+		for _, fd := range h.endpoints {
+			fds, names = append(fds, fd), append(names, Endpoint)
+		}
 		h.mu.Unlock()
 		if busy {
 			c.Write([]byte("busy\n"))
 			c.Close()
 			return
 		}
-		var oob []byte
-		if len(h.fds) > 0 {
-			oob = syscall.UnixRights(h.fds...)
-		}
-		if _, _, err := c.WriteMsgUnix([]byte("sockets "+strings.Join(h.names, ":")+"\n"), oob, nil); err != nil {
+		if err := sendSockets(c, fds, names); err != nil {
 			c.Close()
 			return
 		}
@@ -194,36 +199,14 @@ func Fetch(path string) (*Set, net.Conn, error) {
 		c.Close()
 		return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
 	}
-	buf, oob := make([]byte, 4096), make([]byte, syscall.CmsgSpace(4*256))
-	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	fds, ns, err := receiveSockets(uc)
 	if err != nil {
+		CloseAll(fds)
 		c.Close()
+		if errors.Is(err, ErrHeld) {
+			return nil, nil, err
+		}
 		return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
-	}
-	msg := strings.TrimSuffix(string(buf[:n]), "\n")
-	if msg == "busy" {
-		c.Close()
-		return nil, nil, ErrHeld
-	}
-	names, ok := strings.CutPrefix(msg, "sockets ")
-	if !ok {
-		c.Close()
-		return nil, nil, fmt.Errorf("socket holder %s: answered %q", path, msg)
-	}
-	var fds []int
-	if oobn > 0 {
-		cmsgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
-		if err == nil && len(cmsgs) > 0 {
-			fds, err = syscall.ParseUnixRights(&cmsgs[0])
-		}
-		if err != nil {
-			c.Close()
-			return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
-		}
-	}
-	ns := strings.Split(names, ":")
-	if names == "" {
-		ns = nil
 	}
 	s := &Set{fromHolder: true}
 	for i, fd := range fds {

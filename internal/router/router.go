@@ -75,6 +75,10 @@ type Options struct {
 	// the daemon's takes a socket passed from the daemon it replaces.
 	// nil: net.Listen("tcp", addr).
 	Listen func(addr string) (net.Listener, error)
+	// EndpointsChanged is called (without blocking) after an endpoint
+	// opened or closed: the daemon's socket holder keeps copies of them
+	// (EndpointListeners). nil: nothing.
+	EndpointsChanged func()
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -134,6 +138,7 @@ type Router struct {
 	// all nil without peers.
 	peers     http.RoundTripper
 	listen    func(addr string) (net.Listener, error)
+	changed   func() // Options.EndpointsChanged, never nil
 	peerProxy *httputil.ReverseProxy
 	remotes   atomic.Pointer[map[spec.VersionKey]*remoteSet] // copy-on-write
 
@@ -187,6 +192,7 @@ func New(opts Options) *Router {
 		certs:     opts.Certs,
 		peers:     opts.Peers,
 		listen:    opts.Listen,
+		changed:   opts.EndpointsChanged,
 		endpoints: map[spec.VersionKey]*endpoint{},
 	}
 	if opts.HTTPSPort != "443" {
@@ -203,6 +209,9 @@ func New(opts Options) *Router {
 	}
 	if r.listen == nil {
 		r.listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	}
+	if r.changed == nil {
+		r.changed = func() {}
 	}
 	r.proxy = front.NewProxy(r.logf, opts.Hold)
 	r.proxy.SetRoute(r.Route)
@@ -595,6 +604,7 @@ func (r *Router) OpenEndpoint(key spec.VersionKey, listen string) (string, error
 		ErrorLog:          log.New(logfWriter(r.logf), "router: endpoint "+string(key)+": ", 0),
 	}
 	r.endpoints[key] = ep
+	r.changed()
 	go func() {
 		if err := ep.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			r.logf("router: endpoint %s: %v", key, err)
@@ -618,6 +628,7 @@ func (r *Router) closeEndpointLocked(key spec.VersionKey) {
 	}
 	delete(r.endpoints, key)
 	ep.srv.Close()
+	r.changed()
 }
 
 // InFlight returns how many requests to key are being served now, by any

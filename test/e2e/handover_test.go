@@ -325,3 +325,102 @@ func TestKilledWhileHolderStarts(t *testing.T) {
 		t.Errorf("the daemon after the kill listens on %s, want the held %s", e.HTTP, addr)
 	}
 }
+
+// TestKilledDaemonKeepsEndpoints: a service's calls to what it needs
+// (QUOTES_URL, an endpoint of the daemon's router) are not refused while
+// the daemon is dead either: the holder keeps the endpoints' sockets too,
+// as they are when it dies (deploys open and close them) — under systemd,
+// which holds the listeners, the endpoints alone — and a call made
+// meanwhile is answered by the next daemon.
+func TestKilledDaemonKeepsEndpoints(t *testing.T) {
+	for _, systemd := range []bool{false, true} {
+		t.Run(map[bool]string{false: "holder", true: "systemd"}[systemd], func(t *testing.T) {
+			e := NewEnv(t)
+			if systemd {
+				holdLikeSystemd(t, e)
+			}
+			e.StartDaemon()
+			sp := monoliths(e, "Hi")
+			svcs := sp["services"].(map[string]any)
+			delete(svcs, "shop")
+			delete(svcs, "wiki")
+			e.WriteSpec(sp)
+			e.MustRun("deploy", "--no-confirm")
+			_, st := e.Status()
+			env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st["blog"].PID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var endpoint string
+			for _, kv := range strings.Split(string(env), "\x00") {
+				if v, ok := strings.CutPrefix(kv, "QUOTES_URL=http://"); ok {
+					endpoint = v
+				}
+			}
+			if endpoint == "" {
+				t.Fatalf("blog has no QUOTES_URL: %q", env)
+			}
+			// The holder takes the endpoints a moment after they open.
+			time.Sleep(300 * time.Millisecond)
+
+			e.daemon.Process.Kill()
+			<-e.done
+			e.daemon = nil
+			c, err := net.DialTimeout("tcp", endpoint, 2*time.Second)
+			if err != nil {
+				t.Fatalf("a call to QUOTES_URL (%s) while the daemon is dead: %v; want it to wait for the next daemon", endpoint, err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "GET /quote HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			e.StartDaemon()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("the call made while the daemon was dead: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("the call made while the daemon was dead: %d, want 200 from quotes", resp.StatusCode)
+			}
+			if _, st2 := e.Status(); st2["blog"].PID != st["blog"].PID {
+				t.Errorf("blog was restarted (pid %d → %d): its QUOTES_URL should have been kept", st["blog"].PID, st2["blog"].PID)
+			}
+		})
+	}
+}
+
+// holdLikeSystemd has the test hold e's public HTTP listener and API
+// socket and pass them to every daemon StartDaemon runs, the way systemd's
+// hostel.socket does (LISTEN_PID: the daemon's own pid, so it is not
+// taken for a daemon an upgrade started).
+func holdLikeSystemd(t *testing.T, e *Env) {
+	t.Helper()
+	if err := os.MkdirAll(e.Root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(e.Root, "hostel.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api.SetUnlinkOnClose(false) // its copy is the daemon's
+	for _, l := range []interface{ File() (*os.File, error) }{ln.(*net.TCPListener), api} {
+		f, err := l.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Files = append(e.Files, f)
+	}
+	ln.Close()
+	api.Close()
+	t.Cleanup(func() {
+		for _, f := range e.Files {
+			f.Close()
+		}
+	})
+	e.Wrap = []string{"sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh"}
+	e.DaemonEnv = []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=http:hostel"}
+}
