@@ -164,18 +164,25 @@ func (h *holder) answer(c *net.UnixConn) {
 		os.Exit(0)
 	case line == "take\n":
 		h.mu.Lock()
-		busy := h.owner != nil
-		fds, names := slices.Clip(h.fds), slices.Clip(h.names)
-		for _, fd := range h.endpoints {
-			fds, names = append(fds, fd), append(names, Endpoint)
-		}
-		h.mu.Unlock()
-		if busy {
+		if h.owner != nil {
+			h.mu.Unlock()
 			c.Write([]byte("busy\n"))
 			c.Close()
 			return
 		}
-		if err := sendSockets(c, fds, names); err != nil {
+		h.owner = c // taken: a second daemon asking meanwhile is busy
+		fds, names := slices.Clip(h.fds), slices.Clip(h.names)
+		for _, fd := range h.endpoints {
+			fds, names = append(fds, fd), append(names, Endpoint)
+		}
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		err := sendSockets(c, fds, names) // under mu: the endpoints stay open
+		c.SetWriteDeadline(time.Time{})
+		if err != nil {
+			h.owner = nil
+		}
+		h.mu.Unlock()
+		if err != nil {
 			c.Close()
 			return
 		}
