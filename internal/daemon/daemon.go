@@ -524,7 +524,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		return err
 	}
-	d.startHolder(held)
+	d.startHolder(held, ctl.holderConn())
 	// To systemd (Type=notify): this process serves — after an upgrade,
 	// in place of the one systemd started.
 	if err := handover.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid())); err != nil {

@@ -118,10 +118,17 @@ func fetchHeld(opts *Options) (net.Conn, error) {
 // which keeps them open if this daemon crashes, and ends the last
 // daemon's (held). The endpoints, which come and go with deploys, follow
 // (holdEndpoints). Under systemd, which holds the listeners itself, the
-// holder holds the endpoints alone.
-func (d *Daemon) startHolder(held net.Conn) {
+// holder holds the endpoints alone. A daemon started by hostel upgrade
+// keeps the holder of the daemon it replaced (kept, its connection), which
+// holds the very sockets it was passed: no new process on the upgrade's
+// time.
+func (d *Daemon) startHolder(held, kept net.Conn) {
 	if held != nil {
 		defer held.Close()
+	}
+	if kept != nil {
+		d.useHolder(kept)
+		return
 	}
 	path := HoldPath(d.opts.Root)
 	handover.Release(path)
@@ -149,6 +156,11 @@ func (d *Daemon) startHolder(held net.Conn) {
 		d.logf("no socket holder: %v; if the daemon dies, connections are refused until it starts again", err)
 		return
 	}
+	d.useHolder(c)
+}
+
+// useHolder makes c the daemon's connection to its holder.
+func (d *Daemon) useHolder(c net.Conn) {
 	d.holderMu.Lock()
 	d.holder = c
 	d.holderMu.Unlock()
@@ -156,6 +168,13 @@ func (d *Daemon) startHolder(held net.Conn) {
 	d.kickEndpoints()
 	// The API socket is held: not removed when the daemon stops.
 	d.apiPassed = true
+}
+
+// holderConn is the connection to the daemon's holder, nil without one.
+func (d *Daemon) holderConn() net.Conn {
+	d.holderMu.Lock()
+	defer d.holderMu.Unlock()
+	return d.holder
 }
 
 // stopHolder ends the holder (hostel shutdown): the listeners close with

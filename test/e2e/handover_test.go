@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,6 +151,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 
 	pid := e.daemon.Process.Pid
+	holders := holderPIDs(t, e.Root)
 	failed, n := trafficOn([]string{e.HTTP}, 4, "blog.example", func() {
 		slow := make(chan string, 1)
 		go func() {
@@ -177,6 +179,9 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Errorf("a slow request under way across the upgrade: %s", got)
 		}
 		samePIDs("after hostel upgrade")
+		if got := holderPIDs(t, e.Root); len(holders) != 1 || !slices.Equal(got, holders) {
+			t.Errorf("socket holders %v before hostel upgrade, %v after; want the one kept", holders, got)
+		}
 		pid = next
 
 		if _, errOut, code := e.Run("upgrade", "/bin/true"); code != 2 || !strings.Contains(errOut, "/bin/true is not a hostel binary") {
