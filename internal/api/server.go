@@ -38,6 +38,7 @@ func NewHandler(d Daemon) http.Handler {
 	mux := http.NewServeMux()
 	handleFailpoints(mux)
 	handleNodes(mux, d)
+	handleWake(mux, d)
 	mux.HandleFunc("POST /v1/plan", func(w http.ResponseWriter, r *http.Request) {
 		var req PlanRequest
 		if !decodeBody(w, r, &req) {

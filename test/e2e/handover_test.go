@@ -429,3 +429,46 @@ func holdLikeSystemd(t *testing.T, e *Env) {
 	e.Wrap = []string{"sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh"}
 	e.DaemonEnv = []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=http:hostel"}
 }
+
+// TestWakeDuringUpgrade: a request to a sleeping service that reaches
+// the daemon an upgrade is replacing, once it gave the services up and
+// before the new daemon serves (held 2 s there by a failpoint), waits
+// for the new daemon, which wakes the service; the old daemon serves the
+// request — 200, not 503.
+func TestWakeDuringUpgrade(t *testing.T) {
+	e := NewEnv(t)
+	// Every daemon of the test sleeps there; the new one, after the old
+	// one handed over.
+	e.DaemonEnv = []string{"HOSTEL_FAILPOINTS=api-socket-bound=sleep(2s)"}
+	if e.Store == "etcd" {
+		e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "", "--etcd", startEtcd(t))
+	} else {
+		e.StartDaemon()
+	}
+	e.WriteSpec(map[string]any{"services": map[string]any{
+		"shop": e.App("shop", map[string]any{"idle": "1s", "domains": []string{"shop.test"}}),
+	}})
+	e.MustRun("deploy", "--no-confirm")
+	e.waitState(20*time.Second, "idle", "shop")
+
+	upgraded := make(chan string, 1)
+	go func() {
+		out, errOut, code := e.Run("upgrade")
+		upgraded <- fmt.Sprintf("exit %d %s%s", code, out, errOut)
+	}()
+	waitUntil(t, "the old daemon to hand over", func() bool { return strings.Contains(e.DaemonLog(), "handing the store and the services over") })
+	code, _, body := e.Get("shop.test", "/")
+	if code != 200 {
+		t.Errorf("a request to the sleeping shop during the upgrade: %d %q, want 200", code, body)
+	}
+	if !strings.Contains(e.DaemonLog(), "shop-") || !strings.Contains(e.DaemonLog(), "woken by the daemon that replaced this one") {
+		t.Errorf("the request did not reach the daemon being replaced in its handover:\n%s", e.DaemonLog())
+	}
+	if got := <-upgraded; !strings.HasPrefix(got, "exit 0") {
+		t.Errorf("hostel upgrade: %s", got)
+	}
+	// Woken once, by the new daemon's router (asleep again, maybe: idle 1s).
+	if s := e.sleepStatus()["shop"]; s.Wakes != 1 {
+		t.Errorf("after the upgrade: %+v, want woken once, by the new daemon", s)
+	}
+}
