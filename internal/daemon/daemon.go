@@ -433,6 +433,11 @@ func (d *Daemon) Close() error {
 		// dead socket and makes its own).
 		os.Remove(SocketPath(d.opts.Root))
 	}
+	// The holder outlives this daemon with the endpoints as they are:
+	// what closes from here on is not told to it.
+	d.holderMu.Lock()
+	d.holder = nil
+	d.holderMu.Unlock()
 	d.stopServing()
 	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn, d.remoteLn, d.metricsLn} {
 		if ln != nil {

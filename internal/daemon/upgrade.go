@@ -108,7 +108,7 @@ func (d *Daemon) Upgrade(ctx context.Context, req api.UpgradeRequest) (*api.Upgr
 		child.kill()
 		return nil, fmt.Errorf("hostel upgrade: %s did not start: %w; the daemon (pid %d) serves on", path, err, os.Getpid())
 	}
-	d.logf("upgrade: pid %d took the sockets; handing the store and the services over", child.pid)
+	d.logf("upgrade: the new daemon (pid %d) took the sockets; handing the store and the services over", child.pid)
 	d.handOver()
 	err = child.start()
 	if err == nil {

@@ -333,15 +333,23 @@ func TestKilledWhileHolderStarts(t *testing.T) {
 
 // TestKilledDaemonKeepsEndpoints: a service's calls to what it needs
 // (QUOTES_URL, an endpoint of the daemon's router) are not refused while
-// the daemon is dead either: the holder keeps the endpoints' sockets too,
+// the daemon is dead (or stopped, for a restart) either: the holder keeps the endpoints' sockets too,
 // as they are when it dies (deploys open and close them) — under systemd,
 // which holds the listeners, the endpoints alone — and a call made
 // meanwhile is answered by the next daemon.
 func TestKilledDaemonKeepsEndpoints(t *testing.T) {
-	for _, systemd := range []bool{false, true} {
-		t.Run(map[bool]string{false: "holder", true: "systemd"}[systemd], func(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		systemd bool
+		stop    bool // SIGTERM, not kill -9
+	}{
+		{"holder", false, false},
+		{"systemd", true, false},
+		{"stopped", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			e := NewEnv(t)
-			if systemd {
+			if tc.systemd {
 				holdLikeSystemd(t, e)
 			}
 			e.StartDaemon()
@@ -368,9 +376,13 @@ func TestKilledDaemonKeepsEndpoints(t *testing.T) {
 			// The holder takes the endpoints a moment after they open.
 			time.Sleep(300 * time.Millisecond)
 
-			e.daemon.Process.Kill()
-			<-e.done
-			e.daemon = nil
+			if tc.stop {
+				e.StopDaemon()
+			} else {
+				e.daemon.Process.Kill()
+				<-e.done
+				e.daemon = nil
+			}
 			c, err := net.DialTimeout("tcp", endpoint, 2*time.Second)
 			if err != nil {
 				t.Fatalf("a call to QUOTES_URL (%s) while the daemon is dead: %v; want it to wait for the next daemon", endpoint, err)
