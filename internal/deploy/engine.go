@@ -296,6 +296,9 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 	if cur != nil {
 		from = cur.Number
 	}
+	// The generation keeps what made it: what the deploy did to each
+	// service and why (the dashboard shows it with the generation).
+	next.Plan = p.Services
 	started, err := e.stage(ctx, v, next, progress)
 	res.Started = started
 	if err != nil {
