@@ -299,6 +299,11 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 	// The generation keeps what made it: what the deploy did to each
 	// service and why (the dashboard shows it with the generation).
 	next.Plan = p.Services
+	// Starting may take a while (up to a health timeout a level of
+	// needs): say what waits, before waiting.
+	if starting := startingVersions(p); len(starting) > 0 {
+		progress("to start: %s", strings.Join(starting, ", "))
+	}
 	started, err := e.stage(ctx, v, next, progress)
 	res.Started = started
 	if err != nil {
@@ -342,6 +347,19 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 	res.Stopped, res.Aborted = e.drained(context.WithoutCancel(ctx), v, rev, progress)
 	progress("generation %d deployed: %d started, %d stopped", next.Number, len(res.Started), len(res.Stopped))
 	return res, nil, nil
+}
+
+// startingVersions lists the versions ("service-version") p starts: those
+// it adds, updates to, or starts for a preview of its own.
+func startingVersions(p *plan.Plan) []string {
+	var out []string
+	for _, c := range p.Services {
+		switch c.Action {
+		case plan.Add, plan.Update, plan.Start:
+			out = append(out, string(spec.Key(c.Name, c.To)))
+		}
+	}
+	return out
 }
 
 // Rollback switches environment env ("" is production) to its generation
