@@ -100,5 +100,4 @@ func TestDashboardRemoteAPI(t *testing.T) {
 	b.has("see generation 2's reasons", "#generations", "env.GREETING changed")
 	b.has("see the new service", "#generations", "add late")
 	b.has("see generation 1's reasons", "#generations", "new service")
-	b.shot("generations")
 }
