@@ -299,12 +299,7 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 	// The generation keeps what made it: what the deploy did to each
 	// service and why (the dashboard shows it with the generation).
 	next.Plan = p.Services
-	// Starting may take a while (up to a health timeout a level of
-	// needs): say what waits, before waiting.
-	if starting := startingVersions(p); len(starting) > 0 {
-		progress("to start: %s", strings.Join(starting, ", "))
-	}
-	started, err := e.stage(ctx, v, next, progress)
+	started, err := e.stage(ctx, v, next, startingVersions(p), progress)
 	res.Started = started
 	if err != nil {
 		return res, nil, err
@@ -406,7 +401,7 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 		return nil, invalid(fmt.Errorf("generation %d belongs to environment %s, not %s", to, target.EnvOrDefault(), env))
 	}
 	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
-	started, err := e.stage(ctx, v, target, progress)
+	started, err := e.stage(ctx, v, target, nil, progress)
 	res.Started = started
 	if err != nil {
 		return res, err // nothing switched: cur is still live
