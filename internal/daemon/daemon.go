@@ -23,6 +23,7 @@ import (
 	"hostel/internal/agent"
 	"hostel/internal/api"
 	"hostel/internal/cgroup"
+	"hostel/internal/dashboard"
 	"hostel/internal/deploy"
 	"hostel/internal/failpoint"
 	"hostel/internal/front"
@@ -160,6 +161,8 @@ type Daemon struct {
 	servers     []*http.Server
 	front       *front.Front // serves httpLn and httpsLn
 	wg          sync.WaitGroup
+	// dashboard is the dashboard served on remoteLn; nil without.
+	dashboard *dashboard.Server
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -439,6 +442,9 @@ func (d *Daemon) Close() error {
 	d.holder = nil
 	d.holderMu.Unlock()
 	d.stopServing()
+	if d.dashboard != nil {
+		d.dashboard.Close()
+	}
 	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn, d.remoteLn, d.metricsLn} {
 		if ln != nil {
 			ln.Close()

@@ -304,6 +304,9 @@ func (r Rates) Chart() template.HTML {
 // last hour's. A failed scrape is skipped: the page says the rates are
 // not known, and why, rather than showing stale ones as fresh.
 func (s *Server) Sample(ctx context.Context, every time.Duration) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.done, cancel)()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

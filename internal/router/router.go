@@ -242,6 +242,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	case rt.remote != nil:
 		r.serveRemote(w, req, rt.remote)
 	case rt.https:
+		r.answered(AnswerHTTPS)
 		if r.httpsPort != "" {
 			target = net.JoinHostPort(target, r.httpsPort)
 		}
@@ -249,6 +250,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	case rt.domain != "":
 		r.notRunning(w, req, rt.domain)
 	case target != "":
+		r.answered(AnswerRedirect)
 		scheme := "http://"
 		if req.TLS != nil {
 			scheme = "https://"
@@ -261,6 +263,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		http.Redirect(w, req, scheme+target+req.URL.RequestURI(), http.StatusMovedPermanently)
 	default:
+		r.answered(AnswerUnknownHost)
 		http.Error(w, fmt.Sprintf("hostel: no service for host %q", normalizeHost(req.Host)), http.StatusNotFound)
 	}
 }
@@ -340,6 +343,13 @@ func (r *Router) Route(host, remote string) *front.Backend {
 	return nil
 }
 
+// answered tells the hook of an answer of the router's own.
+func (r *Router) answered(a Answer) {
+	if r.hook != nil {
+		r.hook.Answered(a)
+	}
+}
+
 // internalClient reports whether the client at remote ("IP:port") may
 // reach the internal zone (Options.Internal).
 func (r *Router) internalClient(remote string) bool {
@@ -363,6 +373,7 @@ func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.Ver
 }
 
 func (r *Router) notRunning(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
+	r.answered(AnswerNotRunning)
 	r.logf("router: %s: no backend registered for %s", req.Host, key)
 	// The page names no service or version: those are for the log.
 	w.Header().Set("Retry-After", strconv.Itoa(front.RetryAfter))
