@@ -55,7 +55,7 @@ func TestDashboardRemoteAPI(t *testing.T) {
 	// The browser trusts the daemon's key, as the token pins it: the
 	// certificate is self-signed.
 	b := newBrowser(t, chromedp.Flag("ignore-certificate-errors-spki-list", base64.StdEncoding.EncodeToString(tok.Pin[:])))
-	b.run("log in", chromedp.Navigate(url+"/login?token="+token), chromedp.WaitVisible(chromedp.ID("services")))
+	b.open("log in", url+"/login?token="+token, chromedp.WaitVisible(chromedp.ID("services")))
 	for _, svc := range []string{"quotes", "blog", "shop", "wiki"} {
 		b.has("see "+svc, "#services", svc)
 	}
@@ -96,7 +96,7 @@ func TestDashboardRemoteAPI(t *testing.T) {
 	b.has("see the deploy end", "#deploys", "done, generation 2 is live")
 
 	// The generations, with what each deploy did and why.
-	b.run("open generations", chromedp.Navigate(url+"/generations"))
+	b.open("open generations", url+"/generations")
 	b.has("see generation 2's reasons", "#generations", "env.GREETING changed")
 	b.has("see the new service", "#generations", "add late")
 	b.has("see generation 1's reasons", "#generations", "new service")

@@ -73,7 +73,7 @@ func TestDashboard(t *testing.T) {
 	run, waitFor, has, shot := b.run, b.waitFor, b.has, b.shot
 
 	// Log in: the services of the spec, running.
-	run("log in", chromedp.Navigate(login), chromedp.WaitVisible(chromedp.ID("services")))
+	b.open("log in", login, chromedp.WaitVisible(chromedp.ID("services")))
 	table, err := chromedp.Run(b.ctx, chromedp.Text(chromedp.ID("services")))
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +94,7 @@ func TestDashboard(t *testing.T) {
 	has("see generation 2 appear", "#generation", "2")
 
 	// Follow quotes's log: what it wrote, then a line it writes now.
-	run("open the log", chromedp.Navigate(base+"/logs?service=quotes"))
+	b.open("open the log", base+"/logs?service=quotes")
 	has("see the log", "#log", "listening on")
 	e.MustRun("restart", "quotes")
 	waitFor("follow a new line", `document.getElementById("log").textContent.split("listening on").length > 2`)
@@ -102,14 +102,14 @@ func TestDashboard(t *testing.T) {
 
 	// Shop's access log shows a request made as it opens (in its tail or
 	// followed: either way, on the page).
-	run("open the access log", chromedp.Navigate(base+"/logs?service=shop&access=1"))
+	b.open("open the access log", base+"/logs?service=shop&access=1")
 	if code, _, _ := e.Get("shop.example", "/dashboard-probe"); code != http.StatusOK {
 		t.Fatalf("GET shop.example/dashboard-probe: %d", code)
 	}
 	has("follow an access log line", "#log", "/dashboard-probe")
 
 	// Roll back with the button, confirmed in the browser's dialog.
-	run("open generations", chromedp.Navigate(base+"/generations"))
+	b.open("open generations", base+"/generations")
 	has("see generations", "#current", "2")
 	has("see why generation 2 was made", "#generations", "env.GREETING changed")
 	shot("generations")
@@ -173,6 +173,24 @@ func (b *browser) run(what string, actions ...chromedp.Action[chromedp.Void]) {
 	if err := chromedp.Do(b.ctx, actions...); err != nil {
 		b.t.Fatalf("%s: %v", what, err)
 	}
+}
+
+// open loads url, as run(Navigate) does — again if the machine's network
+// changed under the load (Chromium ends it with ERR_NETWORK_CHANGED when
+// an interface comes or goes, as other tests' namespaces do).
+func (b *browser) open(what, url string, then ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	var err error
+	for range 5 {
+		if err = chromedp.Do(b.ctx, chromedp.Navigate(url)); err == nil || !strings.Contains(err.Error(), "ERR_NETWORK_CHANGED") {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err != nil {
+		b.t.Fatalf("%s: %v", what, err)
+	}
+	b.run(what, then...)
 }
 
 // shot saves a screenshot of the page as docs/dashboard-NAME.png would
