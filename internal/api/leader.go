@@ -33,6 +33,8 @@ var leaderRoutes = []string{
 	"POST /v1/nodes/{name}/undrain",
 	// A restore stops and starts the service through the engine.
 	"POST /v1/db/restore",
+	// Only the daemon that carries out the deploys has their progress.
+	"GET /v1/deploys",
 }
 
 // leaderMux matches leaderRoutes exactly as NewHandler's mux matches the

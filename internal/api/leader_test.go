@@ -46,6 +46,7 @@ func TestForLeader(t *testing.T) {
 		{"POST", "/v1/resume", true},
 		{"DELETE", "/v1/envs/pr-1", true},
 		{"POST", "/v1/db/restore?service=web", true},
+		{"GET", "/v1/deploys?follow=1", true}, // only the leader runs deploys
 		{"POST", "/v1/plan", false},
 		{"GET", "/v1/status", false},
 		{"GET", "/v1/status?all=1", false},

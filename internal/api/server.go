@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
 
 	"hostel/internal/plan"
 )
@@ -36,8 +35,11 @@ func Invalid(err error) error { return &Error{Kind: KindInvalid, Message: err.Er
 // NewHandler returns the API's HTTP handler.
 func NewHandler(d Daemon) http.Handler {
 	mux := http.NewServeMux()
+	deploys := newDeployLog()
+	handleDeploys(mux, deploys)
 	handleFailpoints(mux)
 	handleNodes(mux, d)
+	handleWake(mux, d)
 	mux.HandleFunc("POST /v1/plan", func(w http.ResponseWriter, r *http.Request) {
 		var req PlanRequest
 		if !decodeBody(w, r, &req) {
@@ -51,14 +53,14 @@ func NewHandler(d Daemon) http.Handler {
 		if !decodeBody(w, r, &req) {
 			return
 		}
-		stream(w, func(progress func(string)) (*DeployResult, error) { return d.Deploy(r.Context(), req, progress) })
+		deploys.stream(w, "deploy", func(progress func(string)) (*DeployResult, error) { return d.Deploy(r.Context(), req, progress) })
 	})
 	mux.HandleFunc("POST /v1/rollback", func(w http.ResponseWriter, r *http.Request) {
 		var req RollbackRequest
 		if !decodeBody(w, r, &req) {
 			return
 		}
-		stream(w, func(progress func(string)) (*DeployResult, error) { return d.Rollback(r.Context(), req, progress) })
+		deploys.stream(w, "rollback", func(progress func(string)) (*DeployResult, error) { return d.Rollback(r.Context(), req, progress) })
 	})
 	mux.HandleFunc("POST /v1/restart", func(w http.ResponseWriter, r *http.Request) {
 		var req RestartRequest
@@ -179,35 +181,6 @@ func reply(w http.ResponseWriter, v any, err error) {
 		return
 	}
 	json.NewEncoder(w).Encode(v)
-}
-
-// stream runs op, sending its progress lines and then one last Event with
-// its result, its error, or both, as newline-delimited Events.
-func stream(w http.ResponseWriter, op func(progress func(string)) (*DeployResult, error)) {
-	w.Header().Set("Content-Type", ndjson)
-	var mu sync.Mutex
-	enc := json.NewEncoder(w)
-	fl, _ := w.(http.Flusher)
-	send := func(ev Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		enc.Encode(ev)
-		if fl != nil {
-			fl.Flush()
-		}
-	}
-	res, err := op(func(line string) { send(Event{Progress: line}) })
-	last := Event{Result: res}
-	if err != nil {
-		last.Error = toError(err)
-		if res != nil {
-			res.Error = last.Error.Message
-		}
-	}
-	if last.Error == nil && last.Result == nil {
-		last.Error = &Error{Kind: KindFailed, Message: "internal error: the operation returned neither a result nor an error"}
-	}
-	send(last)
 }
 
 type flushWriter struct {

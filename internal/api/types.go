@@ -206,6 +206,10 @@ type Generation struct {
 	Confirmation string `json:"confirmation"`
 	// ConfirmError says why the confirmation failed or was superseded.
 	ConfirmError string `json:"confirm_error,omitempty"`
+	// Plan is what the deploy that made the generation planned: per
+	// service, as in `hostel plan --json`, its action, versions and
+	// reasons. Absent for a generation made before hostel kept it.
+	Plan []plan.Change `json:"plan,omitempty"`
 }
 
 // Generations is `hostel generations --json`.

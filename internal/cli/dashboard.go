@@ -45,7 +45,7 @@ func dashboardCmd(e *env) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--listen %s: %w", listen, err)
 			}
-			d := dashboard.New(c)
+			d := dashboard.New(c, dashboard.Options{})
 			go d.Sample(cmd.Context(), 10*time.Second)
 			srv := &http.Server{Handler: d, ReadHeaderTimeout: 10 * time.Second}
 			fmt.Fprintf(e.stdout, "http://%s/login?token=%s\n", ln.Addr(), d.Token())

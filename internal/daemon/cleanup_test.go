@@ -87,7 +87,13 @@ func storePath(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("nix-store --add: %v", err)
 	}
-	return strings.TrimSpace(string(out))
+	path := strings.TrimSpace(string(out))
+	// Rooted for the test's length: another test's Nix garbage collection
+	// on this machine must not take it between two deploys.
+	if b, err := exec.Command("nix-store", "--add-root", filepath.Join(t.TempDir(), "root"), "--realise", path).CombinedOutput(); err != nil {
+		t.Fatalf("nix-store --add-root: %v\n%s", err, b)
+	}
+	return path
 }
 
 // TestFailedStartCleansUp: a version whose process does not start, after

@@ -23,6 +23,7 @@ import (
 	"hostel/internal/agent"
 	"hostel/internal/api"
 	"hostel/internal/cgroup"
+	"hostel/internal/dashboard"
 	"hostel/internal/deploy"
 	"hostel/internal/failpoint"
 	"hostel/internal/front"
@@ -141,8 +142,13 @@ type Daemon struct {
 	upgradeMu  sync.Mutex
 	handedOver atomic.Bool
 	// holder is the connection to the holder of the sockets
-	// (listen.go), nil without one.
-	holder net.Conn
+	// (listen.go), nil without one; holderMu guards it, endpointsKick
+	// asks for the holder's copies of the endpoints to be made again.
+	holderMu      sync.Mutex
+	holder        net.Conn
+	endpointsKick chan struct{}
+	// holderWrite makes the messages to the holder one at a time.
+	holderWrite sync.Mutex
 	// fence is the lease the node's exclusive instances run under
 	// (fence.go); nil before the node has one.
 	fence atomic.Pointer[fenceLease]
@@ -160,6 +166,8 @@ type Daemon struct {
 	servers     []*http.Server
 	front       *front.Front // serves httpLn and httpsLn
 	wg          sync.WaitGroup
+	// dashboard is the dashboard served on remoteLn; nil without.
+	dashboard *dashboard.Server
 	// quit is closed by Shutdown to end Run.
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -188,7 +196,7 @@ func SocketPath(root string) string { return filepath.Join(root, "hostel.sock") 
 // generation and starts serving. Close undoes whatever Start did, even after
 // a partial start.
 func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
-	d := &Daemon{opts: opts, logf: opts.Logf, quit: make(chan struct{})}
+	d := &Daemon{opts: opts, logf: opts.Logf, quit: make(chan struct{}), endpointsKick: make(chan struct{}, 1)}
 	if d.logf == nil {
 		l := log.New(os.Stderr, "hostel: ", log.LstdFlags)
 		d.logf = l.Printf
@@ -269,6 +277,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	ropts.Hold = opts.Hold
 	ropts.Listen = d.listenEndpoint
+	ropts.EndpointsChanged = d.kickEndpoints
 	ropts.Hold.Dir = filepath.Join(opts.Root, "tmp")
 	d.router = router.New(ropts)
 	d.agent = agent.New(d.sup, d.router)
@@ -308,6 +317,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.startNode(ctx, d.agent); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
+	// The services adopted reopened their needs' endpoints on the
+	// sockets passed: one no service reopened would hang its callers.
+	d.opts.Passed.CloseName(handover.Endpoint)
 	d.startSleeper()
 	d.startExpiry()
 	d.serveFront()
@@ -433,7 +445,15 @@ func (d *Daemon) Close() error {
 		// dead socket and makes its own).
 		os.Remove(SocketPath(d.opts.Root))
 	}
+	// The holder outlives this daemon with the endpoints as they are:
+	// what closes from here on is not told to it.
+	d.holderMu.Lock()
+	d.holder = nil
+	d.holderMu.Unlock()
 	d.stopServing()
+	if d.dashboard != nil {
+		d.dashboard.Close()
+	}
 	for _, ln := range []net.Listener{d.httpLn, d.httpsLn, d.peerLn, d.apiLn, d.remoteLn, d.metricsLn} {
 		if ln != nil {
 			ln.Close()
@@ -524,7 +544,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		return err
 	}
-	d.startHolder(held)
+	d.startHolder(held, ctl.holderConn())
 	// To systemd (Type=notify): this process serves — after an upgrade,
 	// in place of the one systemd started.
 	if err := handover.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid())); err != nil {

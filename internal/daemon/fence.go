@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"fmt"
 	"net"
 	"time"
 
@@ -60,16 +59,21 @@ func (d *Daemon) fenceUntil() time.Time {
 }
 
 // tellFence tells the holder at the other end of c the bound whenever it
-// moves ("fence MS": that many milliseconds from now), until c fails.
+// moves (handover.HoldFence), until c fails or is no longer the holder's.
 func (d *Daemon) tellFence(c net.Conn) {
 	var told time.Time
 	for ; ; time.Sleep(fenceTell) {
+		if d.holderConn() != c {
+			return
+		}
 		until := d.fenceUntil()
 		if until.IsZero() || until.Equal(told) {
 			continue
 		}
-		c.SetWriteDeadline(time.Now().Add(time.Second))
-		if _, err := fmt.Fprintf(c, "fence %d\n", max(time.Until(until).Milliseconds(), 0)); err != nil {
+		d.holderWrite.Lock()
+		err := handover.HoldFence(c, time.Until(until).Milliseconds())
+		d.holderWrite.Unlock()
+		if err != nil {
 			return
 		}
 		told = until

@@ -65,8 +65,9 @@ type namedListener struct {
 // unused: their clients would wait for an answer that never comes.
 func (d *Daemon) checkPassed() error {
 	if d.opts.Passed.FromHolder() {
-		// The last daemon's, with other flags: let go of them.
-		return d.opts.Passed.Close()
+		// The last daemon's, with other flags: let go of them. Its
+		// endpoints wait for the services adopted (closeEndpointsLeft).
+		return d.opts.Passed.CloseBut(handover.Endpoint)
 	}
 	if left := d.opts.Passed.Left(); len(left) > 0 {
 		return fmt.Errorf("LISTEN_FDNAMES: %s passed but not used by these flags (--https \"\" turns HTTPS off; --api-listen, --advertise add those)",
@@ -80,10 +81,12 @@ func (d *Daemon) checkPassed() error {
 func HoldPath(root string) string { return filepath.Join(root, "hold.sock") }
 
 // fetchHeld takes the sockets a holder keeps for root, when the daemon
-// was passed none: the last daemon's, which crashed or stopped. It returns
-// the connection that makes this daemon their holder's until it ends.
+// was passed none: the last daemon's, which crashed or stopped — under
+// systemd, which holds the listeners itself, only the endpoints. It
+// returns the connection that makes this daemon their holder's until it
+// ends.
 func fetchHeld(opts *Options) (net.Conn, error) {
-	if opts.Passed != nil {
+	if opts.Passed != nil && !opts.Passed.FromSystemd() {
 		return nil, nil
 	}
 	root, err := filepath.Abs(opts.Root)
@@ -103,21 +106,29 @@ func fetchHeld(opts *Options) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Passed.FromSystemd() {
+		opts.Passed.AddFrom(set, handover.Endpoint)
+		return conn, nil
+	}
 	opts.Passed = set
 	return conn, nil
 }
 
-// startHolder hands copies of the listening sockets (not the endpoints,
-// which come and go with deploys) to a new holder, which keeps them open
-// if this daemon crashes, and ends the last daemon's (held). Under
-// systemd, which holds them itself, it does nothing — but in a cluster,
-// where a holder of no socket still fences the node (fence.go).
-func (d *Daemon) startHolder(held net.Conn) {
+// startHolder hands copies of the listening sockets to a new holder,
+// which keeps them open if this daemon crashes, and ends the last
+// daemon's (held). The endpoints, which come and go with deploys, follow
+// (holdEndpoints). Under systemd, which holds the listeners itself, the
+// holder holds the endpoints alone — and, in a cluster, fences the node
+// while this daemon cannot (fence.go). A daemon started by hostel upgrade
+// keeps the holder of the daemon it replaced (kept, its connection), which
+// holds the very sockets it was passed: no new process on the upgrade's
+// time.
+func (d *Daemon) startHolder(held, kept net.Conn) {
 	if held != nil {
 		defer held.Close()
 	}
-	systemd := d.opts.Passed.FromSystemd()
-	if systemd && !d.opts.Store.etcd() {
+	if kept != nil {
+		d.useHolder(kept)
 		return
 	}
 	path := HoldPath(d.opts.Root)
@@ -126,7 +137,7 @@ func (d *Daemon) startHolder(held net.Conn) {
 	var fds []int
 	var names []string
 	var err error
-	if !systemd {
+	if !d.opts.Passed.FromSystemd() {
 		fds, names, err = d.socketFDs(false)
 	}
 	defer handover.CloseAll(fds)
@@ -134,39 +145,101 @@ func (d *Daemon) startHolder(held net.Conn) {
 	if err == nil {
 		hold, err = listenPrivate(path)
 	}
+	var c net.Conn
 	if err == nil {
-		d.holder, err = handover.SpawnHolder(path, hold, fds, names)
+		c, err = handover.SpawnHolder(path, hold, fds, names)
 		hold.Close()
 	}
 	if err != nil && hold != nil {
 		os.Remove(path)
 	}
 	if err != nil {
-		if systemd {
-			d.logf("no holder: %v; if the daemon dies, nothing stops its exclusive instances before its lease ends", err)
-		} else {
-			d.logf("no socket holder: %v; if the daemon dies, connections are refused until it starts again", err)
-		}
+		d.logf("no socket holder: %v; if the daemon dies, connections are refused until it starts again", err)
 		return
 	}
-	if !systemd {
-		// The API socket is held: not removed when the daemon stops.
-		d.apiPassed = true
-	}
+	d.useHolder(c)
+}
+
+// useHolder makes c the daemon's connection to its holder.
+func (d *Daemon) useHolder(c net.Conn) {
+	d.holderMu.Lock()
+	d.holder = c
+	d.holderMu.Unlock()
+	go d.holdEndpoints(c)
+	d.kickEndpoints()
 	if d.opts.Store.etcd() {
-		// It fences the node while this daemon cannot (fence.go).
-		go d.tellFence(d.holder)
+		go d.tellFence(c)
 	}
+	// The API socket is held: not removed when the daemon stops.
+	d.apiPassed = true
+}
+
+// holderConn is the connection to the daemon's holder, nil without one.
+func (d *Daemon) holderConn() net.Conn {
+	d.holderMu.Lock()
+	defer d.holderMu.Unlock()
+	return d.holder
 }
 
 // stopHolder ends the holder (hostel shutdown): the listeners close with
 // the daemon, and so does the API socket's path.
 func (d *Daemon) stopHolder() {
-	if d.holder == nil {
+	d.holderMu.Lock()
+	c := d.holder
+	d.holder = nil
+	d.holderMu.Unlock()
+	if c == nil {
 		return
 	}
 	handover.Release(HoldPath(d.opts.Root))
-	d.holder.Close()
-	d.holder = nil
+	c.Close()
 	d.apiPassed = false
+}
+
+// kickEndpoints is the router's EndpointsChanged: the holder's copies of
+// the endpoints are made again (holdEndpoints), never on the caller's
+// time.
+func (d *Daemon) kickEndpoints() {
+	select {
+	case d.endpointsKick <- struct{}{}:
+	default:
+	}
+}
+
+// holdEndpoints hands the holder on c copies of the <NEED>_URL endpoints'
+// sockets each time they change, until c is no longer the holder's: a
+// daemon that dies leaves the services' calls to their needs waiting in
+// the backlog for the next one, as the public listeners do.
+func (d *Daemon) holdEndpoints(c net.Conn) {
+	for {
+		select {
+		case <-d.endpointsKick:
+		case <-d.quit:
+			return
+		}
+		d.holderMu.Lock()
+		current := d.holder == c
+		d.holderMu.Unlock()
+		if !current {
+			return
+		}
+		var fds []int
+		var err error
+		for _, ln := range d.router.EndpointListeners() {
+			var fd int
+			if fd, err = handover.Dup(ln); err != nil {
+				break
+			}
+			fds = append(fds, fd)
+		}
+		if err == nil {
+			d.holderWrite.Lock() // its messages and tellFence's, one at a time
+			err = handover.HoldEndpoints(c, fds)
+			d.holderWrite.Unlock()
+		}
+		handover.CloseAll(fds)
+		if err != nil {
+			d.logf("socket holder: the endpoints: %v; if the daemon dies, the services' calls to their needs are refused until it starts again", err)
+		}
+	}
 }

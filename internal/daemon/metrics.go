@@ -142,6 +142,8 @@ func (h requestHook) Version(key spec.VersionKey) router.VersionHook {
 
 func (h requestHook) Removed(key spec.VersionKey) { h.metrics.Removed(key) }
 
+func (h requestHook) Answered(a router.Answer) { h.metrics.Answered(a) }
+
 type versionHook struct {
 	metrics *metrics.Version
 	access  *accesslog.Writer

@@ -312,7 +312,7 @@ func (d *Daemon) EnvGenerations(ctx context.Context, env string) (*api.Generatio
 			vs[k] = string(v)
 		}
 		ag := api.Generation{Number: g.Number, Time: g.Time, SpecHash: g.SpecHash,
-			Source: g.Source, Current: g.Number == out.Current, Versions: vs, ClosureSize: d.closureSize(ctx, g)}
+			Source: g.Source, Current: g.Number == out.Current, Versions: vs, ClosureSize: d.closureSize(ctx, g), Plan: g.Plan}
 		if c := g.Confirm; c != nil {
 			ag.Confirmation, ag.Confirmed, ag.ConfirmError = string(c.State), c.State == spec.ConfirmConfirmed, c.Reason
 		}

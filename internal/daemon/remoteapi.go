@@ -18,6 +18,7 @@ import (
 
 	"hostel/internal/api"
 	"hostel/internal/atomicfile"
+	"hostel/internal/dashboard"
 	"hostel/internal/handover"
 	"hostel/internal/pki"
 )
@@ -29,6 +30,14 @@ import (
 // which the operator reads there — the daemon never logs it. The
 // certificate is made anew from the key at each start: clients verify the
 // key's pin, not a chain, so nothing of it but the key needs keeping.
+//
+// The same listener serves the dashboard (internal/dashboard) to browsers,
+// which cannot send the token as a header: every path but the API's
+// (/v1/…) is the dashboard's, whose login takes the same token
+// (/login?token=TOKEN) for a session cookie, and which answers 401 and
+// nothing to a request without a session, as the API does without the
+// token. It reads the daemon through the API socket, as `hostel
+// dashboard` does.
 //
 // Cluster mode does not change this: each node has its own key and token
 // (the cluster's CA, internal/peer, vouches for nodes to each other; a
@@ -211,29 +220,40 @@ func (d *Daemon) RemoteAPIAddr() string {
 	return d.remoteLn.Addr().String()
 }
 
+// dashboardSampleEvery is how often the dashboard served with the remote
+// API scrapes the daemon's metrics for its rates, from its first login.
+const dashboardSampleEvery = 10 * time.Second
+
 // serveRemoteAPI serves h on the remote API's listener to the requests
-// that carry the token. Refused ones are counted, and logged at most once
-// every refusalLogEvery, with where the latest came from; never what it
-// sent.
+// that carry the token, and the dashboard to the sessions opened with it.
+// Refused ones are counted, and logged at most once every
+// refusalLogEvery, with where the latest came from; never what it sent.
 func (d *Daemon) serveRemoteAPI(h http.Handler) {
 	if d.remoteLn == nil {
 		return
 	}
 	var ref refusals
+	refused := func(r *http.Request) { ref.note(d.logf, r.RemoteAddr, time.Now()) }
+	d.dashboard = dashboard.New(api.NewClient(SocketPath(d.opts.Root)), dashboard.Options{
+		Token: d.remoteToken.String(), Refused: refused, SampleEvery: dashboardSampleEvery})
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", api.RequireToken(d.remoteToken, h, refused))
+	mux.Handle("/", d.dashboard)
 	srv := &http.Server{
-		Handler: api.RequireToken(d.remoteToken, h, func(r *http.Request) {
-			ref.note(d.logf, r.RemoteAddr, time.Now())
-		}),
+		Handler:           mux,
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          log.New(logfWriter(d.logf), "remote API: ", 0),
 	}
+	// The dashboard's streams (logs, events) end with the server rather
+	// than hold its shutdown.
+	srv.RegisterOnShutdown(d.dashboard.Close)
 	d.servers = append(d.servers, srv)
 	d.wg.Go(func() {
 		if err := srv.Serve(d.remoteLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.logf("serve %s: %v", d.remoteLn.Addr(), err)
 		}
 	})
-	d.logf("remote API on https://%s (token in %s)", d.remoteLn.Addr(), APITokenPath(d.opts.Root))
+	d.logf("remote API on https://%s, its dashboard at /login?token=TOKEN (token in %s)", d.remoteLn.Addr(), APITokenPath(d.opts.Root))
 }
 
 // refusalLogEvery bounds how often refused requests are logged: a client

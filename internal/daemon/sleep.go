@@ -16,8 +16,7 @@ type wakeVia struct{ d *Daemon }
 
 func (w wakeVia) Wake(ctx context.Context, key spec.VersionKey) (string, error) {
 	if w.d.handedOver.Load() {
-		// The services are the next daemon's: it wakes them.
-		return "", fmt.Errorf("%s is asleep and the daemon is being upgraded: try again in a moment", key)
+		return w.d.wakeByNext(ctx, key)
 	}
 	start := time.Now()
 	addr, err := w.d.sleeper.Wake(ctx, key)
@@ -99,4 +98,42 @@ func (d *Daemon) kept() []spec.VersionKey {
 		return f.nodes.Kept()
 	}
 	return nil
+}
+
+var _ api.WakeDaemon = (*Daemon)(nil)
+
+// Wake implements api.WakeDaemon.
+func (d *Daemon) Wake(ctx context.Context, req api.WakeRequest) (*api.WakeResult, error) {
+	if d.handedOver.Load() {
+		return nil, fmt.Errorf("%s: this daemon was replaced by hostel upgrade", req.Version)
+	}
+	// Through the router, as a request wakes it: one wake whoever asks,
+	// counted, the router's gate opened.
+	key := spec.VersionKey(req.Version)
+	if err := d.router.Wake(ctx, key); err != nil {
+		return nil, err
+	}
+	inst, ok := d.sup.Get(key)
+	if !ok {
+		return nil, fmt.Errorf("%s does not run on this machine", req.Version)
+	}
+	return &api.WakeResult{Addr: inst.Addr()}, nil
+}
+
+// wakeByNext wakes key for a daemon that handed its services over to the
+// one hostel upgrade started: once that one serves (this daemon's quit),
+// it asks it over the API socket, now its, and serves the request held on
+// the address it answers — the process is the same, its daemon another.
+func (d *Daemon) wakeByNext(ctx context.Context, key spec.VersionKey) (string, error) {
+	select {
+	case <-d.quit:
+	case <-ctx.Done():
+		return "", fmt.Errorf("%s is asleep and the daemon is being upgraded: %w", key, ctx.Err())
+	}
+	d.logf("upgrade: %s woken by the daemon that replaced this one, for a request this one holds", key)
+	addr, err := api.NewClient(SocketPath(d.opts.Root)).Wake(ctx, string(key))
+	if err != nil {
+		return "", fmt.Errorf("%s is asleep and the daemon was upgraded; the new daemon did not wake it: %w", key, err)
+	}
+	return addr, nil
 }

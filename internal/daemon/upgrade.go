@@ -47,6 +47,11 @@ import (
 // by hostel upgrade talks to the daemon it replaces on.
 const upgradeFDEnv = "HOSTEL_UPGRADE_FD"
 
+// holderFDEnv names the descriptor of the connection to the holder of
+// the sockets (listen.go) that the daemon replaced passes on: the new
+// daemon keeps that holder rather than starting another.
+const holderFDEnv = "HOSTEL_UPGRADE_HOLDER_FD"
+
 // apiHeldEnv tells the new daemon that the API socket it is passed is
 // systemd's (hostel.socket): not its to remove when it stops.
 const apiHeldEnv = "HOSTEL_API_HELD"
@@ -103,6 +108,7 @@ func (d *Daemon) Upgrade(ctx context.Context, req api.UpgradeRequest) (*api.Upgr
 		child.kill()
 		return nil, fmt.Errorf("hostel upgrade: %s did not start: %w; the daemon (pid %d) serves on", path, err, os.Getpid())
 	}
+	d.logf("upgrade: the new daemon (pid %d) took the sockets; handing the store and the services over", child.pid)
 	d.handOver()
 	err = child.start()
 	if err == nil {
@@ -183,9 +189,17 @@ func (d *Daemon) spawn(path string, fds []int, names []string) (*successor, erro
 	if d.opts.Passed.FromSystemd() {
 		env = append(env, apiHeldEnv+"=1")
 	}
+	passed := append(slices.Clip(fds), pair[1])
+	if h := d.holderConn(); h != nil {
+		if hfd, err := handover.DupConn(h); err == nil {
+			defer syscall.Close(hfd)
+			env = append(env, holderFDEnv+"="+strconv.Itoa(3+len(passed)))
+			passed = append(passed, hfd)
+		}
+	}
 	// The same log: the new daemon's lines follow the old one's.
 	stdio := [3]*os.File{os.Stdin, os.Stdout, os.Stderr}
-	p, err := handover.Spawn(path, os.Args, env, &stdio, append(slices.Clip(fds), pair[1]), false)
+	p, err := handover.Spawn(path, os.Args, env, &stdio, passed, false)
 	if err != nil {
 		ctl.Close()
 		return nil, err
@@ -278,6 +292,11 @@ func (s *successor) kill() {
 // that would wake a sleeping version meanwhile is answered 503.
 func (d *Daemon) handOver() {
 	d.handedOver.Store(true)
+	// The holder is the new daemon's (it was passed its connection):
+	// this one no longer tells it of endpoints.
+	d.holderMu.Lock()
+	d.holder = nil
+	d.holderMu.Unlock()
 	// Not removed when this daemon stops: it is the new daemon's now.
 	d.apiPassed = true
 	for _, ln := range []net.Listener{d.apiLn, d.remoteLn, d.peerLn} {
@@ -289,8 +308,9 @@ func (d *Daemon) handOver() {
 }
 
 // upgradeControl is the new daemon's end of the control socket, nil when
-// the daemon was not started by hostel upgrade.
-type upgradeControl struct{ c net.Conn }
+// the daemon was not started by hostel upgrade; holder is the connection
+// to the socket holder the daemon replaced passed on, nil if none.
+type upgradeControl struct{ c, holder net.Conn }
 
 // controlFromEnv takes the control socket upgradeFDEnv names.
 func controlFromEnv() (*upgradeControl, error) {
@@ -310,7 +330,26 @@ func controlFromEnv() (*upgradeControl, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", upgradeFDEnv, err)
 	}
-	return &upgradeControl{c}, nil
+	u := &upgradeControl{c: c}
+	if v := os.Getenv(holderFDEnv); v != "" {
+		os.Unsetenv(holderFDEnv)
+		if fd, err := strconv.Atoi(v); err == nil && fd >= 3 {
+			syscall.CloseOnExec(fd)
+			hf := os.NewFile(uintptr(fd), "holder")
+			u.holder, _ = net.FileConn(hf) // none: the daemon starts a holder of its own
+			hf.Close()
+		}
+	}
+	return u, nil
+}
+
+// holderConn is the connection to the socket holder passed on, nil if
+// none (or if the daemon was not started by hostel upgrade).
+func (u *upgradeControl) holderConn() net.Conn {
+	if u == nil {
+		return nil
+	}
+	return u.holder
 }
 
 // await says hello and waits for the old daemon to let go.

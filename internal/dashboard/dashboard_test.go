@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -9,12 +10,14 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"hostel/internal/api"
+	"hostel/internal/plan"
 )
 
 // fakeDaemon answers like a daemon running n services; it is the API's
@@ -26,6 +29,9 @@ type fakeDaemon struct {
 	current    uint64
 	rolledBack []uint64
 	scrapes    int
+	// deploys is what FollowDeploys passes on after its backlog, deployed.
+	deploys  chan api.DeployEvent
+	deployed []api.DeployEvent
 }
 
 func (f *fakeDaemon) Status(context.Context) (*api.Status, error) {
@@ -58,6 +64,11 @@ func (f *fakeDaemon) Generations(context.Context) (*api.Generations, error) {
 		g.Generations = append(g.Generations, api.Generation{Number: n, Current: n == f.current,
 			Versions: map[string]string{"web": fmt.Sprintf("v%d", n), "db": "v1"}})
 	}
+	// The first was made before hostel kept plans; the second keeps its.
+	g.Generations[1].Plan = []plan.Change{
+		{Name: "db", Action: plan.Keep, From: "v1", To: "v1", Reasons: []string{}},
+		{Name: "web", Action: plan.Update, From: "v1", To: "v2", Reasons: []string{"env.GREETING changed", "<needs> changed"}},
+	}
 	return g, nil
 }
 
@@ -85,6 +96,23 @@ func (f *fakeDaemon) AccessLogs(_ context.Context, _, service string, _ int, _ b
 	return err
 }
 
+func (f *fakeDaemon) FollowDeploys(ctx context.Context, fn func(api.DeployEvent)) error {
+	f.mu.Lock()
+	backlog := slices.Clone(f.deployed)
+	f.mu.Unlock()
+	for _, ev := range backlog {
+		fn(ev)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-f.deploys:
+			fn(ev)
+		}
+	}
+}
+
 // Metrics serves a scrape of web's counters: 10 more requests each
 // call, one of them a 5xx, half under 5 ms and half under 50 ms.
 func (f *fakeDaemon) Metrics(_ context.Context, w io.Writer) error {
@@ -108,8 +136,8 @@ hostel_http_request_duration_seconds_count{service="svc0000",env="production",ve
 
 func start(t testing.TB, n int) (*Server, *httptest.Server, *fakeDaemon) {
 	t.Helper()
-	f := &fakeDaemon{n: n, current: 2}
-	d := New(f)
+	f := &fakeDaemon{n: n, current: 2, deploys: make(chan api.DeployEvent)}
+	d := New(f, Options{})
 	ts := httptest.NewServer(d)
 	t.Cleanup(ts.Close)
 	return d, ts, f
@@ -136,7 +164,7 @@ func get(t testing.TB, c *http.Client, u string) (int, string) {
 // stream and asset answers 401 with an empty body.
 func TestNoSessionGetsNothing(t *testing.T) {
 	_, ts, f := start(t, 3)
-	for _, path := range []string{"/", "/generations", "/logs?service=web", "/logs/stream?service=web", "/events", "/static/app.js", "/certificates", "/databases", "/login?token=wrong", "/login"} {
+	for _, path := range []string{"/", "/generations", "/logs?service=web", "/logs/stream?service=web", "/events", "/static/app.js", "/certificates", "/databases", "/login?token=wrong", "/login", "/deploys/stream", "/nothing"} {
 		c := client(t)
 		c.Timeout = 2 * time.Second // a stream served without a session would never end
 		code, body := get(t, c, ts.URL+path)
@@ -169,6 +197,130 @@ func TestTokenWorksOnce(t *testing.T) {
 	}
 	if code, _ := get(t, c, ts.URL+"/generations"); code != http.StatusOK {
 		t.Errorf("the first session after the token's reuse: %d", code)
+	}
+}
+
+// TestGivenToken: a dashboard given its token (the remote API's, as the
+// daemon serves it) lets it log in again and again, never another; each
+// refusal is told; over TLS the session cookie is Secure.
+func TestGivenToken(t *testing.T) {
+	var mu sync.Mutex
+	refused := 0
+	d := New(&fakeDaemon{n: 1, current: 1}, Options{Token: "hostel1.secret.pin", Refused: func(*http.Request) {
+		mu.Lock()
+		refused++
+		mu.Unlock()
+	}})
+	ts := httptest.NewTLSServer(d)
+	t.Cleanup(ts.Close)
+	if d.Token() != "" {
+		t.Errorf("Token() = %q for a given token, want \"\"", d.Token())
+	}
+	for i := range 2 {
+		jar, _ := cookiejar.New(nil)
+		c := &http.Client{Transport: ts.Client().Transport, Jar: jar}
+		resp, err := c.Get(ts.URL + "/login?token=hostel1.secret.pin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "svc0000") {
+			t.Fatalf("login %d: %d, page lacks svc0000", i+1, resp.StatusCode)
+		}
+		if cookie := resp.Request.Response.Header.Get("Set-Cookie"); !strings.Contains(cookie, "Secure") || !strings.Contains(cookie, "HttpOnly") {
+			t.Errorf("login %d over TLS: Set-Cookie %q, want Secure and HttpOnly", i+1, cookie)
+		}
+	}
+	for _, path := range []string{"/login?token=hostel1.secret.pi", "/login?token=", "/"} {
+		resp, err := ts.Client().Get(ts.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || len(b) != 0 {
+			t.Errorf("GET %s: %d %q, want 401 and nothing", path, resp.StatusCode, b)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if refused != 3 {
+		t.Errorf("refusals told: %d, want 3", refused)
+	}
+}
+
+// TestSessionsBounded: logins with a reusable token keep at most
+// maxSessions sessions, the newest among them.
+func TestSessionsBounded(t *testing.T) {
+	d := New(&fakeDaemon{n: 1, current: 1}, Options{Token: "tok"})
+	ts := httptest.NewServer(d)
+	t.Cleanup(ts.Close)
+	d.mu.Lock()
+	for i := range maxSessions {
+		d.sessions[fmt.Sprint(i)] = "csrf"
+	}
+	d.mu.Unlock()
+	c := client(t)
+	if code, _ := get(t, c, ts.URL+"/login?token=tok"); code != http.StatusOK {
+		t.Fatalf("login past the bound: %d", code)
+	}
+	d.mu.Lock()
+	n := len(d.sessions)
+	d.mu.Unlock()
+	if n != maxSessions {
+		t.Errorf("%d sessions, want %d", n, maxSessions)
+	}
+}
+
+// readEvent reads server-sent events from r until one of kind, and
+// returns its data.
+func readEvent(t *testing.T, r *bufio.Reader, kind string) string {
+	t.Helper()
+	event := ""
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("no %q event: %v", kind, err)
+		}
+		line = strings.TrimSuffix(line, "\n")
+		if e, ok := strings.CutPrefix(line, "event: "); ok {
+			event = e
+		}
+		if d, ok := strings.CutPrefix(line, "data: "); ok && event == kind {
+			return d
+		}
+	}
+}
+
+// TestDeployStream: the deploys stream passes on what the daemon said of
+// its deploys so far, then each event as it comes; Close ends it.
+func TestDeployStream(t *testing.T) {
+	d, ts, f := start(t, 1)
+	f.deployed = []api.DeployEvent{{Op: 3, Kind: "deploy", Start: true}}
+	c := client(t)
+	get(t, c, ts.URL+"/login?token="+d.Token())
+	c.Timeout = 0
+	resp, err := c.Get(ts.URL + "/deploys/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if got := readEvent(t, br, "deploy"); !strings.Contains(got, `"op":3`) || !strings.Contains(got, `"start":true`) {
+		t.Errorf("first event %s, want deploy 3's start", got)
+	}
+	f.deploys <- api.DeployEvent{Op: 3, Kind: "deploy", Progress: "starting quotes-abc"}
+	if got := readEvent(t, br, "deploy"); !strings.Contains(got, `"progress":"starting quotes-abc"`) {
+		t.Errorf("next event %s, want the progress line", got)
+	}
+	d.Close()
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, br); ended <- err }()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream goes on after Close")
 	}
 }
 
@@ -215,13 +367,16 @@ func TestPages(t *testing.T) {
 	for path, wants := range map[string][]string{
 		"/certificates": {"svc0000.example", "valid until", expiry},
 		"/databases":    {"svc0000_db", "3.0 MiB", time.Now().Add(-time.Hour).Local().Format(time.DateOnly)},
-		"/generations":  {"change web v1 → v2", "add db v1", `id="rollback-1"`},
+		"/generations":  {"<code>update web v1 → v2</code>: env.GREETING changed; &lt;needs&gt; changed", "add db v1", "add web v1", `id="rollback-1"`},
 	} {
 		code, page := get(t, c, ts.URL+path)
 		for _, want := range wants {
 			if code != http.StatusOK || !strings.Contains(page, want) {
 				t.Errorf("GET %s: %d, page lacks %q", path, code, want)
 			}
+		}
+		if path == "/generations" && (strings.Contains(page, "keep db") || strings.Contains(page, "change web")) {
+			t.Errorf("GET /generations shows a kept service, or the diff of a generation with its plan:\n%s", page)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package dashboard
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"html/template"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"hostel/internal/api"
+	"hostel/internal/plan"
 )
 
 var funcs = template.FuncMap{
@@ -43,7 +45,8 @@ var funcs = template.FuncMap{
 		}
 		return d.Round(time.Millisecond).String()
 	},
-	"pct": func(f float64) string { return strconv.FormatFloat(100*f, 'f', 1, 64) + " %" },
+	"join": strings.Join,
+	"pct":  func(f float64) string { return strconv.FormatFloat(100*f, 'f', 1, 64) + " %" },
 	"cpu": func(s float64) string {
 		if s == 0 {
 			return "—"
@@ -132,9 +135,15 @@ func (s *Server) services(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, "services.html", p)
 }
 
-// generationRow is a generation with what changed from the one before it.
+// generationRow is a generation with what its deploy did, and why.
 type generationRow struct {
 	api.Generation
+	// Planned is set when the generation kept its plan, and Did are then
+	// its entries that changed something (keep is left out).
+	Planned bool
+	Did     []plan.Change
+	// Changes, for a generation without a plan (made by an older hostel),
+	// is what changed from the one before it, without reasons.
 	Changes []string
 }
 
@@ -174,7 +183,16 @@ func (s *Server) generations(w http.ResponseWriter, r *http.Request) {
 	rows := make([]generationRow, len(gens))
 	var prev map[string]string
 	for i, gen := range gens {
-		rows[i] = generationRow{Generation: gen, Changes: diff(prev, gen.Versions)}
+		rows[i] = generationRow{Generation: gen, Planned: gen.Plan != nil}
+		if rows[i].Planned {
+			for _, c := range gen.Plan {
+				if c.Action != plan.Keep {
+					rows[i].Did = append(rows[i].Did, c)
+				}
+			}
+		} else {
+			rows[i].Changes = diff(prev, gen.Versions)
+		}
 		prev = gen.Versions
 	}
 	slices.Reverse(rows)
@@ -274,13 +292,15 @@ func (s *Server) logStream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	ctx, cancel := s.streamContext(r)
+	defer cancel()
 	pr, pw := io.Pipe()
 	go func() {
 		var err error
 		if lq.Access {
-			err = s.daemon.AccessLogs(r.Context(), lq.Env, lq.Service, 200, true, pw)
+			err = s.daemon.AccessLogs(ctx, lq.Env, lq.Service, 200, true, pw)
 		} else {
-			err = s.daemon.EnvLogs(r.Context(), lq.Env, lq.Service, lq.Version, 200, true, pw)
+			err = s.daemon.EnvLogs(ctx, lq.Env, lq.Service, lq.Version, 200, true, pw)
 		}
 		pw.CloseWithError(err)
 	}()
@@ -289,10 +309,29 @@ func (s *Server) logStream(w http.ResponseWriter, r *http.Request) {
 	for sc.Scan() {
 		sse.send("line", sc.Text())
 	}
-	if err := sc.Err(); err != nil && r.Context().Err() == nil {
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
 		sse.send("failed", err.Error())
 	}
 	pr.Close()
+}
+
+// deployStream passes the daemon's deploy progress on as server-sent
+// events, one "deploy" event (the api.DeployEvent as JSON) each: every
+// page shows the deploys under way as they go.
+func (s *Server) deployStream(w http.ResponseWriter, r *http.Request) {
+	sse, ok := startSSE(w)
+	if !ok {
+		return
+	}
+	ctx, cancel := s.streamContext(r)
+	defer cancel()
+	err := s.daemon.FollowDeploys(ctx, func(ev api.DeployEvent) {
+		b, _ := json.Marshal(ev) // plain data: cannot fail
+		sse.send("deploy", string(b))
+	})
+	if err != nil && ctx.Err() == nil {
+		sse.send("failed", err.Error())
+	}
 }
 
 // events tells the page when the daemon's state changed (a deploy went
@@ -303,6 +342,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	ctx, cancel := s.streamContext(r)
+	defer cancel()
+	r = r.WithContext(ctx)
 	last := ""
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
@@ -314,7 +356,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			last = cur
 		}
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}

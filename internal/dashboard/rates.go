@@ -28,6 +28,9 @@ type instance struct{ Service, Env string }
 // counts is one scrape's counters of one version.
 type counts struct {
 	requests, errors float64
+	// cpu is the CPU seconds its process used, memory the bytes it holds
+	// (from its cgroup).
+	cpu, memory float64
 	// buckets are the request duration histogram's cumulative counts, by
 	// upper bound (seconds), in the order of bounds.
 	buckets []float64
@@ -59,11 +62,12 @@ type Rates struct {
 	P50, P99   time.Duration
 	HasLatency bool
 	// chart is the requests per second between each two scrapes of the
-	// last chartSpan, oldest first, chartAt when each ended; never
-	// changed in place once written, so that a page may read it while
-	// the next scrape is added.
-	chart   []float64
-	chartAt []time.Time
+	// last chartSpan, oldest first, chartAt when each ended; cpuChart the
+	// CPU used meanwhile (seconds per second), memChart the memory held
+	// at its end (bytes). Never changed in place once written, so that a
+	// page may read them while the next scrape is added.
+	chart, cpuChart, memChart []float64
+	chartAt                   []time.Time
 }
 
 // history keeps the rates of the daemon's metrics, scraped over the last
@@ -143,6 +147,17 @@ func (h *history) add(at time.Time, text []byte) error {
 			sc.byVersion[k] = c
 		}
 	}
+	for name, set := range map[string]func(*counts, float64){
+		"hostel_cpu_seconds_total": func(c *counts, v float64) { c.cpu += v },
+		"hostel_memory_bytes":      func(c *counts, v float64) { c.memory += v },
+	} {
+		for _, m := range fams[name].GetMetric() {
+			k, _ := key(m)
+			c := sc.byVersion[k]
+			set(&c, m.GetCounter().GetValue()+m.GetGauge().GetValue())
+			sc.byVersion[k] = c
+		}
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.err = nil
@@ -167,8 +182,7 @@ func (h *history) addLocked(sc scrape) {
 			// No series any more (stopped, or not routed): no rate, and
 			// the chart goes on at zero.
 			r.Known, r.RPS, r.ErrorRate, r.HasLatency = false, 0, 0, false
-			r.chart, r.chartAt = append(r.chart, 0), append(r.chartAt, sc.at)
-			h.rated[in] = r.trim(sc.at)
+			h.rated[in] = r.point(sc.at, 0, 0, 0)
 		}
 	}
 	for in, d := range deltas {
@@ -183,25 +197,28 @@ func (h *history) addLocked(sc scrape) {
 			r.P50 = time.Duration(p50 * float64(time.Second))
 			r.P99 = time.Duration(quantile(0.99, sc.bounds, d.buckets) * float64(time.Second))
 		}
-		r.chart, r.chartAt = append(r.chart, rps), append(r.chartAt, sc.at)
-		h.rated[in] = r.trim(sc.at)
+		h.rated[in] = r.point(sc.at, rps, d.cpu/secs, d.memory)
 	}
 }
 
-// trim drops the chart's points older than chartSpan before now.
-func (r Rates) trim(now time.Time) Rates {
+// point adds the charts' points at, and drops those older than chartSpan
+// before it.
+func (r Rates) point(at time.Time, rps, cpu, memory float64) Rates {
+	r.chart, r.cpuChart, r.memChart = append(r.chart, rps), append(r.cpuChart, cpu), append(r.memChart, memory)
+	r.chartAt = append(r.chartAt, at)
 	i := 0
-	for i < len(r.chartAt) && now.Sub(r.chartAt[i]) > chartSpan {
+	for i < len(r.chartAt) && at.Sub(r.chartAt[i]) > chartSpan {
 		i++
 	}
-	r.chart, r.chartAt = r.chart[i:], r.chartAt[i:]
+	r.chart, r.cpuChart, r.memChart, r.chartAt = r.chart[i:], r.cpuChart[i:], r.memChart[i:], r.chartAt[i:]
 	return r
 }
 
-// delta is what happened to each instance between two scrapes.
+// delta is what happened to each instance between two scrapes: its
+// memory is what it holds at the second.
 type delta struct {
-	requests, errors float64
-	buckets          []float64
+	requests, errors, cpu, memory float64
+	buckets                       []float64
 }
 
 func between(a, b scrape) map[instance]*delta {
@@ -220,6 +237,8 @@ func between(a, b scrape) map[instance]*delta {
 		}
 		d.requests += math.Max(0, cb.requests-ca.requests)
 		d.errors += math.Max(0, cb.errors-ca.errors)
+		d.cpu += math.Max(0, cb.cpu-ca.cpu)
+		d.memory += cb.memory
 		for i := range cb.buckets {
 			if i < len(d.buckets) {
 				var before float64
@@ -269,7 +288,23 @@ const chartPoints = 60
 // Chart is an inline SVG line of the requests per second over the last
 // hour: markup in the page, nothing fetched.
 func (r Rates) Chart() template.HTML {
-	pts := r.chart
+	return spark(r.chart, "requests per second", func(v float64) string { return fmt.Sprintf("%.1f/s", v) })
+}
+
+// CPUChart is the CPU the service used over the last hour, as Chart.
+func (r Rates) CPUChart() template.HTML {
+	return spark(r.cpuChart, "CPU", func(v float64) string { return fmt.Sprintf("%.0f %%", 100*v) })
+}
+
+// MemoryChart is the memory the service held over the last hour, as
+// Chart.
+func (r Rates) MemoryChart() template.HTML {
+	return spark(r.memChart, "memory", func(v float64) string { return fmt.Sprintf("%.0f MiB", v/(1<<20)) })
+}
+
+// spark draws pts as a small line, its label saying what and the top
+// (top formats it).
+func spark(pts []float64, what string, top func(float64) string) template.HTML {
 	if len(pts) > chartPoints {
 		// Each point the mean of its share of the scrapes.
 		per := float64(len(pts)) / chartPoints
@@ -285,18 +320,18 @@ func (r Rates) Chart() template.HTML {
 	if len(pts) < 2 {
 		return ""
 	}
-	top := slices.Max(pts)
+	most := slices.Max(pts)
 	const w, hgt = 120.0, 24.0
 	var line strings.Builder
 	for i, v := range pts {
 		y := hgt - 1
-		if top > 0 {
-			y = hgt - 1 - (hgt-2)*v/top
+		if most > 0 {
+			y = hgt - 1 - (hgt-2)*v/most
 		}
 		fmt.Fprintf(&line, "%.1f,%.1f ", w*float64(i)/float64(len(pts)-1), y)
 	}
-	return template.HTML(fmt.Sprintf(`<svg class="chart" width="%g" height="%g" viewBox="0 0 %g %g" role="img" aria-label="requests per second, last hour, up to %.1f/s"><polyline fill="none" stroke="#36c" stroke-width="1.5" points="%s"/></svg>`,
-		w, hgt, w, hgt, top, strings.TrimSpace(line.String())))
+	return template.HTML(fmt.Sprintf(`<svg class="chart" width="%g" height="%g" viewBox="0 0 %g %g" role="img" aria-label="%s, last hour, up to %s"><polyline fill="none" stroke="#36c" stroke-width="1.5" points="%s"/></svg>`,
+		w, hgt, w, hgt, template.HTMLEscapeString(what), template.HTMLEscapeString(top(most)), strings.TrimSpace(line.String())))
 }
 
 // Sample scrapes the daemon's metrics every interval until ctx ends; the
@@ -304,6 +339,9 @@ func (r Rates) Chart() template.HTML {
 // last hour's. A failed scrape is skipped: the page says the rates are
 // not known, and why, rather than showing stale ones as fresh.
 func (s *Server) Sample(ctx context.Context, every time.Duration) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.done, cancel)()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

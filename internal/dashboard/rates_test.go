@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +122,39 @@ func TestRatesOfTheDaemonsRegistry(t *testing.T) {
 	r := h.rates()[instance{"web", spec.DefaultEnv}]
 	if !r.Known || r.RPS != 2 || r.ErrorRate != 0.25 || !r.HasLatency || r.P50 <= 0 || r.P50 > 5*time.Millisecond {
 		t.Errorf("rates %+v, want 2 req/s, 25%% errors, p50 at most 5 ms", r)
+	}
+}
+
+// TestUsageCharts: the CPU and memory the daemon's metrics give of each
+// version (from its cgroup) are charted per service over the scrapes,
+// its versions summed: CPU as the share of a core used between two
+// scrapes, memory as held at each.
+func TestUsageCharts(t *testing.T) {
+	var h history
+	t0 := time.Now()
+	for i, v := range []struct{ cpuA, cpuB, memA, memB float64 }{
+		{0, 1, 16 << 20, 0},
+		{5, 1, 32 << 20, 16 << 20}, // a: 0.5 s/s; b: idle
+		{5, 3, 32 << 20, 32 << 20}, // b: 0.2 s/s
+	} {
+		text := fmt.Sprintf(`# TYPE hostel_cpu_seconds_total counter
+hostel_cpu_seconds_total{service="api",env="production",version="a"} %g
+hostel_cpu_seconds_total{service="api",env="production",version="b"} %g
+# TYPE hostel_memory_bytes gauge
+hostel_memory_bytes{service="api",env="production",version="a"} %g
+hostel_memory_bytes{service="api",env="production",version="b"} %g
+`, v.cpuA, v.cpuB, v.memA, v.memB)
+		if err := h.add(t0.Add(time.Duration(i)*10*time.Second), []byte(text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := h.rates()[instance{"api", "production"}]
+	if !slices.Equal(r.cpuChart, []float64{0.5, 0.2}) || !slices.Equal(r.memChart, []float64{48 << 20, 64 << 20}) {
+		t.Fatalf("cpu %v, memory %v; want [0.5 0.2], [48 MiB 64 MiB]", r.cpuChart, r.memChart)
+	}
+	for chart, want := range map[string]string{string(r.CPUChart()): "CPU, last hour, up to 50 %", string(r.MemoryChart()): "memory, last hour, up to 64 MiB"} {
+		if !strings.Contains(chart, want) || !strings.Contains(chart, "<polyline") {
+			t.Errorf("chart %q, want %q", chart, want)
+		}
 	}
 }

@@ -185,8 +185,9 @@ func (e *Engine) writeDesired(ctx context.Context, v *view, keep []uint64, stage
 // started. If a node could not start one, or does not answer in time, g
 // is withdrawn — what was started for it stops and its preparation is
 // undone — and the error names the versions (ServiceErrors) or the node:
-// nothing else changed.
-func (e *Engine) stage(ctx context.Context, v *view, g *spec.Generation, progress Progress) ([]string, error) {
+// nothing else changed. starting, if any, names the versions a deploy
+// starts: said once the nodes took g, before the wait for them.
+func (e *Engine) stage(ctx context.Context, v *view, g *spec.Generation, starting []string, progress Progress) ([]string, error) {
 	if len(v.names()) == 0 {
 		return nil, errors.New("deploy failed before the switch, nothing changed: no node to run it")
 	}
@@ -199,6 +200,11 @@ func (e *Engine) stage(ctx context.Context, v *view, g *spec.Generation, progres
 		// take it back.
 		e.withdraw(context.WithoutCancel(ctx), progress)
 		return nil, fmt.Errorf("deploy failed before the switch, nothing changed: %w", err)
+	}
+	// Starting may take a while (up to a health timeout a level of
+	// needs): say what waits, before waiting.
+	if len(starting) > 0 {
+		progress("to start: %s", strings.Join(starting, ", "))
 	}
 	infos, err := e.applied(ctx, v, rev, stageBound(g)+e.opts.NodeWait)
 	var started []string

@@ -374,7 +374,7 @@ func (e *Engine) switchBackLocked(ctx context.Context, failed, prev *spec.Genera
 	if err != nil {
 		return fail(err)
 	}
-	if _, err := e.stage(ctx, v, prev, progress); err != nil {
+	if _, err := e.stage(ctx, v, prev, nil, progress); err != nil {
 		return fail(err)
 	}
 	// Compare-and-swap from failed: the engine's lock keeps its own

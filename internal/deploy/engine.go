@@ -296,7 +296,10 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 	if cur != nil {
 		from = cur.Number
 	}
-	started, err := e.stage(ctx, v, next, progress)
+	// The generation keeps what made it: what the deploy did to each
+	// service and why (the dashboard shows it with the generation).
+	next.Plan = p.Services
+	started, err := e.stage(ctx, v, next, startingVersions(p), progress)
 	res.Started = started
 	if err != nil {
 		return res, nil, err
@@ -339,6 +342,19 @@ func (e *Engine) deployLocked(ctx context.Context, req Request, progress Progres
 	res.Stopped, res.Aborted = e.drained(context.WithoutCancel(ctx), v, rev, progress)
 	progress("generation %d deployed: %d started, %d stopped", next.Number, len(res.Started), len(res.Stopped))
 	return res, nil, nil
+}
+
+// startingVersions lists the versions ("service-version") p starts: those
+// it adds, updates to, or starts for a preview of its own.
+func startingVersions(p *plan.Plan) []string {
+	var out []string
+	for _, c := range p.Services {
+		switch c.Action {
+		case plan.Add, plan.Update, plan.Start:
+			out = append(out, string(spec.Key(c.Name, c.To)))
+		}
+	}
+	return out
 }
 
 // Rollback switches environment env ("" is production) to its generation
@@ -385,7 +401,7 @@ func (e *Engine) Rollback(ctx context.Context, env string, to uint64, progress P
 		return nil, invalid(fmt.Errorf("generation %d belongs to environment %s, not %s", to, target.EnvOrDefault(), env))
 	}
 	res := &Result{Generation: cur.Number, Started: []string{}, Stopped: []string{}}
-	started, err := e.stage(ctx, v, target, progress)
+	started, err := e.stage(ctx, v, target, nil, progress)
 	res.Started = started
 	if err != nil {
 		return res, err // nothing switched: cur is still live

@@ -143,6 +143,12 @@ func TestOrder(t *testing.T) {
 	if code, id, _ := w.get("web.test", "/"); code != 200 || id != "web-2" {
 		t.Errorf("web.test answered %d from %q", code, id)
 	}
+	// What will start is said before the wait for it (a watcher sees a
+	// slow start coming), and before the switch.
+	want := "to start: " + string(spec.Key("api", v1["api"])) + ", " + string(spec.Key("db", v1["db"])) + ", " + string(spec.Key("web", v1["web"]))
+	if i := w.index(want); i < 0 || i > w.index("started ") || i > w.index("switched") {
+		t.Errorf("no %q before the first deploy's start and switch:\n%s", want, strings.Join(w.lines, "\n"))
+	}
 }
 
 // TestDrainWaitsForInFlight: a request accepted by the old version finishes

@@ -246,6 +246,56 @@ func (s *Set) ClosePort(port string) {
 	})
 }
 
+// AddFrom moves the sockets of other named name into s, and closes the
+// rest of other's.
+func (s *Set) AddFrom(other *Set, name string) {
+	if s == nil || other == nil {
+		other.Close()
+		return
+	}
+	other.mu.Lock()
+	var moved []passed
+	other.ls = slices.DeleteFunc(other.ls, func(p passed) bool {
+		if p.name == name {
+			moved = append(moved, p)
+			return true
+		}
+		return false
+	})
+	other.mu.Unlock()
+	other.Close()
+	s.mu.Lock()
+	s.ls = append(s.ls, moved...)
+	s.mu.Unlock()
+}
+
+// CloseName closes the sockets not taken that are named name.
+func (s *Set) CloseName(name string) error {
+	return s.closeIf(func(p passed) bool { return p.name == name })
+}
+
+// CloseBut closes the sockets not taken but those named name.
+func (s *Set) CloseBut(name string) error {
+	return s.closeIf(func(p passed) bool { return p.name != name })
+}
+
+func (s *Set) closeIf(match func(passed) bool) error {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	s.ls = slices.DeleteFunc(s.ls, func(p passed) bool {
+		if match(p) {
+			errs = append(errs, p.ln.Close())
+			return true
+		}
+		return false
+	})
+	return errors.Join(errs...)
+}
+
 // Close closes the sockets not taken.
 func (s *Set) Close() error {
 	if s == nil {

@@ -8,7 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -125,14 +125,19 @@ func RunHolder(fence func(root string)) error {
 type holder struct {
 	fds   []int
 	names []string
-	path  string // where ln is linked
-	ln    *net.UnixListener
-	mu    sync.Mutex
-	owner net.Conn      // the daemon's connection; nil while none runs
-	gone  chan struct{} // a daemon's connection ended
-	took  chan struct{} // closed when a daemon takes the sockets; nil once closed
-	// until is the bound its daemon told last; zero once passed and
-	// fenced, or before any. rearm wakes fenceAt when it moves.
+	// endpoints are the <NEED>_URL endpoints' listening sockets, which
+	// come and go with deploys: the daemon sends the whole set each time
+	// it changes (HoldEndpoints).
+	endpoints []int
+	path      string // where ln is linked
+	ln        *net.UnixListener
+	mu        sync.Mutex
+	owner     net.Conn      // the daemon's connection; nil while none runs
+	gone      chan struct{} // a daemon's connection ended
+	took      chan struct{} // closed when a daemon takes the sockets; nil once closed
+	// until is the bound its daemon told last (HoldFence); zero once
+	// passed and fenced, or before any. rearm wakes fenceAt when it
+	// moves.
 	until time.Time
 	rearm chan struct{}
 	fence func()
@@ -168,28 +173,15 @@ func (h *holder) fenceAt() {
 	}
 }
 
-// told reads what a daemon says on its connection c until it ends: the
-// bounds to fence at.
-func (h *holder) told(c net.Conn) {
-	sc := bufio.NewScanner(c)
-	for sc.Scan() {
-		ms, ok := strings.CutPrefix(sc.Text(), "fence ")
-		if !ok {
-			continue
-		}
-		n, err := strconv.ParseInt(ms, 10, 64)
-		if err != nil || n < 0 {
-			continue
-		}
-		h.mu.Lock()
-		h.until = time.Now().Add(time.Duration(n) * time.Millisecond)
-		h.mu.Unlock()
-		select {
-		case h.rearm <- struct{}{}:
-		default:
-		}
+// fenceIn sets the bound to fence at: ms milliseconds from now.
+func (h *holder) fenceIn(ms int64) {
+	h.mu.Lock()
+	h.until = time.Now().Add(time.Duration(ms) * time.Millisecond)
+	h.mu.Unlock()
+	select {
+	case h.rearm <- struct{}{}:
+	default:
 	}
-	io.Copy(io.Discard, c)
 }
 
 // own makes c the daemon's connection, until it ends.
@@ -202,7 +194,7 @@ func (h *holder) own(c net.Conn) {
 	}
 	h.mu.Unlock()
 	go func() {
-		h.told(c)
+		h.follow(c)
 		h.mu.Lock()
 		if h.owner == c {
 			h.owner = nil
@@ -239,18 +231,25 @@ func (h *holder) answer(c *net.UnixConn) {
 		os.Exit(0)
 	case line == "take\n":
 		h.mu.Lock()
-		busy := h.owner != nil
-		h.mu.Unlock()
-		if busy {
+		if h.owner != nil {
+			h.mu.Unlock()
 			c.Write([]byte("busy\n"))
 			c.Close()
 			return
 		}
-		var oob []byte
-		if len(h.fds) > 0 {
-			oob = syscall.UnixRights(h.fds...)
+		h.owner = c // taken: a second daemon asking meanwhile is busy
+		fds, names := slices.Clip(h.fds), slices.Clip(h.names)
+		for _, fd := range h.endpoints {
+			fds, names = append(fds, fd), append(names, Endpoint)
 		}
-		if _, _, err := c.WriteMsgUnix([]byte("sockets "+strings.Join(h.names, ":")+"\n"), oob, nil); err != nil {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		err := sendSockets(c, fds, names) // under mu: the endpoints stay open
+		c.SetWriteDeadline(time.Time{})
+		if err != nil {
+			h.owner = nil
+		}
+		h.mu.Unlock()
+		if err != nil {
 			c.Close()
 			return
 		}
@@ -274,36 +273,14 @@ func Fetch(path string) (*Set, net.Conn, error) {
 		c.Close()
 		return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
 	}
-	buf, oob := make([]byte, 4096), make([]byte, syscall.CmsgSpace(4*256))
-	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	fds, ns, err := receiveSockets(uc)
 	if err != nil {
+		CloseAll(fds)
 		c.Close()
+		if errors.Is(err, ErrHeld) {
+			return nil, nil, err
+		}
 		return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
-	}
-	msg := strings.TrimSuffix(string(buf[:n]), "\n")
-	if msg == "busy" {
-		c.Close()
-		return nil, nil, ErrHeld
-	}
-	names, ok := strings.CutPrefix(msg, "sockets ")
-	if !ok {
-		c.Close()
-		return nil, nil, fmt.Errorf("socket holder %s: answered %q", path, msg)
-	}
-	var fds []int
-	if oobn > 0 {
-		cmsgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
-		if err == nil && len(cmsgs) > 0 {
-			fds, err = syscall.ParseUnixRights(&cmsgs[0])
-		}
-		if err != nil {
-			c.Close()
-			return nil, nil, fmt.Errorf("socket holder %s: %w", path, err)
-		}
-	}
-	ns := strings.Split(names, ":")
-	if names == "" {
-		ns = nil
 	}
 	s := &Set{fromHolder: true}
 	for i, fd := range fds {

@@ -17,6 +17,25 @@ func Dup(ln net.Listener) (int, error) {
 	if !ok {
 		return -1, fmt.Errorf("listener %s cannot be passed on", ln.Addr())
 	}
+	fd, err := dup(sc)
+	if err != nil {
+		return -1, fmt.Errorf("listener %s: %w", ln.Addr(), err)
+	}
+	return fd, nil
+}
+
+// DupConn returns a copy of c's descriptor (close-on-exec), as Dup does
+// of a listener's: a holder's connection, passed on to the daemon that
+// replaces this one.
+func DupConn(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("connection to %s cannot be passed on", c.RemoteAddr())
+	}
+	return dup(sc)
+}
+
+func dup(sc syscall.Conn) (int, error) {
 	raw, err := sc.SyscallConn()
 	if err != nil {
 		return -1, err
@@ -34,7 +53,7 @@ func Dup(ln net.Listener) (int, error) {
 		return -1, err
 	}
 	if dupErr != nil {
-		return -1, fmt.Errorf("listener %s: dup: %w", ln.Addr(), dupErr)
+		return -1, fmt.Errorf("dup: %w", dupErr)
 	}
 	return fd, nil
 }

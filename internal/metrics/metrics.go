@@ -52,6 +52,9 @@ type Registry struct {
 	inflight *prometheus.GaugeVec
 	bytes    *prometheus.CounterVec
 
+	// answers are the router's own answers, by router.Answer.
+	answers [router.NumAnswers]prometheus.Counter
+
 	wakes      *prometheus.CounterVec
 	wakeTime   *prometheus.HistogramVec
 	deploys    *prometheus.CounterVec
@@ -103,7 +106,14 @@ func New(node string) *Registry {
 		Help:    "Time a deploy or rollback took, from the request to its end (the confirm window included).",
 		Buckets: []float64{.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
 	}, []string{"op", "result"})
-	r.MustRegister(r.requests, r.duration, r.inflight, r.bytes, r.wakes, r.wakeTime, r.deploys, r.deployTime,
+	answers := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hostel_router_answers_total",
+		Help: "Requests the router answered itself, with no version to forward them to, by answer: redirect, https_redirect, unknown_host, not_running.",
+	}, []string{"answer"})
+	for a := range router.NumAnswers {
+		r.answers[a] = answers.WithLabelValues(a.String())
+	}
+	r.MustRegister(r.requests, r.duration, r.inflight, r.bytes, answers, r.wakes, r.wakeTime, r.deploys, r.deployTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }
@@ -121,6 +131,13 @@ func (r *Registry) MustRegister(cs ...prometheus.Collector) {
 // Handler serves the registry in Prometheus's text format.
 func (r *Registry) Handler() http.Handler {
 	return promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// Answered counts an answer of the router's own (router.RequestHook).
+func (r *Registry) Answered(a router.Answer) {
+	if a >= 0 && a < router.NumAnswers {
+		r.answers[a].Inc()
+	}
 }
 
 // Woke counts a wake of key that took d and failed with err (nil: it

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"hostel/internal/front"
+	"hostel/internal/router"
 	"hostel/internal/spec"
 )
 
@@ -36,6 +37,28 @@ func TestVersionCounts(t *testing.T) {
 		`hostel_http_response_bytes_total{` + labels + `} 15`,
 		`hostel_http_request_duration_seconds_count{` + labels + `} 5`,
 		`hostel_http_requests_in_flight{` + labels + `} 0`,
+	} {
+		if !strings.Contains(string(text), want+"\n") {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+}
+
+// TestAnswersCounted: the router's own answers count by kind, each kind
+// there from the start (at 0).
+func TestAnswersCounted(t *testing.T) {
+	r := New("")
+	r.Answered(router.AnswerUnknownHost)
+	r.Answered(router.AnswerUnknownHost)
+	r.Answered(router.AnswerRedirect)
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	text, _ := io.ReadAll(rec.Body)
+	for _, want := range []string{
+		`hostel_router_answers_total{answer="unknown_host"} 2`,
+		`hostel_router_answers_total{answer="redirect"} 1`,
+		`hostel_router_answers_total{answer="https_redirect"} 0`,
+		`hostel_router_answers_total{answer="not_running"} 0`,
 	} {
 		if !strings.Contains(string(text), want+"\n") {
 			t.Errorf("scrape lacks %s", want)

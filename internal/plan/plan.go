@@ -15,8 +15,9 @@ import (
 	"hostel/internal/spec"
 )
 
-// Action is what a deploy does to one service.
-type Action string
+// Action is what a deploy does to one service. It is spec's, as Change
+// is, so that a generation keeps the plan that made it.
+type Action = spec.Action
 
 // The actions, as in the contract.
 const (
@@ -31,13 +32,7 @@ const (
 )
 
 // Change is the plan for one service.
-type Change struct {
-	Name    string       `json:"name"`
-	Action  Action       `json:"action"`
-	From    spec.Version `json:"from,omitempty"`
-	To      spec.Version `json:"to,omitempty"`
-	Reasons []string     `json:"reasons"`
-}
+type Change = spec.Change
 
 // Plan is what a deploy of a spec onto the current generation would do.
 type Plan struct {

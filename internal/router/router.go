@@ -75,6 +75,10 @@ type Options struct {
 	// the daemon's takes a socket passed from the daemon it replaces.
 	// nil: net.Listen("tcp", addr).
 	Listen func(addr string) (net.Listener, error)
+	// EndpointsChanged is called (without blocking) after an endpoint
+	// opened or closed: the daemon's socket holder keeps copies of them
+	// (EndpointListeners). nil: nothing.
+	EndpointsChanged func()
 }
 
 // Table is the public routing table. Swap stores a copy; host names are
@@ -134,6 +138,7 @@ type Router struct {
 	// all nil without peers.
 	peers     http.RoundTripper
 	listen    func(addr string) (net.Listener, error)
+	changed   func() // Options.EndpointsChanged, never nil
 	peerProxy *httputil.ReverseProxy
 	remotes   atomic.Pointer[map[spec.VersionKey]*remoteSet] // copy-on-write
 
@@ -187,6 +192,7 @@ func New(opts Options) *Router {
 		certs:     opts.Certs,
 		peers:     opts.Peers,
 		listen:    opts.Listen,
+		changed:   opts.EndpointsChanged,
 		endpoints: map[spec.VersionKey]*endpoint{},
 	}
 	if opts.HTTPSPort != "443" {
@@ -203,6 +209,9 @@ func New(opts Options) *Router {
 	}
 	if r.listen == nil {
 		r.listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	}
+	if r.changed == nil {
+		r.changed = func() {}
 	}
 	r.proxy = front.NewProxy(r.logf, opts.Hold)
 	r.proxy.SetRoute(r.Route)
@@ -233,6 +242,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	case rt.remote != nil:
 		r.serveRemote(w, req, rt.remote)
 	case rt.https:
+		r.answered(AnswerHTTPS)
 		if r.httpsPort != "" {
 			target = net.JoinHostPort(target, r.httpsPort)
 		}
@@ -240,6 +250,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	case rt.domain != "":
 		r.notRunning(w, req, rt.domain)
 	case target != "":
+		r.answered(AnswerRedirect)
 		scheme := "http://"
 		if req.TLS != nil {
 			scheme = "https://"
@@ -252,6 +263,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		http.Redirect(w, req, scheme+target+req.URL.RequestURI(), http.StatusMovedPermanently)
 	default:
+		r.answered(AnswerUnknownHost)
 		http.Error(w, fmt.Sprintf("hostel: no service for host %q", normalizeHost(req.Host)), http.StatusNotFound)
 	}
 }
@@ -331,6 +343,13 @@ func (r *Router) Route(host, remote string) *front.Backend {
 	return nil
 }
 
+// answered tells the hook of an answer of the router's own.
+func (r *Router) answered(a Answer) {
+	if r.hook != nil {
+		r.hook.Answered(a)
+	}
+}
+
 // internalClient reports whether the client at remote ("IP:port") may
 // reach the internal zone (Options.Internal).
 func (r *Router) internalClient(remote string) bool {
@@ -354,6 +373,7 @@ func (r *Router) serveKey(w http.ResponseWriter, req *http.Request, key spec.Ver
 }
 
 func (r *Router) notRunning(w http.ResponseWriter, req *http.Request, key spec.VersionKey) {
+	r.answered(AnswerNotRunning)
 	r.logf("router: %s: no backend registered for %s", req.Host, key)
 	// The page names no service or version: those are for the log.
 	w.Header().Set("Retry-After", strconv.Itoa(front.RetryAfter))
@@ -595,6 +615,7 @@ func (r *Router) OpenEndpoint(key spec.VersionKey, listen string) (string, error
 		ErrorLog:          log.New(logfWriter(r.logf), "router: endpoint "+string(key)+": ", 0),
 	}
 	r.endpoints[key] = ep
+	r.changed()
 	go func() {
 		if err := ep.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			r.logf("router: endpoint %s: %v", key, err)
@@ -618,6 +639,7 @@ func (r *Router) closeEndpointLocked(key spec.VersionKey) {
 	}
 	delete(r.endpoints, key)
 	ep.srv.Close()
+	r.changed()
 }
 
 // InFlight returns how many requests to key are being served now, by any

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"fmt"
 	"time"
 
 	"hostel/internal/front"
@@ -20,6 +21,45 @@ type RequestHook interface {
 	// no longer served here; requests still in flight to it end on what
 	// Version returned. A backend made again for key asks Version again.
 	Removed(key spec.VersionKey)
+	// Answered: the router answered a request itself, as a, with no
+	// version to forward it to. It runs on the request's path and must
+	// be quick and safe for concurrent use.
+	Answered(a Answer)
+}
+
+// Answer is how the router answered a request that no version's backend
+// took. There are NumAnswers of them: what they count is bounded,
+// whatever Host clients send.
+type Answer int
+
+// The router's own answers.
+const (
+	// AnswerRedirect: 301 from a spec's redirect host to its service's
+	// first domain.
+	AnswerRedirect Answer = iota
+	// AnswerHTTPS: 301 from HTTP to HTTPS.
+	AnswerHTTPS
+	// AnswerUnknownHost: 404, no service for the host.
+	AnswerUnknownHost
+	// AnswerNotRunning: 503, the host's version runs nowhere.
+	AnswerNotRunning
+	// NumAnswers is the number of answers.
+	NumAnswers
+)
+
+// String is the answer's name, as the metrics label it.
+func (a Answer) String() string {
+	switch a {
+	case AnswerRedirect:
+		return "redirect"
+	case AnswerHTTPS:
+		return "https_redirect"
+	case AnswerUnknownHost:
+		return "unknown_host"
+	case AnswerNotRunning:
+		return "not_running"
+	}
+	return fmt.Sprintf("Answer(%d)", int(a))
 }
 
 // VersionHook is told of one version's requests. Its methods run on the

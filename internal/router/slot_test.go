@@ -26,6 +26,7 @@ type countingHook struct {
 	last           map[spec.VersionKey]front.Outcome
 	removed        []spec.VersionKey
 	refused        map[spec.VersionKey][]front.Outcome
+	answers        [NumAnswers]int
 }
 
 func newCountingHook() *countingHook {
@@ -38,6 +39,12 @@ func (h *countingHook) Version(key spec.VersionKey) VersionHook { return version
 func (h *countingHook) Removed(key spec.VersionKey) {
 	h.mu.Lock()
 	h.removed = append(h.removed, key)
+	h.mu.Unlock()
+}
+
+func (h *countingHook) Answered(a Answer) {
+	h.mu.Lock()
+	h.answers[a]++
 	h.mu.Unlock()
 }
 
@@ -266,5 +273,43 @@ func TestRefusedHeldRequestIsTold(t *testing.T) {
 	}
 	if hook.started[apiV1] != 0 || hook.ended[apiV1] != 0 {
 		t.Errorf("a refused request was started %d, ended %d times", hook.started[apiV1], hook.ended[apiV1])
+	}
+}
+
+// TestAnswersAreTold: what the router answers itself — a redirect, a
+// redirect to HTTPS, an unknown host, a domain whose version runs
+// nowhere — is told to the hook, once each, as its kind of answer; a
+// request forwarded to a version is not.
+func TestAnswersAreTold(t *testing.T) {
+	hook := newCountingHook()
+	certs := &certSet{}
+	certs.add("shop.example")
+	r, pub := startRouter(t, Options{Requests: hook, Certs: certs, HTTPSPort: "8443"})
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
+	mustSwap(t, r, Table{
+		Domains:   map[string]spec.VersionKey{"shop.example": apiV1, "plain.example": apiV1, "down.example": apiV2},
+		Redirects: map[string]string{"www.plain.example": "plain.example"},
+		TLS:       map[string]TLS{"shop.example": {HTTPS: true}},
+	})
+	for _, c := range []struct {
+		host   string
+		status int
+	}{
+		{"plain.example", 200},
+		{"www.plain.example", 301},
+		{"shop.example", 301},
+		{"nothing.example", 404},
+		{"other.nothing.example", 404},
+		{"down.example", 503},
+	} {
+		if status, _, _ := fronttest.Get(t, pub+"/", c.host); status != c.status {
+			t.Fatalf("GET %s/: %d, want %d", c.host, status, c.status)
+		}
+	}
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	want := [NumAnswers]int{AnswerRedirect: 1, AnswerHTTPS: 1, AnswerUnknownHost: 2, AnswerNotRunning: 1}
+	if hook.answers != want {
+		t.Errorf("answers told %v, want %v", hook.answers, want)
 	}
 }

@@ -42,6 +42,24 @@ type Generation struct {
 	// committed as pending with the generation, then settled. Nil for a
 	// generation committed before hostel recorded it.
 	Confirm *Confirm `json:"confirm,omitempty"`
+	// Plan is what the deploy that made the generation planned, per
+	// service of either side (plan.Make's Services): what it did to each
+	// and why. Nil for a generation committed before hostel kept it.
+	Plan []Change `json:"plan,omitempty"`
+}
+
+// Action is what a deploy does to one service (plan.Action; the values
+// are plan's).
+type Action string
+
+// Change is the plan for one service (plan.Change): here so that a
+// generation keeps the plan that made it.
+type Change struct {
+	Name    string   `json:"name"`
+	Action  Action   `json:"action"`
+	From    Version  `json:"from,omitempty"`
+	To      Version  `json:"to,omitempty"`
+	Reasons []string `json:"reasons"`
 }
 
 // ConfirmState is where a generation's confirm window stands.

@@ -200,3 +200,24 @@ func launchSpec(e *Env, gen string) map[string]any {
 		"shop":   e.App("shop", map[string]any{"env": map[string]string{"GEN": gen}, "domains": []string{"shop.example"}}),
 	}}
 }
+
+// holderPIDs lists the socket holders of root (hostel-hold ROOT/hold.sock).
+func holderPIDs(t testing.TB, root string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte("hostel-hold\x00" + filepath.Join(root, "hold.sock") + "\x00")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && bytes.Equal(b, want) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

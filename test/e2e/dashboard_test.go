@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,10 +47,6 @@ func (e *Env) startDashboard() string {
 // without the token gets 401 and nothing. With HOSTEL_SCREENSHOTS=DIR it
 // saves the main pages there (docs/dashboard-*.png).
 func TestDashboard(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal("chromium is missing: scripts/install-deps.sh installs Debian's chromium")
-	}
 	e := NewEnv(t)
 	e.StartDaemon()
 	e.WriteSpec(monoliths(e, "Hello"))
@@ -72,76 +69,12 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium),
-		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1400, 900))
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	var (
-		dialogMu sync.Mutex
-		asked    []string
-	)
-	// The rollback button asks first: accept, and keep what it asked.
-	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
-	go func() {
-		for ev, err := range dialogs {
-			if err != nil {
-				return
-			}
-			dialogMu.Lock()
-			asked = append(asked, ev.Message)
-			dialogMu.Unlock()
-			chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
-		}
-	}()
-	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(ctx, actions...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	shots := os.Getenv("HOSTEL_SCREENSHOTS")
-	shot := func(name string) {
-		t.Helper()
-		if shots == "" {
-			return
-		}
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatalf("screenshot %s: %v", name, err)
-		}
-		if err := os.WriteFile(filepath.Join(shots, "dashboard-"+name+".png"), png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// waitFor evaluates expr until it is true. It asks again and again
-	// rather than waiting inside the page, because the live pages reload
-	// themselves, which ends a wait inside them.
-	waitFor := func(what, expr string) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
-			if err == nil && ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %s not true after 30 s (last error: %v)", what, expr, err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	has := func(what, sel, text string) {
-		t.Helper()
-		waitFor(what, `(() => { const el = document.querySelector(`+jsString(sel)+`); return !!el && el.textContent.includes(`+jsString(text)+`); })()`)
-	}
+	b := newBrowser(t)
+	run, waitFor, has, shot := b.run, b.waitFor, b.has, b.shot
 
 	// Log in: the services of the spec, running.
-	run("log in", chromedp.Navigate(login), chromedp.WaitVisible(chromedp.ID("services")))
-	table, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("services")))
+	b.open("log in", login, chromedp.WaitVisible(chromedp.ID("services")))
+	table, err := chromedp.Run(b.ctx, chromedp.Text(chromedp.ID("services")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +94,7 @@ func TestDashboard(t *testing.T) {
 	has("see generation 2 appear", "#generation", "2")
 
 	// Follow quotes's log: what it wrote, then a line it writes now.
-	run("open the log", chromedp.Navigate(base+"/logs?service=quotes"))
+	b.open("open the log", base+"/logs?service=quotes")
 	has("see the log", "#log", "listening on")
 	e.MustRun("restart", "quotes")
 	waitFor("follow a new line", `document.getElementById("log").textContent.split("listening on").length > 2`)
@@ -169,15 +102,16 @@ func TestDashboard(t *testing.T) {
 
 	// Shop's access log shows a request made as it opens (in its tail or
 	// followed: either way, on the page).
-	run("open the access log", chromedp.Navigate(base+"/logs?service=shop&access=1"))
+	b.open("open the access log", base+"/logs?service=shop&access=1")
 	if code, _, _ := e.Get("shop.example", "/dashboard-probe"); code != http.StatusOK {
 		t.Fatalf("GET shop.example/dashboard-probe: %d", code)
 	}
 	has("follow an access log line", "#log", "/dashboard-probe")
 
 	// Roll back with the button, confirmed in the browser's dialog.
-	run("open generations", chromedp.Navigate(base+"/generations"))
+	b.open("open generations", base+"/generations")
 	has("see generations", "#current", "2")
+	has("see why generation 2 was made", "#generations", "env.GREETING changed")
 	shot("generations")
 	run("roll back", chromedp.Click(chromedp.ID("rollback-1")))
 	has("see the rollback's result", "#message", "is live")
@@ -186,11 +120,125 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("generation still 2 after the rollback button")
 	}
 	has("see the new generation", "#current", strconv.FormatUint(gen, 10))
-	dialogMu.Lock()
-	defer dialogMu.Unlock()
-	if len(asked) != 1 || !strings.Contains(asked[0], "Roll production back to generation 1") {
+	if asked := b.dialogs(); len(asked) != 1 || !strings.Contains(asked[0], "Roll production back to generation 1") {
 		t.Errorf("confirmation dialogs %q, want one asking to roll back to 1", asked)
 	}
+}
+
+// browser is a headless Chromium (Debian's chromium) driven through
+// chromedp, which accepts every dialog (the rollback's confirmation) and
+// keeps what they asked.
+type browser struct {
+	t   *testing.T
+	ctx context.Context
+	mu  sync.Mutex
+	// asked are the messages of the dialogs accepted.
+	asked []string
+}
+
+// newBrowser starts Chromium with flags besides the headless defaults; it
+// stops with the test.
+func newBrowser(t *testing.T, flags ...chromedp.ExecAllocatorOption) *browser {
+	t.Helper()
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is missing: scripts/install-deps.sh installs Debian's chromium")
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium),
+		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1400, 900))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(opts, flags...)...)
+	t.Cleanup(cancel)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancel = context.WithTimeout(ctx, 3*time.Minute)
+	t.Cleanup(cancel)
+	b := &browser{t: t, ctx: ctx}
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for ev, err := range dialogs {
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.asked = append(b.asked, ev.Message)
+			b.mu.Unlock()
+			chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+		}
+	}()
+	return b
+}
+
+func (b *browser) run(what string, actions ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := chromedp.Do(b.ctx, actions...); err != nil {
+		b.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// open loads url, as run(Navigate) does — again if the machine's network
+// changed under the load (Chromium ends it with ERR_NETWORK_CHANGED when
+// an interface comes or goes, as other tests' namespaces do).
+func (b *browser) open(what, url string, then ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	var err error
+	for range 5 {
+		if err = chromedp.Do(b.ctx, chromedp.Navigate(url)); err == nil || !strings.Contains(err.Error(), "ERR_NETWORK_CHANGED") {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err != nil {
+		b.t.Fatalf("%s: %v", what, err)
+	}
+	b.run(what, then...)
+}
+
+// shot saves a screenshot of the page as docs/dashboard-NAME.png would
+// be, in $HOSTEL_SCREENSHOTS; nothing without.
+func (b *browser) shot(name string) {
+	b.t.Helper()
+	shots := os.Getenv("HOSTEL_SCREENSHOTS")
+	if shots == "" {
+		return
+	}
+	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(shots, "dashboard-"+name+".png"), png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// waitFor evaluates expr until it is true. It asks again and again
+// rather than waiting inside the page, because the live pages reload
+// themselves, which ends a wait inside them.
+func (b *browser) waitFor(what, expr string) {
+	b.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](expr))
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("%s: %s not true after 30 s (last error: %v)", what, expr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// has waits until the element sel holds text.
+func (b *browser) has(what, sel, text string) {
+	b.t.Helper()
+	b.waitFor(what, `(() => { const el = document.querySelector(`+jsString(sel)+`); return !!el && el.textContent.includes(`+jsString(text)+`); })()`)
+}
+
+// dialogs returns the messages of the dialogs accepted so far.
+func (b *browser) dialogs() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.asked)
 }
 
 func jsString(s string) string {

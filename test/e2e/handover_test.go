@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,6 +151,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 
 	pid := e.daemon.Process.Pid
+	holders := holderPIDs(t, e.Root)
 	failed, n := trafficOn([]string{e.HTTP}, 4, "blog.example", func() {
 		slow := make(chan string, 1)
 		go func() {
@@ -177,6 +179,9 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Errorf("a slow request under way across the upgrade: %s", got)
 		}
 		samePIDs("after hostel upgrade")
+		if got := holderPIDs(t, e.Root); len(holders) != 1 || !slices.Equal(got, holders) {
+			t.Errorf("socket holders %v before hostel upgrade, %v after; want the one kept", holders, got)
+		}
 		pid = next
 
 		if _, errOut, code := e.Run("upgrade", "/bin/true"); code != 2 || !strings.Contains(errOut, "/bin/true is not a hostel binary") {
@@ -323,5 +328,159 @@ func TestKilledWhileHolderStarts(t *testing.T) {
 	e.StartDaemon()
 	if e.HTTP != addr {
 		t.Errorf("the daemon after the kill listens on %s, want the held %s", e.HTTP, addr)
+	}
+}
+
+// TestKilledDaemonKeepsEndpoints: a service's calls to what it needs
+// (QUOTES_URL, an endpoint of the daemon's router) are not refused while
+// the daemon is dead (or stopped, for a restart) either: the holder keeps the endpoints' sockets too,
+// as they are when it dies (deploys open and close them) — under systemd,
+// which holds the listeners, the endpoints alone — and a call made
+// meanwhile is answered by the next daemon.
+func TestKilledDaemonKeepsEndpoints(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		systemd bool
+		stop    bool // SIGTERM, not kill -9
+	}{
+		{"holder", false, false},
+		{"systemd", true, false},
+		{"stopped", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := NewEnv(t)
+			if tc.systemd {
+				holdLikeSystemd(t, e)
+			}
+			e.StartDaemon()
+			sp := monoliths(e, "Hi")
+			svcs := sp["services"].(map[string]any)
+			delete(svcs, "shop")
+			delete(svcs, "wiki")
+			e.WriteSpec(sp)
+			e.MustRun("deploy", "--no-confirm")
+			_, st := e.Status()
+			env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st["blog"].PID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var endpoint string
+			for _, kv := range strings.Split(string(env), "\x00") {
+				if v, ok := strings.CutPrefix(kv, "QUOTES_URL=http://"); ok {
+					endpoint = v
+				}
+			}
+			if endpoint == "" {
+				t.Fatalf("blog has no QUOTES_URL: %q", env)
+			}
+			// The holder takes the endpoints a moment after they open.
+			time.Sleep(300 * time.Millisecond)
+
+			if tc.stop {
+				e.StopDaemon()
+			} else {
+				e.daemon.Process.Kill()
+				<-e.done
+				e.daemon = nil
+			}
+			c, err := net.DialTimeout("tcp", endpoint, 2*time.Second)
+			if err != nil {
+				t.Fatalf("a call to QUOTES_URL (%s) while the daemon is dead: %v; want it to wait for the next daemon", endpoint, err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "GET /quote HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			e.StartDaemon()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("the call made while the daemon was dead: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("the call made while the daemon was dead: %d, want 200 from quotes", resp.StatusCode)
+			}
+			if _, st2 := e.Status(); st2["blog"].PID != st["blog"].PID {
+				t.Errorf("blog was restarted (pid %d → %d): its QUOTES_URL should have been kept", st["blog"].PID, st2["blog"].PID)
+			}
+		})
+	}
+}
+
+// holdLikeSystemd has the test hold e's public HTTP listener and API
+// socket and pass them to every daemon StartDaemon runs, the way systemd's
+// hostel.socket does (LISTEN_PID: the daemon's own pid, so it is not
+// taken for a daemon an upgrade started).
+func holdLikeSystemd(t *testing.T, e *Env) {
+	t.Helper()
+	if err := os.MkdirAll(e.Root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(e.Root, "hostel.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api.SetUnlinkOnClose(false) // its copy is the daemon's
+	for _, l := range []interface{ File() (*os.File, error) }{ln.(*net.TCPListener), api} {
+		f, err := l.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Files = append(e.Files, f)
+	}
+	ln.Close()
+	api.Close()
+	t.Cleanup(func() {
+		for _, f := range e.Files {
+			f.Close()
+		}
+	})
+	e.Wrap = []string{"sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh"}
+	e.DaemonEnv = []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=http:hostel"}
+}
+
+// TestWakeDuringUpgrade: a request to a sleeping service that reaches
+// the daemon an upgrade is replacing, once it gave the services up and
+// before the new daemon serves (held 2 s there by a failpoint), waits
+// for the new daemon, which wakes the service; the old daemon serves the
+// request — 200, not 503.
+func TestWakeDuringUpgrade(t *testing.T) {
+	e := NewEnv(t)
+	// Every daemon of the test sleeps there; the new one, after the old
+	// one handed over.
+	e.DaemonEnv = []string{"HOSTEL_FAILPOINTS=api-socket-bound=sleep(2s)"}
+	if e.Store == "etcd" {
+		e.StartDaemonArgs("--http", "127.0.0.1:0", "--https", "", "--etcd", startEtcd(t))
+	} else {
+		e.StartDaemon()
+	}
+	e.WriteSpec(map[string]any{"services": map[string]any{
+		"shop": e.App("shop", map[string]any{"idle": "1s", "domains": []string{"shop.test"}}),
+	}})
+	e.MustRun("deploy", "--no-confirm")
+	e.waitState(20*time.Second, "idle", "shop")
+
+	upgraded := make(chan string, 1)
+	go func() {
+		out, errOut, code := e.Run("upgrade")
+		upgraded <- fmt.Sprintf("exit %d %s%s", code, out, errOut)
+	}()
+	waitUntil(t, "the old daemon to hand over", func() bool { return strings.Contains(e.DaemonLog(), "handing the store and the services over") })
+	code, _, body := e.Get("shop.test", "/")
+	if code != 200 {
+		t.Errorf("a request to the sleeping shop during the upgrade: %d %q, want 200", code, body)
+	}
+	if !strings.Contains(e.DaemonLog(), "shop-") || !strings.Contains(e.DaemonLog(), "woken by the daemon that replaced this one") {
+		t.Errorf("the request did not reach the daemon being replaced in its handover:\n%s", e.DaemonLog())
+	}
+	if got := <-upgraded; !strings.HasPrefix(got, "exit 0") {
+		t.Errorf("hostel upgrade: %s", got)
+	}
+	// Woken once, by the new daemon's router (asleep again, maybe: idle 1s).
+	if s := e.sleepStatus()["shop"]; s.Wakes != 1 {
+		t.Errorf("after the upgrade: %+v, want woken once, by the new daemon", s)
 	}
 }

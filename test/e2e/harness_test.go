@@ -98,6 +98,9 @@ type Env struct {
 	// takes it from HOSTEL_TEST_STORE; a test that must start on one sets
 	// it.
 	Store string
+	// Files are passed to the daemon from descriptor 3 on (with
+	// LISTEN_FDS in DaemonEnv: sockets held the way systemd does).
+	Files []*os.File
 	// args are the flags the daemon was last started with.
 	args   []string
 	daemon *exec.Cmd
@@ -152,6 +155,7 @@ func (e *Env) StartDaemonArgs(args ...string) {
 	argv := append(slices.Clip(e.Wrap), append([]string{e.Bin, "serve", "--root", e.Root}, args...)...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), e.DaemonEnv...)
+	cmd.ExtraFiles = e.Files
 	cmd.Stdout = lockedWriter{&e.logsMu, e.logs}
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {

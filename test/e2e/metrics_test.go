@@ -126,6 +126,12 @@ func TestMetrics(t *testing.T) {
 		body += len(b)
 	}
 
+	// A host no service has: counted as the router's answer, never by
+	// the name the client sent.
+	if code, _, _ := e.Get("no-such-host-4711.example", "/"); code != http.StatusNotFound {
+		t.Fatalf("GET no-such-host-4711.example/: %d, want 404", code)
+	}
+
 	labels := fmt.Sprintf(`env="production",service="wiki",version="%s"`, version)
 	for _, src := range []string{"", "http://" + e.metricsAddr() + "/metrics"} {
 		text := e.scrape(src)
@@ -142,10 +148,15 @@ func TestMetrics(t *testing.T) {
 			{`hostel_deploys_total{op="deploy",result="ok"}`, 1},
 			{`hostel_deploy_duration_seconds_count{op="deploy",result="ok"}`, 1},
 			{`hostel_restarts_total{` + labels + `}`, 0},
+			{`hostel_router_answers_total{answer="unknown_host"}`, 1},
+			{`hostel_router_answers_total{answer="redirect"}`, 0},
 		} {
 			if got := sample(text, c.series); got != c.want {
 				t.Errorf("%s: %s = %v, want %v", src, c.series, got, c.want)
 			}
+		}
+		if strings.Contains(text, "no-such-host-4711") {
+			t.Errorf("%s: the metrics name a Host a client sent", src)
 		}
 		if sample(text, "hostel_router_connections") < 0 {
 			t.Errorf("%s: no hostel_router_connections", src)

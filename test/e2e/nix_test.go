@@ -526,3 +526,20 @@ func TestNixRemoteDeploy(t *testing.T) {
 		t.Errorf("the remote changed: %v -> %v", st, st2)
 	}
 }
+
+// addToStore adds src to the Nix store and returns its path, rooted for
+// the test's length (an indirect root in its temporary directory): another
+// test's Nix garbage collection on this machine must not take it between
+// its adding and the daemon's pinning.
+func addToStore(t *testing.T, src string) string {
+	t.Helper()
+	out, err := exec.Command("nix-store", "--add", src).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	path := strings.TrimSpace(string(out))
+	if b, err := exec.Command("nix-store", "--add-root", filepath.Join(t.TempDir(), "root"), "--realise", path).CombinedOutput(); err != nil {
+		t.Fatalf("nix-store --add-root: %v\n%s", err, b)
+	}
+	return path
+}

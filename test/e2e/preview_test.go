@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -102,11 +101,7 @@ func TestPreviewOneLeafOfTwenty(t *testing.T) {
 	// GC root, which env rm must remove.
 	src := filepath.Join(t.TempDir(), "pinned")
 	os.WriteFile(src, []byte(t.Name()), 0o644)
-	out, err := exec.Command("nix-store", "--add", src).Output()
-	if err != nil {
-		t.Fatalf("nix-store --add: %v", err)
-	}
-	storePath := strings.TrimSpace(string(out))
+	storePath := addToStore(t, src)
 
 	// Bad input: nothing changes, exit 2.
 	e.WriteSpec(twenty(e, "after", storePath))
@@ -347,11 +342,7 @@ func TestPreviewRemovalCrash(t *testing.T) {
 	prod := e.processes()
 	src := filepath.Join(t.TempDir(), "pinned")
 	os.WriteFile(src, []byte(t.Name()), 0o644)
-	out, err := exec.Command("nix-store", "--add", src).Output()
-	if err != nil {
-		t.Fatalf("nix-store --add: %v", err)
-	}
-	e.WriteSpec(twenty(e, "after", strings.TrimSpace(string(out))))
+	e.WriteSpec(twenty(e, "after", addToStore(t, src)))
 	e.MustRun("deploy", "--env", "pr-1", "--no-confirm")
 	own := e.envStatus("pr-1")["app19"]
 	stateDir := filepath.Join(e.Root, "state", "app19@pr-1")

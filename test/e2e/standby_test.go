@@ -2,14 +2,19 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"hostel/internal/api"
 )
 
 // TestThroughStandby: the CLI may talk to any node of a cluster. Two
@@ -47,6 +52,20 @@ func TestThroughStandby(t *testing.T) {
 	}
 	if log := a.DaemonLog(); !strings.Contains(log, "node b passed POST /v1/deploy to this one") {
 		t.Errorf("a's log does not say b passed it the deploy:\n%s", log)
+	}
+	// Its progress is a's, which b asks for the followers of its own
+	// socket (the dashboard's).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var followed []string
+	err := api.NewClient(filepath.Join(b.Root, "hostel.sock")).FollowDeploys(ctx, func(ev api.DeployEvent) {
+		followed = append(followed, ev.Progress)
+		if ev.End {
+			cancel()
+		}
+	})
+	cancel()
+	if err != nil || !slices.Contains(followed, "switched: generation 1 is live") {
+		t.Errorf("the deploys followed through b: %q (%v), want the deploy's lines", followed, err)
 	}
 	b.WriteSpec(shop("Shop two"))
 	d := b.startCLI("deploy", "--confirm", "4s")

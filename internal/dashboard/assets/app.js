@@ -1,4 +1,5 @@
-// hostel dashboard: live reload, log following, rollback confirmation.
+// hostel dashboard: live reload, deploys as they go, log following, rollback
+// confirmation.
 // No framework and nothing fetched from elsewhere: the dashboard works offline.
 "use strict";
 
@@ -26,5 +27,36 @@ if (log) {
   src.addEventListener("failed", (ev) => {
     log.append("[" + ev.data + "]\n");
     src.close();
+  });
+}
+
+// Deploys and rollbacks under way, line by line as the daemon says them,
+// on every page: the stream starts with what they said so far, so a page
+// that reloads mid-deploy shows it whole again.
+const deploys = document.getElementById("deploys");
+if (deploys) {
+  const ops = new Map();
+  const src = new EventSource("/deploys/stream");
+  src.addEventListener("deploy", (ev) => {
+    const d = JSON.parse(ev.data);
+    let op = ops.get(d.op);
+    if (!op) {
+      const el = document.createElement("div");
+      el.className = "deploy running";
+      el.dataset.op = d.op;
+      op = { el, head: document.createElement("b"), lines: document.createElement("pre"),
+             title: d.kind + " " + d.op + " (started " + new Date(d.time).toLocaleTimeString() + ")" };
+      op.head.textContent = op.title + ": running";
+      el.append(op.head, op.lines);
+      deploys.prepend(el);
+      ops.set(d.op, op);
+      deploys.hidden = false;
+    }
+    if (d.progress) op.lines.append(d.progress + "\n");
+    if (d.end) {
+      op.el.classList.remove("running");
+      op.el.classList.add(d.error ? "failed" : "done");
+      op.head.textContent = op.title + ": " + (d.error ? "failed: " + d.error : "done, generation " + d.generation + " is live");
+    }
   });
 }

@@ -34,6 +34,7 @@ func testEmpty(t *testing.T, s store.Store) {
 func testCommitAndGet(t *testing.T, s store.Store) {
 	g := Gen("v1")
 	g.Source = "hostel.json"
+	g.Plan = []spec.Change{{Name: "a", Action: "add", To: "v1", Reasons: []string{"new service"}}}
 	before := time.Now().Add(-time.Second)
 	n := commit(t, s, g, 0)
 	if n != 1 || g.Number != 1 {
@@ -49,6 +50,9 @@ func testCommitAndGet(t *testing.T, s store.Store) {
 	if got.Time.Before(before) || got.Time.After(time.Now().Add(time.Second)) {
 		t.Errorf("committed at %v, want about now", got.Time)
 	}
+	if fmt.Sprint(got.Plan) != fmt.Sprint(g.Plan) {
+		t.Errorf("Get(1).Plan = %+v, want %+v", got.Plan, g.Plan)
+	}
 	if c := current(t, s); c != 1 {
 		t.Errorf("current %d after the first commit, want 1", c)
 	}
@@ -58,6 +62,9 @@ func testCommitAndGet(t *testing.T, s store.Store) {
 	}
 	if got := numbers(t, s); !slices.Equal(got, []uint64{1, 2}) {
 		t.Errorf("List = %v, want [1 2]", got)
+	}
+	if got, err := s.Get(t.Context(), 2); err != nil || got.Plan != nil {
+		t.Errorf("Get(2) of a generation committed without a plan: plan %+v, %v; want none", got.Plan, err)
 	}
 }
 
