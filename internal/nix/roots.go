@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"hostel/internal/failpoint"
 )
 
 // GCRootsDir holds hostel's GC roots: one directory per daemon root (named
@@ -46,6 +48,9 @@ func (r Roots) Pin(name string, paths []string) error {
 	if len(store) == 0 {
 		return nil
 	}
+	if err := failpoint.Inject("gcroots-before-pin"); err != nil {
+		return fmt.Errorf("gc root: %w", err)
+	}
 	dir := filepath.Join(r.Dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("gc root: %w", err)
@@ -66,6 +71,9 @@ func (r Roots) Pin(name string, paths []string) error {
 		if err := os.Rename(tmp, link); err != nil {
 			return fmt.Errorf("gc root: %w", err)
 		}
+	}
+	if err := failpoint.Inject("gcroots-after-pin"); err != nil {
+		return fmt.Errorf("gc root: %w", err)
 	}
 	return nil
 }
@@ -132,6 +140,11 @@ func (r Roots) Prune(keep map[string]bool) ([]string, error) {
 	for _, n := range names {
 		if keep[n] {
 			continue
+		}
+		if len(removed) == 0 {
+			if err := failpoint.Inject("gcroots-before-prune"); err != nil {
+				return nil, fmt.Errorf("gc root: %w", err)
+			}
 		}
 		if err := os.RemoveAll(filepath.Join(r.Dir, n)); err != nil {
 			return removed, fmt.Errorf("gc root: %w", err)
