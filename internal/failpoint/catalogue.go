@@ -105,6 +105,7 @@ var catalogue = []Point{
 
 	// The nodes: following the store.
 	{"node-before-reconcile", hitActions, "a node's follower, a new state read, before the agent makes it run (sleep: the node follows late)"},
+	{"node-after-campaign", hitActions, "hostel serve's start, the engine's leadership won with the node's new lease, before the node reports (its record names that lease) or the leadership is recorded"},
 	{"node-before-report", Error | Sleep | Kill, "a node's report of its instances, before the write: error leaves the last reports in the store (the next look writes them)"},
 
 	// Release steps: once per deployment.

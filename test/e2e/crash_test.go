@@ -200,3 +200,36 @@ func launchSpec(e *Env, gen string) map[string]any {
 		"shop":   e.App("shop", map[string]any{"env": map[string]string{"GEN": gen}, "domains": []string{"shop.example"}}),
 	}}
 }
+
+// TestKilledAfterCampaign: a daemon killed in its start, the engine's
+// leadership won with its node's new lease and its node not reported yet,
+// held the engine a NodeTTL (6 s) past its death: the next daemon only
+// followed, and refused every deploy ("another daemon sharing the store
+// leads the engine") until that lease ended. The next daemon now ends the
+// lease at once. Found by TestCrashAnyTime (-crash-seed
+// 1796453158646722049 -crashes 25: a restart killed after 25 ms).
+func TestKilledAfterCampaign(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(launchSpec(e, "1"))
+	e.MustRun("deploy", "--no-confirm")
+	e.StopDaemon()
+
+	e.DaemonEnv = []string{"HOSTEL_FAILPOINTS=node-after-campaign=kill"}
+	e.spawnDaemon("--http", "127.0.0.1:0", "--https", "")
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the daemon did not die at node-after-campaign:\n%s", e.DaemonLog())
+	}
+	e.daemon, e.DaemonEnv = nil, nil
+
+	e.StartDaemon()
+	e.WriteSpec(launchSpec(e, "2"))
+	if out, errOut, code := e.Run("deploy", "--no-confirm"); code != 0 {
+		t.Errorf("the deploy right after the restart: exit %d\n%s%s", code, out, errOut)
+	}
+	e.checkOnlyCurrent("after the deploy")
+	e.Shutdown()
+	e.checkShutDown()
+}
