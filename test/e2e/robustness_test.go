@@ -39,13 +39,16 @@ var chaos = flag.Bool("chaos", false, "TestRobustness: every store failpoint wit
 // daemon again without it and checks what must hold whatever happened:
 // no generation lost or half applied; the current generation one the CLI
 // was told of, or the one the operation was going to; exactly its
-// versions running, each once, and nothing else of the root; every
-// domain answering from it; every answer the traffic got a 200 from a
-// version some generation held. Then a deploy goes through, checked the
-// same way. docs/failpoints.md lists the points.
+// versions running, each once, and nothing else of the root: no GC root
+// but those of kept generations' versions (and all of those), no
+// credential file but those of running instances; every domain
+// answering from it; every answer the traffic got a 200 from a version
+// some generation held. Then a deploy goes through, checked the same
+// way. docs/failpoints.md lists the points.
 //
 // `make test` runs a sample: an operation of each kind under a store
-// fault, spread over the two stores, and a failed switch. `make chaos` (-chaos) runs every
+// fault, spread over the two stores, a failed switch, a kill with
+// credentials written and an ambiguous gc. `make chaos` (-chaos) runs every
 // point of the catalogue with each of kill and error it takes, on both.
 func TestRobustness(t *testing.T) {
 	sample := map[string]bool{
@@ -56,6 +59,8 @@ func TestRobustness(t *testing.T) {
 		"etcd/store-after-set-confirm=kill":    true,
 		"etcd/store-before-drop-env=kill":      true,
 		"etcd/router-before-swap=error":        true,
+		"bbolt/credentials-after-write=kill":   true,
+		"etcd/store-after-delete=error":        true,
 	}
 	stores := []struct {
 		name string
@@ -128,6 +133,7 @@ var unreached = map[string]string{
 	"api-socket-bound":        "it is in the daemon's start (TestAPISocketBornPrivate)",
 	"holder-after-spawn":      "it is in the daemon's start (TestKilledWhileHolderStarts)",
 	"store-before-load-batch": "it is in the first start on etcd, moving bbolt's state (TestMoveToEtcdCutShort)",
+	"node-after-campaign":     "it is in the daemon's start (TestKilledAfterCampaign)",
 	"db-before-provision":     "the service mix has no database (TestDatabaseProvisionCutShort)",
 	"db-after-provision":      "the service mix has no database (TestDatabaseProvisionCutShort)",
 	"acme-before-store":       "the service mix has no certificate (TestFailpointStoreCert, internal/acme)",
@@ -285,19 +291,7 @@ type robust struct {
 }
 
 func newRobust(t *testing.T, storeArgs []string) *robust {
-	e := NewEnv(t)
-	// The root's unix sockets (a service's NOTIFY_SOCKET) must fit in
-	// 108 bytes: a root named after this test's long names would not.
-	base, err := os.MkdirTemp("", "robust-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	os.Chmod(base, 0o755)
-	e.Root, e.Dir = filepath.Join(base, "root"), filepath.Join(base, "repo")
-	if err := os.Mkdir(e.Dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	e := newShortEnv(t)
 	r := &robust{t: t, e: e, planned: map[string]map[string]string{}, committed: map[uint64]string{}, mayBeGone: map[uint64]bool{},
 		listen: append([]string{"--http", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--https", ""}, storeArgs...)}
 	e.StartDaemonArgs(r.listen...)
@@ -308,6 +302,25 @@ func newRobust(t *testing.T, storeArgs []string) *robust {
 	r.traffic = startLoad(e.HTTP, "blog.example", "shop.example")
 	t.Cleanup(r.traffic.stop)
 	return r
+}
+
+// newShortEnv is NewEnv with a root of a short name: the root's unix
+// sockets (a service's NOTIFY_SOCKET) must fit in 108 bytes, which a root
+// named after a test's long name would not.
+func newShortEnv(t *testing.T) *Env {
+	t.Helper()
+	e := NewEnv(t)
+	base, err := os.MkdirTemp("", "robust-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	e.Root, e.Dir = filepath.Join(base, "root"), filepath.Join(base, "repo")
+	if err := os.Mkdir(e.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return e
 }
 
 // robustSpec is the service mix: quotes, which blog needs; blog and
@@ -401,9 +414,19 @@ func writeSecret(t testing.TB, e *Env, name, value string) {
 // exit code; the generation is committed if it is 0, in doubt otherwise.
 func (r *robust) deploy(env string, args ...string) int {
 	r.t.Helper()
+	envArgs := r.planNext(env)
+	out, _, code := r.e.Run(append(append([]string{"deploy", "--json"}, envArgs...), args...)...)
+	r.committedBy(out, code)
+	return code
+}
+
+// planNext writes the next spec and plans it for env, keeping its
+// versions; the deploy's generation is in doubt until the CLI says. It
+// returns the CLI's flags for env.
+func (r *robust) planNext(env string) (envArgs []string) {
+	r.t.Helper()
 	r.deploys++
 	r.e.WriteSpec(robustSpec(r.e, r.deploys, r.store))
-	envArgs := []string{}
 	if env != "" {
 		envArgs = []string{"--env", env}
 	}
@@ -416,15 +439,36 @@ func (r *robust) deploy(env string, args ...string) int {
 	}
 	r.planned[p.SpecHash] = p.Versions
 	r.doubt = p.SpecHash
-	out, _, code := r.e.Run(append(append([]string{"deploy", "--json"}, envArgs...), args...)...)
-	if code == 0 {
-		var res struct{ Generation uint64 }
-		if err := json.Unmarshal([]byte(out), &res); err != nil {
-			r.t.Fatal(err)
-		}
-		r.committed[res.Generation] = p.SpecHash
+	return envArgs
+}
+
+// committedBy records the generation a deploy that printed out (--json)
+// and exited code committed: none unless code is 0.
+func (r *robust) committedBy(out string, code int) {
+	r.t.Helper()
+	if code != 0 {
+		return
 	}
-	return code
+	var res struct{ Generation uint64 }
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		r.t.Fatalf("deploy --json: %v: %q", err, out)
+	}
+	r.committed[res.Generation] = r.doubt
+}
+
+// startDeploy is deploy of production with --no-confirm, not started:
+// Start it, Wait for it, then pass it to deployed.
+func (r *robust) startDeploy() *exec.Cmd {
+	r.t.Helper()
+	r.planNext("")
+	cmd := r.e.command("deploy", "--json", "--no-confirm")
+	cmd.Stdout = &bytes.Buffer{}
+	return cmd
+}
+
+// deployed records what a deploy of startDeploy that exited code did.
+func (r *robust) deployed(cmd *exec.Cmd, code int) {
+	r.committedBy(cmd.Stdout.(*bytes.Buffer).String(), code)
 }
 
 func (r *robust) mustDeploy(env string) {
