@@ -157,19 +157,30 @@ func (r *robust) crashDuring(op crashOp, delay time.Duration, when string) (cut 
 		cut = !strings.Contains(e.DaemonLog(), "serving HTTP on")
 	}
 	e.killDaemon()
+	if cmd != nil {
+		select {
+		case took = <-ended: // before the kill
+		default:
+			cut = true
+		}
+	}
+	// The machine's supervisor starts the next daemon at once: a CLI
+	// whose request waits on the held API socket is answered by it.
+	t0 := time.Now()
+	e.StartDaemonArgs(r.listen...)
 	code := 0
 	if cmd != nil {
-		took = <-ended
+		if cut {
+			<-ended
+		}
 		code = cmd.ProcessState.ExitCode()
-		if cut = code != 0; cut {
-			took = 0
+		if code != 0 {
+			cut, took = true, 0
 		}
 		if op.name == "deploy" {
 			r.deployed(cmd, code)
 		}
 	}
-	t0 := time.Now()
-	e.StartDaemonArgs(r.listen...)
 	t1 := time.Now()
 	r.currentIs(code, before.Number, to)
 	r.check(fmt.Sprintf("%s (CLI exit %d), after the restart", when, code))
@@ -188,6 +199,7 @@ func (r *robust) timeOp(op crashOp) time.Duration {
 	began := time.Now()
 	cmd, to := op.start(r, before)
 	if cmd == nil {
+		began = time.Now() // from the spawn: the stop before is not the start's
 		e.waitDaemon()
 	} else {
 		var errOut bytes.Buffer
