@@ -19,7 +19,7 @@ var (
 )
 
 // shortCrashes is TestCrashAnyTime's number of kills in `make test`.
-const shortCrashes = 4
+const shortCrashes = 6
 
 // TestCrashAnyTime kills the daemon (kill -9) at random points in time,
 // not only at named failpoints: during a deploy, a rollback, a gc and the
@@ -46,13 +46,13 @@ func TestCrashAnyTime(t *testing.T) {
 
 	r := newRobust(t, nil)
 	r.mustDeploy("") // a generation to roll back to
-	// Each operation's window is how long it takes here: once, uncut, at
-	// first, then a running mean of the times it ended before the kill
-	// (a machine's load changes it). A kill lands at a drawn fraction of
-	// it.
+	// Each operation's window is how long it takes here: the shorter of
+	// two runs uncut at first (the first may be slow, caches cold), then
+	// a running mean of the times it ended before the kill (a machine's
+	// load changes it). A kill lands at a drawn fraction of it.
 	window := map[string]time.Duration{}
 	for _, op := range crashOps {
-		window[op.name] = r.timeOp(op)
+		window[op.name] = min(r.timeOp(op), r.timeOp(op))
 		t.Logf("%s takes %v here", op.name, window[op.name])
 	}
 	began := time.Now()
@@ -213,7 +213,6 @@ func (r *robust) timeOp(op crashOp) time.Duration {
 		r.deployed(cmd, 0)
 	}
 	r.currentIs(0, before.Number, to)
-	r.check(op.name + ", uncut")
 	return took
 }
 
