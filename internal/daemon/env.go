@@ -218,17 +218,28 @@ func (d *Daemon) removeEnv(ctx context.Context, name string, from uint64, progre
 // unpinUnheld removes the GC roots of versions that no generation still
 // stored holds and no process runs.
 func (d *Daemon) unpinUnheld(ctx context.Context) ([]string, error) {
-	gens, err := d.store.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return nix.RootsFor(d.opts.Root).Prune(d.pinned(gens))
+	return nix.RootsFor(d.opts.Root).Prune(func() (map[string]bool, error) {
+		gens, err := d.store.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return d.pinned(gens), nil
+	})
 }
 
-// pinned is what must keep its GC roots: the versions of gens and of every
-// running instance.
+// pinned is what must keep its GC roots: the versions of gens, of every
+// version being prepared (pinned before its process starts, which a
+// deploy may be doing while the start's sweep, or env rm, runs: neither
+// holds the engine) and of every running instance — the preparations
+// read before the instances, so that a version started between the two
+// is in one of them.
 func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
 	keep := map[string]bool{}
+	if d.pinner != nil {
+		for _, k := range d.pinner.preparing() {
+			keep[string(k)] = true
+		}
+	}
 	for _, g := range gens {
 		for name := range g.Spec.Services {
 			keep[string(spec.Key(name, g.Versions[name]))] = true

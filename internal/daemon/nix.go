@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
+	"slices"
 	"sync"
 
 	"hostel/internal/api"
@@ -56,6 +58,14 @@ func (p *pinner) Prepare(ctx context.Context, g *spec.Generation, service string
 	return p.roots.Pin(string(key), paths)
 }
 
+// preparing returns the versions whose preparation is under way: their
+// roots made, or about to be, their process not started yet.
+func (p *pinner) preparing() []spec.VersionKey {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Collect(maps.Keys(p.added))
+}
+
 // Cleanup implements deploy.Cleaner.
 func (p *pinner) Cleanup(_ context.Context, g *spec.Generation, service string, started bool) error {
 	key := spec.Key(service, g.Versions[service])
@@ -97,7 +107,7 @@ func generationPaths(g *spec.Generation) []string {
 // could be fetched from nowhere. Under the engine's lock: see deploy.GC.
 func (d *Daemon) unpin(kept []*spec.Generation) ([]string, error) {
 	roots := nix.RootsFor(d.opts.Root)
-	removed, err := roots.Prune(d.pinned(kept))
+	removed, err := roots.Prune(func() (map[string]bool, error) { return d.pinned(kept), nil })
 	if err != nil || d.nixCache == nil {
 		return removed, err
 	}

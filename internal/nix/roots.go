@@ -130,15 +130,23 @@ func (r Roots) Paths(name string) ([]string, error) {
 	return out, nil
 }
 
-// Prune removes every pinned version not in keep and returns their names.
-func (r Roots) Prune(keep map[string]bool) ([]string, error) {
+// Prune removes every pinned version that keep does not want and returns
+// their names. It lists the pinned versions before it asks keep about any
+// (once, for all of them): a version pinned meanwhile is not listed, so
+// not removed, and keep sees every version whose pin was listed as held
+// by whatever held it when that pin was made (a preparation under way).
+func (r Roots) Prune(keep func() (map[string]bool, error)) ([]string, error) {
 	names, err := r.Names()
+	if err != nil {
+		return nil, err
+	}
+	held, err := keep()
 	if err != nil {
 		return nil, err
 	}
 	var removed []string
 	for _, n := range names {
-		if keep[n] {
+		if held[n] {
 			continue
 		}
 		if len(removed) == 0 {
