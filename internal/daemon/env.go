@@ -251,16 +251,25 @@ func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
 	return keep
 }
 
-// dataInUse are the data names (dataName) that a stored generation uses
-// or a process runs with. Every stored generation counts, not only the
-// current ones: a rollback to one brings its instances, and their data,
-// back.
+// dataInUse are the data names (dataName) that a stored generation uses,
+// a version being prepared will use (its database and state directory are
+// made before its generation is committed, and a deploy may be doing that
+// while a start's sweep runs, or just after an env rm) or a process runs
+// with — the preparations read before the processes, so that a version
+// started between the two is in one of them. Every stored generation
+// counts, not only the current ones: a rollback to one brings its
+// instances, and their data, back.
 func (d *Daemon) dataInUse(ctx context.Context) (map[string]bool, error) {
 	gens, err := d.store.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	used := map[string]bool{}
+	if d.agent != nil {
+		for _, k := range d.agent.Preparing() {
+			used[dataName(k.Service(), k.Owner())] = true
+		}
+	}
 	for _, g := range gens {
 		for name := range g.Spec.Services {
 			used[dataName(name, g.Owner(name))] = true
@@ -321,11 +330,8 @@ func (db *databases) retire(ctx context.Context, name string) (string, error) {
 // of removed previews' public names. env rm removes them itself; this is
 // for a daemon that died during one, and runs at start, after the resume.
 func (d *Daemon) sweepPreviewData(ctx context.Context) {
-	used, err := d.dataInUse(ctx)
-	if err != nil {
-		d.logf("sweeping previews' data: %v", err)
-		return
-	}
+	// What is left is listed before what is used is asked: data a
+	// preparation makes meanwhile is not listed, so not swept.
 	recs, err := d.store.Records(ctx, store.KindDatabase)
 	if err != nil {
 		d.logf("sweeping previews' data: %v", err)
@@ -338,6 +344,11 @@ func (d *Daemon) sweepPreviewData(ctx context.Context) {
 	ents, _ := os.ReadDir(filepath.Join(d.opts.Root, "state"))
 	for _, e := range ents {
 		left[e.Name()] = true
+	}
+	used, err := d.dataInUse(ctx)
+	if err != nil {
+		d.logf("sweeping previews' data: %v", err)
+		return
 	}
 	for name := range left {
 		if !strings.Contains(name, "@") || used[name] {
