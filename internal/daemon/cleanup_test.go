@@ -215,31 +215,3 @@ func TestGCHoldsUploadedClosures(t *testing.T) {
 		})
 	}
 }
-
-// A version being prepared — its roots made, its process not started, its
-// generation not committed — keeps its roots through a removal of the
-// roots nothing holds that runs meanwhile (a start's sweep, env rm, gc).
-// TestCrashAnyTime found it: a deploy the next daemon served right after
-// its start lost its new version's roots to the start's sweep.
-func TestUnpinKeepsVersionsBeingPrepared(t *testing.T) {
-	old := nix.GCRootsDir
-	nix.GCRootsDir = t.TempDir()
-	t.Cleanup(func() { nix.GCRootsDir = old })
-	d := &Daemon{opts: Options{Root: t.TempDir()}, sup: supervisor.New(supervisor.Options{Root: t.TempDir(), Logf: t.Logf})}
-	roots := nix.RootsFor(d.opts.Root)
-	d.pinner = newPinner(roots, nil)
-	for _, name := range []string{"shop-111111111111", "shop-222222222222"} {
-		if err := os.MkdirAll(filepath.Join(roots.Dir, name), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	d.pinner.added["shop-222222222222"] = true // as Prepare marks it, before it pins
-
-	removed, err := d.unpin(nil)
-	if err != nil || strings.Join(removed, ",") != "shop-111111111111" {
-		t.Errorf("unpin removed %v (%v), want only shop-111111111111", removed, err)
-	}
-	if !roots.Pinned("shop-222222222222") {
-		t.Error("the version being prepared lost its roots")
-	}
-}

@@ -98,9 +98,6 @@ type Daemon struct {
 	// follow the store; engine decides.
 	agent    *agent.Agent
 	follower *follower
-	// pinner is the agent's preparer that pins a version's store paths;
-	// what it is preparing keeps its roots (pinned).
-	pinner *pinner
 	// grace is the largest stop_grace of the generations the router last
 	// switched to, in nanoseconds (drainBound).
 	grace  atomic.Int64
@@ -276,9 +273,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.db = newDatabases(opts.Root, d.store, d.keys, d.sup, runAsUsers, d.logf)
 	// A database (and DATABASE_URL) before a version starts.
 	d.agent.Use(newProvisioner(d.db))
-	d.agent.Use(newStateCopier(opts.Root, d.sup)) // a preview's state directory, when previews.state is "copy"
-	d.pinner = newPinner(nix.RootsFor(opts.Root), d.fetchStorePaths)
-	d.agent.Use(d.pinner) // store paths from other nodes, then GC roots, before a version starts
+	d.agent.Use(newStateCopier(opts.Root, d.sup))                      // a preview's state directory, when previews.state is "copy"
+	d.agent.Use(newPinner(nix.RootsFor(opts.Root), d.fetchStorePaths)) // store paths from other nodes, then GC roots, before a version starts
 	// releaser runs the release step with the version's full environment:
 	// keep it the last preparer (add new ones above this line).
 	d.agent.Use(newReleaser(d.db, d.lease, d.keys.PublicKey(), opts.Root))

@@ -228,16 +228,16 @@ func (d *Daemon) unpinUnheld(ctx context.Context) ([]string, error) {
 }
 
 // pinned is what must keep its GC roots: the versions of gens, of every
-// version being prepared (pinned before its process starts, which a
-// deploy may be doing while the start's sweep, or env rm, runs: neither
-// holds the engine) and of every running instance — the preparations
-// read before the instances, so that a version started between the two
-// is in one of them.
+// version being prepared (agent.Preparing: pinned before its process
+// starts, which a deploy may be doing while the start's sweep, or env rm,
+// runs: neither holds the engine) and of every running instance — the
+// preparations read before the instances, so that a version started
+// between the two is in one of them.
 func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
 	keep := map[string]bool{}
-	if d.pinner != nil {
-		for _, k := range d.pinner.preparing() {
-			keep[string(k)] = true
+	if d.agent != nil {
+		for _, k := range d.agent.Preparing() {
+			keep[string(k.Version())] = true
 		}
 	}
 	for _, g := range gens {

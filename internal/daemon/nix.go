@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"maps"
-	"slices"
 	"sync"
 
 	"hostel/internal/api"
@@ -56,14 +54,6 @@ func (p *pinner) Prepare(ctx context.Context, g *spec.Generation, service string
 		}
 	}
 	return p.roots.Pin(string(key), paths)
-}
-
-// preparing returns the versions whose preparation is under way: their
-// roots made, or about to be, their process not started yet.
-func (p *pinner) preparing() []spec.VersionKey {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Collect(maps.Keys(p.added))
 }
 
 // Cleanup implements deploy.Cleaner.

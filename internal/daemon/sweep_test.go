@@ -77,3 +77,44 @@ func TestSweepKeepsDataBeingPrepared(t *testing.T) {
 		t.Errorf("the state directory of the version being prepared was swept: %v", err)
 	}
 }
+
+// TestUnpinKeepsVersionsBeingPrepared: a version being prepared — its
+// roots made, its process not started, its generation not committed —
+// keeps its roots through a removal of the roots nothing holds that runs
+// meanwhile (a start's sweep, env rm, gc). TestCrashAnyTime found it: a
+// deploy the next daemon served right after its start lost its new
+// version's roots to the start's sweep.
+func TestUnpinKeepsVersionsBeingPrepared(t *testing.T) {
+	old := nix.GCRootsDir
+	nix.GCRootsDir = t.TempDir()
+	t.Cleanup(func() { nix.GCRootsDir = old })
+	sup := supervisor.New(supervisor.Options{Root: t.TempDir(), Logf: t.Logf})
+	rt := router.New(router.Options{})
+	t.Cleanup(func() { rt.Close() })
+	d := &Daemon{opts: Options{Root: t.TempDir()}, sup: sup, agent: agent.New(sup, rt), logf: t.Logf}
+	roots := nix.RootsFor(d.opts.Root)
+	for _, name := range []string{"shop-111111111111", "shop-222222222222"} {
+		if err := os.MkdirAll(filepath.Join(roots.Dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := blockingPreparer{entered: make(chan struct{}), release: make(chan struct{})}
+	d.agent.Use(p)
+	g := &spec.Generation{Spec: &spec.Spec{Services: map[string]*spec.Service{"shop": {Exec: []string{"/bin/true"}}}},
+		Versions: map[string]spec.Version{"shop": "222222222222"}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.agent.Reconcile(context.Background(), agent.Desired{Generations: []*spec.Generation{g}}, agent.Options{}, t.Logf)
+	}()
+	<-p.entered
+	removed, err := d.unpin(nil)
+	close(p.release)
+	<-done
+	if err != nil || len(removed) != 1 || removed[0] != "shop-111111111111" {
+		t.Errorf("unpin removed %v (%v), want only shop-111111111111", removed, err)
+	}
+	if !roots.Pinned("shop-222222222222") {
+		t.Error("the version being prepared lost its roots")
+	}
+}
