@@ -48,12 +48,16 @@ test-rest:
 	@$(MAKE) --no-print-directory test-etcd
 
 # The packages with failpoint tests.
-FAILPOINT_PKGS := ./internal/atomicfile/ ./internal/router/ ./internal/supervisor/ ./internal/store/...
+FAILPOINT_PKGS := ./internal/acme/ ./internal/atomicfile/ ./internal/nix/ ./internal/router/ ./internal/supervisor/ ./internal/store/...
 
 # Every failpoint of the catalogue with every action it takes, on bbolt and on etcd, under traffic;
-# then a cluster of three under 100 random faults (TestClusterChaos; -chaos-seed S replays a run).
+# 1,000 kill -9 at random times of deploys, rollbacks, gc and starts, on bbolt then on etcd
+# (TestCrashAnyTime; -crash-seed S replays a run); then a cluster of three under 100 random
+# faults (TestClusterChaos; -chaos-seed S replays a run).
 chaos: deps
-	$(GO) test -count=1 -timeout 60m -run '^(TestRobustness|TestMoveToEtcdCutShort|TestSickServiceNeverStopsTheDaemon)$$' ./test/e2e/ -args -chaos
+	$(GO) test -count=1 -timeout 60m -run '^(TestRobustness|TestMoveToEtcdCutShort|TestSickServiceNeverStopsTheDaemon|TestDatabaseProvisionCutShort)$$' ./test/e2e/ -args -chaos
+	$(GO) test -count=1 -timeout 60m -run '^TestCrashAnyTime$$' ./test/e2e/ -args -crashes 500
+	HOSTEL_TEST_STORE=etcd $(GO) test -count=1 -timeout 60m -run '^TestCrashAnyTime$$' ./test/e2e/ -args -crashes 500
 	$(GO) test -count=1 -timeout 60m -run '^TestClusterChaos$$' ./test/e2e/ -args -chaos-rounds 100
 
 # The end-to-end suite's core: deploys, restarts (SIGTERM, SIGKILL), confirm windows and

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"hostel/internal/failpoint"
 	"hostel/internal/keyring"
 	"hostel/internal/store"
 )
@@ -111,6 +112,9 @@ func (s *storage) Store(ctx context.Context, key string, value []byte) error {
 	writes, err := s.encode(ctx, key, value, store.AnyRevision)
 	if err != nil {
 		return err
+	}
+	if err := failpoint.Inject("acme-before-store"); err != nil {
+		return fmt.Errorf("storing %s: %w", key, err)
 	}
 	_, err = s.st.Txn(ctx, writes...)
 	return err

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -254,6 +255,9 @@ type Agent struct {
 	// generation it was prepared for and the preparers that ran: what
 	// stopping it must clean up. Guarded by runMu.
 	prepared map[spec.VersionKey]preparation
+	// preparing counts, by key, the preparations of a version under way
+	// (its preparers running). Guarded by runMu.
+	preparing map[spec.VersionKey]int
 
 	// asleep reports whether a version sleeps (sleep.go); nil: none does.
 	asleep func(spec.VersionKey) bool
@@ -280,7 +284,8 @@ type preparation struct {
 
 // New returns an agent over the processes and the routes.
 func New(procs Processes, routes Routes) *Agent {
-	return &Agent{procs: procs, route: routes, running: map[spec.VersionKey]*version{}, prepared: map[spec.VersionKey]preparation{}}
+	return &Agent{procs: procs, route: routes, running: map[spec.VersionKey]*version{}, prepared: map[spec.VersionKey]preparation{},
+		preparing: map[spec.VersionKey]int{}}
 }
 
 // Use adds preparers, run in the order given before every new version
@@ -405,6 +410,24 @@ func (a *Agent) Running() []spec.VersionKey {
 	keys := make([]spec.VersionKey, 0, len(a.running))
 	for k := range a.running {
 		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// Preparing returns the keys of the versions being prepared, sorted: their
+// preparers running, or done and the version not yet kept (a commit) or
+// abandoned. What their preparers made — a database, a state directory, GC
+// roots — is theirs, though no generation in the store holds them yet and
+// their process may not run yet.
+func (a *Agent) Preparing() []spec.VersionKey {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	keys := slices.Collect(maps.Keys(a.preparing))
+	for k := range a.prepared {
+		if a.preparing[k] == 0 {
+			keys = append(keys, k)
+		}
 	}
 	slices.Sort(keys)
 	return keys
@@ -635,6 +658,16 @@ func (a *Agent) configure(ctx context.Context, g *spec.Generation, name string, 
 	if svc.Package != "" && !filepath.IsAbs(exec[0]) {
 		cfg.Exec = append([]string{filepath.Join(svc.Package, exec[0])}, exec[1:]...)
 	}
+	a.runMu.Lock()
+	a.preparing[key]++
+	a.runMu.Unlock()
+	defer func() {
+		a.runMu.Lock()
+		if a.preparing[key]--; a.preparing[key] == 0 {
+			delete(a.preparing, key)
+		}
+		a.runMu.Unlock()
+	}()
 	var ran []Preparer
 	for _, p := range a.prepare {
 		ran = append(ran, p)

@@ -187,3 +187,34 @@ func TestReconcileAdopts(t *testing.T) {
 		t.Errorf("%s, left running but not desired, still runs", stale)
 	}
 }
+
+// TestPreparing: a version is being prepared from its first preparer on
+// until it is kept (a commit) or, its start failed, abandoned — so that
+// what its preparers made is known to be held while no stored generation
+// names it and before its process runs.
+func TestPreparing(t *testing.T) {
+	n := newNode(t, t.TempDir())
+	g := generation(t, spec.DefaultEnv, map[string]*spec.Service{"api": svc("api-1")})
+	key := g.Instance("api")
+	var during []spec.VersionKey
+	n.agent.Use(probePreparer{at: func(spec.VersionKey) { during = n.agent.Preparing() }})
+	n.reconcile(t, Desired{Generations: []*spec.Generation{g}}, Options{})
+	if !slices.Equal(during, []spec.VersionKey{key}) {
+		t.Errorf("Preparing while its preparer runs: %v, want [%s]", during, key)
+	}
+	if got := n.agent.Preparing(); !slices.Equal(got, []spec.VersionKey{key}) {
+		t.Errorf("Preparing once started, not kept: %v, want [%s]", got, key)
+	}
+	n.agent.Keep(t.Context(), []string{string(key)}, t.Logf)
+	if got := n.agent.Preparing(); len(got) != 0 {
+		t.Errorf("Preparing once kept: %v, want none", got)
+	}
+
+	g2 := generation(t, spec.DefaultEnv, map[string]*spec.Service{"api": {Exec: []string{"/bin/false"}, StopGrace: spec.Duration(spec.MinGrace)}})
+	if _, err := n.agent.Reconcile(t.Context(), Desired{Generations: []*spec.Generation{g, g2}}, Options{}, t.Logf); err == nil {
+		t.Fatal("a version that exits at once started")
+	}
+	if got := n.agent.Preparing(); len(got) != 0 {
+		t.Errorf("Preparing once its start failed: %v, want none", got)
+	}
+}

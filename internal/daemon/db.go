@@ -18,6 +18,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/atomicfile"
 	"hostel/internal/deploy"
+	"hostel/internal/failpoint"
 	"hostel/internal/keyring"
 	"hostel/internal/postgres"
 	"hostel/internal/spec"
@@ -242,9 +243,15 @@ func (db *databases) ensure(ctx context.Context, g *spec.Generation, service str
 	if db.done[name] == want {
 		return srv, d, created, nil
 	}
+	if err := failpoint.Inject("db-before-provision"); err != nil {
+		return nil, d, created, fmt.Errorf("postgres: %w", err)
+	}
 	pctx, cancel := context.WithTimeout(ctx, provisionTimeout)
 	defer cancel()
 	if err := srv.Provision(pctx, d); err != nil {
+		return nil, d, created, fmt.Errorf("postgres: %w", err)
+	}
+	if err := failpoint.Inject("db-after-provision"); err != nil {
 		return nil, d, created, fmt.Errorf("postgres: %w", err)
 	}
 	db.done[name] = want

@@ -218,17 +218,28 @@ func (d *Daemon) removeEnv(ctx context.Context, name string, from uint64, progre
 // unpinUnheld removes the GC roots of versions that no generation still
 // stored holds and no process runs.
 func (d *Daemon) unpinUnheld(ctx context.Context) ([]string, error) {
-	gens, err := d.store.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return nix.RootsFor(d.opts.Root).Prune(d.pinned(gens))
+	return nix.RootsFor(d.opts.Root).Prune(func() (map[string]bool, error) {
+		gens, err := d.store.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return d.pinned(gens), nil
+	})
 }
 
-// pinned is what must keep its GC roots: the versions of gens and of every
-// running instance.
+// pinned is what must keep its GC roots: the versions of gens, of every
+// version being prepared (agent.Preparing: pinned before its process
+// starts, which a deploy may be doing while the start's sweep, or env rm,
+// runs: neither holds the engine) and of every running instance — the
+// preparations read before the instances, so that a version started
+// between the two is in one of them.
 func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
 	keep := map[string]bool{}
+	if d.agent != nil {
+		for _, k := range d.agent.Preparing() {
+			keep[string(k.Version())] = true
+		}
+	}
 	for _, g := range gens {
 		for name := range g.Spec.Services {
 			keep[string(spec.Key(name, g.Versions[name]))] = true
@@ -240,16 +251,25 @@ func (d *Daemon) pinned(gens []*spec.Generation) map[string]bool {
 	return keep
 }
 
-// dataInUse are the data names (dataName) that a stored generation uses
-// or a process runs with. Every stored generation counts, not only the
-// current ones: a rollback to one brings its instances, and their data,
-// back.
+// dataInUse are the data names (dataName) that a stored generation uses,
+// a version being prepared will use (its database and state directory are
+// made before its generation is committed, and a deploy may be doing that
+// while a start's sweep runs, or just after an env rm) or a process runs
+// with — the preparations read before the processes, so that a version
+// started between the two is in one of them. Every stored generation
+// counts, not only the current ones: a rollback to one brings its
+// instances, and their data, back.
 func (d *Daemon) dataInUse(ctx context.Context) (map[string]bool, error) {
 	gens, err := d.store.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	used := map[string]bool{}
+	if d.agent != nil {
+		for _, k := range d.agent.Preparing() {
+			used[dataName(k.Service(), k.Owner())] = true
+		}
+	}
 	for _, g := range gens {
 		for name := range g.Spec.Services {
 			used[dataName(name, g.Owner(name))] = true
@@ -310,11 +330,8 @@ func (db *databases) retire(ctx context.Context, name string) (string, error) {
 // of removed previews' public names. env rm removes them itself; this is
 // for a daemon that died during one, and runs at start, after the resume.
 func (d *Daemon) sweepPreviewData(ctx context.Context) {
-	used, err := d.dataInUse(ctx)
-	if err != nil {
-		d.logf("sweeping previews' data: %v", err)
-		return
-	}
+	// What is left is listed before what is used is asked: data a
+	// preparation makes meanwhile is not listed, so not swept.
 	recs, err := d.store.Records(ctx, store.KindDatabase)
 	if err != nil {
 		d.logf("sweeping previews' data: %v", err)
@@ -327,6 +344,11 @@ func (d *Daemon) sweepPreviewData(ctx context.Context) {
 	ents, _ := os.ReadDir(filepath.Join(d.opts.Root, "state"))
 	for _, e := range ents {
 		left[e.Name()] = true
+	}
+	used, err := d.dataInUse(ctx)
+	if err != nil {
+		d.logf("sweeping previews' data: %v", err)
+		return
 	}
 	for name := range left {
 		if !strings.Contains(name, "@") || used[name] {

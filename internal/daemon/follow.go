@@ -16,6 +16,7 @@ import (
 	"hostel/internal/agent"
 	"hostel/internal/api"
 	"hostel/internal/deploy"
+	"hostel/internal/failpoint"
 	"hostel/internal/node"
 	"hostel/internal/place"
 	"hostel/internal/router"
@@ -87,20 +88,33 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	// What a previous incarnation of this node left — it died, or was
 	// killed — holds its lease until the TTL ends: its records and its
 	// leadership of the engine go now, not NodeTTL later.
-	if r, err := d.store.Record(ctx, node.KindNode, name); err == nil && r.Lease != 0 {
-		err := d.store.Revoke(ctx, r.Lease)
+	// Its node's record names that lease once it reported; a daemon
+	// killed before (in its start) left only its kindNodeLease record.
+	ended := map[store.LeaseID]bool{}
+	for _, kind := range []string{node.KindNode, kindNodeLease} {
+		r, err := d.store.Record(ctx, kind, name)
+		if errors.Is(err, store.ErrNotFound) || err == nil && (r.Lease == 0 || ended[r.Lease]) {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("node %s: %w", name, err)
+		}
+		err = d.store.Revoke(ctx, r.Lease)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("node %s: ending the lease it held before: %w", name, err)
 		}
+		ended[r.Lease] = true
 		if err == nil {
 			d.logf("node %s: ended the lease its previous daemon left (it was killed)", name)
 		}
-	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("node %s: %w", name, err)
 	}
 	lease, err := d.store.Grant(ctx, NodeTTL)
 	if err != nil {
 		return fmt.Errorf("node %s: lease: %w", name, err)
+	}
+	// Recorded before it holds anything (a candidacy for the engine), for
+	// the next daemon to end should this one die before its node reports.
+	if _, err := d.store.Txn(ctx, store.Write{Kind: kindNodeLease, Key: name, Value: []byte(name), Rev: store.AnyRevision, Lease: lease.ID()}); err != nil {
+		return fmt.Errorf("node %s: recording its lease: %w", name, err)
 	}
 	f := &follower{lease: lease, rejoined: make(chan struct{})}
 	d.follower = f
@@ -139,6 +153,7 @@ func (d *Daemon) startNode(ctx context.Context, a *agent.Agent) error {
 	cancel()
 	switch {
 	case err == nil:
+		failpoint.Hit("node-after-campaign")
 		w := d.store.Fenced(lead)
 		d.engine.SetWriter(w)
 		d.sayLeads(ctx, w, name, lease)
@@ -421,6 +436,14 @@ func machineMemory() int64 {
 	}
 	return 0
 }
+
+// kindNodeLease is the record (key: the node's name) that holds, bound to
+// it, the lease a daemon took for its node, written as soon as it has
+// it. A daemon killed in its start, its lease a candidate for the engine
+// and its node's record not written yet, would otherwise hold the engine
+// a NodeTTL past its death: the next daemon of the node ends that lease at
+// once, as the one its node's record names.
+const kindNodeLease = "node-lease"
 
 // kindLeader is the record (key "engine") naming the node whose daemon
 // leads the engine, under its lease: `hostel nodes` reads it.

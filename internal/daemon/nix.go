@@ -97,7 +97,7 @@ func generationPaths(g *spec.Generation) []string {
 // could be fetched from nowhere. Under the engine's lock: see deploy.GC.
 func (d *Daemon) unpin(kept []*spec.Generation) ([]string, error) {
 	roots := nix.RootsFor(d.opts.Root)
-	removed, err := roots.Prune(d.pinned(kept))
+	removed, err := roots.Prune(func() (map[string]bool, error) { return d.pinned(kept), nil })
 	if err != nil || d.nixCache == nil {
 		return removed, err
 	}

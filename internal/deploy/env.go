@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"hostel/internal/failpoint"
+	"hostel/internal/node"
 	"hostel/internal/spec"
 	"hostel/internal/store"
 )
@@ -73,7 +74,19 @@ func (e *Engine) RemoveEnv(ctx context.Context, env string, from uint64, progres
 		return e.writer().DropEnv(ctx, env, cur.Number, also...)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("remove environment %s: %w", env, err)
+		// The drop may have been made all the same (an answer lost after
+		// the write), with the nodes' Desired in its transaction: if the
+		// store no longer holds the environment, it is removed — finish,
+		// so that its instances drain and the caller sweeps what they
+		// kept, rather than leave that to the next start.
+		var r store.Record
+		if now, cerr := e.st.Current(ctx, env); cerr != nil || now != nil {
+			return nil, fmt.Errorf("remove environment %s: %w", env, err)
+		} else if r, cerr = e.st.Record(ctx, node.KindDesired, after.names()[0]); cerr != nil {
+			return nil, fmt.Errorf("remove environment %s: %w", env, errors.Join(err, cerr))
+		}
+		progress("environment %s is gone from the store, though its removal answered: %v", env, err)
+		rev = r.Revision
 	}
 	// A daemon that dies from here on leaves the preview's instances and
 	// data to the next start: it stops what no environment holds and

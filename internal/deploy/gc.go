@@ -87,6 +87,12 @@ func (e *Engine) GC(ctx context.Context, keep int, release func(kept []*spec.Gen
 	}
 	res.Stopped, res.Aborted = e.drained(context.WithoutCancel(ctx), after, rev, progress)
 	if err := e.writer().Delete(ctx, res.Removed...); err != nil {
+		// The generations may be gone all the same (an answer lost after
+		// the write): release by what the store holds now, so that what
+		// only they pinned does not outlive them until the next start.
+		if now, rerr := e.read(ctx); rerr == nil && release != nil {
+			release(now.snap.Generations)
+		}
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	progress("gc: dropped generations %v", res.Removed)

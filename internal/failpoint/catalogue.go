@@ -80,6 +80,20 @@ var catalogue = []Point{
 	{"supervisor-before-record", Error | Sleep | Kill, "a run record's write (ROOT/run/KEY.json), before it: error leaves the process running with no record"},
 	{"supervisor-before-record-remove", Error | Sleep | Kill, "a run record's removal after its process stopped: error leaves a record naming a process that is gone"},
 
+	{"credentials-after-write", Error | Sleep | Kill, "a launch's credentials (decrypted secrets) written to CREDENTIALS_DIRECTORY, before the directory is closed to the service's user and the process starts: plaintext on a memory-backed file that no process uses yet"},
+
+	// GC roots (internal/nix: Roots).
+	{"gcroots-before-pin", Error | Sleep | Kill, "Roots.Pin (a version's preparation), before its roots are made: the version's store paths unpinned"},
+	{"gcroots-after-pin", Error | Sleep | Kill, "Roots.Pin, its roots made, the caller not told: roots of a version that may never start"},
+	{"gcroots-before-prune", Error | Sleep | Kill, "Roots.Prune (gc, env rm, a start), before the first root no kept generation or process holds is removed: every root kept"},
+
+	// Databases (internal/daemon: a version's preparation).
+	{"db-before-provision", Error | Sleep | Kill, "a service's database, its record written, before the role and database are made in PostgreSQL: a record naming a database not there yet"},
+	{"db-after-provision", Error | Sleep | Kill, "a service's database, the role and database made, before the preparation goes on: the caller not told"},
+
+	// Certificates (internal/acme: the store as certmagic's Storage).
+	{"acme-before-store", Error | Sleep | Kill, "a certificate's (or key's, or ACME account's) write to the store, before its transaction: nothing stored, certmagic told it failed"},
+
 	// Files replaced atomically (run records, secrets, database records, certificates).
 	{"atomicfile-before-rename", Error | Sleep | Kill, "atomicfile.WriteFile, the temporary file written and synced, before the rename: the old content stays"},
 	{"atomicfile-after-rename", Error | Sleep | Kill, "atomicfile.WriteFile, after the rename, before the directory's sync: the new content there, the caller not told"},
@@ -91,6 +105,7 @@ var catalogue = []Point{
 
 	// The nodes: following the store.
 	{"node-before-reconcile", hitActions, "a node's follower, a new state read, before the agent makes it run (sleep: the node follows late)"},
+	{"node-after-campaign", hitActions, "hostel serve's start, the engine's leadership won with the node's new lease, before the node reports (its record names that lease) or the leadership is recorded"},
 	{"node-before-report", Error | Sleep | Kill, "a node's report of its instances, before the write: error leaves the last reports in the store (the next look writes them)"},
 
 	// Release steps: once per deployment.

@@ -183,6 +183,38 @@ func TestBuildFailureNamesTheService(t *testing.T) {
 	}
 }
 
+// keeping is a Prune's keep that wants names.
+func keeping(names ...string) func() (map[string]bool, error) {
+	return func() (map[string]bool, error) {
+		keep := map[string]bool{}
+		for _, n := range names {
+			keep[n] = true
+		}
+		return keep, nil
+	}
+}
+
+// A version pinned while Prune runs — after it listed the pins, before
+// it asked keep — stays: keep never heard of it.
+func TestRootsPruneKeepsPinsMadeMeanwhile(t *testing.T) {
+	r := Roots{Dir: t.TempDir()}
+	for _, n := range []string{"a-111", "a-222"} {
+		if err := os.Mkdir(filepath.Join(r.Dir, n), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := r.Prune(func() (map[string]bool, error) {
+		// A preparation pins a-333 now, its process not started yet.
+		return map[string]bool{"a-222": true}, os.Mkdir(filepath.Join(r.Dir, "a-333"), 0o755)
+	})
+	if err != nil || len(removed) != 1 || removed[0] != "a-111" {
+		t.Errorf("Prune removed %v (%v), want [a-111]", removed, err)
+	}
+	if names, _ := r.Names(); strings.Join(names, ",") != "a-222,a-333" {
+		t.Errorf("after Prune: %v, want a-222 and a-333", names)
+	}
+}
+
 func TestRootsPinAndPrune(t *testing.T) {
 	requireNix(t)
 	pkg := buildScript(t, "pinned")[0]
@@ -213,7 +245,7 @@ func TestRootsPinAndPrune(t *testing.T) {
 	if err != nil || len(paths) != 1 || paths[0] != pkg {
 		t.Errorf("paths of a-111 = %v, %v; want [%s]", paths, err, pkg)
 	}
-	removed, err := r1.Prune(map[string]bool{"a-222": true})
+	removed, err := r1.Prune(keeping("a-222"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +255,7 @@ func TestRootsPinAndPrune(t *testing.T) {
 	if names, _ := r2.Names(); len(names) != 1 {
 		t.Errorf("the other daemon's roots: %v, want untouched", names)
 	}
-	if _, err := r1.Prune(nil); err != nil {
+	if _, err := r1.Prune(keeping()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(r1.Dir); !errors.Is(err, os.ErrNotExist) {

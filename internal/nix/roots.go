@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"hostel/internal/failpoint"
 )
 
 // GCRootsDir holds hostel's GC roots: one directory per daemon root (named
@@ -46,6 +48,9 @@ func (r Roots) Pin(name string, paths []string) error {
 	if len(store) == 0 {
 		return nil
 	}
+	if err := failpoint.Inject("gcroots-before-pin"); err != nil {
+		return fmt.Errorf("gc root: %w", err)
+	}
 	dir := filepath.Join(r.Dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("gc root: %w", err)
@@ -66,6 +71,9 @@ func (r Roots) Pin(name string, paths []string) error {
 		if err := os.Rename(tmp, link); err != nil {
 			return fmt.Errorf("gc root: %w", err)
 		}
+	}
+	if err := failpoint.Inject("gcroots-after-pin"); err != nil {
+		return fmt.Errorf("gc root: %w", err)
 	}
 	return nil
 }
@@ -122,16 +130,29 @@ func (r Roots) Paths(name string) ([]string, error) {
 	return out, nil
 }
 
-// Prune removes every pinned version not in keep and returns their names.
-func (r Roots) Prune(keep map[string]bool) ([]string, error) {
+// Prune removes every pinned version that keep does not want and returns
+// their names. It lists the pinned versions before it asks keep about any
+// (once, for all of them): a version pinned meanwhile is not listed, so
+// not removed, and keep sees every version whose pin was listed as held
+// by whatever held it when that pin was made (a preparation under way).
+func (r Roots) Prune(keep func() (map[string]bool, error)) ([]string, error) {
 	names, err := r.Names()
+	if err != nil {
+		return nil, err
+	}
+	held, err := keep()
 	if err != nil {
 		return nil, err
 	}
 	var removed []string
 	for _, n := range names {
-		if keep[n] {
+		if held[n] {
 			continue
+		}
+		if len(removed) == 0 {
+			if err := failpoint.Inject("gcroots-before-prune"); err != nil {
+				return nil, fmt.Errorf("gc root: %w", err)
+			}
 		}
 		if err := os.RemoveAll(filepath.Join(r.Dir, n)); err != nil {
 			return removed, fmt.Errorf("gc root: %w", err)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"hostel/internal/failpoint"
 )
 
 // shmDir is where credentials go when RUNTIME_DIRECTORY is on disk: it is a
@@ -119,6 +121,9 @@ func (i *Instance) setupCredentials() error {
 		if err := i.chownToService(p); err != nil {
 			return fmt.Errorf("credentials: %w", err)
 		}
+	}
+	if err := failpoint.Inject("credentials-after-write"); err != nil {
+		return fmt.Errorf("credentials: %w", err)
 	}
 	if err := os.Chmod(dir, 0o500); err != nil {
 		return fmt.Errorf("credentials: %w", err)

@@ -8,9 +8,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"hostel/internal/postgres/pgtest"
 )
 
 // rootProcesses lists the processes of root's services, found by the
@@ -220,4 +223,96 @@ func holderPIDs(t testing.TB, root string) []int {
 		}
 	}
 	return pids
+}
+
+// TestKilledAfterCampaign: a daemon killed in its start, the engine's
+// leadership won with its node's new lease and its node not reported yet,
+// held the engine a NodeTTL (6 s) past its death: the next daemon only
+// followed, and refused every deploy ("another daemon sharing the store
+// leads the engine") until that lease ended. The next daemon now ends the
+// lease at once. Found by TestCrashAnyTime (-crash-seed
+// 1796453158646722049 -crashes 25: a restart killed after 25 ms).
+func TestKilledAfterCampaign(t *testing.T) {
+	e := NewEnv(t)
+	e.StartDaemon()
+	e.WriteSpec(launchSpec(e, "1"))
+	e.MustRun("deploy", "--no-confirm")
+	e.StopDaemon()
+
+	e.DaemonEnv = []string{"HOSTEL_FAILPOINTS=node-after-campaign=kill"}
+	e.spawnDaemon("--http", "127.0.0.1:0", "--https", "")
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the daemon did not die at node-after-campaign:\n%s", e.DaemonLog())
+	}
+	e.daemon, e.DaemonEnv = nil, nil
+
+	e.StartDaemon()
+	e.WriteSpec(launchSpec(e, "2"))
+	if out, errOut, code := e.Run("deploy", "--no-confirm"); code != 0 {
+		t.Errorf("the deploy right after the restart: exit %d\n%s%s", code, out, errOut)
+	}
+	e.checkOnlyCurrent("after the deploy")
+	e.Shutdown()
+	e.checkShutDown()
+}
+
+// TestDatabaseProvisionCutShort fails (error) and kills (kill -9) the
+// daemon as it gives a new service its database — its record written,
+// before the role and database are made (db-before-provision), and after
+// they are (db-after-provision) — then checks that nothing was committed,
+// that the next daemon serves what it served, and that the deploy then
+// goes through with a database that works (the release migrates it, the
+// app writes to it). `make test` runs one; -chaos all four.
+func TestDatabaseProvisionCutShort(t *testing.T) {
+	for _, point := range []string{"db-before-provision", "db-after-provision"} {
+		for _, action := range []string{"kill", "error"} {
+			name := point + "=" + action
+			if !*chaos && name != "db-after-provision=kill" {
+				continue
+			}
+			t.Run(name, func(t *testing.T) {
+				pg := pgtest.Start(t)
+				e := newShortEnv(t)
+				e.StartDaemon()
+				migrate := []string{"bin/guestbook", "migrate"}
+				e.WriteSpec(guestbookSpec(e, pg, "1", migrate, false))
+				e.MustRun("deploy", "--no-confirm")
+				before, _ := e.Status()
+
+				e.armFailpoint(point, "1*"+action)
+				e.WriteSpec(guestbookSpec(e, pg, "1", migrate, true))
+				if _, _, code := e.Run("deploy", "--no-confirm"); code == 0 {
+					t.Fatalf("the deploy went through, past %s", name)
+				}
+				if action == "kill" {
+					select {
+					case <-e.done:
+					case <-time.After(30 * time.Second):
+						t.Fatalf("the daemon did not die at %s:\n%s", point, e.DaemonLog())
+					}
+					e.daemon = nil
+					e.StartDaemon()
+				} else if !strings.Contains(e.DaemonLog(), "failpoint "+point+": error") {
+					t.Fatalf("the deploy did not reach %s:\n%s", point, e.DaemonLog())
+				}
+				if gen, svcs := e.Status(); gen != before || svcs["guestbook"].Version != "" {
+					t.Errorf("after %s: generation %d with guestbook %q, want generation %d without it", name, gen, svcs["guestbook"].Version, before)
+				}
+				e.checkOnlyCurrent("after " + name)
+
+				e.MustRun("deploy", "--no-confirm")
+				if got := post(t, e, "guestbook.example", "first!"); !strings.Contains(got, "signed #1") {
+					t.Errorf("signing the guestbook after %s: %q", name, got)
+				}
+				if db := guestbookDB(t, e); db == nil || db.Name != "guestbook" {
+					t.Errorf("status database after %s: %+v", name, db)
+				}
+				e.checkOnlyCurrent("after the next deploy")
+				e.Shutdown()
+				e.checkShutDown()
+			})
+		}
+	}
 }

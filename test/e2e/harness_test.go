@@ -107,6 +107,8 @@ type Env struct {
 	logs   *bytes.Buffer
 	done   chan struct{}
 	logsMu sync.Mutex
+	// logged is set once the daemon's log was printed for a failure.
+	logged bool
 }
 
 // NewEnv prepares a root and a spec directory.
@@ -147,6 +149,14 @@ func (e *Env) StartDaemon() {
 // store, --etcd-embed is added when e.Store is "etcd".
 func (e *Env) StartDaemonArgs(args ...string) {
 	e.t.Helper()
+	e.spawnDaemon(args...)
+	e.waitDaemon()
+}
+
+// spawnDaemon runs `hostel serve --root ROOT ARGS...` (as StartDaemonArgs)
+// and returns at once, before it answers.
+func (e *Env) spawnDaemon(args ...string) {
+	e.t.Helper()
 	if e.Store == "etcd" && !slices.ContainsFunc(args, func(a string) bool { return a == "--etcd" || a == "--etcd-embed" }) {
 		args = append(slices.Clip(args), "--etcd-embed")
 	}
@@ -168,10 +178,19 @@ func (e *Env) StartDaemonArgs(args ...string) {
 		if e.daemon != nil {
 			e.Shutdown() // services outlive a plain stop of the daemon
 		}
-		if e.t.Failed() {
+		// Once, however many daemons the test started (TestCrashAnyTime
+		// starts a thousand).
+		if e.t.Failed() && !e.logged {
+			e.logged = true
 			e.t.Logf("daemon log:\n%s", e.DaemonLog())
 		}
 	})
+}
+
+// waitDaemon waits until the daemon spawnDaemon ran answers, and learns
+// its addresses.
+func (e *Env) waitDaemon() {
+	e.t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		select {

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -10,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,7 +21,10 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
+
 	"hostel/internal/failpoint"
+	"hostel/internal/nix"
 )
 
 var chaos = flag.Bool("chaos", false, "TestRobustness: every store failpoint with every action on both stores (make chaos), not the short sample")
@@ -32,13 +39,16 @@ var chaos = flag.Bool("chaos", false, "TestRobustness: every store failpoint wit
 // daemon again without it and checks what must hold whatever happened:
 // no generation lost or half applied; the current generation one the CLI
 // was told of, or the one the operation was going to; exactly its
-// versions running, each once, and nothing else of the root; every
-// domain answering from it; every answer the traffic got a 200 from a
-// version some generation held. Then a deploy goes through, checked the
-// same way. docs/failpoints.md lists the points.
+// versions running, each once, and nothing else of the root: no GC root
+// but those of kept generations' versions (and all of those), no
+// credential file but those of running instances; every domain
+// answering from it; every answer the traffic got a 200 from a version
+// some generation held. Then a deploy goes through, checked the same
+// way. docs/failpoints.md lists the points.
 //
 // `make test` runs a sample: an operation of each kind under a store
-// fault, spread over the two stores, and a failed switch. `make chaos` (-chaos) runs every
+// fault, spread over the two stores, a failed switch, a kill with
+// credentials written and an ambiguous gc. `make chaos` (-chaos) runs every
 // point of the catalogue with each of kill and error it takes, on both.
 func TestRobustness(t *testing.T) {
 	sample := map[string]bool{
@@ -49,6 +59,8 @@ func TestRobustness(t *testing.T) {
 		"etcd/store-after-set-confirm=kill":    true,
 		"etcd/store-before-drop-env=kill":      true,
 		"etcd/router-before-swap=error":        true,
+		"bbolt/credentials-after-write=kill":   true,
+		"etcd/store-after-delete=error":        true,
 	}
 	stores := []struct {
 		name string
@@ -106,6 +118,10 @@ var reach = map[string]struct {
 	"node-before-reconcile":           {"deploy", 0},
 	"node-before-report":              {"deploy", 0},
 	"store-watch-deliver":             {"deploy", 0},
+	"credentials-after-write":         {"deploy", 0},
+	"gcroots-before-pin":              {"deploy", 0},
+	"gcroots-after-pin":               {"deploy", 0},
+	"gcroots-before-prune":            {"gc", 0},
 }
 
 // unreached are the failpoints no operation of this test reaches, and
@@ -117,6 +133,10 @@ var unreached = map[string]string{
 	"api-socket-bound":        "it is in the daemon's start (TestAPISocketBornPrivate)",
 	"holder-after-spawn":      "it is in the daemon's start (TestKilledWhileHolderStarts)",
 	"store-before-load-batch": "it is in the first start on etcd, moving bbolt's state (TestMoveToEtcdCutShort)",
+	"node-after-campaign":     "it is in the daemon's start (TestKilledAfterCampaign)",
+	"db-before-provision":     "the service mix has no database (TestDatabaseProvisionCutShort)",
+	"db-after-provision":      "the service mix has no database (TestDatabaseProvisionCutShort)",
+	"acme-before-store":       "the service mix has no certificate (TestFailpointStoreCert, internal/acme)",
 }
 
 // reaching returns the operation that reaches point and how many times
@@ -263,12 +283,33 @@ type robust struct {
 	// have removed.
 	mayBeGone map[uint64]bool
 	traffic   *load
+	// store is the Nix store path shop names.
+	store string
+	// rootsMayLinger lets GC roots no generation holds stay: after a
+	// removal of roots that failed.
+	rootsMayLinger bool
 }
 
 func newRobust(t *testing.T, storeArgs []string) *robust {
+	e := newShortEnv(t)
+	r := &robust{t: t, e: e, planned: map[string]map[string]string{}, committed: map[uint64]string{}, mayBeGone: map[uint64]bool{},
+		listen: append([]string{"--http", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--https", ""}, storeArgs...)}
+	e.StartDaemonArgs(r.listen...)
+	r.store = robustStorePath(t)
+	t.Cleanup(func() { nix.RootsFor(e.Root).RemoveAll() }) // the roots outlive the root
+	writeSecret(t, e, "token", "robust-"+t.Name())
+	r.mustDeploy("")
+	r.traffic = startLoad(e.HTTP, "blog.example", "shop.example")
+	t.Cleanup(r.traffic.stop)
+	return r
+}
+
+// newShortEnv is NewEnv with a root of a short name: the root's unix
+// sockets (a service's NOTIFY_SOCKET) must fit in 108 bytes, which a root
+// named after a test's long name would not.
+func newShortEnv(t *testing.T) *Env {
+	t.Helper()
 	e := NewEnv(t)
-	// The root's unix sockets (a service's NOTIFY_SOCKET) must fit in
-	// 108 bytes: a root named after this test's long names would not.
 	base, err := os.MkdirTemp("", "robust-")
 	if err != nil {
 		t.Fatal(err)
@@ -279,26 +320,106 @@ func newRobust(t *testing.T, storeArgs []string) *robust {
 	if err := os.Mkdir(e.Dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r := &robust{t: t, e: e, planned: map[string]map[string]string{}, committed: map[uint64]string{}, mayBeGone: map[uint64]bool{},
-		listen: append([]string{"--http", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--https", ""}, storeArgs...)}
-	e.StartDaemonArgs(r.listen...)
-	r.mustDeploy("")
-	r.traffic = startLoad(e.HTTP, "blog.example", "shop.example")
-	t.Cleanup(r.traffic.stop)
-	return r
+	return e
 }
 
 // robustSpec is the service mix: quotes, which blog needs; blog and
 // shop, whose domains the traffic asks; wiki, which never changes. Each
-// deploy changes quotes, blog and shop.
-func robustSpec(e *Env, n int) map[string]any {
+// deploy changes quotes, blog and shop. shop has a secret (credential
+// files while it runs) and names a Nix store path (GC roots while a
+// generation keeps it): robustStorePath's, when store is not "".
+func robustSpec(e *Env, n int, store string) map[string]any {
 	health := map[string]any{"path": "/healthz"}
+	shopEnv := map[string]string{"SHOP_TITLE": fmt.Sprint("Shop ", n)}
+	if store != "" {
+		shopEnv["SHOP_ASSETS"] = store
+	}
 	return map[string]any{"services": map[string]any{
 		"quotes": e.App("quotes", map[string]any{"env": map[string]string{"GREETING": fmt.Sprint("Hi ", n)}, "health": health}),
 		"blog":   e.App("blog", map[string]any{"needs": []string{"quotes"}, "domains": []string{"blog.example"}, "health": health}),
-		"shop":   e.App("shop", map[string]any{"env": map[string]string{"SHOP_TITLE": fmt.Sprint("Shop ", n)}, "domains": []string{"shop.example"}}),
+		"shop":   e.App("shop", map[string]any{"env": shopEnv, "domains": []string{"shop.example"}, "secrets": []string{"token"}}),
 		"wiki":   e.App("wiki", map[string]any{"domains": []string{"wiki.example"}}),
 	}}
+}
+
+// robustServicesPinned and robustServicesWithSecrets are the services of
+// robustSpec whose versions have GC roots and credential files.
+var (
+	robustServicesPinned      = map[string]bool{"shop": true}
+	robustServicesWithSecrets = map[string]bool{"shop": true}
+)
+
+var robustStore struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// robustStorePath is a store path of this machine's Nix store (a file
+// added once, offline, by nix-store --add), for shop to name: the
+// cheapest real store path there is.
+func robustStorePath(t testing.TB) string {
+	t.Helper()
+	robustStore.once.Do(func() {
+		if !nix.Available() {
+			robustStore.err = fmt.Errorf("Nix is not installed (apt-get install nix-bin; .ci/run does it)")
+			return
+		}
+		// Its own directory, not the first test's: the GC root in it
+		// must outlive that test (another test's Nix GC may run
+		// between two that name the path).
+		dir, err := os.MkdirTemp("", "hostel-robust-")
+		if err != nil {
+			robustStore.err = err
+			return
+		}
+		f := filepath.Join(dir, "hostel-robust-assets")
+		if err := os.WriteFile(f, []byte("assets of the robustness tests' shop\n"), 0o644); err != nil {
+			robustStore.err = err
+			return
+		}
+		out, err := exec.Command("nix-store", "--add", f).Output()
+		robustStore.path, robustStore.err = strings.TrimSpace(string(out)), err
+		if err == nil {
+			if b, err := exec.Command("nix-store", "--add-root", filepath.Join(dir, "root"), "--realise", robustStore.path).CombinedOutput(); err != nil {
+				robustStore.err = fmt.Errorf("nix-store --add-root: %v: %s", err, b)
+			}
+		}
+	})
+	if robustStore.err != nil {
+		t.Fatalf("a store path for the robustness tests: %v", robustStore.err)
+	}
+	return robustStore.path
+}
+
+// writeSecret writes secret name (value, encrypted to the daemon's
+// machine key) and the recipients file in the spec directory's secrets/.
+func writeSecret(t testing.TB, e *Env, name, value string) {
+	t.Helper()
+	key, _, _ := strings.Cut(strings.TrimSpace(e.MustRun("secrets", "recipients")), "  #")
+	rcpt, err := age.ParseX25519Recipient(key)
+	if err != nil {
+		t.Fatalf("secrets recipients: %q: %v", key, err)
+	}
+	dir := filepath.Join(e.Dir, "secrets")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "recipients.txt"), []byte(key+" # this machine\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var ct bytes.Buffer
+	w, err := age.Encrypt(&ct, rcpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, value)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".age"), ct.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // deploy writes the next spec, plans it (keeping its versions) and
@@ -306,9 +427,19 @@ func robustSpec(e *Env, n int) map[string]any {
 // exit code; the generation is committed if it is 0, in doubt otherwise.
 func (r *robust) deploy(env string, args ...string) int {
 	r.t.Helper()
+	envArgs := r.planNext(env)
+	out, _, code := r.e.Run(append(append([]string{"deploy", "--json"}, envArgs...), args...)...)
+	r.committedBy(out, code)
+	return code
+}
+
+// planNext writes the next spec and plans it for env, keeping its
+// versions; the deploy's generation is in doubt until the CLI says. It
+// returns the CLI's flags for env.
+func (r *robust) planNext(env string) (envArgs []string) {
+	r.t.Helper()
 	r.deploys++
-	r.e.WriteSpec(robustSpec(r.e, r.deploys))
-	envArgs := []string{}
+	r.e.WriteSpec(robustSpec(r.e, r.deploys, r.store))
 	if env != "" {
 		envArgs = []string{"--env", env}
 	}
@@ -321,15 +452,36 @@ func (r *robust) deploy(env string, args ...string) int {
 	}
 	r.planned[p.SpecHash] = p.Versions
 	r.doubt = p.SpecHash
-	out, _, code := r.e.Run(append(append([]string{"deploy", "--json"}, envArgs...), args...)...)
-	if code == 0 {
-		var res struct{ Generation uint64 }
-		if err := json.Unmarshal([]byte(out), &res); err != nil {
-			r.t.Fatal(err)
-		}
-		r.committed[res.Generation] = p.SpecHash
+	return envArgs
+}
+
+// committedBy records the generation a deploy that printed out (--json)
+// and exited code committed: none unless code is 0.
+func (r *robust) committedBy(out string, code int) {
+	r.t.Helper()
+	if code != 0 {
+		return
 	}
-	return code
+	var res struct{ Generation uint64 }
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		r.t.Fatalf("deploy --json: %v: %q", err, out)
+	}
+	r.committed[res.Generation] = r.doubt
+}
+
+// startDeploy is deploy of production with --no-confirm, not started:
+// Start it, Wait for it, then pass it to deployed.
+func (r *robust) startDeploy() *exec.Cmd {
+	r.t.Helper()
+	r.planNext("")
+	cmd := r.e.command("deploy", "--json", "--no-confirm")
+	cmd.Stdout = &bytes.Buffer{}
+	return cmd
+}
+
+// deployed records what a deploy of startDeploy that exited code did.
+func (r *robust) deployed(cmd *exec.Cmd, code int) {
+	r.committedBy(cmd.Stdout.(*bytes.Buffer).String(), code)
 }
 
 func (r *robust) mustDeploy(env string) {
@@ -377,9 +529,12 @@ func (r *robust) run(op robustOp, point string, skip int, action string) {
 		// the store holds, without a restart (every node follows the
 		// store, whatever the engine was told).
 		doubt, mayBeGone := r.doubt, maps.Clone(r.mayBeGone)
+		// A removal of roots that failed (the CLI says so) leaves them to
+		// the next gc or start.
+		r.rootsMayLinger = point == "gcroots-before-prune"
 		op.settle(r, code, before.Number)
 		r.check(fmt.Sprintf("after %s (CLI exit %d), without a restart", fired, code))
-		r.doubt, r.mayBeGone = doubt, mayBeGone
+		r.doubt, r.mayBeGone, r.rootsMayLinger = doubt, mayBeGone, false
 		e.StopDaemon()
 	}
 	if !strings.Contains(e.DaemonLog(), fired) {
@@ -564,8 +719,87 @@ func (r *robust) runsExactly(cur generation, preview bool) string {
 			wrong = append(wrong, "ROOT/run/"+dir+" is left")
 		}
 	}
+	wrong = append(wrong, r.rootsAndCredentials(count)...)
 	slices.Sort(wrong)
 	return strings.Join(wrong, "; ")
+}
+
+// rootsAndCredentials returns what is wrong with the root's GC roots and
+// credential files, given the instances that run (by key, as
+// runsExactly counts them): the roots must be exactly the versions of
+// the pinned services that a kept generation (production's or the
+// preview's) holds or a process runs — no orphan root, none missing —
+// and credential files must be there for exactly the running instances
+// of the services with secrets.
+func (r *robust) rootsAndCredentials(running map[string]int) []string {
+	var wrong []string
+	want := map[string]bool{}
+	_, prod := r.generations("")
+	_, pr := r.generations("pr")
+	for _, gens := range []map[uint64]generation{prod, pr} {
+		for _, g := range gens {
+			for name, v := range g.Versions {
+				if robustServicesPinned[name] {
+					want[name+"-"+v] = true
+				}
+			}
+		}
+	}
+	held := maps.Clone(want)
+	for key := range running {
+		version, _, _ := strings.Cut(key, "@")
+		if name, _, _ := strings.Cut(version, "-"); robustServicesPinned[name] {
+			held[version] = true
+		}
+	}
+	names, err := nix.RootsFor(r.e.Root).Names()
+	if err != nil {
+		return []string{fmt.Sprintf("reading the GC roots: %v", err)}
+	}
+	pinned := map[string]bool{}
+	for _, n := range names {
+		pinned[n] = true
+		if !held[n] && !r.rootsMayLinger {
+			wrong = append(wrong, "GC root "+n+" is left, which no kept generation or process holds")
+		}
+	}
+	for n := range want {
+		if !pinned[n] {
+			wrong = append(wrong, "no GC root for "+n+", which a kept generation holds")
+		}
+	}
+
+	creds := credentialDirs(r.e.Root)
+	for key := range creds {
+		if running[key] == 0 {
+			wrong = append(wrong, "credentials of "+key+" are left, which does not run")
+		}
+	}
+	for key := range running {
+		name, _, _ := strings.Cut(key, "-")
+		if robustServicesWithSecrets[name] && !creds[key] {
+			wrong = append(wrong, key+" runs without its credentials")
+		}
+	}
+	return wrong
+}
+
+// credentialDirs lists the credentials directories of root's instances,
+// by instance key: in /dev/shm/hostel-ROOTHASH/KEY (where RUNTIME_DIRECTORY
+// is on disk) or ROOT/run/KEY/credentials.
+func credentialDirs(root string) map[string]bool {
+	out := map[string]bool{}
+	abs, _ := filepath.Abs(root)
+	sum := sha256.Sum256([]byte(abs))
+	ents, _ := os.ReadDir(filepath.Join("/dev/shm", "hostel-"+hex.EncodeToString(sum[:6])))
+	for _, e := range ents {
+		out[e.Name()] = true
+	}
+	dirs, _ := filepath.Glob(filepath.Join(root, "run", "*", "credentials"))
+	for _, d := range dirs {
+		out[filepath.Base(filepath.Dir(d))] = true
+	}
+	return out
 }
 
 // load asks hosts for / on a daemon's HTTP address all the time, and
