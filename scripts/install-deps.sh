@@ -40,6 +40,9 @@ if [[ $what == test ]]; then
   # systemd-analyze verifies hostel install's units; systemd-socket-activate passes
   # listeners the way systemd does (no systemd runs as PID 1 for either).
   have systemd-analyze && have systemd-socket-activate || need+=(systemd)
+  # ip (network namespaces, veth links, a bridge) puts each node of the cluster tests in a
+  # network of its own, whose link a test cuts.
+  have ip || need+=(iproute2)
   # Chromium, headless, drives the dashboard's pages (TestDashboard).
   have chromium || need+=(chromium)
 fi
