@@ -221,8 +221,16 @@ func (b *browser) waitFor(what, expr string) {
 		if err == nil && ok {
 			return
 		}
+		// A load the page started itself (its live reload) that the
+		// machine's network changing under it ended leaves Chromium's
+		// error page: load the page again.
+		if url, err := chromedp.Run(b.ctx, chromedp.Location()); err == nil && strings.HasPrefix(url, "chrome-error:") {
+			chromedp.Run(b.ctx, chromedp.Reload()) // Chromium loads the failed URL again
+		}
 		if time.Now().After(deadline) {
-			b.t.Fatalf("%s: %s not true after 30 s (last error: %v)", what, expr, err)
+			url, _ := chromedp.Run(b.ctx, chromedp.Location())
+			text, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`document.body ? document.body.innerText.slice(0, 3000) : ""`))
+			b.t.Fatalf("%s: %s not true after 30 s (last error: %v); the page, %s:\n%s", what, expr, err, url, text)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
