@@ -231,18 +231,9 @@ func (s *Set) Left() []string {
 // that a flag asks for on another address of the same port, which would
 // keep the new address from being bound.
 func (s *Set) ClosePort(port string) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.ls = slices.DeleteFunc(s.ls, func(p passed) bool {
+	s.closeIf(func(p passed) bool {
 		_, got, err := net.SplitHostPort(p.ln.Addr().String())
-		if err == nil && got == port {
-			p.ln.Close()
-			return true
-		}
-		return false
+		return err == nil && got == port
 	})
 }
 
@@ -297,19 +288,7 @@ func (s *Set) closeIf(match func(passed) bool) error {
 }
 
 // Close closes the sockets not taken.
-func (s *Set) Close() error {
-	if s == nil {
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var errs []error
-	for _, p := range s.ls {
-		errs = append(errs, p.ln.Close())
-	}
-	s.ls = nil
-	return errors.Join(errs...)
-}
+func (s *Set) Close() error { return s.closeIf(func(passed) bool { return true }) }
 
 // Notify sends state ("READY=1") to the socket NOTIFY_SOCKET names, as
 // sd_notify does; without one it does nothing.
