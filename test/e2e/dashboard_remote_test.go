@@ -3,7 +3,6 @@ package e2e
 import (
 	"crypto/tls"
 	"encoding/base64"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,18 +34,8 @@ func TestDashboardRemoteAPI(t *testing.T) {
 	}
 	other, _ := api.NewToken(tok.Pin) // this daemon's pin, another secret
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	for _, path := range []string{"/", "/generations", "/static/app.js", "/events", "/deploys/stream", "/logs/stream?service=quotes",
-		"/login", "/login?token=" + other.String(), "/nothing"} {
-		resp, err := hc.Get(url + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusUnauthorized || len(b) != 0 {
-			t.Errorf("GET %s without the token: %d %q, want 401 and nothing", path, resp.StatusCode, b)
-		}
-	}
+	refusedWithoutToken(t, hc, url, "/", "/generations", "/static/app.js", "/events", "/deploys/stream", "/logs/stream?service=quotes",
+		"/login", "/login?token="+other.String(), "/nothing")
 	// The API beside it still wants the token as a header.
 	if resp, err := hc.Get(url + "/v1/status"); err != nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("GET /v1/status without the token: %v %v, want 401", resp.StatusCode, err)

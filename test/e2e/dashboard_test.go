@@ -19,6 +19,23 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
+// refusedWithoutToken asserts that each of paths under base, asked by c
+// without a session, gets 401 and an empty body.
+func refusedWithoutToken(t *testing.T, c *http.Client, base string, paths ...string) {
+	t.Helper()
+	for _, path := range paths {
+		resp, err := c.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || len(b) != 0 {
+			t.Errorf("GET %s without the token: %d %q, want 401 and nothing", path, resp.StatusCode, b)
+		}
+	}
+}
+
 // startDashboard runs `hostel dashboard` and returns its login URL (with the
 // one-time token).
 func (e *Env) startDashboard() string {
@@ -57,17 +74,7 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("hostel dashboard printed %q, want http://127.0.0.1:PORT/login?token=…", login)
 	}
 	base := login[:strings.Index(login, "/login")]
-	for _, path := range []string{"/", "/generations", "/login?token=nope"} {
-		resp, err := http.Get(base + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusUnauthorized || len(b) != 0 {
-			t.Errorf("GET %s without the token: %d %q, want 401 and nothing", path, resp.StatusCode, b)
-		}
-	}
+	refusedWithoutToken(t, http.DefaultClient, base, "/", "/generations", "/login?token=nope")
 
 	b := newBrowser(t)
 	run, waitFor, has, shot := b.run, b.waitFor, b.has, b.shot
