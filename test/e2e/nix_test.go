@@ -533,13 +533,23 @@ func TestNixRemoteDeploy(t *testing.T) {
 // its adding and the daemon's pinning.
 func addToStore(t *testing.T, src string) string {
 	t.Helper()
-	out, err := exec.Command("nix-store", "--add", src).Output()
+	path, err := addToStoreRooted(src, t.TempDir())
 	if err != nil {
-		t.Fatalf("nix-store --add: %v", err)
-	}
-	path := strings.TrimSpace(string(out))
-	if b, err := exec.Command("nix-store", "--add-root", filepath.Join(t.TempDir(), "root"), "--realise", path).CombinedOutput(); err != nil {
-		t.Fatalf("nix-store --add-root: %v\n%s", err, b)
+		t.Fatal(err)
 	}
 	return path
+}
+
+// addToStoreRooted adds src to the Nix store and roots its path in dir
+// (dir/root, an indirect root: gone with dir).
+func addToStoreRooted(src, dir string) (string, error) {
+	out, err := exec.Command("nix-store", "--add", src).Output()
+	if err != nil {
+		return "", fmt.Errorf("nix-store --add: %w", err)
+	}
+	path := strings.TrimSpace(string(out))
+	if b, err := exec.Command("nix-store", "--add-root", filepath.Join(dir, "root"), "--realise", path).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("nix-store --add-root: %w: %s", err, b)
+	}
+	return path, nil
 }

@@ -378,13 +378,7 @@ func robustStorePath(t testing.TB) string {
 			robustStore.err = err
 			return
 		}
-		out, err := exec.Command("nix-store", "--add", f).Output()
-		robustStore.path, robustStore.err = strings.TrimSpace(string(out)), err
-		if err == nil {
-			if b, err := exec.Command("nix-store", "--add-root", filepath.Join(dir, "root"), "--realise", robustStore.path).CombinedOutput(); err != nil {
-				robustStore.err = fmt.Errorf("nix-store --add-root: %v: %s", err, b)
-			}
-		}
+		robustStore.path, robustStore.err = addToStoreRooted(f, dir)
 	})
 	if robustStore.err != nil {
 		t.Fatalf("a store path for the robustness tests: %v", robustStore.err)
