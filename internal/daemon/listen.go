@@ -131,33 +131,39 @@ func (d *Daemon) startHolder(held, kept net.Conn) {
 		d.useHolder(kept)
 		return
 	}
-	path := HoldPath(d.opts.Root)
-	handover.Release(path)
-	os.Remove(path) // a holder killed, not released
-	var fds []int
-	var names []string
-	var err error
-	if !d.opts.Passed.FromSystemd() {
-		fds, names, err = d.socketFDs(false)
-	}
-	defer handover.CloseAll(fds)
-	var hold net.Listener
-	if err == nil {
-		hold, err = listenPrivate(path)
-	}
-	var c net.Conn
-	if err == nil {
-		c, err = handover.SpawnHolder(path, hold, fds, names)
-		hold.Close()
-	}
-	if err != nil && hold != nil {
-		os.Remove(path)
-	}
+	c, err := d.spawnHolder(HoldPath(d.opts.Root))
 	if err != nil {
 		d.logf("no socket holder: %v; if the daemon dies, connections are refused until it starts again", err)
 		return
 	}
 	d.useHolder(c)
+}
+
+// spawnHolder ends the holder at path, if one answers, and starts a new
+// one there with copies of the listening sockets (none under systemd).
+func (d *Daemon) spawnHolder(path string) (net.Conn, error) {
+	handover.Release(path)
+	os.Remove(path) // a holder killed, not released
+	var fds []int
+	var names []string
+	if !d.opts.Passed.FromSystemd() {
+		var err error
+		fds, names, err = d.socketFDs(false)
+		defer handover.CloseAll(fds)
+		if err != nil {
+			return nil, err
+		}
+	}
+	hold, err := listenPrivate(path)
+	if err != nil {
+		return nil, err
+	}
+	defer hold.Close()
+	c, err := handover.SpawnHolder(path, hold, fds, names)
+	if err != nil {
+		os.Remove(path)
+	}
+	return c, err
 }
 
 // useHolder makes c the daemon's connection to its holder.
