@@ -544,6 +544,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		return err
 	}
+	go ctl.receive(d)
 	d.startHolder(held, ctl.holderConn())
 	// To systemd (Type=notify): this process serves — after an upgrade,
 	// in place of the one systemd started.

@@ -113,6 +113,7 @@ func (d *Daemon) Upgrade(ctx context.Context, req api.UpgradeRequest) (*api.Upgr
 	err = child.start()
 	if err == nil {
 		d.logf("upgrade: pid %d serves; this daemon finishes its requests and exits", child.pid)
+		d.passIdle(child)
 		d.quitOnce.Do(func() { close(d.quit) })
 		return &api.UpgradeResult{OldPID: os.Getpid(), PID: child.pid, Version: version}, nil
 	}
@@ -132,6 +133,7 @@ func (d *Daemon) Upgrade(ctx context.Context, req api.UpgradeRequest) (*api.Upgr
 		d.quitOnce.Do(func() { close(d.quit) })
 		return nil, fmt.Errorf("hostel upgrade: %s failed: %w; the old binary did not come back either (%v): the daemon exits", path, err, berr)
 	}
+	d.passIdle(back)
 	d.quitOnce.Do(func() { close(d.quit) })
 	return nil, fmt.Errorf("hostel upgrade: %s failed: %w; the old binary serves on (pid %d)", path, err, back.pid)
 }
@@ -286,6 +288,22 @@ func (s *successor) kill() {
 	s.ctl.Close()
 }
 
+// passIdle has the front end pass the client connections it would close
+// between requests as it stops to s, the daemon that serves now, on the
+// control socket (handover/conns.go): none is closed under a client
+// about to send its next request.
+func (d *Daemon) passIdle(s *successor) {
+	if d.front == nil {
+		return
+	}
+	sender, err := handover.NewConnSender(s.ctl)
+	if err != nil {
+		d.logf("upgrade: %v: idle connections are closed", err)
+		return
+	}
+	d.front.PassIdle(sender.Send)
+}
+
 // handOver lets go of what the daemon replacing this one needs alone: the
 // API (its callers wait in the socket's backlog), the store, the services.
 // The public listeners and the router serve on until Close. A request
@@ -367,7 +385,9 @@ func (u *upgradeControl) await() error {
 	return nil
 }
 
-// done tells the old daemon how the start went, and closes the socket.
+// done tells the old daemon how the start went. After an error it closes
+// the socket; after a start, the old daemon passes its idle client
+// connections on it (receive).
 func (u *upgradeControl) done(err error) {
 	if u == nil {
 		return
@@ -377,5 +397,26 @@ func (u *upgradeControl) done(err error) {
 		msg = "error " + strings.ReplaceAll(err.Error(), "\n", " ") + "\n"
 	}
 	u.c.Write([]byte(msg))
-	u.c.Close()
+	if err != nil {
+		u.c.Close()
+	}
+}
+
+// receive serves the client connections the old daemon passes on until
+// it exits, then closes the socket.
+func (u *upgradeControl) receive(d *Daemon) {
+	if u == nil {
+		return
+	}
+	defer u.c.Close()
+	err := handover.ReceiveConns(u.c, func(c net.Conn, pending []byte) {
+		if d.front == nil {
+			c.Close()
+			return
+		}
+		d.front.Adopt(c, pending)
+	})
+	if err != nil {
+		d.logf("upgrade: the connections the daemon replaced passed on: %v", err)
+	}
 }

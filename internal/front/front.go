@@ -115,6 +115,11 @@ type Front struct {
 	turning  atomic.Int64
 
 	shutting atomic.Bool
+	// passer takes the idle connections at Shutdown (PassIdle); passing
+	// counts those net/http let go of that are still being served or
+	// passed on (pass.go).
+	passer  atomic.Pointer[Passer]
+	passing atomic.Int64
 	// clock is the time (UnixNano) as of the sweeper's last tick: the
 	// phases of connections are timed by it, which is precise enough for
 	// their timeouts and cheaper than reading the clock per request.
@@ -187,7 +192,7 @@ type fallback struct {
 func (f *Front) newFallback(h http.Handler, errorLog *log.Logger) *fallback {
 	return &fallback{
 		srv: &http.Server{Handler: f.guard(h), ReadHeaderTimeout: f.header, IdleTimeout: f.idle,
-			MaxHeaderBytes: f.lim.maxHead, ErrorLog: errorLog},
+			MaxHeaderBytes: f.lim.maxHead, ErrorLog: errorLog, ConnState: connState},
 		l: &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
 	}
 }
@@ -301,6 +306,7 @@ func (f *Front) track(c net.Conn, tc *tls.Conn, pending []byte, t *connTicket) *
 		fc.c, fc.direct, fc.fb = tc, f.directTLS, f.secure
 	}
 	fc.cr.c, fc.cr.h, fc.cr.pending = fc.c, &fc.hangup, pending
+	fc.given = pending != nil
 	fc.since.Store(f.clock.Load())
 	fc.phase.Store(phaseNew)
 	f.mu.Lock()
@@ -359,6 +365,15 @@ func (f *Front) Shutdown(ctx context.Context) error {
 		wg.Go(func() { errs[i] = fb.srv.Shutdown(ctx) })
 	}
 	wg.Wait()
+	// net/http let go of the connections it closed idle, which are
+	// passed on, or served if a request came first.
+	for f.passing.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -428,6 +443,9 @@ func (f *Front) expire(shutting bool) int {
 		if ph == phaseActive && age > watchDelay && fc.cr.armed.CompareAndSwap(true, false) {
 			go fc.cr.backgroundRead()
 		}
+		if shutting && f.passIdle(fc, ph) {
+			continue
+		}
 		if f.expired(ph, age, shutting) && fc.phase.CompareAndSwap(ph, phaseClosed) {
 			fc.c.Close()
 		}
@@ -460,6 +478,7 @@ const (
 	phaseActive               // serving a request
 	phaseClosed               // closed by the sweeper or shutdown
 	phaseWriting              // an event loop's: the client has yet to take a response
+	phasePassing              // idle at shutdown, being passed on (pass.go)
 )
 
 // watchDelay is about how long a request runs before its client
@@ -491,6 +510,9 @@ type frontConn struct {
 	// fromLoop: an event loop gave the connection back; it is not
 	// offered to one again.
 	fromLoop bool
+	// given: it came with bytes read of it, or a request under way; not
+	// idle before it served one (pass.go).
+	given bool
 	// slot is the request an event loop gave back with the connection,
 	// if any: released when run ends, whether or not it got to serve it.
 	slot slot
@@ -571,7 +593,11 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		keep := first(fc.bw, &fc.hangup)
 		fc.slot.release() // before the flush, as serveFast's
 		fc.stopWatch()
-		if fc.bw.Flush() != nil || !keep || f.shutting.Load() {
+		if fc.bw.Flush() != nil || !keep {
+			return
+		}
+		if f.shutting.Load() {
+			fc.passOn() // a response that kept the connection (pass.go)
 			return
 		}
 		fc.since.Store(f.clock.Load())
@@ -579,8 +605,15 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 	}
 	for {
 		ph := fc.phase.Load()
+		if ph == phasePassing {
+			fc.passOn()
+			return
+		}
 		if fc.br.Buffered() == 0 {
 			if _, err := fc.br.Peek(1); err != nil {
+				if fc.phase.Load() == phasePassing {
+					fc.passOn()
+				}
 				return
 			}
 		}
@@ -588,6 +621,9 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 			fc.since.Store(f.clock.Load())
 		}
 		if !fc.phase.CompareAndSwap(ph, phaseHeader) {
+			if fc.phase.Load() == phasePassing {
+				fc.passOn() // with the bytes that came meanwhile
+			}
 			return
 		}
 		// No head: a large header, which net/http reads, or a broken
@@ -612,7 +648,11 @@ func (fc *frontConn) run(first func(w *bufio.Writer, h *hangup) bool) {
 		fc.startWatch()
 		keep := b.serveFast(&fc.req, fc.bw, &fc.hangup, false)
 		fc.stopWatch()
-		if fc.bw.Flush() != nil || !keep || f.shutting.Load() {
+		if fc.bw.Flush() != nil || !keep {
+			return
+		}
+		if f.shutting.Load() {
+			fc.passOn()
 			return
 		}
 		fc.since.Store(f.clock.Load())
@@ -653,8 +693,8 @@ func (f *Front) fastBackend(head string, req *Request, remote string, secure boo
 // front. It reports false if the Front was closed meanwhile.
 func (fc *frontConn) handOff() bool {
 	pending, _ := fc.br.Peek(fc.br.Buffered())
-	hc := &handoffConn{Conn: fc.c, tls: fc.state, write: fc.wr.d, ticket: fc.ticket}
-	hc.src = handoffSource{pending: append([]byte(nil), pending...), r: &fc.cr}
+	hc := &handoffConn{Conn: fc.c, f: fc.f, tls: fc.state, write: fc.wr.d, ticket: fc.ticket}
+	hc.src = handoffSource{pending: append([]byte(nil), pending...), r: &fc.cr, c: hc}
 	hc.scan = newHeadScanner(&hc.src, &fc.f.lim)
 	fc.release()
 	fc.f.handoffs.Add(1)

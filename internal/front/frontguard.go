@@ -102,10 +102,27 @@ type headScanner struct {
 	n     int64  // bytes left in scanBody and scanChunkData
 	head  []byte // the head or line read so far
 	out   []byte // checked bytes net/http has yet to read
+	full  []byte // out's head, whole, until out is read
 }
 
 func newHeadScanner(r io.Reader, lim *limits) *headScanner {
 	return &headScanner{br: bufio.NewReaderSize(r, 4096), lim: lim}
+}
+
+// untaken returns the bytes of a next request the scanner read, if
+// net/http took none of them (ok): with them in front, the connection can
+// be read by another.
+func (s *headScanner) untaken() (rest []byte, ok bool) {
+	buffered, _ := s.br.Peek(s.br.Buffered())
+	switch {
+	case s.state == scanHead && len(s.out) == 0:
+		rest = s.head // a part of a head, or none
+	case s.full != nil && len(s.out) > 0:
+		rest = s.full // a whole head, and what follows it
+	default:
+		return nil, false
+	}
+	return append(append([]byte(nil), rest...), buffered...), true
 }
 
 func (s *headScanner) Read(p []byte) (int, error) {
@@ -137,7 +154,7 @@ func (s *headScanner) Read(p []byte) (int, error) {
 	if s.out = s.out[n:]; len(s.out) == 0 {
 		// A head may be 64 KiB: not kept once passed on, while the
 		// connection waits for its response or its next request.
-		s.out = nil
+		s.out, s.full = nil, nil
 	}
 	return n, nil
 }
@@ -176,7 +193,7 @@ func (s *headScanner) step() error {
 			return s.refuse(code)
 		}
 		s.out, s.head = s.head, nil
-		s.state, s.n = framing, n
+		s.state, s.n, s.full = framing, n, s.out
 		return nil
 	case scanChunkSize, scanChunkEnd, scanTrailer:
 		frag, err := s.br.ReadSlice('\n')
@@ -213,7 +230,7 @@ func (s *headScanner) step() error {
 				s.state = scanHead
 			}
 		}
-		s.out, s.head = line, nil
+		s.out, s.head, s.full = line, nil, nil
 		return nil
 	}
 	return nil
@@ -236,14 +253,14 @@ func appendHead(head, frag []byte, limit int) []byte {
 // code, and ends the stream after it.
 func (s *headScanner) refuse(code int) error {
 	s.out = []byte("HOSTEL-REFUSE-" + strconv.Itoa(code) + " / HTTP/1.1\r\nHost: refused\r\n\r\n")
-	s.head, s.state = nil, scanEnd
+	s.head, s.state, s.full = nil, scanEnd, nil
 	return nil
 }
 
 // broken passes the malformed chunk line on, for net/http to fail the body
 // with (400), and ends the stream after it.
 func (s *headScanner) broken() error {
-	s.out, s.head, s.state = s.head, nil, scanEnd
+	s.out, s.head, s.state, s.full = s.head, nil, scanEnd, nil
 	return nil
 }
 

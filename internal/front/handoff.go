@@ -16,6 +16,7 @@ import (
 // the bytes the front end had read first, through a headScanner.
 type handoffConn struct {
 	net.Conn
+	f     *Front
 	src   handoffSource
 	scan  *headScanner
 	tls   *tls.ConnectionState // of a TLS connection, which net/http sees wrapped
@@ -23,9 +24,13 @@ type handoffConn struct {
 	// ticket is the connection's among MaxConnections, given back when
 	// net/http closes it, or the handler that hijacked it.
 	ticket *connTicket
+	pass   handoffPass
 }
 
 func (c *handoffConn) Close() error {
+	if c.closePassing() {
+		return nil // its read is cut: net/http closes it again (pass.go)
+	}
 	c.ticket.release()
 	return c.Conn.Close()
 }
@@ -34,13 +39,17 @@ func (c *handoffConn) Close() error {
 type handoffSource struct {
 	pending []byte
 	r       *connReader
+	c       *handoffConn // told of the reads (pass.go)
 }
 
 func (s *handoffSource) Read(p []byte) (int, error) {
 	if n, ok := readPending(&s.pending, p); ok {
 		return n, nil
 	}
-	return s.r.Read(p)
+	if s.c == nil {
+		return s.r.Read(p)
+	}
+	return s.c.readSocket(s.r, p)
 }
 
 func (c *handoffConn) Write(p []byte) (int, error) { return writeTimed(c.Conn, p, c.write) }
@@ -70,7 +79,7 @@ func withTLSState(h http.Handler) http.Handler {
 	})
 }
 
-func (c *handoffConn) Read(p []byte) (int, error) { return c.scan.Read(p) }
+func (c *handoffConn) Read(p []byte) (int, error) { return c.read(p) }
 
 // readPending reads into p from the bytes read ahead of a connection,
 // *pending, while there are any; ok is false once there are none.

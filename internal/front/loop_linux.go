@@ -475,6 +475,9 @@ func (l *eventLoop) tick() {
 	f := l.f
 	shutting := f.shutting.Load()
 	for c := range l.clients {
+		if shutting && c.passIdle() {
+			continue
+		}
 		age := time.Duration(l.now - c.since)
 		if f.expired(c.state, age, shutting) {
 			c.close()

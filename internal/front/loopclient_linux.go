@@ -391,11 +391,19 @@ func (c *loopClient) flush() {
 
 // finish ends the request in flight once its response is written.
 func (c *loopClient) finish() {
-	if !c.keep || c.l.f.shutting.Load() {
+	if !c.keep {
 		c.close()
 		return
 	}
 	c.state, c.since = lcIdle, c.l.now
+	if c.l.f.shutting.Load() {
+		// A response that kept the connection: passed on, with what
+		// came of a next request, if there is a Passer (pass.go).
+		if !c.passIdle() {
+			c.close()
+		}
+		return
+	}
 	if !c.advancing {
 		c.advance() // a pipelined request, or one that is on its way
 	}
@@ -420,6 +428,21 @@ func (c *loopClient) close() {
 		putLoopBuffer(c.in)
 		c.in = nil
 	}
+}
+
+// passIdle passes an idle plain connection on, at a shutdown with a
+// Passer (pass.go), and closes it; it reports whether it did. The loop
+// alone reads the socket: what it has not read goes with it.
+func (c *loopClient) passIdle() bool {
+	p := c.l.f.passTo()
+	if p == nil || c.tls != nil || c.state != lcIdle && c.state != lcNew || c.eof || c.hup {
+		return false
+	}
+	if err := p(c.fd, c.in); err != nil {
+		c.l.f.logf("router: front end: passing %s on: %v", c.remote, err)
+	}
+	c.close()
+	return true
 }
 
 // giveBack hands the connection to a goroutine (front.go) with what was

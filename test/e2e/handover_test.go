@@ -152,6 +152,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 
 	pid := e.daemon.Process.Pid
 	holders := holderPIDs(t, e.Root)
+	kept := keepAliveConns(t, e.HTTP, "blog.example")
 	failed, n := trafficOn([]string{e.HTTP}, 4, "blog.example", func() {
 		slow := make(chan string, 1)
 		go func() {
@@ -175,6 +176,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Fatalf("hostel upgrade printed %q; want pid %d → a new pid", out, pid)
 		}
 		waitUntil(t, "the old daemon to exit", func() bool { return !running(old) })
+		kept.again(t, "after hostel upgrade")
 		if got := <-slow; got != "200 [started done]" {
 			t.Errorf("a slow request under way across the upgrade: %s", got)
 		}
@@ -196,6 +198,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Errorf("hostel upgrade to a binary that dies: exit %d, %q; want 1, saying why and that the old binary serves on", code, errOut)
 		}
 		waitUntil(t, "the daemon of the failed upgrade to exit", func() bool { return !running(pid) })
+		kept.again(t, "after a failed upgrade")
 		e.MustRun("status")
 		samePIDs("after a failed upgrade")
 		if i := strings.Index(errOut, "serves on (pid "); i < 0 {
@@ -209,6 +212,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 
 		syscall.Kill(pid, syscall.SIGHUP)
 		waitUntil(t, "the daemon to exit after SIGHUP", func() bool { return !running(pid) })
+		kept.again(t, "after SIGHUP")
 		e.MustRun("status")
 		samePIDs("after SIGHUP")
 		if got := strings.Count(e.DaemonLog(), "upgrade: pid "); got != 2 {
@@ -219,6 +223,85 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		t.Errorf("%d of %d requests failed across the upgrades; first: %v", len(failed), n, failed[:min(5, len(failed))])
 	}
 	t.Logf("%d requests across 3 upgrades", n)
+}
+
+// keptConns are client connections to a daemon's public listener, each
+// left idle after a request, or new with nothing sent, whose next request
+// is sent once the daemon was replaced.
+type keptConns []keptConn
+
+type keptConn struct {
+	name, req string
+	status    int // of the request before; 0 for none
+	c         net.Conn
+	br        *bufio.Reader
+}
+
+// keepAliveConns opens three connections to addr for host: one idle after
+// a GET (which the router's fast path serves), one after a POST with a
+// body (which net/http serves), one with nothing sent yet.
+func keepAliveConns(t *testing.T, addr, host string) keptConns {
+	t.Helper()
+	kept := keptConns{
+		{name: "idle after a GET", req: "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n"},
+		{name: "idle after a POST", req: "POST / HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 1\r\n\r\nx"},
+		{name: "new, nothing sent", req: "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n"},
+	}
+	for i := range kept {
+		k := &kept[i]
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		k.c, k.br = c, bufio.NewReader(c)
+		if i < 2 {
+			k.status = k.do(t)
+			if k.status == 0 {
+				t.Fatalf("%s: no answer before the upgrade", k.name)
+			}
+		}
+	}
+	return kept
+}
+
+// do sends the connection's request and returns the answer's status, 0
+// if none came.
+func (k *keptConn) do(t *testing.T) int {
+	t.Helper()
+	k.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(k.c, k.req); err != nil {
+		t.Errorf("%s: %v", k.name, err)
+		return 0
+	}
+	resp, err := http.ReadResponse(k.br, &http.Request{Method: strings.Fields(k.req)[0]})
+	if err != nil {
+		t.Errorf("%s: %v", k.name, err)
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.Close {
+		t.Errorf("%s: the answer closes the connection", k.name)
+	}
+	return resp.StatusCode
+}
+
+// again sends each connection's request once more: the daemon that
+// serves now answers it on the same connection, which was not closed.
+func (kept keptConns) again(t *testing.T, when string) {
+	t.Helper()
+	for i := range kept {
+		k := &kept[i]
+		want := k.status
+		if want == 0 {
+			want = 200
+		}
+		if got := k.do(t); got != want {
+			t.Errorf("%s %s: status %d, want %d on the same connection", k.name, when, got, want)
+		}
+		k.status = want
+	}
 }
 
 // running reports whether process pid exists and is not a zombie (a
