@@ -449,12 +449,13 @@ type clientBody struct {
 	first   []byte // read by start, not yet by the proxy
 	done    bool
 
-	// mu guards over and err: the proxy's transport may still read the
+	// mu guards what follows: the proxy's transport may still read the
 	// body while its error handler asks how it failed.
-	mu    sync.Mutex
-	over  bool      // the handler returned: rc is not to be used
-	until time.Time // set by cutOff: no read goes on past it
-	err   error     // the first failure
+	mu      sync.Mutex
+	over    bool      // the handler returned: rc is not to be used
+	until   time.Time // set by cutOff: no read goes on past it
+	err     error     // the first failure
+	stallAt time.Time // the deadline of the read under way, if one is
 }
 
 func (b *clientBody) setErr(err error) {
@@ -511,8 +512,15 @@ func (b *clientBody) start() {
 }
 
 func (b *clientBody) read(p []byte) (int, error) {
-	b.setDeadline(time.Now().Add(b.timeout))
+	deadline := time.Now().Add(b.timeout)
+	b.setDeadline(deadline)
+	b.mu.Lock()
+	b.stallAt = deadline
+	b.mu.Unlock()
 	n, err := b.src.Read(p)
+	b.mu.Lock()
+	b.stallAt = time.Time{}
+	b.mu.Unlock()
 	switch {
 	case err == io.EOF:
 		// Unbounded again: net/http's read for the client's hang-up
@@ -552,7 +560,15 @@ func (b *clientBody) Close() error { return b.src.Close() }
 // failed returns the status for a body the client failed to send: 408 if
 // it stalled, 400 if its framing was broken; 0 if it did not fail.
 func (b *clientBody) failed() int {
-	switch err := b.getErr(); {
+	b.mu.Lock()
+	err, stallAt := b.err, b.stallAt
+	b.mu.Unlock()
+	switch {
+	case err == nil && !stallAt.IsZero() && !time.Now().Before(stallAt):
+		// The read under way timed out, and net/http, which cancels
+		// the request on its connection's read error, ended the
+		// proxy's round trip before the read returned here.
+		return http.StatusRequestTimeout
 	case err == nil:
 		return 0
 	case errors.Is(err, os.ErrDeadlineExceeded):
