@@ -157,6 +157,32 @@ func (e *Env) StartDaemonArgs(args ...string) {
 // and returns at once, before it answers.
 func (e *Env) spawnDaemon(args ...string) {
 	e.t.Helper()
+	e.spawn(args...)
+	e.t.Cleanup(func() {
+		// Once, however many daemons the test started (TestCrashAnyTime
+		// starts a thousand).
+		if e.t.Failed() && !e.logged {
+			e.logged = true
+			e.t.Logf("daemon log:\n%s", e.DaemonLog())
+		}
+		if e.daemon != nil {
+			select {
+			case <-e.done:
+				// Killed by the test, which ended before it started
+				// the next: one more start adopts the services, for
+				// the shutdown to stop them.
+				e.spawn(e.args...)
+				e.waitDaemon()
+			default:
+			}
+			e.Shutdown() // services outlive a plain stop of the daemon
+		}
+	})
+}
+
+// spawn starts `hostel serve --root ROOT ARGS...`.
+func (e *Env) spawn(args ...string) {
+	e.t.Helper()
 	if e.Store == "etcd" && !slices.ContainsFunc(args, func(a string) bool { return a == "--etcd" || a == "--etcd-embed" }) {
 		args = append(slices.Clip(args), "--etcd-embed")
 	}
@@ -174,17 +200,6 @@ func (e *Env) spawnDaemon(args ...string) {
 	e.daemon = cmd
 	e.done = make(chan struct{})
 	go func() { cmd.Wait(); close(e.done) }()
-	e.t.Cleanup(func() {
-		if e.daemon != nil {
-			e.Shutdown() // services outlive a plain stop of the daemon
-		}
-		// Once, however many daemons the test started (TestCrashAnyTime
-		// starts a thousand).
-		if e.t.Failed() && !e.logged {
-			e.logged = true
-			e.t.Logf("daemon log:\n%s", e.DaemonLog())
-		}
-	})
 }
 
 // waitDaemon waits until the daemon spawnDaemon ran answers, and learns
