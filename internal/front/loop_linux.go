@@ -134,11 +134,7 @@ func (ls *loops) adoptTLS(tc *tls.Conn, remote string, t *connTicket) error {
 // adoptFD takes c's descriptor, with its ticket t, into a loop and closes
 // c.
 func (ls *loops) adoptFD(c net.Conn, remote string, tc *tls.Conn, t *connTicket) error {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return errors.New("no descriptor")
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := rawConn(c)
 	if err != nil {
 		return err
 	}

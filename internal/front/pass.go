@@ -44,13 +44,18 @@ func (f *Front) passTo() Passer {
 	return nil
 }
 
-// passFD calls p with c's descriptor.
-func passFD(p Passer, c net.Conn, pending []byte) error {
+// rawConn returns c's descriptor, to be used in its Control.
+func rawConn(c net.Conn) (syscall.RawConn, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return errors.New("no descriptor")
+		return nil, errors.New("no descriptor")
 	}
-	rc, err := sc.SyscallConn()
+	return sc.SyscallConn()
+}
+
+// passFD calls p with c's descriptor.
+func passFD(p Passer, c net.Conn, pending []byte) error {
+	rc, err := rawConn(c)
 	if err != nil {
 		return err
 	}
