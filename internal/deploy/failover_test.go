@@ -134,6 +134,50 @@ func TestFailoverLostNode(t *testing.T) {
 	}
 }
 
+// TestFailoverOnceItsOwnNodeReports: an engine whose own node's record is
+// missing (its report lost, the store out of reach a moment) places
+// nothing — it does not know that node's labels and capacity — and
+// places what a node that died ran as soon as its own node reports
+// itself again, with no other change to make it (issue 22).
+func TestFailoverOnceItsOwnNodeReports(t *testing.T) {
+	f := newFleet(t, 3, Options{})
+	if _, err := f.deploy(fakeSpec(map[string]string{"api": "1", "web": "1", "jobs": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	e := New(f.st, Options{Node: "node-0", Logf: f.log.add})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.FailOver(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	time.Sleep(200 * time.Millisecond) // FailOver watches
+
+	if _, err := f.st.Txn(t.Context(), store.Write{Kind: node.KindNode, Key: "node-0", Rev: store.AnyRevision, Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	before := f.desiredOf("node-2")
+	if len(before.Instances) == 0 {
+		t.Fatal("node-2 runs nothing: nothing to fail over")
+	}
+	f.nodes[2].die()
+	time.Sleep(500 * time.Millisecond)
+	if got := f.desiredOf("node-2"); !slices.Equal(got.Instances, before.Instances) {
+		t.Fatalf("node-2 was asked %v while the engine's own node had not reported itself, want %v as it was", got.Instances, before.Instances)
+	}
+	snap, err := f.st.Read(t.Context(), node.KindDesired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.nodes[0].apply(t.Context(), snap) // its report, made again
+	eventually(t, "node-2's instances placed elsewhere once node-0 reported itself", func() bool {
+		return len(f.desiredOf("node-2").Instances) == 0
+	})
+	for _, k := range before.Instances {
+		if on := f.runners(k); !slices.ContainsFunc(on, func(n string) bool { return n != "node-2" }) {
+			t.Errorf("%s runs on %v, want a node left", k, on)
+		}
+	}
+}
+
 // TestFailoverPinnedStays: an instance pinned (placement.node) to a node
 // that died is not moved — it stays placed there, said so — while the
 // rest moves; the node runs it again when it comes back.
