@@ -3,8 +3,10 @@ package deploy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,6 +177,97 @@ func TestFailoverOnceItsOwnNodeReports(t *testing.T) {
 		if on := f.runners(k); !slices.ContainsFunc(on, func(n string) bool { return n != "node-2" }) {
 			t.Errorf("%s runs on %v, want a node left", k, on)
 		}
+	}
+}
+
+// failingDesired is a writer whose next writes of node's Desired fail,
+// as a store out of reach a moment does: fail says how many more.
+type failingDesired struct {
+	store.Store
+	node string
+	fail atomic.Int32
+}
+
+func (s *failingDesired) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
+	for _, wr := range writes {
+		if wr.Kind == node.KindDesired && wr.Key == s.node && s.fail.Add(-1) >= 0 {
+			return 0, errors.New("etcdserver: request timed out")
+		}
+	}
+	return s.Store.Txn(ctx, writes...)
+}
+
+// TestFailoverCommitFails (issue 22): a failover whose commit fails —
+// its stage made, the nodes left running what moves to them beside what
+// they ran — is made again until it commits: no instance is left placed
+// more often than its replicas, and each node runs what is placed on it;
+// also when the node that went came back meanwhile, running what its
+// Desired, not rewritten, still names (shop on three nodes, solo on two,
+// as a chaos run once left them).
+func TestFailoverCommitFails(t *testing.T) {
+	for _, comesBack := range []bool{false, true} {
+		t.Run(fmt.Sprintf("comes back %v", comesBack), func(t *testing.T) {
+			f := newFleet(t, 3, Options{})
+			s := fakeSpec(map[string]string{"shop": "1", "solo": "1"})
+			two := 2
+			s.Services["shop"].Replicas = &two
+			if _, err := f.deploy(s, 0); err != nil {
+				t.Fatal(err)
+			}
+			var lost *fakeNode
+			for _, n := range f.nodes {
+				if slices.ContainsFunc(f.desiredOf(n.name).Instances, func(k spec.VersionKey) bool { return k.Service() == "shop" }) {
+					lost = n
+					break
+				}
+			}
+			if lost == nil {
+				t.Fatal("no node runs shop")
+			}
+			w := &failingDesired{Store: f.st, node: lost.name}
+			w.fail.Store(1) // the commit: the stage writes the nodes left only
+			f.engine.SetWriter(w)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { f.engine.FailOver(ctx); close(done) }()
+			t.Cleanup(func() { cancel(); <-done })
+			time.Sleep(200 * time.Millisecond) // FailOver watches
+
+			lost.die()
+			eventually(t, "the failover's commit failed", func() bool { return strings.Contains(f.log.String(), "trying again") })
+			if comesBack {
+				lost.comeBack()
+			}
+			eventually(t, "each instance placed as often as its replicas, and run where placed", func() bool {
+				placed := map[spec.VersionKey][]string{}
+				for _, n := range f.nodes {
+					for _, k := range f.desiredOf(n.name).Instances {
+						placed[k] = append(placed[k], n.name)
+						if !slices.Contains(n.runs(), k) && (n != lost || comesBack) {
+							return false
+						}
+					}
+					if n != lost || comesBack {
+						for _, k := range n.runs() {
+							if !slices.Contains(f.desiredOf(n.name).Instances, k) {
+								return false
+							}
+						}
+					}
+				}
+				for k, on := range placed {
+					if want := map[string]int{"shop": 2, "solo": 1}[k.Service()]; len(on) != want {
+						return false
+					}
+				}
+				return len(placed) == 2
+			})
+			if !comesBack {
+				if d := f.desiredOf(lost.name); len(d.Instances) != 0 {
+					t.Errorf("the node that went is asked %v, want nothing", d.Instances)
+				}
+			}
+		})
 	}
 }
 
