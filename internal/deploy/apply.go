@@ -193,7 +193,7 @@ func (e *Engine) stage(ctx context.Context, v *view, g *spec.Generation, startin
 	}
 	rev, err := e.writeDesired(ctx, v, e.keptByWindows(), g, nil)
 	var unplaced *place.Error
-	if errors.As(err, &unplaced) {
+	if errors.As(err, &unplaced) || errors.Is(err, errUnreported) {
 		return nil, fmt.Errorf("deploy refused before anything started, nothing changed: %w", err)
 	} else if err != nil {
 		// The write may have been made all the same (an answer lost):

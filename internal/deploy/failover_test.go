@@ -3,8 +3,10 @@ package deploy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,6 +133,141 @@ func TestFailoverLostNode(t *testing.T) {
 	}
 	if on := f.runners(k); len(on) != 1 || on[0] == lost.name {
 		t.Errorf("%s runs on %v, want one node, not the one that came back", k, on)
+	}
+}
+
+// TestFailoverOnceItsOwnNodeReports: an engine whose own node's record is
+// missing (its report lost, the store out of reach a moment) places
+// nothing — it does not know that node's labels and capacity — and
+// places what a node that died ran as soon as its own node reports
+// itself again, with no other change to make it (issue 22).
+func TestFailoverOnceItsOwnNodeReports(t *testing.T) {
+	f := newFleet(t, 3, Options{})
+	if _, err := f.deploy(fakeSpec(map[string]string{"api": "1", "web": "1", "jobs": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	e := New(f.st, Options{Node: "node-0", Logf: f.log.add})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.FailOver(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	time.Sleep(200 * time.Millisecond) // FailOver watches
+
+	if _, err := f.st.Txn(t.Context(), store.Write{Kind: node.KindNode, Key: "node-0", Rev: store.AnyRevision, Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	before := f.desiredOf("node-2")
+	if len(before.Instances) == 0 {
+		t.Fatal("node-2 runs nothing: nothing to fail over")
+	}
+	f.nodes[2].die()
+	time.Sleep(500 * time.Millisecond)
+	if got := f.desiredOf("node-2"); !slices.Equal(got.Instances, before.Instances) {
+		t.Fatalf("node-2 was asked %v while the engine's own node had not reported itself, want %v as it was", got.Instances, before.Instances)
+	}
+	snap, err := f.st.Read(t.Context(), node.KindDesired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.nodes[0].apply(t.Context(), snap) // its report, made again
+	eventually(t, "node-2's instances placed elsewhere once node-0 reported itself", func() bool {
+		return len(f.desiredOf("node-2").Instances) == 0
+	})
+	for _, k := range before.Instances {
+		if on := f.runners(k); !slices.ContainsFunc(on, func(n string) bool { return n != "node-2" }) {
+			t.Errorf("%s runs on %v, want a node left", k, on)
+		}
+	}
+}
+
+// failingDesired is a writer whose next writes of node's Desired fail,
+// as a store out of reach a moment does: fail says how many more.
+type failingDesired struct {
+	store.Store
+	node string
+	fail atomic.Int32
+}
+
+func (s *failingDesired) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
+	for _, wr := range writes {
+		if wr.Kind == node.KindDesired && wr.Key == s.node && s.fail.Add(-1) >= 0 {
+			return 0, errors.New("etcdserver: request timed out")
+		}
+	}
+	return s.Store.Txn(ctx, writes...)
+}
+
+// TestFailoverCommitFails (issue 22): a failover whose commit fails —
+// its stage made, the nodes left running what moves to them beside what
+// they ran — is made again until it commits: no instance is left placed
+// more often than its replicas, and each node runs what is placed on it;
+// also when the node that went came back meanwhile, running what its
+// Desired, not rewritten, still names (shop on three nodes, solo on two,
+// as a chaos run once left them).
+func TestFailoverCommitFails(t *testing.T) {
+	for _, comesBack := range []bool{false, true} {
+		t.Run(fmt.Sprintf("comes back %v", comesBack), func(t *testing.T) {
+			f := newFleet(t, 3, Options{})
+			s := fakeSpec(map[string]string{"shop": "1", "solo": "1"})
+			two := 2
+			s.Services["shop"].Replicas = &two
+			if _, err := f.deploy(s, 0); err != nil {
+				t.Fatal(err)
+			}
+			var lost *fakeNode
+			for _, n := range f.nodes {
+				if slices.ContainsFunc(f.desiredOf(n.name).Instances, func(k spec.VersionKey) bool { return k.Service() == "shop" }) {
+					lost = n
+					break
+				}
+			}
+			if lost == nil {
+				t.Fatal("no node runs shop")
+			}
+			w := &failingDesired{Store: f.st, node: lost.name}
+			w.fail.Store(1) // the commit: the stage writes the nodes left only
+			f.engine.SetWriter(w)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { f.engine.FailOver(ctx); close(done) }()
+			t.Cleanup(func() { cancel(); <-done })
+			time.Sleep(200 * time.Millisecond) // FailOver watches
+
+			lost.die()
+			eventually(t, "the failover's commit failed", func() bool { return strings.Contains(f.log.String(), "trying again") })
+			if comesBack {
+				lost.comeBack()
+			}
+			eventually(t, "each instance placed as often as its replicas, and run where placed", func() bool {
+				placed := map[spec.VersionKey][]string{}
+				for _, n := range f.nodes {
+					for _, k := range f.desiredOf(n.name).Instances {
+						placed[k] = append(placed[k], n.name)
+						if !slices.Contains(n.runs(), k) && (n != lost || comesBack) {
+							return false
+						}
+					}
+					if n != lost || comesBack {
+						for _, k := range n.runs() {
+							if !slices.Contains(f.desiredOf(n.name).Instances, k) {
+								return false
+							}
+						}
+					}
+				}
+				for k, on := range placed {
+					if want := map[string]int{"shop": 2, "solo": 1}[k.Service()]; len(on) != want {
+						return false
+					}
+				}
+				return len(placed) == 2
+			})
+			if !comesBack {
+				if d := f.desiredOf(lost.name); len(d.Instances) != 0 {
+					t.Errorf("the node that went is asked %v, want nothing", d.Instances)
+				}
+			}
+		})
 	}
 }
 

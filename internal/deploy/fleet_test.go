@@ -369,3 +369,53 @@ func TestFleetRestartOnItsNode(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployWhileItsOwnNodeUnreported: a deploy made while the engine's
+// own node has not reported itself (its report lost a moment) cannot
+// place its new versions — that node's labels and capacity are unknown —
+// and the placement in force names none of them: it is refused before
+// anything started, nothing changed, rather than switched to versions no
+// node runs. Once the node reported itself, it goes through.
+func TestDeployWhileItsOwnNodeUnreported(t *testing.T) {
+	f := newFleet(t, 3, Options{})
+	if _, err := f.deploy(fakeSpec(map[string]string{"api": "1", "web": "1", "jobs": "1"}), 0); err != nil {
+		t.Fatal(err)
+	}
+	before := f.current()
+	e := New(f.st, Options{Node: "node-0", Logf: f.log.add})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Txn(t.Context(), store.Write{Kind: node.KindNode, Key: "node-0", Rev: store.AnyRevision, Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	next := fakeSpec(map[string]string{"api": "2", "web": "2", "jobs": "2"})
+	_, err := e.Deploy(t.Context(), Request{Source: "test.json", Spec: next}, f.log.add)
+	if err == nil || !strings.Contains(err.Error(), "nothing changed") || !strings.Contains(err.Error(), "node-0 has not reported itself") {
+		t.Errorf("a deploy while node-0 has not reported itself: %v, want refused, nothing changed, naming it", err)
+	}
+	if got := f.current(); got != before {
+		t.Errorf("the current generation is %d, want %d unchanged", got, before)
+	}
+	for _, k := range f.keysOfGen(before) {
+		if on := f.runners(k); len(on) != 1 {
+			t.Errorf("%s runs on %v after the refused deploy, want one node", k, on)
+		}
+	}
+
+	snap, err := f.st.Read(t.Context(), node.KindDesired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.nodes[0].apply(t.Context(), snap) // its report, made again
+	if _, err := e.Deploy(t.Context(), Request{Source: "test.json", Spec: next}, f.log.add); err != nil {
+		t.Fatalf("the deploy once node-0 reported itself: %v", err)
+	}
+	for _, k := range f.keysOfGen(f.current()) {
+		if on := f.runners(k); len(on) != 1 {
+			t.Errorf("%s runs on %v, want one node", k, on)
+		}
+	}
+}

@@ -1,6 +1,8 @@
 package deploy
 
 import (
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
 
@@ -47,23 +49,37 @@ func placed(v *view) place.Placement {
 	return cur
 }
 
+// errUnreported is placement's error when a node the engine asks has not
+// reported itself (its labels and capacity unknown) while what is to run
+// holds instances the placement in force does not name.
+var errUnreported = errors.New("has not reported itself")
+
 // placement decides which nodes run what will run at once: first the
 // generation going live (or staged), whose replicas and placement win for
 // an instance another holds too, then every current generation, the
 // generations kept (an open window's previous) and the callable versions
 // asleep (woken where they are placed). It returns nil, nil when the
-// nodes have not all reported themselves yet: every node runs every
-// instance then. A spec that cannot be placed is a *place.Error.
+// nodes have not all reported themselves yet and the placement in force
+// names every instance (or there is none, as at a cluster's first start:
+// every node runs every instance then): each node runs what it runs. But
+// an instance it does not name — a new version — would run on no node:
+// that is errUnreported. A spec that cannot be placed is a *place.Error.
 func placement(v *view, first *spec.Generation, currents map[string]*spec.Generation, keep []uint64, asleep []Callable) (place.Placement, error) {
-	nodes, ok := nodesOf(v)
-	if !ok {
-		return nil, nil
-	}
 	want, err := wanted(v, first, currents, keep, asleep)
 	if err != nil {
 		return nil, err
 	}
-	return place.Make(want, nodes, placed(v))
+	cur := placed(v)
+	nodes, ok := nodesOf(v)
+	if !ok {
+		for _, in := range want {
+			if len(cur) > 0 && cur[in.Key] == nil {
+				return nil, fmt.Errorf("%s is not placed: node %s %w yet (its report may be on its way: try again in a moment)", in.Key, v.self, errUnreported)
+			}
+		}
+		return nil, nil
+	}
+	return place.Make(want, nodes, cur)
 }
 
 // wanted returns the instances placement places (see placement), first's

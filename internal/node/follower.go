@@ -87,6 +87,9 @@ type Follower struct {
 	mu  sync.Mutex
 	// reporting serializes report.
 	reporting sync.Mutex
+	// info writes the node's record (Info), and again until it went
+	// through.
+	info *Reporter
 	// cur is what the last reconcile made run.
 	cur state
 	// reconciling is set while a reconcile runs: nothing sleeps then.
@@ -128,7 +131,7 @@ func NewFollower(st store.Store, opts Options) *Follower {
 		logf = func(string, ...any) {}
 	}
 	return &Follower{st: st, opts: opts, agent: opts.Agent, logf: logf, up: time.Now().UTC().Truncate(time.Second),
-		restarted: map[spec.VersionKey]int{}, reported: map[spec.VersionKey]Instance{}, kept: map[spec.VersionKey]*keptSleep{}}
+		info: NewReporter(st, KindNode, opts.Name, logf), restarted: map[spec.VersionKey]int{}, reported: map[spec.VersionKey]Instance{}, kept: map[spec.VersionKey]*keptSleep{}}
 }
 
 // Start reads the state and makes the node run it, taking over what a
@@ -174,11 +177,13 @@ func (f *Follower) Rejoin(ctx context.Context, lease store.LeaseID) error {
 	return nil
 }
 
-// Run follows the store from revision from until ctx ends, and reports
-// the node's instances every ReportEvery.
+// Run follows the store from revision from until ctx ends, reports the
+// node's instances every ReportEvery, and tries again a report of its
+// Info that failed (Reporter).
 func (f *Follower) Run(ctx context.Context, from uint64) {
 	var wg sync.WaitGroup
 	wg.Go(func() { f.reportLoop(ctx) })
+	wg.Go(func() { f.info.Run(ctx) })
 	defer wg.Wait()
 	for ctx.Err() == nil {
 		err := f.follow(ctx, from)
@@ -496,14 +501,15 @@ func (f *Follower) wakeAlwaysOn(ctx context.Context, currents map[string]*spec.G
 	wg.Wait()
 }
 
-// writeInfo stores the node's record.
+// writeInfo stores the node's record; one that fails is tried again
+// (Reporter) until it goes through.
 func (f *Follower) writeInfo(ctx context.Context, info Info) {
 	v, err := json.Marshal(info)
 	if err == nil {
 		f.mu.Lock()
 		lease := f.opts.Lease
 		f.mu.Unlock()
-		_, err = f.st.Txn(ctx, store.Write{Kind: KindNode, Key: f.opts.Name, Value: v, Rev: store.AnyRevision, Lease: lease})
+		err = f.info.Report(ctx, v, lease)
 	}
 	if err != nil {
 		f.logf("node %s: reporting: %v", f.opts.Name, err)

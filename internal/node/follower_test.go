@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -425,5 +426,51 @@ func TestFollowerRejoins(t *testing.T) {
 	}
 	if _, err := w.st.Record(t.Context(), node.KindInstance, node.InstanceKey(w.n.Name, k)); err == nil {
 		t.Error("web, stopped, is reported after the node rejoined")
+	}
+}
+
+// failingReports is a store whose next writes of records of kind fail,
+// as a call does whose etcd member was cut off (its client's keepalive
+// unanswered): fail says how many more.
+type failingReports struct {
+	store.Store
+	kind string
+	fail atomic.Int32
+}
+
+func (s *failingReports) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
+	for _, wr := range writes {
+		if wr.Kind == s.kind && !wr.Delete && s.fail.Add(-1) >= 0 {
+			return 0, errors.New("rpc error: code = Unavailable desc = keepalive ping failed to receive ACK within timeout")
+		}
+	}
+	return s.Store.Txn(ctx, writes...)
+}
+
+// TestFollowerReportsAgain (issue 22): a node whose report of what it
+// applied fails — the store out of reach for a moment — reports it again
+// until it goes through, with no further change to make it: the engine
+// waits for that report (a failover's stage, a deploy's), and a node
+// that said nothing more stalled them for their whole bound.
+func TestFollowerReportsAgain(t *testing.T) {
+	root := t.TempDir()
+	st := &failingReports{Store: backends.OpenRoot(t, root), kind: node.KindNode}
+	n := nodetest.New(t, st, root, nodetest.Options{})
+	n.Start(t)
+	t.Cleanup(n.Shutdown)
+	w := &world{t: t, root: root, st: st, n: n}
+	g := w.commit("one", 0)
+	w.applied(0)
+	st.fail.Store(3) // the next report, and its first two retries
+	v, _ := json.Marshal(node.Desired{Node: n.Name, Placed: true, Instances: []spec.VersionKey{g.Instance("web")}})
+	rev, err := st.Txn(t.Context(), store.Write{Kind: node.KindDesired, Key: n.Name, Value: v, Rev: store.AnyRevision})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := w.applied(rev); info.Applied < rev {
+		t.Errorf("the node reports it applied %d, want %d", info.Applied, rev)
+	}
+	if left := st.fail.Load(); left > 0 {
+		t.Errorf("%d writes of the node's record were not tried", left)
 	}
 }

@@ -43,6 +43,10 @@ type Follower struct {
 	// starts later swaps a table at least as new.
 	syncMu sync.Mutex
 
+	// report writes the routes record, and again until it went through;
+	// nil without a node.
+	report *node.Reporter
+
 	mu      sync.Mutex
 	applied uint64
 	changed chan struct{} // closed and replaced when applied moves
@@ -73,7 +77,11 @@ func NewFollower(st store.Store, r Swapper, opts Options) *Follower {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Follower{st: st, node: opts.Node, lease: opts.Lease, r: r, logf: logf, switched: opts.Switched, remotes: opts.Remotes, changed: make(chan struct{})}
+	f := &Follower{st: st, node: opts.Node, lease: opts.Lease, r: r, logf: logf, switched: opts.Switched, remotes: opts.Remotes, changed: make(chan struct{})}
+	if opts.Node != "" {
+		f.report = node.NewReporter(st, node.KindRoutes, opts.Node, logf)
+	}
+	return f
 }
 
 // Sync reads the state and swaps its table in, once: what a daemon does
@@ -129,8 +137,14 @@ func (f *Follower) syncRemotes(ctx context.Context) error {
 
 // Run follows the store from revision from (what Sync returned) until
 // ctx ends. A watch lost to compaction, or a store that fails for a
-// while, is met by reading the state again.
+// while, is met by reading the state again; a report of the revision
+// followed that failed is tried again (node.Reporter).
 func (f *Follower) Run(ctx context.Context, from uint64) {
+	if f.report != nil {
+		var wg sync.WaitGroup
+		wg.Go(func() { f.report.Run(ctx) })
+		defer wg.Wait()
+	}
 	for ctx.Err() == nil {
 		err := f.follow(ctx, from)
 		if ctx.Err() != nil {
@@ -231,7 +245,9 @@ func (f *Follower) setApplied(ctx context.Context, rev uint64) {
 	f.mu.Lock()
 	lease := f.lease
 	f.mu.Unlock()
-	if _, err := f.st.Txn(ctx, store.Write{Kind: node.KindRoutes, Key: f.node, Value: v, Rev: store.AnyRevision, Lease: lease}); err != nil {
+	// One that fails is tried again (Reporter): the engine, and the
+	// nodes before they drain, wait for it.
+	if err := f.report.Report(ctx, v, lease); err != nil {
 		f.logf("routes: reporting revision %d: %v", rev, err)
 	}
 }

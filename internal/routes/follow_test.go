@@ -3,9 +3,11 @@ package routes
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -275,4 +277,41 @@ func TestFollowerNeverAheadOfItsTable(t *testing.T) {
 			t.Errorf("the routes record said revision %d followed with web.test still on %s (the commit, at %d, moved it)", w.applied, w.table, rev)
 		}
 	}
+}
+
+// failingRoutes is a store whose next writes of a routes record fail, as
+// a call does whose etcd member was cut off: fail says how many more.
+type failingRoutes struct {
+	store.Store
+	fail atomic.Int32
+}
+
+func (s *failingRoutes) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
+	for _, wr := range writes {
+		if wr.Kind == node.KindRoutes && s.fail.Add(-1) >= 0 {
+			return 0, errors.New("rpc error: code = Unavailable desc = keepalive ping failed to receive ACK within timeout")
+		}
+	}
+	return s.Store.Txn(ctx, writes...)
+}
+
+// TestFollowerReportsAgain (issue 22): a report of the revision followed
+// that fails is made again until it goes through, with no further change
+// to make it: the engine waits for it before it calls a switch done, and
+// the nodes before they drain.
+func TestFollowerReportsAgain(t *testing.T) {
+	st := &failingRoutes{Store: openStore(t)}
+	sw := &swaps{}
+	follow(t, st, sw, 0)
+	st.fail.Store(3) // the report of the commit, and its first two retries
+	if _, err := st.Commit(t.Context(), web("111111111111"), 0); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := st.Read(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := snap.Revision
+	waitFor(t, "the commit's table", func() bool { tab, _ := sw.last(); return tab.Domains["web.test"] == "web-111111111111" })
+	waitFor(t, "the routes record at the commit", func() bool { return routesApplied(t, st) >= rev })
 }
