@@ -109,6 +109,9 @@ type Env struct {
 	logsMu sync.Mutex
 	// logged is set once the daemon's log was printed for a failure.
 	logged bool
+	// earlier are the logs of the daemons started before the last,
+	// the latest last (maxEarlier at most), printed with its own.
+	earlier []string
 }
 
 // NewEnv prepares a root and a spec directory.
@@ -163,6 +166,9 @@ func (e *Env) spawnDaemon(args ...string) {
 		// starts a thousand).
 		if e.t.Failed() && !e.logged {
 			e.logged = true
+			for i, l := range e.earlier {
+				e.t.Logf("log of the daemon started %d before the last:\n%s", len(e.earlier)-i, l)
+			}
 			e.t.Logf("daemon log:\n%s", e.DaemonLog())
 		}
 		if e.daemon != nil {
@@ -180,11 +186,20 @@ func (e *Env) spawnDaemon(args ...string) {
 	})
 }
 
+// maxEarlier is how many logs of earlier daemons an Env keeps for a
+// failure: those of the last rounds of the chaos harness, whose nodes start
+// again each round.
+const maxEarlier = 4
+
 // spawn starts `hostel serve --root ROOT ARGS...`.
 func (e *Env) spawn(args ...string) {
 	e.t.Helper()
 	if e.Store == "etcd" && !slices.ContainsFunc(args, func(a string) bool { return a == "--etcd" || a == "--etcd-embed" }) {
 		args = append(slices.Clip(args), "--etcd-embed")
+	}
+	if e.logs != nil {
+		e.earlier = append(e.earlier, e.DaemonLog())
+		e.earlier = e.earlier[max(0, len(e.earlier)-maxEarlier):]
 	}
 	e.logs = &bytes.Buffer{}
 	e.args = args
