@@ -132,6 +132,9 @@ type Front struct {
 	closed   bool          // Close was called
 	stop     chan struct{} // ends the sweeper
 	stopOnce sync.Once
+	// serving is closed once the first Serve started the event loops and
+	// the sweeper, whose clock times the connections.
+	serving chan struct{}
 }
 
 // New returns a front end for the router r. Serve it on listeners;
@@ -150,6 +153,7 @@ func New(r Router, opts Options) *Front {
 		conns:     map[*frontConn]struct{}{},
 		lns:       map[net.Listener]struct{}{},
 		stop:      make(chan struct{}),
+		serving:   make(chan struct{}),
 	}
 	if f.logf == nil {
 		f.logf = func(string, ...any) {}
@@ -243,6 +247,7 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 		f.started = true
 		f.clock.Store(time.Now().UnixNano())
 		go f.sweep(f.loops)
+		close(f.serving)
 	}
 	f.mu.Unlock()
 	var backoff time.Duration

@@ -68,9 +68,17 @@ func passFD(p Passer, c net.Conn, pending []byte) error {
 
 // Adopt serves c, a plain-HTTP client connection that the Front of the
 // process before this one passed on (its Passer), with pending, the bytes
-// it had read of it, first. Call it once Serve runs. It reports false,
-// with c closed, if MaxConnections are open or the Front shuts down.
+// it had read of it, first. It waits for Serve to start (up to
+// adoptWait), which times connections and starts the event loops. It
+// reports false, with c closed, if MaxConnections are open or the Front
+// shuts down or never served.
 func (f *Front) Adopt(c net.Conn, pending []byte) bool {
+	select {
+	case <-f.serving:
+	case <-time.After(adoptWait):
+		c.Close()
+		return false
+	}
 	t := f.admit()
 	if t == nil {
 		c.Close()
@@ -89,6 +97,10 @@ func (f *Front) Adopt(c net.Conn, pending []byte) bool {
 	go fc.serve()
 	return true
 }
+
+// adoptWait bounds Adopt's wait for Serve: the daemon serves before it
+// says it is ready, which is when connections are passed to it.
+const adoptWait = 5 * time.Second
 
 // passIdle, at a shutdown with a Passer, cuts the read of an idle
 // plain connection a goroutine serves (phase ph): that goroutine passes

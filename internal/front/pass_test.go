@@ -191,3 +191,51 @@ func TestShutdownPassesUnderLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestAdoptBeforeServe: a connection passed on to a Front that does not
+// serve yet (the new daemon's Serve goroutine has not run) waits for it,
+// and is served — not closed by the sweeper as timed out from the epoch
+// (before).
+func TestAdoptBeforeServe(t *testing.T) {
+	for _, loops := range []int{0, -1} {
+		t.Run(fmt.Sprintf("loops=%d", loops), func(t *testing.T) {
+			r, _, _ := frontTo(t, fronttest.StartBackend(t, "old"), front.Options{Loops: loops})
+			next := front.New(r, front.Options{Loops: loops, ReadHeaderTimeout: time.Second})
+			t.Cleanup(func() { next.Close() })
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			client, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { client.Close() })
+			passed, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			adopted := make(chan bool, 1)
+			go func() { adopted <- next.Adopt(passed, nil) }()
+			time.Sleep(100 * time.Millisecond)
+			served, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go next.Serve(served)
+			if !<-adopted {
+				t.Fatal("Adopt = false")
+			}
+			time.Sleep(300 * time.Millisecond) // a few of the sweeper's ticks
+			client.SetDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintf(client, "GET /x HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+			resp, err := http.ReadResponse(bufio.NewReader(client), &http.Request{Method: "GET"})
+			if err != nil {
+				t.Fatalf("the adopted connection: %v (closed)", err)
+			}
+			if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || !strings.HasPrefix(string(b), "backend old") {
+				t.Errorf("%d %q", resp.StatusCode, b)
+			}
+		})
+	}
+}

@@ -198,6 +198,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Errorf("hostel upgrade to a binary that dies: exit %d, %q; want 1, saying why and that the old binary serves on", code, errOut)
 		}
 		waitUntil(t, "the daemon of the failed upgrade to exit", func() bool { return !running(pid) })
+		kept.again(t, "after a failed upgrade")
 		e.MustRun("status")
 		samePIDs("after a failed upgrade")
 		if i := strings.Index(errOut, "serves on (pid "); i < 0 {
@@ -211,6 +212,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 
 		syscall.Kill(pid, syscall.SIGHUP)
 		waitUntil(t, "the daemon to exit after SIGHUP", func() bool { return !running(pid) })
+		kept.again(t, "after SIGHUP")
 		e.MustRun("status")
 		samePIDs("after SIGHUP")
 		if got := strings.Count(e.DaemonLog(), "upgrade: pid "); got != 2 {
