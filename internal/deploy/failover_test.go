@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"hostel/internal/node"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest"
 )
 
 // onNode returns the fake node named name.
@@ -180,23 +180,6 @@ func TestFailoverOnceItsOwnNodeReports(t *testing.T) {
 	}
 }
 
-// failingDesired is a writer whose next writes of node's Desired fail,
-// as a store out of reach a moment does: fail says how many more.
-type failingDesired struct {
-	store.Store
-	node string
-	fail atomic.Int32
-}
-
-func (s *failingDesired) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
-	for _, wr := range writes {
-		if wr.Kind == node.KindDesired && wr.Key == s.node && s.fail.Add(-1) >= 0 {
-			return 0, errors.New("etcdserver: request timed out")
-		}
-	}
-	return s.Store.Txn(ctx, writes...)
-}
-
 // TestFailoverCommitFails (issue 22): a failover whose commit fails —
 // its stage made, the nodes left running what moves to them beside what
 // they ran — is made again until it commits: no instance is left placed
@@ -224,8 +207,8 @@ func TestFailoverCommitFails(t *testing.T) {
 			if lost == nil {
 				t.Fatal("no node runs shop")
 			}
-			w := &failingDesired{Store: f.st, node: lost.name}
-			w.fail.Store(1) // the commit: the stage writes the nodes left only
+			w := &storetest.FailingWrites{Store: f.st, Match: func(wr store.Write) bool { return wr.Kind == node.KindDesired && wr.Key == lost.name }}
+			w.Fail.Store(1) // the commit: the stage writes the nodes left only
 			f.engine.SetWriter(w)
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})

@@ -3,7 +3,6 @@ package node_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"hostel/internal/node/nodetest"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest"
 	"hostel/internal/store/storetest/backends"
 	"hostel/internal/supervisor"
 )
@@ -429,24 +429,6 @@ func TestFollowerRejoins(t *testing.T) {
 	}
 }
 
-// failingReports is a store whose next writes of records of kind fail,
-// as a call does whose etcd member was cut off (its client's keepalive
-// unanswered): fail says how many more.
-type failingReports struct {
-	store.Store
-	kind string
-	fail atomic.Int32
-}
-
-func (s *failingReports) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
-	for _, wr := range writes {
-		if wr.Kind == s.kind && !wr.Delete && s.fail.Add(-1) >= 0 {
-			return 0, errors.New("rpc error: code = Unavailable desc = keepalive ping failed to receive ACK within timeout")
-		}
-	}
-	return s.Store.Txn(ctx, writes...)
-}
-
 // TestFollowerReportsAgain (issue 22): a node whose report of what it
 // applied fails — the store out of reach for a moment — reports it again
 // until it goes through, with no further change to make it: the engine
@@ -454,14 +436,14 @@ func (s *failingReports) Txn(ctx context.Context, writes ...store.Write) (uint64
 // that said nothing more stalled them for their whole bound.
 func TestFollowerReportsAgain(t *testing.T) {
 	root := t.TempDir()
-	st := &failingReports{Store: backends.OpenRoot(t, root), kind: node.KindNode}
+	st := reportsFailing(backends.OpenRoot(t, root), node.KindNode)
 	n := nodetest.New(t, st, root, nodetest.Options{})
 	n.Start(t)
 	t.Cleanup(n.Shutdown)
 	w := &world{t: t, root: root, st: st, n: n}
 	g := w.commit("one", 0)
 	w.applied(0)
-	st.fail.Store(3) // the next report, and its first two retries
+	st.Fail.Store(3) // the next report, and its first two retries
 	v, _ := json.Marshal(node.Desired{Node: n.Name, Placed: true, Instances: []spec.VersionKey{g.Instance("web")}})
 	rev, err := st.Txn(t.Context(), store.Write{Kind: node.KindDesired, Key: n.Name, Value: v, Rev: store.AnyRevision})
 	if err != nil {
@@ -470,7 +452,14 @@ func TestFollowerReportsAgain(t *testing.T) {
 	if info := w.applied(rev); info.Applied < rev {
 		t.Errorf("the node reports it applied %d, want %d", info.Applied, rev)
 	}
-	if left := st.fail.Load(); left > 0 {
+	if left := st.Fail.Load(); left > 0 {
 		t.Errorf("%d writes of the node's record were not tried", left)
 	}
+}
+
+// reportsFailing is st with its writes of records of kind (not their
+// deletion) failing while its Fail counts, as a node's report does whose
+// etcd member was cut off.
+func reportsFailing(st store.Store, kind string) *storetest.FailingWrites {
+	return &storetest.FailingWrites{Store: st, Match: func(wr store.Write) bool { return wr.Kind == kind && !wr.Delete }}
 }

@@ -16,7 +16,7 @@ import (
 // after it; a report under a lease that is gone is not tried again (the
 // node rejoins and reports anew).
 func TestReporter(t *testing.T) {
-	st := &failingReports{Store: backends.OpenRoot(t, t.TempDir()), kind: node.KindRoutes}
+	st := reportsFailing(backends.OpenRoot(t, t.TempDir()), node.KindRoutes)
 	lease, err := st.Grant(t.Context(), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -35,13 +35,13 @@ func TestReporter(t *testing.T) {
 		return string(rec.Value)
 	}
 
-	st.fail.Store(2)
+	st.Fail.Store(2)
 	if err := r.Report(t.Context(), []byte(`{"applied":1}`), lease.ID()); err == nil {
 		t.Fatal("the first report went through; want it failed")
 	}
 	waitFor(t, "the failed report made again", func() bool { return value() == `{"applied":1}` })
 
-	st.fail.Store(1)
+	st.Fail.Store(1)
 	if err := r.Report(t.Context(), []byte(`{"applied":2}`), lease.ID()); err == nil {
 		t.Fatal("the report of 2 went through; want it failed")
 	}

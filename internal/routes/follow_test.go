@@ -3,11 +3,9 @@ package routes
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"maps"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"hostel/internal/router"
 	"hostel/internal/spec"
 	"hostel/internal/store"
+	"hostel/internal/store/storetest"
 )
 
 // swaps records every table swapped in.
@@ -279,31 +278,15 @@ func TestFollowerNeverAheadOfItsTable(t *testing.T) {
 	}
 }
 
-// failingRoutes is a store whose next writes of a routes record fail, as
-// a call does whose etcd member was cut off: fail says how many more.
-type failingRoutes struct {
-	store.Store
-	fail atomic.Int32
-}
-
-func (s *failingRoutes) Txn(ctx context.Context, writes ...store.Write) (uint64, error) {
-	for _, wr := range writes {
-		if wr.Kind == node.KindRoutes && s.fail.Add(-1) >= 0 {
-			return 0, errors.New("rpc error: code = Unavailable desc = keepalive ping failed to receive ACK within timeout")
-		}
-	}
-	return s.Store.Txn(ctx, writes...)
-}
-
 // TestFollowerReportsAgain (issue 22): a report of the revision followed
 // that fails is made again until it goes through, with no further change
 // to make it: the engine waits for it before it calls a switch done, and
 // the nodes before they drain.
 func TestFollowerReportsAgain(t *testing.T) {
-	st := &failingRoutes{Store: openStore(t)}
+	st := &storetest.FailingWrites{Store: openStore(t), Match: func(wr store.Write) bool { return wr.Kind == node.KindRoutes }}
 	sw := &swaps{}
 	follow(t, st, sw, 0)
-	st.fail.Store(3) // the report of the commit, and its first two retries
+	st.Fail.Store(3) // the report of the commit, and its first two retries
 	if _, err := st.Commit(t.Context(), web("111111111111"), 0); err != nil {
 		t.Fatal(err)
 	}
