@@ -128,10 +128,11 @@ func (fc *frontConn) passOn() {
 		b, _ := fc.br.Peek(fc.br.Buffered())
 		pending = append(pending, b...)
 	}
+	// In the order connReader.Read gives them.
+	pending = append(pending, fc.cr.pending...)
 	if fc.cr.hasByte {
 		pending = append(pending, fc.cr.b[0])
 	}
-	pending = append(pending, fc.cr.pending...)
 	if err := passFD(p, fc.c, pending); err != nil {
 		fc.f.logf("router: front end: passing %s on: %v", fc.remote, err)
 	}
