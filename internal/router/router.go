@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hostel/internal/drain"
 	"log"
 	"net"
 	"net/http"
@@ -177,7 +178,7 @@ type backend struct {
 
 type endpoint struct {
 	url string
-	srv *http.Server
+	srv *drain.Server
 	ln  net.Listener
 }
 
@@ -606,14 +607,14 @@ func (r *Router) OpenEndpoint(key spec.VersionKey, listen string) (string, error
 		return "", fmt.Errorf("router: endpoint for %s: %w", key, err)
 	}
 	ep := &endpoint{url: "http://" + ln.Addr().String(), ln: ln}
-	ep.srv = &http.Server{
+	ep.srv = drain.New(&http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 			r.serveKey(w, req, key)
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       90 * time.Second,
 		ErrorLog:          log.New(logfWriter(r.logf), "router: endpoint "+string(key)+": ", 0),
-	}
+	})
 	r.endpoints[key] = ep
 	r.changed()
 	go func() {

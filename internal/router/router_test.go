@@ -670,3 +670,62 @@ func TestPreviewNames(t *testing.T) {
 		t.Errorf("Table().Internal = %v, want the preview's name normalized to %s", r.Table().Internal, own)
 	}
 }
+
+// TestShutdownEndpointsAnswersLate: a request on an endpoint's connection
+// that is read after ShutdownEndpoints began — a client's first, sent on a
+// connection accepted just before — is answered, its response closing the
+// connection (net/http's Shutdown would close it unanswered: EOF, which a
+// client retries on no fresh connection). ShutdownEndpoints returns after.
+func TestShutdownEndpointsAnswersLate(t *testing.T) {
+	r, _ := startRouter(t, Options{})
+	r.AddBackend(apiV1, fronttest.StartBackend(t, "api-v1"))
+	url, err := r.OpenEndpoint(apiV1, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /late HTTP/1.1\r\n")
+	time.Sleep(50 * time.Millisecond) // accepted, its head begun
+
+	done := make(chan struct{})
+	go func() {
+		r.ShutdownEndpoints(context.Background())
+		close(done)
+	}()
+	for i := 0; ; i++ {
+		probe, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			break
+		}
+		probe.Close()
+		if i == 1000 {
+			t.Fatal("the endpoint still takes connections")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case <-done:
+		t.Fatal("ShutdownEndpoints returned with a request under way")
+	default:
+	}
+
+	io.WriteString(c, "Host: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the request read after the shutdown began got no response: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "backend api-v1 ") || !resp.Close {
+		t.Errorf("got %s %q, Connection: close %v; want 200 from api-v1, closing", resp.Status, body, resp.Close)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Error("ShutdownEndpoints did not return once the request was answered")
+	}
+}

@@ -7,9 +7,12 @@ import (
 )
 
 // ShutdownEndpoints closes every endpoint's listener, so new connections to
-// <NEED>_URL are refused, and waits until the requests in flight through
-// them are done or ctx ends. The endpoints are forgotten; their ports are
-// free to be opened again, as a restarted daemon does.
+// <NEED>_URL are refused (or, when the socket was passed on, taken by the
+// daemon that serves next), and waits until the requests in flight through
+// them are done or ctx ends — a request read meanwhile, even on a
+// connection accepted just before, is answered (drain.Server). The
+// endpoints are forgotten; their ports are free to be opened again, as a
+// restarted daemon does.
 func (r *Router) ShutdownEndpoints(ctx context.Context) {
 	r.mu.Lock()
 	eps := make([]*endpoint, 0, len(r.endpoints))
@@ -21,9 +24,7 @@ func (r *Router) ShutdownEndpoints(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, ep := range eps {
 		wg.Go(func() {
-			if ep.srv.Shutdown(ctx) != nil {
-				ep.srv.Close()
-			}
+			ep.srv.Stop(ctx)
 		})
 	}
 	wg.Wait()
