@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hostel/internal/drain"
 	"log"
 	"net"
 	"net/http"
@@ -163,7 +164,7 @@ type Daemon struct {
 	remoteToken api.Token
 	httpsLn     net.Listener  // nil when --https is ""
 	certs       *acme.Manager // nil when --https is ""
-	servers     []*http.Server
+	servers     []*drain.Server
 	front       *front.Front // serves httpLn and httpsLn
 	wg          sync.WaitGroup
 	// dashboard is the dashboard served on remoteLn; nil without.
@@ -337,7 +338,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 }
 
 func (d *Daemon) serve(ln net.Listener, h http.Handler) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
+	srv := drain.New(&http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second})
 	d.servers = append(d.servers, srv)
 	d.wg.Add(1)
 	go func() {

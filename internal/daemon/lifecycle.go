@@ -50,11 +50,7 @@ func (d *Daemon) stopServing() {
 		})
 	}
 	for _, s := range d.servers {
-		wg.Go(func() {
-			if s.Shutdown(ctx) != nil {
-				s.Close()
-			}
-		})
+		wg.Go(func() { s.Stop(ctx) })
 	}
 	wg.Wait()
 	if d.router != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hostel/internal/drain"
 	"log"
 	"net"
 	"net/http"
@@ -105,8 +106,8 @@ func (d *Daemon) servePeer(apiHandler http.Handler) {
 		}
 		d.servePeerAPI(apiHandler, w, r)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(h), ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog: log.New(logfWriter(d.logf), "peer: ", 0)}
+	srv := drain.New(&http.Server{Handler: http.HandlerFunc(h), ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog: log.New(logfWriter(d.logf), "peer: ", 0)})
 	d.servers = append(d.servers, srv)
 	d.wg.Go(func() {
 		if err := srv.Serve(d.peerLn); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -7,6 +7,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"hostel/internal/drain"
 	"log"
 	"net"
 	"net/http"
@@ -239,14 +240,14 @@ func (d *Daemon) serveRemoteAPI(h http.Handler) {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", api.RequireToken(d.remoteToken, h, refused))
 	mux.Handle("/", d.dashboard)
-	srv := &http.Server{
+	srv := drain.New(&http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          log.New(logfWriter(d.logf), "remote API: ", 0),
-	}
+	})
 	// The dashboard's streams (logs, events) end with the server rather
-	// than hold its shutdown.
-	srv.RegisterOnShutdown(d.dashboard.Close)
+	// than hold its stop.
+	srv.OnStop(d.dashboard.Close)
 	d.servers = append(d.servers, srv)
 	d.wg.Go(func() {
 		if err := srv.Serve(d.remoteLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
