@@ -9,6 +9,11 @@
 // stops taking connections and closes idle ones (between requests, where
 // HTTP/1.1 lets a server close), but answers every request it reads, each
 // response closing its connection, and returns once none is left.
+//
+// HTTP/1.1 only: an HTTP/2 connection is not told to go away (Shutdown
+// sends it GOAWAY) and holds Stop until its ctx ends. The servers of
+// hostel's own ports offer HTTP/1.1 alone; the front end, which serves
+// HTTP/2, stops its own connections (internal/front).
 package drain
 
 import (
