@@ -125,13 +125,17 @@ type Front struct {
 	// their timeouts and cheaper than reading the clock per request.
 	clock    atomic.Int64
 	handoffs atomic.Int64 // connections handed to net/http, for tests
-	mu       sync.Mutex
-	conns    map[*frontConn]struct{}
-	lns      map[net.Listener]struct{}
-	started  bool
-	closed   bool          // Close was called
-	stop     chan struct{} // ends the sweeper
-	stopOnce sync.Once
+	// handedOpen counts the HTTP/1.1 connections handed to net/http
+	// that it has not closed (or seen hijacked): Shutdown serves them to
+	// their end before net/http's own.
+	handedOpen atomic.Int64
+	mu         sync.Mutex
+	conns      map[*frontConn]struct{}
+	lns        map[net.Listener]struct{}
+	started    bool
+	closed     bool          // Close was called
+	stop       chan struct{} // ends the sweeper
+	stopOnce   sync.Once
 	// serving is closed once the first Serve started the event loops and
 	// the sweeper, whose clock times the connections.
 	serving chan struct{}
@@ -364,6 +368,22 @@ func (f *Front) Shutdown(ctx context.Context) error {
 		}
 	}
 	f.stopOnce.Do(func() { close(f.stop) })
+	// The HTTP/1.1 connections handed to net/http end first: the idle
+	// ones now (closed, or passed on), each other one after its
+	// response. net/http's Shutdown would close unanswered one whose
+	// request it reads after it began — a large head's end that comes
+	// late, say (internal/drain) — and the client would get EOF on a
+	// connection it never reused, which it does not retry. HTTP/2
+	// connections are left to it, which tells them to go away.
+	for f.handedOpen.Load() > 0 {
+		f.plain.srv.SetKeepAlivesEnabled(false)
+		f.secure.srv.SetKeepAlivesEnabled(false)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i, fb := range []*fallback{f.plain, f.secure} {
