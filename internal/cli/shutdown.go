@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -12,6 +13,9 @@ func init() { commands = append(commands, shutdownCmd) }
 // shutdownCmd stops every service and then the daemon. Stopping the daemon
 // alone (SIGTERM) leaves the services running: the next `hostel serve`
 // adopts them.
+// statusWait bounds each call of shutdown's wait for the daemon to be gone.
+const statusWait = 2 * time.Second
+
 func shutdownCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "shutdown",
@@ -30,10 +34,16 @@ func shutdownCmd(e *env) *cobra.Command {
 				fmt.Fprintf(e.stdout, "stopped %s\n", k)
 			}
 			// Wait until the daemon no longer answers, so that a script may
-			// start another at once.
+			// start another at once. A socket held for the next daemon
+			// (systemd's hostel.socket) takes a connection and answers
+			// nothing: a call that has no answer within statusWait counts
+			// as none.
 			deadline := time.Now().Add(2 * time.Minute)
 			for time.Now().Before(deadline) {
-				if _, err := c.Status(cmd.Context()); err != nil {
+				ctx, cancel := context.WithTimeout(cmd.Context(), statusWait)
+				_, err := c.Status(ctx)
+				cancel()
+				if err != nil {
 					break
 				}
 				time.Sleep(50 * time.Millisecond)
