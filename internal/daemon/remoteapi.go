@@ -7,7 +7,6 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"hostel/internal/drain"
 	"log"
 	"net"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 	"hostel/internal/api"
 	"hostel/internal/atomicfile"
 	"hostel/internal/dashboard"
+	"hostel/internal/drain"
 	"hostel/internal/handover"
 	"hostel/internal/pki"
 )

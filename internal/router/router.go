@@ -17,7 +17,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hostel/internal/drain"
 	"log"
 	"net"
 	"net/http"
@@ -29,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hostel/internal/drain"
 	"hostel/internal/failpoint"
 	"hostel/internal/front"
 	"hostel/internal/spec"
