@@ -104,7 +104,7 @@ func StartMember(dir string, logf func(string, ...any)) (*Member, error) {
 // or a single member's (StartMember). It returns once the member serves,
 // which takes a quorum of the cluster (two of three): until then it
 // waits, saying so every waitLog, or until ctx ends. The daemon's client
-// talks to every member (Endpoints, TLS).
+// talks to this member alone (Endpoints, TLS).
 func StartClusterMember(ctx context.Context, dir string, c Cluster, logf func(string, ...any)) (*Member, error) {
 	if err := c.Check(); err != nil {
 		return nil, err
@@ -137,7 +137,7 @@ func StartClusterMember(ctx context.Context, dir string, c Cluster, logf func(st
 	}
 	// etcd's own ticks (100 ms, an election after 1 s) suit machines
 	// on a network; they make the shortest lease 2 s.
-	m := &Member{endpoints: c.Endpoints(), tls: tc, closing: closing}
+	m := &Member{endpoints: []string{client.String()}, tls: tc, closing: closing}
 	waiting := func(waited time.Duration) {
 		if logf == nil {
 			return
@@ -262,8 +262,17 @@ func (m *Member) start(ctx context.Context, cfg *embed.Config, limit time.Durati
 	}
 }
 
-// Endpoints are the URLs a client reaches the cluster at: the member's
-// unix socket, or every member's client URL.
+// Endpoints are the URLs the daemon's client reaches the cluster at: the
+// member's unix socket, or a cluster member's own client URL — not every
+// member's. The member is in the daemon's process: it is frozen, killed
+// or cut off with the daemon, never without it, and passes on to the
+// others what they must answer (a write or a lease's renewal to the
+// raft's leader, a linearizable read's index from it). A client of
+// every member would also send requests to a member frozen or cut off
+// without closing its connections, which holds them until a gRPC
+// keep-alive ping goes unanswered, up to 12 s (keepAlive,
+// TestClusterLeavesFrozenMember); raft leaves such a member within its
+// election timeout (1 s).
 func (m *Member) Endpoints() []string { return m.endpoints }
 
 // TLS is the client's TLS configuration for Endpoints: this member's
