@@ -135,8 +135,17 @@ func StartClusterMember(ctx context.Context, dir string, c Cluster, logf func(st
 		info := transport.TLSInfo{CertFile: c.CertFile, KeyFile: c.KeyFile, TrustedCAFile: c.CAFile, ClientCertAuth: true}
 		cfg.PeerTLSInfo, cfg.ClientTLSInfo = info, info
 	}
-	// etcd's own ticks (100 ms, an election after 1 s) suit machines
-	// on a network; they make the shortest lease 2 s.
+	// A member that takes the raft's lead renews every lease for its
+	// whole TTL plus an election timeout, as it cannot know when the
+	// last leader renewed each: a node whose member led the raft and
+	// died is taken for alive that much longer than another (its
+	// instances fail over later), and renewals of the others' leases
+	// wait for the election. So elections are quicker than etcd's own
+	// (a heartbeat every 100 ms, an election after 1–2 s without one):
+	// a heartbeat every 50 ms, an election after 0.5–1 s — ten
+	// heartbeats missed, on machines a millisecond apart. They make
+	// the shortest lease 1 s (TestClusterShortestLease).
+	cfg.TickMs, cfg.ElectionMs = clusterTick, clusterElection
 	m := &Member{endpoints: []string{client.String()}, tls: tc, closing: closing}
 	waiting := func(waited time.Duration) {
 		if logf == nil {
@@ -150,6 +159,12 @@ func StartClusterMember(ctx context.Context, dir string, c Cluster, logf func(st
 	}
 	return m, nil
 }
+
+// The raft's ticks of a cluster's members (StartClusterMember).
+const (
+	clusterTick     = 50  // ms between the leader's heartbeats
+	clusterElection = 500 // ms without one before a member calls an election (to twice that)
+)
 
 // waitLog is how often a member that waits for its cluster says so.
 const waitLog = 10 * time.Second
