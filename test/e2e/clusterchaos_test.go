@@ -333,48 +333,16 @@ func raftStatus(c *cluster) (leader int, term uint64) {
 }
 
 // answersAgain waits until every domain has answered 200 through each of
-// routers, and returns how long after at the last one first did; past
-// 30 s, it gives up. Each pair is asked every 50 ms, each request on its
-// own (3 s at most): one that a router holds — for a node it cannot reach
-// yet, say — delays no later one, and one that it holds until it can
-// answer counts when it does. (Asked one request at a time, each given
-// 1 s, a pair's time was rounded up to the next second whenever a router
-// held requests.)
+// routers, and returns how long after at the last one first did
+// (firstAnswer); past 30 s, it gives up.
 func answersAgain(routers []string, at time.Time) time.Duration {
-	client := &http.Client{Timeout: 3 * time.Second}
 	var mu sync.Mutex
 	var last time.Duration
 	var wg sync.WaitGroup
 	for _, r := range routers {
 		for _, d := range chaosDomains {
 			wg.Go(func() {
-				answered := make(chan time.Duration, 1)
-				var asks sync.WaitGroup
-				tick := time.NewTicker(50 * time.Millisecond)
-				defer tick.Stop()
-				took := 30 * time.Second
-			ask:
-				for time.Since(at) < 30*time.Second {
-					asks.Go(func() {
-						req, _ := http.NewRequest("GET", "http://"+r+"/", nil)
-						req.Host = d.host
-						if resp, err := client.Do(req); err == nil {
-							resp.Body.Close()
-							if resp.StatusCode == 200 {
-								select {
-								case answered <- time.Since(at):
-								default:
-								}
-							}
-						}
-					})
-					select {
-					case took = <-answered:
-						break ask
-					case <-tick.C:
-					}
-				}
-				asks.Wait()
+				took := firstAnswer(r, d.host, at, 30*time.Second)
 				mu.Lock()
 				last = max(last, took)
 				mu.Unlock()
@@ -383,6 +351,43 @@ func answersAgain(routers []string, at time.Time) time.Duration {
 	}
 	wg.Wait()
 	return last
+}
+
+// firstAnswer asks router for host every 50 ms, each request on its own
+// (3 s at most), until one answers 200, and returns how long after at it
+// did — limit if none did by then. A request that the router holds (for
+// a node it cannot reach yet, say) delays no later one, and one that it
+// holds until it can answer counts when it does. (Asked one request at a
+// time, each given 1 s, the time was rounded up to the next second
+// whenever the router held requests.)
+func firstAnswer(router, host string, at time.Time, limit time.Duration) time.Duration {
+	client := &http.Client{Timeout: 3 * time.Second}
+	answered := make(chan time.Duration, 1)
+	var asks sync.WaitGroup
+	defer asks.Wait()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(at) < limit {
+		asks.Go(func() {
+			req, _ := http.NewRequest("GET", "http://"+router+"/", nil)
+			req.Host = host
+			if resp, err := client.Do(req); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					select {
+					case answered <- time.Since(at):
+					default:
+					}
+				}
+			}
+		})
+		select {
+		case took := <-answered:
+			return took
+		case <-tick.C:
+		}
+	}
+	return limit
 }
 
 // deploy deploys the next version through e, trying again for 20 s
