@@ -143,7 +143,8 @@ func StartClusterMember(ctx context.Context, dir string, c Cluster, logf func(st
 	// wait for the election. So elections are quicker than etcd's own
 	// (a heartbeat every 100 ms, an election after 1–2 s without one):
 	// a heartbeat every 50 ms, an election after 0.5–1 s — ten
-	// heartbeats missed, on machines a millisecond apart. They make
+	// heartbeats missed: ample for machines on one network, a few
+	// milliseconds apart, not for members continents apart. They make
 	// the shortest lease 1 s (TestClusterShortestLease).
 	cfg.TickMs, cfg.ElectionMs = clusterTick, clusterElection
 	m := &Member{endpoints: []string{client.String()}, tls: tc, closing: closing}
