@@ -34,9 +34,16 @@ import (
 // the engine's leadership outlive the daemon's last renewal: how long a
 // node that died is taken for alive — its instances fail over once it
 // ends (deploy.Engine.FailOver), the target being 10 s from the death,
-// and etcd renews every lease for a whole TTL when its own leader
-// changes (the member that died may have led it) — and how long a daemon
-// may stall before it loses its node (renewed every third of it).
+// and etcd renews every lease for a whole TTL and an election timeout
+// when its own leader changes (the member that died may have led it:
+// 7–7.5 s then, etcd.StartClusterMember) — and how long a daemon may
+// stall before it loses its node (renewed every third of it). Not
+// shorter: a node stops its exclusive instances fenceMargin before its
+// lease may end, and when the raft's leader dies every node's renewals
+// wait for the election (up to 1 s, and a renewal sent to the dead
+// leader its 1 s and a retry): a renewal due as the leader died goes
+// through up to ~2.3 s late, within 4.5 s of the last at 6 s, but not
+// always within 3.5 s at 5 s — a node no fault touched would stop them.
 const NodeTTL = 6 * time.Second
 
 // engineElection is the election the engine's leadership is won in.

@@ -137,8 +137,8 @@ func (d *Daemon) openStore(ctx context.Context) (store.Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--etcd-embed: %w", err)
 		}
-		// The client talks to every member (a cluster's), so that the
-		// daemon goes on whichever one is lost, its own among them.
+		// The client talks to the daemon's own member alone
+		// (etcd.Member.Endpoints).
 		d.member, endpoints, tc = m, m.Endpoints(), m.TLS()
 	} else if o.EtcdCert != "" || o.EtcdCA != "" {
 		var err error

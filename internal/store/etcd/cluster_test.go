@@ -266,6 +266,29 @@ func TestClusterFencing(t *testing.T) {
 	}
 }
 
+// TestClusterShortestLease: a cluster's members elect a leader
+// within 0.5–1 s of the last one's heartbeat (etcd.StartClusterMember's
+// ticks), so they grant leases as short as 1 s — etcd's least is 1.5
+// election timeouts. The member that takes the lead renews every lease
+// for its TTL and an election timeout: with etcd's own ticks (an
+// election after 1–2 s) a lease granted for 1 s was 2 s, and a node
+// whose member led the raft and died was taken for alive a second
+// longer than now.
+func TestClusterShortestLease(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	st := c.Open(t)
+	l, err := st.Grant(t.Context(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := l.TTL(), time.Second; got != want {
+		t.Errorf("a lease asked for 1 s lives %s, want %s", got, want)
+	}
+	if err := l.Revoke(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestMemberDirs: a member's data directory is its own: a single
 // member's (StartMember) is no cluster member's, nor one cluster
 // member's another's, and each refuses the other's with an error that

@@ -113,7 +113,8 @@ type handle struct {
 // more often than every 10 s (a shorter time is raised to it), which an
 // etcd allows (its --grpc-keepalive-min-time is 5 s): a frozen member is
 // left within 12 s, past a node's lease (NodeTTL, 6 s), which may end
-// meanwhile (the node rejoins).
+// meanwhile (the node rejoins). A daemon with a member of its own talks
+// to that one alone (Member.Endpoints), which is never frozen without it.
 const (
 	keepAlive        = 10 * time.Second
 	keepAliveTimeout = 2 * time.Second

@@ -104,7 +104,7 @@ func StartMember(dir string, logf func(string, ...any)) (*Member, error) {
 // or a single member's (StartMember). It returns once the member serves,
 // which takes a quorum of the cluster (two of three): until then it
 // waits, saying so every waitLog, or until ctx ends. The daemon's client
-// talks to every member (Endpoints, TLS).
+// talks to this member alone (Endpoints, TLS).
 func StartClusterMember(ctx context.Context, dir string, c Cluster, logf func(string, ...any)) (*Member, error) {
 	if err := c.Check(); err != nil {
 		return nil, err
@@ -135,9 +135,19 @@ func StartClusterMember(ctx context.Context, dir string, c Cluster, logf func(st
 		info := transport.TLSInfo{CertFile: c.CertFile, KeyFile: c.KeyFile, TrustedCAFile: c.CAFile, ClientCertAuth: true}
 		cfg.PeerTLSInfo, cfg.ClientTLSInfo = info, info
 	}
-	// etcd's own ticks (100 ms, an election after 1 s) suit machines
-	// on a network; they make the shortest lease 2 s.
-	m := &Member{endpoints: c.Endpoints(), tls: tc, closing: closing}
+	// A member that takes the raft's lead renews every lease for its
+	// whole TTL plus an election timeout, as it cannot know when the
+	// last leader renewed each: a node whose member led the raft and
+	// died is taken for alive that much longer than another (its
+	// instances fail over later), and renewals of the others' leases
+	// wait for the election. So elections are quicker than etcd's own
+	// (a heartbeat every 100 ms, an election after 1–2 s without one):
+	// a heartbeat every 50 ms, an election after 0.5–1 s — ten
+	// heartbeats missed: ample for machines on one network, a few
+	// milliseconds apart, not for members continents apart. They make
+	// the shortest lease 1 s (TestClusterShortestLease).
+	cfg.TickMs, cfg.ElectionMs = clusterTick, clusterElection
+	m := &Member{endpoints: []string{client.String()}, tls: tc, closing: closing}
 	waiting := func(waited time.Duration) {
 		if logf == nil {
 			return
@@ -150,6 +160,12 @@ func StartClusterMember(ctx context.Context, dir string, c Cluster, logf func(st
 	}
 	return m, nil
 }
+
+// The raft's ticks of a cluster's members (StartClusterMember).
+const (
+	clusterTick     = 50  // ms between the leader's heartbeats
+	clusterElection = 500 // ms without one before a member calls an election (to twice that)
+)
 
 // waitLog is how often a member that waits for its cluster says so.
 const waitLog = 10 * time.Second
@@ -262,8 +278,17 @@ func (m *Member) start(ctx context.Context, cfg *embed.Config, limit time.Durati
 	}
 }
 
-// Endpoints are the URLs a client reaches the cluster at: the member's
-// unix socket, or every member's client URL.
+// Endpoints are the URLs the daemon's client reaches the cluster at: the
+// member's unix socket, or a cluster member's own client URL — not every
+// member's. The member is in the daemon's process: it is frozen, killed
+// or cut off with the daemon, never without it, and passes on to the
+// others what they must answer (a write or a lease's renewal to the
+// raft's leader, a linearizable read's index from it). A client of
+// every member would also send requests to a member frozen or cut off
+// without closing its connections, which holds them until a gRPC
+// keep-alive ping goes unanswered, up to 12 s (keepAlive,
+// TestClusterLeavesFrozenMember); raft leaves such a member within its
+// election timeout (1 s).
 func (m *Member) Endpoints() []string { return m.endpoints }
 
 // TLS is the client's TLS configuration for Endpoints: this member's
