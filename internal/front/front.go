@@ -114,11 +114,8 @@ type Front struct {
 	turning  atomic.Int64
 
 	shutting atomic.Bool
-	// passer takes the idle connections at Shutdown (PassIdle); passing
-	// counts those net/http let go of that are still being served or
-	// passed on (pass.go).
-	passer  atomic.Pointer[Passer]
-	passing atomic.Int64
+	// passer takes the idle connections at Shutdown (PassIdle).
+	passer atomic.Pointer[Passer]
 	// clock is the time (UnixNano) as of the sweeper's last tick: the
 	// phases of connections are timed by it, which is precise enough for
 	// their timeouts and cheaper than reading the clock per request.
@@ -368,8 +365,8 @@ func (f *Front) Shutdown(ctx context.Context) error {
 	}
 	f.stopOnce.Do(func() { close(f.stop) })
 	// The HTTP/1.1 connections handed to net/http end first: the idle
-	// ones now (closed, or passed on), each other one after its
-	// response. net/http's Shutdown would close unanswered one whose
+	// ones now (closed, or passed on once net/http's read of them is cut,
+	// pass.go), each other one after its response. net/http's Shutdown would close unanswered one whose
 	// request it reads after it began — a large head's end that comes
 	// late, say (internal/drain) — and the client would get EOF on a
 	// connection it never reused, which it does not retry. HTTP/2
@@ -389,15 +386,6 @@ func (f *Front) Shutdown(ctx context.Context) error {
 		wg.Go(func() { errs[i] = fb.srv.Shutdown(ctx) })
 	}
 	wg.Wait()
-	// net/http let go of the connections it closed idle, which are
-	// passed on, or served if a request came first.
-	for f.passing.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
 	return errors.Join(errs...)
 }
 

@@ -239,13 +239,11 @@ func (c *handoffConn) closePassing() (done bool) {
 		return false
 	case p.cut:
 		p.cut = false
-		defer c.f.passing.Add(-1)
 	case pass == nil || !p.idle || p.readErr:
 		p.closed = true
 		return false
 	case p.reading || p.took:
 		p.cut = true
-		c.f.passing.Add(1)
 		if !p.took {
 			c.Conn.SetReadDeadline(aLongTimeAgo)
 		}
