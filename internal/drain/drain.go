@@ -13,7 +13,8 @@
 // HTTP/1.1 only: an HTTP/2 connection is not told to go away (Shutdown
 // sends it GOAWAY) and holds Stop until its ctx ends. The servers of
 // hostel's own ports offer HTTP/1.1 alone; the front end, which serves
-// HTTP/2, stops its own connections (internal/front).
+// HTTP/2 too, has Stop wait for its HTTP/1.1 connections alone (Only)
+// and Shutdown end the rest.
 package drain
 
 import (
@@ -28,8 +29,9 @@ import (
 
 // A Server is an http.Server whose connections are counted, for Stop.
 type Server struct {
-	srv  *http.Server
-	open atomic.Int64 // connections not yet closed or hijacked
+	srv     *http.Server
+	open    atomic.Int64        // connections counted, not yet closed or hijacked
+	counted func(net.Conn) bool // nil: every connection (Only)
 
 	mu       sync.Mutex
 	lns      []net.Listener
@@ -44,16 +46,28 @@ func New(srv *http.Server) *Server {
 	s := &Server{srv: srv}
 	hook := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
-		switch st {
-		case http.StateNew:
-			s.open.Add(1)
-		case http.StateClosed, http.StateHijacked:
-			s.open.Add(-1)
+		if s.counted == nil || s.counted(c) {
+			switch st {
+			case http.StateNew:
+				s.open.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				s.open.Add(-1)
+			}
 		}
 		if hook != nil {
 			hook(c, st)
 		}
 	}
+	return s
+}
+
+// Only makes Stop wait for the connections counted reports true of, and
+// for no other: the HTTP/1.1 ones of a server that also serves HTTP/2,
+// whose own Shutdown, called after Stop, tells those to go away. counted
+// must give the same answer for a connection every time. Call it before
+// Serve.
+func (s *Server) Only(counted func(net.Conn) bool) *Server {
+	s.counted = counted
 	return s
 }
 

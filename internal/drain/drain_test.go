@@ -215,3 +215,29 @@ func TestServeAfterStop(t *testing.T) {
 		t.Error("the listener given to Serve after Stop was left open")
 	}
 }
+
+// TestOnly: Stop waits for the connections Only counts, not for others
+// (a front end's HTTP/2 ones, which its Shutdown ends after).
+func TestOnly(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	active := make(chan struct{}, 1)
+	s := New(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		active <- struct{}{}
+		<-release
+	})}).Only(func(net.Conn) bool { return false })
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	c := dial(t, ln.Addr().String())
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-active
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Errorf("Stop with a request in flight on a connection not counted: %v, want nil", err)
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"hostel/internal/drain"
 )
 
 // This file is the public listener's HTTP/1.1 front end. net/http's server
@@ -121,17 +123,13 @@ type Front struct {
 	// their timeouts and cheaper than reading the clock per request.
 	clock    atomic.Int64
 	handoffs atomic.Int64 // connections handed to net/http, for tests
-	// handedOpen counts the HTTP/1.1 connections handed to net/http
-	// that it has not closed (or seen hijacked): Shutdown serves them to
-	// their end before net/http's own.
-	handedOpen atomic.Int64
-	mu         sync.Mutex
-	conns      map[*frontConn]struct{}
-	lns        map[net.Listener]struct{}
-	started    bool
-	closed     bool          // Close was called
-	stop       chan struct{} // ends the sweeper
-	stopOnce   sync.Once
+	mu       sync.Mutex
+	conns    map[*frontConn]struct{}
+	lns      map[net.Listener]struct{}
+	started  bool
+	closed   bool          // Close was called
+	stop     chan struct{} // ends the sweeper
+	stopOnce sync.Once
 	// serving is closed once the first Serve started the event loops and
 	// the sweeper, whose clock times the connections.
 	serving chan struct{}
@@ -188,15 +186,24 @@ func New(r Router, opts Options) *Front {
 // fallback is the net/http server of the connections a listener hands
 // over.
 type fallback struct {
-	srv     *http.Server
+	srv *http.Server
+	// drain serves srv: its Stop ends the HTTP/1.1 connections
+	// (handoffConn) without dropping a request, before srv's Shutdown
+	// ends the HTTP/2 ones.
+	drain   *drain.Server
 	l       *handoffListener
 	started bool // guarded by Front.mu
 }
 
 func (f *Front) newFallback(h http.Handler, errorLog *log.Logger) *fallback {
+	srv := &http.Server{Handler: f.guard(h), ReadHeaderTimeout: f.header, IdleTimeout: f.idle,
+		MaxHeaderBytes: f.lim.maxHead, ErrorLog: errorLog, ConnState: connState}
 	return &fallback{
-		srv: &http.Server{Handler: f.guard(h), ReadHeaderTimeout: f.header, IdleTimeout: f.idle,
-			MaxHeaderBytes: f.lim.maxHead, ErrorLog: errorLog, ConnState: connState},
+		srv: srv,
+		drain: drain.New(srv).Only(func(c net.Conn) bool {
+			_, http1 := c.(*handoffConn)
+			return http1
+		}),
 		l: &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
 	}
 }
@@ -231,7 +238,7 @@ func (f *Front) serve(ln net.Listener, secure bool) error {
 	if !fb.started {
 		fb.started = true
 		fb.l.addr = ln.Addr()
-		go fb.srv.Serve(fb.l)
+		go fb.drain.Serve(fb.l)
 	}
 	if f.loops == nil && f.loopCount >= 0 {
 		f.loops = f.startLoops(f.loopCount)
@@ -341,8 +348,8 @@ func (f *Front) loopConns() int {
 
 // Shutdown stops accepting, lets the requests in flight finish, closes idle
 // connections and returns once every connection is closed, or with ctx's
-// error (call Close then). Connections handed to net/http are shut down by
-// http.Server.Shutdown.
+// error (call Close then). Connections handed to net/http end by
+// drain.Server's Stop (HTTP/1.1), then http.Server.Shutdown (HTTP/2).
 func (f *Front) Shutdown(ctx context.Context) error {
 	f.closeListeners()
 	// net/http closes its idle connections now and the others after
@@ -366,24 +373,18 @@ func (f *Front) Shutdown(ctx context.Context) error {
 	f.stopOnce.Do(func() { close(f.stop) })
 	// The HTTP/1.1 connections handed to net/http end first: the idle
 	// ones now (closed, or passed on once net/http's read of them is cut,
-	// pass.go), each other one after its response. net/http's Shutdown would close unanswered one whose
-	// request it reads after it began — a large head's end that comes
-	// late, say (internal/drain) — and the client would get EOF on a
-	// connection it never reused, which it does not retry. HTTP/2
-	// connections are left to it, which tells them to go away.
-	for f.handedOpen.Load() > 0 {
-		f.plain.srv.SetKeepAlivesEnabled(false)
-		f.secure.srv.SetKeepAlivesEnabled(false)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
+	// pass.go), each other one after its response. net/http's Shutdown
+	// would close unanswered one whose request it reads after it began —
+	// a large head's end that comes late, say (internal/drain). It ends
+	// the HTTP/2 ones, which it tells to go away.
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i, fb := range []*fallback{f.plain, f.secure} {
-		wg.Go(func() { errs[i] = fb.srv.Shutdown(ctx) })
+		wg.Go(func() {
+			if errs[i] = fb.drain.Stop(ctx); errs[i] == nil {
+				errs[i] = fb.srv.Shutdown(ctx)
+			}
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)

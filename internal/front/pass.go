@@ -157,20 +157,11 @@ type handoffPass struct {
 	closed  bool // passed on or closed: nothing is read any more
 }
 
-// connState is the fallback servers' ConnState hook: it counts the HTTP/1.1
-// connections open (Front.handedOpen) and follows their state for passing.
+// connState is the fallback servers' ConnState hook.
 func connState(c net.Conn, st http.ConnState) {
 	hc, ok := c.(*handoffConn)
 	if !ok {
 		return
-	}
-	if hc.f != nil {
-		switch st {
-		case http.StateNew:
-			hc.f.handedOpen.Add(1)
-		case http.StateClosed, http.StateHijacked:
-			hc.f.handedOpen.Add(-1)
-		}
 	}
 	p := &hc.pass
 	p.mu.Lock()
